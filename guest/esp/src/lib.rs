@@ -1,0 +1,22 @@
+//! The ESP engine (RFC 4303, tunnel mode) as a sans-IO library.
+//!
+//! It decides, the host does: for each outbound packet the engine picks the
+//! SA whose traffic selectors match, assigns the sequence number and builds
+//! the ESP header and trailer; for each inbound packet it finds the SA by
+//! SPI, runs the anti-replay check, and after the host has opened the packet
+//! checks the trailer and the inner packet against the SA's selectors.
+//! Payload bytes and keys stay with the host, behind [`PacketBatch`]: the
+//! engine never sees either. The same code runs natively (tests, benches)
+//! and inside the ESP wasm component.
+#![forbid(unsafe_code)]
+
+mod batch;
+mod engine;
+pub mod replay;
+pub mod selector;
+
+pub use batch::{CryptoError, Head, KeyHandle, Opened, PacketBatch, HEAD_LEN};
+pub use engine::{
+    DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState,
+};
+pub use selector::TrafficSelector;

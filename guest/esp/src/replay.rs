@@ -1,0 +1,228 @@
+//! Anti-replay window and extended sequence numbers (RFC 4303 section
+//! 3.4.3 and Appendix A).
+//!
+//! The window is a ring of 64-bit words indexed by sequence number, as in
+//! RFC 6479: moving the right edge clears whole words instead of shifting
+//! the bitmap, so a check and an update cost the same for any window size.
+
+/// Largest supported window, in packets.
+pub const MAX_WINDOW: u32 = 1 << 16;
+
+/// Why a sequence number is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    /// Sequence number 0 is never sent (RFC 4303 section 3.3.3).
+    Zero,
+    /// Left of the window.
+    TooOld,
+    /// Already received.
+    Duplicate,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayWindow {
+    /// Window size in packets; 0 disables the check.
+    size: u32,
+    /// Highest authenticated sequence number (0: none yet).
+    top: u64,
+    bits: Vec<u64>,
+}
+
+impl ReplayWindow {
+    /// A window of at least `size` packets (rounded up to a multiple of 64,
+    /// at most [`MAX_WINDOW`]); `highest` is the highest sequence number
+    /// already received (0 for a new SA).
+    pub fn new(size: u32, highest: u64) -> ReplayWindow {
+        let size = size.min(MAX_WINDOW);
+        let words = if size == 0 { 0 } else { size.div_ceil(64) as usize + 1 };
+        let mut w = ReplayWindow { size, top: highest, bits: vec![0; words] };
+        if highest > 0 && words > 0 {
+            // Treat everything at or below the restored top as seen: after a
+            // restart we cannot know which of them arrived.
+            w.bits.iter_mut().for_each(|b| *b = u64::MAX);
+        }
+        w
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    pub fn highest(&self) -> u64 {
+        self.top
+    }
+
+    /// Check `seq` without changing the window (before the ICV is verified).
+    pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        if seq == 0 {
+            return Err(ReplayError::Zero);
+        }
+        if self.size == 0 || seq > self.top {
+            return Ok(());
+        }
+        if self.top - seq >= u64::from(self.size) {
+            return Err(ReplayError::TooOld);
+        }
+        if self.bit(seq) {
+            return Err(ReplayError::Duplicate);
+        }
+        Ok(())
+    }
+
+    /// Record `seq` as received (only after the ICV verified, section 3.4.3).
+    /// Returns the same errors as `check`, so a caller that checked, then
+    /// opened, cannot be raced into accepting a duplicate.
+    pub fn commit(&mut self, seq: u64) -> Result<(), ReplayError> {
+        self.check(seq)?;
+        if self.size == 0 {
+            self.top = self.top.max(seq);
+            return Ok(());
+        }
+        if seq > self.top {
+            let n = self.bits.len() as u64;
+            let cur = self.top / 64;
+            let new = seq / 64;
+            let clear = (new - cur).min(n);
+            for i in 1..=clear {
+                let w = ((cur + i) % n) as usize;
+                self.bits[w] = 0;
+            }
+            self.top = seq;
+        }
+        self.set_bit(seq);
+        Ok(())
+    }
+
+    /// The full 64-bit sequence number for the low 32 bits received, with
+    /// extended sequence numbers (RFC 4303 Appendix A2.2). `None` when the
+    /// packet would lie before sequence number 1.
+    pub fn infer_esn(&self, seq_lo: u32) -> Option<u64> {
+        let w = u64::from(self.size.max(1));
+        let tl = self.top & 0xffff_ffff;
+        let th = self.top >> 32;
+        let seq_lo = u64::from(seq_lo);
+        let seqh = if tl >= w - 1 {
+            // Case A: the window lies within one 2^32 subspace.
+            if seq_lo >= tl - (w - 1) { th } else { th + 1 }
+        } else {
+            // Case B: the window spans two subspaces.
+            let low_edge = (tl + (1 << 32) - (w - 1)) & 0xffff_ffff;
+            if seq_lo >= low_edge { th.checked_sub(1)? } else { th }
+        };
+        Some((seqh << 32) | seq_lo)
+    }
+
+    fn bit(&self, seq: u64) -> bool {
+        let n = self.bits.len() as u64;
+        self.bits[((seq / 64) % n) as usize] & (1 << (seq % 64)) != 0
+    }
+
+    fn set_bit(&mut self, seq: u64) {
+        let n = self.bits.len() as u64;
+        self.bits[((seq / 64) % n) as usize] |= 1 << (seq % 64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_and_duplicates() {
+        let mut w = ReplayWindow::new(1024, 0);
+        assert_eq!(w.check(0), Err(ReplayError::Zero));
+        for s in 1..=5000 {
+            assert_eq!(w.commit(s), Ok(()));
+        }
+        assert_eq!(w.check(5000), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(4000), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(5001), Ok(()));
+    }
+
+    #[test]
+    fn window_edges() {
+        let mut w = ReplayWindow::new(1024, 0);
+        w.commit(2000).unwrap();
+        // 2000 - 1023 is the left edge: inside; one further left is too old.
+        assert_eq!(w.check(2000 - 1023), Ok(()));
+        assert_eq!(w.check(2000 - 1024), Err(ReplayError::TooOld));
+        w.commit(2000 - 1023).unwrap();
+        assert_eq!(w.check(2000 - 1023), Err(ReplayError::Duplicate));
+        // A jump of exactly the window clears everything that fell out.
+        w.commit(3024).unwrap();
+        assert_eq!(w.check(2001), Ok(()));
+        assert_eq!(w.check(2000), Err(ReplayError::TooOld));
+        // A jump far beyond the ring clears it all.
+        w.commit(1_000_000).unwrap();
+        for s in 1_000_000 - 1023..1_000_000 {
+            assert_eq!(w.check(s), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn out_of_order_within_window() {
+        let mut w = ReplayWindow::new(64, 0);
+        for s in [10u64, 5, 7, 64, 3, 65, 9] {
+            w.commit(s).unwrap();
+        }
+        for s in [10u64, 5, 7, 64, 3, 65, 9] {
+            assert!(w.check(s).is_err(), "{s}");
+        }
+        assert_eq!(w.check(8), Ok(()));
+        assert_eq!(w.check(2), Ok(()));
+        assert_eq!(w.check(1), Err(ReplayError::TooOld));
+        w.commit(200).unwrap();
+        assert_eq!(w.check(136), Err(ReplayError::TooOld));
+        assert_eq!(w.check(137), Ok(()));
+    }
+
+    #[test]
+    fn disabled_window_accepts_repeats() {
+        let mut w = ReplayWindow::new(0, 0);
+        w.commit(5).unwrap();
+        assert_eq!(w.commit(5), Ok(()));
+        assert_eq!(w.check(0), Err(ReplayError::Zero));
+    }
+
+    #[test]
+    fn restored_window_refuses_everything_at_or_below_top() {
+        let w = ReplayWindow::new(128, 500);
+        assert_eq!(w.check(500), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(450), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(501), Ok(()));
+    }
+
+    #[test]
+    fn esn_inference_case_a_and_b() {
+        let w = 1024u64;
+        // Case A: top well inside a subspace.
+        let mut win = ReplayWindow::new(w as u32, (3 << 32) | 5000);
+        assert_eq!(win.infer_esn(5001), Some((3 << 32) | 5001));
+        assert_eq!(win.infer_esn(5000 - 1023), Some((3 << 32) | (5000 - 1023)));
+        // Below the window: must be the next subspace (it wrapped).
+        assert_eq!(win.infer_esn(10), Some((4 << 32) | 10));
+        // Case B: top just after a wrap, window reaches back into the previous subspace.
+        win = ReplayWindow::new(w as u32, (4 << 32) | 10);
+        assert_eq!(win.infer_esn(0xffff_fff0), Some((3 << 32) | 0xffff_fff0));
+        assert_eq!(win.infer_esn(11), Some((4 << 32) | 11));
+        assert_eq!(win.infer_esn(0x8000_0000), Some((4 << 32) | 0x8000_0000));
+        // Case B at the very start: nothing lies before subspace 0.
+        win = ReplayWindow::new(w as u32, 10);
+        assert_eq!(win.infer_esn(0xffff_fff0), None);
+        assert_eq!(win.infer_esn(11), Some(11));
+    }
+
+    #[test]
+    fn esn_rollover_end_to_end() {
+        let mut win = ReplayWindow::new(1024, 0xffff_fff0);
+        for lo in (0xffff_fff1u32..=0xffff_ffff).chain(0..=20) {
+            let seq = win.infer_esn(lo).unwrap();
+            win.commit(seq).unwrap();
+        }
+        assert_eq!(win.highest(), (1 << 32) | 20);
+        // A late packet from before the wrap is placed in the old subspace.
+        assert_eq!(win.infer_esn(0xffff_ffff), Some(0xffff_ffff));
+        assert_eq!(win.check(0xffff_ffff), Err(ReplayError::Duplicate));
+        assert_eq!(win.check(0xffff_fff0), Err(ReplayError::Duplicate));
+    }
+}

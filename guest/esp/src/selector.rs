@@ -1,0 +1,136 @@
+//! Traffic selectors (RFC 7296 section 3.13.1, RFC 4301 section 4.4.1.1).
+use wasmsec_wire::ip::{Address, Selectors};
+
+/// An address range with a protocol and a port range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficSelector {
+    /// IP protocol, 0 for any.
+    pub protocol: u8,
+    pub start_port: u16,
+    pub end_port: u16,
+    pub start: Address,
+    pub end: Address,
+}
+
+impl TrafficSelector {
+    /// Every address of one family, any protocol, any port.
+    pub fn any_v4() -> TrafficSelector {
+        TrafficSelector {
+            protocol: 0,
+            start_port: 0,
+            end_port: u16::MAX,
+            start: Address::V4([0; 4]),
+            end: Address::V4([0xff; 4]),
+        }
+    }
+
+    /// A CIDR prefix, any protocol, any port.
+    pub fn from_prefix(addr: Address, prefix_len: u8) -> Option<TrafficSelector> {
+        let (start, end) = match addr {
+            Address::V4(a) if prefix_len <= 32 => {
+                let v = u32::from_be_bytes(a);
+                let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
+                (Address::V4((v & mask).to_be_bytes()), Address::V4((v | !mask).to_be_bytes()))
+            }
+            Address::V6(a) if prefix_len <= 128 => {
+                let v = u128::from_be_bytes(a);
+                let mask = if prefix_len == 0 { 0 } else { u128::MAX << (128 - prefix_len) };
+                (Address::V6((v & mask).to_be_bytes()), Address::V6((v | !mask).to_be_bytes()))
+            }
+            _ => return None,
+        };
+        Some(TrafficSelector { protocol: 0, start_port: 0, end_port: u16::MAX, start, end })
+    }
+
+    /// Well-formed: one address family, start <= end for addresses and ports.
+    pub fn is_valid(&self) -> bool {
+        let same_family = matches!(
+            (self.start, self.end),
+            (Address::V4(_), Address::V4(_)) | (Address::V6(_), Address::V6(_))
+        );
+        same_family && self.start <= self.end && self.start_port <= self.end_port
+    }
+
+    fn contains_addr(&self, a: &Address) -> bool {
+        // Address orders V4 before V6, and within a family by bytes, so a
+        // range check is also a family check.
+        self.start <= *a && *a <= self.end
+    }
+
+    fn any_port(&self) -> bool {
+        self.start_port == 0 && self.end_port == u16::MAX
+    }
+
+    fn contains_port(&self, port: Option<u16>) -> bool {
+        match port {
+            _ if self.any_port() => true,
+            Some(p) => self.start_port <= p && p <= self.end_port,
+            // An OPAQUE port (fragment, no ports) matches only ANY.
+            None => false,
+        }
+    }
+
+    fn contains_protocol(&self, protocol: u8) -> bool {
+        self.protocol == 0 || self.protocol == protocol
+    }
+}
+
+/// True if a packet from `src` side to `dst` side matches: its source lies
+/// in one of `src_ts`, its destination in one of `dst_ts`.
+pub fn matches(s: &Selectors, src_ts: &[TrafficSelector], dst_ts: &[TrafficSelector]) -> bool {
+    let src_ok = src_ts.iter().any(|t| {
+        t.contains_addr(&s.src) && t.contains_protocol(s.protocol) && t.contains_port(s.src_port)
+    });
+    src_ok
+        && dst_ts.iter().any(|t| {
+            t.contains_addr(&s.dst) && t.contains_protocol(s.protocol) && t.contains_port(s.dst_port)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmsec_wire::ip::{PROTO_TCP, PROTO_UDP};
+
+    fn sel(src: [u8; 4], dst: [u8; 4], protocol: u8, sp: Option<u16>, dp: Option<u16>) -> Selectors {
+        Selectors { src: Address::V4(src), dst: Address::V4(dst), protocol, src_port: sp, dst_port: dp, total_len: 40 }
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        let t = TrafficSelector::from_prefix(Address::V4([198, 18, 1, 77]), 24).unwrap();
+        assert_eq!(t.start, Address::V4([198, 18, 1, 0]));
+        assert_eq!(t.end, Address::V4([198, 18, 1, 255]));
+        assert!(t.is_valid());
+        let all = TrafficSelector::from_prefix(Address::V4([1, 2, 3, 4]), 0).unwrap();
+        assert_eq!(all, TrafficSelector::any_v4());
+        assert!(TrafficSelector::from_prefix(Address::V4([1, 2, 3, 4]), 33).is_none());
+        let v6 = TrafficSelector::from_prefix(Address::V6([0x20; 16]), 64).unwrap();
+        assert!(v6.is_valid());
+    }
+
+    #[test]
+    fn address_protocol_and_port_matching() {
+        let a = TrafficSelector::from_prefix(Address::V4([10, 0, 1, 0]), 24).unwrap();
+        let b = TrafficSelector::from_prefix(Address::V4([10, 0, 2, 0]), 24).unwrap();
+        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, Some(1000), Some(443));
+        assert!(matches(&s, &[a.clone()], &[b.clone()]));
+        assert!(!matches(&s, &[b.clone()], &[a.clone()]));
+        let https = TrafficSelector { protocol: PROTO_TCP, start_port: 443, end_port: 443, ..b.clone() };
+        assert!(matches(&s, &[a.clone()], &[https.clone()]));
+        let udp = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_UDP, Some(1000), Some(443));
+        assert!(!matches(&udp, &[a.clone()], &[https.clone()]));
+        let frag = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
+        assert!(!matches(&frag, &[a.clone()], &[https]));
+        assert!(matches(&frag, &[a], &[b]));
+    }
+
+    #[test]
+    fn families_do_not_mix() {
+        let v6 = TrafficSelector::from_prefix(Address::V6([0; 16]), 0).unwrap();
+        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
+        assert!(!matches(&s, &[v6.clone()], &[v6]));
+        let bad = TrafficSelector { end: Address::V6([0; 16]), ..TrafficSelector::any_v4() };
+        assert!(!bad.is_valid());
+    }
+}

@@ -1,0 +1,137 @@
+//! What an IPsec policy looks at in an IP packet: the selector fields of
+//! RFC 4301 section 4.4.1.1 (addresses, Next Layer Protocol, ports; for ICMP
+//! the type and code stand in for the ports, section 4.4.1.3).
+use crate::{Error, Result, be16, ipv4, ipv6};
+
+/// An IPv4 or IPv6 address, network order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+impl Address {
+    /// From 4 or 16 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Address> {
+        match b.len() {
+            4 => Some(Address::V4([b[0], b[1], b[2], b[3]])),
+            16 => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(b);
+                Some(Address::V6(a))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Address::V4(a) => a,
+            Address::V6(a) => a,
+        }
+    }
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ESP: u8 = 50;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Selector fields of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selectors {
+    pub src: Address,
+    pub dst: Address,
+    pub protocol: u8,
+    /// Source port; for ICMP the type in the high and the code in the low
+    /// byte, as IKEv2 traffic selectors carry them (RFC 7296 section 3.13.1).
+    /// `None` when not present (OPAQUE).
+    pub src_port: Option<u16>,
+    /// Destination port; for ICMP the same type/code value as `src_port`.
+    pub dst_port: Option<u16>,
+    /// Total length the IP header claims.
+    pub total_len: usize,
+}
+
+impl Selectors {
+    /// Read the selector fields from the head of an IP packet (at least the
+    /// IP header; the ports are read if they are in `head`).
+    pub fn parse(head: &[u8]) -> Result<Selectors> {
+        match head.first().map(|b| b >> 4) {
+            Some(4) => {
+                let p = ipv4::Packet::new_checked(head)?;
+                let ports = if p.is_non_first_fragment() { None } else { ports(p.protocol(), p.payload()) };
+                Ok(Selectors {
+                    src: Address::V4(p.src_addr()),
+                    dst: Address::V4(p.dst_addr()),
+                    protocol: p.protocol(),
+                    src_port: ports.map(|x| x.0),
+                    dst_port: ports.map(|x| x.1),
+                    total_len: usize::from(p.total_len()),
+                })
+            }
+            Some(6) => {
+                let p = ipv6::Packet::new_checked(head)?;
+                let ports = ports(p.next_header(), p.payload());
+                Ok(Selectors {
+                    src: Address::V6(p.src_addr()),
+                    dst: Address::V6(p.dst_addr()),
+                    protocol: p.next_header(),
+                    src_port: ports.map(|x| x.0),
+                    dst_port: ports.map(|x| x.1),
+                    total_len: usize::from(p.payload_len()) + ipv6::HEADER_LEN,
+                })
+            }
+            Some(_) => Err(Error::Malformed),
+            None => Err(Error::Truncated),
+        }
+    }
+}
+
+fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
+    match protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP if l4.len() >= 4 => Some((be16(l4, 0), be16(l4, 2))),
+        // RFC 7296 section 3.13.1: ICMP type (high byte) and code (low byte)
+        // stand in for both ports.
+        PROTO_ICMP | PROTO_ICMPV6 if l4.len() >= 2 => Some((be16(l4, 0), be16(l4, 0))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_udp_ports_and_icmp_type_code() {
+        let mut b = [0u8; 28];
+        ipv4::Repr { src_addr: [10, 0, 0, 1], dst_addr: [10, 0, 1, 1], protocol: PROTO_UDP, payload_len: 8, ttl: 64 }
+            .emit(&mut b)
+            .unwrap();
+        b[20..22].copy_from_slice(&53u16.to_be_bytes());
+        b[22..24].copy_from_slice(&4500u16.to_be_bytes());
+        let s = Selectors::parse(&b).unwrap();
+        assert_eq!((s.src, s.dst), (Address::V4([10, 0, 0, 1]), Address::V4([10, 0, 1, 1])));
+        assert_eq!((s.src_port, s.dst_port, s.total_len), (Some(53), Some(4500), 28));
+        b[9] = PROTO_ICMP;
+        b[20] = 8;
+        b[21] = 0;
+        let s = Selectors::parse(&b).unwrap();
+        assert_eq!((s.src_port, s.dst_port), (Some(0x0800), Some(0x0800)));
+        // Ports cut off: still a valid packet head, ports unknown.
+        let s = Selectors::parse(&b[..21]).unwrap();
+        assert_eq!(s.src_port, None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert_eq!(Selectors::parse(&[]), Err(Error::Truncated));
+        assert_eq!(Selectors::parse(&[0x50; 40]), Err(Error::Malformed));
+        for n in 0..40 {
+            let _ = Selectors::parse(&[0x45; 64][..n]);
+            let _ = Selectors::parse(&[0x60; 64][..n]);
+        }
+    }
+}
