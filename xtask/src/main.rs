@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask`: the project's one build, demo and test driver.
+//!
+//! - `cargo xtask build`  release host binary and all wasm components
+//! - `cargo xtask demo`   build, then `wasmsec demo` (root)
+//! - `cargo xtask test`   build, unit tests, end-to-end and interop tests (root)
+//! - `cargo xtask bench`  build, then the ESP data-path benchmark
+//!
+//! Each installs the Debian packages it needs when they are missing, so the
+//! README's two commands work on a fresh machine.
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+mod build;
+mod packages;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <build|demo|test|bench> [args]\n\
+         \n  build            release host binary + wasm components into target/\
+         \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
+         \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
+         \n  bench            build, then the ESP data-path benchmark"
+    );
+    std::process::exit(2)
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_else(|| usage());
+    let rest: Vec<String> = args.collect();
+    let r = match cmd.as_str() {
+        "build" => build::all().map(|_| true),
+        "demo" => demo(&rest),
+        "test" => test(rest.first().map(String::as_str)),
+        "bench" => bench(),
+        _ => usage(),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY-free check: the effective uid is in /proc.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("1");
+    if euid != "0" {
+        bail!("{what} needs root (network namespaces, TUN devices, packet capture); run it as root");
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<bool> {
+    eprintln!("xtask: running {:?}", cmd);
+    Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
+}
+
+fn demo(args: &[String]) -> Result<bool> {
+    require_root("the demo")?;
+    packages::ensure(packages::RUNTIME)?;
+    build::all()?;
+    run(Command::new(build::host_binary()).arg("demo").args(args))
+}
+
+fn bench() -> Result<bool> {
+    build::all()?;
+    run(Command::new(build::cargo()).current_dir(root()).args([
+        "bench",
+        "-p",
+        "wasmsec",
+        "--bench",
+        "esp_datapath",
+    ]))
+}
+
+/// Everything, in order; counts suites and prints one closing line.
+fn test(filter: Option<&str>) -> Result<bool> {
+    require_root("the test suite")?;
+    packages::ensure(packages::RUNTIME)?;
+    packages::ensure(packages::TEST)?;
+    build::all()?;
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    if filter.is_none() {
+        // Unit and component tests: the same release profile as the binary,
+        // so wasmtime is compiled once.
+        let ok = run(Command::new(build::cargo())
+            .current_dir(root())
+            .env("WASMSEC_COMPONENTS", build::components_dir())
+            .args(["test", "--release"]))?;
+        if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
+    }
+    let mut scripts: Vec<PathBuf> = Vec::new();
+    for dir in ["tests/e2e", "tests/interop"] {
+        let Ok(rd) = std::fs::read_dir(root().join(dir)) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+            if name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f)) {
+                scripts.push(p);
+            }
+        }
+    }
+    scripts.sort();
+    for s in scripts {
+        let ok = run(Command::new("bash")
+            .arg(&s)
+            .current_dir(root())
+            .env("WASMSEC_BIN", build::host_binary())
+            .env("WASMSEC_COMPONENTS", build::components_dir()))?;
+        let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
+        if ok {
+            passed += 1
+        } else {
+            failed.push(name)
+        }
+    }
+    for f in &failed {
+        eprintln!("xtask: FAILED: {f}");
+    }
+    println!("suites: {} passed, {} failed", passed, failed.len());
+    Ok(failed.is_empty())
+}

@@ -1,0 +1,186 @@
+//! The ESP engine as a WebAssembly component: a thin shell that maps the
+//! `wasmsec:esp/engine` exports onto [`wasmsec_esp::Engine`] and implements
+//! its [`PacketBatch`] with the host's `wasmsec:crypto/packets` imports.
+#![deny(unsafe_code)] // generated bindings below are the only exception
+
+use std::cell::RefCell;
+
+use wasmsec_esp::{self as esp, CryptoError, Head, KeyHandle, Opened, PacketBatch, HEAD_LEN};
+use wasmsec_wire::ip::Address;
+
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "esp-engine",
+        pub_export_macro: true,
+        generate_all,
+    });
+}
+use bindings::*;
+
+use exports::wasmsec::esp::engine as wit;
+use wasmsec::crypto::packets::Batch;
+use wasmsec::crypto::types::CryptoError as WitCryptoError;
+
+thread_local! {
+    static ENGINE: RefCell<esp::Engine> = RefCell::new(esp::Engine::new());
+}
+
+struct Component;
+
+/// The host's batch seen through the engine's trait.
+struct HostBatch<'a>(&'a Batch);
+
+fn crypto_error(e: WitCryptoError) -> CryptoError {
+    match e {
+        WitCryptoError::UnknownKey => CryptoError::UnknownKey,
+        WitCryptoError::WrongKeyKind => CryptoError::WrongKeyKind,
+        WitCryptoError::IntegrityFailed => CryptoError::IntegrityFailed,
+        WitCryptoError::BadLength => CryptoError::BadLength,
+        WitCryptoError::KeyExpired => CryptoError::KeyExpired,
+    }
+}
+
+impl PacketBatch for HostBatch<'_> {
+    fn count(&self) -> u32 {
+        self.0.count()
+    }
+
+    fn packet_len(&self, index: u32) -> usize {
+        self.0.packet_len(index) as usize
+    }
+
+    fn head(&self, index: u32) -> Head {
+        Head::new(&self.0.peek(index, 0, HEAD_LEN as u32))
+    }
+
+    fn seal(
+        &mut self,
+        index: u32,
+        key: KeyHandle,
+        header: &[u8; 8],
+        esn_high: Option<u32>,
+        trailer: &[u8],
+    ) -> Result<(), CryptoError> {
+        self.0.seal(index, key.0, header, esn_high, trailer).map_err(crypto_error)
+    }
+
+    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
+        let o = self.0.open(index, key.0, esn_high, HEAD_LEN as u32).map_err(crypto_error)?;
+        Ok(Opened {
+            head: Head::new(&o.head),
+            plaintext_len: o.plaintext_len as usize,
+            pad_length: o.pad_length,
+            next_header: o.next_header,
+        })
+    }
+}
+
+fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>, String> {
+    ts.into_iter()
+        .map(|t| {
+            let start = Address::from_bytes(&t.start_address).ok_or("selector start address is not 4 or 16 bytes")?;
+            let end = Address::from_bytes(&t.end_address).ok_or("selector end address is not 4 or 16 bytes")?;
+            Ok(esp::TrafficSelector {
+                protocol: t.ip_protocol,
+                start_port: t.start_port,
+                end_port: t.end_port,
+                start,
+                end,
+            })
+        })
+        .collect()
+}
+
+fn drop_reason(r: esp::DropReason) -> wit::DropReason {
+    use esp::DropReason as D;
+    match r {
+        D::NoPolicy => wit::DropReason::NoPolicy,
+        D::Malformed => wit::DropReason::Malformed,
+        D::UnknownSpi => wit::DropReason::UnknownSpi,
+        D::Replay => wit::DropReason::Replay,
+        D::IntegrityFailed => wit::DropReason::IntegrityFailed,
+        D::BadTrailer => wit::DropReason::BadTrailer,
+        D::SelectorMismatch => wit::DropReason::SelectorMismatch,
+        D::SeqExhausted => wit::DropReason::SeqExhausted,
+        D::CryptoRefused => wit::DropReason::CryptoRefused,
+        D::Dummy => wit::DropReason::Dummy,
+    }
+}
+
+impl wit::Guest for Component {
+    fn install_outbound(sa: wit::OutboundSa) -> Result<(), String> {
+        let sa = esp::OutboundSa {
+            spi: sa.spi,
+            key: KeyHandle(sa.key),
+            peer: sa.peer,
+            esn: sa.esn,
+            next_seq: sa.next_seq,
+            pad_align: sa.pad_align,
+            local_ts: selectors(sa.local_ts)?,
+            remote_ts: selectors(sa.remote_ts)?,
+        };
+        ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
+    }
+
+    fn install_inbound(sa: wit::InboundSa) -> Result<(), String> {
+        let sa = esp::InboundSa {
+            spi: sa.spi,
+            key: KeyHandle(sa.key),
+            esn: sa.esn,
+            replay_window: sa.replay_window,
+            highest_seq: sa.highest_seq,
+            local_ts: selectors(sa.local_ts)?,
+            remote_ts: selectors(sa.remote_ts)?,
+        };
+        ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())
+    }
+
+    fn remove_outbound(spi: u32) -> bool {
+        ENGINE.with_borrow_mut(|e| e.remove_outbound(spi))
+    }
+
+    fn remove_inbound(spi: u32) -> bool {
+        ENGINE.with_borrow_mut(|e| e.remove_inbound(spi))
+    }
+
+    fn encap(packets: &Batch) -> Vec<wit::EncapVerdict> {
+        let mut verdicts = Vec::with_capacity(packets.count() as usize);
+        ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets), &mut verdicts));
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                esp::EncapVerdict::Send(peer) => wit::EncapVerdict::Send(peer),
+                esp::EncapVerdict::Drop(r) => wit::EncapVerdict::Drop(drop_reason(r)),
+            })
+            .collect()
+    }
+
+    fn decap(packets: &Batch) -> Vec<wit::DecapVerdict> {
+        let mut verdicts = Vec::with_capacity(packets.count() as usize);
+        ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets), &mut verdicts));
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                esp::DecapVerdict::Deliver(len) => wit::DecapVerdict::Deliver(len),
+                esp::DecapVerdict::Drop(r) => wit::DecapVerdict::Drop(drop_reason(r)),
+            })
+            .collect()
+    }
+
+    fn sa_states() -> Vec<wit::SaState> {
+        ENGINE.with_borrow(|e| {
+            e.sa_states()
+                .into_iter()
+                .map(|s| wit::SaState { spi: s.spi, packets: s.packets, bytes: s.bytes, seq: s.seq })
+                .collect()
+        })
+    }
+}
+
+#[allow(unsafe_code)]
+mod export {
+    use crate::Component;
+    crate::bindings::export!(Component with_types_in crate::bindings);
+}

@@ -1,0 +1,125 @@
+//! Building the host and the wasm components.
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{packages, root};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Guest crates and the component file each becomes.
+const COMPONENTS: &[(&str, &str)] = &[
+    ("wasmsec-esp-component", "esp.wasm"),
+    ("wasmsec-policy-allow-list", "policy-allow-list.wasm"),
+];
+
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub fn host_binary() -> PathBuf {
+    root().join("target/release/wasmsec")
+}
+
+pub fn components_dir() -> PathBuf {
+    root().join("target/components")
+}
+
+/// How guests are compiled on this machine.
+enum Route {
+    /// rustup has the wasm32 target: plain cargo.
+    Rustup,
+    /// Debian's rustc-web with its std sources and -Zbuild-std.
+    DebianBuildStd,
+}
+
+fn route() -> Route {
+    let has_target = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
+        .unwrap_or(false);
+    if has_target { Route::Rustup } else { Route::DebianBuildStd }
+}
+
+pub fn all() -> Result<()> {
+    guests()?;
+    host()
+}
+
+fn host() -> Result<()> {
+    let ok = Command::new(cargo())
+        .current_dir(root())
+        .args(["build", "--release", "-p", "wasmsec"])
+        .status()
+        .context("cannot run cargo")?
+        .success();
+    if !ok {
+        bail!("building the host failed");
+    }
+    Ok(())
+}
+
+fn guests() -> Result<()> {
+    let target_dir = root().join("target/guest");
+    let mut cmd = match route() {
+        Route::Rustup => {
+            eprintln!("xtask: guests: rustup toolchain with the {WASM_TARGET} target");
+            let mut c = Command::new(cargo());
+            c.arg("build");
+            c
+        }
+        Route::DebianBuildStd => {
+            eprintln!("xtask: guests: no rustup {WASM_TARGET} target; Debian rustc-web with -Zbuild-std");
+            packages::ensure(packages::GUEST_TOOLCHAIN)?;
+            let mut c = Command::new("/usr/bin/cargo");
+            // /usr/bin/cargo would find rustup's rustc through PATH, which has
+            // no std sources: name Debian's compiler explicitly.
+            c.env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTDOC", "/usr/bin/rustdoc")
+                .args(["build", "-Zbuild-std=std,panic_abort"]);
+            c
+        }
+    };
+    // The outer cargo's settings must not leak into the nested build.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        cmd.env_remove(var);
+    }
+    if matches!(route(), Route::Rustup) {
+        cmd.env_remove("RUSTC").env_remove("RUSTDOC");
+    }
+    cmd.current_dir(root()).args(["--profile", "guest", "--target", WASM_TARGET, "--target-dir"]).arg(&target_dir);
+    for (krate, _) in COMPONENTS {
+        cmd.args(["-p", krate]);
+    }
+    if !cmd.status().context("cannot run cargo for the guests")?.success() {
+        bail!("building the wasm guests failed");
+    }
+    let out = components_dir();
+    std::fs::create_dir_all(&out)?;
+    for (krate, file) in COMPONENTS {
+        let core = target_dir.join(WASM_TARGET).join("guest").join(format!("{}.wasm", krate.replace('-', "_")));
+        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .with_context(|| format!("{krate}: no component type information in the module"))?
+            .validate(true)
+            .encode()
+            .with_context(|| format!("{krate}: cannot make a component"))?;
+        let dest = out.join(file);
+        std::fs::write(&dest, &component)?;
+        eprintln!("xtask: component {} ({} bytes)", dest.display(), component.len());
+    }
+    Ok(())
+}
