@@ -1,1 +1,137 @@
-fn main() {}
+//! `wasmsec`: the IPsec gateway daemon and its command line.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use wasmsec::{config, daemon, demo, keystore::EspAlgorithm};
+
+const USAGE: &str = "\
+usage:
+  wasmsec run --config FILE [--stats-file FILE]   run the gateway (root)
+  wasmsec check --config FILE                     validate a config file and exit
+  wasmsec demo [--algorithm ALG] [--raw-esp] [--pings N] [--dir DIR] [--keep]
+                                                  two gateways in namespaces, ping through ESP (root)
+  wasmsec demo --down                             tear down a demo left by --keep
+  wasmsec version
+
+environment:
+  WASMSEC_LOG          log level: error, warn, info (default), debug, trace
+  WASMSEC_COMPONENTS   directory holding esp.wasm (default: ../components beside the binary)";
+
+fn init_logging() {
+    let level = match std::env::var("WASMSEC_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
+    args.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("wasmsec: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<bool> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let usage = |msg: String| -> anyhow::Result<bool> {
+        eprintln!("wasmsec: {msg}\n{USAGE}");
+        Ok(false)
+    };
+    match cmd.as_str() {
+        "run" | "check" => {
+            let (mut config, mut stats) = (None, None);
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--config" | "-c" => {
+                        config = Some(PathBuf::from(
+                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
+                        ))
+                    }
+                    "--stats-file" => {
+                        stats = Some(PathBuf::from(
+                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
+                        ))
+                    }
+                    other => return usage(format!("unknown option {other}")),
+                }
+            }
+            let Some(config) = config else {
+                return usage("--config is required".into());
+            };
+            if cmd == "check" {
+                let c = config::Config::load(&config)?;
+                println!(
+                    "{}: OK ({} manual tunnel(s))",
+                    config.display(),
+                    c.manual.len()
+                );
+                return Ok(true);
+            }
+            daemon::run(&config, stats.as_deref())?;
+            Ok(true)
+        }
+        "demo" => {
+            let mut o = demo::Options::default();
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--down" => {
+                        demo::down()?;
+                        return Ok(true);
+                    }
+                    "--raw-esp" => o.raw_esp = true,
+                    "--keep" => o.keep = true,
+                    "--algorithm" => {
+                        let v = value(&mut args, &a).map_err(anyhow::Error::msg)?;
+                        match EspAlgorithm::from_name(&v) {
+                            Some(alg) => o.algorithm = alg,
+                            None => return usage(format!("unknown algorithm {v:?}")),
+                        }
+                    }
+                    "--pings" => {
+                        let v = value(&mut args, &a).map_err(anyhow::Error::msg)?;
+                        match v.parse() {
+                            Ok(n) if n > 0 => o.pings = n,
+                            _ => return usage(format!("--pings {v:?} is not a positive number")),
+                        }
+                    }
+                    "--dir" => {
+                        o.dir = PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)
+                    }
+                    other => return usage(format!("unknown option {other}")),
+                }
+            }
+            demo::run(&o)
+        }
+        "version" | "--version" => {
+            println!("wasmsec {}", env!("CARGO_PKG_VERSION"));
+            Ok(true)
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        other => usage(format!("unknown command {other:?}")),
+    }
+}

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask's parent directory).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -61,14 +64,19 @@ fn require_root(what: &str) -> Result<()> {
         .and_then(|l| l.split_whitespace().nth(2))
         .unwrap_or("1");
     if euid != "0" {
-        bail!("{what} needs root (network namespaces, TUN devices, packet capture); run it as root");
+        bail!(
+            "{what} needs root (network namespaces, TUN devices, packet capture); run it as root"
+        );
     }
     Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<bool> {
     eprintln!("xtask: running {:?}", cmd);
-    Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
+    Ok(cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?
+        .success())
 }
 
 fn demo(args: &[String]) -> Result<bool> {
@@ -104,15 +112,28 @@ fn test(filter: Option<&str>) -> Result<bool> {
             .current_dir(root())
             .env("WASMSEC_COMPONENTS", build::components_dir())
             .args(["test", "--release"]))?;
-        if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
+        if ok {
+            passed += 1
+        } else {
+            failed.push("cargo test".to_string())
+        }
     }
     let mut scripts: Vec<PathBuf> = Vec::new();
     for dir in ["tests/e2e", "tests/interop"] {
-        let Ok(rd) = std::fs::read_dir(root().join(dir)) else { continue };
+        let Ok(rd) = std::fs::read_dir(root().join(dir)) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
-            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
-            if name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f)) {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            if name.starts_with("test-")
+                && name.ends_with(".sh")
+                && filter.is_none_or(|f| name.contains(f))
+            {
                 scripts.push(p);
             }
         }
@@ -125,11 +146,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
             .env("WASMSEC_BIN", build::host_binary())
             .env("WASMSEC_COMPONENTS", build::components_dir()))?;
         let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
-        if ok {
-            passed += 1
-        } else {
-            failed.push(name)
-        }
+        if ok { passed += 1 } else { failed.push(name) }
     }
     for f in &failed {
         eprintln!("xtask: FAILED: {f}");

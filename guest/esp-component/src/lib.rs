@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use wasmsec_esp::{self as esp, CryptoError, Head, KeyHandle, Opened, PacketBatch, HEAD_LEN};
+use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Head, KeyHandle, Opened, PacketBatch};
 use wasmsec_wire::ip::Address;
 
 #[allow(unsafe_code)]
@@ -63,11 +63,21 @@ impl PacketBatch for HostBatch<'_> {
         esn_high: Option<u32>,
         trailer: &[u8],
     ) -> Result<(), CryptoError> {
-        self.0.seal(index, key.0, header, esn_high, trailer).map_err(crypto_error)
+        self.0
+            .seal(index, key.0, header, esn_high, trailer)
+            .map_err(crypto_error)
     }
 
-    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
-        let o = self.0.open(index, key.0, esn_high, HEAD_LEN as u32).map_err(crypto_error)?;
+    fn open(
+        &mut self,
+        index: u32,
+        key: KeyHandle,
+        esn_high: Option<u32>,
+    ) -> Result<Opened, CryptoError> {
+        let o = self
+            .0
+            .open(index, key.0, esn_high, HEAD_LEN as u32)
+            .map_err(crypto_error)?;
         Ok(Opened {
             head: Head::new(&o.head),
             plaintext_len: o.plaintext_len as usize,
@@ -80,8 +90,10 @@ impl PacketBatch for HostBatch<'_> {
 fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>, String> {
     ts.into_iter()
         .map(|t| {
-            let start = Address::from_bytes(&t.start_address).ok_or("selector start address is not 4 or 16 bytes")?;
-            let end = Address::from_bytes(&t.end_address).ok_or("selector end address is not 4 or 16 bytes")?;
+            let start = Address::from_bytes(&t.start_address)
+                .ok_or("selector start address is not 4 or 16 bytes")?;
+            let end = Address::from_bytes(&t.end_address)
+                .ok_or("selector end address is not 4 or 16 bytes")?;
             Ok(esp::TrafficSelector {
                 protocol: t.ip_protocol,
                 start_port: t.start_port,
@@ -121,7 +133,9 @@ impl wit::Guest for Component {
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
         };
-        ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
+        ENGINE
+            .with_borrow_mut(|e| e.install_outbound(sa))
+            .map_err(|e| e.to_string())
     }
 
     fn install_inbound(sa: wit::InboundSa) -> Result<(), String> {
@@ -134,7 +148,9 @@ impl wit::Guest for Component {
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
         };
-        ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())
+        ENGINE
+            .with_borrow_mut(|e| e.install_inbound(sa))
+            .map_err(|e| e.to_string())
     }
 
     fn remove_outbound(spi: u32) -> bool {
@@ -173,7 +189,12 @@ impl wit::Guest for Component {
         ENGINE.with_borrow(|e| {
             e.sa_states()
                 .into_iter()
-                .map(|s| wit::SaState { spi: s.spi, packets: s.packets, bytes: s.bytes, seq: s.seq })
+                .map(|s| wit::SaState {
+                    spi: s.spi,
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    seq: s.seq,
+                })
                 .collect()
         })
     }

@@ -15,7 +15,7 @@ mod engine;
 pub mod replay;
 pub mod selector;
 
-pub use batch::{CryptoError, Head, KeyHandle, Opened, PacketBatch, HEAD_LEN};
+pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, Opened, PacketBatch};
 pub use engine::{
     DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState,
 };

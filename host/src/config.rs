@@ -1,0 +1,517 @@
+//! The configuration file (TOML). Unknown keys are errors; every error
+//! names the file, and where it can, the line and the key.
+//!
+//! ```toml
+//! [tunnel]
+//! name = "wsec0"            # TUN device
+//! mtu = 1400
+//!
+//! [network]
+//! listen = "198.18.0.2"     # local address for UDP 4500 (and raw ESP)
+//!
+//! [[manual]]                # one static (manually keyed) tunnel
+//! name = "to-gwa"
+//! remote_address = "198.18.0.1"
+//! encapsulation = "udp"     # or "none": raw ESP, IP protocol 50
+//! algorithm = "aes256gcm16"
+//! local_ts = ["198.18.2.0/24"]
+//! remote_ts = ["198.18.1.0/24"]
+//! out_spi = "0xc0000001"
+//! out_key = "file:/etc/wasmsec/to-gwa.out.key"
+//! in_spi = "0xc0000002"
+//! in_key = "env:WASMSEC_TO_GWA_IN_KEY"
+//! ```
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::keystore::EspAlgorithm;
+use wasmsec_wire::ip::Address;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub tunnel: Tunnel,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub manual: Vec<Manual>,
+}
+
+/// The TUN device that carries inner (cleartext) traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// Interface name, at most 15 bytes.
+    #[serde(default = "default_tun_name")]
+    pub name: String,
+    /// MTU of the TUN device: the path MTU minus ESP-in-UDP overhead
+    /// (about 20 IP + 8 UDP + 8 ESP + 8 IV + 2-5 trailer + 16 ICV = 65 bytes).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Source address for packets the gateway itself sends into the
+    /// tunnel (set on the routes); usually the gateway's LAN address.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Tunnel {
+            name: default_tun_name(),
+            mtu: default_mtu(),
+            source: None,
+        }
+    }
+}
+
+fn default_tun_name() -> String {
+    "wsec0".into()
+}
+
+fn default_mtu() -> u16 {
+    1400
+}
+
+/// Sockets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Local IPv4 address to bind (default: all).
+    #[serde(default = "default_listen")]
+    pub listen: Ipv4Addr,
+    /// UDP port for ESP-in-UDP and IKE with the non-ESP marker (RFC 3948).
+    #[serde(default = "default_nat_port")]
+    pub nat_t_port: u16,
+    /// Also receive raw ESP (IP protocol 50). Opened automatically when a
+    /// tunnel uses `encapsulation = "none"`.
+    #[serde(default)]
+    pub raw_esp: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            listen: default_listen(),
+            nat_t_port: default_nat_port(),
+            raw_esp: false,
+        }
+    }
+}
+
+fn default_listen() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
+fn default_nat_port() -> u16 {
+    4500
+}
+
+/// Where the wasm components are and how much a batch may hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Directory holding `esp.wasm` (default: `$WASMSEC_COMPONENTS`, else
+    /// `../components` next to the binary, else `/usr/lib/wasmsec/components`).
+    #[serde(default)]
+    pub components: Option<PathBuf>,
+    /// Packets per call into the ESP component (1-256).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            components: None,
+            batch: default_batch(),
+        }
+    }
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+/// How ESP travels to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulation {
+    /// ESP in UDP (RFC 3948) to the peer's port 4500.
+    Udp,
+    /// Raw ESP, IP protocol 50.
+    None,
+}
+
+/// A manually keyed tunnel: one outbound and one inbound SA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manual {
+    pub name: String,
+    pub remote_address: Ipv4Addr,
+    #[serde(default = "default_nat_port")]
+    pub remote_port: u16,
+    #[serde(default = "default_encap")]
+    pub encapsulation: Encapsulation,
+    /// ESP transform: aes128gcm16, aes256gcm16 or chacha20poly1305.
+    #[serde(default = "default_alg")]
+    pub algorithm: String,
+    /// Extended sequence numbers (RFC 4303 section 2.2.1); both ends must agree.
+    #[serde(default)]
+    pub esn: bool,
+    /// Anti-replay window in packets (0 turns replay protection off).
+    #[serde(default = "default_window")]
+    pub replay_window: u32,
+    /// Local and remote subnets (CIDR) the tunnel carries.
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub out_spi: Spi,
+    /// `file:PATH` or `env:NAME`, holding the key and salt in hex.
+    pub out_key: KeySource,
+    pub in_spi: Spi,
+    pub in_key: KeySource,
+}
+
+fn default_encap() -> Encapsulation {
+    Encapsulation::Udp
+}
+
+fn default_alg() -> String {
+    "aes256gcm16".into()
+}
+
+fn default_window() -> u32 {
+    1024
+}
+
+/// An SPI written as a number or a hex string ("0x1001").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Spi(pub u32);
+
+impl<'de> Deserialize<'de> for Spi {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => {
+                let t = s.trim();
+                let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                    Some(h) => u32::from_str_radix(h, 16),
+                    None => t.parse(),
+                };
+                r.map_err(|_| {
+                    serde::de::Error::custom(format!("SPI {s:?} is not a 32-bit number"))
+                })?
+            }
+        };
+        if v <= 255 {
+            return Err(serde::de::Error::custom(format!(
+                "SPI {v} is reserved (RFC 4303: 1-255 are IANA-reserved, 0 is invalid)"
+            )));
+        }
+        Ok(Spi(v))
+    }
+}
+
+/// Where a key comes from. Keys are never written in the config itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "file:{}", p.display()),
+            KeySource::Env(n) => write!(f, "env:{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(p) = s.strip_prefix("file:") {
+            Ok(KeySource::File(PathBuf::from(p)))
+        } else if let Some(n) = s.strip_prefix("env:") {
+            Ok(KeySource::Env(n.to_string()))
+        } else {
+            // Do not echo the value: it may be a key pasted inline.
+            Err(serde::de::Error::custom(
+                "a key must be given as \"file:PATH\" or \"env:NAME\" (keys are never written inline)",
+            ))
+        }
+    }
+}
+
+impl KeySource {
+    /// Read the hex key. Relative files are resolved against `base`.
+    pub fn load(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+        let text = Zeroizing::new(match self {
+            KeySource::File(p) => {
+                let p = if p.is_relative() {
+                    base.join(p)
+                } else {
+                    p.clone()
+                };
+                std::fs::read_to_string(&p)
+                    .map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
+            }
+            KeySource::Env(n) => {
+                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?
+            }
+        });
+        let hex: Zeroizing<String> = Zeroizing::new(
+            text.chars()
+                .filter(|c| !c.is_whitespace() && *c != ':')
+                .collect(),
+        );
+        let hex = hex.strip_prefix("0x").unwrap_or(&hex);
+        if hex.len() % 2 != 0 {
+            return Err(format!(
+                "key from {self:?} is not an even number of hex digits"
+            ));
+        }
+        let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
+        for i in (0..hex.len()).step_by(2) {
+            let b = u8::from_str_radix(&hex[i..i + 2], 16)
+                .map_err(|_| format!("key from {self:?} is not hex"))?;
+            out.push(b);
+        }
+        Ok(out)
+    }
+}
+
+/// A CIDR prefix, e.g. `198.18.1.0/24` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    pub fn parse(s: &str) -> Result<Prefix, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or(format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Prefix { addr, len })
+    }
+
+    pub fn address(&self) -> Address {
+        match self.addr {
+            IpAddr::V4(a) => Address::V4(a.octets()),
+            IpAddr::V6(a) => Address::V6(a.octets()),
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// A configuration error, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub msg: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |msg: String| ConfigError {
+            file: file.to_string(),
+            msg,
+        };
+        let c: Config = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            err(format!("{at}{}", e.message()))
+        })?;
+        c.validate().map_err(err)?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.tunnel.name.is_empty() || self.tunnel.name.len() > 15 {
+            return Err(format!(
+                "tunnel.name {:?} must be 1-15 bytes",
+                self.tunnel.name
+            ));
+        }
+        if !(576..=9000).contains(&self.tunnel.mtu) {
+            return Err(format!("tunnel.mtu {} must be 576-9000", self.tunnel.mtu));
+        }
+        if !(1..=256).contains(&self.runtime.batch) {
+            return Err(format!(
+                "runtime.batch {} must be 1-256",
+                self.runtime.batch
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut spis = std::collections::HashSet::new();
+        for m in &self.manual {
+            let at = format!("manual {:?}", m.name);
+            if !names.insert(&m.name) {
+                return Err(format!("{at}: name used twice"));
+            }
+            if EspAlgorithm::from_name(&m.algorithm).is_none() {
+                return Err(format!(
+                    "{at}: algorithm {:?} is not supported (aes128gcm16, aes256gcm16, chacha20poly1305)",
+                    m.algorithm
+                ));
+            }
+            for (k, v) in [("local_ts", &m.local_ts), ("remote_ts", &m.remote_ts)] {
+                if v.is_empty() {
+                    return Err(format!("{at}: {k} must list at least one subnet"));
+                }
+                for s in v {
+                    Prefix::parse(s).map_err(|e| format!("{at}: {k}: {e}"))?;
+                }
+            }
+            if !spis.insert(("in", m.in_spi)) {
+                return Err(format!(
+                    "{at}: in_spi {:#x} used by two tunnels",
+                    m.in_spi.0
+                ));
+            }
+            if !spis.insert(("out", m.out_spi)) {
+                return Err(format!(
+                    "{at}: out_spi {:#x} used by two tunnels",
+                    m.out_spi.0
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[tunnel]
+name = "wsec0"
+[[manual]]
+name = "t"
+remote_address = "198.18.0.1"
+local_ts = ["198.18.2.0/24"]
+remote_ts = ["198.18.1.0/24"]
+out_spi = "0x1001"
+out_key = "env:K1"
+in_spi = 4098
+in_key = "file:k2"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.tunnel.mtu, 1400);
+        assert_eq!(c.manual[0].out_spi, Spi(0x1001));
+        assert_eq!(c.manual[0].in_spi, Spi(4098));
+        assert_eq!(c.manual[0].encapsulation, Encapsulation::Udp);
+        assert_eq!(c.manual[0].in_key, KeySource::File("k2".into()));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = Config::parse(
+            &GOOD.replace("name = \"t\"", "name = \"t\"\nbogus = 1"),
+            "gw.toml",
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("gw.toml: line "), "{s}");
+        assert!(s.contains("bogus"), "{s}");
+    }
+
+    #[test]
+    fn inline_keys_are_refused_without_echo() {
+        let e =
+            Config::parse(&GOOD.replace("env:K1", "00112233445566778899"), "gw.toml").unwrap_err();
+        assert!(e.to_string().contains("file:PATH"));
+        assert!(!e.to_string().contains("00112233"));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (from, to, want) in [
+            ("0x1001", "0x10", "reserved"),
+            ("198.18.2.0/24", "198.18.2.0/33", "bad prefix length"),
+            (
+                "in_spi = 4098",
+                "in_spi = 4098\nalgorithm = \"des\"",
+                "not supported",
+            ),
+        ] {
+            let e = Config::parse(&GOOD.replace(from, to), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn key_file_is_hex_decoded_relative_to_config() {
+        let dir = std::env::temp_dir().join(format!("wasmsec-cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), "0x00 11:22 ff\n").unwrap();
+        let k = KeySource::File("k".into()).load(&dir).unwrap();
+        assert_eq!(&k[..], &[0x00, 0x11, 0x22, 0xff]);
+        std::fs::write(dir.join("k"), "0g").unwrap();
+        assert!(
+            KeySource::File("k".into())
+                .load(&dir)
+                .unwrap_err()
+                .contains("not hex")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            KeySource::Env("WASMSEC_TEST_KEY_MISSING".into())
+                .load(Path::new("."))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The wasm runtime: one place owns `bindgen!`, the engine configuration and
+//! the sandbox limits (STYLE.md, "Wasm host").
+//!
+//! Guests get no WASI at all: the ESP component imports only
+//! `wasmsec:crypto/{types,packets}`. Each call runs under an epoch deadline
+//! and each store under a memory limit; a trap poisons only that instance,
+//! which [`EspInstance`] replaces, restoring its SAs from host state.
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmtime::component::{Component, HasSelf, Linker, Resource};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+
+use crate::keystore::{CryptoError, KeyTable};
+use crate::packet::PacketBuf;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmsec:worlds/esp-engine",
+        with: {
+            "wasmsec:crypto/packets.batch": super::Batch,
+        },
+    });
+}
+
+pub use bindings::exports::wasmsec::esp::engine::{
+    DecapVerdict, DropReason, EncapVerdict, InboundSa, OutboundSa, SaState, TrafficSelector,
+};
+use bindings::wasmsec::crypto::packets::{HostBatch, Opened};
+use bindings::wasmsec::crypto::types::CryptoError as WitCryptoError;
+
+/// `.context()` for wasmtime's own error type, which is not std::error::Error.
+trait WasmContext<T> {
+    fn context(self, msg: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T> WasmContext<T> for wasmtime::Result<T> {
+    fn context(self, msg: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| anyhow::Error::from(e).context(msg.to_string()))
+    }
+}
+
+/// Marker type of the `batch` resource: the batch itself lives in the store
+/// ([`GuestState::batch`]); a call lends it to the guest for its duration.
+pub struct Batch;
+
+/// Memory a guest instance may grow to.
+pub const GUEST_MEMORY_LIMIT: usize = 32 << 20;
+/// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]).
+const CALL_DEADLINE_TICKS: u64 = 50;
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-store host state.
+pub struct GuestState {
+    limits: StoreLimits,
+    /// The key handles this instance may use.
+    pub keys: KeyTable,
+    /// The batch lent to the guest during `encap`/`decap`.
+    pub batch: Vec<PacketBuf>,
+    /// Packets of `batch` in use (the vector is reused and never shrinks).
+    pub count: usize,
+}
+
+impl GuestState {
+    fn packet(&mut self, index: u32) -> Option<&mut PacketBuf> {
+        let i = index as usize;
+        if i < self.count {
+            self.batch.get_mut(i)
+        } else {
+            None
+        }
+    }
+}
+
+fn wit_error(e: CryptoError) -> WitCryptoError {
+    match e {
+        CryptoError::UnknownKey => WitCryptoError::UnknownKey,
+        CryptoError::WrongKeyKind => WitCryptoError::WrongKeyKind,
+        CryptoError::IntegrityFailed => WitCryptoError::IntegrityFailed,
+        CryptoError::BadLength => WitCryptoError::BadLength,
+        CryptoError::KeyExpired => WitCryptoError::KeyExpired,
+    }
+}
+
+impl bindings::wasmsec::crypto::types::Host for GuestState {}
+impl bindings::wasmsec::crypto::packets::Host for GuestState {}
+
+impl HostBatch for GuestState {
+    fn count(&mut self, _: Resource<Batch>) -> u32 {
+        self.count as u32
+    }
+
+    fn packet_len(&mut self, _: Resource<Batch>, index: u32) -> u32 {
+        self.packet(index).map_or(0, |p| p.len() as u32)
+    }
+
+    fn peek(&mut self, _: Resource<Batch>, index: u32, offset: u32, len: u32) -> Vec<u8> {
+        let Some(p) = self.packet(index) else {
+            return Vec::new();
+        };
+        let d = p.data();
+        let from = (offset as usize).min(d.len());
+        let to = from.saturating_add(len as usize).min(d.len());
+        d[from..to].to_vec()
+    }
+
+    fn seal(
+        &mut self,
+        _: Resource<Batch>,
+        index: u32,
+        key: u64,
+        header: Vec<u8>,
+        esn_high: Option<u32>,
+        trailer: Vec<u8>,
+    ) -> Result<(), WitCryptoError> {
+        let header: [u8; 8] = header
+            .as_slice()
+            .try_into()
+            .map_err(|_| WitCryptoError::BadLength)?;
+        let i = index as usize;
+        if i >= self.count {
+            return Err(WitCryptoError::BadLength);
+        }
+        let k = self.keys.get(key).map_err(wit_error)?;
+        k.seal(&mut self.batch[i], &header, esn_high, &trailer)
+            .map_err(wit_error)
+    }
+
+    fn open(
+        &mut self,
+        _: Resource<Batch>,
+        index: u32,
+        key: u64,
+        esn_high: Option<u32>,
+        head_len: u32,
+    ) -> Result<Opened, WitCryptoError> {
+        let i = index as usize;
+        if i >= self.count {
+            return Err(WitCryptoError::BadLength);
+        }
+        let k = self.keys.get(key).map_err(wit_error)?;
+        let p = &mut self.batch[i];
+        k.open(p, esn_high).map_err(wit_error)?;
+        let d = p.data();
+        let n = d.len();
+        Ok(Opened {
+            head: d[..n.min(head_len as usize)].to_vec(),
+            plaintext_len: n as u32,
+            pad_length: d[n - 2],
+            next_header: d[n - 1],
+        })
+    }
+
+    fn drop(&mut self, _: Resource<Batch>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compiled components and the engine that runs them; shared by all threads.
+pub struct Runtime {
+    engine: Engine,
+    esp: bindings::EspEnginePre<GuestState>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Compile the ESP component at `esp_path` and start the epoch ticker.
+    pub fn new(esp_path: &Path) -> Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(256)
+            .total_memories(256)
+            .total_tables(256)
+            .max_memory_size(GUEST_MEMORY_LIMIT);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        let engine = Engine::new(&config).context("configuring wasmtime")?;
+        let component = Component::from_file(&engine, esp_path)
+            .context(format_args!("loading ESP component {}", esp_path.display()))?;
+        let mut linker = Linker::<GuestState>::new(&engine);
+        bindings::EspEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .context("linking host imports")?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .context("linking ESP component")?;
+        let esp = bindings::EspEnginePre::new(pre)
+            .context("ESP component does not export wasmsec:esp/engine")?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            esp,
+            stop_ticker,
+        })
+    }
+
+    /// A fresh ESP instance in its own store.
+    pub fn esp_instance(&self) -> Result<EspInstance> {
+        let state = GuestState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(GUEST_MEMORY_LIMIT)
+                .instances(4)
+                .build(),
+            keys: KeyTable::default(),
+            batch: Vec::new(),
+            count: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+        let bindings = self
+            .esp
+            .instantiate(&mut store)
+            .context("instantiating ESP component")?;
+        Ok(EspInstance { store, bindings })
+    }
+}
+
+/// One ESP engine instance and its store.
+pub struct EspInstance {
+    pub store: Store<GuestState>,
+    bindings: bindings::EspEngine,
+}
+
+impl EspInstance {
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+    }
+
+    pub fn install_outbound(&mut self, sa: &OutboundSa) -> Result<Result<(), String>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_install_outbound(&mut self.store, sa)?)
+    }
+
+    pub fn install_inbound(&mut self, sa: &InboundSa) -> Result<Result<(), String>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_install_inbound(&mut self.store, sa)?)
+    }
+
+    pub fn sa_states(&mut self) -> Result<Vec<SaState>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_sa_states(&mut self.store)?)
+    }
+
+    /// Encapsulate the `count` packets in `store.data().batch`.
+    /// An `Err` is a trap: the instance must be replaced.
+    pub fn encap(&mut self) -> Result<Vec<EncapVerdict>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_encap(&mut self.store, Resource::new_borrow(0))?)
+    }
+
+    /// Decapsulate the `count` packets in `store.data().batch`.
+    pub fn decap(&mut self) -> Result<Vec<DecapVerdict>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_decap(&mut self.store, Resource::new_borrow(0))?)
+    }
+}
+
+impl DropReason {
+    pub const COUNT: usize = 10;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::NoPolicy => "no_policy",
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::Replay => "replay",
+            DropReason::IntegrityFailed => "integrity_failed",
+            DropReason::BadTrailer => "bad_trailer",
+            DropReason::SelectorMismatch => "selector_mismatch",
+            DropReason::SeqExhausted => "seq_exhausted",
+            DropReason::CryptoRefused => "crypto_refused",
+            DropReason::Dummy => "dummy",
+        }
+    }
+}
