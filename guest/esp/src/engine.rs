@@ -340,7 +340,9 @@ impl Engine {
         inb.window.check(seq).map_err(replay_drop)?;
         let esn_high = inb.sa.esn.then_some((seq >> 32) as u32);
         let opened = batch.open(i, inb.sa.key, esn_high).map_err(|e| match e {
-            CryptoError::IntegrityFailed | CryptoError::BadLength => DropReason::IntegrityFailed,
+            CryptoError::IntegrityFailed => DropReason::IntegrityFailed,
+            // Too short to hold IV, ICV and trailer.
+            CryptoError::BadLength => DropReason::Malformed,
             _ => DropReason::CryptoRefused,
         })?;
         inb.window.commit(seq).map_err(replay_drop)?;

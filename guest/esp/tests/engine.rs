@@ -235,7 +235,7 @@ fn replay_wrong_spi_bad_icv_and_truncation_are_dropped() {
         v,
         [
             DecapVerdict::Drop(DropReason::IntegrityFailed),
-            DecapVerdict::Drop(DropReason::IntegrityFailed),
+            DecapVerdict::Drop(DropReason::Malformed),
             DecapVerdict::Deliver(28),
             DecapVerdict::Drop(DropReason::Replay),
             DecapVerdict::Drop(DropReason::UnknownSpi),
