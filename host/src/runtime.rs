@@ -24,6 +24,7 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "wasmsec:worlds/esp-engine",
+        additional_derives: [PartialEq],
         with: {
             "wasmsec:crypto/packets.batch": super::Batch,
         },

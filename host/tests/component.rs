@@ -1,0 +1,303 @@
+//! The real ESP component under wasmtime with real keys (ring): what the
+//! daemon runs, without sockets. Needs `cargo xtask build` first (the
+//! README's test command does it); WASMSEC_COMPONENTS names the directory.
+use std::sync::Arc;
+
+use wasmsec::dataplane::SaSet;
+use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
+use wasmsec::packet::PacketBuf;
+use wasmsec::runtime::{
+    DecapVerdict, DropReason, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime,
+    TrafficSelector,
+};
+use zeroize::Zeroizing;
+
+fn runtime() -> Runtime {
+    let dir = wasmsec::daemon::components_dir(None);
+    let dir = if dir.join("esp.wasm").exists() {
+        dir
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components")
+    };
+    Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)")
+}
+
+fn ts(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
+    TrafficSelector {
+        ip_protocol: 0,
+        start_port: 0,
+        end_port: u16::MAX,
+        start_address: a.to_vec(),
+        end_address: b.to_vec(),
+    }
+}
+
+fn lan_a() -> TrafficSelector {
+    ts([198, 18, 1, 0], [198, 18, 1, 255])
+}
+
+fn lan_b() -> TrafficSelector {
+    ts([198, 18, 2, 0], [198, 18, 2, 255])
+}
+
+fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    wasmsec_wire::ipv4::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        protocol: 1,
+        payload_len: len - 20,
+        ttl: 64,
+    }
+    .emit(&mut p)
+    .unwrap();
+    p[20] = 8;
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    p
+}
+
+/// A sender and a receiver instance sharing one SA (SPI 0x2001).
+fn pair(rt: &Runtime, alg: EspAlgorithm, esn: bool) -> (EspInstance, EspInstance, Arc<Keystore>) {
+    let (out, inb, ks) = sa_sets(alg, esn);
+    (
+        out.instantiate(rt).unwrap(),
+        inb.instantiate(rt).unwrap(),
+        ks,
+    )
+}
+
+/// The host-side SA records for `pair`, as the daemon keeps them.
+fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
+    let ks = Arc::new(Keystore::new());
+    let keymat = vec![0x42u8; alg.keymat_len()];
+    let h_out = ks.insert(EspKey::new(alg, Zeroizing::new(keymat.clone())).unwrap());
+    let h_in = ks.insert(EspKey::new(alg, Zeroizing::new(keymat)).unwrap());
+    let out = SaSet {
+        keystore: ks.clone(),
+        outbound: vec![OutboundSa {
+            spi: 0x2001,
+            key: h_out,
+            peer: 3,
+            esn,
+            next_seq: 1,
+            pad_align: 4,
+            local_ts: vec![lan_a()],
+            remote_ts: vec![lan_b()],
+        }],
+        inbound: vec![],
+    };
+    let inb = SaSet {
+        keystore: ks.clone(),
+        outbound: vec![],
+        inbound: vec![InboundSa {
+            spi: 0x2001,
+            key: h_in,
+            esn,
+            replay_window: 1024,
+            highest_seq: 0,
+            local_ts: vec![lan_b()],
+            remote_ts: vec![lan_a()],
+        }],
+    };
+    (out, inb, ks)
+}
+
+fn load(inst: &mut EspInstance, packets: &[Vec<u8>]) {
+    let st = inst.store.data_mut();
+    st.batch = packets.iter().map(|p| PacketBuf::with_payload(p)).collect();
+    st.count = packets.len();
+}
+
+fn take(inst: &EspInstance) -> Vec<Vec<u8>> {
+    let st = inst.store.data();
+    st.batch[..st.count]
+        .iter()
+        .map(|p| p.data().to_vec())
+        .collect()
+}
+
+#[test]
+fn round_trip_through_the_component_for_every_algorithm() {
+    let rt = runtime();
+    for alg in EspAlgorithm::ALL {
+        for esn in [false, true] {
+            let (mut tx, mut rx, _ks) = pair(&rt, alg, esn);
+            let inner: Vec<Vec<u8>> = (0..40)
+                .map(|i| icmp(60 + i * 31, [198, 18, 1, 10], [198, 18, 2, 10]))
+                .collect();
+            load(&mut tx, &inner);
+            let v = tx.encap().unwrap();
+            assert!(
+                v.iter().all(|v| matches!(v, EncapVerdict::Send(3))),
+                "{alg:?}: {v:?}"
+            );
+            let wire = take(&tx);
+            for (w, i) in wire.iter().zip(&inner) {
+                assert_eq!(&w[..4], &0x2001u32.to_be_bytes());
+                assert!(
+                    w.len() >= i.len() + alg.overhead() - 3,
+                    "ESP adds header, IV, trailer, ICV"
+                );
+                assert!(
+                    !w.windows(16).any(|x| x == &i[28..44]),
+                    "{alg:?}: payload visible on the wire"
+                );
+            }
+            load(&mut rx, &wire);
+            let v = rx.decap().unwrap();
+            let out = take(&rx);
+            for ((v, o), i) in v.iter().zip(&out).zip(&inner) {
+                assert_eq!(
+                    *v,
+                    DecapVerdict::Deliver(i.len() as u32),
+                    "{alg:?} esn={esn}"
+                );
+                assert_eq!(&o[..i.len()], &i[..]);
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
+    let rt = runtime();
+    let (mut tx, mut rx, _ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
+    load(&mut tx, &[icmp(100, [198, 18, 1, 10], [198, 18, 2, 10])]);
+    tx.encap().unwrap();
+    let good = take(&tx).remove(0);
+    let mut bad_icv = good.clone();
+    *bad_icv.last_mut().unwrap() ^= 0x80;
+    let mut wrong_spi = good.clone();
+    wrong_spi[0] ^= 0x10;
+    let batch = vec![
+        bad_icv,
+        good[..30].to_vec(),
+        good.clone(),
+        good.clone(),
+        wrong_spi,
+        vec![],
+    ];
+    load(&mut rx, &batch);
+    let v = rx.decap().unwrap();
+    assert_eq!(
+        v,
+        [
+            DecapVerdict::Drop(DropReason::IntegrityFailed),
+            DecapVerdict::Drop(DropReason::Malformed),
+            DecapVerdict::Deliver(100),
+            DecapVerdict::Drop(DropReason::Replay),
+            DecapVerdict::Drop(DropReason::UnknownSpi),
+            DecapVerdict::Drop(DropReason::Malformed),
+        ]
+    );
+    // A corpus of garbage: every packet gets a verdict, the guest survives.
+    let mut seed = 0x1234_5678u32;
+    let mut garbage = Vec::new();
+    for n in 0..200usize {
+        let mut p = vec![0u8; n * 7 % 1500];
+        for b in p.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            *b = seed as u8;
+        }
+        if n % 3 == 0 && p.len() >= 4 {
+            p[..4].copy_from_slice(&0x2001u32.to_be_bytes()); // known SPI, random rest
+        }
+        garbage.push(p);
+    }
+    load(&mut rx, &garbage);
+    let v = rx.decap().unwrap();
+    assert_eq!(v.len(), garbage.len());
+    assert!(v.iter().all(|v| matches!(v, DecapVerdict::Drop(_))));
+    load(&mut tx, &garbage);
+    let v = tx.encap().unwrap();
+    assert!(
+        v.iter().all(|v| matches!(v, EncapVerdict::Drop(_))),
+        "garbage is not an inner IPv4 packet of LAN A"
+    );
+}
+
+#[test]
+fn a_guest_cannot_use_a_key_it_was_not_granted() {
+    let rt = runtime();
+    let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes128Gcm16, false);
+    // A key that exists in the keystore but was never granted to `tx`.
+    let other =
+        ks.insert(EspKey::new(EspAlgorithm::Aes128Gcm16, Zeroizing::new(vec![1; 20])).unwrap());
+    let sa = OutboundSa {
+        spi: 0x3001,
+        key: other,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![ts([10, 0, 0, 0], [10, 0, 0, 255])],
+        remote_ts: vec![ts([10, 0, 1, 0], [10, 0, 1, 255])],
+    };
+    tx.install_outbound(&sa).unwrap().unwrap();
+    load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
+    assert_eq!(
+        tx.encap().unwrap(),
+        [EncapVerdict::Drop(DropReason::CryptoRefused)]
+    );
+}
+
+#[test]
+fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
+    let rt = runtime();
+    let (out_set, in_set, _ks) = sa_sets(EspAlgorithm::Aes256Gcm16, false);
+    let (mut tx, mut rx) = (
+        out_set.instantiate(&rt).unwrap(),
+        in_set.instantiate(&rt).unwrap(),
+    );
+    let pkt = icmp(80, [198, 18, 1, 10], [198, 18, 2, 10]);
+    load(&mut tx, &vec![pkt.clone(); 5]);
+    tx.encap().unwrap();
+    let first = take(&tx);
+    load(&mut rx, &first);
+    assert!(
+        rx.decap()
+            .unwrap()
+            .iter()
+            .all(|v| matches!(v, DecapVerdict::Deliver(_)))
+    );
+    assert_eq!(tx.sa_states().unwrap()[0].seq, 6);
+
+    // Replace both instances from host state, as the daemon does after a trap.
+    drop((tx, rx));
+    let (mut tx, mut rx) = (
+        out_set.instantiate(&rt).unwrap(),
+        in_set.instantiate(&rt).unwrap(),
+    );
+    load(&mut tx, &[pkt]);
+    tx.encap().unwrap();
+    let next = take(&tx);
+    assert_eq!(
+        &next[0][4..8],
+        &6u32.to_be_bytes(),
+        "sequence numbers continue after a restart"
+    );
+    // The new receiver still refuses what the old one accepted, and takes the new packet.
+    let mut batch = first.clone();
+    batch.extend(next);
+    load(&mut rx, &batch);
+    let v = rx.decap().unwrap();
+    assert!(
+        v[..5]
+            .iter()
+            .all(|v| *v == DecapVerdict::Drop(DropReason::Replay)),
+        "{v:?}"
+    );
+    assert_eq!(v[5], DecapVerdict::Deliver(80));
+
+    // A record whose key is gone cannot be restored: a loud error, not a silent SA.
+    let broken = SaSet {
+        keystore: Arc::new(Keystore::new()),
+        outbound: out_set.outbound.clone(),
+        inbound: vec![],
+    };
+    assert!(broken.instantiate(&rt).is_err());
+}
