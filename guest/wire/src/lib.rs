@@ -8,7 +8,10 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod esp;
+pub mod ike;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;

@@ -1,0 +1,175 @@
+//! Diffie-Hellman for IKEv2: X25519 (RFC 8031), ECP-256 and ECP-384
+//! (RFC 5903, points as x || y, shared secret the x coordinate), and
+//! MODP-2048 (RFC 3526 group 14).
+use num_bigint::BigUint;
+use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::CryptoError;
+
+/// IANA transform type 4 IDs.
+pub const MODP_2048: u16 = 14;
+pub const ECP_256: u16 = 19;
+pub const ECP_384: u16 = 20;
+pub const X25519: u16 = 31;
+
+pub const SUPPORTED: [u16; 4] = [X25519, ECP_256, ECP_384, MODP_2048];
+
+/// RFC 3526 section 3, the 2048-bit MODP group's prime; the generator is 2.
+const MODP_2048_P: &str = "\
+FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74020BBEA63B139B22514A08798E3404DD\
+EF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED\
+EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF0598DA48361C55D39A69163FA8FD24CF5F\
+83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B\
+E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510\
+15728E5A8AACAA68FFFFFFFFFFFFFFFF";
+const MODP_2048_LEN: usize = 256;
+/// Private exponent length: 512 bits, well above twice the group's ~112-bit strength.
+const MODP_EXPONENT_LEN: usize = 64;
+
+/// A DH private value, used once.
+pub enum Private {
+    Ring {
+        group: u16,
+        key: EphemeralPrivateKey,
+    },
+    Modp {
+        x: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl Private {
+    pub fn group(&self) -> u16 {
+        match self {
+            Private::Ring { group, .. } => *group,
+            Private::Modp { .. } => MODP_2048,
+        }
+    }
+}
+
+fn ring_alg(group: u16) -> Option<&'static agreement::Algorithm> {
+    match group {
+        X25519 => Some(&agreement::X25519),
+        ECP_256 => Some(&agreement::ECDH_P256),
+        ECP_384 => Some(&agreement::ECDH_P384),
+        _ => None,
+    }
+}
+
+/// Length of a group's public value on the wire (the KE payload's data).
+pub fn public_len(group: u16) -> Option<usize> {
+    match group {
+        X25519 => Some(32),
+        ECP_256 => Some(64),
+        ECP_384 => Some(96),
+        MODP_2048 => Some(MODP_2048_LEN),
+        _ => None,
+    }
+}
+
+fn modp_p() -> BigUint {
+    BigUint::parse_bytes(MODP_2048_P.as_bytes(), 16).expect("constant")
+}
+
+fn pad_to(v: Vec<u8>, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len.saturating_sub(v.len())];
+    out.extend_from_slice(&v);
+    out
+}
+
+/// A fresh private value and the public value to send.
+pub fn generate(group: u16, rng: &SystemRandom) -> Result<(Private, Vec<u8>), CryptoError> {
+    if let Some(alg) = ring_alg(group) {
+        let key = EphemeralPrivateKey::generate(alg, rng).map_err(|_| CryptoError::Internal)?;
+        let public = key
+            .compute_public_key()
+            .map_err(|_| CryptoError::Internal)?;
+        let mut p = public.as_ref().to_vec();
+        if group != X25519 {
+            p.remove(0); // RFC 5903 section 7: no 0x04 point-format octet
+        }
+        return Ok((Private::Ring { group, key }, p));
+    }
+    if group == MODP_2048 {
+        let mut x = Zeroizing::new(vec![0u8; MODP_EXPONENT_LEN]);
+        rng.fill(&mut x).map_err(|_| CryptoError::Internal)?;
+        let y = BigUint::from(2u32).modpow(&BigUint::from_bytes_be(&x), &modp_p());
+        return Ok((Private::Modp { x }, pad_to(y.to_bytes_be(), MODP_2048_LEN)));
+    }
+    Err(CryptoError::Unsupported)
+}
+
+/// The shared secret g^ir from our private value and the peer's public value.
+pub fn complete(private: Private, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let group = private.group();
+    if public_len(group) != Some(peer.len()) {
+        return Err(CryptoError::BadPeerValue);
+    }
+    match private {
+        Private::Ring { key, .. } => {
+            let alg = ring_alg(group).ok_or(CryptoError::Unsupported)?;
+            let mut p = Vec::with_capacity(peer.len() + 1);
+            if group != X25519 {
+                p.push(0x04);
+            }
+            p.extend_from_slice(peer);
+            agreement::agree_ephemeral(key, &UnparsedPublicKey::new(alg, &p), |k| {
+                Zeroizing::new(k.to_vec())
+            })
+            .map_err(|_| CryptoError::BadPeerValue)
+        }
+        Private::Modp { x } => {
+            let p = modp_p();
+            let y = BigUint::from_bytes_be(peer);
+            // Reject 0, 1 and p-1 and anything >= p (RFC 7296 section 5 / NIST SP 800-56A checks).
+            let one = BigUint::from(1u32);
+            if y <= one || y >= &p - &one {
+                return Err(CryptoError::BadPeerValue);
+            }
+            let s = y.modpow(&BigUint::from_bytes_be(&x), &p);
+            Ok(Zeroizing::new(pad_to(s.to_bytes_be(), MODP_2048_LEN)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_agree_for_every_group() {
+        let rng = SystemRandom::new();
+        for g in SUPPORTED {
+            let (a, pa) = generate(g, &rng).unwrap();
+            let (b, pb) = generate(g, &rng).unwrap();
+            assert_eq!(Some(pa.len()), public_len(g));
+            let s1 = complete(a, &pb).unwrap();
+            let s2 = complete(b, &pa).unwrap();
+            assert_eq!(*s1, *s2, "group {g}");
+        }
+    }
+
+    #[test]
+    fn bad_peer_values_are_refused() {
+        let rng = SystemRandom::new();
+        for g in SUPPORTED {
+            let (a, _) = generate(g, &rng).unwrap();
+            assert_eq!(
+                complete(a, &[1, 2, 3]).err(),
+                Some(CryptoError::BadPeerValue)
+            );
+        }
+        let (a, _) = generate(MODP_2048, &rng).unwrap();
+        let mut one = vec![0u8; 256];
+        one[255] = 1;
+        assert_eq!(complete(a, &one).err(), Some(CryptoError::BadPeerValue));
+        let (a, _) = generate(ECP_256, &rng).unwrap();
+        assert_eq!(
+            complete(a, &[0x11; 64]).err(),
+            Some(CryptoError::BadPeerValue),
+            "not on the curve"
+        );
+        assert!(generate(5, &rng).is_err());
+    }
+}

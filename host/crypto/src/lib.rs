@@ -1,0 +1,330 @@
+//! The host's IKEv2 cryptography, behind handles.
+//!
+//! The IKE engine (a guest) never holds a secret: DH private values, g^ir,
+//! SKEYSEED, SK_* and PSKs live in a [`Vault`] and are named by random
+//! 64-bit handles. The engine asks the vault to generate DH values, derive
+//! an IKE SA's keys, encrypt and decrypt Encrypted payloads, compute AUTH
+//! and derive CHILD SA key material; what comes back is public (DH public
+//! values, ciphertext, AUTH octets) or another handle. CHILD SA key
+//! material goes from here straight into the ESP keystore, host-side.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+pub mod dh;
+pub mod prf;
+pub mod sk;
+
+pub use prf::Prf;
+pub use sk::{Cipher, IkeSaKeys, IkeSuite};
+
+/// Why the vault refused an operation. Mirrors `crypto-error` in the WIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    #[error("unknown handle")]
+    UnknownKey,
+    #[error("handle names another kind of secret")]
+    WrongKeyKind,
+    #[error("integrity check failed")]
+    IntegrityFailed,
+    #[error("length out of range")]
+    BadLength,
+    #[error("key expired")]
+    KeyExpired,
+    #[error("algorithm not supported")]
+    Unsupported,
+    #[error("peer's public value is invalid")]
+    BadPeerValue,
+    #[error("internal crypto failure")]
+    Internal,
+}
+
+/// The "Key Pad for IKEv2" of RFC 7296 section 2.15.
+const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
+
+enum Secret {
+    Dh(dh::Private),
+    Psk(Zeroizing<Vec<u8>>),
+    IkeSa(Box<IkeSaKeys>),
+}
+
+/// The algorithms of a CHILD SA, by IANA IDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildSuite {
+    pub encr: u16,
+    pub key_bits: u16,
+    pub integ: u16,
+}
+
+/// CHILD SA keying material, one block per direction (encryption key, with
+/// salt for AEAD, followed by the integrity key if any).
+pub struct ChildKeymat {
+    pub initiator_to_responder: Zeroizing<Vec<u8>>,
+    pub responder_to_initiator: Zeroizing<Vec<u8>>,
+}
+
+/// Holder of every IKE secret.
+pub struct Vault {
+    secrets: HashMap<u64, Secret>,
+    rng: SystemRandom,
+}
+
+impl Default for Vault {
+    fn default() -> Self {
+        Vault::new()
+    }
+}
+
+impl Vault {
+    pub fn new() -> Vault {
+        Vault {
+            secrets: HashMap::new(),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Random bytes from the OS CSPRNG.
+    pub fn random(&self, buf: &mut [u8]) {
+        self.rng
+            .fill(buf)
+            .expect("OS random number generator failed");
+    }
+
+    fn insert(&mut self, s: Secret) -> u64 {
+        loop {
+            let mut b = [0u8; 8];
+            self.random(&mut b);
+            let h = u64::from_ne_bytes(b);
+            if h != 0 && !self.secrets.contains_key(&h) {
+                self.secrets.insert(h, s);
+                return h;
+            }
+        }
+    }
+
+    /// Number of live secrets (tests check nothing leaks).
+    pub fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
+        self.insert(Secret::Psk(psk))
+    }
+
+    /// Destroy a secret; true if it existed.
+    pub fn destroy(&mut self, h: u64) -> bool {
+        self.secrets.remove(&h).is_some()
+    }
+
+    /// A fresh DH private value (kept here) and its public value.
+    pub fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), CryptoError> {
+        let (private, public) = dh::generate(group, &self.rng)?;
+        Ok((self.insert(Secret::Dh(private)), public))
+    }
+
+    /// Complete DH with the peer's public value and derive the IKE SA's keys
+    /// (section 2.14). The DH private value is consumed and destroyed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn derive_ike_sa(
+        &mut self,
+        suite: &IkeSuite,
+        dh: u64,
+        peer_public: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<u64, CryptoError> {
+        let private = match self.secrets.remove(&dh) {
+            Some(Secret::Dh(p)) => p,
+            Some(other) => {
+                self.secrets.insert(dh, other);
+                return Err(CryptoError::WrongKeyKind);
+            }
+            None => return Err(CryptoError::UnknownKey),
+        };
+        if private.group() != suite.dh {
+            return Err(CryptoError::WrongKeyKind);
+        }
+        let shared = dh::complete(private, peer_public)?;
+        let keys = IkeSaKeys::derive(suite, &shared, ni, nr, spi_i, spi_r)?;
+        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
+    }
+
+    fn ike_sa(&self, h: u64) -> Result<&IkeSaKeys, CryptoError> {
+        match self.secrets.get(&h) {
+            Some(Secret::IkeSa(k)) => Ok(k),
+            Some(_) => Err(CryptoError::WrongKeyKind),
+            None => Err(CryptoError::UnknownKey),
+        }
+    }
+
+    /// Encrypt a message of IKE SA `sa` (see [`IkeSaKeys::encrypt`]).
+    pub fn encrypt(
+        &mut self,
+        sa: u64,
+        from_initiator: bool,
+        header: &[u8; 28],
+        first: u8,
+        inner: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let rng = &self.rng;
+        match self.secrets.get_mut(&sa) {
+            Some(Secret::IkeSa(k)) => k.encrypt(rng, from_initiator, header, first, inner),
+            Some(_) => Err(CryptoError::WrongKeyKind),
+            None => Err(CryptoError::UnknownKey),
+        }
+    }
+
+    /// Decrypt a message of IKE SA `sa` (see [`IkeSaKeys::decrypt`]).
+    pub fn decrypt(
+        &self,
+        sa: u64,
+        from_initiator: bool,
+        msg: &[u8],
+        sk_offset: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.ike_sa(sa)?.decrypt(from_initiator, msg, sk_offset)
+    }
+
+    /// The AUTH payload data for PSK authentication (section 2.15):
+    /// prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | Nonce | prf(SK_p, ID)),
+    /// with SK_pi for the initiator's AUTH and SK_pr for the responder's.
+    pub fn psk_auth(
+        &self,
+        sa: u64,
+        psk: u64,
+        for_initiator: bool,
+        real_message: &[u8],
+        nonce: &[u8],
+        id_body: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let k = self.ike_sa(sa)?;
+        let psk = match self.secrets.get(&psk) {
+            Some(Secret::Psk(p)) => p,
+            Some(_) => return Err(CryptoError::WrongKeyKind),
+            None => return Err(CryptoError::UnknownKey),
+        };
+        let sk_p = if for_initiator { &k.sk_pi } else { &k.sk_pr };
+        let maced_id = k.prf.prf(sk_p, &[id_body]);
+        let pad_key = k.prf.prf(psk, &[KEY_PAD]);
+        Ok(k.prf
+            .prf(&pad_key, &[real_message, nonce, &maced_id])
+            .to_vec())
+    }
+
+    /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), all of
+    /// the initiator-to-responder SA's keys first.
+    pub fn child_keymat(
+        &self,
+        sa: u64,
+        suite: &ChildSuite,
+        ni: &[u8],
+        nr: &[u8],
+    ) -> Result<ChildKeymat, CryptoError> {
+        let k = self.ike_sa(sa)?;
+        let c = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
+        let one = c.encr_keymat_len() + c.integ_key_len();
+        let mut seed = Vec::with_capacity(ni.len() + nr.len());
+        seed.extend_from_slice(ni);
+        seed.extend_from_slice(nr);
+        let km = k.prf.prf_plus(&k.sk_d, &seed, 2 * one);
+        Ok(ChildKeymat {
+            initiator_to_responder: Zeroizing::new(km[..one].to_vec()),
+            responder_to_initiator: Zeroizing::new(km[one..].to_vec()),
+        })
+    }
+
+    /// Wireshark `ikev2_decryption_table` line for an IKE SA (key export).
+    pub fn wireshark_line(&self, sa: u64) -> Option<String> {
+        self.ike_sa(sa).ok()?.wireshark_line()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_vaults_derive_the_same_ike_sa_and_auth() {
+        let suite = IkeSuite {
+            encr: sk::ENCR_AES_GCM_16,
+            key_bits: 256,
+            prf: 6,
+            integ: 0,
+            dh: dh::ECP_384,
+        };
+        let (mut a, mut b) = (Vault::new(), Vault::new());
+        let (da, pa) = a.dh_generate(suite.dh).unwrap();
+        let (db, pb) = b.dh_generate(suite.dh).unwrap();
+        let (ni, nr) = ([1u8; 32], [2u8; 32]);
+        let sa = a.derive_ike_sa(&suite, da, &pb, &ni, &nr, 5, 6).unwrap();
+        let sb = b.derive_ike_sa(&suite, db, &pa, &ni, &nr, 5, 6).unwrap();
+        assert_eq!(a.len(), 1, "the DH private value is destroyed");
+        let msg = a.encrypt(sa, true, &[0; 28], 35, b"hello").unwrap();
+        assert_eq!(&b.decrypt(sb, true, &msg, 28).unwrap()[..], b"hello");
+        let (pska, pskb) = (
+            a.insert_psk(Zeroizing::new(b"secret".to_vec())),
+            b.insert_psk(Zeroizing::new(b"secret".to_vec())),
+        );
+        let x = a
+            .psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id")
+            .unwrap();
+        assert_eq!(
+            x,
+            b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id")
+                .unwrap()
+        );
+        assert_ne!(
+            x,
+            b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id")
+                .unwrap()
+        );
+        let cs = ChildSuite {
+            encr: sk::ENCR_AES_GCM_16,
+            key_bits: 128,
+            integ: 0,
+        };
+        let ka = a.child_keymat(sa, &cs, &ni, &nr).unwrap();
+        let kb = b.child_keymat(sb, &cs, &ni, &nr).unwrap();
+        assert_eq!(*ka.initiator_to_responder, *kb.initiator_to_responder);
+        assert_eq!(ka.initiator_to_responder.len(), 20);
+        assert_ne!(*ka.initiator_to_responder, *ka.responder_to_initiator);
+        assert_eq!(
+            a.psk_auth(sa, sa, true, b"", b"", b"").err(),
+            Some(CryptoError::WrongKeyKind)
+        );
+        assert!(a.destroy(sa) && a.destroy(pska) && a.is_empty());
+    }
+
+    #[test]
+    fn mismatched_group_or_handle_is_refused() {
+        let mut v = Vault::new();
+        let suite = IkeSuite {
+            encr: sk::ENCR_AES_GCM_16,
+            key_bits: 256,
+            prf: 5,
+            integ: 0,
+            dh: dh::X25519,
+        };
+        let (d, p) = v.dh_generate(dh::ECP_256).unwrap();
+        assert_eq!(
+            v.derive_ike_sa(&suite, d, &p, &[0; 16], &[0; 16], 1, 2)
+                .err(),
+            Some(CryptoError::WrongKeyKind)
+        );
+        assert_eq!(
+            v.derive_ike_sa(&suite, 12345, &p, &[0; 16], &[0; 16], 1, 2)
+                .err(),
+            Some(CryptoError::UnknownKey)
+        );
+    }
+}
