@@ -1,0 +1,101 @@
+//! What the engine asks of the host's keystore. Every secret stays there;
+//! the engine holds handles (see `wit/deps/crypto/crypto.wit`, `ike-keys`).
+
+/// Opaque name of a secret in the host keystore.
+pub type Handle = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CryptoError {
+    UnknownKey,
+    WrongKeyKind,
+    IntegrityFailed,
+    BadLength,
+    KeyExpired,
+    Unsupported,
+    BadPeerValue,
+    Internal,
+}
+
+/// An IKE SA's algorithms (IANA IDs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeSuite {
+    pub encr: u16,
+    pub key_bits: u16,
+    pub prf: u16,
+    pub integ: u16,
+    pub dh: u16,
+}
+
+/// A CHILD SA's algorithms (IANA IDs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildSuite {
+    pub encr: u16,
+    pub key_bits: u16,
+    pub integ: u16,
+    pub esn: bool,
+}
+
+/// ESP key handles for a new CHILD SA, as the host's ESP keystore knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildKeys {
+    pub outbound: Handle,
+    pub inbound: Handle,
+}
+
+pub trait IkeCrypto {
+    /// Random bytes (nonces, SPIs).
+    fn random(&mut self, buf: &mut [u8]);
+    /// A fresh DH private value (kept by the host) and its public value.
+    fn dh_generate(&mut self, group: u16) -> Result<(Handle, Vec<u8>), CryptoError>;
+    /// Complete DH and derive SKEYSEED and SK_* (RFC 7296 section 2.14);
+    /// the DH handle is consumed. Returns the IKE SA's key handle.
+    #[allow(clippy::too_many_arguments)]
+    fn derive_ike_sa(
+        &mut self,
+        suite: &IkeSuite,
+        dh: Handle,
+        peer_public: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<Handle, CryptoError>;
+    /// A whole message with an Encrypted payload holding `inner`.
+    fn encrypt(
+        &mut self,
+        sa: Handle,
+        from_initiator: bool,
+        header: &[u8; 28],
+        first: u8,
+        inner: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
+    /// The inner payload chain of the Encrypted payload at `sk_offset`.
+    fn decrypt(
+        &mut self,
+        sa: Handle,
+        from_initiator: bool,
+        msg: &[u8],
+        sk_offset: usize,
+    ) -> Result<Vec<u8>, CryptoError>;
+    /// The AUTH data for PSK authentication (section 2.15).
+    fn psk_auth(
+        &mut self,
+        sa: Handle,
+        psk: Handle,
+        for_initiator: bool,
+        real_message: &[u8],
+        nonce: &[u8],
+        id_body: &[u8],
+    ) -> Result<Vec<u8>, CryptoError>;
+    /// Derive a CHILD SA's keys (section 2.17) into the ESP keystore.
+    fn child_keys(
+        &mut self,
+        sa: Handle,
+        suite: &ChildSuite,
+        ni: &[u8],
+        nr: &[u8],
+        we_are_initiator: bool,
+    ) -> Result<ChildKeys, CryptoError>;
+    /// Destroy a secret (IKE SA keys, DH value, ESP key).
+    fn destroy(&mut self, h: Handle);
+}

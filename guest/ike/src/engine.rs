@@ -1,0 +1,2222 @@
+//! The IKEv2 state machine (RFC 7296), sans-IO.
+//!
+//! Datagrams, time and admin commands go in; [`Action`]s come out through
+//! [`Engine::poll_action`]: datagrams to send, CHILD SAs to install or
+//! delete, events for the log. Time is a millisecond counter the host
+//! passes in, so tests run two engines against each other on virtual time.
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use wasmsec_wire::ike::{
+    self, Delete, Header, Identification, Message, Notify, Payload, TrafficSelector as Ts,
+    auth_method, exchange, notify, payload, protocol,
+};
+
+use crate::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite};
+use crate::identity::{Identity, Show};
+use crate::proposal::{self, Chosen, Kind};
+use crate::ts;
+
+/// A UDP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+pub const IKE_PORT: u16 = 500;
+pub const NAT_T_PORT: u16 = 4500;
+
+/// An IKE datagram (without the non-ESP marker on port 4500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub data: Vec<u8>,
+}
+
+/// What to do when a connection is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAction {
+    /// Wait for the peer or an admin command.
+    None,
+    /// Initiate at once.
+    Start,
+}
+
+/// A CHILD SA's configuration.
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    pub name: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub esp_proposals: String,
+}
+
+/// A connection as the host's config describes it (swanctl.conf-like).
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub name: String,
+    /// Our addresses (empty: any).
+    pub local_addrs: Vec<IpAddr>,
+    /// The peer's addresses (empty: any; then we cannot initiate).
+    pub remote_addrs: Vec<IpAddr>,
+    pub local_id: String,
+    pub remote_id: String,
+    /// The pre-shared key's handle in the host keystore.
+    pub psk: Handle,
+    pub ike_proposals: String,
+    pub children: Vec<ChildConfig>,
+    pub start_action: StartAction,
+    /// Always use UDP encapsulation for ESP, NAT or not.
+    pub force_encap: bool,
+}
+
+struct ChildCfg {
+    name: String,
+    local_ts: Vec<Ts>,
+    remote_ts: Vec<Ts>,
+    esp: Vec<proposal::Config>,
+}
+
+struct Connection {
+    cfg: ConnectionConfig,
+    local_id: Identity,
+    remote_id: Identity,
+    ike: Vec<proposal::Config>,
+    children: Vec<ChildCfg>,
+}
+
+/// A CHILD SA to install in the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSa {
+    pub connection: String,
+    pub child: String,
+    /// Our IKE SPI of the IKE SA this CHILD SA belongs to.
+    pub ike_spi: u64,
+    pub inbound_spi: u32,
+    pub outbound_spi: u32,
+    pub inbound_key: Handle,
+    pub outbound_key: Handle,
+    pub suite: ChildSuite,
+    pub local_ts: Vec<Ts>,
+    pub remote_ts: Vec<Ts>,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    /// ESP in UDP (RFC 3948) to the peer's port 4500.
+    pub encap: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Datagram),
+    InstallChild(ChildSa),
+    DeleteChild {
+        ike_spi: u64,
+        inbound_spi: u32,
+        outbound_spi: u32,
+        inbound_key: Handle,
+        outbound_key: Handle,
+    },
+    /// An IKE SA came up (connection, our SPI).
+    IkeUp {
+        connection: String,
+        ike_spi: u64,
+    },
+    /// An IKE SA is gone.
+    IkeDown {
+        connection: String,
+        ike_spi: u64,
+    },
+    Log {
+        level: Level,
+        connection: String,
+        message: String,
+    },
+}
+
+/// Counters the host exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rx: u64,
+    pub tx: u64,
+    pub retransmits: u64,
+    pub replayed_responses: u64,
+    /// Unparseable datagrams (dropped, or answered INVALID_SYNTAX when authenticated).
+    pub malformed: u64,
+    /// No IKE SA with that SPI.
+    pub unknown_spi: u64,
+    /// Messages that failed the integrity check.
+    pub integrity_failed: u64,
+    /// Message IDs out of window, unsolicited responses.
+    pub unexpected: u64,
+    pub ike_established: u64,
+    pub child_installed: u64,
+    pub auth_failed: u64,
+    pub no_proposal: u64,
+    pub ts_unacceptable: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    InitDone,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    Established,
+    /// DELETE for the IKE SA sent.
+    Deleting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Init,
+    Auth,
+    CreateChild,
+    DeleteIke,
+}
+
+struct Request {
+    kind: Pending,
+    mid: u32,
+    datagram: Datagram,
+    tries: u32,
+    next_at: u64,
+}
+
+struct Child {
+    cfg: usize,
+    inbound_spi: u32,
+    outbound_spi: u32,
+    keys: ChildKeys,
+}
+
+/// A CHILD SA we proposed and wait to hear about.
+struct PendingChild {
+    cfg: usize,
+    inbound_spi: u32,
+    local_ts: Vec<Ts>,
+    remote_ts: Vec<Ts>,
+    /// Nonce of a CREATE_CHILD_SA request.
+    nonce: Option<Vec<u8>>,
+}
+
+struct IkeSa {
+    conn: usize,
+    initiator: bool,
+    spi_i: u64,
+    spi_r: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    state: State,
+    suite: Option<Chosen>,
+    keys: Option<Handle>,
+    dh: Option<Handle>,
+    dh_group: u16,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    /// RealMessage1 and RealMessage2 (section 2.15).
+    init_req: Vec<u8>,
+    init_resp: Vec<u8>,
+    nat_local: bool,
+    nat_remote: bool,
+    next_mid: u32,
+    request: Option<Request>,
+    peer_next_mid: u32,
+    last_response: Option<(u32, Datagram)>,
+    children: Vec<Child>,
+    pending_child: Option<PendingChild>,
+    /// CHILD configs already requested on this IKE SA (initiator).
+    children_tried: Vec<usize>,
+    cookie: Option<Vec<u8>>,
+    created_at: u64,
+}
+
+impl IkeSa {
+    fn our_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    fn encap(&self, force: bool) -> bool {
+        force || self.nat_local || self.nat_remote
+    }
+}
+
+/// Retransmission timing (section 2.1): first after `base`, doubling, at
+/// most `tries` sends in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub retransmit_base_ms: u64,
+    pub retransmit_tries: u32,
+    /// A responder's half-open IKE SA is dropped after this long.
+    pub half_open_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            retransmit_base_ms: 1000,
+            retransmit_tries: 6,
+            half_open_ms: 30_000,
+        }
+    }
+}
+
+/// The IKEv2 engine: connections, IKE SAs and what to do next.
+pub struct Engine {
+    conns: Vec<Connection>,
+    sas: HashMap<u64, IkeSa>,
+    /// Responder SAs by (peer endpoint, SPIi), to spot IKE_SA_INIT retransmits.
+    half_open: HashMap<(Endpoint, u64), u64>,
+    actions: VecDeque<Action>,
+    stats: Stats,
+    timing: Timing,
+}
+
+/// Why an exchange failed, with the notify to send if any.
+struct Fail {
+    notify: Option<(u16, Vec<u8>)>,
+    message: String,
+}
+
+impl Fail {
+    fn with(n: u16, message: impl Into<String>) -> Fail {
+        Fail {
+            notify: Some((n, Vec::new())),
+            message: message.into(),
+        }
+    }
+
+    fn quiet(message: impl Into<String>) -> Fail {
+        Fail {
+            notify: None,
+            message: message.into(),
+        }
+    }
+}
+
+fn notify_payload(kind: u16, data: Vec<u8>) -> Payload {
+    Payload::Notify(Notify {
+        protocol: 0,
+        spi: Vec::new(),
+        kind,
+        data,
+    })
+}
+
+fn find_notify(ps: &[Payload], kind: u16) -> Option<&Notify> {
+    ps.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.kind == kind => Some(n),
+        _ => None,
+    })
+}
+
+fn first_error(ps: &[Payload]) -> Option<u16> {
+    ps.iter().find_map(|p| match p {
+        Payload::Notify(n) if n.kind < notify::FIRST_STATUS => Some(n.kind),
+        _ => None,
+    })
+}
+
+fn notify_name(n: u16) -> String {
+    match n {
+        notify::UNSUPPORTED_CRITICAL_PAYLOAD => "UNSUPPORTED_CRITICAL_PAYLOAD".into(),
+        notify::INVALID_SYNTAX => "INVALID_SYNTAX".into(),
+        notify::NO_PROPOSAL_CHOSEN => "NO_PROPOSAL_CHOSEN".into(),
+        notify::INVALID_KE_PAYLOAD => "INVALID_KE_PAYLOAD".into(),
+        notify::AUTHENTICATION_FAILED => "AUTHENTICATION_FAILED".into(),
+        notify::TS_UNACCEPTABLE => "TS_UNACCEPTABLE".into(),
+        notify::NO_ADDITIONAL_SAS => "NO_ADDITIONAL_SAS".into(),
+        notify::INTERNAL_ADDRESS_FAILURE => "INTERNAL_ADDRESS_FAILURE".into(),
+        notify::TEMPORARY_FAILURE => "TEMPORARY_FAILURE".into(),
+        n => format!("notify {n}"),
+    }
+}
+
+/// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | Port) (section 2.23).
+fn nat_hash(spi_i: u64, spi_r: u64, ep: &Endpoint) -> Vec<u8> {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(&spi_i.to_be_bytes());
+    h.update(&spi_r.to_be_bytes());
+    match ep.addr {
+        IpAddr::V4(a) => h.update(&a.octets()),
+        IpAddr::V6(a) => h.update(&a.octets()),
+    }
+    h.update(&ep.port.to_be_bytes());
+    h.digest().bytes().to_vec()
+}
+
+fn esp_spi(spi: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(spi.try_into().ok()?))
+}
+
+fn crypto_fail(e: CryptoError) -> Fail {
+    Fail::quiet(format!("crypto operation failed: {e:?}"))
+}
+
+impl Engine {
+    pub fn new(timing: Timing) -> Engine {
+        Engine {
+            conns: Vec::new(),
+            sas: HashMap::new(),
+            half_open: HashMap::new(),
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+            timing,
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Number of IKE SAs in any state.
+    pub fn ike_sa_count(&self) -> usize {
+        self.sas.len()
+    }
+
+    /// Number of established IKE SAs and their CHILD SAs.
+    pub fn established(&self) -> (usize, usize) {
+        let up = self.sas.values().filter(|s| s.state == State::Established);
+        up.fold((0, 0), |(i, c), s| (i + 1, c + s.children.len()))
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn log(&mut self, level: Level, conn: usize, message: String) {
+        let connection = self
+            .conns
+            .get(conn)
+            .map(|c| c.cfg.name.clone())
+            .unwrap_or_default();
+        self.actions.push_back(Action::Log {
+            level,
+            connection,
+            message,
+        });
+    }
+
+    /// Load a connection. Errors name what is wrong.
+    pub fn add_connection(&mut self, cfg: ConnectionConfig) -> Result<Vec<String>, String> {
+        let at = |k: &str, e: String| format!("connection {:?}: {k}: {e}", cfg.name);
+        if self.conns.iter().any(|c| c.cfg.name == cfg.name) {
+            return Err(format!("connection {:?} is defined twice", cfg.name));
+        }
+        let (ike, mut warnings) =
+            proposal::parse(&cfg.ike_proposals, Kind::Ike).map_err(|e| at("proposals", e))?;
+        let local_id = Identity::parse(&cfg.local_id).map_err(|e| at("local id", e))?;
+        if local_id == Identity::Any {
+            return Err(at("local id", "must name us, not %any".into()));
+        }
+        let remote_id = Identity::parse(&cfg.remote_id).map_err(|e| at("remote id", e))?;
+        if cfg.children.is_empty() {
+            return Err(at("children", "at least one CHILD SA is needed".into()));
+        }
+        let mut children = Vec::new();
+        for c in &cfg.children {
+            let ch = |k: &str, e: String| {
+                format!("connection {:?}: child {:?}: {k}: {e}", cfg.name, c.name)
+            };
+            let (esp, w) =
+                proposal::parse(&c.esp_proposals, Kind::Esp).map_err(|e| ch("esp_proposals", e))?;
+            warnings.extend(w);
+            let parse_ts = |v: &[String], k: &str| -> Result<Vec<Ts>, String> {
+                if v.is_empty() {
+                    return Err(ch(k, "at least one subnet is needed".into()));
+                }
+                v.iter()
+                    .map(|s| ts::from_cidr(s).map_err(|e| ch(k, e)))
+                    .collect()
+            };
+            children.push(ChildCfg {
+                name: c.name.clone(),
+                local_ts: parse_ts(&c.local_ts, "local_ts")?,
+                remote_ts: parse_ts(&c.remote_ts, "remote_ts")?,
+                esp,
+            });
+        }
+        self.conns.push(Connection {
+            cfg,
+            local_id,
+            remote_id,
+            ike,
+            children,
+        });
+        Ok(warnings)
+    }
+
+    /// Connections whose start action is `Start`.
+    pub fn autostart(&self) -> Vec<String> {
+        self.conns
+            .iter()
+            .filter(|c| c.cfg.start_action == StartAction::Start)
+            .map(|c| c.cfg.name.clone())
+            .collect()
+    }
+
+    fn new_spi(&self, crypto: &mut dyn IkeCrypto) -> u64 {
+        loop {
+            let mut b = [0u8; 8];
+            crypto.random(&mut b);
+            let s = u64::from_be_bytes(b);
+            if s != 0 && !self.sas.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn new_esp_spi(crypto: &mut dyn IkeCrypto) -> u32 {
+        let mut b = [0u8; 4];
+        crypto.random(&mut b);
+        // Above the reserved 0-255, and recognisably ours in captures.
+        u32::from_be_bytes(b) | 0xc000_0000
+    }
+
+    fn nonce(crypto: &mut dyn IkeCrypto) -> Vec<u8> {
+        let mut n = vec![0u8; 32];
+        crypto.random(&mut n);
+        n
+    }
+
+    // ---- sending ----------------------------------------------------------
+
+    fn emit(&mut self, d: Datagram) {
+        self.stats.tx += 1;
+        self.actions.push_back(Action::Send(d));
+    }
+
+    fn header(sa: &IkeSa, exch: u8, response: bool, mid: u32) -> Header {
+        let mut flags = ike::FLAG_INITIATOR * u8::from(sa.initiator);
+        if response {
+            flags |= ike::FLAG_RESPONSE;
+        }
+        Header {
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            next_payload: 0,
+            version: ike::VERSION,
+            exchange: exch,
+            flags,
+            message_id: mid,
+            length: 0,
+        }
+    }
+
+    fn encrypted(
+        sa: &IkeSa,
+        exch: u8,
+        response: bool,
+        mid: u32,
+        ps: &[Payload],
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<Datagram, Fail> {
+        let keys = sa.keys.ok_or_else(|| Fail::quiet("no keys yet"))?;
+        let mut inner = Vec::new();
+        let first = ike::emit_chain(ps, &mut inner);
+        let mut h = Vec::with_capacity(ike::HEADER_LEN);
+        Self::header(sa, exch, response, mid).emit(&mut h);
+        let h: [u8; 28] = h.try_into().map_err(|_| Fail::quiet("header"))?;
+        let data = crypto
+            .encrypt(keys, sa.initiator, &h, first, &inner)
+            .map_err(crypto_fail)?;
+        Ok(Datagram {
+            local: sa.local,
+            remote: sa.remote,
+            data,
+        })
+    }
+
+    /// Send a request and arm its retransmission.
+    fn request(&mut self, sa: &mut IkeSa, now: u64, kind: Pending, datagram: Datagram) {
+        let mid = sa.next_mid;
+        sa.next_mid += 1;
+        self.emit(datagram.clone());
+        sa.request = Some(Request {
+            kind,
+            mid,
+            datagram,
+            tries: 1,
+            next_at: now + self.timing.retransmit_base_ms,
+        });
+    }
+
+    fn respond(&mut self, sa: &mut IkeSa, mid: u32, d: Datagram) {
+        sa.last_response = Some((mid, d.clone()));
+        sa.peer_next_mid = mid + 1;
+        self.emit(d);
+    }
+
+    fn respond_encrypted(
+        &mut self,
+        sa: &mut IkeSa,
+        exch: u8,
+        mid: u32,
+        ps: &[Payload],
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        match Self::encrypted(sa, exch, true, mid, ps, crypto) {
+            Ok(d) => self.respond(sa, mid, d),
+            Err(f) => self.log(
+                Level::Warn,
+                sa.conn,
+                format!("cannot build response: {}", f.message),
+            ),
+        }
+    }
+
+    // ---- admin ------------------------------------------------------------
+
+    /// Start connection `name` as initiator.
+    pub fn initiate(
+        &mut self,
+        now: u64,
+        name: &str,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), String> {
+        let conn = self
+            .conns
+            .iter()
+            .position(|c| c.cfg.name == name)
+            .ok_or(format!("no connection {name:?}"))?;
+        let c = &self.conns[conn];
+        let remote = *c.cfg.remote_addrs.first().ok_or(format!(
+            "connection {name:?} has no remote address to initiate to"
+        ))?;
+        let local = c.cfg.local_addrs.first().copied().unwrap_or(match remote {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        });
+        let group = c.ike[0].dh[0];
+        let spi = self.new_spi(crypto);
+        let mut sa = IkeSa {
+            conn,
+            initiator: true,
+            spi_i: spi,
+            spi_r: 0,
+            local: Endpoint {
+                addr: local,
+                port: IKE_PORT,
+            },
+            remote: Endpoint {
+                addr: remote,
+                port: IKE_PORT,
+            },
+            state: State::InitSent,
+            suite: None,
+            keys: None,
+            dh: None,
+            dh_group: group,
+            ni: Self::nonce(crypto),
+            nr: Vec::new(),
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            nat_local: false,
+            nat_remote: false,
+            next_mid: 0,
+            request: None,
+            peer_next_mid: 0,
+            last_response: None,
+            children: Vec::new(),
+            pending_child: None,
+            children_tried: Vec::new(),
+            cookie: None,
+            created_at: now,
+        };
+        self.log(Level::Info, conn, format!("initiating IKE_SA to {remote}"));
+        match self.send_init(&mut sa, now, crypto) {
+            Ok(()) => {
+                self.sas.insert(spi, sa);
+                Ok(())
+            }
+            Err(f) => Err(f.message),
+        }
+    }
+
+    fn send_init(
+        &mut self,
+        sa: &mut IkeSa,
+        now: u64,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), Fail> {
+        if let Some(old) = sa.dh.take() {
+            crypto.destroy(old);
+        }
+        let (dh, public) = crypto.dh_generate(sa.dh_group).map_err(crypto_fail)?;
+        sa.dh = Some(dh);
+        let c = &self.conns[sa.conn];
+        let mut ps = Vec::new();
+        if let Some(cookie) = &sa.cookie {
+            ps.push(notify_payload(notify::COOKIE, cookie.clone()));
+        }
+        ps.push(Payload::Sa(proposal::to_wire(&c.ike, Kind::Ike, &[], true)));
+        ps.push(Payload::Ke {
+            group: sa.dh_group,
+            data: public,
+        });
+        ps.push(Payload::Nonce(sa.ni.clone()));
+        ps.push(notify_payload(
+            notify::NAT_DETECTION_SOURCE_IP,
+            nat_hash(sa.spi_i, 0, &sa.local),
+        ));
+        ps.push(notify_payload(
+            notify::NAT_DETECTION_DESTINATION_IP,
+            nat_hash(sa.spi_i, 0, &sa.remote),
+        ));
+        let m = Message {
+            header: Self::header(sa, exchange::IKE_SA_INIT, false, 0),
+            payloads: ps,
+        };
+        let data = m.emit();
+        sa.init_req = data.clone();
+        sa.next_mid = 0;
+        sa.state = State::InitSent;
+        self.request(
+            sa,
+            now,
+            Pending::Init,
+            Datagram {
+                local: sa.local,
+                remote: sa.remote,
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Delete every IKE SA of connection `name` (DELETE, section 1.4.1).
+    pub fn terminate(
+        &mut self,
+        now: u64,
+        name: &str,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<usize, String> {
+        let conn = self
+            .conns
+            .iter()
+            .position(|c| c.cfg.name == name)
+            .ok_or(format!("no connection {name:?}"))?;
+        let ids: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.conn == conn)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in &ids {
+            let Some(mut sa) = self.sas.remove(id) else {
+                continue;
+            };
+            if sa.state == State::Established && sa.request.is_none() {
+                let del = [Payload::Delete(Delete {
+                    protocol: protocol::IKE,
+                    spi_size: 0,
+                    spis: Vec::new(),
+                })];
+                match Self::encrypted(
+                    &sa,
+                    exchange::INFORMATIONAL,
+                    false,
+                    sa.next_mid,
+                    &del,
+                    crypto,
+                ) {
+                    Ok(d) => {
+                        self.request(&mut sa, now, Pending::DeleteIke, d);
+                        sa.state = State::Deleting;
+                        self.sas.insert(*id, sa);
+                        continue;
+                    }
+                    Err(f) => self.log(
+                        Level::Warn,
+                        conn,
+                        format!("cannot send DELETE: {}", f.message),
+                    ),
+                }
+            }
+            self.drop_sa(sa, crypto, "terminated");
+        }
+        Ok(ids.len())
+    }
+
+    /// Forget an IKE SA and its CHILD SAs, telling the host.
+    fn drop_sa(&mut self, mut sa: IkeSa, crypto: &mut dyn IkeCrypto, why: &str) {
+        let spi = sa.our_spi();
+        for c in sa.children.drain(..) {
+            self.actions.push_back(Action::DeleteChild {
+                ike_spi: spi,
+                inbound_spi: c.inbound_spi,
+                outbound_spi: c.outbound_spi,
+                inbound_key: c.keys.inbound,
+                outbound_key: c.keys.outbound,
+            });
+        }
+        for h in [sa.keys.take(), sa.dh.take()].into_iter().flatten() {
+            crypto.destroy(h);
+        }
+        self.half_open.retain(|_, v| *v != spi);
+        let was_up = sa.state == State::Established || sa.state == State::Deleting;
+        self.log(
+            Level::Info,
+            sa.conn,
+            format!("IKE_SA {spi:016x} with {} deleted: {why}", sa.remote.addr),
+        );
+        if was_up {
+            let connection = self.conns[sa.conn].cfg.name.clone();
+            self.actions.push_back(Action::IkeDown {
+                connection,
+                ike_spi: spi,
+            });
+        }
+    }
+
+    // ---- time ------------------------------------------------------------
+
+    /// When `tick` must be called next, if ever.
+    pub fn next_timeout(&self) -> Option<u64> {
+        let half_open = self.timing.half_open_ms;
+        self.sas
+            .values()
+            .flat_map(|s| {
+                let r = s.request.as_ref().map(|r| r.next_at);
+                let h = (s.state == State::InitDone).then_some(s.created_at + half_open);
+                r.into_iter().chain(h)
+            })
+            .min()
+    }
+
+    /// Retransmit what is due, give up on silent peers, expire half-open SAs.
+    pub fn tick(&mut self, now: u64, crypto: &mut dyn IkeCrypto) {
+        let ids: Vec<u64> = self.sas.keys().copied().collect();
+        for id in ids {
+            let Some(mut sa) = self.sas.remove(&id) else {
+                continue;
+            };
+            if sa.state == State::InitDone && now >= sa.created_at + self.timing.half_open_ms {
+                self.stats.timeouts += 1;
+                self.drop_sa(
+                    sa,
+                    crypto,
+                    "half-open IKE_SA timed out waiting for IKE_AUTH",
+                );
+                continue;
+            }
+            let mut give_up = false;
+            if let Some(r) = sa.request.as_mut() {
+                if now >= r.next_at {
+                    if r.tries >= self.timing.retransmit_tries {
+                        give_up = true;
+                    } else {
+                        r.tries += 1;
+                        r.next_at = now + (self.timing.retransmit_base_ms << (r.tries - 1).min(16));
+                        let d = r.datagram.clone();
+                        self.stats.retransmits += 1;
+                        self.emit(d);
+                    }
+                }
+            }
+            if give_up {
+                self.stats.timeouts += 1;
+                let tries = self.timing.retransmit_tries;
+                self.drop_sa(
+                    sa,
+                    crypto,
+                    &format!("peer did not answer after {tries} transmissions"),
+                );
+                continue;
+            }
+            self.sas.insert(id, sa);
+        }
+    }
+
+    // ---- receiving -------------------------------------------------------
+
+    /// Process one IKE datagram.
+    pub fn handle_datagram(&mut self, now: u64, d: Datagram, crypto: &mut dyn IkeCrypto) {
+        self.stats.rx += 1;
+        let h = match Header::parse(&d.data) {
+            Ok(h) if h.length as usize == d.data.len() => h,
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if h.version >> 4 != 2 {
+            // Section 2.5: only a major version we do not speak gets
+            // INVALID_MAJOR_VERSION; we simply drop, as we keep no state.
+            self.stats.malformed += 1;
+            return;
+        }
+        if h.exchange == exchange::IKE_SA_INIT
+            && !h.is_response()
+            && h.spi_r == 0
+            && h.message_id == 0
+        {
+            return self.responder_init(now, h, d, crypto);
+        }
+        let ours = if h.is_initiator() { h.spi_r } else { h.spi_i };
+        let Some(sa) = self.sas.remove(&ours) else {
+            self.stats.unknown_spi += 1;
+            return;
+        };
+        let theirs_ok = if h.is_initiator() {
+            h.spi_i == sa.spi_i
+        } else {
+            sa.spi_r == 0 || h.spi_r == sa.spi_r
+        };
+        if !theirs_ok || h.is_initiator() == sa.initiator {
+            self.stats.unknown_spi += 1;
+            self.sas.insert(ours, sa);
+            return;
+        }
+        if h.exchange == exchange::IKE_SA_INIT {
+            if sa.state == State::InitSent && h.is_response() {
+                self.initiator_init_response(now, sa, h, d, crypto);
+            } else {
+                self.stats.unexpected += 1;
+                self.sas.insert(ours, sa);
+            }
+            return;
+        }
+        if h.is_response() {
+            self.handle_response(now, sa, h, d, crypto);
+        } else {
+            self.handle_request(now, sa, h, d, crypto);
+        }
+    }
+
+    /// Decrypt an Encrypted message; `Err(true)` if it was not authentic.
+    fn open(
+        &mut self,
+        sa: &IkeSa,
+        h: &Header,
+        d: &Datagram,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<Result<Vec<Payload>, ()>, bool> {
+        let Some(keys) = sa.keys else {
+            return Err(false);
+        };
+        if h.next_payload != payload::SK || d.data.len() < ike::HEADER_LEN + 4 {
+            self.stats.malformed += 1;
+            return Err(false);
+        }
+        let inner = match crypto.decrypt(keys, h.is_initiator(), &d.data, ike::HEADER_LEN) {
+            Ok(i) => i,
+            Err(_) => {
+                self.stats.integrity_failed += 1;
+                return Err(true);
+            }
+        };
+        let first = d.data[ike::HEADER_LEN];
+        Ok(ike::parse_chain(first, &inner).map_err(|_| {
+            self.stats.malformed += 1;
+        }))
+    }
+
+    fn handle_request(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        h: Header,
+        d: Datagram,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.our_spi();
+        // Section 2.2: a retransmitted request gets the same response again.
+        if let Some((mid, resp)) = &sa.last_response {
+            if h.message_id == *mid {
+                let resp = resp.clone();
+                self.stats.replayed_responses += 1;
+                self.emit(resp);
+                self.sas.insert(id, sa);
+                return;
+            }
+        }
+        if h.message_id != sa.peer_next_mid {
+            self.stats.unexpected += 1;
+            self.sas.insert(id, sa);
+            return;
+        }
+        let ps = match self.open(&sa, &h, &d, crypto) {
+            Ok(Ok(ps)) => ps,
+            Ok(Err(())) => {
+                // Authentic but unparseable: INVALID_SYNTAX (section 2.21.2).
+                self.respond_encrypted(
+                    &mut sa,
+                    h.exchange,
+                    h.message_id,
+                    &[notify_payload(notify::INVALID_SYNTAX, Vec::new())],
+                    crypto,
+                );
+                self.sas.insert(id, sa);
+                return;
+            }
+            Err(_) => {
+                self.sas.insert(id, sa);
+                return;
+            }
+        };
+        if let Some(k) = ps.iter().find_map(|p| match p {
+            Payload::Unknown {
+                kind,
+                critical: true,
+                ..
+            } => Some(*kind),
+            _ => None,
+        }) {
+            self.stats.malformed += 1;
+            self.respond_encrypted(
+                &mut sa,
+                h.exchange,
+                h.message_id,
+                &[notify_payload(
+                    notify::UNSUPPORTED_CRITICAL_PAYLOAD,
+                    vec![k],
+                )],
+                crypto,
+            );
+            self.sas.insert(id, sa);
+            return;
+        }
+        // NAT-T (RFC 3948 / section 2.23): follow the peer to where it sends from.
+        if sa.remote != d.remote && sa.remote.addr == d.remote.addr {
+            sa.remote = d.remote;
+            sa.local = d.local;
+        }
+        match (h.exchange, sa.state) {
+            (exchange::IKE_AUTH, State::InitDone) => {
+                return self.responder_auth(now, sa, h, d, ps, crypto);
+            }
+            (exchange::INFORMATIONAL, State::Established | State::Deleting) => {
+                return self.informational(sa, h, ps, crypto);
+            }
+            (exchange::CREATE_CHILD_SA, State::Established) => {
+                return self.responder_create_child(sa, h, ps, crypto);
+            }
+            _ => {
+                self.stats.unexpected += 1;
+                self.log(
+                    Level::Warn,
+                    sa.conn,
+                    format!("unexpected exchange {} in state {:?}", h.exchange, sa.state),
+                );
+            }
+        }
+        self.sas.insert(id, sa);
+    }
+
+    fn handle_response(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        h: Header,
+        d: Datagram,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.our_spi();
+        let Some(req) = sa.request.as_ref().filter(|r| r.mid == h.message_id) else {
+            self.stats.unexpected += 1;
+            self.sas.insert(id, sa);
+            return;
+        };
+        let kind = req.kind;
+        let ps = match self.open(&sa, &h, &d, crypto) {
+            Ok(Ok(ps)) => ps,
+            _ => {
+                self.sas.insert(id, sa);
+                return;
+            }
+        };
+        sa.request = None;
+        match kind {
+            Pending::Auth => self.initiator_auth_response(now, sa, ps, crypto),
+            Pending::DeleteIke => self.drop_sa(sa, crypto, "DELETE acknowledged"),
+            Pending::CreateChild => self.initiator_create_child_response(now, sa, ps, crypto),
+            Pending::Init => {
+                self.sas.insert(id, sa);
+            }
+        }
+    }
+
+    // ---- IKE_SA_INIT -------------------------------------------------------
+
+    fn connection_for(&self, local: &Endpoint, remote: &Endpoint) -> Option<usize> {
+        self.conns.iter().position(|c| {
+            (c.cfg.local_addrs.is_empty() || c.cfg.local_addrs.contains(&local.addr))
+                && (c.cfg.remote_addrs.is_empty() || c.cfg.remote_addrs.contains(&remote.addr))
+        })
+    }
+
+    /// An unencrypted error response to an IKE_SA_INIT request.
+    fn init_error(&mut self, h: &Header, d: &Datagram, n: u16, data: Vec<u8>) {
+        let hdr = Header {
+            spi_r: 0,
+            flags: ike::FLAG_RESPONSE,
+            ..*h
+        };
+        let m = Message {
+            header: hdr,
+            payloads: vec![notify_payload(n, data)],
+        };
+        self.emit(Datagram {
+            local: d.local,
+            remote: d.remote,
+            data: m.emit(),
+        });
+    }
+
+    fn responder_init(&mut self, now: u64, h: Header, d: Datagram, crypto: &mut dyn IkeCrypto) {
+        if let Some(id) = self.half_open.get(&(d.remote, h.spi_i)).copied() {
+            if let Some(sa) = self.sas.get(&id) {
+                if sa.init_req == d.data {
+                    let resp = Datagram {
+                        local: d.local,
+                        remote: d.remote,
+                        data: sa.init_resp.clone(),
+                    };
+                    self.stats.replayed_responses += 1;
+                    self.emit(resp);
+                } else {
+                    self.stats.unexpected += 1;
+                }
+                return;
+            }
+        }
+        let m = match Message::parse(&d.data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if let Some(k) = m.payloads.iter().find_map(|p| match p {
+            Payload::Unknown {
+                kind,
+                critical: true,
+                ..
+            } => Some(*kind),
+            _ => None,
+        }) {
+            self.stats.malformed += 1;
+            return self.init_error(&h, &d, notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![k]);
+        }
+        let Some(conn) = self.connection_for(&d.local, &d.remote) else {
+            self.stats.no_proposal += 1;
+            self.actions.push_back(Action::Log {
+                level: Level::Warn,
+                connection: String::new(),
+                message: format!(
+                    "IKE_SA_INIT from {}:{} matches no connection (local {})",
+                    d.remote.addr, d.remote.port, d.local.addr
+                ),
+            });
+            return self.init_error(&h, &d, notify::NO_PROPOSAL_CHOSEN, Vec::new());
+        };
+        let (mut offered, mut ke, mut ni) = (None, None, None);
+        for p in &m.payloads {
+            match p {
+                Payload::Sa(props) => offered = Some(props.clone()),
+                Payload::Ke { group, data } => ke = Some((*group, data.clone())),
+                Payload::Nonce(n) => ni = Some(n.clone()),
+                _ => {}
+            }
+        }
+        let (Some(offered), Some((group, their_public)), Some(ni)) = (offered, ke, ni) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let ours = &self.conns[conn].ike;
+        let Some((chosen, num, _)) = proposal::select(&offered, ours, Kind::Ike, false) else {
+            self.stats.no_proposal += 1;
+            let msg = format!(
+                "no acceptable IKE proposal: peer {} offered {}, we accept {}",
+                d.remote.addr,
+                proposal::Display(&offered),
+                proposal::Display(&proposal::to_wire(ours, Kind::Ike, &[], true))
+            );
+            self.log(Level::Warn, conn, msg);
+            return self.init_error(&h, &d, notify::NO_PROPOSAL_CHOSEN, Vec::new());
+        };
+        if group != chosen.dh {
+            // Section 1.2: tell the initiator which group we want.
+            self.log(
+                Level::Info,
+                conn,
+                format!(
+                    "peer sent KE for group {group}, we chose {}: INVALID_KE_PAYLOAD",
+                    chosen.dh
+                ),
+            );
+            return self.init_error(
+                &h,
+                &d,
+                notify::INVALID_KE_PAYLOAD,
+                chosen.dh.to_be_bytes().to_vec(),
+            );
+        }
+        let spi_r = self.new_spi(crypto);
+        let nat_src =
+            find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
+        let nat_dst =
+            find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
+        let nat_remote = nat_src.is_some_and(|x| x != nat_hash(h.spi_i, 0, &d.remote));
+        let nat_local = nat_dst.is_some_and(|x| x != nat_hash(h.spi_i, 0, &d.local));
+        let nr = Self::nonce(crypto);
+        let (dh, public) = match crypto.dh_generate(chosen.dh) {
+            Ok(x) => x,
+            Err(e) => {
+                return self.log(
+                    Level::Warn,
+                    conn,
+                    format!("DH group {} failed: {e:?}", chosen.dh),
+                );
+            }
+        };
+        let suite = IkeSuite {
+            encr: chosen.encr.id,
+            key_bits: chosen.encr.key_bits.unwrap_or(256),
+            prf: chosen.prf,
+            integ: chosen.integ,
+            dh: chosen.dh,
+        };
+        let keys = match crypto.derive_ike_sa(&suite, dh, &their_public, &ni, &nr, h.spi_i, spi_r) {
+            Ok(k) => k,
+            Err(e) => {
+                self.stats.malformed += 1;
+                self.log(
+                    Level::Warn,
+                    conn,
+                    format!(
+                        "key derivation failed ({e:?}): bad KE payload from {}",
+                        d.remote.addr
+                    ),
+                );
+                return self.init_error(&h, &d, notify::INVALID_SYNTAX, Vec::new());
+            }
+        };
+        let mut sa = IkeSa {
+            conn,
+            initiator: false,
+            spi_i: h.spi_i,
+            spi_r,
+            local: d.local,
+            remote: d.remote,
+            state: State::InitDone,
+            suite: Some(chosen),
+            keys: Some(keys),
+            dh: None,
+            dh_group: chosen.dh,
+            ni,
+            nr: nr.clone(),
+            init_req: d.data.clone(),
+            init_resp: Vec::new(),
+            nat_local,
+            nat_remote,
+            next_mid: 0,
+            request: None,
+            peer_next_mid: 1,
+            last_response: None,
+            children: Vec::new(),
+            pending_child: None,
+            children_tried: Vec::new(),
+            cookie: None,
+            created_at: now,
+        };
+        let ps = vec![
+            Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &[])]),
+            Payload::Ke {
+                group: chosen.dh,
+                data: public,
+            },
+            Payload::Nonce(nr),
+            notify_payload(
+                notify::NAT_DETECTION_SOURCE_IP,
+                nat_hash(h.spi_i, spi_r, &d.local),
+            ),
+            notify_payload(
+                notify::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(h.spi_i, spi_r, &d.remote),
+            ),
+        ];
+        let resp = Message {
+            header: Self::header(&sa, exchange::IKE_SA_INIT, true, 0),
+            payloads: ps,
+        }
+        .emit();
+        sa.init_resp = resp.clone();
+        self.log(
+            Level::Info,
+            conn,
+            format!(
+                "IKE_SA_INIT from {}:{}: chose {}{}",
+                d.remote.addr,
+                d.remote.port,
+                chosen.name(Kind::Ike),
+                match (nat_local, nat_remote) {
+                    (false, false) => "",
+                    (true, false) => ", we are behind a NAT",
+                    (false, true) => ", peer is behind a NAT",
+                    (true, true) => ", NAT on both sides",
+                }
+            ),
+        );
+        self.emit(Datagram {
+            local: d.local,
+            remote: d.remote,
+            data: resp,
+        });
+        self.half_open.insert((d.remote, h.spi_i), spi_r);
+        self.sas.insert(spi_r, sa);
+    }
+
+    fn initiator_init_response(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        h: Header,
+        d: Datagram,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.spi_i;
+        let m = match Message::parse(&d.data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                self.sas.insert(id, sa);
+                return;
+            }
+        };
+        if let Some(n) = find_notify(&m.payloads, notify::COOKIE) {
+            // Section 2.6: repeat the request with the cookie first.
+            sa.cookie = Some(n.data.clone());
+            if let Err(f) = self.send_init(&mut sa, now, crypto) {
+                self.log(Level::Warn, sa.conn, f.message);
+            }
+            self.sas.insert(id, sa);
+            return;
+        }
+        if let Some(n) = find_notify(&m.payloads, notify::INVALID_KE_PAYLOAD) {
+            let want = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]]));
+            let ok = want.is_some_and(|g| {
+                g != sa.dh_group && self.conns[sa.conn].ike.iter().any(|p| p.dh.contains(&g))
+            });
+            if let (true, Some(g)) = (ok, want) {
+                self.log(
+                    Level::Info,
+                    sa.conn,
+                    format!("peer wants DH group {g} (INVALID_KE_PAYLOAD), retrying"),
+                );
+                sa.dh_group = g;
+                if let Err(f) = self.send_init(&mut sa, now, crypto) {
+                    self.log(Level::Warn, sa.conn, f.message);
+                }
+                self.sas.insert(id, sa);
+            } else {
+                self.stats.no_proposal += 1;
+                self.drop_sa(
+                    sa,
+                    crypto,
+                    &format!("peer asked for DH group {want:?}, which we do not offer"),
+                );
+            }
+            return;
+        }
+        if let Some(e) = first_error(&m.payloads) {
+            if e == notify::NO_PROPOSAL_CHOSEN {
+                self.stats.no_proposal += 1;
+                let ours = proposal::Display(&proposal::to_wire(
+                    &self.conns[sa.conn].ike,
+                    Kind::Ike,
+                    &[],
+                    true,
+                ))
+                .to_string();
+                return self.drop_sa(
+                    sa,
+                    crypto,
+                    &format!("peer answered NO_PROPOSAL_CHOSEN to our IKE proposals {ours}"),
+                );
+            }
+            return self.drop_sa(sa, crypto, &format!("peer answered {}", notify_name(e)));
+        }
+        let (mut answer, mut ke, mut nr) = (None, None, None);
+        for p in &m.payloads {
+            match p {
+                Payload::Sa(props) => answer = Some(props.clone()),
+                Payload::Ke { group, data } => ke = Some((*group, data.clone())),
+                Payload::Nonce(n) => nr = Some(n.clone()),
+                _ => {}
+            }
+        }
+        let (Some(answer), Some((group, public)), Some(nr)) = (answer, ke, nr) else {
+            self.stats.malformed += 1;
+            return self.drop_sa(sa, crypto, "IKE_SA_INIT response lacks SA, KE or Nonce");
+        };
+        let Some((chosen, _)) =
+            proposal::check_answer(&answer, &self.conns[sa.conn].ike, Kind::Ike, false)
+        else {
+            self.stats.no_proposal += 1;
+            return self.drop_sa(
+                sa,
+                crypto,
+                &format!(
+                    "peer chose {}, which we did not offer",
+                    proposal::Display(&answer)
+                ),
+            );
+        };
+        if chosen.dh != sa.dh_group || group != sa.dh_group {
+            self.stats.malformed += 1;
+            return self.drop_sa(sa, crypto, "peer's KE group differs from the one we sent");
+        }
+        sa.spi_r = h.spi_r;
+        let nat_src =
+            find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
+        let nat_dst =
+            find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
+        sa.nat_remote = nat_src.is_some_and(|x| x != nat_hash(sa.spi_i, sa.spi_r, &d.remote));
+        sa.nat_local = nat_dst.is_some_and(|x| x != nat_hash(sa.spi_i, sa.spi_r, &d.local));
+        let suite = IkeSuite {
+            encr: chosen.encr.id,
+            key_bits: chosen.encr.key_bits.unwrap_or(256),
+            prf: chosen.prf,
+            integ: chosen.integ,
+            dh: chosen.dh,
+        };
+        let Some(dh) = sa.dh.take() else {
+            return self.drop_sa(sa, crypto, "no DH value");
+        };
+        sa.keys = match crypto.derive_ike_sa(&suite, dh, &public, &sa.ni, &nr, sa.spi_i, sa.spi_r) {
+            Ok(k) => Some(k),
+            Err(e) => return self.drop_sa(sa, crypto, &format!("key derivation failed: {e:?}")),
+        };
+        sa.nr = nr;
+        sa.init_resp = d.data.clone();
+        sa.suite = Some(chosen);
+        sa.request = None;
+        // Section 2.23: with a NAT in the path, move to port 4500.
+        if sa.encap(self.conns[sa.conn].cfg.force_encap) {
+            sa.local.port = NAT_T_PORT;
+            sa.remote.port = NAT_T_PORT;
+        }
+        sa.local.addr = d.local.addr;
+        self.log(
+            Level::Info,
+            sa.conn,
+            format!("IKE_SA_INIT done: {}", chosen.name(Kind::Ike)),
+        );
+        match self.build_auth_request(&mut sa, crypto) {
+            Ok(dg) => {
+                sa.state = State::AuthSent;
+                self.request(&mut sa, now, Pending::Auth, dg);
+                self.sas.insert(id, sa);
+            }
+            Err(f) => self.drop_sa(sa, crypto, &f.message),
+        }
+    }
+
+    // ---- IKE_AUTH --------------------------------------------------------
+
+    fn build_auth_request(
+        &mut self,
+        sa: &mut IkeSa,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<Datagram, Fail> {
+        let c = &self.conns[sa.conn];
+        let Identity::Id(idi) = c.local_id.clone() else {
+            return Err(Fail::quiet("no local identity"));
+        };
+        let keys = sa.keys.ok_or_else(|| Fail::quiet("no keys"))?;
+        let auth = crypto
+            .psk_auth(keys, c.cfg.psk, true, &sa.init_req, &sa.nr, &idi.body())
+            .map_err(crypto_fail)?;
+        let child = &c.children[0];
+        let spi = Self::new_esp_spi(crypto);
+        let mut ps = vec![
+            Payload::IdI(idi),
+            notify_payload(notify::INITIAL_CONTACT, Vec::new()),
+        ];
+        if let Identity::Id(idr) = &c.remote_id {
+            ps.push(Payload::IdR(idr.clone()));
+        }
+        ps.push(Payload::Auth {
+            method: auth_method::SHARED_KEY_MIC,
+            data: auth,
+        });
+        ps.push(Payload::Sa(proposal::to_wire(
+            &child.esp,
+            Kind::Esp,
+            &spi.to_be_bytes(),
+            false,
+        )));
+        ps.push(Payload::TsI(child.local_ts.clone()));
+        ps.push(Payload::TsR(child.remote_ts.clone()));
+        sa.children_tried = vec![0];
+        sa.pending_child = Some(PendingChild {
+            cfg: 0,
+            inbound_spi: spi,
+            local_ts: child.local_ts.clone(),
+            remote_ts: child.remote_ts.clone(),
+            nonce: None,
+        });
+        Self::encrypted(sa, exchange::IKE_AUTH, false, sa.next_mid, &ps, crypto)
+    }
+
+    fn responder_auth(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        h: Header,
+        _d: Datagram,
+        ps: Vec<Payload>,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let _ = now;
+        let id = sa.spi_r;
+        let mid = h.message_id;
+        let (mut idi, mut auth, mut idr_req) = (None, None, None);
+        for p in &ps {
+            match p {
+                Payload::IdI(i) => idi = Some(i.clone()),
+                Payload::IdR(i) => idr_req = Some(i.clone()),
+                Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+                _ => {}
+            }
+        }
+        let (Some(idi), Some((method, auth))) = (idi, auth) else {
+            self.stats.malformed += 1;
+            self.respond_encrypted(
+                &mut sa,
+                exchange::IKE_AUTH,
+                mid,
+                &[notify_payload(notify::INVALID_SYNTAX, Vec::new())],
+                crypto,
+            );
+            return self.drop_sa(sa, crypto, "IKE_AUTH without IDi or AUTH");
+        };
+        // Pick the connection by identity among those matching the addresses.
+        if !self.conns[sa.conn].remote_id.matches(&idi) {
+            let alt = self.conns.iter().position(|c| {
+                c.remote_id.matches(&idi)
+                    && (c.cfg.local_addrs.is_empty() || c.cfg.local_addrs.contains(&sa.local.addr))
+                    && (c.cfg.remote_addrs.is_empty()
+                        || c.cfg.remote_addrs.contains(&sa.remote.addr))
+                    && sa.suite.is_some_and(|s| {
+                        proposal::check_answer(
+                            &[proposal::chosen_to_wire(&s, Kind::Ike, 1, &[])],
+                            &c.ike,
+                            Kind::Ike,
+                            false,
+                        )
+                        .is_some()
+                    })
+            });
+            match alt {
+                Some(c) => sa.conn = c,
+                None => {
+                    self.stats.auth_failed += 1;
+                    let want = self.conns[sa.conn].remote_id.to_string();
+                    self.log(
+                        Level::Warn,
+                        sa.conn,
+                        format!(
+                            "peer identity {} does not match the configured remote id {want}",
+                            Show(&idi)
+                        ),
+                    );
+                    self.respond_encrypted(
+                        &mut sa,
+                        exchange::IKE_AUTH,
+                        mid,
+                        &[notify_payload(notify::AUTHENTICATION_FAILED, Vec::new())],
+                        crypto,
+                    );
+                    return self.drop_sa(sa, crypto, "AUTHENTICATION_FAILED (identity)");
+                }
+            }
+        }
+        let conn = sa.conn;
+        let psk = self.conns[conn].cfg.psk;
+        let Some(keys) = sa.keys else {
+            return self.drop_sa(sa, crypto, "no keys");
+        };
+        let expected = crypto.psk_auth(keys, psk, true, &sa.init_req, &sa.nr, &idi.body());
+        let good = method == auth_method::SHARED_KEY_MIC
+            && expected.as_ref().is_ok_and(|e| {
+                e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            });
+        if !good {
+            self.stats.auth_failed += 1;
+            self.log(
+                Level::Warn,
+                conn,
+                format!(
+                    "AUTH from {} ({}) does not verify{}: wrong pre-shared key?",
+                    Show(&idi),
+                    sa.remote.addr,
+                    if method != auth_method::SHARED_KEY_MIC {
+                        format!(" (method {method}, we expect PSK)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+            self.respond_encrypted(
+                &mut sa,
+                exchange::IKE_AUTH,
+                mid,
+                &[notify_payload(notify::AUTHENTICATION_FAILED, Vec::new())],
+                crypto,
+            );
+            return self.drop_sa(sa, crypto, "AUTHENTICATION_FAILED");
+        }
+        let _ = idr_req;
+        let Identity::Id(our_id) = self.conns[conn].local_id.clone() else {
+            return self.drop_sa(sa, crypto, "no local identity");
+        };
+        let our_auth =
+            match crypto.psk_auth(keys, psk, false, &sa.init_resp, &sa.ni, &our_id.body()) {
+                Ok(a) => a,
+                Err(e) => {
+                    return self.drop_sa(sa, crypto, &format!("AUTH computation failed: {e:?}"));
+                }
+            };
+        let mut out = vec![
+            Payload::IdR(our_id),
+            Payload::Auth {
+                method: auth_method::SHARED_KEY_MIC,
+                data: our_auth,
+            },
+        ];
+        let ni = sa.ni.clone();
+        let nr = sa.nr.clone();
+        match self.accept_child(&mut sa, &ps, &ni, &nr, true, crypto) {
+            Ok(child_payloads) => out.extend(child_payloads),
+            Err(f) => {
+                // Section 1.2: the IKE SA stands even if the CHILD SA fails.
+                self.log(
+                    Level::Warn,
+                    conn,
+                    format!("CHILD_SA not created: {}", f.message),
+                );
+                if let Some((n, data)) = f.notify {
+                    out.push(notify_payload(n, data));
+                }
+            }
+        }
+        sa.state = State::Established;
+        self.stats.ike_established += 1;
+        self.half_open.retain(|_, v| *v != id);
+        if find_notify(&ps, notify::INITIAL_CONTACT).is_some() {
+            self.replace_old_sas(&sa, &idi, crypto);
+        }
+        let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
+        let msg = format!(
+            "IKE_SA {id:016x} established with {} ({}:{}) as responder, {suite}",
+            Show(&idi),
+            sa.remote.addr,
+            sa.remote.port
+        );
+        self.log(Level::Info, conn, msg);
+        self.actions.push_back(Action::IkeUp {
+            connection: self.conns[conn].cfg.name.clone(),
+            ike_spi: id,
+        });
+        self.respond_encrypted(&mut sa, exchange::IKE_AUTH, mid, &out, crypto);
+        self.sas.insert(id, sa);
+    }
+
+    /// INITIAL_CONTACT (section 2.4): the peer has no other IKE SAs with us,
+    /// so ours with the same identity are stale.
+    fn replace_old_sas(&mut self, new: &IkeSa, peer: &Identification, crypto: &mut dyn IkeCrypto) {
+        let conn = new.conn;
+        let stale: Vec<u64> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| {
+                s.conn == conn && s.remote.addr == new.remote.addr && s.state == State::Established
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(old) = self.sas.remove(&k) {
+                self.drop_sa(
+                    old,
+                    crypto,
+                    &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)),
+                );
+            }
+        }
+    }
+
+    /// Responder side of a CHILD SA request (in IKE_AUTH or CREATE_CHILD_SA):
+    /// choose the proposal, narrow the selectors, derive keys, install.
+    /// Returns the SA, TSi and TSr payloads for the response.
+    #[allow(clippy::too_many_arguments)]
+    fn accept_child(
+        &mut self,
+        sa: &mut IkeSa,
+        ps: &[Payload],
+        ni: &[u8],
+        nr: &[u8],
+        in_auth: bool,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<Vec<Payload>, Fail> {
+        if find_notify(ps, notify::USE_TRANSPORT_MODE).is_some() {
+            return Err(Fail::with(
+                notify::NO_PROPOSAL_CHOSEN,
+                "peer asked for transport mode, which is not supported yet",
+            ));
+        }
+        let (mut offered, mut tsi, mut tsr) = (None, None, None);
+        for p in ps {
+            match p {
+                Payload::Sa(x) => offered = Some(x.clone()),
+                Payload::TsI(x) => tsi = Some(x.clone()),
+                Payload::TsR(x) => tsr = Some(x.clone()),
+                _ => {}
+            }
+        }
+        let (Some(offered), Some(tsi), Some(tsr)) = (offered, tsi, tsr) else {
+            return Err(Fail::with(
+                notify::INVALID_SYNTAX,
+                "CHILD_SA request lacks SA, TSi or TSr",
+            ));
+        };
+        let conn = &self.conns[sa.conn];
+        // The first CHILD config whose selectors overlap the peer's (section 2.9).
+        let found = conn.children.iter().enumerate().find_map(|(i, c)| {
+            let n_tsi = ts::narrow(&tsi, &c.remote_ts);
+            let n_tsr = ts::narrow(&tsr, &c.local_ts);
+            (!n_tsi.is_empty() && !n_tsr.is_empty()).then_some((i, n_tsi, n_tsr))
+        });
+        let Some((cfg, n_tsi, n_tsr)) = found else {
+            self.stats.ts_unacceptable += 1;
+            let allowed: Vec<String> = conn
+                .children
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}: local {} remote {}",
+                        c.name,
+                        ts::show_all(&c.local_ts),
+                        ts::show_all(&c.remote_ts)
+                    )
+                })
+                .collect();
+            return Err(Fail::with(
+                notify::TS_UNACCEPTABLE,
+                format!(
+                    "peer proposed TSi {} TSr {}; we allow {}",
+                    ts::show_all(&tsi),
+                    ts::show_all(&tsr),
+                    allowed.join("; ")
+                ),
+            ));
+        };
+        let child = &conn.children[cfg];
+        let Some((chosen, num, their_spi)) =
+            proposal::select(&offered, &child.esp, Kind::Esp, in_auth)
+        else {
+            self.stats.no_proposal += 1;
+            return Err(Fail::with(
+                notify::NO_PROPOSAL_CHOSEN,
+                format!(
+                    "no acceptable ESP proposal: peer offered {}, we accept {}",
+                    proposal::Display(&offered),
+                    proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], false))
+                ),
+            ));
+        };
+        let Some(outbound_spi) = esp_spi(&their_spi) else {
+            return Err(Fail::with(
+                notify::INVALID_SYNTAX,
+                "ESP proposal SPI is not 4 bytes",
+            ));
+        };
+        let inbound_spi = Self::new_esp_spi(crypto);
+        self.install_child(
+            sa,
+            cfg,
+            chosen,
+            inbound_spi,
+            outbound_spi,
+            n_tsr.clone(),
+            n_tsi.clone(),
+            ni,
+            nr,
+            false,
+            crypto,
+        )?;
+        Ok(vec![
+            Payload::Sa(vec![proposal::chosen_to_wire(
+                &chosen,
+                Kind::Esp,
+                num,
+                &inbound_spi.to_be_bytes(),
+            )]),
+            Payload::TsI(n_tsi),
+            Payload::TsR(n_tsr),
+        ])
+    }
+
+    /// Derive a CHILD SA's keys and tell the host to install it.
+    #[allow(clippy::too_many_arguments)]
+    fn install_child(
+        &mut self,
+        sa: &mut IkeSa,
+        cfg: usize,
+        chosen: Chosen,
+        inbound_spi: u32,
+        outbound_spi: u32,
+        local_ts: Vec<Ts>,
+        remote_ts: Vec<Ts>,
+        ni: &[u8],
+        nr: &[u8],
+        we_initiated: bool,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), Fail> {
+        let suite = ChildSuite {
+            encr: chosen.encr.id,
+            key_bits: chosen.encr.key_bits.unwrap_or(256),
+            integ: chosen.integ,
+            esn: chosen.esn,
+        };
+        let ike_keys = sa.keys.ok_or_else(|| Fail::quiet("no IKE keys"))?;
+        let keys = crypto
+            .child_keys(ike_keys, &suite, ni, nr, we_initiated)
+            .map_err(|e| {
+                Fail::with(
+                    notify::NO_PROPOSAL_CHOSEN,
+                    format!("cannot derive CHILD_SA keys: {e:?}"),
+                )
+            })?;
+        let c = &self.conns[sa.conn];
+        let child = ChildSa {
+            connection: c.cfg.name.clone(),
+            child: c.children[cfg].name.clone(),
+            ike_spi: sa.our_spi(),
+            inbound_spi,
+            outbound_spi,
+            inbound_key: keys.inbound,
+            outbound_key: keys.outbound,
+            suite,
+            local_ts: local_ts.clone(),
+            remote_ts: remote_ts.clone(),
+            local: sa.local,
+            remote: sa.remote,
+            encap: sa.encap(c.cfg.force_encap),
+        };
+        let msg = format!(
+            "CHILD_SA {} installed: SPIs in {inbound_spi:08x} out {outbound_spi:08x}, {}, {} === {}{}",
+            c.children[cfg].name,
+            chosen.name(Kind::Esp),
+            ts::show_all(&local_ts),
+            ts::show_all(&remote_ts),
+            if child.encap {
+                ", UDP-encapsulated"
+            } else {
+                ""
+            }
+        );
+        sa.children.push(Child {
+            cfg,
+            inbound_spi,
+            outbound_spi,
+            keys,
+        });
+        self.stats.child_installed += 1;
+        self.actions.push_back(Action::InstallChild(child));
+        self.log(Level::Info, sa.conn, msg);
+        Ok(())
+    }
+
+    fn initiator_auth_response(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        ps: Vec<Payload>,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.spi_i;
+        let conn = sa.conn;
+        let (mut idr, mut auth) = (None, None);
+        for p in &ps {
+            match p {
+                Payload::IdR(i) => idr = Some(i.clone()),
+                Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+                _ => {}
+            }
+        }
+        let (Some(idr), Some((method, auth))) = (idr, auth) else {
+            let why = match first_error(&ps) {
+                Some(notify::AUTHENTICATION_FAILED) => {
+                    self.stats.auth_failed += 1;
+                    "peer answered AUTHENTICATION_FAILED: check the pre-shared key and both identities".to_string()
+                }
+                Some(n) => format!("peer answered {}", notify_name(n)),
+                None => {
+                    self.stats.malformed += 1;
+                    "IKE_AUTH response lacks IDr or AUTH".to_string()
+                }
+            };
+            return self.drop_sa(sa, crypto, &why);
+        };
+        let c = &self.conns[conn];
+        if !c.remote_id.matches(&idr) {
+            self.stats.auth_failed += 1;
+            let msg = format!(
+                "peer identity {} does not match the configured remote id {}",
+                Show(&idr),
+                c.remote_id
+            );
+            return self.drop_sa(sa, crypto, &msg);
+        }
+        let Some(keys) = sa.keys else {
+            return self.drop_sa(sa, crypto, "no keys");
+        };
+        let expected = crypto.psk_auth(keys, c.cfg.psk, false, &sa.init_resp, &sa.ni, &idr.body());
+        let good = method == auth_method::SHARED_KEY_MIC
+            && expected.as_ref().is_ok_and(|e| {
+                e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            });
+        if !good {
+            self.stats.auth_failed += 1;
+            let msg = format!(
+                "AUTH from {} does not verify: wrong pre-shared key?",
+                Show(&idr)
+            );
+            return self.drop_sa(sa, crypto, &msg);
+        }
+        sa.state = State::Established;
+        self.stats.ike_established += 1;
+        let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
+        let msg = format!(
+            "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
+            Show(&idr),
+            sa.remote.addr,
+            sa.remote.port
+        );
+        self.log(Level::Info, conn, msg);
+        self.actions.push_back(Action::IkeUp {
+            connection: self.conns[conn].cfg.name.clone(),
+            ike_spi: id,
+        });
+        let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+        if let Err(f) = self.complete_child(&mut sa, &ps, &ni, &nr, true, crypto) {
+            self.log(
+                Level::Warn,
+                conn,
+                format!("CHILD_SA not created: {}", f.message),
+            );
+        }
+        self.sas.insert(id, sa);
+        self.next_create_child(now, id, crypto);
+    }
+
+    /// Initiator side: check the responder's answer for our pending CHILD SA
+    /// and install it.
+    fn complete_child(
+        &mut self,
+        sa: &mut IkeSa,
+        ps: &[Payload],
+        ni: &[u8],
+        nr: &[u8],
+        in_auth: bool,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), Fail> {
+        let Some(p) = sa.pending_child.take() else {
+            return Err(Fail::quiet("no CHILD_SA was requested"));
+        };
+        let c = &self.conns[sa.conn];
+        let child = &c.children[p.cfg];
+        if let Some(n) = first_error(ps) {
+            if n == notify::TS_UNACCEPTABLE {
+                self.stats.ts_unacceptable += 1;
+            }
+            if n == notify::NO_PROPOSAL_CHOSEN {
+                self.stats.no_proposal += 1;
+            }
+            return Err(Fail::quiet(format!(
+                "peer answered {} to child {} (our ESP proposals {}, TSi {}, TSr {})",
+                notify_name(n),
+                child.name,
+                proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], false)),
+                ts::show_all(&p.local_ts),
+                ts::show_all(&p.remote_ts)
+            )));
+        }
+        let (mut answer, mut tsi, mut tsr) = (None, None, None);
+        for x in ps {
+            match x {
+                Payload::Sa(a) => answer = Some(a.clone()),
+                Payload::TsI(t) => tsi = Some(t.clone()),
+                Payload::TsR(t) => tsr = Some(t.clone()),
+                _ => {}
+            }
+        }
+        let (Some(answer), Some(tsi), Some(tsr)) = (answer, tsi, tsr) else {
+            return Err(Fail::quiet("answer lacks SA, TSi or TSr"));
+        };
+        let Some((chosen, spi)) = proposal::check_answer(&answer, &child.esp, Kind::Esp, in_auth)
+        else {
+            return Err(Fail::quiet(format!(
+                "peer chose ESP {}, which we did not offer",
+                proposal::Display(&answer)
+            )));
+        };
+        let Some(outbound_spi) = esp_spi(&spi) else {
+            return Err(Fail::quiet("peer's ESP SPI is not 4 bytes"));
+        };
+        if !ts::within(&tsi, &p.local_ts) || !ts::within(&tsr, &p.remote_ts) {
+            self.stats.ts_unacceptable += 1;
+            return Err(Fail::quiet(format!(
+                "peer narrowed to TSi {} TSr {}, outside what we proposed ({} / {})",
+                ts::show_all(&tsi),
+                ts::show_all(&tsr),
+                ts::show_all(&p.local_ts),
+                ts::show_all(&p.remote_ts)
+            )));
+        }
+        self.install_child(
+            sa,
+            p.cfg,
+            chosen,
+            p.inbound_spi,
+            outbound_spi,
+            tsi,
+            tsr,
+            ni,
+            nr,
+            true,
+            crypto,
+        )
+    }
+
+    // ---- CREATE_CHILD_SA (additional CHILD SAs, section 1.3.1) ----------------
+
+    /// As initiator, request the connection's further CHILD SAs one by one.
+    fn next_create_child(&mut self, now: u64, id: u64, crypto: &mut dyn IkeCrypto) {
+        let Some(mut sa) = self.sas.remove(&id) else {
+            return;
+        };
+        if sa.state != State::Established || sa.request.is_some() {
+            self.sas.insert(id, sa);
+            return;
+        }
+        let c = &self.conns[sa.conn];
+        // Only the IKE SA's initiator brings up the connection's other children.
+        let next = (0..c.children.len()).find(|i| sa.initiator && !sa.children_tried.contains(i));
+        let Some(cfg) = next else {
+            self.sas.insert(id, sa);
+            return;
+        };
+        sa.children_tried.push(cfg);
+        let child = &c.children[cfg];
+        let spi = Self::new_esp_spi(crypto);
+        let nonce = Self::nonce(crypto);
+        let ps = vec![
+            Payload::Sa(proposal::to_wire(
+                &child.esp,
+                Kind::Esp,
+                &spi.to_be_bytes(),
+                false,
+            )),
+            Payload::Nonce(nonce.clone()),
+            Payload::TsI(child.local_ts.clone()),
+            Payload::TsR(child.remote_ts.clone()),
+        ];
+        sa.pending_child = Some(PendingChild {
+            cfg,
+            inbound_spi: spi,
+            local_ts: child.local_ts.clone(),
+            remote_ts: child.remote_ts.clone(),
+            nonce: Some(nonce),
+        });
+        match Self::encrypted(
+            &sa,
+            exchange::CREATE_CHILD_SA,
+            false,
+            sa.next_mid,
+            &ps,
+            crypto,
+        ) {
+            Ok(d) => self.request(&mut sa, now, Pending::CreateChild, d),
+            Err(f) => self.log(
+                Level::Warn,
+                sa.conn,
+                format!("cannot request CHILD_SA: {}", f.message),
+            ),
+        }
+        self.sas.insert(id, sa);
+    }
+
+    fn initiator_create_child_response(
+        &mut self,
+        now: u64,
+        mut sa: IkeSa,
+        ps: Vec<Payload>,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.our_spi();
+        let ni = sa
+            .pending_child
+            .as_ref()
+            .and_then(|p| p.nonce.clone())
+            .unwrap_or_default();
+        let nr = ps.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let r = match nr {
+            Some(nr) => self.complete_child(&mut sa, &ps, &ni, &nr, false, crypto),
+            None if first_error(&ps).is_some() => {
+                self.complete_child(&mut sa, &ps, &ni, &[], false, crypto)
+            }
+            None => Err(Fail::quiet("CREATE_CHILD_SA response without a nonce")),
+        };
+        if let Err(f) = r {
+            self.log(
+                Level::Warn,
+                sa.conn,
+                format!("CHILD_SA not created: {}", f.message),
+            );
+        }
+        self.sas.insert(id, sa);
+        self.next_create_child(now, id, crypto);
+    }
+
+    fn responder_create_child(
+        &mut self,
+        mut sa: IkeSa,
+        h: Header,
+        ps: Vec<Payload>,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.our_spi();
+        let mid = h.message_id;
+        let rekey = find_notify(&ps, notify::REKEY_SA).is_some()
+            || ps.iter().any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol::IKE)));
+        let has_ke = ps.iter().any(|p| matches!(p, Payload::Ke { .. }));
+        let ni = ps.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let out = if rekey {
+            // Rekeying comes with the SA lifecycle work; until then the peer
+            // keeps its SAs and retries later (section 1.3.3).
+            self.log(
+                Level::Warn,
+                sa.conn,
+                "peer requested a rekey, which is not supported yet: NO_ADDITIONAL_SAS".into(),
+            );
+            vec![notify_payload(notify::NO_ADDITIONAL_SAS, Vec::new())]
+        } else if has_ke {
+            self.log(
+                Level::Warn,
+                sa.conn,
+                "peer requested a CHILD_SA with PFS, which is not supported yet".into(),
+            );
+            vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())]
+        } else if let Some(ni) = ni {
+            let nr = Self::nonce(crypto);
+            match self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto) {
+                Ok(mut child) => {
+                    child.insert(1, Payload::Nonce(nr));
+                    child
+                }
+                Err(f) => {
+                    self.log(
+                        Level::Warn,
+                        sa.conn,
+                        format!("CHILD_SA not created: {}", f.message),
+                    );
+                    vec![notify_payload(
+                        f.notify.map_or(notify::NO_PROPOSAL_CHOSEN, |n| n.0),
+                        Vec::new(),
+                    )]
+                }
+            }
+        } else {
+            self.stats.malformed += 1;
+            vec![notify_payload(notify::INVALID_SYNTAX, Vec::new())]
+        };
+        self.respond_encrypted(&mut sa, exchange::CREATE_CHILD_SA, mid, &out, crypto);
+        self.sas.insert(id, sa);
+    }
+
+    // ---- INFORMATIONAL ---------------------------------------------------
+
+    fn informational(
+        &mut self,
+        mut sa: IkeSa,
+        h: Header,
+        ps: Vec<Payload>,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let id = sa.our_spi();
+        let mid = h.message_id;
+        let mut delete_ike = false;
+        let mut ours_deleted = Vec::new();
+        for p in &ps {
+            let Payload::Delete(d) = p else { continue };
+            match d.protocol {
+                protocol::IKE => delete_ike = true,
+                protocol::ESP => {
+                    for spi in d.spis.iter().filter_map(|s| esp_spi(s)) {
+                        // The peer names its inbound SPI: our outbound.
+                        if let Some(pos) = sa.children.iter().position(|c| c.outbound_spi == spi) {
+                            let c = sa.children.remove(pos);
+                            ours_deleted.push(c.inbound_spi.to_be_bytes().to_vec());
+                            self.actions.push_back(Action::DeleteChild {
+                                ike_spi: id,
+                                inbound_spi: c.inbound_spi,
+                                outbound_spi: c.outbound_spi,
+                                inbound_key: c.keys.inbound,
+                                outbound_key: c.keys.outbound,
+                            });
+                            let name = self.conns[sa.conn].children[c.cfg].name.clone();
+                            self.log(
+                                Level::Info,
+                                sa.conn,
+                                format!(
+                                    "peer deleted CHILD_SA {name} (SPIs in {:08x} out {spi:08x})",
+                                    c.inbound_spi
+                                ),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let out = if delete_ike || ours_deleted.is_empty() {
+            Vec::new()
+        } else {
+            vec![Payload::Delete(Delete {
+                protocol: protocol::ESP,
+                spi_size: 4,
+                spis: ours_deleted,
+            })]
+        };
+        self.respond_encrypted(&mut sa, exchange::INFORMATIONAL, mid, &out, crypto);
+        if delete_ike {
+            self.drop_sa(sa, crypto, "peer sent DELETE");
+        } else {
+            self.sas.insert(id, sa);
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! IKE identities (RFC 7296 section 3.5) written as strongSwan writes them:
+//! `gw.example.com` or `@gw.example.com` (FQDN), `user@example.com`
+//! (RFC 822), an IPv4 or IPv6 address, `keyid:0a1b...` (KEY_ID), and
+//! `C=CH, O=Org, CN=gw` (DER ASN.1 DN). `%any` matches every identity.
+use std::fmt;
+use std::net::IpAddr;
+
+use wasmsec_wire::ike::{Identification, id_type};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Any,
+    Id(Identification),
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// OIDs of the DN attributes strongSwan users write.
+fn dn_oid(name: &str) -> Option<&'static [u8]> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "CN" => &[0x55, 0x04, 0x03],
+        "C" => &[0x55, 0x04, 0x06],
+        "L" => &[0x55, 0x04, 0x07],
+        "ST" => &[0x55, 0x04, 0x08],
+        "O" => &[0x55, 0x04, 0x0a],
+        "OU" => &[0x55, 0x04, 0x0b],
+        "SN" => &[0x55, 0x04, 0x05],
+        "E" | "EMAIL" => &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01],
+        _ => return None,
+    })
+}
+
+fn der(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    let n = body.len();
+    if n < 0x80 {
+        v.push(n as u8);
+    } else if n < 0x100 {
+        v.extend_from_slice(&[0x81, n as u8]);
+    } else {
+        v.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+/// Encode `C=CH, O=Org, CN=gw` as a DER Name (RFC 5280 section 4.1.2.4),
+/// as strongSwan does: one attribute per RDN, PrintableString for C,
+/// IA5String for E, UTF8String otherwise.
+fn encode_dn(s: &str) -> Option<Vec<u8>> {
+    let mut rdns = Vec::new();
+    for part in s.split([',', '/']).map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=')?;
+        let oid = dn_oid(k.trim())?;
+        let tag = match k.trim().to_ascii_uppercase().as_str() {
+            "C" => 0x13,
+            "E" | "EMAIL" => 0x16,
+            _ => 0x0c,
+        };
+        let mut atv = der(0x06, oid);
+        atv.extend(der(tag, v.trim().as_bytes()));
+        rdns.extend(der(0x31, &der(0x30, &atv)));
+    }
+    if rdns.is_empty() {
+        None
+    } else {
+        Some(der(0x30, &rdns))
+    }
+}
+
+impl Identity {
+    pub fn parse(s: &str) -> Result<Identity, String> {
+        let s = s.trim();
+        let id = |t, d: Vec<u8>| {
+            Ok(Identity::Id(Identification {
+                id_type: t,
+                data: d,
+            }))
+        };
+        if s.is_empty() {
+            return Err("empty identity".into());
+        }
+        if s == "%any" {
+            return Ok(Identity::Any);
+        }
+        if let Some(k) = s.strip_prefix("keyid:").or_else(|| s.strip_prefix("@#")) {
+            return id(
+                id_type::KEY_ID,
+                hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?,
+            );
+        }
+        if let Some(f) = s.strip_prefix('@') {
+            return id(id_type::FQDN, f.as_bytes().to_vec());
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return match ip {
+                IpAddr::V4(a) => id(id_type::IPV4_ADDR, a.octets().to_vec()),
+                IpAddr::V6(a) => id(id_type::IPV6_ADDR, a.octets().to_vec()),
+            };
+        }
+        if s.contains('=') {
+            return id(
+                id_type::DER_ASN1_DN,
+                encode_dn(s).ok_or(format!(
+                    "identity {s:?}: not a DN strongSwan-style (C=.., O=.., CN=..)"
+                ))?,
+            );
+        }
+        if s.contains('@') {
+            return id(id_type::RFC822_ADDR, s.as_bytes().to_vec());
+        }
+        id(id_type::FQDN, s.as_bytes().to_vec())
+    }
+
+    /// Whether a received identity is acceptable for this configured one.
+    pub fn matches(&self, got: &Identification) -> bool {
+        match self {
+            Identity::Any => true,
+            Identity::Id(want) => {
+                want.id_type == got.id_type
+                    && match want.id_type {
+                        id_type::FQDN | id_type::RFC822_ADDR => {
+                            want.data.eq_ignore_ascii_case(&got.data)
+                        }
+                        _ => want.data == got.data,
+                    }
+            }
+        }
+    }
+}
+
+/// An identification as a person reads it, for logs.
+pub struct Show<'a>(pub &'a Identification);
+
+impl fmt::Display for Show<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.0.data;
+        match self.0.id_type {
+            id_type::FQDN | id_type::RFC822_ADDR => write!(f, "{}", String::from_utf8_lossy(d)),
+            id_type::IPV4_ADDR if d.len() == 4 => write!(f, "{}.{}.{}.{}", d[0], d[1], d[2], d[3]),
+            id_type::IPV6_ADDR if d.len() == 16 => {
+                let a: [u8; 16] = d[..].try_into().map_err(|_| fmt::Error)?;
+                write!(f, "{}", std::net::Ipv6Addr::from(a))
+            }
+            t => {
+                write!(f, "type{t}:")?;
+                d.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Any => f.write_str("%any"),
+            Identity::Id(i) => Show(i).fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idf(s: &str) -> Identification {
+        match Identity::parse(s).unwrap() {
+            Identity::Id(i) => i,
+            Identity::Any => panic!("any"),
+        }
+    }
+
+    #[test]
+    fn every_type() {
+        assert_eq!(idf("gwa.interop.test").id_type, id_type::FQDN);
+        assert_eq!(idf("@gwa.interop.test").data, b"gwa.interop.test");
+        assert_eq!(idf("vpn@example.com").id_type, id_type::RFC822_ADDR);
+        assert_eq!(idf("198.18.0.1").data, vec![198, 18, 0, 1]);
+        assert_eq!(idf("2001:db8::1").id_type, id_type::IPV6_ADDR);
+        assert_eq!(idf("keyid:0a0b0c").data, vec![10, 11, 12]);
+        assert_eq!(Identity::parse("%any").unwrap(), Identity::Any);
+        let dn = idf("C=CH, O=strongSwan, CN=gw");
+        assert_eq!(dn.id_type, id_type::DER_ASN1_DN);
+        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.6, PrintableString "CH" } } ... }
+        assert_eq!(
+            &dn.data[..13],
+            &[
+                0x30, 0x2f, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02
+            ]
+        );
+        assert!(Identity::parse("X=1").is_err());
+    }
+
+    #[test]
+    fn matching() {
+        assert!(
+            Identity::parse("GWA.interop.test")
+                .unwrap()
+                .matches(&idf("gwa.interop.test"))
+        );
+        assert!(
+            !Identity::parse("gwb.interop.test")
+                .unwrap()
+                .matches(&idf("gwa.interop.test"))
+        );
+        assert!(
+            !Identity::parse("198.18.0.1")
+                .unwrap()
+                .matches(&idf("gwa.interop.test"))
+        );
+        assert!(Identity::Any.matches(&idf("anything")));
+        assert_eq!(Show(&idf("198.18.0.1")).to_string(), "198.18.0.1");
+    }
+}

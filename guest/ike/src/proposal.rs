@@ -1,0 +1,522 @@
+//! Proposals in strongSwan's syntax (`aes256gcm16-prfsha384-x25519`,
+//! comma-separated), their SA payload form (RFC 7296 section 3.3), and
+//! selection as responder (section 2.7).
+use std::fmt;
+
+use wasmsec_wire::ike::{Proposal, Transform, protocol, transform as t};
+
+/// An encryption transform: ID and key length in bits (None for ciphers
+/// with a fixed key, which must not carry the attribute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encr {
+    pub id: u16,
+    pub key_bits: Option<u16>,
+}
+
+impl Encr {
+    pub fn is_aead(&self) -> bool {
+        matches!(self.id, t::ENCR_AES_GCM_16 | t::ENCR_CHACHA20_POLY1305)
+    }
+}
+
+/// A configured proposal: acceptable transforms of each type, in
+/// preference order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub encr: Vec<Encr>,
+    pub prf: Vec<u16>,
+    pub integ: Vec<u16>,
+    pub dh: Vec<u16>,
+    pub esn: Vec<u16>,
+}
+
+/// What a proposal is for: the IKE SA or an ESP CHILD SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ike,
+    Esp,
+}
+
+/// A negotiated set: one transform of each type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    pub encr: Encr,
+    pub prf: u16,
+    pub integ: u16,
+    pub dh: u16,
+    pub esn: bool,
+}
+
+fn keyword(
+    word: &str,
+    kind: Kind,
+    c: &mut Config,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let w = word.to_ascii_lowercase();
+    let encr = |id, bits| Encr { id, key_bits: bits };
+    match w.as_str() {
+        "aes128gcm16" | "aes128gcm128" | "aes128gcm" => {
+            c.encr.push(encr(t::ENCR_AES_GCM_16, Some(128)))
+        }
+        "aes256gcm16" | "aes256gcm128" | "aes256gcm" => {
+            c.encr.push(encr(t::ENCR_AES_GCM_16, Some(256)))
+        }
+        "chacha20poly1305" => c.encr.push(encr(t::ENCR_CHACHA20_POLY1305, None)),
+        "aes128" | "aes" => c.encr.push(encr(t::ENCR_AES_CBC, Some(128))),
+        "aes256" => c.encr.push(encr(t::ENCR_AES_CBC, Some(256))),
+        "sha256" | "sha2_256" => c.integ.push(t::AUTH_HMAC_SHA2_256_128),
+        "sha384" | "sha2_384" => c.integ.push(t::AUTH_HMAC_SHA2_384_192),
+        "sha512" | "sha2_512" => c.integ.push(t::AUTH_HMAC_SHA2_512_256),
+        "prfsha256" => c.prf.push(t::PRF_HMAC_SHA2_256),
+        "prfsha384" => c.prf.push(t::PRF_HMAC_SHA2_384),
+        "prfsha512" => c.prf.push(t::PRF_HMAC_SHA2_512),
+        "x25519" | "curve25519" => c.dh.push(t::DH_X25519),
+        "ecp256" => c.dh.push(t::DH_ECP_256),
+        "ecp384" => c.dh.push(t::DH_ECP_384),
+        "modp2048" => c.dh.push(t::DH_MODP_2048),
+        "esn" if kind == Kind::Esp => c.esn.push(t::ESN_EXTENDED),
+        "noesn" if kind == Kind::Esp => c.esn.push(t::ESN_NONE),
+        // Known to strongSwan, not (yet) to us: skipped with a warning so a
+        // shared proposal string still works.
+        "sha1" | "sha" | "md5" | "aes192" | "aes192gcm16" | "3des" | "modp1024" | "modp1536"
+        | "modp3072" | "modp4096" | "ecp521" | "x448" | "curve448" | "aes128ccm16"
+        | "aes256ccm16" | "aesxcbc" | "aescmac" | "prfsha1" | "aes128ctr" | "aes256ctr"
+        | "camellia128" | "camellia256" => {
+            warnings.push(format!("{word}: not supported by wasmsec, skipped"));
+        }
+        _ => return Err(format!("unknown algorithm keyword {word:?}")),
+    }
+    Ok(())
+}
+
+/// Parse a comma-separated list of proposals. Returns the proposals and
+/// warnings about skipped algorithms.
+pub fn parse(s: &str, kind: Kind) -> Result<(Vec<Config>, Vec<String>), String> {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut c = Config::default();
+        for w in p.split('-') {
+            keyword(w, kind, &mut c, &mut warnings)?;
+        }
+        // strongSwan: without an explicit PRF, the integrity algorithms imply it.
+        if kind == Kind::Ike && c.prf.is_empty() {
+            for i in &c.integ {
+                c.prf.push(match *i {
+                    t::AUTH_HMAC_SHA2_256_128 => t::PRF_HMAC_SHA2_256,
+                    t::AUTH_HMAC_SHA2_384_192 => t::PRF_HMAC_SHA2_384,
+                    _ => t::PRF_HMAC_SHA2_512,
+                });
+            }
+        }
+        if kind == Kind::Esp && c.esn.is_empty() {
+            c.esn.push(t::ESN_NONE);
+        }
+        // AEAD and classic ciphers go in separate proposals (RFC 5282 section 8).
+        let (aead, classic): (Vec<Encr>, Vec<Encr>) = c.encr.iter().partition(|e| e.is_aead());
+        for (encr, integ) in [(aead, Vec::new()), (classic, c.integ.clone())] {
+            if encr.is_empty() {
+                continue;
+            }
+            let q = Config {
+                encr,
+                integ,
+                ..c.clone()
+            };
+            let usable = match kind {
+                Kind::Ike => !q.prf.is_empty() && !q.dh.is_empty(),
+                Kind::Esp => true,
+            } && (q.encr[0].is_aead() || !q.integ.is_empty());
+            if usable {
+                out.push(q);
+            } else {
+                warnings.push(format!(
+                    "proposal {p:?}: incomplete after skipping unsupported algorithms, dropped"
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("no usable proposal in {s:?}"));
+    }
+    Ok((out, warnings))
+}
+
+/// Our proposals as SA payload proposals (numbered from 1).
+pub fn to_wire(cs: &[Config], kind: Kind, spi: &[u8], with_dh: bool) -> Vec<Proposal> {
+    cs.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut tr = Vec::new();
+            for e in &c.encr {
+                tr.push(Transform {
+                    kind: t::ENCR,
+                    id: e.id,
+                    key_len: e.key_bits.filter(|_| e.id != t::ENCR_CHACHA20_POLY1305),
+                });
+            }
+            if kind == Kind::Ike {
+                tr.extend(c.prf.iter().map(|&id| Transform {
+                    kind: t::PRF,
+                    id,
+                    key_len: None,
+                }));
+            }
+            tr.extend(c.integ.iter().map(|&id| Transform {
+                kind: t::INTEG,
+                id,
+                key_len: None,
+            }));
+            if kind == Kind::Ike || with_dh {
+                tr.extend(c.dh.iter().map(|&id| Transform {
+                    kind: t::DH,
+                    id,
+                    key_len: None,
+                }));
+            }
+            if kind == Kind::Esp {
+                tr.extend(c.esn.iter().map(|&id| Transform {
+                    kind: t::ESN,
+                    id,
+                    key_len: None,
+                }));
+            }
+            Proposal {
+                num: (i + 1) as u8,
+                protocol: if kind == Kind::Ike {
+                    protocol::IKE
+                } else {
+                    protocol::ESP
+                },
+                spi: spi.to_vec(),
+                transforms: tr,
+            }
+        })
+        .collect()
+}
+
+/// The single-choice proposal a responder answers with.
+pub fn chosen_to_wire(c: &Chosen, kind: Kind, num: u8, spi: &[u8]) -> Proposal {
+    let cfg = Config {
+        encr: vec![c.encr],
+        prf: if kind == Kind::Ike {
+            vec![c.prf]
+        } else {
+            vec![]
+        },
+        integ: if c.integ != t::AUTH_NONE {
+            vec![c.integ]
+        } else {
+            vec![]
+        },
+        dh: if c.dh != 0 { vec![c.dh] } else { vec![] },
+        esn: vec![if c.esn { t::ESN_EXTENDED } else { t::ESN_NONE }],
+    };
+    let mut p = to_wire(&[cfg], kind, spi, c.dh != 0).remove(0);
+    p.num = num;
+    p
+}
+
+fn encr_of(tr: &Transform) -> Encr {
+    Encr {
+        id: tr.id,
+        key_bits: if tr.id == t::ENCR_CHACHA20_POLY1305 {
+            None
+        } else {
+            tr.key_len
+        },
+    }
+}
+
+fn encr_matches(ours: &Encr, theirs: &Encr) -> bool {
+    // ChaCha20-Poly1305 has a fixed 256-bit key; some peers still send the attribute.
+    ours.id == theirs.id
+        && (ours.id == t::ENCR_CHACHA20_POLY1305 || ours.key_bits == theirs.key_bits)
+}
+
+/// Pick from one peer proposal against one of ours (section 2.7: one
+/// transform of each type the peer offered). `ignore_dh` for CHILD SAs
+/// created in IKE_AUTH, which have no KE exchange.
+fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option<Chosen> {
+    let of = |ty: u8| theirs.transforms.iter().filter(move |tr| tr.kind == ty);
+    let encr = ours
+        .encr
+        .iter()
+        .find_map(|o| of(t::ENCR).map(encr_of).find(|e| encr_matches(o, e)))?;
+    let prf = match kind {
+        Kind::Ike => *ours
+            .prf
+            .iter()
+            .find(|p| of(t::PRF).any(|tr| tr.id == **p))?,
+        Kind::Esp => 0,
+    };
+    let integ = if encr.is_aead() {
+        // AEAD: no integrity transform, or NONE (RFC 5282 section 8).
+        if of(t::INTEG).any(|tr| tr.id != t::AUTH_NONE) {
+            return None;
+        }
+        t::AUTH_NONE
+    } else {
+        *ours
+            .integ
+            .iter()
+            .find(|i| of(t::INTEG).any(|tr| tr.id == **i))?
+    };
+    let dh = match kind {
+        Kind::Ike => *ours.dh.iter().find(|d| of(t::DH).any(|tr| tr.id == **d))?,
+        Kind::Esp if ignore_dh => 0,
+        Kind::Esp => {
+            let offered: Vec<u16> = of(t::DH).map(|tr| tr.id).filter(|id| *id != 0).collect();
+            match (offered.is_empty(), ours.dh.is_empty()) {
+                (true, true) => 0,
+                (false, false) => *ours.dh.iter().find(|d| offered.contains(d))?,
+                _ => return None,
+            }
+        }
+    };
+    let esn = match kind {
+        Kind::Ike => false,
+        Kind::Esp => {
+            let offered: Vec<u16> = of(t::ESN).map(|tr| tr.id).collect();
+            if offered.is_empty() {
+                false
+            } else {
+                *ours.esn.iter().find(|e| offered.contains(e))? == t::ESN_EXTENDED
+            }
+        }
+    };
+    Some(Chosen {
+        encr,
+        prf,
+        integ,
+        dh,
+        esn,
+    })
+}
+
+/// As responder: the first peer proposal (in the peer's order) that one of
+/// ours accepts; returns the peer proposal's number and SPI too.
+pub fn select(
+    theirs: &[Proposal],
+    ours: &[Config],
+    kind: Kind,
+    ignore_dh: bool,
+) -> Option<(Chosen, u8, Vec<u8>)> {
+    let want_proto = if kind == Kind::Ike {
+        protocol::IKE
+    } else {
+        protocol::ESP
+    };
+    theirs
+        .iter()
+        .filter(|p| p.protocol == want_proto)
+        .find_map(|p| {
+            ours.iter()
+                .find_map(|o| pick(p, o, kind, ignore_dh))
+                .map(|c| (c, p.num, p.spi.clone()))
+        })
+}
+
+/// As initiator: check the responder's answer is one proposal with one
+/// transform of each type, all of them offered by us.
+pub fn check_answer(
+    answer: &[Proposal],
+    ours: &[Config],
+    kind: Kind,
+    ignore_dh: bool,
+) -> Option<(Chosen, Vec<u8>)> {
+    let [p] = answer else { return None };
+    let mut seen = [0u8; 6];
+    for tr in &p.transforms {
+        if let Some(s) = seen.get_mut(usize::from(tr.kind)) {
+            *s += 1;
+        }
+    }
+    if seen.iter().any(|n| *n > 1) {
+        return None;
+    }
+    let (c, _, spi) = select(std::slice::from_ref(p), ours, kind, ignore_dh)?;
+    Some((c, spi))
+}
+
+fn encr_name(e: &Encr) -> String {
+    match (e.id, e.key_bits) {
+        (t::ENCR_AES_GCM_16, Some(b)) => format!("aes{b}gcm16"),
+        (t::ENCR_CHACHA20_POLY1305, _) => "chacha20poly1305".into(),
+        (t::ENCR_AES_CBC, Some(b)) => format!("aes{b}"),
+        (id, Some(b)) => format!("encr{id}/{b}"),
+        (id, None) => format!("encr{id}"),
+    }
+}
+
+fn transform_name(tr: &Transform) -> String {
+    match (tr.kind, tr.id) {
+        (t::ENCR, _) => encr_name(&encr_of(tr)),
+        (t::PRF, t::PRF_HMAC_SHA2_256) => "prfsha256".into(),
+        (t::PRF, t::PRF_HMAC_SHA2_384) => "prfsha384".into(),
+        (t::PRF, t::PRF_HMAC_SHA2_512) => "prfsha512".into(),
+        (t::INTEG, t::AUTH_HMAC_SHA2_256_128) => "sha256".into(),
+        (t::INTEG, t::AUTH_HMAC_SHA2_384_192) => "sha384".into(),
+        (t::INTEG, t::AUTH_HMAC_SHA2_512_256) => "sha512".into(),
+        (t::DH, t::DH_X25519) => "x25519".into(),
+        (t::DH, t::DH_ECP_256) => "ecp256".into(),
+        (t::DH, t::DH_ECP_384) => "ecp384".into(),
+        (t::DH, t::DH_MODP_2048) => "modp2048".into(),
+        (t::ESN, t::ESN_NONE) => "noesn".into(),
+        (t::ESN, t::ESN_EXTENDED) => "esn".into(),
+        (k, id) => format!("t{k}:{id}"),
+    }
+}
+
+/// Proposals in strongSwan's notation, for logs that say why negotiation failed.
+pub struct Display<'a>(pub &'a [Proposal]);
+
+impl fmt::Display for Display<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let names: Vec<String> = p.transforms.iter().map(transform_name).collect();
+            f.write_str(&names.join("-"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Chosen {
+    /// In strongSwan's notation.
+    pub fn name(&self, kind: Kind) -> String {
+        let mut v = vec![encr_name(&self.encr)];
+        if self.integ != t::AUTH_NONE {
+            v.push(transform_name(&Transform {
+                kind: t::INTEG,
+                id: self.integ,
+                key_len: None,
+            }));
+        }
+        if kind == Kind::Ike {
+            v.push(transform_name(&Transform {
+                kind: t::PRF,
+                id: self.prf,
+                key_len: None,
+            }));
+        }
+        if self.dh != 0 {
+            v.push(transform_name(&Transform {
+                kind: t::DH,
+                id: self.dh,
+                key_len: None,
+            }));
+        }
+        if kind == Kind::Esp && self.esn {
+            v.push("esn".into());
+        }
+        v.join("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HARNESS_IKE: &str = "aes256gcm16-aes128gcm16-prfsha256-prfsha384-x25519-ecp256-modp2048,aes256-aes128-sha256-sha384-x25519-ecp256-modp2048";
+    const HARNESS_ESP: &str = "aes256gcm16-aes128gcm16,chacha20poly1305,aes256-aes128-sha256-sha1";
+
+    #[test]
+    fn parses_the_interop_harness_defaults() {
+        let (ike, w) = parse(HARNESS_IKE, Kind::Ike).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(ike.len(), 2);
+        assert_eq!(ike[0].encr.len(), 2);
+        assert_eq!(ike[1].prf, vec![t::PRF_HMAC_SHA2_256, t::PRF_HMAC_SHA2_384]);
+        let (esp, w) = parse(HARNESS_ESP, Kind::Esp).unwrap();
+        assert_eq!(esp.len(), 3);
+        assert_eq!(w.len(), 1, "sha1 skipped: {w:?}");
+        assert!(parse("aes256gcm16-bogus", Kind::Ike).is_err());
+        assert!(parse("sha1", Kind::Esp).is_err());
+    }
+
+    #[test]
+    fn select_and_check_round_trip() {
+        let (ours, _) = parse("aes128gcm16-prfsha384-ecp256", Kind::Ike).unwrap();
+        let (theirs, _) = parse(HARNESS_IKE, Kind::Ike).unwrap();
+        let offered = to_wire(&theirs, Kind::Ike, &[], true);
+        let (c, num, _) = select(&offered, &ours, Kind::Ike, false).unwrap();
+        assert_eq!(
+            c,
+            Chosen {
+                encr: Encr {
+                    id: 20,
+                    key_bits: Some(128)
+                },
+                prf: 6,
+                integ: 0,
+                dh: 19,
+                esn: false
+            }
+        );
+        assert_eq!(num, 1);
+        assert_eq!(c.name(Kind::Ike), "aes128gcm16-prfsha384-ecp256");
+        let answer = chosen_to_wire(&c, Kind::Ike, num, &[]);
+        assert_eq!(
+            check_answer(&[answer.clone()], &theirs, Kind::Ike, false).map(|x| x.0),
+            Some(c)
+        );
+        // Two transforms of one type in an answer are refused.
+        let mut bad = answer;
+        bad.transforms.push(bad.transforms[0]);
+        assert!(check_answer(&[bad], &theirs, Kind::Ike, false).is_none());
+    }
+
+    #[test]
+    fn no_overlap_is_no_choice_and_displays_both_sides() {
+        let (ours, _) = parse("aes256-sha512-modp2048", Kind::Ike).unwrap();
+        let (theirs, _) = parse("aes128gcm16-prfsha256-x25519", Kind::Ike).unwrap();
+        let offered = to_wire(&theirs, Kind::Ike, &[], true);
+        assert!(select(&offered, &ours, Kind::Ike, false).is_none());
+        assert_eq!(
+            Display(&offered).to_string(),
+            "aes128gcm16-prfsha256-x25519"
+        );
+        assert_eq!(
+            Display(&to_wire(&ours, Kind::Ike, &[], true)).to_string(),
+            "aes256-prfsha512-sha512-modp2048"
+        );
+    }
+
+    #[test]
+    fn esp_esn_and_pfs() {
+        let (ours, _) = parse("aes256gcm16-esn-noesn", Kind::Esp).unwrap();
+        let (theirs, _) = parse("aes256gcm16-noesn", Kind::Esp).unwrap();
+        let (c, _, spi) = select(
+            &to_wire(&theirs, Kind::Esp, &[1, 2, 3, 4], false),
+            &ours,
+            Kind::Esp,
+            false,
+        )
+        .unwrap();
+        assert!(!c.esn);
+        assert_eq!(spi, vec![1, 2, 3, 4]);
+        let (pfs, _) = parse("aes256gcm16-x25519", Kind::Esp).unwrap();
+        assert!(
+            select(
+                &to_wire(&pfs, Kind::Esp, &[1; 4], true),
+                &ours,
+                Kind::Esp,
+                false
+            )
+            .is_none()
+        );
+        assert!(
+            select(
+                &to_wire(&pfs, Kind::Esp, &[1; 4], true),
+                &ours,
+                Kind::Esp,
+                true
+            )
+            .is_some()
+        );
+    }
+}
