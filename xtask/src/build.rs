@@ -11,6 +11,7 @@ const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Guest crates and the component file each becomes.
 const COMPONENTS: &[(&str, &str)] = &[
     ("wasmsec-esp-component", "esp.wasm"),
+    ("wasmsec-ike-component", "ike.wasm"),
     ("wasmsec-policy-allow-list", "policy-allow-list.wasm"),
 ];
 

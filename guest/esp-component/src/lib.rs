@@ -39,6 +39,10 @@ fn crypto_error(e: WitCryptoError) -> CryptoError {
         WitCryptoError::IntegrityFailed => CryptoError::IntegrityFailed,
         WitCryptoError::BadLength => CryptoError::BadLength,
         WitCryptoError::KeyExpired => CryptoError::KeyExpired,
+        // Not produced by the packet operations; treat as a refusal.
+        WitCryptoError::Unsupported | WitCryptoError::BadPeerValue | WitCryptoError::Internal => {
+            CryptoError::WrongKeyKind
+        }
     }
 }
 

@@ -1,1 +1,353 @@
+//! The IKEv2 engine as a WebAssembly component: a thin shell mapping the
+//! `wasmsec:ike/engine` exports onto [`wasmsec_ike::Engine`] and its crypto
+//! trait onto the host's `wasmsec:crypto/ike-keys` imports.
+#![deny(unsafe_code)] // generated bindings below are the only exception
 
+use std::cell::RefCell;
+use std::net::IpAddr;
+
+use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite};
+use wasmsec_ike::{self as ike, Engine, Timing};
+
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "ike-engine",
+        pub_export_macro: true,
+        generate_all,
+    });
+}
+use bindings::*;
+
+use exports::wasmsec::ike::engine as wit;
+use wasmsec::crypto::ike_keys as keys;
+use wasmsec::crypto::types::CryptoError as WitError;
+
+thread_local! {
+    static ENGINE: RefCell<Engine> = RefCell::new(Engine::new(Timing::default()));
+}
+
+/// The host's keystore seen through the engine's crypto trait.
+struct HostCrypto;
+
+fn err(e: WitError) -> CryptoError {
+    match e {
+        WitError::UnknownKey => CryptoError::UnknownKey,
+        WitError::WrongKeyKind => CryptoError::WrongKeyKind,
+        WitError::IntegrityFailed => CryptoError::IntegrityFailed,
+        WitError::BadLength => CryptoError::BadLength,
+        WitError::KeyExpired => CryptoError::KeyExpired,
+        WitError::Unsupported => CryptoError::Unsupported,
+        WitError::BadPeerValue => CryptoError::BadPeerValue,
+        WitError::Internal => CryptoError::Internal,
+    }
+}
+
+impl IkeCrypto for HostCrypto {
+    fn random(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(256) {
+            let r = wasmsec::crypto::random::fill(chunk.len() as u32);
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+
+    fn dh_generate(&mut self, group: u16) -> Result<(Handle, Vec<u8>), CryptoError> {
+        keys::dh_generate(group).map_err(err)
+    }
+
+    fn derive_ike_sa(
+        &mut self,
+        s: &IkeSuite,
+        dh: Handle,
+        p: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        i: u64,
+        r: u64,
+    ) -> Result<Handle, CryptoError> {
+        let suite = keys::IkeSuite {
+            encr: s.encr,
+            key_bits: s.key_bits,
+            prf: s.prf,
+            integ: s.integ,
+            dh: s.dh,
+        };
+        keys::derive_ike_sa(suite, dh, p, ni, nr, i, r).map_err(err)
+    }
+
+    fn encrypt(
+        &mut self,
+        sa: Handle,
+        fi: bool,
+        h: &[u8; 28],
+        first: u8,
+        inner: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        keys::encrypt(sa, fi, h, first, inner).map_err(err)
+    }
+
+    fn decrypt(
+        &mut self,
+        sa: Handle,
+        fi: bool,
+        msg: &[u8],
+        off: usize,
+    ) -> Result<Vec<u8>, CryptoError> {
+        keys::decrypt(sa, fi, msg, off as u32).map_err(err)
+    }
+
+    fn psk_auth(
+        &mut self,
+        sa: Handle,
+        psk: Handle,
+        fi: bool,
+        m: &[u8],
+        n: &[u8],
+        id: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        keys::psk_auth(sa, psk, fi, m, n, id).map_err(err)
+    }
+
+    fn child_keys(
+        &mut self,
+        sa: Handle,
+        s: &ChildSuite,
+        ni: &[u8],
+        nr: &[u8],
+        init: bool,
+    ) -> Result<ChildKeys, CryptoError> {
+        let suite = keys::ChildSuite {
+            encr: s.encr,
+            key_bits: s.key_bits,
+            integ: s.integ,
+            esn: s.esn,
+        };
+        let k = keys::derive_child(sa, suite, ni, nr, init).map_err(err)?;
+        Ok(ChildKeys {
+            outbound: k.outbound,
+            inbound: k.inbound,
+        })
+    }
+
+    fn destroy(&mut self, h: Handle) {
+        keys::destroy(h)
+    }
+}
+
+fn addr(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+fn addr_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+fn endpoint(e: &wit::Endpoint) -> Option<ike::Endpoint> {
+    Some(ike::Endpoint {
+        addr: addr(&e.address)?,
+        port: e.port,
+    })
+}
+
+fn wit_endpoint(e: &ike::Endpoint) -> wit::Endpoint {
+    wit::Endpoint {
+        address: addr_bytes(e.addr),
+        port: e.port,
+    }
+}
+
+fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector> {
+    ts.iter()
+        .map(|t| wit::TrafficSelector {
+            ip_protocol: t.ip_protocol,
+            start_port: t.start_port,
+            end_port: t.end_port,
+            start_address: t.start.clone(),
+            end_address: t.end.clone(),
+        })
+        .collect()
+}
+
+fn wit_action(a: ike::Action) -> wit::Action {
+    match a {
+        ike::Action::Send(d) => wit::Action::Send(wit::Datagram {
+            local: wit_endpoint(&d.local),
+            remote: wit_endpoint(&d.remote),
+            data: d.data,
+        }),
+        ike::Action::InstallChild(c) => wit::Action::InstallChild(wit::ChildSa {
+            connection: c.connection,
+            child: c.child,
+            ike_spi: c.ike_spi,
+            inbound_spi: c.inbound_spi,
+            outbound_spi: c.outbound_spi,
+            inbound_key: c.inbound_key,
+            outbound_key: c.outbound_key,
+            encr: c.suite.encr,
+            key_bits: c.suite.key_bits,
+            integ: c.suite.integ,
+            esn: c.suite.esn,
+            local_ts: wit_ts(&c.local_ts),
+            remote_ts: wit_ts(&c.remote_ts),
+            local: wit_endpoint(&c.local),
+            remote: wit_endpoint(&c.remote),
+            encap: c.encap,
+        }),
+        ike::Action::DeleteChild {
+            ike_spi,
+            inbound_spi,
+            outbound_spi,
+            inbound_key,
+            outbound_key,
+        } => wit::Action::DeleteChild(wit::ChildDeleted {
+            ike_spi,
+            inbound_spi,
+            outbound_spi,
+            inbound_key,
+            outbound_key,
+        }),
+        ike::Action::IkeUp {
+            connection,
+            ike_spi,
+        } => wit::Action::IkeUp((connection, ike_spi)),
+        ike::Action::IkeDown {
+            connection,
+            ike_spi,
+        } => wit::Action::IkeDown((connection, ike_spi)),
+        ike::Action::Log {
+            level,
+            connection,
+            message,
+        } => wit::Action::Log(wit::LogEvent {
+            level: match level {
+                ike::Level::Info => wit::Level::Info,
+                ike::Level::Warn => wit::Level::Warn,
+            },
+            connection,
+            message,
+        }),
+    }
+}
+
+struct Component;
+
+impl wit::Guest for Component {
+    fn add_connection(c: wit::Connection) -> Result<Vec<String>, String> {
+        let addrs = |v: Vec<Vec<u8>>, what: &str| -> Result<Vec<IpAddr>, String> {
+            v.iter()
+                .map(|b| addr(b).ok_or(format!("{what}: address is not 4 or 16 bytes")))
+                .collect()
+        };
+        let cfg = ike::ConnectionConfig {
+            name: c.name,
+            local_addrs: addrs(c.local_addrs, "local_addrs")?,
+            remote_addrs: addrs(c.remote_addrs, "remote_addrs")?,
+            local_id: c.local_id,
+            remote_id: c.remote_id,
+            psk: c.psk,
+            ike_proposals: c.ike_proposals,
+            children: c
+                .children
+                .into_iter()
+                .map(|ch| ike::ChildConfig {
+                    name: ch.name,
+                    local_ts: ch.local_ts,
+                    remote_ts: ch.remote_ts,
+                    esp_proposals: ch.esp_proposals,
+                })
+                .collect(),
+            start_action: match c.start_action {
+                wit::StartAction::None => ike::StartAction::None,
+                wit::StartAction::Start => ike::StartAction::Start,
+            },
+            force_encap: c.force_encap,
+        };
+        ENGINE.with_borrow_mut(|e| e.add_connection(cfg))
+    }
+
+    fn autostart() -> Vec<String> {
+        ENGINE.with_borrow(|e| e.autostart())
+    }
+
+    fn initiate(now_ms: u64, connection: String) -> Result<(), String> {
+        ENGINE.with_borrow_mut(|e| e.initiate(now_ms, &connection, &mut HostCrypto))
+    }
+
+    fn terminate(now_ms: u64, connection: String) -> Result<u32, String> {
+        ENGINE.with_borrow_mut(|e| {
+            e.terminate(now_ms, &connection, &mut HostCrypto)
+                .map(|n| n as u32)
+        })
+    }
+
+    fn handle_datagram(now_ms: u64, d: wit::Datagram) {
+        let (Some(local), Some(remote)) = (endpoint(&d.local), endpoint(&d.remote)) else {
+            return;
+        };
+        ENGINE.with_borrow_mut(|e| {
+            e.handle_datagram(
+                now_ms,
+                ike::Datagram {
+                    local,
+                    remote,
+                    data: d.data,
+                },
+                &mut HostCrypto,
+            )
+        });
+    }
+
+    fn tick(now_ms: u64) {
+        ENGINE.with_borrow_mut(|e| e.tick(now_ms, &mut HostCrypto));
+    }
+
+    fn poll_actions() -> Vec<wit::Action> {
+        ENGINE.with_borrow_mut(|e| {
+            std::iter::from_fn(|| e.poll_action())
+                .map(wit_action)
+                .collect()
+        })
+    }
+
+    fn next_timeout() -> Option<u64> {
+        ENGINE.with_borrow(|e| e.next_timeout())
+    }
+
+    fn stats() -> wit::Counters {
+        let s = ENGINE.with_borrow(|e| e.stats());
+        wit::Counters {
+            rx: s.rx,
+            tx: s.tx,
+            retransmits: s.retransmits,
+            replayed_responses: s.replayed_responses,
+            malformed: s.malformed,
+            unknown_spi: s.unknown_spi,
+            integrity_failed: s.integrity_failed,
+            unexpected: s.unexpected,
+            ike_established: s.ike_established,
+            child_installed: s.child_installed,
+            auth_failed: s.auth_failed,
+            no_proposal: s.no_proposal,
+            ts_unacceptable: s.ts_unacceptable,
+            timeouts: s.timeouts,
+        }
+    }
+
+    fn active(connection: String) -> bool {
+        ENGINE.with_borrow(|e| e.active(&connection))
+    }
+}
+
+#[allow(unsafe_code)]
+mod export {
+    use crate::Component;
+    crate::bindings::export!(Component with_types_in crate::bindings);
+}

@@ -460,6 +460,18 @@ impl Engine {
         Ok(warnings)
     }
 
+    /// Is an IKE SA of connection `name` up or being set up?
+    pub fn active(&self, name: &str) -> bool {
+        self.conns
+            .iter()
+            .position(|c| c.cfg.name == name)
+            .is_some_and(|i| {
+                self.sas
+                    .values()
+                    .any(|s| s.conn == i && s.state != State::Deleting)
+            })
+    }
+
     /// Connections whose start action is `Start`.
     pub fn autostart(&self) -> Vec<String> {
         self.conns
