@@ -41,6 +41,114 @@ pub struct Config {
     pub runtime: Runtime,
     #[serde(default)]
     pub manual: Vec<Manual>,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
+    pub ike: Ike,
+    /// IKEv2 connections (swanctl.conf's `connections`).
+    #[serde(default)]
+    pub connection: Vec<IkeConnection>,
+}
+
+/// The local admin socket (`wasmsec ctl`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket path; none by default.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+/// IKE daemon settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ike {
+    /// Append every IKE SA's keys to this file as Wireshark
+    /// `ikev2_decryption_table` lines. This discloses secrets: debugging only.
+    #[serde(default)]
+    pub keylog: Option<PathBuf>,
+}
+
+/// When a connection comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAction {
+    /// Wait for the peer or `wasmsec ctl initiate`.
+    #[default]
+    None,
+    /// Initiate when the daemon starts.
+    Start,
+    /// Initiate when traffic for the connection's selectors arrives.
+    Trap,
+}
+
+/// An IKEv2 connection with pre-shared-key authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IkeConnection {
+    pub name: String,
+    /// Our addresses (default: any).
+    #[serde(default)]
+    pub local_addrs: Vec<IpAddr>,
+    /// The peer's addresses; empty or `%any` means any (responder only).
+    #[serde(default)]
+    pub remote_addrs: Vec<String>,
+    /// Our identity, strongSwan syntax (`gw.example.com`, `user@example.com`,
+    /// an address, `keyid:...`, `C=.., O=.., CN=..`).
+    pub local_id: String,
+    /// The identity we require of the peer (default `%any`).
+    #[serde(default = "default_any")]
+    pub remote_id: String,
+    /// The pre-shared key: `file:PATH` or `env:NAME`; the text is the key
+    /// (a `0x` prefix means hex).
+    pub psk: KeySource,
+    /// IKE proposals, strongSwan syntax.
+    #[serde(default = "default_ike_proposals")]
+    pub proposals: String,
+    #[serde(default)]
+    pub start_action: StartAction,
+    /// Always encapsulate ESP in UDP, NAT or not.
+    #[serde(default)]
+    pub encap: bool,
+    pub children: Vec<IkeChild>,
+}
+
+/// A CHILD SA of a connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IkeChild {
+    pub name: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    /// ESP proposals, strongSwan syntax.
+    #[serde(default = "default_esp_proposals")]
+    pub esp_proposals: String,
+}
+
+fn default_any() -> String {
+    "%any".into()
+}
+
+pub const DEFAULT_IKE_PROPOSALS: &str = "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
+pub const DEFAULT_ESP_PROPOSALS: &str = "aes256gcm16,aes128gcm16,chacha20poly1305";
+
+fn default_ike_proposals() -> String {
+    DEFAULT_IKE_PROPOSALS.into()
+}
+
+fn default_esp_proposals() -> String {
+    DEFAULT_ESP_PROPOSALS.into()
+}
+
+impl IkeConnection {
+    /// The peer addresses, `%any` removed.
+    pub fn remote_addrs(&self) -> Result<Vec<IpAddr>, String> {
+        self.remote_addrs
+            .iter()
+            .filter(|a| a.as_str() != "%any")
+            .map(|a| a.parse().map_err(|_| format!("remote_addrs: {a:?} is not an address or %any")))
+            .collect()
+    }
 }
 
 /// The TUN device that carries inner (cleartext) traffic.
@@ -88,6 +196,9 @@ pub struct Network {
     /// UDP port for ESP-in-UDP and IKE with the non-ESP marker (RFC 3948).
     #[serde(default = "default_nat_port")]
     pub nat_t_port: u16,
+    /// UDP port for IKE (RFC 7296 section 2).
+    #[serde(default = "default_ike_port")]
+    pub ike_port: u16,
     /// Also receive raw ESP (IP protocol 50). Opened automatically when a
     /// tunnel uses `encapsulation = "none"`.
     #[serde(default)]
@@ -99,6 +210,7 @@ impl Default for Network {
         Network {
             listen: default_listen(),
             nat_t_port: default_nat_port(),
+            ike_port: default_ike_port(),
             raw_esp: false,
         }
     }
@@ -110,6 +222,10 @@ fn default_listen() -> Ipv4Addr {
 
 fn default_nat_port() -> u16 {
     4500
+}
+
+fn default_ike_port() -> u16 {
+    500
 }
 
 /// Where the wasm components are and how much a batch may hold.
@@ -256,6 +372,25 @@ impl<'de> Deserialize<'de> for KeySource {
 }
 
 impl KeySource {
+    /// Read a pre-shared key: the text itself, or hex after `0x`.
+    pub fn load_secret(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+        let text = Zeroizing::new(match self {
+            KeySource::File(p) => {
+                let p = if p.is_relative() { base.join(p) } else { p.clone() };
+                std::fs::read_to_string(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
+            }
+            KeySource::Env(n) => std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?,
+        });
+        let t = text.trim_end_matches(['\n', '\r']);
+        if t.starts_with("0x") {
+            return self.load(base);
+        }
+        if t.is_empty() {
+            return Err(format!("pre-shared key from {self:?} is empty"));
+        }
+        Ok(Zeroizing::new(t.as_bytes().to_vec()))
+    }
+
     /// Read the hex key. Relative files are resolved against `base`.
     pub fn load(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         let text = Zeroizing::new(match self {
@@ -423,6 +558,39 @@ impl Config {
                 ));
             }
         }
+        let mut conn_names = std::collections::HashSet::new();
+        for c in &self.connection {
+            let at = format!("connection {:?}", c.name);
+            if !conn_names.insert(&c.name) {
+                return Err(format!("{at}: name used twice"));
+            }
+            c.remote_addrs().map_err(|e| format!("{at}: {e}"))?;
+            if c.start_action != StartAction::None && c.remote_addrs().map_or(true, |v| v.is_empty()) {
+                return Err(format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action));
+            }
+            wasmsec_ike::proposal::parse(&c.proposals, wasmsec_ike::proposal::Kind::Ike).map_err(|e| format!("{at}: proposals: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.local_id).map_err(|e| format!("{at}: local_id: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.remote_id).map_err(|e| format!("{at}: remote_id: {e}"))?;
+            if c.children.is_empty() {
+                return Err(format!("{at}: needs at least one [[connection.children]]"));
+            }
+            for ch in &c.children {
+                let at = format!("{at} child {:?}", ch.name);
+                let (esp, _) = wasmsec_ike::proposal::parse(&ch.esp_proposals, wasmsec_ike::proposal::Kind::Esp)
+                    .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
+                if !esp.iter().any(|p| p.encr.iter().any(|e| e.is_aead())) {
+                    return Err(format!("{at}: esp_proposals: the data plane supports AES-GCM and ChaCha20-Poly1305 only (so far)"));
+                }
+                for (k, v) in [("local_ts", &ch.local_ts), ("remote_ts", &ch.remote_ts)] {
+                    if v.is_empty() {
+                        return Err(format!("{at}: {k} must list at least one subnet"));
+                    }
+                    for t in v {
+                        Prefix::parse(t).map_err(|e| format!("{at}: {k}: {e}"))?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -444,6 +612,37 @@ out_key = "env:K1"
 in_spi = 4098
 in_key = "file:k2"
 "#;
+
+    const IKE: &str = r#"
+[[connection]]
+name = "s2s"
+local_addrs = ["198.18.0.2"]
+remote_addrs = ["198.18.0.1"]
+local_id = "gwb.interop.test"
+remote_id = "gwa.interop.test"
+psk = "env:PSK"
+start_action = "start"
+[[connection.children]]
+name = "net"
+local_ts = ["198.18.2.0/24"]
+remote_ts = ["198.18.1.0/24"]
+"#;
+
+    #[test]
+    fn ike_connection_parses_and_validates() {
+        let c = Config::parse(IKE, "i.toml").unwrap();
+        assert_eq!(c.connection[0].proposals, DEFAULT_IKE_PROPOSALS);
+        assert_eq!(c.connection[0].start_action, StartAction::Start);
+        for (from, to, want) in [
+            ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
+            ("local_id = \"gwb.interop.test\"", "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"", "unknown algorithm"),
+            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha256\"", "AES-GCM and ChaCha20"),
+            ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
+        ] {
+            let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
 
     #[test]
     fn parses_with_defaults() {

@@ -10,8 +10,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tracing::info;
 
-use crate::config::{Config, Encapsulation, Prefix};
-use crate::dataplane::{Loop, Peer, SaSet};
+use std::os::unix::net::{UnixDatagram, UnixListener};
+
+use tracing::warn;
+
+use crate::config::{Config, Encapsulation, Prefix, StartAction};
+use crate::control::{ControlPlane, Trap};
+use crate::dataplane::{Loop, Peer, SaSet, dp_link};
+use crate::ike::{self, IkeInstance};
 use crate::keystore::{EspAlgorithm, EspKey, Keystore};
 use crate::runtime::{InboundSa, OutboundSa, Runtime, TrafficSelector};
 use crate::stats::Stats;
@@ -152,89 +158,169 @@ fn manual_sas(
     Ok((out, inb, peers))
 }
 
+/// The IKE connections as the IKE component takes them, PSKs put in the
+/// vault of `ike`.
+fn load_connections(cfg: &Config, file: &Path, base: &Path, ike: &mut IkeInstance, force_encap: bool) -> Result<Vec<Trap>> {
+    let mut traps = Vec::new();
+    for c in &cfg.connection {
+        let at = format!("{}: connection {:?}", file.display(), c.name);
+        let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("{at}: psk: {e}"))?;
+        let psk = ike.store.data_mut().insert_psk(psk);
+        let addr = |a: &std::net::IpAddr| match a {
+            std::net::IpAddr::V4(v) => v.octets().to_vec(),
+            std::net::IpAddr::V6(v) => v.octets().to_vec(),
+        };
+        let remote = c.remote_addrs().map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        let conn = ike::Connection {
+            name: c.name.clone(),
+            local_addrs: c.local_addrs.iter().map(addr).collect(),
+            remote_addrs: remote.iter().map(addr).collect(),
+            local_id: c.local_id.clone(),
+            remote_id: c.remote_id.clone(),
+            psk,
+            ike_proposals: c.proposals.clone(),
+            children: c
+                .children
+                .iter()
+                .map(|ch| ike::ChildConfig {
+                    name: ch.name.clone(),
+                    local_ts: ch.local_ts.clone(),
+                    remote_ts: ch.remote_ts.clone(),
+                    esp_proposals: ch.esp_proposals.clone(),
+                })
+                .collect(),
+            start_action: if c.start_action == StartAction::Start { ike::StartAction::Start } else { ike::StartAction::None },
+            force_encap: c.encap || force_encap,
+        };
+        match ike.add_connection(&conn)? {
+            Ok(warnings) => {
+                for w in warnings {
+                    warn!(connection = %c.name, "{w}");
+                }
+            }
+            Err(e) => bail!("{at}: {e}"),
+        }
+        if c.start_action == StartAction::Trap {
+            let remote = c.children.iter().flat_map(|ch| ch.remote_ts.iter().map(|t| Prefix::parse(t).expect("validated"))).collect();
+            traps.push(Trap { connection: c.name.clone(), remote });
+        }
+        info!(
+            connection = %c.name, local_id = %c.local_id, remote_id = %c.remote_id, remote_addrs = ?c.remote_addrs,
+            proposals = %c.proposals, start_action = ?c.start_action, children = c.children.len(),
+            "IKE connection loaded"
+        );
+    }
+    Ok(traps)
+}
+
 /// Run the daemon until a stop signal.
 pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     if !sys::is_root() {
-        bail!(
-            "wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets"
-        );
+        bail!("wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets");
     }
     sys::install_stop_handler();
     let dir = components_dir(cfg.runtime.components.as_deref());
     let esp_path = dir.join("esp.wasm");
-    let runtime = Arc::new(Runtime::new(&esp_path).with_context(|| {
-        format!(
-            "cannot load the ESP component from {} (build it with `cargo xtask build`)",
-            esp_path.display()
-        )
+    let ike_path = dir.join("ike.wasm");
+    let with_ike = !cfg.connection.is_empty();
+    let runtime = Arc::new(Runtime::with_ike(&esp_path, with_ike.then_some(ike_path.as_path())).with_context(|| {
+        format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display())
     })?);
     let keystore = Arc::new(Keystore::new());
     let (out_sas, in_sas, peers) = manual_sas(&cfg, &base, &keystore)?;
 
-    let out_set = SaSet {
-        keystore: keystore.clone(),
-        outbound: out_sas,
-        inbound: vec![],
-    };
-    let in_set = SaSet {
-        keystore: keystore.clone(),
-        outbound: vec![],
-        inbound: in_sas,
-    };
+    let out_set = SaSet { keystore: keystore.clone(), outbound: out_sas, inbound: vec![] };
+    let in_set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: in_sas };
     let out_inst = out_set.instantiate(&runtime)?;
     let in_inst = in_set.instantiate(&runtime)?;
 
-    let tun = Tun::open(&cfg.tunnel.name)
-        .with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
-    ip(&[
-        "link",
-        "set",
-        "dev",
-        tun.name(),
-        "mtu",
-        &cfg.tunnel.mtu.to_string(),
-        "up",
-    ])?;
-    for m in &cfg.manual {
-        for r in &m.remote_ts {
+    let tun = Tun::open(&cfg.tunnel.name).with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
+    ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
+    // Routes to every remote subnet go into the TUN device from the start:
+    // traffic without an SA is then dropped and counted (and may trigger a
+    // `trap` connection) instead of leaving in the clear.
+    let routes = cfg
+        .manual
+        .iter()
+        .map(|m| (format!("manual {:?}", m.name), &m.remote_ts))
+        .chain(cfg.connection.iter().flat_map(|c| c.children.iter().map(move |ch| (format!("connection {:?}", c.name), &ch.remote_ts))));
+    for (what, remote_ts) in routes {
+        for r in remote_ts {
             let p = Prefix::parse(r).expect("validated").to_string();
             let mut args = vec!["route", "replace", p.as_str(), "dev", tun.name()];
             let src = cfg.tunnel.source.map(|s| s.to_string());
             if let Some(s) = &src {
                 args.extend(["src", s.as_str()]);
             }
-            ip(&args).with_context(|| format!("manual {:?}: route to {p}", m.name))?;
+            ip(&args).with_context(|| format!("{what}: route to {p}"))?;
         }
     }
-    let udp = UdpSocket::bind(SocketAddrV4::new(
-        cfg.network.listen,
-        cfg.network.nat_t_port,
-    ))
-    .with_context(|| {
-        format!(
-            "cannot bind UDP {}:{}",
-            cfg.network.listen, cfg.network.nat_t_port
-        )
-    })?;
+    let udp = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.nat_t_port))
+        .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.nat_t_port))?;
     udp.set_nonblocking(true)?;
-    let want_raw =
-        cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
-    let raw = if want_raw {
-        Some(
-            RawEsp::open(cfg.network.listen)
-                .context("cannot open raw ESP socket (IP protocol 50)")?,
-        )
-    } else {
-        None
+    let want_raw = cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
+    let raw = match RawEsp::open(cfg.network.listen) {
+        Ok(r) if want_raw || with_ike => Some(r),
+        Ok(_) => None,
+        Err(e) if want_raw => return Err(e).context("cannot open raw ESP socket (IP protocol 50)"),
+        Err(e) => {
+            warn!(error = %e, "no raw ESP socket: IKE tunnels will always use UDP encapsulation");
+            None
+        }
     };
     let stats = Arc::new(Stats::default());
     info!(
         tun = tun.name(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
-        raw_esp = raw.is_some(), batch = cfg.runtime.batch, component = %esp_path.display(),
+        raw_esp = raw.is_some(), batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
         "wasmsec data plane up"
     );
+
+    let (out_link, out_inbox) = dp_link()?;
+    let (in_link, in_inbox) = dp_link()?;
+    let (up_dp, up_cp) = UnixDatagram::pair()?;
+    up_dp.set_nonblocking(true)?;
+    up_cp.set_nonblocking(true)?;
+    let control = if with_ike {
+        let mut ike = runtime.ike_instance(wasmsec_crypto::Vault::new(), keystore.clone())?;
+        ike.store.data_mut().keylog = cfg.ike.keylog.clone();
+        if let Some(k) = &cfg.ike.keylog {
+            warn!(file = %k.display(), "IKE key export is on: this file holds secrets");
+        }
+        let traps = load_connections(&cfg, config_path, &base, &mut ike, raw.is_none())?;
+        let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
+            .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
+        sock500.set_nonblocking(true)?;
+        let listener = match &cfg.control.socket {
+            Some(p) => {
+                let _ = std::fs::remove_file(p);
+                if let Some(d) = p.parent() {
+                    std::fs::create_dir_all(d).ok();
+                }
+                let l = UnixListener::bind(p).with_context(|| format!("cannot create control socket {}", p.display()))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        Some(ControlPlane {
+            ike,
+            sock500,
+            sock4500: udp.try_clone()?,
+            up: up_cp,
+            outbound: out_link,
+            inbound: in_link,
+            listener,
+            listen: cfg.network.listen,
+            esp_keys: keystore.clone(),
+            stats: stats.clone(),
+            traps,
+            replay_window: 1024,
+        })
+    } else {
+        None
+    };
 
     let outbound = Loop {
         runtime: runtime.clone(),
@@ -245,6 +331,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         peers: peers.clone(),
         stats: stats.clone(),
         batch: cfg.runtime.batch,
+        inbox: Some(out_inbox),
+        up: Some(up_dp.try_clone()?),
     };
     let inbound = Loop {
         runtime,
@@ -255,29 +343,35 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         peers,
         stats: stats.clone(),
         batch: cfg.runtime.batch,
+        inbox: Some(in_inbox),
+        up: Some(up_dp),
     };
-    let t_out = std::thread::Builder::new()
-        .name("esp-out".into())
-        .spawn(move || outbound.run_outbound(out_inst))?;
-    let t_in = std::thread::Builder::new()
-        .name("esp-in".into())
-        .spawn(move || inbound.run_inbound(in_inst))?;
+    let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
+    let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;
+    let t_ike = match control {
+        Some(c) => Some(std::thread::Builder::new().name("ike".into()).spawn(move || c.run())?),
+        None => None,
+    };
 
     while !sys::stop_requested() {
         std::thread::sleep(Duration::from_millis(250));
         if let Some(f) = stats_file {
             let _ = stats.write_file(f);
         }
-        if t_out.is_finished() || t_in.is_finished() {
+        if t_out.is_finished() || t_in.is_finished() || t_ike.as_ref().is_some_and(|t| t.is_finished()) {
             sys::request_stop();
         }
     }
     let _ = t_out.join();
     let _ = t_in.join();
+    if let Some(t) = t_ike {
+        let _ = t.join();
+    }
+    if let Some(p) = &cfg.control.socket {
+        let _ = std::fs::remove_file(p);
+    }
     if let Some(f) = stats_file {
-        stats
-            .write_file(f)
-            .with_context(|| format!("writing {}", f.display()))?;
+        stats.write_file(f).with_context(|| format!("writing {}", f.display()))?;
     }
     info!(stats = %stats.snapshot(), "wasmsec stopped");
     Ok(())

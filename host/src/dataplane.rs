@@ -8,7 +8,10 @@
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tracing::{debug, warn};
@@ -21,8 +24,50 @@ use crate::runtime::{DecapVerdict, EncapVerdict, EspInstance, InboundSa, Outboun
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 
+/// Changes to a data-path thread's SAs, sent by the control plane.
+#[derive(Debug)]
+pub enum DpControl {
+    AddOutbound { sa: OutboundSa, peer: Peer },
+    AddInbound { sa: InboundSa },
+    RemoveOutbound { spi: u32 },
+    RemoveInbound { spi: u32 },
+}
+
+/// The control plane's handle on one data-path thread: a channel and a
+/// socket whose readability wakes the thread's poll.
+pub struct DpLink {
+    tx: Sender<DpControl>,
+    wake: UnixDatagram,
+}
+
+/// The thread's end of a [`DpLink`].
+pub struct DpInbox {
+    rx: Receiver<DpControl>,
+    wake: UnixDatagram,
+}
+
+pub fn dp_link() -> std::io::Result<(DpLink, DpInbox)> {
+    let (a, b) = UnixDatagram::pair()?;
+    a.set_nonblocking(true)?;
+    b.set_nonblocking(true)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    Ok((DpLink { tx, wake: a }, DpInbox { rx, wake: b }))
+}
+
+impl DpLink {
+    pub fn send(&self, c: DpControl) {
+        if self.tx.send(c).is_ok() {
+            let _ = self.wake.send(&[1]);
+        }
+    }
+}
+
+/// Tags of what the data path passes up to the control plane on its socket.
+pub const UP_IKE: u8 = 0;
+pub const UP_ACQUIRE: u8 = 1;
+
 /// Where ESP for one peer goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     pub address: Ipv4Addr,
     pub port: u16,
@@ -78,6 +123,11 @@ pub struct Loop {
     pub peers: Vec<Peer>,
     pub stats: Arc<Stats>,
     pub batch: usize,
+    /// SA changes from the control plane.
+    pub inbox: Option<DpInbox>,
+    /// To the control plane: IKE datagrams from port 4500 (inbound thread)
+    /// and acquires for traffic without an SA (outbound thread).
+    pub up: Option<UnixDatagram>,
 }
 
 const POLL_MS: i32 = 200;
@@ -104,13 +154,82 @@ fn restart(l: &Loop, what: &str, err: anyhow::Error) -> Option<EspInstance> {
 }
 
 impl Loop {
+    /// Apply SA changes from the control plane.
+    fn apply_control(&mut self, inst: &mut EspInstance) {
+        let Some(inbox) = &self.inbox else { return };
+        let mut buf = [0u8; 64];
+        while inbox.wake.recv(&mut buf).is_ok() {}
+        let msgs: Vec<DpControl> = inbox.rx.try_iter().collect();
+        for m in msgs {
+            let r = match m {
+                DpControl::AddOutbound { mut sa, peer } => {
+                    let idx = match self.peers.iter().position(|p| *p == peer) {
+                        Some(i) => i,
+                        None => {
+                            self.peers.push(peer);
+                            self.peers.len() - 1
+                        }
+                    };
+                    sa.peer = idx as u32;
+                    self.install(inst, Some(sa), None)
+                }
+                DpControl::AddInbound { sa } => self.install(inst, None, Some(sa)),
+                DpControl::RemoveOutbound { spi } => {
+                    if let Some(pos) = self.sas.outbound.iter().position(|s| s.spi == spi) {
+                        let sa = self.sas.outbound.remove(pos);
+                        inst.store.data_mut().keys.revoke(sa.key);
+                    }
+                    inst.remove_outbound(spi).map(|_| ())
+                }
+                DpControl::RemoveInbound { spi } => {
+                    if let Some(pos) = self.sas.inbound.iter().position(|s| s.spi == spi) {
+                        let sa = self.sas.inbound.remove(pos);
+                        inst.store.data_mut().keys.revoke(sa.key);
+                    }
+                    inst.remove_inbound(spi).map(|_| ())
+                }
+            };
+            if let Err(e) = r {
+                warn!(error = %e, "SA change failed");
+            }
+        }
+    }
+
+    fn install(&mut self, inst: &mut EspInstance, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
+        let handle = out.as_ref().map(|s| s.key).or(inb.as_ref().map(|s| s.key)).unwrap_or(0);
+        let key = self.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
+        inst.store.data_mut().keys.grant(handle, key);
+        if let Some(sa) = out {
+            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+            self.sas.outbound.push(sa);
+        }
+        if let Some(sa) = inb {
+            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+            self.sas.inbound.push(sa);
+        }
+        Ok(())
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inbox.as_ref().map(|i| i.wake.as_raw_fd())
+    }
+
     /// TUN -> encap -> UDP/raw ESP.
-    pub fn run_outbound(self, mut inst: EspInstance) {
+    pub fn run_outbound(mut self, mut inst: EspInstance) {
         ensure_buffers(&mut inst, self.batch);
+        let mut fds = vec![self.tun.as_raw_fd()];
+        fds.extend(self.wake_fd());
+        let mut last_acquire = Instant::now() - Duration::from_secs(10);
         while !sys::stop_requested() {
-            match sys::poll_readable(&[self.tun.as_raw_fd()], POLL_MS) {
-                Ok(r) if r[0] => {}
-                Ok(_) => continue,
+            match sys::poll_readable(&fds, POLL_MS) {
+                Ok(r) => {
+                    if r.get(1) == Some(&true) {
+                        self.apply_control(&mut inst);
+                    }
+                    if !r[0] {
+                        continue;
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "poll on TUN failed");
                     continue;
@@ -160,6 +279,16 @@ impl Loop {
                     EncapVerdict::Drop(r) => {
                         debug!(reason = r.name(), "outbound drop");
                         self.stats.out_drop(r);
+                        // Traffic without an SA may start a `trap` connection.
+                        if r == crate::runtime::DropReason::NoPolicy && last_acquire.elapsed() > Duration::from_millis(500) {
+                            if let (Some(up), Ok(ip)) = (&self.up, wasmsec_wire::ipv4::Packet::new_checked(p.data())) {
+                                let mut m = vec![UP_ACQUIRE];
+                                m.extend_from_slice(&ip.src_addr());
+                                m.extend_from_slice(&ip.dst_addr());
+                                let _ = up.send(&m);
+                                last_acquire = Instant::now();
+                            }
+                        }
                     }
                 }
             }
@@ -189,12 +318,11 @@ impl Loop {
     }
 
     /// UDP/raw ESP -> decap -> TUN.
-    pub fn run_inbound(self, mut inst: EspInstance) {
+    pub fn run_inbound(mut self, mut inst: EspInstance) {
         ensure_buffers(&mut inst, self.batch);
-        let mut fds = vec![self.udp.as_raw_fd()];
-        if let Some(r) = &self.raw {
-            fds.push(r.as_raw_fd());
-        }
+        // Socket order in `fds`: UDP, then raw ESP if any, then the wake socket.
+        let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
+        fds.extend(self.wake_fd());
         while !sys::stop_requested() {
             let ready = match sys::poll_readable(&fds, POLL_MS) {
                 Ok(r) if r.iter().any(|x| *x) => r,
@@ -204,6 +332,9 @@ impl Loop {
                     continue;
                 }
             };
+            if ready.get(2) == Some(&true) {
+                self.apply_control(&mut inst);
+            }
             let n = self.read_batch(&mut inst, &ready);
             if n == 0 {
                 continue;
@@ -266,7 +397,19 @@ impl Loop {
                                 n += 1;
                             }
                             Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
-                            Ok(Datagram::Ike(_)) => stats::inc(&self.stats.ike_rx_unhandled),
+                            Ok(Datagram::Ike(ike)) => match (&self.up, _from) {
+                                (Some(up), std::net::SocketAddr::V4(from)) => {
+                                    let mut m = Vec::with_capacity(7 + ike.len());
+                                    m.push(UP_IKE);
+                                    m.extend_from_slice(&from.ip().octets());
+                                    m.extend_from_slice(&from.port().to_be_bytes());
+                                    m.extend_from_slice(ike);
+                                    if up.send(&m).is_err() {
+                                        stats::inc(&self.stats.ike_rx_unhandled);
+                                    }
+                                }
+                                _ => stats::inc(&self.stats.ike_rx_unhandled),
+                            },
                             Err(_) => stats::inc(&self.stats.rx_runts),
                         }
                     }

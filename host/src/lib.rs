@@ -3,9 +3,11 @@
 #![deny(unsafe_code)] // except in `sys`, the one module that talks to libc
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod demo;
+pub mod ike;
 pub mod keystore;
 pub mod packet;
 pub mod runtime;

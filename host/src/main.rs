@@ -11,6 +11,8 @@ usage:
   wasmsec demo [--algorithm ALG] [--raw-esp] [--pings N] [--dir DIR] [--keep]
                                                   two gateways in namespaces, ping through ESP (root)
   wasmsec demo --down                             tear down a demo left by --keep
+  wasmsec ctl --socket PATH initiate NAME | terminate NAME | status
+                                                  talk to a running daemon's control socket
   wasmsec version
 
 environment:
@@ -38,6 +40,19 @@ fn init_logging() {
 
 fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
     args.next().ok_or_else(|| format!("{flag} needs a value"))
+}
+
+/// Send one command to a daemon's control socket and print the answer.
+fn ctl(socket: &std::path::Path, command: &str) -> anyhow::Result<bool> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e} (is the daemon running with control.socket set?)", socket.display()))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    print!("{reply}");
+    Ok(!reply.starts_with("error"))
 }
 
 fn main() -> ExitCode {
@@ -123,6 +138,20 @@ fn real_main() -> anyhow::Result<bool> {
                 }
             }
             demo::run(&o)
+        }
+        "ctl" => {
+            let (mut socket, mut words) = (None, Vec::new());
+            while let Some(a) = args.next() {
+                match a.as_str() {
+                    "--socket" | "-s" => socket = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)),
+                    _ => words.push(a),
+                }
+            }
+            let Some(socket) = socket else { return usage("ctl needs --socket PATH (the daemon's control.socket)".into()) };
+            if words.is_empty() {
+                return usage("ctl needs a command: initiate NAME, terminate NAME or status".into());
+            }
+            ctl(&socket, &words.join(" "))
         }
         "version" | "--version" => {
             println!("wasmsec {}", env!("CARGO_PKG_VERSION"));

@@ -38,7 +38,7 @@ use bindings::wasmsec::crypto::packets::{HostBatch, Opened};
 use bindings::wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 /// `.context()` for wasmtime's own error type, which is not std::error::Error.
-trait WasmContext<T> {
+pub(crate) trait WasmContext<T> {
     fn context(self, msg: impl std::fmt::Display) -> Result<T>;
 }
 
@@ -53,9 +53,9 @@ impl<T> WasmContext<T> for wasmtime::Result<T> {
 pub struct Batch;
 
 /// Memory a guest instance may grow to.
-pub const GUEST_MEMORY_LIMIT: usize = 32 << 20;
+pub(crate) const GUEST_MEMORY_LIMIT: usize = 32 << 20;
 /// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]).
-const CALL_DEADLINE_TICKS: u64 = 50;
+pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Per-store host state.
@@ -168,6 +168,7 @@ impl HostBatch for GuestState {
 pub struct Runtime {
     engine: Engine,
     esp: bindings::EspEnginePre<GuestState>,
+    ike: Option<crate::ike::IkeEnginePre>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -180,6 +181,11 @@ impl Drop for Runtime {
 impl Runtime {
     /// Compile the ESP component at `esp_path` and start the epoch ticker.
     pub fn new(esp_path: &Path) -> Result<Runtime> {
+        Self::with_ike(esp_path, None)
+    }
+
+    /// Also compile the IKE component, if `ike_path` is given.
+    pub fn with_ike(esp_path: &Path, ike_path: Option<&Path>) -> Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
             .total_core_instances(256)
@@ -202,6 +208,10 @@ impl Runtime {
             .context("linking ESP component")?;
         let esp = bindings::EspEnginePre::new(pre)
             .context("ESP component does not export wasmsec:esp/engine")?;
+        let ike = match ike_path {
+            Some(p) => Some(crate::ike::IkeEnginePre::load(&engine, p)?),
+            None => None,
+        };
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), stop_ticker.clone());
         std::thread::Builder::new()
@@ -212,11 +222,14 @@ impl Runtime {
                     e.increment_epoch();
                 }
             })?;
-        Ok(Runtime {
-            engine,
-            esp,
-            stop_ticker,
-        })
+        Ok(Runtime { engine, esp, ike, stop_ticker })
+    }
+
+    /// A fresh IKE instance in its own store, with its secrets in `vault`
+    /// and CHILD SA keys going to `esp_keys`.
+    pub fn ike_instance(&self, vault: wasmsec_crypto::Vault, esp_keys: Arc<crate::keystore::Keystore>) -> Result<crate::ike::IkeInstance> {
+        let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
+        pre.instantiate(&self.engine, vault, esp_keys, CALL_DEADLINE_TICKS)
     }
 
     /// A fresh ESP instance in its own store.
@@ -262,6 +275,18 @@ impl EspInstance {
         self.arm();
         let e = self.bindings.wasmsec_esp_engine();
         Ok(e.call_install_inbound(&mut self.store, sa)?)
+    }
+
+    pub fn remove_outbound(&mut self, spi: u32) -> Result<bool> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_remove_outbound(&mut self.store, spi)?)
+    }
+
+    pub fn remove_inbound(&mut self, spi: u32) -> Result<bool> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_remove_inbound(&mut self.store, spi)?)
     }
 
     pub fn sa_states(&mut self) -> Result<Vec<SaState>> {

@@ -1,0 +1,244 @@
+//! The IKE component under wasmtime: its imports (randomness and the key
+//! schedule on handles, backed by [`wasmsec_crypto::Vault`] and the ESP
+//! keystore) and a typed wrapper around its exports.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use zeroize::Zeroizing;
+
+use crate::keystore::{EspAlgorithm, EspKey, Keystore};
+use crate::runtime::{GUEST_MEMORY_LIMIT, WasmContext};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmsec:worlds/ike-engine",
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::exports::wasmsec::ike::engine::{
+    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level, LogEvent, StartAction,
+    TrafficSelector,
+};
+use bindings::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
+use bindings::wasmsec::crypto::types::CryptoError as WitError;
+
+/// Per-store host state of the IKE instance.
+pub struct IkeState {
+    limits: StoreLimits,
+    vault: wasmsec_crypto::Vault,
+    esp_keys: Arc<Keystore>,
+    /// Wireshark key export (opt-in): IKE SA keys appended here.
+    pub keylog: Option<PathBuf>,
+}
+
+impl IkeState {
+    /// Put a pre-shared key in the vault; returns its handle.
+    pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
+        self.vault.insert_psk(psk)
+    }
+
+    /// Live secrets in the vault (IKE SAs, DH values, PSKs).
+    pub fn secrets(&self) -> usize {
+        self.vault.len()
+    }
+}
+
+fn wit(e: wasmsec_crypto::CryptoError) -> WitError {
+    use wasmsec_crypto::CryptoError as E;
+    match e {
+        E::UnknownKey => WitError::UnknownKey,
+        E::WrongKeyKind => WitError::WrongKeyKind,
+        E::IntegrityFailed => WitError::IntegrityFailed,
+        E::BadLength => WitError::BadLength,
+        E::KeyExpired => WitError::KeyExpired,
+        E::Unsupported => WitError::Unsupported,
+        E::BadPeerValue => WitError::BadPeerValue,
+        _ => WitError::Internal,
+    }
+}
+
+/// The ESP transform our data plane implements for a negotiated suite.
+pub fn esp_algorithm(encr: u16, key_bits: u16, integ: u16) -> Option<EspAlgorithm> {
+    match (encr, key_bits, integ) {
+        (20, 128, 0) => Some(EspAlgorithm::Aes128Gcm16),
+        (20, 256, 0) => Some(EspAlgorithm::Aes256Gcm16),
+        (28, _, 0) => Some(EspAlgorithm::ChaCha20Poly1305),
+        _ => None,
+    }
+}
+
+impl bindings::wasmsec::crypto::types::Host for IkeState {}
+
+impl bindings::wasmsec::crypto::random::Host for IkeState {
+    fn fill(&mut self, len: u32) -> Vec<u8> {
+        let mut b = vec![0u8; len.min(256) as usize];
+        self.vault.random(&mut b);
+        b
+    }
+}
+
+impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
+    fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
+        self.vault.dh_generate(group).map_err(wit)
+    }
+
+    fn derive_ike_sa(
+        &mut self,
+        s: IkeSuite,
+        dh: u64,
+        peer_public: Vec<u8>,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<u64, WitError> {
+        let suite = wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        let h = self.vault.derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
+        if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
+            let r = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = r {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
+            }
+        }
+        Ok(h)
+    }
+
+    fn encrypt(&mut self, sa: u64, from_initiator: bool, header: Vec<u8>, first: u8, inner: Vec<u8>) -> Result<Vec<u8>, WitError> {
+        let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
+        self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit)
+    }
+
+    fn decrypt(&mut self, sa: u64, from_initiator: bool, message: Vec<u8>, sk_offset: u32) -> Result<Vec<u8>, WitError> {
+        self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map(|z| z.to_vec()).map_err(wit)
+    }
+
+    fn psk_auth(
+        &mut self,
+        sa: u64,
+        psk: u64,
+        for_initiator: bool,
+        real_message: Vec<u8>,
+        nonce: Vec<u8>,
+        id_body: Vec<u8>,
+    ) -> Result<Vec<u8>, WitError> {
+        self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit)
+    }
+
+    fn derive_child(&mut self, sa: u64, s: ChildSuite, ni: Vec<u8>, nr: Vec<u8>, we_initiated: bool) -> Result<ChildKeyHandles, WitError> {
+        let alg = esp_algorithm(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
+        let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
+        let km = self.vault.child_keymat(sa, &suite, &ni, &nr).map_err(wit)?;
+        let (out, inb) = if we_initiated {
+            (km.initiator_to_responder, km.responder_to_initiator)
+        } else {
+            (km.responder_to_initiator, km.initiator_to_responder)
+        };
+        let out = EspKey::new(alg, out).map_err(|_| WitError::Internal)?;
+        let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
+        Ok(ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) })
+    }
+
+    fn destroy(&mut self, key: u64) {
+        if !self.vault.destroy(key) {
+            self.esp_keys.remove(key);
+        }
+    }
+}
+
+/// The compiled IKE component, ready to instantiate.
+pub struct IkeEnginePre(bindings::IkeEnginePre<IkeState>);
+
+impl IkeEnginePre {
+    pub fn load(engine: &Engine, path: &Path) -> Result<IkeEnginePre> {
+        let component = Component::from_file(engine, path).context(format_args!("loading IKE component {}", path.display()))?;
+        let mut linker = Linker::<IkeState>::new(engine);
+        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
+        let pre = linker.instantiate_pre(&component).context("linking IKE component")?;
+        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
+    }
+
+    pub fn instantiate(&self, engine: &Engine, vault: wasmsec_crypto::Vault, esp_keys: Arc<Keystore>, deadline: u64) -> Result<IkeInstance> {
+        let state = IkeState {
+            limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
+            vault,
+            esp_keys,
+            keylog: None,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(deadline);
+        let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
+        Ok(IkeInstance { store, bindings, deadline })
+    }
+}
+
+/// One IKE engine instance and its store. Every call's outer `Err` is a
+/// trap (the instance is then unusable), the inner one the engine's answer.
+pub struct IkeInstance {
+    pub store: Store<IkeState>,
+    bindings: bindings::IkeEngine,
+    deadline: u64,
+}
+
+impl IkeInstance {
+    fn e(&mut self) -> (&bindings::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
+        self.store.set_epoch_deadline(self.deadline);
+        (self.bindings.wasmsec_ike_engine(), &mut self.store)
+    }
+
+    pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {
+        let (e, s) = self.e();
+        Ok(e.call_add_connection(s, c)?)
+    }
+
+    pub fn autostart(&mut self) -> Result<Vec<String>> {
+        let (e, s) = self.e();
+        Ok(e.call_autostart(s)?)
+    }
+
+    pub fn initiate(&mut self, now: u64, name: &str) -> Result<Result<(), String>> {
+        let (e, s) = self.e();
+        Ok(e.call_initiate(s, now, name)?)
+    }
+
+    pub fn terminate(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {
+        let (e, s) = self.e();
+        Ok(e.call_terminate(s, now, name)?)
+    }
+
+    pub fn handle_datagram(&mut self, now: u64, d: &Datagram) -> Result<()> {
+        let (e, s) = self.e();
+        Ok(e.call_handle_datagram(s, now, d)?)
+    }
+
+    pub fn tick(&mut self, now: u64) -> Result<()> {
+        let (e, s) = self.e();
+        Ok(e.call_tick(s, now)?)
+    }
+
+    pub fn poll_actions(&mut self) -> Result<Vec<Action>> {
+        let (e, s) = self.e();
+        Ok(e.call_poll_actions(s)?)
+    }
+
+    pub fn next_timeout(&mut self) -> Result<Option<u64>> {
+        let (e, s) = self.e();
+        Ok(e.call_next_timeout(s)?)
+    }
+
+    pub fn stats(&mut self) -> Result<Counters> {
+        let (e, s) = self.e();
+        Ok(e.call_stats(s)?)
+    }
+
+    pub fn active(&mut self, name: &str) -> Result<bool> {
+        let (e, s) = self.e();
+        Ok(e.call_active(s, name)?)
+    }
+}
