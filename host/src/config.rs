@@ -94,7 +94,7 @@ pub struct IkeConnection {
     #[serde(default)]
     pub remote_addrs: Vec<String>,
     /// Our identity, strongSwan syntax (`gw.example.com`, `user@example.com`,
-    /// an address, `keyid:...`, `C=.., O=.., CN=..`).
+    /// an address, `keyid:#hex`, `keyid:text`, `C=.., O=.., CN=..`).
     pub local_id: String,
     /// The identity we require of the peer (default `%any`).
     #[serde(default = "default_any")]
@@ -129,7 +129,8 @@ fn default_any() -> String {
     "%any".into()
 }
 
-pub const DEFAULT_IKE_PROPOSALS: &str = "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
+pub const DEFAULT_IKE_PROPOSALS: &str =
+    "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
 pub const DEFAULT_ESP_PROPOSALS: &str = "aes256gcm16,aes128gcm16,chacha20poly1305";
 
 fn default_ike_proposals() -> String {
@@ -146,7 +147,10 @@ impl IkeConnection {
         self.remote_addrs
             .iter()
             .filter(|a| a.as_str() != "%any")
-            .map(|a| a.parse().map_err(|_| format!("remote_addrs: {a:?} is not an address or %any")))
+            .map(|a| {
+                a.parse()
+                    .map_err(|_| format!("remote_addrs: {a:?} is not an address or %any"))
+            })
             .collect()
     }
 }
@@ -376,10 +380,17 @@ impl KeySource {
     pub fn load_secret(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         let text = Zeroizing::new(match self {
             KeySource::File(p) => {
-                let p = if p.is_relative() { base.join(p) } else { p.clone() };
-                std::fs::read_to_string(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
+                let p = if p.is_relative() {
+                    base.join(p)
+                } else {
+                    p.clone()
+                };
+                std::fs::read_to_string(&p)
+                    .map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
             }
-            KeySource::Env(n) => std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?,
+            KeySource::Env(n) => {
+                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?
+            }
         });
         let t = text.trim_end_matches(['\n', '\r']);
         if t.starts_with("0x") {
@@ -565,21 +576,34 @@ impl Config {
                 return Err(format!("{at}: name used twice"));
             }
             c.remote_addrs().map_err(|e| format!("{at}: {e}"))?;
-            if c.start_action != StartAction::None && c.remote_addrs().map_or(true, |v| v.is_empty()) {
-                return Err(format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action));
+            if c.start_action != StartAction::None
+                && c.remote_addrs().map_or(true, |v| v.is_empty())
+            {
+                return Err(format!(
+                    "{at}: start_action {:?} needs a remote address to initiate to",
+                    c.start_action
+                ));
             }
-            wasmsec_ike::proposal::parse(&c.proposals, wasmsec_ike::proposal::Kind::Ike).map_err(|e| format!("{at}: proposals: {e}"))?;
-            wasmsec_ike::identity::Identity::parse(&c.local_id).map_err(|e| format!("{at}: local_id: {e}"))?;
-            wasmsec_ike::identity::Identity::parse(&c.remote_id).map_err(|e| format!("{at}: remote_id: {e}"))?;
+            wasmsec_ike::proposal::parse(&c.proposals, wasmsec_ike::proposal::Kind::Ike)
+                .map_err(|e| format!("{at}: proposals: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.local_id)
+                .map_err(|e| format!("{at}: local_id: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.remote_id)
+                .map_err(|e| format!("{at}: remote_id: {e}"))?;
             if c.children.is_empty() {
                 return Err(format!("{at}: needs at least one [[connection.children]]"));
             }
             for ch in &c.children {
                 let at = format!("{at} child {:?}", ch.name);
-                let (esp, _) = wasmsec_ike::proposal::parse(&ch.esp_proposals, wasmsec_ike::proposal::Kind::Esp)
-                    .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
+                let (esp, _) = wasmsec_ike::proposal::parse(
+                    &ch.esp_proposals,
+                    wasmsec_ike::proposal::Kind::Esp,
+                )
+                .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
                 if !esp.iter().any(|p| p.encr.iter().any(|e| e.is_aead())) {
-                    return Err(format!("{at}: esp_proposals: the data plane supports AES-GCM and ChaCha20-Poly1305 only (so far)"));
+                    return Err(format!(
+                        "{at}: esp_proposals: the data plane supports AES-GCM and ChaCha20-Poly1305 only (so far)"
+                    ));
                 }
                 for (k, v) in [("local_ts", &ch.local_ts), ("remote_ts", &ch.remote_ts)] {
                     if v.is_empty() {
@@ -634,12 +658,30 @@ remote_ts = ["198.18.1.0/24"]
         assert_eq!(c.connection[0].proposals, DEFAULT_IKE_PROPOSALS);
         assert_eq!(c.connection[0].start_action, StartAction::Start);
         for (from, to, want) in [
-            ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
-            ("local_id = \"gwb.interop.test\"", "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"", "unknown algorithm"),
-            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha256\"", "AES-GCM and ChaCha20"),
-            ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
+            (
+                "remote_addrs = [\"198.18.0.1\"]",
+                "remote_addrs = [\"%any\"]",
+                "needs a remote address",
+            ),
+            (
+                "local_id = \"gwb.interop.test\"",
+                "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
+                "unknown algorithm",
+            ),
+            (
+                "name = \"net\"",
+                "name = \"net\"\nesp_proposals = \"aes256-sha256\"",
+                "AES-GCM and ChaCha20",
+            ),
+            (
+                "local_ts = [\"198.18.2.0/24\"]",
+                "local_ts = []",
+                "at least one subnet",
+            ),
         ] {
-            let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();
+            let e = Config::parse(&IKE.replace(from, to), "i.toml")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{e}");
         }
     }

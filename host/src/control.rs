@@ -67,7 +67,10 @@ fn ep(e: &Endpoint) -> Option<SocketAddr> {
 }
 
 fn endpoint(a: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { address: a.octets().to_vec(), port }
+    Endpoint {
+        address: a.octets().to_vec(),
+        port,
+    }
 }
 
 fn esp_ts(t: &[ike::TrafficSelector]) -> Vec<TrafficSelector> {
@@ -164,7 +167,10 @@ impl ControlPlane {
                                 let from = Ipv4Addr::new(m[1], m[2], m[3], m[4]);
                                 let port = u16::from_be_bytes([m[5], m[6]]);
                                 let d = Datagram {
-                                    local: endpoint(self.listen, self.sock4500.local_addr()?.port()),
+                                    local: endpoint(
+                                        self.listen,
+                                        self.sock4500.local_addr()?.port(),
+                                    ),
                                     remote: endpoint(from, port),
                                     data: m[7..].to_vec(),
                                 };
@@ -217,7 +223,11 @@ impl ControlPlane {
             .filter(|t| {
                 t.remote.iter().any(|p| match p.addr {
                     IpAddr::V4(net) => {
-                        let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len) };
+                        let mask = if p.len == 0 {
+                            0
+                        } else {
+                            u32::MAX << (32 - p.len)
+                        };
                         u32::from(net) & mask == u32::from(dst) & mask
                     }
                     IpAddr::V6(_) => false,
@@ -235,7 +245,9 @@ impl ControlPlane {
     }
 
     fn send(&self, d: &Datagram) {
-        let Some(SocketAddr::V4(to)) = ep(&d.remote) else { return };
+        let Some(SocketAddr::V4(to)) = ep(&d.remote) else {
+            return;
+        };
         let r = if d.local.port == self.sock4500.local_addr().map(|a| a.port()).unwrap_or(4500) {
             // RFC 3948 section 2.2: IKE on the NAT-T port behind the non-ESP marker.
             let mut m = Vec::with_capacity(4 + d.data.len());
@@ -250,14 +262,21 @@ impl ControlPlane {
         }
     }
 
-    fn actions(&mut self, ike_sas: &mut BTreeMap<u64, String>, children: &mut Vec<ChildInfo>) -> anyhow::Result<()> {
+    fn actions(
+        &mut self,
+        ike_sas: &mut BTreeMap<u64, String>,
+        children: &mut Vec<ChildInfo>,
+    ) -> anyhow::Result<()> {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
                 Action::InstallChild(c) => self.install(c, children),
                 Action::DeleteChild(d) => {
-                    self.outbound.send(DpControl::RemoveOutbound { spi: d.outbound_spi });
-                    self.inbound.send(DpControl::RemoveInbound { spi: d.inbound_spi });
+                    self.outbound.send(DpControl::RemoveOutbound {
+                        spi: d.outbound_spi,
+                    });
+                    self.inbound
+                        .send(DpControl::RemoveInbound { spi: d.inbound_spi });
                     self.esp_keys.remove(d.inbound_key);
                     self.esp_keys.remove(d.outbound_key);
                     children.retain(|c| c.keys != (d.inbound_key, d.outbound_key));
@@ -286,7 +305,11 @@ impl ControlPlane {
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },
-            encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
+            encapsulation: if c.encap {
+                Encapsulation::Udp
+            } else {
+                Encapsulation::None
+            },
         };
         // Inbound first: the peer may send ESP as soon as it has our answer.
         self.inbound.send(DpControl::AddInbound {
@@ -329,7 +352,13 @@ impl ControlPlane {
 
     /// One admin command per connection: `initiate NAME`, `terminate NAME`,
     /// `status`.
-    fn admin(&mut self, now: u64, s: UnixStream, ike_sas: &BTreeMap<u64, String>, children: &[ChildInfo]) -> anyhow::Result<()> {
+    fn admin(
+        &mut self,
+        now: u64,
+        s: UnixStream,
+        ike_sas: &BTreeMap<u64, String>,
+        children: &[ChildInfo],
+    ) -> anyhow::Result<()> {
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut line = String::new();
         let _ = BufReader::new(&s).read_line(&mut line);

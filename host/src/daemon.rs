@@ -160,11 +160,20 @@ fn manual_sas(
 
 /// The IKE connections as the IKE component takes them, PSKs put in the
 /// vault of `ike`.
-fn load_connections(cfg: &Config, file: &Path, base: &Path, ike: &mut IkeInstance, force_encap: bool) -> Result<Vec<Trap>> {
+fn load_connections(
+    cfg: &Config,
+    file: &Path,
+    base: &Path,
+    ike: &mut IkeInstance,
+    force_encap: bool,
+) -> Result<Vec<Trap>> {
     let mut traps = Vec::new();
     for c in &cfg.connection {
         let at = format!("{}: connection {:?}", file.display(), c.name);
-        let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("{at}: psk: {e}"))?;
+        let psk = c
+            .psk
+            .load_secret(base)
+            .map_err(|e| anyhow::anyhow!("{at}: psk: {e}"))?;
         let psk = ike.store.data_mut().insert_psk(psk);
         let addr = |a: &std::net::IpAddr| match a {
             std::net::IpAddr::V4(v) => v.octets().to_vec(),
@@ -189,7 +198,11 @@ fn load_connections(cfg: &Config, file: &Path, base: &Path, ike: &mut IkeInstanc
                     esp_proposals: ch.esp_proposals.clone(),
                 })
                 .collect(),
-            start_action: if c.start_action == StartAction::Start { ike::StartAction::Start } else { ike::StartAction::None },
+            start_action: if c.start_action == StartAction::Start {
+                ike::StartAction::Start
+            } else {
+                ike::StartAction::None
+            },
             force_encap: c.encap || force_encap,
         };
         match ike.add_connection(&conn)? {
@@ -201,8 +214,19 @@ fn load_connections(cfg: &Config, file: &Path, base: &Path, ike: &mut IkeInstanc
             Err(e) => bail!("{at}: {e}"),
         }
         if c.start_action == StartAction::Trap {
-            let remote = c.children.iter().flat_map(|ch| ch.remote_ts.iter().map(|t| Prefix::parse(t).expect("validated"))).collect();
-            traps.push(Trap { connection: c.name.clone(), remote });
+            let remote = c
+                .children
+                .iter()
+                .flat_map(|ch| {
+                    ch.remote_ts
+                        .iter()
+                        .map(|t| Prefix::parse(t).expect("validated"))
+                })
+                .collect();
+            traps.push(Trap {
+                connection: c.name.clone(),
+                remote,
+            });
         }
         info!(
             connection = %c.name, local_id = %c.local_id, remote_id = %c.remote_id, remote_addrs = ?c.remote_addrs,
@@ -218,26 +242,52 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     if !sys::is_root() {
-        bail!("wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets");
+        bail!(
+            "wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets"
+        );
     }
     sys::install_stop_handler();
     let dir = components_dir(cfg.runtime.components.as_deref());
     let esp_path = dir.join("esp.wasm");
     let ike_path = dir.join("ike.wasm");
     let with_ike = !cfg.connection.is_empty();
-    let runtime = Arc::new(Runtime::with_ike(&esp_path, with_ike.then_some(ike_path.as_path())).with_context(|| {
-        format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display())
-    })?);
+    let runtime = Arc::new(
+        Runtime::with_ike(&esp_path, with_ike.then_some(ike_path.as_path())).with_context(
+            || {
+                format!(
+                    "cannot load the components from {} (build them with `cargo xtask build`)",
+                    dir.display()
+                )
+            },
+        )?,
+    );
     let keystore = Arc::new(Keystore::new());
     let (out_sas, in_sas, peers) = manual_sas(&cfg, &base, &keystore)?;
 
-    let out_set = SaSet { keystore: keystore.clone(), outbound: out_sas, inbound: vec![] };
-    let in_set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: in_sas };
+    let out_set = SaSet {
+        keystore: keystore.clone(),
+        outbound: out_sas,
+        inbound: vec![],
+    };
+    let in_set = SaSet {
+        keystore: keystore.clone(),
+        outbound: vec![],
+        inbound: in_sas,
+    };
     let out_inst = out_set.instantiate(&runtime)?;
     let in_inst = in_set.instantiate(&runtime)?;
 
-    let tun = Tun::open(&cfg.tunnel.name).with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
-    ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
+    let tun = Tun::open(&cfg.tunnel.name)
+        .with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        tun.name(),
+        "mtu",
+        &cfg.tunnel.mtu.to_string(),
+        "up",
+    ])?;
     // Routes to every remote subnet go into the TUN device from the start:
     // traffic without an SA is then dropped and counted (and may trigger a
     // `trap` connection) instead of leaving in the clear.
@@ -245,7 +295,11 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         .manual
         .iter()
         .map(|m| (format!("manual {:?}", m.name), &m.remote_ts))
-        .chain(cfg.connection.iter().flat_map(|c| c.children.iter().map(move |ch| (format!("connection {:?}", c.name), &ch.remote_ts))));
+        .chain(cfg.connection.iter().flat_map(|c| {
+            c.children
+                .iter()
+                .map(move |ch| (format!("connection {:?}", c.name), &ch.remote_ts))
+        }));
     for (what, remote_ts) in routes {
         for r in remote_ts {
             let p = Prefix::parse(r).expect("validated").to_string();
@@ -257,10 +311,19 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             ip(&args).with_context(|| format!("{what}: route to {p}"))?;
         }
     }
-    let udp = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.nat_t_port))
-        .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.nat_t_port))?;
+    let udp = UdpSocket::bind(SocketAddrV4::new(
+        cfg.network.listen,
+        cfg.network.nat_t_port,
+    ))
+    .with_context(|| {
+        format!(
+            "cannot bind UDP {}:{}",
+            cfg.network.listen, cfg.network.nat_t_port
+        )
+    })?;
     udp.set_nonblocking(true)?;
-    let want_raw = cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
+    let want_raw =
+        cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
     let raw = match RawEsp::open(cfg.network.listen) {
         Ok(r) if want_raw || with_ike => Some(r),
         Ok(_) => None,
@@ -290,7 +353,12 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         }
         let traps = load_connections(&cfg, config_path, &base, &mut ike, raw.is_none())?;
         let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
-            .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
+            .with_context(|| {
+                format!(
+                    "cannot bind UDP {}:{}",
+                    cfg.network.listen, cfg.network.ike_port
+                )
+            })?;
         sock500.set_nonblocking(true)?;
         let listener = match &cfg.control.socket {
             Some(p) => {
@@ -298,7 +366,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
                 if let Some(d) = p.parent() {
                     std::fs::create_dir_all(d).ok();
                 }
-                let l = UnixListener::bind(p).with_context(|| format!("cannot create control socket {}", p.display()))?;
+                let l = UnixListener::bind(p)
+                    .with_context(|| format!("cannot create control socket {}", p.display()))?;
                 l.set_nonblocking(true)?;
                 Some(l)
             }
@@ -346,10 +415,18 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         inbox: Some(in_inbox),
         up: Some(up_dp),
     };
-    let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
-    let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;
+    let t_out = std::thread::Builder::new()
+        .name("esp-out".into())
+        .spawn(move || outbound.run_outbound(out_inst))?;
+    let t_in = std::thread::Builder::new()
+        .name("esp-in".into())
+        .spawn(move || inbound.run_inbound(in_inst))?;
     let t_ike = match control {
-        Some(c) => Some(std::thread::Builder::new().name("ike".into()).spawn(move || c.run())?),
+        Some(c) => Some(
+            std::thread::Builder::new()
+                .name("ike".into())
+                .spawn(move || c.run())?,
+        ),
         None => None,
     };
 
@@ -358,7 +435,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         if let Some(f) = stats_file {
             let _ = stats.write_file(f);
         }
-        if t_out.is_finished() || t_in.is_finished() || t_ike.as_ref().is_some_and(|t| t.is_finished()) {
+        if t_out.is_finished()
+            || t_in.is_finished()
+            || t_ike.as_ref().is_some_and(|t| t.is_finished())
+        {
             sys::request_stop();
         }
     }
@@ -371,7 +451,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         let _ = std::fs::remove_file(p);
     }
     if let Some(f) = stats_file {
-        stats.write_file(f).with_context(|| format!("writing {}", f.display()))?;
+        stats
+            .write_file(f)
+            .with_context(|| format!("writing {}", f.display()))?;
     }
     info!(stats = %stats.snapshot(), "wasmsec stopped");
     Ok(())

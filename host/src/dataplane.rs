@@ -195,16 +195,31 @@ impl Loop {
         }
     }
 
-    fn install(&mut self, inst: &mut EspInstance, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
-        let handle = out.as_ref().map(|s| s.key).or(inb.as_ref().map(|s| s.key)).unwrap_or(0);
-        let key = self.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
+    fn install(
+        &mut self,
+        inst: &mut EspInstance,
+        out: Option<OutboundSa>,
+        inb: Option<InboundSa>,
+    ) -> Result<()> {
+        let handle = out
+            .as_ref()
+            .map(|s| s.key)
+            .or(inb.as_ref().map(|s| s.key))
+            .unwrap_or(0);
+        let key = self
+            .sas
+            .keystore
+            .get(handle)
+            .ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
         inst.store.data_mut().keys.grant(handle, key);
         if let Some(sa) = out {
-            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+            inst.install_outbound(&sa)?
+                .map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
             self.sas.outbound.push(sa);
         }
         if let Some(sa) = inb {
-            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+            inst.install_inbound(&sa)?
+                .map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
             self.sas.inbound.push(sa);
         }
         Ok(())
@@ -280,8 +295,12 @@ impl Loop {
                         debug!(reason = r.name(), "outbound drop");
                         self.stats.out_drop(r);
                         // Traffic without an SA may start a `trap` connection.
-                        if r == crate::runtime::DropReason::NoPolicy && last_acquire.elapsed() > Duration::from_millis(500) {
-                            if let (Some(up), Ok(ip)) = (&self.up, wasmsec_wire::ipv4::Packet::new_checked(p.data())) {
+                        if r == crate::runtime::DropReason::NoPolicy
+                            && last_acquire.elapsed() > Duration::from_millis(500)
+                        {
+                            if let (Some(up), Ok(ip)) =
+                                (&self.up, wasmsec_wire::ipv4::Packet::new_checked(p.data()))
+                            {
                                 let mut m = vec![UP_ACQUIRE];
                                 m.extend_from_slice(&ip.src_addr());
                                 m.extend_from_slice(&ip.dst_addr());
@@ -321,7 +340,10 @@ impl Loop {
     pub fn run_inbound(mut self, mut inst: EspInstance) {
         ensure_buffers(&mut inst, self.batch);
         // Socket order in `fds`: UDP, then raw ESP if any, then the wake socket.
-        let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
+        let mut fds = vec![
+            self.udp.as_raw_fd(),
+            self.raw.as_ref().map_or(-1, |r| r.as_raw_fd()),
+        ];
         fds.extend(self.wake_fd());
         while !sys::stop_requested() {
             let ready = match sys::poll_readable(&fds, POLL_MS) {

@@ -22,8 +22,8 @@ mod bindings {
 }
 
 pub use bindings::exports::wasmsec::ike::engine::{
-    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level, LogEvent, StartAction,
-    TrafficSelector,
+    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level,
+    LogEvent, StartAction, TrafficSelector,
 };
 use bindings::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
 use bindings::wasmsec::crypto::types::CryptoError as WitError;
@@ -98,10 +98,23 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<u64, WitError> {
-        let suite = wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
-        let h = self.vault.derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
+        let suite = wasmsec_crypto::IkeSuite {
+            encr: s.encr,
+            key_bits: s.key_bits,
+            prf: s.prf,
+            integ: s.integ,
+            dh: s.dh,
+        };
+        let h = self
+            .vault
+            .derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r)
+            .map_err(wit)?;
         if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
-            let r = std::fs::OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| writeln!(f, "{line}"));
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
             if let Err(e) = r {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
             }
@@ -109,13 +122,34 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         Ok(h)
     }
 
-    fn encrypt(&mut self, sa: u64, from_initiator: bool, header: Vec<u8>, first: u8, inner: Vec<u8>) -> Result<Vec<u8>, WitError> {
-        let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
-        self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit)
+    fn encrypt(
+        &mut self,
+        sa: u64,
+        from_initiator: bool,
+        header: Vec<u8>,
+        first: u8,
+        inner: Vec<u8>,
+    ) -> Result<Vec<u8>, WitError> {
+        let h: [u8; 28] = header
+            .as_slice()
+            .try_into()
+            .map_err(|_| WitError::BadLength)?;
+        self.vault
+            .encrypt(sa, from_initiator, &h, first, &inner)
+            .map_err(wit)
     }
 
-    fn decrypt(&mut self, sa: u64, from_initiator: bool, message: Vec<u8>, sk_offset: u32) -> Result<Vec<u8>, WitError> {
-        self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map(|z| z.to_vec()).map_err(wit)
+    fn decrypt(
+        &mut self,
+        sa: u64,
+        from_initiator: bool,
+        message: Vec<u8>,
+        sk_offset: u32,
+    ) -> Result<Vec<u8>, WitError> {
+        self.vault
+            .decrypt(sa, from_initiator, &message, sk_offset as usize)
+            .map(|z| z.to_vec())
+            .map_err(wit)
     }
 
     fn psk_auth(
@@ -127,12 +161,25 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         nonce: Vec<u8>,
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit)
+        self.vault
+            .psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body)
+            .map_err(wit)
     }
 
-    fn derive_child(&mut self, sa: u64, s: ChildSuite, ni: Vec<u8>, nr: Vec<u8>, we_initiated: bool) -> Result<ChildKeyHandles, WitError> {
+    fn derive_child(
+        &mut self,
+        sa: u64,
+        s: ChildSuite,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        we_initiated: bool,
+    ) -> Result<ChildKeyHandles, WitError> {
         let alg = esp_algorithm(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
-        let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
+        let suite = wasmsec_crypto::ChildSuite {
+            encr: s.encr,
+            key_bits: s.key_bits,
+            integ: s.integ,
+        };
         let km = self.vault.child_keymat(sa, &suite, &ni, &nr).map_err(wit)?;
         let (out, inb) = if we_initiated {
             (km.initiator_to_responder, km.responder_to_initiator)
@@ -141,7 +188,10 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         };
         let out = EspKey::new(alg, out).map_err(|_| WitError::Internal)?;
         let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
-        Ok(ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) })
+        Ok(ChildKeyHandles {
+            outbound: self.esp_keys.insert(out),
+            inbound: self.esp_keys.insert(inb),
+        })
     }
 
     fn destroy(&mut self, key: u64) {
@@ -156,16 +206,31 @@ pub struct IkeEnginePre(bindings::IkeEnginePre<IkeState>);
 
 impl IkeEnginePre {
     pub fn load(engine: &Engine, path: &Path) -> Result<IkeEnginePre> {
-        let component = Component::from_file(engine, path).context(format_args!("loading IKE component {}", path.display()))?;
+        let component = Component::from_file(engine, path)
+            .context(format_args!("loading IKE component {}", path.display()))?;
         let mut linker = Linker::<IkeState>::new(engine);
-        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
-        let pre = linker.instantiate_pre(&component).context("linking IKE component")?;
-        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
+        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .context("linking host imports")?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .context("linking IKE component")?;
+        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context(
+            "IKE component does not export wasmsec:ike/engine",
+        )?))
     }
 
-    pub fn instantiate(&self, engine: &Engine, vault: wasmsec_crypto::Vault, esp_keys: Arc<Keystore>, deadline: u64) -> Result<IkeInstance> {
+    pub fn instantiate(
+        &self,
+        engine: &Engine,
+        vault: wasmsec_crypto::Vault,
+        esp_keys: Arc<Keystore>,
+        deadline: u64,
+    ) -> Result<IkeInstance> {
         let state = IkeState {
-            limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(GUEST_MEMORY_LIMIT)
+                .instances(4)
+                .build(),
             vault,
             esp_keys,
             keylog: None,
@@ -173,8 +238,15 @@ impl IkeEnginePre {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline);
-        let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
-        Ok(IkeInstance { store, bindings, deadline })
+        let bindings = self
+            .0
+            .instantiate(&mut store)
+            .context("instantiating IKE component")?;
+        Ok(IkeInstance {
+            store,
+            bindings,
+            deadline,
+        })
     }
 }
 
@@ -187,7 +259,12 @@ pub struct IkeInstance {
 }
 
 impl IkeInstance {
-    fn e(&mut self) -> (&bindings::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
+    fn e(
+        &mut self,
+    ) -> (
+        &bindings::exports::wasmsec::ike::engine::Guest,
+        &mut Store<IkeState>,
+    ) {
         self.store.set_epoch_deadline(self.deadline);
         (self.bindings.wasmsec_ike_engine(), &mut self.store)
     }

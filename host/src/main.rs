@@ -45,8 +45,12 @@ fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, 
 /// Send one command to a daemon's control socket and print the answer.
 fn ctl(socket: &std::path::Path, command: &str) -> anyhow::Result<bool> {
     use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e} (is the daemon running with control.socket set?)", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {}: {e} (is the daemon running with control.socket set?)",
+            socket.display()
+        )
+    })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     s.write_all(format!("{command}\n").as_bytes())?;
     let mut reply = String::new();
@@ -143,13 +147,21 @@ fn real_main() -> anyhow::Result<bool> {
             let (mut socket, mut words) = (None, Vec::new());
             while let Some(a) = args.next() {
                 match a.as_str() {
-                    "--socket" | "-s" => socket = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)),
+                    "--socket" | "-s" => {
+                        socket = Some(PathBuf::from(
+                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
+                        ))
+                    }
                     _ => words.push(a),
                 }
             }
-            let Some(socket) = socket else { return usage("ctl needs --socket PATH (the daemon's control.socket)".into()) };
+            let Some(socket) = socket else {
+                return usage("ctl needs --socket PATH (the daemon's control.socket)".into());
+            };
             if words.is_empty() {
-                return usage("ctl needs a command: initiate NAME, terminate NAME or status".into());
+                return usage(
+                    "ctl needs a command: initiate NAME, terminate NAME or status".into(),
+                );
             }
             ctl(&socket, &words.join(" "))
         }

@@ -222,13 +222,25 @@ impl Runtime {
                     e.increment_epoch();
                 }
             })?;
-        Ok(Runtime { engine, esp, ike, stop_ticker })
+        Ok(Runtime {
+            engine,
+            esp,
+            ike,
+            stop_ticker,
+        })
     }
 
     /// A fresh IKE instance in its own store, with its secrets in `vault`
     /// and CHILD SA keys going to `esp_keys`.
-    pub fn ike_instance(&self, vault: wasmsec_crypto::Vault, esp_keys: Arc<crate::keystore::Keystore>) -> Result<crate::ike::IkeInstance> {
-        let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
+    pub fn ike_instance(
+        &self,
+        vault: wasmsec_crypto::Vault,
+        esp_keys: Arc<crate::keystore::Keystore>,
+    ) -> Result<crate::ike::IkeInstance> {
+        let pre = self
+            .ike
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
         pre.instantiate(&self.engine, vault, esp_keys, CALL_DEADLINE_TICKS)
     }
 

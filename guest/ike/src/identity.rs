@@ -1,6 +1,7 @@
 //! IKE identities (RFC 7296 section 3.5) written as strongSwan writes them:
 //! `gw.example.com` or `@gw.example.com` (FQDN), `user@example.com`
-//! (RFC 822), an IPv4 or IPv6 address, `keyid:0a1b...` (KEY_ID), and
+//! (RFC 822), an IPv4 or IPv6 address, `keyid:#0a1b...` or `@#0a1b...` (KEY_ID
+//! in hex), `keyid:text` (KEY_ID holding the text), and
 //! `C=CH, O=Org, CN=gw` (DER ASN.1 DN). `%any` matches every identity.
 use std::fmt;
 use std::net::IpAddr;
@@ -57,16 +58,22 @@ fn der(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Encode `C=CH, O=Org, CN=gw` as a DER Name (RFC 5280 section 4.1.2.4),
-/// as strongSwan does: one attribute per RDN, PrintableString for C,
-/// IA5String for E, UTF8String otherwise.
+/// as strongSwan does: one attribute per RDN.
 fn encode_dn(s: &str) -> Option<Vec<u8>> {
     let mut rdns = Vec::new();
     for part in s.split([',', '/']).map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=')?;
         let oid = dn_oid(k.trim())?;
+        // strongSwan's choice, so that byte-wise comparison matches its IDs:
+        // IA5String for e-mail, PrintableString when the value allows it,
+        // UTF8String otherwise.
+        let printable = v
+            .trim()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b));
         let tag = match k.trim().to_ascii_uppercase().as_str() {
-            "C" => 0x13,
             "E" | "EMAIL" => 0x16,
+            _ if printable => 0x13,
             _ => 0x0c,
         };
         let mut atv = der(0x06, oid);
@@ -95,11 +102,15 @@ impl Identity {
         if s == "%any" {
             return Ok(Identity::Any);
         }
-        if let Some(k) = s.strip_prefix("keyid:").or_else(|| s.strip_prefix("@#")) {
+        // As strongSwan: `keyid:#0a0b` and `@#0a0b` are hex, `keyid:text` is the text.
+        if let Some(k) = s.strip_prefix("keyid:#").or_else(|| s.strip_prefix("@#")) {
             return id(
                 id_type::KEY_ID,
                 hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?,
             );
+        }
+        if let Some(k) = s.strip_prefix("keyid:") {
+            return id(id_type::KEY_ID, k.as_bytes().to_vec());
         }
         if let Some(f) = s.strip_prefix('@') {
             return id(id_type::FQDN, f.as_bytes().to_vec());
@@ -189,7 +200,9 @@ mod tests {
         assert_eq!(idf("vpn@example.com").id_type, id_type::RFC822_ADDR);
         assert_eq!(idf("198.18.0.1").data, vec![198, 18, 0, 1]);
         assert_eq!(idf("2001:db8::1").id_type, id_type::IPV6_ADDR);
-        assert_eq!(idf("keyid:0a0b0c").data, vec![10, 11, 12]);
+        assert_eq!(idf("keyid:#0a0b0c").data, vec![10, 11, 12]);
+        assert_eq!(idf("@#0a0b0c").data, vec![10, 11, 12]);
+        assert_eq!(idf("keyid:0a0b").data, b"0a0b");
         assert_eq!(Identity::parse("%any").unwrap(), Identity::Any);
         let dn = idf("C=CH, O=strongSwan, CN=gw");
         assert_eq!(dn.id_type, id_type::DER_ASN1_DN);
