@@ -420,8 +420,9 @@ impl IkeSaKeys {
             Cipher::Cbc { integ, .. } => integ.wireshark_name(),
             Cipher::Aead { .. } => "NONE [RFC4306]",
         };
+        // Byte fields are bare hex in Wireshark's UAT files; enums are quoted.
         Some(format!(
-            "\"{:016x}\",\"{:016x}\",\"{}\",\"{}\",\"{}\",\"{}\",\"{}\",\"{}\"",
+            "{:016x},{:016x},{},{},\"{}\",{},{},\"{}\"",
             self.spi_i,
             self.spi_r,
             hex(&self.sk_ei),

@@ -1,0 +1,199 @@
+# Shared helpers for wasmsec's own interop tests (sourced). Builds a
+# namespace topology, runs strongSwan (charon with kernel-libipsec, so ESP
+# is in user space through a TUN device) and wasmsec in it, and cleans up.
+#
+#   wsi-hosta 198.18.1.10 -- .1 wsi-gwa 198.18.0.1 == wan0 == 198.18.0.2 wsi-gwb .1 -- 198.18.2.10 wsi-hostb
+#
+# Everything lives in namespaces this file creates; nothing touches the
+# root namespace's network or /etc.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+source "$ROOT/tests/e2e/lib.sh"
+NS=(wsi-hosta wsi-gwa wsi-gwb wsi-hostb)
+WAN_A=198.18.0.1
+WAN_B=198.18.0.2
+LAN_A=198.18.1.0/24
+LAN_B=198.18.2.0/24
+HOST_A=198.18.1.10
+HOST_B=198.18.2.10
+ID_A=gwa.interop.test
+ID_B=gwb.interop.test
+PSK=${PSK:-wasmsec-interop-psk-$(date +%s)}
+STATE=$(mktemp -d /tmp/wasmsec-iop.XXXXXX)
+PIDS=()
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+topo_down() {
+    local ns pid
+    for ns in "${NS[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+    done
+    sleep 0.3
+    for ns in "${NS[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    topo_down
+    if [ "${KEEP:-0}" = 1 ]; then echo "KEEP=1: state in $STATE"; else rm -rf "$STATE"; fi
+}
+trap cleanup EXIT
+
+topo_up() {
+    topo_down
+    local ns i
+    for ns in "${NS[@]}"; do ip netns add "$ns"; nsx "$ns" ip link set lo up; done
+    ip link add name wsi0a netns wsi-hosta type veth peer name wsi0b netns wsi-gwa
+    ip link add name wsi1a netns wsi-gwa type veth peer name wsi1b netns wsi-gwb
+    ip link add name wsi2a netns wsi-gwb type veth peer name wsi2b netns wsi-hostb
+    nsx wsi-hosta ip link set wsi0a name eth0; nsx wsi-gwa ip link set wsi0b name lan0
+    nsx wsi-gwa ip link set wsi1a name wan0;   nsx wsi-gwb ip link set wsi1b name wan0
+    nsx wsi-gwb ip link set wsi2a name lan0;   nsx wsi-hostb ip link set wsi2b name eth0
+    nsx wsi-hosta ip addr add 198.18.1.10/24 dev eth0
+    nsx wsi-gwa ip addr add 198.18.1.1/24 dev lan0
+    nsx wsi-gwa ip addr add $WAN_A/24 dev wan0
+    nsx wsi-gwb ip addr add $WAN_B/24 dev wan0
+    nsx wsi-gwb ip addr add 198.18.2.1/24 dev lan0
+    nsx wsi-hostb ip addr add 198.18.2.10/24 dev eth0
+    for ns in "${NS[@]}"; do for i in $(nsx "$ns" ls /sys/class/net); do nsx "$ns" ip link set "$i" up; done; done
+    nsx wsi-hosta ip route add default via 198.18.1.1
+    nsx wsi-hostb ip route add default via 198.18.2.1
+    for ns in wsi-gwa wsi-gwb; do
+        nsx "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    done
+}
+
+# capture NS FILE: tcpdump on wan0 (its PID in CAP_PID).
+capture() {
+    ip netns exec "$1" tcpdump -i wan0 -n -U --immediate-mode -w "$2" 2>"$2.log" 9>&- &
+    CAP_PID=$!
+    PIDS+=($CAP_PID)
+    local i; for i in $(seq 50); do grep -q "listening on" "$2.log" 2>/dev/null && break; sleep 0.1; done
+}
+capture_stop() { sleep 0.5; kill -INT "$CAP_PID" 2>/dev/null || true; wait "$CAP_PID" 2>/dev/null || true; }
+
+# ---- strongSwan --------------------------------------------------------------
+
+# sswan_start NS DIR ROLE(initiator|responder) LOCAL_ADDR REMOTE_ADDR LID RID LTS RTS [IKE_PROPOSALS ESP_PROPOSALS]
+sswan_start() {
+    local ns=$1 d=$2 role=$3 laddr=$4 raddr=$5 lid=$6 rid=$7 lts=$8 rts=$9
+    local ike=${10:-aes256gcm16-prfsha256-x25519} esp=${11:-aes256gcm16}
+    mkdir -p "$d/run" "$d/swanctl"
+    [ "$role" = responder ] && raddr=%any
+    cat >"$d/strongswan.conf" <<CONF
+charon {
+  load_modular = no
+  load = random nonce openssl aes sha1 sha2 hmac gcm ctr chapoly curve25519 gmp kdf attr kernel-libipsec kernel-netlink socket-default vici
+  install_routes = yes
+  retransmit_tries = 3
+  retransmit_timeout = 2.0
+  syslog { }
+  filelog { main { path = $d/charon.log
+    append = no
+    flush_line = yes
+    default = 1
+    ike = 2 } }
+  plugins { vici { socket = unix://$d/charon.vici } }
+}
+CONF
+    cat >"$d/swanctl/swanctl.conf" <<CONF
+connections {
+  s2s {
+    version = 2
+    local_addrs = $laddr
+    remote_addrs = $raddr
+    proposals = $ike
+    mobike = no
+    local { auth = psk
+      id = $lid }
+    remote { auth = psk
+      id = $rid }
+    children { s2s {
+      local_ts = $lts
+      remote_ts = $rts
+      esp_proposals = $esp
+      start_action = none } }
+  }
+}
+secrets { ike-1 { id-1 = $lid
+  id-2 = $rid
+  secret = "$PSK" } }
+CONF
+    ip netns exec "$ns" sh -c 'mount --bind "$1" /run && exec env STRONGSWAN_CONF="$2" /usr/lib/ipsec/charon' \
+        sh "$d/run" "$d/strongswan.conf" >"$d/charon.stdout" 2>&1 9>&- &
+    PIDS+=($!)
+    local i; for i in $(seq 100); do [ -S "$d/charon.vici" ] && break; sleep 0.1; done
+    [ -S "$d/charon.vici" ] || { tail "$d/charon.stdout" "$d/charon.log"; return 1; }
+    swanctl --load-all --noprompt --file "$d/swanctl/swanctl.conf" --uri "unix://$d/charon.vici" >"$d/load.out" 2>&1
+}
+
+sswan() { local d=$1 cmd=$2; shift 2; swanctl "$cmd" --uri "unix://$d/charon.vici" "$@"; }
+
+sswan_up() { # DIR TIMEOUT
+    local i; for i in $(seq $(($2 * 5))); do
+        sswan "$1" --list-sas --raw 2>/dev/null | grep -q 'state=ESTABLISHED.*state=INSTALLED' && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# ---- wasmsec -------------------------------------------------------------------
+
+# wasmsec_start NS DIR LOCAL_ADDR REMOTE_ADDR LID RID LTS RTS LAN_GW [START_ACTION] [IKE] [ESP]
+wasmsec_start() {
+    local ns=$1 d=$2 laddr=$3 raddr=$4 lid=$5 rid=$6 lts=$7 rts=$8 gw=$9
+    local start=${10:-none} ike=${11:-aes256gcm16-prfsha256-x25519} esp=${12:-aes256gcm16}
+    mkdir -p "$d"
+    (umask 077; printf '%s' "$PSK" >"$d/psk")
+    cat >"$d/wasmsec.toml" <<CONF
+[tunnel]
+source = "$gw"
+[network]
+listen = "$laddr"
+[control]
+socket = "$d/ctl.sock"
+[ike]
+keylog = "$d/ikev2_decryption_table"
+[runtime]
+components = "${WASMSEC_COMPONENTS:-$ROOT/target/components}"
+[[connection]]
+name = "s2s"
+local_addrs = ["$laddr"]
+remote_addrs = ["$raddr"]
+local_id = "$lid"
+remote_id = "$rid"
+psk = "file:psk"
+proposals = "$ike"
+start_action = "$start"
+[[connection.children]]
+name = "s2s"
+local_ts = ["$lts"]
+remote_ts = ["$rts"]
+esp_proposals = "$esp"
+CONF
+    ip netns exec "$ns" "$WASMSEC_BIN" run --config "$d/wasmsec.toml" --stats-file "$d/stats.json" >"$d/wasmsec.log" 2>&1 </dev/null &
+    PIDS+=($!)
+    echo $! >"$d/pid"
+    local i; for i in $(seq 100); do [ -S "$d/ctl.sock" ] && return 0; sleep 0.1; done
+    cat "$d/wasmsec.log"; return 1
+}
+
+wasmsec_ctl() { local d=$1; shift; "$WASMSEC_BIN" ctl --socket "$d/ctl.sock" "$@"; }
+
+wasmsec_up() { # DIR TIMEOUT
+    local i; for i in $(seq $(($2 * 5))); do
+        wasmsec_ctl "$1" status 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["child_sas"] else 1)' 2>/dev/null && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+ping_ok() { nsx "$1" ping -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
+
+# count PCAP FILTER
+count() { tcpdump -nn -r "$1" "$2" 2>/dev/null | wc -l; }
