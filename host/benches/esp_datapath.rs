@@ -15,9 +15,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use wasmsec::dataplane::SaSet;
 use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::runtime::{
-    DecapVerdict, EncapVerdict, InboundSa, OutboundSa, Runtime, TrafficSelector,
-};
+use wasmsec::runtime::{DecapVerdict, EncapVerdict, InboundSa, OutboundSa, Runtime, TrafficSelector};
 use zeroize::Zeroizing;
 
 const PACKET: usize = 1400;
@@ -72,20 +70,10 @@ fn raw_ring(pkt: &[u8]) -> f64 {
             let mut n = [0u8; 12];
             n[4..].copy_from_slice(&ctr.to_be_bytes());
             let tag = key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(n),
-                    Aad::from(&[1u8; 8]),
-                    b.data_mut(),
-                )
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&[1u8; 8]), b.data_mut())
                 .unwrap();
             b.append(tag.as_ref());
-            let out = key
-                .open_in_place(
-                    Nonce::assume_unique_for_key(n),
-                    Aad::from(&[1u8; 8]),
-                    b.data_mut(),
-                )
-                .unwrap();
+            let out = key.open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&[1u8; 8]), b.data_mut()).unwrap();
             black_box(out.len());
         }
     })
@@ -106,10 +94,7 @@ fn sa_sets() -> (SaSet, SaSet) {
     let alg = EspAlgorithm::Aes256Gcm16;
     let h_out = ks.insert(EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap());
     let h_in = ks.insert(EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap());
-    let (a, b) = (
-        ts([198, 18, 1, 0], [198, 18, 1, 255]),
-        ts([198, 18, 2, 0], [198, 18, 2, 255]),
-    );
+    let (a, b) = (ts([198, 18, 1, 0], [198, 18, 1, 255]), ts([198, 18, 2, 0], [198, 18, 2, 255]));
     let out = OutboundSa {
         spi: 0x2001,
         key: h_out,
@@ -130,16 +115,8 @@ fn sa_sets() -> (SaSet, SaSet) {
         remote_ts: vec![a],
     };
     (
-        SaSet {
-            keystore: ks.clone(),
-            outbound: vec![out],
-            inbound: vec![],
-        },
-        SaSet {
-            keystore: ks,
-            outbound: vec![],
-            inbound: vec![inb],
-        },
+        SaSet { keystore: ks.clone(), outbound: vec![out], inbound: vec![] },
+        SaSet { keystore: ks, outbound: vec![], inbound: vec![inb] },
     )
 }
 
@@ -157,9 +134,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
         self.bufs[i as usize].len()
     }
     fn head(&self, i: u32) -> wasmsec_esp::Head {
-        wasmsec_esp::Head::new(
-            &self.bufs[i as usize].data()[..wasmsec_esp::HEAD_LEN.min(self.bufs[i as usize].len())],
-        )
+        wasmsec_esp::Head::new(&self.bufs[i as usize].data()[..wasmsec_esp::HEAD_LEN.min(self.bufs[i as usize].len())])
     }
     fn seal(
         &mut self,
@@ -169,9 +144,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
         e: Option<u32>,
         t: &[u8],
     ) -> Result<(), wasmsec_esp::CryptoError> {
-        self.key
-            .seal(&mut self.bufs[i as usize], h, e, t)
-            .map_err(|_| wasmsec_esp::CryptoError::BadLength)
+        self.key.seal(&mut self.bufs[i as usize], h, e, t).map_err(|_| wasmsec_esp::CryptoError::BadLength)
     }
     fn open(
         &mut self,
@@ -180,9 +153,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
         e: Option<u32>,
     ) -> Result<wasmsec_esp::Opened, wasmsec_esp::CryptoError> {
         let p = &mut self.bufs[i as usize];
-        self.key
-            .open(p, e)
-            .map_err(|_| wasmsec_esp::CryptoError::IntegrityFailed)?;
+        self.key.open(p, e).map_err(|_| wasmsec_esp::CryptoError::IntegrityFailed)?;
         let d = p.data();
         Ok(wasmsec_esp::Opened {
             head: wasmsec_esp::Head::new(&d[..64.min(d.len())]),
@@ -230,24 +201,9 @@ fn native_engine(pkt: &[u8]) -> f64 {
         refill(&mut bufs, pkt);
         ev.clear();
         dv.clear();
-        tx.encap(
-            &mut NativeBatch {
-                bufs: &mut bufs,
-                key: &k_out,
-            },
-            &mut ev,
-        );
-        rx.decap(
-            &mut NativeBatch {
-                bufs: &mut bufs,
-                key: &k_in,
-            },
-            &mut dv,
-        );
-        assert!(matches!(
-            dv[BATCH - 1],
-            wasmsec_esp::DecapVerdict::Deliver(_)
-        ));
+        tx.encap(&mut NativeBatch { bufs: &mut bufs, key: &k_out }, &mut ev);
+        rx.decap(&mut NativeBatch { bufs: &mut bufs, key: &k_in }, &mut dv);
+        assert!(matches!(dv[BATCH - 1], wasmsec_esp::DecapVerdict::Deliver(_)));
     })
 }
 
@@ -264,16 +220,10 @@ fn component(rt: &Runtime, pkt: &[u8]) -> f64 {
         let v = tx.encap().unwrap();
         assert!(matches!(v[BATCH - 1], EncapVerdict::Send(_)));
         // Hand the sealed buffers to the receiver (the socket in between).
-        std::mem::swap(
-            &mut tx.store.data_mut().batch,
-            &mut rx.store.data_mut().batch,
-        );
+        std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
         let v = rx.decap().unwrap();
         assert!(matches!(v[BATCH - 1], DecapVerdict::Deliver(_)));
-        std::mem::swap(
-            &mut tx.store.data_mut().batch,
-            &mut rx.store.data_mut().batch,
-        );
+        std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
     })
 }
 
@@ -285,36 +235,20 @@ fn main() {
     } else {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components")
     };
-    let rt =
-        Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
+    let rt = Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
     let pkt = inner_packet();
-    println!(
-        "ESP encap+decap, {PACKET}-byte inner packets, AES-256-GCM-16, batches of {BATCH}, one core"
-    );
+    println!("ESP encap+decap, {PACKET}-byte inner packets, AES-256-GCM-16, batches of {BATCH}, one core");
     let raw = raw_ring(&pkt);
     let native = native_engine(&pkt);
     let comp = component(&rt, &pkt);
     let gbps = |ns: f64| (PACKET * 8) as f64 / ns;
-    println!(
-        "{:<44} {:>10} {:>12} {:>10}",
-        "path", "ns/packet", "Gbit/s", "% of raw"
-    );
+    println!("{:<44} {:>10} {:>12} {:>10}", "path", "ns/packet", "Gbit/s", "% of raw");
     for (name, ns) in [
         ("raw ring seal+open (ceiling)", raw),
         ("native ESP engine + keystore", native),
         ("ESP component (wasmtime) + keystore", comp),
     ] {
-        println!(
-            "{:<44} {:>10.1} {:>12.2} {:>9.1}%",
-            name,
-            ns,
-            gbps(ns),
-            raw / ns * 100.0
-        );
+        println!("{:<44} {:>10.1} {:>12.2} {:>9.1}%", name, ns, gbps(ns), raw / ns * 100.0);
     }
-    println!(
-        "component overhead over raw: {:.1} ns/packet; ratio raw/component = {:.3}",
-        comp - raw,
-        raw / comp
-    );
+    println!("component overhead over raw: {:.1} ns/packet; ratio raw/component = {:.3}", comp - raw, raw / comp);
 }

@@ -129,8 +129,7 @@ fn default_any() -> String {
     "%any".into()
 }
 
-pub const DEFAULT_IKE_PROPOSALS: &str =
-    "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
+pub const DEFAULT_IKE_PROPOSALS: &str = "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
 pub const DEFAULT_ESP_PROPOSALS: &str = "aes256gcm16,aes128gcm16,chacha20poly1305";
 
 fn default_ike_proposals() -> String {
@@ -147,10 +146,7 @@ impl IkeConnection {
         self.remote_addrs
             .iter()
             .filter(|a| a.as_str() != "%any")
-            .map(|a| {
-                a.parse()
-                    .map_err(|_| format!("remote_addrs: {a:?} is not an address or %any"))
-            })
+            .map(|a| a.parse().map_err(|_| format!("remote_addrs: {a:?} is not an address or %any")))
             .collect()
     }
 }
@@ -174,11 +170,7 @@ pub struct Tunnel {
 
 impl Default for Tunnel {
     fn default() -> Self {
-        Tunnel {
-            name: default_tun_name(),
-            mtu: default_mtu(),
-            source: None,
-        }
+        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: None }
     }
 }
 
@@ -247,10 +239,7 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime {
-            components: None,
-            batch: default_batch(),
-        }
+        Runtime { components: None, batch: default_batch() }
     }
 }
 
@@ -329,9 +318,7 @@ impl<'de> Deserialize<'de> for Spi {
                     Some(h) => u32::from_str_radix(h, 16),
                     None => t.parse(),
                 };
-                r.map_err(|_| {
-                    serde::de::Error::custom(format!("SPI {s:?} is not a 32-bit number"))
-                })?
+                r.map_err(|_| serde::de::Error::custom(format!("SPI {s:?} is not a 32-bit number")))?
             }
         };
         if v <= 255 {
@@ -380,17 +367,10 @@ impl KeySource {
     pub fn load_secret(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         let text = Zeroizing::new(match self {
             KeySource::File(p) => {
-                let p = if p.is_relative() {
-                    base.join(p)
-                } else {
-                    p.clone()
-                };
-                std::fs::read_to_string(&p)
-                    .map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
+                let p = if p.is_relative() { base.join(p) } else { p.clone() };
+                std::fs::read_to_string(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
             }
-            KeySource::Env(n) => {
-                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?
-            }
+            KeySource::Env(n) => std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?,
         });
         let t = text.trim_end_matches(['\n', '\r']);
         if t.starts_with("0x") {
@@ -406,33 +386,19 @@ impl KeySource {
     pub fn load(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         let text = Zeroizing::new(match self {
             KeySource::File(p) => {
-                let p = if p.is_relative() {
-                    base.join(p)
-                } else {
-                    p.clone()
-                };
-                std::fs::read_to_string(&p)
-                    .map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
+                let p = if p.is_relative() { base.join(p) } else { p.clone() };
+                std::fs::read_to_string(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
             }
-            KeySource::Env(n) => {
-                std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?
-            }
+            KeySource::Env(n) => std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?,
         });
-        let hex: Zeroizing<String> = Zeroizing::new(
-            text.chars()
-                .filter(|c| !c.is_whitespace() && *c != ':')
-                .collect(),
-        );
+        let hex: Zeroizing<String> = Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != ':').collect());
         let hex = hex.strip_prefix("0x").unwrap_or(&hex);
         if hex.len() % 2 != 0 {
-            return Err(format!(
-                "key from {self:?} is not an even number of hex digits"
-            ));
+            return Err(format!("key from {self:?} is not an even number of hex digits"));
         }
         let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));
         for i in (0..hex.len()).step_by(2) {
-            let b = u8::from_str_radix(&hex[i..i + 2], 16)
-                .map_err(|_| format!("key from {self:?} is not hex"))?;
+            let b = u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("key from {self:?} is not hex"))?;
             out.push(b);
         }
         Ok(out)
@@ -452,18 +418,10 @@ impl Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match l {
-            Some(l) => l
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or(format!("{s:?}: bad prefix length"))?,
+            Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or(format!("{s:?}: bad prefix length"))?,
             None => max,
         };
         Ok(Prefix { addr, len })
@@ -493,18 +451,13 @@ pub struct ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.display().to_string(), msg: e.to_string() })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let err = |msg: String| ConfigError {
-            file: file.to_string(),
-            msg,
-        };
+        let err = |msg: String| ConfigError { file: file.to_string(), msg };
         let c: Config = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
@@ -521,19 +474,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         if self.tunnel.name.is_empty() || self.tunnel.name.len() > 15 {
-            return Err(format!(
-                "tunnel.name {:?} must be 1-15 bytes",
-                self.tunnel.name
-            ));
+            return Err(format!("tunnel.name {:?} must be 1-15 bytes", self.tunnel.name));
         }
         if !(576..=9000).contains(&self.tunnel.mtu) {
             return Err(format!("tunnel.mtu {} must be 576-9000", self.tunnel.mtu));
         }
         if !(1..=256).contains(&self.runtime.batch) {
-            return Err(format!(
-                "runtime.batch {} must be 1-256",
-                self.runtime.batch
-            ));
+            return Err(format!("runtime.batch {} must be 1-256", self.runtime.batch));
         }
         let mut names = std::collections::HashSet::new();
         let mut spis = std::collections::HashSet::new();
@@ -557,16 +504,10 @@ impl Config {
                 }
             }
             if !spis.insert(("in", m.in_spi)) {
-                return Err(format!(
-                    "{at}: in_spi {:#x} used by two tunnels",
-                    m.in_spi.0
-                ));
+                return Err(format!("{at}: in_spi {:#x} used by two tunnels", m.in_spi.0));
             }
             if !spis.insert(("out", m.out_spi)) {
-                return Err(format!(
-                    "{at}: out_spi {:#x} used by two tunnels",
-                    m.out_spi.0
-                ));
+                return Err(format!("{at}: out_spi {:#x} used by two tunnels", m.out_spi.0));
             }
         }
         let mut conn_names = std::collections::HashSet::new();
@@ -576,30 +517,20 @@ impl Config {
                 return Err(format!("{at}: name used twice"));
             }
             c.remote_addrs().map_err(|e| format!("{at}: {e}"))?;
-            if c.start_action != StartAction::None
-                && c.remote_addrs().map_or(true, |v| v.is_empty())
-            {
-                return Err(format!(
-                    "{at}: start_action {:?} needs a remote address to initiate to",
-                    c.start_action
-                ));
+            if c.start_action != StartAction::None && c.remote_addrs().map_or(true, |v| v.is_empty()) {
+                return Err(format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action));
             }
             wasmsec_ike::proposal::parse(&c.proposals, wasmsec_ike::proposal::Kind::Ike)
                 .map_err(|e| format!("{at}: proposals: {e}"))?;
-            wasmsec_ike::identity::Identity::parse(&c.local_id)
-                .map_err(|e| format!("{at}: local_id: {e}"))?;
-            wasmsec_ike::identity::Identity::parse(&c.remote_id)
-                .map_err(|e| format!("{at}: remote_id: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.local_id).map_err(|e| format!("{at}: local_id: {e}"))?;
+            wasmsec_ike::identity::Identity::parse(&c.remote_id).map_err(|e| format!("{at}: remote_id: {e}"))?;
             if c.children.is_empty() {
                 return Err(format!("{at}: needs at least one [[connection.children]]"));
             }
             for ch in &c.children {
                 let at = format!("{at} child {:?}", ch.name);
-                let (esp, _) = wasmsec_ike::proposal::parse(
-                    &ch.esp_proposals,
-                    wasmsec_ike::proposal::Kind::Esp,
-                )
-                .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
+                let (esp, _) = wasmsec_ike::proposal::parse(&ch.esp_proposals, wasmsec_ike::proposal::Kind::Esp)
+                    .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
                 if !esp.iter().any(|p| p.encr.iter().any(|e| e.is_aead())) {
                     return Err(format!(
                         "{at}: esp_proposals: the data plane supports AES-GCM and ChaCha20-Poly1305 only (so far)"
@@ -658,30 +589,16 @@ remote_ts = ["198.18.1.0/24"]
         assert_eq!(c.connection[0].proposals, DEFAULT_IKE_PROPOSALS);
         assert_eq!(c.connection[0].start_action, StartAction::Start);
         for (from, to, want) in [
-            (
-                "remote_addrs = [\"198.18.0.1\"]",
-                "remote_addrs = [\"%any\"]",
-                "needs a remote address",
-            ),
+            ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
             (
                 "local_id = \"gwb.interop.test\"",
                 "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
                 "unknown algorithm",
             ),
-            (
-                "name = \"net\"",
-                "name = \"net\"\nesp_proposals = \"aes256-sha256\"",
-                "AES-GCM and ChaCha20",
-            ),
-            (
-                "local_ts = [\"198.18.2.0/24\"]",
-                "local_ts = []",
-                "at least one subnet",
-            ),
+            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha256\"", "AES-GCM and ChaCha20"),
+            ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
         ] {
-            let e = Config::parse(&IKE.replace(from, to), "i.toml")
-                .unwrap_err()
-                .to_string();
+            let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
     }
@@ -698,11 +615,7 @@ remote_ts = ["198.18.1.0/24"]
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = Config::parse(
-            &GOOD.replace("name = \"t\"", "name = \"t\"\nbogus = 1"),
-            "gw.toml",
-        )
-        .unwrap_err();
+        let e = Config::parse(&GOOD.replace("name = \"t\"", "name = \"t\"\nbogus = 1"), "gw.toml").unwrap_err();
         let s = e.to_string();
         assert!(s.starts_with("gw.toml: line "), "{s}");
         assert!(s.contains("bogus"), "{s}");
@@ -710,8 +623,7 @@ remote_ts = ["198.18.1.0/24"]
 
     #[test]
     fn inline_keys_are_refused_without_echo() {
-        let e =
-            Config::parse(&GOOD.replace("env:K1", "00112233445566778899"), "gw.toml").unwrap_err();
+        let e = Config::parse(&GOOD.replace("env:K1", "00112233445566778899"), "gw.toml").unwrap_err();
         assert!(e.to_string().contains("file:PATH"));
         assert!(!e.to_string().contains("00112233"));
     }
@@ -721,15 +633,9 @@ remote_ts = ["198.18.1.0/24"]
         for (from, to, want) in [
             ("0x1001", "0x10", "reserved"),
             ("198.18.2.0/24", "198.18.2.0/33", "bad prefix length"),
-            (
-                "in_spi = 4098",
-                "in_spi = 4098\nalgorithm = \"des\"",
-                "not supported",
-            ),
+            ("in_spi = 4098", "in_spi = 4098\nalgorithm = \"des\"", "not supported"),
         ] {
-            let e = Config::parse(&GOOD.replace(from, to), "x.toml")
-                .unwrap_err()
-                .to_string();
+            let e = Config::parse(&GOOD.replace(from, to), "x.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
     }
@@ -742,17 +648,8 @@ remote_ts = ["198.18.1.0/24"]
         let k = KeySource::File("k".into()).load(&dir).unwrap();
         assert_eq!(&k[..], &[0x00, 0x11, 0x22, 0xff]);
         std::fs::write(dir.join("k"), "0g").unwrap();
-        assert!(
-            KeySource::File("k".into())
-                .load(&dir)
-                .unwrap_err()
-                .contains("not hex")
-        );
+        assert!(KeySource::File("k".into()).load(&dir).unwrap_err().contains("not hex"));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            KeySource::Env("WASMSEC_TEST_KEY_MISSING".into())
-                .load(Path::new("."))
-                .is_err()
-        );
+        assert!(KeySource::Env("WASMSEC_TEST_KEY_MISSING".into()).load(Path::new(".")).is_err());
     }
 }

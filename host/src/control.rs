@@ -67,10 +67,7 @@ fn ep(e: &Endpoint) -> Option<SocketAddr> {
 }
 
 fn endpoint(a: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint {
-        address: a.octets().to_vec(),
-        port,
-    }
+    Endpoint { address: a.octets().to_vec(), port }
 }
 
 fn esp_ts(t: &[ike::TrafficSelector]) -> Vec<TrafficSelector> {
@@ -167,10 +164,7 @@ impl ControlPlane {
                                 let from = Ipv4Addr::new(m[1], m[2], m[3], m[4]);
                                 let port = u16::from_be_bytes([m[5], m[6]]);
                                 let d = Datagram {
-                                    local: endpoint(
-                                        self.listen,
-                                        self.sock4500.local_addr()?.port(),
-                                    ),
+                                    local: endpoint(self.listen, self.sock4500.local_addr()?.port()),
                                     remote: endpoint(from, port),
                                     data: m[7..].to_vec(),
                                 };
@@ -223,11 +217,7 @@ impl ControlPlane {
             .filter(|t| {
                 t.remote.iter().any(|p| match p.addr {
                     IpAddr::V4(net) => {
-                        let mask = if p.len == 0 {
-                            0
-                        } else {
-                            u32::MAX << (32 - p.len)
-                        };
+                        let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len) };
                         u32::from(net) & mask == u32::from(dst) & mask
                     }
                     IpAddr::V6(_) => false,
@@ -262,21 +252,14 @@ impl ControlPlane {
         }
     }
 
-    fn actions(
-        &mut self,
-        ike_sas: &mut BTreeMap<u64, String>,
-        children: &mut Vec<ChildInfo>,
-    ) -> anyhow::Result<()> {
+    fn actions(&mut self, ike_sas: &mut BTreeMap<u64, String>, children: &mut Vec<ChildInfo>) -> anyhow::Result<()> {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
                 Action::InstallChild(c) => self.install(c, children),
                 Action::DeleteChild(d) => {
-                    self.outbound.send(DpControl::RemoveOutbound {
-                        spi: d.outbound_spi,
-                    });
-                    self.inbound
-                        .send(DpControl::RemoveInbound { spi: d.inbound_spi });
+                    self.outbound.send(DpControl::RemoveOutbound { spi: d.outbound_spi });
+                    self.inbound.send(DpControl::RemoveInbound { spi: d.inbound_spi });
                     self.esp_keys.remove(d.inbound_key);
                     self.esp_keys.remove(d.outbound_key);
                     children.retain(|c| c.keys != (d.inbound_key, d.outbound_key));
@@ -305,11 +288,7 @@ impl ControlPlane {
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },
-            encapsulation: if c.encap {
-                Encapsulation::Udp
-            } else {
-                Encapsulation::None
-            },
+            encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
         };
         // Inbound first: the peer may send ESP as soon as it has our answer.
         self.inbound.send(DpControl::AddInbound {
@@ -374,8 +353,10 @@ impl ControlPlane {
             },
             (Some("status"), None) => {
                 let st = self.ike.stats()?;
-                let ike_list: Vec<serde_json::Value> =
-                    ike_sas.iter().map(|(spi, c)| serde_json::json!({"connection": c, "spi": format!("{spi:016x}")})).collect();
+                let ike_list: Vec<serde_json::Value> = ike_sas
+                    .iter()
+                    .map(|(spi, c)| serde_json::json!({"connection": c, "spi": format!("{spi:016x}")}))
+                    .collect();
                 let v = serde_json::json!({
                     "ike_sas": ike_list,
                     "child_sas": children,

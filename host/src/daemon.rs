@@ -29,36 +29,16 @@ fn to_wit_selector(p: &Prefix) -> TrafficSelector {
     let (start, end) = match p.address() {
         Address::V4(a) => {
             let v = u32::from_be_bytes(a);
-            let mask = if p.len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - p.len)
-            };
-            (
-                (v & mask).to_be_bytes().to_vec(),
-                (v | !mask).to_be_bytes().to_vec(),
-            )
+            let mask = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len) };
+            ((v & mask).to_be_bytes().to_vec(), (v | !mask).to_be_bytes().to_vec())
         }
         Address::V6(a) => {
             let v = u128::from_be_bytes(a);
-            let mask = if p.len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - p.len)
-            };
-            (
-                (v & mask).to_be_bytes().to_vec(),
-                (v | !mask).to_be_bytes().to_vec(),
-            )
+            let mask = if p.len == 0 { 0 } else { u128::MAX << (128 - p.len) };
+            ((v & mask).to_be_bytes().to_vec(), (v | !mask).to_be_bytes().to_vec())
         }
     };
-    TrafficSelector {
-        ip_protocol: 0,
-        start_port: 0,
-        end_port: u16::MAX,
-        start_address: start,
-        end_address: end,
-    }
+    TrafficSelector { ip_protocol: 0, start_port: 0, end_port: u16::MAX, start_address: start, end_address: end }
 }
 
 /// Where the components are: config, then `$WASMSEC_COMPONENTS`, then
@@ -70,10 +50,7 @@ pub fn components_dir(configured: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("WASMSEC_COMPONENTS") {
         return PathBuf::from(p);
     }
-    if let Some(p) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("../components")))
-    {
+    if let Some(p) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("../components"))) {
         if p.join("esp.wasm").exists() {
             return p;
         }
@@ -82,48 +59,27 @@ pub fn components_dir(configured: Option<&Path>) -> PathBuf {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (install iproute2)")?;
+    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
 
 /// The SAs from `[[manual]]` blocks, with their keys put in the keystore.
-fn manual_sas(
-    cfg: &Config,
-    base: &Path,
-    ks: &Arc<Keystore>,
-) -> Result<(Vec<OutboundSa>, Vec<InboundSa>, Vec<Peer>)> {
+fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<(Vec<OutboundSa>, Vec<InboundSa>, Vec<Peer>)> {
     let (mut out, mut inb, mut peers) = (Vec::new(), Vec::new(), Vec::new());
     for (i, m) in cfg.manual.iter().enumerate() {
         let at = format!("manual {:?}", m.name);
         let alg = EspAlgorithm::from_name(&m.algorithm).expect("validated");
         let load = |src: &crate::config::KeySource, which: &str| -> Result<u64> {
-            let keymat = src
-                .load(base)
-                .map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
-            let key =
-                EspKey::new(alg, keymat).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
+            let keymat = src.load(base).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
+            let key = EspKey::new(alg, keymat).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
             Ok(ks.insert(key))
         };
-        let local: Vec<_> = m
-            .local_ts
-            .iter()
-            .map(|s| to_wit_selector(&Prefix::parse(s).expect("validated")))
-            .collect();
-        let remote: Vec<_> = m
-            .remote_ts
-            .iter()
-            .map(|s| to_wit_selector(&Prefix::parse(s).expect("validated")))
-            .collect();
+        let local: Vec<_> = m.local_ts.iter().map(|s| to_wit_selector(&Prefix::parse(s).expect("validated"))).collect();
+        let remote: Vec<_> =
+            m.remote_ts.iter().map(|s| to_wit_selector(&Prefix::parse(s).expect("validated"))).collect();
         out.push(OutboundSa {
             spi: m.out_spi.0,
             key: load(&m.out_key, "out_key")?,
@@ -143,11 +99,7 @@ fn manual_sas(
             local_ts: local,
             remote_ts: remote,
         });
-        peers.push(Peer {
-            address: m.remote_address,
-            port: m.remote_port,
-            encapsulation: m.encapsulation,
-        });
+        peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation });
         info!(
             tunnel = %m.name, peer = %m.remote_address, algorithm = alg.name(),
             out_spi = format_args!("{:#010x}", m.out_spi.0), in_spi = format_args!("{:#010x}", m.in_spi.0),
@@ -170,10 +122,7 @@ fn load_connections(
     let mut traps = Vec::new();
     for c in &cfg.connection {
         let at = format!("{}: connection {:?}", file.display(), c.name);
-        let psk = c
-            .psk
-            .load_secret(base)
-            .map_err(|e| anyhow::anyhow!("{at}: psk: {e}"))?;
+        let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("{at}: psk: {e}"))?;
         let psk = ike.store.data_mut().insert_psk(psk);
         let addr = |a: &std::net::IpAddr| match a {
             std::net::IpAddr::V4(v) => v.octets().to_vec(),
@@ -217,16 +166,9 @@ fn load_connections(
             let remote = c
                 .children
                 .iter()
-                .flat_map(|ch| {
-                    ch.remote_ts
-                        .iter()
-                        .map(|t| Prefix::parse(t).expect("validated"))
-                })
+                .flat_map(|ch| ch.remote_ts.iter().map(|t| Prefix::parse(t).expect("validated")))
                 .collect();
-            traps.push(Trap {
-                connection: c.name.clone(),
-                remote,
-            });
+            traps.push(Trap { connection: c.name.clone(), remote });
         }
         info!(
             connection = %c.name, local_id = %c.local_id, remote_id = %c.remote_id, remote_addrs = ?c.remote_addrs,
@@ -242,64 +184,35 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     if !sys::is_root() {
-        bail!(
-            "wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets"
-        );
+        bail!("wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets");
     }
     sys::install_stop_handler();
     let dir = components_dir(cfg.runtime.components.as_deref());
     let esp_path = dir.join("esp.wasm");
     let ike_path = dir.join("ike.wasm");
     let with_ike = !cfg.connection.is_empty();
-    let runtime = Arc::new(
-        Runtime::with_ike(&esp_path, with_ike.then_some(ike_path.as_path())).with_context(
-            || {
-                format!(
-                    "cannot load the components from {} (build them with `cargo xtask build`)",
-                    dir.display()
-                )
-            },
-        )?,
-    );
+    let runtime =
+        Arc::new(Runtime::with_ike(&esp_path, with_ike.then_some(ike_path.as_path())).with_context(|| {
+            format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display())
+        })?);
     let keystore = Arc::new(Keystore::new());
     let (out_sas, in_sas, peers) = manual_sas(&cfg, &base, &keystore)?;
 
-    let out_set = SaSet {
-        keystore: keystore.clone(),
-        outbound: out_sas,
-        inbound: vec![],
-    };
-    let in_set = SaSet {
-        keystore: keystore.clone(),
-        outbound: vec![],
-        inbound: in_sas,
-    };
+    let out_set = SaSet { keystore: keystore.clone(), outbound: out_sas, inbound: vec![] };
+    let in_set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: in_sas };
     let out_inst = out_set.instantiate(&runtime)?;
     let in_inst = in_set.instantiate(&runtime)?;
 
-    let tun = Tun::open(&cfg.tunnel.name)
-        .with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
-    ip(&[
-        "link",
-        "set",
-        "dev",
-        tun.name(),
-        "mtu",
-        &cfg.tunnel.mtu.to_string(),
-        "up",
-    ])?;
+    let tun = Tun::open(&cfg.tunnel.name).with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
+    ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
     // Routes to every remote subnet go into the TUN device from the start:
     // traffic without an SA is then dropped and counted (and may trigger a
     // `trap` connection) instead of leaving in the clear.
-    let routes = cfg
-        .manual
-        .iter()
-        .map(|m| (format!("manual {:?}", m.name), &m.remote_ts))
-        .chain(cfg.connection.iter().flat_map(|c| {
-            c.children
-                .iter()
-                .map(move |ch| (format!("connection {:?}", c.name), &ch.remote_ts))
-        }));
+    let routes = cfg.manual.iter().map(|m| (format!("manual {:?}", m.name), &m.remote_ts)).chain(
+        cfg.connection
+            .iter()
+            .flat_map(|c| c.children.iter().map(move |ch| (format!("connection {:?}", c.name), &ch.remote_ts))),
+    );
     for (what, remote_ts) in routes {
         for r in remote_ts {
             let p = Prefix::parse(r).expect("validated").to_string();
@@ -311,19 +224,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             ip(&args).with_context(|| format!("{what}: route to {p}"))?;
         }
     }
-    let udp = UdpSocket::bind(SocketAddrV4::new(
-        cfg.network.listen,
-        cfg.network.nat_t_port,
-    ))
-    .with_context(|| {
-        format!(
-            "cannot bind UDP {}:{}",
-            cfg.network.listen, cfg.network.nat_t_port
-        )
-    })?;
+    let udp = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.nat_t_port))
+        .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.nat_t_port))?;
     udp.set_nonblocking(true)?;
-    let want_raw =
-        cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
+    let want_raw = cfg.network.raw_esp || peers.iter().any(|p| p.encapsulation == Encapsulation::None);
     let raw = match RawEsp::open(cfg.network.listen) {
         Ok(r) if want_raw || with_ike => Some(r),
         Ok(_) => None,
@@ -353,12 +257,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         }
         let traps = load_connections(&cfg, config_path, &base, &mut ike, raw.is_none())?;
         let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
-            .with_context(|| {
-                format!(
-                    "cannot bind UDP {}:{}",
-                    cfg.network.listen, cfg.network.ike_port
-                )
-            })?;
+            .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
         sock500.set_nonblocking(true)?;
         let listener = match &cfg.control.socket {
             Some(p) => {
@@ -366,8 +265,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
                 if let Some(d) = p.parent() {
                     std::fs::create_dir_all(d).ok();
                 }
-                let l = UnixListener::bind(p)
-                    .with_context(|| format!("cannot create control socket {}", p.display()))?;
+                let l =
+                    UnixListener::bind(p).with_context(|| format!("cannot create control socket {}", p.display()))?;
                 l.set_nonblocking(true)?;
                 Some(l)
             }
@@ -415,18 +314,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         inbox: Some(in_inbox),
         up: Some(up_dp),
     };
-    let t_out = std::thread::Builder::new()
-        .name("esp-out".into())
-        .spawn(move || outbound.run_outbound(out_inst))?;
-    let t_in = std::thread::Builder::new()
-        .name("esp-in".into())
-        .spawn(move || inbound.run_inbound(in_inst))?;
+    let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
+    let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;
     let t_ike = match control {
-        Some(c) => Some(
-            std::thread::Builder::new()
-                .name("ike".into())
-                .spawn(move || c.run())?,
-        ),
+        Some(c) => Some(std::thread::Builder::new().name("ike".into()).spawn(move || c.run())?),
         None => None,
     };
 
@@ -435,10 +326,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         if let Some(f) = stats_file {
             let _ = stats.write_file(f);
         }
-        if t_out.is_finished()
-            || t_in.is_finished()
-            || t_ike.as_ref().is_some_and(|t| t.is_finished())
-        {
+        if t_out.is_finished() || t_in.is_finished() || t_ike.as_ref().is_some_and(|t| t.is_finished()) {
             sys::request_stop();
         }
     }
@@ -451,9 +339,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         let _ = std::fs::remove_file(p);
     }
     if let Some(f) = stats_file {
-        stats
-            .write_file(f)
-            .with_context(|| format!("writing {}", f.display()))?;
+        stats.write_file(f).with_context(|| format!("writing {}", f.display()))?;
     }
     info!(stats = %stats.snapshot(), "wasmsec stopped");
     Ok(())

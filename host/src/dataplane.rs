@@ -88,26 +88,18 @@ impl SaSet {
     pub fn instantiate(&self, rt: &Runtime) -> Result<EspInstance> {
         let mut inst = rt.esp_instance()?;
         for sa in &self.outbound {
-            let key = self
-                .keystore
-                .get(sa.key)
-                .ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
+            let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.next_seq = sa.next_seq.max(key.highest_seq() + 1);
             inst.store.data_mut().keys.grant(sa.key, key);
-            inst.install_outbound(&sa)?
-                .map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
+            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
         for sa in &self.inbound {
-            let key = self
-                .keystore
-                .get(sa.key)
-                .ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
+            let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
             inst.store.data_mut().keys.grant(sa.key, key);
-            inst.install_inbound(&sa)?
-                .map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
+            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         }
         Ok(inst)
     }
@@ -195,31 +187,16 @@ impl Loop {
         }
     }
 
-    fn install(
-        &mut self,
-        inst: &mut EspInstance,
-        out: Option<OutboundSa>,
-        inb: Option<InboundSa>,
-    ) -> Result<()> {
-        let handle = out
-            .as_ref()
-            .map(|s| s.key)
-            .or(inb.as_ref().map(|s| s.key))
-            .unwrap_or(0);
-        let key = self
-            .sas
-            .keystore
-            .get(handle)
-            .ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
+    fn install(&mut self, inst: &mut EspInstance, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
+        let handle = out.as_ref().map(|s| s.key).or(inb.as_ref().map(|s| s.key)).unwrap_or(0);
+        let key = self.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
         inst.store.data_mut().keys.grant(handle, key);
         if let Some(sa) = out {
-            inst.install_outbound(&sa)?
-                .map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
             self.sas.outbound.push(sa);
         }
         if let Some(sa) = inb {
-            inst.install_inbound(&sa)?
-                .map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
             self.sas.inbound.push(sa);
         }
         Ok(())
@@ -282,10 +259,7 @@ impl Loop {
                 }
             };
             if verdicts.len() != n {
-                stats::add(
-                    &self.stats.guest_protocol_errors,
-                    n.abs_diff(verdicts.len()) as u64,
-                );
+                stats::add(&self.stats.guest_protocol_errors, n.abs_diff(verdicts.len()) as u64);
             }
             let st = inst.store.data();
             for (p, v) in st.batch[..n].iter().zip(verdicts) {
@@ -298,9 +272,7 @@ impl Loop {
                         if r == crate::runtime::DropReason::NoPolicy
                             && last_acquire.elapsed() > Duration::from_millis(500)
                         {
-                            if let (Some(up), Ok(ip)) =
-                                (&self.up, wasmsec_wire::ipv4::Packet::new_checked(p.data()))
-                            {
+                            if let (Some(up), Ok(ip)) = (&self.up, wasmsec_wire::ipv4::Packet::new_checked(p.data())) {
                                 let mut m = vec![UP_ACQUIRE];
                                 m.extend_from_slice(&ip.src_addr());
                                 m.extend_from_slice(&ip.dst_addr());
@@ -340,10 +312,7 @@ impl Loop {
     pub fn run_inbound(mut self, mut inst: EspInstance) {
         ensure_buffers(&mut inst, self.batch);
         // Socket order in `fds`: UDP, then raw ESP if any, then the wake socket.
-        let mut fds = vec![
-            self.udp.as_raw_fd(),
-            self.raw.as_ref().map_or(-1, |r| r.as_raw_fd()),
-        ];
+        let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
         fds.extend(self.wake_fd());
         while !sys::stop_requested() {
             let ready = match sys::poll_readable(&fds, POLL_MS) {
@@ -374,10 +343,7 @@ impl Loop {
                 }
             };
             if verdicts.len() != n {
-                stats::add(
-                    &self.stats.guest_protocol_errors,
-                    n.abs_diff(verdicts.len()) as u64,
-                );
+                stats::add(&self.stats.guest_protocol_errors, n.abs_diff(verdicts.len()) as u64);
             }
             let st = inst.store.data_mut();
             for (p, v) in st.batch[..n].iter_mut().zip(verdicts) {
@@ -448,10 +414,7 @@ impl Loop {
                 let p = &mut st.batch[n];
                 match raw.recv_from(p.recv_area()) {
                     Ok((len, _from)) => {
-                        let ihl = p
-                            .recv_area()
-                            .first()
-                            .map_or(0, |b| usize::from(b & 0x0f) * 4);
+                        let ihl = p.recv_area().first().map_or(0, |b| usize::from(b & 0x0f) * 4);
                         p.set_received_skip(len, ihl);
                         if p.len() < wasmsec_wire::esp::HEADER_LEN {
                             stats::inc(&self.stats.rx_runts);

@@ -51,16 +51,9 @@ impl Default for Options {
 }
 
 fn sh(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
     if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -76,10 +69,7 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
 pub fn down() -> Result<()> {
     for ns in NAMESPACES {
         if let Ok(pids) = sh("ip", &["netns", "pids", ns]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
                 let _ = sys::signal(pid, sys::SIGTERM);
             }
         }
@@ -87,17 +77,11 @@ pub fn down() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     for ns in NAMESPACES {
         if let Ok(pids) = sh("ip", &["netns", "pids", ns]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
                 let _ = sys::signal(pid, sys::SIGKILL);
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
     }
     Ok(())
 }
@@ -116,13 +100,7 @@ fn topology_up() -> Result<()> {
     for (i, (ns1, if1, ns2, if2)) in links.iter().enumerate() {
         let tmp1 = format!("wsd{i}a");
         let tmp2 = format!("wsd{i}b");
-        sh(
-            "ip",
-            &[
-                "link", "add", "name", &tmp1, "netns", ns1, "type", "veth", "peer", "name", &tmp2,
-                "netns", ns2,
-            ],
-        )?;
+        sh("ip", &["link", "add", "name", &tmp1, "netns", ns1, "type", "veth", "peer", "name", &tmp2, "netns", ns2])?;
         in_ns(ns1, &["ip", "link", "set", &tmp1, "name", if1])?;
         in_ns(ns2, &["ip", "link", "set", &tmp2, "name", if2])?;
     }
@@ -138,14 +116,8 @@ fn topology_up() -> Result<()> {
         in_ns(ns, &["ip", "addr", "add", a, "dev", dev])?;
         in_ns(ns, &["ip", "link", "set", dev, "up"])?;
     }
-    in_ns(
-        "wsdemo-hosta",
-        &["ip", "route", "add", "default", "via", "198.18.1.1"],
-    )?;
-    in_ns(
-        "wsdemo-hostb",
-        &["ip", "route", "add", "default", "via", "198.18.2.1"],
-    )?;
+    in_ns("wsdemo-hosta", &["ip", "route", "add", "default", "via", "198.18.1.1"])?;
+    in_ns("wsdemo-hostb", &["ip", "route", "add", "default", "via", "198.18.2.1"])?;
     for gw in ["wsdemo-gwa", "wsdemo-gwb"] {
         for (k, v) in [
             ("net.ipv4.ip_forward", "1"),
@@ -173,12 +145,7 @@ fn random_spi(rng: &SystemRandom) -> u32 {
 fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -195,9 +162,7 @@ struct DemoSa {
 /// Wireshark's name for an ESP encryption algorithm (its `esp_sa` table).
 fn wireshark_alg(a: EspAlgorithm) -> &'static str {
     match a {
-        EspAlgorithm::Aes128Gcm16 | EspAlgorithm::Aes256Gcm16 => {
-            "AES-GCM with 16 octet ICV [RFC4106]"
-        }
+        EspAlgorithm::Aes128Gcm16 | EspAlgorithm::Aes256Gcm16 => "AES-GCM with 16 octet ICV [RFC4106]",
         EspAlgorithm::ChaCha20Poly1305 => "ChaCha20/Poly1305 [RFC7634]",
     }
 }
@@ -206,31 +171,15 @@ fn write_configs(o: &Options) -> Result<Vec<DemoSa>> {
     std::fs::create_dir_all(&o.dir)?;
     let rng = SystemRandom::new();
     let n = o.algorithm.keymat_len();
-    let a_to_b = DemoSa {
-        src: WAN_A,
-        dst: WAN_B,
-        spi: random_spi(&rng),
-        key_file: "a-to-b.key",
-        key_hex: random_hex(&rng, n),
-    };
-    let b_to_a = DemoSa {
-        src: WAN_B,
-        dst: WAN_A,
-        spi: random_spi(&rng),
-        key_file: "b-to-a.key",
-        key_hex: random_hex(&rng, n),
-    };
+    let a_to_b =
+        DemoSa { src: WAN_A, dst: WAN_B, spi: random_spi(&rng), key_file: "a-to-b.key", key_hex: random_hex(&rng, n) };
+    let b_to_a =
+        DemoSa { src: WAN_B, dst: WAN_A, spi: random_spi(&rng), key_file: "b-to-a.key", key_hex: random_hex(&rng, n) };
     for sa in [&a_to_b, &b_to_a] {
         write_secret(&o.dir.join(sa.key_file), &sa.key_hex)?;
     }
     let encap = if o.raw_esp { "none" } else { "udp" };
-    let conf = |me: &str,
-                local: &str,
-                remote_addr: &str,
-                remote: &str,
-                out: &DemoSa,
-                inb: &DemoSa,
-                src: &str| {
+    let conf = |me: &str, local: &str, remote_addr: &str, remote: &str, out: &DemoSa, inb: &DemoSa, src: &str| {
         format!(
             "# generated by `wasmsec demo`\n[tunnel]\nname = \"wsec0\"\nmtu = 1400\nsource = \"{src}\"\n\n[network]\nlisten = \"{me}\"\n\n\
              [[manual]]\nname = \"demo\"\nremote_address = \"{remote_addr}\"\nencapsulation = \"{encap}\"\nalgorithm = \"{alg}\"\n\
@@ -243,14 +192,8 @@ fn write_configs(o: &Options) -> Result<Vec<DemoSa>> {
             alg = o.algorithm.name()
         )
     };
-    std::fs::write(
-        o.dir.join("gwa.toml"),
-        conf(WAN_A, LAN_A, WAN_B, LAN_B, &a_to_b, &b_to_a, "198.18.1.1"),
-    )?;
-    std::fs::write(
-        o.dir.join("gwb.toml"),
-        conf(WAN_B, LAN_B, WAN_A, LAN_A, &b_to_a, &a_to_b, "198.18.2.1"),
-    )?;
+    std::fs::write(o.dir.join("gwa.toml"), conf(WAN_A, LAN_A, WAN_B, LAN_B, &a_to_b, &b_to_a, "198.18.1.1"))?;
+    std::fs::write(o.dir.join("gwb.toml"), conf(WAN_B, LAN_B, WAN_A, LAN_A, &b_to_a, &a_to_b, "198.18.2.1"))?;
     // Wireshark's ESP SA table (uat file `esp_sa`), for an independent
     // decryption of the capture: tshark -o "uat:esp_sa:<line>".
     let mut uat = String::new();
@@ -300,26 +243,12 @@ fn wait_ready(ns: &str, child: &mut Child, remote: &str, log: &Path) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!(
-        "wasmsec in {ns} did not come up within 20 s; see {}",
-        log.display()
-    )
+    bail!("wasmsec in {ns} did not come up within 20 s; see {}", log.display())
 }
 
 fn start_capture(o: &Options) -> Result<Child> {
     let mut c = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            "wsdemo-gwa",
-            "tcpdump",
-            "-i",
-            "wan0",
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-w",
-        ])
+        .args(["netns", "exec", "wsdemo-gwa", "tcpdump", "-i", "wan0", "-n", "-U", "--immediate-mode", "-w"])
         .arg(o.dir.join("wan.pcap"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -335,8 +264,7 @@ fn start_capture(o: &Options) -> Result<Child> {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .context("tcpdump did not start capturing")?;
+    rx.recv_timeout(Duration::from_secs(10)).context("tcpdump did not start capturing")?;
     Ok(c)
 }
 
@@ -356,24 +284,9 @@ fn stop(child: &mut Child, sig: i32) {
 /// Ping from a host namespace; returns (sent, received).
 fn ping(ns: &str, to: &str, count: u32) -> (u32, u32) {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-n",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            to,
-        ])
+        .args(["netns", "exec", ns, "ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-W", "2", to])
         .output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let received = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
@@ -413,11 +326,7 @@ impl CaptureSummary {
         };
         let u32at = |b: &[u8], at: usize| {
             let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-            if le {
-                u32::from_le_bytes(w)
-            } else {
-                u32::from_be_bytes(w)
-            }
+            if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
         };
         let linktype = u32at(bytes, 20);
         let mut s = CaptureSummary::default();
@@ -465,11 +374,7 @@ pub fn run(o: &Options) -> Result<bool> {
     println!(
         "wasmsec demo: {} over {}, state in {}",
         o.algorithm.name(),
-        if o.raw_esp {
-            "raw ESP (protocol 50)"
-        } else {
-            "ESP-in-UDP (port 4500)"
-        },
+        if o.raw_esp { "raw ESP (protocol 50)" } else { "ESP-in-UDP (port 4500)" },
         o.dir.display()
     );
     topology_up().context("building the namespace topology")?;
@@ -484,10 +389,7 @@ pub fn run(o: &Options) -> Result<bool> {
             stop(&mut capture, sys::SIGINT);
             return Err(e);
         }
-        println!(
-            "gateways up: SPI a->b {:#010x}, b->a {:#010x}",
-            sas[0].spi, sas[1].spi
-        );
+        println!("gateways up: SPI a->b {:#010x}, b->a {:#010x}", sas[0].spi, sas[1].spi);
         let ab = ping("wsdemo-hosta", HOST_B, o.pings);
         println!("ping {HOST_A} -> {HOST_B}: {}/{} replies", ab.1, ab.0);
         let ba = ping("wsdemo-hostb", HOST_A, o.pings);
@@ -502,22 +404,14 @@ pub fn run(o: &Options) -> Result<bool> {
         }
         let cap = CaptureSummary::from_pcap(&std::fs::read(o.dir.join("wan.pcap"))?)?;
         for gw in ["gwa", "gwb"] {
-            let st =
-                std::fs::read_to_string(o.dir.join(format!("{gw}-stats.json"))).unwrap_or_default();
-            println!(
-                "{gw} counters: {}",
-                st.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            let st = std::fs::read_to_string(o.dir.join(format!("{gw}-stats.json"))).unwrap_or_default();
+            println!("{gw} counters: {}", st.split_whitespace().collect::<Vec<_>>().join(" "));
         }
         println!(
             "capture on gwa wan0: {} ESP-in-UDP, {} raw ESP, {} cleartext LAN packets, {} other",
             cap.esp_in_udp, cap.esp_raw, cap.cleartext_lan, cap.other
         );
-        let esp = if o.raw_esp {
-            cap.esp_raw
-        } else {
-            cap.esp_in_udp
-        };
+        let esp = if o.raw_esp { cap.esp_raw } else { cap.esp_in_udp };
         let want = (4 * o.pings) as usize; // request + reply, both directions
         let checks = [
             ("ping A -> B", ab.1 == ab.0),
@@ -564,15 +458,9 @@ mod tests {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let mut ip = vec![0u8; 20 + l4.len()];
-        wasmsec_wire::ipv4::Repr {
-            src_addr: src,
-            dst_addr: dst,
-            protocol: proto,
-            payload_len: l4.len(),
-            ttl: 64,
-        }
-        .emit(&mut ip)
-        .unwrap();
+        wasmsec_wire::ipv4::Repr { src_addr: src, dst_addr: dst, protocol: proto, payload_len: l4.len(), ttl: 64 }
+            .emit(&mut ip)
+            .unwrap();
         ip[20..].copy_from_slice(l4);
         f.extend_from_slice(&ip);
         f
@@ -586,26 +474,13 @@ mod tests {
         keepalive.push(0xff);
         let frames = vec![
             eth_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 17, &udp),
-            eth_ipv4(
-                [198, 18, 0, 1],
-                [198, 18, 0, 2],
-                50,
-                &[0, 0, 1, 0, 0, 0, 0, 1],
-            ),
+            eth_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 50, &[0, 0, 1, 0, 0, 0, 0, 1]),
             eth_ipv4([198, 18, 1, 10], [198, 18, 2, 10], 1, &[8, 0, 0, 0]),
             eth_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 17, &keepalive),
             vec![0u8; 14], // not IPv4
         ];
         let s = CaptureSummary::from_pcap(&pcap(&frames)).unwrap();
-        assert_eq!(
-            s,
-            CaptureSummary {
-                esp_in_udp: 1,
-                esp_raw: 1,
-                cleartext_lan: 1,
-                other: 1
-            }
-        );
+        assert_eq!(s, CaptureSummary { esp_in_udp: 1, esp_raw: 1, cleartext_lan: 1, other: 1 });
         assert!(CaptureSummary::from_pcap(&[0; 10]).is_err());
     }
 }

@@ -22,8 +22,8 @@ mod bindings {
 }
 
 pub use bindings::exports::wasmsec::ike::engine::{
-    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level,
-    LogEvent, StartAction, TrafficSelector,
+    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level, LogEvent, StartAction,
+    TrafficSelector,
 };
 use bindings::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
 use bindings::wasmsec::crypto::types::CryptoError as WitError;
@@ -35,6 +35,9 @@ pub struct IkeState {
     esp_keys: Arc<Keystore>,
     /// Wireshark key export (opt-in): IKE SA keys appended here.
     pub keylog: Option<PathBuf>,
+    /// When set, every byte string the host hands the guest is recorded
+    /// here (tests prove no secret is among them).
+    pub transcript: Option<Vec<Vec<u8>>>,
 }
 
 impl IkeState {
@@ -46,6 +49,18 @@ impl IkeState {
     /// Live secrets in the vault (IKE SAs, DH values, PSKs).
     pub fn secrets(&self) -> usize {
         self.vault.len()
+    }
+
+    pub fn vault(&self) -> &wasmsec_crypto::Vault {
+        &self.vault
+    }
+
+    /// Record what goes to the guest, if a transcript is being kept.
+    fn to_guest<T: AsRef<[u8]>>(&mut self, v: T) -> T {
+        if let Some(t) = &mut self.transcript {
+            t.push(v.as_ref().to_vec());
+        }
+        v
     }
 }
 
@@ -79,13 +94,14 @@ impl bindings::wasmsec::crypto::random::Host for IkeState {
     fn fill(&mut self, len: u32) -> Vec<u8> {
         let mut b = vec![0u8; len.min(256) as usize];
         self.vault.random(&mut b);
-        b
+        self.to_guest(b)
     }
 }
 
 impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
     fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
-        self.vault.dh_generate(group).map_err(wit)
+        let (h, public) = self.vault.dh_generate(group).map_err(wit)?;
+        Ok((h, self.to_guest(public)))
     }
 
     fn derive_ike_sa(
@@ -98,17 +114,9 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<u64, WitError> {
-        let suite = wasmsec_crypto::IkeSuite {
-            encr: s.encr,
-            key_bits: s.key_bits,
-            prf: s.prf,
-            integ: s.integ,
-            dh: s.dh,
-        };
-        let h = self
-            .vault
-            .derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r)
-            .map_err(wit)?;
+        let suite =
+            wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        let h = self.vault.derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
         if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
             let r = std::fs::OpenOptions::new()
                 .create(true)
@@ -130,13 +138,9 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         first: u8,
         inner: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        let h: [u8; 28] = header
-            .as_slice()
-            .try_into()
-            .map_err(|_| WitError::BadLength)?;
-        self.vault
-            .encrypt(sa, from_initiator, &h, first, &inner)
-            .map_err(wit)
+        let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
+        let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit)?;
+        Ok(self.to_guest(m))
     }
 
     fn decrypt(
@@ -146,10 +150,8 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         message: Vec<u8>,
         sk_offset: u32,
     ) -> Result<Vec<u8>, WitError> {
-        self.vault
-            .decrypt(sa, from_initiator, &message, sk_offset as usize)
-            .map(|z| z.to_vec())
-            .map_err(wit)
+        let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(wit)?;
+        Ok(self.to_guest(p.to_vec()))
     }
 
     fn psk_auth(
@@ -161,9 +163,8 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         nonce: Vec<u8>,
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        self.vault
-            .psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body)
-            .map_err(wit)
+        let a = self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit)?;
+        Ok(self.to_guest(a))
     }
 
     fn derive_child(
@@ -175,11 +176,7 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         we_initiated: bool,
     ) -> Result<ChildKeyHandles, WitError> {
         let alg = esp_algorithm(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
-        let suite = wasmsec_crypto::ChildSuite {
-            encr: s.encr,
-            key_bits: s.key_bits,
-            integ: s.integ,
-        };
+        let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
         let km = self.vault.child_keymat(sa, &suite, &ni, &nr).map_err(wit)?;
         let (out, inb) = if we_initiated {
             (km.initiator_to_responder, km.responder_to_initiator)
@@ -188,10 +185,7 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         };
         let out = EspKey::new(alg, out).map_err(|_| WitError::Internal)?;
         let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
-        Ok(ChildKeyHandles {
-            outbound: self.esp_keys.insert(out),
-            inbound: self.esp_keys.insert(inb),
-        })
+        Ok(ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) })
     }
 
     fn destroy(&mut self, key: u64) {
@@ -206,17 +200,12 @@ pub struct IkeEnginePre(bindings::IkeEnginePre<IkeState>);
 
 impl IkeEnginePre {
     pub fn load(engine: &Engine, path: &Path) -> Result<IkeEnginePre> {
-        let component = Component::from_file(engine, path)
-            .context(format_args!("loading IKE component {}", path.display()))?;
+        let component =
+            Component::from_file(engine, path).context(format_args!("loading IKE component {}", path.display()))?;
         let mut linker = Linker::<IkeState>::new(engine);
-        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .context("linking host imports")?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .context("linking IKE component")?;
-        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context(
-            "IKE component does not export wasmsec:ike/engine",
-        )?))
+        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
+        let pre = linker.instantiate_pre(&component).context("linking IKE component")?;
+        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
     }
 
     pub fn instantiate(
@@ -227,26 +216,17 @@ impl IkeEnginePre {
         deadline: u64,
     ) -> Result<IkeInstance> {
         let state = IkeState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(GUEST_MEMORY_LIMIT)
-                .instances(4)
-                .build(),
+            limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
             vault,
             esp_keys,
             keylog: None,
+            transcript: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline);
-        let bindings = self
-            .0
-            .instantiate(&mut store)
-            .context("instantiating IKE component")?;
-        Ok(IkeInstance {
-            store,
-            bindings,
-            deadline,
-        })
+        let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
+        Ok(IkeInstance { store, bindings, deadline })
     }
 }
 
@@ -259,12 +239,7 @@ pub struct IkeInstance {
 }
 
 impl IkeInstance {
-    fn e(
-        &mut self,
-    ) -> (
-        &bindings::exports::wasmsec::ike::engine::Guest,
-        &mut Store<IkeState>,
-    ) {
+    fn e(&mut self) -> (&bindings::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
         self.store.set_epoch_deadline(self.deadline);
         (self.bindings.wasmsec_ike_engine(), &mut self.store)
     }

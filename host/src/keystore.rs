@@ -28,11 +28,8 @@ pub enum EspAlgorithm {
 }
 
 impl EspAlgorithm {
-    pub const ALL: [EspAlgorithm; 3] = [
-        EspAlgorithm::Aes128Gcm16,
-        EspAlgorithm::Aes256Gcm16,
-        EspAlgorithm::ChaCha20Poly1305,
-    ];
+    pub const ALL: [EspAlgorithm; 3] =
+        [EspAlgorithm::Aes128Gcm16, EspAlgorithm::Aes256Gcm16, EspAlgorithm::ChaCha20Poly1305];
 
     /// Parse a strongSwan proposal keyword (`aes256gcm16`, `aes128gcm16`,
     /// `chacha20poly1305`; `aes256gcm` and `aes128gcm` mean the 16-byte ICV).
@@ -108,9 +105,7 @@ pub struct EspKey {
 impl fmt::Debug for EspKey {
     // Never print key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EspKey")
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("EspKey").field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -118,24 +113,13 @@ impl EspKey {
     /// Build from keying material (key || salt), which is zeroized after.
     pub fn new(alg: EspAlgorithm, keymat: Zeroizing<Vec<u8>>) -> Result<EspKey, KeyError> {
         if keymat.len() != alg.keymat_len() {
-            return Err(KeyError::Length {
-                alg: alg.name(),
-                want: alg.keymat_len(),
-                got: keymat.len(),
-            });
+            return Err(KeyError::Length { alg: alg.name(), want: alg.keymat_len(), got: keymat.len() });
         }
         let (k, s) = keymat.split_at(keymat.len() - SALT_LEN);
-        let key =
-            LessSafeKey::new(UnboundKey::new(alg.ring_alg(), k).map_err(|_| KeyError::Rejected)?);
+        let key = LessSafeKey::new(UnboundKey::new(alg.ring_alg(), k).map_err(|_| KeyError::Rejected)?);
         let mut salt = [0u8; SALT_LEN];
         salt.copy_from_slice(s);
-        Ok(EspKey {
-            alg,
-            key,
-            salt,
-            next_iv: AtomicU64::new(1),
-            highest_seq: AtomicU64::new(0),
-        })
+        Ok(EspKey { alg, key, salt, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0) })
     }
 
     pub fn algorithm(&self) -> EspAlgorithm {
@@ -186,9 +170,7 @@ impl EspKey {
         p.prepend(&iv);
         p.prepend(header);
         let seq = (u64::from(esn_high.unwrap_or(0)) << 32)
-            | u64::from(u32::from_be_bytes([
-                header[4], header[5], header[6], header[7],
-            ]));
+            | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
         self.highest_seq.fetch_max(seq, Ordering::Relaxed);
         Ok(())
     }
@@ -214,9 +196,7 @@ impl EspKey {
         p.advance(SEAL_HEADROOM);
         p.truncate(plain_len);
         let seq = (u64::from(esn_high.unwrap_or(0)) << 32)
-            | u64::from(u32::from_be_bytes([
-                header[4], header[5], header[6], header[7],
-            ]));
+            | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
         self.highest_seq.fetch_max(seq, Ordering::Relaxed);
         Ok(())
     }
@@ -225,10 +205,7 @@ impl EspKey {
 /// Additional authenticated data for combined-mode ESP: SPI || Seq, or
 /// SPI || Seq-high || Seq-low with ESN (RFC 4106 section 5).
 fn esp_aad(header: &[u8; 8], esn_high: Option<u32>) -> AadBuf {
-    let mut b = AadBuf {
-        bytes: [0u8; 12],
-        len: 8,
-    };
+    let mut b = AadBuf { bytes: [0u8; 12], len: 8 };
     b.bytes[..4].copy_from_slice(&header[..4]);
     match esn_high {
         Some(hi) => {
@@ -256,11 +233,7 @@ impl AadBuf {
 #[non_exhaustive]
 pub enum KeyError {
     #[error("{alg} needs {want} bytes of keying material (key and 4-byte salt), got {got}")]
-    Length {
-        alg: &'static str,
-        want: usize,
-        got: usize,
-    },
+    Length { alg: &'static str, want: usize, got: usize },
     #[error("the crypto library rejected the key")]
     Rejected,
     #[error("cannot read key: {0}")]
@@ -281,10 +254,7 @@ impl Default for Keystore {
 
 impl Keystore {
     pub fn new() -> Keystore {
-        Keystore {
-            keys: Mutex::new(HashMap::new()),
-            rng: SystemRandom::new(),
-        }
+        Keystore { keys: Mutex::new(HashMap::new()), rng: SystemRandom::new() }
     }
 
     /// Store a key; returns its handle (random, never 0).
@@ -293,9 +263,7 @@ impl Keystore {
         loop {
             let mut b = [0u8; 8];
             // SystemRandom only fails if the OS has no entropy source at all.
-            self.rng
-                .fill(&mut b)
-                .expect("OS random number generator failed");
+            self.rng.fill(&mut b).expect("OS random number generator failed");
             let h = u64::from_ne_bytes(b);
             if h != 0 && !keys.contains_key(&h) {
                 keys.insert(h, Arc::new(key));
@@ -305,20 +273,12 @@ impl Keystore {
     }
 
     pub fn get(&self, handle: u64) -> Option<Arc<EspKey>> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&handle)
-            .cloned()
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&handle).cloned()
     }
 
     /// Destroy a key (with its SA); live `Arc`s finish their batch.
     pub fn remove(&self, handle: u64) -> bool {
-        self.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&handle)
-            .is_some()
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -347,10 +307,7 @@ impl KeyTable {
     }
 
     pub fn get(&self, handle: u64) -> Result<&EspKey, CryptoError> {
-        self.keys
-            .get(&handle)
-            .map(|k| &**k)
-            .ok_or(CryptoError::UnknownKey)
+        self.keys.get(&handle).map(|k| &**k).ok_or(CryptoError::UnknownKey)
     }
 }
 
@@ -389,8 +346,7 @@ mod tests {
         for _ in 0..1000 {
             let mut p = PacketBuf::with_payload(&[0; 20]);
             // The same header every time: a guest cannot force an IV.
-            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], None, &[0, 4])
-                .unwrap();
+            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], None, &[0, 4]).unwrap();
             assert!(seen.insert(p.data()[8..16].to_vec()));
         }
     }
@@ -401,27 +357,16 @@ mod tests {
         let other = key(EspAlgorithm::Aes128Gcm16, 2);
         let sealed = {
             let mut p = PacketBuf::with_payload(&[9; 40]);
-            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], Some(0), &[0, 4])
-                .unwrap();
+            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], Some(0), &[0, 4]).unwrap();
             p
         };
         for flip in [0usize, 5, 10, 30, sealed.len() - 1] {
             let mut p = sealed.clone();
             p.data_mut()[flip] ^= 1;
-            assert_eq!(
-                k.open(&mut p, Some(0)),
-                Err(CryptoError::IntegrityFailed),
-                "byte {flip}"
-            );
+            assert_eq!(k.open(&mut p, Some(0)), Err(CryptoError::IntegrityFailed), "byte {flip}");
         }
-        assert_eq!(
-            other.open(&mut sealed.clone(), Some(0)),
-            Err(CryptoError::IntegrityFailed)
-        );
-        assert_eq!(
-            k.open(&mut sealed.clone(), Some(1)),
-            Err(CryptoError::IntegrityFailed)
-        );
+        assert_eq!(other.open(&mut sealed.clone(), Some(0)), Err(CryptoError::IntegrityFailed));
+        assert_eq!(k.open(&mut sealed.clone(), Some(1)), Err(CryptoError::IntegrityFailed));
         let mut short = PacketBuf::with_payload(&sealed.data()[..33]);
         assert_eq!(k.open(&mut short, Some(0)), Err(CryptoError::BadLength));
     }

@@ -20,22 +20,14 @@ environment:
   WASMSEC_COMPONENTS   directory holding esp.wasm (default: ../components beside the binary)";
 
 fn init_logging() {
-    let level = match std::env::var("WASMSEC_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    let level = match std::env::var("WASMSEC_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
         "error" => tracing::Level::ERROR,
         "warn" => tracing::Level::WARN,
         "debug" => tracing::Level::DEBUG,
         "trace" => tracing::Level::TRACE,
         _ => tracing::Level::INFO,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
 fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
@@ -46,10 +38,7 @@ fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, 
 fn ctl(socket: &std::path::Path, command: &str) -> anyhow::Result<bool> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to {}: {e} (is the daemon running with control.socket set?)",
-            socket.display()
-        )
+        anyhow::anyhow!("cannot connect to {}: {e} (is the daemon running with control.socket set?)", socket.display())
     })?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     s.write_all(format!("{command}\n").as_bytes())?;
@@ -84,15 +73,9 @@ fn real_main() -> anyhow::Result<bool> {
             while let Some(a) = args.next() {
                 match a.as_str() {
                     "--config" | "-c" => {
-                        config = Some(PathBuf::from(
-                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
-                        ))
+                        config = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?))
                     }
-                    "--stats-file" => {
-                        stats = Some(PathBuf::from(
-                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
-                        ))
-                    }
+                    "--stats-file" => stats = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)),
                     other => return usage(format!("unknown option {other}")),
                 }
             }
@@ -101,11 +84,7 @@ fn real_main() -> anyhow::Result<bool> {
             };
             if cmd == "check" {
                 let c = config::Config::load(&config)?;
-                println!(
-                    "{}: OK ({} manual tunnel(s))",
-                    config.display(),
-                    c.manual.len()
-                );
+                println!("{}: OK ({} manual tunnel(s))", config.display(), c.manual.len());
                 return Ok(true);
             }
             daemon::run(&config, stats.as_deref())?;
@@ -135,9 +114,7 @@ fn real_main() -> anyhow::Result<bool> {
                             _ => return usage(format!("--pings {v:?} is not a positive number")),
                         }
                     }
-                    "--dir" => {
-                        o.dir = PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)
-                    }
+                    "--dir" => o.dir = PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?),
                     other => return usage(format!("unknown option {other}")),
                 }
             }
@@ -148,9 +125,7 @@ fn real_main() -> anyhow::Result<bool> {
             while let Some(a) = args.next() {
                 match a.as_str() {
                     "--socket" | "-s" => {
-                        socket = Some(PathBuf::from(
-                            value(&mut args, &a).map_err(anyhow::Error::msg)?,
-                        ))
+                        socket = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?))
                     }
                     _ => words.push(a),
                 }
@@ -159,9 +134,7 @@ fn real_main() -> anyhow::Result<bool> {
                 return usage("ctl needs --socket PATH (the daemon's control.socket)".into());
             };
             if words.is_empty() {
-                return usage(
-                    "ctl needs a command: initiate NAME, terminate NAME or status".into(),
-                );
+                return usage("ctl needs a command: initiate NAME, terminate NAME or status".into());
             }
             ctl(&socket, &words.join(" "))
         }

@@ -25,11 +25,7 @@ impl Default for PacketBuf {
 
 impl PacketBuf {
     pub fn new() -> PacketBuf {
-        PacketBuf {
-            buf: vec![0u8; CAPACITY].into_boxed_slice(),
-            start: HEADROOM,
-            end: HEADROOM,
-        }
+        PacketBuf { buf: vec![0u8; CAPACITY].into_boxed_slice(), start: HEADROOM, end: HEADROOM }
     }
 
     pub fn with_payload(data: &[u8]) -> PacketBuf {

@@ -13,8 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
 };
 
 use crate::keystore::{CryptoError, KeyTable};
@@ -72,11 +71,7 @@ pub struct GuestState {
 impl GuestState {
     fn packet(&mut self, index: u32) -> Option<&mut PacketBuf> {
         let i = index as usize;
-        if i < self.count {
-            self.batch.get_mut(i)
-        } else {
-            None
-        }
+        if i < self.count { self.batch.get_mut(i) } else { None }
     }
 }
 
@@ -121,17 +116,13 @@ impl HostBatch for GuestState {
         esn_high: Option<u32>,
         trailer: Vec<u8>,
     ) -> Result<(), WitCryptoError> {
-        let header: [u8; 8] = header
-            .as_slice()
-            .try_into()
-            .map_err(|_| WitCryptoError::BadLength)?;
+        let header: [u8; 8] = header.as_slice().try_into().map_err(|_| WitCryptoError::BadLength)?;
         let i = index as usize;
         if i >= self.count {
             return Err(WitCryptoError::BadLength);
         }
         let k = self.keys.get(key).map_err(wit_error)?;
-        k.seal(&mut self.batch[i], &header, esn_high, &trailer)
-            .map_err(wit_error)
+        k.seal(&mut self.batch[i], &header, esn_high, &trailer).map_err(wit_error)
     }
 
     fn open(
@@ -201,33 +192,22 @@ impl Runtime {
         let component = Component::from_file(&engine, esp_path)
             .context(format_args!("loading ESP component {}", esp_path.display()))?;
         let mut linker = Linker::<GuestState>::new(&engine);
-        bindings::EspEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .context("linking host imports")?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .context("linking ESP component")?;
-        let esp = bindings::EspEnginePre::new(pre)
-            .context("ESP component does not export wasmsec:esp/engine")?;
+        bindings::EspEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
+        let pre = linker.instantiate_pre(&component).context("linking ESP component")?;
+        let esp = bindings::EspEnginePre::new(pre).context("ESP component does not export wasmsec:esp/engine")?;
         let ike = match ike_path {
             Some(p) => Some(crate::ike::IkeEnginePre::load(&engine, p)?),
             None => None,
         };
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), stop_ticker.clone());
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    e.increment_epoch();
-                }
-            })?;
-        Ok(Runtime {
-            engine,
-            esp,
-            ike,
-            stop_ticker,
-        })
+        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                e.increment_epoch();
+            }
+        })?;
+        Ok(Runtime { engine, esp, ike, stop_ticker })
     }
 
     /// A fresh IKE instance in its own store, with its secrets in `vault`
@@ -237,20 +217,14 @@ impl Runtime {
         vault: wasmsec_crypto::Vault,
         esp_keys: Arc<crate::keystore::Keystore>,
     ) -> Result<crate::ike::IkeInstance> {
-        let pre = self
-            .ike
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
+        let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
         pre.instantiate(&self.engine, vault, esp_keys, CALL_DEADLINE_TICKS)
     }
 
     /// A fresh ESP instance in its own store.
     pub fn esp_instance(&self) -> Result<EspInstance> {
         let state = GuestState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(GUEST_MEMORY_LIMIT)
-                .instances(4)
-                .build(),
+            limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
             keys: KeyTable::default(),
             batch: Vec::new(),
             count: 0,
@@ -258,10 +232,7 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-        let bindings = self
-            .esp
-            .instantiate(&mut store)
-            .context("instantiating ESP component")?;
+        let bindings = self.esp.instantiate(&mut store).context("instantiating ESP component")?;
         Ok(EspInstance { store, bindings })
     }
 }

@@ -69,12 +69,7 @@ impl Stats {
     pub fn snapshot(&self) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let drops = |a: &[AtomicU64; DropReason::COUNT]| {
-            serde_json::Value::Object(
-                REASONS
-                    .iter()
-                    .map(|r| (r.name().to_string(), g(&a[r.index()]).into()))
-                    .collect(),
-            )
+            serde_json::Value::Object(REASONS.iter().map(|r| (r.name().to_string(), g(&a[r.index()]).into())).collect())
         };
         serde_json::json!({
             "tun_rx_packets": g(&self.tun_rx_packets),

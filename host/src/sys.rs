@@ -27,19 +27,11 @@ impl Tun {
     /// Create (or attach to) the TUN device `name`, non-blocking.
     pub fn open(name: &str) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad interface name {name:?}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
         }
         let path = CString::new("/dev/net/tun").expect("no NUL");
         // SAFETY: path is a valid C string; the returned fd is checked.
-        let raw = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -57,10 +49,7 @@ impl Tun {
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Tun {
-            fd,
-            name: name.to_string(),
-        })
+        Ok(Tun { fd, name: name.to_string() })
     }
 
     pub fn name(&self) -> &str {
@@ -69,32 +58,21 @@ impl Tun {
 
     /// Another handle on the same device (one thread reads, one writes).
     pub fn try_clone(&self) -> io::Result<Tun> {
-        Ok(Tun {
-            fd: self.fd.try_clone()?,
-            name: self.name.clone(),
-        })
+        Ok(Tun { fd: self.fd.try_clone()?, name: self.name.clone() })
     }
 
     /// Read one packet; `WouldBlock` when none is queued.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 
     /// Write one packet.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for reads of buf.len() bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 }
 
@@ -114,11 +92,7 @@ impl RawEsp {
     pub fn open(bind: Ipv4Addr) -> io::Result<RawEsp> {
         // SAFETY: plain socket(2) call; the fd is checked.
         let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ESP,
-            )
+            libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_ESP)
         };
         if raw < 0 {
             return Err(io::Error::last_os_error());
@@ -128,11 +102,7 @@ impl RawEsp {
         let sa = sockaddr(SocketAddrV4::new(bind, 0));
         // SAFETY: sa is a valid sockaddr_in of the size given.
         let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
+            libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32)
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -141,9 +111,7 @@ impl RawEsp {
     }
 
     pub fn try_clone(&self) -> io::Result<RawEsp> {
-        Ok(RawEsp {
-            fd: self.fd.try_clone()?,
-        })
+        Ok(RawEsp { fd: self.fd.try_clone()? })
     }
 
     /// Receive one datagram (IPv4 header included) and its source.
@@ -181,11 +149,7 @@ impl RawEsp {
                 size_of::<libc::sockaddr_in>() as u32,
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 }
 
@@ -207,14 +171,8 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 /// Wait until one of `fds` is readable or `timeout_ms` passes; returns
 /// which are readable.
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: p is a valid array of p.len() pollfds.
     let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if n < 0 {
@@ -224,9 +182,7 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
         }
         return Err(e);
     }
-    Ok(p.iter()
-        .map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
-        .collect())
+    Ok(p.iter().map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -260,11 +216,7 @@ pub fn is_root() -> bool {
 /// Send `sig` to a process we started.
 pub fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: kill(2) with a pid of a child we spawned.
-    if unsafe { libc::kill(pid as libc::pid_t, sig) } < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};

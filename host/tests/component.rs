@@ -7,8 +7,7 @@ use wasmsec::dataplane::SaSet;
 use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
 use wasmsec::runtime::{
-    DecapVerdict, DropReason, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime,
-    TrafficSelector,
+    DecapVerdict, DropReason, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime, TrafficSelector,
 };
 use zeroize::Zeroizing;
 
@@ -42,15 +41,9 @@ fn lan_b() -> TrafficSelector {
 
 fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0u8; len];
-    wasmsec_wire::ipv4::Repr {
-        src_addr: src,
-        dst_addr: dst,
-        protocol: 1,
-        payload_len: len - 20,
-        ttl: 64,
-    }
-    .emit(&mut p)
-    .unwrap();
+    wasmsec_wire::ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len: len - 20, ttl: 64 }
+        .emit(&mut p)
+        .unwrap();
     p[20] = 8;
     for (i, b) in p[28..].iter_mut().enumerate() {
         *b = i as u8;
@@ -61,11 +54,7 @@ fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 /// A sender and a receiver instance sharing one SA (SPI 0x2001).
 fn pair(rt: &Runtime, alg: EspAlgorithm, esn: bool) -> (EspInstance, EspInstance, Arc<Keystore>) {
     let (out, inb, ks) = sa_sets(alg, esn);
-    (
-        out.instantiate(rt).unwrap(),
-        inb.instantiate(rt).unwrap(),
-        ks,
-    )
+    (out.instantiate(rt).unwrap(), inb.instantiate(rt).unwrap(), ks)
 }
 
 /// The host-side SA records for `pair`, as the daemon keeps them.
@@ -112,10 +101,7 @@ fn load(inst: &mut EspInstance, packets: &[Vec<u8>]) {
 
 fn take(inst: &EspInstance) -> Vec<Vec<u8>> {
     let st = inst.store.data();
-    st.batch[..st.count]
-        .iter()
-        .map(|p| p.data().to_vec())
-        .collect()
+    st.batch[..st.count].iter().map(|p| p.data().to_vec()).collect()
 }
 
 #[test]
@@ -124,36 +110,21 @@ fn round_trip_through_the_component_for_every_algorithm() {
     for alg in EspAlgorithm::ALL {
         for esn in [false, true] {
             let (mut tx, mut rx, _ks) = pair(&rt, alg, esn);
-            let inner: Vec<Vec<u8>> = (0..40)
-                .map(|i| icmp(60 + i * 31, [198, 18, 1, 10], [198, 18, 2, 10]))
-                .collect();
+            let inner: Vec<Vec<u8>> = (0..40).map(|i| icmp(60 + i * 31, [198, 18, 1, 10], [198, 18, 2, 10])).collect();
             load(&mut tx, &inner);
             let v = tx.encap().unwrap();
-            assert!(
-                v.iter().all(|v| matches!(v, EncapVerdict::Send(3))),
-                "{alg:?}: {v:?}"
-            );
+            assert!(v.iter().all(|v| matches!(v, EncapVerdict::Send(3))), "{alg:?}: {v:?}");
             let wire = take(&tx);
             for (w, i) in wire.iter().zip(&inner) {
                 assert_eq!(&w[..4], &0x2001u32.to_be_bytes());
-                assert!(
-                    w.len() >= i.len() + alg.overhead() - 3,
-                    "ESP adds header, IV, trailer, ICV"
-                );
-                assert!(
-                    !w.windows(16).any(|x| x == &i[28..44]),
-                    "{alg:?}: payload visible on the wire"
-                );
+                assert!(w.len() >= i.len() + alg.overhead() - 3, "ESP adds header, IV, trailer, ICV");
+                assert!(!w.windows(16).any(|x| x == &i[28..44]), "{alg:?}: payload visible on the wire");
             }
             load(&mut rx, &wire);
             let v = rx.decap().unwrap();
             let out = take(&rx);
             for ((v, o), i) in v.iter().zip(&out).zip(&inner) {
-                assert_eq!(
-                    *v,
-                    DecapVerdict::Deliver(i.len() as u32),
-                    "{alg:?} esn={esn}"
-                );
+                assert_eq!(*v, DecapVerdict::Deliver(i.len() as u32), "{alg:?} esn={esn}");
                 assert_eq!(&o[..i.len()], &i[..]);
             }
         }
@@ -171,14 +142,7 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
     *bad_icv.last_mut().unwrap() ^= 0x80;
     let mut wrong_spi = good.clone();
     wrong_spi[0] ^= 0x10;
-    let batch = vec![
-        bad_icv,
-        good[..30].to_vec(),
-        good.clone(),
-        good.clone(),
-        wrong_spi,
-        vec![],
-    ];
+    let batch = vec![bad_icv, good[..30].to_vec(), good.clone(), good.clone(), wrong_spi, vec![]];
     load(&mut rx, &batch);
     let v = rx.decap().unwrap();
     assert_eq!(
@@ -214,10 +178,7 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
     assert!(v.iter().all(|v| matches!(v, DecapVerdict::Drop(_))));
     load(&mut tx, &garbage);
     let v = tx.encap().unwrap();
-    assert!(
-        v.iter().all(|v| matches!(v, EncapVerdict::Drop(_))),
-        "garbage is not an inner IPv4 packet of LAN A"
-    );
+    assert!(v.iter().all(|v| matches!(v, EncapVerdict::Drop(_))), "garbage is not an inner IPv4 packet of LAN A");
 }
 
 #[test]
@@ -225,8 +186,7 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
     let rt = runtime();
     let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes128Gcm16, false);
     // A key that exists in the keystore but was never granted to `tx`.
-    let other =
-        ks.insert(EspKey::new(EspAlgorithm::Aes128Gcm16, Zeroizing::new(vec![1; 20])).unwrap());
+    let other = ks.insert(EspKey::new(EspAlgorithm::Aes128Gcm16, Zeroizing::new(vec![1; 20])).unwrap());
     let sa = OutboundSa {
         spi: 0x3001,
         key: other,
@@ -239,65 +199,38 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
     };
     tx.install_outbound(&sa).unwrap().unwrap();
     load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
-    assert_eq!(
-        tx.encap().unwrap(),
-        [EncapVerdict::Drop(DropReason::CryptoRefused)]
-    );
+    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
 }
 
 #[test]
 fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     let rt = runtime();
     let (out_set, in_set, _ks) = sa_sets(EspAlgorithm::Aes256Gcm16, false);
-    let (mut tx, mut rx) = (
-        out_set.instantiate(&rt).unwrap(),
-        in_set.instantiate(&rt).unwrap(),
-    );
+    let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
     let pkt = icmp(80, [198, 18, 1, 10], [198, 18, 2, 10]);
     load(&mut tx, &vec![pkt.clone(); 5]);
     tx.encap().unwrap();
     let first = take(&tx);
     load(&mut rx, &first);
-    assert!(
-        rx.decap()
-            .unwrap()
-            .iter()
-            .all(|v| matches!(v, DecapVerdict::Deliver(_)))
-    );
+    assert!(rx.decap().unwrap().iter().all(|v| matches!(v, DecapVerdict::Deliver(_))));
     assert_eq!(tx.sa_states().unwrap()[0].seq, 6);
 
     // Replace both instances from host state, as the daemon does after a trap.
     drop((tx, rx));
-    let (mut tx, mut rx) = (
-        out_set.instantiate(&rt).unwrap(),
-        in_set.instantiate(&rt).unwrap(),
-    );
+    let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
     load(&mut tx, &[pkt]);
     tx.encap().unwrap();
     let next = take(&tx);
-    assert_eq!(
-        &next[0][4..8],
-        &6u32.to_be_bytes(),
-        "sequence numbers continue after a restart"
-    );
+    assert_eq!(&next[0][4..8], &6u32.to_be_bytes(), "sequence numbers continue after a restart");
     // The new receiver still refuses what the old one accepted, and takes the new packet.
     let mut batch = first.clone();
     batch.extend(next);
     load(&mut rx, &batch);
     let v = rx.decap().unwrap();
-    assert!(
-        v[..5]
-            .iter()
-            .all(|v| *v == DecapVerdict::Drop(DropReason::Replay)),
-        "{v:?}"
-    );
+    assert!(v[..5].iter().all(|v| *v == DecapVerdict::Drop(DropReason::Replay)), "{v:?}");
     assert_eq!(v[5], DecapVerdict::Deliver(80));
 
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
-    let broken = SaSet {
-        keystore: Arc::new(Keystore::new()),
-        outbound: out_set.outbound.clone(),
-        inbound: vec![],
-    };
+    let broken = SaSet { keystore: Arc::new(Keystore::new()), outbound: out_set.outbound.clone(), inbound: vec![] };
     assert!(broken.instantiate(&rt).is_err());
 }

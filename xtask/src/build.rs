@@ -39,17 +39,9 @@ fn route() -> Route {
     let has_target = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == WASM_TARGET)
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET))
         .unwrap_or(false);
-    if has_target {
-        Route::Rustup
-    } else {
-        Route::DebianBuildStd
-    }
+    if has_target { Route::Rustup } else { Route::DebianBuildStd }
 }
 
 pub fn all() -> Result<()> {
@@ -80,9 +72,7 @@ fn guests() -> Result<()> {
             c
         }
         Route::DebianBuildStd => {
-            eprintln!(
-                "xtask: guests: no rustup {WASM_TARGET} target; Debian rustc-web with -Zbuild-std"
-            );
+            eprintln!("xtask: guests: no rustup {WASM_TARGET} target; Debian rustc-web with -Zbuild-std");
             packages::ensure(packages::GUEST_TOOLCHAIN)?;
             let mut c = Command::new("/usr/bin/cargo");
             // /usr/bin/cargo would find rustup's rustc through PATH, which has
@@ -110,32 +100,17 @@ fn guests() -> Result<()> {
     if matches!(route(), Route::Rustup) {
         cmd.env_remove("RUSTC").env_remove("RUSTDOC");
     }
-    cmd.current_dir(root())
-        .args([
-            "--profile",
-            "guest",
-            "--target",
-            WASM_TARGET,
-            "--target-dir",
-        ])
-        .arg(&target_dir);
+    cmd.current_dir(root()).args(["--profile", "guest", "--target", WASM_TARGET, "--target-dir"]).arg(&target_dir);
     for (krate, _) in COMPONENTS {
         cmd.args(["-p", krate]);
     }
-    if !cmd
-        .status()
-        .context("cannot run cargo for the guests")?
-        .success()
-    {
+    if !cmd.status().context("cannot run cargo for the guests")?.success() {
         bail!("building the wasm guests failed");
     }
     let out = components_dir();
     std::fs::create_dir_all(&out)?;
     for (krate, file) in COMPONENTS {
-        let core = target_dir
-            .join(WASM_TARGET)
-            .join("guest")
-            .join(format!("{}.wasm", krate.replace('-', "_")));
+        let core = target_dir.join(WASM_TARGET).join("guest").join(format!("{}.wasm", krate.replace('-', "_")));
         let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
         let component = wit_component::ComponentEncoder::default()
             .module(&module)
@@ -145,11 +120,7 @@ fn guests() -> Result<()> {
             .with_context(|| format!("{krate}: cannot make a component"))?;
         let dest = out.join(file);
         std::fs::write(&dest, &component)?;
-        eprintln!(
-            "xtask: component {} ({} bytes)",
-            dest.display(),
-            component.len()
-        );
+        eprintln!("xtask: component {} ({} bytes)", dest.display(), component.len());
     }
     Ok(())
 }

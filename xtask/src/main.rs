@@ -49,34 +49,22 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask's parent directory).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn require_root(what: &str) -> Result<()> {
     // SAFETY-free check: the effective uid is in /proc.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("1");
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("1");
     if euid != "0" {
-        bail!(
-            "{what} needs root (network namespaces, TUN devices, packet capture); run it as root"
-        );
+        bail!("{what} needs root (network namespaces, TUN devices, packet capture); run it as root");
     }
     Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<bool> {
     eprintln!("xtask: running {:?}", cmd);
-    Ok(cmd
-        .status()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?
-        .success())
+    Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
 }
 
 fn demo(args: &[String]) -> Result<bool> {
@@ -88,13 +76,7 @@ fn demo(args: &[String]) -> Result<bool> {
 
 fn bench() -> Result<bool> {
     build::all()?;
-    run(Command::new(build::cargo()).current_dir(root()).args([
-        "bench",
-        "-p",
-        "wasmsec",
-        "--bench",
-        "esp_datapath",
-    ]))
+    run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", "esp_datapath"]))
 }
 
 /// Everything, in order; counts suites and prints one closing line.
@@ -112,11 +94,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
             .current_dir(root())
             .env("WASMSEC_COMPONENTS", build::components_dir())
             .args(["test", "--release"]))?;
-        if ok {
-            passed += 1
-        } else {
-            failed.push("cargo test".to_string())
-        }
+        if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
     }
     let mut scripts: Vec<PathBuf> = Vec::new();
     for dir in ["tests/e2e", "tests/interop"] {
@@ -125,15 +103,8 @@ fn test(filter: Option<&str>) -> Result<bool> {
         };
         for e in rd.flatten() {
             let p = e.path();
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            if name.starts_with("test-")
-                && name.ends_with(".sh")
-                && filter.is_none_or(|f| name.contains(f))
-            {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+            if name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f)) {
                 scripts.push(p);
             }
         }

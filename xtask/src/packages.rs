@@ -43,18 +43,12 @@ pub fn ensure(pkgs: &[&str]) -> Result<()> {
             .unwrap_or(false)
     };
     if !apt(&["update", "-qq"]) {
-        bail!(
-            "apt-get update failed; install by hand: apt-get install -y {}",
-            missing.join(" ")
-        );
+        bail!("apt-get update failed; install by hand: apt-get install -y {}", missing.join(" "));
     }
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
     if !apt(&args) {
-        bail!(
-            "apt-get install failed (root needed); install by hand: apt-get install -y {}",
-            missing.join(" ")
-        );
+        bail!("apt-get install failed (root needed); install by hand: apt-get install -y {}", missing.join(" "));
     }
     Ok(())
 }

@@ -67,21 +67,11 @@ impl PacketBatch for HostBatch<'_> {
         esn_high: Option<u32>,
         trailer: &[u8],
     ) -> Result<(), CryptoError> {
-        self.0
-            .seal(index, key.0, header, esn_high, trailer)
-            .map_err(crypto_error)
+        self.0.seal(index, key.0, header, esn_high, trailer).map_err(crypto_error)
     }
 
-    fn open(
-        &mut self,
-        index: u32,
-        key: KeyHandle,
-        esn_high: Option<u32>,
-    ) -> Result<Opened, CryptoError> {
-        let o = self
-            .0
-            .open(index, key.0, esn_high, HEAD_LEN as u32)
-            .map_err(crypto_error)?;
+    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
+        let o = self.0.open(index, key.0, esn_high, HEAD_LEN as u32).map_err(crypto_error)?;
         Ok(Opened {
             head: Head::new(&o.head),
             plaintext_len: o.plaintext_len as usize,
@@ -94,10 +84,8 @@ impl PacketBatch for HostBatch<'_> {
 fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>, String> {
     ts.into_iter()
         .map(|t| {
-            let start = Address::from_bytes(&t.start_address)
-                .ok_or("selector start address is not 4 or 16 bytes")?;
-            let end = Address::from_bytes(&t.end_address)
-                .ok_or("selector end address is not 4 or 16 bytes")?;
+            let start = Address::from_bytes(&t.start_address).ok_or("selector start address is not 4 or 16 bytes")?;
+            let end = Address::from_bytes(&t.end_address).ok_or("selector end address is not 4 or 16 bytes")?;
             Ok(esp::TrafficSelector {
                 protocol: t.ip_protocol,
                 start_port: t.start_port,
@@ -137,9 +125,7 @@ impl wit::Guest for Component {
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
         };
-        ENGINE
-            .with_borrow_mut(|e| e.install_outbound(sa))
-            .map_err(|e| e.to_string())
+        ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
     }
 
     fn install_inbound(sa: wit::InboundSa) -> Result<(), String> {
@@ -152,9 +138,7 @@ impl wit::Guest for Component {
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
         };
-        ENGINE
-            .with_borrow_mut(|e| e.install_inbound(sa))
-            .map_err(|e| e.to_string())
+        ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())
     }
 
     fn remove_outbound(spi: u32) -> bool {
@@ -193,12 +177,7 @@ impl wit::Guest for Component {
         ENGINE.with_borrow(|e| {
             e.sa_states()
                 .into_iter()
-                .map(|s| wit::SaState {
-                    spi: s.spi,
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    seq: s.seq,
-                })
+                .map(|s| wit::SaState { spi: s.spi, packets: s.packets, bytes: s.bytes, seq: s.seq })
                 .collect()
         })
     }

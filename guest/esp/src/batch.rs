@@ -73,10 +73,5 @@ pub trait PacketBatch {
         trailer: &[u8],
     ) -> Result<(), CryptoError>;
     /// ESP-open in place: see `open` in `wit/deps/crypto/crypto.wit`.
-    fn open(
-        &mut self,
-        index: u32,
-        key: KeyHandle,
-        esn_high: Option<u32>,
-    ) -> Result<Opened, CryptoError>;
+    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError>;
 }

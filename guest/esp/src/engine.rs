@@ -53,12 +53,8 @@ impl core::fmt::Display for SaError {
         match self {
             SaError::ReservedSpi(s) => write!(f, "SPI {s:#010x} is reserved (must be > 255)"),
             SaError::DuplicateSpi(s) => write!(f, "SPI {s:#010x} is already installed"),
-            SaError::NoSelectors => {
-                f.write_str("an SA needs at least one local and one remote traffic selector")
-            }
-            SaError::BadSelector => {
-                f.write_str("traffic selector mixes address families or has start > end")
-            }
+            SaError::NoSelectors => f.write_str("an SA needs at least one local and one remote traffic selector"),
+            SaError::BadSelector => f.write_str("traffic selector mixes address families or has start > end"),
             SaError::BadPadAlign(a) => {
                 write!(f, "pad alignment {a} is not a power of two from 4 to 128")
             }
@@ -172,11 +168,7 @@ fn check_selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Res
 }
 
 fn check_spi(spi: u32) -> Result<(), SaError> {
-    if spi <= 255 {
-        Err(SaError::ReservedSpi(spi))
-    } else {
-        Ok(())
-    }
+    if spi <= 255 { Err(SaError::ReservedSpi(spi)) } else { Ok(()) }
 }
 
 impl Engine {
@@ -196,11 +188,7 @@ impl Engine {
         if self.outbound.iter().any(|o| o.sa.spi == sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
-        self.outbound.push(Outbound {
-            sa,
-            packets: 0,
-            bytes: 0,
-        });
+        self.outbound.push(Outbound { sa, packets: 0, bytes: 0 });
         Ok(())
     }
 
@@ -211,15 +199,7 @@ impl Engine {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
-        self.inbound.insert(
-            sa.spi,
-            Inbound {
-                sa,
-                window,
-                packets: 0,
-                bytes: 0,
-            },
-        );
+        self.inbound.insert(sa.spi, Inbound { sa, window, packets: 0, bytes: 0 });
         Ok(())
     }
 
@@ -286,25 +266,15 @@ impl Engine {
         let seq = o.sa.next_seq;
         // RFC 4303 section 3.3.3: the counter must not cycle; the SA has to
         // be rekeyed before 2^32 (2^64 with ESN) packets.
-        let limit = if o.sa.esn {
-            u64::MAX
-        } else {
-            u64::from(u32::MAX)
-        };
+        let limit = if o.sa.esn { u64::MAX } else { u64::from(u32::MAX) };
         if seq > limit || seq == 0 {
             return Err(DropReason::SeqExhausted);
         }
         o.sa.next_seq = seq.wrapping_add(1);
-        let header = esp::Repr {
-            spi: o.sa.spi,
-            sequence_number: seq as u32,
-        }
-        .to_bytes();
+        let header = esp::Repr { spi: o.sa.spi, sequence_number: seq as u32 }.to_bytes();
         let esn_high = o.sa.esn.then_some((seq >> 32) as u32);
         let trailer = Trailer::for_payload(len, o.sa.pad_align, next_header);
-        batch
-            .seal(i, o.sa.key, &header, esn_high, trailer.as_bytes())
-            .map_err(|_| DropReason::CryptoRefused)?;
+        batch.seal(i, o.sa.key, &header, esn_high, trailer.as_bytes()).map_err(|_| DropReason::CryptoRefused)?;
         o.packets += 1;
         o.bytes += len as u64;
         Ok(o.sa.peer)
@@ -324,14 +294,9 @@ impl Engine {
     fn decap_one<B: PacketBatch>(&mut self, batch: &mut B, i: u32) -> Result<u32, DropReason> {
         let head = batch.head(i);
         let pkt = esp::Packet::new_checked(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
-        let inb = self
-            .inbound
-            .get_mut(&pkt.spi())
-            .ok_or(DropReason::UnknownSpi)?;
+        let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
         let seq = if inb.sa.esn {
-            inb.window
-                .infer_esn(pkt.sequence_number())
-                .ok_or(DropReason::Replay)?
+            inb.window.infer_esn(pkt.sequence_number()).ok_or(DropReason::Replay)?
         } else {
             u64::from(pkt.sequence_number())
         };
@@ -346,8 +311,8 @@ impl Engine {
             _ => DropReason::CryptoRefused,
         })?;
         inb.window.commit(seq).map_err(replay_drop)?;
-        let payload_len = Trailer::check(opened.plaintext_len, opened.pad_length)
-            .map_err(|_| DropReason::BadTrailer)?;
+        let payload_len =
+            Trailer::check(opened.plaintext_len, opened.pad_length).map_err(|_| DropReason::BadTrailer)?;
         let want_version = match opened.next_header {
             esp::NEXT_HEADER_IPV4 => 4,
             esp::NEXT_HEADER_IPV6 => 6,

@@ -16,7 +16,5 @@ pub mod replay;
 pub mod selector;
 
 pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, Opened, PacketBatch};
-pub use engine::{
-    DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState,
-};
+pub use engine::{DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState};
 pub use selector::TrafficSelector;

@@ -34,16 +34,8 @@ impl ReplayWindow {
     /// already received (0 for a new SA).
     pub fn new(size: u32, highest: u64) -> ReplayWindow {
         let size = size.min(MAX_WINDOW);
-        let words = if size == 0 {
-            0
-        } else {
-            size.div_ceil(64) as usize + 1
-        };
-        let mut w = ReplayWindow {
-            size,
-            top: highest,
-            bits: vec![0; words],
-        };
+        let words = if size == 0 { 0 } else { size.div_ceil(64) as usize + 1 };
+        let mut w = ReplayWindow { size, top: highest, bits: vec![0; words] };
         if highest > 0 && words > 0 {
             // Treat everything at or below the restored top as seen: after a
             // restart we cannot know which of them arrived.
@@ -115,11 +107,7 @@ impl ReplayWindow {
         } else {
             // Case B: the window spans two subspaces.
             let low_edge = (tl + (1 << 32) - (w - 1)) & 0xffff_ffff;
-            if seq_lo >= low_edge {
-                th.checked_sub(1)?
-            } else {
-                th
-            }
+            if seq_lo >= low_edge { th.checked_sub(1)? } else { th }
         };
         Some((seqh << 32) | seq_lo)
     }

@@ -29,45 +29,23 @@ impl TrafficSelector {
         let (start, end) = match addr {
             Address::V4(a) if prefix_len <= 32 => {
                 let v = u32::from_be_bytes(a);
-                let mask = if prefix_len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - prefix_len)
-                };
-                (
-                    Address::V4((v & mask).to_be_bytes()),
-                    Address::V4((v | !mask).to_be_bytes()),
-                )
+                let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
+                (Address::V4((v & mask).to_be_bytes()), Address::V4((v | !mask).to_be_bytes()))
             }
             Address::V6(a) if prefix_len <= 128 => {
                 let v = u128::from_be_bytes(a);
-                let mask = if prefix_len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - prefix_len)
-                };
-                (
-                    Address::V6((v & mask).to_be_bytes()),
-                    Address::V6((v | !mask).to_be_bytes()),
-                )
+                let mask = if prefix_len == 0 { 0 } else { u128::MAX << (128 - prefix_len) };
+                (Address::V6((v & mask).to_be_bytes()), Address::V6((v | !mask).to_be_bytes()))
             }
             _ => return None,
         };
-        Some(TrafficSelector {
-            protocol: 0,
-            start_port: 0,
-            end_port: u16::MAX,
-            start,
-            end,
-        })
+        Some(TrafficSelector { protocol: 0, start_port: 0, end_port: u16::MAX, start, end })
     }
 
     /// Well-formed: one address family, start <= end for addresses and ports.
     pub fn is_valid(&self) -> bool {
-        let same_family = matches!(
-            (self.start, self.end),
-            (Address::V4(_), Address::V4(_)) | (Address::V6(_), Address::V6(_))
-        );
+        let same_family =
+            matches!((self.start, self.end), (Address::V4(_), Address::V4(_)) | (Address::V6(_), Address::V6(_)));
         same_family && self.start <= self.end && self.start_port <= self.end_port
     }
 
@@ -98,15 +76,13 @@ impl TrafficSelector {
 /// True if a packet from `src` side to `dst` side matches: its source lies
 /// in one of `src_ts`, its destination in one of `dst_ts`.
 pub fn matches(s: &Selectors, src_ts: &[TrafficSelector], dst_ts: &[TrafficSelector]) -> bool {
-    let src_ok = src_ts.iter().any(|t| {
-        t.contains_addr(&s.src) && t.contains_protocol(s.protocol) && t.contains_port(s.src_port)
-    });
+    let src_ok = src_ts
+        .iter()
+        .any(|t| t.contains_addr(&s.src) && t.contains_protocol(s.protocol) && t.contains_port(s.src_port));
     src_ok
-        && dst_ts.iter().any(|t| {
-            t.contains_addr(&s.dst)
-                && t.contains_protocol(s.protocol)
-                && t.contains_port(s.dst_port)
-        })
+        && dst_ts
+            .iter()
+            .any(|t| t.contains_addr(&s.dst) && t.contains_protocol(s.protocol) && t.contains_port(s.dst_port))
 }
 
 #[cfg(test)]
@@ -114,21 +90,8 @@ mod tests {
     use super::*;
     use wasmsec_wire::ip::{PROTO_TCP, PROTO_UDP};
 
-    fn sel(
-        src: [u8; 4],
-        dst: [u8; 4],
-        protocol: u8,
-        sp: Option<u16>,
-        dp: Option<u16>,
-    ) -> Selectors {
-        Selectors {
-            src: Address::V4(src),
-            dst: Address::V4(dst),
-            protocol,
-            src_port: sp,
-            dst_port: dp,
-            total_len: 40,
-        }
+    fn sel(src: [u8; 4], dst: [u8; 4], protocol: u8, sp: Option<u16>, dp: Option<u16>) -> Selectors {
+        Selectors { src: Address::V4(src), dst: Address::V4(dst), protocol, src_port: sp, dst_port: dp, total_len: 40 }
     }
 
     #[test]
@@ -148,29 +111,12 @@ mod tests {
     fn address_protocol_and_port_matching() {
         let a = TrafficSelector::from_prefix(Address::V4([10, 0, 1, 0]), 24).unwrap();
         let b = TrafficSelector::from_prefix(Address::V4([10, 0, 2, 0]), 24).unwrap();
-        let s = sel(
-            [10, 0, 1, 5],
-            [10, 0, 2, 9],
-            PROTO_TCP,
-            Some(1000),
-            Some(443),
-        );
+        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, Some(1000), Some(443));
         assert!(matches(&s, &[a.clone()], &[b.clone()]));
         assert!(!matches(&s, &[b.clone()], &[a.clone()]));
-        let https = TrafficSelector {
-            protocol: PROTO_TCP,
-            start_port: 443,
-            end_port: 443,
-            ..b.clone()
-        };
+        let https = TrafficSelector { protocol: PROTO_TCP, start_port: 443, end_port: 443, ..b.clone() };
         assert!(matches(&s, &[a.clone()], &[https.clone()]));
-        let udp = sel(
-            [10, 0, 1, 5],
-            [10, 0, 2, 9],
-            PROTO_UDP,
-            Some(1000),
-            Some(443),
-        );
+        let udp = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_UDP, Some(1000), Some(443));
         assert!(!matches(&udp, &[a.clone()], &[https.clone()]));
         let frag = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
         assert!(!matches(&frag, &[a.clone()], &[https]));
@@ -182,10 +128,7 @@ mod tests {
         let v6 = TrafficSelector::from_prefix(Address::V6([0; 16]), 0).unwrap();
         let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
         assert!(!matches(&s, &[v6.clone()], &[v6]));
-        let bad = TrafficSelector {
-            end: Address::V6([0; 16]),
-            ..TrafficSelector::any_v4()
-        };
+        let bad = TrafficSelector { end: Address::V6([0; 16]), ..TrafficSelector::any_v4() };
         assert!(!bad.is_valid());
     }
 }

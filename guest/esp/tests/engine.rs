@@ -19,11 +19,7 @@ struct FakeBatch {
 
 fn tag(key: u64, header: &[u8], esn_high: Option<u32>, ct: &[u8]) -> [u8; ICV_LEN] {
     let mut s: u32 = key as u32;
-    for b in header
-        .iter()
-        .chain(&esn_high.unwrap_or(0).to_be_bytes())
-        .chain(ct)
-    {
+    for b in header.iter().chain(&esn_high.unwrap_or(0).to_be_bytes()).chain(ct) {
         s = s.rotate_left(5) ^ u32::from(*b);
     }
     s.to_be_bytes()
@@ -58,12 +54,7 @@ impl PacketBatch for FakeBatch {
         *p = out;
         Ok(())
     }
-    fn open(
-        &mut self,
-        i: u32,
-        key: KeyHandle,
-        esn_high: Option<u32>,
-    ) -> Result<Opened, CryptoError> {
+    fn open(&mut self, i: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
         let p = &mut self.packets[i as usize];
         if p.len() < HEADER_LEN + IV_LEN + ICV_LEN + 2 {
             return Err(CryptoError::BadLength);
@@ -75,12 +66,7 @@ impl PacketBatch for FakeBatch {
         }
         let mut pt: Vec<u8> = ct.iter().map(|b| b ^ key.0 as u8).collect();
         let n = pt.len();
-        let opened = Opened {
-            head: Head::new(&pt),
-            plaintext_len: n,
-            pad_length: pt[n - 2],
-            next_header: pt[n - 1],
-        };
+        let opened = Opened { head: Head::new(&pt), plaintext_len: n, pad_length: pt[n - 2], next_header: pt[n - 1] };
         pt.truncate(n);
         *p = pt;
         Ok(opened)
@@ -88,23 +74,12 @@ impl PacketBatch for FakeBatch {
 }
 
 fn batch(packets: Vec<Vec<u8>>) -> FakeBatch {
-    FakeBatch {
-        packets,
-        sealed_headers: Vec::new(),
-    }
+    FakeBatch { packets, sealed_headers: Vec::new() }
 }
 
 fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
     let mut p = vec![0u8; 20 + payload_len];
-    ipv4::Repr {
-        src_addr: src,
-        dst_addr: dst,
-        protocol: 1,
-        payload_len,
-        ttl: 64,
-    }
-    .emit(&mut p)
-    .unwrap();
+    ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len, ttl: 64 }.emit(&mut p).unwrap();
     p[20] = 8; // ICMP echo request
     p
 }
@@ -166,18 +141,10 @@ fn round_trip_assigns_increasing_sequence_numbers() {
     let inner: Vec<Vec<u8>> = (0..5).map(|n| ipv4_packet(HOST_A, HOST_B, 8 + n)).collect();
     let (sealed, v) = encap(&mut a, inner.clone());
     assert!(v.iter().all(|v| *v == EncapVerdict::Send(7)));
-    let seqs: Vec<u32> = sealed
-        .sealed_headers
-        .iter()
-        .map(|(h, _)| u32::from_be_bytes(h[4..8].try_into().unwrap()))
-        .collect();
+    let seqs: Vec<u32> =
+        sealed.sealed_headers.iter().map(|(h, _)| u32::from_be_bytes(h[4..8].try_into().unwrap())).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
-    assert!(
-        sealed
-            .sealed_headers
-            .iter()
-            .all(|(h, e)| h[..4] == 0x1001u32.to_be_bytes() && e.is_none())
-    );
+    assert!(sealed.sealed_headers.iter().all(|(h, e)| h[..4] == 0x1001u32.to_be_bytes() && e.is_none()));
     let (opened, v) = decap(&mut b, sealed.packets);
     for (i, (v, p)) in v.iter().zip(&opened.packets).enumerate() {
         assert_eq!(*v, DecapVerdict::Deliver(inner[i].len() as u32));
@@ -190,15 +157,7 @@ fn round_trip_assigns_increasing_sequence_numbers() {
 #[test]
 fn no_policy_and_malformed_outbound() {
     let (mut a, _) = pair(false, 1, 64);
-    let (_, v) = encap(
-        &mut a,
-        vec![
-            ipv4_packet(HOST_B, HOST_A, 8),
-            vec![0x45, 0, 0],
-            vec![],
-            vec![0x70; 40],
-        ],
-    );
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_B, HOST_A, 8), vec![0x45, 0, 0], vec![], vec![0x70; 40]]);
     assert_eq!(
         v,
         [
@@ -221,15 +180,7 @@ fn replay_wrong_spi_bad_icv_and_truncation_are_dropped() {
     *bad_icv.last_mut().unwrap() ^= 1;
     let (_, v) = decap(
         &mut b,
-        vec![
-            bad_icv,
-            good[..20].to_vec(),
-            good.clone(),
-            good.clone(),
-            wrong_spi,
-            good[..7].to_vec(),
-            vec![],
-        ],
+        vec![bad_icv, good[..20].to_vec(), good.clone(), good.clone(), wrong_spi, good[..7].to_vec(), vec![]],
     );
     assert_eq!(
         v,
@@ -253,13 +204,7 @@ fn failed_icv_does_not_advance_the_window() {
     let mut forged = sealed.packets[0].clone();
     forged[4..8].copy_from_slice(&1_000_000u32.to_be_bytes());
     let (_, v) = decap(&mut b, vec![forged, sealed.packets[0].clone()]);
-    assert_eq!(
-        v,
-        [
-            DecapVerdict::Drop(DropReason::IntegrityFailed),
-            DecapVerdict::Deliver(28)
-        ]
-    );
+    assert_eq!(v, [DecapVerdict::Drop(DropReason::IntegrityFailed), DecapVerdict::Deliver(28)]);
 }
 
 #[test]
@@ -278,31 +223,16 @@ fn inner_packet_outside_selectors_is_dropped() {
     })
     .unwrap();
     let (_, mut b) = pair(false, 1, 64);
-    let (sealed, _) = encap(
-        &mut a,
-        vec![
-            ipv4_packet([10, 9, 9, 9], HOST_B, 8),
-            ipv4_packet(HOST_A, HOST_B, 8),
-        ],
-    );
+    let (sealed, _) = encap(&mut a, vec![ipv4_packet([10, 9, 9, 9], HOST_B, 8), ipv4_packet(HOST_A, HOST_B, 8)]);
     let (_, v) = decap(&mut b, sealed.packets);
-    assert_eq!(
-        v,
-        [
-            DecapVerdict::Drop(DropReason::SelectorMismatch),
-            DecapVerdict::Deliver(28)
-        ]
-    );
+    assert_eq!(v, [DecapVerdict::Drop(DropReason::SelectorMismatch), DecapVerdict::Deliver(28)]);
 }
 
 #[test]
 fn esn_rollover_carries_high_bits() {
     let start = 0xffff_fffe;
     let (mut a, mut b) = pair(true, start, 1024);
-    let (sealed, v) = encap(
-        &mut a,
-        (0..4).map(|_| ipv4_packet(HOST_A, HOST_B, 8)).collect(),
-    );
+    let (sealed, v) = encap(&mut a, (0..4).map(|_| ipv4_packet(HOST_A, HOST_B, 8)).collect());
     assert!(v.iter().all(|v| matches!(v, EncapVerdict::Send(_))));
     let highs: Vec<Option<u32>> = sealed.sealed_headers.iter().map(|(_, e)| *e).collect();
     assert_eq!(highs, [Some(0), Some(0), Some(1), Some(1)]);
@@ -311,29 +241,14 @@ fn esn_rollover_carries_high_bits() {
     assert_eq!(b.sa_states()[0].seq, (1 << 32) | 1);
     // Replaying the pre-wrap packets is caught in the old subspace.
     let (_, v) = decap(&mut b, sealed.packets[..2].to_vec());
-    assert!(
-        v.iter()
-            .all(|v| *v == DecapVerdict::Drop(DropReason::Replay))
-    );
+    assert!(v.iter().all(|v| *v == DecapVerdict::Drop(DropReason::Replay)));
 }
 
 #[test]
 fn sequence_exhaustion_without_esn() {
     let (mut a, _) = pair(false, u64::from(u32::MAX), 64);
-    let (_, v) = encap(
-        &mut a,
-        vec![
-            ipv4_packet(HOST_A, HOST_B, 8),
-            ipv4_packet(HOST_A, HOST_B, 8),
-        ],
-    );
-    assert_eq!(
-        v,
-        [
-            EncapVerdict::Send(7),
-            EncapVerdict::Drop(DropReason::SeqExhausted)
-        ]
-    );
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8), ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7), EncapVerdict::Drop(DropReason::SeqExhausted)]);
 }
 
 #[test]
@@ -369,25 +284,10 @@ fn install_validation() {
         local_ts: vec![prefix(LAN_B, 24)],
         remote_ts: vec![prefix(LAN_A, 24)],
     };
-    assert_eq!(
-        e.install_inbound(InboundSa {
-            spi: 255,
-            ..good.clone()
-        }),
-        Err(SaError::ReservedSpi(255))
-    );
-    assert_eq!(
-        e.install_inbound(InboundSa {
-            local_ts: vec![],
-            ..good.clone()
-        }),
-        Err(SaError::NoSelectors)
-    );
+    assert_eq!(e.install_inbound(InboundSa { spi: 255, ..good.clone() }), Err(SaError::ReservedSpi(255)));
+    assert_eq!(e.install_inbound(InboundSa { local_ts: vec![], ..good.clone() }), Err(SaError::NoSelectors));
     assert_eq!(e.install_inbound(good.clone()), Ok(()));
-    assert_eq!(
-        e.install_inbound(good.clone()),
-        Err(SaError::DuplicateSpi(0x100))
-    );
+    assert_eq!(e.install_inbound(good.clone()), Err(SaError::DuplicateSpi(0x100)));
     assert!(e.remove_inbound(0x100));
     assert!(!e.remove_inbound(0x100));
 }

@@ -66,34 +66,15 @@ impl IkeCrypto for HostCrypto {
         i: u64,
         r: u64,
     ) -> Result<Handle, CryptoError> {
-        let suite = keys::IkeSuite {
-            encr: s.encr,
-            key_bits: s.key_bits,
-            prf: s.prf,
-            integ: s.integ,
-            dh: s.dh,
-        };
+        let suite = keys::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
         keys::derive_ike_sa(suite, dh, p, ni, nr, i, r).map_err(err)
     }
 
-    fn encrypt(
-        &mut self,
-        sa: Handle,
-        fi: bool,
-        h: &[u8; 28],
-        first: u8,
-        inner: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
+    fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: u8, inner: &[u8]) -> Result<Vec<u8>, CryptoError> {
         keys::encrypt(sa, fi, h, first, inner).map_err(err)
     }
 
-    fn decrypt(
-        &mut self,
-        sa: Handle,
-        fi: bool,
-        msg: &[u8],
-        off: usize,
-    ) -> Result<Vec<u8>, CryptoError> {
+    fn decrypt(&mut self, sa: Handle, fi: bool, msg: &[u8], off: usize) -> Result<Vec<u8>, CryptoError> {
         keys::decrypt(sa, fi, msg, off as u32).map_err(err)
     }
 
@@ -117,17 +98,9 @@ impl IkeCrypto for HostCrypto {
         nr: &[u8],
         init: bool,
     ) -> Result<ChildKeys, CryptoError> {
-        let suite = keys::ChildSuite {
-            encr: s.encr,
-            key_bits: s.key_bits,
-            integ: s.integ,
-            esn: s.esn,
-        };
+        let suite = keys::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ, esn: s.esn };
         let k = keys::derive_child(sa, suite, ni, nr, init).map_err(err)?;
-        Ok(ChildKeys {
-            outbound: k.outbound,
-            inbound: k.inbound,
-        })
+        Ok(ChildKeys { outbound: k.outbound, inbound: k.inbound })
     }
 
     fn destroy(&mut self, h: Handle) {
@@ -151,17 +124,11 @@ fn addr_bytes(a: IpAddr) -> Vec<u8> {
 }
 
 fn endpoint(e: &wit::Endpoint) -> Option<ike::Endpoint> {
-    Some(ike::Endpoint {
-        addr: addr(&e.address)?,
-        port: e.port,
-    })
+    Some(ike::Endpoint { addr: addr(&e.address)?, port: e.port })
 }
 
 fn wit_endpoint(e: &ike::Endpoint) -> wit::Endpoint {
-    wit::Endpoint {
-        address: addr_bytes(e.addr),
-        port: e.port,
-    }
+    wit::Endpoint { address: addr_bytes(e.addr), port: e.port }
 }
 
 fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector> {
@@ -201,32 +168,18 @@ fn wit_action(a: ike::Action) -> wit::Action {
             remote: wit_endpoint(&c.remote),
             encap: c.encap,
         }),
-        ike::Action::DeleteChild {
-            ike_spi,
-            inbound_spi,
-            outbound_spi,
-            inbound_key,
-            outbound_key,
-        } => wit::Action::DeleteChild(wit::ChildDeleted {
-            ike_spi,
-            inbound_spi,
-            outbound_spi,
-            inbound_key,
-            outbound_key,
-        }),
-        ike::Action::IkeUp {
-            connection,
-            ike_spi,
-        } => wit::Action::IkeUp((connection, ike_spi)),
-        ike::Action::IkeDown {
-            connection,
-            ike_spi,
-        } => wit::Action::IkeDown((connection, ike_spi)),
-        ike::Action::Log {
-            level,
-            connection,
-            message,
-        } => wit::Action::Log(wit::LogEvent {
+        ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key } => {
+            wit::Action::DeleteChild(wit::ChildDeleted {
+                ike_spi,
+                inbound_spi,
+                outbound_spi,
+                inbound_key,
+                outbound_key,
+            })
+        }
+        ike::Action::IkeUp { connection, ike_spi } => wit::Action::IkeUp((connection, ike_spi)),
+        ike::Action::IkeDown { connection, ike_spi } => wit::Action::IkeDown((connection, ike_spi)),
+        ike::Action::Log { level, connection, message } => wit::Action::Log(wit::LogEvent {
             level: match level {
                 ike::Level::Info => wit::Level::Info,
                 ike::Level::Warn => wit::Level::Warn,
@@ -242,9 +195,7 @@ struct Component;
 impl wit::Guest for Component {
     fn add_connection(c: wit::Connection) -> Result<Vec<String>, String> {
         let addrs = |v: Vec<Vec<u8>>, what: &str| -> Result<Vec<IpAddr>, String> {
-            v.iter()
-                .map(|b| addr(b).ok_or(format!("{what}: address is not 4 or 16 bytes")))
-                .collect()
+            v.iter().map(|b| addr(b).ok_or(format!("{what}: address is not 4 or 16 bytes"))).collect()
         };
         let cfg = ike::ConnectionConfig {
             name: c.name,
@@ -282,10 +233,7 @@ impl wit::Guest for Component {
     }
 
     fn terminate(now_ms: u64, connection: String) -> Result<u32, String> {
-        ENGINE.with_borrow_mut(|e| {
-            e.terminate(now_ms, &connection, &mut HostCrypto)
-                .map(|n| n as u32)
-        })
+        ENGINE.with_borrow_mut(|e| e.terminate(now_ms, &connection, &mut HostCrypto).map(|n| n as u32))
     }
 
     fn handle_datagram(now_ms: u64, d: wit::Datagram) {
@@ -293,15 +241,7 @@ impl wit::Guest for Component {
             return;
         };
         ENGINE.with_borrow_mut(|e| {
-            e.handle_datagram(
-                now_ms,
-                ike::Datagram {
-                    local,
-                    remote,
-                    data: d.data,
-                },
-                &mut HostCrypto,
-            )
+            e.handle_datagram(now_ms, ike::Datagram { local, remote, data: d.data }, &mut HostCrypto)
         });
     }
 
@@ -310,11 +250,7 @@ impl wit::Guest for Component {
     }
 
     fn poll_actions() -> Vec<wit::Action> {
-        ENGINE.with_borrow_mut(|e| {
-            std::iter::from_fn(|| e.poll_action())
-                .map(wit_action)
-                .collect()
-        })
+        ENGINE.with_borrow_mut(|e| std::iter::from_fn(|| e.poll_action()).map(wit_action).collect())
     }
 
     fn next_timeout() -> Option<u64> {

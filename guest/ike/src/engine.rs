@@ -8,8 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use wasmsec_wire::ike::{
-    self, Delete, Header, Identification, Message, Notify, Payload, TrafficSelector as Ts,
-    auth_method, exchange, notify, payload, protocol,
+    self, Delete, Header, Identification, Message, Notify, Payload, TrafficSelector as Ts, auth_method, exchange,
+    notify, payload, protocol,
 };
 
 use crate::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite};
@@ -243,11 +243,7 @@ struct IkeSa {
 
 impl IkeSa {
     fn our_spi(&self) -> u64 {
-        if self.initiator {
-            self.spi_i
-        } else {
-            self.spi_r
-        }
+        if self.initiator { self.spi_i } else { self.spi_r }
     }
 
     fn encap(&self, force: bool) -> bool {
@@ -267,11 +263,7 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            retransmit_base_ms: 1000,
-            retransmit_tries: 6,
-            half_open_ms: 30_000,
-        }
+        Timing { retransmit_base_ms: 1000, retransmit_tries: 6, half_open_ms: 30_000 }
     }
 }
 
@@ -294,27 +286,16 @@ struct Fail {
 
 impl Fail {
     fn with(n: u16, message: impl Into<String>) -> Fail {
-        Fail {
-            notify: Some((n, Vec::new())),
-            message: message.into(),
-        }
+        Fail { notify: Some((n, Vec::new())), message: message.into() }
     }
 
     fn quiet(message: impl Into<String>) -> Fail {
-        Fail {
-            notify: None,
-            message: message.into(),
-        }
+        Fail { notify: None, message: message.into() }
     }
 }
 
 fn notify_payload(kind: u16, data: Vec<u8>) -> Payload {
-    Payload::Notify(Notify {
-        protocol: 0,
-        spi: Vec::new(),
-        kind,
-        data,
-    })
+    Payload::Notify(Notify { protocol: 0, spi: Vec::new(), kind, data })
 }
 
 fn find_notify(ps: &[Payload], kind: u16) -> Option<&Notify> {
@@ -399,16 +380,8 @@ impl Engine {
     }
 
     fn log(&mut self, level: Level, conn: usize, message: String) {
-        let connection = self
-            .conns
-            .get(conn)
-            .map(|c| c.cfg.name.clone())
-            .unwrap_or_default();
-        self.actions.push_back(Action::Log {
-            level,
-            connection,
-            message,
-        });
+        let connection = self.conns.get(conn).map(|c| c.cfg.name.clone()).unwrap_or_default();
+        self.actions.push_back(Action::Log { level, connection, message });
     }
 
     /// Load a connection. Errors name what is wrong.
@@ -417,8 +390,7 @@ impl Engine {
         if self.conns.iter().any(|c| c.cfg.name == cfg.name) {
             return Err(format!("connection {:?} is defined twice", cfg.name));
         }
-        let (ike, mut warnings) =
-            proposal::parse(&cfg.ike_proposals, Kind::Ike).map_err(|e| at("proposals", e))?;
+        let (ike, mut warnings) = proposal::parse(&cfg.ike_proposals, Kind::Ike).map_err(|e| at("proposals", e))?;
         let local_id = Identity::parse(&cfg.local_id).map_err(|e| at("local id", e))?;
         if local_id == Identity::Any {
             return Err(at("local id", "must name us, not %any".into()));
@@ -429,19 +401,14 @@ impl Engine {
         }
         let mut children = Vec::new();
         for c in &cfg.children {
-            let ch = |k: &str, e: String| {
-                format!("connection {:?}: child {:?}: {k}: {e}", cfg.name, c.name)
-            };
-            let (esp, w) =
-                proposal::parse(&c.esp_proposals, Kind::Esp).map_err(|e| ch("esp_proposals", e))?;
+            let ch = |k: &str, e: String| format!("connection {:?}: child {:?}: {k}: {e}", cfg.name, c.name);
+            let (esp, w) = proposal::parse(&c.esp_proposals, Kind::Esp).map_err(|e| ch("esp_proposals", e))?;
             warnings.extend(w);
             let parse_ts = |v: &[String], k: &str| -> Result<Vec<Ts>, String> {
                 if v.is_empty() {
                     return Err(ch(k, "at least one subnet is needed".into()));
                 }
-                v.iter()
-                    .map(|s| ts::from_cidr(s).map_err(|e| ch(k, e)))
-                    .collect()
+                v.iter().map(|s| ts::from_cidr(s).map_err(|e| ch(k, e))).collect()
             };
             children.push(ChildCfg {
                 name: c.name.clone(),
@@ -450,13 +417,7 @@ impl Engine {
                 esp,
             });
         }
-        self.conns.push(Connection {
-            cfg,
-            local_id,
-            remote_id,
-            ike,
-            children,
-        });
+        self.conns.push(Connection { cfg, local_id, remote_id, ike, children });
         Ok(warnings)
     }
 
@@ -465,20 +426,12 @@ impl Engine {
         self.conns
             .iter()
             .position(|c| c.cfg.name == name)
-            .is_some_and(|i| {
-                self.sas
-                    .values()
-                    .any(|s| s.conn == i && s.state != State::Deleting)
-            })
+            .is_some_and(|i| self.sas.values().any(|s| s.conn == i && s.state != State::Deleting))
     }
 
     /// Connections whose start action is `Start`.
     pub fn autostart(&self) -> Vec<String> {
-        self.conns
-            .iter()
-            .filter(|c| c.cfg.start_action == StartAction::Start)
-            .map(|c| c.cfg.name.clone())
-            .collect()
+        self.conns.iter().filter(|c| c.cfg.start_action == StartAction::Start).map(|c| c.cfg.name.clone()).collect()
     }
 
     fn new_spi(&self, crypto: &mut dyn IkeCrypto) -> u64 {
@@ -543,14 +496,8 @@ impl Engine {
         let mut h = Vec::with_capacity(ike::HEADER_LEN);
         Self::header(sa, exch, response, mid).emit(&mut h);
         let h: [u8; 28] = h.try_into().map_err(|_| Fail::quiet("header"))?;
-        let data = crypto
-            .encrypt(keys, sa.initiator, &h, first, &inner)
-            .map_err(crypto_fail)?;
-        Ok(Datagram {
-            local: sa.local,
-            remote: sa.remote,
-            data,
-        })
+        let data = crypto.encrypt(keys, sa.initiator, &h, first, &inner).map_err(crypto_fail)?;
+        Ok(Datagram { local: sa.local, remote: sa.remote, data })
     }
 
     /// Send a request and arm its retransmission.
@@ -558,13 +505,7 @@ impl Engine {
         let mid = sa.next_mid;
         sa.next_mid += 1;
         self.emit(datagram.clone());
-        sa.request = Some(Request {
-            kind,
-            mid,
-            datagram,
-            tries: 1,
-            next_at: now + self.timing.retransmit_base_ms,
-        });
+        sa.request = Some(Request { kind, mid, datagram, tries: 1, next_at: now + self.timing.retransmit_base_ms });
     }
 
     fn respond(&mut self, sa: &mut IkeSa, mid: u32, d: Datagram) {
@@ -573,42 +514,21 @@ impl Engine {
         self.emit(d);
     }
 
-    fn respond_encrypted(
-        &mut self,
-        sa: &mut IkeSa,
-        exch: u8,
-        mid: u32,
-        ps: &[Payload],
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn respond_encrypted(&mut self, sa: &mut IkeSa, exch: u8, mid: u32, ps: &[Payload], crypto: &mut dyn IkeCrypto) {
         match Self::encrypted(sa, exch, true, mid, ps, crypto) {
             Ok(d) => self.respond(sa, mid, d),
-            Err(f) => self.log(
-                Level::Warn,
-                sa.conn,
-                format!("cannot build response: {}", f.message),
-            ),
+            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot build response: {}", f.message)),
         }
     }
 
     // ---- admin ------------------------------------------------------------
 
     /// Start connection `name` as initiator.
-    pub fn initiate(
-        &mut self,
-        now: u64,
-        name: &str,
-        crypto: &mut dyn IkeCrypto,
-    ) -> Result<(), String> {
-        let conn = self
-            .conns
-            .iter()
-            .position(|c| c.cfg.name == name)
-            .ok_or(format!("no connection {name:?}"))?;
+    pub fn initiate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<(), String> {
+        let conn = self.conns.iter().position(|c| c.cfg.name == name).ok_or(format!("no connection {name:?}"))?;
         let c = &self.conns[conn];
-        let remote = *c.cfg.remote_addrs.first().ok_or(format!(
-            "connection {name:?} has no remote address to initiate to"
-        ))?;
+        let remote =
+            *c.cfg.remote_addrs.first().ok_or(format!("connection {name:?} has no remote address to initiate to"))?;
         let local = c.cfg.local_addrs.first().copied().unwrap_or(match remote {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
@@ -620,14 +540,8 @@ impl Engine {
             initiator: true,
             spi_i: spi,
             spi_r: 0,
-            local: Endpoint {
-                addr: local,
-                port: IKE_PORT,
-            },
-            remote: Endpoint {
-                addr: remote,
-                port: IKE_PORT,
-            },
+            local: Endpoint { addr: local, port: IKE_PORT },
+            remote: Endpoint { addr: remote, port: IKE_PORT },
             state: State::InitSent,
             suite: None,
             keys: None,
@@ -659,12 +573,7 @@ impl Engine {
         }
     }
 
-    fn send_init(
-        &mut self,
-        sa: &mut IkeSa,
-        now: u64,
-        crypto: &mut dyn IkeCrypto,
-    ) -> Result<(), Fail> {
+    fn send_init(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) -> Result<(), Fail> {
         if let Some(old) = sa.dh.take() {
             crypto.destroy(old);
         }
@@ -676,87 +585,37 @@ impl Engine {
             ps.push(notify_payload(notify::COOKIE, cookie.clone()));
         }
         ps.push(Payload::Sa(proposal::to_wire(&c.ike, Kind::Ike, &[], true)));
-        ps.push(Payload::Ke {
-            group: sa.dh_group,
-            data: public,
-        });
+        ps.push(Payload::Ke { group: sa.dh_group, data: public });
         ps.push(Payload::Nonce(sa.ni.clone()));
-        ps.push(notify_payload(
-            notify::NAT_DETECTION_SOURCE_IP,
-            nat_hash(sa.spi_i, 0, &sa.local),
-        ));
-        ps.push(notify_payload(
-            notify::NAT_DETECTION_DESTINATION_IP,
-            nat_hash(sa.spi_i, 0, &sa.remote),
-        ));
-        let m = Message {
-            header: Self::header(sa, exchange::IKE_SA_INIT, false, 0),
-            payloads: ps,
-        };
+        ps.push(notify_payload(notify::NAT_DETECTION_SOURCE_IP, nat_hash(sa.spi_i, 0, &sa.local)));
+        ps.push(notify_payload(notify::NAT_DETECTION_DESTINATION_IP, nat_hash(sa.spi_i, 0, &sa.remote)));
+        let m = Message { header: Self::header(sa, exchange::IKE_SA_INIT, false, 0), payloads: ps };
         let data = m.emit();
         sa.init_req = data.clone();
         sa.next_mid = 0;
         sa.state = State::InitSent;
-        self.request(
-            sa,
-            now,
-            Pending::Init,
-            Datagram {
-                local: sa.local,
-                remote: sa.remote,
-                data,
-            },
-        );
+        self.request(sa, now, Pending::Init, Datagram { local: sa.local, remote: sa.remote, data });
         Ok(())
     }
 
     /// Delete every IKE SA of connection `name` (DELETE, section 1.4.1).
-    pub fn terminate(
-        &mut self,
-        now: u64,
-        name: &str,
-        crypto: &mut dyn IkeCrypto,
-    ) -> Result<usize, String> {
-        let conn = self
-            .conns
-            .iter()
-            .position(|c| c.cfg.name == name)
-            .ok_or(format!("no connection {name:?}"))?;
-        let ids: Vec<u64> = self
-            .sas
-            .iter()
-            .filter(|(_, s)| s.conn == conn)
-            .map(|(k, _)| *k)
-            .collect();
+    pub fn terminate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, String> {
+        let conn = self.conns.iter().position(|c| c.cfg.name == name).ok_or(format!("no connection {name:?}"))?;
+        let ids: Vec<u64> = self.sas.iter().filter(|(_, s)| s.conn == conn).map(|(k, _)| *k).collect();
         for id in &ids {
             let Some(mut sa) = self.sas.remove(id) else {
                 continue;
             };
             if sa.state == State::Established && sa.request.is_none() {
-                let del = [Payload::Delete(Delete {
-                    protocol: protocol::IKE,
-                    spi_size: 0,
-                    spis: Vec::new(),
-                })];
-                match Self::encrypted(
-                    &sa,
-                    exchange::INFORMATIONAL,
-                    false,
-                    sa.next_mid,
-                    &del,
-                    crypto,
-                ) {
+                let del = [Payload::Delete(Delete { protocol: protocol::IKE, spi_size: 0, spis: Vec::new() })];
+                match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
                     Ok(d) => {
                         self.request(&mut sa, now, Pending::DeleteIke, d);
                         sa.state = State::Deleting;
                         self.sas.insert(*id, sa);
                         continue;
                     }
-                    Err(f) => self.log(
-                        Level::Warn,
-                        conn,
-                        format!("cannot send DELETE: {}", f.message),
-                    ),
+                    Err(f) => self.log(Level::Warn, conn, format!("cannot send DELETE: {}", f.message)),
                 }
             }
             self.drop_sa(sa, crypto, "terminated");
@@ -781,17 +640,10 @@ impl Engine {
         }
         self.half_open.retain(|_, v| *v != spi);
         let was_up = sa.state == State::Established || sa.state == State::Deleting;
-        self.log(
-            Level::Info,
-            sa.conn,
-            format!("IKE_SA {spi:016x} with {} deleted: {why}", sa.remote.addr),
-        );
+        self.log(Level::Info, sa.conn, format!("IKE_SA {spi:016x} with {} deleted: {why}", sa.remote.addr));
         if was_up {
             let connection = self.conns[sa.conn].cfg.name.clone();
-            self.actions.push_back(Action::IkeDown {
-                connection,
-                ike_spi: spi,
-            });
+            self.actions.push_back(Action::IkeDown { connection, ike_spi: spi });
         }
     }
 
@@ -819,11 +671,7 @@ impl Engine {
             };
             if sa.state == State::InitDone && now >= sa.created_at + self.timing.half_open_ms {
                 self.stats.timeouts += 1;
-                self.drop_sa(
-                    sa,
-                    crypto,
-                    "half-open IKE_SA timed out waiting for IKE_AUTH",
-                );
+                self.drop_sa(sa, crypto, "half-open IKE_SA timed out waiting for IKE_AUTH");
                 continue;
             }
             let mut give_up = false;
@@ -843,11 +691,7 @@ impl Engine {
             if give_up {
                 self.stats.timeouts += 1;
                 let tries = self.timing.retransmit_tries;
-                self.drop_sa(
-                    sa,
-                    crypto,
-                    &format!("peer did not answer after {tries} transmissions"),
-                );
+                self.drop_sa(sa, crypto, &format!("peer did not answer after {tries} transmissions"));
                 continue;
             }
             self.sas.insert(id, sa);
@@ -872,11 +716,7 @@ impl Engine {
             self.stats.malformed += 1;
             return;
         }
-        if h.exchange == exchange::IKE_SA_INIT
-            && !h.is_response()
-            && h.spi_r == 0
-            && h.message_id == 0
-        {
+        if h.exchange == exchange::IKE_SA_INIT && !h.is_response() && h.spi_r == 0 && h.message_id == 0 {
             return self.responder_init(now, h, d, crypto);
         }
         let ours = if h.is_initiator() { h.spi_r } else { h.spi_i };
@@ -884,11 +724,7 @@ impl Engine {
             self.stats.unknown_spi += 1;
             return;
         };
-        let theirs_ok = if h.is_initiator() {
-            h.spi_i == sa.spi_i
-        } else {
-            sa.spi_r == 0 || h.spi_r == sa.spi_r
-        };
+        let theirs_ok = if h.is_initiator() { h.spi_i == sa.spi_i } else { sa.spi_r == 0 || h.spi_r == sa.spi_r };
         if !theirs_ok || h.is_initiator() == sa.initiator {
             self.stats.unknown_spi += 1;
             self.sas.insert(ours, sa);
@@ -938,14 +774,7 @@ impl Engine {
         }))
     }
 
-    fn handle_request(
-        &mut self,
-        now: u64,
-        mut sa: IkeSa,
-        h: Header,
-        d: Datagram,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn handle_request(&mut self, now: u64, mut sa: IkeSa, h: Header, d: Datagram, crypto: &mut dyn IkeCrypto) {
         let id = sa.our_spi();
         // Section 2.2: a retransmitted request gets the same response again.
         if let Some((mid, resp)) = &sa.last_response {
@@ -982,11 +811,7 @@ impl Engine {
             }
         };
         if let Some(k) = ps.iter().find_map(|p| match p {
-            Payload::Unknown {
-                kind,
-                critical: true,
-                ..
-            } => Some(*kind),
+            Payload::Unknown { kind, critical: true, .. } => Some(*kind),
             _ => None,
         }) {
             self.stats.malformed += 1;
@@ -994,10 +819,7 @@ impl Engine {
                 &mut sa,
                 h.exchange,
                 h.message_id,
-                &[notify_payload(
-                    notify::UNSUPPORTED_CRITICAL_PAYLOAD,
-                    vec![k],
-                )],
+                &[notify_payload(notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![k])],
                 crypto,
             );
             self.sas.insert(id, sa);
@@ -1020,24 +842,13 @@ impl Engine {
             }
             _ => {
                 self.stats.unexpected += 1;
-                self.log(
-                    Level::Warn,
-                    sa.conn,
-                    format!("unexpected exchange {} in state {:?}", h.exchange, sa.state),
-                );
+                self.log(Level::Warn, sa.conn, format!("unexpected exchange {} in state {:?}", h.exchange, sa.state));
             }
         }
         self.sas.insert(id, sa);
     }
 
-    fn handle_response(
-        &mut self,
-        now: u64,
-        mut sa: IkeSa,
-        h: Header,
-        d: Datagram,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn handle_response(&mut self, now: u64, mut sa: IkeSa, h: Header, d: Datagram, crypto: &mut dyn IkeCrypto) {
         let id = sa.our_spi();
         let Some(req) = sa.request.as_ref().filter(|r| r.mid == h.message_id) else {
             self.stats.unexpected += 1;
@@ -1074,31 +885,16 @@ impl Engine {
 
     /// An unencrypted error response to an IKE_SA_INIT request.
     fn init_error(&mut self, h: &Header, d: &Datagram, n: u16, data: Vec<u8>) {
-        let hdr = Header {
-            spi_r: 0,
-            flags: ike::FLAG_RESPONSE,
-            ..*h
-        };
-        let m = Message {
-            header: hdr,
-            payloads: vec![notify_payload(n, data)],
-        };
-        self.emit(Datagram {
-            local: d.local,
-            remote: d.remote,
-            data: m.emit(),
-        });
+        let hdr = Header { spi_r: 0, flags: ike::FLAG_RESPONSE, ..*h };
+        let m = Message { header: hdr, payloads: vec![notify_payload(n, data)] };
+        self.emit(Datagram { local: d.local, remote: d.remote, data: m.emit() });
     }
 
     fn responder_init(&mut self, now: u64, h: Header, d: Datagram, crypto: &mut dyn IkeCrypto) {
         if let Some(id) = self.half_open.get(&(d.remote, h.spi_i)).copied() {
             if let Some(sa) = self.sas.get(&id) {
                 if sa.init_req == d.data {
-                    let resp = Datagram {
-                        local: d.local,
-                        remote: d.remote,
-                        data: sa.init_resp.clone(),
-                    };
+                    let resp = Datagram { local: d.local, remote: d.remote, data: sa.init_resp.clone() };
                     self.stats.replayed_responses += 1;
                     self.emit(resp);
                 } else {
@@ -1115,11 +911,7 @@ impl Engine {
             }
         };
         if let Some(k) = m.payloads.iter().find_map(|p| match p {
-            Payload::Unknown {
-                kind,
-                critical: true,
-                ..
-            } => Some(*kind),
+            Payload::Unknown { kind, critical: true, .. } => Some(*kind),
             _ => None,
         }) {
             self.stats.malformed += 1;
@@ -1167,34 +959,20 @@ impl Engine {
             self.log(
                 Level::Info,
                 conn,
-                format!(
-                    "peer sent KE for group {group}, we chose {}: INVALID_KE_PAYLOAD",
-                    chosen.dh
-                ),
+                format!("peer sent KE for group {group}, we chose {}: INVALID_KE_PAYLOAD", chosen.dh),
             );
-            return self.init_error(
-                &h,
-                &d,
-                notify::INVALID_KE_PAYLOAD,
-                chosen.dh.to_be_bytes().to_vec(),
-            );
+            return self.init_error(&h, &d, notify::INVALID_KE_PAYLOAD, chosen.dh.to_be_bytes().to_vec());
         }
         let spi_r = self.new_spi(crypto);
-        let nat_src =
-            find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
-        let nat_dst =
-            find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
+        let nat_src = find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
+        let nat_dst = find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
         let nat_remote = nat_src.is_some_and(|x| x != nat_hash(h.spi_i, 0, &d.remote));
         let nat_local = nat_dst.is_some_and(|x| x != nat_hash(h.spi_i, 0, &d.local));
         let nr = Self::nonce(crypto);
         let (dh, public) = match crypto.dh_generate(chosen.dh) {
             Ok(x) => x,
             Err(e) => {
-                return self.log(
-                    Level::Warn,
-                    conn,
-                    format!("DH group {} failed: {e:?}", chosen.dh),
-                );
+                return self.log(Level::Warn, conn, format!("DH group {} failed: {e:?}", chosen.dh));
             }
         };
         let suite = IkeSuite {
@@ -1211,10 +989,7 @@ impl Engine {
                 self.log(
                     Level::Warn,
                     conn,
-                    format!(
-                        "key derivation failed ({e:?}): bad KE payload from {}",
-                        d.remote.addr
-                    ),
+                    format!("key derivation failed ({e:?}): bad KE payload from {}", d.remote.addr),
                 );
                 return self.init_error(&h, &d, notify::INVALID_SYNTAX, Vec::new());
             }
@@ -1249,25 +1024,12 @@ impl Engine {
         };
         let ps = vec![
             Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &[])]),
-            Payload::Ke {
-                group: chosen.dh,
-                data: public,
-            },
+            Payload::Ke { group: chosen.dh, data: public },
             Payload::Nonce(nr),
-            notify_payload(
-                notify::NAT_DETECTION_SOURCE_IP,
-                nat_hash(h.spi_i, spi_r, &d.local),
-            ),
-            notify_payload(
-                notify::NAT_DETECTION_DESTINATION_IP,
-                nat_hash(h.spi_i, spi_r, &d.remote),
-            ),
+            notify_payload(notify::NAT_DETECTION_SOURCE_IP, nat_hash(h.spi_i, spi_r, &d.local)),
+            notify_payload(notify::NAT_DETECTION_DESTINATION_IP, nat_hash(h.spi_i, spi_r, &d.remote)),
         ];
-        let resp = Message {
-            header: Self::header(&sa, exchange::IKE_SA_INIT, true, 0),
-            payloads: ps,
-        }
-        .emit();
+        let resp = Message { header: Self::header(&sa, exchange::IKE_SA_INIT, true, 0), payloads: ps }.emit();
         sa.init_resp = resp.clone();
         self.log(
             Level::Info,
@@ -1285,23 +1047,12 @@ impl Engine {
                 }
             ),
         );
-        self.emit(Datagram {
-            local: d.local,
-            remote: d.remote,
-            data: resp,
-        });
+        self.emit(Datagram { local: d.local, remote: d.remote, data: resp });
         self.half_open.insert((d.remote, h.spi_i), spi_r);
         self.sas.insert(spi_r, sa);
     }
 
-    fn initiator_init_response(
-        &mut self,
-        now: u64,
-        mut sa: IkeSa,
-        h: Header,
-        d: Datagram,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn initiator_init_response(&mut self, now: u64, mut sa: IkeSa, h: Header, d: Datagram, crypto: &mut dyn IkeCrypto) {
         let id = sa.spi_i;
         let m = match Message::parse(&d.data) {
             Ok(m) => m,
@@ -1322,15 +1073,10 @@ impl Engine {
         }
         if let Some(n) = find_notify(&m.payloads, notify::INVALID_KE_PAYLOAD) {
             let want = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]]));
-            let ok = want.is_some_and(|g| {
-                g != sa.dh_group && self.conns[sa.conn].ike.iter().any(|p| p.dh.contains(&g))
-            });
+            let ok =
+                want.is_some_and(|g| g != sa.dh_group && self.conns[sa.conn].ike.iter().any(|p| p.dh.contains(&g)));
             if let (true, Some(g)) = (ok, want) {
-                self.log(
-                    Level::Info,
-                    sa.conn,
-                    format!("peer wants DH group {g} (INVALID_KE_PAYLOAD), retrying"),
-                );
+                self.log(Level::Info, sa.conn, format!("peer wants DH group {g} (INVALID_KE_PAYLOAD), retrying"));
                 sa.dh_group = g;
                 if let Err(f) = self.send_init(&mut sa, now, crypto) {
                     self.log(Level::Warn, sa.conn, f.message);
@@ -1338,24 +1084,15 @@ impl Engine {
                 self.sas.insert(id, sa);
             } else {
                 self.stats.no_proposal += 1;
-                self.drop_sa(
-                    sa,
-                    crypto,
-                    &format!("peer asked for DH group {want:?}, which we do not offer"),
-                );
+                self.drop_sa(sa, crypto, &format!("peer asked for DH group {want:?}, which we do not offer"));
             }
             return;
         }
         if let Some(e) = first_error(&m.payloads) {
             if e == notify::NO_PROPOSAL_CHOSEN {
                 self.stats.no_proposal += 1;
-                let ours = proposal::Display(&proposal::to_wire(
-                    &self.conns[sa.conn].ike,
-                    Kind::Ike,
-                    &[],
-                    true,
-                ))
-                .to_string();
+                let ours =
+                    proposal::Display(&proposal::to_wire(&self.conns[sa.conn].ike, Kind::Ike, &[], true)).to_string();
                 return self.drop_sa(
                     sa,
                     crypto,
@@ -1377,17 +1114,12 @@ impl Engine {
             self.stats.malformed += 1;
             return self.drop_sa(sa, crypto, "IKE_SA_INIT response lacks SA, KE or Nonce");
         };
-        let Some((chosen, _)) =
-            proposal::check_answer(&answer, &self.conns[sa.conn].ike, Kind::Ike, false)
-        else {
+        let Some((chosen, _)) = proposal::check_answer(&answer, &self.conns[sa.conn].ike, Kind::Ike, false) else {
             self.stats.no_proposal += 1;
             return self.drop_sa(
                 sa,
                 crypto,
-                &format!(
-                    "peer chose {}, which we did not offer",
-                    proposal::Display(&answer)
-                ),
+                &format!("peer chose {}, which we did not offer", proposal::Display(&answer)),
             );
         };
         if chosen.dh != sa.dh_group || group != sa.dh_group {
@@ -1395,10 +1127,8 @@ impl Engine {
             return self.drop_sa(sa, crypto, "peer's KE group differs from the one we sent");
         }
         sa.spi_r = h.spi_r;
-        let nat_src =
-            find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
-        let nat_dst =
-            find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
+        let nat_src = find_notify(&m.payloads, notify::NAT_DETECTION_SOURCE_IP).map(|n| n.data.clone());
+        let nat_dst = find_notify(&m.payloads, notify::NAT_DETECTION_DESTINATION_IP).map(|n| n.data.clone());
         sa.nat_remote = nat_src.is_some_and(|x| x != nat_hash(sa.spi_i, sa.spi_r, &d.remote));
         sa.nat_local = nat_dst.is_some_and(|x| x != nat_hash(sa.spi_i, sa.spi_r, &d.local));
         let suite = IkeSuite {
@@ -1425,11 +1155,7 @@ impl Engine {
             sa.remote.port = NAT_T_PORT;
         }
         sa.local.addr = d.local.addr;
-        self.log(
-            Level::Info,
-            sa.conn,
-            format!("IKE_SA_INIT done: {}", chosen.name(Kind::Ike)),
-        );
+        self.log(Level::Info, sa.conn, format!("IKE_SA_INIT done: {}", chosen.name(Kind::Ike)));
         match self.build_auth_request(&mut sa, crypto) {
             Ok(dg) => {
                 sa.state = State::AuthSent;
@@ -1442,38 +1168,21 @@ impl Engine {
 
     // ---- IKE_AUTH --------------------------------------------------------
 
-    fn build_auth_request(
-        &mut self,
-        sa: &mut IkeSa,
-        crypto: &mut dyn IkeCrypto,
-    ) -> Result<Datagram, Fail> {
+    fn build_auth_request(&mut self, sa: &mut IkeSa, crypto: &mut dyn IkeCrypto) -> Result<Datagram, Fail> {
         let c = &self.conns[sa.conn];
         let Identity::Id(idi) = c.local_id.clone() else {
             return Err(Fail::quiet("no local identity"));
         };
         let keys = sa.keys.ok_or_else(|| Fail::quiet("no keys"))?;
-        let auth = crypto
-            .psk_auth(keys, c.cfg.psk, true, &sa.init_req, &sa.nr, &idi.body())
-            .map_err(crypto_fail)?;
+        let auth = crypto.psk_auth(keys, c.cfg.psk, true, &sa.init_req, &sa.nr, &idi.body()).map_err(crypto_fail)?;
         let child = &c.children[0];
         let spi = Self::new_esp_spi(crypto);
-        let mut ps = vec![
-            Payload::IdI(idi),
-            notify_payload(notify::INITIAL_CONTACT, Vec::new()),
-        ];
+        let mut ps = vec![Payload::IdI(idi), notify_payload(notify::INITIAL_CONTACT, Vec::new())];
         if let Identity::Id(idr) = &c.remote_id {
             ps.push(Payload::IdR(idr.clone()));
         }
-        ps.push(Payload::Auth {
-            method: auth_method::SHARED_KEY_MIC,
-            data: auth,
-        });
-        ps.push(Payload::Sa(proposal::to_wire(
-            &child.esp,
-            Kind::Esp,
-            &spi.to_be_bytes(),
-            false,
-        )));
+        ps.push(Payload::Auth { method: auth_method::SHARED_KEY_MIC, data: auth });
+        ps.push(Payload::Sa(proposal::to_wire(&child.esp, Kind::Esp, &spi.to_be_bytes(), false)));
         ps.push(Payload::TsI(child.local_ts.clone()));
         ps.push(Payload::TsR(child.remote_ts.clone()));
         sa.children_tried = vec![0];
@@ -1524,8 +1233,7 @@ impl Engine {
             let alt = self.conns.iter().position(|c| {
                 c.remote_id.matches(&idi)
                     && (c.cfg.local_addrs.is_empty() || c.cfg.local_addrs.contains(&sa.local.addr))
-                    && (c.cfg.remote_addrs.is_empty()
-                        || c.cfg.remote_addrs.contains(&sa.remote.addr))
+                    && (c.cfg.remote_addrs.is_empty() || c.cfg.remote_addrs.contains(&sa.remote.addr))
                     && sa.suite.is_some_and(|s| {
                         proposal::check_answer(
                             &[proposal::chosen_to_wire(&s, Kind::Ike, 1, &[])],
@@ -1544,10 +1252,7 @@ impl Engine {
                     self.log(
                         Level::Warn,
                         sa.conn,
-                        format!(
-                            "peer identity {} does not match the configured remote id {want}",
-                            Show(&idi)
-                        ),
+                        format!("peer identity {} does not match the configured remote id {want}", Show(&idi)),
                     );
                     self.respond_encrypted(
                         &mut sa,
@@ -1567,9 +1272,9 @@ impl Engine {
         };
         let expected = crypto.psk_auth(keys, psk, true, &sa.init_req, &sa.nr, &idi.body());
         let good = method == auth_method::SHARED_KEY_MIC
-            && expected.as_ref().is_ok_and(|e| {
-                e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-            });
+            && expected
+                .as_ref()
+                .is_ok_and(|e| e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
         if !good {
             self.stats.auth_failed += 1;
             self.log(
@@ -1599,31 +1304,20 @@ impl Engine {
         let Identity::Id(our_id) = self.conns[conn].local_id.clone() else {
             return self.drop_sa(sa, crypto, "no local identity");
         };
-        let our_auth =
-            match crypto.psk_auth(keys, psk, false, &sa.init_resp, &sa.ni, &our_id.body()) {
-                Ok(a) => a,
-                Err(e) => {
-                    return self.drop_sa(sa, crypto, &format!("AUTH computation failed: {e:?}"));
-                }
-            };
-        let mut out = vec![
-            Payload::IdR(our_id),
-            Payload::Auth {
-                method: auth_method::SHARED_KEY_MIC,
-                data: our_auth,
-            },
-        ];
+        let our_auth = match crypto.psk_auth(keys, psk, false, &sa.init_resp, &sa.ni, &our_id.body()) {
+            Ok(a) => a,
+            Err(e) => {
+                return self.drop_sa(sa, crypto, &format!("AUTH computation failed: {e:?}"));
+            }
+        };
+        let mut out = vec![Payload::IdR(our_id), Payload::Auth { method: auth_method::SHARED_KEY_MIC, data: our_auth }];
         let ni = sa.ni.clone();
         let nr = sa.nr.clone();
         match self.accept_child(&mut sa, &ps, &ni, &nr, true, crypto) {
             Ok(child_payloads) => out.extend(child_payloads),
             Err(f) => {
                 // Section 1.2: the IKE SA stands even if the CHILD SA fails.
-                self.log(
-                    Level::Warn,
-                    conn,
-                    format!("CHILD_SA not created: {}", f.message),
-                );
+                self.log(Level::Warn, conn, format!("CHILD_SA not created: {}", f.message));
                 if let Some((n, data)) = f.notify {
                     out.push(notify_payload(n, data));
                 }
@@ -1643,10 +1337,7 @@ impl Engine {
             sa.remote.port
         );
         self.log(Level::Info, conn, msg);
-        self.actions.push_back(Action::IkeUp {
-            connection: self.conns[conn].cfg.name.clone(),
-            ike_spi: id,
-        });
+        self.actions.push_back(Action::IkeUp { connection: self.conns[conn].cfg.name.clone(), ike_spi: id });
         self.respond_encrypted(&mut sa, exchange::IKE_AUTH, mid, &out, crypto);
         self.sas.insert(id, sa);
     }
@@ -1658,18 +1349,12 @@ impl Engine {
         let stale: Vec<u64> = self
             .sas
             .iter()
-            .filter(|(_, s)| {
-                s.conn == conn && s.remote.addr == new.remote.addr && s.state == State::Established
-            })
+            .filter(|(_, s)| s.conn == conn && s.remote.addr == new.remote.addr && s.state == State::Established)
             .map(|(k, _)| *k)
             .collect();
         for k in stale {
             if let Some(old) = self.sas.remove(&k) {
-                self.drop_sa(
-                    old,
-                    crypto,
-                    &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)),
-                );
+                self.drop_sa(old, crypto, &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)));
             }
         }
     }
@@ -1703,10 +1388,7 @@ impl Engine {
             }
         }
         let (Some(offered), Some(tsi), Some(tsr)) = (offered, tsi, tsr) else {
-            return Err(Fail::with(
-                notify::INVALID_SYNTAX,
-                "CHILD_SA request lacks SA, TSi or TSr",
-            ));
+            return Err(Fail::with(notify::INVALID_SYNTAX, "CHILD_SA request lacks SA, TSi or TSr"));
         };
         let conn = &self.conns[sa.conn];
         // The first CHILD config whose selectors overlap the peer's (section 2.9).
@@ -1721,12 +1403,7 @@ impl Engine {
                 .children
                 .iter()
                 .map(|c| {
-                    format!(
-                        "{}: local {} remote {}",
-                        c.name,
-                        ts::show_all(&c.local_ts),
-                        ts::show_all(&c.remote_ts)
-                    )
+                    format!("{}: local {} remote {}", c.name, ts::show_all(&c.local_ts), ts::show_all(&c.remote_ts))
                 })
                 .collect();
             return Err(Fail::with(
@@ -1740,9 +1417,7 @@ impl Engine {
             ));
         };
         let child = &conn.children[cfg];
-        let Some((chosen, num, their_spi)) =
-            proposal::select(&offered, &child.esp, Kind::Esp, in_auth)
-        else {
+        let Some((chosen, num, their_spi)) = proposal::select(&offered, &child.esp, Kind::Esp, in_auth) else {
             self.stats.no_proposal += 1;
             return Err(Fail::with(
                 notify::NO_PROPOSAL_CHOSEN,
@@ -1754,10 +1429,7 @@ impl Engine {
             ));
         };
         let Some(outbound_spi) = esp_spi(&their_spi) else {
-            return Err(Fail::with(
-                notify::INVALID_SYNTAX,
-                "ESP proposal SPI is not 4 bytes",
-            ));
+            return Err(Fail::with(notify::INVALID_SYNTAX, "ESP proposal SPI is not 4 bytes"));
         };
         let inbound_spi = Self::new_esp_spi(crypto);
         self.install_child(
@@ -1774,12 +1446,7 @@ impl Engine {
             crypto,
         )?;
         Ok(vec![
-            Payload::Sa(vec![proposal::chosen_to_wire(
-                &chosen,
-                Kind::Esp,
-                num,
-                &inbound_spi.to_be_bytes(),
-            )]),
+            Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Esp, num, &inbound_spi.to_be_bytes())]),
             Payload::TsI(n_tsi),
             Payload::TsR(n_tsr),
         ])
@@ -1810,12 +1477,7 @@ impl Engine {
         let ike_keys = sa.keys.ok_or_else(|| Fail::quiet("no IKE keys"))?;
         let keys = crypto
             .child_keys(ike_keys, &suite, ni, nr, we_initiated)
-            .map_err(|e| {
-                Fail::with(
-                    notify::NO_PROPOSAL_CHOSEN,
-                    format!("cannot derive CHILD_SA keys: {e:?}"),
-                )
-            })?;
+            .map_err(|e| Fail::with(notify::NO_PROPOSAL_CHOSEN, format!("cannot derive CHILD_SA keys: {e:?}")))?;
         let c = &self.conns[sa.conn];
         let child = ChildSa {
             connection: c.cfg.name.clone(),
@@ -1838,31 +1500,16 @@ impl Engine {
             chosen.name(Kind::Esp),
             ts::show_all(&local_ts),
             ts::show_all(&remote_ts),
-            if child.encap {
-                ", UDP-encapsulated"
-            } else {
-                ""
-            }
+            if child.encap { ", UDP-encapsulated" } else { "" }
         );
-        sa.children.push(Child {
-            cfg,
-            inbound_spi,
-            outbound_spi,
-            keys,
-        });
+        sa.children.push(Child { cfg, inbound_spi, outbound_spi, keys });
         self.stats.child_installed += 1;
         self.actions.push_back(Action::InstallChild(child));
         self.log(Level::Info, sa.conn, msg);
         Ok(())
     }
 
-    fn initiator_auth_response(
-        &mut self,
-        now: u64,
-        mut sa: IkeSa,
-        ps: Vec<Payload>,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn initiator_auth_response(&mut self, now: u64, mut sa: IkeSa, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
         let id = sa.spi_i;
         let conn = sa.conn;
         let (mut idr, mut auth) = (None, None);
@@ -1890,11 +1537,7 @@ impl Engine {
         let c = &self.conns[conn];
         if !c.remote_id.matches(&idr) {
             self.stats.auth_failed += 1;
-            let msg = format!(
-                "peer identity {} does not match the configured remote id {}",
-                Show(&idr),
-                c.remote_id
-            );
+            let msg = format!("peer identity {} does not match the configured remote id {}", Show(&idr), c.remote_id);
             return self.drop_sa(sa, crypto, &msg);
         }
         let Some(keys) = sa.keys else {
@@ -1902,15 +1545,12 @@ impl Engine {
         };
         let expected = crypto.psk_auth(keys, c.cfg.psk, false, &sa.init_resp, &sa.ni, &idr.body());
         let good = method == auth_method::SHARED_KEY_MIC
-            && expected.as_ref().is_ok_and(|e| {
-                e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-            });
+            && expected
+                .as_ref()
+                .is_ok_and(|e| e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
         if !good {
             self.stats.auth_failed += 1;
-            let msg = format!(
-                "AUTH from {} does not verify: wrong pre-shared key?",
-                Show(&idr)
-            );
+            let msg = format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr));
             return self.drop_sa(sa, crypto, &msg);
         }
         sa.state = State::Established;
@@ -1923,17 +1563,10 @@ impl Engine {
             sa.remote.port
         );
         self.log(Level::Info, conn, msg);
-        self.actions.push_back(Action::IkeUp {
-            connection: self.conns[conn].cfg.name.clone(),
-            ike_spi: id,
-        });
+        self.actions.push_back(Action::IkeUp { connection: self.conns[conn].cfg.name.clone(), ike_spi: id });
         let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
         if let Err(f) = self.complete_child(&mut sa, &ps, &ni, &nr, true, crypto) {
-            self.log(
-                Level::Warn,
-                conn,
-                format!("CHILD_SA not created: {}", f.message),
-            );
+            self.log(Level::Warn, conn, format!("CHILD_SA not created: {}", f.message));
         }
         self.sas.insert(id, sa);
         self.next_create_child(now, id, crypto);
@@ -1983,12 +1616,8 @@ impl Engine {
         let (Some(answer), Some(tsi), Some(tsr)) = (answer, tsi, tsr) else {
             return Err(Fail::quiet("answer lacks SA, TSi or TSr"));
         };
-        let Some((chosen, spi)) = proposal::check_answer(&answer, &child.esp, Kind::Esp, in_auth)
-        else {
-            return Err(Fail::quiet(format!(
-                "peer chose ESP {}, which we did not offer",
-                proposal::Display(&answer)
-            )));
+        let Some((chosen, spi)) = proposal::check_answer(&answer, &child.esp, Kind::Esp, in_auth) else {
+            return Err(Fail::quiet(format!("peer chose ESP {}, which we did not offer", proposal::Display(&answer))));
         };
         let Some(outbound_spi) = esp_spi(&spi) else {
             return Err(Fail::quiet("peer's ESP SPI is not 4 bytes"));
@@ -2003,19 +1632,7 @@ impl Engine {
                 ts::show_all(&p.remote_ts)
             )));
         }
-        self.install_child(
-            sa,
-            p.cfg,
-            chosen,
-            p.inbound_spi,
-            outbound_spi,
-            tsi,
-            tsr,
-            ni,
-            nr,
-            true,
-            crypto,
-        )
+        self.install_child(sa, p.cfg, chosen, p.inbound_spi, outbound_spi, tsi, tsr, ni, nr, true, crypto)
     }
 
     // ---- CREATE_CHILD_SA (additional CHILD SAs, section 1.3.1) ----------------
@@ -2041,12 +1658,7 @@ impl Engine {
         let spi = Self::new_esp_spi(crypto);
         let nonce = Self::nonce(crypto);
         let ps = vec![
-            Payload::Sa(proposal::to_wire(
-                &child.esp,
-                Kind::Esp,
-                &spi.to_be_bytes(),
-                false,
-            )),
+            Payload::Sa(proposal::to_wire(&child.esp, Kind::Esp, &spi.to_be_bytes(), false)),
             Payload::Nonce(nonce.clone()),
             Payload::TsI(child.local_ts.clone()),
             Payload::TsR(child.remote_ts.clone()),
@@ -2058,20 +1670,9 @@ impl Engine {
             remote_ts: child.remote_ts.clone(),
             nonce: Some(nonce),
         });
-        match Self::encrypted(
-            &sa,
-            exchange::CREATE_CHILD_SA,
-            false,
-            sa.next_mid,
-            &ps,
-            crypto,
-        ) {
+        match Self::encrypted(&sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
             Ok(d) => self.request(&mut sa, now, Pending::CreateChild, d),
-            Err(f) => self.log(
-                Level::Warn,
-                sa.conn,
-                format!("cannot request CHILD_SA: {}", f.message),
-            ),
+            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot request CHILD_SA: {}", f.message)),
         }
         self.sas.insert(id, sa);
     }
@@ -2084,40 +1685,24 @@ impl Engine {
         crypto: &mut dyn IkeCrypto,
     ) {
         let id = sa.our_spi();
-        let ni = sa
-            .pending_child
-            .as_ref()
-            .and_then(|p| p.nonce.clone())
-            .unwrap_or_default();
+        let ni = sa.pending_child.as_ref().and_then(|p| p.nonce.clone()).unwrap_or_default();
         let nr = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
             _ => None,
         });
         let r = match nr {
             Some(nr) => self.complete_child(&mut sa, &ps, &ni, &nr, false, crypto),
-            None if first_error(&ps).is_some() => {
-                self.complete_child(&mut sa, &ps, &ni, &[], false, crypto)
-            }
+            None if first_error(&ps).is_some() => self.complete_child(&mut sa, &ps, &ni, &[], false, crypto),
             None => Err(Fail::quiet("CREATE_CHILD_SA response without a nonce")),
         };
         if let Err(f) = r {
-            self.log(
-                Level::Warn,
-                sa.conn,
-                format!("CHILD_SA not created: {}", f.message),
-            );
+            self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
         }
         self.sas.insert(id, sa);
         self.next_create_child(now, id, crypto);
     }
 
-    fn responder_create_child(
-        &mut self,
-        mut sa: IkeSa,
-        h: Header,
-        ps: Vec<Payload>,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn responder_create_child(&mut self, mut sa: IkeSa, h: Header, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
         let id = sa.our_spi();
         let mid = h.message_id;
         let rekey = find_notify(&ps, notify::REKEY_SA).is_some()
@@ -2137,11 +1722,7 @@ impl Engine {
             );
             vec![notify_payload(notify::NO_ADDITIONAL_SAS, Vec::new())]
         } else if has_ke {
-            self.log(
-                Level::Warn,
-                sa.conn,
-                "peer requested a CHILD_SA with PFS, which is not supported yet".into(),
-            );
+            self.log(Level::Warn, sa.conn, "peer requested a CHILD_SA with PFS, which is not supported yet".into());
             vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())]
         } else if let Some(ni) = ni {
             let nr = Self::nonce(crypto);
@@ -2151,15 +1732,8 @@ impl Engine {
                     child
                 }
                 Err(f) => {
-                    self.log(
-                        Level::Warn,
-                        sa.conn,
-                        format!("CHILD_SA not created: {}", f.message),
-                    );
-                    vec![notify_payload(
-                        f.notify.map_or(notify::NO_PROPOSAL_CHOSEN, |n| n.0),
-                        Vec::new(),
-                    )]
+                    self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
+                    vec![notify_payload(f.notify.map_or(notify::NO_PROPOSAL_CHOSEN, |n| n.0), Vec::new())]
                 }
             }
         } else {
@@ -2172,13 +1746,7 @@ impl Engine {
 
     // ---- INFORMATIONAL ---------------------------------------------------
 
-    fn informational(
-        &mut self,
-        mut sa: IkeSa,
-        h: Header,
-        ps: Vec<Payload>,
-        crypto: &mut dyn IkeCrypto,
-    ) {
+    fn informational(&mut self, mut sa: IkeSa, h: Header, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
         let id = sa.our_spi();
         let mid = h.message_id;
         let mut delete_ike = false;
@@ -2204,10 +1772,7 @@ impl Engine {
                             self.log(
                                 Level::Info,
                                 sa.conn,
-                                format!(
-                                    "peer deleted CHILD_SA {name} (SPIs in {:08x} out {spi:08x})",
-                                    c.inbound_spi
-                                ),
+                                format!("peer deleted CHILD_SA {name} (SPIs in {:08x} out {spi:08x})", c.inbound_spi),
                             );
                         }
                     }
@@ -2218,11 +1783,7 @@ impl Engine {
         let out = if delete_ike || ours_deleted.is_empty() {
             Vec::new()
         } else {
-            vec![Payload::Delete(Delete {
-                protocol: protocol::ESP,
-                spi_size: 4,
-                spis: ours_deleted,
-            })]
+            vec![Payload::Delete(Delete { protocol: protocol::ESP, spi_size: 4, spis: ours_deleted })]
         };
         self.respond_encrypted(&mut sa, exchange::INFORMATIONAL, mid, &out, crypto);
         if delete_ike {

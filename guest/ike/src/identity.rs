@@ -15,17 +15,11 @@ pub enum Identity {
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {
-    let s: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
+    let s: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 /// OIDs of the DN attributes strongSwan users write.
@@ -67,10 +61,7 @@ fn encode_dn(s: &str) -> Option<Vec<u8>> {
         // strongSwan's choice, so that byte-wise comparison matches its IDs:
         // IA5String for e-mail, PrintableString when the value allows it,
         // UTF8String otherwise.
-        let printable = v
-            .trim()
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b));
+        let printable = v.trim().bytes().all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b));
         let tag = match k.trim().to_ascii_uppercase().as_str() {
             "E" | "EMAIL" => 0x16,
             _ if printable => 0x13,
@@ -80,22 +71,13 @@ fn encode_dn(s: &str) -> Option<Vec<u8>> {
         atv.extend(der(tag, v.trim().as_bytes()));
         rdns.extend(der(0x31, &der(0x30, &atv)));
     }
-    if rdns.is_empty() {
-        None
-    } else {
-        Some(der(0x30, &rdns))
-    }
+    if rdns.is_empty() { None } else { Some(der(0x30, &rdns)) }
 }
 
 impl Identity {
     pub fn parse(s: &str) -> Result<Identity, String> {
         let s = s.trim();
-        let id = |t, d: Vec<u8>| {
-            Ok(Identity::Id(Identification {
-                id_type: t,
-                data: d,
-            }))
-        };
+        let id = |t, d: Vec<u8>| Ok(Identity::Id(Identification { id_type: t, data: d }));
         if s.is_empty() {
             return Err("empty identity".into());
         }
@@ -104,10 +86,7 @@ impl Identity {
         }
         // As strongSwan: `keyid:#0a0b` and `@#0a0b` are hex, `keyid:text` is the text.
         if let Some(k) = s.strip_prefix("keyid:#").or_else(|| s.strip_prefix("@#")) {
-            return id(
-                id_type::KEY_ID,
-                hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?,
-            );
+            return id(id_type::KEY_ID, hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?);
         }
         if let Some(k) = s.strip_prefix("keyid:") {
             return id(id_type::KEY_ID, k.as_bytes().to_vec());
@@ -124,9 +103,7 @@ impl Identity {
         if s.contains('=') {
             return id(
                 id_type::DER_ASN1_DN,
-                encode_dn(s).ok_or(format!(
-                    "identity {s:?}: not a DN strongSwan-style (C=.., O=.., CN=..)"
-                ))?,
+                encode_dn(s).ok_or(format!("identity {s:?}: not a DN strongSwan-style (C=.., O=.., CN=..)"))?,
             );
         }
         if s.contains('@') {
@@ -142,9 +119,7 @@ impl Identity {
             Identity::Id(want) => {
                 want.id_type == got.id_type
                     && match want.id_type {
-                        id_type::FQDN | id_type::RFC822_ADDR => {
-                            want.data.eq_ignore_ascii_case(&got.data)
-                        }
+                        id_type::FQDN | id_type::RFC822_ADDR => want.data.eq_ignore_ascii_case(&got.data),
                         _ => want.data == got.data,
                     }
             }
@@ -207,32 +182,15 @@ mod tests {
         let dn = idf("C=CH, O=strongSwan, CN=gw");
         assert_eq!(dn.id_type, id_type::DER_ASN1_DN);
         // SEQUENCE { SET { SEQUENCE { OID 2.5.4.6, PrintableString "CH" } } ... }
-        assert_eq!(
-            &dn.data[..13],
-            &[
-                0x30, 0x2f, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02
-            ]
-        );
+        assert_eq!(&dn.data[..13], &[0x30, 0x2f, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02]);
         assert!(Identity::parse("X=1").is_err());
     }
 
     #[test]
     fn matching() {
-        assert!(
-            Identity::parse("GWA.interop.test")
-                .unwrap()
-                .matches(&idf("gwa.interop.test"))
-        );
-        assert!(
-            !Identity::parse("gwb.interop.test")
-                .unwrap()
-                .matches(&idf("gwa.interop.test"))
-        );
-        assert!(
-            !Identity::parse("198.18.0.1")
-                .unwrap()
-                .matches(&idf("gwa.interop.test"))
-        );
+        assert!(Identity::parse("GWA.interop.test").unwrap().matches(&idf("gwa.interop.test")));
+        assert!(!Identity::parse("gwb.interop.test").unwrap().matches(&idf("gwa.interop.test")));
+        assert!(!Identity::parse("198.18.0.1").unwrap().matches(&idf("gwa.interop.test")));
         assert!(Identity::Any.matches(&idf("anything")));
         assert_eq!(Show(&idf("198.18.0.1")).to_string(), "198.18.0.1");
     }

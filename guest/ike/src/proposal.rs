@@ -47,21 +47,12 @@ pub struct Chosen {
     pub esn: bool,
 }
 
-fn keyword(
-    word: &str,
-    kind: Kind,
-    c: &mut Config,
-    warnings: &mut Vec<String>,
-) -> Result<(), String> {
+fn keyword(word: &str, kind: Kind, c: &mut Config, warnings: &mut Vec<String>) -> Result<(), String> {
     let w = word.to_ascii_lowercase();
     let encr = |id, bits| Encr { id, key_bits: bits };
     match w.as_str() {
-        "aes128gcm16" | "aes128gcm128" | "aes128gcm" => {
-            c.encr.push(encr(t::ENCR_AES_GCM_16, Some(128)))
-        }
-        "aes256gcm16" | "aes256gcm128" | "aes256gcm" => {
-            c.encr.push(encr(t::ENCR_AES_GCM_16, Some(256)))
-        }
+        "aes128gcm16" | "aes128gcm128" | "aes128gcm" => c.encr.push(encr(t::ENCR_AES_GCM_16, Some(128))),
+        "aes256gcm16" | "aes256gcm128" | "aes256gcm" => c.encr.push(encr(t::ENCR_AES_GCM_16, Some(256))),
         "chacha20poly1305" => c.encr.push(encr(t::ENCR_CHACHA20_POLY1305, None)),
         "aes128" | "aes" => c.encr.push(encr(t::ENCR_AES_CBC, Some(128))),
         "aes256" => c.encr.push(encr(t::ENCR_AES_CBC, Some(256))),
@@ -79,10 +70,9 @@ fn keyword(
         "noesn" if kind == Kind::Esp => c.esn.push(t::ESN_NONE),
         // Known to strongSwan, not (yet) to us: skipped with a warning so a
         // shared proposal string still works.
-        "sha1" | "sha" | "md5" | "aes192" | "aes192gcm16" | "3des" | "modp1024" | "modp1536"
-        | "modp3072" | "modp4096" | "ecp521" | "x448" | "curve448" | "aes128ccm16"
-        | "aes256ccm16" | "aesxcbc" | "aescmac" | "prfsha1" | "aes128ctr" | "aes256ctr"
-        | "camellia128" | "camellia256" => {
+        "sha1" | "sha" | "md5" | "aes192" | "aes192gcm16" | "3des" | "modp1024" | "modp1536" | "modp3072"
+        | "modp4096" | "ecp521" | "x448" | "curve448" | "aes128ccm16" | "aes256ccm16" | "aesxcbc" | "aescmac"
+        | "prfsha1" | "aes128ctr" | "aes256ctr" | "camellia128" | "camellia256" => {
             warnings.push(format!("{word}: not supported by wasmsec, skipped"));
         }
         _ => return Err(format!("unknown algorithm keyword {word:?}")),
@@ -119,11 +109,7 @@ pub fn parse(s: &str, kind: Kind) -> Result<(Vec<Config>, Vec<String>), String> 
             if encr.is_empty() {
                 continue;
             }
-            let q = Config {
-                encr,
-                integ,
-                ..c.clone()
-            };
+            let q = Config { encr, integ, ..c.clone() };
             let usable = match kind {
                 Kind::Ike => !q.prf.is_empty() && !q.dh.is_empty(),
                 Kind::Esp => true,
@@ -131,9 +117,7 @@ pub fn parse(s: &str, kind: Kind) -> Result<(Vec<Config>, Vec<String>), String> 
             if usable {
                 out.push(q);
             } else {
-                warnings.push(format!(
-                    "proposal {p:?}: incomplete after skipping unsupported algorithms, dropped"
-                ));
+                warnings.push(format!("proposal {p:?}: incomplete after skipping unsupported algorithms, dropped"));
             }
         }
     }
@@ -157,38 +141,18 @@ pub fn to_wire(cs: &[Config], kind: Kind, spi: &[u8], with_dh: bool) -> Vec<Prop
                 });
             }
             if kind == Kind::Ike {
-                tr.extend(c.prf.iter().map(|&id| Transform {
-                    kind: t::PRF,
-                    id,
-                    key_len: None,
-                }));
+                tr.extend(c.prf.iter().map(|&id| Transform { kind: t::PRF, id, key_len: None }));
             }
-            tr.extend(c.integ.iter().map(|&id| Transform {
-                kind: t::INTEG,
-                id,
-                key_len: None,
-            }));
+            tr.extend(c.integ.iter().map(|&id| Transform { kind: t::INTEG, id, key_len: None }));
             if kind == Kind::Ike || with_dh {
-                tr.extend(c.dh.iter().map(|&id| Transform {
-                    kind: t::DH,
-                    id,
-                    key_len: None,
-                }));
+                tr.extend(c.dh.iter().map(|&id| Transform { kind: t::DH, id, key_len: None }));
             }
             if kind == Kind::Esp {
-                tr.extend(c.esn.iter().map(|&id| Transform {
-                    kind: t::ESN,
-                    id,
-                    key_len: None,
-                }));
+                tr.extend(c.esn.iter().map(|&id| Transform { kind: t::ESN, id, key_len: None }));
             }
             Proposal {
                 num: (i + 1) as u8,
-                protocol: if kind == Kind::Ike {
-                    protocol::IKE
-                } else {
-                    protocol::ESP
-                },
+                protocol: if kind == Kind::Ike { protocol::IKE } else { protocol::ESP },
                 spi: spi.to_vec(),
                 transforms: tr,
             }
@@ -200,16 +164,8 @@ pub fn to_wire(cs: &[Config], kind: Kind, spi: &[u8], with_dh: bool) -> Vec<Prop
 pub fn chosen_to_wire(c: &Chosen, kind: Kind, num: u8, spi: &[u8]) -> Proposal {
     let cfg = Config {
         encr: vec![c.encr],
-        prf: if kind == Kind::Ike {
-            vec![c.prf]
-        } else {
-            vec![]
-        },
-        integ: if c.integ != t::AUTH_NONE {
-            vec![c.integ]
-        } else {
-            vec![]
-        },
+        prf: if kind == Kind::Ike { vec![c.prf] } else { vec![] },
+        integ: if c.integ != t::AUTH_NONE { vec![c.integ] } else { vec![] },
         dh: if c.dh != 0 { vec![c.dh] } else { vec![] },
         esn: vec![if c.esn { t::ESN_EXTENDED } else { t::ESN_NONE }],
     };
@@ -219,20 +175,12 @@ pub fn chosen_to_wire(c: &Chosen, kind: Kind, num: u8, spi: &[u8]) -> Proposal {
 }
 
 fn encr_of(tr: &Transform) -> Encr {
-    Encr {
-        id: tr.id,
-        key_bits: if tr.id == t::ENCR_CHACHA20_POLY1305 {
-            None
-        } else {
-            tr.key_len
-        },
-    }
+    Encr { id: tr.id, key_bits: if tr.id == t::ENCR_CHACHA20_POLY1305 { None } else { tr.key_len } }
 }
 
 fn encr_matches(ours: &Encr, theirs: &Encr) -> bool {
     // ChaCha20-Poly1305 has a fixed 256-bit key; some peers still send the attribute.
-    ours.id == theirs.id
-        && (ours.id == t::ENCR_CHACHA20_POLY1305 || ours.key_bits == theirs.key_bits)
+    ours.id == theirs.id && (ours.id == t::ENCR_CHACHA20_POLY1305 || ours.key_bits == theirs.key_bits)
 }
 
 /// Pick from one peer proposal against one of ours (section 2.7: one
@@ -240,15 +188,9 @@ fn encr_matches(ours: &Encr, theirs: &Encr) -> bool {
 /// created in IKE_AUTH, which have no KE exchange.
 fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option<Chosen> {
     let of = |ty: u8| theirs.transforms.iter().filter(move |tr| tr.kind == ty);
-    let encr = ours
-        .encr
-        .iter()
-        .find_map(|o| of(t::ENCR).map(encr_of).find(|e| encr_matches(o, e)))?;
+    let encr = ours.encr.iter().find_map(|o| of(t::ENCR).map(encr_of).find(|e| encr_matches(o, e)))?;
     let prf = match kind {
-        Kind::Ike => *ours
-            .prf
-            .iter()
-            .find(|p| of(t::PRF).any(|tr| tr.id == **p))?,
+        Kind::Ike => *ours.prf.iter().find(|p| of(t::PRF).any(|tr| tr.id == **p))?,
         Kind::Esp => 0,
     };
     let integ = if encr.is_aead() {
@@ -258,10 +200,7 @@ fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option
         }
         t::AUTH_NONE
     } else {
-        *ours
-            .integ
-            .iter()
-            .find(|i| of(t::INTEG).any(|tr| tr.id == **i))?
+        *ours.integ.iter().find(|i| of(t::INTEG).any(|tr| tr.id == **i))?
     };
     let dh = match kind {
         Kind::Ike => *ours.dh.iter().find(|d| of(t::DH).any(|tr| tr.id == **d))?,
@@ -279,53 +218,25 @@ fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option
         Kind::Ike => false,
         Kind::Esp => {
             let offered: Vec<u16> = of(t::ESN).map(|tr| tr.id).collect();
-            if offered.is_empty() {
-                false
-            } else {
-                *ours.esn.iter().find(|e| offered.contains(e))? == t::ESN_EXTENDED
-            }
+            if offered.is_empty() { false } else { *ours.esn.iter().find(|e| offered.contains(e))? == t::ESN_EXTENDED }
         }
     };
-    Some(Chosen {
-        encr,
-        prf,
-        integ,
-        dh,
-        esn,
-    })
+    Some(Chosen { encr, prf, integ, dh, esn })
 }
 
 /// As responder: the first peer proposal (in the peer's order) that one of
 /// ours accepts; returns the peer proposal's number and SPI too.
-pub fn select(
-    theirs: &[Proposal],
-    ours: &[Config],
-    kind: Kind,
-    ignore_dh: bool,
-) -> Option<(Chosen, u8, Vec<u8>)> {
-    let want_proto = if kind == Kind::Ike {
-        protocol::IKE
-    } else {
-        protocol::ESP
-    };
+pub fn select(theirs: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool) -> Option<(Chosen, u8, Vec<u8>)> {
+    let want_proto = if kind == Kind::Ike { protocol::IKE } else { protocol::ESP };
     theirs
         .iter()
         .filter(|p| p.protocol == want_proto)
-        .find_map(|p| {
-            ours.iter()
-                .find_map(|o| pick(p, o, kind, ignore_dh))
-                .map(|c| (c, p.num, p.spi.clone()))
-        })
+        .find_map(|p| ours.iter().find_map(|o| pick(p, o, kind, ignore_dh)).map(|c| (c, p.num, p.spi.clone())))
 }
 
 /// As initiator: check the responder's answer is one proposal with one
 /// transform of each type, all of them offered by us.
-pub fn check_answer(
-    answer: &[Proposal],
-    ours: &[Config],
-    kind: Kind,
-    ignore_dh: bool,
-) -> Option<(Chosen, Vec<u8>)> {
+pub fn check_answer(answer: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool) -> Option<(Chosen, Vec<u8>)> {
     let [p] = answer else { return None };
     let mut seen = [0u8; 6];
     for tr in &p.transforms {
@@ -390,25 +301,13 @@ impl Chosen {
     pub fn name(&self, kind: Kind) -> String {
         let mut v = vec![encr_name(&self.encr)];
         if self.integ != t::AUTH_NONE {
-            v.push(transform_name(&Transform {
-                kind: t::INTEG,
-                id: self.integ,
-                key_len: None,
-            }));
+            v.push(transform_name(&Transform { kind: t::INTEG, id: self.integ, key_len: None }));
         }
         if kind == Kind::Ike {
-            v.push(transform_name(&Transform {
-                kind: t::PRF,
-                id: self.prf,
-                key_len: None,
-            }));
+            v.push(transform_name(&Transform { kind: t::PRF, id: self.prf, key_len: None }));
         }
         if self.dh != 0 {
-            v.push(transform_name(&Transform {
-                kind: t::DH,
-                id: self.dh,
-                key_len: None,
-            }));
+            v.push(transform_name(&Transform { kind: t::DH, id: self.dh, key_len: None }));
         }
         if kind == Kind::Esp && self.esn {
             v.push("esn".into());
@@ -444,26 +343,11 @@ mod tests {
         let (theirs, _) = parse(HARNESS_IKE, Kind::Ike).unwrap();
         let offered = to_wire(&theirs, Kind::Ike, &[], true);
         let (c, num, _) = select(&offered, &ours, Kind::Ike, false).unwrap();
-        assert_eq!(
-            c,
-            Chosen {
-                encr: Encr {
-                    id: 20,
-                    key_bits: Some(128)
-                },
-                prf: 6,
-                integ: 0,
-                dh: 19,
-                esn: false
-            }
-        );
+        assert_eq!(c, Chosen { encr: Encr { id: 20, key_bits: Some(128) }, prf: 6, integ: 0, dh: 19, esn: false });
         assert_eq!(num, 1);
         assert_eq!(c.name(Kind::Ike), "aes128gcm16-prfsha384-ecp256");
         let answer = chosen_to_wire(&c, Kind::Ike, num, &[]);
-        assert_eq!(
-            check_answer(&[answer.clone()], &theirs, Kind::Ike, false).map(|x| x.0),
-            Some(c)
-        );
+        assert_eq!(check_answer(&[answer.clone()], &theirs, Kind::Ike, false).map(|x| x.0), Some(c));
         // Two transforms of one type in an answer are refused.
         let mut bad = answer;
         bad.transforms.push(bad.transforms[0]);
@@ -476,47 +360,19 @@ mod tests {
         let (theirs, _) = parse("aes128gcm16-prfsha256-x25519", Kind::Ike).unwrap();
         let offered = to_wire(&theirs, Kind::Ike, &[], true);
         assert!(select(&offered, &ours, Kind::Ike, false).is_none());
-        assert_eq!(
-            Display(&offered).to_string(),
-            "aes128gcm16-prfsha256-x25519"
-        );
-        assert_eq!(
-            Display(&to_wire(&ours, Kind::Ike, &[], true)).to_string(),
-            "aes256-prfsha512-sha512-modp2048"
-        );
+        assert_eq!(Display(&offered).to_string(), "aes128gcm16-prfsha256-x25519");
+        assert_eq!(Display(&to_wire(&ours, Kind::Ike, &[], true)).to_string(), "aes256-prfsha512-sha512-modp2048");
     }
 
     #[test]
     fn esp_esn_and_pfs() {
         let (ours, _) = parse("aes256gcm16-esn-noesn", Kind::Esp).unwrap();
         let (theirs, _) = parse("aes256gcm16-noesn", Kind::Esp).unwrap();
-        let (c, _, spi) = select(
-            &to_wire(&theirs, Kind::Esp, &[1, 2, 3, 4], false),
-            &ours,
-            Kind::Esp,
-            false,
-        )
-        .unwrap();
+        let (c, _, spi) = select(&to_wire(&theirs, Kind::Esp, &[1, 2, 3, 4], false), &ours, Kind::Esp, false).unwrap();
         assert!(!c.esn);
         assert_eq!(spi, vec![1, 2, 3, 4]);
         let (pfs, _) = parse("aes256gcm16-x25519", Kind::Esp).unwrap();
-        assert!(
-            select(
-                &to_wire(&pfs, Kind::Esp, &[1; 4], true),
-                &ours,
-                Kind::Esp,
-                false
-            )
-            .is_none()
-        );
-        assert!(
-            select(
-                &to_wire(&pfs, Kind::Esp, &[1; 4], true),
-                &ours,
-                Kind::Esp,
-                true
-            )
-            .is_some()
-        );
+        assert!(select(&to_wire(&pfs, Kind::Esp, &[1; 4], true), &ours, Kind::Esp, false).is_none());
+        assert!(select(&to_wire(&pfs, Kind::Esp, &[1; 4], true), &ours, Kind::Esp, true).is_some());
     }
 }

@@ -4,21 +4,13 @@ use wasmsec_wire::ike::{TrafficSelector as Ts, ts_type};
 /// A CIDR prefix as a selector, any protocol and port.
 pub fn from_cidr(s: &str) -> Result<Ts, String> {
     let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
-    let addr: std::net::IpAddr = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
+    let addr: std::net::IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
     let (bytes, max, ty) = match addr {
         std::net::IpAddr::V4(v) => (v.octets().to_vec(), 32u32, ts_type::IPV4_ADDR_RANGE),
         std::net::IpAddr::V6(v) => (v.octets().to_vec(), 128, ts_type::IPV6_ADDR_RANGE),
     };
     let len = match l {
-        Some(l) => l
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or(format!("{s:?}: bad prefix length"))?,
+        Some(l) => l.trim().parse::<u32>().ok().filter(|n| *n <= max).ok_or(format!("{s:?}: bad prefix length"))?,
         None => max,
     };
     let mut start = bytes.clone();
@@ -30,14 +22,7 @@ pub fn from_cidr(s: &str) -> Result<Ts, String> {
             end[byte] |= 1 << bit;
         }
     }
-    Ok(Ts {
-        ts_type: ty,
-        ip_protocol: 0,
-        start_port: 0,
-        end_port: 65535,
-        start,
-        end,
-    })
+    Ok(Ts { ts_type: ty, ip_protocol: 0, start_port: 0, end_port: 65535, start, end })
 }
 
 /// The intersection of two selectors, if not empty.
@@ -61,14 +46,7 @@ pub fn intersect(a: &Ts, b: &Ts) -> Option<Ts> {
     if start_port > end_port || start > end {
         return None;
     }
-    Some(Ts {
-        ts_type: a.ts_type,
-        ip_protocol,
-        start_port,
-        end_port,
-        start,
-        end,
-    })
+    Some(Ts { ts_type: a.ts_type, ip_protocol, start_port, end_port, start, end })
 }
 
 /// Narrow the peer's proposed selectors to what our configuration allows:
@@ -89,10 +67,7 @@ pub fn narrow(proposed: &[Ts], allowed: &[Ts]) -> Vec<Ts> {
 
 /// True if every selector of `got` lies within one of `offered`.
 pub fn within(got: &[Ts], offered: &[Ts]) -> bool {
-    !got.is_empty()
-        && got
-            .iter()
-            .all(|g| offered.iter().any(|o| intersect(g, o).as_ref() == Some(g)))
+    !got.is_empty() && got.iter().all(|g| offered.iter().any(|o| intersect(g, o).as_ref() == Some(g)))
 }
 
 /// A selector in strongSwan's notation (`198.18.1.0/24`, `10.0.0.1..10.0.0.9[tcp/443]`).
@@ -103,19 +78,15 @@ pub fn show(t: &Ts) -> String {
         _ => format!("{b:02x?}"),
     };
     let bits = t.start.len() * 8;
-    let prefix = (0..=bits).rev().find(|&l| {
-        from_cidr(&format!("{}/{l}", addr(&t.start)))
-            .is_ok_and(|c| c.start == t.start && c.end == t.end)
-    });
+    let prefix = (0..=bits)
+        .rev()
+        .find(|&l| from_cidr(&format!("{}/{l}", addr(&t.start))).is_ok_and(|c| c.start == t.start && c.end == t.end));
     let mut s = match prefix {
         Some(l) => format!("{}/{l}", addr(&t.start)),
         None => format!("{}..{}", addr(&t.start), addr(&t.end)),
     };
     if t.ip_protocol != 0 || t.start_port != 0 || t.end_port != 65535 {
-        s.push_str(&format!(
-            "[{}/{}-{}]",
-            t.ip_protocol, t.start_port, t.end_port
-        ));
+        s.push_str(&format!("[{}/{}-{}]", t.ip_protocol, t.start_port, t.end_port));
     }
     s
 }
@@ -136,25 +107,9 @@ mod tests {
         assert_eq!(narrow(&[wide.clone()], &[lan.clone()]), vec![lan.clone()]);
         assert_eq!(narrow(&[lan.clone()], &[wide.clone()]), vec![lan.clone()]);
         assert!(narrow(&[other.clone()], &[lan.clone()]).is_empty());
-        let https = Ts {
-            ip_protocol: 6,
-            start_port: 443,
-            end_port: 443,
-            ..wide.clone()
-        };
-        assert_eq!(
-            intersect(&https, &lan),
-            Some(Ts {
-                ip_protocol: 6,
-                start_port: 443,
-                end_port: 443,
-                ..lan.clone()
-            })
-        );
-        let udp = Ts {
-            ip_protocol: 17,
-            ..wide.clone()
-        };
+        let https = Ts { ip_protocol: 6, start_port: 443, end_port: 443, ..wide.clone() };
+        assert_eq!(intersect(&https, &lan), Some(Ts { ip_protocol: 6, start_port: 443, end_port: 443, ..lan.clone() }));
+        let udp = Ts { ip_protocol: 17, ..wide.clone() };
         assert_eq!(intersect(&https, &udp), None);
         assert!(within(&[lan.clone()], &[wide.clone()]));
         assert!(!within(&[wide.clone()], &[lan.clone()]));

@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use wasmsec_crypto::{
-    ChildSuite as VChildSuite, CryptoError as VErr, IkeSuite as VIkeSuite, Vault,
-};
+use wasmsec_crypto::{ChildSuite as VChildSuite, CryptoError as VErr, IkeSuite as VIkeSuite, Vault};
 use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite};
 use wasmsec_ike::*;
 use wasmsec_wire::ike::{self as wire, Message, Payload, exchange, notify};
@@ -48,38 +46,14 @@ impl IkeCrypto for VaultCrypto {
         i: u64,
         r: u64,
     ) -> Result<Handle, CryptoError> {
-        let suite = VIkeSuite {
-            encr: s.encr,
-            key_bits: s.key_bits,
-            prf: s.prf,
-            integ: s.integ,
-            dh: s.dh,
-        };
-        self.vault
-            .derive_ike_sa(&suite, dh, p, ni, nr, i, r)
-            .map_err(err)
+        let suite = VIkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        self.vault.derive_ike_sa(&suite, dh, p, ni, nr, i, r).map_err(err)
     }
-    fn encrypt(
-        &mut self,
-        sa: Handle,
-        fi: bool,
-        h: &[u8; 28],
-        first: u8,
-        inner: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
+    fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: u8, inner: &[u8]) -> Result<Vec<u8>, CryptoError> {
         self.vault.encrypt(sa, fi, h, first, inner).map_err(err)
     }
-    fn decrypt(
-        &mut self,
-        sa: Handle,
-        fi: bool,
-        msg: &[u8],
-        off: usize,
-    ) -> Result<Vec<u8>, CryptoError> {
-        self.vault
-            .decrypt(sa, fi, msg, off)
-            .map(|z| z.to_vec())
-            .map_err(err)
+    fn decrypt(&mut self, sa: Handle, fi: bool, msg: &[u8], off: usize) -> Result<Vec<u8>, CryptoError> {
+        self.vault.decrypt(sa, fi, msg, off).map(|z| z.to_vec()).map_err(err)
     }
     fn psk_auth(
         &mut self,
@@ -102,16 +76,7 @@ impl IkeCrypto for VaultCrypto {
     ) -> Result<ChildKeys, CryptoError> {
         let km = self
             .vault
-            .child_keymat(
-                sa,
-                &VChildSuite {
-                    encr: s.encr,
-                    key_bits: s.key_bits,
-                    integ: s.integ,
-                },
-                ni,
-                nr,
-            )
+            .child_keymat(sa, &VChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ }, ni, nr)
             .map_err(err)?;
         let (out, inb) = if init {
             (km.initiator_to_responder, km.responder_to_initiator)
@@ -123,10 +88,7 @@ impl IkeCrypto for VaultCrypto {
             self.esp.insert(self.next_esp, k.to_vec());
             self.next_esp
         };
-        Ok(ChildKeys {
-            outbound: put(out),
-            inbound: put(inb),
-        })
+        Ok(ChildKeys { outbound: put(out), inbound: put(inb) })
     }
     fn destroy(&mut self, h: Handle) {
         if !self.vault.destroy(h) {
@@ -173,35 +135,15 @@ impl Default for Conf<'_> {
 }
 
 fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
-    let mut crypto = VaultCrypto {
-        vault: Vault::new(),
-        esp: HashMap::new(),
-        next_esp: 1000,
-    };
-    let psk = crypto
-        .vault
-        .insert_psk(Zeroizing::new(conf.psk.as_bytes().to_vec()));
+    let mut crypto = VaultCrypto { vault: Vault::new(), esp: HashMap::new(), next_esp: 1000 };
+    let psk = crypto.vault.insert_psk(Zeroizing::new(conf.psk.as_bytes().to_vec()));
     let (my_id, peer_id, my_lan, peer_lan) = if me == A {
-        (
-            "gwa.interop.test",
-            "gwb.interop.test",
-            "198.18.1.0/24",
-            "198.18.2.0/24",
-        )
+        ("gwa.interop.test", "gwb.interop.test", "198.18.1.0/24", "198.18.2.0/24")
     } else {
-        (
-            "gwb.interop.test",
-            "gwa.interop.test",
-            "198.18.2.0/24",
-            "198.18.1.0/24",
-        )
+        ("gwb.interop.test", "gwa.interop.test", "198.18.2.0/24", "198.18.1.0/24")
     };
     let s = |v: &[&str], d: &str| {
-        if v.is_empty() {
-            vec![d.to_string()]
-        } else {
-            v.iter().map(|x| x.to_string()).collect()
-        }
+        if v.is_empty() { vec![d.to_string()] } else { v.iter().map(|x| x.to_string()).collect() }
     };
     let mut children = vec![ChildConfig {
         name: "net".into(),
@@ -233,17 +175,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             force_encap: false,
         })
         .unwrap();
-    Side {
-        engine,
-        crypto,
-        addr: me,
-        installed: vec![],
-        deleted: 0,
-        up: 0,
-        down: 0,
-        logs: vec![],
-        outbox: vec![],
-    }
+    Side { engine, crypto, addr: me, installed: vec![], deleted: 0, up: 0, down: 0, logs: vec![], outbox: vec![] }
 }
 
 impl Side {
@@ -251,10 +183,7 @@ impl Side {
         while let Some(a) = self.engine.poll_action() {
             match a {
                 Action::Send(d) => {
-                    assert_eq!(
-                        d.local.addr == self.addr || d.local.addr.is_unspecified(),
-                        true
-                    );
+                    assert_eq!(d.local.addr == self.addr || d.local.addr.is_unspecified(), true);
                     self.outbox.push(d);
                 }
                 Action::InstallChild(c) => self.installed.push(c),
@@ -268,14 +197,8 @@ impl Side {
 
     fn deliver(&mut self, now: u64, d: Datagram) {
         let d = Datagram {
-            local: Endpoint {
-                addr: self.addr,
-                port: d.remote.port,
-            },
-            remote: Endpoint {
-                addr: if self.addr == A { B } else { A },
-                port: d.local.port,
-            },
+            local: Endpoint { addr: self.addr, port: d.remote.port },
+            remote: Endpoint { addr: if self.addr == A { B } else { A }, port: d.local.port },
             data: d.data,
         };
         self.engine.handle_datagram(now, d, &mut self.crypto);
@@ -289,13 +212,7 @@ impl Side {
 
 /// Exchange datagrams until both sides are quiet; `keep(n, d)` decides
 /// whether the n-th datagram (counting from 0) is delivered.
-fn pump(
-    a: &mut Side,
-    b: &mut Side,
-    now: u64,
-    keep: &mut dyn FnMut(usize, &Datagram) -> bool,
-    n: &mut usize,
-) {
+fn pump(a: &mut Side, b: &mut Side, now: u64, keep: &mut dyn FnMut(usize, &Datagram) -> bool, n: &mut usize) {
     a.drain();
     b.drain();
     for _ in 0..100 {
@@ -324,10 +241,7 @@ fn run(a: &mut Side, b: &mut Side, until: u64, keep: &mut dyn FnMut(usize, &Data
     let mut now = 0;
     pump(a, b, now, keep, &mut n);
     while now < until {
-        let next = [a.engine.next_timeout(), b.engine.next_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [a.engine.next_timeout(), b.engine.next_timeout()].into_iter().flatten().min();
         let Some(t) = next.filter(|t| *t <= until) else {
             break;
         };
@@ -338,11 +252,7 @@ fn run(a: &mut Side, b: &mut Side, until: u64, keep: &mut dyn FnMut(usize, &Data
     }
 }
 
-fn connect(
-    conf_a: &Conf,
-    conf_b: &Conf,
-    keep: &mut dyn FnMut(usize, &Datagram) -> bool,
-) -> (Side, Side) {
+fn connect(conf_a: &Conf, conf_b: &Conf, keep: &mut dyn FnMut(usize, &Datagram) -> bool) -> (Side, Side) {
     let mut a = side(A, B, conf_a);
     let mut b = side(B, A, conf_b);
     a.engine.initiate(0, "site", &mut a.crypto).unwrap();
@@ -360,32 +270,16 @@ fn assert_child_pair(a: &Side, b: &Side) {
     let (ca, cb) = (&a.installed[0], &b.installed[0]);
     assert_eq!(ca.outbound_spi, cb.inbound_spi);
     assert_eq!(ca.inbound_spi, cb.outbound_spi);
-    assert_eq!(
-        a.crypto.esp[&ca.outbound_key], b.crypto.esp[&cb.inbound_key],
-        "A->B keys agree"
-    );
-    assert_eq!(
-        a.crypto.esp[&ca.inbound_key], b.crypto.esp[&cb.outbound_key],
-        "B->A keys agree"
-    );
-    assert_ne!(
-        a.crypto.esp[&ca.outbound_key],
-        a.crypto.esp[&ca.inbound_key]
-    );
+    assert_eq!(a.crypto.esp[&ca.outbound_key], b.crypto.esp[&cb.inbound_key], "A->B keys agree");
+    assert_eq!(a.crypto.esp[&ca.inbound_key], b.crypto.esp[&cb.outbound_key], "B->A keys agree");
+    assert_ne!(a.crypto.esp[&ca.outbound_key], a.crypto.esp[&ca.inbound_key]);
     assert_eq!(ca.local_ts, cb.remote_ts);
     assert_eq!(ca.suite, cb.suite);
 }
 
 #[test]
 fn every_algorithm_combination_establishes() {
-    let encrs = [
-        "aes128gcm16",
-        "aes256gcm16",
-        "chacha20poly1305",
-        "aes128-sha256",
-        "aes256-sha384",
-        "aes256-sha512",
-    ];
+    let encrs = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha384", "aes256-sha512"];
     let prfs = ["prfsha256", "prfsha384", "prfsha512"];
     let dhs = ["x25519", "ecp256", "ecp384", "modp2048"];
     let esps = ["aes128gcm16", "aes256gcm16", "chacha20poly1305"];
@@ -396,11 +290,7 @@ fn every_algorithm_combination_establishes() {
                 let ike = format!("{e}-{p}-{d}");
                 let esp = esps[n % esps.len()];
                 n += 1;
-                let conf = Conf {
-                    ike: &ike,
-                    esp,
-                    ..Default::default()
-                };
+                let conf = Conf { ike: &ike, esp, ..Default::default() };
                 let (a, b) = connect(&conf, &conf, &mut all);
                 assert_eq!((a.up, b.up), (1, 1), "{ike}: {:?} {:?}", a.logs, b.logs);
                 assert_child_pair(&a, &b);
@@ -462,14 +352,7 @@ fn duplicated_messages_change_nothing() {
 
 #[test]
 fn wrong_psk_gives_authentication_failed() {
-    let (a, b) = connect(
-        &Conf::default(),
-        &Conf {
-            psk: "another-psk",
-            ..Default::default()
-        },
-        &mut all,
-    );
+    let (a, b) = connect(&Conf::default(), &Conf { psk: "another-psk", ..Default::default() }, &mut all);
     assert_eq!((a.up, b.up), (0, 0));
     assert!(a.installed.is_empty() && b.installed.is_empty());
     assert_eq!(b.engine.stats().auth_failed, 1);
@@ -477,60 +360,33 @@ fn wrong_psk_gives_authentication_failed() {
     assert!(a.log_has("AUTHENTICATION_FAILED"), "{:?}", a.logs);
     assert!(b.log_has("wrong pre-shared key"), "{:?}", b.logs);
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
-    assert!(
-        a.crypto.vault.len() <= 1 && b.crypto.vault.len() <= 1,
-        "only the PSKs remain"
-    );
+    assert!(a.crypto.vault.len() <= 1 && b.crypto.vault.len() <= 1, "only the PSKs remain");
 }
 
 #[test]
 fn unacceptable_selectors_give_ts_unacceptable() {
-    let a_conf = Conf {
-        local_ts: &["10.1.0.0/16"],
-        remote_ts: &["10.2.0.0/16"],
-        ..Default::default()
-    };
+    let a_conf = Conf { local_ts: &["10.1.0.0/16"], remote_ts: &["10.2.0.0/16"], ..Default::default() };
     let (a, b) = connect(&a_conf, &Conf::default(), &mut all);
     assert_eq!((a.up, b.up), (1, 1), "the IKE SA stands");
     assert!(a.installed.is_empty() && b.installed.is_empty());
     assert_eq!(b.engine.stats().ts_unacceptable, 1);
     assert!(a.log_has("TS_UNACCEPTABLE"), "{:?}", a.logs);
-    assert!(
-        b.log_has("peer proposed TSi 10.1.0.0/16 TSr 10.2.0.0/16"),
-        "{:?}",
-        b.logs
-    );
+    assert!(b.log_has("peer proposed TSi 10.1.0.0/16 TSr 10.2.0.0/16"), "{:?}", b.logs);
 }
 
 #[test]
 fn responder_narrows_selectors() {
-    let a_conf = Conf {
-        local_ts: &["198.18.0.0/16"],
-        remote_ts: &["198.18.0.0/16"],
-        ..Default::default()
-    };
+    let a_conf = Conf { local_ts: &["198.18.0.0/16"], remote_ts: &["198.18.0.0/16"], ..Default::default() };
     let (a, b) = connect(&a_conf, &Conf::default(), &mut all);
     assert_child_pair(&a, &b);
-    assert_eq!(
-        wasmsec_ike::ts::show_all(&a.installed[0].local_ts),
-        "198.18.1.0/24"
-    );
-    assert_eq!(
-        wasmsec_ike::ts::show_all(&a.installed[0].remote_ts),
-        "198.18.2.0/24"
-    );
+    assert_eq!(wasmsec_ike::ts::show_all(&a.installed[0].local_ts), "198.18.1.0/24");
+    assert_eq!(wasmsec_ike::ts::show_all(&a.installed[0].remote_ts), "198.18.2.0/24");
 }
 
 #[test]
 fn invalid_ke_payload_is_retried_with_the_requested_group() {
-    let a_conf = Conf {
-        ike: "aes256gcm16-prfsha256-x25519-ecp384",
-        ..Default::default()
-    };
-    let b_conf = Conf {
-        ike: "aes256gcm16-prfsha256-ecp384",
-        ..Default::default()
-    };
+    let a_conf = Conf { ike: "aes256gcm16-prfsha256-x25519-ecp384", ..Default::default() };
+    let b_conf = Conf { ike: "aes256gcm16-prfsha256-ecp384", ..Default::default() };
     let (a, b) = connect(&a_conf, &b_conf, &mut all);
     assert_eq!((a.up, b.up), (1, 1), "{:?} {:?}", a.logs, b.logs);
     assert!(a.log_has("INVALID_KE_PAYLOAD"));
@@ -539,25 +395,15 @@ fn invalid_ke_payload_is_retried_with_the_requested_group() {
 
 #[test]
 fn no_common_proposal_gives_no_proposal_chosen() {
-    let (a, b) = connect(
-        &Conf::default(),
-        &Conf {
-            ike: "aes128-sha512-modp2048",
-            ..Default::default()
-        },
-        &mut all,
-    );
+    let (a, b) = connect(&Conf::default(), &Conf { ike: "aes128-sha512-modp2048", ..Default::default() }, &mut all);
     assert_eq!((a.up, b.up), (0, 0));
-    assert!(b.log_has("peer 198.18.0.1 offered aes256gcm16-prfsha256-x25519, we accept aes128-prfsha512-sha512-modp2048"), "{:?}", b.logs);
-    assert!(a.log_has("NO_PROPOSAL_CHOSEN"), "{:?}", a.logs);
-    let (a, b) = connect(
-        &Conf::default(),
-        &Conf {
-            esp: "chacha20poly1305",
-            ..Default::default()
-        },
-        &mut all,
+    assert!(
+        b.log_has("peer 198.18.0.1 offered aes256gcm16-prfsha256-x25519, we accept aes128-prfsha512-sha512-modp2048"),
+        "{:?}",
+        b.logs
     );
+    assert!(a.log_has("NO_PROPOSAL_CHOSEN"), "{:?}", a.logs);
+    let (a, b) = connect(&Conf::default(), &Conf { esp: "chacha20poly1305", ..Default::default() }, &mut all);
     assert_eq!((a.up, b.up), (1, 1));
     assert!(a.installed.is_empty() && b.installed.is_empty());
     assert!(a.log_has("NO_PROPOSAL_CHOSEN"));
@@ -566,24 +412,15 @@ fn no_common_proposal_gives_no_proposal_chosen() {
 #[test]
 fn several_child_sas_per_ike_sa() {
     let extra: (&[&str], &[&str]) = (&["10.1.0.0/16"], &["10.2.0.0/16"]);
-    let conf = Conf {
-        extra_child: Some(extra),
-        ..Default::default()
-    };
+    let conf = Conf { extra_child: Some(extra), ..Default::default() };
     let (a, b) = connect(&conf, &conf, &mut all);
     assert_eq!(a.installed.len(), 2, "{:?}", a.logs);
     assert_eq!(b.installed.len(), 2, "{:?}", b.logs);
     assert_eq!(a.engine.established(), (1, 2));
     let extra_a = a.installed.iter().find(|c| c.child == "extra").unwrap();
     let extra_b = b.installed.iter().find(|c| c.child == "extra").unwrap();
-    assert_eq!(
-        a.crypto.esp[&extra_a.outbound_key],
-        b.crypto.esp[&extra_b.inbound_key]
-    );
-    assert_ne!(
-        a.crypto.esp[&extra_a.outbound_key],
-        a.crypto.esp[&a.installed[0].outbound_key]
-    );
+    assert_eq!(a.crypto.esp[&extra_a.outbound_key], b.crypto.esp[&extra_b.inbound_key]);
+    assert_ne!(a.crypto.esp[&extra_a.outbound_key], a.crypto.esp[&a.installed[0].outbound_key]);
 }
 
 #[test]
@@ -594,11 +431,7 @@ fn delete_tears_down_both_sides_without_leaks() {
     assert_eq!((a.down, b.down), (1, 1));
     assert_eq!((a.deleted, b.deleted), (1, 1));
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
-    assert_eq!(
-        (a.crypto.vault.len(), b.crypto.vault.len()),
-        (1, 1),
-        "only the PSK is left"
-    );
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1), "only the PSK is left");
 }
 
 #[test]
@@ -634,11 +467,7 @@ fn malformed_corpus() {
     corpus.push(bad_len);
     // Unknown critical payload appended.
     let mut m = Message::parse(&init).unwrap();
-    m.payloads.push(Payload::Unknown {
-        kind: 222,
-        critical: true,
-        body: vec![1, 2, 3],
-    });
+    m.payloads.push(Payload::Unknown { kind: 222, critical: true, body: vec![1, 2, 3] });
     m.header.spi_i ^= 1;
     corpus.push(m.emit());
     // Wrong SPI on an encrypted exchange.

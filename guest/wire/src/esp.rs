@@ -51,11 +51,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
+        if self.buffer.as_ref().len() < HEADER_LEN { Err(Error::Truncated) } else { Ok(()) }
     }
 
     pub fn spi(&self) -> u32 {
@@ -89,10 +85,7 @@ pub struct Repr {
 impl Repr {
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {
         packet.check_len()?;
-        Ok(Repr {
-            spi: packet.spi(),
-            sequence_number: packet.sequence_number(),
-        })
+        Ok(Repr { spi: packet.spi(), sequence_number: packet.sequence_number() })
     }
 
     pub const fn buffer_len(&self) -> usize {
@@ -129,9 +122,7 @@ pub struct Trailer {
 
 impl core::fmt::Debug for Trailer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Trailer")
-            .field("bytes", &self.as_bytes())
-            .finish()
+        f.debug_struct("Trailer").field("bytes", &self.as_bytes()).finish()
     }
 }
 
@@ -149,10 +140,7 @@ impl Trailer {
         }
         bytes[pad_len] = pad_len as u8;
         bytes[pad_len + 1] = next_header;
-        Trailer {
-            bytes,
-            len: (pad_len + TRAILER_FIXED_LEN) as u8,
-        }
+        Trailer { bytes, len: (pad_len + TRAILER_FIXED_LEN) as u8 }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -170,9 +158,7 @@ impl Trailer {
     /// Check a received trailer's Pad Length against the plaintext length;
     /// returns the payload length (plaintext without padding and trailer).
     pub fn check(plaintext_len: usize, pad_length: u8) -> Result<usize> {
-        plaintext_len
-            .checked_sub(usize::from(pad_length) + TRAILER_FIXED_LEN)
-            .ok_or(Error::Malformed)
+        plaintext_len.checked_sub(usize::from(pad_length) + TRAILER_FIXED_LEN).ok_or(Error::Malformed)
     }
 }
 
@@ -182,10 +168,7 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let repr = Repr {
-            spi: 0xc0ffee01,
-            sequence_number: 0x0102_0304,
-        };
+        let repr = Repr { spi: 0xc0ffee01, sequence_number: 0x0102_0304 };
         let mut buf = [0u8; 12];
         repr.emit(&mut buf).unwrap();
         let p = Packet::new_checked(&buf[..]).unwrap();
@@ -197,23 +180,10 @@ mod tests {
     #[test]
     fn truncated_and_zero_spi_are_rejected() {
         for n in 0..HEADER_LEN {
-            assert_eq!(
-                Packet::new_checked(&[1u8; 8][..n]).err(),
-                Some(Error::Truncated)
-            );
+            assert_eq!(Packet::new_checked(&[1u8; 8][..n]).err(), Some(Error::Truncated));
         }
-        assert_eq!(
-            Packet::new_checked(&[0u8; 16][..]).err(),
-            Some(Error::Malformed)
-        );
-        assert!(
-            Repr {
-                spi: 1,
-                sequence_number: 1
-            }
-            .emit(&mut [0u8; 7])
-            .is_err()
-        );
+        assert_eq!(Packet::new_checked(&[0u8; 16][..]).err(), Some(Error::Malformed));
+        assert!(Repr { spi: 1, sequence_number: 1 }.emit(&mut [0u8; 7]).is_err());
     }
 
     #[test]
@@ -224,15 +194,9 @@ mod tests {
                 assert_eq!((len + t.as_bytes().len()) % usize::from(align), 0);
                 let pad = usize::from(t.pad_length());
                 assert!(pad < usize::from(align));
-                assert_eq!(
-                    &t.as_bytes()[..pad],
-                    &[1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15][..pad]
-                );
+                assert_eq!(&t.as_bytes()[..pad], &[1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15][..pad]);
                 assert_eq!(t.next_header(), NEXT_HEADER_IPV4);
-                assert_eq!(
-                    Trailer::check(len + t.as_bytes().len(), t.pad_length()),
-                    Ok(len)
-                );
+                assert_eq!(Trailer::check(len + t.as_bytes().len(), t.pad_length()), Ok(len));
             }
         }
     }

@@ -311,29 +311,16 @@ impl Payload {
             payload::SA => Payload::Sa(parse_proposals(b)?),
             payload::KE => {
                 need(b, 4)?;
-                Payload::Ke {
-                    group: be16(b, 0),
-                    data: b[4..].to_vec(),
-                }
+                Payload::Ke { group: be16(b, 0), data: b[4..].to_vec() }
             }
             payload::IDI | payload::IDR => {
                 need(b, 4)?;
-                let id = Identification {
-                    id_type: b[0],
-                    data: b[4..].to_vec(),
-                };
-                if kind == payload::IDI {
-                    Payload::IdI(id)
-                } else {
-                    Payload::IdR(id)
-                }
+                let id = Identification { id_type: b[0], data: b[4..].to_vec() };
+                if kind == payload::IDI { Payload::IdI(id) } else { Payload::IdR(id) }
             }
             payload::AUTH => {
                 need(b, 4)?;
-                Payload::Auth {
-                    method: b[0],
-                    data: b[4..].to_vec(),
-                }
+                Payload::Auth { method: b[0], data: b[4..].to_vec() }
             }
             payload::NONCE => {
                 // Nonces are 16-256 bytes (section 3.9).
@@ -359,23 +346,13 @@ impl Payload {
                 if b.len() != 4 + spi_size * n {
                     return Err(Error::Malformed);
                 }
-                let spis = (0..n)
-                    .map(|i| b[4 + i * spi_size..4 + (i + 1) * spi_size].to_vec())
-                    .collect();
-                Payload::Delete(Delete {
-                    protocol: b[0],
-                    spi_size: b[1],
-                    spis,
-                })
+                let spis = (0..n).map(|i| b[4 + i * spi_size..4 + (i + 1) * spi_size].to_vec()).collect();
+                Payload::Delete(Delete { protocol: b[0], spi_size: b[1], spis })
             }
             payload::VENDOR => Payload::Vendor(b.to_vec()),
             payload::TSI => Payload::TsI(parse_selectors(b)?),
             payload::TSR => Payload::TsR(parse_selectors(b)?),
-            _ => Payload::Unknown {
-                kind,
-                critical,
-                body: b.to_vec(),
-            },
+            _ => Payload::Unknown { kind, critical, body: b.to_vec() },
         })
     }
 
@@ -426,11 +403,7 @@ impl Payload {
 }
 
 fn need(b: &[u8], n: usize) -> Result<()> {
-    if b.len() < n {
-        Err(Error::Truncated)
-    } else {
-        Ok(())
-    }
+    if b.len() < n { Err(Error::Truncated) } else { Ok(()) }
 }
 
 fn parse_proposals(mut b: &[u8]) -> Result<Vec<Proposal>> {
@@ -471,22 +444,13 @@ fn parse_proposals(mut b: &[u8]) -> Result<Vec<Proposal>> {
                     attrs = &attrs[alen..];
                 }
             }
-            transforms.push(Transform {
-                kind: t[4],
-                id: be16(t, 6),
-                key_len,
-            });
+            transforms.push(Transform { kind: t[4], id: be16(t, 6), key_len });
             t = &t[tlen..];
         }
         if !t.is_empty() {
             return Err(Error::Malformed);
         }
-        out.push(Proposal {
-            num: p[4],
-            protocol: p[5],
-            spi: p[8..8 + spi_size].to_vec(),
-            transforms,
-        });
+        out.push(Proposal { num: p[4], protocol: p[5], spi: p[8..8 + spi_size].to_vec(), transforms });
         b = rest;
         match last {
             0 if b.is_empty() => return Ok(out),
@@ -500,12 +464,7 @@ fn emit_proposals(props: &[Proposal], out: &mut Vec<u8>) {
     for (pi, p) in props.iter().enumerate() {
         let start = out.len();
         out.extend_from_slice(&[if pi + 1 == props.len() { 0 } else { 2 }, 0, 0, 0]);
-        out.extend_from_slice(&[
-            p.num,
-            p.protocol,
-            p.spi.len() as u8,
-            p.transforms.len() as u8,
-        ]);
+        out.extend_from_slice(&[p.num, p.protocol, p.spi.len() as u8, p.transforms.len() as u8]);
         out.extend_from_slice(&p.spi);
         for (ti, t) in p.transforms.iter().enumerate() {
             let tlen: u16 = if t.key_len.is_some() { 12 } else { 8 };
@@ -571,25 +530,14 @@ pub fn parse_chain(first: u8, mut b: &[u8]) -> Result<Vec<Payload>> {
         }
         let body = &b[GENERIC_HEADER_LEN..len];
         if kind == payload::SK {
-            out.push(Payload::Sk {
-                first: next,
-                body: body.to_vec(),
-            });
-            return if len == b.len() {
-                Ok(out)
-            } else {
-                Err(Error::Malformed)
-            };
+            out.push(Payload::Sk { first: next, body: body.to_vec() });
+            return if len == b.len() { Ok(out) } else { Err(Error::Malformed) };
         }
         out.push(Payload::parse(kind, critical, body)?);
         b = &b[len..];
         kind = next;
     }
-    if b.is_empty() {
-        Ok(out)
-    } else {
-        Err(Error::Malformed)
-    }
+    if b.is_empty() { Ok(out) } else { Err(Error::Malformed) }
 }
 
 /// Emit a payload chain; returns the first payload's type (0 if empty).
@@ -666,38 +614,19 @@ mod tests {
                         protocol: protocol::IKE,
                         spi: vec![],
                         transforms: vec![
-                            Transform {
-                                kind: transform::ENCR,
-                                id: transform::ENCR_AES_GCM_16,
-                                key_len: Some(256),
-                            },
-                            Transform {
-                                kind: transform::PRF,
-                                id: transform::PRF_HMAC_SHA2_256,
-                                key_len: None,
-                            },
-                            Transform {
-                                kind: transform::DH,
-                                id: transform::DH_X25519,
-                                key_len: None,
-                            },
+                            Transform { kind: transform::ENCR, id: transform::ENCR_AES_GCM_16, key_len: Some(256) },
+                            Transform { kind: transform::PRF, id: transform::PRF_HMAC_SHA2_256, key_len: None },
+                            Transform { kind: transform::DH, id: transform::DH_X25519, key_len: None },
                         ],
                     },
                     Proposal {
                         num: 2,
                         protocol: protocol::IKE,
                         spi: vec![],
-                        transforms: vec![Transform {
-                            kind: transform::DH,
-                            id: transform::DH_MODP_2048,
-                            key_len: None,
-                        }],
+                        transforms: vec![Transform { kind: transform::DH, id: transform::DH_MODP_2048, key_len: None }],
                     },
                 ]),
-                Payload::Ke {
-                    group: transform::DH_X25519,
-                    data: vec![9; 32],
-                },
+                Payload::Ke { group: transform::DH_X25519, data: vec![9; 32] },
                 Payload::Nonce(vec![7; 32]),
                 Payload::Notify(Notify {
                     protocol: 0,
@@ -705,14 +634,8 @@ mod tests {
                     kind: notify::NAT_DETECTION_SOURCE_IP,
                     data: vec![1; 20],
                 }),
-                Payload::IdI(Identification {
-                    id_type: id_type::FQDN,
-                    data: b"gwa.interop.test".to_vec(),
-                }),
-                Payload::Auth {
-                    method: auth_method::SHARED_KEY_MIC,
-                    data: vec![3; 32],
-                },
+                Payload::IdI(Identification { id_type: id_type::FQDN, data: b"gwa.interop.test".to_vec() }),
+                Payload::Auth { method: auth_method::SHARED_KEY_MIC, data: vec![3; 32] },
                 Payload::TsI(vec![TrafficSelector {
                     ts_type: ts_type::IPV4_ADDR_RANGE,
                     ip_protocol: 0,
@@ -726,11 +649,7 @@ mod tests {
                     spi_size: 4,
                     spis: vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8]],
                 }),
-                Payload::Unknown {
-                    kind: 200,
-                    critical: true,
-                    body: vec![1, 2],
-                },
+                Payload::Unknown { kind: 200, critical: true, body: vec![1, 2] },
             ],
         }
     }
@@ -764,10 +683,7 @@ mod tests {
     fn sk_payload_ends_the_chain() {
         let m = Message {
             header: sample().header,
-            payloads: vec![Payload::Sk {
-                first: payload::IDI,
-                body: vec![0xaa; 40],
-            }],
+            payloads: vec![Payload::Sk { first: payload::IDI, body: vec![0xaa; 40] }],
         };
         let b = m.emit();
         assert_eq!(Message::parse(&b).unwrap().payloads, m.payloads);

@@ -62,11 +62,7 @@ impl Selectors {
         match head.first().map(|b| b >> 4) {
             Some(4) => {
                 let p = ipv4::Packet::new_checked(head)?;
-                let ports = if p.is_non_first_fragment() {
-                    None
-                } else {
-                    ports(p.protocol(), p.payload())
-                };
+                let ports = if p.is_non_first_fragment() { None } else { ports(p.protocol(), p.payload()) };
                 Ok(Selectors {
                     src: Address::V4(p.src_addr()),
                     dst: Address::V4(p.dst_addr()),
@@ -111,26 +107,14 @@ mod tests {
     #[test]
     fn ipv4_udp_ports_and_icmp_type_code() {
         let mut b = [0u8; 28];
-        ipv4::Repr {
-            src_addr: [10, 0, 0, 1],
-            dst_addr: [10, 0, 1, 1],
-            protocol: PROTO_UDP,
-            payload_len: 8,
-            ttl: 64,
-        }
-        .emit(&mut b)
-        .unwrap();
+        ipv4::Repr { src_addr: [10, 0, 0, 1], dst_addr: [10, 0, 1, 1], protocol: PROTO_UDP, payload_len: 8, ttl: 64 }
+            .emit(&mut b)
+            .unwrap();
         b[20..22].copy_from_slice(&53u16.to_be_bytes());
         b[22..24].copy_from_slice(&4500u16.to_be_bytes());
         let s = Selectors::parse(&b).unwrap();
-        assert_eq!(
-            (s.src, s.dst),
-            (Address::V4([10, 0, 0, 1]), Address::V4([10, 0, 1, 1]))
-        );
-        assert_eq!(
-            (s.src_port, s.dst_port, s.total_len),
-            (Some(53), Some(4500), 28)
-        );
+        assert_eq!((s.src, s.dst), (Address::V4([10, 0, 0, 1]), Address::V4([10, 0, 1, 1])));
+        assert_eq!((s.src_port, s.dst_port, s.total_len), (Some(53), Some(4500), 28));
         b[9] = PROTO_ICMP;
         b[20] = 8;
         b[21] = 0;

@@ -153,13 +153,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Repr {
-        Repr {
-            src_addr: [198, 18, 1, 10],
-            dst_addr: [198, 18, 2, 10],
-            protocol: 1,
-            payload_len: 8,
-            ttl: 64,
-        }
+        Repr { src_addr: [198, 18, 1, 10], dst_addr: [198, 18, 2, 10], protocol: 1, payload_len: 8, ttl: 64 }
     }
 
     #[test]
@@ -186,31 +180,19 @@ mod tests {
         assert_eq!(Packet::new_checked(&v6[..]).err(), Some(Error::Malformed));
         let mut short_ihl = buf;
         short_ihl[0] = 0x44;
-        assert_eq!(
-            Packet::new_checked(&short_ihl[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Packet::new_checked(&short_ihl[..]).err(), Some(Error::Malformed));
         let mut long_ihl = buf;
         long_ihl[0] = 0x4f; // 60-byte header in a 28-byte buffer
         long_ihl[2..4].copy_from_slice(&60u16.to_be_bytes());
-        assert_eq!(
-            Packet::new_checked(&long_ihl[..]).err(),
-            Some(Error::Truncated)
-        );
+        assert_eq!(Packet::new_checked(&long_ihl[..]).err(), Some(Error::Truncated));
         let mut bad_total = buf;
         bad_total[2..4].copy_from_slice(&10u16.to_be_bytes());
-        assert_eq!(
-            Packet::new_checked(&bad_total[..]).err(),
-            Some(Error::Malformed)
-        );
+        assert_eq!(Packet::new_checked(&bad_total[..]).err(), Some(Error::Malformed));
     }
 
     #[test]
     fn checksum_of_rfc1071_example() {
         // RFC 1071 section 3: the one's complement sum of these words is 0xddf2.
-        assert_eq!(
-            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
     }
 }

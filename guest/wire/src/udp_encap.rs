@@ -38,10 +38,7 @@ mod tests {
     #[test]
     fn classify_all_kinds() {
         assert_eq!(Datagram::classify(&[0xff]), Ok(Datagram::Keepalive));
-        assert_eq!(
-            Datagram::classify(&[0, 0, 0, 0, 1, 2]),
-            Ok(Datagram::Ike(&[1, 2]))
-        );
+        assert_eq!(Datagram::classify(&[0, 0, 0, 0, 1, 2]), Ok(Datagram::Ike(&[1, 2])));
         let esp = [0, 0, 0, 1, 0, 0, 0, 1, 9];
         assert_eq!(Datagram::classify(&esp), Ok(Datagram::Esp(&esp)));
         assert_eq!(Datagram::classify(&[1, 2, 3]), Err(Error::Truncated));

@@ -30,13 +30,8 @@ const MODP_EXPONENT_LEN: usize = 64;
 
 /// A DH private value, used once.
 pub enum Private {
-    Ring {
-        group: u16,
-        key: EphemeralPrivateKey,
-    },
-    Modp {
-        x: Zeroizing<Vec<u8>>,
-    },
+    Ring { group: u16, key: EphemeralPrivateKey },
+    Modp { x: Zeroizing<Vec<u8>> },
 }
 
 impl Private {
@@ -82,9 +77,7 @@ fn pad_to(v: Vec<u8>, len: usize) -> Vec<u8> {
 pub fn generate(group: u16, rng: &SystemRandom) -> Result<(Private, Vec<u8>), CryptoError> {
     if let Some(alg) = ring_alg(group) {
         let key = EphemeralPrivateKey::generate(alg, rng).map_err(|_| CryptoError::Internal)?;
-        let public = key
-            .compute_public_key()
-            .map_err(|_| CryptoError::Internal)?;
+        let public = key.compute_public_key().map_err(|_| CryptoError::Internal)?;
         let mut p = public.as_ref().to_vec();
         if group != X25519 {
             p.remove(0); // RFC 5903 section 7: no 0x04 point-format octet
@@ -114,10 +107,8 @@ pub fn complete(private: Private, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, Cry
                 p.push(0x04);
             }
             p.extend_from_slice(peer);
-            agreement::agree_ephemeral(key, &UnparsedPublicKey::new(alg, &p), |k| {
-                Zeroizing::new(k.to_vec())
-            })
-            .map_err(|_| CryptoError::BadPeerValue)
+            agreement::agree_ephemeral(key, &UnparsedPublicKey::new(alg, &p), |k| Zeroizing::new(k.to_vec()))
+                .map_err(|_| CryptoError::BadPeerValue)
         }
         Private::Modp { x } => {
             let p = modp_p();
@@ -155,21 +146,14 @@ mod tests {
         let rng = SystemRandom::new();
         for g in SUPPORTED {
             let (a, _) = generate(g, &rng).unwrap();
-            assert_eq!(
-                complete(a, &[1, 2, 3]).err(),
-                Some(CryptoError::BadPeerValue)
-            );
+            assert_eq!(complete(a, &[1, 2, 3]).err(), Some(CryptoError::BadPeerValue));
         }
         let (a, _) = generate(MODP_2048, &rng).unwrap();
         let mut one = vec![0u8; 256];
         one[255] = 1;
         assert_eq!(complete(a, &one).err(), Some(CryptoError::BadPeerValue));
         let (a, _) = generate(ECP_256, &rng).unwrap();
-        assert_eq!(
-            complete(a, &[0x11; 64]).err(),
-            Some(CryptoError::BadPeerValue),
-            "not on the curve"
-        );
+        assert_eq!(complete(a, &[0x11; 64]).err(), Some(CryptoError::BadPeerValue), "not on the curve");
         assert!(generate(5, &rng).is_err());
     }
 }

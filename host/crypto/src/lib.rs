@@ -71,6 +71,9 @@ pub struct ChildKeymat {
 pub struct Vault {
     secrets: HashMap<u64, Secret>,
     rng: SystemRandom,
+    /// Copies of every secret created, for tests that prove no secret
+    /// reaches a guest ([`Vault::new_audited`]); `None` in the daemon.
+    audit: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for Vault {
@@ -81,17 +84,33 @@ impl Default for Vault {
 
 impl Vault {
     pub fn new() -> Vault {
-        Vault {
-            secrets: HashMap::new(),
-            rng: SystemRandom::new(),
+        Vault { secrets: HashMap::new(), rng: SystemRandom::new(), audit: None }
+    }
+
+    /// A vault that also keeps a copy of every secret it creates, so a test
+    /// can search everything a guest received for them. Never used by the
+    /// daemon: it defeats zeroization.
+    pub fn new_audited() -> Vault {
+        Vault { audit: Some(Vec::new()), ..Vault::new() }
+    }
+
+    /// The secrets recorded by an audited vault.
+    pub fn audited_secrets(&self) -> &[Vec<u8>] {
+        self.audit.as_deref().unwrap_or(&[])
+    }
+
+    fn record(&mut self, secret: &[u8]) {
+        if secret.is_empty() {
+            return;
+        }
+        if let Some(a) = &mut self.audit {
+            a.push(secret.to_vec());
         }
     }
 
     /// Random bytes from the OS CSPRNG.
     pub fn random(&self, buf: &mut [u8]) {
-        self.rng
-            .fill(buf)
-            .expect("OS random number generator failed");
+        self.rng.fill(buf).expect("OS random number generator failed");
     }
 
     fn insert(&mut self, s: Secret) -> u64 {
@@ -116,6 +135,7 @@ impl Vault {
     }
 
     pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
+        self.record(&psk);
         self.insert(Secret::Psk(psk))
     }
 
@@ -156,6 +176,10 @@ impl Vault {
         }
         let shared = dh::complete(private, peer_public)?;
         let keys = IkeSaKeys::derive(suite, &shared, ni, nr, spi_i, spi_r)?;
+        self.record(&shared);
+        for k in keys.all_keys() {
+            self.record(k);
+        }
         Ok(self.insert(Secret::IkeSa(Box::new(keys))))
     }
 
@@ -216,15 +240,13 @@ impl Vault {
         let sk_p = if for_initiator { &k.sk_pi } else { &k.sk_pr };
         let maced_id = k.prf.prf(sk_p, &[id_body]);
         let pad_key = k.prf.prf(psk, &[KEY_PAD]);
-        Ok(k.prf
-            .prf(&pad_key, &[real_message, nonce, &maced_id])
-            .to_vec())
+        Ok(k.prf.prf(&pad_key, &[real_message, nonce, &maced_id]).to_vec())
     }
 
     /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), all of
     /// the initiator-to-responder SA's keys first.
     pub fn child_keymat(
-        &self,
+        &mut self,
         sa: u64,
         suite: &ChildSuite,
         ni: &[u8],
@@ -237,6 +259,7 @@ impl Vault {
         seed.extend_from_slice(ni);
         seed.extend_from_slice(nr);
         let km = k.prf.prf_plus(&k.sk_d, &seed, 2 * one);
+        self.record(&km);
         Ok(ChildKeymat {
             initiator_to_responder: Zeroizing::new(km[..one].to_vec()),
             responder_to_initiator: Zeroizing::new(km[one..].to_vec()),
@@ -255,13 +278,7 @@ mod tests {
 
     #[test]
     fn two_vaults_derive_the_same_ike_sa_and_auth() {
-        let suite = IkeSuite {
-            encr: sk::ENCR_AES_GCM_16,
-            key_bits: 256,
-            prf: 6,
-            integ: 0,
-            dh: dh::ECP_384,
-        };
+        let suite = IkeSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 256, prf: 6, integ: 0, dh: dh::ECP_384 };
         let (mut a, mut b) = (Vault::new(), Vault::new());
         let (da, pa) = a.dh_generate(suite.dh).unwrap();
         let (db, pb) = b.dh_generate(suite.dh).unwrap();
@@ -271,60 +288,27 @@ mod tests {
         assert_eq!(a.len(), 1, "the DH private value is destroyed");
         let msg = a.encrypt(sa, true, &[0; 28], 35, b"hello").unwrap();
         assert_eq!(&b.decrypt(sb, true, &msg, 28).unwrap()[..], b"hello");
-        let (pska, pskb) = (
-            a.insert_psk(Zeroizing::new(b"secret".to_vec())),
-            b.insert_psk(Zeroizing::new(b"secret".to_vec())),
-        );
-        let x = a
-            .psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id")
-            .unwrap();
-        assert_eq!(
-            x,
-            b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id")
-                .unwrap()
-        );
-        assert_ne!(
-            x,
-            b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id")
-                .unwrap()
-        );
-        let cs = ChildSuite {
-            encr: sk::ENCR_AES_GCM_16,
-            key_bits: 128,
-            integ: 0,
-        };
+        let (pska, pskb) =
+            (a.insert_psk(Zeroizing::new(b"secret".to_vec())), b.insert_psk(Zeroizing::new(b"secret".to_vec())));
+        let x = a.psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap();
+        assert_eq!(x, b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
+        assert_ne!(x, b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
+        let cs = ChildSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 128, integ: 0 };
         let ka = a.child_keymat(sa, &cs, &ni, &nr).unwrap();
         let kb = b.child_keymat(sb, &cs, &ni, &nr).unwrap();
         assert_eq!(*ka.initiator_to_responder, *kb.initiator_to_responder);
         assert_eq!(ka.initiator_to_responder.len(), 20);
         assert_ne!(*ka.initiator_to_responder, *ka.responder_to_initiator);
-        assert_eq!(
-            a.psk_auth(sa, sa, true, b"", b"", b"").err(),
-            Some(CryptoError::WrongKeyKind)
-        );
+        assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
         assert!(a.destroy(sa) && a.destroy(pska) && a.is_empty());
     }
 
     #[test]
     fn mismatched_group_or_handle_is_refused() {
         let mut v = Vault::new();
-        let suite = IkeSuite {
-            encr: sk::ENCR_AES_GCM_16,
-            key_bits: 256,
-            prf: 5,
-            integ: 0,
-            dh: dh::X25519,
-        };
+        let suite = IkeSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 256, prf: 5, integ: 0, dh: dh::X25519 };
         let (d, p) = v.dh_generate(dh::ECP_256).unwrap();
-        assert_eq!(
-            v.derive_ike_sa(&suite, d, &p, &[0; 16], &[0; 16], 1, 2)
-                .err(),
-            Some(CryptoError::WrongKeyKind)
-        );
-        assert_eq!(
-            v.derive_ike_sa(&suite, 12345, &p, &[0; 16], &[0; 16], 1, 2)
-                .err(),
-            Some(CryptoError::UnknownKey)
-        );
+        assert_eq!(v.derive_ike_sa(&suite, d, &p, &[0; 16], &[0; 16], 1, 2).err(), Some(CryptoError::WrongKeyKind));
+        assert_eq!(v.derive_ike_sa(&suite, 12345, &p, &[0; 16], &[0; 16], 1, 2).err(), Some(CryptoError::UnknownKey));
     }
 }

@@ -55,10 +55,7 @@ impl Prf {
     /// prf+(key, seed) = T1 | T2 | ..., Tn = prf(key, Tn-1 | seed | n),
     /// truncated to `len` bytes (at most 255 blocks, section 2.13).
     pub fn prf_plus(&self, key: &[u8], seed: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
-        assert!(
-            len <= 255 * self.len(),
-            "prf+ asked for more than 255 blocks"
-        );
+        assert!(len <= 255 * self.len(), "prf+ asked for more than 255 blocks");
         let mut out = Zeroizing::new(Vec::with_capacity(len + self.len()));
         let mut t = Zeroizing::new(Vec::new());
         let mut n = 1u8;
@@ -81,10 +78,7 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let out = Prf::Sha256.prf(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
         let want = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
-        assert_eq!(
-            out.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-            want
-        );
+        assert_eq!(out.iter().map(|b| format!("{b:02x}")).collect::<String>(), want);
     }
 
     #[test]

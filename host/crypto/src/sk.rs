@@ -109,18 +109,11 @@ impl Cipher {
             _ => None,
         };
         match (encr, aes_len, integ) {
-            (ENCR_AES_GCM_16, Some(key_len), AUTH_NONE) => Ok(Cipher::Aead {
-                chacha: false,
-                key_len,
-            }),
-            (ENCR_CHACHA20_POLY1305, _, AUTH_NONE) => Ok(Cipher::Aead {
-                chacha: true,
-                key_len: 32,
-            }),
-            (ENCR_AES_CBC, Some(key_len), i) => Ok(Cipher::Cbc {
-                key_len,
-                integ: Integ::from_id(i).ok_or(CryptoError::Unsupported)?,
-            }),
+            (ENCR_AES_GCM_16, Some(key_len), AUTH_NONE) => Ok(Cipher::Aead { chacha: false, key_len }),
+            (ENCR_CHACHA20_POLY1305, _, AUTH_NONE) => Ok(Cipher::Aead { chacha: true, key_len: 32 }),
+            (ENCR_AES_CBC, Some(key_len), i) => {
+                Ok(Cipher::Cbc { key_len, integ: Integ::from_id(i).ok_or(CryptoError::Unsupported)? })
+            }
             _ => Err(CryptoError::Unsupported),
         }
     }
@@ -207,9 +200,7 @@ impl IkeSaKeys {
         nonces.extend_from_slice(ni);
         nonces.extend_from_slice(nr);
         let skeyseed = prf.prf(&nonces, &[shared]);
-        Ok(Self::from_skeyseed(
-            prf, cipher, &skeyseed, ni, nr, spi_i, spi_r,
-        ))
+        Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
     }
 
     fn from_skeyseed(
@@ -250,12 +241,13 @@ impl IkeSaKeys {
         }
     }
 
+    /// The seven keys (for the audit of [`crate::Vault::new_audited`]).
+    pub(crate) fn all_keys(&self) -> [&[u8]; 7] {
+        [&self.sk_d, &self.sk_ai, &self.sk_ar, &self.sk_ei, &self.sk_er, &self.sk_pi, &self.sk_pr]
+    }
+
     fn keys(&self, from_initiator: bool) -> (&[u8], &[u8]) {
-        if from_initiator {
-            (&self.sk_ei, &self.sk_ai)
-        } else {
-            (&self.sk_er, &self.sk_ar)
-        }
+        if from_initiator { (&self.sk_ei, &self.sk_ai) } else { (&self.sk_er, &self.sk_ar) }
     }
 
     /// Build a whole message: `header` (its length and next-payload fields
@@ -296,20 +288,14 @@ impl IkeSaKeys {
                     return Err(CryptoError::KeyExpired);
                 }
                 let (key, salt) = ek.split_at(ek.len() - 4);
-                let key = LessSafeKey::new(
-                    UnboundKey::new(c.aead_alg(), key).map_err(|_| CryptoError::Internal)?,
-                );
+                let key = LessSafeKey::new(UnboundKey::new(c.aead_alg(), key).map_err(|_| CryptoError::Internal)?);
                 let mut n = [0u8; 12];
                 n[..4].copy_from_slice(salt);
                 n[4..].copy_from_slice(&iv.to_be_bytes());
                 let aad = msg.clone();
                 msg.extend_from_slice(&iv.to_be_bytes());
                 let tag = key
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(n),
-                        Aad::from(&aad[..aad_len]),
-                        &mut pt,
-                    )
+                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&aad[..aad_len]), &mut pt)
                     .map_err(|_| CryptoError::Internal)?;
                 msg.extend_from_slice(&pt);
                 msg.extend_from_slice(tag.as_ref());
@@ -366,9 +352,7 @@ impl IkeSaKeys {
         let n = match c {
             Cipher::Aead { .. } => {
                 let (key, salt) = ek.split_at(ek.len() - 4);
-                let key = LessSafeKey::new(
-                    UnboundKey::new(c.aead_alg(), key).map_err(|_| CryptoError::Internal)?,
-                );
+                let key = LessSafeKey::new(UnboundKey::new(c.aead_alg(), key).map_err(|_| CryptoError::Internal)?);
                 let mut nonce = [0u8; 12];
                 nonce[..4].copy_from_slice(salt);
                 nonce[4..].copy_from_slice(iv);
@@ -450,13 +434,7 @@ mod tests {
             (ENCR_AES_CBC, 256, AUTH_HMAC_SHA2_512_256),
         ] {
             for prf in [5, 6, 7] {
-                v.push(IkeSuite {
-                    encr,
-                    key_bits: bits,
-                    prf,
-                    integ,
-                    dh: 31,
-                });
+                v.push(IkeSuite { encr, key_bits: bits, prf, integ, dh: 31 });
             }
         }
         v
@@ -472,15 +450,8 @@ mod tests {
             for len in [0usize, 1, 15, 16, 17, 100] {
                 let inner = vec![0x5a; len];
                 let msg = k.encrypt(&rng, true, &header, 35, &inner).unwrap();
-                assert_eq!(
-                    u32::from_be_bytes(msg[24..28].try_into().unwrap()) as usize,
-                    msg.len()
-                );
-                assert_eq!(
-                    &k.decrypt(true, &msg, 28).unwrap()[..],
-                    &inner[..],
-                    "{s:?} {len}"
-                );
+                assert_eq!(u32::from_be_bytes(msg[24..28].try_into().unwrap()) as usize, msg.len());
+                assert_eq!(&k.decrypt(true, &msg, 28).unwrap()[..], &inner[..], "{s:?} {len}");
                 // The other direction's keys do not open it.
                 assert!(k.decrypt(false, &msg, 28).is_err());
                 for i in [0usize, 20, 30, msg.len() - 1] {
@@ -495,17 +466,8 @@ mod tests {
     #[test]
     fn key_lengths_follow_the_suite() {
         let k = IkeSaKeys::derive(&suites()[9], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
-        assert_eq!(
-            k.cipher,
-            Cipher::Cbc {
-                key_len: 16,
-                integ: Integ::Sha256_128
-            }
-        );
-        assert_eq!(
-            (k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len(), k.sk_pr.len()),
-            (32, 32, 16, 32)
-        );
+        assert_eq!(k.cipher, Cipher::Cbc { key_len: 16, integ: Integ::Sha256_128 });
+        assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len(), k.sk_pr.len()), (32, 32, 16, 32));
         let k = IkeSaKeys::derive(&suites()[1], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
         assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len()), (48, 0, 20));
     }

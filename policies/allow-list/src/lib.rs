@@ -24,9 +24,7 @@ const ALLOWED: &[&str] = &["*.interop.test", "*.wasmsec.test"];
 
 fn allowed(name: &str) -> bool {
     ALLOWED.iter().any(|pat| match pat.strip_prefix("*.") {
-        Some(domain) => name
-            .strip_suffix(domain)
-            .is_some_and(|rest| rest.ends_with('.')),
+        Some(domain) => name.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.')),
         None => name.eq_ignore_ascii_case(pat),
     })
 }
@@ -41,9 +39,7 @@ impl Guest for Policy {
                 Ok(name) => Verdict::Reject(format!("identity {name:?} is not on the allow list")),
                 Err(_) => Verdict::Reject("identity is not valid UTF-8".into()),
             },
-            other => Verdict::Reject(format!(
-                "identity kind {other:?} is not allowed by this policy"
-            )),
+            other => Verdict::Reject(format!("identity kind {other:?} is not allowed by this policy")),
         }
     }
 
