@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The team's shared strongSwan interop harness (../shared/interop, present
+# beside the checkout on the project's machines and in CI) with wasmsec as
+# peer B through tests/interop/peer-wasmsec.sh: PSK site-to-site in both
+# roles, with the harness's defaults and with other proposals, IDs and PSKs.
+# Skipped (and said so) where the harness is not there, e.g. a fresh clone
+# elsewhere; the project's own interop tests cover the same ground.
+source "$(dirname "$0")/../e2e/lib.sh"
+HARNESS=${IOP_HARNESS:-$ROOT/../shared/interop}
+if [ ! -x "$HARNESS/sswan-psk.sh" ]; then
+    echo "shared interop harness not found at $HARNESS: skipped"
+    finish
+    exit 0
+fi
+export PEER_B=$ROOT/tests/interop/peer-wasmsec.sh
+run() { # LABEL ENV...
+    local label=$1 out; shift
+    out=$(env "$@" timeout 200 "$HARNESS/sswan-psk.sh" 2>&1 9>&- || true)
+    echo "$out" | grep -E "A sees|RESULT" | sed 's/^ */    /'
+    check "$label" grep -q "RESULT sswan-psk: PASS" <<<"$out"
+}
+run "harness defaults, strongSwan responder" ROLE_A=responder
+run "harness defaults, strongSwan initiator" ROLE_A=initiator
+run "CBC/SHA-256/MODP-2048 IKE, ChaCha20 ESP, other PSK" ROLE_A=responder \
+    IKE_PROPOSALS=aes128-sha256-modp2048 ESP_PROPOSALS=chacha20poly1305 PSK=another-secret-0042
+run "ChaCha20/PRF-SHA512/ECP-384 IKE, AES-128-GCM ESP, e-mail and IP IDs" ROLE_A=initiator \
+    IKE_PROPOSALS=chacha20poly1305-prfsha512-ecp384 ESP_PROPOSALS=aes128gcm16 ID_A=gwa@example.com ID_B=198.18.0.2
+run "DN identities" ROLE_A=initiator ID_A="C=CH, O=strongSwan, CN=gwa" ID_B="C=CH, O=wasmsec, CN=gwb"
+finish
