@@ -491,7 +491,7 @@ impl Config {
             }
             if EspAlgorithm::from_name(&m.algorithm).is_none() {
                 return Err(format!(
-                    "{at}: algorithm {:?} is not supported (aes128gcm16, aes256gcm16, chacha20poly1305)",
+                    "{at}: algorithm {:?} is not supported (aes128gcm16, aes256gcm16, chacha20poly1305, aes128|aes256-sha256|sha384|sha512)",
                     m.algorithm
                 ));
             }
@@ -529,13 +529,8 @@ impl Config {
             }
             for ch in &c.children {
                 let at = format!("{at} child {:?}", ch.name);
-                let (esp, _) = wasmsec_ike::proposal::parse(&ch.esp_proposals, wasmsec_ike::proposal::Kind::Esp)
+                wasmsec_ike::proposal::parse(&ch.esp_proposals, wasmsec_ike::proposal::Kind::Esp)
                     .map_err(|e| format!("{at}: esp_proposals: {e}"))?;
-                if !esp.iter().any(|p| p.encr.iter().any(|e| e.is_aead())) {
-                    return Err(format!(
-                        "{at}: esp_proposals: the data plane supports AES-GCM and ChaCha20-Poly1305 only (so far)"
-                    ));
-                }
                 for (k, v) in [("local_ts", &ch.local_ts), ("remote_ts", &ch.remote_ts)] {
                     if v.is_empty() {
                         return Err(format!("{at}: {k} must list at least one subnet"));
@@ -595,7 +590,7 @@ remote_ts = ["198.18.1.0/24"]
                 "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
                 "unknown algorithm",
             ),
-            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha256\"", "AES-GCM and ChaCha20"),
+            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha1\"", "no usable proposal"),
             ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
         ] {
             let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();

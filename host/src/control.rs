@@ -309,7 +309,7 @@ impl ControlPlane {
                 peer: 0,
                 esn: c.esn,
                 next_seq: 1,
-                pad_align: 4,
+                pad_align: ike::esp_algorithm(c.encr, c.key_bits, c.integ).map_or(4, |a| a.pad_align()),
                 local_ts: esp_ts(&c.local_ts),
                 remote_ts: esp_ts(&c.remote_ts),
             },

@@ -86,7 +86,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<(Vec<Outb
             peer: i as u32,
             esn: m.esn,
             next_seq: 1,
-            pad_align: 4,
+            pad_align: alg.pad_align(),
             local_ts: local.clone(),
             remote_ts: remote.clone(),
         });

@@ -159,11 +159,25 @@ struct DemoSa {
     key_hex: String,
 }
 
-/// Wireshark's name for an ESP encryption algorithm (its `esp_sa` table).
-fn wireshark_alg(a: EspAlgorithm) -> &'static str {
+/// Wireshark's names for an ESP transform in its `esp_sa` table:
+/// encryption, authentication, and how many bytes of the keying material
+/// are the encryption key. Wireshark 4.0 (Debian 12) cannot decrypt
+/// ChaCha20-Poly1305 ESP.
+fn wireshark_alg(a: EspAlgorithm) -> Option<(&'static str, &'static str, usize)> {
+    use crate::keystore::Integ;
     match a {
-        EspAlgorithm::Aes128Gcm16 | EspAlgorithm::Aes256Gcm16 => "AES-GCM with 16 octet ICV [RFC4106]",
-        EspAlgorithm::ChaCha20Poly1305 => "ChaCha20/Poly1305 [RFC7634]",
+        EspAlgorithm::Aes128Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20)),
+        EspAlgorithm::Aes256Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 36)),
+        EspAlgorithm::ChaCha20Poly1305 => None,
+        EspAlgorithm::AesCbc { key_bits, integ } => Some((
+            "AES-CBC [RFC3602]",
+            match integ {
+                Integ::Sha256_128 => "HMAC-SHA-256-128 [RFC4868]",
+                Integ::Sha384_192 => "HMAC-SHA-384-192 [RFC4868]",
+                Integ::Sha512_256 => "HMAC-SHA-512-256 [RFC4868]",
+            },
+            usize::from(key_bits / 8),
+        )),
     }
 }
 
@@ -196,18 +210,18 @@ fn write_configs(o: &Options) -> Result<Vec<DemoSa>> {
     std::fs::write(o.dir.join("gwb.toml"), conf(WAN_B, LAN_B, WAN_A, LAN_A, &b_to_a, &a_to_b, "198.18.2.1"))?;
     // Wireshark's ESP SA table (uat file `esp_sa`), for an independent
     // decryption of the capture: tshark -o "uat:esp_sa:<line>".
-    let mut uat = String::new();
-    for sa in [&a_to_b, &b_to_a] {
-        uat.push_str(&format!(
-            "\"IPv4\",\"{}\",\"{}\",\"{:#010x}\",\"{}\",\"0x{}\",\"NULL\",\"\"\n",
-            sa.src,
-            sa.dst,
-            sa.spi,
-            wireshark_alg(o.algorithm),
-            sa.key_hex
-        ));
+    if let Some((enc, auth, enc_len)) = wireshark_alg(o.algorithm) {
+        let mut uat = String::new();
+        for sa in [&a_to_b, &b_to_a] {
+            let (ek, ak) = sa.key_hex.split_at(2 * enc_len);
+            let ak = if ak.is_empty() { String::new() } else { format!("0x{ak}") };
+            uat.push_str(&format!(
+                "\"IPv4\",\"{}\",\"{}\",\"{:#010x}\",\"{enc}\",\"0x{ek}\",\"{auth}\",\"{ak}\"\n",
+                sa.src, sa.dst, sa.spi
+            ));
+        }
+        write_secret(&o.dir.join("esp_sa"), &uat)?;
     }
-    write_secret(&o.dir.join("esp_sa"), &uat)?;
     Ok(vec![a_to_b, b_to_a])
 }
 

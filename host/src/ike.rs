@@ -84,6 +84,14 @@ pub fn esp_algorithm(encr: u16, key_bits: u16, integ: u16) -> Option<EspAlgorith
         (20, 128, 0) => Some(EspAlgorithm::Aes128Gcm16),
         (20, 256, 0) => Some(EspAlgorithm::Aes256Gcm16),
         (28, _, 0) => Some(EspAlgorithm::ChaCha20Poly1305),
+        (12, 128 | 256, 12 | 13 | 14) => Some(EspAlgorithm::AesCbc {
+            key_bits,
+            integ: match integ {
+                12 => crate::keystore::Integ::Sha256_128,
+                13 => crate::keystore::Integ::Sha384_192,
+                _ => crate::keystore::Integ::Sha512_256,
+            },
+        }),
         _ => None,
     }
 }

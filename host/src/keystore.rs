@@ -1,81 +1,185 @@
 //! The keystore: all key material lives here, and guests name it by handle.
 //!
-//! ESP keys are created from manual configuration (and later from the IKE
-//! key schedule), wrapped in ring's AEAD keys, and never leave the host. A
-//! guest instance sees only the handles granted to it ([`KeyTable`]). Nonces
-//! come from a per-key counter owned here (RFC 4106 section 3.1 requires a
-//! unique IV per key; the counter makes reuse impossible whatever a guest
-//! asks), and the highest sequence number each key sealed or opened is kept
-//! so a restarted guest can resume its SAs (DESIGN.md, security model).
+//! ESP keys are created from manual configuration or by the IKE key
+//! schedule, wrapped in ring's AEAD keys (or AES-CBC with HMAC-SHA2), and
+//! never leave the host. A guest instance sees only the handles granted to
+//! it ([`KeyTable`]). IVs come from a per-key counter owned here (RFC 4106
+//! section 3.1 requires a unique IV per key; for AES-CBC the counter is
+//! encrypted under the key, which makes the IV unpredictable as RFC 3602
+//! section 3 requires), so no guest can cause IV reuse, and the highest
+//! sequence number each key sealed or opened is kept so a restarted guest
+//! can resume its SAs (DESIGN.md, security model).
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aes::cipher::block_padding::NoPadding;
+use aes::cipher::{BlockDecryptMut, BlockEncrypt, BlockEncryptMut, KeyInit, KeyIvInit};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::packet::PacketBuf;
 
-/// ESP encryption transforms (RFC 4106 AES-GCM, RFC 7634 ChaCha20-Poly1305),
-/// named as strongSwan names them.
+/// HMAC-SHA2 integrity for ESP (RFC 4868), truncated to half the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Integ {
+    Sha256_128,
+    Sha384_192,
+    Sha512_256,
+}
+
+impl Integ {
+    fn key_len(&self) -> usize {
+        match self {
+            Integ::Sha256_128 => 32,
+            Integ::Sha384_192 => 48,
+            Integ::Sha512_256 => 64,
+        }
+    }
+
+    fn icv_len(&self) -> usize {
+        self.key_len() / 2
+    }
+
+    fn alg(&self) -> hmac::Algorithm {
+        match self {
+            Integ::Sha256_128 => hmac::HMAC_SHA256,
+            Integ::Sha384_192 => hmac::HMAC_SHA384,
+            Integ::Sha512_256 => hmac::HMAC_SHA512,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Integ::Sha256_128 => "sha256",
+            Integ::Sha384_192 => "sha384",
+            Integ::Sha512_256 => "sha512",
+        }
+    }
+}
+
+/// ESP transforms, named as strongSwan names them: AES-GCM (RFC 4106),
+/// ChaCha20-Poly1305 (RFC 7634), AES-CBC (RFC 3602) with HMAC-SHA2 (RFC 4868).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EspAlgorithm {
     Aes128Gcm16,
     Aes256Gcm16,
     ChaCha20Poly1305,
+    /// AES-CBC with a 128- or 256-bit key.
+    AesCbc {
+        key_bits: u16,
+        integ: Integ,
+    },
 }
 
 impl EspAlgorithm {
-    pub const ALL: [EspAlgorithm; 3] =
-        [EspAlgorithm::Aes128Gcm16, EspAlgorithm::Aes256Gcm16, EspAlgorithm::ChaCha20Poly1305];
+    pub const ALL: [EspAlgorithm; 6] = [
+        EspAlgorithm::Aes128Gcm16,
+        EspAlgorithm::Aes256Gcm16,
+        EspAlgorithm::ChaCha20Poly1305,
+        EspAlgorithm::AesCbc { key_bits: 128, integ: Integ::Sha256_128 },
+        EspAlgorithm::AesCbc { key_bits: 256, integ: Integ::Sha384_192 },
+        EspAlgorithm::AesCbc { key_bits: 256, integ: Integ::Sha512_256 },
+    ];
 
     /// Parse a strongSwan proposal keyword (`aes256gcm16`, `aes128gcm16`,
-    /// `chacha20poly1305`; `aes256gcm` and `aes128gcm` mean the 16-byte ICV).
+    /// `chacha20poly1305`, `aes128-sha256`, `aes256-sha384`, ...;
+    /// `aes256gcm` and `aes128gcm` mean the 16-byte ICV).
     pub fn from_name(name: &str) -> Option<EspAlgorithm> {
-        match name.to_ascii_lowercase().as_str() {
-            "aes128gcm16" | "aes128gcm128" | "aes128gcm" => Some(EspAlgorithm::Aes128Gcm16),
-            "aes256gcm16" | "aes256gcm128" | "aes256gcm" => Some(EspAlgorithm::Aes256Gcm16),
-            "chacha20poly1305" => Some(EspAlgorithm::ChaCha20Poly1305),
-            _ => None,
+        let n = name.to_ascii_lowercase();
+        match n.as_str() {
+            "aes128gcm16" | "aes128gcm128" | "aes128gcm" => return Some(EspAlgorithm::Aes128Gcm16),
+            "aes256gcm16" | "aes256gcm128" | "aes256gcm" => return Some(EspAlgorithm::Aes256Gcm16),
+            "chacha20poly1305" => return Some(EspAlgorithm::ChaCha20Poly1305),
+            _ => {}
         }
+        let (e, i) = n.split_once('-')?;
+        let key_bits = match e {
+            "aes128" | "aes" => 128,
+            "aes256" => 256,
+            _ => return None,
+        };
+        let integ = match i {
+            "sha256" | "sha2_256" => Integ::Sha256_128,
+            "sha384" | "sha2_384" => Integ::Sha384_192,
+            "sha512" | "sha2_512" => Integ::Sha512_256,
+            _ => return None,
+        };
+        Some(EspAlgorithm::AesCbc { key_bits, integ })
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            EspAlgorithm::Aes128Gcm16 => "aes128gcm16",
-            EspAlgorithm::Aes256Gcm16 => "aes256gcm16",
-            EspAlgorithm::ChaCha20Poly1305 => "chacha20poly1305",
+            EspAlgorithm::Aes128Gcm16 => "aes128gcm16".into(),
+            EspAlgorithm::Aes256Gcm16 => "aes256gcm16".into(),
+            EspAlgorithm::ChaCha20Poly1305 => "chacha20poly1305".into(),
+            EspAlgorithm::AesCbc { key_bits, integ } => format!("aes{key_bits}-{}", integ.name()),
         }
     }
 
-    fn ring_alg(&self) -> &'static aead::Algorithm {
+    fn ring_alg(&self) -> Option<&'static aead::Algorithm> {
         match self {
-            EspAlgorithm::Aes128Gcm16 => &aead::AES_128_GCM,
-            EspAlgorithm::Aes256Gcm16 => &aead::AES_256_GCM,
-            EspAlgorithm::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+            EspAlgorithm::Aes128Gcm16 => Some(&aead::AES_128_GCM),
+            EspAlgorithm::Aes256Gcm16 => Some(&aead::AES_256_GCM),
+            EspAlgorithm::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
+            EspAlgorithm::AesCbc { .. } => None,
         }
     }
 
-    /// Keying material length: the cipher key plus the 4-byte salt
-    /// (RFC 4106 section 8.1, RFC 7634 section 2).
+    /// Keying material length: for AEAD the cipher key plus the 4-byte salt
+    /// (RFC 4106 section 8.1, RFC 7634 section 2); for AES-CBC the cipher
+    /// key followed by the integrity key (RFC 7296 section 2.17 order).
     pub fn keymat_len(&self) -> usize {
-        self.ring_alg().key_len() + SALT_LEN
+        match self {
+            EspAlgorithm::AesCbc { key_bits, integ } => usize::from(key_bits / 8) + integ.key_len(),
+            a => a.ring_alg().map_or(0, |r| r.key_len()) + SALT_LEN,
+        }
     }
 
-    /// Bytes ESP adds around a payload at most: header, IV, padding to 4,
+    fn iv_len(&self) -> usize {
+        match self {
+            EspAlgorithm::AesCbc { .. } => CBC_BLOCK,
+            _ => IV_LEN,
+        }
+    }
+
+    fn icv_len(&self) -> usize {
+        match self {
+            EspAlgorithm::AesCbc { integ, .. } => integ.icv_len(),
+            _ => ICV_LEN,
+        }
+    }
+
+    /// What the ESP engine pads the payload to (the cipher's block size, at
+    /// least 4; RFC 4303 section 2.4).
+    pub fn pad_align(&self) -> u8 {
+        match self {
+            EspAlgorithm::AesCbc { .. } => CBC_BLOCK as u8,
+            _ => 4,
+        }
+    }
+
+    /// Bytes ESP adds around a payload at most: header, IV, padding,
     /// Pad Length, Next Header, ICV.
     pub fn overhead(&self) -> usize {
-        wasmsec_wire::esp::HEADER_LEN + IV_LEN + 3 + 2 + ICV_LEN
+        wasmsec_wire::esp::HEADER_LEN + self.iv_len() + usize::from(self.pad_align()) - 1 + 2 + self.icv_len()
+    }
+
+    /// What `seal` prepends: the ESP header and the IV.
+    pub fn headroom(&self) -> usize {
+        wasmsec_wire::esp::HEADER_LEN + self.iv_len()
     }
 }
 
 pub const SALT_LEN: usize = 4;
 pub const IV_LEN: usize = 8;
 pub const ICV_LEN: usize = 16;
-/// What `seal` prepends: the ESP header and the IV.
-pub const SEAL_HEADROOM: usize = wasmsec_wire::esp::HEADER_LEN + IV_LEN;
+const CBC_BLOCK: usize = 16;
+/// The most `seal` prepends (header and a CBC IV).
+pub const SEAL_HEADROOM: usize = wasmsec_wire::esp::HEADER_LEN + CBC_BLOCK;
 
 /// Why the keystore refused or failed an operation. Mirrors `crypto-error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -93,11 +197,15 @@ pub enum CryptoError {
     KeyExpired,
 }
 
-/// An ESP key: the AEAD key, its salt, the IV counter and sequence high-water mark.
+enum Cipher {
+    Aead { key: LessSafeKey, salt: [u8; SALT_LEN] },
+    Cbc { key: Zeroizing<Vec<u8>>, mac: hmac::Key, integ: Integ },
+}
+
+/// An ESP key: the cipher, the IV counter and the sequence high-water mark.
 pub struct EspKey {
     alg: EspAlgorithm,
-    key: LessSafeKey,
-    salt: [u8; SALT_LEN],
+    cipher: Cipher,
     next_iv: AtomicU64,
     highest_seq: AtomicU64,
 }
@@ -109,17 +217,32 @@ impl fmt::Debug for EspKey {
     }
 }
 
+fn seq_of(header: &[u8; 8], esn_high: Option<u32>) -> u64 {
+    (u64::from(esn_high.unwrap_or(0)) << 32)
+        | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]))
+}
+
 impl EspKey {
-    /// Build from keying material (key || salt), which is zeroized after.
+    /// Build from keying material, which is zeroized after.
     pub fn new(alg: EspAlgorithm, keymat: Zeroizing<Vec<u8>>) -> Result<EspKey, KeyError> {
         if keymat.len() != alg.keymat_len() {
             return Err(KeyError::Length { alg: alg.name(), want: alg.keymat_len(), got: keymat.len() });
         }
-        let (k, s) = keymat.split_at(keymat.len() - SALT_LEN);
-        let key = LessSafeKey::new(UnboundKey::new(alg.ring_alg(), k).map_err(|_| KeyError::Rejected)?);
-        let mut salt = [0u8; SALT_LEN];
-        salt.copy_from_slice(s);
-        Ok(EspKey { alg, key, salt, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0) })
+        let cipher = match alg {
+            EspAlgorithm::AesCbc { key_bits, integ } => {
+                let (k, a) = keymat.split_at(usize::from(key_bits / 8));
+                Cipher::Cbc { key: Zeroizing::new(k.to_vec()), mac: hmac::Key::new(integ.alg(), a), integ }
+            }
+            a => {
+                let (k, s) = keymat.split_at(keymat.len() - SALT_LEN);
+                let ring = a.ring_alg().ok_or(KeyError::Rejected)?;
+                let key = LessSafeKey::new(UnboundKey::new(ring, k).map_err(|_| KeyError::Rejected)?);
+                let mut salt = [0u8; SALT_LEN];
+                salt.copy_from_slice(s);
+                Cipher::Aead { key, salt }
+            }
+        };
+        Ok(EspKey { alg, cipher, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0) })
     }
 
     pub fn algorithm(&self) -> EspAlgorithm {
@@ -131,15 +254,15 @@ impl EspKey {
         self.highest_seq.load(Ordering::Relaxed)
     }
 
-    fn nonce(&self, iv: &[u8]) -> Nonce {
-        let mut n = [0u8; 12];
-        n[..SALT_LEN].copy_from_slice(&self.salt);
-        n[SALT_LEN..].copy_from_slice(iv);
-        Nonce::assume_unique_for_key(n)
+    fn next_counter(&self) -> Result<u64, CryptoError> {
+        // The counter is the IV-uniqueness guarantee: it never repeats and
+        // never wraps (at 2^64 the key is spent).
+        let iv = self.next_iv.fetch_add(1, Ordering::Relaxed);
+        if iv == u64::MAX { Err(CryptoError::KeyExpired) } else { Ok(iv) }
     }
 
-    /// ESP-seal `p` in place (RFC 4303 section 3.3, RFC 4106 section 3):
-    /// append `trailer`, encrypt, prepend `header` and a fresh IV, append the ICV.
+    /// ESP-seal `p` in place (RFC 4303 section 3.3): append `trailer`,
+    /// encrypt, prepend `header` and a fresh IV, append the ICV.
     pub fn seal(
         &self,
         p: &mut PacketBuf,
@@ -150,56 +273,145 @@ impl EspKey {
         if trailer.len() > wasmsec_wire::esp::MAX_TRAILER_LEN || trailer.len() < 2 {
             return Err(CryptoError::BadLength);
         }
-        if p.headroom() < SEAL_HEADROOM || p.tailroom() < trailer.len() + ICV_LEN {
+        if p.headroom() < self.alg.headroom() || p.tailroom() < trailer.len() + self.alg.icv_len() {
             return Err(CryptoError::BadLength);
         }
-        // The IV counter is the nonce-uniqueness guarantee: it never repeats
-        // and never wraps (at 2^64 the key is spent).
-        let iv = self.next_iv.fetch_add(1, Ordering::Relaxed);
-        if iv == u64::MAX {
-            return Err(CryptoError::KeyExpired);
-        }
-        let iv = iv.to_be_bytes();
+        let counter = self.next_counter()?;
         p.append(trailer);
-        let aad = esp_aad(header, esn_high);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(self.nonce(&iv), Aad::from(aad.as_slice()), p.data_mut())
-            .map_err(|_| CryptoError::BadLength)?;
-        p.append(tag.as_ref());
-        p.prepend(&iv);
-        p.prepend(header);
-        let seq = (u64::from(esn_high.unwrap_or(0)) << 32)
-            | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
-        self.highest_seq.fetch_max(seq, Ordering::Relaxed);
+        match &self.cipher {
+            Cipher::Aead { key, salt } => {
+                let iv = counter.to_be_bytes();
+                let aad = esp_aad(header, esn_high);
+                let tag = key
+                    .seal_in_place_separate_tag(nonce(salt, &iv), Aad::from(aad.as_slice()), p.data_mut())
+                    .map_err(|_| CryptoError::BadLength)?;
+                p.append(tag.as_ref());
+                p.prepend(&iv);
+                p.prepend(header);
+            }
+            Cipher::Cbc { key, mac, integ } => {
+                let n = p.len();
+                if n % CBC_BLOCK != 0 {
+                    return Err(CryptoError::BadLength);
+                }
+                let iv = cbc_iv(key, counter)?;
+                cbc_encrypt(key, &iv, p.data_mut())?;
+                p.prepend(&iv);
+                p.prepend(header);
+                // RFC 4303 section 3.3.4: the ICV covers header, IV and
+                // ciphertext, and the high sequence bits with ESN (not sent).
+                let mut ctx = hmac::Context::with_key(mac);
+                ctx.update(p.data());
+                if let Some(hi) = esn_high {
+                    ctx.update(&hi.to_be_bytes());
+                }
+                let tag = ctx.sign();
+                p.append(&tag.as_ref()[..integ.icv_len()]);
+            }
+        }
+        self.highest_seq.fetch_max(seq_of(header, esn_high), Ordering::Relaxed);
         Ok(())
     }
 
     /// ESP-open `p` in place: verify and decrypt, leaving payload and
-    /// trailer. On failure `p` is unchanged in length (its ciphertext may
-    /// have been overwritten; it is dropped anyway).
+    /// trailer. On failure the packet is to be dropped.
     pub fn open(&self, p: &mut PacketBuf, esn_high: Option<u32>) -> Result<(), CryptoError> {
+        let head = self.alg.headroom();
+        let icv = self.alg.icv_len();
         let d = p.data();
-        if d.len() < SEAL_HEADROOM + ICV_LEN + wasmsec_wire::esp::TRAILER_FIXED_LEN {
+        if d.len() < head + icv + wasmsec_wire::esp::TRAILER_FIXED_LEN {
             return Err(CryptoError::BadLength);
         }
         let mut header = [0u8; 8];
         header.copy_from_slice(&d[..8]);
-        let nonce = self.nonce(&d[8..SEAL_HEADROOM]);
-        let aad = esp_aad(&header, esn_high);
-        let body = &mut p.data_mut()[SEAL_HEADROOM..];
-        let plain_len = self
-            .key
-            .open_in_place(nonce, Aad::from(aad.as_slice()), body)
-            .map_err(|_| CryptoError::IntegrityFailed)?
-            .len();
-        p.advance(SEAL_HEADROOM);
-        p.truncate(plain_len);
-        let seq = (u64::from(esn_high.unwrap_or(0)) << 32)
-            | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]));
-        self.highest_seq.fetch_max(seq, Ordering::Relaxed);
+        match &self.cipher {
+            Cipher::Aead { key, salt } => {
+                let iv: [u8; IV_LEN] = d[8..head].try_into().map_err(|_| CryptoError::BadLength)?;
+                let aad = esp_aad(&header, esn_high);
+                let body = &mut p.data_mut()[head..];
+                let plain_len = key
+                    .open_in_place(nonce(salt, &iv), Aad::from(aad.as_slice()), body)
+                    .map_err(|_| CryptoError::IntegrityFailed)?
+                    .len();
+                p.advance(head);
+                p.truncate(plain_len);
+            }
+            Cipher::Cbc { key, mac, integ } => {
+                let ct_len = d.len() - head - icv;
+                if ct_len == 0 || ct_len % CBC_BLOCK != 0 {
+                    return Err(CryptoError::BadLength);
+                }
+                let (signed, got) = d.split_at(d.len() - icv);
+                let mut ctx = hmac::Context::with_key(mac);
+                ctx.update(signed);
+                if let Some(hi) = esn_high {
+                    ctx.update(&hi.to_be_bytes());
+                }
+                let want = ctx.sign();
+                let diff = want.as_ref()[..integ.icv_len()].iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y));
+                if diff != 0 {
+                    return Err(CryptoError::IntegrityFailed);
+                }
+                let mut iv = [0u8; CBC_BLOCK];
+                iv.copy_from_slice(&d[8..head]);
+                p.truncate(head + ct_len);
+                p.advance(head);
+                cbc_decrypt(key, &iv, p.data_mut())?;
+            }
+        }
+        self.highest_seq.fetch_max(seq_of(&header, esn_high), Ordering::Relaxed);
         Ok(())
     }
+}
+
+fn nonce(salt: &[u8; SALT_LEN], iv: &[u8; IV_LEN]) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..SALT_LEN].copy_from_slice(salt);
+    n[SALT_LEN..].copy_from_slice(iv);
+    Nonce::assume_unique_for_key(n)
+}
+
+/// An unpredictable CBC IV: the counter block encrypted under the key
+/// (NIST SP 800-38A appendix C).
+fn cbc_iv(key: &[u8], counter: u64) -> Result<[u8; CBC_BLOCK], CryptoError> {
+    let mut block = [0u8; CBC_BLOCK];
+    block[..8].copy_from_slice(b"wsec-iv\0");
+    block[8..].copy_from_slice(&counter.to_be_bytes());
+    let mut b = aes::Block::from(block);
+    match key.len() {
+        16 => aes::Aes128::new_from_slice(key).map_err(|_| CryptoError::WrongKeyKind)?.encrypt_block(&mut b),
+        _ => aes::Aes256::new_from_slice(key).map_err(|_| CryptoError::WrongKeyKind)?.encrypt_block(&mut b),
+    }
+    Ok(b.into())
+}
+
+fn cbc_encrypt(key: &[u8], iv: &[u8; CBC_BLOCK], buf: &mut [u8]) -> Result<(), CryptoError> {
+    let n = buf.len();
+    let r = match key.len() {
+        16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(key, iv)
+            .map_err(|_| CryptoError::WrongKeyKind)?
+            .encrypt_padded_mut::<NoPadding>(buf, n)
+            .map(|_| ()),
+        _ => cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)
+            .map_err(|_| CryptoError::WrongKeyKind)?
+            .encrypt_padded_mut::<NoPadding>(buf, n)
+            .map(|_| ()),
+    };
+    r.map_err(|_| CryptoError::BadLength)
+}
+
+fn cbc_decrypt(key: &[u8], iv: &[u8; CBC_BLOCK], buf: &mut [u8]) -> Result<(), CryptoError> {
+    let r = match key.len() {
+        16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(key, iv)
+            .map_err(|_| CryptoError::WrongKeyKind)?
+            .decrypt_padded_mut::<NoPadding>(buf)
+            .map(|_| ()),
+        _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(key, iv)
+            .map_err(|_| CryptoError::WrongKeyKind)?
+            .decrypt_padded_mut::<NoPadding>(buf)
+            .map(|_| ()),
+    };
+    r.map_err(|_| CryptoError::BadLength)
 }
 
 /// Additional authenticated data for combined-mode ESP: SPI || Seq, or
@@ -232,8 +444,8 @@ impl AadBuf {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    #[error("{alg} needs {want} bytes of keying material (key and 4-byte salt), got {got}")]
-    Length { alg: &'static str, want: usize, got: usize },
+    #[error("{alg} needs {want} bytes of keying material, got {got}")]
+    Length { alg: String, want: usize, got: usize },
     #[error("the crypto library rejected the key")]
     Rejected,
     #[error("cannot read key: {0}")]
@@ -324,16 +536,17 @@ mod tests {
         for alg in EspAlgorithm::ALL {
             let k = key(alg, 7);
             for esn in [None, Some(3)] {
-                let mut p = PacketBuf::with_payload(&[0x45; 100]);
+                // 108 + 4 = 112: a multiple of 16, as the engine pads for CBC.
+                let mut p = PacketBuf::with_payload(&[0x45; 108]);
                 let header = [0, 0, 0x10, 0x01, 0, 0, 0, 9];
                 k.seal(&mut p, &header, esn, &[1, 2, 2, 4]).unwrap();
-                assert_eq!(p.len(), 8 + 8 + 104 + 16);
+                assert_eq!(p.len(), alg.headroom() + 112 + alg.icv_len());
                 assert_eq!(&p.data()[..8], &header);
-                assert_ne!(&p.data()[16..116], &[0x45; 100][..], "{alg:?} encrypted");
+                assert!(!p.data().windows(16).any(|w| w == [0x45; 16]), "{alg:?} encrypted");
                 k.open(&mut p, esn).unwrap();
-                assert_eq!(p.len(), 104);
-                assert_eq!(&p.data()[..100], &[0x45; 100][..]);
-                assert_eq!(&p.data()[100..], &[1, 2, 2, 4]);
+                assert_eq!(p.len(), 112);
+                assert_eq!(&p.data()[..108], &[0x45; 108][..]);
+                assert_eq!(&p.data()[108..], &[1, 2, 2, 4]);
             }
             assert_eq!(k.highest_seq(), (3 << 32) | 9);
         }
@@ -375,6 +588,9 @@ mod tests {
     fn keymat_length_checked_and_debug_hides_key() {
         let e = EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![0; 32])).unwrap_err();
         assert!(e.to_string().contains("36 bytes"));
+        assert_eq!(EspAlgorithm::from_name("aes256-sha384").unwrap().keymat_len(), 32 + 48);
+        assert_eq!(EspAlgorithm::from_name("AES128-SHA256").unwrap().name(), "aes128-sha256");
+        assert!(EspAlgorithm::from_name("aes256-sha1").is_none());
         let k = key(EspAlgorithm::ChaCha20Poly1305, 0xab);
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("ab") && !dbg.contains("171"), "{dbg}");

@@ -95,7 +95,8 @@ fn exchange(a: &mut Side, b: &mut Side) {
 #[test]
 fn two_ike_components_agree_and_never_see_a_secret() {
     let rt = runtime();
-    for (ike, esp) in [("aes256gcm16-prfsha384-x25519", "aes256gcm16"), ("aes128-sha256-modp2048", "chacha20poly1305")] {
+    for (ike, esp) in [("aes256gcm16-prfsha384-x25519", "aes256gcm16"), ("aes128-sha256-modp2048", "chacha20poly1305")]
+    {
         let mut a = side(&rt, [192, 0, 2, 1], [192, 0, 2, 2], ike, esp);
         let mut b = side(&rt, [192, 0, 2, 2], [192, 0, 2, 1], ike, esp);
         a.ike.initiate(0, "c").unwrap().unwrap();
@@ -106,7 +107,9 @@ fn two_ike_components_agree_and_never_see_a_secret() {
 
         // A's outbound ESP key and B's inbound key are the same key: a
         // packet sealed by one opens with the other, both directions.
-        for (tx, txk, rx, rxk) in [(&a.esp, ca.outbound_key, &b.esp, cb.inbound_key), (&b.esp, cb.outbound_key, &a.esp, ca.inbound_key)] {
+        for (tx, txk, rx, rxk) in
+            [(&a.esp, ca.outbound_key, &b.esp, cb.inbound_key), (&b.esp, cb.outbound_key, &a.esp, ca.inbound_key)]
+        {
             let mut p = PacketBuf::with_payload(&[0x45; 64]);
             tx.get(txk).unwrap().seal(&mut p, &[0, 0, 0, 9, 0, 0, 0, 1], None, &[1, 2, 2, 4]).unwrap();
             rx.get(rxk).unwrap().open(&mut p, None).unwrap();

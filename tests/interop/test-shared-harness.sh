@@ -25,5 +25,6 @@ run "CBC/SHA-256/MODP-2048 IKE, ChaCha20 ESP, other PSK" ROLE_A=responder \
     IKE_PROPOSALS=aes128-sha256-modp2048 ESP_PROPOSALS=chacha20poly1305 PSK=another-secret-0042
 run "ChaCha20/PRF-SHA512/ECP-384 IKE, AES-128-GCM ESP, e-mail and IP IDs" ROLE_A=initiator \
     IKE_PROPOSALS=chacha20poly1305-prfsha512-ecp384 ESP_PROPOSALS=aes128gcm16 ID_A=gwa@example.com ID_B=198.18.0.2
+run "AES-CBC + HMAC-SHA2-256 ESP" ROLE_A=responder ESP_PROPOSALS=aes256-sha256
 run "DN identities" ROLE_A=initiator ID_A="C=CH, O=strongSwan, CN=gwa" ID_B="C=CH, O=wasmsec, CN=gwb"
 finish

@@ -57,4 +57,5 @@ run_case initiator aes256gcm16-prfsha256-x25519 aes256gcm16
 run_case responder aes256gcm16-prfsha256-x25519 aes256gcm16
 run_case initiator aes128-sha256-modp2048 chacha20poly1305
 run_case responder aes256-sha384-ecp384 aes128gcm16
+run_case responder aes128gcm16-prfsha512-ecp256 aes256-sha256
 finish

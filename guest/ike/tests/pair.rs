@@ -282,7 +282,7 @@ fn every_algorithm_combination_establishes() {
     let encrs = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha384", "aes256-sha512"];
     let prfs = ["prfsha256", "prfsha384", "prfsha512"];
     let dhs = ["x25519", "ecp256", "ecp384", "modp2048"];
-    let esps = ["aes128gcm16", "aes256gcm16", "chacha20poly1305"];
+    let esps = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha512"];
     let mut n = 0;
     for e in encrs {
         for p in prfs {
