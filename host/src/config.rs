@@ -110,6 +110,15 @@ pub struct IkeConnection {
     /// Always encapsulate ESP in UDP, NAT or not.
     #[serde(default)]
     pub encap: bool,
+    /// Seconds between NAT keepalives when we are behind a NAT (0: off).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: u32,
+    /// Seconds without hearing from the peer before a liveness check (0: off).
+    #[serde(default)]
+    pub dpd_delay: u32,
+    /// What to do when the peer is found dead.
+    #[serde(default)]
+    pub dpd_action: DpdAction,
     pub children: Vec<IkeChild>,
 }
 
@@ -123,6 +132,21 @@ pub struct IkeChild {
     /// ESP proposals, strongSwan syntax.
     #[serde(default = "default_esp_proposals")]
     pub esp_proposals: String,
+}
+
+/// What dead peer detection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpdAction {
+    /// Delete the SAs (routes stay, so traffic is dropped, not leaked).
+    #[default]
+    Clear,
+    /// Delete the SAs and initiate again.
+    Restart,
+}
+
+fn default_keepalive() -> u32 {
+    20
 }
 
 fn default_any() -> String {

@@ -256,6 +256,14 @@ impl ControlPlane {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
+                Action::Keepalive((_, remote)) => {
+                    // RFC 3948 section 2.3: one 0xFF byte, no marker.
+                    if let Some(SocketAddr::V4(to)) = ep(&remote) {
+                        if let Err(e) = self.sock4500.send_to(&wasmsec_wire::udp_encap::KEEPALIVE, to) {
+                            debug!(to = %to, error = %e, "NAT keepalive send failed");
+                        }
+                    }
+                }
                 Action::InstallChild(c) => self.install(c, children),
                 Action::DeleteChild(d) => {
                     self.outbound.send(DpControl::RemoveOutbound { spi: d.outbound_spi });
@@ -367,7 +375,8 @@ impl ControlPlane {
                         "unexpected": st.unexpected, "ike_established": st.ike_established,
                         "child_installed": st.child_installed, "auth_failed": st.auth_failed,
                         "no_proposal": st.no_proposal, "ts_unacceptable": st.ts_unacceptable,
-                        "timeouts": st.timeouts,
+                        "timeouts": st.timeouts, "keepalives": st.keepalives,
+                        "dpd_checks": st.dpd_checks, "dead_peers": st.dead_peers,
                         "vault_secrets": self.ike.store.data().secrets(),
                     },
                     "esp": self.stats.snapshot(),

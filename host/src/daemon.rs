@@ -153,6 +153,12 @@ fn load_connections(
                 ike::StartAction::None
             },
             force_encap: c.encap || force_encap,
+            nat_keepalive_ms: c.keepalive.saturating_mul(1000),
+            dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
+            dpd_action: match c.dpd_action {
+                crate::config::DpdAction::Clear => ike::DpdAction::Clear,
+                crate::config::DpdAction::Restart => ike::DpdAction::Restart,
+            },
         };
         match ike.add_connection(&conn)? {
             Ok(warnings) => {

@@ -22,8 +22,8 @@ mod bindings {
 }
 
 pub use bindings::exports::wasmsec::ike::engine::{
-    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, Endpoint, Level, LogEvent, StartAction,
-    TrafficSelector,
+    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Endpoint, Level, LogEvent,
+    StartAction, TrafficSelector,
 };
 use bindings::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
 use bindings::wasmsec::crypto::types::CryptoError as WitError;

@@ -55,6 +55,9 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
         }],
         start_action: StartAction::None,
         force_encap: false,
+        nat_keepalive_ms: 0,
+        dpd_delay_ms: 0,
+        dpd_action: wasmsec::ike::DpdAction::Clear,
     };
     inst.add_connection(&c).unwrap().unwrap();
     let given = vec![format!("{c:?}").into_bytes()];

@@ -61,6 +61,7 @@ local_id = "${ID_B:?}"
 remote_id = "${ID_A:?}"
 psk = "file:psk"
 proposals = "${IKE_PROPOSALS:?}"
+keepalive = $(ka=${KEEPALIVE:-5s}; echo "${ka%s}")
 
 [[connection.children]]
 name = "$CONN"

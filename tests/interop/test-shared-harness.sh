@@ -2,7 +2,8 @@
 # The team's shared strongSwan interop harness (../shared/interop, present
 # beside the checkout on the project's machines and in CI) with wasmsec as
 # peer B through tests/interop/peer-wasmsec.sh: PSK site-to-site in both
-# roles, with the harness's defaults and with other proposals, IDs and PSKs.
+# roles, with the harness's defaults and with other proposals, IDs and PSKs,
+# and B behind a NAT in both roles.
 # Skipped (and said so) where the harness is not there, e.g. a fresh clone
 # elsewhere; the project's own interop tests cover the same ground.
 source "$(dirname "$0")/../e2e/lib.sh"
@@ -27,4 +28,12 @@ run "ChaCha20/PRF-SHA512/ECP-384 IKE, AES-128-GCM ESP, e-mail and IP IDs" ROLE_A
     IKE_PROPOSALS=chacha20poly1305-prfsha512-ecp384 ESP_PROPOSALS=aes128gcm16 ID_A=gwa@example.com ID_B=198.18.0.2
 run "AES-CBC + HMAC-SHA2-256 ESP" ROLE_A=responder ESP_PROPOSALS=aes256-sha256
 run "DN identities" ROLE_A=initiator ID_A="C=CH, O=strongSwan, CN=gwa" ID_B="C=CH, O=wasmsec, CN=gwb"
+run_nat() { # LABEL ENV...
+    local label=$1 out; shift
+    out=$(env "$@" timeout 200 "$HARNESS/sswan-nat.sh" 2>&1 9>&- || true)
+    echo "$out" | grep -E "A sees|keepalives from B|RESULT" | sed 's/^ */    /'
+    check "$label" grep -q "RESULT sswan-nat: PASS" <<<"$out"
+}
+run_nat "behind NAT (random ports), keepalives seen, strongSwan responder" ROLE_A=responder
+run_nat "behind NAT (port-forward), keepalives seen, strongSwan initiator" ROLE_A=initiator
 finish

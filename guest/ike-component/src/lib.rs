@@ -145,6 +145,9 @@ fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector
 
 fn wit_action(a: ike::Action) -> wit::Action {
     match a {
+        ike::Action::Keepalive { local, remote } => {
+            wit::Action::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
+        }
         ike::Action::Send(d) => wit::Action::Send(wit::Datagram {
             local: wit_endpoint(&d.local),
             remote: wit_endpoint(&d.remote),
@@ -220,6 +223,12 @@ impl wit::Guest for Component {
                 wit::StartAction::Start => ike::StartAction::Start,
             },
             force_encap: c.force_encap,
+            keepalive_ms: u64::from(c.nat_keepalive_ms),
+            dpd_delay_ms: u64::from(c.dpd_delay_ms),
+            dpd_action: match c.dpd_action {
+                wit::DpdAction::Clear => ike::DpdAction::Clear,
+                wit::DpdAction::Restart => ike::DpdAction::Restart,
+            },
         };
         ENGINE.with_borrow_mut(|e| e.add_connection(cfg))
     }
@@ -274,6 +283,9 @@ impl wit::Guest for Component {
             no_proposal: s.no_proposal,
             ts_unacceptable: s.ts_unacceptable,
             timeouts: s.timeouts,
+            keepalives: s.keepalives,
+            dpd_checks: s.dpd_checks,
+            dead_peers: s.dead_peers,
         }
     }
 

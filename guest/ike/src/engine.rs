@@ -44,6 +44,15 @@ pub enum StartAction {
     Start,
 }
 
+/// What to do when dead peer detection finds the peer gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpdAction {
+    /// Delete the SAs and wait.
+    Clear,
+    /// Delete the SAs and initiate again.
+    Restart,
+}
+
 /// A CHILD SA's configuration.
 #[derive(Debug, Clone)]
 pub struct ChildConfig {
@@ -70,6 +79,13 @@ pub struct ConnectionConfig {
     pub start_action: StartAction,
     /// Always use UDP encapsulation for ESP, NAT or not.
     pub force_encap: bool,
+    /// NAT keepalive interval when we are behind a NAT (RFC 3948 section
+    /// 2.3); 0 turns keepalives off.
+    pub keepalive_ms: u64,
+    /// Liveness check after this long without hearing from the peer
+    /// (section 2.4); 0 turns it off.
+    pub dpd_delay_ms: u64,
+    pub dpd_action: DpdAction,
 }
 
 struct ChildCfg {
@@ -116,6 +132,11 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Datagram),
+    /// Send a NAT keepalive (one 0xFF byte, RFC 3948 section 2.3) on this path.
+    Keepalive {
+        local: Endpoint,
+        remote: Endpoint,
+    },
     InstallChild(ChildSa),
     DeleteChild {
         ike_spi: u64,
@@ -162,6 +183,9 @@ pub struct Stats {
     pub no_proposal: u64,
     pub ts_unacceptable: u64,
     pub timeouts: u64,
+    pub keepalives: u64,
+    pub dpd_checks: u64,
+    pub dead_peers: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +207,7 @@ enum Pending {
     Auth,
     CreateChild,
     DeleteIke,
+    Liveness,
 }
 
 struct Request {
@@ -239,6 +264,9 @@ struct IkeSa {
     children_tried: Vec<usize>,
     cookie: Option<Vec<u8>>,
     created_at: u64,
+    /// Last time an authentic message came from the peer.
+    last_rx: u64,
+    next_keepalive: u64,
 }
 
 impl IkeSa {
@@ -562,6 +590,8 @@ impl Engine {
             children_tried: Vec::new(),
             cookie: None,
             created_at: now,
+            last_rx: now,
+            next_keepalive: 0,
         };
         self.log(Level::Info, conn, format!("initiating IKE_SA to {remote}"));
         match self.send_init(&mut sa, now, crypto) {
@@ -655,11 +685,20 @@ impl Engine {
         self.sas
             .values()
             .flat_map(|s| {
+                let c = &self.conns[s.conn].cfg;
                 let r = s.request.as_ref().map(|r| r.next_at);
                 let h = (s.state == State::InitDone).then_some(s.created_at + half_open);
-                r.into_iter().chain(h)
+                let up = s.state == State::Established;
+                let k = (up && self.wants_keepalive(s)).then_some(s.next_keepalive);
+                let d = (up && c.dpd_delay_ms > 0 && s.request.is_none()).then_some(s.last_rx + c.dpd_delay_ms);
+                r.into_iter().chain(h).chain(k).chain(d)
             })
             .min()
+    }
+
+    /// Behind a NAT, on the NAT-T port, with keepalives configured.
+    fn wants_keepalive(&self, s: &IkeSa) -> bool {
+        s.nat_local && s.local.port == NAT_T_PORT && self.conns[s.conn].cfg.keepalive_ms > 0
     }
 
     /// Retransmit what is due, give up on silent peers, expire half-open SAs.
@@ -673,6 +712,23 @@ impl Engine {
                 self.stats.timeouts += 1;
                 self.drop_sa(sa, crypto, "half-open IKE_SA timed out waiting for IKE_AUTH");
                 continue;
+            }
+            if sa.state == State::Established {
+                let c = &self.conns[sa.conn].cfg;
+                let (keepalive, dpd) = (c.keepalive_ms, c.dpd_delay_ms);
+                if self.wants_keepalive(&sa) && now >= sa.next_keepalive {
+                    sa.next_keepalive = now + keepalive;
+                    self.stats.keepalives += 1;
+                    self.actions.push_back(Action::Keepalive { local: sa.local, remote: sa.remote });
+                }
+                // Section 2.4: an empty INFORMATIONAL request proves the peer alive.
+                if dpd > 0 && sa.request.is_none() && now >= sa.last_rx + dpd {
+                    self.stats.dpd_checks += 1;
+                    match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &[], crypto) {
+                        Ok(d) => self.request(&mut sa, now, Pending::Liveness, d),
+                        Err(f) => self.log(Level::Warn, sa.conn, format!("cannot send liveness check: {}", f.message)),
+                    }
+                }
             }
             let mut give_up = false;
             if let Some(r) = sa.request.as_mut() {
@@ -691,7 +747,20 @@ impl Engine {
             if give_up {
                 self.stats.timeouts += 1;
                 let tries = self.timing.retransmit_tries;
+                let was_up = sa.state == State::Established;
+                let conn = sa.conn;
                 self.drop_sa(sa, crypto, &format!("peer did not answer after {tries} transmissions"));
+                if was_up {
+                    self.stats.dead_peers += 1;
+                    let c = &self.conns[conn].cfg;
+                    if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() {
+                        let name = c.name.clone();
+                        self.log(Level::Info, conn, "peer is dead: re-initiating (dpd_action = restart)".into());
+                        if let Err(e) = self.initiate(now, &name, crypto) {
+                            self.log(Level::Warn, conn, format!("cannot re-initiate: {e}"));
+                        }
+                    }
+                }
                 continue;
             }
             self.sas.insert(id, sa);
@@ -792,7 +861,10 @@ impl Engine {
             return;
         }
         let ps = match self.open(&sa, &h, &d, crypto) {
-            Ok(Ok(ps)) => ps,
+            Ok(Ok(ps)) => {
+                sa.last_rx = now;
+                ps
+            }
             Ok(Err(())) => {
                 // Authentic but unparseable: INVALID_SYNTAX (section 2.21.2).
                 self.respond_encrypted(
@@ -857,7 +929,10 @@ impl Engine {
         };
         let kind = req.kind;
         let ps = match self.open(&sa, &h, &d, crypto) {
-            Ok(Ok(ps)) => ps,
+            Ok(Ok(ps)) => {
+                sa.last_rx = now;
+                ps
+            }
             _ => {
                 self.sas.insert(id, sa);
                 return;
@@ -868,7 +943,7 @@ impl Engine {
             Pending::Auth => self.initiator_auth_response(now, sa, ps, crypto),
             Pending::DeleteIke => self.drop_sa(sa, crypto, "DELETE acknowledged"),
             Pending::CreateChild => self.initiator_create_child_response(now, sa, ps, crypto),
-            Pending::Init => {
+            Pending::Init | Pending::Liveness => {
                 self.sas.insert(id, sa);
             }
         }
@@ -1021,6 +1096,8 @@ impl Engine {
             children_tried: Vec::new(),
             cookie: None,
             created_at: now,
+            last_rx: now,
+            next_keepalive: 0,
         };
         let ps = vec![
             Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &[])]),

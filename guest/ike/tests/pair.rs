@@ -107,7 +107,13 @@ struct Side {
     down: usize,
     logs: Vec<String>,
     outbox: Vec<Datagram>,
+    nat: bool,
+    keepalives: usize,
 }
+
+/// A's address and port offset as B sees them when A is behind a NAT.
+const NAT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+const NAT_PORT_SHIFT: u16 = 30000;
 
 const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
@@ -119,6 +125,10 @@ struct Conf<'a> {
     local_ts: &'a [&'a str],
     remote_ts: &'a [&'a str],
     extra_child: Option<(&'a [&'a str], &'a [&'a str])>,
+    /// A sits behind a NAT: B sees it as NAT_IP, ports shifted.
+    nat: bool,
+    dpd_ms: u64,
+    dpd_action: DpdAction,
 }
 
 impl Default for Conf<'_> {
@@ -130,6 +140,9 @@ impl Default for Conf<'_> {
             local_ts: &[],
             remote_ts: &[],
             extra_child: None,
+            nat: false,
+            dpd_ms: 0,
+            dpd_action: DpdAction::Clear,
         }
     }
 }
@@ -165,7 +178,8 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         .add_connection(ConnectionConfig {
             name: "site".into(),
             local_addrs: vec![me],
-            remote_addrs: vec![peer],
+            // Behind a NAT the peer arrives from an address we cannot know: %any.
+            remote_addrs: if conf.nat && me == B { vec![] } else { vec![peer] },
             local_id: my_id.into(),
             remote_id: peer_id.into(),
             psk,
@@ -173,9 +187,24 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             children,
             start_action: StartAction::None,
             force_encap: false,
+            keepalive_ms: 20_000,
+            dpd_delay_ms: conf.dpd_ms,
+            dpd_action: conf.dpd_action,
         })
         .unwrap();
-    Side { engine, crypto, addr: me, installed: vec![], deleted: 0, up: 0, down: 0, logs: vec![], outbox: vec![] }
+    Side {
+        engine,
+        crypto,
+        addr: me,
+        installed: vec![],
+        deleted: 0,
+        up: 0,
+        down: 0,
+        logs: vec![],
+        outbox: vec![],
+        nat: conf.nat,
+        keepalives: 0,
+    }
 }
 
 impl Side {
@@ -191,16 +220,26 @@ impl Side {
                 Action::IkeUp { .. } => self.up += 1,
                 Action::IkeDown { .. } => self.down += 1,
                 Action::Log { message, .. } => self.logs.push(message),
+                Action::Keepalive { local, .. } => {
+                    assert_eq!(local.port, 4500);
+                    self.keepalives += 1;
+                }
             }
         }
     }
 
     fn deliver(&mut self, now: u64, d: Datagram) {
-        let d = Datagram {
-            local: Endpoint { addr: self.addr, port: d.remote.port },
-            remote: Endpoint { addr: if self.addr == A { B } else { A }, port: d.local.port },
-            data: d.data,
-        };
+        let peer = if self.addr == A { B } else { A };
+        let mut local = Endpoint { addr: self.addr, port: d.remote.port };
+        let mut remote = Endpoint { addr: peer, port: d.local.port };
+        if self.nat && self.addr == B {
+            remote = Endpoint { addr: NAT_IP, port: d.local.port + NAT_PORT_SHIFT };
+        }
+        if self.nat && self.addr == A {
+            assert_eq!(d.remote.addr, NAT_IP, "B answers the NAT's outside address");
+            local = Endpoint { addr: A, port: d.remote.port - NAT_PORT_SHIFT };
+        }
+        let d = Datagram { local, remote, data: d.data };
         self.engine.handle_datagram(now, d, &mut self.crypto);
         self.drain();
     }
@@ -237,8 +276,13 @@ fn pump(a: &mut Side, b: &mut Side, now: u64, keep: &mut dyn FnMut(usize, &Datag
 
 /// Run virtual time from 0 until quiet or `until` ms.
 fn run(a: &mut Side, b: &mut Side, until: u64, keep: &mut dyn FnMut(usize, &Datagram) -> bool) {
+    run_from(a, b, 0, until, keep);
+}
+
+/// Run virtual time from `from` until quiet or `until` ms.
+fn run_from(a: &mut Side, b: &mut Side, from: u64, until: u64, keep: &mut dyn FnMut(usize, &Datagram) -> bool) {
     let mut n = 0;
-    let mut now = 0;
+    let mut now = from;
     pump(a, b, now, keep, &mut n);
     while now < until {
         let next = [a.engine.next_timeout(), b.engine.next_timeout()].into_iter().flatten().min();
@@ -515,4 +559,45 @@ fn malformed_corpus() {
     assert_eq!(b.engine.stats().integrity_failed, 1);
     assert_eq!(b.engine.established(), (1, 1));
     let _ = wire::HEADER_LEN;
+}
+
+#[test]
+fn behind_a_nat_the_initiator_floats_to_4500_and_sends_keepalives() {
+    let conf = Conf { nat: true, ..Default::default() };
+    let (a, b) = connect(&conf, &conf, &mut all);
+    assert_child_pair(&a, &b);
+    let (ca, cb) = (&a.installed[0], &b.installed[0]);
+    assert!(ca.encap && cb.encap, "ESP goes in UDP across the NAT");
+    assert_eq!((ca.local.port, ca.remote.port), (4500, 4500), "IKE and ESP moved to 4500 (section 2.23)");
+    assert_eq!(cb.remote, Endpoint { addr: NAT_IP, port: 4500 + NAT_PORT_SHIFT }, "B follows A's mapped address");
+    assert!(b.log_has("peer is behind a NAT"), "{:?}", b.logs);
+    // 120 s of virtual time at a 20 s interval: A (behind the NAT) keeps the mapping alive, B does not.
+    assert!(a.keepalives >= 5, "{}", a.keepalives);
+    assert_eq!(b.keepalives, 0);
+    // Without a NAT there are no keepalives and no encapsulation.
+    let (a, b) = connect(&Conf::default(), &Conf::default(), &mut all);
+    assert_eq!((a.keepalives, b.keepalives), (0, 0));
+    assert!(!a.installed[0].encap);
+}
+
+#[test]
+fn dead_peer_detection_clears_or_restarts() {
+    for action in [DpdAction::Clear, DpdAction::Restart] {
+        let conf = Conf { dpd_ms: 10_000, dpd_action: action, ..Default::default() };
+        let (mut a, mut b) = connect(&conf, &Conf::default(), &mut all);
+        assert_child_pair(&a, &b);
+        // While the peer answers, liveness checks keep the SA.
+        run_from(&mut a, &mut b, 1, 35_000, &mut all);
+        assert!(a.engine.stats().dpd_checks >= 2, "{:?}", a.engine.stats());
+        assert_eq!(a.engine.established(), (1, 1));
+        // Then B goes silent.
+        let mut silent_b = |_: usize, d: &Datagram| d.local.addr != B;
+        run_from(&mut a, &mut b, 35_000, 200_000, &mut silent_b);
+        assert_eq!(a.engine.stats().dead_peers, 1, "{:?}", a.logs);
+        assert_eq!(a.deleted, 1, "the CHILD SA is removed from the data plane");
+        match action {
+            DpdAction::Clear => assert_eq!(a.engine.ike_sa_count(), 0),
+            DpdAction::Restart => assert!(a.log_has("re-initiating"), "{:?}", a.logs),
+        }
+    }
 }
