@@ -256,6 +256,17 @@ impl ControlPlane {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
+                Action::PeerMoved((ike_spi, remote)) => {
+                    if let Some(SocketAddr::V4(to)) = ep(&remote) {
+                        let spi = format!("{ike_spi:016x}");
+                        for c in children.iter_mut().filter(|c| c.ike_spi == spi && c.encap) {
+                            c.peer = to.to_string();
+                            let outbound_spi = u32::from_str_radix(&c.outbound_spi, 16).unwrap_or(0);
+                            let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
+                            self.outbound.send(DpControl::MovePeer { outbound_spi, peer });
+                        }
+                    }
+                }
                 Action::Keepalive((_, remote)) => {
                     // RFC 3948 section 2.3: one 0xFF byte, no marker.
                     if let Some(SocketAddr::V4(to)) = ep(&remote) {
@@ -299,7 +310,13 @@ impl ControlPlane {
             encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
         };
         // Inbound first: the peer may send ESP as soon as it has our answer.
+        let float_peer = match remote {
+            SocketAddr::V4(a) if c.encap => Some(a),
+            _ => None,
+        };
         self.inbound.send(DpControl::AddInbound {
+            outbound_spi: Some(c.outbound_spi),
+            peer: float_peer,
             sa: InboundSa {
                 spi: c.inbound_spi,
                 key: c.inbound_key,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tracing::info;
 
+use std::collections::HashMap;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
 use tracing::warn;
@@ -251,6 +252,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     );
 
     let (out_link, out_inbox) = dp_link()?;
+    let to_outbound = out_link.try_clone()?;
     let (in_link, in_inbox) = dp_link()?;
     let (up_dp, up_cp) = UnixDatagram::pair()?;
     up_dp.set_nonblocking(true)?;
@@ -307,6 +309,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         batch: cfg.runtime.batch,
         inbox: Some(out_inbox),
         up: Some(up_dp.try_clone()?),
+        to_outbound: None,
+        floats: HashMap::new(),
+        sources: Vec::new(),
     };
     let inbound = Loop {
         runtime,
@@ -319,6 +324,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         batch: cfg.runtime.batch,
         inbox: Some(in_inbox),
         up: Some(up_dp),
+        to_outbound: Some(to_outbound),
+        floats: HashMap::new(),
+        sources: Vec::with_capacity(cfg.runtime.batch),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;

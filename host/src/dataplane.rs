@@ -14,7 +14,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tracing::{debug, warn};
+use std::collections::HashMap;
+
+use tracing::{debug, info, warn};
 use wasmsec_wire::udp_encap::Datagram;
 
 use crate::config::Encapsulation;
@@ -27,10 +29,29 @@ use crate::sys::{self, RawEsp, Tun};
 /// Changes to a data-path thread's SAs, sent by the control plane.
 #[derive(Debug)]
 pub enum DpControl {
-    AddOutbound { sa: OutboundSa, peer: Peer },
-    AddInbound { sa: InboundSa },
-    RemoveOutbound { spi: u32 },
-    RemoveInbound { spi: u32 },
+    AddOutbound {
+        sa: OutboundSa,
+        peer: Peer,
+    },
+    /// `outbound_spi` and `peer` name the SA pair's other half and where its
+    /// ESP goes, so the peer's address can float (NAT-T).
+    AddInbound {
+        sa: InboundSa,
+        outbound_spi: Option<u32>,
+        peer: Option<SocketAddrV4>,
+    },
+    /// Authenticated ESP for the SA pair came from a new address or port
+    /// (the peer's NAT mapping changed): send there from now on.
+    MovePeer {
+        outbound_spi: u32,
+        peer: Peer,
+    },
+    RemoveOutbound {
+        spi: u32,
+    },
+    RemoveInbound {
+        spi: u32,
+    },
 }
 
 /// The control plane's handle on one data-path thread: a channel and a
@@ -55,6 +76,10 @@ pub fn dp_link() -> std::io::Result<(DpLink, DpInbox)> {
 }
 
 impl DpLink {
+    pub fn try_clone(&self) -> std::io::Result<DpLink> {
+        Ok(DpLink { tx: self.tx.clone(), wake: self.wake.try_clone()? })
+    }
+
     pub fn send(&self, c: DpControl) {
         if self.tx.send(c).is_ok() {
             let _ = self.wake.send(&[1]);
@@ -117,6 +142,12 @@ pub struct Loop {
     pub batch: usize,
     /// SA changes from the control plane.
     pub inbox: Option<DpInbox>,
+    /// Inbound thread: tells the outbound thread when a peer moved.
+    pub to_outbound: Option<DpLink>,
+    /// Inbound thread: inbound SPI -> (outbound SPI, where the peer is).
+    pub floats: HashMap<u32, (u32, SocketAddrV4)>,
+    /// Inbound thread: SPI and source of each UDP packet of the batch.
+    pub sources: Vec<Option<(u32, SocketAddrV4)>>,
     /// To the control plane: IKE datagrams from port 4500 (inbound thread)
     /// and acquires for traffic without an SA (outbound thread).
     pub up: Option<UnixDatagram>,
@@ -165,7 +196,21 @@ impl Loop {
                     sa.peer = idx as u32;
                     self.install(inst, Some(sa), None)
                 }
-                DpControl::AddInbound { sa } => self.install(inst, None, Some(sa)),
+                DpControl::AddInbound { sa, outbound_spi, peer } => {
+                    if let (Some(o), Some(p)) = (outbound_spi, peer) {
+                        self.floats.insert(sa.spi, (o, p));
+                    }
+                    self.install(inst, None, Some(sa))
+                }
+                DpControl::MovePeer { outbound_spi, peer } => {
+                    if let Some(sa) = self.sas.outbound.iter().find(|s| s.spi == outbound_spi) {
+                        if let Some(p) = self.peers.get_mut(sa.peer as usize) {
+                            info!(from = %p.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
+                            *p = peer;
+                        }
+                    }
+                    Ok(())
+                }
                 DpControl::RemoveOutbound { spi } => {
                     if let Some(pos) = self.sas.outbound.iter().position(|s| s.spi == spi) {
                         let sa = self.sas.outbound.remove(pos);
@@ -174,6 +219,7 @@ impl Loop {
                     inst.remove_outbound(spi).map(|_| ())
                 }
                 DpControl::RemoveInbound { spi } => {
+                    self.floats.remove(&spi);
                     if let Some(pos) = self.sas.inbound.iter().position(|s| s.spi == spi) {
                         let sa = self.sas.inbound.remove(pos);
                         inst.store.data_mut().keys.revoke(sa.key);
@@ -346,9 +392,12 @@ impl Loop {
                 stats::add(&self.stats.guest_protocol_errors, n.abs_diff(verdicts.len()) as u64);
             }
             let st = inst.store.data_mut();
-            for (p, v) in st.batch[..n].iter_mut().zip(verdicts) {
+            for (i, (p, v)) in st.batch[..n].iter_mut().zip(verdicts).enumerate() {
                 match v {
                     DecapVerdict::Deliver(len) => {
+                        if let Some(Some((spi, src))) = self.sources.get(i) {
+                            follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
+                        }
                         p.truncate(len as usize);
                         match self.tun.send(p.data()) {
                             Ok(_) => stats::inc(&self.stats.tun_tx_packets),
@@ -369,9 +418,10 @@ impl Loop {
 
     /// Fill the batch with ESP packets from the ready sockets; keepalives
     /// and IKE are counted and set aside.
-    fn read_batch(&self, inst: &mut EspInstance, ready: &[bool]) -> usize {
+    fn read_batch(&mut self, inst: &mut EspInstance, ready: &[bool]) -> usize {
         let st = inst.store.data_mut();
         let mut n = 0;
+        self.sources.clear();
         if ready[0] {
             while n < self.batch {
                 let p = &mut st.batch[n];
@@ -379,9 +429,14 @@ impl Loop {
                     Ok((len, _from)) => {
                         p.set_received(len);
                         match Datagram::classify(p.data()) {
-                            Ok(Datagram::Esp(_)) => {
+                            Ok(Datagram::Esp(esp)) => {
                                 stats::inc(&self.stats.esp_rx_packets);
                                 stats::add(&self.stats.esp_rx_bytes, len as u64);
+                                let spi = u32::from_be_bytes([esp[0], esp[1], esp[2], esp[3]]);
+                                self.sources.push(match _from {
+                                    std::net::SocketAddr::V4(f) => Some((spi, f)),
+                                    _ => None,
+                                });
                                 n += 1;
                             }
                             Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
@@ -422,6 +477,7 @@ impl Loop {
                         }
                         stats::inc(&self.stats.esp_rx_packets);
                         stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
+                        self.sources.push(None);
                         n += 1;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -433,5 +489,27 @@ impl Loop {
             }
         }
         n
+    }
+}
+
+/// NAT-T port floating (RFC 3948, RFC 7296 section 2.23): authenticated ESP
+/// from a new address or port means the peer's NAT mapping changed, so its
+/// outbound SA follows. Only called for packets that passed the ICV check.
+fn follow_peer(
+    floats: &mut HashMap<u32, (u32, SocketAddrV4)>,
+    to_outbound: Option<&DpLink>,
+    spi: u32,
+    src: SocketAddrV4,
+) {
+    let Some((outbound_spi, peer)) = floats.get_mut(&spi) else { return };
+    if *peer == src {
+        return;
+    }
+    *peer = src;
+    if let Some(link) = to_outbound {
+        link.send(DpControl::MovePeer {
+            outbound_spi: *outbound_spi,
+            peer: Peer { address: *src.ip(), port: src.port(), encapsulation: Encapsulation::Udp },
+        });
     }
 }

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/e2e/lib.sh"
-NS=(wsi-hosta wsi-gwa wsi-gwb wsi-hostb)
+NS=(wsi-hosta wsi-gwa wsi-gwb wsi-hostb wsi-nat)
 WAN_A=198.18.0.1
 WAN_B=198.18.0.2
 LAN_A=198.18.1.0/24
@@ -66,6 +66,31 @@ topo_up() {
     for ns in wsi-gwa wsi-gwb; do
         nsx "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
     done
+}
+
+# The same, but gwb sits behind a NAT router (nftables masquerade with
+# random ports): gwb 198.19.0.2 -- 198.19.0.1 [wsi-nat] 198.18.0.3 == gwa.
+NAT_OUT=198.18.0.3
+WAN_B_NAT=198.19.0.2
+topo_up_nat() {
+    topo_up
+    nsx wsi-gwa ip link del wan0
+    ip link add name wsi3a netns wsi-gwa type veth peer name wsi3b netns wsi-nat
+    ip link add name wsi4a netns wsi-nat type veth peer name wsi4b netns wsi-gwb
+    nsx wsi-gwa ip link set wsi3a name wan0; nsx wsi-nat ip link set wsi3b name out0
+    nsx wsi-nat ip link set wsi4a name in0;  nsx wsi-gwb ip link set wsi4b name wan0
+    nsx wsi-gwa ip addr add $WAN_A/24 dev wan0
+    nsx wsi-nat ip addr add $NAT_OUT/24 dev out0
+    nsx wsi-nat ip addr add 198.19.0.1/24 dev in0
+    nsx wsi-gwb ip addr add $WAN_B_NAT/24 dev wan0
+    local x; for x in "wsi-gwa wan0" "wsi-nat out0" "wsi-nat in0" "wsi-gwb wan0"; do nsx ${x% *} ip link set ${x#* } up; done
+    nsx wsi-gwb ip route add default via 198.19.0.1
+    nsx wsi-nat sysctl -qw net.ipv4.ip_forward=1
+    nsx wsi-nat nft -f - <<NFT
+table ip nat {
+  chain post { type nat hook postrouting priority 100; oifname "out0" masquerade random; }
+}
+NFT
 }
 
 # capture NS FILE: tcpdump on wan0 (its PID in CAP_PID).
@@ -170,6 +195,7 @@ remote_id = "$rid"
 psk = "file:psk"
 proposals = "$ike"
 start_action = "$start"
+${WASMSEC_CONN_EXTRA:-}
 [[connection.children]]
 name = "s2s"
 local_ts = ["$lts"]

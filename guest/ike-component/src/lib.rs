@@ -145,6 +145,7 @@ fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector
 
 fn wit_action(a: ike::Action) -> wit::Action {
     match a {
+        ike::Action::PeerMoved { ike_spi, remote } => wit::Action::PeerMoved((ike_spi, wit_endpoint(&remote))),
         ike::Action::Keepalive { local, remote } => {
             wit::Action::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
         }

@@ -132,6 +132,12 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Datagram),
+    /// The peer of IKE SA `ike_spi` now sends from `remote` (its NAT
+    /// mapping changed): its CHILD SAs' ESP must go there too.
+    PeerMoved {
+        ike_spi: u64,
+        remote: Endpoint,
+    },
     /// Send a NAT keepalive (one 0xFF byte, RFC 3948 section 2.3) on this path.
     Keepalive {
         local: Endpoint,
@@ -899,8 +905,14 @@ impl Engine {
         }
         // NAT-T (RFC 3948 / section 2.23): follow the peer to where it sends from.
         if sa.remote != d.remote && sa.remote.addr == d.remote.addr {
+            let old = sa.remote;
             sa.remote = d.remote;
             sa.local = d.local;
+            if sa.state == State::Established {
+                self.actions.push_back(Action::PeerMoved { ike_spi: sa.our_spi(), remote: d.remote });
+                let msg = format!("peer moved from port {} to {} (NAT mapping changed)", old.port, d.remote.port);
+                self.log(Level::Info, sa.conn, msg);
+            }
         }
         match (h.exchange, sa.state) {
             (exchange::IKE_AUTH, State::InitDone) => {

@@ -220,6 +220,7 @@ impl Side {
                 Action::IkeUp { .. } => self.up += 1,
                 Action::IkeDown { .. } => self.down += 1,
                 Action::Log { message, .. } => self.logs.push(message),
+                Action::PeerMoved { .. } => {}
                 Action::Keepalive { local, .. } => {
                     assert_eq!(local.port, 4500);
                     self.keepalives += 1;
