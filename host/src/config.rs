@@ -143,6 +143,9 @@ pub enum DpdAction {
     Clear,
     /// Delete the SAs and initiate again.
     Restart,
+    /// Delete the SAs and initiate again when traffic for the connection
+    /// arrives (as `start_action = "trap"`).
+    Hold,
 }
 
 fn default_keepalive() -> u32 {

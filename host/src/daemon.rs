@@ -157,7 +157,7 @@ fn load_connections(
             nat_keepalive_ms: c.keepalive.saturating_mul(1000),
             dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
             dpd_action: match c.dpd_action {
-                crate::config::DpdAction::Clear => ike::DpdAction::Clear,
+                crate::config::DpdAction::Clear | crate::config::DpdAction::Hold => ike::DpdAction::Clear,
                 crate::config::DpdAction::Restart => ike::DpdAction::Restart,
             },
         };
@@ -169,7 +169,9 @@ fn load_connections(
             }
             Err(e) => bail!("{at}: {e}"),
         }
-        if c.start_action == StartAction::Trap {
+        // `dpd_action = "hold"` is a trap that waits for traffic after a dead peer.
+        let hold = c.dpd_action == crate::config::DpdAction::Hold && !remote.is_empty();
+        if c.start_action == StartAction::Trap || hold {
             let remote = c
                 .children
                 .iter()

@@ -904,13 +904,17 @@ impl Engine {
             return;
         }
         // NAT-T (RFC 3948 / section 2.23): follow the peer to where it sends from.
-        if sa.remote != d.remote && sa.remote.addr == d.remote.addr {
+        // With a NAT in front of the peer, its public address may change too.
+        if sa.remote != d.remote && (sa.remote.addr == d.remote.addr || sa.nat_remote) {
             let old = sa.remote;
             sa.remote = d.remote;
             sa.local = d.local;
             if sa.state == State::Established {
                 self.actions.push_back(Action::PeerMoved { ike_spi: sa.our_spi(), remote: d.remote });
-                let msg = format!("peer moved from port {} to {} (NAT mapping changed)", old.port, d.remote.port);
+                let msg = format!(
+                    "peer moved from {}:{} to {}:{} (NAT mapping changed)",
+                    old.addr, old.port, d.remote.addr, d.remote.port
+                );
                 self.log(Level::Info, sa.conn, msg);
             }
         }
