@@ -130,37 +130,38 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn count(&self) -> u32 {
         self.bufs.len() as u32
     }
-    fn packet_len(&self, i: u32) -> usize {
-        self.bufs[i as usize].len()
+    fn heads(&self, out: &mut Vec<(usize, wasmsec_esp::Head)>) {
+        out.extend(self.bufs.iter().map(|b| (b.len(), wasmsec_esp::Head::new(&b.data()[..64.min(b.len())]))));
     }
-    fn head(&self, i: u32) -> wasmsec_esp::Head {
-        wasmsec_esp::Head::new(&self.bufs[i as usize].data()[..wasmsec_esp::HEAD_LEN.min(self.bufs[i as usize].len())])
-    }
-    fn seal(
-        &mut self,
-        i: u32,
-        _k: wasmsec_esp::KeyHandle,
-        h: &[u8; 8],
-        e: Option<u32>,
-        t: &[u8],
-    ) -> Result<(), wasmsec_esp::CryptoError> {
-        self.key.seal(&mut self.bufs[i as usize], h, e, t).map_err(|_| wasmsec_esp::CryptoError::BadLength)
+    fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
+        for op in ops {
+            let mut h = [0u8; 8];
+            h[..4].copy_from_slice(&op.spi.to_be_bytes());
+            h[4..].copy_from_slice(&op.seq_low.to_be_bytes());
+            let pad = usize::from(op.pad_length);
+            let mut t = [0u8; 257];
+            for (j, b) in t[..pad].iter_mut().enumerate() {
+                *b = (j + 1) as u8;
+            }
+            t[pad] = op.pad_length;
+            t[pad + 1] = op.next_header;
+            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, &t[..pad + 2]);
+            out.push(r.map_err(|_| wasmsec_esp::CryptoError::BadLength));
+        }
     }
     fn open(
         &mut self,
-        i: u32,
-        _k: wasmsec_esp::KeyHandle,
-        e: Option<u32>,
-    ) -> Result<wasmsec_esp::Opened, wasmsec_esp::CryptoError> {
-        let p = &mut self.bufs[i as usize];
-        self.key.open(p, e).map_err(|_| wasmsec_esp::CryptoError::IntegrityFailed)?;
-        let d = p.data();
-        Ok(wasmsec_esp::Opened {
-            head: wasmsec_esp::Head::new(&d[..64.min(d.len())]),
-            plaintext_len: d.len(),
-            pad_length: d[d.len() - 2],
-            next_header: d[d.len() - 1],
-        })
+        ops: &[wasmsec_esp::OpenOp],
+        out: &mut Vec<Result<wasmsec_esp::Opened, wasmsec_esp::CryptoError>>,
+    ) {
+        for op in ops {
+            let p = &mut self.bufs[op.index as usize];
+            let r = self.key.open(p, op.esn_high).map(|_| {
+                let d = p.data();
+                wasmsec_esp::Opened { plaintext_len: d.len(), pad_length: d[d.len() - 2], next_header: d[d.len() - 1] }
+            });
+            out.push(r.map_err(|_| wasmsec_esp::CryptoError::IntegrityFailed));
+        }
     }
 }
 

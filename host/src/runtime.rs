@@ -33,7 +33,7 @@ mod bindings {
 pub use bindings::exports::wasmsec::esp::engine::{
     DecapVerdict, DropReason, EncapVerdict, InboundSa, OutboundSa, SaState, TrafficSelector,
 };
-use bindings::wasmsec::crypto::packets::{HostBatch, Opened};
+use bindings::wasmsec::crypto::packets::{HostBatch, OpenOp, Opened, SealOp};
 use bindings::wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 /// `.context()` for wasmtime's own error type, which is not std::error::Error.
@@ -68,13 +68,6 @@ pub struct GuestState {
     pub count: usize,
 }
 
-impl GuestState {
-    fn packet(&mut self, index: u32) -> Option<&mut PacketBuf> {
-        let i = index as usize;
-        if i < self.count { self.batch.get_mut(i) } else { None }
-    }
-}
-
 fn wit_error(e: CryptoError) -> WitCryptoError {
     match e {
         CryptoError::UnknownKey => WitCryptoError::UnknownKey,
@@ -93,61 +86,57 @@ impl HostBatch for GuestState {
         self.count as u32
     }
 
-    fn packet_len(&mut self, _: Resource<Batch>, index: u32) -> u32 {
-        self.packet(index).map_or(0, |p| p.len() as u32)
-    }
-
-    fn peek(&mut self, _: Resource<Batch>, index: u32, offset: u32, len: u32) -> Vec<u8> {
-        let Some(p) = self.packet(index) else {
-            return Vec::new();
-        };
-        let d = p.data();
-        let from = (offset as usize).min(d.len());
-        let to = from.saturating_add(len as usize).min(d.len());
-        d[from..to].to_vec()
-    }
-
-    fn seal(
-        &mut self,
-        _: Resource<Batch>,
-        index: u32,
-        key: u64,
-        header: Vec<u8>,
-        esn_high: Option<u32>,
-        trailer: Vec<u8>,
-    ) -> Result<(), WitCryptoError> {
-        let header: [u8; 8] = header.as_slice().try_into().map_err(|_| WitCryptoError::BadLength)?;
-        let i = index as usize;
-        if i >= self.count {
-            return Err(WitCryptoError::BadLength);
+    fn heads(&mut self, _: Resource<Batch>, head_len: u32) -> Vec<u8> {
+        let h = (head_len as usize).min(256);
+        let mut out = vec![0u8; self.count * (4 + h)];
+        for (p, rec) in self.batch[..self.count].iter().zip(out.chunks_exact_mut(4 + h)) {
+            let d = p.data();
+            rec[..4].copy_from_slice(&(d.len() as u32).to_be_bytes());
+            let n = d.len().min(h);
+            rec[4..4 + n].copy_from_slice(&d[..n]);
         }
-        let k = self.keys.get(key).map_err(wit_error)?;
-        k.seal(&mut self.batch[i], &header, esn_high, &trailer).map_err(wit_error)
+        out
     }
 
-    fn open(
-        &mut self,
-        _: Resource<Batch>,
-        index: u32,
-        key: u64,
-        esn_high: Option<u32>,
-        head_len: u32,
-    ) -> Result<Opened, WitCryptoError> {
-        let i = index as usize;
-        if i >= self.count {
-            return Err(WitCryptoError::BadLength);
-        }
-        let k = self.keys.get(key).map_err(wit_error)?;
-        let p = &mut self.batch[i];
-        k.open(p, esn_high).map_err(wit_error)?;
-        let d = p.data();
-        let n = d.len();
-        Ok(Opened {
-            head: d[..n.min(head_len as usize)].to_vec(),
-            plaintext_len: n as u32,
-            pad_length: d[n - 2],
-            next_header: d[n - 1],
-        })
+    fn seal(&mut self, _: Resource<Batch>, ops: Vec<SealOp>) -> Vec<Result<(), WitCryptoError>> {
+        ops.iter()
+            .map(|op| {
+                let i = op.index as usize;
+                if i >= self.count {
+                    return Err(WitCryptoError::BadLength);
+                }
+                let k = self.keys.get(op.key).map_err(wit_error)?;
+                let mut header = [0u8; 8];
+                header[..4].copy_from_slice(&op.spi.to_be_bytes());
+                header[4..].copy_from_slice(&op.seq_low.to_be_bytes());
+                // The default padding 1, 2, 3, ... (RFC 4303 section 2.4).
+                let mut trailer = [0u8; wasmsec_wire::esp::MAX_TRAILER_LEN];
+                let pad = usize::from(op.pad_length);
+                for (j, b) in trailer[..pad].iter_mut().enumerate() {
+                    *b = (j + 1) as u8;
+                }
+                trailer[pad] = op.pad_length;
+                trailer[pad + 1] = op.next_header;
+                k.seal(&mut self.batch[i], &header, op.esn_high, &trailer[..pad + 2]).map_err(wit_error)
+            })
+            .collect()
+    }
+
+    fn open(&mut self, _: Resource<Batch>, ops: Vec<OpenOp>) -> Vec<Result<Opened, WitCryptoError>> {
+        ops.iter()
+            .map(|op| {
+                let i = op.index as usize;
+                if i >= self.count {
+                    return Err(WitCryptoError::BadLength);
+                }
+                let k = self.keys.get(op.key).map_err(wit_error)?;
+                let p = &mut self.batch[i];
+                k.open(p, op.esn_high).map_err(wit_error)?;
+                let d = p.data();
+                let n = d.len();
+                Ok(Opened { plaintext_len: n as u32, pad_length: d[n - 2], next_header: d[n - 1] })
+            })
+            .collect()
     }
 
     fn drop(&mut self, _: Resource<Batch>) -> wasmtime::Result<()> {

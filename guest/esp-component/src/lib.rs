@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Head, KeyHandle, Opened, PacketBatch};
+use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use wasmsec_wire::ip::Address;
 
 #[allow(unsafe_code)]
@@ -20,7 +20,7 @@ mod bindings {
 use bindings::*;
 
 use exports::wasmsec::esp::engine as wit;
-use wasmsec::crypto::packets::Batch;
+use wasmsec::crypto::packets::{Batch, OpenOp as WitOpenOp, SealOp as WitSealOp};
 use wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 thread_local! {
@@ -51,33 +51,42 @@ impl PacketBatch for HostBatch<'_> {
         self.0.count()
     }
 
-    fn packet_len(&self, index: u32) -> usize {
-        self.0.packet_len(index) as usize
+    fn heads(&self, out: &mut Vec<(usize, Head)>) {
+        let stride = 4 + HEAD_LEN;
+        let flat = self.0.heads(HEAD_LEN as u32);
+        for rec in flat.chunks_exact(stride) {
+            let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+            out.push((len, Head::new(&rec[4..4 + len.min(HEAD_LEN)])));
+        }
     }
 
-    fn head(&self, index: u32) -> Head {
-        Head::new(&self.0.peek(index, 0, HEAD_LEN as u32))
+    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
+        let wit_ops: Vec<WitSealOp> = ops
+            .iter()
+            .map(|o| WitSealOp {
+                index: o.index,
+                key: o.key.0,
+                spi: o.spi,
+                seq_low: o.seq_low,
+                esn_high: o.esn_high,
+                pad_length: o.pad_length,
+                next_header: o.next_header,
+            })
+            .collect();
+        out.extend(self.0.seal(&wit_ops).into_iter().map(|r| r.map_err(crypto_error)));
     }
 
-    fn seal(
-        &mut self,
-        index: u32,
-        key: KeyHandle,
-        header: &[u8; 8],
-        esn_high: Option<u32>,
-        trailer: &[u8],
-    ) -> Result<(), CryptoError> {
-        self.0.seal(index, key.0, header, esn_high, trailer).map_err(crypto_error)
-    }
-
-    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
-        let o = self.0.open(index, key.0, esn_high, HEAD_LEN as u32).map_err(crypto_error)?;
-        Ok(Opened {
-            head: Head::new(&o.head),
-            plaintext_len: o.plaintext_len as usize,
-            pad_length: o.pad_length,
-            next_header: o.next_header,
-        })
+    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
+        let wit_ops: Vec<WitOpenOp> =
+            ops.iter().map(|o| WitOpenOp { index: o.index, key: o.key.0, esn_high: o.esn_high }).collect();
+        out.extend(self.0.open(&wit_ops).into_iter().map(|r| {
+            r.map(|o| Opened {
+                plaintext_len: o.plaintext_len as usize,
+                pad_length: o.pad_length,
+                next_header: o.next_header,
+            })
+            .map_err(crypto_error)
+        }));
     }
 }
 

@@ -44,34 +44,44 @@ pub enum CryptoError {
     KeyExpired,
 }
 
+/// Seal packet `index`: see `seal-op` in `wit/deps/crypto/crypto.wit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealOp {
+    pub index: u32,
+    pub key: KeyHandle,
+    pub spi: u32,
+    pub seq_low: u32,
+    pub esn_high: Option<u32>,
+    pub pad_length: u8,
+    pub next_header: u8,
+}
+
+/// Open packet `index`: see `open-op` in `wit/deps/crypto/crypto.wit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOp {
+    pub index: u32,
+    pub key: KeyHandle,
+    pub esn_high: Option<u32>,
+}
+
 /// What the host reports after opening a packet.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
-    /// The head of the plaintext (the inner IP header).
-    pub head: Head,
     /// Plaintext length, trailer included.
     pub plaintext_len: usize,
     pub pad_length: u8,
     pub next_header: u8,
 }
 
-/// A batch of packets in host memory with in-place ESP crypto by key handle.
-/// The ESP component implements it on the `wasmsec:crypto/packets` imports;
-/// the host's native tests and benches implement it directly.
+/// A batch of packets in host memory with in-place ESP crypto by key
+/// handle, one call per batch. The ESP component implements it on the
+/// `wasmsec:crypto/packets` imports; native tests and benches directly.
 pub trait PacketBatch {
     fn count(&self) -> u32;
-    fn packet_len(&self, index: u32) -> usize;
-    /// The first [`HEAD_LEN`] bytes (or fewer) of packet `index`.
-    fn head(&self, index: u32) -> Head;
-    /// ESP-seal in place: see `seal` in `wit/deps/crypto/crypto.wit`.
-    fn seal(
-        &mut self,
-        index: u32,
-        key: KeyHandle,
-        header: &[u8; wasmsec_wire::esp::HEADER_LEN],
-        esn_high: Option<u32>,
-        trailer: &[u8],
-    ) -> Result<(), CryptoError>;
-    /// ESP-open in place: see `open` in `wit/deps/crypto/crypto.wit`.
-    fn open(&mut self, index: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError>;
+    /// Length and head of every packet, in order.
+    fn heads(&self, out: &mut Vec<(usize, Head)>);
+    /// Seal the packets named by `ops`; one result per op, in order.
+    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>);
+    /// Open the packets named by `ops`; one result per op, in order.
+    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>);
 }

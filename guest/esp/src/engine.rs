@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 
-use crate::batch::{CryptoError, KeyHandle, PacketBatch};
+use crate::batch::{CryptoError, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
 
@@ -233,13 +233,37 @@ impl Engine {
     }
 
     /// Encapsulate every packet of `batch` (inner IP packets); one verdict
-    /// per packet is appended to `out`, in order.
+    /// per packet is appended to `out`, in order. Three host calls in all:
+    /// the heads, then one seal for the packets that have an SA.
     pub fn encap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<EncapVerdict>) {
-        for i in 0..batch.count() {
-            out.push(match self.encap_one(batch, i) {
-                Ok(peer) => EncapVerdict::Send(peer),
-                Err(r) => EncapVerdict::Drop(r),
-            });
+        let mut heads = Vec::with_capacity(batch.count() as usize);
+        batch.heads(&mut heads);
+        let mut ops = Vec::with_capacity(heads.len());
+        // Where each op's result goes: (packet index, SA index).
+        let mut pending = Vec::with_capacity(heads.len());
+        let base = out.len();
+        for (i, (len, head)) in heads.iter().enumerate() {
+            match self.encap_plan(i as u32, *len, head) {
+                Ok((op, sa)) => {
+                    ops.push(op);
+                    pending.push((base + i, sa, *len));
+                    out.push(EncapVerdict::Drop(DropReason::CryptoRefused));
+                }
+                Err(r) => out.push(EncapVerdict::Drop(r)),
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        batch.seal(&ops, &mut results);
+        for ((slot, sa, len), r) in pending.into_iter().zip(results) {
+            if r.is_ok() {
+                let o = &mut self.outbound[sa];
+                o.packets += 1;
+                o.bytes += len as u64;
+                out[slot] = EncapVerdict::Send(o.sa.peer);
+            }
         }
     }
 
@@ -253,9 +277,8 @@ impl Engine {
         Some(i)
     }
 
-    fn encap_one<B: PacketBatch>(&mut self, batch: &mut B, i: u32) -> Result<u32, DropReason> {
-        let len = batch.packet_len(i);
-        let head = batch.head(i);
+    /// Choose the SA, assign the sequence number and work out the padding.
+    fn encap_plan(&mut self, i: u32, len: usize, head: &Head) -> Result<(SealOp, usize), DropReason> {
         let sel = Selectors::parse(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
         let next_header = match head.as_bytes()[0] >> 4 {
             4 => esp::NEXT_HEADER_IPV4,
@@ -271,28 +294,67 @@ impl Engine {
             return Err(DropReason::SeqExhausted);
         }
         o.sa.next_seq = seq.wrapping_add(1);
-        let header = esp::Repr { spi: o.sa.spi, sequence_number: seq as u32 }.to_bytes();
-        let esn_high = o.sa.esn.then_some((seq >> 32) as u32);
-        let trailer = Trailer::for_payload(len, o.sa.pad_align, next_header);
-        batch.seal(i, o.sa.key, &header, esn_high, trailer.as_bytes()).map_err(|_| DropReason::CryptoRefused)?;
-        o.packets += 1;
-        o.bytes += len as u64;
-        Ok(o.sa.peer)
+        let pad_length = Trailer::pad_length_for(len, o.sa.pad_align);
+        let op = SealOp {
+            index: i,
+            key: o.sa.key,
+            spi: o.sa.spi,
+            seq_low: seq as u32,
+            esn_high: o.sa.esn.then_some((seq >> 32) as u32),
+            pad_length,
+            next_header,
+        };
+        Ok((op, idx))
     }
 
     /// Decapsulate every packet of `batch` (ESP packets, starting at the
-    /// SPI); one verdict per packet is appended to `out`, in order.
+    /// SPI); one verdict per packet is appended to `out`, in order. Three
+    /// host calls: the ESP headers, one open for the packets that pass the
+    /// SPI and replay checks, and the inner heads.
     pub fn decap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<DecapVerdict>) {
-        for i in 0..batch.count() {
-            out.push(match self.decap_one(batch, i) {
+        let mut heads = Vec::with_capacity(batch.count() as usize);
+        batch.heads(&mut heads);
+        let base = out.len();
+        let mut ops = Vec::with_capacity(heads.len());
+        let mut pending = Vec::with_capacity(heads.len());
+        for (i, (_, head)) in heads.iter().enumerate() {
+            match self.decap_plan(i as u32, head) {
+                Ok((op, spi, seq)) => {
+                    ops.push(op);
+                    pending.push((i, spi, seq));
+                    out.push(DecapVerdict::Drop(DropReason::CryptoRefused));
+                }
+                Err(r) => out.push(DecapVerdict::Drop(r)),
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let mut opened = Vec::with_capacity(ops.len());
+        batch.open(&ops, &mut opened);
+        heads.clear();
+        batch.heads(&mut heads);
+        for ((i, spi, seq), r) in pending.into_iter().zip(opened) {
+            let v = match r {
+                Ok(o) => match heads.get(i) {
+                    Some((_, inner)) => self.decap_finish(spi, seq, o, inner),
+                    None => Err(DropReason::Malformed),
+                },
+                Err(CryptoError::IntegrityFailed) => Err(DropReason::IntegrityFailed),
+                // Too short to hold IV, ICV and trailer.
+                Err(CryptoError::BadLength) => Err(DropReason::Malformed),
+                Err(_) => Err(DropReason::CryptoRefused),
+            };
+            out[base + i] = match v {
                 Ok(len) => DecapVerdict::Deliver(len),
                 Err(r) => DecapVerdict::Drop(r),
-            });
+            };
         }
     }
 
-    fn decap_one<B: PacketBatch>(&mut self, batch: &mut B, i: u32) -> Result<u32, DropReason> {
-        let head = batch.head(i);
+    /// Find the SA by SPI and check the sequence number before the (costly)
+    /// ICV verification (RFC 4303 section 3.4.3).
+    fn decap_plan(&mut self, i: u32, head: &Head) -> Result<(OpenOp, u32, u64), DropReason> {
         let pkt = esp::Packet::new_checked(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
         let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
         let seq = if inb.sa.esn {
@@ -300,16 +362,16 @@ impl Engine {
         } else {
             u64::from(pkt.sequence_number())
         };
-        // Check before the (costly) ICV verification, commit only after it
-        // (RFC 4303 section 3.4.3).
         inb.window.check(seq).map_err(replay_drop)?;
-        let esn_high = inb.sa.esn.then_some((seq >> 32) as u32);
-        let opened = batch.open(i, inb.sa.key, esn_high).map_err(|e| match e {
-            CryptoError::IntegrityFailed => DropReason::IntegrityFailed,
-            // Too short to hold IV, ICV and trailer.
-            CryptoError::BadLength => DropReason::Malformed,
-            _ => DropReason::CryptoRefused,
-        })?;
+        let op = OpenOp { index: i, key: inb.sa.key, esn_high: inb.sa.esn.then_some((seq >> 32) as u32) };
+        Ok((op, pkt.spi(), seq))
+    }
+
+    /// After the ICV verified: commit the sequence number, then check the
+    /// trailer and the inner packet.
+    fn decap_finish(&mut self, spi: u32, seq: u64, opened: Opened, inner: &Head) -> Result<u32, DropReason> {
+        let inb = self.inbound.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
+        // Commit re-checks, so a duplicate within one batch is caught here.
         inb.window.commit(seq).map_err(replay_drop)?;
         let payload_len =
             Trailer::check(opened.plaintext_len, opened.pad_length).map_err(|_| DropReason::BadTrailer)?;
@@ -319,7 +381,7 @@ impl Engine {
             esp::NEXT_HEADER_NO_NEXT => return Err(DropReason::Dummy),
             _ => return Err(DropReason::Malformed),
         };
-        let inner = opened.head.as_bytes();
+        let inner = inner.as_bytes();
         if inner.first().map(|b| b >> 4) != Some(want_version) {
             return Err(DropReason::Malformed);
         }

@@ -15,6 +15,6 @@ mod engine;
 pub mod replay;
 pub mod selector;
 
-pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, Opened, PacketBatch};
+pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 pub use engine::{DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState};
 pub use selector::TrafficSelector;

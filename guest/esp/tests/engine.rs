@@ -25,51 +25,61 @@ fn tag(key: u64, header: &[u8], esn_high: Option<u32>, ct: &[u8]) -> [u8; ICV_LE
     s.to_be_bytes()
 }
 
-impl PacketBatch for FakeBatch {
-    fn count(&self) -> u32 {
-        self.packets.len() as u32
-    }
-    fn packet_len(&self, i: u32) -> usize {
-        self.packets[i as usize].len()
-    }
-    fn head(&self, i: u32) -> Head {
-        Head::new(&self.packets[i as usize])
-    }
-    fn seal(
-        &mut self,
-        i: u32,
-        key: KeyHandle,
-        header: &[u8; 8],
-        esn_high: Option<u32>,
-        trailer: &[u8],
-    ) -> Result<(), CryptoError> {
-        self.sealed_headers.push((*header, esn_high));
-        let p = &mut self.packets[i as usize];
-        p.extend_from_slice(trailer);
-        p.iter_mut().for_each(|b| *b ^= key.0 as u8);
+impl FakeBatch {
+    fn seal_one(&mut self, op: &SealOp) -> Result<(), CryptoError> {
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&op.spi.to_be_bytes());
+        header[4..].copy_from_slice(&op.seq_low.to_be_bytes());
+        self.sealed_headers.push((header, op.esn_high));
+        let key = op.key.0;
+        let p = &mut self.packets[op.index as usize];
+        p.extend((1..=op.pad_length).chain([op.pad_length, op.next_header]));
+        p.iter_mut().for_each(|b| *b ^= key as u8);
         let mut out = header.to_vec();
         out.extend_from_slice(&[0u8; IV_LEN]);
         out.extend_from_slice(p);
-        out.extend_from_slice(&tag(key.0, header, esn_high, p));
+        out.extend_from_slice(&tag(key, &header, op.esn_high, p));
         *p = out;
         Ok(())
     }
-    fn open(&mut self, i: u32, key: KeyHandle, esn_high: Option<u32>) -> Result<Opened, CryptoError> {
-        let p = &mut self.packets[i as usize];
+
+    fn open_one(&mut self, op: &OpenOp) -> Result<Opened, CryptoError> {
+        let key = op.key.0;
+        let p = &mut self.packets[op.index as usize];
         if p.len() < HEADER_LEN + IV_LEN + ICV_LEN + 2 {
             return Err(CryptoError::BadLength);
         }
         let (body, icv) = p.split_at(p.len() - ICV_LEN);
         let ct = &body[HEADER_LEN + IV_LEN..];
-        if tag(key.0, &body[..HEADER_LEN], esn_high, ct) != icv {
+        if tag(key, &body[..HEADER_LEN], op.esn_high, ct) != icv {
             return Err(CryptoError::IntegrityFailed);
         }
-        let mut pt: Vec<u8> = ct.iter().map(|b| b ^ key.0 as u8).collect();
+        let pt: Vec<u8> = ct.iter().map(|b| b ^ key as u8).collect();
         let n = pt.len();
-        let opened = Opened { head: Head::new(&pt), plaintext_len: n, pad_length: pt[n - 2], next_header: pt[n - 1] };
-        pt.truncate(n);
+        let opened = Opened { plaintext_len: n, pad_length: pt[n - 2], next_header: pt[n - 1] };
         *p = pt;
         Ok(opened)
+    }
+}
+
+impl PacketBatch for FakeBatch {
+    fn count(&self) -> u32 {
+        self.packets.len() as u32
+    }
+    fn heads(&self, out: &mut Vec<(usize, Head)>) {
+        out.extend(self.packets.iter().map(|p| (p.len(), Head::new(p))));
+    }
+    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
+        for op in ops {
+            let r = self.seal_one(op);
+            out.push(r);
+        }
+    }
+    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
+        for op in ops {
+            let r = self.open_one(op);
+            out.push(r);
+        }
     }
 }
 

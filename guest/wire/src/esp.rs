@@ -147,6 +147,13 @@ impl Trailer {
         &self.bytes[..usize::from(self.len)]
     }
 
+    /// Only the Pad Length [`Trailer::for_payload`] would choose (the data
+    /// path lets the host write the padding itself).
+    pub fn pad_length_for(payload_len: usize, align: u8) -> u8 {
+        let align = usize::from(align.max(4));
+        ((align - (payload_len + TRAILER_FIXED_LEN) % align) % align) as u8
+    }
+
     pub fn pad_length(&self) -> u8 {
         self.bytes[usize::from(self.len) - TRAILER_FIXED_LEN]
     }
@@ -197,6 +204,7 @@ mod tests {
                 assert_eq!(&t.as_bytes()[..pad], &[1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15][..pad]);
                 assert_eq!(t.next_header(), NEXT_HEADER_IPV4);
                 assert_eq!(Trailer::check(len + t.as_bytes().len(), t.pad_length()), Ok(len));
+                assert_eq!(Trailer::pad_length_for(len, align), t.pad_length());
             }
         }
     }
