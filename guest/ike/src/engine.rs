@@ -374,6 +374,43 @@ fn nat_hash(spi_i: u64, spi_r: u64, ep: &Endpoint) -> Vec<u8> {
     h.digest().bytes().to_vec()
 }
 
+/// The SA, KE and Nonce payloads of an IKE_SA_INIT message.
+fn sa_ke_nonce(ps: &[Payload]) -> Option<(Vec<ike::Proposal>, u16, Vec<u8>, Vec<u8>)> {
+    let (mut sa, mut ke, mut nonce) = (None, None, None);
+    for p in ps {
+        match p {
+            Payload::Sa(props) => sa = Some(props.clone()),
+            Payload::Ke { group, data } => ke = Some((*group, data.clone())),
+            Payload::Nonce(n) => nonce = Some(n.clone()),
+            _ => {}
+        }
+    }
+    let (group, public) = ke?;
+    Some((sa?, group, public, nonce?))
+}
+
+/// The SA, TSi and TSr payloads of a CHILD SA request or answer.
+fn sa_tsi_tsr(ps: &[Payload]) -> Option<(Vec<ike::Proposal>, Vec<Ts>, Vec<Ts>)> {
+    let (mut sa, mut tsi, mut tsr) = (None, None, None);
+    for p in ps {
+        match p {
+            Payload::Sa(x) => sa = Some(x.clone()),
+            Payload::TsI(x) => tsi = Some(x.clone()),
+            Payload::TsR(x) => tsr = Some(x.clone()),
+            _ => {}
+        }
+    }
+    Some((sa?, tsi?, tsr?))
+}
+
+/// A received PSK AUTH payload against the value we computed, in constant time.
+fn auth_ok(method: u8, expected: &Result<Vec<u8>, CryptoError>, got: &[u8]) -> bool {
+    method == auth_method::SHARED_KEY_MIC
+        && expected
+            .as_ref()
+            .is_ok_and(|e| e.len() == got.len() && e.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+}
+
 fn esp_spi(spi: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(spi.try_into().ok()?))
 }
@@ -1020,16 +1057,7 @@ impl Engine {
             });
             return self.init_error(&h, &d, notify::NO_PROPOSAL_CHOSEN, Vec::new());
         };
-        let (mut offered, mut ke, mut ni) = (None, None, None);
-        for p in &m.payloads {
-            match p {
-                Payload::Sa(props) => offered = Some(props.clone()),
-                Payload::Ke { group, data } => ke = Some((*group, data.clone())),
-                Payload::Nonce(n) => ni = Some(n.clone()),
-                _ => {}
-            }
-        }
-        let (Some(offered), Some((group, their_public)), Some(ni)) = (offered, ke, ni) else {
+        let Some((offered, group, their_public, ni)) = sa_ke_nonce(&m.payloads) else {
             self.stats.malformed += 1;
             return;
         };
@@ -1194,16 +1222,7 @@ impl Engine {
             }
             return self.drop_sa(sa, crypto, &format!("peer answered {}", notify_name(e)));
         }
-        let (mut answer, mut ke, mut nr) = (None, None, None);
-        for p in &m.payloads {
-            match p {
-                Payload::Sa(props) => answer = Some(props.clone()),
-                Payload::Ke { group, data } => ke = Some((*group, data.clone())),
-                Payload::Nonce(n) => nr = Some(n.clone()),
-                _ => {}
-            }
-        }
-        let (Some(answer), Some((group, public)), Some(nr)) = (answer, ke, nr) else {
+        let Some((answer, group, public, nr)) = sa_ke_nonce(&m.payloads) else {
             self.stats.malformed += 1;
             return self.drop_sa(sa, crypto, "IKE_SA_INIT response lacks SA, KE or Nonce");
         };
@@ -1364,10 +1383,7 @@ impl Engine {
             return self.drop_sa(sa, crypto, "no keys");
         };
         let expected = crypto.psk_auth(keys, psk, true, &sa.init_req, &sa.nr, &idi.body());
-        let good = method == auth_method::SHARED_KEY_MIC
-            && expected
-                .as_ref()
-                .is_ok_and(|e| e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
+        let good = auth_ok(method, &expected, &auth);
         if !good {
             self.stats.auth_failed += 1;
             self.log(
@@ -1471,16 +1487,7 @@ impl Engine {
                 "peer asked for transport mode, which is not supported yet",
             ));
         }
-        let (mut offered, mut tsi, mut tsr) = (None, None, None);
-        for p in ps {
-            match p {
-                Payload::Sa(x) => offered = Some(x.clone()),
-                Payload::TsI(x) => tsi = Some(x.clone()),
-                Payload::TsR(x) => tsr = Some(x.clone()),
-                _ => {}
-            }
-        }
-        let (Some(offered), Some(tsi), Some(tsr)) = (offered, tsi, tsr) else {
+        let Some((offered, tsi, tsr)) = sa_tsi_tsr(ps) else {
             return Err(Fail::with(notify::INVALID_SYNTAX, "CHILD_SA request lacks SA, TSi or TSr"));
         };
         let conn = &self.conns[sa.conn];
@@ -1637,10 +1644,7 @@ impl Engine {
             return self.drop_sa(sa, crypto, "no keys");
         };
         let expected = crypto.psk_auth(keys, c.cfg.psk, false, &sa.init_resp, &sa.ni, &idr.body());
-        let good = method == auth_method::SHARED_KEY_MIC
-            && expected
-                .as_ref()
-                .is_ok_and(|e| e.len() == auth.len() && e.iter().zip(&auth).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0);
+        let good = auth_ok(method, &expected, &auth);
         if !good {
             self.stats.auth_failed += 1;
             let msg = format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr));
@@ -1697,16 +1701,7 @@ impl Engine {
                 ts::show_all(&p.remote_ts)
             )));
         }
-        let (mut answer, mut tsi, mut tsr) = (None, None, None);
-        for x in ps {
-            match x {
-                Payload::Sa(a) => answer = Some(a.clone()),
-                Payload::TsI(t) => tsi = Some(t.clone()),
-                Payload::TsR(t) => tsr = Some(t.clone()),
-                _ => {}
-            }
-        }
-        let (Some(answer), Some(tsi), Some(tsr)) = (answer, tsi, tsr) else {
+        let Some((answer, tsi, tsr)) = sa_tsi_tsr(ps) else {
             return Err(Fail::quiet("answer lacks SA, TSi or TSr"));
         };
         let Some((chosen, spi)) = proposal::check_answer(&answer, &child.esp, Kind::Esp, in_auth) else {
