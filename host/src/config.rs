@@ -132,6 +132,9 @@ pub struct IkeChild {
     /// ESP proposals, strongSwan syntax.
     #[serde(default = "default_esp_proposals")]
     pub esp_proposals: String,
+    /// Seconds after which we rekey the CHILD SA (0: only answer the peer's rekeys).
+    #[serde(default)]
+    pub rekey_time: u32,
 }
 
 /// What dead peer detection does.

@@ -55,6 +55,8 @@ pub struct ControlPlane {
     pub stats: Arc<Stats>,
     pub traps: Vec<Trap>,
     pub replay_window: u32,
+    /// Outbound SAs of rekeys we answered, waiting for `activate-outbound`.
+    pub deferred: std::collections::HashMap<u32, (OutboundSa, Peer)>,
 }
 
 fn ep(e: &Endpoint) -> Option<SocketAddr> {
@@ -256,6 +258,11 @@ impl ControlPlane {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
+                Action::ActivateOutbound(spi) => {
+                    if let Some((sa, peer)) = self.deferred.remove(&spi) {
+                        self.outbound.send(DpControl::AddOutbound { sa, peer });
+                    }
+                }
                 Action::PeerMoved((ike_spi, remote)) => {
                     if let Some(SocketAddr::V4(to)) = ep(&remote) {
                         let spi = format!("{ike_spi:016x}");
@@ -277,6 +284,7 @@ impl ControlPlane {
                 }
                 Action::InstallChild(c) => self.install(c, children),
                 Action::DeleteChild(d) => {
+                    self.deferred.remove(&d.outbound_spi);
                     self.outbound.send(DpControl::RemoveOutbound { spi: d.outbound_spi });
                     self.inbound.send(DpControl::RemoveInbound { spi: d.inbound_spi });
                     self.esp_keys.remove(d.inbound_key);
@@ -327,19 +335,21 @@ impl ControlPlane {
                 remote_ts: esp_ts(&c.remote_ts),
             },
         });
-        self.outbound.send(DpControl::AddOutbound {
-            sa: OutboundSa {
-                spi: c.outbound_spi,
-                key: c.outbound_key,
-                peer: 0,
-                esn: c.esn,
-                next_seq: 1,
-                pad_align: ike::esp_algorithm(c.encr, c.key_bits, c.integ).map_or(4, |a| a.pad_align()),
-                local_ts: esp_ts(&c.local_ts),
-                remote_ts: esp_ts(&c.remote_ts),
-            },
-            peer,
-        });
+        let out = OutboundSa {
+            spi: c.outbound_spi,
+            key: c.outbound_key,
+            peer: 0,
+            esn: c.esn,
+            next_seq: 1,
+            pad_align: ike::esp_algorithm(c.encr, c.key_bits, c.integ).map_or(4, |a| a.pad_align()),
+            local_ts: esp_ts(&c.local_ts),
+            remote_ts: esp_ts(&c.remote_ts),
+        };
+        if c.outbound_deferred {
+            self.deferred.insert(c.outbound_spi, (out, peer));
+        } else {
+            self.outbound.send(DpControl::AddOutbound { sa: out, peer });
+        }
         children.push(ChildInfo {
             connection: c.connection.clone(),
             child: c.child.clone(),

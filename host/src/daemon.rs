@@ -146,6 +146,7 @@ fn load_connections(
                     local_ts: ch.local_ts.clone(),
                     remote_ts: ch.remote_ts.clone(),
                     esp_proposals: ch.esp_proposals.clone(),
+                    rekey_time_ms: u64::from(ch.rekey_time) * 1000,
                 })
                 .collect(),
             start_action: if c.start_action == StartAction::Start {
@@ -295,6 +296,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             stats: stats.clone(),
             traps,
             replay_window: 1024,
+            deferred: HashMap::new(),
         })
     } else {
         None

@@ -52,6 +52,7 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
             local_ts: vec![l.into()],
             remote_ts: vec![r.into()],
             esp_proposals: esp.into(),
+            rekey_time_ms: 0,
         }],
         start_action: StartAction::None,
         force_encap: false,

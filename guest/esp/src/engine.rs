@@ -188,7 +188,11 @@ impl Engine {
         if self.outbound.iter().any(|o| o.sa.spi == sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
-        self.outbound.push(Outbound { sa, packets: 0, bytes: 0 });
+        // Newest first: a rekeyed SA takes over outbound traffic the moment
+        // it is installed, while the old one still receives (make before
+        // break, RFC 7296 section 2.8).
+        self.outbound.insert(0, Outbound { sa, packets: 0, bytes: 0 });
+        self.last_out = 0;
         Ok(())
     }
 

@@ -301,3 +301,27 @@ fn install_validation() {
     assert!(e.remove_inbound(0x100));
     assert!(!e.remove_inbound(0x100));
 }
+
+#[test]
+fn the_newest_outbound_sa_for_the_same_selectors_wins() {
+    let (mut a, _) = pair(false, 1, 64);
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7)]);
+    a.install_outbound(OutboundSa {
+        spi: 0x2002,
+        key: KeyHandle(0x33),
+        peer: 8,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![prefix(LAN_A, 24)],
+        remote_ts: vec![prefix(LAN_B, 24)],
+    })
+    .unwrap();
+    let (sealed, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(8)], "the rekeyed SA carries traffic at once");
+    assert_eq!(&sealed.sealed_headers[0].0[..4], &0x2002u32.to_be_bytes());
+    assert!(a.remove_outbound(0x1001));
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(8)]);
+}

@@ -145,6 +145,7 @@ fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector
 
 fn wit_action(a: ike::Action) -> wit::Action {
     match a {
+        ike::Action::ActivateOutbound { outbound_spi } => wit::Action::ActivateOutbound(outbound_spi),
         ike::Action::PeerMoved { ike_spi, remote } => wit::Action::PeerMoved((ike_spi, wit_endpoint(&remote))),
         ike::Action::Keepalive { local, remote } => {
             wit::Action::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
@@ -171,6 +172,7 @@ fn wit_action(a: ike::Action) -> wit::Action {
             local: wit_endpoint(&c.local),
             remote: wit_endpoint(&c.remote),
             encap: c.encap,
+            outbound_deferred: c.outbound_deferred,
         }),
         ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key } => {
             wit::Action::DeleteChild(wit::ChildDeleted {
@@ -217,6 +219,7 @@ impl wit::Guest for Component {
                     local_ts: ch.local_ts,
                     remote_ts: ch.remote_ts,
                     esp_proposals: ch.esp_proposals,
+                    rekey_time_ms: ch.rekey_time_ms,
                 })
                 .collect(),
             start_action: match c.start_action {

@@ -25,6 +25,9 @@ pub struct Endpoint {
 }
 
 pub const IKE_PORT: u16 = 500;
+/// How long the responder of a rekey keeps sending on the old SA if the
+/// initiator's DELETE of it does not come.
+const DEFERRED_OUTBOUND_MS: u64 = 2000;
 pub const NAT_T_PORT: u16 = 4500;
 
 /// An IKE datagram (without the non-ESP marker on port 4500).
@@ -60,6 +63,9 @@ pub struct ChildConfig {
     pub local_ts: Vec<String>,
     pub remote_ts: Vec<String>,
     pub esp_proposals: String,
+    /// Rekey the CHILD SA this long after it was created (RFC 7296 section
+    /// 1.3.3); 0: never initiate a rekey (the peer's rekeys are answered).
+    pub rekey_time_ms: u64,
 }
 
 /// A connection as the host's config describes it (swanctl.conf-like).
@@ -93,6 +99,7 @@ struct ChildCfg {
     local_ts: Vec<Ts>,
     remote_ts: Vec<Ts>,
     esp: Vec<proposal::Config>,
+    rekey_time_ms: u64,
 }
 
 struct Connection {
@@ -121,6 +128,10 @@ pub struct ChildSa {
     pub remote: Endpoint,
     /// ESP in UDP (RFC 3948) to the peer's port 4500.
     pub encap: bool,
+    /// Install only the inbound SA now; the outbound one waits for
+    /// [`Action::ActivateOutbound`] (the responder of a rekey must not send
+    /// on the new SA before the initiator can receive on it, section 2.8).
+    pub outbound_deferred: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +143,10 @@ pub enum Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Send(Datagram),
+    /// Start sending on the deferred outbound SA with this SPI.
+    ActivateOutbound {
+        outbound_spi: u32,
+    },
     /// The peer of IKE SA `ike_spi` now sends from `remote` (its NAT
     /// mapping changed): its CHILD SAs' ESP must go there too.
     PeerMoved {
@@ -214,6 +229,8 @@ enum Pending {
     CreateChild,
     DeleteIke,
     Liveness,
+    /// DELETE of the CHILD SA with this inbound SPI (after a rekey).
+    DeleteChild(u32),
 }
 
 struct Request {
@@ -229,6 +246,10 @@ struct Child {
     inbound_spi: u32,
     outbound_spi: u32,
     keys: ChildKeys,
+    local_ts: Vec<Ts>,
+    remote_ts: Vec<Ts>,
+    /// When to rekey (0: not by us, or already under way).
+    rekey_at: u64,
 }
 
 /// A CHILD SA we proposed and wait to hear about.
@@ -239,6 +260,8 @@ struct PendingChild {
     remote_ts: Vec<Ts>,
     /// Nonce of a CREATE_CHILD_SA request.
     nonce: Option<Vec<u8>>,
+    /// The inbound SPI of the CHILD SA this one replaces (a rekey).
+    rekeys: Option<u32>,
 }
 
 struct IkeSa {
@@ -268,6 +291,8 @@ struct IkeSa {
     pending_child: Option<PendingChild>,
     /// CHILD configs already requested on this IKE SA (initiator).
     children_tried: Vec<usize>,
+    /// Rekeyed outbound SAs waiting for the old SA's DELETE (or a deadline).
+    deferred: Vec<(u32, u64)>,
     cookie: Option<Vec<u8>>,
     created_at: u64,
     /// Last time an authentic message came from the peer.
@@ -310,6 +335,10 @@ pub struct Engine {
     actions: VecDeque<Action>,
     stats: Stats,
     timing: Timing,
+    /// The time of the call being processed.
+    now: u64,
+    /// Set while answering a rekey: the new outbound SA waits.
+    defer_outbound: bool,
 }
 
 /// Why an exchange failed, with the notify to send if any.
@@ -428,6 +457,8 @@ impl Engine {
             actions: VecDeque::new(),
             stats: Stats::default(),
             timing,
+            now: 0,
+            defer_outbound: false,
         }
     }
 
@@ -486,6 +517,7 @@ impl Engine {
                 local_ts: parse_ts(&c.local_ts, "local_ts")?,
                 remote_ts: parse_ts(&c.remote_ts, "remote_ts")?,
                 esp,
+                rekey_time_ms: c.rekey_time_ms,
             });
         }
         self.conns.push(Connection { cfg, local_id, remote_id, ike, children });
@@ -596,6 +628,7 @@ impl Engine {
 
     /// Start connection `name` as initiator.
     pub fn initiate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<(), String> {
+        self.now = now;
         let conn = self.conns.iter().position(|c| c.cfg.name == name).ok_or(format!("no connection {name:?}"))?;
         let c = &self.conns[conn];
         let remote =
@@ -631,6 +664,7 @@ impl Engine {
             children: Vec::new(),
             pending_child: None,
             children_tried: Vec::new(),
+            deferred: Vec::new(),
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -673,6 +707,7 @@ impl Engine {
 
     /// Delete every IKE SA of connection `name` (DELETE, section 1.4.1).
     pub fn terminate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, String> {
+        self.now = now;
         let conn = self.conns.iter().position(|c| c.cfg.name == name).ok_or(format!("no connection {name:?}"))?;
         let ids: Vec<u64> = self.sas.iter().filter(|(_, s)| s.conn == conn).map(|(k, _)| *k).collect();
         for id in &ids {
@@ -734,7 +769,13 @@ impl Engine {
                 let up = s.state == State::Established;
                 let k = (up && self.wants_keepalive(s)).then_some(s.next_keepalive);
                 let d = (up && c.dpd_delay_ms > 0 && s.request.is_none()).then_some(s.last_rx + c.dpd_delay_ms);
-                r.into_iter().chain(h).chain(k).chain(d)
+                let rk = if up && s.request.is_none() {
+                    s.children.iter().filter(|c| c.rekey_at != 0).map(|c| c.rekey_at).min()
+                } else {
+                    None
+                };
+                let df = s.deferred.iter().map(|x| x.1).min();
+                r.into_iter().chain(h).chain(k).chain(d).chain(rk).chain(df)
             })
             .min()
     }
@@ -746,6 +787,7 @@ impl Engine {
 
     /// Retransmit what is due, give up on silent peers, expire half-open SAs.
     pub fn tick(&mut self, now: u64, crypto: &mut dyn IkeCrypto) {
+        self.now = now;
         let ids: Vec<u64> = self.sas.keys().copied().collect();
         for id in ids {
             let Some(mut sa) = self.sas.remove(&id) else {
@@ -771,6 +813,12 @@ impl Engine {
                         Ok(d) => self.request(&mut sa, now, Pending::Liveness, d),
                         Err(f) => self.log(Level::Warn, sa.conn, format!("cannot send liveness check: {}", f.message)),
                     }
+                }
+            }
+            self.activate_deferred(&mut sa, now);
+            if sa.state == State::Established && sa.request.is_none() {
+                if let Some(pos) = sa.children.iter().position(|c| c.rekey_at != 0 && now >= c.rekey_at) {
+                    self.start_child_rekey(&mut sa, pos, now, crypto);
                 }
             }
             let mut give_up = false;
@@ -814,6 +862,7 @@ impl Engine {
 
     /// Process one IKE datagram.
     pub fn handle_datagram(&mut self, now: u64, d: Datagram, crypto: &mut dyn IkeCrypto) {
+        self.now = now;
         self.stats.rx += 1;
         let h = match Header::parse(&d.data) {
             Ok(h) if h.length as usize == d.data.len() => h,
@@ -995,6 +1044,10 @@ impl Engine {
         match kind {
             Pending::Auth => self.initiator_auth_response(now, sa, ps, crypto),
             Pending::DeleteIke => self.drop_sa(sa, crypto, "DELETE acknowledged"),
+            Pending::DeleteChild(old) => {
+                self.remove_child(&mut sa, old, "replaced by its rekeyed successor");
+                self.sas.insert(id, sa);
+            }
             Pending::CreateChild => self.initiator_create_child_response(now, sa, ps, crypto),
             Pending::Init | Pending::Liveness => {
                 self.sas.insert(id, sa);
@@ -1138,6 +1191,7 @@ impl Engine {
             children: Vec::new(),
             pending_child: None,
             children_tried: Vec::new(),
+            deferred: Vec::new(),
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -1304,6 +1358,7 @@ impl Engine {
             local_ts: child.local_ts.clone(),
             remote_ts: child.remote_ts.clone(),
             nonce: None,
+            rekeys: None,
         });
         Self::encrypted(sa, exchange::IKE_AUTH, false, sa.next_mid, &ps, crypto)
     }
@@ -1593,7 +1648,11 @@ impl Engine {
             local: sa.local,
             remote: sa.remote,
             encap: sa.encap(c.cfg.force_encap),
+            outbound_deferred: self.defer_outbound,
         };
+        if self.defer_outbound {
+            sa.deferred.push((outbound_spi, self.now + DEFERRED_OUTBOUND_MS));
+        }
         let msg = format!(
             "CHILD_SA {} installed: SPIs in {inbound_spi:08x} out {outbound_spi:08x}, {}, {} === {}{}",
             c.children[cfg].name,
@@ -1602,7 +1661,9 @@ impl Engine {
             ts::show_all(&remote_ts),
             if child.encap { ", UDP-encapsulated" } else { "" }
         );
-        sa.children.push(Child { cfg, inbound_spi, outbound_spi, keys });
+        let rekey_time = c.children[cfg].rekey_time_ms;
+        let rekey_at = if rekey_time > 0 { self.now + rekey_time } else { 0 };
+        sa.children.push(Child { cfg, inbound_spi, outbound_spi, keys, local_ts, remote_ts, rekey_at });
         self.stats.child_installed += 1;
         self.actions.push_back(Action::InstallChild(child));
         self.log(Level::Info, sa.conn, msg);
@@ -1757,6 +1818,7 @@ impl Engine {
             local_ts: child.local_ts.clone(),
             remote_ts: child.remote_ts.clone(),
             nonce: Some(nonce),
+            rekeys: None,
         });
         match Self::encrypted(&sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
             Ok(d) => self.request(&mut sa, now, Pending::CreateChild, d),
@@ -1774,6 +1836,7 @@ impl Engine {
     ) {
         let id = sa.our_spi();
         let ni = sa.pending_child.as_ref().and_then(|p| p.nonce.clone()).unwrap_or_default();
+        let rekeys = sa.pending_child.as_ref().and_then(|p| p.rekeys);
         let nr = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
             _ => None,
@@ -1783,8 +1846,29 @@ impl Engine {
             None if first_error(&ps).is_some() => self.complete_child(&mut sa, &ps, &ni, &[], false, crypto),
             None => Err(Fail::quiet("CREATE_CHILD_SA response without a nonce")),
         };
-        if let Err(f) = r {
-            self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
+        match (r, rekeys) {
+            (Err(f), Some(old)) => {
+                self.log(Level::Warn, sa.conn, format!("CHILD_SA rekey failed, keeping the old SA: {}", f.message));
+                // Try again later; the old SA still carries traffic.
+                if let Some(c) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
+                    let t = self.conns[sa.conn].children[c.cfg].rekey_time_ms;
+                    c.rekey_at = now + (t / 10).max(1000);
+                }
+            }
+            (Err(f), None) => self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message)),
+            (Ok(()), Some(old)) => {
+                // Section 1.3.3: the new SA is in place; now delete the old one.
+                let del = [Payload::Delete(Delete {
+                    protocol: protocol::ESP,
+                    spi_size: 4,
+                    spis: vec![old.to_be_bytes().to_vec()],
+                })];
+                match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
+                    Ok(d) => self.request(&mut sa, now, Pending::DeleteChild(old), d),
+                    Err(f) => self.log(Level::Warn, sa.conn, format!("cannot delete the rekeyed SA: {}", f.message)),
+                }
+            }
+            (Ok(()), None) => {}
         }
         self.sas.insert(id, sa);
         self.next_create_child(now, id, crypto);
@@ -1793,28 +1877,41 @@ impl Engine {
     fn responder_create_child(&mut self, mut sa: IkeSa, h: Header, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
         let id = sa.our_spi();
         let mid = h.message_id;
-        let rekey = find_notify(&ps, notify::REKEY_SA).is_some()
-            || ps.iter().any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol::IKE)));
+        let ike_rekey =
+            ps.iter().any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol::IKE)));
+        let rekey_spi =
+            find_notify(&ps, notify::REKEY_SA).filter(|n| n.protocol == protocol::ESP).and_then(|n| esp_spi(&n.spi));
+        let unknown = rekey_spi.filter(|old| !sa.children.iter().any(|c| c.outbound_spi == *old));
         let has_ke = ps.iter().any(|p| matches!(p, Payload::Ke { .. }));
         let ni = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
             _ => None,
         });
-        let out = if rekey {
-            // Rekeying comes with the SA lifecycle work; until then the peer
-            // keeps its SAs and retries later (section 1.3.3).
+        let out = if ike_rekey {
+            // IKE SA rekeying comes with the SA lifecycle work; until then
+            // the peer keeps the IKE SA and retries later (section 1.3.2).
             self.log(
                 Level::Warn,
                 sa.conn,
-                "peer requested a rekey, which is not supported yet: NO_ADDITIONAL_SAS".into(),
+                "peer requested an IKE SA rekey, which is not supported yet: NO_ADDITIONAL_SAS".into(),
             );
             vec![notify_payload(notify::NO_ADDITIONAL_SAS, Vec::new())]
+        } else if let Some(old) = unknown {
+            vec![Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                spi: old.to_be_bytes().to_vec(),
+                kind: notify::CHILD_SA_NOT_FOUND,
+                data: Vec::new(),
+            })]
         } else if has_ke {
             self.log(Level::Warn, sa.conn, "peer requested a CHILD_SA with PFS, which is not supported yet".into());
             vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())]
         } else if let Some(ni) = ni {
             let nr = Self::nonce(crypto);
-            match self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto) {
+            self.defer_outbound = rekey_spi.is_some();
+            let accepted = self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto);
+            self.defer_outbound = false;
+            match accepted {
                 Ok(mut child) => {
                     child.insert(1, Payload::Nonce(nr));
                     child
@@ -1830,6 +1927,68 @@ impl Engine {
         };
         self.respond_encrypted(&mut sa, exchange::CREATE_CHILD_SA, mid, &out, crypto);
         self.sas.insert(id, sa);
+    }
+
+    /// As the rekey's initiator: ask for a successor of CHILD SA `pos`
+    /// (section 1.3.3). The old SA keeps working until the new one is in.
+    fn start_child_rekey(&mut self, sa: &mut IkeSa, pos: usize, now: u64, crypto: &mut dyn IkeCrypto) {
+        let child = &mut sa.children[pos];
+        child.rekey_at = 0;
+        let (cfg, old, local_ts, remote_ts) =
+            (child.cfg, child.inbound_spi, child.local_ts.clone(), child.remote_ts.clone());
+        let spi = Self::new_esp_spi(crypto);
+        let nonce = Self::nonce(crypto);
+        let esp = &self.conns[sa.conn].children[cfg].esp;
+        let ps = vec![
+            Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                spi: old.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: Vec::new(),
+            }),
+            Payload::Sa(proposal::to_wire(esp, Kind::Esp, &spi.to_be_bytes(), false)),
+            Payload::Nonce(nonce.clone()),
+            Payload::TsI(local_ts.clone()),
+            Payload::TsR(remote_ts.clone()),
+        ];
+        sa.pending_child =
+            Some(PendingChild { cfg, inbound_spi: spi, local_ts, remote_ts, nonce: Some(nonce), rekeys: Some(old) });
+        match Self::encrypted(sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
+            Ok(d) => {
+                self.log(Level::Info, sa.conn, format!("rekeying CHILD_SA {old:08x}"));
+                self.request(sa, now, Pending::CreateChild, d);
+            }
+            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot rekey: {}", f.message)),
+        }
+    }
+
+    /// Start sending on deferred outbound SAs whose time has come (all of
+    /// them with `now = u64::MAX`, when the old SA's DELETE arrived).
+    fn activate_deferred(&mut self, sa: &mut IkeSa, now: u64) {
+        let (due, wait): (Vec<_>, Vec<_>) = sa.deferred.iter().partition(|(_, at)| *at <= now);
+        sa.deferred = wait;
+        for (outbound_spi, _) in due {
+            self.actions.push_back(Action::ActivateOutbound { outbound_spi });
+        }
+    }
+
+    /// Forget the CHILD SA with inbound SPI `inbound` and tell the host.
+    fn remove_child(&mut self, sa: &mut IkeSa, inbound: u32, why: &str) {
+        let Some(pos) = sa.children.iter().position(|c| c.inbound_spi == inbound) else { return };
+        let c = sa.children.remove(pos);
+        self.actions.push_back(Action::DeleteChild {
+            ike_spi: sa.our_spi(),
+            inbound_spi: c.inbound_spi,
+            outbound_spi: c.outbound_spi,
+            inbound_key: c.keys.inbound,
+            outbound_key: c.keys.outbound,
+        });
+        let name = self.conns[sa.conn].children[c.cfg].name.clone();
+        self.log(
+            Level::Info,
+            sa.conn,
+            format!("CHILD_SA {name} (SPIs in {:08x} out {:08x}) deleted: {why}", c.inbound_spi, c.outbound_spi),
+        );
     }
 
     // ---- INFORMATIONAL ---------------------------------------------------
@@ -1867,6 +2026,9 @@ impl Engine {
                 }
                 _ => {}
             }
+        }
+        if !ours_deleted.is_empty() {
+            self.activate_deferred(&mut sa, u64::MAX);
         }
         let out = if delete_ike || ours_deleted.is_empty() {
             Vec::new()

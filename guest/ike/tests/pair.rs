@@ -109,6 +109,7 @@ struct Side {
     outbox: Vec<Datagram>,
     nat: bool,
     keepalives: usize,
+    activated: Vec<u32>,
 }
 
 /// A's address and port offset as B sees them when A is behind a NAT.
@@ -129,6 +130,7 @@ struct Conf<'a> {
     nat: bool,
     dpd_ms: u64,
     dpd_action: DpdAction,
+    rekey_ms: u64,
 }
 
 impl Default for Conf<'_> {
@@ -143,6 +145,7 @@ impl Default for Conf<'_> {
             nat: false,
             dpd_ms: 0,
             dpd_action: DpdAction::Clear,
+            rekey_ms: 0,
         }
     }
 }
@@ -163,6 +166,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         local_ts: s(conf.local_ts, my_lan),
         remote_ts: s(conf.remote_ts, peer_lan),
         esp_proposals: conf.esp.into(),
+        rekey_time_ms: conf.rekey_ms,
     }];
     if let Some((l, r)) = conf.extra_child {
         let (l, r) = if me == A { (l, r) } else { (r, l) };
@@ -171,6 +175,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             local_ts: s(l, ""),
             remote_ts: s(r, ""),
             esp_proposals: conf.esp.into(),
+            rekey_time_ms: 0,
         });
     }
     let mut engine = Engine::new(Timing::default());
@@ -204,6 +209,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         outbox: vec![],
         nat: conf.nat,
         keepalives: 0,
+        activated: vec![],
     }
 }
 
@@ -216,11 +222,17 @@ impl Side {
                     self.outbox.push(d);
                 }
                 Action::InstallChild(c) => self.installed.push(c),
-                Action::DeleteChild { .. } => self.deleted += 1,
+                Action::DeleteChild { inbound_key, outbound_key, .. } => {
+                    // What the host does: the keys die with the SA.
+                    self.crypto.esp.remove(&inbound_key);
+                    self.crypto.esp.remove(&outbound_key);
+                    self.deleted += 1;
+                }
                 Action::IkeUp { .. } => self.up += 1,
                 Action::IkeDown { .. } => self.down += 1,
                 Action::Log { message, .. } => self.logs.push(message),
                 Action::PeerMoved { .. } => {}
+                Action::ActivateOutbound { outbound_spi } => self.activated.push(outbound_spi),
                 Action::Keepalive { local, .. } => {
                     assert_eq!(local.port, 4500);
                     self.keepalives += 1;
@@ -601,4 +613,43 @@ fn dead_peer_detection_clears_or_restarts() {
             DpdAction::Restart => assert!(a.log_has("re-initiating"), "{:?}", a.logs),
         }
     }
+}
+
+#[test]
+fn child_sas_are_rekeyed_make_before_break_without_leaks() {
+    let conf = Conf { rekey_ms: 10_000, ..Default::default() };
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &Conf::default());
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    // Each generation's keys are checked while both sides still hold them.
+    let mut generations = 0;
+    let mut now = 0;
+    let mut n = 0;
+    while now < 125_000 {
+        pump(&mut a, &mut b, now, &mut all, &mut n);
+        while generations < a.installed.len().min(b.installed.len()) {
+            let (ca, cb) = (&a.installed[generations], &b.installed[generations]);
+            assert_eq!((ca.outbound_spi, ca.inbound_spi), (cb.inbound_spi, cb.outbound_spi));
+            assert_eq!(a.crypto.esp[&ca.outbound_key], b.crypto.esp[&cb.inbound_key]);
+            assert_eq!(a.crypto.esp[&ca.inbound_key], b.crypto.esp[&cb.outbound_key]);
+            generations += 1;
+        }
+        let next = [a.engine.next_timeout(), b.engine.next_timeout()].into_iter().flatten().min();
+        now = next.unwrap_or(now + 1000).max(now + 1);
+        a.engine.tick(now, &mut a.crypto);
+        b.engine.tick(now, &mut b.crypto);
+    }
+    assert!(generations >= 12, "{generations} generations: {:?}", a.logs);
+    // Exactly one live CHILD SA pair at the end; every replaced one deleted on both sides.
+    assert_eq!(a.engine.established(), (1, 1));
+    assert_eq!(b.engine.established(), (1, 1));
+    assert_eq!(a.deleted, a.installed.len() - 1);
+    assert_eq!(b.deleted, b.installed.len() - 1);
+    assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (2, 2), "no leaked ESP key");
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "IKE SA keys and PSK only");
+    // The responder (B) sent on each new SA only once A deleted the old one.
+    assert!(b.installed[1..].iter().all(|c| c.outbound_deferred));
+    assert!(!b.installed[0].outbound_deferred && a.installed.iter().all(|c| !c.outbound_deferred));
+    assert_eq!(b.activated.len(), b.installed.len() - 1);
+    assert!(b.installed[1..].iter().all(|c| b.activated.contains(&c.outbound_spi)));
 }
