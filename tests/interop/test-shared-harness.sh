@@ -36,4 +36,15 @@ run_nat() { # LABEL ENV...
 }
 run_nat "behind NAT (random ports), keepalives seen, strongSwan responder" ROLE_A=responder
 run_nat "behind NAT (port-forward), keepalives seen, strongSwan initiator" ROLE_A=initiator
+run_rekey() { # LABEL ENV...
+    local label=$1 out; shift
+    out=$(env "$@" timeout 200 "$HARNESS/sswan-rekey.sh" 2>&1 9>&- || true)
+    echo "$out" | grep -E "A log|pings lost|RESULT" | sed 's/^ */    /'
+    check "$label" grep -q "RESULT sswan-rekey: PASS" <<<"$out"
+}
+# strongSwan rekeys the CHILD SA every 5 s; IKE SA rekeying is not supported yet (#5).
+run_rekey "strongSwan CHILD rekeys under a 20 pps ping, 0 lost, strongSwan responder" \
+    ROLE_A=responder DURATION=30 IKE_REKEY_TIME=10m MIN_IKE_REKEYS=0 MIN_CHILD_REKEYS=4
+run_rekey "strongSwan CHILD rekeys under a 20 pps ping, 0 lost, strongSwan initiator" \
+    ROLE_A=initiator DURATION=30 IKE_REKEY_TIME=10m MIN_IKE_REKEYS=0 MIN_CHILD_REKEYS=4
 finish
