@@ -119,6 +119,9 @@ pub struct IkeConnection {
     /// What to do when the peer is found dead.
     #[serde(default)]
     pub dpd_action: DpdAction,
+    /// Seconds after which we rekey the IKE SA (0: only answer the peer's rekeys).
+    #[serde(default)]
+    pub rekey_time: u32,
     pub children: Vec<IkeChild>,
 }
 

@@ -263,10 +263,10 @@ impl ControlPlane {
                         self.outbound.send(DpControl::AddOutbound { sa, peer });
                     }
                 }
-                Action::PeerMoved((ike_spi, remote)) => {
+                Action::PeerMoved((spis, remote)) => {
                     if let Some(SocketAddr::V4(to)) = ep(&remote) {
-                        let spi = format!("{ike_spi:016x}");
-                        for c in children.iter_mut().filter(|c| c.ike_spi == spi && c.encap) {
+                        let spis: Vec<String> = spis.iter().map(|s| format!("{s:08x}")).collect();
+                        for c in children.iter_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
                             c.peer = to.to_string();
                             let outbound_spi = u32::from_str_radix(&c.outbound_spi, 16).unwrap_or(0);
                             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };

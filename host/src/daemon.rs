@@ -156,6 +156,7 @@ fn load_connections(
             },
             force_encap: c.encap || force_encap,
             nat_keepalive_ms: c.keepalive.saturating_mul(1000),
+            rekey_time_ms: u64::from(c.rekey_time) * 1000,
             dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
             dpd_action: match c.dpd_action {
                 crate::config::DpdAction::Clear | crate::config::DpdAction::Hold => ike::DpdAction::Clear,

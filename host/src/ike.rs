@@ -51,6 +51,20 @@ impl IkeState {
         self.vault.len()
     }
 
+    /// Append the IKE SA's keys to the Wireshark key log, if one is set.
+    fn export_keys(&self, h: u64) {
+        if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = r {
+                tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
+            }
+        }
+    }
+
     pub fn vault(&self) -> &wasmsec_crypto::Vault {
         &self.vault
     }
@@ -125,16 +139,25 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         let suite =
             wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
         let h = self.vault.derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
-        if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
-            let r = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(e) = r {
-                tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
-            }
-        }
+        self.export_keys(h);
+        Ok(h)
+    }
+
+    fn rekey_ike_sa(
+        &mut self,
+        old: u64,
+        s: IkeSuite,
+        dh: u64,
+        peer_public: Vec<u8>,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<u64, WitError> {
+        let suite =
+            wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        let h = self.vault.rekey_ike_sa(old, &suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
+        self.export_keys(h);
         Ok(h)
     }
 

@@ -59,6 +59,7 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
         nat_keepalive_ms: 0,
         dpd_delay_ms: 0,
         dpd_action: wasmsec::ike::DpdAction::Clear,
+        rekey_time_ms: 0,
     };
     inst.add_connection(&c).unwrap().unwrap();
     let given = vec![format!("{c:?}").into_bytes()];

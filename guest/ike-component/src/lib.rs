@@ -70,6 +70,21 @@ impl IkeCrypto for HostCrypto {
         keys::derive_ike_sa(suite, dh, p, ni, nr, i, r).map_err(err)
     }
 
+    fn rekey_ike_sa(
+        &mut self,
+        old: Handle,
+        s: &IkeSuite,
+        dh: Handle,
+        p: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        i: u64,
+        r: u64,
+    ) -> Result<Handle, CryptoError> {
+        let suite = keys::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        keys::rekey_ike_sa(old, suite, dh, p, ni, nr, i, r).map_err(err)
+    }
+
     fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: u8, inner: &[u8]) -> Result<Vec<u8>, CryptoError> {
         keys::encrypt(sa, fi, h, first, inner).map_err(err)
     }
@@ -146,7 +161,9 @@ fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector
 fn wit_action(a: ike::Action) -> wit::Action {
     match a {
         ike::Action::ActivateOutbound { outbound_spi } => wit::Action::ActivateOutbound(outbound_spi),
-        ike::Action::PeerMoved { ike_spi, remote } => wit::Action::PeerMoved((ike_spi, wit_endpoint(&remote))),
+        ike::Action::PeerMoved { outbound_spis, remote } => {
+            wit::Action::PeerMoved((outbound_spis, wit_endpoint(&remote)))
+        }
         ike::Action::Keepalive { local, remote } => {
             wit::Action::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
         }
@@ -233,6 +250,7 @@ impl wit::Guest for Component {
                 wit::DpdAction::Clear => ike::DpdAction::Clear,
                 wit::DpdAction::Restart => ike::DpdAction::Restart,
             },
+            rekey_time_ms: c.rekey_time_ms,
         };
         ENGINE.with_borrow_mut(|e| e.add_connection(cfg))
     }

@@ -60,6 +60,20 @@ pub trait IkeCrypto {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<Handle, CryptoError>;
+    /// Complete DH and derive the keys of the IKE SA replacing `old`
+    /// (section 2.18); the DH handle is consumed.
+    #[allow(clippy::too_many_arguments)]
+    fn rekey_ike_sa(
+        &mut self,
+        old: Handle,
+        suite: &IkeSuite,
+        dh: Handle,
+        peer_public: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<Handle, CryptoError>;
     /// A whole message with an Encrypted payload holding `inner`.
     fn encrypt(
         &mut self,

@@ -92,6 +92,9 @@ pub struct ConnectionConfig {
     /// (section 2.4); 0 turns it off.
     pub dpd_delay_ms: u64,
     pub dpd_action: DpdAction,
+    /// Rekey the IKE SA this long after it was created (section 2.18);
+    /// 0: only answer the peer's rekeys.
+    pub rekey_time_ms: u64,
 }
 
 struct ChildCfg {
@@ -147,10 +150,10 @@ pub enum Action {
     ActivateOutbound {
         outbound_spi: u32,
     },
-    /// The peer of IKE SA `ike_spi` now sends from `remote` (its NAT
-    /// mapping changed): its CHILD SAs' ESP must go there too.
+    /// The peer now sends from `remote` (its NAT mapping changed): the
+    /// ESP of these outbound SAs must go there too.
     PeerMoved {
-        ike_spi: u64,
+        outbound_spis: Vec<u32>,
         remote: Endpoint,
     },
     /// Send a NAT keepalive (one 0xFF byte, RFC 3948 section 2.3) on this path.
@@ -231,6 +234,8 @@ enum Pending {
     Liveness,
     /// DELETE of the CHILD SA with this inbound SPI (after a rekey).
     DeleteChild(u32),
+    /// CREATE_CHILD_SA rekeying the IKE SA.
+    RekeyIke,
 }
 
 struct Request {
@@ -293,6 +298,10 @@ struct IkeSa {
     children_tried: Vec<usize>,
     /// Rekeyed outbound SAs waiting for the old SA's DELETE (or a deadline).
     deferred: Vec<(u32, u64)>,
+    /// When to rekey the IKE SA (0: not by us, or under way).
+    rekey_ike_at: u64,
+    /// Our rekey of this IKE SA in flight: new SPI, DH value, nonce.
+    ike_rekey: Option<(u64, Handle, Vec<u8>)>,
     cookie: Option<Vec<u8>>,
     created_at: u64,
     /// Last time an authentic message came from the peer.
@@ -665,6 +674,8 @@ impl Engine {
             pending_child: None,
             children_tried: Vec::new(),
             deferred: Vec::new(),
+            rekey_ike_at: 0,
+            ike_rekey: None,
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -775,6 +786,8 @@ impl Engine {
                     None
                 };
                 let df = s.deferred.iter().map(|x| x.1).min();
+                let ik = (up && s.request.is_none() && s.rekey_ike_at != 0).then_some(s.rekey_ike_at);
+                let df = df.into_iter().chain(ik).min();
                 r.into_iter().chain(h).chain(k).chain(d).chain(rk).chain(df)
             })
             .min()
@@ -816,6 +829,10 @@ impl Engine {
                 }
             }
             self.activate_deferred(&mut sa, now);
+            if sa.state == State::Established && sa.request.is_none() && sa.rekey_ike_at != 0 && now >= sa.rekey_ike_at
+            {
+                self.start_ike_rekey(&mut sa, now, crypto);
+            }
             if sa.state == State::Established && sa.request.is_none() {
                 if let Some(pos) = sa.children.iter().position(|c| c.rekey_at != 0 && now >= c.rekey_at) {
                     self.start_child_rekey(&mut sa, pos, now, crypto);
@@ -996,7 +1013,8 @@ impl Engine {
             sa.remote = d.remote;
             sa.local = d.local;
             if sa.state == State::Established {
-                self.actions.push_back(Action::PeerMoved { ike_spi: sa.our_spi(), remote: d.remote });
+                let outbound_spis = sa.children.iter().map(|c| c.outbound_spi).collect();
+                self.actions.push_back(Action::PeerMoved { outbound_spis, remote: d.remote });
                 let msg = format!(
                     "peer moved from {}:{} to {}:{} (NAT mapping changed)",
                     old.addr, old.port, d.remote.addr, d.remote.port
@@ -1044,6 +1062,7 @@ impl Engine {
         match kind {
             Pending::Auth => self.initiator_auth_response(now, sa, ps, crypto),
             Pending::DeleteIke => self.drop_sa(sa, crypto, "DELETE acknowledged"),
+            Pending::RekeyIke => self.initiator_ike_rekey_response(now, sa, ps, crypto),
             Pending::DeleteChild(old) => {
                 self.remove_child(&mut sa, old, "replaced by its rekeyed successor");
                 self.sas.insert(id, sa);
@@ -1192,6 +1211,8 @@ impl Engine {
             pending_child: None,
             children_tried: Vec::new(),
             deferred: Vec::new(),
+            rekey_ike_at: 0,
+            ike_rekey: None,
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -1489,6 +1510,7 @@ impl Engine {
         }
         sa.state = State::Established;
         self.stats.ike_established += 1;
+        self.schedule_ike_rekey(&mut sa);
         self.half_open.retain(|_, v| *v != id);
         if find_notify(&ps, notify::INITIAL_CONTACT).is_some() {
             self.replace_old_sas(&sa, &idi, crypto);
@@ -1713,6 +1735,7 @@ impl Engine {
         }
         sa.state = State::Established;
         self.stats.ike_established += 1;
+        self.schedule_ike_rekey(&mut sa);
         let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
         let msg = format!(
             "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
@@ -1888,14 +1911,7 @@ impl Engine {
             _ => None,
         });
         let out = if ike_rekey {
-            // IKE SA rekeying comes with the SA lifecycle work; until then
-            // the peer keeps the IKE SA and retries later (section 1.3.2).
-            self.log(
-                Level::Warn,
-                sa.conn,
-                "peer requested an IKE SA rekey, which is not supported yet: NO_ADDITIONAL_SAS".into(),
-            );
-            vec![notify_payload(notify::NO_ADDITIONAL_SAS, Vec::new())]
+            self.responder_ike_rekey(&mut sa, &ps, crypto)
         } else if let Some(old) = unknown {
             vec![Payload::Notify(Notify {
                 protocol: protocol::ESP,
@@ -1959,6 +1975,207 @@ impl Engine {
                 self.request(sa, now, Pending::CreateChild, d);
             }
             Err(f) => self.log(Level::Warn, sa.conn, format!("cannot rekey: {}", f.message)),
+        }
+    }
+
+    fn schedule_ike_rekey(&self, sa: &mut IkeSa) {
+        let t = self.conns[sa.conn].cfg.rekey_time_ms;
+        sa.rekey_ike_at = if t > 0 { self.now + t } else { 0 };
+    }
+
+    /// As the rekey's initiator: propose a new IKE SA (section 1.3.2).
+    fn start_ike_rekey(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) {
+        sa.rekey_ike_at = 0;
+        let Some(group) = sa.suite.map(|c| c.dh) else { return };
+        let (dh, public) = match crypto.dh_generate(group) {
+            Ok(x) => x,
+            Err(e) => return self.log(Level::Warn, sa.conn, format!("cannot rekey the IKE SA: {e:?}")),
+        };
+        let new_spi = self.new_spi(crypto);
+        let ni = Self::nonce(crypto);
+        let ps = vec![
+            Payload::Sa(proposal::to_wire(&self.conns[sa.conn].ike, Kind::Ike, &new_spi.to_be_bytes(), true)),
+            Payload::Nonce(ni.clone()),
+            Payload::Ke { group, data: public },
+        ];
+        match Self::encrypted(sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
+            Ok(d) => {
+                self.log(Level::Info, sa.conn, format!("rekeying IKE_SA {:016x}", sa.our_spi()));
+                sa.ike_rekey = Some((new_spi, dh, ni));
+                self.request(sa, now, Pending::RekeyIke, d);
+            }
+            Err(f) => {
+                crypto.destroy(dh);
+                self.log(Level::Warn, sa.conn, format!("cannot rekey the IKE SA: {}", f.message));
+            }
+        }
+    }
+
+    /// The IKE SA that replaces `old`, which hands over its CHILD SAs.
+    #[allow(clippy::too_many_arguments)]
+    fn successor(
+        &mut self,
+        old: &mut IkeSa,
+        initiator: bool,
+        spi_i: u64,
+        spi_r: u64,
+        chosen: Chosen,
+        keys: Handle,
+        ni: Vec<u8>,
+        nr: Vec<u8>,
+    ) -> IkeSa {
+        let mut new = IkeSa {
+            conn: old.conn,
+            initiator,
+            spi_i,
+            spi_r,
+            local: old.local,
+            remote: old.remote,
+            state: State::Established,
+            suite: Some(chosen),
+            keys: Some(keys),
+            dh: None,
+            dh_group: chosen.dh,
+            ni,
+            nr,
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            nat_local: old.nat_local,
+            nat_remote: old.nat_remote,
+            next_mid: 0,
+            request: None,
+            peer_next_mid: 0,
+            last_response: None,
+            children: std::mem::take(&mut old.children),
+            pending_child: None,
+            children_tried: old.children_tried.clone(),
+            deferred: std::mem::take(&mut old.deferred),
+            rekey_ike_at: 0,
+            ike_rekey: None,
+            cookie: None,
+            created_at: self.now,
+            last_rx: self.now,
+            next_keepalive: old.next_keepalive,
+        };
+        self.schedule_ike_rekey(&mut new);
+        self.stats.ike_established += 1;
+        let msg =
+            format!("IKE_SA {:016x} rekeyed: now {:016x}, {}", old.our_spi(), new.our_spi(), chosen.name(Kind::Ike));
+        self.log(Level::Info, new.conn, msg);
+        self.actions
+            .push_back(Action::IkeUp { connection: self.conns[new.conn].cfg.name.clone(), ike_spi: new.our_spi() });
+        new
+    }
+
+    /// As responder: answer a rekey of the IKE SA (section 1.3.2); the new
+    /// SA takes the CHILD SAs, the old one waits for the peer's DELETE.
+    fn responder_ike_rekey(&mut self, sa: &mut IkeSa, ps: &[Payload], crypto: &mut dyn IkeCrypto) -> Vec<Payload> {
+        let Some((offered, group, their_public, ni)) = sa_ke_nonce(ps) else {
+            self.stats.malformed += 1;
+            return vec![notify_payload(notify::INVALID_SYNTAX, Vec::new())];
+        };
+        let Some((chosen, num, their_spi)) = proposal::select(&offered, &self.conns[sa.conn].ike, Kind::Ike, false)
+        else {
+            self.stats.no_proposal += 1;
+            self.log(
+                Level::Warn,
+                sa.conn,
+                format!("IKE rekey: no acceptable proposal in {}", proposal::Display(&offered)),
+            );
+            return vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())];
+        };
+        if group != chosen.dh {
+            return vec![notify_payload(notify::INVALID_KE_PAYLOAD, chosen.dh.to_be_bytes().to_vec())];
+        }
+        let Ok(spi_i) = <[u8; 8]>::try_from(&their_spi[..]).map(u64::from_be_bytes) else {
+            return vec![notify_payload(notify::INVALID_SYNTAX, Vec::new())];
+        };
+        if sa.request.is_some() || sa.ike_rekey.is_some() {
+            // A simultaneous exchange of ours: let the peer retry (collision
+            // handling per section 2.8.1 is still to come).
+            return vec![notify_payload(notify::TEMPORARY_FAILURE, Vec::new())];
+        }
+        let Some(old_keys) = sa.keys else {
+            return vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())];
+        };
+        let Ok((dh, public)) = crypto.dh_generate(chosen.dh) else {
+            return vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())];
+        };
+        let spi_r = self.new_spi(crypto);
+        let nr = Self::nonce(crypto);
+        let suite = IkeSuite {
+            encr: chosen.encr.id,
+            key_bits: chosen.encr.key_bits.unwrap_or(256),
+            prf: chosen.prf,
+            integ: chosen.integ,
+            dh: chosen.dh,
+        };
+        let keys = match crypto.rekey_ike_sa(old_keys, &suite, dh, &their_public, &ni, &nr, spi_i, spi_r) {
+            Ok(k) => k,
+            Err(e) => {
+                self.log(Level::Warn, sa.conn, format!("IKE rekey key derivation failed: {e:?}"));
+                return vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())];
+            }
+        };
+        let new = self.successor(sa, false, spi_i, spi_r, chosen, keys, ni, nr.clone());
+        self.sas.insert(spi_r, new);
+        vec![
+            Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &spi_r.to_be_bytes())]),
+            Payload::Nonce(nr),
+            Payload::Ke { group: chosen.dh, data: public },
+        ]
+    }
+
+    fn initiator_ike_rekey_response(&mut self, now: u64, mut sa: IkeSa, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
+        let id = sa.our_spi();
+        let Some((new_spi, dh, ni)) = sa.ike_rekey.take() else {
+            self.sas.insert(id, sa);
+            return;
+        };
+        let retry_at = now + (self.conns[sa.conn].cfg.rekey_time_ms / 10).max(1000);
+        let failure =
+            if let Some(n) = first_error(&ps) { Some(format!("peer answered {}", notify_name(n))) } else { None };
+        let answer = sa_ke_nonce(&ps).and_then(|(answer, group, public, nr)| {
+            let (chosen, spi) = proposal::check_answer(&answer, &self.conns[sa.conn].ike, Kind::Ike, false)?;
+            let spi_r = u64::from_be_bytes(<[u8; 8]>::try_from(&spi[..]).ok()?);
+            (group == chosen.dh).then_some((chosen, spi_r, public, nr))
+        });
+        let (Some((chosen, spi_r, public, nr)), None) = (answer, &failure) else {
+            crypto.destroy(dh);
+            let why = failure.unwrap_or_else(|| "malformed or unacceptable answer".into());
+            self.log(Level::Warn, sa.conn, format!("IKE rekey failed, keeping the IKE SA: {why}"));
+            sa.rekey_ike_at = retry_at;
+            self.sas.insert(id, sa);
+            return;
+        };
+        let suite = IkeSuite {
+            encr: chosen.encr.id,
+            key_bits: chosen.encr.key_bits.unwrap_or(256),
+            prf: chosen.prf,
+            integ: chosen.integ,
+            dh: chosen.dh,
+        };
+        let Some(old_keys) = sa.keys else { return self.drop_sa(sa, crypto, "no keys") };
+        let keys = match crypto.rekey_ike_sa(old_keys, &suite, dh, &public, &ni, &nr, new_spi, spi_r) {
+            Ok(k) => k,
+            Err(e) => {
+                self.log(Level::Warn, sa.conn, format!("IKE rekey failed, keeping the IKE SA: {e:?}"));
+                sa.rekey_ike_at = retry_at;
+                self.sas.insert(id, sa);
+                return;
+            }
+        };
+        let new = self.successor(&mut sa, true, new_spi, spi_r, chosen, keys, ni, nr);
+        self.sas.insert(new_spi, new);
+        // Section 1.3.2: the old IKE SA is deleted by the rekey's initiator.
+        let del = [Payload::Delete(Delete { protocol: protocol::IKE, spi_size: 0, spis: Vec::new() })];
+        match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
+            Ok(d) => {
+                self.request(&mut sa, now, Pending::DeleteIke, d);
+                sa.state = State::Deleting;
+                self.sas.insert(id, sa);
+            }
+            Err(_) => self.drop_sa(sa, crypto, "replaced by its rekeyed successor"),
         }
     }
 

@@ -49,6 +49,20 @@ impl IkeCrypto for VaultCrypto {
         let suite = VIkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
         self.vault.derive_ike_sa(&suite, dh, p, ni, nr, i, r).map_err(err)
     }
+    fn rekey_ike_sa(
+        &mut self,
+        old: Handle,
+        s: &IkeSuite,
+        dh: Handle,
+        p: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        i: u64,
+        r: u64,
+    ) -> Result<Handle, CryptoError> {
+        let suite = VIkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
+        self.vault.rekey_ike_sa(old, &suite, dh, p, ni, nr, i, r).map_err(err)
+    }
     fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: u8, inner: &[u8]) -> Result<Vec<u8>, CryptoError> {
         self.vault.encrypt(sa, fi, h, first, inner).map_err(err)
     }
@@ -131,6 +145,7 @@ struct Conf<'a> {
     dpd_ms: u64,
     dpd_action: DpdAction,
     rekey_ms: u64,
+    ike_rekey_ms: u64,
 }
 
 impl Default for Conf<'_> {
@@ -146,6 +161,7 @@ impl Default for Conf<'_> {
             dpd_ms: 0,
             dpd_action: DpdAction::Clear,
             rekey_ms: 0,
+            ike_rekey_ms: 0,
         }
     }
 }
@@ -195,6 +211,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             keepalive_ms: 20_000,
             dpd_delay_ms: conf.dpd_ms,
             dpd_action: conf.dpd_action,
+            rekey_time_ms: conf.ike_rekey_ms,
         })
         .unwrap();
     Side {
@@ -652,4 +669,26 @@ fn child_sas_are_rekeyed_make_before_break_without_leaks() {
     assert!(!b.installed[0].outbound_deferred && a.installed.iter().all(|c| !c.outbound_deferred));
     assert_eq!(b.activated.len(), b.installed.len() - 1);
     assert!(b.installed[1..].iter().all(|c| b.activated.contains(&c.outbound_spi)));
+}
+
+#[test]
+fn ike_sa_rekeys_carry_the_child_sas_over() {
+    let conf = Conf { rekey_ms: 10_000, ike_rekey_ms: 25_000, ..Default::default() };
+    let (mut a, mut b) = connect(&conf, &Conf::default(), &mut all);
+    assert!(a.log_has("rekeyed: now"), "{:?}", a.logs);
+    let ike_rekeys = a.logs.iter().filter(|l| l.contains("rekeying IKE_SA")).count();
+    assert!(ike_rekeys >= 4, "{ike_rekeys}: {:?}", a.logs);
+    assert!(b.logs.iter().filter(|l| l.contains("rekeyed: now")).count() >= 4);
+    // One IKE SA and one CHILD SA on each side, old IKE SAs deleted with their keys.
+    assert_eq!(a.engine.established(), (1, 1));
+    assert_eq!(b.engine.established(), (1, 1));
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "current IKE SA keys and the PSK only");
+    assert_eq!((a.down, b.down), (ike_rekeys, ike_rekeys), "each old IKE SA went down");
+    assert_eq!(a.deleted, a.installed.len() - 1, "CHILD SAs survive IKE rekeys; only replaced ones are deleted");
+    // The rekeyed IKE SA still works: a DELETE over it tears everything down.
+    a.engine.terminate(200_000, "site", &mut a.crypto).unwrap();
+    run_from(&mut a, &mut b, 200_000, 210_000, &mut all);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+    assert_eq!(b.deleted, b.installed.len());
 }

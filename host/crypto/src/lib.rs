@@ -183,6 +183,39 @@ impl Vault {
         Ok(self.insert(Secret::IkeSa(Box::new(keys))))
     }
 
+    /// Complete DH and derive the keys of the IKE SA that replaces `old`
+    /// (section 2.18). The DH private value is consumed; `old` stays until
+    /// it is destroyed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rekey_ike_sa(
+        &mut self,
+        old: u64,
+        suite: &IkeSuite,
+        dh: u64,
+        peer_public: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<u64, CryptoError> {
+        self.ike_sa(old)?;
+        let private = match self.secrets.remove(&dh) {
+            Some(Secret::Dh(p)) if p.group() == suite.dh => p,
+            Some(other) => {
+                self.secrets.insert(dh, other);
+                return Err(CryptoError::WrongKeyKind);
+            }
+            None => return Err(CryptoError::UnknownKey),
+        };
+        let shared = dh::complete(private, peer_public)?;
+        let keys = IkeSaKeys::rekey(self.ike_sa(old)?, suite, &shared, ni, nr, spi_i, spi_r)?;
+        self.record(&shared);
+        for k in keys.all_keys() {
+            self.record(k);
+        }
+        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
+    }
+
     fn ike_sa(&self, h: u64) -> Result<&IkeSaKeys, CryptoError> {
         match self.secrets.get(&h) {
             Some(Secret::IkeSa(k)) => Ok(k),

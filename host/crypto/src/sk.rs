@@ -203,6 +203,25 @@ impl IkeSaKeys {
         Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
     }
 
+    /// The keys of the IKE SA that replaces `old` (section 2.18):
+    /// SKEYSEED = prf_old(SK_d_old, g^ir (new) | Ni | Nr), then prf+ as in
+    /// section 2.14 with the new SPIs and the new SA's PRF.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rekey(
+        old: &IkeSaKeys,
+        suite: &IkeSuite,
+        shared: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> Result<IkeSaKeys, CryptoError> {
+        let prf = Prf::from_id(suite.prf).ok_or(CryptoError::Unsupported)?;
+        let cipher = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
+        let skeyseed = old.prf.prf(&old.sk_d, &[shared, ni, nr]);
+        Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
+    }
+
     fn from_skeyseed(
         prf: Prf,
         cipher: Cipher,
