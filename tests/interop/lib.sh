@@ -201,7 +201,7 @@ name = "s2s"
 local_ts = ["$lts"]
 remote_ts = ["$rts"]
 esp_proposals = "$esp"
-${WASMSEC_CHILD_EXTRA:+rekey_time = 2}
+${WASMSEC_CHILD_EXTRA:-}
 CONF
     ip netns exec "$ns" "$WASMSEC_BIN" run --config "$d/wasmsec.toml" --stats-file "$d/stats.json" >"$d/wasmsec.log" 2>&1 </dev/null &
     PIDS+=($!)
