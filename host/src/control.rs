@@ -404,6 +404,8 @@ impl ControlPlane {
                         "no_proposal": st.no_proposal, "ts_unacceptable": st.ts_unacceptable,
                         "timeouts": st.timeouts, "keepalives": st.keepalives,
                         "dpd_checks": st.dpd_checks, "dead_peers": st.dead_peers,
+                        "cookies_sent": st.cookies_sent, "half_open_drops": st.half_open_drops,
+                        "half_open": st.half_open,
                         "vault_secrets": self.ike.store.data().secrets(),
                     },
                     "esp": self.stats.snapshot(),

@@ -308,6 +308,9 @@ impl wit::Guest for Component {
             keepalives: s.keepalives,
             dpd_checks: s.dpd_checks,
             dead_peers: s.dead_peers,
+            cookies_sent: s.cookies_sent,
+            half_open_drops: s.half_open_drops,
+            half_open: ENGINE.with_borrow(|e| e.half_open_count() as u64),
         }
     }
 

@@ -210,6 +210,10 @@ pub struct Stats {
     pub keepalives: u64,
     pub dpd_checks: u64,
     pub dead_peers: u64,
+    /// COOKIE notifies sent (section 2.6).
+    pub cookies_sent: u64,
+    /// IKE_SA_INIT requests dropped at the half-open cap.
+    pub half_open_drops: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,13 +331,28 @@ pub struct Timing {
     pub retransmit_tries: u32,
     /// A responder's half-open IKE SA is dropped after this long.
     pub half_open_ms: u64,
+    /// With this many half-open IKE SAs, new initiators must return a
+    /// COOKIE first (section 2.6).
+    pub cookie_threshold: usize,
+    /// Above this many half-open IKE SAs, IKE_SA_INIT requests are dropped.
+    pub max_half_open: usize,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { retransmit_base_ms: 1000, retransmit_tries: 6, half_open_ms: 30_000 }
+        Timing {
+            retransmit_base_ms: 1000,
+            retransmit_tries: 6,
+            half_open_ms: 30_000,
+            cookie_threshold: 64,
+            max_half_open: 4096,
+        }
     }
 }
+
+/// How often the COOKIE secret changes (section 2.6); cookies made with the
+/// previous secret are still accepted.
+const COOKIE_SECRET_MS: u64 = 120_000;
 
 /// The IKEv2 engine: connections, IKE SAs and what to do next.
 pub struct Engine {
@@ -348,6 +367,8 @@ pub struct Engine {
     now: u64,
     /// Set while answering a rekey: the new outbound SA waits.
     defer_outbound: bool,
+    /// COOKIE secrets: current, previous, and when the current one expires.
+    cookie_secret: Option<([u8; 16], [u8; 16], u64)>,
 }
 
 /// Why an exchange failed, with the notify to send if any.
@@ -468,11 +489,17 @@ impl Engine {
             timing,
             now: 0,
             defer_outbound: false,
+            cookie_secret: None,
         }
     }
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Half-open IKE SAs (responder, waiting for IKE_AUTH).
+    pub fn half_open_count(&self) -> usize {
+        self.half_open.len()
     }
 
     /// Number of IKE SAs in any state.
@@ -1083,6 +1110,45 @@ impl Engine {
         })
     }
 
+    /// The cookie for this initiator under the current and previous secret:
+    /// version | SHA-1(Ni | IPi | SPIi | secret) (section 2.6).
+    fn cookies(
+        &mut self,
+        spi_i: u64,
+        ni: &[u8],
+        from: &Endpoint,
+        crypto: &mut dyn IkeCrypto,
+    ) -> (Vec<u8>, Option<Vec<u8>>) {
+        let now = self.now;
+        let fresh = |crypto: &mut dyn IkeCrypto| {
+            let mut k = [0u8; 16];
+            crypto.random(&mut k);
+            k
+        };
+        let (cur, prev, until) = match self.cookie_secret {
+            Some((c, p, until)) if now < until => (c, Some(p), until),
+            Some((c, _, _)) => (fresh(crypto), Some(c), now + COOKIE_SECRET_MS),
+            None => (fresh(crypto), None, now + COOKIE_SECRET_MS),
+        };
+        self.cookie_secret = Some((cur, prev.unwrap_or(cur), until));
+        let make = |secret: &[u8; 16], version: u8| {
+            let mut h = sha1_smol::Sha1::new();
+            h.update(ni);
+            match from.addr {
+                IpAddr::V4(a) => h.update(&a.octets()),
+                IpAddr::V6(a) => h.update(&a.octets()),
+            }
+            h.update(&spi_i.to_be_bytes());
+            h.update(secret);
+            let mut c = vec![version];
+            c.extend_from_slice(&h.digest().bytes());
+            c
+        };
+        // The version byte tells which secret made a cookie.
+        let version = ((until / COOKIE_SECRET_MS) & 0xff) as u8;
+        (make(&cur, version), prev.map(|p| make(&p, version.wrapping_sub(1))))
+    }
+
     /// An unencrypted error response to an IKE_SA_INIT request.
     fn init_error(&mut self, h: &Header, d: &Datagram, n: u16, data: Vec<u8>) {
         let hdr = Header { spi_r: 0, flags: ike::FLAG_RESPONSE, ..*h };
@@ -1133,6 +1199,23 @@ impl Engine {
             self.stats.malformed += 1;
             return;
         };
+        // Section 2.6: under load, state is only created for initiators that
+        // prove they receive at their address, before any DH work.
+        if self.half_open.len() >= self.timing.max_half_open {
+            self.stats.half_open_drops += 1;
+            return;
+        }
+        if self.half_open.len() >= self.timing.cookie_threshold {
+            let got = match m.payloads.first() {
+                Some(Payload::Notify(n)) if n.kind == notify::COOKIE => Some(n.data.clone()),
+                _ => None,
+            };
+            let (current, previous) = self.cookies(h.spi_i, &ni, &d.remote, crypto);
+            if got.as_ref().is_none_or(|c| *c != current && Some(c) != previous.as_ref()) {
+                self.stats.cookies_sent += 1;
+                return self.init_error(&h, &d, notify::COOKIE, current);
+            }
+        }
         let ours = &self.conns[conn].ike;
         let Some((chosen, num, _)) = proposal::select(&offered, ours, Kind::Ike, false) else {
             self.stats.no_proposal += 1;

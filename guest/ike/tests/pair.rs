@@ -146,6 +146,9 @@ struct Conf<'a> {
     dpd_action: DpdAction,
     rekey_ms: u64,
     ike_rekey_ms: u64,
+    cookie_threshold: Option<usize>,
+    /// B accepts initiators from any address (remote_addrs = %any).
+    any_peer: bool,
 }
 
 impl Default for Conf<'_> {
@@ -162,6 +165,8 @@ impl Default for Conf<'_> {
             dpd_action: DpdAction::Clear,
             rekey_ms: 0,
             ike_rekey_ms: 0,
+            cookie_threshold: None,
+            any_peer: false,
         }
     }
 }
@@ -194,13 +199,18 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             rekey_time_ms: 0,
         });
     }
-    let mut engine = Engine::new(Timing::default());
+    let mut timing = Timing::default();
+    if let Some(t) = conf.cookie_threshold {
+        timing.cookie_threshold = t;
+        timing.max_half_open = 100;
+    }
+    let mut engine = Engine::new(timing);
     engine
         .add_connection(ConnectionConfig {
             name: "site".into(),
             local_addrs: vec![me],
             // Behind a NAT the peer arrives from an address we cannot know: %any.
-            remote_addrs: if conf.nat && me == B { vec![] } else { vec![peer] },
+            remote_addrs: if (conf.nat || conf.any_peer) && me == B { vec![] } else { vec![peer] },
             local_id: my_id.into(),
             remote_id: peer_id.into(),
             psk,
@@ -691,4 +701,45 @@ fn ike_sa_rekeys_carry_the_child_sas_over() {
     run_from(&mut a, &mut b, 200_000, 210_000, &mut all);
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
     assert_eq!(b.deleted, b.installed.len());
+}
+
+#[test]
+fn cookies_under_a_spoofed_flood_keep_state_bounded_and_let_real_peers_in() {
+    // Always-on cookies: the initiator returns the cookie and gets in.
+    let (a, b) = connect(&Conf::default(), &Conf { cookie_threshold: Some(0), ..Default::default() }, &mut all);
+    assert_child_pair(&a, &b);
+    assert_eq!(b.engine.stats().cookies_sent, 1);
+
+    // A flood of IKE_SA_INIT from 5,000 spoofed sources.
+    let mut b = side(B, A, &Conf { cookie_threshold: Some(8), any_peer: true, ..Default::default() });
+    let mut c = side(A, B, &Conf::default());
+    c.engine.initiate(0, "site", &mut c.crypto).unwrap();
+    c.drain();
+    let template = c.outbox.remove(0).data;
+    for n in 0..5000u32 {
+        let mut m = template.clone();
+        m[..4].copy_from_slice(&n.to_be_bytes()); // a new SPIi
+        let spoofed = IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8));
+        let d =
+            Datagram { local: Endpoint { addr: B, port: 500 }, remote: Endpoint { addr: spoofed, port: 500 }, data: m };
+        b.engine.handle_datagram(1, d, &mut b.crypto);
+    }
+    b.drain();
+    let st = b.engine.stats();
+    assert_eq!(b.engine.half_open_count(), 8, "state only up to the cookie threshold");
+    assert!(b.engine.ike_sa_count() <= 8);
+    assert_eq!(st.cookies_sent, 5000 - 8);
+    assert!(b.crypto.vault.len() <= 9, "no DH or key material for cookie-less requests");
+    b.outbox.clear();
+    // A real initiator still gets through, by returning the cookie.
+    let mut a = side(A, B, &Conf::default());
+    a.engine.initiate(2, "site", &mut a.crypto).unwrap();
+    let mut n = 0;
+    pump(&mut a, &mut b, 2, &mut all, &mut n);
+    assert_eq!(a.up, 1, "{:?} {:?}", a.logs, b.logs);
+    assert_eq!(a.installed.len(), 1);
+    assert_eq!(b.engine.stats().cookies_sent, 5000 - 8 + 1);
+    // Half-open SAs of the flood expire; the cap then frees up.
+    b.engine.tick(60_000, &mut b.crypto);
+    assert_eq!(b.engine.half_open_count(), 0);
 }
