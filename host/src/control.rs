@@ -250,7 +250,9 @@ impl ControlPlane {
             self.sock500.send_to(&d.data, to)
         };
         if let Err(e) = r {
-            warn!(to = %to, error = %e, "IKE send failed");
+            // Debug level: answers to spoofed floods would otherwise flood the log.
+            debug!(to = %to, error = %e, "IKE send failed");
+            crate::stats::inc(&self.stats.tx_errors);
         }
     }
 
