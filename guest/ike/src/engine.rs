@@ -314,6 +314,43 @@ struct IkeSa {
 }
 
 impl IkeSa {
+    /// A new IKE SA with nothing negotiated yet; callers set what they know.
+    fn fresh(conn: usize, local: Endpoint, remote: Endpoint, now: u64) -> IkeSa {
+        IkeSa {
+            conn,
+            initiator: false,
+            spi_i: 0,
+            spi_r: 0,
+            local,
+            remote,
+            state: State::InitSent,
+            suite: None,
+            keys: None,
+            dh: None,
+            dh_group: 0,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init_req: Vec::new(),
+            init_resp: Vec::new(),
+            nat_local: false,
+            nat_remote: false,
+            next_mid: 0,
+            request: None,
+            peer_next_mid: 0,
+            last_response: None,
+            children: Vec::new(),
+            pending_child: None,
+            children_tried: Vec::new(),
+            deferred: Vec::new(),
+            rekey_ike_at: 0,
+            ike_rekey: None,
+            cookie: None,
+            created_at: now,
+            last_rx: now,
+            next_keepalive: 0,
+        }
+    }
+
     fn our_spi(&self) -> u64 {
         if self.initiator { self.spi_i } else { self.spi_r }
     }
@@ -676,37 +713,18 @@ impl Engine {
         let group = c.ike[0].dh[0];
         let spi = self.new_spi(crypto);
         let mut sa = IkeSa {
-            conn,
             initiator: true,
             spi_i: spi,
             spi_r: 0,
-            local: Endpoint { addr: local, port: IKE_PORT },
-            remote: Endpoint { addr: remote, port: IKE_PORT },
             state: State::InitSent,
-            suite: None,
-            keys: None,
-            dh: None,
             dh_group: group,
             ni: Self::nonce(crypto),
-            nr: Vec::new(),
-            init_req: Vec::new(),
-            init_resp: Vec::new(),
-            nat_local: false,
-            nat_remote: false,
-            next_mid: 0,
-            request: None,
-            peer_next_mid: 0,
-            last_response: None,
-            children: Vec::new(),
-            pending_child: None,
-            children_tried: Vec::new(),
-            deferred: Vec::new(),
-            rekey_ike_at: 0,
-            ike_rekey: None,
-            cookie: None,
-            created_at: now,
-            last_rx: now,
-            next_keepalive: 0,
+            ..IkeSa::fresh(
+                conn,
+                Endpoint { addr: local, port: IKE_PORT },
+                Endpoint { addr: remote, port: IKE_PORT },
+                now,
+            )
         };
         self.log(Level::Info, conn, format!("initiating IKE_SA to {remote}"));
         match self.send_init(&mut sa, now, crypto) {
@@ -1269,37 +1287,20 @@ impl Engine {
             }
         };
         let mut sa = IkeSa {
-            conn,
             initiator: false,
             spi_i: h.spi_i,
             spi_r,
-            local: d.local,
-            remote: d.remote,
             state: State::InitDone,
             suite: Some(chosen),
             keys: Some(keys),
-            dh: None,
             dh_group: chosen.dh,
             ni,
             nr: nr.clone(),
             init_req: d.data.clone(),
-            init_resp: Vec::new(),
             nat_local,
             nat_remote,
-            next_mid: 0,
-            request: None,
             peer_next_mid: 1,
-            last_response: None,
-            children: Vec::new(),
-            pending_child: None,
-            children_tried: Vec::new(),
-            deferred: Vec::new(),
-            rekey_ike_at: 0,
-            ike_rekey: None,
-            cookie: None,
-            created_at: now,
-            last_rx: now,
-            next_keepalive: 0,
+            ..IkeSa::fresh(conn, d.local, d.remote, now)
         };
         let ps = vec![
             Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &[])]),
@@ -2108,37 +2109,22 @@ impl Engine {
         nr: Vec<u8>,
     ) -> IkeSa {
         let mut new = IkeSa {
-            conn: old.conn,
             initiator,
             spi_i,
             spi_r,
-            local: old.local,
-            remote: old.remote,
             state: State::Established,
             suite: Some(chosen),
             keys: Some(keys),
-            dh: None,
             dh_group: chosen.dh,
             ni,
             nr,
-            init_req: Vec::new(),
-            init_resp: Vec::new(),
             nat_local: old.nat_local,
             nat_remote: old.nat_remote,
-            next_mid: 0,
-            request: None,
-            peer_next_mid: 0,
-            last_response: None,
             children: std::mem::take(&mut old.children),
-            pending_child: None,
             children_tried: old.children_tried.clone(),
             deferred: std::mem::take(&mut old.deferred),
-            rekey_ike_at: 0,
-            ike_rekey: None,
-            cookie: None,
-            created_at: self.now,
-            last_rx: self.now,
             next_keepalive: old.next_keepalive,
+            ..IkeSa::fresh(old.conn, old.local, old.remote, self.now)
         };
         self.schedule_ike_rekey(&mut new);
         self.stats.ike_established += 1;
