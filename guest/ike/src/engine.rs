@@ -470,6 +470,14 @@ fn nat_hash(spi_i: u64, spi_r: u64, ep: &Endpoint) -> Vec<u8> {
     h.digest().bytes().to_vec()
 }
 
+/// A rekey time less up to 10 %, so that SAs created together (and the two
+/// ends of a tunnel with the same setting) do not all rekey at once. The
+/// random SPI is the source of the spread.
+fn jittered(t: u64, spi: u64) -> u64 {
+    let spread = t / 10;
+    if spread == 0 { t } else { t - (spi.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % spread }
+}
+
 /// The SA, KE and Nonce payloads of an IKE_SA_INIT message.
 fn sa_ke_nonce(ps: &[Payload]) -> Option<(Vec<ike::Proposal>, u16, Vec<u8>, Vec<u8>)> {
     let (mut sa, mut ke, mut nonce) = (None, None, None);
@@ -1768,7 +1776,7 @@ impl Engine {
             if child.encap { ", UDP-encapsulated" } else { "" }
         );
         let rekey_time = c.children[cfg].rekey_time_ms;
-        let rekey_at = if rekey_time > 0 { self.now + rekey_time } else { 0 };
+        let rekey_at = if rekey_time > 0 { self.now + jittered(rekey_time, u64::from(inbound_spi)) } else { 0 };
         sa.children.push(Child { cfg, inbound_spi, outbound_spi, keys, local_ts, remote_ts, rekey_at });
         self.stats.child_installed += 1;
         self.actions.push_back(Action::InstallChild(child));
@@ -2064,7 +2072,7 @@ impl Engine {
 
     fn schedule_ike_rekey(&self, sa: &mut IkeSa) {
         let t = self.conns[sa.conn].cfg.rekey_time_ms;
-        sa.rekey_ike_at = if t > 0 { self.now + t } else { 0 };
+        sa.rekey_ike_at = if t > 0 { self.now + jittered(t, sa.our_spi()) } else { 0 };
     }
 
     /// As the rekey's initiator: propose a new IKE SA (section 1.3.2).
@@ -2327,5 +2335,21 @@ impl Engine {
         } else {
             self.sas.insert(id, sa);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn rekey_jitter_stays_within_ten_percent_and_spreads() {
+        let times: Vec<u64> = (1..200u64).map(|spi| jittered(3_600_000, spi * 7919)).collect();
+        assert!(times.iter().all(|t| (3_240_001..=3_600_000).contains(t)));
+        let mut distinct = times.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 150, "spread: {}", distinct.len());
+        assert_eq!(jittered(5, 12345), 5);
     }
 }
