@@ -408,6 +408,8 @@ impl ControlPlane {
                         "dpd_checks": st.dpd_checks, "dead_peers": st.dead_peers,
                         "cookies_sent": st.cookies_sent, "half_open_drops": st.half_open_drops,
                         "half_open": st.half_open,
+                        "rekey_collisions_won": st.rekey_collisions_won,
+                        "rekey_collisions_lost": st.rekey_collisions_lost,
                         "vault_secrets": self.ike.store.data().secrets(),
                     },
                     "esp": self.stats.snapshot(),

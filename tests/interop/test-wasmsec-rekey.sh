@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Rekeying between two wasmsec gateways: A rekeys the CHILD SA every 2 s
-# and the IKE SA every 8 s while a 20 pps ping runs for 45 s; at least 20
-# CHILD and 5 IKE rekeys, no ping lost, exactly one IKE SA and one CHILD SA
-# pair left.
+# and the IKE SA every 8 s, B rekeys the CHILD SA every 3 s too (so rekeys
+# come from both ends and sometimes cross), while a 20 pps ping runs for
+# 45 s; at least 20 CHILD and 5 IKE rekeys by A, no ping lost, exactly one
+# IKE SA and one CHILD SA pair left.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
 topo_up
 A=$STATE/A B=$STATE/B
-# B only answers rekeys; A rekeys.
-wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
+WASMSEC_CHILD_EXTRA="rekey_time = 3" wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_CONN_EXTRA="rekey_time = 8" WASMSEC_CHILD_EXTRA="rekey_time = 2" wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
 check "tunnel up" wasmsec_up "$A" 15
 ip netns exec wsi-hosta ping -n -i 0.05 -c 900 -W 1 $HOST_B >"$STATE/ping.out" 2>&1 || true

@@ -212,6 +212,9 @@ pub struct Stats {
     pub dead_peers: u64,
     /// COOKIE notifies sent (section 2.6).
     pub cookies_sent: u64,
+    /// Simultaneous CHILD SA rekeys resolved (section 2.8.1), by outcome.
+    pub rekey_collisions_won: u64,
+    pub rekey_collisions_lost: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.
     pub half_open_drops: u64,
 }
@@ -306,6 +309,9 @@ struct IkeSa {
     rekey_ike_at: u64,
     /// Our rekey of this IKE SA in flight: new SPI, DH value, nonce.
     ike_rekey: Option<(u64, Handle, Vec<u8>)>,
+    /// The peer rekeyed a CHILD SA we are rekeying too (section 2.8.1):
+    /// our inbound SPI of that SA and the nonces of the peer's exchange.
+    collision: Option<(u32, Vec<u8>, Vec<u8>)>,
     cookie: Option<Vec<u8>>,
     created_at: u64,
     /// Last time an authentic message came from the peer.
@@ -344,6 +350,7 @@ impl IkeSa {
             deferred: Vec::new(),
             rekey_ike_at: 0,
             ike_rekey: None,
+            collision: None,
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -476,6 +483,16 @@ fn nat_hash(spi_i: u64, spi_r: u64, ep: &Endpoint) -> Vec<u8> {
 fn jittered(t: u64, spi: u64) -> u64 {
     let spread = t / 10;
     if spread == 0 { t } else { t - (spi.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % spread }
+}
+
+/// The Nonce payload's data (empty if there is none).
+fn nr_of(ps: &[Payload]) -> Vec<u8> {
+    ps.iter()
+        .find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// The SA, KE and Nonce payloads of an IKE_SA_INIT message.
@@ -1952,6 +1969,7 @@ impl Engine {
         let id = sa.our_spi();
         let ni = sa.pending_child.as_ref().and_then(|p| p.nonce.clone()).unwrap_or_default();
         let rekeys = sa.pending_child.as_ref().and_then(|p| p.rekeys);
+        let new_inbound = sa.pending_child.as_ref().map_or(0, |p| p.inbound_spi);
         let nr = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
             _ => None,
@@ -1972,14 +1990,34 @@ impl Engine {
             }
             (Err(f), None) => self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message)),
             (Ok(()), Some(old)) => {
+                // Section 2.8.1: after a simultaneous rekey the SA created with
+                // the lowest of the four nonces is redundant; its creator
+                // deletes it, and the other side deletes the old SA.
+                let mut delete = old;
+                if let Some((_, their_ni, our_nr)) = sa.collision.take().filter(|c| c.0 == old) {
+                    let their_nr = nr_of(&ps);
+                    let lowest = [&ni, &their_nr, &their_ni, &our_nr].into_iter().min().cloned().unwrap_or_default();
+                    if lowest == ni || lowest == their_nr {
+                        delete = new_inbound;
+                        self.stats.rekey_collisions_lost += 1;
+                        let msg = format!(
+                            "rekey collision: our new SA {new_inbound:08x} is redundant (lowest nonce), deleting it"
+                        );
+                        self.log(Level::Info, sa.conn, msg);
+                    } else {
+                        self.stats.rekey_collisions_won += 1;
+                        let msg = format!("rekey collision won: keeping {new_inbound:08x}, deleting the old SA");
+                        self.log(Level::Info, sa.conn, msg);
+                    }
+                }
                 // Section 1.3.3: the new SA is in place; now delete the old one.
                 let del = [Payload::Delete(Delete {
                     protocol: protocol::ESP,
                     spi_size: 4,
-                    spis: vec![old.to_be_bytes().to_vec()],
+                    spis: vec![delete.to_be_bytes().to_vec()],
                 })];
                 match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
-                    Ok(d) => self.request(&mut sa, now, Pending::DeleteChild(old), d),
+                    Ok(d) => self.request(&mut sa, now, Pending::DeleteChild(delete), d),
                     Err(f) => self.log(Level::Warn, sa.conn, format!("cannot delete the rekeyed SA: {}", f.message)),
                 }
             }
@@ -2014,8 +2052,21 @@ impl Engine {
         } else if has_ke {
             self.log(Level::Warn, sa.conn, "peer requested a CHILD_SA with PFS, which is not supported yet".into());
             vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())]
+        } else if rekey_spi.is_some_and(|old| {
+            let ours = sa.children.iter().find(|c| c.outbound_spi == old).map(|c| c.inbound_spi);
+            matches!(sa.request.as_ref().map(|r| r.kind), Some(Pending::DeleteChild(x)) if Some(x) == ours)
+        }) {
+            // We are deleting that SA already (our rekey of it finished).
+            vec![notify_payload(notify::TEMPORARY_FAILURE, Vec::new())]
         } else if let Some(ni) = ni {
             let nr = Self::nonce(crypto);
+            // Section 2.8.1: the peer rekeys the SA we are rekeying too. Answer
+            // as usual; the nonces decide later which new SA is redundant.
+            let ours =
+                rekey_spi.and_then(|old| sa.children.iter().find(|c| c.outbound_spi == old)).map(|c| c.inbound_spi);
+            if let Some(x) = ours.filter(|x| sa.pending_child.as_ref().and_then(|p| p.rekeys) == Some(*x)) {
+                sa.collision = Some((x, ni.clone(), nr.clone()));
+            }
             self.defer_outbound = rekey_spi.is_some();
             let accepted = self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto);
             self.defer_outbound = false;

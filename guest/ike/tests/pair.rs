@@ -743,3 +743,28 @@ fn cookies_under_a_spoofed_flood_keep_state_bounded_and_let_real_peers_in() {
     b.engine.tick(60_000, &mut b.crypto);
     assert_eq!(b.engine.half_open_count(), 0);
 }
+
+#[test]
+fn simultaneous_child_rekeys_leave_exactly_one_pair_either_way() {
+    // Both ends rekey every 9 ms of virtual time (too short for jitter), so
+    // every rekey collides (RFC 7296 section 2.8.1).
+    let conf = Conf { rekey_ms: 9, ..Default::default() };
+    let (a, b) = connect(&conf, &conf, &mut all);
+    let (sa, sb) = (a.engine.stats(), b.engine.stats());
+    let collisions = sa.rekey_collisions_won + sa.rekey_collisions_lost;
+    assert!(collisions >= 20, "{sa:?}");
+    // Each collision is seen from both sides, with opposite outcomes.
+    assert_eq!(sa.rekey_collisions_won, sb.rekey_collisions_lost);
+    assert_eq!(sa.rekey_collisions_lost, sb.rekey_collisions_won);
+    // Both tie-break outcomes happened.
+    assert!(sa.rekey_collisions_won > 0 && sa.rekey_collisions_lost > 0, "{sa:?}");
+    // Exactly one CHILD SA pair survives, its keys agree, nothing leaked.
+    assert_eq!(a.engine.established(), (1, 1), "{:?}", a.logs.iter().rev().take(10).collect::<Vec<_>>());
+    assert_eq!(b.engine.established(), (1, 1));
+    let live_a = a.installed.iter().rev().find(|c| a.crypto.esp.contains_key(&c.inbound_key)).unwrap();
+    let live_b = b.installed.iter().find(|c| c.inbound_spi == live_a.outbound_spi).unwrap();
+    assert_eq!(a.crypto.esp[&live_a.outbound_key], b.crypto.esp[&live_b.inbound_key]);
+    assert_eq!(a.crypto.esp[&live_a.inbound_key], b.crypto.esp[&live_b.outbound_key]);
+    assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (2, 2), "no leaked ESP key");
+    assert_eq!((a.installed.len() - a.deleted, b.installed.len() - b.deleted), (1, 1));
+}
