@@ -407,7 +407,7 @@ impl ControlPlane {
                         "timeouts": st.timeouts, "keepalives": st.keepalives,
                         "dpd_checks": st.dpd_checks, "dead_peers": st.dead_peers,
                         "cookies_sent": st.cookies_sent, "half_open_drops": st.half_open_drops,
-                        "half_open": st.half_open,
+                        "half_open": st.half_open, "rate_limited": st.rate_limited,
                         "rekey_collisions_won": st.rekey_collisions_won,
                         "rekey_collisions_lost": st.rekey_collisions_lost,
                         "vault_secrets": self.ike.store.data().secrets(),

@@ -311,6 +311,7 @@ impl wit::Guest for Component {
             cookies_sent: s.cookies_sent,
             half_open_drops: s.half_open_drops,
             half_open: ENGINE.with_borrow(|e| e.half_open_count() as u64),
+            rate_limited: s.rate_limited,
             rekey_collisions_won: s.rekey_collisions_won,
             rekey_collisions_lost: s.rekey_collisions_lost,
         }

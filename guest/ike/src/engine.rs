@@ -217,6 +217,8 @@ pub struct Stats {
     pub rekey_collisions_lost: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.
     pub half_open_drops: u64,
+    /// IKE_SA_INIT requests dropped by the per-source rate limit.
+    pub rate_limited: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,6 +382,9 @@ pub struct Timing {
     pub cookie_threshold: usize,
     /// Above this many half-open IKE SAs, IKE_SA_INIT requests are dropped.
     pub max_half_open: usize,
+    /// IKE_SA_INIT requests accepted per second from one source address
+    /// (and the burst allowed); the rest are dropped and counted.
+    pub init_per_source: u32,
 }
 
 impl Default for Timing {
@@ -390,6 +395,7 @@ impl Default for Timing {
             half_open_ms: 30_000,
             cookie_threshold: 64,
             max_half_open: 4096,
+            init_per_source: 20,
         }
     }
 }
@@ -413,6 +419,8 @@ pub struct Engine {
     defer_outbound: bool,
     /// COOKIE secrets: current, previous, and when the current one expires.
     cookie_secret: Option<([u8; 16], [u8; 16], u64)>,
+    /// Per-source token buckets for IKE_SA_INIT: tokens (x1000) and last refill.
+    init_buckets: HashMap<IpAddr, (u64, u64)>,
 }
 
 /// Why an exchange failed, with the notify to send if any.
@@ -552,6 +560,7 @@ impl Engine {
             now: 0,
             defer_outbound: false,
             cookie_secret: None,
+            init_buckets: HashMap::new(),
         }
     }
 
@@ -1153,6 +1162,33 @@ impl Engine {
         })
     }
 
+    /// Token bucket per source address (`init_per_source` per second, the
+    /// same as burst). The table is bounded: when full, idle sources go.
+    fn allow_init_from(&mut self, from: IpAddr) -> bool {
+        const MAX_SOURCES: usize = 16_384;
+        let rate = u64::from(self.timing.init_per_source);
+        if rate == 0 {
+            return true;
+        }
+        let now = self.now;
+        if self.init_buckets.len() >= MAX_SOURCES && !self.init_buckets.contains_key(&from) {
+            self.init_buckets.retain(|_, (_, last)| now.saturating_sub(*last) < 1000);
+            if self.init_buckets.len() >= MAX_SOURCES {
+                self.init_buckets.clear();
+            }
+        }
+        let full = rate * 1000;
+        let (tokens, last) = self.init_buckets.entry(from).or_insert((full, now));
+        *tokens = (*tokens + now.saturating_sub(*last) * rate).min(full);
+        *last = now;
+        if *tokens >= 1000 {
+            *tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The cookie for this initiator under the current and previous secret:
     /// version | SHA-1(Ni | IPi | SPIi | secret) (section 2.6).
     fn cookies(
@@ -1211,6 +1247,10 @@ impl Engine {
                 }
                 return;
             }
+        }
+        if !self.allow_init_from(d.remote.addr) {
+            self.stats.rate_limited += 1;
+            return;
         }
         let m = match Message::parse(&d.data) {
             Ok(m) => m,

@@ -768,3 +768,34 @@ fn simultaneous_child_rekeys_leave_exactly_one_pair_either_way() {
     assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (2, 2), "no leaked ESP key");
     assert_eq!((a.installed.len() - a.deleted, b.installed.len() - b.deleted), (1, 1));
 }
+
+#[test]
+fn one_source_cannot_flood_ike_sa_init() {
+    let mut b = side(B, A, &Conf { any_peer: true, ..Default::default() });
+    let mut c = side(A, B, &Conf::default());
+    c.engine.initiate(0, "site", &mut c.crypto).unwrap();
+    c.drain();
+    let template = c.outbox.remove(0).data;
+    let src = IpAddr::V4(Ipv4Addr::new(198, 18, 9, 9));
+    let send = |b: &mut Side, at: u64, n: u32| {
+        for i in 0..n {
+            let mut m = template.clone();
+            m[..4].copy_from_slice(&(at as u32 * 1000 + i + 1).to_be_bytes());
+            let d =
+                Datagram { local: Endpoint { addr: B, port: 500 }, remote: Endpoint { addr: src, port: 500 }, data: m };
+            b.engine.handle_datagram(at, d, &mut b.crypto);
+        }
+    };
+    send(&mut b, 10, 100);
+    assert_eq!(b.engine.stats().rate_limited, 80, "a burst of 20 from one source, the rest dropped");
+    assert_eq!(b.engine.half_open_count(), 20);
+    // A second later the bucket has refilled.
+    send(&mut b, 1010, 100);
+    assert_eq!(b.engine.stats().rate_limited, 160);
+    // Other sources are not affected.
+    let mut a = side(A, B, &Conf::default());
+    a.engine.initiate(1010, "site", &mut a.crypto).unwrap();
+    let mut n = 0;
+    pump(&mut a, &mut b, 1010, &mut all, &mut n);
+    assert_eq!(a.up, 1);
+}
