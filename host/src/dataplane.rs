@@ -162,21 +162,51 @@ fn ensure_buffers(inst: &mut EspInstance, n: usize) {
     }
 }
 
-/// Replace a trapped instance; if even that fails, stop the daemon.
-fn restart(l: &Loop, what: &str, err: anyhow::Error) -> Option<EspInstance> {
-    warn!(direction = what, error = %err, "ESP guest trapped; restarting the instance");
-    stats::inc(&l.stats.guest_restarts);
-    match l.sas.instantiate(&l.runtime) {
-        Ok(i) => Some(i),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot restart the ESP guest; stopping");
-            sys::request_stop();
-            None
-        }
-    }
+/// What became of one batch call into the guest.
+enum Call<T> {
+    Done(Vec<T>),
+    /// The guest trapped and was replaced; the batch is lost.
+    Restarted,
+    /// The guest trapped and could not be replaced: stop the daemon.
+    Stop,
 }
 
 impl Loop {
+    /// One batch call into the guest. A trap replaces the instance from the
+    /// host's SA records; a wrong number of verdicts is counted.
+    fn call<T>(
+        &self,
+        inst: &mut EspInstance,
+        what: &str,
+        n: usize,
+        f: impl FnOnce(&mut EspInstance) -> Result<Vec<T>>,
+    ) -> Call<T> {
+        match f(inst) {
+            Ok(v) => {
+                if v.len() != n {
+                    stats::add(&self.stats.guest_protocol_errors, n.abs_diff(v.len()) as u64);
+                }
+                Call::Done(v)
+            }
+            Err(err) => {
+                warn!(direction = what, error = %err, "ESP guest trapped; restarting the instance");
+                stats::inc(&self.stats.guest_restarts);
+                match self.sas.instantiate(&self.runtime) {
+                    Ok(i) => {
+                        *inst = i;
+                        ensure_buffers(inst, self.batch);
+                        Call::Restarted
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot restart the ESP guest; stopping");
+                        sys::request_stop();
+                        Call::Stop
+                    }
+                }
+            }
+        }
+    }
+
     /// Apply SA changes from the control plane.
     fn apply_control(&mut self, inst: &mut EspInstance) {
         let Some(inbox) = &self.inbox else { return };
@@ -293,20 +323,11 @@ impl Loop {
             }
             st.count = n;
             stats::add(&self.stats.tun_rx_packets, n as u64);
-            let verdicts = match inst.encap() {
-                Ok(v) => v,
-                Err(e) => {
-                    match restart(&self, "outbound", e) {
-                        Some(i) => inst = i,
-                        None => return,
-                    }
-                    ensure_buffers(&mut inst, self.batch);
-                    continue;
-                }
+            let verdicts = match self.call(&mut inst, "outbound", n, EspInstance::encap) {
+                Call::Done(v) => v,
+                Call::Restarted => continue,
+                Call::Stop => return,
             };
-            if verdicts.len() != n {
-                stats::add(&self.stats.guest_protocol_errors, n.abs_diff(verdicts.len()) as u64);
-            }
             let st = inst.store.data();
             for (p, v) in st.batch[..n].iter().zip(verdicts) {
                 match v {
@@ -377,20 +398,11 @@ impl Loop {
                 continue;
             }
             inst.store.data_mut().count = n;
-            let verdicts = match inst.decap() {
-                Ok(v) => v,
-                Err(e) => {
-                    match restart(&self, "inbound", e) {
-                        Some(i) => inst = i,
-                        None => return,
-                    }
-                    ensure_buffers(&mut inst, self.batch);
-                    continue;
-                }
+            let verdicts = match self.call(&mut inst, "inbound", n, EspInstance::decap) {
+                Call::Done(v) => v,
+                Call::Restarted => continue,
+                Call::Stop => return,
             };
-            if verdicts.len() != n {
-                stats::add(&self.stats.guest_protocol_errors, n.abs_diff(verdicts.len()) as u64);
-            }
             let st = inst.store.data_mut();
             for (i, (p, v)) in st.batch[..n].iter_mut().zip(verdicts).enumerate() {
                 match v {

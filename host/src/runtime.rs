@@ -286,6 +286,20 @@ impl EspInstance {
 impl DropReason {
     pub const COUNT: usize = 10;
 
+    /// Every reason, in `index` order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::NoPolicy,
+        DropReason::Malformed,
+        DropReason::UnknownSpi,
+        DropReason::Replay,
+        DropReason::IntegrityFailed,
+        DropReason::BadTrailer,
+        DropReason::SelectorMismatch,
+        DropReason::SeqExhausted,
+        DropReason::CryptoRefused,
+        DropReason::Dummy,
+    ];
+
     pub fn index(self) -> usize {
         self as usize
     }

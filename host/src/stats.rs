@@ -5,19 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::runtime::DropReason;
 
-const REASONS: [DropReason; DropReason::COUNT] = [
-    DropReason::NoPolicy,
-    DropReason::Malformed,
-    DropReason::UnknownSpi,
-    DropReason::Replay,
-    DropReason::IntegrityFailed,
-    DropReason::BadTrailer,
-    DropReason::SelectorMismatch,
-    DropReason::SeqExhausted,
-    DropReason::CryptoRefused,
-    DropReason::Dummy,
-];
-
 #[derive(Default)]
 pub struct Stats {
     /// Inner packets read from the TUN device.
@@ -69,7 +56,9 @@ impl Stats {
     pub fn snapshot(&self) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let drops = |a: &[AtomicU64; DropReason::COUNT]| {
-            serde_json::Value::Object(REASONS.iter().map(|r| (r.name().to_string(), g(&a[r.index()]).into())).collect())
+            serde_json::Value::Object(
+                DropReason::ALL.iter().map(|r| (r.name().to_string(), g(&a[r.index()]).into())).collect(),
+            )
         };
         serde_json::json!({
             "tun_rx_packets": g(&self.tun_rx_packets),
