@@ -104,6 +104,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         pad_align: 4,
         local_ts: vec![a.clone()],
         remote_ts: vec![b.clone()],
+        limits: Default::default(),
     };
     let inb = InboundSa {
         spi: 0x2001,
@@ -113,6 +114,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         highest_seq: 0,
         local_ts: vec![b],
         remote_ts: vec![a],
+        limits: Default::default(),
     };
     (
         SaSet { keystore: ks.clone(), outbound: vec![out], inbound: vec![] },
@@ -183,6 +185,7 @@ fn native_engine(pkt: &[u8]) -> f64 {
         pad_align: 4,
         local_ts: vec![a.clone()],
         remote_ts: vec![b.clone()],
+        limits: Default::default(),
     })
     .unwrap();
     let mut rx = Engine::new();
@@ -194,6 +197,7 @@ fn native_engine(pkt: &[u8]) -> f64 {
         highest_seq: 0,
         local_ts: vec![b],
         remote_ts: vec![a],
+        limits: Default::default(),
     })
     .unwrap();
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new()).collect();

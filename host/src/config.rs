@@ -120,8 +120,12 @@ pub struct IkeConnection {
     #[serde(default)]
     pub dpd_action: DpdAction,
     /// Seconds after which we rekey the IKE SA (0: only answer the peer's rekeys).
-    #[serde(default)]
+    #[serde(default = "default_ike_rekey_time")]
     pub rekey_time: u32,
+    /// Seconds after which we reauthenticate: a new IKE SA from scratch, new
+    /// CHILD SAs, then the old IKE SA is deleted (0: never).
+    #[serde(default)]
+    pub reauth_time: u32,
     pub children: Vec<IkeChild>,
 }
 
@@ -136,8 +140,21 @@ pub struct IkeChild {
     #[serde(default = "default_esp_proposals")]
     pub esp_proposals: String,
     /// Seconds after which we rekey the CHILD SA (0: only answer the peer's rekeys).
-    #[serde(default)]
+    #[serde(default = "default_child_rekey_time")]
     pub rekey_time: u32,
+    /// Rekey after this many bytes / packets through either SA of the pair (0: no limit).
+    #[serde(default)]
+    pub rekey_bytes: u64,
+    #[serde(default)]
+    pub rekey_packets: u64,
+    /// Hard lifetimes: delete (and create anew) a CHILD SA that no rekey
+    /// replaced by then (0: 110 % of the matching rekey limit).
+    #[serde(default)]
+    pub life_time: u32,
+    #[serde(default)]
+    pub life_bytes: u64,
+    #[serde(default)]
+    pub life_packets: u64,
 }
 
 /// What dead peer detection does.
@@ -152,6 +169,15 @@ pub enum DpdAction {
     /// Delete the SAs and initiate again when traffic for the connection
     /// arrives (as `start_action = "trap"`).
     Hold,
+}
+
+/// strongSwan's defaults: IKE SAs rekeyed every 4 hours, CHILD SAs hourly.
+fn default_ike_rekey_time() -> u32 {
+    4 * 3600
+}
+
+fn default_child_rekey_time() -> u32 {
+    3600
 }
 
 fn default_keepalive() -> u32 {

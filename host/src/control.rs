@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::Encapsulation;
-use crate::dataplane::{DpControl, DpLink, Peer, UP_ACQUIRE, UP_IKE};
+use crate::dataplane::{DpControl, DpLink, Peer, UP_ACQUIRE, UP_EXPIRE, UP_IKE};
 use crate::ike::{self, Action, Datagram, Endpoint, IkeInstance, Level};
 use crate::keystore::Keystore;
-use crate::runtime::{InboundSa, OutboundSa, TrafficSelector};
+use crate::runtime::{InboundSa, OutboundSa, SaLimits, TrafficSelector};
 use crate::stats::Stats;
 use crate::sys;
 
@@ -176,6 +176,10 @@ impl ControlPlane {
                                 let dst = Ipv4Addr::new(m[5], m[6], m[7], m[8]);
                                 self.acquire(now, dst)?;
                             }
+                            Some(&UP_EXPIRE) if n >= 8 => {
+                                let spi = u32::from_be_bytes([m[1], m[2], m[3], m[4]]);
+                                self.ike.child_expired(now, spi, m[6] != 0)?;
+                            }
                             _ => {}
                         }
                     }
@@ -319,6 +323,12 @@ impl ControlPlane {
             port: if c.encap { remote.port() } else { 0 },
             encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
         };
+        let limits = SaLimits {
+            soft_bytes: c.limits.soft_bytes,
+            soft_packets: c.limits.soft_packets,
+            hard_bytes: c.limits.hard_bytes,
+            hard_packets: c.limits.hard_packets,
+        };
         // Inbound first: the peer may send ESP as soon as it has our answer.
         let float_peer = match remote {
             SocketAddr::V4(a) if c.encap => Some(a),
@@ -335,6 +345,7 @@ impl ControlPlane {
                 highest_seq: 0,
                 local_ts: esp_ts(&c.local_ts),
                 remote_ts: esp_ts(&c.remote_ts),
+                limits,
             },
         });
         let out = OutboundSa {
@@ -346,6 +357,7 @@ impl ControlPlane {
             pad_align: ike::esp_algorithm(c.encr, c.key_bits, c.integ).map_or(4, |a| a.pad_align()),
             local_ts: esp_ts(&c.local_ts),
             remote_ts: esp_ts(&c.remote_ts),
+            limits,
         };
         if c.outbound_deferred {
             self.deferred.insert(c.outbound_spi, (out, peer));
@@ -410,6 +422,11 @@ impl ControlPlane {
                         "half_open": st.half_open, "rate_limited": st.rate_limited,
                         "rekey_collisions_won": st.rekey_collisions_won,
                         "rekey_collisions_lost": st.rekey_collisions_lost,
+                        "ike_rekey_collisions_won": st.ike_rekey_collisions_won,
+                        "ike_rekey_collisions_lost": st.ike_rekey_collisions_lost,
+                        "temporary_failures": st.temporary_failures,
+                        "lifetime_soft": st.lifetime_soft, "lifetime_hard": st.lifetime_hard,
+                        "reauths": st.reauths,
                         "vault_secrets": self.ike.store.data().secrets(),
                     },
                     "esp": self.stats.snapshot(),

@@ -90,6 +90,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<(Vec<Outb
             pad_align: alg.pad_align(),
             local_ts: local.clone(),
             remote_ts: remote.clone(),
+            limits: Default::default(),
         });
         inb.push(InboundSa {
             spi: m.in_spi.0,
@@ -99,6 +100,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<(Vec<Outb
             highest_seq: 0,
             local_ts: local,
             remote_ts: remote,
+            limits: Default::default(),
         });
         peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation });
         info!(
@@ -147,6 +149,11 @@ fn load_connections(
                     remote_ts: ch.remote_ts.clone(),
                     esp_proposals: ch.esp_proposals.clone(),
                     rekey_time_ms: u64::from(ch.rekey_time) * 1000,
+                    rekey_bytes: ch.rekey_bytes,
+                    rekey_packets: ch.rekey_packets,
+                    life_time_ms: u64::from(ch.life_time) * 1000,
+                    life_bytes: ch.life_bytes,
+                    life_packets: ch.life_packets,
                 })
                 .collect(),
             start_action: if c.start_action == StartAction::Start {
@@ -157,6 +164,7 @@ fn load_connections(
             force_encap: c.encap || force_encap,
             nat_keepalive_ms: c.keepalive.saturating_mul(1000),
             rekey_time_ms: u64::from(c.rekey_time) * 1000,
+            reauth_time_ms: u64::from(c.reauth_time) * 1000,
             dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
             dpd_action: match c.dpd_action {
                 crate::config::DpdAction::Clear | crate::config::DpdAction::Hold => ike::DpdAction::Clear,

@@ -22,7 +22,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use crate::config::Encapsulation;
 use crate::keystore::Keystore;
 use crate::packet::PacketBuf;
-use crate::runtime::{DecapVerdict, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime};
+use crate::runtime::{DecapVerdict, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, Runtime};
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 
@@ -90,6 +90,12 @@ impl DpLink {
 /// Tags of what the data path passes up to the control plane on its socket.
 pub const UP_IKE: u8 = 0;
 pub const UP_ACQUIRE: u8 = 1;
+/// An SA passed a soft or hard limit: SPI (4 bytes), outbound, hard, cause.
+pub const UP_EXPIRE: u8 = 2;
+
+/// How often a loop asks its guest for SA expiries (not per batch: the
+/// call would cost every batch, and a rekey does not need to start sooner).
+const EXPIRY_POLL: Duration = Duration::from_millis(100);
 
 /// Where ESP for one peer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +284,37 @@ impl Loop {
         Ok(())
     }
 
+    /// Pass the guest's SA expiries up to the control plane, at most every
+    /// [`EXPIRY_POLL`].
+    fn report_expiries(&self, inst: &mut EspInstance, last: &mut Instant) {
+        if last.elapsed() < EXPIRY_POLL {
+            return;
+        }
+        *last = Instant::now();
+        let expiries = match inst.take_expiries() {
+            Ok(x) => x,
+            // A trap here surfaces on the next batch call, which restarts the guest.
+            Err(e) => return warn!(error = %e, "cannot read SA expiries"),
+        };
+        for x in expiries {
+            let cause = match x.cause {
+                ExpiryCause::Bytes => 0,
+                ExpiryCause::Packets => 1,
+                ExpiryCause::Sequence => 2,
+            };
+            info!(spi = format_args!("{:08x}", x.spi), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
+            let mut m = vec![UP_EXPIRE];
+            m.extend_from_slice(&x.spi.to_be_bytes());
+            m.extend_from_slice(&[u8::from(x.outbound), u8::from(x.hard), cause]);
+            match &self.up {
+                Some(up) => {
+                    let _ = up.send(&m);
+                }
+                None => warn!(spi = format_args!("{:08x}", x.spi), "SA lifetime reached, but no IKE to rekey it"),
+            }
+        }
+    }
+
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         self.inbox.as_ref().map(|i| i.wake.as_raw_fd())
     }
@@ -288,7 +325,9 @@ impl Loop {
         let mut fds = vec![self.tun.as_raw_fd()];
         fds.extend(self.wake_fd());
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
+        let mut last_expiry = Instant::now();
         while !sys::stop_requested() {
+            self.report_expiries(&mut inst, &mut last_expiry);
             match sys::poll_readable(&fds, POLL_MS) {
                 Ok(r) => {
                     if r.get(1) == Some(&true) {
@@ -381,7 +420,9 @@ impl Loop {
         // Socket order in `fds`: UDP, then raw ESP if any, then the wake socket.
         let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
         fds.extend(self.wake_fd());
+        let mut last_expiry = Instant::now();
         while !sys::stop_requested() {
+            self.report_expiries(&mut inst, &mut last_expiry);
             let ready = match sys::poll_readable(&fds, POLL_MS) {
                 Ok(r) if r.iter().any(|x| *x) => r,
                 Ok(_) => continue,

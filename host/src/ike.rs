@@ -205,10 +205,12 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         ni: Vec<u8>,
         nr: Vec<u8>,
         we_initiated: bool,
+        pfs: Option<(u64, Vec<u8>)>,
     ) -> Result<ChildKeyHandles, WitError> {
         let alg = esp_algorithm(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
         let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
-        let km = self.vault.child_keymat(sa, &suite, &ni, &nr).map_err(wit)?;
+        let pfs = pfs.as_ref().map(|(dh, public)| (*dh, &public[..]));
+        let km = self.vault.child_keymat(sa, &suite, &ni, &nr, pfs).map_err(wit)?;
         let (out, inb) = if we_initiated {
             (km.initiator_to_responder, km.responder_to_initiator)
         } else {
@@ -303,6 +305,11 @@ impl IkeInstance {
     pub fn tick(&mut self, now: u64) -> Result<()> {
         let (e, s) = self.e();
         Ok(e.call_tick(s, now)?)
+    }
+
+    pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool) -> Result<()> {
+        let (e, s) = self.e();
+        Ok(e.call_child_expired(s, now, spi, hard)?)
     }
 
     pub fn poll_actions(&mut self) -> Result<Vec<Action>> {

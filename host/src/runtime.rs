@@ -31,7 +31,8 @@ mod bindings {
 }
 
 pub use bindings::exports::wasmsec::esp::engine::{
-    DecapVerdict, DropReason, EncapVerdict, InboundSa, OutboundSa, SaState, TrafficSelector,
+    DecapVerdict, DropReason, EncapVerdict, Expiry, ExpiryCause, InboundSa, OutboundSa, SaLimits, SaState,
+    TrafficSelector,
 };
 use bindings::wasmsec::crypto::packets::{HostBatch, OpenOp, Opened, SealOp};
 use bindings::wasmsec::crypto::types::CryptoError as WitCryptoError;
@@ -267,6 +268,13 @@ impl EspInstance {
         Ok(e.call_sa_states(&mut self.store)?)
     }
 
+    /// The SAs that passed a soft or hard limit since the last call.
+    pub fn take_expiries(&mut self) -> Result<Vec<Expiry>> {
+        self.arm();
+        let e = self.bindings.wasmsec_esp_engine();
+        Ok(e.call_take_expiries(&mut self.store)?)
+    }
+
     /// Encapsulate the `count` packets in `store.data().batch`.
     /// An `Err` is a trap: the instance must be replaced.
     pub fn encap(&mut self) -> Result<Vec<EncapVerdict>> {
@@ -283,8 +291,15 @@ impl EspInstance {
     }
 }
 
+impl Default for SaLimits {
+    /// No limits (manual SAs; CHILD SAs get theirs from the IKE engine).
+    fn default() -> Self {
+        SaLimits { soft_bytes: 0, soft_packets: 0, hard_bytes: 0, hard_packets: 0 }
+    }
+}
+
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every reason, in `index` order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -298,6 +313,7 @@ impl DropReason {
         DropReason::SeqExhausted,
         DropReason::CryptoRefused,
         DropReason::Dummy,
+        DropReason::SaExpired,
     ];
 
     pub fn index(self) -> usize {
@@ -316,6 +332,7 @@ impl DropReason {
             DropReason::SeqExhausted => "seq_exhausted",
             DropReason::CryptoRefused => "crypto_refused",
             DropReason::Dummy => "dummy",
+            DropReason::SaExpired => "sa_expired",
         }
     }
 }

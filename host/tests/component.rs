@@ -74,6 +74,7 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             pad_align: alg.pad_align(),
             local_ts: vec![lan_a()],
             remote_ts: vec![lan_b()],
+            limits: Default::default(),
         }],
         inbound: vec![],
     };
@@ -88,6 +89,7 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             highest_seq: 0,
             local_ts: vec![lan_b()],
             remote_ts: vec![lan_a()],
+            limits: Default::default(),
         }],
     };
     (out, inb, ks)
@@ -199,6 +201,7 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
         pad_align: 4,
         local_ts: vec![ts([10, 0, 0, 0], [10, 0, 0, 255])],
         remote_ts: vec![ts([10, 0, 1, 0], [10, 0, 1, 255])],
+        limits: Default::default(),
     };
     tx.install_outbound(&sa).unwrap().unwrap();
     load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);

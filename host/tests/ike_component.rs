@@ -53,6 +53,11 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
             remote_ts: vec![r.into()],
             esp_proposals: esp.into(),
             rekey_time_ms: 0,
+            rekey_bytes: 0,
+            rekey_packets: 0,
+            life_time_ms: 0,
+            life_bytes: 0,
+            life_packets: 0,
         }],
         start_action: StartAction::None,
         force_encap: false,
@@ -60,6 +65,7 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
         dpd_delay_ms: 0,
         dpd_action: wasmsec::ike::DpdAction::Clear,
         rekey_time_ms: 0,
+        reauth_time_ms: 0,
     };
     inst.add_connection(&c).unwrap().unwrap();
     let given = vec![format!("{c:?}").into_bytes()];
@@ -100,14 +106,21 @@ fn exchange(a: &mut Side, b: &mut Side) {
 #[test]
 fn two_ike_components_agree_and_never_see_a_secret() {
     let rt = runtime();
-    for (ike, esp) in [("aes256gcm16-prfsha384-x25519", "aes256gcm16"), ("aes128-sha256-modp2048", "chacha20poly1305")]
+    // The first CHILD SA comes with IKE_AUTH; the second from a rekey that
+    // the data plane's soft lifetime starts, with PFS in the first case.
+    for (ike, esp) in
+        [("aes256gcm16-prfsha384-x25519", "aes256gcm16-ecp256"), ("aes128-sha256-modp2048", "chacha20poly1305")]
     {
         let mut a = side(&rt, [192, 0, 2, 1], [192, 0, 2, 2], ike, esp);
         let mut b = side(&rt, [192, 0, 2, 2], [192, 0, 2, 1], ike, esp);
         a.ike.initiate(0, "c").unwrap().unwrap();
         exchange(&mut a, &mut b);
         assert_eq!((a.installed.len(), b.installed.len()), (1, 1), "{ike}");
-        let (ca, cb) = (&a.installed[0], &b.installed[0]);
+        a.ike.child_expired(2, a.installed[0].outbound_spi, false).unwrap();
+        a.ike.tick(2).unwrap();
+        exchange(&mut a, &mut b);
+        assert_eq!((a.installed.len(), b.installed.len()), (2, 2), "{ike}: rekeyed");
+        let (ca, cb) = (&a.installed[1], &b.installed[1]);
         assert_eq!((ca.outbound_spi, ca.inbound_spi), (cb.inbound_spi, cb.outbound_spi));
 
         // A's outbound ESP key and B's inbound key are the same key: a

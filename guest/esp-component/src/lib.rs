@@ -119,6 +119,16 @@ fn drop_reason(r: esp::DropReason) -> wit::DropReason {
         D::SeqExhausted => wit::DropReason::SeqExhausted,
         D::CryptoRefused => wit::DropReason::CryptoRefused,
         D::Dummy => wit::DropReason::Dummy,
+        D::SaExpired => wit::DropReason::SaExpired,
+    }
+}
+
+fn limits(l: wit::SaLimits) -> esp::SaLimits {
+    esp::SaLimits {
+        soft_bytes: l.soft_bytes,
+        soft_packets: l.soft_packets,
+        hard_bytes: l.hard_bytes,
+        hard_packets: l.hard_packets,
     }
 }
 
@@ -133,6 +143,7 @@ impl wit::Guest for Component {
             pad_align: sa.pad_align,
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
+            limits: limits(sa.limits),
         };
         ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
     }
@@ -146,6 +157,7 @@ impl wit::Guest for Component {
             highest_seq: sa.highest_seq,
             local_ts: selectors(sa.local_ts)?,
             remote_ts: selectors(sa.remote_ts)?,
+            limits: limits(sa.limits),
         };
         ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())
     }
@@ -187,6 +199,20 @@ impl wit::Guest for Component {
             e.sa_states()
                 .into_iter()
                 .map(|s| wit::SaState { spi: s.spi, packets: s.packets, bytes: s.bytes, seq: s.seq })
+                .collect()
+        })
+    }
+
+    fn take_expiries() -> Vec<wit::Expiry> {
+        let cause = |c| match c {
+            esp::ExpiryCause::Bytes => wit::ExpiryCause::Bytes,
+            esp::ExpiryCause::Packets => wit::ExpiryCause::Packets,
+            esp::ExpiryCause::Sequence => wit::ExpiryCause::Sequence,
+        };
+        ENGINE.with_borrow_mut(|e| {
+            e.take_expiries()
+                .into_iter()
+                .map(|x| wit::Expiry { spi: x.spi, outbound: x.outbound, hard: x.hard, cause: cause(x.cause) })
                 .collect()
         })
     }

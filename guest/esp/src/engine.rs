@@ -20,6 +20,7 @@ pub struct OutboundSa {
     pub pad_align: u8,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
+    pub limits: SaLimits,
 }
 
 /// An SA for receiving.
@@ -32,6 +33,70 @@ pub struct InboundSa {
     pub highest_seq: u64,
     pub local_ts: Vec<TrafficSelector>,
     pub remote_ts: Vec<TrafficSelector>,
+    pub limits: SaLimits,
+}
+
+/// Volume lifetimes of an SA (RFC 4301 section 4.4.2.1); 0 means none.
+/// Passing a soft limit asks the control plane for a rekey; at a hard limit
+/// the SA stops carrying traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaLimits {
+    pub soft_bytes: u64,
+    pub soft_packets: u64,
+    pub hard_bytes: u64,
+    pub hard_packets: u64,
+}
+
+/// What ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryCause {
+    Bytes,
+    Packets,
+    /// The sequence number space (RFC 4303 section 3.3.3).
+    Sequence,
+}
+
+/// An SA passed a soft or hard limit; reported once per SA and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub spi: u32,
+    pub outbound: bool,
+    pub hard: bool,
+    pub cause: ExpiryCause,
+}
+
+/// Outbound sequence numbers left when the SA asks for its rekey: far more
+/// than can be sent while a rekey completes, even at millions of packets
+/// per second and with IKE retransmissions.
+pub const SEQ_SOFT_MARGIN: u64 = 1 << 28;
+/// The same with extended sequence numbers.
+pub const SEQ_SOFT_MARGIN_ESN: u64 = 1 << 32;
+
+/// Where an SA stands against its limits.
+#[derive(Debug, Default)]
+struct Usage {
+    packets: u64,
+    bytes: u64,
+    soft: bool,
+    hard: bool,
+}
+
+impl Usage {
+    /// Count one packet; the expiries it causes, if any.
+    fn count(&mut self, len: u64, l: &SaLimits, spi: u32, outbound: bool, out: &mut Vec<Expiry>) {
+        self.packets += 1;
+        self.bytes += len;
+        let over = |limit: u64, v: u64| limit != 0 && v >= limit;
+        let cause = |bytes: bool| if bytes { ExpiryCause::Bytes } else { ExpiryCause::Packets };
+        if !self.soft && (over(l.soft_bytes, self.bytes) || over(l.soft_packets, self.packets)) {
+            self.soft = true;
+            out.push(Expiry { spi, outbound, hard: false, cause: cause(over(l.soft_bytes, self.bytes)) });
+        }
+        if !self.hard && (over(l.hard_bytes, self.bytes) || over(l.hard_packets, self.packets)) {
+            self.hard = true;
+            out.push(Expiry { spi, outbound, hard: true, cause: cause(over(l.hard_bytes, self.bytes)) });
+        }
+    }
 }
 
 /// Why an SA was refused at install time.
@@ -76,10 +141,11 @@ pub enum DropReason {
     SeqExhausted,
     CryptoRefused,
     Dummy,
+    SaExpired,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NoPolicy,
         DropReason::Malformed,
         DropReason::UnknownSpi,
@@ -90,6 +156,7 @@ impl DropReason {
         DropReason::SeqExhausted,
         DropReason::CryptoRefused,
         DropReason::Dummy,
+        DropReason::SaExpired,
     ];
 
     /// A short stable name, used as a metric label and in logs.
@@ -105,6 +172,7 @@ impl DropReason {
             DropReason::SeqExhausted => "seq_exhausted",
             DropReason::CryptoRefused => "crypto_refused",
             DropReason::Dummy => "dummy",
+            DropReason::SaExpired => "sa_expired",
         }
     }
 }
@@ -136,15 +204,13 @@ pub struct SaState {
 
 struct Outbound {
     sa: OutboundSa,
-    packets: u64,
-    bytes: u64,
+    use_: Usage,
 }
 
 struct Inbound {
     sa: InboundSa,
     window: ReplayWindow,
-    packets: u64,
-    bytes: u64,
+    use_: Usage,
 }
 
 /// The ESP engine: outbound SAs in policy order, inbound SAs by SPI.
@@ -155,6 +221,8 @@ pub struct Engine {
     /// Index of the last outbound SA that matched: consecutive packets of
     /// one flow skip the scan.
     last_out: usize,
+    /// Limits passed since the last [`Engine::take_expiries`].
+    expiries: Vec<Expiry>,
 }
 
 fn check_selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Result<(), SaError> {
@@ -191,7 +259,7 @@ impl Engine {
         // Newest first: a rekeyed SA takes over outbound traffic the moment
         // it is installed, while the old one still receives (make before
         // break, RFC 7296 section 2.8).
-        self.outbound.insert(0, Outbound { sa, packets: 0, bytes: 0 });
+        self.outbound.insert(0, Outbound { sa, use_: Usage::default() });
         self.last_out = 0;
         Ok(())
     }
@@ -203,7 +271,7 @@ impl Engine {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
-        self.inbound.insert(sa.spi, Inbound { sa, window, packets: 0, bytes: 0 });
+        self.inbound.insert(sa.spi, Inbound { sa, window, use_: Usage::default() });
         Ok(())
     }
 
@@ -222,18 +290,23 @@ impl Engine {
         let out = self.outbound.iter().map(|o| SaState {
             spi: o.sa.spi,
             outbound: true,
-            packets: o.packets,
-            bytes: o.bytes,
+            packets: o.use_.packets,
+            bytes: o.use_.bytes,
             seq: o.sa.next_seq,
         });
         let inb = self.inbound.values().map(|i| SaState {
             spi: i.sa.spi,
             outbound: false,
-            packets: i.packets,
-            bytes: i.bytes,
+            packets: i.use_.packets,
+            bytes: i.use_.bytes,
             seq: i.window.highest(),
         });
         out.chain(inb).collect()
+    }
+
+    /// The soft and hard expiries since the last call, in order.
+    pub fn take_expiries(&mut self) -> Vec<Expiry> {
+        std::mem::take(&mut self.expiries)
     }
 
     /// Encapsulate every packet of `batch` (inner IP packets); one verdict
@@ -250,7 +323,7 @@ impl Engine {
             match self.encap_plan(i as u32, *len, head) {
                 Ok((op, sa)) => {
                     ops.push(op);
-                    pending.push((base + i, sa, *len));
+                    pending.push((base + i, sa));
                     out.push(EncapVerdict::Drop(DropReason::CryptoRefused));
                 }
                 Err(r) => out.push(EncapVerdict::Drop(r)),
@@ -261,12 +334,9 @@ impl Engine {
         }
         let mut results = Vec::with_capacity(ops.len());
         batch.seal(&ops, &mut results);
-        for ((slot, sa, len), r) in pending.into_iter().zip(results) {
+        for ((slot, sa), r) in pending.into_iter().zip(results) {
             if r.is_ok() {
-                let o = &mut self.outbound[sa];
-                o.packets += 1;
-                o.bytes += len as u64;
-                out[slot] = EncapVerdict::Send(o.sa.peer);
+                out[slot] = EncapVerdict::Send(self.outbound[sa].sa.peer);
             }
         }
     }
@@ -290,14 +360,31 @@ impl Engine {
         };
         let idx = self.find_outbound(&sel).ok_or(DropReason::NoPolicy)?;
         let o = &mut self.outbound[idx];
+        if o.use_.hard {
+            return Err(DropReason::SaExpired);
+        }
         let seq = o.sa.next_seq;
         // RFC 4303 section 3.3.3: the counter must not cycle; the SA has to
-        // be rekeyed before 2^32 (2^64 with ESN) packets.
-        let limit = if o.sa.esn { u64::MAX } else { u64::from(u32::MAX) };
+        // be rekeyed before 2^32 (2^64 with ESN) packets. Ask for that rekey
+        // well before the end, and stop at the end.
+        let (limit, margin) =
+            if o.sa.esn { (u64::MAX, SEQ_SOFT_MARGIN_ESN) } else { (u64::from(u32::MAX), SEQ_SOFT_MARGIN) };
+        let spi = o.sa.spi;
+        let expiry = move |hard| Expiry { spi, outbound: true, hard, cause: ExpiryCause::Sequence };
         if seq > limit || seq == 0 {
+            if !o.use_.hard {
+                o.use_.hard = true;
+                self.expiries.push(expiry(true));
+            }
             return Err(DropReason::SeqExhausted);
         }
+        if seq >= limit - margin && !o.use_.soft {
+            o.use_.soft = true;
+            self.expiries.push(expiry(false));
+        }
         o.sa.next_seq = seq.wrapping_add(1);
+        // Counted when planned, so a batch cannot run past a hard limit.
+        o.use_.count(len as u64, &o.sa.limits, spi, true, &mut self.expiries);
         let pad_length = Trailer::pad_length_for(len, o.sa.pad_align);
         let op = SealOp {
             index: i,
@@ -361,6 +448,9 @@ impl Engine {
     fn decap_plan(&mut self, i: u32, head: &Head) -> Result<(OpenOp, u32, u64), DropReason> {
         let pkt = esp::Packet::new_checked(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
         let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
+        if inb.use_.hard {
+            return Err(DropReason::SaExpired);
+        }
         let seq = if inb.sa.esn {
             inb.window.infer_esn(pkt.sequence_number()).ok_or(DropReason::Replay)?
         } else {
@@ -399,8 +489,7 @@ impl Engine {
         if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
             return Err(DropReason::SelectorMismatch);
         }
-        inb.packets += 1;
-        inb.bytes += sel.total_len as u64;
+        inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, &mut self.expiries);
         Ok(sel.total_len as u32)
     }
 }

@@ -16,5 +16,8 @@ pub mod replay;
 pub mod selector;
 
 pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
-pub use engine::{DecapVerdict, DropReason, EncapVerdict, Engine, InboundSa, OutboundSa, SaError, SaState};
+pub use engine::{
+    DecapVerdict, DropReason, EncapVerdict, Engine, Expiry, ExpiryCause, InboundSa, OutboundSa, SEQ_SOFT_MARGIN,
+    SEQ_SOFT_MARGIN_ESN, SaError, SaLimits, SaState,
+};
 pub use selector::TrafficSelector;

@@ -115,6 +115,7 @@ fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
         pad_align: 4,
         local_ts: vec![prefix(LAN_A, 24)],
         remote_ts: vec![prefix(LAN_B, 24)],
+        limits: Default::default(),
     })
     .unwrap();
     let mut b = Engine::new();
@@ -126,6 +127,7 @@ fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
         highest_seq: next_seq - 1,
         local_ts: vec![prefix(LAN_B, 24)],
         remote_ts: vec![prefix(LAN_A, 24)],
+        limits: Default::default(),
     })
     .unwrap();
     (a, b)
@@ -230,6 +232,7 @@ fn inner_packet_outside_selectors_is_dropped() {
         pad_align: 4,
         local_ts: vec![TrafficSelector::any_v4()],
         remote_ts: vec![TrafficSelector::any_v4()],
+        limits: Default::default(),
     })
     .unwrap();
     let (_, mut b) = pair(false, 1, 64);
@@ -293,6 +296,7 @@ fn install_validation() {
         highest_seq: 0,
         local_ts: vec![prefix(LAN_B, 24)],
         remote_ts: vec![prefix(LAN_A, 24)],
+        limits: Default::default(),
     };
     assert_eq!(e.install_inbound(InboundSa { spi: 255, ..good.clone() }), Err(SaError::ReservedSpi(255)));
     assert_eq!(e.install_inbound(InboundSa { local_ts: vec![], ..good.clone() }), Err(SaError::NoSelectors));
@@ -316,6 +320,7 @@ fn the_newest_outbound_sa_for_the_same_selectors_wins() {
         pad_align: 4,
         local_ts: vec![prefix(LAN_A, 24)],
         remote_ts: vec![prefix(LAN_B, 24)],
+        limits: Default::default(),
     })
     .unwrap();
     let (sealed, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
@@ -324,4 +329,107 @@ fn the_newest_outbound_sa_for_the_same_selectors_wins() {
     assert!(a.remove_outbound(0x1001));
     let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
     assert_eq!(v, [EncapVerdict::Send(8)]);
+}
+
+/// `pair` with volume limits on both SAs.
+fn limited_pair(esn: bool, next_seq: u64, limits: SaLimits) -> (Engine, Engine) {
+    let (mut a, mut b) = pair(esn, next_seq, 1024);
+    let out = OutboundSa {
+        spi: 0x2002,
+        key: KeyHandle(0x33),
+        peer: 7,
+        esn,
+        next_seq,
+        pad_align: 4,
+        local_ts: vec![prefix(LAN_A, 24)],
+        remote_ts: vec![prefix(LAN_B, 24)],
+        limits,
+    };
+    a.install_outbound(out).unwrap();
+    let inb = InboundSa {
+        spi: 0x2002,
+        key: KeyHandle(0x33),
+        esn,
+        replay_window: 1024,
+        highest_seq: next_seq - 1,
+        local_ts: vec![prefix(LAN_B, 24)],
+        remote_ts: vec![prefix(LAN_A, 24)],
+        limits,
+    };
+    b.install_inbound(inb).unwrap();
+    (a, b)
+}
+
+#[test]
+fn volume_limits_report_soft_then_hard_once_and_stop_the_sa() {
+    // 28-byte packets: soft at 10 packets, hard at 300 bytes (the 11th packet).
+    let limits = SaLimits { soft_bytes: 0, soft_packets: 10, hard_bytes: 300, hard_packets: 0 };
+    let (mut a, mut b) = limited_pair(false, 1, limits);
+    let mut delivered = 0;
+    let mut expiries = Vec::new();
+    for round in 0..4 {
+        let (sealed, v) = encap(&mut a, (0..4).map(|_| ipv4_packet(HOST_A, HOST_B, 8)).collect());
+        let sent: Vec<Vec<u8>> =
+            sealed.packets.into_iter().zip(&v).filter(|(_, v)| **v == EncapVerdict::Send(7)).map(|x| x.0).collect();
+        let (_, dv) = decap(&mut b, sent);
+        delivered += dv.iter().filter(|v| matches!(v, DecapVerdict::Deliver(_))).count();
+        expiries.extend(a.take_expiries().into_iter().map(|x| (round, x)));
+        expiries.extend(b.take_expiries().into_iter().map(|x| (round, x)));
+        if round == 3 {
+            // Hard: the outbound SA refuses traffic instead of sending it.
+            assert!(v.iter().all(|v| *v == EncapVerdict::Drop(DropReason::SaExpired)), "{v:?}");
+        }
+    }
+    assert_eq!(delivered, 11, "the 11th packet reaches the hard byte limit; nothing after it is sent");
+    let kinds: Vec<(usize, bool, bool, ExpiryCause)> =
+        expiries.iter().map(|(r, x)| (*r, x.outbound, x.hard, x.cause)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (2, true, false, ExpiryCause::Packets),
+            (2, true, true, ExpiryCause::Bytes),
+            (2, false, false, ExpiryCause::Packets),
+            (2, false, true, ExpiryCause::Bytes),
+        ]
+    );
+    assert!(expiries.iter().all(|(_, x)| x.spi == 0x2002));
+    // The inbound SA past its hard limit drops even authentic packets.
+    let (mut a2, _) = limited_pair(false, 100, SaLimits::default());
+    let (sealed, _) = encap(&mut a2, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    let (_, v) = decap(&mut b, sealed.packets);
+    assert_eq!(v, [DecapVerdict::Drop(DropReason::SaExpired)]);
+    assert!(a.take_expiries().is_empty() && b.take_expiries().is_empty(), "each expiry is reported once");
+}
+
+#[test]
+fn sequence_space_asks_for_a_rekey_before_it_runs_out() {
+    // Without ESN: soft expiry SEQ_SOFT_MARGIN packets before 2^32, hard at 2^32.
+    let end = u64::from(u32::MAX);
+    let (mut a, _) = limited_pair(false, end - SEQ_SOFT_MARGIN - 1, SaLimits::default());
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7)]);
+    assert!(a.take_expiries().is_empty());
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7)]);
+    let x = a.take_expiries();
+    assert_eq!(x.len(), 1);
+    assert_eq!((x[0].spi, x[0].outbound, x[0].hard, x[0].cause), (0x2002, true, false, ExpiryCause::Sequence));
+    // The last numbers are still used, then the SA stops and says so once.
+    let (mut a, _) = limited_pair(false, end - 1, SaLimits::default());
+    let (sealed, v) = encap(&mut a, (0..4).map(|_| ipv4_packet(HOST_A, HOST_B, 8)).collect());
+    assert_eq!(&v[..2], [EncapVerdict::Send(7), EncapVerdict::Send(7)]);
+    assert_eq!(&v[2..], [EncapVerdict::Drop(DropReason::SeqExhausted), EncapVerdict::Drop(DropReason::SaExpired)]);
+    let last = u32::from_be_bytes(sealed.sealed_headers[1].0[4..8].try_into().unwrap());
+    assert_eq!(last, u32::MAX, "no wrap to 0");
+    let x = a.take_expiries();
+    let kinds: Vec<(bool, ExpiryCause)> = x.iter().map(|x| (x.hard, x.cause)).collect();
+    assert_eq!(kinds, [(false, ExpiryCause::Sequence), (true, ExpiryCause::Sequence)]);
+    // With ESN the margin is 2^32 packets before 2^64.
+    let (mut a, _) = limited_pair(true, u64::MAX - SEQ_SOFT_MARGIN_ESN, SaLimits::default());
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7)]);
+    assert_eq!(
+        a.take_expiries().iter().map(|x| (x.hard, x.cause)).collect::<Vec<_>>(),
+        [(false, ExpiryCause::Sequence)]
+    );
 }

@@ -112,9 +112,11 @@ impl IkeCrypto for HostCrypto {
         ni: &[u8],
         nr: &[u8],
         init: bool,
+        pfs: Option<(Handle, &[u8])>,
     ) -> Result<ChildKeys, CryptoError> {
         let suite = keys::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ, esn: s.esn };
-        let k = keys::derive_child(sa, suite, ni, nr, init).map_err(err)?;
+        let pfs = pfs.as_ref().map(|(h, public)| (h, *public));
+        let k = keys::derive_child(sa, suite, ni, nr, init, pfs).map_err(err)?;
         Ok(ChildKeys { outbound: k.outbound, inbound: k.inbound })
     }
 
@@ -190,6 +192,12 @@ fn wit_action(a: ike::Action) -> wit::Action {
             remote: wit_endpoint(&c.remote),
             encap: c.encap,
             outbound_deferred: c.outbound_deferred,
+            limits: wit::SaLimits {
+                soft_bytes: c.limits.soft_bytes,
+                soft_packets: c.limits.soft_packets,
+                hard_bytes: c.limits.hard_bytes,
+                hard_packets: c.limits.hard_packets,
+            },
         }),
         ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key } => {
             wit::Action::DeleteChild(wit::ChildDeleted {
@@ -237,6 +245,11 @@ impl wit::Guest for Component {
                     remote_ts: ch.remote_ts,
                     esp_proposals: ch.esp_proposals,
                     rekey_time_ms: ch.rekey_time_ms,
+                    rekey_bytes: ch.rekey_bytes,
+                    rekey_packets: ch.rekey_packets,
+                    life_time_ms: ch.life_time_ms,
+                    life_bytes: ch.life_bytes,
+                    life_packets: ch.life_packets,
                 })
                 .collect(),
             start_action: match c.start_action {
@@ -251,6 +264,7 @@ impl wit::Guest for Component {
                 wit::DpdAction::Restart => ike::DpdAction::Restart,
             },
             rekey_time_ms: c.rekey_time_ms,
+            reauth_time_ms: c.reauth_time_ms,
         };
         ENGINE.with_borrow_mut(|e| e.add_connection(cfg))
     }
@@ -278,6 +292,10 @@ impl wit::Guest for Component {
 
     fn tick(now_ms: u64) {
         ENGINE.with_borrow_mut(|e| e.tick(now_ms, &mut HostCrypto));
+    }
+
+    fn child_expired(now_ms: u64, spi: u32, hard: bool) {
+        ENGINE.with_borrow_mut(|e| e.child_expired(now_ms, spi, hard));
     }
 
     fn poll_actions() -> Vec<wit::Action> {
@@ -314,6 +332,12 @@ impl wit::Guest for Component {
             rate_limited: s.rate_limited,
             rekey_collisions_won: s.rekey_collisions_won,
             rekey_collisions_lost: s.rekey_collisions_lost,
+            ike_rekey_collisions_won: s.ike_rekey_collisions_won,
+            ike_rekey_collisions_lost: s.ike_rekey_collisions_lost,
+            temporary_failures: s.temporary_failures,
+            lifetime_soft: s.lifetime_soft,
+            lifetime_hard: s.lifetime_hard,
+            reauths: s.reauths,
         }
     }
 

@@ -101,7 +101,9 @@ pub trait IkeCrypto {
         nonce: &[u8],
         id_body: &[u8],
     ) -> Result<Vec<u8>, CryptoError>;
-    /// Derive a CHILD SA's keys (section 2.17) into the ESP keystore.
+    /// Derive a CHILD SA's keys (section 2.17) into the ESP keystore; with
+    /// `pfs` (our DH handle, consumed, and the peer's public value) from a
+    /// new DH exchange as well.
     fn child_keys(
         &mut self,
         sa: Handle,
@@ -109,6 +111,7 @@ pub trait IkeCrypto {
         ni: &[u8],
         nr: &[u8],
         we_are_initiator: bool,
+        pfs: Option<(Handle, &[u8])>,
     ) -> Result<ChildKeys, CryptoError>;
     /// Destroy a secret (IKE SA keys, DH value, ESP key).
     fn destroy(&mut self, h: Handle);

@@ -66,6 +66,16 @@ pub struct ChildConfig {
     /// Rekey the CHILD SA this long after it was created (RFC 7296 section
     /// 1.3.3); 0: never initiate a rekey (the peer's rekeys are answered).
     pub rekey_time_ms: u64,
+    /// Rekey once either SA of the pair carried this many bytes or
+    /// packets; 0: no such limit.
+    pub rekey_bytes: u64,
+    pub rekey_packets: u64,
+    /// Hard limits: the CHILD SA is deleted (and created anew) when one is
+    /// reached before the rekey replaced it; 0: 110 % of the matching
+    /// rekey limit, or none without one.
+    pub life_time_ms: u64,
+    pub life_bytes: u64,
+    pub life_packets: u64,
 }
 
 /// A connection as the host's config describes it (swanctl.conf-like).
@@ -95,6 +105,52 @@ pub struct ConnectionConfig {
     /// Rekey the IKE SA this long after it was created (section 2.18);
     /// 0: only answer the peer's rekeys.
     pub rekey_time_ms: u64,
+    /// Reauthenticate this long after the IKE SA was created: a new IKE SA
+    /// from scratch with new CHILD SAs, then the old one is deleted
+    /// (make-before-break); 0: never.
+    pub reauth_time_ms: u64,
+}
+
+/// A CHILD SA's lifetimes after defaults (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lifetimes {
+    rekey_time: u64,
+    rekey_bytes: u64,
+    rekey_packets: u64,
+    life_time: u64,
+    life_bytes: u64,
+    life_packets: u64,
+}
+
+impl Lifetimes {
+    /// strongSwan's convention: without a hard limit, 110 % of the soft one.
+    fn from_config(c: &ChildConfig) -> Result<Lifetimes, String> {
+        let hard = |soft: u64, hard: u64, what: &str| -> Result<u64, String> {
+            match (soft, hard) {
+                (0, 0) => Ok(0),
+                (s, 0) => Ok(s.saturating_add((s / 10).max(1))),
+                (s, h) if s != 0 && h <= s => Err(format!("life_{what} ({h}) must be above rekey_{what} ({s})")),
+                (_, h) => Ok(h),
+            }
+        };
+        Ok(Lifetimes {
+            rekey_time: c.rekey_time_ms,
+            rekey_bytes: c.rekey_bytes,
+            rekey_packets: c.rekey_packets,
+            life_time: hard(c.rekey_time_ms, c.life_time_ms, "time")?,
+            life_bytes: hard(c.rekey_bytes, c.life_bytes, "bytes")?,
+            life_packets: hard(c.rekey_packets, c.life_packets, "packets")?,
+        })
+    }
+}
+
+/// Volume limits for the data plane, per SA (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub soft_bytes: u64,
+    pub soft_packets: u64,
+    pub hard_bytes: u64,
+    pub hard_packets: u64,
 }
 
 struct ChildCfg {
@@ -102,7 +158,7 @@ struct ChildCfg {
     local_ts: Vec<Ts>,
     remote_ts: Vec<Ts>,
     esp: Vec<proposal::Config>,
-    rekey_time_ms: u64,
+    life: Lifetimes,
 }
 
 struct Connection {
@@ -135,6 +191,8 @@ pub struct ChildSa {
     /// [`Action::ActivateOutbound`] (the responder of a rekey must not send
     /// on the new SA before the initiator can receive on it, section 2.8).
     pub outbound_deferred: bool,
+    /// Volume lifetimes; passing one is reported with [`Engine::child_expired`].
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +273,17 @@ pub struct Stats {
     /// Simultaneous CHILD SA rekeys resolved (section 2.8.1), by outcome.
     pub rekey_collisions_won: u64,
     pub rekey_collisions_lost: u64,
+    /// Simultaneous IKE SA rekeys resolved (section 2.8.2), by outcome.
+    pub ike_rekey_collisions_won: u64,
+    pub ike_rekey_collisions_lost: u64,
+    /// Requests answered TEMPORARY_FAILURE (section 2.25).
+    pub temporary_failures: u64,
+    /// CHILD SAs that reached a soft lifetime (rekey started) or a hard one
+    /// (deleted before a rekey replaced them).
+    pub lifetime_soft: u64,
+    pub lifetime_hard: u64,
+    /// Reauthentications started.
+    pub reauths: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.
     pub half_open_drops: u64,
     /// IKE_SA_INIT requests dropped by the per-source rate limit.
@@ -245,6 +314,8 @@ enum Pending {
     DeleteChild(u32),
     /// CREATE_CHILD_SA rekeying the IKE SA.
     RekeyIke,
+    /// DELETE of the CHILD SAs in `delete_queue` (hard lifetime).
+    DeleteExpired,
 }
 
 struct Request {
@@ -264,6 +335,10 @@ struct Child {
     remote_ts: Vec<Ts>,
     /// When to rekey (0: not by us, or already under way).
     rekey_at: u64,
+    /// Hard lifetime: when the SA is deleted if still here (0: never).
+    expire_at: u64,
+    /// A rekey made a successor; this SA only waits for its DELETE.
+    replaced: bool,
 }
 
 /// A CHILD SA we proposed and wait to hear about.
@@ -276,6 +351,8 @@ struct PendingChild {
     nonce: Option<Vec<u8>>,
     /// The inbound SPI of the CHILD SA this one replaces (a rekey).
     rekeys: Option<u32>,
+    /// Our DH value and its group for PFS (KE in CREATE_CHILD_SA, section 1.3.1).
+    dh: Option<(Handle, u16)>,
 }
 
 struct IkeSa {
@@ -314,6 +391,21 @@ struct IkeSa {
     /// The peer rekeyed a CHILD SA we are rekeying too (section 2.8.1):
     /// our inbound SPI of that SA and the nonces of the peer's exchange.
     collision: Option<(u32, Vec<u8>, Vec<u8>)>,
+    /// The peer rekeyed this IKE SA while we were rekeying it (section
+    /// 2.8.2): our SPI of the peer's new IKE SA and that exchange's nonces.
+    ike_collision: Option<(u64, Vec<u8>, Vec<u8>)>,
+    /// CHILD SAs past their hard lifetime, already gone here, that the peer
+    /// must be told about: (inbound SPI, outbound SPI, DELETE sent).
+    delete_queue: Vec<(u32, u32, bool)>,
+    /// Delete this IKE SA as soon as no exchange of ours is in flight.
+    close_when_idle: bool,
+    /// CHILD configs to create again (their SA expired before a rekey).
+    recreate: Vec<usize>,
+    /// When to reauthenticate (0: not by us, or under way).
+    reauth_at: u64,
+    /// Reauthentication: the IKE SA (our SPI) this one replaces once its
+    /// CHILD SAs are up.
+    replaces: Option<u64>,
     cookie: Option<Vec<u8>>,
     created_at: u64,
     /// Last time an authentic message came from the peer.
@@ -353,6 +445,12 @@ impl IkeSa {
             rekey_ike_at: 0,
             ike_rekey: None,
             collision: None,
+            ike_collision: None,
+            delete_queue: Vec::new(),
+            close_when_idle: false,
+            recreate: Vec::new(),
+            reauth_at: 0,
+            replaces: None,
             cookie: None,
             created_at: now,
             last_rx: now,
@@ -624,7 +722,7 @@ impl Engine {
                 local_ts: parse_ts(&c.local_ts, "local_ts")?,
                 remote_ts: parse_ts(&c.remote_ts, "remote_ts")?,
                 esp,
-                rekey_time_ms: c.rekey_time_ms,
+                life: Lifetimes::from_config(c).map_err(|e| ch("lifetimes", e))?,
             });
         }
         self.conns.push(Connection { cfg, local_id, remote_id, ike, children });
@@ -744,7 +842,21 @@ impl Engine {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         });
-        let group = c.ike[0].dh[0];
+        self.start_ike(now, conn, local, remote, None, crypto)
+    }
+
+    /// A new IKE SA as initiator; `replaces`: the IKE SA (our SPI) that it
+    /// reauthenticates.
+    fn start_ike(
+        &mut self,
+        now: u64,
+        conn: usize,
+        local: IpAddr,
+        remote: IpAddr,
+        replaces: Option<u64>,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), String> {
+        let group = self.conns[conn].ike[0].dh[0];
         let spi = self.new_spi(crypto);
         let mut sa = IkeSa {
             initiator: true,
@@ -753,6 +865,7 @@ impl Engine {
             state: State::InitSent,
             dh_group: group,
             ni: Self::nonce(crypto),
+            replaces,
             ..IkeSa::fresh(
                 conn,
                 Endpoint { addr: local, port: IKE_PORT },
@@ -804,21 +917,35 @@ impl Engine {
             let Some(mut sa) = self.sas.remove(id) else {
                 continue;
             };
-            if sa.state == State::Established && sa.request.is_none() {
-                let del = [Payload::Delete(Delete { protocol: protocol::IKE, spi_size: 0, spis: Vec::new() })];
-                match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
-                    Ok(d) => {
-                        self.request(&mut sa, now, Pending::DeleteIke, d);
-                        sa.state = State::Deleting;
-                        self.sas.insert(*id, sa);
-                        continue;
-                    }
-                    Err(f) => self.log(Level::Warn, conn, format!("cannot send DELETE: {}", f.message)),
+            if sa.state == State::Established {
+                // After the exchange in flight, if any (one at a time, section 2.3).
+                if sa.request.is_none() {
+                    self.send_delete_ike(&mut sa, now, crypto);
+                } else {
+                    sa.close_when_idle = true;
+                    sa.rekey_ike_at = 0;
+                    sa.reauth_at = 0;
+                }
+                if sa.state == State::Deleting || sa.close_when_idle {
+                    self.sas.insert(*id, sa);
+                    continue;
                 }
             }
             self.drop_sa(sa, crypto, "terminated");
         }
         Ok(ids.len())
+    }
+
+    /// Send DELETE for the IKE SA itself (section 1.4.1).
+    fn send_delete_ike(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) {
+        let del = [Payload::Delete(Delete { protocol: protocol::IKE, spi_size: 0, spis: Vec::new() })];
+        match Self::encrypted(sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
+            Ok(d) => {
+                self.request(sa, now, Pending::DeleteIke, d);
+                sa.state = State::Deleting;
+            }
+            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot send DELETE: {}", f.message)),
+        }
     }
 
     /// Forget an IKE SA and its CHILD SAs, telling the host.
@@ -833,7 +960,9 @@ impl Engine {
                 outbound_key: c.keys.outbound,
             });
         }
-        for h in [sa.keys.take(), sa.dh.take()].into_iter().flatten() {
+        let rekey_dh = sa.ike_rekey.take().map(|r| r.1);
+        let child_dh = sa.pending_child.take().and_then(|p| p.dh).map(|d| d.0);
+        for h in [sa.keys.take(), sa.dh.take(), rekey_dh, child_dh].into_iter().flatten() {
             crypto.destroy(h);
         }
         self.half_open.retain(|_, v| *v != spi);
@@ -842,6 +971,13 @@ impl Engine {
         if was_up {
             let connection = self.conns[sa.conn].cfg.name.clone();
             self.actions.push_back(Action::IkeDown { connection, ike_spi: spi });
+        }
+        // A failed reauthentication: the old IKE SA stays and tries again later.
+        if let Some(old) = sa.replaces {
+            let retry = self.retry_delay(self.conns[sa.conn].cfg.reauth_time_ms, crypto);
+            if let Some(o) = self.sas.get_mut(&old) {
+                o.reauth_at = self.now + retry;
+            }
         }
     }
 
@@ -857,19 +993,87 @@ impl Engine {
                 let r = s.request.as_ref().map(|r| r.next_at);
                 let h = (s.state == State::InitDone).then_some(s.created_at + half_open);
                 let up = s.state == State::Established;
+                let idle = up && s.request.is_none();
                 let k = (up && self.wants_keepalive(s)).then_some(s.next_keepalive);
-                let d = (up && c.dpd_delay_ms > 0 && s.request.is_none()).then_some(s.last_rx + c.dpd_delay_ms);
-                let rk = if up && s.request.is_none() {
-                    s.children.iter().filter(|c| c.rekey_at != 0).map(|c| c.rekey_at).min()
-                } else {
-                    None
-                };
+                let d = (idle && c.dpd_delay_ms > 0).then_some(s.last_rx + c.dpd_delay_ms);
+                let rk = s.children.iter().filter(|c| idle && c.rekey_at != 0).map(|c| c.rekey_at).min();
+                let ex = s.children.iter().filter(|c| up && c.expire_at != 0).map(|c| c.expire_at).min();
                 let df = s.deferred.iter().map(|x| x.1).min();
-                let ik = (up && s.request.is_none() && s.rekey_ike_at != 0).then_some(s.rekey_ike_at);
-                let df = df.into_iter().chain(ik).min();
-                r.into_iter().chain(h).chain(k).chain(d).chain(rk).chain(df)
+                let ik = (idle && s.rekey_ike_at != 0).then_some(s.rekey_ike_at);
+                let ra = (up && s.reauth_at != 0 && s.replaces.is_none()).then_some(s.reauth_at);
+                // Exchanges owed as soon as the SA is idle.
+                let owed = s.close_when_idle || s.delete_queue.iter().any(|q| !q.2) || !s.recreate.is_empty();
+                let now = (idle && owed).then_some(self.now);
+                [r, h, k, d, rk, ex, df, ik, ra, now].into_iter().flatten()
             })
             .min()
+    }
+
+    /// Start the next exchange this IKE SA owes, if any (one at a time).
+    fn next_request(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) {
+        if sa.close_when_idle {
+            sa.close_when_idle = false;
+            return self.send_delete_ike(sa, now, crypto);
+        }
+        let expired: Vec<Vec<u8>> =
+            sa.delete_queue.iter().filter(|q| !q.2).map(|q| q.0.to_be_bytes().to_vec()).collect();
+        if !expired.is_empty() {
+            let del = [Payload::Delete(Delete { protocol: protocol::ESP, spi_size: 4, spis: expired })];
+            match Self::encrypted(sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
+                Ok(d) => {
+                    sa.delete_queue.iter_mut().for_each(|q| q.2 = true);
+                    self.request(sa, now, Pending::DeleteExpired, d);
+                }
+                Err(f) => {
+                    sa.delete_queue.clear();
+                    self.log(Level::Warn, sa.conn, format!("cannot send DELETE: {}", f.message));
+                }
+            }
+            return;
+        }
+        if sa.rekey_ike_at != 0 && now >= sa.rekey_ike_at {
+            return self.start_ike_rekey(sa, now, crypto);
+        }
+        if let Some(pos) = sa.children.iter().position(|c| c.rekey_at != 0 && now >= c.rekey_at) {
+            return self.start_child_rekey(sa, pos, now, crypto);
+        }
+        while !sa.recreate.is_empty() {
+            let cfg = sa.recreate.remove(0);
+            if !sa.children.iter().any(|c| c.cfg == cfg) {
+                return self.request_child(sa, cfg, None, None, now, crypto);
+            }
+        }
+    }
+
+    /// Reauthentication: a new IKE SA from scratch (IKE_SA_INIT, IKE_AUTH)
+    /// with new CHILD SAs; the old one is deleted once they are up
+    /// (make-before-break).
+    fn start_reauth(&mut self, old: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) {
+        old.reauth_at = 0;
+        old.rekey_ike_at = 0;
+        self.stats.reauths += 1;
+        let msg = format!("reauthenticating IKE_SA {:016x}: new IKE_SA from scratch", old.our_spi());
+        self.log(Level::Info, old.conn, msg);
+        if let Err(e) = self.start_ike(now, old.conn, old.local.addr, old.remote.addr, Some(old.our_spi()), crypto) {
+            self.log(Level::Warn, old.conn, format!("cannot reauthenticate: {e}"));
+            old.reauth_at = now + self.retry_delay(self.conns[old.conn].cfg.reauth_time_ms, crypto);
+        }
+    }
+
+    /// The reauthenticated IKE SA has its CHILD SAs: delete the old one.
+    fn finish_reauth(&mut self, new: &IkeSa, old: u64, now: u64, crypto: &mut dyn IkeCrypto) {
+        let Some(mut o) = self.sas.remove(&old) else { return };
+        let msg = format!("reauthenticated: IKE_SA {:016x} replaces {old:016x}", new.our_spi());
+        self.log(Level::Info, new.conn, msg);
+        o.rekey_ike_at = 0;
+        o.children.iter_mut().for_each(|c| c.rekey_at = 0);
+        o.recreate.clear();
+        if o.state == State::Established && o.request.is_none() {
+            self.send_delete_ike(&mut o, now, crypto);
+        } else {
+            o.close_when_idle = true;
+        }
+        self.sas.insert(old, o);
     }
 
     /// Behind a NAT, on the NAT-T port, with keepalives configured.
@@ -907,15 +1111,24 @@ impl Engine {
                     }
                 }
             }
-            self.activate_deferred(&mut sa, now);
-            if sa.state == State::Established && sa.request.is_none() && sa.rekey_ike_at != 0 && now >= sa.rekey_ike_at
-            {
-                self.start_ike_rekey(&mut sa, now, crypto);
-            }
-            if sa.state == State::Established && sa.request.is_none() {
-                if let Some(pos) = sa.children.iter().position(|c| c.rekey_at != 0 && now >= c.rekey_at) {
-                    self.start_child_rekey(&mut sa, pos, now, crypto);
+            if sa.state == State::Established {
+                // Hard lifetimes by time (the data plane reports volume ones).
+                let due: Vec<u32> = sa
+                    .children
+                    .iter()
+                    .filter(|c| c.expire_at != 0 && now >= c.expire_at)
+                    .map(|c| c.inbound_spi)
+                    .collect();
+                for x in due {
+                    self.expire_child(&mut sa, x, "hard lifetime (life_time) reached");
                 }
+                if sa.reauth_at != 0 && now >= sa.reauth_at && sa.replaces.is_none() {
+                    self.start_reauth(&mut sa, now, crypto);
+                }
+            }
+            self.activate_deferred(&mut sa, now);
+            if sa.state == State::Established && sa.request.is_none() {
+                self.next_request(&mut sa, now, crypto);
             }
             let mut give_up = false;
             if let Some(r) = sa.request.as_mut() {
@@ -1111,6 +1324,12 @@ impl Engine {
             (exchange::CREATE_CHILD_SA, State::Established) => {
                 return self.responder_create_child(sa, h, ps, crypto);
             }
+            (exchange::CREATE_CHILD_SA, State::Deleting) => {
+                // Section 2.25.2: we are closing this IKE SA.
+                self.stats.temporary_failures += 1;
+                let tf = [notify_payload(notify::TEMPORARY_FAILURE, Vec::new())];
+                self.respond_encrypted(&mut sa, exchange::CREATE_CHILD_SA, h.message_id, &tf, crypto);
+            }
             _ => {
                 self.stats.unexpected += 1;
                 self.log(Level::Warn, sa.conn, format!("unexpected exchange {} in state {:?}", h.exchange, sa.state));
@@ -1147,6 +1366,10 @@ impl Engine {
                 self.sas.insert(id, sa);
             }
             Pending::CreateChild => self.initiator_create_child_response(now, sa, ps, crypto),
+            Pending::DeleteExpired => {
+                sa.delete_queue.retain(|q| !q.2);
+                self.sas.insert(id, sa);
+            }
             Pending::Init | Pending::Liveness => {
                 self.sas.insert(id, sa);
             }
@@ -1513,7 +1736,12 @@ impl Engine {
         let auth = crypto.psk_auth(keys, c.cfg.psk, true, &sa.init_req, &sa.nr, &idi.body()).map_err(crypto_fail)?;
         let child = &c.children[0];
         let spi = Self::new_esp_spi(crypto);
-        let mut ps = vec![Payload::IdI(idi), notify_payload(notify::INITIAL_CONTACT, Vec::new())];
+        let mut ps = vec![Payload::IdI(idi)];
+        // Not when reauthenticating: the old IKE SA must live until the new
+        // one has its CHILD SAs (section 2.4).
+        if sa.replaces.is_none() {
+            ps.push(notify_payload(notify::INITIAL_CONTACT, Vec::new()));
+        }
         if let Identity::Id(idr) = &c.remote_id {
             ps.push(Payload::IdR(idr.clone()));
         }
@@ -1529,6 +1757,7 @@ impl Engine {
             remote_ts: child.remote_ts.clone(),
             nonce: None,
             rekeys: None,
+            dh: None,
         });
         Self::encrypted(sa, exchange::IKE_AUTH, false, sa.next_mid, &ps, crypto)
     }
@@ -1647,7 +1876,13 @@ impl Engine {
         let mut out = vec![Payload::IdR(our_id), Payload::Auth { method: auth_method::SHARED_KEY_MIC, data: our_auth }];
         let ni = sa.ni.clone();
         let nr = sa.nr.clone();
-        match self.accept_child(&mut sa, &ps, &ni, &nr, true, crypto) {
+        // A second IKE SA from this peer without INITIAL_CONTACT: it is
+        // reauthenticating. Send on the new CHILD SA only once the old IKE SA
+        // is gone (or after a moment), as after a CHILD SA rekey.
+        self.defer_outbound = find_notify(&ps, notify::INITIAL_CONTACT).is_none() && self.has_twin(&sa);
+        let accepted = self.accept_child(&mut sa, &ps, &ni, &nr, true, crypto);
+        self.defer_outbound = false;
+        match accepted {
             Ok(child_payloads) => out.extend(child_payloads),
             Err(f) => {
                 // Section 1.2: the IKE SA stands even if the CHILD SA fails.
@@ -1660,6 +1895,7 @@ impl Engine {
         sa.state = State::Established;
         self.stats.ike_established += 1;
         self.schedule_ike_rekey(&mut sa);
+        self.schedule_reauth(&mut sa);
         self.half_open.retain(|_, v| *v != id);
         if find_notify(&ps, notify::INITIAL_CONTACT).is_some() {
             self.replace_old_sas(&sa, &idi, crypto);
@@ -1675,6 +1911,11 @@ impl Engine {
         self.actions.push_back(Action::IkeUp { connection: self.conns[conn].cfg.name.clone(), ike_spi: id });
         self.respond_encrypted(&mut sa, exchange::IKE_AUTH, mid, &out, crypto);
         self.sas.insert(id, sa);
+    }
+
+    /// Another established IKE SA of the same connection with the same peer.
+    fn has_twin(&self, sa: &IkeSa) -> bool {
+        self.sas.values().any(|s| s.conn == sa.conn && s.remote.addr == sa.remote.addr && s.state == State::Established)
     }
 
     /// INITIAL_CONTACT (section 2.4): the peer has no other IKE SAs with us,
@@ -1757,8 +1998,31 @@ impl Engine {
         let Some(outbound_spi) = esp_spi(&their_spi) else {
             return Err(Fail::with(notify::INVALID_SYNTAX, "ESP proposal SPI is not 4 bytes"));
         };
+        // PFS (section 1.3.1): a KE of the chosen group, or INVALID_KE_PAYLOAD
+        // naming the group we want.
+        let mut ke = None;
+        if !in_auth && chosen.dh != 0 {
+            let theirs = ps.iter().find_map(|p| match p {
+                Payload::Ke { group, data } => Some((*group, data.clone())),
+                _ => None,
+            });
+            match theirs {
+                Some((g, public)) if g == chosen.dh => {
+                    let (h, ours) = crypto.dh_generate(g).map_err(crypto_fail)?;
+                    ke = Some((h, public, ours));
+                }
+                Some((g, _)) => {
+                    return Err(Fail {
+                        notify: Some((notify::INVALID_KE_PAYLOAD, chosen.dh.to_be_bytes().to_vec())),
+                        message: format!("peer sent KE for DH group {g}, we chose {}: INVALID_KE_PAYLOAD", chosen.dh),
+                    });
+                }
+                None => return Err(Fail::with(notify::INVALID_SYNTAX, "PFS proposal chosen but no KE payload")),
+            }
+        }
         let inbound_spi = Self::new_esp_spi(crypto);
-        self.install_child(
+        let pfs = ke.as_ref().map(|(h, theirs, _)| (*h, theirs.as_slice()));
+        let installed = self.install_child(
             sa,
             cfg,
             chosen,
@@ -1769,13 +2033,20 @@ impl Engine {
             ni,
             nr,
             false,
+            pfs,
             crypto,
-        )?;
-        Ok(vec![
-            Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Esp, num, &inbound_spi.to_be_bytes())]),
-            Payload::TsI(n_tsi),
-            Payload::TsR(n_tsr),
-        ])
+        );
+        if let (Err(_), Some((h, _, _))) = (&installed, &ke) {
+            crypto.destroy(*h);
+        }
+        installed?;
+        let mut out =
+            vec![Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Esp, num, &inbound_spi.to_be_bytes())])];
+        if let Some((_, _, ours)) = ke {
+            out.push(Payload::Ke { group: chosen.dh, data: ours });
+        }
+        out.extend([Payload::TsI(n_tsi), Payload::TsR(n_tsr)]);
+        Ok(out)
     }
 
     /// Derive a CHILD SA's keys and tell the host to install it.
@@ -1792,6 +2063,7 @@ impl Engine {
         ni: &[u8],
         nr: &[u8],
         we_initiated: bool,
+        pfs: Option<(Handle, &[u8])>,
         crypto: &mut dyn IkeCrypto,
     ) -> Result<(), Fail> {
         let suite = ChildSuite {
@@ -1802,9 +2074,19 @@ impl Engine {
         };
         let ike_keys = sa.keys.ok_or_else(|| Fail::quiet("no IKE keys"))?;
         let keys = crypto
-            .child_keys(ike_keys, &suite, ni, nr, we_initiated)
+            .child_keys(ike_keys, &suite, ni, nr, we_initiated, pfs)
             .map_err(|e| Fail::with(notify::NO_PROPOSAL_CHOSEN, format!("cannot derive CHILD_SA keys: {e:?}")))?;
         let c = &self.conns[sa.conn];
+        let life = c.children[cfg].life;
+        // Soft limits less up to 10 %, as rekey times (section 2.8.1 collisions
+        // are rarer when the two ends do not count to the same number).
+        let spread = u64::from(inbound_spi);
+        let limits = Limits {
+            soft_bytes: jittered(life.rekey_bytes, spread),
+            soft_packets: jittered(life.rekey_packets, spread),
+            hard_bytes: life.life_bytes,
+            hard_packets: life.life_packets,
+        };
         let child = ChildSa {
             connection: c.cfg.name.clone(),
             child: c.children[cfg].name.clone(),
@@ -1820,6 +2102,7 @@ impl Engine {
             remote: sa.remote,
             encap: sa.encap(c.cfg.force_encap),
             outbound_deferred: self.defer_outbound,
+            limits,
         };
         if self.defer_outbound {
             sa.deferred.push((outbound_spi, self.now + DEFERRED_OUTBOUND_MS));
@@ -1832,9 +2115,19 @@ impl Engine {
             ts::show_all(&remote_ts),
             if child.encap { ", UDP-encapsulated" } else { "" }
         );
-        let rekey_time = c.children[cfg].rekey_time_ms;
-        let rekey_at = if rekey_time > 0 { self.now + jittered(rekey_time, u64::from(inbound_spi)) } else { 0 };
-        sa.children.push(Child { cfg, inbound_spi, outbound_spi, keys, local_ts, remote_ts, rekey_at });
+        let rekey_at = if life.rekey_time > 0 { self.now + jittered(life.rekey_time, spread) } else { 0 };
+        let expire_at = if life.life_time > 0 { self.now + life.life_time } else { 0 };
+        sa.children.push(Child {
+            cfg,
+            inbound_spi,
+            outbound_spi,
+            keys,
+            local_ts,
+            remote_ts,
+            rekey_at,
+            expire_at,
+            replaced: false,
+        });
         self.stats.child_installed += 1;
         self.actions.push_back(Action::InstallChild(child));
         self.log(Level::Info, sa.conn, msg);
@@ -1885,6 +2178,7 @@ impl Engine {
         sa.state = State::Established;
         self.stats.ike_established += 1;
         self.schedule_ike_rekey(&mut sa);
+        self.schedule_reauth(&mut sa);
         let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
         let msg = format!(
             "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
@@ -1913,9 +2207,30 @@ impl Engine {
         in_auth: bool,
         crypto: &mut dyn IkeCrypto,
     ) -> Result<(), Fail> {
-        let Some(p) = sa.pending_child.take() else {
+        let Some(mut p) = sa.pending_child.take() else {
             return Err(Fail::quiet("no CHILD_SA was requested"));
         };
+        let dh = p.dh.take();
+        let r = self.complete_pending(sa, &p, dh, ps, ni, nr, in_auth, crypto);
+        if let (Err(_), Some((h, _))) = (&r, dh) {
+            // Not consumed by a key derivation.
+            crypto.destroy(h);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn complete_pending(
+        &mut self,
+        sa: &mut IkeSa,
+        p: &PendingChild,
+        dh: Option<(Handle, u16)>,
+        ps: &[Payload],
+        ni: &[u8],
+        nr: &[u8],
+        in_auth: bool,
+        crypto: &mut dyn IkeCrypto,
+    ) -> Result<(), Fail> {
         let c = &self.conns[sa.conn];
         let child = &c.children[p.cfg];
         if let Some(n) = first_error(ps) {
@@ -1929,7 +2244,7 @@ impl Engine {
                 "peer answered {} to child {} (our ESP proposals {}, TSi {}, TSr {})",
                 notify_name(n),
                 child.name,
-                proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], false)),
+                proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], !in_auth)),
                 ts::show_all(&p.local_ts),
                 ts::show_all(&p.remote_ts)
             )));
@@ -1953,12 +2268,29 @@ impl Engine {
                 ts::show_all(&p.remote_ts)
             )));
         }
-        self.install_child(sa, p.cfg, chosen, p.inbound_spi, outbound_spi, tsi, tsr, ni, nr, true, crypto)
+        // PFS (section 1.3.1): the answer's KE must be of the group we sent.
+        let their_ke = ps.iter().find_map(|x| match x {
+            Payload::Ke { group, data } => Some((*group, data.as_slice())),
+            _ => None,
+        });
+        let pfs = match (dh, chosen.dh) {
+            (None, 0) if !in_auth => None,
+            (_, _) if in_auth => None,
+            (Some((h, g)), c) if c == g => match their_ke {
+                Some((kg, public)) if kg == g => Some((h, public)),
+                _ => return Err(Fail::quiet(format!("peer chose DH group {g} for the CHILD_SA but sent no KE of it"))),
+            },
+            (_, c) => {
+                return Err(Fail::quiet(format!("peer chose DH group {c} for the CHILD_SA, not the one we sent")));
+            }
+        };
+        self.install_child(sa, p.cfg, chosen, p.inbound_spi, outbound_spi, tsi, tsr, ni, nr, true, pfs, crypto)
     }
 
     // ---- CREATE_CHILD_SA (additional CHILD SAs, section 1.3.1) ----------------
 
-    /// As initiator, request the connection's further CHILD SAs one by one.
+    /// As initiator, request the connection's further CHILD SAs one by one;
+    /// when all are up and this IKE SA reauthenticates another, delete that.
     fn next_create_child(&mut self, now: u64, id: u64, crypto: &mut dyn IkeCrypto) {
         let Some(mut sa) = self.sas.remove(&id) else {
             return;
@@ -1970,33 +2302,88 @@ impl Engine {
         let c = &self.conns[sa.conn];
         // Only the IKE SA's initiator brings up the connection's other children.
         let next = (0..c.children.len()).find(|i| sa.initiator && !sa.children_tried.contains(i));
-        let Some(cfg) = next else {
-            self.sas.insert(id, sa);
-            return;
-        };
-        sa.children_tried.push(cfg);
-        let child = &c.children[cfg];
-        let spi = Self::new_esp_spi(crypto);
-        let nonce = Self::nonce(crypto);
-        let ps = vec![
-            Payload::Sa(proposal::to_wire(&child.esp, Kind::Esp, &spi.to_be_bytes(), false)),
-            Payload::Nonce(nonce.clone()),
-            Payload::TsI(child.local_ts.clone()),
-            Payload::TsR(child.remote_ts.clone()),
-        ];
-        sa.pending_child = Some(PendingChild {
-            cfg,
-            inbound_spi: spi,
-            local_ts: child.local_ts.clone(),
-            remote_ts: child.remote_ts.clone(),
-            nonce: Some(nonce),
-            rekeys: None,
-        });
-        match Self::encrypted(&sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
-            Ok(d) => self.request(&mut sa, now, Pending::CreateChild, d),
-            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot request CHILD_SA: {}", f.message)),
+        match next {
+            Some(cfg) => {
+                sa.children_tried.push(cfg);
+                self.request_child(&mut sa, cfg, None, None, now, crypto);
+            }
+            None => {
+                if let Some(old) = sa.replaces.take() {
+                    self.finish_reauth(&sa, old, now, crypto);
+                }
+            }
         }
         self.sas.insert(id, sa);
+    }
+
+    /// CREATE_CHILD_SA for CHILD config `cfg`: a new CHILD SA, or the
+    /// successor of the one with inbound SPI `rekeys` (section 1.3.3, make
+    /// before break: the old SA works until the new one is in). With PFS in
+    /// the ESP proposals, a KE payload of `group` (default: our first).
+    fn request_child(
+        &mut self,
+        sa: &mut IkeSa,
+        cfg: usize,
+        rekeys: Option<u32>,
+        group: Option<u16>,
+        now: u64,
+        crypto: &mut dyn IkeCrypto,
+    ) {
+        let (local_ts, remote_ts) = match rekeys.and_then(|old| sa.children.iter().find(|c| c.inbound_spi == old)) {
+            Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
+            None => {
+                let c = &self.conns[sa.conn].children[cfg];
+                (c.local_ts.clone(), c.remote_ts.clone())
+            }
+        };
+        let esp = &self.conns[sa.conn].children[cfg].esp;
+        let group = group.or_else(|| esp.first().and_then(|p| p.dh.first().copied())).filter(|g| *g != 0);
+        let spi = Self::new_esp_spi(crypto);
+        let nonce = Self::nonce(crypto);
+        let mut ps = Vec::new();
+        if let Some(old) = rekeys {
+            ps.push(Payload::Notify(Notify {
+                protocol: protocol::ESP,
+                spi: old.to_be_bytes().to_vec(),
+                kind: notify::REKEY_SA,
+                data: Vec::new(),
+            }));
+        }
+        ps.push(Payload::Sa(proposal::to_wire(esp, Kind::Esp, &spi.to_be_bytes(), true)));
+        ps.push(Payload::Nonce(nonce.clone()));
+        let mut dh = None;
+        if let Some(g) = group {
+            match crypto.dh_generate(g) {
+                Ok((h, public)) => {
+                    dh = Some((h, g));
+                    ps.push(Payload::Ke { group: g, data: public });
+                }
+                Err(e) => {
+                    return self.log(Level::Warn, sa.conn, format!("cannot request CHILD_SA: DH group {g}: {e:?}"));
+                }
+            }
+        }
+        ps.push(Payload::TsI(local_ts.clone()));
+        ps.push(Payload::TsR(remote_ts.clone()));
+        match Self::encrypted(sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
+            Ok(d) => {
+                let name = &self.conns[sa.conn].children[cfg].name;
+                let msg = match rekeys {
+                    Some(old) => format!("rekeying CHILD_SA {name} {old:08x}"),
+                    None => format!("requesting CHILD_SA {name}"),
+                };
+                self.log(Level::Info, sa.conn, msg);
+                sa.pending_child =
+                    Some(PendingChild { cfg, inbound_spi: spi, local_ts, remote_ts, nonce: Some(nonce), rekeys, dh });
+                self.request(sa, now, Pending::CreateChild, d);
+            }
+            Err(f) => {
+                if let Some((h, _)) = dh {
+                    crypto.destroy(h);
+                }
+                self.log(Level::Warn, sa.conn, format!("cannot request CHILD_SA: {}", f.message));
+            }
+        }
     }
 
     fn initiator_create_child_response(
@@ -2007,8 +2394,25 @@ impl Engine {
         crypto: &mut dyn IkeCrypto,
     ) {
         let id = sa.our_spi();
+        // Section 1.3.1: the responder wants another DH group for PFS.
+        if let (Some(n), Some(p)) = (find_notify(&ps, notify::INVALID_KE_PAYLOAD), sa.pending_child.as_ref()) {
+            let want = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]]));
+            let ours = &self.conns[sa.conn].children[p.cfg].esp;
+            let sent = p.dh.map(|d| d.1);
+            if let Some(g) = want.filter(|g| Some(*g) != sent && ours.iter().any(|c| c.dh.contains(g))) {
+                let (cfg, rekeys) = (p.cfg, p.rekeys);
+                if let Some((h, _)) = sa.pending_child.take().and_then(|p| p.dh) {
+                    crypto.destroy(h);
+                }
+                self.log(Level::Info, sa.conn, format!("peer wants DH group {g} for the CHILD_SA, retrying"));
+                self.request_child(&mut sa, cfg, rekeys, Some(g), now, crypto);
+                self.sas.insert(id, sa);
+                return;
+            }
+        }
         let ni = sa.pending_child.as_ref().and_then(|p| p.nonce.clone()).unwrap_or_default();
         let rekeys = sa.pending_child.as_ref().and_then(|p| p.rekeys);
+        let cfg = sa.pending_child.as_ref().map_or(0, |p| p.cfg);
         let new_inbound = sa.pending_child.as_ref().map_or(0, |p| p.inbound_spi);
         let nr = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
@@ -2017,18 +2421,32 @@ impl Engine {
         let r = match nr {
             Some(nr) => self.complete_child(&mut sa, &ps, &ni, &nr, false, crypto),
             None if first_error(&ps).is_some() => self.complete_child(&mut sa, &ps, &ni, &[], false, crypto),
-            None => Err(Fail::quiet("CREATE_CHILD_SA response without a nonce")),
+            None => {
+                let p = sa.pending_child.take();
+                if let Some((h, _)) = p.and_then(|p| p.dh) {
+                    crypto.destroy(h);
+                }
+                Err(Fail::quiet("CREATE_CHILD_SA response without a nonce"))
+            }
         };
         match (r, rekeys) {
             (Err(f), Some(old)) => {
                 self.log(Level::Warn, sa.conn, format!("CHILD_SA rekey failed, keeping the old SA: {}", f.message));
-                // Try again later; the old SA still carries traffic.
-                if let Some(c) = sa.children.iter_mut().find(|c| c.inbound_spi == old) {
-                    let t = self.conns[sa.conn].children[c.cfg].rekey_time_ms;
-                    c.rekey_at = now + (t / 10).max(1000);
+                // Try again later (section 2.25: not at once, and not in step
+                // with the peer); the old SA still carries traffic.
+                let retry = self.retry_delay(self.conns[sa.conn].children[cfg].life.rekey_time, crypto);
+                match sa.children.iter_mut().find(|c| c.inbound_spi == old) {
+                    Some(c) if !c.replaced => c.rekey_at = now + retry,
+                    Some(_) => {}
+                    // Our old SA expired meanwhile: create the CHILD SA anew.
+                    None if sa.delete_queue.iter().any(|q| q.0 == old) => self.recreate_later(&mut sa, cfg),
+                    // The peer deleted it: re-creating it is the peer's call.
+                    None => {}
                 }
             }
-            (Err(f), None) => self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message)),
+            (Err(f), None) => {
+                self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
+            }
             (Ok(()), Some(old)) => {
                 // Section 2.8.1: after a simultaneous rekey the SA created with
                 // the lowest of the four nonces is redundant; its creator
@@ -2050,21 +2468,47 @@ impl Engine {
                         self.log(Level::Info, sa.conn, msg);
                     }
                 }
-                // Section 1.3.3: the new SA is in place; now delete the old one.
-                let del = [Payload::Delete(Delete {
-                    protocol: protocol::ESP,
-                    spi_size: 4,
-                    spis: vec![delete.to_be_bytes().to_vec()],
-                })];
-                match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
-                    Ok(d) => self.request(&mut sa, now, Pending::DeleteChild(delete), d),
-                    Err(f) => self.log(Level::Warn, sa.conn, format!("cannot delete the rekeyed SA: {}", f.message)),
+                if let Some(c) = sa.children.iter_mut().find(|c| c.inbound_spi == delete) {
+                    c.replaced = true;
+                    c.rekey_at = 0;
+                    // Section 1.3.3: the new SA is in place; now delete the old one.
+                    let del = [Payload::Delete(Delete {
+                        protocol: protocol::ESP,
+                        spi_size: 4,
+                        spis: vec![delete.to_be_bytes().to_vec()],
+                    })];
+                    match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
+                        Ok(d) => self.request(&mut sa, now, Pending::DeleteChild(delete), d),
+                        Err(f) => {
+                            self.log(Level::Warn, sa.conn, format!("cannot delete the rekeyed SA: {}", f.message))
+                        }
+                    }
                 }
+                // Otherwise the old SA is gone already (the peer deleted it,
+                // or it expired and its DELETE is queued).
             }
             (Ok(()), None) => {}
         }
         self.sas.insert(id, sa);
         self.next_create_child(now, id, crypto);
+    }
+
+    /// How long to wait before retrying a rekey that failed or met a
+    /// TEMPORARY_FAILURE: a tenth of the rekey interval (at least a second),
+    /// plus up to half that again at random so both ends do not retry in step.
+    fn retry_delay(&self, interval: u64, crypto: &mut dyn IkeCrypto) -> u64 {
+        let base = (interval / 10).max(1000);
+        let mut r = [0u8; 4];
+        crypto.random(&mut r);
+        base + u64::from(u32::from_be_bytes(r)) % (base / 2 + 1)
+    }
+
+    /// Create CHILD config `cfg` again once no exchange is in flight, unless
+    /// an SA of it exists.
+    fn recreate_later(&mut self, sa: &mut IkeSa, cfg: usize) {
+        if !sa.recreate.contains(&cfg) && !sa.children.iter().any(|c| c.cfg == cfg) {
+            sa.recreate.push(cfg);
+        }
     }
 
     fn responder_create_child(&mut self, mut sa: IkeSa, h: Header, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
@@ -2074,50 +2518,59 @@ impl Engine {
             ps.iter().any(|p| matches!(p, Payload::Sa(props) if props.iter().any(|x| x.protocol == protocol::IKE)));
         let rekey_spi =
             find_notify(&ps, notify::REKEY_SA).filter(|n| n.protocol == protocol::ESP).and_then(|n| esp_spi(&n.spi));
-        let unknown = rekey_spi.filter(|old| !sa.children.iter().any(|c| c.outbound_spi == *old));
-        let has_ke = ps.iter().any(|p| matches!(p, Payload::Ke { .. }));
+        let known = rekey_spi.and_then(|old| sa.children.iter().find(|c| c.outbound_spi == old));
+        // Section 2.25.1: a rekey of a CHILD SA we are closing.
+        let closing = rekey_spi.is_some_and(|old| {
+            sa.delete_queue.iter().any(|d| d.1 == old)
+                || known.is_some_and(|c| {
+                    matches!(sa.request.as_ref().map(|r| r.kind), Some(Pending::DeleteChild(x)) if x == c.inbound_spi)
+                })
+        });
         let ni = ps.iter().find_map(|p| match p {
             Payload::Nonce(n) => Some(n.clone()),
             _ => None,
         });
         let out = if ike_rekey {
             self.responder_ike_rekey(&mut sa, &ps, crypto)
-        } else if let Some(old) = unknown {
+        } else if sa.ike_rekey.is_some() || closing {
+            // Section 2.25.2: no new or rekeyed CHILD SAs while we rekey the
+            // IKE SA; section 2.25.1: nor a rekey of an SA we are deleting.
+            self.stats.temporary_failures += 1;
+            vec![notify_payload(notify::TEMPORARY_FAILURE, Vec::new())]
+        } else if let (Some(old), None) = (rekey_spi, known) {
             vec![Payload::Notify(Notify {
                 protocol: protocol::ESP,
                 spi: old.to_be_bytes().to_vec(),
                 kind: notify::CHILD_SA_NOT_FOUND,
                 data: Vec::new(),
             })]
-        } else if has_ke {
-            self.log(Level::Warn, sa.conn, "peer requested a CHILD_SA with PFS, which is not supported yet".into());
-            vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())]
-        } else if rekey_spi.is_some_and(|old| {
-            let ours = sa.children.iter().find(|c| c.outbound_spi == old).map(|c| c.inbound_spi);
-            matches!(sa.request.as_ref().map(|r| r.kind), Some(Pending::DeleteChild(x)) if Some(x) == ours)
-        }) {
-            // We are deleting that SA already (our rekey of it finished).
-            vec![notify_payload(notify::TEMPORARY_FAILURE, Vec::new())]
         } else if let Some(ni) = ni {
             let nr = Self::nonce(crypto);
             // Section 2.8.1: the peer rekeys the SA we are rekeying too. Answer
             // as usual; the nonces decide later which new SA is redundant.
-            let ours =
-                rekey_spi.and_then(|old| sa.children.iter().find(|c| c.outbound_spi == old)).map(|c| c.inbound_spi);
+            let ours = known.map(|c| c.inbound_spi);
             if let Some(x) = ours.filter(|x| sa.pending_child.as_ref().and_then(|p| p.rekeys) == Some(*x)) {
                 sa.collision = Some((x, ni.clone(), nr.clone()));
             }
-            self.defer_outbound = rekey_spi.is_some();
+            self.defer_outbound = rekey_spi.is_some() || self.has_twin(&sa);
             let accepted = self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto);
             self.defer_outbound = false;
             match accepted {
                 Ok(mut child) => {
+                    // The old SA now only waits for the initiator's DELETE.
+                    if let Some(c) = ours.and_then(|x| sa.children.iter_mut().find(|c| c.inbound_spi == x)) {
+                        c.replaced = true;
+                        if sa.pending_child.as_ref().and_then(|p| p.rekeys) != Some(c.inbound_spi) {
+                            c.rekey_at = 0;
+                        }
+                    }
                     child.insert(1, Payload::Nonce(nr));
                     child
                 }
                 Err(f) => {
                     self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
-                    vec![notify_payload(f.notify.map_or(notify::NO_PROPOSAL_CHOSEN, |n| n.0), Vec::new())]
+                    let (n, data) = f.notify.unwrap_or((notify::NO_PROPOSAL_CHOSEN, Vec::new()));
+                    vec![notify_payload(n, data)]
                 }
             }
         } else {
@@ -2128,42 +2581,23 @@ impl Engine {
         self.sas.insert(id, sa);
     }
 
-    /// As the rekey's initiator: ask for a successor of CHILD SA `pos`
-    /// (section 1.3.3). The old SA keeps working until the new one is in.
+    /// As the rekey's initiator: ask for a successor of CHILD SA `pos`.
     fn start_child_rekey(&mut self, sa: &mut IkeSa, pos: usize, now: u64, crypto: &mut dyn IkeCrypto) {
         let child = &mut sa.children[pos];
         child.rekey_at = 0;
-        let (cfg, old, local_ts, remote_ts) =
-            (child.cfg, child.inbound_spi, child.local_ts.clone(), child.remote_ts.clone());
-        let spi = Self::new_esp_spi(crypto);
-        let nonce = Self::nonce(crypto);
-        let esp = &self.conns[sa.conn].children[cfg].esp;
-        let ps = vec![
-            Payload::Notify(Notify {
-                protocol: protocol::ESP,
-                spi: old.to_be_bytes().to_vec(),
-                kind: notify::REKEY_SA,
-                data: Vec::new(),
-            }),
-            Payload::Sa(proposal::to_wire(esp, Kind::Esp, &spi.to_be_bytes(), false)),
-            Payload::Nonce(nonce.clone()),
-            Payload::TsI(local_ts.clone()),
-            Payload::TsR(remote_ts.clone()),
-        ];
-        sa.pending_child =
-            Some(PendingChild { cfg, inbound_spi: spi, local_ts, remote_ts, nonce: Some(nonce), rekeys: Some(old) });
-        match Self::encrypted(sa, exchange::CREATE_CHILD_SA, false, sa.next_mid, &ps, crypto) {
-            Ok(d) => {
-                self.log(Level::Info, sa.conn, format!("rekeying CHILD_SA {old:08x}"));
-                self.request(sa, now, Pending::CreateChild, d);
-            }
-            Err(f) => self.log(Level::Warn, sa.conn, format!("cannot rekey: {}", f.message)),
-        }
+        let (cfg, old) = (child.cfg, child.inbound_spi);
+        self.request_child(sa, cfg, Some(old), None, now, crypto);
     }
 
     fn schedule_ike_rekey(&self, sa: &mut IkeSa) {
         let t = self.conns[sa.conn].cfg.rekey_time_ms;
         sa.rekey_ike_at = if t > 0 { self.now + jittered(t, sa.our_spi()) } else { 0 };
+    }
+
+    /// Reauthentication counts from when the IKE SA was authenticated.
+    fn schedule_reauth(&self, sa: &mut IkeSa) {
+        let t = self.conns[sa.conn].cfg.reauth_time_ms;
+        sa.reauth_at = if t > 0 { self.now + jittered(t, sa.our_spi().rotate_left(17)) } else { 0 };
     }
 
     /// As the rekey's initiator: propose a new IKE SA (section 1.3.2).
@@ -2194,7 +2628,9 @@ impl Engine {
         }
     }
 
-    /// The IKE SA that replaces `old`, which hands over its CHILD SAs.
+    /// The IKE SA that replaces `old`; it takes over the CHILD SAs unless
+    /// this is the peer's half of a simultaneous rekey (section 2.8.2),
+    /// which gets them only if it wins.
     #[allow(clippy::too_many_arguments)]
     fn successor(
         &mut self,
@@ -2206,6 +2642,7 @@ impl Engine {
         keys: Handle,
         ni: Vec<u8>,
         nr: Vec<u8>,
+        take_children: bool,
     ) -> IkeSa {
         let mut new = IkeSa {
             initiator,
@@ -2219,17 +2656,33 @@ impl Engine {
             nr,
             nat_local: old.nat_local,
             nat_remote: old.nat_remote,
-            children: std::mem::take(&mut old.children),
             children_tried: old.children_tried.clone(),
-            deferred: std::mem::take(&mut old.deferred),
             next_keepalive: old.next_keepalive,
             ..IkeSa::fresh(old.conn, old.local, old.remote, self.now)
         };
-        self.schedule_ike_rekey(&mut new);
         self.stats.ike_established += 1;
-        let msg =
-            format!("IKE_SA {:016x} rekeyed: now {:016x}, {}", old.our_spi(), new.our_spi(), chosen.name(Kind::Ike));
-        self.log(Level::Info, new.conn, msg);
+        if take_children {
+            new.children = std::mem::take(&mut old.children);
+            new.deferred = std::mem::take(&mut old.deferred);
+            new.delete_queue = std::mem::take(&mut old.delete_queue);
+            new.recreate = std::mem::take(&mut old.recreate);
+            new.reauth_at = std::mem::take(&mut old.reauth_at);
+            self.schedule_ike_rekey(&mut new);
+            let msg = format!(
+                "IKE_SA {:016x} rekeyed: now {:016x}, {}",
+                old.our_spi(),
+                new.our_spi(),
+                chosen.name(Kind::Ike)
+            );
+            self.log(Level::Info, new.conn, msg);
+        } else {
+            let msg = format!(
+                "IKE_SA {:016x}: the peer rekeys it while we do too; its new IKE_SA {:016x} waits for the tie-break",
+                old.our_spi(),
+                new.our_spi()
+            );
+            self.log(Level::Info, new.conn, msg);
+        }
         self.actions
             .push_back(Action::IkeUp { connection: self.conns[new.conn].cfg.name.clone(), ike_spi: new.our_spi() });
         new
@@ -2258,9 +2711,16 @@ impl Engine {
         let Ok(spi_i) = <[u8; 8]>::try_from(&their_spi[..]).map(u64::from_be_bytes) else {
             return vec![notify_payload(notify::INVALID_SYNTAX, Vec::new())];
         };
-        if sa.request.is_some() || sa.ike_rekey.is_some() {
-            // A simultaneous exchange of ours: let the peer retry (collision
-            // handling per section 2.8.1 is still to come).
+        // Section 2.25.2: our own rekey of this IKE SA is no obstacle (the
+        // nonces decide later, section 2.8.2), but any other exchange of ours
+        // on it, a pending CHILD SA deletion, or closing it is.
+        let colliding = sa.ike_rekey.is_some();
+        if sa.state != State::Established
+            || (sa.request.is_some() && !colliding)
+            || !sa.delete_queue.is_empty()
+            || sa.close_when_idle
+        {
+            self.stats.temporary_failures += 1;
             return vec![notify_payload(notify::TEMPORARY_FAILURE, Vec::new())];
         }
         let Some(old_keys) = sa.keys else {
@@ -2285,7 +2745,10 @@ impl Engine {
                 return vec![notify_payload(notify::NO_PROPOSAL_CHOSEN, Vec::new())];
             }
         };
-        let new = self.successor(sa, false, spi_i, spi_r, chosen, keys, ni, nr.clone());
+        if colliding {
+            sa.ike_collision = Some((spi_r, ni.clone(), nr.clone()));
+        }
+        let new = self.successor(sa, false, spi_i, spi_r, chosen, keys, ni, nr.clone(), !colliding);
         self.sas.insert(spi_r, new);
         vec![
             Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &spi_r.to_be_bytes())]),
@@ -2300,51 +2763,82 @@ impl Engine {
             self.sas.insert(id, sa);
             return;
         };
-        let retry_at = now + (self.conns[sa.conn].cfg.rekey_time_ms / 10).max(1000);
-        let failure =
-            if let Some(n) = first_error(&ps) { Some(format!("peer answered {}", notify_name(n))) } else { None };
+        let retry_at = now + self.retry_delay(self.conns[sa.conn].cfg.rekey_time_ms, crypto);
+        let failure = first_error(&ps).map(|n| format!("peer answered {}", notify_name(n)));
         let answer = sa_ke_nonce(&ps).and_then(|(answer, group, public, nr)| {
             let (chosen, spi) = proposal::check_answer(&answer, &self.conns[sa.conn].ike, Kind::Ike, false)?;
             let spi_r = u64::from_be_bytes(<[u8; 8]>::try_from(&spi[..]).ok()?);
             (group == chosen.dh).then_some((chosen, spi_r, public, nr))
         });
-        let (Some((chosen, spi_r, public, nr)), None) = (answer, &failure) else {
-            crypto.destroy(dh);
-            let why = failure.unwrap_or_else(|| "malformed or unacceptable answer".into());
-            self.log(Level::Warn, sa.conn, format!("IKE rekey failed, keeping the IKE SA: {why}"));
-            sa.rekey_ike_at = retry_at;
-            self.sas.insert(id, sa);
-            return;
-        };
-        let suite = IkeSuite {
+        let suite_of = |chosen: &Chosen| IkeSuite {
             encr: chosen.encr.id,
             key_bits: chosen.encr.key_bits.unwrap_or(256),
             prf: chosen.prf,
             integ: chosen.integ,
             dh: chosen.dh,
         };
-        let Some(old_keys) = sa.keys else { return self.drop_sa(sa, crypto, "no keys") };
-        let keys = match crypto.rekey_ike_sa(old_keys, &suite, dh, &public, &ni, &nr, new_spi, spi_r) {
-            Ok(k) => k,
-            Err(e) => {
-                self.log(Level::Warn, sa.conn, format!("IKE rekey failed, keeping the IKE SA: {e:?}"));
-                sa.rekey_ike_at = retry_at;
+        let derived = match (answer, &failure, sa.keys) {
+            (Some((chosen, spi_r, public, nr)), None, Some(old_keys)) => {
+                match crypto.rekey_ike_sa(old_keys, &suite_of(&chosen), dh, &public, &ni, &nr, new_spi, spi_r) {
+                    Ok(k) => Ok((chosen, spi_r, nr, k)),
+                    Err(e) => Err(format!("key derivation failed: {e:?}")),
+                }
+            }
+            (_, f, _) => {
+                crypto.destroy(dh);
+                Err(f.clone().unwrap_or_else(|| "malformed or unacceptable answer".into()))
+            }
+        };
+        let collision = sa.ike_collision.take().filter(|c| self.sas.contains_key(&c.0));
+        let (chosen, spi_r, nr, keys) = match derived {
+            Ok(x) => x,
+            Err(why) => {
+                if let Some((theirs, _, _)) = collision {
+                    // Section 2.8.2: the peer finished its rekey and refused
+                    // ours; its new IKE SA is the one that stays.
+                    self.stats.ike_rekey_collisions_lost += 1;
+                    self.log(Level::Info, sa.conn, format!("IKE rekey collision: ours failed ({why}); theirs stays"));
+                    self.adopt_children(&mut sa, theirs);
+                } else {
+                    self.log(Level::Warn, sa.conn, format!("IKE rekey failed, keeping the IKE SA: {why}"));
+                    sa.rekey_ike_at = retry_at;
+                }
                 self.sas.insert(id, sa);
                 return;
             }
         };
-        let new = self.successor(&mut sa, true, new_spi, spi_r, chosen, keys, ni, nr);
-        self.sas.insert(new_spi, new);
-        // Section 1.3.2: the old IKE SA is deleted by the rekey's initiator.
-        let del = [Payload::Delete(Delete { protocol: protocol::IKE, spi_size: 0, spis: Vec::new() })];
-        match Self::encrypted(&sa, exchange::INFORMATIONAL, false, sa.next_mid, &del, crypto) {
-            Ok(d) => {
-                self.request(&mut sa, now, Pending::DeleteIke, d);
-                sa.state = State::Deleting;
+        // Section 2.8.2: after a simultaneous rekey, the new IKE SA made with
+        // the lowest of the four nonces is deleted by its creator; the other
+        // one takes the CHILD SAs, and its creator deletes the old IKE SA.
+        if let Some((theirs, their_ni, our_nr)) = collision {
+            let lowest = [&ni, &nr, &their_ni, &our_nr].into_iter().min().cloned().unwrap_or_default();
+            if lowest == ni || lowest == nr {
+                self.stats.ike_rekey_collisions_lost += 1;
+                let mut ours = self.successor(&mut sa, true, new_spi, spi_r, chosen, keys, ni, nr, false);
+                let msg = format!("IKE rekey collision: our new IKE_SA {new_spi:016x} is redundant (lowest nonce)");
+                self.log(Level::Info, sa.conn, msg);
+                self.send_delete_ike(&mut ours, now, crypto);
+                self.sas.insert(new_spi, ours);
+                self.adopt_children(&mut sa, theirs);
+                // The peer deletes the old IKE SA.
                 self.sas.insert(id, sa);
+                return;
             }
-            Err(_) => self.drop_sa(sa, crypto, "replaced by its rekeyed successor"),
+            self.stats.ike_rekey_collisions_won += 1;
+            let msg = format!("IKE rekey collision won: keeping {new_spi:016x}; the peer deletes its {theirs:016x}");
+            self.log(Level::Info, sa.conn, msg);
         }
+        let new = self.successor(&mut sa, true, new_spi, spi_r, chosen, keys, ni, nr, true);
+        // Section 1.3.2: the old IKE SA is deleted by the rekey's initiator.
+        self.send_delete_ike(&mut sa, now, crypto);
+        if sa.state == State::Deleting {
+            self.sas.insert(id, sa);
+        } else {
+            self.drop_sa(sa, crypto, "replaced by its rekeyed successor");
+        }
+        // Requests the old SA still owed (queued deletions, CHILD SAs to
+        // create) go out on the new one.
+        self.sas.insert(new_spi, new);
     }
 
     /// Start sending on deferred outbound SAs whose time has come (all of
@@ -2376,6 +2870,60 @@ impl Engine {
         );
     }
 
+    /// The data plane reports that the SA with this SPI (either direction)
+    /// passed a soft volume limit or ran low on sequence numbers (rekey it),
+    /// or a hard one (it carries no more traffic: delete it).
+    pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool) {
+        self.now = now;
+        let found = self.sas.iter().find_map(|(k, s)| {
+            s.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (*k, c.inbound_spi))
+        });
+        // Gone already (deleted or replaced meanwhile): nothing to do.
+        let Some((id, inbound)) = found else { return };
+        let Some(mut sa) = self.sas.remove(&id) else { return };
+        if hard {
+            self.expire_child(&mut sa, inbound, "hard lifetime reached");
+        } else {
+            self.soft_expire(&mut sa, inbound, "soft lifetime reached");
+        }
+        self.sas.insert(id, sa);
+    }
+
+    /// Start a rekey of the CHILD SA now, unless one is under way or a
+    /// successor exists.
+    fn soft_expire(&mut self, sa: &mut IkeSa, inbound: u32, why: &str) {
+        let rekeying = sa.pending_child.as_ref().and_then(|p| p.rekeys) == Some(inbound);
+        let now = self.now;
+        let Some(c) = sa.children.iter_mut().find(|c| c.inbound_spi == inbound) else { return };
+        // Under way, due already, or superseded.
+        if rekeying || c.replaced || (c.rekey_at != 0 && c.rekey_at <= now) {
+            return;
+        }
+        self.stats.lifetime_soft += 1;
+        c.rekey_at = now.max(1);
+        self.log(Level::Info, sa.conn, format!("CHILD_SA {inbound:08x}: {why}, rekeying"));
+    }
+
+    /// Hard lifetime: the SA goes now, the peer is told (DELETE, section
+    /// 1.4.1), and the CHILD SA is created anew unless a successor exists or
+    /// is being made.
+    fn expire_child(&mut self, sa: &mut IkeSa, inbound: u32, why: &str) {
+        let Some(c) = sa.children.iter().find(|c| c.inbound_spi == inbound) else { return };
+        let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
+        self.stats.lifetime_hard += 1;
+        let level = if replaced { Level::Info } else { Level::Warn };
+        let msg = if replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
+        self.remove_child(sa, inbound, &msg);
+        if level == Level::Warn {
+            self.log(level, sa.conn, format!("CHILD_SA {inbound:08x}: {msg}; creating it anew"));
+        }
+        sa.delete_queue.push((inbound, outbound, false));
+        let rekeying = sa.pending_child.as_ref().is_some_and(|p| p.rekeys == Some(inbound));
+        if !replaced && !rekeying {
+            self.recreate_later(sa, cfg);
+        }
+    }
+
     // ---- INFORMATIONAL ---------------------------------------------------
 
     fn informational(&mut self, mut sa: IkeSa, h: Header, ps: Vec<Payload>, crypto: &mut dyn IkeCrypto) {
@@ -2383,36 +2931,36 @@ impl Engine {
         let mid = h.message_id;
         let mut delete_ike = false;
         let mut ours_deleted = Vec::new();
+        let mut any_deleted = false;
         for p in &ps {
             let Payload::Delete(d) = p else { continue };
             match d.protocol {
                 protocol::IKE => delete_ike = true,
                 protocol::ESP => {
                     for spi in d.spis.iter().filter_map(|s| esp_spi(s)) {
-                        // The peer names its inbound SPI: our outbound.
-                        if let Some(pos) = sa.children.iter().position(|c| c.outbound_spi == spi) {
-                            let c = sa.children.remove(pos);
-                            ours_deleted.push(c.inbound_spi.to_be_bytes().to_vec());
-                            self.actions.push_back(Action::DeleteChild {
-                                ike_spi: id,
-                                inbound_spi: c.inbound_spi,
-                                outbound_spi: c.outbound_spi,
-                                inbound_key: c.keys.inbound,
-                                outbound_key: c.keys.outbound,
-                            });
-                            let name = self.conns[sa.conn].children[c.cfg].name.clone();
-                            self.log(
-                                Level::Info,
-                                sa.conn,
-                                format!("peer deleted CHILD_SA {name} (SPIs in {:08x} out {spi:08x})", c.inbound_spi),
-                            );
+                        // Section 2.25.1: an SA we are deleting ourselves is
+                        // answered without a Delete payload.
+                        if let Some(pos) = sa.delete_queue.iter().position(|q| q.1 == spi) {
+                            if !sa.delete_queue[pos].2 {
+                                sa.delete_queue.remove(pos);
+                            }
+                            continue;
                         }
+                        // The peer names its inbound SPI: our outbound.
+                        let Some(pos) = sa.children.iter().position(|c| c.outbound_spi == spi) else { continue };
+                        let inbound = sa.children[pos].inbound_spi;
+                        let closing = matches!(sa.request.as_ref().map(|r| r.kind), Some(Pending::DeleteChild(x)) if x == inbound);
+                        if !closing {
+                            ours_deleted.push(inbound.to_be_bytes().to_vec());
+                        }
+                        any_deleted = true;
+                        self.remove_child(&mut sa, inbound, "deleted by the peer");
                     }
                 }
                 _ => {}
             }
         }
-        if !ours_deleted.is_empty() {
+        if any_deleted {
             self.activate_deferred(&mut sa, u64::MAX);
         }
         let out = if delete_ike || ours_deleted.is_empty() {
@@ -2422,10 +2970,37 @@ impl Engine {
         };
         self.respond_encrypted(&mut sa, exchange::INFORMATIONAL, mid, &out, crypto);
         if delete_ike {
+            // Section 2.8.2: the peer won a simultaneous IKE rekey and deletes
+            // the old SA; its new SA takes the CHILD SAs, if they are still here.
+            if let Some((winner, _, _)) = sa.ike_collision.take() {
+                self.adopt_children(&mut sa, winner);
+            }
+            // A reauthenticated successor may now send on its CHILD SAs.
+            for other in self.sas.values_mut() {
+                if other.conn == sa.conn && other.remote.addr == sa.remote.addr && !other.deferred.is_empty() {
+                    for (outbound_spi, _) in other.deferred.drain(..) {
+                        self.actions.push_back(Action::ActivateOutbound { outbound_spi });
+                    }
+                }
+            }
             self.drop_sa(sa, crypto, "peer sent DELETE");
         } else {
             self.sas.insert(id, sa);
         }
+    }
+
+    /// Move the CHILD SAs of `old` to the IKE SA with our SPI `to` (the
+    /// winner of a simultaneous IKE rekey), which may now rekey itself.
+    fn adopt_children(&mut self, old: &mut IkeSa, to: u64) {
+        let Some(mut new) = self.sas.remove(&to) else { return };
+        new.children.append(&mut old.children);
+        new.deferred.append(&mut old.deferred);
+        new.children_tried = old.children_tried.clone();
+        new.reauth_at = std::mem::take(&mut old.reauth_at);
+        self.schedule_ike_rekey(&mut new);
+        let msg = format!("IKE_SA {:016x}: CHILD SAs moved to the peer's new IKE_SA {to:016x}", old.our_spi());
+        self.log(Level::Info, new.conn, msg);
+        self.sas.insert(to, new);
     }
 }
 

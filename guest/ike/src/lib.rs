@@ -11,6 +11,6 @@ pub mod proposal;
 pub mod ts;
 
 pub use engine::{
-    Action, ChildConfig, ChildSa, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Level, StartAction, Stats,
-    Timing,
+    Action, ChildConfig, ChildSa, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Level, Limits, StartAction,
+    Stats, Timing,
 };

@@ -87,10 +87,11 @@ impl IkeCrypto for VaultCrypto {
         ni: &[u8],
         nr: &[u8],
         init: bool,
+        pfs: Option<(Handle, &[u8])>,
     ) -> Result<ChildKeys, CryptoError> {
         let km = self
             .vault
-            .child_keymat(sa, &VChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ }, ni, nr)
+            .child_keymat(sa, &VChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ }, ni, nr, pfs)
             .map_err(err)?;
         let (out, inb) = if init {
             (km.initiator_to_responder, km.responder_to_initiator)
@@ -124,6 +125,8 @@ struct Side {
     nat: bool,
     keepalives: usize,
     activated: Vec<u32>,
+    /// Fewest CHILD SAs installed at once after one was deleted.
+    live_min: usize,
 }
 
 /// A's address and port offset as B sees them when A is behind a NAT.
@@ -149,6 +152,10 @@ struct Conf<'a> {
     cookie_threshold: Option<usize>,
     /// B accepts initiators from any address (remote_addrs = %any).
     any_peer: bool,
+    /// CHILD SA rekey by packets and hard lifetime by time.
+    rekey_packets: u64,
+    life_ms: u64,
+    reauth_ms: u64,
 }
 
 impl Default for Conf<'_> {
@@ -167,6 +174,9 @@ impl Default for Conf<'_> {
             ike_rekey_ms: 0,
             cookie_threshold: None,
             any_peer: false,
+            rekey_packets: 0,
+            life_ms: 0,
+            reauth_ms: 0,
         }
     }
 }
@@ -188,6 +198,11 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         remote_ts: s(conf.remote_ts, peer_lan),
         esp_proposals: conf.esp.into(),
         rekey_time_ms: conf.rekey_ms,
+        rekey_bytes: 0,
+        rekey_packets: conf.rekey_packets,
+        life_time_ms: conf.life_ms,
+        life_bytes: 0,
+        life_packets: 0,
     }];
     if let Some((l, r)) = conf.extra_child {
         let (l, r) = if me == A { (l, r) } else { (r, l) };
@@ -197,6 +212,11 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             remote_ts: s(r, ""),
             esp_proposals: conf.esp.into(),
             rekey_time_ms: 0,
+            rekey_bytes: 0,
+            rekey_packets: 0,
+            life_time_ms: 0,
+            life_bytes: 0,
+            life_packets: 0,
         });
     }
     let mut timing = Timing::default();
@@ -222,6 +242,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             dpd_delay_ms: conf.dpd_ms,
             dpd_action: conf.dpd_action,
             rekey_time_ms: conf.ike_rekey_ms,
+            reauth_time_ms: conf.reauth_ms,
         })
         .unwrap();
     Side {
@@ -237,6 +258,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         nat: conf.nat,
         keepalives: 0,
         activated: vec![],
+        live_min: usize::MAX,
     }
 }
 
@@ -254,6 +276,7 @@ impl Side {
                     self.crypto.esp.remove(&inbound_key);
                     self.crypto.esp.remove(&outbound_key);
                     self.deleted += 1;
+                    self.live_min = self.live_min.min(self.installed.len() - self.deleted);
                 }
                 Action::IkeUp { .. } => self.up += 1,
                 Action::IkeDown { .. } => self.down += 1,
@@ -667,6 +690,9 @@ fn child_sas_are_rekeyed_make_before_break_without_leaks() {
         b.engine.tick(now, &mut b.crypto);
     }
     assert!(generations >= 12, "{generations} generations: {:?}", a.logs);
+    // The default hard lifetime (110 % of rekey_time) never struck: every
+    // SA was replaced in time.
+    assert_eq!((a.engine.stats().lifetime_hard, b.engine.stats().lifetime_hard), (0, 0));
     // Exactly one live CHILD SA pair at the end; every replaced one deleted on both sides.
     assert_eq!(a.engine.established(), (1, 1));
     assert_eq!(b.engine.established(), (1, 1));
@@ -798,4 +824,267 @@ fn one_source_cannot_flood_ike_sa_init() {
     let mut n = 0;
     pump(&mut a, &mut b, 1010, &mut all, &mut n);
     assert_eq!(a.up, 1);
+}
+
+/// Both ends' live CHILD SA pairs: exactly `n`, with keys that agree and
+/// no other ESP key left in either keystore.
+fn assert_live_pairs(a: &Side, b: &Side, n: usize) {
+    let live_a: Vec<&ChildSa> = a.installed.iter().filter(|c| a.crypto.esp.contains_key(&c.inbound_key)).collect();
+    assert_eq!(live_a.len(), n, "{:?}", a.logs.iter().rev().take(12).collect::<Vec<_>>());
+    for ca in live_a {
+        let cb = b.installed.iter().find(|c| c.inbound_spi == ca.outbound_spi).expect("B has the pair");
+        assert_eq!(ca.inbound_spi, cb.outbound_spi);
+        assert_eq!(a.crypto.esp[&ca.outbound_key], b.crypto.esp[&cb.inbound_key], "A->B keys agree");
+        assert_eq!(a.crypto.esp[&ca.inbound_key], b.crypto.esp[&cb.outbound_key], "B->A keys agree");
+    }
+    assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (2 * n, 2 * n), "no leaked ESP key");
+    assert_eq!((a.installed.len() - a.deleted, b.installed.len() - b.deleted), (n, n));
+}
+
+#[test]
+fn simultaneous_ike_rekeys_leave_exactly_one_ike_sa_either_way() {
+    // Both ends rekey the IKE SA every 9 ms of virtual time (too short for
+    // jitter), so every rekey collides (RFC 7296 section 2.8.2).
+    let conf = Conf { ike_rekey_ms: 9, ..Default::default() };
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &conf);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 3_000, &mut all);
+    let (sa, sb) = (a.engine.stats(), b.engine.stats());
+    let collisions = sa.ike_rekey_collisions_won + sa.ike_rekey_collisions_lost;
+    assert!(collisions >= 20, "{sa:?}");
+    // Each collision is seen from both sides, with opposite outcomes.
+    assert_eq!(sa.ike_rekey_collisions_won, sb.ike_rekey_collisions_lost, "{sa:?} {sb:?}");
+    assert_eq!(sa.ike_rekey_collisions_lost, sb.ike_rekey_collisions_won);
+    assert!(sa.ike_rekey_collisions_won > 0 && sa.ike_rekey_collisions_lost > 0, "{sa:?}");
+    // One IKE SA each, its CHILD SA carried over every time, nothing leaked:
+    // the vaults hold the PSK and the current IKE SA's keys only.
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!(a.engine.established(), (1, 1));
+    assert_eq!(b.engine.established(), (1, 1));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "no leaked IKE SA or DH value");
+    assert_live_pairs(&a, &b, 1);
+    assert_eq!(a.deleted, 0, "the CHILD SA never went down");
+    // The surviving IKE SA works: a DELETE over it tears everything down.
+    a.engine.terminate(5_000, "site", &mut a.crypto).unwrap();
+    run_from(&mut a, &mut b, 5_000, 6_000, &mut all);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1));
+}
+
+/// Deliver `from`'s queued datagrams to `to` (one direction only).
+fn deliver_all(from: &mut Side, to: &mut Side, now: u64) {
+    from.drain();
+    for d in std::mem::take(&mut from.outbox) {
+        to.deliver(now, d);
+    }
+}
+
+#[test]
+fn a_child_rekey_racing_a_delete_leaves_exactly_one_pair() {
+    for rekeyer_is_initiator in [true, false] {
+        // Crossing: X's rekey and X's DELETE (hard lifetime) pass each other.
+        // The deleter answers the rekey TEMPORARY_FAILURE (section 2.25.1),
+        // the rekeyer answers the DELETE as usual, and the deleter creates
+        // the CHILD SA anew.
+        let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+        let (r, d) = if rekeyer_is_initiator { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let x = r.installed[0].clone();
+        r.engine.child_expired(10, x.inbound_spi, false);
+        r.engine.tick(10, &mut r.crypto);
+        d.engine.child_expired(10, x.outbound_spi, true);
+        d.engine.tick(10, &mut d.crypto);
+        run_from(r, d, 10, 1_000, &mut all);
+        assert_eq!(d.engine.stats().temporary_failures, 1, "{:?}", d.logs);
+        assert_eq!(d.engine.stats().lifetime_hard, 1);
+        assert!(r.log_has("CHILD_SA rekey failed"), "{:?}", r.logs);
+        assert_eq!(a.engine.established(), (1, 1), "{:?}\n{:?}", a.logs, b.logs);
+        assert_eq!(b.engine.established(), (1, 1));
+        assert_live_pairs(&a, &b, 1);
+        assert_eq!((a.installed.len(), b.installed.len()), (2, 2), "the deleter's new SA, no other");
+
+        // The rekey completes first; then the old SA's hard lifetime on the
+        // responder sends a DELETE that crosses the rekeyer's own DELETE of
+        // it: both answer without a Delete payload, the successor stays.
+        let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+        let (r, d) = if rekeyer_is_initiator { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        let x = r.installed[0].clone();
+        r.engine.child_expired(10, x.inbound_spi, false);
+        r.engine.tick(10, &mut r.crypto);
+        deliver_all(r, d, 10); // the rekey request
+        d.engine.child_expired(10, x.outbound_spi, true);
+        d.engine.tick(10, &mut d.crypto);
+        deliver_all(d, r, 10); // the rekey response, then the DELETE of X
+        run_from(r, d, 10, 1_000, &mut all);
+        assert_eq!(r.engine.stats().lifetime_soft, 1);
+        assert_eq!(d.engine.stats().lifetime_hard, 1);
+        assert_eq!(a.engine.established(), (1, 1), "{:?}", a.logs);
+        assert_eq!(b.engine.established(), (1, 1), "{:?}", b.logs);
+        assert_live_pairs(&a, &b, 1);
+        assert_eq!((a.installed.len(), b.installed.len()), (2, 2), "the rekeyed SA, not re-created");
+        assert_eq!((a.engine.stats().temporary_failures, b.engine.stats().temporary_failures), (0, 0));
+    }
+}
+
+#[test]
+fn an_ike_rekey_racing_a_delete_or_a_child_rekey() {
+    // The IKE SA's rekey crosses the peer's DELETE of the IKE SA: the peer
+    // answers TEMPORARY_FAILURE, we answer the DELETE and forget our rekey.
+    let conf = Conf { ike_rekey_ms: 10_000, ..Default::default() };
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &Conf::default());
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    let t = a.engine.next_timeout().unwrap();
+    assert!((9_000..=10_000).contains(&t), "{t}");
+    a.engine.tick(t, &mut a.crypto);
+    b.engine.terminate(t, "site", &mut b.crypto).unwrap();
+    let mut n = 0;
+    pump(&mut a, &mut b, t, &mut all, &mut n);
+    assert!(a.log_has("rekeying IKE_SA"));
+    assert_eq!(b.engine.stats().temporary_failures, 1);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1), "PSK only: the rekey's DH value is gone");
+    assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (0, 0));
+
+    // The IKE SA's rekey crosses the peer's rekey of a CHILD SA: each side
+    // answers TEMPORARY_FAILURE (section 2.25.2), both retry later at
+    // random times, and both rekeys then go through.
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &Conf::default());
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    let t = a.engine.next_timeout().unwrap();
+    a.engine.tick(t, &mut a.crypto);
+    b.engine.child_expired(t, b.installed[0].inbound_spi, false);
+    b.engine.tick(t, &mut b.crypto);
+    let mut n = 0;
+    pump(&mut a, &mut b, t, &mut all, &mut n);
+    assert_eq!((a.engine.stats().temporary_failures, b.engine.stats().temporary_failures), (1, 1));
+    run_from(&mut a, &mut b, t, t + 9_000, &mut all);
+    assert!(a.log_has("rekeyed: now") && b.log_has("rekeyed: now"), "{:?}", a.logs);
+    assert_eq!(b.installed.len(), 2, "B's CHILD rekey went through on retry: {:?}", b.logs);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+    assert_live_pairs(&a, &b, 1);
+}
+
+#[test]
+fn lifetimes_by_time_and_volume() {
+    // Volume limits go to the data plane, soft ones less up to 10 %.
+    let conf = Conf { rekey_packets: 1000, ..Default::default() };
+    let (a, _) = connect(&conf, &Conf::default(), &mut all);
+    let l = a.installed[0].limits;
+    assert!((900..=1000).contains(&l.soft_packets) && l.hard_packets == 1100, "{l:?}");
+    assert_eq!((l.soft_bytes, l.hard_bytes), (0, 0));
+    let mut bad = side(A, B, &Conf::default());
+    let err = bad
+        .engine
+        .add_connection(ConnectionConfig {
+            name: "bad".into(),
+            local_addrs: vec![],
+            remote_addrs: vec![],
+            local_id: "a.test".into(),
+            remote_id: "%any".into(),
+            psk: 1,
+            ike_proposals: "aes256gcm16-prfsha256-x25519".into(),
+            children: vec![ChildConfig {
+                name: "c".into(),
+                local_ts: vec!["10.0.0.0/8".into()],
+                remote_ts: vec!["10.0.0.0/8".into()],
+                esp_proposals: "aes256gcm16".into(),
+                rekey_time_ms: 60_000,
+                rekey_bytes: 0,
+                rekey_packets: 0,
+                life_time_ms: 30_000,
+                life_bytes: 0,
+                life_packets: 0,
+            }],
+            start_action: StartAction::None,
+            force_encap: false,
+            keepalive_ms: 0,
+            dpd_delay_ms: 0,
+            dpd_action: DpdAction::Clear,
+            rekey_time_ms: 0,
+            reauth_time_ms: 0,
+        })
+        .unwrap_err();
+    assert!(err.contains("life_time (30000) must be above rekey_time (60000)"), "{err}");
+    let _ = bad.drain();
+
+    // A hard time lifetime with no rekey: the SA is deleted and created
+    // anew every 7 s, on both sides, without leaking a key.
+    let conf = Conf { life_ms: 7_000, ..Default::default() };
+    let (a, b) = connect(&conf, &Conf::default(), &mut all);
+    let st = a.engine.stats();
+    assert!(st.lifetime_hard >= 15, "{st:?}");
+    assert_eq!(a.installed.len() as u64, st.lifetime_hard + 1);
+    assert_eq!(a.engine.established(), (1, 1));
+    assert_eq!(b.engine.established(), (1, 1));
+    assert_live_pairs(&a, &b, 1);
+
+    // Sequence numbers running low look like a soft limit: a rekey, and
+    // the successor takes over before the hard end.
+    let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+    let x = a.installed[0].clone();
+    a.engine.child_expired(200_000, x.outbound_spi, false);
+    a.engine.child_expired(200_000, x.outbound_spi, false); // reported twice: one rekey
+    run_from(&mut a, &mut b, 200_000, 201_000, &mut all);
+    assert_eq!(a.engine.stats().lifetime_soft, 1);
+    assert_eq!((a.installed.len(), b.installed.len()), (2, 2));
+    assert_live_pairs(&a, &b, 1);
+    // An expiry for an SA that is gone already changes nothing.
+    a.engine.child_expired(202_000, x.outbound_spi, true);
+    a.drain();
+    assert_eq!(a.engine.stats().lifetime_hard, 0);
+    assert!(a.outbox.is_empty());
+}
+
+#[test]
+fn child_sas_with_pfs_are_rekeyed_with_a_new_dh_exchange() {
+    let conf = Conf { esp: "aes256gcm16-x25519", rekey_ms: 10_000, ..Default::default() };
+    let (a, b) = connect(&conf, &Conf { esp: "aes256gcm16-x25519", ..Default::default() }, &mut all);
+    assert!(a.installed.len() >= 10, "{}", a.installed.len());
+    // The rekeys used the DH group; the first CHILD SA (IKE_AUTH) has none.
+    let pfs = b.logs.iter().filter(|l| l.contains("installed") && l.contains("aes256gcm16-x25519")).count();
+    assert_eq!(pfs, b.installed.len() - 1, "{:?}", b.logs);
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "no DH value left behind");
+    assert_live_pairs(&a, &b, 1);
+
+    // The responder wants another group: INVALID_KE_PAYLOAD, and the
+    // initiator retries with it.
+    let conf = Conf { esp: "aes256gcm16-ecp256-x25519", rekey_ms: 10_000, ..Default::default() };
+    let (a, b) = connect(&conf, &Conf { esp: "aes256gcm16-x25519", ..Default::default() }, &mut all);
+    assert!(a.log_has("peer wants DH group 31"), "{:?}", a.logs);
+    assert!(a.installed.len() >= 10);
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+    assert_live_pairs(&a, &b, 1);
+
+    // Without PFS on the responder the rekey is refused and the old SA kept.
+    let (a, b) = connect(&conf, &Conf::default(), &mut all);
+    assert!(a.log_has("CHILD_SA rekey failed, keeping the old SA"), "{:?}", a.logs);
+    assert_eq!(a.installed.len(), 1);
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+}
+
+#[test]
+fn reauthentication_is_make_before_break() {
+    let extra: (&[&str], &[&str]) = (&["198.18.11.0/24"], &["198.18.12.0/24"]);
+    let conf = Conf { reauth_ms: 20_000, extra_child: Some(extra), ..Default::default() };
+    let (a, b) = connect(&conf, &Conf { extra_child: Some(extra), ..Default::default() }, &mut all);
+    let st = a.engine.stats();
+    assert!(st.reauths >= 5, "{st:?}");
+    assert_eq!(a.up, st.reauths as usize + 1, "a new IKE SA each time");
+    assert_eq!((a.down, b.down), (st.reauths as usize, st.reauths as usize), "the old one deleted each time");
+    // Both CHILD SAs were up at every moment: the new ones came before the
+    // old ones went, on both sides.
+    assert_eq!((a.live_min, b.live_min), (2, 2), "{:?}", a.logs);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!(a.engine.established(), (1, 2));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+    assert_live_pairs(&a, &b, 2);
+    // The responder sent on each new CHILD SA only once the old IKE SA was gone.
+    assert!(b.installed[2..].iter().all(|c| c.outbound_deferred));
+    assert!(b.installed[2..].iter().all(|c| b.activated.contains(&c.outbound_spi)));
+    assert!(a.logs.iter().filter(|l| l.contains("reauthenticated")).count() >= 5);
 }

@@ -278,19 +278,37 @@ impl Vault {
 
     /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), all of
     /// the initiator-to-responder SA's keys first.
+    /// With `pfs` (our DH value, consumed, and the peer's public value) the
+    /// new shared secret goes in front of the nonces (section 2.17:
+    /// KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr)).
     pub fn child_keymat(
         &mut self,
         sa: u64,
         suite: &ChildSuite,
         ni: &[u8],
         nr: &[u8],
+        pfs: Option<(u64, &[u8])>,
     ) -> Result<ChildKeymat, CryptoError> {
-        let k = self.ike_sa(sa)?;
+        self.ike_sa(sa)?;
         let c = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
         let one = c.encr_keymat_len() + c.integ_key_len();
-        let mut seed = Vec::with_capacity(ni.len() + nr.len());
+        let mut seed = Zeroizing::new(Vec::with_capacity(ni.len() + nr.len()));
+        if let Some((dh, peer_public)) = pfs {
+            let private = match self.secrets.remove(&dh) {
+                Some(Secret::Dh(p)) => p,
+                Some(other) => {
+                    self.secrets.insert(dh, other);
+                    return Err(CryptoError::WrongKeyKind);
+                }
+                None => return Err(CryptoError::UnknownKey),
+            };
+            let shared = dh::complete(private, peer_public)?;
+            self.record(&shared);
+            seed.extend_from_slice(&shared);
+        }
         seed.extend_from_slice(ni);
         seed.extend_from_slice(nr);
+        let k = self.ike_sa(sa)?;
         let km = k.prf.prf_plus(&k.sk_d, &seed, 2 * one);
         self.record(&km);
         Ok(ChildKeymat {
@@ -327,9 +345,17 @@ mod tests {
         assert_eq!(x, b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
         assert_ne!(x, b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
         let cs = ChildSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 128, integ: 0 };
-        let ka = a.child_keymat(sa, &cs, &ni, &nr).unwrap();
-        let kb = b.child_keymat(sb, &cs, &ni, &nr).unwrap();
+        let ka = a.child_keymat(sa, &cs, &ni, &nr, None).unwrap();
+        let kb = b.child_keymat(sb, &cs, &ni, &nr, None).unwrap();
         assert_eq!(*ka.initiator_to_responder, *kb.initiator_to_responder);
+        // With PFS both sides agree, on other keys, and the DH values are gone.
+        let (da, pa) = a.dh_generate(dh::X25519).unwrap();
+        let (db, pb) = b.dh_generate(dh::X25519).unwrap();
+        let pa_km = a.child_keymat(sa, &cs, &ni, &nr, Some((da, &pb))).unwrap();
+        let pb_km = b.child_keymat(sb, &cs, &ni, &nr, Some((db, &pa))).unwrap();
+        assert_eq!(*pa_km.responder_to_initiator, *pb_km.responder_to_initiator);
+        assert_ne!(*pa_km.initiator_to_responder, *ka.initiator_to_responder);
+        assert_eq!(a.child_keymat(sa, &cs, &ni, &nr, Some((da, &pb))).err(), Some(CryptoError::UnknownKey));
         assert_eq!(ka.initiator_to_responder.len(), 20);
         assert_ne!(*ka.initiator_to_responder, *ka.responder_to_initiator);
         assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
