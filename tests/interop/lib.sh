@@ -105,6 +105,7 @@ capture_stop() { sleep 0.5; kill -INT "$CAP_PID" 2>/dev/null || true; wait "$CAP
 # ---- strongSwan --------------------------------------------------------------
 
 # sswan_start NS DIR ROLE(initiator|responder) LOCAL_ADDR REMOTE_ADDR LID RID LTS RTS [IKE_PROPOSALS ESP_PROPOSALS]
+# SSWAN_CONN_EXTRA, SSWAN_CHILD_EXTRA: more swanctl.conf lines for the connection and its child.
 sswan_start() {
     local ns=$1 d=$2 role=$3 laddr=$4 raddr=$5 lid=$6 rid=$7 lts=$8 rts=$9
     local ike=${10:-aes256gcm16-prfsha256-x25519} esp=${11:-aes256gcm16}
@@ -117,6 +118,7 @@ charon {
   install_routes = yes
   retransmit_tries = 3
   retransmit_timeout = 2.0
+  make_before_break = yes
   syslog { }
   filelog { main { path = $d/charon.log
     append = no
@@ -134,6 +136,7 @@ connections {
     remote_addrs = $raddr
     proposals = $ike
     mobike = no
+${SSWAN_CONN_EXTRA:-}
     local { auth = psk
       id = $lid }
     remote { auth = psk
@@ -142,6 +145,7 @@ connections {
       local_ts = $lts
       remote_ts = $rts
       esp_proposals = $esp
+${SSWAN_CHILD_EXTRA:-}
       start_action = none } }
   }
 }

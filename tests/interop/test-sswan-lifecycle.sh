@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# SA lifecycle against a real strongSwan, both ways round, under a 20 pps
+# ping for 40 s:
+#  1. strongSwan rekeys the CHILD SA every 4 s with PFS (x25519 in
+#     CREATE_CHILD_SA) and reauthenticates every 14 s (make-before-break);
+#     wasmsec answers.
+#  2. wasmsec rekeys the CHILD SA after 60 packets with PFS, rekeys the IKE
+#     SA every 7 s and reauthenticates every 13 s; strongSwan answers.
+# strongSwan accepts our PFS key material only if KEYMAT is right (its ESP
+# would not decrypt otherwise), and at most 2 pings may be lost per run
+# (strongSwan <-> strongSwan loses up to 2 in its own rekey scenario here).
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 240 bash "$0" "$@"
+
+PFS=aes256gcm16-x25519
+MAX_LOSS=2
+
+sswan_sas() { # DIR: "IKE_SAs CHILD_SAs" as strongSwan lists them
+    sswan "$1" --list-sas --raw 2>/dev/null | python3 -c 'import re,sys
+t=sys.stdin.read()
+print(len(re.findall(r"state=ESTABLISHED", t)), len(re.findall(r"state=INSTALLED", t)))'
+}
+one_of_each() { # DIR
+    wasmsec_ctl "$1" status | python3 -c 'import json,sys
+s=json.load(sys.stdin)
+sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 and s["ike"]["vault_secrets"] == 2 else 1)'
+}
+ikestat() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike"][sys.argv[1]])' "$2"; }
+
+run_case() { # WASMSEC_ROLE
+    local role=$1 A=$STATE/$1/A B=$STATE/$1/B got lost
+    topo_up
+    mkdir -p "$A" "$B"
+    if [ "$role" = responder ]; then
+        SSWAN_CONN_EXTRA="    reauth_time = 14s" SSWAN_CHILD_EXTRA="      rekey_time = 4s" \
+            sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+        wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
+        sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
+    else
+        sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+        WASMSEC_CONN_EXTRA=$'rekey_time = 7\nreauth_time = 13' WASMSEC_CHILD_EXTRA="rekey_packets = 60" \
+            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 start aes256gcm16-prfsha256-x25519 $PFS
+    fi
+    check "wasmsec $role: tunnel up" wasmsec_up "$B" 20
+    check "wasmsec $role: strongSwan has it up" sswan_up "$A" 10
+    nsx wsi-hosta ping -n -i 0.05 -c 800 -W 1 $HOST_B >"$STATE/$role-ping.out" 2>&1 || true
+    got=$(grep -c "bytes from" "$STATE/$role-ping.out" || true)
+    lost=$((800 - got))
+    local pfs reauth
+    pfs=$(grep -c "installed: .*$PFS" "$B/wasmsec.log" || true)
+    reauth=$(grep -c "established with $ID_A" "$B/wasmsec.log" || true)
+    echo "wasmsec $role: pings $got/800; at wasmsec: $pfs CHILD SAs with PFS, $reauth IKE SAs authenticated"
+    check "wasmsec $role: at least 6 CHILD SAs rekeyed with PFS ($pfs)" [ "$pfs" -ge 6 ]
+    check "wasmsec $role: at least 2 reauthentications ($((reauth - 1)))" [ "$reauth" -ge 3 ]
+    if [ "$role" = initiator ]; then
+        check "wasmsec initiator: rekeys came from the packet limit ($(ikestat "$B" lifetime_soft))" \
+            [ "$(ikestat "$B" lifetime_soft)" -ge 6 ]
+        check "wasmsec initiator: IKE SA rekeyed at least 3 times" [ "$(grep -c "rekeying IKE_SA" "$B/wasmsec.log")" -ge 3 ]
+    else
+        check "strongSwan reauthenticated" grep -q "reauthenticating IKE_SA" "$A/charon.log"
+    fi
+    check "wasmsec $role: at most $MAX_LOSS pings lost ($lost)" [ "$lost" -le "$MAX_LOSS" ]
+    check "wasmsec $role: no integrity failures at wasmsec" [ "$(stat "$B/stats.json" inbound_drops.integrity_failed)" -eq 0 ]
+    sleep 1
+    check "wasmsec $role: wasmsec is left with one IKE SA and one CHILD SA" one_of_each "$B"
+    check "wasmsec $role: strongSwan too ($(sswan_sas "$A"))" [ "$(sswan_sas "$A")" = "1 1" ]
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    PIDS=()
+    topo_down
+}
+
+run_case responder
+run_case initiator
+finish
