@@ -7,7 +7,8 @@ use wasmsec::dataplane::SaSet;
 use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
 use wasmsec::runtime::{
-    DecapVerdict, DropReason, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime, TrafficSelector,
+    DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, Runtime, SaLimits,
+    TrafficSelector,
 };
 use zeroize::Zeroizing;
 
@@ -239,4 +240,39 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
     let broken = SaSet { keystore: Arc::new(Keystore::new()), outbound: out_set.outbound.clone(), inbound: vec![] };
     assert!(broken.instantiate(&rt).is_err());
+}
+
+#[test]
+fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
+    let rt = runtime();
+    let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
+    let key = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
+    tx.store.data_mut().keys.grant(key, ks.get(key).unwrap());
+    // Without ESN, 2^28 + 1 numbers before the end: the second packet asks for a rekey.
+    let sa = OutboundSa {
+        spi: 0x4001,
+        key,
+        peer: 0,
+        esn: false,
+        next_seq: u64::from(u32::MAX) - (1 << 28) - 1,
+        pad_align: 4,
+        local_ts: vec![ts([10, 9, 0, 0], [10, 9, 0, 255])],
+        remote_ts: vec![ts([10, 9, 1, 0], [10, 9, 1, 255])],
+        limits: SaLimits { soft_bytes: 0, soft_packets: 0, hard_bytes: 250, hard_packets: 0 },
+    };
+    tx.install_outbound(&sa).unwrap().unwrap();
+    let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
+    load(&mut tx, &[pkt.clone()]);
+    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
+    assert!(tx.take_expiries().unwrap().is_empty());
+    load(&mut tx, &[pkt.clone()]);
+    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
+    let x = tx.take_expiries().unwrap();
+    assert_eq!(x.len(), 1);
+    assert_eq!((x[0].spi, x[0].outbound, x[0].hard, x[0].cause), (0x4001, true, false, ExpiryCause::Sequence));
+    // The third packet passes 250 bytes: the hard limit; the fourth is refused.
+    load(&mut tx, &[pkt.clone(), pkt]);
+    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0), EncapVerdict::Drop(DropReason::SaExpired)]);
+    let x = tx.take_expiries().unwrap();
+    assert_eq!((x.len(), x[0].hard, x[0].cause), (1, true, ExpiryCause::Bytes));
 }
