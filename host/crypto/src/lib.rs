@@ -163,20 +163,8 @@ impl Vault {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<u64, CryptoError> {
-        let private = match self.secrets.remove(&dh) {
-            Some(Secret::Dh(p)) => p,
-            Some(other) => {
-                self.secrets.insert(dh, other);
-                return Err(CryptoError::WrongKeyKind);
-            }
-            None => return Err(CryptoError::UnknownKey),
-        };
-        if private.group() != suite.dh {
-            return Err(CryptoError::WrongKeyKind);
-        }
-        let shared = dh::complete(private, peer_public)?;
+        let shared = self.complete_dh(dh, Some(suite.dh), peer_public)?;
         let keys = IkeSaKeys::derive(suite, &shared, ni, nr, spi_i, spi_r)?;
-        self.record(&shared);
         for k in keys.all_keys() {
             self.record(k);
         }
@@ -199,21 +187,37 @@ impl Vault {
         spi_r: u64,
     ) -> Result<u64, CryptoError> {
         self.ike_sa(old)?;
+        let shared = self.complete_dh(dh, Some(suite.dh), peer_public)?;
+        let keys = IkeSaKeys::rekey(self.ike_sa(old)?, suite, &shared, ni, nr, spi_i, spi_r)?;
+        for k in keys.all_keys() {
+            self.record(k);
+        }
+        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
+    }
+
+    /// Take DH private value `dh` (of `group`, if given) out of the vault and
+    /// complete the exchange. The private value is gone afterwards, whatever
+    /// the outcome, unless `dh` names another kind of secret.
+    fn complete_dh(
+        &mut self,
+        dh: u64,
+        group: Option<u16>,
+        peer_public: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let private = match self.secrets.remove(&dh) {
-            Some(Secret::Dh(p)) if p.group() == suite.dh => p,
+            Some(Secret::Dh(p)) => p,
             Some(other) => {
                 self.secrets.insert(dh, other);
                 return Err(CryptoError::WrongKeyKind);
             }
             None => return Err(CryptoError::UnknownKey),
         };
-        let shared = dh::complete(private, peer_public)?;
-        let keys = IkeSaKeys::rekey(self.ike_sa(old)?, suite, &shared, ni, nr, spi_i, spi_r)?;
-        self.record(&shared);
-        for k in keys.all_keys() {
-            self.record(k);
+        if group.is_some_and(|g| g != private.group()) {
+            return Err(CryptoError::WrongKeyKind);
         }
-        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
+        let shared = dh::complete(private, peer_public)?;
+        self.record(&shared);
+        Ok(shared)
     }
 
     fn ike_sa(&self, h: u64) -> Result<&IkeSaKeys, CryptoError> {
@@ -294,17 +298,7 @@ impl Vault {
         let one = c.encr_keymat_len() + c.integ_key_len();
         let mut seed = Zeroizing::new(Vec::with_capacity(ni.len() + nr.len()));
         if let Some((dh, peer_public)) = pfs {
-            let private = match self.secrets.remove(&dh) {
-                Some(Secret::Dh(p)) => p,
-                Some(other) => {
-                    self.secrets.insert(dh, other);
-                    return Err(CryptoError::WrongKeyKind);
-                }
-                None => return Err(CryptoError::UnknownKey),
-            };
-            let shared = dh::complete(private, peer_public)?;
-            self.record(&shared);
-            seed.extend_from_slice(&shared);
+            seed.extend_from_slice(&self.complete_dh(dh, None, peer_public)?);
         }
         seed.extend_from_slice(ni);
         seed.extend_from_slice(nr);
