@@ -399,6 +399,10 @@ struct IkeSa {
     delete_queue: Vec<(u32, u32, bool)>,
     /// Delete this IKE SA as soon as no exchange of ours is in flight.
     close_when_idle: bool,
+    /// The peer's half of a simultaneous IKE rekey that lost: the peer
+    /// should delete it; if it has not by then (it may have lost track when
+    /// messages were lost), we do.
+    redundant_at: u64,
     /// CHILD configs to create again (their SA expired before a rekey).
     recreate: Vec<usize>,
     /// When to reauthenticate (0: not by us, or under way).
@@ -448,6 +452,7 @@ impl IkeSa {
             ike_collision: None,
             delete_queue: Vec::new(),
             close_when_idle: false,
+            redundant_at: 0,
             recreate: Vec::new(),
             reauth_at: 0,
             replaces: None,
@@ -680,6 +685,30 @@ impl Engine {
     pub fn established(&self) -> (usize, usize) {
         let up = self.sas.values().filter(|s| s.state == State::Established);
         up.fold((0, 0), |(i, c), s| (i + 1, c + s.children.len()))
+    }
+
+    /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange
+    /// in flight (for diagnostics and tests).
+    pub fn describe(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sas
+            .values()
+            .map(|s| {
+                format!(
+                    "{:016x} {:?} {} children={} request={:?} replaces={:?} close={} collision={:?}",
+                    s.our_spi(),
+                    s.state,
+                    if s.initiator { "I" } else { "R" },
+                    s.children.len(),
+                    s.request.as_ref().map(|r| r.kind),
+                    s.replaces,
+                    s.close_when_idle,
+                    s.ike_collision.as_ref().map(|c| c.0),
+                )
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -1001,12 +1030,19 @@ impl Engine {
                 let df = s.deferred.iter().map(|x| x.1).min();
                 let ik = (idle && s.rekey_ike_at != 0).then_some(s.rekey_ike_at);
                 let ra = (up && s.reauth_at != 0 && s.replaces.is_none()).then_some(s.reauth_at);
+                let rd = (up && s.redundant_at != 0).then_some(s.redundant_at);
                 // Exchanges owed as soon as the SA is idle.
                 let owed = s.close_when_idle || s.delete_queue.iter().any(|q| !q.2) || !s.recreate.is_empty();
                 let now = (idle && owed).then_some(self.now);
-                [r, h, k, d, rk, ex, df, ik, ra, now].into_iter().flatten()
+                [r, h, k, d, rk, ex, df, ik, ra, rd, now].into_iter().flatten()
             })
             .min()
+    }
+
+    /// How long a peer keeps retransmitting a request before it gives up.
+    fn retransmit_span(&self) -> u64 {
+        let t = &self.timing;
+        t.retransmit_base_ms.saturating_mul((1u64 << t.retransmit_tries.min(16)) - 1)
     }
 
     /// Start the next exchange this IKE SA owes, if any (one at a time).
@@ -1057,6 +1093,21 @@ impl Engine {
         if let Err(e) = self.start_ike(now, old.conn, old.local.addr, old.remote.addr, Some(old.our_spi()), crypto) {
             self.log(Level::Warn, old.conn, format!("cannot reauthenticate: {e}"));
             old.reauth_at = now + self.retry_delay(self.conns[old.conn].cfg.reauth_time_ms, crypto);
+        }
+    }
+
+    /// An IKE SA being reauthenticated was rekeyed meanwhile: the new IKE SA
+    /// must replace the rekeyed one, or both would live on.
+    /// The same for a collision record that names the peer's new IKE SA:
+    /// it was rekeyed before the tie-break, and its successor stands in.
+    fn retarget_reauth(&mut self, from: u64, to: u64) {
+        for s in self.sas.values_mut() {
+            if s.replaces == Some(from) {
+                s.replaces = Some(to);
+            }
+            if let Some(c) = s.ike_collision.as_mut().filter(|c| c.0 == from) {
+                c.0 = to;
+            }
         }
     }
 
@@ -1122,8 +1173,21 @@ impl Engine {
                 for x in due {
                     self.expire_child(&mut sa, x, "hard lifetime (life_time) reached");
                 }
-                if sa.reauth_at != 0 && now >= sa.reauth_at && sa.replaces.is_none() {
+                // Not while our rekey of this IKE SA is in flight: its
+                // successor inherits the due reauthentication.
+                if sa.reauth_at != 0 && now >= sa.reauth_at && sa.replaces.is_none() && sa.ike_rekey.is_none() {
                     self.start_reauth(&mut sa, now, crypto);
+                }
+                if sa.redundant_at != 0 && now >= sa.redundant_at {
+                    sa.redundant_at = 0;
+                    if sa.children.is_empty() {
+                        let msg = format!(
+                            "the peer did not delete the redundant or replaced IKE_SA {:016x}: deleting it",
+                            sa.our_spi()
+                        );
+                        self.log(Level::Info, sa.conn, msg);
+                        sa.close_when_idle = true;
+                    }
                 }
             }
             self.activate_deferred(&mut sa, now);
@@ -1153,7 +1217,11 @@ impl Engine {
                 if was_up {
                     self.stats.dead_peers += 1;
                     let c = &self.conns[conn].cfg;
-                    if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() {
+                    // Not when another IKE SA of the connection is up (a stale
+                    // one timed out): our INITIAL_CONTACT would make the peer
+                    // drop the good one.
+                    let other = self.sas.values().any(|s| s.conn == conn && s.state == State::Established);
+                    if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() && !other {
                         let name = c.name.clone();
                         self.log(Level::Info, conn, "peer is dead: re-initiating (dpd_action = restart)".into());
                         if let Err(e) = self.initiate(now, &name, crypto) {
@@ -2557,9 +2625,12 @@ impl Engine {
             self.defer_outbound = false;
             match accepted {
                 Ok(mut child) => {
-                    // The old SA now only waits for the initiator's DELETE.
+                    // The old SA now only waits for the initiator's DELETE; if
+                    // that never comes (the peer gave up), it goes by itself.
+                    let deadline = self.now + self.retransmit_span();
                     if let Some(c) = ours.and_then(|x| sa.children.iter_mut().find(|c| c.inbound_spi == x)) {
                         c.replaced = true;
+                        c.expire_at = if c.expire_at == 0 { deadline } else { c.expire_at.min(deadline) };
                         if sa.pending_child.as_ref().and_then(|p| p.rekeys) != Some(c.inbound_spi) {
                             c.rekey_at = 0;
                         }
@@ -2662,12 +2733,12 @@ impl Engine {
         };
         self.stats.ike_established += 1;
         if take_children {
-            new.children = std::mem::take(&mut old.children);
-            new.deferred = std::mem::take(&mut old.deferred);
-            new.delete_queue = std::mem::take(&mut old.delete_queue);
-            new.recreate = std::mem::take(&mut old.recreate);
-            new.reauth_at = std::mem::take(&mut old.reauth_at);
-            self.schedule_ike_rekey(&mut new);
+            self.hand_over(old, &mut new);
+            // The old SA only waits for its DELETE now; if that never comes
+            // (the peer gave up on it), we delete it ourselves.
+            if !initiator {
+                old.redundant_at = self.now + self.retransmit_span();
+            }
             let msg = format!(
                 "IKE_SA {:016x} rekeyed: now {:016x}, {}",
                 old.our_spi(),
@@ -2677,7 +2748,7 @@ impl Engine {
             self.log(Level::Info, new.conn, msg);
         } else {
             let msg = format!(
-                "IKE_SA {:016x}: the peer rekeys it while we do too; its new IKE_SA {:016x} waits for the tie-break",
+                "IKE_SA {:016x}: simultaneous rekey (section 2.8.2); new IKE_SA {:016x} waits for the tie-break",
                 old.our_spi(),
                 new.our_spi()
             );
@@ -2789,7 +2860,9 @@ impl Engine {
                 Err(f.clone().unwrap_or_else(|| "malformed or unacceptable answer".into()))
             }
         };
-        let collision = sa.ike_collision.take().filter(|c| self.sas.contains_key(&c.0));
+        // The tie-break needs only the nonces: it holds even if the peer's new
+        // IKE SA is gone already (the peer may have won and moved on).
+        let collision = sa.ike_collision.take();
         let (chosen, spi_r, nr, keys) = match derived {
             Ok(x) => x,
             Err(why) => {
@@ -2827,6 +2900,10 @@ impl Engine {
             self.stats.ike_rekey_collisions_won += 1;
             let msg = format!("IKE rekey collision won: keeping {new_spi:016x}; the peer deletes its {theirs:016x}");
             self.log(Level::Info, sa.conn, msg);
+            let grace = self.retransmit_span();
+            if let Some(t) = self.sas.get_mut(&theirs) {
+                t.redundant_at = now + grace;
+            }
         }
         let new = self.successor(&mut sa, true, new_spi, spi_r, chosen, keys, ni, nr, true);
         // Section 1.3.2: the old IKE SA is deleted by the rekey's initiator.
@@ -2989,15 +3066,39 @@ impl Engine {
         }
     }
 
+    /// Everything an IKE SA carries on to its successor (a rekey, or the
+    /// winner of a simultaneous rekey): CHILD SAs and what is owed for them,
+    /// the reauthentication schedule, and being closed. The old SA is left
+    /// with nothing to do but wait for its DELETE.
+    fn hand_over(&mut self, old: &mut IkeSa, new: &mut IkeSa) {
+        new.children.append(&mut old.children);
+        new.deferred.append(&mut old.deferred);
+        new.delete_queue.append(&mut old.delete_queue);
+        new.recreate.append(&mut old.recreate);
+        new.children_tried = old.children_tried.clone();
+        new.reauth_at = std::mem::take(&mut old.reauth_at);
+        new.close_when_idle |= std::mem::take(&mut old.close_when_idle);
+        new.redundant_at = 0;
+        old.rekey_ike_at = 0;
+        self.retarget_reauth(old.our_spi(), new.our_spi());
+        // No rekey of an SA that is going: closed, or replaced by a
+        // reauthentication under way.
+        let reauthenticated = self.sas.values().any(|s| s.replaces == Some(new.our_spi()));
+        if new.close_when_idle || reauthenticated {
+            new.rekey_ike_at = 0;
+        } else {
+            self.schedule_ike_rekey(new);
+        }
+    }
+
     /// Move the CHILD SAs of `old` to the IKE SA with our SPI `to` (the
     /// winner of a simultaneous IKE rekey), which may now rekey itself.
     fn adopt_children(&mut self, old: &mut IkeSa, to: u64) {
         let Some(mut new) = self.sas.remove(&to) else { return };
-        new.children.append(&mut old.children);
-        new.deferred.append(&mut old.deferred);
-        new.children_tried = old.children_tried.clone();
-        new.reauth_at = std::mem::take(&mut old.reauth_at);
-        self.schedule_ike_rekey(&mut new);
+        self.hand_over(old, &mut new);
+        // The old SA waits for the peer's DELETE; if that never comes, we
+        // delete it ourselves.
+        old.redundant_at = self.now + self.retransmit_span();
         let msg = format!("IKE_SA {:016x}: CHILD SAs moved to the peer's new IKE_SA {to:016x}", old.our_spi());
         self.log(Level::Info, new.conn, msg);
         self.sas.insert(to, new);
