@@ -148,7 +148,8 @@ pub struct IkeChild {
     #[serde(default)]
     pub rekey_packets: u64,
     /// Hard lifetimes: delete (and create anew) a CHILD SA that no rekey
-    /// replaced by then (0: 110 % of the matching rekey limit).
+    /// replaced by then (0: 110 % of the matching rekey limit; by time at
+    /// least the retransmission span, about 63 s, above `rekey_time`).
     #[serde(default)]
     pub life_time: u32,
     #[serde(default)]

@@ -72,7 +72,8 @@ pub struct ChildConfig {
     pub rekey_packets: u64,
     /// Hard limits: the CHILD SA is deleted (and created anew) when one is
     /// reached before the rekey replaced it; 0: 110 % of the matching
-    /// rekey limit, or none without one.
+    /// rekey limit (by time at least the retransmission span above it), or
+    /// none without one.
     pub life_time_ms: u64,
     pub life_bytes: u64,
     pub life_packets: u64,
@@ -123,12 +124,14 @@ struct Lifetimes {
 }
 
 impl Lifetimes {
-    /// strongSwan's convention: without a hard limit, 110 % of the soft one.
-    fn from_config(c: &ChildConfig) -> Result<Lifetimes, String> {
-        let hard = |soft: u64, hard: u64, what: &str| -> Result<u64, String> {
+    /// strongSwan's convention: without a hard limit, 110 % of the soft one;
+    /// by time at least `margin_ms` more, so that a rekey that needs all its
+    /// retransmissions still finishes before the hard limit.
+    fn from_config(c: &ChildConfig, margin_ms: u64) -> Result<Lifetimes, String> {
+        let hard = |soft: u64, hard: u64, what: &str, margin: u64| -> Result<u64, String> {
             match (soft, hard) {
                 (0, 0) => Ok(0),
-                (s, 0) => Ok(s.saturating_add((s / 10).max(1))),
+                (s, 0) => Ok(s.saturating_add((s / 10).max(margin).max(1))),
                 (s, h) if s != 0 && h <= s => Err(format!("life_{what} ({h}) must be above rekey_{what} ({s})")),
                 (_, h) => Ok(h),
             }
@@ -137,9 +140,9 @@ impl Lifetimes {
             rekey_time: c.rekey_time_ms,
             rekey_bytes: c.rekey_bytes,
             rekey_packets: c.rekey_packets,
-            life_time: hard(c.rekey_time_ms, c.life_time_ms, "time")?,
-            life_bytes: hard(c.rekey_bytes, c.life_bytes, "bytes")?,
-            life_packets: hard(c.rekey_packets, c.life_packets, "packets")?,
+            life_time: hard(c.rekey_time_ms, c.life_time_ms, "time", margin_ms)?,
+            life_bytes: hard(c.rekey_bytes, c.life_bytes, "bytes", 0)?,
+            life_packets: hard(c.rekey_packets, c.life_packets, "packets", 0)?,
         })
     }
 }
@@ -751,7 +754,7 @@ impl Engine {
                 local_ts: parse_ts(&c.local_ts, "local_ts")?,
                 remote_ts: parse_ts(&c.remote_ts, "remote_ts")?,
                 esp,
-                life: Lifetimes::from_config(c).map_err(|e| ch("lifetimes", e))?,
+                life: Lifetimes::from_config(c, self.retransmit_span()).map_err(|e| ch("lifetimes", e))?,
             });
         }
         self.conns.push(Connection { cfg, local_id, remote_id, ike, children });
