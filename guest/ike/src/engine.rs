@@ -356,6 +356,8 @@ struct PendingChild {
     rekeys: Option<u32>,
     /// Our DH value and its group for PFS (KE in CREATE_CHILD_SA, section 1.3.1).
     dh: Option<(Handle, u16)>,
+    /// Creating anew a CHILD SA whose predecessor expired: retried if refused.
+    recreate: bool,
 }
 
 struct IkeSa {
@@ -389,8 +391,10 @@ struct IkeSa {
     deferred: Vec<(u32, u64)>,
     /// When to rekey the IKE SA (0: not by us, or under way).
     rekey_ike_at: u64,
-    /// Our rekey of this IKE SA in flight: new SPI, DH value, nonce.
+    /// Our rekey of this IKE SA in flight: new SPI, DH value, nonce; and
+    /// the DH group of that KE.
     ike_rekey: Option<(u64, Handle, Vec<u8>)>,
+    rekey_group: u16,
     /// The peer rekeyed a CHILD SA we are rekeying too (section 2.8.1):
     /// our inbound SPI of that SA and the nonces of the peer's exchange.
     collision: Option<(u32, Vec<u8>, Vec<u8>)>,
@@ -406,8 +410,10 @@ struct IkeSa {
     /// should delete it; if it has not by then (it may have lost track when
     /// messages were lost), we do.
     redundant_at: u64,
-    /// CHILD configs to create again (their SA expired before a rekey).
+    /// CHILD configs to create again (their SA expired before a rekey), not
+    /// before `recreate_at`.
     recreate: Vec<usize>,
+    recreate_at: u64,
     /// When to reauthenticate (0: not by us, or under way).
     reauth_at: u64,
     /// Reauthentication: the IKE SA (our SPI) this one replaces once its
@@ -451,12 +457,14 @@ impl IkeSa {
             deferred: Vec::new(),
             rekey_ike_at: 0,
             ike_rekey: None,
+            rekey_group: 0,
             collision: None,
             ike_collision: None,
             delete_queue: Vec::new(),
             close_when_idle: false,
             redundant_at: 0,
             recreate: Vec::new(),
+            recreate_at: 0,
             reauth_at: 0,
             replaces: None,
             cookie: None,
@@ -992,6 +1000,14 @@ impl Engine {
                 outbound_key: c.keys.outbound,
             });
         }
+        // Our half of a simultaneous IKE rekey dies with us: the peer's new
+        // IKE SA (no CHILD SAs yet) is now redundant unless the peer uses it.
+        if let Some((theirs, _, _)) = sa.ike_collision.take() {
+            let at = self.now + self.retransmit_span();
+            if let Some(t) = self.sas.get_mut(&theirs).filter(|t| t.children.is_empty()) {
+                t.redundant_at = at;
+            }
+        }
         let rekey_dh = sa.ike_rekey.take().map(|r| r.1);
         let child_dh = sa.pending_child.take().and_then(|p| p.dh).map(|d| d.0);
         for h in [sa.keys.take(), sa.dh.take(), rekey_dh, child_dh].into_iter().flatten() {
@@ -1032,12 +1048,14 @@ impl Engine {
                 let ex = s.children.iter().filter(|c| up && c.expire_at != 0).map(|c| c.expire_at).min();
                 let df = s.deferred.iter().map(|x| x.1).min();
                 let ik = (idle && s.rekey_ike_at != 0).then_some(s.rekey_ike_at);
-                let ra = (up && s.reauth_at != 0 && s.replaces.is_none()).then_some(s.reauth_at);
+                let ra =
+                    (up && s.reauth_at != 0 && s.replaces.is_none() && s.ike_rekey.is_none()).then_some(s.reauth_at);
                 let rd = (up && s.redundant_at != 0).then_some(s.redundant_at);
                 // Exchanges owed as soon as the SA is idle.
-                let owed = s.close_when_idle || s.delete_queue.iter().any(|q| !q.2) || !s.recreate.is_empty();
+                let owed = s.close_when_idle || s.delete_queue.iter().any(|q| !q.2);
                 let now = (idle && owed).then_some(self.now);
-                [r, h, k, d, rk, ex, df, ik, ra, rd, now].into_iter().flatten()
+                let rc = (idle && !s.recreate.is_empty()).then_some(s.recreate_at.max(self.now));
+                [r, h, k, d, rk, ex, df, ik, ra, rd, now, rc].into_iter().flatten()
             })
             .min()
     }
@@ -1071,17 +1089,29 @@ impl Engine {
             return;
         }
         if sa.rekey_ike_at != 0 && now >= sa.rekey_ike_at {
-            return self.start_ike_rekey(sa, now, crypto);
+            return self.start_ike_rekey(sa, None, now, crypto);
         }
         if let Some(pos) = sa.children.iter().position(|c| c.rekey_at != 0 && now >= c.rekey_at) {
             return self.start_child_rekey(sa, pos, now, crypto);
         }
-        while !sa.recreate.is_empty() {
+        while !sa.recreate.is_empty() && now >= sa.recreate_at {
             let cfg = sa.recreate.remove(0);
             if !sa.children.iter().any(|c| c.cfg == cfg) {
-                return self.request_child(sa, cfg, None, None, now, crypto);
+                self.request_child(sa, cfg, None, None, now, crypto);
+                match sa.pending_child.as_mut() {
+                    Some(p) => p.recreate = true,
+                    None => {
+                        // Not even sent (a local failure): later.
+                        sa.recreate.push(cfg);
+                        sa.recreate_at =
+                            now + self.retry_delay(self.conns[sa.conn].children[cfg].life.rekey_time, crypto);
+                    }
+                }
+                return;
             }
         }
+        // CHILD configs not brought up yet (an IKE rekey took the slot).
+        self.create_next_child(sa, now, crypto);
     }
 
     /// Reauthentication: a new IKE SA from scratch (IKE_SA_INIT, IKE_AUTH)
@@ -1223,7 +1253,10 @@ impl Engine {
                     // Not when another IKE SA of the connection is up (a stale
                     // one timed out): our INITIAL_CONTACT would make the peer
                     // drop the good one.
-                    let other = self.sas.values().any(|s| s.conn == conn && s.state == State::Established);
+                    let other = self
+                        .sas
+                        .values()
+                        .any(|s| s.conn == conn && s.state == State::Established && s.redundant_at == 0);
                     if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() && !other {
                         let name = c.name.clone();
                         self.log(Level::Info, conn, "peer is dead: re-initiating (dpd_action = restart)".into());
@@ -1829,6 +1862,7 @@ impl Engine {
             nonce: None,
             rekeys: None,
             dh: None,
+            recreate: false,
         });
         Self::encrypted(sa, exchange::IKE_AUTH, false, sa.next_mid, &ps, crypto)
     }
@@ -2187,7 +2221,16 @@ impl Engine {
             if child.encap { ", UDP-encapsulated" } else { "" }
         );
         let rekey_at = if life.rekey_time > 0 { self.now + jittered(life.rekey_time, spread) } else { 0 };
-        let expire_at = if life.life_time > 0 { self.now + life.life_time } else { 0 };
+        // The hard limit moves too, within the lower half of the room above
+        // the soft one, so that two ends with the same settings do not both
+        // delete (and create anew) the same CHILD SA.
+        let hard = if life.rekey_time > 0 && life.life_time > life.rekey_time {
+            let room = (life.life_time - life.rekey_time) / 2;
+            life.life_time - if room == 0 { 0 } else { (spread.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % room }
+        } else {
+            jittered(life.life_time, spread.rotate_left(7))
+        };
+        let expire_at = if life.life_time > 0 { self.now + hard } else { 0 };
         sa.children.push(Child {
             cfg,
             inbound_spi,
@@ -2347,6 +2390,12 @@ impl Engine {
         let pfs = match (dh, chosen.dh) {
             (None, 0) if !in_auth => None,
             (_, _) if in_auth => None,
+            // The peer chose one of our proposals without a DH group: our KE
+            // is ignored (section 1.3.1) and its private value goes.
+            (Some((h, _)), 0) => {
+                crypto.destroy(h);
+                None
+            }
             (Some((h, g)), c) if c == g => match their_ke {
                 Some((kg, public)) if kg == g => Some((h, public)),
                 _ => return Err(Fail::quiet(format!("peer chose DH group {g} for the CHILD_SA but sent no KE of it"))),
@@ -2366,25 +2415,44 @@ impl Engine {
         let Some(mut sa) = self.sas.remove(&id) else {
             return;
         };
-        if sa.state != State::Established || sa.request.is_some() {
-            self.sas.insert(id, sa);
-            return;
+        if sa.state == State::Established && sa.request.is_none() {
+            self.create_next_child(&mut sa, now, crypto);
         }
+        self.sas.insert(id, sa);
+    }
+
+    /// Request the next CHILD config not tried yet on this IKE SA, if any
+    /// (true if a request went out); once all are done, finish the
+    /// reauthentication this IKE SA is part of.
+    fn create_next_child(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) -> bool {
         let c = &self.conns[sa.conn];
         // Only the IKE SA's initiator brings up the connection's other children.
         let next = (0..c.children.len()).find(|i| sa.initiator && !sa.children_tried.contains(i));
         match next {
             Some(cfg) => {
                 sa.children_tried.push(cfg);
-                self.request_child(&mut sa, cfg, None, None, now, crypto);
+                self.request_child(sa, cfg, None, None, now, crypto);
+                true
             }
             None => {
                 if let Some(old) = sa.replaces.take() {
-                    self.finish_reauth(&sa, old, now, crypto);
+                    if sa.children.is_empty() {
+                        // Make-before-break: without a CHILD SA on the new IKE
+                        // SA the old one stays, and we try again later.
+                        let msg = "reauthentication brought up no CHILD SA: keeping the old IKE SA".to_string();
+                        self.log(Level::Warn, sa.conn, msg);
+                        let retry = self.retry_delay(self.conns[sa.conn].cfg.reauth_time_ms, crypto);
+                        if let Some(o) = self.sas.get_mut(&old) {
+                            o.reauth_at = now + retry;
+                        }
+                        sa.close_when_idle = true;
+                    } else {
+                        self.finish_reauth(sa, old, now, crypto);
+                    }
                 }
+                false
             }
         }
-        self.sas.insert(id, sa);
     }
 
     /// CREATE_CHILD_SA for CHILD config `cfg`: a new CHILD SA, or the
@@ -2408,7 +2476,7 @@ impl Engine {
             }
         };
         let esp = &self.conns[sa.conn].children[cfg].esp;
-        let group = group.or_else(|| esp.first().and_then(|p| p.dh.first().copied())).filter(|g| *g != 0);
+        let group = group.or_else(|| esp.iter().find_map(|p| p.dh.first().copied())).filter(|g| *g != 0);
         let spi = Self::new_esp_spi(crypto);
         let nonce = Self::nonce(crypto);
         let mut ps = Vec::new();
@@ -2444,8 +2512,16 @@ impl Engine {
                     None => format!("requesting CHILD_SA {name}"),
                 };
                 self.log(Level::Info, sa.conn, msg);
-                sa.pending_child =
-                    Some(PendingChild { cfg, inbound_spi: spi, local_ts, remote_ts, nonce: Some(nonce), rekeys, dh });
+                sa.pending_child = Some(PendingChild {
+                    cfg,
+                    inbound_spi: spi,
+                    local_ts,
+                    remote_ts,
+                    nonce: Some(nonce),
+                    rekeys,
+                    dh,
+                    recreate: false,
+                });
                 self.request(sa, now, Pending::CreateChild, d);
             }
             Err(f) => {
@@ -2483,6 +2559,7 @@ impl Engine {
         }
         let ni = sa.pending_child.as_ref().and_then(|p| p.nonce.clone()).unwrap_or_default();
         let rekeys = sa.pending_child.as_ref().and_then(|p| p.rekeys);
+        let recreating = sa.pending_child.as_ref().is_some_and(|p| p.recreate);
         let cfg = sa.pending_child.as_ref().map_or(0, |p| p.cfg);
         let new_inbound = sa.pending_child.as_ref().map_or(0, |p| p.inbound_spi);
         let nr = ps.iter().find_map(|p| match p {
@@ -2517,6 +2594,11 @@ impl Engine {
             }
             (Err(f), None) => {
                 self.log(Level::Warn, sa.conn, format!("CHILD_SA not created: {}", f.message));
+                if recreating {
+                    // Its predecessor expired: the tunnel needs it back.
+                    self.recreate_later(&mut sa, cfg);
+                    sa.recreate_at = now + self.retry_delay(self.conns[sa.conn].children[cfg].life.rekey_time, crypto);
+                }
             }
             (Ok(()), Some(old)) => {
                 // Section 2.8.1: after a simultaneous rekey the SA created with
@@ -2620,14 +2702,17 @@ impl Engine {
             // Section 2.8.1: the peer rekeys the SA we are rekeying too. Answer
             // as usual; the nonces decide later which new SA is redundant.
             let ours = known.map(|c| c.inbound_spi);
-            if let Some(x) = ours.filter(|x| sa.pending_child.as_ref().and_then(|p| p.rekeys) == Some(*x)) {
-                sa.collision = Some((x, ni.clone(), nr.clone()));
-            }
+            let colliding = ours.filter(|x| sa.pending_child.as_ref().and_then(|p| p.rekeys) == Some(*x));
             self.defer_outbound = rekey_spi.is_some() || self.has_twin(&sa);
             let accepted = self.accept_child(&mut sa, &ps, &ni, &nr, false, crypto);
             self.defer_outbound = false;
             match accepted {
                 Ok(mut child) => {
+                    // Recorded only for an answer that made an SA: the tie-break
+                    // compares the nonces of two successful exchanges.
+                    if let Some(x) = colliding {
+                        sa.collision = Some((x, ni.clone(), nr.clone()));
+                    }
                     // The old SA now only waits for the initiator's DELETE; if
                     // that never comes (the peer gave up), it goes by itself.
                     let deadline = self.now + self.retransmit_span();
@@ -2675,9 +2760,12 @@ impl Engine {
     }
 
     /// As the rekey's initiator: propose a new IKE SA (section 1.3.2).
-    fn start_ike_rekey(&mut self, sa: &mut IkeSa, now: u64, crypto: &mut dyn IkeCrypto) {
+    /// The KE is of the current IKE SA's group unless the responder asked for
+    /// another one (INVALID_KE_PAYLOAD).
+    fn start_ike_rekey(&mut self, sa: &mut IkeSa, group: Option<u16>, now: u64, crypto: &mut dyn IkeCrypto) {
         sa.rekey_ike_at = 0;
-        let Some(group) = sa.suite.map(|c| c.dh) else { return };
+        let Some(group) = group.or(sa.suite.map(|c| c.dh)) else { return };
+        sa.rekey_group = group;
         let (dh, public) = match crypto.dh_generate(group) {
             Ok(x) => x,
             Err(e) => return self.log(Level::Warn, sa.conn, format!("cannot rekey the IKE SA: {e:?}")),
@@ -2837,6 +2925,18 @@ impl Engine {
             self.sas.insert(id, sa);
             return;
         };
+        // Section 1.3.2 with 1.2: the responder wants another DH group.
+        if let Some(n) = find_notify(&ps, notify::INVALID_KE_PAYLOAD) {
+            let want = (n.data.len() == 2).then(|| u16::from_be_bytes([n.data[0], n.data[1]]));
+            let ours = &self.conns[sa.conn].ike;
+            if let Some(g) = want.filter(|g| *g != sa.rekey_group && ours.iter().any(|c| c.dh.contains(g))) {
+                crypto.destroy(dh);
+                self.log(Level::Info, sa.conn, format!("peer wants DH group {g} for the IKE rekey, retrying"));
+                self.start_ike_rekey(&mut sa, Some(g), now, crypto);
+                self.sas.insert(id, sa);
+                return;
+            }
+        }
         let retry_at = now + self.retry_delay(self.conns[sa.conn].cfg.rekey_time_ms, crypto);
         let failure = first_error(&ps).map(|n| format!("peer answered {}", notify_name(n)));
         let answer = sa_ke_nonce(&ps).and_then(|(answer, group, public, nr)| {
@@ -3078,8 +3178,12 @@ impl Engine {
         new.deferred.append(&mut old.deferred);
         new.delete_queue.append(&mut old.delete_queue);
         new.recreate.append(&mut old.recreate);
-        new.children_tried = old.children_tried.clone();
+        new.recreate_at = new.recreate_at.max(old.recreate_at);
+        // The CHILD SAs are up (or were refused) already: a successor does not
+        // request them again, whichever end initiated its rekey.
+        new.children_tried = (0..self.conns[new.conn].children.len()).collect();
         new.reauth_at = std::mem::take(&mut old.reauth_at);
+        new.replaces = new.replaces.or(old.replaces.take());
         new.close_when_idle |= std::mem::take(&mut old.close_when_idle);
         new.redundant_at = 0;
         old.rekey_ike_at = 0;

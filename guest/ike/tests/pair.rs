@@ -1060,6 +1060,21 @@ fn child_sas_with_pfs_are_rekeyed_with_a_new_dh_exchange() {
     assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
     assert_live_pairs(&a, &b, 1);
 
+    // Proposals with and without a DH group: the KE goes with the first one
+    // that has a group, and is dropped if the responder picks one without.
+    for (a_esp, b_esp, pfs) in [
+        ("aes256gcm16,aes128gcm16-x25519", "aes128gcm16-x25519", true),
+        ("aes256gcm16-x25519,aes128gcm16", "aes128gcm16", false),
+    ] {
+        let conf = Conf { esp: a_esp, rekey_ms: 10_000, ..Default::default() };
+        let (a, b) = connect(&conf, &Conf { esp: b_esp, ..Default::default() }, &mut all);
+        assert!(a.installed.len() >= 10, "{a_esp} / {b_esp}: {:?}", a.logs);
+        let with_dh = b.logs.iter().filter(|l| l.contains("installed") && l.contains("x25519")).count();
+        assert_eq!(with_dh, if pfs { b.installed.len() - 1 } else { 0 }, "{a_esp} / {b_esp}");
+        assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "{a_esp} / {b_esp}: no DH value left");
+        assert_live_pairs(&a, &b, 1);
+    }
+
     // Without PFS on the responder the rekey is refused and the old SA kept.
     let (a, b) = connect(&conf, &Conf::default(), &mut all);
     assert!(a.log_has("CHILD_SA rekey failed, keeping the old SA"), "{:?}", a.logs);
@@ -1185,6 +1200,11 @@ fn a_lossy_soak_of_every_lifecycle_event_settles_to_one_ike_sa_and_one_pair() {
                             s.engine.child_expired(now, spi, true);
                         }
                     }
+                }
+                // Like a `start` or `trap` connection: an initiation that
+                // lost every one of its transmissions is tried again.
+                if a.engine.ike_sa_count() == 0 && b.engine.ike_sa_count() == 0 {
+                    a.engine.initiate(now, "site", &mut a.crypto).unwrap();
                 }
                 a.engine.tick(now, &mut a.crypto);
                 b.engine.tick(now, &mut b.crypto);
