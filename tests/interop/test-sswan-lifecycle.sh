@@ -6,11 +6,14 @@
 #     wasmsec answers.
 #  2. wasmsec rekeys the CHILD SA after 60 packets with PFS, rekeys the IKE
 #     SA every 7 s and reauthenticates every 13 s; strongSwan answers.
+#  3. wasmsec is the responder and wants a reauthentication every 12 s: it
+#     says so with AUTH_LIFETIME (RFC 4478) and strongSwan, with no
+#     reauth_time of its own, reauthenticates on that.
 # strongSwan accepts our PFS key material only if KEYMAT is right (its ESP
 # would not decrypt otherwise), and at most 2 pings may be lost per run
 # (strongSwan <-> strongSwan loses up to 2 in its own rekey scenario here).
 source "$(dirname "$0")/lib.sh"
-[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 240 bash "$0" "$@"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 330 bash "$0" "$@"
 
 PFS=aes256gcm16-x25519
 MAX_LOSS=2
@@ -27,11 +30,20 @@ sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 and s["ike"]["
 }
 ikestat() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike"][sys.argv[1]])' "$2"; }
 
-run_case() { # WASMSEC_ROLE
+run_case() { # WASMSEC_ROLE (initiator | responder | asks)
     local role=$1 A=$STATE/$1/A B=$STATE/$1/B got lost
     topo_up
     mkdir -p "$A" "$B"
-    if [ "$role" = responder ]; then
+    if [ "$role" = asks ]; then
+        # strongSwan starts a reauthentication over_time before the
+        # AUTH_LIFETIME it got (default: 10 % of its 4 h rekey_time, which
+        # would mean at once for 12 s).
+        SSWAN_CONN_EXTRA="    over_time = 2s" SSWAN_CHILD_EXTRA="      rekey_time = 5s" \
+            sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+        WASMSEC_CONN_EXTRA="reauth_time = 12" \
+            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
+        sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
+    elif [ "$role" = responder ]; then
         SSWAN_CONN_EXTRA="    reauth_time = 14s" SSWAN_CHILD_EXTRA="      rekey_time = 4s" \
             sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
         wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
@@ -50,16 +62,30 @@ run_case() { # WASMSEC_ROLE
     pfs=$(grep -c "installed: .*$PFS" "$B/wasmsec.log" || true)
     reauth=$(grep -c "established with $ID_A" "$B/wasmsec.log" || true)
     echo "wasmsec $role: pings $got/800; at wasmsec: $pfs CHILD SAs with PFS, $reauth IKE SAs authenticated"
-    check "wasmsec $role: at least 6 CHILD SAs rekeyed with PFS ($pfs)" [ "$pfs" -ge 6 ]
+    local min_pfs=6 max_loss=$MAX_LOSS
+    # strongSwan's own reauthentication every 10 s restarts its CHILD rekey
+    # timer, and it loses a packet of its own now and then doing it (the
+    # wasmsec side is checked packet by packet below).
+    [ "$role" = asks ] && min_pfs=3 max_loss=4
+    check "wasmsec $role: at least $min_pfs CHILD SAs rekeyed with PFS ($pfs)" [ "$pfs" -ge "$min_pfs" ]
     check "wasmsec $role: at least 2 reauthentications ($((reauth - 1)))" [ "$reauth" -ge 3 ]
-    if [ "$role" = initiator ]; then
+    if [ "$role" = asks ]; then
+        check "strongSwan received our AUTH_LIFETIME" grep -q "AUTH_LIFETIME" "$A/charon.log"
+        check "wasmsec never started a reauthentication itself" [ "$(ikestat "$B" reauths)" -eq 0 ]
+        check "wasmsec did not have to delete an IKE SA for want of reauthentication" \
+            bash -c "! grep -q 'did not reauthenticate' '$B/wasmsec.log'"
+    elif [ "$role" = initiator ]; then
         check "wasmsec initiator: rekeys came from the packet limit ($(ikestat "$B" lifetime_soft))" \
             [ "$(ikestat "$B" lifetime_soft)" -ge 6 ]
         check "wasmsec initiator: IKE SA rekeyed at least 3 times" [ "$(grep -c "rekeying IKE_SA" "$B/wasmsec.log")" -ge 3 ]
     else
         check "strongSwan reauthenticated" grep -q "reauthenticating IKE_SA" "$A/charon.log"
     fi
-    check "wasmsec $role: at most $MAX_LOSS pings lost ($lost)" [ "$lost" -le "$MAX_LOSS" ]
+    check "wasmsec $role: at most $max_loss pings lost ($lost)" [ "$lost" -le "$max_loss" ]
+    check "wasmsec $role: wasmsec dropped no ESP packet and no packet for want of a live SA" python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+sys.exit(0 if sum(s["inbound_drops"].values()) == 0 and s["outbound_drops"]["sa_expired"] == 0 else 1)' "$B/stats.json"
     check "wasmsec $role: no integrity failures at wasmsec" [ "$(stat "$B/stats.json" inbound_drops.integrity_failed)" -eq 0 ]
     sleep 1
     check "wasmsec $role: wasmsec is left with one IKE SA and one CHILD SA" one_of_each "$B"
@@ -72,4 +98,5 @@ run_case() { # WASMSEC_ROLE
 
 run_case responder
 run_case initiator
+run_case asks
 finish

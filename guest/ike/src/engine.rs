@@ -414,8 +414,14 @@ struct IkeSa {
     /// before `recreate_at`.
     recreate: Vec<usize>,
     recreate_at: u64,
-    /// When to reauthenticate (0: not by us, or under way).
+    /// When to reauthenticate (0: not by us, or under way). On the side
+    /// that did not send IKE_AUTH: when the peer must have reauthenticated
+    /// (RFC 4478 AUTH_LIFETIME), else the IKE SA is deleted.
     reauth_at: u64,
+    /// We sent the IKE_AUTH request of the authentication this IKE SA stems
+    /// from (kept across rekeys): only that side reauthenticates, so the two
+    /// ends never replace the same IKE SA twice.
+    auth_initiator: bool,
     /// Reauthentication: the IKE SA (our SPI) this one replaces once its
     /// CHILD SAs are up.
     replaces: Option<u64>,
@@ -466,6 +472,7 @@ impl IkeSa {
             recreate: Vec::new(),
             recreate_at: 0,
             reauth_at: 0,
+            auth_initiator: false,
             replaces: None,
             cookie: None,
             created_at: now,
@@ -1209,7 +1216,18 @@ impl Engine {
                 // Not while our rekey of this IKE SA is in flight: its
                 // successor inherits the due reauthentication.
                 if sa.reauth_at != 0 && now >= sa.reauth_at && sa.replaces.is_none() && sa.ike_rekey.is_none() {
-                    self.start_reauth(&mut sa, now, crypto);
+                    if sa.auth_initiator {
+                        self.start_reauth(&mut sa, now, crypto);
+                    } else {
+                        sa.reauth_at = 0;
+                        let msg = format!(
+                            "the peer did not reauthenticate IKE_SA {:016x} as asked (AUTH_LIFETIME): deleting it",
+                            sa.our_spi()
+                        );
+                        self.log(Level::Warn, sa.conn, msg);
+                        sa.close_when_idle = true;
+                        sa.rekey_ike_at = 0;
+                    }
                 }
                 if sa.redundant_at != 0 && now >= sa.redundant_at {
                     sa.redundant_at = 0;
@@ -1979,6 +1997,7 @@ impl Engine {
             }
         };
         let mut out = vec![Payload::IdR(our_id), Payload::Auth { method: auth_method::SHARED_KEY_MIC, data: our_auth }];
+        out.extend(self.auth_lifetime(sa.conn));
         let ni = sa.ni.clone();
         let nr = sa.nr.clone();
         // A second IKE SA from this peer without INITIAL_CONTACT: it is
@@ -2290,9 +2309,17 @@ impl Engine {
             return self.drop_sa(sa, crypto, &msg);
         }
         sa.state = State::Established;
+        sa.auth_initiator = true;
         self.stats.ike_established += 1;
         self.schedule_ike_rekey(&mut sa);
         self.schedule_reauth(&mut sa);
+        // RFC 4478: the responder wants a reauthentication within this many
+        // seconds; we start it a little earlier (up to 10 %).
+        if let Some(n) = find_notify(&ps, notify::AUTH_LIFETIME).filter(|n| n.data.len() == 4) {
+            let secs = u64::from(u32::from_be_bytes([n.data[0], n.data[1], n.data[2], n.data[3]]));
+            let at = self.now + jittered(secs.max(1) * 1000, sa.our_spi().rotate_left(17));
+            sa.reauth_at = if sa.reauth_at == 0 { at } else { sa.reauth_at.min(at) };
+        }
         let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
         let msg = format!(
             "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
@@ -2753,10 +2780,24 @@ impl Engine {
         sa.rekey_ike_at = if t > 0 { self.now + jittered(t, sa.our_spi()) } else { 0 };
     }
 
-    /// Reauthentication counts from when the IKE SA was authenticated.
+    /// Reauthentication counts from when the IKE SA was authenticated. The
+    /// IKE_AUTH initiator reauthenticates; a responder with `reauth_time`
+    /// tells it so (AUTH_LIFETIME, RFC 4478) and gives up on the IKE SA if
+    /// that has not happened a retransmission span after the time.
     fn schedule_reauth(&self, sa: &mut IkeSa) {
         let t = self.conns[sa.conn].cfg.reauth_time_ms;
-        sa.reauth_at = if t > 0 { self.now + jittered(t, sa.our_spi().rotate_left(17)) } else { 0 };
+        sa.reauth_at = match (t, sa.auth_initiator) {
+            (0, _) => 0,
+            (t, true) => self.now + jittered(t, sa.our_spi().rotate_left(17)),
+            (t, false) => self.now + t + 2 * self.retransmit_span(),
+        };
+    }
+
+    /// The AUTH_LIFETIME notify for our IKE_AUTH response, if we want the
+    /// initiator to reauthenticate.
+    fn auth_lifetime(&self, conn: usize) -> Option<Payload> {
+        let t = self.conns[conn].cfg.reauth_time_ms;
+        (t > 0).then(|| notify_payload(notify::AUTH_LIFETIME, ((t / 1000).max(1) as u32).to_be_bytes().to_vec()))
     }
 
     /// As the rekey's initiator: propose a new IKE SA (section 1.3.2).
@@ -2820,6 +2861,7 @@ impl Engine {
             nat_remote: old.nat_remote,
             children_tried: old.children_tried.clone(),
             next_keepalive: old.next_keepalive,
+            auth_initiator: old.auth_initiator,
             ..IkeSa::fresh(old.conn, old.local, old.remote, self.now)
         };
         self.stats.ike_established += 1;
@@ -3183,6 +3225,7 @@ impl Engine {
         // request them again, whichever end initiated its rekey.
         new.children_tried = (0..self.conns[new.conn].children.len()).collect();
         new.reauth_at = std::mem::take(&mut old.reauth_at);
+        new.auth_initiator = old.auth_initiator;
         new.replaces = new.replaces.or(old.replaces.take());
         new.close_when_idle |= std::mem::take(&mut old.close_when_idle);
         new.redundant_at = 0;

@@ -1160,6 +1160,13 @@ fn a_lossy_soak_of_every_lifecycle_event_settles_to_one_ike_sa_and_one_pair() {
             8,
             soak_seeds(),
         ),
+        // Both ends reauthenticate, on close timers.
+        (
+            Conf { rekey_ms: 3_000, ike_rekey_ms: 8_000, reauth_ms: 12_000, ..Default::default() },
+            Conf { rekey_ms: 3_500, ike_rekey_ms: 9_000, reauth_ms: 12_500, ..Default::default() },
+            20,
+            soak_seeds(),
+        ),
     ];
     for (vi, (conf_a, conf_b, loss, seeds)) in variants.iter().enumerate() {
         for seed in 1..=*seeds {
@@ -1245,4 +1252,43 @@ fn a_lossy_soak_of_every_lifecycle_event_settles_to_one_ike_sa_and_one_pair() {
 /// few seconds), more with `WASMSEC_SOAK_SEEDS` when hunting.
 fn soak_seeds() -> u64 {
     std::env::var("WASMSEC_SOAK_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+}
+
+#[test]
+fn a_responder_asks_for_reauthentication_and_only_the_initiator_does_it() {
+    // B wants a reauthentication every 20 s (AUTH_LIFETIME, RFC 4478); A has
+    // no reauth_time of its own and follows B's request.
+    let (a, b) = connect(&Conf::default(), &Conf { reauth_ms: 20_000, ..Default::default() }, &mut all);
+    let (sa, sb) = (a.engine.stats(), b.engine.stats());
+    assert!(sa.reauths >= 5, "{sa:?}");
+    assert_eq!(sb.reauths, 0, "the responder never starts one");
+    assert!(!b.log_has("did not reauthenticate"), "{:?}", b.logs);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+    assert_live_pairs(&a, &b, 1);
+    assert_eq!((a.live_min, b.live_min), (1, 1), "make-before-break");
+
+    // Both ends configured: still one reauthentication per period, by A.
+    let conf = Conf { reauth_ms: 20_000, ..Default::default() };
+    let (a, b) = connect(&conf, &conf, &mut all);
+    assert!(a.engine.stats().reauths >= 5);
+    assert_eq!(b.engine.stats().reauths, 0);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_live_pairs(&a, &b, 1);
+
+    // A peer that does not reauthenticate (here: its attempts never get
+    // through IKE_SA_INIT): the responder deletes the IKE SA a little more
+    // than two retransmission spans after the time it asked for.
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf { reauth_ms: 20_000, ..Default::default() });
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    assert_eq!(b.engine.established(), (1, 1));
+    let no_init = |_: usize, d: &Datagram| d.data.get(18) != Some(&exchange::IKE_SA_INIT);
+    run_from(&mut a, &mut b, 1_000, 140_000, &mut no_init.clone());
+    assert_eq!(b.engine.established(), (1, 1), "still up before the deadline");
+    run_from(&mut a, &mut b, 140_000, 400_000, &mut no_init.clone());
+    assert!(b.log_has("did not reauthenticate"), "{:?}", b.logs);
+    assert_eq!((a.engine.established(), b.engine.established()), ((0, 0), (0, 0)));
+    assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (0, 0));
 }

@@ -74,6 +74,8 @@ pub mod notify {
     pub const COOKIE: u16 = 16390;
     pub const USE_TRANSPORT_MODE: u16 = 16391;
     pub const REKEY_SA: u16 = 16393;
+    /// RFC 4478: seconds until the responder wants the initiator to reauthenticate.
+    pub const AUTH_LIFETIME: u16 = 16403;
     pub const ESP_TFC_PADDING_NOT_SUPPORTED: u16 = 16394;
     pub const MOBIKE_SUPPORTED: u16 = 16396;
     pub const FRAGMENTATION_SUPPORTED: u16 = 16430;
