@@ -19,7 +19,11 @@ HOST_B=198.18.2.10
 ID_A=gwa.interop.test
 ID_B=gwb.interop.test
 PSK=${PSK:-wasmsec-interop-psk-$(date +%s)}
-STATE=$(mktemp -d /tmp/wasmsec-iop.XXXXXX)
+# Scripts re-exec themselves under `timeout` right after sourcing this file
+# (WASMSEC_E2E_TIMEOUT unset): only the re-executed run needs a state dir,
+# and only it reaches the EXIT trap that removes it.
+STATE=
+[ -n "${WASMSEC_E2E_TIMEOUT:-}" ] && STATE=$(mktemp -d /tmp/wasmsec-iop.XXXXXX)
 PIDS=()
 
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
@@ -40,6 +44,7 @@ cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     topo_down
+    [ -n "$STATE" ] || return 0
     if [ "${KEEP:-0}" = 1 ]; then echo "KEEP=1: state in $STATE"; else rm -rf "$STATE"; fi
 }
 trap cleanup EXIT
