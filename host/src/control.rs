@@ -176,9 +176,9 @@ impl ControlPlane {
                                 let dst = Ipv4Addr::new(m[5], m[6], m[7], m[8]);
                                 self.acquire(now, dst)?;
                             }
-                            Some(&UP_EXPIRE) if n >= 8 => {
+                            Some(&UP_EXPIRE) if n >= 6 => {
                                 let spi = u32::from_be_bytes([m[1], m[2], m[3], m[4]]);
-                                self.ike.child_expired(now, spi, m[6] != 0)?;
+                                self.ike.child_expired(now, spi, m[5] != 0)?;
                             }
                             _ => {}
                         }

@@ -22,7 +22,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use crate::config::Encapsulation;
 use crate::keystore::Keystore;
 use crate::packet::PacketBuf;
-use crate::runtime::{DecapVerdict, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, Runtime};
+use crate::runtime::{DecapVerdict, EncapVerdict, EspInstance, InboundSa, OutboundSa, Runtime};
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 
@@ -90,7 +90,8 @@ impl DpLink {
 /// Tags of what the data path passes up to the control plane on its socket.
 pub const UP_IKE: u8 = 0;
 pub const UP_ACQUIRE: u8 = 1;
-/// An SA passed a soft or hard limit: SPI (4 bytes), outbound, hard, cause.
+/// An SA passed a soft or hard limit: SPI (4 bytes), hard (the cause and
+/// direction are logged here; the IKE engine needs neither).
 pub const UP_EXPIRE: u8 = 2;
 
 /// How often a loop asks its guest for SA expiries (not per batch: the
@@ -297,15 +298,10 @@ impl Loop {
             Err(e) => return warn!(error = %e, "cannot read SA expiries"),
         };
         for x in expiries {
-            let cause = match x.cause {
-                ExpiryCause::Bytes => 0,
-                ExpiryCause::Packets => 1,
-                ExpiryCause::Sequence => 2,
-            };
             info!(spi = format_args!("{:08x}", x.spi), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
             let mut m = vec![UP_EXPIRE];
             m.extend_from_slice(&x.spi.to_be_bytes());
-            m.extend_from_slice(&[u8::from(x.outbound), u8::from(x.hard), cause]);
+            m.push(u8::from(x.hard));
             match &self.up {
                 Some(up) => {
                     let _ = up.send(&m);

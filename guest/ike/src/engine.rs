@@ -1136,11 +1136,10 @@ impl Engine {
         }
     }
 
-    /// An IKE SA being reauthenticated was rekeyed meanwhile: the new IKE SA
-    /// must replace the rekeyed one, or both would live on.
-    /// The same for a collision record that names the peer's new IKE SA:
-    /// it was rekeyed before the tie-break, and its successor stands in.
-    fn retarget_reauth(&mut self, from: u64, to: u64) {
+    /// IKE SA `from` handed over to `to`: references to it follow. A
+    /// reauthentication under way must replace the successor (or both would
+    /// live on), and a collision record naming it waits on the successor.
+    fn follow_successor(&mut self, from: u64, to: u64) {
         for s in self.sas.values_mut() {
             if s.replaces == Some(from) {
                 s.replaces = Some(to);
@@ -3133,14 +3132,14 @@ impl Engine {
         let Some(c) = sa.children.iter().find(|c| c.inbound_spi == inbound) else { return };
         let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
         self.stats.lifetime_hard += 1;
-        let level = if replaced { Level::Info } else { Level::Warn };
         let msg = if replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
         self.remove_child(sa, inbound, &msg);
-        if level == Level::Warn {
-            self.log(level, sa.conn, format!("CHILD_SA {inbound:08x}: {msg}; creating it anew"));
-        }
         sa.delete_queue.push((inbound, outbound, false));
         let rekeying = sa.pending_child.as_ref().is_some_and(|p| p.rekeys == Some(inbound));
+        if !replaced {
+            let next = if rekeying { "its rekey in flight takes over" } else { "creating it anew" };
+            self.log(Level::Warn, sa.conn, format!("CHILD_SA {inbound:08x}: {msg}; {next}"));
+        }
         if !replaced && !rekeying {
             self.recreate_later(sa, cfg);
         }
@@ -3198,11 +3197,16 @@ impl Engine {
                 self.adopt_children(&mut sa, winner);
             }
             // A reauthenticated successor may now send on its CHILD SAs.
-            for other in self.sas.values_mut() {
-                if other.conn == sa.conn && other.remote.addr == sa.remote.addr && !other.deferred.is_empty() {
-                    for (outbound_spi, _) in other.deferred.drain(..) {
-                        self.actions.push_back(Action::ActivateOutbound { outbound_spi });
-                    }
+            let twins: Vec<u64> = self
+                .sas
+                .iter()
+                .filter(|(_, o)| o.conn == sa.conn && o.remote.addr == sa.remote.addr && !o.deferred.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            for k in twins {
+                if let Some(mut o) = self.sas.remove(&k) {
+                    self.activate_deferred(&mut o, u64::MAX);
+                    self.sas.insert(k, o);
                 }
             }
             self.drop_sa(sa, crypto, "peer sent DELETE");
@@ -3230,7 +3234,7 @@ impl Engine {
         new.close_when_idle |= std::mem::take(&mut old.close_when_idle);
         new.redundant_at = 0;
         old.rekey_ike_at = 0;
-        self.retarget_reauth(old.our_spi(), new.our_spi());
+        self.follow_successor(old.our_spi(), new.our_spi());
         // No rekey of an SA that is going: closed, or replaced by a
         // reauthentication under way.
         let reauthenticated = self.sas.values().any(|s| s.replaces == Some(new.our_spi()));
