@@ -19,11 +19,24 @@ use crate::runtime::{InboundSa, OutboundSa, SaLimits, TrafficSelector};
 use crate::stats::Stats;
 use crate::sys;
 
+/// An IKE SA as the admin socket shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct IkeInfo {
+    connection: String,
+    spi: String,
+    proposal: String,
+    initiator: bool,
+    local: String,
+    remote: String,
+}
+
 /// A CHILD SA as the admin socket shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 struct ChildInfo {
     connection: String,
     child: String,
+    /// The ESP transform, strongSwan syntax (`aes256gcm16`).
+    proposal: String,
     ike_spi: String,
     inbound_spi: String,
     outbound_spi: String,
@@ -109,7 +122,7 @@ impl ControlPlane {
     /// IKE state is not yet checkpointed, so a restart would orphan SAs.
     pub fn run(mut self) {
         let start = Instant::now();
-        let mut ike_sas: BTreeMap<u64, String> = BTreeMap::new();
+        let mut ike_sas: BTreeMap<u64, IkeInfo> = BTreeMap::new();
         let mut children: Vec<ChildInfo> = Vec::new();
         match self.ike.autostart() {
             Ok(names) => {
@@ -260,7 +273,7 @@ impl ControlPlane {
         }
     }
 
-    fn actions(&mut self, ike_sas: &mut BTreeMap<u64, String>, children: &mut Vec<ChildInfo>) -> anyhow::Result<()> {
+    fn actions(&mut self, ike_sas: &mut BTreeMap<u64, IkeInfo>, children: &mut Vec<ChildInfo>) -> anyhow::Result<()> {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
@@ -297,8 +310,19 @@ impl ControlPlane {
                     self.esp_keys.remove(d.outbound_key);
                     children.retain(|c| c.keys != (d.inbound_key, d.outbound_key));
                 }
-                Action::IkeUp((conn, spi)) => {
-                    ike_sas.insert(spi, conn);
+                Action::IkeUp(up) => {
+                    let show = |e: &Endpoint| ep(e).map(|a| a.to_string()).unwrap_or_default();
+                    ike_sas.insert(
+                        up.ike_spi,
+                        IkeInfo {
+                            connection: up.connection,
+                            spi: format!("{:016x}", up.ike_spi),
+                            proposal: up.proposal,
+                            initiator: up.initiator,
+                            local: show(&up.local),
+                            remote: show(&up.remote),
+                        },
+                    );
                 }
                 Action::IkeDown((_, spi)) => {
                     ike_sas.remove(&spi);
@@ -367,6 +391,7 @@ impl ControlPlane {
         children.push(ChildInfo {
             connection: c.connection.clone(),
             child: c.child.clone(),
+            proposal: ike::esp_algorithm(c.encr, c.key_bits, c.integ).map_or_else(|| "?".into(), |a| a.name()),
             ike_spi: format!("{:016x}", c.ike_spi),
             inbound_spi: format!("{:08x}", c.inbound_spi),
             outbound_spi: format!("{:08x}", c.outbound_spi),
@@ -384,7 +409,7 @@ impl ControlPlane {
         &mut self,
         now: u64,
         s: UnixStream,
-        ike_sas: &BTreeMap<u64, String>,
+        ike_sas: &BTreeMap<u64, IkeInfo>,
         children: &[ChildInfo],
     ) -> anyhow::Result<()> {
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -402,10 +427,7 @@ impl ControlPlane {
             },
             (Some("status"), None) => {
                 let st = self.ike.stats()?;
-                let ike_list: Vec<serde_json::Value> = ike_sas
-                    .iter()
-                    .map(|(spi, c)| serde_json::json!({"connection": c, "spi": format!("{spi:016x}")}))
-                    .collect();
+                let ike_list: Vec<&IkeInfo> = ike_sas.values().collect();
                 let v = serde_json::json!({
                     "ike_sas": ike_list,
                     "child_sas": children,

@@ -8,8 +8,9 @@ const USAGE: &str = "\
 usage:
   wasmsec run --config FILE [--stats-file FILE]   run the gateway (root)
   wasmsec check --config FILE                     validate a config file and exit
-  wasmsec demo [--algorithm ALG] [--raw-esp] [--pings N] [--dir DIR] [--keep]
-                                                  two gateways in namespaces, ping through ESP (root)
+  wasmsec demo [--algorithm ALG] [--raw-esp] [--manual] [--pings N] [--dir DIR] [--keep]
+                                                  two gateways in namespaces negotiate a tunnel
+                                                  with IKEv2, ping through it (root; --help)
   wasmsec demo --down                             tear down a demo left by --keep
   wasmsec ctl --socket PATH initiate NAME | terminate NAME | status
                                                   talk to a running daemon's control socket
@@ -84,7 +85,12 @@ fn real_main() -> anyhow::Result<bool> {
             };
             if cmd == "check" {
                 let c = config::Config::load(&config)?;
-                println!("{}: OK ({} manual tunnel(s))", config.display(), c.manual.len());
+                println!(
+                    "{}: OK ({} IKE connection(s), {} manual tunnel(s))",
+                    config.display(),
+                    c.connection.len(),
+                    c.manual.len()
+                );
                 return Ok(true);
             }
             daemon::run(&config, stats.as_deref())?;
@@ -98,7 +104,12 @@ fn real_main() -> anyhow::Result<bool> {
                         demo::down()?;
                         return Ok(true);
                     }
+                    "--help" | "-h" => {
+                        println!("{}", demo::HELP);
+                        return Ok(true);
+                    }
                     "--raw-esp" => o.raw_esp = true,
+                    "--manual" => o.keying = demo::Keying::Manual,
                     "--keep" => o.keep = true,
                     "--algorithm" => {
                         let v = value(&mut args, &a).map_err(anyhow::Error::msg)?;
@@ -115,7 +126,10 @@ fn real_main() -> anyhow::Result<bool> {
                         }
                     }
                     "--dir" => o.dir = PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?),
-                    other => return usage(format!("unknown option {other}")),
+                    other => {
+                        eprintln!("wasmsec demo: unknown option {other}\n{}", demo::HELP);
+                        return Ok(false);
+                    }
                 }
             }
             demo::run(&o)

@@ -119,7 +119,7 @@ sswan_start() {
     cat >"$d/strongswan.conf" <<CONF
 charon {
   load_modular = no
-  load = random nonce openssl aes sha1 sha2 hmac gcm ctr chapoly curve25519 gmp kdf attr kernel-libipsec kernel-netlink socket-default vici
+  load = $(cat "$ROOT/tests/interop/strongswan-plugins")
   install_routes = yes
   retransmit_tries = 3
   retransmit_timeout = 2.0

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{packages, root};
 
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Guest crates and the component file each becomes.
 const COMPONENTS: &[(&str, &str)] = &[
@@ -28,14 +28,14 @@ pub fn components_dir() -> PathBuf {
 }
 
 /// How guests are compiled on this machine.
-enum Route {
+pub enum Route {
     /// rustup has the wasm32 target: plain cargo.
     Rustup,
     /// Debian's rustc-web with its std sources and -Zbuild-std.
     DebianBuildStd,
 }
 
-fn route() -> Route {
+pub fn route() -> Route {
     let has_target = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
@@ -73,7 +73,7 @@ fn guests() -> Result<()> {
         }
         Route::DebianBuildStd => {
             eprintln!("xtask: guests: no rustup {WASM_TARGET} target; Debian rustc-web with -Zbuild-std");
-            packages::ensure(packages::GUEST_TOOLCHAIN)?;
+            packages::ensure(packages::Group::Build)?;
             let mut c = Command::new("/usr/bin/cargo");
             // /usr/bin/cargo would find rustup's rustc through PATH, which has
             // no std sources: name Debian's compiler explicitly.

@@ -4,24 +4,30 @@
 //! - `cargo xtask demo`   build, then `wasmsec demo` (root)
 //! - `cargo xtask test`   build, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
+//! - `cargo xtask doctor` check that every tool the steps use works
 //!
-//! Each installs the Debian packages it needs when they are missing, so the
-//! README's two commands work on a fresh machine.
+//! Each installs the Debian packages it needs when they are missing
+//! (`xtask/debian-packages.txt`) and then proves they work (`doctor`), so
+//! the README's two commands work on a fresh machine.
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
 mod build;
+mod doctor;
 mod packages;
+
+use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|demo|test|bench> [args]\n\
+        "usage: cargo xtask <build|demo|test|bench|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
          \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
-         \n  bench            build, then the ESP data-path benchmark"
+         \n  bench            build, then the ESP data-path benchmark\
+         \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
     std::process::exit(2)
 }
@@ -31,7 +37,8 @@ fn main() -> ExitCode {
     let cmd = args.next().unwrap_or_else(|| usage());
     let rest: Vec<String> = args.collect();
     let r = match cmd.as_str() {
-        "build" => build::all().map(|_| true),
+        "build" => build_cmd(),
+        "doctor" => Ok(doctor::run(Group::Test)),
         "demo" => demo(&rest),
         "test" => test(rest.first().map(String::as_str)),
         "bench" => bench(),
@@ -67,11 +74,55 @@ fn run(cmd: &mut Command) -> Result<bool> {
     Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
 }
 
+/// Install what `upto` needs, then prove it works.
+fn prepare(upto: Group) -> Result<()> {
+    packages::ensure(upto)?;
+    if !doctor::run(upto) {
+        bail!("the preflight check failed (see above); `cargo xtask doctor` repeats it");
+    }
+    Ok(())
+}
+
+fn build_cmd() -> Result<bool> {
+    if matches!(build::route(), build::Route::DebianBuildStd) {
+        prepare(Group::Build)?;
+    }
+    build::all()?;
+    Ok(true)
+}
+
 fn demo(args: &[String]) -> Result<bool> {
     require_root("the demo")?;
-    packages::ensure(packages::RUNTIME)?;
+    prepare(Group::Run)?;
     build::all()?;
     run(Command::new(build::host_binary()).arg("demo").args(args))
+}
+
+/// Where the team's strongSwan harness is expected: beside the checkout.
+fn shared_harness() -> PathBuf {
+    std::env::var_os("IOP_HARNESS").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/interop"))
+}
+
+fn harness_banner() -> String {
+    let bar = "!".repeat(78);
+    format!(
+        "{bar}\n!! the shared interop harness is missing ({}):\n!! its strongSwan scenarios \
+         (tests/interop/test-shared-harness.sh) are SKIPPED.\n{bar}",
+        shared_harness().display()
+    )
+}
+
+/// The shared harness is beside every checkout of the project's machines and
+/// in CI. Without it, a developer's run skips its scenarios (loudly); CI fails.
+fn shared_harness_missing() -> Result<bool> {
+    if shared_harness().join("sswan-psk.sh").exists() {
+        return Ok(false);
+    }
+    eprintln!("{}", harness_banner());
+    if std::env::var_os("CI").is_some() {
+        bail!("CI is set and the shared interop harness is missing: CI always has it beside the checkout");
+    }
+    Ok(true)
 }
 
 fn bench() -> Result<bool> {
@@ -82,8 +133,8 @@ fn bench() -> Result<bool> {
 /// Everything, in order; counts suites and prints one closing line.
 fn test(filter: Option<&str>) -> Result<bool> {
     require_root("the test suite")?;
-    packages::ensure(packages::RUNTIME)?;
-    packages::ensure(packages::TEST)?;
+    prepare(Group::Test)?;
+    let harness_missing = shared_harness_missing()?;
     build::all()?;
     let mut passed = 0;
     let mut failed = Vec::new();
@@ -115,12 +166,16 @@ fn test(filter: Option<&str>) -> Result<bool> {
             .arg(&s)
             .current_dir(root())
             .env("WASMSEC_BIN", build::host_binary())
+            .env("XTASK_BIN", std::env::current_exe().unwrap_or_default())
             .env("WASMSEC_COMPONENTS", build::components_dir()))?;
         let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
         if ok { passed += 1 } else { failed.push(name) }
     }
     for f in &failed {
         eprintln!("xtask: FAILED: {f}");
+    }
+    if harness_missing {
+        eprintln!("{}", harness_banner());
     }
     println!("suites: {} passed, {} failed", passed, failed.len());
     Ok(failed.is_empty())

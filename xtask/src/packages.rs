@@ -1,23 +1,52 @@
-//! Debian packages the build and the tests need, installed when missing.
+//! Debian packages the build, the demo and the tests need, installed when
+//! missing. The list lives in `xtask/debian-packages.txt`, which `.ci/run`
+//! reads too.
 use std::process::Command;
 
 use anyhow::{Result, bail};
 
-/// For building wasm guests without a rustup wasm32 target (TOOLCHAIN.md).
-pub const GUEST_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-22"];
-/// For running the daemon and the demo.
-pub const RUNTIME: &[&str] = &["iproute2", "tcpdump", "iputils-ping", "procps"];
-/// For the end-to-end and interop tests.
-pub const TEST: &[&str] = &[
-    "tshark",
-    "nftables",
-    "conntrack",
-    "iperf3",
-    "strongswan-charon",
-    "strongswan-swanctl",
-    "libcharon-extra-plugins",
-    "libstrongswan-extra-plugins",
-];
+const LIST: &str = include_str!("../debian-packages.txt");
+
+/// What a step needs: each group includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Group {
+    /// Building the host and the wasm guests.
+    Build,
+    /// Running the daemon and the demo.
+    Run,
+    /// The end-to-end and interop tests.
+    Test,
+}
+
+impl Group {
+    fn parse(s: &str) -> Option<Group> {
+        match s {
+            "build" => Some(Group::Build),
+            "run" => Some(Group::Run),
+            "test" => Some(Group::Test),
+            _ => None,
+        }
+    }
+}
+
+/// Every (group, package) of the list, in order.
+pub fn all() -> Vec<(Group, &'static str)> {
+    LIST.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let g = w.next().and_then(Group::parse).unwrap_or_else(|| panic!("debian-packages.txt: bad group in {l:?}"));
+            let p = w.next().unwrap_or_else(|| panic!("debian-packages.txt: no package in {l:?}"));
+            (g, p)
+        })
+        .collect()
+}
+
+/// The packages a step up to `upto` needs.
+pub fn needed(upto: Group) -> Vec<&'static str> {
+    all().into_iter().filter(|(g, _)| *g <= upto).map(|(_, p)| p).collect()
+}
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -27,9 +56,10 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Install whichever of `pkgs` are missing (needs root and apt).
-pub fn ensure(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+/// Install whichever packages of the groups up to `upto` are missing (needs
+/// root and apt).
+pub fn ensure(upto: Group) -> Result<()> {
+    let missing: Vec<&str> = needed(upto).into_iter().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -43,12 +73,30 @@ pub fn ensure(pkgs: &[&str]) -> Result<()> {
             .unwrap_or(false)
     };
     if !apt(&["update", "-qq"]) {
-        bail!("apt-get update failed; install by hand: apt-get install -y {}", missing.join(" "));
+        bail!("apt-get update failed; install by hand: apt-get install -y --no-install-recommends {}", missing.join(" "));
     }
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
     if !apt(&args) {
-        bail!("apt-get install failed (root needed); install by hand: apt-get install -y {}", missing.join(" "));
+        bail!(
+            "apt-get install failed (root needed); install by hand: apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_parses_and_names_what_recommends_would_hide() {
+        let build = needed(Group::Build);
+        assert!(build.contains(&"rust-web-llvm"), "the wasm linker is only a Recommends of rustc-web");
+        assert!(!build.contains(&"tshark"));
+        let test = needed(Group::Test);
+        assert!(test.contains(&"libstrongswan-standard-plugins"), "AES-GCM is only a Recommends of charon");
+        assert!(test.len() > build.len());
+    }
 }

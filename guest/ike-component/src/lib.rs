@@ -208,7 +208,16 @@ fn wit_action(a: ike::Action) -> wit::Action {
                 outbound_key,
             })
         }
-        ike::Action::IkeUp { connection, ike_spi } => wit::Action::IkeUp((connection, ike_spi)),
+        ike::Action::IkeUp { connection, ike_spi, proposal, initiator, local, remote } => {
+            wit::Action::IkeUp(wit::IkeSaUp {
+                connection,
+                ike_spi,
+                proposal,
+                initiator,
+                local: wit_endpoint(&local),
+                remote: wit_endpoint(&remote),
+            })
+        }
         ike::Action::IkeDown { connection, ike_spi } => wit::Action::IkeDown((connection, ike_spi)),
         ike::Action::Log { level, connection, message } => wit::Action::Log(wit::LogEvent {
             level: match level {

@@ -230,10 +230,15 @@ pub enum Action {
         inbound_key: Handle,
         outbound_key: Handle,
     },
-    /// An IKE SA came up (connection, our SPI).
+    /// An IKE SA came up: connection, our SPI, the negotiated proposal
+    /// (strongSwan's names), our role and the path.
     IkeUp {
         connection: String,
         ike_spi: u64,
+        proposal: String,
+        initiator: bool,
+        local: Endpoint,
+        remote: Endpoint,
     },
     /// An IKE SA is gone.
     IkeDown {
@@ -731,6 +736,17 @@ impl Engine {
 
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    fn ike_up(&mut self, sa: &IkeSa) {
+        self.actions.push_back(Action::IkeUp {
+            connection: self.conns[sa.conn].cfg.name.clone(),
+            ike_spi: sa.our_spi(),
+            proposal: sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default(),
+            initiator: sa.initiator,
+            local: sa.local,
+            remote: sa.remote,
+        });
     }
 
     fn log(&mut self, level: Level, conn: usize, message: String) {
@@ -2031,7 +2047,7 @@ impl Engine {
             sa.remote.port
         );
         self.log(Level::Info, conn, msg);
-        self.actions.push_back(Action::IkeUp { connection: self.conns[conn].cfg.name.clone(), ike_spi: id });
+        self.ike_up(&sa);
         self.respond_encrypted(&mut sa, exchange::IKE_AUTH, mid, &out, crypto);
         self.sas.insert(id, sa);
     }
@@ -2327,7 +2343,7 @@ impl Engine {
             sa.remote.port
         );
         self.log(Level::Info, conn, msg);
-        self.actions.push_back(Action::IkeUp { connection: self.conns[conn].cfg.name.clone(), ike_spi: id });
+        self.ike_up(&sa);
         let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
         if let Err(f) = self.complete_child(&mut sa, &ps, &ni, &nr, true, crypto) {
             self.log(Level::Warn, conn, format!("CHILD_SA not created: {}", f.message));
@@ -2886,8 +2902,7 @@ impl Engine {
             );
             self.log(Level::Info, new.conn, msg);
         }
-        self.actions
-            .push_back(Action::IkeUp { connection: self.conns[new.conn].cfg.name.clone(), ike_spi: new.our_spi() });
+        self.ike_up(&new);
         new
     }
 
