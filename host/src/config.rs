@@ -67,6 +67,10 @@ pub struct Ike {
     /// `ikev2_decryption_table` lines. This discloses secrets: debugging only.
     #[serde(default)]
     pub keylog: Option<PathBuf>,
+    /// Append every CHILD SA's keys (both directions) to this file as
+    /// Wireshark `esp_sa` lines. This discloses secrets: debugging only.
+    #[serde(default)]
+    pub esp_keylog: Option<PathBuf>,
 }
 
 /// When a connection comes up.

@@ -68,6 +68,11 @@ pub struct ControlPlane {
     pub stats: Arc<Stats>,
     pub traps: Vec<Trap>,
     pub replay_window: u32,
+    /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
+    pub esp_keylog: Option<std::path::PathBuf>,
+    /// Inbound halves of deleted CHILD SAs that still accept packets until
+    /// their time (control-loop milliseconds): (until, SPI, key).
+    pub lingering: Vec<(u64, u32, u64)>,
     /// Outbound SAs of rekeys we answered, waiting for `activate-outbound`.
     pub deferred: std::collections::HashMap<u32, (OutboundSa, Peer)>,
 }
@@ -132,7 +137,7 @@ impl ControlPlane {
             }
             Err(e) => return self.fatal(e),
         }
-        if let Err(e) = self.actions(&mut ike_sas, &mut children) {
+        if let Err(e) = self.actions(Self::now(start), &mut ike_sas, &mut children) {
             return self.fatal(e);
         }
         let mut fds = vec![self.sock500.as_raw_fd(), self.up.as_raw_fd()];
@@ -145,6 +150,7 @@ impl ControlPlane {
                 Ok(t) => t,
                 Err(e) => return self.fatal(e),
             };
+            let due = due.into_iter().chain(self.lingering.iter().map(|l| l.0)).min();
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
             let ready = sys::poll_readable(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
@@ -206,8 +212,9 @@ impl ControlPlane {
                 }
                 if due.is_some_and(|t| t <= now) {
                     self.ike.tick(now)?;
+                    self.end_lingering(now);
                 }
-                self.actions(&mut ike_sas, &mut children)
+                self.actions(now, &mut ike_sas, &mut children)
             })();
             if let Err(e) = r {
                 return self.fatal(e);
@@ -273,7 +280,22 @@ impl ControlPlane {
         }
     }
 
-    fn actions(&mut self, ike_sas: &mut BTreeMap<u64, IkeInfo>, children: &mut Vec<ChildInfo>) -> anyhow::Result<()> {
+    /// Remove the lingering inbound SAs whose time is up, and their keys.
+    fn end_lingering(&mut self, now: u64) {
+        let (done, keep): (Vec<_>, Vec<_>) = self.lingering.iter().partition(|l| l.0 <= now);
+        self.lingering = keep;
+        for (_, spi, key) in done {
+            self.inbound.send(DpControl::RemoveInbound { spi });
+            self.esp_keys.remove(key);
+        }
+    }
+
+    fn actions(
+        &mut self,
+        now: u64,
+        ike_sas: &mut BTreeMap<u64, IkeInfo>,
+        children: &mut Vec<ChildInfo>,
+    ) -> anyhow::Result<()> {
         for a in self.ike.poll_actions()? {
             match a {
                 Action::Send(d) => self.send(&d),
@@ -305,9 +327,13 @@ impl ControlPlane {
                 Action::DeleteChild(d) => {
                     self.deferred.remove(&d.outbound_spi);
                     self.outbound.send(DpControl::RemoveOutbound { spi: d.outbound_spi });
-                    self.inbound.send(DpControl::RemoveInbound { spi: d.inbound_spi });
-                    self.esp_keys.remove(d.inbound_key);
                     self.esp_keys.remove(d.outbound_key);
+                    if d.keep_inbound_ms == 0 {
+                        self.inbound.send(DpControl::RemoveInbound { spi: d.inbound_spi });
+                        self.esp_keys.remove(d.inbound_key);
+                    } else {
+                        self.lingering.push((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key));
+                    }
                     children.retain(|c| c.keys != (d.inbound_key, d.outbound_key));
                 }
                 Action::IkeUp(up) => {
@@ -383,6 +409,7 @@ impl ControlPlane {
             remote_ts: esp_ts(&c.remote_ts),
             limits,
         };
+        self.export_esp_keys(&c, remote);
         if c.outbound_deferred {
             self.deferred.insert(c.outbound_spi, (out, peer));
         } else {
@@ -401,6 +428,24 @@ impl ControlPlane {
             encap: c.encap,
             keys: (c.inbound_key, c.outbound_key),
         });
+    }
+
+    /// Append the CHILD SA's keys to the `esp_sa` file, if export is on.
+    fn export_esp_keys(&mut self, c: &ike::ChildSa, remote: SocketAddr) {
+        let Some(path) = &self.esp_keylog else { return };
+        let local = ep(&c.local).map(|a| a.ip().to_string()).unwrap_or_default();
+        let remote = remote.ip().to_string();
+        let state = self.ike.store.data_mut();
+        let lines = [
+            (local.as_str(), remote.as_str(), c.outbound_spi, state.take_esp_export(c.outbound_key)),
+            (remote.as_str(), local.as_str(), c.inbound_spi, state.take_esp_export(c.inbound_key)),
+        ];
+        for (src, dst, spi, keys) in lines {
+            let Some(keys) = keys else { continue };
+            if let Err(e) = crate::keylog::append_secret_line(path, &crate::keylog::esp_sa_line(src, dst, spi, &keys)) {
+                warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
+            }
+        }
     }
 
     /// One admin command per connection: `initiate NAME`, `terminate NAME`,

@@ -275,6 +275,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         if let Some(k) = &cfg.ike.keylog {
             warn!(file = %k.display(), "IKE key export is on: this file holds secrets");
         }
+        ike.store.data_mut().esp_keylog = cfg.ike.esp_keylog.is_some();
+        if let Some(k) = &cfg.ike.esp_keylog {
+            warn!(file = %k.display(), "ESP key export is on: this file holds secrets");
+        }
         let traps = load_connections(&cfg, config_path, &base, &mut ike, raw.is_none())?;
         let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
             .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
@@ -305,7 +309,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             stats: stats.clone(),
             traps,
             replay_window: 1024,
+            esp_keylog: cfg.ike.esp_keylog.clone(),
             deferred: HashMap::new(),
+            lingering: Vec::new(),
         })
     } else {
         None

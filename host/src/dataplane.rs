@@ -231,12 +231,14 @@ impl Loop {
                         }
                     };
                     sa.peer = idx as u32;
+                    info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, "data path: sending on outbound SA");
                     self.install(inst, Some(sa), None)
                 }
                 DpControl::AddInbound { sa, outbound_spi, peer } => {
                     if let (Some(o), Some(p)) = (outbound_spi, peer) {
                         self.floats.insert(sa.spi, (o, p));
                     }
+                    info!(spi = format_args!("{:08x}", sa.spi), "data path: accepting on inbound SA");
                     self.install(inst, None, Some(sa))
                 }
                 DpControl::MovePeer { outbound_spi, peer } => {
@@ -249,6 +251,7 @@ impl Loop {
                     Ok(())
                 }
                 DpControl::RemoveOutbound { spi } => {
+                    info!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     if let Some(pos) = self.sas.outbound.iter().position(|s| s.spi == spi) {
                         let sa = self.sas.outbound.remove(pos);
                         inst.store.data_mut().keys.revoke(sa.key);
@@ -256,6 +259,7 @@ impl Loop {
                     inst.remove_outbound(spi).map(|_| ())
                 }
                 DpControl::RemoveInbound { spi } => {
+                    info!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
                     if let Some(pos) = self.sas.inbound.iter().position(|s| s.spi == spi) {
                         let sa = self.sas.inbound.remove(pos);

@@ -194,28 +194,6 @@ struct DemoSa {
     key_hex: String,
 }
 
-/// Wireshark's names for an ESP transform in its `esp_sa` table:
-/// encryption, authentication, and how many bytes of the keying material
-/// are the encryption key. Wireshark 4.0 (Debian 12) cannot decrypt
-/// ChaCha20-Poly1305 ESP.
-fn wireshark_alg(a: EspAlgorithm) -> Option<(&'static str, &'static str, usize)> {
-    use crate::keystore::Integ;
-    match a {
-        EspAlgorithm::Aes128Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20)),
-        EspAlgorithm::Aes256Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 36)),
-        EspAlgorithm::ChaCha20Poly1305 => None,
-        EspAlgorithm::AesCbc { key_bits, integ } => Some((
-            "AES-CBC [RFC3602]",
-            match integ {
-                Integ::Sha256_128 => "HMAC-SHA-256-128 [RFC4868]",
-                Integ::Sha384_192 => "HMAC-SHA-384-192 [RFC4868]",
-                Integ::Sha512_256 => "HMAC-SHA-512-256 [RFC4868]",
-            },
-            usize::from(key_bits / 8),
-        )),
-    }
-}
-
 /// The IKE demo's identities and control sockets.
 const ID_A: &str = "gwa.demo.wasmsec";
 const ID_B: &str = "gwb.demo.wasmsec";
@@ -356,17 +334,12 @@ fn write_manual_configs(o: &Options) -> Result<Vec<DemoSa>> {
     std::fs::write(o.dir.join("gwb.toml"), conf(WAN_B, LAN_B, WAN_A, LAN_A, &b_to_a, &a_to_b, "198.18.2.1"))?;
     // Wireshark's ESP SA table (uat file `esp_sa`), for an independent
     // decryption of the capture: tshark -o "uat:esp_sa:<line>".
-    if let Some((enc, auth, enc_len)) = wireshark_alg(o.algorithm) {
-        let mut uat = String::new();
-        for sa in [&a_to_b, &b_to_a] {
-            let (ek, ak) = sa.key_hex.split_at(2 * enc_len);
-            let ak = if ak.is_empty() { String::new() } else { format!("0x{ak}") };
-            uat.push_str(&format!(
-                "\"IPv4\",\"{}\",\"{}\",\"{:#010x}\",\"{enc}\",\"0x{ek}\",\"{auth}\",\"{ak}\"\n",
-                sa.src, sa.dst, sa.spi
-            ));
+    for sa in [&a_to_b, &b_to_a] {
+        let keymat: Vec<u8> =
+            (0..sa.key_hex.len() / 2).filter_map(|i| u8::from_str_radix(&sa.key_hex[2 * i..2 * i + 2], 16).ok()).collect();
+        if let Some(keys) = crate::keylog::esp_sa_keys(o.algorithm, &keymat) {
+            crate::keylog::append_secret_line(&o.dir.join("esp_sa"), &crate::keylog::esp_sa_line(sa.src, sa.dst, sa.spi, &keys))?;
         }
-        write_secret(&o.dir.join("esp_sa"), &uat)?;
     }
     Ok(vec![a_to_b, b_to_a])
 }

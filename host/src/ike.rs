@@ -1,7 +1,6 @@
 //! The IKE component under wasmtime: its imports (randomness and the key
 //! schedule on handles, backed by [`wasmsec_crypto::Vault`] and the ESP
 //! keystore) and a typed wrapper around its exports.
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,6 +34,11 @@ pub struct IkeState {
     esp_keys: Arc<Keystore>,
     /// Wireshark key export (opt-in): IKE SA keys appended here.
     pub keylog: Option<PathBuf>,
+    /// ESP key export (opt-in): the `esp_sa` key columns of CHILD SA keys
+    /// derived here, by key handle, until the control plane knows their
+    /// SPIs and addresses and writes them out ([`IkeState::take_esp_export`]).
+    pub esp_keylog: bool,
+    esp_exports: std::collections::HashMap<u64, Zeroizing<String>>,
     /// When set, every byte string the host hands the guest is recorded
     /// here (tests prove no secret is among them).
     pub transcript: Option<Vec<Vec<u8>>>,
@@ -51,15 +55,15 @@ impl IkeState {
         self.vault.len()
     }
 
+    /// The `esp_sa` key columns of a CHILD SA key, once (export on).
+    pub fn take_esp_export(&mut self, key: u64) -> Option<Zeroizing<String>> {
+        self.esp_exports.remove(&key)
+    }
+
     /// Append the IKE SA's keys to the Wireshark key log, if one is set.
     fn export_keys(&self, h: u64) {
         if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
-            let r = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(e) = r {
+            if let Err(e) = crate::keylog::append_secret_line(path, &line) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
             }
         }
@@ -216,14 +220,24 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         } else {
             (km.responder_to_initiator, km.initiator_to_responder)
         };
+        let exports = if self.esp_keylog {
+            Some((crate::keylog::esp_sa_keys(alg, &out), crate::keylog::esp_sa_keys(alg, &inb)))
+        } else {
+            None
+        };
         let out = EspKey::new(alg, out).map_err(|_| WitError::Internal)?;
         let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
-        Ok(ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) })
+        let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
+        if let Some((o, i)) = exports {
+            self.esp_exports.extend([(handles.outbound, o), (handles.inbound, i)].into_iter().filter_map(|(h, k)| Some((h, k?))));
+        }
+        Ok(handles)
     }
 
     fn destroy(&mut self, key: u64) {
         if !self.vault.destroy(key) {
             self.esp_keys.remove(key);
+            self.esp_exports.remove(&key);
         }
     }
 }
@@ -253,6 +267,8 @@ impl IkeEnginePre {
             vault,
             esp_keys,
             keylog: None,
+            esp_keylog: false,
+            esp_exports: Default::default(),
             transcript: None,
         };
         let mut store = Store::new(engine, state);

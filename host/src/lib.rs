@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod demo;
 pub mod ike;
+pub mod keylog;
 pub mod keystore;
 pub mod packet;
 pub mod runtime;

@@ -6,6 +6,12 @@
 # Reads only the harness's environment: SCENARIO ROLE_B TOPO NS_B WORK_B
 # WAN_IP_B B_REMOTE_ADDR LAN_A LAN_B ID_A ID_B PSK IKE_PROPOSALS ESP_PROPOSALS.
 # WASMSEC_BIN overrides the binary (default: this checkout's target/release/wasmsec).
+#
+# So that a lost packet explains itself, the adapter also captures B's WAN
+# and LAN (and host A's LAN when the harness's $NS_HA exists), exports the
+# IKE and ESP keys (test keys only), and at `stop` writes
+# $WORK_B/loss-report.txt (tests/interop/loss-report.py): every lost ping
+# with the SPI and sequence number it travelled under and where it died.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${WASMSEC_BIN:-$ROOT/target/release/wasmsec}
@@ -26,6 +32,29 @@ toml_list() { # "a,b" -> ["a", "b"]
 }
 
 alive() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+
+# cap NS IF NAME: tcpdump (headers and a little payload) into $WORK/cap-NAME.pcap.
+cap() {
+    ip netns exec "$1" tcpdump -i "$2" -n -U -s 2048 -w "$WORK/cap-$3.pcap" 'udp or esp or icmp' \
+        >/dev/null 2>"$WORK/cap-$3.err" </dev/null 9>&- &
+    echo $! >> "$WORK/captures.pid"
+}
+start_captures() {
+    stop_captures
+    cap "$NS_B" wan0 b-wan
+    cap "$NS_B" lan0 b-lan
+    if [ -n "${NS_HA:-}" ] && ip netns pids "$NS_HA" >/dev/null 2>&1; then cap "$NS_HA" eth0 a-host; fi
+    local f; for f in "$WORK"/cap-*.err; do
+        for _ in $(seq 30); do grep -q "listening on" "$f" 2>/dev/null && break; sleep 0.1; done
+    done
+}
+stop_captures() {
+    [ -f "$WORK/captures.pid" ] || return 0
+    sleep 0.3
+    local p; for p in $(cat "$WORK/captures.pid"); do kill -INT "$p" 2>/dev/null || true; done
+    for p in $(cat "$WORK/captures.pid"); do for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+    rm -f "$WORK/captures.pid"
+}
 
 status() { "$BIN" ctl --socket "$SOCK" status 2>/dev/null; }
 
@@ -50,6 +79,10 @@ listen = "${WAN_IP_B:?}"
 [control]
 socket = "$SOCK"
 
+[ike]
+keylog = "$WORK/ikev2_decryption_table"
+esp_keylog = "$WORK/esp_sa"
+
 [runtime]
 components = "${WASMSEC_COMPONENTS:-$ROOT/target/components}"
 
@@ -71,7 +104,8 @@ esp_proposals = "${ESP_PROPOSALS:?}"
 CONF
     "$BIN" check --config "$WORK/wasmsec.toml" >/dev/null
     alive && kill "$(cat "$PIDFILE")" 2>/dev/null || true
-    rm -f "$SOCK"
+    rm -f "$SOCK" "$WORK/ikev2_decryption_table" "$WORK/esp_sa" "$WORK"/cap-*.pcap "$WORK/loss-report.txt"
+    start_captures
     # Detached from the harness's descriptors (it holds a lock on fd 9).
     ip netns exec "${NS_B:?}" "$BIN" run --config "$WORK/wasmsec.toml" --stats-file "$WORK/stats.json" \
         >"$WORK/wasmsec.log" 2>&1 </dev/null 9>&- &
@@ -110,6 +144,11 @@ stop)
         kill -KILL "$pid" 2>/dev/null || true
     fi
     rm -f "$PIDFILE" "$SOCK"
+    stop_captures
+    if [ -f "$WORK/cap-b-wan.pcap" ]; then
+        python3 "$ROOT/tests/interop/loss-report.py" --dir "$WORK" \
+            ${RUN_DIR:+--peer-log "$RUN_DIR/A/charon.log"} >"$WORK/loss-report.txt" 2>&1 || true
+    fi
     ;;
 logs)
     tail -n "${2:-40}" "$WORK/wasmsec.log" 2>/dev/null || true

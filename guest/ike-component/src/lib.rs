@@ -199,13 +199,14 @@ fn wit_action(a: ike::Action) -> wit::Action {
                 hard_packets: c.limits.hard_packets,
             },
         }),
-        ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key } => {
+        ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key, keep_inbound_ms } => {
             wit::Action::DeleteChild(wit::ChildDeleted {
                 ike_spi,
                 inbound_spi,
                 outbound_spi,
                 inbound_key,
                 outbound_key,
+                keep_inbound_ms,
             })
         }
         ike::Action::IkeUp { connection, ike_spi, proposal, initiator, local, remote } => {

@@ -29,6 +29,12 @@ pub const IKE_PORT: u16 = 500;
 /// initiator's DELETE of it does not come.
 const DEFERRED_OUTBOUND_MS: u64 = 2000;
 pub const NAT_T_PORT: u16 = 4500;
+/// How long the inbound half of a CHILD SA deleted by a DELETE exchange
+/// (after a rekey, or by the peer) still accepts packets: those the peer
+/// sent before it processed the exchange can arrive after it (they travel
+/// through another queue than IKE). strongSwan keeps rekeyed inbound SAs
+/// 5 s (`delete_rekeyed_delay`).
+pub const DELETED_INBOUND_LINGER_MS: u32 = 5000;
 
 /// An IKE datagram (without the non-ESP marker on port 4500).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,12 +229,16 @@ pub enum Action {
         remote: Endpoint,
     },
     InstallChild(ChildSa),
+    /// The CHILD SA is gone: stop sending on it at once; keep accepting on
+    /// its inbound half for `keep_inbound_ms` more (packets the peer sent
+    /// before it processed the DELETE may still be on the way).
     DeleteChild {
         ike_spi: u64,
         inbound_spi: u32,
         outbound_spi: u32,
         inbound_key: Handle,
         outbound_key: Handle,
+        keep_inbound_ms: u32,
     },
     /// An IKE SA came up: connection, our SPI, the negotiated proposal
     /// (strongSwan's names), our role and the path.
@@ -1021,6 +1031,7 @@ impl Engine {
                 outbound_spi: c.outbound_spi,
                 inbound_key: c.keys.inbound,
                 outbound_key: c.keys.outbound,
+                keep_inbound_ms: 0,
             });
         }
         // Our half of a simultaneous IKE rekey dies with us: the peer's new
@@ -1499,7 +1510,7 @@ impl Engine {
             Pending::DeleteIke => self.drop_sa(sa, crypto, "DELETE acknowledged"),
             Pending::RekeyIke => self.initiator_ike_rekey_response(now, sa, ps, crypto),
             Pending::DeleteChild(old) => {
-                self.remove_child(&mut sa, old, "replaced by its rekeyed successor");
+                self.remove_child(&mut sa, old, "replaced by its rekeyed successor", DELETED_INBOUND_LINGER_MS);
                 self.sas.insert(id, sa);
             }
             Pending::CreateChild => self.initiator_create_child_response(now, sa, ps, crypto),
@@ -3087,8 +3098,9 @@ impl Engine {
         }
     }
 
-    /// Forget the CHILD SA with inbound SPI `inbound` and tell the host.
-    fn remove_child(&mut self, sa: &mut IkeSa, inbound: u32, why: &str) {
+    /// Forget the CHILD SA with inbound SPI `inbound` and tell the host,
+    /// which keeps its inbound half `keep_inbound_ms` longer.
+    fn remove_child(&mut self, sa: &mut IkeSa, inbound: u32, why: &str, keep_inbound_ms: u32) {
         let Some(pos) = sa.children.iter().position(|c| c.inbound_spi == inbound) else { return };
         let c = sa.children.remove(pos);
         self.actions.push_back(Action::DeleteChild {
@@ -3097,6 +3109,7 @@ impl Engine {
             outbound_spi: c.outbound_spi,
             inbound_key: c.keys.inbound,
             outbound_key: c.keys.outbound,
+            keep_inbound_ms,
         });
         let name = self.conns[sa.conn].children[c.cfg].name.clone();
         self.log(
@@ -3148,7 +3161,7 @@ impl Engine {
         let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
         self.stats.lifetime_hard += 1;
         let msg = if replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
-        self.remove_child(sa, inbound, &msg);
+        self.remove_child(sa, inbound, &msg, 0);
         sa.delete_queue.push((inbound, outbound, false));
         let rekeying = sa.pending_child.as_ref().is_some_and(|p| p.rekeys == Some(inbound));
         if !replaced {
@@ -3189,15 +3202,19 @@ impl Engine {
                         if !closing {
                             ours_deleted.push(inbound.to_be_bytes().to_vec());
                         }
+                        // Section 2.8: the rekey's initiator deletes the old
+                        // SA once it sends on the new one; ours may start now.
+                        // The new outbound SA goes in before the old one goes
+                        // out, so that no packet finds neither.
+                        if !any_deleted {
+                            self.activate_deferred(&mut sa, u64::MAX);
+                        }
                         any_deleted = true;
-                        self.remove_child(&mut sa, inbound, "deleted by the peer");
+                        self.remove_child(&mut sa, inbound, "deleted by the peer", DELETED_INBOUND_LINGER_MS);
                     }
                 }
                 _ => {}
             }
-        }
-        if any_deleted {
-            self.activate_deferred(&mut sa, u64::MAX);
         }
         let out = if delete_ike || ours_deleted.is_empty() {
             Vec::new()

@@ -11,6 +11,7 @@ pub mod proposal;
 pub mod ts;
 
 pub use engine::{
-    Action, ChildConfig, ChildSa, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Level, Limits, StartAction,
+    Action, ChildConfig, ChildSa, ConnectionConfig, DELETED_INBOUND_LINGER_MS, Datagram, DpdAction, Endpoint, Engine, Level,
+    Limits, StartAction,
     Stats, Timing,
 };

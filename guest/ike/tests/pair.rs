@@ -127,6 +127,10 @@ struct Side {
     activated: Vec<u32>,
     /// Fewest CHILD SAs installed at once after one was deleted.
     live_min: usize,
+    /// What the data path was told, in order: `+out SPI` (start sending,
+    /// at install or activation) and `-out SPI linger MS` (stop sending;
+    /// the inbound half stays MS longer).
+    datapath: Vec<String>,
 }
 
 /// A's address and port offset as B sees them when A is behind a NAT.
@@ -259,6 +263,7 @@ fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         keepalives: 0,
         activated: vec![],
         live_min: usize::MAX,
+        datapath: vec![],
     }
 }
 
@@ -270,8 +275,14 @@ impl Side {
                     assert_eq!(d.local.addr == self.addr || d.local.addr.is_unspecified(), true);
                     self.outbox.push(d);
                 }
-                Action::InstallChild(c) => self.installed.push(c),
-                Action::DeleteChild { inbound_key, outbound_key, .. } => {
+                Action::InstallChild(c) => {
+                    if !c.outbound_deferred {
+                        self.datapath.push(format!("+out {:08x}", c.outbound_spi));
+                    }
+                    self.installed.push(c)
+                }
+                Action::DeleteChild { inbound_key, outbound_key, outbound_spi, keep_inbound_ms, .. } => {
+                    self.datapath.push(format!("-out {outbound_spi:08x} linger {keep_inbound_ms}"));
                     // What the host does: the keys die with the SA.
                     self.crypto.esp.remove(&inbound_key);
                     self.crypto.esp.remove(&outbound_key);
@@ -282,7 +293,10 @@ impl Side {
                 Action::IkeDown { .. } => self.down += 1,
                 Action::Log { message, .. } => self.logs.push(message),
                 Action::PeerMoved { .. } => {}
-                Action::ActivateOutbound { outbound_spi } => self.activated.push(outbound_spi),
+                Action::ActivateOutbound { outbound_spi } => {
+                    self.datapath.push(format!("+out {outbound_spi:08x}"));
+                    self.activated.push(outbound_spi)
+                }
                 Action::Keepalive { local, .. } => {
                     assert_eq!(local.port, 4500);
                     self.keepalives += 1;
@@ -705,6 +719,19 @@ fn child_sas_are_rekeyed_make_before_break_without_leaks() {
     assert!(!b.installed[0].outbound_deferred && a.installed.iter().all(|c| !c.outbound_deferred));
     assert_eq!(b.activated.len(), b.installed.len() - 1);
     assert!(b.installed[1..].iter().all(|c| b.activated.contains(&c.outbound_spi)));
+    // On both sides the data path always has an outbound SA: each new one
+    // starts before the old one stops, and the old inbound half lingers for
+    // packets still on the way (RFC 7296 section 2.8).
+    for side in [&a, &b] {
+        let mut live = 0i32;
+        for (i, step) in side.datapath.iter().enumerate() {
+            live += if step.starts_with('+') { 1 } else { -1 };
+            assert!(live >= 1 || i == 0, "no outbound SA after {step:?}: {:?}", side.datapath);
+            if step.starts_with('-') {
+                assert!(step.ends_with(&format!("linger {DELETED_INBOUND_LINGER_MS}")), "{step}");
+            }
+        }
+    }
 }
 
 #[test]
