@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-use wasmsec::dataplane::SaSet;
-use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
+use wasmsec::datapath::SaSet;
+use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::runtime::{DecapVerdict, EncapVerdict, InboundSa, OutboundSa, Runtime, TrafficSelector};
+use wasmsec::wasm::Runtime;
+use wasmsec::wasm::esp::{DecapVerdict, EncapVerdict, InboundSa, OutboundSa, TrafficSelector};
 use zeroize::Zeroizing;
 
 const PACKET: usize = 1400;
@@ -137,17 +138,9 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     }
     fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
         for op in ops {
-            let mut h = [0u8; 8];
-            h[..4].copy_from_slice(&op.spi.to_be_bytes());
-            h[4..].copy_from_slice(&op.seq_low.to_be_bytes());
-            let pad = usize::from(op.pad_length);
-            let mut t = [0u8; 257];
-            for (j, b) in t[..pad].iter_mut().enumerate() {
-                *b = (j + 1) as u8;
-            }
-            t[pad] = op.pad_length;
-            t[pad + 1] = op.next_header;
-            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, &t[..pad + 2]);
+            let h = wasmsec_wire::esp::Repr { spi: op.spi, sequence_number: op.seq_low };
+            let t = wasmsec_wire::esp::Trailer::new(op.pad_length, op.next_header);
+            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, t.as_bytes());
             out.push(r.map_err(|_| wasmsec_esp::CryptoError::BadLength));
         }
     }

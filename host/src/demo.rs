@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::keystore::EspAlgorithm;
+use crate::keys::EspAlgorithm;
 use crate::sys;
 
 pub const NAMESPACES: [&str; 4] = ["wsdemo-hosta", "wsdemo-gwa", "wsdemo-gwb", "wsdemo-hostb"];
@@ -276,7 +276,8 @@ fn print_sas(gw: &str, st: &serde_json::Value) {
         );
     }
     for c in st["child_sas"].as_array().into_iter().flatten() {
-        let ts = |k: &str| c[k].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+        let ts =
+            |k: &str| c[k].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect::<Vec<_>>().join(",");
         println!(
             "{gw}: CHILD_SA {} SPIs in {} out {}, {}, {} === {}{}",
             c["child"].as_str().unwrap_or("?"),
@@ -335,10 +336,14 @@ fn write_manual_configs(o: &Options) -> Result<Vec<DemoSa>> {
     // Wireshark's ESP SA table (uat file `esp_sa`), for an independent
     // decryption of the capture: tshark -o "uat:esp_sa:<line>".
     for sa in [&a_to_b, &b_to_a] {
-        let keymat: Vec<u8> =
-            (0..sa.key_hex.len() / 2).filter_map(|i| u8::from_str_radix(&sa.key_hex[2 * i..2 * i + 2], 16).ok()).collect();
+        let keymat: Vec<u8> = (0..sa.key_hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(&sa.key_hex[2 * i..2 * i + 2], 16).ok())
+            .collect();
         if let Some(keys) = crate::keylog::esp_sa_keys(o.algorithm, &keymat) {
-            crate::keylog::append_secret_line(&o.dir.join("esp_sa"), &crate::keylog::esp_sa_line(sa.src, sa.dst, sa.spi, &keys))?;
+            crate::keylog::append_secret_line(
+                &o.dir.join("esp_sa"),
+                &crate::keylog::esp_sa_line(sa.src, sa.dst, sa.spi, &keys),
+            )?;
         }
     }
     Ok(vec![a_to_b, b_to_a])
@@ -533,7 +538,8 @@ pub fn run(o: &Options) -> Result<bool> {
         let ike = o.keying == Keying::Ike;
         let (sock_a, sock_b) = (control_socket(o, "gwa"), control_socket(o, "gwb"));
         let mut gwb = start_daemon(o, "wsdemo-gwb", "gwb")?;
-        let ready_b = wait_ready("wsdemo-gwb", &mut gwb, LAN_A, &o.dir.join("gwb.log"), ike.then_some(sock_b.as_path()));
+        let ready_b =
+            wait_ready("wsdemo-gwb", &mut gwb, LAN_A, &o.dir.join("gwb.log"), ike.then_some(sock_b.as_path()));
         let t0 = Instant::now();
         let mut gwa = start_daemon(o, "wsdemo-gwa", "gwa")?;
         let ready = ready_b.and_then(|_| {

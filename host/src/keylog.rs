@@ -16,8 +16,8 @@ pub fn append_secret_line(path: &Path, line: &str) -> std::io::Result<()> {
 /// encryption, authentication, and how many bytes of the keying material
 /// are the encryption key. Wireshark 4.0 (Debian 12) cannot decrypt
 /// ChaCha20-Poly1305 ESP, so it has none.
-pub fn wireshark_esp(a: crate::keystore::EspAlgorithm) -> Option<(&'static str, &'static str, usize)> {
-    use crate::keystore::{EspAlgorithm, Integ};
+pub fn wireshark_esp(a: crate::keys::EspAlgorithm) -> Option<(&'static str, &'static str, usize)> {
+    use crate::keys::{EspAlgorithm, Integ};
     match a {
         EspAlgorithm::Aes128Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 20)),
         EspAlgorithm::Aes256Gcm16 => Some(("AES-GCM with 16 octet ICV [RFC4106]", "NULL", 36)),
@@ -37,7 +37,7 @@ pub fn wireshark_esp(a: crate::keystore::EspAlgorithm) -> Option<(&'static str, 
 /// The algorithm and key columns of an `esp_sa` line for this keying
 /// material (the address and SPI columns are the caller's), or `None` when
 /// Wireshark cannot decrypt the transform.
-pub fn esp_sa_keys(alg: crate::keystore::EspAlgorithm, keymat: &[u8]) -> Option<zeroize::Zeroizing<String>> {
+pub fn esp_sa_keys(alg: crate::keys::EspAlgorithm, keymat: &[u8]) -> Option<zeroize::Zeroizing<String>> {
     let (enc, auth, enc_len) = wireshark_esp(alg)?;
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let (ek, ak) = keymat.split_at(enc_len.min(keymat.len()));
@@ -53,7 +53,7 @@ pub fn esp_sa_line(src: &str, dst: &str, spi: u32, keys: &str) -> zeroize::Zeroi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keystore::EspAlgorithm;
+    use crate::keys::EspAlgorithm;
 
     #[test]
     fn secret_files_are_created_owner_only() {

@@ -1,16 +1,24 @@
 //! The wasmsec host: owns keys, sockets, the TUN device and the wasm
 //! runtime; the protocol engines run as sandboxed components.
+//!
+//! - [`config`]: the config file, read once into typed values
+//! - [`keys`]: ESP transforms, ESP keys (seal/open in place), the keystore
+//! - [`wasm`]: the only module that knows wasmtime (bindings, sandbox, the
+//!   ESP and IKE components' host sides)
+//! - [`datapath`]: the packet threads (TUN <-> ESP component <-> sockets)
+//! - [`control`]: the IKE thread, the hand-off of CHILD SAs to the data
+//!   path, the admin socket
+//! - [`daemon`], [`demo`]: `wasmsec run` and `wasmsec demo`
 #![deny(unsafe_code)] // except in `sys`, the one module that talks to libc
 
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod dataplane;
+pub mod datapath;
 pub mod demo;
-pub mod ike;
 pub mod keylog;
-pub mod keystore;
+pub mod keys;
 pub mod packet;
-pub mod runtime;
 pub mod stats;
 pub mod sys;
+pub mod wasm;

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use wasmsec::{config, daemon, demo, keystore::EspAlgorithm};
+use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 const USAGE: &str = "\
 usage:

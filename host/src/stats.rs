@@ -3,7 +3,7 @@
 //! operations work; for now a JSON snapshot.)
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::runtime::DropReason;
+use crate::wasm::esp::DropReason;
 
 #[derive(Default)]
 pub struct Stats {

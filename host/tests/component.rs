@@ -3,12 +3,12 @@
 //! README's test command does it); WASMSEC_COMPONENTS names the directory.
 use std::sync::Arc;
 
-use wasmsec::dataplane::SaSet;
-use wasmsec::keystore::{EspAlgorithm, EspKey, Keystore};
+use wasmsec::datapath::SaSet;
+use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::runtime::{
-    DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, Runtime, SaLimits,
-    TrafficSelector,
+use wasmsec::wasm::Runtime;
+use wasmsec::wasm::esp::{
+    DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, SaLimits, TrafficSelector,
 };
 use zeroize::Zeroizing;
 

@@ -4,10 +4,10 @@
 //! `cargo xtask build` first.
 use std::sync::Arc;
 
-use wasmsec::ike::{Action, ChildConfig, Connection, Datagram, IkeInstance, StartAction};
-use wasmsec::keystore::Keystore;
+use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
-use wasmsec::runtime::Runtime;
+use wasmsec::wasm::Runtime;
+use wasmsec::wasm::ike::{ChildConfig, Connection, Datagram, IkeInstance, SaChange, StartAction, Transmit};
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
@@ -24,7 +24,7 @@ struct Side {
     ike: IkeInstance,
     esp: Arc<Keystore>,
     addr: [u8; 4],
-    installed: Vec<wasmsec::ike::ChildSa>,
+    installed: Vec<wasmsec::wasm::ike::ChildSa>,
     /// Everything the test itself handed the guest (datagrams, config).
     given: Vec<Vec<u8>>,
 }
@@ -63,7 +63,7 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
         force_encap: false,
         nat_keepalive_ms: 0,
         dpd_delay_ms: 0,
-        dpd_action: wasmsec::ike::DpdAction::Clear,
+        dpd_action: wasmsec::wasm::ike::DpdAction::Clear,
         rekey_time_ms: 0,
         reauth_time_ms: 0,
     };
@@ -75,17 +75,19 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
 /// Deliver what `from` has queued to `to`; true if anything was sent.
 fn step(from: &mut Side, to: &mut Side) -> bool {
     let mut sent = false;
-    for act in from.ike.poll_actions().unwrap() {
-        match act {
-            Action::Send(d) => {
-                sent = true;
-                assert_eq!(d.remote.address, to.addr.to_vec());
-                let d = Datagram { local: d.remote, remote: d.local, data: d.data };
-                to.given.push(d.data.clone());
-                to.ike.handle_datagram(1, &d).unwrap();
-            }
-            Action::InstallChild(c) => from.installed.push(c),
-            _ => {}
+    let out = from.ike.poll().unwrap();
+    for c in out.sa_changes {
+        if let SaChange::Install(c) = c {
+            from.installed.push(c);
+        }
+    }
+    for t in out.transmits {
+        if let Transmit::Datagram(d) = t {
+            sent = true;
+            assert_eq!(d.remote.address, to.addr.to_vec());
+            let d = Datagram { local: d.remote, remote: d.local, data: d.data };
+            to.given.push(d.data.clone());
+            to.ike.handle_datagram(1, &d).unwrap();
         }
     }
     sent
@@ -129,7 +131,8 @@ fn two_ike_components_agree_and_never_see_a_secret() {
             [(&a.esp, ca.outbound_key, &b.esp, cb.inbound_key), (&b.esp, cb.outbound_key, &a.esp, ca.inbound_key)]
         {
             let mut p = PacketBuf::with_payload(&[0x45; 64]);
-            tx.get(txk).unwrap().seal(&mut p, &[0, 0, 0, 9, 0, 0, 0, 1], None, &[1, 2, 2, 4]).unwrap();
+            let header = wasmsec_wire::esp::Repr { spi: 9, sequence_number: 1 };
+            tx.get(txk).unwrap().seal(&mut p, &header, None, &[1, 2, 2, 4]).unwrap();
             rx.get(rxk).unwrap().open(&mut p, None).unwrap();
             assert_eq!(&p.data()[..64], &[0x45; 64]);
         }

@@ -227,7 +227,14 @@ fn strongswan() -> Vec<Finding> {
             Err(e) => return vec![fail("network namespaces (ip netns add)", e, "iproute2")],
         };
         let mut charon = match Command::new("ip")
-            .args(["netns", "exec", &ns.0, "sh", "-c", "mount --bind \"$1\" /run && exec env STRONGSWAN_CONF=\"$2\" \"$3\""])
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "sh",
+                "-c",
+                "mount --bind \"$1\" /run && exec env STRONGSWAN_CONF=\"$2\" \"$3\"",
+            ])
             .arg("sh")
             .arg(&run)
             .arg(&conf)
@@ -253,7 +260,11 @@ fn strongswan() -> Vec<Finding> {
             (Err(e), _) | (_, Err(e)) => {
                 let log = std::fs::read_to_string(dir.join("charon.log")).unwrap_or_default();
                 let last = log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-                return vec![fail("strongSwan's charon starts and answers on vici", format!("{e}; charon: {last}"), "strongswan-charon")];
+                return vec![fail(
+                    "strongSwan's charon starts and answers on vici",
+                    format!("{e}; charon: {last}"),
+                    "strongswan-charon",
+                )];
             }
         };
         let has = |alg: &str| algs.lines().any(|l| l.trim().starts_with(&format!("{alg}[")));
@@ -261,7 +272,11 @@ fn strongswan() -> Vec<Finding> {
         let mut v = vec![ok("strongSwan's charon starts and answers on vici")];
         for (alg, what, package) in [
             ("AES_GCM_16", "strongSwan does AES-GCM (its openssl or gcm plugin)", "libstrongswan-standard-plugins"),
-            ("CHACHA20_POLY1305", "strongSwan does ChaCha20-Poly1305 (its chapoly plugin)", "libstrongswan-extra-plugins"),
+            (
+                "CHACHA20_POLY1305",
+                "strongSwan does ChaCha20-Poly1305 (its chapoly plugin)",
+                "libstrongswan-extra-plugins",
+            ),
             ("CURVE_25519", "strongSwan does X25519 (its curve25519 plugin)", "libstrongswan-extra-plugins"),
         ] {
             v.push(if has(alg) { ok(what) } else { fail(what, format!("swanctl --list-algs has no {alg}"), package) });
@@ -306,7 +321,10 @@ pub fn run(upto: Group) -> bool {
             None => eprintln!("xtask: doctor: ok    {}", f.what),
             Some(why) => {
                 good = false;
-                eprintln!("xtask: doctor: FAIL  {}: {why}\n                     provided by the Debian package {}", f.what, f.package);
+                eprintln!(
+                    "xtask: doctor: FAIL  {}: {why}\n                     provided by the Debian package {}",
+                    f.what, f.package
+                );
             }
         }
     }
@@ -330,8 +348,15 @@ mod tests {
         let src = include_str!("doctor.rs");
         for quoted in src.split('"').skip(1).step_by(2) {
             let named = quoted.starts_with("lib") && quoted.ends_with("plugins")
-                || ["rust-web-llvm", "rustc-web", "cargo-web", "rust-web-src", "strongswan-charon", "strongswan-swanctl"]
-                    .contains(&quoted);
+                || [
+                    "rust-web-llvm",
+                    "rustc-web",
+                    "cargo-web",
+                    "rust-web-src",
+                    "strongswan-charon",
+                    "strongswan-swanctl",
+                ]
+                .contains(&quoted);
             if named {
                 assert!(listed.contains(&quoted), "{quoted} is named by a check but not in debian-packages.txt");
             }

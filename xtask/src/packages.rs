@@ -36,7 +36,8 @@ pub fn all() -> Vec<(Group, &'static str)> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let mut w = l.split_whitespace();
-            let g = w.next().and_then(Group::parse).unwrap_or_else(|| panic!("debian-packages.txt: bad group in {l:?}"));
+            let g =
+                w.next().and_then(Group::parse).unwrap_or_else(|| panic!("debian-packages.txt: bad group in {l:?}"));
             let p = w.next().unwrap_or_else(|| panic!("debian-packages.txt: no package in {l:?}"));
             (g, p)
         })
@@ -73,7 +74,10 @@ pub fn ensure(upto: Group) -> Result<()> {
             .unwrap_or(false)
     };
     if !apt(&["update", "-qq"]) {
-        bail!("apt-get update failed; install by hand: apt-get install -y --no-install-recommends {}", missing.join(" "));
+        bail!(
+            "apt-get update failed; install by hand: apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
     }
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);

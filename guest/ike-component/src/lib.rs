@@ -6,8 +6,9 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite};
+use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite, KeyExchange};
 use wasmsec_ike::{self as ike, Engine, Timing};
+use wasmsec_wire::ike::{DhGroup, PayloadType};
 
 #[allow(unsafe_code)]
 mod bindings {
@@ -23,6 +24,7 @@ use bindings::*;
 use exports::wasmsec::ike::engine as wit;
 use wasmsec::crypto::ike_keys as keys;
 use wasmsec::crypto::types::CryptoError as WitError;
+use wasmsec::net::types as net;
 
 thread_local! {
     static ENGINE: RefCell<Engine> = RefCell::new(Engine::new(Timing::default()));
@@ -52,41 +54,28 @@ impl IkeCrypto for HostCrypto {
         }
     }
 
-    fn dh_generate(&mut self, group: u16) -> Result<(Handle, Vec<u8>), CryptoError> {
-        keys::dh_generate(group).map_err(err)
+    fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), CryptoError> {
+        keys::dh_generate(group.raw()).map_err(err)
     }
 
-    fn derive_ike_sa(
+    fn derive_ike_sa(&mut self, kx: &KeyExchange) -> Result<Handle, CryptoError> {
+        keys::derive_ike_sa(ike_suite(kx.suite), kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r).map_err(err)
+    }
+
+    fn rekey_ike_sa(&mut self, old: Handle, kx: &KeyExchange) -> Result<Handle, CryptoError> {
+        keys::rekey_ike_sa(old, ike_suite(kx.suite), kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r)
+            .map_err(err)
+    }
+
+    fn encrypt(
         &mut self,
-        s: &IkeSuite,
-        dh: Handle,
-        p: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        i: u64,
-        r: u64,
-    ) -> Result<Handle, CryptoError> {
-        let suite = keys::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
-        keys::derive_ike_sa(suite, dh, p, ni, nr, i, r).map_err(err)
-    }
-
-    fn rekey_ike_sa(
-        &mut self,
-        old: Handle,
-        s: &IkeSuite,
-        dh: Handle,
-        p: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        i: u64,
-        r: u64,
-    ) -> Result<Handle, CryptoError> {
-        let suite = keys::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
-        keys::rekey_ike_sa(old, suite, dh, p, ni, nr, i, r).map_err(err)
-    }
-
-    fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: u8, inner: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        keys::encrypt(sa, fi, h, first, inner).map_err(err)
+        sa: Handle,
+        fi: bool,
+        h: &[u8; 28],
+        first: PayloadType,
+        inner: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        keys::encrypt(sa, fi, h, first.raw(), inner).map_err(err)
     }
 
     fn decrypt(&mut self, sa: Handle, fi: bool, msg: &[u8], off: usize) -> Result<Vec<u8>, CryptoError> {
@@ -114,7 +103,7 @@ impl IkeCrypto for HostCrypto {
         init: bool,
         pfs: Option<(Handle, &[u8])>,
     ) -> Result<ChildKeys, CryptoError> {
-        let suite = keys::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ, esn: s.esn };
+        let suite = keys::ChildSuite { encr: s.encr.raw(), key_bits: s.key_bits, integ: s.integ.raw(), esn: s.esn };
         let pfs = pfs.as_ref().map(|(h, public)| (h, *public));
         let k = keys::derive_child(sa, suite, ni, nr, init, pfs).map_err(err)?;
         Ok(ChildKeys { outbound: k.outbound, inbound: k.inbound })
@@ -123,6 +112,10 @@ impl IkeCrypto for HostCrypto {
     fn destroy(&mut self, h: Handle) {
         keys::destroy(h)
     }
+}
+
+fn ike_suite(s: &IkeSuite) -> keys::IkeSuite {
+    keys::IkeSuite { encr: s.encr.raw(), key_bits: s.key_bits, prf: s.prf.raw(), integ: s.integ.raw(), dh: s.dh.raw() }
 }
 
 fn addr(b: &[u8]) -> Option<IpAddr> {
@@ -140,17 +133,17 @@ fn addr_bytes(a: IpAddr) -> Vec<u8> {
     }
 }
 
-fn endpoint(e: &wit::Endpoint) -> Option<ike::Endpoint> {
+fn endpoint(e: &net::Endpoint) -> Option<ike::Endpoint> {
     Some(ike::Endpoint { addr: addr(&e.address)?, port: e.port })
 }
 
-fn wit_endpoint(e: &ike::Endpoint) -> wit::Endpoint {
-    wit::Endpoint { address: addr_bytes(e.addr), port: e.port }
+fn wit_endpoint(e: &ike::Endpoint) -> net::Endpoint {
+    net::Endpoint { address: addr_bytes(e.addr), port: e.port }
 }
 
-fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector> {
+fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<net::TrafficSelector> {
     ts.iter()
-        .map(|t| wit::TrafficSelector {
+        .map(|t| net::TrafficSelector {
             ip_protocol: t.ip_protocol,
             start_port: t.start_port,
             end_port: t.end_port,
@@ -160,21 +153,22 @@ fn wit_ts(ts: &[wasmsec_wire::ike::TrafficSelector]) -> Vec<wit::TrafficSelector
         .collect()
 }
 
-fn wit_action(a: ike::Action) -> wit::Action {
-    match a {
-        ike::Action::ActivateOutbound { outbound_spi } => wit::Action::ActivateOutbound(outbound_spi),
-        ike::Action::PeerMoved { outbound_spis, remote } => {
-            wit::Action::PeerMoved((outbound_spis, wit_endpoint(&remote)))
-        }
-        ike::Action::Keepalive { local, remote } => {
-            wit::Action::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
-        }
-        ike::Action::Send(d) => wit::Action::Send(wit::Datagram {
+fn wit_transmit(t: ike::Transmit) -> wit::Transmit {
+    match t {
+        ike::Transmit::Datagram(d) => wit::Transmit::Datagram(wit::Datagram {
             local: wit_endpoint(&d.local),
             remote: wit_endpoint(&d.remote),
             data: d.data,
         }),
-        ike::Action::InstallChild(c) => wit::Action::InstallChild(wit::ChildSa {
+        ike::Transmit::Keepalive { local, remote } => {
+            wit::Transmit::Keepalive((wit_endpoint(&local), wit_endpoint(&remote)))
+        }
+    }
+}
+
+fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
+    match c {
+        ike::SaChange::Install(c) => wit::SaChange::Install(wit::ChildSa {
             connection: c.connection,
             child: c.child,
             ike_spi: c.ike_spi,
@@ -182,9 +176,9 @@ fn wit_action(a: ike::Action) -> wit::Action {
             outbound_spi: c.outbound_spi,
             inbound_key: c.inbound_key,
             outbound_key: c.outbound_key,
-            encr: c.suite.encr,
+            encr: c.suite.encr.raw(),
             key_bits: c.suite.key_bits,
-            integ: c.suite.integ,
+            integ: c.suite.integ.raw(),
             esn: c.suite.esn,
             local_ts: wit_ts(&c.local_ts),
             remote_ts: wit_ts(&c.remote_ts),
@@ -192,15 +186,19 @@ fn wit_action(a: ike::Action) -> wit::Action {
             remote: wit_endpoint(&c.remote),
             encap: c.encap,
             outbound_deferred: c.outbound_deferred,
-            limits: wit::SaLimits {
+            limits: net::SaLimits {
                 soft_bytes: c.limits.soft_bytes,
                 soft_packets: c.limits.soft_packets,
                 hard_bytes: c.limits.hard_bytes,
                 hard_packets: c.limits.hard_packets,
             },
         }),
-        ike::Action::DeleteChild { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key, keep_inbound_ms } => {
-            wit::Action::DeleteChild(wit::ChildDeleted {
+        ike::SaChange::ActivateOutbound { outbound_spi } => wit::SaChange::ActivateOutbound(outbound_spi),
+        ike::SaChange::PeerMoved { outbound_spis, remote } => {
+            wit::SaChange::PeerMoved((outbound_spis, wit_endpoint(&remote)))
+        }
+        ike::SaChange::Delete { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key, keep_inbound_ms } => {
+            wit::SaChange::Delete(wit::ChildDeleted {
                 ike_spi,
                 inbound_spi,
                 outbound_spi,
@@ -209,8 +207,13 @@ fn wit_action(a: ike::Action) -> wit::Action {
                 keep_inbound_ms,
             })
         }
-        ike::Action::IkeUp { connection, ike_spi, proposal, initiator, local, remote } => {
-            wit::Action::IkeUp(wit::IkeSaUp {
+    }
+}
+
+fn wit_event(e: ike::Event) -> wit::Event {
+    match e {
+        ike::Event::IkeUp { connection, ike_spi, proposal, initiator, local, remote } => {
+            wit::Event::IkeUp(wit::IkeSaUp {
                 connection,
                 ike_spi,
                 proposal,
@@ -219,8 +222,8 @@ fn wit_action(a: ike::Action) -> wit::Action {
                 remote: wit_endpoint(&remote),
             })
         }
-        ike::Action::IkeDown { connection, ike_spi } => wit::Action::IkeDown((connection, ike_spi)),
-        ike::Action::Log { level, connection, message } => wit::Action::Log(wit::LogEvent {
+        ike::Event::IkeDown { connection, ike_spi } => wit::Event::IkeDown((connection, ike_spi)),
+        ike::Event::Log { level, connection, message } => wit::Event::Log(wit::LogEvent {
             level: match level {
                 ike::Level::Info => wit::Level::Info,
                 ike::Level::Warn => wit::Level::Warn,
@@ -276,7 +279,7 @@ impl wit::Guest for Component {
             rekey_time_ms: c.rekey_time_ms,
             reauth_time_ms: c.reauth_time_ms,
         };
-        ENGINE.with_borrow_mut(|e| e.add_connection(cfg))
+        ENGINE.with_borrow_mut(|e| e.add_connection(cfg)).map_err(|e| e.to_string())
     }
 
     fn autostart() -> Vec<String> {
@@ -284,11 +287,14 @@ impl wit::Guest for Component {
     }
 
     fn initiate(now_ms: u64, connection: String) -> Result<(), String> {
-        ENGINE.with_borrow_mut(|e| e.initiate(now_ms, &connection, &mut HostCrypto))
+        ENGINE.with_borrow_mut(|e| e.initiate(now_ms, &connection, &mut HostCrypto)).map_err(|e| e.to_string())
     }
 
     fn terminate(now_ms: u64, connection: String) -> Result<u32, String> {
-        ENGINE.with_borrow_mut(|e| e.terminate(now_ms, &connection, &mut HostCrypto).map(|n| n as u32))
+        ENGINE
+            .with_borrow_mut(|e| e.terminate(now_ms, &connection, &mut HostCrypto))
+            .map(|n| n as u32)
+            .map_err(|e| e.to_string())
     }
 
     fn handle_datagram(now_ms: u64, d: wit::Datagram) {
@@ -305,11 +311,15 @@ impl wit::Guest for Component {
     }
 
     fn child_expired(now_ms: u64, spi: u32, hard: bool) {
-        ENGINE.with_borrow_mut(|e| e.child_expired(now_ms, spi, hard));
+        ENGINE.with_borrow_mut(|e| e.child_expired(now_ms, spi, hard, &mut HostCrypto));
     }
 
-    fn poll_actions() -> Vec<wit::Action> {
-        ENGINE.with_borrow_mut(|e| std::iter::from_fn(|| e.poll_action()).map(wit_action).collect())
+    fn poll() -> wit::Output {
+        ENGINE.with_borrow_mut(|e| wit::Output {
+            sa_changes: std::iter::from_fn(|| e.poll_sa_change()).map(wit_sa_change).collect(),
+            transmits: std::iter::from_fn(|| e.poll_transmit()).map(wit_transmit).collect(),
+            events: std::iter::from_fn(|| e.poll_event()).map(wit_event).collect(),
+        })
     }
 
     fn next_timeout() -> Option<u64> {

@@ -1,6 +1,8 @@
 //! What the engine asks of the host's keystore. Every secret stays there;
 //! the engine holds handles (see `wit/deps/crypto/crypto.wit`, `ike-keys`).
 
+use wasmsec_wire::ike::{DhGroup, EncrId, IntegId, PayloadType, PrfId};
+
 /// Opaque name of a secret in the host keystore.
 pub type Handle = u64;
 
@@ -16,23 +18,38 @@ pub enum CryptoError {
     Internal,
 }
 
-/// An IKE SA's algorithms (IANA IDs).
+/// An IKE SA's algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IkeSuite {
-    pub encr: u16,
+    pub encr: EncrId,
+    /// Key length in bits (256 for ChaCha20-Poly1305).
     pub key_bits: u16,
-    pub prf: u16,
-    pub integ: u16,
-    pub dh: u16,
+    pub prf: PrfId,
+    /// `None` with an AEAD cipher.
+    pub integ: IntegId,
+    pub dh: DhGroup,
 }
 
-/// A CHILD SA's algorithms (IANA IDs).
+/// A CHILD SA's algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildSuite {
-    pub encr: u16,
+    pub encr: EncrId,
     pub key_bits: u16,
-    pub integ: u16,
+    pub integ: IntegId,
     pub esn: bool,
+}
+
+/// What an IKE SA's keys come from (RFC 7296 section 2.14): the suite, our
+/// DH value (consumed) and the peer's public value, both nonces and both SPIs.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyExchange<'a> {
+    pub suite: &'a IkeSuite,
+    pub dh: Handle,
+    pub peer_public: &'a [u8],
+    pub ni: &'a [u8],
+    pub nr: &'a [u8],
+    pub spi_i: u64,
+    pub spi_r: u64,
 }
 
 /// ESP key handles for a new CHILD SA, as the host's ESP keystore knows them.
@@ -46,41 +63,20 @@ pub trait IkeCrypto {
     /// Random bytes (nonces, SPIs).
     fn random(&mut self, buf: &mut [u8]);
     /// A fresh DH private value (kept by the host) and its public value.
-    fn dh_generate(&mut self, group: u16) -> Result<(Handle, Vec<u8>), CryptoError>;
+    fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), CryptoError>;
     /// Complete DH and derive SKEYSEED and SK_* (RFC 7296 section 2.14);
     /// the DH handle is consumed. Returns the IKE SA's key handle.
-    #[allow(clippy::too_many_arguments)]
-    fn derive_ike_sa(
-        &mut self,
-        suite: &IkeSuite,
-        dh: Handle,
-        peer_public: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<Handle, CryptoError>;
+    fn derive_ike_sa(&mut self, kx: &KeyExchange) -> Result<Handle, CryptoError>;
     /// Complete DH and derive the keys of the IKE SA replacing `old`
     /// (section 2.18); the DH handle is consumed.
-    #[allow(clippy::too_many_arguments)]
-    fn rekey_ike_sa(
-        &mut self,
-        old: Handle,
-        suite: &IkeSuite,
-        dh: Handle,
-        peer_public: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<Handle, CryptoError>;
+    fn rekey_ike_sa(&mut self, old: Handle, kx: &KeyExchange) -> Result<Handle, CryptoError>;
     /// A whole message with an Encrypted payload holding `inner`.
     fn encrypt(
         &mut self,
         sa: Handle,
         from_initiator: bool,
         header: &[u8; 28],
-        first: u8,
+        first: PayloadType,
         inner: &[u8],
     ) -> Result<Vec<u8>, CryptoError>;
     /// The inner payload chain of the Encrypted payload at `sk_offset`.

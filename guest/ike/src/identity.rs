@@ -6,7 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use wasmsec_wire::ike::{Identification, id_type};
+use wasmsec_wire::ike::{IdType, Identification};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
@@ -86,30 +86,30 @@ impl Identity {
         }
         // As strongSwan: `keyid:#0a0b` and `@#0a0b` are hex, `keyid:text` is the text.
         if let Some(k) = s.strip_prefix("keyid:#").or_else(|| s.strip_prefix("@#")) {
-            return id(id_type::KEY_ID, hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?);
+            return id(IdType::KeyId, hex(k).ok_or(format!("identity {s:?}: key ID is not hex"))?);
         }
         if let Some(k) = s.strip_prefix("keyid:") {
-            return id(id_type::KEY_ID, k.as_bytes().to_vec());
+            return id(IdType::KeyId, k.as_bytes().to_vec());
         }
         if let Some(f) = s.strip_prefix('@') {
-            return id(id_type::FQDN, f.as_bytes().to_vec());
+            return id(IdType::Fqdn, f.as_bytes().to_vec());
         }
         if let Ok(ip) = s.parse::<IpAddr>() {
             return match ip {
-                IpAddr::V4(a) => id(id_type::IPV4_ADDR, a.octets().to_vec()),
-                IpAddr::V6(a) => id(id_type::IPV6_ADDR, a.octets().to_vec()),
+                IpAddr::V4(a) => id(IdType::Ipv4Addr, a.octets().to_vec()),
+                IpAddr::V6(a) => id(IdType::Ipv6Addr, a.octets().to_vec()),
             };
         }
         if s.contains('=') {
             return id(
-                id_type::DER_ASN1_DN,
+                IdType::DerAsn1Dn,
                 encode_dn(s).ok_or(format!("identity {s:?}: not a DN strongSwan-style (C=.., O=.., CN=..)"))?,
             );
         }
         if s.contains('@') {
-            return id(id_type::RFC822_ADDR, s.as_bytes().to_vec());
+            return id(IdType::Rfc822Addr, s.as_bytes().to_vec());
         }
-        id(id_type::FQDN, s.as_bytes().to_vec())
+        id(IdType::Fqdn, s.as_bytes().to_vec())
     }
 
     /// Whether a received identity is acceptable for this configured one.
@@ -119,7 +119,7 @@ impl Identity {
             Identity::Id(want) => {
                 want.id_type == got.id_type
                     && match want.id_type {
-                        id_type::FQDN | id_type::RFC822_ADDR => want.data.eq_ignore_ascii_case(&got.data),
+                        IdType::Fqdn | IdType::Rfc822Addr => want.data.eq_ignore_ascii_case(&got.data),
                         _ => want.data == got.data,
                     }
             }
@@ -134,9 +134,9 @@ impl fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.0.data;
         match self.0.id_type {
-            id_type::FQDN | id_type::RFC822_ADDR => write!(f, "{}", String::from_utf8_lossy(d)),
-            id_type::IPV4_ADDR if d.len() == 4 => write!(f, "{}.{}.{}.{}", d[0], d[1], d[2], d[3]),
-            id_type::IPV6_ADDR if d.len() == 16 => {
+            IdType::Fqdn | IdType::Rfc822Addr => write!(f, "{}", String::from_utf8_lossy(d)),
+            IdType::Ipv4Addr if d.len() == 4 => write!(f, "{}.{}.{}.{}", d[0], d[1], d[2], d[3]),
+            IdType::Ipv6Addr if d.len() == 16 => {
                 let a: [u8; 16] = d[..].try_into().map_err(|_| fmt::Error)?;
                 write!(f, "{}", std::net::Ipv6Addr::from(a))
             }
@@ -170,17 +170,17 @@ mod tests {
 
     #[test]
     fn every_type() {
-        assert_eq!(idf("gwa.interop.test").id_type, id_type::FQDN);
+        assert_eq!(idf("gwa.interop.test").id_type, IdType::Fqdn);
         assert_eq!(idf("@gwa.interop.test").data, b"gwa.interop.test");
-        assert_eq!(idf("vpn@example.com").id_type, id_type::RFC822_ADDR);
+        assert_eq!(idf("vpn@example.com").id_type, IdType::Rfc822Addr);
         assert_eq!(idf("198.18.0.1").data, vec![198, 18, 0, 1]);
-        assert_eq!(idf("2001:db8::1").id_type, id_type::IPV6_ADDR);
+        assert_eq!(idf("2001:db8::1").id_type, IdType::Ipv6Addr);
         assert_eq!(idf("keyid:#0a0b0c").data, vec![10, 11, 12]);
         assert_eq!(idf("@#0a0b0c").data, vec![10, 11, 12]);
         assert_eq!(idf("keyid:0a0b").data, b"0a0b");
         assert_eq!(Identity::parse("%any").unwrap(), Identity::Any);
         let dn = idf("C=CH, O=strongSwan, CN=gw");
-        assert_eq!(dn.id_type, id_type::DER_ASN1_DN);
+        assert_eq!(dn.id_type, IdType::DerAsn1Dn);
         // SEQUENCE { SET { SEQUENCE { OID 2.5.4.6, PrintableString "CH" } } ... }
         assert_eq!(&dn.data[..13], &[0x30, 0x2f, 0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02]);
         assert!(Identity::parse("X=1").is_err());

@@ -3,19 +3,19 @@
 //! selection as responder (section 2.7).
 use std::fmt;
 
-use wasmsec_wire::ike::{Proposal, Transform, protocol, transform as t};
+use wasmsec_wire::ike::{DhGroup, EncrId, EsnId, IntegId, PrfId, Proposal, ProtocolId, Transform, TransformType};
 
 /// An encryption transform: ID and key length in bits (None for ciphers
 /// with a fixed key, which must not carry the attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encr {
-    pub id: u16,
+    pub id: EncrId,
     pub key_bits: Option<u16>,
 }
 
 impl Encr {
     pub fn is_aead(&self) -> bool {
-        matches!(self.id, t::ENCR_AES_GCM_16 | t::ENCR_CHACHA20_POLY1305)
+        self.id.is_aead()
     }
 }
 
@@ -24,10 +24,10 @@ impl Encr {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     pub encr: Vec<Encr>,
-    pub prf: Vec<u16>,
-    pub integ: Vec<u16>,
-    pub dh: Vec<u16>,
-    pub esn: Vec<u16>,
+    pub prf: Vec<PrfId>,
+    pub integ: Vec<IntegId>,
+    pub dh: Vec<DhGroup>,
+    pub esn: Vec<EsnId>,
 }
 
 /// What a proposal is for: the IKE SA or an ESP CHILD SA.
@@ -37,13 +37,24 @@ pub enum Kind {
     Esp,
 }
 
+impl Kind {
+    fn protocol(self) -> ProtocolId {
+        match self {
+            Kind::Ike => ProtocolId::Ike,
+            Kind::Esp => ProtocolId::Esp,
+        }
+    }
+}
+
 /// A negotiated set: one transform of each type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chosen {
     pub encr: Encr,
-    pub prf: u16,
-    pub integ: u16,
-    pub dh: u16,
+    /// `Unknown(0)` for ESP, which has no PRF.
+    pub prf: PrfId,
+    pub integ: IntegId,
+    /// `None` for a CHILD SA without PFS.
+    pub dh: DhGroup,
     pub esn: bool,
 }
 
@@ -51,23 +62,23 @@ fn keyword(word: &str, kind: Kind, c: &mut Config, warnings: &mut Vec<String>) -
     let w = word.to_ascii_lowercase();
     let encr = |id, bits| Encr { id, key_bits: bits };
     match w.as_str() {
-        "aes128gcm16" | "aes128gcm128" | "aes128gcm" => c.encr.push(encr(t::ENCR_AES_GCM_16, Some(128))),
-        "aes256gcm16" | "aes256gcm128" | "aes256gcm" => c.encr.push(encr(t::ENCR_AES_GCM_16, Some(256))),
-        "chacha20poly1305" => c.encr.push(encr(t::ENCR_CHACHA20_POLY1305, None)),
-        "aes128" | "aes" => c.encr.push(encr(t::ENCR_AES_CBC, Some(128))),
-        "aes256" => c.encr.push(encr(t::ENCR_AES_CBC, Some(256))),
-        "sha256" | "sha2_256" => c.integ.push(t::AUTH_HMAC_SHA2_256_128),
-        "sha384" | "sha2_384" => c.integ.push(t::AUTH_HMAC_SHA2_384_192),
-        "sha512" | "sha2_512" => c.integ.push(t::AUTH_HMAC_SHA2_512_256),
-        "prfsha256" => c.prf.push(t::PRF_HMAC_SHA2_256),
-        "prfsha384" => c.prf.push(t::PRF_HMAC_SHA2_384),
-        "prfsha512" => c.prf.push(t::PRF_HMAC_SHA2_512),
-        "x25519" | "curve25519" => c.dh.push(t::DH_X25519),
-        "ecp256" => c.dh.push(t::DH_ECP_256),
-        "ecp384" => c.dh.push(t::DH_ECP_384),
-        "modp2048" => c.dh.push(t::DH_MODP_2048),
-        "esn" if kind == Kind::Esp => c.esn.push(t::ESN_EXTENDED),
-        "noesn" if kind == Kind::Esp => c.esn.push(t::ESN_NONE),
+        "aes128gcm16" | "aes128gcm128" | "aes128gcm" => c.encr.push(encr(EncrId::AesGcm16, Some(128))),
+        "aes256gcm16" | "aes256gcm128" | "aes256gcm" => c.encr.push(encr(EncrId::AesGcm16, Some(256))),
+        "chacha20poly1305" => c.encr.push(encr(EncrId::ChaCha20Poly1305, None)),
+        "aes128" | "aes" => c.encr.push(encr(EncrId::AesCbc, Some(128))),
+        "aes256" => c.encr.push(encr(EncrId::AesCbc, Some(256))),
+        "sha256" | "sha2_256" => c.integ.push(IntegId::HmacSha2_256_128),
+        "sha384" | "sha2_384" => c.integ.push(IntegId::HmacSha2_384_192),
+        "sha512" | "sha2_512" => c.integ.push(IntegId::HmacSha2_512_256),
+        "prfsha256" => c.prf.push(PrfId::HmacSha2_256),
+        "prfsha384" => c.prf.push(PrfId::HmacSha2_384),
+        "prfsha512" => c.prf.push(PrfId::HmacSha2_512),
+        "x25519" | "curve25519" => c.dh.push(DhGroup::X25519),
+        "ecp256" => c.dh.push(DhGroup::Ecp256),
+        "ecp384" => c.dh.push(DhGroup::Ecp384),
+        "modp2048" => c.dh.push(DhGroup::Modp2048),
+        "esn" if kind == Kind::Esp => c.esn.push(EsnId::Extended),
+        "noesn" if kind == Kind::Esp => c.esn.push(EsnId::None),
         // Known to strongSwan, not (yet) to us: skipped with a warning so a
         // shared proposal string still works.
         "sha1" | "sha" | "md5" | "aes192" | "aes192gcm16" | "3des" | "modp1024" | "modp1536" | "modp3072"
@@ -94,14 +105,14 @@ pub fn parse(s: &str, kind: Kind) -> Result<(Vec<Config>, Vec<String>), String> 
         if kind == Kind::Ike && c.prf.is_empty() {
             for i in &c.integ {
                 c.prf.push(match *i {
-                    t::AUTH_HMAC_SHA2_256_128 => t::PRF_HMAC_SHA2_256,
-                    t::AUTH_HMAC_SHA2_384_192 => t::PRF_HMAC_SHA2_384,
-                    _ => t::PRF_HMAC_SHA2_512,
+                    IntegId::HmacSha2_256_128 => PrfId::HmacSha2_256,
+                    IntegId::HmacSha2_384_192 => PrfId::HmacSha2_384,
+                    _ => PrfId::HmacSha2_512,
                 });
             }
         }
         if kind == Kind::Esp && c.esn.is_empty() {
-            c.esn.push(t::ESN_NONE);
+            c.esn.push(EsnId::None);
         }
         // AEAD and classic ciphers go in separate proposals (RFC 5282 section 8).
         let (aead, classic): (Vec<Encr>, Vec<Encr>) = c.encr.iter().partition(|e| e.is_aead());
@@ -127,6 +138,10 @@ pub fn parse(s: &str, kind: Kind) -> Result<(Vec<Config>, Vec<String>), String> 
     Ok((out, warnings))
 }
 
+fn plain(kind: TransformType, id: u16) -> Transform {
+    Transform { kind, id, key_len: None }
+}
+
 /// Our proposals as SA payload proposals (numbered from 1).
 pub fn to_wire(cs: &[Config], kind: Kind, spi: &[u8], with_dh: bool) -> Vec<Proposal> {
     cs.iter()
@@ -135,27 +150,22 @@ pub fn to_wire(cs: &[Config], kind: Kind, spi: &[u8], with_dh: bool) -> Vec<Prop
             let mut tr = Vec::new();
             for e in &c.encr {
                 tr.push(Transform {
-                    kind: t::ENCR,
-                    id: e.id,
-                    key_len: e.key_bits.filter(|_| e.id != t::ENCR_CHACHA20_POLY1305),
+                    kind: TransformType::Encr,
+                    id: e.id.raw(),
+                    key_len: e.key_bits.filter(|_| e.id != EncrId::ChaCha20Poly1305),
                 });
             }
             if kind == Kind::Ike {
-                tr.extend(c.prf.iter().map(|&id| Transform { kind: t::PRF, id, key_len: None }));
+                tr.extend(c.prf.iter().map(|id| plain(TransformType::Prf, id.raw())));
             }
-            tr.extend(c.integ.iter().map(|&id| Transform { kind: t::INTEG, id, key_len: None }));
+            tr.extend(c.integ.iter().map(|id| plain(TransformType::Integ, id.raw())));
             if kind == Kind::Ike || with_dh {
-                tr.extend(c.dh.iter().map(|&id| Transform { kind: t::DH, id, key_len: None }));
+                tr.extend(c.dh.iter().map(|id| plain(TransformType::Dh, id.raw())));
             }
             if kind == Kind::Esp {
-                tr.extend(c.esn.iter().map(|&id| Transform { kind: t::ESN, id, key_len: None }));
+                tr.extend(c.esn.iter().map(|id| plain(TransformType::Esn, id.raw())));
             }
-            Proposal {
-                num: (i + 1) as u8,
-                protocol: if kind == Kind::Ike { protocol::IKE } else { protocol::ESP },
-                spi: spi.to_vec(),
-                transforms: tr,
-            }
+            Proposal { num: (i + 1) as u8, protocol: kind.protocol(), spi: spi.to_vec(), transforms: tr }
         })
         .collect()
 }
@@ -165,50 +175,53 @@ pub fn chosen_to_wire(c: &Chosen, kind: Kind, num: u8, spi: &[u8]) -> Proposal {
     let cfg = Config {
         encr: vec![c.encr],
         prf: if kind == Kind::Ike { vec![c.prf] } else { vec![] },
-        integ: if c.integ != t::AUTH_NONE { vec![c.integ] } else { vec![] },
-        dh: if c.dh != 0 { vec![c.dh] } else { vec![] },
-        esn: vec![if c.esn { t::ESN_EXTENDED } else { t::ESN_NONE }],
+        integ: if c.integ != IntegId::None { vec![c.integ] } else { vec![] },
+        dh: if c.dh != DhGroup::None { vec![c.dh] } else { vec![] },
+        esn: vec![if c.esn { EsnId::Extended } else { EsnId::None }],
     };
-    let mut p = to_wire(&[cfg], kind, spi, c.dh != 0).remove(0);
+    let mut p = to_wire(&[cfg], kind, spi, c.dh != DhGroup::None).remove(0);
     p.num = num;
     p
 }
 
 fn encr_of(tr: &Transform) -> Encr {
-    Encr { id: tr.id, key_bits: if tr.id == t::ENCR_CHACHA20_POLY1305 { None } else { tr.key_len } }
+    let id = EncrId::from(tr.id);
+    Encr { id, key_bits: if id == EncrId::ChaCha20Poly1305 { None } else { tr.key_len } }
 }
 
 fn encr_matches(ours: &Encr, theirs: &Encr) -> bool {
     // ChaCha20-Poly1305 has a fixed 256-bit key; some peers still send the attribute.
-    ours.id == theirs.id && (ours.id == t::ENCR_CHACHA20_POLY1305 || ours.key_bits == theirs.key_bits)
+    ours.id == theirs.id && (ours.id == EncrId::ChaCha20Poly1305 || ours.key_bits == theirs.key_bits)
 }
 
 /// Pick from one peer proposal against one of ours (section 2.7: one
 /// transform of each type the peer offered). `ignore_dh` for CHILD SAs
 /// created in IKE_AUTH, which have no KE exchange.
 fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option<Chosen> {
-    let of = |ty: u8| theirs.transforms.iter().filter(move |tr| tr.kind == ty);
-    let encr = ours.encr.iter().find_map(|o| of(t::ENCR).map(encr_of).find(|e| encr_matches(o, e)))?;
+    let of = |ty: TransformType| theirs.transforms.iter().filter(move |tr| tr.kind == ty);
+    let offers = |ty: TransformType, id: u16| of(ty).any(|tr| tr.id == id);
+    let encr = ours.encr.iter().find_map(|o| of(TransformType::Encr).map(encr_of).find(|e| encr_matches(o, e)))?;
     let prf = match kind {
-        Kind::Ike => *ours.prf.iter().find(|p| of(t::PRF).any(|tr| tr.id == **p))?,
-        Kind::Esp => 0,
+        Kind::Ike => *ours.prf.iter().find(|p| offers(TransformType::Prf, p.raw()))?,
+        Kind::Esp => PrfId::Unknown(0),
     };
     let integ = if encr.is_aead() {
         // AEAD: no integrity transform, or NONE (RFC 5282 section 8).
-        if of(t::INTEG).any(|tr| tr.id != t::AUTH_NONE) {
+        if of(TransformType::Integ).any(|tr| tr.id != IntegId::None.raw()) {
             return None;
         }
-        t::AUTH_NONE
+        IntegId::None
     } else {
-        *ours.integ.iter().find(|i| of(t::INTEG).any(|tr| tr.id == **i))?
+        *ours.integ.iter().find(|i| offers(TransformType::Integ, i.raw()))?
     };
     let dh = match kind {
-        Kind::Ike => *ours.dh.iter().find(|d| of(t::DH).any(|tr| tr.id == **d))?,
-        Kind::Esp if ignore_dh => 0,
+        Kind::Ike => *ours.dh.iter().find(|d| offers(TransformType::Dh, d.raw()))?,
+        Kind::Esp if ignore_dh => DhGroup::None,
         Kind::Esp => {
-            let offered: Vec<u16> = of(t::DH).map(|tr| tr.id).filter(|id| *id != 0).collect();
+            let offered: Vec<DhGroup> =
+                of(TransformType::Dh).map(|tr| DhGroup::from(tr.id)).filter(|g| *g != DhGroup::None).collect();
             match (offered.is_empty(), ours.dh.is_empty()) {
-                (true, true) => 0,
+                (true, true) => DhGroup::None,
                 (false, false) => *ours.dh.iter().find(|d| offered.contains(d))?,
                 _ => return None,
             }
@@ -217,8 +230,8 @@ fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option
     let esn = match kind {
         Kind::Ike => false,
         Kind::Esp => {
-            let offered: Vec<u16> = of(t::ESN).map(|tr| tr.id).collect();
-            if offered.is_empty() { false } else { *ours.esn.iter().find(|e| offered.contains(e))? == t::ESN_EXTENDED }
+            let offered: Vec<EsnId> = of(TransformType::Esn).map(|tr| EsnId::from(tr.id)).collect();
+            if offered.is_empty() { false } else { *ours.esn.iter().find(|e| offered.contains(e))? == EsnId::Extended }
         }
     };
     Some(Chosen { encr, prf, integ, dh, esn })
@@ -227,10 +240,9 @@ fn pick(theirs: &Proposal, ours: &Config, kind: Kind, ignore_dh: bool) -> Option
 /// As responder: the first peer proposal (in the peer's order) that one of
 /// ours accepts; returns the peer proposal's number and SPI too.
 pub fn select(theirs: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool) -> Option<(Chosen, u8, Vec<u8>)> {
-    let want_proto = if kind == Kind::Ike { protocol::IKE } else { protocol::ESP };
     theirs
         .iter()
-        .filter(|p| p.protocol == want_proto)
+        .filter(|p| p.protocol == kind.protocol())
         .find_map(|p| ours.iter().find_map(|o| pick(p, o, kind, ignore_dh)).map(|c| (c, p.num, p.spi.clone())))
 }
 
@@ -240,7 +252,7 @@ pub fn check_answer(answer: &[Proposal], ours: &[Config], kind: Kind, ignore_dh:
     let [p] = answer else { return None };
     let mut seen = [0u8; 6];
     for tr in &p.transforms {
-        if let Some(s) = seen.get_mut(usize::from(tr.kind)) {
+        if let Some(s) = seen.get_mut(usize::from(tr.kind.raw())) {
             *s += 1;
         }
     }
@@ -253,31 +265,45 @@ pub fn check_answer(answer: &[Proposal], ours: &[Config], kind: Kind, ignore_dh:
 
 fn encr_name(e: &Encr) -> String {
     match (e.id, e.key_bits) {
-        (t::ENCR_AES_GCM_16, Some(b)) => format!("aes{b}gcm16"),
-        (t::ENCR_CHACHA20_POLY1305, _) => "chacha20poly1305".into(),
-        (t::ENCR_AES_CBC, Some(b)) => format!("aes{b}"),
-        (id, Some(b)) => format!("encr{id}/{b}"),
-        (id, None) => format!("encr{id}"),
+        (EncrId::AesGcm16, Some(b)) => format!("aes{b}gcm16"),
+        (EncrId::ChaCha20Poly1305, _) => "chacha20poly1305".into(),
+        (EncrId::AesCbc, Some(b)) => format!("aes{b}"),
+        (id, Some(b)) => format!("encr{}/{b}", id.raw()),
+        (id, None) => format!("encr{}", id.raw()),
     }
 }
 
+/// A transform in strongSwan's notation (`prfsha256`, `x25519`, ...).
 fn transform_name(tr: &Transform) -> String {
-    match (tr.kind, tr.id) {
-        (t::ENCR, _) => encr_name(&encr_of(tr)),
-        (t::PRF, t::PRF_HMAC_SHA2_256) => "prfsha256".into(),
-        (t::PRF, t::PRF_HMAC_SHA2_384) => "prfsha384".into(),
-        (t::PRF, t::PRF_HMAC_SHA2_512) => "prfsha512".into(),
-        (t::INTEG, t::AUTH_HMAC_SHA2_256_128) => "sha256".into(),
-        (t::INTEG, t::AUTH_HMAC_SHA2_384_192) => "sha384".into(),
-        (t::INTEG, t::AUTH_HMAC_SHA2_512_256) => "sha512".into(),
-        (t::DH, t::DH_X25519) => "x25519".into(),
-        (t::DH, t::DH_ECP_256) => "ecp256".into(),
-        (t::DH, t::DH_ECP_384) => "ecp384".into(),
-        (t::DH, t::DH_MODP_2048) => "modp2048".into(),
-        (t::ESN, t::ESN_NONE) => "noesn".into(),
-        (t::ESN, t::ESN_EXTENDED) => "esn".into(),
-        (k, id) => format!("t{k}:{id}"),
-    }
+    let named = match tr.kind {
+        TransformType::Encr => return encr_name(&encr_of(tr)),
+        TransformType::Prf => match PrfId::from(tr.id) {
+            PrfId::HmacSha2_256 => Some("prfsha256"),
+            PrfId::HmacSha2_384 => Some("prfsha384"),
+            PrfId::HmacSha2_512 => Some("prfsha512"),
+            PrfId::Unknown(_) => None,
+        },
+        TransformType::Integ => match IntegId::from(tr.id) {
+            IntegId::HmacSha2_256_128 => Some("sha256"),
+            IntegId::HmacSha2_384_192 => Some("sha384"),
+            IntegId::HmacSha2_512_256 => Some("sha512"),
+            _ => None,
+        },
+        TransformType::Dh => match DhGroup::from(tr.id) {
+            DhGroup::X25519 => Some("x25519"),
+            DhGroup::Ecp256 => Some("ecp256"),
+            DhGroup::Ecp384 => Some("ecp384"),
+            DhGroup::Modp2048 => Some("modp2048"),
+            _ => None,
+        },
+        TransformType::Esn => match EsnId::from(tr.id) {
+            EsnId::None => Some("noesn"),
+            EsnId::Extended => Some("esn"),
+            EsnId::Unknown(_) => None,
+        },
+        TransformType::Unknown(_) => None,
+    };
+    named.map_or_else(|| format!("t{}:{}", tr.kind.raw(), tr.id), str::to_string)
 }
 
 /// Proposals in strongSwan's notation, for logs that say why negotiation failed.
@@ -297,17 +323,38 @@ impl fmt::Display for Display<'_> {
 }
 
 impl Chosen {
+    /// The suite the host derives an IKE SA's keys for.
+    pub fn ike_suite(&self) -> crate::crypto::IkeSuite {
+        crate::crypto::IkeSuite {
+            encr: self.encr.id,
+            key_bits: self.encr.key_bits.unwrap_or(256),
+            prf: self.prf,
+            integ: self.integ,
+            dh: self.dh,
+        }
+    }
+
+    /// The suite the host derives a CHILD SA's keys for.
+    pub fn child_suite(&self) -> crate::crypto::ChildSuite {
+        crate::crypto::ChildSuite {
+            encr: self.encr.id,
+            key_bits: self.encr.key_bits.unwrap_or(256),
+            integ: self.integ,
+            esn: self.esn,
+        }
+    }
+
     /// In strongSwan's notation.
     pub fn name(&self, kind: Kind) -> String {
         let mut v = vec![encr_name(&self.encr)];
-        if self.integ != t::AUTH_NONE {
-            v.push(transform_name(&Transform { kind: t::INTEG, id: self.integ, key_len: None }));
+        if self.integ != IntegId::None {
+            v.push(transform_name(&plain(TransformType::Integ, self.integ.raw())));
         }
         if kind == Kind::Ike {
-            v.push(transform_name(&Transform { kind: t::PRF, id: self.prf, key_len: None }));
+            v.push(transform_name(&plain(TransformType::Prf, self.prf.raw())));
         }
-        if self.dh != 0 {
-            v.push(transform_name(&Transform { kind: t::DH, id: self.dh, key_len: None }));
+        if self.dh != DhGroup::None {
+            v.push(transform_name(&plain(TransformType::Dh, self.dh.raw())));
         }
         if kind == Kind::Esp && self.esn {
             v.push("esn".into());
@@ -329,7 +376,7 @@ mod tests {
         assert!(w.is_empty());
         assert_eq!(ike.len(), 2);
         assert_eq!(ike[0].encr.len(), 2);
-        assert_eq!(ike[1].prf, vec![t::PRF_HMAC_SHA2_256, t::PRF_HMAC_SHA2_384]);
+        assert_eq!(ike[1].prf, vec![PrfId::HmacSha2_256, PrfId::HmacSha2_384]);
         let (esp, w) = parse(HARNESS_ESP, Kind::Esp).unwrap();
         assert_eq!(esp.len(), 3);
         assert_eq!(w.len(), 1, "sha1 skipped: {w:?}");
@@ -343,7 +390,14 @@ mod tests {
         let (theirs, _) = parse(HARNESS_IKE, Kind::Ike).unwrap();
         let offered = to_wire(&theirs, Kind::Ike, &[], true);
         let (c, num, _) = select(&offered, &ours, Kind::Ike, false).unwrap();
-        assert_eq!(c, Chosen { encr: Encr { id: 20, key_bits: Some(128) }, prf: 6, integ: 0, dh: 19, esn: false });
+        let want = Chosen {
+            encr: Encr { id: EncrId::AesGcm16, key_bits: Some(128) },
+            prf: PrfId::HmacSha2_384,
+            integ: IntegId::None,
+            dh: DhGroup::Ecp256,
+            esn: false,
+        };
+        assert_eq!(c, want);
         assert_eq!(num, 1);
         assert_eq!(c.name(Kind::Ike), "aes128gcm16-prfsha384-ecp256");
         let answer = chosen_to_wire(&c, Kind::Ike, num, &[]);

@@ -1,13 +1,13 @@
 //! Traffic selector narrowing (RFC 7296 section 2.9).
-use wasmsec_wire::ike::{TrafficSelector as Ts, ts_type};
+use wasmsec_wire::ike::{TrafficSelector as Ts, TsType};
 
 /// A CIDR prefix as a selector, any protocol and port.
 pub fn from_cidr(s: &str) -> Result<Ts, String> {
     let (a, l) = s.split_once('/').map_or((s, None), |(a, l)| (a, Some(l)));
     let addr: std::net::IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address or CIDR prefix"))?;
     let (bytes, max, ty) = match addr {
-        std::net::IpAddr::V4(v) => (v.octets().to_vec(), 32u32, ts_type::IPV4_ADDR_RANGE),
-        std::net::IpAddr::V6(v) => (v.octets().to_vec(), 128, ts_type::IPV6_ADDR_RANGE),
+        std::net::IpAddr::V4(v) => (v.octets().to_vec(), 32u32, TsType::Ipv4AddrRange),
+        std::net::IpAddr::V6(v) => (v.octets().to_vec(), 128, TsType::Ipv6AddrRange),
     };
     let len = match l {
         Some(l) => l.trim().parse::<u32>().ok().filter(|n| *n <= max).ok_or(format!("{s:?}: bad prefix length"))?,

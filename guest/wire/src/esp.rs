@@ -117,7 +117,8 @@ impl Repr {
 #[derive(Clone, Copy)]
 pub struct Trailer {
     bytes: [u8; MAX_TRAILER_LEN],
-    len: u8,
+    /// Up to 257 (255 bytes of padding, Pad Length, Next Header).
+    len: u16,
 }
 
 impl core::fmt::Debug for Trailer {
@@ -132,15 +133,20 @@ impl Trailer {
     /// least 4 so that the ICV is 4-byte aligned, RFC 4303 section 2.4).
     /// The padding is the default 1, 2, 3, ... sequence.
     pub fn for_payload(payload_len: usize, align: u8, next_header: u8) -> Trailer {
-        let align = usize::from(align.max(4));
-        let pad_len = (align - (payload_len + TRAILER_FIXED_LEN) % align) % align;
+        Trailer::new(Trailer::pad_length_for(payload_len, align), next_header)
+    }
+
+    /// The trailer with `pad_length` bytes of the default padding 1, 2, 3,
+    /// ... (RFC 4303 section 2.4), Pad Length and Next Header.
+    pub fn new(pad_length: u8, next_header: u8) -> Trailer {
+        let pad_len = usize::from(pad_length);
         let mut bytes = [0u8; MAX_TRAILER_LEN];
         for (i, b) in bytes.iter_mut().take(pad_len).enumerate() {
             *b = (i + 1) as u8;
         }
-        bytes[pad_len] = pad_len as u8;
+        bytes[pad_len] = pad_length;
         bytes[pad_len + 1] = next_header;
-        Trailer { bytes, len: (pad_len + TRAILER_FIXED_LEN) as u8 }
+        Trailer { bytes, len: (pad_len + TRAILER_FIXED_LEN) as u16 }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -207,6 +213,14 @@ mod tests {
                 assert_eq!(Trailer::pad_length_for(len, align), t.pad_length());
             }
         }
+    }
+
+    #[test]
+    fn the_longest_trailer_keeps_its_length() {
+        let t = Trailer::new(255, NEXT_HEADER_IPV6);
+        assert_eq!(t.as_bytes().len(), MAX_TRAILER_LEN);
+        assert_eq!((t.pad_length(), t.next_header()), (255, NEXT_HEADER_IPV6));
+        assert_eq!(t.as_bytes()[254], 255);
     }
 
     #[test]

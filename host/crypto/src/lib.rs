@@ -15,6 +15,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 pub mod dh;
+#[cfg(feature = "ike-engine")]
+pub mod ike_engine;
 pub mod prf;
 pub mod sk;
 

@@ -1,31 +1,26 @@
 //! The IKE component under wasmtime: its imports (randomness and the key
 //! schedule on handles, backed by [`wasmsec_crypto::Vault`] and the ESP
 //! keystore) and a typed wrapper around its exports.
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits};
 use zeroize::Zeroizing;
 
-use crate::keystore::{EspAlgorithm, EspKey, Keystore};
-use crate::runtime::{GUEST_MEMORY_LIMIT, WasmContext};
+use super::bindings::ike as b;
+use super::{WasmContext, sandbox, wit_error};
+use crate::keys::{EspAlgorithm, EspKey, Keystore};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "wasmsec:worlds/ike-engine",
-        additional_derives: [PartialEq],
-    });
-}
-
-pub use bindings::exports::wasmsec::ike::engine::{
-    Action, ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Endpoint, Level, LogEvent,
-    StartAction, TrafficSelector,
+pub use b::exports::wasmsec::ike::engine::{
+    ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaUp, Level, LogEvent,
+    Output, SaChange, StartAction, Transmit,
 };
-use bindings::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
-use bindings::wasmsec::crypto::types::CryptoError as WitError;
+use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
+use b::wasmsec::crypto::types::CryptoError as WitError;
+pub use b::wasmsec::net::types::Endpoint;
 
 /// Per-store host state of the IKE instance.
 pub struct IkeState {
@@ -38,7 +33,7 @@ pub struct IkeState {
     /// derived here, by key handle, until the control plane knows their
     /// SPIs and addresses and writes them out ([`IkeState::take_esp_export`]).
     pub esp_keylog: bool,
-    esp_exports: std::collections::HashMap<u64, Zeroizing<String>>,
+    esp_exports: HashMap<u64, Zeroizing<String>>,
     /// When set, every byte string the host hands the guest is recorded
     /// here (tests prove no secret is among them).
     pub transcript: Option<Vec<Vec<u8>>>,
@@ -55,6 +50,10 @@ impl IkeState {
         self.vault.len()
     }
 
+    pub fn vault(&self) -> &wasmsec_crypto::Vault {
+        &self.vault
+    }
+
     /// The `esp_sa` key columns of a CHILD SA key, once (export on).
     pub fn take_esp_export(&mut self, key: u64) -> Option<Zeroizing<String>> {
         self.esp_exports.remove(&key)
@@ -69,10 +68,6 @@ impl IkeState {
         }
     }
 
-    pub fn vault(&self) -> &wasmsec_crypto::Vault {
-        &self.vault
-    }
-
     /// Record what goes to the guest, if a transcript is being kept.
     fn to_guest<T: AsRef<[u8]>>(&mut self, v: T) -> T {
         if let Some(t) = &mut self.transcript {
@@ -82,41 +77,11 @@ impl IkeState {
     }
 }
 
-fn wit(e: wasmsec_crypto::CryptoError) -> WitError {
-    use wasmsec_crypto::CryptoError as E;
-    match e {
-        E::UnknownKey => WitError::UnknownKey,
-        E::WrongKeyKind => WitError::WrongKeyKind,
-        E::IntegrityFailed => WitError::IntegrityFailed,
-        E::BadLength => WitError::BadLength,
-        E::KeyExpired => WitError::KeyExpired,
-        E::Unsupported => WitError::Unsupported,
-        E::BadPeerValue => WitError::BadPeerValue,
-        _ => WitError::Internal,
-    }
+fn vault_suite(s: IkeSuite) -> wasmsec_crypto::IkeSuite {
+    wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh }
 }
 
-/// The ESP transform our data plane implements for a negotiated suite.
-pub fn esp_algorithm(encr: u16, key_bits: u16, integ: u16) -> Option<EspAlgorithm> {
-    match (encr, key_bits, integ) {
-        (20, 128, 0) => Some(EspAlgorithm::Aes128Gcm16),
-        (20, 256, 0) => Some(EspAlgorithm::Aes256Gcm16),
-        (28, _, 0) => Some(EspAlgorithm::ChaCha20Poly1305),
-        (12, 128 | 256, 12 | 13 | 14) => Some(EspAlgorithm::AesCbc {
-            key_bits,
-            integ: match integ {
-                12 => crate::keystore::Integ::Sha256_128,
-                13 => crate::keystore::Integ::Sha384_192,
-                _ => crate::keystore::Integ::Sha512_256,
-            },
-        }),
-        _ => None,
-    }
-}
-
-impl bindings::wasmsec::crypto::types::Host for IkeState {}
-
-impl bindings::wasmsec::crypto::random::Host for IkeState {
+impl b::wasmsec::crypto::random::Host for IkeState {
     fn fill(&mut self, len: u32) -> Vec<u8> {
         let mut b = vec![0u8; len.min(256) as usize];
         self.vault.random(&mut b);
@@ -124,9 +89,9 @@ impl bindings::wasmsec::crypto::random::Host for IkeState {
     }
 }
 
-impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
+impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
-        let (h, public) = self.vault.dh_generate(group).map_err(wit)?;
+        let (h, public) = self.vault.dh_generate(group).map_err(wit_error)?;
         Ok((h, self.to_guest(public)))
     }
 
@@ -140,9 +105,8 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<u64, WitError> {
-        let suite =
-            wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
-        let h = self.vault.derive_ike_sa(&suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
+        let h =
+            self.vault.derive_ike_sa(&vault_suite(s), dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit_error)?;
         self.export_keys(h);
         Ok(h)
     }
@@ -158,9 +122,10 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         spi_i: u64,
         spi_r: u64,
     ) -> Result<u64, WitError> {
-        let suite =
-            wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh };
-        let h = self.vault.rekey_ike_sa(old, &suite, dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit)?;
+        let h = self
+            .vault
+            .rekey_ike_sa(old, &vault_suite(s), dh, &peer_public, &ni, &nr, spi_i, spi_r)
+            .map_err(wit_error)?;
         self.export_keys(h);
         Ok(h)
     }
@@ -174,7 +139,7 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         inner: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
         let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
-        let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit)?;
+        let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit_error)?;
         Ok(self.to_guest(m))
     }
 
@@ -185,7 +150,7 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         message: Vec<u8>,
         sk_offset: u32,
     ) -> Result<Vec<u8>, WitError> {
-        let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(wit)?;
+        let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(wit_error)?;
         Ok(self.to_guest(p.to_vec()))
     }
 
@@ -198,7 +163,7 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         nonce: Vec<u8>,
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        let a = self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit)?;
+        let a = self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit_error)?;
         Ok(self.to_guest(a))
     }
 
@@ -211,10 +176,10 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         we_initiated: bool,
         pfs: Option<(u64, Vec<u8>)>,
     ) -> Result<ChildKeyHandles, WitError> {
-        let alg = esp_algorithm(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
+        let alg = EspAlgorithm::from_iana(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
         let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
         let pfs = pfs.as_ref().map(|(dh, public)| (*dh, &public[..]));
-        let km = self.vault.child_keymat(sa, &suite, &ni, &nr, pfs).map_err(wit)?;
+        let km = self.vault.child_keymat(sa, &suite, &ni, &nr, pfs).map_err(wit_error)?;
         let (out, inb) = if we_initiated {
             (km.initiator_to_responder, km.responder_to_initiator)
         } else {
@@ -229,7 +194,8 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
         let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
         if let Some((o, i)) = exports {
-            self.esp_exports.extend([(handles.outbound, o), (handles.inbound, i)].into_iter().filter_map(|(h, k)| Some((h, k?))));
+            let pairs = [(handles.outbound, o), (handles.inbound, i)];
+            self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
         }
         Ok(handles)
     }
@@ -242,17 +208,15 @@ impl bindings::wasmsec::crypto::ike_keys::Host for IkeState {
     }
 }
 
-/// The compiled IKE component, ready to instantiate.
-pub struct IkeEnginePre(bindings::IkeEnginePre<IkeState>);
+/// The compiled IKE component, linked and ready to instantiate.
+pub(crate) struct IkePre(b::IkeEnginePre<IkeState>);
 
-impl IkeEnginePre {
-    pub fn load(engine: &Engine, path: &Path) -> Result<IkeEnginePre> {
-        let component =
-            Component::from_file(engine, path).context(format_args!("loading IKE component {}", path.display()))?;
+impl IkePre {
+    pub fn load(engine: &Engine, component: &wasmtime::component::Component) -> Result<IkePre> {
         let mut linker = Linker::<IkeState>::new(engine);
-        bindings::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
-        let pre = linker.instantiate_pre(&component).context("linking IKE component")?;
-        Ok(IkeEnginePre(bindings::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
+        b::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
+        let pre = linker.instantiate_pre(component).context("linking IKE component")?;
+        Ok(IkePre(b::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
     }
 
     pub fn instantiate(
@@ -260,22 +224,21 @@ impl IkeEnginePre {
         engine: &Engine,
         vault: wasmsec_crypto::Vault,
         esp_keys: Arc<Keystore>,
-        deadline: u64,
     ) -> Result<IkeInstance> {
         let state = IkeState {
-            limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
+            limits: sandbox::store_limits(),
             vault,
             esp_keys,
             keylog: None,
             esp_keylog: false,
-            esp_exports: Default::default(),
+            esp_exports: HashMap::new(),
             transcript: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(deadline);
+        store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
         let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
-        Ok(IkeInstance { store, bindings, deadline })
+        Ok(IkeInstance { store, bindings })
     }
 }
 
@@ -283,13 +246,12 @@ impl IkeEnginePre {
 /// trap (the instance is then unusable), the inner one the engine's answer.
 pub struct IkeInstance {
     pub store: Store<IkeState>,
-    bindings: bindings::IkeEngine,
-    deadline: u64,
+    bindings: b::IkeEngine,
 }
 
 impl IkeInstance {
-    fn e(&mut self) -> (&bindings::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
-        self.store.set_epoch_deadline(self.deadline);
+    fn e(&mut self) -> (&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
+        self.store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
         (self.bindings.wasmsec_ike_engine(), &mut self.store)
     }
 
@@ -328,9 +290,10 @@ impl IkeInstance {
         Ok(e.call_child_expired(s, now, spi, hard)?)
     }
 
-    pub fn poll_actions(&mut self) -> Result<Vec<Action>> {
+    /// Everything the engine queued: SA changes, transmits, events.
+    pub fn poll(&mut self) -> Result<Output> {
         let (e, s) = self.e();
-        Ok(e.call_poll_actions(s)?)
+        Ok(e.call_poll(s)?)
     }
 
     pub fn next_timeout(&mut self) -> Result<Option<u64>> {
@@ -348,3 +311,6 @@ impl IkeInstance {
         Ok(e.call_active(s, name)?)
     }
 }
+
+impl super::bindings::esp::wasmsec::crypto::types::Host for IkeState {}
+impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}

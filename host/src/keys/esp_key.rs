@@ -1,201 +1,23 @@
-//! The keystore: all key material lives here, and guests name it by handle.
-//!
-//! ESP keys are created from manual configuration or by the IKE key
-//! schedule, wrapped in ring's AEAD keys (or AES-CBC with HMAC-SHA2), and
-//! never leave the host. A guest instance sees only the handles granted to
-//! it ([`KeyTable`]). IVs come from a per-key counter owned here (RFC 4106
-//! section 3.1 requires a unique IV per key; for AES-CBC the counter is
-//! encrypted under the key, which makes the IV unpredictable as RFC 3602
-//! section 3 requires), so no guest can cause IV reuse, and the highest
+//! An ESP key: seal and open in place (RFC 4303 section 3.3, RFC 4106,
+//! RFC 7634, RFC 3602 with RFC 4868). IVs come from a per-key counter owned
+//! here (RFC 4106 section 3.1 requires a unique IV per key; for AES-CBC the
+//! counter is encrypted under the key, which makes the IV unpredictable as
+//! RFC 3602 section 3 requires), so no guest can cause IV reuse; the highest
 //! sequence number each key sealed or opened is kept so a restarted guest
-//! can resume its SAs (DESIGN.md, security model).
-use std::collections::HashMap;
+//! can resume its SAs.
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, BlockEncrypt, BlockEncryptMut, KeyInit, KeyIvInit};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
-use ring::rand::{SecureRandom, SystemRandom};
+pub use wasmsec_crypto::CryptoError;
+use wasmsec_wire::esp;
 use zeroize::Zeroizing;
 
+use super::algorithm::{CBC_BLOCK, EspAlgorithm, IV_LEN, Integ, SALT_LEN};
 use crate::packet::PacketBuf;
-
-/// HMAC-SHA2 integrity for ESP (RFC 4868), truncated to half the output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Integ {
-    Sha256_128,
-    Sha384_192,
-    Sha512_256,
-}
-
-impl Integ {
-    fn key_len(&self) -> usize {
-        match self {
-            Integ::Sha256_128 => 32,
-            Integ::Sha384_192 => 48,
-            Integ::Sha512_256 => 64,
-        }
-    }
-
-    fn icv_len(&self) -> usize {
-        self.key_len() / 2
-    }
-
-    fn alg(&self) -> hmac::Algorithm {
-        match self {
-            Integ::Sha256_128 => hmac::HMAC_SHA256,
-            Integ::Sha384_192 => hmac::HMAC_SHA384,
-            Integ::Sha512_256 => hmac::HMAC_SHA512,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Integ::Sha256_128 => "sha256",
-            Integ::Sha384_192 => "sha384",
-            Integ::Sha512_256 => "sha512",
-        }
-    }
-}
-
-/// ESP transforms, named as strongSwan names them: AES-GCM (RFC 4106),
-/// ChaCha20-Poly1305 (RFC 7634), AES-CBC (RFC 3602) with HMAC-SHA2 (RFC 4868).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EspAlgorithm {
-    Aes128Gcm16,
-    Aes256Gcm16,
-    ChaCha20Poly1305,
-    /// AES-CBC with a 128- or 256-bit key.
-    AesCbc {
-        key_bits: u16,
-        integ: Integ,
-    },
-}
-
-impl EspAlgorithm {
-    pub const ALL: [EspAlgorithm; 6] = [
-        EspAlgorithm::Aes128Gcm16,
-        EspAlgorithm::Aes256Gcm16,
-        EspAlgorithm::ChaCha20Poly1305,
-        EspAlgorithm::AesCbc { key_bits: 128, integ: Integ::Sha256_128 },
-        EspAlgorithm::AesCbc { key_bits: 256, integ: Integ::Sha384_192 },
-        EspAlgorithm::AesCbc { key_bits: 256, integ: Integ::Sha512_256 },
-    ];
-
-    /// Parse a strongSwan proposal keyword (`aes256gcm16`, `aes128gcm16`,
-    /// `chacha20poly1305`, `aes128-sha256`, `aes256-sha384`, ...;
-    /// `aes256gcm` and `aes128gcm` mean the 16-byte ICV).
-    pub fn from_name(name: &str) -> Option<EspAlgorithm> {
-        let n = name.to_ascii_lowercase();
-        match n.as_str() {
-            "aes128gcm16" | "aes128gcm128" | "aes128gcm" => return Some(EspAlgorithm::Aes128Gcm16),
-            "aes256gcm16" | "aes256gcm128" | "aes256gcm" => return Some(EspAlgorithm::Aes256Gcm16),
-            "chacha20poly1305" => return Some(EspAlgorithm::ChaCha20Poly1305),
-            _ => {}
-        }
-        let (e, i) = n.split_once('-')?;
-        let key_bits = match e {
-            "aes128" | "aes" => 128,
-            "aes256" => 256,
-            _ => return None,
-        };
-        let integ = match i {
-            "sha256" | "sha2_256" => Integ::Sha256_128,
-            "sha384" | "sha2_384" => Integ::Sha384_192,
-            "sha512" | "sha2_512" => Integ::Sha512_256,
-            _ => return None,
-        };
-        Some(EspAlgorithm::AesCbc { key_bits, integ })
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            EspAlgorithm::Aes128Gcm16 => "aes128gcm16".into(),
-            EspAlgorithm::Aes256Gcm16 => "aes256gcm16".into(),
-            EspAlgorithm::ChaCha20Poly1305 => "chacha20poly1305".into(),
-            EspAlgorithm::AesCbc { key_bits, integ } => format!("aes{key_bits}-{}", integ.name()),
-        }
-    }
-
-    fn ring_alg(&self) -> Option<&'static aead::Algorithm> {
-        match self {
-            EspAlgorithm::Aes128Gcm16 => Some(&aead::AES_128_GCM),
-            EspAlgorithm::Aes256Gcm16 => Some(&aead::AES_256_GCM),
-            EspAlgorithm::ChaCha20Poly1305 => Some(&aead::CHACHA20_POLY1305),
-            EspAlgorithm::AesCbc { .. } => None,
-        }
-    }
-
-    /// Keying material length: for AEAD the cipher key plus the 4-byte salt
-    /// (RFC 4106 section 8.1, RFC 7634 section 2); for AES-CBC the cipher
-    /// key followed by the integrity key (RFC 7296 section 2.17 order).
-    pub fn keymat_len(&self) -> usize {
-        match self {
-            EspAlgorithm::AesCbc { key_bits, integ } => usize::from(key_bits / 8) + integ.key_len(),
-            a => a.ring_alg().map_or(0, |r| r.key_len()) + SALT_LEN,
-        }
-    }
-
-    fn iv_len(&self) -> usize {
-        match self {
-            EspAlgorithm::AesCbc { .. } => CBC_BLOCK,
-            _ => IV_LEN,
-        }
-    }
-
-    fn icv_len(&self) -> usize {
-        match self {
-            EspAlgorithm::AesCbc { integ, .. } => integ.icv_len(),
-            _ => ICV_LEN,
-        }
-    }
-
-    /// What the ESP engine pads the payload to (the cipher's block size, at
-    /// least 4; RFC 4303 section 2.4).
-    pub fn pad_align(&self) -> u8 {
-        match self {
-            EspAlgorithm::AesCbc { .. } => CBC_BLOCK as u8,
-            _ => 4,
-        }
-    }
-
-    /// Bytes ESP adds around a payload at most: header, IV, padding,
-    /// Pad Length, Next Header, ICV.
-    pub fn overhead(&self) -> usize {
-        wasmsec_wire::esp::HEADER_LEN + self.iv_len() + usize::from(self.pad_align()) - 1 + 2 + self.icv_len()
-    }
-
-    /// What `seal` prepends: the ESP header and the IV.
-    pub fn headroom(&self) -> usize {
-        wasmsec_wire::esp::HEADER_LEN + self.iv_len()
-    }
-}
-
-pub const SALT_LEN: usize = 4;
-pub const IV_LEN: usize = 8;
-pub const ICV_LEN: usize = 16;
-const CBC_BLOCK: usize = 16;
-/// The most `seal` prepends (header and a CBC IV).
-pub const SEAL_HEADROOM: usize = wasmsec_wire::esp::HEADER_LEN + CBC_BLOCK;
-
-/// Why the keystore refused or failed an operation. Mirrors `crypto-error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CryptoError {
-    #[error("unknown key handle")]
-    UnknownKey,
-    #[error("key is of another kind")]
-    WrongKeyKind,
-    #[error("integrity check failed")]
-    IntegrityFailed,
-    #[error("length out of range")]
-    BadLength,
-    #[error("key expired")]
-    KeyExpired,
-}
 
 enum Cipher {
     Aead { key: LessSafeKey, salt: [u8; SALT_LEN] },
@@ -217,9 +39,8 @@ impl fmt::Debug for EspKey {
     }
 }
 
-fn seq_of(header: &[u8; 8], esn_high: Option<u32>) -> u64 {
-    (u64::from(esn_high.unwrap_or(0)) << 32)
-        | u64::from(u32::from_be_bytes([header[4], header[5], header[6], header[7]]))
+fn seq_of(header: &esp::Repr, esn_high: Option<u32>) -> u64 {
+    (u64::from(esn_high.unwrap_or(0)) << 32) | u64::from(header.sequence_number)
 }
 
 impl EspKey {
@@ -266,13 +87,14 @@ impl EspKey {
     pub fn seal(
         &self,
         p: &mut PacketBuf,
-        header: &[u8; 8],
+        repr: &esp::Repr,
         esn_high: Option<u32>,
         trailer: &[u8],
     ) -> Result<(), CryptoError> {
-        if trailer.len() > wasmsec_wire::esp::MAX_TRAILER_LEN || trailer.len() < 2 {
+        if trailer.len() > esp::MAX_TRAILER_LEN || trailer.len() < 2 {
             return Err(CryptoError::BadLength);
         }
+        let header = &repr.to_bytes();
         if p.headroom() < self.alg.headroom() || p.tailroom() < trailer.len() + self.alg.icv_len() {
             return Err(CryptoError::BadLength);
         }
@@ -309,7 +131,7 @@ impl EspKey {
                 p.append(&tag.as_ref()[..integ.icv_len()]);
             }
         }
-        self.highest_seq.fetch_max(seq_of(header, esn_high), Ordering::Relaxed);
+        self.highest_seq.fetch_max(seq_of(repr, esn_high), Ordering::Relaxed);
         Ok(())
     }
 
@@ -319,11 +141,11 @@ impl EspKey {
         let head = self.alg.headroom();
         let icv = self.alg.icv_len();
         let d = p.data();
-        if d.len() < head + icv + wasmsec_wire::esp::TRAILER_FIXED_LEN {
+        if d.len() < head + icv + esp::TRAILER_FIXED_LEN {
             return Err(CryptoError::BadLength);
         }
-        let mut header = [0u8; 8];
-        header.copy_from_slice(&d[..8]);
+        let repr = esp::Repr::parse(&esp::Packet::new_unchecked(d)).map_err(|_| CryptoError::BadLength)?;
+        let header = repr.to_bytes();
         match &self.cipher {
             Cipher::Aead { key, salt } => {
                 let iv: [u8; IV_LEN] = d[8..head].try_into().map_err(|_| CryptoError::BadLength)?;
@@ -359,7 +181,7 @@ impl EspKey {
                 cbc_decrypt(key, &iv, p.data_mut())?;
             }
         }
-        self.highest_seq.fetch_max(seq_of(&header, esn_high), Ordering::Relaxed);
+        self.highest_seq.fetch_max(seq_of(&repr, esn_high), Ordering::Relaxed);
         Ok(())
     }
 }
@@ -452,77 +274,6 @@ pub enum KeyError {
     Source(String),
 }
 
-/// Owner of every key; hands out unguessable handles.
-pub struct Keystore {
-    keys: Mutex<HashMap<u64, Arc<EspKey>>>,
-    rng: SystemRandom,
-}
-
-impl Default for Keystore {
-    fn default() -> Self {
-        Keystore::new()
-    }
-}
-
-impl Keystore {
-    pub fn new() -> Keystore {
-        Keystore { keys: Mutex::new(HashMap::new()), rng: SystemRandom::new() }
-    }
-
-    /// Store a key; returns its handle (random, never 0).
-    pub fn insert(&self, key: EspKey) -> u64 {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let mut b = [0u8; 8];
-            // SystemRandom only fails if the OS has no entropy source at all.
-            self.rng.fill(&mut b).expect("OS random number generator failed");
-            let h = u64::from_ne_bytes(b);
-            if h != 0 && !keys.contains_key(&h) {
-                keys.insert(h, Arc::new(key));
-                return h;
-            }
-        }
-    }
-
-    pub fn get(&self, handle: u64) -> Option<Arc<EspKey>> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&handle).cloned()
-    }
-
-    /// Destroy a key (with its SA); live `Arc`s finish their batch.
-    pub fn remove(&self, handle: u64) -> bool {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle).is_some()
-    }
-
-    pub fn len(&self) -> usize {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The handles one guest instance may use, resolved once so the data path
-/// takes no lock. Any other handle is `UnknownKey` to that guest.
-#[derive(Default, Clone)]
-pub struct KeyTable {
-    keys: HashMap<u64, Arc<EspKey>>,
-}
-
-impl KeyTable {
-    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>) {
-        self.keys.insert(handle, key);
-    }
-
-    pub fn revoke(&mut self, handle: u64) {
-        self.keys.remove(&handle);
-    }
-
-    pub fn get(&self, handle: u64) -> Result<&EspKey, CryptoError> {
-        self.keys.get(&handle).map(|k| &**k).ok_or(CryptoError::UnknownKey)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,10 +289,10 @@ mod tests {
             for esn in [None, Some(3)] {
                 // 108 + 4 = 112: a multiple of 16, as the engine pads for CBC.
                 let mut p = PacketBuf::with_payload(&[0x45; 108]);
-                let header = [0, 0, 0x10, 0x01, 0, 0, 0, 9];
+                let header = esp::Repr { spi: 0x1001, sequence_number: 9 };
                 k.seal(&mut p, &header, esn, &[1, 2, 2, 4]).unwrap();
                 assert_eq!(p.len(), alg.headroom() + 112 + alg.icv_len());
-                assert_eq!(&p.data()[..8], &header);
+                assert_eq!(&p.data()[..8], &header.to_bytes());
                 assert!(!p.data().windows(16).any(|w| w == [0x45; 16]), "{alg:?} encrypted");
                 k.open(&mut p, esn).unwrap();
                 assert_eq!(p.len(), 112);
@@ -559,7 +310,7 @@ mod tests {
         for _ in 0..1000 {
             let mut p = PacketBuf::with_payload(&[0; 20]);
             // The same header every time: a guest cannot force an IV.
-            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], None, &[0, 4]).unwrap();
+            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, None, &[0, 4]).unwrap();
             assert!(seen.insert(p.data()[8..16].to_vec()));
         }
     }
@@ -570,7 +321,7 @@ mod tests {
         let other = key(EspAlgorithm::Aes128Gcm16, 2);
         let sealed = {
             let mut p = PacketBuf::with_payload(&[9; 40]);
-            k.seal(&mut p, &[0, 0, 1, 0, 0, 0, 0, 1], Some(0), &[0, 4]).unwrap();
+            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, Some(0), &[0, 4]).unwrap();
             p
         };
         for flip in [0usize, 5, 10, 30, sealed.len() - 1] {
@@ -594,17 +345,5 @@ mod tests {
         let k = key(EspAlgorithm::ChaCha20Poly1305, 0xab);
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("ab") && !dbg.contains("171"), "{dbg}");
-    }
-
-    #[test]
-    fn handles_are_scoped_to_tables() {
-        let ks = Keystore::new();
-        let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
-        let mut t = KeyTable::default();
-        assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        t.grant(h, ks.get(h).unwrap());
-        assert!(t.get(h).is_ok());
-        assert!(ks.remove(h));
-        assert!(ks.is_empty());
     }
 }

@@ -1,0 +1,221 @@
+//! What the host configures: connections and their CHILD SAs (as in
+//! swanctl.conf), and the engine's timing. [`Connection`] is a connection
+//! as the engine keeps it: proposals, identities and selectors parsed once.
+use std::net::IpAddr;
+
+use wasmsec_wire::ike::TrafficSelector as Ts;
+
+use crate::crypto::Handle;
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::proposal::{self, Kind};
+use crate::ts;
+
+/// What to do when a connection is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAction {
+    /// Wait for the peer or an admin command.
+    None,
+    /// Initiate at once.
+    Start,
+}
+
+/// What to do when dead peer detection finds the peer gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpdAction {
+    /// Delete the SAs and wait.
+    Clear,
+    /// Delete the SAs and initiate again.
+    Restart,
+}
+
+/// A CHILD SA's configuration.
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    pub name: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub esp_proposals: String,
+    /// Rekey the CHILD SA this long after it was created (RFC 7296 section
+    /// 1.3.3); 0: never initiate a rekey (the peer's rekeys are answered).
+    pub rekey_time_ms: u64,
+    /// Rekey once either SA of the pair carried this many bytes or
+    /// packets; 0: no such limit.
+    pub rekey_bytes: u64,
+    pub rekey_packets: u64,
+    /// Hard limits: the CHILD SA is deleted (and created anew) when one is
+    /// reached before the rekey replaced it; 0: 110 % of the matching
+    /// rekey limit (by time at least the retransmission span above it), or
+    /// none without one.
+    pub life_time_ms: u64,
+    pub life_bytes: u64,
+    pub life_packets: u64,
+}
+
+/// A connection as the host's config describes it (swanctl.conf-like).
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub name: String,
+    /// Our addresses (empty: any).
+    pub local_addrs: Vec<IpAddr>,
+    /// The peer's addresses (empty: any; then we cannot initiate).
+    pub remote_addrs: Vec<IpAddr>,
+    pub local_id: String,
+    pub remote_id: String,
+    /// The pre-shared key's handle in the host keystore.
+    pub psk: Handle,
+    pub ike_proposals: String,
+    pub children: Vec<ChildConfig>,
+    pub start_action: StartAction,
+    /// Always use UDP encapsulation for ESP, NAT or not.
+    pub force_encap: bool,
+    /// NAT keepalive interval when we are behind a NAT (RFC 3948 section
+    /// 2.3); 0 turns keepalives off.
+    pub keepalive_ms: u64,
+    /// Liveness check after this long without hearing from the peer
+    /// (section 2.4); 0 turns it off.
+    pub dpd_delay_ms: u64,
+    pub dpd_action: DpdAction,
+    /// Rekey the IKE SA this long after it was created (section 2.18);
+    /// 0: only answer the peer's rekeys.
+    pub rekey_time_ms: u64,
+    /// Reauthenticate this long after the IKE SA was created: a new IKE SA
+    /// from scratch with new CHILD SAs, then the old one is deleted
+    /// (make-before-break); 0: never.
+    pub reauth_time_ms: u64,
+}
+
+/// Retransmission timing (section 2.1) and the responder's defences.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// First retransmission after this long, doubling, at most `retransmit_tries` sends in all.
+    pub retransmit_base_ms: u64,
+    pub retransmit_tries: u32,
+    /// A responder's half-open IKE SA is dropped after this long.
+    pub half_open_ms: u64,
+    /// With this many half-open IKE SAs, new initiators must return a
+    /// COOKIE first (section 2.6).
+    pub cookie_threshold: usize,
+    /// Above this many half-open IKE SAs, IKE_SA_INIT requests are dropped.
+    pub max_half_open: usize,
+    /// IKE_SA_INIT requests accepted per second from one source address
+    /// (and the burst allowed); the rest are dropped and counted.
+    pub init_per_source: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            retransmit_base_ms: 1000,
+            retransmit_tries: 6,
+            half_open_ms: 30_000,
+            cookie_threshold: 64,
+            max_half_open: 4096,
+            init_per_source: 20,
+        }
+    }
+}
+
+impl Timing {
+    /// How long a peer keeps retransmitting a request before it gives up.
+    pub fn retransmit_span(&self) -> u64 {
+        self.retransmit_base_ms.saturating_mul((1u64 << self.retransmit_tries.min(16)) - 1)
+    }
+}
+
+/// A CHILD SA's lifetimes after defaults (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Lifetimes {
+    pub rekey_time: u64,
+    pub rekey_bytes: u64,
+    pub rekey_packets: u64,
+    pub life_time: u64,
+    pub life_bytes: u64,
+    pub life_packets: u64,
+}
+
+impl Lifetimes {
+    /// strongSwan's convention: without a hard limit, 110 % of the soft one;
+    /// by time at least `margin_ms` more, so that a rekey that needs all its
+    /// retransmissions still finishes before the hard limit.
+    fn from_config(c: &ChildConfig, margin_ms: u64) -> Result<Lifetimes, String> {
+        let hard = |soft: u64, hard: u64, what: &str, margin: u64| -> Result<u64, String> {
+            match (soft, hard) {
+                (0, 0) => Ok(0),
+                (s, 0) => Ok(s.saturating_add((s / 10).max(margin).max(1))),
+                (s, h) if s != 0 && h <= s => Err(format!("life_{what} ({h}) must be above rekey_{what} ({s})")),
+                (_, h) => Ok(h),
+            }
+        };
+        Ok(Lifetimes {
+            rekey_time: c.rekey_time_ms,
+            rekey_bytes: c.rekey_bytes,
+            rekey_packets: c.rekey_packets,
+            life_time: hard(c.rekey_time_ms, c.life_time_ms, "time", margin_ms)?,
+            life_bytes: hard(c.rekey_bytes, c.life_bytes, "bytes", 0)?,
+            life_packets: hard(c.rekey_packets, c.life_packets, "packets", 0)?,
+        })
+    }
+}
+
+/// A CHILD SA template of a connection, parsed.
+pub(crate) struct Child {
+    pub name: String,
+    pub local_ts: Vec<Ts>,
+    pub remote_ts: Vec<Ts>,
+    pub esp: Vec<proposal::Config>,
+    pub life: Lifetimes,
+}
+
+/// A connection as the engine keeps it.
+pub(crate) struct Connection {
+    pub cfg: ConnectionConfig,
+    pub local_id: Identity,
+    pub remote_id: Identity,
+    pub ike: Vec<proposal::Config>,
+    pub children: Vec<Child>,
+}
+
+impl Connection {
+    /// Parse a connection's proposals, identities and selectors; the
+    /// warnings name algorithms that were skipped.
+    pub fn new(cfg: ConnectionConfig, timing: &Timing) -> Result<(Connection, Vec<String>), Error> {
+        let at = |k: &str, e: String| Error::Config(format!("connection {:?}: {k}: {e}", cfg.name));
+        let (ike, mut warnings) = proposal::parse(&cfg.ike_proposals, Kind::Ike).map_err(|e| at("proposals", e))?;
+        let local_id = Identity::parse(&cfg.local_id).map_err(|e| at("local id", e))?;
+        if local_id == Identity::Any {
+            return Err(at("local id", "must name us, not %any".into()));
+        }
+        let remote_id = Identity::parse(&cfg.remote_id).map_err(|e| at("remote id", e))?;
+        if cfg.children.is_empty() {
+            return Err(at("children", "at least one CHILD SA is needed".into()));
+        }
+        let mut children = Vec::new();
+        for c in &cfg.children {
+            let ch =
+                |k: &str, e: String| Error::Config(format!("connection {:?}: child {:?}: {k}: {e}", cfg.name, c.name));
+            let (esp, w) = proposal::parse(&c.esp_proposals, Kind::Esp).map_err(|e| ch("esp_proposals", e))?;
+            warnings.extend(w);
+            let parse_ts = |v: &[String], k: &str| -> Result<Vec<Ts>, Error> {
+                if v.is_empty() {
+                    return Err(ch(k, "at least one subnet is needed".into()));
+                }
+                v.iter().map(|s| ts::from_cidr(s).map_err(|e| ch(k, e))).collect()
+            };
+            children.push(Child {
+                name: c.name.clone(),
+                local_ts: parse_ts(&c.local_ts, "local_ts")?,
+                remote_ts: parse_ts(&c.remote_ts, "remote_ts")?,
+                esp,
+                life: Lifetimes::from_config(c, timing.retransmit_span()).map_err(|e| ch("lifetimes", e))?,
+            });
+        }
+        Ok((Connection { cfg, local_id, remote_id, ike, children }, warnings))
+    }
+
+    /// Whether this connection accepts an IKE SA between these addresses.
+    pub fn matches_addrs(&self, local: &IpAddr, remote: &IpAddr) -> bool {
+        (self.cfg.local_addrs.is_empty() || self.cfg.local_addrs.contains(local))
+            && (self.cfg.remote_addrs.is_empty() || self.cfg.remote_addrs.contains(remote))
+    }
+}

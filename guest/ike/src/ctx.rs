@@ -1,0 +1,151 @@
+//! What an exchange may touch while it works on one IKE SA: the time, the
+//! host's crypto, the connections, the other IKE SAs, the responder's
+//! defences, the output queues and the counters. The IKE SA itself is
+//! lent separately (see `Engine::with_sa`), so no handler needs the whole
+//! engine and an owned SA at once.
+use std::collections::HashMap;
+
+use wasmsec_wire::ike::NotifyType;
+
+use crate::config::{Connection, Timing};
+use crate::crypto::IkeCrypto;
+use crate::dos::Dos;
+use crate::output::{Datagram, Event, Level, Output, Transmit};
+use crate::proposal::Kind;
+use crate::sa::state::IkeSa;
+use crate::stats::Stats;
+
+/// Every IKE SA by our SPI.
+pub(crate) type SaTable = HashMap<u64, IkeSa>;
+
+pub(crate) struct Ctx<'a> {
+    pub now: u64,
+    pub crypto: &'a mut dyn IkeCrypto,
+    pub conns: &'a [Connection],
+    /// Every IKE SA but the one being worked on.
+    pub sas: &'a mut SaTable,
+    pub dos: &'a mut Dos,
+    pub out: &'a mut Output,
+    pub stats: &'a mut Stats,
+    pub timing: &'a Timing,
+}
+
+/// What becomes of the IKE SA a handler worked on.
+#[derive(Debug)]
+pub(crate) enum Fate {
+    Keep,
+    /// Forget it (and its CHILD SAs), logging why.
+    Drop(String),
+    /// Forget it, then initiate its connection again (dead peer, `dpd_action = restart`).
+    Restart(String),
+}
+
+impl Ctx<'_> {
+    pub fn log(&mut self, level: Level, conn: usize, message: String) {
+        let name = self.conns.get(conn).map_or("", |c| c.cfg.name.as_str());
+        self.out.log(level, name, message);
+    }
+
+    pub fn info(&mut self, conn: usize, message: String) {
+        self.log(Level::Info, conn, message);
+    }
+
+    pub fn warn(&mut self, conn: usize, message: String) {
+        self.log(Level::Warn, conn, message);
+    }
+
+    pub fn emit(&mut self, d: Datagram) {
+        self.stats.tx += 1;
+        self.out.transmits.push_back(Transmit::Datagram(d));
+    }
+
+    pub fn random_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.crypto.random(&mut b);
+        u64::from_be_bytes(b)
+    }
+
+    /// A new IKE SPI of ours, not zero and not in use.
+    pub fn new_spi(&mut self) -> u64 {
+        loop {
+            let s = self.random_u64();
+            if s != 0 && !self.sas.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    /// A new ESP SPI of ours: above the reserved 0-255, and recognisably
+    /// ours in captures (high bits set).
+    pub fn new_esp_spi(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.crypto.random(&mut b);
+        u32::from_be_bytes(b) | 0xc000_0000
+    }
+
+    pub fn nonce(&mut self) -> Vec<u8> {
+        let mut n = vec![0u8; 32];
+        self.crypto.random(&mut n);
+        n
+    }
+
+    /// How long to wait before retrying a rekey that failed or met a
+    /// TEMPORARY_FAILURE: a tenth of the rekey interval (at least a second),
+    /// plus up to half that again at random so both ends do not retry in
+    /// step (section 2.25).
+    pub fn retry_delay(&mut self, interval: u64) -> u64 {
+        let base = (interval / 10).max(1000);
+        let mut r = [0u8; 4];
+        self.crypto.random(&mut r);
+        base + u64::from(u32::from_be_bytes(r)) % (base / 2 + 1)
+    }
+
+    pub fn retransmit_span(&self) -> u64 {
+        self.timing.retransmit_span()
+    }
+
+    pub fn ike_up(&mut self, sa: &IkeSa) {
+        self.out.events.push_back(Event::IkeUp {
+            connection: self.conns[sa.conn].cfg.name.clone(),
+            ike_spi: sa.our_spi(),
+            proposal: sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default(),
+            initiator: sa.initiator,
+            local: sa.local,
+            remote: sa.remote,
+        });
+    }
+
+    /// Another established IKE SA of the same connection with the same peer.
+    pub fn has_twin(&self, sa: &IkeSa) -> bool {
+        self.sas.values().any(|s| s.conn == sa.conn && s.remote.addr == sa.remote.addr && s.established())
+    }
+}
+
+/// A rekey or lifetime less up to 10 %, so that SAs created together (and
+/// the two ends of a tunnel with the same setting) do not all act at once.
+/// The random SPI is the source of the spread.
+pub(crate) fn jittered(t: u64, spi: u64) -> u64 {
+    let spread = t / 10;
+    if spread == 0 { t } else { t - (spi.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % spread }
+}
+
+/// A notify's name for logs (its number if it has none).
+pub(crate) fn notify_name(n: NotifyType) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn rekey_jitter_stays_within_ten_percent_and_spreads() {
+        let times: Vec<u64> = (1..200u64).map(|spi| jittered(3_600_000, spi * 7919)).collect();
+        assert!(times.iter().all(|t| (3_240_001..=3_600_000).contains(t)));
+        let mut distinct = times.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 150, "spread: {}", distinct.len());
+        assert_eq!(jittered(5, 12345), 5);
+    }
+}

@@ -1,0 +1,286 @@
+//! The engine: connections, the table of IKE SAs, the routing of datagrams
+//! to them, admin commands, timers, and the output queues (the endpoint of
+//! quinn-proto's endpoint/connection split).
+//!
+//! Every operation on one IKE SA goes through [`Engine::with_sa`], which
+//! lends the SA and a [`Ctx`] holding the rest, and applies the SA's
+//! [`Fate`] afterwards.
+use wasmsec_wire::ike::{ExchangeType, Header, Packet};
+
+use crate::config::{Connection, ConnectionConfig, StartAction, Timing};
+use crate::crypto::IkeCrypto;
+use crate::ctx::{Ctx, Fate, SaTable};
+use crate::dos::Dos;
+use crate::error::Error;
+use crate::exchange::{self, ike_sa_init, informational};
+use crate::output::{Datagram, Event, Output, SaChange, Transmit};
+use crate::sa::lifecycle;
+use crate::sa::state::{IkeSa, State};
+use crate::stats::Stats;
+
+/// The IKEv2 engine: connections, IKE SAs and what to do next.
+pub struct Engine {
+    conns: Vec<Connection>,
+    sas: SaTable,
+    dos: Dos,
+    out: Output,
+    stats: Stats,
+    timing: Timing,
+    /// The time of the latest call (what `next_timeout` answers relative to).
+    now: u64,
+}
+
+impl Engine {
+    pub fn new(timing: Timing) -> Engine {
+        Engine {
+            conns: Vec::new(),
+            sas: SaTable::new(),
+            dos: Dos::default(),
+            out: Output::default(),
+            stats: Stats::default(),
+            timing,
+            now: 0,
+        }
+    }
+
+    fn ctx<'a>(&'a mut self, now: u64, crypto: &'a mut dyn IkeCrypto) -> Ctx<'a> {
+        self.now = now;
+        Ctx {
+            now,
+            crypto,
+            conns: &self.conns,
+            sas: &mut self.sas,
+            dos: &mut self.dos,
+            out: &mut self.out,
+            stats: &mut self.stats,
+            timing: &self.timing,
+        }
+    }
+
+    /// Lend IKE SA `id` and a context to `f`, then keep, drop or restart
+    /// it as `f` says.
+    fn with_sa(&mut self, id: u64, now: u64, crypto: &mut dyn IkeCrypto, f: impl FnOnce(&mut IkeSa, &mut Ctx) -> Fate) {
+        let Some(mut sa) = self.sas.remove(&id) else { return };
+        let mut ctx = self.ctx(now, crypto);
+        match f(&mut sa, &mut ctx) {
+            Fate::Keep => {
+                self.sas.insert(id, sa);
+            }
+            Fate::Drop(why) => lifecycle::drop_sa(sa, &mut ctx, &why),
+            Fate::Restart(why) => {
+                let conn = sa.conn;
+                lifecycle::drop_sa(sa, &mut ctx, &why);
+                lifecycle::restart(&mut ctx, conn);
+            }
+        }
+    }
+
+    // ---- output ----------------------------------------------------------
+
+    /// The next datagram or keepalive to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    /// The next change to the data plane's SAs. The host applies these
+    /// before it sends what [`Engine::poll_transmit`] returns.
+    pub fn poll_sa_change(&mut self) -> Option<SaChange> {
+        self.out.sa_changes.pop_front()
+    }
+
+    /// The next event for the log and the admin view.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    // ---- views -------------------------------------------------------------
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Half-open IKE SAs (responder, waiting for IKE_AUTH).
+    pub fn half_open_count(&self) -> usize {
+        self.dos.half_open.len()
+    }
+
+    /// Number of IKE SAs in any state.
+    pub fn ike_sa_count(&self) -> usize {
+        self.sas.len()
+    }
+
+    /// Number of established IKE SAs and their CHILD SAs.
+    pub fn established(&self) -> (usize, usize) {
+        let up = self.sas.values().filter(|s| s.established());
+        up.fold((0, 0), |(i, c), s| (i + 1, c + s.children.len()))
+    }
+
+    /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange
+    /// in flight (for diagnostics and tests).
+    pub fn describe(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sas
+            .values()
+            .map(|s| {
+                format!(
+                    "{:016x} {:?} {} children={} request={:?} replaces={:?} close={} collision={:?}",
+                    s.our_spi(),
+                    s.state,
+                    if s.initiator { "I" } else { "R" },
+                    s.children.len(),
+                    s.request.as_ref().map(|r| &r.exchange),
+                    s.replaces,
+                    s.owed.close,
+                    s.ike_collision.as_ref().map(|c| c.what),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Is an IKE SA of connection `name` up or being set up?
+    pub fn active(&self, name: &str) -> bool {
+        self.conn_index(name).is_ok_and(|i| self.sas.values().any(|s| s.conn == i && s.state != State::Deleting))
+    }
+
+    /// Connections whose start action is `Start`.
+    pub fn autostart(&self) -> Vec<String> {
+        self.conns.iter().filter(|c| c.cfg.start_action == StartAction::Start).map(|c| c.cfg.name.clone()).collect()
+    }
+
+    // ---- admin -----------------------------------------------------------
+
+    /// Load a connection; returns warnings about skipped algorithms.
+    pub fn add_connection(&mut self, cfg: ConnectionConfig) -> Result<Vec<String>, Error> {
+        if self.conns.iter().any(|c| c.cfg.name == cfg.name) {
+            return Err(Error::Config(format!("connection {:?} is defined twice", cfg.name)));
+        }
+        let (conn, warnings) = Connection::new(cfg, &self.timing)?;
+        self.conns.push(conn);
+        Ok(warnings)
+    }
+
+    fn conn_index(&self, name: &str) -> Result<usize, Error> {
+        self.conns
+            .iter()
+            .position(|c| c.cfg.name == name)
+            .ok_or_else(|| Error::Admin(format!("no connection {name:?}")))
+    }
+
+    /// Start connection `name` as initiator.
+    pub fn initiate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<(), Error> {
+        let conn = self.conn_index(name)?;
+        ike_sa_init::initiate(&mut self.ctx(now, crypto), conn)
+    }
+
+    /// Delete every IKE SA of connection `name` (DELETE, section 1.4.1);
+    /// returns how many there were.
+    pub fn terminate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, Error> {
+        self.now = now;
+        let conn = self.conn_index(name)?;
+        let ids: Vec<u64> = self.sas.iter().filter(|(_, s)| s.conn == conn).map(|(k, _)| *k).collect();
+        for id in &ids {
+            self.with_sa(*id, now, crypto, |sa, ctx| {
+                if !sa.established() {
+                    return Fate::Drop("terminated".into());
+                }
+                // After the exchange in flight, if any (one at a time, section 2.3).
+                if sa.request.is_none() {
+                    informational::send_delete_ike(sa, ctx);
+                } else {
+                    sa.owed.close = true;
+                    sa.rekey_ike_at = 0;
+                    sa.reauth_at = 0;
+                }
+                if sa.state == State::Deleting || sa.owed.close { Fate::Keep } else { Fate::Drop("terminated".into()) }
+            });
+        }
+        Ok(ids.len())
+    }
+
+    /// The data plane reports that the SA with this SPI (either direction)
+    /// passed a soft volume limit or ran low on sequence numbers (rekey
+    /// it), or a hard one (it carries no more traffic: delete it).
+    pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool, crypto: &mut dyn IkeCrypto) {
+        let found = self.sas.iter().find_map(|(k, s)| {
+            s.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (*k, c.inbound_spi))
+        });
+        self.now = now;
+        // Gone already (deleted or replaced meanwhile): nothing to do.
+        let Some((id, inbound)) = found else { return };
+        self.with_sa(id, now, crypto, |sa, ctx| {
+            if hard {
+                lifecycle::expire_child(sa, ctx, inbound, "hard lifetime reached");
+            } else {
+                lifecycle::soft_expire(sa, ctx, inbound, "soft lifetime reached");
+            }
+            Fate::Keep
+        });
+    }
+
+    // ---- time ------------------------------------------------------------
+
+    /// When `tick` must be called next, if ever.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.sas.values().filter_map(|sa| lifecycle::next_timeout(sa, &self.conns, &self.timing, self.now)).min()
+    }
+
+    /// Retransmit what is due, give up on silent peers, expire half-open
+    /// SAs, start what is owed.
+    pub fn tick(&mut self, now: u64, crypto: &mut dyn IkeCrypto) {
+        self.now = now;
+        let ids: Vec<u64> = self.sas.keys().copied().collect();
+        for id in ids {
+            self.with_sa(id, now, crypto, lifecycle::tick);
+        }
+    }
+
+    // ---- receiving -------------------------------------------------------
+
+    /// Process one IKE datagram.
+    pub fn handle_datagram(&mut self, now: u64, d: Datagram, crypto: &mut dyn IkeCrypto) {
+        self.now = now;
+        self.stats.rx += 1;
+        let h = match Packet::new_checked(&d.data[..]).and_then(|p| Header::parse(&p)) {
+            Ok(h) if h.length as usize == d.data.len() => h,
+            _ => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        if h.version >> 4 != 2 {
+            // Section 2.5: only a major version we do not speak gets
+            // INVALID_MAJOR_VERSION; we simply drop, as we keep no state.
+            self.stats.malformed += 1;
+            return;
+        }
+        if h.exchange == ExchangeType::IkeSaInit && !h.is_response() && h.spi_r == 0 && h.message_id == 0 {
+            return ike_sa_init::respond(&mut self.ctx(now, crypto), h, d);
+        }
+        let ours = if h.is_initiator() { h.spi_r } else { h.spi_i };
+        let Some(sa) = self.sas.get(&ours) else {
+            self.stats.unknown_spi += 1;
+            return;
+        };
+        let theirs_ok = if h.is_initiator() { h.spi_i == sa.spi_i } else { sa.spi_r == 0 || h.spi_r == sa.spi_r };
+        if !theirs_ok || h.is_initiator() == sa.initiator {
+            self.stats.unknown_spi += 1;
+            return;
+        }
+        self.with_sa(ours, now, crypto, |sa, ctx| {
+            if h.exchange == ExchangeType::IkeSaInit {
+                if sa.state == State::InitSent && h.is_response() {
+                    return ike_sa_init::response(sa, ctx, h, d);
+                }
+                ctx.stats.unexpected += 1;
+                return Fate::Keep;
+            }
+            if h.is_response() {
+                exchange::response_received(sa, ctx, h, d)
+            } else {
+                exchange::request_received(sa, ctx, h, d)
+            }
+        });
+    }
+}

@@ -1,0 +1,270 @@
+//! IKE_AUTH (RFC 7296 section 1.2): identities, pre-shared-key AUTH
+//! (section 2.15), INITIAL_CONTACT (section 2.4), the first CHILD SA, and
+//! AUTH_LIFETIME (RFC 4478).
+use wasmsec_wire::ike::{AuthMethod, ExchangeType, Header, Identification, NotifyType, Payload};
+
+use super::create_child;
+use super::payloads::{find_notify, first_error};
+use crate::crypto::CryptoError;
+use crate::ctx::{Ctx, Fate, jittered, notify_name};
+use crate::error::Error;
+use crate::identity::{Identity, Show};
+use crate::output::Datagram;
+use crate::proposal::{self, Kind};
+use crate::sa::lifecycle;
+use crate::sa::state::{IkeSa, PendingChild, State};
+
+/// A received PSK AUTH payload against the value we computed, in constant time.
+fn auth_ok(method: AuthMethod, expected: &Result<Vec<u8>, CryptoError>, got: &[u8]) -> bool {
+    method == AuthMethod::SharedKeyMic
+        && expected
+            .as_ref()
+            .is_ok_and(|e| e.len() == got.len() && e.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+}
+
+/// The AUTH_LIFETIME notify for our IKE_AUTH response, if we want the
+/// initiator to reauthenticate.
+fn auth_lifetime(ctx: &Ctx, conn: usize) -> Option<Payload> {
+    let t = ctx.conns[conn].cfg.reauth_time_ms;
+    (t > 0).then(|| Payload::notify(NotifyType::AuthLifetime, ((t / 1000).max(1) as u32).to_be_bytes().to_vec()))
+}
+
+/// As initiator: our IKE_AUTH request with the first CHILD SA.
+pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, PendingChild), Error> {
+    let c = &ctx.conns[sa.conn];
+    let Identity::Id(idi) = c.local_id.clone() else {
+        return Err(Error::failed("no local identity"));
+    };
+    let keys = sa.keys.ok_or_else(|| Error::failed("no keys"))?;
+    let psk = c.cfg.psk;
+    let auth = ctx
+        .crypto
+        .psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body())
+        .map_err(|e| Error::failed(format!("crypto operation failed: {e:?}")))?;
+    let spi = ctx.new_esp_spi();
+    let c = &ctx.conns[sa.conn];
+    let child = &c.children[0];
+    let mut ps = vec![Payload::IdI(idi)];
+    // Not when reauthenticating: the old IKE SA must live until the new
+    // one has its CHILD SAs (section 2.4).
+    if sa.replaces.is_none() {
+        ps.push(Payload::notify(NotifyType::InitialContact, Vec::new()));
+    }
+    if let Identity::Id(idr) = &c.remote_id {
+        ps.push(Payload::IdR(idr.clone()));
+    }
+    ps.push(Payload::Auth { method: AuthMethod::SharedKeyMic, data: auth });
+    ps.push(Payload::Sa(proposal::to_wire(&child.esp, Kind::Esp, &spi.to_be_bytes(), false)));
+    ps.push(Payload::TsI(child.local_ts.clone()));
+    ps.push(Payload::TsR(child.remote_ts.clone()));
+    sa.children_tried = vec![0];
+    let pending = PendingChild {
+        cfg: 0,
+        inbound_spi: spi,
+        local_ts: child.local_ts.clone(),
+        remote_ts: child.remote_ts.clone(),
+        nonce: None,
+        rekeys: None,
+        dh: None,
+        recreate: false,
+    };
+    let d = super::encrypted(sa, ctx, ExchangeType::IkeAuth, false, sa.window.next_mid, &ps)?;
+    Ok((d, pending))
+}
+
+/// Answer AUTHENTICATION_FAILED (or INVALID_SYNTAX) and drop the half-open SA.
+fn refuse(sa: &mut IkeSa, ctx: &mut Ctx, mid: u32, n: NotifyType, why: &str) -> Fate {
+    super::respond_encrypted(sa, ctx, ExchangeType::IkeAuth, mid, &[Payload::notify(n, Vec::new())]);
+    Fate::Drop(why.into())
+}
+
+/// As responder: the initiator's IKE_AUTH.
+pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>) -> Fate {
+    let id = sa.spi_r;
+    let mid = h.message_id;
+    let (mut idi, mut auth) = (None, None);
+    for p in &ps {
+        match p {
+            Payload::IdI(i) => idi = Some(i.clone()),
+            Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+            _ => {}
+        }
+    }
+    let (Some(idi), Some((method, auth))) = (idi, auth) else {
+        ctx.stats.malformed += 1;
+        return refuse(sa, ctx, mid, NotifyType::InvalidSyntax, "IKE_AUTH without IDi or AUTH");
+    };
+    // Pick the connection by identity among those matching the addresses.
+    if !ctx.conns[sa.conn].remote_id.matches(&idi) {
+        let suite = sa.suite;
+        let alt = ctx.conns.iter().position(|c| {
+            c.remote_id.matches(&idi)
+                && c.matches_addrs(&sa.local.addr, &sa.remote.addr)
+                && suite.is_some_and(|s| {
+                    let offer = [proposal::chosen_to_wire(&s, Kind::Ike, 1, &[])];
+                    proposal::check_answer(&offer, &c.ike, Kind::Ike, false).is_some()
+                })
+        });
+        match alt {
+            Some(c) => sa.conn = c,
+            None => {
+                ctx.stats.auth_failed += 1;
+                let want = ctx.conns[sa.conn].remote_id.to_string();
+                let msg = format!("peer identity {} does not match the configured remote id {want}", Show(&idi));
+                ctx.warn(sa.conn, msg);
+                return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED (identity)");
+            }
+        }
+    }
+    let conn = sa.conn;
+    let psk = ctx.conns[conn].cfg.psk;
+    let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
+    let expected = ctx.crypto.psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body());
+    if !auth_ok(method, &expected, &auth) {
+        ctx.stats.auth_failed += 1;
+        let method_note = if method != AuthMethod::SharedKeyMic {
+            format!(" (method {}, we expect PSK)", method.raw())
+        } else {
+            String::new()
+        };
+        let msg = format!(
+            "AUTH from {} ({}) does not verify{method_note}: wrong pre-shared key?",
+            Show(&idi),
+            sa.remote.addr
+        );
+        ctx.warn(conn, msg);
+        return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED");
+    }
+    let Identity::Id(our_id) = ctx.conns[conn].local_id.clone() else {
+        return Fate::Drop("no local identity".into());
+    };
+    let our_auth = match ctx.crypto.psk_auth(keys, psk, false, &sa.init.response, &sa.ni, &our_id.body()) {
+        Ok(a) => a,
+        Err(e) => return Fate::Drop(format!("AUTH computation failed: {e:?}")),
+    };
+    let mut out = vec![Payload::IdR(our_id), Payload::Auth { method: AuthMethod::SharedKeyMic, data: our_auth }];
+    out.extend(auth_lifetime(ctx, sa.conn));
+    let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+    // A second IKE SA from this peer without INITIAL_CONTACT: it is
+    // reauthenticating. Send on the new CHILD SA only once the old IKE SA
+    // is gone (or after a moment), as after a CHILD SA rekey.
+    let initial_contact = find_notify(&ps, NotifyType::InitialContact).is_some();
+    let defer = !initial_contact && ctx.has_twin(sa);
+    match create_child::accept(sa, ctx, &ps, &ni, &nr, true, defer) {
+        Ok(child_payloads) => out.extend(child_payloads),
+        Err(e) => {
+            // Section 1.2: the IKE SA stands even if the CHILD SA fails.
+            ctx.warn(conn, format!("CHILD_SA not created: {e}"));
+            if let Some((n, data)) = e.notify() {
+                out.push(Payload::notify(n, data));
+            }
+        }
+    }
+    sa.state = State::Established;
+    ctx.stats.ike_established += 1;
+    lifecycle::schedule_ike_rekey(sa, ctx);
+    lifecycle::schedule_reauth(sa, ctx);
+    ctx.dos.forget(id);
+    if initial_contact {
+        replace_old_sas(sa, ctx, &idi);
+    }
+    let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
+    let msg = format!(
+        "IKE_SA {id:016x} established with {} ({}:{}) as responder, {suite}",
+        Show(&idi),
+        sa.remote.addr,
+        sa.remote.port
+    );
+    ctx.info(conn, msg);
+    ctx.ike_up(sa);
+    super::respond_encrypted(sa, ctx, ExchangeType::IkeAuth, mid, &out);
+    Fate::Keep
+}
+
+/// INITIAL_CONTACT (section 2.4): the peer has no other IKE SAs with us,
+/// so ours with the same identity are stale.
+fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
+    let stale: Vec<u64> = ctx
+        .sas
+        .iter()
+        .filter(|(_, s)| s.conn == new.conn && s.remote.addr == new.remote.addr && s.established())
+        .map(|(k, _)| *k)
+        .collect();
+    for k in stale {
+        if let Some(old) = ctx.sas.remove(&k) {
+            lifecycle::drop_sa(old, ctx, &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)));
+        }
+    }
+}
+
+/// As initiator: the responder's IKE_AUTH answer.
+pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps: Vec<Payload>) -> Fate {
+    let id = sa.spi_i;
+    let conn = sa.conn;
+    let (mut idr, mut auth) = (None, None);
+    for p in &ps {
+        match p {
+            Payload::IdR(i) => idr = Some(i.clone()),
+            Payload::Auth { method, data } => auth = Some((*method, data.clone())),
+            _ => {}
+        }
+    }
+    let (Some(idr), Some((method, auth))) = (idr, auth) else {
+        let why = match first_error(&ps) {
+            Some(NotifyType::AuthenticationFailed) => {
+                ctx.stats.auth_failed += 1;
+                "peer answered AUTHENTICATION_FAILED: check the pre-shared key and both identities".to_string()
+            }
+            Some(n) => format!("peer answered {}", notify_name(n)),
+            None => {
+                ctx.stats.malformed += 1;
+                "IKE_AUTH response lacks IDr or AUTH".to_string()
+            }
+        };
+        return Fate::Drop(why);
+    };
+    let c = &ctx.conns[conn];
+    if !c.remote_id.matches(&idr) {
+        ctx.stats.auth_failed += 1;
+        return Fate::Drop(format!(
+            "peer identity {} does not match the configured remote id {}",
+            Show(&idr),
+            c.remote_id
+        ));
+    }
+    let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
+    let expected = ctx.crypto.psk_auth(keys, c.cfg.psk, false, &sa.init.response, &sa.ni, &idr.body());
+    if !auth_ok(method, &expected, &auth) {
+        ctx.stats.auth_failed += 1;
+        return Fate::Drop(format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr)));
+    }
+    sa.state = State::Established;
+    sa.auth_initiator = true;
+    ctx.stats.ike_established += 1;
+    lifecycle::schedule_ike_rekey(sa, ctx);
+    lifecycle::schedule_reauth(sa, ctx);
+    // RFC 4478: the responder wants a reauthentication within this many
+    // seconds; we start it a little earlier (up to 10 %).
+    if let Some(n) = find_notify(&ps, NotifyType::AuthLifetime).filter(|n| n.data.len() == 4) {
+        let secs = u64::from(u32::from_be_bytes([n.data[0], n.data[1], n.data[2], n.data[3]]));
+        let at = ctx.now + jittered(secs.max(1) * 1000, sa.our_spi().rotate_left(17));
+        sa.reauth_at = if sa.reauth_at == 0 { at } else { sa.reauth_at.min(at) };
+    }
+    let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
+    let msg = format!(
+        "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
+        Show(&idr),
+        sa.remote.addr,
+        sa.remote.port
+    );
+    ctx.info(conn, msg);
+    ctx.ike_up(sa);
+    let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+    if let Err(e) = create_child::complete(sa, ctx, pending, &ps, &ni, &nr, true) {
+        ctx.warn(conn, format!("CHILD_SA not created: {e}"));
+    }
+    if sa.established() && sa.request.is_none() {
+        create_child::create_next(sa, ctx);
+    }
+    Fate::Keep
+}

@@ -1,0 +1,148 @@
+//! What the engine hands the host, in three queues (quinn-proto's
+//! `poll_transmit` / `poll_endpoint_events` split): datagrams to send, SA
+//! changes for the data plane, and events for the log and the admin view.
+//! The host applies SA changes before it sends the datagrams of the same
+//! call, so an inbound SA is in place before the answer that lets the peer
+//! use it leaves.
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use wasmsec_wire::ike::TrafficSelector as Ts;
+
+use crate::crypto::{ChildSuite, Handle};
+
+/// A UDP endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+pub const IKE_PORT: u16 = 500;
+pub const NAT_T_PORT: u16 = 4500;
+
+/// An IKE datagram (without the non-ESP marker on port 4500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub data: Vec<u8>,
+}
+
+/// Something to put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    Datagram(Datagram),
+    /// A NAT keepalive (one 0xFF byte, RFC 3948 section 2.3) on this path.
+    Keepalive {
+        local: Endpoint,
+        remote: Endpoint,
+    },
+}
+
+/// Volume limits for the data plane, per SA (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub soft_bytes: u64,
+    pub soft_packets: u64,
+    pub hard_bytes: u64,
+    pub hard_packets: u64,
+}
+
+/// A CHILD SA to install in the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSa {
+    pub connection: String,
+    pub child: String,
+    /// Our IKE SPI of the IKE SA this CHILD SA belongs to.
+    pub ike_spi: u64,
+    pub inbound_spi: u32,
+    pub outbound_spi: u32,
+    pub inbound_key: Handle,
+    pub outbound_key: Handle,
+    pub suite: ChildSuite,
+    pub local_ts: Vec<Ts>,
+    pub remote_ts: Vec<Ts>,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    /// ESP in UDP (RFC 3948) to the peer's port 4500.
+    pub encap: bool,
+    /// Install only the inbound SA now; the outbound one waits for
+    /// [`SaChange::ActivateOutbound`] (the responder of a rekey must not
+    /// send on the new SA before the initiator can receive on it, section 2.8).
+    pub outbound_deferred: bool,
+    /// Volume lifetimes; passing one is reported with `Engine::child_expired`.
+    pub limits: Limits,
+}
+
+/// A change to the data plane's SAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaChange {
+    Install(ChildSa),
+    /// Start sending on the deferred outbound SA with this SPI.
+    ActivateOutbound {
+        outbound_spi: u32,
+    },
+    /// The peer now sends from `remote` (its NAT mapping changed): the ESP
+    /// of these outbound SAs must go there too.
+    PeerMoved {
+        outbound_spis: Vec<u32>,
+        remote: Endpoint,
+    },
+    /// The CHILD SA is gone: stop sending on it at once; keep accepting on
+    /// its inbound half for `keep_inbound_ms` more (packets the peer sent
+    /// before it processed the DELETE may still be on the way).
+    Delete {
+        ike_spi: u64,
+        inbound_spi: u32,
+        outbound_spi: u32,
+        inbound_key: Handle,
+        outbound_key: Handle,
+        keep_inbound_ms: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+}
+
+/// Something that happened, for the log and the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An IKE SA came up: connection, our SPI, the negotiated proposal
+    /// (strongSwan's names), our role and the path.
+    IkeUp {
+        connection: String,
+        ike_spi: u64,
+        proposal: String,
+        initiator: bool,
+        local: Endpoint,
+        remote: Endpoint,
+    },
+    /// An IKE SA is gone.
+    IkeDown {
+        connection: String,
+        ike_spi: u64,
+    },
+    Log {
+        level: Level,
+        connection: String,
+        message: String,
+    },
+}
+
+/// The three queues.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    pub transmits: VecDeque<Transmit>,
+    pub sa_changes: VecDeque<SaChange>,
+    pub events: VecDeque<Event>,
+}
+
+impl Output {
+    pub fn log(&mut self, level: Level, connection: &str, message: String) {
+        self.events.push_back(Event::Log { level, connection: connection.to_string(), message });
+    }
+}

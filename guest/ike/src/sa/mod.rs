@@ -1,0 +1,4 @@
+//! IKE SAs: their state, their CHILD SAs, and their life over time.
+pub(crate) mod child;
+pub(crate) mod lifecycle;
+pub(crate) mod state;

@@ -1,0 +1,277 @@
+//! An IKE SA's state: plain data and small accessors. The exchange in
+//! flight is one enum ([`InFlight`]) carrying what its answer needs (the
+//! CHILD SA we proposed, our half of an IKE rekey).
+use wasmsec_wire::ike::{DhGroup, TrafficSelector as Ts};
+
+use crate::crypto::{ChildKeys, Handle};
+use crate::output::{Datagram, Endpoint};
+use crate::proposal::Chosen;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent,
+    /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH.
+    InitDone,
+    /// Initiator: IKE_AUTH sent.
+    AuthSent,
+    Established,
+    /// DELETE for the IKE SA sent.
+    Deleting,
+}
+
+/// A CHILD SA we proposed and wait to hear about.
+#[derive(Debug)]
+pub(crate) struct PendingChild {
+    pub cfg: usize,
+    pub inbound_spi: u32,
+    pub local_ts: Vec<Ts>,
+    pub remote_ts: Vec<Ts>,
+    /// Nonce of a CREATE_CHILD_SA request.
+    pub nonce: Option<Vec<u8>>,
+    /// The inbound SPI of the CHILD SA this one replaces (a rekey).
+    pub rekeys: Option<u32>,
+    /// Our DH value and its group for PFS (KE in CREATE_CHILD_SA, section 1.3.1).
+    pub dh: Option<(Handle, DhGroup)>,
+    /// Creating anew a CHILD SA whose predecessor expired: retried if refused.
+    pub recreate: bool,
+}
+
+/// Our rekey of the IKE SA (section 1.3.2): the new SA's SPI, our DH value
+/// and its group, our nonce.
+#[derive(Debug)]
+pub(crate) struct IkeRekey {
+    pub new_spi: u64,
+    pub dh: Handle,
+    pub group: DhGroup,
+    pub nonce: Vec<u8>,
+}
+
+/// The request of ours that awaits its response (one at a time, section 2.3).
+#[derive(Debug)]
+pub(crate) enum InFlight {
+    Init,
+    /// IKE_AUTH, with the first CHILD SA.
+    Auth(PendingChild),
+    CreateChild(PendingChild),
+    RekeyIke(IkeRekey),
+    DeleteIke,
+    /// DELETE of the CHILD SA with this inbound SPI (after a rekey).
+    DeleteChild(u32),
+    /// DELETE of the CHILD SAs in `owed.delete_queue` (hard lifetime).
+    DeleteExpired,
+    Liveness,
+}
+
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub exchange: InFlight,
+    pub mid: u32,
+    pub datagram: Datagram,
+    pub tries: u32,
+    pub next_at: u64,
+}
+
+/// An installed CHILD SA.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub cfg: usize,
+    pub inbound_spi: u32,
+    pub outbound_spi: u32,
+    pub keys: ChildKeys,
+    pub local_ts: Vec<Ts>,
+    pub remote_ts: Vec<Ts>,
+    /// When to rekey (0: not by us, or already under way).
+    pub rekey_at: u64,
+    /// Hard lifetime: when the SA is deleted if still here (0: never).
+    pub expire_at: u64,
+    /// A rekey made a successor; this SA only waits for its DELETE.
+    pub replaced: bool,
+}
+
+/// Message IDs and the response cache (sections 2.1, 2.2).
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    pub next_mid: u32,
+    pub peer_next_mid: u32,
+    pub last_response: Option<(u32, Datagram)>,
+}
+
+/// RealMessage1 and RealMessage2 (section 2.15), and a COOKIE to repeat.
+#[derive(Debug, Default)]
+pub(crate) struct InitMessages {
+    pub request: Vec<u8>,
+    pub response: Vec<u8>,
+    pub cookie: Option<Vec<u8>>,
+}
+
+/// A simultaneous rekey seen from this SA (sections 2.8.1, 2.8.2): the
+/// other side's exchange and its nonces, for the tie-break.
+#[derive(Debug, Clone)]
+pub(crate) struct Collision<T> {
+    /// Ours: the inbound SPI of the CHILD SA both rekey; or our SPI of the
+    /// peer's new IKE SA.
+    pub what: T,
+    pub their_ni: Vec<u8>,
+    pub our_nr: Vec<u8>,
+}
+
+/// Exchanges this IKE SA owes as soon as it is idle.
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    /// CHILD SAs past their hard lifetime, gone here already, that the peer
+    /// must be told about: (inbound SPI, outbound SPI, DELETE sent).
+    pub delete_queue: Vec<(u32, u32, bool)>,
+    /// Delete this IKE SA as soon as no exchange of ours is in flight.
+    pub close: bool,
+    /// CHILD configs to create again (their SA expired before a rekey), not
+    /// before `recreate_at`.
+    pub recreate: Vec<usize>,
+    pub recreate_at: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct IkeSa {
+    pub conn: usize,
+    pub initiator: bool,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub state: State,
+    pub suite: Option<Chosen>,
+    pub keys: Option<Handle>,
+    /// Initiator, before IKE_SA_INIT is answered: our DH value.
+    pub dh: Option<Handle>,
+    pub dh_group: DhGroup,
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub init: InitMessages,
+    pub nat_local: bool,
+    pub nat_remote: bool,
+    pub window: Window,
+    pub request: Option<Request>,
+    pub children: Vec<Child>,
+    /// CHILD configs already requested on this IKE SA (initiator).
+    pub children_tried: Vec<usize>,
+    /// Rekeyed outbound SAs waiting for the old SA's DELETE (or a deadline).
+    pub deferred: Vec<(u32, u64)>,
+    /// When to rekey the IKE SA (0: not by us, or under way).
+    pub rekey_ike_at: u64,
+    /// The peer rekeyed a CHILD SA we are rekeying too (section 2.8.1).
+    pub collision: Option<Collision<u32>>,
+    /// The peer rekeyed this IKE SA while we were rekeying it (section 2.8.2).
+    pub ike_collision: Option<Collision<u64>>,
+    pub owed: Owed,
+    /// The peer's half of a simultaneous IKE rekey that lost: the peer
+    /// should delete it; if it has not by then (it may have lost track when
+    /// messages were lost), we do.
+    pub redundant_at: u64,
+    /// When to reauthenticate (0: not by us, or under way). On the side
+    /// that did not send IKE_AUTH: when the peer must have reauthenticated
+    /// (RFC 4478 AUTH_LIFETIME), else the IKE SA is deleted.
+    pub reauth_at: u64,
+    /// We sent the IKE_AUTH request of the authentication this IKE SA stems
+    /// from (kept across rekeys): only that side reauthenticates, so the two
+    /// ends never replace the same IKE SA twice.
+    pub auth_initiator: bool,
+    /// Reauthentication: the IKE SA (our SPI) this one replaces once its
+    /// CHILD SAs are up.
+    pub replaces: Option<u64>,
+    pub created_at: u64,
+    /// Last time an authentic message came from the peer.
+    pub last_rx: u64,
+    pub next_keepalive: u64,
+}
+
+impl IkeSa {
+    /// A new IKE SA with nothing negotiated yet; callers set what they know.
+    pub fn fresh(conn: usize, local: Endpoint, remote: Endpoint, now: u64) -> IkeSa {
+        IkeSa {
+            conn,
+            initiator: false,
+            spi_i: 0,
+            spi_r: 0,
+            local,
+            remote,
+            state: State::InitSent,
+            suite: None,
+            keys: None,
+            dh: None,
+            dh_group: DhGroup::None,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            init: InitMessages::default(),
+            nat_local: false,
+            nat_remote: false,
+            window: Window::default(),
+            request: None,
+            children: Vec::new(),
+            children_tried: Vec::new(),
+            deferred: Vec::new(),
+            rekey_ike_at: 0,
+            collision: None,
+            ike_collision: None,
+            owed: Owed::default(),
+            redundant_at: 0,
+            reauth_at: 0,
+            auth_initiator: false,
+            replaces: None,
+            created_at: now,
+            last_rx: now,
+            next_keepalive: 0,
+        }
+    }
+
+    pub fn our_spi(&self) -> u64 {
+        if self.initiator { self.spi_i } else { self.spi_r }
+    }
+
+    /// ESP in UDP: forced, or a NAT on either side (section 2.23).
+    pub fn encap(&self, force: bool) -> bool {
+        force || self.nat_local || self.nat_remote
+    }
+
+    pub fn established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// Our CHILD SA rekey in flight: the inbound SPI of the SA it replaces.
+    pub fn rekeying_child(&self) -> Option<u32> {
+        match &self.request {
+            Some(Request { exchange: InFlight::CreateChild(p), .. }) => p.rekeys,
+            _ => None,
+        }
+    }
+
+    /// Our rekey of this IKE SA is in flight.
+    pub fn rekeying_ike(&self) -> bool {
+        matches!(self.request, Some(Request { exchange: InFlight::RekeyIke(_), .. }))
+    }
+
+    /// The DELETE of the CHILD SA with this inbound SPI is in flight.
+    pub fn deleting_child(&self, inbound: u32) -> bool {
+        matches!(self.request, Some(Request { exchange: InFlight::DeleteChild(x), .. }) if x == inbound)
+    }
+
+    pub fn child(&self, inbound: u32) -> Option<&Child> {
+        self.children.iter().find(|c| c.inbound_spi == inbound)
+    }
+
+    pub fn child_mut(&mut self, inbound: u32) -> Option<&mut Child> {
+        self.children.iter_mut().find(|c| c.inbound_spi == inbound)
+    }
+
+    /// The DH values this SA holds (the IKE_SA_INIT one, and those of the
+    /// exchange in flight: PFS, IKE rekey), taken for destruction with the
+    /// exchange in flight.
+    pub fn take_dh_values(&mut self) -> Vec<Handle> {
+        let mut v: Vec<Handle> = self.dh.take().into_iter().collect();
+        match self.request.take().map(|r| r.exchange) {
+            Some(InFlight::RekeyIke(r)) => v.push(r.dh),
+            Some(InFlight::CreateChild(p) | InFlight::Auth(p)) => v.extend(p.dh.map(|d| d.0)),
+            _ => {}
+        }
+        v
+    }
+}

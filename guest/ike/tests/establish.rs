@@ -1,0 +1,243 @@
+//! IKE_SA_INIT and IKE_AUTH with every algorithm, retransmission, the response cache, refusals with their notifies, several CHILD SAs, DELETE, a silent peer, and a corpus of malformed input.
+mod harness;
+
+use harness::*;
+
+#[test]
+fn every_algorithm_combination_establishes() {
+    let encrs = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha384", "aes256-sha512"];
+    let prfs = ["prfsha256", "prfsha384", "prfsha512"];
+    let dhs = ["x25519", "ecp256", "ecp384", "modp2048"];
+    let esps = ["aes128gcm16", "aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes256-sha512"];
+    let mut n = 0;
+    for e in encrs {
+        for p in prfs {
+            for d in dhs {
+                let ike = format!("{e}-{p}-{d}");
+                let esp = esps[n % esps.len()];
+                n += 1;
+                let conf = Conf { ike: &ike, esp, ..Default::default() };
+                let (a, b) = connect(&conf, &conf, &mut all);
+                assert_eq!((a.up, b.up), (1, 1), "{ike}: {:?} {:?}", a.logs, b.logs);
+                assert_child_pair(&a, &b);
+                assert_eq!(a.engine.established(), (1, 1));
+                assert_eq!(b.engine.established(), (1, 1));
+            }
+        }
+    }
+    assert_eq!(n, 72);
+}
+
+#[test]
+fn lost_requests_are_retransmitted() {
+    // Drop the first IKE_SA_INIT and the first IKE_AUTH request.
+    let mut keep = |n: usize, _: &Datagram| n != 0 && n != 3;
+    let (a, b) = connect(&Conf::default(), &Conf::default(), &mut keep);
+    assert_eq!((a.up, b.up), (1, 1));
+    assert_child_pair(&a, &b);
+    assert_eq!(a.engine.stats().retransmits, 2);
+}
+
+#[test]
+fn lost_responses_are_replayed_from_cache() {
+    // Drop the IKE_SA_INIT response and the IKE_AUTH response: the
+    // initiator retransmits, the responder answers from its cache and does
+    // not process anything twice.
+    let mut keep = |n: usize, _: &Datagram| n != 1 && n != 5;
+    let (a, b) = connect(&Conf::default(), &Conf::default(), &mut keep);
+    assert_eq!((a.up, b.up), (1, 1), "{:?} {:?}", a.logs, b.logs);
+    assert_child_pair(&a, &b);
+    assert_eq!(b.engine.stats().replayed_responses, 2);
+    assert_eq!(b.engine.ike_sa_count(), 1);
+}
+
+#[test]
+fn duplicated_messages_change_nothing() {
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf::default());
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    a.drain();
+    let init = a.outbox.remove(0);
+    b.deliver(0, init.clone());
+    b.deliver(0, init.clone());
+    assert_eq!(b.outbox.len(), 2);
+    assert_eq!(b.outbox[0].data, b.outbox[1].data, "same response twice");
+    assert_eq!(b.engine.ike_sa_count(), 1);
+    let resp = b.outbox.remove(0);
+    b.outbox.clear();
+    a.deliver(0, resp.clone());
+    a.deliver(0, resp); // a duplicate response is ignored
+    assert_eq!(a.outbox.len(), 1);
+    let auth = a.outbox.remove(0);
+    b.deliver(0, auth.clone());
+    b.deliver(0, auth);
+    assert_eq!(b.installed.len(), 1);
+    assert_eq!(b.outbox.len(), 2);
+    assert_eq!(b.engine.stats().replayed_responses, 2);
+}
+
+#[test]
+fn wrong_psk_gives_authentication_failed() {
+    let (a, b) = connect(&Conf::default(), &Conf { psk: "another-psk", ..Default::default() }, &mut all);
+    assert_eq!((a.up, b.up), (0, 0));
+    assert!(a.installed.is_empty() && b.installed.is_empty());
+    assert_eq!(b.engine.stats().auth_failed, 1);
+    assert_eq!(a.engine.stats().auth_failed, 1);
+    assert!(a.log_has("AUTHENTICATION_FAILED"), "{:?}", a.logs);
+    assert!(b.log_has("wrong pre-shared key"), "{:?}", b.logs);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+    assert!(a.crypto.vault.len() <= 1 && b.crypto.vault.len() <= 1, "only the PSKs remain");
+}
+
+#[test]
+fn unacceptable_selectors_give_ts_unacceptable() {
+    let a_conf = Conf { local_ts: &["10.1.0.0/16"], remote_ts: &["10.2.0.0/16"], ..Default::default() };
+    let (a, b) = connect(&a_conf, &Conf::default(), &mut all);
+    assert_eq!((a.up, b.up), (1, 1), "the IKE SA stands");
+    assert!(a.installed.is_empty() && b.installed.is_empty());
+    assert_eq!(b.engine.stats().ts_unacceptable, 1);
+    assert!(a.log_has("TS_UNACCEPTABLE"), "{:?}", a.logs);
+    assert!(b.log_has("peer proposed TSi 10.1.0.0/16 TSr 10.2.0.0/16"), "{:?}", b.logs);
+}
+
+#[test]
+fn responder_narrows_selectors() {
+    let a_conf = Conf { local_ts: &["198.18.0.0/16"], remote_ts: &["198.18.0.0/16"], ..Default::default() };
+    let (a, b) = connect(&a_conf, &Conf::default(), &mut all);
+    assert_child_pair(&a, &b);
+    assert_eq!(wasmsec_ike::ts::show_all(&a.installed[0].local_ts), "198.18.1.0/24");
+    assert_eq!(wasmsec_ike::ts::show_all(&a.installed[0].remote_ts), "198.18.2.0/24");
+}
+
+#[test]
+fn invalid_ke_payload_is_retried_with_the_requested_group() {
+    let a_conf = Conf { ike: "aes256gcm16-prfsha256-x25519-ecp384", ..Default::default() };
+    let b_conf = Conf { ike: "aes256gcm16-prfsha256-ecp384", ..Default::default() };
+    let (a, b) = connect(&a_conf, &b_conf, &mut all);
+    assert_eq!((a.up, b.up), (1, 1), "{:?} {:?}", a.logs, b.logs);
+    assert!(a.log_has("INVALID_KE_PAYLOAD"));
+    assert_child_pair(&a, &b);
+}
+
+#[test]
+fn no_common_proposal_gives_no_proposal_chosen() {
+    let (a, b) = connect(&Conf::default(), &Conf { ike: "aes128-sha512-modp2048", ..Default::default() }, &mut all);
+    assert_eq!((a.up, b.up), (0, 0));
+    assert!(
+        b.log_has("peer 198.18.0.1 offered aes256gcm16-prfsha256-x25519, we accept aes128-prfsha512-sha512-modp2048"),
+        "{:?}",
+        b.logs
+    );
+    assert!(a.log_has("NO_PROPOSAL_CHOSEN"), "{:?}", a.logs);
+    let (a, b) = connect(&Conf::default(), &Conf { esp: "chacha20poly1305", ..Default::default() }, &mut all);
+    assert_eq!((a.up, b.up), (1, 1));
+    assert!(a.installed.is_empty() && b.installed.is_empty());
+    assert!(a.log_has("NO_PROPOSAL_CHOSEN"));
+}
+
+#[test]
+fn several_child_sas_per_ike_sa() {
+    let extra: (&[&str], &[&str]) = (&["10.1.0.0/16"], &["10.2.0.0/16"]);
+    let conf = Conf { extra_child: Some(extra), ..Default::default() };
+    let (a, b) = connect(&conf, &conf, &mut all);
+    assert_eq!(a.installed.len(), 2, "{:?}", a.logs);
+    assert_eq!(b.installed.len(), 2, "{:?}", b.logs);
+    assert_eq!(a.engine.established(), (1, 2));
+    let extra_a = a.installed.iter().find(|c| c.child == "extra").unwrap();
+    let extra_b = b.installed.iter().find(|c| c.child == "extra").unwrap();
+    assert_eq!(a.crypto.esp[&extra_a.outbound_key], b.crypto.esp[&extra_b.inbound_key]);
+    assert_ne!(a.crypto.esp[&extra_a.outbound_key], a.crypto.esp[&a.installed[0].outbound_key]);
+}
+
+#[test]
+fn delete_tears_down_both_sides_without_leaks() {
+    let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+    a.engine.terminate(1000, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 10_000, &mut all);
+    assert_eq!((a.down, b.down), (1, 1));
+    assert_eq!((a.deleted, b.deleted), (1, 1));
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1), "only the PSK is left");
+}
+
+#[test]
+fn silent_peer_times_out() {
+    let mut none = |_: usize, _: &Datagram| false;
+    let (a, _b) = connect(&Conf::default(), &Conf::default(), &mut none);
+    assert_eq!(a.engine.ike_sa_count(), 0);
+    assert_eq!(a.engine.stats().retransmits, 5);
+    assert!(a.log_has("did not answer after 6 transmissions"));
+}
+
+/// Malformed IKE input never panics and is counted or answered.
+#[test]
+fn malformed_corpus() {
+    let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+    // A real IKE_SA_INIT request to mutate.
+    let mut c = side(A, B, &Conf::default());
+    c.engine.initiate(0, "site", &mut c.crypto).unwrap();
+    c.drain();
+    let init = c.outbox.remove(0).data;
+    let before = b.engine.stats();
+    let mut corpus: Vec<Vec<u8>> = Vec::new();
+    for n in 0..init.len() {
+        corpus.push(init[..n].to_vec()); // truncated
+    }
+    for i in 0..init.len() {
+        let mut m = init.clone();
+        m[i] ^= 0xff; // every byte corrupted once
+        corpus.push(m);
+    }
+    let mut bad_len = init.clone();
+    bad_len[24..28].copy_from_slice(&9999u32.to_be_bytes());
+    corpus.push(bad_len);
+    // Unknown critical payload appended.
+    let mut m = Message::parse(&init).unwrap();
+    m.payloads.push(Payload::Unknown { kind: PayloadType::Unknown(222), critical: true, body: vec![1, 2, 3] });
+    m.header.spi_i ^= 1;
+    corpus.push(m.emit());
+    // Wrong SPI on an encrypted exchange.
+    let mut wrong = init.clone();
+    wrong[18] = ExchangeType::Informational.raw();
+    wrong[8..16].copy_from_slice(&[9; 8]);
+    corpus.push(wrong);
+    let mut seed = 7u32;
+    for len in [0usize, 1, 27, 28, 29, 100, 500] {
+        let mut r = vec![0u8; len];
+        for x in r.iter_mut() {
+            seed = seed.wrapping_mul(1103515245).wrapping_add(12345);
+            *x = (seed >> 16) as u8;
+        }
+        corpus.push(r);
+    }
+    for d in &corpus {
+        b.deliver(
+            5,
+            Datagram {
+                local: Endpoint { addr: A, port: 500 },
+                remote: Endpoint { addr: B, port: 500 },
+                data: d.clone(),
+            },
+        );
+    }
+    let after = b.engine.stats();
+    assert!(after.malformed > before.malformed + 50, "{after:?}");
+    assert!(after.unknown_spi > before.unknown_spi);
+    // The unknown critical payload was answered with UNSUPPORTED_CRITICAL_PAYLOAD.
+    let answered = b.outbox.iter().any(|d| {
+        Message::parse(&d.data).is_ok_and(|m| m.payloads.iter().any(|p| matches!(p, Payload::Notify(n) if n.kind == NotifyType::UnsupportedCriticalPayload && n.data == [222])))
+    });
+    assert!(answered);
+    // The established tunnel is unaffected.
+    b.outbox.clear();
+    assert_eq!(b.engine.established(), (1, 1));
+    // And tampered encrypted traffic is an integrity failure, not a crash.
+    a.engine.terminate(10, "site", &mut a.crypto).unwrap();
+    a.drain();
+    let mut del = a.outbox.remove(0);
+    let n = del.data.len();
+    del.data[n - 1] ^= 1;
+    b.deliver(10, del);
+    assert_eq!(b.engine.stats().integrity_failed, 1);
+    assert_eq!(b.engine.established(), (1, 1));
+}

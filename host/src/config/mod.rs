@@ -1,0 +1,145 @@
+//! The configuration file (TOML), read once into typed values
+//! ([`values`]): unknown keys and bad values are errors that name the file,
+//! the line and the key.
+//!
+//! ```toml
+//! [tunnel]
+//! name = "wsec0"            # TUN device
+//! mtu = 1400
+//!
+//! [network]
+//! listen = "198.18.0.2"     # local address for UDP 4500 (and raw ESP)
+//!
+//! [[manual]]                # one static (manually keyed) tunnel
+//! name = "to-gwa"
+//! remote_address = "198.18.0.1"
+//! encapsulation = "udp"     # or "none": raw ESP, IP protocol 50
+//! algorithm = "aes256gcm16"
+//! local_ts = ["198.18.2.0/24"]
+//! remote_ts = ["198.18.1.0/24"]
+//! out_spi = "0xc0000001"
+//! out_key = "file:/etc/wasmsec/to-gwa.out.key"
+//! in_spi = "0xc0000002"
+//! in_key = "env:WASMSEC_TO_GWA_IN_KEY"
+//! ```
+pub mod sections;
+pub mod values;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use sections::{
+    Child, Connection, Control, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike, Manual,
+    Network, Runtime, StartAction, Tunnel,
+};
+pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub tunnel: Tunnel,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub manual: Vec<Manual>,
+    #[serde(default)]
+    pub control: Control,
+    #[serde(default)]
+    pub ike: Ike,
+    /// IKEv2 connections (swanctl.conf's `connections`).
+    #[serde(default)]
+    pub connection: Vec<Connection>,
+}
+
+/// A configuration error, naming the file (and the line, where it can).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub msg: String,
+}
+
+/// "line N: " for a byte offset into the file's text.
+fn line_of(text: &str, at: usize) -> String {
+    format!("line {}: ", text[..at.min(text.len())].matches('\n').count() + 1)
+}
+
+/// A check across values: its message and where in the file it applies.
+struct Problem {
+    at: Option<usize>,
+    msg: String,
+}
+
+fn problem<T>(at: &Spanned<T>, msg: String) -> Problem {
+    Problem { at: Some(at.span().start), msg }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.display().to_string(), msg: e.to_string() })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |at: Option<usize>, msg: String| ConfigError {
+            file: file.to_string(),
+            msg: format!("{}{msg}", at.map(|a| line_of(text, a)).unwrap_or_default()),
+        };
+        let c: Config = toml::from_str(text).map_err(|e| err(e.span().map(|s| s.start), e.message().to_string()))?;
+        c.validate().map_err(|p| err(p.at, p.msg))?;
+        Ok(c)
+    }
+
+    /// What a single value cannot say about itself.
+    fn validate(&self) -> Result<(), Problem> {
+        let whole = |msg: String| Problem { at: None, msg };
+        if self.tunnel.name.is_empty() || self.tunnel.name.len() > 15 {
+            return Err(whole(format!("tunnel.name {:?} must be 1-15 bytes", self.tunnel.name)));
+        }
+        if !(576..=9000).contains(&self.tunnel.mtu) {
+            return Err(whole(format!("tunnel.mtu {} must be 576-9000", self.tunnel.mtu)));
+        }
+        if !(1..=256).contains(&self.runtime.batch) {
+            return Err(whole(format!("runtime.batch {} must be 1-256", self.runtime.batch)));
+        }
+        let mut names = HashSet::new();
+        let mut spis = HashSet::new();
+        for m in &self.manual {
+            let at = format!("manual {:?}", m.name.get_ref());
+            if !names.insert(m.name.get_ref()) {
+                return Err(problem(&m.name, format!("{at}: name used twice")));
+            }
+            if !spis.insert(("in", m.in_spi)) {
+                return Err(problem(&m.name, format!("{at}: in_spi {:#x} used by two tunnels", m.in_spi.0)));
+            }
+            if !spis.insert(("out", m.out_spi)) {
+                return Err(problem(&m.name, format!("{at}: out_spi {:#x} used by two tunnels", m.out_spi.0)));
+            }
+        }
+        let mut conn_names = HashSet::new();
+        for c in &self.connection {
+            let at = format!("connection {:?}", c.name.get_ref());
+            if !conn_names.insert(c.name.get_ref()) {
+                return Err(problem(&c.name, format!("{at}: name used twice")));
+            }
+            if c.start_action != StartAction::None && c.remote_addrs.is_empty() {
+                let msg = format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action);
+                return Err(problem(&c.name, msg));
+            }
+            if c.children.is_empty() {
+                return Err(problem(&c.name, format!("{at}: needs at least one [[connection.children]]")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,312 @@
+//! The config file's sections: tunnel, network, runtime, control, IKE
+//! settings, manual tunnels and IKEv2 connections with their CHILD SAs.
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{self, Identity, KeySource, Prefix, Proposals, Spi};
+use crate::keys::EspAlgorithm;
+
+/// The local admin socket (`wasmsec ctl`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket path; none by default.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+}
+
+/// IKE daemon settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ike {
+    /// Append every IKE SA's keys to this file as Wireshark
+    /// `ikev2_decryption_table` lines. This discloses secrets: debugging only.
+    #[serde(default)]
+    pub keylog: Option<PathBuf>,
+    /// Append every CHILD SA's keys (both directions) to this file as
+    /// Wireshark `esp_sa` lines. This discloses secrets: debugging only.
+    #[serde(default)]
+    pub esp_keylog: Option<PathBuf>,
+}
+
+/// When a connection comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAction {
+    /// Wait for the peer or `wasmsec ctl initiate`.
+    #[default]
+    None,
+    /// Initiate when the daemon starts.
+    Start,
+    /// Initiate when traffic for the connection's selectors arrives.
+    Trap,
+}
+
+/// An IKEv2 connection with pre-shared-key authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    pub name: Spanned<String>,
+    /// Our addresses (default: any).
+    #[serde(default)]
+    pub local_addrs: Vec<IpAddr>,
+    /// The peer's addresses; empty or `%any` means any (responder only).
+    #[serde(default, deserialize_with = "values::any_or_addrs")]
+    pub remote_addrs: Vec<IpAddr>,
+    /// Our identity, strongSwan syntax (`gw.example.com`, `user@example.com`,
+    /// an address, `keyid:#hex`, `keyid:text`, `C=.., O=.., CN=..`).
+    pub local_id: Identity,
+    /// The identity we require of the peer (default `%any`).
+    #[serde(default = "Identity::any")]
+    pub remote_id: Identity,
+    /// The pre-shared key: `file:PATH` or `env:NAME`; the text is the key
+    /// (a `0x` prefix means hex).
+    pub psk: KeySource,
+    /// IKE proposals, strongSwan syntax.
+    #[serde(default = "default_ike_proposals")]
+    pub proposals: Proposals<false>,
+    #[serde(default)]
+    pub start_action: StartAction,
+    /// Always encapsulate ESP in UDP, NAT or not.
+    #[serde(default)]
+    pub encap: bool,
+    /// Seconds between NAT keepalives when we are behind a NAT (0: off).
+    #[serde(default = "default_keepalive")]
+    pub keepalive: u32,
+    /// Seconds without hearing from the peer before a liveness check (0: off).
+    #[serde(default)]
+    pub dpd_delay: u32,
+    /// What to do when the peer is found dead.
+    #[serde(default)]
+    pub dpd_action: DpdAction,
+    /// Seconds after which we rekey the IKE SA (0: only answer the peer's rekeys).
+    #[serde(default = "default_ike_rekey_time")]
+    pub rekey_time: u32,
+    /// Seconds after which we reauthenticate: a new IKE SA from scratch, new
+    /// CHILD SAs, then the old IKE SA is deleted (0: never).
+    #[serde(default)]
+    pub reauth_time: u32,
+    pub children: Vec<Child>,
+}
+
+/// A CHILD SA of a connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Child {
+    pub name: String,
+    #[serde(deserialize_with = "values::prefixes")]
+    pub local_ts: Vec<Prefix>,
+    #[serde(deserialize_with = "values::prefixes")]
+    pub remote_ts: Vec<Prefix>,
+    /// ESP proposals, strongSwan syntax.
+    #[serde(default = "default_esp_proposals")]
+    pub esp_proposals: Proposals<true>,
+    /// Seconds after which we rekey the CHILD SA (0: only answer the peer's rekeys).
+    #[serde(default = "default_child_rekey_time")]
+    pub rekey_time: u32,
+    /// Rekey after this many bytes / packets through either SA of the pair (0: no limit).
+    #[serde(default)]
+    pub rekey_bytes: u64,
+    #[serde(default)]
+    pub rekey_packets: u64,
+    /// Hard lifetimes: delete (and create anew) a CHILD SA that no rekey
+    /// replaced by then (0: 110 % of the matching rekey limit; by time at
+    /// least the retransmission span, about 63 s, above `rekey_time`).
+    #[serde(default)]
+    pub life_time: u32,
+    #[serde(default)]
+    pub life_bytes: u64,
+    #[serde(default)]
+    pub life_packets: u64,
+}
+
+/// What dead peer detection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpdAction {
+    /// Delete the SAs (routes stay, so traffic is dropped, not leaked).
+    #[default]
+    Clear,
+    /// Delete the SAs and initiate again.
+    Restart,
+    /// Delete the SAs and initiate again when traffic for the connection
+    /// arrives (as `start_action = "trap"`).
+    Hold,
+}
+
+/// strongSwan's defaults: IKE SAs rekeyed every 4 hours, CHILD SAs hourly.
+fn default_ike_rekey_time() -> u32 {
+    4 * 3600
+}
+
+fn default_child_rekey_time() -> u32 {
+    3600
+}
+
+fn default_keepalive() -> u32 {
+    20
+}
+
+pub const DEFAULT_IKE_PROPOSALS: &str = "aes256gcm16-prfsha256-x25519-ecp256,aes128gcm16-prfsha256-x25519-ecp256";
+pub const DEFAULT_ESP_PROPOSALS: &str = "aes256gcm16,aes128gcm16,chacha20poly1305";
+
+fn default_ike_proposals() -> Proposals<false> {
+    Proposals(DEFAULT_IKE_PROPOSALS.into())
+}
+
+fn default_esp_proposals() -> Proposals<true> {
+    Proposals(DEFAULT_ESP_PROPOSALS.into())
+}
+
+/// The TUN device that carries inner (cleartext) traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// Interface name, at most 15 bytes.
+    #[serde(default = "default_tun_name")]
+    pub name: String,
+    /// MTU of the TUN device: the path MTU minus ESP-in-UDP overhead
+    /// (about 20 IP + 8 UDP + 8 ESP + 8 IV + 2-5 trailer + 16 ICV = 65 bytes).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Source address for packets the gateway itself sends into the
+    /// tunnel (set on the routes); usually the gateway's LAN address.
+    #[serde(default)]
+    pub source: Option<IpAddr>,
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: None }
+    }
+}
+
+fn default_tun_name() -> String {
+    "wsec0".into()
+}
+
+fn default_mtu() -> u16 {
+    1400
+}
+
+/// Sockets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Local IPv4 address to bind (default: all).
+    #[serde(default = "default_listen")]
+    pub listen: Ipv4Addr,
+    /// UDP port for ESP-in-UDP and IKE with the non-ESP marker (RFC 3948).
+    #[serde(default = "default_nat_port")]
+    pub nat_t_port: u16,
+    /// UDP port for IKE (RFC 7296 section 2).
+    #[serde(default = "default_ike_port")]
+    pub ike_port: u16,
+    /// Also receive raw ESP (IP protocol 50). Opened automatically when a
+    /// tunnel uses `encapsulation = "none"`.
+    #[serde(default)]
+    pub raw_esp: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            listen: default_listen(),
+            nat_t_port: default_nat_port(),
+            ike_port: default_ike_port(),
+            raw_esp: false,
+        }
+    }
+}
+
+fn default_listen() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
+fn default_nat_port() -> u16 {
+    4500
+}
+
+fn default_ike_port() -> u16 {
+    500
+}
+
+/// Where the wasm components are and how much a batch may hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Directory holding `esp.wasm` (default: `$WASMSEC_COMPONENTS`, else
+    /// `../components` next to the binary, else `/usr/lib/wasmsec/components`).
+    #[serde(default)]
+    pub components: Option<PathBuf>,
+    /// Packets per call into the ESP component (1-256).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { components: None, batch: default_batch() }
+    }
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+/// How ESP travels to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulation {
+    /// ESP in UDP (RFC 3948) to the peer's port 4500.
+    Udp,
+    /// Raw ESP, IP protocol 50.
+    None,
+}
+
+/// A manually keyed tunnel: one outbound and one inbound SA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manual {
+    pub name: Spanned<String>,
+    pub remote_address: Ipv4Addr,
+    #[serde(default = "default_nat_port")]
+    pub remote_port: u16,
+    #[serde(default = "default_encap")]
+    pub encapsulation: Encapsulation,
+    /// ESP transform: aes128gcm16, aes256gcm16, chacha20poly1305, or AES-CBC
+    /// with HMAC-SHA2 (`aes128-sha256`, `aes256-sha384`, ...).
+    #[serde(default = "default_alg")]
+    pub algorithm: EspAlgorithm,
+    /// Extended sequence numbers (RFC 4303 section 2.2.1); both ends must agree.
+    #[serde(default)]
+    pub esn: bool,
+    /// Anti-replay window in packets (0 turns replay protection off).
+    #[serde(default = "default_window")]
+    pub replay_window: u32,
+    /// Local and remote subnets (CIDR) the tunnel carries.
+    #[serde(deserialize_with = "values::prefixes")]
+    pub local_ts: Vec<Prefix>,
+    #[serde(deserialize_with = "values::prefixes")]
+    pub remote_ts: Vec<Prefix>,
+    pub out_spi: Spi,
+    /// `file:PATH` or `env:NAME`, holding the key and salt in hex.
+    pub out_key: KeySource,
+    pub in_spi: Spi,
+    pub in_key: KeySource,
+}
+
+fn default_encap() -> Encapsulation {
+    Encapsulation::Udp
+}
+
+fn default_alg() -> EspAlgorithm {
+    EspAlgorithm::Aes256Gcm16
+}
+
+fn default_window() -> u32 {
+    1024
+}

@@ -1,0 +1,113 @@
+//! Config parsing: defaults, typed values, and errors that name the file,
+//! the line and the key.
+use super::*;
+
+const GOOD: &str = r#"
+[tunnel]
+name = "wsec0"
+[[manual]]
+name = "t"
+remote_address = "198.18.0.1"
+local_ts = ["198.18.2.0/24"]
+remote_ts = ["198.18.1.0/24"]
+out_spi = "0x1001"
+out_key = "env:K1"
+in_spi = 4098
+in_key = "file:k2"
+"#;
+
+const IKE: &str = r#"
+[[connection]]
+name = "s2s"
+local_addrs = ["198.18.0.2"]
+remote_addrs = ["198.18.0.1"]
+local_id = "gwb.interop.test"
+remote_id = "gwa.interop.test"
+psk = "env:PSK"
+start_action = "start"
+[[connection.children]]
+name = "net"
+local_ts = ["198.18.2.0/24"]
+remote_ts = ["198.18.1.0/24"]
+"#;
+
+#[test]
+fn ike_connection_parses_and_validates() {
+    let c = Config::parse(IKE, "i.toml").unwrap();
+    assert_eq!(c.connection[0].proposals.0, DEFAULT_IKE_PROPOSALS);
+    assert_eq!(c.connection[0].start_action, StartAction::Start);
+    for (from, to, want) in [
+        ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
+        (
+            "local_id = \"gwb.interop.test\"",
+            "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
+            "unknown algorithm",
+        ),
+        ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha1\"", "no usable proposal"),
+        ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
+    ] {
+        let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn parses_with_defaults() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.tunnel.mtu, 1400);
+    assert_eq!(c.manual[0].out_spi, Spi(0x1001));
+    assert_eq!(c.manual[0].in_spi, Spi(4098));
+    assert_eq!(c.manual[0].encapsulation, Encapsulation::Udp);
+    assert_eq!(c.manual[0].in_key, KeySource::File("k2".into()));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let e = Config::parse(&GOOD.replace("name = \"t\"", "name = \"t\"\nbogus = 1"), "gw.toml").unwrap_err();
+    let s = e.to_string();
+    assert!(s.starts_with("gw.toml: line "), "{s}");
+    assert!(s.contains("bogus"), "{s}");
+}
+
+#[test]
+fn inline_keys_are_refused_without_echo() {
+    let e = Config::parse(&GOOD.replace("env:K1", "00112233445566778899"), "gw.toml").unwrap_err();
+    assert!(e.to_string().contains("file:PATH"));
+    assert!(!e.to_string().contains("00112233"));
+}
+
+#[test]
+fn bad_values_are_explained() {
+    for (from, to, want) in [
+        ("0x1001", "0x10", "reserved"),
+        ("198.18.2.0/24", "198.18.2.0/33", "bad prefix length"),
+        ("in_spi = 4098", "in_spi = 4098\nalgorithm = \"des\"", "not supported"),
+    ] {
+        let e = Config::parse(&GOOD.replace(from, to), "x.toml").unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn checks_across_values_name_the_line() {
+    let twice = format!("{IKE}{}", IKE.replace("name = \"net\"", "name = \"net2\""));
+    let e = Config::parse(&twice, "i.toml").unwrap_err().to_string();
+    assert!(e.starts_with("i.toml: line 16: connection \"s2s\": name used twice"), "{e}");
+    let e = Config::parse(&IKE.replace("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]"), "i.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("i.toml: line 3: "), "{e}");
+}
+
+#[test]
+fn values_are_typed_once() {
+    let c = Config::parse(GOOD, "t.toml").unwrap();
+    assert_eq!(c.manual[0].local_ts, vec![Prefix::parse("198.18.2.0/24").unwrap()]);
+    assert_eq!(c.manual[0].algorithm, crate::keys::EspAlgorithm::Aes256Gcm16);
+    let c = Config::parse(IKE, "i.toml").unwrap();
+    assert_eq!(c.connection[0].remote_addrs, vec!["198.18.0.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(c.connection[0].remote_id.0, "gwa.interop.test");
+    let e = Config::parse(&IKE.replace("remote_id = \"gwa.interop.test\"", "remote_id = \"C=CH, X=1\""), "i.toml");
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("line 7") && e.contains("not a DN"), "{e}");
+}

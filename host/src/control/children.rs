@@ -1,0 +1,249 @@
+//! The IKE engine's SA changes turned into the data path's ESP SAs: a
+//! negotiated CHILD SA becomes an inbound and an outbound ESP SA (the one
+//! place that translates between them), deferred outbound SAs wait for
+//! their activation, deleted inbound SAs linger a while, and the admin
+//! view of IKE and CHILD SAs is kept.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::warn;
+
+use crate::config::Encapsulation;
+use crate::datapath::Peer;
+use crate::datapath::channel::{SaCommand, Sender};
+use crate::keylog;
+use crate::keys::{EspAlgorithm, Keystore};
+use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
+use crate::wasm::ike::{ChildDeleted, ChildSa, Endpoint, IkeSaUp, IkeState};
+
+/// A WIT endpoint as a socket address.
+pub fn socket_addr(e: &Endpoint) -> Option<SocketAddr> {
+    let a: IpAddr = match e.address.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(&e.address[..]).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(&e.address[..]).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(a, e.port))
+}
+
+fn hex32<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:08x}"))
+}
+
+fn hex64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+/// An IKE SA as the admin view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct IkeInfo {
+    pub connection: String,
+    #[serde(serialize_with = "hex64")]
+    pub spi: u64,
+    pub proposal: String,
+    pub initiator: bool,
+    pub local: String,
+    pub remote: String,
+}
+
+/// A CHILD SA as the admin view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildInfo {
+    pub connection: String,
+    pub child: String,
+    /// The ESP transform, strongSwan syntax (`aes256gcm16`).
+    pub proposal: String,
+    #[serde(serialize_with = "hex64")]
+    pub ike_spi: u64,
+    #[serde(serialize_with = "hex32")]
+    pub inbound_spi: u32,
+    #[serde(serialize_with = "hex32")]
+    pub outbound_spi: u32,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub peer: String,
+    pub encap: bool,
+}
+
+/// The data path's SAs as the control thread tracks them.
+pub struct Children {
+    pub outbound: Sender<SaCommand>,
+    pub inbound: Sender<SaCommand>,
+    pub esp_keys: Arc<Keystore>,
+    pub replay_window: u32,
+    /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
+    pub esp_keylog: Option<PathBuf>,
+    /// Outbound SAs of rekeys we answered, waiting for their activation.
+    deferred: HashMap<u32, (OutboundSa, Peer)>,
+    /// Inbound halves of deleted CHILD SAs that still accept packets until
+    /// their time (control-loop milliseconds): (until, SPI, key).
+    lingering: Vec<(u64, u32, u64)>,
+    pub ike_sas: BTreeMap<u64, IkeInfo>,
+    pub list: Vec<ChildInfo>,
+}
+
+impl Children {
+    pub fn new(outbound: Sender<SaCommand>, inbound: Sender<SaCommand>, esp_keys: Arc<Keystore>) -> Children {
+        Children {
+            outbound,
+            inbound,
+            esp_keys,
+            replay_window: 1024,
+            esp_keylog: None,
+            deferred: HashMap::new(),
+            lingering: Vec::new(),
+            ike_sas: BTreeMap::new(),
+            list: Vec::new(),
+        }
+    }
+
+    /// When the next lingering inbound SA ends.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.lingering.iter().map(|l| l.0).min()
+    }
+
+    /// Remove the lingering inbound SAs whose time is up, and their keys.
+    pub fn end_lingering(&mut self, now: u64) {
+        let (done, keep): (Vec<_>, Vec<_>) = self.lingering.iter().partition(|l| l.0 <= now);
+        self.lingering = keep;
+        for (_, spi, key) in done {
+            self.inbound.send(SaCommand::RemoveInbound { spi });
+            self.esp_keys.remove(key);
+        }
+    }
+
+    pub fn ike_up(&mut self, up: IkeSaUp) {
+        let show = |e: &Endpoint| socket_addr(e).map(|a| a.to_string()).unwrap_or_default();
+        let info = IkeInfo {
+            connection: up.connection,
+            spi: up.ike_spi,
+            proposal: up.proposal,
+            initiator: up.initiator,
+            local: show(&up.local),
+            remote: show(&up.remote),
+        };
+        self.ike_sas.insert(up.ike_spi, info);
+    }
+
+    pub fn ike_down(&mut self, spi: u64) {
+        self.ike_sas.remove(&spi);
+    }
+
+    /// A negotiated CHILD SA: inbound first (the peer may send ESP as soon
+    /// as it has our answer), then outbound unless it waits for activation.
+    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) {
+        let Some(remote) = socket_addr(&c.remote) else { return };
+        let IpAddr::V4(peer_addr) = remote.ip() else {
+            warn!(connection = %c.connection, "IPv6 peers are not supported by the data plane yet");
+            return;
+        };
+        let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ) else {
+            warn!(connection = %c.connection, encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
+            return;
+        };
+        let peer = Peer {
+            address: peer_addr,
+            port: if c.encap { remote.port() } else { 0 },
+            encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
+        };
+        let float_peer = match remote {
+            SocketAddr::V4(a) if c.encap => Some(a),
+            _ => None,
+        };
+        let limits: SaLimits = c.limits;
+        self.inbound.send(SaCommand::AddInbound {
+            outbound_spi: Some(c.outbound_spi),
+            peer: float_peer,
+            sa: InboundSa {
+                spi: c.inbound_spi,
+                key: c.inbound_key,
+                esn: c.esn,
+                replay_window: self.replay_window,
+                highest_seq: 0,
+                local_ts: c.local_ts.clone(),
+                remote_ts: c.remote_ts.clone(),
+                limits,
+            },
+        });
+        let out = OutboundSa {
+            spi: c.outbound_spi,
+            key: c.outbound_key,
+            peer: 0,
+            esn: c.esn,
+            next_seq: 1,
+            pad_align: alg.pad_align(),
+            local_ts: c.local_ts.clone(),
+            remote_ts: c.remote_ts.clone(),
+            limits,
+        };
+        self.export_keys(&c, remote, ike);
+        if c.outbound_deferred {
+            self.deferred.insert(c.outbound_spi, (out, peer));
+        } else {
+            self.outbound.send(SaCommand::AddOutbound { sa: out, peer });
+        }
+        self.list.push(ChildInfo {
+            connection: c.connection.clone(),
+            child: c.child.clone(),
+            proposal: alg.name(),
+            ike_spi: c.ike_spi,
+            inbound_spi: c.inbound_spi,
+            outbound_spi: c.outbound_spi,
+            local_ts: c.local_ts.iter().map(crate::config::show_ts).collect(),
+            remote_ts: c.remote_ts.iter().map(crate::config::show_ts).collect(),
+            peer: remote.to_string(),
+            encap: c.encap,
+        });
+    }
+
+    /// Start sending on a deferred outbound SA.
+    pub fn activate(&mut self, spi: u32) {
+        if let Some((sa, peer)) = self.deferred.remove(&spi) {
+            self.outbound.send(SaCommand::AddOutbound { sa, peer });
+        }
+    }
+
+    /// The peer's NAT mapping changed: its outbound SAs follow.
+    pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4) {
+        for c in self.list.iter_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
+            c.peer = to.to_string();
+            let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
+            self.outbound.send(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
+        }
+    }
+
+    /// A CHILD SA is gone: its outbound half at once, its inbound half after
+    /// `keep_inbound_ms` (`now` in control-loop milliseconds).
+    pub fn delete(&mut self, d: ChildDeleted, now: u64) {
+        self.deferred.remove(&d.outbound_spi);
+        self.outbound.send(SaCommand::RemoveOutbound { spi: d.outbound_spi });
+        self.esp_keys.remove(d.outbound_key);
+        if d.keep_inbound_ms == 0 {
+            self.inbound.send(SaCommand::RemoveInbound { spi: d.inbound_spi });
+            self.esp_keys.remove(d.inbound_key);
+        } else {
+            self.lingering.push((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key));
+        }
+        self.list.retain(|c| (c.inbound_spi, c.outbound_spi) != (d.inbound_spi, d.outbound_spi));
+    }
+
+    /// Append the CHILD SA's keys to the `esp_sa` file, if export is on.
+    fn export_keys(&mut self, c: &ChildSa, remote: SocketAddr, ike: &mut IkeState) {
+        let Some(path) = &self.esp_keylog else { return };
+        let local = socket_addr(&c.local).map(|a| a.ip().to_string()).unwrap_or_default();
+        let remote = remote.ip().to_string();
+        let lines = [
+            (local.as_str(), remote.as_str(), c.outbound_spi, ike.take_esp_export(c.outbound_key)),
+            (remote.as_str(), local.as_str(), c.inbound_spi, ike.take_esp_export(c.inbound_key)),
+        ];
+        for (src, dst, spi, keys) in lines {
+            let Some(keys) = keys else { continue };
+            if let Err(e) = keylog::append_secret_line(path, &keylog::esp_sa_line(src, dst, spi, &keys)) {
+                warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
+            }
+        }
+    }
+}

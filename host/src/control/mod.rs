@@ -1,0 +1,235 @@
+//! The control thread: the IKE component, its sockets (UDP 500, and 4500
+//! through the inbound data path), timers, `trap` connections, and the
+//! hand-off of negotiated CHILD SAs to the data-path threads
+//! ([`children`]). The admin socket is served between IKE events
+//! ([`admin`]).
+pub mod admin;
+pub mod children;
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::config::Prefix;
+use crate::datapath::channel::{Receiver, Report};
+use crate::stats::Stats;
+use crate::sys;
+use crate::wasm::ike::{Datagram, Endpoint, Event, IkeInstance, Level, SaChange, Transmit};
+use children::{Children, socket_addr};
+
+/// A connection with `start_action = "trap"`: its remote selectors.
+pub struct Trap {
+    pub connection: String,
+    pub remote: Vec<Prefix>,
+}
+
+pub struct ControlPlane {
+    pub ike: IkeInstance,
+    pub sock500: UdpSocket,
+    pub sock4500: UdpSocket,
+    /// IKE datagrams from port 4500, acquires and expiries, from the data path.
+    pub up: Receiver<Report>,
+    pub listener: Option<UnixListener>,
+    pub listen: Ipv4Addr,
+    pub stats: Arc<Stats>,
+    pub traps: Vec<Trap>,
+    pub children: Children,
+}
+
+fn endpoint(a: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint { address: a.octets().to_vec(), port }
+}
+
+impl ControlPlane {
+    fn now(start: Instant) -> u64 {
+        start.elapsed().as_millis() as u64
+    }
+
+    /// Run until a stop signal. A trap in the IKE guest stops the daemon:
+    /// IKE state is not yet checkpointed, so a restart would orphan SAs.
+    pub fn run(mut self) {
+        let start = Instant::now();
+        if let Err(e) = self.start(Self::now(start)) {
+            return self.fatal(e);
+        }
+        let mut fds = vec![self.sock500.as_raw_fd(), self.up.as_raw_fd()];
+        if let Some(l) = &self.listener {
+            fds.push(l.as_raw_fd());
+        }
+        while !sys::stop_requested() {
+            let now = Self::now(start);
+            let due = match self.ike.next_timeout() {
+                Ok(t) => t.into_iter().chain(self.children.next_deadline()).min(),
+                Err(e) => return self.fatal(e),
+            };
+            let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            let ready = sys::poll_readable(&fds, wait).unwrap_or_default();
+            let now = Self::now(start);
+            if let Err(e) = self.step(now, &ready, due) {
+                return self.fatal(e);
+            }
+        }
+    }
+
+    /// Initiate the `start` connections.
+    fn start(&mut self, now: u64) -> anyhow::Result<()> {
+        for n in self.ike.autostart()? {
+            self.initiate(now, &n)?;
+        }
+        self.apply(now)
+    }
+
+    /// One round: what the sockets and the data path brought, the admin
+    /// socket, the timers, then whatever the engine queued.
+    fn step(&mut self, now: u64, ready: &[bool], due: Option<u64>) -> anyhow::Result<()> {
+        if ready.first() == Some(&true) {
+            self.receive_500(now)?;
+        }
+        if ready.get(1) == Some(&true) {
+            for r in self.up.drain() {
+                match r {
+                    Report::Ike { from, data } => {
+                        let local = endpoint(self.listen, self.sock4500.local_addr()?.port());
+                        let remote = endpoint(*from.ip(), from.port());
+                        self.ike.handle_datagram(now, &Datagram { local, remote, data })?;
+                    }
+                    Report::Acquire { dst } => self.acquire(now, dst)?,
+                    Report::Expired { spi, hard } => self.ike.child_expired(now, spi, hard)?,
+                }
+            }
+        }
+        if ready.get(2) == Some(&true) {
+            if let Some(l) = &self.listener {
+                if let Ok((s, _)) = l.accept() {
+                    self.admin(now, s)?;
+                }
+            }
+        }
+        if due.is_some_and(|t| t <= now) {
+            self.ike.tick(now)?;
+            self.children.end_lingering(now);
+        }
+        self.apply(now)
+    }
+
+    fn receive_500(&mut self, now: u64) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 65536];
+        let local = endpoint(self.listen, self.sock500.local_addr()?.port());
+        loop {
+            match self.sock500.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(from))) => {
+                    let d = Datagram {
+                        local: local.clone(),
+                        remote: endpoint(*from.ip(), from.port()),
+                        data: buf[..n].to_vec(),
+                    };
+                    self.ike.handle_datagram(now, &d)?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => {
+                    debug!(error = %e, "UDP 500 receive failed");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn fatal(&self, e: anyhow::Error) {
+        tracing::error!(error = %e, "the IKE guest trapped; stopping the daemon");
+        sys::request_stop();
+    }
+
+    /// Initiate a connection; a refusal is logged, a trap is returned.
+    fn initiate(&mut self, now: u64, name: &str) -> anyhow::Result<()> {
+        if let Err(e) = self.ike.initiate(now, name)? {
+            warn!(connection = name, error = %e, "cannot initiate");
+        }
+        Ok(())
+    }
+
+    /// Traffic without an SA: start the `trap` connection that covers it.
+    fn acquire(&mut self, now: u64, dst: Ipv4Addr) -> anyhow::Result<()> {
+        let hit: Vec<String> = self
+            .traps
+            .iter()
+            .filter(|t| t.remote.iter().any(|p| p.contains(&IpAddr::V4(dst))))
+            .map(|t| t.connection.clone())
+            .collect();
+        for name in hit {
+            if !self.ike.active(&name)? {
+                info!(connection = %name, destination = %dst, "traffic for a trap connection: initiating");
+                self.initiate(now, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, d: &Datagram) {
+        let Some(SocketAddr::V4(to)) = socket_addr(&d.remote) else {
+            return;
+        };
+        let r = if d.local.port == self.sock4500.local_addr().map(|a| a.port()).unwrap_or(4500) {
+            // RFC 3948 section 2.2: IKE on the NAT-T port behind the non-ESP marker.
+            let mut m = Vec::with_capacity(4 + d.data.len());
+            m.extend_from_slice(&wasmsec_wire::udp_encap::NON_ESP_MARKER);
+            m.extend_from_slice(&d.data);
+            self.sock4500.send_to(&m, to)
+        } else {
+            self.sock500.send_to(&d.data, to)
+        };
+        if let Err(e) = r {
+            // Debug level: answers to spoofed floods would otherwise flood the log.
+            debug!(to = %to, error = %e, "IKE send failed");
+            crate::stats::inc(&self.stats.tx_errors);
+        }
+    }
+
+    /// Apply what the engine queued: SA changes first (an inbound SA must
+    /// be in place before the answer that lets the peer use it leaves), then
+    /// the transmits, then the events.
+    fn apply(&mut self, now: u64) -> anyhow::Result<()> {
+        let out = self.ike.poll()?;
+        for c in out.sa_changes {
+            match c {
+                SaChange::Install(c) => self.children.install(c, self.ike.store.data_mut()),
+                SaChange::ActivateOutbound(spi) => self.children.activate(spi),
+                SaChange::PeerMoved((spis, remote)) => {
+                    if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {
+                        self.children.peer_moved(&spis, to);
+                    }
+                }
+                SaChange::Delete(d) => self.children.delete(d, now),
+            }
+        }
+        for t in out.transmits {
+            match t {
+                Transmit::Datagram(d) => self.send(&d),
+                Transmit::Keepalive((_, remote)) => {
+                    // RFC 3948 section 2.3: one 0xFF byte, no marker.
+                    if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {
+                        if let Err(e) = self.sock4500.send_to(&wasmsec_wire::udp_encap::KEEPALIVE, to) {
+                            debug!(to = %to, error = %e, "NAT keepalive send failed");
+                        }
+                    }
+                }
+            }
+        }
+        for e in out.events {
+            match e {
+                Event::IkeUp(up) => self.children.ike_up(up),
+                Event::IkeDown((_, spi)) => self.children.ike_down(spi),
+                Event::Log(l) => match l.level {
+                    Level::Info => info!(connection = %l.connection, "{}", l.message),
+                    Level::Warn => warn!(connection = %l.connection, "{}", l.message),
+                },
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! UDP 4500 or raw ESP -> ESP component (decap) -> TUN. IKE on port 4500
+//! (behind the non-ESP marker) and NAT keepalives are set aside.
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+use wasmsec_wire::udp_encap::Datagram;
+use wasmsec_wire::{esp, ipv4};
+
+use super::channel::{Report, SaCommand, Sender};
+use super::{Call, Loop, POLL_MS, Peer, ensure_buffers};
+use crate::config::Encapsulation;
+use crate::stats;
+use crate::sys;
+use crate::wasm::esp::{DecapVerdict, EspInstance};
+
+impl Loop {
+    /// Run until the daemon stops.
+    pub fn run_inbound(mut self, mut inst: EspInstance) {
+        ensure_buffers(&mut inst, self.batch);
+        // Order in `fds`: UDP, then raw ESP if any, then the inbox.
+        let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
+        fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
+        let mut last_expiry = Instant::now();
+        while !sys::stop_requested() {
+            self.report_expiries(&mut inst, &mut last_expiry);
+            let ready = match sys::poll_readable(&fds, POLL_MS) {
+                Ok(r) if r.iter().any(|x| *x) => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(error = %e, "poll on sockets failed");
+                    continue;
+                }
+            };
+            if ready.get(2) == Some(&true) {
+                self.apply_commands(&mut inst);
+            }
+            let n = self.read_batch(&mut inst, &ready);
+            if n == 0 {
+                continue;
+            }
+            inst.store.data_mut().count = n;
+            let verdicts = match self.call(&mut inst, "inbound", n, EspInstance::decap) {
+                Call::Done(v) => v,
+                Call::Restarted => continue,
+                Call::Stop => return,
+            };
+            let st = inst.store.data_mut();
+            for (i, (p, v)) in st.batch[..n].iter_mut().zip(verdicts).enumerate() {
+                match v {
+                    DecapVerdict::Deliver(len) => {
+                        if let Some(Some((spi, src))) = self.sources.get(i) {
+                            follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
+                        }
+                        p.truncate(len as usize);
+                        match self.tun.send(p.data()) {
+                            Ok(_) => stats::inc(&self.stats.tun_tx_packets),
+                            Err(e) => {
+                                debug!(error = %e, "TUN write failed");
+                                stats::inc(&self.stats.tx_errors);
+                            }
+                        }
+                    }
+                    DecapVerdict::Drop(r) => {
+                        debug!(reason = r.name(), "inbound drop");
+                        self.stats.in_drop(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fill the batch with ESP packets from the ready sockets; keepalives
+    /// and IKE are counted and set aside.
+    fn read_batch(&mut self, inst: &mut EspInstance, ready: &[bool]) -> usize {
+        let st = inst.store.data_mut();
+        let mut n = 0;
+        self.sources.clear();
+        if ready[0] {
+            while n < self.batch {
+                let p = &mut st.batch[n];
+                match self.udp.recv_from(p.recv_area()) {
+                    Ok((len, from)) => {
+                        p.set_received(len);
+                        let from = match from {
+                            SocketAddr::V4(f) => Some(f),
+                            SocketAddr::V6(_) => None,
+                        };
+                        match Datagram::classify(p.data()) {
+                            Ok(Datagram::Esp(e)) => {
+                                stats::inc(&self.stats.esp_rx_packets);
+                                stats::add(&self.stats.esp_rx_bytes, len as u64);
+                                let spi = esp::Packet::new_checked(e).map(|e| e.spi()).ok();
+                                self.sources.push(spi.zip(from));
+                                n += 1;
+                            }
+                            Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
+                            Ok(Datagram::Ike(ike)) => match (&self.up, from) {
+                                (Some(up), Some(from)) if up.send(Report::Ike { from, data: ike.to_vec() }) => {}
+                                _ => stats::inc(&self.stats.ike_rx_unhandled),
+                            },
+                            Err(_) => stats::inc(&self.stats.rx_runts),
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!(error = %e, "UDP receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
+            while n < self.batch {
+                let p = &mut st.batch[n];
+                match raw.recv_from(p.recv_area()) {
+                    Ok((len, _from)) => {
+                        // A raw socket hands us the IP header too.
+                        let ihl = ipv4::Packet::new_checked(&p.recv_area()[..len]).map_or(0, |ip| ip.header_len());
+                        p.set_received_skip(len, ihl);
+                        if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
+                            stats::inc(&self.stats.rx_runts);
+                            continue;
+                        }
+                        stats::inc(&self.stats.esp_rx_packets);
+                        stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
+                        self.sources.push(None);
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!(error = %e, "raw ESP receive failed");
+                        break;
+                    }
+                }
+            }
+        }
+        n
+    }
+}
+
+/// NAT-T port floating (RFC 3948, RFC 7296 section 2.23): authenticated ESP
+/// from a new address or port means the peer's NAT mapping changed, so its
+/// outbound SA follows. Only called for packets that passed the ICV check.
+fn follow_peer(
+    floats: &mut HashMap<u32, (u32, SocketAddrV4)>,
+    to_outbound: Option<&Sender<SaCommand>>,
+    spi: u32,
+    src: SocketAddrV4,
+) {
+    let Some((outbound_spi, peer)) = floats.get_mut(&spi) else { return };
+    if *peer == src {
+        return;
+    }
+    *peer = src;
+    if let Some(link) = to_outbound {
+        link.send(SaCommand::MovePeer {
+            outbound_spi: *outbound_spi,
+            peer: Peer { address: *src.ip(), port: src.port(), encapsulation: Encapsulation::Udp },
+        });
+    }
+}

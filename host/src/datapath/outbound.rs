@@ -1,0 +1,116 @@
+//! TUN -> ESP component (encap) -> UDP 4500 or raw ESP.
+use std::io::ErrorKind;
+use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+use wasmsec_wire::ipv4;
+
+use super::channel::Report;
+use super::{Call, Loop, POLL_MS, ensure_buffers};
+use crate::config::Encapsulation;
+use crate::stats;
+use crate::sys;
+use crate::wasm::esp::{DropReason, EncapVerdict, EspInstance};
+
+/// How often traffic without an SA may ask for a `trap` connection.
+const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Loop {
+    /// Run until the daemon stops.
+    pub fn run_outbound(mut self, mut inst: EspInstance) {
+        ensure_buffers(&mut inst, self.batch);
+        let mut fds = vec![self.tun.as_raw_fd()];
+        fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
+        let mut last_acquire = Instant::now() - Duration::from_secs(10);
+        let mut last_expiry = Instant::now();
+        while !sys::stop_requested() {
+            self.report_expiries(&mut inst, &mut last_expiry);
+            match sys::poll_readable(&fds, POLL_MS) {
+                Ok(r) => {
+                    if r.get(1) == Some(&true) {
+                        self.apply_commands(&mut inst);
+                    }
+                    if !r[0] {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "poll on TUN failed");
+                    continue;
+                }
+            }
+            let n = self.read_tun(&mut inst);
+            if n == 0 {
+                continue;
+            }
+            let verdicts = match self.call(&mut inst, "outbound", n, EspInstance::encap) {
+                Call::Done(v) => v,
+                Call::Restarted => continue,
+                Call::Stop => return,
+            };
+            let st = inst.store.data();
+            for (p, v) in st.batch[..n].iter().zip(verdicts) {
+                match v {
+                    EncapVerdict::Send(peer) => self.send(peer, p.data()),
+                    EncapVerdict::Drop(r) => {
+                        debug!(reason = r.name(), "outbound drop");
+                        self.stats.out_drop(r);
+                        // Traffic without an SA may start a `trap` connection.
+                        if r == DropReason::NoPolicy && last_acquire.elapsed() > ACQUIRE_INTERVAL {
+                            if let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data())) {
+                                up.send(Report::Acquire { dst: ip.dst_addr().into() });
+                                last_acquire = Instant::now();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read up to a batch of inner packets from the TUN device.
+    fn read_tun(&self, inst: &mut EspInstance) -> usize {
+        let st = inst.store.data_mut();
+        let mut n = 0;
+        while n < self.batch {
+            match self.tun.recv(st.batch[n].recv_area()) {
+                Ok(len) => {
+                    st.batch[n].set_received(len);
+                    n += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+        }
+        st.count = n;
+        stats::add(&self.stats.tun_rx_packets, n as u64);
+        n
+    }
+
+    fn send(&self, peer: u32, data: &[u8]) {
+        let Some(p) = self.peers.get(peer as usize) else {
+            stats::inc(&self.stats.guest_protocol_errors);
+            return;
+        };
+        let r = match (p.encapsulation, &self.raw) {
+            (Encapsulation::Udp, _) => self.udp.send_to(data, SocketAddrV4::new(p.address, p.port)),
+            (Encapsulation::None, Some(raw)) => raw.send_to(data, p.address),
+            (Encapsulation::None, None) => Err(std::io::Error::other("no raw ESP socket")),
+        };
+        match r {
+            Ok(_) => {
+                stats::inc(&self.stats.esp_tx_packets);
+                stats::add(&self.stats.esp_tx_bytes, data.len() as u64);
+            }
+            Err(e) => {
+                debug!(error = %e, "ESP send failed");
+                stats::inc(&self.stats.tx_errors);
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The keystore: every ESP key lives here, named by an unguessable handle,
+//! and a guest instance sees only the handles granted to it ([`KeyTable`]).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::esp_key::{CryptoError, EspKey};
+
+/// Owner of every key; hands out unguessable handles.
+pub struct Keystore {
+    keys: Mutex<HashMap<u64, Arc<EspKey>>>,
+    rng: SystemRandom,
+}
+
+impl Default for Keystore {
+    fn default() -> Self {
+        Keystore::new()
+    }
+}
+
+impl Keystore {
+    pub fn new() -> Keystore {
+        Keystore { keys: Mutex::new(HashMap::new()), rng: SystemRandom::new() }
+    }
+
+    /// Store a key; returns its handle (random, never 0).
+    pub fn insert(&self, key: EspKey) -> u64 {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let mut b = [0u8; 8];
+            // SystemRandom only fails if the OS has no entropy source at all.
+            self.rng.fill(&mut b).expect("OS random number generator failed");
+            let h = u64::from_ne_bytes(b);
+            if h != 0 && !keys.contains_key(&h) {
+                keys.insert(h, Arc::new(key));
+                return h;
+            }
+        }
+    }
+
+    pub fn get(&self, handle: u64) -> Option<Arc<EspKey>> {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&handle).cloned()
+    }
+
+    /// Destroy a key (with its SA); live `Arc`s finish their batch.
+    pub fn remove(&self, handle: u64) -> bool {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The handles one guest instance may use, resolved once so the data path
+/// takes no lock. Any other handle is `UnknownKey` to that guest.
+#[derive(Default, Clone)]
+pub struct KeyTable {
+    keys: HashMap<u64, Arc<EspKey>>,
+}
+
+impl KeyTable {
+    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>) {
+        self.keys.insert(handle, key);
+    }
+
+    pub fn revoke(&mut self, handle: u64) {
+        self.keys.remove(&handle);
+    }
+
+    pub fn get(&self, handle: u64) -> Result<&EspKey, CryptoError> {
+        self.keys.get(&handle).map(|k| &**k).ok_or(CryptoError::UnknownKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::EspAlgorithm;
+    use zeroize::Zeroizing;
+
+    fn key(alg: EspAlgorithm, byte: u8) -> EspKey {
+        EspKey::new(alg, Zeroizing::new(vec![byte; alg.keymat_len()])).unwrap()
+    }
+
+    #[test]
+    fn handles_are_scoped_to_tables() {
+        let ks = Keystore::new();
+        let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
+        let mut t = KeyTable::default();
+        assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
+        t.grant(h, ks.get(h).unwrap());
+        assert!(t.get(h).is_ok());
+        assert!(ks.remove(h));
+        assert!(ks.is_empty());
+    }
+}

@@ -1,0 +1,102 @@
+//! The only module that knows wasmtime. It owns `bindgen!` ([`bindings`]),
+//! the sandbox every guest runs in ([`sandbox`]), and the two components'
+//! host sides ([`esp`], [`ike`]); [`Runtime`] compiles them once and makes
+//! instances.
+//!
+//! Guests get no WASI at all: the ESP component imports only
+//! `wasmsec:crypto/{types,packets}`, the IKE component randomness and the
+//! key schedule on handles. Each call runs under an epoch deadline and each
+//! store under a memory limit; a trap poisons only that instance.
+pub(crate) mod bindings;
+pub mod esp;
+pub mod ike;
+pub(crate) mod sandbox;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use bindings::esp::wasmsec::crypto::types::CryptoError as WitCryptoError;
+use wasmsec_crypto::CryptoError;
+
+/// `.context()` for wasmtime's own error type, which is not std::error::Error.
+pub(crate) trait WasmContext<T> {
+    fn context(self, msg: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T> WasmContext<T> for wasmtime::Result<T> {
+    fn context(self, msg: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| anyhow::Error::from(e).context(msg.to_string()))
+    }
+}
+
+/// The one mapping from the host's crypto errors to what a guest sees.
+pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
+    match e {
+        CryptoError::UnknownKey => WitCryptoError::UnknownKey,
+        CryptoError::WrongKeyKind => WitCryptoError::WrongKeyKind,
+        CryptoError::IntegrityFailed => WitCryptoError::IntegrityFailed,
+        CryptoError::BadLength => WitCryptoError::BadLength,
+        CryptoError::KeyExpired => WitCryptoError::KeyExpired,
+        CryptoError::Unsupported => WitCryptoError::Unsupported,
+        CryptoError::BadPeerValue => WitCryptoError::BadPeerValue,
+        _ => WitCryptoError::Internal,
+    }
+}
+
+/// Compiled components and the engine that runs them; shared by all threads.
+pub struct Runtime {
+    engine: Engine,
+    esp: esp::EspPre,
+    ike: Option<ike::IkePre>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+fn load(engine: &Engine, path: &Path, what: &str) -> Result<Component> {
+    Component::from_file(engine, path).context(format_args!("loading {what} component {}", path.display()))
+}
+
+impl Runtime {
+    /// Compile the ESP component at `esp_path` and start the epoch ticker.
+    pub fn new(esp_path: &Path) -> Result<Runtime> {
+        Self::with_ike(esp_path, None)
+    }
+
+    /// Also compile the IKE component, if `ike_path` is given.
+    pub fn with_ike(esp_path: &Path, ike_path: Option<&Path>) -> Result<Runtime> {
+        let engine = sandbox::engine()?;
+        let esp = esp::EspPre::load(&engine, &load(&engine, esp_path, "ESP")?)?;
+        let ike = match ike_path {
+            Some(p) => Some(ike::IkePre::load(&engine, &load(&engine, p, "IKE")?)?),
+            None => None,
+        };
+        let stop_ticker = sandbox::start_epoch_ticker(&engine)?;
+        Ok(Runtime { engine, esp, ike, stop_ticker })
+    }
+
+    /// A fresh IKE instance in its own store, with its secrets in `vault`
+    /// and CHILD SA keys going to `esp_keys`.
+    pub fn ike_instance(
+        &self,
+        vault: wasmsec_crypto::Vault,
+        esp_keys: Arc<crate::keys::Keystore>,
+    ) -> Result<ike::IkeInstance> {
+        let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
+        pre.instantiate(&self.engine, vault, esp_keys)
+    }
+
+    /// A fresh ESP instance in its own store.
+    pub fn esp_instance(&self) -> Result<esp::EspInstance> {
+        self.esp.instantiate(&self.engine)
+    }
+}

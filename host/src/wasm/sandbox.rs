@@ -1,0 +1,52 @@
+//! The sandbox every guest runs in: the wasmtime engine's configuration
+//! (pooling allocator, epoch interruption, no WASI), a memory cap per store
+//! and a deadline per call.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+
+use super::WasmContext;
+
+/// Memory a guest instance may grow to.
+pub(crate) const GUEST_MEMORY_LIMIT: usize = 32 << 20;
+/// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]).
+pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine all guests share.
+pub(crate) fn engine() -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(256)
+        .total_core_instances(256)
+        .total_memories(256)
+        .total_tables(256)
+        .max_memory_size(GUEST_MEMORY_LIMIT);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .epoch_interruption(true)
+        .wasm_component_model(true);
+    Engine::new(&config).context("configuring wasmtime")
+}
+
+/// A store's limits: memory and instances.
+pub(crate) fn store_limits() -> StoreLimits {
+    StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build()
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the returned flag
+/// is set, so that every call's deadline means something.
+pub(crate) fn start_epoch_ticker(engine: &Engine) -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (e, s) = (engine.clone(), stop.clone());
+    std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            std::thread::sleep(EPOCH_TICK);
+            e.increment_epoch();
+        }
+    })?;
+    Ok(stop)
+}
