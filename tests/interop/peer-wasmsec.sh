@@ -4,7 +4,10 @@
 #
 # usage: peer-wasmsec.sh start|initiate|check|stop|logs [N]
 # Reads only the harness's environment: SCENARIO ROLE_B TOPO NS_B WORK_B
-# WAN_IP_B B_REMOTE_ADDR LAN_A LAN_B ID_A ID_B PSK IKE_PROPOSALS ESP_PROPOSALS.
+# WAN_IP_B B_REMOTE_ADDR LAN_A LAN_B ID_A ID_B PSK IKE_PROPOSALS ESP_PROPOSALS,
+# and, as the reference peer (peers/strongswan.sh) does, the lifecycle knobs
+# IKE_REKEY_TIME CHILD_REKEY_TIME DPD_DELAY ENCAP and `life_time` in
+# SWANCTL_CHILD_EXTRA (swanctl time syntax: 5s, 20m, 4h).
 # WASMSEC_BIN overrides the binary (default: this checkout's target/release/wasmsec).
 #
 # So that a lost packet explains itself, the adapter also captures B's WAN
@@ -58,6 +61,24 @@ stop_captures() {
 
 status() { "$BIN" ctl --socket "$SOCK" status 2>/dev/null; }
 
+# swanctl time (5s, 20m, 4h, 1d, or seconds) -> seconds.
+secs() {
+    local v=${1// /}
+    case "$v" in
+        *s) echo "${v%s}" ;;
+        *m) echo $(( ${v%m} * 60 )) ;;
+        *h) echo $(( ${v%h} * 3600 )) ;;
+        *d) echo $(( ${v%d} * 86400 )) ;;
+        *) echo "$v" ;;
+    esac
+}
+
+# `life_time = 8s` in SWANCTL_CHILD_EXTRA, in seconds (empty if absent).
+child_life_time() {
+    local v; v=$(sed -n 's/.*life_time *= *\([0-9]*[smhd]\?\).*/\1/p' <<<"${SWANCTL_CHILD_EXTRA:-}")
+    [ -n "$v" ] && secs "$v"
+}
+
 child_up() { status | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["child_sas"] else 1)' 2>/dev/null; }
 
 case "${1:-}" in
@@ -94,13 +115,18 @@ local_id = "${ID_B:?}"
 remote_id = "${ID_A:?}"
 psk = "file:psk"
 proposals = "${IKE_PROPOSALS:?}"
-keepalive = $(ka=${KEEPALIVE:-5s}; echo "${ka%s}")
+keepalive = $(secs "${KEEPALIVE:-5s}")
+rekey_time = $(secs "${IKE_REKEY_TIME:-4h}")
+dpd_delay = $(secs "${DPD_DELAY:-0}")
+encap = $([ "${ENCAP:-no}" = yes ] && echo true || echo false)
 
 [[connection.children]]
 name = "$CONN"
 local_ts = $(toml_list "$LAN_B")
 remote_ts = $(toml_list "${LAN_A:?}")
 esp_proposals = "${ESP_PROPOSALS:?}"
+rekey_time = $(secs "${CHILD_REKEY_TIME:-1h}")
+$(lt=$(child_life_time); [ -n "$lt" ] && echo "life_time = $lt")
 CONF
     "$BIN" check --config "$WORK/wasmsec.toml" >/dev/null
     alive && kill "$(cat "$PIDFILE")" 2>/dev/null || true
