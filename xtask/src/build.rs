@@ -23,8 +23,10 @@ pub fn host_binary() -> PathBuf {
     root().join("target/release/wasmsec")
 }
 
+/// Where components are written: `$WASMSEC_COMPONENTS` (the variable the
+/// daemon reads too) or `target/components`.
 pub fn components_dir() -> PathBuf {
-    root().join("target/components")
+    std::env::var_os("WASMSEC_COMPONENTS").map(PathBuf::from).unwrap_or_else(|| root().join("target/components"))
 }
 
 /// How guests are compiled on this machine.
@@ -62,7 +64,7 @@ fn host() -> Result<()> {
     Ok(())
 }
 
-fn guests() -> Result<()> {
+pub fn guests() -> Result<()> {
     let target_dir = root().join("target/guest");
     let mut cmd = match route() {
         Route::Rustup => {

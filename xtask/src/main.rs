@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's one build, demo and test driver.
 //!
 //! - `cargo xtask build`  release host binary and all wasm components
+//! - `cargo xtask guests` only the wasm components
 //! - `cargo xtask demo`   build, then `wasmsec demo` (root)
 //! - `cargo xtask test`   build, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
@@ -22,8 +23,9 @@ use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|demo|test|bench|doctor> [args]\n\
+        "usage: cargo xtask <build|guests|demo|test|bench|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
+         \n  guests           only the wasm components (into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
          \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
          \n  bench            build, then the ESP data-path benchmark\
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     let r = match cmd.as_str() {
         "build" => build_cmd(),
+        "guests" => guests_cmd(),
         "doctor" => Ok(doctor::run(Group::Test)),
         "demo" => demo(&rest),
         "test" => test(rest.first().map(String::as_str)),
@@ -88,6 +91,14 @@ fn build_cmd() -> Result<bool> {
         prepare(Group::Build)?;
     }
     build::all()?;
+    Ok(true)
+}
+
+fn guests_cmd() -> Result<bool> {
+    if matches!(build::route(), build::Route::DebianBuildStd) {
+        prepare(Group::Build)?;
+    }
+    build::guests()?;
     Ok(true)
 }
 

@@ -33,17 +33,7 @@ struct Component;
 struct HostBatch<'a>(&'a Batch);
 
 fn crypto_error(e: WitCryptoError) -> CryptoError {
-    match e {
-        WitCryptoError::UnknownKey => CryptoError::UnknownKey,
-        WitCryptoError::WrongKeyKind => CryptoError::WrongKeyKind,
-        WitCryptoError::IntegrityFailed => CryptoError::IntegrityFailed,
-        WitCryptoError::BadLength => CryptoError::BadLength,
-        WitCryptoError::KeyExpired => CryptoError::KeyExpired,
-        // Not produced by the packet operations; treat as a refusal.
-        WitCryptoError::Unsupported | WitCryptoError::BadPeerValue | WitCryptoError::Internal => {
-            CryptoError::WrongKeyKind
-        }
-    }
+    CryptoError::from_wit(e as u8)
 }
 
 impl PacketBatch for HostBatch<'_> {

@@ -34,15 +34,7 @@ impl core::fmt::Debug for Head {
     }
 }
 
-/// Why the host refused or failed a crypto operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CryptoError {
-    UnknownKey,
-    WrongKeyKind,
-    IntegrityFailed,
-    BadLength,
-    KeyExpired,
-}
+pub use wasmsec_wire::CryptoError;
 
 /// Seal packet `index`: see `seal-op` in `wit/deps/crypto/crypto.wit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

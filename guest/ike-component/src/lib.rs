@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, IkeSuite, KeyExchange};
+use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, KeyExchange};
 use wasmsec_ike::{self as ike, Engine, Timing};
 use wasmsec_wire::ike::{DhGroup, PayloadType};
 
@@ -34,16 +34,7 @@ thread_local! {
 struct HostCrypto;
 
 fn err(e: WitError) -> CryptoError {
-    match e {
-        WitError::UnknownKey => CryptoError::UnknownKey,
-        WitError::WrongKeyKind => CryptoError::WrongKeyKind,
-        WitError::IntegrityFailed => CryptoError::IntegrityFailed,
-        WitError::BadLength => CryptoError::BadLength,
-        WitError::KeyExpired => CryptoError::KeyExpired,
-        WitError::Unsupported => CryptoError::Unsupported,
-        WitError::BadPeerValue => CryptoError::BadPeerValue,
-        WitError::Internal => CryptoError::Internal,
-    }
+    CryptoError::from_wit(e as u8)
 }
 
 impl IkeCrypto for HostCrypto {
@@ -58,13 +49,24 @@ impl IkeCrypto for HostCrypto {
         keys::dh_generate(group.raw()).map_err(err)
     }
 
-    fn derive_ike_sa(&mut self, kx: &KeyExchange) -> Result<Handle, CryptoError> {
-        keys::derive_ike_sa(ike_suite(kx.suite), kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r).map_err(err)
-    }
-
-    fn rekey_ike_sa(&mut self, old: Handle, kx: &KeyExchange) -> Result<Handle, CryptoError> {
-        keys::rekey_ike_sa(old, ike_suite(kx.suite), kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r)
-            .map_err(err)
+    fn derive_ike_sa(&mut self, old: Option<Handle>, kx: &KeyExchange) -> Result<Handle, CryptoError> {
+        let s = kx.suite;
+        let exchange = keys::KeyExchange {
+            suite: keys::IkeSuite {
+                encr: s.encr.raw(),
+                key_bits: s.key_bits,
+                prf: s.prf.raw(),
+                integ: s.integ.raw(),
+                dh: s.dh.raw(),
+            },
+            dh: kx.dh,
+            peer_public: kx.peer_public.to_vec(),
+            ni: kx.ni.to_vec(),
+            nr: kx.nr.to_vec(),
+            spi_i: kx.spi_i,
+            spi_r: kx.spi_r,
+        };
+        keys::derive_ike_sa(old, &exchange).map_err(err)
     }
 
     fn encrypt(
@@ -112,10 +114,6 @@ impl IkeCrypto for HostCrypto {
     fn destroy(&mut self, h: Handle) {
         keys::destroy(h)
     }
-}
-
-fn ike_suite(s: &IkeSuite) -> keys::IkeSuite {
-    keys::IkeSuite { encr: s.encr.raw(), key_bits: s.key_bits, prf: s.prf.raw(), integ: s.integ.raw(), dh: s.dh.raw() }
 }
 
 fn addr(b: &[u8]) -> Option<IpAddr> {

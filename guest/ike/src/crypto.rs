@@ -6,17 +6,7 @@ use wasmsec_wire::ike::{DhGroup, EncrId, IntegId, PayloadType, PrfId};
 /// Opaque name of a secret in the host keystore.
 pub type Handle = u64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CryptoError {
-    UnknownKey,
-    WrongKeyKind,
-    IntegrityFailed,
-    BadLength,
-    KeyExpired,
-    Unsupported,
-    BadPeerValue,
-    Internal,
-}
+pub use wasmsec_wire::CryptoError;
 
 /// An IKE SA's algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +54,10 @@ pub trait IkeCrypto {
     fn random(&mut self, buf: &mut [u8]);
     /// A fresh DH private value (kept by the host) and its public value.
     fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), CryptoError>;
-    /// Complete DH and derive SKEYSEED and SK_* (RFC 7296 section 2.14);
-    /// the DH handle is consumed. Returns the IKE SA's key handle.
-    fn derive_ike_sa(&mut self, kx: &KeyExchange) -> Result<Handle, CryptoError>;
-    /// Complete DH and derive the keys of the IKE SA replacing `old`
-    /// (section 2.18); the DH handle is consumed.
-    fn rekey_ike_sa(&mut self, old: Handle, kx: &KeyExchange) -> Result<Handle, CryptoError>;
+    /// Complete DH and derive SKEYSEED and SK_* (RFC 7296 section 2.14),
+    /// or with `old` those of the IKE SA replacing it (section 2.18); the
+    /// DH handle is consumed. Returns the new IKE SA's key handle.
+    fn derive_ike_sa(&mut self, old: Option<Handle>, kx: &KeyExchange) -> Result<Handle, CryptoError>;
     /// A whole message with an Encrypted payload holding `inner`.
     fn encrypt(
         &mut self,

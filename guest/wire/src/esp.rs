@@ -26,32 +26,21 @@ pub const NEXT_HEADER_IPV6: u8 = 41;
 /// The longest trailer: 255 bytes of padding, Pad Length, Next Header.
 pub const MAX_TRAILER_LEN: usize = 255 + TRAILER_FIXED_LEN;
 
-/// A read-only view of an ESP packet (header and the protected rest).
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+packet_view! {
+    /// A read-only view of an ESP packet (header and the protected rest).
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap a buffer without checking it; see [`Packet::new_checked`].
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a buffer from the wire, checking it holds a whole header and a
-    /// non-zero SPI (SPI 0 is reserved, RFC 4303 section 2.1; on UDP port
-    /// 4500 it is the non-ESP marker of RFC 3948).
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        if p.spi() == 0 {
+    /// A whole header and a non-zero SPI (SPI 0 is reserved, RFC 4303
+    /// section 2.1; on UDP port 4500 it is the non-ESP marker of RFC 3948).
+    pub fn check_len(&self) -> Result<()> {
+        if self.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if self.spi() == 0 {
             return Err(Error::Malformed);
         }
-        Ok(p)
-    }
-
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN { Err(Error::Truncated) } else { Ok(()) }
+        Ok(())
     }
 
     pub fn spi(&self) -> u32 {
@@ -66,10 +55,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Everything after the header: IV, ciphertext, ICV.
     pub fn protected(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
-    }
-
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 }
 

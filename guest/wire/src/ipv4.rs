@@ -4,27 +4,15 @@ use crate::{Error, Result, be16};
 
 pub const HEADER_LEN: usize = 20;
 
-/// A read-only view of an IPv4 packet.
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+packet_view! {
+    /// A read-only view of an IPv4 packet.
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Check version 4, a header length of at least 20 bytes that fits the
+    /// Version 4, a header length of at least 20 bytes that fits the
     /// buffer, and a total length no shorter than the header. The buffer may
     /// be a prefix of the packet (the engine reads only the head), so the
     /// total length may exceed it.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         if b.len() < HEADER_LEN {

@@ -10,12 +10,47 @@
 
 extern crate alloc;
 
+mod crypto_error;
+/// The view every packet type shares (smoltcp's `wire` pattern): a
+/// `Packet<T>` over a buffer, `new_unchecked`, `new_checked` (which runs
+/// the module's own `check_len`, after which no accessor panics), and
+/// `into_inner`.
+macro_rules! packet_view {
+    ($(#[$m:meta])*) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct Packet<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> Packet<T> {
+            /// Wrap a buffer without checking it; see [`Packet::new_checked`].
+            pub const fn new_unchecked(buffer: T) -> Self {
+                Packet { buffer }
+            }
+
+            /// Wrap a buffer from the wire, checked by [`Packet::check_len`].
+            pub fn new_checked(buffer: T) -> $crate::Result<Self> {
+                let p = Self::new_unchecked(buffer);
+                p.check_len()?;
+                Ok(p)
+            }
+
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+        }
+    };
+}
+
 pub mod esp;
 pub mod ike;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 pub mod udp_encap;
+
+pub use crypto_error::CryptoError;
 
 /// Why a buffer could not be read as the packet it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

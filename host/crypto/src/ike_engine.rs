@@ -50,14 +50,18 @@ impl IkeCrypto for EngineCrypto {
         self.vault.dh_generate(group.raw()).map_err(err)
     }
 
-    fn derive_ike_sa(&mut self, kx: &KeyExchange) -> Result<Handle, E> {
-        let s = suite(kx.suite);
-        self.vault.derive_ike_sa(&s, kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r).map_err(err)
-    }
-
-    fn rekey_ike_sa(&mut self, old: Handle, kx: &KeyExchange) -> Result<Handle, E> {
-        let s = suite(kx.suite);
-        self.vault.rekey_ike_sa(old, &s, kx.dh, kx.peer_public, kx.ni, kx.nr, kx.spi_i, kx.spi_r).map_err(err)
+    fn derive_ike_sa(&mut self, old: Option<Handle>, kx: &KeyExchange) -> Result<Handle, E> {
+        let suite = suite(kx.suite);
+        let exchange = crate::KeyExchange {
+            suite: &suite,
+            dh: kx.dh,
+            peer_public: kx.peer_public,
+            ni: kx.ni,
+            nr: kx.nr,
+            spi_i: kx.spi_i,
+            spi_r: kx.spi_r,
+        };
+        self.vault.derive_ike_sa(old, &exchange).map_err(err)
     }
 
     fn encrypt(&mut self, sa: Handle, fi: bool, h: &[u8; 28], first: PayloadType, inner: &[u8]) -> Result<Vec<u8>, E> {

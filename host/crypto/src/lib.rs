@@ -54,6 +54,19 @@ enum Secret {
     IkeSa(Box<IkeSaKeys>),
 }
 
+/// What an IKE SA's keys come from (section 2.14): the suite, our DH value
+/// (consumed) and the peer's public value, both nonces and both SPIs.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyExchange<'a> {
+    pub suite: &'a IkeSuite,
+    pub dh: u64,
+    pub peer_public: &'a [u8],
+    pub ni: &'a [u8],
+    pub nr: &'a [u8],
+    pub spi_i: u64,
+    pub spi_r: u64,
+}
+
 /// The algorithms of a CHILD SA, by IANA IDs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildSuite {
@@ -153,44 +166,16 @@ impl Vault {
     }
 
     /// Complete DH with the peer's public value and derive the IKE SA's keys
-    /// (section 2.14). The DH private value is consumed and destroyed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn derive_ike_sa(
-        &mut self,
-        suite: &IkeSuite,
-        dh: u64,
-        peer_public: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<u64, CryptoError> {
-        let shared = self.complete_dh(dh, Some(suite.dh), peer_public)?;
-        let keys = IkeSaKeys::derive(suite, &shared, ni, nr, spi_i, spi_r)?;
-        for k in keys.all_keys() {
-            self.record(k);
+    /// (section 2.14), or with `old` the keys of the IKE SA that replaces it
+    /// (section 2.18; `old` stays until it is destroyed). The DH private
+    /// value is consumed and destroyed.
+    pub fn derive_ike_sa(&mut self, old: Option<u64>, kx: &KeyExchange) -> Result<u64, CryptoError> {
+        if let Some(o) = old {
+            self.ike_sa(o)?;
         }
-        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
-    }
-
-    /// Complete DH and derive the keys of the IKE SA that replaces `old`
-    /// (section 2.18). The DH private value is consumed; `old` stays until
-    /// it is destroyed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rekey_ike_sa(
-        &mut self,
-        old: u64,
-        suite: &IkeSuite,
-        dh: u64,
-        peer_public: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<u64, CryptoError> {
-        self.ike_sa(old)?;
-        let shared = self.complete_dh(dh, Some(suite.dh), peer_public)?;
-        let keys = IkeSaKeys::rekey(self.ike_sa(old)?, suite, &shared, ni, nr, spi_i, spi_r)?;
+        let shared = self.complete_dh(kx.dh, Some(kx.suite.dh), kx.peer_public)?;
+        let old = old.map(|o| self.ike_sa(o)).transpose()?;
+        let keys = IkeSaKeys::derive(old, kx.suite, &shared, kx.ni, kx.nr, kx.spi_i, kx.spi_r)?;
         for k in keys.all_keys() {
             self.record(k);
         }
@@ -330,8 +315,9 @@ mod tests {
         let (da, pa) = a.dh_generate(suite.dh).unwrap();
         let (db, pb) = b.dh_generate(suite.dh).unwrap();
         let (ni, nr) = ([1u8; 32], [2u8; 32]);
-        let sa = a.derive_ike_sa(&suite, da, &pb, &ni, &nr, 5, 6).unwrap();
-        let sb = b.derive_ike_sa(&suite, db, &pa, &ni, &nr, 5, 6).unwrap();
+        let kx = |dh, public| KeyExchange { suite: &suite, dh, peer_public: public, ni: &ni, nr: &nr, spi_i: 5, spi_r: 6 };
+        let sa = a.derive_ike_sa(None, &kx(da, &pb)).unwrap();
+        let sb = b.derive_ike_sa(None, &kx(db, &pa)).unwrap();
         assert_eq!(a.len(), 1, "the DH private value is destroyed");
         let msg = a.encrypt(sa, true, &[0; 28], 35, b"hello").unwrap();
         assert_eq!(&b.decrypt(sb, true, &msg, 28).unwrap()[..], b"hello");
@@ -363,7 +349,8 @@ mod tests {
         let mut v = Vault::new();
         let suite = IkeSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 256, prf: 5, integ: 0, dh: dh::X25519 };
         let (d, p) = v.dh_generate(dh::ECP_256).unwrap();
-        assert_eq!(v.derive_ike_sa(&suite, d, &p, &[0; 16], &[0; 16], 1, 2).err(), Some(CryptoError::WrongKeyKind));
-        assert_eq!(v.derive_ike_sa(&suite, 12345, &p, &[0; 16], &[0; 16], 1, 2).err(), Some(CryptoError::UnknownKey));
+        let kx = |dh| KeyExchange { suite: &suite, dh, peer_public: &p, ni: &[0; 16], nr: &[0; 16], spi_i: 1, spi_r: 2 };
+        assert_eq!(v.derive_ike_sa(None, &kx(d)).err(), Some(CryptoError::WrongKeyKind));
+        assert_eq!(v.derive_ike_sa(None, &kx(12345)).err(), Some(CryptoError::UnknownKey));
     }
 }

@@ -184,9 +184,12 @@ pub struct IkeSaKeys {
 }
 
 impl IkeSaKeys {
-    /// SKEYSEED = prf(Ni | Nr, g^ir); {SK_d | SK_ai | SK_ar | SK_ei | SK_er |
-    /// SK_pi | SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) (section 2.14).
+    /// SKEYSEED = prf(Ni | Nr, g^ir) (section 2.14), or for the IKE SA
+    /// that replaces `old`, SKEYSEED = prf_old(SK_d_old, g^ir (new) | Ni | Nr)
+    /// (section 2.18); then {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi |
+    /// SK_pr} = prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) with the new SA's PRF.
     pub fn derive(
+        old: Option<&IkeSaKeys>,
         suite: &IkeSuite,
         shared: &[u8],
         ni: &[u8],
@@ -196,29 +199,10 @@ impl IkeSaKeys {
     ) -> Result<IkeSaKeys, CryptoError> {
         let prf = Prf::from_id(suite.prf).ok_or(CryptoError::Unsupported)?;
         let cipher = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
-        let mut nonces = Vec::with_capacity(ni.len() + nr.len());
-        nonces.extend_from_slice(ni);
-        nonces.extend_from_slice(nr);
-        let skeyseed = prf.prf(&nonces, &[shared]);
-        Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
-    }
-
-    /// The keys of the IKE SA that replaces `old` (section 2.18):
-    /// SKEYSEED = prf_old(SK_d_old, g^ir (new) | Ni | Nr), then prf+ as in
-    /// section 2.14 with the new SPIs and the new SA's PRF.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rekey(
-        old: &IkeSaKeys,
-        suite: &IkeSuite,
-        shared: &[u8],
-        ni: &[u8],
-        nr: &[u8],
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<IkeSaKeys, CryptoError> {
-        let prf = Prf::from_id(suite.prf).ok_or(CryptoError::Unsupported)?;
-        let cipher = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
-        let skeyseed = old.prf.prf(&old.sk_d, &[shared, ni, nr]);
+        let skeyseed = match old {
+            Some(old) => old.prf.prf(&old.sk_d, &[shared, ni, nr]),
+            None => prf.prf(&[ni, nr].concat(), &[shared]),
+        };
         Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
     }
 
@@ -463,7 +447,7 @@ mod tests {
     fn encrypt_decrypt_round_trip_every_suite() {
         let rng = SystemRandom::new();
         for s in suites() {
-            let mut k = IkeSaKeys::derive(&s, &[7; 32], &[1; 32], &[2; 32], 11, 22).unwrap();
+            let mut k = IkeSaKeys::derive(None, &s, &[7; 32], &[1; 32], &[2; 32], 11, 22).unwrap();
             let mut header = [0u8; 28];
             header[17] = 0x20;
             for len in [0usize, 1, 15, 16, 17, 100] {
@@ -484,10 +468,10 @@ mod tests {
 
     #[test]
     fn key_lengths_follow_the_suite() {
-        let k = IkeSaKeys::derive(&suites()[9], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
+        let k = IkeSaKeys::derive(None, &suites()[9], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
         assert_eq!(k.cipher, Cipher::Cbc { key_len: 16, integ: Integ::Sha256_128 });
         assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len(), k.sk_pr.len()), (32, 32, 16, 32));
-        let k = IkeSaKeys::derive(&suites()[1], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
+        let k = IkeSaKeys::derive(None, &suites()[1], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
         assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len()), (48, 0, 20));
     }
 }

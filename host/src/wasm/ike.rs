@@ -18,7 +18,7 @@ pub use b::exports::wasmsec::ike::engine::{
     ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaUp, Level, LogEvent,
     Output, SaChange, StartAction, Transmit,
 };
-use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite};
+use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite, KeyExchange};
 use b::wasmsec::crypto::types::CryptoError as WitError;
 pub use b::wasmsec::net::types::Endpoint;
 
@@ -95,37 +95,18 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         Ok((h, self.to_guest(public)))
     }
 
-    fn derive_ike_sa(
-        &mut self,
-        s: IkeSuite,
-        dh: u64,
-        peer_public: Vec<u8>,
-        ni: Vec<u8>,
-        nr: Vec<u8>,
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<u64, WitError> {
-        let h =
-            self.vault.derive_ike_sa(&vault_suite(s), dh, &peer_public, &ni, &nr, spi_i, spi_r).map_err(wit_error)?;
-        self.export_keys(h);
-        Ok(h)
-    }
-
-    fn rekey_ike_sa(
-        &mut self,
-        old: u64,
-        s: IkeSuite,
-        dh: u64,
-        peer_public: Vec<u8>,
-        ni: Vec<u8>,
-        nr: Vec<u8>,
-        spi_i: u64,
-        spi_r: u64,
-    ) -> Result<u64, WitError> {
-        let h = self
-            .vault
-            .rekey_ike_sa(old, &vault_suite(s), dh, &peer_public, &ni, &nr, spi_i, spi_r)
-            .map_err(wit_error)?;
+    fn derive_ike_sa(&mut self, old: Option<u64>, x: KeyExchange) -> Result<u64, WitError> {
+        let suite = vault_suite(x.suite);
+        let kx = wasmsec_crypto::KeyExchange {
+            suite: &suite,
+            dh: x.dh,
+            peer_public: &x.peer_public,
+            ni: &x.ni,
+            nr: &x.nr,
+            spi_i: x.spi_i,
+            spi_r: x.spi_r,
+        };
+        let h = self.vault.derive_ike_sa(old, &kx).map_err(wit_error)?;
         self.export_keys(h);
         Ok(h)
     }

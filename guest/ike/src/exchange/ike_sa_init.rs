@@ -199,7 +199,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     let suite = chosen.ike_suite();
     let kx =
         KeyExchange { suite: &suite, dh, peer_public: &offer.public, ni: &offer.nonce, nr: &nr, spi_i: h.spi_i, spi_r };
-    let keys = match ctx.crypto.derive_ike_sa(&kx) {
+    let keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => k,
         Err(e) => {
             ctx.stats.malformed += 1;
@@ -314,7 +314,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,
     };
-    sa.keys = match ctx.crypto.derive_ike_sa(&kx) {
+    sa.keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => Some(k),
         Err(e) => return Fate::Drop(format!("key derivation failed: {e:?}")),
     };

@@ -133,7 +133,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
     let nr = ctx.nonce();
     let suite = chosen.ike_suite();
     let kx = KeyExchange { suite: &suite, dh, peer_public: &offer.public, ni: &offer.nonce, nr: &nr, spi_i, spi_r };
-    let keys = match ctx.crypto.rekey_ike_sa(old_keys, &kx) {
+    let keys = match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
         Ok(k) => k,
         Err(e) => {
             ctx.warn(sa.conn, format!("IKE rekey key derivation failed: {e:?}"));
@@ -178,7 +178,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
         (Some((chosen, spi_r, public, nr)), None, Some(old_keys)) => {
             let suite = chosen.ike_suite();
             let kx = KeyExchange { suite: &suite, dh, peer_public: &public, ni: &ni, nr: &nr, spi_i: new_spi, spi_r };
-            match ctx.crypto.rekey_ike_sa(old_keys, &kx) {
+            match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
                 Ok(k) => Ok((chosen, spi_r, nr, k)),
                 Err(e) => Err(format!("key derivation failed: {e:?}")),
             }

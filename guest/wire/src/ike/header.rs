@@ -29,25 +29,13 @@ pub const FLAG_INITIATOR: u8 = 0x08;
 pub const FLAG_VERSION: u8 = 0x10;
 pub const FLAG_RESPONSE: u8 = 0x20;
 
-/// A read-only view of an IKE message's header.
-#[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+packet_view! {
+    /// A read-only view of an IKE message's header.
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-
-    /// Wrap a datagram from the wire: it holds a whole header whose Length
-    /// field is at least the header and at most the datagram.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-
+    /// A whole header whose Length field is at least the header and at most
+    /// the datagram.
     pub fn check_len(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         if b.len() < HEADER_LEN {
