@@ -1,6 +1,7 @@
 //! The Security Association Database and the per-packet decisions.
 use std::collections::HashMap;
 
+use wasmsec_wire::SaLimits;
 use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 
@@ -11,40 +12,47 @@ use crate::selector::{self, TrafficSelector};
 /// An SA for sending.
 #[derive(Debug, Clone)]
 pub struct OutboundSa {
+    /// The peer's SPI, written in every packet.
     pub spi: u32,
+    /// The host's key for sealing; the guest never sees the key itself.
     pub key: KeyHandle,
     /// The host's name for the peer (address and transport).
     pub peer: u32,
+    /// 64-bit sequence numbers, the high half only in the ICV (RFC 4303 2.2.1).
     pub esn: bool,
+    /// The sequence number the next packet gets (never 0 on the wire).
     pub next_seq: u64,
+    /// Pad the payload to a multiple of this (4 at least, RFC 4303 2.4).
     pub pad_align: u8,
+    /// Packets from here to `remote_ts` take this SA (the SPD entry,
+    /// RFC 4301 4.4.1).
     pub local_ts: Vec<TrafficSelector>,
+    /// Where those packets go.
     pub remote_ts: Vec<TrafficSelector>,
+    /// Volume lifetimes: soft ones are reported, hard ones stop the SA.
     pub limits: SaLimits,
 }
 
 /// An SA for receiving.
 #[derive(Debug, Clone)]
 pub struct InboundSa {
+    /// Our SPI: how arriving packets find this SA.
     pub spi: u32,
+    /// The host's key for opening.
     pub key: KeyHandle,
+    /// 64-bit sequence numbers (RFC 4303 2.2.1), inferred from the low half.
     pub esn: bool,
+    /// Packets this far behind the highest are still accepted once (0: no
+    /// replay check, RFC 4303 3.4.3).
     pub replay_window: u32,
+    /// The highest sequence number seen, to carry over a restart.
     pub highest_seq: u64,
+    /// Decrypted packets must be addressed here (RFC 4301 5.2, step 4)...
     pub local_ts: Vec<TrafficSelector>,
+    /// ...and come from here; others are dropped and counted.
     pub remote_ts: Vec<TrafficSelector>,
+    /// Volume lifetimes: soft ones are reported, hard ones stop the SA.
     pub limits: SaLimits,
-}
-
-/// Volume lifetimes of an SA (RFC 4301 section 4.4.2.1); 0 means none.
-/// Passing a soft limit asks the control plane for a rekey; at a hard limit
-/// the SA stops carrying traffic.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SaLimits {
-    pub soft_bytes: u64,
-    pub soft_packets: u64,
-    pub hard_bytes: u64,
-    pub hard_packets: u64,
 }
 
 /// What ran out.
@@ -128,7 +136,8 @@ impl core::fmt::Display for SaError {
     }
 }
 
-/// Why a packet was dropped; mirrors `drop-reason` in the ESP WIT.
+/// Why a packet was dropped; mirrors `drop-reason` in the ESP WIT. The host
+/// counts each reason under its own metric label (the names live there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
     NoPolicy,
@@ -142,39 +151,6 @@ pub enum DropReason {
     CryptoRefused,
     Dummy,
     SaExpired,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 11] = [
-        DropReason::NoPolicy,
-        DropReason::Malformed,
-        DropReason::UnknownSpi,
-        DropReason::Replay,
-        DropReason::IntegrityFailed,
-        DropReason::BadTrailer,
-        DropReason::SelectorMismatch,
-        DropReason::SeqExhausted,
-        DropReason::CryptoRefused,
-        DropReason::Dummy,
-        DropReason::SaExpired,
-    ];
-
-    /// A short stable name, used as a metric label and in logs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DropReason::NoPolicy => "no_policy",
-            DropReason::Malformed => "malformed",
-            DropReason::UnknownSpi => "unknown_spi",
-            DropReason::Replay => "replay",
-            DropReason::IntegrityFailed => "integrity_failed",
-            DropReason::BadTrailer => "bad_trailer",
-            DropReason::SelectorMismatch => "selector_mismatch",
-            DropReason::SeqExhausted => "seq_exhausted",
-            DropReason::CryptoRefused => "crypto_refused",
-            DropReason::Dummy => "dummy",
-            DropReason::SaExpired => "sa_expired",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

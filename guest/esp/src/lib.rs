@@ -18,6 +18,7 @@ pub mod selector;
 pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 pub use engine::{
     DecapVerdict, DropReason, EncapVerdict, Engine, Expiry, ExpiryCause, InboundSa, OutboundSa, SEQ_SOFT_MARGIN,
-    SEQ_SOFT_MARGIN_ESN, SaError, SaLimits, SaState,
+    SEQ_SOFT_MARGIN_ESN, SaError, SaState,
 };
+pub use wasmsec_wire::SaLimits;
 pub use selector::TrafficSelector;

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
-use wasmsec_ike::crypto::{ChildKeys, ChildSuite, CryptoError, Handle, IkeCrypto, KeyExchange};
+use wasmsec_ike::crypto::{ChildKeying, ChildKeys, CryptoError, Handle, IkeCrypto, IkeSuite, KeyExchange};
 use wasmsec_ike::{self as ike, Engine, Timing};
 use wasmsec_wire::ike::{DhGroup, PayloadType};
 
@@ -50,15 +50,8 @@ impl IkeCrypto for HostCrypto {
     }
 
     fn derive_ike_sa(&mut self, old: Option<Handle>, kx: &KeyExchange) -> Result<Handle, CryptoError> {
-        let s = kx.suite;
         let exchange = keys::KeyExchange {
-            suite: keys::IkeSuite {
-                encr: s.encr.raw(),
-                key_bits: s.key_bits,
-                prf: s.prf.raw(),
-                integ: s.integ.raw(),
-                dh: s.dh.raw(),
-            },
+            suite: wit_ike_suite(kx.suite),
             dh: kx.dh,
             peer_public: kx.peer_public.to_vec(),
             ni: kx.ni.to_vec(),
@@ -96,24 +89,27 @@ impl IkeCrypto for HostCrypto {
         keys::psk_auth(sa, psk, fi, m, n, id).map_err(err)
     }
 
-    fn child_keys(
-        &mut self,
-        sa: Handle,
-        s: &ChildSuite,
-        ni: &[u8],
-        nr: &[u8],
-        init: bool,
-        pfs: Option<(Handle, &[u8])>,
-    ) -> Result<ChildKeys, CryptoError> {
-        let suite = keys::ChildSuite { encr: s.encr.raw(), key_bits: s.key_bits, integ: s.integ.raw(), esn: s.esn };
-        let pfs = pfs.as_ref().map(|(h, public)| (h, *public));
-        let k = keys::derive_child(sa, suite, ni, nr, init, pfs).map_err(err)?;
-        Ok(ChildKeys { outbound: k.outbound, inbound: k.inbound })
+    fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, CryptoError> {
+        let s = k.suite;
+        let keying = keys::ChildKeying {
+            ike_sa: k.ike_sa,
+            suite: keys::ChildSuite { encr: s.encr.raw(), key_bits: s.key_bits, integ: s.integ.raw(), esn: s.esn },
+            ni: k.ni.to_vec(),
+            nr: k.nr.to_vec(),
+            we_initiated: k.we_initiated,
+            pfs: k.pfs.map(|(h, public)| (h, public.to_vec())),
+        };
+        let h = keys::derive_child(&keying).map_err(err)?;
+        Ok(ChildKeys { outbound: h.outbound, inbound: h.inbound })
     }
 
     fn destroy(&mut self, h: Handle) {
         keys::destroy(h)
     }
+}
+
+fn wit_ike_suite(s: &IkeSuite) -> keys::IkeSuite {
+    keys::IkeSuite { encr: s.encr.raw(), key_bits: s.key_bits, prf: s.prf.raw(), integ: s.integ.raw(), dh: s.dh.raw() }
 }
 
 fn addr(b: &[u8]) -> Option<IpAddr> {

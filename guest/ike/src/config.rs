@@ -32,9 +32,14 @@ pub enum DpdAction {
 /// A CHILD SA's configuration.
 #[derive(Debug, Clone)]
 pub struct ChildConfig {
+    /// Its name in the config and the logs.
     pub name: String,
+    /// Our side's selectors as configured ("10.0.1.0/24"), proposed as TSi/TSr.
     pub local_ts: Vec<String>,
+    /// The peer's side's.
     pub remote_ts: Vec<String>,
+    /// ESP proposals, strongSwan's syntax ("aes256gcm16-x25519"; a DH group
+    /// asks for PFS in CREATE_CHILD_SA).
     pub esp_proposals: String,
     /// Rekey the CHILD SA this long after it was created (RFC 7296 section
     /// 1.3.3); 0: never initiate a rekey (the peer's rekeys are answered).
@@ -42,13 +47,16 @@ pub struct ChildConfig {
     /// Rekey once either SA of the pair carried this many bytes or
     /// packets; 0: no such limit.
     pub rekey_bytes: u64,
+    /// The same in packets.
     pub rekey_packets: u64,
     /// Hard limits: the CHILD SA is deleted (and created anew) when one is
     /// reached before the rekey replaced it; 0: 110 % of the matching
     /// rekey limit (by time at least the retransmission span above it), or
     /// none without one.
     pub life_time_ms: u64,
+    /// Hard limit in bytes (0: as above).
     pub life_bytes: u64,
+    /// Hard limit in packets (0: as above).
     pub life_packets: u64,
 }
 
@@ -60,12 +68,17 @@ pub struct ConnectionConfig {
     pub local_addrs: Vec<IpAddr>,
     /// The peer's addresses (empty: any; then we cannot initiate).
     pub remote_addrs: Vec<IpAddr>,
+    /// Our IKE identity (IDi/IDr, section 3.5), e.g. "gw-a.example".
     pub local_id: String,
+    /// The identity the peer must present.
     pub remote_id: String,
     /// The pre-shared key's handle in the host keystore.
     pub psk: Handle,
+    /// IKE proposals, strongSwan's syntax ("aes256gcm16-prfsha256-x25519").
     pub ike_proposals: String,
+    /// Its CHILD SAs.
     pub children: Vec<ChildConfig>,
+    /// What happens at start (initiate, trap, or wait for the peer).
     pub start_action: StartAction,
     /// Always use UDP encapsulation for ESP, NAT or not.
     pub force_encap: bool,
@@ -126,9 +139,12 @@ impl Timing {
 /// A CHILD SA's lifetimes after defaults (0: none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Lifetimes {
+    /// Milliseconds after creation (0: we do not rekey by time).
     pub rekey_time: u64,
+    /// Soft volume limits, jittered per SA when installed.
     pub rekey_bytes: u64,
     pub rekey_packets: u64,
+    /// Hard limits with the defaults applied (0: none).
     pub life_time: u64,
     pub life_bytes: u64,
     pub life_packets: u64,

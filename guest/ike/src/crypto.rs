@@ -1,51 +1,19 @@
 //! What the engine asks of the host's keystore. Every secret stays there;
 //! the engine holds handles (see `wit/deps/crypto/crypto.wit`, `ike-keys`).
 
-use wasmsec_wire::ike::{DhGroup, EncrId, IntegId, PayloadType, PrfId};
+use wasmsec_wire::ike::{DhGroup, PayloadType};
 
 /// Opaque name of a secret in the host keystore.
 pub type Handle = u64;
 
-pub use wasmsec_wire::CryptoError;
-
-/// An IKE SA's algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IkeSuite {
-    pub encr: EncrId,
-    /// Key length in bits (256 for ChaCha20-Poly1305).
-    pub key_bits: u16,
-    pub prf: PrfId,
-    /// `None` with an AEAD cipher.
-    pub integ: IntegId,
-    pub dh: DhGroup,
-}
-
-/// A CHILD SA's algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChildSuite {
-    pub encr: EncrId,
-    pub key_bits: u16,
-    pub integ: IntegId,
-    pub esn: bool,
-}
-
-/// What an IKE SA's keys come from (RFC 7296 section 2.14): the suite, our
-/// DH value (consumed) and the peer's public value, both nonces and both SPIs.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyExchange<'a> {
-    pub suite: &'a IkeSuite,
-    pub dh: Handle,
-    pub peer_public: &'a [u8],
-    pub ni: &'a [u8],
-    pub nr: &'a [u8],
-    pub spi_i: u64,
-    pub spi_r: u64,
-}
+pub use wasmsec_wire::crypto::{ChildKeying, ChildSuite, CryptoError, IkeSuite, KeyExchange};
 
 /// ESP key handles for a new CHILD SA, as the host's ESP keystore knows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildKeys {
+    /// The host's handle on the key we seal with.
     pub outbound: Handle,
+    /// The host's handle on the key we open with.
     pub inbound: Handle,
 }
 
@@ -86,17 +54,8 @@ pub trait IkeCrypto {
         id_body: &[u8],
     ) -> Result<Vec<u8>, CryptoError>;
     /// Derive a CHILD SA's keys (section 2.17) into the ESP keystore; with
-    /// `pfs` (our DH handle, consumed, and the peer's public value) from a
-    /// new DH exchange as well.
-    fn child_keys(
-        &mut self,
-        sa: Handle,
-        suite: &ChildSuite,
-        ni: &[u8],
-        nr: &[u8],
-        we_are_initiator: bool,
-        pfs: Option<(Handle, &[u8])>,
-    ) -> Result<ChildKeys, CryptoError>;
+    /// PFS from a new DH exchange as well.
+    fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, CryptoError>;
     /// Destroy a secret (IKE SA keys, DH value, ESP key).
     fn destroy(&mut self, h: Handle);
 }

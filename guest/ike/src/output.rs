@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use wasmsec_wire::SaLimits;
 use wasmsec_wire::ike::TrafficSelector as Ts;
 
 use crate::crypto::{ChildSuite, Handle};
@@ -14,7 +15,9 @@ use crate::crypto::{ChildSuite, Handle};
 /// A UDP endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
+    /// The IP address.
     pub addr: IpAddr,
+    /// The UDP port.
     pub port: u16,
 }
 
@@ -24,8 +27,11 @@ pub const NAT_T_PORT: u16 = 4500;
 /// An IKE datagram (without the non-ESP marker on port 4500).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
+    /// Our end: where it arrived, or where it must leave from.
     pub local: Endpoint,
+    /// The peer's end.
     pub remote: Endpoint,
+    /// The IKE message, from its header on.
     pub data: Vec<u8>,
 }
 
@@ -40,30 +46,32 @@ pub enum Transmit {
     },
 }
 
-/// Volume limits for the data plane, per SA (0: none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub soft_bytes: u64,
-    pub soft_packets: u64,
-    pub hard_bytes: u64,
-    pub hard_packets: u64,
-}
-
 /// A CHILD SA to install in the data plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSa {
+    /// The connection's name in the config.
     pub connection: String,
+    /// The CHILD config's name within it.
     pub child: String,
     /// Our IKE SPI of the IKE SA this CHILD SA belongs to.
     pub ike_spi: u64,
+    /// Ours: the peer writes it into the ESP it sends us.
     pub inbound_spi: u32,
+    /// The peer's: we write it into the ESP we send.
     pub outbound_spi: u32,
+    /// The host's handle on the inbound key (KEYMAT, RFC 7296 2.17).
     pub inbound_key: Handle,
+    /// The host's handle on the outbound key.
     pub outbound_key: Handle,
+    /// The negotiated ESP transforms.
     pub suite: ChildSuite,
+    /// Narrowed selectors on our side (section 2.9).
     pub local_ts: Vec<Ts>,
+    /// Narrowed selectors on the peer's side.
     pub remote_ts: Vec<Ts>,
+    /// Our address and port for this IKE SA (where ESP-in-UDP leaves from).
     pub local: Endpoint,
+    /// The peer's, as last seen (NAT may have moved it, RFC 7296 2.23).
     pub remote: Endpoint,
     /// ESP in UDP (RFC 3948) to the peer's port 4500.
     pub encap: bool,
@@ -72,7 +80,7 @@ pub struct ChildSa {
     /// send on the new SA before the initiator can receive on it, section 2.8).
     pub outbound_deferred: bool,
     /// Volume lifetimes; passing one is reported with `Engine::child_expired`.
-    pub limits: Limits,
+    pub limits: SaLimits,
 }
 
 /// A change to the data plane's SAs.

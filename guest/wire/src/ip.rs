@@ -42,8 +42,11 @@ pub const PROTO_SCTP: u8 = 132;
 /// Selector fields of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selectors {
+    /// Source address.
     pub src: Address,
+    /// Destination address.
     pub dst: Address,
+    /// The upper-layer protocol (IPv6: the first next-header value).
     pub protocol: u8,
     /// Source port; for ICMP the type in the high and the code in the low
     /// byte, as IKEv2 traffic selectors carry them (RFC 7296 section 3.13.1).
@@ -59,34 +62,22 @@ impl Selectors {
     /// Read the selector fields from the head of an IP packet (at least the
     /// IP header; the ports are read if they are in `head`).
     pub fn parse(head: &[u8]) -> Result<Selectors> {
-        match head.first().map(|b| b >> 4) {
+        let (src, dst, protocol, ports, total_len) = match head.first().map(|b| b >> 4) {
             Some(4) => {
                 let p = ipv4::Packet::new_checked(head)?;
-                let ports = if p.is_non_first_fragment() { None } else { ports(p.protocol(), p.payload()) };
-                Ok(Selectors {
-                    src: Address::V4(p.src_addr()),
-                    dst: Address::V4(p.dst_addr()),
-                    protocol: p.protocol(),
-                    src_port: ports.map(|x| x.0),
-                    dst_port: ports.map(|x| x.1),
-                    total_len: usize::from(p.total_len()),
-                })
+                // Only the first fragment carries the ports (RFC 4301 7.1).
+                let l4 = if p.is_non_first_fragment() { None } else { ports(p.protocol(), p.payload()) };
+                (Address::V4(p.src_addr()), Address::V4(p.dst_addr()), p.protocol(), l4, usize::from(p.total_len()))
             }
             Some(6) => {
                 let p = ipv6::Packet::new_checked(head)?;
-                let ports = ports(p.next_header(), p.payload());
-                Ok(Selectors {
-                    src: Address::V6(p.src_addr()),
-                    dst: Address::V6(p.dst_addr()),
-                    protocol: p.next_header(),
-                    src_port: ports.map(|x| x.0),
-                    dst_port: ports.map(|x| x.1),
-                    total_len: usize::from(p.payload_len()) + ipv6::HEADER_LEN,
-                })
+                let len = usize::from(p.payload_len()) + ipv6::HEADER_LEN;
+                (Address::V6(p.src_addr()), Address::V6(p.dst_addr()), p.next_header(), ports(p.next_header(), p.payload()), len)
             }
-            Some(_) => Err(Error::Malformed),
-            None => Err(Error::Truncated),
-        }
+            Some(_) => return Err(Error::Malformed),
+            None => return Err(Error::Truncated),
+        };
+        Ok(Selectors { src, dst, protocol, src_port: ports.map(|x| x.0), dst_port: ports.map(|x| x.1), total_len })
     }
 }
 

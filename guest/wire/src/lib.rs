@@ -10,7 +10,8 @@
 
 extern crate alloc;
 
-mod crypto_error;
+pub mod crypto;
+mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a
 /// `Packet<T>` over a buffer, `new_unchecked`, `new_checked` (which runs
 /// the module's own `check_len`, after which no accessor panics), and
@@ -50,7 +51,8 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod udp_encap;
 
-pub use crypto_error::CryptoError;
+pub use crypto::CryptoError;
+pub use sa_limits::SaLimits;
 
 /// Why a buffer could not be read as the packet it claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

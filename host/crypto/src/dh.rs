@@ -4,17 +4,13 @@
 use num_bigint::BigUint;
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use wasmsec_wire::ike::DhGroup;
 use zeroize::Zeroizing;
 
 use crate::CryptoError;
 
-/// IANA transform type 4 IDs.
-pub const MODP_2048: u16 = 14;
-pub const ECP_256: u16 = 19;
-pub const ECP_384: u16 = 20;
-pub const X25519: u16 = 31;
-
-pub const SUPPORTED: [u16; 4] = [X25519, ECP_256, ECP_384, MODP_2048];
+/// The groups this vault implements.
+pub const SUPPORTED: [DhGroup; 4] = [DhGroup::X25519, DhGroup::Ecp256, DhGroup::Ecp384, DhGroup::Modp2048];
 
 /// RFC 3526 section 3, the 2048-bit MODP group's prime; the generator is 2.
 const MODP_2048_P: &str = "\
@@ -30,35 +26,35 @@ const MODP_EXPONENT_LEN: usize = 64;
 
 /// A DH private value, used once.
 pub enum Private {
-    Ring { group: u16, key: EphemeralPrivateKey },
+    Ring { group: DhGroup, key: EphemeralPrivateKey },
     Modp { x: Zeroizing<Vec<u8>> },
 }
 
 impl Private {
-    pub fn group(&self) -> u16 {
+    pub fn group(&self) -> DhGroup {
         match self {
             Private::Ring { group, .. } => *group,
-            Private::Modp { .. } => MODP_2048,
+            Private::Modp { .. } => DhGroup::Modp2048,
         }
     }
 }
 
-fn ring_alg(group: u16) -> Option<&'static agreement::Algorithm> {
+fn ring_alg(group: DhGroup) -> Option<&'static agreement::Algorithm> {
     match group {
-        X25519 => Some(&agreement::X25519),
-        ECP_256 => Some(&agreement::ECDH_P256),
-        ECP_384 => Some(&agreement::ECDH_P384),
+        DhGroup::X25519 => Some(&agreement::X25519),
+        DhGroup::Ecp256 => Some(&agreement::ECDH_P256),
+        DhGroup::Ecp384 => Some(&agreement::ECDH_P384),
         _ => None,
     }
 }
 
 /// Length of a group's public value on the wire (the KE payload's data).
-pub fn public_len(group: u16) -> Option<usize> {
+pub fn public_len(group: DhGroup) -> Option<usize> {
     match group {
-        X25519 => Some(32),
-        ECP_256 => Some(64),
-        ECP_384 => Some(96),
-        MODP_2048 => Some(MODP_2048_LEN),
+        DhGroup::X25519 => Some(32),
+        DhGroup::Ecp256 => Some(64),
+        DhGroup::Ecp384 => Some(96),
+        DhGroup::Modp2048 => Some(MODP_2048_LEN),
         _ => None,
     }
 }
@@ -74,17 +70,17 @@ fn pad_to(v: Vec<u8>, len: usize) -> Vec<u8> {
 }
 
 /// A fresh private value and the public value to send.
-pub fn generate(group: u16, rng: &SystemRandom) -> Result<(Private, Vec<u8>), CryptoError> {
+pub fn generate(group: DhGroup, rng: &SystemRandom) -> Result<(Private, Vec<u8>), CryptoError> {
     if let Some(alg) = ring_alg(group) {
         let key = EphemeralPrivateKey::generate(alg, rng).map_err(|_| CryptoError::Internal)?;
         let public = key.compute_public_key().map_err(|_| CryptoError::Internal)?;
         let mut p = public.as_ref().to_vec();
-        if group != X25519 {
+        if group != DhGroup::X25519 {
             p.remove(0); // RFC 5903 section 7: no 0x04 point-format octet
         }
         return Ok((Private::Ring { group, key }, p));
     }
-    if group == MODP_2048 {
+    if group == DhGroup::Modp2048 {
         let mut x = Zeroizing::new(vec![0u8; MODP_EXPONENT_LEN]);
         rng.fill(&mut x).map_err(|_| CryptoError::Internal)?;
         let y = BigUint::from(2u32).modpow(&BigUint::from_bytes_be(&x), &modp_p());
@@ -103,7 +99,7 @@ pub fn complete(private: Private, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, Cry
         Private::Ring { key, .. } => {
             let alg = ring_alg(group).ok_or(CryptoError::Unsupported)?;
             let mut p = Vec::with_capacity(peer.len() + 1);
-            if group != X25519 {
+            if group != DhGroup::X25519 {
                 p.push(0x04);
             }
             p.extend_from_slice(peer);
@@ -148,12 +144,12 @@ mod tests {
             let (a, _) = generate(g, &rng).unwrap();
             assert_eq!(complete(a, &[1, 2, 3]).err(), Some(CryptoError::BadPeerValue));
         }
-        let (a, _) = generate(MODP_2048, &rng).unwrap();
+        let (a, _) = generate(DhGroup::Modp2048, &rng).unwrap();
         let mut one = vec![0u8; 256];
         one[255] = 1;
         assert_eq!(complete(a, &one).err(), Some(CryptoError::BadPeerValue));
-        let (a, _) = generate(ECP_256, &rng).unwrap();
+        let (a, _) = generate(DhGroup::Ecp256, &rng).unwrap();
         assert_eq!(complete(a, &[0x11; 64]).err(), Some(CryptoError::BadPeerValue), "not on the curve");
-        assert!(generate(5, &rng).is_err());
+        assert!(generate(DhGroup::from(5), &rng).is_err());
     }
 }

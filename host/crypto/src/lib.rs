@@ -21,29 +21,9 @@ pub mod prf;
 pub mod sk;
 
 pub use prf::Prf;
-pub use sk::{Cipher, IkeSaKeys, IkeSuite};
-
-/// Why the vault refused an operation. Mirrors `crypto-error` in the WIT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CryptoError {
-    #[error("unknown handle")]
-    UnknownKey,
-    #[error("handle names another kind of secret")]
-    WrongKeyKind,
-    #[error("integrity check failed")]
-    IntegrityFailed,
-    #[error("length out of range")]
-    BadLength,
-    #[error("key expired")]
-    KeyExpired,
-    #[error("algorithm not supported")]
-    Unsupported,
-    #[error("peer's public value is invalid")]
-    BadPeerValue,
-    #[error("internal crypto failure")]
-    Internal,
-}
+pub use sk::{Cipher, IkeSaKeys};
+pub use wasmsec_wire::crypto::{ChildKeying, ChildSuite, CryptoError, IkeSuite, KeyExchange};
+use wasmsec_wire::ike::DhGroup;
 
 /// The "Key Pad for IKEv2" of RFC 7296 section 2.15.
 const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
@@ -54,32 +34,13 @@ enum Secret {
     IkeSa(Box<IkeSaKeys>),
 }
 
-/// What an IKE SA's keys come from (section 2.14): the suite, our DH value
-/// (consumed) and the peer's public value, both nonces and both SPIs.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyExchange<'a> {
-    pub suite: &'a IkeSuite,
-    pub dh: u64,
-    pub peer_public: &'a [u8],
-    pub ni: &'a [u8],
-    pub nr: &'a [u8],
-    pub spi_i: u64,
-    pub spi_r: u64,
-}
-
-/// The algorithms of a CHILD SA, by IANA IDs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChildSuite {
-    pub encr: u16,
-    pub key_bits: u16,
-    pub integ: u16,
-}
-
 /// CHILD SA keying material, one block per direction (encryption key, with
 /// salt for AEAD, followed by the integrity key if any).
 pub struct ChildKeymat {
-    pub initiator_to_responder: Zeroizing<Vec<u8>>,
-    pub responder_to_initiator: Zeroizing<Vec<u8>>,
+    /// The key we seal with.
+    pub outbound: Zeroizing<Vec<u8>>,
+    /// The key we open with.
+    pub inbound: Zeroizing<Vec<u8>>,
 }
 
 /// Holder of every IKE secret.
@@ -160,7 +121,7 @@ impl Vault {
     }
 
     /// A fresh DH private value (kept here) and its public value.
-    pub fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), CryptoError> {
+    pub fn dh_generate(&mut self, group: DhGroup) -> Result<(u64, Vec<u8>), CryptoError> {
         let (private, public) = dh::generate(group, &self.rng)?;
         Ok((self.insert(Secret::Dh(private)), public))
     }
@@ -188,7 +149,7 @@ impl Vault {
     fn complete_dh(
         &mut self,
         dh: u64,
-        group: Option<u16>,
+        group: Option<DhGroup>,
         peer_public: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let private = match self.secrets.remove(&dh) {
@@ -267,34 +228,29 @@ impl Vault {
         Ok(k.prf.prf(&pad_key, &[real_message, nonce, &maced_id]).to_vec())
     }
 
-    /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), all of
-    /// the initiator-to-responder SA's keys first.
-    /// With `pfs` (our DH value, consumed, and the peer's public value) the
-    /// new shared secret goes in front of the nonces (section 2.17:
-    /// KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr)).
-    pub fn child_keymat(
-        &mut self,
-        sa: u64,
-        suite: &ChildSuite,
-        ni: &[u8],
-        nr: &[u8],
-        pfs: Option<(u64, &[u8])>,
-    ) -> Result<ChildKeymat, CryptoError> {
-        self.ike_sa(sa)?;
-        let c = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
+    /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), the
+    /// initiator-to-responder SA's keys first, handed out as ours and the
+    /// peer's by `we_initiated`. With PFS (our DH value, consumed, and the
+    /// peer's public value) the new shared secret goes in front of the
+    /// nonces: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr).
+    pub fn child_keymat(&mut self, k: &ChildKeying) -> Result<ChildKeymat, CryptoError> {
+        self.ike_sa(k.ike_sa)?;
+        let c = Cipher::from_ids(k.suite.encr, k.suite.key_bits, k.suite.integ)?;
         let one = c.encr_keymat_len() + c.integ_key_len();
-        let mut seed = Zeroizing::new(Vec::with_capacity(ni.len() + nr.len()));
-        if let Some((dh, peer_public)) = pfs {
+        let mut seed = Zeroizing::new(Vec::with_capacity(k.ni.len() + k.nr.len()));
+        if let Some((dh, peer_public)) = k.pfs {
             seed.extend_from_slice(&self.complete_dh(dh, None, peer_public)?);
         }
-        seed.extend_from_slice(ni);
-        seed.extend_from_slice(nr);
-        let k = self.ike_sa(sa)?;
-        let km = k.prf.prf_plus(&k.sk_d, &seed, 2 * one);
+        seed.extend_from_slice(k.ni);
+        seed.extend_from_slice(k.nr);
+        let sa = self.ike_sa(k.ike_sa)?;
+        let km = sa.prf.prf_plus(&sa.sk_d, &seed, 2 * one);
         self.record(&km);
-        Ok(ChildKeymat {
-            initiator_to_responder: Zeroizing::new(km[..one].to_vec()),
-            responder_to_initiator: Zeroizing::new(km[one..].to_vec()),
+        let (i_to_r, r_to_i) = (Zeroizing::new(km[..one].to_vec()), Zeroizing::new(km[one..].to_vec()));
+        Ok(if k.we_initiated {
+            ChildKeymat { outbound: i_to_r, inbound: r_to_i }
+        } else {
+            ChildKeymat { outbound: r_to_i, inbound: i_to_r }
         })
     }
 
@@ -307,10 +263,17 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmsec_wire::ike::{EncrId, IntegId, PrfId};
 
     #[test]
     fn two_vaults_derive_the_same_ike_sa_and_auth() {
-        let suite = IkeSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 256, prf: 6, integ: 0, dh: dh::ECP_384 };
+        let suite = IkeSuite {
+            encr: EncrId::AesGcm16,
+            key_bits: 256,
+            prf: PrfId::HmacSha2_384,
+            integ: IntegId::None,
+            dh: DhGroup::Ecp384,
+        };
         let (mut a, mut b) = (Vault::new(), Vault::new());
         let (da, pa) = a.dh_generate(suite.dh).unwrap();
         let (db, pb) = b.dh_generate(suite.dh).unwrap();
@@ -326,20 +289,22 @@ mod tests {
         let x = a.psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap();
         assert_eq!(x, b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
         assert_ne!(x, b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
-        let cs = ChildSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 128, integ: 0 };
-        let ka = a.child_keymat(sa, &cs, &ni, &nr, None).unwrap();
-        let kb = b.child_keymat(sb, &cs, &ni, &nr, None).unwrap();
-        assert_eq!(*ka.initiator_to_responder, *kb.initiator_to_responder);
+        let cs = ChildSuite { encr: EncrId::AesGcm16, key_bits: 128, integ: IntegId::None, esn: false };
+        let keying = |ike_sa, we_initiated, pfs| ChildKeying { ike_sa, suite: &cs, ni: &ni, nr: &nr, we_initiated, pfs };
+        let ka = a.child_keymat(&keying(sa, true, None)).unwrap();
+        let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
+        assert_eq!(*ka.outbound, *kb.inbound);
+        assert_eq!(*ka.inbound, *kb.outbound);
         // With PFS both sides agree, on other keys, and the DH values are gone.
-        let (da, pa) = a.dh_generate(dh::X25519).unwrap();
-        let (db, pb) = b.dh_generate(dh::X25519).unwrap();
-        let pa_km = a.child_keymat(sa, &cs, &ni, &nr, Some((da, &pb))).unwrap();
-        let pb_km = b.child_keymat(sb, &cs, &ni, &nr, Some((db, &pa))).unwrap();
-        assert_eq!(*pa_km.responder_to_initiator, *pb_km.responder_to_initiator);
-        assert_ne!(*pa_km.initiator_to_responder, *ka.initiator_to_responder);
-        assert_eq!(a.child_keymat(sa, &cs, &ni, &nr, Some((da, &pb))).err(), Some(CryptoError::UnknownKey));
-        assert_eq!(ka.initiator_to_responder.len(), 20);
-        assert_ne!(*ka.initiator_to_responder, *ka.responder_to_initiator);
+        let (da, pa) = a.dh_generate(DhGroup::X25519).unwrap();
+        let (db, pb) = b.dh_generate(DhGroup::X25519).unwrap();
+        let pa_km = a.child_keymat(&keying(sa, true, Some((da, &pb)))).unwrap();
+        let pb_km = b.child_keymat(&keying(sb, false, Some((db, &pa)))).unwrap();
+        assert_eq!(*pa_km.inbound, *pb_km.outbound);
+        assert_ne!(*pa_km.outbound, *ka.outbound);
+        assert_eq!(a.child_keymat(&keying(sa, true, Some((da, &pb)))).err(), Some(CryptoError::UnknownKey));
+        assert_eq!(ka.outbound.len(), 20);
+        assert_ne!(*ka.outbound, *ka.inbound);
         assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
         assert!(a.destroy(sa) && a.destroy(pska) && a.is_empty());
     }
@@ -347,8 +312,14 @@ mod tests {
     #[test]
     fn mismatched_group_or_handle_is_refused() {
         let mut v = Vault::new();
-        let suite = IkeSuite { encr: sk::ENCR_AES_GCM_16, key_bits: 256, prf: 5, integ: 0, dh: dh::X25519 };
-        let (d, p) = v.dh_generate(dh::ECP_256).unwrap();
+        let suite = IkeSuite {
+            encr: EncrId::AesGcm16,
+            key_bits: 256,
+            prf: PrfId::HmacSha2_256,
+            integ: IntegId::None,
+            dh: DhGroup::X25519,
+        };
+        let (d, p) = v.dh_generate(DhGroup::Ecp256).unwrap();
         let kx = |dh| KeyExchange { suite: &suite, dh, peer_public: &p, ni: &[0; 16], nr: &[0; 16], spi_i: 1, spi_r: 2 };
         assert_eq!(v.derive_ike_sa(None, &kx(d)).err(), Some(CryptoError::WrongKeyKind));
         assert_eq!(v.derive_ike_sa(None, &kx(12345)).err(), Some(CryptoError::UnknownKey));

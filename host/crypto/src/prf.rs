@@ -1,12 +1,9 @@
 //! Pseudorandom functions and prf+ (RFC 7296 section 2.13), HMAC-SHA2
 //! (RFC 4868).
 use ring::hmac;
+use wasmsec_wire::ike::PrfId;
 use zeroize::Zeroizing;
 
-/// IANA transform type 2 IDs.
-pub const HMAC_SHA2_256: u16 = 5;
-pub const HMAC_SHA2_384: u16 = 6;
-pub const HMAC_SHA2_512: u16 = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prf {
@@ -16,11 +13,11 @@ pub enum Prf {
 }
 
 impl Prf {
-    pub fn from_id(id: u16) -> Option<Prf> {
+    pub fn from_id(id: PrfId) -> Option<Prf> {
         match id {
-            HMAC_SHA2_256 => Some(Prf::Sha256),
-            HMAC_SHA2_384 => Some(Prf::Sha384),
-            HMAC_SHA2_512 => Some(Prf::Sha512),
+            PrfId::HmacSha2_256 => Some(Prf::Sha256),
+            PrfId::HmacSha2_384 => Some(Prf::Sha384),
+            PrfId::HmacSha2_512 => Some(Prf::Sha512),
             _ => None,
         }
     }

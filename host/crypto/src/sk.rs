@@ -8,32 +8,14 @@ use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::CryptoError;
+use wasmsec_wire::ike::{EncrId, IntegId};
+
+use crate::{CryptoError, IkeSuite};
 use crate::prf::Prf;
 
-/// IANA transform type 1 and 3 IDs used here.
-pub const ENCR_AES_CBC: u16 = 12;
-pub const ENCR_AES_GCM_16: u16 = 20;
-pub const ENCR_CHACHA20_POLY1305: u16 = 28;
-pub const AUTH_NONE: u16 = 0;
-pub const AUTH_HMAC_SHA2_256_128: u16 = 12;
-pub const AUTH_HMAC_SHA2_384_192: u16 = 13;
-pub const AUTH_HMAC_SHA2_512_256: u16 = 14;
 
 const HEADER_LEN: usize = 28;
 const SK: u8 = 46;
-
-/// The algorithms of an IKE SA, by IANA IDs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IkeSuite {
-    pub encr: u16,
-    /// Key length in bits (AES); 256 for ChaCha20-Poly1305.
-    pub key_bits: u16,
-    pub prf: u16,
-    /// AUTH_NONE for AEAD ciphers.
-    pub integ: u16,
-    pub dh: u16,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Integ {
@@ -43,11 +25,11 @@ pub enum Integ {
 }
 
 impl Integ {
-    pub fn from_id(id: u16) -> Option<Integ> {
+    pub fn from_id(id: IntegId) -> Option<Integ> {
         match id {
-            AUTH_HMAC_SHA2_256_128 => Some(Integ::Sha256_128),
-            AUTH_HMAC_SHA2_384_192 => Some(Integ::Sha384_192),
-            AUTH_HMAC_SHA2_512_256 => Some(Integ::Sha512_256),
+            IntegId::HmacSha2_256_128 => Some(Integ::Sha256_128),
+            IntegId::HmacSha2_384_192 => Some(Integ::Sha384_192),
+            IntegId::HmacSha2_512_256 => Some(Integ::Sha512_256),
             _ => None,
         }
     }
@@ -102,16 +84,16 @@ pub enum Cipher {
 
 impl Cipher {
     /// The cipher of an IKE SA or CHILD SA from its transform IDs.
-    pub fn from_ids(encr: u16, key_bits: u16, integ: u16) -> Result<Cipher, CryptoError> {
+    pub fn from_ids(encr: EncrId, key_bits: u16, integ: IntegId) -> Result<Cipher, CryptoError> {
         let aes_len = match key_bits {
             128 => Some(16),
             256 => Some(32),
             _ => None,
         };
         match (encr, aes_len, integ) {
-            (ENCR_AES_GCM_16, Some(key_len), AUTH_NONE) => Ok(Cipher::Aead { chacha: false, key_len }),
-            (ENCR_CHACHA20_POLY1305, _, AUTH_NONE) => Ok(Cipher::Aead { chacha: true, key_len: 32 }),
-            (ENCR_AES_CBC, Some(key_len), i) => {
+            (EncrId::AesGcm16, Some(key_len), IntegId::None) => Ok(Cipher::Aead { chacha: false, key_len }),
+            (EncrId::ChaCha20Poly1305, _, IntegId::None) => Ok(Cipher::Aead { chacha: true, key_len: 32 }),
+            (EncrId::AesCbc, Some(key_len), i) => {
                 Ok(Cipher::Cbc { key_len, integ: Integ::from_id(i).ok_or(CryptoError::Unsupported)? })
             }
             _ => Err(CryptoError::Unsupported),
@@ -425,19 +407,20 @@ impl IkeSaKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmsec_wire::ike::{DhGroup, PrfId};
 
     fn suites() -> Vec<IkeSuite> {
         let mut v = Vec::new();
         for (encr, bits, integ) in [
-            (ENCR_AES_GCM_16, 128, AUTH_NONE),
-            (ENCR_AES_GCM_16, 256, AUTH_NONE),
-            (ENCR_CHACHA20_POLY1305, 256, AUTH_NONE),
-            (ENCR_AES_CBC, 128, AUTH_HMAC_SHA2_256_128),
-            (ENCR_AES_CBC, 256, AUTH_HMAC_SHA2_384_192),
-            (ENCR_AES_CBC, 256, AUTH_HMAC_SHA2_512_256),
+            (EncrId::AesGcm16, 128, IntegId::None),
+            (EncrId::AesGcm16, 256, IntegId::None),
+            (EncrId::ChaCha20Poly1305, 256, IntegId::None),
+            (EncrId::AesCbc, 128, IntegId::HmacSha2_256_128),
+            (EncrId::AesCbc, 256, IntegId::HmacSha2_384_192),
+            (EncrId::AesCbc, 256, IntegId::HmacSha2_512_256),
         ] {
-            for prf in [5, 6, 7] {
-                v.push(IkeSuite { encr, key_bits: bits, prf, integ, dh: 31 });
+            for prf in [PrfId::HmacSha2_256, PrfId::HmacSha2_384, PrfId::HmacSha2_512] {
+                v.push(IkeSuite { encr, key_bits: bits, prf, integ, dh: DhGroup::X25519 });
             }
         }
         v

@@ -24,20 +24,31 @@ use children::{Children, socket_addr};
 
 /// A connection with `start_action = "trap"`: its remote selectors.
 pub struct Trap {
+    /// The connection to initiate when traffic matches.
     pub connection: String,
+    /// Destinations that trigger it.
     pub remote: Vec<Prefix>,
 }
 
+/// The control thread's state: the IKE guest and what it drives.
 pub struct ControlPlane {
+    /// The IKE component instance.
     pub ike: IkeInstance,
+    /// IKE on port 500 (the data path owns 4500 for ESP-in-UDP).
     pub sock500: UdpSocket,
+    /// A send handle on port 4500, for IKE after NAT detection.
     pub sock4500: UdpSocket,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
     pub up: Receiver<Report>,
+    /// `wasmsec ctl` connections.
     pub listener: Option<UnixListener>,
+    /// Our address on the wire.
     pub listen: Ipv4Addr,
+    /// Counters shared with the data path and the stats file.
     pub stats: Arc<Stats>,
+    /// Connections started by traffic.
     pub traps: Vec<Trap>,
+    /// The host's view of the CHILD SAs, fed to the data path.
     pub children: Children,
 }
 

@@ -37,8 +37,11 @@ const POLL_MS: i32 = 200;
 /// Where ESP for one peer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
+    /// The peer's address.
     pub address: Ipv4Addr,
+    /// Its UDP port when encapsulating (4500, or what a NAT made of it).
     pub port: u16,
+    /// Raw ESP or ESP in UDP.
     pub encapsulation: Encapsulation,
 }
 
@@ -46,8 +49,11 @@ pub struct Peer {
 /// trap: keys stay in the keystore, sequence numbers come from the keys'
 /// high-water marks.
 pub struct SaSet {
+    /// Where the keys live.
     pub keystore: Arc<Keystore>,
+    /// Outbound SAs as installed.
     pub outbound: Vec<OutboundSa>,
+    /// Inbound SAs as installed.
     pub inbound: Vec<InboundSa>,
 }
 
@@ -75,13 +81,21 @@ impl SaSet {
 
 /// Everything one direction's loop needs.
 pub struct Loop {
+    /// The wasm engine, for a new ESP instance after a trap.
     pub runtime: Arc<Runtime>,
+    /// The SAs to install again in that instance.
     pub sas: SaSet,
+    /// This thread's queue of the TUN device.
     pub tun: Tun,
+    /// Port 4500: ESP in UDP and IKE after NAT detection.
     pub udp: UdpSocket,
+    /// Raw IP protocol 50 socket, for ESP without encapsulation.
     pub raw: Option<RawEsp>,
+    /// Where each peer index the guest names sends to.
     pub peers: Vec<Peer>,
+    /// Counters.
     pub stats: Arc<Stats>,
+    /// Packets per guest call.
     pub batch: usize,
     /// SA changes from the control thread.
     pub inbox: Option<Receiver<SaCommand>>,

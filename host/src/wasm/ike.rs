@@ -18,7 +18,7 @@ pub use b::exports::wasmsec::ike::engine::{
     ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaUp, Level, LogEvent,
     Output, SaChange, StartAction, Transmit,
 };
-use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildSuite, IkeSuite, KeyExchange};
+use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildKeying, IkeSuite, KeyExchange};
 use b::wasmsec::crypto::types::CryptoError as WitError;
 pub use b::wasmsec::net::types::Endpoint;
 
@@ -78,7 +78,13 @@ impl IkeState {
 }
 
 fn vault_suite(s: IkeSuite) -> wasmsec_crypto::IkeSuite {
-    wasmsec_crypto::IkeSuite { encr: s.encr, key_bits: s.key_bits, prf: s.prf, integ: s.integ, dh: s.dh }
+    wasmsec_crypto::IkeSuite {
+        encr: s.encr.into(),
+        key_bits: s.key_bits,
+        prf: s.prf.into(),
+        integ: s.integ.into(),
+        dh: s.dh.into(),
+    }
 }
 
 impl b::wasmsec::crypto::random::Host for IkeState {
@@ -91,7 +97,7 @@ impl b::wasmsec::crypto::random::Host for IkeState {
 
 impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
-        let (h, public) = self.vault.dh_generate(group).map_err(wit_error)?;
+        let (h, public) = self.vault.dh_generate(group.into()).map_err(wit_error)?;
         Ok((h, self.to_guest(public)))
     }
 
@@ -148,24 +154,20 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         Ok(self.to_guest(a))
     }
 
-    fn derive_child(
-        &mut self,
-        sa: u64,
-        s: ChildSuite,
-        ni: Vec<u8>,
-        nr: Vec<u8>,
-        we_initiated: bool,
-        pfs: Option<(u64, Vec<u8>)>,
-    ) -> Result<ChildKeyHandles, WitError> {
+    fn derive_child(&mut self, k: ChildKeying) -> Result<ChildKeyHandles, WitError> {
+        let s = &k.suite;
         let alg = EspAlgorithm::from_iana(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
-        let suite = wasmsec_crypto::ChildSuite { encr: s.encr, key_bits: s.key_bits, integ: s.integ };
-        let pfs = pfs.as_ref().map(|(dh, public)| (*dh, &public[..]));
-        let km = self.vault.child_keymat(sa, &suite, &ni, &nr, pfs).map_err(wit_error)?;
-        let (out, inb) = if we_initiated {
-            (km.initiator_to_responder, km.responder_to_initiator)
-        } else {
-            (km.responder_to_initiator, km.initiator_to_responder)
+        let suite = wasmsec_crypto::ChildSuite { encr: s.encr.into(), key_bits: s.key_bits, integ: s.integ.into(), esn: s.esn };
+        let keying = wasmsec_crypto::ChildKeying {
+            ike_sa: k.ike_sa,
+            suite: &suite,
+            ni: &k.ni,
+            nr: &k.nr,
+            we_initiated: k.we_initiated,
+            pfs: k.pfs.as_ref().map(|(dh, public)| (*dh, &public[..])),
         };
+        let km = self.vault.child_keymat(&keying).map_err(wit_error)?;
+        let (out, inb) = (km.outbound, km.inbound);
         let exports = if self.esp_keylog {
             Some((crate::keylog::esp_sa_keys(alg, &out), crate::keylog::esp_sa_keys(alg, &inb)))
         } else {

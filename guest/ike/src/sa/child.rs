@@ -1,12 +1,13 @@
 //! CHILD SAs of an IKE SA: installing one in the data plane (keys, volume
 //! lifetimes, rekey and hard-expiry times), removing one, and the
 //! make-before-break hand-off of a rekey (RFC 7296 sections 1.3.3, 2.8).
+use wasmsec_wire::SaLimits;
 use wasmsec_wire::ike::TrafficSelector as Ts;
 
-use crate::crypto::Handle;
+use crate::crypto::{ChildKeying, Handle};
 use crate::ctx::{Ctx, jittered};
 use crate::error::Error;
-use crate::output::{ChildSa, Limits, SaChange};
+use crate::output::{ChildSa, SaChange};
 use crate::proposal::{Chosen, Kind};
 use crate::sa::state::{Child, IkeSa};
 use crate::ts;
@@ -24,11 +25,17 @@ pub const DELETED_INBOUND_LINGER_MS: u32 = 5000;
 
 /// A negotiated CHILD SA, before its keys exist.
 pub(crate) struct NewChild {
+    /// Index of the CHILD config in the connection.
     pub cfg: usize,
+    /// The proposal both sides agreed on.
     pub chosen: Chosen,
+    /// Ours, allocated when we built our SA payload.
     pub inbound_spi: u32,
+    /// The peer's, from its SA payload.
     pub outbound_spi: u32,
+    /// Our side's selectors after narrowing (section 2.9).
     pub local_ts: Vec<Ts>,
+    /// The peer's side's.
     pub remote_ts: Vec<Ts>,
     /// We sent the CREATE_CHILD_SA (or IKE_AUTH) request.
     pub we_initiated: bool,
@@ -48,7 +55,8 @@ pub(crate) fn install(
 ) -> Result<(), Error> {
     let suite = n.chosen.child_suite();
     let ike_keys = sa.keys.ok_or_else(|| Error::failed("no IKE keys"))?;
-    let keys = ctx.crypto.child_keys(ike_keys, &suite, ni, nr, n.we_initiated, pfs).map_err(|e| {
+    let keying = ChildKeying { ike_sa: ike_keys, suite: &suite, ni, nr, we_initiated: n.we_initiated, pfs };
+    let keys = ctx.crypto.child_keys(&keying).map_err(|e| {
         Error::refused(wasmsec_wire::ike::NotifyType::NoProposalChosen, format!("cannot derive CHILD_SA keys: {e:?}"))
     })?;
     let c = &ctx.conns[sa.conn];
@@ -57,7 +65,7 @@ pub(crate) fn install(
     // Soft limits less up to 10 %, as rekey times (section 2.8.1 collisions
     // are rarer when the two ends do not count to the same number).
     let spread = u64::from(n.inbound_spi);
-    let limits = Limits {
+    let limits = SaLimits {
         soft_bytes: jittered(life.rekey_bytes, spread),
         soft_packets: jittered(life.rekey_packets, spread),
         hard_bytes: life.life_bytes,

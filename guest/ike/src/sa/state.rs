@@ -65,21 +65,32 @@ pub(crate) enum InFlight {
 
 #[derive(Debug)]
 pub(crate) struct Request {
+    /// What the answer will complete.
     pub exchange: InFlight,
+    /// Its message ID; only an answer with this one matches (section 2.2).
     pub mid: u32,
+    /// The request as sent, for retransmission (section 2.1).
     pub datagram: Datagram,
+    /// Transmissions so far.
     pub tries: u32,
+    /// When to send it again (or give up), in engine milliseconds.
     pub next_at: u64,
 }
 
 /// An installed CHILD SA.
 #[derive(Debug)]
 pub(crate) struct Child {
+    /// Index of its CHILD config in the connection.
     pub cfg: usize,
+    /// Ours (the SPI a DELETE or REKEY_SA names, section 3.11).
     pub inbound_spi: u32,
+    /// The peer's.
     pub outbound_spi: u32,
+    /// The host's handles on its two keys, released with the SA.
     pub keys: ChildKeys,
+    /// Our side's selectors, as narrowed; a rekey proposes them again.
     pub local_ts: Vec<Ts>,
+    /// The peer's side's.
     pub remote_ts: Vec<Ts>,
     /// When to rekey (0: not by us, or already under way).
     pub rekey_at: u64,
@@ -92,16 +103,22 @@ pub(crate) struct Child {
 /// Message IDs and the response cache (sections 2.1, 2.2).
 #[derive(Debug, Default)]
 pub(crate) struct Window {
+    /// The message ID of our next request.
     pub next_mid: u32,
+    /// The message ID the peer's next request must have.
     pub peer_next_mid: u32,
+    /// Our last answer, sent again when its request is retransmitted.
     pub last_response: Option<(u32, Datagram)>,
 }
 
 /// RealMessage1 and RealMessage2 (section 2.15), and a COOKIE to repeat.
 #[derive(Debug, Default)]
 pub(crate) struct InitMessages {
+    /// The IKE_SA_INIT request as sent or received (signed by the initiator).
     pub request: Vec<u8>,
+    /// The IKE_SA_INIT response (signed by the responder).
     pub response: Vec<u8>,
+    /// The responder's COOKIE, repeated in our next request (section 2.6).
     pub cookie: Option<Vec<u8>>,
 }
 
@@ -112,7 +129,9 @@ pub(crate) struct Collision<T> {
     /// Ours: the inbound SPI of the CHILD SA both rekey; or our SPI of the
     /// peer's new IKE SA.
     pub what: T,
+    /// The nonce of the peer's request.
     pub their_ni: Vec<u8>,
+    /// The nonce of our answer to it.
     pub our_nr: Vec<u8>,
 }
 
@@ -127,30 +146,50 @@ pub(crate) struct Owed {
     /// CHILD configs to create again (their SA expired before a rekey), not
     /// before `recreate_at`.
     pub recreate: Vec<usize>,
+    /// Not before this time (engine milliseconds).
     pub recreate_at: u64,
 }
 
+/// One IKE SA and everything it carries.
 #[derive(Debug)]
 pub(crate) struct IkeSa {
+    /// Index of its connection in the config.
     pub conn: usize,
+    /// We sent IKE_SA_INIT for this SA (the I flag we set, section 3.1).
     pub initiator: bool,
+    /// The initiator's SPI.
     pub spi_i: u64,
+    /// The responder's SPI (0 until IKE_SA_INIT is answered).
     pub spi_r: u64,
+    /// Our end of the IKE traffic.
     pub local: Endpoint,
+    /// The peer's end, updated when NAT moves it (section 2.23).
     pub remote: Endpoint,
+    /// Where in its life the SA is.
     pub state: State,
+    /// The IKE proposal chosen in IKE_SA_INIT.
     pub suite: Option<Chosen>,
+    /// The host's handle on SK_* (section 2.14); none before IKE_SA_INIT.
     pub keys: Option<Handle>,
     /// Initiator, before IKE_SA_INIT is answered: our DH value.
     pub dh: Option<Handle>,
+    /// The group of our KE payload (INVALID_KE_PAYLOAD may change it).
     pub dh_group: DhGroup,
+    /// The initiator's nonce.
     pub ni: Vec<u8>,
+    /// The responder's nonce.
     pub nr: Vec<u8>,
+    /// What the AUTH payloads sign.
     pub init: InitMessages,
+    /// NAT_DETECTION found a NAT in front of us (keepalives are ours).
     pub nat_local: bool,
+    /// ... or in front of the peer.
     pub nat_remote: bool,
+    /// Message IDs both ways and the last response.
     pub window: Window,
+    /// Our request in flight (we send one at a time: window size 1).
     pub request: Option<Request>,
+    /// Its CHILD SAs, installed.
     pub children: Vec<Child>,
     /// CHILD configs already requested on this IKE SA (initiator).
     pub children_tried: Vec<usize>,
@@ -162,6 +201,7 @@ pub(crate) struct IkeSa {
     pub collision: Option<Collision<u32>>,
     /// The peer rekeyed this IKE SA while we were rekeying it (section 2.8.2).
     pub ike_collision: Option<Collision<u64>>,
+    /// Exchanges to start as soon as no request of ours is in flight.
     pub owed: Owed,
     /// The peer's half of a simultaneous IKE rekey that lost: the peer
     /// should delete it; if it has not by then (it may have lost track when
@@ -178,9 +218,11 @@ pub(crate) struct IkeSa {
     /// Reauthentication: the IKE SA (our SPI) this one replaces once its
     /// CHILD SAs are up.
     pub replaces: Option<u64>,
+    /// When IKE_SA_INIT began (engine milliseconds).
     pub created_at: u64,
     /// Last time an authentic message came from the peer.
     pub last_rx: u64,
+    /// When the next NAT keepalive is due (RFC 3948 section 4).
     pub next_keepalive: u64,
 }
 

@@ -13,18 +13,31 @@ pub use wasmsec_ike::*;
 pub use wasmsec_wire::ike::{ExchangeType, Message, NotifyType, Payload, PayloadType};
 pub use zeroize::Zeroizing;
 
+/// One end: an engine and what its host would have seen.
 pub struct Side {
+    /// The engine under test.
     pub engine: Engine,
+    /// The host's key schedule, as the component's imports reach it.
     pub crypto: EngineCrypto,
+    /// This side's address.
     pub addr: IpAddr,
+    /// CHILD SAs installed and not yet deleted.
     pub installed: Vec<ChildSa>,
+    /// CHILD SAs deleted so far.
     pub deleted: usize,
+    /// `ike-up` events.
     pub up: usize,
+    /// `ike-down` events.
     pub down: usize,
+    /// Every log line, for assertions on what was said.
     pub logs: Vec<String>,
+    /// Datagrams sent and not yet delivered.
     pub outbox: Vec<Datagram>,
+    /// This side is behind a NAT that rewrites its address and port.
     pub nat: bool,
+    /// NAT keepalives sent.
     pub keepalives: usize,
+    /// Outbound SPIs activated after a deferred install.
     pub activated: Vec<u32>,
     /// Fewest CHILD SAs installed at once after one was deleted.
     pub live_min: usize,
