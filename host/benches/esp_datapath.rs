@@ -80,14 +80,9 @@ fn raw_ring(pkt: &[u8]) -> f64 {
     })
 }
 
+/// Any protocol and port between two IPv4 addresses.
 fn ts(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
-    TrafficSelector {
-        ip_protocol: 0,
-        start_port: 0,
-        end_port: u16::MAX,
-        start_address: a.to_vec(),
-        end_address: b.to_vec(),
-    }
+    TrafficSelector::addresses(a.to_vec(), b.to_vec())
 }
 
 fn sa_sets() -> (SaSet, SaSet) {
@@ -227,12 +222,7 @@ fn component(rt: &Runtime, pkt: &[u8]) -> f64 {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    let dir = wasmsec::daemon::components_dir(None);
-    let dir = if dir.join("esp.wasm").exists() {
-        dir
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components")
-    };
+    let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
     let pkt = inner_packet();
     println!("ESP encap+decap, {PACKET}-byte inner packets, AES-256-GCM-16, batches of {BATCH}, one core");

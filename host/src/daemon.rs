@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, Config, DpdAction, Encapsulation, StartAction};
 use crate::control::children::Children;
+use crate::control::sockets::IkeSockets;
 use crate::control::{ControlPlane, Trap};
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::{Loop, Peer, SaSet};
@@ -39,6 +40,13 @@ pub fn components_dir(configured: Option<&Path>) -> PathBuf {
         }
     }
     PathBuf::from("/usr/lib/wasmsec/components")
+}
+
+/// The components a test or benchmark runs: [`components_dir`]`(None)` if
+/// it holds them, else this checkout's `target/components`.
+pub fn built_components_dir() -> PathBuf {
+    let dir = components_dir(None);
+    if dir.join("esp.wasm").exists() { dir } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components") }
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -251,11 +259,9 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     children.esp_keylog = cfg.ike.esp_keylog.clone();
     Ok(ControlPlane {
         ike,
-        sock500,
-        sock4500: p.udp.try_clone()?,
+        sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
         up: p.up,
         listener: control_listener(cfg.control.socket.as_deref())?,
-        listen: cfg.network.listen,
         stats: p.stats.clone(),
         traps,
         children,

@@ -62,11 +62,15 @@ pub enum Keying {
 /// Demo options (`wasmsec demo --help`).
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// How the gateways get their SAs: IKEv2 or static SAs.
     pub keying: Keying,
+    /// The ESP algorithm of the SAs.
     pub algorithm: EspAlgorithm,
     /// Raw ESP (IP protocol 50) instead of ESP-in-UDP.
     pub raw_esp: bool,
+    /// Pings sent each way between the two LAN hosts.
     pub pings: u32,
+    /// Where configs, keys, logs and the capture go; emptied at the start.
     pub dir: PathBuf,
     /// Leave everything running (tear down with `wasmsec demo --down`).
     pub keep: bool,
@@ -448,6 +452,7 @@ pub struct CaptureSummary {
     pub esp_raw: usize,
     /// IPv4 packets between the two LANs seen in the clear: must be 0.
     pub cleartext_lan: usize,
+    /// Everything else, e.g. IKE and NAT keepalives.
     pub other: usize,
 }
 

@@ -12,8 +12,11 @@ const CAPACITY: usize = HEADROOM + MAX_PACKET + TAILROOM;
 /// One packet: `buf[start..end]` is the data.
 #[derive(Clone)]
 pub struct PacketBuf {
+    /// Headroom, up to `MAX_PACKET` bytes of packet, and tailroom.
     buf: Box<[u8]>,
+    /// Where the data begins in `buf`.
     start: usize,
+    /// Where the data ends in `buf` (exclusive).
     end: usize,
 }
 

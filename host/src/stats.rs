@@ -5,16 +5,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wasm::esp::DropReason;
 
+/// The data plane's counters, updated with relaxed atomics.
 #[derive(Default)]
 pub struct Stats {
     /// Inner packets read from the TUN device.
     pub tun_rx_packets: AtomicU64,
     /// Inner packets written to the TUN device.
     pub tun_tx_packets: AtomicU64,
+    /// ESP packets sent, in UDP or raw.
     pub esp_tx_packets: AtomicU64,
+    /// Bytes of those ESP packets, without the UDP and IP headers.
     pub esp_tx_bytes: AtomicU64,
     /// ESP packets received (before checks).
     pub esp_rx_packets: AtomicU64,
+    /// Bytes of those ESP packets, without the UDP and IP headers.
     pub esp_rx_bytes: AtomicU64,
     /// NAT keepalives received on 4500 (RFC 3948 section 2.3).
     pub keepalives_rx: AtomicU64,
@@ -28,7 +32,9 @@ pub struct Stats {
     pub guest_restarts: AtomicU64,
     /// Verdicts missing from a guest's answer (a misbehaving guest).
     pub guest_protocol_errors: AtomicU64,
+    /// Outbound packets dropped, by `DropReason::index`.
     out_drops: [AtomicU64; DropReason::COUNT],
+    /// Inbound packets dropped, by `DropReason::index`.
     in_drops: [AtomicU64; DropReason::COUNT],
 }
 

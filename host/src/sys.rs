@@ -10,7 +10,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A TUN device (layer 3, no packet-information header).
 pub struct Tun {
+    /// The non-blocking /dev/net/tun file descriptor.
     fd: OwnedFd,
+    /// The interface name.
     name: String,
 }
 
@@ -85,6 +87,7 @@ impl AsRawFd for Tun {
 /// A raw IPv4 socket for IP protocol 50 (ESP without UDP encapsulation).
 /// Received datagrams start with the IPv4 header; sent ones do not.
 pub struct RawEsp {
+    /// The non-blocking raw socket.
     fd: OwnedFd,
 }
 

@@ -13,23 +13,13 @@ use wasmsec::wasm::esp::{
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
-    let dir = wasmsec::daemon::components_dir(None);
-    let dir = if dir.join("esp.wasm").exists() {
-        dir
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components")
-    };
+    let dir = wasmsec::daemon::built_components_dir();
     Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)")
 }
 
+/// Any protocol and port between two IPv4 addresses.
 fn ts(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
-    TrafficSelector {
-        ip_protocol: 0,
-        start_port: 0,
-        end_port: u16::MAX,
-        start_address: a.to_vec(),
-        end_address: b.to_vec(),
-    }
+    TrafficSelector::addresses(a.to_vec(), b.to_vec())
 }
 
 fn lan_a() -> TrafficSelector {

@@ -11,12 +11,7 @@ use wasmsec::wasm::ike::{ChildConfig, Connection, Datagram, IkeInstance, SaChang
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
-    let dir = wasmsec::daemon::components_dir(None);
-    let dir = if dir.join("ike.wasm").exists() {
-        dir
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components")
-    };
+    let dir = wasmsec::daemon::built_components_dir();
     Runtime::with_ike(&dir.join("esp.wasm"), Some(&dir.join("ike.wasm"))).expect("components (run `cargo xtask build`)")
 }
 

@@ -18,12 +18,17 @@ if [ ! -x "$HARNESS/sswan-psk.sh" ]; then
     exit $?
 fi
 export PEER_B=$ROOT/tests/interop/peer-wasmsec.sh
-run() { # LABEL ENV...
-    local label=$1 out; shift
-    out=$(env "$@" timeout 200 "$HARNESS/sswan-psk.sh" 2>&1 9>&- || true)
-    echo "$out" | grep -E "A sees|RESULT" | sed 's/^ */    /'
-    check "$label" grep -q "RESULT sswan-psk: PASS" <<<"$out"
+# One harness scenario: SCENARIO (sswan-psk, sswan-nat, sswan-rekey) with ENV,
+# its summary lines matching SHOW echoed, passing when it says PASS.
+scenario() { # SCENARIO SHOW LABEL ENV...
+    local name=$1 show=$2 label=$3 out; shift 3
+    out=$(env "$@" timeout 200 "$HARNESS/$name.sh" 2>&1 9>&- || true)
+    echo "$out" | grep -E "$show|RESULT" | sed 's/^ */    /'
+    check "$label" grep -q "RESULT $name: PASS" <<<"$out"
 }
+run() { scenario sswan-psk "A sees" "$@"; }
+run_nat() { scenario sswan-nat "A sees|keepalives from B" "$@"; }
+run_rekey() { scenario sswan-rekey "A log|pings lost" "$@"; }
 run "harness defaults, strongSwan responder" ROLE_A=responder
 run "harness defaults, strongSwan initiator" ROLE_A=initiator
 run "CBC/SHA-256/MODP-2048 IKE, ChaCha20 ESP, other PSK" ROLE_A=responder \
@@ -32,20 +37,8 @@ run "ChaCha20/PRF-SHA512/ECP-384 IKE, AES-128-GCM ESP, e-mail and IP IDs" ROLE_A
     IKE_PROPOSALS=chacha20poly1305-prfsha512-ecp384 ESP_PROPOSALS=aes128gcm16 ID_A=gwa@example.com ID_B=198.18.0.2
 run "AES-CBC + HMAC-SHA2-256 ESP" ROLE_A=responder ESP_PROPOSALS=aes256-sha256
 run "DN identities" ROLE_A=initiator ID_A="C=CH, O=strongSwan, CN=gwa" ID_B="C=CH, O=wasmsec, CN=gwb"
-run_nat() { # LABEL ENV...
-    local label=$1 out; shift
-    out=$(env "$@" timeout 200 "$HARNESS/sswan-nat.sh" 2>&1 9>&- || true)
-    echo "$out" | grep -E "A sees|keepalives from B|RESULT" | sed 's/^ */    /'
-    check "$label" grep -q "RESULT sswan-nat: PASS" <<<"$out"
-}
 run_nat "behind NAT (random ports), keepalives seen, strongSwan responder" ROLE_A=responder
 run_nat "behind NAT (port-forward), keepalives seen, strongSwan initiator" ROLE_A=initiator
-run_rekey() { # LABEL ENV...
-    local label=$1 out; shift
-    out=$(env "$@" timeout 200 "$HARNESS/sswan-rekey.sh" 2>&1 9>&- || true)
-    echo "$out" | grep -E "A log|pings lost|RESULT" | sed 's/^ */    /'
-    check "$label" grep -q "RESULT sswan-rekey: PASS" <<<"$out"
-}
 # strongSwan rekeys the CHILD SA every 5 s and the IKE SA every 20 s under a
 # 20 pps ping for 60 s; strongSwan <-> strongSwan itself loses up to 2 of
 # the 1,200 pings here (shared/INTEROP.md), so that is the bar.

@@ -39,20 +39,30 @@ pub use wasmsec_wire::CryptoError;
 /// Seal packet `index`: see `seal-op` in `wit/deps/crypto/crypto.wit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealOp {
+    /// The packet's position in the batch.
     pub index: u32,
+    /// The host's key to seal with.
     pub key: KeyHandle,
+    /// SPI for the ESP header: the peer's, from the outbound SA.
     pub spi: u32,
+    /// Low 32 bits of the sequence number, written in the ESP header.
     pub seq_low: u32,
+    /// High 32 bits of the sequence number, authenticated only (ESN); None without ESN.
     pub esn_high: Option<u32>,
+    /// Padding bytes in the trailer the host appends (RFC 4303 section 2.4).
     pub pad_length: u8,
+    /// Next Header for the trailer: 4 for an inner IPv4 packet, 41 for IPv6.
     pub next_header: u8,
 }
 
 /// Open packet `index`: see `open-op` in `wit/deps/crypto/crypto.wit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOp {
+    /// The packet's position in the batch.
     pub index: u32,
+    /// The host's key to open with.
     pub key: KeyHandle,
+    /// High 32 bits of the inferred sequence number (ESN); None without ESN.
     pub esn_high: Option<u32>,
 }
 
@@ -61,7 +71,9 @@ pub struct OpenOp {
 pub struct Opened {
     /// Plaintext length, trailer included.
     pub plaintext_len: usize,
+    /// The trailer's Pad Length field (RFC 4303 section 2.5).
     pub pad_length: u8,
+    /// The trailer's Next Header field (RFC 4303 section 2.6).
     pub next_header: u8,
 }
 

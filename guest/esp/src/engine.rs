@@ -67,9 +67,13 @@ pub enum ExpiryCause {
 /// An SA passed a soft or hard limit; reported once per SA and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
+    /// The SA's SPI: the peer's for an outbound SA, ours for an inbound one.
     pub spi: u32,
+    /// True for an outbound SA, false for an inbound one.
     pub outbound: bool,
+    /// True for a hard limit (the SA stops), false for a soft one (time to rekey).
     pub hard: bool,
+    /// Which limit was reached.
     pub cause: ExpiryCause,
 }
 
@@ -170,9 +174,13 @@ pub enum DecapVerdict {
 /// Counters and sequence state of one SA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaState {
+    /// The SA's SPI: the peer's for an outbound SA, ours for an inbound one.
     pub spi: u32,
+    /// True for an outbound SA, false for an inbound one.
     pub outbound: bool,
+    /// Packets counted against the SA's limits so far.
     pub packets: u64,
+    /// Bytes of inner IP packets counted against the SA's limits so far.
     pub bytes: u64,
     /// Outbound: next sequence number to send. Inbound: highest received.
     pub seq: u64,

@@ -6,9 +6,13 @@ use wasmsec_wire::ip::{Address, Selectors};
 pub struct TrafficSelector {
     /// IP protocol, 0 for any.
     pub protocol: u8,
+    /// Lowest port, inclusive (0 with `end_port` 65535: any port).
     pub start_port: u16,
+    /// Highest port, inclusive.
     pub end_port: u16,
+    /// Lowest address, inclusive; same family as `end`.
     pub start: Address,
+    /// Highest address, inclusive.
     pub end: Address,
 }
 
@@ -76,13 +80,10 @@ impl TrafficSelector {
 /// True if a packet from `src` side to `dst` side matches: its source lies
 /// in one of `src_ts`, its destination in one of `dst_ts`.
 pub fn matches(s: &Selectors, src_ts: &[TrafficSelector], dst_ts: &[TrafficSelector]) -> bool {
-    let src_ok = src_ts
-        .iter()
-        .any(|t| t.contains_addr(&s.src) && t.contains_protocol(s.protocol) && t.contains_port(s.src_port));
-    src_ok
-        && dst_ts
-            .iter()
-            .any(|t| t.contains_addr(&s.dst) && t.contains_protocol(s.protocol) && t.contains_port(s.dst_port))
+    let side = |ts: &[TrafficSelector], addr: &Address, port: Option<u16>| {
+        ts.iter().any(|t| t.contains_addr(addr) && t.contains_protocol(s.protocol) && t.contains_port(port))
+    };
+    side(src_ts, &s.src, s.src_port()) && side(dst_ts, &s.dst, s.dst_port())
 }
 
 #[cfg(test)]
@@ -90,8 +91,8 @@ mod tests {
     use super::*;
     use wasmsec_wire::ip::{PROTO_TCP, PROTO_UDP};
 
-    fn sel(src: [u8; 4], dst: [u8; 4], protocol: u8, sp: Option<u16>, dp: Option<u16>) -> Selectors {
-        Selectors { src: Address::V4(src), dst: Address::V4(dst), protocol, src_port: sp, dst_port: dp, total_len: 40 }
+    fn sel(src: [u8; 4], dst: [u8; 4], protocol: u8, ports: Option<(u16, u16)>) -> Selectors {
+        Selectors { src: Address::V4(src), dst: Address::V4(dst), protocol, ports, total_len: 40 }
     }
 
     #[test]
@@ -111,14 +112,14 @@ mod tests {
     fn address_protocol_and_port_matching() {
         let a = TrafficSelector::from_prefix(Address::V4([10, 0, 1, 0]), 24).unwrap();
         let b = TrafficSelector::from_prefix(Address::V4([10, 0, 2, 0]), 24).unwrap();
-        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, Some(1000), Some(443));
+        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, Some((1000, 443)));
         assert!(matches(&s, &[a.clone()], &[b.clone()]));
         assert!(!matches(&s, &[b.clone()], &[a.clone()]));
         let https = TrafficSelector { protocol: PROTO_TCP, start_port: 443, end_port: 443, ..b.clone() };
         assert!(matches(&s, &[a.clone()], &[https.clone()]));
-        let udp = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_UDP, Some(1000), Some(443));
+        let udp = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_UDP, Some((1000, 443)));
         assert!(!matches(&udp, &[a.clone()], &[https.clone()]));
-        let frag = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
+        let frag = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None);
         assert!(!matches(&frag, &[a.clone()], &[https]));
         assert!(matches(&frag, &[a], &[b]));
     }
@@ -126,7 +127,7 @@ mod tests {
     #[test]
     fn families_do_not_mix() {
         let v6 = TrafficSelector::from_prefix(Address::V6([0; 16]), 0).unwrap();
-        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None, None);
+        let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None);
         assert!(!matches(&s, &[v6.clone()], &[v6]));
         let bad = TrafficSelector { end: Address::V6([0; 16]), ..TrafficSelector::any_v4() };
         assert!(!bad.is_valid());

@@ -103,33 +103,47 @@ const LAN_B: [u8; 4] = [198, 18, 2, 0];
 const HOST_A: [u8; 4] = [198, 18, 1, 10];
 const HOST_B: [u8; 4] = [198, 18, 2, 10];
 
-/// Engine A sends with SPI 0x1001 to engine B.
-fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
-    let mut a = Engine::new();
+/// One SA from engine A (LAN_A) to engine B (LAN_B).
+struct PairSpec {
+    spi: u32,
+    key: u64,
+    esn: bool,
+    next_seq: u64,
+    window: u32,
+    limits: SaLimits,
+}
+
+fn install_pair(a: &mut Engine, b: &mut Engine, p: PairSpec) {
     a.install_outbound(OutboundSa {
-        spi: 0x1001,
-        key: KeyHandle(0x5a),
+        spi: p.spi,
+        key: KeyHandle(p.key),
         peer: 7,
-        esn,
-        next_seq,
+        esn: p.esn,
+        next_seq: p.next_seq,
         pad_align: 4,
         local_ts: vec![prefix(LAN_A, 24)],
         remote_ts: vec![prefix(LAN_B, 24)],
-        limits: Default::default(),
+        limits: p.limits,
     })
     .unwrap();
-    let mut b = Engine::new();
     b.install_inbound(InboundSa {
-        spi: 0x1001,
-        key: KeyHandle(0x5a),
-        esn,
-        replay_window: window,
-        highest_seq: next_seq - 1,
+        spi: p.spi,
+        key: KeyHandle(p.key),
+        esn: p.esn,
+        replay_window: p.window,
+        highest_seq: p.next_seq - 1,
         local_ts: vec![prefix(LAN_B, 24)],
         remote_ts: vec![prefix(LAN_A, 24)],
-        limits: Default::default(),
+        limits: p.limits,
     })
     .unwrap();
+}
+
+/// Engine A sends with SPI 0x1001 to engine B.
+fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
+    let (mut a, mut b) = (Engine::new(), Engine::new());
+    let spec = PairSpec { spi: 0x1001, key: 0x5a, esn, next_seq, window, limits: SaLimits::default() };
+    install_pair(&mut a, &mut b, spec);
     (a, b)
 }
 
@@ -331,32 +345,10 @@ fn the_newest_outbound_sa_for_the_same_selectors_wins() {
     assert_eq!(v, [EncapVerdict::Send(8)]);
 }
 
-/// `pair` with volume limits on both SAs.
+/// `pair` and a second SA (0x2002) with volume limits on both halves.
 fn limited_pair(esn: bool, next_seq: u64, limits: SaLimits) -> (Engine, Engine) {
     let (mut a, mut b) = pair(esn, next_seq, 1024);
-    let out = OutboundSa {
-        spi: 0x2002,
-        key: KeyHandle(0x33),
-        peer: 7,
-        esn,
-        next_seq,
-        pad_align: 4,
-        local_ts: vec![prefix(LAN_A, 24)],
-        remote_ts: vec![prefix(LAN_B, 24)],
-        limits,
-    };
-    a.install_outbound(out).unwrap();
-    let inb = InboundSa {
-        spi: 0x2002,
-        key: KeyHandle(0x33),
-        esn,
-        replay_window: 1024,
-        highest_seq: next_seq - 1,
-        local_ts: vec![prefix(LAN_B, 24)],
-        remote_ts: vec![prefix(LAN_A, 24)],
-        limits,
-    };
-    b.install_inbound(inb).unwrap();
+    install_pair(&mut a, &mut b, PairSpec { spi: 0x2002, key: 0x33, esn, next_seq, window: 1024, limits });
     (a, b)
 }
 

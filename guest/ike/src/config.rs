@@ -30,7 +30,7 @@ pub enum DpdAction {
 }
 
 /// A CHILD SA's configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ChildConfig {
     /// Its name in the config and the logs.
     pub name: String,
@@ -103,6 +103,7 @@ pub struct ConnectionConfig {
 pub struct Timing {
     /// First retransmission after this long, doubling, at most `retransmit_tries` sends in all.
     pub retransmit_base_ms: u64,
+    /// Sends of a request in all, the first included; then the peer is presumed dead.
     pub retransmit_tries: u32,
     /// A responder's half-open IKE SA is dropped after this long.
     pub half_open_ms: u64,
@@ -176,19 +177,29 @@ impl Lifetimes {
 
 /// A CHILD SA template of a connection, parsed.
 pub(crate) struct Child {
+    /// The CHILD config's name in the connection.
     pub name: String,
+    /// Our side's selectors, from the configured subnets.
     pub local_ts: Vec<Ts>,
+    /// The peer's side's selectors.
     pub remote_ts: Vec<Ts>,
+    /// ESP proposals, in preference order.
     pub esp: Vec<proposal::Config>,
+    /// Lifetimes with the defaults applied.
     pub life: Lifetimes,
 }
 
 /// A connection as the engine keeps it.
 pub(crate) struct Connection {
+    /// The configuration as the host gave it.
     pub cfg: ConnectionConfig,
+    /// Our identity, parsed (never %any).
     pub local_id: Identity,
+    /// The identity the peer must present (may be %any).
     pub remote_id: Identity,
+    /// IKE proposals, in preference order.
     pub ike: Vec<proposal::Config>,
+    /// Its CHILD SA templates, in config order.
     pub children: Vec<Child>,
 }
 

@@ -18,15 +18,23 @@ use crate::stats::Stats;
 /// Every IKE SA by our SPI.
 pub(crate) type SaTable = HashMap<u64, IkeSa>;
 
+/// What a handler may use besides the IKE SA it works on (see the module doc).
 pub(crate) struct Ctx<'a> {
+    /// The current time, in engine milliseconds.
     pub now: u64,
+    /// The host's keystore and IKE crypto.
     pub crypto: &'a mut dyn IkeCrypto,
+    /// The configured connections; an IKE SA's `conn` indexes them.
     pub conns: &'a [Connection],
     /// Every IKE SA but the one being worked on.
     pub sas: &'a mut SaTable,
+    /// The responder's IKE_SA_INIT flood defences.
     pub dos: &'a mut Dos,
+    /// Queues of datagrams, SA changes and events for the host.
     pub out: &'a mut Output,
+    /// The engine's counters.
     pub stats: &'a mut Stats,
+    /// Retransmission and timeout settings.
     pub timing: &'a Timing,
 }
 

@@ -13,6 +13,7 @@ const COOKIE_SECRET_MS: u64 = 120_000;
 /// Sources the rate limiter remembers; when full, idle ones go.
 const MAX_SOURCES: usize = 16_384;
 
+/// The responder's IKE_SA_INIT flood defences: half-open SAs, COOKIE secrets, rate limits.
 #[derive(Debug, Default)]
 pub(crate) struct Dos {
     /// Responder SAs by (peer endpoint, SPIi), to spot IKE_SA_INIT

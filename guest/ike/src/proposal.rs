@@ -9,7 +9,9 @@ use wasmsec_wire::ike::{DhGroup, EncrId, EsnId, IntegId, PrfId, Proposal, Protoc
 /// with a fixed key, which must not carry the attribute).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encr {
+    /// The encryption transform ID (RFC 7296 section 3.3.2).
     pub id: EncrId,
+    /// Key length in bits, sent as the Key Length attribute (section 3.3.5).
     pub key_bits: Option<u16>,
 }
 
@@ -23,10 +25,15 @@ impl Encr {
 /// preference order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
+    /// Encryption algorithms; AEAD and classic ciphers never share a proposal.
     pub encr: Vec<Encr>,
+    /// Pseudorandom functions (IKE only; ignored for ESP).
     pub prf: Vec<PrfId>,
+    /// Integrity algorithms; empty with an AEAD cipher.
     pub integ: Vec<IntegId>,
+    /// Key exchange groups; for ESP, empty means no PFS.
     pub dh: Vec<DhGroup>,
+    /// ESN choices for ESP (no ESN when none configured); unused for IKE.
     pub esn: Vec<EsnId>,
 }
 
@@ -49,12 +56,15 @@ impl Kind {
 /// A negotiated set: one transform of each type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chosen {
+    /// The encryption algorithm and key length.
     pub encr: Encr,
     /// `Unknown(0)` for ESP, which has no PRF.
     pub prf: PrfId,
+    /// The integrity algorithm; `IntegId::None` with an AEAD cipher.
     pub integ: IntegId,
     /// `None` for a CHILD SA without PFS.
     pub dh: DhGroup,
+    /// Extended sequence numbers (ESP only; always false for IKE).
     pub esn: bool,
 }
 

@@ -3,9 +3,13 @@
 /// Counters the host exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// IKE datagrams received, parseable or not.
     pub rx: u64,
+    /// IKE datagrams sent, retransmissions included (keepalives not).
     pub tx: u64,
+    /// Requests sent again because no response came in time.
     pub retransmits: u64,
+    /// Retransmitted peer requests answered with the stored response (section 2.2).
     pub replayed_responses: u64,
     /// Unparseable datagrams (dropped, or answered INVALID_SYNTAX when authenticated).
     pub malformed: u64,
@@ -15,28 +19,40 @@ pub struct Stats {
     pub integrity_failed: u64,
     /// Message IDs out of window, unsolicited responses.
     pub unexpected: u64,
+    /// IKE SAs established, rekeyed ones included.
     pub ike_established: u64,
+    /// CHILD SAs installed in the ESP engine.
     pub child_installed: u64,
+    /// IKE_AUTH failures: wrong AUTH or identity, or AUTHENTICATION_FAILED received.
     pub auth_failed: u64,
+    /// Proposals (or connections) found unacceptable, by us or by the peer.
     pub no_proposal: u64,
+    /// Traffic selectors found unacceptable, by us or by the peer.
     pub ts_unacceptable: u64,
+    /// Requests the peer never answered, and half-open SAs that timed out.
     pub timeouts: u64,
+    /// NAT keepalives sent (RFC 3948 section 2.3).
     pub keepalives: u64,
+    /// Liveness checks (empty INFORMATIONAL requests) sent (section 2.4).
     pub dpd_checks: u64,
+    /// Established IKE SAs whose peer stopped answering.
     pub dead_peers: u64,
     /// COOKIE notifies sent (section 2.6).
     pub cookies_sent: u64,
     /// Simultaneous CHILD SA rekeys resolved (section 2.8.1), by outcome.
     pub rekey_collisions_won: u64,
+    /// Simultaneous CHILD SA rekeys lost: our new CHILD SA was the redundant one.
     pub rekey_collisions_lost: u64,
     /// Simultaneous IKE SA rekeys resolved (section 2.8.2), by outcome.
     pub ike_rekey_collisions_won: u64,
+    /// Simultaneous IKE SA rekeys lost: the peer's new IKE SA stays.
     pub ike_rekey_collisions_lost: u64,
     /// Requests answered TEMPORARY_FAILURE (section 2.25).
     pub temporary_failures: u64,
     /// CHILD SAs that reached a soft lifetime (rekey started) or a hard one
     /// (deleted before a rekey replaced them).
     pub lifetime_soft: u64,
+    /// CHILD SAs that reached a hard lifetime.
     pub lifetime_hard: u64,
     /// Reauthentications started.
     pub reauths: u64,

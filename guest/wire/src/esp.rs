@@ -27,16 +27,14 @@ pub const NEXT_HEADER_IPV6: u8 = 41;
 pub const MAX_TRAILER_LEN: usize = 255 + TRAILER_FIXED_LEN;
 
 packet_view! {
+    HEADER_LEN,
     /// A read-only view of an ESP packet (header and the protected rest).
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A whole header and a non-zero SPI (SPI 0 is reserved, RFC 4303
     /// section 2.1; on UDP port 4500 it is the non-ESP marker of RFC 3948).
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
+    fn check_fields(&self) -> Result<()> {
         if self.spi() == 0 {
             return Err(Error::Malformed);
         }
@@ -61,6 +59,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// The ESP header as values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The receiver's SPI, which names the SA (RFC 4303 section 2.1).
     pub spi: u32,
     /// Low 32 bits of the sequence number (the high bits of an ESN are never
     /// sent, RFC 4303 section 2.2.1).

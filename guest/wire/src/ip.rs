@@ -48,17 +48,26 @@ pub struct Selectors {
     pub dst: Address,
     /// The upper-layer protocol (IPv6: the first next-header value).
     pub protocol: u8,
-    /// Source port; for ICMP the type in the high and the code in the low
-    /// byte, as IKEv2 traffic selectors carry them (RFC 7296 section 3.13.1).
-    /// `None` when not present (OPAQUE).
-    pub src_port: Option<u16>,
-    /// Destination port; for ICMP the same type/code value as `src_port`.
-    pub dst_port: Option<u16>,
+    /// Source and destination port, both or neither: `None` when the packet
+    /// has none (OPAQUE: a non-first fragment, or a protocol without ports).
+    /// For ICMP both are the type in the high and the code in the low byte,
+    /// as IKEv2 traffic selectors carry them (RFC 7296 section 3.13.1).
+    pub ports: Option<(u16, u16)>,
     /// Total length the IP header claims.
     pub total_len: usize,
 }
 
 impl Selectors {
+    /// The source port, if the packet has ports.
+    pub fn src_port(&self) -> Option<u16> {
+        self.ports.map(|p| p.0)
+    }
+
+    /// The destination port, if the packet has ports.
+    pub fn dst_port(&self) -> Option<u16> {
+        self.ports.map(|p| p.1)
+    }
+
     /// Read the selector fields from the head of an IP packet (at least the
     /// IP header; the ports are read if they are in `head`).
     pub fn parse(head: &[u8]) -> Result<Selectors> {
@@ -77,7 +86,7 @@ impl Selectors {
             Some(_) => return Err(Error::Malformed),
             None => return Err(Error::Truncated),
         };
-        Ok(Selectors { src, dst, protocol, src_port: ports.map(|x| x.0), dst_port: ports.map(|x| x.1), total_len })
+        Ok(Selectors { src, dst, protocol, ports, total_len })
     }
 }
 
@@ -105,15 +114,15 @@ mod tests {
         b[22..24].copy_from_slice(&4500u16.to_be_bytes());
         let s = Selectors::parse(&b).unwrap();
         assert_eq!((s.src, s.dst), (Address::V4([10, 0, 0, 1]), Address::V4([10, 0, 1, 1])));
-        assert_eq!((s.src_port, s.dst_port, s.total_len), (Some(53), Some(4500), 28));
+        assert_eq!((s.ports, s.total_len), (Some((53, 4500)), 28));
         b[9] = PROTO_ICMP;
         b[20] = 8;
         b[21] = 0;
         let s = Selectors::parse(&b).unwrap();
-        assert_eq!((s.src_port, s.dst_port), (Some(0x0800), Some(0x0800)));
+        assert_eq!(s.ports, Some((0x0800, 0x0800)));
         // Ports cut off: still a valid packet head, ports unknown.
         let s = Selectors::parse(&b[..21]).unwrap();
-        assert_eq!(s.src_port, None);
+        assert_eq!(s.ports, None);
     }
 
     #[test]

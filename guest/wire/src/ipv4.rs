@@ -5,6 +5,7 @@ use crate::{Error, Result, be16};
 pub const HEADER_LEN: usize = 20;
 
 packet_view! {
+    HEADER_LEN,
     /// A read-only view of an IPv4 packet.
 }
 
@@ -13,11 +14,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// buffer, and a total length no shorter than the header. The buffer may
     /// be a prefix of the packet (the engine reads only the head), so the
     /// total length may exceed it.
-    pub fn check_len(&self) -> Result<()> {
+    fn check_fields(&self) -> Result<()> {
         let b = self.buffer.as_ref();
-        if b.len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         if self.version() != 4 {
             return Err(Error::Malformed);
         }
@@ -76,10 +74,15 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// The fields of a simple (option-less) IPv4 header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// Source address, in network byte order.
     pub src_addr: [u8; 4],
+    /// Destination address, in network byte order.
     pub dst_addr: [u8; 4],
+    /// The payload's IP protocol (e.g. 17 for UDP, 50 for ESP).
     pub protocol: u8,
+    /// Bytes after the header: Total Length minus the header length.
     pub payload_len: usize,
+    /// Time to live.
     pub ttl: u8,
 }
 

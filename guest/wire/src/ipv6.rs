@@ -4,16 +4,14 @@ use crate::{Error, Result, be16};
 pub const HEADER_LEN: usize = 40;
 
 packet_view! {
+    HEADER_LEN,
     /// A read-only view of an IPv6 packet's fixed header.
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A whole fixed header of version 6.
-    pub fn check_len(&self) -> Result<()> {
+    fn check_fields(&self) -> Result<()> {
         let b = self.buffer.as_ref();
-        if b.len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         if b[0] >> 4 != 6 {
             return Err(Error::Malformed);
         }

@@ -13,11 +13,12 @@ extern crate alloc;
 pub mod crypto;
 mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a
-/// `Packet<T>` over a buffer, `new_unchecked`, `new_checked` (which runs
-/// the module's own `check_len`, after which no accessor panics), and
-/// `into_inner`.
+/// `Packet<T>` over a buffer, `new_unchecked`, `new_checked`, and
+/// `into_inner`. `check_len` refuses a buffer shorter than the fixed
+/// header `$min` and then runs the module's own `check_fields`; after it
+/// passed, no accessor panics.
 macro_rules! packet_view {
-    ($(#[$m:meta])*) => {
+    ($min:expr, $(#[$m:meta])*) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy)]
         pub struct Packet<T: AsRef<[u8]>> {
@@ -37,6 +38,15 @@ macro_rules! packet_view {
                 Ok(p)
             }
 
+            /// At least `$min` bytes, and the fields agree with each other.
+            pub fn check_len(&self) -> $crate::Result<()> {
+                if self.buffer.as_ref().len() < $min {
+                    return Err($crate::Error::Truncated);
+                }
+                self.check_fields()
+            }
+
+            /// The buffer back.
             pub fn into_inner(self) -> T {
                 self.buffer
             }

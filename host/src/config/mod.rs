@@ -37,19 +37,26 @@ pub use sections::{
 };
 pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};
 
+/// A whole config file, parsed and checked.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[tunnel]`: the TUN device.
     #[serde(default)]
     pub tunnel: Tunnel,
+    /// `[network]`: the sockets.
     #[serde(default)]
     pub network: Network,
+    /// `[runtime]`: where the components are, and the batch size.
     #[serde(default)]
     pub runtime: Runtime,
+    /// `[[manual]]`: manually keyed tunnels.
     #[serde(default)]
     pub manual: Vec<Manual>,
+    /// `[control]`: the admin socket.
     #[serde(default)]
     pub control: Control,
+    /// `[ike]`: IKE daemon settings.
     #[serde(default)]
     pub ike: Ike,
     /// IKEv2 connections (swanctl.conf's `connections`).
@@ -61,7 +68,9 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {msg}")]
 pub struct ConfigError {
+    /// The config file's path.
     pub file: String,
+    /// What is wrong, after "line N: " where the line is known.
     pub msg: String,
 }
 

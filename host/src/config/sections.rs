@@ -49,6 +49,7 @@ pub enum StartAction {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
+    /// Its name, unique among connections.
     pub name: Spanned<String>,
     /// Our addresses (default: any).
     #[serde(default)]
@@ -68,6 +69,7 @@ pub struct Connection {
     /// IKE proposals, strongSwan syntax.
     #[serde(default = "default_ike_proposals")]
     pub proposals: Proposals<false>,
+    /// When to initiate (default: wait for the peer); any but `none` needs `remote_addrs`.
     #[serde(default)]
     pub start_action: StartAction,
     /// Always encapsulate ESP in UDP, NAT or not.
@@ -89,6 +91,7 @@ pub struct Connection {
     /// CHILD SAs, then the old IKE SA is deleted (0: never).
     #[serde(default)]
     pub reauth_time: u32,
+    /// Its CHILD SAs (`[[connection.children]]`), at least one.
     pub children: Vec<Child>,
 }
 
@@ -96,9 +99,12 @@ pub struct Connection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Child {
+    /// Its name within the connection.
     pub name: String,
+    /// Our subnets (CIDR) the CHILD SA carries.
     #[serde(deserialize_with = "values::prefixes")]
     pub local_ts: Vec<Prefix>,
+    /// The peer's subnets (CIDR).
     #[serde(deserialize_with = "values::prefixes")]
     pub remote_ts: Vec<Prefix>,
     /// ESP proposals, strongSwan syntax.
@@ -110,6 +116,7 @@ pub struct Child {
     /// Rekey after this many bytes / packets through either SA of the pair (0: no limit).
     #[serde(default)]
     pub rekey_bytes: u64,
+    /// Rekey after this many packets (0: no limit).
     #[serde(default)]
     pub rekey_packets: u64,
     /// Hard lifetimes: delete (and create anew) a CHILD SA that no rekey
@@ -117,8 +124,10 @@ pub struct Child {
     /// least the retransmission span, about 63 s, above `rekey_time`).
     #[serde(default)]
     pub life_time: u32,
+    /// Hard lifetime in bytes (0: as `life_time` says).
     #[serde(default)]
     pub life_bytes: u64,
+    /// Hard lifetime in packets (0: as `life_time` says).
     #[serde(default)]
     pub life_packets: u64,
 }
@@ -271,10 +280,14 @@ pub enum Encapsulation {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manual {
+    /// Its name, unique among manual tunnels.
     pub name: Spanned<String>,
+    /// The peer's IPv4 address.
     pub remote_address: Ipv4Addr,
+    /// The peer's UDP port for ESP in UDP (default 4500).
     #[serde(default = "default_nat_port")]
     pub remote_port: u16,
+    /// ESP in UDP (default) or raw ESP.
     #[serde(default = "default_encap")]
     pub encapsulation: Encapsulation,
     /// ESP transform: aes128gcm16, aes256gcm16, chacha20poly1305, or AES-CBC
@@ -290,12 +303,16 @@ pub struct Manual {
     /// Local and remote subnets (CIDR) the tunnel carries.
     #[serde(deserialize_with = "values::prefixes")]
     pub local_ts: Vec<Prefix>,
+    /// The peer's subnets (CIDR).
     #[serde(deserialize_with = "values::prefixes")]
     pub remote_ts: Vec<Prefix>,
+    /// SPI of the outbound SA (the peer's `in_spi`), unique among tunnels.
     pub out_spi: Spi,
     /// `file:PATH` or `env:NAME`, holding the key and salt in hex.
     pub out_key: KeySource,
+    /// SPI of the inbound SA (the peer's `out_spi`), unique among tunnels.
     pub in_spi: Spi,
+    /// The inbound SA's key, as `out_key`.
     pub in_key: KeySource,
 }
 

@@ -14,7 +14,9 @@ use crate::wasm::esp::TrafficSelector;
 /// A CIDR prefix, e.g. `198.18.1.0/24` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
+    /// The address as written; host bits may be set.
     pub addr: IpAddr,
+    /// Prefix length in bits (at most 32 for IPv4, 128 for IPv6).
     pub len: u8,
 }
 
@@ -62,7 +64,7 @@ impl Prefix {
     /// The prefix as a traffic selector (any protocol, any port).
     pub fn selector(&self) -> TrafficSelector {
         let (start, end) = self.range();
-        TrafficSelector { ip_protocol: 0, start_port: 0, end_port: u16::MAX, start_address: start, end_address: end }
+        TrafficSelector::addresses(start, end)
     }
 }
 

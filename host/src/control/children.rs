@@ -40,39 +40,58 @@ fn hex64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
 /// An IKE SA as the admin view shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct IkeInfo {
+    /// The connection's name.
     pub connection: String,
+    /// Our IKE SPI.
     #[serde(serialize_with = "hex64")]
     pub spi: u64,
+    /// The negotiated proposal, strongSwan syntax.
     pub proposal: String,
+    /// We initiated it (for a rekeyed SA: the rekey).
     pub initiator: bool,
+    /// Our address and port.
     pub local: String,
+    /// The peer's address and port.
     pub remote: String,
 }
 
 /// A CHILD SA as the admin view shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChildInfo {
+    /// The connection's name.
     pub connection: String,
+    /// The CHILD config's name within the connection.
     pub child: String,
     /// The ESP transform, strongSwan syntax (`aes256gcm16`).
     pub proposal: String,
+    /// Our SPI of the IKE SA it belongs to.
     #[serde(serialize_with = "hex64")]
     pub ike_spi: u64,
+    /// Our SPI: the peer writes it into the ESP it sends us.
     #[serde(serialize_with = "hex32")]
     pub inbound_spi: u32,
+    /// The peer's SPI: we write it into the ESP we send.
     #[serde(serialize_with = "hex32")]
     pub outbound_spi: u32,
+    /// Our side's traffic selectors.
     pub local_ts: Vec<String>,
+    /// The peer's side's traffic selectors.
     pub remote_ts: Vec<String>,
+    /// The peer's address and port; follows its NAT mapping.
     pub peer: String,
+    /// ESP in UDP (false: raw ESP).
     pub encap: bool,
 }
 
 /// The data path's SAs as the control thread tracks them.
 pub struct Children {
+    /// SA commands to the outbound data path thread.
     pub outbound: Sender<SaCommand>,
+    /// SA commands to the inbound data path thread.
     pub inbound: Sender<SaCommand>,
+    /// The ESP keystore; keys are removed with their SA.
     pub esp_keys: Arc<Keystore>,
+    /// Anti-replay window of every inbound SA, in packets.
     pub replay_window: u32,
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
@@ -81,7 +100,9 @@ pub struct Children {
     /// Inbound halves of deleted CHILD SAs that still accept packets until
     /// their time (control-loop milliseconds): (until, SPI, key).
     lingering: Vec<(u64, u32, u64)>,
+    /// IKE SAs that are up, by our SPI.
     pub ike_sas: BTreeMap<u64, IkeInfo>,
+    /// Installed CHILD SAs, in installation order.
     pub list: Vec<ChildInfo>,
 }
 

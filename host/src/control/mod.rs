@@ -5,9 +5,9 @@
 //! ([`admin`]).
 pub mod admin;
 pub mod children;
+pub mod sockets;
 
-use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
 use crate::stats::Stats;
 use crate::sys;
-use crate::wasm::ike::{Datagram, Endpoint, Event, IkeInstance, Level, SaChange, Transmit};
+use crate::wasm::ike::{Datagram, Event, IkeInstance, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
+use sockets::{IkeSockets, endpoint};
 
 /// A connection with `start_action = "trap"`: its remote selectors.
 pub struct Trap {
@@ -34,26 +35,18 @@ pub struct Trap {
 pub struct ControlPlane {
     /// The IKE component instance.
     pub ike: IkeInstance,
-    /// IKE on port 500 (the data path owns 4500 for ESP-in-UDP).
-    pub sock500: UdpSocket,
-    /// A send handle on port 4500, for IKE after NAT detection.
-    pub sock4500: UdpSocket,
+    /// Our address, UDP 500 and a send handle on 4500 (the data path reads it).
+    pub sockets: IkeSockets,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
     pub up: Receiver<Report>,
     /// `wasmsec ctl` connections.
     pub listener: Option<UnixListener>,
-    /// Our address on the wire.
-    pub listen: Ipv4Addr,
     /// Counters shared with the data path and the stats file.
     pub stats: Arc<Stats>,
     /// Connections started by traffic.
     pub traps: Vec<Trap>,
     /// The host's view of the CHILD SAs, fed to the data path.
     pub children: Children,
-}
-
-fn endpoint(a: Ipv4Addr, port: u16) -> Endpoint {
-    Endpoint { address: a.octets().to_vec(), port }
 }
 
 impl ControlPlane {
@@ -68,7 +61,7 @@ impl ControlPlane {
         if let Err(e) = self.start(Self::now(start)) {
             return self.fatal(e);
         }
-        let mut fds = vec![self.sock500.as_raw_fd(), self.up.as_raw_fd()];
+        let mut fds = vec![self.sockets.ike.as_raw_fd(), self.up.as_raw_fd()];
         if let Some(l) = &self.listener {
             fds.push(l.as_raw_fd());
         }
@@ -105,7 +98,7 @@ impl ControlPlane {
             for r in self.up.drain() {
                 match r {
                     Report::Ike { from, data } => {
-                        let local = endpoint(self.listen, self.sock4500.local_addr()?.port());
+                        let local = self.sockets.nat_t_endpoint()?;
                         let remote = endpoint(*from.ip(), from.port());
                         self.ike.handle_datagram(now, &Datagram { local, remote, data })?;
                     }
@@ -129,26 +122,15 @@ impl ControlPlane {
     }
 
     fn receive_500(&mut self, now: u64) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 65536];
-        let local = endpoint(self.listen, self.sock500.local_addr()?.port());
-        loop {
-            match self.sock500.recv_from(&mut buf) {
-                Ok((n, SocketAddr::V4(from))) => {
-                    let d = Datagram {
-                        local: local.clone(),
-                        remote: endpoint(*from.ip(), from.port()),
-                        data: buf[..n].to_vec(),
-                    };
+        match self.sockets.receive() {
+            Ok(ds) => {
+                for d in ds {
                     self.ike.handle_datagram(now, &d)?;
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => {
-                    debug!(error = %e, "UDP 500 receive failed");
-                    return Ok(());
-                }
             }
+            Err(e) => debug!(error = %e, "IKE port receive failed"),
         }
+        Ok(())
     }
 
     fn fatal(&self, e: anyhow::Error) {
@@ -182,21 +164,9 @@ impl ControlPlane {
     }
 
     fn send(&self, d: &Datagram) {
-        let Some(SocketAddr::V4(to)) = socket_addr(&d.remote) else {
-            return;
-        };
-        let r = if d.local.port == self.sock4500.local_addr().map(|a| a.port()).unwrap_or(4500) {
-            // RFC 3948 section 2.2: IKE on the NAT-T port behind the non-ESP marker.
-            let mut m = Vec::with_capacity(4 + d.data.len());
-            m.extend_from_slice(&wasmsec_wire::udp_encap::NON_ESP_MARKER);
-            m.extend_from_slice(&d.data);
-            self.sock4500.send_to(&m, to)
-        } else {
-            self.sock500.send_to(&d.data, to)
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.sockets.send(d) {
             // Debug level: answers to spoofed floods would otherwise flood the log.
-            debug!(to = %to, error = %e, "IKE send failed");
+            debug!(to = ?socket_addr(&d.remote), error = %e, "IKE send failed");
             crate::stats::inc(&self.stats.tx_errors);
         }
     }
@@ -222,11 +192,8 @@ impl ControlPlane {
             match t {
                 Transmit::Datagram(d) => self.send(&d),
                 Transmit::Keepalive((_, remote)) => {
-                    // RFC 3948 section 2.3: one 0xFF byte, no marker.
-                    if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {
-                        if let Err(e) = self.sock4500.send_to(&wasmsec_wire::udp_encap::KEEPALIVE, to) {
-                            debug!(to = %to, error = %e, "NAT keepalive send failed");
-                        }
+                    if let Err(e) = self.sockets.keepalive(&remote) {
+                        debug!(to = ?socket_addr(&remote), error = %e, "NAT keepalive send failed");
                     }
                 }
             }

@@ -52,13 +52,17 @@ pub enum Report {
 
 /// The sending half.
 pub struct Sender<T> {
+    /// Where the messages go.
     tx: mpsc::Sender<T>,
+    /// One byte is sent here per message, to wake the receiver's `poll`.
     wake: UnixDatagram,
 }
 
 /// The receiving half, with a descriptor for `poll`.
 pub struct Receiver<T> {
+    /// Where the messages come from.
     rx: mpsc::Receiver<T>,
+    /// Readable when a message was sent; the descriptor for `poll`.
     wake: UnixDatagram,
 }
 

@@ -26,9 +26,13 @@ enum Cipher {
 
 /// An ESP key: the cipher, the IV counter and the sequence high-water mark.
 pub struct EspKey {
+    /// The ESP algorithm the key is for.
     alg: EspAlgorithm,
+    /// The AEAD key and salt, or the CBC key and HMAC key.
     cipher: Cipher,
+    /// Counter the next IV is made from: starts at 1, never repeats (MAX: key spent).
     next_iv: AtomicU64,
+    /// Highest sequence number sealed or authenticated with this key.
     highest_seq: AtomicU64,
 }
 

@@ -9,7 +9,9 @@ use super::esp_key::{CryptoError, EspKey};
 
 /// Owner of every key; hands out unguessable handles.
 pub struct Keystore {
+    /// Every key, by its handle.
     keys: Mutex<HashMap<u64, Arc<EspKey>>>,
+    /// The OS random generator the handles come from.
     rng: SystemRandom,
 }
 
@@ -61,6 +63,7 @@ impl Keystore {
 /// takes no lock. Any other handle is `UnknownKey` to that guest.
 #[derive(Default, Clone)]
 pub struct KeyTable {
+    /// The granted keys, by handle.
     keys: HashMap<u64, Arc<EspKey>>,
 }
 

@@ -8,7 +8,7 @@ use wasmtime::{Engine, Store, StoreLimits};
 
 use super::bindings::esp as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::keys::KeyTable;
+use crate::keys::{EspKey, KeyTable};
 use crate::packet::PacketBuf;
 
 pub use b::exports::wasmsec::esp::engine::{
@@ -31,6 +31,25 @@ pub struct GuestState {
     pub batch: Vec<PacketBuf>,
     /// Packets of `batch` in use (the vector is reused and never shrinks).
     pub count: usize,
+}
+
+impl sandbox::Limited for GuestState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl GuestState {
+    /// Packet `index` of the lent batch and the key `key` names: the guest
+    /// names both, so both are checked.
+    fn packet_and_key(&mut self, index: u32, key: u64) -> Result<(&mut PacketBuf, &EspKey), WitCryptoError> {
+        let i = index as usize;
+        if i >= self.count {
+            return Err(WitCryptoError::BadLength);
+        }
+        let k = self.keys.get(key).map_err(wit_error)?;
+        Ok((&mut self.batch[i], k))
+    }
 }
 
 impl b::wasmsec::crypto::types::Host for GuestState {}
@@ -57,14 +76,10 @@ impl HostBatch for GuestState {
     fn seal(&mut self, _: Resource<Batch>, ops: Vec<SealOp>) -> Vec<Result<(), WitCryptoError>> {
         ops.iter()
             .map(|op| {
-                let i = op.index as usize;
-                if i >= self.count {
-                    return Err(WitCryptoError::BadLength);
-                }
-                let k = self.keys.get(op.key).map_err(wit_error)?;
+                let (p, k) = self.packet_and_key(op.index, op.key)?;
                 let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
                 let trailer = esp::Trailer::new(op.pad_length, op.next_header);
-                k.seal(&mut self.batch[i], &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)
+                k.seal(p, &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)
             })
             .collect()
     }
@@ -72,12 +87,7 @@ impl HostBatch for GuestState {
     fn open(&mut self, _: Resource<Batch>, ops: Vec<OpenOp>) -> Vec<Result<Opened, WitCryptoError>> {
         ops.iter()
             .map(|op| {
-                let i = op.index as usize;
-                if i >= self.count {
-                    return Err(WitCryptoError::BadLength);
-                }
-                let k = self.keys.get(op.key).map_err(wit_error)?;
-                let p = &mut self.batch[i];
+                let (p, k) = self.packet_and_key(op.index, op.key)?;
                 k.open(p, op.esn_high).map_err(wit_error)?;
                 let d = p.data();
                 let n = d.len();
@@ -105,9 +115,7 @@ impl EspPre {
     pub fn instantiate(&self, engine: &Engine) -> Result<EspInstance> {
         let state =
             GuestState { limits: sandbox::store_limits(), keys: KeyTable::default(), batch: Vec::new(), count: 0 };
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
+        let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating ESP component")?;
         Ok(EspInstance { store, bindings })
     }
@@ -167,6 +175,13 @@ impl EspInstance {
     pub fn decap(&mut self) -> Result<Vec<DecapVerdict>> {
         let (e, s) = self.e();
         Ok(e.call_decap(s, Resource::new_borrow(0))?)
+    }
+}
+
+impl TrafficSelector {
+    /// Any protocol and port, addresses `start` to `end` (4 or 16 bytes each).
+    pub fn addresses(start: Vec<u8>, end: Vec<u8>) -> TrafficSelector {
+        TrafficSelector { ip_protocol: 0, start_port: 0, end_port: u16::MAX, start_address: start, end_address: end }
     }
 }
 

@@ -87,6 +87,12 @@ fn vault_suite(s: IkeSuite) -> wasmsec_crypto::IkeSuite {
     }
 }
 
+impl sandbox::Limited for IkeState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
 impl b::wasmsec::crypto::random::Host for IkeState {
     fn fill(&mut self, len: u32) -> Vec<u8> {
         let mut b = vec![0u8; len.min(256) as usize];
@@ -217,9 +223,7 @@ impl IkePre {
             esp_exports: HashMap::new(),
             transcript: None,
         };
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
+        let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
         Ok(IkeInstance { store, bindings })
     }

@@ -50,9 +50,13 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
 
 /// Compiled components and the engine that runs them; shared by all threads.
 pub struct Runtime {
+    /// The wasmtime engine, with the sandbox's settings.
     engine: Engine,
+    /// The ESP component, compiled and linked.
     esp: esp::EspPre,
+    /// The IKE component, compiled and linked (None: not loaded).
     ike: Option<ike::IkePre>,
+    /// Set on drop to stop the epoch ticker thread.
     stop_ticker: Arc<AtomicBool>,
 }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
+};
 
 use super::WasmContext;
 
@@ -35,6 +37,20 @@ pub(crate) fn engine() -> Result<Engine> {
 /// A store's limits: memory and instances.
 pub(crate) fn store_limits() -> StoreLimits {
     StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build()
+}
+
+/// A guest's store data: it carries the [`store_limits`] its store enforces.
+pub(crate) trait Limited: 'static {
+    fn limits(&mut self) -> &mut StoreLimits;
+}
+
+/// A store for one guest instance: its memory cap, and a deadline for the
+/// first call (every call sets its own again).
+pub(crate) fn new_store<T: Limited>(engine: &Engine, data: T) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|s| s.limits());
+    store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+    store
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the returned flag

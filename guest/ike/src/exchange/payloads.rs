@@ -45,9 +45,13 @@ pub(crate) fn unknown_critical(ps: &[Payload]) -> Option<u8> {
 
 /// The SA, KE and Nonce payloads of an IKE_SA_INIT message or an IKE rekey.
 pub(crate) struct SaKeNonce {
+    /// The SA payload's proposals.
     pub proposals: Vec<Proposal>,
+    /// The KE payload's DH group number (RFC 7296 section 3.4).
     pub group: u16,
+    /// The KE payload's public value.
     pub public: Vec<u8>,
+    /// The Nonce payload's data.
     pub nonce: Vec<u8>,
 }
 

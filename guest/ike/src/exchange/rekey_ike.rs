@@ -41,12 +41,19 @@ pub(crate) fn start(sa: &mut IkeSa, ctx: &mut Ctx, group: Option<DhGroup>) {
 
 /// What a new IKE SA of a rekey is made of.
 pub(crate) struct Successor {
+    /// We sent the rekey request, so we are the new IKE SA's initiator (section 2.18).
     pub initiator: bool,
+    /// The new IKE SA's initiator SPI (the rekey requester's).
     pub spi_i: u64,
+    /// The new IKE SA's responder SPI.
     pub spi_r: u64,
+    /// The negotiated IKE suite.
     pub chosen: Chosen,
+    /// The host's handle on the new IKE SA's keys (SK_*).
     pub keys: Handle,
+    /// The rekey request's nonce.
     pub ni: Vec<u8>,
+    /// The rekey response's nonce.
     pub nr: Vec<u8>,
 }
 

@@ -23,9 +23,13 @@ pub(crate) enum State {
 /// A CHILD SA we proposed and wait to hear about.
 #[derive(Debug)]
 pub(crate) struct PendingChild {
+    /// Index of its CHILD config in the connection.
     pub cfg: usize,
+    /// Our SPI, proposed in the SA payload.
     pub inbound_spi: u32,
+    /// Our side's selectors as proposed (TSi); the answer must be within them.
     pub local_ts: Vec<Ts>,
+    /// The peer's side's selectors as proposed (TSr).
     pub remote_ts: Vec<Ts>,
     /// Nonce of a CREATE_CHILD_SA request.
     pub nonce: Option<Vec<u8>>,
@@ -41,9 +45,13 @@ pub(crate) struct PendingChild {
 /// and its group, our nonce.
 #[derive(Debug)]
 pub(crate) struct IkeRekey {
+    /// Our SPI for the new IKE SA (its SPIi).
     pub new_spi: u64,
+    /// The host's handle on our DH private value.
     pub dh: Handle,
+    /// The DH group of our KE payload.
     pub group: DhGroup,
+    /// Our nonce (Ni).
     pub nonce: Vec<u8>,
 }
 

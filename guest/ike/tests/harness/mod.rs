@@ -54,25 +54,39 @@ pub const NAT_PORT_SHIFT: u16 = 30000;
 pub const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 pub const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
 
+/// How to configure a side's connection; `Default` is one `net` CHILD between the LANs.
 pub struct Conf<'a> {
+    /// IKE proposals, strongSwan's syntax.
     pub ike: &'a str,
+    /// ESP proposals of every CHILD config.
     pub esp: &'a str,
+    /// The pre-shared key.
     pub psk: &'a str,
+    /// Local subnets of the `net` CHILD (empty: this side's LAN).
     pub local_ts: &'a [&'a str],
+    /// Remote subnets of the `net` CHILD (empty: the peer's LAN).
     pub remote_ts: &'a [&'a str],
+    /// A second CHILD config, `extra`: A's local and remote subnets (B swaps them).
     pub extra_child: Option<(&'a [&'a str], &'a [&'a str])>,
     /// A sits behind a NAT: B sees it as NAT_IP, ports shifted.
     pub nat: bool,
+    /// Liveness check delay in milliseconds (0: off).
     pub dpd_ms: u64,
+    /// What to do when the peer is found dead.
     pub dpd_action: DpdAction,
+    /// CHILD SA rekey time in milliseconds (0: none).
     pub rekey_ms: u64,
+    /// IKE SA rekey time in milliseconds (0: none).
     pub ike_rekey_ms: u64,
+    /// Half-open IKE SAs before COOKIEs are asked for; also caps them at 100 (None: defaults).
     pub cookie_threshold: Option<usize>,
     /// B accepts initiators from any address (remote_addrs = %any).
     pub any_peer: bool,
     /// CHILD SA rekey by packets and hard lifetime by time.
     pub rekey_packets: u64,
+    /// CHILD SA hard lifetime in milliseconds (0: derived from `rekey_ms`, or none).
     pub life_ms: u64,
+    /// Reauthentication time in milliseconds (0: never).
     pub reauth_ms: u64,
 }
 
@@ -129,12 +143,7 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             local_ts: s(l, ""),
             remote_ts: s(r, ""),
             esp_proposals: conf.esp.into(),
-            rekey_time_ms: 0,
-            rekey_bytes: 0,
-            rekey_packets: 0,
-            life_time_ms: 0,
-            life_bytes: 0,
-            life_packets: 0,
+            ..ChildConfig::default()
         });
     }
     let mut timing = Timing::default();

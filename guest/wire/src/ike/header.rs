@@ -30,17 +30,15 @@ pub const FLAG_VERSION: u8 = 0x10;
 pub const FLAG_RESPONSE: u8 = 0x20;
 
 packet_view! {
+    HEADER_LEN,
     /// A read-only view of an IKE message's header.
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A whole header whose Length field is at least the header and at most
     /// the datagram.
-    pub fn check_len(&self) -> Result<()> {
+    fn check_fields(&self) -> Result<()> {
         let b = self.buffer.as_ref();
-        if b.len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
         let len = be32(b, 24) as usize;
         if len < HEADER_LEN {
             return Err(Error::Malformed);
@@ -92,13 +90,21 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// The header as values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The IKE SA initiator's SPI.
     pub spi_i: u64,
+    /// The IKE SA responder's SPI (0 in an IKE_SA_INIT request).
     pub spi_r: u64,
+    /// Type of the first payload.
     pub next_payload: PayloadType,
+    /// Major version in the high nibble, minor in the low (`VERSION`).
     pub version: u8,
+    /// The exchange type.
     pub exchange: ExchangeType,
+    /// The `FLAG_*` bits: Initiator, Version, Response.
     pub flags: u8,
+    /// The Message ID (section 2.2).
     pub message_id: u32,
+    /// Length of the whole message in bytes, header included.
     pub length: u32,
 }
 

@@ -24,7 +24,9 @@ use crate::{Error, Result};
 /// A whole message: header and payloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The fixed header; `emit` fills in Next Payload and Length.
     pub header: Header,
+    /// The payloads, in order.
     pub payloads: Vec<Payload>,
 }
 

@@ -12,11 +12,16 @@ use crate::{Error, Result, be16};
 
 pub const GENERIC_HEADER_LEN: usize = 4;
 
+/// A Notify payload (section 3.10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
+    /// Protocol ID of the SA it concerns (`None`: about no particular SA).
     pub protocol: ProtocolId,
+    /// SPI of that SA (empty when none).
     pub spi: Vec<u8>,
+    /// The Notify Message Type (section 3.10.1).
     pub kind: NotifyType,
+    /// The notification data, as the type defines it.
     pub data: Vec<u8>,
 }
 
@@ -27,16 +32,23 @@ impl Notify {
     }
 }
 
+/// A Delete payload (section 3.11).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delete {
+    /// Protocol ID of the SAs: IKE or ESP.
     pub protocol: ProtocolId,
+    /// SPI size in bytes: 0 for the IKE SA, 4 for ESP.
     pub spi_size: u8,
+    /// The SPIs of the SAs to delete (none for the IKE SA).
     pub spis: Vec<Vec<u8>>,
 }
 
+/// An IDi or IDr payload (section 3.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identification {
+    /// The ID Type (FQDN, IPv4 address, ...).
     pub id_type: IdType,
+    /// The identification data, as the ID Type defines it.
     pub data: Vec<u8>,
 }
 

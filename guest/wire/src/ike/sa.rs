@@ -8,7 +8,9 @@ use crate::{Error, Result, be16};
 /// (`EncrId`, `PrfId`, `IntegId`, `DhGroup`, `EsnId`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transform {
+    /// The transform type (ENCR, PRF, INTEG, D-H, ESN).
     pub kind: TransformType,
+    /// The Transform ID, raw.
     pub id: u16,
     /// The Key Length attribute in bits, if present.
     pub key_len: Option<u16>,
@@ -17,9 +19,13 @@ pub struct Transform {
 /// A proposal (section 3.3.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
+    /// The Proposal Num; a responder's answer repeats the chosen one's.
     pub num: u8,
+    /// The Protocol ID: IKE or ESP.
     pub protocol: ProtocolId,
+    /// The sender's SPI for the SA (empty in IKE_SA_INIT).
     pub spi: Vec<u8>,
+    /// The transforms, in the sender's order.
     pub transforms: Vec<Transform>,
 }
 

@@ -8,11 +8,17 @@ use crate::{Error, Result, be16};
 /// (0: any) and a port range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrafficSelector {
+    /// TS Type: an IPv4 or IPv6 address range.
     pub ts_type: TsType,
+    /// IP protocol (0: any).
     pub ip_protocol: u8,
+    /// Lowest port, inclusive.
     pub start_port: u16,
+    /// Highest port, inclusive.
     pub end_port: u16,
+    /// Lowest address, inclusive, in network byte order (4 or 16 bytes).
     pub start: Vec<u8>,
+    /// Highest address, inclusive, in network byte order.
     pub end: Vec<u8>,
 }
 
