@@ -1,10 +1,12 @@
 //! ESP data-path benchmark: encap + decap of 1400-byte packets
+//!
 //! 1. raw: ring AES-256-GCM seal + open in place on the same buffers
 //!    (the ceiling: nothing but the AEAD);
 //! 2. native: the ESP engine compiled natively over the host keystore
 //!    (ESP framing, SA lookup, replay window, no wasm);
 //! 3. component: the real ESP component under wasmtime, batches of 64,
 //!    exactly what the daemon runs (minus the syscalls).
+//!
 //! Prints ns/packet, Gbit/s and each path's share of raw speed.
 //! Run: `cargo xtask bench` (builds the component first).
 use std::hint::black_box;

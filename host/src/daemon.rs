@@ -34,10 +34,10 @@ pub fn components_dir(configured: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("WASMSEC_COMPONENTS") {
         return PathBuf::from(p);
     }
-    if let Some(p) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("../components"))) {
-        if p.join("esp.wasm").exists() {
-            return p;
-        }
+    if let Some(p) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("../components")))
+        && p.join("esp.wasm").exists()
+    {
+        return p;
     }
     PathBuf::from("/usr/lib/wasmsec/components")
 }

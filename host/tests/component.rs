@@ -252,10 +252,10 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     };
     tx.install_outbound(&sa).unwrap().unwrap();
     let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
-    load(&mut tx, &[pkt.clone()]);
+    load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
     assert!(tx.take_expiries().unwrap().is_empty());
-    load(&mut tx, &[pkt.clone()]);
+    load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
     let x = tx.take_expiries().unwrap();
     assert_eq!(x.len(), 1);

@@ -3,7 +3,7 @@
 //! - `cargo xtask build`  release host binary and all wasm components
 //! - `cargo xtask guests` only the wasm components
 //! - `cargo xtask demo`   build, then `wasmsec demo` (root)
-//! - `cargo xtask test`   build, unit tests, end-to-end and interop tests (root)
+//! - `cargo xtask test`   build, fmt and clippy checks, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
@@ -150,6 +150,14 @@ fn test(filter: Option<&str>) -> Result<bool> {
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {
+        // Style and lints first: cheap, and a warning fails the run.
+        for (name, args) in [
+            ("cargo fmt --check", &["fmt", "--all", "--check"][..]),
+            ("cargo clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"][..]),
+        ] {
+            let ok = run(Command::new(build::cargo()).current_dir(root()).args(args))?;
+            if ok { passed += 1 } else { failed.push(name.to_string()) }
+        }
         // Unit and component tests: the same release profile as the binary,
         // so wasmtime is compiled once.
         let ok = run(Command::new(build::cargo())

@@ -20,5 +20,5 @@ pub use engine::{
     DecapVerdict, DropReason, EncapVerdict, Engine, Expiry, ExpiryCause, InboundSa, OutboundSa, SEQ_SOFT_MARGIN,
     SEQ_SOFT_MARGIN_ESN, SaError, SaState,
 };
-pub use wasmsec_wire::SaLimits;
 pub use selector::TrafficSelector;
+pub use wasmsec_wire::SaLimits;

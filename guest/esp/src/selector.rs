@@ -113,14 +113,14 @@ mod tests {
         let a = TrafficSelector::from_prefix(Address::V4([10, 0, 1, 0]), 24).unwrap();
         let b = TrafficSelector::from_prefix(Address::V4([10, 0, 2, 0]), 24).unwrap();
         let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, Some((1000, 443)));
-        assert!(matches(&s, &[a.clone()], &[b.clone()]));
-        assert!(!matches(&s, &[b.clone()], &[a.clone()]));
+        assert!(matches(&s, std::slice::from_ref(&a), std::slice::from_ref(&b)));
+        assert!(!matches(&s, std::slice::from_ref(&b), std::slice::from_ref(&a)));
         let https = TrafficSelector { protocol: PROTO_TCP, start_port: 443, end_port: 443, ..b.clone() };
-        assert!(matches(&s, &[a.clone()], &[https.clone()]));
+        assert!(matches(&s, std::slice::from_ref(&a), std::slice::from_ref(&https)));
         let udp = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_UDP, Some((1000, 443)));
-        assert!(!matches(&udp, &[a.clone()], &[https.clone()]));
+        assert!(!matches(&udp, std::slice::from_ref(&a), std::slice::from_ref(&https)));
         let frag = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None);
-        assert!(!matches(&frag, &[a.clone()], &[https]));
+        assert!(!matches(&frag, std::slice::from_ref(&a), &[https]));
         assert!(matches(&frag, &[a], &[b]));
     }
 
@@ -128,7 +128,7 @@ mod tests {
     fn families_do_not_mix() {
         let v6 = TrafficSelector::from_prefix(Address::V6([0; 16]), 0).unwrap();
         let s = sel([10, 0, 1, 5], [10, 0, 2, 9], PROTO_TCP, None);
-        assert!(!matches(&s, &[v6.clone()], &[v6]));
+        assert!(!matches(&s, std::slice::from_ref(&v6), std::slice::from_ref(&v6)));
         let bad = TrafficSelector { end: Address::V6([0; 16]), ..TrafficSelector::any_v4() };
         assert!(!bad.is_valid());
     }

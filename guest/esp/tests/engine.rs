@@ -293,7 +293,7 @@ fn tfc_padding_and_dummy_packets() {
     let n = p.len();
     // Rewrite the plaintext next header under the toy cipher and fix the tag.
     p[n - ICV_LEN - 1] = 59 ^ 0x5a;
-    let t = tag(0x5a, &p[..8].to_vec(), None, &p[16..n - ICV_LEN].to_vec());
+    let t = tag(0x5a, &p[..8], None, &p[16..n - ICV_LEN]);
     p[n - ICV_LEN..].copy_from_slice(&t);
     let (_, v) = decap(&mut b, sealed.packets);
     assert_eq!(v, [DecapVerdict::Drop(DropReason::Dummy)]);

@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(num, 1);
         assert_eq!(c.name(Kind::Ike), "aes128gcm16-prfsha384-ecp256");
         let answer = chosen_to_wire(&c, Kind::Ike, num, &[]);
-        assert_eq!(check_answer(&[answer.clone()], &theirs, Kind::Ike, false).map(|x| x.0), Some(c));
+        assert_eq!(check_answer(std::slice::from_ref(&answer), &theirs, Kind::Ike, false).map(|x| x.0), Some(c));
         // Two transforms of one type in an answer are refused.
         let mut bad = answer;
         bad.transforms.push(bad.transforms[0]);

@@ -55,10 +55,10 @@ pub fn narrow(proposed: &[Ts], allowed: &[Ts]) -> Vec<Ts> {
     let mut out: Vec<Ts> = Vec::new();
     for p in proposed {
         for a in allowed {
-            if let Some(x) = intersect(p, a) {
-                if !out.contains(&x) {
-                    out.push(x);
-                }
+            if let Some(x) = intersect(p, a)
+                && !out.contains(&x)
+            {
+                out.push(x);
             }
         }
     }
@@ -104,15 +104,15 @@ mod tests {
         let wide = from_cidr("198.18.0.0/16").unwrap();
         let lan = from_cidr("198.18.1.0/24").unwrap();
         let other = from_cidr("10.0.0.0/8").unwrap();
-        assert_eq!(narrow(&[wide.clone()], &[lan.clone()]), vec![lan.clone()]);
-        assert_eq!(narrow(&[lan.clone()], &[wide.clone()]), vec![lan.clone()]);
-        assert!(narrow(&[other.clone()], &[lan.clone()]).is_empty());
+        assert_eq!(narrow(std::slice::from_ref(&wide), std::slice::from_ref(&lan)), vec![lan.clone()]);
+        assert_eq!(narrow(std::slice::from_ref(&lan), std::slice::from_ref(&wide)), vec![lan.clone()]);
+        assert!(narrow(std::slice::from_ref(&other), std::slice::from_ref(&lan)).is_empty());
         let https = Ts { ip_protocol: 6, start_port: 443, end_port: 443, ..wide.clone() };
         assert_eq!(intersect(&https, &lan), Some(Ts { ip_protocol: 6, start_port: 443, end_port: 443, ..lan.clone() }));
         let udp = Ts { ip_protocol: 17, ..wide.clone() };
         assert_eq!(intersect(&https, &udp), None);
-        assert!(within(&[lan.clone()], &[wide.clone()]));
-        assert!(!within(&[wide.clone()], &[lan.clone()]));
+        assert!(within(std::slice::from_ref(&lan), std::slice::from_ref(&wide)));
+        assert!(!within(std::slice::from_ref(&wide), std::slice::from_ref(&lan)));
         assert_eq!(show(&lan), "198.18.1.0/24");
         assert_eq!(show(&https), "198.18.0.0/16[6/443-443]");
         assert!(from_cidr("1.2.3.4/33").is_err());

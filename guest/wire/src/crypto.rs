@@ -149,7 +149,16 @@ mod tests {
             .filter(|l| !l.starts_with("//") && !l.starts_with("enum") && l.ends_with(','))
             .map(|l| l.trim_end_matches(','))
             .collect();
-        let ours = ["unknown-key", "wrong-key-kind", "integrity-failed", "bad-length", "key-expired", "unsupported", "bad-peer-value", "internal"];
+        let ours = [
+            "unknown-key",
+            "wrong-key-kind",
+            "integrity-failed",
+            "bad-length",
+            "key-expired",
+            "unsupported",
+            "bad-peer-value",
+            "internal",
+        ];
         assert_eq!(cases, ours);
         for (i, _) in ours.iter().enumerate() {
             assert_eq!(CryptoError::from_wit(i as u8), CryptoError::WIT_ORDER[i]);

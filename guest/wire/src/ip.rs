@@ -81,7 +81,13 @@ impl Selectors {
             Some(6) => {
                 let p = ipv6::Packet::new_checked(head)?;
                 let len = usize::from(p.payload_len()) + ipv6::HEADER_LEN;
-                (Address::V6(p.src_addr()), Address::V6(p.dst_addr()), p.next_header(), ports(p.next_header(), p.payload()), len)
+                (
+                    Address::V6(p.src_addr()),
+                    Address::V6(p.dst_addr()),
+                    p.next_header(),
+                    ports(p.next_header(), p.payload()),
+                    len,
+                )
             }
             Some(_) => return Err(Error::Malformed),
             None => return Err(Error::Truncated),

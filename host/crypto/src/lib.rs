@@ -278,7 +278,8 @@ mod tests {
         let (da, pa) = a.dh_generate(suite.dh).unwrap();
         let (db, pb) = b.dh_generate(suite.dh).unwrap();
         let (ni, nr) = ([1u8; 32], [2u8; 32]);
-        let kx = |dh, public| KeyExchange { suite: &suite, dh, peer_public: public, ni: &ni, nr: &nr, spi_i: 5, spi_r: 6 };
+        let kx =
+            |dh, public| KeyExchange { suite: &suite, dh, peer_public: public, ni: &ni, nr: &nr, spi_i: 5, spi_r: 6 };
         let sa = a.derive_ike_sa(None, &kx(da, &pb)).unwrap();
         let sb = b.derive_ike_sa(None, &kx(db, &pa)).unwrap();
         assert_eq!(a.len(), 1, "the DH private value is destroyed");
@@ -290,7 +291,8 @@ mod tests {
         assert_eq!(x, b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
         assert_ne!(x, b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
         let cs = ChildSuite { encr: EncrId::AesGcm16, key_bits: 128, integ: IntegId::None, esn: false };
-        let keying = |ike_sa, we_initiated, pfs| ChildKeying { ike_sa, suite: &cs, ni: &ni, nr: &nr, we_initiated, pfs };
+        let keying =
+            |ike_sa, we_initiated, pfs| ChildKeying { ike_sa, suite: &cs, ni: &ni, nr: &nr, we_initiated, pfs };
         let ka = a.child_keymat(&keying(sa, true, None)).unwrap();
         let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
         assert_eq!(*ka.outbound, *kb.inbound);
@@ -320,7 +322,8 @@ mod tests {
             dh: DhGroup::X25519,
         };
         let (d, p) = v.dh_generate(DhGroup::Ecp256).unwrap();
-        let kx = |dh| KeyExchange { suite: &suite, dh, peer_public: &p, ni: &[0; 16], nr: &[0; 16], spi_i: 1, spi_r: 2 };
+        let kx =
+            |dh| KeyExchange { suite: &suite, dh, peer_public: &p, ni: &[0; 16], nr: &[0; 16], spi_i: 1, spi_r: 2 };
         assert_eq!(v.derive_ike_sa(None, &kx(d)).err(), Some(CryptoError::WrongKeyKind));
         assert_eq!(v.derive_ike_sa(None, &kx(12345)).err(), Some(CryptoError::UnknownKey));
     }

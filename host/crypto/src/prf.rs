@@ -4,7 +4,6 @@ use ring::hmac;
 use wasmsec_wire::ike::PrfId;
 use zeroize::Zeroizing;
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prf {
     Sha256,
@@ -31,7 +30,7 @@ impl Prf {
     }
 
     /// Output (and preferred key) length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn output_len(&self) -> usize {
         match self {
             Prf::Sha256 => 32,
             Prf::Sha384 => 48,
@@ -52,8 +51,8 @@ impl Prf {
     /// prf+(key, seed) = T1 | T2 | ..., Tn = prf(key, Tn-1 | seed | n),
     /// truncated to `len` bytes (at most 255 blocks, section 2.13).
     pub fn prf_plus(&self, key: &[u8], seed: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
-        assert!(len <= 255 * self.len(), "prf+ asked for more than 255 blocks");
-        let mut out = Zeroizing::new(Vec::with_capacity(len + self.len()));
+        assert!(len <= 255 * self.output_len(), "prf+ asked for more than 255 blocks");
+        let mut out = Zeroizing::new(Vec::with_capacity(len + self.output_len()));
         let mut t = Zeroizing::new(Vec::new());
         let mut n = 1u8;
         while out.len() < len {

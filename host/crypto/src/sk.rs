@@ -10,9 +10,8 @@ use zeroize::Zeroizing;
 
 use wasmsec_wire::ike::{EncrId, IntegId};
 
-use crate::{CryptoError, IkeSuite};
 use crate::prf::Prf;
-
+use crate::{CryptoError, IkeSuite};
 
 const HEADER_LEN: usize = 28;
 const SK: u8 = 46;
@@ -202,7 +201,7 @@ impl IkeSaKeys {
         seed.extend_from_slice(nr);
         seed.extend_from_slice(&spi_i.to_be_bytes());
         seed.extend_from_slice(&spi_r.to_be_bytes());
-        let (pl, al, el) = (prf.len(), cipher.integ_key_len(), cipher.encr_keymat_len());
+        let (pl, al, el) = (prf.output_len(), cipher.integ_key_len(), cipher.encr_keymat_len());
         let km = prf.prf_plus(skeyseed, &seed, 3 * pl + 2 * al + 2 * el);
         let mut at = 0;
         let mut take = |n: usize| {
@@ -352,7 +351,7 @@ impl IkeSaKeys {
                     return Err(CryptoError::IntegrityFailed);
                 }
                 let ct_len = pt.len() - integ.icv_len();
-                if ct_len == 0 || ct_len % 16 != 0 {
+                if ct_len == 0 || !ct_len.is_multiple_of(16) {
                     return Err(CryptoError::BadLength);
                 }
                 pt.truncate(ct_len);

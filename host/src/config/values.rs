@@ -254,7 +254,7 @@ impl KeySource {
         let text = self.text(base)?;
         let hex: Zeroizing<String> = Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != ':').collect());
         let hex = hex.strip_prefix("0x").unwrap_or(&hex);
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return Err(format!("key from {self:?} is not an even number of hex digits"));
         }
         let mut out = Zeroizing::new(Vec::with_capacity(hex.len() / 2));

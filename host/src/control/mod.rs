@@ -107,12 +107,11 @@ impl ControlPlane {
                 }
             }
         }
-        if ready.get(2) == Some(&true) {
-            if let Some(l) = &self.listener {
-                if let Ok((s, _)) = l.accept() {
-                    self.admin(now, s)?;
-                }
-            }
+        if ready.get(2) == Some(&true)
+            && let Some(l) = &self.listener
+            && let Ok((s, _)) = l.accept()
+        {
+            self.admin(now, s)?;
         }
         if due.is_some_and(|t| t <= now) {
             self.ike.tick(now)?;

@@ -187,11 +187,11 @@ impl Loop {
                     self.install(inst, None, Some(sa))
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
-                    if let Some(sa) = self.sas.outbound.iter().find(|s| s.spi == outbound_spi) {
-                        if let Some(p) = self.peers.get_mut(sa.peer as usize) {
-                            info!(from = %p.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
-                            *p = peer;
-                        }
+                    if let Some(sa) = self.sas.outbound.iter().find(|s| s.spi == outbound_spi)
+                        && let Some(p) = self.peers.get_mut(sa.peer as usize)
+                    {
+                        info!(from = %p.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
+                        *p = peer;
                     }
                     Ok(())
                 }

@@ -58,11 +58,12 @@ impl Loop {
                         debug!(reason = r.name(), "outbound drop");
                         self.stats.out_drop(r);
                         // Traffic without an SA may start a `trap` connection.
-                        if r == DropReason::NoPolicy && last_acquire.elapsed() > ACQUIRE_INTERVAL {
-                            if let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data())) {
-                                up.send(Report::Acquire { dst: ip.dst_addr().into() });
-                                last_acquire = Instant::now();
-                            }
+                        if r == DropReason::NoPolicy
+                            && last_acquire.elapsed() > ACQUIRE_INTERVAL
+                            && let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data()))
+                        {
+                            up.send(Report::Acquire { dst: ip.dst_addr().into() });
+                            last_acquire = Instant::now();
                         }
                     }
                 }

@@ -61,15 +61,15 @@ impl IkeState {
 
     /// Append the IKE SA's keys to the Wireshark key log, if one is set.
     fn export_keys(&self, h: u64) {
-        if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h)) {
-            if let Err(e) = crate::keylog::append_secret_line(path, &line) {
-                tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
-            }
+        if let (Some(path), Some(line)) = (&self.keylog, self.vault.wireshark_line(h))
+            && let Err(e) = crate::keylog::append_secret_line(path, &line)
+        {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the IKE key log");
         }
     }
 
     /// Record what goes to the guest, if a transcript is being kept.
-    fn to_guest<T: AsRef<[u8]>>(&mut self, v: T) -> T {
+    fn seen_by_guest<T: AsRef<[u8]>>(&mut self, v: T) -> T {
         if let Some(t) = &mut self.transcript {
             t.push(v.as_ref().to_vec());
         }
@@ -97,14 +97,14 @@ impl b::wasmsec::crypto::random::Host for IkeState {
     fn fill(&mut self, len: u32) -> Vec<u8> {
         let mut b = vec![0u8; len.min(256) as usize];
         self.vault.random(&mut b);
-        self.to_guest(b)
+        self.seen_by_guest(b)
     }
 }
 
 impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
         let (h, public) = self.vault.dh_generate(group.into()).map_err(wit_error)?;
-        Ok((h, self.to_guest(public)))
+        Ok((h, self.seen_by_guest(public)))
     }
 
     fn derive_ike_sa(&mut self, old: Option<u64>, x: KeyExchange) -> Result<u64, WitError> {
@@ -133,7 +133,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     ) -> Result<Vec<u8>, WitError> {
         let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
         let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit_error)?;
-        Ok(self.to_guest(m))
+        Ok(self.seen_by_guest(m))
     }
 
     fn decrypt(
@@ -144,7 +144,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         sk_offset: u32,
     ) -> Result<Vec<u8>, WitError> {
         let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(wit_error)?;
-        Ok(self.to_guest(p.to_vec()))
+        Ok(self.seen_by_guest(p.to_vec()))
     }
 
     fn psk_auth(
@@ -157,13 +157,14 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
         let a = self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit_error)?;
-        Ok(self.to_guest(a))
+        Ok(self.seen_by_guest(a))
     }
 
     fn derive_child(&mut self, k: ChildKeying) -> Result<ChildKeyHandles, WitError> {
         let s = &k.suite;
         let alg = EspAlgorithm::from_iana(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
-        let suite = wasmsec_crypto::ChildSuite { encr: s.encr.into(), key_bits: s.key_bits, integ: s.integ.into(), esn: s.esn };
+        let suite =
+            wasmsec_crypto::ChildSuite { encr: s.encr.into(), key_bits: s.key_bits, integ: s.integ.into(), esn: s.esn };
         let keying = wasmsec_crypto::ChildKeying {
             ike_sa: k.ike_sa,
             suite: &suite,

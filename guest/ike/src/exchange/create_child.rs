@@ -118,19 +118,23 @@ pub(crate) fn accept(
     Ok(out)
 }
 
+/// The responder's answer about a CHILD SA we proposed.
+pub(crate) struct Answer<'a> {
+    /// The response's payloads (decrypted).
+    pub ps: &'a [Payload],
+    /// Our nonce (the request's).
+    pub ni: &'a [u8],
+    /// The responder's nonce (empty in an error answer).
+    pub nr: &'a [u8],
+    /// The CHILD SA came with IKE_AUTH: no KE payloads (section 1.2).
+    pub in_auth: bool,
+}
+
 /// Initiator side: check the responder's answer for the CHILD SA we
 /// proposed and install it. Our PFS DH value is consumed either way.
-pub(crate) fn complete(
-    sa: &mut IkeSa,
-    ctx: &mut Ctx,
-    mut p: PendingChild,
-    ps: &[Payload],
-    ni: &[u8],
-    nr: &[u8],
-    in_auth: bool,
-) -> Result<(), Error> {
+pub(crate) fn complete(sa: &mut IkeSa, ctx: &mut Ctx, mut p: PendingChild, a: &Answer) -> Result<(), Error> {
     let dh = p.dh.take();
-    let r = check_answer(sa, ctx, &p, dh, ps, ni, nr, in_auth);
+    let r = check_answer(sa, ctx, &p, dh, a);
     if let (Err(_), Some((h, _))) = (&r, dh) {
         // Not consumed by a key derivation.
         ctx.crypto.destroy(h);
@@ -138,17 +142,14 @@ pub(crate) fn complete(
     r
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_answer(
     sa: &mut IkeSa,
     ctx: &mut Ctx,
     p: &PendingChild,
     dh: Option<(Handle, DhGroup)>,
-    ps: &[Payload],
-    ni: &[u8],
-    nr: &[u8],
-    in_auth: bool,
+    a: &Answer,
 ) -> Result<(), Error> {
+    let Answer { ps, ni, nr, in_auth } = *a;
     let child = &ctx.conns[sa.conn].children[p.cfg];
     if let Some(n) = first_error(ps) {
         if n == NotifyType::TsUnacceptable {
@@ -355,8 +356,10 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     let ni = pending.nonce.clone().unwrap_or_default();
     let (rekeys, recreating, cfg, new_inbound) = (pending.rekeys, pending.recreate, pending.cfg, pending.inbound_spi);
     let r = match nonce(&ps) {
-        Some(nr) => complete(sa, ctx, pending, &ps, &ni, &nr, false),
-        None if first_error(&ps).is_some() => complete(sa, ctx, pending, &ps, &ni, &[], false),
+        Some(nr) => complete(sa, ctx, pending, &Answer { ps: &ps, ni: &ni, nr: &nr, in_auth: false }),
+        None if first_error(&ps).is_some() => {
+            complete(sa, ctx, pending, &Answer { ps: &ps, ni: &ni, nr: &[], in_auth: false })
+        }
         None => {
             if let Some((h, _)) = pending.dh {
                 ctx.crypto.destroy(h);

@@ -260,7 +260,9 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     ctx.info(conn, msg);
     ctx.ike_up(sa);
     let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
-    if let Err(e) = create_child::complete(sa, ctx, pending, &ps, &ni, &nr, true) {
+    if let Err(e) =
+        create_child::complete(sa, ctx, pending, &create_child::Answer { ps: &ps, ni: &ni, nr: &nr, in_auth: true })
+    {
         ctx.warn(conn, format!("CHILD_SA not created: {e}"));
     }
     if sa.established() && sa.request.is_none() {

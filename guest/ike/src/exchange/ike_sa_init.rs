@@ -114,17 +114,17 @@ fn connection_for(ctx: &Ctx, local: &Endpoint, remote: &Endpoint) -> Option<usiz
 
 /// As responder: a new IKE_SA_INIT request (SPIr 0, Message ID 0).
 pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
-    if let Some(id) = ctx.dos.half_open.get(&(d.remote, h.spi_i)).copied() {
-        if let Some(sa) = ctx.sas.get(&id) {
-            if sa.init.request == d.data {
-                let resp = Datagram { local: d.local, remote: d.remote, data: sa.init.response.clone() };
-                ctx.stats.replayed_responses += 1;
-                ctx.emit(resp);
-            } else {
-                ctx.stats.unexpected += 1;
-            }
-            return;
+    if let Some(id) = ctx.dos.half_open.get(&(d.remote, h.spi_i)).copied()
+        && let Some(sa) = ctx.sas.get(&id)
+    {
+        if sa.init.request == d.data {
+            let resp = Datagram { local: d.local, remote: d.remote, data: sa.init.response.clone() };
+            ctx.stats.replayed_responses += 1;
+            ctx.emit(resp);
+        } else {
+            ctx.stats.unexpected += 1;
         }
+        return;
     }
     if !ctx.dos.allow_init_from(ctx.now, d.remote.addr, ctx.timing.init_per_source) {
         ctx.stats.rate_limited += 1;

@@ -161,13 +161,13 @@ fn follow_peer(sa: &mut IkeSa, ctx: &mut Ctx, d: &Datagram) {
 /// A request from the peer on an existing IKE SA.
 pub(crate) fn request_received(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) -> Fate {
     // Section 2.2: a retransmitted request gets the same response again.
-    if let Some((mid, resp)) = &sa.window.last_response {
-        if h.message_id == *mid {
-            let resp = resp.clone();
-            ctx.stats.replayed_responses += 1;
-            ctx.emit(resp);
-            return Fate::Keep;
-        }
+    if let Some((mid, resp)) = &sa.window.last_response
+        && h.message_id == *mid
+    {
+        let resp = resp.clone();
+        ctx.stats.replayed_responses += 1;
+        ctx.emit(resp);
+        return Fate::Keep;
     }
     if h.message_id != sa.window.peer_next_mid {
         ctx.stats.unexpected += 1;
