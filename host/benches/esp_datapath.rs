@@ -212,11 +212,11 @@ fn component(rt: &Runtime, pkt: &[u8]) -> f64 {
     rx.store.data_mut().count = BATCH;
     measure(|| {
         refill(&mut tx.store.data_mut().batch, pkt);
-        let v = tx.encap().unwrap();
+        let v = tx.encap(tx.store.data().count).unwrap();
         assert!(matches!(v[BATCH - 1], EncapVerdict::Send(_)));
         // Hand the sealed buffers to the receiver (the socket in between).
         std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
-        let v = rx.decap().unwrap();
+        let v = rx.decap(rx.store.data().count).unwrap();
         assert!(matches!(v[BATCH - 1], DecapVerdict::Deliver(_)));
         std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
     })

@@ -17,6 +17,7 @@ use crate::control::children::Children;
 use crate::control::sockets::IkeSockets;
 use crate::control::{ControlPlane, Trap};
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
+use crate::datapath::guard::GuestGuard;
 use crate::datapath::{Loop, Peer, SaSet};
 use crate::keys::{EspKey, Keystore};
 use crate::stats::Stats;
@@ -342,6 +343,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         to_outbound: None,
         floats: HashMap::new(),
         sources: Vec::new(),
+        guard: GuestGuard::default(),
     };
     let inbound = Loop {
         runtime,
@@ -357,6 +359,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         to_outbound: Some(to_outbound),
         floats: HashMap::new(),
         sources: Vec::with_capacity(cfg.runtime.batch),
+        guard: GuestGuard::default(),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;

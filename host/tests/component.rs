@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use wasmsec::datapath::SaSet;
-use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
+use wasmsec::keys::{EspAlgorithm, EspKey, KeyUse, Keystore};
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
 use wasmsec::wasm::esp::{
-    DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, OutboundSa, SaLimits, TrafficSelector,
+    DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, Mark, OutboundSa, SaLimits,
+    TrafficSelector,
 };
 use zeroize::Zeroizing;
 
@@ -105,7 +106,7 @@ fn round_trip_through_the_component_for_every_algorithm() {
             let (mut tx, mut rx, _ks) = pair(&rt, alg, esn);
             let inner: Vec<Vec<u8>> = (0..40).map(|i| icmp(60 + i * 31, [198, 18, 1, 10], [198, 18, 2, 10])).collect();
             load(&mut tx, &inner);
-            let v = tx.encap().unwrap();
+            let v = tx.encap(tx.store.data().count).unwrap();
             assert!(v.iter().all(|v| matches!(v, EncapVerdict::Send(3))), "{alg:?}: {v:?}");
             let wire = take(&tx);
             for (w, i) in wire.iter().zip(&inner) {
@@ -117,7 +118,7 @@ fn round_trip_through_the_component_for_every_algorithm() {
                 assert!(!w.windows(16).any(|x| x == &i[28..44]), "{alg:?}: payload visible on the wire");
             }
             load(&mut rx, &wire);
-            let v = rx.decap().unwrap();
+            let v = rx.decap(rx.store.data().count).unwrap();
             let out = take(&rx);
             for ((v, o), i) in v.iter().zip(&out).zip(&inner) {
                 assert_eq!(*v, DecapVerdict::Deliver(i.len() as u32), "{alg:?} esn={esn}");
@@ -132,7 +133,7 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
     let rt = runtime();
     let (mut tx, mut rx, _ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
     load(&mut tx, &[icmp(100, [198, 18, 1, 10], [198, 18, 2, 10])]);
-    tx.encap().unwrap();
+    tx.encap(tx.store.data().count).unwrap();
     let good = take(&tx).remove(0);
     let mut bad_icv = good.clone();
     *bad_icv.last_mut().unwrap() ^= 0x80;
@@ -140,7 +141,7 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
     wrong_spi[0] ^= 0x10;
     let batch = vec![bad_icv, good[..30].to_vec(), good.clone(), good.clone(), wrong_spi, vec![]];
     load(&mut rx, &batch);
-    let v = rx.decap().unwrap();
+    let v = rx.decap(rx.store.data().count).unwrap();
     assert_eq!(
         v,
         [
@@ -169,11 +170,11 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
         garbage.push(p);
     }
     load(&mut rx, &garbage);
-    let v = rx.decap().unwrap();
+    let v = rx.decap(rx.store.data().count).unwrap();
     assert_eq!(v.len(), garbage.len());
     assert!(v.iter().all(|v| matches!(v, DecapVerdict::Drop(_))));
     load(&mut tx, &garbage);
-    let v = tx.encap().unwrap();
+    let v = tx.encap(tx.store.data().count).unwrap();
     assert!(v.iter().all(|v| matches!(v, EncapVerdict::Drop(_))), "garbage is not an inner IPv4 packet of LAN A");
 }
 
@@ -196,7 +197,7 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
     };
     tx.install_outbound(&sa).unwrap().unwrap();
     load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
-    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
+    assert_eq!(tx.encap(tx.store.data().count).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
 }
 
 #[test]
@@ -206,24 +207,24 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
     let pkt = icmp(80, [198, 18, 1, 10], [198, 18, 2, 10]);
     load(&mut tx, &vec![pkt.clone(); 5]);
-    tx.encap().unwrap();
+    tx.encap(tx.store.data().count).unwrap();
     let first = take(&tx);
     load(&mut rx, &first);
-    assert!(rx.decap().unwrap().iter().all(|v| matches!(v, DecapVerdict::Deliver(_))));
+    assert!(rx.decap(rx.store.data().count).unwrap().iter().all(|v| matches!(v, DecapVerdict::Deliver(_))));
     assert_eq!(tx.sa_states().unwrap()[0].seq, 6);
 
     // Replace both instances from host state, as the daemon does after a trap.
     drop((tx, rx));
     let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
     load(&mut tx, &[pkt]);
-    tx.encap().unwrap();
+    tx.encap(tx.store.data().count).unwrap();
     let next = take(&tx);
     assert_eq!(&next[0][4..8], &6u32.to_be_bytes(), "sequence numbers continue after a restart");
     // The new receiver still refuses what the old one accepted, and takes the new packet.
     let mut batch = first.clone();
     batch.extend(next);
     load(&mut rx, &batch);
-    let v = rx.decap().unwrap();
+    let v = rx.decap(rx.store.data().count).unwrap();
     assert!(v[..5].iter().all(|v| *v == DecapVerdict::Drop(DropReason::Replay)), "{v:?}");
     assert_eq!(v[5], DecapVerdict::Deliver(80));
 
@@ -237,7 +238,7 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     let rt = runtime();
     let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
     let key = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
-    tx.store.data_mut().keys.grant(key, ks.get(key).unwrap());
+    tx.store.data_mut().keys.grant(key, ks.get(key).unwrap(), KeyUse::Seal { spi: 0x4001, peer: 0 });
     // Without ESN, 2^28 + 1 numbers before the end: the second packet asks for a rekey.
     let sa = OutboundSa {
         spi: 0x4001,
@@ -253,16 +254,60 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     tx.install_outbound(&sa).unwrap().unwrap();
     let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
     load(&mut tx, std::slice::from_ref(&pkt));
-    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
+    assert_eq!(tx.encap(tx.store.data().count).unwrap(), [EncapVerdict::Send(0)]);
     assert!(tx.take_expiries().unwrap().is_empty());
     load(&mut tx, std::slice::from_ref(&pkt));
-    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0)]);
+    assert_eq!(tx.encap(tx.store.data().count).unwrap(), [EncapVerdict::Send(0)]);
     let x = tx.take_expiries().unwrap();
     assert_eq!(x.len(), 1);
     assert_eq!((x[0].spi, x[0].outbound, x[0].hard, x[0].cause), (0x4001, true, false, ExpiryCause::Sequence));
     // The third packet passes 250 bytes: the hard limit; the fourth is refused.
     load(&mut tx, &[pkt.clone(), pkt]);
-    assert_eq!(tx.encap().unwrap(), [EncapVerdict::Send(0), EncapVerdict::Drop(DropReason::SaExpired)]);
+    assert_eq!(
+        tx.encap(tx.store.data().count).unwrap(),
+        [EncapVerdict::Send(0), EncapVerdict::Drop(DropReason::SaExpired)]
+    );
     let x = tx.take_expiries().unwrap();
     assert_eq!((x.len(), x[0].hard, x[0].cause), (1, true, ExpiryCause::Bytes));
+}
+
+#[test]
+fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did() {
+    let rt = runtime();
+    let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
+    let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
+    let sa = |spi, key| OutboundSa {
+        spi,
+        key,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![ts([10, 9, 0, 0], [10, 9, 0, 255])],
+        remote_ts: vec![ts([10, 9, 1, 0], [10, 9, 1, 255])],
+        limits: SaLimits::default(),
+    };
+    // An outbound SA whose key the host granted for opening only.
+    let opener = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
+    tx.store.data_mut().keys.grant(opener, ks.get(opener).unwrap(), KeyUse::Open { spi: 0x5001 });
+    tx.install_outbound(&sa(0x5001, opener)).unwrap().unwrap();
+    load(&mut tx, std::slice::from_ref(&pkt));
+    assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
+    assert_eq!(tx.store.data().refusals, 1);
+    assert_eq!(tx.store.data().marks, [Mark::Untouched]);
+    assert_eq!(tx.store.data().batch[0].data(), &pkt[..], "the packet is untouched");
+    assert!(tx.remove_outbound(0x5001).unwrap());
+    // A sealing key granted for SA 0x5002, used by the guest under SPI 0x5003.
+    let sealer = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![8; 36])).unwrap());
+    tx.store.data_mut().keys.grant(sealer, ks.get(sealer).unwrap(), KeyUse::Seal { spi: 0x5002, peer: 0 });
+    tx.install_outbound(&sa(0x5003, sealer)).unwrap().unwrap();
+    load(&mut tx, std::slice::from_ref(&pkt));
+    assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
+    assert_eq!(tx.store.data().refusals, 1);
+    assert!(tx.remove_outbound(0x5003).unwrap());
+    // Granted for what it is used for: sealed, marked for its SA's peer.
+    tx.install_outbound(&sa(0x5002, sealer)).unwrap().unwrap();
+    load(&mut tx, std::slice::from_ref(&pkt));
+    assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Send(0)]);
+    assert_eq!((tx.store.data().refusals, tx.store.data().marks.clone()), (0, vec![Mark::Sealed { peer: 0 }]));
 }

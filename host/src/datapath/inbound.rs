@@ -15,7 +15,7 @@ use super::{Call, Loop, POLL_MS, Peer, ensure_buffers};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
-use crate::wasm::esp::{DecapVerdict, EspInstance};
+use crate::wasm::esp::{DecapVerdict, EspInstance, Mark};
 
 impl Loop {
     /// Run until the daemon stops.
@@ -42,16 +42,21 @@ impl Loop {
             if n == 0 {
                 continue;
             }
-            inst.store.data_mut().count = n;
             let verdicts = match self.call(&mut inst, "inbound", n, EspInstance::decap) {
                 Call::Done(v) => v,
                 Call::Restarted => continue,
                 Call::Stop => return,
             };
             let st = inst.store.data_mut();
-            for (i, (p, v)) in st.batch[..n].iter_mut().zip(verdicts).enumerate() {
+            let mut lies = 0;
+            for (i, ((p, mark), v)) in st.batch[..n].iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
                 match v {
-                    DecapVerdict::Deliver(len) => {
+                    // Only what this call opened reaches the LAN, and no more
+                    // of it than the plaintext before the ESP trailer: anything
+                    // else would be a forged packet injected into the LAN.
+                    DecapVerdict::Deliver(len)
+                        if len > 0 && matches!(mark, Mark::Opened { len: opened } if len + 2 <= *opened) =>
+                    {
                         if let Some(Some((spi, src))) = self.sources.get(i) {
                             follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                         }
@@ -64,12 +69,14 @@ impl Loop {
                             }
                         }
                     }
+                    DecapVerdict::Deliver(_) => lies += 1,
                     DecapVerdict::Drop(r) => {
                         debug!(reason = r.name(), "inbound drop");
                         self.stats.in_drop(r);
                     }
                 }
             }
+            self.protocol_errors(&mut inst, "inbound", lies);
         }
     }
 

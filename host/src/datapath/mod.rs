@@ -9,6 +9,7 @@
 //! from the control thread and reports go to it over typed channels
 //! ([`channel`]).
 pub mod channel;
+pub mod guard;
 pub mod inbound;
 pub mod outbound;
 
@@ -21,13 +22,14 @@ use anyhow::Result;
 use tracing::{info, warn};
 
 use crate::config::Encapsulation;
-use crate::keys::Keystore;
+use crate::keys::{KeyUse, Keystore};
 use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 use crate::wasm::Runtime;
 use crate::wasm::esp::{EspInstance, InboundSa, OutboundSa};
 use channel::{Receiver, Report, SaCommand, Sender};
+use guard::GuestGuard;
 
 /// How often a loop asks its guest for SA expiries (not per batch: the
 /// call would cost every batch, and a rekey does not need to start sooner).
@@ -65,14 +67,14 @@ impl SaSet {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.next_seq = sa.next_seq.max(key.highest_seq() + 1);
-            inst.store.data_mut().keys.grant(sa.key, key);
+            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Seal { spi: sa.spi, peer: sa.peer });
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
         for sa in &self.inbound {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
-            inst.store.data_mut().keys.grant(sa.key, key);
+            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi });
             inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         }
         Ok(inst)
@@ -108,6 +110,8 @@ pub struct Loop {
     pub floats: HashMap<u32, (u32, SocketAddrV4)>,
     /// Inbound thread: SPI and source of each packet of the batch.
     pub sources: Vec<Option<(u32, SocketAddrV4)>>,
+    /// Protocol errors and replacements of this loop's guest.
+    pub guard: GuestGuard,
 }
 
 fn ensure_buffers(inst: &mut EspInstance, n: usize) {
@@ -127,37 +131,74 @@ enum Call<T> {
 }
 
 impl Loop {
-    /// One batch call into the guest. A trap replaces the instance from the
-    /// host's SA records; a wrong number of verdicts is counted.
+    /// One batch call into the guest on the first `n` packets. A trap
+    /// replaces the instance from the host's SA records; requests the host
+    /// refused and a wrong number of verdicts are protocol errors.
     fn call<T>(
-        &self,
+        &mut self,
         inst: &mut EspInstance,
         what: &str,
         n: usize,
-        f: impl FnOnce(&mut EspInstance) -> Result<Vec<T>>,
+        f: impl FnOnce(&mut EspInstance, usize) -> Result<Vec<T>>,
     ) -> Call<T> {
-        match f(inst) {
+        match f(inst, n) {
             Ok(v) => {
-                if v.len() != n {
-                    stats::add(&self.stats.guest_protocol_errors, n.abs_diff(v.len()) as u64);
+                let errors = inst.store.data().refusals + n.abs_diff(v.len()) as u64;
+                if self.protocol_errors(inst, what, errors) {
+                    return Call::Restarted;
                 }
                 Call::Done(v)
             }
             Err(err) => {
-                warn!(direction = what, error = %err, "ESP guest trapped; restarting the instance");
-                stats::inc(&self.stats.guest_restarts);
-                match self.sas.instantiate(&self.runtime) {
-                    Ok(i) => {
-                        *inst = i;
-                        ensure_buffers(inst, self.batch);
-                        Call::Restarted
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot restart the ESP guest; stopping");
-                        sys::request_stop();
-                        Call::Stop
-                    }
-                }
+                warn!(direction = what, error = %err, "ESP guest trapped; replacing the instance");
+                if self.replace(inst, what) { Call::Restarted } else { Call::Stop }
+            }
+        }
+    }
+
+    /// Count `errors` guest protocol errors; true if that many replaced the
+    /// instance (the batch is then lost).
+    fn protocol_errors(&mut self, inst: &mut EspInstance, what: &str, errors: u64) -> bool {
+        if errors == 0 {
+            return false;
+        }
+        stats::add(&self.stats.guest_protocol_errors, errors);
+        if !self.guard.strike(errors, Instant::now()) {
+            return false;
+        }
+        warn!(
+            direction = what,
+            limit = guard::STRIKE_LIMIT,
+            "ESP guest keeps breaking the host's rules; replacing the instance"
+        );
+        self.replace(inst, what) || {
+            sys::request_stop();
+            true
+        }
+    }
+
+    /// Replace the instance from the host's SA records, after the guard's
+    /// backoff; false (and the daemon stops) if that fails.
+    fn replace(&mut self, inst: &mut EspInstance, what: &str) -> bool {
+        stats::inc(&self.stats.guest_restarts);
+        let wait = self.guard.replacement_wait(Instant::now());
+        if !wait.is_zero() {
+            warn!(direction = what, wait_ms = wait.as_millis() as u64, "ESP guest replaced again soon: backing off");
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !sys::stop_requested() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        match self.sas.instantiate(&self.runtime) {
+            Ok(i) => {
+                *inst = i;
+                ensure_buffers(inst, self.batch);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot replace the ESP guest; stopping");
+                sys::request_stop();
+                false
             }
         }
     }
@@ -222,7 +263,12 @@ impl Loop {
     fn install(&mut self, inst: &mut EspInstance, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
         let handle = out.as_ref().map(|s| s.key).or(inb.as_ref().map(|s| s.key)).unwrap_or(0);
         let key = self.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
-        inst.store.data_mut().keys.grant(handle, key);
+        let key_use = match (&out, &inb) {
+            (Some(sa), _) => KeyUse::Seal { spi: sa.spi, peer: sa.peer },
+            (None, Some(sa)) => KeyUse::Open { spi: sa.spi },
+            (None, None) => return Ok(()),
+        };
+        inst.store.data_mut().keys.grant(handle, key, key_use);
         if let Some(sa) = out {
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
             self.sas.outbound.push(sa);

@@ -12,7 +12,7 @@ use super::{Call, Loop, POLL_MS, ensure_buffers};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
-use crate::wasm::esp::{DropReason, EncapVerdict, EspInstance};
+use crate::wasm::esp::{DropReason, EncapVerdict, EspInstance, Mark};
 
 /// How often traffic without an SA may ask for a `trap` connection.
 const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,9 +51,15 @@ impl Loop {
                 Call::Stop => return,
             };
             let st = inst.store.data();
-            for (p, v) in st.batch[..n].iter().zip(verdicts) {
+            let mut lies = 0;
+            for ((p, mark), v) in st.batch[..n].iter().zip(&st.marks).zip(verdicts) {
                 match v {
-                    EncapVerdict::Send(peer) => self.send(peer, p.data()),
+                    // Only what this call sealed leaves, and only to the
+                    // peer of the SA that sealed it: anything else would be
+                    // LAN plaintext on the WAN, or one tunnel's traffic sent
+                    // to another tunnel's peer.
+                    EncapVerdict::Send(peer) if *mark == Mark::Sealed { peer } => self.send(peer, p.data()),
+                    EncapVerdict::Send(_) => lies += 1,
                     EncapVerdict::Drop(r) => {
                         debug!(reason = r.name(), "outbound drop");
                         self.stats.out_drop(r);
@@ -68,6 +74,7 @@ impl Loop {
                     }
                 }
             }
+            self.protocol_errors(&mut inst, "outbound", lies);
         }
     }
 
@@ -88,7 +95,6 @@ impl Loop {
                 }
             }
         }
-        st.count = n;
         stats::add(&self.stats.tun_rx_packets, n as u64);
         n
     }

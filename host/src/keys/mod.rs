@@ -7,4 +7,4 @@ pub mod store;
 
 pub use algorithm::{EspAlgorithm, Integ};
 pub use esp_key::{CryptoError, EspKey, KeyError};
-pub use store::{KeyTable, Keystore};
+pub use store::{KeyTable, KeyUse, Keystore};

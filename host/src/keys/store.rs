@@ -59,25 +59,37 @@ impl Keystore {
     }
 }
 
+/// What a granted key may do: the host binds each key to one SA and one
+/// direction when it installs the SA, so a guest cannot seal with a key it
+/// should only open with (the peer's nonces) or under another SA's SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Seal packets of outbound SA `spi`, to be sent to peer index `peer`.
+    Seal { spi: u32, peer: u32 },
+    /// Open packets that carry inbound SA `spi`.
+    Open { spi: u32 },
+}
+
 /// The handles one guest instance may use, resolved once so the data path
 /// takes no lock. Any other handle is `UnknownKey` to that guest.
 #[derive(Default, Clone)]
 pub struct KeyTable {
-    /// The granted keys, by handle.
-    keys: HashMap<u64, Arc<EspKey>>,
+    /// The granted keys, by handle, with what each may do.
+    keys: HashMap<u64, (Arc<EspKey>, KeyUse)>,
 }
 
 impl KeyTable {
-    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>) {
-        self.keys.insert(handle, key);
+    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>, key_use: KeyUse) {
+        self.keys.insert(handle, (key, key_use));
     }
 
     pub fn revoke(&mut self, handle: u64) {
         self.keys.remove(&handle);
     }
 
-    pub fn get(&self, handle: u64) -> Result<&EspKey, CryptoError> {
-        self.keys.get(&handle).map(|k| &**k).ok_or(CryptoError::UnknownKey)
+    /// The key and what it was granted for.
+    pub fn get(&self, handle: u64) -> Result<(&EspKey, KeyUse), CryptoError> {
+        self.keys.get(&handle).map(|(k, u)| (&**k, *u)).ok_or(CryptoError::UnknownKey)
     }
 }
 
@@ -97,7 +109,8 @@ mod tests {
         let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
         let mut t = KeyTable::default();
         assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        t.grant(h, ks.get(h).unwrap());
+        t.grant(h, ks.get(h).unwrap(), KeyUse::Open { spi: 7 });
+        assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(KeyUse::Open { spi: 7 }));
         assert!(t.get(h).is_ok());
         assert!(ks.remove(h));
         assert!(ks.is_empty());

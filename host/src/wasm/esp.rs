@@ -8,7 +8,7 @@ use wasmtime::{Engine, Store, StoreLimits};
 
 use super::bindings::esp as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::keys::{EspKey, KeyTable};
+use crate::keys::{EspKey, KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
 pub use b::exports::wasmsec::esp::engine::{
@@ -22,15 +22,36 @@ pub use b::wasmsec::net::types::{SaLimits, TrafficSelector};
 /// ([`GuestState::batch`]); a call lends it to the guest for its duration.
 pub struct Batch;
 
+/// What the host did to one packet of the lent batch during the current
+/// call. Verdicts are checked against it: the data path sends only what was
+/// sealed, to the peer of the SA that sealed it, and delivers only what
+/// opened, at most at its opened length. Anything else is the guest lying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mark {
+    /// Neither sealed nor opened: still what the wire or the LAN gave us.
+    #[default]
+    Untouched,
+    /// Sealed by an outbound SA whose packets go to peer index `peer`.
+    Sealed { peer: u32 },
+    /// Opened (ICV verified); `len` bytes of plaintext with padding and the
+    /// ESP trailer.
+    Opened { len: u32 },
+}
+
 /// Per-store host state.
 pub struct GuestState {
     limits: StoreLimits,
-    /// The key handles this instance may use.
+    /// The key handles this instance may use, each bound to one SA and direction.
     pub keys: KeyTable,
     /// The batch lent to the guest during `encap`/`decap`.
     pub batch: Vec<PacketBuf>,
     /// Packets of `batch` in use (the vector is reused and never shrinks).
     pub count: usize,
+    /// What became of each packet of the batch during the current call.
+    pub marks: Vec<Mark>,
+    /// Requests of the current call the host refused (wrong key use, bad
+    /// index, a second seal or open of one packet): guest protocol errors.
+    pub refusals: u64,
 }
 
 impl sandbox::Limited for GuestState {
@@ -40,16 +61,71 @@ impl sandbox::Limited for GuestState {
 }
 
 impl GuestState {
-    /// Packet `index` of the lent batch and the key `key` names: the guest
-    /// names both, so both are checked.
-    fn packet_and_key(&mut self, index: u32, key: u64) -> Result<(&mut PacketBuf, &EspKey), WitCryptoError> {
-        let i = index as usize;
-        if i >= self.count {
-            return Err(WitCryptoError::BadLength);
-        }
-        let k = self.keys.get(key).map_err(wit_error)?;
-        Ok((&mut self.batch[i], k))
+    /// Start a call on the first `count` packets of the batch.
+    pub fn lend(&mut self, count: usize) {
+        self.count = count.min(self.batch.len());
+        self.marks.clear();
+        self.marks.resize(self.count, Mark::Untouched);
+        self.refusals = 0;
     }
+
+    fn seal_one(&mut self, op: &SealOp) -> Result<(), WitCryptoError> {
+        let checked = check(&self.keys, &self.marks, op.index, op.key);
+        // Only an outbound key seals, and only under its own SA's SPI.
+        let (i, k, peer) = match checked {
+            Ok((i, k, KeyUse::Seal { spi, peer })) if spi == op.spi => (i, k, peer),
+            Ok(_) => return Err(refused(&mut self.refusals, WitCryptoError::WrongKeyKind)),
+            Err(e) => return Err(refused(&mut self.refusals, e)),
+        };
+        let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
+        let trailer = esp::Trailer::new(op.pad_length, op.next_header);
+        k.seal(&mut self.batch[i], &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)?;
+        self.marks[i] = Mark::Sealed { peer };
+        Ok(())
+    }
+
+    fn open_one(&mut self, op: &OpenOp) -> Result<Opened, WitCryptoError> {
+        let checked = check(&self.keys, &self.marks, op.index, op.key);
+        // Only an inbound key opens, and only packets that carry its SPI.
+        let (i, k) = match checked {
+            Ok((i, k, KeyUse::Open { spi }))
+                if esp::Packet::new_checked(self.batch[i].data()).is_ok_and(|e| e.spi() == spi) =>
+            {
+                (i, k)
+            }
+            Ok(_) => return Err(refused(&mut self.refusals, WitCryptoError::WrongKeyKind)),
+            Err(e) => return Err(refused(&mut self.refusals, e)),
+        };
+        let p = &mut self.batch[i];
+        k.open(p, op.esn_high).map_err(wit_error)?;
+        let d = p.data();
+        let n = d.len();
+        self.marks[i] = Mark::Opened { len: n as u32 };
+        Ok(Opened { plaintext_len: n as u32, pad_length: d[n - 2], next_header: d[n - 1] })
+    }
+}
+
+/// Packet `index` of the lent batch, untouched so far in this call, and the
+/// key `key` names with what it may do: the guest names both, so both are
+/// checked.
+fn check<'a>(
+    keys: &'a KeyTable,
+    marks: &[Mark],
+    index: u32,
+    key: u64,
+) -> Result<(usize, &'a EspKey, KeyUse), WitCryptoError> {
+    let i = index as usize;
+    if marks.get(i) != Some(&Mark::Untouched) {
+        return Err(WitCryptoError::BadLength);
+    }
+    let (k, u) = keys.get(key).map_err(wit_error)?;
+    Ok((i, k, u))
+}
+
+/// Count a refused request and answer it with `e`.
+fn refused(refusals: &mut u64, e: WitCryptoError) -> WitCryptoError {
+    *refusals += 1;
+    e
 }
 
 impl b::wasmsec::crypto::types::Host for GuestState {}
@@ -74,26 +150,11 @@ impl HostBatch for GuestState {
     }
 
     fn seal(&mut self, _: Resource<Batch>, ops: Vec<SealOp>) -> Vec<Result<(), WitCryptoError>> {
-        ops.iter()
-            .map(|op| {
-                let (p, k) = self.packet_and_key(op.index, op.key)?;
-                let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
-                let trailer = esp::Trailer::new(op.pad_length, op.next_header);
-                k.seal(p, &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)
-            })
-            .collect()
+        ops.iter().map(|op| self.seal_one(op)).collect()
     }
 
     fn open(&mut self, _: Resource<Batch>, ops: Vec<OpenOp>) -> Vec<Result<Opened, WitCryptoError>> {
-        ops.iter()
-            .map(|op| {
-                let (p, k) = self.packet_and_key(op.index, op.key)?;
-                k.open(p, op.esn_high).map_err(wit_error)?;
-                let d = p.data();
-                let n = d.len();
-                Ok(Opened { plaintext_len: n as u32, pad_length: d[n - 2], next_header: d[n - 1] })
-            })
-            .collect()
+        ops.iter().map(|op| self.open_one(op)).collect()
     }
 
     fn drop(&mut self, _: Resource<Batch>) -> wasmtime::Result<()> {
@@ -113,8 +174,14 @@ impl EspPre {
     }
 
     pub fn instantiate(&self, engine: &Engine) -> Result<EspInstance> {
-        let state =
-            GuestState { limits: sandbox::store_limits(), keys: KeyTable::default(), batch: Vec::new(), count: 0 };
+        let state = GuestState {
+            limits: sandbox::store_limits(),
+            keys: KeyTable::default(),
+            batch: Vec::new(),
+            count: 0,
+            marks: Vec::new(),
+            refusals: 0,
+        };
         let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating ESP component")?;
         Ok(EspInstance { store, bindings })
@@ -165,14 +232,16 @@ impl EspInstance {
         Ok(e.call_take_expiries(s)?)
     }
 
-    /// Encapsulate the `count` packets in `store.data().batch`.
-    pub fn encap(&mut self) -> Result<Vec<EncapVerdict>> {
+    /// Encapsulate the first `n` packets in `store.data().batch`.
+    pub fn encap(&mut self, n: usize) -> Result<Vec<EncapVerdict>> {
+        self.store.data_mut().lend(n);
         let (e, s) = self.e();
         Ok(e.call_encap(s, Resource::new_borrow(0))?)
     }
 
-    /// Decapsulate the `count` packets in `store.data().batch`.
-    pub fn decap(&mut self) -> Result<Vec<DecapVerdict>> {
+    /// Decapsulate the first `n` packets in `store.data().batch`.
+    pub fn decap(&mut self, n: usize) -> Result<Vec<DecapVerdict>> {
+        self.store.data_mut().lend(n);
         let (e, s) = self.e();
         Ok(e.call_decap(s, Resource::new_borrow(0))?)
     }
