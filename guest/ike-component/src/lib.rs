@@ -58,6 +58,7 @@ impl IkeCrypto for HostCrypto {
             nr: kx.nr.to_vec(),
             spi_i: kx.spi_i,
             spi_r: kx.spi_r,
+            we_initiated: kx.we_initiated,
         };
         keys::derive_ike_sa(old, &exchange).map_err(err)
     }

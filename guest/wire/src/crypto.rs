@@ -55,6 +55,9 @@ pub struct KeyExchange<'a> {
     pub spi_i: u64,
     /// The responder's SPI.
     pub spi_r: u64,
+    /// We are this IKE SA's original initiator (we sent IKE_SA_INIT, or the
+    /// CREATE_CHILD_SA request that rekeyed it): our messages use SK_ei.
+    pub we_initiated: bool,
 }
 
 /// What a CHILD SA's keys come from (RFC 7296 section 2.17).

@@ -9,7 +9,7 @@
 //! material goes from here straight into the ESP keystore, host-side.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
@@ -31,8 +31,25 @@ const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
 enum Secret {
     Dh(dh::Private),
     Psk(Zeroizing<Vec<u8>>),
-    IkeSa(Box<IkeSaKeys>),
+    IkeSa(Box<IkeSa>),
 }
+
+/// An IKE SA's keys and what the vault holds the guest to for them.
+struct IkeSa {
+    keys: IkeSaKeys,
+    /// Fixed when the keys were derived: we encrypt only with our own side's
+    /// SK_e and decrypt only with the peer's, so a guest cannot make the
+    /// vault encrypt under the peer's key (and its nonces).
+    we_initiated: bool,
+    /// The nonce pairs CHILD SA keys were derived from (SHA-256 of Ni | Nr):
+    /// each exchange keys one CHILD SA, once; a second derivation from the
+    /// same nonces would hand out the same key material again.
+    children_keyed: HashSet<[u8; 32]>,
+}
+
+/// CHILD SA key derivations one IKE SA may make: far more than any rekey
+/// schedule needs, few enough that a guest cannot fill the host's memory.
+pub const MAX_CHILD_DERIVATIONS: usize = 100_000;
 
 /// CHILD SA keying material, one block per direction (encryption key, with
 /// salt for AEAD, followed by the integrity key if any).
@@ -140,7 +157,8 @@ impl Vault {
         for k in keys.all_keys() {
             self.record(k);
         }
-        Ok(self.insert(Secret::IkeSa(Box::new(keys))))
+        let sa = IkeSa { keys, we_initiated: kx.we_initiated, children_keyed: HashSet::new() };
+        Ok(self.insert(Secret::IkeSa(Box::new(sa))))
     }
 
     /// Take DH private value `dh` (of `group`, if given) out of the vault and
@@ -169,6 +187,10 @@ impl Vault {
     }
 
     fn ike_sa(&self, h: u64) -> Result<&IkeSaKeys, CryptoError> {
+        self.ike_sa_entry(h).map(|sa| &sa.keys)
+    }
+
+    fn ike_sa_entry(&self, h: u64) -> Result<&IkeSa, CryptoError> {
         match self.secrets.get(&h) {
             Some(Secret::IkeSa(k)) => Ok(k),
             Some(_) => Err(CryptoError::WrongKeyKind),
@@ -187,7 +209,9 @@ impl Vault {
     ) -> Result<Vec<u8>, CryptoError> {
         let rng = &self.rng;
         match self.secrets.get_mut(&sa) {
-            Some(Secret::IkeSa(k)) => k.encrypt(rng, from_initiator, header, first, inner),
+            // Our messages, under our own side's keys only.
+            Some(Secret::IkeSa(k)) if k.we_initiated != from_initiator => Err(CryptoError::WrongKeyKind),
+            Some(Secret::IkeSa(k)) => k.keys.encrypt(rng, from_initiator, header, first, inner),
             Some(_) => Err(CryptoError::WrongKeyKind),
             None => Err(CryptoError::UnknownKey),
         }
@@ -201,7 +225,12 @@ impl Vault {
         msg: &[u8],
         sk_offset: usize,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.ike_sa(sa)?.decrypt(from_initiator, msg, sk_offset)
+        let sa = self.ike_sa_entry(sa)?;
+        // The peer's messages, under the peer's side's keys only.
+        if sa.we_initiated == from_initiator {
+            return Err(CryptoError::WrongKeyKind);
+        }
+        sa.keys.decrypt(from_initiator, msg, sk_offset)
     }
 
     /// The AUTH payload data for PSK authentication (section 2.15):
@@ -233,9 +262,25 @@ impl Vault {
     /// peer's by `we_initiated`. With PFS (our DH value, consumed, and the
     /// peer's public value) the new shared secret goes in front of the
     /// nonces: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr).
+    /// Each nonce pair keys one CHILD SA: asking again is `WrongKeyKind`.
     pub fn child_keymat(&mut self, k: &ChildKeying) -> Result<ChildKeymat, CryptoError> {
-        self.ike_sa(k.ike_sa)?;
         let c = Cipher::from_ids(k.suite.encr, k.suite.key_bits, k.suite.integ)?;
+        let nonces: [u8; 32] = {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(&(k.ni.len() as u32).to_be_bytes());
+            ctx.update(k.ni);
+            ctx.update(k.nr);
+            ctx.finish().as_ref().try_into().map_err(|_| CryptoError::Internal)?
+        };
+        match self.secrets.get_mut(&k.ike_sa) {
+            Some(Secret::IkeSa(sa)) => {
+                if sa.children_keyed.len() >= MAX_CHILD_DERIVATIONS || !sa.children_keyed.insert(nonces) {
+                    return Err(CryptoError::WrongKeyKind);
+                }
+            }
+            Some(_) => return Err(CryptoError::WrongKeyKind),
+            None => return Err(CryptoError::UnknownKey),
+        }
         let one = c.encr_keymat_len() + c.integ_key_len();
         let mut seed = Zeroizing::new(Vec::with_capacity(k.ni.len() + k.nr.len()));
         if let Some((dh, peer_public)) = k.pfs {
@@ -278,13 +323,26 @@ mod tests {
         let (da, pa) = a.dh_generate(suite.dh).unwrap();
         let (db, pb) = b.dh_generate(suite.dh).unwrap();
         let (ni, nr) = ([1u8; 32], [2u8; 32]);
-        let kx =
-            |dh, public| KeyExchange { suite: &suite, dh, peer_public: public, ni: &ni, nr: &nr, spi_i: 5, spi_r: 6 };
-        let sa = a.derive_ike_sa(None, &kx(da, &pb)).unwrap();
-        let sb = b.derive_ike_sa(None, &kx(db, &pa)).unwrap();
+        let kx = |dh, public, we_initiated| KeyExchange {
+            suite: &suite,
+            dh,
+            peer_public: public,
+            ni: &ni,
+            nr: &nr,
+            spi_i: 5,
+            spi_r: 6,
+            we_initiated,
+        };
+        let sa = a.derive_ike_sa(None, &kx(da, &pb, true)).unwrap();
+        let sb = b.derive_ike_sa(None, &kx(db, &pa, false)).unwrap();
         assert_eq!(a.len(), 1, "the DH private value is destroyed");
         let msg = a.encrypt(sa, true, &[0; 28], 35, b"hello").unwrap();
         assert_eq!(&b.decrypt(sb, true, &msg, 28).unwrap()[..], b"hello");
+        // Each side's role is fixed at derivation: no encrypting under the
+        // peer's keys, no decrypting our own.
+        assert_eq!(a.encrypt(sa, false, &[0; 28], 35, b"x").err(), Some(CryptoError::WrongKeyKind));
+        assert_eq!(b.encrypt(sb, true, &[0; 28], 35, b"x").err(), Some(CryptoError::WrongKeyKind));
+        assert_eq!(a.decrypt(sa, true, &msg, 28).err(), Some(CryptoError::WrongKeyKind));
         let (pska, pskb) =
             (a.insert_psk(Zeroizing::new(b"secret".to_vec())), b.insert_psk(Zeroizing::new(b"secret".to_vec())));
         let x = a.psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap();
@@ -297,14 +355,20 @@ mod tests {
         let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
         assert_eq!(*ka.outbound, *kb.inbound);
         assert_eq!(*ka.inbound, *kb.outbound);
-        // With PFS both sides agree, on other keys, and the DH values are gone.
+        // The same nonces never key a second CHILD SA.
+        assert_eq!(a.child_keymat(&keying(sa, true, None)).err(), Some(CryptoError::WrongKeyKind));
+        // With PFS (and the nonces of another exchange) both sides agree, on
+        // other keys, and the DH values are gone.
+        let (ni, nr) = ([3u8; 32], [4u8; 32]);
+        let keying =
+            |ike_sa, we_initiated, pfs| ChildKeying { ike_sa, suite: &cs, ni: &ni, nr: &nr, we_initiated, pfs };
         let (da, pa) = a.dh_generate(DhGroup::X25519).unwrap();
         let (db, pb) = b.dh_generate(DhGroup::X25519).unwrap();
         let pa_km = a.child_keymat(&keying(sa, true, Some((da, &pb)))).unwrap();
         let pb_km = b.child_keymat(&keying(sb, false, Some((db, &pa)))).unwrap();
         assert_eq!(*pa_km.inbound, *pb_km.outbound);
         assert_ne!(*pa_km.outbound, *ka.outbound);
-        assert_eq!(a.child_keymat(&keying(sa, true, Some((da, &pb)))).err(), Some(CryptoError::UnknownKey));
+        assert!(!a.destroy(da), "the PFS DH value was consumed");
         assert_eq!(ka.outbound.len(), 20);
         assert_ne!(*ka.outbound, *ka.inbound);
         assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
@@ -322,8 +386,16 @@ mod tests {
             dh: DhGroup::X25519,
         };
         let (d, p) = v.dh_generate(DhGroup::Ecp256).unwrap();
-        let kx =
-            |dh| KeyExchange { suite: &suite, dh, peer_public: &p, ni: &[0; 16], nr: &[0; 16], spi_i: 1, spi_r: 2 };
+        let kx = |dh| KeyExchange {
+            suite: &suite,
+            dh,
+            peer_public: &p,
+            ni: &[0; 16],
+            nr: &[0; 16],
+            spi_i: 1,
+            spi_r: 2,
+            we_initiated: true,
+        };
         assert_eq!(v.derive_ike_sa(None, &kx(d)).err(), Some(CryptoError::WrongKeyKind));
         assert_eq!(v.derive_ike_sa(None, &kx(12345)).err(), Some(CryptoError::UnknownKey));
     }

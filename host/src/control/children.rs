@@ -155,16 +155,23 @@ impl Children {
 
     /// A negotiated CHILD SA: inbound first (the peer may send ESP as soon
     /// as it has our answer), then outbound unless it waits for activation.
-    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) {
-        let Some(remote) = socket_addr(&c.remote) else { return };
+    /// Hand a negotiated CHILD SA to the data path. False if the guest
+    /// named keys that did not come from one derivation for this transform
+    /// (a guest protocol error: nothing is installed).
+    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) -> bool {
+        let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %c.connection, "IPv6 peers are not supported by the data plane yet");
-            return;
+            return true;
         };
         let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ) else {
             warn!(connection = %c.connection, encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
-            return;
+            return false;
         };
+        if !ike.claim_child_keys(c.outbound_key, c.inbound_key, alg) {
+            warn!(connection = %c.connection, "IKE guest installed keys that were not derived for this CHILD SA: refused");
+            return false;
+        }
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },
@@ -218,6 +225,7 @@ impl Children {
             peer: remote.to_string(),
             encap: c.encap,
         });
+        true
     }
 
     /// Start sending on a deferred outbound SA.

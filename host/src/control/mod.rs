@@ -177,7 +177,11 @@ impl ControlPlane {
         let out = self.ike.poll()?;
         for c in out.sa_changes {
             match c {
-                SaChange::Install(c) => self.children.install(c, self.ike.store.data_mut()),
+                SaChange::Install(c) => {
+                    if !self.children.install(c, self.ike.store.data_mut()) {
+                        crate::stats::inc(&self.stats.guest_protocol_errors);
+                    }
+                }
                 SaChange::ActivateOutbound(spi) => self.children.activate(spi),
                 SaChange::PeerMoved((spis, remote)) => {
                     if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {

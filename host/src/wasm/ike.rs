@@ -37,12 +37,33 @@ pub struct IkeState {
     /// When set, every byte string the host hands the guest is recorded
     /// here (tests prove no secret is among them).
     pub transcript: Option<Vec<Vec<u8>>>,
+    /// CHILD SA key pairs derived and not yet installed: outbound handle ->
+    /// (inbound handle, algorithm). An install must name a pair from here,
+    /// in order, once.
+    derived: HashMap<u64, (u64, EspAlgorithm)>,
 }
+
+/// Derived CHILD SA key pairs that may wait for their install at once.
+pub const MAX_PENDING_CHILD_KEYS: usize = 4096;
 
 impl IkeState {
     /// Put a pre-shared key in the vault; returns its handle.
     pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
         self.vault.insert_psk(psk)
+    }
+
+    /// Take the derived key pair a CHILD SA install names: true if
+    /// `outbound` and `inbound` came from one derivation, in that order,
+    /// for `alg`, and were not installed before. Anything else is a guest
+    /// lying about its keys.
+    pub fn claim_child_keys(&mut self, outbound: u64, inbound: u64, alg: EspAlgorithm) -> bool {
+        match self.derived.get(&outbound) {
+            Some(&(i, a)) if i == inbound && a == alg => {
+                self.derived.remove(&outbound);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Live secrets in the vault (IKE SAs, DH values, PSKs).
@@ -117,6 +138,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             nr: &x.nr,
             spi_i: x.spi_i,
             spi_r: x.spi_r,
+            we_initiated: x.we_initiated,
         };
         let h = self.vault.derive_ike_sa(old, &kx).map_err(wit_error)?;
         self.export_keys(h);
@@ -182,7 +204,11 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         };
         let out = EspKey::new(alg, out).map_err(|_| WitError::Internal)?;
         let inb = EspKey::new(alg, inb).map_err(|_| WitError::Internal)?;
+        if self.derived.len() >= MAX_PENDING_CHILD_KEYS {
+            return Err(WitError::Internal);
+        }
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
+        self.derived.insert(handles.outbound, (handles.inbound, alg));
         if let Some((o, i)) = exports {
             let pairs = [(handles.outbound, o), (handles.inbound, i)];
             self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
@@ -194,6 +220,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         if !self.vault.destroy(key) {
             self.esp_keys.remove(key);
             self.esp_exports.remove(&key);
+            self.derived.retain(|o, (i, _)| *o != key && *i != key);
         }
     }
 }
@@ -223,6 +250,7 @@ impl IkePre {
             esp_keylog: false,
             esp_exports: HashMap::new(),
             transcript: None,
+            derived: HashMap::new(),
         };
         let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;

@@ -197,8 +197,16 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
         Err(e) => return ctx.warn(conn, format!("DH group {} failed: {e:?}", chosen.dh.raw())),
     };
     let suite = chosen.ike_suite();
-    let kx =
-        KeyExchange { suite: &suite, dh, peer_public: &offer.public, ni: &offer.nonce, nr: &nr, spi_i: h.spi_i, spi_r };
+    let kx = KeyExchange {
+        suite: &suite,
+        dh,
+        peer_public: &offer.public,
+        ni: &offer.nonce,
+        nr: &nr,
+        spi_i: h.spi_i,
+        spi_r,
+        we_initiated: false,
+    };
     let keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => k,
         Err(e) => {
@@ -313,6 +321,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
         nr: &answer.nonce,
         spi_i: sa.spi_i,
         spi_r: sa.spi_r,
+        we_initiated: true,
     };
     sa.keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => Some(k),

@@ -139,7 +139,16 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
     let spi_r = ctx.new_spi();
     let nr = ctx.nonce();
     let suite = chosen.ike_suite();
-    let kx = KeyExchange { suite: &suite, dh, peer_public: &offer.public, ni: &offer.nonce, nr: &nr, spi_i, spi_r };
+    let kx = KeyExchange {
+        suite: &suite,
+        dh,
+        peer_public: &offer.public,
+        ni: &offer.nonce,
+        nr: &nr,
+        spi_i,
+        spi_r,
+        we_initiated: false,
+    };
     let keys = match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
         Ok(k) => k,
         Err(e) => {
@@ -184,7 +193,16 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
     let derived = match (answer, &failure, sa.keys) {
         (Some((chosen, spi_r, public, nr)), None, Some(old_keys)) => {
             let suite = chosen.ike_suite();
-            let kx = KeyExchange { suite: &suite, dh, peer_public: &public, ni: &ni, nr: &nr, spi_i: new_spi, spi_r };
+            let kx = KeyExchange {
+                suite: &suite,
+                dh,
+                peer_public: &public,
+                ni: &ni,
+                nr: &nr,
+                spi_i: new_spi,
+                spi_r,
+                we_initiated: true,
+            };
             match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
                 Ok(k) => Ok((chosen, spi_r, nr, k)),
                 Err(e) => Err(format!("key derivation failed: {e:?}")),
