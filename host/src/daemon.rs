@@ -19,6 +19,7 @@ use crate::control::{ControlPlane, Trap};
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::guard::GuestGuard;
 use crate::datapath::{Loop, Peer, SaSet};
+use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
 use crate::stats::Stats;
 use crate::sys::{self, RawEsp, Tun};
@@ -65,21 +66,39 @@ struct ManualSas {
     peers: Vec<Peer>,
 }
 
-fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<ManualSas> {
+/// Manual keys are the same after every restart, so every IV they seal
+/// with is reserved on disk first ([`IvReservation`]), and no key material
+/// may serve two SAs (their IV counters would collide: nonce reuse).
+/// With `reserve` false (`wasmsec check`) the keys are read and checked but
+/// no IV is reserved.
+fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> Result<ManualSas> {
     let mut sas = ManualSas { outbound: Vec::new(), inbound: Vec::new(), peers: Vec::new() };
+    let mut seen: HashMap<String, String> = HashMap::new();
     for (i, m) in cfg.manual.iter().enumerate() {
         let at = format!("manual {:?}", m.name.get_ref());
         let alg = m.algorithm;
-        let load = |src: &config::KeySource, which: &str| -> Result<u64> {
+        let mut load = |src: &config::KeySource, which: &str, sealing: bool| -> Result<u64> {
             let keymat = src.load(base).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
-            let key = EspKey::new(alg, keymat).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
+            let name = iv_reservation::state_name(&keymat);
+            if let Some(first) = seen.insert(name.clone(), format!("{which} of {at}")) {
+                bail!(
+                    "{at}: {which} is the same key material as the {first}: every manual SA needs its own key \
+                     (one key for two SAs repeats AES-GCM/ChaCha20 nonces, which reveals the traffic)"
+                );
+            }
+            let mut key = EspKey::new(alg, keymat).map_err(|e| anyhow::anyhow!("{at}: {which}: {e}"))?;
+            if sealing && reserve {
+                let (r, first) = IvReservation::open(&cfg.runtime.state_dir, &name)
+                    .with_context(|| format!("{at}: {which}: reserving IVs in [runtime] state_dir"))?;
+                key = key.with_reservation(r, first);
+            }
             Ok(ks.insert(key))
         };
         let local: Vec<_> = m.local_ts.iter().map(config::Prefix::selector).collect();
         let remote: Vec<_> = m.remote_ts.iter().map(config::Prefix::selector).collect();
         sas.outbound.push(OutboundSa {
             spi: m.out_spi.0,
-            key: load(&m.out_key, "out_key")?,
+            key: load(&m.out_key, "out_key", true)?,
             peer: i as u32,
             esn: m.esn,
             next_seq: 1,
@@ -90,7 +109,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>) -> Result<ManualSas
         });
         sas.inbound.push(InboundSa {
             spi: m.in_spi.0,
-            key: load(&m.in_key, "in_key")?,
+            key: load(&m.in_key, "in_key", false)?,
             esn: m.esn,
             replay_window: m.replay_window,
             highest_seq: 0,
@@ -219,13 +238,21 @@ fn open_tun(cfg: &Config) -> Result<Tun> {
     Ok(tun)
 }
 
+/// The admin socket, created 0600: whoever can connect can terminate
+/// tunnels and read their state. A stale socket from an earlier run is
+/// replaced; any other file at that path is an error, not deleted.
 fn control_listener(path: Option<&Path>) -> Result<Option<UnixListener>> {
     let Some(p) = path else { return Ok(None) };
-    let _ = std::fs::remove_file(p);
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => std::fs::remove_file(p)?,
+        Ok(_) => bail!("control socket path {} exists and is not a socket", p.display()),
+        Err(_) => {}
+    }
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).ok();
     }
-    let l = UnixListener::bind(p).with_context(|| format!("cannot create control socket {}", p.display()))?;
+    let l = sys::with_umask(0o177, || UnixListener::bind(p))
+        .with_context(|| format!("cannot create control socket {}", p.display()))?;
     l.set_nonblocking(true)?;
     Ok(Some(l))
 }
@@ -269,6 +296,16 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     })
 }
 
+/// What `wasmsec check` adds to parsing the config: every secret is read
+/// (files must be private), and no manual key serves two SAs.
+pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
+    manual_sas(cfg, base, &Arc::new(Keystore::new()), false)?;
+    for c in &cfg.connection {
+        c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("connection {:?}: psk: {e}", c.name.get_ref()))?;
+    }
+    Ok(())
+}
+
 /// Run the daemon until a stop signal.
 pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
@@ -285,7 +322,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             || format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display()),
         )?);
     let keystore = Arc::new(Keystore::new());
-    let manual = manual_sas(&cfg, &base, &keystore)?;
+    let manual = manual_sas(&cfg, &base, &keystore, true)?;
     let out_set = SaSet { keystore: keystore.clone(), outbound: manual.outbound, inbound: vec![] };
     let in_set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: manual.inbound };
     let out_inst = out_set.instantiate(&runtime)?;

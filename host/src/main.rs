@@ -85,6 +85,7 @@ fn real_main() -> anyhow::Result<bool> {
             };
             if cmd == "check" {
                 let c = config::Config::load(&config)?;
+                daemon::check_secrets(&c, config.parent().unwrap_or(std::path::Path::new(".")))?;
                 println!(
                     "{}: OK ({} IKE connection(s), {} manual tunnel(s))",
                     config.display(),

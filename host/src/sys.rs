@@ -223,3 +223,15 @@ pub fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
 }
 
 pub use libc::{SIGINT, SIGKILL, SIGTERM};
+
+/// Run `f` with the process umask set to `mask`, then restore it: files and
+/// sockets `f` creates are born with the permissions meant for them, with
+/// no window in which they are wider.
+pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask(2) cannot fail; it only swaps the process's mask.
+    let old = unsafe { libc::umask(mask) };
+    let r = f();
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    r
+}

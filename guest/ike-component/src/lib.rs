@@ -45,6 +45,14 @@ impl IkeCrypto for HostCrypto {
         }
     }
 
+    fn cookie(&mut self, spi_i: u64, ni: &[u8], initiator: IpAddr, offered: Option<&[u8]>) -> Option<Vec<u8>> {
+        let addr = match initiator {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        keys::cookie(spi_i, ni, &addr, offered)
+    }
+
     fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), CryptoError> {
         keys::dh_generate(group.raw()).map_err(err)
     }

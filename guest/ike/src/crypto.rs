@@ -1,6 +1,8 @@
 //! What the engine asks of the host's keystore. Every secret stays there;
 //! the engine holds handles (see `wit/deps/crypto/crypto.wit`, `ike-keys`).
 
+use std::net::IpAddr;
+
 use wasmsec_wire::ike::{DhGroup, PayloadType};
 
 /// Opaque name of a secret in the host keystore.
@@ -20,6 +22,10 @@ pub struct ChildKeys {
 pub trait IkeCrypto {
     /// Random bytes (nonces, SPIs).
     fn random(&mut self, buf: &mut [u8]);
+    /// The COOKIE check of section 2.6, the secret kept by the host: `None`
+    /// if `offered` is a valid cookie for this initiator, else the cookie to
+    /// send back.
+    fn cookie(&mut self, spi_i: u64, ni: &[u8], initiator: IpAddr, offered: Option<&[u8]>) -> Option<Vec<u8>>;
     /// A fresh DH private value (kept by the host) and its public value.
     fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), CryptoError>;
     /// Complete DH and derive SKEYSEED and SK_* (RFC 7296 section 2.14),

@@ -1,26 +1,21 @@
 //! The responder's defences against IKE_SA_INIT floods: a table of
 //! half-open SAs with a cap, COOKIEs above a threshold (RFC 7296 section
-//! 2.6, stateless and before any DH), and a per-source rate limit.
+//! 2.6, stateless and before any DH; the secret is the host's, see
+//! `IkeCrypto::cookie`), and a per-source rate limit.
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::crypto::IkeCrypto;
 use crate::output::Endpoint;
 
-/// How often the COOKIE secret changes (section 2.6); cookies made with the
-/// previous secret are still accepted.
-const COOKIE_SECRET_MS: u64 = 120_000;
 /// Sources the rate limiter remembers; when full, idle ones go.
 const MAX_SOURCES: usize = 16_384;
 
-/// The responder's IKE_SA_INIT flood defences: half-open SAs, COOKIE secrets, rate limits.
+/// The responder's IKE_SA_INIT flood defences: half-open SAs and rate limits.
 #[derive(Debug, Default)]
 pub(crate) struct Dos {
     /// Responder SAs by (peer endpoint, SPIi), to spot IKE_SA_INIT
     /// retransmits; the value is our SPI.
     pub half_open: HashMap<(Endpoint, u64), u64>,
-    /// COOKIE secrets: current, previous, and when the current one expires.
-    cookie_secret: Option<([u8; 16], [u8; 16], u64)>,
     /// Per-source token buckets for IKE_SA_INIT: tokens (x1000) and last refill.
     init_buckets: HashMap<IpAddr, (u64, u64)>,
 }
@@ -49,45 +44,6 @@ impl Dos {
         } else {
             false
         }
-    }
-
-    /// The cookie for this initiator under the current and previous secret:
-    /// version | SHA-1(Ni | IPi | SPIi | secret) (section 2.6).
-    pub fn cookies(
-        &mut self,
-        now: u64,
-        spi_i: u64,
-        ni: &[u8],
-        from: &Endpoint,
-        crypto: &mut dyn IkeCrypto,
-    ) -> (Vec<u8>, Option<Vec<u8>>) {
-        let fresh = |crypto: &mut dyn IkeCrypto| {
-            let mut k = [0u8; 16];
-            crypto.random(&mut k);
-            k
-        };
-        let (cur, prev, until) = match self.cookie_secret {
-            Some((c, p, until)) if now < until => (c, Some(p), until),
-            Some((c, _, _)) => (fresh(crypto), Some(c), now + COOKIE_SECRET_MS),
-            None => (fresh(crypto), None, now + COOKIE_SECRET_MS),
-        };
-        self.cookie_secret = Some((cur, prev.unwrap_or(cur), until));
-        let make = |secret: &[u8; 16], version: u8| {
-            let mut h = sha1_smol::Sha1::new();
-            h.update(ni);
-            match from.addr {
-                IpAddr::V4(a) => h.update(&a.octets()),
-                IpAddr::V6(a) => h.update(&a.octets()),
-            }
-            h.update(&spi_i.to_be_bytes());
-            h.update(secret);
-            let mut c = vec![version];
-            c.extend_from_slice(&h.digest().bytes());
-            c
-        };
-        // The version byte tells which secret made a cookie.
-        let version = ((until / COOKIE_SECRET_MS) & 0xff) as u8;
-        (make(&cur, version), prev.map(|p| make(&p, version.wrapping_sub(1))))
     }
 
     /// Forget the half-open entry of our SPI `spi`.

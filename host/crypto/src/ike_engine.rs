@@ -3,6 +3,8 @@
 //! engine on, natively. The real host reaches its vault through the IKE
 //! component's imports instead (`host/src/wasm/ike.rs`).
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
 
 use wasmsec_ike::crypto::{ChildKeying, ChildKeys, CryptoError as E, Handle, IkeCrypto, KeyExchange};
 use wasmsec_wire::ike::{DhGroup, PayloadType};
@@ -15,18 +17,29 @@ pub struct EngineCrypto {
     pub vault: Vault,
     pub esp: HashMap<Handle, Zeroizing<Vec<u8>>>,
     next_esp: Handle,
+    /// The clock COOKIE secrets rotate by (the host's, not the engine's).
+    started: Instant,
 }
 
 impl EngineCrypto {
     pub fn new(vault: Vault) -> EngineCrypto {
         // ESP handles far from the vault's, so a mix-up shows.
-        EngineCrypto { vault, esp: HashMap::new(), next_esp: 1 << 40 }
+        EngineCrypto { vault, esp: HashMap::new(), next_esp: 1 << 40, started: Instant::now() }
     }
 }
 
 impl IkeCrypto for EngineCrypto {
     fn random(&mut self, buf: &mut [u8]) {
         self.vault.random(buf)
+    }
+
+    fn cookie(&mut self, spi_i: u64, ni: &[u8], initiator: IpAddr, offered: Option<&[u8]>) -> Option<Vec<u8>> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let addr = match initiator {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        self.vault.cookie(now, spi_i, ni, &addr, offered)
     }
 
     fn dh_generate(&mut self, group: DhGroup) -> Result<(Handle, Vec<u8>), E> {

@@ -25,6 +25,11 @@ pub use sk::{Cipher, IkeSaKeys};
 pub use wasmsec_wire::crypto::{ChildKeying, ChildSuite, CryptoError, IkeSuite, KeyExchange};
 use wasmsec_wire::ike::DhGroup;
 
+/// Compare two MACs in time that depends only on their lengths.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The "Key Pad for IKEv2" of RFC 7296 section 2.15.
 const KEY_PAD: &[u8] = b"Key Pad for IKEv2";
 
@@ -60,10 +65,29 @@ pub struct ChildKeymat {
     pub inbound: Zeroizing<Vec<u8>>,
 }
 
+/// How long one COOKIE secret is used (RFC 7296 section 2.6 asks for
+/// regular changes); cookies of the previous secret are still accepted.
+pub const COOKIE_SECRET_MS: u64 = 120_000;
+
+/// The responder's COOKIE secrets, rotated.
+struct CookieSecrets {
+    /// The secret cookies are made with now.
+    current: Zeroizing<[u8; 32]>,
+    /// The one before, still accepted.
+    previous: Option<Zeroizing<[u8; 32]>>,
+    /// Counts rotations; the cookie's first byte, so a check knows which
+    /// secret made it.
+    version: u8,
+    /// When `current` retires (the caller's milliseconds).
+    rotate_at: u64,
+}
+
 /// Holder of every IKE secret.
 pub struct Vault {
     secrets: HashMap<u64, Secret>,
     rng: SystemRandom,
+    /// COOKIE secrets, made at the first cookie.
+    cookies: Option<CookieSecrets>,
     /// Copies of every secret created, for tests that prove no secret
     /// reaches a guest ([`Vault::new_audited`]); `None` in the daemon.
     audit: Option<Vec<Vec<u8>>>,
@@ -77,7 +101,7 @@ impl Default for Vault {
 
 impl Vault {
     pub fn new() -> Vault {
-        Vault { secrets: HashMap::new(), rng: SystemRandom::new(), audit: None }
+        Vault { secrets: HashMap::new(), rng: SystemRandom::new(), cookies: None, audit: None }
     }
 
     /// A vault that also keeps a copy of every secret it creates, so a test
@@ -135,6 +159,51 @@ impl Vault {
     /// Destroy a secret; true if it existed.
     pub fn destroy(&mut self, h: u64) -> bool {
         self.secrets.remove(&h).is_some()
+    }
+
+    /// The COOKIE check of RFC 7296 section 2.6 at time `now_ms`: `None` if
+    /// `offered` is the cookie for this initiator (its SPI, nonce and
+    /// address octets) under the current or the previous secret, else the
+    /// cookie to send. A cookie is a version byte and HMAC-SHA256(secret,
+    /// Ni | IPi | SPIi); the secret changes every [`COOKIE_SECRET_MS`].
+    pub fn cookie(
+        &mut self,
+        now_ms: u64,
+        spi_i: u64,
+        ni: &[u8],
+        initiator: &[u8],
+        offered: Option<&[u8]>,
+    ) -> Option<Vec<u8>> {
+        let rotate = self.cookies.as_ref().is_none_or(|c| now_ms >= c.rotate_at);
+        if rotate {
+            let mut fresh = Zeroizing::new([0u8; 32]);
+            self.random(&mut fresh[..]);
+            self.record(&fresh[..]);
+            let old = self.cookies.take();
+            let version = old.as_ref().map_or(0, |c| c.version.wrapping_add(1));
+            self.cookies = Some(CookieSecrets {
+                current: fresh,
+                previous: old.map(|c| c.current),
+                version,
+                rotate_at: now_ms + COOKIE_SECRET_MS,
+            });
+        }
+        let c = self.cookies.as_ref()?;
+        let make = |secret: &[u8; 32], version: u8| {
+            let mut ctx = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret));
+            ctx.update(ni);
+            ctx.update(initiator);
+            ctx.update(&spi_i.to_be_bytes());
+            let mut cookie = vec![version];
+            cookie.extend_from_slice(ctx.sign().as_ref());
+            cookie
+        };
+        let current = make(&c.current, c.version);
+        let valid = offered.is_some_and(|o| {
+            let previous = c.previous.as_ref().map(|p| make(p, c.version.wrapping_sub(1)));
+            ct_eq(o, &current) || previous.is_some_and(|p| ct_eq(o, &p))
+        });
+        if valid { None } else { Some(current) }
     }
 
     /// A fresh DH private value (kept here) and its public value.
@@ -373,6 +442,25 @@ mod tests {
         assert_ne!(*ka.outbound, *ka.inbound);
         assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
         assert!(a.destroy(sa) && a.destroy(pska) && a.is_empty());
+    }
+
+    #[test]
+    fn cookies_check_against_the_current_and_previous_secret_only() {
+        let mut v = Vault::new();
+        let ip = [198, 18, 0, 1];
+        let c = v.cookie(0, 7, b"nonce", &ip, None).expect("a cookie to send");
+        assert_eq!(c.len(), 33);
+        assert_eq!(v.cookie(10, 7, b"nonce", &ip, Some(&c)), None, "accepted");
+        assert!(v.cookie(10, 8, b"nonce", &ip, Some(&c)).is_some(), "bound to SPIi");
+        assert!(v.cookie(10, 7, b"other", &ip, Some(&c)).is_some(), "bound to Ni");
+        assert!(v.cookie(10, 7, b"nonce", &[198, 18, 0, 2], Some(&c)).is_some(), "bound to the address");
+        let t1 = COOKIE_SECRET_MS + 1;
+        let c2 = v.cookie(t1, 7, b"nonce", &ip, None).unwrap();
+        assert_ne!(c, c2, "a new secret");
+        assert_eq!(v.cookie(t1, 7, b"nonce", &ip, Some(&c)), None, "the previous secret still counts");
+        let t2 = 2 * COOKIE_SECRET_MS + 2;
+        assert!(v.cookie(t2, 7, b"nonce", &ip, Some(&c)).is_some(), "two secrets ago no longer");
+        assert!(v.is_empty(), "cookie secrets are not handles");
     }
 
     #[test]

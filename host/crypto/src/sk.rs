@@ -347,7 +347,7 @@ impl IkeSaKeys {
             Cipher::Cbc { key_len, integ } => {
                 let (signed, icv) = msg.split_at(msg.len() - integ.icv_len());
                 let want = integ.mac(ak, signed);
-                if want.iter().zip(icv).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+                if !crate::ct_eq(&want[..], icv) {
                     return Err(CryptoError::IntegrityFailed);
                 }
                 let ct_len = pt.len() - integ.icv_len();

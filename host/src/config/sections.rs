@@ -254,12 +254,20 @@ pub struct Runtime {
     /// Packets per call into the ESP component (1-256).
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Where state that must survive a restart is kept (0700): the IV
+    /// reservations of manual keys (default `/var/lib/wasmsec`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { components: None, batch: default_batch() }
+        Runtime { components: None, batch: default_batch(), state_dir: default_state_dir() }
     }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/wasmsec")
 }
 
 fn default_batch() -> usize {

@@ -230,6 +230,17 @@ impl KeySource {
         Ok(Zeroizing::new(match self {
             KeySource::File(p) => {
                 let p = if p.is_relative() { base.join(p) } else { p.clone() };
+                let meta = std::fs::metadata(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                // As ssh does with private keys: a secret others can read is
+                // no longer a secret; say so instead of using it.
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "key file {} is accessible by group or others (mode {:o}): run chmod 600 on it",
+                        p.display(),
+                        mode & 0o777
+                    ));
+                }
                 std::fs::read_to_string(&p).map_err(|e| format!("cannot read key file {}: {e}", p.display()))?
             }
             KeySource::Env(n) => std::env::var(n).map_err(|_| format!("environment variable {n} is not set"))?,
@@ -290,6 +301,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmsec-cfg-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("k"), "0x00 11:22 ff\n").unwrap();
+        let private = |p: &Path, mode| std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
+        private(&dir.join("k"), 0o644).unwrap();
+        let e = KeySource::File("k".into()).load(&dir).unwrap_err();
+        assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+        private(&dir.join("k"), 0o600).unwrap();
         let k = KeySource::File("k".into()).load(&dir).unwrap();
         assert_eq!(&k[..], &[0x00, 0x11, 0x22, 0xff]);
         std::fs::write(dir.join("k"), "0g").unwrap();

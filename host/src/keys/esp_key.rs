@@ -17,6 +17,7 @@ use wasmsec_wire::esp;
 use zeroize::Zeroizing;
 
 use super::algorithm::{CBC_BLOCK, EspAlgorithm, IV_LEN, Integ, SALT_LEN};
+use super::iv_reservation::IvReservation;
 use crate::packet::PacketBuf;
 
 // One per SA, read on every packet: keeping the AEAD key inline saves a
@@ -37,6 +38,8 @@ pub struct EspKey {
     next_iv: AtomicU64,
     /// Highest sequence number sealed or authenticated with this key.
     highest_seq: AtomicU64,
+    /// Manual keys: the on-disk reservation every IV must be inside.
+    reservation: Option<IvReservation>,
 }
 
 impl fmt::Debug for EspKey {
@@ -70,7 +73,14 @@ impl EspKey {
                 Cipher::Aead { key, salt }
             }
         };
-        Ok(EspKey { alg, cipher, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0) })
+        Ok(EspKey { alg, cipher, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0), reservation: None })
+    }
+
+    /// A manual key: its IVs come from `reservation`, from `first` on.
+    pub fn with_reservation(mut self, reservation: IvReservation, first: u64) -> EspKey {
+        self.next_iv = AtomicU64::new(first);
+        self.reservation = Some(reservation);
+        self
     }
 
     pub fn algorithm(&self) -> EspAlgorithm {
@@ -86,7 +96,10 @@ impl EspKey {
         // The counter is the IV-uniqueness guarantee: it never repeats and
         // never wraps (at 2^64 the key is spent).
         let iv = self.next_iv.fetch_add(1, Ordering::Relaxed);
-        if iv == u64::MAX { Err(CryptoError::KeyExpired) } else { Ok(iv) }
+        if iv == u64::MAX || self.reservation.as_ref().is_some_and(|r| !r.allow(iv)) {
+            return Err(CryptoError::KeyExpired);
+        }
+        Ok(iv)
     }
 
     /// ESP-seal `p` in place (RFC 4303 section 3.3): append `trailer`,
@@ -177,8 +190,7 @@ impl EspKey {
                     ctx.update(&hi.to_be_bytes());
                 }
                 let want = ctx.sign();
-                let diff = want.as_ref()[..integ.icv_len()].iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y));
-                if diff != 0 {
+                if !wasmsec_crypto::ct_eq(&want.as_ref()[..integ.icv_len()], got) {
                     return Err(CryptoError::IntegrityFailed);
                 }
                 let mut iv = [0u8; CBC_BLOCK];

@@ -3,6 +3,7 @@
 //! the keystore that hands guests handles, never keys ([`store`]).
 pub mod algorithm;
 pub mod esp_key;
+pub mod iv_reservation;
 pub mod store;
 
 pub use algorithm::{EspAlgorithm, Integ};

@@ -41,6 +41,8 @@ pub struct IkeState {
     /// (inbound handle, algorithm). An install must name a pair from here,
     /// in order, once.
     derived: HashMap<u64, (u64, EspAlgorithm)>,
+    /// The clock the vault's COOKIE secrets rotate by.
+    started: std::time::Instant,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -123,6 +125,12 @@ impl b::wasmsec::crypto::random::Host for IkeState {
 }
 
 impl b::wasmsec::crypto::ike_keys::Host for IkeState {
+    fn cookie(&mut self, spi_i: u64, ni: Vec<u8>, initiator: Vec<u8>, offered: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let now = self.started.elapsed().as_millis() as u64;
+        let c = self.vault.cookie(now, spi_i, &ni, &initiator, offered.as_deref());
+        c.map(|c| self.seen_by_guest(c))
+    }
+
     fn dh_generate(&mut self, group: u16) -> Result<(u64, Vec<u8>), WitError> {
         let (h, public) = self.vault.dh_generate(group.into()).map_err(wit_error)?;
         Ok((h, self.seen_by_guest(public)))
@@ -251,6 +259,7 @@ impl IkePre {
             esp_exports: HashMap::new(),
             transcript: None,
             derived: HashMap::new(),
+            started: std::time::Instant::now(),
         };
         let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;

@@ -162,10 +162,9 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
             Some(Payload::Notify(n)) if n.kind == NotifyType::Cookie => Some(n.data.clone()),
             _ => None,
         };
-        let (current, previous) = ctx.dos.cookies(ctx.now, h.spi_i, &offer.nonce, &d.remote, ctx.crypto);
-        if got.as_ref().is_none_or(|c| *c != current && Some(c) != previous.as_ref()) {
+        if let Some(cookie) = ctx.crypto.cookie(h.spi_i, &offer.nonce, d.remote.addr, got.as_deref()) {
             ctx.stats.cookies_sent += 1;
-            return error_response(ctx, &h, &d, NotifyType::Cookie, current);
+            return error_response(ctx, &h, &d, NotifyType::Cookie, cookie);
         }
     }
     let ours = &ctx.conns[conn].ike;
