@@ -30,8 +30,13 @@ pub struct Stats {
     pub tx_errors: AtomicU64,
     /// Guest instances replaced after a trap.
     pub guest_restarts: AtomicU64,
-    /// Verdicts missing from a guest's answer (a misbehaving guest).
+    /// A guest broke the host's rules: a request the host refused (a key
+    /// used for another SA or direction, keys installed that were never
+    /// derived together), a verdict that does not match what the host did,
+    /// or verdicts missing.
     pub guest_protocol_errors: AtomicU64,
+    /// IKE datagrams above the IKE message limit, dropped before the guest.
+    pub ike_oversize: AtomicU64,
     /// Outbound packets dropped, by `DropReason::index`.
     out_drops: [AtomicU64; DropReason::COUNT],
     /// Inbound packets dropped, by `DropReason::index`.
@@ -79,6 +84,7 @@ impl Stats {
             "tx_errors": g(&self.tx_errors),
             "guest_restarts": g(&self.guest_restarts),
             "guest_protocol_errors": g(&self.guest_protocol_errors),
+            "ike_oversize": g(&self.ike_oversize),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
         })

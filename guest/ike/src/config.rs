@@ -115,6 +115,16 @@ pub struct Timing {
     /// IKE_SA_INIT requests accepted per second from one source address
     /// (and the burst allowed); the rest are dropped and counted.
     pub init_per_source: u32,
+    /// Larger datagrams are dropped unread (strongSwan's `max_packet`
+    /// default; nothing we negotiate needs more without fragmentation).
+    pub max_message: usize,
+    /// Bytes of IKE_SA_INIT messages half-open SAs may hold together; above
+    /// it new initiators are dropped until some complete or time out, so a
+    /// flood of large messages cannot exhaust the guest's memory.
+    pub half_open_budget: usize,
+    /// Half-open SAs one source address may hold: a few hosts with real
+    /// addresses (which pass COOKIEs) cannot fill the table for everyone.
+    pub half_open_per_source: usize,
 }
 
 impl Default for Timing {
@@ -126,6 +136,9 @@ impl Default for Timing {
             cookie_threshold: 64,
             max_half_open: 4096,
             init_per_source: 20,
+            max_message: 10_000,
+            half_open_budget: 4 << 20,
+            half_open_per_source: 16,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::config::Timing;
 use crate::output::Endpoint;
 
 /// Sources the rate limiter remembers; when full, idle ones go.
@@ -14,8 +15,12 @@ const MAX_SOURCES: usize = 16_384;
 #[derive(Debug, Default)]
 pub(crate) struct Dos {
     /// Responder SAs by (peer endpoint, SPIi), to spot IKE_SA_INIT
-    /// retransmits; the value is our SPI.
-    pub half_open: HashMap<(Endpoint, u64), u64>,
+    /// retransmits: our SPI and the bytes of IKE_SA_INIT it holds.
+    pub half_open: HashMap<(Endpoint, u64), (u64, usize)>,
+    /// Bytes all half-open SAs hold (the sum of the above).
+    pub half_open_bytes: usize,
+    /// Half-open SAs per source address.
+    half_open_sources: HashMap<IpAddr, usize>,
     /// Per-source token buckets for IKE_SA_INIT: tokens (x1000) and last refill.
     init_buckets: HashMap<IpAddr, (u64, u64)>,
 }
@@ -46,9 +51,34 @@ impl Dos {
         }
     }
 
+    /// Would one more half-open SA from `from`, holding `bytes`, fit?
+    pub fn fits(&self, from: IpAddr, bytes: usize, timing: &Timing) -> bool {
+        self.half_open.len() < timing.max_half_open
+            && self.half_open_bytes.saturating_add(bytes) <= timing.half_open_budget
+            && self.half_open_sources.get(&from).copied().unwrap_or(0) < timing.half_open_per_source
+    }
+
+    /// Record the half-open SA `spi` of initiator (`from`, `spi_i`).
+    pub fn remember(&mut self, from: Endpoint, spi_i: u64, spi: u64, bytes: usize) {
+        match self.half_open.insert((from, spi_i), (spi, bytes)) {
+            Some((_, old)) => self.half_open_bytes -= old,
+            None => *self.half_open_sources.entry(from.addr).or_default() += 1,
+        }
+        self.half_open_bytes += bytes;
+    }
+
     /// Forget the half-open entry of our SPI `spi`.
     pub fn forget(&mut self, spi: u64) {
-        self.half_open.retain(|_, v| *v != spi);
+        let Some(key) = self.half_open.iter().find(|(_, (s, _))| *s == spi).map(|(k, _)| *k) else { return };
+        if let Some((_, bytes)) = self.half_open.remove(&key) {
+            self.half_open_bytes -= bytes;
+        }
+        if let Some(n) = self.half_open_sources.get_mut(&key.0.addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.half_open_sources.remove(&key.0.addr);
+            }
+        }
     }
 }
 

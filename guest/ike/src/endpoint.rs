@@ -104,6 +104,11 @@ impl Engine {
         self.dos.half_open.len()
     }
 
+    /// Bytes of IKE_SA_INIT messages the half-open SAs hold.
+    pub fn half_open_bytes(&self) -> usize {
+        self.dos.half_open_bytes
+    }
+
     /// Number of IKE SAs in any state.
     pub fn ike_sa_count(&self) -> usize {
         self.sas.len()
@@ -242,6 +247,10 @@ impl Engine {
     pub fn handle_datagram(&mut self, now: u64, d: Datagram, crypto: &mut dyn IkeCrypto) {
         self.now = now;
         self.stats.rx += 1;
+        if d.data.len() > self.timing.max_message {
+            self.stats.oversize += 1;
+            return;
+        }
         let h = match Packet::new_checked(&d.data[..]).and_then(|p| Header::parse(&p)) {
             Ok(h) if h.length as usize == d.data.len() => h,
             _ => {

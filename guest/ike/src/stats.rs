@@ -15,6 +15,8 @@ pub struct Stats {
     pub malformed: u64,
     /// No IKE SA with that SPI.
     pub unknown_spi: u64,
+    /// Datagrams above `Timing::max_message`, dropped unread.
+    pub oversize: u64,
     /// Messages that failed the integrity check.
     pub integrity_failed: u64,
     /// Message IDs out of window, unsolicited responses.

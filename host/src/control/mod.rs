@@ -21,7 +21,7 @@ use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::ike::{Datagram, Event, IkeInstance, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
-use sockets::{IkeSockets, endpoint};
+use sockets::{IkeSockets, MAX_IKE_MESSAGE, endpoint};
 
 /// A connection with `start_action = "trap"`: its remote selectors.
 pub struct Trap {
@@ -97,6 +97,9 @@ impl ControlPlane {
         if ready.get(1) == Some(&true) {
             for r in self.up.drain() {
                 match r {
+                    Report::Ike { data, .. } if data.len() > MAX_IKE_MESSAGE => {
+                        crate::stats::inc(&self.stats.ike_oversize);
+                    }
                     Report::Ike { from, data } => {
                         let local = self.sockets.nat_t_endpoint()?;
                         let remote = endpoint(*from.ip(), from.port());
@@ -124,6 +127,10 @@ impl ControlPlane {
         match self.sockets.receive() {
             Ok(ds) => {
                 for d in ds {
+                    if d.data.len() > MAX_IKE_MESSAGE {
+                        crate::stats::inc(&self.stats.ike_oversize);
+                        continue;
+                    }
                     self.ike.handle_datagram(now, &d)?;
                 }
             }

@@ -9,6 +9,11 @@ use wasmsec_wire::udp_encap::{KEEPALIVE, NON_ESP_MARKER};
 use super::children::socket_addr;
 use crate::wasm::ike::{Datagram, Endpoint};
 
+/// Larger IKE datagrams are dropped before they reach the guest: the IKE
+/// engine's own limit (strongSwan's `max_packet` default); nothing we
+/// negotiate needs more until IKE fragmentation (RFC 7383) arrives.
+pub const MAX_IKE_MESSAGE: usize = 10_000;
+
 /// Our IKE address and the sockets on it.
 pub struct IkeSockets {
     /// Our address on the wire.

@@ -12,7 +12,7 @@ use crate::identity::{Identity, Show};
 use crate::output::Datagram;
 use crate::proposal::{self, Kind};
 use crate::sa::lifecycle;
-use crate::sa::state::{IkeSa, PendingChild, State};
+use crate::sa::state::{IkeSa, InitMessages, PendingChild, State};
 
 /// A received PSK AUTH payload against the value we computed, in constant time.
 fn auth_ok(method: AuthMethod, expected: &Result<Vec<u8>, CryptoError>, got: &[u8]) -> bool {
@@ -165,6 +165,9 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     lifecycle::schedule_ike_rekey(sa, ctx);
     lifecycle::schedule_reauth(sa, ctx);
     ctx.dos.forget(id);
+    // AUTH is done: the IKE_SA_INIT messages it signed are not needed again
+    // (a retransmitted IKE_AUTH request gets the cached response).
+    sa.init = InitMessages::default();
     if initial_contact {
         replace_old_sas(sa, ctx, &idi);
     }
@@ -240,6 +243,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     }
     sa.state = State::Established;
     sa.auth_initiator = true;
+    sa.init = InitMessages::default();
     ctx.stats.ike_established += 1;
     lifecycle::schedule_ike_rekey(sa, ctx);
     lifecycle::schedule_reauth(sa, ctx);

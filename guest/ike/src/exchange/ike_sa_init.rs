@@ -114,7 +114,7 @@ fn connection_for(ctx: &Ctx, local: &Endpoint, remote: &Endpoint) -> Option<usiz
 
 /// As responder: a new IKE_SA_INIT request (SPIr 0, Message ID 0).
 pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
-    if let Some(id) = ctx.dos.half_open.get(&(d.remote, h.spi_i)).copied()
+    if let Some((id, _)) = ctx.dos.half_open.get(&(d.remote, h.spi_i)).copied()
         && let Some(sa) = ctx.sas.get(&id)
     {
         if sa.init.request == d.data {
@@ -153,7 +153,9 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     };
     // Section 2.6: under load, state is only created for initiators that
     // prove they receive at their address, before any DH work.
-    if ctx.dos.half_open.len() >= ctx.timing.max_half_open {
+    // Room for what this SA would hold: the request, and a response of
+    // about its size.
+    if !ctx.dos.fits(d.remote.addr, 2 * d.data.len(), ctx.timing) {
         ctx.stats.half_open_drops += 1;
         return;
     }
@@ -248,7 +250,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     let msg = format!("IKE_SA_INIT from {}:{}: chose {}{nat}", d.remote.addr, d.remote.port, chosen.name(Kind::Ike));
     ctx.info(conn, msg);
     ctx.emit(Datagram { local: d.local, remote: d.remote, data: resp });
-    ctx.dos.half_open.insert((d.remote, h.spi_i), spi_r);
+    ctx.dos.remember(d.remote, h.spi_i, spi_r, sa.init.request.len() + sa.init.response.len());
     ctx.sas.insert(spi_r, sa);
 }
 

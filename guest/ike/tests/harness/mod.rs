@@ -78,8 +78,9 @@ pub struct Conf<'a> {
     pub rekey_ms: u64,
     /// IKE SA rekey time in milliseconds (0: none).
     pub ike_rekey_ms: u64,
-    /// Half-open IKE SAs before COOKIEs are asked for; also caps them at 100 (None: defaults).
-    pub cookie_threshold: Option<usize>,
+    /// The engine's timers and flood limits (the test harness adds the
+    /// rekey and DPD settings above to a copy).
+    pub timing: Timing,
     /// B accepts initiators from any address (remote_addrs = %any).
     pub any_peer: bool,
     /// CHILD SA rekey by packets and hard lifetime by time.
@@ -104,7 +105,7 @@ impl Default for Conf<'_> {
             dpd_action: DpdAction::Clear,
             rekey_ms: 0,
             ike_rekey_ms: 0,
-            cookie_threshold: None,
+            timing: Timing::default(),
             any_peer: false,
             rekey_packets: 0,
             life_ms: 0,
@@ -146,12 +147,7 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             ..ChildConfig::default()
         });
     }
-    let mut timing = Timing::default();
-    if let Some(t) = conf.cookie_threshold {
-        timing.cookie_threshold = t;
-        timing.max_half_open = 100;
-    }
-    let mut engine = Engine::new(timing);
+    let mut engine = Engine::new(conf.timing);
     engine
         .add_connection(ConnectionConfig {
             name: "site".into(),
