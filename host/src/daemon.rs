@@ -183,14 +183,17 @@ fn wit_connection(
 }
 
 /// Load every connection into the IKE component; returns the `trap` ones.
+/// Load the connections into `ike`; returns the traps and the connections
+/// as loaded (a replacement IKE instance gets them again).
 fn load_connections(
     cfg: &Config,
     file: &Path,
     base: &Path,
     ike: &mut IkeInstance,
     force_encap: bool,
-) -> Result<Vec<Trap>> {
+) -> Result<(Vec<Trap>, Vec<ike::Connection>)> {
     let mut traps = Vec::new();
+    let mut loaded = Vec::new();
     for c in &cfg.connection {
         let at = format!("{}: connection {:?}", file.display(), c.name.get_ref());
         let conn = wit_connection(c, base, ike, force_encap).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
@@ -198,6 +201,7 @@ fn load_connections(
             Ok(warnings) => warnings.iter().for_each(|w| warn!(connection = %c.name.get_ref(), "{w}")),
             Err(e) => bail!("{at}: {e}"),
         }
+        loaded.push(conn);
         // `dpd_action = "hold"` is a trap that waits for traffic after a dead peer.
         let hold = c.dpd_action == DpdAction::Hold && !c.remote_addrs.is_empty();
         if c.start_action == StartAction::Trap || hold {
@@ -210,7 +214,7 @@ fn load_connections(
             children = c.children.len(), "IKE connection loaded"
         );
     }
-    Ok(traps)
+    Ok((traps, loaded))
 }
 
 /// The TUN device, up, with a route to every remote subnet. Routes exist
@@ -259,7 +263,7 @@ fn control_listener(path: Option<&Path>) -> Result<Option<UnixListener>> {
 
 /// What the control thread needs from the daemon's set-up.
 struct ControlParts<'a> {
-    runtime: &'a Runtime,
+    runtime: &'a Arc<Runtime>,
     keystore: &'a Arc<Keystore>,
     udp: &'a UdpSocket,
     up: crate::datapath::channel::Receiver<Report>,
@@ -279,7 +283,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     if let Some(k) = &cfg.ike.esp_keylog {
         warn!(file = %k.display(), "ESP key export is on: this file holds secrets");
     }
-    let traps = load_connections(cfg, config_path, base, &mut ike, p.force_encap)?;
+    let (traps, connections) = load_connections(cfg, config_path, base, &mut ike, p.force_encap)?;
     let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
     sock500.set_nonblocking(true)?;
@@ -287,6 +291,10 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     children.esp_keylog = cfg.ike.esp_keylog.clone();
     Ok(ControlPlane {
         ike,
+        runtime: p.runtime.clone(),
+        connections,
+        guard: GuestGuard::default(),
+        fault_injection: cfg.control.fault_injection,
         sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
         up: p.up,
         listener: control_listener(cfg.control.socket.as_deref())?,

@@ -322,6 +322,7 @@ impl wit::Guest for Component {
             sa_changes: std::iter::from_fn(|| e.poll_sa_change()).map(wit_sa_change).collect(),
             transmits: std::iter::from_fn(|| e.poll_transmit()).map(wit_transmit).collect(),
             events: std::iter::from_fn(|| e.poll_event()).map(wit_event).collect(),
+            checkpoints: e.poll_checkpoints(),
         })
     }
 
@@ -338,6 +339,7 @@ impl wit::Guest for Component {
             replayed_responses: s.replayed_responses,
             malformed: s.malformed,
             unknown_spi: s.unknown_spi,
+            oversize: s.oversize,
             integrity_failed: s.integrity_failed,
             unexpected: s.unexpected,
             ike_established: s.ike_established,
@@ -366,6 +368,10 @@ impl wit::Guest for Component {
 
     fn active(connection: String) -> bool {
         ENGINE.with_borrow(|e| e.active(&connection))
+    }
+
+    fn restore(checkpoints: Vec<Vec<u8>>) -> Result<u32, String> {
+        ENGINE.with_borrow_mut(|e| e.restore(&checkpoints)).map(|n| n as u32).map_err(|e| e.to_string())
     }
 }
 

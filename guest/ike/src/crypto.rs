@@ -11,7 +11,7 @@ pub type Handle = u64;
 pub use wasmsec_wire::crypto::{ChildKeying, ChildSuite, CryptoError, IkeSuite, KeyExchange};
 
 /// ESP key handles for a new CHILD SA, as the host's ESP keystore knows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChildKeys {
     /// The host's handle on the key we seal with.
     pub outbound: Handle,

@@ -3,7 +3,6 @@
 //! defences, the output queues and the counters. The IKE SA itself is
 //! lent separately (see `Engine::with_sa`), so no handler needs the whole
 //! engine and an owned SA at once.
-use std::collections::HashMap;
 
 use wasmsec_wire::ike::NotifyType;
 
@@ -16,7 +15,7 @@ use crate::sa::state::IkeSa;
 use crate::stats::Stats;
 
 /// Every IKE SA by our SPI.
-pub(crate) type SaTable = HashMap<u64, IkeSa>;
+pub(crate) use crate::sa::table::SaTable;
 
 /// What a handler may use besides the IKE SA it works on (see the module doc).
 pub(crate) struct Ctx<'a> {

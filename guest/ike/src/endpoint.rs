@@ -93,6 +93,30 @@ impl Engine {
         self.out.events.pop_front()
     }
 
+    /// Checkpoints of the IKE SAs changed since the last call (see
+    /// `sa::table`): `(our SPI, Some(bytes))` for an established SA whose
+    /// state changed, `(our SPI, None)` for one that is gone.
+    pub fn poll_checkpoints(&mut self) -> Vec<(u64, Option<Vec<u8>>)> {
+        self.sas.take_checkpoints()
+    }
+
+    /// Take up the IKE SAs of a trapped predecessor from their last
+    /// checkpoints. The connections must have been added as they were
+    /// there, in the same order (an SA names its connection by index).
+    /// Returns how many SAs were restored.
+    pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<usize, Error> {
+        let mut n = 0;
+        for bytes in checkpoints {
+            let sa = crate::sa::table::decode(bytes).map_err(Error::Admin)?;
+            if sa.conn >= self.conns.len() {
+                return Err(Error::Admin(format!("checkpoint of an IKE SA of connection #{} we do not have", sa.conn)));
+            }
+            self.sas.restore(sa.our_spi(), sa, bytes);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     // ---- views -------------------------------------------------------------
 
     pub fn stats(&self) -> Stats {

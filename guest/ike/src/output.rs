@@ -13,7 +13,7 @@ use wasmsec_wire::ike::TrafficSelector as Ts;
 use crate::crypto::{ChildSuite, Handle};
 
 /// A UDP endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     /// The IP address.
     pub addr: IpAddr,
@@ -25,7 +25,7 @@ pub const IKE_PORT: u16 = 500;
 pub const NAT_T_PORT: u16 = 4500;
 
 /// An IKE datagram (without the non-ESP marker on port 4500).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Datagram {
     /// Our end: where it arrived, or where it must leave from.
     pub local: Endpoint,

@@ -7,7 +7,7 @@ use wasmsec_wire::ike::{DhGroup, EncrId, EsnId, IntegId, PrfId, Proposal, Protoc
 
 /// An encryption transform: ID and key length in bits (None for ciphers
 /// with a fixed key, which must not carry the attribute).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Encr {
     /// The encryption transform ID (RFC 7296 section 3.3.2).
     pub id: EncrId,
@@ -54,7 +54,7 @@ impl Kind {
 }
 
 /// A negotiated set: one transform of each type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Chosen {
     /// The encryption algorithm and key length.
     pub encr: Encr,

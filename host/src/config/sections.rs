@@ -16,6 +16,10 @@ pub struct Control {
     /// Unix socket path; none by default.
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// Accept `wasmsec ctl fault ike` (make the IKE guest trap on its next
+    /// call, to prove that it is restarted from its checkpoints). Tests only.
+    #[serde(default)]
+    pub fault_injection: bool,
 }
 
 /// IKE daemon settings.

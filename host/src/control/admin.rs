@@ -1,6 +1,7 @@
 //! The admin socket (`wasmsec ctl`): one command per connection,
 //! `initiate NAME`, `terminate NAME` or `status`, answered in one line
-//! (`status`: the IKE and CHILD SAs and every counter as JSON).
+//! (`status`: the IKE and CHILD SAs and every counter as JSON); with
+//! `[control] fault_injection`, `fault ike` for tests.
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -23,6 +24,12 @@ impl ControlPlane {
                 Err(e) => format!("error {e}\n"),
             },
             (Some("status"), None) => format!("{}\n", self.status()?),
+            (Some("fault"), Some("ike")) if self.fault_injection => {
+                // The next call into the IKE guest traps.
+                self.ike.fault_next_call = true;
+                "ok the IKE guest traps on its next call\n".to_string()
+            }
+            (Some("fault"), _) => "error fault injection is off ([control] fault_injection)\n".to_string(),
             _ => "error commands: initiate NAME | terminate NAME | status\n".to_string(),
         };
         let _ = (&s).write_all(reply.as_bytes());

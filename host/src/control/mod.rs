@@ -17,9 +17,11 @@ use tracing::{debug, info, warn};
 
 use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
+use crate::datapath::guard::GuestGuard;
 use crate::stats::Stats;
 use crate::sys;
-use crate::wasm::ike::{Datagram, Event, IkeInstance, Level, SaChange, Transmit};
+use crate::wasm::Runtime;
+use crate::wasm::ike::{Connection, Datagram, Event, IkeInstance, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
 use sockets::{IkeSockets, MAX_IKE_MESSAGE, endpoint};
 
@@ -35,6 +37,15 @@ pub struct Trap {
 pub struct ControlPlane {
     /// The IKE component instance.
     pub ike: IkeInstance,
+    /// The wasm runtime, for a new IKE instance when one traps.
+    pub runtime: Arc<Runtime>,
+    /// The connections as loaded into the IKE guest, in order: a new
+    /// instance gets the same before its checkpoints.
+    pub connections: Vec<Connection>,
+    /// Restarts of the IKE guest, with backoff.
+    pub guard: GuestGuard,
+    /// `wasmsec ctl fault ike` is allowed (tests).
+    pub fault_injection: bool,
     /// Our address, UDP 500 and a send handle on 4500 (the data path reads it).
     pub sockets: IkeSockets,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
@@ -54,8 +65,10 @@ impl ControlPlane {
         start.elapsed().as_millis() as u64
     }
 
-    /// Run until a stop signal. A trap in the IKE guest stops the daemon:
-    /// IKE state is not yet checkpointed, so a restart would orphan SAs.
+    /// Run until a stop signal. A trap (or deadline, or memory limit) in
+    /// the IKE guest replaces it from the checkpoints of its IKE SAs: the
+    /// established IKE and CHILD SAs carry on, and the data path never
+    /// notices.
     pub fn run(mut self) {
         let start = Instant::now();
         if let Err(e) = self.start(Self::now(start)) {
@@ -69,15 +82,49 @@ impl ControlPlane {
             let now = Self::now(start);
             let due = match self.ike.next_timeout() {
                 Ok(t) => t.into_iter().chain(self.children.next_deadline()).min(),
-                Err(e) => return self.fatal(e),
+                Err(e) => {
+                    if let Err(e) = self.recover(e, now) {
+                        return self.fatal(e);
+                    }
+                    continue;
+                }
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
             let ready = sys::poll_readable(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
             if let Err(e) = self.step(now, &ready, due) {
-                return self.fatal(e);
+                // What the failed call was doing is lost; the peer
+                // retransmits, timers fire again.
+                if let Err(e) = self.recover(e, now) {
+                    return self.fatal(e);
+                }
             }
         }
+    }
+
+    /// The IKE guest trapped: a new instance, the same connections, the
+    /// IKE SAs from their last checkpoints. Replacements in quick
+    /// succession back off (the guard of the data path's guests).
+    fn recover(&mut self, trap: anyhow::Error, now: u64) -> anyhow::Result<()> {
+        crate::stats::inc(&self.stats.guest_restarts);
+        let wait = self.guard.replacement_wait(Instant::now());
+        warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
+        std::thread::sleep(wait);
+        self.ike.replace(&self.runtime)?;
+        for c in &self.connections {
+            if let Err(e) = self.ike.add_connection(c)? {
+                anyhow::bail!("connection {:?} no longer loads: {e}", c.name);
+            }
+        }
+        let checkpoints: Vec<Vec<u8>> = self.ike.store.data().checkpoints.values().cloned().collect();
+        match self.ike.restore(&checkpoints)? {
+            Ok(n) => info!(ike_sas = n, "IKE guest replaced; its IKE SAs carry on"),
+            Err(e) => {
+                warn!(error = %e, "IKE guest replaced, but its checkpoints do not restore: the IKE SAs start over");
+                self.ike.store.data_mut().checkpoints.clear();
+            }
+        }
+        self.apply(now)
     }
 
     /// Initiate the `start` connections.
@@ -182,6 +229,7 @@ impl ControlPlane {
     /// the transmits, then the events.
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
+        self.ike.store.data_mut().keep_checkpoints(out.checkpoints);
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {

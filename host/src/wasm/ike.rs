@@ -1,7 +1,7 @@
 //! The IKE component under wasmtime: its imports (randomness and the key
 //! schedule on handles, backed by [`wasmsec_crypto::Vault`] and the ESP
 //! keystore) and a typed wrapper around its exports.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,12 +43,42 @@ pub struct IkeState {
     derived: HashMap<u64, (u64, EspAlgorithm)>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
+    /// The engine's latest checkpoint of each established IKE SA, by our
+    /// SPI: what a replacement instance starts from.
+    pub checkpoints: BTreeMap<u64, Vec<u8>>,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
 pub const MAX_PENDING_CHILD_KEYS: usize = 4096;
 
 impl IkeState {
+    /// The host side of a new IKE instance: the vault with every IKE secret
+    /// and the keystore CHILD SA keys go to.
+    pub fn new(vault: wasmsec_crypto::Vault, esp_keys: Arc<Keystore>) -> IkeState {
+        IkeState {
+            limits: sandbox::store_limits(),
+            vault,
+            esp_keys,
+            keylog: None,
+            esp_keylog: false,
+            esp_exports: HashMap::new(),
+            transcript: None,
+            derived: HashMap::new(),
+            started: std::time::Instant::now(),
+            checkpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Keep the engine's latest checkpoints (`None`: the SA is gone).
+    pub fn keep_checkpoints(&mut self, changes: Vec<(u64, Option<Vec<u8>>)>) {
+        for (spi, c) in changes {
+            match c {
+                Some(bytes) => self.checkpoints.insert(spi, bytes),
+                None => self.checkpoints.remove(&spi),
+            };
+        }
+    }
+
     /// Put a pre-shared key in the vault; returns its handle.
     pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
         self.vault.insert_psk(psk)
@@ -244,26 +274,10 @@ impl IkePre {
         Ok(IkePre(b::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
     }
 
-    pub fn instantiate(
-        &self,
-        engine: &Engine,
-        vault: wasmsec_crypto::Vault,
-        esp_keys: Arc<Keystore>,
-    ) -> Result<IkeInstance> {
-        let state = IkeState {
-            limits: sandbox::store_limits(),
-            vault,
-            esp_keys,
-            keylog: None,
-            esp_keylog: false,
-            esp_exports: HashMap::new(),
-            transcript: None,
-            derived: HashMap::new(),
-            started: std::time::Instant::now(),
-        };
+    pub fn instantiate(&self, engine: &Engine, state: IkeState) -> Result<IkeInstance> {
         let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
-        Ok(IkeInstance { store, bindings })
+        Ok(IkeInstance { store, bindings, fault_next_call: false })
     }
 }
 
@@ -272,12 +286,32 @@ impl IkePre {
 pub struct IkeInstance {
     pub store: Store<IkeState>,
     bindings: b::IkeEngine,
+    /// Fault injection for tests: the next call traps (its epoch deadline
+    /// is already past), a real trap that exercises the restart.
+    pub fault_next_call: bool,
 }
 
 impl IkeInstance {
     fn e(&mut self) -> (&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
-        self.store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
+        let deadline = if std::mem::take(&mut self.fault_next_call) { 0 } else { sandbox::CALL_DEADLINE_TICKS };
+        self.store.set_epoch_deadline(deadline);
         (self.bindings.wasmsec_ike_engine(), &mut self.store)
+    }
+
+    /// Replace a trapped instance by a new one with the same host state
+    /// (vault, keystore, checkpoints); the caller adds the connections and
+    /// restores the checkpoints.
+    pub fn replace(&mut self, rt: &super::Runtime) -> Result<()> {
+        let placeholder = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let state = std::mem::replace(self.store.data_mut(), placeholder);
+        *self = rt.ike_instance_from(state)?;
+        Ok(())
+    }
+
+    /// Take up the IKE SAs of the instance this one replaces.
+    pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<Result<u32, String>> {
+        let (e, s) = self.e();
+        Ok(e.call_restore(s, checkpoints)?)
     }
 
     pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {

@@ -95,8 +95,14 @@ impl Runtime {
         vault: wasmsec_crypto::Vault,
         esp_keys: Arc<crate::keys::Keystore>,
     ) -> Result<ike::IkeInstance> {
+        self.ike_instance_from(ike::IkeState::new(vault, esp_keys))
+    }
+
+    /// An IKE instance with this host state (a replacement keeps its
+    /// predecessor's).
+    pub fn ike_instance_from(&self, state: ike::IkeState) -> Result<ike::IkeInstance> {
         let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
-        pre.instantiate(&self.engine, vault, esp_keys)
+        pre.instantiate(&self.engine, state)
     }
 
     /// A fresh ESP instance in its own store.

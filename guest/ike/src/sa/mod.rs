@@ -2,3 +2,4 @@
 pub(crate) mod child;
 pub(crate) mod lifecycle;
 pub(crate) mod state;
+pub(crate) mod table;

@@ -7,7 +7,7 @@ use crate::crypto::{ChildKeys, Handle};
 use crate::output::{Datagram, Endpoint};
 use crate::proposal::Chosen;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum State {
     /// Initiator: IKE_SA_INIT sent.
     InitSent,
@@ -21,7 +21,7 @@ pub(crate) enum State {
 }
 
 /// A CHILD SA we proposed and wait to hear about.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PendingChild {
     /// Index of its CHILD config in the connection.
     pub cfg: usize,
@@ -43,7 +43,7 @@ pub(crate) struct PendingChild {
 
 /// Our rekey of the IKE SA (section 1.3.2): the new SA's SPI, our DH value
 /// and its group, our nonce.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IkeRekey {
     /// Our SPI for the new IKE SA (its SPIi).
     pub new_spi: u64,
@@ -56,7 +56,7 @@ pub(crate) struct IkeRekey {
 }
 
 /// The request of ours that awaits its response (one at a time, section 2.3).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum InFlight {
     Init,
     /// IKE_AUTH, with the first CHILD SA.
@@ -71,7 +71,7 @@ pub(crate) enum InFlight {
     Liveness,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Request {
     /// What the answer will complete.
     pub exchange: InFlight,
@@ -86,7 +86,7 @@ pub(crate) struct Request {
 }
 
 /// An installed CHILD SA.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Child {
     /// Index of its CHILD config in the connection.
     pub cfg: usize,
@@ -109,7 +109,7 @@ pub(crate) struct Child {
 }
 
 /// Message IDs and the response cache (sections 2.1, 2.2).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Window {
     /// The message ID of our next request.
     pub next_mid: u32,
@@ -120,7 +120,7 @@ pub(crate) struct Window {
 }
 
 /// RealMessage1 and RealMessage2 (section 2.15), and a COOKIE to repeat.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct InitMessages {
     /// The IKE_SA_INIT request as sent or received (signed by the initiator).
     pub request: Vec<u8>,
@@ -132,7 +132,7 @@ pub(crate) struct InitMessages {
 
 /// A simultaneous rekey seen from this SA (sections 2.8.1, 2.8.2): the
 /// other side's exchange and its nonces, for the tie-break.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Collision<T> {
     /// Ours: the inbound SPI of the CHILD SA both rekey; or our SPI of the
     /// peer's new IKE SA.
@@ -144,7 +144,7 @@ pub(crate) struct Collision<T> {
 }
 
 /// Exchanges this IKE SA owes as soon as it is idle.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Owed {
     /// CHILD SAs past their hard lifetime, gone here already, that the peer
     /// must be told about: (inbound SPI, outbound SPI, DELETE sent).
@@ -159,7 +159,7 @@ pub(crate) struct Owed {
 }
 
 /// One IKE SA and everything it carries.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IkeSa {
     /// Index of its connection in the config.
     pub conn: usize,

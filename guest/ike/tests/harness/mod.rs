@@ -5,6 +5,7 @@
 //! plane would (keys die with their SA).
 #![allow(dead_code, unused_imports)]
 
+pub use std::collections::BTreeMap;
 pub use std::net::{IpAddr, Ipv4Addr};
 
 pub use wasmsec_crypto::Vault;
@@ -21,6 +22,8 @@ pub struct Side {
     pub crypto: EngineCrypto,
     /// This side's address.
     pub addr: IpAddr,
+    /// The handle of its pre-shared key in `crypto`.
+    pub psk: u64,
     /// CHILD SAs installed and not yet deleted.
     pub installed: Vec<ChildSa>,
     /// CHILD SAs deleted so far.
@@ -45,6 +48,8 @@ pub struct Side {
     /// at install or activation) and `-out SPI linger MS` (stop sending;
     /// the inbound half stays MS longer).
     pub datapath: Vec<String>,
+    /// The engine's latest checkpoint of each IKE SA, as the host keeps them.
+    pub checkpoints: BTreeMap<u64, Vec<u8>>,
 }
 
 /// A's address and port offset as B sees them when A is behind a NAT.
@@ -117,6 +122,29 @@ impl Default for Conf<'_> {
 pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
     let mut crypto = EngineCrypto::new(Vault::new());
     let psk = crypto.vault.insert_psk(Zeroizing::new(conf.psk.as_bytes().to_vec()));
+    Side {
+        engine: engine(me, peer, conf, psk),
+        crypto,
+        addr: me,
+        psk,
+        installed: vec![],
+        deleted: 0,
+        up: 0,
+        down: 0,
+        logs: vec![],
+        outbox: vec![],
+        nat: conf.nat,
+        keepalives: 0,
+        activated: vec![],
+        live_min: usize::MAX,
+        datapath: vec![],
+        checkpoints: BTreeMap::new(),
+    }
+}
+
+/// The engine of `side`, with its one connection `site` (PSK handle `psk`):
+/// a test that replaces a side's engine builds the new one here.
+pub fn engine(me: IpAddr, peer: IpAddr, conf: &Conf, psk: u64) -> Engine {
     let (my_id, peer_id, my_lan, peer_lan) = if me == A {
         ("gwa.interop.test", "gwb.interop.test", "198.18.1.0/24", "198.18.2.0/24")
     } else {
@@ -168,26 +196,17 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
             reauth_time_ms: conf.reauth_ms,
         })
         .unwrap();
-    Side {
-        engine,
-        crypto,
-        addr: me,
-        installed: vec![],
-        deleted: 0,
-        up: 0,
-        down: 0,
-        logs: vec![],
-        outbox: vec![],
-        nat: conf.nat,
-        keepalives: 0,
-        activated: vec![],
-        live_min: usize::MAX,
-        datapath: vec![],
-    }
+    engine
 }
 
 impl Side {
     pub fn drain(&mut self) {
+        for (spi, c) in self.engine.poll_checkpoints() {
+            match c {
+                Some(bytes) => self.checkpoints.insert(spi, bytes),
+                None => self.checkpoints.remove(&spi),
+            };
+        }
         // As the host: SA changes first, then what goes on the wire.
         while let Some(c) = self.engine.poll_sa_change() {
             match c {

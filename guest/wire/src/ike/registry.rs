@@ -9,7 +9,7 @@
 macro_rules! registry {
     ($(#[$m:meta])* $name:ident($raw:ty) { $($(#[$vm:meta])* $var:ident = $val:literal => $text:literal,)* }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $($(#[$vm])* $var,)*
             /// A value without a name here (kept, never refused for that alone).

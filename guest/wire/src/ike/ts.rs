@@ -6,7 +6,7 @@ use crate::{Error, Result, be16};
 
 /// One traffic selector (section 3.13.1): an address range, a protocol
 /// (0: any) and a port range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrafficSelector {
     /// TS Type: an IPv4 or IPv6 address range.
     pub ts_type: TsType,

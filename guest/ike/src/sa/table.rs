@@ -1,0 +1,123 @@
+//! The table of IKE SAs, and the checkpoints the host keeps of them.
+//!
+//! A checkpoint is an established IKE SA serialized (postcard, with a
+//! version byte). The table notes every SA a handler could have changed;
+//! after each call the engine serializes those and hands the host the ones
+//! whose bytes differ from the last checkpoint, or the news that an SA is
+//! gone. If the guest traps, the host starts a new one and gives it the
+//! checkpoints back ([`crate::Engine::restore`]): the SAs, their CHILD SAs,
+//! message IDs and timers continue. SAs still negotiating are not kept:
+//! their peers retransmit or start over.
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+use super::state::{IkeSa, State};
+
+/// Format of a checkpoint; a guest refuses checkpoints of another version.
+const VERSION: u8 = 1;
+
+/// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
+/// marks the SA as touched.
+#[derive(Debug, Default)]
+pub(crate) struct SaTable {
+    /// The SAs.
+    map: HashMap<u64, IkeSa>,
+    /// SAs mutably accessed, inserted or removed since the last checkpoints.
+    touched: HashSet<u64>,
+    /// A hash of each SA's last checkpoint, to send only what changed.
+    checkpointed: HashMap<u64, u64>,
+}
+
+impl Deref for SaTable {
+    type Target = HashMap<u64, IkeSa>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl SaTable {
+    pub fn new() -> SaTable {
+        SaTable::default()
+    }
+
+    pub fn insert(&mut self, spi: u64, sa: IkeSa) -> Option<IkeSa> {
+        self.touched.insert(spi);
+        self.map.insert(spi, sa)
+    }
+
+    pub fn remove(&mut self, spi: &u64) -> Option<IkeSa> {
+        self.touched.insert(*spi);
+        self.map.remove(spi)
+    }
+
+    pub fn get_mut(&mut self, spi: &u64) -> Option<&mut IkeSa> {
+        let sa = self.map.get_mut(spi)?;
+        self.touched.insert(*spi);
+        Some(sa)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut IkeSa> {
+        self.touched.extend(self.map.keys().copied());
+        self.map.values_mut()
+    }
+
+    /// Checkpoints of the SAs changed since the last call: `Some(bytes)`
+    /// for an established SA whose state differs from its last checkpoint,
+    /// `None` for one that is gone (or no longer established).
+    pub fn take_checkpoints(&mut self) -> Vec<(u64, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for spi in std::mem::take(&mut self.touched) {
+            match self.map.get(&spi).filter(|sa| keeps(sa)) {
+                Some(sa) => {
+                    let Ok(bytes) = encode(sa) else { continue };
+                    let h = digest(&bytes);
+                    if self.checkpointed.insert(spi, h) != Some(h) {
+                        out.push((spi, Some(bytes)));
+                    }
+                }
+                None => {
+                    if self.checkpointed.remove(&spi).is_some() {
+                        out.push((spi, None));
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|(spi, _)| *spi);
+        out
+    }
+
+    /// Put a restored SA in, as its checkpoint already has it.
+    pub fn restore(&mut self, spi: u64, sa: IkeSa, bytes: &[u8]) {
+        self.checkpointed.insert(spi, digest(bytes));
+        self.map.insert(spi, sa);
+    }
+}
+
+/// Only SAs that need nothing the guest lost are worth keeping.
+fn keeps(sa: &IkeSa) -> bool {
+    matches!(sa.state, State::Established | State::Deleting)
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// An SA as a checkpoint.
+pub(crate) fn encode(sa: &IkeSa) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![VERSION];
+    out.extend(postcard::to_allocvec(sa)?);
+    Ok(out)
+}
+
+/// A checkpoint as an SA.
+pub(crate) fn decode(bytes: &[u8]) -> Result<IkeSa, String> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint does not decode: {e}")),
+        Some((v, _)) => Err(format!("checkpoint format {v}, this engine reads {VERSION}")),
+        None => Err("empty checkpoint".into()),
+    }
+}

@@ -1,0 +1,130 @@
+//! Writes the generated part of the seed corpus into `fuzz/corpus/`:
+//! a whole IKEv2 negotiation as the `ike_responder` target reads it (an
+//! initiator on the same secret-free crypto, so every exchange the
+//! responder sees is one it can decrypt), each of its messages for
+//! `ike_message`, and well-formed ESP for `esp_decap`. The captured
+//! strongSwan messages (`fuzz/corpus/ike_message/sswan-*`) and the config
+//! seeds are kept in the repository as they are.
+//!
+//! Run from the workspace root: `cargo run -p wasmsec-fuzz-targets --bin make-seeds`.
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use wasmsec_fuzz_targets::ike_crypto::ClearCrypto;
+use wasmsec_fuzz_targets::targets_support::{RESPONDER, responder};
+use wasmsec_ike::{
+    ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, StartAction, Timing, Transmit,
+};
+
+const INITIATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+
+fn initiator() -> Engine {
+    let mut e = Engine::new(Timing::default());
+    e.add_connection(ConnectionConfig {
+        name: "fuzz".into(),
+        local_addrs: vec![INITIATOR],
+        remote_addrs: vec![RESPONDER],
+        local_id: "initiator.fuzz".into(),
+        remote_id: "responder.fuzz".into(),
+        psk: 1,
+        ike_proposals: "aes256gcm16-prfsha256-x25519".into(),
+        children: vec![ChildConfig {
+            name: "net".into(),
+            local_ts: vec!["10.1.0.0/16".into()],
+            remote_ts: vec!["10.2.0.0/16".into()],
+            esp_proposals: "aes128gcm16-x25519".into(),
+            rekey_time_ms: 30_000,
+            ..ChildConfig::default()
+        }],
+        start_action: StartAction::Start,
+        force_encap: false,
+        keepalive_ms: 0,
+        dpd_delay_ms: 10_000,
+        dpd_action: DpdAction::Clear,
+        rekey_time_ms: 45_000,
+        reauth_time_ms: 0,
+    })
+    .expect("valid");
+    e
+}
+
+fn datagrams(e: &mut Engine) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(t) = e.poll_transmit() {
+        if let Transmit::Datagram(d) = t {
+            out.push(d.data);
+        }
+    }
+    while e.poll_sa_change().is_some() {}
+    while e.poll_event().is_some() {}
+    out
+}
+
+fn record(ctl: u8, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&((data.len() + 1) as u16).to_be_bytes());
+    out.push(ctl);
+    out.extend_from_slice(data);
+}
+
+fn main() {
+    let root = Path::new("fuzz/corpus");
+    let (mut a, mut b) = (initiator(), responder());
+    let (mut ca, mut cb) = (ClearCrypto::default(), ClearCrypto::default());
+    a.initiate(0, "fuzz", &mut ca).expect("initiate");
+    let mut seed = Vec::new();
+    let mut messages = Vec::new();
+    // Time runs past the CHILD and IKE rekeys and a liveness check.
+    for step in 0..200u64 {
+        let now = step * 500;
+        a.tick(now, &mut ca);
+        b.tick(now, &mut cb);
+        for d in datagrams(&mut a) {
+            // ctl: time step 2 (x250 ms = 500 ms), port 500, tick, source 1.
+            record(0x24, &d, &mut seed);
+            messages.push(d.clone());
+            let dg = Datagram {
+                local: Endpoint { addr: RESPONDER, port: 500 },
+                remote: Endpoint { addr: INITIATOR, port: 500 },
+                data: d,
+            };
+            b.handle_datagram(now, dg, &mut cb);
+        }
+        for d in datagrams(&mut b) {
+            messages.push(d.clone());
+            let dg = Datagram {
+                local: Endpoint { addr: INITIATOR, port: 500 },
+                remote: Endpoint { addr: RESPONDER, port: 500 },
+                data: d,
+            };
+            a.handle_datagram(now, dg, &mut ca);
+        }
+    }
+    let (ike, children) = b.established();
+    assert!(ike >= 1 && children >= 1, "the seed negotiation must succeed ({ike} IKE, {children} CHILD SAs)");
+    write(&root.join("ike_responder"), "negotiation", &seed);
+    for (i, m) in messages.iter().enumerate().take(40) {
+        write(&root.join("ike_message"), &format!("clear-{i:02}"), m);
+    }
+    // ESP: SPI, sequence number, 8-byte "IV", an IPv4 ICMP packet from
+    // 10.1.0.1 to 10.2.0.1, padding, pad length and next header 4.
+    let mut esp = Vec::new();
+    for (spi, seq) in [(0x1001u32, 1u32), (0x1001, 2), (0x1002, 1), (0x1001, 2)] {
+        let mut p = Vec::new();
+        p.extend_from_slice(&spi.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0, 10, 1, 0, 1, 10, 2, 0, 1];
+        ip.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, seq as u8]);
+        p.extend_from_slice(&ip);
+        p.extend_from_slice(&[1, 2, 2, 4]);
+        esp.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        esp.extend_from_slice(&p);
+    }
+    write(&root.join("esp_decap"), "four-packets", &esp);
+    println!("seeds written to {}", root.display());
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) {
+    std::fs::create_dir_all(dir).expect("corpus directory");
+    std::fs::write(dir.join(name), data).expect("seed file");
+}
