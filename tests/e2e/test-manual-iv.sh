@@ -25,7 +25,8 @@ check "demo with manual AES-256-GCM keys comes up" "$WASMSEC_BIN" demo --manual 
 ip netns exec wsdemo-gwa tcpdump -i wan0 -n -U -w "$DIR/iv.pcap" udp port 4500 2>/dev/null &
 CAP_PID=$!
 sleep 1
-ip netns exec wsdemo-hosta ping -n -i 0.05 198.18.2.10 >"$DIR/ping.txt" 2>&1 &
+# A steady ping that outlives the gateways' restarts (-O: say when a reply is missing).
+ip netns exec wsdemo-hosta ping -n -O -i 0.05 198.18.2.10 >"$DIR/ping.txt" 2>&1 &
 PING_PID=$!
 sleep 2
 
@@ -33,7 +34,10 @@ sleep 2
 # it) by PID, start it again with its config, wait until pings pass again.
 restart() {
     local gw=$1 pid
-    pid=$(ip netns pids "wsdemo-$gw" | head -1)
+    # The daemon among the namespace's processes (tcpdump runs there too).
+    for pid in $(ip netns pids "wsdemo-$gw"); do
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = wasmsec ] && break
+    done
     kill -TERM "$pid"
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     ip netns exec "wsdemo-$gw" "$WASMSEC_BIN" run --config "$D/$gw.toml" --stats-file "$D/$gw-stats.json" \
@@ -48,9 +52,10 @@ for gw in gwa gwb gwa; do
     check "traffic passes again after restarting $gw" restart "$gw"
     sleep 2
 done
-kill "$PING_PID"; PING_PID=""
+kill "$PING_PID" 2>/dev/null || true; PING_PID=""
 sleep 0.5
-kill "$CAP_PID"; wait "$CAP_PID" 2>/dev/null; CAP_PID=""
+kill "$CAP_PID" 2>/dev/null || true; wait "$CAP_PID" 2>/dev/null || true; CAP_PID=""
+echo "ping: $(tail -2 "$DIR/ping.txt" | head -1)"
 
 # Every ESP-in-UDP packet: SPI and the 8-byte IV after the sequence number.
 report=$(python3 - "$DIR/iv.pcap" <<'PY'

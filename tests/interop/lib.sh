@@ -9,6 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/e2e/lib.sh"
+source "$ROOT/tests/interop/wasmsec-conf.sh"
 NS=(wsi-hosta wsi-gwa wsi-gwb wsi-hostb wsi-nat)
 WAN_A=198.18.0.1
 WAN_B=198.18.0.2
@@ -184,34 +185,10 @@ wasmsec_start() {
     local start=${10:-none} ike=${11:-aes256gcm16-prfsha256-x25519} esp=${12:-aes256gcm16}
     mkdir -p "$d"
     (umask 077; printf '%s' "$PSK" >"$d/psk")
-    cat >"$d/wasmsec.toml" <<CONF
-[tunnel]
-source = "$gw"
-[network]
-listen = "$laddr"
-[control]
-socket = "$d/ctl.sock"
-[ike]
-keylog = "$d/ikev2_decryption_table"
-[runtime]
-components = "${WASMSEC_COMPONENTS:-$ROOT/target/components}"
-[[connection]]
-name = "s2s"
-local_addrs = ["$laddr"]
-remote_addrs = ["$raddr"]
-local_id = "$lid"
-remote_id = "$rid"
-psk = "file:psk"
-proposals = "$ike"
-start_action = "$start"
-${WASMSEC_CONN_EXTRA:-}
-[[connection.children]]
-name = "s2s"
-local_ts = ["$lts"]
-remote_ts = ["$rts"]
-esp_proposals = "$esp"
-${WASMSEC_CHILD_EXTRA:-}
-CONF
+    W_SOURCE=$gw W_LISTEN=$laddr W_SOCKET=$d/ctl.sock W_DIR=$d W_LOCAL=$laddr W_REMOTE=$raddr \
+        W_LID=$lid W_RID=$rid W_IKE=$ike W_ESP=$esp W_LTS="[\"$lts\"]" W_RTS="[\"$rts\"]" W_START=$start \
+        W_CONTROL_EXTRA=${WASMSEC_CONTROL_EXTRA:-} W_CONN_EXTRA=${WASMSEC_CONN_EXTRA:-} \
+        W_CHILD_EXTRA=${WASMSEC_CHILD_EXTRA:-} wasmsec_conf "$d/wasmsec.toml"
     ip netns exec "$ns" "$WASMSEC_BIN" run --config "$d/wasmsec.toml" --stats-file "$d/stats.json" >"$d/wasmsec.log" 2>&1 </dev/null &
     PIDS+=($!)
     echo $! >"$d/pid"
