@@ -18,6 +18,22 @@ fn runtime() -> Runtime {
     Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)")
 }
 
+/// An outbound SA for peer 0 from the /24 at `local` to the /24 at `remote`.
+fn outbound_sa(spi: u32, key: u64, local: [u8; 4], remote: [u8; 4]) -> OutboundSa {
+    let net = |a: [u8; 4]| ts(a, [a[0], a[1], a[2], 255]);
+    OutboundSa {
+        spi,
+        key,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![net(local)],
+        remote_ts: vec![net(remote)],
+        limits: SaLimits::default(),
+    }
+}
+
 /// Any protocol and port between two IPv4 addresses.
 fn ts(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
     TrafficSelector::addresses(a.to_vec(), b.to_vec())
@@ -184,18 +200,7 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
     let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes128Gcm16, false);
     // A key that exists in the keystore but was never granted to `tx`.
     let other = ks.insert(EspKey::new(EspAlgorithm::Aes128Gcm16, Zeroizing::new(vec![1; 20])).unwrap());
-    let sa = OutboundSa {
-        spi: 0x3001,
-        key: other,
-        peer: 0,
-        esn: false,
-        next_seq: 1,
-        pad_align: 4,
-        local_ts: vec![ts([10, 0, 0, 0], [10, 0, 0, 255])],
-        remote_ts: vec![ts([10, 0, 1, 0], [10, 0, 1, 255])],
-        limits: Default::default(),
-    };
-    tx.install_outbound(&sa).unwrap().unwrap();
+    tx.install_outbound(&outbound_sa(0x3001, other, [10, 0, 0, 0], [10, 0, 1, 0])).unwrap().unwrap();
     load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
     assert_eq!(tx.encap(tx.store.data().count).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
 }
@@ -241,15 +246,9 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     tx.store.data_mut().keys.grant(key, ks.get(key).unwrap(), KeyUse::Seal { spi: 0x4001, peer: 0 });
     // Without ESN, 2^28 + 1 numbers before the end: the second packet asks for a rekey.
     let sa = OutboundSa {
-        spi: 0x4001,
-        key,
-        peer: 0,
-        esn: false,
         next_seq: u64::from(u32::MAX) - (1 << 28) - 1,
-        pad_align: 4,
-        local_ts: vec![ts([10, 9, 0, 0], [10, 9, 0, 255])],
-        remote_ts: vec![ts([10, 9, 1, 0], [10, 9, 1, 255])],
         limits: SaLimits { soft_bytes: 0, soft_packets: 0, hard_bytes: 250, hard_packets: 0 },
+        ..outbound_sa(0x4001, key, [10, 9, 0, 0], [10, 9, 1, 0])
     };
     tx.install_outbound(&sa).unwrap().unwrap();
     let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
@@ -276,17 +275,7 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     let rt = runtime();
     let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
     let pkt = icmp(100, [10, 9, 0, 1], [10, 9, 1, 1]);
-    let sa = |spi, key| OutboundSa {
-        spi,
-        key,
-        peer: 0,
-        esn: false,
-        next_seq: 1,
-        pad_align: 4,
-        local_ts: vec![ts([10, 9, 0, 0], [10, 9, 0, 255])],
-        remote_ts: vec![ts([10, 9, 1, 0], [10, 9, 1, 255])],
-        limits: SaLimits::default(),
-    };
+    let sa = |spi, key| outbound_sa(spi, key, [10, 9, 0, 0], [10, 9, 1, 0]);
     // An outbound SA whose key the host granted for opening only.
     let opener = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
     tx.store.data_mut().keys.grant(opener, ks.get(opener).unwrap(), KeyUse::Open { spi: 0x5001 });

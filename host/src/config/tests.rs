@@ -36,17 +36,26 @@ fn ike_connection_parses_and_validates() {
     let c = Config::parse(IKE, "i.toml").unwrap();
     assert_eq!(c.connection[0].proposals.0, DEFAULT_IKE_PROPOSALS);
     assert_eq!(c.connection[0].start_action, StartAction::Start);
-    for (from, to, want) in [
-        ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
-        (
-            "local_id = \"gwb.interop.test\"",
-            "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
-            "unknown algorithm",
-        ),
-        ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha1\"", "no usable proposal"),
-        ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
-    ] {
-        let e = Config::parse(&IKE.replace(from, to), "i.toml").unwrap_err().to_string();
+    refused(
+        IKE,
+        &[
+            ("remote_addrs = [\"198.18.0.1\"]", "remote_addrs = [\"%any\"]", "needs a remote address"),
+            (
+                "local_id = \"gwb.interop.test\"",
+                "local_id = \"gwb\"\nproposals = \"aes256gcm16-bogus\"",
+                "unknown algorithm",
+            ),
+            ("name = \"net\"", "name = \"net\"\nesp_proposals = \"aes256-sha1\"", "no usable proposal"),
+            ("local_ts = [\"198.18.2.0/24\"]", "local_ts = []", "at least one subnet"),
+        ],
+    );
+}
+
+/// Each change (`from` replaced by `to` in `base`) is refused with an
+/// error that says `want`.
+fn refused(base: &str, changes: &[(&str, &str, &str)]) {
+    for (from, to, want) in changes {
+        let e = Config::parse(&base.replace(from, to), "x.toml").unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
     }
 }
@@ -78,14 +87,14 @@ fn inline_keys_are_refused_without_echo() {
 
 #[test]
 fn bad_values_are_explained() {
-    for (from, to, want) in [
-        ("0x1001", "0x10", "reserved"),
-        ("198.18.2.0/24", "198.18.2.0/33", "bad prefix length"),
-        ("in_spi = 4098", "in_spi = 4098\nalgorithm = \"des\"", "not supported"),
-    ] {
-        let e = Config::parse(&GOOD.replace(from, to), "x.toml").unwrap_err().to_string();
-        assert!(e.contains(want), "{e}");
-    }
+    refused(
+        GOOD,
+        &[
+            ("0x1001", "0x10", "reserved"),
+            ("198.18.2.0/24", "198.18.2.0/33", "bad prefix length"),
+            ("in_spi = 4098", "in_spi = 4098\nalgorithm = \"des\"", "not supported"),
+        ],
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{Report, SaCommand, Sender};
-use super::{Call, Loop, POLL_MS, Peer, ensure_buffers};
+use super::{Loop, POLL_MS, Peer, ensure_buffers};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
@@ -42,11 +42,9 @@ impl Loop {
             if n == 0 {
                 continue;
             }
-            let verdicts = match self.call(&mut inst, "inbound", n, EspInstance::decap) {
-                Call::Done(v) => v,
-                Call::Restarted => continue,
-                Call::Stop => return,
-            };
+            // None: the batch is lost (the guest was replaced, or the
+            // daemon is stopping and the loop ends).
+            let Some(verdicts) = self.call(&mut inst, "inbound", n, EspInstance::decap) else { continue };
             let st = inst.store.data_mut();
             let mut lies = 0;
             for (i, ((p, mark), v)) in st.batch[..n].iter_mut().zip(&st.marks).zip(verdicts).enumerate() {

@@ -121,37 +121,28 @@ fn ensure_buffers(inst: &mut EspInstance, n: usize) {
     }
 }
 
-/// What became of one batch call into the guest.
-enum Call<T> {
-    Done(Vec<T>),
-    /// The guest trapped and was replaced; the batch is lost.
-    Restarted,
-    /// The guest trapped and could not be replaced: stop the daemon.
-    Stop,
-}
-
 impl Loop {
-    /// One batch call into the guest on the first `n` packets. A trap
-    /// replaces the instance from the host's SA records; requests the host
-    /// refused and a wrong number of verdicts are protocol errors.
+    /// One batch call into the guest on the first `n` packets: its
+    /// verdicts, or none when the batch is lost. A trap replaces the
+    /// instance from the host's SA records (if that fails the daemon is
+    /// told to stop); requests the host refused and a wrong number of
+    /// verdicts are protocol errors.
     fn call<T>(
         &mut self,
         inst: &mut EspInstance,
         what: &str,
         n: usize,
         f: impl FnOnce(&mut EspInstance, usize) -> Result<Vec<T>>,
-    ) -> Call<T> {
+    ) -> Option<Vec<T>> {
         match f(inst, n) {
             Ok(v) => {
                 let errors = inst.store.data().refusals + n.abs_diff(v.len()) as u64;
-                if self.protocol_errors(inst, what, errors) {
-                    return Call::Restarted;
-                }
-                Call::Done(v)
+                (!self.protocol_errors(inst, what, errors)).then_some(v)
             }
             Err(err) => {
                 warn!(direction = what, error = %err, "ESP guest trapped; replacing the instance");
-                if self.replace(inst, what) { Call::Restarted } else { Call::Stop }
+                self.replace(inst, what);
+                None
             }
         }
     }

@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
-use super::{Call, Loop, POLL_MS, ensure_buffers};
+use super::{Loop, POLL_MS, ensure_buffers};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
@@ -45,11 +45,9 @@ impl Loop {
             if n == 0 {
                 continue;
             }
-            let verdicts = match self.call(&mut inst, "outbound", n, EspInstance::encap) {
-                Call::Done(v) => v,
-                Call::Restarted => continue,
-                Call::Stop => return,
-            };
+            // None: the batch is lost (the guest was replaced, or the
+            // daemon is stopping and the loop ends).
+            let Some(verdicts) = self.call(&mut inst, "outbound", n, EspInstance::encap) else { continue };
             let st = inst.store.data();
             let mut lies = 0;
             for ((p, mark), v) in st.batch[..n].iter().zip(&st.marks).zip(verdicts) {

@@ -293,12 +293,18 @@ pub enum KeyError {
     Source(String),
 }
 
+/// A key of `alg` whose keying material is `byte` repeated (tests).
+#[cfg(test)]
+pub(crate) fn test_key(alg: EspAlgorithm, byte: u8) -> EspKey {
+    EspKey::new(alg, Zeroizing::new(vec![byte; alg.keymat_len()])).expect("a key of the right length")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(alg: EspAlgorithm, byte: u8) -> EspKey {
-        EspKey::new(alg, Zeroizing::new(vec![byte; alg.keymat_len()])).unwrap()
+        test_key(alg, byte)
     }
 
     #[test]

@@ -97,11 +97,7 @@ impl KeyTable {
 mod tests {
     use super::*;
     use crate::keys::EspAlgorithm;
-    use zeroize::Zeroizing;
-
-    fn key(alg: EspAlgorithm, byte: u8) -> EspKey {
-        EspKey::new(alg, Zeroizing::new(vec![byte; alg.keymat_len()])).unwrap()
-    }
+    use crate::keys::esp_key::test_key as key;
 
     #[test]
     fn handles_are_scoped_to_tables() {

@@ -3,7 +3,7 @@
 //! typed wrapper around its exports.
 use anyhow::Result;
 use wasmsec_wire::esp;
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasSelf, Resource};
 use wasmtime::{Engine, Store, StoreLimits};
 
 use super::bindings::esp as b;
@@ -167,9 +167,7 @@ pub(crate) struct EspPre(b::EspEnginePre<GuestState>);
 
 impl EspPre {
     pub fn load(engine: &Engine, component: &wasmtime::component::Component) -> Result<EspPre> {
-        let mut linker = Linker::<GuestState>::new(engine);
-        b::EspEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
-        let pre = linker.instantiate_pre(component).context("linking ESP component")?;
+        let pre = sandbox::link(engine, component, "ESP", |l| b::EspEngine::add_to_linker::<_, HasSelf<_>>(l, |s| s))?;
         Ok(EspPre(b::EspEnginePre::new(pre).context("ESP component does not export wasmsec:esp/engine")?))
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::HasSelf;
 use wasmtime::{Engine, Store, StoreLimits};
 use zeroize::Zeroizing;
 
@@ -268,9 +268,7 @@ pub(crate) struct IkePre(b::IkeEnginePre<IkeState>);
 
 impl IkePre {
     pub fn load(engine: &Engine, component: &wasmtime::component::Component) -> Result<IkePre> {
-        let mut linker = Linker::<IkeState>::new(engine);
-        b::IkeEngine::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).context("linking host imports")?;
-        let pre = linker.instantiate_pre(component).context("linking IKE component")?;
+        let pre = sandbox::link(engine, component, "IKE", |l| b::IkeEngine::add_to_linker::<_, HasSelf<_>>(l, |s| s))?;
         Ok(IkePre(b::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
     }
 

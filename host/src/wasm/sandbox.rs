@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
 };
@@ -37,6 +38,19 @@ pub(crate) fn engine() -> Result<Engine> {
 /// A store's limits: memory and instances.
 pub(crate) fn store_limits() -> StoreLimits {
     StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build()
+}
+
+/// Link a component against the host's imports (`add` puts them in the
+/// linker) and check it can be instantiated.
+pub(crate) fn link<T: 'static>(
+    engine: &Engine,
+    component: &Component,
+    what: &str,
+    add: impl FnOnce(&mut Linker<T>) -> wasmtime::Result<()>,
+) -> Result<InstancePre<T>> {
+    let mut linker = Linker::<T>::new(engine);
+    add(&mut linker).context("linking host imports")?;
+    linker.instantiate_pre(component).context(format!("linking the {what} component"))
 }
 
 /// A guest's store data: it carries the [`store_limits`] its store enforces.

@@ -17,9 +17,17 @@ pub const COOKIE: &[u8] = b"fuzz-cookie";
 #[derive(Debug, Default)]
 pub struct ClearCrypto {
     next: Handle,
+    /// Mixed into "random" bytes, so two ends never draw the same nonces
+    /// (a simultaneous rekey is decided by comparing them).
+    salt: u8,
 }
 
 impl ClearCrypto {
+    /// A provider whose random bytes differ from those of another `salt`.
+    pub fn salted(salt: u8) -> ClearCrypto {
+        ClearCrypto { next: 0, salt }
+    }
+
     fn handle(&mut self) -> Handle {
         self.next += 1;
         self.next
@@ -40,7 +48,7 @@ fn public_len(g: DhGroup) -> Option<usize> {
 impl IkeCrypto for ClearCrypto {
     fn random(&mut self, buf: &mut [u8]) {
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = (self.next as u8).wrapping_add(i as u8) | 1;
+            *b = (self.next as u8).wrapping_add(i as u8).wrapping_mul(3) ^ self.salt | 1;
         }
         self.next += 1;
     }

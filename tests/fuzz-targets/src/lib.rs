@@ -18,7 +18,7 @@ pub use targets::{config, esp_decap, ike_message, ike_responder, records, replay
 
 /// What the seed generator shares with the targets.
 pub mod targets_support {
-    pub use crate::targets::{RESPONDER, responder};
+    pub use crate::targets::{End, RESPONDER, engine, responder};
 }
 
 /// A target: its input, or a panic.

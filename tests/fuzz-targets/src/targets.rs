@@ -36,36 +36,66 @@ pub fn ike_message(data: &[u8]) {
 /// Our address in the IKE responder target.
 pub const RESPONDER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
 
-/// The responder engine of the `ike_responder` target: one connection that
-/// accepts any peer, with the proposals the seeds use.
-pub fn responder() -> Engine {
-    let mut e = Engine::new(Timing { cookie_threshold: 4, max_half_open: 64, ..Timing::default() });
+/// Both ends of the fuzz negotiation.
+pub struct End<'a> {
+    /// Our address (the peer's: `remote`, empty to accept any).
+    pub local: IpAddr,
+    /// The peer's addresses.
+    pub remote: Vec<IpAddr>,
+    /// Our identity and the peer's.
+    pub ids: (&'a str, &'a str),
+    /// Our subnet and the peer's.
+    pub subnets: (&'a str, &'a str),
+    /// IKE and ESP proposals.
+    pub proposals: (&'a str, &'a str),
+    /// Initiate at start.
+    pub start: StartAction,
+}
+
+/// An engine with the one connection `fuzz` for `end`: rekeys every 30 s
+/// (CHILD) and 45 s (IKE), liveness checks every 10 s.
+pub fn engine(end: End<'_>, timing: Timing) -> Engine {
+    let mut e = Engine::new(timing);
     e.add_connection(ConnectionConfig {
         name: "fuzz".into(),
-        local_addrs: vec![RESPONDER],
-        remote_addrs: vec![],
-        local_id: "responder.fuzz".into(),
-        remote_id: "%any".into(),
+        local_addrs: vec![end.local],
+        remote_addrs: end.remote,
+        local_id: end.ids.0.into(),
+        remote_id: end.ids.1.into(),
         psk: 1,
-        ike_proposals: "aes256gcm16-prfsha256-x25519,aes128-sha256-modp2048".into(),
+        ike_proposals: end.proposals.0.into(),
         children: vec![ChildConfig {
             name: "net".into(),
-            local_ts: vec!["10.2.0.0/16".into()],
-            remote_ts: vec!["10.1.0.0/16".into()],
-            esp_proposals: "aes256gcm16,aes128gcm16-x25519".into(),
-            rekey_time_ms: 60_000,
+            local_ts: vec![end.subnets.0.into()],
+            remote_ts: vec![end.subnets.1.into()],
+            esp_proposals: end.proposals.1.into(),
+            rekey_time_ms: 30_000,
             ..ChildConfig::default()
         }],
-        start_action: StartAction::None,
+        start_action: end.start,
         force_encap: false,
         keepalive_ms: 20_000,
-        dpd_delay_ms: 30_000,
+        dpd_delay_ms: 10_000,
         dpd_action: DpdAction::Clear,
-        rekey_time_ms: 120_000,
+        rekey_time_ms: 45_000,
         reauth_time_ms: 0,
     })
     .expect("the fuzz connection is valid");
     e
+}
+
+/// The responder engine of the `ike_responder` target: one connection that
+/// accepts any peer, with the proposals the seeds use.
+pub fn responder() -> Engine {
+    let end = End {
+        local: RESPONDER,
+        remote: vec![],
+        ids: ("responder.fuzz", "%any"),
+        subnets: ("10.2.0.0/16", "10.1.0.0/16"),
+        proposals: ("aes256gcm16-prfsha256-x25519,aes128-sha256-modp2048", "aes256gcm16,aes128gcm16-x25519"),
+        start: StartAction::None,
+    };
+    engine(end, Timing { cookie_threshold: 4, max_half_open: 64, ..Timing::default() })
 }
 
 /// The responder fed a sequence of records: the first byte of each picks

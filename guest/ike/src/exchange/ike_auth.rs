@@ -82,15 +82,7 @@ fn refuse(sa: &mut IkeSa, ctx: &mut Ctx, mid: u32, n: NotifyType, why: &str) -> 
 pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>) -> Fate {
     let id = sa.spi_r;
     let mid = h.message_id;
-    let (mut idi, mut auth) = (None, None);
-    for p in &ps {
-        match p {
-            Payload::IdI(i) => idi = Some(i.clone()),
-            Payload::Auth { method, data } => auth = Some((*method, data.clone())),
-            _ => {}
-        }
-    }
-    let (Some(idi), Some((method, auth))) = (idi, auth) else {
+    let (Some(idi), Some((method, auth))) = id_and_auth(&ps, true) else {
         ctx.stats.malformed += 1;
         return refuse(sa, ctx, mid, NotifyType::InvalidSyntax, "IKE_AUTH without IDi or AUTH");
     };
@@ -160,26 +152,11 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
             }
         }
     }
-    sa.state = State::Established;
-    ctx.stats.ike_established += 1;
-    lifecycle::schedule_ike_rekey(sa, ctx);
-    lifecycle::schedule_reauth(sa, ctx);
     ctx.dos.forget(id);
-    // AUTH is done: the IKE_SA_INIT messages it signed are not needed again
-    // (a retransmitted IKE_AUTH request gets the cached response).
-    sa.init = InitMessages::default();
     if initial_contact {
         replace_old_sas(sa, ctx, &idi);
     }
-    let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
-    let msg = format!(
-        "IKE_SA {id:016x} established with {} ({}:{}) as responder, {suite}",
-        Show(&idi),
-        sa.remote.addr,
-        sa.remote.port
-    );
-    ctx.info(conn, msg);
-    ctx.ike_up(sa);
+    established(sa, ctx, &idi, "responder");
     super::respond_encrypted(sa, ctx, ExchangeType::IkeAuth, mid, &out);
     Fate::Keep
 }
@@ -200,19 +177,46 @@ fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
     }
 }
 
-/// As initiator: the responder's IKE_AUTH answer.
-pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps: Vec<Payload>) -> Fate {
-    let id = sa.spi_i;
-    let conn = sa.conn;
-    let (mut idr, mut auth) = (None, None);
-    for p in &ps {
+/// IKE_AUTH verified, the IKE SA is up (section 1.2): its rekey and
+/// reauthentication are scheduled, and the IKE_SA_INIT messages AUTH signed
+/// are freed (a retransmitted IKE_AUTH request gets the cached response).
+fn established(sa: &mut IkeSa, ctx: &mut Ctx, peer: &Identification, role: &str) {
+    sa.state = State::Established;
+    ctx.stats.ike_established += 1;
+    lifecycle::schedule_ike_rekey(sa, ctx);
+    lifecycle::schedule_reauth(sa, ctx);
+    sa.init = InitMessages::default();
+    let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
+    let (spi, remote) = (sa.our_spi(), sa.remote);
+    let msg = format!(
+        "IKE_SA {spi:016x} established with {} ({}:{}) as {role}, {suite}",
+        Show(peer),
+        remote.addr,
+        remote.port
+    );
+    ctx.info(sa.conn, msg);
+    ctx.ike_up(sa);
+}
+
+/// The sender's identity (IDi from the initiator, IDr from the responder)
+/// and its AUTH payload (method and data), if present.
+fn id_and_auth(ps: &[Payload], from_initiator: bool) -> (Option<Identification>, Option<(AuthMethod, Vec<u8>)>) {
+    let (mut id, mut auth) = (None, None);
+    for p in ps {
         match p {
-            Payload::IdR(i) => idr = Some(i.clone()),
+            Payload::IdI(i) if from_initiator => id = Some(i.clone()),
+            Payload::IdR(i) if !from_initiator => id = Some(i.clone()),
             Payload::Auth { method, data } => auth = Some((*method, data.clone())),
             _ => {}
         }
     }
-    let (Some(idr), Some((method, auth))) = (idr, auth) else {
+    (id, auth)
+}
+
+/// As initiator: the responder's IKE_AUTH answer.
+pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps: Vec<Payload>) -> Fate {
+    let conn = sa.conn;
+    let (Some(idr), Some((method, auth))) = id_and_auth(&ps, false) else {
         let why = match first_error(&ps) {
             Some(NotifyType::AuthenticationFailed) => {
                 ctx.stats.auth_failed += 1;
@@ -241,12 +245,8 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
         ctx.stats.auth_failed += 1;
         return Fate::Drop(format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr)));
     }
-    sa.state = State::Established;
     sa.auth_initiator = true;
-    sa.init = InitMessages::default();
-    ctx.stats.ike_established += 1;
-    lifecycle::schedule_ike_rekey(sa, ctx);
-    lifecycle::schedule_reauth(sa, ctx);
+    established(sa, ctx, &idr, "initiator");
     // RFC 4478: the responder wants a reauthentication within this many
     // seconds; we start it a little earlier (up to 10 %).
     if let Some(n) = find_notify(&ps, NotifyType::AuthLifetime).filter(|n| n.data.len() == 4) {
@@ -254,15 +254,6 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
         let at = ctx.now + jittered(secs.max(1) * 1000, sa.our_spi().rotate_left(17));
         sa.reauth_at = if sa.reauth_at == 0 { at } else { sa.reauth_at.min(at) };
     }
-    let suite = sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default();
-    let msg = format!(
-        "IKE_SA {id:016x} established with {} ({}:{}) as initiator, {suite}",
-        Show(&idr),
-        sa.remote.addr,
-        sa.remote.port
-    );
-    ctx.info(conn, msg);
-    ctx.ike_up(sa);
     let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
     if let Err(e) =
         create_child::complete(sa, ctx, pending, &create_child::Answer { ps: &ps, ni: &ni, nr: &nr, in_auth: true })

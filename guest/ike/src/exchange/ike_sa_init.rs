@@ -5,7 +5,6 @@ use std::net::IpAddr;
 use wasmsec_wire::ike::{self, DhGroup, ExchangeType, Header, Message, NotifyType, Payload};
 
 use super::payloads::{find_notify, first_error, notify_u16, sa_ke_nonce};
-use crate::crypto::KeyExchange;
 use crate::ctx::{Ctx, Fate, notify_name};
 use crate::error::Error;
 use crate::output::{Datagram, Endpoint, IKE_PORT, NAT_T_PORT};
@@ -198,16 +197,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
         Err(e) => return ctx.warn(conn, format!("DH group {} failed: {e:?}", chosen.dh.raw())),
     };
     let suite = chosen.ike_suite();
-    let kx = KeyExchange {
-        suite: &suite,
-        dh,
-        peer_public: &offer.public,
-        ni: &offer.nonce,
-        nr: &nr,
-        spi_i: h.spi_i,
-        spi_r,
-        we_initiated: false,
-    };
+    let kx = super::key_exchange(&suite, (dh, &offer.public), (&offer.nonce, &nr), (h.spi_i, spi_r), false);
     let keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => k,
         Err(e) => {
@@ -314,16 +304,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
     sa.nat_local = nat_dst.is_some_and(|x| x != nat_hash(sa.spi_i, sa.spi_r, &d.local));
     let Some(dh) = sa.dh.take() else { return Fate::Drop("no DH value".into()) };
     let suite = chosen.ike_suite();
-    let kx = KeyExchange {
-        suite: &suite,
-        dh,
-        peer_public: &answer.public,
-        ni: &sa.ni,
-        nr: &answer.nonce,
-        spi_i: sa.spi_i,
-        spi_r: sa.spi_r,
-        we_initiated: true,
-    };
+    let kx = super::key_exchange(&suite, (dh, &answer.public), (&sa.ni, &answer.nonce), (sa.spi_i, sa.spi_r), true);
     sa.keys = match ctx.crypto.derive_ike_sa(None, &kx) {
         Ok(k) => Some(k),
         Err(e) => return Fate::Drop(format!("key derivation failed: {e:?}")),

@@ -12,12 +12,25 @@ pub(crate) mod rekey_ike;
 
 use wasmsec_wire::ike::{self, ExchangeType, Header, NotifyType, Payload};
 
+use crate::crypto::{Handle, IkeSuite, KeyExchange};
 use crate::ctx::{Ctx, Fate};
 use crate::error::Error;
 use crate::output::{Datagram, SaChange};
 use crate::sa::state::{IkeSa, InFlight, Request, State};
 
 /// Our header for a message on this IKE SA.
+/// The inputs of an IKE SA's key derivation (RFC 7296 sections 2.14,
+/// 2.18): the initiator's and responder's nonces and SPIs, in that order.
+pub(crate) fn key_exchange<'a>(
+    suite: &'a IkeSuite,
+    (dh, peer_public): (Handle, &'a [u8]),
+    (ni, nr): (&'a [u8], &'a [u8]),
+    (spi_i, spi_r): (u64, u64),
+    we_initiated: bool,
+) -> KeyExchange<'a> {
+    KeyExchange { suite, dh, peer_public, ni, nr, spi_i, spi_r, we_initiated }
+}
+
 pub(crate) fn header(sa: &IkeSa, exchange: ExchangeType, response: bool, mid: u32) -> Header {
     let mut flags = ike::FLAG_INITIATOR * u8::from(sa.initiator);
     if response {

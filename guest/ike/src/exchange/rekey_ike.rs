@@ -4,7 +4,7 @@
 use wasmsec_wire::ike::{DhGroup, ExchangeType, NotifyType, Payload};
 
 use super::payloads::{find_notify, first_error, notify_u16, sa_ke_nonce};
-use crate::crypto::{Handle, KeyExchange};
+use crate::crypto::Handle;
 use crate::ctx::{Ctx, Fate, notify_name};
 use crate::proposal::{self, Chosen, Kind};
 use crate::sa::lifecycle;
@@ -139,16 +139,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
     let spi_r = ctx.new_spi();
     let nr = ctx.nonce();
     let suite = chosen.ike_suite();
-    let kx = KeyExchange {
-        suite: &suite,
-        dh,
-        peer_public: &offer.public,
-        ni: &offer.nonce,
-        nr: &nr,
-        spi_i,
-        spi_r,
-        we_initiated: false,
-    };
+    let kx = super::key_exchange(&suite, (dh, &offer.public), (&offer.nonce, &nr), (spi_i, spi_r), false);
     let keys = match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
         Ok(k) => k,
         Err(e) => {
@@ -193,16 +184,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
     let derived = match (answer, &failure, sa.keys) {
         (Some((chosen, spi_r, public, nr)), None, Some(old_keys)) => {
             let suite = chosen.ike_suite();
-            let kx = KeyExchange {
-                suite: &suite,
-                dh,
-                peer_public: &public,
-                ni: &ni,
-                nr: &nr,
-                spi_i: new_spi,
-                spi_r,
-                we_initiated: true,
-            };
+            let kx = super::key_exchange(&suite, (dh, &public), (&ni, &nr), (new_spi, spi_r), true);
             match ctx.crypto.derive_ike_sa(Some(old_keys), &kx) {
                 Ok(k) => Ok((chosen, spi_r, nr, k)),
                 Err(e) => Err(format!("key derivation failed: {e:?}")),

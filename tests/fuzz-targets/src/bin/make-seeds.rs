@@ -11,41 +11,27 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use wasmsec_fuzz_targets::ike_crypto::ClearCrypto;
-use wasmsec_fuzz_targets::targets_support::{RESPONDER, responder};
-use wasmsec_ike::{
-    ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, StartAction, Timing, Transmit,
-};
+use wasmsec_fuzz_targets::targets_support::{End, RESPONDER, engine, responder};
+use wasmsec_ike::{Datagram, Endpoint, Engine, StartAction, Timing, Transmit};
 
 const INITIATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 
 fn initiator() -> Engine {
-    let mut e = Engine::new(Timing::default());
-    e.add_connection(ConnectionConfig {
-        name: "fuzz".into(),
-        local_addrs: vec![INITIATOR],
-        remote_addrs: vec![RESPONDER],
-        local_id: "initiator.fuzz".into(),
-        remote_id: "responder.fuzz".into(),
-        psk: 1,
-        ike_proposals: "aes256gcm16-prfsha256-x25519".into(),
-        children: vec![ChildConfig {
-            name: "net".into(),
-            local_ts: vec!["10.1.0.0/16".into()],
-            remote_ts: vec!["10.2.0.0/16".into()],
-            esp_proposals: "aes128gcm16-x25519".into(),
-            rekey_time_ms: 30_000,
-            ..ChildConfig::default()
-        }],
-        start_action: StartAction::Start,
-        force_encap: false,
-        keepalive_ms: 0,
-        dpd_delay_ms: 10_000,
-        dpd_action: DpdAction::Clear,
-        rekey_time_ms: 45_000,
-        reauth_time_ms: 0,
-    })
-    .expect("valid");
-    e
+    let end = End {
+        local: INITIATOR,
+        remote: vec![RESPONDER],
+        ids: ("initiator.fuzz", "responder.fuzz"),
+        subnets: ("10.1.0.0/16", "10.2.0.0/16"),
+        proposals: ("aes256gcm16-prfsha256-x25519", "aes128gcm16-x25519"),
+        start: StartAction::Start,
+    };
+    engine(end, Timing::default())
+}
+
+/// Hand `data` from `from` to engine `to` on port 500.
+fn deliver(to: &mut Engine, crypto: &mut ClearCrypto, now: u64, (from, at): (IpAddr, IpAddr), data: Vec<u8>) {
+    let d = Datagram { local: Endpoint { addr: at, port: 500 }, remote: Endpoint { addr: from, port: 500 }, data };
+    to.handle_datagram(now, d, crypto);
 }
 
 fn datagrams(e: &mut Engine) -> Vec<Vec<u8>> {
@@ -69,7 +55,7 @@ fn record(ctl: u8, data: &[u8], out: &mut Vec<u8>) {
 fn main() {
     let root = Path::new("fuzz/corpus");
     let (mut a, mut b) = (initiator(), responder());
-    let (mut ca, mut cb) = (ClearCrypto::default(), ClearCrypto::default());
+    let (mut ca, mut cb) = (ClearCrypto::salted(0x80), ClearCrypto::default());
     a.initiate(0, "fuzz", &mut ca).expect("initiate");
     let mut seed = Vec::new();
     let mut messages = Vec::new();
@@ -82,21 +68,11 @@ fn main() {
             // ctl: time step 2 (x250 ms = 500 ms), port 500, tick, source 1.
             record(0x24, &d, &mut seed);
             messages.push(d.clone());
-            let dg = Datagram {
-                local: Endpoint { addr: RESPONDER, port: 500 },
-                remote: Endpoint { addr: INITIATOR, port: 500 },
-                data: d,
-            };
-            b.handle_datagram(now, dg, &mut cb);
+            deliver(&mut b, &mut cb, now, (INITIATOR, RESPONDER), d);
         }
         for d in datagrams(&mut b) {
             messages.push(d.clone());
-            let dg = Datagram {
-                local: Endpoint { addr: INITIATOR, port: 500 },
-                remote: Endpoint { addr: RESPONDER, port: 500 },
-                data: d,
-            };
-            a.handle_datagram(now, dg, &mut ca);
+            deliver(&mut a, &mut ca, now, (RESPONDER, INITIATOR), d);
         }
     }
     let (ike, children) = b.established();
