@@ -204,8 +204,8 @@ fn native_engine(pkt: &[u8]) -> f64 {
 
 fn component(rt: &Runtime, pkt: &[u8]) -> f64 {
     let (out_set, in_set) = sa_sets();
-    let mut tx = out_set.instantiate(rt).unwrap();
-    let mut rx = in_set.instantiate(rt).unwrap();
+    let mut tx = out_set.instantiate(rt, 0).unwrap();
+    let mut rx = in_set.instantiate(rt, 0).unwrap();
     tx.store.data_mut().batch = (0..BATCH).map(|_| PacketBuf::new()).collect();
     tx.store.data_mut().count = BATCH;
     rx.store.data_mut().batch = (0..BATCH).map(|_| PacketBuf::new()).collect();

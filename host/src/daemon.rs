@@ -17,6 +17,7 @@ use crate::control::children::Children;
 use crate::control::sockets::IkeSockets;
 use crate::control::{ControlPlane, Trap};
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
+use crate::datapath::group::{Group, Groups};
 use crate::datapath::guard::GuestGuard;
 use crate::datapath::{Loop, Peer, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
@@ -64,6 +65,8 @@ struct ManualSas {
     outbound: Vec<OutboundSa>,
     inbound: Vec<InboundSa>,
     peers: Vec<Peer>,
+    /// The guest group of each tunnel, in order.
+    groups: Vec<usize>,
 }
 
 /// Manual keys are the same after every restart, so every IV they seal
@@ -72,7 +75,7 @@ struct ManualSas {
 /// With `reserve` false (`wasmsec check`) the keys are read and checked but
 /// no IV is reserved.
 fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> Result<ManualSas> {
-    let mut sas = ManualSas { outbound: Vec::new(), inbound: Vec::new(), peers: Vec::new() };
+    let mut sas = ManualSas { outbound: Vec::new(), inbound: Vec::new(), peers: Vec::new(), groups: Vec::new() };
     let mut seen: HashMap<String, String> = HashMap::new();
     for (i, m) in cfg.manual.iter().enumerate() {
         let at = format!("manual {:?}", m.name.get_ref());
@@ -274,7 +277,18 @@ struct ControlParts<'a> {
 }
 
 fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts) -> Result<ControlPlane> {
-    let mut ike = p.runtime.ike_instance(wasmsec_crypto::Vault::new(), p.keystore.clone())?;
+    // Tests only: a vault that keeps a copy of every secret, and a record of
+    // what the guest is given, to prove that none of the first is in the second.
+    let vault = if cfg.ike.secret_audit.is_some() {
+        warn!("IKE secret audit is on: every IKE secret is kept and written out at exit (tests only)");
+        wasmsec_crypto::Vault::new_audited()
+    } else {
+        wasmsec_crypto::Vault::new()
+    };
+    let mut ike = p.runtime.ike_instance(vault, p.keystore.clone())?;
+    if cfg.ike.guest_transcript.is_some() {
+        ike.store.data_mut().transcript = Some(Vec::new());
+    }
     ike.store.data_mut().keylog = cfg.ike.keylog.clone();
     if let Some(k) = &cfg.ike.keylog {
         warn!(file = %k.display(), "IKE key export is on: this file holds secrets");
@@ -295,6 +309,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         connections,
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
+        audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
         sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
         up: p.up,
         listener: control_listener(cfg.control.socket.as_deref())?,
@@ -314,6 +329,49 @@ pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The guest groups: the ESP component each tunnel names (resolved against
+/// the config file's directory) compiled once; returns each connection's
+/// and each manual tunnel's group (0: the project's component).
+fn guest_groups(cfg: &Config, base: &Path, rt: &mut Runtime) -> Result<(HashMap<String, usize>, Vec<usize>)> {
+    let mut by_path: HashMap<PathBuf, usize> = HashMap::new();
+    let mut group_of = |p: &Option<PathBuf>, rt: &mut Runtime| -> Result<usize> {
+        let Some(p) = p else { return Ok(0) };
+        let p = if p.is_relative() { base.join(p) } else { p.clone() };
+        if let Some(g) = by_path.get(&p) {
+            return Ok(*g);
+        }
+        let g = rt.add_esp(&p).with_context(|| format!("loading esp_component {}", p.display()))?;
+        warn!(component = %p.display(), group = g, "a tunnel is served by its own ESP component");
+        by_path.insert(p, g);
+        Ok(g)
+    };
+    let mut connections = HashMap::new();
+    for c in &cfg.connection {
+        connections.insert(c.name.get_ref().clone(), group_of(&c.esp_component, rt)?);
+    }
+    let manual = cfg.manual.iter().map(|m| group_of(&m.esp_component, rt)).collect::<Result<Vec<_>>>()?;
+    Ok((connections, manual))
+}
+
+/// Each direction's guest groups, the manual SAs in theirs.
+fn direction_groups(rt: &Runtime, ks: &Arc<Keystore>, manual: &ManualSas, outbound: bool) -> Result<Groups> {
+    let mut groups = Groups::default();
+    for component in 0..rt.esp_groups() {
+        let mut set = SaSet { keystore: ks.clone(), outbound: vec![], inbound: vec![] };
+        for (i, _) in manual.groups.iter().enumerate().filter(|(_, g)| **g == component) {
+            if outbound {
+                groups.by_spi.insert(manual.outbound[i].spi, component);
+                set.outbound.push(manual.outbound[i].clone());
+            } else {
+                groups.by_spi.insert(manual.inbound[i].spi, component);
+                set.inbound.push(manual.inbound[i].clone());
+            }
+        }
+        groups.list.push(Group::new(rt, component, set)?);
+    }
+    Ok(groups)
+}
+
 /// Run the daemon until a stop signal.
 pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
@@ -324,17 +382,22 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     sys::install_stop_handler();
     let dir = components_dir(cfg.runtime.components.as_deref());
     let with_ike = !cfg.connection.is_empty();
-    let ike_path = dir.join("ike.wasm");
-    let runtime =
-        Arc::new(Runtime::with_ike(&dir.join("esp.wasm"), with_ike.then_some(ike_path.as_path())).with_context(
-            || format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display()),
-        )?);
+    let ike_path = match &cfg.runtime.ike_component {
+        Some(p) if p.is_relative() => base.join(p),
+        Some(p) => p.clone(),
+        None => dir.join("ike.wasm"),
+    };
+    let mut runtime =
+        Runtime::with_ike(&dir.join("esp.wasm"), with_ike.then_some(ike_path.as_path())).with_context(|| {
+            format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display())
+        })?;
+    let (connection_groups, manual_groups) = guest_groups(&cfg, &base, &mut runtime)?;
+    let runtime = Arc::new(runtime);
     let keystore = Arc::new(Keystore::new());
-    let manual = manual_sas(&cfg, &base, &keystore, true)?;
-    let out_set = SaSet { keystore: keystore.clone(), outbound: manual.outbound, inbound: vec![] };
-    let in_set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: manual.inbound };
-    let out_inst = out_set.instantiate(&runtime)?;
-    let in_inst = in_set.instantiate(&runtime)?;
+    let mut manual = manual_sas(&cfg, &base, &keystore, true)?;
+    manual.groups = manual_groups;
+    let out_groups = direction_groups(&runtime, &keystore, &manual, true)?;
+    let in_groups = direction_groups(&runtime, &keystore, &manual, false)?;
     let tun = open_tun(&cfg)?;
     let udp = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.nat_t_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.nat_t_port))?;
@@ -370,13 +433,15 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             stats: &stats,
             force_encap: raw.is_none(),
         };
-        Some(control_plane(&cfg, config_path, &base, parts)?)
+        let mut c = control_plane(&cfg, config_path, &base, parts)?;
+        c.children.groups = connection_groups;
+        Some(c)
     } else {
         None
     };
     let outbound = Loop {
         runtime: runtime.clone(),
-        sas: out_set,
+        groups: out_groups,
         tun: tun.try_clone()?,
         udp: udp.try_clone()?,
         raw: raw.as_ref().map(RawEsp::try_clone).transpose()?,
@@ -388,11 +453,11 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         to_outbound: None,
         floats: HashMap::new(),
         sources: Vec::new(),
-        guard: GuestGuard::default(),
+        staging: Loop::staging_for(cfg.runtime.batch),
     };
     let inbound = Loop {
         runtime,
-        sas: in_set,
+        groups: in_groups,
         tun,
         udp,
         raw,
@@ -404,10 +469,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         to_outbound: Some(to_outbound),
         floats: HashMap::new(),
         sources: Vec::with_capacity(cfg.runtime.batch),
-        guard: GuestGuard::default(),
+        staging: Loop::staging_for(cfg.runtime.batch),
     };
-    let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound(out_inst))?;
-    let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound(in_inst))?;
+    let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
+    let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;
     let t_ike = match control {
         Some(c) => Some(std::thread::Builder::new().name("ike".into()).spawn(move || c.run())?),
         None => None,

@@ -12,6 +12,16 @@ pub fn append_secret_line(path: &Path, line: &str) -> std::io::Result<()> {
     writeln!(f, "{line}")
 }
 
+/// Write `lines` (hex) to a file readable by its owner only, replacing it.
+pub fn write_hex_lines(path: &Path, lines: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    for l in lines {
+        let hex: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(l.iter().map(|b| format!("{b:02x}")).collect());
+        writeln!(f, "{}", hex.as_str())?;
+    }
+    Ok(())
+}
+
 /// Wireshark's names for an ESP transform in its `esp_sa` table:
 /// encryption, authentication, and how many bytes of the keying material
 /// are the encryption key. Wireshark 4.0 (Debian 12) cannot decrypt

@@ -37,6 +37,8 @@ pub struct Stats {
     pub guest_protocol_errors: AtomicU64,
     /// IKE datagrams above the IKE message limit, dropped before the guest.
     pub ike_oversize: AtomicU64,
+    /// Packets of a guest group whose replacement waits for its backoff.
+    pub guest_suspended_drops: AtomicU64,
     /// Outbound packets dropped, by `DropReason::index`.
     out_drops: [AtomicU64; DropReason::COUNT],
     /// Inbound packets dropped, by `DropReason::index`.
@@ -85,6 +87,7 @@ impl Stats {
             "guest_restarts": g(&self.guest_restarts),
             "guest_protocol_errors": g(&self.guest_protocol_errors),
             "ike_oversize": g(&self.ike_oversize),
+            "guest_suspended_drops": g(&self.guest_suspended_drops),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
         })

@@ -62,7 +62,7 @@ fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 /// A sender and a receiver instance sharing one SA (SPI 0x2001).
 fn pair(rt: &Runtime, alg: EspAlgorithm, esn: bool) -> (EspInstance, EspInstance, Arc<Keystore>) {
     let (out, inb, ks) = sa_sets(alg, esn);
-    (out.instantiate(rt).unwrap(), inb.instantiate(rt).unwrap(), ks)
+    (out.instantiate(rt, 0).unwrap(), inb.instantiate(rt, 0).unwrap(), ks)
 }
 
 /// The host-side SA records for `pair`, as the daemon keeps them.
@@ -209,7 +209,7 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
 fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     let rt = runtime();
     let (out_set, in_set, _ks) = sa_sets(EspAlgorithm::Aes256Gcm16, false);
-    let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
+    let (mut tx, mut rx) = (out_set.instantiate(&rt, 0).unwrap(), in_set.instantiate(&rt, 0).unwrap());
     let pkt = icmp(80, [198, 18, 1, 10], [198, 18, 2, 10]);
     load(&mut tx, &vec![pkt.clone(); 5]);
     tx.encap(tx.store.data().count).unwrap();
@@ -220,7 +220,7 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
 
     // Replace both instances from host state, as the daemon does after a trap.
     drop((tx, rx));
-    let (mut tx, mut rx) = (out_set.instantiate(&rt).unwrap(), in_set.instantiate(&rt).unwrap());
+    let (mut tx, mut rx) = (out_set.instantiate(&rt, 0).unwrap(), in_set.instantiate(&rt, 0).unwrap());
     load(&mut tx, &[pkt]);
     tx.encap(tx.store.data().count).unwrap();
     let next = take(&tx);
@@ -235,7 +235,7 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
 
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
     let broken = SaSet { keystore: Arc::new(Keystore::new()), outbound: out_set.outbound.clone(), inbound: vec![] };
-    assert!(broken.instantiate(&rt).is_err());
+    assert!(broken.instantiate(&rt, 0).is_err());
 }
 
 #[test]

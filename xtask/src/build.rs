@@ -1,5 +1,5 @@
 //! Building the host and the wasm components.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -66,6 +66,42 @@ fn host() -> Result<()> {
 
 pub fn guests() -> Result<()> {
     let target_dir = root().join("target/guest");
+    let mut cmd = guest_cargo(&target_dir)?;
+    for (krate, _) in COMPONENTS {
+        cmd.args(["-p", krate]);
+    }
+    if !cmd.status().context("cannot run cargo for the guests")?.success() {
+        bail!("building the wasm guests failed");
+    }
+    for (krate, file) in COMPONENTS {
+        componentize(&target_dir, krate, file)?;
+    }
+    Ok(())
+}
+
+/// Tests only: the hostile guests of tests/e2e/test-hostile-guests.sh,
+/// `hostile-esp.wasm` (tests/hostile/esp) and `hostile-ike.wasm` (the IKE
+/// component with its `hostile` feature), built apart from the real ones.
+pub fn hostile_guests() -> Result<()> {
+    let target_dir = root().join("target/guest-hostile");
+    let mut cmd = guest_cargo(&target_dir)?;
+    cmd.args([
+        "-p",
+        "wasmsec-hostile-esp",
+        "-p",
+        "wasmsec-ike-component",
+        "--features",
+        "wasmsec-ike-component/hostile",
+    ]);
+    if !cmd.status().context("cannot run cargo for the hostile guests")?.success() {
+        bail!("building the hostile test guests failed");
+    }
+    componentize(&target_dir, "wasmsec-hostile-esp", "hostile-esp.wasm")?;
+    componentize(&target_dir, "wasmsec-ike-component", "hostile-ike.wasm")
+}
+
+/// `cargo build` of guest crates for wasm32 into `target_dir` (add `-p`s).
+fn guest_cargo(target_dir: &Path) -> Result<Command> {
     let mut cmd = match route() {
         Route::Rustup => {
             eprintln!("xtask: guests: rustup toolchain with the {WASM_TARGET} target");
@@ -102,27 +138,24 @@ pub fn guests() -> Result<()> {
     if matches!(route(), Route::Rustup) {
         cmd.env_remove("RUSTC").env_remove("RUSTDOC");
     }
-    cmd.current_dir(root()).args(["--profile", "guest", "--target", WASM_TARGET, "--target-dir"]).arg(&target_dir);
-    for (krate, _) in COMPONENTS {
-        cmd.args(["-p", krate]);
-    }
-    if !cmd.status().context("cannot run cargo for the guests")?.success() {
-        bail!("building the wasm guests failed");
-    }
+    cmd.current_dir(root()).args(["--profile", "guest", "--target", WASM_TARGET, "--target-dir"]).arg(target_dir);
+    Ok(cmd)
+}
+
+/// Turn the core module cargo built for `krate` into component `file`.
+fn componentize(target_dir: &Path, krate: &str, file: &str) -> Result<()> {
     let out = components_dir();
     std::fs::create_dir_all(&out)?;
-    for (krate, file) in COMPONENTS {
-        let core = target_dir.join(WASM_TARGET).join("guest").join(format!("{}.wasm", krate.replace('-', "_")));
-        let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-        let component = wit_component::ComponentEncoder::default()
-            .module(&module)
-            .with_context(|| format!("{krate}: no component type information in the module"))?
-            .validate(true)
-            .encode()
-            .with_context(|| format!("{krate}: cannot make a component"))?;
-        let dest = out.join(file);
-        std::fs::write(&dest, &component)?;
-        eprintln!("xtask: component {} ({} bytes)", dest.display(), component.len());
-    }
+    let core = target_dir.join(WASM_TARGET).join("guest").join(format!("{}.wasm", krate.replace('-', "_")));
+    let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .with_context(|| format!("{krate}: no component type information in the module"))?
+        .validate(true)
+        .encode()
+        .with_context(|| format!("{krate}: cannot make a component"))?;
+    let dest = out.join(file);
+    std::fs::write(&dest, &component)?;
+    eprintln!("xtask: component {} ({} bytes)", dest.display(), component.len());
     Ok(())
 }

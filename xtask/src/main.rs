@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's one build, demo and test driver.
 //!
 //! - `cargo xtask build`  release host binary and all wasm components
-//! - `cargo xtask guests` only the wasm components
+//! - `cargo xtask guests` only the wasm components (and the tests' hostile ones)
 //! - `cargo xtask demo`   build, then `wasmsec demo` (root)
 //! - `cargo xtask test`   build, fmt and clippy checks, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
@@ -25,7 +25,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <build|guests|demo|test|bench|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
-         \n  guests           only the wasm components (into $WASMSEC_COMPONENTS if set)\
+         \n  guests           only the wasm components, and the tests' hostile ones (into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
          \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
          \n  bench            build, then the ESP data-path benchmark\
@@ -99,6 +99,7 @@ fn guests_cmd() -> Result<bool> {
         prepare(Group::Build)?;
     }
     build::guests()?;
+    build::hostile_guests()?;
     Ok(true)
 }
 
@@ -147,6 +148,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
     prepare(Group::Test)?;
     let harness_missing = shared_harness_missing()?;
     build::all()?;
+    build::hostile_guests()?;
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {

@@ -6,6 +6,9 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
+#[cfg(feature = "hostile")]
+mod hostile;
+
 use wasmsec_ike::crypto::{ChildKeying, ChildKeys, CryptoError, Handle, IkeCrypto, IkeSuite, KeyExchange};
 use wasmsec_ike::{self as ike, Engine, Timing};
 use wasmsec_wire::ike::{DhGroup, PayloadType};
@@ -79,6 +82,8 @@ impl IkeCrypto for HostCrypto {
         first: PayloadType,
         inner: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
+        #[cfg(feature = "hostile")]
+        let fi = hostile::encrypt_as_initiator(fi);
         keys::encrypt(sa, fi, h, first.raw(), inner).map_err(err)
     }
 
@@ -109,6 +114,11 @@ impl IkeCrypto for HostCrypto {
             pfs: k.pfs.map(|(h, public)| (h, public.to_vec())),
         };
         let h = keys::derive_child(&keying).map_err(err)?;
+        #[cfg(feature = "hostile")]
+        if hostile::attack() == hostile::Attack::DeriveTwice {
+            // The host must refuse: the same nonces again.
+            let _ = keys::derive_child(&keying);
+        }
         Ok(ChildKeys { outbound: h.outbound, inbound: h.inbound })
     }
 
@@ -170,6 +180,14 @@ fn wit_transmit(t: ike::Transmit) -> wit::Transmit {
 }
 
 fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
+    #[cfg(feature = "hostile")]
+    let c = match c {
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::SwapHandles => {
+            std::mem::swap(&mut c.inbound_key, &mut c.outbound_key);
+            ike::SaChange::Install(c)
+        }
+        c => c,
+    };
     match c {
         ike::SaChange::Install(c) => wit::SaChange::Install(wit::ChildSa {
             connection: c.connection,
@@ -244,6 +262,8 @@ impl wit::Guest for Component {
         let addrs = |v: Vec<Vec<u8>>, what: &str| -> Result<Vec<IpAddr>, String> {
             v.iter().map(|b| addr(b).ok_or(format!("{what}: address is not 4 or 16 bytes"))).collect()
         };
+        #[cfg(feature = "hostile")]
+        hostile::choose(&c.name);
         let cfg = ike::ConnectionConfig {
             name: c.name,
             local_addrs: addrs(c.local_addrs, "local_addrs")?,

@@ -34,6 +34,15 @@ pub struct Ike {
     /// Wireshark `esp_sa` lines. This discloses secrets: debugging only.
     #[serde(default)]
     pub esp_keylog: Option<PathBuf>,
+    /// Tests only: at exit, write every secret the IKE key vault created
+    /// (PSKs, DH values, g^ir, SKEYSEED, SK_*, CHILD SA keying material),
+    /// one hex line each, so a test can look for them where they must not be.
+    #[serde(default)]
+    pub secret_audit: Option<PathBuf>,
+    /// Tests only: at exit, write every byte string the host handed the
+    /// IKE guest through its imports, one hex line each.
+    #[serde(default)]
+    pub guest_transcript: Option<PathBuf>,
 }
 
 /// When a connection comes up.
@@ -88,6 +97,11 @@ pub struct Connection {
     /// What to do when the peer is found dead.
     #[serde(default)]
     pub dpd_action: DpdAction,
+    /// The ESP component that serves this tunnel (relative to the config
+    /// file; default: the project's `esp.wasm`). Tunnels naming the same
+    /// file share a guest group; a misbehaving guest affects only its group.
+    #[serde(default)]
+    pub esp_component: Option<PathBuf>,
     /// Seconds after which we rekey the IKE SA (0: only answer the peer's rekeys).
     #[serde(default = "default_ike_rekey_time")]
     pub rekey_time: u32,
@@ -262,11 +276,15 @@ pub struct Runtime {
     /// reservations of manual keys (default `/var/lib/wasmsec`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The IKE component (relative to the config file; default `ike.wasm`
+    /// in `components`). Tests run hostile ones.
+    #[serde(default)]
+    pub ike_component: Option<PathBuf>,
 }
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { components: None, batch: default_batch(), state_dir: default_state_dir() }
+        Runtime { components: None, batch: default_batch(), state_dir: default_state_dir(), ike_component: None }
     }
 }
 
@@ -312,6 +330,11 @@ pub struct Manual {
     /// Anti-replay window in packets (0 turns replay protection off).
     #[serde(default = "default_window")]
     pub replay_window: u32,
+    /// The ESP component that serves this tunnel (relative to the config
+    /// file; default: the project's `esp.wasm`). Tunnels naming the same
+    /// file share a guest group; a misbehaving guest affects only its group.
+    #[serde(default)]
+    pub esp_component: Option<PathBuf>,
     /// Local and remote subnets (CIDR) the tunnel carries.
     #[serde(deserialize_with = "values::prefixes")]
     pub local_ts: Vec<Prefix>,

@@ -39,6 +39,7 @@ impl ControlPlane {
     fn status(&mut self) -> anyhow::Result<serde_json::Value> {
         let mut ike = serde_json::to_value(self.ike.stats()?)?;
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
+        ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
         let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
         Ok(serde_json::json!({
             "ike_sas": ike_sas,

@@ -96,7 +96,9 @@ pub struct Children {
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
     /// Outbound SAs of rekeys we answered, waiting for their activation.
-    deferred: HashMap<u32, (OutboundSa, Peer)>,
+    deferred: HashMap<u32, (OutboundSa, Peer, usize)>,
+    /// The guest group serving each connection's tunnels (absent: group 0).
+    pub groups: HashMap<String, usize>,
     /// Inbound halves of deleted CHILD SAs that still accept packets until
     /// their time (control-loop milliseconds): (until, SPI, key).
     lingering: Vec<(u64, u32, u64)>,
@@ -115,6 +117,7 @@ impl Children {
             replay_window: 1024,
             esp_keylog: None,
             deferred: HashMap::new(),
+            groups: HashMap::new(),
             lingering: Vec::new(),
             ike_sas: BTreeMap::new(),
             list: Vec::new(),
@@ -182,7 +185,9 @@ impl Children {
             _ => None,
         };
         let limits: SaLimits = c.limits;
+        let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         self.inbound.send(SaCommand::AddInbound {
+            group,
             outbound_spi: Some(c.outbound_spi),
             peer: float_peer,
             sa: InboundSa {
@@ -209,9 +214,9 @@ impl Children {
         };
         self.export_keys(&c, remote, ike);
         if c.outbound_deferred {
-            self.deferred.insert(c.outbound_spi, (out, peer));
+            self.deferred.insert(c.outbound_spi, (out, peer, group));
         } else {
-            self.outbound.send(SaCommand::AddOutbound { sa: out, peer });
+            self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group });
         }
         self.list.push(ChildInfo {
             connection: c.connection.clone(),
@@ -230,8 +235,8 @@ impl Children {
 
     /// Start sending on a deferred outbound SA.
     pub fn activate(&mut self, spi: u32) {
-        if let Some((sa, peer)) = self.deferred.remove(&spi) {
-            self.outbound.send(SaCommand::AddOutbound { sa, peer });
+        if let Some((sa, peer, group)) = self.deferred.remove(&spi) {
+            self.outbound.send(SaCommand::AddOutbound { sa, peer, group });
         }
     }
 

@@ -10,6 +10,7 @@ pub mod sockets;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,6 +47,9 @@ pub struct ControlPlane {
     pub guard: GuestGuard,
     /// `wasmsec ctl fault ike` is allowed (tests).
     pub fault_injection: bool,
+    /// Tests only: where to write the vault's audited secrets and the IKE
+    /// guest's transcript at exit (`[ike] secret_audit`, `guest_transcript`).
+    pub audit_files: (Option<PathBuf>, Option<PathBuf>),
     /// Our address, UDP 500 and a send handle on 4500 (the data path reads it).
     pub sockets: IkeSockets,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
@@ -98,6 +102,21 @@ impl ControlPlane {
                 if let Err(e) = self.recover(e, now) {
                     return self.fatal(e);
                 }
+            }
+        }
+        self.write_audit_files();
+    }
+
+    /// `[ike] secret_audit` and `guest_transcript`, at exit.
+    fn write_audit_files(&self) {
+        let st = self.ike.store.data();
+        let (audit, transcript) = &self.audit_files;
+        let written = [(audit, Some(st.vault().audited_secrets().to_vec())), (transcript, st.transcript.clone())];
+        for (path, lines) in written {
+            if let (Some(path), Some(lines)) = (path, lines)
+                && let Err(e) = crate::keylog::write_hex_lines(path, &lines)
+            {
+                warn!(file = %path.display(), error = %e, "cannot write a test audit file");
             }
         }
     }
@@ -229,7 +248,9 @@ impl ControlPlane {
     /// the transmits, then the events.
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
-        self.ike.store.data_mut().keep_checkpoints(out.checkpoints);
+        let st = self.ike.store.data_mut();
+        st.keep_checkpoints(out.checkpoints);
+        crate::stats::add(&self.stats.guest_protocol_errors, std::mem::take(&mut st.refusals));
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {

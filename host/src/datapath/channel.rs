@@ -13,9 +13,11 @@ use crate::wasm::esp::{InboundSa, OutboundSa};
 /// Changes to a data-path thread's SAs, sent by the control thread.
 #[derive(Debug)]
 pub enum SaCommand {
+    /// Send on `sa` to `peer`, in guest group `group` (see `group`).
     AddOutbound {
         sa: OutboundSa,
         peer: Peer,
+        group: usize,
     },
     /// `outbound_spi` and `peer` name the SA pair's other half and where its
     /// ESP goes, so the peer's address can float (NAT-T).
@@ -23,6 +25,7 @@ pub enum SaCommand {
         sa: InboundSa,
         outbound_spi: Option<u32>,
         peer: Option<SocketAddrV4>,
+        group: usize,
     },
     /// Authenticated ESP for the SA pair came from a new address or port
     /// (the peer's NAT mapping changed): send there from now on.

@@ -11,7 +11,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{Report, SaCommand, Sender};
-use super::{Loop, POLL_MS, Peer, ensure_buffers};
+use super::{Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
@@ -19,14 +19,14 @@ use crate::wasm::esp::{DecapVerdict, EspInstance, Mark};
 
 impl Loop {
     /// Run until the daemon stops.
-    pub fn run_inbound(mut self, mut inst: EspInstance) {
-        ensure_buffers(&mut inst, self.batch);
+    pub fn run_inbound(mut self) {
         // Order in `fds`: UDP, then raw ESP if any, then the inbox.
         let mut fds = vec![self.udp.as_raw_fd(), self.raw.as_ref().map_or(-1, |r| r.as_raw_fd())];
         fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
         let mut last_expiry = Instant::now();
+        let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
-            self.report_expiries(&mut inst, &mut last_expiry);
+            self.report_expiries(&mut last_expiry);
             let ready = match sys::poll_readable(&fds, POLL_MS) {
                 Ok(r) if r.iter().any(|x| *x) => r,
                 Ok(_) => continue,
@@ -36,57 +36,69 @@ impl Loop {
                 }
             };
             if ready.get(2) == Some(&true) {
-                self.apply_commands(&mut inst);
+                self.apply_commands();
             }
-            let n = self.read_batch(&mut inst, &ready);
-            if n == 0 {
-                continue;
+            let n = self.read_batch(&ready);
+            for (slot, p) in slots.iter_mut().zip(&self.staging[..n]) {
+                *slot = self.groups.route_in(esp::Packet::new_checked(p.data()).map(|e| e.spi()).ok());
             }
-            // None: the batch is lost (the guest was replaced, or the
-            // daemon is stopping and the loop ends).
-            let Some(verdicts) = self.call(&mut inst, "inbound", n, EspInstance::decap) else { continue };
-            let st = inst.store.data_mut();
-            let mut lies = 0;
-            for (i, ((p, mark), v)) in st.batch[..n].iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
-                match v {
-                    // Only what this call opened reaches the LAN, and no more
-                    // of it than the plaintext before the ESP trailer: anything
-                    // else would be a forged packet injected into the LAN.
-                    DecapVerdict::Deliver(len)
-                        if len > 0 && matches!(mark, Mark::Opened { len: opened } if len + 2 <= *opened) =>
-                    {
-                        if let Some(Some((spi, src))) = self.sources.get(i) {
-                            follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
-                        }
-                        p.truncate(len as usize);
-                        match self.tun.send(p.data()) {
-                            Ok(_) => stats::inc(&self.stats.tun_tx_packets),
-                            Err(e) => {
-                                debug!(error = %e, "TUN write failed");
-                                stats::inc(&self.stats.tx_errors);
-                            }
-                        }
+            for g in 0..self.groups.list.len() {
+                let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                if let Some(verdicts) = self.call_group(g, &idx, "inbound", EspInstance::decap) {
+                    self.act_inbound(g, &idx, verdicts);
+                }
+                self.take_back(g, &idx);
+            }
+        }
+    }
+
+    /// Deliver what group `g`'s guest opened; count the rest.
+    fn act_inbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<DecapVerdict>) {
+        let st = self.groups.list[g].inst.store.data_mut();
+        let mut lies = 0;
+        for (k, ((p, mark), v)) in st.batch.iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
+            match v {
+                // Only what this call opened reaches the LAN, and no more of
+                // it than the plaintext before the ESP trailer: anything else
+                // would be a forged packet injected into the LAN.
+                DecapVerdict::Deliver(len)
+                    if len > 0 && matches!(mark, Mark::Opened { len: opened } if len + 2 <= *opened) =>
+                {
+                    if let Some(Some((spi, src))) = idx.get(k).and_then(|&i| self.sources.get(i)) {
+                        follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                     }
-                    DecapVerdict::Deliver(_) => lies += 1,
-                    DecapVerdict::Drop(r) => {
-                        debug!(reason = r.name(), "inbound drop");
-                        self.stats.in_drop(r);
+                    p.truncate(len as usize);
+                    match self.tun.send(p.data()) {
+                        Ok(_) => stats::inc(&self.stats.tun_tx_packets),
+                        Err(e) => {
+                            debug!(error = %e, "TUN write failed");
+                            stats::inc(&self.stats.tx_errors);
+                        }
                     }
                 }
+                DecapVerdict::Deliver(_) => lies += 1,
+                DecapVerdict::Drop(r) => {
+                    debug!(reason = r.name(), "inbound drop");
+                    self.stats.in_drop(r);
+                }
             }
-            self.protocol_errors(&mut inst, "inbound", lies);
         }
+        self.protocol_errors(g, "inbound", lies);
     }
 
     /// Fill the batch with ESP packets from the ready sockets; keepalives
     /// and IKE are counted and set aside.
-    fn read_batch(&mut self, inst: &mut EspInstance, ready: &[bool]) -> usize {
-        let st = inst.store.data_mut();
+    fn read_batch(&mut self, ready: &[bool]) -> usize {
+        let batch = self.staging.len();
+        let st = &mut self.staging;
         let mut n = 0;
         self.sources.clear();
         if ready[0] {
-            while n < self.batch {
-                let p = &mut st.batch[n];
+            while n < batch {
+                let p = &mut st[n];
                 match self.udp.recv_from(p.recv_area()) {
                     Ok((len, from)) => {
                         p.set_received(len);
@@ -119,8 +131,8 @@ impl Loop {
             }
         }
         if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
-            while n < self.batch {
-                let p = &mut st.batch[n];
+            while n < batch {
+                let p = &mut st[n];
                 match raw.recv_from(p.recv_area()) {
                     Ok((len, _from)) => {
                         // A raw socket hands us the IP header too.

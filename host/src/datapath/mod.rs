@@ -1,14 +1,16 @@
 //! The data path: TUN -> ESP component -> socket ([`outbound`]), and back
 //! ([`inbound`]).
 //!
-//! Each direction has its own thread and its own ESP instance (outbound
-//! SAs in one, inbound SAs in the other), so the two never contend for a
-//! store. A loop reads a batch of up to `runtime.batch` packets into the
-//! instance's host buffers, makes one call into the component, and acts on
-//! the verdicts. Payloads are never copied into the guest. SA changes come
-//! from the control thread and reports go to it over typed channels
+//! Each direction has its own thread and its own ESP instances (outbound
+//! SAs in some, inbound SAs in others), so the two never contend for a
+//! store. A loop reads a batch of up to `runtime.batch` packets into host
+//! buffers, hands each guest group ([`group`]) its share for one call, and
+//! acts on the verdicts, which the host checks against what it did (see
+//! `wasm::esp::Mark`). Payloads are never copied into a guest. SA changes
+//! come from the control thread and reports go to it over typed channels
 //! ([`channel`]).
 pub mod channel;
+pub mod group;
 pub mod guard;
 pub mod inbound;
 pub mod outbound;
@@ -29,9 +31,9 @@ use crate::sys::{self, RawEsp, Tun};
 use crate::wasm::Runtime;
 use crate::wasm::esp::{EspInstance, InboundSa, OutboundSa};
 use channel::{Receiver, Report, SaCommand, Sender};
-use guard::GuestGuard;
+use group::Groups;
 
-/// How often a loop asks its guest for SA expiries (not per batch: the
+/// How often a loop asks its guests for SA expiries (not per batch: the
 /// call would cost every batch, and a rekey does not need to start sooner).
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
 const POLL_MS: i32 = 200;
@@ -60,9 +62,10 @@ pub struct SaSet {
 }
 
 impl SaSet {
-    /// A new instance with these SAs installed and their keys granted.
-    pub fn instantiate(&self, rt: &Runtime) -> Result<EspInstance> {
-        let mut inst = rt.esp_instance()?;
+    /// A new instance of ESP component `component` with these SAs
+    /// installed and their keys granted.
+    pub fn instantiate(&self, rt: &Runtime, component: usize) -> Result<EspInstance> {
+        let mut inst = rt.esp_instance_of(component)?;
         for sa in &self.outbound {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
@@ -83,21 +86,21 @@ impl SaSet {
 
 /// Everything one direction's loop needs.
 pub struct Loop {
-    /// The wasm engine, for a new ESP instance after a trap.
+    /// The wasm engine and components, for replacement instances.
     pub runtime: Arc<Runtime>,
-    /// The SAs to install again in that instance.
-    pub sas: SaSet,
+    /// The guest groups of this direction and the SPIs they hold.
+    pub groups: Groups,
     /// This thread's queue of the TUN device.
     pub tun: Tun,
     /// Port 4500: ESP in UDP and IKE after NAT detection.
     pub udp: UdpSocket,
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
     pub raw: Option<RawEsp>,
-    /// Where each peer index the guest names sends to.
+    /// Where each peer index the guests name sends to.
     pub peers: Vec<Peer>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Packets per guest call.
+    /// Packets per batch.
     pub batch: usize,
     /// SA changes from the control thread.
     pub inbox: Option<Receiver<SaCommand>>,
@@ -110,96 +113,127 @@ pub struct Loop {
     pub floats: HashMap<u32, (u32, SocketAddrV4)>,
     /// Inbound thread: SPI and source of each packet of the batch.
     pub sources: Vec<Option<(u32, SocketAddrV4)>>,
-    /// Protocol errors and replacements of this loop's guest.
-    pub guard: GuestGuard,
-}
-
-fn ensure_buffers(inst: &mut EspInstance, n: usize) {
-    let b = &mut inst.store.data_mut().batch;
-    if b.len() < n {
-        b.resize_with(n, PacketBuf::new);
-    }
+    /// The batch as read, before it is lent to the groups' instances.
+    pub staging: Vec<PacketBuf>,
 }
 
 impl Loop {
-    /// One batch call into the guest on the first `n` packets: its
-    /// verdicts, or none when the batch is lost. A trap replaces the
-    /// instance from the host's SA records (if that fails the daemon is
-    /// told to stop); requests the host refused and a wrong number of
-    /// verdicts are protocol errors.
-    fn call<T>(
+    /// A staging area for batches of `batch` packets.
+    pub fn staging_for(batch: usize) -> Vec<PacketBuf> {
+        (0..batch).map(|_| PacketBuf::new()).collect()
+    }
+
+    /// Lend group `g` the staged packets `idx` (moved, not copied) and make
+    /// one call into its guest: the verdicts, or none when the batch is
+    /// lost. The packets stay in the instance's buffers until
+    /// [`Loop::take_back`]. A suspended group drops its share.
+    fn call_group<T>(
         &mut self,
-        inst: &mut EspInstance,
+        g: usize,
+        idx: &[usize],
         what: &str,
-        n: usize,
         f: impl FnOnce(&mut EspInstance, usize) -> Result<Vec<T>>,
     ) -> Option<Vec<T>> {
-        match f(inst, n) {
+        if !self.ready(g, what) {
+            stats::add(&self.stats.guest_suspended_drops, idx.len() as u64);
+            return None;
+        }
+        let group = &mut self.groups.list[g];
+        group.ensure_buffers(idx.len());
+        let batch = &mut group.inst.store.data_mut().batch;
+        for (k, &i) in idx.iter().enumerate() {
+            std::mem::swap(&mut self.staging[i], &mut batch[k]);
+        }
+        match f(&mut group.inst, idx.len()) {
             Ok(v) => {
-                let errors = inst.store.data().refusals + n.abs_diff(v.len()) as u64;
-                (!self.protocol_errors(inst, what, errors)).then_some(v)
+                let errors = group.inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
+                (!self.protocol_errors(g, what, errors)).then_some(v)
             }
             Err(err) => {
-                warn!(direction = what, error = %err, "ESP guest trapped; replacing the instance");
-                self.replace(inst, what);
+                warn!(direction = what, group = g, error = %err, "ESP guest trapped; replacing the instance");
+                self.replace(g, what);
                 None
             }
         }
     }
 
-    /// Count `errors` guest protocol errors; true if that many replaced the
-    /// instance (the batch is then lost).
-    fn protocol_errors(&mut self, inst: &mut EspInstance, what: &str, errors: u64) -> bool {
+    /// Move the lent packets back to the staging area.
+    fn take_back(&mut self, g: usize, idx: &[usize]) {
+        let batch = &mut self.groups.list[g].inst.store.data_mut().batch;
+        for (k, &i) in idx.iter().enumerate() {
+            if let Some(p) = batch.get_mut(k) {
+                std::mem::swap(&mut self.staging[i], p);
+            }
+        }
+    }
+
+    /// Count `errors` protocol errors of group `g`'s guest; true if that
+    /// many replaced the instance (the batch is then lost).
+    fn protocol_errors(&mut self, g: usize, what: &str, errors: u64) -> bool {
         if errors == 0 {
             return false;
         }
         stats::add(&self.stats.guest_protocol_errors, errors);
-        if !self.guard.strike(errors, Instant::now()) {
+        if !self.groups.list[g].guard.strike(errors, Instant::now()) {
             return false;
         }
         warn!(
             direction = what,
+            group = g,
             limit = guard::STRIKE_LIMIT,
             "ESP guest keeps breaking the host's rules; replacing the instance"
         );
-        self.replace(inst, what) || {
-            sys::request_stop();
-            true
-        }
+        self.replace(g, what);
+        true
     }
 
-    /// Replace the instance from the host's SA records, after the guard's
-    /// backoff; false (and the daemon stops) if that fails.
-    fn replace(&mut self, inst: &mut EspInstance, what: &str) -> bool {
+    /// Replace group `g`'s instance: at once the first time, after its
+    /// guard's backoff when replacements follow each other (meanwhile the
+    /// group is suspended; the thread does not wait).
+    fn replace(&mut self, g: usize, what: &str) {
         stats::inc(&self.stats.guest_restarts);
-        let wait = self.guard.replacement_wait(Instant::now());
+        let group = &mut self.groups.list[g];
+        let wait = group.guard.replacement_wait(Instant::now());
         if !wait.is_zero() {
-            warn!(direction = what, wait_ms = wait.as_millis() as u64, "ESP guest replaced again soon: backing off");
-            let until = Instant::now() + wait;
-            while Instant::now() < until && !sys::stop_requested() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            warn!(
+                direction = what,
+                group = g,
+                wait_ms = wait.as_millis() as u64,
+                "ESP guest replaced again soon: backing off"
+            );
         }
-        match self.sas.instantiate(&self.runtime) {
-            Ok(i) => {
-                *inst = i;
-                ensure_buffers(inst, self.batch);
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot replace the ESP guest; stopping");
-                sys::request_stop();
-                false
-            }
+        group.suspended_until = Some(Instant::now() + wait);
+        self.ready(g, what);
+    }
+
+    /// Is group `g`'s guest there to call? Makes the replacement a suspended
+    /// group waits for once its time has come.
+    fn ready(&mut self, g: usize, what: &str) -> bool {
+        let group = &mut self.groups.list[g];
+        match group.suspended_until {
+            None => true,
+            Some(t) if Instant::now() < t => false,
+            Some(_) => match group.sas.instantiate(&self.runtime, group.component) {
+                Ok(inst) => {
+                    group.inst = inst;
+                    group.suspended_until = None;
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(direction = what, group = g, error = %e, "cannot replace the ESP guest; stopping");
+                    sys::request_stop();
+                    false
+                }
+            },
         }
     }
 
     /// Apply SA changes from the control thread.
-    fn apply_commands(&mut self, inst: &mut EspInstance) {
+    fn apply_commands(&mut self) {
         let Some(inbox) = &self.inbox else { return };
         for m in inbox.drain() {
             let r = match m {
-                SaCommand::AddOutbound { mut sa, peer } => {
+                SaCommand::AddOutbound { mut sa, peer, group } => {
                     let idx = match self.peers.iter().position(|p| *p == peer) {
                         Some(i) => i,
                         None => {
@@ -208,20 +242,19 @@ impl Loop {
                         }
                     };
                     sa.peer = idx as u32;
-                    info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, "data path: sending on outbound SA");
-                    self.install(inst, Some(sa), None)
+                    info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
+                    self.install(group, Some(sa), None)
                 }
-                SaCommand::AddInbound { sa, outbound_spi, peer } => {
+                SaCommand::AddInbound { sa, outbound_spi, peer, group } => {
                     if let (Some(o), Some(p)) = (outbound_spi, peer) {
                         self.floats.insert(sa.spi, (o, p));
                     }
-                    info!(spi = format_args!("{:08x}", sa.spi), "data path: accepting on inbound SA");
-                    self.install(inst, None, Some(sa))
+                    info!(spi = format_args!("{:08x}", sa.spi), group, "data path: accepting on inbound SA");
+                    self.install(group, None, Some(sa))
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
-                    if let Some(sa) = self.sas.outbound.iter().find(|s| s.spi == outbound_spi)
-                        && let Some(p) = self.peers.get_mut(sa.peer as usize)
-                    {
+                    let sa = self.groups.list.iter().flat_map(|g| &g.sas.outbound).find(|s| s.spi == outbound_spi);
+                    if let Some(p) = sa.and_then(|sa| self.peers.get_mut(sa.peer as usize)) {
                         info!(from = %p.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
                         *p = peer;
                     }
@@ -229,20 +262,12 @@ impl Loop {
                 }
                 SaCommand::RemoveOutbound { spi } => {
                     info!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
-                    if let Some(pos) = self.sas.outbound.iter().position(|s| s.spi == spi) {
-                        let sa = self.sas.outbound.remove(pos);
-                        inst.store.data_mut().keys.revoke(sa.key);
-                    }
-                    inst.remove_outbound(spi).map(|_| ())
+                    self.remove(spi, |sas| &mut sas.outbound, |sa| (sa.spi, sa.key), EspInstance::remove_outbound)
                 }
                 SaCommand::RemoveInbound { spi } => {
                     info!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
-                    if let Some(pos) = self.sas.inbound.iter().position(|s| s.spi == spi) {
-                        let sa = self.sas.inbound.remove(pos);
-                        inst.store.data_mut().keys.revoke(sa.key);
-                    }
-                    inst.remove_inbound(spi).map(|_| ())
+                    self.remove(spi, |sas| &mut sas.inbound, |sa| (sa.spi, sa.key), EspInstance::remove_inbound)
                 }
             };
             if let Err(e) = r {
@@ -251,45 +276,70 @@ impl Loop {
         }
     }
 
-    fn install(&mut self, inst: &mut EspInstance, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
-        let handle = out.as_ref().map(|s| s.key).or(inb.as_ref().map(|s| s.key)).unwrap_or(0);
-        let key = self.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
-        let key_use = match (&out, &inb) {
-            (Some(sa), _) => KeyUse::Seal { spi: sa.spi, peer: sa.peer },
-            (None, Some(sa)) => KeyUse::Open { spi: sa.spi },
+    /// Remove the SA with `spi` from its group's records and instance.
+    fn remove<S>(
+        &mut self,
+        spi: u32,
+        list: impl Fn(&mut SaSet) -> &mut Vec<S>,
+        id: impl Fn(&S) -> (u32, u64),
+        from_guest: impl FnOnce(&mut EspInstance, u32) -> Result<bool>,
+    ) -> Result<()> {
+        let Some(g) = self.groups.by_spi.remove(&spi) else { return Ok(()) };
+        let group = &mut self.groups.list[g];
+        let sas = list(&mut group.sas);
+        if let Some(pos) = sas.iter().position(|s| id(s).0 == spi) {
+            let (_, key) = id(&sas.remove(pos));
+            group.inst.store.data_mut().keys.revoke(key);
+        }
+        from_guest(&mut group.inst, spi).map(|_| ())
+    }
+
+    fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
+        let group = self.groups.list.get_mut(g).ok_or_else(|| anyhow::anyhow!("no guest group {g}"))?;
+        let (handle, spi, key_use) = match (&out, &inb) {
+            (Some(sa), _) => (sa.key, sa.spi, KeyUse::Seal { spi: sa.spi, peer: sa.peer }),
+            (None, Some(sa)) => (sa.key, sa.spi, KeyUse::Open { spi: sa.spi }),
             (None, None) => return Ok(()),
         };
-        inst.store.data_mut().keys.grant(handle, key, key_use);
+        let key =
+            group.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
+        group.inst.store.data_mut().keys.grant(handle, key, key_use);
         if let Some(sa) = out {
-            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
-            self.sas.outbound.push(sa);
+            group.inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+            group.sas.outbound.push(sa);
         }
         if let Some(sa) = inb {
-            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
-            self.sas.inbound.push(sa);
+            group.inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+            group.sas.inbound.push(sa);
         }
+        self.groups.by_spi.insert(spi, g);
         Ok(())
     }
 
-    /// Pass the guest's SA expiries up to the control thread, at most every
+    /// Pass the guests' SA expiries up to the control thread, at most every
     /// [`EXPIRY_POLL`].
-    fn report_expiries(&self, inst: &mut EspInstance, last: &mut Instant) {
+    fn report_expiries(&mut self, last: &mut Instant) {
         if last.elapsed() < EXPIRY_POLL {
             return;
         }
         *last = Instant::now();
-        let expiries = match inst.take_expiries() {
-            Ok(x) => x,
-            // A trap here surfaces on the next batch call, which restarts the guest.
-            Err(e) => return warn!(error = %e, "cannot read SA expiries"),
-        };
-        for x in expiries {
-            info!(spi = format_args!("{:08x}", x.spi), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
-            match &self.up {
-                Some(up) => {
-                    up.send(Report::Expired { spi: x.spi, hard: x.hard });
+        for group in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()) {
+            let expiries = match group.inst.take_expiries() {
+                Ok(x) => x,
+                // A trap here surfaces on the next batch call, which replaces the guest.
+                Err(e) => {
+                    warn!(error = %e, "cannot read SA expiries");
+                    continue;
                 }
-                None => warn!(spi = format_args!("{:08x}", x.spi), "SA lifetime reached, but no IKE to rekey it"),
+            };
+            for x in expiries {
+                info!(spi = format_args!("{:08x}", x.spi), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
+                match &self.up {
+                    Some(up) => {
+                        up.send(Report::Expired { spi: x.spi, hard: x.hard });
+                    }
+                    None => warn!(spi = format_args!("{:08x}", x.spi), "SA lifetime reached, but no IKE to rekey it"),
+                }
             }
         }
     }

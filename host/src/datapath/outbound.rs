@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
-use super::{Loop, POLL_MS, ensure_buffers};
+use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
@@ -19,18 +19,18 @@ const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Loop {
     /// Run until the daemon stops.
-    pub fn run_outbound(mut self, mut inst: EspInstance) {
-        ensure_buffers(&mut inst, self.batch);
+    pub fn run_outbound(mut self) {
         let mut fds = vec![self.tun.as_raw_fd()];
         fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
         let mut last_expiry = Instant::now();
+        let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
-            self.report_expiries(&mut inst, &mut last_expiry);
+            self.report_expiries(&mut last_expiry);
             match sys::poll_readable(&fds, POLL_MS) {
                 Ok(r) => {
                     if r.get(1) == Some(&true) {
-                        self.apply_commands(&mut inst);
+                        self.apply_commands();
                     }
                     if !r[0] {
                         continue;
@@ -41,49 +41,58 @@ impl Loop {
                     continue;
                 }
             }
-            let n = self.read_tun(&mut inst);
-            if n == 0 {
-                continue;
+            let n = self.read_tun();
+            for (slot, p) in slots.iter_mut().zip(&self.staging[..n]) {
+                *slot = self.groups.route_out(p.data());
             }
-            // None: the batch is lost (the guest was replaced, or the
-            // daemon is stopping and the loop ends).
-            let Some(verdicts) = self.call(&mut inst, "outbound", n, EspInstance::encap) else { continue };
-            let st = inst.store.data();
-            let mut lies = 0;
-            for ((p, mark), v) in st.batch[..n].iter().zip(&st.marks).zip(verdicts) {
-                match v {
-                    // Only what this call sealed leaves, and only to the
-                    // peer of the SA that sealed it: anything else would be
-                    // LAN plaintext on the WAN, or one tunnel's traffic sent
-                    // to another tunnel's peer.
-                    EncapVerdict::Send(peer) if *mark == Mark::Sealed { peer } => self.send(peer, p.data()),
-                    EncapVerdict::Send(_) => lies += 1,
-                    EncapVerdict::Drop(r) => {
-                        debug!(reason = r.name(), "outbound drop");
-                        self.stats.out_drop(r);
-                        // Traffic without an SA may start a `trap` connection.
-                        if r == DropReason::NoPolicy
-                            && last_acquire.elapsed() > ACQUIRE_INTERVAL
-                            && let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data()))
-                        {
-                            up.send(Report::Acquire { dst: ip.dst_addr().into() });
-                            last_acquire = Instant::now();
-                        }
-                    }
+            for g in 0..self.groups.list.len() {
+                let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
+                if idx.is_empty() {
+                    continue;
                 }
+                if let Some(verdicts) = self.call_group(g, &idx, "outbound", EspInstance::encap) {
+                    self.act_outbound(g, verdicts, &mut last_acquire);
+                }
+                self.take_back(g, &idx);
             }
-            self.protocol_errors(&mut inst, "outbound", lies);
         }
     }
 
+    /// Send what group `g`'s guest sealed; count the rest.
+    fn act_outbound(&mut self, g: usize, verdicts: Vec<EncapVerdict>, last_acquire: &mut Instant) {
+        let st = self.groups.list[g].inst.store.data();
+        let mut lies = 0;
+        for ((p, mark), v) in st.batch.iter().zip(&st.marks).zip(verdicts) {
+            match v {
+                // Only what this call sealed leaves, and only to the peer of
+                // the SA that sealed it: anything else would be LAN plaintext
+                // on the WAN, or one tunnel's traffic sent to another's peer.
+                EncapVerdict::Send(peer) if *mark == Mark::Sealed { peer } => self.send(peer, p.data()),
+                EncapVerdict::Send(_) => lies += 1,
+                EncapVerdict::Drop(r) => {
+                    debug!(reason = r.name(), "outbound drop");
+                    self.stats.out_drop(r);
+                    // Traffic without an SA may start a `trap` connection.
+                    if r == DropReason::NoPolicy
+                        && last_acquire.elapsed() > ACQUIRE_INTERVAL
+                        && let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data()))
+                    {
+                        up.send(Report::Acquire { dst: ip.dst_addr().into() });
+                        *last_acquire = Instant::now();
+                    }
+                }
+            }
+        }
+        self.protocol_errors(g, "outbound", lies);
+    }
+
     /// Read up to a batch of inner packets from the TUN device.
-    fn read_tun(&self, inst: &mut EspInstance) -> usize {
-        let st = inst.store.data_mut();
+    fn read_tun(&mut self) -> usize {
         let mut n = 0;
-        while n < self.batch {
-            match self.tun.recv(st.batch[n].recv_area()) {
+        while n < self.staging.len() {
+            match self.tun.recv(self.staging[n].recv_area()) {
                 Ok(len) => {
-                    st.batch[n].set_received(len);
+                    self.staging[n].set_received(len);
                     n += 1;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,

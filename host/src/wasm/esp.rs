@@ -4,7 +4,7 @@
 use anyhow::Result;
 use wasmsec_wire::esp;
 use wasmtime::component::{HasSelf, Resource};
-use wasmtime::{Engine, Store, StoreLimits};
+use wasmtime::{Engine, Store};
 
 use super::bindings::esp as b;
 use super::{WasmContext, sandbox, wit_error};
@@ -40,7 +40,7 @@ pub enum Mark {
 
 /// Per-store host state.
 pub struct GuestState {
-    limits: StoreLimits,
+    limits: sandbox::GuestLimits,
     /// The key handles this instance may use, each bound to one SA and direction.
     pub keys: KeyTable,
     /// The batch lent to the guest during `encap`/`decap`.
@@ -55,7 +55,7 @@ pub struct GuestState {
 }
 
 impl sandbox::Limited for GuestState {
-    fn limits(&mut self) -> &mut StoreLimits {
+    fn limits(&mut self) -> &mut sandbox::GuestLimits {
         &mut self.limits
     }
 }
@@ -195,7 +195,7 @@ pub struct EspInstance {
 
 impl EspInstance {
     fn e(&mut self) -> (&b::exports::wasmsec::esp::engine::Guest, &mut Store<GuestState>) {
-        self.store.set_epoch_deadline(sandbox::CALL_DEADLINE_TICKS);
+        self.store.set_epoch_deadline(sandbox::ESP_CALL_DEADLINE_TICKS);
         (self.bindings.wasmsec_esp_engine(), &mut self.store)
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use wasmtime::component::HasSelf;
-use wasmtime::{Engine, Store, StoreLimits};
+use wasmtime::{Engine, Store};
 use zeroize::Zeroizing;
 
 use super::bindings::ike as b;
@@ -24,7 +24,7 @@ pub use b::wasmsec::net::types::Endpoint;
 
 /// Per-store host state of the IKE instance.
 pub struct IkeState {
-    limits: StoreLimits,
+    limits: sandbox::GuestLimits,
     vault: wasmsec_crypto::Vault,
     esp_keys: Arc<Keystore>,
     /// Wireshark key export (opt-in): IKE SA keys appended here.
@@ -43,6 +43,10 @@ pub struct IkeState {
     derived: HashMap<u64, (u64, EspAlgorithm)>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
+    /// Requests the vault refused as breaking its rules (a key used for
+    /// the other side or kind, nonces used twice): guest protocol errors,
+    /// collected by the control thread.
+    pub refusals: u64,
     /// The engine's latest checkpoint of each established IKE SA, by our
     /// SPI: what a replacement instance starts from.
     pub checkpoints: BTreeMap<u64, Vec<u8>>,
@@ -66,7 +70,17 @@ impl IkeState {
             derived: HashMap::new(),
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
+            refusals: 0,
         }
+    }
+
+    /// Answer a refused request, counting it if it broke a rule (as opposed
+    /// to, say, a bad value from the peer).
+    fn refused(&mut self, e: wasmsec_crypto::CryptoError) -> WitError {
+        if e == wasmsec_crypto::CryptoError::WrongKeyKind {
+            self.refusals += 1;
+        }
+        wit_error(e)
     }
 
     /// Keep the engine's latest checkpoints (`None`: the SA is gone).
@@ -96,6 +110,11 @@ impl IkeState {
             }
             _ => false,
         }
+    }
+
+    /// The most linear memory the IKE guest has held, in bytes.
+    pub fn memory_peak(&self) -> usize {
+        self.limits.peak()
     }
 
     /// Live secrets in the vault (IKE SAs, DH values, PSKs).
@@ -141,7 +160,7 @@ fn vault_suite(s: IkeSuite) -> wasmsec_crypto::IkeSuite {
 }
 
 impl sandbox::Limited for IkeState {
-    fn limits(&mut self) -> &mut StoreLimits {
+    fn limits(&mut self) -> &mut sandbox::GuestLimits {
         &mut self.limits
     }
 }
@@ -178,7 +197,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             spi_r: x.spi_r,
             we_initiated: x.we_initiated,
         };
-        let h = self.vault.derive_ike_sa(old, &kx).map_err(wit_error)?;
+        let h = self.vault.derive_ike_sa(old, &kx).map_err(|e| self.refused(e))?;
         self.export_keys(h);
         Ok(h)
     }
@@ -192,7 +211,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         inner: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
         let h: [u8; 28] = header.as_slice().try_into().map_err(|_| WitError::BadLength)?;
-        let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(wit_error)?;
+        let m = self.vault.encrypt(sa, from_initiator, &h, first, &inner).map_err(|e| self.refused(e))?;
         Ok(self.seen_by_guest(m))
     }
 
@@ -203,7 +222,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         message: Vec<u8>,
         sk_offset: u32,
     ) -> Result<Vec<u8>, WitError> {
-        let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(wit_error)?;
+        let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(|e| self.refused(e))?;
         Ok(self.seen_by_guest(p.to_vec()))
     }
 
@@ -216,7 +235,10 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         nonce: Vec<u8>,
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        let a = self.vault.psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body).map_err(wit_error)?;
+        let a = self
+            .vault
+            .psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body)
+            .map_err(|e| self.refused(e))?;
         Ok(self.seen_by_guest(a))
     }
 
@@ -233,7 +255,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             we_initiated: k.we_initiated,
             pfs: k.pfs.as_ref().map(|(dh, public)| (*dh, &public[..])),
         };
-        let km = self.vault.child_keymat(&keying).map_err(wit_error)?;
+        let km = self.vault.child_keymat(&keying).map_err(|e| self.refused(e))?;
         let (out, inb) = (km.outbound, km.inbound);
         let exports = if self.esp_keylog {
             Some((crate::keylog::esp_sa_keys(alg, &out), crate::keylog::esp_sa_keys(alg, &inb)))

@@ -52,8 +52,9 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
 pub struct Runtime {
     /// The wasmtime engine, with the sandbox's settings.
     engine: Engine,
-    /// The ESP component, compiled and linked.
-    esp: esp::EspPre,
+    /// The ESP components, compiled and linked: the project's first, then
+    /// any other a tunnel names (`esp_component`), one per guest group.
+    esp: Vec<esp::EspPre>,
     /// The IKE component, compiled and linked (None: not loaded).
     ike: Option<ike::IkePre>,
     /// Set on drop to stop the epoch ticker thread.
@@ -79,7 +80,7 @@ impl Runtime {
     /// Also compile the IKE component, if `ike_path` is given.
     pub fn with_ike(esp_path: &Path, ike_path: Option<&Path>) -> Result<Runtime> {
         let engine = sandbox::engine()?;
-        let esp = esp::EspPre::load(&engine, &load(&engine, esp_path, "ESP")?)?;
+        let esp = vec![esp::EspPre::load(&engine, &load(&engine, esp_path, "ESP")?)?];
         let ike = match ike_path {
             Some(p) => Some(ike::IkePre::load(&engine, &load(&engine, p, "IKE")?)?),
             None => None,
@@ -105,8 +106,26 @@ impl Runtime {
         pre.instantiate(&self.engine, state)
     }
 
-    /// A fresh ESP instance in its own store.
+    /// Compile another ESP component, for the tunnels that name it; returns
+    /// its guest group's index.
+    pub fn add_esp(&mut self, path: &Path) -> Result<usize> {
+        self.esp.push(esp::EspPre::load(&self.engine, &load(&self.engine, path, "ESP")?)?);
+        Ok(self.esp.len() - 1)
+    }
+
+    /// How many ESP components (guest groups) there are.
+    pub fn esp_groups(&self) -> usize {
+        self.esp.len()
+    }
+
+    /// A fresh instance of the project's ESP component in its own store.
     pub fn esp_instance(&self) -> Result<esp::EspInstance> {
-        self.esp.instantiate(&self.engine)
+        self.esp_instance_of(0)
+    }
+
+    /// A fresh instance of guest group `group`'s ESP component.
+    pub fn esp_instance_of(&self, group: usize) -> Result<esp::EspInstance> {
+        let pre = self.esp.get(group).ok_or_else(|| anyhow::anyhow!("no ESP guest group {group}"))?;
+        pre.instantiate(&self.engine)
     }
 }

@@ -8,15 +8,21 @@ use std::time::Duration;
 use anyhow::Result;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
+    StoreLimitsBuilder,
 };
 
 use super::WasmContext;
 
 /// Memory a guest instance may grow to.
 pub(crate) const GUEST_MEMORY_LIMIT: usize = 32 << 20;
-/// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]).
+/// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]): an
+/// IKE call (key derivations go to the host, but MODP is slow).
 pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
+/// The same for one ESP batch call, which takes microseconds: a guest that
+/// does not return holds its thread (and the other groups on it) for at
+/// most about 100 ms before it is replaced.
+pub(crate) const ESP_CALL_DEADLINE_TICKS: u64 = 10;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The engine all guests share.
@@ -35,9 +41,53 @@ pub(crate) fn engine() -> Result<Engine> {
     Engine::new(&config).context("configuring wasmtime")
 }
 
+/// A store's limits (memory and instances), and the most linear memory its
+/// guest has held: what the status reports, so a test can show that a
+/// flood does not make a guest grow.
+#[derive(Debug)]
+pub struct GuestLimits {
+    /// What the store enforces.
+    limits: StoreLimits,
+    /// The largest linear memory granted so far, in bytes.
+    peak: usize,
+}
+
+impl GuestLimits {
+    /// The most linear memory the guest has held, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let granted = self.limits.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// A store's limits: memory and instances.
-pub(crate) fn store_limits() -> StoreLimits {
-    StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build()
+pub(crate) fn store_limits() -> GuestLimits {
+    GuestLimits { limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(), peak: 0 }
 }
 
 /// Link a component against the host's imports (`add` puts them in the
@@ -55,7 +105,7 @@ pub(crate) fn link<T: 'static>(
 
 /// A guest's store data: it carries the [`store_limits`] its store enforces.
 pub(crate) trait Limited: 'static {
-    fn limits(&mut self) -> &mut StoreLimits;
+    fn limits(&mut self) -> &mut GuestLimits;
 }
 
 /// A store for one guest instance: its memory cap, and a deadline for the

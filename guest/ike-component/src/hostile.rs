@@ -1,0 +1,49 @@
+//! Tests only (feature `hostile`, built as `hostile-ike.wasm`): the real IKE
+//! engine with one attack on the host, chosen by the name of the first
+//! connection loaded:
+//!
+//! | connection name         | attack |
+//! |-------------------------|--------|
+//! | `hostile-derive-twice`  | every CHILD SA's keys are derived a second time from the same nonces |
+//! | `hostile-swap-handles`  | CHILD SAs are installed with their inbound and outbound key handles swapped |
+//! | `hostile-wrong-ske`     | every message is encrypted with the peer's SK_e |
+//!
+//! The host must refuse each (and count it); the IKE SA may fail, the host
+//! must not: no key is handed out twice, no SA with swapped keys is
+//! installed, nothing is encrypted under the peer's key.
+use std::cell::Cell;
+
+/// The attack this instance makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attack {
+    None,
+    DeriveTwice,
+    SwapHandles,
+    WrongSke,
+}
+
+thread_local! {
+    static ATTACK: Cell<Attack> = const { Cell::new(Attack::None) };
+}
+
+/// Pick the attack from a connection's name (the first one decides).
+pub fn choose(connection: &str) {
+    if ATTACK.get() != Attack::None {
+        return;
+    }
+    ATTACK.set(match connection {
+        "hostile-derive-twice" => Attack::DeriveTwice,
+        "hostile-swap-handles" => Attack::SwapHandles,
+        "hostile-wrong-ske" => Attack::WrongSke,
+        _ => Attack::None,
+    });
+}
+
+pub fn attack() -> Attack {
+    ATTACK.get()
+}
+
+/// For `WrongSke`: encrypt as the other side would.
+pub fn encrypt_as_initiator(from_initiator: bool) -> bool {
+    if attack() == Attack::WrongSke { !from_initiator } else { from_initiator }
+}

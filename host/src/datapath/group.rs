@@ -1,0 +1,122 @@
+//! Guest groups. Each tunnel is served by the ESP component its config
+//! names (`esp_component`; the project's own by default), and the tunnels
+//! of one component form a group: per direction, one instance holding
+//! their SAs. A packet goes to its group's instance only (outbound by the
+//! selectors of the group's SAs, inbound by SPI), so a guest that lies,
+//! loops, hoards memory or traps is refused, counted and replaced within
+//! its group while the other groups' tunnels carry on.
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use wasmsec_wire::ip::{Address, Selectors};
+
+use super::SaSet;
+use super::guard::GuestGuard;
+use crate::packet::PacketBuf;
+use crate::wasm::Runtime;
+use crate::wasm::esp::{EspInstance, TrafficSelector};
+
+/// One group's guest in one direction.
+pub struct Group {
+    /// The runtime's index of its ESP component.
+    pub component: usize,
+    /// The instance serving its tunnels.
+    pub inst: EspInstance,
+    /// The SAs it holds, to install again in a replacement.
+    pub sas: SaSet,
+    /// Its protocol errors and replacements.
+    pub guard: GuestGuard,
+    /// A replacement waits for its backoff until then; meanwhile the
+    /// group's packets are dropped (counted), and no other group waits.
+    pub suspended_until: Option<Instant>,
+}
+
+impl Group {
+    /// The group of component `component` with these SAs, instantiated.
+    pub fn new(rt: &Runtime, component: usize, sas: SaSet) -> Result<Group> {
+        let inst = sas.instantiate(rt, component)?;
+        Ok(Group { component, inst, sas, guard: GuestGuard::default(), suspended_until: None })
+    }
+
+    /// Give the instance room for `n` packets.
+    pub fn ensure_buffers(&mut self, n: usize) {
+        let b = &mut self.inst.store.data_mut().batch;
+        if b.len() < n {
+            b.resize_with(n, PacketBuf::new);
+        }
+    }
+
+    /// Does an outbound SA of this group take a packet with these fields?
+    fn sends(&self, s: &Selectors) -> bool {
+        self.sas.outbound.iter().any(|sa| {
+            any_covers(&sa.local_ts, &s.src, s.protocol, s.src_port())
+                && any_covers(&sa.remote_ts, &s.dst, s.protocol, s.dst_port())
+        })
+    }
+}
+
+/// The groups of one direction, and which group each SPI belongs to.
+#[derive(Default)]
+pub struct Groups {
+    /// Group 0 serves whatever no other group claims.
+    pub list: Vec<Group>,
+    /// SPI -> group, for SAs installed in this direction.
+    pub by_spi: HashMap<u32, usize>,
+}
+
+impl Groups {
+    /// The group an outbound packet belongs to: the first whose SAs' selectors
+    /// take it, else group 0 (whose guest then drops it: no policy).
+    pub fn route_out(&self, packet: &[u8]) -> usize {
+        if self.list.len() < 2 {
+            return 0;
+        }
+        let Ok(s) = Selectors::parse(packet) else { return 0 };
+        self.list.iter().position(|g| g.sends(&s)).unwrap_or(0)
+    }
+
+    /// The group an inbound ESP packet belongs to, by its SPI (group 0 for
+    /// an SPI nobody installed: its guest counts it).
+    pub fn route_in(&self, spi: Option<u32>) -> usize {
+        spi.and_then(|s| self.by_spi.get(&s).copied()).unwrap_or(0)
+    }
+}
+
+fn any_covers(ts: &[TrafficSelector], addr: &Address, protocol: u8, port: Option<u16>) -> bool {
+    ts.iter().any(|t| covers(t, addr, protocol, port))
+}
+
+/// Does selector `t` (RFC 7296 section 3.13.1) cover this address, protocol
+/// and port? An OPAQUE port (none) is covered only by the full range.
+fn covers(t: &TrafficSelector, addr: &Address, protocol: u8, port: Option<u16>) -> bool {
+    let a: &[u8] = match addr {
+        Address::V4(a) => a,
+        Address::V6(a) => a,
+    };
+    let in_range = a.len() == t.start_address.len() && t.start_address[..] <= *a && *a <= t.end_address[..];
+    let proto_ok = t.ip_protocol == 0 || t.ip_protocol == protocol;
+    let port_ok = match port {
+        Some(p) => t.start_port <= p && p <= t.end_port,
+        None => t.start_port == 0 && t.end_port == u16::MAX,
+    };
+    in_range && proto_ok && port_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_cover_addresses_protocols_and_ports() {
+        let net = TrafficSelector::addresses(vec![10, 1, 0, 0], vec![10, 1, 0, 255]);
+        assert!(covers(&net, &Address::V4([10, 1, 0, 7]), 6, Some(443)));
+        assert!(!covers(&net, &Address::V4([10, 1, 1, 7]), 6, Some(443)));
+        assert!(!covers(&net, &Address::V6([0; 16]), 6, Some(443)));
+        let https = TrafficSelector { ip_protocol: 6, start_port: 443, end_port: 443, ..net.clone() };
+        assert!(covers(&https, &Address::V4([10, 1, 0, 7]), 6, Some(443)));
+        assert!(!covers(&https, &Address::V4([10, 1, 0, 7]), 17, Some(443)));
+        assert!(!covers(&https, &Address::V4([10, 1, 0, 7]), 6, None), "a fragment is not known to be HTTPS");
+        assert!(covers(&net, &Address::V4([10, 1, 0, 7]), 6, None));
+    }
+}

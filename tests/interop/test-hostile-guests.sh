@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Deliberately hostile guests under the real host (tests/hostile/esp and
+# the IKE component built with its `hostile` feature). Gateway A serves two
+# manually keyed tunnels to gateway B: "honest" (198.18.1.0/24 <->
+# 198.18.2.0/24, the project's ESP component) and "hostile"
+# (198.18.11.0/24 <-> 198.18.12.0/24, hostile-esp.wasm, whose attack the
+# SPI picks). For each attack, pings cross both tunnels while A's WAN is
+# captured; then:
+#  - the attack was refused and counted (guest protocol errors), or the
+#    guest was replaced (loop, hoarding, trap);
+#  - no unsealed packet reached the WAN (no UDP/4500 payload that is an IP
+#    packet between the LANs), and nothing unopened reached the TUN (A wrote
+#    to it exactly the packets the honest tunnel delivered);
+#  - the honest tunnel kept forwarding throughout (at most 5 % ping loss).
+# Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
+# swapped key handles, or encrypts with the peer's SK_e, against an honest
+# wasmsec B; the host refuses and counts each while the honest manual tunnel
+# keeps forwarding.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
+COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
+[ -f "$COMPONENTS/hostile-esp.wasm" ] || { echo "no $COMPONENTS/hostile-esp.wasm (cargo xtask test builds it)"; exit 1; }
+HONEST_A=0x00001001 HONEST_B=0x00001002
+PINGS=60
+
+key() { (umask 077; python3 -c 'import os; print(os.urandom(36).hex())' >"$1"); }
+
+# conf ME REMOTE SRC_GW OUT_SPI IN_SPI HOSTILE_OUT HOSTILE_IN HOSTILE_COMPONENT EXTRA DIR
+conf() {
+    local me=$1 remote=$2 gw=$3 out=$4 in=$5 hout=$6 hin=$7 comp=${8:-} extra=${9:-} d=${10}
+    local lan rlan hlan hrlan
+    if [ "$me" = $WAN_A ]; then lan=198.18.1.0/24 rlan=198.18.2.0/24 hlan=198.18.11.0/24 hrlan=198.18.12.0/24
+    else lan=198.18.2.0/24 rlan=198.18.1.0/24 hlan=198.18.12.0/24 hrlan=198.18.11.0/24; fi
+    cat <<CONF
+[tunnel]
+source = "$gw"
+[network]
+listen = "$me"
+[control]
+socket = "$d/ctl.sock"
+$extra
+[runtime]
+components = "$COMPONENTS"
+state_dir = "$d/state"
+[[manual]]
+name = "honest"
+remote_address = "$remote"
+local_ts = ["$lan"]
+remote_ts = ["$rlan"]
+out_spi = "$out"
+out_key = "file:$( [ "$me" = $WAN_A ] && echo a-b || echo b-a )"
+in_spi = "$in"
+in_key = "file:$( [ "$me" = $WAN_A ] && echo b-a || echo a-b )"
+[[manual]]
+name = "hostile"
+remote_address = "$remote"
+local_ts = ["$hlan"]
+remote_ts = ["$hrlan"]
+out_spi = "$hout"
+out_key = "file:$( [ "$me" = $WAN_A ] && echo ha-b || echo hb-a )"
+in_spi = "$hin"
+in_key = "file:$( [ "$me" = $WAN_A ] && echo hb-a || echo ha-b )"
+${comp:+esp_component = \"$comp\"}
+CONF
+}
+
+start() { # NS DIR
+    ip netns exec "$1" "$WASMSEC_BIN" run --config "$2/wasmsec.toml" --stats-file "$2/stats.json" \
+        >"$2/wasmsec.log" 2>&1 </dev/null &
+    PIDS+=($!)
+    echo $! >"$2/pid"
+    # Up once it writes its counters (the control socket exists only with IKE).
+    local i; for i in $(seq 100); do [ -s "$2/stats.json" ] && return 0; sleep 0.1; done
+    cat "$2/wasmsec.log"; return 1
+}
+stop() { kill -TERM "$(cat "$1/pid")" 2>/dev/null; for _ in $(seq 50); do kill -0 "$(cat "$1/pid")" 2>/dev/null || return 0; sleep 0.1; done; }
+counter() { stat "$1/stats.json" "$2"; }
+
+# leaks PCAP: UDP/4500 payloads that are IP packets between the LANs.
+leaks() {
+    python3 - "$1" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+link, off, n = struct.unpack_from("<I", data, 20)[0], 24, 0
+lans = [bytes([198, 18, x]) for x in (1, 2, 11, 12)]
+while off + 16 <= len(data):
+    incl = struct.unpack_from("<I", data, off + 8)[0]
+    pkt = data[off + 16: off + 16 + incl]; off += 16 + incl
+    ip = pkt[14:] if link == 1 else pkt[16:]
+    if len(ip) < 20 or ip[9] != 17:
+        continue
+    inner = ip[(ip[0] & 15) * 4 + 8:]
+    if len(inner) >= 20 and inner[0] >> 4 == 4 and inner[12:15] in lans and inner[16:19] in lans:
+        n += 1
+print(n)
+PY
+}
+
+topo_up
+nsx wsi-hosta ip addr add 198.18.11.10/24 dev eth0
+nsx wsi-hosta ip route add 198.18.12.0/24 via 198.18.1.1
+nsx wsi-hostb ip addr add 198.18.12.10/24 dev eth0
+nsx wsi-hostb ip route add 198.18.11.0/24 via 198.18.2.1
+nsx wsi-gwa ip addr add 198.18.11.1/24 dev lan0
+nsx wsi-gwb ip addr add 198.18.12.1/24 dev lan0
+
+run_esp_attack() { # SPI_HIGH WHAT DIRECTION(out|in)
+    local hi=$1 what=$2 dir=$3 A=$STATE/esp-$1/A B=$STATE/esp-$1/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    # A's hostile tunnel: its outbound SPI picks the encap attack, its
+    # inbound SPI the decap attack (tests/hostile/esp/src/lib.rs).
+    local hout=0x${hi}000011 hin=0x${hi}000012
+    conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B $hout $hin "$COMPONENTS/hostile-esp.wasm" "" "$A" >"$A/wasmsec.toml"
+    conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A $hin $hout "" "" "$B" >"$B/wasmsec.toml"
+    start wsi-gwa "$A" && start wsi-gwb "$B" || return 1
+    ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" udp port 4500 2>/dev/null &
+    local cap=$!
+    sleep 1
+    nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 &
+    local honest=$!
+    if [ "$dir" = out ]; then
+        nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 -I 198.18.11.10 198.18.12.10 >"$A/hostile.out" 2>&1 &
+    else
+        nsx wsi-hostb ping -n -i 0.1 -c $PINGS -W 1 -I 198.18.12.10 198.18.11.10 >"$A/hostile.out" 2>&1 &
+    fi
+    local hostile=$!
+    wait $honest $hostile || true
+    sleep 0.5
+    kill -INT $cap; wait $cap 2>/dev/null || true
+    stop "$A"; stop "$B"
+    local got errors restarts leaked tun replies
+    got=$(grep -c "bytes from" "$A/honest.out" || true)
+    errors=$(counter "$A" guest_protocol_errors); restarts=$(counter "$A" guest_restarts)
+    leaked=$(leaks "$A/wan.pcap"); tun=$(counter "$A" tun_tx_packets)
+    echo "$what: honest pings $got/$PINGS; A: $errors protocol errors, $restarts replacements, $tun packets to its TUN; $leaked leaks on the WAN"
+    case $hi in
+        a1|a2|a3) check "$what: refused and counted ($errors)" [ "$errors" -gt 0 ] ;;
+        *) check "$what: the guest was replaced ($restarts)" [ "$restarts" -gt 0 ] ;;
+    esac
+    check "$what: nothing unsealed on the WAN ($leaked)" [ "$leaked" -eq 0 ]
+    check "$what: A's TUN got only the honest tunnel's replies ($tun <= $got)" [ "$tun" -le "$got" ]
+    check "$what: the honest tunnel kept forwarding ($got/$PINGS)" [ "$got" -ge $((PINGS * 95 / 100)) ]
+}
+
+run_esp_attack a1 "Send of unsealed packets" out
+run_esp_attack a2 "sealing with an inbound key" in
+run_esp_attack a3 "Deliver of unopened packets" in
+run_esp_attack a4 "a guest that never returns" out
+run_esp_attack a5 "a guest that allocates without bound" out
+run_esp_attack a6 "a guest that traps on every batch" out
+
+# ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
+ike_conf() {
+    cat <<CONF
+[[connection]]
+name = "$1"
+local_addrs = ["$2"]
+remote_addrs = ["$3"]
+local_id = "$4"
+remote_id = "$5"
+psk = "file:psk"
+start_action = "$8"
+[[connection.children]]
+name = "net"
+local_ts = ["$6"]
+remote_ts = ["$7"]
+CONF
+}
+
+# IKE attacks: A's IKE guest is hostile; its only connection's name picks
+# the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.
+run_ike_attack() { # NAME WHAT
+    local name=$1 what=$2 A=$STATE/$1/A B=$STATE/$1/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00002001 0x00002002 "" "" "$A"
+      ike_conf "$name" $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } |
+        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00002002 0x00002001 "" "" "$B"
+      ike_conf "$name" $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
+    local got errors child
+    local alive=no
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    got=$(grep -c "bytes from" "$A/honest.out" || true)
+    errors=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_protocol_errors"])')
+    child=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["child_sas"]))')
+    stop "$A"; stop "$B"
+    echo "$what: honest pings $got/$PINGS; A: $errors protocol errors, $child CHILD SAs installed"
+    check "$what: refused and counted ($errors)" [ "$errors" -gt 0 ]
+    case $name in
+        hostile-swap-handles) check "$what: no CHILD SA with swapped keys was installed ($child)" [ "$child" -eq 0 ] ;;
+        hostile-wrong-ske) check "$what: nothing went out under the peer's key: no IKE SA, no CHILD SA ($child)" [ "$child" -eq 0 ] ;;
+    esac
+    check "$what: the honest tunnel kept forwarding ($got/$PINGS)" [ "$got" -ge $((PINGS * 95 / 100)) ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
+run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
+run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
+run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
+finish
