@@ -56,23 +56,18 @@ pub fn parse(mut b: &[u8]) -> Result<Vec<Proposal>> {
             if tlen < 8 || tlen > t.len() || (t[0] == 0) != (i + 1 == n) {
                 return Err(Error::Malformed);
             }
-            let mut attrs = &t[8..tlen];
-            let mut key_len = None;
-            while !attrs.is_empty() {
-                need(attrs, 4)?;
-                let at = be16(attrs, 0);
-                if at & 0x8000 != 0 {
-                    if at & 0x7fff == ATTR_KEY_LENGTH {
-                        key_len = Some(be16(attrs, 2));
-                    }
-                    attrs = &attrs[4..];
-                } else {
-                    // TLV attributes: skipped (none are defined for IKEv2 transforms).
-                    let alen = 4 + usize::from(be16(attrs, 2));
-                    need(attrs, alen)?;
-                    attrs = &attrs[alen..];
+            // Section 3.3.5: Key Length (TV) is the one attribute IKEv2
+            // defines. Anything else, or a second Key Length, is refused
+            // here rather than dropped: a transform whose attributes were
+            // silently ignored could be accepted for what it is not, and
+            // what we parse must be what we would emit.
+            let key_len = match &t[8..tlen] {
+                [] => None,
+                [a, b, k0, k1] if u16::from_be_bytes([*a, *b]) == 0x8000 | ATTR_KEY_LENGTH => {
+                    Some(u16::from_be_bytes([*k0, *k1]))
                 }
-            }
+                _ => return Err(Error::Malformed),
+            };
             transforms.push(Transform { kind: t[4].into(), id: be16(t, 6), key_len });
             t = &t[tlen..];
         }
@@ -109,5 +104,37 @@ pub fn emit(props: &[Proposal], out: &mut Vec<u8>) {
         }
         let len = (out.len() - start) as u16;
         out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// One proposal with one ENCR transform whose attributes are `attrs`.
+    fn with_attrs(attrs: &[u8]) -> Vec<u8> {
+        let tlen = 8 + attrs.len() as u16;
+        let plen = 8 + tlen;
+        let mut b = vec![0, 0];
+        b.extend(plen.to_be_bytes());
+        b.extend([1, 1, 0, 1, 0, 0]);
+        b.extend(tlen.to_be_bytes());
+        b.extend([1, 0, 0, 20]);
+        b.extend_from_slice(attrs);
+        b
+    }
+
+    #[test]
+    fn only_one_key_length_attribute_is_accepted() {
+        let p = parse(&with_attrs(&[0x80, 14, 1, 0])).unwrap();
+        assert_eq!(p[0].transforms[0].key_len, Some(256));
+        let mut again = Vec::new();
+        emit(&p, &mut again);
+        assert_eq!(again, with_attrs(&[0x80, 14, 1, 0]));
+        // A second Key Length, an unknown TV attribute, a TLV attribute.
+        for attrs in [&[0x80, 14, 1, 0, 0x80, 14, 0, 128][..], &[0x80, 15, 0, 1], &[0, 14, 0, 2, 1, 0]] {
+            assert_eq!(parse(&with_attrs(attrs)), Err(Error::Malformed), "{attrs:?}");
+        }
     }
 }
