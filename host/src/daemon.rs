@@ -270,6 +270,7 @@ struct ControlParts<'a> {
     keystore: &'a Arc<Keystore>,
     udp: &'a UdpSocket,
     up: crate::datapath::channel::Receiver<Report>,
+    queries: crate::datapath::channel::Receiver<crate::ops::Query>,
     outbound: Sender<SaCommand>,
     inbound: Sender<SaCommand>,
     stats: &'a Arc<Stats>,
@@ -313,6 +314,8 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
         up: p.up,
         listener: control_listener(cfg.control.socket.as_deref())?,
+        queries: p.queries,
+        totals: Default::default(),
         stats: p.stats.clone(),
         traps,
         children,
@@ -422,12 +425,14 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let (to_outbound, out_inbox) = channel::<SaCommand>()?;
     let (to_inbound, in_inbox) = channel::<SaCommand>()?;
     let (up_tx, up_rx) = channel::<Report>()?;
+    let (query_tx, query_rx) = channel::<crate::ops::Query>()?;
     let control = if with_ike {
         let parts = ControlParts {
             runtime: &runtime,
             keystore: &keystore,
             udp: &udp,
             up: up_rx,
+            queries: query_rx,
             outbound: to_outbound.try_clone()?,
             inbound: to_inbound,
             stats: &stats,
@@ -477,6 +482,14 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         Some(c) => Some(std::thread::Builder::new().name("ike".into()).spawn(move || c.run())?),
         None => None,
     };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let t_ops = match cfg.control.metrics {
+        Some(listen) => {
+            let control = t_ike.is_some().then_some(query_tx);
+            Some(crate::ops::spawn(listen, crate::ops::Ops { stats: stats.clone(), control, ready: ready.clone() })?)
+        }
+        None => None,
+    };
 
     while !sys::stop_requested() {
         std::thread::sleep(Duration::from_millis(250));
@@ -487,8 +500,12 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             sys::request_stop();
         }
     }
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = t_out.join();
     let _ = t_in.join();
+    if let Some(t) = t_ops {
+        let _ = t.join();
+    }
     if let Some(t) = t_ike {
         let _ = t.join();
     }

@@ -8,6 +8,8 @@
 //! - [`datapath`]: the packet threads (TUN <-> ESP component <-> sockets)
 //! - [`control`]: the IKE thread, the hand-off of CHILD SAs to the data
 //!   path, the admin socket
+//! - [`ops`]: the operator interfaces on one tokio thread: `/metrics`,
+//!   `/healthz`, `/readyz`; [`telemetry`]: guest call metrics
 //! - [`daemon`], [`demo`]: `wasmsec run` and `wasmsec demo`
 #![deny(unsafe_code)] // except in `sys`, the one module that talks to libc
 
@@ -18,7 +20,9 @@ pub mod datapath;
 pub mod demo;
 pub mod keylog;
 pub mod keys;
+pub mod ops;
 pub mod packet;
 pub mod stats;
 pub mod sys;
+pub mod telemetry;
 pub mod wasm;

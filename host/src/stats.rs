@@ -1,6 +1,7 @@
 //! Data-plane counters. Every dropped packet is counted under its reason;
-//! nothing is dropped silently. (Prometheus export comes with the
-//! operations work; for now a JSON snapshot.)
+//! nothing is dropped silently. `/metrics` exports them
+//! ([`crate::ops::render`]); `--stats-file` and `wasmsec ctl status` show a
+//! JSON snapshot.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wasm::esp::DropReason;
@@ -60,6 +61,10 @@ impl Stats {
 
     pub fn in_drop(&self, r: DropReason) {
         inc(&self.in_drops[r.index()]);
+    }
+
+    pub fn out_drops(&self, r: DropReason) -> u64 {
+        self.out_drops[r.index()].load(Ordering::Relaxed)
     }
 
     pub fn in_drops(&self, r: DropReason) -> u64 {

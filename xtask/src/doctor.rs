@@ -299,6 +299,8 @@ fn test_checks() -> Vec<Finding> {
         tool("nft", "nft", &["--version"], "nftables"),
         tool("conntrack", "conntrack", &["--version"], "conntrack"),
         tool("iperf3", "iperf3", &["--version"], "iperf3"),
+        tool("promtool (checks /metrics)", "promtool", &["--version"], "prometheus"),
+        tool("prometheus (scrapes wasmsec in a test)", "prometheus", &["--version"], "prometheus"),
         tshark_esp(),
     ];
     v.extend(strongswan());

@@ -362,6 +362,7 @@ impl wit::Guest for Component {
             oversize: s.oversize,
             integrity_failed: s.integrity_failed,
             unexpected: s.unexpected,
+            handshakes_started: s.handshakes_started,
             ike_established: s.ike_established,
             child_installed: s.child_installed,
             auth_failed: s.auth_failed,
@@ -382,6 +383,8 @@ impl wit::Guest for Component {
             temporary_failures: s.temporary_failures,
             lifetime_soft: s.lifetime_soft,
             lifetime_hard: s.lifetime_hard,
+            child_rekeys: s.child_rekeys,
+            ike_rekeys: s.ike_rekeys,
             reauths: s.reauths,
         }
     }

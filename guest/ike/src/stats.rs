@@ -21,6 +21,9 @@ pub struct Stats {
     pub integrity_failed: u64,
     /// Message IDs out of window, unsolicited responses.
     pub unexpected: u64,
+    /// IKE SA set-ups begun: IKE_SA_INIT sent as initiator (reauthentication
+    /// included) or answered as responder.
+    pub handshakes_started: u64,
     /// IKE SAs established, rekeyed ones included.
     pub ike_established: u64,
     /// CHILD SAs installed in the ESP engine.
@@ -56,6 +59,10 @@ pub struct Stats {
     pub lifetime_soft: u64,
     /// CHILD SAs that reached a hard lifetime.
     pub lifetime_hard: u64,
+    /// CHILD SAs rekeyed: a new SA replaced an old one (section 2.8).
+    pub child_rekeys: u64,
+    /// IKE SAs rekeyed (section 2.18).
+    pub ike_rekeys: u64,
     /// Reauthentications started.
     pub reauths: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.

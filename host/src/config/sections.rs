@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::values::{self, Identity, KeySource, Prefix, Proposals, Spi};
 use crate::keys::EspAlgorithm;
 
-/// The local admin socket (`wasmsec ctl`).
+/// The local admin socket (`wasmsec ctl`) and the metrics listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Control {
@@ -20,6 +20,11 @@ pub struct Control {
     /// call, to prove that it is restarted from its checkpoints). Tests only.
     #[serde(default)]
     pub fault_injection: bool,
+    /// `/metrics`, `/healthz` and `/readyz` over HTTP on this address and
+    /// port (`"127.0.0.1:9469"`, or `"0.0.0.0:9469"` in a pod); off by
+    /// default. Unauthenticated: bind it where only the scraper reaches.
+    #[serde(default)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// IKE daemon settings.

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
 use crate::datapath::guard::GuestGuard;
+use crate::ops::{IkeTotals, IkeView, Query};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
@@ -56,6 +57,11 @@ pub struct ControlPlane {
     pub up: Receiver<Report>,
     /// `wasmsec ctl` connections.
     pub listener: Option<UnixListener>,
+    /// Questions from the ops thread (metrics, probes).
+    pub queries: Receiver<Query>,
+    /// The engine's counters over the daemon's life (across guest
+    /// replacements), as last observed.
+    pub totals: IkeTotals,
     /// Counters shared with the data path and the stats file.
     pub stats: Arc<Stats>,
     /// Connections started by traffic.
@@ -78,7 +84,7 @@ impl ControlPlane {
         if let Err(e) = self.start(Self::now(start)) {
             return self.fatal(e);
         }
-        let mut fds = vec![self.sockets.ike.as_raw_fd(), self.up.as_raw_fd()];
+        let mut fds = vec![self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
         if let Some(l) = &self.listener {
             fds.push(l.as_raw_fd());
         }
@@ -126,6 +132,7 @@ impl ControlPlane {
     /// succession back off (the guard of the data path's guests).
     fn recover(&mut self, trap: anyhow::Error, now: u64) -> anyhow::Result<()> {
         crate::stats::inc(&self.stats.guest_restarts);
+        self.totals.guest_replaced();
         let wait = self.guard.replacement_wait(Instant::now());
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
         std::thread::sleep(wait);
@@ -176,7 +183,16 @@ impl ControlPlane {
                 }
             }
         }
-        if ready.get(2) == Some(&true)
+        if ready.get(2) == Some(&true) {
+            for q in self.queries.drain() {
+                match q {
+                    Query::Metrics(reply) => {
+                        let _ = reply.send(self.ike_view()?);
+                    }
+                }
+            }
+        }
+        if ready.get(3) == Some(&true)
             && let Some(l) = &self.listener
             && let Ok((s, _)) = l.accept()
         {
@@ -187,6 +203,21 @@ impl ControlPlane {
             self.children.end_lingering(now);
         }
         self.apply(now)
+    }
+
+    /// What `/metrics` shows of the IKE side.
+    fn ike_view(&mut self) -> anyhow::Result<IkeView> {
+        let counters = self.totals.observe(&self.ike.stats()?);
+        let mut v = IkeView { counters, ..IkeView::default() };
+        for sa in self.children.ike_sas.values() {
+            *v.ike_sas.entry(sa.connection.clone()).or_default() += 1;
+        }
+        for c in &self.children.list {
+            *v.child_sas.entry(c.connection.clone()).or_default() += 1;
+        }
+        let st = self.ike.store.data();
+        (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
+        Ok(v)
     }
 
     fn receive_500(&mut self, now: u64) -> anyhow::Result<()> {
@@ -287,6 +318,9 @@ impl ControlPlane {
                 },
             }
         }
+        // Keep the totals current, so a trap loses at most one round's
+        // increments.
+        self.totals.observe(&self.ike.stats()?);
         Ok(())
     }
 }

@@ -144,7 +144,8 @@ impl Loop {
         for (k, &i) in idx.iter().enumerate() {
             std::mem::swap(&mut self.staging[i], &mut batch[k]);
         }
-        match f(&mut group.inst, idx.len()) {
+        let inst = &mut group.inst;
+        match crate::telemetry::guest_call(crate::telemetry::Guest::Esp, || f(inst, idx.len())) {
             Ok(v) => {
                 let errors = group.inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
                 (!self.protocol_errors(g, what, errors)).then_some(v)

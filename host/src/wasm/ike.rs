@@ -312,10 +312,16 @@ pub struct IkeInstance {
 }
 
 impl IkeInstance {
-    fn e(&mut self) -> (&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) {
+    /// One call into the engine, under its deadline, timed and counted
+    /// (`wasmsec_guest_call_duration_seconds`); an `Err` is a trap.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) -> wasmtime::Result<T>,
+    ) -> Result<T> {
         let deadline = if std::mem::take(&mut self.fault_next_call) { 0 } else { sandbox::CALL_DEADLINE_TICKS };
         self.store.set_epoch_deadline(deadline);
-        (self.bindings.wasmsec_ike_engine(), &mut self.store)
+        let (e, s) = (self.bindings.wasmsec_ike_engine(), &mut self.store);
+        Ok(crate::telemetry::guest_call(crate::telemetry::Guest::Ike, || f(e, s))?)
     }
 
     /// Replace a trapped instance by a new one with the same host state
@@ -330,64 +336,52 @@ impl IkeInstance {
 
     /// Take up the IKE SAs of the instance this one replaces.
     pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<Result<u32, String>> {
-        let (e, s) = self.e();
-        Ok(e.call_restore(s, checkpoints)?)
+        self.call(|e, s| e.call_restore(s, checkpoints))
     }
 
     pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {
-        let (e, s) = self.e();
-        Ok(e.call_add_connection(s, c)?)
+        self.call(|e, s| e.call_add_connection(s, c))
     }
 
     pub fn autostart(&mut self) -> Result<Vec<String>> {
-        let (e, s) = self.e();
-        Ok(e.call_autostart(s)?)
+        self.call(|e, s| e.call_autostart(s))
     }
 
     pub fn initiate(&mut self, now: u64, name: &str) -> Result<Result<(), String>> {
-        let (e, s) = self.e();
-        Ok(e.call_initiate(s, now, name)?)
+        self.call(|e, s| e.call_initiate(s, now, name))
     }
 
     pub fn terminate(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {
-        let (e, s) = self.e();
-        Ok(e.call_terminate(s, now, name)?)
+        self.call(|e, s| e.call_terminate(s, now, name))
     }
 
     pub fn handle_datagram(&mut self, now: u64, d: &Datagram) -> Result<()> {
-        let (e, s) = self.e();
-        Ok(e.call_handle_datagram(s, now, d)?)
+        self.call(|e, s| e.call_handle_datagram(s, now, d))
     }
 
     pub fn tick(&mut self, now: u64) -> Result<()> {
-        let (e, s) = self.e();
-        Ok(e.call_tick(s, now)?)
+        self.call(|e, s| e.call_tick(s, now))
     }
 
     pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool) -> Result<()> {
-        let (e, s) = self.e();
-        Ok(e.call_child_expired(s, now, spi, hard)?)
+        self.call(|e, s| e.call_child_expired(s, now, spi, hard))
     }
 
     /// Everything the engine queued: SA changes, transmits, events.
     pub fn poll(&mut self) -> Result<Output> {
-        let (e, s) = self.e();
-        Ok(e.call_poll(s)?)
+        self.call(|e, s| e.call_poll(s))
     }
 
     pub fn next_timeout(&mut self) -> Result<Option<u64>> {
-        let (e, s) = self.e();
-        Ok(e.call_next_timeout(s)?)
+        self.call(|e, s| e.call_next_timeout(s))
     }
 
     pub fn stats(&mut self) -> Result<Counters> {
-        let (e, s) = self.e();
-        Ok(e.call_stats(s)?)
+        self.call(|e, s| e.call_stats(s))
     }
 
     pub fn active(&mut self, name: &str) -> Result<bool> {
-        let (e, s) = self.e();
-        Ok(e.call_active(s, name)?)
+        self.call(|e, s| e.call_active(s, name))
     }
 }
 

@@ -427,6 +427,7 @@ fn rekeyed(sa: &mut IkeSa, ctx: &mut Ctx, old: u32, new_inbound: u32, ni: &[u8],
     };
     c.replaced = true;
     c.rekey_at = 0;
+    ctx.stats.child_rekeys += 1;
     // Section 1.3.3: the new SA is in place; now delete the old one.
     let del = [Payload::Delete(wasmsec_wire::ike::Delete {
         protocol: ProtocolId::Esp,
@@ -496,6 +497,7 @@ fn answer(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload], ni: Vec<u8>, rekey: boo
             let rekeying = sa.rekeying_child();
             if let Some(c) = ours.and_then(|x| sa.child_mut(x)) {
                 c.replaced = true;
+                ctx.stats.child_rekeys += 1;
                 c.expire_at = if c.expire_at == 0 { deadline } else { c.expire_at.min(deadline) };
                 if rekeying != Some(c.inbound_spi) {
                     c.rekey_at = 0;

@@ -66,6 +66,7 @@ pub(crate) fn start(
     };
     ctx.info(conn, format!("initiating IKE_SA to {remote}"));
     send(&mut sa, ctx)?;
+    ctx.stats.handshakes_started += 1;
     ctx.sas.insert(spi, sa);
     Ok(())
 }
@@ -240,6 +241,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     let msg = format!("IKE_SA_INIT from {}:{}: chose {}{nat}", d.remote.addr, d.remote.port, chosen.name(Kind::Ike));
     ctx.info(conn, msg);
     ctx.emit(Datagram { local: d.local, remote: d.remote, data: resp });
+    ctx.stats.handshakes_started += 1;
     ctx.dos.remember(d.remote, h.spi_i, spi_r, sa.init.request.len() + sa.init.response.len());
     ctx.sas.insert(spi_r, sa);
 }

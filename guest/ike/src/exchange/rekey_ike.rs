@@ -79,6 +79,7 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         ..IkeSa::fresh(old.conn, old.local, old.remote, ctx.now)
     };
     ctx.stats.ike_established += 1;
+    ctx.stats.ike_rekeys += 1;
     if take_children {
         lifecycle::hand_over(old, &mut new, ctx);
         // The old SA only waits for its DELETE now; if that never comes

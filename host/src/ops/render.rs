@@ -1,0 +1,238 @@
+//! `/metrics`: the Prometheus text exposition, built at scrape time from
+//! the counters the threads keep (the data path's [`Stats`], the IKE
+//! engine's counters via [`IkeView`]) plus the guest call metrics observed
+//! as they happen ([`crate::telemetry`]).
+//!
+//! Names follow Prometheus conventions: `wasmsec_` prefix, `_total` for
+//! counters, base units in the name. Labels are bounded sets (direction,
+//! reason, connection), never SPIs or addresses.
+use std::collections::HashMap;
+
+use prometheus::core::Collector;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::view::IkeView;
+use crate::stats::Stats;
+use crate::wasm::esp::DropReason;
+use crate::wasm::ike::Counters;
+
+/// One of the IKE engine's counters as a metric sample.
+pub struct IkeCounter {
+    pub name: &'static str,
+    pub help: &'static str,
+    /// A fixed label (name, value) that sets this sample apart from its
+    /// siblings of the same name.
+    pub label: Option<(&'static str, &'static str)>,
+    /// A counter (false: a gauge, never carried across guest restarts).
+    pub counter: bool,
+    pub get: fn(&Counters) -> u64,
+}
+
+const fn c(
+    name: &'static str,
+    help: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    get: fn(&Counters) -> u64,
+) -> IkeCounter {
+    IkeCounter { name, help, label, counter: true, get }
+}
+
+const DROPPED: &str = "wasmsec_ike_messages_dropped_total";
+const DROPPED_HELP: &str = "IKE messages dropped by the engine, by reason.";
+const FAILED: &str = "wasmsec_ike_negotiation_failures_total";
+const FAILED_HELP: &str = "IKE_SA or CHILD_SA negotiations that failed, by reason (ours or the peer's).";
+const REKEYS: &str = "wasmsec_rekeys_total";
+const REKEYS_HELP: &str = "SAs replaced by a rekey, by kind of SA.";
+const COLLISIONS: &str = "wasmsec_rekey_collisions_total";
+const COLLISIONS_HELP: &str = "Simultaneous rekeys resolved (RFC 7296 section 2.8.1/2.8.2), by kind and outcome.";
+const EXPIRIES: &str = "wasmsec_child_sa_lifetime_expiries_total";
+const EXPIRIES_HELP: &str = "CHILD SAs that reached a lifetime limit, by limit.";
+
+/// The IKE engine's counters, in the order of [`IkeView::counters`].
+pub static IKE_COUNTERS: &[IkeCounter] = &[
+    c("wasmsec_ike_messages_received_total", "IKE datagrams received.", None, |c| c.rx),
+    c("wasmsec_ike_messages_sent_total", "IKE datagrams sent, retransmissions included.", None, |c| c.tx),
+    c("wasmsec_ike_retransmits_total", "IKE requests sent again for want of a response.", None, |c| c.retransmits),
+    c(
+        "wasmsec_ike_replayed_responses_total",
+        "Retransmitted peer requests answered from the response cache.",
+        None,
+        |c| c.replayed_responses,
+    ),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "malformed")), |c| c.malformed),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "unknown_spi")), |c| c.unknown_spi),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "integrity_failed")), |c| c.integrity_failed),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "unexpected")), |c| c.unexpected),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "half_open_cap")), |c| c.half_open_drops),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "rate_limited")), |c| c.rate_limited),
+    c(DROPPED, DROPPED_HELP, Some(("reason", "oversize_engine")), |c| c.oversize),
+    c("wasmsec_ike_handshakes_started_total", "IKE_SA set-ups begun, as initiator or responder.", None, |c| {
+        c.handshakes_started
+    }),
+    c("wasmsec_ike_handshakes_succeeded_total", "IKE_SAs established by IKE_AUTH (rekeys not included).", None, |c| {
+        c.ike_established.saturating_sub(c.ike_rekeys)
+    }),
+    c(FAILED, FAILED_HELP, Some(("reason", "authentication")), |c| c.auth_failed),
+    c(FAILED, FAILED_HELP, Some(("reason", "no_proposal_chosen")), |c| c.no_proposal),
+    c(FAILED, FAILED_HELP, Some(("reason", "ts_unacceptable")), |c| c.ts_unacceptable),
+    c(FAILED, FAILED_HELP, Some(("reason", "timeout")), |c| c.timeouts),
+    c(FAILED, FAILED_HELP, Some(("reason", "temporary_failure")), |c| c.temporary_failures),
+    c("wasmsec_child_sas_installed_total", "CHILD_SAs installed in the data path.", None, |c| c.child_installed),
+    c(REKEYS, REKEYS_HELP, Some(("sa", "child")), |c| c.child_rekeys),
+    c(REKEYS, REKEYS_HELP, Some(("sa", "ike")), |c| c.ike_rekeys),
+    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_won")), |c| c.rekey_collisions_won),
+    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_lost")), |c| c.rekey_collisions_lost),
+    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_won")), |c| c.ike_rekey_collisions_won),
+    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_lost")), |c| c.ike_rekey_collisions_lost),
+    c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "soft")), |c| c.lifetime_soft),
+    c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "hard")), |c| c.lifetime_hard),
+    c("wasmsec_reauthentications_total", "IKE_SA reauthentications started.", None, |c| c.reauths),
+    c("wasmsec_dpd_checks_total", "Liveness checks sent (RFC 7296 section 2.4).", None, |c| c.dpd_checks),
+    c("wasmsec_dpd_failures_total", "IKE_SAs whose peer stopped answering.", None, |c| c.dead_peers),
+    c("wasmsec_nat_keepalives_sent_total", "NAT keepalives sent (RFC 3948 section 2.3).", None, |c| c.keepalives),
+    c("wasmsec_ike_cookies_sent_total", "COOKIE notifies sent (RFC 7296 section 2.6).", None, |c| c.cookies_sent),
+    IkeCounter {
+        name: "wasmsec_ike_half_open_sas",
+        help: "Half-open IKE_SAs (IKE_SA_INIT answered, IKE_AUTH not yet) right now.",
+        label: None,
+        counter: false,
+        get: |c| c.half_open,
+    },
+];
+
+/// A registry filled for one scrape; metrics of one name share label names.
+#[derive(Default)]
+struct Scrape {
+    registry: Registry,
+    counters: HashMap<&'static str, IntCounterVec>,
+    gauges: HashMap<&'static str, IntGaugeVec>,
+}
+
+impl Scrape {
+    fn counter(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
+        let (names, values): (Vec<&str>, Vec<&str>) = labels.iter().copied().unzip();
+        let reg = &self.registry;
+        let m = self
+            .counters
+            .entry(name)
+            .or_insert_with(|| register(reg, IntCounterVec::new(Opts::new(name, help), &names)));
+        m.with_label_values(&values).inc_by(v);
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &str, labels: &[(&str, &str)], v: u64) {
+        let (names, values): (Vec<&str>, Vec<&str>) = labels.iter().copied().unzip();
+        let reg = &self.registry;
+        let m =
+            self.gauges.entry(name).or_insert_with(|| register(reg, IntGaugeVec::new(Opts::new(name, help), &names)));
+        m.with_label_values(&values).set(i64::try_from(v).unwrap_or(i64::MAX));
+    }
+}
+
+/// Register `m` (built from static names, so it cannot fail but for a
+/// programming error, which a unit test covers).
+fn register<M: Collector + Clone + 'static>(reg: &Registry, m: prometheus::Result<M>) -> M {
+    let m = m.expect("static metric definition");
+    reg.register(Box::new(m.clone())).expect("one registration per metric name");
+    m
+}
+
+/// The data path's counters.
+fn data_path(s: &mut Scrape, st: &Stats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+    for (dir, packets, bytes) in
+        [("in", &st.esp_rx_packets, &st.esp_rx_bytes), ("out", &st.esp_tx_packets, &st.esp_tx_bytes)]
+    {
+        s.counter("wasmsec_esp_packets_total", "ESP packets, by direction.", &[("direction", dir)], g(packets));
+        s.counter(
+            "wasmsec_esp_bytes_total",
+            "ESP bytes (ESP header to ICV), by direction.",
+            &[("direction", dir)],
+            g(bytes),
+        );
+    }
+    for (dir, n) in [("in", &st.tun_rx_packets), ("out", &st.tun_tx_packets)] {
+        let help = "Inner packets read from (in) or written to (out) the TUN device.";
+        s.counter("wasmsec_tun_packets_total", help, &[("direction", dir)], g(n));
+    }
+    const DROPS: &str = "wasmsec_drops_total";
+    const DROPS_HELP: &str = "Packets dropped by the data path, by direction and reason.";
+    for r in DropReason::ALL {
+        s.counter(DROPS, DROPS_HELP, &[("direction", "out"), ("reason", r.name())], st.out_drops(r));
+        s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", r.name())], st.in_drops(r));
+    }
+    s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "runt")], g(&st.rx_runts));
+    s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
+    s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
+    s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
+    s.counter("wasmsec_send_errors_total", "Socket or TUN writes that failed.", &[], g(&st.tx_errors));
+    s.counter("wasmsec_guest_restarts_total", "Guest instances replaced after a trap.", &[], g(&st.guest_restarts));
+    s.counter(
+        "wasmsec_guest_protocol_errors_total",
+        "Guest requests or verdicts the host refused as breaking its rules.",
+        &[],
+        g(&st.guest_protocol_errors),
+    );
+}
+
+/// The IKE side.
+fn ike(s: &mut Scrape, v: &IkeView) {
+    for (d, &n) in IKE_COUNTERS.iter().zip(&v.counters) {
+        let labels: Vec<(&str, &str)> = d.label.into_iter().collect();
+        if d.counter {
+            s.counter(d.name, d.help, &labels, n);
+        } else {
+            s.gauge(d.name, d.help, &labels, n);
+        }
+    }
+    for (conn, &n) in &v.ike_sas {
+        let labels = [("connection", conn.as_str()), ("state", "established")];
+        s.gauge("wasmsec_ike_sas", "IKE_SAs, by connection and state.", &labels, n);
+    }
+    for (conn, &n) in &v.child_sas {
+        s.gauge("wasmsec_child_sas", "Installed CHILD_SAs, by connection.", &[("connection", conn.as_str())], n);
+    }
+    s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
+    let help = "Peak linear memory of a guest instance, bytes.";
+    s.gauge("wasmsec_guest_memory_peak_bytes", help, &[("guest", "ike")], v.guest_memory_peak);
+}
+
+/// The whole exposition: data path, IKE (when the control thread
+/// answered) and the guest call metrics.
+pub fn render(stats: &Stats, ike_view: Option<&IkeView>) -> String {
+    let mut s = Scrape::default();
+    data_path(&mut s, stats);
+    if let Some(v) = ike_view {
+        ike(&mut s, v);
+    }
+    s.gauge("wasmsec_build_info", "Constant 1, labelled by version.", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    let mut families = s.registry.gather();
+    families.extend(crate::telemetry::GUESTS.registry.gather());
+    TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_registers_and_renders() {
+        let stats = Stats::default();
+        stats.in_drop(DropReason::Replay);
+        let view = IkeView {
+            ike_sas: [("gw".to_string(), 1)].into(),
+            child_sas: [("gw".to_string(), 2)].into(),
+            counters: (0..IKE_COUNTERS.len() as u64).collect(),
+            vault_secrets: 3,
+            guest_memory_peak: 65536,
+        };
+        let text = render(&stats, Some(&view));
+        assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
+        assert!(text.contains("wasmsec_child_sas{connection=\"gw\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");
+        let last = IKE_COUNTERS.len() - 1;
+        assert!(text.contains(&format!("wasmsec_ike_half_open_sas {last}\n")), "{text}");
+        // Same name, one HELP: definitions that share a name share label names.
+        assert_eq!(text.matches("# HELP wasmsec_ike_messages_dropped_total").count(), 1);
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Metrics that a real Prometheus scrapes: wasmsec (responder, against
+# strongSwan) serves /metrics on loopback inside its namespace; promtool
+# checks the exposition; a Prometheus server started here scrapes it every
+# second, and PromQL answers for the established CHILD SAs and the ESP
+# packets sent equal what the admin socket reports. The probes answer.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
+
+M=127.0.0.1:9469 P=127.0.0.1:9090
+get() { nsx wsi-gwb python3 "$ROOT/tests/interop/http-get.py" "$@"; }
+# promql QUERY: the one value of an instant query (Prometheus's HTTP API).
+promql() {
+    get "http://$P/api/v1/query?query=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$1")" |
+        python3 -c 'import json,sys
+r=json.load(sys.stdin)["data"]["result"]
+if len(r) == 1: print(r[0]["value"][1])
+else: print("results:%d" % len(r)); print(json.dumps(r), file=sys.stderr)'
+}
+
+topo_up
+A=$STATE/A B=$STATE/B
+mkdir -p "$A" "$B"
+sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B \
+    aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
+WASMSEC_CONTROL_EXTRA="metrics = \"$M\"" \
+    wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none \
+    aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
+check "/readyz answers 200 once the daemon runs" [ "$(get "http://$M/readyz" --status)" = 200 ]
+check "/healthz answers 200 (the IKE thread answers)" [ "$(get "http://$M/healthz" --status)" = 200 ]
+check "an unknown path is a 404" [ "$(get "http://$M/nothing" --status)" = 404 ]
+sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
+check "tunnel up" wasmsec_up "$B" 20
+check "60 pings through the tunnel" ping_ok wsi-hosta $HOST_B 60
+
+get "http://$M/metrics" >"$B/metrics.txt"
+check "promtool check metrics accepts /metrics" bash -c "promtool check metrics <'$B/metrics.txt'"
+check "/metrics has the CHILD SA by connection" grep -q '^wasmsec_child_sas{connection="s2s"} 1$' "$B/metrics.txt"
+check "/metrics has guest call latencies" grep -q '^wasmsec_guest_call_duration_seconds_count{guest="esp"} [1-9]' "$B/metrics.txt"
+
+cat >"$B/prometheus.yml" <<YML
+global: { scrape_interval: 1s, evaluation_interval: 1s }
+scrape_configs:
+  - job_name: wasmsec
+    static_configs: [ { targets: ["$M"] } ]
+YML
+check "prometheus.yml is valid" promtool check config "$B/prometheus.yml"
+nsx wsi-gwb prometheus --config.file="$B/prometheus.yml" --storage.tsdb.path="$B/tsdb" \
+    --web.listen-address=$P >"$B/prometheus.log" 2>&1 </dev/null &
+PIDS+=($!)
+# Prometheus takes a while to open its database and scrape the first time.
+for _ in $(seq 150); do [ "$(promql 'up{job="wasmsec"}' 2>/dev/null)" = 1 ] && break; sleep 0.2; done
+check "Prometheus scraped wasmsec (up == 1)" [ "$(promql 'up{job="wasmsec"}')" = 1 ]
+# Traffic has stopped; the admin socket's numbers are final. Let at least
+# three scrapes happen after reading them.
+wasmsec_ctl "$B" status >"$B/status.json"
+sleep 3.5
+want_children=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["child_sas"]))' "$B/status.json")
+want_esp_out=$(stat "$B/status.json" esp.esp_tx_packets)
+echo "admin socket: $want_children CHILD SA(s), $want_esp_out ESP packets sent"
+got_children=$(promql 'sum(wasmsec_child_sas{job="wasmsec"})')
+got_esp_out=$(promql 'wasmsec_esp_packets_total{job="wasmsec",direction="out"}')
+echo "PromQL: $got_children CHILD SA(s), $got_esp_out ESP packets sent"
+check "PromQL's CHILD SAs ($got_children) = the admin socket's ($want_children)" [ "$got_children" = "$want_children" ]
+check "PromQL's ESP packets sent ($got_esp_out) = the admin socket's ($want_esp_out)" [ "$got_esp_out" = "$want_esp_out" ]
+check "at least the 60 echo replies were sent as ESP" [ "$want_esp_out" -ge 60 ]
+check "the handshake is counted as started and succeeded" \
+    [ "$(promql 'wasmsec_ike_handshakes_succeeded_total{job="wasmsec"}')" = 1 -a \
+      "$(promql 'wasmsec_ike_handshakes_started_total{job="wasmsec"}')" = 1 ]
+kill -TERM "$(cat "$B/pid")"
+for _ in $(seq 50); do kill -0 "$(cat "$B/pid")" 2>/dev/null || break; sleep 0.1; done
+check "/readyz is gone with the daemon" bash -c "! ip netns exec wsi-gwb python3 '$ROOT/tests/interop/http-get.py' 'http://$M/readyz' --status 2>/dev/null"
+finish
