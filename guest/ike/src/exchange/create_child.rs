@@ -52,7 +52,7 @@ pub(crate) fn accept(
         return Err(Error::refused(
             NotifyType::TsUnacceptable,
             format!(
-                "peer proposed TSi {} TSr {}; we allow {}",
+                "traffic selectors not allowed (TS_UNACCEPTABLE): peer proposed TSi {} TSr {}; we allow {}",
                 ts::show_all(&tsi),
                 ts::show_all(&tsr),
                 allowed.join("; ")
