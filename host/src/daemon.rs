@@ -313,7 +313,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
         sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
         up: p.up,
-        listener: control_listener(cfg.control.socket.as_deref())?,
+        failures: Default::default(),
         queries: p.queries,
         totals: Default::default(),
         stats: p.stats.clone(),
@@ -322,9 +322,35 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     })
 }
 
+/// The admin API's TCP token, when `[control] api` is set.
+fn api_token(cfg: &Config, base: &Path) -> Result<Option<zeroize::Zeroizing<String>>> {
+    match (&cfg.control.api, &cfg.control.api_token) {
+        (None, _) => Ok(None),
+        (Some(_), None) => {
+            bail!("[control] api needs api_token = \"file:PATH\" (or env:NAME): TCP requests must carry it")
+        }
+        (Some(_), Some(t)) => Ok(Some(t.load_token(base).map_err(|e| anyhow::anyhow!("[control] api_token: {e}"))?)),
+    }
+}
+
+/// Bind what the ops thread serves (metrics, the admin API) before any
+/// thread starts.
+fn ops_listeners(cfg: &Config, base: &Path) -> Result<crate::ops::Listeners> {
+    let token = api_token(cfg, base)?;
+    Ok(crate::ops::Listeners {
+        metrics: cfg.control.metrics.map(|a| crate::ops::bind_tcp(a, "metrics")).transpose()?,
+        admin_unix: control_listener(cfg.control.socket.as_deref())?,
+        admin_tcp: match (cfg.control.api, token) {
+            (Some(a), Some(t)) => Some((crate::ops::bind_tcp(a, "api")?, t)),
+            _ => None,
+        },
+    })
+}
+
 /// What `wasmsec check` adds to parsing the config: every secret is read
 /// (files must be private), and no manual key serves two SAs.
 pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
+    api_token(cfg, base)?;
     manual_sas(cfg, base, &Arc::new(Keystore::new()), false)?;
     for c in &cfg.connection {
         c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("connection {:?}: psk: {e}", c.name.get_ref()))?;
@@ -422,6 +448,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         "wasmsec data plane up"
     );
 
+    let listeners = ops_listeners(&cfg, &base)?;
     let (to_outbound, out_inbox) = channel::<SaCommand>()?;
     let (to_inbound, in_inbox) = channel::<SaCommand>()?;
     let (up_tx, up_rx) = channel::<Report>()?;
@@ -483,12 +510,11 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         None => None,
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let t_ops = match cfg.control.metrics {
-        Some(listen) => {
-            let control = t_ike.is_some().then_some(query_tx);
-            Some(crate::ops::spawn(listen, crate::ops::Ops { stats: stats.clone(), control, ready: ready.clone() })?)
-        }
-        None => None,
+    let t_ops = if listeners.any() {
+        let control = t_ike.is_some().then_some(query_tx);
+        Some(crate::ops::spawn(listeners, crate::ops::Ops { stats: stats.clone(), control, ready: ready.clone() })?)
+    } else {
+        None
     };
 
     while !sys::stop_requested() {

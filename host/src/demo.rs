@@ -27,28 +27,13 @@ const LAN_B: &str = "198.18.2.0/24";
 const WAN_A: &str = "198.18.0.1";
 const WAN_B: &str = "198.18.0.2";
 
-/// `wasmsec demo --help`.
-pub const HELP: &str = "\
-usage: wasmsec demo [OPTIONS]
-       wasmsec demo --down
-
+/// What `wasmsec demo --help` says before the options.
+pub const ABOUT: &str = "\
 Builds two LAN hosts and two gateways in network namespaces, starts one
 wasmsec per gateway, lets them negotiate a tunnel with IKEv2 (a pre-shared
 key made for this run), pings LAN to LAN both ways, captures the gateway
 link, and checks that it held only ESP. Exits 0 only if every check passes.
-Needs root. No configuration to write: everything goes to --dir.
-
-options:
-  --algorithm ALG  ESP transform: aes128gcm16, aes256gcm16 (default),
-                   chacha20poly1305, aes128-sha256, aes256-sha256,
-                   aes128-sha384, ... (aes128/aes256 x sha256/sha384/sha512)
-  --raw-esp        ESP as IP protocol 50 instead of UDP 4500 (RFC 3948)
-  --manual         static SAs with generated keys instead of IKEv2
-  --pings N        pings each way (default 5)
-  --dir DIR        configs, keys, logs, counters and wan.pcap (default /tmp/wasmsec-demo)
-  --keep           leave the namespaces and daemons running
-  --down           tear down what --keep left
-  -h, --help       this text";
+Needs root. No configuration to write: everything goes to --dir.";
 
 /// How the demo's gateways get their SAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,13 +225,10 @@ fn write_ike_configs(o: &Options) -> Result<()> {
 
 /// A running gateway's SAs, from its control socket.
 fn status(sock: &Path) -> Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"status\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(serde_json::from_str(&reply)?)
+    let target = crate::ops::client::Target::Unix(sock.to_path_buf());
+    let r = crate::ops::client::request(&target, "GET", "/v1/status", None)?;
+    anyhow::ensure!(r.status == 200, "status answered {}: {}", r.status, r.body);
+    Ok(r.body)
 }
 
 /// Wait until both gateways have an IKE SA and a CHILD SA, then print them.

@@ -13,6 +13,7 @@
 //! - [`daemon`], [`demo`]: `wasmsec run` and `wasmsec demo`
 #![deny(unsafe_code)] // except in `sys`, the one module that talks to libc
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

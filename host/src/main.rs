@@ -1,57 +1,156 @@
-//! `wasmsec`: the IPsec gateway daemon and its command line.
+//! `wasmsec`: the IPsec gateway daemon and its command line (clap). The
+//! operator verbs follow strongSwan's swanctl: `list-sas`, `list-conns`,
+//! `initiate`, `terminate`, `rekey`, `reload`, `stats`, `check-config`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmsec::cli::{self, Verb};
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
-const USAGE: &str = "\
-usage:
-  wasmsec run --config FILE [--stats-file FILE]   run the gateway (root)
-  wasmsec check --config FILE                     validate a config file and exit
-  wasmsec demo [--algorithm ALG] [--raw-esp] [--manual] [--pings N] [--dir DIR] [--keep]
-                                                  two gateways in namespaces negotiate a tunnel
-                                                  with IKEv2, ping through it (root; --help)
-  wasmsec demo --down                             tear down a demo left by --keep
-  wasmsec ctl --socket PATH initiate NAME | terminate NAME | status
-                                                  talk to a running daemon's control socket
-  wasmsec version
+#[derive(Parser)]
+#[command(name = "wasmsec", version, about = "IPsec (IKEv2 + ESP) gateway with its protocol engines in WebAssembly")]
+struct Cli {
+    /// Log lines as text for people, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-environment:
-  WASMSEC_LOG          log level: error, warn, info (default), debug, trace
-  WASMSEC_COMPONENTS   directory holding esp.wasm (default: ../components beside the binary)";
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
 
-fn init_logging() {
-    let level = match std::env::var("WASMSEC_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
-        "error" => tracing::Level::ERROR,
-        "warn" => tracing::Level::WARN,
-        "debug" => tracing::Level::DEBUG,
-        "trace" => tracing::Level::TRACE,
-        _ => tracing::Level::INFO,
+/// Which running daemon a verb talks to.
+#[derive(Args)]
+struct Daemon {
+    /// The daemon's admin socket ([control] socket).
+    #[arg(short, long, env = "WASMSEC_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Read the admin socket's path from this config file.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// The TCP admin API ([control] api) instead of the socket.
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
+    /// File holding the TCP admin API's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (root, or CAP_NET_ADMIN and CAP_NET_RAW).
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Write the counters here as JSON every 250 ms and at exit.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+    },
+    /// Validate a config file and read every secret it names, then exit.
+    #[command(alias = "check")]
+    CheckConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Two gateways in network namespaces negotiate a tunnel with IKEv2 and
+    /// ping through it (root).
+    #[command(long_about = demo::ABOUT)]
+    Demo(DemoArgs),
+    /// The loaded connections.
+    ListConns(Daemon),
+    /// The IKE and CHILD SAs.
+    ListSas(Daemon),
+    /// Every counter, with the SAs.
+    Stats(Daemon),
+    /// Recent refused or failed negotiations, with their reasons.
+    ListFailures(Daemon),
+    /// Start a connection as initiator.
+    Initiate {
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Delete a connection's IKE SAs (and their CHILD SAs).
+    Terminate {
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Rekey a connection's CHILD SAs now.
+    Rekey {
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Reload the config file.
+    Reload(Daemon),
+    /// The old `ctl` verbs: status | initiate NAME | terminate NAME | fault ike.
+    #[command(hide = true)]
+    Ctl {
+        #[command(flatten)]
+        daemon: Daemon,
+        words: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// ESP transform: aes128gcm16, aes256gcm16, chacha20poly1305,
+    /// aes128-sha256, aes256-sha256, aes128-sha384, ...
+    #[arg(long, value_name = "ALG", default_value = "aes256gcm16")]
+    algorithm: String,
+    /// ESP as IP protocol 50 instead of UDP 4500.
+    #[arg(long)]
+    raw_esp: bool,
+    /// Static SAs with generated keys instead of IKEv2.
+    #[arg(long)]
+    manual: bool,
+    /// Pings each way.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pings: u32,
+    /// Configs, keys, logs, counters and wan.pcap go here.
+    #[arg(long, value_name = "DIR", default_value = "/tmp/wasmsec-demo")]
+    dir: PathBuf,
+    /// Leave the namespaces and daemons running.
+    #[arg(long)]
+    keep: bool,
+    /// Tear down what --keep left.
+    #[arg(long)]
+    down: bool,
+}
+
+/// `WASMSEC_LOG`: a level (`info`) or per-subsystem levels
+/// (`info,wasmsec::control=debug,wasmsec::datapath=warn`).
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("WASMSEC_LOG").unwrap_or_default();
+    let filter: tracing_subscriber::filter::Targets = match spec.parse() {
+        Ok(f) if !spec.trim().is_empty() => f,
+        Ok(_) => tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO),
+        Err(e) => {
+            eprintln!("wasmsec: WASMSEC_LOG={spec:?} is not a filter ({e}); logging at info");
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        }
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).init();
-}
-
-fn value(args: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
-    args.next().ok_or_else(|| format!("{flag} needs a value"))
-}
-
-/// Send one command to a daemon's control socket and print the answer.
-fn ctl(socket: &std::path::Path, command: &str) -> anyhow::Result<bool> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        anyhow::anyhow!("cannot connect to {}: {e} (is the daemon running with control.socket set?)", socket.display())
-    })?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    s.write_all(format!("{command}\n").as_bytes())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    print!("{reply}");
-    Ok(!reply.starts_with("error"))
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    match format {
+        LogFormat::Human => tracing_subscriber::registry().with(fmt.with_filter(filter)).init(),
+        LogFormat::Json => tracing_subscriber::registry().with(fmt.json().with_filter(filter)).init(),
+    }
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    match real_main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match real_main(cli.command) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -61,106 +160,63 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<bool> {
-    let mut args = std::env::args().skip(1);
-    let cmd = args.next().unwrap_or_default();
-    let usage = |msg: String| -> anyhow::Result<bool> {
-        eprintln!("wasmsec: {msg}\n{USAGE}");
-        Ok(false)
-    };
-    match cmd.as_str() {
-        "run" | "check" => {
-            let (mut config, mut stats) = (None, None);
-            while let Some(a) = args.next() {
-                match a.as_str() {
-                    "--config" | "-c" => {
-                        config = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?))
-                    }
-                    "--stats-file" => stats = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?)),
-                    other => return usage(format!("unknown option {other}")),
-                }
-            }
-            let Some(config) = config else {
-                return usage("--config is required".into());
-            };
-            if cmd == "check" {
-                let c = config::Config::load(&config)?;
-                daemon::check_secrets(&c, config.parent().unwrap_or(std::path::Path::new(".")))?;
-                println!(
-                    "{}: OK ({} IKE connection(s), {} manual tunnel(s))",
-                    config.display(),
-                    c.connection.len(),
-                    c.manual.len()
-                );
+fn verb(d: &Daemon, v: Verb) -> anyhow::Result<bool> {
+    wasmsec::sys::default_sigpipe();
+    let target = cli::target(d.socket.clone(), d.config.as_deref(), d.api, d.token_file.as_deref())?;
+    cli::run(&target, &v, d.json)
+}
+
+fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
+    match cmd {
+        Cmd::Run { config, stats_file } => {
+            daemon::run(&config, stats_file.as_deref())?;
+            Ok(true)
+        }
+        Cmd::CheckConfig { config } => {
+            let c = config::Config::load(&config)?;
+            daemon::check_secrets(&c, config.parent().unwrap_or(std::path::Path::new(".")))?;
+            println!(
+                "{}: OK ({} IKE connection(s), {} manual tunnel(s))",
+                config.display(),
+                c.connection.len(),
+                c.manual.len()
+            );
+            Ok(true)
+        }
+        Cmd::Demo(a) => {
+            if a.down {
+                demo::down()?;
                 return Ok(true);
             }
-            daemon::run(&config, stats.as_deref())?;
-            Ok(true)
-        }
-        "demo" => {
-            let mut o = demo::Options::default();
-            while let Some(a) = args.next() {
-                match a.as_str() {
-                    "--down" => {
-                        demo::down()?;
-                        return Ok(true);
-                    }
-                    "--help" | "-h" => {
-                        println!("{}", demo::HELP);
-                        return Ok(true);
-                    }
-                    "--raw-esp" => o.raw_esp = true,
-                    "--manual" => o.keying = demo::Keying::Manual,
-                    "--keep" => o.keep = true,
-                    "--algorithm" => {
-                        let v = value(&mut args, &a).map_err(anyhow::Error::msg)?;
-                        match EspAlgorithm::from_name(&v) {
-                            Some(alg) => o.algorithm = alg,
-                            None => return usage(format!("unknown algorithm {v:?}")),
-                        }
-                    }
-                    "--pings" => {
-                        let v = value(&mut args, &a).map_err(anyhow::Error::msg)?;
-                        match v.parse() {
-                            Ok(n) if n > 0 => o.pings = n,
-                            _ => return usage(format!("--pings {v:?} is not a positive number")),
-                        }
-                    }
-                    "--dir" => o.dir = PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?),
-                    other => {
-                        eprintln!("wasmsec demo: unknown option {other}\n{}", demo::HELP);
-                        return Ok(false);
-                    }
-                }
-            }
+            let Some(algorithm) = EspAlgorithm::from_name(&a.algorithm) else {
+                anyhow::bail!("unknown algorithm {:?} (see wasmsec demo --help)", a.algorithm);
+            };
+            let keying = if a.manual { demo::Keying::Manual } else { demo::Keying::Ike };
+            let o = demo::Options { keying, algorithm, raw_esp: a.raw_esp, pings: a.pings, dir: a.dir, keep: a.keep };
             demo::run(&o)
         }
-        "ctl" => {
-            let (mut socket, mut words) = (None, Vec::new());
-            while let Some(a) = args.next() {
-                match a.as_str() {
-                    "--socket" | "-s" => {
-                        socket = Some(PathBuf::from(value(&mut args, &a).map_err(anyhow::Error::msg)?))
-                    }
-                    _ => words.push(a),
+        Cmd::ListConns(d) => verb(&d, Verb::ListConns),
+        Cmd::ListSas(d) => verb(&d, Verb::ListSas),
+        Cmd::Stats(d) => verb(&d, Verb::Stats),
+        Cmd::ListFailures(d) => verb(&d, Verb::Failures),
+        Cmd::Initiate { name, daemon } => verb(&daemon, Verb::Initiate(name)),
+        Cmd::Terminate { name, daemon } => verb(&daemon, Verb::Terminate(name)),
+        Cmd::Rekey { name, daemon } => verb(&daemon, Verb::Rekey(name)),
+        Cmd::Reload(d) => verb(&d, Verb::Reload),
+        Cmd::Ctl { mut daemon, words } => {
+            let w: Vec<&str> = words.iter().map(String::as_str).collect();
+            let v = match w.as_slice() {
+                ["status"] => {
+                    // `ctl status` always printed one line of JSON.
+                    daemon.json = true;
+                    Verb::Stats
                 }
-            }
-            let Some(socket) = socket else {
-                return usage("ctl needs --socket PATH (the daemon's control.socket)".into());
+                ["initiate", n] => Verb::Initiate(n.to_string()),
+                ["terminate", n] => Verb::Terminate(n.to_string()),
+                ["fault", "ike"] => Verb::FaultIke,
+                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike"),
             };
-            if words.is_empty() {
-                return usage("ctl needs a command: initiate NAME, terminate NAME or status".into());
-            }
-            ctl(&socket, &words.join(" "))
+            verb(&daemon, v)
         }
-        "version" | "--version" => {
-            println!("wasmsec {}", env!("CARGO_PKG_VERSION"));
-            Ok(true)
-        }
-        "help" | "--help" | "-h" => {
-            println!("{USAGE}");
-            Ok(true)
-        }
-        other => usage(format!("unknown command {other:?}")),
     }
 }

@@ -202,6 +202,14 @@ pub fn install_stop_handler() {
     }
 }
 
+/// Let a closed pipe end the process quietly, as in any Unix filter
+/// (`wasmsec list-sas | head`): Rust ignores SIGPIPE and `println!` would
+/// panic on EPIPE. For the CLI verbs only; the daemon keeps ignoring it.
+pub fn default_sigpipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 pub fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }

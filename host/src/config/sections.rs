@@ -25,6 +25,14 @@ pub struct Control {
     /// default. Unauthenticated: bind it where only the scraper reaches.
     #[serde(default)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The admin API on TCP as well (`"127.0.0.1:9470"`); requests need
+    /// `Authorization: Bearer` with `api_token`. Off by default.
+    #[serde(default)]
+    pub api: Option<std::net::SocketAddr>,
+    /// The TCP admin API's token: `file:PATH` (owner-only) or `env:NAME`,
+    /// at least 16 characters.
+    #[serde(default)]
+    pub api_token: Option<KeySource>,
 }
 
 /// IKE daemon settings.

@@ -260,6 +260,16 @@ impl KeySource {
         Ok(Zeroizing::new(t.as_bytes().to_vec()))
     }
 
+    /// Read a bearer token: the text, without its line end; never empty.
+    pub fn load_token(&self, base: &Path) -> Result<Zeroizing<String>, String> {
+        let text = self.text(base)?;
+        let t = text.trim_end_matches(['\n', '\r']);
+        if t.len() < 16 {
+            return Err(format!("token from {self:?} is shorter than 16 characters"));
+        }
+        Ok(Zeroizing::new(t.to_string()))
+    }
+
     /// Read the hex key. Relative files are resolved against `base`.
     pub fn load(&self, base: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
         let text = self.text(base)?;

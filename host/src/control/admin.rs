@@ -1,47 +1,144 @@
-//! The admin socket (`wasmsec ctl`): one command per connection,
-//! `initiate NAME`, `terminate NAME` or `status`, answered in one line
-//! (`status`: the IKE and CHILD SAs and every counter as JSON); with
-//! `[control] fault_injection`, `fault ike` for tests.
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
+//! The IKE thread's side of the admin API ([`crate::ops::api`]): each
+//! [`Command`] answered between two guest calls. A request that names no
+//! loaded connection, or that cannot be carried out now, is refused before
+//! anything is changed.
+use std::collections::VecDeque;
+
+use serde_json::{Value, json};
 
 use super::ControlPlane;
+use super::children::socket_addr;
+use crate::ops::{Answer, Command, Refusal};
+
+/// How many recent negotiation failures the API keeps.
+pub const FAILURES_KEPT: usize = 64;
+
+/// A refused or failed negotiation, as logged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The connection ("" when none matched).
+    pub connection: String,
+    /// The reason, as in the log.
+    pub reason: String,
+}
+
+/// The most recent failures, oldest first.
+#[derive(Debug, Default)]
+pub struct Failures(VecDeque<Failure>);
+
+impl Failures {
+    pub fn push(&mut self, connection: &str, reason: &str) {
+        if self.0.len() == FAILURES_KEPT {
+            self.0.pop_front();
+        }
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.0.push_back(Failure { at, connection: connection.to_string(), reason: reason.to_string() });
+    }
+}
 
 impl ControlPlane {
-    pub(super) fn admin(&mut self, now: u64, s: UnixStream) -> anyhow::Result<()> {
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut line = String::new();
-        let _ = BufReader::new(&s).read_line(&mut line);
-        let mut words = line.split_whitespace();
-        let reply = match (words.next(), words.next()) {
-            (Some("initiate"), Some(name)) => match self.ike.initiate(now, name)? {
-                Ok(()) => format!("ok initiating {name}\n"),
-                Err(e) => format!("error {e}\n"),
+    /// Answer one admin command. The outer `Err` is a trap of the guest.
+    pub(super) fn admin(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
+        Ok(match cmd {
+            Command::Status => Ok(self.status()?),
+            Command::Connections => Ok(self.connections_json()?),
+            Command::Sas => Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(),
+                                       "child_sas": self.children.list })),
+            Command::Failures => Ok(json!({ "failures": self.failures.0 })),
+            Command::Initiate(name) => match self.known(&name) {
+                Err(r) => Err(r),
+                Ok(()) => match self.ike.initiate(now, &name)? {
+                    Ok(()) => Ok(json!({ "initiating": name })),
+                    Err(e) => Err(Refusal::new(409, e)),
+                },
             },
-            (Some("terminate"), Some(name)) => match self.ike.terminate(now, name)? {
-                Ok(n) => format!("ok {n} IKE_SA(s) deleted\n"),
-                Err(e) => format!("error {e}\n"),
+            Command::Terminate(name) => match self.known(&name) {
+                Err(r) => Err(r),
+                Ok(()) => match self.ike.terminate(now, &name)? {
+                    Ok(n) => Ok(json!({ "connection": name, "ike_sas_deleted": n })),
+                    Err(e) => Err(Refusal::new(409, e)),
+                },
             },
-            (Some("status"), None) => format!("{}\n", self.status()?),
-            (Some("fault"), Some("ike")) if self.fault_injection => {
-                // The next call into the IKE guest traps.
+            Command::Rekey(name) => match self.known(&name) {
+                Err(r) => Err(r),
+                Ok(()) => {
+                    // A rekey is what a soft lifetime starts (RFC 7296
+                    // section 2.8): make-before-break, the old SA deleted
+                    // once the new one carries traffic.
+                    let spis: Vec<u32> =
+                        self.children.list.iter().filter(|c| c.connection == name).map(|c| c.inbound_spi).collect();
+                    if spis.is_empty() {
+                        Err(Refusal::new(409, format!("connection {name:?} has no CHILD SA to rekey")))
+                    } else {
+                        for &spi in &spis {
+                            self.ike.child_expired(now, spi, false)?;
+                        }
+                        Ok(json!({ "connection": name, "child_sas_rekeying": spis.len() }))
+                    }
+                }
+            },
+            Command::FaultIke if self.fault_injection => {
                 self.ike.fault_next_call = true;
-                "ok the IKE guest traps on its next call\n".to_string()
+                Ok(json!({ "fault": "the IKE guest traps on its next call" }))
             }
-            (Some("fault"), _) => "error fault injection is off ([control] fault_injection)\n".to_string(),
-            _ => "error commands: initiate NAME | terminate NAME | status\n".to_string(),
-        };
-        let _ = (&s).write_all(reply.as_bytes());
-        Ok(())
+            Command::FaultIke => Err(Refusal::new(403, "fault injection is off ([control] fault_injection)")),
+        })
     }
 
-    fn status(&mut self) -> anyhow::Result<serde_json::Value> {
+    /// Refuse, with 404, a name that is not a loaded connection.
+    fn known(&self, name: &str) -> Result<(), Refusal> {
+        if self.connections.iter().any(|c| c.name == name) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = self.connections.iter().map(|c| c.name.as_str()).collect();
+            Err(Refusal::new(404, format!("no connection {name:?} (loaded: {})", names.join(", "))))
+        }
+    }
+
+    fn connections_json(&mut self) -> anyhow::Result<Value> {
+        let mut list = Vec::new();
+        for c in &self.connections {
+            let addrs = |a: &[Vec<u8>]| -> Vec<String> {
+                a.iter()
+                    .filter_map(|b| socket_addr(&crate::wasm::ike::Endpoint { address: b.clone(), port: 0 }))
+                    .map(|s| s.ip().to_string())
+                    .collect()
+            };
+            let children: Vec<Value> = c
+                .children
+                .iter()
+                .map(|ch| {
+                    json!({ "name": ch.name, "local_ts": ch.local_ts, "remote_ts": ch.remote_ts,
+                                  "esp_proposals": ch.esp_proposals })
+                })
+                .collect();
+            list.push(json!({
+                "name": c.name,
+                "local_addrs": addrs(&c.local_addrs),
+                "remote_addrs": addrs(&c.remote_addrs),
+                "local_id": c.local_id,
+                "remote_id": c.remote_id,
+                "ike_proposals": c.ike_proposals,
+                "start_action": match c.start_action {
+                    crate::wasm::ike::StartAction::Start => "start",
+                    crate::wasm::ike::StartAction::None => "none",
+                },
+                "children": children,
+                "ike_sas": self.children.ike_sas.values().filter(|s| s.connection == c.name).count(),
+                "child_sas": self.children.list.iter().filter(|s| s.connection == c.name).count(),
+            }));
+        }
+        Ok(json!({ "connections": list }))
+    }
+
+    fn status(&mut self) -> anyhow::Result<Value> {
         let mut ike = serde_json::to_value(self.ike.stats()?)?;
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
         ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
         let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
-        Ok(serde_json::json!({
+        Ok(json!({
             "ike_sas": ike_sas,
             "child_sas": self.children.list,
             "ike": ike,

@@ -1,15 +1,14 @@
 //! The control thread: the IKE component, its sockets (UDP 500, and 4500
 //! through the inbound data path), timers, `trap` connections, and the
 //! hand-off of negotiated CHILD SAs to the data-path threads
-//! ([`children`]). The admin socket is served between IKE events
-//! ([`admin`]).
+//! ([`children`]). Questions from the ops thread (metrics, probes, the
+//! admin API) are answered between IKE events ([`admin`]).
 pub mod admin;
 pub mod children;
 pub mod sockets;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,9 +54,9 @@ pub struct ControlPlane {
     pub sockets: IkeSockets,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
     pub up: Receiver<Report>,
-    /// `wasmsec ctl` connections.
-    pub listener: Option<UnixListener>,
-    /// Questions from the ops thread (metrics, probes).
+    /// Recent negotiation failures, for the admin API.
+    pub failures: admin::Failures,
+    /// Questions from the ops thread (metrics, probes, the admin API).
     pub queries: Receiver<Query>,
     /// The engine's counters over the daemon's life (across guest
     /// replacements), as last observed.
@@ -84,10 +83,7 @@ impl ControlPlane {
         if let Err(e) = self.start(Self::now(start)) {
             return self.fatal(e);
         }
-        let mut fds = vec![self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
-        if let Some(l) = &self.listener {
-            fds.push(l.as_raw_fd());
-        }
+        let fds = [self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
         while !sys::stop_requested() {
             let now = Self::now(start);
             let due = match self.ike.next_timeout() {
@@ -189,14 +185,11 @@ impl ControlPlane {
                     Query::Metrics(reply) => {
                         let _ = reply.send(self.ike_view()?);
                     }
+                    Query::Admin(cmd, reply) => {
+                        let _ = reply.send(self.admin(now, cmd)?);
+                    }
                 }
             }
-        }
-        if ready.get(3) == Some(&true)
-            && let Some(l) = &self.listener
-            && let Ok((s, _)) = l.accept()
-        {
-            self.admin(now, s)?;
         }
         if due.is_some_and(|t| t <= now) {
             self.ike.tick(now)?;
@@ -314,7 +307,10 @@ impl ControlPlane {
                 Event::IkeDown((_, spi)) => self.children.ike_down(spi),
                 Event::Log(l) => match l.level {
                     Level::Info => info!(connection = %l.connection, "{}", l.message),
-                    Level::Warn => warn!(connection = %l.connection, "{}", l.message),
+                    Level::Warn => {
+                        warn!(connection = %l.connection, "{}", l.message);
+                        self.failures.push(&l.connection, &l.message);
+                    }
                 },
             }
         }

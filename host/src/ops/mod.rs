@@ -1,9 +1,12 @@
 //! The operator interfaces, on one tokio thread (`ops`): `/metrics`
-//! (Prometheus text), `/healthz` and `/readyz` over HTTP/1 with hyper. The
+//! (Prometheus text), `/healthz` and `/readyz`, and the admin API
+//! ([`api`]), over HTTP/1 with hyper. The
 //! packet threads and the IKE thread keep their own loops; this thread
 //! reads their counters ([`crate::stats::Stats`] atomics) and asks the IKE
 //! thread for its view through a [`Query`] on a channel that wakes its
 //! `poll`. A scrape never blocks a packet.
+pub mod api;
+pub mod client;
 pub mod render;
 pub mod view;
 
@@ -18,12 +21,13 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
 
 use crate::datapath::channel::Sender;
 use crate::stats::Stats;
 use crate::sys;
 pub use render::render;
-pub use view::{IkeTotals, IkeView, Query};
+pub use view::{Answer, Command, IkeTotals, IkeView, Query, Refusal};
 
 /// How long a probe or scrape waits for the IKE thread. It answers
 /// between two guest calls, so a longer wait means it is stuck.
@@ -100,44 +104,123 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// Bind the metrics listener now (a taken port fails the start, with the
-/// address in the error) and serve it on a new `ops` thread until stop.
-pub fn spawn(listen: SocketAddr, ops: Ops) -> Result<std::thread::JoinHandle<()>> {
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot bind the metrics listener [control] metrics = \"{listen}\""))?;
-    listener.set_nonblocking(true)?;
-    info!(listen = %listen, "metrics and probes on http://{listen}/metrics, /healthz, /readyz");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
-    Ok(std::thread::Builder::new().name("ops".into()).spawn(move || rt.block_on(serve(listener, Arc::new(ops))))?)
+/// The listeners of the ops thread, bound by the daemon before any thread
+/// starts (a taken port or path fails the start with its name).
+#[derive(Default)]
+pub struct Listeners {
+    /// `/metrics`, `/healthz`, `/readyz` (`[control] metrics`).
+    pub metrics: Option<std::net::TcpListener>,
+    /// The admin API on the Unix socket (`[control] socket`, mode 0600).
+    pub admin_unix: Option<std::os::unix::net::UnixListener>,
+    /// The admin API on TCP (`[control] api`), with its bearer token.
+    pub admin_tcp: Option<(std::net::TcpListener, Zeroizing<String>)>,
 }
 
-async fn serve(listener: std::net::TcpListener, ops: Arc<Ops>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => return warn!(error = %e, "metrics listener unusable"),
+impl Listeners {
+    pub fn any(&self) -> bool {
+        self.metrics.is_some() || self.admin_unix.is_some() || self.admin_tcp.is_some()
+    }
+}
+
+/// Bind a TCP listener for the ops thread; the error names the setting.
+pub fn bind_tcp(addr: SocketAddr, setting: &str) -> Result<std::net::TcpListener> {
+    let l =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind [control] {setting} = \"{addr}\""))?;
+    l.set_nonblocking(true)?;
+    info!(listen = %addr, "{setting} listening");
+    Ok(l)
+}
+
+/// Which interface a connection came in on.
+#[derive(Clone)]
+enum Face {
+    /// Metrics and probes.
+    Metrics,
+    /// The admin API; TCP needs the token.
+    Admin(Option<Arc<Zeroizing<String>>>),
+}
+
+/// Serve the listeners on a new `ops` thread until stop.
+pub fn spawn(listeners: Listeners, ops: Ops) -> Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    Ok(std::thread::Builder::new().name("ops".into()).spawn(move || rt.block_on(serve(listeners, Arc::new(ops))))?)
+}
+
+async fn serve(listeners: Listeners, ops: Arc<Ops>) {
+    let mut tasks = Vec::new();
+    let tcp = |l: std::net::TcpListener, face: Face| {
+        let ops = ops.clone();
+        async move {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => accept_loop(|| l.accept(), ops, face).await,
+                Err(e) => warn!(error = %e, "ops listener unusable"),
+            }
+        }
     };
+    if let Some(l) = listeners.metrics {
+        tasks.push(tokio::spawn(tcp(l, Face::Metrics)));
+    }
+    if let Some((l, token)) = listeners.admin_tcp {
+        tasks.push(tokio::spawn(tcp(l, Face::Admin(Some(Arc::new(token))))));
+    }
+    if let Some(l) = listeners.admin_unix {
+        let ops = ops.clone();
+        tasks.push(tokio::spawn(async move {
+            match tokio::net::UnixListener::from_std(l) {
+                Ok(l) => accept_loop(|| l.accept(), ops, Face::Admin(None)).await,
+                Err(e) => warn!(error = %e, "admin socket unusable"),
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Accept connections until stop, each served on a task of its own.
+async fn accept_loop<S, A, F>(accept: impl Fn() -> F, ops: Arc<Ops>, face: Face)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<(S, A)>>,
+{
     while !sys::stop_requested() {
         // Wake at least every 250 ms to notice the stop.
-        let Ok(accepted) = tokio::time::timeout(Duration::from_millis(250), listener.accept()).await else { continue };
+        let Ok(accepted) = tokio::time::timeout(Duration::from_millis(250), accept()).await else { continue };
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                debug!(error = %e, "metrics accept failed");
+                debug!(error = %e, "ops accept failed");
                 continue;
             }
         };
-        let ops = ops.clone();
+        let (ops, face) = (ops.clone(), face.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let ops = ops.clone();
-                async move { Ok::<_, Infallible>(ops.answer(req).await) }
+                let (ops, face) = (ops.clone(), face.clone());
+                async move {
+                    Ok::<_, Infallible>(match &face {
+                        Face::Metrics => ops.answer(req).await,
+                        Face::Admin(token) if !api::authorised(&req, token.as_deref().map(|t| t.as_str())) => {
+                            let mut r = text(
+                                StatusCode::UNAUTHORIZED,
+                                "{\"error\": \"missing or wrong bearer token\"}\n".into(),
+                            );
+                            r.headers_mut().insert(
+                                hyper::header::WWW_AUTHENTICATE,
+                                hyper::header::HeaderValue::from_static("Bearer"),
+                            );
+                            r
+                        }
+                        Face::Admin(_) => api::route(&ops, req).await,
+                    })
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
-                debug!(error = %e, "metrics connection ended with an error");
+                debug!(error = %e, "ops connection ended with an error");
             }
         });
     }

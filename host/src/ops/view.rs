@@ -15,6 +15,45 @@ pub enum Query {
     /// The IKE view for `/metrics` (and the liveness probe: an answer
     /// proves the control thread and its guest are turning).
     Metrics(oneshot::Sender<IkeView>),
+    /// An admin API request.
+    Admin(Command, oneshot::Sender<Answer>),
+}
+
+/// What the admin API asks the IKE thread to show or do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// SAs and every counter (`wasmsec stats`).
+    Status,
+    /// The loaded connections.
+    Connections,
+    /// The IKE and CHILD SAs.
+    Sas,
+    /// Recent refused or failed negotiations, with their reasons.
+    Failures,
+    Initiate(String),
+    Terminate(String),
+    /// Rekey the connection's CHILD SAs now.
+    Rekey(String),
+    /// Tests only (`[control] fault_injection`): the IKE guest traps on
+    /// its next call.
+    FaultIke,
+}
+
+/// The IKE thread's answer: JSON, or a refusal with its HTTP status.
+pub type Answer = Result<serde_json::Value, Refusal>;
+
+/// A request the IKE thread would not carry out; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 404 (no such connection), 409 (not possible now), 403 (not enabled).
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal { status, message: message.into() }
+    }
 }
 
 /// The control thread's state as the metrics show it.

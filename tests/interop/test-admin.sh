@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The admin API and the CLI against a running daemon with strongSwan as the
+# peer: list, initiate, rekey, terminate through `wasmsec <verb>` on the
+# Unix socket and on TCP with a bearer token; a wrong token, malformed JSON
+# and an unknown connection are refused with a 4xx and change nothing.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
+
+API=127.0.0.1:9470
+topo_up
+A=$STATE/A B=$STATE/B
+mkdir -p "$A" "$B"
+(umask 077; head -c 24 /dev/urandom | base64 >"$B/token"; echo wrong-token-0123456789 >"$B/wrong")
+sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B \
+    aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
+WASMSEC_CONTROL_EXTRA="api = \"$API\"
+api_token = \"file:$B/token\"" \
+    wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none \
+    aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
+w() { "$WASMSEC_BIN" "$@" --socket "$B/ctl.sock"; }
+wt() { nsx wsi-gwb "$WASMSEC_BIN" "$@" --api $API --token-file "$B/token"; }
+# children: the CHILD SAs as "inbound/outbound" SPIs, from list-sas --json
+children() { w list-sas --json | python3 -c 'import json,sys
+print(" ".join(c["inbound_spi"]+"/"+c["outbound_spi"] for c in json.load(sys.stdin)["child_sas"]))'; }
+# raw METHOD PATH BODY TOKEN: the HTTP status of a hand-made request on TCP
+raw() { nsx wsi-gwb python3 -c 'import http.client,sys
+c=http.client.HTTPConnection(sys.argv[1], timeout=5)
+c.request(sys.argv[2], sys.argv[3], body=sys.argv[4], headers={"Authorization": "Bearer "+sys.argv[5]})
+print(c.getresponse().status)' $API "$@"; }
+
+check "the admin socket is owner-only" [ "$(command stat -c %a "$B/ctl.sock")" = 600 ]
+w list-conns >"$B/conns.txt"; cat "$B/conns.txt"
+check "list-conns shows the connection and its child" grep -q "child s2s: 198.18.2.0/24 === 198.18.1.0/24" "$B/conns.txt"
+check "list-conns --json names it" bash -c "'$WASMSEC_BIN' list-conns --json --socket '$B/ctl.sock' | grep -q '\"name\": \"s2s\"'"
+check "initiate over the socket" w initiate s2s
+check "tunnel up" wasmsec_up "$B" 20
+check "ping through it" ping_ok wsi-hosta $HOST_B
+w list-sas | tee "$B/sas.txt"
+before=$(children)
+check "list-sas shows one CHILD SA ($before)" [ "$(wc -w <<<"$before")" = 1 ]
+check "list-sas as a table names the proposal" grep -q "aes256gcm16" "$B/sas.txt"
+
+# Refusals change nothing.
+check "a wrong token is refused" bash -c "! ip netns exec wsi-gwb '$WASMSEC_BIN' terminate s2s --api $API --token-file '$B/wrong' 2>'$B/wrong.out'"
+check "... with 401" grep -q "401" "$B/wrong.out"
+check "no token: 401" [ "$(raw POST /v1/terminate '{"connection":"s2s"}' '')" = 401 ]
+check "malformed JSON: 400" [ "$(raw POST /v1/terminate '{"connection": s2s' "$(cat "$B/token")")" = 400 ]
+check "GET on a POST endpoint: 405" [ "$(raw GET /v1/terminate '' "$(cat "$B/token")")" = 405 ]
+check "an unknown connection is refused" bash -c "! '$WASMSEC_BIN' terminate nosuch --socket '$B/ctl.sock' 2>'$B/unknown.out'"
+check "... with 404 naming the loaded ones" grep -q "404: no connection \"nosuch\" (loaded: s2s)" "$B/unknown.out"
+check "rekeying an unknown connection: 404" [ "$(raw POST /v1/rekey '{"connection":"nosuch"}' "$(cat "$B/token")")" = 404 ]
+check "after the refusals the same CHILD SA is up ($(children))" [ "$(children)" = "$before" ]
+check "the tunnel still carries traffic" ping_ok wsi-hosta $HOST_B
+
+# Rekey over TCP with the token: new SPIs, no loss.
+nsx wsi-hosta ping -n -i 0.05 -c 100 -W 1 $HOST_B >"$STATE/ping.out" 2>&1 &
+PING=$!
+sleep 1
+check "rekey over TCP with the token" wt rekey s2s
+for _ in $(seq 50); do [ "$(children)" != "$before" ] && [ "$(wc -w <<<"$(children)")" = 1 ] && break; sleep 0.2; done
+after=$(children)
+wait $PING || true
+check "the rekey replaced the CHILD SA ($before -> $after)" [ -n "$after" -a "$after" != "$before" -a "$(wc -w <<<"$after")" = 1 ]
+check "no ping lost across the rekey ($(grep -c 'bytes from' "$STATE/ping.out" || true)/100)" grep -q " 0% packet loss" "$STATE/ping.out"
+check "strongSwan saw the rekey" grep -q "rekeying CHILD_SA\|CHILD_SA s2s{[0-9]*} established\|rekeyed" "$A/charon.log"
+
+check "stats answers over TCP" bash -c "ip netns exec wsi-gwb '$WASMSEC_BIN' stats --api $API --token-file '$B/token' | grep -q esp_tx_packets"
+reload=$(w reload 2>&1) && reload_rc=0 || reload_rc=$?
+check "reload fails, rather than pretending ($reload)" [ "$reload_rc" -ne 0 ]
+check "... saying it is not implemented yet (501)" grep -q "501" <<<"$reload"
+check "terminate over the socket" w terminate s2s
+for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
+check "no CHILD SA left" [ -z "$(children)" ]
+check "strongSwan has no IKE SA left" bash -c "! swanctl --list-sas --uri unix://$A/charon.vici | grep -q s2s"
+finish
