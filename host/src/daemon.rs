@@ -5,17 +5,17 @@ use std::collections::HashMap;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
 
-use crate::config::{self, Config, DpdAction, Encapsulation, StartAction};
+use crate::config::{self, Config, Encapsulation};
+use crate::control::ControlPlane;
 use crate::control::children::Children;
+use crate::control::connections::{load_connections, routes};
 use crate::control::sockets::IkeSockets;
-use crate::control::{ControlPlane, Trap};
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::group::{Group, Groups};
 use crate::datapath::guard::GuestGuard;
@@ -26,7 +26,6 @@ use crate::stats::Stats;
 use crate::sys::{self, RawEsp, Tun};
 use crate::wasm::Runtime;
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
-use crate::wasm::ike::{self, IkeInstance};
 
 /// Where the components are: config, then `$WASMSEC_COMPONENTS`, then
 /// `../components` beside the binary, then the system location.
@@ -50,14 +49,6 @@ pub fn components_dir(configured: Option<&Path>) -> PathBuf {
 pub fn built_components_dir() -> PathBuf {
     let dir = components_dir(None);
     if dir.join("esp.wasm").exists() { dir } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/components") }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 /// The SAs from `[[manual]]` blocks, with their keys put in the keystore.
@@ -132,115 +123,19 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
 
 /// A connection as the IKE component takes it, with its PSK put in the
 /// vault of `ike`.
-fn wit_connection(
-    c: &config::Connection,
-    base: &Path,
-    ike: &mut IkeInstance,
-    force_encap: bool,
-) -> Result<ike::Connection> {
-    let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
-    let addr = |a: &std::net::IpAddr| match a {
-        std::net::IpAddr::V4(v) => v.octets().to_vec(),
-        std::net::IpAddr::V6(v) => v.octets().to_vec(),
-    };
-    let cidrs = |v: &[config::Prefix]| v.iter().map(ToString::to_string).collect();
-    Ok(ike::Connection {
-        name: c.name.get_ref().clone(),
-        local_addrs: c.local_addrs.iter().map(addr).collect(),
-        remote_addrs: c.remote_addrs.iter().map(addr).collect(),
-        local_id: c.local_id.0.clone(),
-        remote_id: c.remote_id.0.clone(),
-        psk: ike.store.data_mut().insert_psk(psk),
-        ike_proposals: c.proposals.0.clone(),
-        children: c
-            .children
-            .iter()
-            .map(|ch| ike::ChildConfig {
-                name: ch.name.clone(),
-                local_ts: cidrs(&ch.local_ts),
-                remote_ts: cidrs(&ch.remote_ts),
-                esp_proposals: ch.esp_proposals.0.clone(),
-                rekey_time_ms: u64::from(ch.rekey_time) * 1000,
-                rekey_bytes: ch.rekey_bytes,
-                rekey_packets: ch.rekey_packets,
-                life_time_ms: u64::from(ch.life_time) * 1000,
-                life_bytes: ch.life_bytes,
-                life_packets: ch.life_packets,
-            })
-            .collect(),
-        start_action: if c.start_action == StartAction::Start {
-            ike::StartAction::Start
-        } else {
-            ike::StartAction::None
-        },
-        force_encap: c.encap || force_encap,
-        nat_keepalive_ms: c.keepalive.saturating_mul(1000),
-        rekey_time_ms: u64::from(c.rekey_time) * 1000,
-        reauth_time_ms: u64::from(c.reauth_time) * 1000,
-        dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
-        dpd_action: match c.dpd_action {
-            DpdAction::Clear | DpdAction::Hold => ike::DpdAction::Clear,
-            DpdAction::Restart => ike::DpdAction::Restart,
-        },
-    })
-}
-
-/// Load every connection into the IKE component; returns the `trap` ones.
-/// Load the connections into `ike`; returns the traps and the connections
-/// as loaded (a replacement IKE instance gets them again).
-fn load_connections(
-    cfg: &Config,
-    file: &Path,
-    base: &Path,
-    ike: &mut IkeInstance,
-    force_encap: bool,
-) -> Result<(Vec<Trap>, Vec<ike::Connection>)> {
-    let mut traps = Vec::new();
-    let mut loaded = Vec::new();
-    for c in &cfg.connection {
-        let at = format!("{}: connection {:?}", file.display(), c.name.get_ref());
-        let conn = wit_connection(c, base, ike, force_encap).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
-        match ike.add_connection(&conn)? {
-            Ok(warnings) => warnings.iter().for_each(|w| warn!(connection = %c.name.get_ref(), "{w}")),
-            Err(e) => bail!("{at}: {e}"),
-        }
-        loaded.push(conn);
-        // `dpd_action = "hold"` is a trap that waits for traffic after a dead peer.
-        let hold = c.dpd_action == DpdAction::Hold && !c.remote_addrs.is_empty();
-        if c.start_action == StartAction::Trap || hold {
-            let remote = c.children.iter().flat_map(|ch| ch.remote_ts.iter().copied()).collect();
-            traps.push(Trap { connection: c.name.get_ref().clone(), remote });
-        }
-        info!(
-            connection = %c.name.get_ref(), local_id = %c.local_id.0, remote_id = %c.remote_id.0,
-            remote_addrs = ?c.remote_addrs, proposals = %c.proposals.0, start_action = ?c.start_action,
-            children = c.children.len(), "IKE connection loaded"
-        );
-    }
-    Ok((traps, loaded))
-}
-
 /// The TUN device, up, with a route to every remote subnet. Routes exist
 /// from the start: traffic without an SA is then dropped and counted (and
 /// may trigger a `trap` connection) instead of leaving in the clear.
 fn open_tun(cfg: &Config) -> Result<Tun> {
     let tun = Tun::open(&cfg.tunnel.name).with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
-    ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
+    sys::ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
     let manual = cfg.manual.iter().map(|m| (format!("manual {:?}", m.name.get_ref()), &m.remote_ts));
     let ike = cfg
         .connection
         .iter()
         .flat_map(|c| c.children.iter().map(move |ch| (format!("connection {:?}", c.name.get_ref()), &ch.remote_ts)));
     for (what, remote_ts) in manual.chain(ike) {
-        for p in remote_ts {
-            let p = p.to_string();
-            let mut args = vec!["route", "replace", p.as_str(), "dev", tun.name()];
-            let src = cfg.tunnel.source.map(|s| s.to_string());
-            if let Some(s) = &src {
-                args.extend(["src", s.as_str()]);
-            }
-            ip(&args).with_context(|| format!("{what}: route to {p}"))?;
-        }
+        routes(tun.name(), cfg.tunnel.source, remote_ts).with_context(|| what)?;
     }
     Ok(tun)
 }
@@ -307,7 +202,15 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     Ok(ControlPlane {
         ike,
         runtime: p.runtime.clone(),
-        connections,
+        history: connections.into_iter().map(crate::control::connections::Step::Add).collect(),
+        reload_ctx: crate::control::connections::ReloadContext {
+            path: config_path.to_path_buf(),
+            base: base.to_path_buf(),
+            force_encap: p.force_encap,
+            tun: cfg.tunnel.name.clone(),
+            source: cfg.tunnel.source,
+            sections: cfg.connection.clone(),
+        },
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),

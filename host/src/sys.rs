@@ -202,6 +202,16 @@ pub fn install_stop_handler() {
     }
 }
 
+/// Run `ip` (iproute2) with these arguments; its stderr is the error.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let out = std::process::Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Let a closed pipe end the process quietly, as in any Unix filter
 /// (`wasmsec list-sas | head`): Rust ignores SIGPIPE and `println!` would
 /// panic on EPIPE. For the CLI verbs only; the daemon keeps ignoring it.

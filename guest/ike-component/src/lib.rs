@@ -313,6 +313,13 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.initiate(now_ms, &connection, &mut HostCrypto)).map_err(|e| e.to_string())
     }
 
+    fn remove_connection(now_ms: u64, connection: String) -> Result<u32, String> {
+        ENGINE
+            .with_borrow_mut(|e| e.remove_connection(now_ms, &connection, &mut HostCrypto))
+            .map(|n| n as u32)
+            .map_err(|e| e.to_string())
+    }
+
     fn terminate(now_ms: u64, connection: String) -> Result<u32, String> {
         ENGINE
             .with_borrow_mut(|e| e.terminate(now_ms, &connection, &mut HostCrypto))

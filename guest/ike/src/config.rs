@@ -214,6 +214,9 @@ pub(crate) struct Connection {
     pub ike: Vec<proposal::Config>,
     /// Its CHILD SA templates, in config order.
     pub children: Vec<Child>,
+    /// Removed by a reload: it matches no peer and no name, but keeps its
+    /// index, by which SAs (and their checkpoints) name connections.
+    pub removed: bool,
 }
 
 impl Connection {
@@ -250,12 +253,13 @@ impl Connection {
                 life: Lifetimes::from_config(c, timing.retransmit_span()).map_err(|e| ch("lifetimes", e))?,
             });
         }
-        Ok((Connection { cfg, local_id, remote_id, ike, children }, warnings))
+        Ok((Connection { cfg, local_id, remote_id, ike, children, removed: false }, warnings))
     }
 
     /// Whether this connection accepts an IKE SA between these addresses.
     pub fn matches_addrs(&self, local: &IpAddr, remote: &IpAddr) -> bool {
-        (self.cfg.local_addrs.is_empty() || self.cfg.local_addrs.contains(local))
+        !self.removed
+            && (self.cfg.local_addrs.is_empty() || self.cfg.local_addrs.contains(local))
             && (self.cfg.remote_addrs.is_empty() || self.cfg.remote_addrs.contains(remote))
     }
 }

@@ -175,14 +175,15 @@ impl Engine {
 
     /// Connections whose start action is `Start`.
     pub fn autostart(&self) -> Vec<String> {
-        self.conns.iter().filter(|c| c.cfg.start_action == StartAction::Start).map(|c| c.cfg.name.clone()).collect()
+        let start = |c: &&Connection| !c.removed && c.cfg.start_action == StartAction::Start;
+        self.conns.iter().filter(start).map(|c| c.cfg.name.clone()).collect()
     }
 
     // ---- admin -----------------------------------------------------------
 
     /// Load a connection; returns warnings about skipped algorithms.
     pub fn add_connection(&mut self, cfg: ConnectionConfig) -> Result<Vec<String>, Error> {
-        if self.conns.iter().any(|c| c.cfg.name == cfg.name) {
+        if self.conns.iter().any(|c| !c.removed && c.cfg.name == cfg.name) {
             return Err(Error::Config(format!("connection {:?} is defined twice", cfg.name)));
         }
         let (conn, warnings) = Connection::new(cfg, &self.timing)?;
@@ -193,8 +194,18 @@ impl Engine {
     fn conn_index(&self, name: &str) -> Result<usize, Error> {
         self.conns
             .iter()
-            .position(|c| c.cfg.name == name)
+            .position(|c| !c.removed && c.cfg.name == name)
             .ok_or_else(|| Error::Admin(format!("no connection {name:?}")))
+    }
+
+    /// Remove connection `name` (a reload): its IKE SAs are deleted as by
+    /// `terminate`, and it no longer matches a peer or a name. Returns how
+    /// many IKE SAs it had.
+    pub fn remove_connection(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, Error> {
+        let n = self.terminate(now, name, crypto)?;
+        let conn = self.conn_index(name)?;
+        self.conns[conn].removed = true;
+        Ok(n)
     }
 
     /// Start connection `name` as initiator.

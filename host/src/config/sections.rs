@@ -72,7 +72,7 @@ pub enum StartAction {
 }
 
 /// An IKEv2 connection with pre-shared-key authentication.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
     /// Its name, unique among connections.
@@ -127,7 +127,7 @@ pub struct Connection {
 }
 
 /// A CHILD SA of a connection.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Child {
     /// Its name within the connection.

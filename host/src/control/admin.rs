@@ -79,6 +79,7 @@ impl ControlPlane {
                     }
                 }
             },
+            Command::Reload => self.reload(now)?,
             Command::FaultIke if self.fault_injection => {
                 self.ike.fault_next_call = true;
                 Ok(json!({ "fault": "the IKE guest traps on its next call" }))
@@ -89,17 +90,18 @@ impl ControlPlane {
 
     /// Refuse, with 404, a name that is not a loaded connection.
     fn known(&self, name: &str) -> Result<(), Refusal> {
-        if self.connections.iter().any(|c| c.name == name) {
+        let live = self.live_connections();
+        if live.iter().any(|c| c.name == name) {
             Ok(())
         } else {
-            let names: Vec<&str> = self.connections.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = live.iter().map(|c| c.name.as_str()).collect();
             Err(Refusal::new(404, format!("no connection {name:?} (loaded: {})", names.join(", "))))
         }
     }
 
     fn connections_json(&mut self) -> anyhow::Result<Value> {
         let mut list = Vec::new();
-        for c in &self.connections {
+        for c in self.live_connections() {
             let addrs = |a: &[Vec<u8>]| -> Vec<String> {
                 a.iter()
                     .filter_map(|b| socket_addr(&crate::wasm::ike::Endpoint { address: b.clone(), port: 0 }))

@@ -5,6 +5,7 @@
 //! admin API) are answered between IKE events ([`admin`]).
 pub mod admin;
 pub mod children;
+pub mod connections;
 pub mod sockets;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,7 +23,7 @@ use crate::ops::{IkeTotals, IkeView, Query};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
-use crate::wasm::ike::{Connection, Datagram, Event, IkeInstance, Level, SaChange, Transmit};
+use crate::wasm::ike::{Datagram, Event, IkeInstance, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
 use sockets::{IkeSockets, MAX_IKE_MESSAGE, endpoint};
 
@@ -40,9 +41,11 @@ pub struct ControlPlane {
     pub ike: IkeInstance,
     /// The wasm runtime, for a new IKE instance when one traps.
     pub runtime: Arc<Runtime>,
-    /// The connections as loaded into the IKE guest, in order: a new
-    /// instance gets the same before its checkpoints.
-    pub connections: Vec<Connection>,
+    /// The connections added to and removed from the IKE guest, in order:
+    /// a new instance gets the same before its checkpoints.
+    pub history: Vec<connections::Step>,
+    /// The config file and what a reload needs.
+    pub reload_ctx: connections::ReloadContext,
     /// Restarts of the IKE guest, with backoff.
     pub guard: GuestGuard,
     /// `wasmsec ctl fault ike` is allowed (tests).
@@ -133,9 +136,19 @@ impl ControlPlane {
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
         std::thread::sleep(wait);
         self.ike.replace(&self.runtime)?;
-        for c in &self.connections {
-            if let Err(e) = self.ike.add_connection(c)? {
-                anyhow::bail!("connection {:?} no longer loads: {e}", c.name);
+        for step in &self.history {
+            match step {
+                connections::Step::Add(c) => {
+                    if let Err(e) = self.ike.add_connection(c)? {
+                        anyhow::bail!("connection {:?} no longer loads: {e}", c.name);
+                    }
+                }
+                connections::Step::Remove(name) => {
+                    // Its SAs went when it was removed; only the tombstone is replayed.
+                    if let Err(e) = self.ike.remove_connection(0, name)? {
+                        anyhow::bail!("connection {name:?} cannot be removed again: {e}");
+                    }
+                }
             }
         }
         let checkpoints: Vec<Vec<u8>> = self.ike.store.data().checkpoints.values().cloned().collect();

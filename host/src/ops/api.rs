@@ -8,6 +8,7 @@
 //! | GET | `/v1/sas` | | IKE and CHILD SAs |
 //! | GET | `/v1/failures` | | recent refused or failed negotiations |
 //! | POST | `/v1/initiate`, `/v1/terminate`, `/v1/rekey` | `{"connection": NAME}` | start, delete, rekey its CHILD SAs |
+//! | POST | `/v1/reload` | | re-read the config's connections |
 //! | POST | `/v1/fault` | `{"guest": "ike"}` | tests only: the IKE guest traps |
 //!
 //! A request is checked completely (token, method, path, JSON) before the
@@ -82,7 +83,7 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
         return Err(bad(StatusCode::METHOD_NOT_ALLOWED, format!("{path} takes POST")));
     }
     if path == "/v1/reload" {
-        return Err(bad(StatusCode::NOT_IMPLEMENTED, "reload is not implemented yet: restart the daemon"));
+        return Ok(Command::Reload);
     }
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),

@@ -34,6 +34,8 @@ pub enum Command {
     Terminate(String),
     /// Rekey the connection's CHILD SAs now.
     Rekey(String),
+    /// Re-read the config file's connections.
+    Reload,
     /// Tests only (`[control] fault_injection`): the IKE guest traps on
     /// its next call.
     FaultIke,

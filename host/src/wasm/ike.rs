@@ -98,6 +98,12 @@ impl IkeState {
         self.vault.insert_psk(psk)
     }
 
+    /// Forget a PSK that was loaded for a connection that never came to be
+    /// (a refused reload).
+    pub fn forget_psk(&mut self, handle: u64) {
+        self.vault.destroy(handle);
+    }
+
     /// Take the derived key pair a CHILD SA install names: true if
     /// `outbound` and `inbound` came from one derivation, in that order,
     /// for `alg`, and were not installed before. Anything else is a guest
@@ -349,6 +355,10 @@ impl IkeInstance {
 
     pub fn initiate(&mut self, now: u64, name: &str) -> Result<Result<(), String>> {
         self.call(|e, s| e.call_initiate(s, now, name))
+    }
+
+    pub fn remove_connection(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {
+        self.call(|e, s| e.call_remove_connection(s, now, name))
     }
 
     pub fn terminate(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {

@@ -1,0 +1,258 @@
+//! Connections from the config file into the IKE guest: the WIT record
+//! of each (its PSK into the vault), the `trap` ones, the TUN routes to
+//! their remote subnets, and the reload that adds and removes them while
+//! the daemon runs ([`ControlPlane::reload`]).
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{ControlPlane, Trap};
+use crate::config::{self, Config, DpdAction, StartAction};
+use crate::ops::{Answer, Refusal};
+use crate::sys;
+use crate::wasm::ike::{self, IkeInstance};
+
+/// A route into the TUN device for each remote subnet: traffic without an
+/// SA is then dropped and counted instead of leaving in the clear.
+pub fn routes(tun: &str, source: Option<IpAddr>, remote_ts: &[config::Prefix]) -> Result<()> {
+    for p in remote_ts {
+        let p = p.to_string();
+        let mut args = vec!["route", "replace", p.as_str(), "dev", tun];
+        let src = source.map(|s| s.to_string());
+        if let Some(s) = &src {
+            args.extend(["src", s.as_str()]);
+        }
+        sys::ip(&args).with_context(|| format!("route to {p}"))?;
+    }
+    Ok(())
+}
+
+/// A step in the history of the IKE guest's connections, replayed in order
+/// into a replacement instance (an SA names its connection by index).
+#[derive(Debug, Clone)]
+pub enum Step {
+    Add(ike::Connection),
+    Remove(String),
+}
+
+/// The `trap` of a connection, if it has one.
+fn trap(c: &config::Connection) -> Option<Trap> {
+    // `dpd_action = "hold"` is a trap that waits for traffic after a dead peer.
+    let hold = c.dpd_action == DpdAction::Hold && !c.remote_addrs.is_empty();
+    (c.start_action == StartAction::Trap || hold).then(|| Trap {
+        connection: c.name.get_ref().clone(),
+        remote: c.children.iter().flat_map(|ch| ch.remote_ts.iter().copied()).collect(),
+    })
+}
+
+pub fn wit_connection(
+    c: &config::Connection,
+    base: &Path,
+    ike: &mut IkeInstance,
+    force_encap: bool,
+) -> Result<ike::Connection> {
+    let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
+    let addr = |a: &std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v) => v.octets().to_vec(),
+        std::net::IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    let cidrs = |v: &[config::Prefix]| v.iter().map(ToString::to_string).collect();
+    Ok(ike::Connection {
+        name: c.name.get_ref().clone(),
+        local_addrs: c.local_addrs.iter().map(addr).collect(),
+        remote_addrs: c.remote_addrs.iter().map(addr).collect(),
+        local_id: c.local_id.0.clone(),
+        remote_id: c.remote_id.0.clone(),
+        psk: ike.store.data_mut().insert_psk(psk),
+        ike_proposals: c.proposals.0.clone(),
+        children: c
+            .children
+            .iter()
+            .map(|ch| ike::ChildConfig {
+                name: ch.name.clone(),
+                local_ts: cidrs(&ch.local_ts),
+                remote_ts: cidrs(&ch.remote_ts),
+                esp_proposals: ch.esp_proposals.0.clone(),
+                rekey_time_ms: u64::from(ch.rekey_time) * 1000,
+                rekey_bytes: ch.rekey_bytes,
+                rekey_packets: ch.rekey_packets,
+                life_time_ms: u64::from(ch.life_time) * 1000,
+                life_bytes: ch.life_bytes,
+                life_packets: ch.life_packets,
+            })
+            .collect(),
+        start_action: if c.start_action == StartAction::Start {
+            ike::StartAction::Start
+        } else {
+            ike::StartAction::None
+        },
+        force_encap: c.encap || force_encap,
+        nat_keepalive_ms: c.keepalive.saturating_mul(1000),
+        rekey_time_ms: u64::from(c.rekey_time) * 1000,
+        reauth_time_ms: u64::from(c.reauth_time) * 1000,
+        dpd_delay_ms: c.dpd_delay.saturating_mul(1000),
+        dpd_action: match c.dpd_action {
+            DpdAction::Clear | DpdAction::Hold => ike::DpdAction::Clear,
+            DpdAction::Restart => ike::DpdAction::Restart,
+        },
+    })
+}
+
+/// Load the connections into `ike`; returns the traps and the connections
+/// as loaded (a replacement IKE instance gets them again).
+pub fn load_connections(
+    cfg: &Config,
+    file: &Path,
+    base: &Path,
+    ike: &mut IkeInstance,
+    force_encap: bool,
+) -> Result<(Vec<Trap>, Vec<ike::Connection>)> {
+    let mut traps = Vec::new();
+    let mut loaded = Vec::new();
+    for c in &cfg.connection {
+        let at = format!("{}: connection {:?}", file.display(), c.name.get_ref());
+        let conn = wit_connection(c, base, ike, force_encap).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        match ike.add_connection(&conn)? {
+            Ok(warnings) => warnings.iter().for_each(|w| warn!(connection = %c.name.get_ref(), "{w}")),
+            Err(e) => bail!("{at}: {e}"),
+        }
+        loaded.push(conn);
+        traps.extend(trap(c));
+        info!(
+            connection = %c.name.get_ref(), local_id = %c.local_id.0, remote_id = %c.remote_id.0,
+            remote_addrs = ?c.remote_addrs, proposals = %c.proposals.0, start_action = ?c.start_action,
+            children = c.children.len(), "IKE connection loaded"
+        );
+    }
+    Ok((traps, loaded))
+}
+
+/// What a reload needs to know of how the daemon was started.
+pub struct ReloadContext {
+    /// The config file, and the directory relative paths are resolved in.
+    pub path: std::path::PathBuf,
+    pub base: std::path::PathBuf,
+    /// No raw ESP socket: every tunnel is UDP-encapsulated.
+    pub force_encap: bool,
+    /// The TUN device and the source address of its routes.
+    pub tun: String,
+    pub source: Option<IpAddr>,
+    /// The `[[connection]]` sections now loaded.
+    pub sections: Vec<config::Connection>,
+}
+
+impl ControlPlane {
+    /// The connections now loaded, from the history.
+    pub fn live_connections(&self) -> Vec<&ike::Connection> {
+        let mut live: Vec<&ike::Connection> = Vec::new();
+        for s in &self.history {
+            match s {
+                Step::Add(c) => live.push(c),
+                Step::Remove(n) => live.retain(|c| &c.name != n),
+            }
+        }
+        live
+    }
+
+    /// Re-read the config file and apply its `[[connection]]` sections:
+    /// a removed or changed connection is deleted (DELETE to the peer), an
+    /// added or changed one is loaded (and initiated if `start_action =
+    /// "start"`), an unchanged one is not touched: its SAs and SPIs stay.
+    /// A file that does not load, a PSK that cannot be read or an
+    /// `esp_component` that is not loaded yet refuses the reload, with
+    /// nothing changed. Other sections need a restart.
+    pub(super) fn reload(&mut self, now: u64) -> Result<Answer> {
+        let cfg = match Config::load(&self.reload_ctx.path) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(Refusal::new(400, format!("the config does not load: {e:#}")))),
+        };
+        // An empty or truncated file would tear every tunnel down: almost
+        // always a mistake.
+        if cfg.connection.is_empty() {
+            return Ok(Err(Refusal::new(409, "the new config has no [[connection]]: not removing every connection")));
+        }
+        let old = self.reload_ctx.sections.clone();
+        let (base, force_encap) = (self.reload_ctx.base.clone(), self.reload_ctx.force_encap);
+        let (tun, source) = (self.reload_ctx.tun.clone(), self.reload_ctx.source);
+        let gone: Vec<String> =
+            old.iter().filter(|o| !cfg.connection.contains(o)).map(|o| o.name.get_ref().clone()).collect();
+        let fresh: Vec<&config::Connection> = cfg.connection.iter().filter(|c| !old.contains(c)).collect();
+        // Everything that can refuse, before anything changes.
+        let mut groups = Vec::new();
+        for c in &fresh {
+            let group = match &c.esp_component {
+                None => None,
+                Some(p) => match old.iter().find(|o| o.esp_component.as_ref() == Some(p)) {
+                    Some(o) => self.children.groups.get(o.name.get_ref()).copied(),
+                    None => {
+                        return Ok(Err(Refusal::new(
+                            409,
+                            format!(
+                                "connection {:?}: esp_component {} is not loaded; a new ESP component needs a restart",
+                                c.name.get_ref(),
+                                p.display()
+                            ),
+                        )));
+                    }
+                },
+            };
+            groups.push(group);
+        }
+        let mut loaded = Vec::new();
+        for c in &fresh {
+            match wit_connection(c, &base, &mut self.ike, force_encap) {
+                Ok(w) => loaded.push(w),
+                Err(e) => {
+                    for w in &loaded {
+                        self.ike.store.data_mut().forget_psk(w.psk);
+                    }
+                    let msg = format!("connection {:?}: {e:#}", c.name.get_ref());
+                    return Ok(Err(Refusal::new(400, msg)));
+                }
+            }
+        }
+        for name in &gone {
+            match self.ike.remove_connection(now, name)? {
+                Ok(n) => info!(connection = %name, ike_sas = n, "reload: connection removed"),
+                Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
+            }
+            self.history.push(Step::Remove(name.clone()));
+            self.traps.retain(|t| &t.connection != name);
+            self.children.groups.remove(name);
+        }
+        let mut errors = Vec::new();
+        for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
+            let name = c.name.get_ref();
+            if let Err(e) = self.ike.add_connection(&w)? {
+                warn!(connection = %name, error = %e, "reload: the connection does not load");
+                errors.push(format!("{name}: {e}"));
+                continue;
+            }
+            self.history.push(Step::Add(w));
+            self.traps.extend(trap(c));
+            if let Some(g) = group {
+                self.children.groups.insert(name.clone(), g);
+            }
+            for ch in &c.children {
+                if let Err(e) = routes(&tun, source, &ch.remote_ts) {
+                    warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
+                }
+            }
+            info!(connection = %name, "reload: connection loaded");
+            if c.start_action == StartAction::Start {
+                self.initiate(now, name)?;
+            }
+        }
+        let names = |v: &[&config::Connection]| v.iter().map(|c| c.name.get_ref().clone()).collect::<Vec<_>>();
+        let added = names(&fresh);
+        let unchanged: Vec<String> =
+            cfg.connection.iter().filter(|c| old.contains(c)).map(|c| c.name.get_ref().clone()).collect();
+        self.reload_ctx.sections = cfg.connection;
+        let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
+        Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
+                      "errors": errors })))
+    }
+}

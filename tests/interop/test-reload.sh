@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# `wasmsec reload` against strongSwan: three connections (three IKE SAs,
+# told apart by identity), wasmsec the initiator. The new config removes
+# one and adds one; the third is not touched: its SPIs stay and a ping
+# through it loses nothing. A config that does not load is refused (400)
+# and changes nothing.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
+
+topo_up
+A=$STATE/A B=$STATE/B
+mkdir -p "$A" "$B"
+# keep: the hosts' /26; drop and add: the next two /26 of each LAN.
+# strongSwan's user-space ESP routes a policy from an address of its own
+# inside the local selector: give gwa one in each.
+nsx wsi-gwa ip addr add 198.18.1.65/32 dev lan0
+nsx wsi-gwa ip addr add 198.18.1.129/32 dev lan0
+sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B 198.18.1.0/26 198.18.2.0/26 \
+    aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
+for c in drop:64 add:128; do
+    n=${c%%:*} o=${c##*:}
+    cat >>"$A/swanctl/swanctl.conf" <<CONF
+connections { $n { version = 2
+    local_addrs = $WAN_A
+    remote_addrs = %any
+    proposals = aes256gcm16-prfsha256-x25519
+    mobike = no
+    local { auth = psk
+      id = gwa-$n.interop.test }
+    remote { auth = psk
+      id = gwb-$n.interop.test }
+    children { $n { local_ts = 198.18.1.$o/26
+      remote_ts = 198.18.2.$o/26
+      esp_proposals = aes256gcm16-x25519 } } } }
+secrets { ike-$n { id-1 = gwa-$n.interop.test
+  id-2 = gwb-$n.interop.test
+  secret = "$PSK" } }
+CONF
+done
+sswan "$A" --load-all --noprompt --file "$A/swanctl/swanctl.conf" >"$A/load2.out" 2>&1
+(umask 077; printf '%s' "$PSK" >"$B/psk")
+# conn NAME OCTET: a [[connection]] that wasmsec starts itself.
+conn() {
+    cat <<CONF
+
+[[connection]]
+name = "$1"
+local_addrs = ["$WAN_B"]
+remote_addrs = ["$WAN_A"]
+local_id = "gwb-$1.interop.test"
+remote_id = "gwa-$1.interop.test"
+psk = "file:psk"
+proposals = "aes256gcm16-prfsha256-x25519"
+start_action = "start"
+
+[[connection.children]]
+name = "$1"
+local_ts = ["198.18.2.$2/26"]
+remote_ts = ["198.18.1.$2/26"]
+esp_proposals = "aes256gcm16-x25519"
+CONF
+}
+W_CONTROL_EXTRA="fault_injection = true" W_SOURCE=198.18.2.1 W_LISTEN=$WAN_B W_SOCKET=$B/ctl.sock W_DIR=$B W_LOCAL=$WAN_B W_REMOTE=$WAN_A \
+    W_LID=$ID_B W_RID=$ID_A W_IKE=aes256gcm16-prfsha256-x25519 W_ESP=aes256gcm16-x25519 W_START=start \
+    W_LTS='["198.18.2.0/26"]' W_RTS='["198.18.1.0/26"]' wasmsec_conf "$B/base.toml"
+{ cat "$B/base.toml"; conn drop 64; } >"$B/wasmsec.toml"
+nsx wsi-gwb "$WASMSEC_BIN" run --config "$B/wasmsec.toml" >"$B/wasmsec.log" 2>&1 </dev/null &
+PIDS+=($!)
+w() { "$WASMSEC_BIN" "$@" --socket "$B/ctl.sock"; }
+# spis NAME: the CHILD SA SPIs of connection NAME
+spis() { w list-sas --json 2>/dev/null | python3 -c 'import json,sys
+print(" ".join(c["inbound_spi"]+"/"+c["outbound_spi"] for c in json.load(sys.stdin)["child_sas"] if c["connection"]==sys.argv[1]))' "$1"; }
+for _ in $(seq 100); do [ -n "$(spis s2s)" ] && [ -n "$(spis drop)" ] && break; sleep 0.2; done
+keep=$(spis s2s)
+check "s2s and drop are up ($keep / $(spis drop))" [ -n "$keep" -a -n "$(spis drop)" ]
+check "ping through s2s" ping_ok wsi-hosta $HOST_B
+
+nsx wsi-hosta ping -n -i 0.05 -c 160 -W 1 $HOST_B >"$STATE/ping.out" 2>&1 &
+PING=$!
+sleep 1
+{ cat "$B/base.toml"; conn add 128; } >"$B/wasmsec.toml"
+w reload --json >"$B/reload.json" 2>&1 || true
+cat "$B/reload.json"
+check "reload: added add, removed drop, s2s unchanged" python3 -c 'import json,sys
+r=json.load(open(sys.argv[1]))
+sys.exit(0 if (r["added"],r["removed"],r["unchanged"],r["errors"])==(["add"],["drop"],["s2s"],[]) else 1)' "$B/reload.json"
+for _ in $(seq 75); do [ -n "$(spis add)" ] && [ -z "$(spis drop)" ] && break; sleep 0.2; done
+check "the added connection came up ($(spis add))" [ -n "$(spis add)" ]
+check "the removed connection's CHILD SA is gone" [ -z "$(spis drop)" ]
+for _ in $(seq 25); do swanctl --list-sas --uri "unix://$A/charon.vici" 2>/dev/null | grep -q '^drop' || break; sleep 0.2; done
+check "strongSwan has no SA of the removed connection (DELETE reached it)" \
+    bash -c "! swanctl --list-sas --uri unix://$A/charon.vici | grep -q '^drop'"
+check "s2s was not touched: same SPIs ($keep -> $(spis s2s))" [ "$(spis s2s)" = "$keep" ]
+wait $PING || true
+check "no ping through s2s lost during the reload ($(grep -c 'bytes from' "$STATE/ping.out" || true)/160)" \
+    grep -q " 0% packet loss" "$STATE/ping.out"
+w list-conns
+
+# A replaced IKE guest replays the reload (connections are named by index
+# in its checkpoints): trap it, then rekey the added connection.
+check "the IKE guest is set to trap" w ctl fault ike
+w rekey add >/dev/null 2>&1 || true
+added=$(spis add)
+for _ in $(seq 3); do w rekey add >/dev/null 2>&1 && break; sleep 0.5; done
+for _ in $(seq 50); do [ "$(spis add)" != "$added" ] && [ "$(wc -w <<<"$(spis add)")" = 1 ] && break; sleep 0.2; done
+check "after the guest was replaced, add rekeys ($added -> $(spis add))" \
+    [ -n "$(spis add)" -a "$(spis add)" != "$added" -a "$(wc -w <<<"$(spis add)")" = 1 ]
+check "... and s2s is still untouched" [ "$(spis s2s)" = "$keep" ]
+check "the guest was replaced once" grep -q "IKE guest replaced; its IKE SAs carry on" "$B/wasmsec.log"
+keep_add=$(spis add)
+
+# A config that does not load changes nothing.
+cp "$B/wasmsec.toml" "$B/good.toml"
+echo 'this is = not [valid' >>"$B/wasmsec.toml"
+out=$(w reload 2>&1) && rc=0 || rc=$?
+echo "$out"
+check "a broken config is refused" [ "$rc" -ne 0 ]
+check "... with 400 and the file's error" grep -q "400: the config does not load" <<<"$out"
+check "... and nothing changed" [ "$(spis s2s)" = "$keep" -a "$(spis add)" = "$keep_add" ]
+finish
