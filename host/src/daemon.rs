@@ -413,9 +413,11 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         None => None,
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let t_ops = if listeners.any() {
+    let t_ops = if listeners.any() || t_ike.is_some() {
         let control = t_ike.is_some().then_some(query_tx);
-        Some(crate::ops::spawn(listeners, crate::ops::Ops { stats: stats.clone(), control, ready: ready.clone() })?)
+        let watch = cfg.control.watch_config.then(|| config_path.to_path_buf());
+        let ops = crate::ops::Ops { stats: stats.clone(), control, ready: ready.clone(), watch };
+        Some(crate::ops::spawn(listeners, ops)?)
     } else {
         None
     };

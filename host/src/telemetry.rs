@@ -57,6 +57,12 @@ pub static GUESTS: LazyLock<GuestMetrics> = LazyLock::new(|| {
         &["guest"],
     )
     .expect("static metric definition");
+    // Every series exists from the start, at zero: `rate()` and alerts
+    // need a series before the first trap.
+    for g in [Guest::Ike, Guest::Esp] {
+        let _ = (calls.with_label_values(&[g.label()]), traps.with_label_values(&[g.label()]));
+        let _ = seconds.with_label_values(&[g.label()]);
+    }
     let registry = Registry::new();
     for m in [
         Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,

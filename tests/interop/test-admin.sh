@@ -14,7 +14,8 @@ mkdir -p "$A" "$B"
 sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
 WASMSEC_CONTROL_EXTRA="api = \"$API\"
-api_token = \"file:$B/token\"" \
+api_token = \"file:$B/token\"
+watch_config = true" \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
 w() { "$WASMSEC_BIN" "$@" --socket "$B/ctl.sock"; }
@@ -68,6 +69,24 @@ check "stats answers over TCP" bash -c "ip netns exec wsi-gwb '$WASMSEC_BIN' sta
 sas=$(children)
 check "reload of an unchanged config touches nothing" bash -c "'$WASMSEC_BIN' reload --json --socket '$B/ctl.sock' | grep -A2 unchanged | grep -q s2s"
 check "... the CHILD SA is the same ($sas)" [ "$(children)" = "$sas" ]
+# watch_config: an edit of the file is reloaded by itself.
+cat >>"$B/wasmsec.toml" <<CONF
+
+[[connection]]
+name = "extra"
+remote_addrs = ["198.18.0.99"]
+local_id = "$ID_B"
+remote_id = "extra.interop.test"
+psk = "file:psk"
+
+[[connection.children]]
+name = "extra"
+local_ts = ["198.18.2.0/24"]
+remote_ts = ["10.99.0.0/24"]
+CONF
+for _ in $(seq 30); do w list-conns | grep -q '^  extra ' && break; sleep 0.2; done
+check "an edit of the config file was reloaded by itself (watch_config)" bash -c "'$WASMSEC_BIN' list-conns --socket '$B/ctl.sock' | grep -q '^  extra '"
+check "... and the tunnel was not touched ($(children))" [ "$(children)" = "$sas" ]
 check "terminate over the socket" w terminate s2s
 for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
 check "no CHILD SA left" [ -z "$(children)" ]

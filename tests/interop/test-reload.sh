@@ -64,8 +64,9 @@ W_CONTROL_EXTRA="fault_injection = true" W_SOURCE=198.18.2.1 W_LISTEN=$WAN_B W_S
     W_LID=$ID_B W_RID=$ID_A W_IKE=aes256gcm16-prfsha256-x25519 W_ESP=aes256gcm16-x25519 W_START=start \
     W_LTS='["198.18.2.0/26"]' W_RTS='["198.18.1.0/26"]' wasmsec_conf "$B/base.toml"
 { cat "$B/base.toml"; conn drop 64; } >"$B/wasmsec.toml"
-nsx wsi-gwb "$WASMSEC_BIN" run --config "$B/wasmsec.toml" >"$B/wasmsec.log" 2>&1 </dev/null &
-PIDS+=($!)
+ip netns exec wsi-gwb "$WASMSEC_BIN" run --config "$B/wasmsec.toml" >"$B/wasmsec.log" 2>&1 </dev/null &
+WPID=$!
+PIDS+=($WPID)
 w() { "$WASMSEC_BIN" "$@" --socket "$B/ctl.sock"; }
 # spis NAME: the CHILD SA SPIs of connection NAME
 spis() { w list-sas --json 2>/dev/null | python3 -c 'import json,sys
@@ -117,4 +118,19 @@ echo "$out"
 check "a broken config is refused" [ "$rc" -ne 0 ]
 check "... with 400 and the file's error" grep -q "400: the config does not load" <<<"$out"
 check "... and nothing changed" [ "$(spis s2s)" = "$keep" -a "$(spis add)" = "$keep_add" ]
+
+# SIGHUP reloads too: drop comes back.
+{ cat "$B/base.toml"; conn add 128; conn drop 64; } >"$B/wasmsec.toml"
+kill -HUP $WPID
+for _ in $(seq 75); do [ -n "$(spis drop)" ] && break; sleep 0.2; done
+check "SIGHUP reloaded the config: drop is up again ($(spis drop))" [ -n "$(spis drop)" ]
+check "... the daemon still runs, s2s untouched" [ "$(spis s2s)" = "$keep" ]
+
+# SIGTERM deletes every IKE SA at the peer before the daemon exits.
+kill -TERM $WPID
+for _ in $(seq 50); do kill -0 $WPID 2>/dev/null || break; sleep 0.1; done
+check "the daemon exited on SIGTERM" bash -c "! kill -0 $WPID 2>/dev/null"
+check "it said it sent DELETEs for its 3 IKE SAs" grep -q "stopping: DELETE sent for every IKE SA ike_sas=3" "$B/wasmsec.log"
+for _ in $(seq 20); do [ -z "$(swanctl --list-sas --uri "unix://$A/charon.vici" 2>/dev/null)" ] && break; sleep 0.1; done
+check "strongSwan has no SA left: the DELETEs reached it" [ -z "$(swanctl --list-sas --uri "unix://$A/charon.vici" 2>/dev/null)" ]
 finish

@@ -33,6 +33,10 @@ pub struct Control {
     /// at least 16 characters.
     #[serde(default)]
     pub api_token: Option<KeySource>,
+    /// Reload the config when the file changes (checked every second),
+    /// as `wasmsec reload` and SIGHUP do. Off by default.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 /// IKE daemon settings.

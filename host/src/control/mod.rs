@@ -109,7 +109,27 @@ impl ControlPlane {
                 }
             }
         }
+        self.shutdown(Self::now(start));
         self.write_audit_files();
+    }
+
+    /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE
+    /// to its peer (RFC 7296 section 1.4.1), so the peer removes its SAs
+    /// now instead of sending into the void until its DPD notices.
+    fn shutdown(&mut self, now: u64) {
+        let names: Vec<String> = self.live_connections().iter().map(|c| c.name.clone()).collect();
+        let mut deleted = 0;
+        for name in &names {
+            match self.ike.terminate(now, name) {
+                Ok(Ok(n)) => deleted += n,
+                Ok(Err(e)) => warn!(connection = %name, error = %e, "stopping: cannot terminate"),
+                Err(e) => return warn!(error = %e, "stopping: the IKE guest trapped; no DELETE sent"),
+            }
+        }
+        if let Err(e) = self.apply(now) {
+            warn!(error = %e, "stopping: the IKE guest trapped while sending DELETEs");
+        }
+        info!(ike_sas = deleted, "stopping: DELETE sent for every IKE SA");
     }
 
     /// `[ike] secret_audit` and `guest_transcript`, at exit.

@@ -42,6 +42,9 @@ pub struct Ops {
     /// Set once the config is loaded, the guests are instantiated and the
     /// sockets are bound and the packet threads run; cleared on shutdown.
     pub ready: Arc<AtomicBool>,
+    /// The config file to watch: a change reloads it (`[control]
+    /// watch_config`). SIGHUP reloads it in any case.
+    pub watch: Option<std::path::PathBuf>,
 }
 
 impl Ops {
@@ -157,6 +160,9 @@ async fn serve(listeners: Listeners, ops: Arc<Ops>) {
             }
         }
     };
+    if ops.control.is_some() {
+        tasks.push(tokio::spawn(reload_triggers(ops.clone())));
+    }
     if let Some(l) = listeners.metrics {
         tasks.push(tokio::spawn(tcp(l, Face::Metrics)));
     }
@@ -174,6 +180,51 @@ async fn serve(listeners: Listeners, ops: Arc<Ops>) {
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// A digest of the config file's content, to notice edits (mtimes can
+/// stay the same across a quick rewrite).
+fn fingerprint(p: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(p).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// SIGHUP, and with `watch_config` a change of the file, reload the
+/// config on the IKE thread. A file caught half-written does not load and
+/// is refused with nothing changed; the finished write reloads.
+async fn reload_triggers(ops: Arc<Ops>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => return warn!(error = %e, "cannot handle SIGHUP; reload with `wasmsec reload`"),
+    };
+    let mut last = ops.watch.as_deref().and_then(fingerprint);
+    while !sys::stop_requested() {
+        let hupped = matches!(tokio::time::timeout(Duration::from_secs(1), hup.recv()).await, Ok(Some(())));
+        let changed = match ops.watch.as_deref().map(fingerprint) {
+            Some(now @ Some(_)) if now != last => {
+                last = now;
+                true
+            }
+            _ => false,
+        };
+        if !(hupped || changed) {
+            continue;
+        }
+        let why = if hupped { "SIGHUP" } else { "the config file changed" };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let Some(control) = &ops.control else { return };
+        if !control.send(Query::Admin(Command::Reload, tx)) {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(Ok(v))) => info!(trigger = why, result = %v, "config reloaded"),
+            Ok(Ok(Err(r))) => warn!(trigger = why, status = r.status, "config not reloaded: {}", r.message),
+            _ => warn!(trigger = why, "config not reloaded: the IKE thread did not answer"),
+        }
     }
 }
 

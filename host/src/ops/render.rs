@@ -235,4 +235,39 @@ mod tests {
         // Same name, one HELP: definitions that share a name share label names.
         assert_eq!(text.matches("# HELP wasmsec_ike_messages_dropped_total").count(), 1);
     }
+
+    /// The Grafana dashboard (docs/grafana-dashboard.json) queries only
+    /// metrics that /metrics has: a renamed metric fails here, not on a
+    /// blank panel.
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let _ = crate::telemetry::guest_call(crate::telemetry::Guest::Ike, || Ok::<_, ()>(()));
+        let view = IkeView { counters: vec![0; IKE_COUNTERS.len()], ..IkeView::default() };
+        let mut view = view;
+        view.ike_sas.insert("c".into(), 1);
+        view.child_sas.insert("c".into(), 1);
+        let text = render(&Stats::default(), Some(&view));
+        let exported: std::collections::HashSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+        let dash = include_str!("../../../docs/grafana-dashboard.json");
+        let v: serde_json::Value = serde_json::from_str(dash).expect("the dashboard is JSON");
+        let mut used = 0;
+        for panel in v["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                for (i, _) in expr.match_indices("wasmsec_") {
+                    let name: String =
+                        expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                    assert!(
+                        exported.contains(base),
+                        "dashboard panel {:?} queries {name}, not exported",
+                        panel["title"]
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 14, "{used}");
+    }
 }
