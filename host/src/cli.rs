@@ -6,36 +6,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use crate::ops::Command;
 use crate::ops::client::{Reply, Target, request};
 
-/// The verbs, with what each asks the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verb {
-    ListConns,
-    ListSas,
-    Stats,
-    Failures,
-    Initiate(String),
-    Terminate(String),
-    Rekey(String),
-    Reload,
-    FaultIke,
-}
-
-impl Verb {
-    fn request(&self) -> (&'static str, &'static str, Option<Value>) {
-        let conn = |n: &str| Some(json!({ "connection": n }));
-        match self {
-            Verb::ListConns => ("GET", "/v1/connections", None),
-            Verb::ListSas => ("GET", "/v1/sas", None),
-            Verb::Stats => ("GET", "/v1/status", None),
-            Verb::Failures => ("GET", "/v1/failures", None),
-            Verb::Initiate(n) => ("POST", "/v1/initiate", conn(n)),
-            Verb::Terminate(n) => ("POST", "/v1/terminate", conn(n)),
-            Verb::Rekey(n) => ("POST", "/v1/rekey", conn(n)),
-            Verb::Reload => ("POST", "/v1/reload", Some(json!({}))),
-            Verb::FaultIke => ("POST", "/v1/fault", Some(json!({ "guest": "ike" }))),
-        }
+/// The API request that carries a command.
+fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
+    let conn = |n: &str| Some(json!({ "connection": n }));
+    match c {
+        Command::Connections => ("GET", "/v1/connections", None),
+        Command::Sas => ("GET", "/v1/sas", None),
+        Command::Status => ("GET", "/v1/status", None),
+        Command::Failures => ("GET", "/v1/failures", None),
+        Command::Initiate(n) => ("POST", "/v1/initiate", conn(n)),
+        Command::Terminate(n) => ("POST", "/v1/terminate", conn(n)),
+        Command::Rekey(n) => ("POST", "/v1/rekey", conn(n)),
+        Command::Reload => ("POST", "/v1/reload", Some(json!({}))),
+        Command::FaultIke => ("POST", "/v1/fault", Some(json!({ "guest": "ike" }))),
     }
 }
 
@@ -64,8 +50,8 @@ pub fn target(
 }
 
 /// Run `verb` against the daemon and print the answer; false on a 4xx/5xx.
-pub fn run(target: &Target, verb: &Verb, as_json: bool) -> Result<bool> {
-    let (method, path, body) = verb.request();
+pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
+    let (method, path, body) = request_of(verb);
     let Reply { status, body } = request(target, method, path, body.as_ref())?;
     if !(200..300).contains(&status) {
         let why = body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
@@ -77,15 +63,15 @@ pub fn run(target: &Target, verb: &Verb, as_json: bool) -> Result<bool> {
         return Ok(true);
     }
     match verb {
-        Verb::ListSas => print_sas(&body),
-        Verb::ListConns => print_conns(&body),
-        Verb::Failures => {
+        Command::Sas => print_sas(&body),
+        Command::Connections => print_conns(&body),
+        Command::Failures => {
             for f in body["failures"].as_array().into_iter().flatten() {
                 println!("{}  {:<12} {}", f["at"], s(&f["connection"]), s(&f["reason"]));
             }
         }
         // Counters are many and nested: JSON is the readable form.
-        Verb::Stats => println!("{body:#}"),
+        Command::Status => println!("{body:#}"),
         _ => println!("{}", compact(&body)),
     }
     Ok(true)
@@ -108,37 +94,34 @@ fn compact(v: &Value) -> String {
     }
 }
 
+/// A table: a header, then a row per item. `columns` is "title:width:field"
+/// words (`_` in a title is a space); `last` gives the unpadded last column.
+fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String)) {
+    let cols: Vec<(String, usize, &str)> = columns
+        .split_whitespace()
+        .filter_map(|c| {
+            let mut p = c.split(':');
+            Some((p.next()?.replace('_', " "), p.next()?.parse().ok()?, p.next()?))
+        })
+        .collect();
+    let head: String = cols.iter().map(|(t, w, _)| format!("{t:<w$} ", w = *w)).collect();
+    println!("  {head}{}", last.0);
+    for it in items.as_array().into_iter().flatten() {
+        let row: String = cols.iter().map(|(_, w, k)| format!("{:<w$} ", s(&it[*k]), w = *w)).collect();
+        println!("  {row}{}", (last.1)(it));
+    }
+}
+
 fn print_sas(body: &Value) {
     println!("IKE SAs");
-    println!("  {:<14} {:<18} {:<24} {:<22} {:<22} role", "connection", "spi", "proposal", "local", "remote");
-    for sa in body["ike_sas"].as_array().into_iter().flatten() {
-        let role = if sa["initiator"].as_bool() == Some(true) { "initiator" } else { "responder" };
-        println!(
-            "  {:<14} {:<18} {:<24} {:<22} {:<22} {role}",
-            s(&sa["connection"]),
-            s(&sa["spi"]),
-            s(&sa["proposal"]),
-            s(&sa["local"]),
-            s(&sa["remote"])
-        );
-    }
+    let role = |sa: &Value| (if sa["initiator"].as_bool() == Some(true) { "initiator" } else { "responder" }).into();
+    let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote";
+    table(&body["ike_sas"], ike, ("role", &role));
     println!("CHILD SAs");
-    println!(
-        "  {:<14} {:<10} {:<10} {:<18} {:<22} {:<22} encap",
-        "connection", "in spi", "out spi", "proposal", "local ts", "remote ts"
-    );
-    for c in body["child_sas"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<14} {:<10} {:<10} {:<18} {:<22} {:<22} {}",
-            s(&c["connection"]),
-            s(&c["inbound_spi"]),
-            s(&c["outbound_spi"]),
-            s(&c["proposal"]),
-            s(&c["local_ts"]),
-            s(&c["remote_ts"]),
-            if c["encap"].as_bool() == Some(true) { "udp" } else { "esp" }
-        );
-    }
+    let encap = |c: &Value| (if c["encap"].as_bool() == Some(true) { "udp" } else { "esp" }).into();
+    let child = "connection:14:connection in_spi:10:inbound_spi out_spi:10:outbound_spi proposal:18:proposal \
+                 local_ts:22:local_ts remote_ts:22:remote_ts";
+    table(&body["child_sas"], child, ("encap", &encap));
 }
 
 fn print_conns(body: &Value) {

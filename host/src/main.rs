@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wasmsec::cli::{self, Verb};
+use wasmsec::cli;
+use wasmsec::ops::Command as Verb;
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 #[derive(Parser)]
@@ -195,9 +196,9 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             let o = demo::Options { keying, algorithm, raw_esp: a.raw_esp, pings: a.pings, dir: a.dir, keep: a.keep };
             demo::run(&o)
         }
-        Cmd::ListConns(d) => verb(&d, Verb::ListConns),
-        Cmd::ListSas(d) => verb(&d, Verb::ListSas),
-        Cmd::Stats(d) => verb(&d, Verb::Stats),
+        Cmd::ListConns(d) => verb(&d, Verb::Connections),
+        Cmd::ListSas(d) => verb(&d, Verb::Sas),
+        Cmd::Stats(d) => verb(&d, Verb::Status),
         Cmd::ListFailures(d) => verb(&d, Verb::Failures),
         Cmd::Initiate { name, daemon } => verb(&daemon, Verb::Initiate(name)),
         Cmd::Terminate { name, daemon } => verb(&daemon, Verb::Terminate(name)),
@@ -209,7 +210,7 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
                 ["status"] => {
                     // `ctl status` always printed one line of JSON.
                     daemon.json = true;
-                    Verb::Stats
+                    Verb::Status
                 }
                 ["initiate", n] => Verb::Initiate(n.to_string()),
                 ["terminate", n] => Verb::Terminate(n.to_string()),

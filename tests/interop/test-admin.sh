@@ -70,20 +70,8 @@ sas=$(children)
 check "reload of an unchanged config touches nothing" bash -c "'$WASMSEC_BIN' reload --json --socket '$B/ctl.sock' | grep -A2 unchanged | grep -q s2s"
 check "... the CHILD SA is the same ($sas)" [ "$(children)" = "$sas" ]
 # watch_config: an edit of the file is reloaded by itself.
-cat >>"$B/wasmsec.toml" <<CONF
-
-[[connection]]
-name = "extra"
-remote_addrs = ["198.18.0.99"]
-local_id = "$ID_B"
-remote_id = "extra.interop.test"
-psk = "file:psk"
-
-[[connection.children]]
-name = "extra"
-local_ts = ["198.18.2.0/24"]
-remote_ts = ["10.99.0.0/24"]
-CONF
+wasmsec_connection extra "" 198.18.0.99 $ID_B extra.interop.test '["198.18.2.0/24"]' '["10.99.0.0/24"]' none \
+    >>"$B/wasmsec.toml"
 for _ in $(seq 30); do w list-conns | grep -q '^  extra ' && break; sleep 0.2; done
 check "an edit of the config file was reloaded by itself (watch_config)" bash -c "'$WASMSEC_BIN' list-conns --socket '$B/ctl.sock' | grep -q '^  extra '"
 check "... and the tunnel was not touched ($(children))" [ "$(children)" = "$sas" ]

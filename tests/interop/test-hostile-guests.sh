@@ -25,6 +25,13 @@ PINGS=60
 
 key() { (umask 077; python3 -c 'import os; print(os.urandom(36).hex())' >"$1"); }
 
+# manual NAME REMOTE LTS RTS OUT_SPI IN_SPI "OUT_KEYFILE IN_KEYFILE": a [[manual]] tunnel.
+manual() {
+    local keys=($7)
+    printf '[[manual]]\nname = "%s"\nremote_address = "%s"\nlocal_ts = ["%s"]\nremote_ts = ["%s"]\n' "$1" "$2" "$3" "$4"
+    printf 'out_spi = "%s"\nout_key = "file:%s"\nin_spi = "%s"\nin_key = "file:%s"\n' "$5" "${keys[0]}" "$6" "${keys[1]}"
+}
+
 # conf ME REMOTE SRC_GW OUT_SPI IN_SPI HOSTILE_OUT HOSTILE_IN HOSTILE_COMPONENT EXTRA DIR
 conf() {
     local me=$1 remote=$2 gw=$3 out=$4 in=$5 hout=$6 hin=$7 comp=${8:-} extra=${9:-} d=${10}
@@ -42,24 +49,8 @@ $extra
 [runtime]
 components = "$COMPONENTS"
 state_dir = "$d/state"
-[[manual]]
-name = "honest"
-remote_address = "$remote"
-local_ts = ["$lan"]
-remote_ts = ["$rlan"]
-out_spi = "$out"
-out_key = "file:$( [ "$me" = $WAN_A ] && echo a-b || echo b-a )"
-in_spi = "$in"
-in_key = "file:$( [ "$me" = $WAN_A ] && echo b-a || echo a-b )"
-[[manual]]
-name = "hostile"
-remote_address = "$remote"
-local_ts = ["$hlan"]
-remote_ts = ["$hrlan"]
-out_spi = "$hout"
-out_key = "file:$( [ "$me" = $WAN_A ] && echo ha-b || echo hb-a )"
-in_spi = "$hin"
-in_key = "file:$( [ "$me" = $WAN_A ] && echo hb-a || echo ha-b )"
+$(manual honest "$remote" "$lan" "$rlan" "$out" "$in" "$([ "$me" = $WAN_A ] && echo "a-b b-a" || echo "b-a a-b")")
+$(manual hostile "$remote" "$hlan" "$hrlan" "$hout" "$hin" "$([ "$me" = $WAN_A ] && echo "ha-b hb-a" || echo "hb-a ha-b")")
 ${comp:+esp_component = \"$comp\"}
 CONF
 }
@@ -151,22 +142,7 @@ run_esp_attack a5 "a guest that allocates without bound" out
 run_esp_attack a6 "a guest that traps on every batch" out
 
 # ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
-ike_conf() {
-    cat <<CONF
-[[connection]]
-name = "$1"
-local_addrs = ["$2"]
-remote_addrs = ["$3"]
-local_id = "$4"
-remote_id = "$5"
-psk = "file:psk"
-start_action = "$8"
-[[connection.children]]
-name = "net"
-local_ts = ["$6"]
-remote_ts = ["$7"]
-CONF
-}
+ike_conf() { wasmsec_connection "$1" "$2" "$3" "$4" "$5" "[\"$6\"]" "[\"$7\"]" "$8"; }
 
 # IKE attacks: A's IKE guest is hostile; its only connection's name picks
 # the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.

@@ -41,24 +41,8 @@ sswan "$A" --load-all --noprompt --file "$A/swanctl/swanctl.conf" >"$A/load2.out
 (umask 077; printf '%s' "$PSK" >"$B/psk")
 # conn NAME OCTET: a [[connection]] that wasmsec starts itself.
 conn() {
-    cat <<CONF
-
-[[connection]]
-name = "$1"
-local_addrs = ["$WAN_B"]
-remote_addrs = ["$WAN_A"]
-local_id = "gwb-$1.interop.test"
-remote_id = "gwa-$1.interop.test"
-psk = "file:psk"
-proposals = "aes256gcm16-prfsha256-x25519"
-start_action = "start"
-
-[[connection.children]]
-name = "$1"
-local_ts = ["198.18.2.$2/26"]
-remote_ts = ["198.18.1.$2/26"]
-esp_proposals = "aes256gcm16-x25519"
-CONF
+    wasmsec_connection "$1" $WAN_B $WAN_A "gwb-$1.interop.test" "gwa-$1.interop.test" "[\"198.18.2.$2/26\"]" \
+        "[\"198.18.1.$2/26\"]" start aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
 }
 W_CONTROL_EXTRA="fault_injection = true" W_SOURCE=198.18.2.1 W_LISTEN=$WAN_B W_SOCKET=$B/ctl.sock W_DIR=$B W_LOCAL=$WAN_B W_REMOTE=$WAN_A \
     W_LID=$ID_B W_RID=$ID_A W_IKE=aes256gcm16-prfsha256-x25519 W_ESP=aes256gcm16-x25519 W_START=start \
