@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use wasmsec_crypto::{push_hex, secret_buffer};
+
 /// Append one line to a secret file, creating it readable by its owner only.
 pub fn append_secret_line(path: &Path, line: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
@@ -16,7 +18,8 @@ pub fn append_secret_line(path: &Path, line: &str) -> std::io::Result<()> {
 pub fn write_hex_lines(path: &Path, lines: &[Vec<u8>]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
     for l in lines {
-        let hex: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(l.iter().map(|b| format!("{b:02x}")).collect());
+        let mut hex = secret_buffer(2 * l.len());
+        push_hex(&mut hex, l);
         writeln!(f, "{}", hex.as_str())?;
     }
     Ok(())
@@ -49,15 +52,25 @@ pub fn wireshark_esp(a: crate::keys::EspAlgorithm) -> Option<(&'static str, &'st
 /// Wireshark cannot decrypt the transform.
 pub fn esp_sa_keys(alg: crate::keys::EspAlgorithm, keymat: &[u8]) -> Option<zeroize::Zeroizing<String>> {
     let (enc, auth, enc_len) = wireshark_esp(alg)?;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let (ek, ak) = keymat.split_at(enc_len.min(keymat.len()));
-    let ak = if ak.is_empty() { String::new() } else { format!("0x{}", hex(ak)) };
-    Some(zeroize::Zeroizing::new(format!("\"{enc}\",\"0x{}\",\"{auth}\",\"{ak}\"", hex(ek))))
+    let mut out = secret_buffer(2 * keymat.len() + enc.len() + auth.len() + 16);
+    out.push_str(&format!("\"{enc}\",\"0x"));
+    push_hex(&mut out, ek);
+    out.push_str(&format!("\",\"{auth}\",\""));
+    if !ak.is_empty() {
+        out.push_str("0x");
+        push_hex(&mut out, ak);
+    }
+    out.push('"');
+    Some(out)
 }
 
 /// One `esp_sa` line: IPv4 outer addresses, SPI, then the key columns.
 pub fn esp_sa_line(src: &str, dst: &str, spi: u32, keys: &str) -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(format!("\"IPv4\",\"{src}\",\"{dst}\",\"{spi:#010x}\",{keys}"))
+    let mut out = secret_buffer(keys.len() + src.len() + dst.len() + 32);
+    out.push_str(&format!("\"IPv4\",\"{src}\",\"{dst}\",\"{spi:#010x}\","));
+    out.push_str(keys);
+    out
 }
 
 #[cfg(test)]

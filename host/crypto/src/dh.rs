@@ -63,10 +63,18 @@ fn modp_p() -> BigUint {
     BigUint::parse_bytes(MODP_2048_P.as_bytes(), 16).expect("constant")
 }
 
-fn pad_to(v: Vec<u8>, len: usize) -> Vec<u8> {
+fn pad_to(v: &[u8], len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len.saturating_sub(v.len())];
-    out.extend_from_slice(&v);
+    out.extend_from_slice(v);
     out
+}
+
+/// Overwrite a secret number's digits before it is freed: num-bigint does
+/// not zeroize. Its buffer is reused in place (cleared, then refilled with
+/// zeros up to its size). The temporaries inside `modpow` stay a known gap.
+fn wipe(mut n: BigUint) {
+    let words = n.bits().div_ceil(32) as usize;
+    n.assign_from_slice(&vec![0u32; words.max(1)]);
 }
 
 /// A fresh private value and the public value to send.
@@ -83,8 +91,10 @@ pub fn generate(group: DhGroup, rng: &SystemRandom) -> Result<(Private, Vec<u8>)
     if group == DhGroup::Modp2048 {
         let mut x = Zeroizing::new(vec![0u8; MODP_EXPONENT_LEN]);
         rng.fill(&mut x).map_err(|_| CryptoError::Internal)?;
-        let y = BigUint::from(2u32).modpow(&BigUint::from_bytes_be(&x), &modp_p());
-        return Ok((Private::Modp { x }, pad_to(y.to_bytes_be(), MODP_2048_LEN)));
+        let e = BigUint::from_bytes_be(&x);
+        let y = BigUint::from(2u32).modpow(&e, &modp_p());
+        wipe(e);
+        return Ok((Private::Modp { x }, pad_to(&y.to_bytes_be(), MODP_2048_LEN)));
     }
     Err(CryptoError::Unsupported)
 }
@@ -114,8 +124,12 @@ pub fn complete(private: Private, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, Cry
             if y <= one || y >= &p - &one {
                 return Err(CryptoError::BadPeerValue);
             }
-            let s = y.modpow(&BigUint::from_bytes_be(&x), &p);
-            Ok(Zeroizing::new(pad_to(s.to_bytes_be(), MODP_2048_LEN)))
+            let e = BigUint::from_bytes_be(&x);
+            let s = y.modpow(&e, &p);
+            wipe(e);
+            let bytes = Zeroizing::new(s.to_bytes_be());
+            wipe(s);
+            Ok(Zeroizing::new(pad_to(&bytes, MODP_2048_LEN)))
         }
     }
 }

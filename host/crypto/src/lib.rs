@@ -369,8 +369,23 @@ impl Vault {
     }
 
     /// Wireshark `ikev2_decryption_table` line for an IKE SA (key export).
-    pub fn wireshark_line(&self, sa: u64) -> Option<String> {
+    pub fn wireshark_line(&self, sa: u64) -> Option<Zeroizing<String>> {
         self.ike_sa(sa).ok()?.wireshark_line()
+    }
+}
+
+/// A string for secret text (hex of keys), zeroized on drop, with room for
+/// `capacity` bytes so that growing it never leaves a copy in a freed buffer.
+pub fn secret_buffer(capacity: usize) -> Zeroizing<String> {
+    Zeroizing::new(String::with_capacity(capacity))
+}
+
+/// Append the hex of secret bytes, digit by digit (no temporary string).
+pub fn push_hex(out: &mut Zeroizing<String>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
 }
 

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use wasmsec_wire::ike::{EncrId, IntegId};
 
 use crate::prf::Prf;
-use crate::{CryptoError, IkeSuite};
+use crate::{CryptoError, IkeSuite, push_hex, secret_buffer};
 
 const HEADER_LEN: usize = 28;
 const SK: u8 = 46;
@@ -381,25 +381,26 @@ impl IkeSaKeys {
     /// A line of Wireshark's `ikev2_decryption_table` for this SA, for
     /// operators who opt in to key export (None if Wireshark cannot
     /// decrypt this cipher).
-    pub fn wireshark_line(&self) -> Option<String> {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    pub fn wireshark_line(&self) -> Option<Zeroizing<String>> {
+        use std::fmt::Write;
         let enc = self.cipher.wireshark_name()?;
         let integ = match self.cipher {
             Cipher::Cbc { integ, .. } => integ.wireshark_name(),
             Cipher::Aead { .. } => "NONE [RFC4306]",
         };
+        let keys = [&self.sk_ei, &self.sk_er, &self.sk_ai, &self.sk_ar];
+        let mut line = secret_buffer(keys.iter().map(|k| 2 * k.len()).sum::<usize>() + 160);
         // Byte fields are bare hex in Wireshark's UAT files; enums are quoted.
-        Some(format!(
-            "{:016x},{:016x},{},{},\"{}\",{},{},\"{}\"",
-            self.spi_i,
-            self.spi_r,
-            hex(&self.sk_ei),
-            hex(&self.sk_er),
-            enc,
-            hex(&self.sk_ai),
-            hex(&self.sk_ar),
-            integ
-        ))
+        let _ = write!(line, "{:016x},{:016x},", self.spi_i, self.spi_r);
+        push_hex(&mut line, &self.sk_ei);
+        line.push(',');
+        push_hex(&mut line, &self.sk_er);
+        let _ = write!(line, ",\"{enc}\",");
+        push_hex(&mut line, &self.sk_ai);
+        line.push(',');
+        push_hex(&mut line, &self.sk_ar);
+        let _ = write!(line, ",\"{integ}\"");
+        Some(line)
     }
 }
 
