@@ -120,7 +120,7 @@ fn print_sas(body: &Value) {
     println!("CHILD SAs");
     let encap = |c: &Value| (if c["encap"].as_bool() == Some(true) { "udp" } else { "esp" }).into();
     let child = "connection:14:connection in_spi:10:inbound_spi out_spi:10:outbound_spi proposal:18:proposal \
-                 local_ts:22:local_ts remote_ts:22:remote_ts";
+                 local_ts:22:local_ts remote_ts:22:remote_ts in_pkts:9:in_packets out_pkts:9:out_packets";
     table(&body["child_sas"], child, ("encap", &encap));
 }
 

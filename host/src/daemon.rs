@@ -389,6 +389,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         floats: HashMap::new(),
         sources: Vec::new(),
         staging: Loop::staging_for(cfg.runtime.batch),
+        traffic: HashMap::new(),
     };
     let inbound = Loop {
         runtime,
@@ -405,6 +406,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         floats: HashMap::new(),
         sources: Vec::with_capacity(cfg.runtime.batch),
         staging: Loop::staging_for(cfg.runtime.batch),
+        traffic: HashMap::new(),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;

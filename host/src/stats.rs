@@ -46,6 +46,28 @@ pub struct Stats {
     in_drops: [AtomicU64; DropReason::COUNT],
 }
 
+/// One SA's traffic: packets and bytes (the ESP packet, header to ICV)
+/// that it sealed and that left, or that it opened and that went to the
+/// TUN. Shared by the data-path thread that counts and the IKE thread
+/// that shows it (per SA in `list-sas`, per connection in `/metrics`).
+#[derive(Debug, Default)]
+pub struct SaTraffic {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl SaTraffic {
+    pub fn count(&self, bytes: usize) {
+        inc(&self.packets);
+        add(&self.bytes, bytes as u64);
+    }
+
+    /// (packets, bytes)
+    pub fn get(&self) -> (u64, u64) {
+        (self.packets.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+    }
+}
+
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }

@@ -298,5 +298,8 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     tx.install_outbound(&sa(0x5002, sealer)).unwrap().unwrap();
     load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Send(0)]);
-    assert_eq!((tx.store.data().refusals, tx.store.data().marks.clone()), (0, vec![Mark::Sealed { peer: 0 }]));
+    assert_eq!(
+        (tx.store.data().refusals, tx.store.data().marks.clone()),
+        (0, vec![Mark::Sealed { peer: 0, spi: 0x5002 }])
+    );
 }

@@ -40,6 +40,8 @@ w list-sas | tee "$B/sas.txt"
 before=$(children)
 check "list-sas shows one CHILD SA ($before)" [ "$(wc -w <<<"$before")" = 1 ]
 check "list-sas as a table names the proposal" grep -q "aes256gcm16" "$B/sas.txt"
+check "list-sas counts the CHILD SA's packets both ways (the 5 pings)" bash -c "'$WASMSEC_BIN' list-sas --json --socket '$B/ctl.sock' |
+    python3 -c 'import json,sys; c=json.load(sys.stdin)[\"child_sas\"][0]; sys.exit(0 if c[\"in_packets\"]>=5 and c[\"out_packets\"]>=5 else 1)'"
 
 # Refusals change nothing.
 check "a wrong token is refused" bash -c "! ip netns exec wsi-gwb '$WASMSEC_BIN' terminate s2s --api $API --token-file '$B/wrong' 2>'$B/wrong.out'"

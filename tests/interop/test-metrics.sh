@@ -64,6 +64,11 @@ echo "PromQL: $got_children CHILD SA(s), $got_esp_out ESP packets sent"
 check "PromQL's CHILD SAs ($got_children) = the admin socket's ($want_children)" [ "$got_children" = "$want_children" ]
 check "PromQL's ESP packets sent ($got_esp_out) = the admin socket's ($want_esp_out)" [ "$got_esp_out" = "$want_esp_out" ]
 check "at least the 60 echo replies were sent as ESP" [ "$want_esp_out" -ge 60 ]
+# Per connection: what the CHILD SA sealed and sent, as list-sas shows it.
+want_sa_out=$(python3 -c 'import json,sys; print(sum(c["out_packets"] for c in json.load(open(sys.argv[1]))["child_sas"]))' "$B/status.json")
+got_sa_out=$(promql 'wasmsec_sa_packets_total{job="wasmsec",connection="s2s",direction="out"}')
+check "PromQL's packets sent by connection s2s ($got_sa_out) = its CHILD SA's ($want_sa_out), at least 60" \
+    [ "$got_sa_out" = "$want_sa_out" -a "$want_sa_out" -ge 60 ]
 check "the handshake is counted as started and succeeded" \
     [ "$(promql 'wasmsec_ike_handshakes_succeeded_total{job="wasmsec"}')" = 1 -a \
       "$(promql 'wasmsec_ike_handshakes_started_total{job="wasmsec"}')" = 1 ]

@@ -45,7 +45,7 @@ impl ControlPlane {
             Command::Status => Ok(self.status()?),
             Command::Connections => Ok(self.connections_json()?),
             Command::Sas => Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(),
-                                       "child_sas": self.children.list })),
+                                       "child_sas": self.child_sas() })),
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
@@ -86,6 +86,10 @@ impl ControlPlane {
             }
             Command::FaultIke => Err(Refusal::new(403, "fault injection is off ([control] fault_injection)")),
         })
+    }
+
+    fn child_sas(&self) -> Vec<Value> {
+        self.children.list.iter().map(|c| c.json()).collect()
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -142,7 +146,7 @@ impl ControlPlane {
         let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
         Ok(json!({
             "ike_sas": ike_sas,
-            "child_sas": self.children.list,
+            "child_sas": self.child_sas(),
             "ike": ike,
             "esp": self.stats.snapshot(),
         }))

@@ -16,6 +16,7 @@ use crate::datapath::Peer;
 use crate::datapath::channel::{SaCommand, Sender};
 use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
+use crate::stats::SaTraffic;
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
 use crate::wasm::ike::{ChildDeleted, ChildSa, Endpoint, IkeSaUp, IkeState};
 
@@ -81,6 +82,29 @@ pub struct ChildInfo {
     pub peer: String,
     /// ESP in UDP (false: raw ESP).
     pub encap: bool,
+    /// Traffic of the inbound and the outbound SA, counted by the data path.
+    #[serde(skip)]
+    pub traffic: [Arc<SaTraffic>; 2],
+}
+
+impl ChildInfo {
+    /// The admin view: the fields above and the traffic of both halves.
+    pub fn json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let [(ip, ib), (op, ob)] = self.traffic.each_ref().map(|t| t.get());
+        for (k, n) in [("in_packets", ip), ("in_bytes", ib), ("out_packets", op), ("out_bytes", ob)] {
+            v[k] = n.into();
+        }
+        v
+    }
+}
+
+/// Packets and bytes in and out: [in packets, in bytes, out packets, out bytes].
+pub type Traffic = [u64; 4];
+
+fn traffic_of(c: &ChildInfo) -> Traffic {
+    let [(ip, ib), (op, ob)] = c.traffic.each_ref().map(|t| t.get());
+    [ip, ib, op, ob]
 }
 
 /// The data path's SAs as the control thread tracks them.
@@ -96,7 +120,10 @@ pub struct Children {
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
     /// Outbound SAs of rekeys we answered, waiting for their activation.
-    deferred: HashMap<u32, (OutboundSa, Peer, usize)>,
+    deferred: HashMap<u32, (OutboundSa, Peer, usize, Arc<SaTraffic>)>,
+    /// The traffic of deleted CHILD SAs, by connection, so that the totals
+    /// per connection never go back.
+    retired: BTreeMap<String, Traffic>,
     /// The guest group serving each connection's tunnels (absent: group 0).
     pub groups: HashMap<String, usize>,
     /// Inbound halves of deleted CHILD SAs that still accept packets until
@@ -117,6 +144,7 @@ impl Children {
             replay_window: 1024,
             esp_keylog: None,
             deferred: HashMap::new(),
+            retired: BTreeMap::new(),
             groups: HashMap::new(),
             lingering: Vec::new(),
             ike_sas: BTreeMap::new(),
@@ -186,8 +214,10 @@ impl Children {
         };
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
+        let traffic = [Arc::new(SaTraffic::default()), Arc::new(SaTraffic::default())];
         self.inbound.send(SaCommand::AddInbound {
             group,
+            traffic: traffic[0].clone(),
             outbound_spi: Some(c.outbound_spi),
             peer: float_peer,
             sa: InboundSa {
@@ -214,9 +244,9 @@ impl Children {
         };
         self.export_keys(&c, remote, ike);
         if c.outbound_deferred {
-            self.deferred.insert(c.outbound_spi, (out, peer, group));
+            self.deferred.insert(c.outbound_spi, (out, peer, group, traffic[1].clone()));
         } else {
-            self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group });
+            self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
         self.list.push(ChildInfo {
             connection: c.connection.clone(),
@@ -229,14 +259,15 @@ impl Children {
             remote_ts: c.remote_ts.iter().map(crate::config::show_ts).collect(),
             peer: remote.to_string(),
             encap: c.encap,
+            traffic,
         });
         true
     }
 
     /// Start sending on a deferred outbound SA.
     pub fn activate(&mut self, spi: u32) {
-        if let Some((sa, peer, group)) = self.deferred.remove(&spi) {
-            self.outbound.send(SaCommand::AddOutbound { sa, peer, group });
+        if let Some((sa, peer, group, traffic)) = self.deferred.remove(&spi) {
+            self.outbound.send(SaCommand::AddOutbound { sa, peer, group, traffic });
         }
     }
 
@@ -261,7 +292,29 @@ impl Children {
         } else {
             self.lingering.push((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key));
         }
-        self.list.retain(|c| (c.inbound_spi, c.outbound_spi) != (d.inbound_spi, d.outbound_spi));
+        let (gone, kept) = std::mem::take(&mut self.list)
+            .into_iter()
+            .partition(|c| (c.inbound_spi, c.outbound_spi) == (d.inbound_spi, d.outbound_spi));
+        self.list = kept;
+        for c in gone {
+            let r = self.retired.entry(c.connection.clone()).or_default();
+            for (total, n) in r.iter_mut().zip(traffic_of(&c)) {
+                *total += n;
+            }
+        }
+    }
+
+    /// Traffic per connection over the daemon's life: live and deleted
+    /// CHILD SAs.
+    pub fn traffic_by_connection(&self) -> BTreeMap<String, Traffic> {
+        let mut t = self.retired.clone();
+        for c in &self.list {
+            let r = t.entry(c.connection.clone()).or_default();
+            for (total, n) in r.iter_mut().zip(traffic_of(c)) {
+                *total += n;
+            }
+        }
+        t
     }
 
     /// Append the CHILD SA's keys to the `esp_sa` file, if export is on.

@@ -241,6 +241,7 @@ impl ControlPlane {
         for c in &self.children.list {
             *v.child_sas.entry(c.connection.clone()).or_default() += 1;
         }
+        v.traffic = self.children.traffic_by_connection();
         let st = self.ike.store.data();
         (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
         Ok(v)

@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::Peer;
+use crate::stats::SaTraffic;
 use crate::wasm::esp::{InboundSa, OutboundSa};
 
 /// Changes to a data-path thread's SAs, sent by the control thread.
@@ -18,6 +21,7 @@ pub enum SaCommand {
         sa: OutboundSa,
         peer: Peer,
         group: usize,
+        traffic: Arc<SaTraffic>,
     },
     /// `outbound_spi` and `peer` name the SA pair's other half and where its
     /// ESP goes, so the peer's address can float (NAT-T).
@@ -26,6 +30,7 @@ pub enum SaCommand {
         outbound_spi: Option<u32>,
         peer: Option<SocketAddrV4>,
         group: usize,
+        traffic: Arc<SaTraffic>,
     },
     /// Authenticated ESP for the SA pair came from a new address or port
     /// (the peer's NAT mapping changed): send there from now on.

@@ -65,8 +65,13 @@ impl Loop {
                 // it than the plaintext before the ESP trailer: anything else
                 // would be a forged packet injected into the LAN.
                 DecapVerdict::Deliver(len)
-                    if len > 0 && matches!(mark, Mark::Opened { len: opened } if len + 2 <= *opened) =>
+                    if len > 0 && matches!(mark, Mark::Opened { len: opened, .. } if len + 2 <= *opened) =>
                 {
+                    if let Mark::Opened { spi, esp_len, .. } = mark
+                        && let Some(t) = self.traffic.get(spi)
+                    {
+                        t.count(*esp_len as usize);
+                    }
                     if let Some(Some((spi, src))) = idx.get(k).and_then(|&i| self.sources.get(i)) {
                         follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                     }

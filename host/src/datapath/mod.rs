@@ -115,6 +115,8 @@ pub struct Loop {
     pub sources: Vec<Option<(u32, SocketAddrV4)>>,
     /// The batch as read, before it is lent to the groups' instances.
     pub staging: Vec<PacketBuf>,
+    /// Each SA's traffic counters (from the IKE thread's install), by SPI.
+    pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
 }
 
 impl Loop {
@@ -234,7 +236,8 @@ impl Loop {
         let Some(inbox) = &self.inbox else { return };
         for m in inbox.drain() {
             let r = match m {
-                SaCommand::AddOutbound { mut sa, peer, group } => {
+                SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
+                    self.traffic.insert(sa.spi, traffic);
                     let idx = match self.peers.iter().position(|p| *p == peer) {
                         Some(i) => i,
                         None => {
@@ -246,7 +249,8 @@ impl Loop {
                     info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
                     self.install(group, Some(sa), None)
                 }
-                SaCommand::AddInbound { sa, outbound_spi, peer, group } => {
+                SaCommand::AddInbound { sa, outbound_spi, peer, group, traffic } => {
+                    self.traffic.insert(sa.spi, traffic);
                     if let (Some(o), Some(p)) = (outbound_spi, peer) {
                         self.floats.insert(sa.spi, (o, p));
                     }
@@ -262,10 +266,12 @@ impl Loop {
                     Ok(())
                 }
                 SaCommand::RemoveOutbound { spi } => {
+                    self.traffic.remove(&spi);
                     info!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     self.remove(spi, |sas| &mut sas.outbound, |sa| (sa.spi, sa.key), EspInstance::remove_outbound)
                 }
                 SaCommand::RemoveInbound { spi } => {
+                    self.traffic.remove(&spi);
                     info!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
                     self.remove(spi, |sas| &mut sas.inbound, |sa| (sa.spi, sa.key), EspInstance::remove_inbound)

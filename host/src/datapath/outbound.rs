@@ -67,7 +67,14 @@ impl Loop {
                 // Only what this call sealed leaves, and only to the peer of
                 // the SA that sealed it: anything else would be LAN plaintext
                 // on the WAN, or one tunnel's traffic sent to another's peer.
-                EncapVerdict::Send(peer) if *mark == Mark::Sealed { peer } => self.send(peer, p.data()),
+                EncapVerdict::Send(peer) if matches!(mark, Mark::Sealed { peer: to, .. } if *to == peer) => {
+                    if self.send(peer, p.data())
+                        && let Mark::Sealed { spi, .. } = mark
+                        && let Some(t) = self.traffic.get(spi)
+                    {
+                        t.count(p.len());
+                    }
+                }
                 EncapVerdict::Send(_) => lies += 1,
                 EncapVerdict::Drop(r) => {
                     debug!(reason = r.name(), "outbound drop");
@@ -106,10 +113,11 @@ impl Loop {
         n
     }
 
-    fn send(&self, peer: u32, data: &[u8]) {
+    /// Send a sealed packet to peer `peer`; true if it left.
+    fn send(&self, peer: u32, data: &[u8]) -> bool {
         let Some(p) = self.peers.get(peer as usize) else {
             stats::inc(&self.stats.guest_protocol_errors);
-            return;
+            return false;
         };
         let r = match (p.encapsulation, &self.raw) {
             (Encapsulation::Udp, _) => self.udp.send_to(data, SocketAddrV4::new(p.address, p.port)),
@@ -120,10 +128,12 @@ impl Loop {
             Ok(_) => {
                 stats::inc(&self.stats.esp_tx_packets);
                 stats::add(&self.stats.esp_tx_bytes, data.len() as u64);
+                true
             }
             Err(e) => {
                 debug!(error = %e, "ESP send failed");
                 stats::inc(&self.stats.tx_errors);
+                false
             }
         }
     }

@@ -192,6 +192,15 @@ fn ike(s: &mut Scrape, v: &IkeView) {
     for (conn, &n) in &v.child_sas {
         s.gauge("wasmsec_child_sas", "Installed CHILD_SAs, by connection.", &[("connection", conn.as_str())], n);
     }
+    for (conn, t) in &v.traffic {
+        let c = conn.as_str();
+        let p = "ESP packets carried by the connection's CHILD SAs (opened and delivered, or sealed and sent).";
+        let b = "ESP bytes carried by the connection's CHILD SAs (ESP header to ICV).";
+        for (dir, packets, bytes) in [("in", t[0], t[1]), ("out", t[2], t[3])] {
+            s.counter("wasmsec_sa_packets_total", p, &[("connection", c), ("direction", dir)], packets);
+            s.counter("wasmsec_sa_bytes_total", b, &[("connection", c), ("direction", dir)], bytes);
+        }
+    }
     s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
     let help = "Peak linear memory of a guest instance, bytes.";
     s.gauge("wasmsec_guest_memory_peak_bytes", help, &[("guest", "ike")], v.guest_memory_peak);
@@ -222,6 +231,7 @@ mod tests {
         let view = IkeView {
             ike_sas: [("gw".to_string(), 1)].into(),
             child_sas: [("gw".to_string(), 2)].into(),
+            traffic: [("gw".to_string(), [1, 100, 2, 200])].into(),
             counters: (0..IKE_COUNTERS.len() as u64).collect(),
             vault_secrets: 3,
             guest_memory_peak: 65536,
@@ -229,6 +239,7 @@ mod tests {
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_sa_bytes_total{connection=\"gw\",direction=\"out\"} 200"), "{text}");
         assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");
         let last = IKE_COUNTERS.len() - 1;
         assert!(text.contains(&format!("wasmsec_ike_half_open_sas {last}\n")), "{text}");

@@ -65,6 +65,9 @@ pub struct IkeView {
     pub ike_sas: BTreeMap<String, u64>,
     /// Installed CHILD SAs, by connection.
     pub child_sas: BTreeMap<String, u64>,
+    /// ESP carried by each connection's CHILD SAs over the daemon's life:
+    /// [in packets, in bytes, out packets, out bytes].
+    pub traffic: BTreeMap<String, [u64; 4]>,
     /// The engine's counters in [`IKE_COUNTERS`] order, carried across
     /// replacements of the guest.
     pub counters: Vec<u64>,

@@ -31,11 +31,11 @@ pub enum Mark {
     /// Neither sealed nor opened: still what the wire or the LAN gave us.
     #[default]
     Untouched,
-    /// Sealed by an outbound SA whose packets go to peer index `peer`.
-    Sealed { peer: u32 },
-    /// Opened (ICV verified); `len` bytes of plaintext with padding and the
-    /// ESP trailer.
-    Opened { len: u32 },
+    /// Sealed by outbound SA `spi`, whose packets go to peer index `peer`.
+    Sealed { peer: u32, spi: u32 },
+    /// Opened (ICV verified) by inbound SA `spi`; `len` bytes of plaintext
+    /// with padding and the ESP trailer, from an ESP packet of `esp_len`.
+    Opened { len: u32, spi: u32, esp_len: u32 },
 }
 
 /// Per-store host state.
@@ -80,27 +80,28 @@ impl GuestState {
         let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
         let trailer = esp::Trailer::new(op.pad_length, op.next_header);
         k.seal(&mut self.batch[i], &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)?;
-        self.marks[i] = Mark::Sealed { peer };
+        self.marks[i] = Mark::Sealed { peer, spi: op.spi };
         Ok(())
     }
 
     fn open_one(&mut self, op: &OpenOp) -> Result<Opened, WitCryptoError> {
         let checked = check(&self.keys, &self.marks, op.index, op.key);
         // Only an inbound key opens, and only packets that carry its SPI.
-        let (i, k) = match checked {
+        let (i, k, spi) = match checked {
             Ok((i, k, KeyUse::Open { spi }))
                 if esp::Packet::new_checked(self.batch[i].data()).is_ok_and(|e| e.spi() == spi) =>
             {
-                (i, k)
+                (i, k, spi)
             }
             Ok(_) => return Err(refused(&mut self.refusals, WitCryptoError::WrongKeyKind)),
             Err(e) => return Err(refused(&mut self.refusals, e)),
         };
         let p = &mut self.batch[i];
+        let esp_len = p.len();
         k.open(p, op.esn_high).map_err(wit_error)?;
         let d = p.data();
         let n = d.len();
-        self.marks[i] = Mark::Opened { len: n as u32 };
+        self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
         Ok(Opened { plaintext_len: n as u32, pad_length: d[n - 2], next_header: d[n - 1] })
     }
 }
