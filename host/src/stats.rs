@@ -1,6 +1,6 @@
 //! Data-plane counters. Every dropped packet is counted under its reason;
 //! nothing is dropped silently. `/metrics` exports them
-//! ([`crate::ops::render`]); `--stats-file` and `wasmsec ctl status` show a
+//! (`ops::render`); `--stats-file` and `wasmsec stats` show a
 //! JSON snapshot.
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,7 +1,7 @@
 //! Process-wide Prometheus metrics that are observed where they happen:
 //! every call into a guest (its latency) and every trap. Everything else
 //! the `/metrics` endpoint shows is read at scrape time from the counters
-//! the threads already keep ([`crate::ops::render`]).
+//! the threads already keep (`ops::render`).
 //!
 //! A leaf module: it knows `prometheus` and nothing of the rest of the host,
 //! so the wasm layer and the data path can both report into it.
