@@ -115,12 +115,12 @@ fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String)) 
 fn print_sas(body: &Value) {
     println!("IKE SAs");
     let role = |sa: &Value| (if sa["initiator"].as_bool() == Some(true) { "initiator" } else { "responder" }).into();
-    let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote";
+    let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote nat_here:9:nat_local nat_peer:9:nat_remote";
     table(&body["ike_sas"], ike, ("role", &role));
     println!("CHILD SAs");
     let encap = |c: &Value| (if c["encap"].as_bool() == Some(true) { "udp" } else { "esp" }).into();
     let child = "connection:14:connection in_spi:10:inbound_spi out_spi:10:outbound_spi proposal:18:proposal \
-                 local_ts:22:local_ts remote_ts:22:remote_ts in_pkts:9:in_packets out_pkts:9:out_packets";
+                 local_ts:22:local_ts remote_ts:22:remote_ts in_pkts:9:in_packets out_pkts:9:out_packets rekey_in_s:11:rekey_in_s";
     table(&body["child_sas"], child, ("encap", &encap));
 }
 

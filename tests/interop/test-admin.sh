@@ -40,6 +40,10 @@ w list-sas | tee "$B/sas.txt"
 before=$(children)
 check "list-sas shows one CHILD SA ($before)" [ "$(wc -w <<<"$before")" = 1 ]
 check "list-sas as a table names the proposal" grep -q "aes256gcm16" "$B/sas.txt"
+check "list-sas shows the time to the CHILD SA's rekey (default 1 h, jittered) and the NAT state" \
+    bash -c "'$WASMSEC_BIN' list-sas --json --socket '$B/ctl.sock' | python3 -c 'import json,sys
+s=json.load(sys.stdin); c=s[\"child_sas\"][0]; i=s[\"ike_sas\"][0]
+sys.exit(0 if 3000 < c[\"rekey_in_s\"] <= 3600 and c[\"expire_in_s\"] > c[\"rekey_in_s\"] and \"nat_remote\" in i else 1)'"
 check "list-sas counts the CHILD SA's packets both ways (the 5 pings)" bash -c "'$WASMSEC_BIN' list-sas --json --socket '$B/ctl.sock' |
     python3 -c 'import json,sys; c=json.load(sys.stdin)[\"child_sas\"][0]; sys.exit(0 if c[\"in_packets\"]>=5 and c[\"out_packets\"]>=5 else 1)'"
 

@@ -66,7 +66,7 @@ fn host() -> Result<()> {
 
 pub fn guests() -> Result<()> {
     let target_dir = root().join("target/guest");
-    let mut cmd = guest_cargo(&target_dir)?;
+    let mut cmd = guest_cargo(&target_dir, "guest")?;
     for (krate, _) in COMPONENTS {
         cmd.args(["-p", krate]);
     }
@@ -74,7 +74,7 @@ pub fn guests() -> Result<()> {
         bail!("building the wasm guests failed");
     }
     for (krate, file) in COMPONENTS {
-        componentize(&target_dir, krate, file)?;
+        componentize(&target_dir, "guest", krate, file)?;
     }
     Ok(())
 }
@@ -84,7 +84,7 @@ pub fn guests() -> Result<()> {
 /// component with its `hostile` feature), built apart from the real ones.
 pub fn hostile_guests() -> Result<()> {
     let target_dir = root().join("target/guest-hostile");
-    let mut cmd = guest_cargo(&target_dir)?;
+    let mut cmd = guest_cargo(&target_dir, "guest-test")?;
     cmd.args([
         "-p",
         "wasmsec-hostile-esp",
@@ -96,12 +96,13 @@ pub fn hostile_guests() -> Result<()> {
     if !cmd.status().context("cannot run cargo for the hostile guests")?.success() {
         bail!("building the hostile test guests failed");
     }
-    componentize(&target_dir, "wasmsec-hostile-esp", "hostile-esp.wasm")?;
-    componentize(&target_dir, "wasmsec-ike-component", "hostile-ike.wasm")
+    componentize(&target_dir, "guest-test", "wasmsec-hostile-esp", "hostile-esp.wasm")?;
+    componentize(&target_dir, "guest-test", "wasmsec-ike-component", "hostile-ike.wasm")
 }
 
-/// `cargo build` of guest crates for wasm32 into `target_dir` (add `-p`s).
-fn guest_cargo(target_dir: &Path) -> Result<Command> {
+/// `cargo build` of guest crates for wasm32 with `profile` into
+/// `target_dir` (add `-p`s).
+fn guest_cargo(target_dir: &Path, profile: &str) -> Result<Command> {
     let mut cmd = match route() {
         Route::Rustup => {
             eprintln!("xtask: guests: rustup toolchain with the {WASM_TARGET} target");
@@ -138,15 +139,15 @@ fn guest_cargo(target_dir: &Path) -> Result<Command> {
     if matches!(route(), Route::Rustup) {
         cmd.env_remove("RUSTC").env_remove("RUSTDOC");
     }
-    cmd.current_dir(root()).args(["--profile", "guest", "--target", WASM_TARGET, "--target-dir"]).arg(target_dir);
+    cmd.current_dir(root()).args(["--profile", profile, "--target", WASM_TARGET, "--target-dir"]).arg(target_dir);
     Ok(cmd)
 }
 
 /// Turn the core module cargo built for `krate` into component `file`.
-fn componentize(target_dir: &Path, krate: &str, file: &str) -> Result<()> {
+fn componentize(target_dir: &Path, profile: &str, krate: &str, file: &str) -> Result<()> {
     let out = components_dir();
     std::fs::create_dir_all(&out)?;
-    let core = target_dir.join(WASM_TARGET).join("guest").join(format!("{}.wasm", krate.replace('-', "_")));
+    let core = target_dir.join(WASM_TARGET).join(profile).join(format!("{}.wasm", krate.replace('-', "_")));
     let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
     let component = wit_component::ComponentEncoder::default()
         .module(&module)

@@ -213,6 +213,8 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
                 hard_bytes: c.limits.hard_bytes,
                 hard_packets: c.limits.hard_packets,
             },
+            rekey_in_ms: c.rekey_in_ms,
+            expire_in_ms: c.expire_in_ms,
         }),
         ike::SaChange::ActivateOutbound { outbound_spi } => wit::SaChange::ActivateOutbound(outbound_spi),
         ike::SaChange::PeerMoved { outbound_spis, remote } => {
@@ -233,7 +235,7 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
 
 fn wit_event(e: ike::Event) -> wit::Event {
     match e {
-        ike::Event::IkeUp { connection, ike_spi, proposal, initiator, local, remote } => {
+        ike::Event::IkeUp { connection, ike_spi, proposal, initiator, local, remote, nat_local, nat_remote } => {
             wit::Event::IkeUp(wit::IkeSaUp {
                 connection,
                 ike_spi,
@@ -241,6 +243,8 @@ fn wit_event(e: ike::Event) -> wit::Event {
                 initiator,
                 local: wit_endpoint(&local),
                 remote: wit_endpoint(&remote),
+                nat_local,
+                nat_remote,
             })
         }
         ike::Event::IkeDown { connection, ike_spi } => wit::Event::IkeDown((connection, ike_spi)),

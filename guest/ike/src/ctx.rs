@@ -119,6 +119,8 @@ impl Ctx<'_> {
             initiator: sa.initiator,
             local: sa.local,
             remote: sa.remote,
+            nat_local: sa.nat_local,
+            nat_remote: sa.nat_remote,
         });
     }
 

@@ -81,6 +81,10 @@ pub struct ChildSa {
     pub outbound_deferred: bool,
     /// Volume lifetimes; passing one is reported with `Engine::child_expired`.
     pub limits: SaLimits,
+    /// When it will be rekeyed and when it expires, from now, in ms (0:
+    /// not by time).
+    pub rekey_in_ms: u64,
+    pub expire_in_ms: u64,
 }
 
 /// A change to the data plane's SAs.
@@ -128,6 +132,10 @@ pub enum Event {
         initiator: bool,
         local: Endpoint,
         remote: Endpoint,
+        /// A NAT was detected in front of us (`local`) or the peer
+        /// (`remote`), RFC 7296 section 2.23.
+        nat_local: bool,
+        nat_remote: bool,
     },
     /// An IKE SA is gone.
     IkeDown {

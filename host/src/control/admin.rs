@@ -42,10 +42,10 @@ impl ControlPlane {
     /// Answer one admin command. The outer `Err` is a trap of the guest.
     pub(super) fn admin(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
-            Command::Status => Ok(self.status()?),
+            Command::Status => Ok(self.status(now)?),
             Command::Connections => Ok(self.connections_json()?),
             Command::Sas => Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(),
-                                       "child_sas": self.child_sas() })),
+                                       "child_sas": self.child_sas(now) })),
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
@@ -88,8 +88,8 @@ impl ControlPlane {
         })
     }
 
-    fn child_sas(&self) -> Vec<Value> {
-        self.children.list.iter().map(|c| c.json()).collect()
+    fn child_sas(&self, now: u64) -> Vec<Value> {
+        self.children.list.iter().map(|c| c.json(now)).collect()
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -139,14 +139,14 @@ impl ControlPlane {
         Ok(json!({ "connections": list }))
     }
 
-    fn status(&mut self) -> anyhow::Result<Value> {
+    fn status(&mut self, now: u64) -> anyhow::Result<Value> {
         let mut ike = serde_json::to_value(self.ike.stats()?)?;
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
         ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
         let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
         Ok(json!({
             "ike_sas": ike_sas,
-            "child_sas": self.child_sas(),
+            "child_sas": self.child_sas(now),
             "ike": ike,
             "esp": self.stats.snapshot(),
         }))

@@ -54,6 +54,9 @@ pub struct IkeInfo {
     pub local: String,
     /// The peer's address and port.
     pub remote: String,
+    /// NAT detected in front of us, or in front of the peer (RFC 7296 2.23).
+    pub nat_local: bool,
+    pub nat_remote: bool,
 }
 
 /// A CHILD SA as the admin view shows it.
@@ -85,12 +88,23 @@ pub struct ChildInfo {
     /// Traffic of the inbound and the outbound SA, counted by the data path.
     #[serde(skip)]
     pub traffic: [Arc<SaTraffic>; 2],
+    /// When the IKE engine rekeys it and when it expires, control-loop
+    /// milliseconds (None: not by time).
+    #[serde(skip)]
+    pub rekey_at: Option<u64>,
+    #[serde(skip)]
+    pub expire_at: Option<u64>,
 }
 
 impl ChildInfo {
-    /// The admin view: the fields above and the traffic of both halves.
-    pub fn json(&self) -> serde_json::Value {
+    /// The admin view at `now` (control-loop ms): the fields above, the
+    /// traffic of both halves, and the seconds left to the rekey and the
+    /// hard expiry (null: not by time).
+    pub fn json(&self, now: u64) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
+        let left = |t: Option<u64>| t.map(|t| t.saturating_sub(now) / 1000);
+        v["rekey_in_s"] = left(self.rekey_at).into();
+        v["expire_in_s"] = left(self.expire_at).into();
         let [(ip, ib), (op, ob)] = self.traffic.each_ref().map(|t| t.get());
         for (k, n) in [("in_packets", ip), ("in_bytes", ib), ("out_packets", op), ("out_bytes", ob)] {
             v[k] = n.into();
@@ -176,6 +190,8 @@ impl Children {
             initiator: up.initiator,
             local: show(&up.local),
             remote: show(&up.remote),
+            nat_local: up.nat_local,
+            nat_remote: up.nat_remote,
         };
         self.ike_sas.insert(up.ike_spi, info);
     }
@@ -189,7 +205,7 @@ impl Children {
     /// Hand a negotiated CHILD SA to the data path. False if the guest
     /// named keys that did not come from one derivation for this transform
     /// (a guest protocol error: nothing is installed).
-    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) -> bool {
+    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState, now: u64) -> bool {
         let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %c.connection, "IPv6 peers are not supported by the data plane yet");
@@ -260,6 +276,8 @@ impl Children {
             peer: remote.to_string(),
             encap: c.encap,
             traffic,
+            rekey_at: (c.rekey_in_ms > 0).then(|| now + c.rekey_in_ms),
+            expire_at: (c.expire_in_ms > 0).then(|| now + c.expire_in_ms),
         });
         true
     }

@@ -71,6 +71,17 @@ pub(crate) fn install(
         hard_bytes: life.life_bytes,
         hard_packets: life.life_packets,
     };
+    let rekey_at = if life.rekey_time > 0 { ctx.now + jittered(life.rekey_time, spread) } else { 0 };
+    // The hard limit moves too, within the lower half of the room above
+    // the soft one, so that two ends with the same settings do not both
+    // delete (and create anew) the same CHILD SA.
+    let hard = if life.rekey_time > 0 && life.life_time > life.rekey_time {
+        let room = (life.life_time - life.rekey_time) / 2;
+        life.life_time - if room == 0 { 0 } else { (spread.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % room }
+    } else {
+        jittered(life.life_time, spread.rotate_left(7))
+    };
+    let expire_at = if life.life_time > 0 { ctx.now + hard } else { 0 };
     let child = ChildSa {
         connection: c.cfg.name.clone(),
         child: template.name.clone(),
@@ -87,6 +98,8 @@ pub(crate) fn install(
         encap: sa.encap(c.cfg.force_encap),
         outbound_deferred: n.defer_outbound,
         limits,
+        rekey_in_ms: rekey_at.saturating_sub(ctx.now),
+        expire_in_ms: expire_at.saturating_sub(ctx.now),
     };
     if n.defer_outbound {
         sa.deferred.push((n.outbound_spi, ctx.now + DEFERRED_OUTBOUND_MS));
@@ -101,17 +114,6 @@ pub(crate) fn install(
         ts::show_all(&n.remote_ts),
         if child.encap { ", UDP-encapsulated" } else { "" }
     );
-    let rekey_at = if life.rekey_time > 0 { ctx.now + jittered(life.rekey_time, spread) } else { 0 };
-    // The hard limit moves too, within the lower half of the room above
-    // the soft one, so that two ends with the same settings do not both
-    // delete (and create anew) the same CHILD SA.
-    let hard = if life.rekey_time > 0 && life.life_time > life.rekey_time {
-        let room = (life.life_time - life.rekey_time) / 2;
-        life.life_time - if room == 0 { 0 } else { (spread.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % room }
-    } else {
-        jittered(life.life_time, spread.rotate_left(7))
-    };
-    let expire_at = if life.life_time > 0 { ctx.now + hard } else { 0 };
     sa.children.push(Child {
         cfg: n.cfg,
         inbound_spi: n.inbound_spi,
