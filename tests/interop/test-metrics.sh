@@ -69,9 +69,9 @@ want_sa_out=$(python3 -c 'import json,sys; print(sum(c["out_packets"] for c in j
 got_sa_out=$(promql 'wasmsec_sa_packets_total{job="wasmsec",connection="s2s",direction="out"}')
 check "PromQL's packets sent by connection s2s ($got_sa_out) = its CHILD SA's ($want_sa_out), at least 60" \
     [ "$got_sa_out" = "$want_sa_out" -a "$want_sa_out" -ge 60 ]
-check "the handshake is counted as started and succeeded" \
-    [ "$(promql 'wasmsec_ike_handshakes_succeeded_total{job="wasmsec"}')" = 1 -a \
-      "$(promql 'wasmsec_ike_handshakes_started_total{job="wasmsec"}')" = 1 ]
+check "the handshake is counted as started and succeeded, for connection s2s" \
+    [ "$(promql 'wasmsec_ike_handshakes_succeeded_total{job="wasmsec",connection="s2s"}')" = 1 -a \
+      "$(promql 'wasmsec_ike_handshakes_started_total{job="wasmsec",connection="s2s"}')" = 1 ]
 kill -TERM "$(cat "$B/pid")"
 for _ in $(seq 50); do kill -0 "$(cat "$B/pid")" 2>/dev/null || break; sleep 0.1; done
 check "/readyz is gone with the daemon" bash -c "! ip netns exec wsi-gwb python3 '$ROOT/tests/interop/http-get.py' 'http://$M/readyz' --status 2>/dev/null"

@@ -110,6 +110,29 @@ for _ in $(seq 75); do [ -n "$(spis drop)" ] && break; sleep 0.2; done
 check "SIGHUP reloaded the config: drop is up again ($(spis drop))" [ -n "$(spis drop)" ]
 check "... the daemon still runs, s2s untouched" [ "$(spis s2s)" = "$keep" ]
 
+# A changed key file reaches the unchanged connections in place, as
+# `swanctl --load-creds` does: established SAs stay, new authentications
+# use the new key (strongSwan still has the old one, so add fails).
+(umask 077; printf '%s' "not-$PSK" >"$B/psk")
+w reload --json >"$B/reload-psk.json" 2>&1 || true
+cat "$B/reload-psk.json"
+check "reload: a new PSK for all three, none torn down" python3 -c 'import json,sys
+r=json.load(open(sys.argv[1]))
+sys.exit(0 if (sorted(r["new_psk"]),sorted(r["unchanged"]),r["removed"])==(["add","drop","s2s"],)*2+([],) else 1)' "$B/reload-psk.json"
+check "... s2s untouched" [ "$(spis s2s)" = "$keep" ]
+refused=$(grep -c "AUTHENTICATION_FAILED" "$B/wasmsec.log" || true)
+w terminate add >/dev/null
+for _ in $(seq 50); do [ -z "$(spis add)" ] && break; sleep 0.1; done
+w initiate add >/dev/null 2>&1 || true
+for _ in $(seq 100); do [ "$(grep -c "AUTHENTICATION_FAILED" "$B/wasmsec.log")" -gt "$refused" ] && break; sleep 0.1; done
+check "add authenticates with the new key now: strongSwan refuses it" \
+    [ "$(grep -c "AUTHENTICATION_FAILED" "$B/wasmsec.log")" -gt "$refused" -a -z "$(spis add)" ]
+(umask 077; printf '%s' "$PSK" >"$B/psk")
+w reload >/dev/null
+w initiate add >/dev/null 2>&1 || true
+for _ in $(seq 100); do [ -n "$(spis add)" ] && break; sleep 0.1; done
+check "the old key back, add comes up again ($(spis add))" [ -n "$(spis add)" ]
+
 # SIGTERM deletes every IKE SA at the peer before the daemon exits.
 kill -TERM $WPID
 for _ in $(seq 50); do kill -0 $WPID 2>/dev/null || break; sleep 0.1; done

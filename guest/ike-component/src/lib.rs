@@ -354,6 +354,7 @@ impl wit::Guest for Component {
             transmits: std::iter::from_fn(|| e.poll_transmit()).map(wit_transmit).collect(),
             events: std::iter::from_fn(|| e.poll_event()).map(wit_event).collect(),
             checkpoints: e.poll_checkpoints(),
+            connection_counters: e.poll_connection_stats().into_iter().map(|(n, s)| (n, wit_counters(&s, 0))).collect(),
         })
     }
 
@@ -362,42 +363,19 @@ impl wit::Guest for Component {
     }
 
     fn stats() -> wit::Counters {
-        let s = ENGINE.with_borrow(|e| e.stats());
-        wit::Counters {
-            rx: s.rx,
-            tx: s.tx,
-            retransmits: s.retransmits,
-            replayed_responses: s.replayed_responses,
-            malformed: s.malformed,
-            unknown_spi: s.unknown_spi,
-            oversize: s.oversize,
-            integrity_failed: s.integrity_failed,
-            unexpected: s.unexpected,
-            handshakes_started: s.handshakes_started,
-            ike_established: s.ike_established,
-            child_installed: s.child_installed,
-            auth_failed: s.auth_failed,
-            no_proposal: s.no_proposal,
-            ts_unacceptable: s.ts_unacceptable,
-            timeouts: s.timeouts,
-            keepalives: s.keepalives,
-            dpd_checks: s.dpd_checks,
-            dead_peers: s.dead_peers,
-            cookies_sent: s.cookies_sent,
-            half_open_drops: s.half_open_drops,
-            half_open: ENGINE.with_borrow(|e| e.half_open_count() as u64),
-            rate_limited: s.rate_limited,
-            rekey_collisions_won: s.rekey_collisions_won,
-            rekey_collisions_lost: s.rekey_collisions_lost,
-            ike_rekey_collisions_won: s.ike_rekey_collisions_won,
-            ike_rekey_collisions_lost: s.ike_rekey_collisions_lost,
-            temporary_failures: s.temporary_failures,
-            lifetime_soft: s.lifetime_soft,
-            lifetime_hard: s.lifetime_hard,
-            child_rekeys: s.child_rekeys,
-            ike_rekeys: s.ike_rekeys,
-            reauths: s.reauths,
-        }
+        ENGINE.with_borrow(|e| wit_counters(&e.stats(), e.half_open_count() as u64))
+    }
+
+    fn ike_sa_states() -> Vec<wit::IkeSaCount> {
+        use wasmsec_ike::SaPhase;
+        let state = |p: SaPhase| match p {
+            SaPhase::Connecting => wit::IkeSaState::Connecting,
+            SaPhase::HalfOpen => wit::IkeSaState::HalfOpen,
+            SaPhase::Established => wit::IkeSaState::Established,
+            SaPhase::Deleting => wit::IkeSaState::Deleting,
+        };
+        let v = ENGINE.with_borrow(|e| e.ike_sa_states());
+        v.into_iter().map(|(connection, p, count)| wit::IkeSaCount { connection, state: state(p), count }).collect()
     }
 
     fn active(connection: String) -> bool {
@@ -406,6 +384,46 @@ impl wit::Guest for Component {
 
     fn restore(checkpoints: Vec<Vec<u8>>) -> Result<u32, String> {
         ENGINE.with_borrow_mut(|e| e.restore(&checkpoints)).map(|n| n as u32).map_err(|e| e.to_string())
+    }
+}
+
+/// The engine's counters on the WIT side; `half_open` is the engine's
+/// gauge (0 in one connection's counters).
+fn wit_counters(s: &wasmsec_ike::Stats, half_open: u64) -> wit::Counters {
+    wit::Counters {
+        rx: s.rx,
+        tx: s.tx,
+        retransmits: s.retransmits,
+        replayed_responses: s.replayed_responses,
+        malformed: s.malformed,
+        unknown_spi: s.unknown_spi,
+        oversize: s.oversize,
+        integrity_failed: s.integrity_failed,
+        unexpected: s.unexpected,
+        handshakes_started: s.handshakes_started,
+        ike_established: s.ike_established,
+        child_installed: s.child_installed,
+        auth_failed: s.auth_failed,
+        no_proposal: s.no_proposal,
+        ts_unacceptable: s.ts_unacceptable,
+        timeouts: s.timeouts,
+        keepalives: s.keepalives,
+        dpd_checks: s.dpd_checks,
+        dead_peers: s.dead_peers,
+        cookies_sent: s.cookies_sent,
+        half_open_drops: s.half_open_drops,
+        half_open,
+        rate_limited: s.rate_limited,
+        rekey_collisions_won: s.rekey_collisions_won,
+        rekey_collisions_lost: s.rekey_collisions_lost,
+        ike_rekey_collisions_won: s.ike_rekey_collisions_won,
+        ike_rekey_collisions_lost: s.ike_rekey_collisions_lost,
+        temporary_failures: s.temporary_failures,
+        lifetime_soft: s.lifetime_soft,
+        lifetime_hard: s.lifetime_hard,
+        child_rekeys: s.child_rekeys,
+        ike_rekeys: s.ike_rekeys,
+        reauths: s.reauths,
     }
 }
 

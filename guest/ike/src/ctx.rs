@@ -12,7 +12,7 @@ use crate::dos::Dos;
 use crate::output::{Datagram, Event, Level, Output, Transmit};
 use crate::proposal::Kind;
 use crate::sa::state::IkeSa;
-use crate::stats::Stats;
+use crate::stats::{ByConnection, Stats};
 
 /// Every IKE SA by our SPI.
 pub(crate) use crate::sa::table::SaTable;
@@ -33,6 +33,8 @@ pub(crate) struct Ctx<'a> {
     pub out: &'a mut Output,
     /// The engine's counters.
     pub stats: &'a mut Stats,
+    /// The negotiation counters by connection.
+    pub by_conn: &'a mut ByConnection,
     /// Retransmission and timeout settings.
     pub timing: &'a Timing,
 }
@@ -59,6 +61,13 @@ impl Ctx<'_> {
 
     pub fn warn(&mut self, conn: usize, message: String) {
         self.log(Level::Warn, conn, message);
+    }
+
+    /// Count a negotiation event of connection `conn`: in the engine's
+    /// totals and in the connection's own counters.
+    pub fn count(&mut self, conn: usize, field: fn(&mut Stats) -> &mut u64) {
+        *field(self.stats) += 1;
+        self.by_conn.inc(conn, field);
     }
 
     pub fn emit(&mut self, d: Datagram) {

@@ -16,7 +16,30 @@ use crate::exchange::{self, ike_sa_init, informational};
 use crate::output::{Datagram, Event, Output, SaChange, Transmit};
 use crate::sa::lifecycle;
 use crate::sa::state::{IkeSa, State};
-use crate::stats::Stats;
+use crate::stats::{ByConnection, Stats};
+
+/// Where an IKE SA is in its life, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SaPhase {
+    /// We sent IKE_SA_INIT or IKE_AUTH and wait for the answer.
+    Connecting,
+    /// We answered IKE_SA_INIT and wait for IKE_AUTH.
+    HalfOpen,
+    Established,
+    /// We sent a DELETE for it.
+    Deleting,
+}
+
+impl SaPhase {
+    fn of(s: State) -> SaPhase {
+        match s {
+            State::InitSent | State::AuthSent => SaPhase::Connecting,
+            State::InitDone => SaPhase::HalfOpen,
+            State::Established => SaPhase::Established,
+            State::Deleting => SaPhase::Deleting,
+        }
+    }
+}
 
 /// The IKEv2 engine: connections, IKE SAs and what to do next.
 pub struct Engine {
@@ -25,6 +48,7 @@ pub struct Engine {
     dos: Dos,
     out: Output,
     stats: Stats,
+    by_conn: ByConnection,
     timing: Timing,
     /// The time of the latest call (what `next_timeout` answers relative to).
     now: u64,
@@ -38,6 +62,7 @@ impl Engine {
             dos: Dos::default(),
             out: Output::default(),
             stats: Stats::default(),
+            by_conn: ByConnection::default(),
             timing,
             now: 0,
         }
@@ -53,6 +78,7 @@ impl Engine {
             dos: &mut self.dos,
             out: &mut self.out,
             stats: &mut self.stats,
+            by_conn: &mut self.by_conn,
             timing: &self.timing,
         }
     }
@@ -123,6 +149,20 @@ impl Engine {
         self.stats
     }
 
+    /// The negotiation counters of connection `name` (zero if it never
+    /// counted anything).
+    pub fn connection_stats(&self, name: &str) -> Result<Stats, Error> {
+        Ok(self.by_conn.get(self.conn_index(name)?))
+    }
+
+    /// The connections whose negotiation counters changed since the last
+    /// call, by name, with their counters now (see [`Stats`]: the fields
+    /// of the engine's totals that belong to one connection).
+    pub fn poll_connection_stats(&mut self) -> Vec<(String, Stats)> {
+        let conns = &self.conns;
+        self.by_conn.take_changed().into_iter().map(|(i, s)| (conns[i].cfg.name.clone(), s)).collect()
+    }
+
     /// Half-open IKE SAs (responder, waiting for IKE_AUTH).
     pub fn half_open_count(&self) -> usize {
         self.dos.half_open.len()
@@ -142,6 +182,16 @@ impl Engine {
     pub fn established(&self) -> (usize, usize) {
         let up = self.sas.values().filter(|s| s.established());
         up.fold((0, 0), |(i, c), s| (i + 1, c + s.children.len()))
+    }
+
+    /// The IKE SAs by connection name and state, counted (states with
+    /// none left out).
+    pub fn ike_sa_states(&self) -> Vec<(String, SaPhase, u32)> {
+        let mut n: std::collections::BTreeMap<(usize, SaPhase), u32> = Default::default();
+        for sa in self.sas.values() {
+            *n.entry((sa.conn, SaPhase::of(sa.state))).or_default() += 1;
+        }
+        n.into_iter().map(|((c, p), k)| (self.conns[c].cfg.name.clone(), p, k)).collect()
     }
 
     /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange
@@ -187,6 +237,11 @@ impl Engine {
             return Err(Error::Config(format!("connection {:?} is defined twice", cfg.name)));
         }
         let (conn, warnings) = Connection::new(cfg, &self.timing)?;
+        // A name removed by an earlier reload counts on from where it was:
+        // the host's metrics are by name and must not go backwards.
+        if let Some(old) = self.conns.iter().rposition(|c| c.removed && c.cfg.name == conn.cfg.name) {
+            self.by_conn.inherit(old, self.conns.len());
+        }
         self.conns.push(conn);
         Ok(warnings)
     }

@@ -70,3 +70,47 @@ pub struct Stats {
     /// IKE_SA_INIT requests dropped by the per-source rate limit.
     pub rate_limited: u64,
 }
+
+/// The negotiation counters of each connection (the host labels metrics
+/// with the connection's name). Indexed like the engine's connections;
+/// only the fields [`crate::ctx::Ctx::count`] increments are used.
+#[derive(Debug, Default)]
+pub struct ByConnection {
+    stats: Vec<Stats>,
+    /// Connections whose counters changed since the last `take_changed`.
+    changed: std::collections::BTreeSet<usize>,
+}
+
+impl ByConnection {
+    /// Add one to `field` of connection `conn`.
+    pub fn inc(&mut self, conn: usize, field: fn(&mut Stats) -> &mut u64) {
+        if self.stats.len() <= conn {
+            self.stats.resize(conn + 1, Stats::default());
+        }
+        *field(&mut self.stats[conn]) += 1;
+        self.changed.insert(conn);
+    }
+
+    /// Connection `to` takes over the counters of `from` (a connection
+    /// removed and added again by a reload keeps counting where it was).
+    pub fn inherit(&mut self, from: usize, to: usize) {
+        if let Some(s) = self.stats.get(from).copied() {
+            if self.stats.len() <= to {
+                self.stats.resize(to + 1, Stats::default());
+            }
+            self.stats[to] = s;
+            self.changed.insert(to);
+        }
+    }
+
+    /// The counters of connection `conn`.
+    pub fn get(&self, conn: usize) -> Stats {
+        self.stats.get(conn).copied().unwrap_or_default()
+    }
+
+    /// The connections whose counters changed since the last call, with
+    /// their counters now.
+    pub fn take_changed(&mut self) -> Vec<(usize, Stats)> {
+        std::mem::take(&mut self.changed).into_iter().map(|c| (c, self.get(c))).collect()
+    }
+}

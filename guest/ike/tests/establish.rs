@@ -63,6 +63,8 @@ fn duplicated_messages_change_nothing() {
     assert_eq!(b.outbox.len(), 2);
     assert_eq!(b.outbox[0].data, b.outbox[1].data, "same response twice");
     assert_eq!(b.engine.ike_sa_count(), 1);
+    assert_eq!(b.engine.ike_sa_states(), [("site".to_string(), wasmsec_ike::SaPhase::HalfOpen, 1)]);
+    assert_eq!(a.engine.ike_sa_states(), [("site".to_string(), wasmsec_ike::SaPhase::Connecting, 1)]);
     let resp = b.outbox.remove(0);
     b.outbox.clear();
     a.deliver(0, resp.clone());
@@ -74,6 +76,7 @@ fn duplicated_messages_change_nothing() {
     assert_eq!(b.installed.len(), 1);
     assert_eq!(b.outbox.len(), 2);
     assert_eq!(b.engine.stats().replayed_responses, 2);
+    assert_eq!(b.engine.ike_sa_states(), [("site".to_string(), wasmsec_ike::SaPhase::Established, 1)]);
 }
 
 #[test]
@@ -87,6 +90,23 @@ fn wrong_psk_gives_authentication_failed() {
     assert!(b.log_has("wrong pre-shared key"), "{:?}", b.logs);
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
     assert!(a.crypto.vault.len() <= 1 && b.crypto.vault.len() <= 1, "only the PSKs remain");
+}
+
+#[test]
+fn negotiation_counters_are_kept_by_connection() {
+    let (mut a, mut b) = connect(&Conf::default(), &Conf { psk: "another-psk", ..Default::default() }, &mut all);
+    let changed = b.engine.poll_connection_stats();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].0, "site");
+    assert_eq!((changed[0].1.handshakes_started, changed[0].1.auth_failed), (1, 1));
+    assert!(b.engine.poll_connection_stats().is_empty(), "nothing changed since");
+    assert_eq!(a.engine.connection_stats("site").unwrap().auth_failed, 1);
+    // Removed and added again by a reload: the counters go on, not back.
+    let cfg = connection(A, B, &Conf::default(), a.psk);
+    a.engine.remove_connection(0, "site", &mut a.crypto).unwrap();
+    a.engine.add_connection(cfg).unwrap();
+    assert_eq!(a.engine.connection_stats("site").unwrap().auth_failed, 1);
+    assert!(b.engine.connection_stats("elsewhere").is_err());
 }
 
 #[test]

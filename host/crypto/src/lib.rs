@@ -156,6 +156,22 @@ impl Vault {
         self.insert(Secret::Psk(psk))
     }
 
+    /// Put a new PSK under the handle of an old one (a reload found the
+    /// key file changed): IKE SAs authenticated from then on use it,
+    /// established ones are not touched (the PSK is used only in AUTH).
+    /// Returns whether the key differed; `None` if `h` is not a PSK.
+    pub fn replace_psk(&mut self, h: u64, psk: Zeroizing<Vec<u8>>) -> Option<bool> {
+        // Not peer-reachable timing: both keys come from the operator.
+        match self.secrets.get(&h) {
+            Some(Secret::Psk(old)) if **old == *psk => return Some(false),
+            Some(Secret::Psk(_)) => {}
+            _ => return None,
+        }
+        self.record(&psk);
+        self.secrets.insert(h, Secret::Psk(psk));
+        Some(true)
+    }
+
     /// Destroy a secret; true if it existed.
     pub fn destroy(&mut self, h: u64) -> bool {
         self.secrets.remove(&h).is_some()
@@ -391,6 +407,15 @@ pub fn push_hex(out: &mut Zeroizing<String>, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_psk_is_replaced_under_its_handle() {
+        let mut v = Vault::new();
+        let h = v.insert_psk(Zeroizing::new(b"old".to_vec()));
+        assert_eq!(v.replace_psk(h, Zeroizing::new(b"old".to_vec())), Some(false));
+        assert_eq!(v.replace_psk(h, Zeroizing::new(b"new".to_vec())), Some(true));
+        assert_eq!(v.replace_psk(h + 1, Zeroizing::new(b"x".to_vec())), None, "no such handle");
+        assert_eq!(v.len(), 1);
+    }
     use super::*;
     use wasmsec_wire::ike::{EncrId, IntegId, PrfId};
 

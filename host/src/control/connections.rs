@@ -161,6 +161,8 @@ impl ControlPlane {
     /// a removed or changed connection is deleted (DELETE to the peer), an
     /// added or changed one is loaded (and initiated if `start_action =
     /// "start"`), an unchanged one is not touched: its SAs and SPIs stay.
+    /// An unchanged connection whose PSK file changed gets the new key in
+    /// place (as `swanctl --load-creds`): new authentications use it.
     /// A file that does not load, a PSK that cannot be read or an
     /// `esp_component` that is not loaded yet refuses the reload, with
     /// nothing changed. Other sections need a restart.
@@ -200,6 +202,18 @@ impl ControlPlane {
                 },
             };
             groups.push(group);
+        }
+        // Unchanged connections whose key file changed: the new key, read
+        // before anything changes (an unreadable file refuses the reload).
+        let mut new_keys = Vec::new();
+        for c in cfg.connection.iter().filter(|c| old.contains(c)) {
+            let psk = c.psk.load_secret(&base).map_err(|e| anyhow::anyhow!("psk: {e}"));
+            let handle = self.live_connections().iter().find(|w| &w.name == c.name.get_ref()).map(|w| w.psk);
+            match (psk, handle) {
+                (Ok(k), Some(h)) => new_keys.push((c.name.get_ref().clone(), h, k)),
+                (Err(e), _) => return Ok(Err(Refusal::new(400, format!("connection {:?}: {e:#}", c.name.get_ref())))),
+                (Ok(_), None) => {}
+            }
         }
         let mut loaded = Vec::new();
         for c in &fresh {
@@ -246,6 +260,14 @@ impl ControlPlane {
                 self.initiate(now, name)?;
             }
         }
+        let mut rekeyed = Vec::new();
+        for (name, h, k) in new_keys {
+            if self.ike.store.data_mut().replace_psk(h, k) == Some(true) {
+                // Never the key, only that it changed.
+                info!(connection = %name, "reload: new pre-shared key; established SAs keep theirs until reauthentication");
+                rekeyed.push(name);
+            }
+        }
         let names = |v: &[&config::Connection]| v.iter().map(|c| c.name.get_ref().clone()).collect::<Vec<_>>();
         let added = names(&fresh);
         let unchanged: Vec<String> =
@@ -253,6 +275,6 @@ impl ControlPlane {
         self.reload_ctx.sections = cfg.connection;
         let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
         Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
-                      "errors": errors })))
+                      "new_psk": rekeyed, "errors": errors })))
     }
 }

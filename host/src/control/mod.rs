@@ -23,7 +23,7 @@ use crate::ops::{IkeTotals, IkeView, Query};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
-use crate::wasm::ike::{Datagram, Event, IkeInstance, Level, SaChange, Transmit};
+use crate::wasm::ike::{Datagram, Event, IkeInstance, IkeSaState, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
 use sockets::{IkeSockets, MAX_IKE_MESSAGE, endpoint};
 
@@ -231,12 +231,28 @@ impl ControlPlane {
         self.apply(now)
     }
 
+    /// Was a connection of this name ever loaded? The guest is untrusted:
+    /// only such names become metric labels.
+    fn loaded(&self, name: &str) -> bool {
+        self.history.iter().any(|s| matches!(s, connections::Step::Add(c) if c.name == name))
+    }
+
     /// What `/metrics` shows of the IKE side.
     fn ike_view(&mut self) -> anyhow::Result<IkeView> {
         let counters = self.totals.observe(&self.ike.stats()?);
-        let mut v = IkeView { counters, ..IkeView::default() };
-        for sa in self.children.ike_sas.values() {
-            *v.ike_sas.entry(sa.connection.clone()).or_default() += 1;
+        let mut v = IkeView { counters, by_connection: self.totals.by_connection(), ..IkeView::default() };
+        for c in self.ike.ike_sa_states()? {
+            let state = match c.state {
+                IkeSaState::Connecting => "connecting",
+                IkeSaState::HalfOpen => "half_open",
+                IkeSaState::Established => "established",
+                IkeSaState::Deleting => "deleting",
+            };
+            if self.loaded(&c.connection) {
+                v.ike_sas.insert((c.connection, state), c.count.into());
+            } else {
+                crate::stats::inc(&self.stats.guest_protocol_errors);
+            }
         }
         for c in &self.children.list {
             *v.child_sas.entry(c.connection.clone()).or_default() += 1;
@@ -309,6 +325,14 @@ impl ControlPlane {
         let st = self.ike.store.data_mut();
         st.keep_checkpoints(out.checkpoints);
         crate::stats::add(&self.stats.guest_protocol_errors, std::mem::take(&mut st.refusals));
+        for (name, c) in &out.connection_counters {
+            // The guest is untrusted: only names we loaded become labels.
+            if self.loaded(name) {
+                self.totals.observe_connection(name, c);
+            } else {
+                crate::stats::inc(&self.stats.guest_protocol_errors);
+            }
+        }
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {

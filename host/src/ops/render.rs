@@ -25,6 +25,9 @@ pub struct IkeCounter {
     pub label: Option<(&'static str, &'static str)>,
     /// A counter (false: a gauge, never carried across guest restarts).
     pub counter: bool,
+    /// Shown by connection (a `connection` label): the engine counts it
+    /// for the connection it belongs to.
+    pub by_connection: bool,
     pub get: fn(&Counters) -> u64,
 }
 
@@ -34,7 +37,12 @@ const fn c(
     label: Option<(&'static str, &'static str)>,
     get: fn(&Counters) -> u64,
 ) -> IkeCounter {
-    IkeCounter { name, help, label, counter: true, get }
+    IkeCounter { name, help, label, counter: true, by_connection: false, get }
+}
+
+/// A counter the engine keeps by connection too.
+const fn per_connection(c: IkeCounter) -> IkeCounter {
+    IkeCounter { by_connection: true, ..c }
 }
 
 const DROPPED: &str = "wasmsec_ike_messages_dropped_total";
@@ -66,29 +74,39 @@ pub static IKE_COUNTERS: &[IkeCounter] = &[
     c(DROPPED, DROPPED_HELP, Some(("reason", "half_open_cap")), |c| c.half_open_drops),
     c(DROPPED, DROPPED_HELP, Some(("reason", "rate_limited")), |c| c.rate_limited),
     c(DROPPED, DROPPED_HELP, Some(("reason", "oversize_engine")), |c| c.oversize),
-    c("wasmsec_ike_handshakes_started_total", "IKE_SA set-ups begun, as initiator or responder.", None, |c| {
-        c.handshakes_started
-    }),
-    c("wasmsec_ike_handshakes_succeeded_total", "IKE_SAs established by IKE_AUTH (rekeys not included).", None, |c| {
-        c.ike_established.saturating_sub(c.ike_rekeys)
-    }),
-    c(FAILED, FAILED_HELP, Some(("reason", "authentication")), |c| c.auth_failed),
-    c(FAILED, FAILED_HELP, Some(("reason", "no_proposal_chosen")), |c| c.no_proposal),
-    c(FAILED, FAILED_HELP, Some(("reason", "ts_unacceptable")), |c| c.ts_unacceptable),
-    c(FAILED, FAILED_HELP, Some(("reason", "timeout")), |c| c.timeouts),
-    c(FAILED, FAILED_HELP, Some(("reason", "temporary_failure")), |c| c.temporary_failures),
-    c("wasmsec_child_sas_installed_total", "CHILD_SAs installed in the data path.", None, |c| c.child_installed),
-    c(REKEYS, REKEYS_HELP, Some(("sa", "child")), |c| c.child_rekeys),
-    c(REKEYS, REKEYS_HELP, Some(("sa", "ike")), |c| c.ike_rekeys),
-    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_won")), |c| c.rekey_collisions_won),
-    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_lost")), |c| c.rekey_collisions_lost),
-    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_won")), |c| c.ike_rekey_collisions_won),
-    c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_lost")), |c| c.ike_rekey_collisions_lost),
-    c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "soft")), |c| c.lifetime_soft),
-    c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "hard")), |c| c.lifetime_hard),
-    c("wasmsec_reauthentications_total", "IKE_SA reauthentications started.", None, |c| c.reauths),
-    c("wasmsec_dpd_checks_total", "Liveness checks sent (RFC 7296 section 2.4).", None, |c| c.dpd_checks),
-    c("wasmsec_dpd_failures_total", "IKE_SAs whose peer stopped answering.", None, |c| c.dead_peers),
+    per_connection(c(
+        "wasmsec_ike_handshakes_started_total",
+        "IKE_SA set-ups begun, as initiator or responder.",
+        None,
+        |c| c.handshakes_started,
+    )),
+    per_connection(c(
+        "wasmsec_ike_handshakes_succeeded_total",
+        "IKE_SAs established by IKE_AUTH (rekeys not included).",
+        None,
+        |c| c.ike_established.saturating_sub(c.ike_rekeys),
+    )),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "authentication")), |c| c.auth_failed)),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "no_proposal_chosen")), |c| c.no_proposal)),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "ts_unacceptable")), |c| c.ts_unacceptable)),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "timeout")), |c| c.timeouts)),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "temporary_failure")), |c| c.temporary_failures)),
+    per_connection(c("wasmsec_child_sas_installed_total", "CHILD_SAs installed in the data path.", None, |c| {
+        c.child_installed
+    })),
+    per_connection(c(REKEYS, REKEYS_HELP, Some(("sa", "child")), |c| c.child_rekeys)),
+    per_connection(c(REKEYS, REKEYS_HELP, Some(("sa", "ike")), |c| c.ike_rekeys)),
+    per_connection(c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_won")), |c| c.rekey_collisions_won)),
+    per_connection(c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "child_lost")), |c| c.rekey_collisions_lost)),
+    per_connection(c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_won")), |c| c.ike_rekey_collisions_won)),
+    per_connection(c(COLLISIONS, COLLISIONS_HELP, Some(("outcome", "ike_lost")), |c| c.ike_rekey_collisions_lost)),
+    per_connection(c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "soft")), |c| c.lifetime_soft)),
+    per_connection(c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "hard")), |c| c.lifetime_hard)),
+    per_connection(c("wasmsec_reauthentications_total", "IKE_SA reauthentications started.", None, |c| c.reauths)),
+    per_connection(c("wasmsec_dpd_checks_total", "Liveness checks sent (RFC 7296 section 2.4).", None, |c| {
+        c.dpd_checks
+    })),
+    per_connection(c("wasmsec_dpd_failures_total", "IKE_SAs whose peer stopped answering.", None, |c| c.dead_peers)),
     c("wasmsec_nat_keepalives_sent_total", "NAT keepalives sent (RFC 3948 section 2.3).", None, |c| c.keepalives),
     c("wasmsec_ike_cookies_sent_total", "COOKIE notifies sent (RFC 7296 section 2.6).", None, |c| c.cookies_sent),
     IkeCounter {
@@ -96,6 +114,7 @@ pub static IKE_COUNTERS: &[IkeCounter] = &[
         help: "Half-open IKE_SAs (IKE_SA_INIT answered, IKE_AUTH not yet) right now.",
         label: None,
         counter: false,
+        by_connection: false,
         get: |c| c.half_open,
     },
 ];
@@ -177,16 +196,30 @@ fn data_path(s: &mut Scrape, st: &Stats) {
 
 /// The IKE side.
 fn ike(s: &mut Scrape, v: &IkeView) {
-    for (d, &n) in IKE_COUNTERS.iter().zip(&v.counters) {
+    for (i, (d, &n)) in IKE_COUNTERS.iter().zip(&v.counters).enumerate() {
         let labels: Vec<(&str, &str)> = d.label.into_iter().collect();
-        if d.counter {
+        if d.by_connection {
+            // Every series by connection; what no connection counted (an
+            // IKE_SA_INIT that matched none) under connection="".
+            let mut rest = n;
+            for (conn, rows) in &v.by_connection {
+                let m = rows.get(i).copied().unwrap_or(0);
+                rest = rest.saturating_sub(m);
+                let l: Vec<(&str, &str)> = [("connection", conn.as_str())].into_iter().chain(d.label).collect();
+                s.counter(d.name, d.help, &l, m);
+            }
+            if rest > 0 || v.by_connection.is_empty() {
+                let l: Vec<(&str, &str)> = [("connection", "")].into_iter().chain(d.label).collect();
+                s.counter(d.name, d.help, &l, rest);
+            }
+        } else if d.counter {
             s.counter(d.name, d.help, &labels, n);
         } else {
             s.gauge(d.name, d.help, &labels, n);
         }
     }
-    for (conn, &n) in &v.ike_sas {
-        let labels = [("connection", conn.as_str()), ("state", "established")];
+    for ((conn, state), &n) in &v.ike_sas {
+        let labels = [("connection", conn.as_str()), ("state", state)];
         s.gauge("wasmsec_ike_sas", "IKE_SAs, by connection and state.", &labels, n);
     }
     for (conn, &n) in &v.child_sas {
@@ -229,18 +262,26 @@ mod tests {
         let stats = Stats::default();
         stats.in_drop(DropReason::Replay);
         let view = IkeView {
-            ike_sas: [("gw".to_string(), 1)].into(),
+            ike_sas: [(("gw".to_string(), "half_open"), 1)].into(),
             child_sas: [("gw".to_string(), 2)].into(),
             traffic: [("gw".to_string(), [1, 100, 2, 200])].into(),
             counters: (0..IKE_COUNTERS.len() as u64).collect(),
+            by_connection: [("gw".to_string(), vec![1; IKE_COUNTERS.len()])].into(),
             vault_secrets: 3,
             guest_memory_peak: 65536,
         };
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_ike_sas{connection=\"gw\",state=\"half_open\"} 1"), "{text}");
         assert!(text.contains("wasmsec_sa_bytes_total{connection=\"gw\",direction=\"out\"} 200"), "{text}");
         assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");
+        // By connection, with what no connection counted under connection="".
+        let auth = IKE_COUNTERS.iter().position(|d| d.label == Some(("reason", "authentication"))).unwrap();
+        let failed = "wasmsec_ike_negotiation_failures_total";
+        assert!(text.contains(&format!("{failed}{{connection=\"gw\",reason=\"authentication\"}} 1\n")), "{text}");
+        let rest = format!("{failed}{{connection=\"\",reason=\"authentication\"}} {}\n", auth - 1);
+        assert!(text.contains(&rest), "{text}");
         let last = IKE_COUNTERS.len() - 1;
         assert!(text.contains(&format!("wasmsec_ike_half_open_sas {last}\n")), "{text}");
         // Same name, one HELP: definitions that share a name share label names.
@@ -255,7 +296,7 @@ mod tests {
         let _ = crate::telemetry::guest_call(crate::telemetry::Guest::Ike, || Ok::<_, ()>(()));
         let view = IkeView { counters: vec![0; IKE_COUNTERS.len()], ..IkeView::default() };
         let mut view = view;
-        view.ike_sas.insert("c".into(), 1);
+        view.ike_sas.insert(("c".into(), "established"), 1);
         view.child_sas.insert("c".into(), 1);
         let text = render(&Stats::default(), Some(&view));
         let exported: std::collections::HashSet<&str> =

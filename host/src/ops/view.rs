@@ -61,8 +61,9 @@ impl Refusal {
 /// The control thread's state as the metrics show it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IkeView {
-    /// Established IKE SAs, by connection.
-    pub ike_sas: BTreeMap<String, u64>,
+    /// IKE SAs, by connection and state (the engine's view: half-open and
+    /// connecting SAs too).
+    pub ike_sas: BTreeMap<(String, &'static str), u64>,
     /// Installed CHILD SAs, by connection.
     pub child_sas: BTreeMap<String, u64>,
     /// ESP carried by each connection's CHILD SAs over the daemon's life:
@@ -71,39 +72,104 @@ pub struct IkeView {
     /// The engine's counters in [`IKE_COUNTERS`] order, carried across
     /// replacements of the guest.
     pub counters: Vec<u64>,
+    /// Each connection's negotiation counters, in the same order (only
+    /// the rows marked `by_connection` are meaningful).
+    pub by_connection: BTreeMap<String, Vec<u64>>,
     /// Secrets held in the host's vault for the IKE guest.
     pub vault_secrets: u64,
     /// The IKE guest's peak linear memory, bytes.
     pub guest_memory_peak: u64,
 }
 
-/// The engine's counters over the daemon's life. A replaced guest starts
-/// from zero, so the last values seen from the old instance are carried
-/// into the totals (counters only; gauges are what the instance says now).
+/// One set of the engine's counters over the daemon's life. A replaced
+/// guest starts from zero, so the last values seen from the old instance
+/// are carried into the totals (counters only; gauges are what the
+/// instance says now).
 #[derive(Debug, Default)]
-pub struct IkeTotals {
+struct Carry {
     carried: Vec<u64>,
     last: Vec<u64>,
+}
+
+impl Carry {
+    fn observe(&mut self, values: Vec<u64>) {
+        self.last = values;
+    }
+
+    /// Every row, also after a replacement before the new instance
+    /// reported: the carried counts, and gauges at 0.
+    fn totals(&self) -> Vec<u64> {
+        let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+        let rows = IKE_COUNTERS.iter().enumerate();
+        rows.map(|(i, d)| at(&self.last, i) + at(&self.carried, i) * u64::from(d.counter)).collect()
+    }
+
+    fn replaced(&mut self) {
+        self.carried.resize(IKE_COUNTERS.len(), 0);
+        for (c, l) in self.carried.iter_mut().zip(std::mem::take(&mut self.last)) {
+            *c += l;
+        }
+    }
+}
+
+/// The counters in [`IKE_COUNTERS`] order.
+fn rows(c: &Counters) -> Vec<u64> {
+    IKE_COUNTERS.iter().map(|d| (d.get)(c)).collect()
+}
+
+/// The engine's counters over the daemon's life: its totals, and each
+/// connection's negotiation counters (by name).
+#[derive(Debug, Default)]
+pub struct IkeTotals {
+    engine: Carry,
+    by_connection: BTreeMap<String, Carry>,
 }
 
 impl IkeTotals {
     /// Record what the instance reports now; returns the totals.
     pub fn observe(&mut self, c: &Counters) -> Vec<u64> {
-        self.last = IKE_COUNTERS.iter().map(|d| (d.get)(c)).collect();
-        self.carried.resize(self.last.len(), 0);
-        IKE_COUNTERS
-            .iter()
-            .zip(self.last.iter().zip(&self.carried))
-            .map(|(d, (l, c))| l + c * u64::from(d.counter))
-            .collect()
+        self.engine.observe(rows(c));
+        self.engine.totals()
+    }
+
+    /// Record what the instance reports now for one connection.
+    pub fn observe_connection(&mut self, name: &str, c: &Counters) {
+        self.by_connection.entry(name.to_string()).or_default().observe(rows(c));
+    }
+
+    /// Each connection's counters over the daemon's life, in
+    /// [`IKE_COUNTERS`] order.
+    pub fn by_connection(&self) -> BTreeMap<String, Vec<u64>> {
+        self.by_connection.iter().map(|(n, c)| (n.clone(), c.totals())).collect()
     }
 
     /// The guest was replaced: what the old instance counted stays in the
     /// totals. Increments since the last `observe` are lost with it.
     pub fn guest_replaced(&mut self) {
-        self.carried.resize(self.last.len(), 0);
-        for (c, l) in self.carried.iter_mut().zip(std::mem::take(&mut self.last)) {
-            *c += l;
-        }
+        self.engine.replaced();
+        self.by_connection.values_mut().for_each(Carry::replaced);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_survive_a_guest_replacement() {
+        let c = |n: u64| vec![n; IKE_COUNTERS.len()];
+        let mut t = IkeTotals::default();
+        t.engine.observe(c(5));
+        t.by_connection.entry("gw".into()).or_default().observe(c(3));
+        t.guest_replaced();
+        t.engine.observe(c(1));
+        let after = t.engine.totals();
+        let row = |name: &str| IKE_COUNTERS.iter().position(|d| d.name == name).unwrap();
+        assert_eq!(after[row("wasmsec_ike_messages_sent_total")], 6);
+        assert_eq!(after[row("wasmsec_ike_half_open_sas")], 1, "a gauge is not carried");
+        // A connection not heard from since the replacement keeps its count.
+        assert_eq!(t.by_connection()["gw"][row("wasmsec_ike_messages_sent_total")], 3);
+        t.by_connection.get_mut("gw").unwrap().observe(c(2));
+        assert_eq!(t.by_connection()["gw"][row("wasmsec_ike_messages_sent_total")], 5);
     }
 }

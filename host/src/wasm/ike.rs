@@ -15,8 +15,8 @@ use super::{WasmContext, sandbox, wit_error};
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 
 pub use b::exports::wasmsec::ike::engine::{
-    ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaUp, Level, LogEvent,
-    Output, SaChange, StartAction, Transmit,
+    ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaCount, IkeSaState,
+    IkeSaUp, Level, LogEvent, Output, SaChange, StartAction, Transmit,
 };
 use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildKeying, IkeSuite, KeyExchange};
 use b::wasmsec::crypto::types::CryptoError as WitError;
@@ -96,6 +96,12 @@ impl IkeState {
     /// Put a pre-shared key in the vault; returns its handle.
     pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
         self.vault.insert_psk(psk)
+    }
+
+    /// A reload read the connection's key file again: see
+    /// [`wasmsec_crypto::Vault::replace_psk`].
+    pub fn replace_psk(&mut self, handle: u64, psk: Zeroizing<Vec<u8>>) -> Option<bool> {
+        self.vault.replace_psk(handle, psk)
     }
 
     /// Forget a PSK that was loaded for a connection that never came to be
@@ -388,6 +394,10 @@ impl IkeInstance {
 
     pub fn stats(&mut self) -> Result<Counters> {
         self.call(|e, s| e.call_stats(s))
+    }
+
+    pub fn ike_sa_states(&mut self) -> Result<Vec<IkeSaCount>> {
+        self.call(|e, s| e.call_ike_sa_states(s))
     }
 
     pub fn active(&mut self, name: &str) -> Result<bool> {

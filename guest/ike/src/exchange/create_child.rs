@@ -43,7 +43,7 @@ pub(crate) fn accept(
         (!n_tsi.is_empty() && !n_tsr.is_empty()).then_some((i, n_tsi, n_tsr))
     });
     let Some((cfg, n_tsi, n_tsr)) = found else {
-        ctx.stats.ts_unacceptable += 1;
+        ctx.count(sa.conn, |s| &mut s.ts_unacceptable);
         let allowed: Vec<String> = conn
             .children
             .iter()
@@ -61,7 +61,7 @@ pub(crate) fn accept(
     };
     let child = &conn.children[cfg];
     let Some((chosen, num, their_spi)) = proposal::select(&offered, &child.esp, Kind::Esp, in_auth) else {
-        ctx.stats.no_proposal += 1;
+        ctx.count(sa.conn, |s| &mut s.no_proposal);
         return Err(Error::Unsupported(format!(
             "no acceptable ESP proposal: peer offered {}, we accept {}",
             proposal::Display(&offered),
@@ -153,10 +153,10 @@ fn check_answer(
     let child = &ctx.conns[sa.conn].children[p.cfg];
     if let Some(n) = first_error(ps) {
         if n == NotifyType::TsUnacceptable {
-            ctx.stats.ts_unacceptable += 1;
+            ctx.count(sa.conn, |s| &mut s.ts_unacceptable);
         }
         if n == NotifyType::NoProposalChosen {
-            ctx.stats.no_proposal += 1;
+            ctx.count(sa.conn, |s| &mut s.no_proposal);
         }
         return Err(Error::failed(format!(
             "peer answered {} to child {} (our ESP proposals {}, TSi {}, TSr {})",
@@ -177,7 +177,7 @@ fn check_answer(
         return Err(Error::failed("peer's ESP SPI is not 4 bytes"));
     };
     if !ts::within(&tsi, &p.local_ts) || !ts::within(&tsr, &p.remote_ts) {
-        ctx.stats.ts_unacceptable += 1;
+        ctx.count(sa.conn, |s| &mut s.ts_unacceptable);
         return Err(Error::failed(format!(
             "peer narrowed to TSi {} TSr {}, outside what we proposed ({} / {})",
             ts::show_all(&tsi),
@@ -412,11 +412,11 @@ fn rekeyed(sa: &mut IkeSa, ctx: &mut Ctx, old: u32, new_inbound: u32, ni: &[u8],
         let lowest = [ni, &their_nr, &c.their_ni, &c.our_nr].into_iter().min().map(<[u8]>::to_vec).unwrap_or_default();
         if lowest == ni || lowest == their_nr {
             delete = new_inbound;
-            ctx.stats.rekey_collisions_lost += 1;
+            ctx.count(sa.conn, |s| &mut s.rekey_collisions_lost);
             let msg = format!("rekey collision: our new SA {new_inbound:08x} is redundant (lowest nonce), deleting it");
             ctx.info(sa.conn, msg);
         } else {
-            ctx.stats.rekey_collisions_won += 1;
+            ctx.count(sa.conn, |s| &mut s.rekey_collisions_won);
             ctx.info(sa.conn, format!("rekey collision won: keeping {new_inbound:08x}, deleting the old SA"));
         }
     }
@@ -427,7 +427,7 @@ fn rekeyed(sa: &mut IkeSa, ctx: &mut Ctx, old: u32, new_inbound: u32, ni: &[u8],
     };
     c.replaced = true;
     c.rekey_at = 0;
-    ctx.stats.child_rekeys += 1;
+    ctx.count(sa.conn, |s| &mut s.child_rekeys);
     // Section 1.3.3: the new SA is in place; now delete the old one.
     let del = [Payload::Delete(wasmsec_wire::ike::Delete {
         protocol: ProtocolId::Esp,
@@ -457,7 +457,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     } else if sa.rekeying_ike() || closing {
         // Section 2.25.2: no new or rekeyed CHILD SAs while we rekey the
         // IKE SA; section 2.25.1: nor a rekey of an SA we are deleting.
-        ctx.stats.temporary_failures += 1;
+        ctx.count(sa.conn, |s| &mut s.temporary_failures);
         vec![Payload::notify(NotifyType::TemporaryFailure, Vec::new())]
     } else if let (Some(old), None) = (rekey_spi, known) {
         vec![Payload::Notify(Notify {
@@ -494,10 +494,10 @@ fn answer(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload], ni: Vec<u8>, rekey: boo
             // The old SA now only waits for the initiator's DELETE; if that
             // never comes (the peer gave up), it goes by itself.
             let deadline = ctx.now + ctx.retransmit_span();
-            let rekeying = sa.rekeying_child();
+            let (rekeying, conn) = (sa.rekeying_child(), sa.conn);
             if let Some(c) = ours.and_then(|x| sa.child_mut(x)) {
                 c.replaced = true;
-                ctx.stats.child_rekeys += 1;
+                ctx.count(conn, |s| &mut s.child_rekeys);
                 c.expire_at = if c.expire_at == 0 { deadline } else { c.expire_at.min(deadline) };
                 if rekeying != Some(c.inbound_spi) {
                     c.rekey_at = 0;

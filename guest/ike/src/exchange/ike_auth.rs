@@ -100,7 +100,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         match alt {
             Some(c) => sa.conn = c,
             None => {
-                ctx.stats.auth_failed += 1;
+                ctx.count(sa.conn, |s| &mut s.auth_failed);
                 let want = ctx.conns[sa.conn].remote_id.to_string();
                 let msg = format!("peer identity {} does not match the configured remote id {want}", Show(&idi));
                 ctx.warn(sa.conn, msg);
@@ -113,7 +113,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
     let expected = ctx.crypto.psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body());
     if !auth_ok(method, &expected, &auth) {
-        ctx.stats.auth_failed += 1;
+        ctx.count(sa.conn, |s| &mut s.auth_failed);
         let method_note = if method != AuthMethod::SharedKeyMic {
             format!(" (method {}, we expect PSK)", method.raw())
         } else {
@@ -182,7 +182,7 @@ fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
 /// are freed (a retransmitted IKE_AUTH request gets the cached response).
 fn established(sa: &mut IkeSa, ctx: &mut Ctx, peer: &Identification, role: &str) {
     sa.state = State::Established;
-    ctx.stats.ike_established += 1;
+    ctx.count(sa.conn, |s| &mut s.ike_established);
     lifecycle::schedule_ike_rekey(sa, ctx);
     lifecycle::schedule_reauth(sa, ctx);
     sa.init = InitMessages::default();
@@ -219,7 +219,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     let (Some(idr), Some((method, auth))) = id_and_auth(&ps, false) else {
         let why = match first_error(&ps) {
             Some(NotifyType::AuthenticationFailed) => {
-                ctx.stats.auth_failed += 1;
+                ctx.count(sa.conn, |s| &mut s.auth_failed);
                 "peer answered AUTHENTICATION_FAILED: check the pre-shared key and both identities".to_string()
             }
             Some(n) => format!("peer answered {}", notify_name(n)),
@@ -232,7 +232,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     };
     let c = &ctx.conns[conn];
     if !c.remote_id.matches(&idr) {
-        ctx.stats.auth_failed += 1;
+        ctx.count(sa.conn, |s| &mut s.auth_failed);
         return Fate::Drop(format!(
             "peer identity {} does not match the configured remote id {}",
             Show(&idr),
@@ -242,7 +242,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
     let expected = ctx.crypto.psk_auth(keys, c.cfg.psk, false, &sa.init.response, &sa.ni, &idr.body());
     if !auth_ok(method, &expected, &auth) {
-        ctx.stats.auth_failed += 1;
+        ctx.count(sa.conn, |s| &mut s.auth_failed);
         return Fate::Drop(format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr)));
     }
     sa.auth_initiator = true;

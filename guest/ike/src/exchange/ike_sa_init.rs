@@ -66,7 +66,7 @@ pub(crate) fn start(
     };
     ctx.info(conn, format!("initiating IKE_SA to {remote}"));
     send(&mut sa, ctx)?;
-    ctx.stats.handshakes_started += 1;
+    ctx.count(sa.conn, |s| &mut s.handshakes_started);
     ctx.sas.insert(spi, sa);
     Ok(())
 }
@@ -139,6 +139,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
         return error_response(ctx, &h, &d, NotifyType::UnsupportedCriticalPayload, vec![k]);
     }
     let Some(conn) = connection_for(ctx, &d.local, &d.remote) else {
+        // No connection to count it for: the totals only.
         ctx.stats.no_proposal += 1;
         let msg = format!(
             "IKE_SA_INIT from {}:{} matches no connection (local {})",
@@ -171,7 +172,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     }
     let ours = &ctx.conns[conn].ike;
     let Some((chosen, num, _)) = proposal::select(&offer.proposals, ours, Kind::Ike, false) else {
-        ctx.stats.no_proposal += 1;
+        ctx.count(conn, |s| &mut s.no_proposal);
         let msg = format!(
             "no acceptable IKE proposal: peer {} offered {}, we accept {}",
             d.remote.addr,
@@ -241,7 +242,7 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     let msg = format!("IKE_SA_INIT from {}:{}: chose {}{nat}", d.remote.addr, d.remote.port, chosen.name(Kind::Ike));
     ctx.info(conn, msg);
     ctx.emit(Datagram { local: d.local, remote: d.remote, data: resp });
-    ctx.stats.handshakes_started += 1;
+    ctx.count(sa.conn, |s| &mut s.handshakes_started);
     ctx.dos.remember(d.remote, h.spi_i, spi_r, sa.init.request.len() + sa.init.response.len());
     ctx.sas.insert(spi_r, sa);
 }
@@ -273,7 +274,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
                 return Fate::Keep;
             }
             None => {
-                ctx.stats.no_proposal += 1;
+                ctx.count(sa.conn, |s| &mut s.no_proposal);
                 let want = want.map(DhGroup::raw);
                 return Fate::Drop(format!("peer asked for DH group {want:?}, which we do not offer"));
             }
@@ -281,7 +282,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
     }
     if let Some(e) = first_error(&m.payloads) {
         if e == NotifyType::NoProposalChosen {
-            ctx.stats.no_proposal += 1;
+            ctx.count(sa.conn, |s| &mut s.no_proposal);
             let ours = proposal::Display(&proposal::to_wire(&ctx.conns[sa.conn].ike, Kind::Ike, &[], true)).to_string();
             return Fate::Drop(format!("peer answered NO_PROPOSAL_CHOSEN to our IKE proposals {ours}"));
         }
@@ -292,7 +293,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Datagram) ->
         return Fate::Drop("IKE_SA_INIT response lacks SA, KE or Nonce".into());
     };
     let Some((chosen, _)) = proposal::check_answer(&answer.proposals, &ctx.conns[sa.conn].ike, Kind::Ike, false) else {
-        ctx.stats.no_proposal += 1;
+        ctx.count(sa.conn, |s| &mut s.no_proposal);
         return Fate::Drop(format!("peer chose {}, which we did not offer", proposal::Display(&answer.proposals)));
     };
     if chosen.dh != sa.dh_group || DhGroup::from(answer.group) != sa.dh_group {

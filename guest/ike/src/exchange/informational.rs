@@ -19,7 +19,7 @@ pub(crate) fn send_delete_ike(sa: &mut IkeSa, ctx: &mut Ctx) {
 
 /// An empty INFORMATIONAL request proves the peer alive (section 2.4).
 pub(crate) fn send_liveness_check(sa: &mut IkeSa, ctx: &mut Ctx) {
-    ctx.stats.dpd_checks += 1;
+    ctx.count(sa.conn, |s| &mut s.dpd_checks);
     if let Err(e) = super::send_request(sa, ctx, ExchangeType::Informational, InFlight::Liveness, &[]) {
         ctx.warn(sa.conn, format!("cannot send liveness check: {e}"));
     }

@@ -211,7 +211,7 @@ pub(crate) fn request_received(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Data
         (ExchangeType::CreateChildSa, State::Established) => create_child::respond(sa, ctx, h, ps),
         (ExchangeType::CreateChildSa, State::Deleting) => {
             // Section 2.25.2: we are closing this IKE SA.
-            ctx.stats.temporary_failures += 1;
+            ctx.count(sa.conn, |s| &mut s.temporary_failures);
             let tf = [Payload::notify(NotifyType::TemporaryFailure, Vec::new())];
             respond_encrypted(sa, ctx, ExchangeType::CreateChildSa, h.message_id, &tf);
             Fate::Keep

@@ -78,8 +78,8 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         auth_initiator: old.auth_initiator,
         ..IkeSa::fresh(old.conn, old.local, old.remote, ctx.now)
     };
-    ctx.stats.ike_established += 1;
-    ctx.stats.ike_rekeys += 1;
+    ctx.count(old.conn, |s| &mut s.ike_established);
+    ctx.count(old.conn, |s| &mut s.ike_rekeys);
     if take_children {
         lifecycle::hand_over(old, &mut new, ctx);
         // The old SA only waits for its DELETE now; if that never comes
@@ -112,7 +112,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
     };
     let Some((chosen, num, their_spi)) = proposal::select(&offer.proposals, &ctx.conns[sa.conn].ike, Kind::Ike, false)
     else {
-        ctx.stats.no_proposal += 1;
+        ctx.count(sa.conn, |s| &mut s.no_proposal);
         let msg = format!("IKE rekey: no acceptable proposal in {}", proposal::Display(&offer.proposals));
         ctx.warn(sa.conn, msg);
         return error(NotifyType::NoProposalChosen);
@@ -132,7 +132,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
         || !sa.owed.delete_queue.is_empty()
         || sa.owed.close
     {
-        ctx.stats.temporary_failures += 1;
+        ctx.count(sa.conn, |s| &mut s.temporary_failures);
         return error(NotifyType::TemporaryFailure);
     }
     let Some(old_keys) = sa.keys else { return error(NotifyType::NoProposalChosen) };
@@ -205,7 +205,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
             if let Some(c) = collision {
                 // Section 2.8.2: the peer finished its rekey and refused
                 // ours; its new IKE SA is the one that stays.
-                ctx.stats.ike_rekey_collisions_lost += 1;
+                ctx.count(sa.conn, |s| &mut s.ike_rekey_collisions_lost);
                 ctx.info(sa.conn, format!("IKE rekey collision: ours failed ({why}); theirs stays"));
                 lifecycle::adopt_children(sa, ctx, c.what);
             } else {
@@ -222,7 +222,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
     if let Some(c) = collision {
         let lowest = [&ni, &nr, &c.their_ni, &c.our_nr].into_iter().min().cloned().unwrap_or_default();
         if lowest == ni || lowest == nr {
-            ctx.stats.ike_rekey_collisions_lost += 1;
+            ctx.count(sa.conn, |s| &mut s.ike_rekey_collisions_lost);
             let mut redundant = successor(sa, ctx, ours, false);
             let msg = format!("IKE rekey collision: our new IKE_SA {new_spi:016x} is redundant (lowest nonce)");
             ctx.info(sa.conn, msg);
@@ -232,7 +232,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
             // The peer deletes the old IKE SA.
             return Fate::Keep;
         }
-        ctx.stats.ike_rekey_collisions_won += 1;
+        ctx.count(sa.conn, |s| &mut s.ike_rekey_collisions_won);
         let theirs = c.what;
         let msg = format!("IKE rekey collision won: keeping {new_spi:016x}; the peer deletes its {theirs:016x}");
         ctx.info(sa.conn, msg);

@@ -125,7 +125,7 @@ pub(crate) fn install(
         expire_at,
         replaced: false,
     });
-    ctx.stats.child_installed += 1;
+    ctx.count(sa.conn, |s| &mut s.child_installed);
     ctx.out.sa_changes.push_back(SaChange::Install(child));
     ctx.info(sa.conn, msg);
     Ok(())

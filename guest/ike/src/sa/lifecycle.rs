@@ -60,7 +60,7 @@ pub(crate) fn next_timeout(sa: &IkeSa, conns: &[Connection], timing: &Timing, no
 pub(crate) fn tick(sa: &mut IkeSa, ctx: &mut Ctx) -> Fate {
     let now = ctx.now;
     if sa.state == State::InitDone && now >= sa.created_at + ctx.timing.half_open_ms {
-        ctx.stats.timeouts += 1;
+        ctx.count(sa.conn, |s| &mut s.timeouts);
         return Fate::Drop("half-open IKE_SA timed out waiting for IKE_AUTH".into());
     }
     if sa.established() {
@@ -124,10 +124,10 @@ fn timed_events(sa: &mut IkeSa, ctx: &mut Ctx) {
 
 /// The peer did not answer our request's last retransmission.
 fn dead_peer(sa: &mut IkeSa, ctx: &mut Ctx) -> Fate {
-    ctx.stats.timeouts += 1;
+    ctx.count(sa.conn, |s| &mut s.timeouts);
     let why = format!("peer did not answer after {} transmissions", ctx.timing.retransmit_tries);
     if sa.established() {
-        ctx.stats.dead_peers += 1;
+        ctx.count(sa.conn, |s| &mut s.dead_peers);
         let c = &ctx.conns[sa.conn].cfg;
         // Not when another IKE SA of the connection is up (a stale one
         // timed out): our INITIAL_CONTACT would make the peer drop the good one.
@@ -178,7 +178,7 @@ fn next_request(sa: &mut IkeSa, ctx: &mut Ctx) {
 fn start_reauth(old: &mut IkeSa, ctx: &mut Ctx) {
     old.reauth_at = 0;
     old.rekey_ike_at = 0;
-    ctx.stats.reauths += 1;
+    ctx.count(old.conn, |s| &mut s.reauths);
     ctx.info(old.conn, format!("reauthenticating IKE_SA {:016x}: new IKE_SA from scratch", old.our_spi()));
     let r = exchange::ike_sa_init::start(ctx, old.conn, old.local.addr, old.remote.addr, Some(old.our_spi()));
     if let Err(e) = r {
@@ -262,13 +262,13 @@ pub(crate) fn adopt_children(old: &mut IkeSa, ctx: &mut Ctx, to: u64) {
 /// successor exists (a soft volume limit, or sequence numbers running low).
 pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
     let rekeying = sa.rekeying_child() == Some(inbound);
-    let now = ctx.now;
+    let (now, conn) = (ctx.now, sa.conn);
     let Some(c) = sa.child_mut(inbound) else { return };
     // Under way, due already, or superseded.
     if rekeying || c.replaced || (c.rekey_at != 0 && c.rekey_at <= now) {
         return;
     }
-    ctx.stats.lifetime_soft += 1;
+    ctx.count(conn, |s| &mut s.lifetime_soft);
     c.rekey_at = now.max(1);
     ctx.info(sa.conn, format!("CHILD_SA {inbound:08x}: {why}, rekeying"));
 }
@@ -279,7 +279,7 @@ pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str
 pub(crate) fn expire_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
     let Some(c) = sa.child(inbound) else { return };
     let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
-    ctx.stats.lifetime_hard += 1;
+    ctx.count(sa.conn, |s| &mut s.lifetime_hard);
     let msg = if replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
     child::remove(sa, ctx, inbound, &msg, 0);
     sa.owed.delete_queue.push((inbound, outbound, false));

@@ -145,6 +145,13 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
 /// The engine of `side`, with its one connection `site` (PSK handle `psk`):
 /// a test that replaces a side's engine builds the new one here.
 pub fn engine(me: IpAddr, peer: IpAddr, conf: &Conf, psk: u64) -> Engine {
+    let mut engine = Engine::new(conf.timing);
+    engine.add_connection(connection(me, peer, conf, psk)).unwrap();
+    engine
+}
+
+/// The connection `site` of the side at `me`.
+pub fn connection(me: IpAddr, peer: IpAddr, conf: &Conf, psk: u64) -> ConnectionConfig {
     let (my_id, peer_id, my_lan, peer_lan) = if me == A {
         ("gwa.interop.test", "gwb.interop.test", "198.18.1.0/24", "198.18.2.0/24")
     } else {
@@ -175,28 +182,24 @@ pub fn engine(me: IpAddr, peer: IpAddr, conf: &Conf, psk: u64) -> Engine {
             ..ChildConfig::default()
         });
     }
-    let mut engine = Engine::new(conf.timing);
-    engine
-        .add_connection(ConnectionConfig {
-            name: "site".into(),
-            local_addrs: vec![me],
-            // Behind a NAT the peer arrives from an address we cannot know: %any.
-            remote_addrs: if (conf.nat || conf.any_peer) && me == B { vec![] } else { vec![peer] },
-            local_id: my_id.into(),
-            remote_id: peer_id.into(),
-            psk,
-            ike_proposals: conf.ike.into(),
-            children,
-            start_action: StartAction::None,
-            force_encap: false,
-            keepalive_ms: 20_000,
-            dpd_delay_ms: conf.dpd_ms,
-            dpd_action: conf.dpd_action,
-            rekey_time_ms: conf.ike_rekey_ms,
-            reauth_time_ms: conf.reauth_ms,
-        })
-        .unwrap();
-    engine
+    ConnectionConfig {
+        name: "site".into(),
+        local_addrs: vec![me],
+        // Behind a NAT the peer arrives from an address we cannot know: %any.
+        remote_addrs: if (conf.nat || conf.any_peer) && me == B { vec![] } else { vec![peer] },
+        local_id: my_id.into(),
+        remote_id: peer_id.into(),
+        psk,
+        ike_proposals: conf.ike.into(),
+        children,
+        start_action: StartAction::None,
+        force_encap: false,
+        keepalive_ms: 20_000,
+        dpd_delay_ms: conf.dpd_ms,
+        dpd_action: conf.dpd_action,
+        rekey_time_ms: conf.ike_rekey_ms,
+        reauth_time_ms: conf.reauth_ms,
+    }
 }
 
 impl Side {
