@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::policy::watch::Reloader;
 use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
 
@@ -194,6 +195,8 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         warn!(file = %k.display(), "ESP key export is on: this file holds secrets");
     }
     let (traps, connections) = load_connections(cfg, config_path, base, &mut ike, p.force_encap)?;
+    let policy = policy(cfg, base, p.runtime)?;
+    ike.store.data_mut().policy = policy.as_ref().map(|r| r.slot.clone());
     let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
     sock500.set_nonblocking(true)?;
@@ -222,7 +225,29 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         stats: p.stats.clone(),
         traps,
         children,
+        policy,
     })
+}
+
+/// The `[policy]` module, loaded and checked before anything serves (a
+/// module that fails its checks at start is a config error), and its
+/// watcher.
+fn policy(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result<Option<Arc<Reloader>>> {
+    let Some(module) = &cfg.policy.module else { return Ok(None) };
+    let file = base.join(module);
+    let cache = match crate::wasm::policy::cache_dir(&cfg.runtime.state_dir.join("policy-cache")) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "policy modules are compiled at every load");
+            None
+        }
+    };
+    let r = Arc::new(Reloader::new(Arc::default(), runtime.engine().clone(), file, cache));
+    r.reload(std::time::Instant::now()).with_context(|| format!("[policy] module = {:?}", module.display()))?;
+    if cfg.policy.watch {
+        crate::policy::watch::spawn(r.clone())?;
+    }
+    Ok(Some(r))
 }
 
 /// The admin API's TCP token, when `[control] api` is set.

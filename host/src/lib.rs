@@ -10,8 +10,10 @@
 //!   path, the admin socket
 //! - [`ops`]: the operator interfaces on one tokio thread: `/metrics`,
 //!   `/healthz`, `/readyz`; [`telemetry`]: guest call metrics
+//! - [`policy`]: the policy module that authorizes peers, and its hot reload
 //! - [`daemon`], [`demo`]: `wasmsec run` and `wasmsec demo`
-#![deny(unsafe_code)] // except in `sys`, the one module that talks to libc
+#![deny(unsafe_code)] // except in `sys`, the one module that talks to libc, and
+// one call in `wasm::policy` (loading a cached compiled artifact)
 
 pub mod cli;
 pub mod config;
@@ -23,6 +25,7 @@ pub mod keylog;
 pub mod keys;
 pub mod ops;
 pub mod packet;
+pub mod policy;
 pub mod stats;
 pub mod sys;
 pub mod telemetry;

@@ -253,3 +253,31 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
     unsafe { libc::umask(old) };
     r
 }
+
+/// A non-blocking inotify descriptor watching directory `dir` for files
+/// written and closed, or moved in (an atomic replace, a Kubernetes
+/// ConfigMap update), or the directory going away.
+pub fn watch_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: no pointers; the result is checked and then owned.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mask = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_DELETE_SELF;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Read and discard everything pending on a non-blocking descriptor.
+pub fn drain(fd: RawFd) {
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into a buffer we own, at most its length.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}

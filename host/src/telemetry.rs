@@ -17,6 +17,8 @@ pub enum Guest {
     Ike,
     /// An ESP component (any guest group, either direction).
     Esp,
+    /// A policy module.
+    Policy,
 }
 
 impl Guest {
@@ -24,6 +26,7 @@ impl Guest {
         match self {
             Guest::Ike => "ike",
             Guest::Esp => "esp",
+            Guest::Policy => "policy",
         }
     }
 }
@@ -34,7 +37,7 @@ pub struct GuestMetrics {
     /// Each guest's series, resolved once: a call then costs two atomic
     /// adds and a bucket search, not a label lookup under a lock (ESP calls
     /// are per batch on the packet path).
-    series: [(IntCounter, IntCounter, Histogram); 2],
+    series: [(IntCounter, IntCounter, Histogram); 3],
 }
 
 /// Guest calls take microseconds (an ESP batch, an IKE message) up to the
@@ -60,7 +63,7 @@ pub static GUESTS: LazyLock<GuestMetrics> = LazyLock::new(|| {
     .expect("static metric definition");
     // Every series exists from the start, at zero: `rate()` and alerts
     // need a series before the first trap.
-    let series = [Guest::Ike, Guest::Esp].map(|g| {
+    let series = [Guest::Ike, Guest::Esp, Guest::Policy].map(|g| {
         let l = [g.label()];
         (calls.with_label_values(&l), traps.with_label_values(&l), seconds.with_label_values(&l))
     });

@@ -80,8 +80,10 @@ pub fn guests() -> Result<()> {
 }
 
 /// Tests only: the hostile guests of tests/e2e/test-hostile-guests.sh,
-/// `hostile-esp.wasm` (tests/hostile/esp) and `hostile-ike.wasm` (the IKE
-/// component with its `hostile` feature), built apart from the real ones.
+/// `hostile-esp.wasm` (tests/hostile/esp), `hostile-ike.wasm` (the IKE
+/// component with its `hostile` feature) and the policies of
+/// tests/interop/test-policy.sh (tests/hostile/policy), built apart from
+/// the real ones.
 pub fn hostile_guests() -> Result<()> {
     let target_dir = root().join("target/guest-hostile");
     let mut cmd = guest_cargo(&target_dir, "guest-test")?;
@@ -97,7 +99,21 @@ pub fn hostile_guests() -> Result<()> {
         bail!("building the hostile test guests failed");
     }
     componentize(&target_dir, "guest-test", "wasmsec-hostile-esp", "hostile-esp.wasm")?;
-    componentize(&target_dir, "guest-test", "wasmsec-ike-component", "hostile-ike.wasm")
+    componentize(&target_dir, "guest-test", "wasmsec-ike-component", "hostile-ike.wasm")?;
+    // The hostile policy twice: once as it is, once with a failing self-test.
+    for (features, file) in [(None, "hostile-policy.wasm"), (Some("failing-self-test"), "hostile-policy-selftest.wasm")]
+    {
+        let mut cmd = guest_cargo(&target_dir, "guest-test")?;
+        cmd.args(["-p", "wasmsec-hostile-policy"]);
+        if let Some(f) = features {
+            cmd.args(["--features", f]);
+        }
+        if !cmd.status().context("cannot run cargo for the hostile policy")?.success() {
+            bail!("building the hostile test policy failed");
+        }
+        componentize(&target_dir, "guest-test", "wasmsec-hostile-policy", file)?;
+    }
+    Ok(())
 }
 
 /// `cargo build` of guest crates for wasm32 with `profile` into

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 #[cfg(feature = "hostile")]
 mod hostile;
+mod policy;
 
 use wasmsec_ike::crypto::{ChildKeying, ChildKeys, CryptoError, Handle, IkeCrypto, IkeSuite, KeyExchange};
 use wasmsec_ike::{self as ike, Engine, Timing};
@@ -41,6 +42,10 @@ fn err(e: WitError) -> CryptoError {
 }
 
 impl IkeCrypto for HostCrypto {
+    fn authorize(&mut self, ike_spi: u64, request: &ike::AuthorizeRequest) -> ike::Decision {
+        policy::authorize(ike_spi, request)
+    }
+
     fn random(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(256) {
             let r = wasmsec::crypto::random::fill(chunk.len() as u32);
@@ -404,6 +409,7 @@ fn wit_counters(s: &wasmsec_ike::Stats, half_open: u64) -> wit::Counters {
         ike_established: s.ike_established,
         child_installed: s.child_installed,
         auth_failed: s.auth_failed,
+        policy_rejected: s.policy_rejected,
         no_proposal: s.no_proposal,
         ts_unacceptable: s.ts_unacceptable,
         timeouts: s.timeouts,

@@ -19,7 +19,15 @@ pub struct ChildKeys {
     pub inbound: Handle,
 }
 
+/// What the engine asks its host: randomness, the key schedule and
+/// ciphers behind handles, and policy decisions.
 pub trait IkeCrypto {
+    /// May the peer of IKE SA `ike_spi` (ours) bring it up? Asked as
+    /// responder at IKE_AUTH once its AUTH verified. Without a policy: yes.
+    fn authorize(&mut self, ike_spi: u64, request: &crate::policy::AuthorizeRequest) -> crate::policy::Decision {
+        let _ = (ike_spi, request);
+        crate::policy::Decision::Accept { tenant: String::new() }
+    }
     /// Random bytes (nonces, SPIs).
     fn random(&mut self, buf: &mut [u8]);
     /// The COOKIE check of section 2.6, the secret kept by the host: `None`

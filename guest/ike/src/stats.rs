@@ -30,6 +30,8 @@ pub struct Stats {
     pub child_installed: u64,
     /// IKE_AUTH failures: wrong AUTH or identity, or AUTHENTICATION_FAILED received.
     pub auth_failed: u64,
+    /// Authenticated peers the policy refused (AUTHENTICATION_FAILED sent).
+    pub policy_rejected: u64,
     /// Proposals (or connections) found unacceptable, by us or by the peer.
     pub no_proposal: u64,
     /// Traffic selectors found unacceptable, by us or by the peer.

@@ -110,6 +110,28 @@ fn negotiation_counters_are_kept_by_connection() {
 }
 
 #[test]
+fn the_policy_refuses_an_authenticated_peer() {
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf::default());
+    let asked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = asked.clone();
+    b.crypto.policy = Some(Box::new(move |r: &wasmsec_ike::AuthorizeRequest| {
+        seen.borrow_mut().push(r.clone());
+        wasmsec_ike::Decision::Reject("not on the list".into())
+    }));
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    pump(&mut a, &mut b, 0, &mut all, &mut 0);
+    assert_eq!((a.up, b.up), (0, 0));
+    let asked = asked.borrow();
+    assert_eq!(asked.len(), 1, "asked once, after AUTH verified");
+    assert_eq!((asked[0].connection.as_str(), asked[0].peer.data.as_slice()), ("site", &b"gwa.interop.test"[..]));
+    assert_eq!(wasmsec_ike::ts::show_all(&asked[0].peer_ts), "198.18.1.0/24");
+    assert!(b.log_has("policy refused gwa.interop.test (198.18.0.1): not on the list"), "{:?}", b.logs);
+    assert!(a.log_has("AUTHENTICATION_FAILED"), "{:?}", a.logs);
+    assert_eq!(b.engine.connection_stats("site").unwrap().policy_rejected, 1);
+}
+
+#[test]
 fn unacceptable_selectors_give_ts_unacceptable() {
     let a_conf = Conf { local_ts: &["10.1.0.0/16"], remote_ts: &["10.2.0.0/16"], ..Default::default() };
     let (a, b) = connect(&a_conf, &Conf::default(), &mut all);

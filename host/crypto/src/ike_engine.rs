@@ -19,16 +19,28 @@ pub struct EngineCrypto {
     next_esp: Handle,
     /// The clock COOKIE secrets rotate by (the host's, not the engine's).
     started: Instant,
+    /// The policy decisions (tests); none: accept everyone.
+    pub policy: Option<TestPolicy>,
 }
+
+/// A policy decision function (tests).
+pub type TestPolicy = Box<dyn FnMut(&wasmsec_ike::AuthorizeRequest) -> wasmsec_ike::Decision>;
 
 impl EngineCrypto {
     pub fn new(vault: Vault) -> EngineCrypto {
         // ESP handles far from the vault's, so a mix-up shows.
-        EngineCrypto { vault, esp: HashMap::new(), next_esp: 1 << 40, started: Instant::now() }
+        EngineCrypto { vault, esp: HashMap::new(), next_esp: 1 << 40, started: Instant::now(), policy: None }
     }
 }
 
 impl IkeCrypto for EngineCrypto {
+    fn authorize(&mut self, _ike_spi: u64, request: &wasmsec_ike::AuthorizeRequest) -> wasmsec_ike::Decision {
+        match &mut self.policy {
+            Some(p) => p(request),
+            None => wasmsec_ike::Decision::Accept { tenant: String::new() },
+        }
+    }
+
     fn random(&mut self, buf: &mut [u8]) {
         self.vault.random(buf)
     }

@@ -33,7 +33,7 @@ use toml::Spanned;
 
 pub use sections::{
     Child, Connection, Control, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike, Manual,
-    Network, Runtime, StartAction, Tunnel,
+    Network, Policy, Runtime, StartAction, Tunnel,
 };
 pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};
 
@@ -59,6 +59,9 @@ pub struct Config {
     /// `[ike]`: IKE daemon settings.
     #[serde(default)]
     pub ike: Ike,
+    /// `[policy]`: the policy module.
+    #[serde(default)]
+    pub policy: Policy,
     /// IKEv2 connections (swanctl.conf's `connections`).
     #[serde(default)]
     pub connection: Vec<Connection>,

@@ -39,6 +39,30 @@ pub struct Control {
     pub watch_config: bool,
 }
 
+/// The policy module that authorizes peers (see the README's policy guide).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// A component of the `policy` world (relative to the config file's
+    /// directory). None: every authenticated peer is accepted.
+    #[serde(default)]
+    pub module: Option<PathBuf>,
+    /// Reload it when the file changes (inotify on its directory; a
+    /// Kubernetes ConfigMap update counts). `wasmsec reload` reloads it too.
+    #[serde(default = "yes")]
+    pub watch: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { module: None, watch: true }
+    }
+}
+
 /// IKE daemon settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -57,6 +57,8 @@ pub struct IkeInfo {
     /// NAT detected in front of us, or in front of the peer (RFC 7296 2.23).
     pub nat_local: bool,
     pub nat_remote: bool,
+    /// The tenant the policy put it in ("" for the connection's own).
+    pub tenant: String,
 }
 
 /// A CHILD SA as the admin view shows it.
@@ -181,7 +183,7 @@ impl Children {
         }
     }
 
-    pub fn ike_up(&mut self, up: IkeSaUp) {
+    pub fn ike_up(&mut self, up: IkeSaUp, tenant: String) -> &IkeInfo {
         let show = |e: &Endpoint| socket_addr(e).map(|a| a.to_string()).unwrap_or_default();
         let info = IkeInfo {
             connection: up.connection,
@@ -192,12 +194,13 @@ impl Children {
             remote: show(&up.remote),
             nat_local: up.nat_local,
             nat_remote: up.nat_remote,
+            tenant,
         };
-        self.ike_sas.insert(up.ike_spi, info);
+        self.ike_sas.entry(up.ike_spi).insert_entry(info).into_mut()
     }
 
-    pub fn ike_down(&mut self, spi: u64) {
-        self.ike_sas.remove(&spi);
+    pub fn ike_down(&mut self, spi: u64) -> Option<IkeInfo> {
+        self.ike_sas.remove(&spi)
     }
 
     /// A negotiated CHILD SA: inbound first (the peer may send ESP as soon

@@ -167,6 +167,20 @@ impl ControlPlane {
     /// `esp_component` that is not loaded yet refuses the reload, with
     /// nothing changed. Other sections need a restart.
     pub(super) fn reload(&mut self, now: u64) -> Result<Answer> {
+        // The policy module first: its outcome does not hold up the rest.
+        let policy = self.policy.as_ref().map(|r| match r.reload(std::time::Instant::now()) {
+            Ok(Some(source)) => format!("loaded ({source:?})"),
+            Ok(None) => "unchanged".to_string(),
+            Err(e) => format!("refused, the previous module serves: {e:#}"),
+        });
+        let answer = self.reload_connections(now)?;
+        Ok(answer.map(|mut v| {
+            v["policy"] = policy.into();
+            v
+        }))
+    }
+
+    fn reload_connections(&mut self, now: u64) -> Result<Answer> {
         let cfg = match Config::load(&self.reload_ctx.path) {
             Ok(c) => c,
             Err(e) => return Ok(Err(Refusal::new(400, format!("the config does not load: {e:#}")))),

@@ -20,6 +20,7 @@ use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
 use crate::datapath::guard::GuestGuard;
 use crate::ops::{IkeTotals, IkeView, Query};
+use crate::policy::{SaEvent, SaEventKind};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
@@ -70,6 +71,13 @@ pub struct ControlPlane {
     pub traps: Vec<Trap>,
     /// The host's view of the CHILD SAs, fed to the data path.
     pub children: Children,
+    /// The policy module's reloader (`wasmsec reload` reloads it too).
+    pub policy: Option<Arc<crate::policy::watch::Reloader>>,
+}
+
+/// An IKE SA's up or down event, for the policy module's accounting.
+fn policy_event(kind: SaEventKind, sa: &children::IkeInfo) -> SaEvent {
+    SaEvent { kind, connection: sa.connection.clone(), tenant: sa.tenant.clone(), peer_address: sa.remote.clone() }
 }
 
 impl ControlPlane {
@@ -258,6 +266,7 @@ impl ControlPlane {
             *v.child_sas.entry(c.connection.clone()).or_default() += 1;
         }
         v.traffic = self.children.traffic_by_connection();
+        v.policy = self.ike.store.data().policy.as_ref().map(|p| p.stats.snapshot());
         let st = self.ike.store.data();
         (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
         Ok(v)
@@ -361,8 +370,21 @@ impl ControlPlane {
         }
         for e in out.events {
             match e {
-                Event::IkeUp(up) => self.children.ike_up(up),
-                Event::IkeDown((_, spi)) => self.children.ike_down(spi),
+                Event::IkeUp(up) => {
+                    let st = self.ike.store.data_mut();
+                    let tenant = st.granted.remove(&up.ike_spi).unwrap_or_default();
+                    let policy = st.policy.clone();
+                    let info = self.children.ike_up(up, tenant);
+                    if let Some(p) = policy {
+                        p.event(&policy_event(SaEventKind::Up, info));
+                    }
+                }
+                Event::IkeDown((_, spi)) => {
+                    let gone = self.children.ike_down(spi);
+                    if let (Some(p), Some(info)) = (&self.ike.store.data().policy, gone) {
+                        p.event(&policy_event(SaEventKind::Down, &info));
+                    }
+                }
                 Event::Log(l) => match l.level {
                     Level::Info => info!(connection = %l.connection, "{}", l.message),
                     Level::Warn => {

@@ -87,6 +87,7 @@ pub static IKE_COUNTERS: &[IkeCounter] = &[
         |c| c.ike_established.saturating_sub(c.ike_rekeys),
     )),
     per_connection(c(FAILED, FAILED_HELP, Some(("reason", "authentication")), |c| c.auth_failed)),
+    per_connection(c(FAILED, FAILED_HELP, Some(("reason", "policy_rejected")), |c| c.policy_rejected)),
     per_connection(c(FAILED, FAILED_HELP, Some(("reason", "no_proposal_chosen")), |c| c.no_proposal)),
     per_connection(c(FAILED, FAILED_HELP, Some(("reason", "ts_unacceptable")), |c| c.ts_unacceptable)),
     per_connection(c(FAILED, FAILED_HELP, Some(("reason", "timeout")), |c| c.timeouts)),
@@ -234,6 +235,16 @@ fn ike(s: &mut Scrape, v: &IkeView) {
             s.counter("wasmsec_sa_bytes_total", b, &[("connection", c), ("direction", dir)], bytes);
         }
     }
+    if let Some([accepted, rejected, failed, swaps, refused]) = v.policy {
+        const D: &str = "wasmsec_policy_decisions_total";
+        let help = "Policy decisions on authenticated peers, by outcome (failed: trap, timeout or an answer the host refused; counted as rejects).";
+        for (outcome, n) in [("accepted", accepted), ("rejected", rejected), ("failed", failed)] {
+            s.counter(D, help, &[("outcome", outcome)], n);
+        }
+        s.counter("wasmsec_policy_swaps_total", "Policy modules put in service (start and reloads).", &[], swaps);
+        let help = "Policy modules refused at load (not a component, imports, self-test failed); the previous one kept serving.";
+        s.counter("wasmsec_policy_refused_total", help, &[], refused);
+    }
     s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
     let help = "Peak linear memory of a guest instance, bytes.";
     s.gauge("wasmsec_guest_memory_peak_bytes", help, &[("guest", "ike")], v.guest_memory_peak);
@@ -268,11 +279,13 @@ mod tests {
             counters: (0..IKE_COUNTERS.len() as u64).collect(),
             by_connection: [("gw".to_string(), vec![1; IKE_COUNTERS.len()])].into(),
             vault_secrets: 3,
+            policy: Some([5, 4, 3, 2, 1]),
             guest_memory_peak: 65536,
         };
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\"} 3"), "{text}");
         assert!(text.contains("wasmsec_ike_sas{connection=\"gw\",state=\"half_open\"} 1"), "{text}");
         assert!(text.contains("wasmsec_sa_bytes_total{connection=\"gw\",direction=\"out\"} 200"), "{text}");
         assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");

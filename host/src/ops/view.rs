@@ -75,6 +75,9 @@ pub struct IkeView {
     /// Each connection's negotiation counters, in the same order (only
     /// the rows marked `by_connection` are meaningful).
     pub by_connection: BTreeMap<String, Vec<u64>>,
+    /// The policy module's decisions [accepted, rejected, failed], swaps
+    /// and refused loads (None: no `[policy] module`).
+    pub policy: Option<[u64; 5]>,
     /// Secrets held in the host's vault for the IKE guest.
     pub vault_secrets: u64,
     /// The IKE guest's peak linear memory, bytes.

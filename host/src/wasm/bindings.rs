@@ -1,4 +1,4 @@
-//! The one place that owns `bindgen!`: the ESP and IKE worlds. They share
+//! The one place that owns `bindgen!`: the ESP, IKE and policy worlds. They share
 //! one Rust type per WIT type: the IKE bindings reuse the crypto and net
 //! interfaces generated for the ESP world (`with`).
 #![allow(clippy::all)]
@@ -22,6 +22,15 @@ pub mod ike {
         with: {
             "wasmsec:crypto/types": super::esp::wasmsec::crypto::types,
             "wasmsec:net/types": super::esp::wasmsec::net::types,
+            "wasmsec:policy/types": super::policy::wasmsec::policy::types,
         },
+    });
+}
+
+pub mod policy {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmsec:worlds/policy",
+        additional_derives: [PartialEq, serde::Serialize],
     });
 }

@@ -50,6 +50,11 @@ pub struct IkeState {
     /// The engine's latest checkpoint of each established IKE SA, by our
     /// SPI: what a replacement instance starts from.
     pub checkpoints: BTreeMap<u64, Vec<u8>>,
+    /// The policy module that authorizes peers (none: accept).
+    pub policy: Option<Arc<crate::policy::PolicySlot>>,
+    /// The tenant each IKE SA was authorized for, by our SPI, until the
+    /// control plane takes it with the SA's up event.
+    pub granted: HashMap<u64, String>,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -71,6 +76,8 @@ impl IkeState {
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
             refusals: 0,
+            policy: None,
+            granted: HashMap::new(),
         }
     }
 
@@ -406,4 +413,28 @@ impl IkeInstance {
 }
 
 impl super::bindings::esp::wasmsec::crypto::types::Host for IkeState {}
+impl super::bindings::policy::wasmsec::policy::types::Host for IkeState {}
+
+impl b::wasmsec::ike::authorizer::Host for IkeState {
+    fn authorize(
+        &mut self,
+        ike_spi: u64,
+        request: super::bindings::policy::wasmsec::policy::types::AuthorizeRequest,
+    ) -> super::bindings::policy::wasmsec::policy::types::Decision {
+        use super::bindings::policy::wasmsec::policy::types::{Decision, Grant};
+        let d = match &self.policy {
+            Some(p) => p.authorize(&request),
+            None => Decision::Accept(Grant { tenant: String::new() }),
+        };
+        // Bounded: one entry per IKE SA being authorized, taken at its up
+        // event; a guest that asks without ever bringing SAs up cannot
+        // grow it past the cap.
+        if let Decision::Accept(g) = &d
+            && self.granted.len() < MAX_PENDING_CHILD_KEYS
+        {
+            self.granted.insert(ike_spi, g.tenant.clone());
+        }
+        d
+    }
+}
 impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}

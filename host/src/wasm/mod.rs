@@ -10,6 +10,7 @@
 pub(crate) mod bindings;
 pub mod esp;
 pub mod ike;
+pub mod policy;
 pub(crate) mod sandbox;
 
 use std::path::Path;
@@ -87,6 +88,11 @@ impl Runtime {
         };
         let stop_ticker = sandbox::start_epoch_ticker(&engine)?;
         Ok(Runtime { engine, esp, ike, stop_ticker })
+    }
+
+    /// The wasmtime engine (policy modules are compiled for it).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// A fresh IKE instance in its own store, with its secrets in `vault`

@@ -10,6 +10,7 @@ use crate::ctx::{Ctx, Fate, jittered, notify_name};
 use crate::error::Error;
 use crate::identity::{Identity, Show};
 use crate::output::Datagram;
+use crate::policy::{AuthorizeRequest, Decision};
 use crate::proposal::{self, Kind};
 use crate::sa::lifecycle;
 use crate::sa::state::{IkeSa, InitMessages, PendingChild, State};
@@ -126,6 +127,24 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         );
         ctx.warn(conn, msg);
         return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED");
+    }
+    // The peer is who it says: now the operator's policy decides.
+    let (peer_ts, local_ts) = match super::payloads::sa_tsi_tsr(&ps) {
+        Some((_, tsi, tsr)) => (tsi, tsr),
+        None => (Vec::new(), Vec::new()),
+    };
+    let request = AuthorizeRequest {
+        connection: ctx.conns[conn].cfg.name.clone(),
+        peer: idi.clone(),
+        peer_address: sa.remote,
+        local_address: sa.local,
+        peer_ts,
+        local_ts,
+    };
+    if let Decision::Reject(why) = ctx.crypto.authorize(id, &request) {
+        ctx.count(conn, |s| &mut s.policy_rejected);
+        ctx.warn(conn, format!("policy refused {} ({}): {why}", Show(&idi), sa.remote.addr));
+        return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED (policy)");
     }
     let Identity::Id(our_id) = ctx.conns[conn].local_id.clone() else {
         return Fate::Drop("no local identity".into());

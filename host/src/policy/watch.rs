@@ -1,0 +1,88 @@
+//! Reloading the policy module: on a change of its file (inotify on its
+//! directory, on the ops thread), on `wasmsec reload`, or at start.
+//! A module that fails any step is refused with the reason in the log,
+//! and the one serving stays.
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use tracing::{info, warn};
+
+use super::{PolicySlot, Source, load};
+
+/// What reloading needs: the module's file, the artifact cache, the slot.
+pub struct Reloader {
+    pub slot: Arc<PolicySlot>,
+    pub file: PathBuf,
+    pub cache: Option<PathBuf>,
+    engine: wasmtime::Engine,
+    /// The hash last tried (served or refused): an event that leaves the
+    /// bytes as they were does nothing.
+    last: Mutex<Option<String>>,
+}
+
+impl Reloader {
+    pub fn new(slot: Arc<PolicySlot>, engine: wasmtime::Engine, file: PathBuf, cache: Option<PathBuf>) -> Reloader {
+        Reloader { slot, file, cache, engine, last: Mutex::new(None) }
+    }
+
+    /// Load the file and swap it in if it passes; `noticed` is when the
+    /// change was seen. Returns how it was compiled, or why it was refused
+    /// (also logged), or `None` if the bytes are the ones last tried.
+    pub fn reload(&self, noticed: Instant) -> Result<Option<Source>> {
+        let hash = match std::fs::read(&self.file) {
+            Ok(b) => ring::digest::digest(&ring::digest::SHA256, &b).as_ref().to_vec(),
+            Err(e) => bail!("cannot read {}: {e}", self.file.display()),
+        };
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_deref() == Some(hex.as_str()) {
+                return Ok(None);
+            }
+            *last = Some(hex);
+        }
+        match load(&self.engine, &self.file, self.cache.as_deref(), noticed) {
+            Ok((served, source)) => {
+                let hash = served.hash[..16].to_string();
+                self.slot.swap(served);
+                let ms = noticed.elapsed().as_secs_f64() * 1e3;
+                info!(policy = %self.file.display(), sha256 = %hash, source = ?source,
+                      ms_change_to_serving = format!("{ms:.1}"), "policy module serving (self-test passed)");
+                Ok(Some(source))
+            }
+            Err(e) => {
+                self.slot.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let serving = self.slot.current().map_or("none".to_string(), |m| m.hash[..16].to_string());
+                warn!(policy = %self.file.display(), serving = %serving,
+                      "policy module refused, the previous one keeps serving: {e:#}");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Watch the module's directory until stop, on a thread of its own
+/// (compiling a module takes a while; nothing else waits for it). Every
+/// burst of events reloads.
+pub fn spawn(r: Arc<Reloader>) -> Result<std::thread::JoinHandle<()>> {
+    let dir = r.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let fd = crate::sys::watch_dir(&dir).map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
+    info!(dir = %dir.display(), "watching the policy module's directory");
+    Ok(std::thread::Builder::new().name("policy-watch".into()).spawn(move || {
+        while !crate::sys::stop_requested() {
+            match crate::sys::poll_readable(&[fd.as_raw_fd()], 250) {
+                Ok(ready) if ready.first() == Some(&true) => {}
+                Ok(_) => continue,
+                Err(e) => return warn!(error = %e, "policy watcher stopped; reload with `wasmsec reload`"),
+            }
+            let noticed = Instant::now();
+            // Which file changed does not matter: the module's hash does.
+            crate::sys::drain(fd.as_raw_fd());
+            let _ = r.reload(noticed);
+        }
+    })?)
+}

@@ -1,0 +1,176 @@
+//! Policy modules in wasmtime: loading (read, hash, compile or take the
+//! artifact cached by content hash, link with nothing, instantiate,
+//! self-test) and calls under a deadline. Every load step that fails
+//! refuses the module with the reason; the decisions' meaning is
+//! `crate::policy`'s.
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+pub use super::bindings::policy::wasmsec::policy::types::{
+    AuthMethod, AuthorizeRequest, Decision, Grant, IdKind, Identity, SaEvent, SaEventKind,
+};
+use super::bindings::policy::{Policy as Bindings, PolicyPre};
+use super::sandbox::{self, GuestLimits, Limited};
+
+/// Epoch ticks (10 ms each) one policy call may take: a decision is a
+/// table lookup; a module that loops is cut off well inside the IKE
+/// retransmission timer.
+pub const POLICY_CALL_DEADLINE_TICKS: u64 = 5;
+
+/// A policy instance's store data: only its limits (it has no imports).
+pub struct PolicyState {
+    limits: GuestLimits,
+}
+
+impl Limited for PolicyState {
+    fn limits(&mut self) -> &mut GuestLimits {
+        &mut self.limits
+    }
+}
+
+/// A module that passed its checks and serves decisions.
+pub struct Served {
+    /// The file it came from, and the SHA-256 of its bytes (hex).
+    pub file: PathBuf,
+    pub hash: String,
+    pre: PolicyPre<PolicyState>,
+    engine: wasmtime::Engine,
+    /// The live instance (None after a trap: instantiated again on the next call).
+    instance: Mutex<Option<(Store<PolicyState>, Bindings)>>,
+    /// When its file change was noticed (for the swap-to-first-decision time).
+    pub noticed: Instant,
+    first_decided: AtomicBool,
+}
+
+impl Served {
+    fn instantiate(&self) -> anyhow::Result<(Store<PolicyState>, Bindings)> {
+        let mut store = sandbox::new_store(&self.engine, PolicyState { limits: sandbox::store_limits() });
+        store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
+        let b =
+            self.pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("instantiating the policy module: {e}"))?;
+        Ok((store, b))
+    }
+
+    /// Run `f` on the instance under the call deadline; a trap or timeout
+    /// drops the instance (a trapped instance may not be entered again).
+    fn call<T>(&self, f: impl FnOnce(&mut Store<PolicyState>, &Bindings) -> wasmtime::Result<T>) -> anyhow::Result<T> {
+        let mut slot = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.instantiate()?);
+        }
+        let Some((store, b)) = slot.as_mut() else { unreachable!("set above") };
+        store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
+        let r = crate::telemetry::guest_call(crate::telemetry::Guest::Policy, || f(store, b));
+        if r.is_err() {
+            *slot = None;
+        }
+        Ok(r?)
+    }
+}
+
+impl Served {
+    /// The module's decision (an error: it trapped or ran out of time).
+    pub fn authorize(&self, request: &AuthorizeRequest) -> Result<Decision> {
+        self.call(|s, b| b.wasmsec_policy_decide().call_authorize(s, request))
+    }
+
+    pub fn event(&self, e: &SaEvent) -> Result<()> {
+        self.call(|s, b| b.wasmsec_policy_decide().call_on_event(s, e))
+    }
+
+    /// True the first time: this call is the module's first decision.
+    pub fn first_decision(&self) -> bool {
+        !self.first_decided.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// How the module came to be compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Compiled now (and cached).
+    Compiled,
+    /// Loaded from the artifact cached under its content hash.
+    Cached,
+}
+
+/// Largest policy module accepted (a Python module embeds its interpreter).
+const MAX_MODULE_BYTES: u64 = 64 << 20;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The compiled component for `bytes`, from `cache` if it holds the
+/// artifact for this hash (and this wasmtime), else compiled and stored.
+fn compile(engine: &Engine, bytes: &[u8], hash: &str, cache: Option<&Path>) -> Result<(Component, Source)> {
+    let artifact = cache.map(|d| d.join(format!("{hash}.cwasm")));
+    if let Some(a) = artifact.as_deref().filter(|a| a.is_file()) {
+        // SAFETY: the cache directory is the daemon's own (created 0700)
+        // and an artifact is written there only by `compile` below, from
+        // bytes whose hash names it. wasmtime also checks that the
+        // artifact was made by this version with these settings.
+        #[allow(unsafe_code)]
+        match unsafe { Component::deserialize_file(engine, a) } {
+            Ok(c) => return Ok((c, Source::Cached)),
+            Err(e) => tracing::warn!(artifact = %a.display(), error = %e, "cached policy artifact unusable; compiling"),
+        }
+    }
+    let c = Component::new(engine, bytes).map_err(|e| anyhow::anyhow!("not a WebAssembly component: {e}"))?;
+    if let (Some(a), Ok(ser)) = (artifact, c.serialize()) {
+        let tmp = a.with_extension("tmp");
+        if std::fs::write(&tmp, ser).and_then(|_| std::fs::rename(&tmp, &a)).is_err() {
+            tracing::warn!(artifact = %a.display(), "cannot cache the compiled policy module");
+        }
+    }
+    Ok((c, Source::Compiled))
+}
+
+/// Create the artifact cache directory, private to the daemon.
+pub fn cache_dir(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the policy cache {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Load and check the module in `file`; `noticed` is when its change was
+/// seen. On success it is ready to swap in.
+pub fn load(engine: &Engine, file: &Path, cache: Option<&Path>, noticed: Instant) -> Result<(Served, Source)> {
+    let len = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
+    if len > MAX_MODULE_BYTES {
+        bail!("{} bytes, more than the {MAX_MODULE_BYTES} a policy module may have", len);
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let hash = sha256_hex(&bytes);
+    let (component, source) = compile(engine, &bytes, &hash, cache)?;
+    // Nothing in the linker: a module that imports anything (WASI, a
+    // clock, sockets) does not link.
+    let linker = Linker::<PolicyState>::new(engine);
+    let pre = linker.instantiate_pre(&component).and_then(PolicyPre::new).map_err(|e| {
+        let imports: Vec<String> = component.component_type().imports(engine).map(|(n, _)| n.to_string()).collect();
+        anyhow::anyhow!("a policy module may import nothing, this one imports {}: {e}", imports.join(", "))
+    })?;
+    let served = Served {
+        file: file.to_path_buf(),
+        hash,
+        pre,
+        engine: engine.clone(),
+        instance: Mutex::new(None),
+        noticed,
+        first_decided: AtomicBool::new(false),
+    };
+    match served.call(|s, b| b.wasmsec_policy_decide().call_self_test(s)) {
+        Ok(Ok(())) => Ok((served, source)),
+        Ok(Err(why)) => bail!("its self-test failed: {}", why.chars().take(200).collect::<String>()),
+        Err(e) => bail!("its self-test did not finish: {e:#}"),
+    }
+}

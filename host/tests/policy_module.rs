@@ -1,0 +1,66 @@
+//! The real allow-list policy component under the host's loader: it is
+//! compiled once and then loaded from the artifact cache, passes its
+//! self-test, decides; a file that is not a component, and a component of
+//! another world (it imports the host's crypto), are refused and the
+//! module serving stays. Needs `cargo xtask build` first.
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmsec::policy::watch::Reloader;
+use wasmsec::policy::{AuthMethod, AuthorizeRequest, Decision, IdKind, Identity, PolicySlot, Source};
+use wasmsec::wasm::Runtime;
+
+fn request(id: &str, ts: &str) -> AuthorizeRequest {
+    AuthorizeRequest {
+        connection: "c".into(),
+        peer: Identity { kind: IdKind::Fqdn, value: id.into() },
+        auth: AuthMethod::Psk,
+        peer_address: "198.51.100.1:500".into(),
+        local_address: "198.51.100.2:500".into(),
+        peer_ts: vec![ts.into()],
+        local_ts: vec![],
+    }
+}
+
+#[test]
+fn modules_are_checked_before_they_serve() {
+    let dir = wasmsec::daemon::built_components_dir();
+    let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
+    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let cache = wasmsec::wasm::policy::cache_dir(&tmp.join("cache")).unwrap();
+    let file = tmp.join("policy.wasm");
+    let slot = Arc::new(PolicySlot::default());
+    let r = Reloader::new(slot.clone(), rt.engine().clone(), file.clone(), Some(cache));
+
+    // No module yet: everyone is accepted.
+    assert!(matches!(slot.authorize(&request("evil.example", "10.0.0.0/8")), Decision::Accept(_)));
+
+    std::fs::copy(dir.join("policy-allow-list.wasm"), &file).unwrap();
+    assert_eq!(r.reload(Instant::now()).unwrap(), Some(Source::Compiled));
+    assert_eq!(r.reload(Instant::now()).unwrap(), None, "same bytes: nothing to do");
+    assert!(matches!(slot.authorize(&request("gwa.interop.test", "198.18.1.0/24")), Decision::Accept(_)));
+    match slot.authorize(&request("gwa.interop.test", "10.1.0.0/16")) {
+        Decision::Reject(why) => assert!(why.contains("may not use 10.1.0.0/16"), "{why}"),
+        d => panic!("{d:?}"),
+    }
+    let serving = slot.current().unwrap().hash.clone();
+
+    // Not a component: refused, the allow-list keeps answering.
+    std::fs::write(&file, b"\0asm but not really").unwrap();
+    let e = r.reload(Instant::now()).unwrap_err();
+    assert!(format!("{e:#}").contains("not a WebAssembly component"), "{e:#}");
+    // Another world: the IKE engine imports the host's crypto.
+    std::fs::copy(dir.join("ike.wasm"), &file).unwrap();
+    let e = r.reload(Instant::now()).unwrap_err();
+    assert!(format!("{e:#}").contains("may import nothing"), "{e:#}");
+    assert_eq!(slot.current().unwrap().hash, serving);
+    assert!(matches!(slot.authorize(&request("evil.example", "198.18.1.0/24")), Decision::Reject(_)));
+
+    // Back to the allow-list: from the artifact cache this time.
+    std::fs::copy(dir.join("policy-allow-list.wasm"), &file).unwrap();
+    assert_eq!(r.reload(Instant::now()).unwrap(), Some(Source::Cached));
+    let s = slot.stats.snapshot();
+    assert_eq!((s[0], s[1], s[3], s[4]), (1, 2, 2, 2), "accepted, rejected, swaps, refused: {s:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

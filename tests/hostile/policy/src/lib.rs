@@ -1,0 +1,62 @@
+//! Tests only: a policy module that misbehaves on demand, by the peer's
+//! identity: `loop.*` never returns, `trap.*` traps, `alloc.*` allocates
+//! until the host's memory cap stops it, `reject.*` is refused, anyone
+//! else is accepted. Its self-test passes (so the host puts it in
+//! service) unless it is built with the `failing-self-test` feature.
+#![deny(unsafe_code)] // generated bindings below are the only exception
+
+#[allow(unsafe_code)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "policy",
+        pub_export_macro: true,
+        generate_all,
+    });
+}
+
+use bindings::exports::wasmsec::policy::decide::Guest;
+use bindings::wasmsec::policy::types::{AuthorizeRequest, Decision, Grant, SaEvent};
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn authorize(request: AuthorizeRequest) -> Decision {
+        let id = request.peer.value;
+        if id.starts_with("loop.") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if id.starts_with("trap.") {
+            std::process::abort();
+        }
+        if id.starts_with("alloc.") {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        if id.starts_with("reject.") {
+            return Decision::Reject(format!("{id} is refused by the hostile test policy"));
+        }
+        Decision::Accept(Grant { tenant: String::new() })
+    }
+
+    fn on_event(_event: SaEvent) {}
+
+    fn self_test() -> Result<(), String> {
+        if cfg!(feature = "failing-self-test") {
+            return Err("built to fail its self-test".into());
+        }
+        Ok(())
+    }
+}
+
+#[allow(unsafe_code)]
+mod export {
+    use crate::Hostile;
+    crate::bindings::export!(Hostile with_types_in crate::bindings);
+}

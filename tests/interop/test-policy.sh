@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Policy modules against strongSwan (#13): wasmsec (responder) asks its
+# policy module at IKE_AUTH. The allow-list admits gwa.interop.test and
+# ok.interop.test and refuses evil.example (AUTHENTICATION_FAILED, one log
+# line). Then, with a ping running through the established tunnel, the
+# module file is replaced 20 times, valid and broken versions mixed: every
+# broken one is refused while the old one keeps answering (a probe
+# handshake after each swap), no ping is lost, and the time from the file
+# change to the new module serving (its self-test decisions done) is
+# printed for each; the median of those loaded from the artifact cache
+# must be at most 50 ms. Last, a module that loops, traps or allocates
+# without bound costs only the peer it was deciding on.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 240 bash "$0" "$@"
+C=${WASMSEC_COMPONENTS:-$ROOT/target/components}
+for f in policy-allow-list ike hostile-policy hostile-policy-selftest; do
+    [ -f "$C/$f.wasm" ] || { echo "missing $C/$f.wasm: run cargo xtask guests" >&2; exit 1; }
+done
+
+topo_up
+A=$STATE/A B=$STATE/B P=$STATE/B/policies
+mkdir -p "$A" "$B" "$P"
+# strongSwan's user-space ESP routes a policy from an address of its own
+# inside the local selector.
+nsx wsi-gwa ip addr add 198.18.1.65/32 dev lan0
+sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B 198.18.1.0/26 198.18.2.0/26
+# Probes: one connection per identity, all for the same /26 pair.
+for id in ok.interop.test evil.example loop.interop.test trap.interop.test alloc.interop.test; do
+    n=${id%%.*}
+    cat >>"$A/swanctl/swanctl.conf" <<CONF
+connections { $n { version = 2
+    local_addrs = $WAN_A
+    remote_addrs = $WAN_B
+    proposals = aes256gcm16-prfsha256-x25519
+    mobike = no
+    local { auth = psk
+      id = $id }
+    remote { auth = psk
+      id = $ID_B }
+    children { $n { local_ts = 198.18.1.64/26
+      remote_ts = 198.18.2.64/26
+      esp_proposals = aes256gcm16 } } } }
+secrets { ike-$n { id-1 = $id
+  id-2 = $ID_B
+  secret = "$PSK" } }
+CONF
+done
+sswan "$A" --load-all --noprompt --file "$A/swanctl/swanctl.conf" >"$A/load2.out" 2>&1
+cp "$C/policy-allow-list.wasm" "$P/policy.wasm"
+WASMSEC_CONTROL_EXTRA='' wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A 198.18.2.0/26 198.18.1.0/26 198.18.2.1
+# The probes' connection: any identity (the policy decides), its own /26.
+wasmsec_connection probe $WAN_B "" $ID_B "%any" '["198.18.2.64/26"]' '["198.18.1.64/26"]' none >>"$B/wasmsec.toml"
+printf '\n[policy]\nmodule = "policies/policy.wasm"\n' >>"$B/wasmsec.toml"
+kill "$(cat "$B/pid")"; wait "$(cat "$B/pid")" 2>/dev/null || true; rm -f "$B/ctl.sock"
+ip netns exec wsi-gwb "$WASMSEC_BIN" run --config "$B/wasmsec.toml" >"$B/wasmsec.log" 2>&1 </dev/null &
+PIDS+=($!); echo $! >"$B/pid"
+for _ in $(seq 100); do [ -S "$B/ctl.sock" ] && break; sleep 0.1; done
+check "the daemon started with the allow-list policy" grep -q "policy module serving" "$B/wasmsec.log"
+
+sswan "$A" --initiate --child s2s --timeout 10 >"$A/init.out" 2>&1 || true
+check "gwa.interop.test is admitted: the tunnel is up" sswan_up "$A" 10
+check "ping through the tunnel" ping_ok wsi-hosta $HOST_B
+# probe NAME: does strongSwan's connection NAME come up? (torn down again)
+probe() {
+    local ok=1
+    sswan "$A" --initiate --child "$1" --timeout 3 >"$A/probe.out" 2>&1 && ok=0
+    sswan "$A" --terminate --ike "$1" --timeout 3 >/dev/null 2>&1 || true
+    return $ok
+}
+refused() { ! probe "$1"; }
+check "ok.interop.test is admitted" probe ok
+check "evil.example is refused" refused evil
+check "... with one log line naming the policy's reason" \
+    [ "$(grep -c 'policy refused evil.example (198.18.0.1): identity "evil.example" is not on the allow list' "$B/wasmsec.log")" = 1 ]
+
+# ---- 20 replacements under load ------------------------------------------------
+# Valid versions: the allow-list as built, the same with a custom section
+# appended (other bytes, other hash: compiled once, then cached), and the
+# hostile test policy (it passes its self-test). Broken: not wasm, a
+# truncated component, another world (the IKE engine), a failing self-test.
+python3 - "$C/policy-allow-list.wasm" "$STATE/allow-b.wasm" <<'PY'
+import sys
+b = open(sys.argv[1], 'rb').read()
+name, body = b'wasmsec-test-variant', b'b'
+payload = bytes([len(name)]) + name + body
+open(sys.argv[2], 'wb').write(b + b'\x00' + bytes([len(payload)]) + payload)
+PY
+printf 'this is not wasm' >"$STATE/garbage.wasm"
+head -c 20000 "$C/policy-allow-list.wasm" >"$STATE/truncated.wasm"
+declare -A V=([a]="$C/policy-allow-list.wasm" [b]="$STATE/allow-b.wasm" [h]="$C/hostile-policy.wasm"
+    [garbage]="$STATE/garbage.wasm" [trunc]="$STATE/truncated.wasm" [world]="$C/ike.wasm"
+    [selftest]="$C/hostile-policy-selftest.wasm")
+ORDER=(b garbage a world b selftest a trunc h b garbage a b world a selftest b trunc a b)
+ip netns exec wsi-hosta ping -n -i 0.01 -W 1 $HOST_B >"$STATE/ping.out" 2>&1 &
+PING=$!; PIDS+=($PING)
+sleep 0.5
+: >"$STATE/swaps.txt"
+lines() { grep -c -E "policy module (serving|refused)" "$B/wasmsec.log" || true; }
+for v in "${ORDER[@]}"; do
+    before=$(lines)
+    cp "${V[$v]}" "$P/.next"
+    t0=$(date +%s%N)
+    mv "$P/.next" "$P/policy.wasm"
+    for _ in $(seq 2000); do [ "$(lines)" -gt "$before" ] && break; sleep 0.002; done
+    t1=$(date +%s%N)
+    line=$(grep -E "policy module (serving|refused)" "$B/wasmsec.log" | tail -1)
+    case "$line" in
+        *"module serving"*) what=serving host_ms=$(sed -n 's/.*ms_change_to_serving="\{0,1\}\([0-9.]*\).*/\1/p' <<<"$line")
+                   src=$(sed -n 's/.*source=\([A-Za-z]*\).*/\1/p' <<<"$line") ;;
+        *) what=refused host_ms=- src=- ;;
+    esac
+    p0=$(date +%s%N); answered=no; probe ok && answered=yes
+    echo "probe took $(( ($(date +%s%N) - p0) / 1000000 )) ms" >>"$STATE/probe-times.txt"
+    sleep 0.1
+    printf '%-9s %-8s %-9s host %6s ms  seen %6s ms  probe admitted: %s\n' "$v" "$what" "$src" "$host_ms" \
+        "$(( (t1 - t0) / 1000000 ))" "$answered" | tee -a "$STATE/swaps.txt"
+done
+kill -INT $PING; wait $PING 2>/dev/null || true
+broken_refused=$(grep -cE '^(garbage|trunc|world|selftest) +refused' "$STATE/swaps.txt" || true)
+valid_served=$(grep -cE '^(a|b|h) +serving' "$STATE/swaps.txt" || true)
+check "all 20 replacements were answered ($valid_served served, $broken_refused refused)" \
+    [ "$((valid_served + broken_refused))" = 20 -a "$broken_refused" = 8 ]
+check "a handshake was admitted after every replacement (the old module answered after each refusal)" \
+    [ "$(grep -c 'probe admitted: yes' "$STATE/swaps.txt")" = 20 ]
+sent=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$STATE/ping.out")
+recv=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$STATE/ping.out")
+check "no ping lost on the established tunnel during the replacements ($recv/$sent)" [ -n "$sent" -a "$sent" = "$recv" -a "$sent" -gt 200 ]
+median=$(awk '$2=="serving" && $3=="Cached" {print $5}' "$STATE/swaps.txt" | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}')
+seen_median=$(awk '$2=="serving" && $3=="Cached" {print $8}' "$STATE/swaps.txt" | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}')
+echo "file change -> serving, from the artifact cache: median $median ms (daemon's clock), $seen_median ms (seen by the test)"
+check "median change-to-serving from a cached artifact <= 50 ms ($median ms; seen $seen_median ms)" \
+    python3 -c "import sys; sys.exit(0 if float('$median') <= 50 and float('$seen_median') <= 50 else 1)"
+
+# ---- a module that misbehaves costs only its own decision ---------------------
+cp "${V[h]}" "$P/.next"; mv "$P/.next" "$P/policy.wasm"
+for _ in $(seq 200); do probe ok && break; sleep 0.05; done
+for bad in loop trap alloc; do
+    t0=$(date +%s%N)
+    check "hostile module: $bad.interop.test is refused" refused $bad
+    echo "  ($bad: refused after $(( ($(date +%s%N) - t0) / 1000000 )) ms)"
+    check "... the tunnel still carries traffic" ping_ok wsi-hosta $HOST_B 3
+    check "... and the next peer is admitted" probe ok
+done
+check "the three failures were counted and logged as policy failures" \
+    [ "$(grep -c 'policy module failed' "$B/wasmsec.log")" -ge 3 ]
+check "the daemon still runs" kill -0 "$(cat "$B/pid")"
+finish
