@@ -242,7 +242,7 @@ fn policy(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result<O
             None
         }
     };
-    let r = Arc::new(Reloader::new(Arc::default(), runtime.engine().clone(), file, cache));
+    let r = Arc::new(Reloader::new(Arc::default(), runtime.policy_engine().clone(), file, cache));
     r.reload(std::time::Instant::now()).with_context(|| format!("[policy] module = {:?}", module.display()))?;
     if cfg.policy.watch {
         crate::policy::watch::spawn(r.clone())?;

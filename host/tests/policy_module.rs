@@ -31,7 +31,7 @@ fn modules_are_checked_before_they_serve() {
     let cache = wasmsec::wasm::policy::cache_dir(&tmp.join("cache")).unwrap();
     let file = tmp.join("policy.wasm");
     let slot = Arc::new(PolicySlot::default());
-    let r = Reloader::new(slot.clone(), rt.engine().clone(), file.clone(), Some(cache));
+    let r = Reloader::new(slot.clone(), rt.policy_engine().clone(), file.clone(), Some(cache));
 
     // No module yet: everyone is accepted.
     assert!(matches!(slot.authorize(&request("evil.example", "10.0.0.0/8")), Decision::Accept(_)));

@@ -5,6 +5,7 @@
 //! - `cargo xtask demo`   build, then `wasmsec demo` (root)
 //! - `cargo xtask test`   build, fmt and clippy checks, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
+//! - `cargo xtask bench-policy`  build, then the policy scale benchmark
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
 //! Each installs the Debian packages it needs when they are missing
@@ -44,7 +45,8 @@ fn main() -> ExitCode {
         "doctor" => Ok(doctor::run(Group::Test)),
         "demo" => demo(&rest),
         "test" => test(rest.first().map(String::as_str)),
-        "bench" => bench(),
+        "bench" => bench("esp_datapath"),
+        "bench-policy" => bench("policy_scale"),
         _ => usage(),
     };
     match r {
@@ -137,9 +139,9 @@ fn shared_harness_missing() -> Result<bool> {
     Ok(true)
 }
 
-fn bench() -> Result<bool> {
+fn bench(which: &str) -> Result<bool> {
     build::all()?;
-    run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", "esp_datapath"]))
+    run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", which]))
 }
 
 /// Everything, in order; counts suites and prints one closing line.

@@ -58,6 +58,8 @@ pub struct Runtime {
     esp: Vec<esp::EspPre>,
     /// The IKE component, compiled and linked (None: not loaded).
     ike: Option<ike::IkePre>,
+    /// The engine policy modules run in (a pool of many small slots).
+    policy_engine: Engine,
     /// Set on drop to stop the epoch ticker thread.
     stop_ticker: Arc<AtomicBool>,
 }
@@ -86,13 +88,14 @@ impl Runtime {
             Some(p) => Some(ike::IkePre::load(&engine, &load(&engine, p, "IKE")?)?),
             None => None,
         };
-        let stop_ticker = sandbox::start_epoch_ticker(&engine)?;
-        Ok(Runtime { engine, esp, ike, stop_ticker })
+        let policy_engine = sandbox::policy_engine()?;
+        let stop_ticker = sandbox::start_epoch_ticker(&[&engine, &policy_engine])?;
+        Ok(Runtime { engine, esp, ike, policy_engine, stop_ticker })
     }
 
-    /// The wasmtime engine (policy modules are compiled for it).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The wasmtime engine policy modules are compiled for.
+    pub fn policy_engine(&self) -> &Engine {
+        &self.policy_engine
     }
 
     /// A fresh IKE instance in its own store, with its secrets in `vault`

@@ -48,13 +48,40 @@ pub struct Served {
     first_decided: AtomicBool,
 }
 
+/// One instance of a policy module in its own store (a tenant's; the
+/// scale benchmark makes thousands).
+pub struct PolicyInstance {
+    store: Store<PolicyState>,
+    bindings: Bindings,
+}
+
+impl PolicyInstance {
+    /// The module's decision under the call deadline (an error: it
+    /// trapped or ran out of time; the instance is then unusable).
+    pub fn authorize(&mut self, request: &AuthorizeRequest) -> Result<Decision> {
+        self.store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
+        Ok(self.bindings.wasmsec_policy_decide().call_authorize(&mut self.store, request)?)
+    }
+
+    /// The most linear memory it has held, in bytes.
+    pub fn memory_peak(&mut self) -> usize {
+        self.store.data_mut().limits.peak()
+    }
+}
+
 impl Served {
     fn instantiate(&self) -> anyhow::Result<(Store<PolicyState>, Bindings)> {
-        let mut store = sandbox::new_store(&self.engine, PolicyState { limits: sandbox::store_limits() });
+        let i = self.new_instance()?;
+        Ok((i.store, i.bindings))
+    }
+
+    /// A fresh instance of the module in a store of its own.
+    pub fn new_instance(&self) -> Result<PolicyInstance> {
+        let mut store = sandbox::new_store(&self.engine, PolicyState { limits: sandbox::policy_store_limits() });
         store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
-        let b =
+        let bindings =
             self.pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("instantiating the policy module: {e}"))?;
-        Ok((store, b))
+        Ok(PolicyInstance { store, bindings })
     }
 
     /// Run `f` on the instance under the call deadline; a trap or timeout

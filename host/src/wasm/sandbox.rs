@@ -41,6 +41,44 @@ pub(crate) fn engine() -> Result<Engine> {
     Engine::new(&config).context("configuring wasmtime")
 }
 
+/// Memory a policy module's instance may grow to: decisions are table
+/// lookups, and many tenants each have one.
+pub(crate) const POLICY_MEMORY_LIMIT: usize = 4 << 20;
+/// Policy instances one process can hold (tenants, plus one being
+/// checked during a reload of each).
+pub(crate) const POLICY_SLOTS: u32 = 12_000;
+
+/// The engine policy modules run in: a pool sized for many small
+/// instances. Each slot reserves only the policy memory limit (bounds are
+/// checked explicitly instead of by a 4 GiB guard region), so 12,000
+/// slots take about 50 GB of address space and nothing until used.
+/// Linear memory is initialised by copying the module's few KiB of data,
+/// not by mapping its image copy-on-write: for modules this small the
+/// mapping costs more than the copy (`cargo xtask bench-policy`).
+pub(crate) fn policy_engine() -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POLICY_SLOTS)
+        .total_core_instances(POLICY_SLOTS)
+        .total_memories(POLICY_SLOTS)
+        .total_tables(POLICY_SLOTS)
+        .max_memory_size(POLICY_MEMORY_LIMIT);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_reservation(POLICY_MEMORY_LIMIT as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .memory_init_cow(false)
+        .epoch_interruption(true)
+        .wasm_component_model(true);
+    Engine::new(&config).context("configuring wasmtime for policy modules")
+}
+
+/// A policy store's limits.
+pub(crate) fn policy_store_limits() -> GuestLimits {
+    GuestLimits { limits: StoreLimitsBuilder::new().memory_size(POLICY_MEMORY_LIMIT).instances(4).build(), peak: 0 }
+}
+
 /// A store's limits (memory and instances), and the most linear memory its
 /// guest has held: what the status reports, so a test can show that a
 /// flood does not make a guest grow.
@@ -117,15 +155,15 @@ pub(crate) fn new_store<T: Limited>(engine: &Engine, data: T) -> Store<T> {
     store
 }
 
-/// Advance the engine's epoch every [`EPOCH_TICK`] until the returned flag
-/// is set, so that every call's deadline means something.
-pub(crate) fn start_epoch_ticker(engine: &Engine) -> Result<Arc<AtomicBool>> {
+/// Advance the engines' epochs every [`EPOCH_TICK`] until the returned
+/// flag is set, so that every call's deadline means something.
+pub(crate) fn start_epoch_ticker(engines: &[&Engine]) -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (e, s) = (engine.clone(), stop.clone());
+    let (e, s) = (engines.iter().map(|e| (*e).clone()).collect::<Vec<_>>(), stop.clone());
     std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
         while !s.load(Ordering::Relaxed) {
             std::thread::sleep(EPOCH_TICK);
-            e.increment_epoch();
+            e.iter().for_each(Engine::increment_epoch);
         }
     })?;
     Ok(stop)
