@@ -286,6 +286,19 @@ pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `check-config`: load the `[policy] module` as the daemon would
+/// (compile, link, self-test, the cases beside it) without serving it;
+/// returns how many cases passed.
+pub fn check_policy(cfg: &Config, base: &Path) -> Result<Option<usize>> {
+    let Some(module) = &cfg.policy.module else { return Ok(None) };
+    let (engine, stop) = crate::wasm::policy::standalone_engine()?;
+    let r = Reloader::new(Arc::default(), engine, base.join(module), None);
+    let loaded = r.reload(std::time::Instant::now());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    loaded.with_context(|| format!("[policy] module = {:?}", module.display()))?;
+    Ok(Some(crate::policy::cases::load(&base.join(module))?.map_or(0, |c| c.len())))
+}
+
 /// The guest groups: the ESP component each tunnel names (resolved against
 /// the config file's directory) compiled once; returns each connection's
 /// and each manual tunnel's group (0: the project's component).

@@ -175,9 +175,14 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
         }
         Cmd::CheckConfig { config } => {
             let c = config::Config::load(&config)?;
-            daemon::check_secrets(&c, config.parent().unwrap_or(std::path::Path::new(".")))?;
+            let base = config.parent().unwrap_or(std::path::Path::new("."));
+            daemon::check_secrets(&c, base)?;
+            let policy = match daemon::check_policy(&c, base)? {
+                Some(cases) => format!(", a policy module that passed its self-test and {cases} case(s)"),
+                None => String::new(),
+            };
             println!(
-                "{}: OK ({} IKE connection(s), {} manual tunnel(s))",
+                "{}: OK ({} IKE connection(s), {} manual tunnel(s){policy})",
                 config.display(),
                 c.connection.len(),
                 c.manual.len()

@@ -3,6 +3,7 @@
 //! self-test, decides; a file that is not a component, and a component of
 //! another world (it imports the host's crypto), are refused and the
 //! module serving stays. Needs `cargo xtask build` first.
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,10 +58,18 @@ fn modules_are_checked_before_they_serve() {
     assert_eq!(slot.current().unwrap().hash, serving);
     assert!(matches!(slot.authorize(&request("evil.example", "198.18.1.0/24")), Decision::Reject(_)));
 
-    // Back to the allow-list: from the artifact cache this time.
+    // Back to the allow-list: from the artifact cache this time, and held
+    // to the operator's cases beside it (the shipped table passes).
     std::fs::copy(dir.join("policy-allow-list.wasm"), &file).unwrap();
+    let cases = wasmsec::policy::cases::path_for(&file);
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/allow-list/cases.json"), &cases).unwrap();
     assert_eq!(r.reload(Instant::now()).unwrap(), Some(Source::Cached));
+    // A table the module disagrees with refuses it (the change of the
+    // table alone reloads).
+    std::fs::write(&cases, r#"{"cases": [{"peer": "evil.example", "expect": "accept"}]}"#).unwrap();
+    let e = r.reload(Instant::now()).unwrap_err();
+    assert!(format!("{e:#}").contains("case 1 of 1: evil.example: expected accept, the module rejected"), "{e:#}");
     let s = slot.stats.snapshot();
-    assert_eq!((s[0], s[1], s[3], s[4]), (1, 2, 2, 2), "accepted, rejected, swaps, refused: {s:?}");
+    assert_eq!((s[0], s[1], s[3], s[4]), (1, 2, 2, 3), "accepted, rejected, swaps, refused: {s:?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }

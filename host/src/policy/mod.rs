@@ -2,13 +2,14 @@
 //! leaves authorization to the implementation). A module is a component
 //! of the `policy` world with no imports; the host compiles it (or loads
 //! the artifact cached by content hash), instantiates it, runs its
-//! `self-test`, and only then swaps it in (`crate::wasm::policy`). A file watcher on the
+//! `self-test` and the operator's [`cases`], and only then swaps it in (`crate::wasm::policy`). A file watcher on the
 //! ops thread reloads it when the file changes ([`watch`]).
 //!
 //! The IKE guest asks at IKE_AUTH through `wasmsec:ike/authorizer`; the
 //! host asks the module within a deadline (`crate::wasm::policy`). No module:
 //! accept. A trap, a timeout or an answer the host cannot accept (a tenant
 //! that does not exist) is a reject, logged and counted.
+pub mod cases;
 pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -33,10 +33,13 @@ impl Reloader {
     /// change was seen. Returns how it was compiled, or why it was refused
     /// (also logged), or `None` if the bytes are the ones last tried.
     pub fn reload(&self, noticed: Instant) -> Result<Option<Source>> {
-        let hash = match std::fs::read(&self.file) {
-            Ok(b) => ring::digest::digest(&ring::digest::SHA256, &b).as_ref().to_vec(),
+        // The module and its cases file: a change of either reloads.
+        let mut bytes = match std::fs::read(&self.file) {
+            Ok(b) => b,
             Err(e) => bail!("cannot read {}: {e}", self.file.display()),
         };
+        bytes.extend(std::fs::read(super::cases::path_for(&self.file)).unwrap_or_default());
+        let hash = ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec();
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,12 +48,16 @@ impl Reloader {
             }
             *last = Some(hex);
         }
-        match load(&self.engine, &self.file, self.cache.as_deref(), noticed) {
-            Ok((served, source)) => {
+        let checked = load(&self.engine, &self.file, self.cache.as_deref(), noticed).and_then(|(served, source)| {
+            let n = check_cases(&served, &self.file)?;
+            Ok((served, source, n))
+        });
+        match checked {
+            Ok((served, source, cases)) => {
                 let hash = served.hash[..16].to_string();
                 self.slot.swap(served);
                 let ms = noticed.elapsed().as_secs_f64() * 1e3;
-                info!(policy = %self.file.display(), sha256 = %hash, source = ?source,
+                info!(policy = %self.file.display(), sha256 = %hash, source = ?source, cases,
                       ms_change_to_serving = format!("{ms:.1}"), "policy module serving (self-test passed)");
                 Ok(Some(source))
             }
@@ -63,6 +70,18 @@ impl Reloader {
             }
         }
     }
+}
+
+/// Run the operator's cases beside the module (if any) on it; returns how
+/// many passed, or the first that did not.
+fn check_cases(served: &super::Served, file: &Path) -> Result<usize> {
+    let Some(cases) = super::cases::load(file)? else { return Ok(0) };
+    for (i, c) in cases.iter().enumerate() {
+        let got =
+            served.authorize(&c.request).map_err(|e| anyhow::anyhow!("case {}: the module failed: {e:#}", i + 1))?;
+        super::cases::check(c, &got).map_err(|why| anyhow::anyhow!("case {} of {}: {why}", i + 1, cases.len()))?;
+    }
+    Ok(cases.len())
 }
 
 /// Watch the module's directory until stop, on a thread of its own

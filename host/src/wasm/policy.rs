@@ -117,6 +117,15 @@ impl Served {
     }
 }
 
+/// A policy engine of its own with its epoch ticker running (for
+/// `wasmsec check-config`: the daemon's comes with its `Runtime`); the
+/// ticker stops when the flag is set.
+pub fn standalone_engine() -> Result<(Engine, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    let engine = sandbox::policy_engine()?;
+    let stop = sandbox::start_epoch_ticker(&[&engine])?;
+    Ok((engine, stop))
+}
+
 /// How the module came to be compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
