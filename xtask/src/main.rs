@@ -149,7 +149,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
     require_root("the test suite")?;
     prepare(Group::Test)?;
     let harness_missing = shared_harness_missing()?;
-    build::all()?;
+    build::all_for_tests()?;
     build::hostile_guests()?;
     let mut passed = 0;
     let mut failed = Vec::new();
