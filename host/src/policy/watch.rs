@@ -39,8 +39,7 @@ impl Reloader {
             Err(e) => bail!("cannot read {}: {e}", self.file.display()),
         };
         bytes.extend(std::fs::read(super::cases::path_for(&self.file)).unwrap_or_default());
-        let hash = ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec();
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::wasm::policy::sha256_hex(&bytes);
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_deref() == Some(hex.as_str()) {

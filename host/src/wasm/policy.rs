@@ -42,7 +42,7 @@ pub struct Served {
     pre: PolicyPre<PolicyState>,
     engine: wasmtime::Engine,
     /// The live instance (None after a trap: instantiated again on the next call).
-    instance: Mutex<Option<(Store<PolicyState>, Bindings)>>,
+    instance: Mutex<Option<PolicyInstance>>,
     /// When its file change was noticed (for the swap-to-first-decision time).
     pub noticed: Instant,
     first_decided: AtomicBool,
@@ -70,11 +70,6 @@ impl PolicyInstance {
 }
 
 impl Served {
-    fn instantiate(&self) -> anyhow::Result<(Store<PolicyState>, Bindings)> {
-        let i = self.new_instance()?;
-        Ok((i.store, i.bindings))
-    }
-
     /// A fresh instance of the module in a store of its own.
     pub fn new_instance(&self) -> Result<PolicyInstance> {
         let mut store = sandbox::new_store(&self.engine, PolicyState { limits: sandbox::policy_store_limits() });
@@ -89,19 +84,17 @@ impl Served {
     fn call<T>(&self, f: impl FnOnce(&mut Store<PolicyState>, &Bindings) -> wasmtime::Result<T>) -> anyhow::Result<T> {
         let mut slot = self.instance.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(self.instantiate()?);
+            *slot = Some(self.new_instance()?);
         }
-        let Some((store, b)) = slot.as_mut() else { unreachable!("set above") };
-        store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
-        let r = crate::telemetry::guest_call(crate::telemetry::Guest::Policy, || f(store, b));
+        let Some(i) = slot.as_mut() else { unreachable!("set above") };
+        i.store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
+        let r = crate::telemetry::guest_call(crate::telemetry::Guest::Policy, || f(&mut i.store, &i.bindings));
         if r.is_err() {
             *slot = None;
         }
         Ok(r?)
     }
-}
 
-impl Served {
     /// The module's decision (an error: it trapped or ran out of time).
     pub fn authorize(&self, request: &AuthorizeRequest) -> Result<Decision> {
         self.call(|s, b| b.wasmsec_policy_decide().call_authorize(s, request))
@@ -138,7 +131,8 @@ pub enum Source {
 /// Largest policy module accepted (a Python module embeds its interpreter).
 const MAX_MODULE_BYTES: u64 = 64 << 20;
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// SHA-256 of `bytes`, lower-case hex: what names a module and its artifact.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
