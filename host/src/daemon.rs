@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::config::{self, Config, Encapsulation};
 use crate::control::ControlPlane;
 use crate::control::children::Children;
-use crate::control::connections::{load_connections, routes};
+use crate::control::connections::{Domain, load_connections};
 use crate::control::sockets::IkeSockets;
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::group::{Group, Groups};
@@ -122,23 +122,51 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
     Ok(sas)
 }
 
-/// A connection as the IKE component takes it, with its PSK put in the
-/// vault of `ike`.
-/// The TUN device, up, with a route to every remote subnet. Routes exist
-/// from the start: traffic without an SA is then dropped and counted (and
-/// may trigger a `trap` connection) instead of leaving in the clear.
-fn open_tun(cfg: &Config) -> Result<Tun> {
-    let tun = Tun::open(&cfg.tunnel.name).with_context(|| format!("cannot create TUN device {}", cfg.tunnel.name))?;
-    sys::ip(&["link", "set", "dev", tun.name(), "mtu", &cfg.tunnel.mtu.to_string(), "up"])?;
-    let manual = cfg.manual.iter().map(|m| (format!("manual {:?}", m.name.get_ref()), &m.remote_ts));
-    let ike = cfg
-        .connection
-        .iter()
-        .flat_map(|c| c.children.iter().map(move |ch| (format!("connection {:?}", c.name.get_ref()), &ch.remote_ts)));
-    for (what, remote_ts) in manual.chain(ike) {
-        routes(tun.name(), cfg.tunnel.source, remote_ts).with_context(|| what)?;
+/// The TUN devices of the routing domains (`Domain::all` order), up, with
+/// a route to every remote subnet. Routes exist from the start: traffic
+/// without an SA is then dropped and counted (and may trigger a `trap`
+/// connection) instead of leaving in the clear. A tenant's device is
+/// created here and moved into the tenant's namespace; the descriptor
+/// keeps working across the move, and closing it at exit removes the
+/// device wherever it is.
+fn open_tuns(cfg: &Config) -> Result<Vec<Tun>> {
+    let mut tuns = Vec::new();
+    for (i, d) in Domain::all(cfg).iter().enumerate() {
+        let what = match i {
+            0 => "[tunnel]".to_string(),
+            _ => format!("tenant {:?}", cfg.tenant[i - 1].name.get_ref()),
+        };
+        if let Some(ns) = &d.netns
+            && !Path::new("/run/netns").join(ns).exists()
+        {
+            bail!("{what}: network namespace {ns:?} does not exist (create it first: ip netns add {ns})");
+        }
+        let tun = Tun::open(&d.tun).with_context(|| format!("{what}: cannot create TUN device {}", d.tun))?;
+        if let Some(ns) = &d.netns {
+            sys::ip(&["link", "set", "dev", &d.tun, "netns", ns])
+                .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", d.tun))?;
+        }
+        let mtu = match i {
+            0 => cfg.tunnel.mtu,
+            _ => cfg.tenant[i - 1].mtu.unwrap_or(cfg.tunnel.mtu),
+        };
+        d.ip(&["link", "set", "dev", &d.tun, "mtu", &mtu.to_string(), "up"]).with_context(|| what.clone())?;
+        if i == 0 {
+            for m in &cfg.manual {
+                d.routes(&m.remote_ts).with_context(|| format!("manual {:?}", m.name.get_ref()))?;
+            }
+        }
+        for c in cfg.connection.iter().filter(|c| cfg.domain_of(c) == i) {
+            for ch in &c.children {
+                d.routes(&ch.remote_ts).with_context(|| format!("connection {:?}", c.name.get_ref()))?;
+            }
+        }
+        if d.netns.is_some() {
+            info!(tenant = %what, netns = d.netns.as_deref().unwrap_or(""), tun = %d.tun, "tenant routing domain up");
+        }
+        tuns.push(tun);
     }
-    Ok(tun)
+    Ok(tuns)
 }
 
 /// The admin socket, created 0600: whoever can connect can terminate
@@ -195,8 +223,17 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         warn!(file = %k.display(), "ESP key export is on: this file holds secrets");
     }
     let (traps, connections) = load_connections(cfg, config_path, base, &mut ike, p.force_encap)?;
-    let policy = policy(cfg, base, p.runtime)?;
-    ike.store.data_mut().policy = policy.as_ref().map(|r| r.slot.clone());
+    let policies = policies(cfg, base, p.runtime)?;
+    {
+        let p = &mut ike.store.data_mut().policy;
+        for (tenant, r) in &policies {
+            match tenant.as_str() {
+                "" => p.global = Some(r.slot.clone()),
+                t => drop(p.tenants.insert(t.to_string(), r.slot.clone())),
+            }
+        }
+        p.tenant_of = crate::control::connections::tenant_of(&cfg.connection);
+    }
     let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
     sock500.set_nonblocking(true)?;
@@ -210,8 +247,8 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
             path: config_path.to_path_buf(),
             base: base.to_path_buf(),
             force_encap: p.force_encap,
-            tun: cfg.tunnel.name.clone(),
-            source: cfg.tunnel.source,
+            domains: Domain::all(cfg),
+            tenants: cfg.tenant.clone(),
             sections: cfg.connection.clone(),
         },
         guard: GuestGuard::default(),
@@ -225,16 +262,19 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         stats: p.stats.clone(),
         traps,
         children,
-        policy,
+        policies,
     })
 }
 
-/// The `[policy]` module, loaded and checked before anything serves (a
-/// module that fails its checks at start is a config error), and its
-/// watcher.
-fn policy(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result<Option<Arc<Reloader>>> {
-    let Some(module) = &cfg.policy.module else { return Ok(None) };
-    let file = base.join(module);
+/// The policy modules (`[policy] module` and each tenant's), loaded and
+/// checked before anything serves (a module that fails its checks at
+/// start is a config error), and their watchers; by tenant ("" for
+/// `[policy] module`).
+fn policies(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result<Vec<(String, Arc<Reloader>)>> {
+    let modules = policy_modules(cfg);
+    if modules.is_empty() {
+        return Ok(Vec::new());
+    }
     let cache = match crate::wasm::policy::cache_dir(&cfg.runtime.state_dir.join("policy-cache")) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -242,12 +282,27 @@ fn policy(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result<O
             None
         }
     };
-    let r = Arc::new(Reloader::new(Arc::default(), runtime.policy_engine().clone(), file, cache));
-    r.reload(std::time::Instant::now()).with_context(|| format!("[policy] module = {:?}", module.display()))?;
-    if cfg.policy.watch {
-        crate::policy::watch::spawn(r.clone())?;
+    let mut out = Vec::new();
+    for (tenant, key, module) in modules {
+        let r =
+            Arc::new(Reloader::new(Arc::default(), runtime.policy_engine().clone(), base.join(module), cache.clone()));
+        r.reload(std::time::Instant::now()).with_context(|| format!("{key} = {:?}", module.display()))?;
+        if cfg.policy.watch {
+            crate::policy::watch::spawn(r.clone())?;
+        }
+        out.push((tenant, r));
     }
-    Ok(Some(r))
+    Ok(out)
+}
+
+/// Every policy module of the config: (tenant, where it is configured, file).
+fn policy_modules(cfg: &Config) -> Vec<(String, String, &Path)> {
+    let global = cfg.policy.module.as_deref().map(|m| (String::new(), "[policy] module".to_string(), m));
+    let tenants = cfg.tenant.iter().filter_map(|t| {
+        let m = t.policy.as_deref()?;
+        Some((t.name.get_ref().clone(), format!("tenant {:?}: policy", t.name.get_ref()), m))
+    });
+    global.into_iter().chain(tenants).collect()
 }
 
 /// The admin API's TCP token, when `[control] api` is set.
@@ -286,17 +341,33 @@ pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `check-config`: load the `[policy] module` as the daemon would
+/// `check-config`: load every policy module as the daemon would
 /// (compile, link, self-test, the cases beside it) without serving it;
-/// returns how many cases passed.
-pub fn check_policy(cfg: &Config, base: &Path) -> Result<Option<usize>> {
-    let Some(module) = &cfg.policy.module else { return Ok(None) };
+/// returns how many modules and how many cases passed.
+pub fn check_policy(cfg: &Config, base: &Path) -> Result<Option<(usize, usize)>> {
+    let modules = policy_modules(cfg);
+    if modules.is_empty() {
+        return Ok(None);
+    }
     let (engine, stop) = crate::wasm::policy::standalone_engine()?;
-    let r = Reloader::new(Arc::default(), engine, base.join(module), None);
-    let loaded = r.reload(std::time::Instant::now());
+    let mut cases = 0;
+    let mut result = Ok(());
+    for (_, key, module) in &modules {
+        let r = Reloader::new(Arc::default(), engine.clone(), base.join(module), None);
+        if let Err(e) = r.reload(std::time::Instant::now()) {
+            result = Err(e).with_context(|| format!("{key} = {:?}", module.display()));
+            break;
+        }
+        match crate::policy::cases::load(&base.join(module)) {
+            Ok(c) => cases += c.map_or(0, |c| c.len()),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    loaded.with_context(|| format!("[policy] module = {:?}", module.display()))?;
-    Ok(Some(crate::policy::cases::load(&base.join(module))?.map_or(0, |c| c.len())))
+    result.map(|()| Some((modules.len(), cases)))
 }
 
 /// The guest groups: the ESP component each tunnel names (resolved against
@@ -323,21 +394,32 @@ fn guest_groups(cfg: &Config, base: &Path, rt: &mut Runtime) -> Result<(HashMap<
     Ok((connections, manual))
 }
 
-/// Each direction's guest groups, the manual SAs in theirs.
-fn direction_groups(rt: &Runtime, ks: &Arc<Keystore>, manual: &ManualSas, outbound: bool) -> Result<Groups> {
+/// Each direction's guest groups: for each routing domain (the daemon's,
+/// then each tenant's), one per ESP component, so group `domain *
+/// components + component`; the manual SAs in the daemon's domain.
+fn direction_groups(
+    rt: &Runtime,
+    ks: &Arc<Keystore>,
+    manual: &ManualSas,
+    domains: usize,
+    outbound: bool,
+) -> Result<Groups> {
     let mut groups = Groups::default();
-    for component in 0..rt.esp_groups() {
-        let mut set = SaSet { keystore: ks.clone(), outbound: vec![], inbound: vec![] };
-        for (i, _) in manual.groups.iter().enumerate().filter(|(_, g)| **g == component) {
-            if outbound {
-                groups.by_spi.insert(manual.outbound[i].spi, component);
-                set.outbound.push(manual.outbound[i].clone());
-            } else {
-                groups.by_spi.insert(manual.inbound[i].spi, component);
-                set.inbound.push(manual.inbound[i].clone());
+    for domain in 0..domains {
+        for component in 0..rt.esp_groups() {
+            let mut set = SaSet { keystore: ks.clone(), outbound: vec![], inbound: vec![] };
+            let mine = manual.groups.iter().enumerate().filter(|(_, g)| domain == 0 && **g == component);
+            for (i, _) in mine {
+                if outbound {
+                    groups.by_spi.insert(manual.outbound[i].spi, component);
+                    set.outbound.push(manual.outbound[i].clone());
+                } else {
+                    groups.by_spi.insert(manual.inbound[i].spi, component);
+                    set.inbound.push(manual.inbound[i].clone());
+                }
             }
+            groups.list.push(Group::new(rt, component, domain, set)?);
         }
-        groups.list.push(Group::new(rt, component, set)?);
     }
     Ok(groups)
 }
@@ -361,14 +443,26 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         Runtime::with_ike(&dir.join("esp.wasm"), with_ike.then_some(ike_path.as_path())).with_context(|| {
             format!("cannot load the components from {} (build them with `cargo xtask build`)", dir.display())
         })?;
-    let (connection_groups, manual_groups) = guest_groups(&cfg, &base, &mut runtime)?;
+    let (connection_components, manual_groups) = guest_groups(&cfg, &base, &mut runtime)?;
+    // A connection's group is its domain's group of its component.
+    let components = runtime.esp_groups();
+    let domain_of: HashMap<&String, usize> =
+        cfg.connection.iter().map(|c| (c.name.get_ref(), cfg.domain_of(c))).collect();
+    let connection_groups: HashMap<String, usize> = connection_components
+        .into_iter()
+        .map(|(name, k)| {
+            let d = domain_of.get(&name).copied().unwrap_or(0);
+            (name, d * components + k)
+        })
+        .collect();
     let runtime = Arc::new(runtime);
     let keystore = Arc::new(Keystore::new());
     let mut manual = manual_sas(&cfg, &base, &keystore, true)?;
     manual.groups = manual_groups;
-    let out_groups = direction_groups(&runtime, &keystore, &manual, true)?;
-    let in_groups = direction_groups(&runtime, &keystore, &manual, false)?;
-    let tun = open_tun(&cfg)?;
+    let domains = 1 + cfg.tenant.len();
+    let out_groups = direction_groups(&runtime, &keystore, &manual, domains, true)?;
+    let in_groups = direction_groups(&runtime, &keystore, &manual, domains, false)?;
+    let tuns = open_tuns(&cfg)?;
     let udp = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.nat_t_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.nat_t_port))?;
     udp.set_nonblocking(true)?;
@@ -384,7 +478,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     };
     let stats = Arc::new(Stats::default());
     info!(
-        tun = tun.name(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
+        tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
         raw_esp = raw.is_some(), batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
         "wasmsec data plane up"
     );
@@ -415,7 +509,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let outbound = Loop {
         runtime: runtime.clone(),
         groups: out_groups,
-        tun: tun.try_clone()?,
+        tuns: tuns.iter().map(Tun::try_clone).collect::<std::io::Result<_>>()?,
         udp: udp.try_clone()?,
         raw: raw.as_ref().map(RawEsp::try_clone).transpose()?,
         peers: manual.peers.clone(),
@@ -427,12 +521,13 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         floats: HashMap::new(),
         sources: Vec::new(),
         staging: Loop::staging_for(cfg.runtime.batch),
+        from_domain: Vec::with_capacity(cfg.runtime.batch),
         traffic: HashMap::new(),
     };
     let inbound = Loop {
         runtime,
         groups: in_groups,
-        tun,
+        tuns,
         udp,
         raw,
         peers: manual.peers,
@@ -444,6 +539,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         floats: HashMap::new(),
         sources: Vec::with_capacity(cfg.runtime.batch),
         staging: Loop::staging_for(cfg.runtime.batch),
+        from_domain: Vec::with_capacity(cfg.runtime.batch),
         traffic: HashMap::new(),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;

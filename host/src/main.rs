@@ -178,7 +178,8 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             let base = config.parent().unwrap_or(std::path::Path::new("."));
             daemon::check_secrets(&c, base)?;
             let policy = match daemon::check_policy(&c, base)? {
-                Some(cases) => format!(", a policy module that passed its self-test and {cases} case(s)"),
+                Some((1, cases)) => format!(", a policy module that passed its self-test and {cases} case(s)"),
+                Some((n, cases)) => format!(", {n} policy modules that passed their self-tests and {cases} case(s)"),
                 None => String::new(),
             };
             println!(

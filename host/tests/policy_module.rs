@@ -35,13 +35,18 @@ fn modules_are_checked_before_they_serve() {
     let r = Reloader::new(slot.clone(), rt.policy_engine().clone(), file.clone(), Some(cache));
 
     // No module yet: everyone is accepted.
-    assert!(matches!(slot.authorize(&request("evil.example", "10.0.0.0/8")), Decision::Accept(_)));
+    assert!(matches!(slot.authorize(&request("evil.example", "10.0.0.0/8"), ""), Decision::Accept(_)));
 
     std::fs::copy(dir.join("policy-allow-list.wasm"), &file).unwrap();
     assert_eq!(r.reload(Instant::now()).unwrap(), Some(Source::Compiled));
     assert_eq!(r.reload(Instant::now()).unwrap(), None, "same bytes: nothing to do");
-    assert!(matches!(slot.authorize(&request("gwa.interop.test", "198.18.1.0/24")), Decision::Accept(_)));
-    match slot.authorize(&request("gwa.interop.test", "10.1.0.0/16")) {
+    assert!(matches!(slot.authorize(&request("gwa.interop.test", "198.18.1.0/24"), ""), Decision::Accept(_)));
+    // A module's accept without a tenant puts the peer in its connection's.
+    match slot.authorize(&request("gwa.interop.test", "198.18.1.0/24"), "blue") {
+        Decision::Accept(g) => assert_eq!(g.tenant, "blue"),
+        d => panic!("{d:?}"),
+    }
+    match slot.authorize(&request("gwa.interop.test", "10.1.0.0/16"), "") {
         Decision::Reject(why) => assert!(why.contains("may not use 10.1.0.0/16"), "{why}"),
         d => panic!("{d:?}"),
     }
@@ -56,7 +61,7 @@ fn modules_are_checked_before_they_serve() {
     let e = r.reload(Instant::now()).unwrap_err();
     assert!(format!("{e:#}").contains("may import nothing"), "{e:#}");
     assert_eq!(slot.current().unwrap().hash, serving);
-    assert!(matches!(slot.authorize(&request("evil.example", "198.18.1.0/24")), Decision::Reject(_)));
+    assert!(matches!(slot.authorize(&request("evil.example", "198.18.1.0/24"), ""), Decision::Reject(_)));
 
     // Back to the allow-list: from the artifact cache this time, and held
     // to the operator's cases beside it (the shipped table passes).
@@ -70,6 +75,35 @@ fn modules_are_checked_before_they_serve() {
     let e = r.reload(Instant::now()).unwrap_err();
     assert!(format!("{e:#}").contains("case 1 of 1: evil.example: expected accept, the module rejected"), "{e:#}");
     let s = slot.stats.snapshot();
-    assert_eq!((s[0], s[1], s[3], s[4]), (1, 2, 2, 3), "accepted, rejected, swaps, refused: {s:?}");
+    assert_eq!((s[0], s[1], s[3], s[4]), (2, 2, 2, 3), "accepted, rejected, swaps, refused: {s:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A grant names the tenant of the connection the peer came in on, or
+/// none; naming another tenant is a failed decision (a reject), so no
+/// module can move a peer into another tenant's routing domain.
+#[test]
+fn a_grant_cannot_name_another_tenant() {
+    let dir = wasmsec::daemon::built_components_dir();
+    let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
+    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-tenant-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = tmp.join("hostile.wasm");
+    std::fs::copy(dir.join("hostile-policy.wasm"), &file).expect("hostile-policy.wasm (run `cargo xtask guests`)");
+    let slot = Arc::new(PolicySlot::default());
+    Reloader::new(slot.clone(), rt.policy_engine().clone(), file, None).reload(Instant::now()).unwrap();
+    let named = request("tenant-blue.example", "10.0.0.0/24");
+    match slot.authorize(&named, "blue") {
+        Decision::Accept(g) => assert_eq!(g.tenant, "blue"),
+        d => panic!("{d:?}"),
+    }
+    for own in ["red", ""] {
+        match slot.authorize(&named, own) {
+            Decision::Reject(why) => assert!(why.contains("policy named tenant \"blue\""), "{why}"),
+            d => panic!("{own}: {d:?}"),
+        }
+    }
+    assert_eq!(slot.stats.snapshot()[2], 2, "two failed decisions");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -23,6 +23,7 @@
 //! in_key = "env:WASMSEC_TO_GWA_IN_KEY"
 //! ```
 pub mod sections;
+pub mod tenant;
 pub mod values;
 
 use std::collections::HashSet;
@@ -35,6 +36,7 @@ pub use sections::{
     Child, Connection, Control, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike, Manual,
     Network, Policy, Runtime, StartAction, Tunnel,
 };
+pub use tenant::Tenant;
 pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};
 
 /// A whole config file, parsed and checked.
@@ -62,6 +64,9 @@ pub struct Config {
     /// `[policy]`: the policy module.
     #[serde(default)]
     pub policy: Policy,
+    /// `[[tenant]]`: tenants, each in its own routing domain.
+    #[serde(default)]
+    pub tenant: Vec<Tenant>,
     /// IKEv2 connections (swanctl.conf's `connections`).
     #[serde(default)]
     pub connection: Vec<Connection>,
@@ -135,11 +140,23 @@ impl Config {
                 return Err(problem(&m.name, format!("{at}: out_spi {:#x} used by two tunnels", m.out_spi.0)));
             }
         }
+        self.validate_tenants()?;
         let mut conn_names = HashSet::new();
         for c in &self.connection {
             let at = format!("connection {:?}", c.name.get_ref());
             if !conn_names.insert(c.name.get_ref()) {
                 return Err(problem(&c.name, format!("{at}: name used twice")));
+            }
+            if let Some(t) = &c.tenant
+                && self.tenant_index(t).is_none()
+            {
+                return Err(problem(&c.name, format!("{at}: tenant {t:?} is not a configured [[tenant]]")));
+            }
+            if c.tenant.is_some() && (c.start_action == StartAction::Trap || c.dpd_action == DpdAction::Hold) {
+                let msg = format!(
+                    "{at}: start_action \"trap\" and dpd_action \"hold\" are not supported for a tenant's connection yet"
+                );
+                return Err(problem(&c.name, msg));
             }
             if c.start_action != StartAction::None && c.remote_addrs.is_empty() {
                 let msg = format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action);
@@ -150,6 +167,51 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_tenants(&self) -> Result<(), Problem> {
+        let mut names = HashSet::new();
+        let mut tuns = HashSet::from([self.tunnel.name.clone()]);
+        for t in &self.tenant {
+            let name = t.name.get_ref();
+            if let Some(msg) = tenant::bad_name(name) {
+                return Err(problem(&t.name, msg));
+            }
+            let at = format!("tenant {name:?}");
+            if !names.insert(name) {
+                return Err(problem(&t.name, format!("{at}: name used twice")));
+            }
+            let tun = t.tun_name();
+            if tun.is_empty() || tun.len() > 15 || tun.contains(['/', ' ']) {
+                return Err(problem(&t.name, format!("{at}: tun {tun:?} must be 1-15 bytes, no '/' or space")));
+            }
+            if !tuns.insert(tun.clone()) {
+                return Err(problem(
+                    &t.name,
+                    format!("{at}: TUN device {tun:?} is already used by [tunnel] or another tenant"),
+                ));
+            }
+            if t.netns.is_empty() || t.netns.contains('/') || t.netns.starts_with('.') {
+                return Err(problem(&t.name, format!("{at}: netns {:?} must be a name `ip netns` knows", t.netns)));
+            }
+            if let Some(m) = t.mtu
+                && !(576..=9000).contains(&m)
+            {
+                return Err(problem(&t.name, format!("{at}: mtu {m} must be 576-9000")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The index of tenant `name` among `[[tenant]]`.
+    pub fn tenant_index(&self, name: &str) -> Option<usize> {
+        self.tenant.iter().position(|t| t.name.get_ref() == name)
+    }
+
+    /// The routing domain of a connection: 0 for the daemon's own
+    /// namespace, 1 + its tenant's index for a tenant's.
+    pub fn domain_of(&self, c: &Connection) -> usize {
+        c.tenant.as_deref().and_then(|t| self.tenant_index(t)).map_or(0, |i| i + 1)
     }
 }
 

@@ -143,6 +143,11 @@ pub struct Connection {
     /// file share a guest group; a misbehaving guest affects only its group.
     #[serde(default)]
     pub esp_component: Option<PathBuf>,
+    /// The `[[tenant]]` this connection belongs to: its CHILD SAs carry
+    /// traffic of that tenant's routing domain, and that tenant's policy
+    /// module authorizes its peers. None: the daemon's own namespace.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Seconds after which we rekey the IKE SA (0: only answer the peer's rekeys).
     #[serde(default = "default_ike_rekey_time")]
     pub rekey_time: u32,

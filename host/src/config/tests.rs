@@ -120,3 +120,62 @@ fn values_are_typed_once() {
     let e = e.unwrap_err().to_string();
     assert!(e.contains("line 7") && e.contains("not a DN"), "{e}");
 }
+
+const TENANTS: &str = r#"
+[[tenant]]
+name = "blue"
+netns = "blue-ns"
+source = "10.1.0.1"
+policy = "policies/blue.wasm"
+[[tenant]]
+name = "red"
+netns = "red-ns"
+[[connection]]
+name = "blue-s2s"
+tenant = "blue"
+local_id = "pop.example"
+psk = "env:PSK"
+[[connection.children]]
+name = "net"
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.0.0.0/24"]
+[[connection]]
+name = "red-s2s"
+tenant = "red"
+local_id = "pop.example"
+psk = "env:PSK"
+[[connection.children]]
+name = "net"
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.0.0.0/24"]
+"#;
+
+#[test]
+fn tenants_parse_with_their_domains_and_validate() {
+    let c = Config::parse(TENANTS, "t.toml").unwrap();
+    assert_eq!(c.tenant[0].tun_name(), "wst-blue");
+    assert_eq!(c.domain_of(&c.connection[0]), 1);
+    assert_eq!(c.domain_of(&c.connection[1]), 2);
+    let long = TENANTS
+        .replace("name = \"red\"", "name = \"a-very-long-tenant-name\"")
+        .replace("\"red\"", "\"a-very-long-tenant-name\"");
+    assert_eq!(Config::parse(&long, "t.toml").unwrap().tenant[1].tun_name().len(), 15);
+    refused(
+        TENANTS,
+        &[
+            ("tenant = \"red\"", "tenant = \"green\"", "tenant \"green\" is not a configured [[tenant]]"),
+            ("name = \"red\"", "name = \"Red\"", "must be 1-32 of a-z"),
+            ("name = \"red\"", "name = \"blue\"", "name used twice"),
+            ("netns = \"red-ns\"", "netns = \"red-ns\"\ntun = \"wst-blue\"", "already used"),
+            ("netns = \"red-ns\"", "netns = \"red-ns\"\ntun = \"wsec0\"", "already used"),
+            ("netns = \"red-ns\"", "netns = \"../x\"", "must be a name"),
+            ("netns = \"red-ns\"", "netns = \"red-ns\"\nmtu = 100", "576-9000"),
+            ("netns = \"red-ns\"", "netns = \"red-ns\"\nvrf = \"x\"", "unknown field"),
+            (
+                "tenant = \"red\"",
+                "tenant = \"red\"\nremote_addrs = [\"192.0.2.1\"]\nstart_action = \"trap\"",
+                "not supported for a tenant",
+            ),
+        ],
+    );
+}

@@ -131,6 +131,7 @@ impl ControlPlane {
                     crate::wasm::ike::StartAction::Start => "start",
                     crate::wasm::ike::StartAction::None => "none",
                 },
+                "tenant": self.ike.store.data().policy.tenant_of.get(&c.name),
                 "children": children,
                 "ike_sas": self.children.ike_sas.values().filter(|s| s.connection == c.name).count(),
                 "child_sas": self.children.list.iter().filter(|s| s.connection == c.name).count(),

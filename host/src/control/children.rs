@@ -57,7 +57,7 @@ pub struct IkeInfo {
     /// NAT detected in front of us, or in front of the peer (RFC 7296 2.23).
     pub nat_local: bool,
     pub nat_remote: bool,
-    /// The tenant the policy put it in ("" for the connection's own).
+    /// The tenant of its connection ("" for none).
     pub tenant: String,
 }
 

@@ -15,19 +15,55 @@ use crate::ops::{Answer, Refusal};
 use crate::sys;
 use crate::wasm::ike::{self, IkeInstance};
 
-/// A route into the TUN device for each remote subnet: traffic without an
-/// SA is then dropped and counted instead of leaving in the clear.
-pub fn routes(tun: &str, source: Option<IpAddr>, remote_ts: &[config::Prefix]) -> Result<()> {
-    for p in remote_ts {
-        let p = p.to_string();
-        let mut args = vec!["route", "replace", p.as_str(), "dev", tun];
-        let src = source.map(|s| s.to_string());
-        if let Some(s) = &src {
-            args.extend(["src", s.as_str()]);
-        }
-        sys::ip(&args).with_context(|| format!("route to {p}"))?;
+/// A routing domain: the daemon's own namespace with `[tunnel]`, or a
+/// tenant's namespace with its TUN device. Index 0 is the daemon's, index
+/// 1 + i is `[[tenant]]` i (`Config::domain_of`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Domain {
+    /// The network namespace (none: the daemon's own).
+    pub netns: Option<String>,
+    /// Its TUN device.
+    pub tun: String,
+    /// The source address set on its routes.
+    pub source: Option<IpAddr>,
+}
+
+impl Domain {
+    /// The domains of a config, in index order.
+    pub fn all(cfg: &Config) -> Vec<Domain> {
+        let own = Domain { netns: None, tun: cfg.tunnel.name.clone(), source: cfg.tunnel.source };
+        let tenants =
+            cfg.tenant.iter().map(|t| Domain { netns: Some(t.netns.clone()), tun: t.tun_name(), source: t.source });
+        std::iter::once(own).chain(tenants).collect()
     }
-    Ok(())
+
+    /// `ip` in this domain's namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        match &self.netns {
+            None => sys::ip(args),
+            Some(ns) => sys::ip(&[&["-n", ns.as_str()], args].concat()),
+        }
+    }
+
+    /// A route into the TUN device for each remote subnet: traffic without
+    /// an SA is then dropped and counted instead of leaving in the clear.
+    pub fn routes(&self, remote_ts: &[config::Prefix]) -> Result<()> {
+        for p in remote_ts {
+            let p = p.to_string();
+            let mut args = vec!["route", "replace", p.as_str(), "dev", self.tun.as_str()];
+            let src = self.source.map(|s| s.to_string());
+            if let Some(s) = &src {
+                args.extend(["src", s.as_str()]);
+            }
+            self.ip(&args).with_context(|| format!("route to {p}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tenant of each connection that has one.
+pub fn tenant_of(connections: &[config::Connection]) -> std::collections::HashMap<String, String> {
+    connections.iter().filter_map(|c| Some((c.name.get_ref().clone(), c.tenant.clone()?))).collect()
 }
 
 /// A step in the history of the IKE guest's connections, replayed in order
@@ -137,9 +173,11 @@ pub struct ReloadContext {
     pub base: std::path::PathBuf,
     /// No raw ESP socket: every tunnel is UDP-encapsulated.
     pub force_encap: bool,
-    /// The TUN device and the source address of its routes.
-    pub tun: String,
-    pub source: Option<IpAddr>,
+    /// The routing domains (index 0 the daemon's, then the tenants').
+    pub domains: Vec<Domain>,
+    /// The `[[tenant]]` sections the daemon started with (a reload cannot
+    /// add or remove tenants yet).
+    pub tenants: Vec<config::Tenant>,
     /// The `[[connection]]` sections now loaded.
     pub sections: Vec<config::Connection>,
 }
@@ -167,15 +205,25 @@ impl ControlPlane {
     /// `esp_component` that is not loaded yet refuses the reload, with
     /// nothing changed. Other sections need a restart.
     pub(super) fn reload(&mut self, now: u64) -> Result<Answer> {
-        // The policy module first: its outcome does not hold up the rest.
-        let policy = self.policy.as_ref().map(|r| match r.reload(std::time::Instant::now()) {
-            Ok(Some(source)) => format!("loaded ({source:?})"),
-            Ok(None) => "unchanged".to_string(),
-            Err(e) => format!("refused, the previous module serves: {e:#}"),
-        });
+        // The policy modules first: their outcome does not hold up the rest.
+        let mut global = None;
+        let mut tenants = serde_json::Map::new();
+        for (tenant, r) in &self.policies {
+            let outcome = match r.reload(std::time::Instant::now()) {
+                Ok(Some(source)) => format!("loaded ({source:?})"),
+                Ok(None) => "unchanged".to_string(),
+                Err(e) => format!("refused, the previous module serves: {e:#}"),
+            };
+            if tenant.is_empty() {
+                global = Some(outcome);
+            } else {
+                tenants.insert(tenant.clone(), outcome.into());
+            }
+        }
         let answer = self.reload_connections(now)?;
         Ok(answer.map(|mut v| {
-            v["policy"] = policy.into();
+            v["policy"] = global.into();
+            v["tenant_policies"] = tenants.into();
             v
         }))
     }
@@ -192,17 +240,24 @@ impl ControlPlane {
         }
         let old = self.reload_ctx.sections.clone();
         let (base, force_encap) = (self.reload_ctx.base.clone(), self.reload_ctx.force_encap);
-        let (tun, source) = (self.reload_ctx.tun.clone(), self.reload_ctx.source);
+        if cfg.tenant != self.reload_ctx.tenants {
+            let msg =
+                "the new config changes [[tenant]] sections: adding, removing or changing a tenant needs a restart";
+            return Ok(Err(Refusal::new(409, msg)));
+        }
+        let domains = self.reload_ctx.domains.clone();
         let gone: Vec<String> =
             old.iter().filter(|o| !cfg.connection.contains(o)).map(|o| o.name.get_ref().clone()).collect();
         let fresh: Vec<&config::Connection> = cfg.connection.iter().filter(|c| !old.contains(c)).collect();
         // Everything that can refuse, before anything changes.
+        // A connection's guest group is its domain's group of its component.
+        let components = self.runtime.esp_groups();
         let mut groups = Vec::new();
         for c in &fresh {
-            let group = match &c.esp_component {
-                None => None,
+            let component = match &c.esp_component {
+                None => Some(0),
                 Some(p) => match old.iter().find(|o| o.esp_component.as_ref() == Some(p)) {
-                    Some(o) => self.children.groups.get(o.name.get_ref()).copied(),
+                    Some(o) => self.children.groups.get(o.name.get_ref()).map(|g| g % components),
                     None => {
                         return Ok(Err(Refusal::new(
                             409,
@@ -215,7 +270,7 @@ impl ControlPlane {
                     }
                 },
             };
-            groups.push(group);
+            groups.push(component.map(|k| cfg.domain_of(c) * components + k));
         }
         // Unchanged connections whose key file changed: the new key, read
         // before anything changes (an unreadable file refuses the reload).
@@ -265,7 +320,7 @@ impl ControlPlane {
                 self.children.groups.insert(name.clone(), g);
             }
             for ch in &c.children {
-                if let Err(e) = routes(&tun, source, &ch.remote_ts) {
+                if let Err(e) = domains[cfg.domain_of(c)].routes(&ch.remote_ts) {
                     warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
                 }
             }
@@ -286,6 +341,7 @@ impl ControlPlane {
         let added = names(&fresh);
         let unchanged: Vec<String> =
             cfg.connection.iter().filter(|c| old.contains(c)).map(|c| c.name.get_ref().clone()).collect();
+        self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
         self.reload_ctx.sections = cfg.connection;
         let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
         Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,

@@ -71,8 +71,9 @@ pub struct ControlPlane {
     pub traps: Vec<Trap>,
     /// The host's view of the CHILD SAs, fed to the data path.
     pub children: Children,
-    /// The policy module's reloader (`wasmsec reload` reloads it too).
-    pub policy: Option<Arc<crate::policy::watch::Reloader>>,
+    /// The policy modules' reloaders, by tenant ("" for `[policy] module`);
+    /// `wasmsec reload` reloads them too.
+    pub policies: Vec<(String, Arc<crate::policy::watch::Reloader>)>,
 }
 
 /// An IKE SA's up or down event, for the policy module's accounting.
@@ -266,7 +267,8 @@ impl ControlPlane {
             *v.child_sas.entry(c.connection.clone()).or_default() += 1;
         }
         v.traffic = self.children.traffic_by_connection();
-        v.policy = self.ike.store.data().policy.as_ref().map(|p| p.stats.snapshot());
+        v.policy = self.ike.store.data().policy.snapshot();
+        v.tenants = self.ike.store.data().policy.tenant_of.iter().map(|(c, t)| (c.clone(), t.clone())).collect();
         let st = self.ike.store.data();
         (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
         Ok(v)
@@ -372,17 +374,17 @@ impl ControlPlane {
             match e {
                 Event::IkeUp(up) => {
                     let st = self.ike.store.data_mut();
-                    let tenant = st.granted.remove(&up.ike_spi).unwrap_or_default();
-                    let policy = st.policy.clone();
+                    // A grant names the connection's tenant (or it is refused),
+                    // so SAs we initiated or rekeyed carry it too.
+                    st.granted.remove(&up.ike_spi);
+                    let tenant = st.policy.for_connection(&up.connection).0.to_string();
                     let info = self.children.ike_up(up, tenant);
-                    if let Some(p) = policy {
-                        p.event(&policy_event(SaEventKind::Up, info));
-                    }
+                    self.ike.store.data().policy.event(&policy_event(SaEventKind::Up, info));
                 }
                 Event::IkeDown((_, spi)) => {
                     let gone = self.children.ike_down(spi);
-                    if let (Some(p), Some(info)) = (&self.ike.store.data().policy, gone) {
-                        p.event(&policy_event(SaEventKind::Down, &info));
+                    if let Some(info) = gone {
+                        self.ike.store.data().policy.event(&policy_event(SaEventKind::Down, &info));
                     }
                 }
                 Event::Log(l) => match l.level {

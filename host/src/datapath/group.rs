@@ -21,6 +21,9 @@ use crate::wasm::esp::{EspInstance, TrafficSelector};
 pub struct Group {
     /// The runtime's index of its ESP component.
     pub component: usize,
+    /// Its routing domain: the index of the TUN device its packets come
+    /// from and go to (0: the daemon's, 1 + i: tenant i's).
+    pub domain: usize,
     /// The instance serving its tunnels.
     pub inst: EspInstance,
     /// The SAs it holds, to install again in a replacement.
@@ -34,9 +37,9 @@ pub struct Group {
 
 impl Group {
     /// The group of component `component` with these SAs, instantiated.
-    pub fn new(rt: &Runtime, component: usize, sas: SaSet) -> Result<Group> {
+    pub fn new(rt: &Runtime, component: usize, domain: usize, sas: SaSet) -> Result<Group> {
         let inst = sas.instantiate(rt, component)?;
-        Ok(Group { component, inst, sas, guard: GuestGuard::default(), suspended_until: None })
+        Ok(Group { component, domain, inst, sas, guard: GuestGuard::default(), suspended_until: None })
     }
 
     /// Give the instance room for `n` packets.
@@ -66,14 +69,21 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// The group an outbound packet belongs to: the first whose SAs' selectors
-    /// take it, else group 0 (whose guest then drops it: no policy).
-    pub fn route_out(&self, packet: &[u8]) -> usize {
-        if self.list.len() < 2 {
-            return 0;
+    /// The group an outbound packet from domain `domain`'s TUN device
+    /// belongs to: among that domain's groups only (a tenant's packet never
+    /// meets another tenant's SAs, whatever its addresses), the first whose
+    /// SAs' selectors take it, else the domain's first group (whose guest
+    /// then drops it: no policy).
+    pub fn route_out(&self, domain: usize, packet: &[u8]) -> usize {
+        let first = self.list.iter().position(|g| g.domain == domain).unwrap_or(0);
+        if self.list.get(first + 1).is_none_or(|g| g.domain != domain) {
+            return first;
         }
-        let Ok(s) = Selectors::parse(packet) else { return 0 };
-        self.list.iter().position(|g| g.sends(&s)).unwrap_or(0)
+        let Ok(s) = Selectors::parse(packet) else { return first };
+        (first..self.list.len())
+            .take_while(|&i| self.list[i].domain == domain)
+            .find(|&i| self.list[i].sends(&s))
+            .unwrap_or(first)
     }
 
     /// The group an inbound ESP packet belongs to, by its SPI (group 0 for

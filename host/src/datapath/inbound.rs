@@ -57,6 +57,7 @@ impl Loop {
 
     /// Deliver what group `g`'s guest opened; count the rest.
     fn act_inbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<DecapVerdict>) {
+        let domain = self.groups.list[g].domain;
         let st = self.groups.list[g].inst.store.data_mut();
         let mut lies = 0;
         for (k, ((p, mark), v)) in st.batch.iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
@@ -76,7 +77,11 @@ impl Loop {
                         follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                     }
                     p.truncate(len as usize);
-                    match self.tun.send(p.data()) {
+                    let Some(tun) = self.tuns.get(domain) else {
+                        stats::inc(&self.stats.tx_errors);
+                        continue;
+                    };
+                    match tun.send(p.data()) {
                         Ok(_) => stats::inc(&self.stats.tun_tx_packets),
                         Err(e) => {
                             debug!(error = %e, "TUN write failed");

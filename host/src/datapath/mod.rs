@@ -90,8 +90,9 @@ pub struct Loop {
     pub runtime: Arc<Runtime>,
     /// The guest groups of this direction and the SPIs they hold.
     pub groups: Groups,
-    /// This thread's queue of the TUN device.
-    pub tun: Tun,
+    /// This thread's queue of each routing domain's TUN device (index 0:
+    /// the daemon's, 1 + i: tenant i's; see `Group::domain`).
+    pub tuns: Vec<Tun>,
     /// Port 4500: ESP in UDP and IKE after NAT detection.
     pub udp: UdpSocket,
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
@@ -115,6 +116,8 @@ pub struct Loop {
     pub sources: Vec<Option<(u32, SocketAddrV4)>>,
     /// The batch as read, before it is lent to the groups' instances.
     pub staging: Vec<PacketBuf>,
+    /// Outbound thread: the domain each staged packet was read from.
+    pub from_domain: Vec<usize>,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
 }

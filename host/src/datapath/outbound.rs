@@ -20,30 +20,27 @@ const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
 impl Loop {
     /// Run until the daemon stops.
     pub fn run_outbound(mut self) {
-        let mut fds = vec![self.tun.as_raw_fd()];
-        fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
+        // Order in `fds`: the inbox, then each domain's TUN device.
+        let mut fds: Vec<i32> = vec![self.inbox.as_ref().map_or(-1, AsRawFd::as_raw_fd)];
+        fds.extend(self.tuns.iter().map(AsRawFd::as_raw_fd));
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
-            match sys::poll_readable(&fds, POLL_MS) {
-                Ok(r) => {
-                    if r.get(1) == Some(&true) {
-                        self.apply_commands();
-                    }
-                    if !r[0] {
-                        continue;
-                    }
-                }
+            let ready = match sys::poll_readable(&fds, POLL_MS) {
+                Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "poll on TUN failed");
                     continue;
                 }
+            };
+            if ready[0] {
+                self.apply_commands();
             }
-            let n = self.read_tun();
-            for (slot, p) in slots.iter_mut().zip(&self.staging[..n]) {
-                *slot = self.groups.route_out(p.data());
+            let n = self.read_tuns(&ready[1..]);
+            for ((slot, p), &d) in slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain) {
+                *slot = self.groups.route_out(d, p.data());
             }
             for g in 0..self.groups.list.len() {
                 let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
@@ -60,6 +57,9 @@ impl Loop {
 
     /// Send what group `g`'s guest sealed; count the rest.
     fn act_outbound(&mut self, g: usize, verdicts: Vec<EncapVerdict>, last_acquire: &mut Instant) {
+        // Only the daemon's own domain has `trap` connections: a tenant's
+        // traffic never starts a negotiation of another domain's.
+        let may_acquire = self.groups.list[g].domain == 0;
         let st = self.groups.list[g].inst.store.data();
         let mut lies = 0;
         for ((p, mark), v) in st.batch.iter().zip(&st.marks).zip(verdicts) {
@@ -81,6 +81,7 @@ impl Loop {
                     self.stats.out_drop(r);
                     // Traffic without an SA may start a `trap` connection.
                     if r == DropReason::NoPolicy
+                        && may_acquire
                         && last_acquire.elapsed() > ACQUIRE_INTERVAL
                         && let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data()))
                     {
@@ -93,19 +94,24 @@ impl Loop {
         self.protocol_errors(g, "outbound", lies);
     }
 
-    /// Read up to a batch of inner packets from the TUN device.
-    fn read_tun(&mut self) -> usize {
+    /// Read up to a batch of inner packets from the ready TUN devices,
+    /// noting each one's domain.
+    fn read_tuns(&mut self, ready: &[bool]) -> usize {
         let mut n = 0;
-        while n < self.staging.len() {
-            match self.tun.recv(self.staging[n].recv_area()) {
-                Ok(len) => {
-                    self.staging[n].set_received(len);
-                    n += 1;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    warn!(error = %e, "TUN read failed");
-                    break;
+        self.from_domain.clear();
+        for (d, tun) in self.tuns.iter().enumerate().filter(|(d, _)| ready.get(*d) == Some(&true)) {
+            while n < self.staging.len() {
+                match tun.recv(self.staging[n].recv_area()) {
+                    Ok(len) => {
+                        self.staging[n].set_received(len);
+                        self.from_domain.push(d);
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        warn!(error = %e, domain = d, "TUN read failed");
+                        break;
+                    }
                 }
             }
         }

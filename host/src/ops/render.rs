@@ -195,6 +195,11 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     );
 }
 
+/// The labels of a series by connection: the connection and its tenant.
+fn by_conn<'a>(v: &'a IkeView, conn: &'a str) -> [(&'static str, &'a str); 2] {
+    [("connection", conn), ("tenant", v.tenants.get(conn).map_or("", String::as_str))]
+}
+
 /// The IKE side.
 fn ike(s: &mut Scrape, v: &IkeView) {
     for (i, (d, &n)) in IKE_COUNTERS.iter().zip(&v.counters).enumerate() {
@@ -206,11 +211,11 @@ fn ike(s: &mut Scrape, v: &IkeView) {
             for (conn, rows) in &v.by_connection {
                 let m = rows.get(i).copied().unwrap_or(0);
                 rest = rest.saturating_sub(m);
-                let l: Vec<(&str, &str)> = [("connection", conn.as_str())].into_iter().chain(d.label).collect();
+                let l: Vec<(&str, &str)> = by_conn(v, conn).into_iter().chain(d.label).collect();
                 s.counter(d.name, d.help, &l, m);
             }
             if rest > 0 || v.by_connection.is_empty() {
-                let l: Vec<(&str, &str)> = [("connection", "")].into_iter().chain(d.label).collect();
+                let l: Vec<(&str, &str)> = by_conn(v, "").into_iter().chain(d.label).collect();
                 s.counter(d.name, d.help, &l, rest);
             }
         } else if d.counter {
@@ -220,30 +225,36 @@ fn ike(s: &mut Scrape, v: &IkeView) {
         }
     }
     for ((conn, state), &n) in &v.ike_sas {
-        let labels = [("connection", conn.as_str()), ("state", state)];
-        s.gauge("wasmsec_ike_sas", "IKE_SAs, by connection and state.", &labels, n);
+        let [c, t] = by_conn(v, conn);
+        s.gauge("wasmsec_ike_sas", "IKE_SAs, by connection and state.", &[c, t, ("state", state)], n);
     }
     for (conn, &n) in &v.child_sas {
-        s.gauge("wasmsec_child_sas", "Installed CHILD_SAs, by connection.", &[("connection", conn.as_str())], n);
+        s.gauge("wasmsec_child_sas", "Installed CHILD_SAs, by connection.", &by_conn(v, conn), n);
     }
     for (conn, t) in &v.traffic {
-        let c = conn.as_str();
+        let [c, tenant] = by_conn(v, conn);
         let p = "ESP packets carried by the connection's CHILD SAs (opened and delivered, or sealed and sent).";
         let b = "ESP bytes carried by the connection's CHILD SAs (ESP header to ICV).";
         for (dir, packets, bytes) in [("in", t[0], t[1]), ("out", t[2], t[3])] {
-            s.counter("wasmsec_sa_packets_total", p, &[("connection", c), ("direction", dir)], packets);
-            s.counter("wasmsec_sa_bytes_total", b, &[("connection", c), ("direction", dir)], bytes);
+            s.counter("wasmsec_sa_packets_total", p, &[c, tenant, ("direction", dir)], packets);
+            s.counter("wasmsec_sa_bytes_total", b, &[c, tenant, ("direction", dir)], bytes);
         }
     }
-    if let Some([accepted, rejected, failed, swaps, refused]) = v.policy {
+    for (tenant, [accepted, rejected, failed, swaps, refused]) in &v.policy {
         const D: &str = "wasmsec_policy_decisions_total";
-        let help = "Policy decisions on authenticated peers, by outcome (failed: trap, timeout or an answer the host refused; counted as rejects).";
+        let t = ("tenant", tenant.as_str());
+        let help = "Policy decisions on authenticated peers, by tenant (\"\": [policy] module) and outcome (failed: trap, timeout or an answer the host refused; counted as rejects).";
         for (outcome, n) in [("accepted", accepted), ("rejected", rejected), ("failed", failed)] {
-            s.counter(D, help, &[("outcome", outcome)], n);
+            s.counter(D, help, &[t, ("outcome", outcome)], *n);
         }
-        s.counter("wasmsec_policy_swaps_total", "Policy modules put in service (start and reloads).", &[], swaps);
-        let help = "Policy modules refused at load (not a component, imports, self-test failed); the previous one kept serving.";
-        s.counter("wasmsec_policy_refused_total", help, &[], refused);
+        s.counter(
+            "wasmsec_policy_swaps_total",
+            "Policy modules put in service (start and reloads), by tenant.",
+            &[t],
+            *swaps,
+        );
+        let help = "Policy modules refused at load (not a component, imports, self-test failed), by tenant; the previous one kept serving.";
+        s.counter("wasmsec_policy_refused_total", help, &[t], *refused);
     }
     s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
     let help = "Peak linear memory of a guest instance, bytes.";
@@ -279,21 +290,27 @@ mod tests {
             counters: (0..IKE_COUNTERS.len() as u64).collect(),
             by_connection: [("gw".to_string(), vec![1; IKE_COUNTERS.len()])].into(),
             vault_secrets: 3,
-            policy: Some([5, 4, 3, 2, 1]),
+            policy: vec![(String::new(), [5, 4, 3, 2, 1]), ("blue".to_string(), [1, 0, 0, 1, 0])],
+            tenants: [("gw".to_string(), "blue".to_string())].into(),
             guest_memory_peak: 65536,
         };
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
-        assert!(text.contains("wasmsec_child_sas{connection=\"gw\"} 2"), "{text}");
-        assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\"} 3"), "{text}");
-        assert!(text.contains("wasmsec_ike_sas{connection=\"gw\",state=\"half_open\"} 1"), "{text}");
-        assert!(text.contains("wasmsec_sa_bytes_total{connection=\"gw\",direction=\"out\"} 200"), "{text}");
+        assert!(text.contains("wasmsec_child_sas{connection=\"gw\",tenant=\"blue\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\",tenant=\"\"} 3"), "{text}");
+        assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"accepted\",tenant=\"blue\"} 1"), "{text}");
+        assert!(text.contains("wasmsec_ike_sas{connection=\"gw\",state=\"half_open\",tenant=\"blue\"} 1"), "{text}");
+        assert!(
+            text.contains("wasmsec_sa_bytes_total{connection=\"gw\",direction=\"out\",tenant=\"blue\"} 200"),
+            "{text}"
+        );
         assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");
         // By connection, with what no connection counted under connection="".
         let auth = IKE_COUNTERS.iter().position(|d| d.label == Some(("reason", "authentication"))).unwrap();
         let failed = "wasmsec_ike_negotiation_failures_total";
-        assert!(text.contains(&format!("{failed}{{connection=\"gw\",reason=\"authentication\"}} 1\n")), "{text}");
-        let rest = format!("{failed}{{connection=\"\",reason=\"authentication\"}} {}\n", auth - 1);
+        let gw = format!("{failed}{{connection=\"gw\",reason=\"authentication\",tenant=\"blue\"}} 1\n");
+        assert!(text.contains(&gw), "{text}");
+        let rest = format!("{failed}{{connection=\"\",reason=\"authentication\",tenant=\"\"}} {}\n", auth - 1);
         assert!(text.contains(&rest), "{text}");
         let last = IKE_COUNTERS.len() - 1;
         assert!(text.contains(&format!("wasmsec_ike_half_open_sas {last}\n")), "{text}");

@@ -75,9 +75,12 @@ pub struct IkeView {
     /// Each connection's negotiation counters, in the same order (only
     /// the rows marked `by_connection` are meaningful).
     pub by_connection: BTreeMap<String, Vec<u64>>,
-    /// The policy module's decisions [accepted, rejected, failed], swaps
-    /// and refused loads (None: no `[policy] module`).
-    pub policy: Option<[u64; 5]>,
+    /// Each policy module's decisions [accepted, rejected, failed], swaps
+    /// and refused loads, by tenant ("" for `[policy] module`).
+    pub policy: Vec<(String, [u64; 5])>,
+    /// The tenant of each connection that has one (a `tenant` label on
+    /// every series labelled by connection; "" for none).
+    pub tenants: BTreeMap<String, String>,
     /// Secrets held in the host's vault for the IKE guest.
     pub vault_secrets: u64,
     /// The IKE guest's peak linear memory, bytes.

@@ -12,6 +12,7 @@
 pub mod cases;
 pub mod watch;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -59,11 +60,13 @@ impl PolicySlot {
         self.stats.swaps.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The decision for an authenticated peer. Never fails: anything but a
-    /// well-formed accept from the module is a reject.
-    pub fn authorize(&self, request: &AuthorizeRequest) -> Decision {
+    /// The decision for an authenticated peer of a connection of
+    /// `tenant` ("" for the daemon's own). Never fails: anything but a
+    /// well-formed accept from the module is a reject. An accept names the
+    /// connection's tenant or none (which means the connection's).
+    pub fn authorize(&self, request: &AuthorizeRequest, tenant: &str) -> Decision {
         let Some(m) = self.current() else {
-            return Decision::Accept(Grant { tenant: String::new() });
+            return Decision::Accept(Grant { tenant: tenant.to_string() });
         };
         let answer = m.authorize(request);
         if m.first_decision() {
@@ -72,10 +75,15 @@ impl PolicySlot {
                   "first peer decision by this policy module");
         }
         let d = match answer {
-            // Tenants are not configured yet: only the connection's own.
-            Ok(Decision::Accept(g)) if !g.tenant.is_empty() => {
-                Err(format!("policy named tenant {:?}, which is not configured", g.tenant))
-            }
+            // A peer lands in the routing domain of the connection it came
+            // in on; moving it to another tenant's is not supported.
+            Ok(Decision::Accept(g)) if !g.tenant.is_empty() && g.tenant != tenant => Err(format!(
+                "policy named tenant {:?}, but connection {:?} belongs to {}",
+                g.tenant,
+                request.connection,
+                if tenant.is_empty() { "no tenant".to_string() } else { format!("tenant {tenant:?}") }
+            )),
+            Ok(Decision::Accept(_)) => Ok(Decision::Accept(Grant { tenant: tenant.to_string() })),
             Ok(d) => Ok(d),
             Err(e) => Err(format!("policy module failed: {e:#}")),
         };
@@ -105,5 +113,47 @@ impl PolicySlot {
         {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Which module decides for which connection: its tenant's module if the
+/// tenant has one, else the daemon's `[policy] module`, else accept.
+#[derive(Default)]
+pub struct Policies {
+    /// `[policy] module`.
+    pub global: Option<Arc<PolicySlot>>,
+    /// Each tenant's module, by tenant name.
+    pub tenants: BTreeMap<String, Arc<PolicySlot>>,
+    /// The tenant of each connection that has one (kept by reloads).
+    pub tenant_of: HashMap<String, String>,
+}
+
+impl Policies {
+    /// The tenant of `connection` ("" for none) and the module that decides for it.
+    pub fn for_connection(&self, connection: &str) -> (&str, Option<&Arc<PolicySlot>>) {
+        let tenant = self.tenant_of.get(connection).map_or("", String::as_str);
+        (tenant, self.tenants.get(tenant).or(self.global.as_ref()))
+    }
+
+    /// The decision for an authenticated peer (see [`PolicySlot::authorize`]).
+    pub fn authorize(&self, request: &AuthorizeRequest) -> Decision {
+        match self.for_connection(&request.connection) {
+            (tenant, Some(slot)) => slot.authorize(request, tenant),
+            (tenant, None) => Decision::Accept(Grant { tenant: tenant.to_string() }),
+        }
+    }
+
+    /// Tell the module that decided for the SA's connection.
+    pub fn event(&self, e: &SaEvent) {
+        if let (_, Some(slot)) = self.for_connection(&e.connection) {
+            slot.event(e);
+        }
+    }
+
+    /// Each module's counters ([`PolicyStats::snapshot`]) by tenant ("" for
+    /// `[policy] module`).
+    pub fn snapshot(&self) -> Vec<(String, [u64; 5])> {
+        let global = self.global.iter().map(|g| (String::new(), g.stats.snapshot()));
+        global.chain(self.tenants.iter().map(|(t, s)| (t.clone(), s.stats.snapshot()))).collect()
     }
 }

@@ -50,8 +50,8 @@ pub struct IkeState {
     /// The engine's latest checkpoint of each established IKE SA, by our
     /// SPI: what a replacement instance starts from.
     pub checkpoints: BTreeMap<u64, Vec<u8>>,
-    /// The policy module that authorizes peers (none: accept).
-    pub policy: Option<Arc<crate::policy::PolicySlot>>,
+    /// The policy modules that authorize peers, by connection (none: accept).
+    pub policy: crate::policy::Policies,
     /// The tenant each IKE SA was authorized for, by our SPI, until the
     /// control plane takes it with the SA's up event.
     pub granted: HashMap<u64, String>,
@@ -76,7 +76,7 @@ impl IkeState {
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
             refusals: 0,
-            policy: None,
+            policy: Default::default(),
             granted: HashMap::new(),
         }
     }
@@ -421,11 +421,8 @@ impl b::wasmsec::ike::authorizer::Host for IkeState {
         ike_spi: u64,
         request: super::bindings::policy::wasmsec::policy::types::AuthorizeRequest,
     ) -> super::bindings::policy::wasmsec::policy::types::Decision {
-        use super::bindings::policy::wasmsec::policy::types::{Decision, Grant};
-        let d = match &self.policy {
-            Some(p) => p.authorize(&request),
-            None => Decision::Accept(Grant { tenant: String::new() }),
-        };
+        use super::bindings::policy::wasmsec::policy::types::Decision;
+        let d = self.policy.authorize(&request);
         // Bounded: one entry per IKE SA being authorized, taken at its up
         // event; a guest that asks without ever bringing SAs up cannot
         // grow it past the cap.

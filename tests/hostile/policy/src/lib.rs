@@ -42,6 +42,11 @@ impl Guest for Hostile {
         if id.starts_with("reject.") {
             return Decision::Reject(format!("{id} is refused by the hostile test policy"));
         }
+        // `tenant-NAME.*`: puts the peer in tenant NAME, whatever its
+        // connection (the host allows only the connection's own tenant).
+        if let Some(rest) = id.strip_prefix("tenant-") {
+            return Decision::Accept(Grant { tenant: rest.split('.').next().unwrap_or("").to_string() });
+        }
         Decision::Accept(Grant { tenant: String::new() })
     }
 
