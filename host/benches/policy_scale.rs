@@ -43,7 +43,7 @@ fn main() {
     let file = tmp.join("policy.wasm");
     std::fs::copy(dir.join("policy-allow-list.wasm"), &file).unwrap();
     let slot = Arc::new(PolicySlot::default());
-    let r = Reloader::new(slot.clone(), rt.policy_engine().clone(), file, None);
+    let r = Reloader::new(slot.clone(), rt.policy_engines().clone(), file, None);
     r.reload(Instant::now()).expect("the allow-list loads");
     let module = slot.current().unwrap();
     let req = request();

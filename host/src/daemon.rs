@@ -285,7 +285,7 @@ fn policies(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result
     let mut out = Vec::new();
     for (tenant, key, module) in modules {
         let r =
-            Arc::new(Reloader::new(Arc::default(), runtime.policy_engine().clone(), base.join(module), cache.clone()));
+            Arc::new(Reloader::new(Arc::default(), runtime.policy_engines().clone(), base.join(module), cache.clone()));
         r.reload(std::time::Instant::now()).with_context(|| format!("{key} = {:?}", module.display()))?;
         if cfg.policy.watch {
             crate::policy::watch::spawn(r.clone())?;
@@ -349,11 +349,11 @@ pub fn check_policy(cfg: &Config, base: &Path) -> Result<Option<(usize, usize)>>
     if modules.is_empty() {
         return Ok(None);
     }
-    let (engine, stop) = crate::wasm::policy::standalone_engine()?;
+    let (engines, stop) = crate::wasm::policy::standalone_engines()?;
     let mut cases = 0;
     let mut result = Ok(());
     for (_, key, module) in &modules {
-        let r = Reloader::new(Arc::default(), engine.clone(), base.join(module), None);
+        let r = Reloader::new(Arc::default(), engines.clone(), base.join(module), None);
         if let Err(e) = r.reload(std::time::Instant::now()) {
             result = Err(e).with_context(|| format!("{key} = {:?}", module.display()));
             break;

@@ -32,7 +32,7 @@ fn modules_are_checked_before_they_serve() {
     let cache = wasmsec::wasm::policy::cache_dir(&tmp.join("cache")).unwrap();
     let file = tmp.join("policy.wasm");
     let slot = Arc::new(PolicySlot::default());
-    let r = Reloader::new(slot.clone(), rt.policy_engine().clone(), file.clone(), Some(cache));
+    let r = Reloader::new(slot.clone(), rt.policy_engines().clone(), file.clone(), Some(cache));
 
     // No module yet: everyone is accepted.
     assert!(matches!(slot.authorize(&request("evil.example", "10.0.0.0/8"), ""), Decision::Accept(_)));
@@ -92,7 +92,7 @@ fn a_grant_cannot_name_another_tenant() {
     let file = tmp.join("hostile.wasm");
     std::fs::copy(dir.join("hostile-policy.wasm"), &file).expect("hostile-policy.wasm (run `cargo xtask guests`)");
     let slot = Arc::new(PolicySlot::default());
-    Reloader::new(slot.clone(), rt.policy_engine().clone(), file, None).reload(Instant::now()).unwrap();
+    Reloader::new(slot.clone(), rt.policy_engines().clone(), file, None).reload(Instant::now()).unwrap();
     let named = request("tenant-blue.example", "10.0.0.0/24");
     match slot.authorize(&named, "blue") {
         Decision::Accept(g) => assert_eq!(g.tenant, "blue"),

@@ -296,6 +296,12 @@ fn strongswan() -> Vec<Finding> {
 fn test_checks() -> Vec<Finding> {
     let mut v = vec![
         tool("python3", "python3", &["--version"], "python3"),
+        tool(
+            "python3 venv (componentize-py is installed into one)",
+            "python3",
+            &["-c", "import venv, ensurepip"],
+            "python3-venv",
+        ),
         tool("nft", "nft", &["--version"], "nftables"),
         tool("conntrack", "conntrack", &["--version"], "conntrack"),
         tool("iperf3", "iperf3", &["--version"], "iperf3"),

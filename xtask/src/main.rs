@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 mod build;
 mod doctor;
 mod packages;
+mod python;
 
 use packages::Group;
 
@@ -26,7 +27,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo xtask <build|guests|demo|test|bench|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
-         \n  guests           only the wasm components, and the tests' hostile ones (into $WASMSEC_COMPONENTS if set)\
+         \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
          \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
          \n  bench            build, then the ESP data-path benchmark\
@@ -102,6 +103,7 @@ fn guests_cmd() -> Result<bool> {
     }
     build::guests()?;
     build::hostile_guests()?;
+    python::policies()?;
     Ok(true)
 }
 
@@ -151,6 +153,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
     let harness_missing = shared_harness_missing()?;
     build::all_for_tests()?;
     build::hostile_guests()?;
+    python::policies()?;
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {

@@ -18,15 +18,20 @@ pub struct Reloader {
     pub slot: Arc<PolicySlot>,
     pub file: PathBuf,
     pub cache: Option<PathBuf>,
-    engine: wasmtime::Engine,
+    engines: crate::wasm::PolicyEngines,
     /// The hash last tried (served or refused): an event that leaves the
     /// bytes as they were does nothing.
     last: Mutex<Option<String>>,
 }
 
 impl Reloader {
-    pub fn new(slot: Arc<PolicySlot>, engine: wasmtime::Engine, file: PathBuf, cache: Option<PathBuf>) -> Reloader {
-        Reloader { slot, file, cache, engine, last: Mutex::new(None) }
+    pub fn new(
+        slot: Arc<PolicySlot>,
+        engines: crate::wasm::PolicyEngines,
+        file: PathBuf,
+        cache: Option<PathBuf>,
+    ) -> Reloader {
+        Reloader { slot, file, cache, engines, last: Mutex::new(None) }
     }
 
     /// Load the file and swap it in if it passes; `noticed` is when the
@@ -47,7 +52,7 @@ impl Reloader {
             }
             *last = Some(hex);
         }
-        let checked = load(&self.engine, &self.file, self.cache.as_deref(), noticed).and_then(|(served, source)| {
+        let checked = load(&self.engines, &self.file, self.cache.as_deref(), noticed).and_then(|(served, source)| {
             let n = check_cases(&served, &self.file)?;
             Ok((served, source, n))
         });

@@ -12,6 +12,7 @@ pub mod esp;
 pub mod ike;
 pub mod policy;
 pub(crate) mod sandbox;
+pub use sandbox::PolicyEngines;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -58,8 +59,9 @@ pub struct Runtime {
     esp: Vec<esp::EspPre>,
     /// The IKE component, compiled and linked (None: not loaded).
     ike: Option<ike::IkePre>,
-    /// The engine policy modules run in (a pool of many small slots).
-    policy_engine: Engine,
+    /// The engines policy modules run in (a pool of many small slots, and
+    /// one for modules with a language runtime).
+    policy_engines: sandbox::PolicyEngines,
     /// Set on drop to stop the epoch ticker thread.
     stop_ticker: Arc<AtomicBool>,
 }
@@ -88,14 +90,19 @@ impl Runtime {
             Some(p) => Some(ike::IkePre::load(&engine, &load(&engine, p, "IKE")?)?),
             None => None,
         };
-        let policy_engine = sandbox::policy_engine()?;
-        let stop_ticker = sandbox::start_epoch_ticker(&[&engine, &policy_engine])?;
-        Ok(Runtime { engine, esp, ike, policy_engine, stop_ticker })
+        let policy_engines = sandbox::PolicyEngines::new()?;
+        let stop_ticker = sandbox::start_epoch_ticker(&[&engine, &policy_engines.small, &policy_engines.runtime])?;
+        Ok(Runtime { engine, esp, ike, policy_engines, stop_ticker })
     }
 
-    /// The wasmtime engine policy modules are compiled for.
+    /// The wasmtime engine small policy modules (no imports) are compiled for.
     pub fn policy_engine(&self) -> &Engine {
-        &self.policy_engine
+        &self.policy_engines.small
+    }
+
+    /// The engines policy modules are compiled for.
+    pub fn policy_engines(&self) -> &sandbox::PolicyEngines {
+        &self.policy_engines
     }
 
     /// A fresh IKE instance in its own store, with its secrets in `vault`

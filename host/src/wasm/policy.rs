@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
+use super::PolicyEngines;
 pub use super::bindings::policy::wasmsec::policy::types::{
     AuthMethod, AuthorizeRequest, Decision, Grant, IdKind, Identity, SaEvent, SaEventKind,
 };
@@ -23,9 +24,65 @@ use super::sandbox::{self, GuestLimits, Limited};
 /// retransmission timer.
 pub const POLICY_CALL_DEADLINE_TICKS: u64 = 5;
 
-/// A policy instance's store data: only its limits (it has no imports).
+/// A policy instance's store data: its limits, and for a module built
+/// with WASI imports a WASI context that grants nothing ([`no_wasi`]).
 pub struct PolicyState {
     limits: GuestLimits,
+    wasi: Option<Box<NoWasi>>,
+}
+
+/// What a module with WASI imports gets behind them.
+pub struct NoWasi {
+    ctx: wasmtime_wasi::WasiCtx,
+    table: wasmtime_wasi::ResourceTable,
+}
+
+/// A WASI context with nothing granted: no preopened directory (every
+/// path fails), no sockets (TCP, UDP and name lookup refused, no address
+/// allowed), no environment, no arguments, empty stdin, stdout and stderr
+/// discarded, and clocks frozen at zero: a decision may not depend on the
+/// time or leak anything out. Only randomness is real (CPython seeds its
+/// hashes with it; it reveals nothing).
+fn no_wasi() -> NoWasi {
+    let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock);
+    NoWasi { ctx: b.build(), table: wasmtime_wasi::ResourceTable::new() }
+}
+
+/// A clock that always says zero.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl wasmtime_wasi::WasiView for PolicyState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        // Stores of modules linked with WASI are made with a context
+        // ([`Served::new_instance`]); the others have no WASI import to
+        // get here through. A missing one is a host bug, not guest input.
+        let w = self.wasi.get_or_insert_with(|| Box::new(no_wasi()));
+        wasmtime_wasi::WasiCtxView { ctx: &mut w.ctx, table: &mut w.table }
+    }
 }
 
 impl Limited for PolicyState {
@@ -41,6 +98,9 @@ pub struct Served {
     pub hash: String,
     pre: PolicyPre<PolicyState>,
     engine: wasmtime::Engine,
+    /// It imports WASI (it embeds a language runtime): it runs in the
+    /// runtime engine with [`no_wasi`] behind its imports.
+    pub with_wasi: bool,
     /// The live instance (None after a trap: instantiated again on the next call).
     instance: Mutex<Option<PolicyInstance>>,
     /// When its file change was noticed (for the swap-to-first-decision time).
@@ -72,7 +132,11 @@ impl PolicyInstance {
 impl Served {
     /// A fresh instance of the module in a store of its own.
     pub fn new_instance(&self) -> Result<PolicyInstance> {
-        let mut store = sandbox::new_store(&self.engine, PolicyState { limits: sandbox::policy_store_limits() });
+        let state = match self.with_wasi {
+            false => PolicyState { limits: sandbox::policy_store_limits(), wasi: None },
+            true => PolicyState { limits: sandbox::runtime_policy_store_limits(), wasi: Some(Box::new(no_wasi())) },
+        };
+        let mut store = sandbox::new_store(&self.engine, state);
         store.set_epoch_deadline(POLICY_CALL_DEADLINE_TICKS);
         let bindings =
             self.pre.instantiate(&mut store).map_err(|e| anyhow::anyhow!("instantiating the policy module: {e}"))?;
@@ -113,10 +177,10 @@ impl Served {
 /// A policy engine of its own with its epoch ticker running (for
 /// `wasmsec check-config`: the daemon's comes with its `Runtime`); the
 /// ticker stops when the flag is set.
-pub fn standalone_engine() -> Result<(Engine, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
-    let engine = sandbox::policy_engine()?;
-    let stop = sandbox::start_epoch_ticker(&[&engine])?;
-    Ok((engine, stop))
+pub fn standalone_engines() -> Result<(PolicyEngines, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    let engines = PolicyEngines::new()?;
+    let stop = sandbox::start_epoch_ticker(&[&engines.small, &engines.runtime])?;
+    Ok((engines, stop))
 }
 
 /// How the module came to be compiled.
@@ -172,28 +236,61 @@ pub fn cache_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// Does the component import WASI (at its top level)? Such a module
+/// embeds a language runtime and is linked with [`no_wasi`] in the
+/// runtime engine; any other import refuses it at link time.
+fn imports_wasi(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. } | wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Ok(wasmparser::Payload::ComponentImportSection(imports)) if depth == 0 => {
+                if imports.into_iter().flatten().any(|i| i.name.name.starts_with("wasi:")) {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            // Not parseable: compiling says why.
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Load and check the module in `file`; `noticed` is when its change was
 /// seen. On success it is ready to swap in.
-pub fn load(engine: &Engine, file: &Path, cache: Option<&Path>, noticed: Instant) -> Result<(Served, Source)> {
+pub fn load(engines: &PolicyEngines, file: &Path, cache: Option<&Path>, noticed: Instant) -> Result<(Served, Source)> {
     let len = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
     if len > MAX_MODULE_BYTES {
         bail!("{} bytes, more than the {MAX_MODULE_BYTES} a policy module may have", len);
     }
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let hash = sha256_hex(&bytes);
+    let with_wasi = imports_wasi(&bytes);
+    let engine = if with_wasi { &engines.runtime } else { &engines.small };
     let (component, source) = compile(engine, &bytes, &hash, cache)?;
-    // Nothing in the linker: a module that imports anything (WASI, a
-    // clock, sockets) does not link.
-    let linker = Linker::<PolicyState>::new(engine);
+    let mut linker = Linker::<PolicyState>::new(engine);
+    if with_wasi {
+        // WASI with nothing granted behind it (`no_wasi`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    }
+    // Otherwise nothing in the linker: a module that imports anything
+    // else (a clock, sockets, the host's crypto) does not link.
     let pre = linker.instantiate_pre(&component).and_then(PolicyPre::new).map_err(|e| {
         let imports: Vec<String> = component.component_type().imports(engine).map(|(n, _)| n.to_string()).collect();
-        anyhow::anyhow!("a policy module may import nothing, this one imports {}: {e}", imports.join(", "))
+        let may = if with_wasi { "only WASI" } else { "nothing" };
+        anyhow::anyhow!("a policy module may import {may}, this one imports {}: {e}", imports.join(", "))
     })?;
     let served = Served {
         file: file.to_path_buf(),
         hash,
         pre,
         engine: engine.clone(),
+        with_wasi,
         instance: Mutex::new(None),
         noticed,
         first_decided: AtomicBool::new(false),

@@ -1,5 +1,6 @@
 //! The sandbox every guest runs in: the wasmtime engine's configuration
-//! (pooling allocator, epoch interruption, no WASI), a memory cap per store
+//! (pooling allocator, epoch interruption, no WASI but for the policy
+//! modules built with it, which get nothing behind it), a memory cap per store
 //! and a deadline per call.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,9 +75,46 @@ pub(crate) fn policy_engine() -> Result<Engine> {
     Engine::new(&config).context("configuring wasmtime for policy modules")
 }
 
+/// Memory a policy module built with WASI imports may grow to: such a
+/// module embeds a language runtime (CPython, for componentize-py).
+pub(crate) const RUNTIME_POLICY_MEMORY_LIMIT: usize = 256 << 20;
+
+/// The engine for policy modules that embed a language runtime and
+/// import WASI (which they get with nothing granted, see
+/// `crate::wasm::policy`): instances of tens of MiB, a few per process, so
+/// allocated on demand with their memory image mapped copy-on-write.
+pub(crate) fn runtime_policy_engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true).wasm_component_model(true);
+    Engine::new(&config).context("configuring wasmtime for policy modules with a runtime")
+}
+
+/// The engines policy modules run in: `small` for modules that import
+/// nothing (the pool sized for thousands of tenants), `runtime` for those
+/// built with WASI imports.
+#[derive(Clone)]
+pub struct PolicyEngines {
+    pub small: Engine,
+    pub runtime: Engine,
+}
+
+impl PolicyEngines {
+    pub(crate) fn new() -> Result<PolicyEngines> {
+        Ok(PolicyEngines { small: policy_engine()?, runtime: runtime_policy_engine()? })
+    }
+}
+
 /// A policy store's limits.
 pub(crate) fn policy_store_limits() -> GuestLimits {
     GuestLimits { limits: StoreLimitsBuilder::new().memory_size(POLICY_MEMORY_LIMIT).instances(4).build(), peak: 0 }
+}
+
+/// The limits of a policy module with a runtime (its runtime is made of
+/// several core modules, each with its memory and tables).
+pub(crate) fn runtime_policy_store_limits() -> GuestLimits {
+    let limits =
+        StoreLimitsBuilder::new().memory_size(RUNTIME_POLICY_MEMORY_LIMIT).instances(64).memories(64).tables(64);
+    GuestLimits { limits: limits.build(), peak: 0 }
 }
 
 /// A store's limits (memory and instances), and the most linear memory its
