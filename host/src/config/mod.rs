@@ -170,6 +170,14 @@ impl Config {
     }
 
     fn validate_tenants(&self) -> Result<(), Problem> {
+        if self.tenant.len() > tenant::MAX_TENANTS {
+            let msg = format!(
+                "{} [[tenant]] sections: at most {} (each holds two ESP guest instances of a pool sized for that many)",
+                self.tenant.len(),
+                tenant::MAX_TENANTS
+            );
+            return Err(Problem { at: None, msg });
+        }
         let mut names = HashSet::new();
         let mut tuns = HashSet::from([self.tunnel.name.clone()]);
         for t in &self.tenant {

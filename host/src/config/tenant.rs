@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// Tenants one daemon serves: each holds two ESP guest instances (one
+/// per direction) of the engine's pool (`wasm::sandbox::GUEST_SLOTS`),
+/// leaving room for the daemon's own pair, the IKE engine and
+/// replacements.
+pub const MAX_TENANTS: usize = 500;
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

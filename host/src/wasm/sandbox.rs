@@ -26,13 +26,20 @@ pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
 pub(crate) const ESP_CALL_DEADLINE_TICKS: u64 = 10;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Component instances the ESP and IKE guests may hold at once: two ESP
+/// instances per routing domain (the daemon's and each tenant's), the IKE
+/// engine, and replacements being built. A component of ours is up to 4
+/// core instances (its module and the adapter shims), one memory and two
+/// tables. Slots cost address space, not memory, until used.
+pub(crate) const GUEST_SLOTS: u32 = 1024;
+
 /// The engine all guests share.
 pub(crate) fn engine() -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(256)
-        .total_core_instances(256)
-        .total_memories(256)
-        .total_tables(256)
+    pool.total_component_instances(GUEST_SLOTS)
+        .total_core_instances(4 * GUEST_SLOTS)
+        .total_memories(GUEST_SLOTS)
+        .total_tables(2 * GUEST_SLOTS)
         .max_memory_size(GUEST_MEMORY_LIMIT);
     let mut config = Config::new();
     config
