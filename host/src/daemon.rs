@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use crate::config::{self, Config, Encapsulation};
 use crate::control::ControlPlane;
 use crate::control::children::Children;
-use crate::control::connections::{Domain, load_connections};
+use crate::control::connections::load_connections;
+use crate::control::domains::Domains;
 use crate::control::sockets::IkeSockets;
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::group::{Group, Groups};
@@ -122,47 +123,28 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
     Ok(sas)
 }
 
-/// The TUN devices of the routing domains (`Domain::all` order), up, with
-/// a route to every remote subnet. Routes exist from the start: traffic
-/// without an SA is then dropped and counted (and may trigger a `trap`
-/// connection) instead of leaving in the clear. A tenant's device is
-/// created here and moved into the tenant's namespace; the descriptor
-/// keeps working across the move, and closing it at exit removes the
-/// device wherever it is.
+/// The TUN devices of the routing domains (`Domains::at_start` order), up,
+/// with a route to every remote subnet. Routes exist from the start:
+/// traffic without an SA is then dropped and counted (and may trigger a
+/// `trap` connection) instead of leaving in the clear.
 fn open_tuns(cfg: &Config) -> Result<Vec<Tun>> {
+    let domains = Domains::at_start(cfg);
     let mut tuns = Vec::new();
-    for (i, d) in Domain::all(cfg).iter().enumerate() {
+    for (i, d) in domains.list.iter().flatten().enumerate() {
         let what = match i {
             0 => "[tunnel]".to_string(),
             _ => format!("tenant {:?}", cfg.tenant[i - 1].name.get_ref()),
         };
-        if let Some(ns) = &d.netns
-            && !Path::new("/run/netns").join(ns).exists()
-        {
-            bail!("{what}: network namespace {ns:?} does not exist (create it first: ip netns add {ns})");
-        }
-        let tun = Tun::open(&d.tun).with_context(|| format!("{what}: cannot create TUN device {}", d.tun))?;
-        if let Some(ns) = &d.netns {
-            sys::ip(&["link", "set", "dev", &d.tun, "netns", ns])
-                .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", d.tun))?;
-        }
-        let mtu = match i {
-            0 => cfg.tunnel.mtu,
-            _ => cfg.tenant[i - 1].mtu.unwrap_or(cfg.tunnel.mtu),
-        };
-        d.ip(&["link", "set", "dev", &d.tun, "mtu", &mtu.to_string(), "up"]).with_context(|| what.clone())?;
+        let tun = d.open(&what)?;
         if i == 0 {
             for m in &cfg.manual {
                 d.routes(&m.remote_ts).with_context(|| format!("manual {:?}", m.name.get_ref()))?;
             }
         }
-        for c in cfg.connection.iter().filter(|c| cfg.domain_of(c) == i) {
+        for c in cfg.connection.iter().filter(|c| domains.of(c) == i) {
             for ch in &c.children {
                 d.routes(&ch.remote_ts).with_context(|| format!("connection {:?}", c.name.get_ref()))?;
             }
-        }
-        if d.netns.is_some() {
-            info!(tenant = %what, netns = d.netns.as_deref().unwrap_or(""), tun = %d.tun, "tenant routing domain up");
         }
         tuns.push(tun);
     }
@@ -247,8 +229,9 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
             path: config_path.to_path_buf(),
             base: base.to_path_buf(),
             force_encap: p.force_encap,
-            domains: Domain::all(cfg),
-            tenants: cfg.tenant.clone(),
+            domains: Domains::at_start(cfg),
+            policy_cache: policy_cache(cfg),
+            policy_watch: cfg.policy.watch,
             sections: cfg.connection.clone(),
         },
         guard: GuestGuard::default(),
@@ -275,13 +258,7 @@ fn policies(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result
     if modules.is_empty() {
         return Ok(Vec::new());
     }
-    let cache = match crate::wasm::policy::cache_dir(&cfg.runtime.state_dir.join("policy-cache")) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            warn!(error = %format!("{e:#}"), "policy modules are compiled at every load");
-            None
-        }
-    };
+    let cache = policy_cache(cfg);
     let mut out = Vec::new();
     for (tenant, key, module) in modules {
         let r =
@@ -293,6 +270,18 @@ fn policies(cfg: &Config, base: &Path, runtime: &crate::wasm::Runtime) -> Result
         out.push((tenant, r));
     }
     Ok(out)
+}
+
+/// The compiled policy modules' cache, created if need be (none: they are
+/// compiled at every load).
+fn policy_cache(cfg: &Config) -> Option<PathBuf> {
+    match crate::wasm::policy::cache_dir(&cfg.runtime.state_dir.join("policy-cache")) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "policy modules are compiled at every load");
+            None
+        }
+    }
 }
 
 /// Every policy module of the config: (tenant, where it is configured, file).
@@ -509,7 +498,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let outbound = Loop {
         runtime: runtime.clone(),
         groups: out_groups,
-        tuns: tuns.iter().map(Tun::try_clone).collect::<std::io::Result<_>>()?,
+        tuns: tuns.iter().map(|t| t.try_clone().map(Some)).collect::<std::io::Result<_>>()?,
         udp: udp.try_clone()?,
         raw: raw.as_ref().map(RawEsp::try_clone).transpose()?,
         peers: manual.peers.clone(),
@@ -527,7 +516,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let inbound = Loop {
         runtime,
         groups: in_groups,
-        tuns,
+        tuns: tuns.into_iter().map(Some).collect(),
         udp,
         raw,
         peers: manual.peers,

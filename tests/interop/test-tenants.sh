@@ -152,8 +152,11 @@ check "check-config loads both tenants' policy modules" \
     bash -c "'$WASMSEC_BIN' check-config --config '$W/wasmsec.toml' 2>/dev/null | grep -q '2 policy modules that passed'"
 ip netns exec wst-gw "$WASMSEC_BIN" run --config "$W/wasmsec.toml" --stats-file "$W/stats.json" >"$W/wasmsec.log" 2>&1 </dev/null &
 WPID=$!; PIDS+=($WPID)
-# (Compiling the Python module's interpreter takes a while on 2 cores.)
-for _ in $(seq 900); do [ -S "$W/ctl.sock" ] && break; sleep 0.1; done
+# (Compiling the Python module's interpreter takes a while on 2 cores; the
+# IKE port is bound once both modules serve.)
+serving() { [ "$(grep -cE "policy module serving.* policy=$P/[ab].wasm " "$W/wasmsec.log")" -ge 2 ]; }
+for _ in $(seq 900); do [ -S "$W/ctl.sock" ] && serving && break; kill -0 $WPID 2>/dev/null || break; sleep 0.1; done
+sleep 0.5
 check "the daemon is up with two tenant domains" grep -q "tenants=2" "$W/wasmsec.log"
 check "tenant a's TUN device is in its namespace, b's in b's" \
     bash -c "ip -n wst-ta link show wst-a >/dev/null && ip -n wst-tb link show wst-b >/dev/null && ! ip -n wst-gw link show wst-a >/dev/null 2>&1"
@@ -304,5 +307,83 @@ check "tenant a's policy failures are counted under its tenant" \
     grep -qE '^wasmsec_policy_decisions_total\{outcome="failed",tenant="a"\} [1-9]' "$W/metrics.txt"
 check "tenant b's module swaps are counted under its tenant (start + 11)" \
     grep -q '^wasmsec_policy_swaps_total{tenant="b"} 12$' "$W/metrics.txt"
+# ---- 4. tenants added and removed by reload ------------------------------------
+# Tenant c joins (a namespace of its own, a third connection from b's
+# peer; its own prefix here, as strongSwan's user-space ESP routes one
+# remote subnet per source), tenant a leaves; b's CHILD SA keeps its SPIs and its ping loses
+# nothing.
+ip netns add wst-tc; NS+=(wst-tc)
+nsx wst-tc ip link set lo up
+nsx wst-tc ip addr add 10.1.3.1/32 dev lo
+nsx wst-pb ip addr add 10.0.3.1/32 dev lan0
+cat >>"$B/swanctl/swanctl.conf" <<CONF
+connections { c { version = 2
+    local_addrs = 198.18.0.3
+    remote_addrs = $GW
+    proposals = aes256gcm16-prfsha256-x25519
+    mobike = no
+    local { auth = psk
+      id = pc.wasmsec.test }
+    remote { auth = psk
+      id = pop.wasmsec.test }
+    children { c { local_ts = 10.0.3.0/24
+      remote_ts = 10.1.3.0/24
+      esp_proposals = aes256gcm16 } } } }
+secrets { ike-c { id-1 = pc.wasmsec.test
+  id-2 = pop.wasmsec.test
+  secret = "$PSK" } }
+CONF
+sswan "$B" --load-all --noprompt --file "$B/swanctl/swanctl.conf" >"$B/load3.out" 2>&1
+python3 - "$W/wasmsec.toml" <<'PY'
+import re, sys
+p = sys.argv[1]
+t = open(p).read()
+# Tenant a and its connections out; tenant c and its connection in.
+blocks = re.split(r'(?m)^(?=\[\[)', t)
+keep = [b for b in blocks if not re.search(r'(?m)^name = "a"$', b) and not re.search(r'(?m)^(name|tenant) = "a(-s2s|-probe)?"$', b)]
+keep = [b for b in keep if not (b.startswith('[[connection.children]]') and re.search(r'(?m)^name = "a-', b))]
+t = ''.join(keep)
+t += """
+[[tenant]]
+name = "c"
+netns = "wst-tc"
+source = "10.1.3.1"
+
+[[connection]]
+name = "c-s2s"
+tenant = "c"
+local_addrs = ["198.18.0.2"]
+remote_addrs = ["198.18.0.3"]
+local_id = "pop.wasmsec.test"
+remote_id = "pc.wasmsec.test"
+psk = "file:psk"
+
+[[connection.children]]
+name = "c-s2s"
+local_ts = ["10.1.3.0/24"]
+remote_ts = ["10.0.3.0/24"]
+"""
+open(p, "w").write(t)
+PY
+b_spis() { "$WASMSEC_BIN" list-sas --socket "$W/ctl.sock" --json | python3 -c 'import json,sys
+print(sorted((c["inbound_spi"], c["outbound_spi"]) for c in json.load(sys.stdin)["child_sas"] if c["connection"] == "b-s2s"))'; }
+before=$(b_spis)
+ip netns exec wst-tb ping -n -i 0.01 -W 1 -p bb -I 10.1.0.1 10.0.0.10 >"$STATE/ping-b2.out" 2>&1 &
+PB=$!; PIDS+=($PB)
+sleep 0.3
+"$WASMSEC_BIN" reload --socket "$W/ctl.sock" --json >"$W/reload.json" 2>&1 || true
+check "reload adds tenant c and removes tenant a" python3 -c 'import json,sys
+r=json.load(open(sys.argv[1])); sys.exit(0 if r["tenants_added"] == ["c"] and r["tenants_removed"] == ["a"] and "a-s2s" in r["removed"] and r["added"] == ["c-s2s"] else 1)' "$W/reload.json"
+check "tenant a's TUN device is gone, c's is in c's namespace" \
+    bash -c "! ip -n wst-ta link show wst-a >/dev/null 2>&1 && ip -n wst-tc link show wst-c >/dev/null"
+check "tenant a's peer was told: its IKE SA is deleted" bash -c "for i in \$(seq 30); do swanctl --list-sas --uri unix://$A/charon.vici 2>/dev/null | grep -q ESTABLISHED || exit 0; sleep 0.2; done; exit 1"
+sswan "$B" --initiate --child c --timeout 10 >"$B/init-c.out" 2>&1 || true
+check "tenant c's tunnel comes up" bash -c "grep -q 'CHILD_SA c{.*established' '$B/init-c.out'"
+check "tenant c passes traffic" ping_ok wst-tc 10.0.3.1
+sleep 0.3
+kill -INT $PB 2>/dev/null || true; wait $PB 2>/dev/null || true
+gb=$(gaps "$STATE/ping-b2.out")
+check "tenant b's SPIs did not change ($before)" [ "$(b_spis)" = "$before" ]
+check "no ping of tenant b lost across the reload ($gb)" [ "${gb% *}" = 0 -a "${gb#* }" -gt 50 ]
 check "the daemon still runs" kill -0 $WPID
 finish

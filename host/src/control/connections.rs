@@ -2,64 +2,16 @@
 //! of each (its PSK into the vault), the `trap` ones, the TUN routes to
 //! their remote subnets, and the reload that adds and removes them while
 //! the daemon runs ([`ControlPlane::reload`]).
-use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::{ControlPlane, Trap};
 use crate::config::{self, Config, DpdAction, StartAction};
 use crate::ops::{Answer, Refusal};
-use crate::sys;
 use crate::wasm::ike::{self, IkeInstance};
-
-/// A routing domain: the daemon's own namespace with `[tunnel]`, or a
-/// tenant's namespace with its TUN device. Index 0 is the daemon's, index
-/// 1 + i is `[[tenant]]` i (`Config::domain_of`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Domain {
-    /// The network namespace (none: the daemon's own).
-    pub netns: Option<String>,
-    /// Its TUN device.
-    pub tun: String,
-    /// The source address set on its routes.
-    pub source: Option<IpAddr>,
-}
-
-impl Domain {
-    /// The domains of a config, in index order.
-    pub fn all(cfg: &Config) -> Vec<Domain> {
-        let own = Domain { netns: None, tun: cfg.tunnel.name.clone(), source: cfg.tunnel.source };
-        let tenants =
-            cfg.tenant.iter().map(|t| Domain { netns: Some(t.netns.clone()), tun: t.tun_name(), source: t.source });
-        std::iter::once(own).chain(tenants).collect()
-    }
-
-    /// `ip` in this domain's namespace.
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        match &self.netns {
-            None => sys::ip(args),
-            Some(ns) => sys::ip(&[&["-n", ns.as_str()], args].concat()),
-        }
-    }
-
-    /// A route into the TUN device for each remote subnet: traffic without
-    /// an SA is then dropped and counted instead of leaving in the clear.
-    pub fn routes(&self, remote_ts: &[config::Prefix]) -> Result<()> {
-        for p in remote_ts {
-            let p = p.to_string();
-            let mut args = vec!["route", "replace", p.as_str(), "dev", self.tun.as_str()];
-            let src = self.source.map(|s| s.to_string());
-            if let Some(s) = &src {
-                args.extend(["src", s.as_str()]);
-            }
-            self.ip(&args).with_context(|| format!("route to {p}"))?;
-        }
-        Ok(())
-    }
-}
 
 /// The tenant of each connection that has one.
 pub fn tenant_of(connections: &[config::Connection]) -> std::collections::HashMap<String, String> {
@@ -173,11 +125,11 @@ pub struct ReloadContext {
     pub base: std::path::PathBuf,
     /// No raw ESP socket: every tunnel is UDP-encapsulated.
     pub force_encap: bool,
-    /// The routing domains (index 0 the daemon's, then the tenants').
-    pub domains: Vec<Domain>,
-    /// The `[[tenant]]` sections the daemon started with (a reload cannot
-    /// add or remove tenants yet).
-    pub tenants: Vec<config::Tenant>,
+    /// The routing domains (0 the daemon's, then the tenants').
+    pub domains: super::domains::Domains,
+    /// Where compiled policy modules are cached, and whether their files are watched.
+    pub policy_cache: Option<std::path::PathBuf>,
+    pub policy_watch: bool,
     /// The `[[connection]]` sections now loaded.
     pub sections: Vec<config::Connection>,
 }
@@ -240,15 +192,29 @@ impl ControlPlane {
         }
         let old = self.reload_ctx.sections.clone();
         let (base, force_encap) = (self.reload_ctx.base.clone(), self.reload_ctx.force_encap);
-        if cfg.tenant != self.reload_ctx.tenants {
-            let msg =
-                "the new config changes [[tenant]] sections: adding, removing or changing a tenant needs a restart";
-            return Ok(Err(Refusal::new(409, msg)));
-        }
-        let domains = self.reload_ctx.domains.clone();
-        let gone: Vec<String> =
-            old.iter().filter(|o| !cfg.connection.contains(o)).map(|o| o.name.get_ref().clone()).collect();
-        let fresh: Vec<&config::Connection> = cfg.connection.iter().filter(|c| !old.contains(c)).collect();
+        // Tenants first: their namespaces, TUN devices and policy modules
+        // are ready (or the reload is refused) before anything changes.
+        let tenants = match super::tenants::TenantChange::prepare(
+            &self.reload_ctx.domains,
+            &cfg,
+            &base,
+            self.runtime.policy_engines(),
+            self.reload_ctx.policy_cache.clone(),
+        ) {
+            Ok(t) => t,
+            Err(why) => return Ok(Err(Refusal::new(400, why))),
+        };
+        let domains = tenants.next.clone().unwrap_or_else(|| self.reload_ctx.domains.clone());
+        // A connection of a removed or changed tenant goes, and comes again
+        // with its new domain.
+        let touched = tenants.touched();
+        let same = |c: &config::Connection| old.contains(c) && !c.tenant.as_ref().is_some_and(|t| touched.contains(t));
+        let gone: Vec<String> = old
+            .iter()
+            .filter(|o| !cfg.connection.iter().any(|c| c == *o && same(c)))
+            .map(|o| o.name.get_ref().clone())
+            .collect();
+        let fresh: Vec<&config::Connection> = cfg.connection.iter().filter(|c| !same(c)).collect();
         // Everything that can refuse, before anything changes.
         // A connection's guest group is its domain's group of its component.
         let components = self.runtime.esp_groups();
@@ -270,12 +236,12 @@ impl ControlPlane {
                     }
                 },
             };
-            groups.push(component.map(|k| cfg.domain_of(c) * components + k));
+            groups.push(component.map(|k| domains.of(c) * components + k));
         }
         // Unchanged connections whose key file changed: the new key, read
         // before anything changes (an unreadable file refuses the reload).
         let mut new_keys = Vec::new();
-        for c in cfg.connection.iter().filter(|c| old.contains(c)) {
+        for c in cfg.connection.iter().filter(|c| same(c)) {
             let psk = c.psk.load_secret(&base).map_err(|e| anyhow::anyhow!("psk: {e}"));
             let handle = self.live_connections().iter().find(|w| &w.name == c.name.get_ref()).map(|w| w.psk);
             match (psk, handle) {
@@ -306,6 +272,10 @@ impl ControlPlane {
             self.traps.retain(|t| &t.connection != name);
             self.children.groups.remove(name);
         }
+        let tenant_names = tenants.names();
+        if !tenants.is_empty() {
+            self.apply_tenants(tenants, self.reload_ctx.policy_watch);
+        }
         let mut errors = Vec::new();
         for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
             let name = c.name.get_ref();
@@ -320,7 +290,8 @@ impl ControlPlane {
                 self.children.groups.insert(name.clone(), g);
             }
             for ch in &c.children {
-                if let Err(e) = domains[cfg.domain_of(c)].routes(&ch.remote_ts) {
+                let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
+                if let Some(Err(e)) = routed {
                     warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
                 }
             }
@@ -340,11 +311,13 @@ impl ControlPlane {
         let names = |v: &[&config::Connection]| v.iter().map(|c| c.name.get_ref().clone()).collect::<Vec<_>>();
         let added = names(&fresh);
         let unchanged: Vec<String> =
-            cfg.connection.iter().filter(|c| old.contains(c)).map(|c| c.name.get_ref().clone()).collect();
+            cfg.connection.iter().filter(|c| same(c)).map(|c| c.name.get_ref().clone()).collect();
         self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
         self.reload_ctx.sections = cfg.connection;
         let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
+        let (tenants_added, tenants_removed) = tenant_names;
         Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
-                      "new_psk": rekeyed, "errors": errors })))
+                      "new_psk": rekeyed, "errors": errors,
+                      "tenants_added": tenants_added, "tenants_removed": tenants_removed })))
     }
 }

@@ -6,7 +6,9 @@
 pub mod admin;
 pub mod children;
 pub mod connections;
+pub mod domains;
 pub mod sockets;
+pub mod tenants;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;

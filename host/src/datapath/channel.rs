@@ -44,6 +44,26 @@ pub enum SaCommand {
     RemoveInbound {
         spi: u32,
     },
+    /// A tenant's routing domain joins (a reload added it): this thread's
+    /// descriptor of its TUN device; the thread makes its guest groups.
+    AddDomain {
+        domain: usize,
+        tun: DomainTun,
+    },
+    /// A tenant's routing domain leaves (its connections are gone): its
+    /// TUN device is closed, which removes it.
+    RemoveDomain {
+        domain: usize,
+    },
+}
+
+/// A TUN device handed to a data-path thread.
+pub struct DomainTun(pub crate::sys::Tun);
+
+impl std::fmt::Debug for DomainTun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DomainTun({})", self.0.name())
+    }
 }
 
 /// What a data-path thread reports to the control thread.

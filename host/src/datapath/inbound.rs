@@ -77,7 +77,7 @@ impl Loop {
                         follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                     }
                     p.truncate(len as usize);
-                    let Some(tun) = self.tuns.get(domain) else {
+                    let Some(tun) = self.tuns.get(domain).and_then(Option::as_ref) else {
                         stats::inc(&self.stats.tx_errors);
                         continue;
                     };

@@ -92,7 +92,8 @@ pub struct Loop {
     pub groups: Groups,
     /// This thread's queue of each routing domain's TUN device (index 0:
     /// the daemon's, 1 + i: tenant i's; see `Group::domain`).
-    pub tuns: Vec<Tun>,
+    /// A removed tenant's entry is `None` (domain numbers are not reused).
+    pub tuns: Vec<Option<Tun>>,
     /// Port 4500: ESP in UDP and IKE after NAT detection.
     pub udp: UdpSocket,
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
@@ -273,6 +274,16 @@ impl Loop {
                     info!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     self.remove(spi, |sas| &mut sas.outbound, |sa| (sa.spi, sa.key), EspInstance::remove_outbound)
                 }
+                SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
+                SaCommand::RemoveDomain { domain } => {
+                    info!(domain, "data path: tenant domain removed");
+                    if let Some(t) = self.tuns.get_mut(domain) {
+                        *t = None;
+                    }
+                    // Its groups hold no SA any more (its connections went
+                    // first); their instances stay until restart.
+                    Ok(())
+                }
                 SaCommand::RemoveInbound { spi } => {
                     self.traffic.remove(&spi);
                     info!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
@@ -284,6 +295,24 @@ impl Loop {
                 warn!(error = %e, "SA change failed");
             }
         }
+    }
+
+    /// A tenant domain added by a reload: its TUN device, and one group per
+    /// ESP component, at the places `domain * components + component`
+    /// (domains are added in order on both threads).
+    fn add_domain(&mut self, domain: usize, tun: Tun) -> Result<()> {
+        let components = self.runtime.esp_groups();
+        if self.tuns.len() != domain || self.groups.list.len() != domain * components {
+            anyhow::bail!("tenant domain {domain} out of order ({} known)", self.tuns.len());
+        }
+        let keystore = self.groups.list[0].sas.keystore.clone();
+        for k in 0..components {
+            let set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: vec![] };
+            self.groups.list.push(group::Group::new(&self.runtime, k, domain, set)?);
+        }
+        info!(domain, tun = tun.name(), "data path: tenant domain added");
+        self.tuns.push(Some(tun));
+        Ok(())
     }
 
     /// Remove the SA with `spi` from its group's records and instance.

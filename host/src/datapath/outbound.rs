@@ -20,9 +20,7 @@ const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
 impl Loop {
     /// Run until the daemon stops.
     pub fn run_outbound(mut self) {
-        // Order in `fds`: the inbox, then each domain's TUN device.
-        let mut fds: Vec<i32> = vec![self.inbox.as_ref().map_or(-1, AsRawFd::as_raw_fd)];
-        fds.extend(self.tuns.iter().map(AsRawFd::as_raw_fd));
+        let mut fds = self.poll_fds();
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
@@ -37,6 +35,8 @@ impl Loop {
             };
             if ready[0] {
                 self.apply_commands();
+                // A reload may have added or removed a tenant's TUN device.
+                fds = self.poll_fds();
             }
             let n = self.read_tuns(&ready[1..]);
             for ((slot, p), &d) in slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain) {
@@ -94,12 +94,21 @@ impl Loop {
         self.protocol_errors(g, "outbound", lies);
     }
 
+    /// What the loop polls, in order: the inbox, then each domain's TUN
+    /// device (-1, which poll skips, for a removed one).
+    fn poll_fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = vec![self.inbox.as_ref().map_or(-1, AsRawFd::as_raw_fd)];
+        fds.extend(self.tuns.iter().map(|t| t.as_ref().map_or(-1, AsRawFd::as_raw_fd)));
+        fds
+    }
+
     /// Read up to a batch of inner packets from the ready TUN devices,
     /// noting each one's domain.
     fn read_tuns(&mut self, ready: &[bool]) -> usize {
         let mut n = 0;
         self.from_domain.clear();
-        for (d, tun) in self.tuns.iter().enumerate().filter(|(d, _)| ready.get(*d) == Some(&true)) {
+        let ready_tuns = self.tuns.iter().enumerate().filter(|(d, _)| ready.get(*d) == Some(&true));
+        for (d, tun) in ready_tuns.filter_map(|(d, t)| Some((d, t.as_ref()?))) {
             while n < self.staging.len() {
                 match tun.recv(self.staging[n].recv_area()) {
                     Ok(len) => {

@@ -22,6 +22,8 @@ pub struct Reloader {
     /// The hash last tried (served or refused): an event that leaves the
     /// bytes as they were does nothing.
     last: Mutex<Option<String>>,
+    /// Set when its tenant is removed: its watcher ends.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Reloader {
@@ -31,7 +33,12 @@ impl Reloader {
         file: PathBuf,
         cache: Option<PathBuf>,
     ) -> Reloader {
-        Reloader { slot, file, cache, engines, last: Mutex::new(None) }
+        Reloader { slot, file, cache, engines, last: Mutex::new(None), stopped: Default::default() }
+    }
+
+    /// Stop watching (its tenant is gone).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     /// Load the file and swap it in if it passes; `noticed` is when the
@@ -96,7 +103,7 @@ pub fn spawn(r: Arc<Reloader>) -> Result<std::thread::JoinHandle<()>> {
     let fd = crate::sys::watch_dir(&dir).map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.display()))?;
     info!(dir = %dir.display(), "watching the policy module's directory");
     Ok(std::thread::Builder::new().name("policy-watch".into()).spawn(move || {
-        while !crate::sys::stop_requested() {
+        while !crate::sys::stop_requested() && !r.stopped.load(Ordering::Relaxed) {
             match crate::sys::poll_readable(&[fd.as_raw_fd()], 250) {
                 Ok(ready) if ready.first() == Some(&true) => {}
                 Ok(_) => continue,

@@ -87,16 +87,26 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         ctx.stats.malformed += 1;
         return refuse(sa, ctx, mid, NotifyType::InvalidSyntax, "IKE_AUTH without IDi or AUTH");
     };
-    // Pick the connection by identity among those matching the addresses.
-    if !ctx.conns[sa.conn].remote_id.matches(&idi) {
+    // Pick the connection by identity among those matching the addresses
+    // (and the IKE proposal already chosen): one that names this identity
+    // wins over a `%any` one, whichever IKE_SA_INIT matched first, as
+    // strongSwan picks the best match (RFC 7296 section 2.15 leaves it to
+    // the implementation).
+    let named = |c: &crate::config::Connection| matches!(c.remote_id, Identity::Id(_)) && c.remote_id.matches(&idi);
+    if !ctx.conns[sa.conn].remote_id.matches(&idi) || !named(&ctx.conns[sa.conn]) {
         let suite = sa.suite;
-        let alt = ctx.conns.iter().position(|c| {
+        let fits = |c: &crate::config::Connection| {
             c.remote_id.matches(&idi)
                 && c.matches_addrs(&sa.local.addr, &sa.remote.addr)
                 && suite.is_some_and(|s| {
                     let offer = [proposal::chosen_to_wire(&s, Kind::Ike, 1, &[])];
                     proposal::check_answer(&offer, &c.ike, Kind::Ike, false).is_some()
                 })
+        };
+        let alt = ctx.conns.iter().position(|c| named(c) && fits(c)).or_else(|| {
+            // No connection names it: the one IKE_SA_INIT chose, if it takes
+            // any identity, else the first that does.
+            if ctx.conns[sa.conn].remote_id.matches(&idi) { Some(sa.conn) } else { ctx.conns.iter().position(fits) }
         });
         match alt {
             Some(c) => sa.conn = c,

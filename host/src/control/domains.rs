@@ -1,0 +1,122 @@
+//! Routing domains: the daemon's own namespace with `[tunnel]`, and one per
+//! `[[tenant]]`, each with its TUN device and routes. Domain 0 is the
+//! daemon's; tenants get 1, 2, ... in config order at start, and a tenant
+//! added by a reload gets the next number (numbers are never reused, so
+//! the data path's guest group `domain * components + component` stays
+//! where it is).
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use tracing::info;
+
+use crate::config::{self, Config};
+use crate::sys::{self, Tun};
+
+/// Where a domain's inner traffic goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Domain {
+    /// The network namespace (none: the daemon's own).
+    pub netns: Option<String>,
+    /// Its TUN device.
+    pub tun: String,
+    /// The source address set on its routes.
+    pub source: Option<IpAddr>,
+    /// The TUN device's MTU.
+    pub mtu: u16,
+}
+
+impl Domain {
+    /// The daemon's own domain.
+    pub fn own(cfg: &Config) -> Domain {
+        Domain { netns: None, tun: cfg.tunnel.name.clone(), source: cfg.tunnel.source, mtu: cfg.tunnel.mtu }
+    }
+
+    /// A tenant's domain.
+    pub fn of_tenant(cfg: &Config, t: &config::Tenant) -> Domain {
+        Domain {
+            netns: Some(t.netns.clone()),
+            tun: t.tun_name(),
+            source: t.source,
+            mtu: t.mtu.unwrap_or(cfg.tunnel.mtu),
+        }
+    }
+
+    /// `ip` in this domain's namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        match &self.netns {
+            None => sys::ip(args),
+            Some(ns) => sys::ip(&[&["-n", ns.as_str()], args].concat()),
+        }
+    }
+
+    /// Its TUN device, up, in its namespace. A tenant's device is created
+    /// in the daemon's namespace and moved; the descriptor keeps working
+    /// across the move, and closing it removes the device wherever it is.
+    pub fn open(&self, what: &str) -> Result<Tun> {
+        if let Some(ns) = &self.netns
+            && !Path::new("/run/netns").join(ns).exists()
+        {
+            bail!("{what}: network namespace {ns:?} does not exist (create it first: ip netns add {ns})");
+        }
+        let tun = Tun::open(&self.tun).with_context(|| format!("{what}: cannot create TUN device {}", self.tun))?;
+        if let Some(ns) = &self.netns {
+            sys::ip(&["link", "set", "dev", &self.tun, "netns", ns])
+                .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", self.tun))?;
+            info!(tenant = %what, netns = %ns, tun = %self.tun, "tenant routing domain up");
+        }
+        self.ip(&["link", "set", "dev", &self.tun, "mtu", &self.mtu.to_string(), "up"])
+            .with_context(|| what.to_string())?;
+        Ok(tun)
+    }
+
+    /// A route into the TUN device for each remote subnet: traffic without
+    /// an SA is then dropped and counted instead of leaving in the clear.
+    pub fn routes(&self, remote_ts: &[config::Prefix]) -> Result<()> {
+        for p in remote_ts {
+            let p = p.to_string();
+            let mut args = vec!["route", "replace", p.as_str(), "dev", self.tun.as_str()];
+            let src = self.source.map(|s| s.to_string());
+            if let Some(s) = &src {
+                args.extend(["src", s.as_str()]);
+            }
+            self.ip(&args).with_context(|| format!("route to {p}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The domains in force, by number.
+#[derive(Debug, Clone)]
+pub struct Domains {
+    /// By number; a removed tenant's is `None`.
+    pub list: Vec<Option<Domain>>,
+    /// Each tenant's number.
+    pub by_tenant: HashMap<String, usize>,
+    /// The `[[tenant]]` sections in force.
+    pub sections: Vec<config::Tenant>,
+}
+
+impl Domains {
+    /// The domains of the config the daemon starts with (`Config::domain_of` numbering).
+    pub fn at_start(cfg: &Config) -> Domains {
+        let mut list = vec![Some(Domain::own(cfg))];
+        let mut by_tenant = HashMap::new();
+        for t in &cfg.tenant {
+            by_tenant.insert(t.name.get_ref().clone(), list.len());
+            list.push(Some(Domain::of_tenant(cfg, t)));
+        }
+        Domains { list, by_tenant, sections: cfg.tenant.clone() }
+    }
+
+    /// The number of a connection's domain (0: no tenant, or one unknown).
+    pub fn of(&self, c: &config::Connection) -> usize {
+        c.tenant.as_ref().and_then(|t| self.by_tenant.get(t)).copied().unwrap_or(0)
+    }
+
+    /// The domain a connection's routes go to.
+    pub fn for_connection(&self, c: &config::Connection) -> Option<&Domain> {
+        self.list.get(self.of(c)).and_then(Option::as_ref)
+    }
+}
