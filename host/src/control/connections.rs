@@ -155,7 +155,8 @@ impl ControlPlane {
     /// place (as `swanctl --load-creds`): new authentications use it.
     /// A file that does not load, a PSK that cannot be read or an
     /// `esp_component` that is not loaded yet refuses the reload, with
-    /// nothing changed. Other sections need a restart.
+    /// nothing changed. `[[tenant]]` sections are applied too
+    /// (`super::tenants`); other sections need a restart.
     pub(super) fn reload(&mut self, now: u64) -> Result<Answer> {
         // The policy modules first: their outcome does not hold up the rest.
         let mut global = None;
