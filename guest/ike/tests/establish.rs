@@ -131,6 +131,47 @@ fn the_policy_refuses_an_authenticated_peer() {
     assert_eq!(b.engine.connection_stats("site").unwrap().policy_rejected, 1);
 }
 
+/// The responder loaded a `%any` connection for other subnets before the
+/// one that names the initiator: IKE_SA_INIT matches the first by
+/// address, IKE_AUTH moves to the one naming the identity (a wildcard
+/// would refuse the selectors with TS_UNACCEPTABLE).
+#[test]
+fn a_connection_naming_the_peer_wins_over_a_wildcard_one() {
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf::default());
+    let mut wildcard = connection(
+        B,
+        A,
+        &Conf { local_ts: &["10.9.0.0/24"], remote_ts: &["10.8.0.0/24"], ..Default::default() },
+        b.psk,
+    );
+    wildcard.name = "wildcard".into();
+    wildcard.remote_id = "%any".into();
+    b.engine = Engine::new(Timing::default());
+    b.engine.add_connection(wildcard).unwrap();
+    b.engine.add_connection(connection(B, A, &Conf::default(), b.psk)).unwrap();
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    pump(&mut a, &mut b, 0, &mut all, &mut 0);
+    assert_eq!((a.up, b.up), (1, 1), "{:?}", b.logs);
+    assert_child_pair(&a, &b);
+    assert_eq!(b.engine.connection_stats("site").unwrap().child_installed, 1);
+    assert_eq!(b.engine.connection_stats("wildcard").unwrap().child_installed, 0);
+    // An identity no connection names still gets the wildcard.
+    let mut c = side(A, B, &Conf { remote_ts: &["10.9.0.0/24"], local_ts: &["10.8.0.0/24"], ..Default::default() });
+    let mut cfg = connection(
+        A,
+        B,
+        &Conf { remote_ts: &["10.9.0.0/24"], local_ts: &["10.8.0.0/24"], ..Default::default() },
+        c.psk,
+    );
+    cfg.local_id = "other.interop.test".into();
+    c.engine = Engine::new(Timing::default());
+    c.engine.add_connection(cfg).unwrap();
+    c.engine.initiate(0, "site", &mut c.crypto).unwrap();
+    pump(&mut c, &mut b, 0, &mut all, &mut 0);
+    assert_eq!(b.engine.connection_stats("wildcard").unwrap().child_installed, 1, "{:?}", b.logs);
+}
+
 #[test]
 fn unacceptable_selectors_give_ts_unacceptable() {
     let a_conf = Conf { local_ts: &["10.1.0.0/16"], remote_ts: &["10.2.0.0/16"], ..Default::default() };
