@@ -338,33 +338,15 @@ python3 - "$W/wasmsec.toml" <<'PY'
 import re, sys
 p = sys.argv[1]
 t = open(p).read()
-# Tenant a and its connections out; tenant c and its connection in.
+# Tenant a and its connections out (tenant c comes in below).
 blocks = re.split(r'(?m)^(?=\[\[)', t)
 keep = [b for b in blocks if not re.search(r'(?m)^name = "a"$', b) and not re.search(r'(?m)^(name|tenant) = "a(-s2s|-probe)?"$', b)]
 keep = [b for b in keep if not (b.startswith('[[connection.children]]') and re.search(r'(?m)^name = "a-', b))]
 t = ''.join(keep)
-t += """
-[[tenant]]
-name = "c"
-netns = "wst-tc"
-source = "10.1.3.1"
-
-[[connection]]
-name = "c-s2s"
-tenant = "c"
-local_addrs = ["198.18.0.2"]
-remote_addrs = ["198.18.0.3"]
-local_id = "pop.wasmsec.test"
-remote_id = "pc.wasmsec.test"
-psk = "file:psk"
-
-[[connection.children]]
-name = "c-s2s"
-local_ts = ["10.1.3.0/24"]
-remote_ts = ["10.0.3.0/24"]
-"""
 open(p, "w").write(t)
 PY
+printf '\n[[tenant]]\nname = "c"\nnetns = "wst-tc"\nsource = "10.1.3.1"\n' >>"$W/wasmsec.toml"
+conn c-s2s c 198.18.0.3 pc.wasmsec.test 10.1.3.0/24 10.0.3.0/24 >>"$W/wasmsec.toml"
 b_spis() { "$WASMSEC_BIN" list-sas --socket "$W/ctl.sock" --json | python3 -c 'import json,sys
 print(sorted((c["inbound_spi"], c["outbound_spi"]) for c in json.load(sys.stdin)["child_sas"] if c["connection"] == "b-s2s"))'; }
 before=$(b_spis)
