@@ -331,18 +331,23 @@ pub fn check_secrets(cfg: &Config, base: &Path) -> Result<()> {
 }
 
 /// `check-config`: load every policy module as the daemon would
-/// (compile, link, self-test, the cases beside it) without serving it;
-/// returns how many modules and how many cases passed.
+/// (compile, link, self-test, the cases beside it) without serving it,
+/// leaving the compiled artifacts in the daemon's cache; returns how many
+/// modules and how many cases passed.
 pub fn check_policy(cfg: &Config, base: &Path) -> Result<Option<(usize, usize)>> {
     let modules = policy_modules(cfg);
     if modules.is_empty() {
         return Ok(None);
     }
     let (engines, stop) = crate::wasm::policy::standalone_engines()?;
+    // The daemon's artifact cache, where it can be made: what check-config
+    // compiles, the daemon then loads at once (a module with a language
+    // runtime takes seconds to compile).
+    let cache = policy_cache(cfg);
     let mut cases = 0;
     let mut result = Ok(());
     for (_, key, module) in &modules {
-        let r = Reloader::new(Arc::default(), engines.clone(), base.join(module), None);
+        let r = Reloader::new(Arc::default(), engines.clone(), base.join(module), cache.clone());
         if let Err(e) = r.reload(std::time::Instant::now()) {
             result = Err(e).with_context(|| format!("{key} = {:?}", module.display()));
             break;
