@@ -75,15 +75,24 @@ impl Groups {
     /// SAs' selectors take it, else the domain's first group (whose guest
     /// then drops it: no policy).
     pub fn route_out(&self, domain: usize, packet: &[u8]) -> usize {
-        let first = self.list.iter().position(|g| g.domain == domain).unwrap_or(0);
-        if self.list.get(first + 1).is_none_or(|g| g.domain != domain) {
+        // Domain d's groups are d * components .. (d + 1) * components.
+        let components = self.list.iter().take_while(|g| g.domain == 0).count().max(1);
+        let first = (domain * components).min(self.list.len().saturating_sub(1));
+        let mine = first..(first + components).min(self.list.len());
+        if mine.len() < 2 {
             return first;
         }
         let Ok(s) = Selectors::parse(packet) else { return first };
-        (first..self.list.len())
-            .take_while(|&i| self.list[i].domain == domain)
-            .find(|&i| self.list[i].sends(&s))
-            .unwrap_or(first)
+        mine.into_iter().find(|&i| self.list[i].sends(&s)).unwrap_or(first)
+    }
+
+    /// The groups `slots` names, each once, in order: the batch is handed
+    /// to those only, not to every tenant's group.
+    pub fn used(slots: &[usize]) -> Vec<usize> {
+        let mut g = slots.to_vec();
+        g.sort_unstable();
+        g.dedup();
+        g
     }
 
     /// The group an inbound ESP packet belongs to, by its SPI (group 0 for

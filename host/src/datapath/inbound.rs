@@ -11,6 +11,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{Report, SaCommand, Sender};
+use super::group::Groups;
 use super::{Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
 use crate::stats;
@@ -42,7 +43,7 @@ impl Loop {
             for (slot, p) in slots.iter_mut().zip(&self.staging[..n]) {
                 *slot = self.groups.route_in(esp::Packet::new_checked(p.data()).map(|e| e.spi()).ok());
             }
-            for g in 0..self.groups.list.len() {
+            for g in Groups::used(&slots[..n]) {
                 let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
                 if idx.is_empty() {
                     continue;

@@ -8,6 +8,7 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
+use super::group::Groups;
 use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
@@ -42,7 +43,7 @@ impl Loop {
             for ((slot, p), &d) in slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain) {
                 *slot = self.groups.route_out(d, p.data());
             }
-            for g in 0..self.groups.list.len() {
+            for g in Groups::used(&slots[..n]) {
                 let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
                 if idx.is_empty() {
                     continue;
