@@ -176,7 +176,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
         if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
     }
     let mut scripts: Vec<PathBuf> = Vec::new();
-    for dir in ["tests/e2e", "tests/interop"] {
+    for dir in ["tests/e2e", "tests/helm", "tests/interop"] {
         let Ok(rd) = std::fs::read_dir(root().join(dir)) else {
             continue;
         };
