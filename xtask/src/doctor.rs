@@ -308,6 +308,12 @@ fn test_checks() -> Vec<Finding> {
         tool("promtool (checks /metrics)", "promtool", &["--version"], "prometheus"),
         tool("prometheus (scrapes wasmsec in a test)", "prometheus", &["--version"], "prometheus"),
         tshark_esp(),
+        tool("skopeo (reads the OCI image)", "skopeo", &["--version"], "skopeo"),
+        tool("umoci (unpacks the OCI image)", "umoci", &["--version"], "umoci"),
+        tool("strip (the image's binary)", "strip", &["--version"], "binutils"),
+        tool("go (builds the test kube-apiserver)", "go", &["version"], "golang-go"),
+        tool("etcd (the test kube-apiserver's store)", "etcd", &["--version"], "etcd-server"),
+        tool("openssl", "openssl", &["version"], "openssl"),
     ];
     v.extend(strongswan());
     v

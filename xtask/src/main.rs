@@ -6,6 +6,7 @@
 //! - `cargo xtask test`   build, fmt and clippy checks, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
 //! - `cargo xtask bench-policy`  build, then the policy scale benchmark
+//! - `cargo xtask image`  build, then the container image as an OCI layout in target/image/oci
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
 //! Each installs the Debian packages it needs when they are missing
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 mod build;
 mod doctor;
+mod image;
 mod packages;
 mod python;
 
@@ -30,6 +32,7 @@ fn usage() -> ! {
          \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
          \n  test [filter]    build, then every test suite; a filter runs only the e2e/interop scripts whose name contains it\
+         \n  image            build, then the container image (OCI layout in target/image/oci)\
          \n  bench            build, then the ESP data-path benchmark\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "build" => build_cmd(),
         "guests" => guests_cmd(),
+        "image" => image_cmd(),
         "doctor" => Ok(doctor::run(Group::Test)),
         "demo" => demo(&rest),
         "test" => test(rest.first().map(String::as_str)),
@@ -107,6 +111,16 @@ fn guests_cmd() -> Result<bool> {
     Ok(true)
 }
 
+fn image_cmd() -> Result<bool> {
+    if matches!(build::route(), build::Route::DebianBuildStd) {
+        prepare(Group::Build)?;
+    }
+    build::all()?;
+    python::policies()?;
+    image::write()?;
+    Ok(true)
+}
+
 fn demo(args: &[String]) -> Result<bool> {
     require_root("the demo")?;
     prepare(Group::Run)?;
@@ -146,14 +160,67 @@ fn bench(which: &str) -> Result<bool> {
     run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", which]))
 }
 
+/// The Helm tests' kube-apiserver, built from Debian's source in the
+/// background at the lowest priority: minutes of CPU that the Rust build's
+/// serial stretches and the interop tests' waits leave idle. The test that
+/// needs it waits for it (a lock in the script); a build still running
+/// when the suite ends (a filter skipped that test) is stopped.
+struct ApiserverBuild(Option<std::process::Child>);
+
+impl ApiserverBuild {
+    fn start(filter: Option<&str>) -> ApiserverBuild {
+        if filter.is_some_and(|f| !"test-helm-apiserver.sh".contains(f)) {
+            return ApiserverBuild(None);
+        }
+        let dir = root().join("target/kube-apiserver");
+        let _ = std::fs::create_dir_all(&dir);
+        let log = std::fs::File::create(dir.join("background-build.log"));
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "19", "bash", "tests/helm/build-apiserver.sh"]).arg(&dir).current_dir(root());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Ok(log) = log {
+            if let Ok(err) = log.try_clone() {
+                cmd.stderr(err);
+            }
+            cmd.stdout(log);
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                eprintln!(
+                    "xtask: building kube-apiserver in the background (target/kube-apiserver/background-build.log)"
+                );
+                ApiserverBuild(Some(child))
+            }
+            Err(e) => {
+                eprintln!("xtask: cannot start the kube-apiserver build ({e}); the Helm test will build it");
+                ApiserverBuild(None)
+            }
+        }
+    }
+}
+
+impl Drop for ApiserverBuild {
+    fn drop(&mut self) {
+        let Some(child) = self.0.as_mut() else { return };
+        if let Ok(None) = child.try_wait() {
+            // Its process group: the script, make and the Go compilers.
+            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
+        }
+        let _ = child.wait();
+    }
+}
+
 /// Everything, in order; counts suites and prints one closing line.
 fn test(filter: Option<&str>) -> Result<bool> {
     require_root("the test suite")?;
     prepare(Group::Test)?;
+    let apiserver = ApiserverBuild::start(filter);
     let harness_missing = shared_harness_missing()?;
     build::all_for_tests()?;
     build::hostile_guests()?;
     python::policies()?;
+    // The container image, from exactly what the tests run (tests/helm).
+    image::write()?;
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {
@@ -176,19 +243,22 @@ fn test(filter: Option<&str>) -> Result<bool> {
         if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
     }
     let mut scripts: Vec<PathBuf> = Vec::new();
-    for dir in ["tests/e2e", "tests/helm", "tests/interop"] {
+    // The Helm tests last: the kube-apiserver they need builds meanwhile.
+    for dir in ["tests/e2e", "tests/interop", "tests/helm"] {
         let Ok(rd) = std::fs::read_dir(root().join(dir)) else {
             continue;
         };
-        for e in rd.flatten() {
-            let p = e.path();
-            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
-            if name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f)) {
-                scripts.push(p);
-            }
-        }
+        let mut in_dir: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f))
+            })
+            .collect();
+        in_dir.sort();
+        scripts.extend(in_dir);
     }
-    scripts.sort();
     for s in scripts {
         let ok = run(Command::new("bash")
             .arg(&s)
@@ -202,6 +272,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
         let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
         if ok { passed += 1 } else { failed.push(name) }
     }
+    drop(apiserver);
     for f in &failed {
         eprintln!("xtask: FAILED: {f}");
     }
