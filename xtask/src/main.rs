@@ -17,12 +17,14 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
+mod background;
 mod build;
 mod doctor;
 mod image;
 mod packages;
 mod python;
 
+use background::Background;
 use packages::Group;
 
 fn usage() -> ! {
@@ -160,79 +162,51 @@ fn bench(which: &str) -> Result<bool> {
     run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", which]))
 }
 
-/// The Helm tests' kube-apiserver, built from Debian's source in the
-/// background at the lowest priority: minutes of CPU that the Rust build's
-/// serial stretches and the interop tests' waits leave idle. The test that
-/// needs it waits for it (a lock in the script); a build still running
-/// when the suite ends (a filter skipped that test) is stopped.
-struct ApiserverBuild(Option<std::process::Child>);
-
-impl ApiserverBuild {
-    fn start(filter: Option<&str>) -> ApiserverBuild {
-        if filter.is_some_and(|f| !"test-helm-apiserver.sh".contains(f)) {
-            return ApiserverBuild(None);
-        }
-        let dir = root().join("target/kube-apiserver");
-        let _ = std::fs::create_dir_all(&dir);
-        let log = std::fs::File::create(dir.join("background-build.log"));
-        let mut cmd = Command::new("nice");
-        cmd.args(["-n", "19", "bash", "tests/helm/build-apiserver.sh"]).arg(&dir).current_dir(root());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        if let Ok(log) = log {
-            if let Ok(err) = log.try_clone() {
-                cmd.stderr(err);
-            }
-            cmd.stdout(log);
-        }
-        match cmd.spawn() {
-            Ok(child) => {
-                eprintln!(
-                    "xtask: building kube-apiserver in the background (target/kube-apiserver/background-build.log)"
-                );
-                ApiserverBuild(Some(child))
-            }
-            Err(e) => {
-                eprintln!("xtask: cannot start the kube-apiserver build ({e}); the Helm test will build it");
-                ApiserverBuild(None)
-            }
-        }
-    }
-}
-
-impl Drop for ApiserverBuild {
-    fn drop(&mut self) {
-        let Some(child) = self.0.as_mut() else { return };
-        if let Ok(None) = child.try_wait() {
-            // Its process group: the script, make and the Go compilers.
-            let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
-        }
-        let _ = child.wait();
-    }
-}
-
 /// Everything, in order; counts suites and prints one closing line.
 fn test(filter: Option<&str>) -> Result<bool> {
     require_root("the test suite")?;
     prepare(Group::Test)?;
-    let apiserver = ApiserverBuild::start(filter);
+    // In the background from the start: the Helm tests' kube-apiserver
+    // (minutes of Go, built from Debian's source; the test waits for it),
+    // and clippy in a target dir of its own (it would otherwise hold the
+    // build directory's lock).
+    let apiserver = "test-helm-apiserver.sh".contains(filter.unwrap_or("")).then(|| {
+        let dir = root().join("target/kube-apiserver");
+        Background::start(
+            "the kube-apiserver build",
+            &dir.join("background-build.log"),
+            "bash",
+            &["tests/helm/build-apiserver.sh", &dir.to_string_lossy()],
+            &[],
+        )
+    });
+    let clippy = filter.is_none().then(|| {
+        Background::start(
+            "cargo clippy",
+            &root().join("target/clippy/clippy.log"),
+            &build::cargo(),
+            &["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[("CARGO_TARGET_DIR", &root().join("target/clippy"))],
+        )
+    });
     let harness_missing = shared_harness_missing()?;
+    // The hostile guests (their own target dir) beside the real build.
+    let hostile = std::thread::spawn(build::hostile_guests);
     build::all_for_tests()?;
-    build::hostile_guests()?;
+    hostile.join().map_err(|_| anyhow::anyhow!("the hostile guests' build panicked"))??;
     python::policies()?;
     // The container image, from exactly what the tests run (tests/helm).
     image::write()?;
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {
-        // Style and lints first: cheap, and a warning fails the run.
-        for (name, args) in [
-            ("cargo fmt --check", &["fmt", "--all", "--check"][..]),
-            // --release: the proc macros and build scripts of the release
-            // build above are reused, not built again for the dev profile.
-            ("cargo clippy", &["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"][..]),
-        ] {
-            let ok = run(Command::new(build::cargo()).current_dir(root()).args(args))?;
-            if ok { passed += 1 } else { failed.push(name.to_string()) }
+        // Style first: cheap, and a difference fails the run. (clippy runs
+        // in the background; its verdict is counted at the end.)
+        let ok = run(Command::new(build::cargo()).current_dir(root()).args(["fmt", "--all", "--check"]))?;
+        if ok {
+            passed += 1
+        } else {
+            failed.push("cargo fmt --check".to_string())
         }
         // Unit and component tests: the same release profile as the binary,
         // so wasmtime is compiled once.
@@ -273,6 +247,9 @@ fn test(filter: Option<&str>) -> Result<bool> {
         if ok { passed += 1 } else { failed.push(name) }
     }
     drop(apiserver);
+    if let Some(c) = clippy {
+        if c.finish() { passed += 1 } else { failed.push("cargo clippy".to_string()) }
+    }
     for f in &failed {
         eprintln!("xtask: FAILED: {f}");
     }
