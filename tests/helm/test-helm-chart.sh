@@ -98,6 +98,20 @@ check "changed connections (reloaded in place) leave the pod template's checksum
     test "$(grep checksum "$OUT/t2")" = "$(grep checksum "$OUT/t3" | head -1)"
 check "a changed TUN MTU (read at start) changes the pod template" bash -c '! cmp -s "$0" "$1"' "$OUT/t2" "$OUT/t4"
 
+# Policy modules from any volume (a PVC for a Python module above a
+# ConfigMap's 1 MiB) instead of a ConfigMap.
+"$HELM" template ci "$CHART" --set policy.enabled=true --set policy.volume.persistentVolumeClaim.claimName=pols \
+    --set "policy.modules.x\.wasm=$m1" > "$OUT/vol.yaml"
+check "policy.volume mounts that volume at the policy directory, and no policy ConfigMap is made" "$PY" - "$OUT/vol.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+vol = next(v for v in pod["volumes"] if v["name"] == "policies")
+assert vol == {"name": "policies", "persistentVolumeClaim": {"claimName": "pols"}}, vol
+assert any(m["mountPath"] == "/etc/wasmsec/policies" for m in pod["containers"][0]["volumeMounts"])
+assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policies") for d in docs)
+PY
+
 # The rendered config is one the daemon accepts.
 render_config() { # VALUES... -> the config.toml of the rendered ConfigMap
     "$HELM" template ci "$CHART" "$@" | "$PY" -c '

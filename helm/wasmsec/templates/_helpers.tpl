@@ -46,7 +46,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "wasmsec.policyMounted" -}}
-{{- if and (or .Values.policy.enabled .Values.tenants) (or .Values.policy.existingConfigMap .Values.policy.modules) -}}true{{- end -}}
+{{- if and (or .Values.policy.enabled .Values.tenants) (or .Values.policy.volume .Values.policy.existingConfigMap .Values.policy.modules) -}}true{{- end -}}
 {{- end -}}
 
 {{/* Where policy modules are: the policy ConfigMap's mount, else the
