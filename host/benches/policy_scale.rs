@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use wasmsec::policy::watch::Reloader;
 use wasmsec::policy::{AuthMethod, AuthorizeRequest, Decision, IdKind, Identity, PolicySlot};
 use wasmsec::wasm::Runtime;
+use wasmsec::wasm::policy::{PolicyInstance, Served};
 
 /// Resident set size of this process, bytes (/proc/self/statm).
 fn rss() -> u64 {
@@ -53,14 +54,7 @@ fn main() {
         drop(module.new_instance().unwrap());
     }
     let before = rss();
-    let mut times = Vec::with_capacity(n);
-    let mut instances = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let i = module.new_instance().expect("instantiate");
-        times.push(t.elapsed());
-        instances.push(i);
-    }
+    let (mut times, mut instances) = instantiate(&module, n);
     let after_instantiate = rss();
     let t = Instant::now();
     for i in &mut instances {
@@ -77,14 +71,7 @@ fn main() {
     // A reload re-instantiates every tenant's policy in the slots the old
     // instances leave: free them all, then instantiate again.
     drop(instances);
-    let mut again = Vec::with_capacity(n);
-    let mut instances = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let i = module.new_instance().expect("instantiate");
-        again.push(t.elapsed());
-        instances.push(i);
-    }
+    let (mut again, instances) = instantiate(&module, n);
     drop(instances);
 
     let (mean, p99) = mean_p99(&mut times);
@@ -116,6 +103,17 @@ fn main() {
         us(warm_decisions) / n as f64
     );
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `n` instances of `module`, each in a store of its own, and the time each took.
+fn instantiate(module: &Served, n: usize) -> (Vec<Duration>, Vec<PolicyInstance>) {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let i = module.new_instance().expect("instantiate");
+            (t.elapsed(), i)
+        })
+        .unzip()
 }
 
 /// Mean and 99th percentile of `times` (sorted in place).
