@@ -13,6 +13,7 @@ shell, no package manager.
 usage: build-oci.py OUT_DIR REPOSITORY TAG BINARY COMPONENTS_DIR NAME=FILE...
 (each NAME=FILE goes to /usr/lib/wasmsec/policies/NAME)
 """
+import datetime
 import gzip
 import hashlib
 import io
@@ -136,7 +137,6 @@ def main():
     with open(os.path.join(out, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     layer_desc = dict(blob(out, gz), mediaType="application/vnd.oci.image.layer.v1.tar+gzip")
-    created = "1970-01-01T00:00:00Z" if EPOCH == 0 else None
     config = {
         "architecture": "amd64",
         "os": "linux",
@@ -149,9 +149,8 @@ def main():
         },
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]},
         "history": [{"created_by": "image/build-oci.py"}],
+        "created": datetime.datetime.fromtimestamp(EPOCH, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    if created:
-        config["created"] = created
     config_desc = dict(blob(out, json.dumps(config, sort_keys=True).encode()),
                        mediaType="application/vnd.oci.image.config.v1+json")
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",

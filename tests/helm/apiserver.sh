@@ -26,7 +26,7 @@ apiserver_start() {
         --service-cluster-ip-range=10.96.0.0/24 --endpoint-reconciler-type=none \
         --enable-priority-and-fairness=false >"$d/apiserver.log" 2>&1 &
     echo $! > "$d/apiserver.pid"
-    umask 077
+    local mask; mask=$(umask); umask 077
     cat > "$d/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
@@ -35,7 +35,7 @@ users: [{name: ci, user: {token: $token}}]
 contexts: [{name: ci, context: {cluster: ci, user: ci, namespace: default}}]
 current-context: ci
 KC
-    umask 022
+    umask "$mask"
     export KUBECONFIG=$d/kubeconfig
     local i
     for i in $(seq 1 90); do

@@ -113,19 +113,14 @@ assert not any(d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pol
 PY
 
 # The rendered config is one the daemon accepts.
-render_config() { # VALUES... -> the config.toml of the rendered ConfigMap
-    "$HELM" template ci "$CHART" "$@" | "$PY" -c '
-import sys, yaml
-for d in yaml.safe_load_all(sys.stdin):
-    if d and d["kind"] == "ConfigMap" and "config.toml" in d.get("data", {}):
-        print(d["data"]["config.toml"])'
-}
 C=$OUT/cfg; mkdir -p "$C/psk"
 for s in default site-to-site; do
     args=(); [ "$s" != default ] && args=(-f "$CHART/ci/$s-values.yaml")
+    render_pod_files "$OUT/pod-$s" "${args[@]}"
     # Absolute paths of the pod's file system, moved under $C.
-    render_config "${args[@]}" | sed -e "s#/etc/wasmsec/psk/#$C/psk/#" -e "s#/etc/wasmsec/policies/#$ROOT/target/components/#" \
-        -e "s#/usr/lib/wasmsec/components#${WASMSEC_COMPONENTS:-$ROOT/target/components}#" > "$C/$s.toml"
+    sed -e "s#/etc/wasmsec/psk/#$C/psk/#" -e "s#/etc/wasmsec/policies/#$ROOT/target/components/#" \
+        -e "s#/usr/lib/wasmsec/components#${WASMSEC_COMPONENTS:-$ROOT/target/components}#" \
+        "$OUT/pod-$s/config/config.toml" > "$C/$s.toml"
 done
 for k in onprem; do printf 'test-psk-%s\n' "$k" > "$C/psk/$k"; chmod 600 "$C/psk/$k"; done
 check "default: the rendered config passes wasmsec check-config" "$WASMSEC_BIN" check-config --config "$C/default.toml"

@@ -29,23 +29,6 @@ check "wasmsec --version runs in the unpacked root file system" \
     bash -c '[ "$(chroot "$0" /usr/bin/wasmsec --version)" = "wasmsec $1" ]' "$R" "$version"
 check "the root file system has no shell" test ! -e "$R/bin/sh" -a ! -e "$R/usr/bin/sh"
 
-# The config and Secret the chart renders, as files the pod would see.
-render() { # DIR VALUES... : config.toml and the PSK Secret's keys into DIR
-    mkdir -p "$1/config" "$1/psk"
-    local d=$1; shift
-    "$HELM" template ci "$CHART" "$@" | "$PY" -c '
-import base64, os, sys, yaml
-d = sys.argv[1]
-for doc in yaml.safe_load_all(sys.stdin):
-    if doc and doc["kind"] == "ConfigMap" and "config.toml" in doc.get("data", {}):
-        open(os.path.join(d, "config", "config.toml"), "w").write(doc["data"]["config.toml"])
-    if doc and doc["kind"] == "Secret":
-        for k, v in doc["data"].items():
-            p = os.path.join(d, "psk", k)
-            open(p, "wb").write(base64.b64decode(v))
-            os.chmod(p, 0o400)  # the chart mounts the Secret with defaultMode 0400
-' "$d"
-}
 
 # pod NS DIR PROGRAM ARGS...: run in ROOT like the pod: read-only root,
 # DIR's config and psk mounted read-only, run and state writable, tmpfs
@@ -75,12 +58,12 @@ pod_run() { ( pod "$@" ); }
 
 topo_up
 D0=$STATE/default
-render "$D0"
+render_pod_files "$D0"
 check "the chart's default config renders" test -s "$D0/config/config.toml"
 check "check-config passes on the default config inside the image, with the pod's mounts and capabilities" \
     pod_run wsi-gwb "$D0" /usr/bin/wasmsec check-config --config /etc/wasmsec/config/config.toml
 D1=$STATE/edge
-render "$D1" -f "$CHART/ci/edge-daemonset-values.yaml"
+render_pod_files "$D1" -f "$CHART/ci/edge-daemonset-values.yaml"
 check "check-config passes on the edge scenario's config (the image's example policy, self-tested on its cases)" \
     pod_run wsi-gwb "$D1" /usr/bin/wasmsec check-config --config /etc/wasmsec/config/config.toml
 
@@ -100,7 +83,7 @@ connections:
     children: [{name: lan, localTs: ["$LAN_B"], remoteTs: ["$LAN_A"], espProposals: aes256gcm16}]
 psk: {keys: {s2s: "$PSK"}}
 V
-render "$B" -f "$STATE/site.yaml"
+render_pod_files "$B" -f "$STATE/site.yaml"
 check "the PSK reaches the pod only through the Secret" bash -c '! grep -q "$0" "$1/config/config.toml" && [ "$(cat "$1/psk/s2s")" = "$0" ]' "$PSK" "$B"
 pod wsi-gwb "$B" /usr/bin/wasmsec --log-format json run --config /etc/wasmsec/config/config.toml >"$B/wasmsec.log" 2>&1 </dev/null &
 WPID=$!

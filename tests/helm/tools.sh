@@ -42,3 +42,23 @@ PY
         echo "$HELM_WHEEL" > "$TOOLS/bin/.spec"
     fi
 }
+
+# render_pod_files DIR VALUES...: what the pod would see of the chart's
+# rendering (CHART): DIR/config/config.toml from the ConfigMap, and each
+# key of the PSK Secret as DIR/psk/KEY, mode 0400 (the chart's defaultMode).
+render_pod_files() {
+    local d=$1; shift
+    mkdir -p "$d/config" "$d/psk"
+    "$HELM" template ci "$CHART" "$@" | "$TOOLS/venv/bin/python3" -c '
+import base64, os, sys, yaml
+d = sys.argv[1]
+for doc in yaml.safe_load_all(sys.stdin):
+    if doc and doc["kind"] == "ConfigMap" and "config.toml" in doc.get("data", {}):
+        open(os.path.join(d, "config", "config.toml"), "w").write(doc["data"]["config.toml"])
+    if doc and doc["kind"] == "Secret":
+        for k, v in doc["data"].items():
+            p = os.path.join(d, "psk", k)
+            open(p, "wb").write(base64.b64decode(v))
+            os.chmod(p, 0o400)
+' "$d"
+}

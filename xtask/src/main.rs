@@ -95,18 +95,22 @@ fn prepare(upto: Group) -> Result<()> {
     Ok(())
 }
 
-fn build_cmd() -> Result<bool> {
+/// The build group's packages, which only the Debian toolchain route needs.
+fn prepare_build() -> Result<()> {
     if matches!(build::route(), build::Route::DebianBuildStd) {
         prepare(Group::Build)?;
     }
+    Ok(())
+}
+
+fn build_cmd() -> Result<bool> {
+    prepare_build()?;
     build::all()?;
     Ok(true)
 }
 
 fn guests_cmd() -> Result<bool> {
-    if matches!(build::route(), build::Route::DebianBuildStd) {
-        prepare(Group::Build)?;
-    }
+    prepare_build()?;
     build::guests()?;
     build::hostile_guests()?;
     python::policies()?;
@@ -114,9 +118,7 @@ fn guests_cmd() -> Result<bool> {
 }
 
 fn image_cmd() -> Result<bool> {
-    if matches!(build::route(), build::Route::DebianBuildStd) {
-        prepare(Group::Build)?;
-    }
+    prepare_build()?;
     build::all()?;
     python::policies()?;
     image::write()?;
