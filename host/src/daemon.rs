@@ -470,7 +470,17 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             None
         }
     };
-    let stats = Arc::new(Stats::default());
+    // Manual tunnels' traffic, counted by SPI like a CHILD SA's and shown
+    // by tunnel name.
+    let mut stats = Stats::default();
+    let (mut out_traffic, mut in_traffic) = (HashMap::new(), HashMap::new());
+    for (i, m) in cfg.manual.iter().enumerate() {
+        let t = crate::stats::ManualTraffic { name: m.name.get_ref().clone(), ..Default::default() };
+        out_traffic.insert(manual.outbound[i].spi, t.outbound.clone());
+        in_traffic.insert(manual.inbound[i].spi, t.inbound.clone());
+        stats.manual.push(t);
+    }
+    let stats = Arc::new(stats);
     info!(
         tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
         raw_esp = raw.is_some(), batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
@@ -516,7 +526,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         sources: Vec::new(),
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
-        traffic: HashMap::new(),
+        traffic: out_traffic,
     };
     let inbound = Loop {
         runtime,
@@ -534,7 +544,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         sources: Vec::with_capacity(cfg.runtime.batch),
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
-        traffic: HashMap::new(),
+        traffic: in_traffic,
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;

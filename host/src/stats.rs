@@ -44,6 +44,25 @@ pub struct Stats {
     out_drops: [AtomicU64; DropReason::COUNT],
     /// Inbound packets dropped, by `DropReason::index`.
     in_drops: [AtomicU64; DropReason::COUNT],
+    /// The `[[manual]]` tunnels' traffic, by name (IKE's CHILD SAs are
+    /// counted by the IKE thread's view instead), set before start.
+    pub manual: Vec<ManualTraffic>,
+}
+
+/// A manual tunnel's two SAs' traffic.
+#[derive(Debug, Default)]
+pub struct ManualTraffic {
+    pub name: String,
+    pub inbound: std::sync::Arc<SaTraffic>,
+    pub outbound: std::sync::Arc<SaTraffic>,
+}
+
+impl ManualTraffic {
+    /// [in packets, in bytes, out packets, out bytes], as by connection.
+    pub fn get(&self) -> [u64; 4] {
+        let ((ip, ib), (op, ob)) = (self.inbound.get(), self.outbound.get());
+        [ip, ib, op, ob]
+    }
 }
 
 /// One SA's traffic: packets and bytes (the ESP packet, header to ICV)
@@ -117,6 +136,11 @@ impl Stats {
             "guest_suspended_drops": g(&self.guest_suspended_drops),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
+            "manual": serde_json::Value::Object(self.manual.iter().map(|m| {
+                let [ip, ib, op, ob] = m.get();
+                let v = serde_json::json!({ "in_packets": ip, "in_bytes": ib, "out_packets": op, "out_bytes": ob });
+                (m.name.clone(), v)
+            }).collect()),
         })
     }
 

@@ -52,6 +52,19 @@ for gw in gwa gwb gwa; do
     check "traffic passes again after restarting $gw" restart "$gw"
     sleep 2
 done
+# The manual tunnel's own traffic, by its name, in the stats gwa writes
+# (and in /metrics as wasmsec_sa_packets_total{connection="demo"}).
+manual_counts() {
+    python3 - "$D/gwa-stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+m = s["manual"]["demo"]
+ok = m["out_packets"] >= 10 and m["in_packets"] >= 10 and m["out_packets"] <= s["esp_tx_packets"]
+print(m, "esp_tx_packets", s["esp_tx_packets"])
+sys.exit(0 if ok else 1)
+PY
+}
+check "gwa counts the manual tunnel's packets both ways under its name" manual_counts
 kill "$PING_PID" 2>/dev/null || true; PING_PID=""
 sleep 0.5
 kill "$CAP_PID" 2>/dev/null || true; wait "$CAP_PID" 2>/dev/null || true; CAP_PID=""

@@ -218,8 +218,6 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
                 hard_bytes: c.limits.hard_bytes,
                 hard_packets: c.limits.hard_packets,
             },
-            rekey_in_ms: c.rekey_in_ms,
-            expire_in_ms: c.expire_in_ms,
         }),
         ike::SaChange::ActivateOutbound { outbound_spi } => wit::SaChange::ActivateOutbound(outbound_spi),
         ike::SaChange::PeerMoved { outbound_spis, remote } => {
@@ -381,6 +379,17 @@ impl wit::Guest for Component {
         };
         let v = ENGINE.with_borrow(|e| e.ike_sa_states());
         v.into_iter().map(|(connection, p, count)| wit::IkeSaCount { connection, state: state(p), count }).collect()
+    }
+
+    fn child_schedules(now_ms: u64) -> Vec<wit::ChildSchedule> {
+        let v = ENGINE.with_borrow(|e| e.child_schedules(now_ms));
+        v.into_iter()
+            .map(|(inbound_spi, rekey_in_ms, expire_in_ms)| wit::ChildSchedule {
+                inbound_spi,
+                rekey_in_ms,
+                expire_in_ms,
+            })
+            .collect()
     }
 
     fn active(connection: String) -> bool {

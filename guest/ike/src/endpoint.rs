@@ -194,6 +194,17 @@ impl Engine {
         n.into_iter().map(|((c, p), k)| (self.conns[c].cfg.name.clone(), p, k)).collect()
     }
 
+    /// Each CHILD SA's schedule at `now`: our (inbound) SPI, ms to the
+    /// rekey and to the hard expiry (None: not by time, or a rekey is
+    /// already under way). The install-time figures go stale when a
+    /// collision, a TEMPORARY_FAILURE retry or a soft limit by traffic
+    /// moves the rekey; the admin view asks for these instead.
+    pub fn child_schedules(&self, now: u64) -> Vec<(u32, Option<u64>, Option<u64>)> {
+        let left = |at: u64| (at != 0).then(|| at.saturating_sub(now));
+        let children = self.sas.values().flat_map(|sa| &sa.children);
+        children.map(|c| (c.inbound_spi, left(c.rekey_at), left(c.expire_at))).collect()
+    }
+
     /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange
     /// in flight (for diagnostics and tests).
     pub fn describe(&self) -> Vec<String> {

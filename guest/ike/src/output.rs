@@ -81,10 +81,6 @@ pub struct ChildSa {
     pub outbound_deferred: bool,
     /// Volume lifetimes; passing one is reported with `Engine::child_expired`.
     pub limits: SaLimits,
-    /// When it will be rekeyed and when it expires, from now, in ms (0:
-    /// not by time).
-    pub rekey_in_ms: u64,
-    pub expire_in_ms: u64,
 }
 
 /// A change to the data plane's SAs.

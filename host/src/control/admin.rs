@@ -2,13 +2,14 @@
 //! [`Command`] answered between two guest calls. A request that names no
 //! loaded connection, or that cannot be carried out now, is refused before
 //! anything is changed.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Value, json};
 
 use super::ControlPlane;
 use super::children::socket_addr;
 use crate::ops::{Answer, Command, Refusal};
+use crate::wasm::ike::ChildSchedule;
 
 /// How many recent negotiation failures the API keeps.
 pub const FAILURES_KEPT: usize = 64;
@@ -44,8 +45,10 @@ impl ControlPlane {
         Ok(match cmd {
             Command::Status => Ok(self.status(now)?),
             Command::Connections => Ok(self.connections_json()?),
-            Command::Sas => Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(),
-                                       "child_sas": self.child_sas(now) })),
+            Command::Sas => {
+                let child_sas = self.child_sas(now)?;
+                Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(), "child_sas": child_sas }))
+            }
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
@@ -88,8 +91,11 @@ impl ControlPlane {
         })
     }
 
-    fn child_sas(&self, now: u64) -> Vec<Value> {
-        self.children.list.iter().map(|c| c.json(now)).collect()
+    /// The CHILD SAs with the engine's schedule of each now.
+    fn child_sas(&mut self, now: u64) -> anyhow::Result<Vec<Value>> {
+        let schedules: HashMap<u32, ChildSchedule> =
+            self.ike.child_schedules(now)?.into_iter().map(|s| (s.inbound_spi, s)).collect();
+        Ok(self.children.list.iter().map(|c| c.json(schedules.get(&c.inbound_spi))).collect())
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -147,7 +153,7 @@ impl ControlPlane {
         let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
         Ok(json!({
             "ike_sas": ike_sas,
-            "child_sas": self.child_sas(now),
+            "child_sas": self.child_sas(now)?,
             "ike": ike,
             "esp": self.stats.snapshot(),
         }))

@@ -18,6 +18,7 @@ use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
 use crate::stats::SaTraffic;
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
+use crate::wasm::ike::ChildSchedule;
 use crate::wasm::ike::{ChildDeleted, ChildSa, Endpoint, IkeSaUp, IkeState};
 
 /// A WIT endpoint as a socket address.
@@ -90,23 +91,17 @@ pub struct ChildInfo {
     /// Traffic of the inbound and the outbound SA, counted by the data path.
     #[serde(skip)]
     pub traffic: [Arc<SaTraffic>; 2],
-    /// When the IKE engine rekeys it and when it expires, control-loop
-    /// milliseconds (None: not by time).
-    #[serde(skip)]
-    pub rekey_at: Option<u64>,
-    #[serde(skip)]
-    pub expire_at: Option<u64>,
 }
 
 impl ChildInfo {
-    /// The admin view at `now` (control-loop ms): the fields above, the
-    /// traffic of both halves, and the seconds left to the rekey and the
-    /// hard expiry (null: not by time).
-    pub fn json(&self, now: u64) -> serde_json::Value {
+    /// The admin view: the fields above, the traffic of both halves, and
+    /// the seconds left to the rekey and the hard expiry as the engine
+    /// schedules them now (null: not by time, or a rekey under way).
+    pub fn json(&self, schedule: Option<&ChildSchedule>) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
-        let left = |t: Option<u64>| t.map(|t| t.saturating_sub(now) / 1000);
-        v["rekey_in_s"] = left(self.rekey_at).into();
-        v["expire_in_s"] = left(self.expire_at).into();
+        let secs = |ms: Option<u64>| ms.map(|ms| ms / 1000);
+        v["rekey_in_s"] = secs(schedule.and_then(|s| s.rekey_in_ms)).into();
+        v["expire_in_s"] = secs(schedule.and_then(|s| s.expire_in_ms)).into();
         let [(ip, ib), (op, ob)] = self.traffic.each_ref().map(|t| t.get());
         for (k, n) in [("in_packets", ip), ("in_bytes", ib), ("out_packets", op), ("out_bytes", ob)] {
             v[k] = n.into();
@@ -208,7 +203,7 @@ impl Children {
     /// Hand a negotiated CHILD SA to the data path. False if the guest
     /// named keys that did not come from one derivation for this transform
     /// (a guest protocol error: nothing is installed).
-    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState, now: u64) -> bool {
+    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) -> bool {
         let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %c.connection, "IPv6 peers are not supported by the data plane yet");
@@ -279,8 +274,6 @@ impl Children {
             peer: remote.to_string(),
             encap: c.encap,
             traffic,
-            rekey_at: (c.rekey_in_ms > 0).then(|| now + c.rekey_in_ms),
-            expire_at: (c.expire_in_ms > 0).then(|| now + c.expire_in_ms),
         });
         true
     }

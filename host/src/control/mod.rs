@@ -349,7 +349,7 @@ impl ControlPlane {
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {
-                    if !self.children.install(c, self.ike.store.data_mut(), now) {
+                    if !self.children.install(c, self.ike.store.data_mut()) {
                         crate::stats::inc(&self.stats.guest_protocol_errors);
                     }
                 }

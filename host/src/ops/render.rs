@@ -187,12 +187,27 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
     s.counter("wasmsec_send_errors_total", "Socket or TUN writes that failed.", &[], g(&st.tx_errors));
     s.counter("wasmsec_guest_restarts_total", "Guest instances replaced after a trap.", &[], g(&st.guest_restarts));
+    // Manual tunnels live in the daemon's own domain (tenant "").
+    for m in &st.manual {
+        sa_traffic(s, [("connection", &m.name), ("tenant", "")], m.get());
+    }
     s.counter(
         "wasmsec_guest_protocol_errors_total",
         "Guest requests or verdicts the host refused as breaking its rules.",
         &[],
         g(&st.guest_protocol_errors),
     );
+}
+
+/// A connection's (or manual tunnel's) SA traffic:
+/// [in packets, in bytes, out packets, out bytes].
+fn sa_traffic(s: &mut Scrape, [c, tenant]: [(&str, &str); 2], t: [u64; 4]) {
+    let p = "ESP packets carried by the connection's CHILD SAs or manual tunnel (opened and delivered, or sealed and sent).";
+    let b = "ESP bytes carried by the connection's CHILD SAs or manual tunnel (ESP header to ICV).";
+    for (dir, packets, bytes) in [("in", t[0], t[1]), ("out", t[2], t[3])] {
+        s.counter("wasmsec_sa_packets_total", p, &[c, tenant, ("direction", dir)], packets);
+        s.counter("wasmsec_sa_bytes_total", b, &[c, tenant, ("direction", dir)], bytes);
+    }
 }
 
 /// The labels of a series by connection: the connection and its tenant.
@@ -232,13 +247,7 @@ fn ike(s: &mut Scrape, v: &IkeView) {
         s.gauge("wasmsec_child_sas", "Installed CHILD_SAs, by connection.", &by_conn(v, conn), n);
     }
     for (conn, t) in &v.traffic {
-        let [c, tenant] = by_conn(v, conn);
-        let p = "ESP packets carried by the connection's CHILD SAs (opened and delivered, or sealed and sent).";
-        let b = "ESP bytes carried by the connection's CHILD SAs (ESP header to ICV).";
-        for (dir, packets, bytes) in [("in", t[0], t[1]), ("out", t[2], t[3])] {
-            s.counter("wasmsec_sa_packets_total", p, &[c, tenant, ("direction", dir)], packets);
-            s.counter("wasmsec_sa_bytes_total", b, &[c, tenant, ("direction", dir)], bytes);
-        }
+        sa_traffic(s, by_conn(v, conn), *t);
     }
     for (tenant, [accepted, rejected, failed, swaps, refused]) in &v.policy {
         const D: &str = "wasmsec_policy_decisions_total";
@@ -281,8 +290,11 @@ mod tests {
 
     #[test]
     fn every_definition_registers_and_renders() {
-        let stats = Stats::default();
+        let mut stats = Stats::default();
         stats.in_drop(DropReason::Replay);
+        let manual = crate::stats::ManualTraffic { name: "static".into(), ..Default::default() };
+        manual.outbound.count(120);
+        stats.manual.push(manual);
         let view = IkeView {
             ike_sas: [(("gw".to_string(), "half_open"), 1)].into(),
             child_sas: [("gw".to_string(), 2)].into(),
@@ -305,6 +317,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wasmsec_ike_messages_sent_total 1\n"), "{text}");
+        let manual = "wasmsec_sa_bytes_total{connection=\"static\",direction=\"out\",tenant=\"\"} 120";
+        assert!(text.contains(manual), "{text}");
         // By connection, with what no connection counted under connection="".
         let auth = IKE_COUNTERS.iter().position(|d| d.label == Some(("reason", "authentication"))).unwrap();
         let failed = "wasmsec_ike_negotiation_failures_total";

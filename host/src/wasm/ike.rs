@@ -15,8 +15,8 @@ use super::{WasmContext, sandbox, wit_error};
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 
 pub use b::exports::wasmsec::ike::engine::{
-    ChildConfig, ChildDeleted, ChildSa, Connection, Counters, Datagram, DpdAction, Event, IkeSaCount, IkeSaState,
-    IkeSaUp, Level, LogEvent, Output, SaChange, StartAction, Transmit,
+    ChildConfig, ChildDeleted, ChildSa, ChildSchedule, Connection, Counters, Datagram, DpdAction, Event, IkeSaCount,
+    IkeSaState, IkeSaUp, Level, LogEvent, Output, SaChange, StartAction, Transmit,
 };
 use b::wasmsec::crypto::ike_keys::{ChildKeyHandles, ChildKeying, IkeSuite, KeyExchange};
 use b::wasmsec::crypto::types::CryptoError as WitError;
@@ -405,6 +405,11 @@ impl IkeInstance {
 
     pub fn ike_sa_states(&mut self) -> Result<Vec<IkeSaCount>> {
         self.call(|e, s| e.call_ike_sa_states(s))
+    }
+
+    /// Every CHILD SA's rekey and expiry as the engine holds them at `now`.
+    pub fn child_schedules(&mut self, now: u64) -> Result<Vec<ChildSchedule>> {
+        self.call(|e, s| e.call_child_schedules(s, now))
     }
 
     pub fn active(&mut self, name: &str) -> Result<bool> {

@@ -98,8 +98,6 @@ pub(crate) fn install(
         encap: sa.encap(c.cfg.force_encap),
         outbound_deferred: n.defer_outbound,
         limits,
-        rekey_in_ms: rekey_at.saturating_sub(ctx.now),
-        expire_in_ms: expire_at.saturating_sub(ctx.now),
     };
     if n.defer_outbound {
         sa.deferred.push((n.outbound_spi, ctx.now + DEFERRED_OUTBOUND_MS));
