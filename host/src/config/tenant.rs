@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Tenants one daemon serves: each holds two ESP guest instances (one
-/// per direction) of the engine's pool (`wasm::sandbox::GUEST_SLOTS`),
-/// leaving room for the daemon's own pair, the IKE engine and
-/// replacements.
+/// Tenants one daemon serves. Each holds two ESP guest instances (one
+/// per direction) of a pool sized for `wasm::sandbox::POOL_TENANTS`; the
+/// limit here is what the data path is proven with (a TUN device and two
+/// descriptors per tenant, test-tenants-100), not the pools.
 pub const MAX_TENANTS: usize = 500;
 
 /// A tenant.

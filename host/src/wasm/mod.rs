@@ -12,6 +12,7 @@ pub mod esp;
 pub mod ike;
 pub mod policy;
 pub(crate) mod sandbox;
+pub use sandbox::POOL_TENANTS;
 pub use sandbox::PolicyEngines;
 
 use std::path::Path;

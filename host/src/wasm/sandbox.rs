@@ -26,14 +26,27 @@ pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
 pub(crate) const ESP_CALL_DEADLINE_TICKS: u64 = 10;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Tenants the guest pools are sized for (the edge PoP's scale, #13; the
+/// config takes [`crate::config::tenant::MAX_TENANTS`] for now, bounded by
+/// the data path's per-tenant TUN devices, not by the pools).
+pub const POOL_TENANTS: u32 = 10_000;
+
 /// Component instances the ESP and IKE guests may hold at once: two ESP
 /// instances per routing domain (the daemon's and each tenant's), the IKE
-/// engine, and replacements being built. A component of ours is up to 4
-/// core instances (its module and the adapter shims), one memory and two
+/// engine, and replacements being built. A component of ours is up to 4 core
+/// instances (its module and the adapter shims), one memory and two
 /// tables. Slots cost address space, not memory, until used.
-pub(crate) const GUEST_SLOTS: u32 = 1024;
+pub(crate) const GUEST_SLOTS: u32 = 2 * POOL_TENANTS + 1024;
 
-/// The engine all guests share.
+/// The engine the ESP and IKE guests share. Each memory slot reserves
+/// only the guests' memory limit, with bounds checked explicitly instead
+/// of by a 4 GiB guard region (the ESP guest touches packet headers only,
+/// so the checks cost little): 21,000 slots of 4 GiB would not fit in a
+/// 47-bit address space, 21,000 of 32 MiB take 0.7 TB of it and no memory.
+/// Memory is initialised by copy, not by mapping the module's image: an
+/// instance then splits its pool's mapping in two places instead of four,
+/// and 10,000 tenants' 30,000 instances stay under the kernel's default
+/// vm.max_map_count of 65,530 (`cargo xtask bench-tenants` prints the count).
 pub(crate) fn engine() -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(GUEST_SLOTS)
@@ -44,6 +57,10 @@ pub(crate) fn engine() -> Result<Engine> {
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .memory_reservation(GUEST_MEMORY_LIMIT as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0)
+        .memory_init_cow(false)
         .epoch_interruption(true)
         .wasm_component_model(true);
     Engine::new(&config).context("configuring wasmtime")
@@ -52,9 +69,9 @@ pub(crate) fn engine() -> Result<Engine> {
 /// Memory a policy module's instance may grow to: decisions are table
 /// lookups, and many tenants each have one.
 pub(crate) const POLICY_MEMORY_LIMIT: usize = 4 << 20;
-/// Policy instances one process can hold (tenants, plus one being
-/// checked during a reload of each).
-pub(crate) const POLICY_SLOTS: u32 = 12_000;
+/// Policy instances one process can hold (tenants, plus those being
+/// checked during reloads).
+pub(crate) const POLICY_SLOTS: u32 = POOL_TENANTS + 2_000;
 
 /// The engine policy modules run in: a pool sized for many small
 /// instances. Each slot reserves only the policy memory limit (bounds are
@@ -62,7 +79,7 @@ pub(crate) const POLICY_SLOTS: u32 = 12_000;
 /// slots take about 50 GB of address space and nothing until used.
 /// Linear memory is initialised by copying the module's few KiB of data,
 /// not by mapping its image copy-on-write: for modules this small the
-/// mapping costs more than the copy (`cargo xtask bench-policy`).
+/// mapping costs more than the copy (`cargo xtask bench-tenants`).
 pub(crate) fn policy_engine() -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POLICY_SLOTS)
