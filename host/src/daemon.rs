@@ -476,8 +476,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let (mut out_traffic, mut in_traffic) = (HashMap::new(), HashMap::new());
     for (i, m) in cfg.manual.iter().enumerate() {
         let t = crate::stats::ManualTraffic { name: m.name.get_ref().clone(), ..Default::default() };
-        out_traffic.insert(manual.outbound[i].spi, t.outbound.clone());
-        in_traffic.insert(manual.inbound[i].spi, t.inbound.clone());
+        let [inbound, outbound] = t.sas.clone();
+        out_traffic.insert(manual.outbound[i].spi, outbound);
+        in_traffic.insert(manual.inbound[i].spi, inbound);
         stats.manual.push(t);
     }
     let stats = Arc::new(stats);

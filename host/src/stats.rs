@@ -49,20 +49,31 @@ pub struct Stats {
     pub manual: Vec<ManualTraffic>,
 }
 
-/// A manual tunnel's two SAs' traffic.
+/// A manual tunnel's traffic: its name and its two SAs' counters.
 #[derive(Debug, Default)]
 pub struct ManualTraffic {
     pub name: String,
-    pub inbound: std::sync::Arc<SaTraffic>,
-    pub outbound: std::sync::Arc<SaTraffic>,
+    pub sas: SaPairTraffic,
 }
 
-impl ManualTraffic {
-    /// [in packets, in bytes, out packets, out bytes], as by connection.
-    pub fn get(&self) -> [u64; 4] {
-        let ((ip, ib), (op, ob)) = (self.inbound.get(), self.outbound.get());
-        [ip, ib, op, ob]
-    }
+/// The traffic of an SA pair: the inbound SA's counters, then the outbound one's.
+pub type SaPairTraffic = [std::sync::Arc<SaTraffic>; 2];
+
+/// Packets and bytes in and out: [in packets, in bytes, out packets, out bytes].
+pub type Traffic = [u64; 4];
+
+/// The names of [`Traffic`]'s fields in the JSON views, in its order.
+pub const TRAFFIC_FIELDS: [&str; 4] = ["in_packets", "in_bytes", "out_packets", "out_bytes"];
+
+/// An SA pair's counters now.
+pub fn traffic(sas: &SaPairTraffic) -> Traffic {
+    let [(ip, ib), (op, ob)] = sas.each_ref().map(|t| t.get());
+    [ip, ib, op, ob]
+}
+
+/// [`Traffic`] as a JSON object with [`TRAFFIC_FIELDS`].
+pub fn traffic_json(t: Traffic) -> serde_json::Value {
+    TRAFFIC_FIELDS.iter().zip(t).map(|(k, n)| (k.to_string(), serde_json::Value::from(n))).collect()
 }
 
 /// One SA's traffic: packets and bytes (the ESP packet, header to ICV)
@@ -136,11 +147,9 @@ impl Stats {
             "guest_suspended_drops": g(&self.guest_suspended_drops),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
-            "manual": serde_json::Value::Object(self.manual.iter().map(|m| {
-                let [ip, ib, op, ob] = m.get();
-                let v = serde_json::json!({ "in_packets": ip, "in_bytes": ib, "out_packets": op, "out_bytes": ob });
-                (m.name.clone(), v)
-            }).collect()),
+            "manual": serde_json::Value::Object(
+                self.manual.iter().map(|m| (m.name.clone(), traffic_json(traffic(&m.sas)))).collect()
+            ),
         })
     }
 

@@ -16,10 +16,9 @@ use crate::datapath::Peer;
 use crate::datapath::channel::{SaCommand, Sender};
 use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
-use crate::stats::SaTraffic;
+use crate::stats::{SaPairTraffic, SaTraffic, TRAFFIC_FIELDS, Traffic, traffic};
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
-use crate::wasm::ike::ChildSchedule;
-use crate::wasm::ike::{ChildDeleted, ChildSa, Endpoint, IkeSaUp, IkeState};
+use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState};
 
 /// A WIT endpoint as a socket address.
 pub fn socket_addr(e: &Endpoint) -> Option<SocketAddr> {
@@ -90,7 +89,7 @@ pub struct ChildInfo {
     pub encap: bool,
     /// Traffic of the inbound and the outbound SA, counted by the data path.
     #[serde(skip)]
-    pub traffic: [Arc<SaTraffic>; 2],
+    pub traffic: SaPairTraffic,
 }
 
 impl ChildInfo {
@@ -102,20 +101,11 @@ impl ChildInfo {
         let secs = |ms: Option<u64>| ms.map(|ms| ms / 1000);
         v["rekey_in_s"] = secs(schedule.and_then(|s| s.rekey_in_ms)).into();
         v["expire_in_s"] = secs(schedule.and_then(|s| s.expire_in_ms)).into();
-        let [(ip, ib), (op, ob)] = self.traffic.each_ref().map(|t| t.get());
-        for (k, n) in [("in_packets", ip), ("in_bytes", ib), ("out_packets", op), ("out_bytes", ob)] {
-            v[k] = n.into();
+        for (k, n) in TRAFFIC_FIELDS.iter().zip(traffic(&self.traffic)) {
+            v[*k] = n.into();
         }
         v
     }
-}
-
-/// Packets and bytes in and out: [in packets, in bytes, out packets, out bytes].
-pub type Traffic = [u64; 4];
-
-fn traffic_of(c: &ChildInfo) -> Traffic {
-    let [(ip, ib), (op, ob)] = c.traffic.each_ref().map(|t| t.get());
-    [ip, ib, op, ob]
 }
 
 /// The data path's SAs as the control thread tracks them.
@@ -228,7 +218,7 @@ impl Children {
         };
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
-        let traffic = [Arc::new(SaTraffic::default()), Arc::new(SaTraffic::default())];
+        let traffic = SaPairTraffic::default();
         self.inbound.send(SaCommand::AddInbound {
             group,
             traffic: traffic[0].clone(),
@@ -312,7 +302,7 @@ impl Children {
         self.list = kept;
         for c in gone {
             let r = self.retired.entry(c.connection.clone()).or_default();
-            for (total, n) in r.iter_mut().zip(traffic_of(&c)) {
+            for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
             }
         }
@@ -324,7 +314,7 @@ impl Children {
         let mut t = self.retired.clone();
         for c in &self.list {
             let r = t.entry(c.connection.clone()).or_default();
-            for (total, n) in r.iter_mut().zip(traffic_of(c)) {
+            for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
             }
         }

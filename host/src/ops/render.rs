@@ -189,7 +189,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     s.counter("wasmsec_guest_restarts_total", "Guest instances replaced after a trap.", &[], g(&st.guest_restarts));
     // Manual tunnels live in the daemon's own domain (tenant "").
     for m in &st.manual {
-        sa_traffic(s, [("connection", &m.name), ("tenant", "")], m.get());
+        sa_traffic(s, [("connection", &m.name), ("tenant", "")], crate::stats::traffic(&m.sas));
     }
     s.counter(
         "wasmsec_guest_protocol_errors_total",
@@ -201,7 +201,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
 
 /// A connection's (or manual tunnel's) SA traffic:
 /// [in packets, in bytes, out packets, out bytes].
-fn sa_traffic(s: &mut Scrape, [c, tenant]: [(&str, &str); 2], t: [u64; 4]) {
+fn sa_traffic(s: &mut Scrape, [c, tenant]: [(&str, &str); 2], t: crate::stats::Traffic) {
     let p = "ESP packets carried by the connection's CHILD SAs or manual tunnel (opened and delivered, or sealed and sent).";
     let b = "ESP bytes carried by the connection's CHILD SAs or manual tunnel (ESP header to ICV).";
     for (dir, packets, bytes) in [("in", t[0], t[1]), ("out", t[2], t[3])] {
@@ -293,7 +293,7 @@ mod tests {
         let mut stats = Stats::default();
         stats.in_drop(DropReason::Replay);
         let manual = crate::stats::ManualTraffic { name: "static".into(), ..Default::default() };
-        manual.outbound.count(120);
+        manual.sas[1].count(120);
         stats.manual.push(manual);
         let view = IkeView {
             ike_sas: [(("gw".to_string(), "half_open"), 1)].into(),
