@@ -10,13 +10,22 @@
 #     says so with AUTH_LIFETIME (RFC 4478) and strongSwan, with no
 #     reauth_time of its own, reauthenticates on that.
 # strongSwan accepts our PFS key material only if KEYMAT is right (its ESP
-# would not decrypt otherwise), and at most 2 pings may be lost per run
-# (strongSwan <-> strongSwan loses up to 2 in its own rekey scenario here).
+# would not decrypt otherwise).
+# Lost pings are traced (tests/interop/loss-report.py, from captures of
+# host A, wasmsec's WAN and LAN) to the side that lost them: at most 2 may
+# die at wasmsec (strongSwan <-> strongSwan loses up to 2 in its own rekey
+# scenario here), at most 10 in all. strongSwan loses some of its own: with
+# rekey_time alone its libipsec CHILD SAs expire hard instead of rekeying
+# (a DELETE, then a new CHILD SA: break before make), and a request sent in
+# that gap never reaches our WAN. Giving strongSwan a life_time beyond its
+# rekey_time makes its rekeys make-before-break, but then they collide with
+# its reauthentication, which it postpones past the IKE SA's hard lifetime.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 330 bash "$0" "$@"
 
 PFS=aes256gcm16-x25519
 MAX_LOSS=2
+MAX_TOTAL_LOSS=10
 
 sswan_sas() { # DIR: "IKE_SAs CHILD_SAs" as strongSwan lists them
     sswan "$1" --list-sas --raw 2>/dev/null | python3 -c 'import re,sys
@@ -31,9 +40,12 @@ sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 and s["ike"]["
 ikestat() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike"][sys.argv[1]])' "$2"; }
 
 run_case() { # WASMSEC_ROLE (initiator | responder | asks)
-    local role=$1 A=$STATE/$1/A B=$STATE/$1/B got lost
+    local role=$1 A=$STATE/$1/A B=$STATE/$1/B got lost ns ifc name
     topo_up
     mkdir -p "$A" "$B"
+    # With the ESP key log (debugging only; IKE's is always on in these
+    # tests) the loss report decrypts the ESP too.
+    export WASMSEC_IKE_EXTRA="esp_keylog = \"$B/esp_sa\""
     if [ "$role" = asks ]; then
         # strongSwan starts a reauthentication over_time before the
         # AUTH_LIFETIME it got (default: 10 % of its 4 h rekey_time, which
@@ -55,18 +67,30 @@ run_case() { # WASMSEC_ROLE (initiator | responder | asks)
     fi
     check "wasmsec $role: tunnel up" wasmsec_up "$B" 20
     check "wasmsec $role: strongSwan has it up" sswan_up "$A" 10
+    # wasmsec's WAN and LAN and host A, so that a lost ping can be traced
+    # (below) to the side that lost it.
+    local caps=() c
+    for c in wsi-gwb:wan0:b-wan wsi-gwb:lan0:b-lan wsi-hosta:eth0:a-host; do
+        IFS=: read -r ns ifc name <<<"$c"
+        ip netns exec "$ns" tcpdump -i "$ifc" -n -U -s 2048 -w "$B/cap-$name.pcap" 'udp or esp or icmp' \
+            >/dev/null 2>"$B/cap-$name.err" </dev/null &
+        caps+=($!); PIDS+=($!)
+    done
+    for c in b-wan b-lan a-host; do
+        for _ in $(seq 30); do grep -q "listening on" "$B/cap-$c.err" 2>/dev/null && break; sleep 0.1; done
+    done
     nsx wsi-hosta ping -n -i 0.05 -c 800 -W 1 $HOST_B >"$STATE/$role-ping.out" 2>&1 || true
+    sleep 0.3; kill -INT "${caps[@]}" 2>/dev/null || true; wait "${caps[@]}" 2>/dev/null || true
     got=$(grep -c "bytes from" "$STATE/$role-ping.out" || true)
     lost=$((800 - got))
     local pfs reauth
     pfs=$(grep -c "installed: .*$PFS" "$B/wasmsec.log" || true)
     reauth=$(grep -c "established with $ID_A" "$B/wasmsec.log" || true)
     echo "wasmsec $role: pings $got/800; at wasmsec: $pfs CHILD SAs with PFS, $reauth IKE SAs authenticated"
-    local min_pfs=6 max_loss=$MAX_LOSS
+    local min_pfs=6
     # strongSwan's own reauthentication every 10 s restarts its CHILD rekey
-    # timer, and it loses a packet of its own now and then doing it (the
-    # wasmsec side is checked packet by packet below).
-    [ "$role" = asks ] && min_pfs=3 max_loss=4
+    # timer.
+    [ "$role" = asks ] && min_pfs=3
     check "wasmsec $role: at least $min_pfs CHILD SAs rekeyed with PFS ($pfs)" [ "$pfs" -ge "$min_pfs" ]
     check "wasmsec $role: at least 2 reauthentications ($((reauth - 1)))" [ "$reauth" -ge 3 ]
     if [ "$role" = asks ]; then
@@ -81,7 +105,17 @@ run_case() { # WASMSEC_ROLE (initiator | responder | asks)
     else
         check "strongSwan reauthenticated" grep -q "reauthenticating IKE_SA" "$A/charon.log"
     fi
-    check "wasmsec $role: at most $max_loss pings lost ($lost)" [ "$lost" -le "$max_loss" ]
+    local ours=0
+    if [ "$lost" -gt 0 ]; then
+        # Where each lost ping died, strongSwan's side or ours, and what IKE
+        # was doing at that moment (decrypted with the key logs).
+        python3 "$ROOT/tests/interop/loss-report.py" --dir "$B" --peer-log "$A/charon.log" >"$B/loss-report.txt" 2>&1 || true
+        sed 's/^/    /' "$B/loss-report.txt"
+        # What the report does not pin on strongSwan counts as ours.
+        ours=$((lost - $(grep -c "died in the peer's" "$B/loss-report.txt" || true)))
+    fi
+    check "wasmsec $role: at most $MAX_LOSS pings lost at wasmsec ($ours)" [ "$ours" -le "$MAX_LOSS" ]
+    check "wasmsec $role: at most $MAX_TOTAL_LOSS pings lost in all ($lost)" [ "$lost" -le "$MAX_TOTAL_LOSS" ]
     check "wasmsec $role: wasmsec dropped no ESP packet and no packet for want of a live SA" python3 -c '
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -96,7 +130,6 @@ sys.exit(0 if sum(s["inbound_drops"].values()) == 0 and s["outbound_drops"]["sa_
     topo_down
 }
 
-run_case responder
-run_case initiator
-run_case asks
+# CASES: a subset, to chase one of them (default: all three).
+for c in ${CASES:-responder initiator asks}; do run_case "$c"; done
 finish
