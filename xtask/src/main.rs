@@ -29,7 +29,7 @@ use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|doctor> [args]\n\
+        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-tunnels|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
          \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
@@ -37,6 +37,7 @@ fn usage() -> ! {
          \n  image            build, then the container image (OCI layout in target/image/oci)\
          \n  bench            build, then the ESP data-path benchmark\
          \n  bench-tenants    build, then the tenant scale benchmark (10,000 tenants' guest instances in one process)\
+         \n  bench-tunnels    build, then tunnel throughput: wasmsec, strongSwan libipsec, boringtun, wireguard-go in one run (needs root)\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
     std::process::exit(2)
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         "bench" => bench("esp_datapath"),
         // bench-policy: its name before it measured the ESP pairs too.
         "bench-tenants" | "bench-policy" => bench("tenant_scale"),
+        "bench-tunnels" => bench_tunnels(),
         _ => usage(),
     };
     match r {
@@ -164,6 +166,34 @@ fn shared_harness_missing() -> Result<bool> {
 fn bench(which: &str) -> Result<bool> {
     build::all()?;
     run(Command::new(build::cargo()).current_dir(root()).args(["bench", "-p", "wasmsec", "--bench", which]))
+}
+
+/// Tunnel throughput against the userspace anchors (tests/bench/tunnels.sh):
+/// installs the anchors (Debian's WireGuard tools, boringtun-cli from
+/// crates.io) if missing.
+fn bench_tunnels() -> Result<bool> {
+    require_root("the tunnel benchmark")?;
+    prepare(Group::Test)?;
+    packages::ensure(Group::Bench)?;
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_default()
+        .join("bin/boringtun-cli");
+    let on_path = Command::new("sh").args(["-c", "command -v boringtun-cli"]).output().is_ok_and(|o| o.status.success());
+    if !on_path && !cargo_bin.exists() {
+        eprintln!("xtask: installing boringtun-cli from crates.io (a few minutes)");
+        if !run(Command::new(build::cargo()).args(["install", "--locked", "boringtun-cli"]))? {
+            bail!("cargo install boringtun-cli failed");
+        }
+    }
+    build::all()?;
+    run(Command::new("bash")
+        .arg(root().join("tests/bench/tunnels.sh"))
+        .current_dir(root())
+        .env("BORINGTUN", if on_path { PathBuf::from("boringtun-cli") } else { cargo_bin })
+        .env("WASMSEC_BIN", build::host_binary())
+        .env("WASMSEC_COMPONENTS", build::components_dir()))
 }
 
 /// Everything, in order; counts suites and prints one closing line.

@@ -16,6 +16,8 @@ pub enum Group {
     Run,
     /// The end-to-end and interop tests.
     Test,
+    /// The tunnel benchmark's anchors (`cargo xtask bench-tunnels`).
+    Bench,
 }
 
 impl Group {
@@ -24,6 +26,7 @@ impl Group {
             "build" => Some(Group::Build),
             "run" => Some(Group::Run),
             "test" => Some(Group::Test),
+            "bench" => Some(Group::Bench),
             _ => None,
         }
     }
