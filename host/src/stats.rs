@@ -13,6 +13,12 @@ pub struct Stats {
     pub tun_rx_packets: AtomicU64,
     /// Inner packets written to the TUN device.
     pub tun_tx_packets: AtomicU64,
+    /// TCP super-packets read with TSO (each also counted as its segments
+    /// in `tun_rx_packets`).
+    pub tun_rx_super: AtomicU64,
+    /// Packets from the TUN device whose offload header could not be
+    /// followed (a GSO type not offered, offsets outside the packet).
+    pub tun_rx_malformed: AtomicU64,
     /// ESP packets sent, in UDP or raw.
     pub esp_tx_packets: AtomicU64,
     /// Bytes of those ESP packets, without the UDP and IP headers.
@@ -133,6 +139,8 @@ impl Stats {
         serde_json::json!({
             "tun_rx_packets": g(&self.tun_rx_packets),
             "tun_tx_packets": g(&self.tun_tx_packets),
+            "tun_rx_super": g(&self.tun_rx_super),
+            "tun_rx_malformed": g(&self.tun_rx_malformed),
             "esp_tx_packets": g(&self.esp_tx_packets),
             "esp_tx_bytes": g(&self.esp_tx_bytes),
             "esp_rx_packets": g(&self.esp_rx_packets),

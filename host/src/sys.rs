@@ -8,15 +8,28 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A TUN device (layer 3, no packet-information header).
+/// A TUN device (layer 3, no packet-information header), with a
+/// `virtio_net_hdr` in front of every packet when the kernel granted
+/// offloads (see `offload`).
 pub struct Tun {
     /// The non-blocking /dev/net/tun file descriptor.
     fd: OwnedFd,
     /// The interface name.
     name: String,
+    /// Opened with `IFF_VNET_HDR` and TSO/checksum offload granted.
+    vnet: bool,
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_VNET_HDR: libc::c_int = 0x4000;
+/// `TUNSETOFFLOAD` bits: checksum, TSO for IPv4 and IPv6, and TSO of
+/// packets with ECN's CWR set (our segmenter clears it after the first).
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 
 #[repr(C)]
 struct IfReq {
@@ -26,8 +39,23 @@ struct IfReq {
 }
 
 impl Tun {
-    /// Create (or attach to) the TUN device `name`, non-blocking.
-    pub fn open(name: &str) -> io::Result<Tun> {
+    /// Create (or attach to) the TUN device `name`, non-blocking. With
+    /// `offload`, ask for TSO and checksum offload: the kernel then hands
+    /// over TCP super-packets of up to 64 KiB (cut by `offload::segment`)
+    /// instead of segmenting them itself. Where it refuses, the device is
+    /// opened again without them and works packet by packet; `vnet()`
+    /// says which.
+    pub fn open(name: &str, offload: bool) -> io::Result<Tun> {
+        if offload {
+            match Tun::open_with(name, true) {
+                Ok(t) => return Ok(t),
+                Err(e) => tracing::warn!(tun = name, error = %e, "TUN offloads refused; reading packet by packet"),
+            }
+        }
+        Tun::open_with(name, false)
+    }
+
+    fn open_with(name: &str, vnet: bool) -> io::Result<Tun> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?}")));
         }
@@ -41,7 +69,7 @@ impl Tun {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 }) as libc::c_short,
             _pad: [0; 22],
         };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
@@ -51,7 +79,24 @@ impl Tun {
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Tun { fd, name: name.to_string() })
+        if vnet {
+            let size = crate::offload::vnet::LEN as libc::c_int;
+            // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
+            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+            // SAFETY: TUNSETOFFLOAD takes the flags as the argument itself.
+            if refuse_offload() || unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) } < 0 {
+                return Err(io::Error::other(format!("TUNSETOFFLOAD: {}", io::Error::last_os_error())));
+            }
+        }
+        Ok(Tun { fd, name: name.to_string(), vnet })
+    }
+
+    /// Whether every packet read or written carries a `virtio_net_hdr`.
+    pub fn vnet(&self) -> bool {
+        self.vnet
     }
 
     pub fn name(&self) -> &str {
@@ -60,7 +105,7 @@ impl Tun {
 
     /// Another handle on the same device (one thread reads, one writes).
     pub fn try_clone(&self) -> io::Result<Tun> {
-        Ok(Tun { fd: self.fd.try_clone()?, name: self.name.clone() })
+        Ok(Tun { fd: self.fd.try_clone()?, name: self.name.clone(), vnet: self.vnet })
     }
 
     /// Read one packet; `WouldBlock` when none is queued.
@@ -70,12 +115,35 @@ impl Tun {
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 
-    /// Write one packet.
+    /// Write one packet (behind an all-zero `virtio_net_hdr`, "nothing to
+    /// do", on a `vnet` device).
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.vnet {
+            return self.send_with(&[0; crate::offload::vnet::LEN], buf);
+        }
         // SAFETY: buf is valid for reads of buf.len() bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
+
+    /// Write `hdr` and `buf` as one packet (writev: no copy to join them).
+    pub fn send_with(&self, hdr: &[u8], buf: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: hdr.len() },
+            libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() },
+        ];
+        // SAFETY: both iovecs point at live slices of the given lengths,
+        // which writev only reads.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
+/// Tests only: `WASMSEC_TEST_REFUSE_TUN_OFFLOAD=1` makes `TUNSETOFFLOAD`
+/// count as refused, as an old kernel or a restricted sandbox would, so
+/// the fallback is exercised on a kernel that grants it.
+fn refuse_offload() -> bool {
+    std::env::var_os("WASMSEC_TEST_REFUSE_TUN_OFFLOAD").is_some_and(|v| v == "1")
 }
 
 impl AsRawFd for Tun {
@@ -280,4 +348,125 @@ pub fn drain(fd: RawFd) {
     let mut buf = [0u8; 4096];
     // SAFETY: reads into a buffer we own, at most its length.
     while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// `setsockopt` level and option of UDP generic segmentation offload.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Send `buf` to `to` as datagrams of `segment` bytes each (the last may be
+/// shorter) in one system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The
+/// kernel cuts it as late as it can, on a veth or a GSO-capable NIC not at
+/// all. It fails with `EIO` where the device cannot checksum for it, and
+/// with `EINVAL` on a kernel without it; callers then send one by one.
+pub fn send_gso(sock: &std::net::UdpSocket, to: SocketAddrV4, buf: &[u8], segment: u16) -> io::Result<usize> {
+    if std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1") {
+        // Tests only: what a device without checksum offload answers.
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    let mut sa = sockaddr(to);
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    // Room for one cmsg carrying a u16, aligned as cmsghdr wants.
+    let mut control = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; every pointer set below points at
+    // locals that outlive the sendmsg call, with the lengths given.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: msg_control has room for CMSG_SPACE(2) bytes (32 >= 24), so
+    // the first header and its data are inside `control`.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+    }
+    // SAFETY: msg is fully initialised above.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Set a socket's send and receive buffers to `bytes`, past
+/// `net.core.[rw]mem_max` where we may (`SO_*BUFFORCE` needs
+/// `CAP_NET_ADMIN`; without it the kernel's cap applies).
+pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize) as libc::c_int;
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        set_int_option(sock, libc::SOL_SOCKET, force, v).or_else(|_| set_int_option(sock, libc::SOL_SOCKET, plain, v))?;
+    }
+    Ok(())
+}
+
+/// `setsockopt` with an `int` value.
+fn set_int_option(sock: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int through the pointer.
+    let r = unsafe {
+        libc::setsockopt(sock.as_raw_fd(), level, opt, (&v as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+const UDP_GRO: libc::c_int = 104;
+
+/// Ask for UDP GRO on a socket (Linux 5.0): a read may then return many
+/// datagrams of one flow and size at once, with their size in a control
+/// message (`recv_gro`).
+pub fn enable_udp_gro(sock: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(sock, SOL_UDP, UDP_GRO, 1)
+}
+
+/// What `recv_gro` read.
+pub struct GroRead {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// The sender (IPv4 only).
+    pub from: Option<SocketAddrV4>,
+    /// Size of each datagram in the buffer (the last may be shorter);
+    /// `None`: one datagram.
+    pub segment: Option<usize>,
+}
+
+/// Receive into `buf` with `recvmsg`, reading the `UDP_GRO` control message.
+pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
+    // SAFETY: zeroed sockaddr_in and msghdr are valid; the pointers set
+    // below point at locals that outlive the call, with the lengths given.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 8];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: msg is initialised above.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut segment = None;
+    // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen as
+    // the kernel filled them in.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                segment = usize::try_from(v).ok().filter(|&s| s > 0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = (msg.msg_namelen as usize >= size_of::<libc::sockaddr_in>()
+        && sa.sin_family == libc::AF_INET as libc::sa_family_t)
+        .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)));
+    Ok(GroRead { len: n as usize, from, segment })
 }

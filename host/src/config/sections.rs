@@ -249,12 +249,22 @@ pub struct Tunnel {
     /// tunnel (set on the routes); usually the gateway's LAN address.
     #[serde(default)]
     pub source: Option<IpAddr>,
+    /// Ask the kernel for TSO and checksum offload on the TUN devices
+    /// (the daemon's and the tenants'): one read then brings a TCP
+    /// super-packet of up to 64 KiB, which the data path cuts itself. Where
+    /// the kernel refuses, the device works packet by packet (logged).
+    #[serde(default = "default_true")]
+    pub offload: bool,
 }
 
 impl Default for Tunnel {
     fn default() -> Self {
-        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: None }
+        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: None, offload: true }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_tun_name() -> String {
@@ -282,6 +292,12 @@ pub struct Network {
     /// tunnel uses `encapsulation = "none"`.
     #[serde(default)]
     pub raw_esp: bool,
+    /// UDP GSO on sending and GRO on receiving ESP in UDP: a run of
+    /// same-sized datagrams to one peer leaves in one system call, and
+    /// one read brings up to 64 KiB of them. Where the kernel refuses,
+    /// datagrams go one by one (logged).
+    #[serde(default = "default_true")]
+    pub udp_offload: bool,
 }
 
 impl Default for Network {
@@ -291,6 +307,7 @@ impl Default for Network {
             nat_t_port: default_nat_port(),
             ike_port: default_ike_port(),
             raw_esp: false,
+            udp_offload: true,
         }
     }
 }

@@ -25,12 +25,20 @@ pub struct Domain {
     pub source: Option<IpAddr>,
     /// The TUN device's MTU.
     pub mtu: u16,
+    /// Ask for TUN offloads (`[tunnel] offload`).
+    pub offload: bool,
 }
 
 impl Domain {
     /// The daemon's own domain.
     pub fn own(cfg: &Config) -> Domain {
-        Domain { netns: None, tun: cfg.tunnel.name.clone(), source: cfg.tunnel.source, mtu: cfg.tunnel.mtu }
+        Domain {
+            netns: None,
+            tun: cfg.tunnel.name.clone(),
+            source: cfg.tunnel.source,
+            mtu: cfg.tunnel.mtu,
+            offload: cfg.tunnel.offload,
+        }
     }
 
     /// A tenant's domain.
@@ -40,6 +48,7 @@ impl Domain {
             tun: t.tun_name(),
             source: t.source,
             mtu: t.mtu.unwrap_or(cfg.tunnel.mtu),
+            offload: cfg.tunnel.offload,
         }
     }
 
@@ -60,7 +69,7 @@ impl Domain {
         {
             bail!("{what}: network namespace {ns:?} does not exist (create it first: ip netns add {ns})");
         }
-        let tun = Tun::open(&self.tun).with_context(|| format!("{what}: cannot create TUN device {}", self.tun))?;
+        let tun = Tun::open(&self.tun, self.offload).with_context(|| format!("{what}: cannot create TUN device {}", self.tun))?;
         if let Some(ns) = &self.netns {
             sys::ip(&["link", "set", "dev", &self.tun, "netns", ns])
                 .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", self.tun))?;

@@ -2,7 +2,7 @@
 //! (behind the non-ESP marker) and NAT keepalives are set aside.
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -28,8 +28,10 @@ impl Loop {
         let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
-            let ready = match sys::poll_readable(&fds, POLL_MS) {
-                Ok(r) if r.iter().any(|x| *x) => r,
+            // Datagrams of the last GRO read still waiting: look, but do not wait.
+            let pending = self.gro.has_pending();
+            let ready = match sys::poll_readable(&fds, if pending { 0 } else { POLL_MS }) {
+                Ok(r) if pending || r.iter().any(|x| *x) => r,
                 Ok(_) => continue,
                 Err(e) => {
                     warn!(error = %e, "poll on sockets failed");
@@ -104,43 +106,12 @@ impl Loop {
     /// and IKE are counted and set aside.
     fn read_batch(&mut self, ready: &[bool]) -> usize {
         let batch = self.staging.len();
-        let st = &mut self.staging;
         let mut n = 0;
         self.sources.clear();
-        if ready[0] {
-            while n < batch {
-                let p = &mut st[n];
-                match self.udp.recv_from(p.recv_area()) {
-                    Ok((len, from)) => {
-                        p.set_received(len);
-                        let from = match from {
-                            SocketAddr::V4(f) => Some(f),
-                            SocketAddr::V6(_) => None,
-                        };
-                        match Datagram::classify(p.data()) {
-                            Ok(Datagram::Esp(e)) => {
-                                stats::inc(&self.stats.esp_rx_packets);
-                                stats::add(&self.stats.esp_rx_bytes, len as u64);
-                                let spi = esp::Packet::new_checked(e).map(|e| e.spi()).ok();
-                                self.sources.push(spi.zip(from));
-                                n += 1;
-                            }
-                            Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
-                            Ok(Datagram::Ike(ike)) => match (&self.up, from) {
-                                (Some(up), Some(from)) if up.send(Report::Ike { from, data: ike.to_vec() }) => {}
-                                _ => stats::inc(&self.stats.ike_rx_unhandled),
-                            },
-                            Err(_) => stats::inc(&self.stats.rx_runts),
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        debug!(error = %e, "UDP receive failed");
-                        break;
-                    }
-                }
-            }
+        if ready[0] || self.gro.has_pending() {
+            n = self.read_udp(n);
         }
+        let st = &mut self.staging;
         if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
             while n < batch {
                 let p = &mut st[n];
@@ -165,6 +136,31 @@ impl Loop {
                     }
                 }
             }
+        }
+        n
+    }
+}
+
+impl Loop {
+    /// Classify the UDP payload in staging slot `n`: ESP stays there (the
+    /// next free slot is `n + 1`); keepalives are counted and IKE goes to
+    /// the control thread (the slot is free again).
+    pub(super) fn take_datagram(&mut self, n: usize, from: Option<SocketAddrV4>) -> usize {
+        let p = &self.staging[n];
+        match Datagram::classify(p.data()) {
+            Ok(Datagram::Esp(e)) => {
+                stats::inc(&self.stats.esp_rx_packets);
+                stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
+                let spi = esp::Packet::new_checked(e).map(|e| e.spi()).ok();
+                self.sources.push(spi.zip(from));
+                return n + 1;
+            }
+            Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
+            Ok(Datagram::Ike(ike)) => match (&self.up, from) {
+                (Some(up), Some(from)) if up.send(Report::Ike { from, data: ike.to_vec() }) => {}
+                _ => stats::inc(&self.stats.ike_rx_unhandled),
+            },
+            Err(_) => stats::inc(&self.stats.rx_runts),
         }
         n
     }

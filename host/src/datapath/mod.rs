@@ -11,9 +11,12 @@
 //! ([`channel`]).
 pub mod channel;
 pub mod group;
+pub mod gro;
+pub mod gso;
 pub mod guard;
 pub mod inbound;
 pub mod outbound;
+pub mod tso;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -121,6 +124,12 @@ pub struct Loop {
     pub from_domain: Vec<usize>,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
+    /// Outbound thread: the TSO super-packet being cut.
+    pub cutter: tso::Cutter,
+    /// Outbound thread: sealed ESP-in-UDP datagrams gathered for UDP GSO.
+    pub gso: gso::GsoSend,
+    /// Inbound thread: the last UDP GRO read, being cut.
+    pub gro: gro::GroRecv,
 }
 
 impl Loop {

@@ -8,6 +8,7 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
+use super::gso::UdpOut;
 use super::group::Groups;
 use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
@@ -27,7 +28,9 @@ impl Loop {
         let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
-            let ready = match sys::poll_readable(&fds, POLL_MS) {
+            // Segments still waiting: look, but do not wait.
+            let wait = if self.cutter.has_pending() { 0 } else { POLL_MS };
+            let ready = match sys::poll_readable(&fds, wait) {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "poll on TUN failed");
@@ -69,11 +72,24 @@ impl Loop {
                 // the SA that sealed it: anything else would be LAN plaintext
                 // on the WAN, or one tunnel's traffic sent to another's peer.
                 EncapVerdict::Send(peer) if matches!(mark, Mark::Sealed { peer: to, .. } if *to == peer) => {
-                    if self.send(peer, p.data())
-                        && let Mark::Sealed { spi, .. } = mark
-                        && let Some(t) = self.traffic.get(spi)
-                    {
-                        t.count(p.len());
+                    let spi = match mark {
+                        Mark::Sealed { spi, .. } => Some(*spi),
+                        _ => None,
+                    };
+                    match self.peers.get(peer as usize) {
+                        // ESP in UDP: gathered for one GSO send per run of
+                        // same-sized datagrams (`gso`).
+                        Some(to) if to.encapsulation == Encapsulation::Udp => {
+                            let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
+                            self.gso.push(&out, SocketAddrV4::new(to.address, to.port), spi, p.data());
+                        }
+                        _ => {
+                            if self.send(peer, p.data())
+                                && let Some(t) = spi.and_then(|s| self.traffic.get(&s))
+                            {
+                                t.count(p.len());
+                            }
+                        }
                     }
                 }
                 EncapVerdict::Send(_) => lies += 1,
@@ -92,6 +108,8 @@ impl Loop {
                 }
             }
         }
+        let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
+        self.gso.flush(&out);
         self.protocol_errors(g, "outbound", lies);
     }
 
@@ -106,10 +124,13 @@ impl Loop {
     /// Read up to a batch of inner packets from the ready TUN devices,
     /// noting each one's domain.
     fn read_tuns(&mut self, ready: &[bool]) -> usize {
-        let mut n = 0;
         self.from_domain.clear();
+        // Segments of a super-packet that did not fit the last batch first.
+        let mut n = self.cut_pending(0);
         let ready_tuns = self.tuns.iter().enumerate().filter(|(d, _)| ready.get(*d) == Some(&true));
-        for (d, tun) in ready_tuns.filter_map(|(d, t)| Some((d, t.as_ref()?))) {
+        let vnet: Vec<usize> =
+            ready_tuns.clone().filter(|(_, t)| t.as_ref().is_some_and(|t| t.vnet())).map(|(d, _)| d).collect();
+        for (d, tun) in ready_tuns.filter_map(|(d, t)| Some((d, t.as_ref()?))).filter(|(_, t)| !t.vnet()) {
             while n < self.staging.len() {
                 match tun.recv(self.staging[n].recv_area()) {
                     Ok(len) => {
@@ -124,6 +145,9 @@ impl Loop {
                     }
                 }
             }
+        }
+        for d in vnet {
+            n = self.read_vnet(d, n);
         }
         stats::add(&self.stats.tun_rx_packets, n as u64);
         n

@@ -175,6 +175,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         let help = "Inner packets read from (in) or written to (out) the TUN device.";
         s.counter("wasmsec_tun_packets_total", help, &[("direction", dir)], g(n));
     }
+    s.counter(
+        "wasmsec_tun_super_packets_total",
+        "TCP super-packets read from the TUN device with TSO (each also counted as its segments).",
+        &[],
+        g(&st.tun_rx_super),
+    );
     const DROPS: &str = "wasmsec_drops_total";
     const DROPS_HELP: &str = "Packets dropped by the data path, by direction and reason.";
     for r in DropReason::ALL {
@@ -182,6 +188,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", r.name())], st.in_drops(r));
     }
     s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "runt")], g(&st.rx_runts));
+    s.counter(DROPS, DROPS_HELP, &[("direction", "out"), ("reason", "tun_malformed")], g(&st.tun_rx_malformed));
     s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));

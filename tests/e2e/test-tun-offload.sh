@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# TUN offloads and UDP GSO (issue #16): TCP through the demo tunnel with
+# TSO and GSO on, then with the kernel's TUNSETOFFLOAD refused, then with
+# UDP GSO failing.
+#  - With offloads, gwa reads TCP super-packets (counted) and cuts them
+#    itself; tshark decrypts the capture of the gateway link and finds every
+#    inner TCP segment within the MTU with a valid checksum, and each SA's
+#    ESP sequence numbers strictly increasing.
+#  - Refused (WASMSEC_TEST_REFUSE_TUN_OFFLOAD=1, as an old kernel or a
+#    sandbox would), the daemon says so, reads packet by packet and the same
+#    TCP transfer still completes.
+#  - With UDP GSO failing with EIO (WASMSEC_TEST_UDP_GSO_EIO=1, what a
+#    device without checksum offload answers), the daemon says so once and
+#    sends datagram by datagram; the transfer completes.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 300 bash "$0" "$@"
+
+DIR=$(mktemp -d /tmp/wasmsec-e2e-tso.XXXXXX)
+IPERF=
+cleanup() {
+    [ -n "$IPERF" ] && kill "$IPERF" 2>/dev/null
+    "$WASMSEC_BIN" demo --down >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+stat_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+# tcp_run: 20 MB of iperf3 TCP host A -> host B (a capture tshark decrypts
+# in seconds); prints Mbit/s received.
+tcp_run() {
+    ip netns exec wsdemo-hostb iperf3 -s -1 >/dev/null 2>&1 &
+    IPERF=$!
+    sleep 0.5
+    ip netns exec wsdemo-hosta iperf3 -c 198.18.2.10 -n 20M -J 2>/dev/null | python3 -c 'import json,sys
+try: print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))
+except Exception: print(0)'
+    wait "$IPERF" 2>/dev/null || true
+    IPERF=
+}
+
+# 1. Offloads granted.
+check "demo up with TUN offloads" "$WASMSEC_BIN" demo --manual --keep --dir "$DIR/on" --pings 2
+# A veth passes a GSO datagram whole, and a capture would see one 64 KiB
+# UDP datagram holding many ESP packets; with the veth's UDP segmentation
+# off, the kernel cuts it before the capture point, as a NIC would on the
+# wire (the daemon still sends with GSO).
+ip netns exec wsdemo-gwa ethtool -K wan0 tx-udp-segmentation off >/dev/null
+ip netns exec wsdemo-gwa tcpdump -i wan0 -n -U -w "$DIR/tso.pcap" udp port 4500 2>"$DIR/tcpdump.err" &
+CAP=$!
+for _ in $(seq 50); do grep -q "listening on" "$DIR/tcpdump.err" && break; sleep 0.1; done
+mbit=$(tcp_run)
+sleep 0.3; kill -INT "$CAP"; wait "$CAP" 2>/dev/null || true
+echo "TCP through the tunnel with offloads: $mbit Mbit/s"
+check "TCP passes with offloads ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
+sleep 1.2  # the stats file is rewritten every second
+supers=$(stat_of "$DIR/on/gwa-stats.json" tun_rx_super)
+segs=$(stat_of "$DIR/on/gwa-stats.json" tun_rx_packets)
+echo "gwa: $supers TCP super-packets read, $segs packets after cutting"
+check "gwa read TCP super-packets and cut them ($supers -> $segs)" [ "$supers" -gt 0 -a "$segs" -gt "$supers" ]
+check "gwa sent with UDP GSO (no refusal logged)" bash -c "! grep -q 'UDP GSO refused' '$DIR/on/gwa.log'"
+check "no offload header gwa could not follow" [ "$(stat_of "$DIR/on/gwa-stats.json" tun_rx_malformed)" -eq 0 ]
+"$WASMSEC_BIN" demo --down >/dev/null 2>&1
+
+tshark_args=(-r "$DIR/tso.pcap" -o esp.enable_encryption_decode:TRUE -o tcp.check_checksum:TRUE)
+while IFS= read -r line; do tshark_args+=(-o "uat:esp_sa:$line"); done < "$DIR/on/esp_sa"
+tshark "${tshark_args[@]}" -Y 'esp && tcp && ip.src == 198.18.1.10' \
+    -T fields -e esp.spi -e esp.sequence -e ip.len -e tcp.checksum.status -E occurrence=l >"$DIR/inner.tsv" 2>/dev/null
+python3 - "$DIR/inner.tsv" >"$DIR/inner.txt" <<'PY'
+import sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines() if l.strip()]
+last, mono, big, bad = {}, True, 0, 0
+for spi, seq, iplen, status in rows:
+    seq = int(seq)
+    if spi in last and seq <= last[spi]:
+        mono = False
+    last[spi] = seq
+    big += int(iplen) > 1400
+    bad += status.strip() != "1"  # 1: good, 0: bad, 2: not verified
+print(len(rows), int(mono), big, bad)
+PY
+read -r n mono big bad <"$DIR/inner.txt"
+echo "tshark: $n inner TCP segments from host A decrypted; ESP seq increasing: $mono; above the MTU: $big; bad TCP checksums: $bad"
+check "tshark decrypts the offloaded flow's segments ($n)" [ "$n" -ge 100 ]
+check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
+check "every cut segment fits the TUN MTU ($big above)" [ "$big" -eq 0 ]
+check "every cut segment has a valid TCP checksum ($bad bad)" [ "$bad" -eq 0 ]
+
+# 2. Offloads refused.
+check "demo up with TUNSETOFFLOAD refused" env WASMSEC_TEST_REFUSE_TUN_OFFLOAD=1 \
+    "$WASMSEC_BIN" demo --manual --keep --dir "$DIR/off" --pings 2
+check "the daemon says the offloads were refused" grep -q "TUN offloads refused" "$DIR/off/gwa.log"
+mbit=$(tcp_run)
+echo "TCP through the tunnel without offloads: $mbit Mbit/s"
+check "TCP passes without offloads ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
+sleep 1.2
+check "no super-packets without offloads" [ "$(stat_of "$DIR/off/gwa-stats.json" tun_rx_super)" -eq 0 ]
+"$WASMSEC_BIN" demo --down >/dev/null 2>&1
+
+# 3. UDP GSO failing.
+check "demo up with UDP GSO failing" env WASMSEC_TEST_UDP_GSO_EIO=1 \
+    "$WASMSEC_BIN" demo --manual --keep --dir "$DIR/nogso" --pings 2
+mbit=$(tcp_run)
+echo "TCP through the tunnel without UDP GSO: $mbit Mbit/s"
+check "TCP passes without UDP GSO ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
+check "the daemon says UDP GSO was refused" grep -q "UDP GSO refused" "$DIR/nogso/gwa.log"
+sleep 1.2
+check "nothing failed to send ($(stat_of "$DIR/nogso/gwa-stats.json" tx_errors) errors)" \
+    [ "$(stat_of "$DIR/nogso/gwa-stats.json" tx_errors)" -eq 0 ]
+finish
