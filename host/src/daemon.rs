@@ -19,14 +19,14 @@ use crate::control::connections::load_connections;
 use crate::control::domains::Domains;
 use crate::control::sockets::IkeSockets;
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
+use crate::datapath::gro::GroRecv;
 use crate::datapath::group::{Group, Groups};
+use crate::datapath::gso::GsoSend;
 use crate::datapath::guard::GuestGuard;
 use crate::datapath::{Loop, Peer, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
 use crate::stats::Stats;
-use crate::datapath::gro::GroRecv;
-use crate::datapath::gso::GsoSend;
 use crate::sys::{self, RawEsp, Tun};
 
 /// Send and receive buffer of the ESP-in-UDP socket.
@@ -471,7 +471,9 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the ESP socket's buffers");
     }
     let gro = cfg.network.udp_offload
-        && sys::enable_udp_gro(&udp).map_err(|e| warn!(error = %e, "UDP GRO refused; reading datagrams one by one")).is_ok();
+        && sys::enable_udp_gro(&udp)
+            .map_err(|e| warn!(error = %e, "UDP GRO refused; reading datagrams one by one"))
+            .is_ok();
     let want_raw = cfg.network.raw_esp || manual.peers.iter().any(|p| p.encapsulation == Encapsulation::None);
     let raw = match RawEsp::open(cfg.network.listen) {
         Ok(r) if want_raw || with_ike => Some(r),

@@ -398,7 +398,8 @@ pub fn send_gso(sock: &std::net::UdpSocket, to: SocketAddrV4, buf: &[u8], segmen
 pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     let v = bytes.min(i32::MAX as usize) as libc::c_int;
     for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-        set_int_option(sock, libc::SOL_SOCKET, force, v).or_else(|_| set_int_option(sock, libc::SOL_SOCKET, plain, v))?;
+        set_int_option(sock, libc::SOL_SOCKET, force, v)
+            .or_else(|_| set_int_option(sock, libc::SOL_SOCKET, plain, v))?;
     }
     Ok(())
 }
@@ -407,7 +408,13 @@ pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
 fn set_int_option(sock: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt reads one c_int through the pointer.
     let r = unsafe {
-        libc::setsockopt(sock.as_raw_fd(), level, opt, (&v as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

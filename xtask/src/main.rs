@@ -180,7 +180,8 @@ fn bench_tunnels() -> Result<bool> {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
         .unwrap_or_default()
         .join("bin/boringtun-cli");
-    let on_path = Command::new("sh").args(["-c", "command -v boringtun-cli"]).output().is_ok_and(|o| o.status.success());
+    let on_path =
+        Command::new("sh").args(["-c", "command -v boringtun-cli"]).output().is_ok_and(|o| o.status.success());
     if !on_path && !cargo_bin.exists() {
         eprintln!("xtask: installing boringtun-cli from crates.io (a few minutes)");
         if !run(Command::new(build::cargo()).args(["install", "--locked", "boringtun-cli"]))? {

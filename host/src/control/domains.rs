@@ -69,7 +69,8 @@ impl Domain {
         {
             bail!("{what}: network namespace {ns:?} does not exist (create it first: ip netns add {ns})");
         }
-        let tun = Tun::open(&self.tun, self.offload).with_context(|| format!("{what}: cannot create TUN device {}", self.tun))?;
+        let tun = Tun::open(&self.tun, self.offload)
+            .with_context(|| format!("{what}: cannot create TUN device {}", self.tun))?;
         if let Some(ns) = &self.netns {
             sys::ip(&["link", "set", "dev", &self.tun, "netns", ns])
                 .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", self.tun))?;

@@ -10,8 +10,8 @@
 //! come from the control thread and reports go to it over typed channels
 //! ([`channel`]).
 pub mod channel;
-pub mod group;
 pub mod gro;
+pub mod group;
 pub mod gso;
 pub mod guard;
 pub mod inbound;

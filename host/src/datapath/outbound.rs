@@ -8,8 +8,8 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
-use super::gso::UdpOut;
 use super::group::Groups;
+use super::gso::UdpOut;
 use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
