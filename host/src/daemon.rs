@@ -545,6 +545,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         cutter: Default::default(),
         gso: GsoSend::new(cfg.network.udp_offload),
         gro: Default::default(),
+        hold: Default::default(),
     };
     let inbound = Loop {
         runtime,
@@ -566,6 +567,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         cutter: Default::default(),
         gso: Default::default(),
         gro: GroRecv::new(gro),
+        hold: Default::default(),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;

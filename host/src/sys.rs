@@ -354,14 +354,18 @@ pub fn drain(fd: RawFd) {
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 
+/// Tests only: `WASMSEC_TEST_UDP_GSO_EIO=1` makes every UDP GSO send fail
+/// as on a device without checksum offload. Read once, not per send.
+static TEST_UDP_GSO_EIO: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1"));
+
 /// Send `buf` to `to` as datagrams of `segment` bytes each (the last may be
 /// shorter) in one system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The
 /// kernel cuts it as late as it can, on a veth or a GSO-capable NIC not at
 /// all. It fails with `EIO` where the device cannot checksum for it, and
 /// with `EINVAL` on a kernel without it; callers then send one by one.
 pub fn send_gso(sock: &std::net::UdpSocket, to: SocketAddrV4, buf: &[u8], segment: u16) -> io::Result<usize> {
-    if std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1") {
-        // Tests only: what a device without checksum offload answers.
+    if *TEST_UDP_GSO_EIO {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     let mut sa = sockaddr(to);

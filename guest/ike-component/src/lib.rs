@@ -219,6 +219,7 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
                 hard_packets: c.limits.hard_packets,
             },
         }),
+        ike::SaChange::ExpectInbound { inbound_spi } => wit::SaChange::ExpectInbound(inbound_spi),
         ike::SaChange::ActivateOutbound { outbound_spi } => wit::SaChange::ActivateOutbound(outbound_spi),
         ike::SaChange::PeerMoved { outbound_spis, remote } => {
             wit::SaChange::PeerMoved((outbound_spis, wit_endpoint(&remote)))

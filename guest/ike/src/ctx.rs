@@ -93,10 +93,29 @@ impl Ctx<'_> {
 
     /// A new ESP SPI of ours: above the reserved 0-255, and recognisably
     /// ours in captures (high bits set).
-    pub fn new_esp_spi(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.crypto.random(&mut b);
-        u32::from_be_bytes(b) | 0xc000_0000
+    /// Not in use by any CHILD SA, installed or being negotiated, of any
+    /// IKE SA (`current` is the one being handled, which may be out of the
+    /// table meanwhile): an SPI names one inbound SA (RFC 4301 section
+    /// 4.1), and 30 random bits repeat after some tens of thousands of SAs.
+    /// The scan is linear in the CHILD SAs.
+    pub fn new_esp_spi(&mut self, current: &IkeSa) -> u32 {
+        loop {
+            let mut b = [0u8; 4];
+            self.crypto.random(&mut b);
+            let spi = u32::from_be_bytes(b) | 0xc000_0000;
+            if !current.uses_esp_spi(spi) && !self.sas.values().any(|s| s.uses_esp_spi(spi)) {
+                return spi;
+            }
+        }
+    }
+
+    /// A new inbound ESP SPI for a request we send (IKE_AUTH or
+    /// CREATE_CHILD_SA as initiator): the data plane is told to expect it
+    /// (see [`crate::output::SaChange::ExpectInbound`]).
+    pub fn new_requested_esp_spi(&mut self, current: &IkeSa) -> u32 {
+        let spi = self.new_esp_spi(current);
+        self.out.sa_changes.push_back(crate::output::SaChange::ExpectInbound { inbound_spi: spi });
+        spi
     }
 
     pub fn nonce(&mut self) -> Vec<u8> {

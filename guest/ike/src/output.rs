@@ -86,6 +86,14 @@ pub struct ChildSa {
 /// A change to the data plane's SAs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaChange {
+    /// A request offering this inbound SPI is about to leave. The peer may
+    /// send ESP on it as soon as it has sent its answer, before we have
+    /// processed that answer and installed the SA, so the data plane holds
+    /// such packets briefly instead of dropping them. Only what the
+    /// answer installs is ever opened.
+    ExpectInbound {
+        inbound_spi: u32,
+    },
     Install(ChildSa),
     /// Start sending on the deferred outbound SA with this SPI.
     ActivateOutbound {

@@ -43,6 +43,11 @@ fn child_sas_are_rekeyed_make_before_break_without_leaks() {
     assert!(!b.installed[0].outbound_deferred && a.installed.iter().all(|c| !c.outbound_deferred));
     assert_eq!(b.activated.len(), b.installed.len() - 1);
     assert!(b.installed[1..].iter().all(|c| b.activated.contains(&c.outbound_spi)));
+    // A initiated every CHILD SA, so its data path expected each inbound
+    // SPI before the peer could use it; B answered, installing before its
+    // answer left, so it expected none.
+    assert!(a.installed.iter().all(|c| a.expected.contains(&c.inbound_spi)), "{:?}", a.expected);
+    assert!(b.expected.is_empty(), "{:?}", b.expected);
     // On both sides the data path always has an outbound SA: each new one
     // starts before the old one stops, and the old inbound half lingers for
     // packets still on the way (RFC 7296 section 2.8).

@@ -3,7 +3,7 @@
 //! place that translates between them), deferred outbound SAs wait for
 //! their activation, deleted inbound SAs linger a while, and the admin
 //! view of IKE and CHILD SAs is kept.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,6 +134,12 @@ pub struct Children {
     pub ike_sas: BTreeMap<u64, IkeInfo>,
     /// Installed CHILD SAs, in installation order.
     pub list: Vec<ChildInfo>,
+    /// Tests only: inbound SPIs of requests of ours awaiting their answer.
+    expected: HashSet<u32>,
+    /// Tests only: how long to wait before installing a CHILD SA we asked
+    /// for, to widen the window in which the peer's first ESP arrives
+    /// before the SA (`WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS`).
+    test_install_delay: Option<std::time::Duration>,
 }
 
 impl Children {
@@ -150,6 +156,11 @@ impl Children {
             lingering: Vec::new(),
             ike_sas: BTreeMap::new(),
             list: Vec::new(),
+            expected: HashSet::new(),
+            test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
         }
     }
 
@@ -216,6 +227,12 @@ impl Children {
             SocketAddr::V4(a) if c.encap => Some(a),
             _ => None,
         };
+        if self.expected.remove(&c.inbound_spi)
+            && let Some(d) = self.test_install_delay
+        {
+            warn!(spi = format_args!("{:08x}", c.inbound_spi), ms = d.as_millis() as u64, "test: delaying the install");
+            std::thread::sleep(d);
+        }
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         let traffic = SaPairTraffic::default();
@@ -266,6 +283,17 @@ impl Children {
             traffic,
         });
         true
+    }
+
+    /// A request offering inbound SPI `spi` is about to leave: the inbound
+    /// data path holds ESP for it until the answer's SA is installed.
+    pub fn expect(&mut self, spi: u32) {
+        // Kept for the test delay only (bounded: a guest that never
+        // installs what it announced cannot grow it past the cap).
+        if self.test_install_delay.is_some() && self.expected.len() < 4096 {
+            self.expected.insert(spi);
+        }
+        self.inbound.send(SaCommand::ExpectInbound { spi });
     }
 
     /// Start sending on a deferred outbound SA.

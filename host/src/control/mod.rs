@@ -353,6 +353,7 @@ impl ControlPlane {
                         crate::stats::inc(&self.stats.guest_protocol_errors);
                     }
                 }
+                SaChange::ExpectInbound(spi) => self.children.expect(spi),
                 SaChange::ActivateOutbound(spi) => self.children.activate(spi),
                 SaChange::PeerMoved((spis, remote)) => {
                     if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {

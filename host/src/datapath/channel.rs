@@ -23,6 +23,11 @@ pub enum SaCommand {
         group: usize,
         traffic: Arc<SaTraffic>,
     },
+    /// A request offering this inbound SPI is leaving: hold ESP for it
+    /// briefly until its `AddInbound` comes (see `hold`).
+    ExpectInbound {
+        spi: u32,
+    },
     /// `outbound_spi` and `peer` name the SA pair's other half and where its
     /// ESP goes, so the peer's address can float (NAT-T).
     AddInbound {

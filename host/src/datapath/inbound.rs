@@ -16,7 +16,12 @@ use super::{Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
-use crate::wasm::esp::{DecapVerdict, EspInstance, Mark};
+use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
+
+/// The slot of a packet set aside by `hold`: no group's.
+const HELD: usize = usize::MAX;
+/// Poll timeout while packets are held, so they are dropped near their time.
+const HELD_POLL_MS: i32 = 50;
 
 impl Loop {
     /// Run until the daemon stops.
@@ -28,9 +33,16 @@ impl Loop {
         let mut slots = vec![0usize; self.batch];
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
-            // Datagrams of the last GRO read still waiting: look, but do not wait.
+            self.expire_held();
+            // Datagrams of the last GRO read still waiting: look, but do not
+            // wait; held packets: wake in time to drop them.
             let pending = self.gro.has_pending();
-            let ready = match sys::poll_readable(&fds, if pending { 0 } else { POLL_MS }) {
+            let wait = match (pending, self.hold.is_empty()) {
+                (true, _) => 0,
+                (false, false) => HELD_POLL_MS,
+                (false, true) => POLL_MS,
+            };
+            let ready = match sys::poll_readable(&fds, wait) {
                 Ok(r) if pending || r.iter().any(|x| *x) => r,
                 Ok(_) => continue,
                 Err(e) => {
@@ -41,11 +53,28 @@ impl Loop {
             if ready.get(2) == Some(&true) {
                 self.apply_commands();
             }
-            let n = self.read_batch(&ready);
-            for (slot, p) in slots.iter_mut().zip(&self.staging[..n]) {
-                *slot = self.groups.route_in(esp::Packet::new_checked(p.data()).map(|e| e.spi()).ok());
+            // Held packets whose SA has come go first, then what is waiting.
+            self.sources.clear();
+            let by_spi = &self.groups.by_spi;
+            let released = self.hold.release(|spi| by_spi.contains_key(&spi), &mut self.staging, &mut self.sources);
+            let n = self.read_batch(&ready, released);
+            let now = Instant::now();
+            for (i, slot) in slots.iter_mut().enumerate().take(n) {
+                let spi = esp::Packet::new_checked(self.staging[i].data()).map(|e| e.spi()).ok();
+                *slot = match spi {
+                    Some(spi) if !self.groups.by_spi.contains_key(&spi) && self.hold.wants(spi, now) => {
+                        let source = self.sources.get(i).copied().flatten();
+                        self.hold.hold(spi, &mut self.staging[i], source, now);
+                        stats::inc(&self.stats.esp_rx_held);
+                        HELD
+                    }
+                    _ => self.groups.route_in(spi),
+                };
             }
             for g in Groups::used(&slots[..n]) {
+                if g == HELD {
+                    continue;
+                }
                 let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
                 if idx.is_empty() {
                     continue;
@@ -55,6 +84,17 @@ impl Loop {
                 }
                 self.take_back(g, &idx);
             }
+        }
+    }
+
+    /// Drop the held packets whose SA did not come in time, as packets
+    /// for an unknown SPI.
+    fn expire_held(&mut self) {
+        if self.hold.is_empty() {
+            return;
+        }
+        for _ in 0..self.hold.expire(Instant::now()) {
+            self.stats.in_drop(DropReason::UnknownSpi);
         }
     }
 
@@ -104,10 +144,10 @@ impl Loop {
 
     /// Fill the batch with ESP packets from the ready sockets; keepalives
     /// and IKE are counted and set aside.
-    fn read_batch(&mut self, ready: &[bool]) -> usize {
+    /// Slots `..start` are taken already; returns the end of the batch.
+    fn read_batch(&mut self, ready: &[bool], start: usize) -> usize {
         let batch = self.staging.len();
-        let mut n = 0;
-        self.sources.clear();
+        let mut n = start;
         if ready[0] || self.gro.has_pending() {
             n = self.read_udp(n);
         }

@@ -14,6 +14,7 @@ pub mod gro;
 pub mod group;
 pub mod gso;
 pub mod guard;
+pub mod hold;
 pub mod inbound;
 pub mod outbound;
 pub mod tso;
@@ -130,6 +131,8 @@ pub struct Loop {
     pub gso: gso::GsoSend,
     /// Inbound thread: the last UDP GRO read, being cut.
     pub gro: gro::GroRecv,
+    /// Inbound thread: ESP for SAs we asked for and have not installed yet.
+    pub hold: hold::Hold,
 }
 
 impl Loop {
@@ -262,7 +265,12 @@ impl Loop {
                     info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
                     self.install(group, Some(sa), None)
                 }
+                SaCommand::ExpectInbound { spi } => {
+                    self.hold.expect(spi, Instant::now());
+                    Ok(())
+                }
                 SaCommand::AddInbound { sa, outbound_spi, peer, group, traffic } => {
+                    self.hold.settled(sa.spi);
                     self.traffic.insert(sa.spi, traffic);
                     if let (Some(o), Some(p)) = (outbound_spi, peer) {
                         self.floats.insert(sa.spi, (o, p));

@@ -127,10 +127,16 @@ impl Loop {
         self.from_domain.clear();
         // Segments of a super-packet that did not fit the last batch first.
         let mut n = self.cut_pending(0);
-        let ready_tuns = self.tuns.iter().enumerate().filter(|(d, _)| ready.get(*d) == Some(&true));
-        let vnet: Vec<usize> =
-            ready_tuns.clone().filter(|(_, t)| t.as_ref().is_some_and(|t| t.vnet())).map(|(d, _)| d).collect();
-        for (d, tun) in ready_tuns.filter_map(|(d, t)| Some((d, t.as_ref()?))).filter(|(_, t)| !t.vnet()) {
+        // Devices without offload headers first, then those with (cut into
+        // segments as they are read).
+        let ready_tun = |tuns: &[Option<sys::Tun>], d: usize, vnet: bool| {
+            ready.get(d) == Some(&true) && tuns[d].as_ref().is_some_and(|t| t.vnet() == vnet)
+        };
+        for d in 0..self.tuns.len() {
+            if !ready_tun(&self.tuns, d, false) {
+                continue;
+            }
+            let Some(tun) = self.tuns[d].as_ref() else { continue };
             while n < self.staging.len() {
                 match tun.recv(self.staging[n].recv_area()) {
                     Ok(len) => {
@@ -146,8 +152,10 @@ impl Loop {
                 }
             }
         }
-        for d in vnet {
-            n = self.read_vnet(d, n);
+        for d in 0..self.tuns.len() {
+            if ready_tun(&self.tuns, d, true) {
+                n = self.read_vnet(d, n);
+            }
         }
         stats::add(&self.stats.tun_rx_packets, n as u64);
         n

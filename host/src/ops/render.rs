@@ -181,6 +181,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         &[],
         g(&st.tun_rx_super),
     );
+    s.counter(
+        "wasmsec_esp_held_packets_total",
+        "ESP packets held for a CHILD SA we initiated until it was installed (then opened, or dropped as unknown_spi).",
+        &[],
+        g(&st.esp_rx_held),
+    );
     const DROPS: &str = "wasmsec_drops_total";
     const DROPS_HELP: &str = "Packets dropped by the data path, by direction and reason.";
     for r in DropReason::ALL {

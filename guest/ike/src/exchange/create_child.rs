@@ -93,7 +93,7 @@ pub(crate) fn accept(
             None => return Err(Error::Malformed("PFS proposal chosen but no KE payload".into())),
         }
     }
-    let inbound_spi = ctx.new_esp_spi();
+    let inbound_spi = ctx.new_esp_spi(sa);
     let new = NewChild {
         cfg,
         chosen,
@@ -281,7 +281,7 @@ pub(crate) fn request(
     };
     let esp = &ctx.conns[sa.conn].children[cfg].esp;
     let group = group.or_else(|| esp.iter().find_map(|p| p.dh.first().copied())).filter(|g| *g != DhGroup::None);
-    let spi = ctx.new_esp_spi();
+    let spi = ctx.new_requested_esp_spi(sa);
     let nonce = ctx.nonce();
     let mut ps = Vec::new();
     if let Some(old) = rekeys {

@@ -42,7 +42,7 @@ pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, Pendin
         .crypto
         .psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body())
         .map_err(|e| Error::failed(format!("crypto operation failed: {e:?}")))?;
-    let spi = ctx.new_esp_spi();
+    let spi = ctx.new_requested_esp_spi(sa);
     let c = &ctx.conns[sa.conn];
     let child = &c.children[0];
     let mut ps = vec![Payload::IdI(idi)];

@@ -308,6 +308,16 @@ impl IkeSa {
         self.children.iter().find(|c| c.inbound_spi == inbound)
     }
 
+    /// One of its CHILD SAs, installed or proposed in the request in
+    /// flight, has this inbound SPI.
+    pub fn uses_esp_spi(&self, spi: u32) -> bool {
+        let proposed = match &self.request {
+            Some(Request { exchange: InFlight::Auth(p) | InFlight::CreateChild(p), .. }) => p.inbound_spi == spi,
+            _ => false,
+        };
+        proposed || self.child(spi).is_some()
+    }
+
     pub fn child_mut(&mut self, inbound: u32) -> Option<&mut Child> {
         self.children.iter_mut().find(|c| c.inbound_spi == inbound)
     }

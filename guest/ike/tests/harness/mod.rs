@@ -42,6 +42,9 @@ pub struct Side {
     pub keepalives: usize,
     /// Outbound SPIs activated after a deferred install.
     pub activated: Vec<u32>,
+    /// Inbound SPIs the data path was told to expect, each before the
+    /// request offering it went out.
+    pub expected: Vec<u32>,
     /// Fewest CHILD SAs installed at once after one was deleted.
     pub live_min: usize,
     /// What the data path was told, in order: `+out SPI` (start sending,
@@ -136,6 +139,7 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         nat: conf.nat,
         keepalives: 0,
         activated: vec![],
+        expected: vec![],
         live_min: usize::MAX,
         datapath: vec![],
         checkpoints: BTreeMap::new(),
@@ -228,6 +232,15 @@ impl Side {
                     self.live_min = self.live_min.min(self.installed.len() - self.deleted);
                 }
                 SaChange::PeerMoved { .. } => {}
+                SaChange::ExpectInbound { inbound_spi } => {
+                    // The request offering it is among this drain's
+                    // transmits: the host must know the SPI before it leaves.
+                    // Not the SPI of a live inbound SA (its key still
+                    // exists): one SPI names one SA (RFC 4301 section 4.1).
+                    let live = |c: &&ChildSa| self.crypto.esp.contains_key(&c.inbound_key);
+                    assert!(!self.installed.iter().filter(live).any(|c| c.inbound_spi == inbound_spi));
+                    self.expected.push(inbound_spi)
+                }
                 SaChange::ActivateOutbound { outbound_spi } => {
                     self.datapath.push(format!("+out {outbound_spi:08x}"));
                     self.activated.push(outbound_spi)
