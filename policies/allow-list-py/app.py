@@ -67,7 +67,10 @@ def decide(r):
     for ts in r.peer_ts:
         if not within(ts, rule):
             return Decision_Reject(f"{name} may not use {ts} (allowed: {', '.join(rule)})")
-    return Decision_Accept(Grant(tenant=""))
+    # Accepted: its CHILD SAs are also narrowed to its subnets (what it
+    # proposed is within them; a later CREATE_CHILD_SA stays so).
+    return Decision_Accept(Grant(tenant="", peer_subnets=list(rule), local_subnets=[], esp_proposals="",
+                                 child_rekey_time_s=0, child_life_time_s=0))
 
 
 CASES = [

@@ -20,7 +20,8 @@ mkdir -p "$A" "$B" "$P"
 nsx wsi-gwa ip addr add 198.18.1.65/32 dev lan0
 sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B 198.18.1.0/26 198.18.2.0/26
 # Probes: one connection per identity, all for the same /26 pair.
-for id in ok.interop.test evil.example loop.interop.test trap.interop.test alloc.interop.test; do
+for id in ok.interop.test evil.example loop.interop.test trap.interop.test alloc.interop.test \
+    narrow.interop.test badgrant.interop.test; do
     n=${id%%.*}
     cat >>"$A/swanctl/swanctl.conf" <<CONF
 connections { $n { version = 2
@@ -34,7 +35,7 @@ connections { $n { version = 2
       id = $ID_B }
     children { $n { local_ts = 198.18.1.64/26
       remote_ts = 198.18.2.64/26
-      esp_proposals = aes256gcm16 } } } }
+      esp_proposals = aes256gcm16,aes128gcm16 } } } }
 secrets { ike-$n { id-1 = $id
   id-2 = $ID_B
   secret = "$PSK" } }
@@ -89,5 +90,23 @@ for bad in loop trap alloc; do
 done
 check "the three failures were counted and logged as policy failures" \
     [ "$(grep -c 'policy module failed' "$B/wasmsec.log")" -ge 3 ]
+
+# ---- what a grant gives: selectors, proposals, lifetimes ------------------------
+# narrow.interop.test proposes 198.18.1.64/26 and AES-256-GCM or AES-128-GCM;
+# the hostile module grants it 198.18.1.64/27, AES-128-GCM and a 600 s rekey.
+granted() {
+    wasmsec_ctl "$B" status | python3 -c 'import json,sys
+c=[c for c in json.load(sys.stdin)["child_sas"] if c["connection"] == "probe"]
+ok=len(c) == 1 and c[0]["remote_ts"] == ["198.18.1.64/27"] and c[0]["proposal"] == "aes128gcm16" \
+    and 500 <= (c[0]["rekey_in_s"] or 0) <= 600
+print(c); sys.exit(0 if ok else 1)' >"$B/granted.out"
+}
+sswan "$A" --initiate --child narrow --timeout 5 >"$A/narrow.out" 2>&1 || true
+check "a grant narrows the selectors, picks the proposal, sets the rekey time" granted
+check "... and strongSwan installed the narrowed selectors" grep -q "198.18.1.64/27" "$A/narrow.out"
+sswan "$A" --terminate --ike narrow --timeout 3 >/dev/null 2>&1 || true
+check "a malformed grant is refused" refused badgrant
+check "... and logged as a policy failure naming it" \
+    grep -q 'policy granted peer subnet "198.18.1.0/99"' "$B/wasmsec.log"
 check "the daemon still runs" kill -0 "$(cat "$B/pid")"
 finish

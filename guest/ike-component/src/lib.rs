@@ -239,18 +239,27 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
 
 fn wit_event(e: ike::Event) -> wit::Event {
     match e {
-        ike::Event::IkeUp { connection, ike_spi, proposal, initiator, local, remote, nat_local, nat_remote } => {
-            wit::Event::IkeUp(wit::IkeSaUp {
-                connection,
-                ike_spi,
-                proposal,
-                initiator,
-                local: wit_endpoint(&local),
-                remote: wit_endpoint(&remote),
-                nat_local,
-                nat_remote,
-            })
-        }
+        ike::Event::IkeUp {
+            connection,
+            ike_spi,
+            proposal,
+            initiator,
+            local,
+            remote,
+            nat_local,
+            nat_remote,
+            rekeyed,
+        } => wit::Event::IkeUp(wit::IkeSaUp {
+            connection,
+            ike_spi,
+            proposal,
+            initiator,
+            local: wit_endpoint(&local),
+            remote: wit_endpoint(&remote),
+            nat_local,
+            nat_remote,
+            rekeyed,
+        }),
         ike::Event::IkeDown { connection, ike_spi } => wit::Event::IkeDown((connection, ike_spi)),
         ike::Event::Log { level, connection, message } => wit::Event::Log(wit::LogEvent {
             level: match level {

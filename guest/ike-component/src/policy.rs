@@ -2,7 +2,7 @@
 //! `wasmsec:policy/types` representation, the host's decision back.
 use wasmsec_ike::identity::Show;
 use wasmsec_ike::output::Endpoint;
-use wasmsec_ike::{AuthorizeRequest, Decision};
+use wasmsec_ike::{AuthorizeRequest, Decision, Grant, ts};
 use wasmsec_wire::ike::{IdType, Identification};
 
 use crate::bindings::wasmsec::ike::authorizer;
@@ -37,7 +37,23 @@ pub fn authorize(ike_spi: u64, r: &AuthorizeRequest) -> Decision {
         local_ts: r.local_ts.iter().map(wasmsec_ike::ts::show).collect(),
     };
     match authorizer::authorize(ike_spi, &request) {
-        wit::Decision::Accept(g) => Decision::Accept { tenant: g.tenant },
+        wit::Decision::Accept(g) => grant(g).map_or_else(Decision::Reject, Decision::Accept),
         wit::Decision::Reject(why) => Decision::Reject(why),
     }
+}
+
+/// The host's grant in the engine's types; the host checked it, so a
+/// subnet that does not parse here is a refusal, not a guess.
+fn grant(g: wit::Grant) -> Result<Grant, String> {
+    let subnets = |v: &[String]| -> Result<Vec<_>, String> {
+        v.iter().map(|s| ts::from_cidr(s).map_err(|e| format!("policy grant: subnet {s:?}: {e}"))).collect()
+    };
+    Ok(Grant {
+        peer_ts: subnets(&g.peer_subnets)?,
+        local_ts: subnets(&g.local_subnets)?,
+        tenant: g.tenant,
+        esp_proposals: g.esp_proposals,
+        child_rekey_time_ms: u64::from(g.child_rekey_time_s) * 1000,
+        child_life_time_ms: u64::from(g.child_life_time_s) * 1000,
+    })
 }

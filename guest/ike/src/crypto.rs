@@ -26,7 +26,7 @@ pub trait IkeCrypto {
     /// responder at IKE_AUTH once its AUTH verified. Without a policy: yes.
     fn authorize(&mut self, ike_spi: u64, request: &crate::policy::AuthorizeRequest) -> crate::policy::Decision {
         let _ = (ike_spi, request);
-        crate::policy::Decision::Accept { tenant: String::new() }
+        crate::policy::Decision::Accept(Default::default())
     }
     /// Random bytes (nonces, SPIs).
     fn random(&mut self, buf: &mut [u8]);

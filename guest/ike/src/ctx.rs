@@ -139,8 +139,10 @@ impl Ctx<'_> {
         self.timing.retransmit_span()
     }
 
-    pub fn ike_up(&mut self, sa: &IkeSa) {
+    /// `rekeyed`: it replaces an IKE SA by a rekey (section 1.3.2).
+    pub fn ike_up(&mut self, sa: &IkeSa, rekeyed: bool) {
         self.out.events.push_back(Event::IkeUp {
+            rekeyed,
             connection: self.conns[sa.conn].cfg.name.clone(),
             ike_spi: sa.our_spi(),
             proposal: sa.suite.map(|s| s.name(Kind::Ike)).unwrap_or_default(),

@@ -36,6 +36,6 @@ pub use config::{ChildConfig, ConnectionConfig, DpdAction, StartAction, Timing};
 pub use endpoint::{Engine, SaPhase};
 pub use error::Error;
 pub use output::{ChildSa, Datagram, Endpoint, Event, IKE_PORT, Level, NAT_T_PORT, SaChange, Transmit};
-pub use policy::{AuthorizeRequest, Decision};
+pub use policy::{AuthorizeRequest, Decision, Grant};
 pub use sa::child::DELETED_INBOUND_LINGER_MS;
 pub use stats::Stats;

@@ -140,6 +140,8 @@ pub enum Event {
         /// (`remote`), RFC 7296 section 2.23.
         nat_local: bool,
         nat_remote: bool,
+        /// It replaces an IKE SA of the same peer by a rekey (section 1.3.2).
+        rekeyed: bool,
     },
     /// An IKE SA is gone.
     IkeDown {

@@ -131,6 +131,51 @@ fn the_policy_refuses_an_authenticated_peer() {
     assert_eq!(b.engine.connection_stats("site").unwrap().policy_rejected, 1);
 }
 
+/// A policy grant narrows the selectors, replaces the ESP proposals and
+/// the CHILD SA lifetimes of the peer it accepts; a grant that leaves no
+/// selector refuses the CHILD SA with TS_UNACCEPTABLE, naming the grant.
+#[test]
+fn the_policy_grant_narrows_selectors_and_sets_proposals_and_lifetimes() {
+    let a_conf = Conf { esp: "aes256gcm16,chacha20poly1305", ..Default::default() };
+    let b_conf = Conf { esp: "aes256gcm16,chacha20poly1305", ..Default::default() };
+    let mut a = side(A, B, &a_conf);
+    let mut b = side(B, A, &b_conf);
+    b.crypto.policy = Some(Box::new(|_: &wasmsec_ike::AuthorizeRequest| {
+        wasmsec_ike::Decision::Accept(wasmsec_ike::Grant {
+            peer_ts: vec![wasmsec_ike::ts::from_cidr("198.18.1.128/25").unwrap()],
+            local_ts: vec![wasmsec_ike::ts::from_cidr("198.18.2.0/28").unwrap()],
+            esp_proposals: "chacha20poly1305".into(),
+            child_rekey_time_ms: 600_000,
+            ..Default::default()
+        })
+    }));
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    pump(&mut a, &mut b, 0, &mut all, &mut 0);
+    assert_eq!((a.installed.len(), b.installed.len()), (1, 1), "{:?}", b.logs);
+    let (ca, cb) = (&a.installed[0], &b.installed[0]);
+    use wasmsec_ike::ts::show_all;
+    assert_eq!((show_all(&cb.remote_ts), show_all(&cb.local_ts)), ("198.18.1.128/25".into(), "198.18.2.0/28".into()));
+    assert_eq!((show_all(&ca.local_ts), show_all(&ca.remote_ts)), ("198.18.1.128/25".into(), "198.18.2.0/28".into()));
+    assert!(b.log_has("chacha20poly1305"), "the grant's proposal was chosen: {:?}", b.logs);
+    let schedule = b.engine.child_schedules(0);
+    let rekey_in = schedule[0].1.expect("rekeyed by time");
+    assert!((540_000..=600_000).contains(&rekey_in), "the grant's rekey time, less jitter: {rekey_in}");
+
+    // A grant outside the connection's selectors leaves nothing.
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf::default());
+    b.crypto.policy = Some(Box::new(|_: &wasmsec_ike::AuthorizeRequest| {
+        wasmsec_ike::Decision::Accept(wasmsec_ike::Grant {
+            peer_ts: vec![wasmsec_ike::ts::from_cidr("10.9.0.0/16").unwrap()],
+            ..Default::default()
+        })
+    }));
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    pump(&mut a, &mut b, 0, &mut all, &mut 0);
+    assert!(b.installed.is_empty() && a.installed.is_empty());
+    assert!(b.log_has("within what the policy granted this peer: local any remote 10.9.0.0/16"), "{:?}", b.logs);
+}
+
 /// The responder loaded a `%any` connection for other subnets before the
 /// one that names the initiator: IKE_SA_INIT matches the first by
 /// address, IKE_AUTH moves to the one naming the identity (a wildcard

@@ -77,6 +77,10 @@ fn ike_sa_rekeys_carry_the_child_sas_over() {
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
     assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "current IKE SA keys and the PSK only");
     assert_eq!((a.down, b.down), (ike_rekeys, ike_rekeys), "each old IKE SA went down");
+    // Each new one came up as a rekey (the policy hears `rekeyed`), the
+    // first as a new IKE SA.
+    assert_eq!((a.rekeyed_up, b.rekeyed_up), (ike_rekeys, ike_rekeys));
+    assert_eq!((a.up, b.up), (ike_rekeys + 1, ike_rekeys + 1));
     assert_eq!(a.deleted, a.installed.len() - 1, "CHILD SAs survive IKE rekeys; only replaced ones are deleted");
     // The rekeyed IKE SA still works: a DELETE over it tears everything down.
     a.engine.terminate(200_000, "site", &mut a.crypto).unwrap();

@@ -37,7 +37,7 @@ impl IkeCrypto for EngineCrypto {
     fn authorize(&mut self, _ike_spi: u64, request: &wasmsec_ike::AuthorizeRequest) -> wasmsec_ike::Decision {
         match &mut self.policy {
             Some(p) => p(request),
-            None => wasmsec_ike::Decision::Accept { tenant: String::new() },
+            None => wasmsec_ike::Decision::Accept(Default::default()),
         }
     }
 

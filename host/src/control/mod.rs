@@ -381,8 +381,9 @@ impl ControlPlane {
                     // so SAs we initiated or rekeyed carry it too.
                     st.granted.remove(&up.ike_spi);
                     let tenant = st.policy.for_connection(&up.connection).0.to_string();
+                    let kind = if up.rekeyed { SaEventKind::Rekeyed } else { SaEventKind::Up };
                     let info = self.children.ike_up(up, tenant);
-                    self.ike.store.data().policy.event(&policy_event(SaEventKind::Up, info));
+                    self.ike.store.data().policy.event(&policy_event(kind, info));
                 }
                 Event::IkeDown((_, spi)) => {
                     let gone = self.children.ike_down(spi);

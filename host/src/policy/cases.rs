@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!((c[0].request.peer.kind, c[1].request.peer.kind), (IdKind::Fqdn, IdKind::Ipv4));
         assert_eq!(c[0].request.peer_address, "192.0.2.1:500");
-        let accept = Decision::Accept(super::super::Grant { tenant: String::new() });
+        let accept = Decision::Accept(super::super::connection_grant(""));
         assert!(check(&c[0], &accept).is_ok());
         assert!(check(&c[1], &accept).unwrap_err().contains("expected reject"));
         assert!(parse(r#"{"cases": [{"peer": "x", "expect": "maybe"}]}"#).is_err());

@@ -66,7 +66,7 @@ impl PolicySlot {
     /// connection's tenant or none (which means the connection's).
     pub fn authorize(&self, request: &AuthorizeRequest, tenant: &str) -> Decision {
         let Some(m) = self.current() else {
-            return Decision::Accept(Grant { tenant: tenant.to_string() });
+            return Decision::Accept(connection_grant(tenant));
         };
         let answer = m.authorize(request);
         if m.first_decision() {
@@ -83,7 +83,10 @@ impl PolicySlot {
                 request.connection,
                 if tenant.is_empty() { "no tenant".to_string() } else { format!("tenant {tenant:?}") }
             )),
-            Ok(Decision::Accept(_)) => Ok(Decision::Accept(Grant { tenant: tenant.to_string() })),
+            Ok(Decision::Accept(g)) => match check_grant(&g) {
+                Ok(()) => Ok(Decision::Accept(Grant { tenant: tenant.to_string(), ..g })),
+                Err(why) => Err(format!("policy granted {why}")),
+            },
             Ok(d) => Ok(d),
             Err(e) => Err(format!("policy module failed: {e:#}")),
         };
@@ -139,7 +142,7 @@ impl Policies {
     pub fn authorize(&self, request: &AuthorizeRequest) -> Decision {
         match self.for_connection(&request.connection) {
             (tenant, Some(slot)) => slot.authorize(request, tenant),
-            (tenant, None) => Decision::Accept(Grant { tenant: tenant.to_string() }),
+            (tenant, None) => Decision::Accept(connection_grant(tenant)),
         }
     }
 
@@ -155,5 +158,70 @@ impl Policies {
     pub fn snapshot(&self) -> Vec<(String, [u64; 5])> {
         let global = self.global.iter().map(|g| (String::new(), g.stats.snapshot()));
         global.chain(self.tenants.iter().map(|(t, s)| (t.clone(), s.stats.snapshot()))).collect()
+    }
+}
+
+/// What a peer gets without a policy module: its connection's tenant, and
+/// the connection's selectors, proposals and lifetimes.
+pub fn connection_grant(tenant: &str) -> Grant {
+    Grant {
+        tenant: tenant.to_string(),
+        peer_subnets: Vec::new(),
+        local_subnets: Vec::new(),
+        esp_proposals: String::new(),
+        child_rekey_time_s: 0,
+        child_life_time_s: 0,
+    }
+}
+
+/// A grant from a module is operator code's answer, but still checked
+/// before the IKE engine sees it: subnets must be CIDR prefixes, ESP
+/// proposals words of strongSwan's syntax, a hard lifetime above the
+/// rekey time and both at least a minute. Err: what is wrong, in words.
+pub fn check_grant(g: &Grant) -> Result<(), String> {
+    const MAX_SUBNETS: usize = 64;
+    for (side, list) in [("peer", &g.peer_subnets), ("local", &g.local_subnets)] {
+        if list.len() > MAX_SUBNETS {
+            return Err(format!("{} {side} subnets (at most {MAX_SUBNETS})", list.len()));
+        }
+        for s in list {
+            crate::config::Prefix::parse(s).map_err(|e| format!("{side} subnet {s:?}: {e}"))?;
+        }
+    }
+    let p = &g.esp_proposals;
+    if p.len() > 512 || !p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, ',' | '-' | '_')) {
+        return Err(format!("ESP proposals {:?}: not strongSwan's syntax", p.chars().take(64).collect::<String>()));
+    }
+    let (rekey, life) = (g.child_rekey_time_s, g.child_life_time_s);
+    if (rekey != 0 && rekey < 60) || (life != 0 && life < 60) {
+        return Err(format!("CHILD SA lifetimes of {rekey} s / {life} s (at least 60 s each, or 0)"));
+    }
+    if rekey != 0 && life != 0 && life <= rekey {
+        return Err(format!("a CHILD SA life time of {life} s, not above its rekey time of {rekey} s"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_are_checked_before_the_engine_sees_them() {
+        let ok = Grant {
+            peer_subnets: vec!["198.18.1.0/25".into()],
+            esp_proposals: "aes256gcm16-x25519,chacha20poly1305".into(),
+            child_rekey_time_s: 600,
+            child_life_time_s: 700,
+            ..connection_grant("blue")
+        };
+        assert_eq!(check_grant(&ok), Ok(()));
+        assert_eq!(check_grant(&connection_grant("")), Ok(()));
+        let bad = |g: Grant| check_grant(&g).unwrap_err();
+        assert!(bad(Grant { peer_subnets: vec!["198.18.1.0/99".into()], ..ok.clone() }).contains("peer subnet"));
+        assert!(bad(Grant { local_subnets: vec!["host.example".into()], ..ok.clone() }).contains("local subnet"));
+        assert!(bad(Grant { esp_proposals: "aes; rm -rf".into(), ..ok.clone() }).contains("syntax"));
+        assert!(bad(Grant { child_rekey_time_s: 5, ..ok.clone() }).contains("at least 60"));
+        assert!(bad(Grant { child_life_time_s: 600, ..ok.clone() }).contains("not above"));
     }
 }

@@ -82,7 +82,16 @@ fn decide(r: &AuthorizeRequest) -> Decision {
     };
     match r.peer_ts.iter().find(|ts| !within(ts, rule.subnets)) {
         Some(ts) => Decision::Reject(format!("{name} may not use {ts} (allowed: {})", rule.subnets.join(", "))),
-        None => Decision::Accept(Grant { tenant: String::new() }),
+        // Accepted: its CHILD SAs are also narrowed to its subnets (what
+        // it proposed is within them; a later CREATE_CHILD_SA stays so).
+        None => Decision::Accept(Grant {
+            tenant: String::new(),
+            peer_subnets: rule.subnets.iter().map(|s| s.to_string()).collect(),
+            local_subnets: Vec::new(),
+            esp_proposals: String::new(),
+            child_rekey_time_s: 0,
+            child_life_time_s: 0,
+        }),
     }
 }
 

@@ -55,7 +55,8 @@ class Decide(exports.Decide):
     def authorize(self, request):
         results = probe(request.peer.value.split(".", 1)[0])
         if results is None:
-            return Decision_Accept(Grant(tenant=""))
+            return Decision_Accept(Grant(tenant="", peer_subnets=[], local_subnets=[], esp_proposals="",
+                                         child_rekey_time_s=0, child_life_time_s=0))
         return Decision_Reject("; ".join(results))
 
     def on_event(self, event):

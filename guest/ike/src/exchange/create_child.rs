@@ -11,6 +11,7 @@ use super::payloads::{esp_spi, find_notify, first_error, ke, nonce, notify_u16, 
 use crate::crypto::Handle;
 use crate::ctx::{Ctx, Fate, notify_name};
 use crate::error::Error;
+use crate::policy::Grant;
 use crate::proposal::{self, Kind};
 use crate::sa::child::{self, NewChild};
 use crate::sa::state::{Collision, IkeSa, InFlight, PendingChild};
@@ -36,10 +37,12 @@ pub(crate) fn accept(
         return Err(Error::Malformed("CHILD_SA request lacks SA, TSi or TSr".into()));
     };
     let conn = &ctx.conns[sa.conn];
-    // The first CHILD config whose selectors overlap the peer's (section 2.9).
+    // The first CHILD config whose selectors overlap the peer's (section
+    // 2.9), within what the policy granted this peer.
+    let g = &sa.grant;
     let found = conn.children.iter().enumerate().find_map(|(i, c)| {
-        let n_tsi = ts::narrow(&tsi, &c.remote_ts);
-        let n_tsr = ts::narrow(&tsr, &c.local_ts);
+        let n_tsi = Grant::narrow(&ts::narrow(&tsi, &c.remote_ts), &g.peer_ts);
+        let n_tsr = Grant::narrow(&ts::narrow(&tsr, &c.local_ts), &g.local_ts);
         (!n_tsi.is_empty() && !n_tsr.is_empty()).then_some((i, n_tsi, n_tsr))
     });
     let Some((cfg, n_tsi, n_tsr)) = found else {
@@ -49,23 +52,37 @@ pub(crate) fn accept(
             .iter()
             .map(|c| format!("{}: local {} remote {}", c.name, ts::show_all(&c.local_ts), ts::show_all(&c.remote_ts)))
             .collect();
+        let granted = if g.peer_ts.is_empty() && g.local_ts.is_empty() {
+            String::new()
+        } else {
+            let show = |t: &[Ts]| if t.is_empty() { "any".to_string() } else { ts::show_all(t) };
+            format!(
+                ", within what the policy granted this peer: local {} remote {}",
+                show(&g.local_ts),
+                show(&g.peer_ts)
+            )
+        };
         return Err(Error::refused(
             NotifyType::TsUnacceptable,
             format!(
-                "traffic selectors not allowed (TS_UNACCEPTABLE): peer proposed TSi {} TSr {}; we allow {}",
+                "traffic selectors not allowed (TS_UNACCEPTABLE): peer proposed TSi {} TSr {}; we allow {}{granted}",
                 ts::show_all(&tsi),
                 ts::show_all(&tsr),
                 allowed.join("; ")
             ),
         ));
     };
-    let child = &conn.children[cfg];
-    let Some((chosen, num, their_spi)) = proposal::select(&offered, &child.esp, Kind::Esp, in_auth) else {
+    let esp = g.esp(&conn.children[cfg]).map_err(|e| {
         ctx.count(sa.conn, |s| &mut s.no_proposal);
+        Error::Unsupported(e)
+    })?;
+    let Some((chosen, num, their_spi)) = proposal::select(&offered, &esp, Kind::Esp, in_auth) else {
+        ctx.count(sa.conn, |s| &mut s.no_proposal);
+        let whose = if sa.grant.esp_proposals.is_empty() { "" } else { " (as the policy granted this peer)" };
         return Err(Error::Unsupported(format!(
-            "no acceptable ESP proposal: peer offered {}, we accept {}",
+            "no acceptable ESP proposal: peer offered {}, we accept {}{whose}",
             proposal::Display(&offered),
-            proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], false))
+            proposal::Display(&proposal::to_wire(&esp, Kind::Esp, &[], false))
         )));
     };
     let Some(outbound_spi) = esp_spi(&their_spi) else {
@@ -151,6 +168,8 @@ fn check_answer(
 ) -> Result<(), Error> {
     let Answer { ps, ni, nr, in_auth } = *a;
     let child = &ctx.conns[sa.conn].children[p.cfg];
+    // What we offered: the request was built from the same grant.
+    let esp = sa.grant.esp(child).map_err(Error::failed)?;
     if let Some(n) = first_error(ps) {
         if n == NotifyType::TsUnacceptable {
             ctx.count(sa.conn, |s| &mut s.ts_unacceptable);
@@ -162,7 +181,7 @@ fn check_answer(
             "peer answered {} to child {} (our ESP proposals {}, TSi {}, TSr {})",
             notify_name(n),
             child.name,
-            proposal::Display(&proposal::to_wire(&child.esp, Kind::Esp, &[], !in_auth)),
+            proposal::Display(&proposal::to_wire(&esp, Kind::Esp, &[], !in_auth)),
             ts::show_all(&p.local_ts),
             ts::show_all(&p.remote_ts)
         )));
@@ -170,7 +189,7 @@ fn check_answer(
     let Some((answer, tsi, tsr)) = sa_tsi_tsr(ps) else {
         return Err(Error::failed("answer lacks SA, TSi or TSr"));
     };
-    let Some((chosen, spi)) = proposal::check_answer(&answer, &child.esp, Kind::Esp, in_auth) else {
+    let Some((chosen, spi)) = proposal::check_answer(&answer, &esp, Kind::Esp, in_auth) else {
         return Err(Error::failed(format!("peer chose ESP {}, which we did not offer", proposal::Display(&answer))));
     };
     let Some(outbound_spi) = esp_spi(&spi) else {
@@ -275,11 +294,22 @@ pub(crate) fn request(
     let (local_ts, remote_ts): (Vec<Ts>, Vec<Ts>) = match rekeys.and_then(|old| sa.child(old)) {
         Some(c) => (c.local_ts.clone(), c.remote_ts.clone()),
         None => {
+            // A new CHILD SA stays within what the policy granted the peer.
             let c = &ctx.conns[sa.conn].children[cfg];
-            (c.local_ts.clone(), c.remote_ts.clone())
+            (Grant::narrow(&c.local_ts, &sa.grant.local_ts), Grant::narrow(&c.remote_ts, &sa.grant.peer_ts))
         }
     };
-    let esp = &ctx.conns[sa.conn].children[cfg].esp;
+    if local_ts.is_empty() || remote_ts.is_empty() {
+        let name = &ctx.conns[sa.conn].children[cfg].name;
+        return ctx.warn(
+            sa.conn,
+            format!("cannot request CHILD_SA {name}: the policy granted this peer none of its selectors"),
+        );
+    }
+    let esp = match sa.grant.esp(&ctx.conns[sa.conn].children[cfg]) {
+        Ok(esp) => esp,
+        Err(e) => return ctx.warn(sa.conn, format!("cannot request CHILD_SA: {e}")),
+    };
     let group = group.or_else(|| esp.iter().find_map(|p| p.dh.first().copied())).filter(|g| *g != DhGroup::None);
     let spi = ctx.new_requested_esp_spi(sa);
     let nonce = ctx.nonce();
@@ -292,8 +322,7 @@ pub(crate) fn request(
             data: Vec::new(),
         }));
     }
-    let esp = &ctx.conns[sa.conn].children[cfg].esp;
-    ps.push(Payload::Sa(proposal::to_wire(esp, Kind::Esp, &spi.to_be_bytes(), true)));
+    ps.push(Payload::Sa(proposal::to_wire(&esp, Kind::Esp, &spi.to_be_bytes(), true)));
     ps.push(Payload::Nonce(nonce.clone()));
     let mut dh = None;
     if let Some(g) = group {
@@ -342,7 +371,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     // Section 1.3.1: the responder wants another DH group for PFS.
     if let Some(n) = find_notify(&ps, NotifyType::InvalidKePayload) {
         let want = notify_u16(n).map(DhGroup::from);
-        let ours = &ctx.conns[sa.conn].children[pending.cfg].esp;
+        let ours = sa.grant.esp(&ctx.conns[sa.conn].children[pending.cfg]).unwrap_or_default();
         let sent = pending.dh.map(|d| d.1);
         if let Some(g) = want.filter(|g| Some(*g) != sent && ours.iter().any(|c| c.dh.contains(g))) {
             if let Some((h, _)) = pending.dh {

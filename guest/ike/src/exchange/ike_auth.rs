@@ -151,10 +151,13 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         peer_ts,
         local_ts,
     };
-    if let Decision::Reject(why) = ctx.crypto.authorize(id, &request) {
-        ctx.count(conn, |s| &mut s.policy_rejected);
-        ctx.warn(conn, format!("policy refused {} ({}): {why}", Show(&idi), sa.remote.addr));
-        return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED (policy)");
+    match ctx.crypto.authorize(id, &request) {
+        Decision::Reject(why) => {
+            ctx.count(conn, |s| &mut s.policy_rejected);
+            ctx.warn(conn, format!("policy refused {} ({}): {why}", Show(&idi), sa.remote.addr));
+            return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED (policy)");
+        }
+        Decision::Accept(grant) => sa.grant = grant,
     }
     let Identity::Id(our_id) = ctx.conns[conn].local_id.clone() else {
         return Fate::Drop("no local identity".into());
@@ -224,7 +227,7 @@ fn established(sa: &mut IkeSa, ctx: &mut Ctx, peer: &Identification, role: &str)
         remote.port
     );
     ctx.info(sa.conn, msg);
-    ctx.ike_up(sa);
+    ctx.ike_up(sa, false);
 }
 
 /// The sender's identity (IDi from the initiator, IDr from the responder)

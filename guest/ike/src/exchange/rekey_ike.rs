@@ -76,6 +76,7 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         children_tried: old.children_tried.clone(),
         next_keepalive: old.next_keepalive,
         auth_initiator: old.auth_initiator,
+        grant: old.grant.clone(),
         ..IkeSa::fresh(old.conn, old.local, old.remote, ctx.now)
     };
     ctx.count(old.conn, |s| &mut s.ike_established);
@@ -98,7 +99,7 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         );
         ctx.info(new.conn, msg);
     }
-    ctx.ike_up(&new);
+    ctx.ike_up(&new, true);
     new
 }
 

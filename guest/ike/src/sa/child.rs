@@ -61,7 +61,7 @@ pub(crate) fn install(
     })?;
     let c = &ctx.conns[sa.conn];
     let template = &c.children[n.cfg];
-    let life = template.life;
+    let life = sa.grant.lifetimes(template.life, ctx.retransmit_span());
     // Soft limits less up to 10 %, as rekey times (section 2.8.1 collisions
     // are rarer when the two ends do not count to the same number).
     let spread = u64::from(n.inbound_spi);

@@ -230,6 +230,9 @@ pub(crate) struct IkeSa {
     pub created_at: u64,
     /// Last time an authentic message came from the peer.
     pub last_rx: u64,
+    /// What the policy granted the peer at IKE_AUTH (as responder; the
+    /// default grants what the connection says), kept across rekeys.
+    pub grant: crate::policy::Grant,
     /// When the next NAT keepalive is due (RFC 3948 section 4).
     pub next_keepalive: u64,
 }
@@ -267,6 +270,7 @@ impl IkeSa {
             reauth_at: 0,
             auth_initiator: false,
             replaces: None,
+            grant: crate::policy::Grant::default(),
             created_at: now,
             last_rx: now,
             next_keepalive: 0,

@@ -15,7 +15,7 @@ use std::ops::Deref;
 use super::state::{IkeSa, State};
 
 /// Format of a checkpoint; a guest refuses checkpoints of another version.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
 /// marks the SA as touched.

@@ -32,6 +32,8 @@ pub struct Side {
     pub up: usize,
     /// `ike-down` events.
     pub down: usize,
+    /// `ike-up` events of IKE SAs that replaced one by a rekey.
+    pub rekeyed_up: usize,
     /// Every log line, for assertions on what was said.
     pub logs: Vec<String>,
     /// Datagrams sent and not yet delivered.
@@ -138,6 +140,7 @@ pub fn side(me: IpAddr, peer: IpAddr, conf: &Conf) -> Side {
         outbox: vec![],
         nat: conf.nat,
         keepalives: 0,
+        rekeyed_up: 0,
         activated: vec![],
         expected: vec![],
         live_min: usize::MAX,
@@ -261,7 +264,10 @@ impl Side {
         }
         while let Some(e) = self.engine.poll_event() {
             match e {
-                Event::IkeUp { .. } => self.up += 1,
+                Event::IkeUp { rekeyed, .. } => {
+                    self.up += 1;
+                    self.rekeyed_up += usize::from(rekeyed);
+                }
                 Event::IkeDown { .. } => self.down += 1,
                 Event::Log { message, .. } => self.logs.push(message),
             }

@@ -45,9 +45,23 @@ impl Guest for Hostile {
         // `tenant-NAME.*`: puts the peer in tenant NAME, whatever its
         // connection (the host allows only the connection's own tenant).
         if let Some(rest) = id.strip_prefix("tenant-") {
-            return Decision::Accept(Grant { tenant: rest.split('.').next().unwrap_or("").to_string() });
+            return Decision::Accept(Grant { tenant: rest.split('.').next().unwrap_or("").to_string(), ..grant() });
         }
-        Decision::Accept(Grant { tenant: String::new() })
+        // `narrow.*`: CHILD SAs narrowed to 198.18.1.64/27 on the peer's
+        // side, with AES-128-GCM and a 10-minute rekey.
+        if id.starts_with("narrow.") {
+            return Decision::Accept(Grant {
+                peer_subnets: vec!["198.18.1.64/27".into()],
+                esp_proposals: "aes128gcm16".into(),
+                child_rekey_time_s: 600,
+                ..grant()
+            });
+        }
+        // `badgrant.*`: a grant the host must refuse (not a CIDR prefix).
+        if id.starts_with("badgrant.") {
+            return Decision::Accept(Grant { peer_subnets: vec!["198.18.1.0/99".into()], ..grant() });
+        }
+        Decision::Accept(grant())
     }
 
     fn on_event(_event: SaEvent) {}
@@ -64,4 +78,16 @@ impl Guest for Hostile {
 mod export {
     use crate::Hostile;
     crate::bindings::export!(Hostile with_types_in crate::bindings);
+}
+
+/// A grant of what the connection says.
+fn grant() -> Grant {
+    Grant {
+        tenant: String::new(),
+        peer_subnets: Vec::new(),
+        local_subnets: Vec::new(),
+        esp_proposals: String::new(),
+        child_rekey_time_s: 0,
+        child_life_time_s: 0,
+    }
 }
