@@ -546,6 +546,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         gso: GsoSend::new(cfg.network.udp_offload),
         gro: Default::default(),
         hold: Default::default(),
+        tun_out: Default::default(),
     };
     let inbound = Loop {
         runtime,
@@ -568,6 +569,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         gso: Default::default(),
         gro: GroRecv::new(gro),
         hold: Default::default(),
+        tun_out: Default::default(),
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;

@@ -19,6 +19,10 @@ pub struct Stats {
     /// ESP packets held for an SA we asked for and had not installed yet
     /// (`datapath::hold`); each is later opened or counted as an unknown SPI.
     pub esp_rx_held: AtomicU64,
+    /// TCP super-packets written to the TUN device, each joined from
+    /// segments opened one after the other (each also counted as its
+    /// segments in `tun_tx_packets`).
+    pub tun_tx_joined: AtomicU64,
     /// Packets from the TUN device whose offload header could not be
     /// followed (a GSO type not offered, offsets outside the packet).
     pub tun_rx_malformed: AtomicU64,
@@ -144,6 +148,7 @@ impl Stats {
             "tun_tx_packets": g(&self.tun_tx_packets),
             "tun_rx_super": g(&self.tun_rx_super),
             "esp_rx_held": g(&self.esp_rx_held),
+            "tun_tx_joined": g(&self.tun_tx_joined),
             "tun_rx_malformed": g(&self.tun_rx_malformed),
             "esp_tx_packets": g(&self.esp_tx_packets),
             "esp_tx_bytes": g(&self.esp_tx_bytes),

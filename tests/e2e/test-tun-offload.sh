@@ -6,6 +6,9 @@
 #    itself; tshark decrypts the capture of the gateway link and finds every
 #    inner TCP segment within the MTU with a valid checksum, and each SA's
 #    ESP sequence numbers strictly increasing.
+#  - gwb joins the TCP segments it opens into super-packets for its TUN
+#    device (counted); host B's link, with TSO and checksum offload off,
+#    sees them cut back into segments within the MTU with valid checksums.
 #  - Refused (WASMSEC_TEST_REFUSE_TUN_OFFLOAD=1, as an old kernel or a
 #    sandbox would), the daemon says so, reads packet by packet and the same
 #    TCP transfer still completes.
@@ -48,9 +51,15 @@ check "demo up with TUN offloads" "$WASMSEC_BIN" demo --manual --keep --dir "$DI
 ip netns exec wsdemo-gwa ethtool -K wan0 tx-udp-segmentation off >/dev/null
 ip netns exec wsdemo-gwa tcpdump -i wan0 -n -U -w "$DIR/tso.pcap" udp port 4500 2>"$DIR/tcpdump.err" &
 CAP=$!
-for _ in $(seq 50); do grep -q "listening on" "$DIR/tcpdump.err" && break; sleep 0.1; done
+# gwb joins what it opens into super-packets for its TUN device; the kernel
+# forwards them to its LAN, where with TSO and checksum offload off they are
+# cut in software before the capture point: what host B gets is seen.
+ip netns exec wsdemo-gwb ethtool -K lan0 tso off tx off >/dev/null
+ip netns exec wsdemo-gwb tcpdump -i lan0 -n -U -w "$DIR/lan.pcap" tcp and src host 198.18.1.10 2>"$DIR/tcpdump-lan.err" &
+CAP_LAN=$!
+for _ in $(seq 50); do grep -q "listening on" "$DIR/tcpdump.err" && grep -q "listening on" "$DIR/tcpdump-lan.err" && break; sleep 0.1; done
 mbit=$(tcp_run)
-sleep 0.3; kill -INT "$CAP"; wait "$CAP" 2>/dev/null || true
+sleep 0.3; kill -INT "$CAP" "$CAP_LAN"; wait "$CAP" "$CAP_LAN" 2>/dev/null || true
 echo "TCP through the tunnel with offloads: $mbit Mbit/s"
 check "TCP passes with offloads ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
 sleep 1.2  # the stats file is rewritten every second
@@ -60,6 +69,20 @@ echo "gwa: $supers TCP super-packets read, $segs packets after cutting"
 check "gwa read TCP super-packets and cut them ($supers -> $segs)" [ "$supers" -gt 0 -a "$segs" -gt "$supers" ]
 check "gwa sent with UDP GSO (no refusal logged)" bash -c "! grep -q 'UDP GSO refused' '$DIR/on/gwa.log'"
 check "no offload header gwa could not follow" [ "$(stat_of "$DIR/on/gwa-stats.json" tun_rx_malformed)" -eq 0 ]
+joined=$(stat_of "$DIR/on/gwb-stats.json" tun_tx_joined)
+written=$(stat_of "$DIR/on/gwb-stats.json" tun_tx_packets)
+echo "gwb: $written opened packets written to its TUN device, in $joined joined super-packets and single writes"
+check "gwb joined opened TCP segments into super-packets ($joined for $written)" [ "$joined" -gt 0 -a "$written" -gt "$joined" ]
+# What reached host B's link, cut again in software (the checksums too):
+# each segment within the MTU, with a valid TCP checksum.
+tshark -r "$DIR/lan.pcap" -o tcp.check_checksum:TRUE -T fields -e ip.len -e tcp.checksum.status \
+    >"$DIR/lan.tsv" 2>/dev/null
+read -r lan_n lan_big lan_bad < <(awk -F'\t' '{n++; if ($1 > 1500) big++; if ($2 != 1) bad++}
+    END {print n+0, big+0, bad+0}' "$DIR/lan.tsv")
+echo "host B's link: $lan_n segments from host A, $lan_big above 1500 bytes, $lan_bad bad TCP checksums"
+check "the joined super-packets reached host B cut back into segments ($lan_n, $lan_big too big)" \
+    [ "$lan_n" -ge 1000 -a "$lan_big" -eq 0 ]
+check "... each with a valid TCP checksum ($lan_bad bad)" [ "$lan_bad" -eq 0 ]
 "$WASMSEC_BIN" demo --down >/dev/null 2>&1
 
 tshark_args=(-r "$DIR/tso.pcap" -o esp.enable_encryption_decode:TRUE -o tcp.check_checksum:TRUE)

@@ -120,17 +120,7 @@ impl Loop {
                         follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
                     }
                     p.truncate(len as usize);
-                    let Some(tun) = self.tuns.get(domain).and_then(Option::as_ref) else {
-                        stats::inc(&self.stats.tx_errors);
-                        continue;
-                    };
-                    match tun.send(p.data()) {
-                        Ok(_) => stats::inc(&self.stats.tun_tx_packets),
-                        Err(e) => {
-                            debug!(error = %e, "TUN write failed");
-                            stats::inc(&self.stats.tx_errors);
-                        }
-                    }
+                    self.tun_out.deliver(&self.tuns, domain, p.data(), &self.stats);
                 }
                 DecapVerdict::Deliver(_) => lies += 1,
                 DecapVerdict::Drop(r) => {
@@ -139,6 +129,7 @@ impl Loop {
                 }
             }
         }
+        self.tun_out.flush(&self.tuns, &self.stats);
         self.protocol_errors(g, "inbound", lies);
     }
 

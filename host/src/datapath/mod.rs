@@ -18,6 +18,7 @@ pub mod hold;
 pub mod inbound;
 pub mod outbound;
 pub mod tso;
+pub mod tun_write;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -133,6 +134,8 @@ pub struct Loop {
     pub gro: gro::GroRecv,
     /// Inbound thread: ESP for SAs we asked for and have not installed yet.
     pub hold: hold::Hold,
+    /// Inbound thread: opened packets to the TUN devices, TCP runs joined.
+    pub tun_out: tun_write::TunWriter,
 }
 
 impl Loop {

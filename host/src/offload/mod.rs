@@ -2,5 +2,6 @@
 //! read from the TUN device brings up to 64 KiB instead of one MTU.
 //! Pure functions on byte slices, tested natively; `sys::Tun` does the
 //! system calls and `datapath::outbound` the cutting.
+pub mod coalesce;
 pub mod segment;
 pub mod vnet;

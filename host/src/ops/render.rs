@@ -182,6 +182,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         g(&st.tun_rx_super),
     );
     s.counter(
+        "wasmsec_tun_joined_packets_total",
+        "TCP super-packets written to the TUN device, joined from consecutive segments (each also counted as its segments).",
+        &[],
+        g(&st.tun_tx_joined),
+    );
+    s.counter(
         "wasmsec_esp_held_packets_total",
         "ESP packets held for a CHILD SA we initiated until it was installed (then opened, or dropped as unknown_spi).",
         &[],
