@@ -190,7 +190,7 @@ mod tests {
         p[22..24].copy_from_slice(&40000u16.to_be_bytes());
         p[24..28].copy_from_slice(&seq.to_be_bytes());
         p[28..32].copy_from_slice(&77u32.to_be_bytes());
-        p[32] = ((20 + opts.len()) / 4 << 4) as u8;
+        p[32] = (((20 + opts.len()) / 4) << 4) as u8;
         p[33] = flags;
         p[34..36].copy_from_slice(&512u16.to_be_bytes());
         p[40..h].copy_from_slice(opts);
