@@ -76,7 +76,11 @@ impl Domain {
                 .with_context(|| format!("{what}: cannot move TUN device {} into namespace {ns}", self.tun))?;
             info!(tenant = %what, netns = %ns, tun = %self.tun, "tenant routing domain up");
         }
-        self.ip(&["link", "set", "dev", &self.tun, "mtu", &self.mtu.to_string(), "up"])
+        // No IPv6 link-local address: the kernel would send router
+        // solicitations and MLD reports from it into the tunnel, where no
+        // SA covers them (counted as no_policy drops). Routes into the TUN
+        // device need no address of its own.
+        self.ip(&["link", "set", "dev", &self.tun, "addrgenmode", "none", "mtu", &self.mtu.to_string(), "up"])
             .with_context(|| what.to_string())?;
         Ok(tun)
     }
