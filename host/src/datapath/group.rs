@@ -94,12 +94,6 @@ impl Groups {
         g.dedup();
         g
     }
-
-    /// The group an inbound ESP packet belongs to, by its SPI (group 0 for
-    /// an SPI nobody installed: its guest counts it).
-    pub fn route_in(&self, spi: Option<u32>) -> usize {
-        spi.and_then(|s| self.by_spi.get(&s).copied()).unwrap_or(0)
-    }
 }
 
 fn any_covers(ts: &[TrafficSelector], addr: &Address, protocol: u8, port: Option<u16>) -> bool {

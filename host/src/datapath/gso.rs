@@ -114,7 +114,8 @@ impl GsoSend {
     }
 }
 
-fn sent(out: &UdpOut, spi: Option<u32>, len: usize) {
+/// Count a datagram that left (ESP in UDP or raw ESP).
+pub(super) fn sent(out: &UdpOut, spi: Option<u32>, len: usize) {
     stats::inc(&out.stats.esp_tx_packets);
     stats::add(&out.stats.esp_tx_bytes, len as u64);
     if let Some(t) = spi.and_then(|s| out.traffic.get(&s)) {

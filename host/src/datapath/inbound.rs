@@ -14,6 +14,7 @@ use super::channel::{Report, SaCommand, Sender};
 use super::group::Groups;
 use super::{Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
+use crate::packet::PacketBuf;
 use crate::stats;
 use crate::sys;
 use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
@@ -61,14 +62,18 @@ impl Loop {
             let now = Instant::now();
             for (i, slot) in slots.iter_mut().enumerate().take(n) {
                 let spi = esp::Packet::new_checked(self.staging[i].data()).map(|e| e.spi()).ok();
-                *slot = match spi {
-                    Some(spi) if !self.groups.by_spi.contains_key(&spi) && self.hold.wants(spi, now) => {
+                // One lookup per packet: a known SPI goes to its group; an
+                // unknown one is held if an SA for it is on its way, else it
+                // goes to group 0, which counts it.
+                *slot = match spi.map(|s| (s, self.groups.by_spi.get(&s).copied())) {
+                    Some((_, Some(g))) => g,
+                    Some((spi, None)) if self.hold.wants(spi, now) => {
                         let source = self.sources.get(i).copied().flatten();
                         self.hold.hold(spi, &mut self.staging[i], source, now);
                         stats::inc(&self.stats.esp_rx_held);
                         HELD
                     }
-                    _ => self.groups.route_in(spi),
+                    _ => 0,
                 };
             }
             for g in Groups::used(&slots[..n]) {
@@ -142,29 +147,40 @@ impl Loop {
         if ready[0] || self.gro.has_pending() {
             n = self.read_udp(n);
         }
-        let st = &mut self.staging;
         if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
+            let mut lens = [0usize; sys::RAW_BATCH];
             while n < batch {
-                let p = &mut st[n];
-                match raw.recv_from(p.recv_area()) {
-                    Ok((len, _from)) => {
-                        // A raw socket hands us the IP header too.
-                        let ihl = ipv4::Packet::new_checked(&p.recv_area()[..len]).map_or(0, |ip| ip.header_len());
-                        p.set_received_skip(len, ihl);
-                        if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
-                            stats::inc(&self.stats.rx_runts);
-                            continue;
-                        }
-                        stats::inc(&self.stats.esp_rx_packets);
-                        stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
-                        self.sources.push(None);
-                        n += 1;
-                    }
+                let want = (batch - n).min(sys::RAW_BATCH);
+                let got = match raw.recv_many(self.staging[n..].iter_mut().map(PacketBuf::recv_area), &mut lens[..want])
+                {
+                    Ok(got) => got,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => {
                         debug!(error = %e, "raw ESP receive failed");
                         break;
                     }
+                };
+                // Datagrams landed in slots n..n + got; runts are counted
+                // and the rest moved down over them.
+                let mut kept = n;
+                for (k, &len) in lens[..got].iter().enumerate() {
+                    let p = &mut self.staging[n + k];
+                    // A raw socket hands us the IP header too.
+                    let ihl = ipv4::Packet::new_checked(&p.recv_area()[..len]).map_or(0, |ip| ip.header_len());
+                    p.set_received_skip(len, ihl);
+                    if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
+                        stats::inc(&self.stats.rx_runts);
+                        continue;
+                    }
+                    stats::inc(&self.stats.esp_rx_packets);
+                    stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
+                    self.staging.swap(kept, n + k);
+                    self.sources.push(None);
+                    kept += 1;
+                }
+                n = kept;
+                if got < want {
+                    break;
                 }
             }
         }

@@ -9,7 +9,7 @@ use wasmsec_wire::ipv4;
 
 use super::channel::Report;
 use super::group::Groups;
-use super::gso::UdpOut;
+use super::gso::{self, UdpOut};
 use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
@@ -66,7 +66,7 @@ impl Loop {
         let may_acquire = self.groups.list[g].domain == 0;
         let st = self.groups.list[g].inst.store.data();
         let mut lies = 0;
-        for ((p, mark), v) in st.batch.iter().zip(&st.marks).zip(verdicts) {
+        for (k, ((p, mark), v)) in st.batch.iter().zip(&st.marks).zip(verdicts).enumerate() {
             match v {
                 // Only what this call sealed leaves, and only to the peer of
                 // the SA that sealed it: anything else would be LAN plaintext
@@ -83,6 +83,8 @@ impl Loop {
                             let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
                             self.gso.push(&out, SocketAddrV4::new(to.address, to.port), spi, p.data());
                         }
+                        // Raw ESP: gathered for one `sendmmsg` (below).
+                        Some(to) if self.raw.is_some() => self.raw_out.push((k, to.address, spi)),
                         _ => {
                             if self.send(peer, p.data())
                                 && let Some(t) = spi.and_then(|s| self.traffic.get(&s))
@@ -110,6 +112,20 @@ impl Loop {
         }
         let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
         self.gso.flush(&out);
+        if let (Some(raw), false) = (&self.raw, self.raw_out.is_empty()) {
+            let gathered = &self.raw_out;
+            raw.send_many(gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)), |i, r| {
+                let (k, _, spi) = gathered[i];
+                match r {
+                    Ok(()) => gso::sent(&out, spi, st.batch[k].len()),
+                    Err(e) => {
+                        debug!(error = %e, "ESP send failed");
+                        stats::inc(&self.stats.tx_errors);
+                    }
+                }
+            });
+        }
+        self.raw_out.clear();
         self.protocol_errors(g, "outbound", lies);
     }
 
