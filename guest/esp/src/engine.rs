@@ -8,6 +8,7 @@ use wasmsec_wire::ip::Selectors;
 use crate::batch::{CryptoError, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
+use crate::spd::DestinationIndex;
 
 /// An SA for sending.
 #[derive(Debug, Clone)]
@@ -189,6 +190,8 @@ pub struct SaState {
 struct Outbound {
     sa: OutboundSa,
     use_: Usage,
+    /// When it was installed: of several SAs that match, the newest wins.
+    installed: u64,
 }
 
 struct Inbound {
@@ -197,14 +200,29 @@ struct Inbound {
     use_: Usage,
 }
 
-/// The ESP engine: outbound SAs in policy order, inbound SAs by SPI.
+/// The ESP engine: outbound SAs indexed by destination, inbound SAs by
+/// SPI; neither lookup grows with the number of SAs.
 #[derive(Default)]
 pub struct Engine {
-    outbound: Vec<Outbound>,
-    inbound: HashMap<u32, Inbound>,
-    /// Index of the last outbound SA that matched: consecutive packets of
-    /// one flow skip the scan.
-    last_out: usize,
+    /// Outbound SAs in slots that keep their place (`None`: free), boxed
+    /// like the inbound ones.
+    outbound: Vec<Option<Box<Outbound>>>,
+    /// Free slots of `outbound`.
+    free: Vec<usize>,
+    /// Each outbound SA's slot, by SPI.
+    out_slot: HashMap<u32, usize>,
+    /// Outbound slots by the prefixes of their remote selectors.
+    by_destination: DestinationIndex,
+    /// Installs so far (each outbound SA's `installed`).
+    installs: u64,
+    /// Inbound SAs by SPI, each boxed: the table then grows by pointers,
+    /// not by whole SAs (100,000 SAs fit the guest's memory, #16).
+    inbound: HashMap<u32, Box<Inbound>>,
+    /// The last flow sent (its selectors but the length) and the slot of
+    /// its SA: consecutive packets of one flow skip the lookup. Only the
+    /// same flow may use it: another one may match a newer SA as well.
+    /// Cleared on every install and removal.
+    last_out: Option<(Selectors, usize)>,
     /// Limits passed since the last [`Engine::take_expiries`].
     expiries: Vec<Expiry>,
 }
@@ -237,14 +255,22 @@ impl Engine {
         if sa.next_seq == 0 {
             return Err(SaError::BadSequence(0));
         }
-        if self.outbound.iter().any(|o| o.sa.spi == sa.spi) {
+        if self.out_slot.contains_key(&sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
-        // Newest first: a rekeyed SA takes over outbound traffic the moment
+        // Newest wins: a rekeyed SA takes over outbound traffic the moment
         // it is installed, while the old one still receives (make before
         // break, RFC 7296 section 2.8).
-        self.outbound.insert(0, Outbound { sa, use_: Usage::default() });
-        self.last_out = 0;
+        self.installs += 1;
+        let slot = self.free.pop().unwrap_or(self.outbound.len());
+        self.by_destination.insert(slot, &sa.remote_ts);
+        self.out_slot.insert(sa.spi, slot);
+        let o = Some(Box::new(Outbound { sa, use_: Usage::default(), installed: self.installs }));
+        match self.outbound.get_mut(slot) {
+            Some(s) => *s = o,
+            None => self.outbound.push(o),
+        }
+        self.last_out = None;
         Ok(())
     }
 
@@ -255,15 +281,18 @@ impl Engine {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
-        self.inbound.insert(sa.spi, Inbound { sa, window, use_: Usage::default() });
+        self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
         Ok(())
     }
 
     pub fn remove_outbound(&mut self, spi: u32) -> bool {
-        let before = self.outbound.len();
-        self.outbound.retain(|o| o.sa.spi != spi);
-        self.last_out = 0;
-        before != self.outbound.len()
+        let Some(slot) = self.out_slot.remove(&spi) else { return false };
+        if let Some(o) = self.outbound[slot].take() {
+            self.by_destination.remove(slot, &o.sa.remote_ts);
+        }
+        self.free.push(slot);
+        self.last_out = None;
+        true
     }
 
     pub fn remove_inbound(&mut self, spi: u32) -> bool {
@@ -271,7 +300,7 @@ impl Engine {
     }
 
     pub fn sa_states(&self) -> Vec<SaState> {
-        let out = self.outbound.iter().map(|o| SaState {
+        let out = self.outbound.iter().flatten().map(|o| SaState {
             spi: o.sa.spi,
             outbound: true,
             packets: o.use_.packets,
@@ -319,19 +348,32 @@ impl Engine {
         let mut results = Vec::with_capacity(ops.len());
         batch.seal(&ops, &mut results);
         for ((slot, sa), r) in pending.into_iter().zip(results) {
-            if r.is_ok() {
-                out[slot] = EncapVerdict::Send(self.outbound[sa].sa.peer);
+            if r.is_ok()
+                && let Some(o) = &self.outbound[sa]
+            {
+                out[slot] = EncapVerdict::Send(o.sa.peer);
             }
         }
     }
 
+    /// The slot of the SA a packet with these selectors takes: the newest
+    /// of those whose selectors match (RFC 4301 section 5.1).
     fn find_outbound(&mut self, s: &Selectors) -> Option<usize> {
-        let hit = |o: &Outbound| selector::matches(s, &o.sa.local_ts, &o.sa.remote_ts);
-        if self.outbound.get(self.last_out).is_some_and(hit) {
-            return Some(self.last_out);
+        let hit = |o: &Option<Box<Outbound>>| {
+            o.as_ref().filter(|o| selector::matches(s, &o.sa.local_ts, &o.sa.remote_ts)).map(|o| o.installed)
+        };
+        let flow = Selectors { total_len: 0, ..*s };
+        if let Some((last, i)) = self.last_out
+            && last == flow
+        {
+            return Some(i);
         }
-        let i = self.outbound.iter().position(hit)?;
-        self.last_out = i;
+        let (i, _) = self
+            .by_destination
+            .candidates(&s.dst)
+            .filter_map(|i| hit(&self.outbound[i]).map(|installed| (i, installed)))
+            .max_by_key(|&(_, installed)| installed)?;
+        self.last_out = Some((flow, i));
         Some(i)
     }
 
@@ -343,7 +385,7 @@ impl Engine {
             _ => esp::NEXT_HEADER_IPV6,
         };
         let idx = self.find_outbound(&sel).ok_or(DropReason::NoPolicy)?;
-        let o = &mut self.outbound[idx];
+        let o = self.outbound[idx].as_mut().ok_or(DropReason::NoPolicy)?;
         if o.use_.hard {
             return Err(DropReason::SaExpired);
         }

@@ -14,6 +14,7 @@ mod batch;
 mod engine;
 pub mod replay;
 pub mod selector;
+pub mod spd;
 
 pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 pub use engine::{

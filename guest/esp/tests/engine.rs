@@ -343,6 +343,15 @@ fn the_newest_outbound_sa_for_the_same_selectors_wins() {
     assert!(a.remove_outbound(0x1001));
     let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
     assert_eq!(v, [EncapVerdict::Send(8)]);
+    // A newer one again (peer 7); with it gone, 0x2002 carries the
+    // traffic again.
+    let spec = PairSpec { spi: 0x3003, key: 1, esn: false, next_seq: 1, window: 0, limits: SaLimits::default() };
+    install_pair(&mut a, &mut Engine::new(), spec);
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(7)]);
+    assert!(a.remove_outbound(0x3003));
+    let (_, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(v, [EncapVerdict::Send(8)]);
 }
 
 /// `pair` and a second SA (0x2002) with volume limits on both halves.
@@ -424,4 +433,65 @@ fn sequence_space_asks_for_a_rekey_before_it_runs_out() {
         a.take_expiries().iter().map(|x| (x.hard, x.cause)).collect::<Vec<_>>(),
         [(false, ExpiryCause::Sequence)]
     );
+}
+
+fn outbound_to(spi: u32, peer: u32, remote: TrafficSelector) -> OutboundSa {
+    OutboundSa {
+        spi,
+        key: KeyHandle(0x44),
+        peer,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![prefix(LAN_A, 24)],
+        remote_ts: vec![remote],
+        limits: Default::default(),
+    }
+}
+
+/// Thousands of SAs, each to its own subnet (the PoP's case, #16): every
+/// packet takes its subnet's SA, removed SAs' slots are reused, and where
+/// SAs overlap the newest still wins.
+#[test]
+fn many_sas_each_packet_finds_its_own() {
+    let mut a = Engine::new();
+    let subnet = |i: u32| [10, (i >> 8) as u8, i as u8, 0];
+    let host = |i: u32| [10, (i >> 8) as u8, i as u8, 9];
+    for i in 0..2000 {
+        a.install_outbound(outbound_to(0x1_0000 + i, i, prefix(subnet(i), 24))).unwrap();
+    }
+    let all = |a: &mut Engine| encap(a, (0..2000).map(|i| ipv4_packet(HOST_A, host(i), 8)).collect()).1;
+    assert!(all(&mut a).iter().enumerate().all(|(i, v)| *v == EncapVerdict::Send(i as u32)));
+    for i in (0..2000).step_by(2) {
+        assert!(a.remove_outbound(0x1_0000 + i));
+    }
+    assert!(!a.remove_outbound(0x1_0000), "already gone");
+    let v = all(&mut a);
+    for (i, v) in v.iter().enumerate() {
+        let want = if i % 2 == 0 { EncapVerdict::Drop(DropReason::NoPolicy) } else { EncapVerdict::Send(i as u32) };
+        assert_eq!(*v, want, "packet to subnet {i}");
+    }
+    // A range over 10.0.0.0 - 10.3.255.255 (installed last, so it wins
+    // where it overlaps), then the even subnets back in free slots.
+    let range =
+        TrafficSelector { start: Address::V4([10, 0, 0, 0]), end: Address::V4([10, 3, 255, 255]), ..prefix(LAN_B, 24) };
+    a.install_outbound(outbound_to(0x9999, 9999, range)).unwrap();
+    let v = all(&mut a);
+    assert!(v[..1024].iter().all(|v| *v == EncapVerdict::Send(9999)));
+    assert!(v[1024..].iter().enumerate().all(|(k, v)| {
+        let i = 1024 + k as u32;
+        *v == if i.is_multiple_of(2) { EncapVerdict::Drop(DropReason::NoPolicy) } else { EncapVerdict::Send(i) }
+    }));
+    for i in (0..2000).step_by(2) {
+        a.install_outbound(outbound_to(0x2_0000 + i, 20_000 + i, prefix(subnet(i), 24))).unwrap();
+    }
+    let v = all(&mut a);
+    for (i, v) in v.iter().enumerate().map(|(i, v)| (i as u32, v)) {
+        let want = match (i % 2, i < 1024) {
+            (0, _) => 20_000 + i,
+            (_, true) => 9999,
+            _ => i,
+        };
+        assert_eq!(*v, EncapVerdict::Send(want), "packet to subnet {i}");
+    }
 }

@@ -1,0 +1,188 @@
+//! The outbound SPD (RFC 4301 section 4.4.1) indexed by destination, so
+//! that finding the SA a leaving packet takes costs the same with 10 SAs
+//! as with 100,000 (#16): no scan over every SA.
+//!
+//! Every remote selector's address range is split into the CIDR prefixes
+//! that cover it exactly (at most 2 x 32 of them for IPv4, 2 x 128 for
+//! IPv6; one for a subnet). A packet's destination is looked up once per
+//! prefix length in use, and only the SAs found there are checked against
+//! their full selectors (ports, protocol, source). Of those that match, the
+//! newest wins: a rekeyed SA takes over outbound traffic the moment it is
+//! installed (make before break, RFC 7296 section 2.8).
+use std::collections::HashMap;
+
+use wasmsec_wire::ip::Address;
+
+use crate::selector::TrafficSelector;
+
+/// A prefix: IPv6 or not, its length, its network address (host bits 0).
+type Prefix = (bool, u8, u128);
+
+/// SA slots by the prefixes of their remote selectors.
+#[derive(Default)]
+pub struct DestinationIndex {
+    buckets: HashMap<Prefix, Vec<usize>>,
+    /// The prefix lengths in use, per family, each with its bucket count.
+    lengths: Vec<(bool, u8, usize)>,
+}
+
+fn value(a: &Address) -> (bool, u128) {
+    match a {
+        Address::V4(b) => (false, u128::from(u32::from_be_bytes(*b))),
+        Address::V6(b) => (true, u128::from_be_bytes(*b)),
+    }
+}
+
+fn bits(v6: bool) -> u8 {
+    if v6 { 128 } else { 32 }
+}
+
+/// `v` with all but its first `len` of `width` bits cleared.
+fn network(v: u128, len: u8, width: u8) -> u128 {
+    match width - len {
+        0 => v,
+        host if host >= 128 => 0,
+        host => (v >> host) << host,
+    }
+}
+
+/// The CIDR prefixes `(length, network)` that together cover exactly
+/// `start..=end` in a `width`-bit address space, fewest first to last.
+pub fn prefixes(start: u128, end: u128, width: u8) -> Vec<(u8, u128)> {
+    let mut out = Vec::new();
+    let mut s = start;
+    loop {
+        // The largest block that starts at `s` (aligned there) and does not
+        // run past `end`: 2^k addresses.
+        let aligned = if s == 0 { u32::from(width) } else { s.trailing_zeros().min(u32::from(width)) };
+        let room = end - s;
+        let fits = if room == u128::MAX { 128 } else { 127 - (room + 1).leading_zeros() };
+        let k = aligned.min(fits);
+        out.push((width - k as u8, s));
+        if k == 128 {
+            return out;
+        }
+        let last = s + ((1u128 << k) - 1);
+        if last >= end {
+            return out;
+        }
+        s = last + 1;
+    }
+}
+
+impl DestinationIndex {
+    fn keys(remote: &[TrafficSelector]) -> Vec<Prefix> {
+        let mut keys: Vec<Prefix> = remote
+            .iter()
+            .flat_map(|t| {
+                let ((v6, s), (_, e)) = (value(&t.start), value(&t.end));
+                prefixes(s, e, bits(v6)).into_iter().map(move |(len, net)| (v6, len, net))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Index slot `slot`, whose SA sends to `remote`.
+    pub fn insert(&mut self, slot: usize, remote: &[TrafficSelector]) {
+        for key in Self::keys(remote) {
+            let bucket = self.buckets.entry(key).or_default();
+            if bucket.is_empty() {
+                match self.lengths.iter_mut().find(|(v6, len, _)| (*v6, *len) == (key.0, key.1)) {
+                    Some(l) => l.2 += 1,
+                    None => self.lengths.push((key.0, key.1, 1)),
+                }
+            }
+            bucket.push(slot);
+        }
+    }
+
+    /// Forget slot `slot` (indexed with the same `remote`).
+    pub fn remove(&mut self, slot: usize, remote: &[TrafficSelector]) {
+        for key in Self::keys(remote) {
+            let Some(bucket) = self.buckets.get_mut(&key) else { continue };
+            bucket.retain(|&s| s != slot);
+            if bucket.is_empty() {
+                self.buckets.remove(&key);
+                if let Some(i) = self.lengths.iter().position(|(v6, len, _)| (*v6, *len) == (key.0, key.1)) {
+                    self.lengths[i].2 -= 1;
+                    if self.lengths[i].2 == 0 {
+                        self.lengths.swap_remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The slots whose remote selectors may contain `dst` (each SA at most
+    /// once per prefix length; the caller checks the full selectors).
+    pub fn candidates(&self, dst: &Address) -> impl Iterator<Item = usize> + '_ {
+        let (v6, v) = value(dst);
+        self.lengths
+            .iter()
+            .filter(move |l| l.0 == v6)
+            .filter_map(move |&(_, len, _)| self.buckets.get(&(v6, len, network(v, len, bits(v6)))))
+            .flatten()
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> u128 {
+        u128::from(u32::from_be_bytes(a))
+    }
+
+    #[test]
+    fn ranges_split_into_exact_prefixes() {
+        assert_eq!(prefixes(v4([10, 0, 1, 0]), v4([10, 0, 1, 255]), 32), [(24, v4([10, 0, 1, 0]))]);
+        assert_eq!(prefixes(0, u128::from(u32::MAX), 32), [(0, 0)]);
+        assert_eq!(prefixes(0, u128::MAX, 128), [(0, 0)]);
+        assert_eq!(prefixes(v4([1, 2, 3, 4]), v4([1, 2, 3, 4]), 32), [(32, v4([1, 2, 3, 4]))]);
+        // 10.0.0.5 - 10.0.0.200: .5/32 .6/31 .8/29 .16/28 .32/27 .64/26
+        // .128/26 .192/29 .200/32.
+        let p = prefixes(v4([10, 0, 0, 5]), v4([10, 0, 0, 200]), 32);
+        let mut covered = 0u128;
+        let mut next = v4([10, 0, 0, 5]);
+        for &(len, net) in &p {
+            assert_eq!(net, next, "prefixes are contiguous and in order");
+            assert_eq!(network(net, len, 32), net, "each is aligned");
+            covered += 1 << (32 - len);
+            next = net + (1 << (32 - len));
+        }
+        assert_eq!(covered, 196);
+        assert_eq!(p.len(), 9);
+    }
+
+    #[test]
+    fn lookups_find_the_covering_slots_only() {
+        let mut ix = DestinationIndex::default();
+        let sub = |third: u8| TrafficSelector::from_prefix(Address::V4([10, 0, third, 0]), 24).unwrap();
+        let range = TrafficSelector {
+            start: Address::V4([10, 9, 0, 5]),
+            end: Address::V4([10, 9, 0, 200]),
+            ..TrafficSelector::any_v4()
+        };
+        ix.insert(0, &[sub(1)]);
+        ix.insert(1, &[sub(2), range.clone()]);
+        ix.insert(2, &[TrafficSelector::any_v4()]);
+        fn found(ix: &DestinationIndex, a: [u8; 4]) -> Vec<usize> {
+            let mut c: Vec<usize> = ix.candidates(&Address::V4(a)).collect();
+            c.sort_unstable();
+            c
+        }
+        assert_eq!(found(&ix, [10, 0, 1, 7]), [0, 2]);
+        assert_eq!(found(&ix, [10, 0, 2, 7]), [1, 2]);
+        assert_eq!(found(&ix, [10, 9, 0, 100]), [1, 2]);
+        assert_eq!(found(&ix, [10, 9, 0, 201]), [2]);
+        assert!(ix.candidates(&Address::V6([0; 16])).next().is_none(), "families do not mix");
+        ix.remove(1, &[sub(2), range]);
+        ix.remove(2, &[TrafficSelector::any_v4()]);
+        assert_eq!(found(&ix, [10, 0, 2, 7]), Vec::<usize>::new());
+        assert_eq!(found(&ix, [10, 0, 1, 7]), [0]);
+        assert_eq!(ix.lengths, [(false, 24, 1)], "unused prefix lengths are no longer looked up");
+    }
+}
