@@ -6,6 +6,7 @@
 //! - `cargo xtask test`   build, fmt and clippy checks, unit tests, end-to-end and interop tests (root)
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
 //! - `cargo xtask bench-tenants`  build, then the tenant scale benchmark
+//! - `cargo xtask bench-sas`  build, then the SA scale benchmark (10 to 100,000 CHILD SAs)
 //! - `cargo xtask image`  build, then the container image as an OCI layout in target/image/oci
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
@@ -29,7 +30,7 @@ use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-tunnels|doctor> [args]\n\
+        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-sas|bench-tunnels|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
          \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
@@ -37,6 +38,7 @@ fn usage() -> ! {
          \n  image            build, then the container image (OCI layout in target/image/oci)\
          \n  bench            build, then the ESP data-path benchmark\
          \n  bench-tenants    build, then the tenant scale benchmark (10,000 tenants' guest instances in one process)\
+         \n  bench-sas        build, then the SA scale benchmark (10, 1,000, 100,000 CHILD SAs: memory and lookup cost)\
          \n  bench-tunnels    build, then tunnel throughput: wasmsec, strongSwan libipsec, boringtun, wireguard-go in one run (needs root)\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         "bench" => bench("esp_datapath"),
         // bench-policy: its name before it measured the ESP pairs too.
         "bench-tenants" | "bench-policy" => bench("tenant_scale"),
+        "bench-sas" => bench("sa_scale"),
         "bench-tunnels" => bench_tunnels(),
         _ => usage(),
     };
