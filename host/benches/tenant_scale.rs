@@ -28,6 +28,18 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// Page-table memory of this process, bytes (/proc/self/status VmPTE):
+/// each instance's slot needs page tables of its own, which the resident
+/// set does not count.
+fn page_tables() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPTE:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
 /// Memory mappings of this process (each instance's memory slot splits
 /// its pool's reservation; the kernel caps the count at vm.max_map_count).
 fn mappings() -> u64 {
@@ -146,11 +158,11 @@ fn main() {
 
     // Warm-up: the first instances fault in the code and the allocators.
     drop(instantiate(&rt, &module, 50));
-    let (rss0, maps0) = (rss(), mappings());
+    let (rss0, maps0, pte0) = (rss(), mappings(), page_tables());
     let (mut fresh, mut tenants) = instantiate(&rt, &module, n);
     let (rss1, maps1) = (rss(), mappings());
     let first = first_calls(&mut tenants, &req, 0x1000);
-    let rss2 = rss();
+    let (rss2, pte2) = (rss(), page_tables());
     let warm = first_calls(&mut tenants, &req, 0x100_0000);
     // Free every slot, then instantiate again in the freed ones.
     drop(tenants);
@@ -190,6 +202,10 @@ fn main() {
         "  resident memory +{:.1} KiB per instance after instantiation, +{:.1} KiB after its first call   target <= 32 KiB",
         kib(rss1.saturating_sub(rss0)),
         kib(rss2.saturating_sub(rss0))
+    );
+    println!(
+        "                  +{:.1} KiB of page tables per instance (not in the resident set)",
+        kib(pte2.saturating_sub(pte0))
     );
     println!(
         "                  +{:.1} KiB per tenant (3 instances)",
