@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -241,31 +242,29 @@ impl RawEsp {
     ) {
         let mut msgs = msgs.peekable();
         let mut first = 0;
+        // Only the entries a call uses are written: the arrays stay
+        // uninitialised past `n` (a full zeroing would be ~6 KB per call).
+        let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
+        let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; RAW_BATCH];
+        let mut addrs = [const { MaybeUninit::<libc::sockaddr_in>::uninit() }; RAW_BATCH];
         while msgs.peek().is_some() {
-            // SAFETY: C structs of integers and pointers (here and in the next
-            // two), for which all zeroes (null pointers) is a valid value.
-            let mut hdrs: [libc::mmsghdr; RAW_BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut iovs: [libc::iovec; RAW_BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            let mut addrs: [libc::sockaddr_in; RAW_BATCH] = unsafe { std::mem::zeroed() };
             let mut n = 0;
             for (data, to) in msgs.by_ref().take(RAW_BATCH) {
-                addrs[n] = sockaddr(SocketAddrV4::new(to, 0));
-                iovs[n] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+                let addr = addrs[n].write(sockaddr(SocketAddrV4::new(to, 0)));
+                let iov =
+                    iovs[n].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
+                let hdr = hdrs[n].write(message(iov));
+                hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
+                hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
                 n += 1;
             }
-            for i in 0..n {
-                hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-                hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-                hdrs[i].msg_hdr.msg_iovlen = 1;
-            }
+            let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
             let mut at = 0;
             while at < n {
-                // SAFETY: hdrs[at..n] point at iovecs and addresses that live
-                // until the call returns, over datagrams lent for this call.
-                let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs[at..].as_mut_ptr(), (n - at) as u32, 0) };
+                // SAFETY: hdrs[at..n] are initialised and point at iovecs and
+                // addresses that live until the call returns, over datagrams
+                // lent for this call.
+                let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.add(at), (n - at) as u32, 0) };
                 if r < 0 {
                     // The first message failed: report it, go on after it.
                     sent(first + at, Err(io::Error::last_os_error()));
@@ -286,28 +285,25 @@ impl RawEsp {
     /// `bufs` in order; their lengths go to `lens`. Returns how many came
     /// (`WouldBlock` when none was waiting).
     pub fn recv_many<'a>(&self, bufs: impl Iterator<Item = &'a mut [u8]>, lens: &mut [usize]) -> io::Result<usize> {
-        // SAFETY: C structs of integers and pointers (here and in the next
-        // one), for which all zeroes (null pointers) is a valid value.
-        let mut hdrs: [libc::mmsghdr; RAW_BATCH] = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; RAW_BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
+        let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; RAW_BATCH];
         let mut n = 0;
         for buf in bufs.take(lens.len().min(RAW_BATCH)) {
-            iovs[n] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-            hdrs[n].msg_hdr.msg_iov = &mut iovs[n];
-            hdrs[n].msg_hdr.msg_iovlen = 1;
+            let iov = iovs[n].write(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
+            hdrs[n].write(message(iov));
             n += 1;
         }
-        // SAFETY: hdrs[..n] point at iovecs over buffers borrowed mutably
-        // for this call; no source address is asked for.
-        let r = unsafe {
-            libc::recvmmsg(self.fd.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
-        };
+        let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
+        // SAFETY: hdrs[..n] are initialised and point at iovecs over buffers
+        // borrowed mutably for this call; no source address is asked for.
+        let r =
+            unsafe { libc::recvmmsg(self.fd.as_raw_fd(), hdrs, n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        for (len, h) in lens.iter_mut().zip(&hdrs[..r as usize]) {
-            *len = h.msg_len as usize;
+        for (i, len) in lens.iter_mut().enumerate().take(r as usize) {
+            // SAFETY: i < r <= n: an entry written above, filled in by the kernel.
+            *len = unsafe { (*hdrs.add(i)).msg_len } as usize;
         }
         Ok(r as usize)
     }
@@ -317,6 +313,16 @@ impl AsRawFd for RawEsp {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// A message header for one datagram in `iov`, no address, no control data.
+fn message(iov: &mut libc::iovec) -> libc::mmsghdr {
+    // SAFETY: mmsghdr is integers and pointers, for which all zeroes (null
+    // pointers) is a valid value.
+    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h
 }
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {

@@ -85,14 +85,30 @@ impl Groups {
         let Ok(s) = Selectors::parse(packet) else { return first };
         mine.into_iter().find(|&i| self.list[i].sends(&s)).unwrap_or(first)
     }
+}
 
-    /// The groups `slots` names, each once, in order: the batch is handed
-    /// to those only, not to every tenant's group.
-    pub fn used(slots: &[usize]) -> Vec<usize> {
-        let mut g = slots.to_vec();
-        g.sort_unstable();
-        g.dedup();
-        g
+/// Splits a batch by group without allocating: both lists keep their
+/// capacity from one batch to the next.
+#[derive(Default)]
+pub struct Split {
+    groups: Vec<usize>,
+    idx: Vec<usize>,
+}
+
+impl Split {
+    /// Call `f(g, idx)` once for each group `slots` names, in group order,
+    /// with the indices of that group's packets: the batch is handed to
+    /// those groups only, not to every tenant's group.
+    pub fn each(&mut self, slots: &[usize], mut f: impl FnMut(usize, &[usize])) {
+        self.groups.clear();
+        self.groups.extend_from_slice(slots);
+        self.groups.sort_unstable();
+        self.groups.dedup();
+        for &g in &self.groups {
+            self.idx.clear();
+            self.idx.extend((0..slots.len()).filter(|&i| slots[i] == g));
+            f(g, &self.idx);
+        }
     }
 }
 

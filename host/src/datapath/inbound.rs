@@ -11,7 +11,7 @@ use wasmsec_wire::udp_encap::Datagram;
 use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{Report, SaCommand, Sender};
-use super::group::Groups;
+use super::group::Split;
 use super::{Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
 use crate::packet::PacketBuf;
@@ -32,6 +32,7 @@ impl Loop {
         fds.extend(self.inbox.as_ref().map(AsRawFd::as_raw_fd));
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
+        let mut split = Split::default();
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
             self.expire_held();
@@ -76,19 +77,15 @@ impl Loop {
                     _ => 0,
                 };
             }
-            for g in Groups::used(&slots[..n]) {
+            split.each(&slots[..n], |g, idx| {
                 if g == HELD {
-                    continue;
+                    return;
                 }
-                let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
-                if idx.is_empty() {
-                    continue;
+                if let Some(verdicts) = self.call_group(g, idx, "inbound", EspInstance::decap) {
+                    self.act_inbound(g, idx, verdicts);
                 }
-                if let Some(verdicts) = self.call_group(g, &idx, "inbound", EspInstance::decap) {
-                    self.act_inbound(g, &idx, verdicts);
-                }
-                self.take_back(g, &idx);
-            }
+                self.take_back(g, idx);
+            });
         }
     }
 

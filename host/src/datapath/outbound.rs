@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use wasmsec_wire::ipv4;
 
 use super::channel::Report;
-use super::group::Groups;
+use super::group::Split;
 use super::gso::{self, UdpOut};
 use super::{Loop, POLL_MS};
 use crate::config::Encapsulation;
@@ -26,6 +26,7 @@ impl Loop {
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
+        let mut split = Split::default();
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
             // Segments still waiting: look, but do not wait.
@@ -46,16 +47,12 @@ impl Loop {
             for ((slot, p), &d) in slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain) {
                 *slot = self.groups.route_out(d, p.data());
             }
-            for g in Groups::used(&slots[..n]) {
-                let idx: Vec<usize> = (0..n).filter(|&i| slots[i] == g).collect();
-                if idx.is_empty() {
-                    continue;
-                }
-                if let Some(verdicts) = self.call_group(g, &idx, "outbound", EspInstance::encap) {
+            split.each(&slots[..n], |g, idx| {
+                if let Some(verdicts) = self.call_group(g, idx, "outbound", EspInstance::encap) {
                     self.act_outbound(g, verdicts, &mut last_acquire);
                 }
-                self.take_back(g, &idx);
-            }
+                self.take_back(g, idx);
+            });
         }
     }
 

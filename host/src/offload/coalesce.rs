@@ -171,36 +171,14 @@ impl Joiner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::segment::tests::{Shape, tcp4_shaped};
     use crate::offload::segment::{Segmenter, complete_checksum};
 
-    /// An IPv4/TCP packet (20-byte TCP header, or `opts` more) with
-    /// `payload`, checksums valid.
+    /// An IPv4/TCP packet as a sender with DF set would emit it (IP ID
+    /// stepping with the sequence), `opts` after the 20-byte TCP header.
     fn tcp4(seq: u32, flags: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
-        let h = 40 + opts.len();
-        let mut p = vec![0u8; h];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&((h + payload.len()) as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[198, 18, 1, 10]);
-        p[16..20].copy_from_slice(&[198, 18, 2, 10]);
-        p[20..22].copy_from_slice(&5201u16.to_be_bytes());
-        p[22..24].copy_from_slice(&40000u16.to_be_bytes());
-        p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[28..32].copy_from_slice(&77u32.to_be_bytes());
-        p[32] = (((20 + opts.len()) / 4) << 4) as u8;
-        p[33] = flags;
-        p[34..36].copy_from_slice(&512u16.to_be_bytes());
-        p[40..h].copy_from_slice(opts);
-        p.extend_from_slice(payload);
-        let c = finish(sum_words(0, &p[..20]));
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        let pseudo = sum_words(0, &p[12..20]).wrapping_add(6 + (p.len() - 20) as u32);
-        let c = finish(sum_words(pseudo, &p[20..]));
-        p[36..38].copy_from_slice(&c.to_be_bytes());
-        p
+        let shape = Shape { ip_id: seq as u16, dont_fragment: true, ack: 77, opts };
+        tcp4_shaped(seq, flags, &shape, payload)
     }
 
     fn payload(n: usize, k: u8) -> Vec<u8> {

@@ -162,16 +162,35 @@ pub fn complete_checksum(p: &mut [u8], start: usize, offset: usize) -> Option<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::offload::vnet::F_NEEDS_CSUM;
 
+    /// The header fields the offload tests vary between their packets.
+    pub(crate) struct Shape<'a> {
+        pub(crate) ip_id: u16,
+        pub(crate) dont_fragment: bool,
+        pub(crate) ack: u32,
+        /// TCP options, a multiple of 4 bytes.
+        pub(crate) opts: &'a [u8],
+    }
+
     /// An IPv4/TCP packet with `payload`, checksums valid.
     pub(crate) fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
+        let shape = Shape { ip_id: 0x1234, dont_fragment: false, ack: 0, opts: &[] };
+        tcp4_shaped(seq, flags, &shape, payload)
+    }
+
+    /// An IPv4/TCP packet of the given `shape` with `payload`, checksums valid.
+    pub(crate) fn tcp4_shaped(seq: u32, flags: u8, shape: &Shape, payload: &[u8]) -> Vec<u8> {
+        let h = 40 + shape.opts.len();
+        let mut p = vec![0u8; h];
         p[0] = 0x45;
-        p[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
-        p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        p[2..4].copy_from_slice(&((h + payload.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&shape.ip_id.to_be_bytes());
+        if shape.dont_fragment {
+            p[6] = 0x40;
+        }
         p[8] = 64;
         p[9] = 6;
         p[12..16].copy_from_slice(&[198, 18, 1, 10]);
@@ -179,9 +198,11 @@ mod tests {
         p[20..22].copy_from_slice(&5201u16.to_be_bytes());
         p[22..24].copy_from_slice(&40000u16.to_be_bytes());
         p[24..28].copy_from_slice(&seq.to_be_bytes());
-        p[32] = 5 << 4;
+        p[28..32].copy_from_slice(&shape.ack.to_be_bytes());
+        p[32] = (((20 + shape.opts.len()) / 4) << 4) as u8;
         p[33] = flags;
         p[34..36].copy_from_slice(&512u16.to_be_bytes());
+        p[40..h].copy_from_slice(shape.opts);
         p.extend_from_slice(payload);
         let c = finish(sum_words(0, &p[..20]));
         p[10..12].copy_from_slice(&c.to_be_bytes());
