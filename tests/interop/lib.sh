@@ -130,7 +130,7 @@ charon {
     append = no
     flush_line = yes
     default = 1
-    ike = 2 } }
+    ike = ${SSWAN_LOG_IKE:-2} } }
   plugins { vici { socket = unix://$d/charon.vici } }
 }
 CONF

@@ -1,0 +1,83 @@
+//! The command line: `--key value` pairs, each with a default but the
+//! PSK file.
+use std::net::Ipv4Addr;
+
+pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18.0.2] [--sources 198.19.0.0/20]
+  [--in-flight 24] [--setups 5000] [--seconds 60] [--responder-pid PID] [--label NAME]
+  [--id load.bench.test] [--remote-id gwb.interop.test]
+  [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
+  [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16]
+Every source address must be local (e.g. `ip route add local 198.19.0.0/20 dev lo`);
+port 500 of them must be free.";
+
+pub struct Args {
+    pub psk_file: String,
+    pub server: Ipv4Addr,
+    pub sources: Vec<Ipv4Addr>,
+    /// Setups in flight at once.
+    pub in_flight: usize,
+    /// Setups to start in all.
+    pub setups: u64,
+    /// Start no setup after this long (those in flight get 10 s more).
+    pub seconds: u64,
+    /// The responder's process, for its CPU time (`/proc/PID/stat`).
+    pub responder_pid: Option<u32>,
+    pub label: String,
+    pub id: String,
+    pub remote_id: String,
+    pub local_ts: String,
+    pub remote_ts: String,
+    pub proposals: String,
+    pub esp: String,
+}
+
+impl Args {
+    pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut a = Args {
+            psk_file: String::new(),
+            server: Ipv4Addr::new(198, 18, 0, 2),
+            sources: Vec::new(),
+            in_flight: 24,
+            setups: 5000,
+            seconds: 60,
+            responder_pid: None,
+            label: "responder".into(),
+            id: "load.bench.test".into(),
+            remote_id: "gwb.interop.test".into(),
+            local_ts: "10.98.0.0/16".into(),
+            remote_ts: "198.18.2.0/24".into(),
+            proposals: "aes256gcm16-prfsha256-x25519".into(),
+            esp: "aes256gcm16".into(),
+        };
+        let mut sources = "198.19.0.0/20".to_string();
+        while let Some(k) = it.next() {
+            let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
+            let num = |what: &str| v.parse::<u64>().map_err(|_| format!("{what}: {v:?} is not a number"));
+            match k.as_str() {
+                "--psk-file" => a.psk_file = v,
+                "--server" => a.server = v.parse().map_err(|_| format!("--server: {v:?} is not an IPv4 address"))?,
+                "--sources" => sources = v,
+                "--in-flight" => a.in_flight = num("--in-flight")?.max(1) as usize,
+                "--setups" => a.setups = num("--setups")?,
+                "--seconds" => a.seconds = num("--seconds")?,
+                "--responder-pid" => a.responder_pid = Some(num("--responder-pid")? as u32),
+                "--label" => a.label = v,
+                "--id" => a.id = v,
+                "--remote-id" => a.remote_id = v,
+                "--local-ts" => a.local_ts = v,
+                "--remote-ts" => a.remote_ts = v,
+                "--proposals" => a.proposals = v,
+                "--esp" => a.esp = v,
+                _ => return Err(format!("unknown option {k}")),
+            }
+        }
+        if a.psk_file.is_empty() {
+            return Err("--psk-file is required".into());
+        }
+        a.sources = crate::addresses(&sources)?;
+        if a.sources.len() < a.in_flight {
+            return Err(format!("--sources {sources} has fewer addresses than --in-flight {}", a.in_flight));
+        }
+        Ok(a)
+    }
+}
