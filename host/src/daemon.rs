@@ -242,7 +242,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
-        sockets: IkeSockets { address: cfg.network.listen, ike: sock500, nat_t: p.udp.try_clone()? },
+        sockets: IkeSockets::new(cfg.network.listen, sock500, p.udp.try_clone()?)?,
         up: p.up,
         failures: Default::default(),
         queries: p.queries,

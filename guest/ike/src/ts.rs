@@ -77,10 +77,7 @@ pub fn show(t: &Ts) -> String {
         16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap_or([0; 16])).to_string(),
         _ => format!("{b:02x?}"),
     };
-    let bits = t.start.len() * 8;
-    let prefix = (0..=bits)
-        .rev()
-        .find(|&l| from_cidr(&format!("{}/{l}", addr(&t.start))).is_ok_and(|c| c.start == t.start && c.end == t.end));
+    let prefix = prefix_len(&t.start, &t.end);
     let mut s = match prefix {
         Some(l) => format!("{}/{l}", addr(&t.start)),
         None => format!("{}..{}", addr(&t.start), addr(&t.end)),
@@ -89,6 +86,20 @@ pub fn show(t: &Ts) -> String {
         s.push_str(&format!("[{}/{}-{}]", t.ip_protocol, t.start_port, t.end_port));
     }
     s
+}
+
+/// The length of the CIDR prefix that is exactly `start..=end`, if one
+/// is: equal leading bits, then only zeros in `start` and only ones in
+/// `end`. (Arithmetic, not a parse of each candidate: `show` runs for
+/// every CHILD SA's log line.)
+pub fn prefix_len(start: &[u8], end: &[u8]) -> Option<usize> {
+    if start.len() != end.len() {
+        return None;
+    }
+    let bit = |b: &[u8], i: usize| b[i / 8] >> (7 - i % 8) & 1;
+    let bits = start.len() * 8;
+    let len = (0..bits).find(|&i| bit(start, i) != bit(end, i)).unwrap_or(bits);
+    (len..bits).all(|i| bit(start, i) == 0 && bit(end, i) == 1).then_some(len)
 }
 
 pub fn show_all(ts: &[Ts]) -> String {
@@ -116,6 +127,14 @@ mod tests {
         assert_eq!(show(&lan), "198.18.1.0/24");
         assert_eq!(show(&https), "198.18.0.0/16[6/443-443]");
         assert!(from_cidr("1.2.3.4/33").is_err());
+        for p in ["0.0.0.0/0", "10.0.0.0/8", "198.18.1.128/25", "198.18.1.7/32", "2001:db8::/32", "::/0", "::1/128"] {
+            let t = from_cidr(p).unwrap();
+            assert_eq!(show(&t), p);
+        }
+        let range = |a: [u8; 4], b: [u8; 4]| prefix_len(&a, &b);
+        assert_eq!(range([10, 0, 0, 1], [10, 0, 0, 9]), None);
+        assert_eq!(range([10, 0, 0, 0], [10, 0, 1, 254]), None);
+        assert_eq!(range([10, 0, 0, 1], [10, 0, 0, 0]), None);
         assert_eq!(from_cidr("2001:db8::/32").unwrap().end[4], 0xff);
     }
 }

@@ -22,6 +22,11 @@ pub struct IkeSockets {
     pub ike: UdpSocket,
     /// A send handle on UDP 4500 (or the configured NAT-T port).
     pub nat_t: UdpSocket,
+    /// The ports of the two, read once (not a `getsockname` per datagram).
+    ike_port: u16,
+    nat_t_port: u16,
+    /// Where datagrams are read into, kept (not 64 KiB zeroed per read).
+    buf: Vec<u8>,
 }
 
 /// An endpoint of the engine's from an IPv4 address and port.
@@ -30,22 +35,23 @@ pub fn endpoint(a: Ipv4Addr, port: u16) -> Endpoint {
 }
 
 impl IkeSockets {
-    fn port(s: &UdpSocket) -> io::Result<u16> {
-        s.local_addr().map(|a| a.port())
+    pub fn new(address: Ipv4Addr, ike: UdpSocket, nat_t: UdpSocket) -> io::Result<IkeSockets> {
+        let (ike_port, nat_t_port) = (ike.local_addr()?.port(), nat_t.local_addr()?.port());
+        Ok(IkeSockets { address, ike, nat_t, ike_port, nat_t_port, buf: vec![0; 65_536] })
     }
 
     /// Our end of the NAT-T port, for IKE the data path set aside.
     pub fn nat_t_endpoint(&self) -> io::Result<Endpoint> {
-        Ok(endpoint(self.address, Self::port(&self.nat_t)?))
+        Ok(endpoint(self.address, self.nat_t_port))
     }
 
     /// Every datagram waiting on the IKE port (IPv4 senders only).
-    pub fn receive(&self) -> io::Result<Vec<Datagram>> {
-        let local = endpoint(self.address, Self::port(&self.ike)?);
-        let mut buf = vec![0u8; 65536];
+    pub fn receive(&mut self) -> io::Result<Vec<Datagram>> {
+        let local = endpoint(self.address, self.ike_port);
+        let buf = &mut self.buf;
         let mut out = Vec::new();
         loop {
-            match self.ike.recv_from(&mut buf) {
+            match self.ike.recv_from(buf) {
                 Ok((n, SocketAddr::V4(from))) => out.push(Datagram {
                     local: local.clone(),
                     remote: endpoint(*from.ip(), from.port()),
@@ -64,7 +70,7 @@ impl IkeSockets {
         let Some(SocketAddr::V4(to)) = socket_addr(&d.remote) else {
             return Err(io::Error::new(ErrorKind::InvalidInput, "not an IPv4 endpoint"));
         };
-        if d.local.port == Self::port(&self.nat_t).unwrap_or(4500) {
+        if d.local.port == self.nat_t_port {
             let mut m = Vec::with_capacity(NON_ESP_MARKER.len() + d.data.len());
             m.extend_from_slice(&NON_ESP_MARKER);
             m.extend_from_slice(&d.data);

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Encapsulation;
 use crate::keys::{KeyUse, Keystore};
@@ -268,7 +268,9 @@ impl Loop {
                         }
                     };
                     sa.peer = idx as u32;
-                    info!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
+                    // Debug, not info: the control thread has logged the
+                    // CHILD SA with its SPIs; a PoP sets up thousands a second.
+                    debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
                     self.install(group, Some(sa), None)
                 }
                 SaCommand::ExpectInbound { spi } => {
@@ -281,7 +283,7 @@ impl Loop {
                     if let (Some(o), Some(p)) = (outbound_spi, peer) {
                         self.floats.insert(sa.spi, (o, p));
                     }
-                    info!(spi = format_args!("{:08x}", sa.spi), group, "data path: accepting on inbound SA");
+                    debug!(spi = format_args!("{:08x}", sa.spi), group, "data path: accepting on inbound SA");
                     self.install(group, None, Some(sa))
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
@@ -294,7 +296,7 @@ impl Loop {
                 }
                 SaCommand::RemoveOutbound { spi } => {
                     self.traffic.remove(&spi);
-                    info!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
+                    debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     self.remove(spi, |sas| &mut sas.outbound, |sa| (sa.spi, sa.key), EspInstance::remove_outbound)
                 }
                 SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
@@ -309,7 +311,7 @@ impl Loop {
                 }
                 SaCommand::RemoveInbound { spi } => {
                     self.traffic.remove(&spi);
-                    info!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
+                    debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
                     self.remove(spi, |sas| &mut sas.inbound, |sa| (sa.spi, sa.key), EspInstance::remove_inbound)
                 }

@@ -237,8 +237,5 @@ pub fn addresses(cidr: &str) -> Result<Vec<Ipv4Addr>, String> {
     let len: u32 = len.parse().ok().filter(|l| (8..=32).contains(l)).ok_or(format!("{cidr}: length 8-32"))?;
     let base = u32::from(a) & (u32::MAX << (32 - len));
     let count = 1u64 << (32 - len);
-    Ok((0..count)
-        .map(|k| Ipv4Addr::from(base + k as u32))
-        .filter(|a| !matches!(a.octets()[3], 0 | 255))
-        .collect())
+    Ok((0..count).map(|k| Ipv4Addr::from(base + k as u32)).filter(|a| !matches!(a.octets()[3], 0 | 255)).collect())
 }
