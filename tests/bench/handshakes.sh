@@ -46,7 +46,7 @@ start_responder() {
     rm -rf "$d"; mkdir -p "$d"
     case $1 in
         wasmsec)
-            wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B $LOAD_ID $LAN_B $LOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
+            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B $LOAD_ID $LAN_B $LOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
             RESP_PID=$(cat "$d/pid") ;;
         strongswan)
             # strongSwan's default log levels (lib.sh logs more for the tests).

@@ -6,7 +6,8 @@
 #   W_LOCAL, W_REMOTE  addresses             W_LID, W_RID  identities
 #   W_IKE, W_ESP  proposals                  W_LTS, W_RTS  TOML lists of subnets
 # and optional extra lines: W_TUNNEL_EXTRA, W_CONTROL_EXTRA, W_IKE_EXTRA,
-# W_CONN_EXTRA, W_CHILD_EXTRA. The PSK is read from "psk" beside FILE.
+# W_CONN_EXTRA, W_CHILD_EXTRA; W_NO_KEYLOG=1 leaves the IKE key log out
+# (the tests decrypt captures with it; benchmarks do without). The PSK is read from "psk" beside FILE.
 # More connections: append `wasmsec_connection ...` (below) to FILE.
 wasmsec_conf() {
     cat >"$1" <<CONF
@@ -23,7 +24,7 @@ socket = "${W_SOCKET:?}"
 ${W_CONTROL_EXTRA:-}
 
 [ike]
-keylog = "${W_DIR:?}/ikev2_decryption_table"
+$([ -n "${W_NO_KEYLOG:-}" ] || echo "keylog = \"${W_DIR:?}/ikev2_decryption_table\"")
 ${W_IKE_EXTRA:-}
 
 [runtime]

@@ -7,6 +7,7 @@
 //! - `cargo xtask bench`  build, then the ESP data-path benchmark
 //! - `cargo xtask bench-tenants`  build, then the tenant scale benchmark
 //! - `cargo xtask bench-sas`  build, then the SA scale benchmark (10 to 100,000 CHILD SAs)
+//! - `cargo xtask bench-handshakes`  build, then IKEv2 setups as responder: wasmsec and strongSwan under one load
 //! - `cargo xtask image`  build, then the container image as an OCI layout in target/image/oci
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
@@ -30,7 +31,7 @@ use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-sas|bench-tunnels|doctor> [args]\n\
+        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-sas|bench-tunnels|bench-handshakes|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
          \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
@@ -40,6 +41,7 @@ fn usage() -> ! {
          \n  bench-tenants    build, then the tenant scale benchmark (10,000 tenants' guest instances in one process)\
          \n  bench-sas        build, then the SA scale benchmark (10, 1,000, 100,000 CHILD SAs: memory and lookup cost)\
          \n  bench-tunnels    build, then tunnel throughput: wasmsec, strongSwan libipsec, boringtun, wireguard-go in one run (needs root)\
+         \n  bench-handshakes build, then IKEv2 setups as responder (sequential latency, setups per second and per CPU-second): wasmsec and strongSwan under the same load (needs root)\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
     std::process::exit(2)
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         "bench-tenants" | "bench-policy" => bench("tenant_scale"),
         "bench-sas" => bench("sa_scale"),
         "bench-tunnels" => bench_tunnels(),
+        "bench-handshakes" => bench_handshakes(),
         _ => usage(),
     };
     match r {
@@ -196,6 +199,23 @@ fn bench_tunnels() -> Result<bool> {
         .arg(root().join("tests/bench/tunnels.sh"))
         .current_dir(root())
         .env("BORINGTUN", if on_path { PathBuf::from("boringtun-cli") } else { cargo_bin })
+        .env("WASMSEC_BIN", build::host_binary())
+        .env("WASMSEC_COMPONENTS", build::components_dir()))
+}
+
+/// IKEv2 setups as responder against strongSwan (tests/bench/handshakes.sh),
+/// driven by the load generator of tests/ikeload.
+fn bench_handshakes() -> Result<bool> {
+    require_root("the handshake benchmark")?;
+    prepare(Group::Test)?;
+    build::all()?;
+    if !run(Command::new(build::cargo()).current_dir(root()).args(["build", "--release", "-p", "wasmsec-ikeload"]))? {
+        bail!("building the load generator failed");
+    }
+    run(Command::new("bash")
+        .arg(root().join("tests/bench/handshakes.sh"))
+        .current_dir(root())
+        .env("IKELOAD", root().join("target/release/wasmsec-ikeload"))
         .env("WASMSEC_BIN", build::host_binary())
         .env("WASMSEC_COMPONENTS", build::components_dir()))
 }
