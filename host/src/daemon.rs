@@ -23,7 +23,7 @@ use crate::datapath::gro::GroRecv;
 use crate::datapath::group::{Group, Groups};
 use crate::datapath::gso::GsoSend;
 use crate::datapath::guard::GuestGuard;
-use crate::datapath::{Loop, Peer, SaSet};
+use crate::datapath::{Loop, Peer, Peers, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
 use crate::stats::Stats;
@@ -531,7 +531,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         tuns: tuns.iter().map(|t| t.try_clone().map(Some)).collect::<std::io::Result<_>>()?,
         udp: udp.try_clone()?,
         raw: raw.as_ref().map(RawEsp::try_clone).transpose()?,
-        peers: manual.peers.clone(),
+        peers: Peers::new(manual.peers.clone()),
         stats: stats.clone(),
         batch: cfg.runtime.batch,
         inbox: Some(out_inbox),
@@ -555,7 +555,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         tuns: tuns.into_iter().map(Some).collect(),
         udp,
         raw,
-        peers: manual.peers,
+        peers: Peers::new(manual.peers),
         stats: stats.clone(),
         batch: cfg.runtime.batch,
         inbox: Some(in_inbox),

@@ -360,7 +360,7 @@ fn default_batch() -> usize {
 }
 
 /// How ESP travels to the peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encapsulation {
     /// ESP in UDP (RFC 3948) to the peer's port 4500.

@@ -8,6 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Peer;
 use crate::stats::SaTraffic;
@@ -87,8 +88,14 @@ pub enum Report {
 pub struct Sender<T> {
     /// Where the messages go.
     tx: mpsc::Sender<T>,
-    /// One byte is sent here per message, to wake the receiver's `poll`.
+    /// A byte is sent here to wake the receiver's `poll`, when none is
+    /// pending yet.
     wake: UnixDatagram,
+    /// Messages wait that the receiver has not been woken for: set by the
+    /// sender that writes the wake byte, cleared by the receiver before it
+    /// drains. A burst (a CHILD SA's install is three messages) costs one
+    /// system call and one wake-up instead of one each.
+    pending: Arc<AtomicBool>,
 }
 
 /// The receiving half, with a descriptor for `poll`.
@@ -97,6 +104,7 @@ pub struct Receiver<T> {
     rx: mpsc::Receiver<T>,
     /// Readable when a message was sent; the descriptor for `poll`.
     wake: UnixDatagram,
+    pending: Arc<AtomicBool>,
 }
 
 pub fn channel<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
@@ -104,12 +112,13 @@ pub fn channel<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
     a.set_nonblocking(true)?;
     b.set_nonblocking(true)?;
     let (tx, rx) = mpsc::channel();
-    Ok((Sender { tx, wake: a }, Receiver { rx, wake: b }))
+    let pending = Arc::new(AtomicBool::new(false));
+    Ok((Sender { tx, wake: a, pending: pending.clone() }, Receiver { rx, wake: b, pending }))
 }
 
 impl<T> Sender<T> {
     pub fn try_clone(&self) -> std::io::Result<Sender<T>> {
-        Ok(Sender { tx: self.tx.clone(), wake: self.wake.try_clone()? })
+        Ok(Sender { tx: self.tx.clone(), wake: self.wake.try_clone()?, pending: self.pending.clone() })
     }
 
     /// Send; false if the receiver is gone. A full wake socket is fine: the
@@ -118,7 +127,12 @@ impl<T> Sender<T> {
         if self.tx.send(m).is_err() {
             return false;
         }
-        let _ = self.wake.send(&[1]);
+        // The swap orders the message before the flag: a receiver that
+        // clears the flag after this sees the message in its drain; one
+        // that cleared it before gets a new wake byte.
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = self.wake.send(&[1]);
+        }
         true
     }
 }
@@ -128,6 +142,10 @@ impl<T> Receiver<T> {
     pub fn drain(&self) -> Vec<T> {
         let mut buf = [0u8; 64];
         while self.wake.recv(&mut buf).is_ok() {}
+        // Cleared after the wake bytes are read, before the messages are:
+        // a sender that finds it set knows this drain will see its message;
+        // one that finds it clear writes a byte that stays for next time.
+        self.pending.swap(false, Ordering::AcqRel);
         self.rx.try_iter().collect()
     }
 }
@@ -135,5 +153,37 @@ impl<T> Receiver<T> {
 impl<T> AsRawFd for Receiver<T> {
     fn as_raw_fd(&self) -> RawFd {
         self.wake.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message wakes the receiver's `poll`, or lands in a drain
+    /// that a wake already pends for, however sends and drains interleave:
+    /// a message left without a wake would wait for the next one.
+    #[test]
+    fn no_message_waits_without_a_wake() {
+        const N: u32 = 20_000;
+        let (tx, rx) = channel::<u32>().unwrap();
+        let receiver = std::thread::spawn(move || {
+            let mut next = 0;
+            while next < N {
+                let ready = crate::sys::poll_readable(&[rx.as_raw_fd()], 2000).unwrap();
+                assert!(ready[0], "message {next} sent, but no wake for 2 s");
+                for m in rx.drain() {
+                    assert_eq!(m, next);
+                    next += 1;
+                }
+            }
+        });
+        for i in 0..N {
+            assert!(tx.send(i));
+            if i % 7 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        receiver.join().unwrap();
     }
 }

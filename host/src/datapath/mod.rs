@@ -44,7 +44,7 @@ const EXPIRY_POLL: Duration = Duration::from_millis(100);
 const POLL_MS: i32 = 200;
 
 /// Where ESP for one peer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// The peer's address.
     pub address: Ipv4Addr,
@@ -52,6 +52,47 @@ pub struct Peer {
     pub port: u16,
     /// Raw ESP or ESP in UDP.
     pub encapsulation: Encapsulation,
+}
+
+/// The peers the guests name by index, with an index by value, so a new
+/// SA's peer is found without a scan (a PoP has thousands). Entries stay:
+/// a peer's index may still be in a guest's SA.
+pub struct Peers {
+    list: Vec<Peer>,
+    index: HashMap<Peer, u32>,
+}
+
+impl Peers {
+    pub fn new(list: Vec<Peer>) -> Peers {
+        let mut index = HashMap::new();
+        for (i, p) in list.iter().enumerate() {
+            index.entry(*p).or_insert(i as u32);
+        }
+        Peers { list, index }
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Peer> {
+        self.list.get(i)
+    }
+
+    /// The index of `p`, added if new.
+    pub fn intern(&mut self, p: Peer) -> u32 {
+        *self.index.entry(p).or_insert_with(|| {
+            self.list.push(p);
+            (self.list.len() - 1) as u32
+        })
+    }
+
+    /// Peer `i` is at `to` now (its NAT mapping changed); returns where it was.
+    pub fn moved(&mut self, i: usize, to: Peer) -> Option<Peer> {
+        let p = self.list.get_mut(i)?;
+        let was = std::mem::replace(p, to);
+        if self.index.get(&was) == Some(&(i as u32)) {
+            self.index.remove(&was);
+        }
+        self.index.entry(to).or_insert(i as u32);
+        Some(was)
+    }
 }
 
 /// Host-side record of the SAs an instance holds, to rebuild it after a
@@ -104,7 +145,7 @@ pub struct Loop {
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
     pub raw: Option<RawEsp>,
     /// Where each peer index the guests name sends to.
-    pub peers: Vec<Peer>,
+    pub peers: Peers,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Packets per batch.
@@ -260,14 +301,7 @@ impl Loop {
             let r = match m {
                 SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
                     self.traffic.insert(sa.spi, traffic);
-                    let idx = match self.peers.iter().position(|p| *p == peer) {
-                        Some(i) => i,
-                        None => {
-                            self.peers.push(peer);
-                            self.peers.len() - 1
-                        }
-                    };
-                    sa.peer = idx as u32;
+                    sa.peer = self.peers.intern(peer);
                     // Debug, not info: the control thread has logged the
                     // CHILD SA with its SPIs; a PoP sets up thousands a second.
                     debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
@@ -288,9 +322,8 @@ impl Loop {
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
                     let sa = self.groups.list.iter().flat_map(|g| &g.sas.outbound).find(|s| s.spi == outbound_spi);
-                    if let Some(p) = sa.and_then(|sa| self.peers.get_mut(sa.peer as usize)) {
-                        info!(from = %p.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
-                        *p = peer;
+                    if let Some(was) = sa.map(|sa| sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
+                        info!(from = %was.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
                     }
                     Ok(())
                 }
