@@ -23,6 +23,7 @@ pub mod datapath;
 pub mod demo;
 pub mod keylog;
 pub mod keys;
+pub mod logwriter;
 pub mod offload;
 pub mod ops;
 pub mod packet;

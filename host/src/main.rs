@@ -141,7 +141,7 @@ fn init_logging(format: LogFormat) {
             tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
         }
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(wasmsec::logwriter::LogWriter).with_ansi(false);
     match format {
         LogFormat::Human => tracing_subscriber::registry().with(fmt.with_filter(filter)).init(),
         LogFormat::Json => tracing_subscriber::registry().with(fmt.json().with_filter(filter)).init(),

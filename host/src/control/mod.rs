@@ -97,6 +97,8 @@ impl ControlPlane {
         if let Err(e) = self.start(Self::now(start)) {
             return self.fatal(e);
         }
+        // A round's log lines go out together, before the wait below.
+        crate::logwriter::hold_lines();
         let fds = [self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
         while !sys::stop_requested() {
             let now = Self::now(start);
@@ -110,6 +112,7 @@ impl ControlPlane {
                 }
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            crate::logwriter::write_held();
             let ready = sys::poll_readable(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
             if let Err(e) = self.step(now, &ready, due) {
@@ -122,6 +125,7 @@ impl ControlPlane {
         }
         self.shutdown(Self::now(start));
         self.write_audit_files();
+        crate::logwriter::write_held();
     }
 
     /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE
@@ -294,6 +298,7 @@ impl ControlPlane {
 
     fn fatal(&self, e: anyhow::Error) {
         tracing::error!(error = %e, "the IKE guest trapped; stopping the daemon");
+        crate::logwriter::write_held();
         sys::request_stop();
     }
 
