@@ -6,6 +6,7 @@
 #   wsi-gwa: the load generator (tests/ikeload), its initiators on the
 #            addresses of 198.19.0.0/20 (a local route: one address each)
 #   wsi-gwb 198.18.0.2: the responder, one PSK connection for any address
+#            and identity (initiator N is iN.load.bench.test)
 #
 # Per responder: SEQ setups one after the other (the latency of a setup,
 # IKE_SA_INIT + IKE_AUTH with its CHILD SA installed, as an initiator sees
@@ -46,11 +47,11 @@ start_responder() {
     rm -rf "$d"; mkdir -p "$d"
     case $1 in
         wasmsec)
-            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B $LOAD_ID $LAN_B $LOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
+            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B %any $LAN_B $LOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
             RESP_PID=$(cat "$d/pid") ;;
         strongswan)
             # strongSwan's default log levels (lib.sh logs more for the tests).
-            SSWAN_LOG_IKE=1 sswan_start wsi-gwb "$d" responder $WAN_B %any $ID_B $LOAD_ID $LAN_B $LOAD_TS >"$d/start.out" 2>&1
+            SSWAN_LOG_IKE=1 sswan_start wsi-gwb "$d" responder $WAN_B %any $ID_B %any $LAN_B $LOAD_TS >"$d/start.out" 2>&1
             RESP_PID=${PIDS[-1]} ;;
     esac
 }

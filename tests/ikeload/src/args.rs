@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18.0.2] [--sources 198.19.0.0/20]
   [--in-flight 24] [--setups 5000] [--seconds 60] [--responder-pid PID] [--label NAME]
-  [--id load.bench.test] [--remote-id gwb.interop.test]
+  [--id load.bench.test (initiator N is iN.load.bench.test)] [--remote-id gwb.interop.test]
   [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
   [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16]
 Every source address must be local (e.g. `ip route add local 198.19.0.0/20 dev lo`);

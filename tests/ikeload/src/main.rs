@@ -9,7 +9,8 @@
 //! on the host's key schedule), one connection per source address; each
 //! completed setup is deleted again (INFORMATIONAL DELETE, RFC 7296
 //! section 1.4.1) so the responder's tables stay small, and the next setup
-//! starts from the next free address. A setup counts when its CHILD SA is
+//! starts from the next free address. Each initiator has an identity of
+//! its own, `iN.` before `--id`. A setup counts when its CHILD SA is
 //! installed; one that ends without (the responder refused, or never
 //! answered after the retransmissions) counts as failed.
 //!
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 use wasmsec_crypto::Vault;
 use wasmsec_crypto::ike_engine::EngineCrypto;
 use wasmsec_ike::{
-    ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Event, IKE_PORT, SaChange, StartAction,
-    Timing, Transmit,
+    ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Event, IKE_PORT, NAT_T_PORT, SaChange,
+    StartAction, Timing, Transmit,
 };
 use zeroize::Zeroizing;
 
@@ -82,7 +83,10 @@ fn run(args: &Args) -> Result<Report, String> {
                 name: name.clone(),
                 local_addrs: vec![IpAddr::V4(*src)],
                 remote_addrs: vec![IpAddr::V4(args.server)],
-                local_id: args.id.clone(),
+                // An identity each: a responder may drop the other IKE
+                // SAs of an identity that sends INITIAL_CONTACT (strongSwan
+                // does, whatever their addresses).
+                local_id: format!("i{i}.{}", args.id),
                 remote_id: args.remote_id.clone(),
                 psk,
                 ike_proposals: args.proposals.clone(),
@@ -105,7 +109,11 @@ fn run(args: &Args) -> Result<Report, String> {
         by_name.insert(name.clone(), i);
         inits.push(Initiator { name, busy: false, started: None });
     }
+    // Port 500, and 4500 for when the engine moves there: after NAT
+    // detection (RFC 7296 section 2.23), which strongSwan with
+    // kernel-libipsec always reports, to get ESP in UDP.
     let sock = Socket::bind(IKE_PORT).map_err(|e| format!("UDP port {IKE_PORT}: {e}"))?;
+    let nat_t = Socket::bind(NAT_T_PORT).map_err(|e| format!("UDP port {NAT_T_PORT}: {e}"))?;
     let server = SocketAddrV4::new(args.server, IKE_PORT);
 
     let clock = Instant::now();
@@ -118,6 +126,7 @@ fn run(args: &Args) -> Result<Report, String> {
     let mut to_delete: Vec<usize> = Vec::new();
     let mut buf = vec![0u8; 65_536];
     let mut last_checkpoint_drain = Instant::now();
+    let mut finished: Option<Instant> = None;
     loop {
         let out_of_time = Instant::now() >= deadline;
         // Keep `in_flight` setups going, each from the next free address.
@@ -134,13 +143,22 @@ fn run(args: &Args) -> Result<Report, String> {
             started += 1;
         }
         if in_flight == 0 && (started >= args.setups || out_of_time) {
-            break;
+            // Measured up to the last setup; then the last DELETEs get
+            // their answers (at most 5 s), so the generator leaves
+            // nothing behind and `ike_sas_left` counts unanswered ones.
+            let since = *finished.get_or_insert_with(|| {
+                report.finish();
+                Instant::now()
+            });
+            if engine.ike_sa_count() == 0 || since.elapsed() > Duration::from_secs(5) {
+                break;
+            }
         }
         if out_of_time && Instant::now() >= deadline + Duration::from_secs(10) {
             report.failed += in_flight as u64;
             break;
         }
-        send_all(&mut engine, &sock, server, &mut report);
+        send_all(&mut engine, [&sock, &nat_t], server, &mut report);
         // What the engine decided: setups done, SAs gone.
         while let Some(c) = engine.poll_sa_change() {
             match c {
@@ -179,7 +197,7 @@ fn run(args: &Args) -> Result<Report, String> {
             let t = now(&clock);
             engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
         }
-        send_all(&mut engine, &sock, server, &mut report);
+        send_all(&mut engine, [&sock, &nat_t], server, &mut report);
         if last_checkpoint_drain.elapsed() > Duration::from_millis(200) {
             // The engine keeps state checkpoints for a host that restarts
             // it; a load generator has no use for them.
@@ -189,34 +207,45 @@ fn run(args: &Args) -> Result<Report, String> {
         // Wait for an answer, or until the engine's next timer.
         let t = now(&clock);
         let wait = engine.next_timeout().map_or(20, |at| at.saturating_sub(t).min(20)) as i32;
-        let mut pfd = libc::pollfd { fd: sock.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, wait) };
-        loop {
-            match sock.recv(&mut buf) {
-                Ok((n, from, to)) => {
-                    let d = Datagram {
-                        local: Endpoint { addr: IpAddr::V4(to), port: IKE_PORT },
-                        remote: Endpoint { addr: IpAddr::V4(*from.ip()), port: from.port() },
-                        data: buf[..n].to_vec(),
-                    };
-                    engine.handle_datagram(now(&clock), d, &mut crypto);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("receive: {e}")),
+        let mut pfd = [sock.fd(), nat_t.fd()].map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, wait) };
+        for (s, port) in [(&sock, IKE_PORT), (&nat_t, NAT_T_PORT)] {
+            loop {
+                let (n, from, to) = match s.recv(&mut buf) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("receive: {e}")),
+                };
+                // On 4500 IKE follows the non-ESP marker (RFC 3948 section
+                // 2.2); anything else there is not for us.
+                let data = match port {
+                    NAT_T_PORT if n > 4 && buf[..4] == [0; 4] => &buf[4..n],
+                    NAT_T_PORT => continue,
+                    _ => &buf[..n],
+                };
+                let d = Datagram {
+                    local: Endpoint { addr: IpAddr::V4(to), port },
+                    remote: Endpoint { addr: IpAddr::V4(*from.ip()), port: from.port() },
+                    data: data.to_vec(),
+                };
+                engine.handle_datagram(now(&clock), d, &mut crypto);
             }
         }
         if engine.next_timeout().is_some_and(|at| at <= now(&clock)) {
             engine.tick(now(&clock), &mut crypto);
         }
     }
-    report.finish();
+    if finished.is_none() {
+        report.finish();
+    }
+    report.left = engine.ike_sa_count();
     Ok(report)
 }
 
-/// Send what the engine queued; the IKE port is the only one this
-/// generator uses (no NAT between it and the responder).
-fn send_all(engine: &mut Engine, sock: &Socket, server: SocketAddrV4, report: &mut Report) {
+/// Send what the engine queued, from the port it chose: on 4500 behind
+/// the non-ESP marker.
+fn send_all(engine: &mut Engine, socks: [&Socket; 2], server: SocketAddrV4, report: &mut Report) {
     while let Some(t) = engine.poll_transmit() {
         let Transmit::Datagram(d) = t else { continue };
         let IpAddr::V4(from) = d.local.addr else { continue };
@@ -224,7 +253,14 @@ fn send_all(engine: &mut Engine, sock: &Socket, server: SocketAddrV4, report: &m
             IpAddr::V4(a) => SocketAddrV4::new(a, d.remote.port),
             IpAddr::V6(_) => server,
         };
-        if let Err(e) = sock.send(from, to, &d.data) {
+        let r = if d.local.port == NAT_T_PORT {
+            let mut m = vec![0u8; 4];
+            m.extend_from_slice(&d.data);
+            socks[1].send(from, to, &m)
+        } else {
+            socks[0].send(from, to, &d.data)
+        };
+        if let Err(e) = r {
             report.send_error(&e);
         }
     }

@@ -9,6 +9,8 @@ pub struct Report {
     latencies: Vec<Duration>,
     pub done: u64,
     pub failed: u64,
+    /// IKE SAs the generator still held at the end (DELETEs unanswered).
+    pub left: usize,
     send_errors: u64,
     warnings: u64,
     responder_pid: Option<u32>,
@@ -24,6 +26,7 @@ impl Report {
             latencies: Vec::new(),
             done: 0,
             failed: 0,
+            left: 0,
             send_errors: 0,
             warnings: 0,
             responder_pid,
@@ -86,7 +89,7 @@ impl Report {
         format!(
             "ikeload label={} in_flight={} setups={} failed={} seconds={:.2} rate={:.1} latency_mean_ms={:.2} \
              latency_p50_ms={:.2} latency_p99_ms={:.2} responder_cpu_s={} setups_per_cpu_s={} generator_cpu_s={:.2} \
-             warnings={} send_errors={}",
+             warnings={} send_errors={} ike_sas_left={}",
             args.label,
             args.in_flight,
             self.done,
@@ -101,6 +104,7 @@ impl Report {
             self.own_cpu.as_secs_f64(),
             self.warnings,
             self.send_errors,
+            self.left,
         )
     }
 }
