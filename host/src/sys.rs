@@ -8,6 +8,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// A TUN device (layer 3, no packet-information header), with a
 /// `virtio_net_hdr` in front of every packet when the kernel granted
@@ -335,10 +336,15 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// Wait until one of `fds` is readable or `timeout_ms` passes; returns
-/// which are readable.
+/// which are readable. A stop ([`request_stop`], SIGTERM, SIGINT) ends
+/// the wait too, so every loop that waits here notices it at once.
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
     let mut p: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let stop = STOP_READ_FD.load(Ordering::Relaxed);
+    if stop >= 0 {
+        p.push(libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 });
+    }
     // SAFETY: p is a valid array of p.len() pollfds.
     let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
     if n < 0 {
@@ -348,19 +354,41 @@ pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
         }
         return Err(e);
     }
-    Ok(p.iter().map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
+    Ok(p[..fds.len()].iter().map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// A pipe that becomes readable, and stays so (it is never read), when a
+/// stop is requested: [`poll_readable`] waits on it as well. -1 until
+/// [`install_stop_handler`].
+static STOP_READ_FD: AtomicI32 = AtomicI32::new(-1);
+static STOP_WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn stop_now() {
+    STOP.store(true, Ordering::SeqCst);
+    let fd = STOP_WAKE_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) of one byte from a live buffer; async-signal-safe.
+        // A full pipe (a second stop) is fine: it is readable already.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop_now();
 }
 
-/// Route SIGINT and SIGTERM to a flag the loops poll.
+/// Route SIGINT and SIGTERM to a flag the loops check and to the pipe
+/// their waits watch.
 pub fn install_stop_handler() {
+    let mut fds = [-1; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } == 0 {
+        STOP_READ_FD.store(fds[0], Ordering::SeqCst);
+        STOP_WAKE_FD.store(fds[1], Ordering::SeqCst);
+    }
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: on_signal is async-signal-safe (one atomic store).
+        // SAFETY: on_signal is async-signal-safe (atomics and one write).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
 }
@@ -384,11 +412,11 @@ pub fn default_sigpipe() {
 }
 
 pub fn stop_requested() -> bool {
-    STOP.load(std::sync::atomic::Ordering::SeqCst)
+    STOP.load(Ordering::SeqCst)
 }
 
 pub fn request_stop() {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    stop_now();
 }
 
 /// The effective user id is root.

@@ -12,18 +12,20 @@ use crate::proposal::{self, Kind};
 use crate::ts;
 
 /// What to do when a connection is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartAction {
     /// Wait for the peer or an admin command.
+    #[default]
     None,
     /// Initiate at once.
     Start,
 }
 
 /// What to do when dead peer detection finds the peer gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DpdAction {
     /// Delete the SAs and wait.
+    #[default]
     Clear,
     /// Delete the SAs and initiate again.
     Restart,
@@ -61,7 +63,9 @@ pub struct ChildConfig {
 }
 
 /// A connection as the host's config describes it (swanctl.conf-like).
-#[derive(Debug, Clone)]
+/// `Default` is everything off and empty: a base for tests and tools, not
+/// a connection that loads (it names no identity and no CHILD SA).
+#[derive(Debug, Clone, Default)]
 pub struct ConnectionConfig {
     pub name: String,
     /// Our addresses (empty: any).

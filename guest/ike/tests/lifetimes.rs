@@ -34,13 +34,7 @@ fn lifetimes_by_time_and_volume() {
                 life_bytes: 0,
                 life_packets: 0,
             }],
-            start_action: StartAction::None,
-            force_encap: false,
-            keepalive_ms: 0,
-            dpd_delay_ms: 0,
-            dpd_action: DpdAction::Clear,
-            rekey_time_ms: 0,
-            reauth_time_ms: 0,
+            ..ConnectionConfig::default()
         })
         .unwrap_err();
     assert!(err.to_string().contains("life_time (30000) must be above rekey_time (60000)"), "{err}");

@@ -202,8 +202,15 @@ async fn reload_triggers(ops: Arc<Ops>) {
         Err(e) => return warn!(error = %e, "cannot handle SIGHUP; reload with `wasmsec reload`"),
     };
     let mut last = ops.watch.as_deref().and_then(fingerprint);
+    let mut ticks = 0u32;
     while !sys::stop_requested() {
-        let hupped = matches!(tokio::time::timeout(Duration::from_secs(1), hup.recv()).await, Ok(Some(())));
+        // Short waits, to notice a stop within 100 ms; the file is read
+        // once a second.
+        let hupped = matches!(tokio::time::timeout(Duration::from_millis(100), hup.recv()).await, Ok(Some(())));
+        ticks = ticks.wrapping_add(1);
+        if !hupped && !ticks.is_multiple_of(10) {
+            continue;
+        }
         let changed = match ops.watch.as_deref().map(fingerprint) {
             Some(now @ Some(_)) if now != last => {
                 last = now;
@@ -235,8 +242,8 @@ where
     F: std::future::Future<Output = std::io::Result<(S, A)>>,
 {
     while !sys::stop_requested() {
-        // Wake at least every 250 ms to notice the stop.
-        let Ok(accepted) = tokio::time::timeout(Duration::from_millis(250), accept()).await else { continue };
+        // Wake at least every 100 ms to notice the stop.
+        let Ok(accepted) = tokio::time::timeout(Duration::from_millis(100), accept()).await else { continue };
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {

@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 use wasmsec_crypto::Vault;
 use wasmsec_crypto::ike_engine::EngineCrypto;
 use wasmsec_ike::{
-    ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, Engine, Event, IKE_PORT, NAT_T_PORT, SaChange,
-    StartAction, Timing, Transmit,
+    ChildConfig, ConnectionConfig, Datagram, Endpoint, Engine, Event, IKE_PORT, NAT_T_PORT, SaChange, Timing, Transmit,
 };
 use zeroize::Zeroizing;
 
@@ -97,13 +96,8 @@ fn run(args: &Args) -> Result<Report, String> {
                     esp_proposals: args.esp.clone(),
                     ..ChildConfig::default()
                 }],
-                start_action: StartAction::None,
-                force_encap: false,
-                keepalive_ms: 0,
-                dpd_delay_ms: 0,
-                dpd_action: DpdAction::Clear,
-                rekey_time_ms: 0,
-                reauth_time_ms: 0,
+                // No rekeys, no liveness checks, no keepalives.
+                ..ConnectionConfig::default()
             })
             .map_err(|e| format!("connection {name}: {e:?}"))?;
         by_name.insert(name.clone(), i);
