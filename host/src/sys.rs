@@ -337,24 +337,43 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 
 /// Wait until one of `fds` is readable or `timeout_ms` passes; returns
 /// which are readable. A stop ([`request_stop`], SIGTERM, SIGINT) ends
-/// the wait too, so every loop that waits here notices it at once.
+/// the wait too, so every loop that waits here notices it at once. For
+/// loops that wait often, [`PollSet`] keeps its arrays.
 pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    let stop = STOP_READ_FD.load(Ordering::Relaxed);
-    if stop >= 0 {
-        p.push(libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 });
-    }
-    // SAFETY: p is a valid array of p.len() pollfds.
-    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
+    PollSet::default().wait(fds, timeout_ms).map(<[bool]>::to_vec)
+}
+
+/// [`poll_readable`] with the arrays kept from one wait to the next.
+#[derive(Default)]
+pub struct PollSet {
+    p: Vec<libc::pollfd>,
+    ready: Vec<bool>,
+}
+
+impl PollSet {
+    /// Which of `fds` are readable, after at most `timeout_ms`.
+    pub fn wait(&mut self, fds: &[RawFd], timeout_ms: i32) -> io::Result<&[bool]> {
+        self.p.clear();
+        self.p.extend(fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+        let stop = STOP_READ_FD.load(Ordering::Relaxed);
+        if stop >= 0 {
+            self.p.push(libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 });
         }
-        return Err(e);
+        // SAFETY: p is a valid array of p.len() pollfds.
+        let n = unsafe { libc::poll(self.p.as_mut_ptr(), self.p.len() as libc::nfds_t, timeout_ms) };
+        self.ready.clear();
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            self.ready.resize(fds.len(), false);
+            return Ok(&self.ready);
+        }
+        let mask = libc::POLLIN | libc::POLLERR | libc::POLLHUP;
+        self.ready.extend(self.p[..fds.len()].iter().map(|x| x.revents & mask != 0));
+        Ok(&self.ready)
     }
-    Ok(p[..fds.len()].iter().map(|x| x.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0).collect())
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);

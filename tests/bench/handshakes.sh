@@ -27,9 +27,6 @@ RATE_SECS=${RATE_SECS:-30}
 IN_FLIGHT=${IN_FLIGHT:-24}
 RESPONDERS=${RESPONDERS:-wasmsec strongswan}
 IKELOAD=${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}
-SOURCES=198.19.0.0/20
-LOAD_ID=load.bench.test
-LOAD_TS=10.98.0.0/16
 RESULTS=$STATE/results.txt
 
 [ -x "$IKELOAD" ] || { echo "handshakes.sh: $IKELOAD is missing (cargo build --release -p wasmsec-ikeload)" >&2; exit 2; }
@@ -47,11 +44,11 @@ start_responder() {
     rm -rf "$d"; mkdir -p "$d"
     case $1 in
         wasmsec)
-            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B %any $LAN_B $LOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
+            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B %any $LAN_B $IKELOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
             RESP_PID=$(cat "$d/pid") ;;
         strongswan)
             # strongSwan's default log levels (lib.sh logs more for the tests).
-            SSWAN_LOG_IKE=1 sswan_start wsi-gwb "$d" responder $WAN_B %any $ID_B %any $LAN_B $LOAD_TS >"$d/start.out" 2>&1
+            SSWAN_LOG_IKE=1 sswan_start wsi-gwb "$d" responder $WAN_B %any $ID_B %any $LAN_B $IKELOAD_TS >"$d/start.out" 2>&1
             RESP_PID=${PIDS[-1]} ;;
     esac
 }
@@ -60,9 +57,7 @@ start_responder() {
 load() {
     local label=$1 pid=$2 line
     shift 2
-    line=$(nsx wsi-gwa "$IKELOAD" --psk-file "$STATE/psk" --server $WAN_B --sources $SOURCES \
-        --id $LOAD_ID --remote-id $ID_B --local-ts $LOAD_TS --remote-ts $LAN_B \
-        --responder-pid "$pid" --label "$label" "$@" 2>"$STATE/$label.err") || {
+    line=$(ikeload_run "$label" "$pid" "$@") || {
         echo "handshakes.sh: $label completed nothing:" >&2; cat "$STATE/$label.err" >&2; echo "$line" >&2; return 1; }
     echo "$line" | tee -a "$RESULTS"
     [ -s "$STATE/$label.err" ] && sed 's/^/    /' "$STATE/$label.err" | head -5
@@ -71,9 +66,7 @@ load() {
 
 echo "handshakes.sh: $(date -u +%FT%TZ), $(nproc) vCPU, $(uname -r); sequential $SEQ, then $RATE_SETUPS with $IN_FLIGHT in flight (at most ${RATE_SECS}s)"
 topo_up
-nsx wsi-gwa ip route add local $SOURCES dev lo
-nsx wsi-gwb ip route add $SOURCES via $WAN_A
-(umask 077; printf '%s' "$PSK" >"$STATE/psk")
+ikeload_topology
 : >"$RESULTS"
 for r in $RESPONDERS; do
     start_responder $r || { echo "handshakes.sh: $r did not start:" >&2; cat "$STATE/$r/start.out" >&2; exit 1; }

@@ -206,6 +206,29 @@ wasmsec_up() { # DIR TIMEOUT
     return 1
 }
 
+# The handshake load generator (tests/ikeload) in wsi-gwa: its initiators
+# use the addresses of IKELOAD_SOURCES (a local route there, one address
+# each) with identities iN.IKELOAD_ID and ask for IKELOAD_TS <-> LAN_B;
+# wsi-gwb routes the sources back. After topo_up.
+IKELOAD_SOURCES=198.19.0.0/20
+IKELOAD_ID=load.bench.test
+IKELOAD_TS=10.98.0.0/16
+ikeload_topology() {
+    nsx wsi-gwa ip route add local $IKELOAD_SOURCES dev lo
+    nsx wsi-gwb ip route add $IKELOAD_SOURCES via $WAN_A
+    (umask 077; printf '%s' "$PSK" >"$STATE/psk")
+}
+# ikeload_run LABEL PID ARGS...: one generator run against the responder
+# on WAN_B (process PID, for its CPU time); its report line on stdout, its
+# messages in $STATE/LABEL.err. Fails when the generator completed nothing.
+ikeload_run() {
+    local label=$1 pid=$2; shift 2
+    nsx wsi-gwa "${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}" --psk-file "$STATE/psk" \
+        --server $WAN_B --sources $IKELOAD_SOURCES --id $IKELOAD_ID --remote-id $ID_B \
+        --local-ts $IKELOAD_TS --remote-ts $LAN_B --responder-pid "$pid" --label "$label" "$@" \
+        2>"$STATE/$label.err"
+}
+
 ping_ok() { nsx "$1" ping -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
 
 # count PCAP FILTER

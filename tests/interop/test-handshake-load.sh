@@ -13,16 +13,12 @@ IKELOAD=${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}
 SETUPS=2000
 
 topo_up
-nsx wsi-gwa ip route add local 198.19.0.0/20 dev lo
-nsx wsi-gwb ip route add 198.19.0.0/20 via $WAN_A
+ikeload_topology
 B=$STATE/B
-W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$B" $WAN_B %any $ID_B %any $LAN_B 10.98.0.0/16 198.18.2.1 none
-(umask 077; printf '%s' "$PSK" >"$STATE/psk")
+W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$B" $WAN_B %any $ID_B %any $LAN_B $IKELOAD_TS 198.18.2.1 none
 before=$(wasmsec_ctl "$B" status)
 
-line=$(nsx wsi-gwa "$IKELOAD" --psk-file "$STATE/psk" --server $WAN_B --sources 198.19.0.0/20 \
-    --id load.bench.test --remote-id $ID_B --local-ts 10.98.0.0/16 --remote-ts $LAN_B \
-    --in-flight 32 --setups $SETUPS --seconds 60 --responder-pid "$(cat "$B/pid")" --label wasmsec 2>"$STATE/load.err") || true
+line=$(ikeload_run load "$(cat "$B/pid")" --in-flight 32 --setups $SETUPS --seconds 60) || true
 echo "$line"
 fail=0
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }

@@ -16,9 +16,18 @@ ikestat() { # DIR KEY: an IKE counter from the admin socket
     wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike"][sys.argv[1]])' "$2"
 }
 one_of_each() { # DIR: one IKE SA, one CHILD SA, only the IKE SA's keys and the PSK in the vault
-    wasmsec_ctl "$1" status | python3 -c 'import json,sys
+    # A rekey or reauthentication the timers started just before may still
+    # be under way (its old SA not yet deleted): the state must settle to
+    # one of each within 5 s, but need not be settled at this very instant.
+    local i
+    for i in $(seq 25); do
+        wasmsec_ctl "$1" status | python3 -c 'import json,sys
 s=json.load(sys.stdin)
-sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 and s["ike"]["vault_secrets"] == 2 else 1)'
+sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 and s["ike"]["vault_secrets"] == 2 else 1)' && return 0
+        sleep 0.2
+    done
+    wasmsec_ctl "$1" status
+    return 1
 }
 
 topo_up
@@ -60,13 +69,15 @@ wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 no
 WASMSEC_CHILD_EXTRA=$'rekey_time = 0\nlife_packets = 100' \
     wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
 check "tunnel up (hard limit case)" wasmsec_up "$A" 15
-nsx wsi-hosta ping -n -i 0.1 -c 300 -W 1 $HOST_B >"$STATE/ping2.out" 2>&1 || true
+# 360 packets each way at 100 per SA: three hard expiries expected, two
+# asked for (the packets lost while an SA is re-created count on none).
+nsx wsi-hosta ping -n -i 0.1 -c 360 -W 1 $HOST_B >"$STATE/ping2.out" 2>&1 || true
 got=$(grep -c "bytes from" "$STATE/ping2.out" || true)
 hard=$(ikestat "$A" lifetime_hard)
-echo "pings: $got/300; A: $hard hard expiries"
+echo "pings: $got/360; A: $hard hard expiries"
 check "A's CHILD SA hit its hard packet limit at least twice ($hard)" [ "$hard" -ge 2 ]
 check "each time it was deleted and created anew" [ "$(grep -c "requesting CHILD_SA" "$A/wasmsec.log")" -ge 2 ]
-check "traffic went on: at least 95 % of pings answered ($got/300)" [ "$got" -ge 285 ]
+check "traffic went on: at least 95 % of pings answered ($got/360)" [ "$got" -ge 342 ]
 check "A is left with one IKE SA, one CHILD SA, no stale key (hard limit case)" one_of_each "$A"
 check "B is left with one IKE SA, one CHILD SA, no stale key (hard limit case)" one_of_each "$B"
 finish

@@ -100,6 +100,7 @@ impl ControlPlane {
         // A round's log lines go out together, before the wait below.
         crate::logwriter::hold_lines();
         let fds = [self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
+        let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
             let now = Self::now(start);
             let due = match self.ike.next_timeout() {
@@ -113,9 +114,9 @@ impl ControlPlane {
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
             crate::logwriter::write_held();
-            let ready = sys::poll_readable(&fds, wait).unwrap_or_default();
+            let ready = poll.wait(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
-            if let Err(e) = self.step(now, &ready, due) {
+            if let Err(e) = self.step(now, ready, due) {
                 // What the failed call was doing is lost; the peer
                 // retransmits, timers fire again.
                 if let Err(e) = self.recover(e, now) {

@@ -33,6 +33,7 @@ impl Loop {
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
         let mut split = Split::default();
+        let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
             self.expire_held();
@@ -44,7 +45,7 @@ impl Loop {
                 (false, false) => HELD_POLL_MS,
                 (false, true) => POLL_MS,
             };
-            let ready = match sys::poll_readable(&fds, wait) {
+            let ready = match poll.wait(&fds, wait) {
                 Ok(r) if pending || r.iter().any(|x| *x) => r,
                 Ok(_) => continue,
                 Err(e) => {
@@ -59,7 +60,7 @@ impl Loop {
             self.sources.clear();
             let by_spi = &self.groups.by_spi;
             let released = self.hold.release(|spi| by_spi.contains_key(&spi), &mut self.staging, &mut self.sources);
-            let n = self.read_batch(&ready, released);
+            let n = self.read_batch(ready, released);
             let now = Instant::now();
             for (i, slot) in slots.iter_mut().enumerate().take(n) {
                 let spi = esp::Packet::new_checked(self.staging[i].data()).map(|e| e.spi()).ok();

@@ -27,11 +27,12 @@ impl Loop {
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
         let mut split = Split::default();
+        let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
             // Segments still waiting: look, but do not wait.
             let wait = if self.cutter.has_pending() { 0 } else { POLL_MS };
-            let ready = match sys::poll_readable(&fds, wait) {
+            let ready = match poll.wait(&fds, wait) {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(error = %e, "poll on TUN failed");
