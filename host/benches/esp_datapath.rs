@@ -9,7 +9,8 @@
 //!    exactly what the daemon runs (minus the syscalls).
 //!
 //! Prints ns/packet, Gbit/s and each path's share of raw speed.
-//! Run: `cargo xtask bench` (builds the component first).
+//! Run: `cargo xtask bench` (builds the component first); `cargo bench -p
+//! wasmsec --bench esp_datapath -- component` runs that path only.
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,8 +136,8 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn count(&self) -> u32 {
         self.bufs.len() as u32
     }
-    fn heads(&self, out: &mut Vec<(usize, wasmsec_esp::Head)>) {
-        out.extend(self.bufs.iter().map(|b| (b.len(), wasmsec_esp::Head::new(&b.data()[..64.min(b.len())]))));
+    fn heads(&self, head_len: usize, out: &mut Vec<(usize, wasmsec_esp::Head)>) {
+        out.extend(self.bufs.iter().map(|b| (b.len(), wasmsec_esp::Head::new(&b.data()[..head_len.min(b.len())]))));
     }
     fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
         for op in ops {
@@ -228,7 +229,13 @@ fn component(rt: &Runtime, pkt: &[Vec<u8>]) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; nothing else to parse.
+    // `cargo bench` passes --bench; a word after it runs only the paths
+    // whose function names contain it (`-- component`, for a profiler).
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let run = |name: &str, f: &dyn Fn() -> f64| match &only {
+        Some(w) if !name.contains(w.as_str()) => f64::NAN,
+        _ => f(),
+    };
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
     let full: Vec<Vec<u8>> = (0..BATCH).map(|_| inner_packet(PACKET)).collect();
@@ -237,9 +244,9 @@ fn main() {
         [(format!("{PACKET}-byte inner packets"), full), ("IMIX (7:4:1 of 64, 576, 1400 B)".into(), imix)]
     {
         println!("ESP encap+decap, {label}, AES-256-GCM-16, batches of {BATCH}, one core");
-        let raw = raw_ring(&pkts);
-        let native = native_engine(&pkts);
-        let comp = component(&rt, &pkts);
+        let raw = run("raw_ring", &|| raw_ring(&pkts));
+        let native = run("native_engine", &|| native_engine(&pkts));
+        let comp = run("component", &|| component(&rt, &pkts));
         let mean_bytes = pkts.iter().map(Vec::len).sum::<usize>() as f64 / pkts.len() as f64;
         let gbps = |ns: f64| mean_bytes * 8.0 / ns;
         println!("{:<44} {:>10} {:>12} {:>10}", "path", "ns/packet", "Gbit/s", "% of raw");

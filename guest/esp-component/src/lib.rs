@@ -41,12 +41,12 @@ impl PacketBatch for HostBatch<'_> {
         self.0.count()
     }
 
-    fn heads(&self, out: &mut Vec<(usize, Head)>) {
-        let stride = 4 + HEAD_LEN;
-        let flat = self.0.heads(HEAD_LEN as u32);
-        for rec in flat.chunks_exact(stride) {
+    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>) {
+        let head_len = head_len.min(HEAD_LEN);
+        let flat = self.0.heads(head_len as u32);
+        for rec in flat.chunks_exact(4 + head_len) {
             let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
-            out.push((len, Head::new(&rec[4..4 + len.min(HEAD_LEN)])));
+            out.push((len, Head::new(&rec[4..4 + len.min(head_len)])));
         }
     }
 

@@ -82,8 +82,9 @@ pub struct Opened {
 /// `wasmsec:crypto/packets` imports; native tests and benches directly.
 pub trait PacketBatch {
     fn count(&self) -> u32;
-    /// Length and head of every packet, in order.
-    fn heads(&self, out: &mut Vec<(usize, Head)>);
+    /// Length and first `head_len` bytes (at most [`HEAD_LEN`]) of every
+    /// packet, in order.
+    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>);
     /// Seal the packets named by `ops`; one result per op, in order.
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>);
     /// Open the packets named by `ops`; one result per op, in order.

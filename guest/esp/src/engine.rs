@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use wasmsec_wire::SaLimits;
 use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
+use wasmsec_wire::own_keys::OwnKeys;
 
-use crate::batch::{CryptoError, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+use crate::batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
 use crate::spd::DestinationIndex;
@@ -217,7 +218,7 @@ pub struct Engine {
     installs: u64,
     /// Inbound SAs by SPI, each boxed: the table then grows by pointers,
     /// not by whole SAs (100,000 SAs fit the guest's memory, #16).
-    inbound: HashMap<u32, Box<Inbound>>,
+    inbound: HashMap<u32, Box<Inbound>, OwnKeys>,
     /// The last flow sent (its selectors but the length) and the slot of
     /// its SA: consecutive packets of one flow skip the lookup. Only the
     /// same flow may use it: another one may match a newer SA as well.
@@ -327,7 +328,7 @@ impl Engine {
     /// the heads, then one seal for the packets that have an SA.
     pub fn encap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<EncapVerdict>) {
         let mut heads = Vec::with_capacity(batch.count() as usize);
-        batch.heads(&mut heads);
+        batch.heads(HEAD_LEN, &mut heads);
         let mut ops = Vec::with_capacity(heads.len());
         // Where each op's result goes: (packet index, SA index).
         let mut pending = Vec::with_capacity(heads.len());
@@ -430,7 +431,8 @@ impl Engine {
     /// SPI and replay checks, and the inner heads.
     pub fn decap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<DecapVerdict>) {
         let mut heads = Vec::with_capacity(batch.count() as usize);
-        batch.heads(&mut heads);
+        // SPI and sequence number are all the plan reads.
+        batch.heads(esp::HEADER_LEN, &mut heads);
         let base = out.len();
         let mut ops = Vec::with_capacity(heads.len());
         let mut pending = Vec::with_capacity(heads.len());
@@ -450,7 +452,7 @@ impl Engine {
         let mut opened = Vec::with_capacity(ops.len());
         batch.open(&ops, &mut opened);
         heads.clear();
-        batch.heads(&mut heads);
+        batch.heads(HEAD_LEN, &mut heads);
         for ((i, spi, seq), r) in pending.into_iter().zip(opened) {
             let v = match r {
                 Ok(o) => match heads.get(i) {

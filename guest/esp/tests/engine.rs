@@ -66,8 +66,8 @@ impl PacketBatch for FakeBatch {
     fn count(&self) -> u32 {
         self.packets.len() as u32
     }
-    fn heads(&self, out: &mut Vec<(usize, Head)>) {
-        out.extend(self.packets.iter().map(|p| (p.len(), Head::new(p))));
+    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>) {
+        out.extend(self.packets.iter().map(|p| (p.len(), Head::new(&p[..p.len().min(head_len)]))));
     }
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
         for op in ops {

@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod crypto;
+pub mod own_keys;
 mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a
 /// `Packet<T>` over a buffer, `new_unchecked`, `new_checked`, and

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use wasmsec_wire::ip::{Address, Selectors};
+use wasmsec_wire::own_keys::OwnKeys;
 
 use super::SaSet;
 use super::guard::GuestGuard;
@@ -65,7 +66,7 @@ pub struct Groups {
     /// Group 0 serves whatever no other group claims.
     pub list: Vec<Group>,
     /// SPI -> group, for SAs installed in this direction.
-    pub by_spi: HashMap<u32, usize>,
+    pub by_spi: HashMap<u32, usize, OwnKeys>,
 }
 
 impl Groups {

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ring::rand::{SecureRandom, SystemRandom};
+use wasmsec_wire::own_keys::OwnKeys;
 
 use super::esp_key::{CryptoError, EspKey};
 
 /// Owner of every key; hands out unguessable handles.
 pub struct Keystore {
     /// Every key, by its handle.
-    keys: Mutex<HashMap<u64, Arc<EspKey>>>,
+    keys: Mutex<HashMap<u64, Arc<EspKey>, OwnKeys>>,
     /// The OS random generator the handles come from.
     rng: SystemRandom,
 }
@@ -23,7 +24,7 @@ impl Default for Keystore {
 
 impl Keystore {
     pub fn new() -> Keystore {
-        Keystore { keys: Mutex::new(HashMap::new()), rng: SystemRandom::new() }
+        Keystore { keys: Mutex::new(HashMap::default()), rng: SystemRandom::new() }
     }
 
     /// Store a key; returns its handle (random, never 0).
@@ -75,7 +76,7 @@ pub enum KeyUse {
 #[derive(Default, Clone)]
 pub struct KeyTable {
     /// The granted keys, by handle, with what each may do.
-    keys: HashMap<u64, (Arc<EspKey>, KeyUse)>,
+    keys: HashMap<u64, (Arc<EspKey>, KeyUse), OwnKeys>,
 }
 
 impl KeyTable {
