@@ -136,8 +136,8 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn count(&self) -> u32 {
         self.bufs.len() as u32
     }
-    fn heads(&self, head_len: usize, out: &mut Vec<(usize, wasmsec_esp::Head)>) {
-        out.extend(self.bufs.iter().map(|b| (b.len(), wasmsec_esp::Head::new(&b.data()[..head_len.min(b.len())]))));
+    fn heads(&self, head_len: usize) -> wasmsec_esp::Heads {
+        wasmsec_esp::Heads::of(head_len, self.bufs.iter().map(PacketBuf::data))
     }
     fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
         for op in ops {

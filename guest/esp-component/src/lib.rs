@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Heads, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use wasmsec_wire::ip::Address;
 
 #[allow(unsafe_code)]
@@ -41,13 +41,9 @@ impl PacketBatch for HostBatch<'_> {
         self.0.count()
     }
 
-    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>) {
+    fn heads(&self, head_len: usize) -> Heads {
         let head_len = head_len.min(HEAD_LEN);
-        let flat = self.0.heads(head_len as u32);
-        for rec in flat.chunks_exact(4 + head_len) {
-            let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
-            out.push((len, Head::new(&rec[4..4 + len.min(head_len)])));
-        }
+        Heads::from_flat(self.0.heads(head_len as u32), head_len)
     }
 
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {

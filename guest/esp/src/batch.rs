@@ -8,29 +8,54 @@ pub struct KeyHandle(pub u64);
 /// the first 8 bytes of the next layer, or an IPv4 header with options.
 pub const HEAD_LEN: usize = 64;
 
-/// The first bytes of a packet, copied out of the host buffer.
-#[derive(Clone, Copy)]
-pub struct Head {
-    bytes: [u8; HEAD_LEN],
-    len: usize,
+/// The length and first bytes of every packet of a batch, laid out as the
+/// host's `heads` returns them (`wit/deps/crypto/crypto.wit`): per packet
+/// its length as 4 bytes big-endian, then `head_len` bytes, zero-padded.
+/// The engine reads them in place: no copy per packet.
+pub struct Heads {
+    flat: Vec<u8>,
+    head_len: usize,
 }
 
-impl Head {
-    pub fn new(src: &[u8]) -> Head {
-        let len = src.len().min(HEAD_LEN);
-        let mut bytes = [0u8; HEAD_LEN];
-        bytes[..len].copy_from_slice(&src[..len]);
-        Head { bytes, len }
+impl Heads {
+    /// The host's answer to `heads(head_len)`, as is.
+    pub fn from_flat(flat: Vec<u8>, head_len: usize) -> Heads {
+        Heads { flat, head_len }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+    /// The same layout from packets in hand (native callers and tests).
+    pub fn of<'a>(head_len: usize, packets: impl ExactSizeIterator<Item = &'a [u8]>) -> Heads {
+        let mut flat = vec![0u8; packets.len() * (4 + head_len)];
+        for (p, rec) in packets.zip(flat.chunks_exact_mut(4 + head_len)) {
+            rec[..4].copy_from_slice(&(p.len() as u32).to_be_bytes());
+            let n = p.len().min(head_len);
+            rec[4..4 + n].copy_from_slice(&p[..n]);
+        }
+        Heads { flat, head_len }
     }
-}
 
-impl core::fmt::Debug for Head {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Head({} bytes)", self.len)
+    pub fn len(&self) -> usize {
+        self.flat.len() / (4 + self.head_len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Packet `i`'s length and its first bytes (at most `head_len`).
+    pub fn get(&self, i: usize) -> Option<(usize, &[u8])> {
+        let stride = 4 + self.head_len;
+        self.flat.get(i * stride..(i + 1) * stride).map(Self::record)
+    }
+
+    /// Every packet's length and first bytes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        self.flat.chunks_exact(4 + self.head_len).map(Self::record)
+    }
+
+    fn record(rec: &[u8]) -> (usize, &[u8]) {
+        let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+        (len, &rec[4..4 + len.min(rec.len() - 4)])
     }
 }
 
@@ -84,7 +109,7 @@ pub trait PacketBatch {
     fn count(&self) -> u32;
     /// Length and first `head_len` bytes (at most [`HEAD_LEN`]) of every
     /// packet, in order.
-    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>);
+    fn heads(&self, head_len: usize) -> Heads;
     /// Seal the packets named by `ops`; one result per op, in order.
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>);
     /// Open the packets named by `ops`; one result per op, in order.

@@ -6,7 +6,7 @@ use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 use wasmsec_wire::own_keys::OwnKeys;
 
-use crate::batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+use crate::batch::{CryptoError, HEAD_LEN, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
 use crate::spd::DestinationIndex;
@@ -327,14 +327,13 @@ impl Engine {
     /// per packet is appended to `out`, in order. Three host calls in all:
     /// the heads, then one seal for the packets that have an SA.
     pub fn encap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<EncapVerdict>) {
-        let mut heads = Vec::with_capacity(batch.count() as usize);
-        batch.heads(HEAD_LEN, &mut heads);
+        let heads = batch.heads(HEAD_LEN);
         let mut ops = Vec::with_capacity(heads.len());
         // Where each op's result goes: (packet index, SA index).
         let mut pending = Vec::with_capacity(heads.len());
         let base = out.len();
         for (i, (len, head)) in heads.iter().enumerate() {
-            match self.encap_plan(i as u32, *len, head) {
+            match self.encap_plan(i as u32, len, head) {
                 Ok((op, sa)) => {
                     ops.push(op);
                     pending.push((base + i, sa));
@@ -379,9 +378,9 @@ impl Engine {
     }
 
     /// Choose the SA, assign the sequence number and work out the padding.
-    fn encap_plan(&mut self, i: u32, len: usize, head: &Head) -> Result<(SealOp, usize), DropReason> {
-        let sel = Selectors::parse(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
-        let next_header = match head.as_bytes()[0] >> 4 {
+    fn encap_plan(&mut self, i: u32, len: usize, head: &[u8]) -> Result<(SealOp, usize), DropReason> {
+        let sel = Selectors::parse(head).map_err(|_| DropReason::Malformed)?;
+        let next_header = match head[0] >> 4 {
             4 => esp::NEXT_HEADER_IPV4,
             _ => esp::NEXT_HEADER_IPV6,
         };
@@ -430,9 +429,8 @@ impl Engine {
     /// host calls: the ESP headers, one open for the packets that pass the
     /// SPI and replay checks, and the inner heads.
     pub fn decap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<DecapVerdict>) {
-        let mut heads = Vec::with_capacity(batch.count() as usize);
         // SPI and sequence number are all the plan reads.
-        batch.heads(esp::HEADER_LEN, &mut heads);
+        let heads = batch.heads(esp::HEADER_LEN);
         let base = out.len();
         let mut ops = Vec::with_capacity(heads.len());
         let mut pending = Vec::with_capacity(heads.len());
@@ -451,8 +449,7 @@ impl Engine {
         }
         let mut opened = Vec::with_capacity(ops.len());
         batch.open(&ops, &mut opened);
-        heads.clear();
-        batch.heads(HEAD_LEN, &mut heads);
+        let heads = batch.heads(HEAD_LEN);
         for ((i, spi, seq), r) in pending.into_iter().zip(opened) {
             let v = match r {
                 Ok(o) => match heads.get(i) {
@@ -473,8 +470,8 @@ impl Engine {
 
     /// Find the SA by SPI and check the sequence number before the (costly)
     /// ICV verification (RFC 4303 section 3.4.3).
-    fn decap_plan(&mut self, i: u32, head: &Head) -> Result<(OpenOp, u32, u64), DropReason> {
-        let pkt = esp::Packet::new_checked(head.as_bytes()).map_err(|_| DropReason::Malformed)?;
+    fn decap_plan(&mut self, i: u32, head: &[u8]) -> Result<(OpenOp, u32, u64), DropReason> {
+        let pkt = esp::Packet::new_checked(head).map_err(|_| DropReason::Malformed)?;
         let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
         if inb.use_.hard {
             return Err(DropReason::SaExpired);
@@ -491,7 +488,7 @@ impl Engine {
 
     /// After the ICV verified: commit the sequence number, then check the
     /// trailer and the inner packet.
-    fn decap_finish(&mut self, spi: u32, seq: u64, opened: Opened, inner: &Head) -> Result<u32, DropReason> {
+    fn decap_finish(&mut self, spi: u32, seq: u64, opened: Opened, inner: &[u8]) -> Result<u32, DropReason> {
         let inb = self.inbound.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
         // Commit re-checks, so a duplicate within one batch is caught here.
         inb.window.commit(seq).map_err(replay_drop)?;
@@ -503,7 +500,6 @@ impl Engine {
             esp::NEXT_HEADER_NO_NEXT => return Err(DropReason::Dummy),
             _ => return Err(DropReason::Malformed),
         };
-        let inner = inner.as_bytes();
         if inner.first().map(|b| b >> 4) != Some(want_version) {
             return Err(DropReason::Malformed);
         }

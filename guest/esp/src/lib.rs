@@ -16,7 +16,7 @@ pub mod replay;
 pub mod selector;
 pub mod spd;
 
-pub use batch::{CryptoError, HEAD_LEN, Head, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+pub use batch::{CryptoError, HEAD_LEN, Heads, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
 pub use engine::{
     DecapVerdict, DropReason, EncapVerdict, Engine, Expiry, ExpiryCause, InboundSa, OutboundSa, SEQ_SOFT_MARGIN,
     SEQ_SOFT_MARGIN_ESN, SaError, SaState,

@@ -66,8 +66,8 @@ impl PacketBatch for FakeBatch {
     fn count(&self) -> u32 {
         self.packets.len() as u32
     }
-    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>) {
-        out.extend(self.packets.iter().map(|p| (p.len(), Head::new(&p[..p.len().min(head_len)]))));
+    fn heads(&self, head_len: usize) -> Heads {
+        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
         for op in ops {

@@ -1,7 +1,7 @@
 //! The ESP engine's packet batch with identity "crypto", for fuzzing:
 //! opening a packet strips the ESP header and an 8-byte IV and checks no
 //! ICV, so fuzzed bytes reach the trailer, padding and selector checks.
-use wasmsec_esp::{CryptoError, Head, OpenOp, Opened, PacketBatch, SealOp};
+use wasmsec_esp::{CryptoError, Heads, OpenOp, Opened, PacketBatch, SealOp};
 
 /// ESP header and IV in front of the "plaintext".
 const FRONT: usize = 16;
@@ -18,8 +18,8 @@ impl PacketBatch for ClearBatch {
         self.packets.len() as u32
     }
 
-    fn heads(&self, head_len: usize, out: &mut Vec<(usize, Head)>) {
-        out.extend(self.packets.iter().map(|p| (p.len(), Head::new(&p[..p.len().min(head_len)]))));
+    fn heads(&self, head_len: usize) -> Heads {
+        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
 
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
