@@ -54,9 +54,17 @@ impl TrafficSelector {
     }
 
     fn contains_addr(&self, a: &Address) -> bool {
-        // Address orders V4 before V6, and within a family by bytes, so a
-        // range check is also a family check.
-        self.start <= *a && *a <= self.end
+        // As integers: one compare each way, where the derived order
+        // compares byte by byte (a loop in the wasm guest, per packet).
+        match (self.start, *a, self.end) {
+            (Address::V4(s), Address::V4(a), Address::V4(e)) => {
+                (u32::from_be_bytes(s)..=u32::from_be_bytes(e)).contains(&u32::from_be_bytes(a))
+            }
+            (Address::V6(s), Address::V6(a), Address::V6(e)) => {
+                (u128::from_be_bytes(s)..=u128::from_be_bytes(e)).contains(&u128::from_be_bytes(a))
+            }
+            _ => false,
+        }
     }
 
     fn any_port(&self) -> bool {
