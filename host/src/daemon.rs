@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::policy::watch::Reloader;
 use anyhow::{Context, Result, bail};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{self, Config, Encapsulation};
 use crate::control::ControlPlane;
@@ -430,6 +430,18 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         bail!("wasmsec run needs root (or CAP_NET_ADMIN and CAP_NET_RAW) for the TUN device and sockets");
     }
     sys::install_stop_handler();
+    // The daemon's own sockets, pipes and watches, then two per tenant
+    // (its TUN device, held by the outbound and the inbound loop).
+    let need = 64 + 2 * cfg.tenant.len() as u64;
+    let open_files = sys::raise_open_files_limit().context("reading the open-files limit")?;
+    if open_files < need {
+        bail!(
+            "{} tenants need about {need} open files, and the limit is {open_files}: raise it \
+             (ulimit -n, systemd LimitNOFILE=, the container runtime's nofile ulimit)",
+            cfg.tenant.len()
+        );
+    }
+    debug!(open_files, "open-files limit");
     let dir = components_dir(cfg.runtime.components.as_deref());
     let with_ike = !cfg.connection.is_empty();
     let ike_path = match &cfg.runtime.ike_component {

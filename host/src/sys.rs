@@ -376,6 +376,29 @@ impl PollSet {
     }
 }
 
+/// Raise the soft limit on open files to the hard one and return it.
+/// Every tenant holds descriptors of its own (its TUN device among them),
+/// so a few hundred tenants pass the usual soft limit of 1,024; the hard
+/// limit is what the operator allows (systemd `LimitNOFILE=`, the
+/// container runtime). Safe here: the daemon waits with poll(2), never
+/// select(2), so descriptors above 1,023 are fine.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        l.rlim_cur = l.rlim_max;
+    }
+    Ok(l.rlim_cur)
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 /// A pipe that becomes readable, and stays so (it is never read), when a
 /// stop is requested: [`poll_readable`] waits on it as well. -1 until
@@ -626,6 +649,15 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn open_files_limit_is_raised_to_the_hard_one() {
+        let got = super::raise_open_files_limit().unwrap();
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit with a valid rlimit struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        assert_eq!((got, l.rlim_cur), (l.rlim_max, l.rlim_max));
+    }
+
     use super::*;
     use std::time::{Duration, Instant};
 
