@@ -372,7 +372,7 @@ impl wit::Guest for Component {
     }
 
     fn next_timeout() -> Option<u64> {
-        ENGINE.with_borrow(|e| e.next_timeout())
+        ENGINE.with_borrow_mut(|e| e.next_timeout())
     }
 
     fn stats() -> wit::Counters {

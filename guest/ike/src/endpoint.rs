@@ -327,17 +327,20 @@ impl Engine {
 
     // ---- time ------------------------------------------------------------
 
-    /// When `tick` must be called next, if ever.
-    pub fn next_timeout(&self) -> Option<u64> {
-        self.sas.values().filter_map(|sa| lifecycle::next_timeout(sa, &self.conns, &self.timing, self.now)).min()
+    /// When `tick` must be called next, if ever. Costs the SAs changed
+    /// since the last call, not all of them (see `sa::table`).
+    pub fn next_timeout(&mut self) -> Option<u64> {
+        let (conns, timing, now) = (&self.conns, &self.timing, self.now);
+        self.sas.next_deadline(|sa| lifecycle::next_timeout(sa, conns, timing, now))
     }
 
     /// Retransmit what is due, give up on silent peers, expire half-open
-    /// SAs, start what is owed.
+    /// SAs, start what is owed: for the SAs whose deadline has come (an SA
+    /// with none due has nothing for `lifecycle::tick` to do).
     pub fn tick(&mut self, now: u64, crypto: &mut dyn IkeCrypto) {
         self.now = now;
-        let ids: Vec<u64> = self.sas.keys().copied().collect();
-        for id in ids {
+        self.next_timeout();
+        for id in self.sas.due(now) {
             self.with_sa(id, now, crypto, lifecycle::tick);
         }
     }

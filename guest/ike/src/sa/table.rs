@@ -8,7 +8,11 @@
 //! checkpoints back ([`crate::Engine::restore`]): the SAs, their CHILD SAs,
 //! message IDs and timers continue. SAs still negotiating are not kept:
 //! their peers retransmit or start over.
-use std::collections::{HashMap, HashSet};
+//!
+//! The same notes keep an index of when each SA needs its next tick, so
+//! that asking for the next deadline and ticking what is due cost what
+//! changed, not a pass over every SA (thousands at a PoP).
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
@@ -27,6 +31,12 @@ pub(crate) struct SaTable {
     touched: HashSet<u64>,
     /// A hash of each SA's last checkpoint, to send only what changed.
     checkpointed: HashMap<u64, u64>,
+    /// SAs changed since their deadline was last worked out.
+    timers_stale: HashSet<u64>,
+    /// Each SA's next deadline, as `(deadline, spi)`, earliest first...
+    deadlines: BTreeSet<(u64, u64)>,
+    /// ... and by SPI, to find its entry there.
+    deadline_of: HashMap<u64, u64>,
 }
 
 impl Deref for SaTable {
@@ -42,25 +52,59 @@ impl SaTable {
         SaTable::default()
     }
 
-    pub fn insert(&mut self, spi: u64, sa: IkeSa) -> Option<IkeSa> {
+    /// Note that SA `spi` may have changed: for its checkpoint and its
+    /// deadline.
+    fn touch(&mut self, spi: u64) {
         self.touched.insert(spi);
+        self.timers_stale.insert(spi);
+    }
+
+    pub fn insert(&mut self, spi: u64, sa: IkeSa) -> Option<IkeSa> {
+        self.touch(spi);
         self.map.insert(spi, sa)
     }
 
     pub fn remove(&mut self, spi: &u64) -> Option<IkeSa> {
-        self.touched.insert(*spi);
+        self.touch(*spi);
         self.map.remove(spi)
     }
 
     pub fn get_mut(&mut self, spi: &u64) -> Option<&mut IkeSa> {
-        let sa = self.map.get_mut(spi)?;
-        self.touched.insert(*spi);
-        Some(sa)
+        if !self.map.contains_key(spi) {
+            return None;
+        }
+        self.touch(*spi);
+        self.map.get_mut(spi)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut IkeSa> {
         self.touched.extend(self.map.keys().copied());
+        self.timers_stale.extend(self.map.keys().copied());
         self.map.values_mut()
+    }
+
+    /// Work out again the deadlines of the SAs changed since the last
+    /// call, with `deadline` (an SA's next tick, if any); the earliest.
+    /// An SA's deadline depends on nothing but the SA, its connection's
+    /// settings (fixed once added) and the time of the call that changed
+    /// it, so the others' stay as they were.
+    pub fn next_deadline(&mut self, deadline: impl Fn(&IkeSa) -> Option<u64>) -> Option<u64> {
+        for spi in std::mem::take(&mut self.timers_stale) {
+            if let Some(old) = self.deadline_of.remove(&spi) {
+                self.deadlines.remove(&(old, spi));
+            }
+            if let Some(t) = self.map.get(&spi).and_then(&deadline) {
+                self.deadlines.insert((t, spi));
+                self.deadline_of.insert(spi, t);
+            }
+        }
+        self.deadlines.first().map(|&(t, _)| t)
+    }
+
+    /// The SAs whose deadline is at or before `now`, per the last
+    /// [`SaTable::next_deadline`].
+    pub fn due(&self, now: u64) -> Vec<u64> {
+        self.deadlines.range(..=(now, u64::MAX)).map(|&(_, spi)| spi).collect()
     }
 
     /// Checkpoints of the SAs changed since the last call: `Some(bytes)`
@@ -91,6 +135,7 @@ impl SaTable {
     /// Put a restored SA in, as its checkpoint already has it.
     pub fn restore(&mut self, spi: u64, sa: IkeSa, bytes: &[u8]) {
         self.checkpointed.insert(spi, digest(bytes));
+        self.timers_stale.insert(spi);
         self.map.insert(spi, sa);
     }
 }
