@@ -8,58 +8,8 @@ pub struct KeyHandle(pub u64);
 /// the first 8 bytes of the next layer, or an IPv4 header with options.
 pub const HEAD_LEN: usize = 64;
 
-/// The length and first bytes of every packet of a batch, laid out as the
-/// host's `heads` returns them (`wit/deps/crypto/crypto.wit`): per packet
-/// its length as 4 bytes big-endian, then `head_len` bytes, zero-padded.
-/// The engine reads them in place: no copy per packet.
-pub struct Heads {
-    flat: Vec<u8>,
-    head_len: usize,
-}
-
-impl Heads {
-    /// The host's answer to `heads(head_len)`, as is.
-    pub fn from_flat(flat: Vec<u8>, head_len: usize) -> Heads {
-        Heads { flat, head_len }
-    }
-
-    /// The same layout from packets in hand (native callers and tests).
-    pub fn of<'a>(head_len: usize, packets: impl ExactSizeIterator<Item = &'a [u8]>) -> Heads {
-        let mut flat = vec![0u8; packets.len() * (4 + head_len)];
-        for (p, rec) in packets.zip(flat.chunks_exact_mut(4 + head_len)) {
-            rec[..4].copy_from_slice(&(p.len() as u32).to_be_bytes());
-            let n = p.len().min(head_len);
-            rec[4..4 + n].copy_from_slice(&p[..n]);
-        }
-        Heads { flat, head_len }
-    }
-
-    pub fn len(&self) -> usize {
-        self.flat.len() / (4 + self.head_len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Packet `i`'s length and its first bytes (at most `head_len`).
-    pub fn get(&self, i: usize) -> Option<(usize, &[u8])> {
-        let stride = 4 + self.head_len;
-        self.flat.get(i * stride..(i + 1) * stride).map(Self::record)
-    }
-
-    /// Every packet's length and first bytes, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        self.flat.chunks_exact(4 + self.head_len).map(Self::record)
-    }
-
-    fn record(rec: &[u8]) -> (usize, &[u8]) {
-        let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
-        (len, &rec[4..4 + len.min(rec.len() - 4)])
-    }
-}
-
 pub use wasmsec_wire::CryptoError;
+pub use wasmsec_wire::heads::Heads;
 
 /// Seal packet `index`: see `seal-op` in `wit/deps/crypto/crypto.wit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

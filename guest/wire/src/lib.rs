@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod crypto;
+pub mod heads;
 pub mod own_keys;
 mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a

@@ -3,6 +3,7 @@
 //! typed wrapper around its exports.
 use anyhow::Result;
 use wasmsec_wire::esp;
+use wasmsec_wire::heads::Heads;
 use wasmtime::component::{HasSelf, Resource};
 use wasmtime::{Engine, Store};
 
@@ -139,15 +140,10 @@ impl HostBatch for GuestState {
     }
 
     fn heads(&mut self, _: Resource<Batch>, head_len: u32) -> Vec<u8> {
+        // Capped: the guest chooses head_len, and must not make the host
+        // allocate without bound.
         let h = (head_len as usize).min(256);
-        let mut out = vec![0u8; self.count * (4 + h)];
-        for (p, rec) in self.batch[..self.count].iter().zip(out.chunks_exact_mut(4 + h)) {
-            let d = p.data();
-            rec[..4].copy_from_slice(&(d.len() as u32).to_be_bytes());
-            let n = d.len().min(h);
-            rec[4..4 + n].copy_from_slice(&d[..n]);
-        }
-        out
+        Heads::of(h, self.batch[..self.count].iter().map(|p| p.data())).into_flat()
     }
 
     fn seal(&mut self, _: Resource<Batch>, ops: Vec<SealOp>) -> Vec<Result<(), WitCryptoError>> {
