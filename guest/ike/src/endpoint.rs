@@ -339,7 +339,8 @@ impl Engine {
     /// with none due has nothing for `lifecycle::tick` to do).
     pub fn tick(&mut self, now: u64, crypto: &mut dyn IkeCrypto) {
         self.now = now;
-        self.next_timeout();
+        let (conns, timing) = (&self.conns, &self.timing);
+        self.sas.refresh_deadlines(|sa| lifecycle::next_timeout(sa, conns, timing, now));
         for id in self.sas.due(now) {
             self.with_sa(id, now, crypto, lifecycle::tick);
         }

@@ -89,6 +89,13 @@ impl SaTable {
     /// settings (fixed once added) and the time of the call that changed
     /// it, so the others' stay as they were.
     pub fn next_deadline(&mut self, deadline: impl Fn(&IkeSa) -> Option<u64>) -> Option<u64> {
+        self.refresh_deadlines(deadline);
+        self.deadlines.first().map(|&(t, _)| t)
+    }
+
+    /// Work out the deadlines of the SAs changed since the last refresh,
+    /// so that [`SaTable::due`] answers for the current state.
+    pub fn refresh_deadlines(&mut self, deadline: impl Fn(&IkeSa) -> Option<u64>) {
         for spi in std::mem::take(&mut self.timers_stale) {
             if let Some(old) = self.deadline_of.remove(&spi) {
                 self.deadlines.remove(&(old, spi));
@@ -98,11 +105,10 @@ impl SaTable {
                 self.deadline_of.insert(spi, t);
             }
         }
-        self.deadlines.first().map(|&(t, _)| t)
     }
 
     /// The SAs whose deadline is at or before `now`, per the last
-    /// [`SaTable::next_deadline`].
+    /// [`SaTable::refresh_deadlines`].
     pub fn due(&self, now: u64) -> Vec<u64> {
         self.deadlines.range(..=(now, u64::MAX)).map(|&(_, spi)| spi).collect()
     }
