@@ -37,6 +37,9 @@ const ROUND_TIME: Duration = Duration::from_millis(250);
 /// One path's work for one batch; set up once, run many times.
 type Path<'a> = Box<dyn FnMut() + 'a>;
 
+/// Builds a path over the packets (the runtime only for the component).
+type MakePath = for<'a> fn(&Runtime, &'a [Vec<u8>]) -> Path<'a>;
+
 fn inner_packet(len: usize) -> Vec<u8> {
     let mut p = vec![0u8; len];
     wasmsec_wire::ipv4::Repr {
@@ -77,7 +80,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn raw_ring(pkt: &[Vec<u8>]) -> Path<'_> {
+fn raw_ring<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7u8; 32]).unwrap());
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new()).collect();
     let mut ctr = 0u64;
@@ -172,7 +175,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     }
 }
 
-fn native_engine(pkt: &[Vec<u8>]) -> Path<'_> {
+fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     use wasmsec_esp::{Engine, KeyHandle, TrafficSelector as Ts};
     use wasmsec_wire::ip::Address;
     let alg = EspAlgorithm::Aes256Gcm16;
@@ -255,18 +258,14 @@ fn main() {
             ROUND_TIME.as_millis()
         );
         let mut paths: Vec<(&str, &str, Path)> = Vec::new();
-        for (fname, name) in [
-            ("raw_ring", "raw ring seal+open (ceiling)"),
-            ("native_engine", "native ESP engine + keystore"),
-            ("component", "ESP component (wasmtime) + keystore"),
-        ] {
+        let all: [(&str, &str, MakePath); 3] = [
+            ("raw_ring", "raw ring seal+open (ceiling)", raw_ring),
+            ("native_engine", "native ESP engine + keystore", native_engine),
+            ("component", "ESP component (wasmtime) + keystore", component),
+        ];
+        for (fname, name, make) in all {
             if wanted(fname) {
-                let p = match fname {
-                    "raw_ring" => raw_ring(&pkts),
-                    "native_engine" => native_engine(&pkts),
-                    _ => component(&rt, &pkts),
-                };
-                paths.push((fname, name, p));
+                paths.push((fname, name, make(&rt, &pkts)));
             }
         }
         for (_, _, p) in paths.iter_mut() {
