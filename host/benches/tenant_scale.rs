@@ -99,43 +99,70 @@ struct Tenant {
 /// Instantiation times of `n` tenants, by kind: ESP out, ESP in, policy.
 type Times = [Vec<Duration>; 3];
 
-fn instantiate(rt: &Runtime, module: &Served, n: usize) -> (Times, Vec<Tenant>) {
-    let mut times: Times = Default::default();
-    let mut timed = |k: usize, t: Instant| times[k].push(t.elapsed());
-    let tenants = (0..n)
+/// The process's resident set and page tables, read after each phase.
+#[derive(Clone, Copy, Default)]
+struct Mem {
+    rss: u64,
+    pte: u64,
+}
+
+impl Mem {
+    fn now() -> Mem {
+        Mem { rss: rss(), pte: page_tables() }
+    }
+}
+
+/// `n` values of `make`, each timed into `times`.
+fn timed<T>(n: usize, times: &mut Vec<Duration>, mut make: impl FnMut() -> T) -> Vec<T> {
+    (0..n)
         .map(|_| {
             let t = Instant::now();
-            let out = rt.esp_instance().expect("ESP instance");
-            timed(0, t);
-            let t = Instant::now();
-            let inb = rt.esp_instance().expect("ESP instance");
-            timed(1, t);
-            let t = Instant::now();
-            let policy = module.new_instance().expect("policy instance");
-            timed(2, t);
-            Tenant { out, inb, policy }
+            let v = make();
+            times.push(t.elapsed());
+            v
         })
-        .collect();
+        .collect()
+}
+
+/// `n` tenants, one kind of instance after the other; the memory after
+/// each kind's instances went into `mem`.
+fn instantiate(rt: &Runtime, module: &Served, n: usize, mem: &mut [Mem; 3]) -> (Times, Vec<Tenant>) {
+    let mut times: Times = Default::default();
+    let out = timed(n, &mut times[0], || rt.esp_instance().expect("ESP instance"));
+    mem[0] = Mem::now();
+    let inb = timed(n, &mut times[1], || rt.esp_instance().expect("ESP instance"));
+    mem[1] = Mem::now();
+    let policy = timed(n, &mut times[2], || module.new_instance().expect("policy instance"));
+    mem[2] = Mem::now();
+    let tenants =
+        out.into_iter().zip(inb).zip(policy).map(|((out, inb), policy)| Tenant { out, inb, policy }).collect();
     (times, tenants)
 }
 
-/// A call on each instance (an SA installed with SPIs from `spi_base`, a
-/// decision made); the time each kind took in all.
-fn first_calls(tenants: &mut [Tenant], req: &AuthorizeRequest, spi_base: u32) -> [Duration; 3] {
-    let mut spent = [Duration::ZERO; 3];
+/// A call on each instance, one kind after the other (an SA installed with
+/// SPIs from `spi_base`, a decision made); the time each kind took in all,
+/// and the memory after each kind's calls in `mem`.
+fn first_calls(tenants: &mut [Tenant], req: &AuthorizeRequest, spi_base: u32, mem: &mut [Mem; 3]) -> [Duration; 3] {
+    let spi = |i: usize| spi_base + i as u32;
+    let s = Instant::now();
     for (i, t) in tenants.iter_mut().enumerate() {
-        let spi = spi_base + i as u32;
-        let s = Instant::now();
-        t.out.install_outbound(&outbound_sa(spi)).expect("no trap").expect("installed");
-        spent[0] += s.elapsed();
-        let s = Instant::now();
-        t.inb.install_inbound(&inbound_sa(spi)).expect("no trap").expect("installed");
-        spent[1] += s.elapsed();
-        let s = Instant::now();
-        assert!(matches!(t.policy.authorize(req), Ok(Decision::Accept(_))));
-        spent[2] += s.elapsed();
+        t.out.install_outbound(&outbound_sa(spi(i))).expect("no trap").expect("installed");
     }
-    spent
+    let spent_out = s.elapsed();
+    mem[0] = Mem::now();
+    let s = Instant::now();
+    for (i, t) in tenants.iter_mut().enumerate() {
+        t.inb.install_inbound(&inbound_sa(spi(i))).expect("no trap").expect("installed");
+    }
+    let spent_in = s.elapsed();
+    mem[1] = Mem::now();
+    let s = Instant::now();
+    for t in tenants.iter_mut() {
+        assert!(matches!(t.policy.authorize(req), Ok(Decision::Accept(_))));
+    }
+    let spent_policy = s.elapsed();
+    mem[2] = Mem::now();
+    [spent_out, spent_in, spent_policy]
 }
 
 fn main() {
@@ -157,21 +184,21 @@ fn main() {
     let req = request();
 
     // Warm-up: the first instances fault in the code and the allocators.
-    drop(instantiate(&rt, &module, 50));
-    let (rss0, maps0, pte0) = (rss(), mappings(), page_tables());
-    let (mut fresh, mut tenants) = instantiate(&rt, &module, n);
-    let (rss1, maps1) = (rss(), mappings());
-    let first = first_calls(&mut tenants, &req, 0x1000);
-    let (rss2, pte2) = (rss(), page_tables());
-    let warm = first_calls(&mut tenants, &req, 0x100_0000);
+    let mut scratch = [Mem::default(); 3];
+    drop(instantiate(&rt, &module, 50, &mut scratch));
+    let (base, maps0) = (Mem::now(), mappings());
+    let (mut inst_mem, mut call_mem) = ([Mem::default(); 3], [Mem::default(); 3]);
+    let (mut fresh, mut tenants) = instantiate(&rt, &module, n, &mut inst_mem);
+    let maps1 = mappings();
+    let first = first_calls(&mut tenants, &req, 0x1000, &mut call_mem);
+    let warm = first_calls(&mut tenants, &req, 0x100_0000, &mut scratch);
     // Free every slot, then instantiate again in the freed ones.
     drop(tenants);
-    let (mut again, tenants) = instantiate(&rt, &module, n);
+    let (mut again, tenants) = instantiate(&rt, &module, n, &mut scratch);
     drop(tenants);
     let _ = std::fs::remove_dir_all(&tmp);
 
     let instances = 3 * n as u64;
-    let kib = |b: u64| b as f64 / 1024.0 / instances as f64;
     println!(
         "tenant scale: {n} tenants in one process, each an ESP pair and a policy (the allow-list), one store each"
     );
@@ -198,19 +225,32 @@ fn main() {
         all(&mut fresh),
         all(&mut again)
     );
+    // Each kind's share: what its instances added, then what their first
+    // calls added (the phases ran one kind after the other).
+    let per = |to: Mem, from: Mem| -> (f64, f64) {
+        let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1024.0 / n as f64;
+        (d(to.rss, from.rss), d(to.pte, from.pte))
+    };
+    println!("  memory per instance   resident, instantiated   + first call   page tables   total");
+    let mut sum = 0.0;
+    for (k, name) in ["ESP out", "ESP in", "policy"].iter().enumerate() {
+        let (r_inst, p_inst) = per(inst_mem[k], if k == 0 { base } else { inst_mem[k - 1] });
+        let (r_call, p_call) = per(call_mem[k], if k == 0 { inst_mem[2] } else { call_mem[k - 1] });
+        let total = r_inst + r_call + p_inst + p_call;
+        sum += total;
+        println!(
+            "  {name:8}              {r_inst:8.1} KiB       {r_call:+8.1} KiB    {:8.1} KiB  {total:6.1} KiB",
+            p_inst + p_call
+        );
+    }
+    let (r_all, p_all) = per(call_mem[2], base);
     println!(
-        "  resident memory +{:.1} KiB per instance after instantiation, +{:.1} KiB after its first call   target <= 32 KiB",
-        kib(rss1.saturating_sub(rss0)),
-        kib(rss2.saturating_sub(rss0))
+        "  all instances (mean)  {:.1} KiB resident + {:.1} KiB page tables = {:.1} KiB   target <= 32 KiB",
+        r_all / 3.0,
+        p_all / 3.0,
+        sum / 3.0
     );
-    println!(
-        "                  +{:.1} KiB of page tables per instance (not in the resident set)",
-        kib(pte2.saturating_sub(pte0))
-    );
-    println!(
-        "                  +{:.1} KiB per tenant (3 instances)",
-        rss2.saturating_sub(rss0) as f64 / 1024.0 / n as f64
-    );
+    println!("  per tenant (3 instances) {:.1} KiB resident, {:.1} KiB with page tables", r_all, r_all + p_all);
     println!(
         "  mappings        {:.2} per instance, {} in all (vm.max_map_count {max_maps})",
         maps1.saturating_sub(maps0) as f64 / instances as f64,
@@ -227,3 +267,4 @@ fn mean_p99(times: &mut [Duration]) -> (Duration, Duration) {
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
+

@@ -40,6 +40,13 @@ pub const POOL_TENANTS: u32 = 10_000;
 /// tables. Slots cost address space, not memory, until used.
 pub(crate) const GUEST_SLOTS: u32 = 2 * POOL_TENANTS + 1024;
 
+/// Elements a table of an ESP or IKE guest may hold (the IKE module's
+/// function table has under a hundred). Each table slot of the pool
+/// reserves this many pointers: wasmtime's default of 20,000 made every
+/// slot 160 KiB, so the page tables of the slots in use cost about 0.4 KiB
+/// per instance; at 1,024 (8 KiB) they cost a few bytes (#13).
+pub(crate) const GUEST_TABLE_ELEMENTS: usize = 1_024;
+
 /// The engine the ESP and IKE guests share. Each memory slot reserves
 /// only the guests' memory limit, with bounds checked explicitly instead
 /// of by a 4 GiB guard region (the ESP guest touches packet headers only,
@@ -55,6 +62,7 @@ pub(crate) fn engine() -> Result<Engine> {
         .total_core_instances(4 * GUEST_SLOTS)
         .total_memories(GUEST_SLOTS)
         .total_tables(2 * GUEST_SLOTS)
+        .table_elements(GUEST_TABLE_ELEMENTS)
         .max_memory_size(GUEST_MEMORY_LIMIT);
     let mut config = Config::new();
     config
@@ -71,6 +79,11 @@ pub(crate) fn engine() -> Result<Engine> {
 /// Memory a policy module's instance may grow to: decisions are table
 /// lookups, and many tenants each have one.
 pub(crate) const POLICY_MEMORY_LIMIT: usize = 4 << 20;
+/// Elements a policy module's table may hold: ample for modules compiled
+/// from Rust, C or Go (the allow-list has a dozen); a module with a larger
+/// table is refused when it is loaded, naming both numbers. See
+/// [`GUEST_TABLE_ELEMENTS`] for why the slots are kept small.
+pub(crate) const POLICY_TABLE_ELEMENTS: usize = 4_096;
 /// Policy instances one process can hold (tenants, plus those being
 /// checked during reloads).
 pub(crate) const POLICY_SLOTS: u32 = POOL_TENANTS + 2_000;
@@ -88,6 +101,7 @@ pub(crate) fn policy_engine() -> Result<Engine> {
         .total_core_instances(POLICY_SLOTS)
         .total_memories(POLICY_SLOTS)
         .total_tables(POLICY_SLOTS)
+        .table_elements(POLICY_TABLE_ELEMENTS)
         .max_memory_size(POLICY_MEMORY_LIMIT);
     let mut config = Config::new();
     config
