@@ -97,13 +97,13 @@ impl Ctx<'_> {
     /// IKE SA (`current` is the one being handled, which may be out of the
     /// table meanwhile): an SPI names one inbound SA (RFC 4301 section
     /// 4.1), and 30 random bits repeat after some tens of thousands of SAs.
-    /// The scan is linear in the CHILD SAs.
+    /// A lookup, not a pass over the SAs (`sa::lookups`).
     pub fn new_esp_spi(&mut self, current: &IkeSa) -> u32 {
         loop {
             let mut b = [0u8; 4];
             self.crypto.random(&mut b);
             let spi = u32::from_be_bytes(b) | 0xc000_0000;
-            if !current.uses_esp_spi(spi) && !self.sas.values().any(|s| s.uses_esp_spi(spi)) {
+            if !current.uses_esp_spi(spi) && !self.sas.esp_spi_in_use(spi) {
                 return spi;
             }
         }
@@ -155,8 +155,8 @@ impl Ctx<'_> {
     }
 
     /// Another established IKE SA of the same connection with the same peer.
-    pub fn has_twin(&self, sa: &IkeSa) -> bool {
-        self.sas.values().any(|s| s.conn == sa.conn && s.remote.addr == sa.remote.addr && s.established())
+    pub fn has_twin(&mut self, sa: &IkeSa) -> bool {
+        !self.sas.with_peer(sa.conn, sa.remote.addr, IkeSa::established).is_empty()
     }
 }
 

@@ -288,6 +288,29 @@ fn delete_tears_down_both_sides_without_leaks() {
     assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1), "only the PSK is left");
 }
 
+/// RFC 7296 section 2.4: an initiator that lost its state (a restart)
+/// sends INITIAL_CONTACT, and the responder drops the IKE SAs it still
+/// holds with that peer. Twice, so that the second round finds the SA the
+/// first one made.
+#[test]
+fn initial_contact_replaces_the_stale_ike_sa() {
+    let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
+    assert_eq!(b.engine.ike_sa_count(), 1);
+    for round in 1..=2 {
+        // A restarts: a new engine at the same address, B keeps its SA.
+        let mut fresh = side(A, B, &Conf::default());
+        let t = round * 200_000;
+        fresh.engine.initiate(t, "site", &mut fresh.crypto).unwrap();
+        run_from(&mut fresh, &mut b, t, t + 60_000, &mut all);
+        assert_eq!(fresh.up, 1, "round {round}: the new IKE SA is up");
+        assert_eq!(b.engine.ike_sa_count(), 1, "round {round}: the stale one is gone: {:?}", b.engine.describe());
+        assert!(b.log_has("sent INITIAL_CONTACT"), "round {round}");
+        a = fresh;
+    }
+    assert_eq!(b.engine.established().0, 1);
+    drop(a);
+}
+
 #[test]
 fn silent_peer_times_out() {
     let mut none = |_: usize, _: &Datagram| false;

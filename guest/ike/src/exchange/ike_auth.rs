@@ -196,12 +196,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
 /// INITIAL_CONTACT (section 2.4): the peer has no other IKE SAs with us,
 /// so ours with the same identity are stale.
 fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
-    let stale: Vec<u64> = ctx
-        .sas
-        .iter()
-        .filter(|(_, s)| s.conn == new.conn && s.remote.addr == new.remote.addr && s.established())
-        .map(|(k, _)| *k)
-        .collect();
+    let stale = ctx.sas.with_peer(new.conn, new.remote.addr, IkeSa::established);
     for k in stale {
         if let Some(old) = ctx.sas.remove(&k) {
             lifecycle::drop_sa(old, ctx, &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)));

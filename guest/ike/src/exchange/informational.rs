@@ -93,12 +93,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         lifecycle::adopt_children(sa, ctx, c.what);
     }
     // A reauthenticated successor may now send on its CHILD SAs.
-    let twins: Vec<u64> = ctx
-        .sas
-        .iter()
-        .filter(|(_, o)| o.conn == sa.conn && o.remote.addr == sa.remote.addr && !o.deferred.is_empty())
-        .map(|(k, _)| *k)
-        .collect();
+    let twins = ctx.sas.with_peer(sa.conn, sa.remote.addr, |o| !o.deferred.is_empty());
     for k in twins {
         if let Some(mut o) = ctx.sas.remove(&k) {
             child::activate_deferred(&mut o, ctx, u64::MAX);

@@ -315,11 +315,17 @@ impl IkeSa {
     /// One of its CHILD SAs, installed or proposed in the request in
     /// flight, has this inbound SPI.
     pub fn uses_esp_spi(&self, spi: u32) -> bool {
+        self.esp_spis().any(|s| s == spi)
+    }
+
+    /// The inbound SPIs of its CHILD SAs, installed or proposed in the
+    /// request in flight.
+    pub fn esp_spis(&self) -> impl Iterator<Item = u32> + '_ {
         let proposed = match &self.request {
-            Some(Request { exchange: InFlight::Auth(p) | InFlight::CreateChild(p), .. }) => p.inbound_spi == spi,
-            _ => false,
+            Some(Request { exchange: InFlight::Auth(p) | InFlight::CreateChild(p), .. }) => Some(p.inbound_spi),
+            _ => None,
         };
-        proposed || self.child(spi).is_some()
+        proposed.into_iter().chain(self.children.iter().map(|c| c.inbound_spi))
     }
 
     pub fn child_mut(&mut self, inbound: u32) -> Option<&mut Child> {

@@ -11,11 +11,13 @@
 //!
 //! The same notes keep an index of when each SA needs its next tick, so
 //! that asking for the next deadline and ticking what is due cost what
-//! changed, not a pass over every SA (thousands at a PoP).
+//! changed, not a pass over every SA (thousands at a PoP), and the
+//! lookups of `sa::lookups`.
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
+use super::lookups::Lookups;
 use super::state::{IkeSa, State};
 
 /// Format of a checkpoint; a guest refuses checkpoints of another version.
@@ -37,6 +39,9 @@ pub(crate) struct SaTable {
     deadlines: BTreeSet<(u64, u64)>,
     /// ... and by SPI, to find its entry there.
     deadline_of: HashMap<u64, u64>,
+    /// SAs changed since their entries in `lookups` were last made.
+    lookups_stale: HashSet<u64>,
+    lookups: Lookups,
 }
 
 impl Deref for SaTable {
@@ -52,11 +57,12 @@ impl SaTable {
         SaTable::default()
     }
 
-    /// Note that SA `spi` may have changed: for its checkpoint and its
-    /// deadline.
+    /// Note that SA `spi` may have changed: for its checkpoint, its
+    /// deadline and the lookups.
     fn touch(&mut self, spi: u64) {
         self.touched.insert(spi);
         self.timers_stale.insert(spi);
+        self.lookups_stale.insert(spi);
     }
 
     pub fn insert(&mut self, spi: u64, sa: IkeSa) -> Option<IkeSa> {
@@ -80,7 +86,30 @@ impl SaTable {
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut IkeSa> {
         self.touched.extend(self.map.keys().copied());
         self.timers_stale.extend(self.map.keys().copied());
+        self.lookups_stale.extend(self.map.keys().copied());
         self.map.values_mut()
+    }
+
+    /// Bring the lookups up to date with the SAs changed since.
+    fn refresh_lookups(&mut self) {
+        for spi in std::mem::take(&mut self.lookups_stale) {
+            self.lookups.update(spi, self.map.get(&spi));
+        }
+    }
+
+    /// An SA in the table uses this inbound ESP SPI (installed, or
+    /// proposed in its request in flight).
+    pub fn esp_spi_in_use(&mut self, spi: u32) -> bool {
+        self.refresh_lookups();
+        self.lookups.esp_spi_in_use(spi)
+    }
+
+    /// The SAs in the table (our SPIs) of connection `conn` with the peer
+    /// at `addr` for which `pred` holds.
+    pub fn with_peer(&mut self, conn: usize, addr: std::net::IpAddr, pred: impl Fn(&IkeSa) -> bool) -> Vec<u64> {
+        self.refresh_lookups();
+        let spis = self.lookups.with_peer(conn, addr);
+        spis.iter().copied().filter(|k| self.map.get(k).is_some_and(&pred)).collect()
     }
 
     /// Work out again the deadlines of the SAs changed since the last
@@ -142,6 +171,7 @@ impl SaTable {
     pub fn restore(&mut self, spi: u64, sa: IkeSa, bytes: &[u8]) {
         self.checkpointed.insert(spi, digest(bytes));
         self.timers_stale.insert(spi);
+        self.lookups_stale.insert(spi);
         self.map.insert(spi, sa);
     }
 }
