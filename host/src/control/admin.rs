@@ -71,7 +71,7 @@ impl ControlPlane {
                     // section 2.8): make-before-break, the old SA deleted
                     // once the new one carries traffic.
                     let spis: Vec<u32> =
-                        self.children.list.iter().filter(|c| c.connection == name).map(|c| c.inbound_spi).collect();
+                        self.children.installed().filter(|c| c.connection == name).map(|c| c.inbound_spi).collect();
                     if spis.is_empty() {
                         Err(Refusal::new(409, format!("connection {name:?} has no CHILD SA to rekey")))
                     } else {
@@ -95,7 +95,7 @@ impl ControlPlane {
     fn child_sas(&mut self, now: u64) -> anyhow::Result<Vec<Value>> {
         let schedules: HashMap<u32, ChildSchedule> =
             self.ike.child_schedules(now)?.into_iter().map(|s| (s.inbound_spi, s)).collect();
-        Ok(self.children.list.iter().map(|c| c.json(schedules.get(&c.inbound_spi))).collect())
+        Ok(self.children.installed().map(|c| c.json(schedules.get(&c.inbound_spi))).collect())
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -140,7 +140,7 @@ impl ControlPlane {
                 "tenant": self.ike.store.data().policy.tenant_of.get(&c.name),
                 "children": children,
                 "ike_sas": self.children.ike_sas.values().filter(|s| s.connection == c.name).count(),
-                "child_sas": self.children.list.iter().filter(|s| s.connection == c.name).count(),
+                "child_sas": self.children.installed().filter(|s| s.connection == c.name).count(),
             }));
         }
         Ok(json!({ "connections": list }))

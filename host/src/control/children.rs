@@ -3,7 +3,8 @@
 //! place that translates between them), deferred outbound SAs wait for
 //! their activation, deleted inbound SAs linger a while, and the admin
 //! view of IKE and CHILD SAs is kept.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,12 +129,14 @@ pub struct Children {
     /// The guest group serving each connection's tunnels (absent: group 0).
     pub groups: HashMap<String, usize>,
     /// Inbound halves of deleted CHILD SAs that still accept packets until
-    /// their time (control-loop milliseconds): (until, SPI, key).
-    lingering: Vec<(u64, u32, u64)>,
+    /// their time (control-loop milliseconds): (until, SPI, key), the
+    /// earliest first (a heap: thousands linger under a handshake load,
+    /// and the loop asks for the earliest every round).
+    lingering: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// IKE SAs that are up, by our SPI.
     pub ike_sas: BTreeMap<u64, IkeInfo>,
-    /// Installed CHILD SAs, in installation order.
-    pub list: Vec<ChildInfo>,
+    /// Installed CHILD SAs.
+    list: Installed,
     /// Tests only: inbound SPIs of requests of ours awaiting their answer.
     expected: HashSet<u32>,
     /// Tests only: how long to wait before installing a CHILD SA we asked
@@ -153,9 +156,9 @@ impl Children {
             deferred: HashMap::new(),
             retired: BTreeMap::new(),
             groups: HashMap::new(),
-            lingering: Vec::new(),
+            lingering: BinaryHeap::new(),
             ike_sas: BTreeMap::new(),
-            list: Vec::new(),
+            list: Installed::default(),
             expected: HashSet::new(),
             test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
                 .ok()
@@ -166,14 +169,16 @@ impl Children {
 
     /// When the next lingering inbound SA ends.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.lingering.iter().map(|l| l.0).min()
+        self.lingering.peek().map(|l| l.0.0)
     }
 
     /// Remove the lingering inbound SAs whose time is up, and their keys.
     pub fn end_lingering(&mut self, now: u64) {
-        let (done, keep): (Vec<_>, Vec<_>) = self.lingering.iter().partition(|l| l.0 <= now);
-        self.lingering = keep;
-        for (_, spi, key) in done {
+        while let Some(&Reverse((until, spi, key))) = self.lingering.peek() {
+            if until > now {
+                break;
+            }
+            self.lingering.pop();
             self.inbound.send(SaCommand::RemoveInbound { spi });
             self.esp_keys.remove(key);
         }
@@ -269,7 +274,7 @@ impl Children {
         } else {
             self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
-        self.list.push(ChildInfo {
+        self.list.insert(ChildInfo {
             connection: c.connection.clone(),
             child: c.child.clone(),
             proposal: alg.name(),
@@ -305,7 +310,7 @@ impl Children {
 
     /// The peer's NAT mapping changed: its outbound SAs follow.
     pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4) {
-        for c in self.list.iter_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
+        for c in self.list.by_order.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
             c.peer = to.to_string();
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
             self.outbound.send(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
@@ -322,13 +327,9 @@ impl Children {
             self.inbound.send(SaCommand::RemoveInbound { spi: d.inbound_spi });
             self.esp_keys.remove(d.inbound_key);
         } else {
-            self.lingering.push((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key));
+            self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key)));
         }
-        let (gone, kept) = std::mem::take(&mut self.list)
-            .into_iter()
-            .partition(|c| (c.inbound_spi, c.outbound_spi) == (d.inbound_spi, d.outbound_spi));
-        self.list = kept;
-        for c in gone {
+        for c in self.list.remove(d.inbound_spi, d.outbound_spi) {
             let r = self.retired.entry(c.connection.clone()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
@@ -336,11 +337,16 @@ impl Children {
         }
     }
 
+    /// The installed CHILD SAs, in installation order.
+    pub fn installed(&self) -> impl Iterator<Item = &ChildInfo> {
+        self.list.by_order.values()
+    }
+
     /// Traffic per connection over the daemon's life: live and deleted
     /// CHILD SAs.
     pub fn traffic_by_connection(&self) -> BTreeMap<String, Traffic> {
         let mut t = self.retired.clone();
-        for c in &self.list {
+        for c in self.installed() {
             let r = t.entry(c.connection.clone()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
@@ -364,5 +370,85 @@ impl Children {
                 warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
             }
         }
+    }
+}
+
+/// The installed CHILD SAs, in installation order, and found by inbound
+/// SPI: a DELETE looks one up among thousands at a PoP (before, each
+/// DELETE moved the whole list).
+#[derive(Default)]
+struct Installed {
+    /// By a running number of installation.
+    by_order: BTreeMap<u64, ChildInfo>,
+    /// The numbers of each inbound SPI's entries (ours, so one, unless the
+    /// same SPI was installed twice).
+    by_inbound: HashMap<u32, Vec<u64>>,
+    installs: u64,
+}
+
+impl Installed {
+    fn insert(&mut self, c: ChildInfo) {
+        self.installs += 1;
+        self.by_inbound.entry(c.inbound_spi).or_default().push(self.installs);
+        self.by_order.insert(self.installs, c);
+    }
+
+    /// Take out the entries of this SPI pair.
+    fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) -> Vec<ChildInfo> {
+        let Some(numbers) = self.by_inbound.get_mut(&inbound_spi) else { return Vec::new() };
+        let by_order = &mut self.by_order;
+        let mut gone = Vec::new();
+        numbers.retain(|n| match by_order.get(n) {
+            Some(c) if c.outbound_spi == outbound_spi => {
+                gone.extend(by_order.remove(n));
+                false
+            }
+            _ => true,
+        });
+        if numbers.is_empty() {
+            self.by_inbound.remove(&inbound_spi);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ChildInfo, Installed};
+
+    fn child(inbound_spi: u32, outbound_spi: u32) -> ChildInfo {
+        ChildInfo {
+            connection: "c".into(),
+            child: "c".into(),
+            proposal: "aes256gcm16".into(),
+            ike_spi: 1,
+            inbound_spi,
+            outbound_spi,
+            local_ts: vec![],
+            remote_ts: vec![],
+            peer: String::new(),
+            encap: false,
+            traffic: Default::default(),
+        }
+    }
+
+    fn spis(i: &Installed) -> Vec<(u32, u32)> {
+        i.by_order.values().map(|c| (c.inbound_spi, c.outbound_spi)).collect()
+    }
+
+    #[test]
+    fn removal_by_spi_pair_keeps_the_installation_order() {
+        let mut i = Installed::default();
+        for (a, b) in [(1, 10), (2, 20), (3, 30), (2, 21)] {
+            i.insert(child(a, b));
+        }
+        assert!(i.remove(2, 99).is_empty(), "the outbound SPI must match too");
+        assert!(i.remove(7, 70).is_empty());
+        assert_eq!(i.remove(2, 20).len(), 1);
+        assert_eq!(spis(&i), [(1, 10), (3, 30), (2, 21)]);
+        assert_eq!(i.remove(2, 21).len(), 1);
+        assert!(!i.by_inbound.contains_key(&2), "no empty entry left behind");
+        i.insert(child(4, 40));
+        assert_eq!(spis(&i), [(1, 10), (3, 30), (4, 40)]);
     }
 }

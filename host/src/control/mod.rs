@@ -270,7 +270,7 @@ impl ControlPlane {
                 crate::stats::inc(&self.stats.guest_protocol_errors);
             }
         }
-        for c in &self.children.list {
+        for c in self.children.installed() {
             *v.child_sas.entry(c.connection.clone()).or_default() += 1;
         }
         v.traffic = self.children.traffic_by_connection();
