@@ -26,8 +26,10 @@ for label in runs:
         responders.append(r)
 
 print()
-print("| responder | sequential setup ms (mean / p50 / p99) | setups/s, %s in flight | latency p50 / p99 ms | responder CPU s | setups per CPU-second | failed |"
-      % next((kv["in_flight"] for l, kv in runs.items() if l.endswith("-rate")), "?"))
+rate_kv = next((kv for l, kv in runs.items() if l.endswith("-rate")), {})
+standing = int(rate_kv.get("standing", "0"))
+print("| responder | sequential setup ms (mean / p50 / p99) | setups/s, %s in flight%s | latency p50 / p99 ms | responder CPU s | setups per CPU-second | failed |"
+      % (rate_kv.get("in_flight", "?"), ", %d IKE SAs standing" % standing if standing else ""))
 print("|---|---|---|---|---|---|---|")
 for r in responders:
     s = runs.get(r + "-sequential", {})

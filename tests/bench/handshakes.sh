@@ -13,9 +13,12 @@
 # it), then RATE_SETUPS setups with IN_FLIGHT at once (at most RATE_SECS s):
 # setups per second, and per CPU-second of the responder process (all its
 # threads; the generator runs on the other core). Each setup is deleted once
-# it is up. AES-256-GCM, PRF-SHA256, X25519; PSK.
+# it is up. AES-256-GCM, PRF-SHA256, X25519; PSK. With STANDING=N the
+# rate phase first sets up N IKE SAs that stay up while the setups are
+# measured (N + IN_FLIGHT <= 4,094, the generator's addresses): does a
+# setup cost more when the responder holds many SAs?
 #
-# Env: SEQ=200 RATE_SETUPS=20000 RATE_SECS=30 IN_FLIGHT=24
+# Env: SEQ=200 RATE_SETUPS=20000 RATE_SECS=30 IN_FLIGHT=24 STANDING=0
 #      RESPONDERS="wasmsec strongswan" IKELOAD=path (built by cargo xtask)
 # `cargo xtask bench-handshakes` builds everything and runs this.
 source "$(dirname "$0")/../interop/lib.sh"
@@ -25,6 +28,7 @@ SEQ=${SEQ:-200}
 RATE_SETUPS=${RATE_SETUPS:-20000}
 RATE_SECS=${RATE_SECS:-30}
 IN_FLIGHT=${IN_FLIGHT:-24}
+STANDING=${STANDING:-0}
 RESPONDERS=${RESPONDERS:-wasmsec strongswan}
 IKELOAD=${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}
 RESULTS=$STATE/results.txt
@@ -64,7 +68,7 @@ load() {
     return 0
 }
 
-echo "handshakes.sh: $(date -u +%FT%TZ), $(nproc) vCPU, $(uname -r); sequential $SEQ, then $RATE_SETUPS with $IN_FLIGHT in flight (at most ${RATE_SECS}s)"
+echo "handshakes.sh: $(date -u +%FT%TZ), $(nproc) vCPU, $(uname -r); sequential $SEQ, then $RATE_SETUPS with $IN_FLIGHT in flight (at most ${RATE_SECS}s), $STANDING IKE SAs standing"
 topo_up
 ikeload_topology
 : >"$RESULTS"
@@ -76,7 +80,7 @@ for r in $RESPONDERS; do
         strongswan) echo "$r: $(/usr/lib/ipsec/charon --version 2>/dev/null | head -1 || true) kernel-libipsec (pid $pid)" ;;
     esac
     load "$r-sequential" "$pid" --in-flight 1 --setups "$SEQ" --seconds 120
-    load "$r-rate" "$pid" --in-flight "$IN_FLIGHT" --setups "$RATE_SETUPS" --seconds "$RATE_SECS"
+    load "$r-rate" "$pid" --in-flight "$IN_FLIGHT" --setups "$RATE_SETUPS" --seconds "$RATE_SECS" --standing "$STANDING"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done

@@ -3,10 +3,12 @@
 use std::net::Ipv4Addr;
 
 pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18.0.2] [--sources 198.19.0.0/20]
-  [--in-flight 24] [--setups 5000] [--seconds 60] [--responder-pid PID] [--label NAME]
+  [--in-flight 24] [--setups 5000] [--seconds 60] [--standing 0] [--responder-pid PID] [--label NAME]
   [--id load.bench.test (initiator N is iN.load.bench.test)] [--remote-id gwb.interop.test]
   [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
   [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16]
+--standing N first sets up N IKE SAs and keeps them up while the setups are measured
+(deleted at the end), so the responder holds that many at once.
 Every source address must be local (e.g. `ip route add local 198.19.0.0/20 dev lo`);
 port 500 of them must be free.";
 
@@ -20,6 +22,9 @@ pub struct Args {
     pub setups: u64,
     /// Start no setup after this long (those in flight get 10 s more).
     pub seconds: u64,
+    /// IKE SAs set up first and kept up during the measured setups (the
+    /// responder's standing population); each holds a source address.
+    pub standing: usize,
     /// The responder's process, for its CPU time (`/proc/PID/stat`).
     pub responder_pid: Option<u32>,
     pub label: String,
@@ -40,6 +45,7 @@ impl Args {
             in_flight: 24,
             setups: 5000,
             seconds: 60,
+            standing: 0,
             responder_pid: None,
             label: "responder".into(),
             id: "load.bench.test".into(),
@@ -60,6 +66,7 @@ impl Args {
                 "--in-flight" => a.in_flight = num("--in-flight")?.max(1) as usize,
                 "--setups" => a.setups = num("--setups")?,
                 "--seconds" => a.seconds = num("--seconds")?,
+                "--standing" => a.standing = num("--standing")? as usize,
                 "--responder-pid" => a.responder_pid = Some(num("--responder-pid")? as u32),
                 "--label" => a.label = v,
                 "--id" => a.id = v,
@@ -75,8 +82,13 @@ impl Args {
             return Err("--psk-file is required".into());
         }
         a.sources = crate::addresses(&sources)?;
-        if a.sources.len() < a.in_flight {
-            return Err(format!("--sources {sources} has fewer addresses than --in-flight {}", a.in_flight));
+        if a.sources.len() < a.in_flight + a.standing {
+            return Err(format!(
+                "--sources {sources} has {} addresses, fewer than --in-flight {} plus --standing {}",
+                a.sources.len(),
+                a.in_flight,
+                a.standing
+            ));
         }
         Ok(a)
     }

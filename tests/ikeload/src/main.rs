@@ -14,6 +14,10 @@
 //! installed; one that ends without (the responder refused, or never
 //! answered after the retransmissions) counts as failed.
 //!
+//! With `--standing N`, N setups come first and stay up (not measured),
+//! so the measured ones meet a responder that holds N IKE SAs; they are
+//! deleted at the end.
+//!
 //! Output: one line of `key=value` pairs (see `Report`).
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -112,8 +116,12 @@ fn run(args: &Args) -> Result<Report, String> {
 
     let clock = Instant::now();
     let now = |c: &Instant| c.elapsed().as_millis() as u64;
-    let deadline = clock + Duration::from_secs(args.seconds);
+    let mut deadline = clock + Duration::from_secs(args.seconds);
     let mut report = Report::start(args.responder_pid);
+    // Setting up the standing SAs (their setups are not measured), and
+    // how many are up.
+    let mut warming = args.standing > 0;
+    let mut kept: Vec<usize> = Vec::with_capacity(args.standing);
     let mut next = 0usize;
     let mut started = 0u64;
     let mut in_flight = 0usize;
@@ -124,7 +132,8 @@ fn run(args: &Args) -> Result<Report, String> {
     loop {
         let out_of_time = Instant::now() >= deadline;
         // Keep `in_flight` setups going, each from the next free address.
-        while !out_of_time && in_flight < args.in_flight && started < args.setups {
+        let goal = if warming { args.standing as u64 } else { args.setups };
+        while !out_of_time && in_flight < args.in_flight && started < goal {
             let Some(i) = (0..inits.len()).map(|k| (next + k) % inits.len()).find(|&i| !inits[i].busy) else {
                 break;
             };
@@ -136,7 +145,15 @@ fn run(args: &Args) -> Result<Report, String> {
             in_flight += 1;
             started += 1;
         }
-        if in_flight == 0 && (started >= args.setups || out_of_time) {
+        if warming && in_flight == 0 && (started >= goal || out_of_time) {
+            // The standing SAs are up: the measured setups start now.
+            warming = false;
+            started = 0;
+            report = Report::start(args.responder_pid);
+            deadline = Instant::now() + Duration::from_secs(args.seconds);
+            continue;
+        }
+        if !warming && in_flight == 0 && (started >= args.setups || out_of_time) {
             // Measured up to the last setup; then the last DELETEs get
             // their answers (at most 5 s), so the generator leaves
             // nothing behind and `ike_sas_left` counts unanswered ones.
@@ -144,6 +161,11 @@ fn run(args: &Args) -> Result<Report, String> {
                 report.finish();
                 Instant::now()
             });
+            // The standing SAs still up (one the responder deleted is not).
+            for i in kept.drain(..).filter(|&i| inits[i].busy) {
+                let t = now(&clock);
+                engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
+            }
             if engine.ike_sa_count() == 0 || since.elapsed() > Duration::from_secs(5) {
                 break;
             }
@@ -159,9 +181,13 @@ fn run(args: &Args) -> Result<Report, String> {
                 SaChange::Install(child) => {
                     let Some(&i) = by_name.get(&child.connection) else { continue };
                     if let Some(t0) = inits[i].started.take() {
-                        report.done(t0.elapsed());
                         in_flight -= 1;
-                        to_delete.push(i);
+                        if warming {
+                            kept.push(i);
+                        } else {
+                            report.done(t0.elapsed());
+                            to_delete.push(i);
+                        }
                     }
                 }
                 SaChange::Delete { inbound_key, outbound_key, .. } => {

@@ -87,11 +87,12 @@ impl Report {
             _ => ("na".into(), "na".into()),
         };
         format!(
-            "ikeload label={} in_flight={} setups={} failed={} seconds={:.2} rate={:.1} latency_mean_ms={:.2} \
+            "ikeload label={} in_flight={} standing={} setups={} failed={} seconds={:.2} rate={:.1} latency_mean_ms={:.2} \
              latency_p50_ms={:.2} latency_p99_ms={:.2} responder_cpu_s={} setups_per_cpu_s={} generator_cpu_s={:.2} \
              warnings={} send_errors={} ike_sas_left={}",
             args.label,
             args.in_flight,
+            args.standing,
             self.done,
             self.failed,
             secs,
