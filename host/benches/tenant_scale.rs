@@ -267,4 +267,3 @@ fn mean_p99(times: &mut [Duration]) -> (Duration, Duration) {
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
-
