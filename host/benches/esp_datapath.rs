@@ -132,10 +132,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         remote_ts: vec![a],
         limits: Default::default(),
     };
-    (
-        SaSet { keystore: ks.clone(), outbound: vec![out], inbound: vec![] },
-        SaSet { keystore: ks, outbound: vec![], inbound: vec![inb] },
-    )
+    (SaSet::new(ks.clone(), vec![out], vec![]), SaSet::new(ks, vec![], vec![inb]))
 }
 
 /// The native engine over host buffers and the keystore.

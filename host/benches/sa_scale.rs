@@ -93,10 +93,7 @@ fn sa_sets(n: u32) -> (SaSet, SaSet) {
             limits: Default::default(),
         });
     }
-    (
-        SaSet { keystore: ks.clone(), outbound: out, inbound: vec![] },
-        SaSet { keystore: ks, outbound: vec![], inbound: inb },
-    )
+    (SaSet::new(ks.clone(), out, vec![]), SaSet::new(ks, vec![], inb))
 }
 
 /// A batch of inner packets, the k-th to SA `pick(k)`'s remote host.

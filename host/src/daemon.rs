@@ -405,15 +405,15 @@ fn direction_groups(
     let mut groups = Groups::default();
     for domain in 0..domains {
         for component in 0..rt.esp_groups() {
-            let mut set = SaSet { keystore: ks.clone(), outbound: vec![], inbound: vec![] };
+            let mut set = SaSet::new(ks.clone(), vec![], vec![]);
             let mine = manual.groups.iter().enumerate().filter(|(_, g)| domain == 0 && **g == component);
             for (i, _) in mine {
                 if outbound {
                     groups.by_spi.insert(manual.outbound[i].spi, component);
-                    set.outbound.push(manual.outbound[i].clone());
+                    set.outbound.insert(manual.outbound[i].spi, manual.outbound[i].clone());
                 } else {
                     groups.by_spi.insert(manual.inbound[i].spi, component);
-                    set.inbound.push(manual.inbound[i].clone());
+                    set.inbound.insert(manual.inbound[i].spi, manual.inbound[i].clone());
                 }
             }
             groups.list.push(Group::new(rt, component, domain, set)?);

@@ -15,6 +15,7 @@
 #![deny(unsafe_code)] // except in `sys`, the one module that talks to libc, and
 // one call in `wasm::policy` (loading a cached compiled artifact)
 
+pub mod by_spi;
 pub mod cli;
 pub mod config;
 pub mod control;

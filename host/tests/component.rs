@@ -71,9 +71,9 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
     let keymat = vec![0x42u8; alg.keymat_len()];
     let h_out = ks.insert(EspKey::new(alg, Zeroizing::new(keymat.clone())).unwrap());
     let h_in = ks.insert(EspKey::new(alg, Zeroizing::new(keymat)).unwrap());
-    let out = SaSet {
-        keystore: ks.clone(),
-        outbound: vec![OutboundSa {
+    let out = SaSet::new(
+        ks.clone(),
+        vec![OutboundSa {
             spi: 0x2001,
             key: h_out,
             peer: 3,
@@ -84,12 +84,12 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             remote_ts: vec![lan_b()],
             limits: Default::default(),
         }],
-        inbound: vec![],
-    };
-    let inb = SaSet {
-        keystore: ks.clone(),
-        outbound: vec![],
-        inbound: vec![InboundSa {
+        vec![],
+    );
+    let inb = SaSet::new(
+        ks.clone(),
+        vec![],
+        vec![InboundSa {
             spi: 0x2001,
             key: h_in,
             esn,
@@ -99,7 +99,7 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             remote_ts: vec![lan_a()],
             limits: Default::default(),
         }],
-    };
+    );
     (out, inb, ks)
 }
 
@@ -234,7 +234,7 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     assert_eq!(v[5], DecapVerdict::Deliver(80));
 
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
-    let broken = SaSet { keystore: Arc::new(Keystore::new()), outbound: out_set.outbound.clone(), inbound: vec![] };
+    let broken = SaSet::new(Arc::new(Keystore::new()), out_set.outbound.values().cloned().collect(), vec![]);
     assert!(broken.instantiate(&rt, 0).is_err());
 }
 

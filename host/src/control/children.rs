@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::warn;
 
+use crate::by_spi::BySpi;
 use crate::config::Encapsulation;
 use crate::datapath::Peer;
 use crate::datapath::channel::{SaCommand, Sender};
@@ -135,8 +136,8 @@ pub struct Children {
     lingering: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// IKE SAs that are up, by our SPI.
     pub ike_sas: BTreeMap<u64, IkeInfo>,
-    /// Installed CHILD SAs.
-    list: Installed,
+    /// Installed CHILD SAs, by our inbound SPI.
+    list: BySpi<ChildInfo>,
     /// Tests only: inbound SPIs of requests of ours awaiting their answer.
     expected: HashSet<u32>,
     /// Tests only: how long to wait before installing a CHILD SA we asked
@@ -158,7 +159,7 @@ impl Children {
             groups: HashMap::new(),
             lingering: BinaryHeap::new(),
             ike_sas: BTreeMap::new(),
-            list: Installed::default(),
+            list: BySpi::default(),
             expected: HashSet::new(),
             test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
                 .ok()
@@ -274,19 +275,22 @@ impl Children {
         } else {
             self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
-        self.list.insert(ChildInfo {
-            connection: c.connection.clone(),
-            child: c.child.clone(),
-            proposal: alg.name(),
-            ike_spi: c.ike_spi,
-            inbound_spi: c.inbound_spi,
-            outbound_spi: c.outbound_spi,
-            local_ts: c.local_ts.iter().map(crate::config::show_ts).collect(),
-            remote_ts: c.remote_ts.iter().map(crate::config::show_ts).collect(),
-            peer: remote.to_string(),
-            encap: c.encap,
-            traffic,
-        });
+        self.list.insert(
+            c.inbound_spi,
+            ChildInfo {
+                connection: c.connection.clone(),
+                child: c.child.clone(),
+                proposal: alg.name(),
+                ike_spi: c.ike_spi,
+                inbound_spi: c.inbound_spi,
+                outbound_spi: c.outbound_spi,
+                local_ts: c.local_ts.iter().map(crate::config::show_ts).collect(),
+                remote_ts: c.remote_ts.iter().map(crate::config::show_ts).collect(),
+                peer: remote.to_string(),
+                encap: c.encap,
+                traffic,
+            },
+        );
         true
     }
 
@@ -310,7 +314,7 @@ impl Children {
 
     /// The peer's NAT mapping changed: its outbound SAs follow.
     pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4) {
-        for c in self.list.by_order.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
+        for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
             c.peer = to.to_string();
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
             self.outbound.send(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
@@ -329,7 +333,7 @@ impl Children {
         } else {
             self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key)));
         }
-        for c in self.list.remove(d.inbound_spi, d.outbound_spi) {
+        for c in self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi) {
             let r = self.retired.entry(c.connection.clone()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
@@ -339,7 +343,7 @@ impl Children {
 
     /// The installed CHILD SAs, in installation order.
     pub fn installed(&self) -> impl Iterator<Item = &ChildInfo> {
-        self.list.by_order.values()
+        self.list.values()
     }
 
     /// Traffic per connection over the daemon's life: live and deleted
@@ -370,85 +374,5 @@ impl Children {
                 warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
             }
         }
-    }
-}
-
-/// The installed CHILD SAs, in installation order, and found by inbound
-/// SPI: a DELETE looks one up among thousands at a PoP (before, each
-/// DELETE moved the whole list).
-#[derive(Default)]
-struct Installed {
-    /// By a running number of installation.
-    by_order: BTreeMap<u64, ChildInfo>,
-    /// The numbers of each inbound SPI's entries (ours, so one, unless the
-    /// same SPI was installed twice).
-    by_inbound: HashMap<u32, Vec<u64>>,
-    installs: u64,
-}
-
-impl Installed {
-    fn insert(&mut self, c: ChildInfo) {
-        self.installs += 1;
-        self.by_inbound.entry(c.inbound_spi).or_default().push(self.installs);
-        self.by_order.insert(self.installs, c);
-    }
-
-    /// Take out the entries of this SPI pair.
-    fn remove(&mut self, inbound_spi: u32, outbound_spi: u32) -> Vec<ChildInfo> {
-        let Some(numbers) = self.by_inbound.get_mut(&inbound_spi) else { return Vec::new() };
-        let by_order = &mut self.by_order;
-        let mut gone = Vec::new();
-        numbers.retain(|n| match by_order.get(n) {
-            Some(c) if c.outbound_spi == outbound_spi => {
-                gone.extend(by_order.remove(n));
-                false
-            }
-            _ => true,
-        });
-        if numbers.is_empty() {
-            self.by_inbound.remove(&inbound_spi);
-        }
-        gone
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{ChildInfo, Installed};
-
-    fn child(inbound_spi: u32, outbound_spi: u32) -> ChildInfo {
-        ChildInfo {
-            connection: "c".into(),
-            child: "c".into(),
-            proposal: "aes256gcm16".into(),
-            ike_spi: 1,
-            inbound_spi,
-            outbound_spi,
-            local_ts: vec![],
-            remote_ts: vec![],
-            peer: String::new(),
-            encap: false,
-            traffic: Default::default(),
-        }
-    }
-
-    fn spis(i: &Installed) -> Vec<(u32, u32)> {
-        i.by_order.values().map(|c| (c.inbound_spi, c.outbound_spi)).collect()
-    }
-
-    #[test]
-    fn removal_by_spi_pair_keeps_the_installation_order() {
-        let mut i = Installed::default();
-        for (a, b) in [(1, 10), (2, 20), (3, 30), (2, 21)] {
-            i.insert(child(a, b));
-        }
-        assert!(i.remove(2, 99).is_empty(), "the outbound SPI must match too");
-        assert!(i.remove(7, 70).is_empty());
-        assert_eq!(i.remove(2, 20).len(), 1);
-        assert_eq!(spis(&i), [(1, 10), (3, 30), (2, 21)]);
-        assert_eq!(i.remove(2, 21).len(), 1);
-        assert!(!i.by_inbound.contains_key(&2), "no empty entry left behind");
-        i.insert(child(4, 40));
-        assert_eq!(spis(&i), [(1, 10), (3, 30), (4, 40)]);
     }
 }

@@ -53,7 +53,7 @@ impl Group {
 
     /// Does an outbound SA of this group take a packet with these fields?
     fn sends(&self, s: &Selectors) -> bool {
-        self.sas.outbound.iter().any(|sa| {
+        self.sas.outbound.values().any(|sa| {
             any_covers(&sa.local_ts, &s.src, s.protocol, s.src_port())
                 && any_covers(&sa.remote_ts, &s.dst, s.protocol, s.dst_port())
         })

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tracing::{debug, info, warn};
 
+use crate::by_spi::BySpi;
 use crate::config::Encapsulation;
 use crate::keys::{KeyUse, Keystore};
 use crate::packet::PacketBuf;
@@ -101,25 +102,37 @@ impl Peers {
 pub struct SaSet {
     /// Where the keys live.
     pub keystore: Arc<Keystore>,
-    /// Outbound SAs as installed.
-    pub outbound: Vec<OutboundSa>,
-    /// Inbound SAs as installed.
-    pub inbound: Vec<InboundSa>,
+    /// Outbound SAs as installed, by SPI.
+    pub outbound: BySpi<OutboundSa>,
+    /// Inbound SAs as installed, by SPI.
+    pub inbound: BySpi<InboundSa>,
 }
 
 impl SaSet {
+    /// A set holding these SAs.
+    pub fn new(keystore: Arc<Keystore>, outbound: Vec<OutboundSa>, inbound: Vec<InboundSa>) -> SaSet {
+        let mut set = SaSet { keystore, outbound: BySpi::default(), inbound: BySpi::default() };
+        for sa in outbound {
+            set.outbound.insert(sa.spi, sa);
+        }
+        for sa in inbound {
+            set.inbound.insert(sa.spi, sa);
+        }
+        set
+    }
+
     /// A new instance of ESP component `component` with these SAs
     /// installed and their keys granted.
     pub fn instantiate(&self, rt: &Runtime, component: usize) -> Result<EspInstance> {
         let mut inst = rt.esp_instance_of(component)?;
-        for sa in &self.outbound {
+        for sa in self.outbound.values() {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.next_seq = sa.next_seq.max(key.highest_seq() + 1);
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Seal { spi: sa.spi, peer: sa.peer });
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
-        for sa in &self.inbound {
+        for sa in self.inbound.values() {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
@@ -321,7 +334,8 @@ impl Loop {
                     self.install(group, None, Some(sa))
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
-                    let sa = self.groups.list.iter().flat_map(|g| &g.sas.outbound).find(|s| s.spi == outbound_spi);
+                    let group = self.groups.by_spi.get(&outbound_spi).and_then(|&g| self.groups.list.get(g));
+                    let sa = group.and_then(|g| g.sas.outbound.get(outbound_spi));
                     if let Some(was) = sa.map(|sa| sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
                         info!(from = %was.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
                     }
@@ -330,7 +344,7 @@ impl Loop {
                 SaCommand::RemoveOutbound { spi } => {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
-                    self.remove(spi, |sas| &mut sas.outbound, |sa| (sa.spi, sa.key), EspInstance::remove_outbound)
+                    self.remove(spi, |sas| &mut sas.outbound, |sa| sa.key, EspInstance::remove_outbound)
                 }
                 SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
                 SaCommand::RemoveDomain { domain } => {
@@ -346,7 +360,7 @@ impl Loop {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
-                    self.remove(spi, |sas| &mut sas.inbound, |sa| (sa.spi, sa.key), EspInstance::remove_inbound)
+                    self.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound)
                 }
             };
             if let Err(e) = r {
@@ -365,7 +379,7 @@ impl Loop {
         }
         let keystore = self.groups.list[0].sas.keystore.clone();
         for k in 0..components {
-            let set = SaSet { keystore: keystore.clone(), outbound: vec![], inbound: vec![] };
+            let set = SaSet::new(keystore.clone(), vec![], vec![]);
             self.groups.list.push(group::Group::new(&self.runtime, k, domain, set)?);
         }
         info!(domain, tun = tun.name(), "data path: tenant domain added");
@@ -377,16 +391,14 @@ impl Loop {
     fn remove<S>(
         &mut self,
         spi: u32,
-        list: impl Fn(&mut SaSet) -> &mut Vec<S>,
-        id: impl Fn(&S) -> (u32, u64),
+        list: impl Fn(&mut SaSet) -> &mut BySpi<S>,
+        key: impl Fn(&S) -> u64,
         from_guest: impl FnOnce(&mut EspInstance, u32) -> Result<bool>,
     ) -> Result<()> {
         let Some(g) = self.groups.by_spi.remove(&spi) else { return Ok(()) };
         let group = &mut self.groups.list[g];
-        let sas = list(&mut group.sas);
-        if let Some(pos) = sas.iter().position(|s| id(s).0 == spi) {
-            let (_, key) = id(&sas.remove(pos));
-            group.inst.store.data_mut().keys.revoke(key);
+        for sa in list(&mut group.sas).remove(spi, |_| true) {
+            group.inst.store.data_mut().keys.revoke(key(&sa));
         }
         from_guest(&mut group.inst, spi).map(|_| ())
     }
@@ -403,11 +415,11 @@ impl Loop {
         group.inst.store.data_mut().keys.grant(handle, key, key_use);
         if let Some(sa) = out {
             group.inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
-            group.sas.outbound.push(sa);
+            group.sas.outbound.insert(sa.spi, sa);
         }
         if let Some(sa) = inb {
             group.inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
-            group.sas.inbound.push(sa);
+            group.sas.inbound.insert(sa.spi, sa);
         }
         self.groups.by_spi.insert(spi, g);
         Ok(())
