@@ -12,8 +12,9 @@
 //!   `/healthz`, `/readyz`; [`telemetry`]: guest call metrics
 //! - [`policy`]: the policy module that authorizes peers, and its hot reload
 //! - [`daemon`], [`demo`]: `wasmsec run` and `wasmsec demo`
-#![deny(unsafe_code)] // except in `sys`, the one module that talks to libc, and
-// one call in `wasm::policy` (loading a cached compiled artifact)
+#![deny(unsafe_code)] // except in `sys`, the one module that talks to libc,
+// `wasm::memory_slots` (the guests' linear memory) and one call in
+// `wasm::policy` (loading a cached compiled artifact)
 
 pub mod by_spi;
 pub mod cli;

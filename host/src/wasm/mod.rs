@@ -10,6 +10,7 @@
 pub(crate) mod bindings;
 pub mod esp;
 pub mod ike;
+mod memory_slots;
 pub mod policy;
 pub(crate) mod sandbox;
 pub use sandbox::POOL_TENANTS;

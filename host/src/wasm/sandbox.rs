@@ -1,5 +1,5 @@
 //! The sandbox every guest runs in: the wasmtime engine's configuration
-//! (pooling allocator, epoch interruption, no WASI but for the policy
+//! (memory slots of one mapping, epoch interruption, no WASI but for the policy
 //! modules built with it, which get nothing behind it), a memory cap per store
 //! and a deadline per call.
 use std::sync::Arc;
@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, StoreLimits,
-    StoreLimitsBuilder,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 
 use super::WasmContext;
+use super::memory_slots::MemorySlots;
 
 /// Memory a guest instance may grow to: 100,000 CHILD SAs in one ESP
 /// instance pair need more than 32 MiB in each (`cargo xtask bench-sas`).
@@ -33,47 +31,44 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// the data path's per-tenant TUN devices, not by the pools).
 pub const POOL_TENANTS: u32 = 10_000;
 
-/// Component instances the ESP and IKE guests may hold at once: two ESP
-/// instances per routing domain (the daemon's and each tenant's), the IKE
-/// engine, and replacements being built. A component of ours is up to 4 core
-/// instances (its module and the adapter shims), one memory and two
-/// tables. Slots cost address space, not memory, until used.
+/// Instances the ESP and IKE guests may hold at once: two ESP instances
+/// per routing domain (the daemon's and each tenant's), the IKE engine, and
+/// replacements being built. Each has one linear memory in a slot of
+/// [`MemorySlots`]; slots cost address space, not memory, until used.
 pub(crate) const GUEST_SLOTS: u32 = 2 * POOL_TENANTS + 1024;
 
 /// Elements a table of an ESP or IKE guest may hold (the IKE module's
-/// function table has under a hundred). Each table slot of the pool
-/// reserves this many pointers: wasmtime's default of 20,000 made every
-/// slot 160 KiB, so the page tables of the slots in use cost about 0.4 KiB
-/// per instance; at 1,024 (8 KiB) they cost a few bytes (#13).
+/// function table has under a hundred); a guest with a larger one fails to
+/// instantiate, naming both numbers.
 pub(crate) const GUEST_TABLE_ELEMENTS: usize = 1_024;
 
-/// The engine the ESP and IKE guests share. Each memory slot reserves
-/// only the guests' memory limit, with bounds checked explicitly instead
-/// of by a 4 GiB guard region (the ESP guest touches packet headers only,
-/// so the checks cost little): 21,000 slots of 4 GiB would not fit in a
-/// 47-bit address space, 21,000 of 64 MiB take 1.4 TB of it and no memory.
-/// Memory is initialised by copy, not by mapping the module's image: an
-/// instance then splits its pool's mapping in two places instead of four,
-/// and 10,000 tenants' 30,000 instances stay under the kernel's default
-/// vm.max_map_count of 65,530 (`cargo xtask bench-tenants` prints the count).
+/// The engine the ESP and IKE guests share. Each instance's memory is a
+/// slot of one mapping ([`MemorySlots`]: no `mprotect`, no new mapping per
+/// instance), and the compiled code checks every access against the
+/// memory's length: no guard region, so 21,000 slots of 64 MiB take
+/// 1.4 TB of address space and no memory. Tables and instance records are
+/// allocated with the store. Memory is initialised by copying the module's
+/// data (under a KiB for our guests), not by mapping its image.
 pub(crate) fn engine() -> Result<Engine> {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(GUEST_SLOTS)
-        .total_core_instances(4 * GUEST_SLOTS)
-        .total_memories(GUEST_SLOTS)
-        .total_tables(2 * GUEST_SLOTS)
-        .table_elements(GUEST_TABLE_ELEMENTS)
-        .max_memory_size(GUEST_MEMORY_LIMIT);
+    small_guest_engine(GUEST_MEMORY_LIMIT, GUEST_SLOTS, "wasmtime")
+}
+
+/// An engine whose instances' memories are slots of `slot` bytes, `count`
+/// of them.
+fn small_guest_engine(slot: usize, count: u32, what: &str) -> Result<Engine> {
+    let slots = MemorySlots::new(slot, count)?;
     let mut config = Config::new();
     config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .memory_reservation(GUEST_MEMORY_LIMIT as u64)
-        .memory_guard_size(64 << 10)
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+        .with_host_memory(Arc::new(slots))
+        .memory_reservation(slot as u64)
+        .memory_guard_size(0)
+        .guard_before_linear_memory(false)
         .memory_reservation_for_growth(0)
         .memory_init_cow(false)
         .epoch_interruption(true)
         .wasm_component_model(true);
-    Engine::new(&config).context("configuring wasmtime")
+    Engine::new(&config).context(format!("configuring {what}"))
 }
 
 /// Memory a policy module's instance may grow to: decisions are table
@@ -88,31 +83,13 @@ pub(crate) const POLICY_TABLE_ELEMENTS: usize = 4_096;
 /// checked during reloads).
 pub(crate) const POLICY_SLOTS: u32 = POOL_TENANTS + 2_000;
 
-/// The engine policy modules run in: a pool sized for many small
-/// instances. Each slot reserves only the policy memory limit (bounds are
-/// checked explicitly instead of by a 4 GiB guard region), so 12,000
-/// slots take about 50 GB of address space and nothing until used.
-/// Linear memory is initialised by copying the module's few KiB of data,
-/// not by mapping its image copy-on-write: for modules this small the
-/// mapping costs more than the copy (`cargo xtask bench-tenants`).
+/// The engine policy modules run in: memory slots of the policy limit, as
+/// for the ESP and IKE guests ([`engine`]), 12,000 of them in about 50 GB
+/// of address space. Linear memory is initialised by copying the module's
+/// few KiB of data, not by mapping its image copy-on-write: for modules
+/// this small the mapping costs more than the copy.
 pub(crate) fn policy_engine() -> Result<Engine> {
-    let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(POLICY_SLOTS)
-        .total_core_instances(POLICY_SLOTS)
-        .total_memories(POLICY_SLOTS)
-        .total_tables(POLICY_SLOTS)
-        .table_elements(POLICY_TABLE_ELEMENTS)
-        .max_memory_size(POLICY_MEMORY_LIMIT);
-    let mut config = Config::new();
-    config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-        .memory_reservation(POLICY_MEMORY_LIMIT as u64)
-        .memory_guard_size(64 << 10)
-        .memory_reservation_for_growth(0)
-        .memory_init_cow(false)
-        .epoch_interruption(true)
-        .wasm_component_model(true);
-    Engine::new(&config).context("configuring wasmtime for policy modules")
+    small_guest_engine(POLICY_MEMORY_LIMIT, POLICY_SLOTS, "wasmtime for policy modules")
 }
 
 /// Memory a policy module built with WASI imports may grow to: such a
@@ -146,7 +123,11 @@ impl PolicyEngines {
 
 /// A policy store's limits.
 pub(crate) fn policy_store_limits() -> GuestLimits {
-    GuestLimits { limits: StoreLimitsBuilder::new().memory_size(POLICY_MEMORY_LIMIT).instances(4).build(), peak: 0 }
+    GuestLimits {
+        limits: StoreLimitsBuilder::new().memory_size(POLICY_MEMORY_LIMIT).instances(4).build(),
+        tables: POLICY_TABLE_ELEMENTS,
+        peak: 0,
+    }
 }
 
 /// The limits of a policy module with a runtime (its runtime is made of
@@ -154,7 +135,7 @@ pub(crate) fn policy_store_limits() -> GuestLimits {
 pub(crate) fn runtime_policy_store_limits() -> GuestLimits {
     let limits =
         StoreLimitsBuilder::new().memory_size(RUNTIME_POLICY_MEMORY_LIMIT).instances(64).memories(64).tables(64);
-    GuestLimits { limits: limits.build(), peak: 0 }
+    GuestLimits { limits: limits.build(), tables: usize::MAX, peak: 0 }
 }
 
 /// A store's limits (memory and instances), and the most linear memory its
@@ -164,6 +145,8 @@ pub(crate) fn runtime_policy_store_limits() -> GuestLimits {
 pub struct GuestLimits {
     /// What the store enforces.
     limits: StoreLimits,
+    /// Elements a table may hold.
+    tables: usize,
     /// The largest linear memory granted so far, in bytes.
     peak: usize,
 }
@@ -185,6 +168,10 @@ impl ResourceLimiter for GuestLimits {
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.tables {
+            // An error, not a refusal, so that the reason names both numbers.
+            wasmtime::bail!("a table of {desired} elements is more than the {} a guest may hold", self.tables);
+        }
         self.limits.table_growing(current, desired, maximum)
     }
 
@@ -203,7 +190,11 @@ impl ResourceLimiter for GuestLimits {
 
 /// A store's limits: memory and instances.
 pub(crate) fn store_limits() -> GuestLimits {
-    GuestLimits { limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(), peak: 0 }
+    GuestLimits {
+        limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
+        tables: GUEST_TABLE_ELEMENTS,
+        peak: 0,
+    }
 }
 
 /// Link a component against the host's imports (`add` puts them in the
