@@ -60,14 +60,6 @@ impl<T> BySpi<T> {
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.by_order.values_mut()
     }
-
-    pub fn len(&self) -> usize {
-        self.by_order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_order.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -95,6 +87,5 @@ mod tests {
         assert_eq!(b.get(2), None);
         b.insert(4, (4, 40));
         assert_eq!(pairs(&b), [(1, 10), (3, 30), (4, 40)]);
-        assert_eq!(b.len(), 3);
     }
 }
