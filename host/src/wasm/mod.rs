@@ -61,6 +61,8 @@ pub struct Runtime {
     esp: Vec<esp::EspPre>,
     /// The IKE component, compiled and linked (None: not loaded).
     ike: Option<ike::IkePre>,
+    /// The engine the IKE component is compiled for (one instance).
+    ike_engine: Engine,
     /// The engines policy modules run in (a pool of many small slots, and
     /// one for modules with a language runtime).
     policy_engines: sandbox::PolicyEngines,
@@ -88,13 +90,15 @@ impl Runtime {
     pub fn with_ike(esp_path: &Path, ike_path: Option<&Path>) -> Result<Runtime> {
         let engine = sandbox::engine()?;
         let esp = vec![esp::EspPre::load(&engine, &load(&engine, esp_path, "ESP")?)?];
+        let ike_engine = sandbox::ike_engine()?;
         let ike = match ike_path {
-            Some(p) => Some(ike::IkePre::load(&engine, &load(&engine, p, "IKE")?)?),
+            Some(p) => Some(ike::IkePre::load(&ike_engine, &load(&ike_engine, p, "IKE")?)?),
             None => None,
         };
         let policy_engines = sandbox::PolicyEngines::new()?;
-        let stop_ticker = sandbox::start_epoch_ticker(&[&engine, &policy_engines.small, &policy_engines.runtime])?;
-        Ok(Runtime { engine, esp, ike, policy_engines, stop_ticker })
+        let engines = [&engine, &ike_engine, &policy_engines.small, &policy_engines.runtime];
+        let stop_ticker = sandbox::start_epoch_ticker(&engines)?;
+        Ok(Runtime { engine, esp, ike, ike_engine, policy_engines, stop_ticker })
     }
 
     /// The wasmtime engine small policy modules (no imports) are compiled for.
@@ -121,7 +125,7 @@ impl Runtime {
     /// predecessor's).
     pub fn ike_instance_from(&self, state: ike::IkeState) -> Result<ike::IkeInstance> {
         let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
-        pre.instantiate(&self.engine, state)
+        pre.instantiate(&self.ike_engine, state)
     }
 
     /// Compile another ESP component, for the tunnels that name it; returns
