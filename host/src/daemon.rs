@@ -179,12 +179,29 @@ struct ControlParts<'a> {
     runtime: &'a Arc<Runtime>,
     keystore: &'a Arc<Keystore>,
     udp: &'a UdpSocket,
+    /// UDP 500.
+    ike: UdpSocket,
     up: crate::datapath::channel::Receiver<Report>,
     queries: crate::datapath::channel::Receiver<crate::ops::Query>,
     outbound: Sender<SaCommand>,
     inbound: Sender<SaCommand>,
     stats: &'a Arc<Stats>,
     force_encap: bool,
+}
+
+/// The IKE socket (UDP 500). Its receive buffer is as large as the ESP
+/// socket's: thousands of peers starting at once (a PoP's restart) send a
+/// burst of IKE_SA_INIT, and with the default 208 KiB the kernel dropped
+/// thousands of them under `cargo xtask bench-handshakes` with 4,000
+/// IKE SAs standing (each a retransmission a second later).
+fn ike_socket(cfg: &Config) -> Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
+        .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
+    sock.set_nonblocking(true)?;
+    if let Err(e) = sys::set_socket_buffers(&sock, SOCKET_BUFFER) {
+        warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the IKE socket's buffers");
+    }
+    Ok(sock)
 }
 
 fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts) -> Result<ControlPlane> {
@@ -220,9 +237,6 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         }
         p.tenant_of = crate::control::connections::tenant_of(&cfg.connection);
     }
-    let sock500 = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
-        .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
-    sock500.set_nonblocking(true)?;
     let mut children = Children::new(p.outbound, p.inbound, p.keystore.clone());
     children.esp_keylog = cfg.ike.esp_keylog.clone();
     Ok(ControlPlane {
@@ -241,7 +255,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
-        sockets: IkeSockets::new(cfg.network.listen, sock500, p.udp.try_clone()?)?,
+        sockets: IkeSockets::new(cfg.network.listen, p.ike, p.udp.try_clone()?)?,
         up: p.up,
         failures: Default::default(),
         queries: p.queries,
@@ -506,6 +520,18 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         in_traffic.insert(manual.inbound[i].spi, inbound);
         stats.manual.push(t);
     }
+    stats.watch_socket("nat_t", &udp)?;
+    if let Some(r) = &raw {
+        // The same bursts as on 4500, for raw ESP.
+        if let Err(e) = sys::set_socket_buffers(r, SOCKET_BUFFER) {
+            warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the raw ESP socket's buffers");
+        }
+        stats.watch_socket("esp", r)?;
+    }
+    let ike_socket = with_ike.then(|| ike_socket(&cfg)).transpose()?;
+    if let Some(s) = &ike_socket {
+        stats.watch_socket("ike", s)?;
+    }
     let stats = Arc::new(stats);
     info!(
         tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
@@ -518,11 +544,12 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let (to_inbound, in_inbox) = channel::<SaCommand>()?;
     let (up_tx, up_rx) = channel::<Report>()?;
     let (query_tx, query_rx) = channel::<crate::ops::Query>()?;
-    let control = if with_ike {
+    let control = if let Some(ike) = ike_socket {
         let parts = ControlParts {
             runtime: &runtime,
             keystore: &keystore,
             udp: &udp,
+            ike,
             up: up_rx,
             queries: query_rx,
             outbound: to_outbound.try_clone()?,

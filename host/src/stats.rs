@@ -60,6 +60,10 @@ pub struct Stats {
     /// The `[[manual]]` tunnels' traffic, by name (IKE's CHILD SAs are
     /// counted by the IKE thread's view instead), set before start.
     pub manual: Vec<ManualTraffic>,
+    /// The daemon's sockets (copies of their descriptors, set before
+    /// start), to read what the kernel dropped at each: datagrams that
+    /// never reached us are counted too ([`Stats::socket_drops`]).
+    pub sockets: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 /// A manual tunnel's traffic: its name and its two SAs' counters.
@@ -120,6 +124,19 @@ pub fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
+    /// Watch socket `sock` as `name` (`ike`: UDP 500; `nat_t`: UDP 4500,
+    /// ESP in UDP and IKE; `esp`: raw IP protocol 50).
+    pub fn watch_socket(&mut self, name: &'static str, sock: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+        self.sockets.push((name, sock.as_fd().try_clone_to_owned()?));
+        Ok(())
+    }
+
+    /// Datagrams the kernel dropped at each watched socket (its receive
+    /// buffer was full), by name; a kernel that does not say gives none.
+    pub fn socket_drops(&self) -> Vec<(&'static str, u64)> {
+        self.sockets.iter().filter_map(|(n, fd)| Some((*n, crate::sys::socket_drops(fd)?))).collect()
+    }
+
     pub fn out_drop(&self, r: DropReason) {
         inc(&self.out_drops[r.index()]);
     }
@@ -164,6 +181,9 @@ impl Stats {
             "guest_suspended_drops": g(&self.guest_suspended_drops),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
+            "socket_drops": serde_json::Value::Object(
+                self.socket_drops().into_iter().map(|(n, v)| (n.to_string(), v.into())).collect()
+            ),
             "manual": serde_json::Value::Object(
                 self.manual.iter().map(|m| (m.name.clone(), traffic_json(traffic(&m.sas)))).collect()
             ),

@@ -310,6 +310,12 @@ impl RawEsp {
     }
 }
 
+impl std::os::fd::AsFd for RawEsp {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl AsRawFd for RawEsp {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -571,6 +577,20 @@ pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
             .or_else(|_| set_int_option(sock, libc::SOL_SOCKET, plain, v))?;
     }
     Ok(())
+}
+
+/// Datagrams the kernel dropped at this socket since it was made (a full
+/// receive buffer, mostly): `SO_MEMINFO`'s `SK_MEMINFO_DROPS` (Linux 4.10).
+/// `None` where the kernel does not report it.
+pub fn socket_drops(sock: &impl AsRawFd) -> Option<u64> {
+    const SO_MEMINFO: libc::c_int = 55;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_DROPS + 1];
+    let mut len = size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let r =
+        unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
+    (r == 0 && len as usize == size_of_val(&info)).then(|| u64::from(info[SK_MEMINFO_DROPS]))
 }
 
 /// `setsockopt` with an `int` value.

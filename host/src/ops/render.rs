@@ -205,6 +205,14 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
     s.counter("wasmsec_send_errors_total", "Socket or TUN writes that failed.", &[], g(&st.tx_errors));
+    for (socket, n) in st.socket_drops() {
+        s.counter(
+            "wasmsec_socket_receive_drops_total",
+            "Datagrams the kernel dropped at a socket of ours, its receive buffer full.",
+            &[("socket", socket)],
+            n,
+        );
+    }
     s.counter("wasmsec_guest_restarts_total", "Guest instances replaced after a trap.", &[], g(&st.guest_restarts));
     // Manual tunnels live in the daemon's own domain (tenant "").
     for m in &st.manual {
