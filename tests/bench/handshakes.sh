@@ -4,7 +4,7 @@
 # and fails only when a responder cannot be started or completes nothing.
 #
 #   wsi-gwa: the load generator (tests/ikeload), its initiators on the
-#            addresses of 198.19.0.0/20 (a local route: one address each)
+#            addresses of 198.19.0.0/18 (a local route: one address each)
 #   wsi-gwb 198.18.0.2: the responder, one PSK connection for any address
 #            and identity (initiator N is iN.load.bench.test)
 #
@@ -15,7 +15,7 @@
 # threads; the generator runs on the other core). Each setup is deleted once
 # it is up. AES-256-GCM, PRF-SHA256, X25519; PSK. With STANDING=N the
 # rate phase first sets up N IKE SAs that stay up while the setups are
-# measured (N + IN_FLIGHT <= 4,094, the generator's addresses): does a
+# measured (N + IN_FLIGHT <= 16,382, the generator's addresses): does a
 # setup cost more when the responder holds many SAs?
 #
 # Env: SEQ=200 RATE_SETUPS=20000 RATE_SECS=30 IN_FLIGHT=24 STANDING=0
@@ -57,13 +57,21 @@ start_responder() {
     esac
 }
 
+# udp_drops NS: datagrams the namespace's UDP sockets dropped for a full
+# receive buffer (RcvbufErrors in /proc/net/snmp).
+udp_drops() {
+    nsx "$1" awk '/^Udp:/ { if (!n) { for (i = 1; i <= NF; i++) col[$i] = i; n = 1 } else print $col["RcvbufErrors"] }' /proc/net/snmp
+}
+
 # load LABEL PID ARGS...: one generator run; its report line goes to the results.
 load() {
-    local label=$1 pid=$2 line
+    local label=$1 pid=$2 line ga gb
     shift 2
+    ga=$(udp_drops wsi-gwa); gb=$(udp_drops wsi-gwb)
     line=$(ikeload_run "$label" "$pid" "$@") || {
         echo "handshakes.sh: $label completed nothing:" >&2; cat "$STATE/$label.err" >&2; echo "$line" >&2; return 1; }
     echo "$line" | tee -a "$RESULTS"
+    echo "    UDP datagrams dropped for a full receive buffer: generator $(($(udp_drops wsi-gwa) - ga)), responder $(($(udp_drops wsi-gwb) - gb))"
     [ -s "$STATE/$label.err" ] && sed 's/^/    /' "$STATE/$label.err" | head -5
     return 0
 }
@@ -81,6 +89,14 @@ for r in $RESPONDERS; do
     esac
     load "$r-sequential" "$pid" --in-flight 1 --setups "$SEQ" --seconds 120
     load "$r-rate" "$pid" --in-flight "$IN_FLIGHT" --setups "$RATE_SETUPS" --seconds "$RATE_SECS" --standing "$STANDING"
+    # What the responder refused (its counters; a refusal is a retransmission
+    # half a second later, seen in the p99).
+    if [ $r = wasmsec ] && wasmsec_ctl "$STATE/$r" status >"$STATE/$r/status.json" 2>/dev/null; then
+        python3 -c 'import json,sys
+ike = json.load(open(sys.argv[1]))["ike"]
+keys = ("rate_limited", "half_open_drops", "cookies_sent", "temporary_failures", "oversize")
+print("    wasmsec refused: " + ", ".join("%s %d" % (k, ike.get(k, 0)) for k in keys))' "$STATE/$r/status.json"
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done

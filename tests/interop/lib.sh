@@ -210,7 +210,7 @@ wasmsec_up() { # DIR TIMEOUT
 # use the addresses of IKELOAD_SOURCES (a local route there, one address
 # each) with identities iN.IKELOAD_ID and ask for IKELOAD_TS <-> LAN_B;
 # wsi-gwb routes the sources back. After topo_up.
-IKELOAD_SOURCES=198.19.0.0/20
+IKELOAD_SOURCES=198.19.0.0/18
 IKELOAD_ID=load.bench.test
 IKELOAD_TS=10.98.0.0/16
 ikeload_topology() {

@@ -2,14 +2,14 @@
 //! PSK file.
 use std::net::Ipv4Addr;
 
-pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18.0.2] [--sources 198.19.0.0/20]
+pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18.0.2] [--sources 198.19.0.0/18]
   [--in-flight 24] [--setups 5000] [--seconds 60] [--standing 0] [--responder-pid PID] [--label NAME]
   [--id load.bench.test (initiator N is iN.load.bench.test)] [--remote-id gwb.interop.test]
   [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
   [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16]
 --standing N first sets up N IKE SAs and keeps them up while the setups are measured
 (deleted at the end), so the responder holds that many at once.
-Every source address must be local (e.g. `ip route add local 198.19.0.0/20 dev lo`);
+Every source address must be local (e.g. `ip route add local 198.19.0.0/18 dev lo`);
 port 500 of them must be free.";
 
 pub struct Args {
@@ -55,7 +55,7 @@ impl Args {
             proposals: "aes256gcm16-prfsha256-x25519".into(),
             esp: "aes256gcm16".into(),
         };
-        let mut sources = "198.19.0.0/20".to_string();
+        let mut sources = "198.19.0.0/18".to_string();
         while let Some(k) = it.next() {
             let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
             let num = |what: &str| v.parse::<u64>().map_err(|_| format!("{what}: {v:?} is not a number"));

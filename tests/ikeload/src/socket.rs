@@ -32,6 +32,22 @@ impl Socket {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Thousands of initiators' answers arrive in bursts (the standing
+        // SAs' DELETEs are answered at once): with the default 208 KiB
+        // the kernel dropped hundreds of them.
+        let size: libc::c_int = 4 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: as above. Without CAP_NET_ADMIN the default stays.
+            unsafe {
+                libc::setsockopt(
+                    udp.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
+            };
+        }
         Ok(Socket { udp })
     }
 
