@@ -12,6 +12,13 @@ use wasmsec::policy::watch::Reloader;
 use wasmsec::policy::{AuthMethod, AuthorizeRequest, Decision, IdKind, Identity, PolicySlot};
 use wasmsec::wasm::Runtime;
 
+/// Held by each test: loading a Python module compiles CPython on every
+/// core while the other test's module runs its self-test under the 50 ms
+/// call deadline. Side by side on two cores, one load was refused once in
+/// nine runs (2026-11-30; its reason was not kept, a missed deadline is
+/// the likely one).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A private directory with `file` from the components, and a slot serving it.
 fn serve(rt: &Runtime, file: &str, cases: bool) -> (Arc<PolicySlot>, PathBuf) {
     let dir = wasmsec::daemon::built_components_dir();
@@ -32,6 +39,7 @@ fn serve(rt: &Runtime, file: &str, cases: bool) -> (Arc<PolicySlot>, PathBuf) {
 
 #[test]
 fn the_python_allow_list_decides_as_the_rust_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
     // Loading runs the module's self-test and the shared table: a case
@@ -78,6 +86,7 @@ fn request(id: &str) -> AuthorizeRequest {
 
 #[test]
 fn a_python_module_gets_no_files_sockets_environment_or_clock() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
     let (slot, tmp) = serve(&rt, "hostile-policy-py.wasm", false);
