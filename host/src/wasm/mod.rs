@@ -52,9 +52,9 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
     }
 }
 
-/// Compiled components and the engine that runs them; shared by all threads.
+/// Compiled components and the engines that run them; shared by all threads.
 pub struct Runtime {
-    /// The wasmtime engine, with the sandbox's settings.
+    /// The ESP guests' engine (memory slots, `sandbox::engine`).
     engine: Engine,
     /// The ESP components, compiled and linked: the project's first, then
     /// any other a tunnel names (`esp_component`), one per guest group.
@@ -63,7 +63,7 @@ pub struct Runtime {
     ike: Option<ike::IkePre>,
     /// The engine the IKE component is compiled for (one instance).
     ike_engine: Engine,
-    /// The engines policy modules run in (a pool of many small slots, and
+    /// The engines policy modules run in (many small memory slots, and
     /// one for modules with a language runtime).
     policy_engines: sandbox::PolicyEngines,
     /// Set on drop to stop the epoch ticker thread.
