@@ -17,11 +17,12 @@ pub mod guard;
 pub mod hold;
 pub mod inbound;
 pub mod outbound;
+pub mod peers;
 pub mod tso;
 pub mod tun_write;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,6 @@ use anyhow::Result;
 use tracing::{debug, info, warn};
 
 use crate::by_spi::BySpi;
-use crate::config::Encapsulation;
 use crate::keys::{KeyUse, Keystore};
 use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
@@ -38,63 +38,12 @@ use crate::wasm::Runtime;
 use crate::wasm::esp::{EspInstance, InboundSa, OutboundSa};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
+pub use peers::{Peer, Peers};
 
 /// How often a loop asks its guests for SA expiries (not per batch: the
 /// call would cost every batch, and a rekey does not need to start sooner).
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
 const POLL_MS: i32 = 200;
-
-/// Where ESP for one peer goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// The peer's address.
-    pub address: Ipv4Addr,
-    /// Its UDP port when encapsulating (4500, or what a NAT made of it).
-    pub port: u16,
-    /// Raw ESP or ESP in UDP.
-    pub encapsulation: Encapsulation,
-}
-
-/// The peers the guests name by index, with an index by value, so a new
-/// SA's peer is found without a scan (a PoP has thousands). Entries stay:
-/// a peer's index may still be in a guest's SA.
-pub struct Peers {
-    list: Vec<Peer>,
-    index: HashMap<Peer, u32>,
-}
-
-impl Peers {
-    pub fn new(list: Vec<Peer>) -> Peers {
-        let mut index = HashMap::new();
-        for (i, p) in list.iter().enumerate() {
-            index.entry(*p).or_insert(i as u32);
-        }
-        Peers { list, index }
-    }
-
-    pub fn get(&self, i: usize) -> Option<&Peer> {
-        self.list.get(i)
-    }
-
-    /// The index of `p`, added if new.
-    pub fn intern(&mut self, p: Peer) -> u32 {
-        *self.index.entry(p).or_insert_with(|| {
-            self.list.push(p);
-            (self.list.len() - 1) as u32
-        })
-    }
-
-    /// Peer `i` is at `to` now (its NAT mapping changed); returns where it was.
-    pub fn moved(&mut self, i: usize, to: Peer) -> Option<Peer> {
-        let p = self.list.get_mut(i)?;
-        let was = std::mem::replace(p, to);
-        if self.index.get(&was) == Some(&(i as u32)) {
-            self.index.remove(&was);
-        }
-        self.index.entry(to).or_insert(i as u32);
-        Some(was)
-    }
-}
 
 /// Host-side record of the SAs an instance holds, to rebuild it after a
 /// trap: keys stay in the keystore, sequence numbers come from the keys'
@@ -318,7 +267,12 @@ impl Loop {
                     // Debug, not info: the control thread has logged the
                     // CHILD SA with its SPIs; a PoP sets up thousands a second.
                     debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
-                    self.install(group, Some(sa), None)
+                    let index = sa.peer;
+                    let r = self.install(group, Some(sa), None);
+                    if r.is_err() {
+                        self.peers.release(index);
+                    }
+                    r
                 }
                 SaCommand::ExpectInbound { spi } => {
                     self.hold.expect(spi, Instant::now());
@@ -344,6 +298,10 @@ impl Loop {
                 SaCommand::RemoveOutbound { spi } => {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
+                    let group = self.groups.by_spi.get(&spi).and_then(|&g| self.groups.list.get(g));
+                    if let Some(sa) = group.and_then(|g| g.sas.outbound.get(spi)) {
+                        self.peers.release(sa.peer);
+                    }
                     self.remove(spi, |sas| &mut sas.outbound, |sa| sa.key, EspInstance::remove_outbound)
                 }
                 SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
