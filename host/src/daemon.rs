@@ -198,10 +198,16 @@ fn ike_socket(cfg: &Config) -> Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddrV4::new(cfg.network.listen, cfg.network.ike_port))
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
     sock.set_nonblocking(true)?;
-    if let Err(e) = sys::set_socket_buffers(&sock, SOCKET_BUFFER) {
-        warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the IKE socket's buffers");
-    }
+    enlarge_buffers(&sock, "IKE");
     Ok(sock)
+}
+
+/// Give socket `what` [`SOCKET_BUFFER`] bytes of buffers, or say why not
+/// (the kernel's defaults then stay, and a full buffer's drops are counted).
+fn enlarge_buffers(sock: &impl std::os::fd::AsRawFd, what: &str) {
+    if let Err(e) = sys::set_socket_buffers(sock, SOCKET_BUFFER) {
+        warn!(error = %e, bytes = SOCKET_BUFFER, socket = what, "cannot enlarge the socket's buffers");
+    }
 }
 
 fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts) -> Result<ControlPlane> {
@@ -492,9 +498,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     udp.set_nonblocking(true)?;
     // A burst of GSO datagrams (a TSO super-packet sealed) lands at once:
     // with the default 208 KiB the receiving gateway dropped one in six.
-    if let Err(e) = sys::set_socket_buffers(&udp, SOCKET_BUFFER) {
-        warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the ESP socket's buffers");
-    }
+    enlarge_buffers(&udp, "ESP in UDP");
     let gro = cfg.network.udp_offload
         && sys::enable_udp_gro(&udp)
             .map_err(|e| warn!(error = %e, "UDP GRO refused; reading datagrams one by one"))
@@ -523,9 +527,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     stats.watch_socket("nat_t", &udp)?;
     if let Some(r) = &raw {
         // The same bursts as on 4500, for raw ESP.
-        if let Err(e) = sys::set_socket_buffers(r, SOCKET_BUFFER) {
-            warn!(error = %e, bytes = SOCKET_BUFFER, "cannot enlarge the raw ESP socket's buffers");
-        }
+        enlarge_buffers(r, "raw ESP");
         stats.watch_socket("esp", r)?;
     }
     let ike_socket = with_ike.then(|| ike_socket(&cfg)).transpose()?;

@@ -102,7 +102,8 @@ impl Peers {
     }
 
     /// Indices in use (named by at least one SA).
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         self.list.len() - self.free.len()
     }
 }

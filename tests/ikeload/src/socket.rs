@@ -18,35 +18,13 @@ impl Socket {
     pub fn bind(port: u16) -> io::Result<Socket> {
         let udp = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         udp.set_nonblocking(true)?;
-        let on: libc::c_int = 1;
-        // SAFETY: a valid fd and a pointer to an int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_int(&udp, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
         // Thousands of initiators' answers arrive in bursts (the standing
         // SAs' DELETEs are answered at once): with the default 208 KiB
-        // the kernel dropped hundreds of them.
-        let size: libc::c_int = 4 << 20;
+        // the kernel dropped hundreds of them. Without CAP_NET_ADMIN the
+        // defaults stay.
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            // SAFETY: as above. Without CAP_NET_ADMIN the default stays.
-            unsafe {
-                libc::setsockopt(
-                    udp.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as u32,
-                )
-            };
+            let _ = set_int(&udp, libc::SOL_SOCKET, opt, 4 << 20);
         }
         Ok(Socket { udp })
     }
@@ -134,4 +112,19 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     sa.sin_port = a.port().to_be();
     sa.sin_addr.s_addr = u32::from(*a.ip()).to_be();
     sa
+}
+
+/// `setsockopt` with an `int` value.
+fn set_int(udp: &UdpSocket, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to an int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
