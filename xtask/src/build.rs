@@ -13,6 +13,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("wasmsec-esp-component", "esp.wasm"),
     ("wasmsec-ike-component", "ike.wasm"),
     ("wasmsec-policy-allow-list", "policy-allow-list.wasm"),
+    ("wasmsec-policy-tenant-map", "policy-tenant-map.wasm"),
 ];
 
 pub fn cargo() -> String {
