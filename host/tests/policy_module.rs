@@ -75,24 +75,36 @@ fn modules_are_checked_before_they_serve() {
     let e = r.reload(Instant::now()).unwrap_err();
     assert!(format!("{e:#}").contains("case 1 of 1: evil.example: expected accept, the module rejected"), "{e:#}");
     let s = slot.stats.snapshot();
-    assert_eq!((s[0], s[1], s[3], s[4]), (2, 2, 2, 3), "accepted, rejected, swaps, refused: {s:?}");
+    assert_eq!((s[0], s[1], s[4], s[5]), (2, 2, 2, 3), "accepted, rejected, swaps, refused: {s:?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
+/// Built component `component` loaded into a new slot (with the table of
+/// cases of `policies/CASES` beside it), in a temporary directory of its
+/// own; the runtime stays alive as long as the slot is used.
+fn serving(component: &str, cases: Option<&str>) -> (Runtime, Arc<PolicySlot>, std::path::PathBuf) {
+    let dir = wasmsec::daemon::built_components_dir();
+    let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
+    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-{component}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let file = tmp.join(component);
+    std::fs::copy(dir.join(component), &file).unwrap_or_else(|e| panic!("{component} (run `cargo xtask guests`): {e}"));
+    if let Some(c) = cases {
+        let table = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies").join(c).join("cases.json");
+        std::fs::copy(table, wasmsec::policy::cases::path_for(&file)).unwrap();
+    }
+    let slot = Arc::new(PolicySlot::default());
+    Reloader::new(slot.clone(), rt.policy_engines().clone(), file, None).reload(Instant::now()).unwrap();
+    (rt, slot, tmp)
+}
+
 /// A grant names the tenant of the connection the peer came in on, or
-/// none; naming another tenant is a failed decision (a reject), so no
+/// none; naming another tenant is a reject (counted as `wrong_tenant`), so no
 /// module can move a peer into another tenant's routing domain.
 #[test]
 fn a_grant_cannot_name_another_tenant() {
-    let dir = wasmsec::daemon::built_components_dir();
-    let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
-    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-tenant-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let file = tmp.join("hostile.wasm");
-    std::fs::copy(dir.join("hostile-policy.wasm"), &file).expect("hostile-policy.wasm (run `cargo xtask guests`)");
-    let slot = Arc::new(PolicySlot::default());
-    Reloader::new(slot.clone(), rt.policy_engines().clone(), file, None).reload(Instant::now()).unwrap();
+    let (_rt, slot, tmp) = serving("hostile-policy.wasm", None);
     let named = request("tenant-blue.example", "10.0.0.0/24");
     match slot.authorize(&named, "blue") {
         Decision::Accept(g) => assert_eq!(g.tenant, "blue"),
@@ -104,6 +116,43 @@ fn a_grant_cannot_name_another_tenant() {
             d => panic!("{own}: {d:?}"),
         }
     }
-    assert_eq!(slot.stats.snapshot()[2], 2, "two failed decisions");
+    let s = slot.stats.snapshot();
+    assert_eq!((s[2], s[3]), (0, 2), "no failure, two accepts naming the wrong tenant: {s:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The tenant-map example, with the table of cases shipped beside it:
+/// its answer sorts a peer into a tenant, and the host holds that against
+/// the connection the peer came in on.
+#[test]
+fn the_tenant_map_sorts_peers_into_their_connections_tenants() {
+    let (_rt, slot, tmp) = serving("policy-tenant-map.wasm", Some("tenant-map"));
+    let ask = |id: &str, local: &str, tenant: &str| {
+        let r = AuthorizeRequest { local_address: local.into(), ..request(id, "10.0.0.0/24") };
+        slot.authorize(&r, tenant)
+    };
+    let pop = "198.51.100.2:500";
+    match ask("gw1.a.wasmsec.test", pop, "a") {
+        Decision::Accept(g) => assert_eq!(g.tenant, "a"),
+        d => panic!("{d:?}"),
+    }
+    // b's identity on a's connection, a's identity at b's own address.
+    for (id, local) in [("gw1.b.wasmsec.test", pop), ("gw1.a.wasmsec.test", "192.0.2.20:4500")] {
+        match ask(id, local, "a") {
+            Decision::Reject(why) => {
+                assert!(
+                    why.contains("policy named tenant \"b\", but connection \"c\" belongs to tenant \"a\""),
+                    "{why}"
+                )
+            }
+            d => panic!("{id} at {local}: {d:?}"),
+        }
+    }
+    match ask("evil.example", pop, "a") {
+        Decision::Reject(why) => assert!(why.contains("maps to no tenant"), "{why}"),
+        d => panic!("{d:?}"),
+    }
+    let s = slot.stats.snapshot();
+    assert_eq!((s[0], s[1], s[2], s[3]), (1, 1, 0, 2), "accepted, rejected, failed, wrong tenant: {s:?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -276,11 +276,13 @@ fn ike(s: &mut Scrape, v: &IkeView) {
     for (conn, t) in &v.traffic {
         sa_traffic(s, by_conn(v, conn), *t);
     }
-    for (tenant, [accepted, rejected, failed, swaps, refused]) in &v.policy {
+    for (tenant, [accepted, rejected, failed, wrong_tenant, swaps, refused]) in &v.policy {
         const D: &str = "wasmsec_policy_decisions_total";
         let t = ("tenant", tenant.as_str());
-        let help = "Policy decisions on authenticated peers, by tenant (\"\": [policy] module) and outcome (failed: trap, timeout or an answer the host refused; counted as rejects).";
-        for (outcome, n) in [("accepted", accepted), ("rejected", rejected), ("failed", failed)] {
+        let help = "Policy decisions on authenticated peers, by tenant (\"\": [policy] module) and outcome (failed: trap, timeout or an answer the host refused; wrong_tenant: an accept naming another tenant than the connection's; both counted as rejects).";
+        let outcomes =
+            [("accepted", accepted), ("rejected", rejected), ("failed", failed), ("wrong_tenant", wrong_tenant)];
+        for (outcome, n) in outcomes {
             s.counter(D, help, &[t, ("outcome", outcome)], *n);
         }
         s.counter(
@@ -329,7 +331,7 @@ mod tests {
             counters: (0..IKE_COUNTERS.len() as u64).collect(),
             by_connection: [("gw".to_string(), vec![1; IKE_COUNTERS.len()])].into(),
             vault_secrets: 3,
-            policy: vec![(String::new(), [5, 4, 3, 2, 1]), ("blue".to_string(), [1, 0, 0, 1, 0])],
+            policy: vec![(String::new(), [5, 4, 3, 6, 2, 1]), ("blue".to_string(), [1, 0, 0, 0, 1, 0])],
             tenants: [("gw".to_string(), "blue".to_string())].into(),
             guest_memory_peak: 65536,
         };
@@ -337,6 +339,7 @@ mod tests {
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\",tenant=\"blue\"} 2"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\",tenant=\"\"} 3"), "{text}");
+        assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"wrong_tenant\",tenant=\"\"} 6"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"accepted\",tenant=\"blue\"} 1"), "{text}");
         assert!(text.contains("wasmsec_ike_sas{connection=\"gw\",state=\"half_open\",tenant=\"blue\"} 1"), "{text}");
         assert!(

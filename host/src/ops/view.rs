@@ -75,9 +75,11 @@ pub struct IkeView {
     /// Each connection's negotiation counters, in the same order (only
     /// the rows marked `by_connection` are meaningful).
     pub by_connection: BTreeMap<String, Vec<u64>>,
-    /// Each policy module's decisions [accepted, rejected, failed], swaps
-    /// and refused loads, by tenant ("" for `[policy] module`).
-    pub policy: Vec<(String, [u64; 5])>,
+    /// Each policy module's counters in [`PolicyStats::snapshot`]'s order
+    /// (decisions, swaps, refused loads), by tenant ("" for `[policy] module`).
+    ///
+    /// [`PolicyStats::snapshot`]: crate::policy::PolicyStats::snapshot
+    pub policy: Vec<(String, [u64; 6])>,
     /// The tenant of each connection that has one (a `tenant` label on
     /// every series labelled by connection; "" for none).
     pub tenants: BTreeMap<String, String>,

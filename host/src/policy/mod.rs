@@ -28,15 +28,19 @@ pub struct PolicyStats {
     pub rejected: AtomicU64,
     /// Calls that trapped, timed out or answered what the host refuses.
     pub failed: AtomicU64,
+    /// Accepts naming another tenant than the connection's: refused, and
+    /// told apart from failures (a tenant map refuses so on purpose).
+    pub wrong_tenant: AtomicU64,
     pub swaps: AtomicU64,
     /// Modules refused at load (not wasm, imports, self-test failed, ...).
     pub refused: AtomicU64,
 }
 
 impl PolicyStats {
-    /// [accepted, rejected, failed, swaps, refused].
-    pub fn snapshot(&self) -> [u64; 5] {
-        [&self.accepted, &self.rejected, &self.failed, &self.swaps, &self.refused].map(|c| c.load(Ordering::Relaxed))
+    /// [accepted, rejected, failed, wrong tenant, swaps, refused].
+    pub fn snapshot(&self) -> [u64; 6] {
+        [&self.accepted, &self.rejected, &self.failed, &self.wrong_tenant, &self.swaps, &self.refused]
+            .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -74,21 +78,25 @@ impl PolicySlot {
             info!(policy = %m.file.display(), sha256 = %&m.hash[..16], ms_since_change = format!("{ms:.1}"),
                   "first peer decision by this policy module");
         }
+        let failed = &self.stats.failed;
         let d = match answer {
             // A peer lands in the routing domain of the connection it came
             // in on; moving it to another tenant's is not supported.
-            Ok(Decision::Accept(g)) if !g.tenant.is_empty() && g.tenant != tenant => Err(format!(
-                "policy named tenant {:?}, but connection {:?} belongs to {}",
-                g.tenant,
-                request.connection,
-                if tenant.is_empty() { "no tenant".to_string() } else { format!("tenant {tenant:?}") }
+            Ok(Decision::Accept(g)) if !g.tenant.is_empty() && g.tenant != tenant => Err((
+                &self.stats.wrong_tenant,
+                format!(
+                    "policy named tenant {:?}, but connection {:?} belongs to {}",
+                    g.tenant,
+                    request.connection,
+                    if tenant.is_empty() { "no tenant".to_string() } else { format!("tenant {tenant:?}") }
+                ),
             )),
             Ok(Decision::Accept(g)) => match check_grant(&g) {
                 Ok(()) => Ok(Decision::Accept(Grant { tenant: tenant.to_string(), ..g })),
-                Err(why) => Err(format!("policy granted {why}")),
+                Err(why) => Err((failed, format!("policy granted {why}"))),
             },
             Ok(d) => Ok(d),
-            Err(e) => Err(format!("policy module failed: {e:#}")),
+            Err(e) => Err((failed, format!("policy module failed: {e:#}"))),
         };
         match d {
             Ok(Decision::Accept(g)) => {
@@ -100,8 +108,8 @@ impl PolicySlot {
                 // The module's words, bounded: they go into the log.
                 Decision::Reject(why.chars().take(200).collect())
             }
-            Err(why) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            Err((counter, why)) => {
+                counter.fetch_add(1, Ordering::Relaxed);
                 warn!(policy = %m.file.display(), "{why}: rejecting");
                 Decision::Reject(why)
             }
@@ -155,7 +163,7 @@ impl Policies {
 
     /// Each module's counters ([`PolicyStats::snapshot`]) by tenant ("" for
     /// `[policy] module`).
-    pub fn snapshot(&self) -> Vec<(String, [u64; 5])> {
+    pub fn snapshot(&self) -> Vec<(String, [u64; 6])> {
         let global = self.global.iter().map(|g| (String::new(), g.stats.snapshot()));
         global.chain(self.tenants.iter().map(|(t, s)| (t.clone(), s.stats.snapshot()))).collect()
     }
