@@ -355,6 +355,12 @@ conn c-s2s c 198.18.0.3 pc.wasmsec.test 10.1.3.0/24 10.0.3.0/24 >>"$W/wasmsec.to
 b_spis() { "$WASMSEC_BIN" list-sas --socket "$W/ctl.sock" --json | python3 -c 'import json,sys
 print(sorted((c["inbound_spi"], c["outbound_spi"]) for c in json.load(sys.stdin)["child_sas"] if c["connection"] == "b-s2s"))'; }
 before=$(b_spis)
+# esp_instances: the daemon's live ESP guest instances (its metric).
+esp_instances() { nsx wst-gw python3 "$ROOT/tests/interop/http-get.py" http://127.0.0.1:9464/metrics 2>/dev/null |
+    sed -n 's/^wasmsec_guest_instances{engine="esp"} \([0-9]*\)$/\1/p'; }
+# wait_instances N: until the daemon has N of them (5 s at most).
+wait_instances() { for _ in $(seq 50); do [ "$(esp_instances)" = "$1" ] && return 0; sleep 0.1; done; return 1; }
+esp0=$(esp_instances)
 ip netns exec wst-tb ping -n -i 0.01 -W 1 -p bb -I 10.1.0.1 10.0.0.10 >"$STATE/ping-b2.out" 2>&1 &
 PB=$!; PIDS+=($PB)
 sleep 0.3
@@ -364,8 +370,13 @@ r=json.load(open(sys.argv[1])); sys.exit(0 if r["tenants_added"] == ["c"] and r[
 check "tenant a's TUN device is gone, c's is in c's namespace" \
     bash -c "! ip -n wst-ta link show wst-a >/dev/null 2>&1 && ip -n wst-tc link show wst-c >/dev/null"
 check "tenant a's peer was told: its IKE SA is deleted" bash -c "for i in \$(seq 30); do swanctl --list-sas --uri unix://$A/charon.vici 2>/dev/null | grep -q ESTABLISHED || exit 0; sleep 0.2; done; exit 1"
+# a's ESP pair went with its SAs, and c (no SA yet) has none: instances
+# are made on demand and given back.
+check "tenant a's two ESP instances are freed, c has none before its tunnel ($esp0 before, now $(esp_instances))" \
+    wait_instances $((esp0 - 2))
 sswan "$B" --initiate --child c --timeout 10 >"$B/init-c.out" 2>&1 || true
 check "tenant c's tunnel comes up" bash -c "grep -q 'CHILD_SA c{.*established' '$B/init-c.out'"
+check "... and with it c's two ESP instances ($(esp_instances))" wait_instances "$esp0"
 check "tenant c passes traffic" ping_ok wst-tc 10.0.3.1
 sleep 0.3
 kill -INT $PB 2>/dev/null || true; wait $PB 2>/dev/null || true

@@ -278,6 +278,7 @@ impl ControlPlane {
         v.tenants = self.ike.store.data().policy.tenant_of.iter().map(|(c, t)| (c.clone(), t.clone())).collect();
         let st = self.ike.store.data();
         (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
+        v.guest_instances = self.runtime.instances().map(|(e, n)| (e, n as u64)).to_vec();
         Ok(v)
     }
 

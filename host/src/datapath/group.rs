@@ -25,8 +25,14 @@ pub struct Group {
     /// Its routing domain: the index of the TUN device its packets come
     /// from and go to (0: the daemon's, 1 + i: tenant i's).
     pub domain: usize,
-    /// The instance serving its tunnels.
-    pub inst: EspInstance,
+    /// The instance serving its tunnels. A tenant's group has one only
+    /// while it holds SAs: made at its first SA's install, dropped with its
+    /// last one's removal (and its domain's), so an idle or removed
+    /// tenant's memory slots go back to the pool (#13: instantiation on
+    /// demand). The daemon's own domain keeps its instances: its guests
+    /// answer traffic without an SA (no policy, which may start a `trap`
+    /// connection).
+    pub inst: Option<EspInstance>,
     /// The SAs it holds, to install again in a replacement.
     pub sas: SaSet,
     /// Its protocol errors and replacements.
@@ -37,17 +43,29 @@ pub struct Group {
 }
 
 impl Group {
-    /// The group of component `component` with these SAs, instantiated.
+    /// The group of component `component` with these SAs, instantiated
+    /// if it [`Group::needs_instance`].
     pub fn new(rt: &Runtime, component: usize, domain: usize, sas: SaSet) -> Result<Group> {
-        let inst = sas.instantiate(rt, component)?;
-        Ok(Group { component, domain, inst, sas, guard: GuestGuard::default(), suspended_until: None })
+        let mut g = Group { component, domain, inst: None, sas, guard: GuestGuard::default(), suspended_until: None };
+        if g.needs_instance() {
+            g.inst = Some(g.sas.instantiate(rt, component)?);
+        }
+        Ok(g)
+    }
+
+    /// Does it need an instance now: in the daemon's own domain always,
+    /// in a tenant's while it holds SAs.
+    pub fn needs_instance(&self) -> bool {
+        self.domain == 0 || !self.sas.is_empty()
     }
 
     /// Give the instance room for `n` packets.
     pub fn ensure_buffers(&mut self, n: usize) {
-        let b = &mut self.inst.store.data_mut().batch;
-        if b.len() < n {
-            b.resize_with(n, PacketBuf::new);
+        if let Some(inst) = &mut self.inst {
+            let b = &mut inst.store.data_mut().batch;
+            if b.len() < n {
+                b.resize_with(n, PacketBuf::new);
+            }
         }
     }
 

@@ -104,7 +104,9 @@ impl Loop {
     /// Deliver what group `g`'s guest opened; count the rest.
     fn act_inbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<DecapVerdict>) {
         let domain = self.groups.list[g].domain;
-        let st = self.groups.list[g].inst.store.data_mut();
+        // Verdicts come from a call on the instance, so it is there.
+        let Some(inst) = &mut self.groups.list[g].inst else { return };
+        let st = inst.store.data_mut();
         let mut lies = 0;
         for (k, ((p, mark), v)) in st.batch.iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
             match v {

@@ -35,7 +35,7 @@ use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 use crate::wasm::Runtime;
-use crate::wasm::esp::{EspInstance, InboundSa, OutboundSa};
+use crate::wasm::esp::{DropReason, EspInstance, InboundSa, OutboundSa};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
 pub use peers::{Peer, Peers};
@@ -58,6 +58,11 @@ pub struct SaSet {
 }
 
 impl SaSet {
+    /// No SA in either direction.
+    pub fn is_empty(&self) -> bool {
+        self.outbound.values().next().is_none() && self.inbound.values().next().is_none()
+    }
+
     /// A set holding these SAs.
     pub fn new(keystore: Arc<Keystore>, outbound: Vec<OutboundSa>, inbound: Vec<InboundSa>) -> SaSet {
         let mut set = SaSet { keystore, outbound: BySpi::default(), inbound: BySpi::default() };
@@ -153,7 +158,9 @@ impl Loop {
     /// Lend group `g` the staged packets `idx` (moved, not copied) and make
     /// one call into its guest: the verdicts, or none when the batch is
     /// lost. The packets stay in the instance's buffers until
-    /// [`Loop::take_back`]. A suspended group drops its share.
+    /// [`Loop::take_back`]. A suspended group drops its share, and a
+    /// tenant's group without SAs (so without an instance) drops it as its
+    /// guest would: no policy outbound, unknown SPI inbound.
     fn call_group<T>(
         &mut self,
         g: usize,
@@ -167,14 +174,22 @@ impl Loop {
         }
         let group = &mut self.groups.list[g];
         group.ensure_buffers(idx.len());
-        let batch = &mut group.inst.store.data_mut().batch;
+        let Some(inst) = &mut group.inst else {
+            for _ in idx {
+                match what {
+                    "outbound" => self.stats.out_drop(DropReason::NoPolicy),
+                    _ => self.stats.in_drop(DropReason::UnknownSpi),
+                }
+            }
+            return None;
+        };
+        let batch = &mut inst.store.data_mut().batch;
         for (k, &i) in idx.iter().enumerate() {
             std::mem::swap(&mut self.staging[i], &mut batch[k]);
         }
-        let inst = &mut group.inst;
         match crate::telemetry::guest_call(crate::telemetry::Guest::Esp, || f(inst, idx.len())) {
             Ok(v) => {
-                let errors = group.inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
+                let errors = inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
                 (!self.protocol_errors(g, what, errors)).then_some(v)
             }
             Err(err) => {
@@ -187,7 +202,8 @@ impl Loop {
 
     /// Move the lent packets back to the staging area.
     fn take_back(&mut self, g: usize, idx: &[usize]) {
-        let batch = &mut self.groups.list[g].inst.store.data_mut().batch;
+        let Some(inst) = &mut self.groups.list[g].inst else { return };
+        let batch = &mut inst.store.data_mut().batch;
         for (k, &i) in idx.iter().enumerate() {
             if let Some(p) = batch.get_mut(k) {
                 std::mem::swap(&mut self.staging[i], p);
@@ -241,9 +257,14 @@ impl Loop {
         match group.suspended_until {
             None => true,
             Some(t) if Instant::now() < t => false,
+            Some(_) if !group.needs_instance() => {
+                group.inst = None;
+                group.suspended_until = None;
+                true
+            }
             Some(_) => match group.sas.instantiate(&self.runtime, group.component) {
                 Ok(inst) => {
-                    group.inst = inst;
+                    group.inst = Some(inst);
                     group.suspended_until = None;
                     true
                 }
@@ -306,12 +327,18 @@ impl Loop {
                 }
                 SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
                 SaCommand::RemoveDomain { domain } => {
-                    info!(domain, "data path: tenant domain removed");
                     if let Some(t) = self.tuns.get_mut(domain) {
                         *t = None;
                     }
                     // Its groups hold no SA any more (its connections went
-                    // first); their instances stay until restart.
+                    // first): any instance left goes, and its memory slot
+                    // back to the pool.
+                    let mut freed = 0;
+                    for g in self.groups.list.iter_mut().filter(|g| g.domain == domain) {
+                        freed += usize::from(g.inst.take().is_some());
+                        g.suspended_until = None;
+                    }
+                    info!(domain, instances_freed = freed, "data path: tenant domain removed");
                     Ok(())
                 }
                 SaCommand::RemoveInbound { spi } => {
@@ -355,10 +382,18 @@ impl Loop {
     ) -> Result<()> {
         let Some(g) = self.groups.by_spi.remove(&spi) else { return Ok(()) };
         let group = &mut self.groups.list[g];
-        for sa in list(&mut group.sas).remove(spi, |_| true) {
-            group.inst.store.data_mut().keys.revoke(key(&sa));
+        let gone = list(&mut group.sas).remove(spi, |_| true);
+        let Some(inst) = &mut group.inst else { return Ok(()) };
+        for sa in gone {
+            inst.store.data_mut().keys.revoke(key(&sa));
         }
-        from_guest(&mut group.inst, spi).map(|_| ())
+        let r = from_guest(inst, spi).map(|_| ());
+        if !group.needs_instance() {
+            // A tenant's last SA in this direction: its slot goes back.
+            debug!(group = g, "data path: the group's last SA left; its instance is freed");
+            group.inst = None;
+        }
+        r
     }
 
     fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
@@ -370,15 +405,18 @@ impl Loop {
         };
         let key =
             group.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
-        group.inst.store.data_mut().keys.grant(handle, key, key_use);
-        if let Some(sa) = out {
-            group.inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
-            group.sas.outbound.insert(sa.spi, sa);
+        // A tenant's group gets its instance with its first SA.
+        if group.inst.is_none() {
+            group.inst = Some(group.sas.instantiate(&self.runtime, group.component)?);
         }
-        if let Some(sa) = inb {
-            group.inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
-            group.sas.inbound.insert(sa.spi, sa);
+        let Some(inst) = group.inst.as_mut() else { return Ok(()) };
+        inst.store.data_mut().keys.grant(handle, key, key_use);
+        let installed = install_into(inst, &mut group.sas, out, inb);
+        if installed.is_err() && !group.needs_instance() {
+            // Refused as the group's first SA: the instance holds nothing.
+            group.inst = None;
         }
+        installed?;
         self.groups.by_spi.insert(spi, g);
         Ok(())
     }
@@ -390,8 +428,9 @@ impl Loop {
             return;
         }
         *last = Instant::now();
-        for group in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()) {
-            let expiries = match group.inst.take_expiries() {
+        for inst in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()).filter_map(|g| g.inst.as_mut())
+        {
+            let expiries = match inst.take_expiries() {
                 Ok(x) => x,
                 // A trap here surfaces on the next batch call, which replaces the guest.
                 Err(e) => {
@@ -410,4 +449,22 @@ impl Loop {
             }
         }
     }
+}
+
+/// Install `out` and `inb` in `inst` and record them in `sas`.
+fn install_into(
+    inst: &mut EspInstance,
+    sas: &mut SaSet,
+    out: Option<OutboundSa>,
+    inb: Option<InboundSa>,
+) -> Result<()> {
+    if let Some(sa) = out {
+        inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+        sas.outbound.insert(sa.spi, sa);
+    }
+    if let Some(sa) = inb {
+        inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+        sas.inbound.insert(sa.spi, sa);
+    }
+    Ok(())
 }

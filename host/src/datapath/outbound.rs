@@ -62,7 +62,9 @@ impl Loop {
         // Only the daemon's own domain has `trap` connections: a tenant's
         // traffic never starts a negotiation of another domain's.
         let may_acquire = self.groups.list[g].domain == 0;
-        let st = self.groups.list[g].inst.store.data();
+        // Verdicts come from a call on the instance, so it is there.
+        let Some(inst) = &self.groups.list[g].inst else { return };
+        let st = inst.store.data();
         let mut lies = 0;
         for (k, ((p, mark), v)) in st.batch.iter().zip(&st.marks).zip(verdicts).enumerate() {
             match v {

@@ -297,6 +297,10 @@ fn ike(s: &mut Scrape, v: &IkeView) {
     s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
     let help = "Peak linear memory of a guest instance, bytes.";
     s.gauge("wasmsec_guest_memory_peak_bytes", help, &[("guest", "ike")], v.guest_memory_peak);
+    let help = "Guest instances alive, each holding a memory slot, by engine (esp: every ESP guest, a tenant's only while it has SAs; policy: policy modules without a language runtime, including ones being checked).";
+    for (engine, n) in &v.guest_instances {
+        s.gauge("wasmsec_guest_instances", help, &[("engine", engine)], *n);
+    }
 }
 
 /// The whole exposition: data path, IKE (when the control thread
@@ -334,10 +338,12 @@ mod tests {
             policy: vec![(String::new(), [5, 4, 3, 6, 2, 1]), ("blue".to_string(), [1, 0, 0, 0, 1, 0])],
             tenants: [("gw".to_string(), "blue".to_string())].into(),
             guest_memory_peak: 65536,
+            guest_instances: vec![("esp", 4), ("policy", 2)],
         };
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\",tenant=\"blue\"} 2"), "{text}");
+        assert!(text.contains("wasmsec_guest_instances{engine=\"esp\"} 4"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\",tenant=\"\"} 3"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"wrong_tenant\",tenant=\"\"} 6"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"accepted\",tenant=\"blue\"} 1"), "{text}");

@@ -87,6 +87,8 @@ pub struct IkeView {
     pub vault_secrets: u64,
     /// The IKE guest's peak linear memory, bytes.
     pub guest_memory_peak: u64,
+    /// Guest instances alive, by engine (`Runtime::instances`).
+    pub guest_instances: Vec<(&'static str, u64)>,
 }
 
 /// One set of the engine's counters over the daemon's life. A replaced

@@ -75,6 +75,14 @@ impl MemorySlots {
     }
 }
 
+impl MemorySlots {
+    /// Slots held by live memories: the guest instances of the engine.
+    pub(crate) fn in_use(&self) -> usize {
+        let r = &self.region;
+        r.count - r.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 // SAFETY: each memory gets a slot no other memory has until it is dropped;
 // the slot is zeroed (never used, or given back with MADV_DONTNEED) and
 // never moves; its capacity is the slot, so growing never relocates it.

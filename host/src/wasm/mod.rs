@@ -56,6 +56,8 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
 pub struct Runtime {
     /// The ESP guests' engine (memory slots, `sandbox::engine`).
     engine: Engine,
+    /// Its memory slots.
+    esp_slots: Arc<memory_slots::MemorySlots>,
     /// The ESP components, compiled and linked: the project's first, then
     /// any other a tunnel names (`esp_component`), one per guest group.
     esp: Vec<esp::EspPre>,
@@ -88,7 +90,7 @@ impl Runtime {
 
     /// Also compile the IKE component, if `ike_path` is given.
     pub fn with_ike(esp_path: &Path, ike_path: Option<&Path>) -> Result<Runtime> {
-        let engine = sandbox::engine()?;
+        let (engine, esp_slots) = sandbox::engine()?;
         let esp = vec![esp::EspPre::load(&engine, &load(&engine, esp_path, "ESP")?)?];
         let ike_engine = sandbox::ike_engine()?;
         let ike = match ike_path {
@@ -98,7 +100,14 @@ impl Runtime {
         let policy_engines = sandbox::PolicyEngines::new()?;
         let engines = [&engine, &ike_engine, &policy_engines.small, &policy_engines.runtime];
         let stop_ticker = sandbox::start_epoch_ticker(&engines)?;
-        Ok(Runtime { engine, esp, ike, ike_engine, policy_engines, stop_ticker })
+        Ok(Runtime { engine, esp_slots, esp, ike, ike_engine, policy_engines, stop_ticker })
+    }
+
+    /// Guest instances alive on the engines of many small guests, by
+    /// engine: ESP guests, and policy modules without a language runtime
+    /// (each holds one memory slot).
+    pub fn instances(&self) -> [(&'static str, usize); 2] {
+        [("esp", self.esp_slots.in_use()), ("policy", self.policy_engines.small_slots.in_use())]
     }
 
     /// The wasmtime engine small policy modules (no imports) are compiled for.

@@ -48,7 +48,7 @@ pub(crate) const GUEST_TABLE_ELEMENTS: usize = 1_024;
 /// 1.4 TB of address space and no memory. Tables and instance records are
 /// allocated with the store. Memory is initialised by copying the module's
 /// data (under a KiB for our guests), not by mapping its image.
-pub(crate) fn engine() -> Result<Engine> {
+pub(crate) fn engine() -> Result<(Engine, Arc<MemorySlots>)> {
     small_guest_engine(GUEST_MEMORY_LIMIT, GUEST_SLOTS, "wasmtime")
 }
 
@@ -67,13 +67,13 @@ pub(crate) fn ike_engine() -> Result<Engine> {
 }
 
 /// An engine whose instances' memories are slots of `slot` bytes, `count`
-/// of them.
-fn small_guest_engine(slot: usize, count: u32, what: &str) -> Result<Engine> {
-    let slots = MemorySlots::new(slot, count)?;
+/// of them, and the slots (to count those in use).
+fn small_guest_engine(slot: usize, count: u32, what: &str) -> Result<(Engine, Arc<MemorySlots>)> {
+    let slots = Arc::new(MemorySlots::new(slot, count)?);
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::OnDemand)
-        .with_host_memory(Arc::new(slots))
+        .with_host_memory(slots.clone())
         .memory_reservation(slot as u64)
         .memory_guard_size(0)
         .guard_before_linear_memory(false)
@@ -81,7 +81,7 @@ fn small_guest_engine(slot: usize, count: u32, what: &str) -> Result<Engine> {
         .memory_init_cow(false)
         .epoch_interruption(true)
         .wasm_component_model(true);
-    Engine::new(&config).context(format!("configuring {what}"))
+    Ok((Engine::new(&config).context(format!("configuring {what}"))?, slots))
 }
 
 /// Memory a policy module's instance may grow to: decisions are table
@@ -101,7 +101,7 @@ pub(crate) const POLICY_SLOTS: u32 = POOL_TENANTS + 2_000;
 /// of address space. Linear memory is initialised by copying the module's
 /// few KiB of data, not by mapping its image copy-on-write: for modules
 /// this small the mapping costs more than the copy.
-pub(crate) fn policy_engine() -> Result<Engine> {
+pub(crate) fn policy_engine() -> Result<(Engine, Arc<MemorySlots>)> {
     small_guest_engine(POLICY_MEMORY_LIMIT, POLICY_SLOTS, "wasmtime for policy modules")
 }
 
@@ -126,11 +126,14 @@ pub(crate) fn runtime_policy_engine() -> Result<Engine> {
 pub struct PolicyEngines {
     pub small: Engine,
     pub runtime: Engine,
+    /// `small`'s memory slots.
+    pub(crate) small_slots: Arc<MemorySlots>,
 }
 
 impl PolicyEngines {
     pub(crate) fn new() -> Result<PolicyEngines> {
-        Ok(PolicyEngines { small: policy_engine()?, runtime: runtime_policy_engine()? })
+        let (small, small_slots) = policy_engine()?;
+        Ok(PolicyEngines { small, runtime: runtime_policy_engine()?, small_slots })
     }
 }
 
