@@ -151,8 +151,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
         for op in ops {
             let h = wasmsec_wire::esp::Repr { spi: op.spi, sequence_number: op.seq_low };
-            let t = wasmsec_wire::esp::Trailer::new(op.pad_length, op.next_header);
-            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, t.as_bytes());
+            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, op.pad_length, op.next_header);
             out.push(r.map_err(|_| wasmsec_esp::CryptoError::BadLength));
         }
     }

@@ -127,7 +127,7 @@ fn two_ike_components_agree_and_never_see_a_secret() {
         {
             let mut p = PacketBuf::with_payload(&[0x45; 64]);
             let header = wasmsec_wire::esp::Repr { spi: 9, sequence_number: 1 };
-            tx.get(txk).unwrap().seal(&mut p, &header, None, &[1, 2, 2, 4]).unwrap();
+            tx.get(txk).unwrap().seal(&mut p, &header, None, 2, 4).unwrap();
             rx.get(rxk).unwrap().open(&mut p, None).unwrap();
             assert_eq!(&p.data()[..64], &[0x45; 64]);
         }

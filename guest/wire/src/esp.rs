@@ -25,6 +25,17 @@ pub const NEXT_HEADER_IPV4: u8 = 4;
 pub const NEXT_HEADER_IPV6: u8 = 41;
 /// The longest trailer: 255 bytes of padding, Pad Length, Next Header.
 pub const MAX_TRAILER_LEN: usize = 255 + TRAILER_FIXED_LEN;
+/// The default padding, 1, 2, 3, ... (RFC 4303 section 2.4): a trailer
+/// with Pad Length n starts with the first n of these.
+pub const DEFAULT_PADDING: [u8; 255] = {
+    let mut p = [0u8; 255];
+    let mut i = 0;
+    while i < 255 {
+        p[i] = i as u8 + 1;
+        i += 1;
+    }
+    p
+};
 
 packet_view! {
     HEADER_LEN,
@@ -125,9 +136,7 @@ impl Trailer {
     pub fn new(pad_length: u8, next_header: u8) -> Trailer {
         let pad_len = usize::from(pad_length);
         let mut bytes = [0u8; MAX_TRAILER_LEN];
-        for (i, b) in bytes.iter_mut().take(pad_len).enumerate() {
-            *b = (i + 1) as u8;
-        }
+        bytes[..pad_len].copy_from_slice(&DEFAULT_PADDING[..pad_len]);
         bytes[pad_len] = pad_length;
         bytes[pad_len + 1] = next_header;
         Trailer { bytes, len: (pad_len + TRAILER_FIXED_LEN) as u16 }

@@ -102,24 +102,30 @@ impl EspKey {
         Ok(iv)
     }
 
-    /// ESP-seal `p` in place (RFC 4303 section 3.3): append `trailer`,
-    /// encrypt, prepend `header` and a fresh IV, append the ICV.
+    /// ESP-seal `p` in place (RFC 4303 section 3.3): append the trailer
+    /// (`pad_length` bytes of the default padding, Pad Length,
+    /// `next_header`), encrypt, prepend the header and a fresh IV, append
+    /// the ICV. The trailer is written straight into the tailroom: building
+    /// it apart (up to 257 bytes, zeroed, then moved) was 3 % of a sealed
+    /// and opened packet in the data-path bench.
     pub fn seal(
         &self,
         p: &mut PacketBuf,
         repr: &esp::Repr,
         esn_high: Option<u32>,
-        trailer: &[u8],
+        pad_length: u8,
+        next_header: u8,
     ) -> Result<(), CryptoError> {
-        if trailer.len() > esp::MAX_TRAILER_LEN || trailer.len() < 2 {
-            return Err(CryptoError::BadLength);
-        }
+        let pad = usize::from(pad_length);
         let header = &repr.to_bytes();
-        if p.headroom() < self.alg.headroom() || p.tailroom() < trailer.len() + self.alg.icv_len() {
+        if p.headroom() < self.alg.headroom() || p.tailroom() < pad + esp::TRAILER_FIXED_LEN + self.alg.icv_len() {
             return Err(CryptoError::BadLength);
         }
         let counter = self.next_counter()?;
-        p.append(trailer);
+        // The trailer goes straight into the tailroom: the default padding
+        // (RFC 4303 section 2.4), Pad Length, Next Header.
+        p.append(&esp::DEFAULT_PADDING[..pad]);
+        p.append(&[pad_length, next_header]);
         match &self.cipher {
             Cipher::Aead { key, salt } => {
                 let iv = counter.to_be_bytes();
@@ -315,7 +321,7 @@ mod tests {
                 // 108 + 4 = 112: a multiple of 16, as the engine pads for CBC.
                 let mut p = PacketBuf::with_payload(&[0x45; 108]);
                 let header = esp::Repr { spi: 0x1001, sequence_number: 9 };
-                k.seal(&mut p, &header, esn, &[1, 2, 2, 4]).unwrap();
+                k.seal(&mut p, &header, esn, 2, 4).unwrap();
                 assert_eq!(p.len(), alg.headroom() + 112 + alg.icv_len());
                 assert_eq!(&p.data()[..8], &header.to_bytes());
                 assert!(!p.data().windows(16).any(|w| w == [0x45; 16]), "{alg:?} encrypted");
@@ -335,7 +341,7 @@ mod tests {
         for _ in 0..1000 {
             let mut p = PacketBuf::with_payload(&[0; 20]);
             // The same header every time: a guest cannot force an IV.
-            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, None, &[0, 4]).unwrap();
+            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, None, 0, 4).unwrap();
             assert!(seen.insert(p.data()[8..16].to_vec()));
         }
     }
@@ -346,7 +352,7 @@ mod tests {
         let other = key(EspAlgorithm::Aes128Gcm16, 2);
         let sealed = {
             let mut p = PacketBuf::with_payload(&[9; 40]);
-            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, Some(0), &[0, 4]).unwrap();
+            k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, Some(0), 0, 4).unwrap();
             p
         };
         for flip in [0usize, 5, 10, 30, sealed.len() - 1] {

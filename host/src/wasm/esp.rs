@@ -79,8 +79,7 @@ impl GuestState {
             Err(e) => return Err(refused(&mut self.refusals, e)),
         };
         let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
-        let trailer = esp::Trailer::new(op.pad_length, op.next_header);
-        k.seal(&mut self.batch[i], &header, op.esn_high, trailer.as_bytes()).map_err(wit_error)?;
+        k.seal(&mut self.batch[i], &header, op.esn_high, op.pad_length, op.next_header).map_err(wit_error)?;
         self.marks[i] = Mark::Sealed { peer, spi: op.spi };
         Ok(())
     }
