@@ -49,16 +49,16 @@ fn in_domain(name: &str, domain: &str) -> bool {
     name == domain || name.strip_suffix(domain).is_some_and(|rest| rest.ends_with('.'))
 }
 
-/// The tenant of a peer, and what decided it.
-fn tenant_of(r: &AuthorizeRequest) -> Result<(&'static str, String), String> {
+/// The tenant of a peer, or why it has none.
+fn tenant_of(r: &AuthorizeRequest) -> Result<&'static str, String> {
     // "address:port", with brackets around an IPv6 address.
     let local: Option<IpAddr> = r.local_address.parse::<SocketAddr>().map(|a| a.ip()).ok();
     if let Some(&(_, t)) = BY_LOCAL_ADDRESS.iter().find(|(a, _)| a.parse::<IpAddr>().ok() == local && local.is_some()) {
-        return Ok((t, format!("local address {}", r.local_address)));
+        return Ok(t);
     }
     let domain = domain_of(&r.peer);
     match domain.as_deref().and_then(|d| BY_DOMAIN.iter().find(|(dom, _)| in_domain(d, dom))) {
-        Some(&(dom, t)) => Ok((t, format!("identity domain {dom}"))),
+        Some(&(_, t)) => Ok(t),
         None => Err(format!(
             "identity {:?} (local address {}) maps to no tenant of this policy",
             r.peer.value, r.local_address
@@ -70,7 +70,7 @@ fn decide(r: &AuthorizeRequest) -> Decision {
     match tenant_of(r) {
         // Everything else as the connection says: this module only sorts
         // peers into tenants (see the allow-list for subnets).
-        Ok((tenant, _)) => Decision::Accept(Grant {
+        Ok(tenant) => Decision::Accept(Grant {
             tenant: tenant.to_string(),
             peer_subnets: Vec::new(),
             local_subnets: Vec::new(),
