@@ -20,7 +20,7 @@ mod bindings {
 use bindings::*;
 
 use exports::wasmsec::esp::engine as wit;
-use wasmsec::crypto::packets::{Batch, OpenOp as WitOpenOp, SealOp as WitSealOp};
+use wasmsec::crypto::packets::{Batch, OpenRun, SealRun};
 use wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 thread_local! {
@@ -47,33 +47,86 @@ impl PacketBatch for HostBatch<'_> {
     }
 
     fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
-        let wit_ops: Vec<WitSealOp> = ops
-            .iter()
-            .map(|o| WitSealOp {
-                index: o.index,
-                key: o.key.0,
-                spi: o.spi,
-                seq_low: o.seq_low,
-                esn_high: o.esn_high,
-                pad_length: o.pad_length,
-                next_header: o.next_header,
-            })
-            .collect();
-        out.extend(self.0.seal(&wit_ops).into_iter().map(|r| r.map_err(crypto_error)));
+        let failures = self.0.seal(&seal_runs(ops));
+        let first = out.len();
+        out.resize(first + ops.len(), Ok(()));
+        for f in failures {
+            if let Some(k) = ops.iter().position(|o| o.index == f.packet) {
+                out[first + k] = Err(crypto_error(f.error));
+            }
+        }
     }
 
     fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
-        let wit_ops: Vec<WitOpenOp> =
-            ops.iter().map(|o| WitOpenOp { index: o.index, key: o.key.0, esn_high: o.esn_high }).collect();
-        out.extend(self.0.open(&wit_ops).into_iter().map(|r| {
-            r.map(|o| Opened {
-                plaintext_len: o.plaintext_len as usize,
-                pad_length: o.pad_length,
-                next_header: o.next_header,
-            })
-            .map_err(crypto_error)
+        let opened = self.0.open(&open_runs(ops));
+        let first = out.len();
+        out.extend((0..ops.len()).map(|k| match (opened.plaintext_lens.get(k), opened.pad_lengths.get(k)) {
+            (Some(&len), Some(&pad_length)) => Ok(Opened {
+                plaintext_len: len as usize,
+                pad_length,
+                next_header: opened.next_headers.get(k).copied().unwrap_or(0),
+            }),
+            _ => Err(CryptoError::Internal),
         }));
+        for f in opened.failures {
+            if let Some(k) = ops.iter().position(|o| o.index == f.packet) {
+                out[first + k] = Err(crypto_error(f.error));
+            }
+        }
     }
+}
+
+/// The full sequence number of a seal op.
+fn seq_of(o: &SealOp) -> u64 {
+    (u64::from(o.esn_high.unwrap_or(0)) << 32) | u64::from(o.seq_low)
+}
+
+/// Seal ops as runs: consecutive ops of one SA with consecutive sequence
+/// numbers (the engine numbers each SA's packets in batch order).
+fn seal_runs(ops: &[SealOp]) -> Vec<SealRun> {
+    let mut runs: Vec<SealRun> = Vec::new();
+    let mut next_seq = 0;
+    for o in ops {
+        let seq = seq_of(o);
+        let same = runs
+            .last()
+            .is_some_and(|r| r.key == o.key.0 && r.spi == o.spi && r.esn == o.esn_high.is_some() && seq == next_seq);
+        if !same {
+            runs.push(SealRun {
+                key: o.key.0,
+                spi: o.spi,
+                first_seq: seq,
+                esn: o.esn_high.is_some(),
+                packets: Vec::new(),
+                pad_lengths: Vec::new(),
+                next_headers: Vec::new(),
+            });
+        }
+        let r = runs.last_mut().expect("a run was just pushed");
+        r.packets.push(o.index);
+        r.pad_lengths.push(o.pad_length);
+        r.next_headers.push(o.next_header);
+        next_seq = seq.wrapping_add(1);
+    }
+    runs
+}
+
+/// Open ops as runs: consecutive ops with one key and the same use of ESN.
+fn open_runs(ops: &[OpenOp]) -> Vec<OpenRun> {
+    let mut runs: Vec<OpenRun> = Vec::new();
+    for o in ops {
+        // A run's packets all carry ESN high bits, or none does.
+        let same = runs.last().is_some_and(|r| r.key == o.key.0 && r.esn_highs.is_empty() == o.esn_high.is_none());
+        if !same {
+            runs.push(OpenRun { key: o.key.0, packets: Vec::new(), esn_highs: Vec::new() });
+        }
+        let r = runs.last_mut().expect("a run was just pushed");
+        r.packets.push(o.index);
+        if let Some(h) = o.esn_high {
+            r.esn_highs.push(h);
+        }
+    }
+    runs
 }
 
 fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>, String> {
@@ -156,28 +209,38 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.remove_inbound(spi))
     }
 
-    fn encap(packets: &Batch) -> Vec<wit::EncapVerdict> {
+    fn encap(packets: &Batch) -> wit::Encapped {
         let mut verdicts = Vec::with_capacity(packets.count() as usize);
         ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets), &mut verdicts));
-        verdicts
-            .into_iter()
-            .map(|v| match v {
-                esp::EncapVerdict::Send(peer) => wit::EncapVerdict::Send(peer),
-                esp::EncapVerdict::Drop(r) => wit::EncapVerdict::Drop(drop_reason(r)),
-            })
-            .collect()
+        let mut peers = Vec::with_capacity(verdicts.len());
+        let mut drops = Vec::new();
+        for (i, v) in verdicts.into_iter().enumerate() {
+            match v {
+                esp::EncapVerdict::Send(peer) => peers.push(peer),
+                esp::EncapVerdict::Drop(r) => {
+                    peers.push(0);
+                    drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
+                }
+            }
+        }
+        wit::Encapped { peers, drops }
     }
 
-    fn decap(packets: &Batch) -> Vec<wit::DecapVerdict> {
+    fn decap(packets: &Batch) -> wit::Decapped {
         let mut verdicts = Vec::with_capacity(packets.count() as usize);
         ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets), &mut verdicts));
-        verdicts
-            .into_iter()
-            .map(|v| match v {
-                esp::DecapVerdict::Deliver(len) => wit::DecapVerdict::Deliver(len),
-                esp::DecapVerdict::Drop(r) => wit::DecapVerdict::Drop(drop_reason(r)),
-            })
-            .collect()
+        let mut lengths = Vec::with_capacity(verdicts.len());
+        let mut drops = Vec::new();
+        for (i, v) in verdicts.into_iter().enumerate() {
+            match v {
+                esp::DecapVerdict::Deliver(len) => lengths.push(len),
+                esp::DecapVerdict::Drop(r) => {
+                    lengths.push(0);
+                    drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
+                }
+            }
+        }
+        wit::Decapped { lengths, drops }
     }
 
     fn sa_states() -> Vec<wit::SaState> {

@@ -127,7 +127,7 @@ impl Loop {
                     p.truncate(len as usize);
                     self.tun_out.deliver(&self.tuns, domain, p.data(), &self.stats);
                 }
-                DecapVerdict::Deliver(_) => lies += 1,
+                DecapVerdict::Deliver(_) | DecapVerdict::Missing => lies += 1,
                 DecapVerdict::Drop(r) => {
                     debug!(reason = r.name(), "inbound drop");
                     self.stats.in_drop(r);

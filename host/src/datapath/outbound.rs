@@ -94,7 +94,7 @@ impl Loop {
                         }
                     }
                 }
-                EncapVerdict::Send(_) => lies += 1,
+                EncapVerdict::Send(_) | EncapVerdict::Missing => lies += 1,
                 EncapVerdict::Drop(r) => {
                     debug!(reason = r.name(), "outbound drop");
                     self.stats.out_drop(r);

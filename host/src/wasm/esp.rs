@@ -9,13 +9,12 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::esp as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::keys::{EspKey, KeyTable, KeyUse};
+use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
-pub use b::exports::wasmsec::esp::engine::{
-    DecapVerdict, DropReason, EncapVerdict, Expiry, ExpiryCause, InboundSa, OutboundSa, SaState,
-};
-use b::wasmsec::crypto::packets::{HostBatch, OpenOp, Opened, SealOp};
+use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
+pub use b::exports::wasmsec::esp::engine::{DropReason, Expiry, ExpiryCause, InboundSa, OutboundSa, SaState};
+use b::wasmsec::crypto::packets::{HostBatch, OpFailure, OpenRun, Opened, SealRun};
 use b::wasmsec::crypto::types::CryptoError as WitCryptoError;
 pub use b::wasmsec::net::types::{SaLimits, TrafficSelector};
 
@@ -37,6 +36,47 @@ pub enum Mark {
     /// Opened (ICV verified) by inbound SA `spi`; `len` bytes of plaintext
     /// with padding and the ESP trailer, from an ESP packet of `esp_len`.
     Opened { len: u32, spi: u32, esp_len: u32 },
+}
+
+/// What the guest said to do with one packet of an `encap` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapVerdict {
+    /// Send the (sealed) packet to this peer.
+    Send(u32),
+    Drop(DropReason),
+    /// The guest's answer had no entry for this packet: a guest protocol
+    /// error, counted as a lie.
+    Missing,
+}
+
+/// What the guest said to do with one packet of a `decap` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecapVerdict {
+    /// Deliver the (opened) inner packet of this length.
+    Deliver(u32),
+    Drop(DropReason),
+    /// As for [`EncapVerdict::Missing`].
+    Missing,
+}
+
+/// One verdict per packet of a batch of `count` from the guest's
+/// per-packet list and its exceptions; entries past `count` are ignored.
+fn verdicts<V: Copy>(
+    count: usize,
+    each: &[u32],
+    drops: &[Dropped],
+    ok: fn(u32) -> V,
+    drop: fn(DropReason) -> V,
+    missing: V,
+) -> Vec<V> {
+    let mut v: Vec<V> = each.iter().take(count).map(|&x| ok(x)).collect();
+    v.resize(count, missing);
+    for d in drops {
+        if let Some(slot) = v.get_mut(d.packet as usize) {
+            *slot = drop(d.reason);
+        }
+    }
+    v
 }
 
 /// Per-store host state.
@@ -70,57 +110,86 @@ impl GuestState {
         self.refusals = 0;
     }
 
-    fn seal_one(&mut self, op: &SealOp) -> Result<(), WitCryptoError> {
-        let checked = check(&self.keys, &self.marks, op.index, op.key);
+    /// Seal one run's packets; the failures go to `failed`.
+    fn seal_run(&mut self, run: &SealRun, failed: &mut Vec<OpFailure>) {
+        let n = run.packets.len();
         // Only an outbound key seals, and only under its own SA's SPI.
-        let (i, k, peer) = match checked {
-            Ok((i, k, KeyUse::Seal { spi, peer })) if spi == op.spi => (i, k, peer),
-            Ok(_) => return Err(refused(&mut self.refusals, WitCryptoError::WrongKeyKind)),
-            Err(e) => return Err(refused(&mut self.refusals, e)),
+        let key = match self.keys.get(run.key) {
+            Ok((k, KeyUse::Seal { spi, peer })) if spi == run.spi => Ok((k, peer)),
+            Ok(_) => Err(WitCryptoError::WrongKeyKind),
+            Err(e) => Err(wit_error(e)),
         };
-        let header = esp::Repr { spi: op.spi, sequence_number: op.seq_low };
-        k.seal(&mut self.batch[i], &header, op.esn_high, op.pad_length, op.next_header).map_err(wit_error)?;
-        self.marks[i] = Mark::Sealed { peer, spi: op.spi };
-        Ok(())
+        let key = key.and_then(|k| {
+            let lists_agree = run.pad_lengths.len() == n && run.next_headers.len() == n;
+            if lists_agree { Ok(k) } else { Err(WitCryptoError::BadLength) }
+        });
+        for (j, &index) in run.packets.iter().enumerate() {
+            let r = key.and_then(|(k, peer)| {
+                let i = untouched(&self.marks, index)?;
+                let seq = run.first_seq.checked_add(j as u64).ok_or(WitCryptoError::BadLength)?;
+                // Without ESN the sequence number is 32 bits and must not
+                // cycle (RFC 4303 section 3.3.3).
+                if !run.esn && seq > u64::from(u32::MAX) {
+                    return Err(WitCryptoError::BadLength);
+                }
+                let header = esp::Repr { spi: run.spi, sequence_number: seq as u32 };
+                let esn_high = run.esn.then_some((seq >> 32) as u32);
+                k.seal(&mut self.batch[i], &header, esn_high, run.pad_lengths[j], run.next_headers[j])
+                    .map_err(wit_error)?;
+                self.marks[i] = Mark::Sealed { peer, spi: run.spi };
+                Ok(())
+            });
+            if let Err(e) = r {
+                failed.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
+            }
+        }
     }
 
-    fn open_one(&mut self, op: &OpenOp) -> Result<Opened, WitCryptoError> {
-        let checked = check(&self.keys, &self.marks, op.index, op.key);
+    /// Open one run's packets into `out`.
+    fn open_run(&mut self, run: &OpenRun, out: &mut Opened) {
+        let n = run.packets.len();
         // Only an inbound key opens, and only packets that carry its SPI.
-        let (i, k, spi) = match checked {
-            Ok((i, k, KeyUse::Open { spi }))
-                if esp::Packet::new_checked(self.batch[i].data()).is_ok_and(|e| e.spi() == spi) =>
-            {
-                (i, k, spi)
-            }
-            Ok(_) => return Err(refused(&mut self.refusals, WitCryptoError::WrongKeyKind)),
-            Err(e) => return Err(refused(&mut self.refusals, e)),
+        let key = match self.keys.get(run.key) {
+            Ok((k, KeyUse::Open { spi })) => Ok((k, spi)),
+            Ok(_) => Err(WitCryptoError::WrongKeyKind),
+            Err(e) => Err(wit_error(e)),
         };
-        let p = &mut self.batch[i];
-        let esp_len = p.len();
-        k.open(p, op.esn_high).map_err(wit_error)?;
-        let d = p.data();
-        let n = d.len();
-        self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
-        Ok(Opened { plaintext_len: n as u32, pad_length: d[n - 2], next_header: d[n - 1] })
+        let esn = !run.esn_highs.is_empty();
+        let key =
+            key.and_then(|k| if !esn || run.esn_highs.len() == n { Ok(k) } else { Err(WitCryptoError::BadLength) });
+        for (j, &index) in run.packets.iter().enumerate() {
+            let r = key.and_then(|(k, spi)| {
+                let i = untouched(&self.marks, index)?;
+                let p = &mut self.batch[i];
+                if !esp::Packet::new_checked(p.data()).is_ok_and(|e| e.spi() == spi) {
+                    return Err(WitCryptoError::WrongKeyKind);
+                }
+                let esp_len = p.len();
+                k.open(p, esn.then(|| run.esn_highs[j])).map_err(wit_error)?;
+                let d = p.data();
+                let n = d.len();
+                self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
+                Ok((n as u32, d[n - 2], d[n - 1]))
+            });
+            let (len, pad, next) = r.unwrap_or_else(|e| {
+                out.failures.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
+                (0, 0, 0)
+            });
+            out.plaintext_lens.push(len);
+            out.pad_lengths.push(pad);
+            out.next_headers.push(next);
+        }
     }
 }
 
-/// Packet `index` of the lent batch, untouched so far in this call, and the
-/// key `key` names with what it may do: the guest names both, so both are
-/// checked.
-fn check<'a>(
-    keys: &'a KeyTable,
-    marks: &[Mark],
-    index: u32,
-    key: u64,
-) -> Result<(usize, &'a EspKey, KeyUse), WitCryptoError> {
+/// The slot of packet `index` of the lent batch if it is untouched so far
+/// in this call: the guest names it, so it is checked.
+fn untouched(marks: &[Mark], index: u32) -> Result<usize, WitCryptoError> {
     let i = index as usize;
     if marks.get(i) != Some(&Mark::Untouched) {
         return Err(WitCryptoError::BadLength);
     }
-    let (k, u) = keys.get(key).map_err(wit_error)?;
-    Ok((i, k, u))
+    Ok(i)
 }
 
 /// Count a refused request and answer it with `e`.
@@ -145,12 +214,26 @@ impl HostBatch for GuestState {
         Heads::of(h, self.batch[..self.count].iter().map(|p| p.data())).into_flat()
     }
 
-    fn seal(&mut self, _: Resource<Batch>, ops: Vec<SealOp>) -> Vec<Result<(), WitCryptoError>> {
-        ops.iter().map(|op| self.seal_one(op)).collect()
+    fn seal(&mut self, _: Resource<Batch>, runs: Vec<SealRun>) -> Vec<OpFailure> {
+        let mut failed = Vec::new();
+        for run in &runs {
+            self.seal_run(run, &mut failed);
+        }
+        failed
     }
 
-    fn open(&mut self, _: Resource<Batch>, ops: Vec<OpenOp>) -> Vec<Result<Opened, WitCryptoError>> {
-        ops.iter().map(|op| self.open_one(op)).collect()
+    fn open(&mut self, _: Resource<Batch>, runs: Vec<OpenRun>) -> Opened {
+        let n = runs.iter().map(|r| r.packets.len()).sum::<usize>().min(self.count);
+        let mut out = Opened {
+            plaintext_lens: Vec::with_capacity(n),
+            pad_lengths: Vec::with_capacity(n),
+            next_headers: Vec::with_capacity(n),
+            failures: Vec::new(),
+        };
+        for run in &runs {
+            self.open_run(run, &mut out);
+        }
+        out
     }
 
     fn drop(&mut self, _: Resource<Batch>) -> wasmtime::Result<()> {
@@ -229,15 +312,19 @@ impl EspInstance {
     /// Encapsulate the first `n` packets in `store.data().batch`.
     pub fn encap(&mut self, n: usize) -> Result<Vec<EncapVerdict>> {
         self.store.data_mut().lend(n);
+        let count = self.store.data().count;
         let (e, s) = self.e();
-        Ok(e.call_encap(s, Resource::new_borrow(0))?)
+        let Encapped { peers, drops } = e.call_encap(s, Resource::new_borrow(0))?;
+        Ok(verdicts(count, &peers, &drops, EncapVerdict::Send, EncapVerdict::Drop, EncapVerdict::Missing))
     }
 
     /// Decapsulate the first `n` packets in `store.data().batch`.
     pub fn decap(&mut self, n: usize) -> Result<Vec<DecapVerdict>> {
         self.store.data_mut().lend(n);
+        let count = self.store.data().count;
         let (e, s) = self.e();
-        Ok(e.call_decap(s, Resource::new_borrow(0))?)
+        let Decapped { lengths, drops } = e.call_decap(s, Resource::new_borrow(0))?;
+        Ok(verdicts(count, &lengths, &drops, DecapVerdict::Deliver, DecapVerdict::Drop, DecapVerdict::Missing))
     }
 }
 
@@ -291,5 +378,122 @@ impl DropReason {
             DropReason::Dummy => "dummy",
             DropReason::SaExpired => "sa_expired",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::keys::{EspAlgorithm, EspKey};
+
+    const SPI: u32 = 0x7001;
+
+    /// A store's host state with `n` 60-byte packets and a sealing key
+    /// (handle 1, SA `SPI`, peer 4) and an opening one (handle 2, `SPI`).
+    fn state(n: usize) -> GuestState {
+        let key = || Arc::new(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![9; 36])).unwrap());
+        let mut keys = KeyTable::default();
+        keys.grant(1, key(), KeyUse::Seal { spi: SPI, peer: 4 });
+        keys.grant(2, key(), KeyUse::Open { spi: SPI });
+        let batch = (0..n)
+            .map(|_| {
+                let mut p = PacketBuf::new();
+                p.recv_area()[..60].fill(0x45);
+                p.set_received(60);
+                p
+            })
+            .collect();
+        let mut st =
+            GuestState { limits: sandbox::store_limits(), keys, batch, count: 0, marks: Vec::new(), refusals: 0 };
+        st.lend(n);
+        st
+    }
+
+    fn run(first_seq: u64, esn: bool, packets: Vec<u32>) -> SealRun {
+        let n = packets.len();
+        SealRun { key: 1, spi: SPI, first_seq, esn, packets, pad_lengths: vec![2; n], next_headers: vec![4; n] }
+    }
+
+    #[test]
+    fn a_run_with_lists_of_other_lengths_is_refused_whole() {
+        let mut st = state(3);
+        let mut bad = run(1, false, vec![0, 1, 2]);
+        bad.next_headers.pop();
+        let failed = st.seal(Resource::new_borrow(0), vec![bad]);
+        assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(failed.iter().all(|f| f.error == WitCryptoError::BadLength));
+        assert_eq!((st.refusals, st.marks.clone()), (3, vec![Mark::Untouched; 3]));
+    }
+
+    #[test]
+    fn without_esn_a_run_stops_at_the_last_32_bit_sequence_number() {
+        let mut st = state(3);
+        let failed = st.seal(Resource::new_borrow(0), vec![run(u64::from(u32::MAX) - 1, false, vec![0, 1, 2])]);
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].packet, failed[0].error), (2, WitCryptoError::BadLength));
+        assert_eq!(st.marks[..2], [Mark::Sealed { peer: 4, spi: SPI }; 2]);
+        // The high bits go into the ICV only, the low ones into the header.
+        let mut st = state(1);
+        assert!(st.seal(Resource::new_borrow(0), vec![run(5 << 32 | 9, true, vec![0])]).is_empty());
+        assert_eq!(st.batch[0].data()[..8], [0, 0, 0x70, 0x01, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn a_packet_named_twice_or_out_of_the_batch_is_refused_and_the_wrong_key_seals_nothing() {
+        let mut st = state(2);
+        let failed = st.seal(Resource::new_borrow(0), vec![run(1, false, vec![1, 1, 7])]);
+        assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [1, 7]);
+        assert_eq!(st.marks, [Mark::Untouched, Mark::Sealed { peer: 4, spi: SPI }]);
+        // The opening key cannot seal; the sealing key cannot open.
+        let mut st = state(1);
+        let failed = st.seal(Resource::new_borrow(0), vec![SealRun { key: 2, ..run(1, false, vec![0]) }]);
+        assert_eq!(failed[0].error, WitCryptoError::WrongKeyKind);
+        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 1, packets: vec![0], esn_highs: vec![] }]);
+        assert_eq!((opened.plaintext_lens, opened.failures.len()), (vec![0], 1));
+        assert_eq!(st.marks, [Mark::Untouched]);
+    }
+
+    #[test]
+    fn a_sealed_run_opens_with_one_entry_per_packet() {
+        let mut st = state(2);
+        assert!(st.seal(Resource::new_borrow(0), vec![run(1, false, vec![0, 1])]).is_empty());
+        st.lend(2);
+        let esn_highs = vec![0];
+        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![0, 1], esn_highs }]);
+        assert_eq!(opened.failures[0].error, WitCryptoError::BadLength, "one ESN word for two packets");
+        st.lend(2);
+        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![1, 0], esn_highs: vec![] }]);
+        assert!(opened.failures.is_empty(), "{:?}", opened.failures);
+        // 60 bytes, 2 of padding and the two trailer bytes.
+        assert_eq!(opened.plaintext_lens, [64, 64]);
+        assert_eq!((opened.pad_lengths, opened.next_headers), (vec![2, 2], vec![4, 4]));
+    }
+
+    #[test]
+    fn verdicts_follow_the_per_packet_list_and_its_exceptions() {
+        let drop = |packet, reason| Dropped { packet, reason };
+        let v = verdicts(
+            4,
+            &[7, 8, 9, 10, 11],
+            &[drop(1, DropReason::Replay), drop(9, DropReason::Dummy)],
+            DecapVerdict::Deliver,
+            DecapVerdict::Drop,
+            DecapVerdict::Missing,
+        );
+        assert_eq!(
+            v,
+            [
+                DecapVerdict::Deliver(7),
+                DecapVerdict::Drop(DropReason::Replay),
+                DecapVerdict::Deliver(9),
+                DecapVerdict::Deliver(10)
+            ]
+        );
+        let v = verdicts(3, &[5], &[], EncapVerdict::Send, EncapVerdict::Drop, EncapVerdict::Missing);
+        assert_eq!(v, [EncapVerdict::Send(5), EncapVerdict::Missing, EncapVerdict::Missing]);
     }
 }

@@ -30,7 +30,7 @@ mod bindings {
 use bindings::*;
 
 use exports::wasmsec::esp::engine as wit;
-use wasmsec::crypto::packets::{Batch, SealOp};
+use wasmsec::crypto::packets::{Batch, SealRun};
 
 /// An installed SA: its SPI, key handle and (outbound) peer index.
 #[derive(Clone, Copy)]
@@ -72,10 +72,11 @@ impl wit::Guest for Component {
         true
     }
 
-    fn encap(packets: &Batch) -> Vec<wit::EncapVerdict> {
+    fn encap(packets: &Batch) -> wit::Encapped {
         let n = packets.count();
         let Some(sa) = OUT.with_borrow(|o| o.first().copied()) else {
-            return (0..n).map(|_| wit::EncapVerdict::Drop(wit::DropReason::NoPolicy)).collect();
+            let drops = (0..n).map(|i| wit::Dropped { packet: i, reason: wit::DropReason::NoPolicy }).collect();
+            return wit::Encapped { peers: vec![0; n as usize], drops };
         };
         match attack(sa.spi) {
             0xa4 => {
@@ -93,15 +94,16 @@ impl wit::Guest for Component {
             }
             0xa6 => unreachable!("a guest that traps on every batch"),
             // 0xa1 and anything else: "sent", never sealed.
-            _ => (0..n).map(|_| wit::EncapVerdict::Send(sa.peer)).collect(),
+            _ => wit::Encapped { peers: vec![sa.peer; n as usize], drops: Vec::new() },
         }
     }
 
-    fn decap(packets: &Batch) -> Vec<wit::DecapVerdict> {
+    fn decap(packets: &Batch) -> wit::Decapped {
         let n = packets.count();
         let heads = packets.heads(4);
         let Some(sa) = IN.with_borrow(|i| i.first().copied()) else {
-            return (0..n).map(|_| wit::DecapVerdict::Drop(wit::DropReason::UnknownSpi)).collect();
+            let drops = (0..n).map(|i| wit::Dropped { packet: i, reason: wit::DropReason::UnknownSpi }).collect();
+            return wit::Decapped { lengths: vec![0; n as usize], drops };
         };
         let len = |i: u32| {
             let r = &heads[i as usize * 8..i as usize * 8 + 4];
@@ -109,21 +111,19 @@ impl wit::Guest for Component {
         };
         if attack(sa.spi) == 0xa2 {
             // Seal with the inbound key: the host must refuse (open only).
-            let ops: Vec<SealOp> = (0..n)
-                .map(|i| SealOp {
-                    index: i,
-                    key: sa.key,
-                    spi: sa.spi,
-                    seq_low: 1,
-                    esn_high: None,
-                    pad_length: 0,
-                    next_header: 4,
-                })
-                .collect();
-            let _ = packets.seal(&ops);
+            let run = SealRun {
+                key: sa.key,
+                spi: sa.spi,
+                first_seq: 1,
+                esn: false,
+                packets: (0..n).collect(),
+                pad_lengths: vec![0; n as usize],
+                next_headers: vec![4; n as usize],
+            };
+            let _ = packets.seal(&[run]);
         }
         // 0xa2, 0xa3 and anything else: "delivered", never opened.
-        (0..n).map(|i| wit::DecapVerdict::Deliver(len(i).saturating_sub(16))).collect()
+        wit::Decapped { lengths: (0..n).map(|i| len(i).saturating_sub(16)).collect(), drops: Vec::new() }
     }
 
     fn sa_states() -> Vec<wit::SaState> {
