@@ -52,6 +52,19 @@ pub(crate) fn engine() -> Result<(Engine, Arc<MemorySlots>)> {
     small_guest_engine(GUEST_MEMORY_LIMIT, GUEST_SLOTS, "wasmtime")
 }
 
+/// What every engine starts from: wasmtime's defaults, and with
+/// `WASMSEC_PERF_MAP=1` a perf map (`/tmp/perf-PID.map`) naming the
+/// guests' compiled functions, so `perf` profiles show guest code by name
+/// (function names need a component built unstripped:
+/// `CARGO_PROFILE_GUEST_STRIP=false cargo xtask build`).
+fn base_config() -> Config {
+    let mut config = Config::new();
+    if std::env::var_os("WASMSEC_PERF_MAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    config
+}
+
 /// The engine the IKE guest runs on. There is one IKE instance per
 /// process, so its memory takes wasmtime's default reservation (4 GiB and
 /// a guard region, address space only) and the compiled code checks no
@@ -61,7 +74,7 @@ pub(crate) fn engine() -> Result<(Engine, Arc<MemorySlots>)> {
 /// store's limiter caps the memory at [`GUEST_MEMORY_LIMIT`] as for the
 /// others.
 pub(crate) fn ike_engine() -> Result<Engine> {
-    let mut config = Config::new();
+    let mut config = base_config();
     config.epoch_interruption(true).wasm_component_model(true);
     Engine::new(&config).context("configuring wasmtime for the IKE guest")
 }
@@ -70,7 +83,7 @@ pub(crate) fn ike_engine() -> Result<Engine> {
 /// of them, and the slots (to count those in use).
 fn small_guest_engine(slot: usize, count: u32, what: &str) -> Result<(Engine, Arc<MemorySlots>)> {
     let slots = Arc::new(MemorySlots::new(slot, count)?);
-    let mut config = Config::new();
+    let mut config = base_config();
     config
         .allocation_strategy(InstanceAllocationStrategy::OnDemand)
         .with_host_memory(slots.clone())
@@ -114,7 +127,7 @@ pub(crate) const RUNTIME_POLICY_MEMORY_LIMIT: usize = 256 << 20;
 /// `crate::wasm::policy`): instances of tens of MiB, a few per process, so
 /// allocated on demand with their memory image mapped copy-on-write.
 pub(crate) fn runtime_policy_engine() -> Result<Engine> {
-    let mut config = Config::new();
+    let mut config = base_config();
     config.epoch_interruption(true).wasm_component_model(true);
     Engine::new(&config).context("configuring wasmtime for policy modules with a runtime")
 }
