@@ -176,6 +176,44 @@ mod tests {
         assert_eq!(w.check(137), Ok(()));
     }
 
+    /// Against a set of the numbers seen: every window size, jumps of
+    /// every length, numbers on both sides of the window.
+    #[test]
+    fn agrees_with_a_model_for_every_size_and_jump() {
+        use std::collections::BTreeSet;
+        for size in [1u32, 63, 64, 65, 128, 1000, 1024] {
+            let mut w = ReplayWindow::new(size, 0);
+            let window = u64::from(w.size());
+            let mut seen = BTreeSet::new();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let mut top = 0u64;
+            for _ in 0..20_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let seq = match x % 4 {
+                    0 => top + 1 + x % (3 * window),
+                    1 => top + 1,
+                    _ => top.saturating_sub(x % (window + 70)).max(1),
+                };
+                let want = if seq > top {
+                    Ok(())
+                } else if top - seq >= window {
+                    Err(ReplayError::TooOld)
+                } else if seen.contains(&seq) {
+                    Err(ReplayError::Duplicate)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(w.commit(seq), want, "size {size}, top {top}, seq {seq}");
+                if want.is_ok() {
+                    seen.insert(seq);
+                    top = top.max(seq);
+                }
+            }
+        }
+    }
+
     #[test]
     fn disabled_window_accepts_repeats() {
         let mut w = ReplayWindow::new(0, 0);
