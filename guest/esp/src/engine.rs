@@ -288,9 +288,11 @@ impl Engine {
 
     pub fn remove_outbound(&mut self, spi: u32) -> bool {
         let Some(slot) = self.out_slot.remove(&spi) else { return false };
-        if let Some(o) = self.outbound[slot].take() {
-            self.by_destination.remove(slot, &o.sa.remote_ts);
+        let outbound = &self.outbound;
+        if let Some(o) = &outbound[slot] {
+            self.by_destination.remove(slot, &o.sa.remote_ts, |s| installed(outbound, s));
         }
+        self.outbound[slot] = None;
         self.free.push(slot);
         self.last_out = None;
         true
@@ -359,20 +361,18 @@ impl Engine {
     /// The slot of the SA a packet with these selectors takes: the newest
     /// of those whose selectors match (RFC 4301 section 5.1).
     fn find_outbound(&mut self, s: &Selectors) -> Option<usize> {
-        let hit = |o: &Option<Box<Outbound>>| {
-            o.as_ref().filter(|o| selector::matches(s, &o.sa.local_ts, &o.sa.remote_ts)).map(|o| o.installed)
-        };
         let flow = Selectors { total_len: 0, ..*s };
         if let Some((last, i)) = self.last_out
             && last == flow
         {
             return Some(i);
         }
-        let (i, _) = self
-            .by_destination
-            .candidates(&s.dst)
-            .filter_map(|i| hit(&self.outbound[i]).map(|installed| (i, installed)))
-            .max_by_key(|&(_, installed)| installed)?;
+        let outbound = &self.outbound;
+        let i = self.by_destination.newest(
+            &s.dst,
+            |i| outbound[i].as_ref().is_some_and(|o| selector::matches(s, &o.sa.local_ts, &o.sa.remote_ts)),
+            |i| installed(outbound, i),
+        )?;
         self.last_out = Some((flow, i));
         Some(i)
     }
@@ -516,6 +516,12 @@ impl Engine {
         inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, &mut self.expiries);
         Ok(sel.total_len as u32)
     }
+}
+
+/// When the SA in outbound slot `i` was installed (0 for a free slot,
+/// which the destination index does not hold).
+fn installed(outbound: &[Option<Box<Outbound>>], i: usize) -> u64 {
+    outbound.get(i).and_then(|o| o.as_ref()).map_or(0, |o| o.installed)
 }
 
 fn replay_drop(_: ReplayError) -> DropReason {

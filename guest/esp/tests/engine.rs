@@ -495,3 +495,28 @@ fn many_sas_each_packet_finds_its_own() {
         assert_eq!(*v, EncapVerdict::Send(want), "packet to subnet {i}");
     }
 }
+
+/// Thousands of SAs with one destination (peers that each negotiated the
+/// same remote subnet): the newest SA whose full selectors match wins,
+/// also when a newer one in the same index bucket does not match, and
+/// SAs leave from the middle and from the end.
+#[test]
+fn thousands_of_sas_for_one_destination_newest_match_wins() {
+    let mut a = Engine::new();
+    for i in 0..3000 {
+        a.install_outbound(outbound_to(0x1_0000 + i, i, prefix(LAN_B, 24))).unwrap();
+    }
+    // The newest of all carries only TCP: ICMP takes the one before it.
+    let tcp_only = TrafficSelector { protocol: 6, ..prefix(LAN_B, 24) };
+    a.install_outbound(outbound_to(0x9999, 9999, tcp_only)).unwrap();
+    let send = |a: &mut Engine| encap(a, vec![ipv4_packet(HOST_A, HOST_B, 8)]).1;
+    assert_eq!(send(&mut a), [EncapVerdict::Send(2999)]);
+    for i in (1000..2000).chain([2999, 2998]) {
+        assert!(a.remove_outbound(0x1_0000 + i));
+    }
+    assert_eq!(send(&mut a), [EncapVerdict::Send(2997)]);
+    for i in (0..1000).chain(2000..2998) {
+        assert!(a.remove_outbound(0x1_0000 + i));
+    }
+    assert_eq!(send(&mut a), [EncapVerdict::Drop(DropReason::NoPolicy)], "only the TCP one is left");
+}
