@@ -145,6 +145,20 @@ fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>,
         .collect()
 }
 
+/// The engine's verdicts as the WIT answers them: a number per packet
+/// (`each` of a packet that goes on, 0 for a dropped one) and the drops.
+fn answer<V>(verdicts: Vec<V>, each: impl Fn(V) -> Result<u32, esp::DropReason>) -> (Vec<u32>, Vec<wit::Dropped>) {
+    let mut numbers = Vec::with_capacity(verdicts.len());
+    let mut drops = Vec::new();
+    for (i, v) in verdicts.into_iter().enumerate() {
+        numbers.push(each(v).unwrap_or_else(|r| {
+            drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
+            0
+        }));
+    }
+    (numbers, drops)
+}
+
 fn drop_reason(r: esp::DropReason) -> wit::DropReason {
     use esp::DropReason as D;
     match r {
@@ -212,34 +226,20 @@ impl wit::Guest for Component {
     fn encap(packets: &Batch) -> wit::Encapped {
         let mut verdicts = Vec::with_capacity(packets.count() as usize);
         ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets), &mut verdicts));
-        let mut peers = Vec::with_capacity(verdicts.len());
-        let mut drops = Vec::new();
-        for (i, v) in verdicts.into_iter().enumerate() {
-            match v {
-                esp::EncapVerdict::Send(peer) => peers.push(peer),
-                esp::EncapVerdict::Drop(r) => {
-                    peers.push(0);
-                    drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
-                }
-            }
-        }
+        let (peers, drops) = answer(verdicts, |v| match v {
+            esp::EncapVerdict::Send(peer) => Ok(peer),
+            esp::EncapVerdict::Drop(r) => Err(r),
+        });
         wit::Encapped { peers, drops }
     }
 
     fn decap(packets: &Batch) -> wit::Decapped {
         let mut verdicts = Vec::with_capacity(packets.count() as usize);
         ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets), &mut verdicts));
-        let mut lengths = Vec::with_capacity(verdicts.len());
-        let mut drops = Vec::new();
-        for (i, v) in verdicts.into_iter().enumerate() {
-            match v {
-                esp::DecapVerdict::Deliver(len) => lengths.push(len),
-                esp::DecapVerdict::Drop(r) => {
-                    lengths.push(0);
-                    drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
-                }
-            }
-        }
+        let (lengths, drops) = answer(verdicts, |v| match v {
+            esp::DecapVerdict::Deliver(len) => Ok(len),
+            esp::DecapVerdict::Drop(r) => Err(r),
+        });
         wit::Decapped { lengths, drops }
     }
 

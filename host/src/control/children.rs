@@ -180,7 +180,7 @@ impl Children {
                 break;
             }
             self.lingering.pop();
-            self.inbound.send(SaCommand::RemoveInbound { spi });
+            self.inbound.send_quiet(SaCommand::RemoveInbound { spi });
             self.esp_keys.remove(key);
         }
     }
@@ -242,7 +242,7 @@ impl Children {
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         let traffic = SaPairTraffic::default();
-        self.inbound.send(SaCommand::AddInbound {
+        self.inbound.send_quiet(SaCommand::AddInbound {
             group,
             traffic: traffic[0].clone(),
             outbound_spi: Some(c.outbound_spi),
@@ -273,7 +273,7 @@ impl Children {
         if c.outbound_deferred {
             self.deferred.insert(c.outbound_spi, (out, peer, group, traffic[1].clone()));
         } else {
-            self.outbound.send(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
+            self.outbound.send_quiet(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
         self.list.insert(
             c.inbound_spi,
@@ -302,13 +302,13 @@ impl Children {
         if self.test_install_delay.is_some() && self.expected.len() < 4096 {
             self.expected.insert(spi);
         }
-        self.inbound.send(SaCommand::ExpectInbound { spi });
+        self.inbound.send_quiet(SaCommand::ExpectInbound { spi });
     }
 
     /// Start sending on a deferred outbound SA.
     pub fn activate(&mut self, spi: u32) {
         if let Some((sa, peer, group, traffic)) = self.deferred.remove(&spi) {
-            self.outbound.send(SaCommand::AddOutbound { sa, peer, group, traffic });
+            self.outbound.send_quiet(SaCommand::AddOutbound { sa, peer, group, traffic });
         }
     }
 
@@ -317,7 +317,7 @@ impl Children {
         for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
             c.peer = to.to_string();
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
-            self.outbound.send(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
+            self.outbound.send_quiet(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
         }
     }
 
@@ -325,10 +325,10 @@ impl Children {
     /// `keep_inbound_ms` (`now` in control-loop milliseconds).
     pub fn delete(&mut self, d: ChildDeleted, now: u64) {
         self.deferred.remove(&d.outbound_spi);
-        self.outbound.send(SaCommand::RemoveOutbound { spi: d.outbound_spi });
+        self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: d.outbound_spi });
         self.esp_keys.remove(d.outbound_key);
         if d.keep_inbound_ms == 0 {
-            self.inbound.send(SaCommand::RemoveInbound { spi: d.inbound_spi });
+            self.inbound.send_quiet(SaCommand::RemoveInbound { spi: d.inbound_spi });
             self.esp_keys.remove(d.inbound_key);
         } else {
             self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key)));

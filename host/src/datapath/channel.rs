@@ -135,6 +135,16 @@ impl<T> Sender<T> {
         }
         true
     }
+
+    /// Queue without waking the receiver; false if it is gone. It takes
+    /// the message the next time it wakes for anything: a packet, a woken
+    /// `send`, or its poll timeout. For changes only a packet can see (an
+    /// SA added or removed: the packet that needs the change wakes the
+    /// thread, which takes its messages before the packet), so a setup at
+    /// thousands a second costs no wake-ups of idle data-path threads.
+    pub fn send_quiet(&self, m: T) -> bool {
+        self.tx.send(m).is_ok()
+    }
 }
 
 impl<T> Receiver<T> {
@@ -146,6 +156,14 @@ impl<T> Receiver<T> {
         // a sender that finds it set knows this drain will see its message;
         // one that finds it clear writes a byte that stays for next time.
         self.pending.swap(false, Ordering::AcqRel);
+        self.rx.try_iter().collect()
+    }
+}
+
+impl<T> Receiver<T> {
+    /// What was sent so far, in order, without reading wake bytes (no
+    /// system call): for a thread that woke for something else.
+    pub fn take_queued(&self) -> Vec<T> {
         self.rx.try_iter().collect()
     }
 }
@@ -185,5 +203,21 @@ mod tests {
             }
         }
         receiver.join().unwrap();
+    }
+
+    /// A quiet message wakes nobody but waits in order for the next drain,
+    /// woken or not.
+    #[test]
+    fn quiet_messages_wait_in_order_for_the_next_look() {
+        let (tx, rx) = channel::<u32>().unwrap();
+        assert!(tx.send_quiet(1));
+        assert!(!crate::sys::poll_readable(&[rx.as_raw_fd()], 0).unwrap()[0], "no wake byte");
+        assert_eq!(rx.take_queued(), [1]);
+        assert!(tx.send_quiet(2));
+        assert!(tx.send(3));
+        assert!(crate::sys::poll_readable(&[rx.as_raw_fd()], 0).unwrap()[0]);
+        assert_eq!(rx.drain(), [2, 3]);
+        drop(rx);
+        assert!(!tx.send_quiet(4), "the receiver is gone");
     }
 }

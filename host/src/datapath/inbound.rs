@@ -47,15 +47,19 @@ impl Loop {
             };
             let ready = match poll.wait(&fds, wait) {
                 Ok(r) if pending || r.iter().any(|x| *x) => r,
-                Ok(_) => continue,
+                Ok(_) => {
+                    // The timeout: SA changes sent quietly wait no longer.
+                    self.apply_commands(false);
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, "poll on sockets failed");
                     continue;
                 }
             };
-            if ready.get(2) == Some(&true) {
-                self.apply_commands();
-            }
+            // Before the packets: an SA change sent quietly (an inbound SA,
+            // its expected SPI) may be what they need.
+            self.apply_commands(ready.get(2) == Some(&true));
             // Held packets whose SA has come go first, then what is waiting.
             self.sources.clear();
             let by_spi = &self.groups.by_spi;

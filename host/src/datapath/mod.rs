@@ -43,6 +43,9 @@ pub use peers::{Peer, Peers};
 /// How often a loop asks its guests for SA expiries (not per batch: the
 /// call would cost every batch, and a rekey does not need to start sooner).
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
+/// A data-path thread's longest sleep: also how long an SA change sent
+/// quietly (`Sender::send_quiet`) may wait to be applied when no packet
+/// comes (a removed SA's key and guest instance are freed by then).
 const POLL_MS: i32 = 200;
 
 /// Host-side record of the SAs an instance holds, to rebuild it after a
@@ -277,10 +280,13 @@ impl Loop {
         }
     }
 
-    /// Apply SA changes from the control thread.
-    fn apply_commands(&mut self) {
+    /// Apply SA changes from the control thread: all of them when the
+    /// inbox's wake descriptor was readable (`woken`), else those queued
+    /// quietly (no system call). Called on every wake-up, before packets.
+    fn apply_commands(&mut self, woken: bool) {
         let Some(inbox) = &self.inbox else { return };
-        for m in inbox.drain() {
+        let commands = if woken { inbox.drain() } else { inbox.take_queued() };
+        for m in commands {
             let r = match m {
                 SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
                     self.traffic.insert(sa.spi, traffic);

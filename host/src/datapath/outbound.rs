@@ -39,9 +39,12 @@ impl Loop {
                     continue;
                 }
             };
+            // Before the packets: an SA change sent quietly may be what
+            // they need.
+            self.apply_commands(ready[0]);
             if ready[0] {
-                self.apply_commands();
-                // A reload may have added or removed a tenant's TUN device.
+                // A reload may have added or removed a tenant's TUN device
+                // (sent with a wake-up).
                 fds = self.poll_fds();
             }
             let n = self.read_tuns(&ready[1..]);
