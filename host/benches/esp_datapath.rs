@@ -148,26 +148,41 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn heads(&self, head_len: usize) -> wasmsec_esp::Heads {
         wasmsec_esp::Heads::of(head_len, self.bufs.iter().map(PacketBuf::data))
     }
-    fn seal(&mut self, ops: &[wasmsec_esp::SealOp], out: &mut Vec<Result<(), wasmsec_esp::CryptoError>>) {
-        for op in ops {
-            let h = wasmsec_wire::esp::Repr { spi: op.spi, sequence_number: op.seq_low };
-            let r = self.key.seal(&mut self.bufs[op.index as usize], &h, op.esn_high, op.pad_length, op.next_header);
-            out.push(r.map_err(|_| wasmsec_esp::CryptoError::BadLength));
+    fn seal(&mut self, runs: Vec<wasmsec_esp::SealRun>) -> Vec<wasmsec_esp::OpFailure> {
+        let mut failures = Vec::new();
+        for r in &runs {
+            for (k, &i) in r.packets.iter().enumerate() {
+                let h = wasmsec_wire::esp::Repr { spi: r.spi, sequence_number: r.seq(k) as u32 };
+                let p = &mut self.bufs[i as usize];
+                if self.key.seal(p, &h, r.esn_high(k), r.pad_lengths[k], r.next_headers[k]).is_err() {
+                    failures.push(wasmsec_esp::OpFailure { packet: i, error: wasmsec_esp::CryptoError::BadLength });
+                }
+            }
         }
+        failures
     }
-    fn open(
-        &mut self,
-        ops: &[wasmsec_esp::OpenOp],
-        out: &mut Vec<Result<wasmsec_esp::Opened, wasmsec_esp::CryptoError>>,
-    ) {
-        for op in ops {
-            let p = &mut self.bufs[op.index as usize];
-            let r = self.key.open(p, op.esn_high).map(|_| {
-                let d = p.data();
-                wasmsec_esp::Opened { plaintext_len: d.len(), pad_length: d[d.len() - 2], next_header: d[d.len() - 1] }
-            });
-            out.push(r.map_err(|_| wasmsec_esp::CryptoError::IntegrityFailed));
+    fn open(&mut self, runs: Vec<wasmsec_esp::OpenRun>) -> wasmsec_esp::Opened {
+        let mut o = wasmsec_esp::Opened::default();
+        for r in &runs {
+            for (k, &i) in r.packets.iter().enumerate() {
+                let p = &mut self.bufs[i as usize];
+                let (len, pad, nh) = match self.key.open(p, r.esn_high(k)) {
+                    Ok(_) => {
+                        let d = p.data();
+                        (d.len() as u32, d[d.len() - 2], d[d.len() - 1])
+                    }
+                    Err(_) => {
+                        let error = wasmsec_esp::CryptoError::IntegrityFailed;
+                        o.failures.push(wasmsec_esp::OpFailure { packet: i, error });
+                        (0, 0, 0)
+                    }
+                };
+                o.plaintext_lens.push(len);
+                o.pad_lengths.push(pad);
+                o.next_headers.push(nh);
+            }
         }
+        o
     }
 }
 
@@ -205,14 +220,11 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     })
     .unwrap();
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new()).collect();
-    let (mut ev, mut dv) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
     Box::new(move || {
         refill(&mut bufs, pkt);
-        ev.clear();
-        dv.clear();
-        tx.encap(&mut NativeBatch { bufs: &mut bufs, key: &k_out }, &mut ev);
-        rx.decap(&mut NativeBatch { bufs: &mut bufs, key: &k_in }, &mut dv);
-        assert!(matches!(dv[BATCH - 1], wasmsec_esp::DecapVerdict::Deliver(_)));
+        tx.encap(&mut NativeBatch { bufs: &mut bufs, key: &k_out });
+        let d = rx.decap(&mut NativeBatch { bufs: &mut bufs, key: &k_in });
+        assert!(d.drops.is_empty() && d.lengths[BATCH - 1] > 0);
     })
 }
 

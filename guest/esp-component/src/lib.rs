@@ -5,7 +5,9 @@
 
 use std::cell::RefCell;
 
-use wasmsec_esp::{self as esp, CryptoError, HEAD_LEN, Heads, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+use wasmsec_esp::{
+    self as esp, CryptoError, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
+};
 use wasmsec_wire::ip::Address;
 
 #[allow(unsafe_code)]
@@ -20,7 +22,7 @@ mod bindings {
 use bindings::*;
 
 use exports::wasmsec::esp::engine as wit;
-use wasmsec::crypto::packets::{Batch, OpenRun, SealRun};
+use wasmsec::crypto::packets::{self, Batch};
 use wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 thread_local! {
@@ -46,87 +48,39 @@ impl PacketBatch for HostBatch<'_> {
         Heads::from_flat(self.0.heads(head_len as u32), head_len)
     }
 
-    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
-        let failures = self.0.seal(&seal_runs(ops));
-        let first = out.len();
-        out.resize(first + ops.len(), Ok(()));
-        for f in failures {
-            if let Some(k) = ops.iter().position(|o| o.index == f.packet) {
-                out[first + k] = Err(crypto_error(f.error));
-            }
-        }
+    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
+        let runs: Vec<packets::SealRun> = runs
+            .into_iter()
+            .map(|r| packets::SealRun {
+                key: r.key.0,
+                spi: r.spi,
+                first_seq: r.first_seq,
+                esn: r.esn,
+                packets: r.packets,
+                pad_lengths: r.pad_lengths,
+                next_headers: r.next_headers,
+            })
+            .collect();
+        self.0.seal(&runs).into_iter().map(failure).collect()
     }
 
-    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
-        let opened = self.0.open(&open_runs(ops));
-        let first = out.len();
-        out.extend((0..ops.len()).map(|k| match (opened.plaintext_lens.get(k), opened.pad_lengths.get(k)) {
-            (Some(&len), Some(&pad_length)) => Ok(Opened {
-                plaintext_len: len as usize,
-                pad_length,
-                next_header: opened.next_headers.get(k).copied().unwrap_or(0),
-            }),
-            _ => Err(CryptoError::Internal),
-        }));
-        for f in opened.failures {
-            if let Some(k) = ops.iter().position(|o| o.index == f.packet) {
-                out[first + k] = Err(crypto_error(f.error));
-            }
+    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
+        let runs: Vec<packets::OpenRun> = runs
+            .into_iter()
+            .map(|r| packets::OpenRun { key: r.key.0, packets: r.packets, esn_highs: r.esn_highs })
+            .collect();
+        let o = self.0.open(&runs);
+        Opened {
+            plaintext_lens: o.plaintext_lens,
+            pad_lengths: o.pad_lengths,
+            next_headers: o.next_headers,
+            failures: o.failures.into_iter().map(failure).collect(),
         }
     }
 }
 
-/// The full sequence number of a seal op.
-fn seq_of(o: &SealOp) -> u64 {
-    (u64::from(o.esn_high.unwrap_or(0)) << 32) | u64::from(o.seq_low)
-}
-
-/// Seal ops as runs: consecutive ops of one SA with consecutive sequence
-/// numbers (the engine numbers each SA's packets in batch order).
-fn seal_runs(ops: &[SealOp]) -> Vec<SealRun> {
-    let mut runs: Vec<SealRun> = Vec::new();
-    let mut next_seq = 0;
-    for o in ops {
-        let seq = seq_of(o);
-        let same = runs
-            .last()
-            .is_some_and(|r| r.key == o.key.0 && r.spi == o.spi && r.esn == o.esn_high.is_some() && seq == next_seq);
-        if !same {
-            runs.push(SealRun {
-                key: o.key.0,
-                spi: o.spi,
-                first_seq: seq,
-                esn: o.esn_high.is_some(),
-                packets: Vec::new(),
-                pad_lengths: Vec::new(),
-                next_headers: Vec::new(),
-            });
-        }
-        let r = runs.last_mut().expect("a run was just pushed");
-        r.packets.push(o.index);
-        r.pad_lengths.push(o.pad_length);
-        r.next_headers.push(o.next_header);
-        next_seq = seq.wrapping_add(1);
-    }
-    runs
-}
-
-/// Open ops as runs: consecutive ops with one key and the same use of ESN.
-fn open_runs(ops: &[OpenOp]) -> Vec<OpenRun> {
-    let mut runs: Vec<OpenRun> = Vec::new();
-    for o in ops {
-        // A run's packets all carry ESN high bits, or none does.
-        let same = runs.last().is_some_and(|r| r.key == o.key.0 && r.esn_highs.is_empty() == o.esn_high.is_none());
-        if !same {
-            runs.push(OpenRun { key: o.key.0, packets: Vec::new(), esn_highs: Vec::new() });
-        }
-        let r = runs.last_mut().expect("a run was just pushed");
-        r.packets.push(o.index);
-        if let Some(h) = o.esn_high {
-            r.esn_highs.push(h);
-        }
-    }
-    runs
+fn failure(f: packets::OpFailure) -> OpFailure {
+    OpFailure { packet: f.packet, error: crypto_error(f.error) }
 }
 
 fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>, String> {
@@ -145,18 +99,8 @@ fn selectors(ts: Vec<wit::TrafficSelector>) -> Result<Vec<esp::TrafficSelector>,
         .collect()
 }
 
-/// The engine's verdicts as the WIT answers them: a number per packet
-/// (`each` of a packet that goes on, 0 for a dropped one) and the drops.
-fn answer<V>(verdicts: Vec<V>, each: impl Fn(V) -> Result<u32, esp::DropReason>) -> (Vec<u32>, Vec<wit::Dropped>) {
-    let mut numbers = Vec::with_capacity(verdicts.len());
-    let mut drops = Vec::new();
-    for (i, v) in verdicts.into_iter().enumerate() {
-        numbers.push(each(v).unwrap_or_else(|r| {
-            drops.push(wit::Dropped { packet: i as u32, reason: drop_reason(r) });
-            0
-        }));
-    }
-    (numbers, drops)
+fn drops(d: Vec<esp::Dropped>) -> Vec<wit::Dropped> {
+    d.into_iter().map(|d| wit::Dropped { packet: d.packet, reason: drop_reason(d.reason) }).collect()
 }
 
 fn drop_reason(r: esp::DropReason) -> wit::DropReason {
@@ -224,23 +168,13 @@ impl wit::Guest for Component {
     }
 
     fn encap(packets: &Batch) -> wit::Encapped {
-        let mut verdicts = Vec::with_capacity(packets.count() as usize);
-        ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets), &mut verdicts));
-        let (peers, drops) = answer(verdicts, |v| match v {
-            esp::EncapVerdict::Send(peer) => Ok(peer),
-            esp::EncapVerdict::Drop(r) => Err(r),
-        });
-        wit::Encapped { peers, drops }
+        let e = ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets)));
+        wit::Encapped { peers: e.peers, drops: drops(e.drops) }
     }
 
     fn decap(packets: &Batch) -> wit::Decapped {
-        let mut verdicts = Vec::with_capacity(packets.count() as usize);
-        ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets), &mut verdicts));
-        let (lengths, drops) = answer(verdicts, |v| match v {
-            esp::DecapVerdict::Deliver(len) => Ok(len),
-            esp::DecapVerdict::Drop(r) => Err(r),
-        });
-        wit::Decapped { lengths, drops }
+        let d = ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets)));
+        wit::Decapped { lengths: d.lengths, drops: drops(d.drops) }
     }
 
     fn sa_states() -> Vec<wit::SaState> {

@@ -11,45 +11,82 @@ pub const HEAD_LEN: usize = 64;
 pub use wasmsec_wire::CryptoError;
 pub use wasmsec_wire::heads::Heads;
 
-/// Seal packet `index`: see `seal-op` in `wit/deps/crypto/crypto.wit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SealOp {
-    /// The packet's position in the batch.
-    pub index: u32,
+/// Seal a run of packets of one outbound SA with consecutive sequence
+/// numbers: see `seal-run` in `wit/deps/crypto/crypto.wit`. The engine
+/// builds runs as it plans, so the component shell passes them on as they
+/// are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealRun {
     /// The host's key to seal with.
     pub key: KeyHandle,
-    /// SPI for the ESP header: the peer's, from the outbound SA.
+    /// SPI for the ESP headers: the peer's, from the outbound SA.
     pub spi: u32,
-    /// Low 32 bits of the sequence number, written in the ESP header.
-    pub seq_low: u32,
-    /// High 32 bits of the sequence number, authenticated only (ESN); None without ESN.
-    pub esn_high: Option<u32>,
-    /// Padding bytes in the trailer the host appends (RFC 4303 section 2.4).
-    pub pad_length: u8,
-    /// Next Header for the trailer: 4 for an inner IPv4 packet, 41 for IPv6.
-    pub next_header: u8,
+    /// The first packet's full sequence number; each next one is one more.
+    /// The header carries the low 32 bits, the ICV covers the high ones
+    /// with ESN (RFC 4303 section 2.2.1).
+    pub first_seq: u64,
+    /// Extended sequence numbers.
+    pub esn: bool,
+    /// The packets' positions in the batch, in sequence-number order.
+    pub packets: Vec<u32>,
+    /// Per packet: padding bytes in the trailer (RFC 4303 section 2.4).
+    pub pad_lengths: Vec<u8>,
+    /// Per packet: the trailer's Next Header, 4 for IPv4, 41 for IPv6.
+    pub next_headers: Vec<u8>,
 }
 
-/// Open packet `index`: see `open-op` in `wit/deps/crypto/crypto.wit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenOp {
-    /// The packet's position in the batch.
-    pub index: u32,
+impl SealRun {
+    /// The full sequence number of the run's `k`th packet.
+    pub fn seq(&self, k: usize) -> u64 {
+        self.first_seq.wrapping_add(k as u64)
+    }
+
+    /// The ESN high half the `k`th packet's ICV covers; None without ESN.
+    pub fn esn_high(&self, k: usize) -> Option<u32> {
+        self.esn.then(|| (self.seq(k) >> 32) as u32)
+    }
+}
+
+/// Open a run of packets under one key: see `open-run` in
+/// `wit/deps/crypto/crypto.wit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRun {
     /// The host's key to open with.
     pub key: KeyHandle,
-    /// High 32 bits of the inferred sequence number (ESN); None without ESN.
-    pub esn_high: Option<u32>,
+    /// The packets' positions in the batch.
+    pub packets: Vec<u32>,
+    /// With ESN, per packet: the high 32 bits of its inferred sequence
+    /// number (RFC 4303 appendix A); empty without.
+    pub esn_highs: Vec<u32>,
 }
 
-/// What the host reports after opening a packet.
+impl OpenRun {
+    /// The ESN high half of the run's `k`th packet; None without ESN.
+    pub fn esn_high(&self, k: usize) -> Option<u32> {
+        self.esn_highs.get(k).copied()
+    }
+}
+
+/// A packet of a run the host did not seal or open, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpFailure {
+    /// The packet's position in the batch.
+    pub packet: u32,
+    pub error: CryptoError,
+}
+
+/// What the host says about the packets of the open runs: one entry per
+/// packet, runs one after the other (0 for the packets in `failures`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Opened {
     /// Plaintext length, trailer included.
-    pub plaintext_len: usize,
+    pub plaintext_lens: Vec<u32>,
     /// The trailer's Pad Length field (RFC 4303 section 2.5).
-    pub pad_length: u8,
+    pub pad_lengths: Vec<u8>,
     /// The trailer's Next Header field (RFC 4303 section 2.6).
-    pub next_header: u8,
+    pub next_headers: Vec<u8>,
+    /// The packets that did not open, in order.
+    pub failures: Vec<OpFailure>,
 }
 
 /// A batch of packets in host memory with in-place ESP crypto by key
@@ -60,8 +97,8 @@ pub trait PacketBatch {
     /// Length and first `head_len` bytes (at most [`HEAD_LEN`]) of every
     /// packet, in order.
     fn heads(&self, head_len: usize) -> Heads;
-    /// Seal the packets named by `ops`; one result per op, in order.
-    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>);
-    /// Open the packets named by `ops`; one result per op, in order.
-    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>);
+    /// Seal the runs' packets; the packets that were not sealed, in order.
+    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure>;
+    /// Open the runs' packets.
+    fn open(&mut self, runs: Vec<OpenRun>) -> Opened;
 }

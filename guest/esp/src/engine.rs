@@ -6,7 +6,7 @@ use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 use wasmsec_wire::own_keys::OwnKeys;
 
-use crate::batch::{CryptoError, HEAD_LEN, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+use crate::batch::{CryptoError, HEAD_LEN, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
 use crate::spd::DestinationIndex;
@@ -159,6 +159,36 @@ pub enum DropReason {
     SaExpired,
 }
 
+/// A packet of a batch that is not sent or delivered, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// The packet's position in the batch.
+    pub packet: u32,
+    pub reason: DropReason,
+}
+
+/// What [`Engine::encap`] did with a batch, in the shape of the WIT's
+/// `encapped`: a number per packet and the exceptions apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encapped {
+    /// Per packet: the peer to send the sealed packet to (0 for a dropped
+    /// one).
+    pub peers: Vec<u32>,
+    /// The packets not to send, in order.
+    pub drops: Vec<Dropped>,
+}
+
+/// What [`Engine::decap`] did with a batch (the WIT's `decapped`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decapped {
+    /// Per packet: the inner packet's length (0 for a dropped one).
+    pub lengths: Vec<u32>,
+    /// The packets not to deliver, in order.
+    pub drops: Vec<Dropped>,
+}
+
+/// One packet's fate after [`Engine::encap`], for callers that look at
+/// packets one by one ([`Encapped::verdicts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncapVerdict {
     /// Sealed; send to this peer.
@@ -166,11 +196,67 @@ pub enum EncapVerdict {
     Drop(DropReason),
 }
 
+/// One packet's fate after [`Engine::decap`] ([`Decapped::verdicts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecapVerdict {
     /// Opened; the inner packet is this many bytes long.
     Deliver(u32),
     Drop(DropReason),
+}
+
+impl Encapped {
+    pub fn verdicts(&self) -> Vec<EncapVerdict> {
+        per_packet(&self.peers, &self.drops, EncapVerdict::Send, EncapVerdict::Drop)
+    }
+}
+
+impl Decapped {
+    pub fn verdicts(&self) -> Vec<DecapVerdict> {
+        per_packet(&self.lengths, &self.drops, DecapVerdict::Deliver, DecapVerdict::Drop)
+    }
+}
+
+fn per_packet<V>(each: &[u32], drops: &[Dropped], ok: fn(u32) -> V, drop: fn(DropReason) -> V) -> Vec<V> {
+    let mut v: Vec<V> = each.iter().map(|&x| ok(x)).collect();
+    for d in drops {
+        if let Some(slot) = v.get_mut(d.packet as usize) {
+            *slot = drop(d.reason);
+        }
+    }
+    v
+}
+
+/// The packets of `failures` are dropped as `reason(error)` too: their
+/// numbers become 0 and the drops stay in packet order (a packet the
+/// host names twice, or that is not in the batch, is dropped once or not
+/// at all).
+fn add_failures(
+    each: &mut [u32],
+    drops: &mut Vec<Dropped>,
+    failures: &[OpFailure],
+    reason: impl Fn(CryptoError) -> DropReason,
+) {
+    if failures.is_empty() {
+        return;
+    }
+    for f in failures {
+        if let Some(x) = each.get_mut(f.packet as usize) {
+            *x = 0;
+            drops.push(Dropped { packet: f.packet, reason: reason(f.error) });
+        }
+    }
+    drops.sort_unstable_by_key(|d| d.packet);
+    drops.dedup_by_key(|d| d.packet);
+}
+
+/// How a packet the engine sent to be opened failed.
+fn open_failure(e: CryptoError) -> DropReason {
+    match e {
+        CryptoError::IntegrityFailed => DropReason::IntegrityFailed,
+        // Too short to hold IV, ICV and trailer.
+        CryptoError::BadLength => DropReason::Malformed,
+        _ => DropReason::CryptoRefused,
+    }
 }
 
 /// Counters and sequence state of one SA.
@@ -199,6 +285,18 @@ struct Inbound {
     sa: InboundSa,
     window: ReplayWindow,
     use_: Usage,
+}
+
+/// What the engine decided for one outbound packet: its SA's key, SPI,
+/// peer and ESN use, its sequence number, and its trailer.
+struct SealPlan {
+    key: KeyHandle,
+    spi: u32,
+    seq: u64,
+    esn: bool,
+    pad_length: u8,
+    next_header: u8,
+    peer: u32,
 }
 
 /// The ESP engine: outbound SAs indexed by destination, inbound SAs by
@@ -325,37 +423,52 @@ impl Engine {
         std::mem::take(&mut self.expiries)
     }
 
-    /// Encapsulate every packet of `batch` (inner IP packets); one verdict
-    /// per packet is appended to `out`, in order. Three host calls in all:
-    /// the heads, then one seal for the packets that have an SA.
-    pub fn encap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<EncapVerdict>) {
+    /// Encapsulate every packet of `batch` (inner IP packets). Two host
+    /// calls in all: the heads, then one seal of the runs of the packets
+    /// that have an SA.
+    pub fn encap<B: PacketBatch>(&mut self, batch: &mut B) -> Encapped {
         let heads = batch.heads(HEAD_LEN);
-        let mut ops = Vec::with_capacity(heads.len());
-        // Where each op's result goes: (packet index, SA index).
-        let mut pending = Vec::with_capacity(heads.len());
-        let base = out.len();
+        let n = heads.len();
+        let mut out = Encapped { peers: vec![0; n], drops: Vec::new() };
+        let mut runs: Vec<SealRun> = Vec::new();
         for (i, (len, head)) in heads.iter().enumerate() {
-            match self.encap_plan(i as u32, len, head) {
-                Ok((op, sa)) => {
-                    ops.push(op);
-                    pending.push((base + i, sa));
-                    out.push(EncapVerdict::Drop(DropReason::CryptoRefused));
+            match self.encap_plan(len, head) {
+                Ok(p) => {
+                    out.peers[i] = p.peer;
+                    let run = match runs.last_mut() {
+                        Some(r)
+                            if r.key == p.key
+                                && r.spi == p.spi
+                                && r.esn == p.esn
+                                && r.seq(r.packets.len()) == p.seq =>
+                        {
+                            r
+                        }
+                        _ => {
+                            runs.push(SealRun {
+                                key: p.key,
+                                spi: p.spi,
+                                first_seq: p.seq,
+                                esn: p.esn,
+                                packets: Vec::with_capacity(n - i),
+                                pad_lengths: Vec::with_capacity(n - i),
+                                next_headers: Vec::with_capacity(n - i),
+                            });
+                            runs.last_mut().expect("a run was just pushed")
+                        }
+                    };
+                    run.packets.push(i as u32);
+                    run.pad_lengths.push(p.pad_length);
+                    run.next_headers.push(p.next_header);
                 }
-                Err(r) => out.push(EncapVerdict::Drop(r)),
+                Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
             }
         }
-        if ops.is_empty() {
-            return;
+        if !runs.is_empty() {
+            let failures = batch.seal(runs);
+            add_failures(&mut out.peers, &mut out.drops, &failures, |_| DropReason::CryptoRefused);
         }
-        let mut results = Vec::with_capacity(ops.len());
-        batch.seal(&ops, &mut results);
-        for ((slot, sa), r) in pending.into_iter().zip(results) {
-            if r.is_ok()
-                && let Some(o) = &self.outbound[sa]
-            {
-                out[slot] = EncapVerdict::Send(o.sa.peer);
-            }
-        }
+        out
     }
 
     /// The slot of the SA a packet with these selectors takes: the newest
@@ -378,7 +491,7 @@ impl Engine {
     }
 
     /// Choose the SA, assign the sequence number and work out the padding.
-    fn encap_plan(&mut self, i: u32, len: usize, head: &[u8]) -> Result<(SealOp, usize), DropReason> {
+    fn encap_plan(&mut self, len: usize, head: &[u8]) -> Result<SealPlan, DropReason> {
         let sel = Selectors::parse(head).map_err(|_| DropReason::Malformed)?;
         let next_header = match head[0] >> 4 {
             4 => esp::NEXT_HEADER_IPV4,
@@ -412,65 +525,74 @@ impl Engine {
         // Counted when planned, so a batch cannot run past a hard limit.
         o.use_.count(len as u64, &o.sa.limits, spi, true, &mut self.expiries);
         let pad_length = Trailer::pad_length_for(len, o.sa.pad_align);
-        let op = SealOp {
-            index: i,
-            key: o.sa.key,
-            spi: o.sa.spi,
-            seq_low: seq as u32,
-            esn_high: o.sa.esn.then_some((seq >> 32) as u32),
-            pad_length,
-            next_header,
-        };
-        Ok((op, idx))
+        Ok(SealPlan { key: o.sa.key, spi, seq, esn: o.sa.esn, pad_length, next_header, peer: o.sa.peer })
     }
 
     /// Decapsulate every packet of `batch` (ESP packets, starting at the
-    /// SPI); one verdict per packet is appended to `out`, in order. Three
-    /// host calls: the ESP headers, one open for the packets that pass the
-    /// SPI and replay checks, and the inner heads.
-    pub fn decap<B: PacketBatch>(&mut self, batch: &mut B, out: &mut Vec<DecapVerdict>) {
+    /// SPI). Three host calls: the ESP headers, one open of the runs of the
+    /// packets that pass the SPI and replay checks, and the inner heads.
+    pub fn decap<B: PacketBatch>(&mut self, batch: &mut B) -> Decapped {
         // SPI and sequence number are all the plan reads.
         let heads = batch.heads(esp::HEADER_LEN);
-        let base = out.len();
-        let mut ops = Vec::with_capacity(heads.len());
-        let mut pending = Vec::with_capacity(heads.len());
+        let n = heads.len();
+        let mut out = Decapped { lengths: vec![0; n], drops: Vec::new() };
+        let mut runs: Vec<OpenRun> = Vec::new();
+        // Per packet sent to be opened, in run order: (position, SPI, sequence number).
+        let mut pending = Vec::with_capacity(n);
         for (i, (_, head)) in heads.iter().enumerate() {
-            match self.decap_plan(i as u32, head) {
-                Ok((op, spi, seq)) => {
-                    ops.push(op);
+            match self.decap_plan(head) {
+                Ok((key, spi, seq, esn)) => {
+                    // A run's packets all carry ESN high bits, or none does.
+                    let run = match runs.last_mut() {
+                        Some(r) if r.key == key && r.esn_highs.is_empty() != esn => r,
+                        _ => {
+                            let highs = if esn { Vec::with_capacity(n - i) } else { Vec::new() };
+                            runs.push(OpenRun { key, packets: Vec::with_capacity(n - i), esn_highs: highs });
+                            runs.last_mut().expect("a run was just pushed")
+                        }
+                    };
+                    run.packets.push(i as u32);
+                    if esn {
+                        run.esn_highs.push((seq >> 32) as u32);
+                    }
                     pending.push((i, spi, seq));
-                    out.push(DecapVerdict::Drop(DropReason::CryptoRefused));
                 }
-                Err(r) => out.push(DecapVerdict::Drop(r)),
+                Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
             }
         }
-        if ops.is_empty() {
-            return;
+        if runs.is_empty() {
+            return out;
         }
-        let mut opened = Vec::with_capacity(ops.len());
-        batch.open(&ops, &mut opened);
+        let opened = batch.open(runs);
         let heads = batch.heads(HEAD_LEN);
-        for ((i, spi, seq), r) in pending.into_iter().zip(opened) {
-            let v = match r {
-                Ok(o) => match heads.get(i) {
-                    Some((_, inner)) => self.decap_finish(spi, seq, o, inner),
-                    None => Err(DropReason::Malformed),
-                },
-                Err(CryptoError::IntegrityFailed) => Err(DropReason::IntegrityFailed),
-                // Too short to hold IV, ICV and trailer.
-                Err(CryptoError::BadLength) => Err(DropReason::Malformed),
-                Err(_) => Err(DropReason::CryptoRefused),
+        let failed = |i: usize| opened.failures.iter().any(|f| f.packet as usize == i);
+        for (k, &(i, spi, seq)) in pending.iter().enumerate() {
+            if !opened.failures.is_empty() && failed(i) {
+                continue;
+            }
+            let trailer = (opened.plaintext_lens.get(k), opened.pad_lengths.get(k), opened.next_headers.get(k));
+            let v = match (trailer, heads.get(i)) {
+                ((Some(&len), Some(&pad), Some(&nh)), Some((_, inner))) => {
+                    self.decap_finish(spi, seq, (len as usize, pad, nh), inner)
+                }
+                // The host left the packet out of its answer.
+                ((None, _, _) | (_, None, _) | (_, _, None), _) => Err(DropReason::CryptoRefused),
+                (_, None) => Err(DropReason::Malformed),
             };
-            out[base + i] = match v {
-                Ok(len) => DecapVerdict::Deliver(len),
-                Err(r) => DecapVerdict::Drop(r),
-            };
+            match v {
+                Ok(len) => out.lengths[i] = len,
+                Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
+            }
         }
+        out.drops.sort_unstable_by_key(|d| d.packet);
+        add_failures(&mut out.lengths, &mut out.drops, &opened.failures, open_failure);
+        out
     }
 
     /// Find the SA by SPI and check the sequence number before the (costly)
-    /// ICV verification (RFC 4303 section 3.4.3).
-    fn decap_plan(&mut self, i: u32, head: &[u8]) -> Result<(OpenOp, u32, u64), DropReason> {
+    /// ICV verification (RFC 4303 section 3.4.3): the key, SPI, full
+    /// sequence number and whether it uses ESN.
+    fn decap_plan(&mut self, head: &[u8]) -> Result<(KeyHandle, u32, u64, bool), DropReason> {
         let pkt = esp::Packet::new_checked(head).map_err(|_| DropReason::Malformed)?;
         let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
         if inb.use_.hard {
@@ -482,19 +604,24 @@ impl Engine {
             u64::from(pkt.sequence_number())
         };
         inb.window.check(seq).map_err(replay_drop)?;
-        let op = OpenOp { index: i, key: inb.sa.key, esn_high: inb.sa.esn.then_some((seq >> 32) as u32) };
-        Ok((op, pkt.spi(), seq))
+        Ok((inb.sa.key, pkt.spi(), seq, inb.sa.esn))
     }
 
     /// After the ICV verified: commit the sequence number, then check the
-    /// trailer and the inner packet.
-    fn decap_finish(&mut self, spi: u32, seq: u64, opened: Opened, inner: &[u8]) -> Result<u32, DropReason> {
+    /// trailer (the plaintext's length, its Pad Length and Next Header) and
+    /// the inner packet.
+    fn decap_finish(
+        &mut self,
+        spi: u32,
+        seq: u64,
+        (plaintext_len, pad_length, next_header): (usize, u8, u8),
+        inner: &[u8],
+    ) -> Result<u32, DropReason> {
         let inb = self.inbound.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
         // Commit re-checks, so a duplicate within one batch is caught here.
         inb.window.commit(seq).map_err(replay_drop)?;
-        let payload_len =
-            Trailer::check(opened.plaintext_len, opened.pad_length).map_err(|_| DropReason::BadTrailer)?;
-        let want_version = match opened.next_header {
+        let payload_len = Trailer::check(plaintext_len, pad_length).map_err(|_| DropReason::BadTrailer)?;
+        let want_version = match next_header {
             esp::NEXT_HEADER_IPV4 => 4,
             esp::NEXT_HEADER_IPV6 => 6,
             esp::NEXT_HEADER_NO_NEXT => return Err(DropReason::Dummy),

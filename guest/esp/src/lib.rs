@@ -16,10 +16,10 @@ pub mod replay;
 pub mod selector;
 pub mod spd;
 
-pub use batch::{CryptoError, HEAD_LEN, Heads, KeyHandle, OpenOp, Opened, PacketBatch, SealOp};
+pub use batch::{CryptoError, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
 pub use engine::{
-    DecapVerdict, DropReason, EncapVerdict, Engine, Expiry, ExpiryCause, InboundSa, OutboundSa, SEQ_SOFT_MARGIN,
-    SEQ_SOFT_MARGIN_ESN, SaError, SaState,
+    DecapVerdict, Decapped, DropReason, Dropped, EncapVerdict, Encapped, Engine, Expiry, ExpiryCause, InboundSa,
+    OutboundSa, SEQ_SOFT_MARGIN, SEQ_SOFT_MARGIN_ESN, SaError, SaState,
 };
 pub use selector::TrafficSelector;
 pub use wasmsec_wire::SaLimits;

@@ -15,6 +15,12 @@ const ICV_LEN: usize = 4;
 struct FakeBatch {
     packets: Vec<Vec<u8>>,
     sealed_headers: Vec<([u8; 8], Option<u32>)>,
+    /// The seal runs asked for: SPI, first sequence number, packets.
+    seal_runs: Vec<(u32, u64, Vec<u32>)>,
+    /// Packets the fake host refuses to seal.
+    refuse: Vec<u32>,
+    /// The fake host's open answer leaves out the last packet.
+    short_answer: bool,
 }
 
 fn tag(key: u64, header: &[u8], esn_high: Option<u32>, ct: &[u8]) -> [u8; ICV_LEN] {
@@ -26,37 +32,37 @@ fn tag(key: u64, header: &[u8], esn_high: Option<u32>, ct: &[u8]) -> [u8; ICV_LE
 }
 
 impl FakeBatch {
-    fn seal_one(&mut self, op: &SealOp) -> Result<(), CryptoError> {
+    /// Seal the batch's packet `index` as ESP with `spi` and `seq`.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_one(&mut self, index: u32, key: u64, spi: u32, seq_low: u32, esn_high: Option<u32>, pad: u8, nh: u8) {
         let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&op.spi.to_be_bytes());
-        header[4..].copy_from_slice(&op.seq_low.to_be_bytes());
-        self.sealed_headers.push((header, op.esn_high));
-        let key = op.key.0;
-        let p = &mut self.packets[op.index as usize];
-        p.extend((1..=op.pad_length).chain([op.pad_length, op.next_header]));
+        header[..4].copy_from_slice(&spi.to_be_bytes());
+        header[4..].copy_from_slice(&seq_low.to_be_bytes());
+        self.sealed_headers.push((header, esn_high));
+        let p = &mut self.packets[index as usize];
+        p.extend((1..=pad).chain([pad, nh]));
         p.iter_mut().for_each(|b| *b ^= key as u8);
         let mut out = header.to_vec();
         out.extend_from_slice(&[0u8; IV_LEN]);
         out.extend_from_slice(p);
-        out.extend_from_slice(&tag(key, &header, op.esn_high, p));
+        out.extend_from_slice(&tag(key, &header, esn_high, p));
         *p = out;
-        Ok(())
     }
 
-    fn open_one(&mut self, op: &OpenOp) -> Result<Opened, CryptoError> {
-        let key = op.key.0;
-        let p = &mut self.packets[op.index as usize];
+    /// Open packet `index`: its plaintext length, Pad Length and Next Header.
+    fn open_one(&mut self, index: u32, key: u64, esn_high: Option<u32>) -> Result<(u32, u8, u8), CryptoError> {
+        let p = &mut self.packets[index as usize];
         if p.len() < HEADER_LEN + IV_LEN + ICV_LEN + 2 {
             return Err(CryptoError::BadLength);
         }
         let (body, icv) = p.split_at(p.len() - ICV_LEN);
         let ct = &body[HEADER_LEN + IV_LEN..];
-        if tag(key, &body[..HEADER_LEN], op.esn_high, ct) != icv {
+        if tag(key, &body[..HEADER_LEN], esn_high, ct) != icv {
             return Err(CryptoError::IntegrityFailed);
         }
         let pt: Vec<u8> = ct.iter().map(|b| b ^ key as u8).collect();
         let n = pt.len();
-        let opened = Opened { plaintext_len: n, pad_length: pt[n - 2], next_header: pt[n - 1] };
+        let opened = (n as u32, pt[n - 2], pt[n - 1]);
         *p = pt;
         Ok(opened)
     }
@@ -69,22 +75,43 @@ impl PacketBatch for FakeBatch {
     fn heads(&self, head_len: usize) -> Heads {
         Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
-    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
-        for op in ops {
-            let r = self.seal_one(op);
-            out.push(r);
+    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
+        let mut failures = Vec::new();
+        for r in &runs {
+            self.seal_runs.push((r.spi, r.first_seq, r.packets.clone()));
+            for (k, &i) in r.packets.iter().enumerate() {
+                if self.refuse.contains(&i) {
+                    failures.push(OpFailure { packet: i, error: CryptoError::KeyExpired });
+                    continue;
+                }
+                let seq = r.seq(k);
+                self.seal_one(i, r.key.0, r.spi, seq as u32, r.esn_high(k), r.pad_lengths[k], r.next_headers[k]);
+            }
         }
+        failures
     }
-    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
-        for op in ops {
-            let r = self.open_one(op);
-            out.push(r);
+    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
+        let mut o = Opened::default();
+        for r in &runs {
+            for (k, &i) in r.packets.iter().enumerate() {
+                let (len, pad, nh) = self.open_one(i, r.key.0, r.esn_high(k)).unwrap_or_else(|error| {
+                    o.failures.push(OpFailure { packet: i, error });
+                    (0, 0, 0)
+                });
+                o.plaintext_lens.push(len);
+                o.pad_lengths.push(pad);
+                o.next_headers.push(nh);
+            }
         }
+        if self.short_answer {
+            o.plaintext_lens.pop();
+        }
+        o
     }
 }
 
 fn batch(packets: Vec<Vec<u8>>) -> FakeBatch {
-    FakeBatch { packets, sealed_headers: Vec::new() }
+    FakeBatch { packets, sealed_headers: Vec::new(), seal_runs: Vec::new(), refuse: Vec::new(), short_answer: false }
 }
 
 fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
@@ -149,15 +176,13 @@ fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
 
 fn encap(e: &mut Engine, packets: Vec<Vec<u8>>) -> (FakeBatch, Vec<EncapVerdict>) {
     let mut b = batch(packets);
-    let mut v = Vec::new();
-    e.encap(&mut b, &mut v);
+    let v = e.encap(&mut b).verdicts();
     (b, v)
 }
 
 fn decap(e: &mut Engine, packets: Vec<Vec<u8>>) -> (FakeBatch, Vec<DecapVerdict>) {
     let mut b = batch(packets);
-    let mut v = Vec::new();
-    e.decap(&mut b, &mut v);
+    let v = e.decap(&mut b).verdicts();
     (b, v)
 }
 
@@ -519,4 +544,55 @@ fn thousands_of_sas_for_one_destination_newest_match_wins() {
         assert!(a.remove_outbound(0x1_0000 + i));
     }
     assert_eq!(send(&mut a), [EncapVerdict::Drop(DropReason::NoPolicy)], "only the TCP one is left");
+}
+
+/// The engine hands the host runs: one per stretch of one SA's packets,
+/// with the sequence numbers following on. A packet the host does not
+/// seal is dropped, and the drops stay in packet order.
+#[test]
+fn seal_runs_follow_the_sas_and_refusals_are_drops() {
+    let (mut a, _) = pair(false, 1, 64);
+    let lan_c = [198, 18, 3, 0];
+    a.install_outbound(OutboundSa {
+        spi: 0x2002,
+        key: KeyHandle(0x33),
+        peer: 9,
+        esn: false,
+        next_seq: 100,
+        pad_align: 4,
+        local_ts: vec![prefix(LAN_A, 24)],
+        remote_ts: vec![prefix(lan_c, 24)],
+        limits: Default::default(),
+    })
+    .unwrap();
+    let (b, c) = (ipv4_packet(HOST_A, HOST_B, 8), ipv4_packet(HOST_A, [198, 18, 3, 10], 8));
+    let packets = vec![b.clone(), b.clone(), c.clone(), b.clone(), c.clone(), c, vec![0x45, 0, 0]];
+    let mut fake = batch(packets);
+    fake.refuse = vec![3];
+    let out = a.encap(&mut fake);
+    assert_eq!(
+        fake.seal_runs,
+        [(0x1001, 1, vec![0, 1]), (0x2002, 100, vec![2]), (0x1001, 3, vec![3]), (0x2002, 101, vec![4, 5])]
+    );
+    assert_eq!(out.peers, [7, 7, 9, 0, 9, 9, 0]);
+    assert_eq!(
+        out.drops,
+        [
+            Dropped { packet: 3, reason: DropReason::CryptoRefused },
+            Dropped { packet: 6, reason: DropReason::Malformed }
+        ]
+    );
+}
+
+/// A packet the host leaves out of its open answer is not delivered.
+#[test]
+fn a_packet_missing_from_the_open_answer_is_dropped() {
+    let (mut a, mut b) = pair(false, 1, 64);
+    let (sealed, v) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8); 3]);
+    assert!(v.iter().all(|v| *v == EncapVerdict::Send(7)));
+    let mut fake = batch(sealed.packets);
+    fake.short_answer = true;
+    let out = b.decap(&mut fake);
+    assert_eq!(out.lengths, [28, 28, 0]);
+    assert_eq!(out.drops, [Dropped { packet: 2, reason: DropReason::CryptoRefused }]);
 }

@@ -1,7 +1,7 @@
 //! The ESP engine's packet batch with identity "crypto", for fuzzing:
 //! opening a packet strips the ESP header and an 8-byte IV and checks no
 //! ICV, so fuzzed bytes reach the trailer, padding and selector checks.
-use wasmsec_esp::{CryptoError, Heads, OpenOp, Opened, PacketBatch, SealOp};
+use wasmsec_esp::{CryptoError, Heads, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
 
 /// ESP header and IV in front of the "plaintext".
 const FRONT: usize = 16;
@@ -22,22 +22,29 @@ impl PacketBatch for ClearBatch {
         Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
 
-    fn seal(&mut self, ops: &[SealOp], out: &mut Vec<Result<(), CryptoError>>) {
-        out.extend(ops.iter().map(|_| Err(CryptoError::Unsupported)));
+    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
+        let packets = runs.iter().flat_map(|r| r.packets.iter());
+        packets.map(|&packet| OpFailure { packet, error: CryptoError::Unsupported }).collect()
     }
 
-    fn open(&mut self, ops: &[OpenOp], out: &mut Vec<Result<Opened, CryptoError>>) {
-        for op in ops {
-            let r = match self.packets.get_mut(op.index as usize) {
+    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
+        let mut o = Opened::default();
+        for &i in runs.iter().flat_map(|r| r.packets.iter()) {
+            let (len, pad, nh) = match self.packets.get_mut(i as usize) {
                 Some(p) if p.len() >= FRONT + 2 => {
                     p.drain(..FRONT);
                     let n = p.len();
-                    Ok(Opened { plaintext_len: n, pad_length: p[n - 2], next_header: p[n - 1] })
+                    (n as u32, p[n - 2], p[n - 1])
                 }
-                Some(_) => Err(CryptoError::BadLength),
-                None => Err(CryptoError::BadLength),
+                _ => {
+                    o.failures.push(OpFailure { packet: i, error: CryptoError::BadLength });
+                    (0, 0, 0)
+                }
             };
-            out.push(r);
+            o.plaintext_lens.push(len);
+            o.pad_lengths.push(pad);
+            o.next_headers.push(nh);
         }
+        o
     }
 }

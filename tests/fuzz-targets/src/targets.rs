@@ -152,12 +152,12 @@ pub fn esp_decap(data: &[u8]) {
         .expect("the fuzz SAs are valid");
     }
     let packets = records(data);
-    let mut verdicts = Vec::new();
     for chunk in packets.chunks(8) {
         let mut batch = ClearBatch { packets: chunk.iter().map(|p| p.to_vec()).collect() };
-        verdicts.clear();
-        e.decap(&mut batch, &mut verdicts);
-        assert_eq!(verdicts.len(), chunk.len(), "one verdict per packet");
+        let out = e.decap(&mut batch);
+        assert_eq!(out.lengths.len(), chunk.len(), "one length per packet");
+        assert!(out.drops.windows(2).all(|w| w[0].packet < w[1].packet), "drops in order, each once");
+        let verdicts = out.verdicts();
         for (v, p) in verdicts.iter().zip(&batch.packets) {
             if let DecapVerdict::Deliver(n) = v {
                 assert!(*n as usize <= p.len(), "never more than the plaintext");
