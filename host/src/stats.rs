@@ -53,6 +53,10 @@ pub struct Stats {
     pub ike_oversize: AtomicU64,
     /// Packets of a guest group whose replacement waits for its backoff.
     pub guest_suspended_drops: AtomicU64,
+    /// Entries of the outbound data path's peer table (address, port and
+    /// encapsulation the sealed packets go to): the peers the outbound SAs
+    /// and manual tunnels name, set when an outbound SA comes or goes.
+    pub peers: AtomicU64,
     /// Outbound packets dropped, by `DropReason::index`.
     out_drops: [AtomicU64; DropReason::COUNT],
     /// Inbound packets dropped, by `DropReason::index`.
@@ -179,6 +183,7 @@ impl Stats {
             "guest_protocol_errors": g(&self.guest_protocol_errors),
             "ike_oversize": g(&self.ike_oversize),
             "guest_suspended_drops": g(&self.guest_suspended_drops),
+            "peers": g(&self.peers),
             "outbound_drops": drops(&self.out_drops),
             "inbound_drops": drops(&self.in_drops),
             "socket_drops": serde_json::Value::Object(

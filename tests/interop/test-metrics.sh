@@ -36,6 +36,7 @@ check "60 pings through the tunnel" ping_ok wsi-hosta $HOST_B 60
 get "http://$M/metrics" >"$B/metrics.txt"
 check "promtool check metrics accepts /metrics" bash -c "promtool check metrics <'$B/metrics.txt'"
 check "/metrics has the CHILD SA by connection (no tenant)" grep -q '^wasmsec_child_sas{connection="s2s",tenant=""} 1$' "$B/metrics.txt"
+check "/metrics has the data path's peer table: the one peer" grep -q '^wasmsec_data_path_peers 1$' "$B/metrics.txt"
 check "/metrics has guest call latencies" grep -q '^wasmsec_guest_call_duration_seconds_count{guest="esp"} [1-9]' "$B/metrics.txt"
 
 cat >"$B/prometheus.yml" <<YML

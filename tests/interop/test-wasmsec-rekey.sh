@@ -27,5 +27,10 @@ check "B holds exactly one CHILD SA" one_pair "$B"
 one_ike() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if len(s["ike_sas"]) == 1 and s["ike"]["vault_secrets"] == 2 else 1)'; }
 check "A holds one IKE SA and no stale keys (IKE SA keys and PSK)" one_ike "$A"
 check "B holds one IKE SA and no stale keys" one_ike "$B"
+# Each rekey interns the peer for the new outbound SA and releases it
+# with the old one: the data path's peer table stays at the one peer.
+sleep 0.5
+check "A's data path has one peer after the rekeys ($(stat "$A/stats.json" peers))" [ "$(stat "$A/stats.json" peers)" -eq 1 ]
+check "B's data path has one peer after the rekeys ($(stat "$B/stats.json" peers))" [ "$(stat "$B/stats.json" peers)" -eq 1 ]
 check "no replay or integrity drops at B" [ "$(stat "$B/stats.json" inbound_drops.replay)" -eq 0 -a "$(stat "$B/stats.json" inbound_drops.integrity_failed)" -eq 0 ]
 finish

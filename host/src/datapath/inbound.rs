@@ -12,7 +12,7 @@ use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{Report, SaCommand, Sender};
 use super::group::Split;
-use super::{Loop, POLL_MS, Peer};
+use super::{Direction, Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
 use crate::packet::PacketBuf;
 use crate::stats;
@@ -86,7 +86,7 @@ impl Loop {
                 if g == HELD {
                     return;
                 }
-                if let Some(verdicts) = self.call_group(g, idx, "inbound", EspInstance::decap) {
+                if let Some(verdicts) = self.call_group(g, idx, Direction::Inbound, EspInstance::decap) {
                     self.act_inbound(g, idx, verdicts);
                 }
                 self.take_back(g, idx);
@@ -139,7 +139,7 @@ impl Loop {
             }
         }
         self.tun_out.flush(&self.tuns, &self.stats);
-        self.protocol_errors(g, "inbound", lies);
+        self.protocol_errors(g, Direction::Inbound, lies);
     }
 
     /// Fill the batch with ESP packets from the ready sockets; keepalives

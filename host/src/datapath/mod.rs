@@ -100,6 +100,25 @@ impl SaSet {
     }
 }
 
+/// Which way a loop's packets go through the ESP guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// LAN to peer: encap.
+    Outbound,
+    /// Peer to LAN: decap.
+    Inbound,
+}
+
+impl Direction {
+    /// The name logs give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 /// Everything one direction's loop needs.
 pub struct Loop {
     /// The wasm engine and components, for replacement instances.
@@ -168,10 +187,10 @@ impl Loop {
         &mut self,
         g: usize,
         idx: &[usize],
-        what: &str,
+        dir: Direction,
         f: impl FnOnce(&mut EspInstance, usize) -> Result<Vec<T>>,
     ) -> Option<Vec<T>> {
-        if !self.ready(g, what) {
+        if !self.ready(g, dir) {
             stats::add(&self.stats.guest_suspended_drops, idx.len() as u64);
             return None;
         }
@@ -179,9 +198,9 @@ impl Loop {
         group.ensure_buffers(idx.len());
         let Some(inst) = &mut group.inst else {
             for _ in idx {
-                match what {
-                    "outbound" => self.stats.out_drop(DropReason::NoPolicy),
-                    _ => self.stats.in_drop(DropReason::UnknownSpi),
+                match dir {
+                    Direction::Outbound => self.stats.out_drop(DropReason::NoPolicy),
+                    Direction::Inbound => self.stats.in_drop(DropReason::UnknownSpi),
                 }
             }
             return None;
@@ -193,11 +212,11 @@ impl Loop {
         match crate::telemetry::guest_call(crate::telemetry::Guest::Esp, || f(inst, idx.len())) {
             Ok(v) => {
                 let errors = inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
-                (!self.protocol_errors(g, what, errors)).then_some(v)
+                (!self.protocol_errors(g, dir, errors)).then_some(v)
             }
             Err(err) => {
-                warn!(direction = what, group = g, error = %err, "ESP guest trapped; replacing the instance");
-                self.replace(g, what);
+                warn!(direction = dir.name(), group = g, error = %err, "ESP guest trapped; replacing the instance");
+                self.replace(g, dir);
                 None
             }
         }
@@ -216,7 +235,7 @@ impl Loop {
 
     /// Count `errors` protocol errors of group `g`'s guest; true if that
     /// many replaced the instance (the batch is then lost).
-    fn protocol_errors(&mut self, g: usize, what: &str, errors: u64) -> bool {
+    fn protocol_errors(&mut self, g: usize, dir: Direction, errors: u64) -> bool {
         if errors == 0 {
             return false;
         }
@@ -225,37 +244,37 @@ impl Loop {
             return false;
         }
         warn!(
-            direction = what,
+            direction = dir.name(),
             group = g,
             limit = guard::STRIKE_LIMIT,
             "ESP guest keeps breaking the host's rules; replacing the instance"
         );
-        self.replace(g, what);
+        self.replace(g, dir);
         true
     }
 
     /// Replace group `g`'s instance: at once the first time, after its
     /// guard's backoff when replacements follow each other (meanwhile the
     /// group is suspended; the thread does not wait).
-    fn replace(&mut self, g: usize, what: &str) {
+    fn replace(&mut self, g: usize, dir: Direction) {
         stats::inc(&self.stats.guest_restarts);
         let group = &mut self.groups.list[g];
         let wait = group.guard.replacement_wait(Instant::now());
         if !wait.is_zero() {
             warn!(
-                direction = what,
+                direction = dir.name(),
                 group = g,
                 wait_ms = wait.as_millis() as u64,
                 "ESP guest replaced again soon: backing off"
             );
         }
         group.suspended_until = Some(Instant::now() + wait);
-        self.ready(g, what);
+        self.ready(g, dir);
     }
 
     /// Is group `g`'s guest there to call? Makes the replacement a suspended
     /// group waits for once its time has come.
-    fn ready(&mut self, g: usize, what: &str) -> bool {
+    fn ready(&mut self, g: usize, dir: Direction) -> bool {
         let group = &mut self.groups.list[g];
         match group.suspended_until {
             None => true,
@@ -272,12 +291,17 @@ impl Loop {
                     true
                 }
                 Err(e) => {
-                    tracing::error!(direction = what, group = g, error = %e, "cannot replace the ESP guest; stopping");
+                    tracing::error!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP guest; stopping");
                     sys::request_stop();
                     false
                 }
             },
         }
+    }
+
+    /// Show the peer table's size (only the outbound loop's changes).
+    fn count_peers(&self) {
+        self.stats.peers.store(self.peers.in_use() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Apply SA changes from the control thread: all of them when the
@@ -299,6 +323,7 @@ impl Loop {
                     if r.is_err() {
                         self.peers.release(index);
                     }
+                    self.count_peers();
                     r
                 }
                 SaCommand::ExpectInbound { spi } => {
@@ -325,11 +350,13 @@ impl Loop {
                 SaCommand::RemoveOutbound { spi } => {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
-                    let group = self.groups.by_spi.get(&spi).and_then(|&g| self.groups.list.get(g));
-                    if let Some(sa) = group.and_then(|g| g.sas.outbound.get(spi)) {
+                    let (gone, r) =
+                        self.remove(spi, |sas| &mut sas.outbound, |sa| sa.key, EspInstance::remove_outbound);
+                    for sa in gone {
                         self.peers.release(sa.peer);
                     }
-                    self.remove(spi, |sas| &mut sas.outbound, |sa| sa.key, EspInstance::remove_outbound)
+                    self.count_peers();
+                    r
                 }
                 SaCommand::AddDomain { domain, tun } => self.add_domain(domain, tun.0),
                 SaCommand::RemoveDomain { domain } => {
@@ -351,7 +378,7 @@ impl Loop {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
-                    self.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound)
+                    self.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound).1
                 }
             };
             if let Err(e) = r {
@@ -378,20 +405,22 @@ impl Loop {
         Ok(())
     }
 
-    /// Remove the SA with `spi` from its group's records and instance.
+    /// Remove the SAs with `spi` from their group's records and instance;
+    /// they are handed back (an outbound one's peer index is released by
+    /// the caller) with the guest's answer.
     fn remove<S>(
         &mut self,
         spi: u32,
         list: impl Fn(&mut SaSet) -> &mut BySpi<S>,
         key: impl Fn(&S) -> u64,
         from_guest: impl FnOnce(&mut EspInstance, u32) -> Result<bool>,
-    ) -> Result<()> {
-        let Some(g) = self.groups.by_spi.remove(&spi) else { return Ok(()) };
+    ) -> (Vec<S>, Result<()>) {
+        let Some(g) = self.groups.by_spi.remove(&spi) else { return (Vec::new(), Ok(())) };
         let group = &mut self.groups.list[g];
         let gone = list(&mut group.sas).remove(spi, |_| true);
-        let Some(inst) = &mut group.inst else { return Ok(()) };
-        for sa in gone {
-            inst.store.data_mut().keys.revoke(key(&sa));
+        let Some(inst) = &mut group.inst else { return (gone, Ok(())) };
+        for sa in &gone {
+            inst.store.data_mut().keys.revoke(key(sa));
         }
         let r = from_guest(inst, spi).map(|_| ());
         if !group.needs_instance() {
@@ -399,7 +428,7 @@ impl Loop {
             debug!(group = g, "data path: the group's last SA left; its instance is freed");
             group.inst = None;
         }
-        r
+        (gone, r)
     }
 
     fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {

@@ -10,7 +10,7 @@ use wasmsec_wire::ipv4;
 use super::channel::Report;
 use super::group::Split;
 use super::gso::{self, UdpOut};
-use super::{Loop, POLL_MS};
+use super::{Direction, Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
 use crate::sys;
@@ -52,7 +52,7 @@ impl Loop {
                 *slot = self.groups.route_out(d, p.data());
             }
             split.each(&slots[..n], |g, idx| {
-                if let Some(verdicts) = self.call_group(g, idx, "outbound", EspInstance::encap) {
+                if let Some(verdicts) = self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {
                     self.act_outbound(g, verdicts, &mut last_acquire);
                 }
                 self.take_back(g, idx);
@@ -129,7 +129,7 @@ impl Loop {
             });
         }
         self.raw_out.clear();
-        self.protocol_errors(g, "outbound", lies);
+        self.protocol_errors(g, Direction::Outbound, lies);
     }
 
     /// What the loop polls, in order: the inbox, then each domain's TUN

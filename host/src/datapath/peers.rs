@@ -101,9 +101,8 @@ impl Peers {
         Some(was)
     }
 
-    /// Indices in use (named by at least one SA).
-    #[cfg(test)]
-    fn in_use(&self) -> usize {
+    /// Indices in use (named by at least one SA, or a manual tunnel's).
+    pub fn in_use(&self) -> usize {
         self.list.len() - self.free.len()
     }
 }

@@ -204,6 +204,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
+    s.gauge(
+        "wasmsec_data_path_peers",
+        "Peers the data path sends sealed packets to (its peer table).",
+        &[],
+        g(&st.peers),
+    );
     s.counter("wasmsec_send_errors_total", "Socket or TUN writes that failed.", &[], g(&st.tx_errors));
     for (socket, n) in st.socket_drops() {
         s.counter(
