@@ -309,8 +309,9 @@ impl Engine {
     /// passed a soft volume limit or ran low on sequence numbers (rekey
     /// it), or a hard one (it carries no more traffic: delete it).
     pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool, crypto: &mut dyn IkeCrypto) {
-        let found = self.sas.iter().find_map(|(k, s)| {
-            s.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (*k, c.inbound_spi))
+        let found = self.sas.with_child(spi).into_iter().find_map(|k| {
+            let sa = self.sas.get(&k)?;
+            sa.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (k, c.inbound_spi))
         });
         self.now = now;
         // Gone already (deleted or replaced meanwhile): nothing to do.

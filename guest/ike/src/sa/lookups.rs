@@ -1,7 +1,9 @@
 //! Questions about every IKE SA but the one at hand, answered without a
 //! pass over all of them: is this inbound ESP SPI in use, which IKE SAs of
 //! this connection have their peer at this address (a twin, the SAs an
-//! INITIAL_CONTACT replaces, the successor a DELETE lets send). A setup
+//! INITIAL_CONTACT replaces, the successor a DELETE lets send), which IKE
+//! SA holds the CHILD SA with this ESP SPI (a lifetime the data path
+//! reports). A setup
 //! and its DELETE ask these four times, and with 4,000 IKE SAs standing
 //! the passes took the responder's setups per CPU-second from 2,750 to
 //! about 1,000 (`cargo xtask bench-handshakes` with `STANDING`, #16).
@@ -18,6 +20,8 @@ use super::state::IkeSa;
 #[derive(Debug)]
 struct Entry {
     esp_spis: Vec<u32>,
+    /// Its installed CHILD SAs' SPIs, inbound and outbound.
+    child_spis: Vec<u32>,
     /// `(connection, peer address)`.
     peer: (usize, IpAddr),
 }
@@ -29,6 +33,9 @@ pub(crate) struct Lookups {
     esp_spis: HashMap<u32, u32>,
     /// IKE SAs (our SPIs), in any state, by connection and peer address.
     peers: HashMap<(usize, IpAddr), Vec<u64>>,
+    /// IKE SAs (our SPIs) by the ESP SPIs of their installed CHILD SAs,
+    /// ours and the peers' (two peers may pick the same one).
+    children: HashMap<u32, Vec<u64>>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
     entries: HashMap<u64, Entry>,
 }
@@ -41,19 +48,24 @@ impl Lookups {
             for s in old.esp_spis {
                 decrement(&mut self.esp_spis, s);
             }
-            if let Some(v) = self.peers.get_mut(&old.peer) {
-                v.retain(|&k| k != spi);
-                if v.is_empty() {
-                    self.peers.remove(&old.peer);
-                }
+            take_out(&mut self.peers, old.peer, spi);
+            for c in old.child_spis {
+                take_out(&mut self.children, c, spi);
             }
         }
         let Some(sa) = sa else { return };
-        let entry = Entry { esp_spis: sa.esp_spis().collect(), peer: (sa.conn, sa.remote.addr) };
+        let entry = Entry {
+            esp_spis: sa.esp_spis().collect(),
+            child_spis: sa.children.iter().flat_map(|c| [c.inbound_spi, c.outbound_spi]).collect(),
+            peer: (sa.conn, sa.remote.addr),
+        };
         for &s in &entry.esp_spis {
             *self.esp_spis.entry(s).or_default() += 1;
         }
         self.peers.entry(entry.peer).or_default().push(spi);
+        for &c in &entry.child_spis {
+            self.children.entry(c).or_default().push(spi);
+        }
         self.entries.insert(spi, entry);
     }
 
@@ -63,6 +75,20 @@ impl Lookups {
 
     pub fn with_peer(&self, conn: usize, addr: IpAddr) -> &[u64] {
         self.peers.get(&(conn, addr)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn with_child(&self, esp_spi: u32) -> &[u64] {
+        self.children.get(&esp_spi).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Take IKE SA `spi` out of the list at `k`, and the list when empty.
+fn take_out<K: std::hash::Hash + Eq>(lists: &mut HashMap<K, Vec<u64>>, k: K, spi: u64) {
+    if let Some(v) = lists.get_mut(&k) {
+        v.retain(|&x| x != spi);
+        if v.is_empty() {
+            lists.remove(&k);
+        }
     }
 }
 

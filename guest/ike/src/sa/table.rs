@@ -112,6 +112,13 @@ impl SaTable {
         spis.iter().copied().filter(|k| self.map.get(k).is_some_and(&pred)).collect()
     }
 
+    /// The SAs in the table (our SPIs) with an installed CHILD SA whose
+    /// inbound or outbound ESP SPI is `esp_spi`.
+    pub fn with_child(&mut self, esp_spi: u32) -> Vec<u64> {
+        self.refresh_lookups();
+        self.lookups.with_child(esp_spi).to_vec()
+    }
+
     /// Work out again the deadlines of the SAs changed since the last
     /// call, with `deadline` (an SA's next tick, if any); the earliest.
     /// An SA's deadline depends on nothing but the SA, its connection's
