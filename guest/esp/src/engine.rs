@@ -566,23 +566,32 @@ impl Engine {
         let opened = batch.open(runs);
         let heads = batch.heads(HEAD_LEN);
         let failed = |i: usize| opened.failures.iter().any(|f| f.packet as usize == i);
-        for (k, &(i, spi, seq)) in pending.iter().enumerate() {
-            if !opened.failures.is_empty() && failed(i) {
-                continue;
-            }
-            let trailer = (opened.plaintext_lens.get(k), opened.pad_lengths.get(k), opened.next_headers.get(k));
-            let v = match (trailer, heads.get(i)) {
-                ((Some(&len), Some(&pad), Some(&nh)), Some((_, inner))) => {
-                    self.decap_finish(spi, seq, (len as usize, pad, nh), inner)
+        // One SA lookup per stretch of one SA's packets.
+        let mut from = 0;
+        while from < pending.len() {
+            let spi = pending[from].1;
+            let to = from + pending[from..].iter().take_while(|p| p.1 == spi).count();
+            let mut inb = self.inbound.get_mut(&spi);
+            for (k, &(i, _, seq)) in pending.iter().enumerate().take(to).skip(from) {
+                if !opened.failures.is_empty() && failed(i) {
+                    continue;
                 }
-                // The host left the packet out of its answer.
-                ((None, _, _) | (_, None, _) | (_, _, None), _) => Err(DropReason::CryptoRefused),
-                (_, None) => Err(DropReason::Malformed),
-            };
-            match v {
-                Ok(len) => out.lengths[i] = len,
-                Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
+                let trailer = (opened.plaintext_lens.get(k), opened.pad_lengths.get(k), opened.next_headers.get(k));
+                let v = match (trailer, heads.get(i), inb.as_deref_mut()) {
+                    ((Some(&len), Some(&pad), Some(&nh)), Some((_, inner)), Some(inb)) => {
+                        decap_finish(inb, spi, seq, (len as usize, pad, nh), inner, &mut self.expiries)
+                    }
+                    // The host left the packet out of its answer.
+                    ((None, _, _) | (_, None, _) | (_, _, None), _, _) => Err(DropReason::CryptoRefused),
+                    (_, None, _) => Err(DropReason::Malformed),
+                    (_, _, None) => Err(DropReason::UnknownSpi),
+                };
+                match v {
+                    Ok(len) => out.lengths[i] = len,
+                    Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
+                }
             }
+            from = to;
         }
         out.drops.sort_unstable_by_key(|d| d.packet);
         add_failures(&mut out.lengths, &mut out.drops, &opened.failures, open_failure);
@@ -606,43 +615,43 @@ impl Engine {
         inb.window.check(seq).map_err(replay_drop)?;
         Ok((inb.sa.key, pkt.spi(), seq, inb.sa.esn))
     }
+}
 
-    /// After the ICV verified: commit the sequence number, then check the
-    /// trailer (the plaintext's length, its Pad Length and Next Header) and
-    /// the inner packet.
-    fn decap_finish(
-        &mut self,
-        spi: u32,
-        seq: u64,
-        (plaintext_len, pad_length, next_header): (usize, u8, u8),
-        inner: &[u8],
-    ) -> Result<u32, DropReason> {
-        let inb = self.inbound.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
-        // Commit re-checks, so a duplicate within one batch is caught here.
-        inb.window.commit(seq).map_err(replay_drop)?;
-        let payload_len = Trailer::check(plaintext_len, pad_length).map_err(|_| DropReason::BadTrailer)?;
-        let want_version = match next_header {
-            esp::NEXT_HEADER_IPV4 => 4,
-            esp::NEXT_HEADER_IPV6 => 6,
-            esp::NEXT_HEADER_NO_NEXT => return Err(DropReason::Dummy),
-            _ => return Err(DropReason::Malformed),
-        };
-        if inner.first().map(|b| b >> 4) != Some(want_version) {
-            return Err(DropReason::Malformed);
-        }
-        let sel = Selectors::parse(inner).map_err(|_| DropReason::Malformed)?;
-        // TFC padding (RFC 4303 section 2.7) may follow the inner packet; the
-        // inner header's length says where it ends.
-        if sel.total_len > payload_len {
-            return Err(DropReason::Malformed);
-        }
-        // RFC 4301 section 5.2: the inner packet must match the SA's selectors.
-        if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
-            return Err(DropReason::SelectorMismatch);
-        }
-        inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, &mut self.expiries);
-        Ok(sel.total_len as u32)
+/// After the ICV verified: commit the sequence number, then check the
+/// trailer (the plaintext's length, its Pad Length and Next Header) and the
+/// inner packet, against inbound SA `inb` (SPI `spi`).
+fn decap_finish(
+    inb: &mut Inbound,
+    spi: u32,
+    seq: u64,
+    (plaintext_len, pad_length, next_header): (usize, u8, u8),
+    inner: &[u8],
+    expiries: &mut Vec<Expiry>,
+) -> Result<u32, DropReason> {
+    // Commit re-checks, so a duplicate within one batch is caught here.
+    inb.window.commit(seq).map_err(replay_drop)?;
+    let payload_len = Trailer::check(plaintext_len, pad_length).map_err(|_| DropReason::BadTrailer)?;
+    let want_version = match next_header {
+        esp::NEXT_HEADER_IPV4 => 4,
+        esp::NEXT_HEADER_IPV6 => 6,
+        esp::NEXT_HEADER_NO_NEXT => return Err(DropReason::Dummy),
+        _ => return Err(DropReason::Malformed),
+    };
+    if inner.first().map(|b| b >> 4) != Some(want_version) {
+        return Err(DropReason::Malformed);
     }
+    let sel = Selectors::parse(inner).map_err(|_| DropReason::Malformed)?;
+    // TFC padding (RFC 4303 section 2.7) may follow the inner packet; the
+    // inner header's length says where it ends.
+    if sel.total_len > payload_len {
+        return Err(DropReason::Malformed);
+    }
+    // RFC 4301 section 5.2: the inner packet must match the SA's selectors.
+    if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
+        return Err(DropReason::SelectorMismatch);
+    }
+    inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, expiries);
+    Ok(sel.total_len as u32)
 }
 
 /// When the SA in outbound slot `i` was installed (0 for a free slot,
