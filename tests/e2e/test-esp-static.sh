@@ -57,6 +57,7 @@ expect_delta truncated 2 inbound_drops.malformed
 expect_delta runt 2 rx_runts
 expect_delta keepalive 1 keepalives_rx
 check "no hostile packet was delivered" [ "$(stat "$STATS" tun_tx_packets)" -eq "$delivered_before" ]
+check "the data path's peer table holds the manual tunnel's one peer ($(stat "$STATS" peers))" [ "$(stat "$STATS" peers)" -eq 1 ]
 check "the receiving guest never trapped" [ "$(stat "$STATS" guest_restarts)" -eq 0 ]
 
 # 4. Still alive and still passing traffic after all of that.

@@ -158,9 +158,7 @@ impl<T> Receiver<T> {
         self.pending.swap(false, Ordering::AcqRel);
         self.rx.try_iter().collect()
     }
-}
 
-impl<T> Receiver<T> {
     /// What was sent so far, in order, without reading wake bytes (no
     /// system call): for a thread that woke for something else.
     pub fn take_queued(&self) -> Vec<T> {

@@ -22,6 +22,8 @@ const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
 impl Loop {
     /// Run until the daemon stops.
     pub fn run_outbound(mut self) {
+        // The manual tunnels' peers are in the table from the start.
+        self.count_peers();
         let mut fds = self.poll_fds();
         let mut last_acquire = Instant::now() - Duration::from_secs(10);
         let mut last_expiry = Instant::now();
