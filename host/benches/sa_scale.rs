@@ -77,7 +77,7 @@ fn sa_sets(n: u32) -> (SaSet, SaSet) {
             peer: 0,
             esn: false,
             next_seq: 1,
-            pad_align: 4,
+            pad_align: alg.pad_align(),
             local_ts: vec![local()],
             remote_ts: vec![ts(net, last)],
             limits: Default::default(),

@@ -241,8 +241,9 @@ pub struct Tunnel {
     /// Interface name, at most 15 bytes.
     #[serde(default = "default_tun_name")]
     pub name: String,
-    /// MTU of the TUN device: the path MTU minus ESP-in-UDP overhead
-    /// (about 20 IP + 8 UDP + 8 ESP + 8 IV + 2-5 trailer + 16 ICV = 65 bytes).
+    /// MTU of the TUN device: the path MTU minus ESP-in-UDP overhead, at
+    /// most 20 IP + 8 UDP + 8 ESP + 8 IV + 2-17 trailer (padding to the
+    /// AES block) + 16 ICV = 77 bytes with AES-GCM, 85 with AES-CBC.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// Source address for packets the gateway itself sends into the
