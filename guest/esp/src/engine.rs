@@ -93,6 +93,11 @@ struct Usage {
     bytes: u64,
     soft: bool,
     hard: bool,
+    /// The smallest packet and byte limits not yet passed (`u64::MAX`:
+    /// none; 0 before the first packet): below both, a packet passes no
+    /// limit, and counting it is two additions and two comparisons.
+    check_packets: u64,
+    check_bytes: u64,
 }
 
 impl Usage {
@@ -100,6 +105,14 @@ impl Usage {
     fn count(&mut self, len: u64, l: &SaLimits, spi: u32, outbound: bool, out: &mut Vec<Expiry>) {
         self.packets += 1;
         self.bytes += len;
+        if self.packets < self.check_packets && self.bytes < self.check_bytes {
+            return;
+        }
+        self.count_limits(l, spi, outbound, out);
+    }
+
+    /// Whether the counts passed a limit, and the limits to check next.
+    fn count_limits(&mut self, l: &SaLimits, spi: u32, outbound: bool, out: &mut Vec<Expiry>) {
         let over = |limit: u64, v: u64| limit != 0 && v >= limit;
         let cause = |bytes: bool| if bytes { ExpiryCause::Bytes } else { ExpiryCause::Packets };
         if !self.soft && (over(l.soft_bytes, self.bytes) || over(l.soft_packets, self.packets)) {
@@ -110,6 +123,14 @@ impl Usage {
             self.hard = true;
             out.push(Expiry { spi, outbound, hard: true, cause: cause(over(l.hard_bytes, self.bytes)) });
         }
+        // A flag set elsewhere (the sequence number's soft limit) only makes
+        // the next packet come here again, which then looks no further.
+        let next = |soft: u64, hard: u64| {
+            let pending = |passed: bool, limit: u64| if passed || limit == 0 { u64::MAX } else { limit };
+            pending(self.soft, soft).min(pending(self.hard, hard))
+        };
+        self.check_packets = next(l.soft_packets, l.hard_packets);
+        self.check_bytes = next(l.soft_bytes, l.hard_bytes);
     }
 }
 
@@ -285,6 +306,10 @@ struct Inbound {
     sa: InboundSa,
     window: ReplayWindow,
     use_: Usage,
+    /// The last inner flow (its selectors but the length) that matched
+    /// the SA's selectors: the packets of one flow are checked once. The
+    /// selectors of an installed SA never change.
+    matched: Option<Selectors>,
 }
 
 /// What the engine decided for one outbound packet: its SA's key, SPI,
@@ -380,7 +405,7 @@ impl Engine {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
-        self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
+        self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default(), matched: None }));
         Ok(())
     }
 
@@ -647,8 +672,12 @@ fn decap_finish(
         return Err(DropReason::Malformed);
     }
     // RFC 4301 section 5.2: the inner packet must match the SA's selectors.
-    if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
-        return Err(DropReason::SelectorMismatch);
+    let flow = Selectors { total_len: 0, ..sel };
+    if inb.matched != Some(flow) {
+        if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
+            return Err(DropReason::SelectorMismatch);
+        }
+        inb.matched = Some(flow);
     }
     inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, expiries);
     Ok(sel.total_len as u32)

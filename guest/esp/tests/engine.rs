@@ -278,6 +278,15 @@ fn inner_packet_outside_selectors_is_dropped() {
     let (sealed, _) = encap(&mut a, vec![ipv4_packet([10, 9, 9, 9], HOST_B, 8), ipv4_packet(HOST_A, HOST_B, 8)]);
     let (_, v) = decap(&mut b, sealed.packets);
     assert_eq!(v, [DecapVerdict::Drop(DropReason::SelectorMismatch), DecapVerdict::Deliver(28)]);
+    // A flow that matched once (the engine remembers it) lets no other
+    // flow through after it, in one batch or the next.
+    let outside = || ipv4_packet([10, 9, 9, 9], HOST_B, 8);
+    let (sealed, _) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8), outside(), ipv4_packet(HOST_A, HOST_B, 8)]);
+    let (_, v) = decap(&mut b, sealed.packets);
+    let mismatch = DecapVerdict::Drop(DropReason::SelectorMismatch);
+    assert_eq!(v, [DecapVerdict::Deliver(28), mismatch, DecapVerdict::Deliver(28)]);
+    let (sealed, _) = encap(&mut a, vec![outside()]);
+    assert_eq!(decap(&mut b, sealed.packets).1, [mismatch]);
 }
 
 #[test]
