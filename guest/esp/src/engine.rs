@@ -306,10 +306,6 @@ struct Inbound {
     sa: InboundSa,
     window: ReplayWindow,
     use_: Usage,
-    /// The last inner flow (its selectors but the length) that matched
-    /// the SA's selectors: the packets of one flow are checked once. The
-    /// selectors of an installed SA never change.
-    matched: Option<Selectors>,
 }
 
 /// What the engine decided for one outbound packet: its SA's key, SPI,
@@ -347,6 +343,12 @@ pub struct Engine {
     /// same flow may use it: another one may match a newer SA as well.
     /// Cleared on every install and removal.
     last_out: Option<(Selectors, usize)>,
+    /// The last inner flow (its selectors but the length) that matched
+    /// the selectors of an inbound SA, and that SA's SPI: the packets of
+    /// one flow are checked once. One per engine, not per SA: 100,000
+    /// inbound SAs must fit the guest's memory. Cleared on every install
+    /// and removal (an SPI may come back with other selectors).
+    last_in: Option<(u32, Selectors)>,
     /// Limits passed since the last [`Engine::take_expiries`].
     expiries: Vec<Expiry>,
 }
@@ -405,7 +407,8 @@ impl Engine {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
-        self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default(), matched: None }));
+        self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
+        self.last_in = None;
         Ok(())
     }
 
@@ -422,6 +425,7 @@ impl Engine {
     }
 
     pub fn remove_inbound(&mut self, spi: u32) -> bool {
+        self.last_in = None;
         self.inbound.remove(&spi).is_some()
     }
 
@@ -604,7 +608,8 @@ impl Engine {
                 let trailer = (opened.plaintext_lens.get(k), opened.pad_lengths.get(k), opened.next_headers.get(k));
                 let v = match (trailer, heads.get(i), inb.as_deref_mut()) {
                     ((Some(&len), Some(&pad), Some(&nh)), Some((_, inner)), Some(inb)) => {
-                        decap_finish(inb, spi, seq, (len as usize, pad, nh), inner, &mut self.expiries)
+                        let checked = &mut self.last_in;
+                        decap_finish(inb, spi, seq, (len as usize, pad, nh), inner, checked, &mut self.expiries)
                     }
                     // The host left the packet out of its answer.
                     ((None, _, _) | (_, None, _) | (_, _, None), _, _) => Err(DropReason::CryptoRefused),
@@ -644,13 +649,15 @@ impl Engine {
 
 /// After the ICV verified: commit the sequence number, then check the
 /// trailer (the plaintext's length, its Pad Length and Next Header) and the
-/// inner packet, against inbound SA `inb` (SPI `spi`).
+/// inner packet, against inbound SA `inb` (SPI `spi`). `checked`: the
+/// last flow that matched an SA's selectors, and its SPI.
 fn decap_finish(
     inb: &mut Inbound,
     spi: u32,
     seq: u64,
     (plaintext_len, pad_length, next_header): (usize, u8, u8),
     inner: &[u8],
+    checked: &mut Option<(u32, Selectors)>,
     expiries: &mut Vec<Expiry>,
 ) -> Result<u32, DropReason> {
     // Commit re-checks, so a duplicate within one batch is caught here.
@@ -672,12 +679,12 @@ fn decap_finish(
         return Err(DropReason::Malformed);
     }
     // RFC 4301 section 5.2: the inner packet must match the SA's selectors.
-    let flow = Selectors { total_len: 0, ..sel };
-    if inb.matched != Some(flow) {
+    let flow = (spi, Selectors { total_len: 0, ..sel });
+    if *checked != Some(flow) {
         if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
             return Err(DropReason::SelectorMismatch);
         }
-        inb.matched = Some(flow);
+        *checked = Some(flow);
     }
     inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, expiries);
     Ok(sel.total_len as u32)

@@ -287,6 +287,24 @@ fn inner_packet_outside_selectors_is_dropped() {
     assert_eq!(v, [DecapVerdict::Deliver(28), mismatch, DecapVerdict::Deliver(28)]);
     let (sealed, _) = encap(&mut a, vec![outside()]);
     assert_eq!(decap(&mut b, sealed.packets).1, [mismatch]);
+    // The SPI comes back with other selectors: what matched before is
+    // checked again.
+    let (sealed, _) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
+    assert_eq!(decap(&mut b, sealed.packets.clone()).1, [DecapVerdict::Deliver(28)]);
+    assert!(b.remove_inbound(0x1001));
+    b.install_inbound(InboundSa {
+        spi: 0x1001,
+        key: KeyHandle(0x5a),
+        esn: false,
+        replay_window: 64,
+        highest_seq: 0,
+        local_ts: vec![prefix(LAN_B, 24)],
+        remote_ts: vec![prefix([10, 9, 9, 9], 32)],
+        limits: Default::default(),
+    })
+    .unwrap();
+    let (sealed, _) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8), outside()]);
+    assert_eq!(decap(&mut b, sealed.packets).1, [mismatch, DecapVerdict::Deliver(28)]);
 }
 
 #[test]
