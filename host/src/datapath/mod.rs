@@ -16,6 +16,8 @@ pub mod gso;
 pub mod guard;
 pub mod hold;
 pub mod inbound;
+#[cfg(test)]
+mod install_tests;
 pub mod outbound;
 pub mod peers;
 pub mod tso;
@@ -446,7 +448,19 @@ impl Loop {
         }
         let Some(inst) = group.inst.as_mut() else { return Ok(()) };
         inst.store.data_mut().keys.grant(handle, key, key_use);
-        let installed = install_into(inst, &mut group.sas, out, inb);
+        let dir = if out.is_some() { Direction::Outbound } else { Direction::Inbound };
+        let installed = match install_into(inst, &mut group.sas, out, inb) {
+            Ok(r) => r,
+            Err(trap) => {
+                // A trapped instance takes no further call: without a
+                // replacement now, every SA after this one would fail too
+                // until traffic came. The replacement gets the group's
+                // recorded SAs, which this one has not joined.
+                warn!(direction = dir.name(), group = g, error = %trap, "ESP guest trapped installing an SA; replacing the instance");
+                self.replace(g, dir);
+                return Err(trap.context("the ESP guest trapped installing the SA (at its memory limit?)"));
+            }
+        };
         if installed.is_err() && !group.needs_instance() {
             // Refused as the group's first SA: the instance holds nothing.
             group.inst = None;
@@ -486,20 +500,25 @@ impl Loop {
     }
 }
 
-/// Install `out` and `inb` in `inst` and record them in `sas`.
+/// Install `out` and `inb` in `inst` and record them in `sas`. The outer
+/// error is a trap, the inner one the guest's refusal.
 fn install_into(
     inst: &mut EspInstance,
     sas: &mut SaSet,
     out: Option<OutboundSa>,
     inb: Option<InboundSa>,
-) -> Result<()> {
+) -> Result<Result<()>> {
     if let Some(sa) = out {
-        inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi))?;
+        if let Err(e) = inst.install_outbound(&sa)? {
+            return Ok(Err(anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi)));
+        }
         sas.outbound.insert(sa.spi, sa);
     }
     if let Some(sa) = inb {
-        inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi))?;
+        if let Err(e) = inst.install_inbound(&sa)? {
+            return Ok(Err(anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi)));
+        }
         sas.inbound.insert(sa.spi, sa);
     }
-    Ok(())
+    Ok(Ok(()))
 }

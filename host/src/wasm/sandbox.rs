@@ -13,10 +13,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, ResourceLimiter, Stor
 use super::WasmContext;
 use super::memory_slots::MemorySlots;
 
-/// Memory a guest instance may grow to: 100,000 CHILD SAs in one ESP
-/// instance pair need more than 32 MiB in each (`cargo xtask bench-sas`).
-/// Slots reserve this much address space, not memory.
-pub(crate) const GUEST_MEMORY_LIMIT: usize = 64 << 20;
+/// Memory a guest instance may grow to. 100,000 CHILD SAs in one ESP
+/// instance pair need more than 32 MiB in each (`cargo xtask bench-sas`),
+/// and with 64 MiB the inbound instance held 100,000 but not 105,000, and
+/// at that edge `sa-states` (a list of every SA, for the metrics) ran out
+/// and trapped. Slots reserve this much address space, not memory.
+pub(crate) const GUEST_MEMORY_LIMIT: usize = 128 << 20;
 /// Epoch ticks a single call may run (one tick per [`EPOCH_TICK`]): an
 /// IKE call (key derivations go to the host, but MODP is slow).
 pub(crate) const CALL_DEADLINE_TICKS: u64 = 50;
@@ -44,8 +46,8 @@ pub(crate) const GUEST_TABLE_ELEMENTS: usize = 1_024;
 /// The engine of the ESP guests. Each instance's memory is a
 /// slot of one mapping ([`MemorySlots`]: no `mprotect`, no new mapping per
 /// instance), and the compiled code checks every access against the
-/// memory's length: no guard region, so 21,000 slots of 64 MiB take
-/// 1.4 TB of address space and no memory. Tables and instance records are
+/// memory's length: no guard region, so 21,000 slots of 128 MiB take
+/// 2.8 TB of address space and no memory. Tables and instance records are
 /// allocated with the store. Memory is initialised by copying the module's
 /// data (under a KiB for our guests), not by mapping its image.
 pub(crate) fn engine() -> Result<(Engine, Arc<MemorySlots>)> {

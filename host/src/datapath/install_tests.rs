@@ -1,0 +1,103 @@
+//! A guest that traps while an SA is installed (here: the real ESP
+//! component at its memory limit) is replaced at once from the group's
+//! recorded SAs, without waiting for traffic to find it broken.
+
+use zeroize::Zeroizing;
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::keys::{EspAlgorithm, EspKey};
+use crate::wasm::esp::TrafficSelector;
+
+fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
+    let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![])).expect("group 0");
+    Loop {
+        runtime: rt,
+        groups: Groups { list: vec![group], by_spi: Default::default() },
+        tuns: Vec::new(),
+        udp: UdpSocket::bind("127.0.0.1:0").expect("loopback socket"),
+        raw: None,
+        peers: Peers::new(Vec::new()),
+        stats: Arc::new(Stats::default()),
+        batch: 64,
+        inbox: None,
+        up: None,
+        to_outbound: None,
+        floats: HashMap::new(),
+        sources: Vec::new(),
+        staging: Loop::staging_for(64),
+        from_domain: Vec::new(),
+        traffic: HashMap::new(),
+        cutter: Default::default(),
+        gso: Default::default(),
+        raw_out: Vec::new(),
+        gro: Default::default(),
+        hold: Default::default(),
+        tun_out: Default::default(),
+    }
+}
+
+#[test]
+fn a_guest_that_traps_installing_is_replaced_at_once() {
+    let dir = crate::daemon::built_components_dir();
+    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
+    let ks = Arc::new(Keystore::new());
+    let mut l = test_loop(rt, ks.clone());
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let ts = |a: u32| TrafficSelector::addresses(a.to_be_bytes().to_vec(), (a | 0xff).to_be_bytes().to_vec());
+    // Inbound SAs of 500 selectors each until the guest's memory runs out
+    // (some 6,000 of them); a refusal that is not a trap fails the test.
+    let mut installed = 0u32;
+    let err = loop {
+        assert!(installed < 100_000, "the guest's memory never ran out");
+        let spi = 0x1000 + installed;
+        let mut k = vec![1u8; alg.keymat_len()];
+        k[..4].copy_from_slice(&spi.to_be_bytes());
+        let key = ks.insert(EspKey::new(alg, Zeroizing::new(k)).expect("key"));
+        let sa = InboundSa {
+            spi,
+            key,
+            esn: false,
+            replay_window: 1024,
+            highest_seq: 0,
+            local_ts: vec![ts(0xc612_0100)],
+            remote_ts: (0..500).map(|k| ts(0x0a00_0000 + (k << 8))).collect(),
+            limits: Default::default(),
+        };
+        match l.install(0, None, Some(sa)) {
+            Ok(()) => installed += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(format!("{err:#}").contains("trapped"), "{err:#}");
+    assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1);
+    let group = &mut l.groups.list[0];
+    assert_eq!(group.sas.inbound.values().count(), installed as usize, "the SA that trapped is not recorded");
+    assert!(group.suspended_until.is_none(), "the first replacement is immediate");
+    // The replacement answers (a call that allocates nothing: it holds
+    // every SA recorded before, so it is as full as the one that trapped).
+    let inst = group.inst.as_mut().expect("an instance");
+    assert!(inst.take_expiries().expect("the replacement answers").is_empty());
+    // With the last 20 SAs gone (their memory at the top of the heap), it
+    // takes a new one and lists them all.
+    for spi in 0x1000 + installed - 20..0x1000 + installed {
+        let (gone, r) = l.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
+        assert!(gone.len() == 1 && r.is_ok(), "SA {spi:#x} removed: {r:?}");
+    }
+    let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).expect("key"));
+    let sa = InboundSa {
+        spi: 0x9999_0000,
+        key,
+        esn: false,
+        replay_window: 64,
+        highest_seq: 0,
+        local_ts: vec![ts(0xc612_0100)],
+        remote_ts: vec![ts(0x0b00_0000)],
+        limits: Default::default(),
+    };
+    l.install(0, None, Some(sa)).expect("installed in the replacement");
+    let inst = l.groups.list[0].inst.as_mut().expect("an instance");
+    assert_eq!(inst.sa_states().expect("states").len(), installed as usize - 19);
+    assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1, "no further replacement");
+}
