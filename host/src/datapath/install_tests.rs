@@ -82,7 +82,8 @@ fn a_guest_that_traps_installing_is_replaced_at_once() {
     // With the last 20 SAs gone (their memory at the top of the heap), it
     // takes a new one and lists them all.
     for spi in 0x1000 + installed - 20..0x1000 + installed {
-        let (gone, r) = l.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
+        let (gone, r) =
+            l.remove(spi, Direction::Inbound, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
         assert!(gone.len() == 1 && r.is_ok(), "SA {spi:#x} removed: {r:?}");
     }
     let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).expect("key"));

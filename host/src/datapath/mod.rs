@@ -352,8 +352,13 @@ impl Loop {
                 SaCommand::RemoveOutbound { spi } => {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
-                    let (gone, r) =
-                        self.remove(spi, |sas| &mut sas.outbound, |sa| sa.key, EspInstance::remove_outbound);
+                    let (gone, r) = self.remove(
+                        spi,
+                        Direction::Outbound,
+                        |sas| &mut sas.outbound,
+                        |sa| sa.key,
+                        EspInstance::remove_outbound,
+                    );
                     for sa in gone {
                         self.peers.release(sa.peer);
                     }
@@ -380,7 +385,14 @@ impl Loop {
                     self.traffic.remove(&spi);
                     debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     self.floats.remove(&spi);
-                    self.remove(spi, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound).1
+                    self.remove(
+                        spi,
+                        Direction::Inbound,
+                        |sas| &mut sas.inbound,
+                        |sa| sa.key,
+                        EspInstance::remove_inbound,
+                    )
+                    .1
                 }
             };
             if let Err(e) = r {
@@ -407,12 +419,14 @@ impl Loop {
         Ok(())
     }
 
-    /// Remove the SAs with `spi` from their group's records and instance;
-    /// they are handed back (an outbound one's peer index is released by
-    /// the caller) with the guest's answer.
+    /// Remove the SAs with `spi` (going `dir`) from their group's records
+    /// and instance; they are handed back (an outbound one's peer index is
+    /// released by the caller) with the guest's answer. A guest that traps
+    /// is replaced at once, without them.
     fn remove<S>(
         &mut self,
         spi: u32,
+        dir: Direction,
         list: impl Fn(&mut SaSet) -> &mut BySpi<S>,
         key: impl Fn(&S) -> u64,
         from_guest: impl FnOnce(&mut EspInstance, u32) -> Result<bool>,
@@ -425,6 +439,12 @@ impl Loop {
             inst.store.data_mut().keys.revoke(key(sa));
         }
         let r = from_guest(inst, spi).map(|_| ());
+        if let Err(trap) = &r {
+            // As for an install: a trapped instance takes no further call.
+            warn!(direction = dir.name(), group = g, error = %trap, "ESP guest trapped removing an SA; replacing the instance");
+            self.replace(g, dir);
+            return (gone, r);
+        }
         if !group.needs_instance() {
             // A tenant's last SA in this direction: its slot goes back.
             debug!(group = g, "data path: the group's last SA left; its instance is freed");
