@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use wasmsec::datapath::SaSet;
 use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::wasm::Runtime;
 use wasmsec::wasm::esp::{DecapVerdict, EncapVerdict, EspInstance, InboundSa, OutboundSa, TrafficSelector};
+use wasmsec::wasm::{EspMemory, Runtime};
 use zeroize::Zeroizing;
 
 const BATCH: usize = 64;
@@ -140,8 +140,8 @@ fn run(rt: &Runtime, n: u32) -> Row {
     let before = memory();
     let (out_set, in_set) = sa_sets(n);
     let t = Instant::now();
-    let mut tx = out_set.instantiate(rt, 0).expect("outbound SAs installed");
-    let mut rx = in_set.instantiate(rt, 0).expect("inbound SAs installed");
+    let mut tx = out_set.instantiate(rt, 0, EspMemory::Slot).expect("outbound SAs installed");
+    let mut rx = in_set.instantiate(rt, 0, EspMemory::Slot).expect("inbound SAs installed");
     let install_us = t.elapsed().as_secs_f64() * 1e6 / (2.0 * f64::from(n));
     let bytes_per_sa = memory().saturating_sub(before) as f64 / f64::from(n);
     for inst in [&mut tx, &mut rx] {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use wasmsec::datapath::SaSet;
 use wasmsec::keys::{EspAlgorithm, EspKey, KeyUse, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::wasm::Runtime;
 use wasmsec::wasm::esp::{
     DecapVerdict, DropReason, EncapVerdict, EspInstance, ExpiryCause, InboundSa, Mark, OutboundSa, SaLimits,
     TrafficSelector,
 };
+use wasmsec::wasm::{EspMemory, Runtime};
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
@@ -59,10 +59,20 @@ fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     p
 }
 
-/// A sender and a receiver instance sharing one SA (SPI 0x2001).
+/// A sender and a receiver instance sharing one SA (SPI 0x2001), as a
+/// tenant's (in memory slots).
 fn pair(rt: &Runtime, alg: EspAlgorithm, esn: bool) -> (EspInstance, EspInstance, Arc<Keystore>) {
+    pair_in(rt, alg, esn, EspMemory::Slot)
+}
+
+fn pair_in(rt: &Runtime, alg: EspAlgorithm, esn: bool, memory: EspMemory) -> (EspInstance, EspInstance, Arc<Keystore>) {
     let (out, inb, ks) = sa_sets(alg, esn);
-    (out.instantiate(rt, 0).unwrap(), inb.instantiate(rt, 0).unwrap(), ks)
+    (out.instantiate(rt, 0, memory).unwrap(), inb.instantiate(rt, 0, memory).unwrap(), ks)
+}
+
+/// Live ESP instances, as the metrics count them.
+fn esp_instances(rt: &Runtime) -> usize {
+    rt.instances().iter().find(|(e, _)| *e == "esp").map_or(0, |(_, n)| *n)
 }
 
 /// The host-side SA records for `pair`, as the daemon keeps them.
@@ -117,9 +127,19 @@ fn take(inst: &EspInstance) -> Vec<Vec<u8>> {
 #[test]
 fn round_trip_through_the_component_for_every_algorithm() {
     let rt = runtime();
+    // Tenants' instances in memory slots, the daemon's own with guarded
+    // memory: the same component, each instance counted while it lives.
+    for memory in [EspMemory::Slot, EspMemory::Guarded] {
+        round_trips(&rt, memory);
+        assert_eq!(esp_instances(&rt), 0, "{memory:?}: every instance dropped is uncounted");
+    }
+}
+
+fn round_trips(rt: &Runtime, memory: EspMemory) {
     for alg in EspAlgorithm::ALL {
         for esn in [false, true] {
-            let (mut tx, mut rx, _ks) = pair(&rt, alg, esn);
+            let (mut tx, mut rx, _ks) = pair_in(rt, alg, esn, memory);
+            assert_eq!(esp_instances(rt), 2, "{memory:?}: both instances counted");
             let inner: Vec<Vec<u8>> = (0..40).map(|i| icmp(60 + i * 31, [198, 18, 1, 10], [198, 18, 2, 10])).collect();
             load(&mut tx, &inner);
             let v = tx.encap(tx.store.data().count).unwrap();
@@ -209,7 +229,8 @@ fn a_guest_cannot_use_a_key_it_was_not_granted() {
 fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     let rt = runtime();
     let (out_set, in_set, _ks) = sa_sets(EspAlgorithm::Aes256Gcm16, false);
-    let (mut tx, mut rx) = (out_set.instantiate(&rt, 0).unwrap(), in_set.instantiate(&rt, 0).unwrap());
+    let (mut tx, mut rx) =
+        (out_set.instantiate(&rt, 0, EspMemory::Slot).unwrap(), in_set.instantiate(&rt, 0, EspMemory::Slot).unwrap());
     let pkt = icmp(80, [198, 18, 1, 10], [198, 18, 2, 10]);
     load(&mut tx, &vec![pkt.clone(); 5]);
     tx.encap(tx.store.data().count).unwrap();
@@ -220,7 +241,8 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
 
     // Replace both instances from host state, as the daemon does after a trap.
     drop((tx, rx));
-    let (mut tx, mut rx) = (out_set.instantiate(&rt, 0).unwrap(), in_set.instantiate(&rt, 0).unwrap());
+    let (mut tx, mut rx) =
+        (out_set.instantiate(&rt, 0, EspMemory::Slot).unwrap(), in_set.instantiate(&rt, 0, EspMemory::Slot).unwrap());
     load(&mut tx, &[pkt]);
     tx.encap(tx.store.data().count).unwrap();
     let next = take(&tx);
@@ -235,7 +257,7 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
 
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
     let broken = SaSet::new(Arc::new(Keystore::new()), out_set.outbound.values().cloned().collect(), vec![]);
-    assert!(broken.instantiate(&rt, 0).is_err());
+    assert!(broken.instantiate(&rt, 0, EspMemory::Slot).is_err());
 }
 
 #[test]
@@ -340,8 +362,8 @@ fn interleaved_sas_across_the_esn_boundary_in_one_batch() {
             limits: Default::default(),
         });
     }
-    let mut tx = SaSet::new(ks.clone(), outs, vec![]).instantiate(&rt, 0).unwrap();
-    let mut rx = SaSet::new(ks.clone(), vec![], ins).instantiate(&rt, 0).unwrap();
+    let mut tx = SaSet::new(ks.clone(), outs, vec![]).instantiate(&rt, 0, EspMemory::Slot).unwrap();
+    let mut rx = SaSet::new(ks.clone(), vec![], ins).instantiate(&rt, 0, EspMemory::Slot).unwrap();
     let inner: Vec<Vec<u8>> =
         (0..8u8).map(|i| icmp(80 + usize::from(i), [198, 18, 1, 10], [198, 18, 2 + i % 2, 10])).collect();
     load(&mut tx, &inner);

@@ -48,7 +48,7 @@ impl Group {
     pub fn new(rt: &Runtime, component: usize, domain: usize, sas: SaSet) -> Result<Group> {
         let mut g = Group { component, domain, inst: None, sas, guard: GuestGuard::default(), suspended_until: None };
         if g.needs_instance() {
-            g.inst = Some(g.sas.instantiate(rt, component)?);
+            g.inst = Some(g.sas.instantiate(rt, component, crate::wasm::EspMemory::of_domain(domain))?);
         }
         Ok(g)
     }

@@ -36,8 +36,8 @@ use crate::keys::{KeyUse, Keystore};
 use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
-use crate::wasm::Runtime;
 use crate::wasm::esp::{DropReason, EspInstance, InboundSa, OutboundSa};
+use crate::wasm::{EspMemory, Runtime};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
 pub use peers::{Peer, Peers};
@@ -80,10 +80,10 @@ impl SaSet {
         set
     }
 
-    /// A new instance of ESP component `component` with these SAs
-    /// installed and their keys granted.
-    pub fn instantiate(&self, rt: &Runtime, component: usize) -> Result<EspInstance> {
-        let mut inst = rt.esp_instance_of(component)?;
+    /// A new instance of ESP component `component` in `memory` with these
+    /// SAs installed and their keys granted.
+    pub fn instantiate(&self, rt: &Runtime, component: usize, memory: EspMemory) -> Result<EspInstance> {
+        let mut inst = rt.esp_instance_of(component, memory)?;
         for sa in self.outbound.values() {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
@@ -286,18 +286,20 @@ impl Loop {
                 group.suspended_until = None;
                 true
             }
-            Some(_) => match group.sas.instantiate(&self.runtime, group.component) {
-                Ok(inst) => {
-                    group.inst = Some(inst);
-                    group.suspended_until = None;
-                    true
+            Some(_) => {
+                match group.sas.instantiate(&self.runtime, group.component, EspMemory::of_domain(group.domain)) {
+                    Ok(inst) => {
+                        group.inst = Some(inst);
+                        group.suspended_until = None;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP guest; stopping");
+                        sys::request_stop();
+                        false
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP guest; stopping");
-                    sys::request_stop();
-                    false
-                }
-            },
+            }
         }
     }
 
@@ -464,7 +466,8 @@ impl Loop {
             group.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
         // A tenant's group gets its instance with its first SA.
         if group.inst.is_none() {
-            group.inst = Some(group.sas.instantiate(&self.runtime, group.component)?);
+            group.inst =
+                Some(group.sas.instantiate(&self.runtime, group.component, EspMemory::of_domain(group.domain))?);
         }
         let Some(inst) = group.inst.as_mut() else { return Ok(()) };
         inst.store.data_mut().keys.grant(handle, key, key_use);

@@ -1,6 +1,9 @@
 //! The ESP component under wasmtime: its one import (`wasmsec:crypto/packets`,
 //! sealing and opening the lent batch in place with granted keys) and a
 //! typed wrapper around its exports.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::Result;
 use wasmsec_wire::esp;
 use wasmsec_wire::heads::Heads;
@@ -93,6 +96,25 @@ pub struct GuestState {
     /// Requests of the current call the host refused (wrong key use, bad
     /// index, a second seal or open of one packet): guest protocol errors.
     pub refusals: u64,
+    /// Counts the instance among the live ones while the store lives
+    /// (instances outside the memory slots, which count themselves).
+    _live: Option<Live>,
+}
+
+/// One live instance on a counter, until dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(count: Arc<AtomicUsize>) -> Live {
+        count.fetch_add(1, Ordering::Relaxed);
+        Live(count)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl sandbox::Limited for GuestState {
@@ -250,7 +272,8 @@ impl EspPre {
         Ok(EspPre(b::EspEnginePre::new(pre).context("ESP component does not export wasmsec:esp/engine")?))
     }
 
-    pub fn instantiate(&self, engine: &Engine) -> Result<EspInstance> {
+    /// A new instance in its own store; `live` counts it while it lives.
+    pub fn instantiate(&self, engine: &Engine, live: Option<Arc<AtomicUsize>>) -> Result<EspInstance> {
         let state = GuestState {
             limits: sandbox::store_limits(),
             keys: KeyTable::default(),
@@ -258,6 +281,7 @@ impl EspPre {
             count: 0,
             marks: Vec::new(),
             refusals: 0,
+            _live: live.map(Live::new),
         };
         let mut store = sandbox::new_store(engine, state);
         let bindings = self.0.instantiate(&mut store).context("instantiating ESP component")?;
@@ -407,8 +431,15 @@ mod tests {
                 p
             })
             .collect();
-        let mut st =
-            GuestState { limits: sandbox::store_limits(), keys, batch, count: 0, marks: Vec::new(), refusals: 0 };
+        let mut st = GuestState {
+            limits: sandbox::store_limits(),
+            keys,
+            batch,
+            count: 0,
+            marks: Vec::new(),
+            refusals: 0,
+            _live: None,
+        };
         st.lend(n);
         st
     }

@@ -67,18 +67,21 @@ fn base_config() -> Config {
     config
 }
 
-/// The engine the IKE guest runs on. There is one IKE instance per
-/// process, so its memory takes wasmtime's default reservation (4 GiB and
-/// a guard region, address space only) and the compiled code checks no
-/// bounds: the IKE guest is the guest whose own code is most of its cost
-/// (parsing, building and checking messages; explicit bounds checks made
-/// a handshake cost the responder about 4 % more CPU in four runs). Its
-/// store's limiter caps the memory at [`GUEST_MEMORY_LIMIT`] as for the
-/// others.
-pub(crate) fn ike_engine() -> Result<Engine> {
+/// The engine of the guests a process holds only a few of: the IKE guest
+/// (one instance) and the daemon's own domain's ESP pairs (one per ESP
+/// component). Their memories take wasmtime's default reservation (4 GiB
+/// and a guard region, address space only), so the compiled code checks
+/// no bounds. For the IKE guest, whose own code is most of its cost,
+/// explicit checks made a handshake cost the responder about 4 % more CPU
+/// (four runs); for the ESP guest they cost 5-6 points of raw AEAD speed
+/// in `cargo xtask bench` (2026-12-01). Stores' limiters cap the memory
+/// at [`GUEST_MEMORY_LIMIT`] as for the others; thousands of tenants'
+/// instances would not fit 4 GiB each in the address space, so theirs
+/// stay in slots ([`engine`]).
+pub(crate) fn guarded_engine() -> Result<Engine> {
     let mut config = base_config();
     config.epoch_interruption(true).wasm_component_model(true);
-    Engine::new(&config).context("configuring wasmtime for the IKE guest")
+    Engine::new(&config).context("configuring wasmtime for the guests with guarded memories")
 }
 
 /// An engine whose instances' memories are slots of `slot` bytes, `count`
