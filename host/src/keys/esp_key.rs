@@ -92,14 +92,31 @@ impl EspKey {
         self.highest_seq.load(Ordering::Relaxed)
     }
 
-    fn next_counter(&self) -> Result<u64, CryptoError> {
+    /// `n` consecutive IV counters, the first returned: a run of packets
+    /// takes them in one atomic step rather than one per packet.
+    pub fn take_ivs(&self, n: u64) -> Result<u64, CryptoError> {
         // The counter is the IV-uniqueness guarantee: it never repeats and
-        // never wraps (at 2^64 the key is spent).
-        let iv = self.next_iv.fetch_add(1, Ordering::Relaxed);
-        if iv == u64::MAX || self.reservation.as_ref().is_some_and(|r| !r.allow(iv)) {
+        // never wraps. It stops at 2^64 - 1 (the key is spent: the last IV
+        // was 2^64 - 2) instead of wrapping, as `fetch_add` would, to IVs
+        // used before. Counters taken and not used are skipped.
+        let first = self
+            .next_iv
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_add(n))
+            .map_err(|_| CryptoError::KeyExpired)?;
+        if first == u64::MAX {
             return Err(CryptoError::KeyExpired);
         }
-        Ok(iv)
+        // The reservation covers everything up to a counter it allows.
+        if self.reservation.as_ref().is_some_and(|r| !r.allow(first + n.max(1) - 1)) {
+            return Err(CryptoError::KeyExpired);
+        }
+        Ok(first)
+    }
+
+    /// Note that sequence number `seq` was sealed or authenticated (once
+    /// per run, with its highest).
+    pub fn note_seq(&self, seq: u64) {
+        self.highest_seq.fetch_max(seq, Ordering::Relaxed);
     }
 
     /// ESP-seal `p` in place (RFC 4303 section 3.3): append the trailer
@@ -116,12 +133,47 @@ impl EspKey {
         pad_length: u8,
         next_header: u8,
     ) -> Result<(), CryptoError> {
-        let pad = usize::from(pad_length);
-        let header = &repr.to_bytes();
-        if p.headroom() < self.alg.headroom() || p.tailroom() < pad + esp::TRAILER_FIXED_LEN + self.alg.icv_len() {
+        self.check_room(p, pad_length)?;
+        let counter = self.take_ivs(1)?;
+        self.seal_with(p, repr, esn_high, (pad_length, next_header), counter)?;
+        self.note_seq(seq_of(repr, esn_high));
+        Ok(())
+    }
+
+    /// Room around `p` for the header, IV, trailer and ICV.
+    fn check_room(&self, p: &PacketBuf, pad_length: u8) -> Result<(), CryptoError> {
+        let tail = usize::from(pad_length) + esp::TRAILER_FIXED_LEN + self.alg.icv_len();
+        if p.headroom() < self.alg.headroom() || p.tailroom() < tail {
             return Err(CryptoError::BadLength);
         }
-        let counter = self.next_counter()?;
+        Ok(())
+    }
+
+    /// [`EspKey::seal`] with IV counter `counter`, taken from
+    /// [`EspKey::take_ivs`] and used for nothing else; the caller notes the
+    /// run's highest sequence number ([`EspKey::note_seq`]).
+    pub fn seal_at(
+        &self,
+        p: &mut PacketBuf,
+        repr: &esp::Repr,
+        esn_high: Option<u32>,
+        (pad_length, next_header): (u8, u8),
+        counter: u64,
+    ) -> Result<(), CryptoError> {
+        self.check_room(p, pad_length)?;
+        self.seal_with(p, repr, esn_high, (pad_length, next_header), counter)
+    }
+
+    fn seal_with(
+        &self,
+        p: &mut PacketBuf,
+        repr: &esp::Repr,
+        esn_high: Option<u32>,
+        (pad_length, next_header): (u8, u8),
+        counter: u64,
+    ) -> Result<(), CryptoError> {
+        let pad = usize::from(pad_length);
+        let header = &repr.to_bytes();
         // The trailer goes straight into the tailroom: the default padding
         // (RFC 4303 section 2.4), Pad Length, Next Header.
         p.append(&esp::DEFAULT_PADDING[..pad]);
@@ -157,13 +209,20 @@ impl EspKey {
                 p.append(&tag.as_ref()[..integ.icv_len()]);
             }
         }
-        self.highest_seq.fetch_max(seq_of(repr, esn_high), Ordering::Relaxed);
         Ok(())
     }
 
     /// ESP-open `p` in place: verify and decrypt, leaving payload and
     /// trailer. On failure the packet is to be dropped.
     pub fn open(&self, p: &mut PacketBuf, esn_high: Option<u32>) -> Result<(), CryptoError> {
+        let seq = self.open_unnoted(p, esn_high)?;
+        self.note_seq(seq);
+        Ok(())
+    }
+
+    /// [`EspKey::open`], answering the sequence number it authenticated;
+    /// the caller notes the run's highest ([`EspKey::note_seq`]).
+    pub fn open_unnoted(&self, p: &mut PacketBuf, esn_high: Option<u32>) -> Result<u64, CryptoError> {
         let head = self.alg.headroom();
         let icv = self.alg.icv_len();
         let d = p.data();
@@ -206,8 +265,7 @@ impl EspKey {
                 cbc_decrypt(key, &iv, p.data_mut())?;
             }
         }
-        self.highest_seq.fetch_max(seq_of(&repr, esn_high), Ordering::Relaxed);
-        Ok(())
+        Ok(seq_of(&repr, esn_high))
     }
 }
 
@@ -344,6 +402,38 @@ mod tests {
             k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, None, 0, 4).unwrap();
             assert!(seen.insert(p.data()[8..16].to_vec()));
         }
+    }
+
+    #[test]
+    fn runs_take_ivs_in_blocks_that_never_overlap_and_stop_at_the_end() {
+        let k = key(EspAlgorithm::Aes256Gcm16, 1);
+        let (a, b) = (k.take_ivs(64).unwrap(), k.take_ivs(3).unwrap());
+        assert_eq!(b, a + 64, "the next run starts after the last");
+        // A packet sealed alone after them takes the next counter.
+        let mut p = PacketBuf::with_payload(&[0; 20]);
+        k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 1 }, None, 0, 4).unwrap();
+        assert_eq!(p.data()[8..16], (b + 3).to_be_bytes());
+        // seal_at uses the counter given, and leaves the high-water mark to
+        // the run.
+        let mut p = PacketBuf::with_payload(&[0; 20]);
+        k.seal_at(&mut p, &esp::Repr { spi: 0x100, sequence_number: 77 }, None, (0, 4), a).unwrap();
+        assert_eq!(p.data()[8..16], a.to_be_bytes());
+        assert_eq!(k.highest_seq(), 1);
+        k.note_seq(77);
+        assert_eq!(k.highest_seq(), 77);
+        assert_eq!(k.open_unnoted(&mut p, None).unwrap(), 77);
+        // Near 2^64 the key is spent: no IV reaches u64::MAX, a run that
+        // would is refused whole, and the counter never wraps to IVs used.
+        k.next_iv.store(u64::MAX - 10, Ordering::Relaxed);
+        assert!(matches!(k.take_ivs(11), Err(CryptoError::KeyExpired)));
+        assert_eq!(k.take_ivs(10).unwrap(), u64::MAX - 10, "a refused run takes nothing");
+        for _ in 0..3 {
+            assert!(matches!(k.take_ivs(1), Err(CryptoError::KeyExpired)));
+        }
+        let mut p = PacketBuf::with_payload(&[0; 20]);
+        let spent = k.seal(&mut p, &esp::Repr { spi: 0x100, sequence_number: 2 }, None, 0, 4);
+        assert!(matches!(spent, Err(CryptoError::KeyExpired)));
+        assert_eq!(k.next_iv.load(Ordering::Relaxed), u64::MAX, "stopped, not wrapped");
     }
 
     #[test]

@@ -145,6 +145,16 @@ impl GuestState {
             let lists_agree = run.pad_lengths.len() == n && run.next_headers.len() == n;
             if lists_agree { Ok(k) } else { Err(WitCryptoError::BadLength) }
         });
+        // The run's IVs in one step. No more than the batch holds: a
+        // packet is sealed once, whatever the guest's list says.
+        let mut ivs = 0..0;
+        let key = key.and_then(|(k, peer)| {
+            let want = n.min(self.count) as u64;
+            let first = k.take_ivs(want).map_err(wit_error)?;
+            ivs = first..first + want;
+            Ok((k, peer))
+        });
+        let mut highest = None;
         for (j, &index) in run.packets.iter().enumerate() {
             let r = key.and_then(|(k, peer)| {
                 let i = untouched(&self.marks, index)?;
@@ -156,14 +166,20 @@ impl GuestState {
                 }
                 let header = esp::Repr { spi: run.spi, sequence_number: seq as u32 };
                 let esn_high = run.esn.then_some((seq >> 32) as u32);
-                k.seal(&mut self.batch[i], &header, esn_high, run.pad_lengths[j], run.next_headers[j])
-                    .map_err(wit_error)?;
+                let iv = ivs.next().ok_or(WitCryptoError::KeyExpired)?;
+                let trailer = (run.pad_lengths[j], run.next_headers[j]);
+                k.seal_at(&mut self.batch[i], &header, esn_high, trailer, iv).map_err(wit_error)?;
                 self.marks[i] = Mark::Sealed { peer, spi: run.spi };
+                highest = Some(seq);
                 Ok(())
             });
             if let Err(e) = r {
                 failed.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
             }
+        }
+        // Sequence numbers grow along a run: the last sealed is the highest.
+        if let (Ok((k, _)), Some(seq)) = (key, highest) {
+            k.note_seq(seq);
         }
     }
 
@@ -179,6 +195,7 @@ impl GuestState {
         let esn = !run.esn_highs.is_empty();
         let key =
             key.and_then(|k| if !esn || run.esn_highs.len() == n { Ok(k) } else { Err(WitCryptoError::BadLength) });
+        let mut highest = None;
         for (j, &index) in run.packets.iter().enumerate() {
             let r = key.and_then(|(k, spi)| {
                 let i = untouched(&self.marks, index)?;
@@ -187,7 +204,8 @@ impl GuestState {
                     return Err(WitCryptoError::WrongKeyKind);
                 }
                 let esp_len = p.len();
-                k.open(p, esn.then(|| run.esn_highs[j])).map_err(wit_error)?;
+                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(wit_error)?;
+                highest = highest.max(Some(seq));
                 let d = p.data();
                 let n = d.len();
                 self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
@@ -200,6 +218,10 @@ impl GuestState {
             out.plaintext_lens.push(len);
             out.pad_lengths.push(pad);
             out.next_headers.push(next);
+        }
+        // Once per run: the highest number the key authenticated.
+        if let (Ok((k, _)), Some(seq)) = (key, highest) {
+            k.note_seq(seq);
         }
     }
 }
