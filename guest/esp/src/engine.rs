@@ -102,6 +102,7 @@ struct Usage {
 
 impl Usage {
     /// Count one packet; the expiries it causes, if any.
+    #[inline]
     fn count(&mut self, len: u64, l: &SaLimits, spi: u32, outbound: bool, out: &mut Vec<Expiry>) {
         self.packets += 1;
         self.bytes += len;
@@ -568,8 +569,10 @@ impl Engine {
         let mut runs: Vec<OpenRun> = Vec::new();
         // Per packet sent to be opened, in run order: (position, SPI, sequence number).
         let mut pending = Vec::with_capacity(n);
+        // The last SA found: a run of one SA's packets looks it up once.
+        let mut last: Option<(u32, &Inbound)> = None;
         for (i, (_, head)) in heads.iter().enumerate() {
-            match self.decap_plan(head) {
+            match decap_plan(&self.inbound, &mut last, head) {
                 Ok((key, spi, seq, esn)) => {
                     // A run's packets all carry ESN high bits, or none does.
                     let run = match runs.last_mut() {
@@ -627,24 +630,37 @@ impl Engine {
         add_failures(&mut out.lengths, &mut out.drops, &opened.failures, open_failure);
         out
     }
+}
 
-    /// Find the SA by SPI and check the sequence number before the (costly)
-    /// ICV verification (RFC 4303 section 3.4.3): the key, SPI, full
-    /// sequence number and whether it uses ESN.
-    fn decap_plan(&mut self, head: &[u8]) -> Result<(KeyHandle, u32, u64, bool), DropReason> {
-        let pkt = esp::Packet::new_checked(head).map_err(|_| DropReason::Malformed)?;
-        let inb = self.inbound.get_mut(&pkt.spi()).ok_or(DropReason::UnknownSpi)?;
-        if inb.use_.hard {
-            return Err(DropReason::SaExpired);
+/// Find the SA by SPI (`last`: the one found for the packet before) and
+/// check the sequence number before the (costly) ICV verification (RFC
+/// 4303 section 3.4.3): the key, SPI, full sequence number and whether it
+/// uses ESN. Nothing changes before the ICV is verified.
+fn decap_plan<'a>(
+    inbound: &'a HashMap<u32, Box<Inbound>, OwnKeys>,
+    last: &mut Option<(u32, &'a Inbound)>,
+    head: &[u8],
+) -> Result<(KeyHandle, u32, u64, bool), DropReason> {
+    let pkt = esp::Packet::new_checked(head).map_err(|_| DropReason::Malformed)?;
+    let spi = pkt.spi();
+    let inb = match *last {
+        Some((s, inb)) if s == spi => inb,
+        _ => {
+            let inb = inbound.get(&spi).ok_or(DropReason::UnknownSpi)?;
+            *last = Some((spi, &**inb));
+            inb
         }
-        let seq = if inb.sa.esn {
-            inb.window.infer_esn(pkt.sequence_number()).ok_or(DropReason::Replay)?
-        } else {
-            u64::from(pkt.sequence_number())
-        };
-        inb.window.check(seq).map_err(replay_drop)?;
-        Ok((inb.sa.key, pkt.spi(), seq, inb.sa.esn))
+    };
+    if inb.use_.hard {
+        return Err(DropReason::SaExpired);
     }
+    let seq = if inb.sa.esn {
+        inb.window.infer_esn(pkt.sequence_number()).ok_or(DropReason::Replay)?
+    } else {
+        u64::from(pkt.sequence_number())
+    };
+    inb.window.check(seq).map_err(replay_drop)?;
+    Ok((inb.sa.key, spi, seq, inb.sa.esn))
 }
 
 /// After the ICV verified: commit the sequence number, then check the

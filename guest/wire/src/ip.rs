@@ -70,6 +70,7 @@ impl Selectors {
 
     /// Read the selector fields from the head of an IP packet (at least the
     /// IP header; the ports are read if they are in `head`).
+    #[inline(always)]
     pub fn parse(head: &[u8]) -> Result<Selectors> {
         let (src, dst, protocol, ports, total_len) = match head.first().map(|b| b >> 4) {
             Some(4) => {
