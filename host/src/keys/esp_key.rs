@@ -133,9 +133,10 @@ impl EspKey {
         pad_length: u8,
         next_header: u8,
     ) -> Result<(), CryptoError> {
+        // Checked before an IV is taken, so a refusal spends none.
         self.check_room(p, pad_length)?;
         let counter = self.take_ivs(1)?;
-        self.seal_with(p, repr, esn_high, (pad_length, next_header), counter)?;
+        self.seal_at(p, repr, esn_high, (pad_length, next_header), counter)?;
         self.note_seq(seq_of(repr, esn_high));
         Ok(())
     }
@@ -161,17 +162,6 @@ impl EspKey {
         counter: u64,
     ) -> Result<(), CryptoError> {
         self.check_room(p, pad_length)?;
-        self.seal_with(p, repr, esn_high, (pad_length, next_header), counter)
-    }
-
-    fn seal_with(
-        &self,
-        p: &mut PacketBuf,
-        repr: &esp::Repr,
-        esn_high: Option<u32>,
-        (pad_length, next_header): (u8, u8),
-        counter: u64,
-    ) -> Result<(), CryptoError> {
         let pad = usize::from(pad_length);
         let header = &repr.to_bytes();
         // The trailer goes straight into the tailroom: the default padding
