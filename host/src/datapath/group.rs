@@ -15,8 +15,8 @@ use wasmsec_wire::own_keys::OwnKeys;
 use super::SaSet;
 use super::guard::GuestGuard;
 use crate::packet::PacketBuf;
-use crate::wasm::Runtime;
 use crate::wasm::esp::{EspInstance, TrafficSelector};
+use crate::wasm::{EspMemory, Runtime};
 
 /// One group's guest in one direction.
 pub struct Group {
@@ -48,9 +48,15 @@ impl Group {
     pub fn new(rt: &Runtime, component: usize, domain: usize, sas: SaSet) -> Result<Group> {
         let mut g = Group { component, domain, inst: None, sas, guard: GuestGuard::default(), suspended_until: None };
         if g.needs_instance() {
-            g.inst = Some(g.sas.instantiate(rt, component, crate::wasm::EspMemory::of_domain(domain))?);
+            g.inst = Some(g.instantiate(rt)?);
         }
         Ok(g)
+    }
+
+    /// A new instance of its component with its SAs, in the memory its
+    /// domain's instances take.
+    pub fn instantiate(&self, rt: &Runtime) -> Result<EspInstance> {
+        self.sas.instantiate(rt, self.component, EspMemory::of_domain(self.domain))
     }
 
     /// Does it need an instance now: in the daemon's own domain always,

@@ -286,20 +286,18 @@ impl Loop {
                 group.suspended_until = None;
                 true
             }
-            Some(_) => {
-                match group.sas.instantiate(&self.runtime, group.component, EspMemory::of_domain(group.domain)) {
-                    Ok(inst) => {
-                        group.inst = Some(inst);
-                        group.suspended_until = None;
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP guest; stopping");
-                        sys::request_stop();
-                        false
-                    }
+            Some(_) => match group.instantiate(&self.runtime) {
+                Ok(inst) => {
+                    group.inst = Some(inst);
+                    group.suspended_until = None;
+                    true
                 }
-            }
+                Err(e) => {
+                    tracing::error!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP guest; stopping");
+                    sys::request_stop();
+                    false
+                }
+            },
         }
     }
 
@@ -466,8 +464,7 @@ impl Loop {
             group.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
         // A tenant's group gets its instance with its first SA.
         if group.inst.is_none() {
-            group.inst =
-                Some(group.sas.instantiate(&self.runtime, group.component, EspMemory::of_domain(group.domain))?);
+            group.inst = Some(group.instantiate(&self.runtime)?);
         }
         let Some(inst) = group.inst.as_mut() else { return Ok(()) };
         inst.store.data_mut().keys.grant(handle, key, key_use);
