@@ -16,7 +16,10 @@
 //! each path's median ns/packet and Gbit/s, and its share of raw speed:
 //! the median of the nine rounds' ratios, with their range.
 //! Run: `cargo xtask bench` (builds the component first); `cargo bench -p
-//! wasmsec --bench esp_datapath -- component` runs that path only.
+//! wasmsec --bench esp_datapath -- component` runs the component's paths
+//! only (`-- =component` the one of that name). With
+//! `WASMSEC_BENCH_AGAINST=<another esp.wasm>` a row for that component
+//! joins the same rounds, for comparing two builds.
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,12 +147,16 @@ struct NativeBatch<'a> {
     key: &'a EspKey,
 }
 
+impl NativeBatch<'_> {
+    /// The heads the host hands over with the batch.
+    fn heads(&self, head_len: usize) -> wasmsec_esp::Heads {
+        wasmsec_esp::Heads::of(head_len, self.bufs.iter().map(PacketBuf::data))
+    }
+}
+
 impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn count(&self) -> u32 {
         self.bufs.len() as u32
-    }
-    fn heads(&self, head_len: usize) -> wasmsec_esp::Heads {
-        wasmsec_esp::Heads::of(head_len, self.bufs.iter().map(PacketBuf::data))
     }
     fn seal(&mut self, runs: Vec<wasmsec_esp::SealRun>) -> Vec<wasmsec_esp::OpFailure> {
         let mut failures = Vec::new();
@@ -185,6 +192,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
                 o.next_headers.push(nh);
             }
         }
+        o.heads = self.heads(wasmsec_esp::HEAD_LEN);
         o
     }
 }
@@ -225,8 +233,10 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     let mut bufs: Vec<PacketBuf> = (0..BATCH).map(|_| PacketBuf::new()).collect();
     Box::new(move || {
         refill(&mut bufs, pkt);
-        tx.encap(&mut NativeBatch { bufs: &mut bufs, key: &k_out });
-        let d = rx.decap(&mut NativeBatch { bufs: &mut bufs, key: &k_in });
+        let mut out = NativeBatch { bufs: &mut bufs, key: &k_out };
+        tx.encap(&out.heads(wasmsec_esp::HEAD_LEN), &mut out);
+        let mut inb = NativeBatch { bufs: &mut bufs, key: &k_in };
+        let d = rx.decap(&inb.heads(wasmsec_esp::ESP_HEAD_LEN), &mut inb);
         assert!(d.drops.is_empty() && d.lengths[BATCH - 1] > 0);
     })
 }
@@ -263,11 +273,22 @@ fn component_in<'a>(rt: &Runtime, pkt: &'a [Vec<u8>], memory: EspMemory) -> Path
 
 fn main() {
     // `cargo bench` passes --bench; a word after it runs only the paths
-    // whose function names contain it (`-- component`, for a profiler).
+    // whose function names contain it (`-- component`, for a profiler), or
+    // with `=` in front only the path of that name (`-- =component`).
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    let wanted = |name: &str| only.as_ref().is_none_or(|w| name.contains(w.as_str()));
+    let wanted = |name: &str| {
+        only.as_ref().is_none_or(|w| match w.strip_prefix('=') {
+            Some(exact) => name == exact,
+            None => name.contains(w.as_str()),
+        })
+    };
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
+    // Another build of the ESP component, measured in the same rounds as
+    // this one: an A/B comparison that the machine's drift between two
+    // runs of the bench cannot blur.
+    let against = std::env::var_os("WASMSEC_BENCH_AGAINST")
+        .map(|p| Runtime::new(std::path::Path::new(&p)).expect("WASMSEC_BENCH_AGAINST names an ESP component"));
     let full: Vec<Vec<u8>> = (0..BATCH).map(|_| inner_packet(PACKET)).collect();
     let imix: Vec<Vec<u8>> = (0..BATCH).map(|i| inner_packet(IMIX[i % IMIX.len()])).collect();
     for (label, pkts) in
@@ -289,6 +310,9 @@ fn main() {
             if wanted(fname) {
                 paths.push((fname, name, make(&rt, &pkts)));
             }
+        }
+        if let Some(other) = &against {
+            paths.push(("against", "  WASMSEC_BENCH_AGAINST's component", component(other, &pkts)));
         }
         for (_, _, p) in paths.iter_mut() {
             for _ in 0..50 {

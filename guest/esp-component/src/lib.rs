@@ -6,7 +6,8 @@
 use std::cell::RefCell;
 
 use wasmsec_esp::{
-    self as esp, CryptoError, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
+    self as esp, CryptoError, ESP_HEAD_LEN, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch,
+    SealRun,
 };
 use wasmsec_wire::ip::Address;
 
@@ -43,11 +44,6 @@ impl PacketBatch for HostBatch<'_> {
         self.0.count()
     }
 
-    fn heads(&self, head_len: usize) -> Heads {
-        let head_len = head_len.min(HEAD_LEN);
-        Heads::from_flat(self.0.heads(head_len as u32), head_len)
-    }
-
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let runs: Vec<packets::SealRun> = runs
             .into_iter()
@@ -75,6 +71,7 @@ impl PacketBatch for HostBatch<'_> {
             pad_lengths: o.pad_lengths,
             next_headers: o.next_headers,
             failures: o.failures.into_iter().map(failure).collect(),
+            heads: Heads::from_flat(o.heads, HEAD_LEN),
         }
     }
 }
@@ -167,13 +164,15 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.remove_inbound(spi))
     }
 
-    fn encap(packets: &Batch) -> wit::Encapped {
-        let e = ENGINE.with_borrow_mut(|e| e.encap(&mut HostBatch(packets)));
+    fn encap(packets: &Batch, heads: Vec<u8>) -> wit::Encapped {
+        let heads = Heads::from_flat(heads, HEAD_LEN);
+        let e = ENGINE.with_borrow_mut(|e| e.encap(&heads, &mut HostBatch(packets)));
         wit::Encapped { peers: e.peers, drops: drops(e.drops) }
     }
 
-    fn decap(packets: &Batch) -> wit::Decapped {
-        let d = ENGINE.with_borrow_mut(|e| e.decap(&mut HostBatch(packets)));
+    fn decap(packets: &Batch, heads: Vec<u8>) -> wit::Decapped {
+        let heads = Heads::from_flat(heads, ESP_HEAD_LEN);
+        let d = ENGINE.with_borrow_mut(|e| e.decap(&heads, &mut HostBatch(packets)));
         wit::Decapped { lengths: d.lengths, drops: drops(d.drops) }
     }
 

@@ -4,12 +4,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHandle(pub u64);
 
-/// How many bytes of a packet's head the engine reads: an IPv6 header plus
-/// the first 8 bytes of the next layer, or an IPv4 header with options.
-pub const HEAD_LEN: usize = 64;
-
 pub use wasmsec_wire::CryptoError;
-pub use wasmsec_wire::heads::Heads;
+/// How many bytes of an IP packet's head the engine reads.
+pub use wasmsec_wire::heads::IP_HEAD_LEN as HEAD_LEN;
+pub use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads};
 
 /// Seal a run of packets of one outbound SA with consecutive sequence
 /// numbers: see `seal-run` in `wit/deps/crypto/crypto.wit`. The engine
@@ -87,16 +85,17 @@ pub struct Opened {
     pub next_headers: Vec<u8>,
     /// The packets that did not open, in order.
     pub failures: Vec<OpFailure>,
+    /// The heads ([`HEAD_LEN`]) of all the batch's packets after the open.
+    pub heads: Heads,
 }
 
 /// A batch of packets in host memory with in-place ESP crypto by key
 /// handle, one call per batch. The ESP component implements it on the
 /// `wasmsec:crypto/packets` imports; native tests and benches directly.
+/// The packets' heads come with the batch, as arguments of the engine's
+/// `encap` and `decap`.
 pub trait PacketBatch {
     fn count(&self) -> u32;
-    /// Length and first `head_len` bytes (at most [`HEAD_LEN`]) of every
-    /// packet, in order.
-    fn heads(&self, head_len: usize) -> Heads;
     /// Seal the runs' packets; the packets that were not sealed, in order.
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure>;
     /// Open the runs' packets.

@@ -6,7 +6,7 @@ use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 use wasmsec_wire::own_keys::OwnKeys;
 
-use crate::batch::{CryptoError, HEAD_LEN, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
+use crate::batch::{CryptoError, Heads, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector};
 use crate::spd::DestinationIndex;
@@ -453,11 +453,10 @@ impl Engine {
         std::mem::take(&mut self.expiries)
     }
 
-    /// Encapsulate every packet of `batch` (inner IP packets). Two host
-    /// calls in all: the heads, then one seal of the runs of the packets
-    /// that have an SA.
-    pub fn encap<B: PacketBatch>(&mut self, batch: &mut B) -> Encapped {
-        let heads = batch.heads(HEAD_LEN);
+    /// Encapsulate every packet of `batch` (inner IP packets, with their
+    /// `heads` of [`HEAD_LEN`](crate::HEAD_LEN) bytes). One host call: a seal of the runs of
+    /// the packets that have an SA.
+    pub fn encap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Encapped {
         let n = heads.len();
         let mut out = Encapped { peers: vec![0; n], drops: Vec::new() };
         let mut runs: Vec<SealRun> = Vec::new();
@@ -559,11 +558,11 @@ impl Engine {
     }
 
     /// Decapsulate every packet of `batch` (ESP packets, starting at the
-    /// SPI). Three host calls: the ESP headers, one open of the runs of the
-    /// packets that pass the SPI and replay checks, and the inner heads.
-    pub fn decap<B: PacketBatch>(&mut self, batch: &mut B) -> Decapped {
-        // SPI and sequence number are all the plan reads.
-        let heads = batch.heads(esp::HEADER_LEN);
+    /// SPI, with their `heads` of [`ESP_HEAD_LEN`](crate::ESP_HEAD_LEN) bytes: SPI and sequence
+    /// number are all the plan reads). One host call: an open of the runs
+    /// of the packets that pass the SPI and replay checks, which answers
+    /// with the inner heads too.
+    pub fn decap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Decapped {
         let n = heads.len();
         let mut out = Decapped { lengths: vec![0; n], drops: Vec::new() };
         let mut runs: Vec<OpenRun> = Vec::new();
@@ -596,7 +595,7 @@ impl Engine {
             return out;
         }
         let opened = batch.open(runs);
-        let heads = batch.heads(HEAD_LEN);
+        let heads = &opened.heads;
         let failed = |i: usize| opened.failures.iter().any(|f| f.packet as usize == i);
         // One SA lookup per stretch of one SA's packets.
         let mut from = 0;

@@ -16,7 +16,9 @@ pub mod replay;
 pub mod selector;
 pub mod spd;
 
-pub use batch::{CryptoError, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
+pub use batch::{
+    CryptoError, ESP_HEAD_LEN, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
+};
 pub use engine::{
     DecapVerdict, Decapped, DropReason, Dropped, EncapVerdict, Encapped, Engine, Expiry, ExpiryCause, InboundSa,
     OutboundSa, SEQ_SOFT_MARGIN, SEQ_SOFT_MARGIN_ESN, SaError, SaState,

@@ -68,12 +68,16 @@ impl FakeBatch {
     }
 }
 
+impl FakeBatch {
+    /// The heads the host hands over with the batch.
+    fn heads(&self, head_len: usize) -> Heads {
+        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
+    }
+}
+
 impl PacketBatch for FakeBatch {
     fn count(&self) -> u32 {
         self.packets.len() as u32
-    }
-    fn heads(&self, head_len: usize) -> Heads {
-        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let mut failures = Vec::new();
@@ -106,6 +110,7 @@ impl PacketBatch for FakeBatch {
         if self.short_answer {
             o.plaintext_lens.pop();
         }
+        o.heads = self.heads(HEAD_LEN);
         o
     }
 }
@@ -176,13 +181,13 @@ fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
 
 fn encap(e: &mut Engine, packets: Vec<Vec<u8>>) -> (FakeBatch, Vec<EncapVerdict>) {
     let mut b = batch(packets);
-    let v = e.encap(&mut b).verdicts();
+    let v = e.encap(&b.heads(HEAD_LEN), &mut b).verdicts();
     (b, v)
 }
 
 fn decap(e: &mut Engine, packets: Vec<Vec<u8>>) -> (FakeBatch, Vec<DecapVerdict>) {
     let mut b = batch(packets);
-    let v = e.decap(&mut b).verdicts();
+    let v = e.decap(&b.heads(ESP_HEAD_LEN), &mut b).verdicts();
     (b, v)
 }
 
@@ -596,7 +601,7 @@ fn seal_runs_follow_the_sas_and_refusals_are_drops() {
     let packets = vec![b.clone(), b.clone(), c.clone(), b.clone(), c.clone(), c, vec![0x45, 0, 0]];
     let mut fake = batch(packets);
     fake.refuse = vec![3];
-    let out = a.encap(&mut fake);
+    let out = a.encap(&fake.heads(HEAD_LEN), &mut fake);
     assert_eq!(
         fake.seal_runs,
         [(0x1001, 1, vec![0, 1]), (0x2002, 100, vec![2]), (0x1001, 3, vec![3]), (0x2002, 101, vec![4, 5])]
@@ -619,7 +624,7 @@ fn a_packet_missing_from_the_open_answer_is_dropped() {
     assert!(v.iter().all(|v| *v == EncapVerdict::Send(7)));
     let mut fake = batch(sealed.packets);
     fake.short_answer = true;
-    let out = b.decap(&mut fake);
+    let out = b.decap(&fake.heads(ESP_HEAD_LEN), &mut fake);
     assert_eq!(out.lengths, [28, 28, 0]);
     assert_eq!(out.drops, [Dropped { packet: 2, reason: DropReason::CryptoRefused }]);
 }

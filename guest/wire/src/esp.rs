@@ -150,7 +150,13 @@ impl Trailer {
     /// path lets the host write the padding itself).
     pub fn pad_length_for(payload_len: usize, align: u8) -> u8 {
         let align = usize::from(align.max(4));
-        ((align - (payload_len + TRAILER_FIXED_LEN) % align) % align) as u8
+        let used = payload_len + TRAILER_FIXED_LEN;
+        // Block sizes are powers of two (the engine refuses others): a mask,
+        // not the two divisions, on the per-packet path.
+        if align.is_power_of_two() {
+            return (used.wrapping_neg() & (align - 1)) as u8;
+        }
+        ((align - used % align) % align) as u8
     }
 
     pub fn pad_length(&self) -> u8 {
@@ -194,7 +200,7 @@ mod tests {
 
     #[test]
     fn trailer_pads_to_alignment_with_default_sequence() {
-        for align in [4u8, 8, 16] {
+        for align in [4u8, 8, 12, 16] {
             for len in 0..64usize {
                 let t = Trailer::for_payload(len, align, NEXT_HEADER_IPV4);
                 assert_eq!((len + t.as_bytes().len()) % usize::from(align), 0);

@@ -1,22 +1,31 @@
 //! The first bytes of every packet of a batch, in the one layout the host
-//! answers `heads(head-len)` with (`wit/deps/crypto/crypto.wit`) and the ESP
-//! engine reads in place: per packet its length as 4 bytes big-endian, then
-//! `head_len` bytes, zero-padded. The host builds it with [`Heads::of`] and
-//! the guest wraps the answer with [`Heads::from_flat`], so the layout is
-//! written once. (Not a wire format; it lives here because the host and
-//! every guest crate depend on this crate.)
+//! lends the ESP engine with a batch and answers `open` with
+//! (`wit/deps/crypto/crypto.wit`), and the engine reads in place: per
+//! packet its length as 4 bytes big-endian, then `head_len` bytes,
+//! zero-padded. The host builds it with [`Heads::of`] and the guest wraps
+//! what it got with [`Heads::from_flat`], so the layout is written once.
+//! (Not a wire format; it lives here because the host and every guest
+//! crate depend on this crate.)
 
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// How much of an IP packet the heads carry: an IPv6 header and the 24
+/// bytes after it, or an IPv4 header with options and the ports after it.
+pub const IP_HEAD_LEN: usize = 64;
+
+/// How much of an ESP packet the heads carry: SPI and sequence number.
+pub const ESP_HEAD_LEN: usize = crate::esp::HEADER_LEN;
+
 /// Heads of a batch's packets; see the module documentation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Heads {
     flat: Vec<u8>,
     head_len: usize,
 }
 
 impl Heads {
-    /// The host's answer to `heads(head_len)`, as is.
+    /// Heads the host handed over, as they are.
     pub fn from_flat(flat: Vec<u8>, head_len: usize) -> Heads {
         Heads { flat, head_len }
     }

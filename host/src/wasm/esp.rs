@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 use wasmsec_wire::esp;
-use wasmsec_wire::heads::Heads;
+use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads, IP_HEAD_LEN};
 use wasmtime::component::{HasSelf, Resource};
 use wasmtime::{Engine, Store};
 
@@ -132,6 +132,11 @@ impl GuestState {
         self.refusals = 0;
     }
 
+    /// The lent packets' heads of `head_len` bytes, as the guest gets them.
+    fn heads(&self, head_len: usize) -> Vec<u8> {
+        Heads::of(head_len, self.batch[..self.count].iter().map(|p| p.data())).into_flat()
+    }
+
     /// Seal one run's packets; the failures go to `failed`.
     fn seal_run(&mut self, run: &SealRun, failed: &mut Vec<OpFailure>) {
         let n = run.packets.len();
@@ -251,13 +256,6 @@ impl HostBatch for GuestState {
         self.count as u32
     }
 
-    fn heads(&mut self, _: Resource<Batch>, head_len: u32) -> Vec<u8> {
-        // Capped: the guest chooses head_len, and must not make the host
-        // allocate without bound.
-        let h = (head_len as usize).min(256);
-        Heads::of(h, self.batch[..self.count].iter().map(|p| p.data())).into_flat()
-    }
-
     fn seal(&mut self, _: Resource<Batch>, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let mut failed = Vec::new();
         for run in &runs {
@@ -273,10 +271,14 @@ impl HostBatch for GuestState {
             pad_lengths: Vec::with_capacity(n),
             next_headers: Vec::with_capacity(n),
             failures: Vec::new(),
+            heads: Vec::new(),
         };
         for run in &runs {
             self.open_run(run, &mut out);
         }
+        // The inner packets' heads in the same answer: the engine checks
+        // them against the SAs' selectors without another crossing.
+        out.heads = self.heads(IP_HEAD_LEN);
         out
     }
 
@@ -359,8 +361,9 @@ impl EspInstance {
     pub fn encap(&mut self, n: usize) -> Result<Vec<EncapVerdict>> {
         self.store.data_mut().lend(n);
         let count = self.store.data().count;
+        let heads = self.store.data().heads(IP_HEAD_LEN);
         let (e, s) = self.e();
-        let Encapped { peers, drops } = e.call_encap(s, Resource::new_borrow(0))?;
+        let Encapped { peers, drops } = e.call_encap(s, Resource::new_borrow(0), &heads)?;
         Ok(verdicts(count, &peers, &drops, EncapVerdict::Send, EncapVerdict::Drop, EncapVerdict::Missing))
     }
 
@@ -368,8 +371,9 @@ impl EspInstance {
     pub fn decap(&mut self, n: usize) -> Result<Vec<DecapVerdict>> {
         self.store.data_mut().lend(n);
         let count = self.store.data().count;
+        let heads = self.store.data().heads(ESP_HEAD_LEN);
         let (e, s) = self.e();
-        let Decapped { lengths, drops } = e.call_decap(s, Resource::new_borrow(0))?;
+        let Decapped { lengths, drops } = e.call_decap(s, Resource::new_borrow(0), &heads)?;
         Ok(verdicts(count, &lengths, &drops, DecapVerdict::Deliver, DecapVerdict::Drop, DecapVerdict::Missing))
     }
 }

@@ -1,7 +1,7 @@
 //! The ESP engine's packet batch with identity "crypto", for fuzzing:
 //! opening a packet strips the ESP header and an 8-byte IV and checks no
 //! ICV, so fuzzed bytes reach the trailer, padding and selector checks.
-use wasmsec_esp::{CryptoError, Heads, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
+use wasmsec_esp::{CryptoError, HEAD_LEN, Heads, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
 
 /// ESP header and IV in front of the "plaintext".
 const FRONT: usize = 16;
@@ -13,13 +13,16 @@ pub struct ClearBatch {
     pub packets: Vec<Vec<u8>>,
 }
 
+impl ClearBatch {
+    /// The heads the host hands over with the batch.
+    pub fn heads(&self, head_len: usize) -> Heads {
+        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
+    }
+}
+
 impl PacketBatch for ClearBatch {
     fn count(&self) -> u32 {
         self.packets.len() as u32
-    }
-
-    fn heads(&self, head_len: usize) -> Heads {
-        Heads::of(head_len, self.packets.iter().map(Vec::as_slice))
     }
 
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
@@ -45,6 +48,7 @@ impl PacketBatch for ClearBatch {
             o.pad_lengths.push(pad);
             o.next_headers.push(nh);
         }
+        o.heads = self.heads(HEAD_LEN);
         o
     }
 }

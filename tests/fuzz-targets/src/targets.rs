@@ -154,7 +154,7 @@ pub fn esp_decap(data: &[u8]) {
     let packets = records(data);
     for chunk in packets.chunks(8) {
         let mut batch = ClearBatch { packets: chunk.iter().map(|p| p.to_vec()).collect() };
-        let out = e.decap(&mut batch);
+        let out = e.decap(&batch.heads(wasmsec_esp::ESP_HEAD_LEN), &mut batch);
         assert_eq!(out.lengths.len(), chunk.len(), "one length per packet");
         assert!(out.drops.windows(2).all(|w| w[0].packet < w[1].packet), "drops in order, each once");
         let verdicts = out.verdicts();

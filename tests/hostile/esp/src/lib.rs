@@ -72,7 +72,7 @@ impl wit::Guest for Component {
         true
     }
 
-    fn encap(packets: &Batch) -> wit::Encapped {
+    fn encap(packets: &Batch, _heads: Vec<u8>) -> wit::Encapped {
         let n = packets.count();
         let Some(sa) = OUT.with_borrow(|o| o.first().copied()) else {
             let drops = (0..n).map(|i| wit::Dropped { packet: i, reason: wit::DropReason::NoPolicy }).collect();
@@ -98,15 +98,15 @@ impl wit::Guest for Component {
         }
     }
 
-    fn decap(packets: &Batch) -> wit::Decapped {
+    fn decap(packets: &Batch, heads: Vec<u8>) -> wit::Decapped {
         let n = packets.count();
-        let heads = packets.heads(4);
         let Some(sa) = IN.with_borrow(|i| i.first().copied()) else {
             let drops = (0..n).map(|i| wit::Dropped { packet: i, reason: wit::DropReason::UnknownSpi }).collect();
             return wit::Decapped { lengths: vec![0; n as usize], drops };
         };
         let len = |i: u32| {
-            let r = &heads[i as usize * 8..i as usize * 8 + 4];
+            // Records of 4 + 8 bytes: the length, then SPI and sequence number.
+            let r = &heads[i as usize * 12..i as usize * 12 + 4];
             u32::from_be_bytes([r[0], r[1], r[2], r[3]])
         };
         if attack(sa.spi) == 0xa2 {
