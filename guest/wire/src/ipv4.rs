@@ -14,6 +14,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// buffer, and a total length no shorter than the header. The buffer may
     /// be a prefix of the packet (the engine reads only the head), so the
     /// total length may exceed it.
+    #[inline(always)]
     fn check_fields(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         if self.version() != 4 {
@@ -29,38 +30,46 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    #[inline(always)]
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[0] >> 4
     }
 
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[0] & 0x0f) * 4
     }
 
+    #[inline(always)]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), 2)
     }
 
     /// True for every fragment but the first (their ports are not present).
+    #[inline(always)]
     pub fn is_non_first_fragment(&self) -> bool {
         be16(self.buffer.as_ref(), 6) & 0x1fff != 0
     }
 
+    #[inline(always)]
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[9]
     }
 
+    #[inline(always)]
     pub fn src_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
         [b[12], b[13], b[14], b[15]]
     }
 
+    #[inline(always)]
     pub fn dst_addr(&self) -> [u8; 4] {
         let b = self.buffer.as_ref();
         [b[16], b[17], b[18], b[19]]
     }
 
     /// The bytes after the header that are in the buffer.
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }

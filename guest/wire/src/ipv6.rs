@@ -10,6 +10,7 @@ packet_view! {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// A whole fixed header of version 6.
+    #[inline(always)]
     fn check_fields(&self) -> Result<()> {
         let b = self.buffer.as_ref();
         if b[0] >> 4 != 6 {
@@ -18,27 +19,32 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    #[inline(always)]
     pub fn payload_len(&self) -> u16 {
         be16(self.buffer.as_ref(), 4)
     }
 
     /// The first Next Header value (extension headers are not walked).
+    #[inline(always)]
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[6]
     }
 
+    #[inline(always)]
     pub fn src_addr(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buffer.as_ref()[8..24]);
         a
     }
 
+    #[inline(always)]
     pub fn dst_addr(&self) -> [u8; 16] {
         let mut a = [0u8; 16];
         a.copy_from_slice(&self.buffer.as_ref()[24..40]);
         a
     }
 
+    #[inline(always)]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }

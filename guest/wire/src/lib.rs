@@ -34,6 +34,7 @@ macro_rules! packet_view {
             }
 
             /// Wrap a buffer from the wire, checked by [`Packet::check_len`].
+            #[inline(always)]
             pub fn new_checked(buffer: T) -> $crate::Result<Self> {
                 let p = Self::new_unchecked(buffer);
                 p.check_len()?;
