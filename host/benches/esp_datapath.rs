@@ -195,18 +195,17 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
         for r in &runs {
             for (k, &i) in r.packets.iter().enumerate() {
                 let p = &mut self.bufs[i as usize];
-                let (len, pad, nh) = match self.key.open(p, r.esn_high(k)) {
+                let (pad, nh) = match self.key.open(p, r.esn_high(k)) {
                     Ok(_) => {
                         let d = p.data();
-                        (d.len() as u32, d[d.len() - 2], d[d.len() - 1])
+                        (d[d.len() - 2], d[d.len() - 1])
                     }
                     Err(_) => {
                         let error = wasmsec_esp::CryptoError::IntegrityFailed;
                         o.failures.push(wasmsec_esp::OpFailure { packet: i, error });
-                        (0, 0, 0)
+                        (0, 0)
                     }
                 };
-                o.plaintext_lens.push(len);
                 o.pad_lengths.push(pad);
                 o.next_headers.push(nh);
             }

@@ -67,7 +67,6 @@ impl PacketBatch for HostBatch<'_> {
             .collect();
         let o = self.0.open(&runs);
         Opened {
-            plaintext_lens: o.plaintext_lens,
             pad_lengths: o.pad_lengths,
             next_headers: o.next_headers,
             failures: o.failures.into_iter().map(failure).collect(),

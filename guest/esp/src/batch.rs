@@ -77,8 +77,6 @@ pub struct OpFailure {
 /// packet, runs one after the other (0 for the packets in `failures`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Opened {
-    /// Plaintext length, trailer included.
-    pub plaintext_lens: Vec<u32>,
     /// The trailer's Pad Length field (RFC 4303 section 2.5).
     pub pad_lengths: Vec<u8>,
     /// The trailer's Next Header field (RFC 4303 section 2.6).

@@ -607,16 +607,17 @@ impl Engine {
                 if !opened.failures.is_empty() && failed(i) {
                     continue;
                 }
-                let trailer = (opened.plaintext_lens.get(k), opened.pad_lengths.get(k), opened.next_headers.get(k));
-                let v = match (trailer, heads.get(i), inb.as_deref_mut()) {
-                    ((Some(&len), Some(&pad), Some(&nh)), Some((_, inner)), Some(inb)) => {
+                // An opened packet's head: the plaintext's length (trailer
+                // included) and the inner packet's first bytes.
+                let trailer = (heads.get(i), opened.pad_lengths.get(k), opened.next_headers.get(k));
+                let v = match (trailer, inb.as_deref_mut()) {
+                    ((Some((len, inner)), Some(&pad), Some(&nh)), Some(inb)) => {
                         let checked = &mut self.last_in;
-                        decap_finish(inb, spi, seq, (len as usize, pad, nh), inner, checked, &mut self.expiries)
+                        decap_finish(inb, spi, seq, (len, pad, nh), inner, checked, &mut self.expiries)
                     }
                     // The host left the packet out of its answer.
-                    ((None, _, _) | (_, None, _) | (_, _, None), _, _) => Err(DropReason::CryptoRefused),
-                    (_, None, _) => Err(DropReason::Malformed),
-                    (_, _, None) => Err(DropReason::UnknownSpi),
+                    ((None, _, _) | (_, None, _) | (_, _, None), _) => Err(DropReason::CryptoRefused),
+                    (_, None) => Err(DropReason::UnknownSpi),
                 };
                 match v {
                     Ok(len) => out.lengths[i] = len,

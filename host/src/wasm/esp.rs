@@ -214,13 +214,12 @@ impl GuestState {
                 let d = p.data();
                 let n = d.len();
                 self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
-                Ok((n as u32, d[n - 2], d[n - 1]))
+                Ok((d[n - 2], d[n - 1]))
             });
-            let (len, pad, next) = r.unwrap_or_else(|e| {
+            let (pad, next) = r.unwrap_or_else(|e| {
                 out.failures.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
-                (0, 0, 0)
+                (0, 0)
             });
-            out.plaintext_lens.push(len);
             out.pad_lengths.push(pad);
             out.next_headers.push(next);
         }
@@ -267,7 +266,6 @@ impl HostBatch for GuestState {
     fn open(&mut self, _: Resource<Batch>, runs: Vec<OpenRun>) -> Opened {
         let n = runs.iter().map(|r| r.packets.len()).sum::<usize>().min(self.count);
         let mut out = Opened {
-            plaintext_lens: Vec::with_capacity(n),
             pad_lengths: Vec::with_capacity(n),
             next_headers: Vec::with_capacity(n),
             failures: Vec::new(),
@@ -276,8 +274,9 @@ impl HostBatch for GuestState {
         for run in &runs {
             self.open_run(run, &mut out);
         }
-        // The inner packets' heads in the same answer: the engine checks
-        // them against the SAs' selectors without another crossing.
+        // The heads in the same answer: an opened packet's length is its
+        // plaintext's, and the engine checks its inner header against the
+        // SA's selectors without another crossing.
         out.heads = self.heads(IP_HEAD_LEN);
         out
     }
@@ -510,7 +509,8 @@ mod tests {
         let failed = st.seal(Resource::new_borrow(0), vec![SealRun { key: 2, ..run(1, false, vec![0]) }]);
         assert_eq!(failed[0].error, WitCryptoError::WrongKeyKind);
         let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 1, packets: vec![0], esn_highs: vec![] }]);
-        assert_eq!((opened.plaintext_lens, opened.failures.len()), (vec![0], 1));
+        assert_eq!(opened.failures.len(), 1);
+        assert_eq!(Heads::from_flat(opened.heads, IP_HEAD_LEN).get(0).map(|h| h.0), Some(st.batch[0].len()));
         assert_eq!(st.marks, [Mark::Untouched]);
     }
 
@@ -526,7 +526,8 @@ mod tests {
         let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![1, 0], esn_highs: vec![] }]);
         assert!(opened.failures.is_empty(), "{:?}", opened.failures);
         // 60 bytes, 2 of padding and the two trailer bytes.
-        assert_eq!(opened.plaintext_lens, [64, 64]);
+        let heads = Heads::from_flat(opened.heads, IP_HEAD_LEN);
+        assert_eq!([0, 1].map(|i| heads.get(i).map(|h| h.0)), [Some(64); 2]);
         assert_eq!((opened.pad_lengths, opened.next_headers), (vec![2, 2], vec![4, 4]));
     }
 

@@ -33,18 +33,17 @@ impl PacketBatch for ClearBatch {
     fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
         let mut o = Opened::default();
         for &i in runs.iter().flat_map(|r| r.packets.iter()) {
-            let (len, pad, nh) = match self.packets.get_mut(i as usize) {
+            let (pad, nh) = match self.packets.get_mut(i as usize) {
                 Some(p) if p.len() >= FRONT + 2 => {
                     p.drain(..FRONT);
                     let n = p.len();
-                    (n as u32, p[n - 2], p[n - 1])
+                    (p[n - 2], p[n - 1])
                 }
                 _ => {
                     o.failures.push(OpFailure { packet: i, error: CryptoError::BadLength });
-                    (0, 0, 0)
+                    (0, 0)
                 }
             };
-            o.plaintext_lens.push(len);
             o.pad_lengths.push(pad);
             o.next_headers.push(nh);
         }
