@@ -454,8 +454,8 @@ impl Engine {
     }
 
     /// Encapsulate every packet of `batch` (inner IP packets, with their
-    /// `heads` of [`HEAD_LEN`](crate::HEAD_LEN) bytes). One host call: a seal of the runs of
-    /// the packets that have an SA.
+    /// `heads` of [`HEAD_LEN`](crate::HEAD_LEN) bytes). One host call: a
+    /// seal of the runs of the packets that have an SA.
     pub fn encap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Encapped {
         let n = heads.len();
         let mut out = Encapped { peers: vec![0; n], drops: Vec::new() };
@@ -558,10 +558,10 @@ impl Engine {
     }
 
     /// Decapsulate every packet of `batch` (ESP packets, starting at the
-    /// SPI, with their `heads` of [`ESP_HEAD_LEN`](crate::ESP_HEAD_LEN) bytes: SPI and sequence
-    /// number are all the plan reads). One host call: an open of the runs
-    /// of the packets that pass the SPI and replay checks, which answers
-    /// with the inner heads too.
+    /// SPI, with their `heads` of [`ESP_HEAD_LEN`](crate::ESP_HEAD_LEN)
+    /// bytes: SPI and sequence number are all the plan reads). One host
+    /// call: an open of the runs of the packets that pass the SPI and
+    /// replay checks, which answers with the inner heads too.
     pub fn decap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Decapped {
         let n = heads.len();
         let mut out = Decapped { lengths: vec![0; n], drops: Vec::new() };
