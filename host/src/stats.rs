@@ -44,6 +44,9 @@ pub struct Stats {
     pub tx_errors: AtomicU64,
     /// Guest instances replaced after a trap.
     pub guest_restarts: AtomicU64,
+    /// SAs the data path could not install (the guest refused or trapped,
+    /// or no instance could be made); each one's CHILD SA is deleted.
+    pub sa_install_failures: AtomicU64,
     /// A guest broke the host's rules: a request the host refused (a key
     /// used for another SA or direction, keys installed that were never
     /// derived together), a verdict that does not match what the host did,
@@ -180,6 +183,7 @@ impl Stats {
             "rx_runts": g(&self.rx_runts),
             "tx_errors": g(&self.tx_errors),
             "guest_restarts": g(&self.guest_restarts),
+            "sa_install_failures": g(&self.sa_install_failures),
             "guest_protocol_errors": g(&self.guest_protocol_errors),
             "ike_oversize": g(&self.ike_oversize),
             "guest_suspended_drops": g(&self.guest_suspended_drops),

@@ -15,7 +15,8 @@
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
 # swapped key handles, or encrypts with the peer's SK_e, against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
-# keeps forwarding.
+# keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
+# install: the CHILD SA is deleted with the peer, not left up unserved.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
 COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -175,6 +176,45 @@ run_ike_attack() { # NAME WHAT
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# The data path refuses an IKE CHILD SA: A's connection "refused" is served
+# by hostile-esp.wasm, which refuses SAs with selectors from 198.18.23.0.
+# A must not keep that CHILD SA up with nothing to carry its traffic: it
+# counts the refusal, deletes the CHILD SA with B (an honest wasmsec), keeps
+# the IKE SA, and does not retry in a loop (the retry delay, a tenth of the
+# rekey time). The manual tunnels carry pings meanwhile.
+run_install_refused() {
+    local what="ESP guest refusing an IKE CHILD SA" A=$STATE/refused/A B=$STATE/refused/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00003001 0x00003002 "" "" "$A"
+      wasmsec_connection refused $WAN_A $WAN_B $ID_A $ID_B '["198.18.23.0/24"]' '["198.18.24.0/24"]' start "" "" \
+          "esp_component = \"$COMPONENTS/hostile-esp.wasm\""; } >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00003002 0x00003001 "" "" "$B"
+      wasmsec_connection refused $WAN_B $WAN_A $ID_B $ID_A '["198.18.24.0/24"]' '["198.18.23.0/24"]' none; } >"$B/wasmsec.toml"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
+    local got failures ike child_a child_b tries alive=no
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    got=$(grep -c "bytes from" "$A/honest.out" || true)
+    wasmsec_ctl "$A" status >"$A/status.json"; wasmsec_ctl "$B" status >"$B/status.json"
+    failures=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["sa_install_failures"])' "$A/status.json")
+    ike=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["ike_sas"]))' "$A/status.json")
+    child_a=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
+    child_b=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["child_sas"]))' "$B/status.json")
+    tries=$(grep -c "WARN.*CHILD_SA [0-9a-f]*: the data path could not install it" "$A/wasmsec.log" || true)
+    stop "$A"; stop "$B"
+    echo "$what: honest pings $got/$PINGS; A: $failures SAs not installed, $tries CHILD SAs deleted for it, $ike IKE SAs; CHILD SAs A $child_a, B $child_b"
+    check "$what: the refusal was counted ($failures)" [ "$failures" -gt 0 ]
+    check "$what: A logged why, the guest's words escaped" grep -q "refused by the guest: no room for this SA\\\\n(a test guest's refusal)" "$A/wasmsec.log"
+    check "$what: the CHILD SA was deleted, once, not retried at once ($tries)" [ "$tries" -eq 1 ]
+    check "$what: no CHILD SA left up at A ($child_a) or at B ($child_b)" [ $((child_a + child_b)) -eq 0 ]
+    check "$what: the IKE SA stays ($ike)" [ "$ike" -eq 1 ]
+    check "$what: the honest tunnel kept forwarding ($got/$PINGS)" [ "$got" -ge $((PINGS * 95 / 100)) ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
+run_install_refused
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

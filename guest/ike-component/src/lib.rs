@@ -361,6 +361,10 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.child_expired(now_ms, spi, hard, &mut HostCrypto));
     }
 
+    fn child_failed(now_ms: u64, spi: u32, reason: String) {
+        ENGINE.with_borrow_mut(|e| e.child_failed(now_ms, spi, &reason, &mut HostCrypto));
+    }
+
     fn poll() -> wit::Output {
         ENGINE.with_borrow_mut(|e| wit::Output {
             sa_changes: std::iter::from_fn(|| e.poll_sa_change()).map(wit_sa_change).collect(),

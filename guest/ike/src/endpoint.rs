@@ -309,13 +309,9 @@ impl Engine {
     /// passed a soft volume limit or ran low on sequence numbers (rekey
     /// it), or a hard one (it carries no more traffic: delete it).
     pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool, crypto: &mut dyn IkeCrypto) {
-        let found = self.sas.with_child(spi).into_iter().find_map(|k| {
-            let sa = self.sas.get(&k)?;
-            sa.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (k, c.inbound_spi))
-        });
         self.now = now;
         // Gone already (deleted or replaced meanwhile): nothing to do.
-        let Some((id, inbound)) = found else { return };
+        let Some((id, inbound)) = self.child_by_spi(spi) else { return };
         self.with_sa(id, now, crypto, |sa, ctx| {
             if hard {
                 lifecycle::expire_child(sa, ctx, inbound, "hard lifetime reached");
@@ -324,6 +320,27 @@ impl Engine {
             }
             Fate::Keep
         });
+    }
+
+    /// The data plane could not install the CHILD SA with this SPI (either
+    /// direction): delete it with the peer, and create it anew after the
+    /// retry delay. `why` is the host's account, for the log.
+    pub fn child_failed(&mut self, now: u64, spi: u32, why: &str, crypto: &mut dyn IkeCrypto) {
+        self.now = now;
+        let Some((id, inbound)) = self.child_by_spi(spi) else { return };
+        self.with_sa(id, now, crypto, |sa, ctx| {
+            lifecycle::fail_child(sa, ctx, inbound, why);
+            Fate::Keep
+        });
+    }
+
+    /// The IKE SA holding the CHILD SA with this SPI (either direction),
+    /// and the CHILD SA's inbound SPI.
+    fn child_by_spi(&mut self, spi: u32) -> Option<(u64, u32)> {
+        self.sas.with_child(spi).into_iter().find_map(|k| {
+            let sa = self.sas.get(&k)?;
+            sa.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (k, c.inbound_spi))
+        })
     }
 
     // ---- time ------------------------------------------------------------

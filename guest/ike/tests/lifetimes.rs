@@ -102,3 +102,51 @@ fn child_schedules_follow_the_engine_not_the_install() {
     assert!(new.1.is_some_and(|r| (52_000..=59_000).contains(&r)), "{s:?}");
     assert!(new.2 > new.1, "{s:?}");
 }
+
+#[test]
+fn a_child_the_data_path_could_not_install_goes_and_comes_back_after_the_retry_delay() {
+    // The data path refused the new CHILD SA (a guest's refusal, a trap,
+    // no memory for an instance): it must not stay up as if it carried
+    // traffic. It is deleted with the peer at once, and created anew after
+    // the retry delay (a tenth of the rekey time, here 6-9 s), not at once:
+    // a refusal that persists must not become a loop of exchanges.
+    let conf = Conf { rekey_ms: 60_000, life_ms: 90_000, ..Default::default() };
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &conf);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    assert_live_pairs(&a, &b, 1);
+    let x = a.installed[0].clone();
+
+    a.engine.child_failed(1_000, x.outbound_spi, "refused by the guest", &mut a.crypto);
+    a.drain();
+    assert!(
+        a.log_has(&format!("CHILD_SA {:08x}: the data path could not install it: refused by the guest", x.inbound_spi)),
+        "{:?}",
+        a.logs
+    );
+    run_from(&mut a, &mut b, 1_000, 6_900, &mut all);
+    assert_live_pairs(&a, &b, 0);
+    assert_eq!((a.deleted, b.deleted), (1, 1), "the peer deleted it too");
+    assert_eq!(a.engine.stats().lifetime_hard, 0, "not a lifetime");
+    assert_eq!(a.installed.len(), 1, "not created anew before the retry delay");
+
+    run_from(&mut a, &mut b, 6_900, 12_000, &mut all);
+    assert_live_pairs(&a, &b, 1);
+    assert_eq!((a.installed.len(), b.installed.len()), (2, 2));
+
+    // Both data-path threads may report one CHILD SA: the second report
+    // (its other SPI) finds it gone and changes nothing.
+    a.engine.child_failed(12_000, x.inbound_spi, "the other direction", &mut a.crypto);
+    a.drain();
+    assert!(!a.log_has("the other direction"));
+    assert!(a.outbox.is_empty());
+
+    // The responder's data path failing works the same from its side.
+    let y = b.installed[1].clone();
+    b.engine.child_failed(12_000, y.inbound_spi, "no memory slot", &mut b.crypto);
+    run_from(&mut a, &mut b, 12_000, 12_500, &mut all);
+    assert_live_pairs(&a, &b, 0);
+    run_from(&mut a, &mut b, 12_500, 30_000, &mut all);
+    assert_live_pairs(&a, &b, 1);
+}

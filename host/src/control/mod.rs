@@ -225,6 +225,7 @@ impl ControlPlane {
                     }
                     Report::Acquire { dst } => self.acquire(now, dst)?,
                     Report::Expired { spi, hard } => self.ike.child_expired(now, spi, hard)?,
+                    Report::NotInstalled { spi, error } => self.ike.child_failed(now, spi, &error)?,
                 }
             }
         }

@@ -82,6 +82,9 @@ pub enum Report {
     Acquire { dst: Ipv4Addr },
     /// The SA with this SPI passed a soft (`hard` false) or hard limit.
     Expired { spi: u32, hard: bool },
+    /// The SA with this SPI could not be installed (see
+    /// `Loop::not_installed`): its CHILD SA must go.
+    NotInstalled { spi: u32, error: String },
 }
 
 /// The sending half.

@@ -102,3 +102,59 @@ fn a_guest_that_traps_installing_is_replaced_at_once() {
     assert_eq!(inst.sa_states().expect("states").len(), installed as usize - 19);
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1, "no further replacement");
 }
+
+#[test]
+fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
+    // Without the report, IKE would keep the CHILD SA up while the data
+    // path had nothing for it: its traffic silently black-holed.
+    let dir = crate::daemon::built_components_dir();
+    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
+    let ks = Arc::new(Keystore::new());
+    let mut l = test_loop(rt, ks.clone());
+    let (to_loop, inbox) = channel::channel().expect("inbox");
+    let (up, reports) = channel::channel().expect("up");
+    l.inbox = Some(inbox);
+    l.up = Some(up);
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let add = |spi: u32, fill: u8| {
+        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
+        let sa = InboundSa {
+            spi,
+            key,
+            esn: false,
+            replay_window: 64,
+            highest_seq: 0,
+            local_ts: vec![ts.clone()],
+            remote_ts: vec![ts.clone()],
+            limits: Default::default(),
+        };
+        (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group: 0, traffic: Default::default() })
+    };
+    let (_, first) = add(0x2000, 1);
+    assert!(to_loop.send(first));
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "the first SA is installed");
+    // The same SPI again: the ESP engine refuses a duplicate.
+    let (key, again) = add(0x2000, 2);
+    assert!(to_loop.send(again));
+    l.apply_commands(true);
+    let got = reports.drain();
+    match got.as_slice() {
+        [Report::NotInstalled { spi: 0x2000, error }] => {
+            assert!(error.contains("inbound SA 0x00002000 refused by the guest"), "{error}")
+        }
+        other => panic!("expected one NotInstalled report, got {other:?}"),
+    }
+    assert_eq!(l.stats.sa_install_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 0, "a refusal is not a trap");
+    let inst = l.groups.list[0].inst.as_mut().expect("the instance stays, with its first SA");
+    assert!(inst.store.data_mut().keys.get(key).is_err(), "the refused SA's key is not left granted");
+    assert_eq!(inst.sa_states().expect("states").len(), 1);
+}
+
+#[test]
+fn guest_text_is_bounded_and_escaped() {
+    assert_eq!(guest_text("no\nroom's"), "no\\nroom's");
+    assert_eq!(guest_text(&"x".repeat(5000)).len(), 200);
+}

@@ -313,6 +313,11 @@ impl Loop {
         let Some(inbox) = &self.inbox else { return };
         let commands = if woken { inbox.drain() } else { inbox.take_queued() };
         for m in commands {
+            let installing = match &m {
+                SaCommand::AddOutbound { sa, .. } => Some(sa.spi),
+                SaCommand::AddInbound { sa, .. } => Some(sa.spi),
+                _ => None,
+            };
             let r = match m {
                 SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
                     self.traffic.insert(sa.spi, traffic);
@@ -395,9 +400,28 @@ impl Loop {
                     .1
                 }
             };
-            if let Err(e) = r {
-                warn!(error = %e, "SA change failed");
+            match (r, installing) {
+                (Ok(()), _) => {}
+                (Err(e), Some(spi)) => self.not_installed(spi, e),
+                (Err(e), None) => warn!(error = %e, "SA change failed"),
             }
+        }
+    }
+
+    /// An SA the data path could not install (the guest refused it or
+    /// trapped, or no instance could be made): it carries no traffic, so
+    /// its CHILD SA must not stay up as if it did. IKE is told, and
+    /// deletes it with the peer; a manual tunnel's SA only has the log.
+    fn not_installed(&mut self, spi: u32, e: anyhow::Error) {
+        stats::inc(&self.stats.sa_install_failures);
+        let error = format!("{e:#}");
+        let spi_hex = format_args!("{spi:08x}");
+        match &self.up {
+            Some(up) => {
+                warn!(spi = spi_hex, error = %error, "data path: SA not installed; its CHILD SA goes");
+                up.send(Report::NotInstalled { spi, error });
+            }
+            None => warn!(spi = spi_hex, error = %error, "data path: SA not installed"),
         }
     }
 
@@ -481,9 +505,13 @@ impl Loop {
                 return Err(trap.context("the ESP guest trapped installing the SA (at its memory limit?)"));
             }
         };
-        if installed.is_err() && !group.needs_instance() {
-            // Refused as the group's first SA: the instance holds nothing.
-            group.inst = None;
+        if installed.is_err() {
+            // Refused: the guest gets no use of its key.
+            inst.store.data_mut().keys.revoke(handle);
+            if !group.needs_instance() {
+                // Refused as the group's first SA: the instance holds nothing.
+                group.inst = None;
+            }
         }
         installed?;
         self.groups.by_spi.insert(spi, g);
@@ -530,15 +558,29 @@ fn install_into(
 ) -> Result<Result<()>> {
     if let Some(sa) = out {
         if let Err(e) = inst.install_outbound(&sa)? {
-            return Ok(Err(anyhow::anyhow!("outbound SA {:#010x}: {e}", sa.spi)));
+            return Ok(Err(anyhow::anyhow!("outbound SA {:#010x} refused by the guest: {}", sa.spi, guest_text(&e))));
         }
         sas.outbound.insert(sa.spi, sa);
     }
     if let Some(sa) = inb {
         if let Err(e) = inst.install_inbound(&sa)? {
-            return Ok(Err(anyhow::anyhow!("inbound SA {:#010x}: {e}", sa.spi)));
+            return Ok(Err(anyhow::anyhow!("inbound SA {:#010x} refused by the guest: {}", sa.spi, guest_text(&e))));
         }
         sas.inbound.insert(sa.spi, sa);
     }
     Ok(Ok(()))
+}
+
+/// A guest's own words for the log and for IKE: at most 200 characters,
+/// control characters escaped (the guest is not trusted with the log).
+fn guest_text(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(200) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -220,6 +220,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         );
     }
     s.counter("wasmsec_guest_restarts_total", "Guest instances replaced after a trap.", &[], g(&st.guest_restarts));
+    s.counter(
+        "wasmsec_sa_install_failures_total",
+        "SAs the data path could not install (guest refusal or trap, no instance); their CHILD SAs are deleted.",
+        &[],
+        g(&st.sa_install_failures),
+    );
     // Manual tunnels live in the daemon's own domain (tenant "").
     for m in &st.manual {
         sa_traffic(s, [("connection", &m.name), ("tenant", "")], crate::stats::traffic(&m.sas));

@@ -390,6 +390,10 @@ impl IkeInstance {
         self.call(|e, s| e.call_child_expired(s, now, spi, hard))
     }
 
+    pub fn child_failed(&mut self, now: u64, spi: u32, reason: &str) -> Result<()> {
+        self.call(|e, s| e.call_child_failed(s, now, spi, reason))
+    }
+
     /// Everything the engine queued: SA changes, transmits, events.
     pub fn poll(&mut self) -> Result<Output> {
         self.call(|e, s| e.call_poll(s))

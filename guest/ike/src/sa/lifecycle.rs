@@ -278,10 +278,37 @@ pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str
 /// is being made.
 pub(crate) fn expire_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
     let Some(c) = sa.child(inbound) else { return };
-    let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
+    let msg = if c.replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
     ctx.count(sa.conn, |s| &mut s.lifetime_hard);
-    let msg = if replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
-    child::remove(sa, ctx, inbound, &msg, 0);
+    end_child(sa, ctx, inbound, &msg);
+}
+
+/// The data plane could not install the CHILD SA (its guest refused it, or
+/// trapped, or no instance could be made for it): it carries no traffic, so
+/// it must not stay up as if it did. It goes as at a hard lifetime, but is
+/// created anew only after the retry delay, as a failed rekey is, so a
+/// refusal that persists costs one exchange per delay, not a loop.
+pub(crate) fn fail_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
+    let Some(c) = sa.child(inbound) else { return };
+    let (cfg, replaced) = (c.cfg, c.replaced);
+    let rekeying = sa.rekeying_child() == Some(inbound);
+    let msg = format!("the data path could not install it: {why}");
+    end_child(sa, ctx, inbound, &msg);
+    if replaced {
+        // Superseded already: `end_child` says nothing of it, this must.
+        ctx.warn(sa.conn, format!("CHILD_SA {inbound:08x}: {msg}"));
+    } else if !rekeying {
+        let t = ctx.conns[sa.conn].children[cfg].life.rekey_time;
+        sa.owed.recreate_at = sa.owed.recreate_at.max(ctx.now + ctx.retry_delay(t));
+    }
+}
+
+/// Remove the CHILD SA, queue its DELETE, and create it anew unless a
+/// successor exists or is being made.
+fn end_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, msg: &str) {
+    let Some(c) = sa.child(inbound) else { return };
+    let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
+    child::remove(sa, ctx, inbound, msg, 0);
     sa.owed.delete_queue.push((inbound, outbound, false));
     let rekeying = sa.rekeying_child() == Some(inbound);
     if !replaced {

@@ -11,6 +11,11 @@
 //! | 0xa5.... | `encap` allocates without bound |
 //! | 0xa6.... | `encap` traps |
 //!
+//! And whatever the SPI: an SA whose selectors start at 198.18.23.0 (an IKE
+//! connection's, whose SPIs are random) is refused at install; the host
+//! must tell IKE, which deletes the CHILD SA instead of keeping it up with
+//! nothing to carry its traffic.
+//!
 //! The host must refuse and count each attack, let nothing unsealed reach
 //! the WAN and nothing unopened reach the TUN device, and keep other
 //! tunnels, served by honest guests, forwarding.
@@ -49,15 +54,25 @@ fn attack(spi: u32) -> u8 {
     (spi >> 24) as u8
 }
 
+/// The SAs this guest refuses to install: those for 198.18.23.0 (either end).
+fn refuse(local: &[wit::TrafficSelector], remote: &[wit::TrafficSelector]) -> Result<(), String> {
+    if local.iter().chain(remote).any(|t| t.start_address == [198, 18, 23, 0]) {
+        return Err("no room for this SA\n(a test guest's refusal)".into());
+    }
+    Ok(())
+}
+
 struct Component;
 
 impl wit::Guest for Component {
     fn install_outbound(sa: wit::OutboundSa) -> Result<(), String> {
+        refuse(&sa.local_ts, &sa.remote_ts)?;
         OUT.with_borrow_mut(|o| o.push(Sa { spi: sa.spi, key: sa.key, peer: sa.peer }));
         Ok(())
     }
 
     fn install_inbound(sa: wit::InboundSa) -> Result<(), String> {
+        refuse(&sa.local_ts, &sa.remote_ts)?;
         IN.with_borrow_mut(|i| i.push(Sa { spi: sa.spi, key: sa.key, peer: 0 }));
         Ok(())
     }
