@@ -174,9 +174,6 @@ impl NativeBatch<'_> {
 }
 
 impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
-    fn count(&self) -> u32 {
-        self.bufs.len() as u32
-    }
     fn seal(&mut self, runs: Vec<wasmsec_esp::SealRun>) -> Vec<wasmsec_esp::OpFailure> {
         let mut failures = Vec::new();
         for r in &runs {
@@ -210,7 +207,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
                 o.next_headers.push(nh);
             }
         }
-        o.heads = self.heads(wasmsec_esp::HEAD_LEN);
+        o.heads = self.heads(wasmsec_esp::IP_HEAD_LEN);
         o
     }
 }
@@ -252,7 +249,7 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     Box::new(move || {
         refill(&mut bufs, pkt);
         let mut out = NativeBatch { bufs: &mut bufs, key: &k_out };
-        tx.encap(&out.heads(wasmsec_esp::HEAD_LEN), &mut out);
+        tx.encap(&out.heads(wasmsec_esp::IP_HEAD_LEN), &mut out);
         let mut inb = NativeBatch { bufs: &mut bufs, key: &k_in };
         let d = rx.decap(&inb.heads(wasmsec_esp::ESP_HEAD_LEN), &mut inb);
         assert!(d.drops.is_empty() && d.lengths[BATCH - 1] > 0);

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 use wasmsec_esp::{
-    self as esp, CryptoError, ESP_HEAD_LEN, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch,
+    self as esp, CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch,
     SealRun,
 };
 use wasmsec_wire::ip::Address;
@@ -40,10 +40,6 @@ fn crypto_error(e: WitCryptoError) -> CryptoError {
 }
 
 impl PacketBatch for HostBatch<'_> {
-    fn count(&self) -> u32 {
-        self.0.count()
-    }
-
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let runs: Vec<packets::SealRun> = runs
             .into_iter()
@@ -70,7 +66,7 @@ impl PacketBatch for HostBatch<'_> {
             pad_lengths: o.pad_lengths,
             next_headers: o.next_headers,
             failures: o.failures.into_iter().map(failure).collect(),
-            heads: Heads::from_flat(o.heads, HEAD_LEN),
+            heads: Heads::from_flat(o.heads, IP_HEAD_LEN),
         }
     }
 }
@@ -164,7 +160,7 @@ impl wit::Guest for Component {
     }
 
     fn encap(packets: &Batch, heads: Vec<u8>) -> wit::Encapped {
-        let heads = Heads::from_flat(heads, HEAD_LEN);
+        let heads = Heads::from_flat(heads, IP_HEAD_LEN);
         let e = ENGINE.with_borrow_mut(|e| e.encap(&heads, &mut HostBatch(packets)));
         wit::Encapped { peers: e.peers, drops: drops(e.drops) }
     }

@@ -6,7 +6,7 @@ pub struct KeyHandle(pub u64);
 
 pub use wasmsec_wire::CryptoError;
 /// How many bytes of an IP packet's head the engine reads.
-pub use wasmsec_wire::heads::IP_HEAD_LEN as HEAD_LEN;
+pub use wasmsec_wire::heads::IP_HEAD_LEN;
 pub use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads};
 
 /// Seal a run of packets of one outbound SA with consecutive sequence
@@ -83,7 +83,7 @@ pub struct Opened {
     pub next_headers: Vec<u8>,
     /// The packets that did not open, in order.
     pub failures: Vec<OpFailure>,
-    /// The heads ([`HEAD_LEN`]) of all the batch's packets after the open.
+    /// The heads ([`IP_HEAD_LEN`]) of all the batch's packets after the open.
     pub heads: Heads,
 }
 
@@ -93,7 +93,6 @@ pub struct Opened {
 /// The packets' heads come with the batch, as arguments of the engine's
 /// `encap` and `decap`.
 pub trait PacketBatch {
-    fn count(&self) -> u32;
     /// Seal the runs' packets; the packets that were not sealed, in order.
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure>;
     /// Open the runs' packets.

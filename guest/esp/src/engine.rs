@@ -454,7 +454,7 @@ impl Engine {
     }
 
     /// Encapsulate every packet of `batch` (inner IP packets, with their
-    /// `heads` of [`HEAD_LEN`](crate::HEAD_LEN) bytes). One host call: a
+    /// `heads` of [`IP_HEAD_LEN`](crate::IP_HEAD_LEN) bytes). One host call: a
     /// seal of the runs of the packets that have an SA.
     pub fn encap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Encapped {
         let n = heads.len();

@@ -17,7 +17,7 @@ pub mod selector;
 pub mod spd;
 
 pub use batch::{
-    CryptoError, ESP_HEAD_LEN, HEAD_LEN, Heads, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
+    CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
 };
 pub use engine::{
     DecapVerdict, Decapped, DropReason, Dropped, EncapVerdict, Encapped, Engine, Expiry, ExpiryCause, InboundSa,

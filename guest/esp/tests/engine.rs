@@ -76,9 +76,6 @@ impl FakeBatch {
 }
 
 impl PacketBatch for FakeBatch {
-    fn count(&self) -> u32 {
-        self.packets.len() as u32
-    }
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let mut failures = Vec::new();
         for r in &runs {
@@ -109,7 +106,7 @@ impl PacketBatch for FakeBatch {
         if self.short_answer {
             o.pad_lengths.pop();
         }
-        o.heads = self.heads(HEAD_LEN);
+        o.heads = self.heads(IP_HEAD_LEN);
         o
     }
 }
@@ -180,7 +177,7 @@ fn pair(esn: bool, next_seq: u64, window: u32) -> (Engine, Engine) {
 
 fn encap(e: &mut Engine, packets: Vec<Vec<u8>>) -> (FakeBatch, Vec<EncapVerdict>) {
     let mut b = batch(packets);
-    let v = e.encap(&b.heads(HEAD_LEN), &mut b).verdicts();
+    let v = e.encap(&b.heads(IP_HEAD_LEN), &mut b).verdicts();
     (b, v)
 }
 
@@ -600,7 +597,7 @@ fn seal_runs_follow_the_sas_and_refusals_are_drops() {
     let packets = vec![b.clone(), b.clone(), c.clone(), b.clone(), c.clone(), c, vec![0x45, 0, 0]];
     let mut fake = batch(packets);
     fake.refuse = vec![3];
-    let out = a.encap(&fake.heads(HEAD_LEN), &mut fake);
+    let out = a.encap(&fake.heads(IP_HEAD_LEN), &mut fake);
     assert_eq!(
         fake.seal_runs,
         [(0x1001, 1, vec![0, 1]), (0x2002, 100, vec![2]), (0x1001, 3, vec![3]), (0x2002, 101, vec![4, 5])]

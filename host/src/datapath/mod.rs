@@ -217,8 +217,7 @@ impl Loop {
                 (!self.protocol_errors(g, dir, errors)).then_some(v)
             }
             Err(err) => {
-                warn!(direction = dir.name(), group = g, error = %err, "ESP guest trapped; replacing the instance");
-                self.replace(g, dir);
+                self.trapped(g, dir, "in a batch", &err);
                 None
             }
         }
@@ -253,6 +252,13 @@ impl Loop {
         );
         self.replace(g, dir);
         true
+    }
+
+    /// Group `g`'s guest trapped `during` a call: a trapped instance takes
+    /// no further call, so it is replaced.
+    fn trapped(&mut self, g: usize, dir: Direction, during: &str, err: &anyhow::Error) {
+        warn!(direction = dir.name(), group = g, during, error = %err, "ESP guest trapped; replacing the instance");
+        self.replace(g, dir);
     }
 
     /// Replace group `g`'s instance: at once the first time, after its
@@ -465,8 +471,7 @@ impl Loop {
         let r = from_guest(inst, spi).map(|_| ());
         if let Err(trap) = &r {
             // As for an install: a trapped instance takes no further call.
-            warn!(direction = dir.name(), group = g, error = %trap, "ESP guest trapped removing an SA; replacing the instance");
-            self.replace(g, dir);
+            self.trapped(g, dir, "removing an SA", trap);
             return (gone, r);
         }
         if !group.needs_instance() {
@@ -500,8 +505,7 @@ impl Loop {
                 // replacement now, every SA after this one would fail too
                 // until traffic came. The replacement gets the group's
                 // recorded SAs, which this one has not joined.
-                warn!(direction = dir.name(), group = g, error = %trap, "ESP guest trapped installing an SA; replacing the instance");
-                self.replace(g, dir);
+                self.trapped(g, dir, "installing an SA", &trap);
                 return Err(trap.context("the ESP guest trapped installing the SA (at its memory limit?)"));
             }
         };

@@ -1,7 +1,7 @@
 //! The ESP engine's packet batch with identity "crypto", for fuzzing:
 //! opening a packet strips the ESP header and an 8-byte IV and checks no
 //! ICV, so fuzzed bytes reach the trailer, padding and selector checks.
-use wasmsec_esp::{CryptoError, HEAD_LEN, Heads, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
+use wasmsec_esp::{CryptoError, Heads, IP_HEAD_LEN, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
 
 /// ESP header and IV in front of the "plaintext".
 const FRONT: usize = 16;
@@ -21,10 +21,6 @@ impl ClearBatch {
 }
 
 impl PacketBatch for ClearBatch {
-    fn count(&self) -> u32 {
-        self.packets.len() as u32
-    }
-
     fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
         let packets = runs.iter().flat_map(|r| r.packets.iter());
         packets.map(|&packet| OpFailure { packet, error: CryptoError::Unsupported }).collect()
@@ -47,7 +43,7 @@ impl PacketBatch for ClearBatch {
             o.pad_lengths.push(pad);
             o.next_headers.push(nh);
         }
-        o.heads = self.heads(HEAD_LEN);
+        o.heads = self.heads(IP_HEAD_LEN);
         o
     }
 }
