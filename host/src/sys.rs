@@ -667,6 +667,24 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     Ok(GroRead { len: n as usize, from, segment })
 }
 
+/// Ask the CPU to bring every cache line of `v` into the cache, without
+/// waiting for it. The data path does this for a batch's keys before it
+/// uses the first: with packets for many SAs the keys are cold, and their
+/// cache misses then overlap instead of following one another.
+pub fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = (v as *const T).cast::<i8>();
+        for off in (0..std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults and reads
+            // nothing into the program, and the address lies within `v`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -188,6 +188,20 @@ impl GuestState {
         }
     }
 
+    /// With runs for several SAs (a PoP's packets, each for another of its
+    /// thousands of SAs), their keys are out of the caches: ask for them
+    /// all before the first is used, so that the misses overlap.
+    fn warm_keys(&self, keys: impl ExactSizeIterator<Item = u64>) {
+        if keys.len() < 2 {
+            return;
+        }
+        for h in keys {
+            if let Ok((k, _)) = self.keys.get(h) {
+                crate::sys::prefetch(k);
+            }
+        }
+    }
+
     /// Open one run's packets into `out`.
     fn open_run(&mut self, run: &OpenRun, out: &mut Opened) {
         let n = run.packets.len();
@@ -256,6 +270,7 @@ impl HostBatch for GuestState {
     }
 
     fn seal(&mut self, _: Resource<Batch>, runs: Vec<SealRun>) -> Vec<OpFailure> {
+        self.warm_keys(runs.iter().map(|r| r.key));
         let mut failed = Vec::new();
         for run in &runs {
             self.seal_run(run, &mut failed);
@@ -271,6 +286,7 @@ impl HostBatch for GuestState {
             failures: Vec::new(),
             heads: Vec::new(),
         };
+        self.warm_keys(runs.iter().map(|r| r.key));
         for run in &runs {
             self.open_run(run, &mut out);
         }
