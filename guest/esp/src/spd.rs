@@ -24,11 +24,59 @@ use crate::selector::TrafficSelector;
 /// A prefix: IPv6 or not, its length, its network address (host bits 0).
 type Prefix = (bool, u8, u128);
 
+/// One prefix's SA slots, oldest first. Most prefixes hold one SA (a
+/// PoP's peers each have remote subnets of their own): that one is kept
+/// in the table itself, so that a lookup does not miss the cache a second
+/// time for a heap block of one slot.
+#[derive(Default)]
+enum Bucket {
+    #[default]
+    Empty,
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Bucket {
+    fn slots(&self) -> &[usize] {
+        match self {
+            Bucket::Empty => &[],
+            Bucket::One(s) => std::slice::from_ref(s),
+            Bucket::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, slot: usize) {
+        *self = match std::mem::take(self) {
+            Bucket::Empty => Bucket::One(slot),
+            Bucket::One(first) => Bucket::Many(vec![first, slot]),
+            Bucket::Many(mut v) => {
+                v.push(slot);
+                Bucket::Many(v)
+            }
+        };
+    }
+
+    fn remove(&mut self, i: usize) {
+        *self = match std::mem::take(self) {
+            Bucket::Many(mut v) if i < v.len() => {
+                v.remove(i);
+                match v[..] {
+                    [] => Bucket::Empty,
+                    [one] => Bucket::One(one),
+                    _ => Bucket::Many(v),
+                }
+            }
+            Bucket::One(_) if i == 0 => Bucket::Empty,
+            other => other,
+        };
+    }
+}
+
 /// SA slots by the prefixes of their remote selectors.
 #[derive(Default)]
 pub struct DestinationIndex {
     /// Per prefix: the slots of the SAs indexed there, oldest first.
-    buckets: HashMap<Prefix, Vec<usize>>,
+    buckets: HashMap<Prefix, Bucket>,
     /// The prefix lengths in use, per family, each with its bucket count.
     lengths: Vec<(bool, u8, usize)>,
 }
@@ -96,7 +144,7 @@ impl DestinationIndex {
     pub fn insert(&mut self, slot: usize, remote: &[TrafficSelector]) {
         for key in Self::keys(remote) {
             let bucket = self.buckets.entry(key).or_default();
-            if bucket.is_empty() {
+            if bucket.slots().is_empty() {
                 match self.lengths.iter_mut().find(|(v6, len, _)| (*v6, *len) == (key.0, key.1)) {
                     Some(l) => l.2 += 1,
                     None => self.lengths.push((key.0, key.1, 1)),
@@ -113,10 +161,10 @@ impl DestinationIndex {
         let mine = installed(slot);
         for key in Self::keys(remote) {
             let Some(bucket) = self.buckets.get_mut(&key) else { continue };
-            if let Ok(i) = bucket.binary_search_by_key(&mine, |&s| installed(s)) {
+            if let Ok(i) = bucket.slots().binary_search_by_key(&mine, |&s| installed(s)) {
                 bucket.remove(i);
             }
-            if bucket.is_empty() {
+            if bucket.slots().is_empty() {
                 self.buckets.remove(&key);
                 if let Some(i) = self.lengths.iter().position(|(v6, len, _)| (*v6, *len) == (key.0, key.1)) {
                     self.lengths[i].2 -= 1;
@@ -142,7 +190,7 @@ impl DestinationIndex {
         self.lengths
             .iter()
             .filter(|l| l.0 == v6)
-            .filter_map(|&(_, len, _)| self.buckets.get(&(v6, len, network(v, len, bits(v6)))))
+            .filter_map(|&(_, len, _)| self.buckets.get(&(v6, len, network(v, len, bits(v6)))).map(Bucket::slots))
             .filter_map(|bucket| bucket.iter().rev().position(|&slot| matches(slot)).map(|k| (bucket, k)))
             .map(|(bucket, k)| bucket[bucket.len() - 1 - k])
             .max_by_key(|&slot| order(slot))
@@ -155,6 +203,24 @@ mod tests {
 
     fn v4(a: [u8; 4]) -> u128 {
         u128::from(u32::from_be_bytes(a))
+    }
+
+    #[test]
+    fn buckets_keep_one_slot_inline_and_the_order_of_many() {
+        let mut b = Bucket::default();
+        b.push(7);
+        assert!(matches!(b, Bucket::One(7)));
+        b.push(9);
+        b.push(11);
+        assert_eq!(b.slots(), [7, 9, 11]);
+        b.remove(1);
+        assert_eq!(b.slots(), [7, 11]);
+        b.remove(5);
+        assert_eq!(b.slots(), [7, 11], "an index out of range changes nothing");
+        b.remove(0);
+        assert!(matches!(b, Bucket::One(11)), "back inline");
+        b.remove(0);
+        assert!(b.slots().is_empty());
     }
 
     #[test]
