@@ -228,8 +228,8 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
         esn: false,
         next_seq: 1,
         pad_align: alg.pad_align(),
-        local_ts: vec![a.clone()],
-        remote_ts: vec![b.clone()],
+        local_ts: vec![a.clone()].into(),
+        remote_ts: vec![b.clone()].into(),
         limits: Default::default(),
     })
     .unwrap();
@@ -240,8 +240,8 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
         esn: false,
         replay_window: 1024,
         highest_seq: 0,
-        local_ts: vec![b],
-        remote_ts: vec![a],
+        local_ts: vec![b].into(),
+        remote_ts: vec![a].into(),
         limits: Default::default(),
     })
     .unwrap();

@@ -130,8 +130,8 @@ impl wit::Guest for Component {
             esn: sa.esn,
             next_seq: sa.next_seq,
             pad_align: sa.pad_align,
-            local_ts: selectors(sa.local_ts)?,
-            remote_ts: selectors(sa.remote_ts)?,
+            local_ts: selectors(sa.local_ts)?.into(),
+            remote_ts: selectors(sa.remote_ts)?.into(),
             limits: limits(sa.limits),
         };
         ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
@@ -144,8 +144,8 @@ impl wit::Guest for Component {
             esn: sa.esn,
             replay_window: sa.replay_window,
             highest_seq: sa.highest_seq,
-            local_ts: selectors(sa.local_ts)?,
-            remote_ts: selectors(sa.remote_ts)?,
+            local_ts: selectors(sa.local_ts)?.into(),
+            remote_ts: selectors(sa.remote_ts)?.into(),
             limits: limits(sa.limits),
         };
         ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())

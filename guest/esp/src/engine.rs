@@ -8,7 +8,7 @@ use wasmsec_wire::own_keys::OwnKeys;
 
 use crate::batch::{CryptoError, Heads, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
 use crate::replay::{ReplayError, ReplayWindow};
-use crate::selector::{self, TrafficSelector};
+use crate::selector::{self, TrafficSelector, TsList};
 use crate::spd::DestinationIndex;
 
 /// An SA for sending.
@@ -28,9 +28,9 @@ pub struct OutboundSa {
     pub pad_align: u8,
     /// Packets from here to `remote_ts` take this SA (the SPD entry,
     /// RFC 4301 4.4.1).
-    pub local_ts: Vec<TrafficSelector>,
+    pub local_ts: TsList,
     /// Where those packets go.
-    pub remote_ts: Vec<TrafficSelector>,
+    pub remote_ts: TsList,
     /// Volume lifetimes: soft ones are reported, hard ones stop the SA.
     pub limits: SaLimits,
 }
@@ -50,9 +50,9 @@ pub struct InboundSa {
     /// The highest sequence number seen, to carry over a restart.
     pub highest_seq: u64,
     /// Decrypted packets must be addressed here (RFC 4301 5.2, step 4)...
-    pub local_ts: Vec<TrafficSelector>,
+    pub local_ts: TsList,
     /// ...and come from here; others are dropped and counted.
-    pub remote_ts: Vec<TrafficSelector>,
+    pub remote_ts: TsList,
     /// Volume lifetimes: soft ones are reported, hard ones stop the SA.
     pub limits: SaLimits,
 }

@@ -23,5 +23,5 @@ pub use engine::{
     DecapVerdict, Decapped, DropReason, Dropped, EncapVerdict, Encapped, Engine, Expiry, ExpiryCause, InboundSa,
     OutboundSa, SEQ_SOFT_MARGIN, SEQ_SOFT_MARGIN_ESN, SaError, SaState,
 };
-pub use selector::TrafficSelector;
+pub use selector::{TrafficSelector, TsList};
 pub use wasmsec_wire::SaLimits;

@@ -16,6 +16,36 @@ pub struct TrafficSelector {
     pub end: Address,
 }
 
+/// An SA's selectors on one side. Nearly every SA has exactly one (a
+/// subnet), and that one is kept inline: checking a packet against a cold
+/// SA (a PoP's 100,000) then does not miss the cache again for a heap block
+/// of one selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TsList {
+    One(TrafficSelector),
+    Many(Vec<TrafficSelector>),
+}
+
+impl From<Vec<TrafficSelector>> for TsList {
+    fn from(v: Vec<TrafficSelector>) -> TsList {
+        match <[TrafficSelector; 1]>::try_from(v) {
+            Ok([one]) => TsList::One(one),
+            Err(v) => TsList::Many(v),
+        }
+    }
+}
+
+impl std::ops::Deref for TsList {
+    type Target = [TrafficSelector];
+
+    fn deref(&self) -> &[TrafficSelector] {
+        match self {
+            TsList::One(t) => std::slice::from_ref(t),
+            TsList::Many(v) => v,
+        }
+    }
+}
+
 impl TrafficSelector {
     /// Every address of one family, any protocol, any port.
     pub fn any_v4() -> TrafficSelector {

@@ -149,8 +149,8 @@ fn install_pair(a: &mut Engine, b: &mut Engine, p: PairSpec) {
         esn: p.esn,
         next_seq: p.next_seq,
         pad_align: 4,
-        local_ts: vec![prefix(LAN_A, 24)],
-        remote_ts: vec![prefix(LAN_B, 24)],
+        local_ts: vec![prefix(LAN_A, 24)].into(),
+        remote_ts: vec![prefix(LAN_B, 24)].into(),
         limits: p.limits,
     })
     .unwrap();
@@ -160,8 +160,8 @@ fn install_pair(a: &mut Engine, b: &mut Engine, p: PairSpec) {
         esn: p.esn,
         replay_window: p.window,
         highest_seq: p.next_seq - 1,
-        local_ts: vec![prefix(LAN_B, 24)],
-        remote_ts: vec![prefix(LAN_A, 24)],
+        local_ts: vec![prefix(LAN_B, 24)].into(),
+        remote_ts: vec![prefix(LAN_A, 24)].into(),
         limits: p.limits,
     })
     .unwrap();
@@ -270,8 +270,8 @@ fn inner_packet_outside_selectors_is_dropped() {
         esn: false,
         next_seq: 1,
         pad_align: 4,
-        local_ts: vec![TrafficSelector::any_v4()],
-        remote_ts: vec![TrafficSelector::any_v4()],
+        local_ts: vec![TrafficSelector::any_v4()].into(),
+        remote_ts: vec![TrafficSelector::any_v4()].into(),
         limits: Default::default(),
     })
     .unwrap();
@@ -299,8 +299,8 @@ fn inner_packet_outside_selectors_is_dropped() {
         esn: false,
         replay_window: 64,
         highest_seq: 0,
-        local_ts: vec![prefix(LAN_B, 24)],
-        remote_ts: vec![prefix([10, 9, 9, 9], 32)],
+        local_ts: vec![prefix(LAN_B, 24)].into(),
+        remote_ts: vec![prefix([10, 9, 9, 9], 32)].into(),
         limits: Default::default(),
     })
     .unwrap();
@@ -361,12 +361,12 @@ fn install_validation() {
         esn: false,
         replay_window: 64,
         highest_seq: 0,
-        local_ts: vec![prefix(LAN_B, 24)],
-        remote_ts: vec![prefix(LAN_A, 24)],
+        local_ts: vec![prefix(LAN_B, 24)].into(),
+        remote_ts: vec![prefix(LAN_A, 24)].into(),
         limits: Default::default(),
     };
     assert_eq!(e.install_inbound(InboundSa { spi: 255, ..good.clone() }), Err(SaError::ReservedSpi(255)));
-    assert_eq!(e.install_inbound(InboundSa { local_ts: vec![], ..good.clone() }), Err(SaError::NoSelectors));
+    assert_eq!(e.install_inbound(InboundSa { local_ts: vec![].into(), ..good.clone() }), Err(SaError::NoSelectors));
     assert_eq!(e.install_inbound(good.clone()), Ok(()));
     assert_eq!(e.install_inbound(good.clone()), Err(SaError::DuplicateSpi(0x100)));
     assert!(e.remove_inbound(0x100));
@@ -385,8 +385,8 @@ fn the_newest_outbound_sa_for_the_same_selectors_wins() {
         esn: false,
         next_seq: 1,
         pad_align: 4,
-        local_ts: vec![prefix(LAN_A, 24)],
-        remote_ts: vec![prefix(LAN_B, 24)],
+        local_ts: vec![prefix(LAN_A, 24)].into(),
+        remote_ts: vec![prefix(LAN_B, 24)].into(),
         limits: Default::default(),
     })
     .unwrap();
@@ -496,8 +496,8 @@ fn outbound_to(spi: u32, peer: u32, remote: TrafficSelector) -> OutboundSa {
         esn: false,
         next_seq: 1,
         pad_align: 4,
-        local_ts: vec![prefix(LAN_A, 24)],
-        remote_ts: vec![remote],
+        local_ts: vec![prefix(LAN_A, 24)].into(),
+        remote_ts: vec![remote].into(),
         limits: Default::default(),
     }
 }
@@ -588,8 +588,8 @@ fn seal_runs_follow_the_sas_and_refusals_are_drops() {
         esn: false,
         next_seq: 100,
         pad_align: 4,
-        local_ts: vec![prefix(LAN_A, 24)],
-        remote_ts: vec![prefix(lan_c, 24)],
+        local_ts: vec![prefix(LAN_A, 24)].into(),
+        remote_ts: vec![prefix(lan_c, 24)].into(),
         limits: Default::default(),
     })
     .unwrap();

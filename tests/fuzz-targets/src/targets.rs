@@ -145,8 +145,8 @@ pub fn esp_decap(data: &[u8]) {
             esn,
             replay_window: 64,
             highest_seq: 0,
-            local_ts: vec![prefix([10, 2, 0, 0], 16)],
-            remote_ts: vec![prefix([10, 1, 0, 0], 16)],
+            local_ts: vec![prefix([10, 2, 0, 0], 16)].into(),
+            remote_ts: vec![prefix([10, 1, 0, 0], 16)].into(),
             limits: SaLimits { soft_bytes: 0, soft_packets: 0, hard_bytes: 0, hard_packets: 1000 },
         })
         .expect("the fuzz SAs are valid");
