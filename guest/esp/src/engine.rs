@@ -147,6 +147,8 @@ pub enum SaError {
     BadPadAlign(u8),
     /// Outbound sequence numbers start at 1 (RFC 4303 section 3.3.3).
     BadSequence(u64),
+    /// The guest's memory (capped by the host) has no room for another SA.
+    NoMemory,
 }
 
 impl core::fmt::Display for SaError {
@@ -160,6 +162,7 @@ impl core::fmt::Display for SaError {
                 write!(f, "pad alignment {a} is not a power of two from 4 to 128")
             }
             SaError::BadSequence(s) => write!(f, "next sequence number {s} is not >= 1"),
+            SaError::NoMemory => f.write_str("no room for another SA in the ESP guest's memory"),
         }
     }
 }
@@ -364,6 +367,21 @@ fn check_selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Res
     Ok(())
 }
 
+/// Memory an install must find free once its tables have grown: the SA's
+/// box, its replay window (up to 8 KiB) and a bucket's growth, with room
+/// to spare for the next install's selector lists, which the host copies
+/// in before the engine can check anything.
+const INSTALL_HEADROOM: usize = 64 * 1024;
+
+/// Refuse an SA that would not fit, instead of trapping on an allocation
+/// (which costs a replacement of the instance and every SA reinstalled,
+/// and, repeated, the whole group's traffic while the host backs off).
+/// The tables reserve their growth first; then the headroom is probed with
+/// an allocation that reports failure instead of aborting.
+fn room_for_an_install() -> Result<(), SaError> {
+    Vec::<u8>::new().try_reserve_exact(INSTALL_HEADROOM).map_err(|_| SaError::NoMemory)
+}
+
 fn check_spi(spi: u32) -> Result<(), SaError> {
     if spi <= 255 { Err(SaError::ReservedSpi(spi)) } else { Ok(()) }
 }
@@ -385,6 +403,12 @@ impl Engine {
         if self.out_slot.contains_key(&sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
+        self.out_slot.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+        if self.free.is_empty() {
+            self.outbound.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+        }
+        self.by_destination.try_reserve(&sa.remote_ts).map_err(|_| SaError::NoMemory)?;
+        room_for_an_install()?;
         // Newest wins: a rekeyed SA takes over outbound traffic the moment
         // it is installed, while the old one still receives (make before
         // break, RFC 7296 section 2.8).
@@ -407,6 +431,8 @@ impl Engine {
         if self.inbound.contains_key(&sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
+        self.inbound.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+        room_for_an_install()?;
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
         self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
         self.last_in = None;

@@ -139,6 +139,12 @@ impl DestinationIndex {
         keys
     }
 
+    /// Make room in the table for the buckets `remote` may add, so that
+    /// `insert` does not have to grow it.
+    pub fn try_reserve(&mut self, remote: &[TrafficSelector]) -> Result<(), std::collections::TryReserveError> {
+        self.buckets.try_reserve(Self::keys(remote).len())
+    }
+
     /// Index slot `slot`, whose SA sends to `remote` and was installed
     /// after every SA indexed so far.
     pub fn insert(&mut self, slot: usize, remote: &[TrafficSelector]) {

@@ -1,6 +1,8 @@
-//! A guest that traps while an SA is installed (here: the real ESP
-//! component at its memory limit) is replaced at once from the group's
-//! recorded SAs, without waiting for traffic to find it broken.
+//! A guest whose memory is full refuses an SA (reported up, so IKE deletes
+//! its CHILD SA); one that traps while an SA is installed (here: the real
+//! ESP component, handed more selectors than its memory holds) is replaced
+//! at once from the group's recorded SAs, without waiting for traffic to
+//! find it broken.
 
 use zeroize::Zeroizing;
 
@@ -39,65 +41,66 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
 }
 
 #[test]
-fn a_guest_that_traps_installing_is_replaced_at_once() {
+fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     let dir = crate::daemon::built_components_dir();
     let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
     let ks = Arc::new(Keystore::new());
     let mut l = test_loop(rt, ks.clone());
     let alg = EspAlgorithm::Aes256Gcm16;
     let ts = |a: u32| TrafficSelector::addresses(a.to_be_bytes().to_vec(), (a | 0xff).to_be_bytes().to_vec());
-    // Inbound SAs of 500 selectors each until the guest's memory runs out
-    // (some 6,000 of them); a refusal that is not a trap fails the test.
-    let mut installed = 0u32;
-    let err = loop {
-        assert!(installed < 100_000, "the guest's memory never ran out");
-        let spi = 0x1000 + installed;
+    let sa = |spi: u32, selectors: u32| {
         let mut k = vec![1u8; alg.keymat_len()];
         k[..4].copy_from_slice(&spi.to_be_bytes());
         let key = ks.insert(EspKey::new(alg, Zeroizing::new(k)).expect("key"));
-        let sa = InboundSa {
+        InboundSa {
             spi,
             key,
             esn: false,
             replay_window: 1024,
             highest_seq: 0,
             local_ts: vec![ts(0xc612_0100)],
-            remote_ts: (0..500).map(|k| ts(0x0a00_0000 + (k << 8))).collect(),
+            remote_ts: (0..selectors).map(|k| ts(0x0a00_0000 + (k << 8))).collect(),
             limits: Default::default(),
-        };
-        match l.install(0, None, Some(sa)) {
+        }
+    };
+    // Inbound SAs of 500 selectors each until the guest's memory is full
+    // (some 6,000 of them): it must refuse, not trap (a trap replaces the
+    // instance and reinstalls every SA, and repeated, suspends the group).
+    let mut installed = 0u32;
+    let err = loop {
+        assert!(installed < 100_000, "the guest's memory never ran out");
+        match l.install(0, None, Some(sa(0x1000 + installed, 500))) {
             Ok(()) => installed += 1,
             Err(e) => break e,
         }
     };
+    assert!(format!("{err:#}").contains("no room for another SA"), "{err:#}");
+    assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 0, "refused, not trapped");
+    assert_eq!(l.groups.list[0].sas.inbound.values().count(), installed as usize);
+
+    // Selector lists larger than the headroom are copied into the guest
+    // before it can check anything: that allocation traps. The instance is
+    // replaced at once with the group's recorded SAs, which this one has
+    // not joined.
+    let err = l.install(0, None, Some(sa(0x9000_0000, 20_000))).expect_err("no room for 20,000 selectors");
     assert!(format!("{err:#}").contains("trapped"), "{err:#}");
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1);
     let group = &mut l.groups.list[0];
     assert_eq!(group.sas.inbound.values().count(), installed as usize, "the SA that trapped is not recorded");
     assert!(group.suspended_until.is_none(), "the first replacement is immediate");
     // The replacement answers (a call that allocates nothing: it holds
-    // every SA recorded before, so it is as full as the one that trapped).
+    // every SA recorded before, so it is as full as before).
     let inst = group.inst.as_mut().expect("an instance");
     assert!(inst.take_expiries().expect("the replacement answers").is_empty());
-    // With the last 20 SAs gone (their memory at the top of the heap), it
-    // takes a new one and lists them all.
+    // With the last 20 SAs gone, it takes a new one and lists them all.
     for spi in 0x1000 + installed - 20..0x1000 + installed {
         let (gone, r) =
             l.remove(spi, Direction::Inbound, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
         assert!(gone.len() == 1 && r.is_ok(), "SA {spi:#x} removed: {r:?}");
     }
-    let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).expect("key"));
-    let sa = InboundSa {
-        spi: 0x9999_0000,
-        key,
-        esn: false,
-        replay_window: 64,
-        highest_seq: 0,
-        local_ts: vec![ts(0xc612_0100)],
-        remote_ts: vec![ts(0x0b00_0000)],
-        limits: Default::default(),
-    };
-    l.install(0, None, Some(sa)).expect("installed in the replacement");
+    let mut one = sa(0x9999_0000, 1);
+    one.remote_ts = vec![ts(0x0b00_0000)];
+    l.install(0, None, Some(one)).expect("installed in the replacement");
     let inst = l.groups.list[0].inst.as_mut().expect("an instance");
     assert_eq!(inst.sa_states().expect("states").len(), installed as usize - 19);
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1, "no further replacement");
