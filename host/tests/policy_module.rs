@@ -156,3 +156,21 @@ fn the_tenant_map_sorts_peers_into_their_connections_tenants() {
     assert_eq!((s[0], s[1], s[2], s[3]), (1, 1, 0, 2), "accepted, rejected, failed, wrong tenant: {s:?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A reject's reason is the module's text, and may carry the peer's own
+/// identity: it reaches the log and the IKE engine bounded, with control
+/// characters escaped, so neither a module nor a peer can forge a log line.
+#[test]
+fn a_reject_reason_is_bounded_and_escaped() {
+    let (_rt, slot, tmp) = serving("hostile-policy.wasm", None);
+    let id = format!("reject.a\nforged line\u{1b}[2J{}", "x".repeat(500));
+    match slot.authorize(&request(&id, "10.0.0.0/24"), "") {
+        Decision::Reject(why) => {
+            assert!(why.starts_with("reject.a\\nforged line\\u{1b}[2J"), "{why}");
+            assert!(!why.chars().any(char::is_control), "{why:?}");
+            assert_eq!(why.chars().count(), wasmsec::wasm::GUEST_REASON_CHARS + 1, "cut, with an ellipsis");
+        }
+        d => panic!("{d:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -174,6 +174,16 @@ run_ike_attack() { # NAME WHAT
     esac
     check "$what: the honest tunnel kept forwarding ($got/$PINGS)" [ "$got" -ge $((PINGS * 95 / 100)) ]
     check "$what: the daemon is still running" [ "$alive" = yes ]
+    # The guest's forged log line (src/hostile.rs): escaped, so it forged no
+    # line of its own, and cut to the host's bound (1,000 characters).
+    local longest
+    longest=$(awk '/FORGED-BY-THE-IKE-GUEST/ { if (length($0) > n) n = length($0) } END { print n + 0 }' "$A/wasmsec.log")
+    local forged
+    forged=$(grep -c "^FORGED-BY-THE-IKE-GUEST" "$A/wasmsec.log" || true)
+    check "$what: the guest's log line forged no line ($forged)" [ "$forged" -eq 0 ]
+    check "$what: the guest's log line was escaped and cut (longest $longest characters)" \
+        grep -q "a hostile guest's line\\\\nFORGED-BY-THE-IKE-GUEST x*…" "$A/wasmsec.log"
+    check "$what: ... to the bound and its context ($longest)" test "$longest" -gt 1000 -a "$longest" -lt 1400
 }
 
 # The data path refuses an IKE CHILD SA: A's connection "refused" is served

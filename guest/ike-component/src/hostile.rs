@@ -11,6 +11,11 @@
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
 //! installed, nothing is encrypted under the peer's key.
+//!
+//! Whatever the attack, the first `poll` after a connection is loaded also
+//! hands the host a log line that tries to forge another (a newline, then
+//! `FORGED-BY-THE-IKE-GUEST`) and runs on for 20,000 characters: the host
+//! must escape and cut it.
 use std::cell::Cell;
 
 /// The attack this instance makes.
@@ -46,4 +51,21 @@ pub fn attack() -> Attack {
 /// For `WrongSke`: encrypt as the other side would.
 pub fn encrypt_as_initiator(from_initiator: bool) -> bool {
     if attack() == Attack::WrongSke { !from_initiator } else { from_initiator }
+}
+
+thread_local! {
+    static FORGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Once, after a connection chose an attack: a log line that would forge
+/// a second one if the host wrote it as it is.
+pub fn forged_log_line() -> Option<crate::wit::Event> {
+    if attack() == Attack::None || FORGED.replace(true) {
+        return None;
+    }
+    Some(crate::wit::Event::Log(crate::wit::LogEvent {
+        level: crate::wit::Level::Warn,
+        connection: "hostile\nconnection".into(),
+        message: format!("a hostile guest's line\nFORGED-BY-THE-IKE-GUEST {}", "x".repeat(20_000)),
+    }))
 }

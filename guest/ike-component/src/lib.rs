@@ -366,13 +366,17 @@ impl wit::Guest for Component {
     }
 
     fn poll() -> wit::Output {
-        ENGINE.with_borrow_mut(|e| wit::Output {
+        #[allow(unused_mut)]
+        let mut out = ENGINE.with_borrow_mut(|e| wit::Output {
             sa_changes: std::iter::from_fn(|| e.poll_sa_change()).map(wit_sa_change).collect(),
             transmits: std::iter::from_fn(|| e.poll_transmit()).map(wit_transmit).collect(),
             events: std::iter::from_fn(|| e.poll_event()).map(wit_event).collect(),
             checkpoints: e.poll_checkpoints(),
             connection_counters: e.poll_connection_stats().into_iter().map(|(n, s)| (n, wit_counters(&s, 0))).collect(),
-        })
+        });
+        #[cfg(feature = "hostile")]
+        out.events.extend(hostile::forged_log_line());
+        out
     }
 
     fn next_timeout() -> Option<u64> {

@@ -155,9 +155,3 @@ fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
     assert!(inst.store.data_mut().keys.get(key).is_err(), "the refused SA's key is not left granted");
     assert_eq!(inst.sa_states().expect("states").len(), 1);
 }
-
-#[test]
-fn guest_text_is_bounded_and_escaped() {
-    assert_eq!(guest_text("no\nroom's"), "no\\nroom's");
-    assert_eq!(guest_text(&"x".repeat(5000)).len(), 200);
-}

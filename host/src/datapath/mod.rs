@@ -37,7 +37,7 @@ use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
 use crate::wasm::esp::{DropReason, EspInstance, InboundSa, OutboundSa};
-use crate::wasm::{EspMemory, Runtime};
+use crate::wasm::{EspMemory, GUEST_REASON_CHARS, Runtime, guest_text};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
 pub use peers::{Peer, Peers};
@@ -562,29 +562,23 @@ fn install_into(
 ) -> Result<Result<()>> {
     if let Some(sa) = out {
         if let Err(e) = inst.install_outbound(&sa)? {
-            return Ok(Err(anyhow::anyhow!("outbound SA {:#010x} refused by the guest: {}", sa.spi, guest_text(&e))));
+            return Ok(Err(anyhow::anyhow!(
+                "outbound SA {:#010x} refused by the guest: {}",
+                sa.spi,
+                guest_text(&e, GUEST_REASON_CHARS)
+            )));
         }
         sas.outbound.insert(sa.spi, sa);
     }
     if let Some(sa) = inb {
         if let Err(e) = inst.install_inbound(&sa)? {
-            return Ok(Err(anyhow::anyhow!("inbound SA {:#010x} refused by the guest: {}", sa.spi, guest_text(&e))));
+            return Ok(Err(anyhow::anyhow!(
+                "inbound SA {:#010x} refused by the guest: {}",
+                sa.spi,
+                guest_text(&e, GUEST_REASON_CHARS)
+            )));
         }
         sas.inbound.insert(sa.spi, sa);
     }
     Ok(Ok(()))
-}
-
-/// A guest's own words for the log and for IKE: at most 200 characters,
-/// control characters escaped (the guest is not trusted with the log).
-fn guest_text(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().take(200) {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

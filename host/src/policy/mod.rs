@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::wasm::{GUEST_LOG_CHARS, GUEST_REASON_CHARS, guest_text};
 use tracing::{info, warn};
 
 pub use crate::wasm::policy::{AuthMethod, AuthorizeRequest, Decision, Grant, IdKind, Identity, SaEvent, SaEventKind};
@@ -106,10 +107,13 @@ impl PolicySlot {
             Ok(Decision::Reject(why)) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // The module's words, bounded: they go into the log.
-                Decision::Reject(why.chars().take(200).collect())
+                Decision::Reject(guest_text(&why, GUEST_REASON_CHARS))
             }
             Err((counter, why)) => {
                 counter.fetch_add(1, Ordering::Relaxed);
+                // Host words around the module's (quoted, so already
+                // escaped), which may be of any length.
+                let why = guest_text(&why, GUEST_LOG_CHARS);
                 warn!(policy = %m.file.display(), "{why}: rejecting");
                 Decision::Reject(why)
             }

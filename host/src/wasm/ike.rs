@@ -355,11 +355,12 @@ impl IkeInstance {
 
     /// Take up the IKE SAs of the instance this one replaces.
     pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<Result<u32, String>> {
-        self.call(|e, s| e.call_restore(s, checkpoints))
+        refusal(self.call(|e, s| e.call_restore(s, checkpoints)))
     }
 
     pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {
-        self.call(|e, s| e.call_add_connection(s, c))
+        let added = refusal(self.call(|e, s| e.call_add_connection(s, c)))?;
+        Ok(added.map(|notes| notes.iter().map(|n| super::guest_text(n, super::GUEST_LOG_CHARS)).collect()))
     }
 
     pub fn autostart(&mut self) -> Result<Vec<String>> {
@@ -367,15 +368,15 @@ impl IkeInstance {
     }
 
     pub fn initiate(&mut self, now: u64, name: &str) -> Result<Result<(), String>> {
-        self.call(|e, s| e.call_initiate(s, now, name))
+        refusal(self.call(|e, s| e.call_initiate(s, now, name)))
     }
 
     pub fn remove_connection(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {
-        self.call(|e, s| e.call_remove_connection(s, now, name))
+        refusal(self.call(|e, s| e.call_remove_connection(s, now, name)))
     }
 
     pub fn terminate(&mut self, now: u64, name: &str) -> Result<Result<u32, String>> {
-        self.call(|e, s| e.call_terminate(s, now, name))
+        refusal(self.call(|e, s| e.call_terminate(s, now, name)))
     }
 
     pub fn handle_datagram(&mut self, now: u64, d: &Datagram) -> Result<()> {
@@ -395,8 +396,16 @@ impl IkeInstance {
     }
 
     /// Everything the engine queued: SA changes, transmits, events.
+    /// The guest's log lines come back fit for the log (`guest_text`).
     pub fn poll(&mut self) -> Result<Output> {
-        self.call(|e, s| e.call_poll(s))
+        let mut out = self.call(|e, s| e.call_poll(s))?;
+        for event in &mut out.events {
+            if let Event::Log(l) = event {
+                l.message = super::guest_text(&l.message, super::GUEST_LOG_CHARS);
+                l.connection = super::guest_text(&l.connection, super::GUEST_REASON_CHARS);
+            }
+        }
+        Ok(out)
     }
 
     pub fn next_timeout(&mut self) -> Result<Option<u64>> {
@@ -444,3 +453,9 @@ impl b::wasmsec::ike::authorizer::Host for IkeState {
     }
 }
 impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}
+
+/// The guest's reason for refusing an operator's request, fit for the log
+/// and the admin API (`guest_text`).
+fn refusal<T>(answer: Result<Result<T, String>>) -> Result<Result<T, String>> {
+    answer.map(|r| r.map_err(|why| super::guest_text(&why, super::GUEST_LOG_CHARS)))
+}

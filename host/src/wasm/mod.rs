@@ -52,6 +52,38 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
     }
 }
 
+/// How many characters of a guest's reason (a refused SA, a rejected IKE
+/// SA, a failed self-test) reach the log, the admin API and IKE.
+pub const GUEST_REASON_CHARS: usize = 200;
+/// How many characters of one of the IKE guest's log lines reach the log.
+pub const GUEST_LOG_CHARS: usize = 1000;
+
+/// A guest's own words, made fit for the log: control and
+/// bidirectional-override characters escaped, then at most `max`
+/// characters (and an ellipsis if cut). Guests are untrusted: a newline in
+/// their text would forge a log line, and an unbounded text would fill the
+/// log and the admin API.
+pub fn guest_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    let mut shown = 0;
+    for c in s.chars() {
+        // U+202A-202E and U+2066-2069 reorder what a terminal shows.
+        let escape = c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let width = if escape { c.escape_default().count() } else { 1 };
+        if shown + width > max {
+            out.push('\u{2026}');
+            break;
+        }
+        shown += width;
+        if escape {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Where an ESP instance's linear memory lives, which decides how the
 /// compiled code guards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,5 +237,21 @@ impl Runtime {
         };
         let pre = list.get(group).ok_or_else(|| anyhow::anyhow!("no ESP guest group {group}"))?;
         pre.instantiate(engine, live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_bounded_and_escaped() {
+        assert_eq!(guest_text("no\nroom's", 200), "no\\nroom's");
+        assert_eq!(guest_text("a\u{1b}[2Jb\u{202e}c", 200), "a\\u{1b}[2Jb\\u{202e}c");
+        assert_eq!(guest_text("gr\u{fc}n", 200), "gr\u{fc}n", "printable text is kept as it is");
+        let cut = guest_text(&"x".repeat(5000), 200);
+        assert_eq!(cut.chars().count(), 201);
+        assert!(cut.ends_with('\u{2026}'));
+        assert_eq!(guest_text(&"x".repeat(200), 200), "x".repeat(200), "no ellipsis at exactly the bound");
     }
 }

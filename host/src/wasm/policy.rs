@@ -297,7 +297,7 @@ pub fn load(engines: &PolicyEngines, file: &Path, cache: Option<&Path>, noticed:
     };
     match served.call(|s, b| b.wasmsec_policy_decide().call_self_test(s)) {
         Ok(Ok(())) => Ok((served, source)),
-        Ok(Err(why)) => bail!("its self-test failed: {}", why.chars().take(200).collect::<String>()),
+        Ok(Err(why)) => bail!("its self-test failed: {}", super::guest_text(&why, super::GUEST_REASON_CHARS)),
         Err(e) => bail!("its self-test did not finish: {e:#}"),
     }
 }
