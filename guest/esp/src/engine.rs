@@ -407,14 +407,14 @@ impl Engine {
         if self.free.is_empty() {
             self.outbound.try_reserve(1).map_err(|_| SaError::NoMemory)?;
         }
-        self.by_destination.try_reserve(&sa.remote_ts).map_err(|_| SaError::NoMemory)?;
+        let keys = self.by_destination.reserve(&sa.remote_ts).map_err(|_| SaError::NoMemory)?;
         room_for_an_install()?;
         // Newest wins: a rekeyed SA takes over outbound traffic the moment
         // it is installed, while the old one still receives (make before
         // break, RFC 7296 section 2.8).
         self.installs += 1;
         let slot = self.free.pop().unwrap_or(self.outbound.len());
-        self.by_destination.insert(slot, &sa.remote_ts);
+        self.by_destination.insert(slot, keys);
         self.out_slot.insert(sa.spi, slot);
         let o = Some(Box::new(Outbound { sa, use_: Usage::default(), installed: self.installs }));
         match self.outbound.get_mut(slot) {

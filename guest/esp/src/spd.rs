@@ -125,6 +125,10 @@ pub fn prefixes(start: u128, end: u128, width: u8) -> Vec<(u8, u128)> {
     }
 }
 
+/// The index keys of an SA about to be installed, room made for them:
+/// from [`DestinationIndex::reserve`], for [`DestinationIndex::insert`].
+pub struct Reserved(Vec<Prefix>);
+
 impl DestinationIndex {
     fn keys(remote: &[TrafficSelector]) -> Vec<Prefix> {
         let mut keys: Vec<Prefix> = remote
@@ -139,16 +143,19 @@ impl DestinationIndex {
         keys
     }
 
-    /// Make room in the table for the buckets `remote` may add, so that
-    /// `insert` does not have to grow it.
-    pub fn try_reserve(&mut self, remote: &[TrafficSelector]) -> Result<(), std::collections::TryReserveError> {
-        self.buckets.try_reserve(Self::keys(remote).len())
+    /// The keys of an SA that sends to `remote`, with room made in the
+    /// table for the buckets they may add, so that `insert` does not have
+    /// to grow it (a full guest refuses the SA instead of trapping).
+    pub fn reserve(&mut self, remote: &[TrafficSelector]) -> Result<Reserved, std::collections::TryReserveError> {
+        let keys = Self::keys(remote);
+        self.buckets.try_reserve(keys.len())?;
+        Ok(Reserved(keys))
     }
 
-    /// Index slot `slot`, whose SA sends to `remote` and was installed
-    /// after every SA indexed so far.
-    pub fn insert(&mut self, slot: usize, remote: &[TrafficSelector]) {
-        for key in Self::keys(remote) {
+    /// Index slot `slot`, whose SA's keys were `reserve`d and which was
+    /// installed after every SA indexed so far.
+    pub fn insert(&mut self, slot: usize, keys: Reserved) {
+        for key in keys.0 {
             let bucket = self.buckets.entry(key).or_default();
             if bucket.slots().is_empty() {
                 match self.lengths.iter_mut().find(|(v6, len, _)| (*v6, *len) == (key.0, key.1)) {
@@ -263,9 +270,12 @@ mod tests {
         fn order(s: usize) -> u64 {
             10 + s as u64
         }
-        ix.insert(0, &[sub(1)]);
-        ix.insert(1, &[sub(2), range.clone()]);
-        ix.insert(2, &[TrafficSelector::any_v4()]);
+        for (slot, remote) in
+            [vec![sub(1)], vec![sub(2), range.clone()], vec![TrafficSelector::any_v4()]].iter().enumerate()
+        {
+            let keys = ix.reserve(remote).expect("room");
+            ix.insert(slot, keys);
+        }
         fn found(ix: &DestinationIndex, a: [u8; 4]) -> Vec<usize> {
             // Every slot the index offers, by asking for the newest match
             // while refusing the ones already found.
