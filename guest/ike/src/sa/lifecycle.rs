@@ -277,10 +277,10 @@ pub(crate) fn soft_expire(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str
 /// 1.4.1), and the CHILD SA is created anew unless a successor exists or
 /// is being made.
 pub(crate) fn expire_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
-    let Some(c) = sa.child(inbound) else { return };
+    let Some(c) = Ending::of(sa, inbound) else { return };
     let msg = if c.replaced { why.to_string() } else { format!("{why} before a rekey replaced it") };
     ctx.count(sa.conn, |s| &mut s.lifetime_hard);
-    end_child(sa, ctx, inbound, &msg);
+    end_child(sa, ctx, &c, &msg);
 }
 
 /// The data plane could not install the CHILD SA (its guest refused it, or
@@ -289,35 +289,49 @@ pub(crate) fn expire_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &st
 /// created anew only after the retry delay, as a failed rekey is, so a
 /// refusal that persists costs one exchange per delay, not a loop.
 pub(crate) fn fail_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str) {
-    let Some(c) = sa.child(inbound) else { return };
-    let (cfg, replaced) = (c.cfg, c.replaced);
-    let rekeying = sa.rekeying_child() == Some(inbound);
+    let Some(c) = Ending::of(sa, inbound) else { return };
     let msg = format!("the data path could not install it: {why}");
-    end_child(sa, ctx, inbound, &msg);
-    if replaced {
+    let rekeying = end_child(sa, ctx, &c, &msg);
+    if c.replaced {
         // Superseded already: `end_child` says nothing of it, this must.
         ctx.warn(sa.conn, format!("CHILD_SA {inbound:08x}: {msg}"));
     } else if !rekeying {
-        let t = ctx.conns[sa.conn].children[cfg].life.rekey_time;
+        let t = ctx.conns[sa.conn].children[c.cfg].life.rekey_time;
         sa.owed.recreate_at = sa.owed.recreate_at.max(ctx.now + ctx.retry_delay(t));
     }
 }
 
+/// What `end_child` needs of a CHILD SA, found once by its caller.
+struct Ending {
+    inbound: u32,
+    outbound: u32,
+    cfg: usize,
+    replaced: bool,
+}
+
+impl Ending {
+    fn of(sa: &IkeSa, inbound: u32) -> Option<Ending> {
+        let c = sa.child(inbound)?;
+        Some(Ending { inbound, outbound: c.outbound_spi, cfg: c.cfg, replaced: c.replaced })
+    }
+}
+
 /// Remove the CHILD SA, queue its DELETE, and create it anew unless a
-/// successor exists or is being made.
-fn end_child(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, msg: &str) {
-    let Some(c) = sa.child(inbound) else { return };
-    let (cfg, outbound, replaced) = (c.cfg, c.outbound_spi, c.replaced);
+/// successor exists or is being made. True if a rekey of it is in flight
+/// (which then takes over).
+fn end_child(sa: &mut IkeSa, ctx: &mut Ctx, c: &Ending, msg: &str) -> bool {
+    let inbound = c.inbound;
     child::remove(sa, ctx, inbound, msg, 0);
-    sa.owed.delete_queue.push((inbound, outbound, false));
+    sa.owed.delete_queue.push((inbound, c.outbound, false));
     let rekeying = sa.rekeying_child() == Some(inbound);
-    if !replaced {
+    if !c.replaced {
         let next = if rekeying { "its rekey in flight takes over" } else { "creating it anew" };
         ctx.warn(sa.conn, format!("CHILD_SA {inbound:08x}: {msg}; {next}"));
     }
-    if !replaced && !rekeying {
-        child::recreate_later(sa, cfg);
+    if !c.replaced && !rekeying {
+        child::recreate_later(sa, c.cfg);
     }
+    rekeying
 }
 
 /// Forget an IKE SA and its CHILD SAs, telling the host.
