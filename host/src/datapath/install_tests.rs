@@ -70,7 +70,8 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     let err = loop {
         assert!(installed < 100_000, "the guest's memory never ran out");
         match l.install(0, None, Some(sa(0x1000 + installed, 500))) {
-            Ok(()) => installed += 1,
+            Ok(Installed::Yes) => installed += 1,
+            Ok(Installed::Gone) => panic!("its key is there"),
             Err(e) => break e,
         }
     };
@@ -154,4 +155,47 @@ fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
     let inst = l.groups.list[0].inst.as_mut().expect("the instance stays, with its first SA");
     assert!(inst.store.data_mut().keys.get(key).is_err(), "the refused SA's key is not left granted");
     assert_eq!(inst.sa_states().expect("states").len(), 1);
+}
+
+#[test]
+fn an_sa_deleted_before_its_install_came_is_no_failure() {
+    // Installs wait quietly for the data-path thread to wake; a CHILD SA
+    // may be set up and deleted (its keys destroyed) within that. Its
+    // install then finds no key: that is not an SA the data path failed
+    // to carry, so IKE must not be told to delete it again.
+    let dir = crate::daemon::built_components_dir();
+    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
+    let ks = Arc::new(Keystore::new());
+    let mut l = test_loop(rt, ks.clone());
+    let (to_loop, inbox) = channel::channel().expect("inbox");
+    let (up, reports) = channel::channel().expect("up");
+    l.inbox = Some(inbox);
+    l.up = Some(up);
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![3; alg.keymat_len()])).expect("key"));
+    let sa = OutboundSa {
+        spi: 0x3000,
+        key,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: alg.pad_align(),
+        local_ts: vec![ts.clone()],
+        remote_ts: vec![ts],
+        limits: Default::default(),
+    };
+    let peer = Peer {
+        address: std::net::Ipv4Addr::new(192, 0, 2, 1),
+        port: 4500,
+        encapsulation: crate::config::Encapsulation::Udp,
+    };
+    assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+    assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x3000 }));
+    assert!(ks.remove(key), "the control thread destroys the key at the delete");
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "nothing reported up");
+    assert_eq!(l.stats.sa_install_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(l.peers.in_use(), 0, "the peer's entry is released");
+    assert!(l.groups.by_spi.is_empty(), "no SA left indexed");
 }

@@ -333,11 +333,11 @@ impl Loop {
                     debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
                     let index = sa.peer;
                     let r = self.install(group, Some(sa), None);
-                    if r.is_err() {
+                    if !matches!(r, Ok(Installed::Yes)) {
                         self.peers.release(index);
                     }
                     self.count_peers();
-                    r
+                    r.map(|_| ())
                 }
                 SaCommand::ExpectInbound { spi } => {
                     self.hold.expect(spi, Instant::now());
@@ -350,7 +350,7 @@ impl Loop {
                         self.floats.insert(sa.spi, (o, p));
                     }
                     debug!(spi = format_args!("{:08x}", sa.spi), group, "data path: accepting on inbound SA");
-                    self.install(group, None, Some(sa))
+                    self.install(group, None, Some(sa)).map(|_| ())
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
                     let group = self.groups.by_spi.get(&outbound_spi).and_then(|&g| self.groups.list.get(g));
@@ -482,20 +482,27 @@ impl Loop {
         (gone, r)
     }
 
-    fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<()> {
+    fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<Installed> {
         let group = self.groups.list.get_mut(g).ok_or_else(|| anyhow::anyhow!("no guest group {g}"))?;
         let (handle, spi, key_use) = match (&out, &inb) {
             (Some(sa), _) => (sa.key, sa.spi, KeyUse::Seal { spi: sa.spi, peer: sa.peer }),
             (None, Some(sa)) => (sa.key, sa.spi, KeyUse::Open { spi: sa.spi }),
-            (None, None) => return Ok(()),
+            (None, None) => return Ok(Installed::Gone),
         };
-        let key =
-            group.sas.keystore.get(handle).ok_or_else(|| anyhow::anyhow!("key handle unknown to the keystore"))?;
+        // The control thread checked the key before it sent the SA, and
+        // destroys it only when the SA is deleted: a key gone by now means
+        // the SA was deleted while its install waited here (installs wait
+        // for the thread to wake; a CHILD SA may be up and gone within
+        // that). Its removal follows in this queue. Not a failure.
+        let Some(key) = group.sas.keystore.get(handle) else {
+            debug!(spi = format_args!("{spi:08x}"), "data path: SA deleted before it was installed");
+            return Ok(Installed::Gone);
+        };
         // A tenant's group gets its instance with its first SA.
         if group.inst.is_none() {
             group.inst = Some(group.instantiate(&self.runtime)?);
         }
-        let Some(inst) = group.inst.as_mut() else { return Ok(()) };
+        let Some(inst) = group.inst.as_mut() else { anyhow::bail!("no ESP instance for guest group {g}") };
         inst.store.data_mut().keys.grant(handle, key, key_use);
         let dir = if out.is_some() { Direction::Outbound } else { Direction::Inbound };
         let installed = match install_into(inst, &mut group.sas, out, inb) {
@@ -519,7 +526,7 @@ impl Loop {
         }
         installed?;
         self.groups.by_spi.insert(spi, g);
-        Ok(())
+        Ok(Installed::Yes)
     }
 
     /// Pass the guests' SA expiries up to the control thread, at most every
@@ -554,6 +561,14 @@ impl Loop {
 
 /// Install `out` and `inb` in `inst` and record them in `sas`. The outer
 /// error is a trap, the inner one the guest's refusal.
+/// What became of an SA the control thread sent to be installed.
+#[derive(Debug)]
+enum Installed {
+    Yes,
+    /// Deleted before its turn came (its key is destroyed): nothing to do.
+    Gone,
+}
+
 fn install_into(
     inst: &mut EspInstance,
     sas: &mut SaSet,

@@ -107,13 +107,13 @@ impl PolicySlot {
             Ok(Decision::Reject(why)) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // The module's words, bounded: they go into the log.
-                Decision::Reject(guest_text(&why, GUEST_REASON_CHARS))
+                Decision::Reject(guest_text(&why, GUEST_REASON_CHARS).into_owned())
             }
             Err((counter, why)) => {
                 counter.fetch_add(1, Ordering::Relaxed);
                 // Host words around the module's (quoted, so already
                 // escaped), which may be of any length.
-                let why = guest_text(&why, GUEST_LOG_CHARS);
+                let why = guest_text(&why, GUEST_LOG_CHARS).into_owned();
                 warn!(policy = %m.file.display(), "{why}: rejecting");
                 Decision::Reject(why)
             }

@@ -1,6 +1,7 @@
 //! The IKE component under wasmtime: its imports (randomness and the key
 //! schedule on handles, backed by [`wasmsec_crypto::Vault`] and the ESP
 //! keystore) and a typed wrapper around its exports.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -360,7 +361,7 @@ impl IkeInstance {
 
     pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {
         let added = refusal(self.call(|e, s| e.call_add_connection(s, c)))?;
-        Ok(added.map(|notes| notes.iter().map(|n| super::guest_text(n, super::GUEST_LOG_CHARS)).collect()))
+        Ok(added.map(|notes| notes.iter().map(|n| super::guest_text(n, super::GUEST_LOG_CHARS).into_owned()).collect()))
     }
 
     pub fn autostart(&mut self) -> Result<Vec<String>> {
@@ -401,8 +402,12 @@ impl IkeInstance {
         let mut out = self.call(|e, s| e.call_poll(s))?;
         for event in &mut out.events {
             if let Event::Log(l) = event {
-                l.message = super::guest_text(&l.message, super::GUEST_LOG_CHARS);
-                l.connection = super::guest_text(&l.connection, super::GUEST_REASON_CHARS);
+                if let Cow::Owned(m) = super::guest_text(&l.message, super::GUEST_LOG_CHARS) {
+                    l.message = m;
+                }
+                if let Cow::Owned(c) = super::guest_text(&l.connection, super::GUEST_REASON_CHARS) {
+                    l.connection = c;
+                }
             }
         }
         Ok(out)
@@ -457,5 +462,5 @@ impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}
 /// The guest's reason for refusing an operator's request, fit for the log
 /// and the admin API (`guest_text`).
 fn refusal<T>(answer: Result<Result<T, String>>) -> Result<Result<T, String>> {
-    answer.map(|r| r.map_err(|why| super::guest_text(&why, super::GUEST_LOG_CHARS)))
+    answer.map(|r| r.map_err(|why| super::guest_text(&why, super::GUEST_LOG_CHARS).into_owned()))
 }

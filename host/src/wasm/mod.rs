@@ -16,6 +16,7 @@ pub(crate) mod sandbox;
 pub use sandbox::POOL_TENANTS;
 pub use sandbox::PolicyEngines;
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -62,8 +63,12 @@ pub const GUEST_LOG_CHARS: usize = 1000;
 /// bidirectional-override characters escaped, then at most `max`
 /// characters (and an ellipsis if cut). Guests are untrusted: a newline in
 /// their text would forge a log line, and an unbounded text would fill the
-/// log and the admin API.
-pub fn guest_text(s: &str, max: usize) -> String {
+/// log and the admin API. Borrowed when there is nothing to change (the IKE
+/// guest's log lines, several per handshake, nearly always).
+pub fn guest_text(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max && s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len().min(max));
     let mut shown = 0;
     for c in s.chars() {
@@ -81,7 +86,7 @@ pub fn guest_text(s: &str, max: usize) -> String {
             out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 /// Where an ESP instance's linear memory lives, which decides how the
@@ -249,9 +254,14 @@ mod tests {
         assert_eq!(guest_text("no\nroom's", 200), "no\\nroom's");
         assert_eq!(guest_text("a\u{1b}[2Jb\u{202e}c", 200), "a\\u{1b}[2Jb\\u{202e}c");
         assert_eq!(guest_text("gr\u{fc}n", 200), "gr\u{fc}n", "printable text is kept as it is");
-        let cut = guest_text(&"x".repeat(5000), 200);
+        let long = "x".repeat(5000);
+        let cut = guest_text(&long, 200);
         assert_eq!(cut.chars().count(), 201);
         assert!(cut.ends_with('\u{2026}'));
         assert_eq!(guest_text(&"x".repeat(200), 200), "x".repeat(200), "no ellipsis at exactly the bound");
+        assert!(
+            matches!(guest_text("CHILD_SA 0a1b2c3d installed", 200), Cow::Borrowed(_)),
+            "nothing to change, no copy"
+        );
     }
 }
