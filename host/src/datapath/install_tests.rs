@@ -40,6 +40,20 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
     }
 }
 
+/// A loop with the real ESP component, its keystore, the sender of its
+/// inbox and the receiver of what it reports up.
+fn wired_loop() -> (Loop, Arc<Keystore>, Sender<SaCommand>, Receiver<Report>) {
+    let dir = crate::daemon::built_components_dir();
+    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
+    let ks = Arc::new(Keystore::new());
+    let mut l = test_loop(rt, ks.clone());
+    let (to_loop, inbox) = channel::channel().expect("inbox");
+    let (up, reports) = channel::channel().expect("up");
+    l.inbox = Some(inbox);
+    l.up = Some(up);
+    (l, ks, to_loop, reports)
+}
+
 #[test]
 fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     let dir = crate::daemon::built_components_dir();
@@ -111,14 +125,7 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
 fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
     // Without the report, IKE would keep the CHILD SA up while the data
     // path had nothing for it: its traffic silently black-holed.
-    let dir = crate::daemon::built_components_dir();
-    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
-    let ks = Arc::new(Keystore::new());
-    let mut l = test_loop(rt, ks.clone());
-    let (to_loop, inbox) = channel::channel().expect("inbox");
-    let (up, reports) = channel::channel().expect("up");
-    l.inbox = Some(inbox);
-    l.up = Some(up);
+    let (mut l, ks, to_loop, reports) = wired_loop();
     let alg = EspAlgorithm::Aes256Gcm16;
     let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
     let add = |spi: u32, fill: u8| {
@@ -163,14 +170,7 @@ fn an_sa_deleted_before_its_install_came_is_no_failure() {
     // may be set up and deleted (its keys destroyed) within that. Its
     // install then finds no key: that is not an SA the data path failed
     // to carry, so IKE must not be told to delete it again.
-    let dir = crate::daemon::built_components_dir();
-    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
-    let ks = Arc::new(Keystore::new());
-    let mut l = test_loop(rt, ks.clone());
-    let (to_loop, inbox) = channel::channel().expect("inbox");
-    let (up, reports) = channel::channel().expect("up");
-    l.inbox = Some(inbox);
-    l.up = Some(up);
+    let (mut l, ks, to_loop, reports) = wired_loop();
     let alg = EspAlgorithm::Aes256Gcm16;
     let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
     let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![3; alg.keymat_len()])).expect("key"));
