@@ -559,16 +559,17 @@ impl Loop {
     }
 }
 
-/// Install `out` and `inb` in `inst` and record them in `sas`. The outer
-/// error is a trap, the inner one the guest's refusal.
 /// What became of an SA the control thread sent to be installed.
 #[derive(Debug)]
 enum Installed {
     Yes,
-    /// Deleted before its turn came (its key is destroyed): nothing to do.
+    /// Nothing to install: deleted before its turn came (its key is
+    /// destroyed), or no SA in the command at all.
     Gone,
 }
 
+/// Install `out` and `inb` in `inst` and record them in `sas`. The outer
+/// error is a trap, the inner one the guest's refusal.
 fn install_into(
     inst: &mut EspInstance,
     sas: &mut SaSet,
