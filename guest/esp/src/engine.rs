@@ -367,6 +367,13 @@ fn check_selectors(local: &[TrafficSelector], remote: &[TrafficSelector]) -> Res
     Ok(())
 }
 
+/// A table that cannot grow for an SA: the guest's memory is full.
+impl From<std::collections::TryReserveError> for SaError {
+    fn from(_: std::collections::TryReserveError) -> SaError {
+        SaError::NoMemory
+    }
+}
+
 /// Memory an install must find free once its tables have grown: the SA's
 /// box, its replay window (up to 8 KiB) and a bucket's growth, with room
 /// to spare for the next install's selector lists, which the host copies
@@ -379,7 +386,7 @@ const INSTALL_HEADROOM: usize = 64 * 1024;
 /// The tables reserve their growth first; then the headroom is probed with
 /// an allocation that reports failure instead of aborting.
 fn room_for_an_install() -> Result<(), SaError> {
-    Vec::<u8>::new().try_reserve_exact(INSTALL_HEADROOM).map_err(|_| SaError::NoMemory)
+    Ok(Vec::<u8>::new().try_reserve_exact(INSTALL_HEADROOM)?)
 }
 
 fn check_spi(spi: u32) -> Result<(), SaError> {
@@ -403,11 +410,11 @@ impl Engine {
         if self.out_slot.contains_key(&sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
-        self.out_slot.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+        self.out_slot.try_reserve(1)?;
         if self.free.is_empty() {
-            self.outbound.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+            self.outbound.try_reserve(1)?;
         }
-        let keys = self.by_destination.reserve(&sa.remote_ts).map_err(|_| SaError::NoMemory)?;
+        let keys = self.by_destination.reserve(&sa.remote_ts)?;
         room_for_an_install()?;
         // Newest wins: a rekeyed SA takes over outbound traffic the moment
         // it is installed, while the old one still receives (make before
@@ -431,7 +438,7 @@ impl Engine {
         if self.inbound.contains_key(&sa.spi) {
             return Err(SaError::DuplicateSpi(sa.spi));
         }
-        self.inbound.try_reserve(1).map_err(|_| SaError::NoMemory)?;
+        self.inbound.try_reserve(1)?;
         room_for_an_install()?;
         let window = ReplayWindow::new(sa.replay_window, sa.highest_seq);
         self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
