@@ -97,6 +97,10 @@ fn problem<T>(at: &Spanned<T>, msg: String) -> Problem {
     Problem { at: Some(at.span().start), msg }
 }
 
+/// The largest anti-replay window the ESP engine keeps, in packets
+/// (`wasmsec_esp::replay::MAX_WINDOW`).
+pub const MAX_REPLAY_WINDOW: u32 = 1 << 16;
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -138,6 +142,11 @@ impl Config {
             }
             if !spis.insert(("out", m.out_spi)) {
                 return Err(problem(&m.name, format!("{at}: out_spi {:#x} used by two tunnels", m.out_spi.0)));
+            }
+            // Refused, not quietly cut to what the ESP engine holds.
+            if m.replay_window > MAX_REPLAY_WINDOW {
+                let msg = format!("{at}: replay_window {} is more than {MAX_REPLAY_WINDOW} packets", m.replay_window);
+                return Err(problem(&m.name, msg));
             }
         }
         self.validate_tenants()?;

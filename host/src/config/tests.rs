@@ -71,6 +71,17 @@ fn parses_with_defaults() {
 }
 
 #[test]
+fn a_replay_window_the_engine_cannot_keep_is_refused() {
+    let c = Config::parse(&GOOD.replace("in_spi = 4098", "in_spi = 4098\nreplay_window = 65536"), "w.toml").unwrap();
+    assert_eq!(c.manual[0].replay_window, MAX_REPLAY_WINDOW);
+    assert_eq!(MAX_REPLAY_WINDOW, wasmsec_esp::replay::MAX_WINDOW, "the config's limit is the engine's");
+    refused(
+        GOOD,
+        &[("in_spi = 4098", "in_spi = 4098\nreplay_window = 65537", "replay_window 65537 is more than 65536")],
+    );
+}
+
+#[test]
 fn unknown_key_names_file_line_and_key() {
     let e = Config::parse(&GOOD.replace("name = \"t\"", "name = \"t\"\nbogus = 1"), "gw.toml").unwrap_err();
     let s = e.to_string();
