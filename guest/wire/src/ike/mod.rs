@@ -65,6 +65,21 @@ mod tests {
     use super::*;
     use alloc::vec;
 
+    #[test]
+    fn a_delete_of_zero_sized_spis_is_refused() {
+        // Protocol IKE, SPI Size 0, Num of SPIs 65,535, no SPI bytes.
+        let body = [1u8, 0, 0xff, 0xff];
+        let mut chain = vec![0u8, 0, 0, 8];
+        chain.extend_from_slice(&body);
+        assert_eq!(parse_chain(PayloadType::Delete, &chain).unwrap_err(), Error::Malformed);
+        // The well-formed IKE SA Delete still parses, with no SPIs.
+        chain[6..8].copy_from_slice(&[0, 0]);
+        match parse_chain(PayloadType::Delete, &chain).unwrap().as_slice() {
+            [Payload::Delete(d)] => assert!(d.spis.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn sample() -> Message {
         Message {
             header: Header {

@@ -162,7 +162,12 @@ impl Payload {
             PayloadType::Delete => {
                 need(b, 4)?;
                 let (spi_size, n) = (usize::from(b[1]), usize::from(be16(b, 2)));
-                if b.len() != 4 + spi_size * n {
+                // Section 3.11: an IKE SA's Delete has SPI Size 0 and no
+                // SPIs (they are in the header). Zero-sized SPIs would
+                // pass the length check in any number: 65,535 of them in
+                // 8 bytes, each an allocation, and a few such payloads in
+                // one unauthenticated IKE_SA_INIT exhausted the guest.
+                if (spi_size == 0 && n != 0) || b.len() != 4 + spi_size * n {
                     return Err(Error::Malformed);
                 }
                 let spis = (0..n).map(|i| b[4 + i * spi_size..4 + (i + 1) * spi_size].to_vec()).collect();
