@@ -152,34 +152,39 @@ impl GuestState {
         });
         // The run's IVs in one step. No more than the batch holds: a
         // packet is sealed once, whatever the guest's list says.
+        // The key's IVs running out is the key's end, not the guest's fault.
         let mut ivs = 0..0;
-        let key = key.and_then(|(k, peer)| {
+        let key = key.map_err(Fault::Guest).and_then(|(k, peer)| {
             let want = n.min(self.count) as u64;
-            let first = k.take_ivs(want).map_err(wit_error)?;
+            let first = k.take_ivs(want).map_err(|e| Fault::Packet(wit_error(e)))?;
             ivs = first..first + want;
             Ok((k, peer))
         });
         let mut highest = None;
         for (j, &index) in run.packets.iter().enumerate() {
             let r = key.and_then(|(k, peer)| {
-                let i = untouched(&self.marks, index)?;
-                let seq = run.first_seq.checked_add(j as u64).ok_or(WitCryptoError::BadLength)?;
+                let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
+                let seq = run.first_seq.checked_add(j as u64).ok_or(Fault::Guest(WitCryptoError::BadLength))?;
                 // Without ESN the sequence number is 32 bits and must not
                 // cycle (RFC 4303 section 3.3.3).
                 if !run.esn && seq > u64::from(u32::MAX) {
-                    return Err(WitCryptoError::BadLength);
+                    return Err(Fault::Guest(WitCryptoError::BadLength));
                 }
                 let header = esp::Repr { spi: run.spi, sequence_number: seq as u32 };
                 let esn_high = run.esn.then_some((seq >> 32) as u32);
-                let iv = ivs.next().ok_or(WitCryptoError::KeyExpired)?;
+                // More packets than IVs taken: the run names more than the batch holds.
+                let iv = ivs.next().ok_or(Fault::Guest(WitCryptoError::KeyExpired))?;
                 let trailer = (run.pad_lengths[j], run.next_headers[j]);
-                k.seal_at(&mut self.batch[i], &header, esn_high, trailer, iv).map_err(wit_error)?;
+                // A packet that does not fit its buffer sealed is the
+                // packet's matter, not the guest's.
+                k.seal_at(&mut self.batch[i], &header, esn_high, trailer, iv)
+                    .map_err(|e| Fault::Packet(wit_error(e)))?;
                 self.marks[i] = Mark::Sealed { peer, spi: run.spi };
                 highest = Some(seq);
                 Ok(())
             });
-            if let Err(e) = r {
-                failed.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
+            if let Err(f) = r {
+                failed.push(OpFailure { packet: index, error: f.count(&mut self.refusals) });
             }
         }
         // Sequence numbers grow along a run: the last sealed is the highest.
@@ -214,24 +219,29 @@ impl GuestState {
         let esn = !run.esn_highs.is_empty();
         let key =
             key.and_then(|k| if !esn || run.esn_highs.len() == n { Ok(k) } else { Err(WitCryptoError::BadLength) });
+        let key = key.map_err(Fault::Guest);
         let mut highest = None;
         for (j, &index) in run.packets.iter().enumerate() {
             let r = key.and_then(|(k, spi)| {
-                let i = untouched(&self.marks, index)?;
+                let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
                 if !esp::Packet::new_checked(p.data()).is_ok_and(|e| e.spi() == spi) {
-                    return Err(WitCryptoError::WrongKeyKind);
+                    return Err(Fault::Guest(WitCryptoError::WrongKeyKind));
                 }
                 let esp_len = p.len();
-                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(wit_error)?;
+                // A packet that does not open (a bad ICV, too short) is the
+                // peer's, or a forger's: anyone who saw an SPI on the wire
+                // can send them, so they must not count against the guest
+                // and get its instance replaced (#16 review).
+                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(|e| Fault::Packet(wit_error(e)))?;
                 highest = highest.max(Some(seq));
                 let d = p.data();
                 let n = d.len();
                 self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
                 Ok((d[n - 2], d[n - 1]))
             });
-            let (pad, next) = r.unwrap_or_else(|e| {
-                out.failures.push(OpFailure { packet: index, error: refused(&mut self.refusals, e) });
+            let (pad, next) = r.unwrap_or_else(|f| {
+                out.failures.push(OpFailure { packet: index, error: f.count(&mut self.refusals) });
                 (0, 0)
             });
             out.pad_lengths.push(pad);
@@ -254,10 +264,28 @@ fn untouched(marks: &[Mark], index: u32) -> Result<usize, WitCryptoError> {
     Ok(i)
 }
 
-/// Count a refused request and answer it with `e`.
-fn refused(refusals: &mut u64, e: WitCryptoError) -> WitCryptoError {
-    *refusals += 1;
-    e
+/// Why the host did not seal or open a packet, and whose fault it was.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// The guest asked for what it may not: a protocol error, which
+    /// counts toward replacing the instance.
+    Guest(WitCryptoError),
+    /// The packet or the key: a forged or damaged packet, one too large,
+    /// a key at its end. Answered, not held against the guest.
+    Packet(WitCryptoError),
+}
+
+impl Fault {
+    /// The answer to the guest; a refused request is counted.
+    fn count(self, refusals: &mut u64) -> WitCryptoError {
+        match self {
+            Fault::Guest(e) => {
+                *refusals += 1;
+                e
+            }
+            Fault::Packet(e) => e,
+        }
+    }
 }
 
 impl b::wasmsec::crypto::types::Host for GuestState {}
@@ -545,6 +573,29 @@ mod tests {
         let heads = Heads::from_flat(opened.heads, IP_HEAD_LEN);
         assert_eq!([0, 1].map(|i| heads.get(i).map(|h| h.0)), [Some(64); 2]);
         assert_eq!((opened.pad_lengths, opened.next_headers), (vec![2, 2], vec![4, 4]));
+    }
+
+    #[test]
+    fn a_packet_that_does_not_open_is_failed_but_not_held_against_the_guest() {
+        let mut st = state(3);
+        assert!(st.seal(Resource::new_borrow(0), vec![run(1, false, vec![0, 1, 2])]).is_empty());
+        // Packet 0 damaged (as a forger's would be: the right SPI, a bad
+        // ICV), packet 1 cut short, packet 2 intact.
+        let last = st.batch[0].len() - 1;
+        st.batch[0].data_mut()[last] ^= 1;
+        st.batch[1].truncate(12);
+        st.lend(3);
+        let opened =
+            st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![0, 1, 2], esn_highs: vec![] }]);
+        let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
+        assert_eq!(failed, [(0, WitCryptoError::IntegrityFailed), (1, WitCryptoError::BadLength)]);
+        assert_eq!(st.refusals, 0, "the packets' failures are no protocol errors of the guest");
+        assert!(matches!(st.marks[2], Mark::Opened { .. }));
+        // What the guest asks wrongly still counts: packet 2 again, and one
+        // out of the batch.
+        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![2, 9], esn_highs: vec![] }]);
+        assert_eq!(opened.failures.len(), 2);
+        assert_eq!(st.refusals, 2);
     }
 
     #[test]
