@@ -275,6 +275,11 @@ impl KeySource {
         let text = self.text(base)?;
         let hex: Zeroizing<String> = Zeroizing::new(text.chars().filter(|c| !c.is_whitespace() && *c != ':').collect());
         let hex = hex.strip_prefix("0x").unwrap_or(&hex);
+        // Checked first: the pairs below are byte slices, and a character
+        // of several bytes would split between two of them (a panic).
+        if !hex.is_ascii() {
+            return Err(format!("key from {self:?} is not hex"));
+        }
         if !hex.len().is_multiple_of(2) {
             return Err(format!("key from {self:?} is not an even number of hex digits"));
         }
@@ -319,6 +324,10 @@ mod tests {
         let k = KeySource::File("k".into()).load(&dir).unwrap();
         assert_eq!(&k[..], &[0x00, 0x11, 0x22, 0xff]);
         std::fs::write(dir.join("k"), "0g").unwrap();
+        assert!(KeySource::File("k".into()).load(&dir).unwrap_err().contains("not hex"));
+        // A character of two bytes at an odd offset: refused, no panic on
+        // a slice through its middle.
+        std::fs::write(dir.join("k"), "0xa\u{e9}1").unwrap();
         assert!(KeySource::File("k".into()).load(&dir).unwrap_err().contains("not hex"));
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -118,7 +118,8 @@ impl Loop {
                 // it than the plaintext before the ESP trailer: anything else
                 // would be a forged packet injected into the LAN.
                 DecapVerdict::Deliver(len)
-                    if len > 0 && matches!(mark, Mark::Opened { len: opened, .. } if len + 2 <= *opened) =>
+                    if len > 0
+                        && matches!(mark, Mark::Opened { len: opened, .. } if u64::from(len) + 2 <= u64::from(*opened)) =>
                 {
                     if let Mark::Opened { spi, esp_len, .. } = mark
                         && let Some(t) = self.traffic.get(spi)

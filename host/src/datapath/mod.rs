@@ -87,7 +87,8 @@ impl SaSet {
         for sa in self.outbound.values() {
             let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
             let mut sa = sa.clone();
-            sa.next_seq = sa.next_seq.max(key.highest_seq() + 1);
+            // The guest chose the numbers it sealed with: the last may be the largest.
+            sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Seal { spi: sa.spi, peer: sa.peer });
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
