@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
-use wasmsec::wasm::ike::{ChildConfig, Connection, Datagram, IkeInstance, SaChange, StartAction, Transmit};
+use wasmsec::wasm::ike::{ChildConfig, Connection, Datagram, Endpoint, IkeInstance, SaChange, StartAction, Transmit};
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
@@ -157,4 +157,42 @@ fn two_ike_components_agree_and_never_see_a_secret() {
         planted.push([b"xx".to_vec(), secrets[3].clone()].concat());
         assert!(leaked(&planted));
     }
+}
+
+/// An IKE_SA_INIT of `deletes` Delete payloads, each an IKE SA's with a
+/// count of 65,535 zero-sized SPIs (8 bytes; RFC 7296 section 3.11 says 0).
+fn init_of_empty_deletes(deletes: usize) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes()); // SPIi
+    m.extend_from_slice(&[0; 8]); // SPIr
+    m.extend_from_slice(&[42, 0x20, 34, 0x08, 0, 0, 0, 0]); // Delete, 2.0, IKE_SA_INIT, initiator, ID 0
+    let len = 28 + 8 * deletes;
+    m.extend_from_slice(&(len as u32).to_be_bytes());
+    for i in 0..deletes {
+        let next = if i + 1 == deletes { 0 } else { 42 };
+        m.extend_from_slice(&[next, 0, 0, 8, 1, 0, 0xff, 0xff]);
+    }
+    m
+}
+
+#[test]
+fn an_ike_sa_init_of_empty_deletes_does_not_exhaust_the_guest() {
+    let rt = runtime();
+    let mut a = side(&rt, [192, 0, 2, 1], [192, 0, 2, 2], "aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    let mut b = side(&rt, [192, 0, 2, 2], [192, 0, 2, 1], "aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    // 1,000 such payloads asked for ~786 MB of the guest's 128 MiB when
+    // each zero-sized SPI was an allocation: the guest trapped.
+    let d = Datagram {
+        local: Endpoint { address: b.addr.to_vec(), port: 500 },
+        remote: Endpoint { address: a.addr.to_vec(), port: 500 },
+        data: init_of_empty_deletes(1000),
+    };
+    assert!(d.data.len() < 10_000, "within the engine's datagram limit");
+    b.ike.handle_datagram(1, &d).expect("the guest survives the datagram");
+    let out = b.ike.poll().expect("and answers the next call");
+    assert!(out.transmits.is_empty(), "a malformed IKE_SA_INIT gets no answer");
+    // The same guest still sets up an IKE SA with a real peer.
+    a.ike.initiate(2, "c").unwrap().unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!((a.installed.len(), b.installed.len()), (1, 1));
 }
