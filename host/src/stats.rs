@@ -54,6 +54,12 @@ pub struct Stats {
     pub guest_protocol_errors: AtomicU64,
     /// IKE datagrams above the IKE message limit, dropped before the guest.
     pub ike_oversize: AtomicU64,
+    /// IKE datagrams from UDP 4500 handed to the IKE thread and not yet
+    /// taken (a level, not a counter): bounded by `MAX_QUEUED_IKE`.
+    pub ike_queued: AtomicU64,
+    /// IKE datagrams from UDP 4500 dropped because the IKE thread already
+    /// had `MAX_QUEUED_IKE` of them waiting.
+    pub ike_queue_full: AtomicU64,
     /// Packets of a guest group whose replacement waits for its backoff.
     pub guest_suspended_drops: AtomicU64,
     /// Entries of the outbound data path's peer table (address, port and
@@ -131,6 +137,11 @@ pub fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
+    /// The IKE thread took one of the IKE datagrams the data path handed it.
+    pub fn ike_taken(&self) {
+        self.ike_queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Watch socket `sock` as `name` (`ike`: UDP 500; `nat_t`: UDP 4500,
     /// ESP in UDP and IKE; `esp`: raw IP protocol 50).
     pub fn watch_socket(&mut self, name: &'static str, sock: &impl std::os::fd::AsFd) -> std::io::Result<()> {
@@ -186,6 +197,7 @@ impl Stats {
             "sa_install_failures": g(&self.sa_install_failures),
             "guest_protocol_errors": g(&self.guest_protocol_errors),
             "ike_oversize": g(&self.ike_oversize),
+            "ike_queue_full": g(&self.ike_queue_full),
             "guest_suspended_drops": g(&self.guest_suspended_drops),
             "peers": g(&self.peers),
             "outbound_drops": drops(&self.out_drops),

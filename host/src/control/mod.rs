@@ -214,10 +214,10 @@ impl ControlPlane {
         }
         if ready.get(1) == Some(&true) {
             for r in self.up.drain() {
+                if matches!(r, Report::Ike { .. }) {
+                    self.stats.ike_taken();
+                }
                 match r {
-                    Report::Ike { data, .. } if data.len() > MAX_IKE_MESSAGE => {
-                        crate::stats::inc(&self.stats.ike_oversize);
-                    }
                     Report::Ike { from, data } => {
                         let local = self.sockets.nat_t_endpoint()?;
                         let remote = endpoint(*from.ip(), from.port());

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::{debug, warn};
@@ -14,6 +15,7 @@ use super::channel::{Report, SaCommand, Sender};
 use super::group::Split;
 use super::{Direction, Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
+use crate::control::sockets::MAX_IKE_MESSAGE;
 use crate::packet::PacketBuf;
 use crate::stats;
 use crate::sys;
@@ -23,6 +25,12 @@ use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
 const HELD: usize = usize::MAX;
 /// Poll timeout while packets are held, so they are dropped near their time.
 const HELD_POLL_MS: i32 = 50;
+
+/// IKE datagrams from UDP 4500 that may wait for the IKE thread. Its
+/// rate is thousands of messages a second; 1,024 waiting is a fraction of a
+/// second of work, and at most ~10 MB. Beyond it they are dropped and
+/// counted, as the kernel drops what a full socket buffer cannot take.
+pub const MAX_QUEUED_IKE: u64 = 1024;
 
 impl Loop {
     /// Run until the daemon stops.
@@ -209,7 +217,22 @@ impl Loop {
             }
             Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),
             Ok(Datagram::Ike(ike)) => match (&self.up, from) {
-                (Some(up), Some(from)) if up.send(Report::Ike { from, data: ike.to_vec() }) => {}
+                // Refused here, before a copy, as the IKE thread would.
+                _ if ike.len() > MAX_IKE_MESSAGE => stats::inc(&self.stats.ike_oversize),
+                // This thread reads UDP 4500 at line rate and the IKE thread
+                // takes one message at a time: without a bound, a flood of
+                // small IKE messages would queue in memory without end
+                // instead of being dropped at the socket.
+                (Some(_), Some(_)) if self.stats.ike_queued.load(Ordering::Relaxed) >= MAX_QUEUED_IKE => {
+                    stats::inc(&self.stats.ike_queue_full);
+                }
+                (Some(up), Some(from)) => {
+                    self.stats.ike_queued.fetch_add(1, Ordering::Relaxed);
+                    if !up.send(Report::Ike { from, data: ike.to_vec() }) {
+                        self.stats.ike_taken();
+                        stats::inc(&self.stats.ike_rx_unhandled);
+                    }
+                }
                 _ => stats::inc(&self.stats.ike_rx_unhandled),
             },
             Err(_) => stats::inc(&self.stats.rx_runts),

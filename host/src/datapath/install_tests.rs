@@ -42,7 +42,7 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
 
 /// A loop with the real ESP component, its keystore, the sender of its
 /// inbox and the receiver of what it reports up.
-fn wired_loop() -> (Loop, Arc<Keystore>, Sender<SaCommand>, Receiver<Report>) {
+pub(super) fn wired_loop() -> (Loop, Arc<Keystore>, Sender<SaCommand>, Receiver<Report>) {
     let dir = crate::daemon::built_components_dir();
     let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
     let ks = Arc::new(Keystore::new());

@@ -14,6 +14,8 @@ pub mod gro;
 pub mod group;
 pub mod gso;
 pub mod guard;
+#[cfg(test)]
+mod handoff_tests;
 pub mod hold;
 pub mod inbound;
 #[cfg(test)]

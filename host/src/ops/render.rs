@@ -203,6 +203,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     s.counter(DROPS, DROPS_HELP, &[("direction", "out"), ("reason", "tun_malformed")], g(&st.tun_rx_malformed));
     s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
+    s.counter(DROPPED, DROPPED_HELP, &[("reason", "queue_full")], g(&st.ike_queue_full));
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
     s.gauge(
         "wasmsec_data_path_peers",
