@@ -31,7 +31,17 @@ use wasmsec::crypto::types::CryptoError as WitError;
 use wasmsec::net::types as net;
 
 thread_local! {
-    static ENGINE: RefCell<Engine> = RefCell::new(Engine::new(Timing::default()));
+    static ENGINE: RefCell<Engine> = RefCell::new(new_engine());
+}
+
+/// The engine, made after the tables a peer fills (half-open SAs by its
+/// SPI, rate limits by its address) are keyed with the host's randomness:
+/// this target gives std's own hash maps none (`wasmsec_wire::peer_keys`).
+fn new_engine() -> Engine {
+    let r = wasmsec::crypto::random::fill(16);
+    let word = |i: usize| r.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    wasmsec_wire::peer_keys::set_seed(word(0), word(8));
+    Engine::new(Timing::default())
 }
 
 /// The host's keystore seen through the engine's crypto trait.

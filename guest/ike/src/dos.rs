@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use wasmsec_wire::peer_keys::PeerKeys;
+
 use crate::config::Timing;
 use crate::output::Endpoint;
 
@@ -16,13 +18,14 @@ const MAX_SOURCES: usize = 16_384;
 pub(crate) struct Dos {
     /// Responder SAs by (peer endpoint, SPIi), to spot IKE_SA_INIT
     /// retransmits: our SPI and the bytes of IKE_SA_INIT it holds.
-    pub half_open: HashMap<(Endpoint, u64), (u64, usize)>,
+    /// Keyed by what the peer sends: [`PeerKeys`], against hash flooding.
+    pub half_open: HashMap<(Endpoint, u64), (u64, usize), PeerKeys>,
     /// Bytes all half-open SAs hold (the sum of the above).
     pub half_open_bytes: usize,
     /// Half-open SAs per source address.
-    half_open_sources: HashMap<IpAddr, usize>,
+    half_open_sources: HashMap<IpAddr, usize, PeerKeys>,
     /// Per-source token buckets for IKE_SA_INIT: tokens (x1000) and last refill.
-    init_buckets: HashMap<IpAddr, (u64, u64)>,
+    init_buckets: HashMap<IpAddr, (u64, u64), PeerKeys>,
 }
 
 impl Dos {

@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod crypto;
 pub mod heads;
 pub mod own_keys;
+pub mod peer_keys;
 mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a
 /// `Packet<T>` over a buffer, `new_unchecked`, `new_checked`, and

@@ -12,7 +12,10 @@
 //! have changed, and before an answer their entries are taken out and put
 //! in again from their current state, so the others' stay as they were.
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
+
+use wasmsec_wire::peer_keys::PeerKeys;
 
 use super::state::IkeSa;
 
@@ -31,11 +34,13 @@ pub(crate) struct Lookups {
     /// Our inbound ESP SPIs in use, installed or proposed, and how many
     /// SAs hold each (one, unless a restore brought a duplicate back).
     esp_spis: HashMap<u32, u32>,
-    /// IKE SAs (our SPIs), in any state, by connection and peer address.
-    peers: HashMap<(usize, IpAddr), Vec<u64>>,
+    /// IKE SAs (our SPIs), in any state, by connection and peer address
+    /// (keyed by [`PeerKeys`]: a peer picks its address, as it picks the
+    /// ESP SPIs `children` is keyed by too).
+    peers: HashMap<(usize, IpAddr), Vec<u64>, PeerKeys>,
     /// IKE SAs (our SPIs) by the ESP SPIs of their installed CHILD SAs,
     /// ours and the peers' (two peers may pick the same one).
-    children: HashMap<u32, Vec<u64>>,
+    children: HashMap<u32, Vec<u64>, PeerKeys>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
     entries: HashMap<u64, Entry>,
 }
@@ -83,7 +88,7 @@ impl Lookups {
 }
 
 /// Take IKE SA `spi` out of the list at `k`, and the list when empty.
-fn take_out<K: std::hash::Hash + Eq>(lists: &mut HashMap<K, Vec<u64>>, k: K, spi: u64) {
+fn take_out<K: Hash + Eq, S: BuildHasher>(lists: &mut HashMap<K, Vec<u64>, S>, k: K, spi: u64) {
     if let Some(v) = lists.get_mut(&k) {
         v.retain(|&x| x != spi);
         if v.is_empty() {
