@@ -3,7 +3,7 @@
 //! shared table of cases (policies/allow-list/cases.json) and decides
 //! every case as the Rust allow-list does; a test module that tries to
 //! open files and sockets, read the environment and the clocks finds
-//! nothing there. Needs `cargo xtask guests` first.
+//! nothing there, and one that sleeps does not hold its caller. Needs `cargo xtask guests` first.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +110,13 @@ fn a_python_module_gets_no_files_sockets_environment_or_clock() {
     let clock = ask("clock.example");
     eprintln!("clock: {clock}");
     assert!(clock.contains("time: 0.0") && clock.contains("monotonic: 0.0"), "{clock}");
+    // A sleep would wait inside a host call, where the call's deadline
+    // cannot reach it: it must not hold the thread that asked.
+    let t = Instant::now();
+    let slept = ask("sleep.example");
+    eprintln!("sleep: {slept} ({:?})", t.elapsed());
+    assert!(slept.contains("slept, monotonic: 0.0"), "{slept}");
+    assert!(t.elapsed().as_secs() < 5, "a 30-second sleep held the caller {:?}", t.elapsed());
     // Anyone else is admitted: the module works, it just has nothing.
     assert!(matches!(slot.authorize(&request("ok.example"), ""), Decision::Accept(_)));
     let _ = std::fs::remove_dir_all(tmp);

@@ -54,6 +54,45 @@ fn no_wasi() -> NoWasi {
     NoWasi { ctx: b.build(), table: wasmtime_wasi::ResourceTable::new() }
 }
 
+/// The monotonic clock's interface as wasmtime-wasi links it (the version
+/// of its WIT); `policy_python`'s sleeping module fails if it moves.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Waiting on the clock, behind wasmtime-wasi's own functions, sleeps for
+/// real time inside the host call, where the call's deadline (an epoch
+/// check in the guest's code) cannot reach it: a module that slept held
+/// the IKE thread for as long as it asked. Its clock is frozen, so for it
+/// no time passes while it waits: every subscription is ready at once.
+fn no_waiting(linker: &mut Linker<PolicyState>) -> Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::{DynPollable, subscribe};
+    fn at_once(mut store: wasmtime::StoreContextMut<'_, PolicyState>) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let table = wasmtime_wasi::WasiView::ctx(store.data_mut()).table;
+        let ready = table.push(AtOnce)?;
+        Ok((subscribe(table, ready)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |store, (_,): (u64,)| at_once(store))?;
+    clock.func_wrap("subscribe-instant", |store, (_,): (u64,)| at_once(store))?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// A pollable that is ready when asked.
+struct AtOnce;
+
+impl wasmtime_wasi::p2::Pollable for AtOnce {
+    // What `#[async_trait]` makes of `async fn ready(&mut self) {}`.
+    fn ready<'a, 'b>(&'a mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async {})
+    }
+}
+
 /// A clock that always says zero.
 struct FrozenClock;
 
@@ -277,6 +316,7 @@ pub fn load(engines: &PolicyEngines, file: &Path, cache: Option<&Path>, noticed:
     if with_wasi {
         // WASI with nothing granted behind it (`no_wasi`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        no_waiting(&mut linker)?;
     }
     // Otherwise nothing in the linker: a module that imports anything
     // else (a clock, sockets, the host's crypto) does not link.

@@ -5,6 +5,7 @@ reason, which the host logs and the tests read:
   socket.*  open a TCP connection and a UDP socket
   env.*     read the environment and the arguments
   clock.*   read the wall clock and the monotonic clock
+  sleep.*   sleep for 30 seconds (its clock is frozen: no time passes)
 Anyone else is accepted.
 """
 import os
@@ -48,6 +49,9 @@ def probe(kind):
         return [f"environ: {dict(os.environ)!r}"[:80], f"argv: {sys.argv!r}"[:80]]
     if kind == "clock":
         return [f"time: {time.time()}", f"monotonic: {time.monotonic()}"]
+    if kind == "sleep":
+        time.sleep(30)
+        return [f"slept, monotonic: {time.monotonic()}"]
     return None
 
 
