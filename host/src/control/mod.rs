@@ -171,6 +171,30 @@ impl ControlPlane {
         let wait = self.guard.replacement_wait(Instant::now());
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
         std::thread::sleep(wait);
+        self.fresh_instance()?;
+        let checkpoints = self.ike.store.data().checkpoints();
+        match self.ike.restore(&checkpoints) {
+            Ok(Ok(n)) => info!(ike_sas = n, "IKE guest replaced; its IKE SAs carry on"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "IKE guest replaced, but its checkpoints do not restore: the IKE SAs start over");
+                self.ike.store.data_mut().clear_checkpoints();
+            }
+            // The checkpoints came from the guest: if they trap the new
+            // instance, one more starts without them instead of the daemon
+            // stopping.
+            Err(trap) => {
+                warn!(error = %trap, "IKE guest replaced, but its checkpoints trapped it: the IKE SAs start over");
+                self.ike.store.data_mut().clear_checkpoints();
+                crate::stats::inc(&self.stats.guest_restarts);
+                self.totals.guest_replaced();
+                self.fresh_instance()?;
+            }
+        }
+        self.apply(now)
+    }
+
+    /// A new IKE instance with the connections loaded so far.
+    fn fresh_instance(&mut self) -> anyhow::Result<()> {
         self.ike.replace(&self.runtime)?;
         for step in &self.history {
             match step {
@@ -187,15 +211,7 @@ impl ControlPlane {
                 }
             }
         }
-        let checkpoints: Vec<Vec<u8>> = self.ike.store.data().checkpoints.values().cloned().collect();
-        match self.ike.restore(&checkpoints)? {
-            Ok(n) => info!(ike_sas = n, "IKE guest replaced; its IKE SAs carry on"),
-            Err(e) => {
-                warn!(error = %e, "IKE guest replaced, but its checkpoints do not restore: the IKE SAs start over");
-                self.ike.store.data_mut().checkpoints.clear();
-            }
-        }
-        self.apply(now)
+        Ok(())
     }
 
     /// Initiate the `start` connections.

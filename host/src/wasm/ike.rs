@@ -50,7 +50,9 @@ pub struct IkeState {
     pub refusals: u64,
     /// The engine's latest checkpoint of each established IKE SA, by our
     /// SPI: what a replacement instance starts from.
-    pub checkpoints: BTreeMap<u64, Vec<u8>>,
+    checkpoints: BTreeMap<u64, Vec<u8>>,
+    /// Bytes of all `checkpoints`.
+    checkpoint_bytes: usize,
     /// The policy modules that authorize peers, by connection (none: accept).
     pub policy: crate::policy::Policies,
     /// The tenant each IKE SA was authorized for, by our SPI, until the
@@ -60,6 +62,13 @@ pub struct IkeState {
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
 pub const MAX_PENDING_CHILD_KEYS: usize = 4096;
+
+/// Largest checkpoint of one IKE SA the host keeps: an SA's state with its
+/// CHILD SAs is a few KiB; a megabyte is no SA's.
+pub const MAX_CHECKPOINT_BYTES: usize = 1 << 20;
+/// All checkpoints together: twice the guest's memory, which holds the
+/// state they describe.
+pub const MAX_CHECKPOINTS_BYTES: usize = 2 * sandbox::GUEST_MEMORY_LIMIT;
 
 impl IkeState {
     /// The host side of a new IKE instance: the vault with every IKE secret
@@ -76,6 +85,7 @@ impl IkeState {
             derived: HashMap::new(),
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
+            checkpoint_bytes: 0,
             refusals: 0,
             policy: Default::default(),
             granted: HashMap::new(),
@@ -91,14 +101,34 @@ impl IkeState {
         wit_error(e)
     }
 
-    /// Keep the engine's latest checkpoints (`None`: the SA is gone).
+    /// Keep the engine's latest checkpoints (`None`: the SA is gone). The
+    /// guest is untrusted and host memory is not its to fill: a checkpoint
+    /// beyond the bounds is refused (a protocol error), and the SA's older
+    /// one goes too, so that a replacement never restores stale state.
     pub fn keep_checkpoints(&mut self, changes: Vec<(u64, Option<Vec<u8>>)>) {
         for (spi, c) in changes {
-            match c {
-                Some(bytes) => self.checkpoints.insert(spi, bytes),
-                None => self.checkpoints.remove(&spi),
-            };
+            if let Some(old) = self.checkpoints.remove(&spi) {
+                self.checkpoint_bytes -= old.len();
+            }
+            let Some(bytes) = c else { continue };
+            if bytes.len() > MAX_CHECKPOINT_BYTES || self.checkpoint_bytes + bytes.len() > MAX_CHECKPOINTS_BYTES {
+                self.refusals += 1;
+                continue;
+            }
+            self.checkpoint_bytes += bytes.len();
+            self.checkpoints.insert(spi, bytes);
         }
+    }
+
+    /// The checkpoints kept, one per established IKE SA.
+    pub fn checkpoints(&self) -> Vec<Vec<u8>> {
+        self.checkpoints.values().cloned().collect()
+    }
+
+    /// Forget every checkpoint (they did not restore).
+    pub fn clear_checkpoints(&mut self) {
+        self.checkpoints.clear();
+        self.checkpoint_bytes = 0;
     }
 
     /// Put a pre-shared key in the vault; returns its handle.
@@ -463,4 +493,28 @@ impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}
 /// and the admin API (`guest_text`).
 fn refusal<T>(answer: Result<Result<T, String>>) -> Result<Result<T, String>> {
     answer.map(|r| r.map_err(|why| super::guest_text(&why, super::GUEST_LOG_CHARS).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_beyond_the_bounds_are_refused_and_the_stale_one_goes() {
+        let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        st.keep_checkpoints(vec![(1, Some(vec![1; 100])), (2, Some(vec![2; 200]))]);
+        assert_eq!((st.checkpoints().len(), st.checkpoint_bytes, st.refusals), (2, 300, 0));
+        // SA 1 checkpointed again, too large: refused, and its older one gone.
+        st.keep_checkpoints(vec![(1, Some(vec![1; MAX_CHECKPOINT_BYTES + 1]))]);
+        assert_eq!((st.checkpoints(), st.checkpoint_bytes, st.refusals), (vec![vec![2; 200]], 200, 1));
+        // Many that fit one by one, but not all together: beside SA 2's 200
+        // bytes, the last two of these do not.
+        let n = MAX_CHECKPOINTS_BYTES / MAX_CHECKPOINT_BYTES;
+        st.keep_checkpoints((10..10 + n as u64 + 1).map(|spi| (spi, Some(vec![0; MAX_CHECKPOINT_BYTES]))).collect());
+        assert_eq!(st.refusals, 3);
+        assert!(st.checkpoint_bytes <= MAX_CHECKPOINTS_BYTES);
+        st.keep_checkpoints(vec![(2, None)]);
+        st.clear_checkpoints();
+        assert_eq!((st.checkpoints().len(), st.checkpoint_bytes), (0, 0));
+    }
 }
