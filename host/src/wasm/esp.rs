@@ -232,7 +232,7 @@ impl GuestState {
                 // A packet that does not open (a bad ICV, too short) is the
                 // peer's, or a forger's: anyone who saw an SPI on the wire
                 // can send them, so they must not count against the guest
-                // and get its instance replaced (#16 review).
+                // and get its instance replaced.
                 let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(|e| Fault::Packet(wit_error(e)))?;
                 highest = highest.max(Some(seq));
                 let d = p.data();

@@ -8,6 +8,7 @@ use wasmsec_ike::{ChildConfig, ConnectionConfig, Datagram, DpdAction, Endpoint, 
 use wasmsec_wire::ike::{Message, Packet};
 use wasmsec_wire::ip::Address;
 
+use crate::alloc_meter;
 use crate::esp_batch::ClearBatch;
 use crate::ike_crypto::ClearCrypto;
 
@@ -26,7 +27,10 @@ pub fn records(mut data: &[u8]) -> Vec<&[u8]> {
 /// and emitting that again gives the same bytes.
 pub fn ike_message(data: &[u8]) {
     let _ = Packet::new_checked(data);
-    let Ok(m) = Message::parse(data) else { return };
+    let (parsed, allocated) = alloc_meter::allocated_by(|| Message::parse(data));
+    let most = data.len() * alloc_meter::PER_INPUT_BYTE + alloc_meter::BESIDES;
+    assert!(allocated <= most, "parsing {} bytes allocated {allocated} (at most {most})", data.len());
+    let Ok(m) = parsed else { return };
     let bytes = m.emit();
     let again = Message::parse(&bytes).expect("what we emit parses");
     assert_eq!(again, m, "parse(emit(m)) == m");

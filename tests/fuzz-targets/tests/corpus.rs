@@ -5,6 +5,10 @@ use std::path::Path;
 
 use wasmsec_fuzz_targets::TARGETS;
 
+/// The targets' allocation checks count under this allocator only.
+#[global_allocator]
+static METERED: wasmsec_fuzz_targets::alloc_meter::Metered = wasmsec_fuzz_targets::alloc_meter::Metered;
+
 #[test]
 fn every_corpus_and_regression_input_passes_its_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
