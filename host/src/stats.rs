@@ -137,9 +137,9 @@ pub fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
-    /// The IKE thread took one of the IKE datagrams the data path handed it.
-    pub fn ike_taken(&self) {
-        self.ike_queued.fetch_sub(1, Ordering::Relaxed);
+    /// The IKE thread took `n` of the IKE datagrams the data path handed it.
+    pub fn ike_taken(&self, n: u64) {
+        self.ike_queued.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Watch socket `sock` as `name` (`ike`: UDP 500; `nat_t`: UDP 4500,

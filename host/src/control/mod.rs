@@ -229,10 +229,12 @@ impl ControlPlane {
             self.receive_500(now)?;
         }
         if ready.get(1) == Some(&true) {
-            for r in self.up.drain() {
-                if matches!(r, Report::Ike { .. }) {
-                    self.stats.ike_taken();
-                }
+            let reports = self.up.drain();
+            // All taken at once, before any is handled: a trap while one is
+            // handled loses the rest, and must not leave them counted as
+            // waiting (at the bound, every later one would be dropped).
+            self.stats.ike_taken(reports.iter().filter(|r| matches!(r, Report::Ike { .. })).count() as u64);
+            for r in reports {
                 match r {
                     Report::Ike { from, data } => {
                         let local = self.sockets.nat_t_endpoint()?;

@@ -229,7 +229,7 @@ impl Loop {
                 (Some(up), Some(from)) => {
                     self.stats.ike_queued.fetch_add(1, Ordering::Relaxed);
                     if !up.send(Report::Ike { from, data: ike.to_vec() }) {
-                        self.stats.ike_taken();
+                        self.stats.ike_taken(1);
                         stats::inc(&self.stats.ike_rx_unhandled);
                     }
                 }
