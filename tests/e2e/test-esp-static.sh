@@ -41,11 +41,20 @@ check "with a wrong key tshark decrypts nothing ($wrong)" [ "$wrong" -eq 0 ]
 
 # 3. Hostile packets from gwa's namespace to gwb: each kind lands on its counter.
 STATS=$DIR/demo/gwb-stats.json
-inject() { ip netns exec wsdemo-gwa python3 "$ROOT/tests/e2e/inject.py" "$1" "$DIR/demo/wan.pcap" 198.18.0.1 198.18.0.2 "$2" >/dev/null; sleep 0.8; }
+inject() { ip netns exec wsdemo-gwa python3 "$ROOT/tests/e2e/inject.py" "$1" "$DIR/demo/wan.pcap" 198.18.0.1 198.18.0.2 "$2" >/dev/null; }
 expect_delta() { # KIND COUNT COUNTER
-    local before after
+    local before after i
     before=$(stat "$STATS" "$3")
     inject "$1" "$2"
+    # The stats file is rewritten every 250 ms and a loaded machine may
+    # take a while to get to the packets: wait (up to 10 s) for the count
+    # to arrive, then two more rewrites, so that counting too many fails too.
+    for i in $(seq 50); do
+        after=$(stat "$STATS" "$3")
+        [ "$((after - before))" -ge "$2" ] && break
+        sleep 0.2
+    done
+    sleep 0.6
     after=$(stat "$STATS" "$3")
     check "$1 x$2 dropped and counted as $3 ($before -> $after)" [ "$((after - before))" -eq "$2" ]
 }
