@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
+use wasmsec_crypto::CryptoError;
 use wasmsec_wire::esp;
 use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads, IP_HEAD_LEN};
 use wasmtime::component::{HasSelf, Resource};
@@ -156,7 +157,7 @@ impl GuestState {
         let mut ivs = 0..0;
         let key = key.map_err(Fault::Guest).and_then(|(k, peer)| {
             let want = n.min(self.count) as u64;
-            let first = k.take_ivs(want).map_err(|e| Fault::Packet(wit_error(e)))?;
+            let first = k.take_ivs(want).map_err(Fault::packet)?;
             ivs = first..first + want;
             Ok((k, peer))
         });
@@ -175,10 +176,13 @@ impl GuestState {
                 // More packets than IVs taken: the run names more than the batch holds.
                 let iv = ivs.next().ok_or(Fault::Guest(WitCryptoError::KeyExpired))?;
                 let trailer = (run.pad_lengths[j], run.next_headers[j]);
-                // A packet that does not fit its buffer sealed is the
-                // packet's matter, not the guest's.
+                // The guest's: every batch buffer has room for the
+                // largest trailer (`packet::TAILROOM`), and nothing a peer
+                // sends reaches this call, so what fails here is the pad
+                // the guest chose (with CBC, one that leaves the payload
+                // off a block boundary).
                 k.seal_at(&mut self.batch[i], &header, esn_high, trailer, iv)
-                    .map_err(|e| Fault::Packet(wit_error(e)))?;
+                    .map_err(|e| Fault::Guest(wit_error(e)))?;
                 self.marks[i] = Mark::Sealed { peer, spi: run.spi };
                 highest = Some(seq);
                 Ok(())
@@ -233,7 +237,7 @@ impl GuestState {
                 // peer's, or a forger's: anyone who saw an SPI on the wire
                 // can send them, so they must not count against the guest
                 // and get its instance replaced.
-                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(|e| Fault::Packet(wit_error(e)))?;
+                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(Fault::packet)?;
                 highest = highest.max(Some(seq));
                 let d = p.data();
                 let n = d.len();
@@ -276,6 +280,11 @@ enum Fault {
 }
 
 impl Fault {
+    /// A sealing or opening that failed on the packet or the key.
+    fn packet(e: CryptoError) -> Self {
+        Fault::Packet(wit_error(e))
+    }
+
     /// The answer to the guest; a refused request is counted.
     fn count(self, refusals: &mut u64) -> WitCryptoError {
         match self {
@@ -488,7 +497,11 @@ mod tests {
     /// A store's host state with `n` 60-byte packets and a sealing key
     /// (handle 1, SA `SPI`, peer 4) and an opening one (handle 2, `SPI`).
     fn state(n: usize) -> GuestState {
-        let key = || Arc::new(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![9; 36])).unwrap());
+        state_with(n, EspAlgorithm::Aes256Gcm16)
+    }
+
+    fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
+        let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
         let mut keys = KeyTable::default();
         keys.grant(1, key(), KeyUse::Seal { spi: SPI, peer: 4 });
         keys.grant(2, key(), KeyUse::Open { spi: SPI });
@@ -516,6 +529,20 @@ mod tests {
     fn run(first_seq: u64, esn: bool, packets: Vec<u32>) -> SealRun {
         let n = packets.len();
         SealRun { key: 1, spi: SPI, first_seq, esn, packets, pad_lengths: vec![2; n], next_headers: vec![4; n] }
+    }
+
+    #[test]
+    fn a_pad_that_breaks_the_cbc_block_is_held_against_the_guest() {
+        let cbc = EspAlgorithm::AesCbc { key_bits: 128, integ: crate::keys::Integ::Sha256_128 };
+        // 60 bytes, the pad and the 2 trailer bytes: a pad of 2 ends on a
+        // 16-byte block, one of 14 does not.
+        let mut st = state_with(2, cbc);
+        let mut r = run(1, false, vec![0, 1]);
+        r.pad_lengths = vec![2, 14];
+        let failed = st.seal(Resource::new_borrow(0), vec![r]);
+        assert_eq!(failed.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(1, WitCryptoError::BadLength)]);
+        assert_eq!(st.refusals, 1, "the guest chose the pad");
+        assert_eq!(st.marks[0], Mark::Sealed { peer: 4, spi: SPI });
     }
 
     #[test]
