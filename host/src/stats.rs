@@ -54,11 +54,9 @@ pub struct Stats {
     pub guest_protocol_errors: AtomicU64,
     /// IKE datagrams above the IKE message limit, dropped before the guest.
     pub ike_oversize: AtomicU64,
-    /// IKE datagrams from UDP 4500 handed to the IKE thread and not yet
-    /// taken (a level, not a counter): bounded by `MAX_QUEUED_IKE`.
-    pub ike_queued: AtomicU64,
-    /// IKE datagrams from UDP 4500 dropped because the IKE thread already
-    /// had `MAX_QUEUED_IKE` of them waiting.
+    /// IKE datagrams from UDP 4500 dropped because `MAX_QUEUED_IKE`
+    /// reports already waited for the IKE thread (a bound the hand-off
+    /// channel keeps).
     pub ike_queue_full: AtomicU64,
     /// Packets of a guest group whose replacement waits for its backoff.
     pub guest_suspended_drops: AtomicU64,
@@ -137,11 +135,6 @@ pub fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
-    /// The IKE thread took `n` of the IKE datagrams the data path handed it.
-    pub fn ike_taken(&self, n: u64) {
-        self.ike_queued.fetch_sub(n, Ordering::Relaxed);
-    }
-
     /// Watch socket `sock` as `name` (`ike`: UDP 500; `nat_t`: UDP 4500,
     /// ESP in UDP and IKE; `esp`: raw IP protocol 50).
     pub fn watch_socket(&mut self, name: &'static str, sock: &impl std::os::fd::AsFd) -> std::io::Result<()> {

@@ -230,10 +230,6 @@ impl ControlPlane {
         }
         if ready.get(1) == Some(&true) {
             let reports = self.up.drain();
-            // All taken at once, before any is handled: a trap while one is
-            // handled loses the rest, and must not leave them counted as
-            // waiting (at the bound, every later one would be dropped).
-            self.stats.ike_taken(reports.iter().filter(|r| matches!(r, Report::Ike { .. })).count() as u64);
             for r in reports {
                 match r {
                     Report::Ike { from, data } => {

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::Peer;
 use crate::stats::SaTraffic;
@@ -99,6 +99,19 @@ pub struct Sender<T> {
     /// drains. A burst (a CHILD SA's install is three messages) costs one
     /// system call and one wake-up instead of one each.
     pending: Arc<AtomicBool>,
+    /// Messages sent and not yet taken by the receiver: raised before a
+    /// message goes in, lowered when a drain takes it, so it is never
+    /// below what waits. `send_within` bounds it.
+    level: Arc<AtomicUsize>,
+}
+
+/// Why `send_within` did not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSent {
+    /// `max` messages already wait.
+    Full,
+    /// The receiver is gone.
+    Gone,
 }
 
 /// The receiving half, with a descriptor for `poll`.
@@ -108,6 +121,7 @@ pub struct Receiver<T> {
     /// Readable when a message was sent; the descriptor for `poll`.
     wake: UnixDatagram,
     pending: Arc<AtomicBool>,
+    level: Arc<AtomicUsize>,
 }
 
 pub fn channel<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
@@ -116,27 +130,39 @@ pub fn channel<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
     b.set_nonblocking(true)?;
     let (tx, rx) = mpsc::channel();
     let pending = Arc::new(AtomicBool::new(false));
-    Ok((Sender { tx, wake: a, pending: pending.clone() }, Receiver { rx, wake: b, pending }))
+    let level = Arc::new(AtomicUsize::new(0));
+    Ok((
+        Sender { tx, wake: a, pending: pending.clone(), level: level.clone() },
+        Receiver { rx, wake: b, pending, level },
+    ))
 }
 
 impl<T> Sender<T> {
     pub fn try_clone(&self) -> std::io::Result<Sender<T>> {
-        Ok(Sender { tx: self.tx.clone(), wake: self.wake.try_clone()?, pending: self.pending.clone() })
+        Ok(Sender {
+            tx: self.tx.clone(),
+            wake: self.wake.try_clone()?,
+            pending: self.pending.clone(),
+            level: self.level.clone(),
+        })
     }
 
     /// Send; false if the receiver is gone. A full wake socket is fine: the
     /// receiver drains the channel, not the wake bytes.
     pub fn send(&self, m: T) -> bool {
-        if self.tx.send(m).is_err() {
-            return false;
+        self.level.fetch_add(1, Ordering::AcqRel);
+        self.enqueue(m) && self.wake()
+    }
+
+    /// Send unless `max` messages already wait (of any kind): for what a
+    /// peer can send at line rate, which must be dropped, not held in
+    /// memory without end, when the receiver falls behind.
+    pub fn send_within(&self, m: T, max: usize) -> Result<(), NotSent> {
+        let room = self.level.fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| (l < max).then_some(l + 1));
+        if room.is_err() {
+            return Err(NotSent::Full);
         }
-        // The swap orders the message before the flag: a receiver that
-        // clears the flag after this sees the message in its drain; one
-        // that cleared it before gets a new wake byte.
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            let _ = self.wake.send(&[1]);
-        }
-        true
+        if self.enqueue(m) && self.wake() { Ok(()) } else { Err(NotSent::Gone) }
     }
 
     /// Queue without waking the receiver; false if it is gone. It takes
@@ -146,7 +172,29 @@ impl<T> Sender<T> {
     /// thread, which takes its messages before the packet), so a setup at
     /// thousands a second costs no wake-ups of idle data-path threads.
     pub fn send_quiet(&self, m: T) -> bool {
-        self.tx.send(m).is_ok()
+        self.level.fetch_add(1, Ordering::AcqRel);
+        self.enqueue(m)
+    }
+
+    /// Queue `m`, already counted in the level; false (and uncounted) if
+    /// the receiver is gone.
+    fn enqueue(&self, m: T) -> bool {
+        let sent = self.tx.send(m).is_ok();
+        if !sent {
+            self.level.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Wake the receiver unless a wake already pends. The swap orders the
+    /// message before the flag: a receiver that clears the flag after this
+    /// sees the message in its drain; one that cleared it before gets a
+    /// new wake byte.
+    fn wake(&self) -> bool {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = self.wake.send(&[1]);
+        }
+        true
     }
 }
 
@@ -159,13 +207,17 @@ impl<T> Receiver<T> {
         // a sender that finds it set knows this drain will see its message;
         // one that finds it clear writes a byte that stays for next time.
         self.pending.swap(false, Ordering::AcqRel);
-        self.rx.try_iter().collect()
+        self.take_queued()
     }
 
     /// What was sent so far, in order, without reading wake bytes (no
     /// system call): for a thread that woke for something else.
     pub fn take_queued(&self) -> Vec<T> {
-        self.rx.try_iter().collect()
+        let taken: Vec<T> = self.rx.try_iter().collect();
+        // All off the level before the caller handles any: one it cannot
+        // handle (a guest trap) must not stay counted as waiting.
+        self.level.fetch_sub(taken.len(), Ordering::AcqRel);
+        taken
     }
 }
 
@@ -204,6 +256,24 @@ mod tests {
             }
         }
         receiver.join().unwrap();
+    }
+
+    /// The bound counts what waits, whatever its kind, and room comes
+    /// back when the receiver takes them.
+    #[test]
+    fn send_within_refuses_at_the_bound_until_a_drain() {
+        let (tx, rx) = channel::<u32>().unwrap();
+        assert!(tx.send(0));
+        assert_eq!(tx.send_within(1, 3), Ok(()));
+        assert!(tx.send_quiet(2));
+        assert_eq!(tx.send_within(3, 3), Err(NotSent::Full));
+        assert_eq!(rx.drain(), [0, 1, 2]);
+        assert_eq!(tx.send_within(4, 3), Ok(()));
+        assert_eq!(rx.take_queued(), [4]);
+        drop(rx);
+        assert_eq!(tx.send_within(5, 3), Err(NotSent::Gone));
+        assert!(!tx.send(6));
+        assert_eq!(tx.level.load(Ordering::Acquire), 0, "nothing counted that did not go in");
     }
 
     /// A quiet message wakes nobody but waits in order for the next drain,

@@ -4,14 +4,13 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tracing::{debug, warn};
 use wasmsec_wire::udp_encap::Datagram;
 use wasmsec_wire::{esp, ipv4};
 
-use super::channel::{Report, SaCommand, Sender};
+use super::channel::{NotSent, Report, SaCommand, Sender};
 use super::group::Split;
 use super::{Direction, Loop, POLL_MS, Peer};
 use crate::config::Encapsulation;
@@ -26,11 +25,11 @@ const HELD: usize = usize::MAX;
 /// Poll timeout while packets are held, so they are dropped near their time.
 const HELD_POLL_MS: i32 = 50;
 
-/// IKE datagrams from UDP 4500 that may wait for the IKE thread. Its
-/// rate is thousands of messages a second; 1,024 waiting is a fraction of a
+/// Reports (IKE datagrams from UDP 4500 among them) that may wait for
+/// the IKE thread before an IKE datagram is refused. Its rate is thousands of messages a second; 1,024 waiting is a fraction of a
 /// second of work, and at most ~10 MB. Beyond it they are dropped and
 /// counted, as the kernel drops what a full socket buffer cannot take.
-pub const MAX_QUEUED_IKE: u64 = 1024;
+pub const MAX_QUEUED_IKE: usize = 1024;
 
 impl Loop {
     /// Run until the daemon stops.
@@ -223,14 +222,11 @@ impl Loop {
                 // takes one message at a time: without a bound, a flood of
                 // small IKE messages would queue in memory without end
                 // instead of being dropped at the socket.
-                (Some(_), Some(_)) if self.stats.ike_queued.load(Ordering::Relaxed) >= MAX_QUEUED_IKE => {
-                    stats::inc(&self.stats.ike_queue_full);
-                }
                 (Some(up), Some(from)) => {
-                    self.stats.ike_queued.fetch_add(1, Ordering::Relaxed);
-                    if !up.send(Report::Ike { from, data: ike.to_vec() }) {
-                        self.stats.ike_taken(1);
-                        stats::inc(&self.stats.ike_rx_unhandled);
+                    match up.send_within(Report::Ike { from, data: ike.to_vec() }, MAX_QUEUED_IKE) {
+                        Ok(()) => {}
+                        Err(NotSent::Full) => stats::inc(&self.stats.ike_queue_full),
+                        Err(NotSent::Gone) => stats::inc(&self.stats.ike_rx_unhandled),
                     }
                 }
                 _ => stats::inc(&self.stats.ike_rx_unhandled),
