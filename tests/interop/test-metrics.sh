@@ -3,11 +3,17 @@
 # strongSwan) serves /metrics on loopback inside its namespace; promtool
 # checks the exposition; a Prometheus server started here scrapes it every
 # second, and PromQL answers for the established CHILD SAs and the ESP
-# packets sent equal what the admin socket reports. The probes answer.
+# packets sent equal what the admin socket reports. The probes answer,
+# also while a trapped IKE guest waits out its replacement's back-off.
 source "$(dirname "$0")/lib.sh"
-[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 200 bash "$0" "$@"
 
 M=127.0.0.1:9469 P=127.0.0.1:9090
+one_of_each() { # DIR
+    wasmsec_ctl "$1" status | python3 -c 'import json,sys
+s=json.load(sys.stdin)
+sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 else 1)'
+}
 get() { nsx wsi-gwb python3 "$ROOT/tests/interop/http-get.py" "$@"; }
 # promql QUERY: the one value of an instant query (Prometheus's HTTP API).
 promql() {
@@ -23,7 +29,8 @@ A=$STATE/A B=$STATE/B
 mkdir -p "$A" "$B"
 sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
-WASMSEC_CONTROL_EXTRA="metrics = \"$M\"" \
+WASMSEC_CONTROL_EXTRA="metrics = \"$M\"
+fault_injection = true" \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
 check "/readyz answers 200 once the daemon runs" [ "$(get "http://$M/readyz" --status)" = 200 ]
@@ -73,6 +80,36 @@ check "PromQL's packets sent by connection s2s ($got_sa_out) = its CHILD SA's ($
 check "the handshake is counted as started and succeeded, for connection s2s" \
     [ "$(promql 'wasmsec_ike_handshakes_succeeded_total{job="wasmsec",connection="s2s"}')" = 1 -a \
       "$(promql 'wasmsec_ike_handshakes_started_total{job="wasmsec",connection="s2s"}')" = 1 ]
+# Traps in quick succession: the IKE guest's replacement backs off (at
+# once, then 50, 100, ... 1,600 and 3,200 ms). Through the wait the IKE
+# thread must still answer the probes: a liveness probe that timed out
+# would get the pod restarted, and every tunnel with it.
+replaced() { grep -c 'IKE guest replaced; its IKE SAs carry on' "$B/wasmsec.log" || true; }
+for i in $(seq 7); do
+    check "fault $i injected into the IKE guest" wasmsec_ctl "$B" fault ike
+    for _ in $(seq 60); do [ "$(replaced)" -ge "$i" ] && break; sleep 0.1; done
+done
+# The 8th: the guest traps on the call after this answer, and its
+# replacement waits 3.2 s. Ask at once, without waiting for the log.
+check "fault 8 injected into the IKE guest" wasmsec_ctl "$B" fault ike
+t0=$(date +%s%N)
+health=$(get "http://$M/healthz" --status)
+took=$((($(date +%s%N) - t0) / 1000000))
+ready=$(get "http://$M/readyz" --status)
+get "http://$M/metrics" >"$B/metrics-replacing.txt"
+refused=$(wasmsec_ctl "$B" status 2>&1 || true)
+waiting=$(grep -o 'wait_ms=[0-9]*' "$B/wasmsec.log" | tail -1 | cut -d= -f2)
+check "the 8th trap in a row waits for its replacement (${waiting:-no} ms)" [ "${waiting:-0}" -ge 1600 ]
+check "/healthz answers 200 at once during the wait ($health in $took ms)" [ "$health" = 200 -a "$took" -lt 1000 ]
+check "/readyz answers 503 during the wait ($ready)" [ "$ready" = 503 ]
+check "/metrics shows the guest waiting for its replacement" \
+    grep -q '^wasmsec_ike_guest_replacing 1$' "$B/metrics-replacing.txt"
+check "the admin API says why it does not answer ($refused)" grep -q "replaced in" <<<"$refused"
+for _ in $(seq 50); do [ "$(get "http://$M/readyz" --status)" = 200 ] && break; sleep 0.2; done
+check "/readyz is 200 again after the replacement" [ "$(get "http://$M/readyz" --status)" = 200 ]
+check "8 replacements counted ($(stat "$B/stats.json" guest_restarts))" [ "$(stat "$B/stats.json" guest_restarts)" -eq 8 ]
+check "the IKE and CHILD SA carried on through them" one_of_each "$B"
+check "pings still pass the tunnel" ping_ok wsi-hosta $HOST_B 10
 # Datagrams the kernel drops at our sockets (a full receive buffer) are
 # counted too: with the daemon stopped, 30,000 datagrams of 1,200 bytes to
 # UDP 500 are more than its receive buffer holds.
@@ -90,7 +127,13 @@ done
 check "PromQL: datagrams dropped at the IKE socket while the daemon was stopped are counted ($drops)" \
     [ "${drops:-0}" -gt 1000 ] 2>/dev/null
 check "the daemon still answers /healthz after the flood" [ "$(get "http://$M/healthz" --status)" = 200 ]
+# Stopped while a trapped guest waits for its replacement (a 9th trap in
+# a row: 5 s): the replacement comes first, so the peer still gets its DELETE.
+for _ in $(seq 60); do wasmsec_ctl "$B" fault ike >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 60); do grep -q 'wait_ms=5000' "$B/wasmsec.log" && break; sleep 0.05; done
 kill -TERM "$(cat "$B/pid")"
 for _ in $(seq 50); do kill -0 "$(cat "$B/pid")" 2>/dev/null || break; sleep 0.1; done
+check "stopped during a replacement's wait, the DELETE still went out" \
+    grep -q "stopping: DELETE sent for every IKE SA ike_sas=1" "$B/wasmsec.log"
 check "/readyz is gone with the daemon" bash -c "! ip netns exec wsi-gwb python3 '$ROOT/tests/interop/http-get.py' 'http://$M/readyz' --status 2>/dev/null"
 finish

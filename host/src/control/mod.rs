@@ -10,6 +10,7 @@ pub mod domains;
 pub mod sockets;
 pub mod tenants;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
 use crate::datapath::guard::GuestGuard;
-use crate::ops::{IkeTotals, IkeView, Query};
+use crate::ops::{IkeTotals, IkeView, Query, Refusal};
 use crate::policy::{SaEvent, SaEventKind};
 use crate::stats::Stats;
 use crate::sys;
@@ -60,6 +61,17 @@ pub struct ControlPlane {
     pub sockets: IkeSockets,
     /// IKE datagrams from port 4500, acquires and expiries, from the data path.
     pub up: Receiver<Report>,
+    /// Reports taken from `up` and not handled yet. A trap while one is
+    /// handled leaves the rest for the replacement instead of losing them:
+    /// an SA's expiry is reported once.
+    pub reports: VecDeque<Report>,
+    /// When the replacement of a trapped IKE guest is due (the guard's
+    /// back-off after traps in quick succession). Until then no guest is
+    /// called, but the probes, metrics and admin API are answered.
+    pub replace_at: Option<Instant>,
+    /// The last view the metrics showed: shown again, marked, while the
+    /// guest waits for its replacement.
+    pub last_view: IkeView,
     /// Recent negotiation failures, for the admin API.
     pub failures: admin::Failures,
     /// Questions from the ops thread (metrics, probes, the admin API).
@@ -102,6 +114,12 @@ impl ControlPlane {
         let fds = [self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
         let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
+            if let Some(at) = self.replace_at {
+                if let Err(e) = self.await_replacement(at, &mut poll, start) {
+                    return self.fatal(e);
+                }
+                continue;
+            }
             let now = Self::now(start);
             let due = match self.ike.next_timeout() {
                 Ok(t) => t.into_iter().chain(self.children.next_deadline()).min(),
@@ -113,6 +131,8 @@ impl ControlPlane {
                 }
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
+            // Reports a trap left behind: look, but do not wait.
+            let wait = if self.reports.is_empty() { wait } else { 0 };
             crate::logwriter::write_held();
             let ready = poll.wait(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
@@ -133,6 +153,13 @@ impl ControlPlane {
     /// to its peer (RFC 7296 section 1.4.1), so the peer removes its SAs
     /// now instead of sending into the void until its DPD notices.
     fn shutdown(&mut self, now: u64) {
+        // Stopped while a trapped guest waited for its replacement: the
+        // replacement now, so the DELETEs still go out.
+        if self.replace_at.take().is_some()
+            && let Err(e) = self.replace(now)
+        {
+            return warn!(error = %e, "stopping: the IKE guest could not be replaced; no DELETE sent");
+        }
         let names: Vec<String> = self.live_connections().iter().map(|c| c.name.clone()).collect();
         let mut deleted = 0;
         for name in &names {
@@ -162,15 +189,55 @@ impl ControlPlane {
         }
     }
 
-    /// The IKE guest trapped: a new instance, the same connections, the
-    /// IKE SAs from their last checkpoints. Replacements in quick
-    /// succession back off (the guard of the data path's guests).
+    /// The IKE guest trapped: it is replaced, at once or, after traps in
+    /// quick succession, when the guard's back-off ends (`replace_at`).
     fn recover(&mut self, trap: anyhow::Error, now: u64) -> anyhow::Result<()> {
         crate::stats::inc(&self.stats.guest_restarts);
         self.totals.guest_replaced();
         let wait = self.guard.replacement_wait(Instant::now());
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
-        std::thread::sleep(wait);
+        if wait.is_zero() {
+            return self.replace(now);
+        }
+        self.replace_at = Some(Instant::now() + wait);
+        Ok(())
+    }
+
+    /// Wait for a replacement due at `at` without sleeping through it:
+    /// the probes must still be answered (a liveness probe that times out
+    /// restarts the pod, and with it every tunnel), and the admin API
+    /// hears why it must wait. Peers' datagrams wait in the socket
+    /// buffers and the data path's reports in their queue.
+    fn await_replacement(&mut self, at: Instant, poll: &mut sys::PollSet, start: Instant) -> anyhow::Result<()> {
+        let left = at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.replace_at = None;
+            return self.replace(Self::now(start));
+        }
+        crate::logwriter::write_held();
+        let wait = left.as_millis().min(200) as i32 + 1;
+        if poll.wait(&[self.queries.as_raw_fd()], wait).is_ok_and(|r| r.first() == Some(&true)) {
+            for q in self.queries.drain() {
+                match q {
+                    Query::Metrics(reply) => {
+                        let _ = reply.send(IkeView { ike_guest_replacing: true, ..self.last_view.clone() });
+                    }
+                    Query::Admin(_, reply) => {
+                        let why = format!(
+                            "the IKE guest trapped and is replaced in {} ms (a back-off after repeated traps): try again then",
+                            left.as_millis()
+                        );
+                        let _ = reply.send(Err(Refusal::new(503, why)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new IKE instance, the same connections, the IKE SAs from their
+    /// last checkpoints.
+    fn replace(&mut self, now: u64) -> anyhow::Result<()> {
         self.fresh_instance()?;
         let checkpoints = self.ike.store.data().checkpoints();
         match self.ike.restore(&checkpoints) {
@@ -229,18 +296,19 @@ impl ControlPlane {
             self.receive_500(now)?;
         }
         if ready.get(1) == Some(&true) {
-            let reports = self.up.drain();
-            for r in reports {
-                match r {
-                    Report::Ike { from, data } => {
-                        let local = self.sockets.nat_t_endpoint()?;
-                        let remote = endpoint(*from.ip(), from.port());
-                        self.ike.handle_datagram(now, &Datagram { local, remote, data })?;
-                    }
-                    Report::Acquire { dst } => self.acquire(now, dst)?,
-                    Report::Expired { spi, hard } => self.ike.child_expired(now, spi, hard)?,
-                    Report::NotInstalled { spi, error } => self.ike.child_failed(now, spi, &error)?,
+            self.reports.extend(self.up.drain());
+        }
+        // One at a time off the front: what a trap interrupts stays.
+        while let Some(r) = self.reports.pop_front() {
+            match r {
+                Report::Ike { from, data } => {
+                    let local = self.sockets.nat_t_endpoint()?;
+                    let remote = endpoint(*from.ip(), from.port());
+                    self.ike.handle_datagram(now, &Datagram { local, remote, data })?;
                 }
+                Report::Acquire { dst } => self.acquire(now, dst)?,
+                Report::Expired { spi, hard } => self.ike.child_expired(now, spi, hard)?,
+                Report::NotInstalled { spi, error } => self.ike.child_failed(now, spi, &error)?,
             }
         }
         if ready.get(2) == Some(&true) {
@@ -294,6 +362,7 @@ impl ControlPlane {
         let st = self.ike.store.data();
         (v.vault_secrets, v.guest_memory_peak) = (st.secrets() as u64, st.memory_peak() as u64);
         v.guest_instances = self.runtime.instances().map(|(e, n)| (e, n as u64)).to_vec();
+        self.last_view = v.clone();
         Ok(v)
     }
 

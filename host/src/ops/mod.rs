@@ -82,7 +82,12 @@ impl Ops {
             }
             // Alive: the IKE thread answers between its guest calls (a
             // stuck guest or loop fails this and the pod is restarted).
+            // A guest waiting for its replacement is alive: the wait ends
+            // by itself, and a restart would take every tunnel down.
             "/healthz" => match self.ike_view().await {
+                Ok(Some(v)) if v.ike_guest_replacing => {
+                    text(StatusCode::OK, "ok (the IKE guest trapped and waits for its replacement)\n".into())
+                }
                 Ok(_) => text(StatusCode::OK, "ok\n".into()),
                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
             },
@@ -93,6 +98,9 @@ impl Ops {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
             }
             "/readyz" => match self.ike_view().await {
+                Ok(Some(v)) if v.ike_guest_replacing => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the IKE guest waits for its replacement\n".into())
+                }
                 Ok(_) => text(StatusCode::OK, "ready\n".into()),
                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
             },

@@ -308,6 +308,8 @@ fn ike(s: &mut Scrape, v: &IkeView) {
         s.counter("wasmsec_policy_refused_total", help, &[t], *refused);
     }
     s.gauge("wasmsec_ike_vault_secrets", "Secrets the host holds for the IKE guest.", &[], v.vault_secrets);
+    let help = "1 while a trapped IKE guest waits for its replacement (a back-off after repeated traps; the IKE series show the last values from before), else 0.";
+    s.gauge("wasmsec_ike_guest_replacing", help, &[], u64::from(v.ike_guest_replacing));
     let help = "Peak linear memory of a guest instance, bytes.";
     s.gauge("wasmsec_guest_memory_peak_bytes", help, &[("guest", "ike")], v.guest_memory_peak);
     let help = "Guest instances alive, each holding a memory slot, by engine (esp: every ESP guest, a tenant's only while it has SAs; policy: policy modules without a language runtime, including ones being checked).";
@@ -352,11 +354,13 @@ mod tests {
             tenants: [("gw".to_string(), "blue".to_string())].into(),
             guest_memory_peak: 65536,
             guest_instances: vec![("esp", 4), ("policy", 2)],
+            ike_guest_replacing: true,
         };
         let text = render(&stats, Some(&view));
         assert!(text.contains("wasmsec_drops_total{direction=\"in\",reason=\"replay\"} 1"), "{text}");
         assert!(text.contains("wasmsec_child_sas{connection=\"gw\",tenant=\"blue\"} 2"), "{text}");
         assert!(text.contains("wasmsec_guest_instances{engine=\"esp\"} 4"), "{text}");
+        assert!(text.contains("wasmsec_ike_guest_replacing 1"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"failed\",tenant=\"\"} 3"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"wrong_tenant\",tenant=\"\"} 6"), "{text}");
         assert!(text.contains("wasmsec_policy_decisions_total{outcome=\"accepted\",tenant=\"blue\"} 1"), "{text}");

@@ -89,6 +89,9 @@ pub struct IkeView {
     pub guest_memory_peak: u64,
     /// Guest instances alive, by engine (`Runtime::instances`).
     pub guest_instances: Vec<(&'static str, u64)>,
+    /// The IKE guest trapped and waits for its replacement (a back-off):
+    /// the rest of this view is the last one from before.
+    pub ike_guest_replacing: bool,
 }
 
 /// One set of the engine's counters over the daemon's life. A replaced
