@@ -151,7 +151,11 @@ impl<T> Sender<T> {
     /// receiver drains the channel, not the wake bytes.
     pub fn send(&self, m: T) -> bool {
         self.level.fetch_add(1, Ordering::AcqRel);
-        self.enqueue(m) && self.wake()
+        let sent = self.enqueue(m);
+        if sent {
+            self.wake();
+        }
+        sent
     }
 
     /// Send unless `max` messages already wait (of any kind): for what a
@@ -162,7 +166,11 @@ impl<T> Sender<T> {
         if room.is_err() {
             return Err(NotSent::Full);
         }
-        if self.enqueue(m) && self.wake() { Ok(()) } else { Err(NotSent::Gone) }
+        if !self.enqueue(m) {
+            return Err(NotSent::Gone);
+        }
+        self.wake();
+        Ok(())
     }
 
     /// Queue without waking the receiver; false if it is gone. It takes
@@ -190,11 +198,10 @@ impl<T> Sender<T> {
     /// message before the flag: a receiver that clears the flag after this
     /// sees the message in its drain; one that cleared it before gets a
     /// new wake byte.
-    fn wake(&self) -> bool {
+    fn wake(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) {
             let _ = self.wake.send(&[1]);
         }
-        true
     }
 }
 
