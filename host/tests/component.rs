@@ -214,6 +214,22 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
     assert!(v.iter().all(|v| matches!(v, EncapVerdict::Drop(_))), "garbage is not an inner IPv4 packet of LAN A");
 }
 
+/// The component keys its tables of peer-chosen values (outbound SAs by
+/// SPI, the destination index by selector prefix) with the host's
+/// randomness, drawn once as its engine is made: each instance its own.
+#[test]
+fn each_instance_keys_its_tables_with_the_hosts_randomness() {
+    let rt = runtime();
+    let (mut tx, mut rx, _ks) = pair(&rt, EspAlgorithm::Aes128Gcm16, false);
+    load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
+    tx.encap(tx.store.data().count).unwrap();
+    load(&mut tx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
+    tx.encap(tx.store.data().count).unwrap();
+    load(&mut rx, &[icmp(64, [10, 0, 0, 1], [10, 0, 1, 1])]);
+    rx.decap(rx.store.data().count).unwrap();
+    assert_eq!((tx.store.data().random_drawn, rx.store.data().random_drawn), (16, 16));
+}
+
 #[test]
 fn a_guest_cannot_use_a_key_it_was_not_granted() {
     let rt = runtime();

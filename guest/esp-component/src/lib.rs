@@ -27,7 +27,19 @@ use wasmsec::crypto::packets::{self, Batch};
 use wasmsec::crypto::types::CryptoError as WitCryptoError;
 
 thread_local! {
-    static ENGINE: RefCell<esp::Engine> = RefCell::new(esp::Engine::new());
+    static ENGINE: RefCell<esp::Engine> = RefCell::new(new_engine());
+}
+
+/// The engine, made after the tables keyed by what a peer chooses (the
+/// outbound SAs by the SPI the peer picked, the destination index by the
+/// prefixes of the selectors it proposed) are keyed with the host's
+/// randomness: this target gives std's own hash maps none
+/// (`wasmsec_wire::peer_keys`).
+fn new_engine() -> esp::Engine {
+    let r = wasmsec::crypto::random::fill(16);
+    let word = |i: usize| r.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    wasmsec_wire::peer_keys::set_seed(word(0), word(8));
+    esp::Engine::new()
 }
 
 struct Component;

@@ -5,6 +5,7 @@ use wasmsec_wire::SaLimits;
 use wasmsec_wire::esp::{self, Trailer};
 use wasmsec_wire::ip::Selectors;
 use wasmsec_wire::own_keys::OwnKeys;
+use wasmsec_wire::peer_keys::PeerKeys;
 
 use crate::batch::{CryptoError, Heads, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
 use crate::replay::{ReplayError, ReplayWindow};
@@ -333,8 +334,9 @@ pub struct Engine {
     outbound: Vec<Option<Box<Outbound>>>,
     /// Free slots of `outbound`.
     free: Vec<usize>,
-    /// Each outbound SA's slot, by SPI.
-    out_slot: HashMap<u32, usize>,
+    /// Each outbound SA's slot, by SPI. The peer chose these SPIs, so the
+    /// table is keyed with the component's seed (`peer_keys`).
+    out_slot: HashMap<u32, usize, PeerKeys>,
     /// Outbound slots by the prefixes of their remote selectors.
     by_destination: DestinationIndex,
     /// Installs so far (each outbound SA's `installed`).

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use wasmsec_wire::ip::Address;
+use wasmsec_wire::peer_keys::PeerKeys;
 
 use crate::selector::TrafficSelector;
 
@@ -75,8 +76,10 @@ impl Bucket {
 /// SA slots by the prefixes of their remote selectors.
 #[derive(Default)]
 pub struct DestinationIndex {
-    /// Per prefix: the slots of the SAs indexed there, oldest first.
-    buckets: HashMap<Prefix, Bucket>,
+    /// Per prefix: the slots of the SAs indexed there, oldest first. The
+    /// prefixes come from selectors peers proposed (narrowed by ours), so
+    /// the table is keyed with the component's seed (`peer_keys`).
+    buckets: HashMap<Prefix, Bucket, PeerKeys>,
     /// The prefix lengths in use, per family, each with its bucket count.
     lengths: Vec<(bool, u8, usize)>,
 }

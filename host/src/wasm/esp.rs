@@ -97,6 +97,9 @@ pub struct GuestState {
     /// Requests of the current call the host refused (wrong key use, bad
     /// index, a second seal or open of one packet): guest protocol errors.
     pub refusals: u64,
+    /// Random bytes handed to the guest (it keys its hash tables with
+    /// them, once per instance).
+    pub random_drawn: u64,
     /// Counts the instance among the live ones while the store lives
     /// (instances outside the memory slots, which count themselves).
     _live: Option<Live>,
@@ -298,6 +301,19 @@ impl Fault {
 }
 
 impl b::wasmsec::crypto::types::Host for GuestState {}
+
+/// Randomness, which the component uses only to key its hash tables of
+/// peer-chosen values (SPIs, selector prefixes) against flooding: at most
+/// 256 bytes a call, as the WIT says.
+impl b::wasmsec::crypto::random::Host for GuestState {
+    fn fill(&mut self, len: u32) -> Vec<u8> {
+        let mut b = vec![0u8; len.min(256) as usize];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .expect("OS random number generator failed");
+        self.random_drawn += b.len() as u64;
+        b
+    }
+}
 impl b::wasmsec::crypto::packets::Host for GuestState {}
 impl b::wasmsec::net::types::Host for GuestState {}
 
@@ -357,6 +373,7 @@ impl EspPre {
             count: 0,
             marks: Vec::new(),
             refusals: 0,
+            random_drawn: 0,
             _live: live.map(Live::new),
         };
         let mut store = sandbox::new_store(engine, state);
@@ -520,6 +537,7 @@ mod tests {
             count: 0,
             marks: Vec::new(),
             refusals: 0,
+            random_drawn: 0,
             _live: None,
         };
         st.lend(n);
