@@ -26,9 +26,11 @@ const HELD: usize = usize::MAX;
 const HELD_POLL_MS: i32 = 50;
 
 /// Reports (IKE datagrams from UDP 4500 among them) that may wait for
-/// the IKE thread before an IKE datagram is refused. Its rate is thousands of messages a second; 1,024 waiting is a fraction of a
-/// second of work, and at most ~10 MB. Beyond it they are dropped and
-/// counted, as the kernel drops what a full socket buffer cannot take.
+/// the IKE thread before an IKE datagram is refused. Its rate is
+/// thousands of messages a second; 1,024 waiting is a fraction of a
+/// second of work, and at most ~10 MB. Beyond it IKE datagrams are
+/// dropped and counted, as the kernel drops what a full socket buffer
+/// cannot take.
 pub const MAX_QUEUED_IKE: usize = 1024;
 
 impl Loop {
