@@ -38,9 +38,8 @@ thread_local! {
 /// SPI, rate limits by its address) are keyed with the host's randomness:
 /// this target gives std's own hash maps none (`wasmsec_wire::peer_keys`).
 fn new_engine() -> Engine {
-    let r = wasmsec::crypto::random::fill(16);
-    let word = |i: usize| r.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-    wasmsec_wire::peer_keys::set_seed(word(0), word(8));
+    let seed = wasmsec::crypto::random::fill(wasmsec_wire::peer_keys::SEED_BYTES);
+    wasmsec_wire::peer_keys::seed_from(&seed);
     Engine::new(Timing::default())
 }
 

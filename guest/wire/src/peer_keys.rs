@@ -24,6 +24,15 @@ pub fn set_seed(k0: u64, k1: u64) {
     SEED[1].store(k1, Ordering::Relaxed);
 }
 
+/// Random bytes a component asks its host for to seed its tables.
+pub const SEED_BYTES: u32 = 16;
+
+/// [`set_seed`] from [`SEED_BYTES`] random bytes (what is missing is 0).
+pub fn seed_from(random: &[u8]) {
+    let word = |i: usize| random.get(i..i + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+    set_seed(word(0), word(8));
+}
+
 /// The hasher of a `HashMap` whose keys a peer chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerKeys {
@@ -69,5 +78,10 @@ mod tests {
         m.extend((0..1000).map(|k| (k, k * 3)));
         assert!((0..1000).all(|k| m.get(&k) == Some(&(k * 3))));
         assert_eq!(m.get(&1000), None);
+        // A component's 16 random bytes, little-endian words.
+        let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        seed_from(&bytes);
+        let from_bytes = PeerKeys::default();
+        assert_eq!((from_bytes.k0, from_bytes.k1), (0x0807_0605_0403_0201, 0x100f_0e0d_0c0b_0a09));
     }
 }
