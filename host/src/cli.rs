@@ -21,7 +21,7 @@ fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
         Command::Terminate(n) => ("POST", "/v1/terminate", conn(n)),
         Command::Rekey(n) => ("POST", "/v1/rekey", conn(n)),
         Command::Reload => ("POST", "/v1/reload", Some(json!({}))),
-        Command::FaultIke => ("POST", "/v1/fault", Some(json!({ "guest": "ike" }))),
+        Command::FaultIke(calls) => ("POST", "/v1/fault", Some(json!({ "guest": "ike", "calls": calls }))),
     }
 }
 

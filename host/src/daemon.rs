@@ -265,6 +265,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         up: p.up,
         reports: Default::default(),
         replace_at: None,
+        replacements_failed: 0,
         last_view: Default::default(),
         failures: Default::default(),
         queries: p.queries,

@@ -220,8 +220,11 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
                 }
                 ["initiate", n] => Verb::Initiate(n.to_string()),
                 ["terminate", n] => Verb::Terminate(n.to_string()),
-                ["fault", "ike"] => Verb::FaultIke,
-                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike"),
+                ["fault", "ike"] => Verb::FaultIke(1),
+                ["fault", "ike", n] => {
+                    Verb::FaultIke(n.parse().map_err(|_| anyhow::anyhow!("fault ike CALLS: a number, not {n:?}"))?)
+                }
+                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike [CALLS]"),
             };
             verb(&daemon, v)
         }

@@ -56,6 +56,9 @@ check "GET on a POST endpoint: 405" [ "$(raw GET /v1/terminate '' "$(cat "$B/tok
 check "an unknown connection is refused" bash -c "! '$WASMSEC_BIN' terminate nosuch --socket '$B/ctl.sock' 2>'$B/unknown.out'"
 check "... with 404 naming the loaded ones" grep -q "404: no connection \"nosuch\" (loaded: s2s)" "$B/unknown.out"
 check "rekeying an unknown connection: 404" [ "$(raw POST /v1/rekey '{"connection":"nosuch"}' "$(cat "$B/token")")" = 404 ]
+check "a fault asking 17 traps (at most 16): 400" [ "$(raw POST /v1/fault '{"guest":"ike","calls":17}' "$(cat "$B/token")")" = 400 ]
+check "a fault asking 0 traps: 400" [ "$(raw POST /v1/fault '{"guest":"ike","calls":0}' "$(cat "$B/token")")" = 400 ]
+check "a fault without [control] fault_injection: 403" [ "$(raw POST /v1/fault '{"guest":"ike","calls":2}' "$(cat "$B/token")")" = 403 ]
 check "after the refusals the same CHILD SA is up ($(children))" [ "$(children)" = "$before" ]
 check "the tunnel still carries traffic" ping_ok wsi-hosta $HOST_B
 

@@ -5,7 +5,10 @@
 # no established SA is lost, the next CHILD and IKE SA rekeys with
 # strongSwan succeed, and at most 2 of 900 pings (20 pps) are lost. Once
 # with strongSwan rekeying (CHILD every 8 s, IKE every 20 s), once with
-# wasmsec rekeying on the same schedule.
+# wasmsec rekeying on the same schedule; there the first two replacements
+# trap as well (`fault ike 3`), and the third carries on. Then five traps
+# in a row: after three failed replacements the next starts without the
+# checkpoints, and the `start` connection is initiated again at once.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 300 bash "$0" "$@"
 
@@ -46,7 +49,9 @@ run_case() { # who rekeys: strongswan | wasmsec
     nsx wsi-hosta ping -n -i 0.05 -c $PINGS -W 1 $HOST_B >"$STATE/$who-ping.out" 2>&1 &
     local ping=$!
     sleep 5
-    check "$who rekeys: fault injected into the IKE guest" wasmsec_ctl "$B" fault ike
+    # wasmsec rekeying: the replacement's first two tries trap too.
+    local faults=1; [ "$who" = wasmsec ] && faults=3
+    check "$who rekeys: $faults fault(s) injected into the IKE guest" wasmsec_ctl "$B" fault ike $faults
     local i; for i in $(seq 50); do grep -q "IKE guest replaced" "$B/wasmsec.log" && break; sleep 0.1; done
     grep -E "IKE guest (trapped|replaced)" "$B/wasmsec.log" | sed 's/^/    /'
     check "$who rekeys: the guest trapped and was replaced with its IKE SA" \
@@ -62,11 +67,44 @@ run_case() { # who rekeys: strongswan | wasmsec
     check "$who rekeys: at most $MAX_LOSS pings lost ($lost)" [ "$lost" -le "$MAX_LOSS" ]
     check "$who rekeys: CHILD SAs rekeyed after the replacement ($child)" [ "$child" -ge 3 ]
     check "$who rekeys: the IKE SA rekeyed after the replacement ($ike)" [ "$ike" -ge 1 ]
-    check "$who rekeys: one guest replacement ($restarts)" [ "$restarts" -eq 1 ]
+    check "$who rekeys: $faults guest replacement(s) counted ($restarts)" [ "$restarts" -eq $faults ]
+    check "$who rekeys: $((faults - 1)) replacement(s) failed, were tried again, and the daemon ran on" \
+        [ "$(grep -c "the IKE guest's replacement failed: trying again" "$B/wasmsec.log" || true)" -eq $((faults - 1)) ]
     check "$who rekeys: nobody started over (no new IKE_SA_INIT)" \
         [ "$(sed -n '/IKE guest replaced/,$p' "$B/wasmsec.log" | grep -c 'IKE_SA_INIT' || true)" -eq 0 ]
     check "$who rekeys: wasmsec ends with one IKE SA and one CHILD SA" one_of_each "$B"
     check "$who rekeys: strongSwan ends with one IKE SA and one CHILD SA" [ "$(sswan_sas "$A")" = "1 1" ]
+    if [ "$who" = wasmsec ]; then start_over "$A" "$B"; fi
+}
+
+# Five traps in a row (wasmsec initiates, `start`): the replacement fails
+# three times from the checkpoints, the fourth goes without them and traps
+# as well, the fifth comes up without them and initiates again.
+start_over() { # A B
+    local A=$1 B=$2 ike_before restarts
+    ike_before=$(wasmsec_ctl "$B" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike_sas"][0]["spi"])')
+    check "start over: 5 faults injected into the IKE guest" wasmsec_ctl "$B" fault ike 5
+    for _ in $(seq 200); do grep -q "IKE guest replaced without its checkpoints" "$B/wasmsec.log" && break; sleep 0.1; done
+    check "start over: after 3 failed replacements the checkpoints are dropped" \
+        grep -q "replacements keep failing: the next starts without its checkpoints" "$B/wasmsec.log"
+    check "start over: the guest is replaced without them" grep -q "IKE guest replaced without its checkpoints" "$B/wasmsec.log"
+    restarts=$(stat "$B/stats.json" guest_restarts)
+    check "start over: 8 guest replacements counted in all ($restarts)" [ "$restarts" -eq 8 ]
+    local up=1
+    for _ in $(seq 100); do
+        wasmsec_ctl "$B" status | python3 -c 'import json,sys
+s=json.load(sys.stdin); sys.exit(0 if any(i["spi"] != sys.argv[1] for i in s["ike_sas"]) else 1)' "$ike_before" && { up=0; break; }
+        sleep 0.2
+    done
+    check "start over: the start connection is initiated again, a new IKE SA is up" [ "$up" -eq 0 ]
+    check "start over: the old SAs left the view: one IKE SA, one CHILD SA" one_of_each "$B"
+    check "start over: the old SAs were deleted from the data path" \
+        grep -q "none of its predecessor's SAs: they are deleted ike_sas=1 child_sas=1" "$B/wasmsec.log"
+    check "start over: pings pass the new tunnel" ping_ok wsi-hosta $HOST_B 10
+    for _ in $(seq 50); do [ "$(sswan_sas "$A")" = "1 1" ] && break; sleep 0.2; done
+    check "start over: strongSwan replaced the old IKE SA (INITIAL_CONTACT): one IKE SA, one CHILD SA" \
+        [ "$(sswan_sas "$A")" = "1 1" ]
+    check "start over: the daemon still runs" kill -0 "$(cat "$B/pid")"
 }
 
 run_case strongswan

@@ -83,11 +83,11 @@ impl ControlPlane {
                 }
             },
             Command::Reload => self.reload(now)?,
-            Command::FaultIke if self.fault_injection => {
-                self.ike.fault_next_call = true;
-                Ok(json!({ "fault": "the IKE guest traps on its next call" }))
+            Command::FaultIke(calls) if self.fault_injection => {
+                self.ike.faults_pending = calls;
+                Ok(json!({ "fault": format!("the IKE guest traps on its next {calls} call(s)") }))
             }
-            Command::FaultIke => Err(Refusal::new(403, "fault injection is off ([control] fault_injection)")),
+            Command::FaultIke(_) => Err(Refusal::new(403, "fault injection is off ([control] fault_injection)")),
         })
     }
 

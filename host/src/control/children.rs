@@ -92,6 +92,9 @@ pub struct ChildInfo {
     /// Traffic of the inbound and the outbound SA, counted by the data path.
     #[serde(skip)]
     pub traffic: SaPairTraffic,
+    /// The keystore handles of the inbound and the outbound key.
+    #[serde(skip)]
+    keys: (u64, u64),
 }
 
 impl ChildInfo {
@@ -289,6 +292,7 @@ impl Children {
                 peer: remote.to_string(),
                 encap: c.encap,
                 traffic,
+                keys: (c.inbound_key, c.outbound_key),
             },
         );
         true
@@ -339,6 +343,31 @@ impl Children {
                 *total += n;
             }
         }
+    }
+
+    /// The IKE guest started over without its checkpoints, so it knows
+    /// none of these SAs and no one would rekey or delete them: every
+    /// CHILD SA is deleted as the engine deletes one (its inbound half
+    /// accepts what the peer sends for `keep_inbound_ms` more), and the IKE
+    /// SAs leave the view. Returns the IKE SAs and the number of CHILD SAs.
+    pub fn forget_all(&mut self, now: u64, keep_inbound_ms: u32) -> (Vec<IkeInfo>, usize) {
+        let gone: Vec<ChildDeleted> = self
+            .list
+            .values()
+            .map(|c| ChildDeleted {
+                ike_spi: c.ike_spi,
+                inbound_spi: c.inbound_spi,
+                outbound_spi: c.outbound_spi,
+                inbound_key: c.keys.0,
+                outbound_key: c.keys.1,
+                keep_inbound_ms,
+            })
+            .collect();
+        let n = gone.len();
+        for d in gone {
+            self.delete(d, now);
+        }
+        (std::mem::take(&mut self.ike_sas).into_values().collect(), n)
     }
 
     /// The installed CHILD SAs, in installation order.

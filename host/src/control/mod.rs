@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
@@ -40,6 +40,15 @@ pub struct Trap {
 }
 
 /// The control thread's state: the IKE guest and what it drives.
+/// After this many replacements in a row failed, the next starts without
+/// the checkpoints: they come from the guest and may be what traps it.
+const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
+
+/// How long the inbound half of a CHILD SA forgotten by a replacement that
+/// started over still accepts ESP: the peer sends on it until the new
+/// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
+const FORGOTTEN_INBOUND_LINGER_MS: u32 = 10_000;
+
 pub struct ControlPlane {
     /// The IKE component instance.
     pub ike: IkeInstance,
@@ -69,6 +78,9 @@ pub struct ControlPlane {
     /// back-off after traps in quick succession). Until then no guest is
     /// called, but the probes, metrics and admin API are answered.
     pub replace_at: Option<Instant>,
+    /// Replacements in a row that failed (their new instance trapped or
+    /// could not be made); reset by one that succeeds.
+    pub replacements_failed: u32,
     /// The last view the metrics showed: shown again, marked, while the
     /// guest waits for its replacement.
     pub last_view: IkeView,
@@ -107,7 +119,11 @@ impl ControlPlane {
     pub fn run(mut self) {
         let start = Instant::now();
         if let Err(e) = self.start(Self::now(start)) {
-            return self.fatal(e);
+            // Before anything is up a stop is clean: the supervisor starts
+            // the daemon again, with the start connections initiated anew.
+            tracing::error!(error = %e, "the IKE guest trapped while starting the connections; stopping the daemon");
+            crate::logwriter::write_held();
+            return sys::request_stop();
         }
         // A round's log lines go out together, before the wait below.
         crate::logwriter::hold_lines();
@@ -115,18 +131,14 @@ impl ControlPlane {
         let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
             if let Some(at) = self.replace_at {
-                if let Err(e) = self.await_replacement(at, &mut poll, start) {
-                    return self.fatal(e);
-                }
+                self.await_replacement(at, &mut poll, start);
                 continue;
             }
             let now = Self::now(start);
             let due = match self.ike.next_timeout() {
                 Ok(t) => t.into_iter().chain(self.children.next_deadline()).min(),
                 Err(e) => {
-                    if let Err(e) = self.recover(e, now) {
-                        return self.fatal(e);
-                    }
+                    self.recover(e);
                     continue;
                 }
             };
@@ -139,9 +151,7 @@ impl ControlPlane {
             if let Err(e) = self.step(now, ready, due) {
                 // What the failed call was doing is lost; the peer
                 // retransmits, timers fire again.
-                if let Err(e) = self.recover(e, now) {
-                    return self.fatal(e);
-                }
+                self.recover(e);
             }
         }
         self.shutdown(Self::now(start));
@@ -189,18 +199,35 @@ impl ControlPlane {
         }
     }
 
-    /// The IKE guest trapped: it is replaced, at once or, after traps in
-    /// quick succession, when the guard's back-off ends (`replace_at`).
-    fn recover(&mut self, trap: anyhow::Error, now: u64) -> anyhow::Result<()> {
+    /// The IKE guest trapped: it is replaced when the guard's back-off
+    /// ends (`replace_at`: at once, unless traps came in quick succession).
+    fn recover(&mut self, trap: anyhow::Error) {
+        let wait = self.back_off();
+        warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
+    }
+
+    /// The replacement of a trapped guest failed (the new instance trapped
+    /// or could not be made): one more trap, tried again under the same
+    /// back-off. The daemon does not stop for it: the data path keeps its
+    /// SAs, and a guest's fault is not a reason to drop every tunnel.
+    fn replacement_failed(&mut self, e: anyhow::Error) {
+        self.replacements_failed += 1;
+        let wait = self.back_off();
+        warn!(
+            error = %e,
+            failed = self.replacements_failed,
+            wait_ms = wait.as_millis() as u64,
+            "the IKE guest's replacement failed: trying again"
+        );
+    }
+
+    /// Count a replacement and schedule it after the guard's back-off.
+    fn back_off(&mut self) -> Duration {
         crate::stats::inc(&self.stats.guest_restarts);
         self.totals.guest_replaced();
         let wait = self.guard.replacement_wait(Instant::now());
-        warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
-        if wait.is_zero() {
-            return self.replace(now);
-        }
         self.replace_at = Some(Instant::now() + wait);
-        Ok(())
+        wait
     }
 
     /// Wait for a replacement due at `at` without sleeping through it:
@@ -208,11 +235,15 @@ impl ControlPlane {
     /// restarts the pod, and with it every tunnel), and the admin API
     /// hears why it must wait. Peers' datagrams wait in the socket
     /// buffers and the data path's reports in their queue.
-    fn await_replacement(&mut self, at: Instant, poll: &mut sys::PollSet, start: Instant) -> anyhow::Result<()> {
+    fn await_replacement(&mut self, at: Instant, poll: &mut sys::PollSet, start: Instant) {
         let left = at.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.replace_at = None;
-            return self.replace(Self::now(start));
+            match self.replace(Self::now(start)) {
+                Ok(()) => self.replacements_failed = 0,
+                Err(e) => self.replacement_failed(e),
+            }
+            return;
         }
         crate::logwriter::write_held();
         let wait = left.as_millis().min(200) as i32 + 1;
@@ -232,19 +263,30 @@ impl ControlPlane {
                 }
             }
         }
-        Ok(())
     }
 
     /// A new IKE instance, the same connections, the IKE SAs from their
     /// last checkpoints.
     fn replace(&mut self, now: u64) -> anyhow::Result<()> {
+        // Checkpoints come from the guest: if replacements keep failing
+        // after restoring them, they may be what traps it.
+        let mut started_over = self.replacements_failed >= FAILED_REPLACEMENTS_BEFORE_FRESH_START;
+        if started_over && !self.ike.store.data().checkpoints().is_empty() {
+            warn!(
+                failed = self.replacements_failed,
+                "the IKE guest's replacements keep failing: the next starts without its checkpoints, the IKE SAs start over"
+            );
+            self.ike.store.data_mut().clear_checkpoints();
+        }
         self.fresh_instance()?;
         let checkpoints = self.ike.store.data().checkpoints();
         match self.ike.restore(&checkpoints) {
+            Ok(Ok(_)) if started_over => info!("IKE guest replaced without its checkpoints"),
             Ok(Ok(n)) => info!(ike_sas = n, "IKE guest replaced; its IKE SAs carry on"),
             Ok(Err(e)) => {
                 warn!(error = %e, "IKE guest replaced, but its checkpoints do not restore: the IKE SAs start over");
                 self.ike.store.data_mut().clear_checkpoints();
+                started_over = true;
             }
             // The checkpoints came from the guest: if they trap the new
             // instance, one more starts without them instead of the daemon
@@ -255,9 +297,30 @@ impl ControlPlane {
                 crate::stats::inc(&self.stats.guest_restarts);
                 self.totals.guest_replaced();
                 self.fresh_instance()?;
+                started_over = true;
             }
         }
+        if started_over {
+            self.forget_sas(now);
+            // Without their IKE SAs the `start` connections are down: up
+            // again now, not when a peer or traffic notices.
+            self.initiate_autostart(now)?;
+        }
         self.apply(now)
+    }
+
+    /// The replacement started over: the SAs of its predecessor go, as if
+    /// the engine had deleted them, so that the data path, the admin view
+    /// and the policy module's accounting agree with the new guest.
+    fn forget_sas(&mut self, now: u64) {
+        let (ike_sas, child_sas) = self.children.forget_all(now, FORGOTTEN_INBOUND_LINGER_MS);
+        for info in &ike_sas {
+            self.ike.store.data().policy.event(&policy_event(SaEventKind::Down, info));
+        }
+        warn!(
+            ike_sas = ike_sas.len(),
+            child_sas, "the new IKE guest has none of its predecessor's SAs: they are deleted"
+        );
     }
 
     /// A new IKE instance with the connections loaded so far.
@@ -283,10 +346,15 @@ impl ControlPlane {
 
     /// Initiate the `start` connections.
     fn start(&mut self, now: u64) -> anyhow::Result<()> {
+        self.initiate_autostart(now)?;
+        self.apply(now)
+    }
+
+    fn initiate_autostart(&mut self, now: u64) -> anyhow::Result<()> {
         for n in self.ike.autostart()? {
             self.initiate(now, &n)?;
         }
-        self.apply(now)
+        Ok(())
     }
 
     /// One round: what the sockets and the data path brought, the admin
@@ -380,12 +448,6 @@ impl ControlPlane {
             Err(e) => debug!(error = %e, "IKE port receive failed"),
         }
         Ok(())
-    }
-
-    fn fatal(&self, e: anyhow::Error) {
-        tracing::error!(error = %e, "the IKE guest trapped; stopping the daemon");
-        crate::logwriter::write_held();
-        sys::request_stop();
     }
 
     /// Initiate a connection; a refusal is logged, a trap is returned.

@@ -20,7 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::view::{Command, Query};
+use super::view::{Command, MAX_INJECTED_FAULTS, Query};
 use super::{Ops, text};
 
 /// Largest request body accepted.
@@ -102,7 +102,16 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
         "/v1/terminate" => Command::Terminate(field("connection")?),
         "/v1/rekey" => Command::Rekey(field("connection")?),
         _ => match field("guest")?.as_str() {
-            "ike" => Command::FaultIke,
+            "ike" => Command::FaultIke(match v.get("calls") {
+                None => 1,
+                Some(n) => match n.as_u64() {
+                    Some(n) if (1..=u64::from(MAX_INJECTED_FAULTS)).contains(&n) => n as u32,
+                    _ => {
+                        let why = format!("\"calls\" is the number of calls that trap, 1 to {MAX_INJECTED_FAULTS}");
+                        return Err(bad(StatusCode::BAD_REQUEST, why));
+                    }
+                },
+            }),
             other => return Err(bad(StatusCode::BAD_REQUEST, format!("no fault for guest {other:?} (only \"ike\")"))),
         },
     })

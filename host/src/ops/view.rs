@@ -37,9 +37,13 @@ pub enum Command {
     /// Re-read the config file's connections.
     Reload,
     /// Tests only (`[control] fault_injection`): the IKE guest traps on
-    /// its next call.
-    FaultIke,
+    /// this many of its next calls (1 to `MAX_INJECTED_FAULTS`); more
+    /// than one traps its replacement too.
+    FaultIke(u32),
 }
+
+/// The most traps one fault request may ask for.
+pub const MAX_INJECTED_FAULTS: u32 = 16;
 
 /// The IKE thread's answer: JSON, or a refusal with its HTTP status.
 pub type Answer = Result<serde_json::Value, Refusal>;

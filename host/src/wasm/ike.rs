@@ -335,6 +335,10 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     }
 }
 
+/// An IKE instance that could not be made: why, and the host state it
+/// was to hold, given back.
+pub type NotMade = Box<(anyhow::Error, IkeState)>;
+
 /// The compiled IKE component, linked and ready to instantiate.
 pub(crate) struct IkePre(b::IkeEnginePre<IkeState>);
 
@@ -344,10 +348,15 @@ impl IkePre {
         Ok(IkePre(b::IkeEnginePre::new(pre).context("IKE component does not export wasmsec:ike/engine")?))
     }
 
-    pub fn instantiate(&self, engine: &Engine, state: IkeState) -> Result<IkeInstance> {
+    /// A new instance holding `state`; on failure the state comes back,
+    /// so a failed replacement can be tried again with the same vault,
+    /// keys and checkpoints.
+    pub fn instantiate(&self, engine: &Engine, state: IkeState) -> Result<IkeInstance, NotMade> {
         let mut store = sandbox::new_store(engine, state);
-        let bindings = self.0.instantiate(&mut store).context("instantiating IKE component")?;
-        Ok(IkeInstance { store, bindings, fault_next_call: false })
+        match self.0.instantiate(&mut store) {
+            Ok(bindings) => Ok(IkeInstance { store, bindings, faults_pending: 0 }),
+            Err(e) => Err(Box::new((anyhow::Error::from(e).context("instantiating IKE component"), store.into_data()))),
+        }
     }
 }
 
@@ -356,9 +365,11 @@ impl IkePre {
 pub struct IkeInstance {
     pub store: Store<IkeState>,
     bindings: b::IkeEngine,
-    /// Fault injection for tests: the next call traps (its epoch deadline
-    /// is already past), a real trap that exercises the restart.
-    pub fault_next_call: bool,
+    /// Fault injection for tests: this many of the next calls trap (their
+    /// epoch deadline is already past), real traps that exercise the
+    /// replacement; what is left carries over to the replacement, so a
+    /// count above one traps the replacement too.
+    pub faults_pending: u32,
 }
 
 impl IkeInstance {
@@ -368,7 +379,12 @@ impl IkeInstance {
         &mut self,
         f: impl FnOnce(&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) -> wasmtime::Result<T>,
     ) -> Result<T> {
-        let deadline = if std::mem::take(&mut self.fault_next_call) { 0 } else { sandbox::CALL_DEADLINE_TICKS };
+        let deadline = if self.faults_pending > 0 {
+            self.faults_pending -= 1;
+            0
+        } else {
+            sandbox::CALL_DEADLINE_TICKS
+        };
         self.store.set_epoch_deadline(deadline);
         let (e, s) = (self.bindings.wasmsec_ike_engine(), &mut self.store);
         Ok(crate::telemetry::guest_call(crate::telemetry::Guest::Ike, || f(e, s))?)
@@ -376,12 +392,24 @@ impl IkeInstance {
 
     /// Replace a trapped instance by a new one with the same host state
     /// (vault, keystore, checkpoints); the caller adds the connections and
-    /// restores the checkpoints.
+    /// restores the checkpoints. If no new instance can be made, this one
+    /// keeps the state for the next try.
     pub fn replace(&mut self, rt: &super::Runtime) -> Result<()> {
         let placeholder = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
         let state = std::mem::replace(self.store.data_mut(), placeholder);
-        *self = rt.ike_instance_from(state)?;
-        Ok(())
+        match rt.ike_instance_from(state) {
+            Ok(new) => {
+                let faults_pending = self.faults_pending;
+                *self = new;
+                self.faults_pending = faults_pending;
+                Ok(())
+            }
+            Err(not_made) => {
+                let (e, state) = *not_made;
+                *self.store.data_mut() = state;
+                Err(e)
+            }
+        }
     }
 
     /// Take up the IKE SAs of the instance this one replaces.

@@ -203,14 +203,16 @@ impl Runtime {
         vault: wasmsec_crypto::Vault,
         esp_keys: Arc<crate::keys::Keystore>,
     ) -> Result<ike::IkeInstance> {
-        self.ike_instance_from(ike::IkeState::new(vault, esp_keys))
+        self.ike_instance_from(ike::IkeState::new(vault, esp_keys)).map_err(|not_made| not_made.0)
     }
 
     /// An IKE instance with this host state (a replacement keeps its
-    /// predecessor's).
-    pub fn ike_instance_from(&self, state: ike::IkeState) -> Result<ike::IkeInstance> {
-        let pre = self.ike.as_ref().ok_or_else(|| anyhow::anyhow!("the IKE component is not loaded"))?;
-        pre.instantiate(&self.guarded, state)
+    /// predecessor's); on failure the state comes back.
+    pub fn ike_instance_from(&self, state: ike::IkeState) -> Result<ike::IkeInstance, ike::NotMade> {
+        match &self.ike {
+            Some(pre) => pre.instantiate(&self.guarded, state),
+            None => Err(Box::new((anyhow::anyhow!("the IKE component is not loaded"), state))),
+        }
     }
 
     /// Compile another ESP component (for both memories), for the tunnels
