@@ -517,6 +517,17 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
             None
         }
     };
+    let link = match (&raw, cfg.network.raw_esp_send) {
+        (Some(_), crate::config::RawEspSend::Link) => Some(
+            crate::datapath::link_send::LinkEsp::open(cfg.network.listen)
+                .context("cannot open a packet socket for raw ESP ([network] raw_esp_send = \"link\")")?,
+        ),
+        (None, crate::config::RawEspSend::Link) => {
+            warn!("[network] raw_esp_send = \"link\" has no effect: there is no raw ESP socket");
+            None
+        }
+        _ => None,
+    };
     // Manual tunnels' traffic, counted by SPI like a CHILD SA's and shown
     // by tunnel name.
     let mut stats = Stats::default();
@@ -541,7 +552,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let stats = Arc::new(stats);
     info!(
         tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
-        raw_esp = raw.is_some(), batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
+        raw_esp = raw.is_some(), raw_esp_send = ?cfg.network.raw_esp_send, batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
         "wasmsec data plane up"
     );
 
@@ -575,6 +586,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         tuns: tuns.iter().map(|t| t.try_clone().map(Some)).collect::<std::io::Result<_>>()?,
         udp: udp.try_clone()?,
         raw: raw.as_ref().map(RawEsp::try_clone).transpose()?,
+        link,
         peers: Peers::new(manual.peers.clone()),
         stats: stats.clone(),
         batch: cfg.runtime.batch,
@@ -599,6 +611,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         tuns: tuns.into_iter().map(Some).collect(),
         udp,
         raw,
+        link: None,
         peers: Peers::new(manual.peers),
         stats: stats.clone(),
         batch: cfg.runtime.batch,

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod keylog;
 pub mod keys;
 pub mod logwriter;
+pub mod nexthop;
 pub mod offload;
 pub mod ops;
 pub mod packet;

@@ -28,6 +28,11 @@ pub struct Stats {
     pub tun_rx_malformed: AtomicU64,
     /// ESP packets sent, in UDP or raw.
     pub esp_tx_packets: AtomicU64,
+    /// Raw ESP datagrams sent through the packet socket (`[network]
+    /// raw_esp_send = "link"`), and those that went through the IP socket
+    /// instead (no usable next hop, a neighbour check, refused).
+    pub esp_tx_link: AtomicU64,
+    pub esp_tx_link_fallback: AtomicU64,
     /// Bytes of those ESP packets, without the UDP and IP headers.
     pub esp_tx_bytes: AtomicU64,
     /// ESP packets received (before checks).
@@ -179,6 +184,8 @@ impl Stats {
             "tun_tx_joined": g(&self.tun_tx_joined),
             "tun_rx_malformed": g(&self.tun_rx_malformed),
             "esp_tx_packets": g(&self.esp_tx_packets),
+            "esp_tx_link": g(&self.esp_tx_link),
+            "esp_tx_link_fallback": g(&self.esp_tx_link_fallback),
             "esp_tx_bytes": g(&self.esp_tx_bytes),
             "esp_rx_packets": g(&self.esp_rx_packets),
             "esp_rx_bytes": g(&self.esp_rx_bytes),

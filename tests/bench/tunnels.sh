@@ -10,6 +10,8 @@
 #
 #   wasmsec-udp    wasmsec <-> wasmsec, IKEv2, AES-256-GCM, ESP in UDP 4500
 #   wasmsec-raw    the same with raw ESP (IP protocol 50)
+#   wasmsec-link   raw ESP sent through a packet socket ([network]
+#                  raw_esp_send = "link": around the IP layer's output path)
 #   libipsec       strongSwan charon + kernel-libipsec <-> the same, AES-256-GCM
 #                  (libipsec always encapsulates ESP in UDP)
 #   boringtun      boringtun-cli <-> boringtun-cli (WireGuard), configured with wg(8)
@@ -144,6 +146,7 @@ bring_up() { # TUNNEL
     case $1 in
         wasmsec-udp) up_wasmsec true ;;
         wasmsec-raw) up_wasmsec false ;;
+        wasmsec-link) WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' up_wasmsec false ;;
         libipsec) up_libipsec ;;
         boringtun | wireguard-go) up_wireguard "$1" ;;
     esac

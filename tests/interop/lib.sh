@@ -188,6 +188,7 @@ wasmsec_start() {
     W_SOURCE=$gw W_LISTEN=$laddr W_SOCKET=$d/ctl.sock W_DIR=$d W_LOCAL=$laddr W_REMOTE=$raddr \
         W_LID=$lid W_RID=$rid W_IKE=$ike W_ESP=$esp W_LTS="[\"$lts\"]" W_RTS="[\"$rts\"]" W_START=$start \
         W_CONTROL_EXTRA=${WASMSEC_CONTROL_EXTRA:-} W_CONN_EXTRA=${WASMSEC_CONN_EXTRA:-} \
+        W_NETWORK_EXTRA=${WASMSEC_NETWORK_EXTRA:-} \
         W_CHILD_EXTRA=${WASMSEC_CHILD_EXTRA:-} W_IKE_EXTRA=${WASMSEC_IKE_EXTRA:-} wasmsec_conf "$d/wasmsec.toml"
     ip netns exec "$ns" "$WASMSEC_BIN" run --config "$d/wasmsec.toml" --stats-file "$d/stats.json" >"$d/wasmsec.log" 2>&1 </dev/null &
     PIDS+=($!)

@@ -5,7 +5,7 @@
 #   W_NAME        connection and child name  W_START    start_action (none)
 #   W_LOCAL, W_REMOTE  addresses             W_LID, W_RID  identities
 #   W_IKE, W_ESP  proposals                  W_LTS, W_RTS  TOML lists of subnets
-# and optional extra lines: W_TUNNEL_EXTRA, W_CONTROL_EXTRA, W_IKE_EXTRA,
+# and optional extra lines: W_TUNNEL_EXTRA, W_NETWORK_EXTRA, W_CONTROL_EXTRA, W_IKE_EXTRA,
 # W_CONN_EXTRA, W_CHILD_EXTRA; W_NO_KEYLOG=1 leaves the IKE key log out
 # (the tests decrypt captures with it; benchmarks do without). The PSK is read from "psk" beside FILE.
 # More connections: append `wasmsec_connection ...` (below) to FILE.
@@ -18,6 +18,7 @@ ${W_TUNNEL_EXTRA:-}
 
 [network]
 listen = "${W_LISTEN:?}"
+${W_NETWORK_EXTRA:-}
 
 [control]
 socket = "${W_SOCKET:?}"

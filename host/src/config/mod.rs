@@ -34,7 +34,7 @@ use toml::Spanned;
 
 pub use sections::{
     Child, Connection, Control, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike, Manual,
-    Network, Policy, Runtime, StartAction, Tunnel,
+    Network, Policy, RawEspSend, Runtime, StartAction, Tunnel,
 };
 pub use tenant::Tenant;
 pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};

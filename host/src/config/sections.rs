@@ -299,6 +299,24 @@ pub struct Network {
     /// datagrams go one by one (logged).
     #[serde(default = "default_true")]
     pub udp_offload: bool,
+    /// How raw ESP leaves: through an IP socket (`ip`), or through a
+    /// packet socket to the next hop the kernel's route and neighbour
+    /// tables name (`link`), around the IP layer's per-datagram work and
+    /// its output hooks.
+    #[serde(default)]
+    pub raw_esp_send: RawEspSend,
+}
+
+/// `[network] raw_esp_send`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEspSend {
+    /// A raw IP socket: routed, fragmented and filtered by the IP layer.
+    #[default]
+    Ip,
+    /// A packet socket (`datapath/link_send.rs`); what it cannot send goes
+    /// through the IP socket.
+    Link,
 }
 
 impl Default for Network {
@@ -309,6 +327,7 @@ impl Default for Network {
             ike_port: default_ike_port(),
             raw_esp: false,
             udp_offload: true,
+            raw_esp_send: RawEspSend::Ip,
         }
     }
 }

@@ -20,6 +20,7 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
         tuns: Vec::new(),
         udp: UdpSocket::bind("127.0.0.1:0").expect("loopback socket"),
         raw: None,
+        link: None,
         peers: Peers::new(Vec::new()),
         stats: Arc::new(Stats::default()),
         batch: 64,

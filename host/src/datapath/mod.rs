@@ -20,6 +20,7 @@ pub mod hold;
 pub mod inbound;
 #[cfg(test)]
 mod install_tests;
+pub mod link_send;
 pub mod outbound;
 pub mod peers;
 pub mod tso;
@@ -138,6 +139,9 @@ pub struct Loop {
     pub udp: UdpSocket,
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
     pub raw: Option<RawEsp>,
+    /// Outbound thread, `raw_esp_send = "link"`: raw ESP through a packet
+    /// socket, the IP socket above for what it cannot send.
+    pub link: Option<link_send::LinkEsp>,
     /// Where each peer index the guests name sends to.
     pub peers: Peers,
     /// Counters.

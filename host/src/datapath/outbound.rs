@@ -119,7 +119,7 @@ impl Loop {
         self.gso.flush(&out);
         if let (Some(raw), false) = (&self.raw, self.raw_out.is_empty()) {
             let gathered = &self.raw_out;
-            raw.send_many(gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)), |i, r| {
+            let sent = |i: usize, r: std::io::Result<()>| {
                 let (k, _, spi) = gathered[i];
                 match r {
                     Ok(()) => gso::sent(&out, spi, st.batch[k].len()),
@@ -128,7 +128,17 @@ impl Loop {
                         stats::inc(&self.stats.tx_errors);
                     }
                 }
-            });
+            };
+            match &mut self.link {
+                Some(link) => {
+                    let msgs: Vec<(&[u8], std::net::Ipv4Addr)> =
+                        gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)).collect();
+                    let n = link.send_many(&msgs, raw, sent);
+                    stats::add(&self.stats.esp_tx_link, n.link);
+                    stats::add(&self.stats.esp_tx_link_fallback, n.ip);
+                }
+                None => raw.send_many(gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)), sent),
+            }
         }
         self.raw_out.clear();
         self.protocol_errors(g, Direction::Outbound, lies);

@@ -1,5 +1,5 @@
-//! The few system calls std does not wrap: TUN devices, raw ESP sockets and
-//! poll(2). All `unsafe` in the host lives here, each block small and
+//! The few system calls std does not wrap: TUN devices, raw ESP sockets,
+//! packet and rtnetlink sockets (`packet`) and poll(2). All `unsafe` in the host lives here, each block small and
 //! commented.
 #![allow(unsafe_code)]
 
@@ -9,6 +9,9 @@ use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+mod packet;
+pub use packet::{LinkDatagram, Netlink, PacketSocket};
 
 /// A TUN device (layer 3, no packet-information header), with a
 /// `virtio_net_hdr` in front of every packet when the kernel granted

@@ -1,0 +1,190 @@
+//! Raw ESP sent through a packet socket (`[network] raw_esp_send =
+//! "link"`): each datagram gets its IPv4 header from us and leaves by the
+//! interface and to the neighbour the kernel's tables name, without the IP
+//! layer's per-datagram work (route lookup, `ip_append_data`'s copy with
+//! checksum, the output hooks). On this machine kind that work was most of
+//! the sending thread (README, "What limits raw ESP").
+//!
+//! The price, documented with the option: nftables rules in the `ip` and
+//! `inet` families' output and postrouting hooks do not see these
+//! datagrams (the `netdev` egress hook does), and the next hop is taken
+//! from the tables, asked again every second. Whatever cannot go that way
+//! goes through the IP socket as before, in order with the rest: a peer
+//! without a usable next hop (no route out of an Ethernet interface, no
+//! neighbour entry yet: the IP layer then resolves it), one datagram per
+//! second to a peer whose neighbour entry is unconfirmed (so that the
+//! kernel checks it again), and a datagram the packet socket refuses (one
+//! larger than the interface's MTU, which the IP layer fragments or
+//! refuses as before).
+use std::collections::HashMap;
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+use wasmsec_wire::ipv4;
+
+use crate::nexthop::{NextHop, Resolver};
+use crate::sys::{LinkDatagram, PacketSocket, RAW_BATCH, RawEsp};
+
+/// How long a peer's next hop is used before it is asked again.
+const REFRESH: Duration = Duration::from_secs(1);
+/// Next hops asked at most per batch: each is two netlink round trips on
+/// the sending thread, and thousands of peers must not stall it.
+const RESOLVES_PER_BATCH: usize = 8;
+/// IPv4 header: no options.
+const IP_HEADER: usize = 20;
+/// IP protocol 50.
+const ESP: u8 = 50;
+
+/// What the last look-up found for a peer.
+struct Hop {
+    next: Option<NextHop>,
+    until: Instant,
+    /// An unconfirmed neighbour: the next datagram goes through the IP layer.
+    probe: bool,
+}
+
+/// Where a batch's raw ESP went (for the counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSent {
+    /// Datagrams sent through the packet socket.
+    pub link: u64,
+    /// Datagrams sent through the IP socket instead.
+    pub ip: u64,
+}
+
+pub struct LinkEsp {
+    sock: PacketSocket,
+    resolver: Resolver,
+    hops: HashMap<Ipv4Addr, Hop>,
+    /// The IPv4 source: the address the daemon listens on, or (unspecified)
+    /// the route's preferred source.
+    bind: Ipv4Addr,
+    /// Datagrams gathered for the packet socket: index into the batch's
+    /// messages and next hop.
+    run: Vec<(usize, NextHop)>,
+}
+
+impl LinkEsp {
+    pub fn open(bind: Ipv4Addr) -> io::Result<LinkEsp> {
+        Ok(LinkEsp {
+            sock: PacketSocket::open()?,
+            resolver: Resolver::open()?,
+            hops: HashMap::new(),
+            bind,
+            run: Vec::with_capacity(RAW_BATCH),
+        })
+    }
+
+    /// Send `msgs` (ESP datagrams and their peers) in order: those with a
+    /// usable next hop through the packet socket, the rest through `ip`.
+    /// `sent(i, result)` hears what became of the `i`th.
+    pub fn send_many(
+        &mut self,
+        msgs: &[(&[u8], Ipv4Addr)],
+        ip: &RawEsp,
+        mut sent: impl FnMut(usize, io::Result<()>),
+    ) -> LinkSent {
+        let now = Instant::now();
+        let mut resolves = 0;
+        let mut counts = LinkSent::default();
+        for (i, &(data, to)) in msgs.iter().enumerate() {
+            match self.hop(to, now, &mut resolves) {
+                Some(next) if data.len() + IP_HEADER <= usize::from(u16::MAX) => {
+                    self.run.push((i, next));
+                    if self.run.len() == RAW_BATCH {
+                        self.flush(msgs, ip, &mut sent, &mut counts);
+                    }
+                }
+                _ => {
+                    // Through the IP layer; what was gathered before it
+                    // goes first, so a peer's datagrams keep their order.
+                    self.flush(msgs, ip, &mut sent, &mut counts);
+                    counts.ip += 1;
+                    sent(i, ip.send_to(data, to).map(drop));
+                }
+            }
+        }
+        self.flush(msgs, ip, &mut sent, &mut counts);
+        counts
+    }
+
+    /// The next hop for a datagram to `to` now, or `None` to send it
+    /// through the IP layer.
+    fn hop(&mut self, to: Ipv4Addr, now: Instant, resolves: &mut usize) -> Option<NextHop> {
+        let fresh = self.hops.get(&to).is_some_and(|h| h.until > now);
+        if !fresh {
+            if *resolves >= RESOLVES_PER_BATCH {
+                return None;
+            }
+            *resolves += 1;
+            let next = self.resolver.resolve(to).unwrap_or_else(|e| {
+                debug!(peer = %to, error = %e, "next hop look-up failed");
+                None
+            });
+            let probe = next.is_some_and(|n| n.unconfirmed);
+            self.hops.insert(to, Hop { next, until: now + REFRESH, probe });
+        }
+        let h = self.hops.get_mut(&to)?;
+        if std::mem::take(&mut h.probe) {
+            return None;
+        }
+        h.next
+    }
+
+    /// Send the gathered run with the packet socket; a datagram it refuses
+    /// goes through the IP socket at once, before those after it.
+    fn flush(
+        &mut self,
+        msgs: &[(&[u8], Ipv4Addr)],
+        ip: &RawEsp,
+        sent: &mut impl FnMut(usize, io::Result<()>),
+        counts: &mut LinkSent,
+    ) {
+        if self.run.is_empty() {
+            return;
+        }
+        let LinkEsp { sock, hops, bind, run, .. } = self;
+        let mut heads = [[0u8; IP_HEADER]; RAW_BATCH];
+        for (head, &(i, next)) in heads.iter_mut().zip(run.iter()) {
+            let (data, to) = msgs[i];
+            let src = if bind.is_unspecified() { next.src.unwrap_or(*bind) } else { *bind };
+            // As the IP layer writes it for a raw socket with path MTU
+            // discovery: DF set, so the identification means nothing
+            // (RFC 6864 section 4) and stays zero. The length was checked.
+            let repr = ipv4::Repr {
+                src_addr: src.octets(),
+                dst_addr: to.octets(),
+                protocol: ESP,
+                payload_len: data.len(),
+                ttl: 64,
+            };
+            let _ = repr.emit(head);
+        }
+        let dgrams = heads.iter().zip(run.iter()).map(|(head, &(i, next))| LinkDatagram {
+            head,
+            data: msgs[i].0,
+            ifindex: next.ifindex,
+            mac: next.mac,
+        });
+        sock.send_many(dgrams, |j, r| {
+            let i = run[j].0;
+            match r {
+                Ok(()) => {
+                    counts.link += 1;
+                    sent(i, Ok(()));
+                }
+                Err(e) => {
+                    let (data, to) = msgs[i];
+                    debug!(peer = %to, error = %e, "the packet socket refused an ESP datagram: through the IP layer");
+                    // Ask again next time: the route or neighbour may have moved.
+                    hops.remove(&to);
+                    counts.ip += 1;
+                    sent(i, ip.send_to(data, to).map(drop));
+                }
+            }
+        });
+        run.clear();
+    }
+}

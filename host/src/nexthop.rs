@@ -1,0 +1,239 @@
+//! A peer's next hop as the kernel would pick it: the route (RTM_GETROUTE)
+//! and the neighbour entry of its gateway or of the peer itself
+//! (RTM_GETNEIGH), asked over rtnetlink. This is what a packet socket
+//! needs to send raw ESP around the IP layer (`[network] raw_esp_send =
+//! "link"`, `datapath/link_send.rs`): the interface, the next hop's
+//! link-layer address, and the source address the kernel would use.
+use std::io;
+use std::net::Ipv4Addr;
+
+use crate::sys::Netlink;
+
+/// Where a datagram to a peer leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    /// The outgoing interface.
+    pub ifindex: i32,
+    /// The next hop's Ethernet address.
+    pub mac: [u8; 6],
+    /// The source address the route names (its preferred source).
+    pub src: Option<Ipv4Addr>,
+    /// The neighbour entry is not confirmed (STALE, DELAY, PROBE): the IP
+    /// layer should see a datagram now and then, so that it checks again.
+    pub unconfirmed: bool,
+}
+
+// rtnetlink constants (linux/rtnetlink.h, linux/neighbour.h).
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PREFSRC: u16 = 7;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+const RTN_UNICAST: u8 = 1;
+const NUD_REACHABLE: u16 = 0x02;
+const NUD_STALE: u16 = 0x04;
+const NUD_DELAY: u16 = 0x08;
+const NUD_PROBE: u16 = 0x10;
+const NUD_PERMANENT: u16 = 0x80;
+/// nlmsghdr, and rtmsg / ndmsg after it (both 12 bytes).
+const NLMSG_HDR: usize = 16;
+const FAMILY_HDR: usize = 12;
+
+/// An rtnetlink socket for one question at a time.
+pub struct Resolver {
+    sock: Netlink,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Resolver {
+    pub fn open() -> io::Result<Resolver> {
+        Ok(Resolver { sock: Netlink::open()?, seq: 0, buf: vec![0; 8192] })
+    }
+
+    /// The next hop to `dst`, or `None` when the kernel would not send it
+    /// out of an Ethernet interface to a known neighbour (no route, a
+    /// local or unreachable route, no or an unresolved neighbour entry).
+    pub fn resolve(&mut self, dst: Ipv4Addr) -> io::Result<Option<NextHop>> {
+        let Some(route) = self.route(dst)? else { return Ok(None) };
+        let hop = route.gateway.unwrap_or(dst);
+        let Some((state, mac)) = self.neighbour(route.oif, hop)? else { return Ok(None) };
+        let confirmed = state & (NUD_REACHABLE | NUD_PERMANENT) != 0;
+        let usable = confirmed || state & (NUD_STALE | NUD_DELAY | NUD_PROBE) != 0;
+        Ok(usable.then_some(NextHop { ifindex: route.oif, mac, src: route.src, unconfirmed: !confirmed }))
+    }
+
+    fn route(&mut self, dst: Ipv4Addr) -> io::Result<Option<Route>> {
+        let mut m = header(RTM_GETROUTE);
+        // rtmsg: AF_INET, a /32 destination, the rest zero.
+        m.extend_from_slice(&[libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        attr(&mut m, RTA_DST, &dst.octets());
+        let Some(reply) = self.ask(m, RTM_NEWROUTE)? else { return Ok(None) };
+        Ok(parse_route(reply))
+    }
+
+    fn neighbour(&mut self, oif: i32, hop: Ipv4Addr) -> io::Result<Option<(u16, [u8; 6])>> {
+        let mut m = header(RTM_GETNEIGH);
+        // ndmsg: AF_INET, padding, the interface, state, flags, type.
+        m.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        m.extend_from_slice(&oif.to_ne_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        attr(&mut m, NDA_DST, &hop.octets());
+        let Some(reply) = self.ask(m, RTM_NEWNEIGH)? else { return Ok(None) };
+        Ok(parse_neighbour(reply))
+    }
+
+    /// Send one request and read its answer: the payload after nlmsghdr
+    /// of a message of type `want`, or `None` for an error answer (no
+    /// route, no such neighbour).
+    fn ask(&mut self, mut m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
+        m[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        self.sock.send(&m)?;
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            let got = &self.buf[..n];
+            let word = |at: usize| got.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            if got.len() < NLMSG_HDR {
+                return Err(io::Error::other("short netlink answer"));
+            }
+            if word(8) != self.seq {
+                continue; // the answer to a question that timed out
+            }
+            let (kind, len) = (u16::from_ne_bytes([got[4], got[5]]), (word(0) as usize).clamp(NLMSG_HDR, n));
+            return match kind {
+                k if k == want => Ok(Some(&self.buf[NLMSG_HDR..len])),
+                NLMSG_ERROR => Ok(None),
+                _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
+            };
+        }
+    }
+}
+
+struct Route {
+    oif: i32,
+    gateway: Option<Ipv4Addr>,
+    src: Option<Ipv4Addr>,
+}
+
+/// A request's nlmsghdr; its length and sequence number are set when sent.
+fn header(kind: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(&[0; 4]);
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&[0; 8]);
+    m
+}
+
+/// Append an rtattr, padded to 4 bytes.
+fn attr(m: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    m.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(data);
+    m.resize(m.len().next_multiple_of(4), 0);
+}
+
+/// The attributes after a 12-byte family header, as (type, data).
+fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = payload.get(FAMILY_HDR..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        let len = u16::from_ne_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+        let kind = u16::from_ne_bytes([*rest.get(2)?, *rest.get(3)?]) & 0x3fff;
+        let data = rest.get(4..len)?;
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, data))
+    })
+}
+
+fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from)
+}
+
+/// A unicast route's interface, gateway and preferred source.
+fn parse_route(payload: &[u8]) -> Option<Route> {
+    if payload.get(7) != Some(&RTN_UNICAST) {
+        return None;
+    }
+    let mut r = Route { oif: 0, gateway: None, src: None };
+    for (kind, data) in attrs(payload) {
+        match kind {
+            RTA_OIF => r.oif = i32::from_ne_bytes(data.try_into().ok()?),
+            RTA_GATEWAY => r.gateway = ipv4(data),
+            RTA_PREFSRC => r.src = ipv4(data),
+            _ => {}
+        }
+    }
+    (r.oif > 0).then_some(r)
+}
+
+/// A neighbour entry's state and Ethernet address.
+fn parse_neighbour(payload: &[u8]) -> Option<(u16, [u8; 6])> {
+    let state = u16::from_ne_bytes([*payload.get(8)?, *payload.get(9)?]);
+    let mac = attrs(payload).find(|(k, _)| *k == NDA_LLADDR)?.1;
+    Some((state, mac.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_payload(kind: u8, attrs_: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut p = vec![libc::AF_INET as u8, 32, 0, 0, 254, 3, 0, kind, 0, 0, 0, 0];
+        for (k, d) in attrs_ {
+            attr(&mut p, *k, d);
+        }
+        p
+    }
+
+    #[test]
+    fn a_unicast_route_names_its_interface_gateway_and_source() {
+        let p = route_payload(
+            RTN_UNICAST,
+            &[
+                (RTA_DST, &[198, 18, 0, 1]),
+                (RTA_OIF, &7i32.to_ne_bytes()),
+                (RTA_GATEWAY, &[10, 0, 0, 1]),
+                (RTA_PREFSRC, &[10, 0, 0, 2]),
+            ],
+        );
+        let r = parse_route(&p).expect("a unicast route");
+        assert_eq!((r.oif, r.gateway, r.src), (7, Some(Ipv4Addr::new(10, 0, 0, 1)), Some(Ipv4Addr::new(10, 0, 0, 2))));
+        // A local route (RTN_LOCAL, 2) or one without an interface is none.
+        assert!(parse_route(&route_payload(2, &[(RTA_OIF, &1i32.to_ne_bytes())])).is_none());
+        assert!(parse_route(&route_payload(RTN_UNICAST, &[(RTA_DST, &[1, 2, 3, 4])])).is_none());
+        // Attributes that run past the end are not read.
+        let mut cut = p.clone();
+        cut.truncate(p.len() - 2);
+        assert_eq!(parse_route(&cut).map(|r| r.src), Some(None));
+    }
+
+    #[test]
+    fn a_neighbour_entry_gives_its_state_and_address() {
+        let mut p = vec![libc::AF_INET as u8, 0, 0, 0, 7, 0, 0, 0];
+        p.extend_from_slice(&NUD_STALE.to_ne_bytes());
+        p.extend_from_slice(&[0, 1]);
+        attr(&mut p, NDA_DST, &[10, 0, 0, 1]);
+        attr(&mut p, NDA_LLADDR, &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(parse_neighbour(&p), Some((NUD_STALE, [2, 0, 0, 0, 0, 9])));
+        // An entry without an address (INCOMPLETE) is none.
+        p.truncate(FAMILY_HDR + 8);
+        assert_eq!(parse_neighbour(&p), None);
+    }
+
+    #[test]
+    fn the_kernel_answers_for_loopback_with_no_next_hop() {
+        // Loopback is a local route: never a packet socket's to send.
+        let mut r = Resolver::open().expect("rtnetlink socket");
+        assert_eq!(r.resolve(Ipv4Addr::LOCALHOST).expect("an answer"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! Packet sockets (AF_PACKET) for sending IPv4 datagrams to a next hop
+//! we name, and an rtnetlink socket to ask the kernel for that next hop.
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::RAW_BATCH;
+
+/// A datagram for a packet socket: its IPv4 header and payload, the
+/// interface it leaves by and the next hop's Ethernet address.
+pub struct LinkDatagram<'a> {
+    pub head: &'a [u8],
+    pub data: &'a [u8],
+    pub ifindex: i32,
+    pub mac: [u8; 6],
+}
+
+/// A send-only packet socket (SOCK_DGRAM: the kernel writes the Ethernet
+/// header; protocol 0: nothing is received on it).
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+fn owned(raw: libc::c_int) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd the caller just got from socket(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+impl PacketSocket {
+    pub fn open() -> io::Result<PacketSocket> {
+        // SAFETY: plain socket(2) call; the fd is checked.
+        let fd = owned(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+        Ok(PacketSocket { fd })
+    }
+
+    /// Send the first [`RAW_BATCH`] of `msgs` in order with as few
+    /// `sendmmsg(2)` calls as the kernel allows; `sent(i, result)` hears
+    /// what became of the `i`th, in order, before the next is sent.
+    pub fn send_many<'a>(
+        &self,
+        msgs: impl Iterator<Item = LinkDatagram<'a>>,
+        mut sent: impl FnMut(usize, io::Result<()>),
+    ) {
+        let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
+        let mut iovs = [const { MaybeUninit::<[libc::iovec; 2]>::uninit() }; RAW_BATCH];
+        let mut addrs = [const { MaybeUninit::<libc::sockaddr_ll>::uninit() }; RAW_BATCH];
+        let mut n = 0;
+        for (i, m) in msgs.take(RAW_BATCH).enumerate() {
+            n = i + 1;
+            // SAFETY: sockaddr_ll is plain old data; zero is a valid value.
+            let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            a.sll_family = libc::AF_PACKET as u16;
+            a.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+            a.sll_ifindex = m.ifindex;
+            a.sll_halen = 6;
+            a.sll_addr[..6].copy_from_slice(&m.mac);
+            let addr = addrs[i].write(a);
+            let iov = iovs[i].write([
+                libc::iovec { iov_base: m.head.as_ptr() as *mut libc::c_void, iov_len: m.head.len() },
+                libc::iovec { iov_base: m.data.as_ptr() as *mut libc::c_void, iov_len: m.data.len() },
+            ]);
+            // SAFETY: mmsghdr is integers and pointers; zero is valid.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = iov.as_mut_ptr();
+            h.msg_hdr.msg_iovlen = 2;
+            h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_ll).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            hdrs[i].write(h);
+        }
+        let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
+        let mut at = 0;
+        while at < n {
+            // SAFETY: hdrs[at..n] are initialised and point at iovecs and
+            // addresses on this stack frame, over buffers lent for the call.
+            let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.add(at), (n - at) as u32, 0) };
+            if r < 0 {
+                sent(at, Err(io::Error::last_os_error()));
+                at += 1;
+                continue;
+            }
+            for i in at..at + r as usize {
+                sent(i, Ok(()));
+            }
+            at += r as usize;
+        }
+    }
+}
+
+/// An rtnetlink socket for one request at a time (the caller builds and
+/// parses the messages).
+pub struct Netlink {
+    fd: OwnedFd,
+}
+
+impl Netlink {
+    pub fn open() -> io::Result<Netlink> {
+        // SAFETY: plain socket(2) call; the fd is checked.
+        let fd =
+            owned(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) })?;
+        // The kernel answers at once; the bound keeps a lost answer from
+        // holding the data path.
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        // SAFETY: tv is a valid timeval of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Netlink { fd })
+    }
+
+    /// Send one message to the kernel.
+    pub fn send(&self, m: &[u8]) -> io::Result<()> {
+        // SAFETY: m is valid for reads of its length; the kernel is the
+        // default destination of a netlink socket.
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Receive one datagram of answers into `buf`; its length.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}

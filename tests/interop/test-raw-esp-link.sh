@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Raw ESP through a packet socket (`[network] raw_esp_send = "link"`,
+# issue #16) between two wasmsec gateways, and each way back to the IP
+# socket:
+#  - TCP (TUN offloads on: super-packets cut by the host) and pings pass;
+#    the datagrams left through the packet socket (counted); tshark
+#    decrypts the capture of A's WAN link with A's ESP keys and finds valid
+#    IPv4 headers, the inner TCP segments, and each SA's sequence numbers
+#    strictly increasing.
+#  - With A's neighbour table flushed, A has no next hop for a moment: its
+#    datagrams go through the IP socket (counted), whose ARP brings the
+#    entry back, and then through the packet socket again; no ping lost.
+#  - With the WAN MTU below a large ping's ESP datagram, the packet socket
+#    refuses it and the IP layer sends it in fragments (counted); the pings
+#    pass.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 200 bash "$0" "$@"
+
+topo_up
+A=$STATE/A B=$STATE/B
+mkdir -p "$A" "$B"
+link() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["esp_tx_link"], s["esp_tx_link_fallback"])' "$1/stats.json"; }
+ping_ok_size() { nsx "$1" ping -n -c "$3" -s "$4" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
+# settle: the stats file is rewritten every 250 ms.
+settle() { sleep 0.6; }
+
+capture wsi-gwa "$STATE/wan.pcap"
+WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' \
+    wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
+WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
+    wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
+check "tunnel up" wasmsec_up "$A" 20
+check "the daemon says raw ESP leaves by the packet socket" grep -q 'raw_esp_send=Link' "$A/wasmsec.log"
+check "ping hosta -> hostb" ping_ok wsi-hosta $HOST_B 10
+check "ping hostb -> hosta" ping_ok wsi-hostb $HOST_A 10
+nsx wsi-hostb iperf3 -s -1 >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 0.5
+mbit=$(nsx wsi-hosta iperf3 -c $HOST_B -n 20M -J 2>/dev/null | python3 -c 'import json,sys
+try: print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))
+except Exception: print(0)')
+capture_stop
+settle
+read -r a_link a_ip < <(link "$A")
+read -r b_link b_ip < <(link "$B")
+echo "TCP $mbit Mbit/s; A: $a_link datagrams by the packet socket, $a_ip by the IP socket; B: $b_link, $b_ip"
+check "20 MB of TCP passed ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
+check "A sent through the packet socket ($a_link; $a_ip through the IP socket)" [ "$a_link" -gt 10000 -a "$a_ip" -lt 100 ]
+check "B too, its ACKs and pings ($b_link)" [ "$b_link" -gt 100 ]
+check "no send failed at A" [ "$(stat "$A/stats.json" tx_errors)" -eq 0 ]
+
+# What tshark makes of A's datagrams: IPv4 headers with valid checksums,
+# ESP it decrypts with A's keys, each SA's sequence numbers increasing.
+args=(-r "$STATE/wan.pcap" -o esp.enable_encryption_decode:TRUE -o ip.check_checksum:TRUE)
+while IFS= read -r line; do args+=(-o "uat:esp_sa:$line"); done <"$A/esp_sa"
+tshark "${args[@]}" -Y "esp && ip.src == $WAN_A && tcp" -T fields -e esp.spi -e esp.sequence -e ip.checksum.status \
+    -E occurrence=f >"$STATE/esp.tsv" 2>/dev/null
+read -r n mono bad < <(python3 - "$STATE/esp.tsv" <<'PY'
+import sys
+last, mono, n, bad = {}, 1, 0, 0
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if len(f) < 3 or not f[1]:
+        continue
+    n += 1
+    spi, seq = f[0], int(f[1])
+    if spi in last and seq <= last[spi]:
+        mono = 0
+    last[spi] = seq
+    bad += f[2].strip() != "1"  # 1: good
+print(n, mono, bad)
+PY
+)
+echo "tshark: $n ESP datagrams from A decrypted to TCP; sequence increasing: $mono; bad IPv4 checksums: $bad"
+check "tshark decrypts A's ESP to the inner TCP ($n datagrams)" [ "$n" -ge 5000 ]
+check "every IPv4 header we wrote has a valid checksum ($bad bad)" [ "$bad" -eq 0 ]
+check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
+
+# No next hop for a moment: the neighbour table flushed.
+read -r link0 ip0 < <(link "$A")
+nsx wsi-gwa ip neigh flush dev wan0
+sleep 1.1 # the next hop in use is asked again after a second
+check "pings pass with A's neighbour table flushed" ping_ok wsi-hosta $HOST_B 20
+settle
+read -r link1 ip1 < <(link "$A")
+echo "A after the flush: $((link1 - link0)) by the packet socket, $((ip1 - ip0)) by the IP socket"
+check "without a next hop A sent through the IP socket ($((ip1 - ip0)))" [ "$((ip1 - ip0))" -ge 1 ]
+check "... and, once the IP layer resolved it, through the packet socket again ($((link1 - link0)))" [ "$((link1 - link0))" -ge 10 ]
+check "the kernel has the neighbour again" bash -c "ip -n wsi-gwa neigh show $WAN_B dev wan0 | grep -q lladdr"
+
+# A datagram larger than the link's MTU: the packet socket refuses it,
+# the IP layer fragments it (both ends of the WAN link at 1,280, so that
+# the fragments of B's answers fit A's side too).
+nsx wsi-gwa ip link set wan0 mtu 1280
+nsx wsi-gwb ip link set wan0 mtu 1280
+check "1,300-byte pings pass with the WAN MTU at 1,280" ping_ok_size wsi-hosta $HOST_B 5 1300
+settle
+read -r link2 ip2 < <(link "$A")
+echo "A with MTU 1280: $((link2 - link1)) by the packet socket, $((ip2 - ip1)) by the IP socket"
+check "the oversized datagrams went through the IP socket ($((ip2 - ip1)))" [ "$((ip2 - ip1))" -ge 5 ]
+check "... and nothing failed to send" [ "$(stat "$A/stats.json" tx_errors)" -eq 0 ]
+nsx wsi-gwa ip link set wan0 mtu 1500
+nsx wsi-gwb ip link set wan0 mtu 1500
+check "small pings still leave by the packet socket" ping_ok wsi-hosta $HOST_B 5
+settle
+read -r link3 _ < <(link "$A")
+check "... counted ($((link3 - link2)))" [ "$((link3 - link2))" -ge 5 ]
+finish
