@@ -23,7 +23,7 @@
 # gateway daemons' own time (/proc/PID/stat of every process in the gateway
 # namespace, in % of one core), not the kernel's forwarding softirqs.
 #
-# Env: REPS=3 DUR=10 UDP_DUR=5 TUNNELS="wasmsec-udp wasmsec-raw libipsec boringtun wireguard-go"
+# Env: REPS=3 DUR=10 UDP_DUR=5 TUNNELS="wasmsec-udp wasmsec-raw wasmsec-link libipsec boringtun wireguard-go"
 #      STREAMS="1 4" OUT=dir for iperf3's JSON (default: a temp dir, kept)
 #      BORINGTUN=path of boringtun-cli (default: PATH, then ~/.cargo/bin)
 # Needs: iperf3, wg (wireguard-tools), wireguard-go, boringtun-cli
@@ -36,7 +36,7 @@ REPS=${REPS:-3}
 DUR=${DUR:-10}
 UDP_DUR=${UDP_DUR:-5}
 STREAMS=${STREAMS:-1 4}
-TUNNELS=${TUNNELS:-wasmsec-udp wasmsec-raw libipsec boringtun wireguard-go}
+TUNNELS=${TUNNELS:-wasmsec-udp wasmsec-raw wasmsec-link libipsec boringtun wireguard-go}
 OUT=${OUT:-$(mktemp -d /tmp/wasmsec-bench-tunnels.XXXXXX)}
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
 WG_MTU=1420

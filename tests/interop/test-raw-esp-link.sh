@@ -53,14 +53,14 @@ check "no send failed at A" [ "$(stat "$A/stats.json" tx_errors)" -eq 0 ]
 # ESP it decrypts with A's keys, each SA's sequence numbers increasing.
 args=(-r "$STATE/wan.pcap" -o esp.enable_encryption_decode:TRUE -o ip.check_checksum:TRUE)
 while IFS= read -r line; do args+=(-o "uat:esp_sa:$line"); done <"$A/esp_sa"
-tshark "${args[@]}" -Y "esp && ip.src == $WAN_A && tcp" -T fields -e esp.spi -e esp.sequence -e ip.checksum.status \
-    -E occurrence=f >"$STATE/esp.tsv" 2>/dev/null
-read -r n mono bad < <(python3 - "$STATE/esp.tsv" <<'PY'
+tshark "${args[@]}" -Y "esp && ip.src == $WAN_A" -T fields -e esp.spi -e esp.sequence -e ip.checksum.status \
+    -e tcp.srcport -e icmp.type -E occurrence=f >"$STATE/esp.tsv" 2>/dev/null
+read -r n opened tcp mono bad < <(python3 - "$STATE/esp.tsv" <<'PY'
 import sys
-last, mono, n, bad = {}, 1, 0, 0
+last, mono, n, opened, tcp, bad = {}, 1, 0, 0, 0, 0
 for line in open(sys.argv[1]):
-    f = line.rstrip("\n").split("\t")
-    if len(f) < 3 or not f[1]:
+    f = line.rstrip("\n").split("\t") + [""] * 5
+    if not f[1]:
         continue
     n += 1
     spi, seq = f[0], int(f[1])
@@ -68,11 +68,14 @@ for line in open(sys.argv[1]):
         mono = 0
     last[spi] = seq
     bad += f[2].strip() != "1"  # 1: good
-print(n, mono, bad)
+    tcp += bool(f[3])
+    opened += bool(f[3] or f[4])
+print(n, opened, tcp, mono, bad)
 PY
 )
-echo "tshark: $n ESP datagrams from A decrypted to TCP; sequence increasing: $mono; bad IPv4 checksums: $bad"
-check "tshark decrypts A's ESP to the inner TCP ($n datagrams)" [ "$n" -ge 5000 ]
+echo "tshark: $n ESP datagrams from A (the capture may miss some at this rate), $opened decrypted ($tcp TCP); sequence increasing: $mono; bad IPv4 checksums: $bad"
+check "tshark decrypts every captured ESP datagram of A's ($opened of $n), the TCP among them ($tcp)" \
+    [ "$n" -ge 1000 -a "$opened" -eq "$n" -a "$tcp" -ge 1000 ]
 check "every IPv4 header we wrote has a valid checksum ($bad bad)" [ "$bad" -eq 0 ]
 check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
 

@@ -32,6 +32,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// Next hops asked at most per batch: each is two netlink round trips on
 /// the sending thread, and thousands of peers must not stall it.
 const RESOLVES_PER_BATCH: usize = 8;
+/// Peers whose next hop is kept before the stale ones are dropped.
+const MAX_HOPS: usize = 16_384;
 /// IPv4 header: no options.
 const IP_HEADER: usize = 20;
 /// IP protocol 50.
@@ -124,6 +126,10 @@ impl LinkEsp {
                 None
             });
             let probe = next.is_some_and(|n| n.unconfirmed);
+            if self.hops.len() >= MAX_HOPS {
+                // Peers come and go (a PoP's thousands): forget the stale.
+                self.hops.retain(|_, h| h.until > now);
+            }
             self.hops.insert(to, Hop { next, until: now + REFRESH, probe });
         }
         let h = self.hops.get_mut(&to)?;
