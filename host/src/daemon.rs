@@ -266,6 +266,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         reports: Default::default(),
         replace_at: None,
         replacements_failed: 0,
+        start_over_pending: false,
         last_view: Default::default(),
         failures: Default::default(),
         queries: p.queries,

@@ -39,7 +39,6 @@ pub struct Trap {
     pub remote: Vec<Prefix>,
 }
 
-/// The control thread's state: the IKE guest and what it drives.
 /// After this many replacements in a row failed, the next starts without
 /// the checkpoints: they come from the guest and may be what traps it.
 const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
@@ -49,6 +48,7 @@ const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
 /// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
 const FORGOTTEN_INBOUND_LINGER_MS: u32 = 10_000;
 
+/// The control thread's state: the IKE guest and what it drives.
 pub struct ControlPlane {
     /// The IKE component instance.
     pub ike: IkeInstance,
@@ -81,6 +81,10 @@ pub struct ControlPlane {
     /// Replacements in a row that failed (their new instance trapped or
     /// could not be made); reset by one that succeeds.
     pub replacements_failed: u32,
+    /// The checkpoints were dropped and no replacement has completed since:
+    /// each try starts over (forgets the old SAs, initiates the `start`
+    /// connections), also one after a try that failed halfway.
+    pub start_over_pending: bool,
     /// The last view the metrics showed: shown again, marked, while the
     /// guest waits for its replacement.
     pub last_view: IkeView,
@@ -270,43 +274,52 @@ impl ControlPlane {
     fn replace(&mut self, now: u64) -> anyhow::Result<()> {
         // Checkpoints come from the guest: if replacements keep failing
         // after restoring them, they may be what traps it.
-        let mut started_over = self.replacements_failed >= FAILED_REPLACEMENTS_BEFORE_FRESH_START;
-        if started_over && !self.ike.store.data().checkpoints().is_empty() {
+        if self.replacements_failed >= FAILED_REPLACEMENTS_BEFORE_FRESH_START && !self.start_over_pending {
             warn!(
                 failed = self.replacements_failed,
                 "the IKE guest's replacements keep failing: the next starts without its checkpoints, the IKE SAs start over"
             );
-            self.ike.store.data_mut().clear_checkpoints();
+            self.drop_checkpoints();
         }
         self.fresh_instance()?;
         let checkpoints = self.ike.store.data().checkpoints();
         match self.ike.restore(&checkpoints) {
-            Ok(Ok(_)) if started_over => info!("IKE guest replaced without its checkpoints"),
+            Ok(Ok(_)) if self.start_over_pending => info!("IKE guest replaced without its checkpoints"),
             Ok(Ok(n)) => info!(ike_sas = n, "IKE guest replaced; its IKE SAs carry on"),
             Ok(Err(e)) => {
                 warn!(error = %e, "IKE guest replaced, but its checkpoints do not restore: the IKE SAs start over");
-                self.ike.store.data_mut().clear_checkpoints();
-                started_over = true;
+                self.drop_checkpoints();
             }
             // The checkpoints came from the guest: if they trap the new
             // instance, one more starts without them instead of the daemon
             // stopping.
             Err(trap) => {
                 warn!(error = %trap, "IKE guest replaced, but its checkpoints trapped it: the IKE SAs start over");
-                self.ike.store.data_mut().clear_checkpoints();
+                self.drop_checkpoints();
                 crate::stats::inc(&self.stats.guest_restarts);
                 self.totals.guest_replaced();
                 self.fresh_instance()?;
-                started_over = true;
             }
         }
-        if started_over {
+        if self.start_over_pending {
             self.forget_sas(now);
             // Without their IKE SAs the `start` connections are down: up
-            // again now, not when a peer or traffic notices.
-            self.initiate_autostart(now)?;
+            // again now, not when a peer or traffic notices (unless the
+            // daemon is stopping: this replacement only sends DELETEs).
+            if !sys::stop_requested() {
+                self.initiate_autostart(now)?;
+            }
         }
-        self.apply(now)
+        self.apply(now)?;
+        self.start_over_pending = false;
+        Ok(())
+    }
+
+    /// Start over without the checkpoints: this replacement, and the next
+    /// tries should it fail, forget the old SAs and initiate anew.
+    fn drop_checkpoints(&mut self) {
+        self.ike.store.data_mut().clear_checkpoints();
+        self.start_over_pending = true;
     }
 
     /// The replacement started over: the SAs of its predecessor go, as if
@@ -314,6 +327,9 @@ impl ControlPlane {
     /// and the policy module's accounting agree with the new guest.
     fn forget_sas(&mut self, now: u64) {
         let (ike_sas, child_sas) = self.children.forget_all(now, FORGOTTEN_INBOUND_LINGER_MS);
+        if ike_sas.is_empty() && child_sas == 0 {
+            return; // forgotten by an earlier try
+        }
         for info in &ike_sas {
             self.ike.store.data().policy.event(&policy_event(SaEventKind::Down, info));
         }
