@@ -79,36 +79,38 @@ impl LinkEsp {
         })
     }
 
-    /// Send `msgs` (ESP datagrams and their peers) in order: those with a
-    /// usable next hop through the packet socket, the rest through `ip`.
-    /// `sent(i, result)` hears what became of the `i`th.
-    pub fn send_many(
+    /// Send `n` ESP datagrams in order, `msg(i)` being the `i`th and its
+    /// peer: those with a usable next hop through the packet socket, the
+    /// rest through `ip`. `sent(i, result)` hears what became of the `i`th.
+    pub fn send_many<'a>(
         &mut self,
-        msgs: &[(&[u8], Ipv4Addr)],
+        n: usize,
+        msg: impl Fn(usize) -> (&'a [u8], Ipv4Addr),
         ip: &RawEsp,
         mut sent: impl FnMut(usize, io::Result<()>),
     ) -> LinkSent {
         let now = Instant::now();
         let mut resolves = 0;
         let mut counts = LinkSent::default();
-        for (i, &(data, to)) in msgs.iter().enumerate() {
+        for i in 0..n {
+            let (data, to) = msg(i);
             match self.hop(to, now, &mut resolves) {
                 Some(next) if data.len() + IP_HEADER <= usize::from(u16::MAX) => {
                     self.run.push((i, next));
                     if self.run.len() == RAW_BATCH {
-                        self.flush(msgs, ip, &mut sent, &mut counts);
+                        self.flush(&msg, ip, &mut sent, &mut counts);
                     }
                 }
                 _ => {
                     // Through the IP layer; what was gathered before it
                     // goes first, so a peer's datagrams keep their order.
-                    self.flush(msgs, ip, &mut sent, &mut counts);
+                    self.flush(&msg, ip, &mut sent, &mut counts);
                     counts.ip += 1;
                     sent(i, ip.send_to(data, to).map(drop));
                 }
             }
         }
-        self.flush(msgs, ip, &mut sent, &mut counts);
+        self.flush(&msg, ip, &mut sent, &mut counts);
         counts
     }
 
@@ -141,9 +143,9 @@ impl LinkEsp {
 
     /// Send the gathered run with the packet socket; a datagram it refuses
     /// goes through the IP socket at once, before those after it.
-    fn flush(
+    fn flush<'a>(
         &mut self,
-        msgs: &[(&[u8], Ipv4Addr)],
+        msg: &impl Fn(usize) -> (&'a [u8], Ipv4Addr),
         ip: &RawEsp,
         sent: &mut impl FnMut(usize, io::Result<()>),
         counts: &mut LinkSent,
@@ -154,7 +156,7 @@ impl LinkEsp {
         let LinkEsp { sock, hops, bind, run, .. } = self;
         let mut heads = [[0u8; IP_HEADER]; RAW_BATCH];
         for (head, &(i, next)) in heads.iter_mut().zip(run.iter()) {
-            let (data, to) = msgs[i];
+            let (data, to) = msg(i);
             let src = if bind.is_unspecified() { next.src.unwrap_or(*bind) } else { *bind };
             // As the IP layer writes it for a raw socket with path MTU
             // discovery: DF set, so the identification means nothing
@@ -170,7 +172,7 @@ impl LinkEsp {
         }
         let dgrams = heads.iter().zip(run.iter()).map(|(head, &(i, next))| LinkDatagram {
             head,
-            data: msgs[i].0,
+            data: msg(i).0,
             ifindex: next.ifindex,
             mac: next.mac,
         });
@@ -182,7 +184,7 @@ impl LinkEsp {
                     sent(i, Ok(()));
                 }
                 Err(e) => {
-                    let (data, to) = msgs[i];
+                    let (data, to) = msg(i);
                     debug!(peer = %to, error = %e, "the packet socket refused an ESP datagram: through the IP layer");
                     // Ask again next time: the route or neighbour may have moved.
                     hops.remove(&to);

@@ -119,6 +119,10 @@ impl Loop {
         self.gso.flush(&out);
         if let (Some(raw), false) = (&self.raw, self.raw_out.is_empty()) {
             let gathered = &self.raw_out;
+            let msg = |i: usize| {
+                let (k, to, _) = gathered[i];
+                (st.batch[k].data(), to)
+            };
             let sent = |i: usize, r: std::io::Result<()>| {
                 let (k, _, spi) = gathered[i];
                 match r {
@@ -131,13 +135,11 @@ impl Loop {
             };
             match &mut self.link {
                 Some(link) => {
-                    let msgs: Vec<(&[u8], std::net::Ipv4Addr)> =
-                        gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)).collect();
-                    let n = link.send_many(&msgs, raw, sent);
+                    let n = link.send_many(gathered.len(), msg, raw, sent);
                     stats::add(&self.stats.esp_tx_link, n.link);
                     stats::add(&self.stats.esp_tx_link_fallback, n.ip);
                 }
-                None => raw.send_many(gathered.iter().map(|&(k, to, _)| (st.batch[k].data(), to)), sent),
+                None => raw.send_many((0..gathered.len()).map(msg), sent),
             }
         }
         self.raw_out.clear();

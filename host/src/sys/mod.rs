@@ -66,12 +66,7 @@ impl Tun {
         }
         let path = CString::new("/dev/net/tun").expect("no NUL");
         // SAFETY: path is a valid C string; the returned fd is checked.
-        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = owned(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
         let mut req = IfReq {
             name: [0; libc::IFNAMSIZ],
             flags: (libc::IFF_TUN | libc::IFF_NO_PI | if vnet { IFF_VNET_HDR } else { 0 }) as libc::c_short,
@@ -167,14 +162,9 @@ pub struct RawEsp {
 impl RawEsp {
     pub fn open(bind: Ipv4Addr) -> io::Result<RawEsp> {
         // SAFETY: plain socket(2) call; the fd is checked.
-        let raw = unsafe {
+        let fd = owned(unsafe {
             libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::IPPROTO_ESP)
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: raw is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        })?;
         let sa = sockaddr(SocketAddrV4::new(bind, 0));
         // SAFETY: sa is a valid sockaddr_in of the size given.
         let r = unsafe {
@@ -229,6 +219,47 @@ impl RawEsp {
     }
 }
 
+/// Own a descriptor fresh from open(2), socket(2) or the like, or the
+/// error its negative result stands for.
+pub(crate) fn owned(raw: libc::c_int) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor the caller just got and owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Send the `n` messages at `hdrs` in order with as few `sendmmsg(2)`
+/// calls as the kernel allows; `sent(i, result)` hears what became of the
+/// `i`th. A message the kernel refuses is reported and skipped, and the
+/// rest still go.
+///
+/// # Safety
+/// `hdrs[..n]` must be initialised, and what they point at (names,
+/// iovecs, buffers) valid for reads until this returns.
+pub(crate) unsafe fn sendmmsg_each(
+    fd: RawFd,
+    hdrs: *mut libc::mmsghdr,
+    n: usize,
+    mut sent: impl FnMut(usize, io::Result<()>),
+) {
+    let mut at = 0;
+    while at < n {
+        // SAFETY: by the caller's promise, hdrs[at..n] are valid.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.add(at), (n - at) as u32, 0) };
+        if r < 0 {
+            // The first message failed: report it, go on after it.
+            sent(at, Err(io::Error::last_os_error()));
+            at += 1;
+            continue;
+        }
+        for i in at..at + r as usize {
+            sent(i, Ok(()));
+        }
+        at += r as usize;
+    }
+}
+
 /// Datagrams one `sendmmsg`/`recvmmsg` call on a raw ESP socket moves at
 /// most (a raw IP socket has no GSO or GRO, so batching the system calls
 /// is what is left to cut the per-packet cost).
@@ -262,24 +293,9 @@ impl RawEsp {
                 hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
                 n += 1;
             }
-            let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
-            let mut at = 0;
-            while at < n {
-                // SAFETY: hdrs[at..n] are initialised and point at iovecs and
-                // addresses that live until the call returns, over datagrams
-                // lent for this call.
-                let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.add(at), (n - at) as u32, 0) };
-                if r < 0 {
-                    // The first message failed: report it, go on after it.
-                    sent(first + at, Err(io::Error::last_os_error()));
-                    at += 1;
-                    continue;
-                }
-                for i in at..at + r as usize {
-                    sent(first + i, Ok(()));
-                }
-                at += r as usize;
-            }
+            // SAFETY: hdrs[..n] were written above and point at iovecs and
+            // addresses in this frame, over datagrams lent for this call.
+            unsafe { sendmmsg_each(self.fd.as_raw_fd(), hdrs.as_mut_ptr().cast(), n, |i, r| sent(first + i, r)) };
             first += n;
         }
     }
@@ -502,12 +518,7 @@ pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
 pub fn watch_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: no pointers; the result is checked and then owned.
-    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mask = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_DELETE_SELF;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.

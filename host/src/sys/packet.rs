@@ -2,9 +2,9 @@
 //! we name, and an rtnetlink socket to ask the kernel for that next hop.
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::RAW_BATCH;
+use super::{RAW_BATCH, owned, sendmmsg_each};
 
 /// A datagram for a packet socket: its IPv4 header and payload, the
 /// interface it leaves by and the next hop's Ethernet address.
@@ -21,14 +21,6 @@ pub struct PacketSocket {
     fd: OwnedFd,
 }
 
-fn owned(raw: libc::c_int) -> io::Result<OwnedFd> {
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh fd the caller just got from socket(2).
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
 impl PacketSocket {
     pub fn open() -> io::Result<PacketSocket> {
         // SAFETY: plain socket(2) call; the fd is checked.
@@ -39,11 +31,7 @@ impl PacketSocket {
     /// Send the first [`RAW_BATCH`] of `msgs` in order with as few
     /// `sendmmsg(2)` calls as the kernel allows; `sent(i, result)` hears
     /// what became of the `i`th, in order, before the next is sent.
-    pub fn send_many<'a>(
-        &self,
-        msgs: impl Iterator<Item = LinkDatagram<'a>>,
-        mut sent: impl FnMut(usize, io::Result<()>),
-    ) {
+    pub fn send_many<'a>(&self, msgs: impl Iterator<Item = LinkDatagram<'a>>, sent: impl FnMut(usize, io::Result<()>)) {
         let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
         let mut iovs = [const { MaybeUninit::<[libc::iovec; 2]>::uninit() }; RAW_BATCH];
         let mut addrs = [const { MaybeUninit::<libc::sockaddr_ll>::uninit() }; RAW_BATCH];
@@ -70,22 +58,9 @@ impl PacketSocket {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
             hdrs[i].write(h);
         }
-        let hdrs = hdrs.as_mut_ptr().cast::<libc::mmsghdr>();
-        let mut at = 0;
-        while at < n {
-            // SAFETY: hdrs[at..n] are initialised and point at iovecs and
-            // addresses on this stack frame, over buffers lent for the call.
-            let r = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), hdrs.add(at), (n - at) as u32, 0) };
-            if r < 0 {
-                sent(at, Err(io::Error::last_os_error()));
-                at += 1;
-                continue;
-            }
-            for i in at..at + r as usize {
-                sent(i, Ok(()));
-            }
-            at += r as usize;
-        }
+        // SAFETY: hdrs[..n] were written above and point at iovecs and
+        // addresses in this frame, over buffers lent for the call.
+        unsafe { sendmmsg_each(self.fd.as_raw_fd(), hdrs.as_mut_ptr().cast(), n, sent) };
     }
 }
 
