@@ -56,6 +56,7 @@ fn inner_packet(len: usize) -> Vec<u8> {
         protocol: 17,
         payload_len: len - 20,
         ttl: 64,
+        dscp_ecn: 0,
     }
     .emit(&mut p)
     .unwrap();

@@ -106,6 +106,7 @@ fn fill(bufs: &mut [PacketBuf], pick: impl Fn(usize) -> u32) {
             protocol: 17,
             payload_len: PACKET - 20,
             ttl: 64,
+            dscp_ecn: 0,
         }
         .emit(&mut p)
         .expect("header");

@@ -553,7 +553,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let stats = Arc::new(stats);
     info!(
         tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
-        raw_esp = raw.is_some(), raw_esp_send = ?cfg.network.raw_esp_send, batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
+        raw_esp = raw.is_some(), raw_esp_send = ?cfg.network.raw_esp_send, copy_dscp = ?cfg.network.copy_dscp, batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
         "wasmsec data plane up"
     );
 
@@ -598,6 +598,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         sources: Vec::new(),
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
+        outer_tos: vec![0; cfg.runtime.batch],
+        copy_dscp: cfg.network.copy_dscp == crate::config::CopyDscp::Out,
         traffic: out_traffic,
         cutter: Default::default(),
         gso: GsoSend::new(cfg.network.udp_offload),
@@ -623,6 +625,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         sources: Vec::with_capacity(cfg.runtime.batch),
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
+        outer_tos: Vec::new(),
+        copy_dscp: false,
         traffic: in_traffic,
         cutter: Default::default(),
         gso: Default::default(),

@@ -624,9 +624,16 @@ mod tests {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&[0x08, 0x00]);
         let mut ip = vec![0u8; 20 + l4.len()];
-        wasmsec_wire::ipv4::Repr { src_addr: src, dst_addr: dst, protocol: proto, payload_len: l4.len(), ttl: 64 }
-            .emit(&mut ip)
-            .unwrap();
+        wasmsec_wire::ipv4::Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol: proto,
+            payload_len: l4.len(),
+            ttl: 64,
+            dscp_ecn: 0,
+        }
+        .emit(&mut ip)
+        .unwrap();
         ip[20..].copy_from_slice(l4);
         f.extend_from_slice(&ip);
         f

@@ -49,7 +49,7 @@ fn lan_b() -> TrafficSelector {
 
 fn icmp(len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     let mut p = vec![0u8; len];
-    wasmsec_wire::ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len: len - 20, ttl: 64 }
+    wasmsec_wire::ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len: len - 20, ttl: 64, dscp_ecn: 0 }
         .emit(&mut p)
         .unwrap();
     p[20] = 8;

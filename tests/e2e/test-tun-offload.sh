@@ -31,11 +31,12 @@ stat_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.
 
 # tcp_run: 20 MB of iperf3 TCP host A -> host B (a capture tshark decrypts
 # in seconds); prints Mbit/s received.
+# Extra arguments go to the iperf3 client.
 tcp_run() {
     ip netns exec wsdemo-hostb iperf3 -s -1 >/dev/null 2>&1 &
     IPERF=$!
     sleep 0.5
-    ip netns exec wsdemo-hosta iperf3 -c 198.18.2.10 -n 20M -J 2>/dev/null | python3 -c 'import json,sys
+    ip netns exec wsdemo-hosta iperf3 -c 198.18.2.10 -n 20M -J "$@" 2>/dev/null | python3 -c 'import json,sys
 try: print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))
 except Exception: print(0)'
     wait "$IPERF" 2>/dev/null || true
@@ -58,7 +59,9 @@ ip netns exec wsdemo-gwb ethtool -K lan0 tso off tx off >/dev/null
 ip netns exec wsdemo-gwb tcpdump -i lan0 -n -U -w "$DIR/lan.pcap" tcp and src host 198.18.1.10 2>"$DIR/tcpdump-lan.err" &
 CAP_LAN=$!
 for _ in $(seq 50); do grep -q "listening on" "$DIR/tcpdump.err" && grep -q "listening on" "$DIR/tcpdump-lan.err" && break; sleep 0.1; done
-mbit=$(tcp_run)
+# DSCP AF41 on the inner segments: each UDP GSO send carries it to the
+# outer headers (`[network] copy_dscp`, default "out").
+mbit=$(tcp_run -S 0x88)
 sleep 0.3; kill -INT "$CAP" "$CAP_LAN"; wait "$CAP" "$CAP_LAN" 2>/dev/null || true
 echo "TCP through the tunnel with offloads: $mbit Mbit/s"
 check "TCP passes with offloads ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
@@ -108,6 +111,16 @@ check "tshark decrypts the offloaded flow's segments ($n)" [ "$n" -ge 100 ]
 check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
 check "every cut segment fits the TUN MTU ($big above)" [ "$big" -eq 0 ]
 check "every cut segment has a valid TCP checksum ($bad bad)" [ "$bad" -eq 0 ]
+# The same datagrams' outer headers: the inner DSCP copied (the data
+# streams' AF41, and 0 for iperf3's control connection).
+tshark "${tshark_args[@]}" -Y 'esp && tcp && ip.src == 198.18.1.10' -T fields -e ip.dsfield \
+    -E occurrence=a -E aggregator=, 2>/dev/null >"$DIR/dscp.tsv"
+read -r af41 copied all < <(python3 -c 'import sys
+rows = [[int(v, 0) for v in l.split(",")] for l in open(sys.argv[1]).read().split()]
+print(sum(r[-1] == 0x88 for r in rows), sum(r[0] == r[-1] & 0xFC for r in rows), len(rows))' "$DIR/dscp.tsv")
+echo "outer DSCP: $copied of $all datagrams carry the inner one; $af41 with AF41 inside"
+check "each ESP datagram carries its inner DSCP outside ($copied of $all, $af41 AF41)" \
+    [ "$af41" -ge 1000 -a "$copied" -eq "$all" ]
 
 # 2. Offloads refused.
 check "demo up with TUNSETOFFLOAD refused" env WASMSEC_TEST_REFUSE_TUN_OFFLOAD=1 \

@@ -7,6 +7,9 @@
 #    decrypts the capture of A's WAN link with A's ESP keys and finds valid
 #    IPv4 headers, the inner TCP segments, and each SA's sequence numbers
 #    strictly increasing.
+#  - The outer header's DSCP: A copies the inner DSCP (the default,
+#    `copy_dscp = "out"`) and never the ECN bits (RFC 6040 compatibility
+#    mode); B, with `copy_dscp = "no"`, leaves it 0.
 #  - With A's neighbour table flushed, A has no next hop for a moment: its
 #    datagrams go through the IP socket (counted), whose ARP brings the
 #    entry back, and then through the packet socket again; no ping lost.
@@ -25,7 +28,7 @@ ping_ok_size() { nsx "$1" ping -n -c "$3" -s "$4" -i 0.2 -W 2 "$2" | grep -q " 0
 settle() { sleep 0.6; }
 
 capture wsi-gwa "$STATE/wan.pcap"
-WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' \
+WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "no"' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
     wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
@@ -33,10 +36,12 @@ check "tunnel up" wasmsec_up "$A" 20
 check "the daemon says raw ESP leaves by the packet socket" grep -q 'raw_esp_send=Link' "$A/wasmsec.log"
 check "ping hosta -> hostb" ping_ok wsi-hosta $HOST_B 10
 check "ping hostb -> hosta" ping_ok wsi-hostb $HOST_A 10
+# DSCP EF with ECT(0): B's echo replies carry the same byte inside.
+check "pings with DSCP EF and ECT(0) pass" bash -c "ip netns exec wsi-hosta ping -n -c 3 -i 0.2 -W 2 -Q 0xba $HOST_B | grep -q ' 0% packet loss'"
 nsx wsi-hostb iperf3 -s -1 >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 0.5
-mbit=$(nsx wsi-hosta iperf3 -c $HOST_B -n 20M -J 2>/dev/null | python3 -c 'import json,sys
+mbit=$(nsx wsi-hosta iperf3 -c $HOST_B -n 20M -S 0xb8 -J 2>/dev/null | python3 -c 'import json,sys
 try: print(int(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))
 except Exception: print(0)')
 capture_stop
@@ -53,24 +58,41 @@ check "no send failed at A" [ "$(stat "$A/stats.json" tx_errors)" -eq 0 ]
 # ESP it decrypts with A's keys, each SA's sequence numbers increasing.
 args=(-r "$STATE/wan.pcap" -o esp.enable_encryption_decode:TRUE -o ip.check_checksum:TRUE)
 while IFS= read -r line; do args+=(-o "uat:esp_sa:$line"); done <"$A/esp_sa"
-tshark "${args[@]}" -Y "esp && ip.src == $WAN_A" -T fields -e esp.spi -e esp.sequence -e ip.checksum.status \
-    -e tcp.srcport -e icmp.type -E occurrence=f >"$STATE/esp.tsv" 2>/dev/null
-read -r n opened tcp mono bad < <(python3 - "$STATE/esp.tsv" <<'PY'
+# Every occurrence of a field, comma-separated: the outer header's first,
+# the decrypted inner one's last.
+tshark "${args[@]}" -Y "esp" -T fields -e ip.src -e esp.spi -e esp.sequence -e ip.checksum.status \
+    -e tcp.srcport -e icmp.type -e ip.dsfield -E occurrence=a -E aggregator=, >"$STATE/esp.tsv" 2>/dev/null
+read -r n opened tcp mono bad tcp_ef tcp_out_ef a_echo a_echo_ef b_echo b_echo_zero < <(python3 - "$STATE/esp.tsv" "$WAN_A" <<'PY'
 import sys
 last, mono, n, opened, tcp, bad = {}, 1, 0, 0, 0, 0
+tcp_ef = tcp_out_ef = a_echo = a_echo_ef = b_echo = b_echo_zero = 0
 for line in open(sys.argv[1]):
-    f = line.rstrip("\n").split("\t") + [""] * 5
-    if not f[1]:
+    f = [v.split(",") for v in line.rstrip("\n").split("\t")] + [[""]] * 7
+    src, spi, seq, csum, sport, icmp, ds = (v[0] for v in f[:7])
+    inner_ds = f[6][-1]
+    if not seq:
+        continue
+    outer_ds, inner_ds = int(ds or "0", 0), int(inner_ds or "0", 0)
+    if src != sys.argv[2]:
+        # B's, copy_dscp = "no": its echo replies carry DSCP EF inside.
+        if icmp == "0" and inner_ds & 0xfc == 0xb8:
+            b_echo += 1
+            b_echo_zero += outer_ds == 0
         continue
     n += 1
-    spi, seq = f[0], int(f[1])
-    if spi in last and seq <= last[spi]:
+    if spi in last and int(seq) <= last[spi]:
         mono = 0
-    last[spi] = seq
-    bad += f[2].strip() != "1"  # 1: good
-    tcp += bool(f[3])
-    opened += bool(f[3] or f[4])
-print(n, opened, tcp, mono, bad)
+    last[spi] = int(seq)
+    bad += csum.strip() != "1"  # 1: good
+    tcp += bool(sport)
+    opened += bool(sport or icmp)
+    if sport and inner_ds == 0xb8:
+        tcp_ef += 1
+        tcp_out_ef += outer_ds == 0xb8
+    if icmp == "8" and inner_ds == 0xba:
+        a_echo += 1
+        a_echo_ef += outer_ds == 0xb8
+print(n, opened, tcp, mono, bad, tcp_ef, tcp_out_ef, a_echo, a_echo_ef, b_echo, b_echo_zero)
 PY
 )
 echo "tshark: $n ESP datagrams from A (the capture may miss some at this rate), $opened decrypted ($tcp TCP); sequence increasing: $mono; bad IPv4 checksums: $bad"
@@ -78,6 +100,12 @@ check "tshark decrypts every captured ESP datagram of A's ($opened of $n), the T
     [ "$n" -ge 1000 -a "$opened" -eq "$n" -a "$tcp" -ge 1000 ]
 check "every IPv4 header we wrote has a valid checksum ($bad bad)" [ "$bad" -eq 0 ]
 check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
+echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo requests with EF+ECT(0) inside $a_echo, EF without ECN outside $a_echo_ef; B's echo replies with EF inside $b_echo, 0 outside $b_echo_zero"
+check "A copies the inner DSCP to the outer header ($tcp_out_ef of $tcp_ef TCP datagrams)" \
+    [ "$tcp_ef" -ge 1000 -a "$tcp_out_ef" -eq "$tcp_ef" ]
+check "... and not the ECN bits ($a_echo_ef of $a_echo echo requests)" [ "$a_echo" -ge 1 -a "$a_echo_ef" -eq "$a_echo" ]
+check "B, with copy_dscp = \"no\", leaves the outer DSCP 0 ($b_echo_zero of $b_echo echo replies)" \
+    [ "$b_echo" -ge 1 -a "$b_echo_zero" -eq "$b_echo" ]
 
 # No next hop for a moment: the neighbour table flushed.
 read -r link0 ip0 < <(link "$A")

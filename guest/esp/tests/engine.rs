@@ -117,7 +117,7 @@ fn batch(packets: Vec<Vec<u8>>) -> FakeBatch {
 
 fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
     let mut p = vec![0u8; 20 + payload_len];
-    ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len, ttl: 64 }.emit(&mut p).unwrap();
+    ipv4::Repr { src_addr: src, dst_addr: dst, protocol: 1, payload_len, ttl: 64, dscp_ecn: 0 }.emit(&mut p).unwrap();
     p[20] = 8; // ICMP echo request
     p
 }

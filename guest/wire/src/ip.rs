@@ -159,9 +159,16 @@ mod tests {
     #[test]
     fn ipv4_udp_ports_and_icmp_type_code() {
         let mut b = [0u8; 28];
-        ipv4::Repr { src_addr: [10, 0, 0, 1], dst_addr: [10, 0, 1, 1], protocol: PROTO_UDP, payload_len: 8, ttl: 64 }
-            .emit(&mut b)
-            .unwrap();
+        ipv4::Repr {
+            src_addr: [10, 0, 0, 1],
+            dst_addr: [10, 0, 1, 1],
+            protocol: PROTO_UDP,
+            payload_len: 8,
+            ttl: 64,
+            dscp_ecn: 0,
+        }
+        .emit(&mut b)
+        .unwrap();
         b[20..22].copy_from_slice(&53u16.to_be_bytes());
         b[22..24].copy_from_slice(&4500u16.to_be_bytes());
         let s = Selectors::parse(&b).unwrap();

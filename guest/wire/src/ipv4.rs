@@ -93,6 +93,8 @@ pub struct Repr {
     pub payload_len: usize,
     /// Time to live.
     pub ttl: u8,
+    /// The second byte: DSCP (upper six bits) and ECN (lower two).
+    pub dscp_ecn: u8,
 }
 
 impl Repr {
@@ -104,6 +106,7 @@ impl Repr {
             protocol: packet.protocol(),
             payload_len: usize::from(packet.total_len()) - packet.header_len(),
             ttl: packet.buffer.as_ref()[8],
+            dscp_ecn: packet.buffer.as_ref()[1],
         })
     }
 
@@ -120,6 +123,7 @@ impl Repr {
         let h = &mut buf[..HEADER_LEN];
         h.fill(0);
         h[0] = 0x45;
+        h[1] = self.dscp_ecn;
         h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         h[6] = 0x40; // don't fragment
         h[8] = self.ttl;
@@ -153,7 +157,14 @@ mod tests {
     use super::*;
 
     fn sample() -> Repr {
-        Repr { src_addr: [198, 18, 1, 10], dst_addr: [198, 18, 2, 10], protocol: 1, payload_len: 8, ttl: 64 }
+        Repr {
+            src_addr: [198, 18, 1, 10],
+            dst_addr: [198, 18, 2, 10],
+            protocol: 1,
+            payload_len: 8,
+            ttl: 64,
+            dscp_ecn: 0xb9,
+        }
     }
 
     #[test]

@@ -33,8 +33,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use sections::{
-    Child, Connection, Control, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike, Manual,
-    Network, Policy, RawEspSend, Runtime, StartAction, Tunnel,
+    Child, Connection, Control, CopyDscp, DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, DpdAction, Encapsulation, Ike,
+    Manual, Network, Policy, RawEspSend, Runtime, StartAction, Tunnel,
 };
 pub use tenant::Tenant;
 pub use values::{Identity, KeySource, Prefix, Proposals, Spi, show_ts};

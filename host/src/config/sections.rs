@@ -305,6 +305,24 @@ pub struct Network {
     /// its output hooks.
     #[serde(default)]
     pub raw_esp_send: RawEspSend,
+    /// The outer header's DSCP on encapsulation: copied from the inner
+    /// packet's (`out`, RFC 4301 section 5.1.2.1's default), or left 0
+    /// (`no`). ECN is not copied (RFC 6040 section 4.1, compatibility
+    /// mode; see `datapath/tos.rs`).
+    #[serde(default)]
+    pub copy_dscp: CopyDscp,
+}
+
+/// `[network] copy_dscp` (the values strongSwan's `copy_dscp` has for
+/// this direction).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyDscp {
+    /// From the inner header to the outer one.
+    #[default]
+    Out,
+    /// Not at all: the outer DSCP is 0.
+    No,
 }
 
 /// `[network] raw_esp_send`.
@@ -328,6 +346,7 @@ impl Default for Network {
             raw_esp: false,
             udp_offload: true,
             raw_esp_send: RawEspSend::Ip,
+            copy_dscp: CopyDscp::Out,
         }
     }
 }

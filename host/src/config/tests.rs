@@ -71,6 +71,15 @@ fn parses_with_defaults() {
 }
 
 #[test]
+fn copy_dscp_defaults_to_out_and_takes_no() {
+    assert_eq!(Config::parse(GOOD, "t.toml").unwrap().network.copy_dscp, CopyDscp::Out);
+    let off = format!("{GOOD}\n[network]\ncopy_dscp = \"no\"\n");
+    assert_eq!(Config::parse(&off, "t.toml").unwrap().network.copy_dscp, CopyDscp::No);
+    let e = Config::parse(&off.replace("\"no\"", "\"in\""), "t.toml").unwrap_err().to_string();
+    assert!(e.contains("unknown variant `in`"), "{e}");
+}
+
+#[test]
 fn a_replay_window_the_engine_cannot_keep_is_refused() {
     let c = Config::parse(&GOOD.replace("in_spi = 4098", "in_spi = 4098\nreplay_window = 65536"), "w.toml").unwrap();
     assert_eq!(c.manual[0].replay_window, MAX_REPLAY_WINDOW);

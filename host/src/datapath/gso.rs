@@ -36,6 +36,8 @@ pub struct GsoSend {
     pub enabled: bool,
     buf: Vec<u8>,
     to: Option<SocketAddrV4>,
+    /// Their outer TOS byte (`tos.rs`): one per send.
+    tos: u8,
     /// Size of every datagram but possibly the last.
     segment: usize,
     /// Each datagram's SPI (for its SA's counters) and length.
@@ -51,13 +53,14 @@ impl Default for GsoSend {
 impl GsoSend {
     /// With GSO allowed (`enabled`) or never tried.
     pub fn new(enabled: bool) -> GsoSend {
-        GsoSend { enabled, buf: Vec::with_capacity(MAX_BYTES), to: None, segment: 0, parts: Vec::new() }
+        GsoSend { enabled, buf: Vec::with_capacity(MAX_BYTES), to: None, tos: 0, segment: 0, parts: Vec::new() }
     }
 
-    /// Queue one sealed datagram for `to`, sending what was queued first
-    /// when it cannot join them.
-    pub fn push(&mut self, out: &UdpOut, to: SocketAddrV4, spi: Option<u32>, data: &[u8]) {
+    /// Queue one sealed datagram for `to` with outer TOS `tos`, sending
+    /// what was queued first when it cannot join them.
+    pub fn push(&mut self, out: &UdpOut, to: SocketAddrV4, tos: u8, spi: Option<u32>, data: &[u8]) {
         let fits = self.to == Some(to)
+            && self.tos == tos
             && data.len() <= self.segment
             && self.parts.last().is_some_and(|&(_, l)| l == self.segment)
             && self.parts.len() < MAX_SEGMENTS
@@ -65,6 +68,7 @@ impl GsoSend {
         if !fits {
             self.flush(out);
             self.to = Some(to);
+            self.tos = tos;
             self.segment = data.len();
         }
         self.buf.extend_from_slice(data);
@@ -79,7 +83,7 @@ impl GsoSend {
         let r = if self.parts.len() == 1 || !self.enabled {
             Err(None)
         } else {
-            sys::send_gso(out.udp, to, &self.buf, self.segment as u16).map_err(Some)
+            sys::send_udp(out.udp, to, &self.buf, Some(self.segment as u16), self.tos).map_err(Some)
         };
         match r {
             Ok(_) => {
@@ -98,7 +102,7 @@ impl GsoSend {
                 }
                 let mut at = 0;
                 for &(spi, len) in &self.parts {
-                    match out.udp.send_to(&self.buf[at..at + len], to) {
+                    match sys::send_udp(out.udp, to, &self.buf[at..at + len], None, self.tos) {
                         Ok(_) => sent(out, spi, len),
                         Err(e) => {
                             debug!(error = %e, "ESP send failed");
@@ -149,7 +153,7 @@ mod tests {
         // one that cannot join (a send of its own).
         let sizes = [100usize, 100, 100, 40, 120];
         for (i, &n) in sizes.iter().enumerate() {
-            g.push(&out, to, None, &vec![i as u8; n]);
+            g.push(&out, to, 0, None, &vec![i as u8; n]);
         }
         g.flush(&out);
         for (i, &n) in sizes.iter().enumerate() {
@@ -170,7 +174,7 @@ mod tests {
         let out = UdpOut { udp: &tx, stats: &stats, traffic: &traffic };
         let mut g = GsoSend::default();
         for i in 0..4u8 {
-            g.push(&out, to, None, &[i; 300]);
+            g.push(&out, to, 0, None, &[i; 300]);
         }
         g.flush(&out);
         let mut b = vec![0u8; 65_535];

@@ -31,6 +31,8 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
         sources: Vec::new(),
         staging: Loop::staging_for(64),
         from_domain: Vec::new(),
+        outer_tos: vec![0; 64],
+        copy_dscp: true,
         traffic: HashMap::new(),
         cutter: Default::default(),
         gso: Default::default(),

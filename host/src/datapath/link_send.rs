@@ -85,7 +85,7 @@ impl LinkEsp {
     pub fn send_many<'a>(
         &mut self,
         n: usize,
-        msg: impl Fn(usize) -> (&'a [u8], Ipv4Addr),
+        msg: impl Fn(usize) -> (&'a [u8], Ipv4Addr, u8),
         ip: &RawEsp,
         mut sent: impl FnMut(usize, io::Result<()>),
     ) -> LinkSent {
@@ -93,7 +93,7 @@ impl LinkEsp {
         let mut resolves = 0;
         let mut counts = LinkSent::default();
         for i in 0..n {
-            let (data, to) = msg(i);
+            let (data, to, tos) = msg(i);
             match self.hop(to, now, &mut resolves) {
                 Some(next) if data.len() + IP_HEADER <= usize::from(u16::MAX) => {
                     self.run.push((i, next));
@@ -106,7 +106,7 @@ impl LinkEsp {
                     // goes first, so a peer's datagrams keep their order.
                     self.flush(&msg, ip, &mut sent, &mut counts);
                     counts.ip += 1;
-                    sent(i, ip.send_to(data, to).map(drop));
+                    sent(i, ip.send_to(data, to, tos).map(drop));
                 }
             }
         }
@@ -145,7 +145,7 @@ impl LinkEsp {
     /// goes through the IP socket at once, before those after it.
     fn flush<'a>(
         &mut self,
-        msg: &impl Fn(usize) -> (&'a [u8], Ipv4Addr),
+        msg: &impl Fn(usize) -> (&'a [u8], Ipv4Addr, u8),
         ip: &RawEsp,
         sent: &mut impl FnMut(usize, io::Result<()>),
         counts: &mut LinkSent,
@@ -156,7 +156,7 @@ impl LinkEsp {
         let LinkEsp { sock, hops, bind, run, .. } = self;
         let mut heads = [[0u8; IP_HEADER]; RAW_BATCH];
         for (head, &(i, next)) in heads.iter_mut().zip(run.iter()) {
-            let (data, to) = msg(i);
+            let (data, to, tos) = msg(i);
             let src = if bind.is_unspecified() { next.src.unwrap_or(*bind) } else { *bind };
             // As the IP layer writes it for a raw socket with path MTU
             // discovery: DF set, so the identification means nothing
@@ -167,6 +167,7 @@ impl LinkEsp {
                 protocol: ESP,
                 payload_len: data.len(),
                 ttl: 64,
+                dscp_ecn: tos,
             };
             let _ = repr.emit(head);
         }
@@ -184,12 +185,12 @@ impl LinkEsp {
                     sent(i, Ok(()));
                 }
                 Err(e) => {
-                    let (data, to) = msg(i);
+                    let (data, to, tos) = msg(i);
                     debug!(peer = %to, error = %e, "the packet socket refused an ESP datagram: through the IP layer");
                     // Ask again next time: the route or neighbour may have moved.
                     hops.remove(&to);
                     counts.ip += 1;
-                    sent(i, ip.send_to(data, to).map(drop));
+                    sent(i, ip.send_to(data, to, tos).map(drop));
                 }
             }
         });

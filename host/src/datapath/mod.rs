@@ -23,6 +23,7 @@ mod install_tests;
 pub mod link_send;
 pub mod outbound;
 pub mod peers;
+pub mod tos;
 pub mod tso;
 pub mod tun_write;
 
@@ -163,6 +164,11 @@ pub struct Loop {
     pub staging: Vec<PacketBuf>,
     /// Outbound thread: the domain each staged packet was read from.
     pub from_domain: Vec<usize>,
+    /// Outbound thread: the outer TOS byte for each staged packet (its
+    /// DSCP copied, `tos.rs`), read before the packet is sealed.
+    pub outer_tos: Vec<u8>,
+    /// Outbound thread: copy the inner DSCP to the outer header.
+    pub copy_dscp: bool,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
     /// Outbound thread: the TSO super-packet being cut.
@@ -170,8 +176,8 @@ pub struct Loop {
     /// Outbound thread: sealed ESP-in-UDP datagrams gathered for UDP GSO.
     pub gso: gso::GsoSend,
     /// Outbound thread: sealed raw ESP datagrams of the batch gathered for
-    /// one `sendmmsg` (batch index, peer address, SPI).
-    pub raw_out: Vec<(usize, std::net::Ipv4Addr, Option<u32>)>,
+    /// one `sendmmsg` (batch index, peer address, outer TOS, SPI).
+    pub raw_out: Vec<(usize, std::net::Ipv4Addr, u8, Option<u32>)>,
     /// Inbound thread: the last UDP GRO read, being cut.
     pub gro: gro::GroRecv,
     /// Inbound thread: ESP for SAs we asked for and have not installed yet.

@@ -10,6 +10,7 @@ use wasmsec_wire::ipv4;
 use super::channel::Report;
 use super::group::Split;
 use super::gso::{self, UdpOut};
+use super::tos;
 use super::{Direction, Loop, POLL_MS};
 use crate::config::Encapsulation;
 use crate::stats;
@@ -50,12 +51,15 @@ impl Loop {
                 fds = self.poll_fds();
             }
             let n = self.read_tuns(&ready[1..]);
-            for ((slot, p), &d) in slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain) {
+            for (((slot, p), &d), tos) in
+                slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain).zip(&mut self.outer_tos)
+            {
                 *slot = self.groups.route_out(d, p.data());
+                *tos = tos::outer(tos::of_inner(p.data()), self.copy_dscp);
             }
             split.each(&slots[..n], |g, idx| {
                 if let Some(verdicts) = self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {
-                    self.act_outbound(g, verdicts, &mut last_acquire);
+                    self.act_outbound(g, idx, verdicts, &mut last_acquire);
                 }
                 self.take_back(g, idx);
             });
@@ -63,7 +67,7 @@ impl Loop {
     }
 
     /// Send what group `g`'s guest sealed; count the rest.
-    fn act_outbound(&mut self, g: usize, verdicts: Vec<EncapVerdict>, last_acquire: &mut Instant) {
+    fn act_outbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<EncapVerdict>, last_acquire: &mut Instant) {
         // Only the daemon's own domain has `trap` connections: a tenant's
         // traffic never starts a negotiation of another domain's.
         let may_acquire = self.groups.list[g].domain == 0;
@@ -81,17 +85,18 @@ impl Loop {
                         Mark::Sealed { spi, .. } => Some(*spi),
                         _ => None,
                     };
+                    let tos = idx.get(k).and_then(|&i| self.outer_tos.get(i)).copied().unwrap_or(0);
                     match self.peers.get(peer as usize) {
                         // ESP in UDP: gathered for one GSO send per run of
                         // same-sized datagrams (`gso`).
                         Some(to) if to.encapsulation == Encapsulation::Udp => {
                             let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
-                            self.gso.push(&out, SocketAddrV4::new(to.address, to.port), spi, p.data());
+                            self.gso.push(&out, SocketAddrV4::new(to.address, to.port), tos, spi, p.data());
                         }
                         // Raw ESP: gathered for one `sendmmsg` (below).
-                        Some(to) if self.raw.is_some() => self.raw_out.push((k, to.address, spi)),
+                        Some(to) if self.raw.is_some() => self.raw_out.push((k, to.address, tos, spi)),
                         _ => {
-                            if self.send(peer, p.data())
+                            if self.send(peer, p.data(), tos)
                                 && let Some(t) = spi.and_then(|s| self.traffic.get(&s))
                             {
                                 t.count(p.len());
@@ -120,11 +125,11 @@ impl Loop {
         if let (Some(raw), false) = (&self.raw, self.raw_out.is_empty()) {
             let gathered = &self.raw_out;
             let msg = |i: usize| {
-                let (k, to, _) = gathered[i];
-                (st.batch[k].data(), to)
+                let (k, to, tos, _) = gathered[i];
+                (st.batch[k].data(), to, tos)
             };
             let sent = |i: usize, r: std::io::Result<()>| {
-                let (k, _, spi) = gathered[i];
+                let (k, _, _, spi) = gathered[i];
                 match r {
                     Ok(()) => gso::sent(&out, spi, st.batch[k].len()),
                     Err(e) => {
@@ -194,15 +199,16 @@ impl Loop {
         n
     }
 
-    /// Send a sealed packet to peer `peer`; true if it left.
-    fn send(&self, peer: u32, data: &[u8]) -> bool {
+    /// Send a sealed packet to peer `peer` with outer TOS `tos`; true if
+    /// it left.
+    fn send(&self, peer: u32, data: &[u8], tos: u8) -> bool {
         let Some(p) = self.peers.get(peer as usize) else {
             stats::inc(&self.stats.guest_protocol_errors);
             return false;
         };
         let r = match (p.encapsulation, &self.raw) {
-            (Encapsulation::Udp, _) => self.udp.send_to(data, SocketAddrV4::new(p.address, p.port)),
-            (Encapsulation::None, Some(raw)) => raw.send_to(data, p.address),
+            (Encapsulation::Udp, _) => sys::send_udp(&self.udp, SocketAddrV4::new(p.address, p.port), data, None, tos),
+            (Encapsulation::None, Some(raw)) => raw.send_to(data, p.address, tos),
             (Encapsulation::None, None) => Err(std::io::Error::other("no raw ESP socket")),
         };
         match r {

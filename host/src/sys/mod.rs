@@ -202,19 +202,22 @@ impl RawEsp {
         Ok((n as usize, Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))))
     }
 
-    pub fn send_to(&self, buf: &[u8], to: Ipv4Addr) -> io::Result<usize> {
-        let sa = sockaddr(SocketAddrV4::new(to, 0));
-        // SAFETY: buf and sa are valid for reads of the sizes given.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
+    /// Send one datagram to `to`, with `tos` as its header's DSCP and
+    /// ECN byte (0: the socket's, which is 0).
+    pub fn send_to(&self, buf: &[u8], to: Ipv4Addr, tos: u8) -> io::Result<usize> {
+        let mut sa = sockaddr(SocketAddrV4::new(to, 0));
+        let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut control = Control::default();
+        let mut h = message(&mut iov);
+        h.msg_hdr.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+        h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        if tos != 0 {
+            control.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
+            control.attach(&mut h.msg_hdr);
+        }
+        // SAFETY: h points at iov, sa and control, locals that outlive the
+        // call, over `buf` lent for it.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &h.msg_hdr, 0) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 }
@@ -272,7 +275,7 @@ impl RawEsp {
     /// the rest still go.
     pub fn send_many<'a>(
         &self,
-        msgs: impl Iterator<Item = (&'a [u8], Ipv4Addr)>,
+        msgs: impl Iterator<Item = (&'a [u8], Ipv4Addr, u8)>,
         mut sent: impl FnMut(usize, io::Result<()>),
     ) {
         let mut msgs = msgs.peekable();
@@ -282,15 +285,21 @@ impl RawEsp {
         let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
         let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; RAW_BATCH];
         let mut addrs = [const { MaybeUninit::<libc::sockaddr_in>::uninit() }; RAW_BATCH];
+        let mut controls = [const { MaybeUninit::<Control>::uninit() }; RAW_BATCH];
         while msgs.peek().is_some() {
             let mut n = 0;
-            for (data, to) in msgs.by_ref().take(RAW_BATCH) {
+            for (data, to, tos) in msgs.by_ref().take(RAW_BATCH) {
                 let addr = addrs[n].write(sockaddr(SocketAddrV4::new(to, 0)));
                 let iov =
                     iovs[n].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
                 let hdr = hdrs[n].write(message(iov));
                 hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
                 hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+                if tos != 0 {
+                    let c = controls[n].write(Control::default());
+                    c.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
+                    c.attach(&mut hdr.msg_hdr);
+                }
                 n += 1;
             }
             // SAFETY: hdrs[..n] were written above and point at iovecs and
@@ -544,19 +553,32 @@ const UDP_SEGMENT: libc::c_int = 103;
 static TEST_UDP_GSO_EIO: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1"));
 
-/// Send `buf` to `to` as datagrams of `segment` bytes each (the last may be
-/// shorter) in one system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The
-/// kernel cuts it as late as it can, on a veth or a GSO-capable NIC not at
-/// all. It fails with `EIO` where the device cannot checksum for it, and
-/// with `EINVAL` on a kernel without it; callers then send one by one.
-pub fn send_gso(sock: &std::net::UdpSocket, to: SocketAddrV4, buf: &[u8], segment: u16) -> io::Result<usize> {
-    if *TEST_UDP_GSO_EIO {
+/// Send `buf` to `to`, with `tos` as the outer header's DSCP and ECN
+/// byte (`IP_TOS`, 0: the socket's, which is 0). With `segment`, as
+/// datagrams of that many bytes each (the last may be shorter) in one
+/// system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The kernel cuts it as
+/// late as it can, on a veth or a GSO-capable NIC not at all. It fails with
+/// `EIO` where the device cannot checksum for it, and with `EINVAL` on a
+/// kernel without it; callers then send one by one.
+pub fn send_udp(
+    sock: &std::net::UdpSocket,
+    to: SocketAddrV4,
+    buf: &[u8],
+    segment: Option<u16>,
+    tos: u8,
+) -> io::Result<usize> {
+    if segment.is_some() && *TEST_UDP_GSO_EIO {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
     let mut sa = sockaddr(to);
     let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // Room for one cmsg carrying a u16, aligned as cmsghdr wants.
-    let mut control = [0u64; 4];
+    let mut control = Control::default();
+    if let Some(s) = segment {
+        control.push(SOL_UDP, UDP_SEGMENT, &s.to_ne_bytes());
+    }
+    if tos != 0 {
+        control.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
+    }
     // SAFETY: a zeroed msghdr is valid; every pointer set below points at
     // locals that outlive the sendmsg call, with the lengths given.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -564,21 +586,47 @@ pub fn send_gso(sock: &std::net::UdpSocket, to: SocketAddrV4, buf: &[u8], segmen
     msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a size.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-    // SAFETY: msg_control has room for CMSG_SPACE(2) bytes (32 >= 24), so
-    // the first header and its data are inside `control`.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = SOL_UDP;
-        (*c).cmsg_type = UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-    }
+    control.attach(&mut msg);
     // SAFETY: msg is fully initialised above.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+}
+
+/// Room for the control messages of one send (a GSO segment size and an
+/// `IP_TOS`), aligned as `cmsghdr` wants.
+#[derive(Default)]
+pub(crate) struct Control {
+    buf: [u64; 6],
+    len: usize,
+}
+
+impl Control {
+    /// Append one control message; one that does not fit is a bug.
+    pub(crate) fn push(&mut self, level: libc::c_int, kind: libc::c_int, data: &[u8]) {
+        // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(data.len() as u32) as usize, libc::CMSG_LEN(data.len() as u32)) };
+        assert!(self.len + space <= size_of_val(&self.buf), "control messages overflow");
+        // SAFETY: the header goes at an aligned offset (each space is a
+        // multiple of the alignment) inside `buf`, and its data after it,
+        // all within `buf` as checked above.
+        unsafe {
+            let c = self.buf.as_mut_ptr().cast::<u8>().add(self.len).cast::<libc::cmsghdr>();
+            std::ptr::write_bytes(c.cast::<u8>(), 0, space);
+            (*c).cmsg_level = level;
+            (*c).cmsg_type = kind;
+            (*c).cmsg_len = len as _;
+            std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
+        }
+        self.len += space;
+    }
+
+    /// Point `msg` at these messages (none: no control part).
+    pub(crate) fn attach(&mut self, msg: &mut libc::msghdr) {
+        if self.len > 0 {
+            msg.msg_control = self.buf.as_mut_ptr().cast();
+            msg.msg_controllen = self.len as _;
+        }
+    }
 }
 
 /// Set a socket's send and receive buffers to `bytes`, past
@@ -724,7 +772,9 @@ mod tests {
         let spi = std::process::id().to_be_bytes();
         let esp = |seq: u8| [&spi[..], &[0, 0, 0, seq], &[0xab; 40][..]].concat();
         let (a, b, huge) = (esp(1), esp(2), vec![0u8; 70_000]);
-        let msgs = [(&a[..], Ipv4Addr::LOCALHOST), (&huge[..], Ipv4Addr::LOCALHOST), (&b[..], Ipv4Addr::LOCALHOST)];
+        // The first with DSCP EF and ECT(0), the last with the socket's TOS.
+        let lo = Ipv4Addr::LOCALHOST;
+        let msgs = [(&a[..], lo, 0xba), (&huge[..], lo, 0), (&b[..], lo, 0)];
         let mut results = Vec::new();
         sock.send_many(msgs.into_iter(), |i, r| results.push((i, r.is_ok())));
         assert_eq!(results, [(0, true), (1, false), (2, true)]);
@@ -739,7 +789,7 @@ mod tests {
                     for (buf, &len) in bufs.iter().zip(&lens[..n]) {
                         // Ours: after the 20-byte IPv4 header, our SPI.
                         if len == 20 + a.len() && buf[20..24] == spi {
-                            seen.push(buf[27]);
+                            seen.push((buf[27], buf[1]));
                         }
                     }
                 }
@@ -747,6 +797,6 @@ mod tests {
                 Err(e) => panic!("recvmmsg: {e}"),
             }
         }
-        assert_eq!(seen, [1, 2], "both datagrams around the refused one arrive, in order");
+        assert_eq!(seen, [(1, 0xba), (2, 0)], "both datagrams around the refused one arrive, in order, with their TOS");
     }
 }
