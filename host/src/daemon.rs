@@ -504,6 +504,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     // A burst of GSO datagrams (a TSO super-packet sealed) lands at once:
     // with the default 208 KiB the receiving gateway dropped one in six.
     enlarge_buffers(&udp, "ESP in UDP");
+    // The outer TOS byte of each datagram, for RFC 6040's decapsulation.
+    if let Err(e) = sys::enable_recv_tos(&udp) {
+        warn!(error = %e, "IP_RECVTOS refused: ECN marks on ESP in UDP are not carried inward");
+    }
     let gro = cfg.network.udp_offload
         && sys::enable_udp_gro(&udp)
             .map_err(|e| warn!(error = %e, "UDP GRO refused; reading datagrams one by one"))
@@ -553,7 +557,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let stats = Arc::new(stats);
     info!(
         tun = tuns[0].name(), tenants = cfg.tenant.len(), mtu = cfg.tunnel.mtu, listen = %cfg.network.listen, port = cfg.network.nat_t_port,
-        raw_esp = raw.is_some(), raw_esp_send = ?cfg.network.raw_esp_send, copy_dscp = ?cfg.network.copy_dscp, batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
+        raw_esp = raw.is_some(), raw_esp_send = ?cfg.network.raw_esp_send, copy_dscp = ?cfg.network.copy_dscp, copy_ecn = cfg.network.copy_ecn, batch = cfg.runtime.batch, components = %dir.display(), ike = with_ike,
         "wasmsec data plane up"
     );
 
@@ -599,7 +603,10 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
         outer_tos: vec![0; cfg.runtime.batch],
-        copy_dscp: cfg.network.copy_dscp == crate::config::CopyDscp::Out,
+        copy: crate::datapath::tos::Copy {
+            dscp: cfg.network.copy_dscp == crate::config::CopyDscp::Out,
+            ecn: cfg.network.copy_ecn,
+        },
         traffic: out_traffic,
         cutter: Default::default(),
         gso: GsoSend::new(cfg.network.udp_offload),
@@ -626,7 +633,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
         outer_tos: Vec::new(),
-        copy_dscp: false,
+        copy: crate::datapath::tos::Copy { dscp: false, ecn: false },
         traffic: in_traffic,
         cutter: Default::default(),
         gso: Default::default(),

@@ -45,6 +45,9 @@ pub struct Stats {
     pub ike_rx_unhandled: AtomicU64,
     /// Datagrams too short to be anything (counted, dropped).
     pub rx_runts: AtomicU64,
+    /// Opened packets dropped because the outer header was marked CE and
+    /// the inner packet is not ECN-capable (RFC 6040 section 4.2).
+    pub rx_ecn_drops: AtomicU64,
     /// Send or write failures (socket or TUN).
     pub tx_errors: AtomicU64,
     /// Guest instances replaced after a trap.
@@ -192,6 +195,7 @@ impl Stats {
             "keepalives_rx": g(&self.keepalives_rx),
             "ike_rx_unhandled": g(&self.ike_rx_unhandled),
             "rx_runts": g(&self.rx_runts),
+            "rx_ecn_drops": g(&self.rx_ecn_drops),
             "tx_errors": g(&self.tx_errors),
             "guest_restarts": g(&self.guest_restarts),
             "sa_install_failures": g(&self.sa_install_failures),

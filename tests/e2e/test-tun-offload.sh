@@ -86,6 +86,26 @@ echo "host B's link: $lan_n segments from host A, $lan_big above 1500 bytes, $la
 check "the joined super-packets reached host B cut back into segments ($lan_n, $lan_big too big)" \
     [ "$lan_n" -ge 1000 -a "$lan_big" -eq 0 ]
 check "... each with a valid TCP checksum ($lan_bad bad)" [ "$lan_bad" -eq 0 ]
+# RFC 6040 decapsulation of ESP in UDP (the outer TOS from IP_RECVTOS):
+# gwb's prerouting hook, standing in for a congested router, marks every
+# datagram to 4500 CE. ECT(0) pings reach host B marked CE (its input
+# hook counts them); Not-ECT pings are dropped and counted.
+ip netns exec wsdemo-gwb nft add table ip wsecn
+ip netns exec wsdemo-gwb nft add chain ip wsecn pre '{ type filter hook prerouting priority -150; }'
+ip netns exec wsdemo-gwb nft add rule ip wsecn pre udp dport 4500 ip ecn set ce
+ip netns exec wsdemo-hostb nft add table ip wsecn
+ip netns exec wsdemo-hostb nft add chain ip wsecn in '{ type filter hook input priority 0; }'
+ip netns exec wsdemo-hostb nft add rule ip wsecn in icmp type echo-request ip ecn ce counter
+ecn0=$(stat_of "$DIR/on/gwb-stats.json" rx_ecn_drops)
+check "ECT(0) pings pass under a CE outer header" \
+    bash -c "ip netns exec wsdemo-hosta ping -n -c 5 -i 0.2 -W 2 -Q 0x02 198.18.2.10 | grep -q ' 0% packet loss'"
+ce=$(ip netns exec wsdemo-hostb nft list chain ip wsecn in | grep -o 'packets [0-9]*' | awk '{print $2}')
+check "... and reach host B marked CE ($ce)" [ "${ce:-0}" -ge 5 ]
+check "Not-ECT pings under a CE outer header are dropped" \
+    bash -c "ip netns exec wsdemo-hosta ping -n -c 3 -i 0.2 -W 1 198.18.2.10 | grep -q ' 100% packet loss'"
+sleep 1.2
+ecn1=$(stat_of "$DIR/on/gwb-stats.json" rx_ecn_drops)
+check "... and counted at gwb ($((ecn1 - ecn0)))" [ "$((ecn1 - ecn0))" -eq 3 ]
 "$WASMSEC_BIN" demo --down >/dev/null 2>&1
 
 tshark_args=(-r "$DIR/tso.pcap" -o esp.enable_encryption_decode:TRUE -o tcp.check_checksum:TRUE)

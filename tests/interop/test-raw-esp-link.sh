@@ -7,9 +7,12 @@
 #    decrypts the capture of A's WAN link with A's ESP keys and finds valid
 #    IPv4 headers, the inner TCP segments, and each SA's sequence numbers
 #    strictly increasing.
-#  - The outer header's DSCP: A copies the inner DSCP (the default,
-#    `copy_dscp = "out"`) and never the ECN bits (RFC 6040 compatibility
-#    mode); B, with `copy_dscp = "no"`, leaves it 0.
+#  - The outer header's TOS: A copies the inner DSCP and ECN (the
+#    defaults, `copy_dscp = "out"`, `copy_ecn = true`: RFC 4301 section
+#    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "no"` and
+#    `copy_ecn = false`, leaves it 0.
+#  - RFC 6040 decapsulation: with A's datagrams marked CE on the way, B
+#    delivers ECT pings marked CE and drops Not-ECT ones (counted).
 #  - With A's neighbour table flushed, A has no next hop for a moment: its
 #    datagrams go through the IP socket (counted), whose ARP brings the
 #    entry back, and then through the packet socket again; no ping lost.
@@ -28,7 +31,7 @@ ping_ok_size() { nsx "$1" ping -n -c "$3" -s "$4" -i 0.2 -W 2 "$2" | grep -q " 0
 settle() { sleep 0.6; }
 
 capture wsi-gwa "$STATE/wan.pcap"
-WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "no"' \
+WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "no"\ncopy_ecn = false' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
     wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
@@ -91,7 +94,7 @@ for line in open(sys.argv[1]):
         tcp_out_ef += outer_ds == 0xb8
     if icmp == "8" and inner_ds == 0xba:
         a_echo += 1
-        a_echo_ef += outer_ds == 0xb8
+        a_echo_ef += outer_ds == 0xba
 print(n, opened, tcp, mono, bad, tcp_ef, tcp_out_ef, a_echo, a_echo_ef, b_echo, b_echo_zero)
 PY
 )
@@ -100,12 +103,34 @@ check "tshark decrypts every captured ESP datagram of A's ($opened of $n), the T
     [ "$n" -ge 1000 -a "$opened" -eq "$n" -a "$tcp" -ge 1000 ]
 check "every IPv4 header we wrote has a valid checksum ($bad bad)" [ "$bad" -eq 0 ]
 check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
-echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo requests with EF+ECT(0) inside $a_echo, EF without ECN outside $a_echo_ef; B's echo replies with EF inside $b_echo, 0 outside $b_echo_zero"
+echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo requests with EF+ECT(0) inside $a_echo, the same outside $a_echo_ef; B's echo replies with EF inside $b_echo, 0 outside $b_echo_zero"
 check "A copies the inner DSCP to the outer header ($tcp_out_ef of $tcp_ef TCP datagrams)" \
     [ "$tcp_ef" -ge 1000 -a "$tcp_out_ef" -eq "$tcp_ef" ]
-check "... and not the ECN bits ($a_echo_ef of $a_echo echo requests)" [ "$a_echo" -ge 1 -a "$a_echo_ef" -eq "$a_echo" ]
-check "B, with copy_dscp = \"no\", leaves the outer DSCP 0 ($b_echo_zero of $b_echo echo replies)" \
+check "... and the ECN field ($a_echo_ef of $a_echo echo requests with EF and ECT(0))" [ "$a_echo" -ge 1 -a "$a_echo_ef" -eq "$a_echo" ]
+check "B, with copy_dscp = \"no\" and copy_ecn = false, leaves the outer TOS 0 ($b_echo_zero of $b_echo echo replies)" \
     [ "$b_echo" -ge 1 -a "$b_echo_zero" -eq "$b_echo" ]
+
+# RFC 6040 section 4.2: a router between the gateways (here B's own
+# prerouting hook, before the raw socket) marks A's ESP datagrams CE.
+# Host B counts the echo requests that reach it marked CE.
+nsx wsi-gwb nft add table ip wsecn
+nsx wsi-gwb nft add chain ip wsecn pre '{ type filter hook prerouting priority -150; }'
+nsx wsi-gwb nft add rule ip wsecn pre ip protocol esp ip ecn set ce
+nsx wsi-hostb nft add table ip wsecn
+nsx wsi-hostb nft add chain ip wsecn in '{ type filter hook input priority 0; }'
+nsx wsi-hostb nft add rule ip wsecn in icmp type echo-request ip ecn ce counter
+ecn0=$(stat "$B/stats.json" rx_ecn_drops)
+check "ECT(0) pings pass with the outer header marked CE" \
+    bash -c "ip netns exec wsi-hosta ping -n -c 5 -i 0.2 -W 2 -Q 0x02 $HOST_B | grep -q ' 0% packet loss'"
+ce=$(nsx wsi-hostb nft list chain ip wsecn in | grep -o 'packets [0-9]*' | awk '{print $2}')
+check "... and reach host B marked CE ($ce)" [ "${ce:-0}" -ge 5 ]
+check "Not-ECT pings under a CE outer header are dropped" \
+    bash -c "ip netns exec wsi-hosta ping -n -c 3 -i 0.2 -W 1 $HOST_B | grep -q ' 100% packet loss'"
+settle
+ecn1=$(stat "$B/stats.json" rx_ecn_drops)
+check "... and counted at B ($((ecn1 - ecn0)))" [ "$((ecn1 - ecn0))" -eq 3 ]
+nsx wsi-gwb nft delete table ip wsecn
+check "pings pass again without the marks" ping_ok wsi-hosta $HOST_B 3
 
 # No next hop for a moment: the neighbour table flushed.
 read -r link0 ip0 < <(link "$A")

@@ -40,6 +40,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(self.buffer.as_ref()[0] & 0x0f) * 4
     }
 
+    /// The second byte: DSCP and ECN.
+    #[inline(always)]
+    pub fn dscp_ecn(&self) -> u8 {
+        self.buffer.as_ref()[1]
+    }
+
     #[inline(always)]
     pub fn total_len(&self) -> u16 {
         be16(self.buffer.as_ref(), 2)
@@ -106,7 +112,7 @@ impl Repr {
             protocol: packet.protocol(),
             payload_len: usize::from(packet.total_len()) - packet.header_len(),
             ttl: packet.buffer.as_ref()[8],
-            dscp_ecn: packet.buffer.as_ref()[1],
+            dscp_ecn: packet.dscp_ecn(),
         })
     }
 

@@ -307,10 +307,15 @@ pub struct Network {
     pub raw_esp_send: RawEspSend,
     /// The outer header's DSCP on encapsulation: copied from the inner
     /// packet's (`out`, RFC 4301 section 5.1.2.1's default), or left 0
-    /// (`no`). ECN is not copied (RFC 6040 section 4.1, compatibility
-    /// mode; see `datapath/tos.rs`).
+    /// (`no`); see `datapath/tos.rs`.
     #[serde(default)]
     pub copy_dscp: CopyDscp,
+    /// Copy the inner packet's ECN field to the outer header on
+    /// encapsulation (RFC 6040 section 4.1, normal mode), or send Not-ECT
+    /// (compatibility mode). Decapsulation follows RFC 6040 section 4.2
+    /// either way.
+    #[serde(default = "default_true")]
+    pub copy_ecn: bool,
 }
 
 /// `[network] copy_dscp` (the values strongSwan's `copy_dscp` has for
@@ -347,6 +352,7 @@ impl Default for Network {
             udp_offload: true,
             raw_esp_send: RawEspSend::Ip,
             copy_dscp: CopyDscp::Out,
+            copy_ecn: true,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! run, so every piece is classified on its own. What does not fit the
 //! batch waits here for the next one, ahead of any new read.
 use std::io::ErrorKind;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use tracing::debug;
 
@@ -29,13 +29,16 @@ pub struct GroRecv {
     at: usize,
     segment: usize,
     from: Option<SocketAddrV4>,
+    /// The read's outer TOS byte: GRO joins only datagrams whose IPv4
+    /// headers match, so it is every one's.
+    tos: u8,
 }
 
 impl GroRecv {
     /// For a socket with GRO on (`enabled`) or off.
     pub fn new(enabled: bool) -> GroRecv {
         let buf = if enabled { vec![0; GRO_MAX] } else { Vec::new() };
-        GroRecv { enabled, buf, len: 0, at: 0, segment: 0, from: None }
+        GroRecv { enabled, buf, len: 0, at: 0, segment: 0, from: None, tos: 0 }
     }
 
     /// Whether datagrams of the last read wait for room.
@@ -56,10 +59,10 @@ impl Loop {
     pub(super) fn read_udp(&mut self, mut n: usize) -> usize {
         while n < self.staging.len() {
             if !self.gro.enabled {
-                match self.udp.recv_from(self.staging[n].recv_area()) {
-                    Ok((len, from)) => {
-                        self.staging[n].set_received(len);
-                        n = self.take_datagram(n, v4(from));
+                match sys::recv_gro(&self.udp, self.staging[n].recv_area()) {
+                    Ok(r) => {
+                        self.staging[n].set_received(r.len);
+                        n = self.take_datagram(n, r.from, r.tos);
                         continue;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -77,6 +80,7 @@ impl Loop {
                         g.at = 0;
                         g.segment = r.segment.unwrap_or(r.len).max(1);
                         g.from = r.from;
+                        g.tos = r.tos;
                         if r.len == 0 {
                             stats::inc(&self.stats.rx_runts);
                             continue;
@@ -97,19 +101,12 @@ impl Loop {
                 stats::inc(&self.stats.rx_runts);
                 continue;
             }
-            let from = g.from;
+            let (from, tos) = (g.from, g.tos);
             let p = &mut self.staging[n];
             p.recv_area()[..piece.len()].copy_from_slice(piece);
             p.set_received(piece.len());
-            n = self.take_datagram(n, from);
+            n = self.take_datagram(n, from, tos);
         }
         n
-    }
-}
-
-fn v4(a: SocketAddr) -> Option<SocketAddrV4> {
-    match a {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
     }
 }

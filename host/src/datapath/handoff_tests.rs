@@ -17,7 +17,7 @@ fn arrive(l: &mut Loop, len: usize) {
     p.recv_area()[..len].fill(0);
     p.recv_area()[4..len].fill(0x22);
     p.set_received(len);
-    assert_eq!(l.take_datagram(0, from), 0, "the slot is free again");
+    assert_eq!(l.take_datagram(0, from, 0), 0, "the slot is free again");
 }
 
 #[test]

@@ -12,9 +12,9 @@
 //! one fails its ICV then, and one whose SA never comes is counted as an
 //! unknown SPI when its time is up.
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
+use super::inbound::Arrival;
 use crate::packet::PacketBuf;
 
 /// How long an expected SPI stays expected: the whole exchange, with its
@@ -33,8 +33,8 @@ pub struct Held {
     pub spi: u32,
     /// The packet as read (ESP from its header on).
     pub packet: PacketBuf,
-    /// SPI and source for NAT-T port floating, as the batch records it.
-    pub source: Option<(u32, SocketAddrV4)>,
+    /// What its outer headers said, as the batch records it.
+    pub source: Arrival,
     /// When it is dropped if its SA has not come.
     until: Instant,
 }
@@ -73,7 +73,7 @@ impl Hold {
     }
 
     /// Hold `slot`'s packet: it is swapped for an empty buffer.
-    pub fn hold(&mut self, spi: u32, slot: &mut PacketBuf, source: Option<(u32, SocketAddrV4)>, now: Instant) {
+    pub fn hold(&mut self, spi: u32, slot: &mut PacketBuf, source: Arrival, now: Instant) {
         let mut packet = self.spare.pop().unwrap_or_default();
         std::mem::swap(&mut packet, slot);
         self.held.push(Held { spi, packet, source, until: now + HOLD_FOR });
@@ -86,7 +86,7 @@ impl Hold {
         &mut self,
         installed: impl Fn(u32) -> bool,
         staging: &mut [PacketBuf],
-        sources: &mut Vec<Option<(u32, SocketAddrV4)>>,
+        sources: &mut Vec<Arrival>,
     ) -> usize {
         let mut n = 0;
         let mut k = 0;
@@ -134,7 +134,7 @@ mod tests {
         assert!(h.wants(0xc000_0001, now));
         assert!(!h.wants(0xc000_0002, now), "an SPI nobody asked for is not held");
         let mut slot = packet(0xc000_0001);
-        h.hold(0xc000_0001, &mut slot, None, now);
+        h.hold(0xc000_0001, &mut slot, Arrival::default(), now);
         assert!(slot.is_empty(), "the slot gets an empty buffer");
         let mut staging = vec![PacketBuf::new(), PacketBuf::new()];
         let mut sources = Vec::new();
@@ -154,7 +154,7 @@ mod tests {
         h.expect(7, now);
         for _ in 0..HOLD_MAX {
             assert!(h.wants(7, now));
-            h.hold(7, &mut packet(7), None, now);
+            h.hold(7, &mut packet(7), Arrival::default(), now);
         }
         assert!(!h.wants(7, now), "full: no more held");
         assert_eq!(h.expire(now + HOLD_FOR / 2), 0);

@@ -12,13 +12,22 @@ use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{NotSent, Report, SaCommand, Sender};
 use super::group::Split;
-use super::{Direction, Loop, POLL_MS, Peer};
+use super::{Direction, Loop, POLL_MS, Peer, tos};
 use crate::config::Encapsulation;
 use crate::control::sockets::MAX_IKE_MESSAGE;
 use crate::packet::PacketBuf;
 use crate::stats;
 use crate::sys;
 use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
+
+/// What a received ESP packet's outer headers said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// ESP in UDP: its SPI and source, for NAT-T port floating.
+    pub float: Option<(u32, SocketAddrV4)>,
+    /// The outer IPv4 header's TOS byte (DSCP and ECN, `tos.rs`).
+    pub tos: u8,
+}
 
 /// The slot of a packet set aside by `hold`: no group's.
 const HELD: usize = usize::MAX;
@@ -83,7 +92,7 @@ impl Loop {
                 *slot = match spi.map(|s| (s, self.groups.by_spi.get(&s).copied())) {
                     Some((_, Some(g))) => g,
                     Some((spi, None)) if self.hold.wants(spi, now) => {
-                        let source = self.sources.get(i).copied().flatten();
+                        let source = self.sources.get(i).copied().unwrap_or_default();
                         self.hold.hold(spi, &mut self.staging[i], source, now);
                         stats::inc(&self.stats.esp_rx_held);
                         HELD
@@ -135,10 +144,17 @@ impl Loop {
                     {
                         t.count(*esp_len as usize);
                     }
-                    if let Some(Some((spi, src))) = idx.get(k).and_then(|&i| self.sources.get(i)) {
-                        follow_peer(&mut self.floats, self.to_outbound.as_ref(), *spi, *src);
+                    let arrival = idx.get(k).and_then(|&i| self.sources.get(i)).copied().unwrap_or_default();
+                    if let Some((spi, src)) = arrival.float {
+                        follow_peer(&mut self.floats, self.to_outbound.as_ref(), spi, src);
                     }
                     p.truncate(len as usize);
+                    if tos::decap(arrival.tos, p.data_mut()).is_err() {
+                        // RFC 6040 section 4.2: a congestion mark the inner
+                        // packet cannot carry.
+                        stats::inc(&self.stats.rx_ecn_drops);
+                        continue;
+                    }
                     self.tun_out.deliver(&self.tuns, domain, p.data(), &self.stats);
                 }
                 DecapVerdict::Deliver(_) | DecapVerdict::Missing => lies += 1,
@@ -180,7 +196,8 @@ impl Loop {
                 for (k, &len) in lens[..got].iter().enumerate() {
                     let p = &mut self.staging[n + k];
                     // A raw socket hands us the IP header too.
-                    let ihl = ipv4::Packet::new_checked(&p.recv_area()[..len]).map_or(0, |ip| ip.header_len());
+                    let (ihl, tos) = ipv4::Packet::new_checked(&p.recv_area()[..len])
+                        .map_or((0, 0), |ip| (ip.header_len(), ip.dscp_ecn()));
                     p.set_received_skip(len, ihl);
                     if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
                         stats::inc(&self.stats.rx_runts);
@@ -189,7 +206,7 @@ impl Loop {
                     stats::inc(&self.stats.esp_rx_packets);
                     stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
                     self.staging.swap(kept, n + k);
-                    self.sources.push(None);
+                    self.sources.push(Arrival { float: None, tos });
                     kept += 1;
                 }
                 n = kept;
@@ -206,14 +223,14 @@ impl Loop {
     /// Classify the UDP payload in staging slot `n`: ESP stays there (the
     /// next free slot is `n + 1`); keepalives are counted and IKE goes to
     /// the control thread (the slot is free again).
-    pub(super) fn take_datagram(&mut self, n: usize, from: Option<SocketAddrV4>) -> usize {
+    pub(super) fn take_datagram(&mut self, n: usize, from: Option<SocketAddrV4>, tos: u8) -> usize {
         let p = &self.staging[n];
         match Datagram::classify(p.data()) {
             Ok(Datagram::Esp(e)) => {
                 stats::inc(&self.stats.esp_rx_packets);
                 stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
                 let spi = esp::Packet::new_checked(e).map(|e| e.spi()).ok();
-                self.sources.push(spi.zip(from));
+                self.sources.push(Arrival { float: spi.zip(from), tos });
                 return n + 1;
             }
             Ok(Datagram::Keepalive) => stats::inc(&self.stats.keepalives_rx),

@@ -158,17 +158,17 @@ pub struct Loop {
     pub to_outbound: Option<Sender<SaCommand>>,
     /// Inbound thread: inbound SPI -> (outbound SPI, where the peer is).
     pub floats: HashMap<u32, (u32, SocketAddrV4)>,
-    /// Inbound thread: SPI and source of each packet of the batch.
-    pub sources: Vec<Option<(u32, SocketAddrV4)>>,
+    /// Inbound thread: what each packet of the batch's outer headers said.
+    pub sources: Vec<inbound::Arrival>,
     /// The batch as read, before it is lent to the groups' instances.
     pub staging: Vec<PacketBuf>,
     /// Outbound thread: the domain each staged packet was read from.
     pub from_domain: Vec<usize>,
     /// Outbound thread: the outer TOS byte for each staged packet (its
-    /// DSCP copied, `tos.rs`), read before the packet is sealed.
+    /// DSCP and ECN copied, `tos.rs`), read before the packet is sealed.
     pub outer_tos: Vec<u8>,
-    /// Outbound thread: copy the inner DSCP to the outer header.
-    pub copy_dscp: bool,
+    /// Outbound thread: what of the inner TOS byte the outer header takes.
+    pub copy: tos::Copy,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
     /// Outbound thread: the TSO super-packet being cut.

@@ -55,7 +55,7 @@ impl Loop {
                 slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain).zip(&mut self.outer_tos)
             {
                 *slot = self.groups.route_out(d, p.data());
-                *tos = tos::outer(tos::of_inner(p.data()), self.copy_dscp);
+                *tos = tos::outer(tos::of_inner(p.data()), self.copy);
             }
             split.each(&slots[..n], |g, idx| {
                 if let Some(verdicts) = self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {

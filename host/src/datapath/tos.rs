@@ -1,16 +1,16 @@
 //! The outer header's DSCP and ECN, from the inner packet's (the TOS byte
-//! of IPv4, the traffic class of IPv6).
+//! of IPv4, the traffic class of IPv6), and back.
 //!
 //! - DSCP: copied from the inner header on encapsulation, the default of
 //!   RFC 4301 section 5.1.2.1 (`[network] copy_dscp`), so that the
 //!   networks between the gateways can give a tunnel's voice and its bulk
-//!   traffic the treatment their senders asked for.
-//! - ECN: cleared in the outer header, the compatibility mode of RFC 6040
-//!   section 4.1, since the decapsulation does not yet carry a congestion
-//!   mark from the outer header to the inner one (section 4.2). Copying
-//!   ECN out without that would turn the drops a congested router makes of
-//!   Not-ECT packets into marks nobody sees.
-
+//!   traffic the treatment their senders asked for. Decapsulation leaves
+//!   the inner DSCP as it is.
+//! - ECN: the normal mode of RFC 6040 (section 4.1: the inner field copied
+//!   to the outer header; `[network] copy_ecn`, else the compatibility
+//!   mode's Not-ECT), and on decapsulation a congestion mark a router set
+//!   on the outer header carried to the inner packet (section 4.2), or the
+//!   packet dropped where the inner one cannot carry it.
 /// DSCP: the upper six bits of the byte.
 const DSCP: u8 = 0xfc;
 
@@ -24,9 +24,70 @@ pub fn of_inner(p: &[u8]) -> u8 {
     }
 }
 
+/// ECN: the lower two bits.
+const ECN: u8 = 0x03;
+const NOT_ECT: u8 = 0;
+const ECT1: u8 = 1;
+const ECT0: u8 = 2;
+const CE: u8 = 3;
+
+/// What is copied to the outer header on encapsulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copy {
+    pub dscp: bool,
+    pub ecn: bool,
+}
+
 /// The outer header's TOS byte for an inner packet whose byte is `inner`.
-pub fn outer(inner: u8, copy_dscp: bool) -> u8 {
-    if copy_dscp { inner & DSCP } else { 0 }
+pub fn outer(inner: u8, copy: Copy) -> u8 {
+    (if copy.dscp { inner & DSCP } else { 0 }) | (if copy.ecn { inner & ECN } else { 0 })
+}
+
+/// A packet decapsulation must drop: the outer header says CE and the
+/// inner packet is not ECN-capable (RFC 6040 section 4.2).
+#[derive(Debug, PartialEq, Eq)]
+pub struct CeOnNotEct;
+
+/// Carry the outer header's ECN field (`outer`, its TOS byte) to the
+/// opened inner packet `p` (RFC 6040 section 4.2, figure 4): CE to an
+/// ECN-capable packet, ECT(1) over ECT(0); an IPv4 header's checksum is
+/// updated. Everything else stays as it came, as does the DSCP.
+pub fn decap(outer: u8, p: &mut [u8]) -> Result<(), CeOnNotEct> {
+    let inner = of_inner(p);
+    let version = p.first().map_or(0, |b| b >> 4);
+    if version == 4 && p.len() < 20 {
+        // Not a whole IPv4 header: nothing to mark (nor to check).
+        return Ok(());
+    }
+    let set = match (inner & ECN, outer & ECN) {
+        (NOT_ECT, CE) => return Err(CeOnNotEct),
+        (NOT_ECT, _) | (CE, _) => return Ok(()),
+        (_, CE) => CE,
+        (ECT0, ECT1) => ECT1,
+        _ => return Ok(()),
+    };
+    let new = (inner & !ECN) | set;
+    match version {
+        4 => {
+            // RFC 1624 equation 3: HC' = ~(~HC + ~m + m'), over the 16-bit
+            // word holding the TOS byte.
+            let old_word = u16::from_be_bytes([p[0], inner]);
+            let new_word = u16::from_be_bytes([p[0], new]);
+            let hc = u16::from_be_bytes([p[10], p[11]]);
+            let mut sum = u32::from(!hc) + u32::from(!old_word) + u32::from(new_word);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            p[1] = new;
+            p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        6 => {
+            p[0] = (p[0] & 0xf0) | (new >> 4);
+            p[1] = (p[1] & 0x0f) | (new << 4);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -45,9 +106,77 @@ mod tests {
     }
 
     #[test]
-    fn dscp_is_copied_and_ecn_is_not() {
-        assert_eq!(outer(0xbb, true), 0xb8);
-        assert_eq!(outer(0x03, true), 0);
-        assert_eq!(outer(0xbb, false), 0);
+    fn dscp_and_ecn_are_copied_as_configured() {
+        let both = Copy { dscp: true, ecn: true };
+        assert_eq!(outer(0xbb, both), 0xbb);
+        assert_eq!(outer(0xbb, Copy { dscp: true, ecn: false }), 0xb8);
+        assert_eq!(outer(0xbb, Copy { dscp: false, ecn: true }), 0x03);
+        assert_eq!(outer(0xbb, Copy { dscp: false, ecn: false }), 0);
+    }
+
+    fn v4(tos: u8) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        wasmsec_wire::ipv4::Repr {
+            src_addr: [10, 0, 0, 1],
+            dst_addr: [10, 0, 1, 1],
+            protocol: 17,
+            payload_len: 8,
+            ttl: 64,
+            dscp_ecn: tos,
+        }
+        .emit(&mut p)
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn decapsulation_follows_rfc_6040_figure_4() {
+        // (inner ECN, outer ECN) -> the inner ECN after, or a drop.
+        let table: [(u8, u8, Option<u8>); 16] = [
+            (NOT_ECT, NOT_ECT, Some(NOT_ECT)),
+            (NOT_ECT, ECT0, Some(NOT_ECT)),
+            (NOT_ECT, ECT1, Some(NOT_ECT)),
+            (NOT_ECT, CE, None),
+            (ECT0, NOT_ECT, Some(ECT0)),
+            (ECT0, ECT0, Some(ECT0)),
+            (ECT0, ECT1, Some(ECT1)),
+            (ECT0, CE, Some(CE)),
+            (ECT1, NOT_ECT, Some(ECT1)),
+            (ECT1, ECT0, Some(ECT1)),
+            (ECT1, ECT1, Some(ECT1)),
+            (ECT1, CE, Some(CE)),
+            (CE, NOT_ECT, Some(CE)),
+            (CE, ECT0, Some(CE)),
+            (CE, ECT1, Some(CE)),
+            (CE, CE, Some(CE)),
+        ];
+        for (inner, outer, want) in table {
+            // The DSCP (AF41) stays, whatever the outer one is.
+            let mut p = v4(0x88 | inner);
+            let got = decap(0xb8 | outer, &mut p).ok().map(|()| p[1]);
+            assert_eq!(got, want.map(|e| 0x88 | e), "inner {inner}, outer {outer}");
+            if got.is_some() {
+                let ip = wasmsec_wire::ipv4::Packet::new_checked(&p[..]).unwrap();
+                assert!(ip.verify_checksum(), "inner {inner}, outer {outer}: checksum updated");
+            }
+        }
+    }
+
+    #[test]
+    fn decapsulation_marks_an_ipv6_traffic_class() {
+        // Traffic class 0x8a (AF41, ECT(0)), flow label 0x12345.
+        let mut p = [0x68, 0xa1, 0x23, 0x45, 0, 0, 17, 64];
+        decap(CE, &mut p).unwrap();
+        assert_eq!(p[..4], [0x68, 0xb1, 0x23, 0x45]);
+        assert_eq!(of_inner(&p), 0x8b);
+        let mut not_ect = [0x68, 0x81, 0x23, 0x45];
+        assert_eq!(decap(CE, &mut not_ect), Err(CeOnNotEct));
+        // A runt IPv4 header is left alone; nothing panics on any input.
+        let mut runt = [0x45, 0x02, 0];
+        assert_eq!(decap(CE, &mut runt), Ok(()));
+        assert_eq!(runt, [0x45, 0x02, 0]);
+        for len in 0..4 {
+            let _ = decap(CE, &mut vec![0x60; len]);
+        }
     }
 }

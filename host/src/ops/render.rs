@@ -204,6 +204,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", r.name())], st.in_drops(r));
     }
     s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "runt")], g(&st.rx_runts));
+    s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "ecn_ce_not_ect")], g(&st.rx_ecn_drops));
     s.counter(DROPS, DROPS_HELP, &[("direction", "out"), ("reason", "tun_malformed")], g(&st.tun_rx_malformed));
     s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));

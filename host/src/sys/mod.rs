@@ -688,9 +688,18 @@ pub struct GroRead {
     /// Size of each datagram in the buffer (the last may be shorter);
     /// `None`: one datagram.
     pub segment: Option<usize>,
+    /// The IPv4 header's TOS byte (with `enable_recv_tos`; else 0).
+    pub tos: u8,
 }
 
-/// Receive into `buf` with `recvmsg`, reading the `UDP_GRO` control message.
+/// Ask for each datagram's IPv4 TOS byte (`IP_RECVTOS`), which
+/// `recv_gro` then reports.
+pub fn enable_recv_tos(sock: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(sock, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
+}
+
+/// Receive into `buf` with `recvmsg`, reading the `UDP_GRO` and `IP_TOS`
+/// control messages.
 pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     // SAFETY: zeroed sockaddr_in and msghdr are valid; the pointers set
     // below point at locals that outlive the call, with the lengths given.
@@ -710,7 +719,7 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut segment = None;
+    let (mut segment, mut tos) = (None, 0);
     // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen as
     // the kernel filled them in.
     unsafe {
@@ -719,6 +728,8 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
             if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
                 let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
                 segment = usize::try_from(v).ok().filter(|&s| s > 0);
+            } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                tos = *libc::CMSG_DATA(c);
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -726,7 +737,7 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     let from = (msg.msg_namelen as usize >= size_of::<libc::sockaddr_in>()
         && sa.sin_family == libc::AF_INET as libc::sa_family_t)
         .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)));
-    Ok(GroRead { len: n as usize, from, segment })
+    Ok(GroRead { len: n as usize, from, segment, tos })
 }
 
 /// Ask the CPU to bring every cache line of `v` into the cache, without
