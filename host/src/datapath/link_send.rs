@@ -8,14 +8,14 @@
 //! The price, documented with the option: nftables rules in the `ip` and
 //! `inet` families' output and postrouting hooks do not see these
 //! datagrams (the `netdev` egress hook does), and the next hop is taken
-//! from the tables, asked again every second. Whatever cannot go that way
-//! goes through the IP socket as before, in order with the rest: a peer
-//! without a usable next hop (no route out of an Ethernet interface, no
-//! neighbour entry yet: the IP layer then resolves it), one datagram per
-//! second to a peer whose neighbour entry is unconfirmed (so that the
-//! kernel checks it again), and a datagram the packet socket refuses (one
-//! larger than the interface's MTU, which the IP layer fragments or
-//! refuses as before).
+//! from the tables, asked again every second (for a peer without one,
+//! every 100 ms). Whatever cannot go that way goes through the IP socket
+//! as before, in order with the rest: a peer without a usable next hop
+//! (no route out of an Ethernet interface, no neighbour entry yet: the IP
+//! layer then resolves it), one datagram per second to a peer whose
+//! neighbour entry is unconfirmed (so that the kernel checks it again),
+//! and a datagram the packet socket refuses (one larger than the
+//! interface's MTU, which the IP layer fragments or refuses as before).
 use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
@@ -29,6 +29,10 @@ use crate::sys::{LinkDatagram, PacketSocket, RAW_BATCH, RawEsp};
 
 /// How long a peer's next hop is used before it is asked again.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long a peer without a next hop goes through the IP socket before
+/// it is asked again: the IP layer's ARP usually answers within a round
+/// trip, and the packet socket should be taken back soon after.
+const RETRY: Duration = Duration::from_millis(100);
 /// Next hops asked at most per batch: each is two netlink round trips on
 /// the sending thread, and thousands of peers must not stall it.
 const RESOLVES_PER_BATCH: usize = 8;
@@ -132,7 +136,8 @@ impl LinkEsp {
                 // Peers come and go (a PoP's thousands): forget the stale.
                 self.hops.retain(|_, h| h.until > now);
             }
-            self.hops.insert(to, Hop { next, until: now + REFRESH, probe });
+            let until = now + if next.is_some() { REFRESH } else { RETRY };
+            self.hops.insert(to, Hop { next, until, probe });
         }
         let h = self.hops.get_mut(&to)?;
         if std::mem::take(&mut h.probe) {
