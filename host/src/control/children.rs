@@ -351,9 +351,30 @@ impl Children {
     /// accepts what the peer sends for `keep_inbound_ms` more), and the IKE
     /// SAs leave the view. Returns the IKE SAs and the number of CHILD SAs.
     pub fn forget_all(&mut self, now: u64, keep_inbound_ms: u32) -> (Vec<IkeInfo>, usize) {
+        let n = self.delete_where(now, keep_inbound_ms, |_| true);
+        (std::mem::take(&mut self.ike_sas).into_values().collect(), n)
+    }
+
+    /// As [`Children::forget_all`], for the IKE SAs of the view that
+    /// `keep` (given our SPI) does not keep, and their CHILD SAs: those a
+    /// new guest did not take up (a checkpoint the host refused). A CHILD
+    /// SA moved to another IKE SA by an IKE SA rekey still names the old
+    /// one here (the guest does not report the move), which is no longer in
+    /// the view: such a CHILD SA is kept.
+    pub fn forget(&mut self, now: u64, keep_inbound_ms: u32, keep: impl Fn(u64) -> bool) -> (Vec<IkeInfo>, usize) {
+        let (kept, forgotten): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.ike_sas).into_iter().partition(|(spi, _)| keep(*spi));
+        self.ike_sas = kept;
+        let n = self.delete_where(now, keep_inbound_ms, |c| forgotten.contains_key(&c.ike_spi));
+        (forgotten.into_values().collect(), n)
+    }
+
+    /// Delete the CHILD SAs `which` picks as the engine deletes one.
+    fn delete_where(&mut self, now: u64, keep_inbound_ms: u32, which: impl Fn(&ChildInfo) -> bool) -> usize {
         let gone: Vec<ChildDeleted> = self
             .list
             .values()
+            .filter(|c| which(c))
             .map(|c| ChildDeleted {
                 ike_spi: c.ike_spi,
                 inbound_spi: c.inbound_spi,
@@ -367,7 +388,7 @@ impl Children {
         for d in gone {
             self.delete(d, now);
         }
-        (std::mem::take(&mut self.ike_sas).into_values().collect(), n)
+        n
     }
 
     /// The installed CHILD SAs, in installation order.
@@ -403,5 +424,76 @@ impl Children {
                 warn!(file = %path.display(), error = %e, "cannot write the ESP key log");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::channel::channel;
+
+    fn ike(spi: u64) -> IkeInfo {
+        IkeInfo {
+            connection: format!("c{spi}"),
+            spi,
+            proposal: String::new(),
+            initiator: true,
+            local: String::new(),
+            remote: String::new(),
+            nat_local: false,
+            nat_remote: false,
+            tenant: String::new(),
+        }
+    }
+
+    fn child(ike_spi: u64, inbound_spi: u32) -> ChildInfo {
+        ChildInfo {
+            connection: format!("c{ike_spi}"),
+            child: "lan".into(),
+            proposal: String::new(),
+            ike_spi,
+            inbound_spi,
+            outbound_spi: inbound_spi + 0x1000,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            peer: String::new(),
+            encap: true,
+            traffic: Default::default(),
+            keys: (0, 0),
+        }
+    }
+
+    #[test]
+    fn forgetting_some_ike_sas_deletes_only_their_child_sas() {
+        let (out_tx, out_rx) = channel().unwrap();
+        let (in_tx, in_rx) = channel().unwrap();
+        let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+        for spi in [1, 2] {
+            c.ike_sas.insert(spi, ike(spi));
+        }
+        // IKE SA 3 was rekeyed away: its CHILD SA lives on under another.
+        for (ike_spi, spi) in [(1, 0x10), (2, 0x20), (2, 0x21), (3, 0x30)] {
+            c.list.insert(spi, child(ike_spi, spi));
+        }
+        let (gone, n) = c.forget(0, 0, |spi| spi == 1);
+        assert_eq!((gone.iter().map(|i| i.spi).collect::<Vec<_>>(), n), (vec![2], 2));
+        assert_eq!(c.ike_sas.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(c.installed().map(|c| c.inbound_spi).collect::<Vec<_>>(), [0x10, 0x30]);
+        let removed = |cmds: Vec<SaCommand>| {
+            let mut spis: Vec<u32> = cmds
+                .into_iter()
+                .filter_map(|m| match m {
+                    SaCommand::RemoveOutbound { spi } | SaCommand::RemoveInbound { spi } => Some(spi),
+                    _ => None,
+                })
+                .collect();
+            spis.sort();
+            spis
+        };
+        assert_eq!(removed(out_rx.take_queued()), [0x1020, 0x1021]);
+        assert_eq!(removed(in_rx.take_queued()), [0x20, 0x21]);
+        // The rest go with forget_all.
+        let (gone, n) = c.forget_all(0, 0);
+        assert_eq!((gone.len(), n, c.ike_sas.len()), (1, 2, 0));
     }
 }

@@ -301,6 +301,9 @@ impl ControlPlane {
                 self.fresh_instance()?;
             }
         }
+        if !self.start_over_pending {
+            self.forget_unrestored(now);
+        }
         if self.start_over_pending {
             self.forget_sas(now);
             // Without their IKE SAs the `start` connections are down: up
@@ -330,13 +333,35 @@ impl ControlPlane {
         if ike_sas.is_empty() && child_sas == 0 {
             return; // forgotten by an earlier try
         }
-        for info in &ike_sas {
-            self.ike.store.data().policy.event(&policy_event(SaEventKind::Down, info));
-        }
+        self.forgotten(&ike_sas);
         warn!(
             ike_sas = ike_sas.len(),
             child_sas, "the new IKE guest has none of its predecessor's SAs: they are deleted"
         );
+    }
+
+    /// The replacement restored the checkpoints, but an IKE SA whose last
+    /// checkpoint the host refused (beyond its bounds) is not among them:
+    /// the new guest would never rekey or delete it, so it goes, with its
+    /// CHILD SAs, as in a start-over.
+    fn forget_unrestored(&mut self, now: u64) {
+        let st = self.ike.store.data();
+        let (ike_sas, child_sas) = self.children.forget(now, FORGOTTEN_INBOUND_LINGER_MS, |spi| st.has_checkpoint(spi));
+        if ike_sas.is_empty() && child_sas == 0 {
+            return;
+        }
+        self.forgotten(&ike_sas);
+        warn!(
+            ike_sas = ike_sas.len(),
+            child_sas, "IKE SAs without a checkpoint did not survive the replacement: they are deleted"
+        );
+    }
+
+    /// Tell the policy module that forgotten IKE SAs are down.
+    fn forgotten(&self, ike_sas: &[children::IkeInfo]) {
+        for info in ike_sas {
+            self.ike.store.data().policy.event(&policy_event(SaEventKind::Down, info));
+        }
     }
 
     /// A new IKE instance with the connections loaded so far.

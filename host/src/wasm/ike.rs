@@ -120,6 +120,11 @@ impl IkeState {
         }
     }
 
+    /// Whether a checkpoint is kept for the IKE SA of our SPI `spi`.
+    pub fn has_checkpoint(&self, spi: u64) -> bool {
+        self.checkpoints.contains_key(&spi)
+    }
+
     /// The checkpoints kept, one per established IKE SA.
     pub fn checkpoints(&self) -> Vec<Vec<u8>> {
         self.checkpoints.values().cloned().collect()
