@@ -264,6 +264,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         sockets: IkeSockets::new(cfg.network.listen, p.ike, p.udp.try_clone()?)?,
         up: p.up,
         reports: Default::default(),
+        from_500: Default::default(),
         replace_at: None,
         replacements_failed: 0,
         start_over_pending: false,

@@ -74,6 +74,9 @@ pub struct ControlPlane {
     /// handled leaves the rest for the replacement instead of losing them:
     /// an SA's expiry is reported once.
     pub reports: VecDeque<Report>,
+    /// Datagrams read from UDP 500 and not handled yet, kept as `reports`
+    /// are: a trap on one leaves the rest of the read for the replacement.
+    pub from_500: VecDeque<Datagram>,
     /// When the replacement of a trapped IKE guest is due (the guard's
     /// back-off after traps in quick succession). Until then no guest is
     /// called, but the probes, metrics and admin API are answered.
@@ -147,8 +150,8 @@ impl ControlPlane {
                 }
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
-            // Reports a trap left behind: look, but do not wait.
-            let wait = if self.reports.is_empty() { wait } else { 0 };
+            // Reports or datagrams a trap left behind: look, but do not wait.
+            let wait = if self.reports.is_empty() && self.from_500.is_empty() { wait } else { 0 };
             crate::logwriter::write_held();
             let ready = poll.wait(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
@@ -401,7 +404,7 @@ impl ControlPlane {
     /// One round: what the sockets and the data path brought, the admin
     /// socket, the timers, then whatever the engine queued.
     fn step(&mut self, now: u64, ready: &[bool], due: Option<u64>) -> anyhow::Result<()> {
-        if ready.first() == Some(&true) {
+        if ready.first() == Some(&true) || !self.from_500.is_empty() {
             self.receive_500(now)?;
         }
         if ready.get(1) == Some(&true) {
@@ -476,17 +479,24 @@ impl ControlPlane {
     }
 
     fn receive_500(&mut self, now: u64) -> anyhow::Result<()> {
-        match self.sockets.receive() {
-            Ok(ds) => {
-                for d in ds {
-                    if d.data.len() > MAX_IKE_MESSAGE {
-                        crate::stats::inc(&self.stats.ike_oversize);
-                        continue;
+        // What a trap left of the last read goes first (the datagram that
+        // trapped is not among it: it is not handed to a guest again).
+        if self.from_500.is_empty() {
+            match self.sockets.receive() {
+                Ok(ds) => {
+                    for d in ds {
+                        if d.data.len() > MAX_IKE_MESSAGE {
+                            crate::stats::inc(&self.stats.ike_oversize);
+                        } else {
+                            self.from_500.push_back(d);
+                        }
                     }
-                    self.ike.handle_datagram(now, &d)?;
                 }
+                Err(e) => debug!(error = %e, "IKE port receive failed"),
             }
-            Err(e) => debug!(error = %e, "IKE port receive failed"),
+        }
+        while let Some(d) = self.from_500.pop_front() {
+            self.ike.handle_datagram(now, &d)?;
         }
         Ok(())
     }
