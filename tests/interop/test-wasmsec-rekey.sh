@@ -3,7 +3,7 @@
 # and the IKE SA every 8 s, B rekeys the CHILD SA every 3 s too (so rekeys
 # come from both ends and sometimes cross), while a 20 pps ping runs for
 # 45 s; at least 20 CHILD and 5 IKE rekeys by A, no ping lost, exactly one
-# IKE SA and one CHILD SA pair left.
+# IKE SA and one CHILD SA pair left, the CHILD SA under that IKE SA.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
@@ -27,6 +27,13 @@ check "B holds exactly one CHILD SA" one_pair "$B"
 one_ike() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if len(s["ike_sas"]) == 1 and s["ike"]["vault_secrets"] == 2 else 1)'; }
 check "A holds one IKE SA and no stale keys (IKE SA keys and PSK)" one_ike "$A"
 check "B holds one IKE SA and no stale keys" one_ike "$B"
+# Each IKE SA rekey moved the CHILD SA to the successor (RFC 7296 section
+# 2.8): the views name the IKE SA that holds it now.
+child_of_ike() { wasmsec_ctl "$1" status | python3 -c 'import json,sys
+s = json.load(sys.stdin)
+sys.exit(0 if [c["ike_spi"] for c in s["child_sas"]] == [i["spi"] for i in s["ike_sas"]] else 1)'; }
+check "A's CHILD SA names the IKE SA that holds it now" child_of_ike "$A"
+check "B's too" child_of_ike "$B"
 # Each rekey interns the peer for the new outbound SA and releases it
 # with the old one: the data path's peer table stays at the one peer.
 sleep 0.5

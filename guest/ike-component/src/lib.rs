@@ -233,6 +233,7 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
         ike::SaChange::PeerMoved { outbound_spis, remote } => {
             wit::SaChange::PeerMoved((outbound_spis, wit_endpoint(&remote)))
         }
+        ike::SaChange::ChildrenMoved { from, to } => wit::SaChange::ChildrenMoved((from, to)),
         ike::SaChange::Delete { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key, keep_inbound_ms } => {
             wit::SaChange::Delete(wit::ChildDeleted {
                 ike_spi,

@@ -105,6 +105,12 @@ pub enum SaChange {
         outbound_spis: Vec<u32>,
         remote: Endpoint,
     },
+    /// The CHILD SAs of IKE SA `from` (our SPI) now belong to its
+    /// successor by a rekey, `to` (RFC 7296 section 2.8).
+    ChildrenMoved {
+        from: u64,
+        to: u64,
+    },
     /// The CHILD SA is gone: stop sending on it at once; keep accepting on
     /// its inbound half for `keep_inbound_ms` more (packets the peer sent
     /// before it processed the DELETE may still be on the way).

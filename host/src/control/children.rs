@@ -325,6 +325,13 @@ impl Children {
         }
     }
 
+    /// An IKE SA rekey: the CHILD SAs of IKE SA `from` belong to `to` now.
+    pub fn moved(&mut self, from: u64, to: u64) {
+        for c in self.list.values_mut().filter(|c| c.ike_spi == from) {
+            c.ike_spi = to;
+        }
+    }
+
     /// A CHILD SA is gone: its outbound half at once, its inbound half after
     /// `keep_inbound_ms` (`now` in control-loop milliseconds).
     pub fn delete(&mut self, d: ChildDeleted, now: u64) {
@@ -358,9 +365,7 @@ impl Children {
     /// As [`Children::forget_all`], for the IKE SAs of the view that
     /// `keep` (given our SPI) does not keep, and their CHILD SAs: those a
     /// new guest did not take up (a checkpoint the host refused). A CHILD
-    /// SA moved to another IKE SA by an IKE SA rekey still names the old
-    /// one here (the guest does not report the move), which is no longer in
-    /// the view: such a CHILD SA is kept.
+    /// SA that names an IKE SA no longer in the view is kept.
     pub fn forget(&mut self, now: u64, keep_inbound_ms: u32, keep: impl Fn(u64) -> bool) -> (Vec<IkeInfo>, usize) {
         let (kept, forgotten): (BTreeMap<_, _>, BTreeMap<_, _>) =
             std::mem::take(&mut self.ike_sas).into_iter().partition(|(spi, _)| keep(*spi));
@@ -471,7 +476,7 @@ mod tests {
         for spi in [1, 2] {
             c.ike_sas.insert(spi, ike(spi));
         }
-        // IKE SA 3 was rekeyed away: its CHILD SA lives on under another.
+        // A CHILD SA of an IKE SA the view no longer has is kept.
         for (ike_spi, spi) in [(1, 0x10), (2, 0x20), (2, 0x21), (3, 0x30)] {
             c.list.insert(spi, child(ike_spi, spi));
         }

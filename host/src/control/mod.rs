@@ -564,6 +564,7 @@ impl ControlPlane {
                         self.children.peer_moved(&spis, to);
                     }
                 }
+                SaChange::ChildrenMoved((from, to)) => self.children.moved(from, to),
                 SaChange::Delete(d) => self.children.delete(d, now),
             }
         }

@@ -5,7 +5,7 @@
 use crate::config::{Connection, DpdAction, Timing};
 use crate::ctx::{Ctx, Fate, jittered};
 use crate::exchange::{self, create_child, informational, rekey_ike};
-use crate::output::{Event, NAT_T_PORT, Transmit};
+use crate::output::{Event, NAT_T_PORT, SaChange, Transmit};
 use crate::sa::child;
 use crate::sa::state::{IkeSa, State};
 
@@ -221,6 +221,10 @@ pub(crate) fn finish_reauth(new: &IkeSa, ctx: &mut Ctx, old: u64) {
 /// the reauthentication schedule, and being closed. The old SA is left
 /// with nothing to do but wait for its DELETE.
 pub(crate) fn hand_over(old: &mut IkeSa, new: &mut IkeSa, ctx: &mut Ctx) {
+    if !old.children.is_empty() {
+        // The host's view names each CHILD SA's IKE SA.
+        ctx.out.sa_changes.push_back(SaChange::ChildrenMoved { from: old.our_spi(), to: new.our_spi() });
+    }
     new.children.append(&mut old.children);
     new.deferred.append(&mut old.deferred);
     new.owed.delete_queue.append(&mut old.owed.delete_queue);
@@ -338,7 +342,7 @@ fn end_child(sa: &mut IkeSa, ctx: &mut Ctx, c: &Ending, msg: &str) -> bool {
 pub(crate) fn drop_sa(mut sa: IkeSa, ctx: &mut Ctx, why: &str) {
     let spi = sa.our_spi();
     for c in std::mem::take(&mut sa.children) {
-        ctx.out.sa_changes.push_back(crate::output::SaChange::Delete {
+        ctx.out.sa_changes.push_back(SaChange::Delete {
             ike_spi: spi,
             inbound_spi: c.inbound_spi,
             outbound_spi: c.outbound_spi,

@@ -234,7 +234,7 @@ impl Side {
                     self.deleted += 1;
                     self.live_min = self.live_min.min(self.installed.len() - self.deleted);
                 }
-                SaChange::PeerMoved { .. } => {}
+                SaChange::PeerMoved { .. } | SaChange::ChildrenMoved { .. } => {}
                 SaChange::ExpectInbound { inbound_spi } => {
                     // The request offering it is among this drain's
                     // transmits: the host must know the SPI before it leaves.
