@@ -9,10 +9,11 @@
 #    strictly increasing.
 #  - The outer header's TOS: A copies the inner DSCP and ECN (the
 #    defaults, `copy_dscp = "out"`, `copy_ecn = true`: RFC 4301 section
-#    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "no"` and
+#    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "in"` and
 #    `copy_ecn = false`, leaves it 0.
-#  - RFC 6040 decapsulation: with A's datagrams marked CE on the way, B
-#    delivers ECT pings marked CE and drops Not-ECT ones (counted).
+#  - RFC 6040 decapsulation: with A's datagrams marked CE (and re-marked
+#    CS1) on the way, B delivers ECT pings marked CE, with the outer DSCP
+#    copied in, and drops Not-ECT ones (counted).
 #  - With A's neighbour table flushed, A has no next hop for a moment: its
 #    datagrams go through the IP socket (counted), whose ARP brings the
 #    entry back, and then through the packet socket again; no ping lost.
@@ -31,7 +32,7 @@ ping_ok_size() { nsx "$1" ping -n -c "$3" -s "$4" -i 0.2 -W 2 "$2" | grep -q " 0
 settle() { sleep 0.6; }
 
 capture wsi-gwa "$STATE/wan.pcap"
-WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "no"\ncopy_ecn = false' \
+WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "in"\ncopy_ecn = false' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
     wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
@@ -77,7 +78,7 @@ for line in open(sys.argv[1]):
         continue
     outer_ds, inner_ds = int(ds or "0", 0), int(inner_ds or "0", 0)
     if src != sys.argv[2]:
-        # B's, copy_dscp = "no": its echo replies carry DSCP EF inside.
+        # B's, copy_dscp = "in": its echo replies carry DSCP EF inside.
         if icmp == "0" and inner_ds & 0xfc == 0xb8:
             b_echo += 1
             b_echo_zero += outer_ds == 0
@@ -107,23 +108,25 @@ echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo req
 check "A copies the inner DSCP to the outer header ($tcp_out_ef of $tcp_ef TCP datagrams)" \
     [ "$tcp_ef" -ge 1000 -a "$tcp_out_ef" -eq "$tcp_ef" ]
 check "... and the ECN field ($a_echo_ef of $a_echo echo requests with EF and ECT(0))" [ "$a_echo" -ge 1 -a "$a_echo_ef" -eq "$a_echo" ]
-check "B, with copy_dscp = \"no\" and copy_ecn = false, leaves the outer TOS 0 ($b_echo_zero of $b_echo echo replies)" \
+check "B, with copy_dscp = \"in\" and copy_ecn = false, leaves the outer TOS 0 ($b_echo_zero of $b_echo echo replies)" \
     [ "$b_echo" -ge 1 -a "$b_echo_zero" -eq "$b_echo" ]
 
 # RFC 6040 section 4.2: a router between the gateways (here B's own
-# prerouting hook, before the raw socket) marks A's ESP datagrams CE.
-# Host B counts the echo requests that reach it marked CE.
+# prerouting hook, before the raw socket) marks A's ESP datagrams CE and
+# re-marks them CS1. Host B counts the echo requests that reach it marked
+# CE, with CS1 (B copies the outer DSCP in).
 nsx wsi-gwb nft add table ip wsecn
 nsx wsi-gwb nft add chain ip wsecn pre '{ type filter hook prerouting priority -150; }'
 nsx wsi-gwb nft add rule ip wsecn pre ip protocol esp ip ecn set ce
+nsx wsi-gwb nft add rule ip wsecn pre ip protocol esp ip dscp set cs1
 nsx wsi-hostb nft add table ip wsecn
 nsx wsi-hostb nft add chain ip wsecn in '{ type filter hook input priority 0; }'
-nsx wsi-hostb nft add rule ip wsecn in icmp type echo-request ip ecn ce counter
+nsx wsi-hostb nft add rule ip wsecn in icmp type echo-request ip dscp cs1 ip ecn ce counter
 ecn0=$(stat "$B/stats.json" rx_ecn_drops)
 check "ECT(0) pings pass with the outer header marked CE" \
     bash -c "ip netns exec wsi-hosta ping -n -c 5 -i 0.2 -W 2 -Q 0x02 $HOST_B | grep -q ' 0% packet loss'"
 ce=$(nsx wsi-hostb nft list chain ip wsecn in | grep -o 'packets [0-9]*' | awk '{print $2}')
-check "... and reach host B marked CE ($ce)" [ "${ce:-0}" -ge 5 ]
+check "... and reach host B marked CE, with the outer DSCP CS1 ($ce)" [ "${ce:-0}" -ge 5 ]
 check "Not-ECT pings under a CE outer header are dropped" \
     bash -c "ip netns exec wsi-hosta ping -n -c 3 -i 0.2 -W 1 $HOST_B | grep -q ' 100% packet loss'"
 settle

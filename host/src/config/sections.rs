@@ -305,9 +305,10 @@ pub struct Network {
     /// its output hooks.
     #[serde(default)]
     pub raw_esp_send: RawEspSend,
-    /// The outer header's DSCP on encapsulation: copied from the inner
-    /// packet's (`out`, RFC 4301 section 5.1.2.1's default), or left 0
-    /// (`no`); see `datapath/tos.rs`.
+    /// The DSCP between the inner and the outer header: copied out on
+    /// encapsulation (`out`, RFC 4301 section 5.1.2.1's default), in on
+    /// decapsulation (`in`), both (`yes`) or neither (`no`); see
+    /// `datapath/tos.rs`.
     #[serde(default)]
     pub copy_dscp: CopyDscp,
     /// Copy the inner packet's ECN field to the outer header on
@@ -318,15 +319,19 @@ pub struct Network {
     pub copy_ecn: bool,
 }
 
-/// `[network] copy_dscp` (the values strongSwan's `copy_dscp` has for
-/// this direction).
+/// `[network] copy_dscp` (strongSwan's `copy_dscp` values).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CopyDscp {
-    /// From the inner header to the outer one.
+    /// From the inner header to the outer one; inbound the inner DSCP
+    /// stays.
     #[default]
     Out,
-    /// Not at all: the outer DSCP is 0.
+    /// From the outer header to the inner packet; the outer DSCP is 0.
+    In,
+    /// Both ways.
+    Yes,
+    /// Neither: the outer DSCP is 0, the inner one stays.
     No,
 }
 

@@ -71,12 +71,16 @@ fn parses_with_defaults() {
 }
 
 #[test]
-fn copy_dscp_defaults_to_out_and_takes_no() {
-    assert_eq!(Config::parse(GOOD, "t.toml").unwrap().network.copy_dscp, CopyDscp::Out);
-    let off = format!("{GOOD}\n[network]\ncopy_dscp = \"no\"\n");
-    assert_eq!(Config::parse(&off, "t.toml").unwrap().network.copy_dscp, CopyDscp::No);
-    let e = Config::parse(&off.replace("\"no\"", "\"in\""), "t.toml").unwrap_err().to_string();
-    assert!(e.contains("unknown variant `in`"), "{e}");
+fn copy_dscp_defaults_to_out_and_takes_strongswans_values() {
+    let net = |v: &str| Config::parse(&format!("{GOOD}\n[network]\n{v}\n"), "t.toml").map(|c| c.network);
+    let d = Config::parse(GOOD, "t.toml").unwrap().network;
+    assert_eq!((d.copy_dscp, d.copy_ecn), (CopyDscp::Out, true));
+    for (v, out, into) in [("out", true, false), ("in", false, true), ("yes", true, true), ("no", false, false)] {
+        let c = crate::datapath::tos::Copy::of(&net(&format!("copy_dscp = \"{v}\"\ncopy_ecn = false")).unwrap());
+        assert_eq!((c.dscp_out, c.dscp_in, c.ecn_out), (out, into, false), "{v}");
+    }
+    let e = net("copy_dscp = \"both\"").unwrap_err().to_string();
+    assert!(e.contains("unknown variant `both`"), "{e}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
         staging: Loop::staging_for(64),
         from_domain: Vec::new(),
         outer_tos: vec![0; 64],
-        copy: super::tos::Copy { dscp: true, ecn: true },
+        copy: super::tos::Copy { dscp_out: true, dscp_in: false, ecn_out: true },
         traffic: HashMap::new(),
         cutter: Default::default(),
         gso: Default::default(),

@@ -167,7 +167,9 @@ pub struct Loop {
     /// Outbound thread: the outer TOS byte for each staged packet (its
     /// DSCP and ECN copied, `tos.rs`), read before the packet is sealed.
     pub outer_tos: Vec<u8>,
-    /// Outbound thread: what of the inner TOS byte the outer header takes.
+    /// What is copied between the inner and the outer TOS byte: the
+    /// outbound thread's encapsulation, the inbound thread's
+    /// decapsulation.
     pub copy: tos::Copy,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,

@@ -5,12 +5,15 @@
 //!   RFC 4301 section 5.1.2.1 (`[network] copy_dscp`), so that the
 //!   networks between the gateways can give a tunnel's voice and its bulk
 //!   traffic the treatment their senders asked for. Decapsulation leaves
-//!   the inner DSCP as it is.
+//!   the inner DSCP as it is, unless told to copy the outer one in (a
+//!   network that re-marks, and whose marks the LAN should see).
 //! - ECN: the normal mode of RFC 6040 (section 4.1: the inner field copied
 //!   to the outer header; `[network] copy_ecn`, else the compatibility
 //!   mode's Not-ECT), and on decapsulation a congestion mark a router set
 //!   on the outer header carried to the inner packet (section 4.2), or the
 //!   packet dropped where the inner one cannot carry it.
+use crate::config::{CopyDscp, Network};
+
 /// DSCP: the upper six bits of the byte.
 const DSCP: u8 = 0xfc;
 
@@ -31,16 +34,32 @@ const ECT1: u8 = 1;
 const ECT0: u8 = 2;
 const CE: u8 = 3;
 
-/// What is copied to the outer header on encapsulation.
+/// What is copied between the inner and the outer header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Copy {
-    pub dscp: bool,
-    pub ecn: bool,
+    /// The DSCP, to the outer header on encapsulation.
+    pub dscp_out: bool,
+    /// The DSCP, to the inner packet on decapsulation.
+    pub dscp_in: bool,
+    /// The ECN field, to the outer header on encapsulation (RFC 6040
+    /// normal mode). Decapsulation always follows RFC 6040.
+    pub ecn_out: bool,
+}
+
+impl Copy {
+    /// As `[network] copy_dscp` and `copy_ecn` say.
+    pub fn of(n: &Network) -> Copy {
+        Copy {
+            dscp_out: matches!(n.copy_dscp, CopyDscp::Out | CopyDscp::Yes),
+            dscp_in: matches!(n.copy_dscp, CopyDscp::In | CopyDscp::Yes),
+            ecn_out: n.copy_ecn,
+        }
+    }
 }
 
 /// The outer header's TOS byte for an inner packet whose byte is `inner`.
 pub fn outer(inner: u8, copy: Copy) -> u8 {
-    (if copy.dscp { inner & DSCP } else { 0 }) | (if copy.ecn { inner & ECN } else { 0 })
+    (if copy.dscp_out { inner & DSCP } else { 0 }) | (if copy.ecn_out { inner & ECN } else { 0 })
 }
 
 /// A packet decapsulation must drop: the outer header says CE and the
@@ -50,23 +69,28 @@ pub struct CeOnNotEct;
 
 /// Carry the outer header's ECN field (`outer`, its TOS byte) to the
 /// opened inner packet `p` (RFC 6040 section 4.2, figure 4): CE to an
-/// ECN-capable packet, ECT(1) over ECT(0); an IPv4 header's checksum is
-/// updated. Everything else stays as it came, as does the DSCP.
-pub fn decap(outer: u8, p: &mut [u8]) -> Result<(), CeOnNotEct> {
+/// ECN-capable packet, ECT(1) over ECT(0); with `dscp_in`, the outer
+/// DSCP too. An IPv4 header's checksum is updated. Everything else stays
+/// as it came.
+pub fn decap(outer: u8, p: &mut [u8], dscp_in: bool) -> Result<(), CeOnNotEct> {
     let inner = of_inner(p);
     let version = p.first().map_or(0, |b| b >> 4);
     if version == 4 && p.len() < 20 {
         // Not a whole IPv4 header: nothing to mark (nor to check).
         return Ok(());
     }
-    let set = match (inner & ECN, outer & ECN) {
+    let ecn = match (inner & ECN, outer & ECN) {
         (NOT_ECT, CE) => return Err(CeOnNotEct),
-        (NOT_ECT, _) | (CE, _) => return Ok(()),
-        (_, CE) => CE,
         (ECT0, ECT1) => ECT1,
-        _ => return Ok(()),
+        (NOT_ECT, _) | (CE, _) => inner & ECN,
+        (_, CE) => CE,
+        (e, _) => e,
     };
-    let new = (inner & !ECN) | set;
+    let dscp = if dscp_in { outer & DSCP } else { inner & DSCP };
+    let new = dscp | ecn;
+    if new == inner {
+        return Ok(());
+    }
     match version {
         4 => {
             // RFC 1624 equation 3: HC' = ~(~HC + ~m + m'), over the 16-bit
@@ -107,11 +131,23 @@ mod tests {
 
     #[test]
     fn dscp_and_ecn_are_copied_as_configured() {
-        let both = Copy { dscp: true, ecn: true };
-        assert_eq!(outer(0xbb, both), 0xbb);
-        assert_eq!(outer(0xbb, Copy { dscp: true, ecn: false }), 0xb8);
-        assert_eq!(outer(0xbb, Copy { dscp: false, ecn: true }), 0x03);
-        assert_eq!(outer(0xbb, Copy { dscp: false, ecn: false }), 0);
+        let copy = |dscp_out, ecn_out| Copy { dscp_out, dscp_in: false, ecn_out };
+        assert_eq!(outer(0xbb, copy(true, true)), 0xbb);
+        assert_eq!(outer(0xbb, copy(true, false)), 0xb8);
+        assert_eq!(outer(0xbb, copy(false, true)), 0x03);
+        assert_eq!(outer(0xbb, copy(false, false)), 0);
+    }
+
+    #[test]
+    fn the_outer_dscp_is_copied_in_when_asked() {
+        // CS1 outside, AF41 with ECT(0) inside; the outer CE too.
+        let mut p = v4(0x8a);
+        decap(0x23, &mut p, true).unwrap();
+        assert_eq!(p[1], 0x23);
+        assert!(wasmsec_wire::ipv4::Packet::new_checked(&p[..]).unwrap().verify_checksum());
+        let mut p = v4(0x8a);
+        decap(0x20, &mut p, false).unwrap();
+        assert_eq!(p[1], 0x8a, "not asked: the inner DSCP stays");
     }
 
     fn v4(tos: u8) -> Vec<u8> {
@@ -153,7 +189,7 @@ mod tests {
         for (inner, outer, want) in table {
             // The DSCP (AF41) stays, whatever the outer one is.
             let mut p = v4(0x88 | inner);
-            let got = decap(0xb8 | outer, &mut p).ok().map(|()| p[1]);
+            let got = decap(0xb8 | outer, &mut p, false).ok().map(|()| p[1]);
             assert_eq!(got, want.map(|e| 0x88 | e), "inner {inner}, outer {outer}");
             if got.is_some() {
                 let ip = wasmsec_wire::ipv4::Packet::new_checked(&p[..]).unwrap();
@@ -166,17 +202,17 @@ mod tests {
     fn decapsulation_marks_an_ipv6_traffic_class() {
         // Traffic class 0x8a (AF41, ECT(0)), flow label 0x12345.
         let mut p = [0x68, 0xa1, 0x23, 0x45, 0, 0, 17, 64];
-        decap(CE, &mut p).unwrap();
+        decap(CE, &mut p, false).unwrap();
         assert_eq!(p[..4], [0x68, 0xb1, 0x23, 0x45]);
         assert_eq!(of_inner(&p), 0x8b);
         let mut not_ect = [0x68, 0x81, 0x23, 0x45];
-        assert_eq!(decap(CE, &mut not_ect), Err(CeOnNotEct));
+        assert_eq!(decap(CE, &mut not_ect, false), Err(CeOnNotEct));
         // A runt IPv4 header is left alone; nothing panics on any input.
         let mut runt = [0x45, 0x02, 0];
-        assert_eq!(decap(CE, &mut runt), Ok(()));
+        assert_eq!(decap(CE, &mut runt, true), Ok(()));
         assert_eq!(runt, [0x45, 0x02, 0]);
         for len in 0..4 {
-            let _ = decap(CE, &mut vec![0x60; len]);
+            let _ = decap(CE, &mut vec![0x60; len], true);
         }
     }
 }
