@@ -13,6 +13,7 @@
 //!   on the outer header carried to the inner packet (section 4.2), or the
 //!   packet dropped where the inner one cannot carry it.
 use crate::config::{CopyDscp, Network};
+use crate::offload::segment::finish;
 
 /// DSCP: the upper six bits of the byte.
 const DSCP: u8 = 0xfc;
@@ -98,12 +99,9 @@ pub fn decap(outer: u8, p: &mut [u8], dscp_in: bool) -> Result<(), CeOnNotEct> {
             let old_word = u16::from_be_bytes([p[0], inner]);
             let new_word = u16::from_be_bytes([p[0], new]);
             let hc = u16::from_be_bytes([p[10], p[11]]);
-            let mut sum = u32::from(!hc) + u32::from(!old_word) + u32::from(new_word);
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
+            let sum = u32::from(!hc) + u32::from(!old_word) + u32::from(new_word);
             p[1] = new;
-            p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            p[10..12].copy_from_slice(&finish(sum).to_be_bytes());
         }
         6 => {
             p[0] = (p[0] & 0xf0) | (new >> 4);
