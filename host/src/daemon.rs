@@ -265,6 +265,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         up: p.up,
         reports: Default::default(),
         from_500: Default::default(),
+        unapplied: Default::default(),
         replace_at: None,
         replacements_failed: 0,
         start_over_pending: false,

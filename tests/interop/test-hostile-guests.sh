@@ -17,6 +17,8 @@
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
+# Last, an IKE guest that traps on one datagram in the middle of a read of
+# UDP 500: the datagrams read with it are served by its replacement.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
 COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -224,7 +226,36 @@ run_install_refused() {
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# The IKE guest traps on one datagram of a read (hostile-trap-marker: the
+# initiator SPI "TRAPTRAP"). A is stopped while a prober in B's namespace
+# sends 8 IKE_SA_INIT requests, the 4th marked, so all 8 come out of one
+# read; the 4 after the marked one must be answered by the replacement.
+run_ike_trap_midread() {
+    local what="IKE: a trap in the middle of a read" A=$STATE/trap-midread/A
+    mkdir -p "$A"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00004001 0x00004002 "" "" "$A"
+      ike_conf hostile-trap-marker $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 none; } |
+        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
+    start wsi-gwa "$A" || return 1
+    nsx wsi-gwb python3 "$ROOT/tests/interop/ike-burst.py" $WAN_A "$(cat "$A/pid")" 8 3 >"$A/burst.json"
+    local answered unanswered marked restarts alive=no
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    answered=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["answered"]))' "$A/burst.json")
+    unanswered=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["unanswered"])' "$A/burst.json")
+    marked=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["marked_answered"])' "$A/burst.json")
+    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    stop "$A"
+    echo "$what: $answered of 7 unmarked requests answered (unanswered: $unanswered), marked answered: $marked, guest restarts: $restarts"
+    check "$what: the guest trapped and was replaced ($restarts)" [ "$restarts" -eq 1 ]
+    check "$what: the marked datagram was not answered ($marked)" [ "$marked" = False ]
+    check "$what: every other datagram of the read was answered, those after the trap by the replacement ($answered of 7)" [ "$answered" -eq 7 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 run_install_refused
+run_ike_trap_midread
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

@@ -7,10 +7,13 @@
 //! | `hostile-derive-twice`  | every CHILD SA's keys are derived a second time from the same nonces |
 //! | `hostile-swap-handles`  | CHILD SAs are installed with their inbound and outbound key handles swapped |
 //! | `hostile-wrong-ske`     | every message is encrypted with the peer's SK_e |
+//! | `hostile-trap-marker`   | traps on a datagram whose initiator SPI is [`TRAP_MARKER`] |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
-//! installed, nothing is encrypted under the peer's key.
+//! installed, nothing is encrypted under the peer's key. The trap tests
+//! the host's replacement in the middle of a read of the IKE port: the
+//! datagrams read with the one that trapped must still be served.
 //!
 //! Whatever the attack, the first `poll` after a connection is loaded also
 //! hands the host a log line that tries to forge another (a newline, then
@@ -25,7 +28,11 @@ pub enum Attack {
     DeriveTwice,
     SwapHandles,
     WrongSke,
+    TrapOnMarker,
 }
+
+/// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
+pub const TRAP_MARKER: [u8; 8] = *b"TRAPTRAP";
 
 thread_local! {
     static ATTACK: Cell<Attack> = const { Cell::new(Attack::None) };
@@ -40,12 +47,20 @@ pub fn choose(connection: &str) {
         "hostile-derive-twice" => Attack::DeriveTwice,
         "hostile-swap-handles" => Attack::SwapHandles,
         "hostile-wrong-ske" => Attack::WrongSke,
+        "hostile-trap-marker" => Attack::TrapOnMarker,
         _ => Attack::None,
     });
 }
 
 pub fn attack() -> Attack {
     ATTACK.get()
+}
+
+/// For `TrapOnMarker`: trap (a panic is `unreachable` in wasm) on the marker.
+pub fn trap_on_marker(data: &[u8]) {
+    if attack() == Attack::TrapOnMarker && data.starts_with(&TRAP_MARKER) {
+        panic!("hostile-trap-marker: the marked datagram");
+    }
 }
 
 /// For `WrongSke`: encrypt as the other side would.

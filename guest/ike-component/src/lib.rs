@@ -358,6 +358,8 @@ impl wit::Guest for Component {
         let (Some(local), Some(remote)) = (endpoint(&d.local), endpoint(&d.remote)) else {
             return;
         };
+        #[cfg(feature = "hostile")]
+        hostile::trap_on_marker(&d.data);
         ENGINE.with_borrow_mut(|e| {
             e.handle_datagram(now_ms, ike::Datagram { local, remote, data: d.data }, &mut HostCrypto)
         });

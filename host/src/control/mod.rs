@@ -48,6 +48,20 @@ const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
 /// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
 const FORGOTTEN_INBOUND_LINGER_MS: u32 = 10_000;
 
+/// Inputs the IKE guest handled since its output (answers, SA changes,
+/// checkpoints) was last taken. A trap loses that output with the
+/// instance, and the replacement restores the checkpoints taken before
+/// these inputs: so they are handed to it again, the one that trapped
+/// excepted. Otherwise the requests of a read that came before a trapping
+/// one would go unanswered until their peers retransmit.
+#[derive(Default)]
+pub struct Unapplied {
+    /// From UDP 500, in order.
+    pub from_500: Vec<Datagram>,
+    /// From the data path, in order.
+    pub reports: Vec<Report>,
+}
+
 /// The control thread's state: the IKE guest and what it drives.
 pub struct ControlPlane {
     /// The IKE component instance.
@@ -77,6 +91,8 @@ pub struct ControlPlane {
     /// Datagrams read from UDP 500 and not handled yet, kept as `reports`
     /// are: a trap on one leaves the rest of the read for the replacement.
     pub from_500: VecDeque<Datagram>,
+    /// What the guest handled since its output was last taken.
+    pub unapplied: Unapplied,
     /// When the replacement of a trapped IKE guest is due (the guard's
     /// back-off after traps in quick succession). Until then no guest is
     /// called, but the probes, metrics and admin API are answered.
@@ -209,6 +225,13 @@ impl ControlPlane {
     /// The IKE guest trapped: it is replaced when the guard's back-off
     /// ends (`replace_at`: at once, unless traps came in quick succession).
     fn recover(&mut self, trap: anyhow::Error) {
+        let Unapplied { from_500, reports } = std::mem::take(&mut self.unapplied);
+        for d in from_500.into_iter().rev() {
+            self.from_500.push_front(d);
+        }
+        for r in reports.into_iter().rev() {
+            self.reports.push_front(r);
+        }
         let wait = self.back_off();
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
     }
@@ -412,16 +435,17 @@ impl ControlPlane {
         }
         // One at a time off the front: what a trap interrupts stays.
         while let Some(r) = self.reports.pop_front() {
-            match r {
+            match &r {
                 Report::Ike { from, data } => {
                     let local = self.sockets.nat_t_endpoint()?;
                     let remote = endpoint(*from.ip(), from.port());
-                    self.ike.handle_datagram(now, &Datagram { local, remote, data })?;
+                    self.ike.handle_datagram(now, &Datagram { local, remote, data: data.clone() })?;
                 }
-                Report::Acquire { dst } => self.acquire(now, dst)?,
-                Report::Expired { spi, hard } => self.ike.child_expired(now, spi, hard)?,
-                Report::NotInstalled { spi, error } => self.ike.child_failed(now, spi, &error)?,
+                Report::Acquire { dst } => self.acquire(now, *dst)?,
+                Report::Expired { spi, hard } => self.ike.child_expired(now, *spi, *hard)?,
+                Report::NotInstalled { spi, error } => self.ike.child_failed(now, *spi, error)?,
             }
+            self.unapplied.reports.push(r);
         }
         if ready.get(2) == Some(&true) {
             for q in self.queries.drain() {
@@ -497,6 +521,7 @@ impl ControlPlane {
         }
         while let Some(d) = self.from_500.pop_front() {
             self.ike.handle_datagram(now, &d)?;
+            self.unapplied.from_500.push(d);
         }
         Ok(())
     }
@@ -539,6 +564,8 @@ impl ControlPlane {
     /// the transmits, then the events.
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
+        // The output of what was handled is in hand now.
+        self.unapplied = Unapplied::default();
         let st = self.ike.store.data_mut();
         st.keep_checkpoints(out.checkpoints);
         crate::stats::add(&self.stats.guest_protocol_errors, std::mem::take(&mut st.refusals));
