@@ -4,6 +4,14 @@
 //! needs to send raw ESP around the IP layer (`[network] raw_esp_send =
 //! "link"`, `datapath/link_send.rs`): the interface, the next hop's
 //! link-layer address, and the source address the kernel would use.
+//!
+//! The route is asked as the IP layer looks it up for the raw ESP socket,
+//! so that policy routing (`ip rule`) picks the same table: from the
+//! address the socket is bound to (`[network] listen`; a multi-homed
+//! gateway's source routing) and for our user id (the kernel takes the
+//! asker's, which is the daemon's). Not for IP protocol 50:
+//! the kernel answers only TCP, UDP and ICMP there ("Unsupported ip
+//! proto"), so rules on `ipproto` are not seen (README, `raw_esp_send`).
 use std::io;
 use std::net::Ipv4Addr;
 
@@ -31,6 +39,7 @@ const RTM_GETNEIGH: u16 = 30;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const RTA_DST: u16 = 1;
+const RTA_SRC: u16 = 2;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
@@ -58,11 +67,13 @@ impl Resolver {
         Ok(Resolver { sock: Netlink::open()?, seq: 0, buf: vec![0; 8192] })
     }
 
-    /// The next hop to `dst`, or `None` when the kernel would not send it
-    /// out of an Ethernet interface to a known neighbour (no route, a
-    /// local or unreachable route, no or an unresolved neighbour entry).
-    pub fn resolve(&mut self, dst: Ipv4Addr) -> io::Result<Option<NextHop>> {
-        let Some(route) = self.route(dst)? else { return Ok(None) };
+    /// The next hop to `dst` for ESP from `src` (the address the raw
+    /// socket is bound to, if any), or `None` when the kernel would not
+    /// send it out of an Ethernet interface to a known neighbour (no
+    /// route, a local or unreachable route, no or an unresolved neighbour
+    /// entry).
+    pub fn resolve(&mut self, dst: Ipv4Addr, src: Option<Ipv4Addr>) -> io::Result<Option<NextHop>> {
+        let Some(route) = self.route(dst, src)? else { return Ok(None) };
         let hop = route.gateway.unwrap_or(dst);
         let Some((state, mac)) = self.neighbour(route.oif, hop)? else { return Ok(None) };
         let confirmed = state & (NUD_REACHABLE | NUD_PERMANENT) != 0;
@@ -70,11 +81,15 @@ impl Resolver {
         Ok(usable.then_some(NextHop { ifindex: route.oif, mac, src: route.src, unconfirmed: !confirmed }))
     }
 
-    fn route(&mut self, dst: Ipv4Addr) -> io::Result<Option<Route>> {
+    fn route(&mut self, dst: Ipv4Addr, src: Option<Ipv4Addr>) -> io::Result<Option<Route>> {
         let mut m = header(RTM_GETROUTE);
-        // rtmsg: AF_INET, a /32 destination, the rest zero.
-        m.extend_from_slice(&[libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // rtmsg: AF_INET, a /32 destination (and source), the rest zero.
+        let src_len = if src.is_some() { 32 } else { 0 };
+        m.extend_from_slice(&[libc::AF_INET as u8, 32, src_len, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         attr(&mut m, RTA_DST, &dst.octets());
+        if let Some(src) = src {
+            attr(&mut m, RTA_SRC, &src.octets());
+        }
         let Some(reply) = self.ask(m, RTM_NEWROUTE)? else { return Ok(None) };
         Ok(parse_route(reply))
     }
@@ -234,6 +249,58 @@ mod tests {
     fn the_kernel_answers_for_loopback_with_no_next_hop() {
         // Loopback is a local route: never a packet socket's to send.
         let mut r = Resolver::open().expect("rtnetlink socket");
-        assert_eq!(r.resolve(Ipv4Addr::LOCALHOST).expect("an answer"), None);
+        assert_eq!(r.resolve(Ipv4Addr::LOCALHOST, None).expect("an answer"), None);
+    }
+
+    /// In a network namespace of its own (this thread's): two Ethernet
+    /// links, each with a gateway, the main table's default route out of
+    /// the first, table 100's out of the second.
+    fn policy_routed() -> (i32, i32) {
+        crate::sys::unshare_net().expect("a network namespace for this thread (root)");
+        let ip = |args: &str| crate::sys::ip(&args.split(' ').collect::<Vec<_>>()).expect(args);
+        ip("link add ws-a type veth peer name ws-a-peer");
+        ip("link add ws-b type veth peer name ws-b-peer");
+        for dev in ["ws-a", "ws-a-peer", "ws-b", "ws-b-peer"] {
+            ip(&format!("link set {dev} up"));
+        }
+        ip("addr add 10.9.0.2/24 dev ws-a");
+        ip("addr add 10.9.1.2/24 dev ws-b");
+        ip("neigh replace 10.9.0.1 lladdr 02:00:00:00:00:0a dev ws-a nud permanent");
+        ip("neigh replace 10.9.1.1 lladdr 02:00:00:00:00:0b dev ws-b nud permanent");
+        ip("route add default via 10.9.0.1 dev ws-a");
+        ip("route add default via 10.9.1.1 dev ws-b table 100");
+        // Not /sys/class/net: sysfs shows the process's first namespace.
+        let index = |dev: &str| {
+            let out = std::process::Command::new("ip").args(["-o", "link", "show", "dev", dev]).output().unwrap();
+            let line = String::from_utf8(out.stdout).unwrap();
+            line.split(':').next().unwrap().trim().parse().unwrap()
+        };
+        (index("ws-a"), index("ws-b"))
+    }
+
+    #[test]
+    fn the_route_is_the_one_policy_routing_picks_for_our_esp() {
+        // A thread of its own: its network namespace goes with it.
+        std::thread::spawn(|| {
+            let (a, b) = policy_routed();
+            let ip = |args: &str| crate::sys::ip(&args.split(' ').collect::<Vec<_>>()).expect(args);
+            let mut r = Resolver::open().expect("rtnetlink socket");
+            let peer = Ipv4Addr::new(198, 51, 100, 7);
+            let via = |r: &mut Resolver, src| r.resolve(peer, src).unwrap().map(|h| (h.ifindex, h.mac, h.src));
+            let (out_a, out_b) = ((a, [2, 0, 0, 0, 0, 0x0a]), (b, [2, 0, 0, 0, 0, 0x0b]));
+            assert_eq!(via(&mut r, None), Some((out_a.0, out_a.1, Some(Ipv4Addr::new(10, 9, 0, 2)))));
+            // Source routing: ESP from the second link's address leaves by it.
+            ip("rule add from 10.9.1.2 table 100");
+            let from_b = Some(Ipv4Addr::new(10, 9, 1, 2));
+            assert_eq!(via(&mut r, from_b).map(|h| (h.0, h.1)), Some(out_b));
+            assert_eq!(via(&mut r, None).map(|h| (h.0, h.1)), Some(out_a), "no source: the main table");
+            ip("rule del from 10.9.1.2 table 100");
+            assert_eq!(via(&mut r, from_b).map(|h| (h.0, h.1)), Some(out_a));
+            // A rule for our user id (root: unshare needs it).
+            ip("rule add uidrange 0-0 table 100");
+            assert_eq!(via(&mut r, None).map(|h| (h.0, h.1)), Some(out_b), "our uid");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -127,7 +127,8 @@ impl LinkEsp {
                 return None;
             }
             *resolves += 1;
-            let next = self.resolver.resolve(to).unwrap_or_else(|e| {
+            let src = (!self.bind.is_unspecified()).then_some(self.bind);
+            let next = self.resolver.resolve(to, src).unwrap_or_else(|e| {
                 debug!(peer = %to, error = %e, "next hop look-up failed");
                 None
             });

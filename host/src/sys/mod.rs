@@ -495,6 +495,18 @@ pub fn request_stop() {
     stop_now();
 }
 
+/// Tests only: move the calling thread into a new, empty network
+/// namespace (the rest of the process stays where it is; children it
+/// starts, such as `ip`, inherit it).
+#[cfg(test)]
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare(2) with one flag; it changes only this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The effective user id is root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
