@@ -6,7 +6,8 @@
 #    the datagrams left through the packet socket (counted); tshark
 #    decrypts the capture of A's WAN link with A's ESP keys and finds valid
 #    IPv4 headers, the inner TCP segments, and each SA's sequence numbers
-#    strictly increasing.
+#    strictly increasing; each outer header has the TTL the IP layer
+#    would give it (A's namespace's net.ipv4.ip_default_ttl, set to 77).
 #  - The outer header's TOS: A copies the inner DSCP and ECN (the
 #    defaults, `copy_dscp = "out"`, `copy_ecn = true`: RFC 4301 section
 #    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "in"` and
@@ -32,6 +33,7 @@ ping_ok_size() { nsx "$1" ping -n -c "$3" -s "$4" -i 0.2 -W 2 "$2" | grep -q " 0
 settle() { sleep 0.6; }
 
 capture wsi-gwa "$STATE/wan.pcap"
+nsx wsi-gwa sysctl -qw net.ipv4.ip_default_ttl=77
 WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "in"\ncopy_ecn = false' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
@@ -65,13 +67,13 @@ while IFS= read -r line; do args+=(-o "uat:esp_sa:$line"); done <"$A/esp_sa"
 # Every occurrence of a field, comma-separated: the outer header's first,
 # the decrypted inner one's last.
 tshark "${args[@]}" -Y "esp" -T fields -e ip.src -e esp.spi -e esp.sequence -e ip.checksum.status \
-    -e tcp.srcport -e icmp.type -e ip.dsfield -E occurrence=a -E aggregator=, >"$STATE/esp.tsv" 2>/dev/null
-read -r n opened tcp mono bad tcp_ef tcp_out_ef a_echo a_echo_ef b_echo b_echo_zero < <(python3 - "$STATE/esp.tsv" "$WAN_A" <<'PY'
+    -e tcp.srcport -e icmp.type -e ip.dsfield -e ip.ttl -E occurrence=a -E aggregator=, >"$STATE/esp.tsv" 2>/dev/null
+read -r n opened tcp mono bad tcp_ef tcp_out_ef a_echo a_echo_ef b_echo b_echo_zero ttl77 < <(python3 - "$STATE/esp.tsv" "$WAN_A" <<'PY'
 import sys
-last, mono, n, opened, tcp, bad = {}, 1, 0, 0, 0, 0
+last, mono, n, opened, tcp, bad, ttl77 = {}, 1, 0, 0, 0, 0, 0
 tcp_ef = tcp_out_ef = a_echo = a_echo_ef = b_echo = b_echo_zero = 0
 for line in open(sys.argv[1]):
-    f = [v.split(",") for v in line.rstrip("\n").split("\t")] + [[""]] * 7
+    f = [v.split(",") for v in line.rstrip("\n").split("\t")] + [[""]] * 8
     src, spi, seq, csum, sport, icmp, ds = (v[0] for v in f[:7])
     inner_ds = f[6][-1]
     if not seq:
@@ -84,6 +86,7 @@ for line in open(sys.argv[1]):
             b_echo_zero += outer_ds == 0
         continue
     n += 1
+    ttl77 += f[7][0] == "77"
     if spi in last and int(seq) <= last[spi]:
         mono = 0
     last[spi] = int(seq)
@@ -96,7 +99,7 @@ for line in open(sys.argv[1]):
     if icmp == "8" and inner_ds == 0xba:
         a_echo += 1
         a_echo_ef += outer_ds == 0xba
-print(n, opened, tcp, mono, bad, tcp_ef, tcp_out_ef, a_echo, a_echo_ef, b_echo, b_echo_zero)
+print(n, opened, tcp, mono, bad, tcp_ef, tcp_out_ef, a_echo, a_echo_ef, b_echo, b_echo_zero, ttl77)
 PY
 )
 echo "tshark: $n ESP datagrams from A (the capture may miss some at this rate), $opened decrypted ($tcp TCP); sequence increasing: $mono; bad IPv4 checksums: $bad"
@@ -104,6 +107,7 @@ check "tshark decrypts every captured ESP datagram of A's ($opened of $n), the T
     [ "$n" -ge 1000 -a "$opened" -eq "$n" -a "$tcp" -ge 1000 ]
 check "every IPv4 header we wrote has a valid checksum ($bad bad)" [ "$bad" -eq 0 ]
 check "ESP sequence numbers strictly increase per SA" [ "$mono" -eq 1 ]
+check "every outer header has the namespace's default TTL, 77 ($ttl77 of $n)" [ "$ttl77" -eq "$n" ]
 echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo requests with EF+ECT(0) inside $a_echo, the same outside $a_echo_ef; B's echo replies with EF inside $b_echo, 0 outside $b_echo_zero"
 check "A copies the inner DSCP to the outer header ($tcp_out_ef of $tcp_ef TCP datagrams)" \
     [ "$tcp_ef" -ge 1000 -a "$tcp_out_ef" -eq "$tcp_ef" ]

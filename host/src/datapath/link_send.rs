@@ -5,6 +5,9 @@
 //! checksum, the output hooks). On this machine kind that work was most of
 //! the sending thread (README, "What limits raw ESP").
 //!
+//! The header is the one the IP layer would write: the namespace's default
+//! TTL, DF set, the TOS byte the data path chose.
+//!
 //! The price, documented with the option: nftables rules in the `ip` and
 //! `inet` families' output and postrouting hooks do not see these
 //! datagrams (the `netdev` egress hook does), and the next hop is taken
@@ -70,6 +73,18 @@ pub struct LinkEsp {
     /// Datagrams gathered for the packet socket: index into the batch's
     /// messages and next hop.
     run: Vec<(usize, NextHop)>,
+    /// The TTL the IP layer gives a raw socket's datagrams: the
+    /// namespace's `net.ipv4.ip_default_ttl` when the daemon started.
+    ttl: u8,
+}
+
+/// The namespace's default TTL (64 if it cannot be read).
+fn default_ttl() -> u8 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(64)
 }
 
 impl LinkEsp {
@@ -80,6 +95,7 @@ impl LinkEsp {
             hops: HashMap::new(),
             bind,
             run: Vec::with_capacity(RAW_BATCH),
+            ttl: default_ttl(),
         })
     }
 
@@ -159,7 +175,7 @@ impl LinkEsp {
         if self.run.is_empty() {
             return;
         }
-        let LinkEsp { sock, hops, bind, run, .. } = self;
+        let LinkEsp { sock, hops, bind, run, ttl, .. } = self;
         let mut heads = [[0u8; IP_HEADER]; RAW_BATCH];
         for (head, &(i, next)) in heads.iter_mut().zip(run.iter()) {
             let (data, to, tos) = msg(i);
@@ -172,7 +188,7 @@ impl LinkEsp {
                 dst_addr: to.octets(),
                 protocol: ESP,
                 payload_len: data.len(),
-                ttl: 64,
+                ttl: *ttl,
                 dscp_ecn: tos,
             };
             let _ = repr.emit(head);
