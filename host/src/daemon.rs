@@ -11,7 +11,7 @@ use crate::policy::watch::Reloader;
 use anyhow::{Context, Result, bail};
 use tracing::{debug, info, warn};
 
-use crate::config::{self, Config, Encapsulation};
+use crate::config::{self, Config, Encapsulation, RawEspSend};
 use crate::control::ControlPlane;
 use crate::control::children::Children;
 use crate::control::connections::load_connections;
@@ -22,6 +22,7 @@ use crate::datapath::gro::GroRecv;
 use crate::datapath::group::{Group, Groups};
 use crate::datapath::gso::GsoSend;
 use crate::datapath::guard::GuestGuard;
+use crate::datapath::link_send::LinkEsp;
 use crate::datapath::{Loop, Peer, Peers, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
@@ -525,14 +526,21 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         }
     };
     let link = match (&raw, cfg.network.raw_esp_send) {
-        (Some(_), crate::config::RawEspSend::Link) => Some(
-            crate::datapath::link_send::LinkEsp::open(cfg.network.listen)
+        (Some(_), RawEspSend::Link) => Some(
+            LinkEsp::open(cfg.network.listen, false)
                 .context("cannot open a packet socket for raw ESP ([network] raw_esp_send = \"link\")")?,
         ),
-        (None, crate::config::RawEspSend::Link) => {
+        (None, RawEspSend::Link) => {
             warn!("[network] raw_esp_send = \"link\" has no effect: there is no raw ESP socket");
             None
         }
+        // The default: without a packet socket (or a way to look at the
+        // output path), the IP socket as before.
+        (Some(_), RawEspSend::Auto) => LinkEsp::open(cfg.network.listen, true)
+            .map_err(
+                |e| warn!(error = %e, "raw ESP through the IP socket: no packet socket for raw_esp_send = \"auto\""),
+            )
+            .ok(),
         _ => None,
     };
     // Manual tunnels' traffic, counted by SPI like a CHILD SA's and shown

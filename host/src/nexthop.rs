@@ -15,7 +15,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use crate::sys::Netlink;
+use crate::netlink::{self, Asker, NLM_F_REQUEST, NLMSG_ERROR, attr};
 
 /// Where a datagram to a peer leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +36,6 @@ const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_GETNEIGH: u16 = 30;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
 const RTA_DST: u16 = 1;
 const RTA_SRC: u16 = 2;
 const RTA_OIF: u16 = 4;
@@ -51,20 +49,17 @@ const NUD_STALE: u16 = 0x04;
 const NUD_DELAY: u16 = 0x08;
 const NUD_PROBE: u16 = 0x10;
 const NUD_PERMANENT: u16 = 0x80;
-/// nlmsghdr, and rtmsg / ndmsg after it (both 12 bytes).
-const NLMSG_HDR: usize = 16;
+/// rtmsg and ndmsg (both 12 bytes), after nlmsghdr.
 const FAMILY_HDR: usize = 12;
 
 /// An rtnetlink socket for one question at a time.
 pub struct Resolver {
-    sock: Netlink,
-    seq: u32,
-    buf: Vec<u8>,
+    asker: Asker,
 }
 
 impl Resolver {
     pub fn open() -> io::Result<Resolver> {
-        Ok(Resolver { sock: Netlink::open()?, seq: 0, buf: vec![0; 8192] })
+        Ok(Resolver { asker: Asker::open(libc::NETLINK_ROUTE)? })
     }
 
     /// The next hop to `dst` for ESP from `src` (the address the raw
@@ -108,25 +103,21 @@ impl Resolver {
     /// Send one request and read its answer: the payload after nlmsghdr
     /// of a message of type `want`, or `None` for an error answer (no
     /// route, no such neighbour).
-    fn ask(&mut self, mut m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
-        self.seq = self.seq.wrapping_add(1);
-        let len = m.len() as u32;
-        m[0..4].copy_from_slice(&len.to_ne_bytes());
-        m[8..12].copy_from_slice(&self.seq.to_ne_bytes());
-        self.sock.send(&m)?;
+    fn ask(&mut self, m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
+        let seq = self.asker.send(m)?;
         loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            let got = &self.buf[..n];
-            let word = |at: usize| got.get(at..at + 4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            if got.len() < NLMSG_HDR {
+            let n = self.asker.sock.recv(&mut self.asker.buf)?;
+            let Some((kind, s, payload)) = netlink::messages(&self.asker.buf[..n]).next() else {
                 return Err(io::Error::other("short netlink answer"));
-            }
-            if word(8) != self.seq {
+            };
+            if s != seq {
                 continue; // the answer to a question that timed out
             }
-            let (kind, len) = (u16::from_ne_bytes([got[4], got[5]]), (word(0) as usize).clamp(NLMSG_HDR, n));
             return match kind {
-                k if k == want => Ok(Some(&self.buf[NLMSG_HDR..len])),
+                k if k == want => {
+                    let len = payload.len();
+                    Ok(Some(&self.asker.buf[netlink::HDR..netlink::HDR + len]))
+                }
                 NLMSG_ERROR => Ok(None),
                 _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
             };
@@ -140,34 +131,14 @@ struct Route {
     src: Option<Ipv4Addr>,
 }
 
-/// A request's nlmsghdr; its length and sequence number are set when sent.
+/// A request's nlmsghdr.
 fn header(kind: u16) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(&[0; 4]);
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    m.extend_from_slice(&[0; 8]);
-    m
-}
-
-/// Append an rtattr, padded to 4 bytes.
-fn attr(m: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    m.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(data);
-    m.resize(m.len().next_multiple_of(4), 0);
+    netlink::request(kind, NLM_F_REQUEST)
 }
 
 /// The attributes after a 12-byte family header, as (type, data).
 fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = payload.get(FAMILY_HDR..).unwrap_or_default();
-    std::iter::from_fn(move || {
-        let len = u16::from_ne_bytes([*rest.first()?, *rest.get(1)?]) as usize;
-        let kind = u16::from_ne_bytes([*rest.get(2)?, *rest.get(3)?]) & 0x3fff;
-        let data = rest.get(4..len)?;
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind, data))
-    })
+    netlink::attrs(payload.get(FAMILY_HDR..).unwrap_or_default())
 }
 
 fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {

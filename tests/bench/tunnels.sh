@@ -9,9 +9,12 @@
 #   wsi-hosta 198.18.1.10 -- wsi-gwa 198.18.0.1 == wan0 == 198.18.0.2 wsi-gwb -- 198.18.2.10 wsi-hostb
 #
 #   wasmsec-udp    wasmsec <-> wasmsec, IKEv2, AES-256-GCM, ESP in UDP 4500
-#   wasmsec-raw    the same with raw ESP (IP protocol 50)
-#   wasmsec-link   raw ESP sent through a packet socket ([network]
-#                  raw_esp_send = "link": around the IP layer's output path)
+#   wasmsec-raw    the same with raw ESP (IP protocol 50), as the daemon
+#                  sends it by default ([network] raw_esp_send = "auto":
+#                  through a packet socket, as nothing here hooks the
+#                  gateway's output path; its log says so)
+#   wasmsec-rawip  raw ESP through the raw IP socket (raw_esp_send = "ip")
+#   wasmsec-link   raw ESP through the packet socket (raw_esp_send = "link")
 #   libipsec       strongSwan charon + kernel-libipsec <-> the same, AES-256-GCM
 #                  (libipsec always encapsulates ESP in UDP)
 #   boringtun      boringtun-cli <-> boringtun-cli (WireGuard), configured with wg(8)
@@ -23,7 +26,7 @@
 # gateway daemons' own time (/proc/PID/stat of every process in the gateway
 # namespace, in % of one core), not the kernel's forwarding softirqs.
 #
-# Env: REPS=3 DUR=10 UDP_DUR=5 TUNNELS="wasmsec-udp wasmsec-raw wasmsec-link libipsec boringtun wireguard-go"
+# Env: REPS=3 DUR=10 UDP_DUR=5 TUNNELS="wasmsec-udp wasmsec-raw wasmsec-rawip libipsec boringtun wireguard-go"
 #      STREAMS="1 4" OUT=dir for iperf3's JSON (default: a temp dir, kept)
 #      BORINGTUN=path of boringtun-cli (default: PATH, then ~/.cargo/bin)
 # Needs: iperf3, wg (wireguard-tools), wireguard-go, boringtun-cli
@@ -36,7 +39,7 @@ REPS=${REPS:-3}
 DUR=${DUR:-10}
 UDP_DUR=${UDP_DUR:-5}
 STREAMS=${STREAMS:-1 4}
-TUNNELS=${TUNNELS:-wasmsec-udp wasmsec-raw wasmsec-link libipsec boringtun wireguard-go}
+TUNNELS=${TUNNELS:-wasmsec-udp wasmsec-raw wasmsec-rawip libipsec boringtun wireguard-go}
 OUT=${OUT:-$(mktemp -d /tmp/wasmsec-bench-tunnels.XXXXXX)}
 BORINGTUN=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
 WG_MTU=1420
@@ -103,7 +106,9 @@ up_wasmsec() { # ENCAP(true|false)
     local extra="encap = $1"
     WASMSEC_CONN_EXTRA=$extra wasmsec_start wsi-gwb "$STATE/B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
     WASMSEC_CONN_EXTRA=$extra wasmsec_start wsi-gwa "$STATE/A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
-    wasmsec_up "$STATE/A" 20
+    wasmsec_up "$STATE/A" 20 || return 1
+    # Which way raw ESP leaves (raw_esp_send = "auto" says it at start).
+    grep -ho 'raw ESP through the [a-zA-Z ]*socket[^"]*' "$STATE/A/wasmsec.log" | head -1 | sed 's/^/  gateway A: /' >&2 || true
 }
 
 up_libipsec() {
@@ -146,6 +151,7 @@ bring_up() { # TUNNEL
     case $1 in
         wasmsec-udp) up_wasmsec true ;;
         wasmsec-raw) up_wasmsec false ;;
+        wasmsec-rawip) WASMSEC_NETWORK_EXTRA='raw_esp_send = "ip"' up_wasmsec false ;;
         wasmsec-link) WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' up_wasmsec false ;;
         libipsec) up_libipsec ;;
         boringtun | wireguard-go) up_wireguard "$1" ;;

@@ -21,6 +21,11 @@
 #  - With the WAN MTU below a large ping's ESP datagram, the packet socket
 #    refuses it and the IP layer sends it in fragments (counted); the pings
 #    pass.
+#  - The default, `raw_esp_send = "auto"` (A started again without the
+#    option): the packet socket while nothing hooks A's output path; with an
+#    nftables chain on the output hook, everything through the IP socket
+#    within a second, and the chain's rule counts the ESP; with the chain
+#    gone, the packet socket again.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 200 bash "$0" "$@"
 
@@ -171,4 +176,39 @@ check "small pings still leave by the packet socket" ping_ok wsi-hosta $HOST_B 5
 settle
 read -r link3 _ < <(link "$A")
 check "... counted ($((link3 - link2)))" [ "$((link3 - link2))" -ge 5 ]
+
+# The default, "auto": A again, without raw_esp_send.
+kill -TERM "$(cat "$A/pid")"
+for _ in $(seq 50); do kill -0 "$(cat "$A/pid")" 2>/dev/null || break; sleep 0.1; done
+A=$STATE/A-auto
+wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
+check "auto: tunnel up" wasmsec_up "$A" 20
+check "auto: nothing hooks A's output path, so the packet socket" \
+    grep -q 'raw ESP through the packet socket: nothing hooks the output path' "$A/wasmsec.log"
+check "auto: pings pass" ping_ok wsi-hosta $HOST_B 5
+settle
+read -r link4 ip4 < <(link "$A")
+check "auto: ... through the packet socket ($link4, $ip4 through the IP socket)" [ "$link4" -ge 5 ]
+# An operator's rule on the output path must see our ESP.
+nsx wsi-gwa nft add table ip wsout
+nsx wsi-gwa nft add chain ip wsout out '{ type filter hook output priority 0; }'
+nsx wsi-gwa nft add rule ip wsout out ip protocol esp counter
+sleep 1.2 # looked at again once a second
+check "auto: pings pass with an nftables output chain" ping_ok wsi-hosta $HOST_B 5
+settle
+read -r link5 ip5 < <(link "$A")
+esp_seen=$(nsx wsi-gwa nft list chain ip wsout out | grep -o 'packets [0-9]*' | awk '{print $2}')
+echo "auto with an output chain: $((link5 - link4)) by the packet socket, $((ip5 - ip4)) by the IP socket; the chain counted ${esp_seen:-0}"
+check "auto: ... all through the IP socket ($((link5 - link4)) by the packet socket, $((ip5 - ip4)) by the IP socket)" \
+    [ "$((link5 - link4))" -eq 0 -a "$((ip5 - ip4))" -ge 5 ]
+check "auto: ... and the output chain's rule saw them (${esp_seen:-0})" [ "${esp_seen:-0}" -ge 5 ]
+check "auto: A said why" grep -q 'raw ESP through the IP socket from now on.*reason=nftables chain ip wsout out on the output hook' "$A/wasmsec.log"
+nsx wsi-gwa nft delete table ip wsout
+sleep 1.2
+check "auto: pings pass with the chain gone" ping_ok wsi-hosta $HOST_B 5
+settle
+read -r link6 ip6 < <(link "$A")
+check "auto: ... through the packet socket again ($((link6 - link5)); $((ip6 - ip5)) by the IP socket)" \
+    [ "$((link6 - link5))" -ge 5 -a "$((ip6 - ip5))" -le 1 ]
+check "auto: A said so" grep -q 'raw ESP through the packet socket again' "$A/wasmsec.log"
 finish

@@ -339,8 +339,11 @@ pub enum CopyDscp {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawEspSend {
-    /// A raw IP socket: routed, fragmented and filtered by the IP layer.
+    /// The packet socket while nothing hooks the IP layer's output path
+    /// (`output_hooks`), else the IP socket.
     #[default]
+    Auto,
+    /// A raw IP socket: routed, fragmented and filtered by the IP layer.
     Ip,
     /// A packet socket (`datapath/link_send.rs`); what it cannot send goes
     /// through the IP socket.
@@ -355,7 +358,7 @@ impl Default for Network {
             ike_port: default_ike_port(),
             raw_esp: false,
             udp_offload: true,
-            raw_esp_send: RawEspSend::Ip,
+            raw_esp_send: RawEspSend::Auto,
             copy_dscp: CopyDscp::Out,
             copy_ecn: true,
         }

@@ -84,6 +84,17 @@ fn copy_dscp_defaults_to_out_and_takes_strongswans_values() {
 }
 
 #[test]
+fn raw_esp_send_defaults_to_auto() {
+    let net = |v: &str| Config::parse(&format!("{GOOD}\n[network]\n{v}\n"), "t.toml").map(|c| c.network);
+    assert_eq!(Config::parse(GOOD, "t.toml").unwrap().network.raw_esp_send, RawEspSend::Auto);
+    for (v, want) in [("auto", RawEspSend::Auto), ("ip", RawEspSend::Ip), ("link", RawEspSend::Link)] {
+        assert_eq!(net(&format!("raw_esp_send = \"{v}\"")).unwrap().raw_esp_send, want);
+    }
+    let e = net("raw_esp_send = \"packet\"").unwrap_err().to_string();
+    assert!(e.contains("unknown variant `packet`"), "{e}");
+}
+
+#[test]
 fn a_replay_window_the_engine_cannot_keep_is_refused() {
     let c = Config::parse(&GOOD.replace("in_spi = 4098", "in_spi = 4098\nreplay_window = 65536"), "w.toml").unwrap();
     assert_eq!(c.manual[0].replay_window, MAX_REPLAY_WINDOW);

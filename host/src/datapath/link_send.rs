@@ -1,5 +1,6 @@
 //! Raw ESP sent through a packet socket (`[network] raw_esp_send =
-//! "link"`): each datagram gets its IPv4 header from us and leaves by the
+//! "link"`, and with `"auto"` while nothing hooks the IP layer's output
+//! path, `output_hooks`): each datagram gets its IPv4 header from us and leaves by the
 //! interface and to the neighbour the kernel's tables name, without the IP
 //! layer's per-datagram work (route lookup, `ip_append_data`'s copy with
 //! checksum, the output hooks). On this machine kind that work was most of
@@ -24,10 +25,11 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, info};
 use wasmsec_wire::ipv4;
 
 use crate::nexthop::{NextHop, Resolver};
+use crate::output_hooks::OutputHooks;
 use crate::sys::{LinkDatagram, PacketSocket, RAW_BATCH, RawEsp};
 
 /// How long a peer's next hop is used before it is asked again.
@@ -45,6 +47,38 @@ const MAX_HOPS: usize = 16_384;
 const IP_HEADER: usize = 20;
 /// IP protocol 50.
 const ESP: u8 = 50;
+
+/// `raw_esp_send = "auto"`: the packet socket only while nothing hooks the
+/// IP layer's output path; looked at again every [`REFRESH`].
+struct Gate {
+    hooks: OutputHooks,
+    /// Why the IP socket sends everything now, if it does.
+    reason: Option<String>,
+    until: Instant,
+}
+
+impl Gate {
+    /// May the packet socket send now?
+    fn open(&mut self, now: Instant) -> bool {
+        if now >= self.until {
+            let reason = self.hooks.reason();
+            match (&self.reason, &reason) {
+                (None, Some(r)) => {
+                    info!(reason = %r, "raw ESP through the IP socket from now on (raw_esp_send = \"auto\")")
+                }
+                (Some(_), None) => {
+                    info!(
+                        "raw ESP through the packet socket again: nothing hooks the output path (raw_esp_send = \"auto\")"
+                    )
+                }
+                _ => {}
+            }
+            self.reason = reason;
+            self.until = now + REFRESH;
+        }
+        self.reason.is_none()
+    }
+}
 
 /// What the last look-up found for a peer.
 struct Hop {
@@ -76,6 +110,8 @@ pub struct LinkEsp {
     /// The TTL the IP layer gives a raw socket's datagrams: the
     /// namespace's `net.ipv4.ip_default_ttl` when the daemon started.
     ttl: u8,
+    /// With `"auto"`: whether the packet socket may send.
+    gate: Option<Gate>,
 }
 
 /// The namespace's default TTL (64 if it cannot be read).
@@ -88,7 +124,21 @@ fn default_ttl() -> u8 {
 }
 
 impl LinkEsp {
-    pub fn open(bind: Ipv4Addr) -> io::Result<LinkEsp> {
+    /// With `auto`, only while nothing hooks the IP layer's output path.
+    pub fn open(bind: Ipv4Addr, auto: bool) -> io::Result<LinkEsp> {
+        let gate = if auto {
+            let mut hooks = OutputHooks::open()?;
+            let reason = hooks.reason();
+            match &reason {
+                None => {
+                    info!("raw ESP through the packet socket: nothing hooks the output path (raw_esp_send = \"auto\")")
+                }
+                Some(r) => info!(reason = %r, "raw ESP through the IP socket (raw_esp_send = \"auto\")"),
+            }
+            Some(Gate { hooks, reason, until: Instant::now() + REFRESH })
+        } else {
+            None
+        };
         Ok(LinkEsp {
             sock: PacketSocket::open()?,
             resolver: Resolver::open()?,
@@ -96,6 +146,7 @@ impl LinkEsp {
             bind,
             run: Vec::with_capacity(RAW_BATCH),
             ttl: default_ttl(),
+            gate,
         })
     }
 
@@ -110,6 +161,12 @@ impl LinkEsp {
         mut sent: impl FnMut(usize, io::Result<()>),
     ) -> LinkSent {
         let now = Instant::now();
+        if let Some(g) = &mut self.gate
+            && !g.open(now)
+        {
+            ip.send_many((0..n).map(&msg), sent);
+            return LinkSent { link: 0, ip: n as u64 };
+        }
         let mut resolves = 0;
         let mut counts = LinkSent::default();
         for i in 0..n {

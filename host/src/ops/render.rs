@@ -188,7 +188,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         g(&st.tun_tx_joined),
     );
     for (path, n) in [("link", &st.esp_tx_link), ("ip", &st.esp_tx_link_fallback)] {
-        let help = "Raw ESP datagrams sent with raw_esp_send = \"link\": through the packet socket (link), or through the IP socket instead (ip).";
+        let help = "Raw ESP datagrams sent with raw_esp_send = \"link\" or \"auto\": through the packet socket (link), or through the IP socket instead (ip).";
         s.counter("wasmsec_raw_esp_link_sends_total", help, &[("path", path)], g(n));
     }
     s.counter(

@@ -495,6 +495,43 @@ pub fn request_stop() {
     stop_now();
 }
 
+/// BPF programs that run on this process's outgoing IP packets from its
+/// cgroup v2 `dir` (`BPF_CGROUP_INET_EGRESS`, attached there or above it).
+pub fn cgroup_egress_programs(dir: &std::path::Path) -> io::Result<u32> {
+    /// The `BPF_PROG_QUERY` part of `union bpf_attr`, with zeros after it
+    /// (newer kernels' fields: no output wanted).
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        rest: [u32; 17],
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_CGROUP_INET_EGRESS: u32 = 1;
+    const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+    let cgroup = std::fs::File::open(dir)?;
+    let mut q = Query {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_INET_EGRESS,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        attach_flags: 0,
+        prog_ids: 0,
+        prog_cnt: 0,
+        rest: [0; 17],
+    };
+    // SAFETY: q is a valid, writable bpf_attr prefix of the size given;
+    // with no prog_ids buffer the kernel writes only prog_cnt and flags.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut Query, size_of::<Query>()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(q.prog_cnt)
+}
+
 /// Tests only: move the calling thread into a new, empty network
 /// namespace (the rest of the process stays where it is; children it
 /// starts, such as `ip`, inherit it).

@@ -71,10 +71,10 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    pub fn open() -> io::Result<Netlink> {
+    /// A netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`).
+    pub fn open(protocol: i32) -> io::Result<Netlink> {
         // SAFETY: plain socket(2) call; the fd is checked.
-        let fd =
-            owned(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) })?;
+        let fd = owned(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) })?;
         // The kernel answers at once; the bound keeps a lost answer from
         // holding the data path.
         let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
