@@ -108,7 +108,7 @@ up_wasmsec() { # ENCAP(true|false)
     WASMSEC_CONN_EXTRA=$extra wasmsec_start wsi-gwa "$STATE/A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
     wasmsec_up "$STATE/A" 20 || return 1
     # Which way raw ESP leaves (raw_esp_send = "auto" says it at start).
-    grep -ho 'raw ESP through the [a-zA-Z ]*socket[^"]*' "$STATE/A/wasmsec.log" | head -1 | sed 's/^/  gateway A: /' >&2 || true
+    grep -ho 'raw ESP through the [a-zA-Z ]*socket[^(]*' "$STATE/A/wasmsec.log" | head -1 | sed 's/^/  gateway A: /' || true
 }
 
 up_libipsec() {
@@ -176,6 +176,7 @@ for t in $TUNNELS; do
         exit 1
     fi
     echo "$t: $(version_of "$t")"
+    grep -h '^  gateway A: ' "$OUT/$t-up.log" || true
     nsx wsi-hostb iperf3 -s >/dev/null 2>&1 &
     PIDS+=($!)
     sleep 0.5
