@@ -8,6 +8,9 @@
 #    IPv4 headers, the inner TCP segments, and each SA's sequence numbers
 #    strictly increasing; each outer header has the TTL the IP layer
 #    would give it (A's namespace's net.ipv4.ip_default_ttl, set to 77).
+#  - The queueing priority: A's ESP with DSCP EF outside leaves with the
+#    priority the IP layer gives that TOS (4), as A's netdev egress hook
+#    counts, whichever socket sent it.
 #  - The outer header's TOS: A copies the inner DSCP and ECN (the
 #    defaults, `copy_dscp = "out"`, `copy_ecn = true`: RFC 4301 section
 #    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "in"` and
@@ -39,6 +42,11 @@ settle() { sleep 0.6; }
 
 capture wsi-gwa "$STATE/wan.pcap"
 nsx wsi-gwa sysctl -qw net.ipv4.ip_default_ttl=77
+# The queueing priority of A's EF datagrams, where the qdisc would see it.
+nsx wsi-gwa nft add table netdev wsprio
+nsx wsi-gwa nft add chain netdev wsprio e '{ type filter hook egress device "wan0" priority 0; }'
+nsx wsi-gwa nft add rule netdev wsprio e ip protocol esp ip dscp ef meta priority 0:4 counter
+nsx wsi-gwa nft add rule netdev wsprio e ip protocol esp ip dscp ef counter
 WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "in"\ncopy_ecn = false' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
@@ -64,6 +72,10 @@ check "20 MB of TCP passed ($mbit Mbit/s)" [ "$mbit" -gt 0 ]
 check "A sent through the packet socket ($a_link; $a_ip through the IP socket)" [ "$a_link" -gt 10000 -a "$a_ip" -lt 100 ]
 check "B too, its ACKs and pings ($b_link)" [ "$b_link" -gt 100 ]
 check "no send failed at A" [ "$(stat "$A/stats.json" tx_errors)" -eq 0 ]
+read -r prio4 ef < <(nsx wsi-gwa nft list chain netdev wsprio e | grep -o 'packets [0-9]*' | awk '{print $2}' | xargs)
+echo "A's ESP with DSCP EF outside: $ef, of them with queueing priority 4: $prio4"
+check "A's EF datagrams leave with the IP layer's queueing priority for EF ($prio4 of $ef)" \
+    [ "${ef:-0}" -ge 1000 -a "${prio4:-0}" -eq "${ef:-0}" ]
 
 # What tshark makes of A's datagrams: IPv4 headers with valid checksums,
 # ESP it decrypts with A's keys, each SA's sequence numbers increasing.

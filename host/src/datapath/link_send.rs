@@ -7,7 +7,9 @@
 //! the sending thread (README, "What limits raw ESP").
 //!
 //! The header is the one the IP layer would write: the namespace's default
-//! TTL, DF set, the TOS byte the data path chose.
+//! TTL, DF set, the TOS byte the data path chose; and the datagram gets the
+//! queueing priority the IP layer derives from that TOS (`tos::
+//! queue_priority`), so that qdiscs sorting by it see both paths alike.
 //!
 //! The price, documented with the option: nftables rules in the `ip` and
 //! `inet` families' output and postrouting hooks do not see these
@@ -25,7 +27,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use wasmsec_wire::ipv4;
 
 use crate::nexthop::{NextHop, Resolver};
@@ -255,7 +257,9 @@ impl LinkEsp {
             data: msg(i).0,
             ifindex: next.ifindex,
             mac: next.mac,
+            priority: super::tos::queue_priority(msg(i).2),
         });
+        let priorities = sock.priorities();
         sock.send_many(dgrams, |j, r| {
             let i = run[j].0;
             match r {
@@ -266,13 +270,23 @@ impl LinkEsp {
                 Err(e) => {
                     let (data, to, tos) = msg(i);
                     debug!(peer = %to, error = %e, "the packet socket refused an ESP datagram: through the IP layer");
-                    // Ask again next time: the route or neighbour may have moved.
-                    hops.remove(&to);
+                    // Ask again next time: the route or neighbour may have
+                    // moved. (Not for a refused priority: that is the
+                    // kernel's, and the socket no longer sends one.)
+                    let priority_refused = priorities && !sock.priorities() && e.raw_os_error() == Some(libc::EINVAL);
+                    if !priority_refused {
+                        hops.remove(&to);
+                    }
                     counts.ip += 1;
                     sent(i, ip.send_to(data, to, tos).map(drop));
                 }
             }
         });
         run.clear();
+        if priorities && !sock.priorities() {
+            warn!(
+                "this kernel takes no SO_PRIORITY control message: raw ESP through the packet socket goes without the queueing priority its TOS would give"
+            );
+        }
     }
 }

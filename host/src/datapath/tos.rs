@@ -63,6 +63,16 @@ pub fn outer(inner: u8, copy: Copy) -> u8 {
     (if copy.dscp_out { inner & DSCP } else { 0 }) | (if copy.ecn_out { inner & ECN } else { 0 })
 }
 
+/// The queueing priority the IP layer gives a datagram sent with this
+/// TOS byte (Linux's `rt_tos2priority`: the four RFC 1349 TOS bits pick
+/// best effort 0, bulk 2, interactive 6 or interactive bulk 4), which
+/// qdiscs such as `pfifo_fast` and `prio` sort by. The packet socket sets
+/// it itself (`link_send.rs`), so both send paths queue alike.
+pub fn queue_priority(tos: u8) -> u32 {
+    const BY_TOS_BITS: [u32; 8] = [0, 0, 2, 2, 6, 6, 4, 4];
+    BY_TOS_BITS[usize::from((tos & 0x1e) >> 2)]
+}
+
 /// A packet decapsulation must drop: the outer header says CE and the
 /// inner packet is not ECN-capable (RFC 6040 section 4.2).
 #[derive(Debug, PartialEq, Eq)]
@@ -212,5 +222,19 @@ mod tests {
         for len in 0..4 {
             let _ = decap(CE, &mut vec![0x60; len], true);
         }
+    }
+
+    #[test]
+    fn the_queueing_priority_is_the_ip_layers() {
+        // What the kernel gave raw IP datagrams with these TOS bytes on
+        // this machine (nftables `meta priority`): EF 4, 0 none.
+        assert_eq!(queue_priority(0xb8), 4);
+        assert_eq!(queue_priority(0xba), 4, "ECN bits do not count");
+        assert_eq!(queue_priority(0), 0);
+        // RFC 1349: low delay 0x10, throughput 0x08, reliability 0x04.
+        assert_eq!(queue_priority(0x10), 6);
+        assert_eq!(queue_priority(0x08), 2);
+        assert_eq!(queue_priority(0x04), 0);
+        assert_eq!(queue_priority(0x18), 4);
     }
 }

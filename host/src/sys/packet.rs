@@ -1,31 +1,45 @@
 //! Packet sockets (AF_PACKET) for sending IPv4 datagrams to a next hop
 //! we name, and an rtnetlink socket to ask the kernel for that next hop.
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::{RAW_BATCH, owned, sendmmsg_each};
+use super::{Control, RAW_BATCH, owned, sendmmsg_each};
 
 /// A datagram for a packet socket: its IPv4 header and payload, the
-/// interface it leaves by and the next hop's Ethernet address.
+/// interface it leaves by, the next hop's Ethernet address, and the
+/// queueing priority (`SO_PRIORITY`) to send it with.
 pub struct LinkDatagram<'a> {
     pub head: &'a [u8],
     pub data: &'a [u8],
     pub ifindex: i32,
     pub mac: [u8; 6],
+    pub priority: u32,
 }
 
 /// A send-only packet socket (SOCK_DGRAM: the kernel writes the Ethernet
 /// header; protocol 0: nothing is received on it).
 pub struct PacketSocket {
     fd: OwnedFd,
+    /// The kernel takes a priority per message (an `SO_PRIORITY` control
+    /// message, Linux 6.14); cleared when it refuses one.
+    priority_messages: Cell<bool>,
 }
 
 impl PacketSocket {
     pub fn open() -> io::Result<PacketSocket> {
         // SAFETY: plain socket(2) call; the fd is checked.
         let fd = owned(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-        Ok(PacketSocket { fd })
+        Ok(PacketSocket { fd, priority_messages: Cell::new(true) })
+    }
+
+    /// Whether priorities still go with the messages: a kernel without
+    /// `SO_PRIORITY` control messages refuses the first with `EINVAL`,
+    /// and from then on they are sent without (the caller sends that one
+    /// through the IP socket).
+    pub fn priorities(&self) -> bool {
+        self.priority_messages.get()
     }
 
     /// Send the first [`RAW_BATCH`] of `msgs` in order with as few
@@ -35,6 +49,9 @@ impl PacketSocket {
         let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
         let mut iovs = [const { MaybeUninit::<[libc::iovec; 2]>::uninit() }; RAW_BATCH];
         let mut addrs = [const { MaybeUninit::<libc::sockaddr_ll>::uninit() }; RAW_BATCH];
+        let mut controls = [const { MaybeUninit::<Control>::uninit() }; RAW_BATCH];
+        let mut prioritised = [false; RAW_BATCH];
+        let with_priority = self.priority_messages.get();
         let mut n = 0;
         for (i, m) in msgs.take(RAW_BATCH).enumerate() {
             n = i + 1;
@@ -56,11 +73,25 @@ impl PacketSocket {
             h.msg_hdr.msg_iovlen = 2;
             h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_ll).cast();
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
-            hdrs[i].write(h);
+            let h = hdrs[i].write(h);
+            if with_priority && m.priority != 0 {
+                let c = controls[i].write(Control::default());
+                c.push(libc::SOL_SOCKET, libc::SO_PRIORITY, &(m.priority as libc::c_int).to_ne_bytes());
+                c.attach(&mut h.msg_hdr);
+                prioritised[i] = true;
+            }
         }
-        // SAFETY: hdrs[..n] were written above and point at iovecs and
-        // addresses in this frame, over buffers lent for the call.
-        unsafe { sendmmsg_each(self.fd.as_raw_fd(), hdrs.as_mut_ptr().cast(), n, sent) };
+        let mut sent = sent;
+        let each = |i: usize, r: io::Result<()>| {
+            if prioritised[i] && r.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL)) {
+                self.priority_messages.set(false);
+            }
+            sent(i, r)
+        };
+        // SAFETY: hdrs[..n] were written above and point at iovecs,
+        // addresses and control messages in this frame, over buffers lent
+        // for the call.
+        unsafe { sendmmsg_each(self.fd.as_raw_fd(), hdrs.as_mut_ptr().cast(), n, each) };
     }
 }
 
