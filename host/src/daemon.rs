@@ -273,6 +273,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         last_view: Default::default(),
         failures: Default::default(),
         queries: p.queries,
+        held_queries: Default::default(),
         totals: Default::default(),
         stats: p.stats.clone(),
         traps,

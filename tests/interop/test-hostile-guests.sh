@@ -18,7 +18,9 @@
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
 # Last, an IKE guest that traps on one datagram in the middle of a read of
-# UDP 500: the datagrams read with it are served by its replacement.
+# UDP 500: the datagrams read with it are served by its replacement; and one
+# that traps after an admin `initiate`: the API answers once the
+# replacement has sent what the command asked for.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
 COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -254,8 +256,42 @@ run_ike_trap_midread() {
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# An admin command whose messages a trap loses (hostile-trap-after-initiate:
+# the first instance traps in the poll that would hand over the IKE_SA_INIT
+# of an `initiate`). The API must not answer OK for messages that never
+# went: its answer waits until they are sent, and the replacement carries
+# the command out again. B, an honest wasmsec, only responds.
+run_ike_trap_after_initiate() {
+    local what="IKE: a trap after an admin initiate" A=$STATE/trap-initiate/A B=$STATE/trap-initiate/B
+    local name=hostile-trap-after-initiate
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
+      ike_conf $name $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 none; } |
+        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
+      ike_conf $name $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    local rc=0 up=no restarts ike_b alive=no
+    wasmsec_ctl "$A" initiate $name >"$A/initiate.out" 2>&1 || rc=$?
+    # Answered only once the IKE_SA_INIT went: the SAs follow within a round trip.
+    wasmsec_up "$A" 5 && up=yes
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    ike_b=$(wasmsec_ctl "$B" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))')
+    stop "$A"; stop "$B"
+    echo "$what: initiate answered rc=$rc ($(head -c 200 "$A/initiate.out")); CHILD SA up at A: $up; IKE SAs at B: $ike_b; guest restarts: $restarts"
+    check "$what: the guest trapped after the initiate and was replaced ($restarts)" [ "$restarts" -eq 1 ]
+    check "$what: the initiate was answered OK" [ "$rc" -eq 0 ]
+    check "$what: ... and carried out: the replacement sent it, the CHILD SA is up at A" [ "$up" = yes ]
+    check "$what: ... and the IKE SA at B ($ike_b)" [ "$ike_b" -eq 1 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 run_install_refused
 run_ike_trap_midread
+run_ike_trap_after_initiate
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

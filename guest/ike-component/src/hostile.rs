@@ -8,12 +8,15 @@
 //! | `hostile-swap-handles`  | CHILD SAs are installed with their inbound and outbound key handles swapped |
 //! | `hostile-wrong-ske`     | every message is encrypted with the peer's SK_e |
 //! | `hostile-trap-marker`   | traps on a datagram whose initiator SPI is [`TRAP_MARKER`] |
+//! | `hostile-trap-after-initiate` | the first instance traps in the `poll` after an `initiate` (a replacement, which is restored, does not) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
 //! installed, nothing is encrypted under the peer's key. The trap tests
 //! the host's replacement in the middle of a read of the IKE port: the
-//! datagrams read with the one that trapped must still be served.
+//! datagrams read with the one that trapped must still be served. The trap
+//! after an initiate tests an admin command whose messages the trap lost:
+//! its answer must wait for them, and the replacement must send them.
 //!
 //! Whatever the attack, the first `poll` after a connection is loaded also
 //! hands the host a log line that tries to forge another (a newline, then
@@ -29,6 +32,7 @@ pub enum Attack {
     SwapHandles,
     WrongSke,
     TrapOnMarker,
+    TrapAfterInitiate,
 }
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
@@ -48,6 +52,7 @@ pub fn choose(connection: &str) {
         "hostile-swap-handles" => Attack::SwapHandles,
         "hostile-wrong-ske" => Attack::WrongSke,
         "hostile-trap-marker" => Attack::TrapOnMarker,
+        "hostile-trap-after-initiate" => Attack::TrapAfterInitiate,
         _ => Attack::None,
     });
 }
@@ -60,6 +65,33 @@ pub fn attack() -> Attack {
 pub fn trap_on_marker(data: &[u8]) {
     if attack() == Attack::TrapOnMarker && data.starts_with(&TRAP_MARKER) {
         panic!("hostile-trap-marker: the marked datagram");
+    }
+}
+
+thread_local! {
+    /// This instance restored checkpoints: it is a replacement.
+    static RESTORED: Cell<bool> = const { Cell::new(false) };
+    /// An initiate since the last poll, in an instance that was not restored.
+    static INITIATED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The host restored checkpoints into this instance.
+pub fn restored() {
+    RESTORED.set(true);
+}
+
+/// For `TrapAfterInitiate`: an initiate was carried out (and queued its
+/// IKE_SA_INIT, which the next poll would hand over).
+pub fn initiated() {
+    if attack() == Attack::TrapAfterInitiate && !RESTORED.get() {
+        INITIATED.set(true);
+    }
+}
+
+/// For `TrapAfterInitiate`: trap in the poll that would hand it over.
+pub fn trap_after_initiate() {
+    if INITIATED.get() {
+        panic!("hostile-trap-after-initiate: the poll after an initiate");
     }
 }
 

@@ -337,6 +337,8 @@ impl wit::Guest for Component {
     }
 
     fn initiate(now_ms: u64, connection: String) -> Result<(), String> {
+        #[cfg(feature = "hostile")]
+        hostile::initiated();
         ENGINE.with_borrow_mut(|e| e.initiate(now_ms, &connection, &mut HostCrypto)).map_err(|e| e.to_string())
     }
 
@@ -378,6 +380,8 @@ impl wit::Guest for Component {
     }
 
     fn poll() -> wit::Output {
+        #[cfg(feature = "hostile")]
+        hostile::trap_after_initiate();
         #[allow(unused_mut)]
         let mut out = ENGINE.with_borrow_mut(|e| wit::Output {
             sa_changes: std::iter::from_fn(|| e.poll_sa_change()).map(wit_sa_change).collect(),
@@ -427,6 +431,8 @@ impl wit::Guest for Component {
     }
 
     fn restore(checkpoints: Vec<Vec<u8>>) -> Result<u32, String> {
+        #[cfg(feature = "hostile")]
+        hostile::restored();
         ENGINE.with_borrow_mut(|e| e.restore(&checkpoints)).map(|n| n as u32).map_err(|e| e.to_string())
     }
 }

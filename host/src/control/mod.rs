@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::config::Prefix;
 use crate::datapath::channel::{Receiver, Report};
 use crate::datapath::guard::GuestGuard;
-use crate::ops::{IkeTotals, IkeView, Query, Refusal};
+use crate::ops::{Answer, Command, IkeTotals, IkeView, Query, Refusal};
 use crate::policy::{SaEvent, SaEventKind};
 use crate::stats::Stats;
 use crate::sys;
@@ -60,7 +60,14 @@ pub struct Unapplied {
     pub from_500: Vec<Datagram>,
     /// From the data path, in order.
     pub reports: Vec<Report>,
+    /// Admin commands that change what the guest does (initiate,
+    /// terminate, rekey), carried out, with the answers they wait to send
+    /// until the guest's output is applied: an "OK" means the messages went.
+    pub admin: Vec<(Command, AdminReply, Answer)>,
 }
+
+/// Where an admin command's answer goes.
+pub type AdminReply = tokio::sync::oneshot::Sender<Answer>;
 
 /// The control thread's state: the IKE guest and what it drives.
 pub struct ControlPlane {
@@ -111,6 +118,9 @@ pub struct ControlPlane {
     pub failures: admin::Failures,
     /// Questions from the ops thread (metrics, probes, the admin API).
     pub queries: Receiver<Query>,
+    /// Questions taken from `queries` and not answered yet, kept as
+    /// `reports` are: a trap on one leaves the rest for the replacement.
+    pub held_queries: VecDeque<Query>,
     /// The engine's counters over the daemon's life (across guest
     /// replacements), as last observed.
     pub totals: IkeTotals,
@@ -166,8 +176,10 @@ impl ControlPlane {
                 }
             };
             let wait = due.map_or(200, |t| t.saturating_sub(now).min(200)) as i32;
-            // Reports or datagrams a trap left behind: look, but do not wait.
-            let wait = if self.reports.is_empty() && self.from_500.is_empty() { wait } else { 0 };
+            // Reports, datagrams or questions a trap left behind: look, but
+            // do not wait.
+            let left = !self.reports.is_empty() || !self.from_500.is_empty() || !self.held_queries.is_empty();
+            let wait = if left { 0 } else { wait };
             crate::logwriter::write_held();
             let ready = poll.wait(&fds, wait).unwrap_or_default();
             let now = Self::now(start);
@@ -225,12 +237,17 @@ impl ControlPlane {
     /// The IKE guest trapped: it is replaced when the guard's back-off
     /// ends (`replace_at`: at once, unless traps came in quick succession).
     fn recover(&mut self, trap: anyhow::Error) {
-        let Unapplied { from_500, reports } = std::mem::take(&mut self.unapplied);
+        let Unapplied { from_500, reports, admin } = std::mem::take(&mut self.unapplied);
         for d in from_500.into_iter().rev() {
             self.from_500.push_front(d);
         }
         for r in reports.into_iter().rev() {
             self.reports.push_front(r);
+        }
+        // Carried out, but their messages went with the instance: the
+        // replacement carries them out again, from the state before them.
+        for (cmd, reply, _) in admin.into_iter().rev() {
+            self.held_queries.push_front(Query::Admin(cmd, reply));
         }
         let wait = self.back_off();
         warn!(error = %trap, wait_ms = wait.as_millis() as u64, "IKE guest trapped: replacing it from its checkpoints");
@@ -448,13 +465,25 @@ impl ControlPlane {
             self.unapplied.reports.push(r);
         }
         if ready.get(2) == Some(&true) {
-            for q in self.queries.drain() {
-                match q {
-                    Query::Metrics(reply) => {
-                        let _ = reply.send(self.ike_view()?);
-                    }
-                    Query::Admin(cmd, reply) => {
-                        let _ = reply.send(self.admin(now, cmd)?);
+            self.held_queries.extend(self.queries.drain());
+        }
+        // One at a time off the front, as the reports.
+        while let Some(q) = self.held_queries.pop_front() {
+            match q {
+                Query::Metrics(reply) => {
+                    let _ = reply.send(self.ike_view()?);
+                }
+                // Handed back after a trap, and nobody waits for it any
+                // more (the API answered 504): not carried out unasked.
+                Query::Admin(cmd, reply) if reply.is_closed() => {
+                    warn!(command = ?cmd, "an admin command whose requester left is not carried out again");
+                }
+                Query::Admin(cmd, reply) => {
+                    let answer = self.admin(now, cmd.clone())?;
+                    if answer.is_ok() && cmd.changes_sas() {
+                        self.unapplied.admin.push((cmd, reply, answer));
+                    } else {
+                        let _ = reply.send(answer);
                     }
                 }
             }
@@ -565,7 +594,7 @@ impl ControlPlane {
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
         // The output of what was handled is in hand now.
-        self.unapplied = Unapplied::default();
+        let Unapplied { admin, .. } = std::mem::take(&mut self.unapplied);
         let st = self.ike.store.data_mut();
         st.keep_checkpoints(out.checkpoints);
         crate::stats::add(&self.stats.guest_protocol_errors, std::mem::take(&mut st.refusals));
@@ -604,6 +633,10 @@ impl ControlPlane {
                     }
                 }
             }
+        }
+        // What the admin commands asked for is sent: now they are answered.
+        for (_, reply, answer) in admin {
+            let _ = reply.send(answer);
         }
         for e in out.events {
             match e {

@@ -42,6 +42,17 @@ pub enum Command {
     FaultIke(u32),
 }
 
+impl Command {
+    /// Does carrying it out make the IKE guest send (initiate, terminate,
+    /// rekey)? Its answer then waits until what the guest queued has been
+    /// applied, and a trap before that has the replacement carry it out
+    /// again. A reload changes the host's connection list at once, and the
+    /// rest only read or, for the fault, set the host's counter.
+    pub fn changes_sas(&self) -> bool {
+        matches!(self, Command::Initiate(_) | Command::Terminate(_) | Command::Rekey(_))
+    }
+}
+
 /// The most traps one fault request may ask for.
 pub const MAX_INJECTED_FAULTS: u32 = 16;
 
