@@ -89,6 +89,27 @@ impl Asker {
         Ok(self.seq)
     }
 
+    /// Send a request that has one answer; the payload (after nlmsghdr)
+    /// of that answer if it is of type `want`, `None` if it is an error
+    /// (no route, no such neighbour).
+    pub fn ask(&mut self, m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
+        let seq = self.send(m)?;
+        loop {
+            let n = self.sock.recv(&mut self.buf)?;
+            let base = self.buf.as_ptr() as usize;
+            // Answers to questions that timed out are passed over.
+            let mine = messages(&self.buf[..n])
+                .find(|&(_, s, _)| s == seq)
+                .map(|(kind, _, payload)| (kind, payload.as_ptr() as usize - base, payload.len()));
+            let Some((kind, at, len)) = mine else { continue };
+            return match kind {
+                k if k == want => Ok(Some(&self.buf[at..at + len])),
+                NLMSG_ERROR => Ok(None),
+                _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
+            };
+        }
+    }
+
     /// Send a dump request and hand each answer's (type, payload) to
     /// `each`, until the kernel says it is done.
     pub fn dump(&mut self, m: Vec<u8>, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {

@@ -15,7 +15,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use crate::netlink::{self, Asker, NLM_F_REQUEST, NLMSG_ERROR, attr};
+use crate::netlink::{self, Asker, NLM_F_REQUEST, attr};
 
 /// Where a datagram to a peer leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Resolver {
         if let Some(src) = src {
             attr(&mut m, RTA_SRC, &src.octets());
         }
-        let Some(reply) = self.ask(m, RTM_NEWROUTE)? else { return Ok(None) };
+        let Some(reply) = self.asker.ask(m, RTM_NEWROUTE)? else { return Ok(None) };
         Ok(parse_route(reply))
     }
 
@@ -96,32 +96,8 @@ impl Resolver {
         m.extend_from_slice(&oif.to_ne_bytes());
         m.extend_from_slice(&[0, 0, 0, 0]);
         attr(&mut m, NDA_DST, &hop.octets());
-        let Some(reply) = self.ask(m, RTM_NEWNEIGH)? else { return Ok(None) };
+        let Some(reply) = self.asker.ask(m, RTM_NEWNEIGH)? else { return Ok(None) };
         Ok(parse_neighbour(reply))
-    }
-
-    /// Send one request and read its answer: the payload after nlmsghdr
-    /// of a message of type `want`, or `None` for an error answer (no
-    /// route, no such neighbour).
-    fn ask(&mut self, m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
-        let seq = self.asker.send(m)?;
-        loop {
-            let n = self.asker.sock.recv(&mut self.asker.buf)?;
-            let Some((kind, s, payload)) = netlink::messages(&self.asker.buf[..n]).next() else {
-                return Err(io::Error::other("short netlink answer"));
-            };
-            if s != seq {
-                continue; // the answer to a question that timed out
-            }
-            return match kind {
-                k if k == want => {
-                    let len = payload.len();
-                    Ok(Some(&self.asker.buf[netlink::HDR..netlink::HDR + len]))
-                }
-                NLMSG_ERROR => Ok(None),
-                _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
-            };
-        }
     }
 }
 

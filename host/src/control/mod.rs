@@ -452,17 +452,29 @@ impl ControlPlane {
         }
         // One at a time off the front: what a trap interrupts stays.
         while let Some(r) = self.reports.pop_front() {
-            match &r {
+            let handled = match r {
+                // The datagram's bytes move into the call and back into
+                // the report kept for a replacement: no copy.
                 Report::Ike { from, data } => {
                     let local = self.sockets.nat_t_endpoint()?;
-                    let remote = endpoint(*from.ip(), from.port());
-                    self.ike.handle_datagram(now, &Datagram { local, remote, data: data.clone() })?;
+                    let d = Datagram { local, remote: endpoint(*from.ip(), from.port()), data };
+                    self.ike.handle_datagram(now, &d)?;
+                    Report::Ike { from, data: d.data }
                 }
-                Report::Acquire { dst } => self.acquire(now, *dst)?,
-                Report::Expired { spi, hard } => self.ike.child_expired(now, *spi, *hard)?,
-                Report::NotInstalled { spi, error } => self.ike.child_failed(now, *spi, error)?,
-            }
-            self.unapplied.reports.push(r);
+                Report::Acquire { dst } => {
+                    self.acquire(now, dst)?;
+                    r
+                }
+                Report::Expired { spi, hard } => {
+                    self.ike.child_expired(now, spi, hard)?;
+                    r
+                }
+                Report::NotInstalled { ref error, spi } => {
+                    self.ike.child_failed(now, spi, error)?;
+                    r
+                }
+            };
+            self.unapplied.reports.push(handled);
         }
         if ready.get(2) == Some(&true) {
             self.held_queries.extend(self.queries.drain());

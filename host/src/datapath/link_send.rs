@@ -236,8 +236,11 @@ impl LinkEsp {
         }
         let LinkEsp { sock, hops, bind, run, ttl, .. } = self;
         let mut heads = [[0u8; IP_HEADER]; RAW_BATCH];
-        for (head, &(i, next)) in heads.iter_mut().zip(run.iter()) {
+        // Each datagram's payload and queueing priority, taken with its head.
+        let mut parts: [(&[u8], u32); RAW_BATCH] = [(&[], 0); RAW_BATCH];
+        for ((head, part), &(i, next)) in heads.iter_mut().zip(parts.iter_mut()).zip(run.iter()) {
             let (data, to, tos) = msg(i);
+            *part = (data, super::tos::queue_priority(tos));
             let src = if bind.is_unspecified() { next.src.unwrap_or(*bind) } else { *bind };
             // As the IP layer writes it for a raw socket with path MTU
             // discovery: DF set, so the identification means nothing
@@ -252,12 +255,8 @@ impl LinkEsp {
             };
             let _ = repr.emit(head);
         }
-        let dgrams = heads.iter().zip(run.iter()).map(|(head, &(i, next))| LinkDatagram {
-            head,
-            data: msg(i).0,
-            ifindex: next.ifindex,
-            mac: next.mac,
-            priority: super::tos::queue_priority(msg(i).2),
+        let dgrams = heads.iter().zip(&parts).zip(run.iter()).map(|((head, &(data, priority)), &(_, next))| {
+            LinkDatagram { head, data, ifindex: next.ifindex, mac: next.mac, priority }
         });
         let priorities = sock.priorities();
         sock.send_many(dgrams, |j, r| {
