@@ -20,7 +20,9 @@
 # Last, an IKE guest that traps on one datagram in the middle of a read of
 # UDP 500: the datagrams read with it are served by its replacement; and one
 # that traps after an admin `initiate`: the API answers once the
-# replacement has sent what the command asked for.
+# replacement has sent what the command asked for; and the same guest
+# trapping while the daemon starts its connections: it is replaced, not
+# stopped.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
 COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -289,9 +291,43 @@ run_ike_trap_after_initiate() {
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# The same guest with a `start` connection: it traps while the daemon
+# starts its connections. The daemon must not stop (that would take the
+# manual tunnels with it, and a restart would trap again): the replacement
+# starts the connection.
+run_ike_trap_at_start() {
+    local what="IKE: a trap while starting the connections" A=$STATE/trap-start/A B=$STATE/trap-start/B
+    local name=hostile-trap-after-initiate
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00006001 0x00006002 "" "" "$A"
+      ike_conf $name $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } |
+        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00006002 0x00006001 "" "" "$B"
+      ike_conf $name $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    local up=no restarts got alive=no
+    wasmsec_up "$A" 5 && up=yes
+    nsx wsi-hosta ping -n -i 0.1 -c 20 -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
+    got=$(grep -c "bytes from" "$A/honest.out" || true)
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    # A daemon that stopped has no control socket: -1.
+    restarts=$({ wasmsec_ctl "$A" status 2>/dev/null || echo '{"esp": {"guest_restarts": -1}}'; } |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    stop "$A"; stop "$B"
+    echo "$what: daemon running: $alive; guest restarts: $restarts; CHILD SA up: $up; manual tunnel pings $got/20"
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+    check "$what: the guest trapped and was replaced ($restarts)" [ "$restarts" -eq 1 ]
+    check "$what: the replacement started the connection: the CHILD SA is up" [ "$up" = yes ]
+    check "$what: the manual tunnel forwards ($got/20)" [ "$got" -ge 19 ]
+    check "$what: A said why" grep -q "trapped while starting the connections: its replacement starts them again" "$A/wasmsec.log"
+}
+
 run_install_refused
 run_ike_trap_midread
 run_ike_trap_after_initiate
+run_ike_trap_at_start
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

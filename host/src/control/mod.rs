@@ -107,7 +107,8 @@ pub struct ControlPlane {
     /// Replacements in a row that failed (their new instance trapped or
     /// could not be made); reset by one that succeeds.
     pub replacements_failed: u32,
-    /// The checkpoints were dropped and no replacement has completed since:
+    /// The checkpoints were dropped (or the guest trapped while the daemon
+    /// started its connections) and no replacement has completed since:
     /// each try starts over (forgets the old SAs, initiates the `start`
     /// connections), also one after a try that failed halfway.
     pub start_over_pending: bool,
@@ -152,11 +153,13 @@ impl ControlPlane {
     pub fn run(mut self) {
         let start = Instant::now();
         if let Err(e) = self.start(Self::now(start)) {
-            // Before anything is up a stop is clean: the supervisor starts
-            // the daemon again, with the start connections initiated anew.
-            tracing::error!(error = %e, "the IKE guest trapped while starting the connections; stopping the daemon");
-            crate::logwriter::write_held();
-            return sys::request_stop();
+            // Replaced like any trapped guest, and its replacement starts
+            // the connections again. Stopping instead would take down the
+            // manual tunnels, the probes and the admin API with it, and a
+            // supervisor's restart would hit the same trap.
+            warn!(error = %e, "the IKE guest trapped while starting the connections: its replacement starts them again");
+            self.start_over_pending = true;
+            self.recover(e);
         }
         // A round's log lines go out together, before the wait below.
         crate::logwriter::hold_lines();
