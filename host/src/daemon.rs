@@ -274,6 +274,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         failures: Default::default(),
         queries: p.queries,
         held_queries: Default::default(),
+        terminated: Default::default(),
         totals: Default::default(),
         stats: p.stats.clone(),
         traps,

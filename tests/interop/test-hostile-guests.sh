@@ -22,7 +22,8 @@
 # that traps after an admin `initiate`: the API answers once the
 # replacement has sent what the command asked for; and the same guest
 # trapping while the daemon starts its connections: it is replaced, not
-# stopped.
+# stopped; and an honest guest made to trap while a `start` connection is
+# being set up: the replacement initiates it again.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 400 bash "$0" "$@"
 COMPONENTS=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -324,10 +325,55 @@ run_ike_trap_at_start() {
     check "$what: A said why" grep -q "trapped while starting the connections: its replacement starts them again" "$A/wasmsec.log"
 }
 
+# An honest IKE guest made to trap (`ctl fault ike`, [control]
+# fault_injection) while A's `start` connection is being set up: B is not
+# up yet, so A's IKE_SA_INIT waits for an answer. A half-open SA has no
+# checkpoint, so the replacement must initiate the connection again, or it
+# stays down for good. Then: a connection the admin API terminated stays
+# down across a replacement, and an established one is restored, not
+# initiated a second time.
+run_ike_trap_while_initiating() {
+    local what="IKE: a trap while a start connection is set up" A=$STATE/trap-initiating/A B=$STATE/trap-initiating/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00007001 0x00007002 "" "fault_injection = true" "$A"
+      ike_conf x $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00007002 0x00007001 "" "" "$B"
+      ike_conf x $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    start wsi-gwa "$A" || return 1
+    sleep 1
+    wasmsec_ctl "$A" fault ike 1 >/dev/null
+    sleep 1
+    start wsi-gwb "$B" || return 1
+    local up=no after_terminate again=no after_restore restarts alive=no
+    ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
+    wasmsec_up "$A" 15 && up=yes
+    wasmsec_ctl "$A" terminate x >/dev/null
+    wasmsec_ctl "$A" fault ike 1 >/dev/null
+    sleep 3
+    after_terminate="$(ike_sas "$A")/$(ike_sas "$B")"
+    wasmsec_ctl "$A" initiate x >/dev/null && wasmsec_up "$A" 5 && again=yes
+    wasmsec_ctl "$A" fault ike 1 >/dev/null
+    sleep 3
+    after_restore="$(ike_sas "$A")/$(ike_sas "$B")"
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    stop "$A"; stop "$B"
+    echo "$what: up after the trap: $up; IKE SAs A/B after terminate + trap: $after_terminate; initiated again: $again; after a trap with it up: $after_restore; guest restarts: $restarts"
+    check "$what: the replacement initiated it again, and it came up" [ "$up" = yes ]
+    check "$what: terminated through the API, it stays down across a replacement ($after_terminate)" [ "$after_terminate" = 0/0 ]
+    check "$what: initiated through the API, it is up again" [ "$again" = yes ]
+    check "$what: up, it is restored, not initiated twice ($after_restore)" [ "$after_restore" = 1/1 ]
+    check "$what: three traps, three replacements ($restarts)" [ "$restarts" -eq 3 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 run_install_refused
 run_ike_trap_midread
 run_ike_trap_after_initiate
 run_ike_trap_at_start
+run_ike_trap_while_initiating
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

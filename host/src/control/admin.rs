@@ -53,14 +53,20 @@ impl ControlPlane {
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
                 Ok(()) => match self.ike.initiate(now, &name)? {
-                    Ok(()) => Ok(json!({ "initiating": name })),
+                    Ok(()) => {
+                        self.terminated.remove(&name);
+                        Ok(json!({ "initiating": name }))
+                    }
                     Err(e) => Err(Refusal::new(409, e)),
                 },
             },
             Command::Terminate(name) => match self.known(&name) {
                 Err(r) => Err(r),
                 Ok(()) => match self.ike.terminate(now, &name)? {
-                    Ok(n) => Ok(json!({ "connection": name, "ike_sas_deleted": n })),
+                    Ok(n) => {
+                        self.terminated.insert(name.clone());
+                        Ok(json!({ "connection": name, "ike_sas_deleted": n }))
+                    }
                     Err(e) => Err(Refusal::new(409, e)),
                 },
             },

@@ -129,6 +129,9 @@ pub struct ControlPlane {
     pub stats: Arc<Stats>,
     /// Connections started by traffic.
     pub traps: Vec<Trap>,
+    /// Connections the admin API terminated and has not initiated since:
+    /// a replacement of the guest does not bring them up again.
+    pub terminated: std::collections::HashSet<String>,
     /// The host's view of the CHILD SAs, fed to the data path.
     pub children: Children,
     /// The policy modules' reloaders, by tenant ("" for `[policy] module`);
@@ -352,12 +355,15 @@ impl ControlPlane {
         }
         if self.start_over_pending {
             self.forget_sas(now);
-            // Without their IKE SAs the `start` connections are down: up
-            // again now, not when a peer or traffic notices (unless the
-            // daemon is stopping: this replacement only sends DELETEs).
-            if !sys::stop_requested() {
-                self.initiate_autostart(now)?;
-            }
+        }
+        // The `start` connections without an IKE SA now are up again at
+        // once, not when a peer or traffic notices (unless the daemon is
+        // stopping: this replacement only sends DELETEs): after a start
+        // over all of them, otherwise those whose IKE SA was being set up
+        // (half-open SAs have no checkpoint) or was not restored. As
+        // strongSwan's start action does when charon starts again.
+        if !sys::stop_requested() {
+            self.initiate_autostart(now)?;
         }
         self.apply(now)?;
         self.start_over_pending = false;
@@ -437,8 +443,13 @@ impl ControlPlane {
         self.apply(now)
     }
 
+    /// Initiate the `start` connections that have no IKE SA, but those
+    /// the admin API terminated.
     fn initiate_autostart(&mut self, now: u64) -> anyhow::Result<()> {
         for n in self.ike.autostart()? {
+            if self.terminated.contains(&n) || self.ike.active(&n)? {
+                continue;
+            }
             self.initiate(now, &n)?;
         }
         Ok(())
