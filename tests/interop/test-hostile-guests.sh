@@ -152,18 +152,35 @@ run_esp_attack a6 "a guest that traps on every batch" out
 # ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
 ike_conf() { wasmsec_connection "$1" "$2" "$3" "$4" "$5" "[\"$6\"]" "[\"$7\"]" "$8"; }
 
+# ike_pair DIR NAME A_START SPI A_CONTROL_EXTRA A_IKE_COMPONENT: gateways A
+# (DIR/A) and B (DIR/B) with the manual tunnels (SPIs 0x0000<SPI>1 and 2)
+# and one IKE connection NAME, started by A (A_START) and answered by B
+# (none). A_IKE_COMPONENT: A's IKE guest, "" for the real one.
+ike_pair() {
+    local name=$2 start=$3 spi=$4 extra=$5 comp=$6 A=$1/A B=$1/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x0000${spi}1 0x0000${spi}2 "" "$extra" "$A"
+      ike_conf "$name" $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 "$start"; } |
+        sed "${comp:+s|^\[runtime\]|[runtime]\nike_component = \"$comp\"|}" >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x0000${spi}2 0x0000${spi}1 "" "" "$B"
+      ike_conf "$name" $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+}
+
+# A daemon's guest restarts (-1 when it has stopped: no control socket)
+# and IKE SAs.
+restarts_of() {
+    { wasmsec_ctl "$1" status 2>/dev/null || echo '{"esp": {"guest_restarts": -1}}'; } |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])'
+}
+ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
+
 # IKE attacks: A's IKE guest is hostile; its only connection's name picks
 # the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.
 run_ike_attack() { # NAME WHAT
     local name=$1 what=$2 A=$STATE/$1/A B=$STATE/$1/B
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00002001 0x00002002 "" "" "$A"
-      ike_conf "$name" $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } |
-        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00002002 0x00002001 "" "" "$B"
-      ike_conf "$name" $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    ike_pair "$STATE/$1" "$name" start 200 "" "$COMPONENTS/hostile-ike.wasm"
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
     local got errors child
@@ -250,7 +267,7 @@ run_ike_trap_midread() {
     answered=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["answered"]))' "$A/burst.json")
     unanswered=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["unanswered"])' "$A/burst.json")
     marked=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["marked_answered"])' "$A/burst.json")
-    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    restarts=$(restarts_of "$A")
     stop "$A"
     echo "$what: $answered of 7 unmarked requests answered (unanswered: $unanswered), marked answered: $marked, guest restarts: $restarts"
     check "$what: the guest trapped and was replaced ($restarts)" [ "$restarts" -eq 1 ]
@@ -267,22 +284,15 @@ run_ike_trap_midread() {
 run_ike_trap_after_initiate() {
     local what="IKE: a trap after an admin initiate" A=$STATE/trap-initiate/A B=$STATE/trap-initiate/B
     local name=hostile-trap-after-initiate
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
-      ike_conf $name $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 none; } |
-        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
-      ike_conf $name $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    ike_pair "$STATE/trap-initiate" $name none 500 "" "$COMPONENTS/hostile-ike.wasm"
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     local rc=0 up=no restarts ike_b alive=no
     wasmsec_ctl "$A" initiate $name >"$A/initiate.out" 2>&1 || rc=$?
     # Answered only once the IKE_SA_INIT went: the SAs follow within a round trip.
     wasmsec_up "$A" 5 && up=yes
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
-    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
-    ike_b=$(wasmsec_ctl "$B" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))')
+    restarts=$(restarts_of "$A")
+    ike_b=$(ike_sas "$B")
     stop "$A"; stop "$B"
     echo "$what: initiate answered rc=$rc ($(head -c 200 "$A/initiate.out")); CHILD SA up at A: $up; IKE SAs at B: $ike_b; guest restarts: $restarts"
     check "$what: the guest trapped after the initiate and was replaced ($restarts)" [ "$restarts" -eq 1 ]
@@ -299,23 +309,14 @@ run_ike_trap_after_initiate() {
 run_ike_trap_at_start() {
     local what="IKE: a trap while starting the connections" A=$STATE/trap-start/A B=$STATE/trap-start/B
     local name=hostile-trap-after-initiate
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00006001 0x00006002 "" "" "$A"
-      ike_conf $name $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } |
-        sed "s|^\[runtime\]|[runtime]\nike_component = \"$COMPONENTS/hostile-ike.wasm\"|" >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00006002 0x00006001 "" "" "$B"
-      ike_conf $name $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    ike_pair "$STATE/trap-start" $name start 600 "" "$COMPONENTS/hostile-ike.wasm"
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     local up=no restarts got alive=no
     wasmsec_up "$A" 5 && up=yes
     nsx wsi-hosta ping -n -i 0.1 -c 20 -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
     got=$(grep -c "bytes from" "$A/honest.out" || true)
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
-    # A daemon that stopped has no control socket: -1.
-    restarts=$({ wasmsec_ctl "$A" status 2>/dev/null || echo '{"esp": {"guest_restarts": -1}}'; } |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    restarts=$(restarts_of "$A")
     stop "$A"; stop "$B"
     echo "$what: daemon running: $alive; guest restarts: $restarts; CHILD SA up: $up; manual tunnel pings $got/20"
     check "$what: the daemon is still running" [ "$alive" = yes ]
@@ -334,20 +335,13 @@ run_ike_trap_at_start() {
 # initiated a second time.
 run_ike_trap_while_initiating() {
     local what="IKE: a trap while a start connection is set up" A=$STATE/trap-initiating/A B=$STATE/trap-initiating/B
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00007001 0x00007002 "" "fault_injection = true" "$A"
-      ike_conf x $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 start; } >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00007002 0x00007001 "" "" "$B"
-      ike_conf x $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+    ike_pair "$STATE/trap-initiating" x start 700 "fault_injection = true" ""
     start wsi-gwa "$A" || return 1
     sleep 1
     wasmsec_ctl "$A" fault ike 1 >/dev/null
     sleep 1
     start wsi-gwb "$B" || return 1
     local up=no after_terminate again=no after_restore restarts alive=no
-    ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
     wasmsec_up "$A" 15 && up=yes
     wasmsec_ctl "$A" terminate x >/dev/null
     wasmsec_ctl "$A" fault ike 1 >/dev/null
@@ -358,7 +352,7 @@ run_ike_trap_while_initiating() {
     sleep 3
     after_restore="$(ike_sas "$A")/$(ike_sas "$B")"
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
-    restarts=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])')
+    restarts=$(restarts_of "$A")
     stop "$A"; stop "$B"
     echo "$what: up after the trap: $up; IKE SAs A/B after terminate + trap: $after_terminate; initiated again: $again; after a trap with it up: $after_restore; guest restarts: $restarts"
     check "$what: the replacement initiated it again, and it came up" [ "$up" = yes ]

@@ -270,6 +270,8 @@ impl ControlPlane {
                 Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
             }
             self.history.push(Step::Remove(name.clone()));
+            // A connection loaded again under this name starts afresh.
+            self.terminated.remove(name);
             self.traps.retain(|t| &t.connection != name);
             self.children.groups.remove(name);
         }

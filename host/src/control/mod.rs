@@ -299,6 +299,17 @@ impl ControlPlane {
             return;
         }
         crate::logwriter::write_held();
+        // Probes taken before the trap are answered now, as new ones below
+        // (a liveness probe must not wait out the back-off); admin commands
+        // taken before it wait for the replacement.
+        for q in std::mem::take(&mut self.held_queries) {
+            match q {
+                Query::Metrics(reply) => {
+                    let _ = reply.send(IkeView { ike_guest_replacing: true, ..self.last_view.clone() });
+                }
+                admin => self.held_queries.push_back(admin),
+            }
+        }
         let wait = left.as_millis().min(200) as i32 + 1;
         if poll.wait(&[self.queries.as_raw_fd()], wait).is_ok_and(|r| r.first() == Some(&true)) {
             for q in self.queries.drain() {
