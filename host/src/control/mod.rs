@@ -510,10 +510,11 @@ impl ControlPlane {
                 Query::Metrics(reply) => {
                     let _ = reply.send(self.ike_view()?);
                 }
-                // Handed back after a trap, and nobody waits for it any
-                // more (the API answered 504): not carried out unasked.
+                // Nobody waits for it any more (the API answered 504, say
+                // while it waited for a trapped guest's replacement): not
+                // carried out unasked.
                 Query::Admin(cmd, reply) if reply.is_closed() => {
-                    warn!(command = ?cmd, "an admin command whose requester left is not carried out again");
+                    warn!(command = ?cmd, "an admin command whose requester has left is not carried out");
                 }
                 Query::Admin(cmd, reply) => {
                     let answer = self.admin(now, cmd.clone())?;
