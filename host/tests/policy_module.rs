@@ -81,11 +81,15 @@ fn modules_are_checked_before_they_serve() {
 
 /// Built component `component` loaded into a new slot (with the table of
 /// cases of `policies/CASES` beside it), in a temporary directory of its
-/// own; the runtime stays alive as long as the slot is used.
+/// own (one per call); the runtime stays alive as long as the slot is used.
 fn serving(component: &str, cases: Option<&str>) -> (Runtime, Arc<PolicySlot>, std::path::PathBuf) {
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("components (run `cargo xtask build`)");
-    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-{component}-{}", std::process::id()));
+    // Tests run in parallel threads and two of them serve the same
+    // component: each call gets a directory of its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("wasmsec-policy-{component}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let file = tmp.join(component);
