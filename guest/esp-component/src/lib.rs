@@ -123,6 +123,12 @@ fn drop_reason(r: esp::DropReason) -> wit::DropReason {
     }
 }
 
+/// An address and length as the host's prefetch hint: a wasm32 address
+/// is the offset into the linear memory.
+fn memory_range((at, len): (usize, usize)) -> wit::MemoryRange {
+    wit::MemoryRange { offset: at as u32, len: len as u32 }
+}
+
 fn limits(l: wit::SaLimits) -> esp::SaLimits {
     esp::SaLimits {
         soft_bytes: l.soft_bytes,
@@ -148,7 +154,7 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.install_outbound(sa)).map_err(|e| e.to_string())
     }
 
-    fn install_inbound(sa: wit::InboundSa) -> Result<(), String> {
+    fn install_inbound(sa: wit::InboundSa) -> Result<Vec<wit::MemoryRange>, String> {
         let sa = esp::InboundSa {
             spi: sa.spi,
             key: KeyHandle(sa.key),
@@ -159,7 +165,11 @@ impl wit::Guest for Component {
             remote_ts: selectors(sa.remote_ts)?.into(),
             limits: limits(sa.limits),
         };
-        ENGINE.with_borrow_mut(|e| e.install_inbound(sa)).map_err(|e| e.to_string())
+        let spi = sa.spi;
+        ENGINE.with_borrow_mut(|e| {
+            e.install_inbound(sa).map_err(|e| e.to_string())?;
+            Ok(e.inbound_state(spi).into_iter().map(memory_range).collect())
+        })
     }
 
     fn remove_outbound(spi: u32) -> bool {

@@ -460,6 +460,16 @@ impl Engine {
         true
     }
 
+    /// Where inbound SA `spi`'s per-packet state lies: the SA's box and
+    /// its replay window's bits (address and size). The component hands
+    /// these to the host as prefetch hints (`install-inbound`).
+    pub fn inbound_state(&self, spi: u32) -> Vec<(usize, usize)> {
+        let Some(inb) = self.inbound.get(&spi) else { return Vec::new() };
+        let sa = (&**inb as *const Inbound as usize, std::mem::size_of::<Inbound>());
+        let window = inb.window.storage();
+        if window.1 == 0 { vec![sa] } else { vec![sa, window] }
+    }
+
     pub fn remove_inbound(&mut self, spi: u32) -> bool {
         self.last_in = None;
         self.inbound.remove(&spi).is_some()

@@ -52,6 +52,11 @@ impl ReplayWindow {
         self.top
     }
 
+    /// Where the window's bits lie, and their size in bytes.
+    pub fn storage(&self) -> (usize, usize) {
+        (self.bits.as_ptr() as usize, std::mem::size_of_val(self.bits.as_slice()))
+    }
+
     /// Check `seq` without changing the window (before the ICV is verified).
     pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
         if seq == 0 {

@@ -369,8 +369,17 @@ fn install_validation() {
     assert_eq!(e.install_inbound(InboundSa { local_ts: vec![].into(), ..good.clone() }), Err(SaError::NoSelectors));
     assert_eq!(e.install_inbound(good.clone()), Ok(()));
     assert_eq!(e.install_inbound(good.clone()), Err(SaError::DuplicateSpi(0x100)));
+    // The host's prefetch hints: the SA, and its window of 64 packets
+    // (two words: one more than the window needs).
+    let state = e.inbound_state(0x100);
+    assert_eq!(state.len(), 2);
+    assert_eq!(state[1].1, 16);
+    assert!(e.inbound_state(0x101).is_empty());
     assert!(e.remove_inbound(0x100));
     assert!(!e.remove_inbound(0x100));
+    assert!(e.inbound_state(0x100).is_empty());
+    e.install_inbound(InboundSa { replay_window: 0, ..good }).unwrap();
+    assert_eq!(e.inbound_state(0x100).len(), 1, "no window, no bits");
 }
 
 #[test]

@@ -807,6 +807,19 @@ pub fn prefetch<T>(v: &T) {
     let _ = v;
 }
 
+/// Ask the CPU for the cache line at `addr` (any address: a prefetch is
+/// only a hint and never faults).
+pub fn prefetch_at(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing into the program and never faults,
+    // whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

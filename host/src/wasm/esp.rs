@@ -12,6 +12,7 @@ use wasmtime::component::{HasSelf, Resource};
 use wasmtime::{Engine, Store};
 
 use super::bindings::esp as b;
+use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
 use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
@@ -377,8 +378,10 @@ impl EspPre {
             _live: live.map(Live::new),
         };
         let mut store = sandbox::new_store(engine, state);
+        super::memory_slots::clear_last_made();
         let bindings = self.0.instantiate(&mut store).context("instantiating ESP component")?;
-        Ok(EspInstance { store, bindings })
+        let hints = StateHints::new(super::memory_slots::take_last_made());
+        Ok(EspInstance { store, bindings, hints })
     }
 }
 
@@ -387,6 +390,8 @@ impl EspPre {
 pub struct EspInstance {
     pub store: Store<GuestState>,
     bindings: b::EspEngine,
+    /// Where the inbound SAs' state lies in the instance's memory.
+    hints: StateHints,
 }
 
 impl EspInstance {
@@ -402,7 +407,9 @@ impl EspInstance {
 
     pub fn install_inbound(&mut self, sa: &InboundSa) -> Result<Result<(), String>> {
         let (e, s) = self.e();
-        Ok(e.call_install_inbound(s, sa)?)
+        Ok(e.call_install_inbound(s, sa)?.map(|ranges| {
+            self.hints.insert(sa.spi, ranges.iter().map(|r| (r.offset, r.len)));
+        }))
     }
 
     pub fn remove_outbound(&mut self, spi: u32) -> Result<bool> {
@@ -411,6 +418,7 @@ impl EspInstance {
     }
 
     pub fn remove_inbound(&mut self, spi: u32) -> Result<bool> {
+        self.hints.remove(spi);
         let (e, s) = self.e();
         Ok(e.call_remove_inbound(s, spi)?)
     }
@@ -440,7 +448,13 @@ impl EspInstance {
     pub fn decap(&mut self, n: usize) -> Result<Vec<DecapVerdict>> {
         self.store.data_mut().lend(n);
         let count = self.store.data().count;
-        let heads = self.store.data().heads(ESP_HEAD_LEN);
+        let st = self.store.data();
+        let heads = st.heads(ESP_HEAD_LEN);
+        self.hints.warm(
+            st.batch[..count]
+                .iter()
+                .map(|p| p.data().get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
+        );
         let (e, s) = self.e();
         let Decapped { lengths, drops } = e.call_decap(s, Resource::new_borrow(0), &heads)?;
         Ok(verdicts(count, &lengths, &drops, DecapVerdict::Deliver, DecapVerdict::Drop, DecapVerdict::Missing))
@@ -665,5 +679,48 @@ mod tests {
         );
         let v = verdicts(3, &[5], &[], EncapVerdict::Send, EncapVerdict::Drop, EncapVerdict::Missing);
         assert_eq!(v, [EncapVerdict::Send(5), EncapVerdict::Missing, EncapVerdict::Missing]);
+    }
+
+    /// The real component says where an inbound SA's state lies: within
+    /// its instance's memory slot, kept until the SA goes. An instance in
+    /// wasmtime's guarded memory (whose base the host does not learn) keeps
+    /// none.
+    #[test]
+    fn an_inbound_sa_in_a_slot_has_state_hints_and_loses_them_with_the_sa() {
+        let dir = crate::daemon::built_components_dir();
+        let rt = super::super::Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)");
+        let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+        let sa = InboundSa {
+            spi: SPI,
+            key: 2,
+            esn: false,
+            replay_window: 1024,
+            highest_seq: 0,
+            local_ts: vec![ts.clone()],
+            remote_ts: vec![ts],
+            limits: SaLimits::default(),
+        };
+        let mut slot = rt.esp_instance_of(0, super::super::EspMemory::Slot).unwrap();
+        slot.install_inbound(&sa).unwrap().unwrap();
+        assert_eq!(slot.hints.len(), 1, "the SA and its window, in the slot");
+        assert!(slot.remove_inbound(SPI).unwrap());
+        assert!(slot.hints.is_empty());
+        let mut guarded = rt.esp_instance_of(0, super::super::EspMemory::Guarded).unwrap();
+        guarded.install_inbound(&sa).unwrap().unwrap();
+        assert!(guarded.hints.is_empty());
+
+        // A guest whose hints point beyond its memory and are far too
+        // long: they are cut to the slot, and a batch for the SA is
+        // prefetched by them without harm.
+        let rt = super::super::Runtime::new(&dir.join("hostile-esp.wasm")).expect("cargo xtask guests");
+        let mut lying = rt.esp_instance_of(0, super::super::EspMemory::Slot).unwrap();
+        lying.install_inbound(&sa).unwrap().unwrap();
+        assert_eq!(lying.hints.len(), 1, "the ranges within the memory are kept");
+        let mut p = PacketBuf::new();
+        p.recv_area()[..60].fill(0);
+        p.recv_area()[..4].copy_from_slice(&SPI.to_be_bytes());
+        p.set_received(60);
+        lying.store.data_mut().batch = vec![p];
+        let _ = lying.decap(1);
     }
 }

@@ -108,7 +108,44 @@ unsafe impl MemoryCreator for MemorySlots {
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .ok_or_else(|| format!("all {} guest memory slots are in use", r.count))?;
-        Ok(Box::new(SlotMemory { region: r.clone(), index, len: minimum, touched: minimum }))
+        let memory = SlotMemory { region: r.clone(), index, len: minimum, touched: minimum };
+        LAST_MADE.set(match LAST_MADE.get() {
+            LastMade::Nothing => LastMade::One(memory.base() as usize, r.slot),
+            _ => LastMade::More,
+        });
+        Ok(Box::new(memory))
+    }
+}
+
+thread_local! {
+    /// The memories this thread made since [`clear_last_made`]: wasmtime
+    /// makes an instance's memories on the instantiating thread, and does
+    /// not show a component's core memory to the host.
+    static LAST_MADE: std::cell::Cell<LastMade> = const { std::cell::Cell::new(LastMade::Nothing) };
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LastMade {
+    Nothing,
+    /// One memory: its slot's base address and size.
+    One(usize, usize),
+    /// More than one: which is the instance's is not known.
+    More,
+}
+
+/// Start counting the memories this thread makes; call before an
+/// instantiation whose memory [`take_last_made`] is to find.
+pub(crate) fn clear_last_made() {
+    LAST_MADE.set(LastMade::Nothing);
+}
+
+/// The slot (base address and size in bytes) of the one memory made on
+/// this thread since [`clear_last_made`]: where an instance with one memory
+/// lives. `None` if none was made, or several.
+pub(crate) fn take_last_made() -> Option<(usize, usize)> {
+    match LAST_MADE.replace(LastMade::Nothing) {
+        LastMade::One(base, size) => Some((base, size)),
+        _ => None,
     }
 }
 

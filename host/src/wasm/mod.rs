@@ -13,6 +13,7 @@ pub mod ike;
 mod memory_slots;
 pub mod policy;
 pub(crate) mod sandbox;
+mod state_hints;
 pub use sandbox::POOL_TENANTS;
 pub use sandbox::PolicyEngines;
 
