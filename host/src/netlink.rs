@@ -2,6 +2,7 @@
 //! socket is `sys::Netlink`; the questions are `nexthop` (routes and
 //! neighbours) and `output_hooks` (netfilter chains, routing rules).
 use std::io;
+use std::ops::Range;
 
 use crate::sys::Netlink;
 
@@ -48,16 +49,18 @@ pub fn attrs(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// The messages of one datagram from the kernel, as (type, sequence
-/// number, payload after nlmsghdr).
-pub fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
-    let mut rest = datagram;
+/// number, where the payload after nlmsghdr lies in the datagram).
+pub fn messages(datagram: &[u8]) -> impl Iterator<Item = (u16, u32, Range<usize>)> + '_ {
+    let mut at = 0;
     std::iter::from_fn(move || {
-        let word = |at: usize| rest.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let rest = datagram.get(at..)?;
+        let word = |i: usize| rest.get(i..i + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
         let len = word(0)? as usize;
         let kind = u16::from_ne_bytes([*rest.get(4)?, *rest.get(5)?]);
         let seq = word(8)?;
-        let payload = rest.get(HDR..len)?;
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        rest.get(HDR..len)?;
+        let payload = at + HDR..at + len;
+        at += len.next_multiple_of(4);
         Some((kind, seq, payload))
     })
 }
@@ -94,19 +97,11 @@ impl Asker {
     /// (no route, no such neighbour).
     pub fn ask(&mut self, m: Vec<u8>, want: u16) -> io::Result<Option<&[u8]>> {
         let seq = self.send(m)?;
-        loop {
-            let n = self.sock.recv(&mut self.buf)?;
-            let base = self.buf.as_ptr() as usize;
-            // Answers to questions that timed out are passed over.
-            let mine = messages(&self.buf[..n])
-                .find(|&(_, s, _)| s == seq)
-                .map(|(kind, _, payload)| (kind, payload.as_ptr() as usize - base, payload.len()));
-            let Some((kind, at, len)) = mine else { continue };
-            return match kind {
-                k if k == want => Ok(Some(&self.buf[at..at + len])),
-                NLMSG_ERROR => Ok(None),
-                _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
-            };
+        let (kind, payload) = self.answers(seq, |kind, payload, _| Some((kind, payload)))?;
+        match kind {
+            k if k == want => Ok(Some(&self.buf[payload])),
+            NLMSG_ERROR => Ok(None),
+            _ => Err(io::Error::other(format!("unexpected netlink answer type {kind}"))),
         }
     }
 
@@ -114,16 +109,28 @@ impl Asker {
     /// `each`, until the kernel says it is done.
     pub fn dump(&mut self, m: Vec<u8>, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
         let seq = self.send(m)?;
+        self.answers(seq, |kind, payload, buf| match kind {
+            NLMSG_DONE => Some(Ok(())),
+            NLMSG_ERROR => Some(Err(io::Error::from_raw_os_error(error_of(&buf[payload])))),
+            _ => {
+                each(kind, &buf[payload]);
+                None
+            }
+        })?
+    }
+
+    /// Receive the answers to question `seq`, each (type, where its
+    /// payload lies, the datagram) to `done`, until `done` returns what
+    /// they came to. Answers to questions that timed out are passed over.
+    fn answers<R>(&mut self, seq: u32, mut done: impl FnMut(u16, Range<usize>, &[u8]) -> Option<R>) -> io::Result<R> {
         loop {
             let n = self.sock.recv(&mut self.buf)?;
-            for (kind, s, payload) in messages(&self.buf[..n]) {
-                if s != seq {
-                    continue; // the answer to a question that timed out
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => return Err(io::Error::from_raw_os_error(error_of(payload))),
-                    _ => each(kind, payload),
+            let datagram = &self.buf[..n];
+            for (kind, s, payload) in messages(datagram) {
+                if s == seq
+                    && let Some(r) = done(kind, payload, datagram)
+                {
+                    return Ok(r);
                 }
             }
         }
@@ -145,8 +152,10 @@ mod tests {
         let two = [m.clone(), m.clone()].concat();
         let got: Vec<_> = messages(&two).collect();
         assert_eq!(got.len(), 2);
-        let (kind, seq, payload) = got[0];
+        let (kind, seq, at) = got[0].clone();
         assert_eq!((kind, seq), (24, 7));
+        assert_eq!(got[1].2.start, m.len() + HDR, "the second message's payload, in the datagram");
+        let payload = &two[at];
         // Padding skipped, the nested flag masked off.
         let a: Vec<_> = attrs(payload).collect();
         assert_eq!(a, vec![(1, &[1u8, 2, 3][..]), (4, &[9u8, 9, 9, 9][..])]);
