@@ -76,7 +76,7 @@ impl PacketSocket {
             let h = hdrs[i].write(h);
             if with_priority && m.priority != 0 {
                 let c = controls[i].write(Control::default());
-                c.push(libc::SOL_SOCKET, libc::SO_PRIORITY, &(m.priority as libc::c_int).to_ne_bytes());
+                c.push(libc::SOL_SOCKET, priority_cmsg_type(), &(m.priority as libc::c_int).to_ne_bytes());
                 c.attach(&mut h.msg_hdr);
                 prioritised[i] = true;
             }
@@ -93,6 +93,19 @@ impl PacketSocket {
         // for the call.
         unsafe { sendmmsg_each(self.fd.as_raw_fd(), hdrs.as_mut_ptr().cast(), n, each) };
     }
+}
+
+/// The control message that carries a datagram's priority.
+#[cfg(not(test))]
+fn priority_cmsg_type() -> i32 {
+    libc::SO_PRIORITY
+}
+
+/// Tests stand in another type, which the kernel refuses as one before
+/// 6.14 refuses `SO_PRIORITY`.
+#[cfg(test)]
+fn priority_cmsg_type() -> i32 {
+    tests::PRIORITY_TYPE.get()
 }
 
 /// An rtnetlink socket for one request at a time (the caller builds and
@@ -138,5 +151,72 @@ impl Netlink {
         // SAFETY: buf is valid for writes of its length.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        pub(super) static PRIORITY_TYPE: Cell<i32> = const { Cell::new(libc::SO_PRIORITY) };
+    }
+
+    /// In a network namespace of this thread's own, on its loopback: a
+    /// kernel that refuses the priority's control message (`EINVAL`, here
+    /// for a type it does not know) refuses the datagrams that carry one,
+    /// and from then on the socket sends without; one that takes it sends.
+    #[test]
+    fn a_refused_priority_message_is_dropped_from_then_on() {
+        std::thread::spawn(|| {
+            crate::sys::unshare_net().expect("a network namespace for this thread (root)");
+            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap();
+            assert!(up.success());
+            let head = {
+                let mut h = [0u8; 20];
+                wasmsec_wire::ipv4::Repr {
+                    src_addr: [127, 0, 0, 1],
+                    dst_addr: [127, 0, 0, 1],
+                    protocol: 50,
+                    payload_len: 16,
+                    ttl: 64,
+                    dscp_ecn: 0,
+                }
+                .emit(&mut h)
+                .unwrap();
+                h
+            };
+            let data = [0u8; 16];
+            let d = |priority| LinkDatagram { head: &head, data: &data, ifindex: 1, mac: [0; 6], priority };
+            let send = |s: &PacketSocket, priorities: &[u32]| {
+                let mut got = Vec::new();
+                s.send_many(priorities.iter().map(|&p| d(p)), |i, r| got.push((i, r.map_err(|e| e.raw_os_error()))));
+                got
+            };
+
+            PRIORITY_TYPE.set(0x7ff0);
+            let s = PacketSocket::open().unwrap();
+            assert!(s.priorities());
+            let einval = Err(Some(libc::EINVAL));
+            assert_eq!(send(&s, &[6, 0, 6]), [(0, einval), (1, Ok(())), (2, einval)]);
+            assert!(!s.priorities(), "refused: no more priorities");
+            assert_eq!(send(&s, &[6]), [(0, Ok(()))], "sent without one");
+
+            PRIORITY_TYPE.set(libc::SO_PRIORITY);
+            let s = PacketSocket::open().unwrap();
+            let taken = send(&s, &[6]);
+            // This kernel (6.14 or later) takes SO_PRIORITY; an older one
+            // refuses it as above.
+            if taken == [(0, Ok(()))] {
+                assert!(s.priorities());
+            } else {
+                assert_eq!(taken, [(0, einval)]);
+                assert!(!s.priorities());
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
