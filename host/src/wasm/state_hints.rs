@@ -125,8 +125,8 @@ impl StateHints {
 /// Ask for each line of `ranges` in the memory at `base`.
 fn prefetch(base: usize, ranges: &[Range; RANGES]) {
     for r in ranges {
-        for off in (0..u32::from(r.len)).step_by(64) {
-            crate::sys::prefetch_at(base.wrapping_add((r.offset + off) as usize));
+        for off in (0..usize::from(r.len)).step_by(64) {
+            crate::sys::prefetch_at(base.wrapping_add(r.offset as usize + off));
         }
     }
 }
