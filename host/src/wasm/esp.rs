@@ -450,11 +450,8 @@ impl EspInstance {
         let count = self.store.data().count;
         let st = self.store.data();
         let heads = st.heads(ESP_HEAD_LEN);
-        self.hints.warm(
-            st.batch[..count]
-                .iter()
-                .map(|p| p.data().get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))),
-        );
+        self.hints
+            .warm(st.batch[..count].iter().filter_map(|p| esp::Packet::new_checked(p.data()).ok().map(|e| e.spi())));
         let (e, s) = self.e();
         let Decapped { lengths, drops } = e.call_decap(s, Resource::new_borrow(0), &heads)?;
         Ok(verdicts(count, &lengths, &drops, DecapVerdict::Deliver, DecapVerdict::Drop, DecapVerdict::Missing))
