@@ -175,25 +175,25 @@ impl NativeBatch<'_> {
 }
 
 impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
-    fn seal(&mut self, runs: Vec<wasmsec_esp::SealRun>) -> Vec<wasmsec_esp::OpFailure> {
+    fn seal(&mut self, runs: wasmsec_esp::SealRuns) -> Vec<wasmsec_esp::OpFailure> {
         let mut failures = Vec::new();
-        for r in &runs {
-            for (k, &i) in r.packets.iter().enumerate() {
+        for (r, packets, pads, nhs) in runs.iter() {
+            for (k, &i) in packets.iter().enumerate() {
                 let h = wasmsec_wire::esp::Repr { spi: r.spi, sequence_number: r.seq(k) as u32 };
                 let p = &mut self.bufs[i as usize];
-                if self.key.seal(p, &h, r.esn_high(k), r.pad_lengths[k], r.next_headers[k]).is_err() {
+                if self.key.seal(p, &h, r.esn_high(k), pads[k], nhs[k]).is_err() {
                     failures.push(wasmsec_esp::OpFailure { packet: i, error: wasmsec_esp::CryptoError::BadLength });
                 }
             }
         }
         failures
     }
-    fn open(&mut self, runs: Vec<wasmsec_esp::OpenRun>) -> wasmsec_esp::Opened {
+    fn open(&mut self, runs: wasmsec_esp::OpenRuns) -> wasmsec_esp::Opened {
         let mut o = wasmsec_esp::Opened::default();
-        for r in &runs {
-            for (k, &i) in r.packets.iter().enumerate() {
+        for (_, packets, highs) in runs.iter() {
+            for (k, &i) in packets.iter().enumerate() {
                 let p = &mut self.bufs[i as usize];
-                let (pad, nh) = match self.key.open(p, r.esn_high(k)) {
+                let (pad, nh) = match self.key.open(p, highs.get(k).copied()) {
                     Ok(_) => {
                         let d = p.data();
                         (d[d.len() - 2], d[d.len() - 1])

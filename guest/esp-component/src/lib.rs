@@ -6,8 +6,8 @@
 use std::cell::RefCell;
 
 use wasmsec_esp::{
-    self as esp, CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch,
-    SealRun,
+    self as esp, CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRuns, Opened, PacketBatch,
+    SealRuns,
 };
 use wasmsec_wire::ip::Address;
 
@@ -51,27 +51,36 @@ fn crypto_error(e: WitCryptoError) -> CryptoError {
 }
 
 impl PacketBatch for HostBatch<'_> {
-    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
-        let runs: Vec<packets::SealRun> = runs
-            .into_iter()
-            .map(|r| packets::SealRun {
-                key: r.key.0,
-                spi: r.spi,
-                first_seq: r.first_seq,
-                esn: r.esn,
-                packets: r.packets,
-                pad_lengths: r.pad_lengths,
-                next_headers: r.next_headers,
-            })
-            .collect();
+    fn seal(&mut self, runs: SealRuns) -> Vec<OpFailure> {
+        let runs = packets::SealRuns {
+            runs: runs
+                .runs
+                .into_iter()
+                .map(|r| packets::SealRun {
+                    key: r.key.0,
+                    spi: r.spi,
+                    first_seq: r.first_seq,
+                    esn: r.esn,
+                    count: r.count,
+                })
+                .collect(),
+            packets: runs.packets,
+            pad_lengths: runs.pad_lengths,
+            next_headers: runs.next_headers,
+        };
         self.0.seal(&runs).into_iter().map(failure).collect()
     }
 
-    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
-        let runs: Vec<packets::OpenRun> = runs
-            .into_iter()
-            .map(|r| packets::OpenRun { key: r.key.0, packets: r.packets, esn_highs: r.esn_highs })
-            .collect();
+    fn open(&mut self, runs: OpenRuns) -> Opened {
+        let runs = packets::OpenRuns {
+            runs: runs
+                .runs
+                .into_iter()
+                .map(|r| packets::OpenRun { key: r.key.0, esn: r.esn, count: r.count })
+                .collect(),
+            packets: runs.packets,
+            esn_highs: runs.esn_highs,
+        };
         let o = self.0.open(&runs);
         Opened {
             pad_lengths: o.pad_lengths,

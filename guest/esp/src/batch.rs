@@ -10,9 +10,8 @@ pub use wasmsec_wire::heads::IP_HEAD_LEN;
 pub use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads};
 
 /// Seal a run of packets of one outbound SA with consecutive sequence
-/// numbers: see `seal-run` in `wit/deps/crypto/crypto.wit`. The engine
-/// builds runs as it plans, so the component shell passes them on as they
-/// are.
+/// numbers: see `seal-run` in `wit/deps/crypto/crypto.wit`. Its packets
+/// are the next `count` entries of the [`SealRuns`] lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealRun {
     /// The host's key to seal with.
@@ -25,12 +24,8 @@ pub struct SealRun {
     pub first_seq: u64,
     /// Extended sequence numbers.
     pub esn: bool,
-    /// The packets' positions in the batch, in sequence-number order.
-    pub packets: Vec<u32>,
-    /// Per packet: padding bytes in the trailer (RFC 4303 section 2.4).
-    pub pad_lengths: Vec<u8>,
-    /// Per packet: the trailer's Next Header, 4 for IPv4, 41 for IPv6.
-    pub next_headers: Vec<u8>,
+    /// How many packets are the run's.
+    pub count: u32,
 }
 
 impl SealRun {
@@ -45,23 +40,82 @@ impl SealRun {
     }
 }
 
+/// A batch's seal runs, in the shape of the WIT's `seal-runs`: the
+/// per-packet values of all runs in flat lists, run after run (the engine
+/// builds them as it plans, so the component shell passes them on as they
+/// are, and a batch to many SAs costs no list per SA).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealRuns {
+    pub runs: Vec<SealRun>,
+    /// The packets' positions in the batch, each run's in sequence-number
+    /// order.
+    pub packets: Vec<u32>,
+    /// Per packet: padding bytes in the trailer (RFC 4303 section 2.4).
+    pub pad_lengths: Vec<u8>,
+    /// Per packet: the trailer's Next Header, 4 for IPv4, 41 for IPv6.
+    pub next_headers: Vec<u8>,
+}
+
+impl SealRuns {
+    /// Each run with its packets, pad lengths and next headers. Runs the
+    /// lists do not hold in full are cut short.
+    pub fn iter(&self) -> impl Iterator<Item = (&SealRun, &[u32], &[u8], &[u8])> {
+        let mut at = 0usize;
+        self.runs.iter().map(move |r| {
+            let n = r.count as usize;
+            let cut = |len: usize| at.min(len)..at.saturating_add(n).min(len);
+            let (packets, pads) = (cut(self.packets.len()), cut(self.pad_lengths.len()));
+            let nhs = cut(self.next_headers.len());
+            at = at.saturating_add(n);
+            (r, &self.packets[packets], &self.pad_lengths[pads], &self.next_headers[nhs])
+        })
+    }
+}
+
 /// Open a run of packets under one key: see `open-run` in
-/// `wit/deps/crypto/crypto.wit`.
+/// `wit/deps/crypto/crypto.wit`. Its packets are the next `count` of the
+/// [`OpenRuns`] lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRun {
     /// The host's key to open with.
     pub key: KeyHandle,
-    /// The packets' positions in the batch.
+    /// Extended sequence numbers: the run's packets have entries in
+    /// [`OpenRuns::esn_highs`].
+    pub esn: bool,
+    /// How many packets are the run's.
+    pub count: u32,
+}
+
+/// A batch's open runs (the WIT's `open-runs`), flat as [`SealRuns`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenRuns {
+    pub runs: Vec<OpenRun>,
+    /// The packets' positions in the batch, run after run.
     pub packets: Vec<u32>,
-    /// With ESN, per packet: the high 32 bits of its inferred sequence
-    /// number (RFC 4303 appendix A); empty without.
+    /// One per packet of the runs with ESN, in order: the high 32 bits of
+    /// its inferred sequence number (RFC 4303 appendix A).
     pub esn_highs: Vec<u32>,
 }
 
-impl OpenRun {
-    /// The ESN high half of the run's `k`th packet; None without ESN.
-    pub fn esn_high(&self, k: usize) -> Option<u32> {
-        self.esn_highs.get(k).copied()
+impl OpenRuns {
+    /// Each run with its packets and, with ESN, their high halves (empty
+    /// without). Runs the lists do not hold in full are cut short.
+    pub fn iter(&self) -> impl Iterator<Item = (&OpenRun, &[u32], &[u32])> {
+        let (mut at, mut esn_at) = (0usize, 0usize);
+        self.runs.iter().map(move |r| {
+            let n = r.count as usize;
+            let cut = |from: usize, len: usize| from.min(len)..from.saturating_add(n).min(len);
+            let packets = &self.packets[cut(at, self.packets.len())];
+            at = at.saturating_add(n);
+            let highs = if r.esn {
+                let h = &self.esn_highs[cut(esn_at, self.esn_highs.len())];
+                esn_at = esn_at.saturating_add(n);
+                h
+            } else {
+                &[]
+            };
+            (r, packets, highs)
+        })
     }
 }
 
@@ -94,7 +148,37 @@ pub struct Opened {
 /// `encap` and `decap`.
 pub trait PacketBatch {
     /// Seal the runs' packets; the packets that were not sealed, in order.
-    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure>;
+    fn seal(&mut self, runs: SealRuns) -> Vec<OpFailure>;
     /// Open the runs' packets.
-    fn open(&mut self, runs: Vec<OpenRun>) -> Opened;
+    fn open(&mut self, runs: OpenRuns) -> Opened;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_take_their_share_of_the_flat_lists_in_turn() {
+        let run = |count| SealRun { key: KeyHandle(1), spi: 0x100, first_seq: 1, esn: false, count };
+        let seal = SealRuns {
+            runs: vec![run(1), run(2), run(2)],
+            packets: vec![4, 0, 1, 2],
+            pad_lengths: vec![9, 8, 7, 6],
+            next_headers: vec![4, 41, 4, 41],
+        };
+        let got: Vec<_> = seal.iter().map(|(r, p, pad, nh)| (r.count, p.to_vec(), pad.to_vec(), nh.to_vec())).collect();
+        // The last run names two packets; the lists hold one more.
+        assert_eq!(
+            got,
+            [(1, vec![4], vec![9], vec![4]), (2, vec![0, 1], vec![8, 7], vec![41, 4]), (2, vec![2], vec![6], vec![41])]
+        );
+        let open = |esn, count| OpenRun { key: KeyHandle(2), esn, count };
+        let opens = OpenRuns {
+            runs: vec![open(true, 2), open(false, 1), open(true, 1)],
+            packets: vec![3, 1, 0, 2],
+            esn_highs: vec![7, 8, 9],
+        };
+        let got: Vec<_> = opens.iter().map(|(_, p, h)| (p.to_vec(), h.to_vec())).collect();
+        assert_eq!(got, [(vec![3, 1], vec![7, 8]), (vec![0], vec![]), (vec![2], vec![9])]);
+    }
 }

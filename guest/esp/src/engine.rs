@@ -7,7 +7,7 @@ use wasmsec_wire::ip::Selectors;
 use wasmsec_wire::own_keys::OwnKeys;
 use wasmsec_wire::peer_keys::PeerKeys;
 
-use crate::batch::{CryptoError, Heads, KeyHandle, OpFailure, OpenRun, PacketBatch, SealRun};
+use crate::batch::{CryptoError, Heads, KeyHandle, OpFailure, OpenRun, OpenRuns, PacketBatch, SealRun, SealRuns};
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::selector::{self, TrafficSelector, TsList};
 use crate::spd::DestinationIndex;
@@ -504,41 +504,35 @@ impl Engine {
     pub fn encap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Encapped {
         let n = heads.len();
         let mut out = Encapped { peers: vec![0; n], drops: Vec::new() };
-        let mut runs: Vec<SealRun> = Vec::new();
+        let mut runs = SealRuns {
+            runs: Vec::new(),
+            packets: Vec::with_capacity(n),
+            pad_lengths: Vec::with_capacity(n),
+            next_headers: Vec::with_capacity(n),
+        };
         for (i, (len, head)) in heads.iter().enumerate() {
             match self.encap_plan(len, head) {
                 Ok(p) => {
                     out.peers[i] = p.peer;
-                    let run = match runs.last_mut() {
+                    match runs.runs.last_mut() {
                         Some(r)
                             if r.key == p.key
                                 && r.spi == p.spi
                                 && r.esn == p.esn
-                                && r.seq(r.packets.len()) == p.seq =>
+                                && r.seq(r.count as usize) == p.seq =>
                         {
-                            r
+                            r.count += 1
                         }
-                        _ => {
-                            runs.push(SealRun {
-                                key: p.key,
-                                spi: p.spi,
-                                first_seq: p.seq,
-                                esn: p.esn,
-                                packets: Vec::with_capacity(n - i),
-                                pad_lengths: Vec::with_capacity(n - i),
-                                next_headers: Vec::with_capacity(n - i),
-                            });
-                            runs.last_mut().expect("a run was just pushed")
-                        }
-                    };
-                    run.packets.push(i as u32);
-                    run.pad_lengths.push(p.pad_length);
-                    run.next_headers.push(p.next_header);
+                        _ => runs.runs.push(SealRun { key: p.key, spi: p.spi, first_seq: p.seq, esn: p.esn, count: 1 }),
+                    }
+                    runs.packets.push(i as u32);
+                    runs.pad_lengths.push(p.pad_length);
+                    runs.next_headers.push(p.next_header);
                 }
                 Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
             }
         }
-        if !runs.is_empty() {
+        if !runs.runs.is_empty() {
             let failures = batch.seal(runs);
             add_failures(&mut out.peers, &mut out.drops, &failures, |_| DropReason::CryptoRefused);
         }
@@ -610,7 +604,7 @@ impl Engine {
     pub fn decap<B: PacketBatch>(&mut self, heads: &Heads, batch: &mut B) -> Decapped {
         let n = heads.len();
         let mut out = Decapped { lengths: vec![0; n], drops: Vec::new() };
-        let mut runs: Vec<OpenRun> = Vec::new();
+        let mut runs = OpenRuns { runs: Vec::new(), packets: Vec::with_capacity(n), esn_highs: Vec::new() };
         // Per packet sent to be opened, in run order: (position, SPI, sequence number).
         let mut pending = Vec::with_capacity(n);
         // The last SA found: a run of one SA's packets looks it up once.
@@ -619,24 +613,20 @@ impl Engine {
             match decap_plan(&self.inbound, &mut last, head) {
                 Ok((key, spi, seq, esn)) => {
                     // A run's packets all carry ESN high bits, or none does.
-                    let run = match runs.last_mut() {
-                        Some(r) if r.key == key && r.esn_highs.is_empty() != esn => r,
-                        _ => {
-                            let highs = if esn { Vec::with_capacity(n - i) } else { Vec::new() };
-                            runs.push(OpenRun { key, packets: Vec::with_capacity(n - i), esn_highs: highs });
-                            runs.last_mut().expect("a run was just pushed")
-                        }
-                    };
-                    run.packets.push(i as u32);
+                    match runs.runs.last_mut() {
+                        Some(r) if r.key == key && r.esn == esn => r.count += 1,
+                        _ => runs.runs.push(OpenRun { key, esn, count: 1 }),
+                    }
+                    runs.packets.push(i as u32);
                     if esn {
-                        run.esn_highs.push((seq >> 32) as u32);
+                        runs.esn_highs.push((seq >> 32) as u32);
                     }
                     pending.push((i, spi, seq));
                 }
                 Err(r) => out.drops.push(Dropped { packet: i as u32, reason: r }),
             }
         }
-        if runs.is_empty() {
+        if runs.runs.is_empty() {
             return out;
         }
         let opened = batch.open(runs);

@@ -17,7 +17,8 @@ pub mod selector;
 pub mod spd;
 
 pub use batch::{
-    CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRun, Opened, PacketBatch, SealRun,
+    CryptoError, ESP_HEAD_LEN, Heads, IP_HEAD_LEN, KeyHandle, OpFailure, OpenRun, OpenRuns, Opened, PacketBatch,
+    SealRun, SealRuns,
 };
 pub use engine::{
     DecapVerdict, Decapped, DropReason, Dropped, EncapVerdict, Encapped, Engine, Expiry, ExpiryCause, InboundSa,

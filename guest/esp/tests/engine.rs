@@ -76,26 +76,26 @@ impl FakeBatch {
 }
 
 impl PacketBatch for FakeBatch {
-    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
+    fn seal(&mut self, runs: SealRuns) -> Vec<OpFailure> {
         let mut failures = Vec::new();
-        for r in &runs {
-            self.seal_runs.push((r.spi, r.first_seq, r.packets.clone()));
-            for (k, &i) in r.packets.iter().enumerate() {
+        for (r, packets, pads, nhs) in runs.iter() {
+            self.seal_runs.push((r.spi, r.first_seq, packets.to_vec()));
+            for (k, &i) in packets.iter().enumerate() {
                 if self.refuse.contains(&i) {
                     failures.push(OpFailure { packet: i, error: CryptoError::KeyExpired });
                     continue;
                 }
                 let seq = r.seq(k);
-                self.seal_one(i, r.key.0, r.spi, seq as u32, r.esn_high(k), r.pad_lengths[k], r.next_headers[k]);
+                self.seal_one(i, r.key.0, r.spi, seq as u32, r.esn_high(k), pads[k], nhs[k]);
             }
         }
         failures
     }
-    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
+    fn open(&mut self, runs: OpenRuns) -> Opened {
         let mut o = Opened::default();
-        for r in &runs {
-            for (k, &i) in r.packets.iter().enumerate() {
-                let (_, pad, nh) = self.open_one(i, r.key.0, r.esn_high(k)).unwrap_or_else(|error| {
+        for (r, packets, highs) in runs.iter() {
+            for (k, &i) in packets.iter().enumerate() {
+                let (_, pad, nh) = self.open_one(i, r.key.0, highs.get(k).copied()).unwrap_or_else(|error| {
                     o.failures.push(OpFailure { packet: i, error });
                     (0, 0, 0)
                 });

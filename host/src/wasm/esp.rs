@@ -19,7 +19,7 @@ use crate::packet::PacketBuf;
 
 use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
 pub use b::exports::wasmsec::esp::engine::{DropReason, Expiry, ExpiryCause, InboundSa, OutboundSa, SaState};
-use b::wasmsec::crypto::packets::{HostBatch, OpFailure, OpenRun, Opened, SealRun};
+use b::wasmsec::crypto::packets::{HostBatch, OpFailure, OpenRun, OpenRuns, Opened, SealRun, SealRuns};
 use b::wasmsec::crypto::types::CryptoError as WitCryptoError;
 pub use b::wasmsec::net::types::{SaLimits, TrafficSelector};
 
@@ -142,19 +142,16 @@ impl GuestState {
         Heads::of(head_len, self.batch[..self.count].iter().map(|p| p.data())).into_flat()
     }
 
-    /// Seal one run's packets; the failures go to `failed`.
-    fn seal_run(&mut self, run: &SealRun, failed: &mut Vec<OpFailure>) {
-        let n = run.packets.len();
+    /// Seal one run's packets (`packets`, with their `trailers`: pad
+    /// lengths and next headers, as long); the failures go to `failed`.
+    fn seal_run(&mut self, run: &SealRun, packets: &[u32], trailers: (&[u8], &[u8]), failed: &mut Vec<OpFailure>) {
+        let n = packets.len();
         // Only an outbound key seals, and only under its own SA's SPI.
         let key = match self.keys.get(run.key) {
             Ok((k, KeyUse::Seal { spi, peer })) if spi == run.spi => Ok((k, peer)),
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
-        let key = key.and_then(|k| {
-            let lists_agree = run.pad_lengths.len() == n && run.next_headers.len() == n;
-            if lists_agree { Ok(k) } else { Err(WitCryptoError::BadLength) }
-        });
         // The run's IVs in one step. No more than the batch holds: a
         // packet is sealed once, whatever the guest's list says.
         // The key's IVs running out is the key's end, not the guest's fault.
@@ -166,7 +163,7 @@ impl GuestState {
             Ok((k, peer))
         });
         let mut highest = None;
-        for (j, &index) in run.packets.iter().enumerate() {
+        for (j, &index) in packets.iter().enumerate() {
             let r = key.and_then(|(k, peer)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let seq = run.first_seq.checked_add(j as u64).ok_or(Fault::Guest(WitCryptoError::BadLength))?;
@@ -179,7 +176,7 @@ impl GuestState {
                 let esn_high = run.esn.then_some((seq >> 32) as u32);
                 // More packets than IVs taken: the run names more than the batch holds.
                 let iv = ivs.next().ok_or(Fault::Guest(WitCryptoError::KeyExpired))?;
-                let trailer = (run.pad_lengths[j], run.next_headers[j]);
+                let trailer = (trailers.0[j], trailers.1[j]);
                 // The guest's: every batch buffer has room for the
                 // largest trailer (`packet::TAILROOM`), and nothing a peer
                 // sends reaches this call, so what fails here is the pad
@@ -201,6 +198,15 @@ impl GuestState {
         }
     }
 
+    /// A call whose runs and lists disagree (counts that do not add up to
+    /// the lists' length): no packet of it is sealed or opened, and each
+    /// one named fails as the guest's error.
+    fn refuse_all(&mut self, packets: &[u32], mut fail: impl FnMut(OpFailure)) {
+        for &packet in packets {
+            fail(OpFailure { packet, error: Fault::Guest(WitCryptoError::BadLength).count(&mut self.refusals) });
+        }
+    }
+
     /// With runs for several SAs (a PoP's packets, each for another of its
     /// thousands of SAs), their keys are out of the caches: ask for them
     /// all before the first is used, so that the misses overlap.
@@ -215,21 +221,19 @@ impl GuestState {
         }
     }
 
-    /// Open one run's packets into `out`.
-    fn open_run(&mut self, run: &OpenRun, out: &mut Opened) {
-        let n = run.packets.len();
+    /// Open one run's packets (`packets`; with ESN, `esn_highs` as long,
+    /// else empty) into `out`.
+    fn open_run(&mut self, run: &OpenRun, packets: &[u32], esn_highs: &[u32], out: &mut Opened) {
         // Only an inbound key opens, and only packets that carry its SPI.
         let key = match self.keys.get(run.key) {
             Ok((k, KeyUse::Open { spi })) => Ok((k, spi)),
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
-        let esn = !run.esn_highs.is_empty();
-        let key =
-            key.and_then(|k| if !esn || run.esn_highs.len() == n { Ok(k) } else { Err(WitCryptoError::BadLength) });
+        let esn = run.esn;
         let key = key.map_err(Fault::Guest);
         let mut highest = None;
-        for (j, &index) in run.packets.iter().enumerate() {
+        for (j, &index) in packets.iter().enumerate() {
             let r = key.and_then(|(k, spi)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
@@ -241,7 +245,7 @@ impl GuestState {
                 // peer's, or a forger's: anyone who saw an SPI on the wire
                 // can send them, so they must not count against the guest
                 // and get its instance replaced.
-                let seq = k.open_unnoted(p, esn.then(|| run.esn_highs[j])).map_err(Fault::packet)?;
+                let seq = k.open_unnoted(p, esn.then(|| esn_highs[j])).map_err(Fault::packet)?;
                 highest = highest.max(Some(seq));
                 let d = p.data();
                 let n = d.len();
@@ -260,6 +264,12 @@ impl GuestState {
             k.note_seq(seq);
         }
     }
+}
+
+/// The packets a list of runs' counts adds up to (in u64: the guest's
+/// counts may add up past `u32::MAX`).
+fn counted(counts: impl Iterator<Item = u32>) -> u64 {
+    counts.map(u64::from).sum()
 }
 
 /// The slot of packet `index` of the lent batch if it is untouched so far
@@ -323,26 +333,52 @@ impl HostBatch for GuestState {
         self.count as u32
     }
 
-    fn seal(&mut self, _: Resource<Batch>, runs: Vec<SealRun>) -> Vec<OpFailure> {
-        self.warm_keys(runs.iter().map(|r| r.key));
+    fn seal(&mut self, _: Resource<Batch>, runs: SealRuns) -> Vec<OpFailure> {
         let mut failed = Vec::new();
-        for run in &runs {
-            self.seal_run(run, &mut failed);
+        let n = runs.packets.len();
+        let lists_agree = runs.pad_lengths.len() == n && runs.next_headers.len() == n;
+        if !lists_agree || counted(runs.runs.iter().map(|r| r.count)) != n as u64 {
+            self.refuse_all(&runs.packets, |f| failed.push(f));
+            return failed;
+        }
+        self.warm_keys(runs.runs.iter().map(|r| r.key));
+        let mut at = 0;
+        for run in &runs.runs {
+            let to = at + run.count as usize;
+            let trailers = (&runs.pad_lengths[at..to], &runs.next_headers[at..to]);
+            self.seal_run(run, &runs.packets[at..to], trailers, &mut failed);
+            at = to;
         }
         failed
     }
 
-    fn open(&mut self, _: Resource<Batch>, runs: Vec<OpenRun>) -> Opened {
-        let n = runs.iter().map(|r| r.packets.len()).sum::<usize>().min(self.count);
+    fn open(&mut self, _: Resource<Batch>, runs: OpenRuns) -> Opened {
+        let n = runs.packets.len().min(self.count);
         let mut out = Opened {
             pad_lengths: Vec::with_capacity(n),
             next_headers: Vec::with_capacity(n),
             failures: Vec::new(),
             heads: Vec::new(),
         };
-        self.warm_keys(runs.iter().map(|r| r.key));
-        for run in &runs {
-            self.open_run(run, &mut out);
+        let esn_counts = runs.runs.iter().filter(|r| r.esn).map(|r| r.count);
+        if counted(runs.runs.iter().map(|r| r.count)) != runs.packets.len() as u64
+            || counted(esn_counts) != runs.esn_highs.len() as u64
+        {
+            // Still one entry per packet named, as the WIT says.
+            let (pads, nexts) = (&mut out.pad_lengths, &mut out.next_headers);
+            self.refuse_all(&runs.packets, |f| {
+                out.failures.push(f);
+                pads.push(0);
+                nexts.push(0);
+            });
+        } else {
+            self.warm_keys(runs.runs.iter().map(|r| r.key));
+            let (mut at, mut esn_at) = (0, 0);
+            for run in &runs.runs {
+                let (to, esn_to) = (at + run.count as usize, esn_at + if run.esn { run.count as usize } else { 0 });
+                self.open_run(run, &runs.packets[at..to], &runs.esn_highs[esn_at..esn_to], &mut out);
+                (at, esn_at) = (to, esn_to);
+            }
         }
         // The heads in the same answer: an opened packet's length is its
         // plaintext's, and the engine checks its inner header against the
@@ -555,9 +591,17 @@ mod tests {
         st
     }
 
-    fn run(first_seq: u64, esn: bool, packets: Vec<u32>) -> SealRun {
+    /// One seal run of `packets` with sealing key 1.
+    fn run(first_seq: u64, esn: bool, packets: Vec<u32>) -> SealRuns {
         let n = packets.len();
-        SealRun { key: 1, spi: SPI, first_seq, esn, packets, pad_lengths: vec![2; n], next_headers: vec![4; n] }
+        let run = SealRun { key: 1, spi: SPI, first_seq, esn, count: n as u32 };
+        SealRuns { runs: vec![run], packets, pad_lengths: vec![2; n], next_headers: vec![4; n] }
+    }
+
+    /// One open run of `packets` with key `key`, ESN if `esn_highs` is not empty.
+    fn open_run(key: u64, packets: Vec<u32>, esn_highs: Vec<u32>) -> OpenRuns {
+        let run = OpenRun { key, esn: !esn_highs.is_empty(), count: packets.len() as u32 };
+        OpenRuns { runs: vec![run], packets, esn_highs }
     }
 
     #[test]
@@ -568,7 +612,7 @@ mod tests {
         let mut st = state_with(2, cbc);
         let mut r = run(1, false, vec![0, 1]);
         r.pad_lengths = vec![2, 14];
-        let failed = st.seal(Resource::new_borrow(0), vec![r]);
+        let failed = st.seal(Resource::new_borrow(0), r);
         assert_eq!(failed.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(1, WitCryptoError::BadLength)]);
         assert_eq!(st.refusals, 1, "the guest chose the pad");
         assert_eq!(st.marks[0], Mark::Sealed { peer: 4, spi: SPI });
@@ -579,36 +623,84 @@ mod tests {
         let mut st = state(3);
         let mut bad = run(1, false, vec![0, 1, 2]);
         bad.next_headers.pop();
-        let failed = st.seal(Resource::new_borrow(0), vec![bad]);
+        let failed = st.seal(Resource::new_borrow(0), bad);
         assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(failed.iter().all(|f| f.error == WitCryptoError::BadLength));
         assert_eq!((st.refusals, st.marks.clone()), (3, vec![Mark::Untouched; 3]));
     }
 
     #[test]
+    fn runs_take_their_packets_from_the_flat_lists_in_turn() {
+        let mut st = state(3);
+        let mut runs = run(1, false, vec![2, 0, 1]);
+        runs.runs = vec![
+            SealRun { key: 1, spi: SPI, first_seq: 7, esn: false, count: 1 },
+            SealRun { key: 1, spi: SPI, first_seq: 20, esn: false, count: 2 },
+        ];
+        runs.pad_lengths = vec![2, 6, 10];
+        assert!(st.seal(Resource::new_borrow(0), runs).is_empty());
+        // Packet 2 is the first run's (sequence number 7), packets 0 and 1
+        // the second's (20 and 21), each with its own pad length.
+        let seq = |i: usize| st.batch[i].data()[7];
+        assert_eq!([seq(2), seq(0), seq(1)], [7, 20, 21]);
+        let lens: Vec<usize> = st.batch.iter().map(PacketBuf::len).collect();
+        assert_eq!([lens[0] - lens[2], lens[1] - lens[2]], [4, 8]);
+        st.lend(3);
+        let mut open = open_run(2, vec![0, 1, 2], vec![]);
+        open.runs = vec![OpenRun { key: 2, esn: false, count: 1 }, OpenRun { key: 2, esn: false, count: 2 }];
+        let opened = st.open(Resource::new_borrow(0), open);
+        assert!(opened.failures.is_empty(), "{:?}", opened.failures);
+        assert_eq!(opened.pad_lengths, [6, 10, 2]);
+    }
+
+    #[test]
+    fn runs_whose_counts_do_not_add_up_to_the_lists_are_refused_whole() {
+        for counts in [vec![1, 1], vec![2, 2], vec![u32::MAX, 4]] {
+            let mut st = state(3);
+            let mut runs = run(1, false, vec![0, 1, 2]);
+            runs.runs = counts.iter().map(|&count| SealRun { count, ..runs.runs[0] }).collect();
+            let failed = st.seal(Resource::new_borrow(0), runs);
+            assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [0, 1, 2], "counts {counts:?}");
+            assert!(failed.iter().all(|f| f.error == WitCryptoError::BadLength));
+            assert_eq!((st.refusals, st.marks.clone()), (3, vec![Mark::Untouched; 3]));
+        }
+        let mut st = state(2);
+        assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1])).is_empty());
+        st.lend(2);
+        let mut open = open_run(2, vec![0, 1], vec![]);
+        open.runs[0].count = 1;
+        let opened = st.open(Resource::new_borrow(0), open);
+        assert_eq!(opened.failures.iter().map(|f| f.packet).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!((opened.pad_lengths, opened.next_headers), (vec![0, 0], vec![0, 0]));
+        assert_eq!((st.refusals, st.marks.clone()), (2, vec![Mark::Untouched; 2]));
+    }
+
+    #[test]
     fn without_esn_a_run_stops_at_the_last_32_bit_sequence_number() {
         let mut st = state(3);
-        let failed = st.seal(Resource::new_borrow(0), vec![run(u64::from(u32::MAX) - 1, false, vec![0, 1, 2])]);
+        let failed = st.seal(Resource::new_borrow(0), run(u64::from(u32::MAX) - 1, false, vec![0, 1, 2]));
         assert_eq!(failed.len(), 1);
         assert_eq!((failed[0].packet, failed[0].error), (2, WitCryptoError::BadLength));
         assert_eq!(st.marks[..2], [Mark::Sealed { peer: 4, spi: SPI }; 2]);
         // The high bits go into the ICV only, the low ones into the header.
         let mut st = state(1);
-        assert!(st.seal(Resource::new_borrow(0), vec![run(5 << 32 | 9, true, vec![0])]).is_empty());
+        assert!(st.seal(Resource::new_borrow(0), run(5 << 32 | 9, true, vec![0])).is_empty());
         assert_eq!(st.batch[0].data()[..8], [0, 0, 0x70, 0x01, 0, 0, 0, 9]);
     }
 
     #[test]
     fn a_packet_named_twice_or_out_of_the_batch_is_refused_and_the_wrong_key_seals_nothing() {
         let mut st = state(2);
-        let failed = st.seal(Resource::new_borrow(0), vec![run(1, false, vec![1, 1, 7])]);
+        let failed = st.seal(Resource::new_borrow(0), run(1, false, vec![1, 1, 7]));
         assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [1, 7]);
         assert_eq!(st.marks, [Mark::Untouched, Mark::Sealed { peer: 4, spi: SPI }]);
         // The opening key cannot seal; the sealing key cannot open.
         let mut st = state(1);
-        let failed = st.seal(Resource::new_borrow(0), vec![SealRun { key: 2, ..run(1, false, vec![0]) }]);
+        let mut wrong = run(1, false, vec![0]);
+        wrong.runs[0].key = 2;
+        let failed = st.seal(Resource::new_borrow(0), wrong);
         assert_eq!(failed[0].error, WitCryptoError::WrongKeyKind);
-        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 1, packets: vec![0], esn_highs: vec![] }]);
+        let opened = st.open(Resource::new_borrow(0), open_run(1, vec![0], vec![]));
         assert_eq!(opened.failures.len(), 1);
         assert_eq!(Heads::from_flat(opened.heads, IP_HEAD_LEN).get(0).map(|h| h.0), Some(st.batch[0].len()));
         assert_eq!(st.marks, [Mark::Untouched]);
@@ -617,13 +709,15 @@ mod tests {
     #[test]
     fn a_sealed_run_opens_with_one_entry_per_packet() {
         let mut st = state(2);
-        assert!(st.seal(Resource::new_borrow(0), vec![run(1, false, vec![0, 1])]).is_empty());
+        assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1])).is_empty());
         st.lend(2);
-        let esn_highs = vec![0];
-        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![0, 1], esn_highs }]);
+        let mut one_word = open_run(2, vec![0, 1], vec![0]);
+        one_word.runs[0].esn = true;
+        let opened = st.open(Resource::new_borrow(0), one_word);
         assert_eq!(opened.failures[0].error, WitCryptoError::BadLength, "one ESN word for two packets");
+        assert_eq!((opened.pad_lengths.len(), opened.next_headers.len()), (2, 2), "an entry per packet named");
         st.lend(2);
-        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![1, 0], esn_highs: vec![] }]);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![1, 0], vec![]));
         assert!(opened.failures.is_empty(), "{:?}", opened.failures);
         // 60 bytes, 2 of padding and the two trailer bytes.
         let heads = Heads::from_flat(opened.heads, IP_HEAD_LEN);
@@ -634,22 +728,21 @@ mod tests {
     #[test]
     fn a_packet_that_does_not_open_is_failed_but_not_held_against_the_guest() {
         let mut st = state(3);
-        assert!(st.seal(Resource::new_borrow(0), vec![run(1, false, vec![0, 1, 2])]).is_empty());
+        assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2])).is_empty());
         // Packet 0 damaged (as a forger's would be: the right SPI, a bad
         // ICV), packet 1 cut short, packet 2 intact.
         let last = st.batch[0].len() - 1;
         st.batch[0].data_mut()[last] ^= 1;
         st.batch[1].truncate(12);
         st.lend(3);
-        let opened =
-            st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![0, 1, 2], esn_highs: vec![] }]);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1, 2], vec![]));
         let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
         assert_eq!(failed, [(0, WitCryptoError::IntegrityFailed), (1, WitCryptoError::BadLength)]);
         assert_eq!(st.refusals, 0, "the packets' failures are no protocol errors of the guest");
         assert!(matches!(st.marks[2], Mark::Opened { .. }));
         // What the guest asks wrongly still counts: packet 2 again, and one
         // out of the batch.
-        let opened = st.open(Resource::new_borrow(0), vec![OpenRun { key: 2, packets: vec![2, 9], esn_highs: vec![] }]);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![2, 9], vec![]));
         assert_eq!(opened.failures.len(), 2);
         assert_eq!(st.refusals, 2);
     }

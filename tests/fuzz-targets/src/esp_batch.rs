@@ -1,7 +1,7 @@
 //! The ESP engine's packet batch with identity "crypto", for fuzzing:
 //! opening a packet strips the ESP header and an 8-byte IV and checks no
 //! ICV, so fuzzed bytes reach the trailer, padding and selector checks.
-use wasmsec_esp::{CryptoError, Heads, IP_HEAD_LEN, OpFailure, OpenRun, Opened, PacketBatch, SealRun};
+use wasmsec_esp::{CryptoError, Heads, IP_HEAD_LEN, OpFailure, OpenRuns, Opened, PacketBatch, SealRuns};
 
 /// ESP header and IV in front of the "plaintext".
 const FRONT: usize = 16;
@@ -21,14 +21,14 @@ impl ClearBatch {
 }
 
 impl PacketBatch for ClearBatch {
-    fn seal(&mut self, runs: Vec<SealRun>) -> Vec<OpFailure> {
-        let packets = runs.iter().flat_map(|r| r.packets.iter());
+    fn seal(&mut self, runs: SealRuns) -> Vec<OpFailure> {
+        let packets = runs.packets.iter();
         packets.map(|&packet| OpFailure { packet, error: CryptoError::Unsupported }).collect()
     }
 
-    fn open(&mut self, runs: Vec<OpenRun>) -> Opened {
+    fn open(&mut self, runs: OpenRuns) -> Opened {
         let mut o = Opened::default();
-        for &i in runs.iter().flat_map(|r| r.packets.iter()) {
+        for &i in &runs.packets {
             let (pad, nh) = match self.packets.get_mut(i as usize) {
                 Some(p) if p.len() >= FRONT + 2 => {
                     p.drain(..FRONT);

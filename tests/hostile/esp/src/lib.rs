@@ -35,7 +35,7 @@ mod bindings {
 use bindings::*;
 
 use exports::wasmsec::esp::engine as wit;
-use wasmsec::crypto::packets::{Batch, SealRun};
+use wasmsec::crypto::packets::{Batch, SealRun, SealRuns};
 
 /// An installed SA: its SPI, key handle and (outbound) peer index.
 #[derive(Clone, Copy)]
@@ -133,16 +133,13 @@ impl wit::Guest for Component {
         };
         if attack(sa.spi) == 0xa2 {
             // Seal with the inbound key: the host must refuse (open only).
-            let run = SealRun {
-                key: sa.key,
-                spi: sa.spi,
-                first_seq: 1,
-                esn: false,
+            let runs = SealRuns {
+                runs: vec![SealRun { key: sa.key, spi: sa.spi, first_seq: 1, esn: false, count: n }],
                 packets: (0..n).collect(),
                 pad_lengths: vec![0; n as usize],
                 next_headers: vec![4; n as usize],
             };
-            let _ = packets.seal(&[run]);
+            let _ = packets.seal(&runs);
         }
         // 0xa2, 0xa3 and anything else: "delivered", never opened.
         wit::Decapped { lengths: (0..n).map(|i| len(i).saturating_sub(16)).collect(), drops: Vec::new() }
