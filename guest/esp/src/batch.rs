@@ -8,6 +8,7 @@ pub use wasmsec_wire::CryptoError;
 /// How many bytes of an IP packet's head the engine reads.
 pub use wasmsec_wire::heads::IP_HEAD_LEN;
 pub use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads};
+use wasmsec_wire::runs;
 
 /// Seal a run of packets of one outbound SA with consecutive sequence
 /// numbers: see `seal-run` in `wit/deps/crypto/crypto.wit`. Its packets
@@ -60,14 +61,10 @@ impl SealRuns {
     /// Each run with its packets, pad lengths and next headers. Runs the
     /// lists do not hold in full are cut short.
     pub fn iter(&self) -> impl Iterator<Item = (&SealRun, &[u32], &[u8], &[u8])> {
-        let mut at = 0usize;
-        self.runs.iter().map(move |r| {
-            let n = r.count as usize;
-            let cut = |len: usize| at.min(len)..at.saturating_add(n).min(len);
-            let (packets, pads) = (cut(self.packets.len()), cut(self.pad_lengths.len()));
-            let nhs = cut(self.next_headers.len());
-            at = at.saturating_add(n);
-            (r, &self.packets[packets], &self.pad_lengths[pads], &self.next_headers[nhs])
+        let spans = runs::spans(self.runs.iter().map(|r| r.count));
+        self.runs.iter().zip(spans).map(|(r, s)| {
+            let (pads, nhs) = (runs::share(&self.pad_lengths, &s), runs::share(&self.next_headers, &s));
+            (r, runs::share(&self.packets, &s), pads, nhs)
         })
     }
 }
@@ -101,21 +98,13 @@ impl OpenRuns {
     /// Each run with its packets and, with ESN, their high halves (empty
     /// without). Runs the lists do not hold in full are cut short.
     pub fn iter(&self) -> impl Iterator<Item = (&OpenRun, &[u32], &[u32])> {
-        let (mut at, mut esn_at) = (0usize, 0usize);
-        self.runs.iter().map(move |r| {
-            let n = r.count as usize;
-            let cut = |from: usize, len: usize| from.min(len)..from.saturating_add(n).min(len);
-            let packets = &self.packets[cut(at, self.packets.len())];
-            at = at.saturating_add(n);
-            let highs = if r.esn {
-                let h = &self.esn_highs[cut(esn_at, self.esn_highs.len())];
-                esn_at = esn_at.saturating_add(n);
-                h
-            } else {
-                &[]
-            };
-            (r, packets, highs)
-        })
+        let spans = runs::spans(self.runs.iter().map(|r| r.count));
+        let esn_spans = runs::spans(self.runs.iter().map(|r| if r.esn { r.count } else { 0 }));
+        let spans = spans.zip(esn_spans);
+        self.runs
+            .iter()
+            .zip(spans)
+            .map(|(r, (s, e))| (r, runs::share(&self.packets, &s), runs::share(&self.esn_highs, &e)))
     }
 }
 

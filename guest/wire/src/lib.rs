@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod heads;
 pub mod own_keys;
 pub mod peer_keys;
+pub mod runs;
 mod sa_limits;
 /// The view every packet type shares (smoltcp's `wire` pattern): a
 /// `Packet<T>` over a buffer, `new_unchecked`, `new_checked`, and

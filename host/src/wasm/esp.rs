@@ -8,6 +8,7 @@ use anyhow::Result;
 use wasmsec_crypto::CryptoError;
 use wasmsec_wire::esp;
 use wasmsec_wire::heads::{ESP_HEAD_LEN, Heads, IP_HEAD_LEN};
+use wasmsec_wire::runs::{share, spans};
 use wasmtime::component::{HasSelf, Resource};
 use wasmtime::{Engine, Store};
 
@@ -342,12 +343,10 @@ impl HostBatch for GuestState {
             return failed;
         }
         self.warm_keys(runs.runs.iter().map(|r| r.key));
-        let mut at = 0;
-        for run in &runs.runs {
-            let to = at + run.count as usize;
-            let trailers = (&runs.pad_lengths[at..to], &runs.next_headers[at..to]);
-            self.seal_run(run, &runs.packets[at..to], trailers, &mut failed);
-            at = to;
+        // The counts add up to the lists, so every share is whole.
+        for (run, s) in runs.runs.iter().zip(spans(runs.runs.iter().map(|r| r.count))) {
+            let trailers = (share(&runs.pad_lengths, &s), share(&runs.next_headers, &s));
+            self.seal_run(run, share(&runs.packets, &s), trailers, &mut failed);
         }
         failed
     }
@@ -373,11 +372,10 @@ impl HostBatch for GuestState {
             });
         } else {
             self.warm_keys(runs.runs.iter().map(|r| r.key));
-            let (mut at, mut esn_at) = (0, 0);
-            for run in &runs.runs {
-                let (to, esn_to) = (at + run.count as usize, esn_at + if run.esn { run.count as usize } else { 0 });
-                self.open_run(run, &runs.packets[at..to], &runs.esn_highs[esn_at..esn_to], &mut out);
-                (at, esn_at) = (to, esn_to);
+            let esn_spans = spans(runs.runs.iter().map(|r| if r.esn { r.count } else { 0 }));
+            let spans = spans(runs.runs.iter().map(|r| r.count)).zip(esn_spans);
+            for (run, (s, e)) in runs.runs.iter().zip(spans) {
+                self.open_run(run, share(&runs.packets, &s), share(&runs.esn_highs, &e), &mut out);
             }
         }
         // The heads in the same answer: an opened packet's length is its
