@@ -13,7 +13,10 @@
 //! outbound by destination, inbound by SPI). The anchor is the same
 //! batch at the smallest count, in the same run: the lookup cost does
 //! not grow with the count when the ratios stay near 1.
-//! Run: `cargo xtask bench-sas` (builds the component first).
+//! Run: `cargo xtask bench-sas` (builds the component first). The
+//! instances live in memory slots, as a tenant's do; with
+//! `WASMSEC_SA_MEMORY=guarded` in the guarded memory of the daemon's own
+//! routing domain.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,12 +140,12 @@ struct Row {
     burst: (f64, f64),
 }
 
-fn run(rt: &Runtime, n: u32) -> Row {
+fn run(rt: &Runtime, n: u32, memory_kind: EspMemory) -> Row {
     let before = memory();
     let (out_set, in_set) = sa_sets(n);
     let t = Instant::now();
-    let mut tx = out_set.instantiate(rt, 0, EspMemory::Slot).expect("outbound SAs installed");
-    let mut rx = in_set.instantiate(rt, 0, EspMemory::Slot).expect("inbound SAs installed");
+    let mut tx = out_set.instantiate(rt, 0, memory_kind).expect("outbound SAs installed");
+    let mut rx = in_set.instantiate(rt, 0, memory_kind).expect("inbound SAs installed");
     let install_us = t.elapsed().as_secs_f64() * 1e6 / (2.0 * f64::from(n));
     let bytes_per_sa = memory().saturating_sub(before) as f64 / f64::from(n);
     for inst in [&mut tx, &mut rx] {
@@ -195,11 +198,19 @@ fn main() {
         Ok(v) => v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
         Err(_) => vec![10, 1_000, 100_000],
     };
+    // The instances' memory: a tenant's slot (the default), or with
+    // `WASMSEC_SA_MEMORY=guarded` the guarded memory of the daemon's own
+    // routing domain.
+    let (memory_kind, where_) = match std::env::var("WASMSEC_SA_MEMORY").as_deref() {
+        Ok("guarded") => (EspMemory::Guarded, "guarded memory (the daemon's own domain)"),
+        Ok("slot") | Err(_) => (EspMemory::Slot, "memory slots (a tenant's)"),
+        Ok(other) => panic!("WASMSEC_SA_MEMORY is slot or guarded, not {other:?}"),
+    };
     let dir = wasmsec::daemon::built_components_dir();
     let rt = Runtime::new(&dir.join("esp.wasm")).expect("ESP component (run `cargo xtask build` first)");
     println!(
         "SA scale: CHILD SAs (an outbound and an inbound SA each, AES-256-GCM, own key) in one process, \
-         the real ESP component; {PACKET}-byte packets in batches of {BATCH}, each packet to another SA"
+         the real ESP component in {where_}; {PACKET}-byte packets in batches of {BATCH}, each packet to another SA"
     );
     println!(
         "{:>9} {:>15} {:>12} | {:^37} | {:^37}",
@@ -221,7 +232,7 @@ fn main() {
     );
     let mut first: Option<Row> = None;
     for n in counts {
-        let r = run(&rt, n);
+        let r = run(&rt, n, memory_kind);
         let f = first.get_or_insert(Row { ..r });
         let x = |v: f64, v0: f64| v / v0;
         println!(

@@ -770,11 +770,10 @@ mod tests {
     }
 
     /// The real component says where an inbound SA's state lies: within
-    /// its instance's memory slot, kept until the SA goes. An instance in
-    /// wasmtime's guarded memory (whose base the host does not learn) keeps
-    /// none.
+    /// its instance's memory, a slot or a guarded one (the daemon's own
+    /// domain), kept until the SA goes.
     #[test]
-    fn an_inbound_sa_in_a_slot_has_state_hints_and_loses_them_with_the_sa() {
+    fn an_inbound_sa_has_state_hints_in_either_memory_and_loses_them_with_the_sa() {
         let dir = crate::daemon::built_components_dir();
         let rt = super::super::Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)");
         let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
@@ -795,6 +794,8 @@ mod tests {
         assert!(slot.hints.is_empty());
         let mut guarded = rt.esp_instance_of(0, super::super::EspMemory::Guarded).unwrap();
         guarded.install_inbound(&sa).unwrap().unwrap();
+        assert_eq!(guarded.hints.len(), 1, "the SA and its window, in the guarded memory");
+        assert!(guarded.remove_inbound(SPI).unwrap());
         assert!(guarded.hints.is_empty());
 
         // A guest whose hints point beyond its memory and are far too

@@ -109,18 +109,16 @@ unsafe impl MemoryCreator for MemorySlots {
             .pop()
             .ok_or_else(|| format!("all {} guest memory slots are in use", r.count))?;
         let memory = SlotMemory { region: r.clone(), index, len: minimum, touched: minimum };
-        LAST_MADE.set(match LAST_MADE.get() {
-            LastMade::Nothing => LastMade::One(memory.base() as usize, r.slot),
-            _ => LastMade::More,
-        });
+        record_made(memory.base() as usize, r.slot);
         Ok(Box::new(memory))
     }
 }
 
 thread_local! {
-    /// The memories this thread made since [`clear_last_made`]: wasmtime
-    /// makes an instance's memories on the instantiating thread, and does
-    /// not show a component's core memory to the host.
+    /// The memories this thread made since [`clear_last_made`] (here, or
+    /// in `guarded_memory`): wasmtime makes an instance's memories on the
+    /// instantiating thread, and does not show a component's core memory
+    /// to the host.
     static LAST_MADE: std::cell::Cell<LastMade> = const { std::cell::Cell::new(LastMade::Nothing) };
 }
 
@@ -133,13 +131,22 @@ enum LastMade {
     More,
 }
 
+/// Note a memory made on this thread: its base address and the size of
+/// the address space it may grow in (its slot or reservation).
+pub(crate) fn record_made(base: usize, size: usize) {
+    LAST_MADE.set(match LAST_MADE.get() {
+        LastMade::Nothing => LastMade::One(base, size),
+        _ => LastMade::More,
+    });
+}
+
 /// Start counting the memories this thread makes; call before an
 /// instantiation whose memory [`take_last_made`] is to find.
 pub(crate) fn clear_last_made() {
     LAST_MADE.set(LastMade::Nothing);
 }
 
-/// The slot (base address and size in bytes) of the one memory made on
+/// The slot or reservation (base address and size in bytes) of the one memory made on
 /// this thread since [`clear_last_made`]: where an instance with one memory
 /// lives. `None` if none was made, or several.
 pub(crate) fn take_last_made() -> Option<(usize, usize)> {
@@ -204,7 +211,7 @@ impl Drop for SlotMemory {
     }
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if v > 0 { v as usize } else { 4096 }

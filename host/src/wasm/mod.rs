@@ -9,6 +9,7 @@
 //! store under a memory limit; a trap poisons only that instance.
 pub(crate) mod bindings;
 pub mod esp;
+mod guarded_memory;
 pub mod ike;
 mod memory_slots;
 pub mod policy;

@@ -11,6 +11,7 @@ use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 
 use super::WasmContext;
+use super::guarded_memory::GuardedMemories;
 use super::memory_slots::MemorySlots;
 
 /// Memory a guest instance may grow to. 100,000 CHILD SAs in one ESP
@@ -77,10 +78,18 @@ fn base_config() -> Config {
 /// in `cargo xtask bench` (2026-12-01). Stores' limiters cap the memory
 /// at [`GUEST_MEMORY_LIMIT`] as for the others; thousands of tenants'
 /// instances would not fit 4 GiB each in the address space, so theirs
-/// stay in slots ([`engine`]).
+/// stay in slots ([`engine`]). The host makes these memories itself, in
+/// the same layout ([`GuardedMemories`]), to learn where an ESP
+/// instance's memory lies (its SAs' state hints).
 pub(crate) fn guarded_engine() -> Result<Engine> {
     let mut config = base_config();
-    config.epoch_interruption(true).wasm_component_model(true);
+    config
+        .with_host_memory(Arc::new(GuardedMemories))
+        // Memory is initialised by copying the module's data, as in the
+        // slots: a host-made memory is not mapped from its image.
+        .memory_init_cow(false)
+        .epoch_interruption(true)
+        .wasm_component_model(true);
     Engine::new(&config).context("configuring wasmtime for the guests with guarded memories")
 }
 

@@ -9,9 +9,11 @@
 //! it by destination. Guessing it from the SA that sealed the
 //! destination's last packet, and prefetching that SA, was tried on
 //! 2026-12-02 and did not change encap at 100,000 SAs (the misses of the
-//! guest's destination index and SA table remain); not kept. Nor do
-//! instances in wasmtime's guarded memory (the daemon's own routing
-//! domain) have any: the host learns the base of a memory slot only.
+//! guest's destination index and SA table remain); not kept.
+//!
+//! The host learns where an instance's memory lies when it makes it:
+//! memory slots (`memory_slots`: tenants' instances) and guarded memories
+//! (`guarded_memory`: the daemon's own routing domain) alike.
 //!
 //! The guest's word is only a hint: nothing is read through it, a range
 //! is kept within the instance's memory slot, and at most [`RANGES`] of
