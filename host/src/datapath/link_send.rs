@@ -289,3 +289,50 @@ impl LinkEsp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a network namespace of this thread's own, a kernel that refuses
+    /// the priority's control message (`EINVAL`, here for a type it does
+    /// not know, as one before Linux 6.14 refuses `SO_PRIORITY`): the
+    /// datagram it refused goes through the IP socket at once and is
+    /// counted there, the peer's next hop is kept (the refusal was the
+    /// kernel's, not the route's), and the next datagram takes the packet
+    /// socket again, without a priority.
+    #[test]
+    fn a_refused_priority_sends_that_datagram_through_ip_and_keeps_the_hop() {
+        std::thread::spawn(|| {
+            crate::sys::unshare_net().expect("a network namespace for this thread (root)");
+            let ip = |args: &str| crate::sys::ip(&args.split(' ').collect::<Vec<_>>()).expect(args);
+            ip("link add ws-l type veth peer name ws-l-peer");
+            ip("link set ws-l up");
+            ip("link set ws-l-peer up");
+            ip("addr add 10.9.0.2/24 dev ws-l");
+            ip("neigh replace 10.9.0.1 lladdr 02:00:00:00:00:0a dev ws-l nud permanent");
+            crate::sys::PRIORITY_TYPE.set(0x7ff0);
+            let (local, peer) = (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 1));
+            let mut link = LinkEsp::open(local, false).expect("a packet socket (root)");
+            let ip_sock = RawEsp::open(local).expect("a raw ESP socket (root)");
+            let data = [0u8; 40];
+            // TOS 0x10 (low delay) gives queueing priority 6.
+            let send = |link: &mut LinkEsp| {
+                let mut results = Vec::new();
+                let counts = link.send_many(
+                    1,
+                    |_| (&data[..], peer, 0x10),
+                    &ip_sock,
+                    |i, r| results.push((i, r.map_err(|e| e.to_string()))),
+                );
+                (counts, results)
+            };
+            assert_eq!(send(&mut link), (LinkSent { link: 0, ip: 1 }, vec![(0, Ok(()))]));
+            assert!(!link.sock.priorities(), "no more priorities on this socket");
+            assert!(link.hops.get(&peer).is_some_and(|h| h.next.is_some()), "the next hop is kept");
+            assert_eq!(send(&mut link), (LinkSent { link: 1, ip: 0 }, vec![(0, Ok(()))]));
+        })
+        .join()
+        .unwrap();
+    }
+}

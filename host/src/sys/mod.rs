@@ -11,6 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 mod packet;
+/// The control message type a test's packet sockets send a priority as.
+#[cfg(test)]
+pub(crate) use packet::tests::PRIORITY_TYPE;
 pub use packet::{LinkDatagram, Netlink, PacketSocket};
 
 /// A TUN device (layer 3, no packet-information header), with a

@@ -155,13 +155,13 @@ impl Netlink {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::cell::Cell;
 
     use super::*;
 
     thread_local! {
-        pub(super) static PRIORITY_TYPE: Cell<i32> = const { Cell::new(libc::SO_PRIORITY) };
+        pub(crate) static PRIORITY_TYPE: Cell<i32> = const { Cell::new(libc::SO_PRIORITY) };
     }
 
     /// In a network namespace of this thread's own, on its loopback: a
