@@ -15,7 +15,7 @@
 
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
-use super::memory_slots::{page_size, record_made};
+use super::memory_slots::{map_anonymous, page_size, record_made};
 
 /// The memory creator of the guarded engine.
 pub(crate) struct GuardedMemories;
@@ -47,23 +47,10 @@ unsafe impl MemoryCreator for GuardedMemories {
             .checked_mul(2)
             .and_then(|g| g.checked_add(reserved))
             .ok_or("a guarded guest memory's reservation overflows")?;
-        // Address space only: nothing is readable yet, and MAP_NORESERVE
-        // keeps it out of the commit charge.
-        // SAFETY: a new anonymous mapping, owned by the memory from here.
-        let start = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if start == libc::MAP_FAILED {
-            return Err(format!("reserving {total} bytes for a guest memory: {}", std::io::Error::last_os_error()));
-        }
-        let mut memory = GuardedMemory { start: start as usize, total, base: start as usize + guard, reserved, len: 0 };
+        // Address space only: nothing is accessible yet.
+        let start = map_anonymous(total, libc::PROT_NONE)
+            .map_err(|e| format!("reserving {total} bytes for a guest memory: {e}"))?;
+        let mut memory = GuardedMemory { start, total, base: start + guard, reserved, len: 0 };
         // On failure the memory is dropped, and its mapping with it.
         memory.grow_to(minimum).map_err(|e| e.to_string())?;
         record_made(memory.base, reserved);

@@ -51,27 +51,15 @@ impl MemorySlots {
     /// kernel counts it in full, and a large pool may be refused).
     pub(crate) fn new(slot: usize, count: u32) -> anyhow::Result<MemorySlots> {
         let len = slot.checked_mul(count as usize).ok_or_else(|| anyhow::anyhow!("memory slots overflow"))?;
-        // SAFETY: a new anonymous mapping, owned by the region from here.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            let e = std::io::Error::last_os_error();
-            anyhow::bail!("reserving {count} guest memory slots of {} MiB ({} GiB): {e}", slot >> 20, len >> 30);
-        }
+        let base = map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE).map_err(|e| {
+            anyhow::anyhow!("reserving {count} guest memory slots of {} MiB ({} GiB): {e}", slot >> 20, len >> 30)
+        })?;
         // Transparent huge pages would give an instance that touches one
         // page of its slot 2 MiB of memory.
         // SAFETY: advice on the mapping just made.
-        unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE) };
         let free = Mutex::new((0..count).rev().collect());
-        Ok(MemorySlots { region: Arc::new(Region { base: base as usize, slot, count: count as usize, free }) })
+        Ok(MemorySlots { region: Arc::new(Region { base, slot, count: count as usize, free }) })
     }
 }
 
@@ -209,6 +197,17 @@ impl Drop for SlotMemory {
         }
         self.region.free.lock().unwrap_or_else(|p| p.into_inner()).push(self.index);
     }
+}
+
+/// A new private anonymous mapping of `len` bytes with protection `prot`,
+/// its address; the caller owns it (and unmaps it). `MAP_NORESERVE`: address
+/// space, not memory, and out of the commit charge until touched.
+pub(crate) fn map_anonymous(len: usize, prot: i32) -> std::io::Result<usize> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a new anonymous mapping at an address the kernel picks; it
+    // overlaps nothing, and the caller owns it from here.
+    let at = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+    if at == libc::MAP_FAILED { Err(std::io::Error::last_os_error()) } else { Ok(at as usize) }
 }
 
 pub(crate) fn page_size() -> usize {
