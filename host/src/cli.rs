@@ -22,6 +22,7 @@ fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
         Command::Rekey(n) => ("POST", "/v1/rekey", conn(n)),
         Command::Reload => ("POST", "/v1/reload", Some(json!({}))),
         Command::FaultIke(calls) => ("POST", "/v1/fault", Some(json!({ "guest": "ike", "calls": calls }))),
+        Command::FaultIkeOutput => ("POST", "/v1/fault", Some(json!({ "guest": "ike", "at": "output" }))),
     }
 }
 

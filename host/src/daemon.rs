@@ -249,6 +249,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     Ok(ControlPlane {
         ike,
         runtime: p.runtime.clone(),
+        history_applied: connections.len(),
         history: connections.into_iter().map(crate::control::connections::Step::Add).collect(),
         reload_ctx: crate::control::connections::ReloadContext {
             path: config_path.to_path_buf(),
@@ -261,6 +262,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         },
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
+        fault_next_output: false,
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
         sockets: IkeSockets::new(cfg.network.listen, p.ike, p.udp.try_clone()?)?,
         up: p.up,

@@ -221,10 +221,11 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
                 ["initiate", n] => Verb::Initiate(n.to_string()),
                 ["terminate", n] => Verb::Terminate(n.to_string()),
                 ["fault", "ike"] => Verb::FaultIke(1),
+                ["fault", "ike", "output"] => Verb::FaultIkeOutput,
                 ["fault", "ike", n] => {
                     Verb::FaultIke(n.parse().map_err(|_| anyhow::anyhow!("fault ike CALLS: a number, not {n:?}"))?)
                 }
-                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike [CALLS]"),
+                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike [CALLS|output]"),
             };
             verb(&daemon, v)
         }

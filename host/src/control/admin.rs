@@ -42,6 +42,11 @@ impl Failures {
 impl ControlPlane {
     /// Answer one admin command. The outer `Err` is a trap of the guest.
     pub(super) fn admin(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
+        // `fault ike output` waits for the command it is meant to lose the output of.
+        if !matches!(cmd, Command::FaultIke(_) | Command::FaultIkeOutput) && std::mem::take(&mut self.fault_next_output)
+        {
+            self.ike.fault_output = true;
+        }
         Ok(match cmd {
             Command::Status => Ok(self.status(now)?),
             Command::Connections => Ok(self.connections_json()?),
@@ -93,7 +98,13 @@ impl ControlPlane {
                 self.ike.faults_pending = calls;
                 Ok(json!({ "fault": format!("the IKE guest traps on its next {calls} call(s)") }))
             }
-            Command::FaultIke(_) => Err(Refusal::new(403, "fault injection is off ([control] fault_injection)")),
+            Command::FaultIkeOutput if self.fault_injection => {
+                self.fault_next_output = true;
+                Ok(json!({ "fault": "the IKE guest traps when the output of the next admin command is taken" }))
+            }
+            Command::FaultIke(_) | Command::FaultIkeOutput => {
+                Err(Refusal::new(403, "fault injection is off ([control] fault_injection)"))
+            }
         })
     }
 

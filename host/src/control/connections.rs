@@ -266,10 +266,15 @@ impl ControlPlane {
         }
         for name in &gone {
             match self.ike.remove_connection(now, name)? {
-                Ok(n) => info!(connection = %name, ike_sas = n, "reload: connection removed"),
+                Ok(n) => {
+                    info!(connection = %name, ike_sas = n, "reload: connection removed");
+                    self.history.push(Step::Remove(name.clone()));
+                }
+                // Not loaded in the guest (it refused it at an earlier
+                // reload): nothing to replay, and a replayed removal the
+                // guest refuses would fail every replacement.
                 Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
             }
-            self.history.push(Step::Remove(name.clone()));
             // A connection loaded again under this name starts afresh.
             self.terminated.remove(name);
             self.traps.retain(|t| &t.connection != name);

@@ -78,12 +78,20 @@ pub struct ControlPlane {
     /// The connections added to and removed from the IKE guest, in order:
     /// a new instance gets the same before its checkpoints.
     pub history: Vec<connections::Step>,
+    /// How much of `history` the guest's last taken output (and with it
+    /// the checkpoints) covers. A replacement replays the steps after it
+    /// once the checkpoints are restored, so that a removal whose DELETEs
+    /// were lost with a trapped guest deletes the restored SAs again.
+    pub history_applied: usize,
     /// The config file and what a reload needs.
     pub reload_ctx: connections::ReloadContext,
     /// Restarts of the IKE guest, with backoff.
     pub guard: GuestGuard,
     /// `wasmsec ctl fault ike` is allowed (tests).
     pub fault_injection: bool,
+    /// `wasmsec ctl fault ike output`: the next admin command's output is
+    /// lost with a trap (`IkeInstance::fault_output` once it comes).
+    pub fault_next_output: bool,
     /// Tests only: where to write the vault's audited secrets and the IKE
     /// guest's transcript at exit (`[ike] secret_audit`, `guest_transcript`).
     pub audit_files: (Option<PathBuf>, Option<PathBuf>),
@@ -341,7 +349,8 @@ impl ControlPlane {
             );
             self.drop_checkpoints();
         }
-        self.fresh_instance()?;
+        let applied = self.history_applied;
+        self.fresh_instance(applied)?;
         let checkpoints = self.ike.store.data().checkpoints();
         match self.ike.restore(&checkpoints) {
             Ok(Ok(_)) if self.start_over_pending => info!("IKE guest replaced without its checkpoints"),
@@ -358,9 +367,10 @@ impl ControlPlane {
                 self.drop_checkpoints();
                 crate::stats::inc(&self.stats.guest_restarts);
                 self.totals.guest_replaced();
-                self.fresh_instance()?;
+                self.fresh_instance(applied)?;
             }
         }
+        self.replay_unapplied(now, applied)?;
         if !self.start_over_pending {
             self.forget_unrestored(now);
         }
@@ -427,10 +437,12 @@ impl ControlPlane {
         }
     }
 
-    /// A new IKE instance with the connections loaded so far.
-    fn fresh_instance(&mut self) -> anyhow::Result<()> {
+    /// A new IKE instance with the connections of the first `applied`
+    /// steps of the history: those its checkpoints know (they name
+    /// connections by the order they were added in).
+    fn fresh_instance(&mut self, applied: usize) -> anyhow::Result<()> {
         self.ike.replace(&self.runtime)?;
-        for step in &self.history {
+        for step in &self.history[..applied] {
             match step {
                 connections::Step::Add(c) => {
                     if let Err(e) = self.ike.add_connection(c)? {
@@ -443,6 +455,30 @@ impl ControlPlane {
                         anyhow::bail!("connection {name:?} cannot be removed again: {e}");
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The steps of the history the lost output would have carried out,
+    /// replayed after the checkpoints' restore as the reload made them: a
+    /// removal deletes the restored SAs of its connection, with DELETEs to
+    /// the peer (RFC 7296 section 1.4.1), instead of leaving them to DPD.
+    fn replay_unapplied(&mut self, now: u64, applied: usize) -> anyhow::Result<()> {
+        for step in &self.history[applied..] {
+            match step {
+                connections::Step::Add(c) => {
+                    if let Err(e) = self.ike.add_connection(c)? {
+                        anyhow::bail!("connection {:?} no longer loads: {e}", c.name);
+                    }
+                }
+                connections::Step::Remove(name) => match self.ike.remove_connection(now, name)? {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        info!(connection = %name, ike_sas = n, "the replacement deletes the SAs of a removed connection again")
+                    }
+                    Err(e) => anyhow::bail!("connection {name:?} cannot be removed again: {e}"),
+                },
             }
         }
         Ok(())
@@ -631,6 +667,7 @@ impl ControlPlane {
     /// the transmits, then the events.
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
+        self.history_applied = self.history.len();
         // The output of what was handled is in hand now.
         let Unapplied { admin, .. } = std::mem::take(&mut self.unapplied);
         let st = self.ike.store.data_mut();

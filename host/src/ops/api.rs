@@ -9,7 +9,7 @@
 //! | GET | `/v1/failures` | | recent refused or failed negotiations |
 //! | POST | `/v1/initiate`, `/v1/terminate`, `/v1/rekey` | `{"connection": NAME}` | start, delete, rekey its CHILD SAs |
 //! | POST | `/v1/reload` | | re-read the config's connections |
-//! | POST | `/v1/fault` | `{"guest": "ike"}` | tests only: the IKE guest traps |
+//! | POST | `/v1/fault` | `{"guest": "ike", "calls": N}` or `{"guest": "ike", "at": "output"}` | tests only: the IKE guest traps |
 //!
 //! A request is checked completely (token, method, path, JSON) before the
 //! IKE thread sees it; a refusal (4xx) has changed nothing.
@@ -102,6 +102,15 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
         "/v1/terminate" => Command::Terminate(field("connection")?),
         "/v1/rekey" => Command::Rekey(field("connection")?),
         _ => match field("guest")?.as_str() {
+            "ike" if v.get("at").is_some() => match v.get("at").and_then(|a| a.as_str()) {
+                Some("output") => Command::FaultIkeOutput,
+                _ => {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        "\"at\" is \"output\" (or leave it out and give \"calls\")",
+                    ));
+                }
+            },
             "ike" => Command::FaultIke(match v.get("calls") {
                 None => 1,
                 Some(n) => match n.as_u64() {

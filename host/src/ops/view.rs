@@ -40,6 +40,10 @@ pub enum Command {
     /// this many of its next calls (1 to `MAX_INJECTED_FAULTS`); more
     /// than one traps its replacement too.
     FaultIke(u32),
+    /// Tests only: the IKE guest traps when the output (messages, SA
+    /// changes, checkpoints) of the next admin command is taken, so that
+    /// what the command did (a reload's removals, say) is lost with it.
+    FaultIkeOutput,
 }
 
 impl Command {

@@ -359,7 +359,7 @@ impl IkePre {
     pub fn instantiate(&self, engine: &Engine, state: IkeState) -> Result<IkeInstance, NotMade> {
         let mut store = sandbox::new_store(engine, state);
         match self.0.instantiate(&mut store) {
-            Ok(bindings) => Ok(IkeInstance { store, bindings, faults_pending: 0 }),
+            Ok(bindings) => Ok(IkeInstance { store, bindings, faults_pending: 0, fault_output: false }),
             Err(e) => Err(Box::new((anyhow::Error::from(e).context("instantiating IKE component"), store.into_data()))),
         }
     }
@@ -375,6 +375,9 @@ pub struct IkeInstance {
     /// replacement; what is left carries over to the replacement, so a
     /// count above one traps the replacement too.
     pub faults_pending: u32,
+    /// Fault injection for tests: the next `poll` traps, losing the
+    /// output of the calls before it.
+    pub fault_output: bool,
 }
 
 impl IkeInstance {
@@ -462,6 +465,9 @@ impl IkeInstance {
     /// Everything the engine queued: SA changes, transmits, events.
     /// The guest's log lines come back fit for the log (`guest_text`).
     pub fn poll(&mut self) -> Result<Output> {
+        if std::mem::take(&mut self.fault_output) {
+            self.faults_pending += 1;
+        }
         let mut out = self.call(|e, s| e.call_poll(s))?;
         for event in &mut out.events {
             if let Event::Log(l) = event {
