@@ -439,25 +439,11 @@ impl ControlPlane {
 
     /// A new IKE instance with the connections of the first `applied`
     /// steps of the history: those its checkpoints know (they name
-    /// connections by the order they were added in).
+    /// connections by the order they were added in). Their removals
+    /// replay only the tombstone: the SAs went when they were made.
     fn fresh_instance(&mut self, applied: usize) -> anyhow::Result<()> {
         self.ike.replace(&self.runtime)?;
-        for step in &self.history[..applied] {
-            match step {
-                connections::Step::Add(c) => {
-                    if let Err(e) = self.ike.add_connection(c)? {
-                        anyhow::bail!("connection {:?} no longer loads: {e}", c.name);
-                    }
-                }
-                connections::Step::Remove(name) => {
-                    // Its SAs went when it was removed; only the tombstone is replayed.
-                    if let Err(e) = self.ike.remove_connection(0, name)? {
-                        anyhow::bail!("connection {name:?} cannot be removed again: {e}");
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.replay(0..applied, 0)
     }
 
     /// The steps of the history the lost output would have carried out,
@@ -465,7 +451,12 @@ impl ControlPlane {
     /// removal deletes the restored SAs of its connection, with DELETEs to
     /// the peer (RFC 7296 section 1.4.1), instead of leaving them to DPD.
     fn replay_unapplied(&mut self, now: u64, applied: usize) -> anyhow::Result<()> {
-        for step in &self.history[applied..] {
+        self.replay(applied..self.history.len(), now)
+    }
+
+    /// Carry out `steps` of the history again in the guest, at `now`.
+    fn replay(&mut self, steps: std::ops::Range<usize>, now: u64) -> anyhow::Result<()> {
+        for step in &self.history[steps] {
             match step {
                 connections::Step::Add(c) => {
                     if let Err(e) = self.ike.add_connection(c)? {
