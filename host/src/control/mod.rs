@@ -76,7 +76,8 @@ pub struct ControlPlane {
     /// The wasm runtime, for a new IKE instance when one traps.
     pub runtime: Arc<Runtime>,
     /// The connections added to and removed from the IKE guest, in order:
-    /// a new instance gets the same before its checkpoints.
+    /// a new instance gets the same, around its checkpoints' restore
+    /// (`history_applied`).
     pub history: Vec<connections::Step>,
     /// How much of `history` the guest's last taken output (and with it
     /// the checkpoints) covers. A replacement replays the steps after it
