@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use crate::ops::Command;
 use crate::ops::client::{Reply, Target, request};
+use crate::ops::{Command, FaultPoint};
 
 /// The API request that carries a command.
 fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
@@ -22,7 +22,12 @@ fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
         Command::Rekey(n) => ("POST", "/v1/rekey", conn(n)),
         Command::Reload => ("POST", "/v1/reload", Some(json!({}))),
         Command::FaultIke(calls) => ("POST", "/v1/fault", Some(json!({ "guest": "ike", "calls": calls }))),
-        Command::FaultIkeOutput => ("POST", "/v1/fault", Some(json!({ "guest": "ike", "at": "output" }))),
+        Command::FaultIkeAt(FaultPoint::Output) => {
+            ("POST", "/v1/fault", Some(json!({ "guest": "ike", "at": "output" })))
+        }
+        Command::FaultIkeAt(FaultPoint::Call(n)) => {
+            ("POST", "/v1/fault", Some(json!({ "guest": "ike", "at": "call", "call": n })))
+        }
     }
 }
 

@@ -262,7 +262,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         },
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,
-        fault_next_output: false,
+        fault_next: None,
         audit_files: (cfg.ike.secret_audit.clone(), cfg.ike.guest_transcript.clone()),
         sockets: IkeSockets::new(cfg.network.listen, p.ike, p.udp.try_clone()?)?,
         up: p.up,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmsec::cli;
-use wasmsec::ops::Command as Verb;
+use wasmsec::ops::{Command as Verb, FaultPoint};
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 #[derive(Parser)]
@@ -221,11 +221,16 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
                 ["initiate", n] => Verb::Initiate(n.to_string()),
                 ["terminate", n] => Verb::Terminate(n.to_string()),
                 ["fault", "ike"] => Verb::FaultIke(1),
-                ["fault", "ike", "output"] => Verb::FaultIkeOutput,
+                ["fault", "ike", "output"] => Verb::FaultIkeAt(FaultPoint::Output),
+                ["fault", "ike", "call", n] => Verb::FaultIkeAt(FaultPoint::Call(
+                    n.parse().map_err(|_| anyhow::anyhow!("fault ike call N: a number, not {n:?}"))?,
+                )),
                 ["fault", "ike", n] => {
                     Verb::FaultIke(n.parse().map_err(|_| anyhow::anyhow!("fault ike CALLS: a number, not {n:?}"))?)
                 }
-                _ => anyhow::bail!("ctl verbs: status | initiate NAME | terminate NAME | fault ike [CALLS|output]"),
+                _ => anyhow::bail!(
+                    "ctl verbs: status | initiate NAME | terminate NAME | fault ike [CALLS|output|call N]"
+                ),
             };
             verb(&daemon, v)
         }

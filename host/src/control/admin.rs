@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::ControlPlane;
 use super::children::socket_addr;
-use crate::ops::{Answer, Command, Refusal};
+use crate::ops::{Answer, Command, FaultPoint, Refusal};
 use crate::wasm::ike::ChildSchedule;
 
 /// How many recent negotiation failures the API keeps.
@@ -42,11 +42,20 @@ impl Failures {
 impl ControlPlane {
     /// Answer one admin command. The outer `Err` is a trap of the guest.
     pub(super) fn admin(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
-        // `fault ike output` waits for the command it is meant to lose the output of.
-        if !matches!(cmd, Command::FaultIke(_) | Command::FaultIkeOutput) && std::mem::take(&mut self.fault_next_output)
-        {
-            self.ike.fault_output = true;
+        // `fault ike output` and `call N` wait for the command they are meant for.
+        if !matches!(cmd, Command::FaultIke(_) | Command::FaultIkeAt(_)) {
+            self.ike.next_fault = self.fault_next.take();
         }
+        let answer = self.carry_out(now, cmd);
+        // A `call N` beyond the command's calls lapses with it; `output`
+        // waits for the poll that takes the command's output.
+        if matches!(self.ike.next_fault, Some(FaultPoint::Call(_))) {
+            self.ike.next_fault = None;
+        }
+        answer
+    }
+
+    fn carry_out(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
             Command::Status => Ok(self.status(now)?),
             Command::Connections => Ok(self.connections_json()?),
@@ -98,11 +107,14 @@ impl ControlPlane {
                 self.ike.faults_pending = calls;
                 Ok(json!({ "fault": format!("the IKE guest traps on its next {calls} call(s)") }))
             }
-            Command::FaultIkeOutput if self.fault_injection => {
-                self.fault_next_output = true;
-                Ok(json!({ "fault": "the IKE guest traps when the output of the next admin command is taken" }))
+            Command::FaultIkeAt(at) if self.fault_injection => {
+                self.fault_next = Some(at);
+                Ok(json!({ "fault": match at {
+                    FaultPoint::Output => "the IKE guest traps when the output of the next admin command is taken".into(),
+                    FaultPoint::Call(n) => format!("the IKE guest traps at call {n} of the next admin command"),
+                } }))
             }
-            Command::FaultIke(_) | Command::FaultIkeOutput => {
+            Command::FaultIke(_) | Command::FaultIkeAt(_) => {
                 Err(Refusal::new(403, "fault injection is off ([control] fault_injection)"))
             }
         })

@@ -130,7 +130,10 @@ pub struct ReloadContext {
     /// Where compiled policy modules are cached, and whether their files are watched.
     pub policy_cache: Option<std::path::PathBuf>,
     pub policy_watch: bool,
-    /// The `[[connection]]` sections now loaded.
+    /// The `[[connection]]` sections now loaded in the IKE guest, kept
+    /// step by step with the history: a reload a trap interrupts leaves
+    /// them as far as it got, so the next one (or the same one carried out
+    /// again) starts from what is loaded, not from the last config.
     pub sections: Vec<config::Connection>,
 }
 
@@ -275,6 +278,7 @@ impl ControlPlane {
                 // guest refuses would fail every replacement.
                 Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
             }
+            self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
             // A connection loaded again under this name starts afresh.
             self.terminated.remove(name);
             self.traps.retain(|t| &t.connection != name);
@@ -284,6 +288,8 @@ impl ControlPlane {
         if !tenants.is_empty() {
             self.apply_tenants(tenants, self.reload_ctx.policy_watch);
         }
+        // What stays and what comes is the new config's.
+        self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
         let mut errors = Vec::new();
         for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
             let name = c.name.get_ref();
@@ -293,6 +299,7 @@ impl ControlPlane {
                 continue;
             }
             self.history.push(Step::Add(w));
+            self.reload_ctx.sections.push((*c).clone());
             self.traps.extend(trap(c));
             if let Some(g) = group {
                 self.children.groups.insert(name.clone(), g);
@@ -320,8 +327,6 @@ impl ControlPlane {
         let added = names(&fresh);
         let unchanged: Vec<String> =
             cfg.connection.iter().filter(|c| same(c)).map(|c| c.name.get_ref().clone()).collect();
-        self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
-        self.reload_ctx.sections = cfg.connection;
         let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
         let (tenants_added, tenants_removed) = tenant_names;
         Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,

@@ -90,9 +90,9 @@ pub struct ControlPlane {
     pub guard: GuestGuard,
     /// `wasmsec ctl fault ike` is allowed (tests).
     pub fault_injection: bool,
-    /// `wasmsec ctl fault ike output`: the next admin command's output is
-    /// lost with a trap (`IkeInstance::fault_output` once it comes).
-    pub fault_next_output: bool,
+    /// `wasmsec ctl fault ike output` or `call N`: where the next admin
+    /// command traps the guest (`IkeInstance::next_fault` once it comes).
+    pub fault_next: Option<crate::ops::FaultPoint>,
     /// Tests only: where to write the vault's audited secrets and the IKE
     /// guest's transcript at exit (`[ike] secret_audit`, `guest_transcript`).
     pub audit_files: (Option<PathBuf>, Option<PathBuf>),
@@ -545,7 +545,17 @@ impl ControlPlane {
                     warn!(command = ?cmd, "an admin command whose requester has left is not carried out");
                 }
                 Query::Admin(cmd, reply) => {
-                    let answer = self.admin(now, cmd.clone())?;
+                    let answer = match self.admin(now, cmd.clone()) {
+                        Ok(a) => a,
+                        // The guest trapped partway through the command:
+                        // its replacement, restored to the state before
+                        // it, carries it out again while the requester
+                        // waits (as a command whose output a trap lost).
+                        Err(trap) => {
+                            self.held_queries.push_front(Query::Admin(cmd, reply));
+                            return Err(trap);
+                        }
+                    };
                     if answer.is_ok() && cmd.changes_sas() {
                         self.unapplied.admin.push((cmd, reply, answer));
                     } else {

@@ -9,7 +9,7 @@
 //! | GET | `/v1/failures` | | recent refused or failed negotiations |
 //! | POST | `/v1/initiate`, `/v1/terminate`, `/v1/rekey` | `{"connection": NAME}` | start, delete, rekey its CHILD SAs |
 //! | POST | `/v1/reload` | | re-read the config's connections |
-//! | POST | `/v1/fault` | `{"guest": "ike", "calls": N}` or `{"guest": "ike", "at": "output"}` | tests only: the IKE guest traps |
+//! | POST | `/v1/fault` | `{"guest": "ike", "calls": N}`, `{"guest": "ike", "at": "output"}` or `{"guest": "ike", "at": "call", "call": N}` | tests only: the IKE guest traps |
 //!
 //! A request is checked completely (token, method, path, JSON) before the
 //! IKE thread sees it; a refusal (4xx) has changed nothing.
@@ -20,7 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::view::{Command, MAX_INJECTED_FAULTS, Query};
+use super::view::{Command, FaultPoint, MAX_INJECTED_FAULTS, Query};
 use super::{Ops, text};
 
 /// Largest request body accepted.
@@ -102,12 +102,22 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
         "/v1/terminate" => Command::Terminate(field("connection")?),
         "/v1/rekey" => Command::Rekey(field("connection")?),
         _ => match field("guest")?.as_str() {
-            "ike" if v.get("at").is_some() => match v.get("at").and_then(|a| a.as_str()) {
-                Some("output") => Command::FaultIkeOutput,
+            "ike" if v.get("at").is_some() => match (v.get("at").and_then(|a| a.as_str()), v.get("call")) {
+                (Some("output"), None) => Command::FaultIkeAt(FaultPoint::Output),
+                (Some("call"), Some(n)) => match n.as_u64() {
+                    Some(n) if (1..=u64::from(MAX_INJECTED_FAULTS)).contains(&n) => {
+                        Command::FaultIkeAt(FaultPoint::Call(n as u32))
+                    }
+                    _ => {
+                        let why =
+                            format!("\"call\" is which call of the next command traps, 1 to {MAX_INJECTED_FAULTS}");
+                        return Err(bad(StatusCode::BAD_REQUEST, why));
+                    }
+                },
                 _ => {
                     return Err(bad(
                         StatusCode::BAD_REQUEST,
-                        "\"at\" is \"output\" (or leave it out and give \"calls\")",
+                        "\"at\" is \"output\", or \"call\" with \"call\": N (or leave it out and give \"calls\")",
                     ));
                 }
             },

@@ -27,7 +27,7 @@ use crate::datapath::channel::Sender;
 use crate::stats::Stats;
 use crate::sys;
 pub use render::render;
-pub use view::{Answer, Command, IkeTotals, IkeView, Query, Refusal};
+pub use view::{Answer, Command, FaultPoint, IkeTotals, IkeView, Query, Refusal};
 
 /// How long a probe or scrape waits for the IKE thread. It answers
 /// between two guest calls, so a longer wait means it is stuck.

@@ -40,10 +40,22 @@ pub enum Command {
     /// this many of its next calls (1 to `MAX_INJECTED_FAULTS`); more
     /// than one traps its replacement too.
     FaultIke(u32),
-    /// Tests only: the IKE guest traps when the output (messages, SA
-    /// changes, checkpoints) of the next admin command is taken, so that
-    /// what the command did (a reload's removals, say) is lost with it.
-    FaultIkeOutput,
+    /// Tests only: the IKE guest traps at a point of the next admin
+    /// command ([`FaultPoint`]).
+    FaultIkeAt(FaultPoint),
+}
+
+/// Where in the next admin command an injected fault traps the IKE guest
+/// (tests only, `[control] fault_injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// When the command's output (messages, SA changes, checkpoints) is
+    /// taken, so that what it did (a reload's removals, say) is lost with it.
+    Output,
+    /// At the command's Nth call into the guest (1 to
+    /// `MAX_INJECTED_FAULTS`), partway through it (a reload's second
+    /// connection, say); a command with fewer calls does not trap.
+    Call(u32),
 }
 
 impl Command {

@@ -359,7 +359,7 @@ impl IkePre {
     pub fn instantiate(&self, engine: &Engine, state: IkeState) -> Result<IkeInstance, NotMade> {
         let mut store = sandbox::new_store(engine, state);
         match self.0.instantiate(&mut store) {
-            Ok(bindings) => Ok(IkeInstance { store, bindings, faults_pending: 0, fault_output: false }),
+            Ok(bindings) => Ok(IkeInstance { store, bindings, faults_pending: 0, next_fault: None }),
             Err(e) => Err(Box::new((anyhow::Error::from(e).context("instantiating IKE component"), store.into_data()))),
         }
     }
@@ -375,9 +375,10 @@ pub struct IkeInstance {
     /// replacement; what is left carries over to the replacement, so a
     /// count above one traps the replacement too.
     pub faults_pending: u32,
-    /// Fault injection for tests: the next `poll` traps, losing the
-    /// output of the calls before it.
-    pub fault_output: bool,
+    /// Fault injection for tests: `Output`, the next `poll` traps, losing
+    /// the output of the calls before it; `Call(n)`, the nth call from
+    /// now traps.
+    pub next_fault: Option<crate::ops::FaultPoint>,
 }
 
 impl IkeInstance {
@@ -387,6 +388,12 @@ impl IkeInstance {
         &mut self,
         f: impl FnOnce(&b::exports::wasmsec::ike::engine::Guest, &mut Store<IkeState>) -> wasmtime::Result<T>,
     ) -> Result<T> {
+        if let Some(crate::ops::FaultPoint::Call(n)) = self.next_fault {
+            self.next_fault = n.checked_sub(1).filter(|&n| n > 0).map(crate::ops::FaultPoint::Call);
+            if n <= 1 {
+                self.faults_pending += 1;
+            }
+        }
         let deadline = if self.faults_pending > 0 {
             self.faults_pending -= 1;
             0
@@ -465,7 +472,8 @@ impl IkeInstance {
     /// Everything the engine queued: SA changes, transmits, events.
     /// The guest's log lines come back fit for the log (`guest_text`).
     pub fn poll(&mut self) -> Result<Output> {
-        if std::mem::take(&mut self.fault_output) {
+        if self.next_fault == Some(crate::ops::FaultPoint::Output) {
+            self.next_fault = None;
             self.faults_pending += 1;
         }
         let mut out = self.call(|e, s| e.call_poll(s))?;
