@@ -130,10 +130,12 @@ fn raw_ring_of(pkt: &[Vec<u8>], esp_sized: bool) -> Path<'_> {
 
 /// Not an anchor, a reference: ESP's floor with ring. One SA known in
 /// advance, so no lookup, no selectors and no engine: the host's framing
-/// (header, IV, trailer, AAD; `EspKey::seal`/`open`), one replay window
-/// checked and moved per packet (RFC 4303 section 3.4.3), the trailer
-/// stripped. What any ESP data path over per-packet ring calls pays; the
-/// engine's work is what the native row costs beyond it.
+/// (header, IV, trailer, AAD; `EspKey::seal_at`/`open_unnoted`), the
+/// batch's IVs taken and its highest sequence number noted once, as the
+/// daemon does per run, one replay window checked and moved per packet
+/// (RFC 4303 section 3.4.3), the trailer stripped. What any ESP data path
+/// over per-packet ring calls pays; the engine's work is what the native
+/// row costs beyond it.
 fn esp_floor<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     let alg = EspAlgorithm::Aes256Gcm16;
     let k_out = EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap();
@@ -144,22 +146,26 @@ fn esp_floor<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     let pad_align = alg.pad_align();
     Box::new(move || {
         refill(&mut bufs, pkt);
-        for b in bufs.iter_mut() {
+        let first_iv = k_out.take_ivs(BATCH as u64).unwrap();
+        for (b, iv) in bufs.iter_mut().zip(first_iv..) {
             seq += 1;
             let pad = wasmsec_wire::esp::Trailer::pad_length_for(b.len(), pad_align);
             let h = wasmsec_wire::esp::Repr { spi: 0x2001, sequence_number: seq };
-            k_out.seal(b, &h, None, pad, 4).unwrap();
+            k_out.seal_at(b, &h, None, (pad, 4), iv).unwrap();
         }
+        k_out.note_seq(u64::from(seq));
+        let mut highest = 0;
         for b in bufs.iter_mut() {
             let n = u64::from(u32::from_be_bytes(b.data()[4..8].try_into().unwrap()));
             window.check(n).unwrap();
-            k_in.open(b, None).unwrap();
+            highest = highest.max(k_in.open_unnoted(b, None).unwrap());
             window.commit(n).unwrap();
             let (len, d) = (b.len(), b.data());
             let (pad, nh) = (usize::from(d[len - 2]), d[len - 1]);
             assert_eq!(nh, 4);
             b.truncate(len - 2 - pad);
         }
+        k_in.note_seq(highest);
     })
 }
 
@@ -212,26 +218,32 @@ impl NativeBatch<'_> {
 }
 
 impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
+    /// As the daemon's host does (`wasm/esp.rs`): a run's IVs in one
+    /// step, its highest sequence number noted once.
     fn seal(&mut self, runs: wasmsec_esp::SealRuns) -> Vec<wasmsec_esp::OpFailure> {
         let mut failures = Vec::new();
         for (r, packets, pads, nhs) in runs.iter() {
-            for (k, &i) in packets.iter().enumerate() {
+            let first_iv = self.key.take_ivs(packets.len() as u64).unwrap();
+            for ((k, &i), iv) in packets.iter().enumerate().zip(first_iv..) {
                 let h = wasmsec_wire::esp::Repr { spi: r.spi, sequence_number: r.seq(k) as u32 };
                 let p = &mut self.bufs[i as usize];
-                if self.key.seal(p, &h, r.esn_high(k), pads[k], nhs[k]).is_err() {
+                if self.key.seal_at(p, &h, r.esn_high(k), (pads[k], nhs[k]), iv).is_err() {
                     failures.push(wasmsec_esp::OpFailure { packet: i, error: wasmsec_esp::CryptoError::BadLength });
                 }
             }
+            self.key.note_seq(r.seq(packets.len() - 1));
         }
         failures
     }
     fn open(&mut self, runs: wasmsec_esp::OpenRuns) -> wasmsec_esp::Opened {
         let mut o = wasmsec_esp::Opened::default();
         for (_, packets, highs) in runs.iter() {
+            let mut highest = 0;
             for (k, &i) in packets.iter().enumerate() {
                 let p = &mut self.bufs[i as usize];
-                let (pad, nh) = match self.key.open(p, highs.get(k).copied()) {
-                    Ok(_) => {
+                let (pad, nh) = match self.key.open_unnoted(p, highs.get(k).copied()) {
+                    Ok(seq) => {
+                        highest = highest.max(seq);
                         let d = p.data();
                         (d[d.len() - 2], d[d.len() - 1])
                     }
@@ -244,6 +256,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
                 o.pad_lengths.push(pad);
                 o.next_headers.push(nh);
             }
+            self.key.note_seq(highest);
         }
         o.heads = self.heads(wasmsec_esp::IP_HEAD_LEN);
         o
