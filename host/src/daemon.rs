@@ -276,6 +276,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         failures: Default::default(),
         queries: p.queries,
         held_queries: Default::default(),
+        admin_retry: Default::default(),
         terminated: Default::default(),
         totals: Default::default(),
         stats: p.stats.clone(),

@@ -363,11 +363,42 @@ run_ike_trap_while_initiating() {
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# An admin command that traps every instance (hostile-trap-on-terminate):
+# the replacement carries it out once more, traps too, and the host gives
+# it up with a 503 rather than trap guest after guest while the requester
+# waits. The IKE SA stays (nothing was terminated), the daemon runs on.
+run_ike_trap_every_try() {
+    local what="IKE: a command that traps every replacement" A=$STATE/trap-terminate/A B=$STATE/trap-terminate/B
+    local name=hostile-trap-on-terminate
+    ike_pair "$STATE/trap-terminate" $name start 900 "" "$COMPONENTS/hostile-ike.wasm"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    local rc=0 up=no restarts ike alive=no took t0
+    wasmsec_up "$A" 15 && up=yes
+    t0=$(date +%s%N)
+    wasmsec_ctl "$A" terminate $name >"$A/terminate.out" 2>&1 || rc=$?
+    took=$((($(date +%s%N) - t0) / 1000000))
+    sleep 0.5
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    restarts=$(restarts_of "$A")
+    ike="$(ike_sas "$A")/$(ike_sas "$B")"
+    stop "$A"; stop "$B"
+    echo "$what: up: $up; terminate rc=$rc in $took ms ($(head -c 300 "$A/terminate.out")); guest restarts: $restarts; IKE SAs A/B: $ike"
+    check "$what: the connection came up" [ "$up" = yes ]
+    check "$what: the terminate was refused with 503, given up" \
+        bash -c "[ $rc -ne 0 ] && grep -q '503: the IKE guest trapped in this command, and its replacement did again: given up' '$A/terminate.out'"
+    check "$what: ... after two traps, not more ($restarts replacements)" [ "$restarts" -eq 2 ]
+    check "$what: ... at once, not when the requester gave up ($took ms)" [ "$took" -lt 5000 ]
+    check "$what: the IKE SA is still up at both ends ($ike)" [ "$ike" = 1/1 ]
+    check "$what: A said it gave up" grep -q "the IKE guest trapped in this admin command twice: given up" "$A/wasmsec.log"
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 run_install_refused
 run_ike_trap_midread
 run_ike_trap_after_initiate
 run_ike_trap_at_start
 run_ike_trap_while_initiating
+run_ike_trap_every_try
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"

@@ -9,6 +9,7 @@
 //! | `hostile-wrong-ske`     | every message is encrypted with the peer's SK_e |
 //! | `hostile-trap-marker`   | traps on a datagram whose initiator SPI is [`TRAP_MARKER`] |
 //! | `hostile-trap-after-initiate` | the first instance traps in the `poll` after an `initiate` (a replacement, which is restored, does not) |
+//! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -16,7 +17,9 @@
 //! the host's replacement in the middle of a read of the IKE port: the
 //! datagrams read with the one that trapped must still be served. The trap
 //! after an initiate tests an admin command whose messages the trap lost:
-//! its answer must wait for them, and the replacement must send them.
+//! its answer must wait for them, and the replacement must send them. The
+//! trap on terminate is a command that traps every replacement too: the
+//! host must give it up after one more try, not trap guest after guest.
 //!
 //! Whatever the attack, the first `poll` after a connection is loaded also
 //! hands the host a log line that tries to forge another (a newline, then
@@ -33,6 +36,7 @@ pub enum Attack {
     WrongSke,
     TrapOnMarker,
     TrapAfterInitiate,
+    TrapOnTerminate,
 }
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
@@ -53,6 +57,7 @@ pub fn choose(connection: &str) {
         "hostile-wrong-ske" => Attack::WrongSke,
         "hostile-trap-marker" => Attack::TrapOnMarker,
         "hostile-trap-after-initiate" => Attack::TrapAfterInitiate,
+        "hostile-trap-on-terminate" => Attack::TrapOnTerminate,
         _ => Attack::None,
     });
 }
@@ -65,6 +70,13 @@ pub fn attack() -> Attack {
 pub fn trap_on_marker(data: &[u8]) {
     if attack() == Attack::TrapOnMarker && data.starts_with(&TRAP_MARKER) {
         panic!("hostile-trap-marker: the marked datagram");
+    }
+}
+
+/// For `TrapOnTerminate`: trap in every terminate.
+pub fn trap_on_terminate() {
+    if attack() == Attack::TrapOnTerminate {
+        panic!("hostile-trap-on-terminate: a terminate");
     }
 }
 

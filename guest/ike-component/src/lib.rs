@@ -350,6 +350,8 @@ impl wit::Guest for Component {
     }
 
     fn terminate(now_ms: u64, connection: String) -> Result<u32, String> {
+        #[cfg(feature = "hostile")]
+        hostile::trap_on_terminate();
         ENGINE
             .with_borrow_mut(|e| e.terminate(now_ms, &connection, &mut HostCrypto))
             .map(|n| n as u32)

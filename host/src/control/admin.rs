@@ -39,6 +39,40 @@ impl Failures {
     }
 }
 
+/// An admin command the guest trapped in is carried out again by the
+/// replacement, once: if that traps too, it is refused, so that a command
+/// that always traps the guest (a hostile or broken one) does not trap
+/// every replacement for as long as its requester waits.
+#[derive(Debug, Default)]
+pub struct Retry(Option<Command>);
+
+impl Retry {
+    /// `cmd` trapped the guest: is it to be carried out again?
+    pub fn again(&mut self, cmd: &Command) -> bool {
+        if self.0.take().as_ref() == Some(cmd) {
+            return false;
+        }
+        self.0 = Some(cmd.clone());
+        true
+    }
+
+    /// `cmd` was carried out.
+    pub fn done(&mut self, cmd: &Command) {
+        if self.0.as_ref() == Some(cmd) {
+            self.0 = None;
+        }
+    }
+
+    /// The answer to a command given up.
+    pub fn gave_up() -> Refusal {
+        Refusal::new(
+            503,
+            "the IKE guest trapped in this command, and its replacement did again: given up; \
+             what it did before the trap stays (a reload's steps, see the log)",
+        )
+    }
+}
+
 impl ControlPlane {
     /// Answer one admin command. The outer `Err` is a trap of the guest.
     pub(super) fn admin(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
@@ -186,5 +220,31 @@ impl ControlPlane {
             "ike": ike,
             "esp": self.stats.snapshot(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Command, Retry};
+
+    #[test]
+    fn a_trapped_command_is_carried_out_again_once() {
+        let mut r = Retry::default();
+        let reload = Command::Reload;
+        assert!(r.again(&reload), "the first trap: again");
+        assert!(!r.again(&reload), "the replacement trapped in it too: given up");
+        assert!(r.again(&reload), "asked anew later, it gets its retry again");
+        r.done(&reload);
+        assert!(r.again(&reload), "carried out, then trapped in anew: again");
+    }
+
+    #[test]
+    fn another_command_does_not_use_up_the_retry() {
+        let mut r = Retry::default();
+        let (reload, status) = (Command::Reload, Command::Status);
+        assert!(r.again(&reload));
+        r.done(&status);
+        assert!(r.again(&status), "a trap in another command is its own first");
+        assert!(r.again(&reload), "... and the reload's count starts over");
     }
 }

@@ -131,6 +131,8 @@ pub struct ControlPlane {
     /// Questions taken from `queries` and not answered yet, kept as
     /// `reports` are: a trap on one leaves the rest for the replacement.
     pub held_queries: VecDeque<Query>,
+    /// The admin command a trapped guest's replacement carries out again.
+    pub admin_retry: admin::Retry,
     /// The engine's counters over the daemon's life (across guest
     /// replacements), as last observed.
     pub totals: IkeTotals,
@@ -546,13 +548,22 @@ impl ControlPlane {
                 }
                 Query::Admin(cmd, reply) => {
                     let answer = match self.admin(now, cmd.clone()) {
-                        Ok(a) => a,
+                        Ok(a) => {
+                            self.admin_retry.done(&cmd);
+                            a
+                        }
                         // The guest trapped partway through the command:
                         // its replacement, restored to the state before
                         // it, carries it out again while the requester
-                        // waits (as a command whose output a trap lost).
+                        // waits (as a command whose output a trap lost);
+                        // once only.
                         Err(trap) => {
-                            self.held_queries.push_front(Query::Admin(cmd, reply));
+                            if self.admin_retry.again(&cmd) {
+                                self.held_queries.push_front(Query::Admin(cmd, reply));
+                            } else {
+                                warn!(command = ?cmd, "the IKE guest trapped in this admin command twice: given up");
+                                let _ = reply.send(Err(admin::Retry::gave_up()));
+                            }
                             return Err(trap);
                         }
                     };
