@@ -259,6 +259,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
             policy_cache: policy_cache(cfg),
             policy_watch: cfg.policy.watch,
             sections: cfg.connection.clone(),
+            progress: Default::default(),
         },
         guard: GuestGuard::default(),
         fault_injection: cfg.control.fault_injection,

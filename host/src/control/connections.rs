@@ -135,6 +135,24 @@ pub struct ReloadContext {
     /// them as far as it got, so the next one (or the same one carried out
     /// again) starts from what is loaded, not from the last config.
     pub sections: Vec<config::Connection>,
+    /// What reloads removed and added since the last one answered: a
+    /// reload a trap interrupted and its second run answer as one.
+    pub progress: ReloadProgress,
+}
+
+/// Connections a reload has removed and added so far, by name.
+#[derive(Debug, Default)]
+pub struct ReloadProgress {
+    pub removed: Vec<String>,
+    pub added: Vec<String>,
+}
+
+impl ReloadProgress {
+    fn note(list: &mut Vec<String>, name: &str) {
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
+    }
 }
 
 impl ControlPlane {
@@ -279,6 +297,7 @@ impl ControlPlane {
                 Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
             }
             self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
+            ReloadProgress::note(&mut self.reload_ctx.progress.removed, name);
             // A connection loaded again under this name starts afresh.
             self.terminated.remove(name);
             self.traps.retain(|t| &t.connection != name);
@@ -293,7 +312,9 @@ impl ControlPlane {
         let mut errors = Vec::new();
         for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
             let name = c.name.get_ref();
-            if let Err(e) = self.ike.add_connection(&w)? {
+            let added = self.ike.add_connection(&w)?;
+            ReloadProgress::note(&mut self.reload_ctx.progress.added, name);
+            if let Err(e) = added {
                 warn!(connection = %name, error = %e, "reload: the connection does not load");
                 errors.push(format!("{name}: {e}"));
                 continue;
@@ -323,10 +344,14 @@ impl ControlPlane {
                 rekeyed.push(name);
             }
         }
-        let names = |v: &[&config::Connection]| v.iter().map(|c| c.name.get_ref().clone()).collect::<Vec<_>>();
-        let added = names(&fresh);
-        let unchanged: Vec<String> =
-            cfg.connection.iter().filter(|c| same(c)).map(|c| c.name.get_ref().clone()).collect();
+        // With a run a trap interrupted before this one, both runs' steps.
+        let ReloadProgress { removed: gone, added } = std::mem::take(&mut self.reload_ctx.progress);
+        let unchanged: Vec<String> = cfg
+            .connection
+            .iter()
+            .filter(|c| same(c) && !added.contains(c.name.get_ref()))
+            .map(|c| c.name.get_ref().clone())
+            .collect();
         let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
         let (tenants_added, tenants_removed) = tenant_names;
         Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
