@@ -285,77 +285,88 @@ impl ControlPlane {
                 }
             }
         }
-        for name in &gone {
-            match self.ike.remove_connection(now, name)? {
-                Ok(n) => {
-                    info!(connection = %name, ike_sas = n, "reload: connection removed");
-                    self.history.push(Step::Remove(name.clone()));
+        // The PSKs just read for `fresh`: one whose connection the guest
+        // did not take (it refused it, or a trap came first) is not kept.
+        let psks: Vec<u64> = loaded.iter().map(|w| w.psk).collect();
+        let answer = (|| -> Result<Answer> {
+            for name in &gone {
+                match self.ike.remove_connection(now, name)? {
+                    Ok(n) => {
+                        info!(connection = %name, ike_sas = n, "reload: connection removed");
+                        self.history.push(Step::Remove(name.clone()));
+                    }
+                    // Not loaded in the guest (it refused it at an earlier
+                    // reload): nothing to replay, and a replayed removal the
+                    // guest refuses would fail every replacement.
+                    Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
                 }
-                // Not loaded in the guest (it refused it at an earlier
-                // reload): nothing to replay, and a replayed removal the
-                // guest refuses would fail every replacement.
-                Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
+                self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
+                ReloadProgress::note(&mut self.reload_ctx.progress.removed, name);
+                // A connection loaded again under this name starts afresh.
+                self.terminated.remove(name);
+                self.traps.retain(|t| &t.connection != name);
+                self.children.groups.remove(name);
             }
-            self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
-            ReloadProgress::note(&mut self.reload_ctx.progress.removed, name);
-            // A connection loaded again under this name starts afresh.
-            self.terminated.remove(name);
-            self.traps.retain(|t| &t.connection != name);
-            self.children.groups.remove(name);
-        }
-        let tenant_names = tenants.names();
-        if !tenants.is_empty() {
-            self.apply_tenants(tenants, self.reload_ctx.policy_watch);
-        }
-        // What stays and what comes is the new config's.
-        self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
-        let mut errors = Vec::new();
-        for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
-            let name = c.name.get_ref();
-            let added = self.ike.add_connection(&w)?;
-            ReloadProgress::note(&mut self.reload_ctx.progress.added, name);
-            if let Err(e) = added {
-                warn!(connection = %name, error = %e, "reload: the connection does not load");
-                errors.push(format!("{name}: {e}"));
-                continue;
+            let tenant_names = tenants.names();
+            if !tenants.is_empty() {
+                self.apply_tenants(tenants, self.reload_ctx.policy_watch);
             }
-            self.history.push(Step::Add(w));
-            self.reload_ctx.sections.push((*c).clone());
-            self.traps.extend(trap(c));
-            if let Some(g) = group {
-                self.children.groups.insert(name.clone(), g);
-            }
-            for ch in &c.children {
-                let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
-                if let Some(Err(e)) = routed {
-                    warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
+            // What stays and what comes is the new config's.
+            self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
+            let mut errors = Vec::new();
+            for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
+                let name = c.name.get_ref();
+                let added = self.ike.add_connection(&w)?;
+                ReloadProgress::note(&mut self.reload_ctx.progress.added, name);
+                if let Err(e) = added {
+                    warn!(connection = %name, error = %e, "reload: the connection does not load");
+                    errors.push(format!("{name}: {e}"));
+                    continue;
+                }
+                self.history.push(Step::Add(w));
+                self.reload_ctx.sections.push((*c).clone());
+                self.traps.extend(trap(c));
+                if let Some(g) = group {
+                    self.children.groups.insert(name.clone(), g);
+                }
+                for ch in &c.children {
+                    let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
+                    if let Some(Err(e)) = routed {
+                        warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
+                    }
+                }
+                info!(connection = %name, "reload: connection loaded");
+                if c.start_action == StartAction::Start {
+                    self.initiate(now, name)?;
                 }
             }
-            info!(connection = %name, "reload: connection loaded");
-            if c.start_action == StartAction::Start {
-                self.initiate(now, name)?;
+            let mut rekeyed = Vec::new();
+            for (name, h, k) in new_keys {
+                if self.ike.store.data_mut().replace_psk(h, k) == Some(true) {
+                    // Never the key, only that it changed.
+                    info!(connection = %name, "reload: new pre-shared key; established SAs keep theirs until reauthentication");
+                    rekeyed.push(name);
+                }
             }
-        }
-        let mut rekeyed = Vec::new();
-        for (name, h, k) in new_keys {
-            if self.ike.store.data_mut().replace_psk(h, k) == Some(true) {
-                // Never the key, only that it changed.
-                info!(connection = %name, "reload: new pre-shared key; established SAs keep theirs until reauthentication");
-                rekeyed.push(name);
-            }
-        }
-        // With a run a trap interrupted before this one, both runs' steps.
-        let ReloadProgress { removed: gone, added } = std::mem::take(&mut self.reload_ctx.progress);
-        let unchanged: Vec<String> = cfg
-            .connection
-            .iter()
-            .filter(|c| same(c) && !added.contains(c.name.get_ref()))
-            .map(|c| c.name.get_ref().clone())
-            .collect();
-        let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
-        let (tenants_added, tenants_removed) = tenant_names;
-        Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
+            // With a run a trap interrupted before this one, both runs' steps.
+            let ReloadProgress { removed: gone, added } = std::mem::take(&mut self.reload_ctx.progress);
+            let unchanged: Vec<String> = cfg
+                .connection
+                .iter()
+                .filter(|c| same(c) && !added.contains(c.name.get_ref()))
+                .map(|c| c.name.get_ref().clone())
+                .collect();
+            let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
+            let (tenants_added, tenants_removed) = tenant_names;
+            Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
                       "new_psk": rekeyed, "errors": errors,
                       "tenants_added": tenants_added, "tenants_removed": tenants_removed })))
+        })();
+        for h in psks {
+            if !self.history.iter().any(|s| matches!(s, Step::Add(c) if c.psk == h)) {
+                self.ike.store.data_mut().forget_psk(h);
+            }
+        }
+        answer
     }
 }
