@@ -3,7 +3,7 @@ use std::collections::HashMap;
 
 use wasmsec_wire::SaLimits;
 use wasmsec_wire::esp::{self, Trailer};
-use wasmsec_wire::ip::Selectors;
+use wasmsec_wire::ip::{self, Selectors};
 use wasmsec_wire::own_keys::OwnKeys;
 use wasmsec_wire::peer_keys::PeerKeys;
 
@@ -510,8 +510,19 @@ impl Engine {
             pad_lengths: Vec::with_capacity(n),
             next_headers: Vec::with_capacity(n),
         };
+        // The last packet's head and its SA's slot: the packets of one flow
+        // that follow it take that SA without being parsed again.
+        let mut prev: Option<(&[u8], usize)> = None;
         for (i, (len, head)) in heads.iter().enumerate() {
-            match self.encap_plan(len, head) {
+            let slot = match prev {
+                Some((p, slot)) if ip::same_selectors(p, head) => Ok(slot),
+                _ => self.choose_outbound(head),
+            };
+            let plan = slot.and_then(|slot| {
+                prev = Some((head, slot));
+                self.encap_plan(slot, len, head)
+            });
+            match plan {
                 Ok(p) => {
                     out.peers[i] = p.peer;
                     match runs.runs.last_mut() {
@@ -558,15 +569,20 @@ impl Engine {
         Some(i)
     }
 
-    /// Choose the SA, assign the sequence number and work out the padding.
-    fn encap_plan(&mut self, len: usize, head: &[u8]) -> Result<SealPlan, DropReason> {
+    /// The slot of the SA for the packet with this head.
+    fn choose_outbound(&mut self, head: &[u8]) -> Result<usize, DropReason> {
         let sel = Selectors::parse(head).map_err(|_| DropReason::Malformed)?;
+        self.find_outbound(&sel).ok_or(DropReason::NoPolicy)
+    }
+
+    /// With the SA in `slot` (a packet that parsed): assign the sequence
+    /// number and work out the padding.
+    fn encap_plan(&mut self, slot: usize, len: usize, head: &[u8]) -> Result<SealPlan, DropReason> {
         let next_header = match head[0] >> 4 {
             4 => esp::NEXT_HEADER_IPV4,
             _ => esp::NEXT_HEADER_IPV6,
         };
-        let idx = self.find_outbound(&sel).ok_or(DropReason::NoPolicy)?;
-        let o = self.outbound[idx].as_mut().ok_or(DropReason::NoPolicy)?;
+        let o = self.outbound[slot].as_mut().ok_or(DropReason::NoPolicy)?;
         if o.use_.hard {
             return Err(DropReason::SaExpired);
         }
@@ -638,6 +654,9 @@ impl Engine {
             let spi = pending[from].1;
             let to = from + pending[from..].iter().take_while(|p| p.1 == spi).count();
             let mut inb = self.inbound.get_mut(&spi);
+            // The stretch's last delivered inner head: the packets of its
+            // flow that follow passed the selectors with it.
+            let mut prev: Option<&[u8]> = None;
             for (k, &(i, _, seq)) in pending.iter().enumerate().take(to).skip(from) {
                 if !opened.failures.is_empty() && failed(i) {
                     continue;
@@ -648,7 +667,11 @@ impl Engine {
                 let v = match (trailer, inb.as_deref_mut()) {
                     ((Some((len, inner)), Some(&pad), Some(&nh)), Some(inb)) => {
                         let checked = &mut self.last_in;
-                        decap_finish(inb, spi, seq, (len, pad, nh), inner, checked, &mut self.expiries)
+                        let v = decap_finish(inb, spi, seq, (len, pad, nh), (inner, prev), checked, &mut self.expiries);
+                        if v.is_ok() {
+                            prev = Some(inner);
+                        }
+                        v
                     }
                     // The host left the packet out of its answer.
                     ((None, _, _) | (_, None, _) | (_, _, None), _) => Err(DropReason::CryptoRefused),
@@ -700,14 +723,15 @@ fn decap_plan<'a>(
 
 /// After the ICV verified: commit the sequence number, then check the
 /// trailer (the plaintext's length, its Pad Length and Next Header) and the
-/// inner packet, against inbound SA `inb` (SPI `spi`). `checked`: the
-/// last flow that matched an SA's selectors, and its SPI.
+/// inner packet, against inbound SA `inb` (SPI `spi`). `prev`: the head
+/// of an inner packet delivered from this SA before; `checked`: the last
+/// flow that matched an SA's selectors, and its SPI.
 fn decap_finish(
     inb: &mut Inbound,
     spi: u32,
     seq: u64,
     (plaintext_len, pad_length, next_header): (usize, u8, u8),
-    inner: &[u8],
+    (inner, prev): (&[u8], Option<&[u8]>),
     checked: &mut Option<(u32, Selectors)>,
     expiries: &mut Vec<Expiry>,
 ) -> Result<u32, DropReason> {
@@ -723,22 +747,30 @@ fn decap_finish(
     if inner.first().map(|b| b >> 4) != Some(want_version) {
         return Err(DropReason::Malformed);
     }
-    let sel = Selectors::parse(inner).map_err(|_| DropReason::Malformed)?;
+    // The same selectors as a packet this SA delivered need no new check.
+    let sel = match prev {
+        Some(p) if ip::same_selectors(p, inner) => None,
+        _ => Some(Selectors::parse(inner).map_err(|_| DropReason::Malformed)?),
+    };
+    // (`same_selectors` holds only for heads with the IPv4 header whole.)
+    let total_len = sel.map_or_else(|| usize::from(u16::from_be_bytes([inner[2], inner[3]])), |s| s.total_len);
     // TFC padding (RFC 4303 section 2.7) may follow the inner packet; the
     // inner header's length says where it ends.
-    if sel.total_len > payload_len {
+    if total_len > payload_len {
         return Err(DropReason::Malformed);
     }
     // RFC 4301 section 5.2: the inner packet must match the SA's selectors.
-    let flow = (spi, Selectors { total_len: 0, ..sel });
-    if *checked != Some(flow) {
-        if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
-            return Err(DropReason::SelectorMismatch);
+    if let Some(sel) = sel {
+        let flow = (spi, Selectors { total_len: 0, ..sel });
+        if *checked != Some(flow) {
+            if !selector::matches(&sel, &inb.sa.remote_ts, &inb.sa.local_ts) {
+                return Err(DropReason::SelectorMismatch);
+            }
+            *checked = Some(flow);
         }
-        *checked = Some(flow);
     }
-    inb.use_.count(sel.total_len as u64, &inb.sa.limits, spi, false, expiries);
-    Ok(sel.total_len as u32)
+    inb.use_.count(total_len as u64, &inb.sa.limits, spi, false, expiries);
+    Ok(total_len as u32)
 }
 
 /// When the SA in outbound slot `i` was installed (0 for a free slot,

@@ -340,6 +340,20 @@ fn tfc_padding_and_dummy_packets() {
     let (sealed, _) = encap(&mut a, vec![padded]);
     let (_, v) = decap(&mut b, sealed.packets);
     assert_eq!(v, [DecapVerdict::Deliver(28)]);
+    // A packet of the flow just sent or delivered (which skips parsing) is
+    // still held to its own lengths: one claiming less than its header is
+    // not sent, one claiming more than it carries not delivered.
+    let (mut long, mut short) = (ipv4_packet(HOST_A, HOST_B, 8), ipv4_packet(HOST_A, HOST_B, 8));
+    long[2..4].copy_from_slice(&200u16.to_be_bytes());
+    short[2..4].copy_from_slice(&19u16.to_be_bytes());
+    let good = || ipv4_packet(HOST_A, HOST_B, 8);
+    let (sealed, v) = encap(&mut a, vec![good(), short, good(), long, good()]);
+    let (send, malformed) = (EncapVerdict::Send(7), EncapVerdict::Drop(DropReason::Malformed));
+    assert_eq!(v, [send, malformed, send, send, send]);
+    let sent = sealed.packets.into_iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, p)| p).collect();
+    let (_, v) = decap(&mut b, sent);
+    let (deliver, malformed) = (DecapVerdict::Deliver(28), DecapVerdict::Drop(DropReason::Malformed));
+    assert_eq!(v, [deliver, deliver, malformed, deliver]);
     // Next Header 59 is a dummy: authenticated, then dropped and counted.
     let (mut sealed, _) = encap(&mut a, vec![ipv4_packet(HOST_A, HOST_B, 8)]);
     let p = &mut sealed.packets[0];
