@@ -1,5 +1,6 @@
 //! ESP data-path benchmark: encap + decap of 1400-byte packets, then of an
-//! IMIX (7:4:1 of 64-, 576- and 1400-byte inner packets, within a batch)
+//! IMIX (7:4:1 of 64-, 576- and 1400-byte inner packets, within a batch);
+//! IPv4 inner packets, or IPv6 with `WASMSEC_BENCH_INNER=ipv6`.
 //!
 //! 1. raw: ring AES-256-GCM seal + open in place on the same buffers
 //!    (the ceiling: nothing but the AEAD), and as a reference the same on
@@ -15,10 +16,14 @@
 //! 4. the same as a tenant's instance: in a memory slot, every access
 //!    bounds-checked by the compiled code.
 //!
-//! The paths take turns: nine rounds of a quarter second each, so a
-//! machine whose speed drifts (a shared VM) slows them all alike. Prints
-//! each path's median ns/packet and Gbit/s, and its share of raw speed:
-//! the median of the nine rounds' ratios, with their range.
+//! The paths take turns: 45 rounds of 50 ms each, so a machine whose
+//! speed drifts (a shared VM) slows them all alike, and each round's ratio
+//! compares measurements at most a quarter second apart. Prints each
+//! path's median ns/packet and Gbit/s, and its share of raw speed: the
+//! median of the rounds' ratios, the middle half of them and their range.
+//! `WASMSEC_BENCH_ROUNDS` and `WASMSEC_BENCH_ROUND_MS` set the rounds (until
+//! 2026-12-04 the bench ran 9 rounds of 250 ms: on a noisy VM the median of
+//! nine ratios swung by ten points from run to run).
 //! Run: `cargo xtask bench` (builds the component first); `cargo bench -p
 //! wasmsec --bench esp_datapath -- component` runs the component's paths
 //! only (`-- =component` the one of that name). With
@@ -41,8 +46,10 @@ const PACKET: usize = 1400;
 /// 1400-byte tunnel MTU rather than 1500).
 const IMIX: [usize; 12] = [64, 64, 64, 64, 64, 64, 64, 576, 576, 576, 576, PACKET];
 const BATCH: usize = 64;
-const ROUNDS: usize = 9;
-const ROUND_TIME: Duration = Duration::from_millis(250);
+/// Rounds and their length, unless `WASMSEC_BENCH_ROUNDS` and
+/// `WASMSEC_BENCH_ROUND_MS` say otherwise.
+const ROUNDS: usize = 45;
+const ROUND_MS: u64 = 50;
 
 /// One path's work for one batch; set up once, run many times.
 type Path<'a> = Box<dyn FnMut() + 'a>;
@@ -50,8 +57,43 @@ type Path<'a> = Box<dyn FnMut() + 'a>;
 /// Builds a path over the packets (the runtime only for the component).
 type MakePath = for<'a> fn(&Runtime, &'a [Vec<u8>]) -> Path<'a>;
 
+/// Whether the inner packets are IPv6 (`WASMSEC_BENCH_INNER=ipv6`) rather
+/// than IPv4 (the default): one UDP flow from LAN 1 to LAN 2 either way.
+fn inner_v6() -> bool {
+    match std::env::var("WASMSEC_BENCH_INNER").as_deref() {
+        Err(_) | Ok("ipv4") => false,
+        Ok("ipv6") => true,
+        Ok(other) => panic!("WASMSEC_BENCH_INNER is ipv4 or ipv6, not {other:?}"),
+    }
+}
+
+/// LAN `n`'s network (198.18.n.0/24, or 2001:db8:n::/64) and its host 10.
+fn lan(n: u8) -> (wasmsec_wire::ip::Address, u8, wasmsec_wire::ip::Address) {
+    use wasmsec_wire::ip::Address;
+    if inner_v6() {
+        let mut net = [0u8; 16];
+        net[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, n]);
+        let mut host = net;
+        host[15] = 10;
+        (Address::V6(net), 64, Address::V6(host))
+    } else {
+        (Address::V4([198, 18, n, 0]), 24, Address::V4([198, 18, n, 10]))
+    }
+}
+
 fn inner_packet(len: usize) -> Vec<u8> {
+    use wasmsec_wire::ip::Address;
     let mut p = vec![0u8; len];
+    if let ((_, _, Address::V6(src)), (_, _, Address::V6(dst))) = (lan(1), lan(2)) {
+        // RFC 8200 section 3: the fixed header, then UDP.
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&src);
+        p[24..40].copy_from_slice(&dst);
+        return p;
+    }
     wasmsec_wire::ipv4::Repr {
         src_addr: [198, 18, 1, 10],
         dst_addr: [198, 18, 2, 10],
@@ -73,11 +115,22 @@ fn refill(bufs: &mut [PacketBuf], pkts: &[Vec<u8>]) {
     }
 }
 
-/// Run `f` (one batch) for ROUND_TIME; ns per packet.
-fn round(f: &mut dyn FnMut()) -> f64 {
+/// A positive number from the environment variable `name`, or `default`.
+fn setting<T: std::str::FromStr + PartialOrd + Default>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.parse::<T>() {
+            Ok(n) if n > T::default() => n,
+            _ => panic!("{name} must be a positive whole number, not {v:?}"),
+        },
+    }
+}
+
+/// Run `f` (one batch) for `time`; ns per packet.
+fn round(f: &mut dyn FnMut(), time: Duration) -> f64 {
     let start = Instant::now();
     let mut batches = 0u64;
-    while start.elapsed() < ROUND_TIME {
+    while start.elapsed() < time {
         for _ in 0..20 {
             f();
         }
@@ -86,9 +139,15 @@ fn round(f: &mut dyn FnMut()) -> f64 {
     start.elapsed().as_nanos() as f64 / (batches as f64 * BATCH as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: Vec<f64>) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The value at share `q` of the way through `v` sorted (0: the least,
+/// 1: the greatest; 0.5 the median).
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The anchor: AES-256-GCM seal and open of each inner packet as it is.
@@ -169,17 +228,19 @@ fn esp_floor<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     })
 }
 
-/// Any protocol and port between two IPv4 addresses.
-fn ts(a: [u8; 4], b: [u8; 4]) -> TrafficSelector {
-    TrafficSelector::addresses(a.to_vec(), b.to_vec())
-}
-
 fn sa_sets() -> (SaSet, SaSet) {
     let ks = Arc::new(Keystore::new());
     let alg = EspAlgorithm::Aes256Gcm16;
     let h_out = ks.insert(EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap());
     let h_in = ks.insert(EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap());
-    let (a, b) = (ts([198, 18, 1, 0], [198, 18, 1, 255]), ts([198, 18, 2, 0], [198, 18, 2, 255]));
+    // The two LANs as address ranges.
+    let range = |n| {
+        let (net, len, _) = lan(n);
+        let wasmsec_esp::TrafficSelector { start, end, .. } =
+            wasmsec_esp::TrafficSelector::from_prefix(net, len).unwrap();
+        TrafficSelector::addresses(start.as_bytes().to_vec(), end.as_bytes().to_vec())
+    };
+    let (a, b) = (range(1), range(2));
     let out = OutboundSa {
         spi: 0x2001,
         key: h_out,
@@ -265,12 +326,12 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
 
 fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     use wasmsec_esp::{Engine, KeyHandle, TrafficSelector as Ts};
-    use wasmsec_wire::ip::Address;
     let alg = EspAlgorithm::Aes256Gcm16;
     let k_out = EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap();
     let k_in = EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap();
-    let a = Ts::from_prefix(Address::V4([198, 18, 1, 0]), 24).unwrap();
-    let b = Ts::from_prefix(Address::V4([198, 18, 2, 0]), 24).unwrap();
+    let ((net_a, len_a, _), (net_b, len_b, _)) = (lan(1), lan(2));
+    let a = Ts::from_prefix(net_a, len_a).unwrap();
+    let b = Ts::from_prefix(net_b, len_b).unwrap();
     let mut tx = Engine::new();
     tx.install_outbound(wasmsec_esp::OutboundSa {
         spi: 0x2001,
@@ -355,15 +416,18 @@ fn main() {
     // runs of the bench cannot blur.
     let against = std::env::var_os("WASMSEC_BENCH_AGAINST")
         .map(|p| Runtime::new(std::path::Path::new(&p)).expect("WASMSEC_BENCH_AGAINST names an ESP component"));
+    let rounds: usize = setting("WASMSEC_BENCH_ROUNDS", ROUNDS);
+    let round_time = Duration::from_millis(setting("WASMSEC_BENCH_ROUND_MS", ROUND_MS));
     let full: Vec<Vec<u8>> = (0..BATCH).map(|_| inner_packet(PACKET)).collect();
     let imix: Vec<Vec<u8>> = (0..BATCH).map(|i| inner_packet(IMIX[i % IMIX.len()])).collect();
+    let ip = if inner_v6() { "IPv6" } else { "IPv4" };
     for (label, pkts) in
-        [(format!("{PACKET}-byte inner packets"), full), ("IMIX (7:4:1 of 64, 576, 1400 B)".into(), imix)]
+        [(format!("{PACKET}-byte {ip} inner packets"), full), (format!("{ip} IMIX (7:4:1 of 64, 576, 1400 B)"), imix)]
     {
         println!(
             "ESP encap+decap, {label}, AES-256-GCM-16, batches of {BATCH}, one core, \
-             {ROUNDS} interleaved rounds of {} ms",
-            ROUND_TIME.as_millis()
+             {rounds} interleaved rounds of {} ms",
+            round_time.as_millis()
         );
         let mut paths: Vec<(&str, &str, Path)> = Vec::new();
         let all: [(&str, &str, MakePath); 6] = [
@@ -388,27 +452,33 @@ fn main() {
             }
         }
         // ns/packet of each path in each round; the order rotates.
-        let mut ns = vec![Vec::with_capacity(ROUNDS); paths.len()];
-        for r in 0..ROUNDS {
+        let mut ns = vec![Vec::with_capacity(rounds); paths.len()];
+        for r in 0..rounds {
             for k in 0..paths.len() {
                 let i = (r + k) % paths.len();
-                ns[i].push(round(&mut paths[i].2));
+                ns[i].push(round(&mut paths[i].2, round_time));
             }
         }
         let raw = paths.iter().position(|p| p.0 == "raw_ring").map(|i| ns[i].clone());
         let mean_bytes = pkts.iter().map(Vec::len).sum::<usize>() as f64 / pkts.len() as f64;
-        println!("{:<40} {:>10} {:>8} {:>9} {:>14}", "path", "ns/packet", "Gbit/s", "% of raw", "rounds' range");
+        println!(
+            "{:<40} {:>10} {:>8} {:>9} {:>14} {:>14}",
+            "path", "ns/packet", "Gbit/s", "% of raw", "middle half", "rounds' range"
+        );
         let (mut comp_share, mut tenant_share) = (None, None);
         for ((fname, name, _), times) in paths.iter().zip(&ns) {
             let m = median(times.clone());
-            let (share, range) = match &raw {
+            let (share, middle, range) = match &raw {
                 Some(raw) => {
                     let shares: Vec<f64> = raw.iter().zip(times).map(|(r, t)| r / t * 100.0).collect();
-                    let lo = shares.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = shares.iter().copied().fold(0.0, f64::max);
-                    (format!("{:.1}%", median(shares)), format!("{lo:.1}-{hi:.1}%"))
+                    let q = |at| quantile(shares.clone(), at);
+                    (
+                        format!("{:.1}%", q(0.5)),
+                        format!("{:.1}-{:.1}%", q(0.25), q(0.75)),
+                        format!("{:.1}-{:.1}%", q(0.0), q(1.0)),
+                    )
                 }
-                None => ("-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into()),
             };
             if raw.is_some() {
                 match *fname {
@@ -417,7 +487,15 @@ fn main() {
                     _ => {}
                 }
             }
-            println!("{:<40} {:>10.1} {:>8.2} {:>9} {:>14}", name, m, mean_bytes * 8.0 / m, share, range);
+            println!(
+                "{:<40} {:>10.1} {:>8.2} {:>9} {:>14} {:>14}",
+                name,
+                m,
+                mean_bytes * 8.0 / m,
+                share,
+                middle,
+                range
+            );
         }
         if let Some(c) = comp_share {
             let t = tenant_share.map(|t| format!(", {t} in a tenant's memory slot")).unwrap_or_default();
