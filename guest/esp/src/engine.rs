@@ -752,8 +752,7 @@ fn decap_finish(
         Some(p) if ip::same_selectors(p, inner) => None,
         _ => Some(Selectors::parse(inner).map_err(|_| DropReason::Malformed)?),
     };
-    // (`same_selectors` holds only for heads with the IPv4 header whole.)
-    let total_len = sel.map_or_else(|| usize::from(u16::from_be_bytes([inner[2], inner[3]])), |s| s.total_len);
+    let total_len = sel.map_or_else(|| ip::claimed_len(inner), |s| s.total_len);
     // TFC padding (RFC 4303 section 2.7) may follow the inner packet; the
     // inner header's length says where it ends.
     if total_len > payload_len {

@@ -647,3 +647,86 @@ fn a_packet_missing_from_the_open_answer_is_dropped() {
     assert_eq!(out.lengths, [28, 28, 0]);
     assert_eq!(out.drops, [Dropped { packet: 2, reason: DropReason::CryptoRefused }]);
 }
+
+/// An IPv6 UDP packet from `fd00:1::<src>` to `fd00:2::<dst>` with
+/// `payload_len` bytes after the fixed header.
+fn ipv6_packet(src: u8, dst: u8, payload_len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + payload_len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    p[6] = 17;
+    p[7] = 64;
+    p[8..10].copy_from_slice(&[0xfd, 0]);
+    p[10..12].copy_from_slice(&[0, 1]);
+    p[23] = src;
+    p[24..26].copy_from_slice(&[0xfd, 0]);
+    p[26..28].copy_from_slice(&[0, 2]);
+    p[39] = dst;
+    p[40..44].copy_from_slice(&[0x13, 0x88, 0x00, 0x35]);
+    p
+}
+
+fn prefix6(net: u8, len: u8) -> TrafficSelector {
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&[0xfd, 0, 0, net]);
+    TrafficSelector::from_prefix(Address::V6(a), len).unwrap()
+}
+
+#[test]
+fn ipv6_flows_are_held_to_their_selectors_and_lengths() {
+    // fd00:1::/64 -> fd00:2::/120 (hosts up to ::ff), and a packet of a flow
+    // just sent or delivered (which skips parsing) is still checked.
+    let (mut a, mut b) = (Engine::new(), Engine::new());
+    let (local, remote) = (prefix6(1, 64), prefix6(2, 120));
+    let limits = SaLimits::default();
+    a.install_outbound(OutboundSa {
+        spi: 0x6001,
+        key: KeyHandle(0x5a),
+        peer: 6,
+        esn: false,
+        next_seq: 1,
+        pad_align: 4,
+        local_ts: vec![local.clone()].into(),
+        remote_ts: vec![TrafficSelector::from_prefix(Address::V6([0; 16]), 0).unwrap()].into(),
+        limits,
+    })
+    .unwrap();
+    let inbound = |remote_ts: TrafficSelector| InboundSa {
+        spi: 0x6001,
+        key: KeyHandle(0x5a),
+        esn: false,
+        replay_window: 64,
+        highest_seq: 0,
+        local_ts: vec![remote.clone()].into(),
+        remote_ts: vec![remote_ts].into(),
+        limits,
+    };
+    b.install_inbound(inbound(local.clone())).unwrap();
+    let good = || ipv6_packet(1, 9, 16);
+    // One claiming more than it carries, inside the flow.
+    let mut long = good();
+    long[4..6].copy_from_slice(&400u16.to_be_bytes());
+    // Within the flow's addresses but another destination port.
+    let mut port = good();
+    port[43] = 0x36;
+    let (sealed, v) = encap(&mut a, vec![good(), good(), long, good(), port, good()]);
+    assert!(v.iter().all(|v| *v == EncapVerdict::Send(6)), "{v:?}");
+    let (_, v) = decap(&mut b, sealed.packets);
+    let (deliver, malformed) = (DecapVerdict::Deliver(56), DecapVerdict::Drop(DropReason::Malformed));
+    assert_eq!(v, [deliver, deliver, malformed, deliver, deliver, deliver]);
+    // A destination outside B's /120 right after a delivered flow is
+    // parsed and refused, and the flow goes on after it.
+    let outside = ipv6_packet(1, 9, 16).iter().copied().enumerate().map(|(i, x)| if i == 38 { 1 } else { x }).collect();
+    let (sealed, _) = encap(&mut a, vec![good(), outside, good()]);
+    let (_, v) = decap(&mut b, sealed.packets);
+    assert_eq!(v, [deliver, DecapVerdict::Drop(DropReason::SelectorMismatch), deliver]);
+    // So is another source, for an SA whose remote side is one host.
+    assert!(b.remove_inbound(0x6001));
+    let mut one = [0u8; 16];
+    one[..4].copy_from_slice(&[0xfd, 0, 0, 1]);
+    one[15] = 1;
+    b.install_inbound(inbound(TrafficSelector::from_prefix(Address::V6(one), 128).unwrap())).unwrap();
+    let (sealed, _) = encap(&mut a, vec![good(), ipv6_packet(2, 9, 16), good()]);
+    let (_, v) = decap(&mut b, sealed.packets);
+    assert_eq!(v, [deliver, DecapVerdict::Drop(DropReason::SelectorMismatch), deliver]);
+}

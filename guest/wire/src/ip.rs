@@ -118,30 +118,64 @@ impl Selectors {
 /// Where an IPv4 header without options and the four bytes after it (the
 /// ports) end.
 const V4_PORTS_END: usize = ipv4::HEADER_LEN + 4;
+/// Where an IPv6 fixed header and the four bytes after it end.
+const V6_PORTS_END: usize = ipv6::HEADER_LEN + 4;
 
 /// Whether [`Selectors::parse`] of `head` succeeds with the same fields as
 /// it did for `prev`, all but `total_len`: a shortcut for the packets of one
 /// flow that follow each other in a batch, where parsing again costs the
-/// ESP guest more than the comparison (#16). Only for IPv4 headers without
-/// options, neither a non-first fragment, both holding the four bytes after
-/// the header: then version, header length, protocol, addresses and those
-/// four bytes (the ports, or what stands in for them) agreeing byte for byte
-/// means the same selectors. Stricter than needed (ICMP's checksum is in
-/// those bytes, other protocols have no ports), and `false` says nothing:
-/// parse. `prev` must be a head that parsed.
+/// ESP guest more than the comparison (#16). `false` says nothing: parse.
+/// `prev` must be a head that parsed. Both heads must hold the four bytes
+/// after the IP header (the ports, or what stands in for them), and:
+/// - IPv4: headers without options, neither a non-first fragment, the
+///   total length at least the header's; then version, header length,
+///   protocol, addresses and those four bytes agreeing byte for byte means
+///   the same selectors;
+/// - IPv6: the first Next Header, the addresses and those four bytes
+///   agreeing (the parse walks no extension header, so that is all it
+///   reads).
+///
+/// Stricter than needed (ICMP's checksum is in those bytes, other protocols
+/// have no ports).
 #[inline(always)]
 pub fn same_selectors(prev: &[u8], head: &[u8]) -> bool {
+    match (prev.first(), head.first()) {
+        (Some(0x45), Some(0x45)) => same_v4(prev, head),
+        (Some(p), Some(h)) if p >> 4 == 6 && h >> 4 == 6 => same_v6(prev, head),
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn same_v4(prev: &[u8], head: &[u8]) -> bool {
     let (Some(p), Some(h)) = (prev.get(..V4_PORTS_END), head.get(..V4_PORTS_END)) else {
         return false;
     };
     let whole_or_first = |b: &[u8]| be16(b, 6) & 0x1fff == 0;
-    h[0] == 0x45
-        && p[0] == 0x45
-        && usize::from(be16(h, 2)) >= ipv4::HEADER_LEN
+    usize::from(be16(h, 2)) >= ipv4::HEADER_LEN
         && whole_or_first(h)
         && whole_or_first(p)
         && h[9] == p[9]
         && h[12..V4_PORTS_END] == p[12..V4_PORTS_END]
+}
+
+#[inline(always)]
+fn same_v6(prev: &[u8], head: &[u8]) -> bool {
+    let (Some(p), Some(h)) = (prev.get(..V6_PORTS_END), head.get(..V6_PORTS_END)) else {
+        return false;
+    };
+    h[6] == p[6] && h[8..V6_PORTS_END] == p[8..V6_PORTS_END]
+}
+
+/// The length the IP header of `head` claims for its packet, as
+/// [`Selectors::parse`] would put it in `total_len`, for a head that
+/// [`same_selectors`] took (so its IP header is whole).
+#[inline(always)]
+pub fn claimed_len(head: &[u8]) -> usize {
+    match head[0] >> 4 {
+        6 => usize::from(be16(head, 4)) + ipv6::HEADER_LEN,
+        _ => usize::from(be16(head, 2)),
+    }
 }
 
 #[inline(always)]
@@ -157,6 +191,8 @@ fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
+    use alloc::vec;
+
     use super::*;
 
     #[test]
@@ -225,33 +261,46 @@ mod tests {
     fn same_selectors_only_when_parse_agrees() {
         // Heads built to be alike in most bytes, so that both answers come
         // up often: whenever the shortcut says "same", parsing both must
-        // succeed with equal fields but for the total length.
+        // succeed with equal fields but for the total length, and give the
+        // total length `claimed_len` reads. IPv4 and IPv6 heads, and pairs
+        // of one of each.
         let mut state = 0x2545_f491_4f6c_dd1d;
-        let (mut same, mut differ) = (0, 0);
-        let base: [u8; 28] =
-            [0x45, 0, 0, 28, 0, 0, 0, 0, 64, PROTO_UDP, 0, 0, 10, 0, 0, 1, 10, 0, 1, 1, 0, 53, 0x11, 0x94, 0, 8, 0, 0];
-        for _ in 0..200_000 {
-            let mut a = base;
-            let mut b = base;
+        let v4: &[u8] =
+            &[0x45, 0, 0, 28, 0, 0, 0, 0, 64, PROTO_UDP, 0, 0, 10, 0, 0, 1, 10, 0, 1, 1, 0, 53, 0x11, 0x94, 0, 8, 0, 0];
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 8, PROTO_UDP, 64];
+        v6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+        v6.extend_from_slice(&[0, 53, 0x11, 0x94, 0, 8, 0, 0]);
+        let values = [0, 1, 0x45, 0x46, 0x20, 6, 17, 0xff, 0x60, 0x61, PROTO_ICMPV6, 44];
+        let (mut same, mut differ, mut same_v6) = (0, 0, 0);
+        for _ in 0..400_000 {
+            // Mostly both of one version; now and then one of each.
+            let first = next(&mut state).is_multiple_of(2);
+            let second = if next(&mut state).is_multiple_of(8) { !first } else { first };
+            let pick = |v6_head: bool| if v6_head { v6.clone() } else { v4.to_vec() };
+            let (mut a, mut b) = (pick(first), pick(second));
             for h in [&mut a, &mut b] {
-                // Change a few bytes to one of a few values.
+                // Change a few bytes to one of a few values, then cut the
+                // head somewhere in its last eight bytes.
                 for _ in 0..(next(&mut state) % 3) {
-                    let at = (next(&mut state) % 28) as usize;
-                    h[at] = [0, 1, 0x45, 0x46, 0x20, 6, 17, 0xff][(next(&mut state) % 8) as usize];
+                    let at = (next(&mut state) % h.len() as u64) as usize;
+                    h[at] = values[(next(&mut state) % values.len() as u64) as usize];
                 }
+                let keep = h.len() - (next(&mut state) % 9) as usize;
+                h.truncate(keep);
             }
-            let (la, lb) = (20 + (next(&mut state) % 9) as usize, 20 + (next(&mut state) % 9) as usize);
-            let (a, b) = (&a[..la], &b[..lb]);
-            let Ok(pa) = Selectors::parse(a) else { continue };
-            if same_selectors(a, b) {
+            let Ok(pa) = Selectors::parse(&a) else { continue };
+            if same_selectors(&a, &b) {
                 same += 1;
-                let pb = Selectors::parse(b).expect("the shortcut said it parses");
+                same_v6 += usize::from(b[0] >> 4 == 6);
+                let pb = Selectors::parse(&b).expect("the shortcut said it parses");
                 assert_eq!(Selectors { total_len: 0, ..pa }, Selectors { total_len: 0, ..pb }, "{a:?} {b:?}");
+                assert_eq!(claimed_len(&b), pb.total_len, "{b:?}");
             } else {
                 differ += 1;
             }
         }
-        assert!(same > 10_000 && differ > 10_000, "{same} {differ}");
+        assert!(same > 20_000 && differ > 20_000 && same_v6 > 10_000, "{same} {differ} {same_v6}");
     }
 
     #[test]
