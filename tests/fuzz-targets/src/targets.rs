@@ -155,6 +155,24 @@ pub fn esp_decap(data: &[u8]) {
         })
         .expect("the fuzz SAs are valid");
     }
+    // An SA for IPv6 inner packets, fd00:1::/32 to fd00:2::/32, so that
+    // IPv6 flows are delivered and the flow shortcut meets them too.
+    let v6 = |net: u8| {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[0xfd, 0, 0, net]);
+        TrafficSelector::from_prefix(Address::V6(a), 32).expect("a valid prefix")
+    };
+    e.install_inbound(InboundSa {
+        spi: 0x1003,
+        key: KeyHandle(0x1003),
+        esn: false,
+        replay_window: 64,
+        highest_seq: 0,
+        local_ts: vec![v6(2)].into(),
+        remote_ts: vec![v6(1)].into(),
+        limits: SaLimits { soft_bytes: 0, soft_packets: 0, hard_bytes: 0, hard_packets: 1000 },
+    })
+    .expect("the fuzz SAs are valid");
     let packets = records(data);
     for chunk in packets.chunks(8) {
         let mut batch = ClearBatch { packets: chunk.iter().map(|p| p.to_vec()).collect() };

@@ -97,6 +97,25 @@ fn main() {
         esp.extend_from_slice(&p);
     }
     write(&root.join("esp_decap"), "four-packets", &esp);
+    // The same for SA 0x1003: a flow of IPv6 UDP packets from fd00:1::1 to
+    // fd00:2::1 (next header 41), the third claiming more than it carries.
+    let mut esp = Vec::new();
+    for seq in 1..=4u32 {
+        let mut p = Vec::new();
+        p.extend_from_slice(&0x1003u32.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0; 8]);
+        let claimed: u8 = if seq == 3 { 200 } else { 8 };
+        let mut ip = vec![0x60, 0, 0, 0, 0, claimed, 17, 64];
+        ip.extend_from_slice(&[0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, seq as u8]);
+        p.extend_from_slice(&ip);
+        p.extend_from_slice(&[1, 2, 2, 41]);
+        esp.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        esp.extend_from_slice(&p);
+    }
+    write(&root.join("esp_decap"), "ipv6-flow", &esp);
     println!("seeds written to {}", root.display());
 }
 
