@@ -89,16 +89,26 @@ impl Domain {
     /// an SA is then dropped and counted instead of leaving in the clear.
     pub fn routes(&self, remote_ts: &[config::Prefix]) -> Result<()> {
         for p in remote_ts {
-            let p = p.to_string();
-            let mut args = vec!["route", "replace", p.as_str(), "dev", self.tun.as_str()];
-            let src = self.source.map(|s| s.to_string());
-            if let Some(s) = &src {
-                args.extend(["src", s.as_str()]);
-            }
+            let args = route_args(p, &self.tun, self.source);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             self.ip(&args).with_context(|| format!("route to {p}"))?;
         }
         Ok(())
     }
+}
+
+/// `ip` arguments for the route to `p` into TUN device `tun`: with `src
+/// source` when `source` is of `p`'s family. `[tunnel] source` is one
+/// address, so the routes of the other family have none and the kernel
+/// picks the source of what the gateway itself sends there (until
+/// 2026-12-04 an IPv4 source was put on IPv6 routes too, `ip` refused it,
+/// and a connection with an IPv6 subnet stopped the daemon at start).
+fn route_args(p: &config::Prefix, tun: &str, source: Option<IpAddr>) -> Vec<String> {
+    let mut args = vec!["route".to_string(), "replace".into(), p.to_string(), "dev".into(), tun.into()];
+    if let Some(s) = source.filter(|s| s.is_ipv4() == p.addr.is_ipv4()) {
+        args.extend(["src".to_string(), s.to_string()]);
+    }
+    args
 }
 
 /// The domains in force, by number.
@@ -132,5 +142,24 @@ impl Domains {
     /// The domain a connection's routes go to.
     pub fn for_connection(&self, c: &config::Connection) -> Option<&Domain> {
         self.list.get(self.of(c)).and_then(Option::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_takes_the_tunnel_source_only_of_its_own_family() {
+        let route = |p: &str, source: Option<&str>| {
+            let p = config::Prefix::parse(p).unwrap();
+            route_args(&p, "wsec0", source.map(|s| s.parse().unwrap())).join(" ")
+        };
+        let v4 = Some("198.18.2.1");
+        assert_eq!(route("198.18.1.0/24", v4), "route replace 198.18.1.0/24 dev wsec0 src 198.18.2.1");
+        assert_eq!(route("fd00:1::/64", v4), "route replace fd00:1::/64 dev wsec0");
+        assert_eq!(route("fd00:1::/64", Some("fd00:2::1")), "route replace fd00:1::/64 dev wsec0 src fd00:2::1");
+        assert_eq!(route("198.18.1.0/24", Some("fd00:2::1")), "route replace 198.18.1.0/24 dev wsec0");
+        assert_eq!(route("198.18.1.0/24", None), "route replace 198.18.1.0/24 dev wsec0");
     }
 }
