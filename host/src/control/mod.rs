@@ -11,7 +11,7 @@ pub mod sockets;
 pub mod tenants;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -651,11 +651,11 @@ impl ControlPlane {
     }
 
     /// Traffic without an SA: start the `trap` connection that covers it.
-    fn acquire(&mut self, now: u64, dst: Ipv4Addr) -> anyhow::Result<()> {
+    fn acquire(&mut self, now: u64, dst: IpAddr) -> anyhow::Result<()> {
         let hit: Vec<String> = self
             .traps
             .iter()
-            .filter(|t| t.remote.iter().any(|p| p.contains(&IpAddr::V4(dst))))
+            .filter(|t| t.remote.iter().any(|p| p.contains(&dst)))
             .map(|t| t.connection.clone())
             .collect();
         for name in hit {

@@ -2,7 +2,7 @@
 //! channel whose receiver also has a file descriptor that becomes readable
 //! when something was sent, so a thread blocked in `poll` on its sockets
 //! wakes for it too.
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
@@ -79,7 +79,7 @@ pub enum Report {
     /// marker, RFC 3948 section 2.2), marker removed.
     Ike { from: SocketAddrV4, data: Vec<u8> },
     /// Traffic for a destination no SA covers (may start a `trap` connection).
-    Acquire { dst: Ipv4Addr },
+    Acquire { dst: IpAddr },
     /// The SA with this SPI passed a soft (`hard` false) or hard limit.
     Expired { spi: u32, hard: bool },
     /// The SA with this SPI could not be installed (see

@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use wasmsec_wire::ipv4;
+use wasmsec_wire::{ipv4, ipv6};
 
 use super::channel::Report;
 use super::group::Split;
@@ -112,9 +112,9 @@ impl Loop {
                     if r == DropReason::NoPolicy
                         && may_acquire
                         && last_acquire.elapsed() > ACQUIRE_INTERVAL
-                        && let (Some(up), Ok(ip)) = (&self.up, ipv4::Packet::new_checked(p.data()))
+                        && let (Some(up), Some(dst)) = (&self.up, destination(p.data()))
                     {
-                        up.send(Report::Acquire { dst: ip.dst_addr().into() });
+                        up.send(Report::Acquire { dst });
                         *last_acquire = Instant::now();
                     }
                 }
@@ -223,5 +223,39 @@ impl Loop {
                 false
             }
         }
+    }
+}
+
+/// The destination of an inner IPv4 or IPv6 packet (what a `trap`
+/// connection's remote subnets are matched against).
+fn destination(p: &[u8]) -> Option<std::net::IpAddr> {
+    match p.first().map(|b| b >> 4) {
+        Some(4) => ipv4::Packet::new_checked(p).ok().map(|ip| ip.dst_addr().into()),
+        Some(6) => ipv6::Packet::new_checked(p).ok().map(|ip| ip.dst_addr().into()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trap_is_matched_on_either_family_s_destination() {
+        let mut v4 = vec![0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 198, 18, 1, 10, 198, 18, 2, 10];
+        assert_eq!(destination(&v4), Some("198.18.2.10".parse().unwrap()));
+        let mut v6 = vec![0u8; 40];
+        v6[0] = 0x60;
+        v6[24..26].copy_from_slice(&[0xfd, 0]);
+        v6[27] = 2;
+        v6[39] = 0x10;
+        assert_eq!(destination(&v6), Some("fd00:2::10".parse().unwrap()));
+        // Short or of another version: none.
+        v4.truncate(19);
+        v6.truncate(39);
+        assert_eq!(
+            (destination(&v4), destination(&v6), destination(&[0x50; 40]), destination(&[])),
+            (None, None, None, None)
+        );
     }
 }
