@@ -99,6 +99,27 @@ table ip nat {
 NFT
 }
 
+# IPv6 inside the tunnel: the LANs' IPv6 halves (after topo_up).
+LAN6_A=fd00:1::/64
+LAN6_B=fd00:2::/64
+HOST6_A=fd00:1::10
+HOST6_B=fd00:2::10
+
+# The IPv6 half of the LANs (no duplicate address detection: the
+# addresses are usable at once), and forwarding on the gateways.
+ipv6_lans() {
+    nsx wsi-hosta ip -6 addr add $HOST6_A/64 dev eth0 nodad
+    nsx wsi-gwa ip -6 addr add fd00:1::1/64 dev lan0 nodad
+    nsx wsi-gwb ip -6 addr add fd00:2::1/64 dev lan0 nodad
+    nsx wsi-hostb ip -6 addr add $HOST6_B/64 dev eth0 nodad
+    nsx wsi-hosta ip -6 route add default via fd00:1::1
+    nsx wsi-hostb ip -6 route add default via fd00:2::1
+    local ns
+    for ns in wsi-gwa wsi-gwb; do nsx "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1; done
+}
+
+ping6_ok() { nsx "$1" ping -6 -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
+
 # capture NS FILE: tcpdump on wan0 (its PID in CAP_PID).
 capture() {
     ip netns exec "$1" tcpdump -i wan0 -n -U --immediate-mode -w "$2" 2>"$2.log" 9>&- &

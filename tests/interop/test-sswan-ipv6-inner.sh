@@ -9,24 +9,6 @@
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 240 bash "$0" "$@"
 
-LAN6_A=fd00:1::/64
-LAN6_B=fd00:2::/64
-HOST6_A=fd00:1::10
-HOST6_B=fd00:2::10
-
-# The IPv6 half of the LANs (no duplicate address detection: the
-# addresses are usable at once), and forwarding on the gateways.
-ipv6_lans() {
-    nsx wsi-hosta ip -6 addr add $HOST6_A/64 dev eth0 nodad
-    nsx wsi-gwa ip -6 addr add fd00:1::1/64 dev lan0 nodad
-    nsx wsi-gwb ip -6 addr add fd00:2::1/64 dev lan0 nodad
-    nsx wsi-hostb ip -6 addr add $HOST6_B/64 dev eth0 nodad
-    nsx wsi-hosta ip -6 route add default via fd00:1::1
-    nsx wsi-hostb ip -6 route add default via fd00:2::1
-    local ns
-    for ns in wsi-gwa wsi-gwb; do nsx "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1; done
-}
-
 # udp_flow NS_FROM NS_TO DST: one UDP flow of 2,000 datagrams of 300 bytes,
 # sent in bursts of 50 (so that they share batches and take the ESP guest's
 # flow shortcut, which echoes do not: their checksum differs in the bytes
@@ -61,7 +43,6 @@ for i in range(2000):
     cat "$out"
 }
 
-ping6_ok() { nsx "$1" ping -6 -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
 
 # burst NS DST: 400 echo requests, 40 in flight at once; prints how many
 # replies came back.
