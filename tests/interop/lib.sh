@@ -120,6 +120,39 @@ ipv6_lans() {
 
 ping6_ok() { nsx "$1" ping -6 -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
 
+# bring_up LABEL ROLE A B: with strongSwan's state in A and wasmsec's in B,
+# the one whose ROLE (wasmsec's) is initiator initiates `s2s`; both must
+# then hold the tunnel.
+bring_up() {
+    local label=$1 role=$2 a=$3 b=$4
+    if [ "$role" = initiator ]; then
+        wasmsec_ctl "$b" initiate s2s >/dev/null
+    else
+        sswan "$a" --initiate --child s2s --timeout 20 >"$a/initiate.out" 2>&1 || true
+    fi
+    check "$label: strongSwan has the tunnel up" sswan_up "$a" 20
+    check "$label: wasmsec has the tunnel up" wasmsec_up "$b" 10
+}
+
+# cleanup_case: stop what a case started and remove its namespaces.
+cleanup_case() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    PIDS=()
+    topo_down
+}
+
+# decrypted_count PCAP ESP_SA FILTER: the packets tshark shows for FILTER in
+# PCAP, decrypting ESP with the SAs of the file ESP_SA (wasmsec's
+# `ike.esp_keylog` export, one Wireshark `esp_sa` table row a line).
+decrypted_count() {
+    local args=(-o esp.enable_encryption_decode:TRUE) line
+    if [ -s "$2" ]; then
+        while IFS= read -r line; do args+=(-o "uat:esp_sa:$line"); done <"$2"
+    fi
+    tshark -r "$1" "${args[@]}" -Y "$3" 2>/dev/null | wc -l
+}
+
 # capture NS FILE: tcpdump on wan0 (its PID in CAP_PID).
 capture() {
     ip netns exec "$1" tcpdump -i wan0 -n -U --immediate-mode -w "$2" 2>"$2.log" 9>&- &

@@ -62,13 +62,7 @@ run_case() { # ROLE_OF_WASMSEC
         $WAN_A $WAN_B $ID_A $ID_B "$LAN_A,$LAN6_A" "$LAN_B,$LAN6_B"
     WASMSEC_IKE_EXTRA="esp_keylog = \"$B/esp_sa\"" \
         wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A "$LAN_B\", \"$LAN6_B" "$LAN_A\", \"$LAN6_A" 198.18.2.1
-    if [ "$role" = initiator ]; then
-        wasmsec_ctl "$B" initiate s2s >/dev/null
-    else
-        sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
-    fi
-    check "$label: strongSwan has the tunnel up" sswan_up "$A" 20
-    check "$label: wasmsec has the tunnel up" wasmsec_up "$B" 10
+    bring_up "$label" "$role" "$A" "$B"
     check "$label: strongSwan's CHILD SA holds both families on each side" \
         bash -c "swanctl --list-sas --uri unix://$A/charon.vici | grep -q '$LAN6_A' \
             && swanctl --list-sas --uri unix://$A/charon.vici | grep -q '$LAN6_B'"
@@ -110,11 +104,9 @@ run_case() { # ROLE_OF_WASMSEC
     clear=$(count "$pcap" "ip6 and (net $LAN6_A or net $LAN6_B)")
     check "$label: no LAN IPv6 packet in the clear on the wire ($clear)" [ "$clear" -eq 0 ]
     # tshark decrypts the ESP with wasmsec's keys and finds the IPv6 pings.
-    local line esp_args=(-o esp.enable_encryption_decode:TRUE) from_a from_b
-    [ -s "$B/esp_sa" ] || touch "$B/esp_sa"
-    while IFS= read -r line; do esp_args+=(-o "uat:esp_sa:$line"); done <"$B/esp_sa"
-    from_a=$(tshark -r "$pcap" "${esp_args[@]}" -Y "esp && icmpv6 && ipv6.src == $HOST6_A" 2>/dev/null | wc -l)
-    from_b=$(tshark -r "$pcap" "${esp_args[@]}" -Y "esp && icmpv6 && ipv6.src == $HOST6_B" 2>/dev/null | wc -l)
+    local from_a from_b
+    from_a=$(decrypted_count "$pcap" "$B/esp_sa" "esp && icmpv6 && ipv6.src == $HOST6_A")
+    from_b=$(decrypted_count "$pcap" "$B/esp_sa" "esp && icmpv6 && ipv6.src == $HOST6_B")
     check "$label: tshark finds IPv6 inside the ESP both ways ($from_a from hosta, $from_b from hostb)" \
         [ "$from_a" -ge 400 -a "$from_b" -ge 400 ]
     local f=$B/stats.json
@@ -126,13 +118,6 @@ run_case() { # ROLE_OF_WASMSEC
     check "$label: wasmsec wrote the bursts to its TUN device (>= 2,700 packets: $(stat "$f" tun_tx_packets))" \
         [ "$(stat "$f" tun_tx_packets)" -ge 2700 ]
     cleanup_case
-}
-
-cleanup_case() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    PIDS=()
-    topo_down
 }
 
 run_case initiator

@@ -17,13 +17,7 @@ run_case() { # ROLE_OF_WASMSEC IKE ESP
         $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B "$ike" "$esp"
     WASMSEC_IKE_EXTRA="esp_keylog = \"$B/esp_sa\"" \
         wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none "$ike" "$esp"
-    if [ "$role" = initiator ]; then
-        wasmsec_ctl "$B" initiate s2s >/dev/null
-    else
-        sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
-    fi
-    check "$label: strongSwan has the tunnel up" sswan_up "$A" 20
-    check "$label: wasmsec has the tunnel up" wasmsec_up "$B" 10
+    bring_up "$label" "$role" "$A" "$B"
     check "$label: ping hosta -> hostb" ping_ok wsi-hosta $HOST_B
     check "$label: ping hostb -> hosta" ping_ok wsi-hostb $HOST_A
     capture_stop
@@ -45,16 +39,14 @@ run_case() { # ROLE_OF_WASMSEC IKE ESP
     # tshark decrypts the ESP both ways with wasmsec's `esp_sa` export
     # (Wireshark's ESP table has no ChaCha20-Poly1305: such SAs are not
     # exported, and the other cases cover ESP decryption).
-    local line esp_args=(-o esp.enable_encryption_decode:TRUE) from_a from_b
+    local from_a from_b
     if [ "$esp" = chacha20poly1305 ]; then
         echo "$label: ESP decryption not checked: Wireshark cannot decrypt ChaCha20-Poly1305 ESP"
     else
         check "$label: wasmsec exported the ESP SA keys, owner-only" \
             [ -s "$B/esp_sa" -a "$(command stat -c %a "$B/esp_sa" 2>/dev/null)" = 600 ]
-        [ -s "$B/esp_sa" ] || touch "$B/esp_sa"
-        while IFS= read -r line; do esp_args+=(-o "uat:esp_sa:$line"); done <"$B/esp_sa"
-        from_a=$(tshark -r "$pcap" "${esp_args[@]}" -Y "esp && icmp && ip.src == $HOST_A" 2>/dev/null | wc -l)
-        from_b=$(tshark -r "$pcap" "${esp_args[@]}" -Y "esp && icmp && ip.src == $HOST_B" 2>/dev/null | wc -l)
+        from_a=$(decrypted_count "$pcap" "$B/esp_sa" "esp && icmp && ip.src == $HOST_A")
+        from_b=$(decrypted_count "$pcap" "$B/esp_sa" "esp && icmp && ip.src == $HOST_B")
         check "$label: tshark decrypts ESP both ways with wasmsec's keys ($from_a from hosta, $from_b from hostb)" \
             [ "$from_a" -ge 10 -a "$from_b" -ge 10 ]
     fi
@@ -62,13 +54,6 @@ run_case() { # ROLE_OF_WASMSEC IKE ESP
     check "$label: no ESP integrity failures at wasmsec" \
         [ "$(stat "$stat_file" inbound_drops.integrity_failed)" -eq 0 ]
     cleanup_case
-}
-
-cleanup_case() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    PIDS=()
-    topo_down
 }
 
 run_case initiator aes256gcm16-prfsha256-x25519 aes256gcm16

@@ -93,8 +93,7 @@ fn main() {
         ip.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, seq as u8]);
         p.extend_from_slice(&ip);
         p.extend_from_slice(&[1, 2, 2, 4]);
-        esp.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        esp.extend_from_slice(&p);
+        esp_record(&mut esp, &p);
     }
     write(&root.join("esp_decap"), "four-packets", &esp);
     // The same for SA 0x1003: a flow of IPv6 UDP packets from fd00:1::1 to
@@ -112,11 +111,17 @@ fn main() {
         ip.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, seq as u8]);
         p.extend_from_slice(&ip);
         p.extend_from_slice(&[1, 2, 2, 41]);
-        esp.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        esp.extend_from_slice(&p);
+        esp_record(&mut esp, &p);
     }
     write(&root.join("esp_decap"), "ipv6-flow", &esp);
     println!("seeds written to {}", root.display());
+}
+
+/// Append `p` to `out` as one record of the targets' input (its 2-byte
+/// length, then its bytes).
+fn esp_record(out: &mut Vec<u8>, p: &[u8]) {
+    out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+    out.extend_from_slice(p);
 }
 
 fn write(dir: &Path, name: &str, data: &[u8]) {
