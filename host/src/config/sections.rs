@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::values::{self, Identity, KeySource, Prefix, Proposals, Spi};
+use super::values::{self, Identity, KeySource, Prefix, Proposals, Sources, Spi};
 use crate::keys::EspAlgorithm;
 
 /// The local admin socket (`wasmsec ctl`) and the metrics listener.
@@ -247,9 +247,10 @@ pub struct Tunnel {
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// Source address for packets the gateway itself sends into the
-    /// tunnel (set on the routes); usually the gateway's LAN address.
+    /// tunnel (set on the routes); usually the gateway's LAN address. One
+    /// per family at most (`Sources`).
     #[serde(default)]
-    pub source: Option<IpAddr>,
+    pub source: Sources,
     /// Ask the kernel for TSO and checksum offload on the TUN devices
     /// (the daemon's and the tenants'): one read then brings a TCP
     /// super-packet of up to 64 KiB, which the data path cuts itself. Where
@@ -260,7 +261,7 @@ pub struct Tunnel {
 
 impl Default for Tunnel {
     fn default() -> Self {
-        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: None, offload: true }
+        Tunnel { name: default_tun_name(), mtu: default_mtu(), source: Sources::default(), offload: true }
     }
 }
 

@@ -2,7 +2,7 @@
 //! own routing domain (a network namespace holding its own TUN device and
 //! routes, so two tenants may use the same LAN prefix), its own ESP guest
 //! instances, its own policy module, and the connections that name it.
-use std::net::IpAddr;
+use super::values::Sources;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -35,9 +35,10 @@ pub struct Tenant {
     #[serde(default)]
     pub mtu: Option<u16>,
     /// Source address for packets the tenant's namespace itself sends into
-    /// the tunnel (set on its routes); an address it already has.
+    /// the tunnel (set on its routes); an address it already has. One per
+    /// family at most (`Sources`).
     #[serde(default)]
-    pub source: Option<IpAddr>,
+    pub source: Sources,
     /// The tenant's policy module (relative to the config file), asked for
     /// the peers of the tenant's connections instead of `[policy] module`.
     /// Watched as `[policy] watch` says.

@@ -214,3 +214,22 @@ fn tenants_parse_with_their_domains_and_validate() {
         ],
     );
 }
+
+#[test]
+fn the_tunnel_source_is_one_address_or_one_of_each_family() {
+    let src = |v: &str| {
+        let text = GOOD.replace("name = \"wsec0\"", &format!("name = \"wsec0\"\nsource = {v}"));
+        Config::parse(&text, "t.toml").map(|c| c.tunnel.source)
+    };
+    let ip = |a: &str| Some(a.parse().unwrap());
+    assert_eq!(Config::parse(GOOD, "t.toml").unwrap().tunnel.source, Sources::default());
+    assert_eq!(src("\"198.18.2.1\"").unwrap(), Sources { v4: ip("198.18.2.1"), v6: None });
+    assert_eq!(src("\"fd00:2::1\"").unwrap(), Sources { v4: None, v6: ip("fd00:2::1") });
+    let both = src("[\"fd00:2::1\", \"198.18.2.1\"]").unwrap();
+    assert_eq!(both, Sources { v4: ip("198.18.2.1"), v6: ip("fd00:2::1") });
+    assert_eq!(both.of_family(&"fd00:1::5".parse().unwrap()), ip("fd00:2::1"));
+    let e = src("[\"198.18.2.1\", \"198.18.2.2\"]").unwrap_err().to_string();
+    assert!(e.contains("198.18.2.1 and 198.18.2.2 are of one family") && e.contains("line"), "{e}");
+    let e = src("\"lan\"").unwrap_err().to_string();
+    assert!(e.contains("source \"lan\" is not an address"), "{e}");
+}

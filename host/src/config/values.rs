@@ -160,6 +160,54 @@ impl<'de> Deserialize<'de> for Identity {
     }
 }
 
+/// `source` of `[tunnel]` or a `[[tenant]]`: the source address set on the
+/// routes into the tunnel, for what the gateway itself sends there. One
+/// address, or a list with at most one of each family (a dual-stack site's
+/// IPv4 and IPv6 LAN addresses): a route gets the one of its own family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub v4: Option<IpAddr>,
+    pub v6: Option<IpAddr>,
+}
+
+impl Sources {
+    /// The source for routes to `addr`'s family, if one is set.
+    pub fn of_family(&self, addr: &IpAddr) -> Option<IpAddr> {
+        if addr.is_ipv4() { self.v4 } else { self.v6 }
+    }
+
+    /// Both, IPv4 first, for a list that gives one of each family.
+    fn add(&mut self, a: IpAddr) -> Result<(), String> {
+        let slot = if a.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
+        match slot.replace(a) {
+            Some(b) => Err(format!("source: {b} and {a} are of one family (at most one IPv4 and one IPv6 address)")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sources {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match Raw::deserialize(d)? {
+            Raw::One(s) => vec![s],
+            Raw::Many(v) => v,
+        };
+        let mut out = Sources::default();
+        for s in list {
+            let a: IpAddr =
+                s.trim().parse().map_err(|_| serde::de::Error::custom(format!("source {s:?} is not an address")))?;
+            out.add(a).map_err(serde::de::Error::custom)?;
+        }
+        Ok(out)
+    }
+}
+
 /// An SPI written as a number or a hex string ("0x1001").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Spi(pub u32);

@@ -5,7 +5,6 @@
 //! the data path's guest group `domain * components + component` stays
 //! where it is).
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -21,8 +20,8 @@ pub struct Domain {
     pub netns: Option<String>,
     /// Its TUN device.
     pub tun: String,
-    /// The source address set on its routes.
-    pub source: Option<IpAddr>,
+    /// The source addresses set on its routes (one per family).
+    pub source: config::Sources,
     /// The TUN device's MTU.
     pub mtu: u16,
     /// Ask for TUN offloads (`[tunnel] offload`).
@@ -97,15 +96,14 @@ impl Domain {
     }
 }
 
-/// `ip` arguments for the route to `p` into TUN device `tun`: with `src
-/// source` when `source` is of `p`'s family. `[tunnel] source` is one
-/// address, so the routes of the other family have none and the kernel
+/// `ip` arguments for the route to `p` into TUN device `tun`: with `src`
+/// the source of `p`'s family, if `source` has one; otherwise the kernel
 /// picks the source of what the gateway itself sends there (until
 /// 2026-12-04 an IPv4 source was put on IPv6 routes too, `ip` refused it,
 /// and a connection with an IPv6 subnet stopped the daemon at start).
-fn route_args(p: &config::Prefix, tun: &str, source: Option<IpAddr>) -> Vec<String> {
+fn route_args(p: &config::Prefix, tun: &str, source: config::Sources) -> Vec<String> {
     let mut args = vec!["route".to_string(), "replace".into(), p.to_string(), "dev".into(), tun.into()];
-    if let Some(s) = source.filter(|s| s.is_ipv4() == p.addr.is_ipv4()) {
+    if let Some(s) = source.of_family(&p.addr) {
         args.extend(["src".to_string(), s.to_string()]);
     }
     args
@@ -151,15 +149,18 @@ mod tests {
 
     #[test]
     fn a_route_takes_the_tunnel_source_only_of_its_own_family() {
-        let route = |p: &str, source: Option<&str>| {
+        let route = |p: &str, v4: Option<&str>, v6: Option<&str>| {
             let p = config::Prefix::parse(p).unwrap();
-            route_args(&p, "wsec0", source.map(|s| s.parse().unwrap())).join(" ")
+            let ip = |a: Option<&str>| a.map(|a| a.parse().unwrap());
+            route_args(&p, "wsec0", config::Sources { v4: ip(v4), v6: ip(v6) }).join(" ")
         };
-        let v4 = Some("198.18.2.1");
-        assert_eq!(route("198.18.1.0/24", v4), "route replace 198.18.1.0/24 dev wsec0 src 198.18.2.1");
-        assert_eq!(route("fd00:1::/64", v4), "route replace fd00:1::/64 dev wsec0");
-        assert_eq!(route("fd00:1::/64", Some("fd00:2::1")), "route replace fd00:1::/64 dev wsec0 src fd00:2::1");
-        assert_eq!(route("198.18.1.0/24", Some("fd00:2::1")), "route replace 198.18.1.0/24 dev wsec0");
-        assert_eq!(route("198.18.1.0/24", None), "route replace 198.18.1.0/24 dev wsec0");
+        let (v4, v6) = (Some("198.18.2.1"), Some("fd00:2::1"));
+        assert_eq!(route("198.18.1.0/24", v4, None), "route replace 198.18.1.0/24 dev wsec0 src 198.18.2.1");
+        assert_eq!(route("fd00:1::/64", v4, None), "route replace fd00:1::/64 dev wsec0");
+        assert_eq!(route("fd00:1::/64", None, v6), "route replace fd00:1::/64 dev wsec0 src fd00:2::1");
+        assert_eq!(route("198.18.1.0/24", None, v6), "route replace 198.18.1.0/24 dev wsec0");
+        assert_eq!(route("fd00:1::/64", v4, v6), "route replace fd00:1::/64 dev wsec0 src fd00:2::1");
+        assert_eq!(route("198.18.1.0/24", v4, v6), "route replace 198.18.1.0/24 dev wsec0 src 198.18.2.1");
+        assert_eq!(route("198.18.1.0/24", None, None), "route replace 198.18.1.0/24 dev wsec0");
     }
 }
