@@ -61,13 +61,17 @@ run_case() { # ROLE_OF_WASMSEC
     sswan_start wsi-gwa "$A" "$([ "$role" = initiator ] && echo responder || echo initiator)" \
         $WAN_A $WAN_B $ID_A $ID_B "$LAN_A,$LAN6_A" "$LAN_B,$LAN6_B"
     WASMSEC_IKE_EXTRA="esp_keylog = \"$B/esp_sa\"" \
-        wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A "$LAN_B\", \"$LAN6_B" "$LAN_A\", \"$LAN6_A" 198.18.2.1
+        wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A "$LAN_B\", \"$LAN6_B" "$LAN_A\", \"$LAN6_A" \
+        '["198.18.2.1", "fd00:2::1"]'
     bring_up "$label" "$role" "$A" "$B"
     check "$label: strongSwan's CHILD SA holds both families on each side" \
         bash -c "swanctl --list-sas --uri unix://$A/charon.vici | grep -q '$LAN6_A' \
             && swanctl --list-sas --uri unix://$A/charon.vici | grep -q '$LAN6_B'"
-    check "$label: wasmsec routes the far IPv6 subnet into its TUN device" \
-        bash -c "ip netns exec wsi-gwb ip -6 route show $LAN6_A | grep -q wsec"
+    check "$label: wasmsec routes the far IPv6 subnet into its TUN device, from its IPv6 source" \
+        bash -c "ip netns exec wsi-gwb ip -6 route show $LAN6_A | grep -q 'dev wsec.* src fd00:2::1'"
+    check "$label: and the far IPv4 subnet from its IPv4 source" \
+        bash -c "ip netns exec wsi-gwb ip route show $LAN_A | grep -q 'dev wsec.* src 198.18.2.1'"
+    check "$label: gwb itself reaches hosta over IPv6 through the tunnel" ping6_ok wsi-gwb $HOST6_A
     check "$label: ping hosta -> hostb, IPv4" ping_ok wsi-hosta $HOST_B
     check "$label: ping6 hosta -> hostb" ping6_ok wsi-hosta $HOST6_B
     check "$label: ping6 hostb -> hosta" ping6_ok wsi-hostb $HOST6_A
