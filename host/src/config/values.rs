@@ -176,7 +176,8 @@ impl Sources {
         if addr.is_ipv4() { self.v4 } else { self.v6 }
     }
 
-    /// Both, IPv4 first, for a list that gives one of each family.
+    /// Take `a` as the source of its family; a second of one family is an
+    /// error.
     fn add(&mut self, a: IpAddr) -> Result<(), String> {
         let slot = if a.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
         match slot.replace(a) {

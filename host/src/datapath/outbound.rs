@@ -5,7 +5,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
-use wasmsec_wire::{ipv4, ipv6};
+use wasmsec_wire::ip::{Address, Selectors};
 
 use super::channel::Report;
 use super::group::Split;
@@ -227,12 +227,12 @@ impl Loop {
 }
 
 /// The destination of an inner IPv4 or IPv6 packet (what a `trap`
-/// connection's remote subnets are matched against).
+/// connection's remote subnets are matched against), as the selectors'
+/// parse reads it.
 fn destination(p: &[u8]) -> Option<std::net::IpAddr> {
-    match p.first().map(|b| b >> 4) {
-        Some(4) => ipv4::Packet::new_checked(p).ok().map(|ip| ip.dst_addr().into()),
-        Some(6) => ipv6::Packet::new_checked(p).ok().map(|ip| ip.dst_addr().into()),
-        _ => None,
+    match Selectors::parse(p).ok()?.dst {
+        Address::V4(a) => Some(a.into()),
+        Address::V6(a) => Some(a.into()),
     }
 }
 
