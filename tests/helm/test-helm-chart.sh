@@ -60,6 +60,10 @@ check "schema: an unknown key in a connection is refused" \
     refused connkey 'connections: [{name: a, remoteAddrs: ["192.0.2.1"], localId: a, remoteId: b, pskKey: a, psk: x, children: [{name: c, localTs: ["10.0.0.0/8"], remoteTs: ["10.1.0.0/16"]}]}]' "additional properties 'psk' not allowed"
 check "schema: an unknown workload kind is refused" \
     refused kind 'workload: {kind: StatefulSet}' "workload/kind"
+check "schema: a tunnel source of three addresses is refused" \
+    refused src3 'gateway: {tunnel: {source: ["10.0.0.1", "fd00::1", "10.0.0.2"]}}' "maxItems: got 3, want 2"
+check "schema: a tenant's source that is not an address is refused" \
+    refused tsrc 'tenants: [{name: a, netns: a, source: ["10.0.0.1/24"]}]' "tenants/0/source/0.*does not match pattern"
 check "a connection without a PSK source is refused by the chart" \
     refused nopsk 'connections: [{name: a, remoteAddrs: ["192.0.2.1"], localId: a, remoteId: b, pskKey: a, children: [{name: c, localTs: ["10.0.0.0/8"], remoteTs: ["10.1.0.0/16"]}]}]' "connections need PSKs"
 
@@ -125,4 +129,6 @@ done
 for k in onprem; do printf 'test-psk-%s\n' "$k" > "$C/psk/$k"; chmod 600 "$C/psk/$k"; done
 check "default: the rendered config passes wasmsec check-config" "$WASMSEC_BIN" check-config --config "$C/default.toml"
 check "site-to-site: the rendered config passes wasmsec check-config" "$WASMSEC_BIN" check-config --config "$C/site-to-site.toml"
+check "site-to-site: a source address of each family, as a TOML list" \
+    grep -qxF 'source = ["10.20.0.1","fd00:20::1"]' "$C/site-to-site.toml"
 finish
