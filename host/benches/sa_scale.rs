@@ -18,6 +18,7 @@
 //! cost does not grow with the count when the ratios stay near 1. The
 //! counts and patterns take turns in 15 rounds of 150 ms
 //! (`WASMSEC_BENCH_ROUNDS`, `WASMSEC_BENCH_ROUND_MS`); medians printed.
+//! `WASMSEC_SA_PATTERN=0`, `1` or `2` runs only that pattern (for `perf`).
 //! Run: `cargo xtask bench-sas` (builds the component first). The
 //! instances live in memory slots, as a tenant's do; with
 //! `WASMSEC_SA_MEMORY=guarded` in the guarded memory of the daemon's own
@@ -263,9 +264,14 @@ fn main() {
     // after the other, so that each ratio compares times taken moments
     // apart and a noisy neighbour's minutes weigh on every count alike.
     // `ns[pattern][setup]`: each round's encap and decap ns per packet.
+    let only: Option<usize> = std::env::var("WASMSEC_SA_PATTERN").ok().and_then(|v| v.parse().ok());
     let mut ns = vec![vec![Vec::with_capacity(rounds); setups.len()]; PATTERNS.len()];
     for _ in 0..rounds {
         for (p, &pattern) in PATTERNS.iter().enumerate() {
+            // `WASMSEC_SA_PATTERN=0|1|2`: only that pattern (for a profile).
+            if only.is_some_and(|o| o != p) {
+                continue;
+            }
             for (k, s) in setups.iter_mut().enumerate() {
                 ns[p][k].push(measure(s, pattern, round));
             }
@@ -283,6 +289,9 @@ fn main() {
     for (k, s) in setups.iter().enumerate() {
         let group = |p: usize| {
             let (mine, first) = (&ns[p][k], &ns[p][0]);
+            if mine.is_empty() {
+                return format!("{:^37}", "(not run)");
+            }
             let at = |d: usize| median(mine.iter().map(|r| r[d]).collect());
             let x = |d: usize| median(mine.iter().zip(first).map(|(r, f)| r[d] / f[d]).collect());
             format!("{:>8.1} {:>8.1} {:>9.2} {:>9.2}", at(0), at(1), x(0), x(1))
