@@ -55,9 +55,11 @@ impl Default for GroRecv {
 
 impl Loop {
     /// Read ESP-in-UDP datagrams into staging slots from `n` on until the
-    /// socket has none or the batch is full; the next free slot.
-    pub(super) fn read_udp(&mut self, mut n: usize) -> usize {
-        while n < self.staging.len() {
+    /// socket has none, the batch is full or `budget` datagrams (each
+    /// counted, ESP or not) were read; the next free slot.
+    pub(super) fn read_udp(&mut self, mut n: usize, budget: &mut usize) -> usize {
+        while n < self.staging.len() && *budget > 0 {
+            *budget -= 1;
             if !self.gro.enabled {
                 match sys::recv_gro(&self.udp, self.staging[n].recv_area()) {
                     Ok(r) => {

@@ -20,6 +20,13 @@ use crate::stats;
 use crate::sys;
 use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
 
+/// Datagrams read per batch at most, in batches: keepalives, IKE, runts
+/// and SPI 0 do not fill a batch, so a flood of them would keep this thread
+/// reading while the ESP already read, SA changes and expiries wait. Past
+/// the budget the batch goes on as it is, and what the socket cannot hold
+/// meanwhile the kernel drops, as it does ESP beyond line rate.
+pub(super) const READS_PER_BATCH: usize = 4;
+
 /// What a received ESP packet's outer headers said.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Arrival {
@@ -171,16 +178,20 @@ impl Loop {
     /// Fill the batch with ESP packets from the ready sockets; keepalives
     /// and IKE are counted and set aside.
     /// Slots `..start` are taken already; returns the end of the batch.
-    fn read_batch(&mut self, ready: &[bool], start: usize) -> usize {
+    /// At most [`READS_PER_BATCH`] times the batch's datagrams are read,
+    /// ESP or not.
+    pub(super) fn read_batch(&mut self, ready: &[bool], start: usize) -> usize {
         let batch = self.staging.len();
+        let mut budget = READS_PER_BATCH * batch;
         let mut n = start;
         if ready[0] || self.gro.has_pending() {
-            n = self.read_udp(n);
+            n = self.read_udp(n, &mut budget);
         }
         if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
             let mut lens = [0usize; sys::RAW_BATCH];
-            while n < batch {
-                let want = (batch - n).min(sys::RAW_BATCH);
+            while n < batch && budget > 0 {
+                let want = (batch - n).min(sys::RAW_BATCH).min(budget);
+                budget -= want;
                 let got = match raw.recv_many(self.staging[n..].iter_mut().map(PacketBuf::recv_area), &mut lens[..want])
                 {
                     Ok(got) => got,

@@ -12,7 +12,7 @@ use super::*;
 use crate::keys::{EspAlgorithm, EspKey};
 use crate::wasm::esp::TrafficSelector;
 
-fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
+pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
     let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![])).expect("group 0");
     Loop {
         runtime: rt,

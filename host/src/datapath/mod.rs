@@ -23,6 +23,8 @@ mod install_tests;
 pub mod link_send;
 pub mod outbound;
 pub mod peers;
+#[cfg(test)]
+mod read_budget_tests;
 pub mod tos;
 pub mod tso;
 pub mod tun_write;
