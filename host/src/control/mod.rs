@@ -29,7 +29,7 @@ use crate::sys;
 use crate::wasm::Runtime;
 use crate::wasm::ike::{Datagram, Event, IkeInstance, IkeSaState, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
-use sockets::{IkeSockets, MAX_IKE_MESSAGE, endpoint};
+use sockets::{IkeSockets, MAX_READ_500, endpoint};
 
 /// A connection with `start_action = "trap"`: its remote selectors.
 pub struct Trap {
@@ -622,15 +622,10 @@ impl ControlPlane {
         // What a trap left of the last read goes first (the datagram that
         // trapped is not among it: it is not handed to a guest again).
         if self.from_500.is_empty() {
-            match self.sockets.receive() {
-                Ok(ds) => {
-                    for d in ds {
-                        if d.data.len() > MAX_IKE_MESSAGE {
-                            crate::stats::inc(&self.stats.ike_oversize);
-                        } else {
-                            self.from_500.push_back(d);
-                        }
-                    }
+            match self.sockets.receive(MAX_READ_500) {
+                Ok(r) => {
+                    crate::stats::add(&self.stats.ike_oversize, r.oversize);
+                    self.from_500.extend(r.datagrams);
                 }
                 Err(e) => debug!(error = %e, "IKE port receive failed"),
             }

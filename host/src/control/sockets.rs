@@ -14,6 +14,21 @@ use crate::wasm::ike::{Datagram, Endpoint};
 /// negotiate needs more until IKE fragmentation (RFC 7383) arrives.
 pub const MAX_IKE_MESSAGE: usize = 10_000;
 
+/// Datagrams read from the IKE port per round of the IKE thread: each
+/// goes through the guest before the round's timers, UDP 4500's messages
+/// and admin requests, so a flood on port 500 must not make one round
+/// without end. The rest wait in the socket (whose buffer drops what it
+/// cannot hold), as UDP 4500's wait behind `MAX_QUEUED_IKE`.
+pub const MAX_READ_500: usize = 256;
+
+/// What one read of the IKE port found.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub datagrams: Vec<Datagram>,
+    /// Datagrams above [`MAX_IKE_MESSAGE`], dropped before a copy.
+    pub oversize: u64,
+}
+
 /// Our IKE address and the sockets on it.
 pub struct IkeSockets {
     /// Our address on the wire.
@@ -45,23 +60,27 @@ impl IkeSockets {
         Ok(endpoint(self.address, self.nat_t_port))
     }
 
-    /// Every datagram waiting on the IKE port (IPv4 senders only).
-    pub fn receive(&mut self) -> io::Result<Vec<Datagram>> {
+    /// The datagrams waiting on the IKE port (IPv4 senders only), at most
+    /// `max` of them, counting those too large without copying them.
+    pub fn receive(&mut self, max: usize) -> io::Result<Received> {
         let local = endpoint(self.address, self.ike_port);
         let buf = &mut self.buf;
-        let mut out = Vec::new();
-        loop {
+        let mut out = Received::default();
+        for _ in 0..max {
             match self.ike.recv_from(buf) {
-                Ok((n, SocketAddr::V4(from))) => out.push(Datagram {
+                Ok((n, _)) if n > MAX_IKE_MESSAGE => out.oversize += 1,
+                Ok((n, SocketAddr::V4(from))) => out.datagrams.push(Datagram {
                     local: local.clone(),
                     remote: endpoint(*from.ip(), from.port()),
                     data: buf[..n].to_vec(),
                 }),
                 Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(out),
-                Err(e) => return if out.is_empty() { Err(e) } else { Ok(out) },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if out.datagrams.is_empty() && out.oversize == 0 => return Err(e),
+                Err(_) => break,
             }
         }
+        Ok(out)
     }
 
     /// Send an IKE datagram from the port the engine chose: on the NAT-T
@@ -87,5 +106,35 @@ impl IkeSockets {
             Some(SocketAddr::V4(to)) => self.nat_t.send_to(&KEEPALIVE, to).map(|_| ()),
             _ => Err(io::Error::new(ErrorKind::InvalidInput, "not an IPv4 endpoint")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_of_the_ike_port_takes_at_most_its_share_and_skips_oversize_without_a_copy() {
+        let ike = UdpSocket::bind("127.0.0.1:0").expect("IKE port");
+        ike.set_nonblocking(true).expect("nonblocking");
+        crate::sys::set_socket_buffers(&ike, 8 << 20).expect("socket buffers");
+        let to = ike.local_addr().expect("address");
+        let mut s =
+            IkeSockets::new(Ipv4Addr::LOCALHOST, ike, UdpSocket::bind("127.0.0.1:0").expect("NAT-T")).expect("sockets");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.send_to(&[0u8; MAX_IKE_MESSAGE + 1], to).expect("oversize sent");
+        for i in 0..300u16 {
+            peer.send_to(&i.to_be_bytes(), to).expect("sent");
+        }
+        let r = s.receive(MAX_READ_500).expect("read");
+        assert_eq!(
+            (r.oversize, r.datagrams.len()),
+            (1, MAX_READ_500 - 1),
+            "one round's share, the oversize one counted"
+        );
+        assert_eq!(r.datagrams[0].data, 0u16.to_be_bytes(), "in order");
+        let r = s.receive(MAX_READ_500).expect("read");
+        assert_eq!((r.oversize, r.datagrams.len()), (0, 300 - (MAX_READ_500 - 1)), "the rest in the next round");
+        assert_eq!(s.receive(MAX_READ_500).expect("read").datagrams.len(), 0);
     }
 }
