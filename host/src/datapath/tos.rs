@@ -86,8 +86,9 @@ pub struct CeOnNotEct;
 pub fn decap(outer: u8, p: &mut [u8], dscp_in: bool) -> Result<(), CeOnNotEct> {
     let inner = of_inner(p);
     let version = p.first().map_or(0, |b| b >> 4);
-    if version == 4 && p.len() < 20 {
-        // Not a whole IPv4 header: nothing to mark (nor to check).
+    if (version == 4 && p.len() < 20) || (version == 6 && p.len() < 40) {
+        // Not a whole IP header (only a guest that breaks its contract
+        // delivers one): nothing to mark, nor to check.
         return Ok(());
     }
     let ecn = match (inner & ECN, outer & ECN) {
@@ -144,6 +145,17 @@ mod tests {
         assert_eq!(outer(0xbb, copy(true, false)), 0xb8);
         assert_eq!(outer(0xbb, copy(false, true)), 0x03);
         assert_eq!(outer(0xbb, copy(false, false)), 0);
+    }
+
+    #[test]
+    fn a_packet_shorter_than_its_header_is_left_alone() {
+        // DSCP EF outside, copied in: it would be written (into bytes
+        // that are not there).
+        for short in [vec![0x60u8], vec![0x60, 0x20], vec![0x45, 0x02, 0, 20]] {
+            let mut p = short.clone();
+            assert_eq!(decap(0xb8, &mut p, true), Ok(()));
+            assert_eq!(p, short);
+        }
     }
 
     #[test]
@@ -209,11 +221,16 @@ mod tests {
     #[test]
     fn decapsulation_marks_an_ipv6_traffic_class() {
         // Traffic class 0x8a (AF41, ECT(0)), flow label 0x12345.
-        let mut p = [0x68, 0xa1, 0x23, 0x45, 0, 0, 17, 64];
+        let v6 = |head: [u8; 4]| {
+            let mut p = [0u8; 40];
+            p[..4].copy_from_slice(&head);
+            p
+        };
+        let mut p = v6([0x68, 0xa1, 0x23, 0x45]);
         decap(CE, &mut p, false).unwrap();
         assert_eq!(p[..4], [0x68, 0xb1, 0x23, 0x45]);
         assert_eq!(of_inner(&p), 0x8b);
-        let mut not_ect = [0x68, 0x81, 0x23, 0x45];
+        let mut not_ect = v6([0x68, 0x81, 0x23, 0x45]);
         assert_eq!(decap(CE, &mut not_ect, false), Err(CeOnNotEct));
         // A runt IPv4 header is left alone; nothing panics on any input.
         let mut runt = [0x45, 0x02, 0];

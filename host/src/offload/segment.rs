@@ -62,7 +62,9 @@ impl Segmenter {
                 let tcp = usize::from(hdr.csum_start);
                 let doff = usize::from(*pkt.get(tcp + 12).ok_or(SegmentError::Malformed)? >> 4) * 4;
                 let ip_ok = match pkt.first().map(|b| b >> 4) {
-                    Some(4) => hdr.gso() == GSO_TCPV4 && tcp >= 20,
+                    // The IPv4 header ends where TCP starts: each segment's
+                    // header checksum is taken over the header's IHL words.
+                    Some(4) => hdr.gso() == GSO_TCPV4 && tcp >= 20 && usize::from(pkt[0] & 0x0f) * 4 == tcp,
                     Some(6) => hdr.gso() == GSO_TCPV6 && tcp >= 40,
                     _ => false,
                 };
@@ -281,6 +283,10 @@ pub(crate) mod tests {
         assert!(Segmenter::new(VnetHdr { gso_type: GSO_TCPV6, ..hdr }, &sup).is_err(), "IPv4 packet, v6 type");
         assert!(Segmenter::new(VnetHdr { csum_start: 200, ..hdr }, &sup).is_err());
         assert!(Segmenter::new(VnetHdr { gso_size: 0, ..hdr }, &sup).is_err());
+        // An IPv4 header longer (IHL 15) than where TCP is said to start.
+        let mut long_ihl = sup.clone();
+        long_ihl[0] = 0x4f;
+        assert!(Segmenter::new(hdr, &long_ihl).is_err(), "IHL and csum_start disagree");
         // An output buffer too small for a segment ends the cut, no panic.
         let mut s = Segmenter::new(hdr, &sup).unwrap();
         assert_eq!(s.next_into(&sup, &mut [0u8; 60]), None);
