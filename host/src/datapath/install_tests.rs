@@ -149,14 +149,15 @@ fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
     assert!(to_loop.send(first));
     l.apply_commands(true);
     assert!(reports.drain().is_empty(), "the first SA is installed");
-    // The same SPI again: the ESP engine refuses a duplicate.
-    let (key, again) = add(0x2000, 2);
+    // An SPI of the range RFC 4303 section 2.1 reserves: the ESP engine
+    // refuses it.
+    let (key, again) = add(0x80, 2);
     assert!(to_loop.send(again));
     l.apply_commands(true);
     let got = reports.drain();
     match got.as_slice() {
-        [Report::NotInstalled { spi: 0x2000, error }] => {
-            assert!(error.contains("inbound SA 0x00002000 refused by the guest"), "{error}")
+        [Report::NotInstalled { spi: 0x80, error }] => {
+            assert!(error.contains("inbound SA 0x00000080 refused by the guest"), "{error}")
         }
         other => panic!("expected one NotInstalled report, got {other:?}"),
     }
@@ -201,4 +202,42 @@ fn an_sa_deleted_before_its_install_came_is_no_failure() {
     assert_eq!(l.stats.sa_install_failures.load(Ordering::Relaxed), 0);
     assert_eq!(l.peers.in_use(), 0, "the peer's entry is released");
     assert!(l.groups.by_spi.is_empty(), "no SA left indexed");
+}
+
+#[test]
+fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
+    // Each group's guest refuses a duplicate of its own; across groups (a
+    // tenant's and the daemon's own domain, or a manual tunnel's) only the
+    // host can: without the check, the new SA took the SPI's routing and
+    // its removal left the first one without any.
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let other = group::Group::new(&l.runtime, 0, 1, SaSet::new(ks.clone(), vec![], vec![])).expect("group 1");
+    l.groups.list.push(other);
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let add = |group: usize, fill: u8| {
+        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
+        let sa = InboundSa {
+            spi: 0x4000,
+            key,
+            esn: false,
+            replay_window: 64,
+            highest_seq: 0,
+            local_ts: vec![ts.clone()],
+            remote_ts: vec![ts.clone()],
+            limits: Default::default(),
+        };
+        SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() }
+    };
+    assert!(to_loop.send(add(0, 1)));
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "the first SA is installed");
+    assert!(to_loop.send(add(1, 2)));
+    l.apply_commands(true);
+    match reports.drain().as_slice() {
+        [Report::NotInstalled { spi: 0x4000, error }] => assert!(error.contains("already in use"), "{error}"),
+        other => panic!("expected one NotInstalled report, got {other:?}"),
+    }
+    assert_eq!(l.groups.by_spi.get(&0x4000), Some(&0), "the SPI's packets still go to the first SA's group");
+    assert!(l.groups.list[1].inst.is_none(), "the other group got no instance for the refused SA");
 }

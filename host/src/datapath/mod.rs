@@ -500,12 +500,20 @@ impl Loop {
     }
 
     fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<Installed> {
-        let group = self.groups.list.get_mut(g).ok_or_else(|| anyhow::anyhow!("no guest group {g}"))?;
         let (handle, spi, key_use) = match (&out, &inb) {
             (Some(sa), _) => (sa.key, sa.spi, KeyUse::Seal { spi: sa.spi, peer: sa.peer }),
             (None, Some(sa)) => (sa.key, sa.spi, KeyUse::Open { spi: sa.spi }),
             (None, None) => return Ok(Installed::Gone),
         };
+        // One SA per SPI and direction in the whole data path: each group's
+        // guest refuses a duplicate of its own, but another group's (a
+        // tenant's, or a manual tunnel's) would take this SPI's packets, and
+        // its removal the other SA's routing. Refused, and so reported up:
+        // IKE deletes the CHILD SA and a new one gets other SPIs.
+        if let Some(&other) = self.groups.by_spi.get(&spi) {
+            anyhow::bail!("SPI {spi:#010x} is already in use in this direction (guest group {other})");
+        }
+        let group = self.groups.list.get_mut(g).ok_or_else(|| anyhow::anyhow!("no guest group {g}"))?;
         // The control thread checked the key before it sent the SA, and
         // destroys it only when the SA is deleted: a key gone by now means
         // the SA was deleted while its install waited here (installs wait
