@@ -13,7 +13,8 @@
 #    to it exactly the packets the honest tunnel delivered);
 #  - the honest tunnel kept forwarding throughout (at most 5 % ping loss).
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
-# swapped key handles, or encrypts with the peer's SK_e, against an honest
+# swapped key handles, encrypts with the peer's SK_e, or deletes the honest
+# manual tunnel's SAs (which it never installed), against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
@@ -402,4 +403,5 @@ run_ike_trap_every_try
 run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
+run_ike_attack hostile-delete-others "IKE: deleting a manual tunnel's SAs it never installed"
 finish

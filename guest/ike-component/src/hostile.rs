@@ -10,6 +10,7 @@
 //! | `hostile-trap-marker`   | traps on a datagram whose initiator SPI is [`TRAP_MARKER`] |
 //! | `hostile-trap-after-initiate` | the first instance traps in the `poll` after an `initiate` (a replacement, which is restored, does not) |
 //! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
+//! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -37,6 +38,7 @@ pub enum Attack {
     TrapOnMarker,
     TrapAfterInitiate,
     TrapOnTerminate,
+    DeleteOthers,
 }
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
@@ -58,6 +60,7 @@ pub fn choose(connection: &str) {
         "hostile-trap-marker" => Attack::TrapOnMarker,
         "hostile-trap-after-initiate" => Attack::TrapAfterInitiate,
         "hostile-trap-on-terminate" => Attack::TrapOnTerminate,
+        "hostile-delete-others" => Attack::DeleteOthers,
         _ => Attack::None,
     });
 }
@@ -126,5 +129,18 @@ pub fn forged_log_line() -> Option<crate::wit::Event> {
         level: crate::wit::Level::Warn,
         connection: "hostile\nconnection".into(),
         message: format!("a hostile guest's line\nFORGED-BY-THE-IKE-GUEST {}", "x".repeat(20_000)),
+    }))
+}
+
+/// For `DeleteOthers`: a Delete of an SA this guest did not install (the
+/// manual tunnel's SPIs; key handles it cannot know, as they are random).
+pub fn delete_others() -> Option<crate::wit::SaChange> {
+    (attack() == Attack::DeleteOthers).then_some(crate::wit::SaChange::Delete(crate::wit::ChildDeleted {
+        ike_spi: 0,
+        inbound_spi: 0x0000_1002,
+        outbound_spi: 0x0000_1001,
+        inbound_key: 1,
+        outbound_key: 2,
+        keep_inbound_ms: 0,
     }))
 }

@@ -394,6 +394,8 @@ impl wit::Guest for Component {
         });
         #[cfg(feature = "hostile")]
         out.events.extend(hostile::forged_log_line());
+        #[cfg(feature = "hostile")]
+        out.sa_changes.extend(hostile::delete_others());
         out
     }
 

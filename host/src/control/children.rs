@@ -333,23 +333,29 @@ impl Children {
     }
 
     /// A CHILD SA is gone: its outbound half at once, its inbound half after
-    /// `keep_inbound_ms` (`now` in control-loop milliseconds).
-    pub fn delete(&mut self, d: ChildDeleted, now: u64) {
-        self.deferred.remove(&d.outbound_spi);
-        self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: d.outbound_spi });
-        self.esp_keys.remove(d.outbound_key);
-        if d.keep_inbound_ms == 0 {
-            self.inbound.send_quiet(SaCommand::RemoveInbound { spi: d.inbound_spi });
-            self.esp_keys.remove(d.inbound_key);
-        } else {
-            self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), d.inbound_spi, d.inbound_key)));
-        }
-        for c in self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi) {
+    /// `keep_inbound_ms` (`now` in control-loop milliseconds). Only one
+    /// this host installed for the IKE guest, with the keys it recorded:
+    /// the guest is untrusted, and its SPIs and key handles could name
+    /// another tenant's SA or a manual tunnel's. False if there is none.
+    pub fn delete(&mut self, d: ChildDeleted, now: u64) -> bool {
+        let gone = self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi);
+        for c in &gone {
+            let (inbound_key, outbound_key) = c.keys;
+            self.deferred.remove(&c.outbound_spi);
+            self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.outbound_spi });
+            self.esp_keys.remove(outbound_key);
+            if d.keep_inbound_ms == 0 {
+                self.inbound.send_quiet(SaCommand::RemoveInbound { spi: c.inbound_spi });
+                self.esp_keys.remove(inbound_key);
+            } else {
+                self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), c.inbound_spi, inbound_key)));
+            }
             let r = self.retired.entry(c.connection.clone()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
             }
         }
+        !gone.is_empty()
     }
 
     /// The IKE guest started over without its checkpoints, so it knows

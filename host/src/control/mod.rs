@@ -704,7 +704,19 @@ impl ControlPlane {
                     }
                 }
                 SaChange::ChildrenMoved((from, to)) => self.children.moved(from, to),
-                SaChange::Delete(d) => self.children.delete(d, now),
+                SaChange::Delete(d) => {
+                    let (inbound, outbound) = (d.inbound_spi, d.outbound_spi);
+                    if !self.children.delete(d, now) {
+                        // Nothing of the data path's is touched: an honest
+                        // guest deletes only what it installed.
+                        crate::stats::inc(&self.stats.guest_protocol_errors);
+                        debug!(
+                            inbound_spi = format_args!("{inbound:08x}"),
+                            outbound_spi = format_args!("{outbound:08x}"),
+                            "IKE guest deleted a CHILD SA the host has not installed: nothing to do"
+                        );
+                    }
+                }
             }
         }
         for t in out.transmits {

@@ -332,7 +332,11 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     }
 
     fn destroy(&mut self, key: u64) {
-        if !self.vault.destroy(key) {
+        // An ESP key only while it is derived and not installed: the keys
+        // of an installed CHILD SA (or another tenant's, or a manual
+        // tunnel's, in the same keystore) go with the SA's Delete, which
+        // the host checks against what it installed.
+        if !self.vault.destroy(key) && self.derived.iter().any(|(o, (i, _))| *o == key || *i == key) {
             self.esp_keys.remove(key);
             self.esp_exports.remove(&key);
             self.derived.retain(|o, (i, _)| *o != key && *i != key);
