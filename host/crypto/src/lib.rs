@@ -83,8 +83,16 @@ struct CookieSecrets {
 }
 
 /// Holder of every IKE secret.
+/// Live secrets at most before a new DH value is refused: the IKE guest
+/// asks for those freely, and a broken one must not grow the host's memory
+/// without end. 100,000 IKE SAs with their rekeys and half-open ones take
+/// a fraction of it.
+pub const MAX_SECRETS: usize = 1 << 20;
+
 pub struct Vault {
     secrets: HashMap<u64, Secret>,
+    /// [`MAX_SECRETS`], lower in tests.
+    max_secrets: usize,
     rng: SystemRandom,
     /// COOKIE secrets, made at the first cookie.
     cookies: Option<CookieSecrets>,
@@ -101,7 +109,13 @@ impl Default for Vault {
 
 impl Vault {
     pub fn new() -> Vault {
-        Vault { secrets: HashMap::new(), rng: SystemRandom::new(), cookies: None, audit: None }
+        Vault {
+            secrets: HashMap::new(),
+            max_secrets: MAX_SECRETS,
+            rng: SystemRandom::new(),
+            cookies: None,
+            audit: None,
+        }
     }
 
     /// A vault that also keeps a copy of every secret it creates, so a test
@@ -224,6 +238,9 @@ impl Vault {
 
     /// A fresh DH private value (kept here) and its public value.
     pub fn dh_generate(&mut self, group: DhGroup) -> Result<(u64, Vec<u8>), CryptoError> {
+        if self.secrets.len() >= self.max_secrets {
+            return Err(CryptoError::Internal);
+        }
         let (private, public) = dh::generate(group, &self.rng)?;
         Ok((self.insert(Secret::Dh(private)), public))
     }
@@ -407,6 +424,15 @@ pub fn push_hex(out: &mut Zeroizing<String>, bytes: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dh_values_are_refused_once_the_vault_is_full() {
+        let mut v = Vault { max_secrets: 3, ..Vault::new() };
+        let handles: Vec<u64> = (0..3).map(|_| v.dh_generate(DhGroup::X25519).expect("room").0).collect();
+        assert_eq!(v.dh_generate(DhGroup::X25519).err(), Some(CryptoError::Internal), "full");
+        assert!(v.destroy(handles[0]));
+        assert!(v.dh_generate(DhGroup::X25519).is_ok(), "room again");
+    }
+
     #[test]
     fn a_psk_is_replaced_under_its_handle() {
         let mut v = Vault::new();

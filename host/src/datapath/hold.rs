@@ -26,6 +26,13 @@ pub const HOLD_FOR: Duration = Duration::from_millis(250);
 /// At most this many packets are held in all (a flood with an expected
 /// SPI costs a bounded amount of memory and is dropped as before).
 pub const HOLD_MAX: usize = 64;
+/// Expected SPIs at most. Each is settled by its SA's install, within
+/// milliseconds, or ends after [`EXPECT_FOR`]; an IKE guest that announced
+/// SPIs without end (a broken one) must not grow this table without end.
+/// At the cap the expired ones go (at most once a second); a new SPI that
+/// still finds no room is not expected, which costs only its first ESP
+/// packets if it comes before its SA.
+pub const EXPECT_MAX: usize = 65_536;
 
 /// A held ESP packet.
 pub struct Held {
@@ -46,6 +53,8 @@ pub struct Hold {
     expected: HashMap<u32, Instant>,
     /// Held packets, oldest first.
     held: Vec<Held>,
+    /// When `expected` may be swept for expired SPIs again.
+    next_sweep: Option<Instant>,
     /// Buffers to swap into the staging area in place of held packets.
     spare: Vec<PacketBuf>,
 }
@@ -53,7 +62,13 @@ pub struct Hold {
 impl Hold {
     /// A request offering `spi` is leaving.
     pub fn expect(&mut self, spi: u32, now: Instant) {
-        self.expected.insert(spi, now + EXPECT_FOR);
+        if self.expected.len() >= EXPECT_MAX && self.next_sweep.is_none_or(|t| now >= t) {
+            self.expected.retain(|_, until| now < *until);
+            self.next_sweep = Some(now + Duration::from_secs(1));
+        }
+        if self.expected.len() < EXPECT_MAX {
+            self.expected.insert(spi, now + EXPECT_FOR);
+        }
     }
 
     /// The SA with `spi` is installed (or will never be): no more holding
@@ -145,6 +160,22 @@ mod tests {
         assert_eq!(&staging[0].data()[..4], &0xc000_0001u32.to_be_bytes());
         assert_eq!(sources.len(), 1);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn expected_spis_are_bounded_and_the_expired_ones_make_room() {
+        let now = Instant::now();
+        let mut h = Hold::default();
+        for spi in 0..EXPECT_MAX as u32 {
+            h.expect(spi, now);
+        }
+        h.expect(u32::MAX, now);
+        assert!(!h.wants(u32::MAX, now), "full: not expected");
+        assert_eq!(h.expected.len(), EXPECT_MAX);
+        let later = now + EXPECT_FOR;
+        h.expect(u32::MAX, later);
+        assert!(h.wants(u32::MAX, later), "the expired ones made room");
+        assert_eq!(h.expected.len(), 1);
     }
 
     #[test]
