@@ -21,6 +21,7 @@ use crate::keys::{EspAlgorithm, Keystore};
 use crate::stats::{SaPairTraffic, SaTraffic, TRAFFIC_FIELDS, Traffic, traffic};
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
 use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState};
+use crate::wasm::{GUEST_REASON_CHARS, guest_text};
 
 /// A WIT endpoint as a socket address.
 pub fn socket_addr(e: &Endpoint) -> Option<SocketAddr> {
@@ -216,15 +217,15 @@ impl Children {
     pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) -> bool {
         let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
-            warn!(connection = %c.connection, "IPv6 peers are not supported by the data plane yet");
+            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             return true;
         };
         let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ) else {
-            warn!(connection = %c.connection, encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
+            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
         if !ike.claim_child_keys(c.outbound_key, c.inbound_key, alg) {
-            warn!(connection = %c.connection, "IKE guest installed keys that were not derived for this CHILD SA: refused");
+            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
             return false;
         }
         let peer = Peer {
