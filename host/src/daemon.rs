@@ -284,6 +284,8 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         traps,
         children,
         policies,
+        heard: Default::default(),
+        configured: Default::default(),
     })
 }
 

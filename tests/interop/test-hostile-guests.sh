@@ -13,8 +13,9 @@
 #    to it exactly the packets the honest tunnel delivered);
 #  - the honest tunnel kept forwarding throughout (at most 5 % ping loss).
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
-# swapped key handles, encrypts with the peer's SK_e, or deletes the honest
-# manual tunnel's SAs (which it never installed), against an honest
+# swapped key handles, encrypts with the peer's SK_e, deletes the honest
+# manual tunnel's SAs (which it never installed), or sends to A's LAN host
+# (a reflector), against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
@@ -115,7 +116,7 @@ run_esp_attack() { # SPI_HIGH WHAT DIRECTION(out|in)
     conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A $hin $hout "" "" "$B" >"$B/wasmsec.toml"
     start wsi-gwa "$A" && start wsi-gwb "$B" || return 1
     ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" udp port 4500 2>/dev/null &
-    local cap=$!
+    local cap=$!; PIDS+=($cap)
     sleep 1
     nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 &
     local honest=$!
@@ -182,8 +183,15 @@ ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(jso
 run_ike_attack() { # NAME WHAT
     local name=$1 what=$2 A=$STATE/$1/A B=$STATE/$1/B
     ike_pair "$STATE/$1" "$name" start 200 "" "$COMPONENTS/hostile-ike.wasm"
+    # What gateway A sends into its LAN to UDP 500 (hostile-send-anywhere).
+    ip netns exec wsi-gwa tcpdump -i lan0 -n -U -w "$A/lan.pcap" udp port 500 2>"$A/lan-cap.err" &
+    local cap=$!; PIDS+=($cap)
+    for _ in $(seq 50); do grep -q "listening on" "$A/lan-cap.err" && break; sleep 0.1; done
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
+    sleep 0.3; kill -INT $cap 2>/dev/null; wait $cap 2>/dev/null
+    local reflected
+    reflected=$(tcpdump -r "$A/lan.pcap" -n 2>/dev/null | grep -c "> 198.18.1.10.500" || true)
     local got errors child
     local alive=no
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
@@ -196,6 +204,7 @@ run_ike_attack() { # NAME WHAT
     case $name in
         hostile-swap-handles) check "$what: no CHILD SA with swapped keys was installed ($child)" [ "$child" -eq 0 ] ;;
         hostile-wrong-ske) check "$what: nothing went out under the peer's key: no IKE SA, no CHILD SA ($child)" [ "$child" -eq 0 ] ;;
+        hostile-send-anywhere) check "$what: nothing reached A's LAN host on UDP 500 ($reflected)" [ "$reflected" -eq 0 ] ;;
     esac
     check "$what: the honest tunnel kept forwarding ($got/$PINGS)" [ "$got" -ge $((PINGS * 95 / 100)) ]
     check "$what: the daemon is still running" [ "$alive" = yes ]
@@ -404,4 +413,5 @@ run_ike_attack hostile-derive-twice "IKE: CHILD keys derived twice"
 run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
 run_ike_attack hostile-delete-others "IKE: deleting a manual tunnel's SAs it never installed"
+run_ike_attack hostile-send-anywhere "IKE: sending to an address no peer has (A's LAN host)"
 finish

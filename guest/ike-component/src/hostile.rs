@@ -10,6 +10,7 @@
 //! | `hostile-trap-marker`   | traps on a datagram whose initiator SPI is [`TRAP_MARKER`] |
 //! | `hostile-trap-after-initiate` | the first instance traps in the `poll` after an `initiate` (a replacement, which is restored, does not) |
 //! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
+//! | `hostile-send-anywhere` | every `poll` sends a datagram from UDP 500 to host A on gateway A's LAN (198.18.1.10:500), which no peer or connection has |
 //! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
@@ -39,6 +40,7 @@ pub enum Attack {
     TrapAfterInitiate,
     TrapOnTerminate,
     DeleteOthers,
+    SendAnywhere,
 }
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
@@ -61,6 +63,7 @@ pub fn choose(connection: &str) {
         "hostile-trap-after-initiate" => Attack::TrapAfterInitiate,
         "hostile-trap-on-terminate" => Attack::TrapOnTerminate,
         "hostile-delete-others" => Attack::DeleteOthers,
+        "hostile-send-anywhere" => Attack::SendAnywhere,
         _ => Attack::None,
     });
 }
@@ -143,4 +146,16 @@ pub fn delete_others() -> Option<crate::wit::SaChange> {
         outbound_key: 2,
         keep_inbound_ms: 0,
     }))
+}
+
+/// For `SendAnywhere`: a datagram to an address no peer has (the gateway
+/// as a reflector towards its own LAN).
+pub fn send_anywhere() -> Option<crate::wit::Transmit> {
+    (attack() == Attack::SendAnywhere).then(|| {
+        crate::wit::Transmit::Datagram(crate::wit::Datagram {
+            local: crate::wit::Endpoint { address: vec![0, 0, 0, 0], port: 500 },
+            remote: crate::wit::Endpoint { address: vec![198, 18, 1, 10], port: 500 },
+            data: b"REFLECTED-BY-THE-IKE-GUEST".to_vec(),
+        })
+    })
 }

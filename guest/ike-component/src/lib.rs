@@ -396,6 +396,8 @@ impl wit::Guest for Component {
         out.events.extend(hostile::forged_log_line());
         #[cfg(feature = "hostile")]
         out.sa_changes.extend(hostile::delete_others());
+        #[cfg(feature = "hostile")]
+        out.transmits.extend(hostile::send_anywhere());
         out
     }
 

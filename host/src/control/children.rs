@@ -5,7 +5,7 @@
 //! view of IKE and CHILD SAs is kept.
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -140,6 +140,9 @@ pub struct Children {
     lingering: BinaryHeap<Reverse<(u64, u32, u64)>>,
     /// IKE SAs that are up, by our SPI.
     pub ike_sas: BTreeMap<u64, IkeInfo>,
+    /// How many of them each peer address has: the IKE guest may send
+    /// there (`destinations.rs`).
+    ike_peers: HashMap<Ipv4Addr, u32>,
     /// Installed CHILD SAs, by our inbound SPI.
     list: BySpi<ChildInfo>,
     /// Tests only: inbound SPIs of requests of ours awaiting their answer.
@@ -163,6 +166,7 @@ impl Children {
             groups: HashMap::new(),
             lingering: BinaryHeap::new(),
             ike_sas: BTreeMap::new(),
+            ike_peers: HashMap::new(),
             list: BySpi::default(),
             expected: HashSet::new(),
             test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
@@ -202,11 +206,43 @@ impl Children {
             nat_remote: up.nat_remote,
             tenant,
         };
-        self.ike_sas.entry(up.ike_spi).insert_entry(info).into_mut()
+        self.count_peer(&info, true);
+        if let Some(was) = self.ike_sas.insert(up.ike_spi, info) {
+            self.count_peer(&was, false);
+        }
+        &self.ike_sas[&up.ike_spi]
     }
 
     pub fn ike_down(&mut self, spi: u64) -> Option<IkeInfo> {
-        self.ike_sas.remove(&spi)
+        let gone = self.ike_sas.remove(&spi);
+        if let Some(i) = &gone {
+            self.count_peer(i, false);
+        }
+        gone
+    }
+
+    /// Whether an IKE SA that is up has its peer at `a`.
+    pub fn has_ike_peer(&self, a: Ipv4Addr) -> bool {
+        self.ike_peers.contains_key(&a)
+    }
+
+    fn count_peer(&mut self, i: &IkeInfo, up: bool) {
+        let Ok(SocketAddr::V4(a)) = i.remote.parse::<SocketAddr>() else { return };
+        let n = self.ike_peers.entry(*a.ip()).or_default();
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+        if *n == 0 {
+            self.ike_peers.remove(a.ip());
+        }
+    }
+
+    /// `ike_peers` again from `ike_sas`, after many left at once.
+    fn recount_peers(&mut self) {
+        self.ike_peers.clear();
+        for i in self.ike_sas.values() {
+            if let Ok(SocketAddr::V4(a)) = i.remote.parse::<SocketAddr>() {
+                *self.ike_peers.entry(*a.ip()).or_default() += 1;
+            }
+        }
     }
 
     /// A negotiated CHILD SA: inbound first (the peer may send ESP as soon
@@ -366,6 +402,7 @@ impl Children {
     /// SAs leave the view. Returns the IKE SAs and the number of CHILD SAs.
     pub fn forget_all(&mut self, now: u64, keep_inbound_ms: u32) -> (Vec<IkeInfo>, usize) {
         let n = self.delete_where(now, keep_inbound_ms, |_| true);
+        self.ike_peers.clear();
         (std::mem::take(&mut self.ike_sas).into_values().collect(), n)
     }
 
@@ -377,6 +414,7 @@ impl Children {
         let (kept, forgotten): (BTreeMap<_, _>, BTreeMap<_, _>) =
             std::mem::take(&mut self.ike_sas).into_iter().partition(|(spi, _)| keep(*spi));
         self.ike_sas = kept;
+        self.recount_peers();
         let n = self.delete_where(now, keep_inbound_ms, |c| forgotten.contains_key(&c.ike_spi));
         (forgotten.into_values().collect(), n)
     }

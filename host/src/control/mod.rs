@@ -6,12 +6,13 @@
 pub mod admin;
 pub mod children;
 pub mod connections;
+pub mod destinations;
 pub mod domains;
 pub mod sockets;
 pub mod tenants;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -148,6 +149,10 @@ pub struct ControlPlane {
     /// The policy modules' reloaders, by tenant ("" for `[policy] module`);
     /// `wasmsec reload` reloads them too.
     pub policies: Vec<(String, Arc<crate::policy::watch::Reloader>)>,
+    /// Addresses IKE came from lately: the guest may answer them.
+    pub heard: destinations::Heard,
+    /// The loaded connections' remote addresses: the guest may initiate there.
+    pub configured: destinations::Configured,
 }
 
 /// An IKE SA's up or down event, for the policy module's accounting.
@@ -511,6 +516,7 @@ impl ControlPlane {
                 // The datagram's bytes move into the call and back into
                 // the report kept for a replacement: no copy.
                 Report::Ike { from, data } => {
+                    self.heard.heard(*from.ip(), now);
                     let local = self.sockets.nat_t_endpoint()?;
                     let d = Datagram { local, remote: endpoint(*from.ip(), from.port()), data };
                     self.ike.handle_datagram(now, &d)?;
@@ -631,6 +637,9 @@ impl ControlPlane {
             }
         }
         while let Some(d) = self.from_500.pop_front() {
+            if let Some(SocketAddr::V4(from)) = socket_addr(&d.remote) {
+                self.heard.heard(*from.ip(), now);
+            }
             self.ike.handle_datagram(now, &d)?;
             self.unapplied.from_500.push(d);
         }
@@ -662,7 +671,23 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn send(&self, d: &Datagram) {
+    /// Whether the IKE guest may send to `a` (`destinations.rs`).
+    fn may_send_to(&mut self, a: Ipv4Addr, now: u64) -> bool {
+        self.heard.recent(a, now) || self.children.has_ike_peer(a) || self.configured.has(a, &self.history)
+    }
+
+    fn send(&mut self, d: &Datagram, now: u64) {
+        let to = socket_addr(&d.remote);
+        if let Some(SocketAddr::V4(to)) = to
+            && !self.may_send_to(*to.ip(), now)
+        {
+            // The guest's endpoints are untrusted: answering only who
+            // spoke, the IKE SAs' peers and the configured ones keeps a
+            // broken guest from reflecting datagrams anywhere.
+            crate::stats::inc(&self.stats.guest_protocol_errors);
+            debug!(to = %to, "IKE guest sent to an address no peer or connection has: refused");
+            return;
+        }
         if let Err(e) = self.sockets.send(d) {
             // Debug level: answers to spoofed floods would otherwise flood the log.
             debug!(to = ?socket_addr(&d.remote), error = %e, "IKE send failed");
@@ -721,8 +746,16 @@ impl ControlPlane {
         }
         for t in out.transmits {
             match t {
-                Transmit::Datagram(d) => self.send(&d),
+                Transmit::Datagram(d) => self.send(&d, now),
                 Transmit::Keepalive((_, remote)) => {
+                    let allowed = match socket_addr(&remote) {
+                        Some(SocketAddr::V4(to)) => self.may_send_to(*to.ip(), now),
+                        _ => true,
+                    };
+                    if !allowed {
+                        crate::stats::inc(&self.stats.guest_protocol_errors);
+                        continue;
+                    }
                     if let Err(e) = self.sockets.keepalive(&remote) {
                         debug!(to = ?socket_addr(&remote), error = %e, "NAT keepalive send failed");
                     }
