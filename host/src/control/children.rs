@@ -188,7 +188,7 @@ impl Children {
                 break;
             }
             self.lingering.pop();
-            self.inbound.send_quiet(SaCommand::RemoveInbound { spi });
+            self.inbound.send_quiet(SaCommand::RemoveInbound { spi, key });
             self.esp_keys.remove(key);
         }
     }
@@ -254,6 +254,13 @@ impl Children {
         let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
+            // Nothing is installed, so no Delete will free its keys.
+            if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
+                && ike.claim_child_keys(c.outbound_key, c.inbound_key, alg)
+            {
+                self.esp_keys.remove(c.outbound_key);
+                self.esp_keys.remove(c.inbound_key);
+            }
             return true;
         };
         let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ) else {
@@ -355,10 +362,24 @@ impl Children {
 
     /// The peer's NAT mapping changed: its outbound SAs follow.
     pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4) {
+        let mut their_ike_sas = Vec::new();
         for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
             c.peer = to.to_string();
+            their_ike_sas.push(c.ike_spi);
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
             self.outbound.send_quiet(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
+        }
+        // Their IKE SA's peer moved too: the guest may send there
+        // (`destinations.rs`) however long the peer stays quiet.
+        their_ike_sas.sort_unstable();
+        their_ike_sas.dedup();
+        for spi in their_ike_sas {
+            if let Some(mut ike) = self.ike_sas.remove(&spi) {
+                self.count_peer(&ike, false);
+                ike.remote = to.to_string();
+                self.count_peer(&ike, true);
+                self.ike_sas.insert(spi, ike);
+            }
         }
     }
 
@@ -379,10 +400,10 @@ impl Children {
         for c in &gone {
             let (inbound_key, outbound_key) = c.keys;
             self.deferred.remove(&c.outbound_spi);
-            self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.outbound_spi });
+            self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.outbound_spi, key: outbound_key });
             self.esp_keys.remove(outbound_key);
             if d.keep_inbound_ms == 0 {
-                self.inbound.send_quiet(SaCommand::RemoveInbound { spi: c.inbound_spi });
+                self.inbound.send_quiet(SaCommand::RemoveInbound { spi: c.inbound_spi, key: inbound_key });
                 self.esp_keys.remove(inbound_key);
             } else {
                 self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), c.inbound_spi, inbound_key)));
@@ -533,7 +554,7 @@ mod tests {
             let mut spis: Vec<u32> = cmds
                 .into_iter()
                 .filter_map(|m| match m {
-                    SaCommand::RemoveOutbound { spi } | SaCommand::RemoveInbound { spi } => Some(spi),
+                    SaCommand::RemoveOutbound { spi, .. } | SaCommand::RemoveInbound { spi, .. } => Some(spi),
                     _ => None,
                 })
                 .collect();

@@ -44,11 +44,15 @@ pub enum SaCommand {
         outbound_spi: u32,
         peer: Peer,
     },
+    /// Remove the SA installed with this SPI and key (another SA with
+    /// the SPI, whose install refused this one's, stays).
     RemoveOutbound {
         spi: u32,
+        key: u64,
     },
     RemoveInbound {
         spi: u32,
+        key: u64,
     },
     /// A tenant's routing domain joins (a reload added it): this thread's
     /// descriptor of its TUN device; the thread makes its guest groups.

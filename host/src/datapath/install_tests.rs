@@ -112,8 +112,9 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     assert!(inst.take_expiries().expect("the replacement answers").is_empty());
     // With the last 20 SAs gone, it takes a new one and lists them all.
     for spi in 0x1000 + installed - 20..0x1000 + installed {
+        let key = l.groups.list[0].sas.inbound.get(spi).expect("recorded").key;
         let (gone, r) =
-            l.remove(spi, Direction::Inbound, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
+            l.remove(spi, key, Direction::Inbound, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
         assert!(gone.len() == 1 && r.is_ok(), "SA {spi:#x} removed: {r:?}");
     }
     let mut one = sa(0x9999_0000, 1);
@@ -195,7 +196,7 @@ fn an_sa_deleted_before_its_install_came_is_no_failure() {
         encapsulation: crate::config::Encapsulation::Udp,
     };
     assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
-    assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x3000 }));
+    assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x3000, key }));
     assert!(ks.remove(key), "the control thread destroys the key at the delete");
     l.apply_commands(true);
     assert!(reports.drain().is_empty(), "nothing reported up");
@@ -227,12 +228,14 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
             remote_ts: vec![ts.clone()],
             limits: Default::default(),
         };
-        SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() }
+        (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() })
     };
-    assert!(to_loop.send(add(0, 1)));
+    let (first, add_first) = add(0, 1);
+    assert!(to_loop.send(add_first));
     l.apply_commands(true);
     assert!(reports.drain().is_empty(), "the first SA is installed");
-    assert!(to_loop.send(add(1, 2)));
+    let (refused, add_second) = add(1, 2);
+    assert!(to_loop.send(add_second));
     l.apply_commands(true);
     match reports.drain().as_slice() {
         [Report::NotInstalled { spi: 0x4000, error }] => assert!(error.contains("already in use"), "{error}"),
@@ -240,4 +243,16 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
     }
     assert_eq!(l.groups.by_spi.get(&0x4000), Some(&0), "the SPI's packets still go to the first SA's group");
     assert!(l.groups.list[1].inst.is_none(), "the other group got no instance for the refused SA");
+    // IKE deletes the refused CHILD SA: its removal, under its own key,
+    // leaves the first SA in place.
+    assert!(to_loop.send(SaCommand::RemoveInbound { spi: 0x4000, key: refused }));
+    l.apply_commands(true);
+    assert_eq!(l.groups.by_spi.get(&0x4000), Some(&0), "still routed");
+    assert_eq!(l.groups.list[0].sas.inbound.get(0x4000).map(|sa| sa.key), Some(first), "still recorded");
+    let inst = l.groups.list[0].inst.as_mut().expect("the first group's instance");
+    assert_eq!(inst.sa_states().expect("states").len(), 1, "still in the guest");
+    // Its own removal takes it.
+    assert!(to_loop.send(SaCommand::RemoveInbound { spi: 0x4000, key: first }));
+    l.apply_commands(true);
+    assert!(!l.groups.by_spi.contains_key(&0x4000));
 }

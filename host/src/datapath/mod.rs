@@ -343,14 +343,17 @@ impl Loop {
             };
             let r = match m {
                 SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
-                    self.traffic.insert(sa.spi, traffic);
                     sa.peer = self.peers.intern(peer);
                     // Debug, not info: the control thread has logged the
                     // CHILD SA with its SPIs; a PoP sets up thousands a second.
                     debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
-                    let index = sa.peer;
+                    let (index, spi) = (sa.peer, sa.spi);
                     let r = self.install(group, Some(sa), None);
-                    if !matches!(r, Ok(Installed::Yes)) {
+                    // Only an SA installed gets the SPI's counters: a refused
+                    // one (its SPI another SA's) must not take them over.
+                    if matches!(r, Ok(Installed::Yes)) {
+                        self.traffic.insert(spi, traffic);
+                    } else {
                         self.peers.release(index);
                     }
                     self.count_peers();
@@ -361,13 +364,19 @@ impl Loop {
                     Ok(())
                 }
                 SaCommand::AddInbound { sa, outbound_spi, peer, group, traffic } => {
-                    self.hold.settled(sa.spi);
-                    self.traffic.insert(sa.spi, traffic);
-                    if let (Some(o), Some(p)) = (outbound_spi, peer) {
-                        self.floats.insert(sa.spi, (o, p));
+                    let spi = sa.spi;
+                    self.hold.settled(spi);
+                    debug!(spi = format_args!("{spi:08x}"), group, "data path: accepting on inbound SA");
+                    let r = self.install(group, None, Some(sa));
+                    // As outbound: the counters and the NAT-T float of an
+                    // SA that was installed, not of one refused.
+                    if matches!(r, Ok(Installed::Yes)) {
+                        self.traffic.insert(spi, traffic);
+                        if let (Some(o), Some(p)) = (outbound_spi, peer) {
+                            self.floats.insert(spi, (o, p));
+                        }
                     }
-                    debug!(spi = format_args!("{:08x}", sa.spi), group, "data path: accepting on inbound SA");
-                    self.install(group, None, Some(sa)).map(|_| ())
+                    r.map(|_| ())
                 }
                 SaCommand::MovePeer { outbound_spi, peer } => {
                     let group = self.groups.by_spi.get(&outbound_spi).and_then(|&g| self.groups.list.get(g));
@@ -377,16 +386,19 @@ impl Loop {
                     }
                     Ok(())
                 }
-                SaCommand::RemoveOutbound { spi } => {
-                    self.traffic.remove(&spi);
-                    debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
+                SaCommand::RemoveOutbound { spi, key } => {
                     let (gone, r) = self.remove(
                         spi,
+                        key,
                         Direction::Outbound,
                         |sas| &mut sas.outbound,
                         |sa| sa.key,
                         EspInstance::remove_outbound,
                     );
+                    if !gone.is_empty() {
+                        self.traffic.remove(&spi);
+                        debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
+                    }
                     for sa in gone {
                         self.peers.release(sa.peer);
                     }
@@ -409,18 +421,21 @@ impl Loop {
                     info!(domain, instances_freed = freed, "data path: tenant domain removed");
                     Ok(())
                 }
-                SaCommand::RemoveInbound { spi } => {
-                    self.traffic.remove(&spi);
-                    debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
-                    self.floats.remove(&spi);
-                    self.remove(
+                SaCommand::RemoveInbound { spi, key } => {
+                    let (gone, r) = self.remove(
                         spi,
+                        key,
                         Direction::Inbound,
                         |sas| &mut sas.inbound,
                         |sa| sa.key,
                         EspInstance::remove_inbound,
-                    )
-                    .1
+                    );
+                    if !gone.is_empty() {
+                        self.traffic.remove(&spi);
+                        self.floats.remove(&spi);
+                        debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
+                    }
+                    r
                 }
             };
             match (r, installing) {
@@ -466,21 +481,29 @@ impl Loop {
         Ok(())
     }
 
-    /// Remove the SAs with `spi` (going `dir`) from their group's records
-    /// and instance; they are handed back (an outbound one's peer index is
-    /// released by the caller) with the guest's answer. A guest that traps
-    /// is replaced at once, without them.
+    /// Remove the SA with `spi` and key `handle` (going `dir`) from its
+    /// group's records and instance; it is handed back (an outbound one's
+    /// peer index is released by the caller) with the guest's answer. A
+    /// guest that traps is replaced at once, without it. The key tells
+    /// this SA from another with the same SPI: another group's, whose
+    /// install refused this one's (the CHILD SA refused is then deleted
+    /// under its own key, which must leave the other alone).
     fn remove<S>(
         &mut self,
         spi: u32,
+        handle: u64,
         dir: Direction,
         list: impl Fn(&mut SaSet) -> &mut BySpi<S>,
         key: impl Fn(&S) -> u64,
         from_guest: impl FnOnce(&mut EspInstance, u32) -> Result<bool>,
     ) -> (Vec<S>, Result<()>) {
-        let Some(g) = self.groups.by_spi.remove(&spi) else { return (Vec::new(), Ok(())) };
+        let Some(&g) = self.groups.by_spi.get(&spi) else { return (Vec::new(), Ok(())) };
         let group = &mut self.groups.list[g];
-        let gone = list(&mut group.sas).remove(spi, |_| true);
+        let gone = list(&mut group.sas).remove(spi, |sa| key(sa) == handle);
+        if gone.is_empty() {
+            return (gone, Ok(()));
+        }
+        self.groups.by_spi.remove(&spi);
         let Some(inst) = &mut group.inst else { return (gone, Ok(())) };
         for sa in &gone {
             inst.store.data_mut().keys.revoke(key(sa));
