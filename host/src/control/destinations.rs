@@ -23,13 +23,20 @@ pub const HEARD_MAX: usize = 65_536;
 #[derive(Default)]
 pub struct Heard {
     at: HashMap<Ipv4Addr, u64>,
+    /// When the expired addresses may be swept again at the cap (at most
+    /// once a second: under a flood of spoofed sources a sweep per
+    /// datagram would cost the IKE thread more than the guest does).
+    next_sweep: u64,
 }
 
 impl Heard {
     /// IKE came from `from` at `now`.
     pub fn heard(&mut self, from: Ipv4Addr, now: u64) {
         if self.at.len() >= HEARD_MAX && !self.at.contains_key(&from) {
-            self.at.retain(|_, t| now.saturating_sub(*t) < HEARD_FOR_MS);
+            if now >= self.next_sweep {
+                self.at.retain(|_, t| now.saturating_sub(*t) < HEARD_FOR_MS);
+                self.next_sweep = now + 1_000;
+            }
             if self.at.len() >= HEARD_MAX {
                 let any = self.at.keys().next().copied();
                 any.map(|a| self.at.remove(&a));
@@ -104,7 +111,8 @@ mod tests {
         h.heard(new, 6);
         assert!(h.recent(new, 6));
         assert_eq!(h.at.len(), HEARD_MAX, "bounded");
-        // With the old ones expired, they go at the cap.
+        // With the old ones expired, they go at the cap: a sweep was due
+        // (the last was at 6).
         h.heard(Ipv4Addr::new(192, 0, 2, 10), 5 + HEARD_FOR_MS);
         assert_eq!(h.at.len(), 2);
     }

@@ -62,6 +62,11 @@ impl Loop {
             *budget -= 1;
             if !self.gro.enabled {
                 match sys::recv_gro(&self.udp, self.staging[n].recv_area()) {
+                    Ok(r) if r.truncated => {
+                        // Larger than any packet buffer: not ESP we could open.
+                        stats::inc(&self.stats.rx_runts);
+                        continue;
+                    }
                     Ok(r) => {
                         self.staging[n].set_received(r.len);
                         n = self.take_datagram(n, r.from, r.tos);
@@ -83,6 +88,12 @@ impl Loop {
                         g.segment = r.segment.unwrap_or(r.len).max(1);
                         g.from = r.from;
                         g.tos = r.tos;
+                        if r.truncated {
+                            // Larger than the GRO buffer: not ESP we could open.
+                            g.len = 0;
+                            stats::inc(&self.stats.rx_runts);
+                            continue;
+                        }
                         if r.len == 0 {
                             stats::inc(&self.stats.rx_runts);
                             continue;

@@ -34,3 +34,21 @@ fn a_flood_of_keepalives_is_read_a_budget_at_a_time() {
     assert_eq!(read(&mut l), (0, 10), "then what is left, until the socket has none");
     assert_eq!(read(&mut l), (0, 0));
 }
+
+#[test]
+fn a_datagram_larger_than_a_packet_buffer_is_a_runt_not_a_cut_packet() {
+    // Cut to the buffer, it would go to the guest as ESP (SPI 0x11111111)
+    // and be counted as an integrity failure, which it is not.
+    let dir = crate::daemon::built_components_dir();
+    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
+    let mut l = install_tests::test_loop(rt, Arc::new(Keystore::new()));
+    l.udp.set_nonblocking(true).expect("nonblocking");
+    let to = l.udp.local_addr().expect("address");
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("sender");
+    tx.send_to(&[0x11; crate::packet::MAX_PACKET + 1000], to).expect("sent");
+    tx.send_to(&[0x11; 100], to).expect("sent");
+    let n = l.read_batch(&[true], 0);
+    assert_eq!(n, 1, "only the datagram that fits is staged");
+    assert_eq!(l.staging[0].len(), 100);
+    assert_eq!(l.stats.rx_runts.load(Ordering::Relaxed), 1, "the other is counted as a runt");
+}

@@ -315,7 +315,8 @@ impl RawEsp {
     /// Receive up to `lens.len()` (at most [`RAW_BATCH`]) datagrams, IPv4
     /// header included, with one `recvmmsg(2)` call, one into each of
     /// `bufs` in order; their lengths go to `lens`. Returns how many came
-    /// (`WouldBlock` when none was waiting).
+    /// (`WouldBlock` when none was waiting). A datagram larger than its
+    /// buffer, which came cut short, gets length 0 (a runt to the caller).
     pub fn recv_many<'a>(&self, bufs: impl Iterator<Item = &'a mut [u8]>, lens: &mut [usize]) -> io::Result<usize> {
         let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; RAW_BATCH];
         let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; RAW_BATCH];
@@ -335,7 +336,8 @@ impl RawEsp {
         }
         for (i, len) in lens.iter_mut().enumerate().take(r as usize) {
             // SAFETY: i < r <= n: an entry written above, filled in by the kernel.
-            *len = unsafe { (*hdrs.add(i)).msg_len } as usize;
+            let h = unsafe { &*hdrs.add(i) };
+            *len = if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 { 0 } else { h.msg_len as usize };
         }
         Ok(r as usize)
     }
@@ -742,6 +744,8 @@ pub struct GroRead {
     pub segment: Option<usize>,
     /// The IPv4 header's TOS byte (with `enable_recv_tos`; else 0).
     pub tos: u8,
+    /// The datagram was larger than `buf` and came cut short (`MSG_TRUNC`).
+    pub truncated: bool,
 }
 
 /// Ask for each datagram's IPv4 TOS byte (`IP_RECVTOS`), which
@@ -789,7 +793,8 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     let from = (msg.msg_namelen as usize >= size_of::<libc::sockaddr_in>()
         && sa.sin_family == libc::AF_INET as libc::sa_family_t)
         .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)));
-    Ok(GroRead { len: n as usize, from, segment, tos })
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+    Ok(GroRead { len: n as usize, from, segment, tos, truncated })
 }
 
 /// Ask the CPU to bring every cache line of `v` into the cache, without
