@@ -125,27 +125,31 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1, "no further replacement");
 }
 
+/// An inbound SA for 10.0.0.0/24 both ways, with a key of `fill` bytes in
+/// `ks`, as the command that installs it in `group`; and its key.
+fn add_inbound(ks: &Keystore, spi: u32, fill: u8, group: usize) -> (u64, SaCommand) {
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
+    let sa = InboundSa {
+        spi,
+        key,
+        esn: false,
+        replay_window: 64,
+        highest_seq: 0,
+        local_ts: vec![ts.clone()],
+        remote_ts: vec![ts],
+        limits: Default::default(),
+    };
+    (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() })
+}
+
 #[test]
 fn an_sa_the_guest_refuses_is_reported_up_and_its_key_revoked() {
     // Without the report, IKE would keep the CHILD SA up while the data
     // path had nothing for it: its traffic silently black-holed.
     let (mut l, ks, to_loop, reports) = wired_loop();
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
-    let add = |spi: u32, fill: u8| {
-        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
-        let sa = InboundSa {
-            spi,
-            key,
-            esn: false,
-            replay_window: 64,
-            highest_seq: 0,
-            local_ts: vec![ts.clone()],
-            remote_ts: vec![ts.clone()],
-            limits: Default::default(),
-        };
-        (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group: 0, traffic: Default::default() })
-    };
+    let add = |spi, fill| add_inbound(&ks, spi, fill, 0);
     let (_, first) = add(0x2000, 1);
     assert!(to_loop.send(first));
     l.apply_commands(true);
@@ -214,22 +218,7 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
     let (mut l, ks, to_loop, reports) = wired_loop();
     let other = group::Group::new(&l.runtime, 0, 1, SaSet::new(ks.clone(), vec![], vec![])).expect("group 1");
     l.groups.list.push(other);
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
-    let add = |group: usize, fill: u8| {
-        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
-        let sa = InboundSa {
-            spi: 0x4000,
-            key,
-            esn: false,
-            replay_window: 64,
-            highest_seq: 0,
-            local_ts: vec![ts.clone()],
-            remote_ts: vec![ts.clone()],
-            limits: Default::default(),
-        };
-        (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() })
-    };
+    let add = |group, fill| add_inbound(&ks, 0x4000, fill, group);
     let (first, add_first) = add(0, 1);
     assert!(to_loop.send(add_first));
     l.apply_commands(true);

@@ -8,19 +8,25 @@ use std::sync::atomic::Ordering;
 use super::inbound::READS_PER_BATCH;
 use super::*;
 
-#[test]
-fn a_flood_of_keepalives_is_read_a_budget_at_a_time() {
+/// A loop with the real ESP component whose UDP socket does not block,
+/// and a socket that sends to it.
+fn loop_and_sender() -> (Loop, UdpSocket, std::net::SocketAddr) {
     let dir = crate::daemon::built_components_dir();
     let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
-    let mut l = install_tests::test_loop(rt, Arc::new(Keystore::new()));
+    let l = install_tests::test_loop(rt, Arc::new(Keystore::new()));
     l.udp.set_nonblocking(true).expect("nonblocking");
+    let to = l.udp.local_addr().expect("address");
+    (l, UdpSocket::bind("127.0.0.1:0").expect("sender"), to)
+}
+
+#[test]
+fn a_flood_of_keepalives_is_read_a_budget_at_a_time() {
+    let (mut l, tx, to) = loop_and_sender();
     // Room for the whole flood in the socket (a 1-byte datagram takes
     // about a kilobyte of the buffer's accounting).
     crate::sys::set_socket_buffers(&l.udp, 8 << 20).expect("socket buffers");
     let budget = READS_PER_BATCH * l.staging.len();
     let flood = budget * 2 + 10;
-    let to = l.udp.local_addr().expect("address");
-    let tx = UdpSocket::bind("127.0.0.1:0").expect("sender");
     for _ in 0..flood {
         tx.send_to(&[0xff], to).expect("keepalive sent");
     }
@@ -39,12 +45,7 @@ fn a_flood_of_keepalives_is_read_a_budget_at_a_time() {
 fn a_datagram_larger_than_a_packet_buffer_is_a_runt_not_a_cut_packet() {
     // Cut to the buffer, it would go to the guest as ESP (SPI 0x11111111)
     // and be counted as an integrity failure, which it is not.
-    let dir = crate::daemon::built_components_dir();
-    let rt = Arc::new(Runtime::new(&dir.join("esp.wasm")).expect("ESP component (cargo xtask build)"));
-    let mut l = install_tests::test_loop(rt, Arc::new(Keystore::new()));
-    l.udp.set_nonblocking(true).expect("nonblocking");
-    let to = l.udp.local_addr().expect("address");
-    let tx = UdpSocket::bind("127.0.0.1:0").expect("sender");
+    let (mut l, tx, to) = loop_and_sender();
     tx.send_to(&[0x11; crate::packet::MAX_PACKET + 1000], to).expect("sent");
     tx.send_to(&[0x11; 100], to).expect("sent");
     let n = l.read_batch(&[true], 0);
