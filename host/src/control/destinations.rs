@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-use super::connections::Step;
+use crate::wasm::ike::Connection;
 
 /// How long (control-loop milliseconds) an address that sent IKE may be
 /// answered: longer than an exchange's retransmissions (RFC 7296 section
@@ -51,8 +51,8 @@ impl Heard {
     }
 }
 
-/// The remote addresses of the connections loaded so far, kept for a
-/// given length of the connection history (which only grows).
+/// The remote addresses of the loaded connections, as of a given length
+/// of the connection history (which only grows).
 #[derive(Default)]
 pub struct Configured {
     for_steps: usize,
@@ -60,30 +60,28 @@ pub struct Configured {
 }
 
 impl Configured {
-    /// Whether a connection still loaded has `a` among its remote
-    /// addresses, rebuilt when `history` grew.
-    pub fn has(&mut self, a: Ipv4Addr, history: &[Step]) -> bool {
-        if self.for_steps != history.len() {
-            let mut live: HashMap<&str, &[Vec<u8>]> = HashMap::new();
-            for s in history {
-                match s {
-                    Step::Add(c) => {
-                        live.insert(&c.name, &c.remote_addrs);
-                    }
-                    Step::Remove(name) => {
-                        live.remove(name.as_str());
-                    }
-                }
-            }
-            self.addresses = live
-                .values()
-                .flat_map(|addrs| addrs.iter())
-                .filter_map(|b| <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from))
-                .collect();
-            self.for_steps = history.len();
-        }
+    /// Whether these are the addresses of a history of `steps` steps.
+    pub fn is_for(&self, steps: usize) -> bool {
+        self.for_steps == steps
+    }
+
+    pub fn set(&mut self, steps: usize, addresses: HashSet<Ipv4Addr>) {
+        (self.for_steps, self.addresses) = (steps, addresses);
+    }
+
+    pub fn has(&self, a: Ipv4Addr) -> bool {
         self.addresses.contains(&a)
     }
+}
+
+/// The IPv4 remote addresses of `connections`
+/// (`ControlPlane::live_connections`).
+pub fn remote_addresses(connections: &[&Connection]) -> HashSet<Ipv4Addr> {
+    connections
+        .iter()
+        .flat_map(|c| c.remote_addrs.iter())
+        .filter_map(|b| <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from))
+        .collect()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::policy::{SaEvent, SaEventKind};
 use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
-use crate::wasm::ike::{Datagram, Event, IkeInstance, IkeSaState, Level, SaChange, Transmit};
+use crate::wasm::ike::{Datagram, Endpoint, Event, IkeInstance, IkeSaState, Level, SaChange, Transmit};
 use children::{Children, socket_addr};
 use sockets::{IkeSockets, MAX_READ_500, endpoint};
 
@@ -673,19 +673,32 @@ impl ControlPlane {
 
     /// Whether the IKE guest may send to `a` (`destinations.rs`).
     fn may_send_to(&mut self, a: Ipv4Addr, now: u64) -> bool {
-        self.heard.recent(a, now) || self.children.has_ike_peer(a) || self.configured.has(a, &self.history)
+        if self.heard.recent(a, now) || self.children.has_ike_peer(a) {
+            return true;
+        }
+        if !self.configured.is_for(self.history.len()) {
+            let addresses = destinations::remote_addresses(&self.live_connections());
+            self.configured.set(self.history.len(), addresses);
+        }
+        self.configured.has(a)
+    }
+
+    /// Whether the guest's datagram or keepalive to `remote` is refused
+    /// (and counted): its endpoints are untrusted, and answering only who
+    /// spoke, the IKE SAs' peers and the configured ones keeps a broken
+    /// guest from reflecting datagrams anywhere.
+    fn refused_destination(&mut self, remote: &Endpoint, now: u64) -> bool {
+        let Some(SocketAddr::V4(to)) = socket_addr(remote) else { return false };
+        if self.may_send_to(*to.ip(), now) {
+            return false;
+        }
+        crate::stats::inc(&self.stats.guest_protocol_errors);
+        debug!(to = %to, "IKE guest sent to an address no peer or connection has: refused");
+        true
     }
 
     fn send(&mut self, d: &Datagram, now: u64) {
-        let to = socket_addr(&d.remote);
-        if let Some(SocketAddr::V4(to)) = to
-            && !self.may_send_to(*to.ip(), now)
-        {
-            // The guest's endpoints are untrusted: answering only who
-            // spoke, the IKE SAs' peers and the configured ones keeps a
-            // broken guest from reflecting datagrams anywhere.
-            crate::stats::inc(&self.stats.guest_protocol_errors);
-            debug!(to = %to, "IKE guest sent to an address no peer or connection has: refused");
+        if self.refused_destination(&d.remote, now) {
             return;
         }
         if let Err(e) = self.sockets.send(d) {
@@ -748,12 +761,7 @@ impl ControlPlane {
             match t {
                 Transmit::Datagram(d) => self.send(&d, now),
                 Transmit::Keepalive((_, remote)) => {
-                    let allowed = match socket_addr(&remote) {
-                        Some(SocketAddr::V4(to)) => self.may_send_to(*to.ip(), now),
-                        _ => true,
-                    };
-                    if !allowed {
-                        crate::stats::inc(&self.stats.guest_protocol_errors);
+                    if self.refused_destination(&remote, now) {
                         continue;
                     }
                     if let Err(e) = self.sockets.keepalive(&remote) {
