@@ -28,7 +28,7 @@ fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side 
     let keys = Arc::new(Keystore::new());
     let mut inst = rt.ike_instance(wasmsec_crypto::Vault::new_audited(), keys.clone()).unwrap();
     inst.store.data_mut().transcript = Some(Vec::new());
-    let psk = inst.store.data_mut().insert_psk(Zeroizing::new(b"a very secret pre-shared key".to_vec()));
+    let psk = inst.store.data_mut().insert_psk("c", Zeroizing::new(b"a very secret pre-shared key".to_vec()));
     let (lid, rid, l, r) = if me[3] == 1 {
         ("gwa.test", "gwb.test", "10.1.0.0/16", "10.2.0.0/16")
     } else {
@@ -195,4 +195,34 @@ fn an_ike_sa_init_of_empty_deletes_does_not_exhaust_the_guest() {
     a.ike.initiate(2, "c").unwrap().unwrap();
     exchange(&mut a, &mut b);
     assert_eq!((a.installed.len(), b.installed.len()), (1, 1));
+}
+
+/// The keys of a CHILD SA negotiated by connection `c` go to `c` only: an
+/// install naming another connection (another tenant's, say) is refused
+/// and its keys destroyed.
+#[test]
+fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
+    use wasmsec::keys::EspAlgorithm;
+    use wasmsec::wasm::ike::KeyClaim;
+    let rt = runtime();
+    let mut a = side(&rt, [192, 0, 2, 1], [192, 0, 2, 2], "aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    let mut b = side(&rt, [192, 0, 2, 2], [192, 0, 2, 1], "aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    // Another connection's key in A's vault, as a second tenant's would be.
+    a.ike.store.data_mut().insert_psk("other", Zeroizing::new(b"another tenant's key".to_vec()));
+    a.ike.initiate(0, "c").unwrap().unwrap();
+    exchange(&mut a, &mut b);
+    let alg = EspAlgorithm::from_iana(20, 256, 0).unwrap();
+    let (ca, cb) = (a.installed[0].clone(), b.installed[0].clone());
+    let st = a.ike.store.data_mut();
+    assert_eq!(st.claim_child_keys(ca.outbound_key, ca.inbound_key, alg, "other"), KeyClaim::OtherConnection);
+    assert!(a.esp.get(ca.outbound_key).is_none() && a.esp.get(ca.inbound_key).is_none(), "its keys are gone");
+    assert_eq!(
+        st.claim_child_keys(ca.outbound_key, ca.inbound_key, alg, "c"),
+        KeyClaim::NotDerived,
+        "and not claimable"
+    );
+    let st = b.ike.store.data_mut();
+    assert_eq!(st.claim_child_keys(cb.inbound_key, cb.outbound_key, alg, "c"), KeyClaim::NotDerived, "swapped");
+    assert_eq!(st.claim_child_keys(cb.outbound_key, cb.inbound_key, alg, "c"), KeyClaim::Granted);
+    assert_eq!(st.claim_child_keys(cb.outbound_key, cb.inbound_key, alg, "c"), KeyClaim::NotDerived, "once");
 }

@@ -105,16 +105,25 @@ impl IkeCrypto for HostCrypto {
         keys::decrypt(sa, fi, msg, off as u32).map_err(err)
     }
 
-    fn psk_auth(
+    fn psk_auth(&mut self, sa: Handle, psk: Handle, m: &[u8], n: &[u8], id: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        keys::psk_auth(sa, psk, m, n, id).map_err(err)
+    }
+
+    fn verify_psk_auth(
         &mut self,
         sa: Handle,
         psk: Handle,
-        fi: bool,
         m: &[u8],
         n: &[u8],
         id: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        keys::psk_auth(sa, psk, fi, m, n, id).map_err(err)
+        auth: &[u8],
+    ) -> Result<bool, CryptoError> {
+        let verified = keys::verify_psk_auth(sa, psk, m, n, id, auth).map_err(err);
+        #[cfg(feature = "hostile")]
+        if hostile::attack() == hostile::Attack::SkipAuth {
+            return Ok(true);
+        }
+        verified
     }
 
     fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, CryptoError> {
@@ -198,6 +207,10 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
     let c = match c {
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::SwapHandles => {
             std::mem::swap(&mut c.inbound_key, &mut c.outbound_key);
+            ike::SaChange::Install(c)
+        }
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherConnection => {
+            c.connection = hostile::VICTIM.into();
             ike::SaChange::Install(c)
         }
         c => c,

@@ -57,16 +57,29 @@ pub trait IkeCrypto {
         msg: &[u8],
         sk_offset: usize,
     ) -> Result<Vec<u8>, CryptoError>;
-    /// The AUTH data for PSK authentication (section 2.15).
+    /// Our AUTH data for PSK authentication (section 2.15); the host knows
+    /// which side of the IKE SA we are.
     fn psk_auth(
         &mut self,
         sa: Handle,
         psk: Handle,
-        for_initiator: bool,
         real_message: &[u8],
         nonce: &[u8],
         id_body: &[u8],
     ) -> Result<Vec<u8>, CryptoError>;
+    /// Whether the peer's AUTH data `auth` verifies with `psk` (section
+    /// 2.15). The host then holds the IKE SA as authenticated with that key:
+    /// CHILD SA keys are derived only from such an IKE SA, and installed
+    /// only for the connection owning the key.
+    fn verify_psk_auth(
+        &mut self,
+        sa: Handle,
+        psk: Handle,
+        real_message: &[u8],
+        nonce: &[u8],
+        id_body: &[u8],
+        auth: &[u8],
+    ) -> Result<bool, CryptoError>;
     /// Derive a CHILD SA's keys (section 2.17) into the ESP keystore; with
     /// PFS from a new DH exchange as well.
     fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, CryptoError>;

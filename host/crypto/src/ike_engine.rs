@@ -70,8 +70,12 @@ impl IkeCrypto for EngineCrypto {
         self.vault.decrypt(sa, fi, msg, off).map(|z| z.to_vec())
     }
 
-    fn psk_auth(&mut self, sa: Handle, psk: Handle, fi: bool, m: &[u8], n: &[u8], id: &[u8]) -> Result<Vec<u8>, E> {
-        self.vault.psk_auth(sa, psk, fi, m, n, id)
+    fn psk_auth(&mut self, sa: Handle, psk: Handle, m: &[u8], n: &[u8], id: &[u8]) -> Result<Vec<u8>, E> {
+        self.vault.psk_auth(sa, psk, m, n, id)
+    }
+
+    fn verify_psk_auth(&mut self, sa: Handle, psk: Handle, m: &[u8], n: &[u8], id: &[u8], a: &[u8]) -> Result<bool, E> {
+        self.vault.verify_psk_auth(sa, psk, m, n, id, a)
     }
 
     fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, E> {

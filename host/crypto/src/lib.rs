@@ -50,6 +50,12 @@ struct IkeSa {
     /// each exchange keys one CHILD SA, once; a second derivation from the
     /// same nonces would hand out the same key material again.
     children_keyed: HashSet<[u8; 32]>,
+    /// The PSK (its handle) the peer's AUTH verified with here
+    /// ([`Vault::verify_psk_auth`]), inherited by the IKE SAs that rekey
+    /// this one (section 2.18). Until then no CHILD SA is keyed from it,
+    /// and the host installs a CHILD SA only for the connection that owns
+    /// this PSK: the guest's word on who the peer is counts for nothing.
+    authenticated: Option<u64>,
 }
 
 /// CHILD SA key derivations one IKE SA may make: far more than any rekey
@@ -63,6 +69,9 @@ pub struct ChildKeymat {
     pub outbound: Zeroizing<Vec<u8>>,
     /// The key we open with.
     pub inbound: Zeroizing<Vec<u8>>,
+    /// The PSK handle the IKE SA's peer authenticated with: only its
+    /// connection's CHILD SAs may use these keys.
+    pub authenticated_by: u64,
 }
 
 /// How long one COOKIE secret is used (RFC 7296 section 2.6 asks for
@@ -254,12 +263,16 @@ impl Vault {
             self.ike_sa(o)?;
         }
         let shared = self.complete_dh(kx.dh, Some(kx.suite.dh), kx.peer_public)?;
-        let old = old.map(|o| self.ike_sa(o)).transpose()?;
-        let keys = IkeSaKeys::derive(old, kx.suite, &shared, kx.ni, kx.nr, kx.spi_i, kx.spi_r)?;
+        let old = old.map(|o| self.ike_sa_entry(o)).transpose()?;
+        // A rekeyed IKE SA is authenticated as the one it replaces (no AUTH
+        // is exchanged again, section 2.18); a new one not until its peer's
+        // AUTH verifies.
+        let authenticated = old.and_then(|o| o.authenticated);
+        let keys = IkeSaKeys::derive(old.map(|o| &o.keys), kx.suite, &shared, kx.ni, kx.nr, kx.spi_i, kx.spi_r)?;
         for k in keys.all_keys() {
             self.record(k);
         }
-        let sa = IkeSa { keys, we_initiated: kx.we_initiated, children_keyed: HashSet::new() };
+        let sa = IkeSa { keys, we_initiated: kx.we_initiated, children_keyed: HashSet::new(), authenticated };
         Ok(self.insert(Secret::IkeSa(Box::new(sa))))
     }
 
@@ -335,19 +348,69 @@ impl Vault {
         sa.keys.decrypt(from_initiator, msg, sk_offset)
     }
 
-    /// The AUTH payload data for PSK authentication (section 2.15):
+    /// Our AUTH payload data for PSK authentication (section 2.15):
     /// prf(prf(PSK, "Key Pad for IKEv2"), RealMessage | Nonce | prf(SK_p, ID)),
-    /// with SK_pi for the initiator's AUTH and SK_pr for the responder's.
+    /// with our side's SK_p (SK_pi if we initiated the IKE SA, else SK_pr).
+    /// Never the peer's: a guest that could have the peer's AUTH computed
+    /// could hand it to [`Vault::verify_psk_auth`] and authenticate any
+    /// peer with any connection's key.
     pub fn psk_auth(
         &self,
         sa: u64,
+        psk: u64,
+        real_message: &[u8],
+        nonce: &[u8],
+        id_body: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let sa = self.ike_sa_entry(sa)?;
+        Ok(self.auth_octets(sa, psk, sa.we_initiated, real_message, nonce, id_body)?.to_vec())
+    }
+
+    /// Whether the peer's AUTH payload data `auth` is what its side's SK_p
+    /// and the PSK make of `real_message`, `nonce` and `id_body` (section
+    /// 2.15), compared in constant time. If it is, the IKE SA is from now
+    /// on authenticated with `psk` (see [`IkeSa::authenticated`]); asking
+    /// with another PSK afterwards is `WrongKeyKind`, as is a rekeyed IKE
+    /// SA (which is authenticated by the one it replaced).
+    pub fn verify_psk_auth(
+        &mut self,
+        h: u64,
+        psk: u64,
+        real_message: &[u8],
+        nonce: &[u8],
+        id_body: &[u8],
+        auth: &[u8],
+    ) -> Result<bool, CryptoError> {
+        let sa = self.ike_sa_entry(h)?;
+        if sa.authenticated.is_some_and(|p| p != psk) {
+            return Err(CryptoError::WrongKeyKind);
+        }
+        let expected = self.auth_octets(sa, psk, !sa.we_initiated, real_message, nonce, id_body)?;
+        if !ct_eq(&expected, auth) {
+            return Ok(false);
+        }
+        if let Some(Secret::IkeSa(sa)) = self.secrets.get_mut(&h) {
+            sa.authenticated = Some(psk);
+        }
+        Ok(true)
+    }
+
+    /// The PSK (its handle) IKE SA `sa` is authenticated with, if any.
+    pub fn authenticated_by(&self, sa: u64) -> Option<u64> {
+        self.ike_sa_entry(sa).ok()?.authenticated
+    }
+
+    /// The AUTH octets of one side (`for_initiator`) of `sa`.
+    fn auth_octets(
+        &self,
+        sa: &IkeSa,
         psk: u64,
         for_initiator: bool,
         real_message: &[u8],
         nonce: &[u8],
         id_body: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        let k = self.ike_sa(sa)?;
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let k = &sa.keys;
         let psk = match self.secrets.get(&psk) {
             Some(Secret::Psk(p)) => p,
             Some(_) => return Err(CryptoError::WrongKeyKind),
@@ -356,7 +419,7 @@ impl Vault {
         let sk_p = if for_initiator { &k.sk_pi } else { &k.sk_pr };
         let maced_id = k.prf.prf(sk_p, &[id_body]);
         let pad_key = k.prf.prf(psk, &[KEY_PAD]);
-        Ok(k.prf.prf(&pad_key, &[real_message, nonce, &maced_id]).to_vec())
+        Ok(Zeroizing::new(k.prf.prf(&pad_key, &[real_message, nonce, &maced_id]).to_vec()))
     }
 
     /// CHILD SA keying material (section 2.17): prf+(SK_d, Ni | Nr), the
@@ -364,7 +427,8 @@ impl Vault {
     /// peer's by `we_initiated`. With PFS (our DH value, consumed, and the
     /// peer's public value) the new shared secret goes in front of the
     /// nonces: KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr).
-    /// Each nonce pair keys one CHILD SA: asking again is `WrongKeyKind`.
+    /// Each nonce pair keys one CHILD SA: asking again is `WrongKeyKind`,
+    /// as is asking before the IKE SA's peer authenticated.
     pub fn child_keymat(&mut self, k: &ChildKeying) -> Result<ChildKeymat, CryptoError> {
         let c = Cipher::from_ids(k.suite.encr, k.suite.key_bits, k.suite.integ)?;
         let nonces: [u8; 32] = {
@@ -374,15 +438,17 @@ impl Vault {
             ctx.update(k.nr);
             ctx.finish().as_ref().try_into().map_err(|_| CryptoError::Internal)?
         };
-        match self.secrets.get_mut(&k.ike_sa) {
+        let authenticated_by = match self.secrets.get_mut(&k.ike_sa) {
             Some(Secret::IkeSa(sa)) => {
+                let Some(psk) = sa.authenticated else { return Err(CryptoError::WrongKeyKind) };
                 if sa.children_keyed.len() >= MAX_CHILD_DERIVATIONS || !sa.children_keyed.insert(nonces) {
                     return Err(CryptoError::WrongKeyKind);
                 }
+                psk
             }
             Some(_) => return Err(CryptoError::WrongKeyKind),
             None => return Err(CryptoError::UnknownKey),
-        }
+        };
         let one = c.encr_keymat_len() + c.integ_key_len();
         let mut seed = Zeroizing::new(Vec::with_capacity(k.ni.len() + k.nr.len()));
         if let Some((dh, peer_public)) = k.pfs {
@@ -394,11 +460,8 @@ impl Vault {
         let km = sa.prf.prf_plus(&sa.sk_d, &seed, 2 * one);
         self.record(&km);
         let (i_to_r, r_to_i) = (Zeroizing::new(km[..one].to_vec()), Zeroizing::new(km[one..].to_vec()));
-        Ok(if k.we_initiated {
-            ChildKeymat { outbound: i_to_r, inbound: r_to_i }
-        } else {
-            ChildKeymat { outbound: r_to_i, inbound: i_to_r }
-        })
+        let (outbound, inbound) = if k.we_initiated { (i_to_r, r_to_i) } else { (r_to_i, i_to_r) };
+        Ok(ChildKeymat { outbound, inbound, authenticated_by })
     }
 
     /// Wireshark `ikev2_decryption_table` line for an IKE SA (key export).
@@ -480,14 +543,31 @@ mod tests {
         assert_eq!(a.decrypt(sa, true, &msg, 28).err(), Some(CryptoError::WrongKeyKind));
         let (pska, pskb) =
             (a.insert_psk(Zeroizing::new(b"secret".to_vec())), b.insert_psk(Zeroizing::new(b"secret".to_vec())));
-        let x = a.psk_auth(sa, pska, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap();
-        assert_eq!(x, b.psk_auth(sb, pskb, true, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
-        assert_ne!(x, b.psk_auth(sb, pskb, false, b"msg1", &nr, b"\x02\0\0\0id").unwrap());
+        let id = b"\x02\0\0\0id";
         let cs = ChildSuite { encr: EncrId::AesGcm16, key_bits: 128, integ: IntegId::None, esn: false };
         let keying =
             |ike_sa, we_initiated, pfs| ChildKeying { ike_sa, suite: &cs, ni: &ni, nr: &nr, we_initiated, pfs };
+        // No CHILD SA keys before the peer authenticated.
+        assert_eq!(b.child_keymat(&keying(sb, false, None)).err(), Some(CryptoError::WrongKeyKind));
+        // The initiator's AUTH verifies at the responder, whose own AUTH
+        // differs (the other side's SK_p), and verifies at the initiator.
+        let x = a.psk_auth(sa, pska, b"msg1", &nr, id).unwrap();
+        let y = b.psk_auth(sb, pskb, b"msg2", &ni, id).unwrap();
+        assert_ne!(x, b.psk_auth(sb, pskb, b"msg1", &nr, id).unwrap(), "only our own side's AUTH");
+        assert_eq!(b.verify_psk_auth(sb, pskb, b"msg1", &nr, id, &y), Ok(false), "ours is not the peer's");
+        assert_eq!(b.verify_psk_auth(sb, pskb, b"msg1", &ni, id, &x), Ok(false), "bound to the nonce");
+        assert_eq!(b.authenticated_by(sb), None);
+        assert_eq!(b.verify_psk_auth(sb, pskb, b"msg1", &nr, id, &x), Ok(true));
+        assert_eq!(a.verify_psk_auth(sa, pska, b"msg2", &ni, id, &y), Ok(true));
+        assert_eq!((a.authenticated_by(sa), b.authenticated_by(sb)), (Some(pska), Some(pskb)));
+        // Authenticated once, with one key: another PSK is refused even
+        // with the AUTH it would take.
+        let other = b.insert_psk(Zeroizing::new(b"another".to_vec()));
+        assert_eq!(b.verify_psk_auth(sb, other, b"msg1", &nr, id, &x), Err(CryptoError::WrongKeyKind));
+        assert!(b.destroy(other));
         let ka = a.child_keymat(&keying(sa, true, None)).unwrap();
         let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
+        assert_eq!((ka.authenticated_by, kb.authenticated_by), (pska, pskb));
         assert_eq!(*ka.outbound, *kb.inbound);
         assert_eq!(*ka.inbound, *kb.outbound);
         // The same nonces never key a second CHILD SA.
@@ -506,8 +586,26 @@ mod tests {
         assert!(!a.destroy(da), "the PFS DH value was consumed");
         assert_eq!(ka.outbound.len(), 20);
         assert_ne!(*ka.outbound, *ka.inbound);
-        assert_eq!(a.psk_auth(sa, sa, true, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
-        assert!(a.destroy(sa) && a.destroy(pska) && a.is_empty());
+        assert_eq!(a.psk_auth(sa, sa, b"", b"", b"").err(), Some(CryptoError::WrongKeyKind));
+        // A rekeyed IKE SA (section 2.18) is authenticated as the old one.
+        let (da, pa) = a.dh_generate(suite.dh).unwrap();
+        let (db, pb) = b.dh_generate(suite.dh).unwrap();
+        let (ni, nr) = ([5u8; 32], [6u8; 32]);
+        let rekey = |dh, public, we_initiated| KeyExchange {
+            suite: &suite,
+            dh,
+            peer_public: public,
+            ni: &ni,
+            nr: &nr,
+            spi_i: 7,
+            spi_r: 8,
+            we_initiated,
+        };
+        let sa2 = a.derive_ike_sa(Some(sa), &rekey(da, &pb, true)).unwrap();
+        assert_eq!(a.authenticated_by(sa2), Some(pska));
+        let fresh = b.derive_ike_sa(None, &rekey(db, &pa, false)).unwrap();
+        assert_eq!(b.authenticated_by(fresh), None, "a new IKE SA is not");
+        assert!(a.destroy(sa) && a.destroy(sa2) && a.destroy(pska) && a.is_empty());
     }
 
     #[test]

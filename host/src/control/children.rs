@@ -20,7 +20,7 @@ use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
 use crate::stats::{SaPairTraffic, SaTraffic, TRAFFIC_FIELDS, Traffic, traffic};
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
-use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState};
+use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState, KeyClaim};
 use crate::wasm::{GUEST_REASON_CHARS, guest_text};
 
 /// A WIT endpoint as a socket address.
@@ -256,7 +256,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
             if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
-                && ike.claim_child_keys(c.outbound_key, c.inbound_key, alg)
+                && ike.claim_child_keys(c.outbound_key, c.inbound_key, alg, &c.connection) == KeyClaim::Granted
             {
                 self.esp_keys.remove(c.outbound_key);
                 self.esp_keys.remove(c.inbound_key);
@@ -267,9 +267,16 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
-        if !ike.claim_child_keys(c.outbound_key, c.inbound_key, alg) {
-            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
-            return false;
+        match ike.claim_child_keys(c.outbound_key, c.inbound_key, alg, &c.connection) {
+            KeyClaim::Granted => {}
+            KeyClaim::NotDerived => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
+                return false;
+            }
+            KeyClaim::OtherConnection => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed a CHILD SA for a connection whose key did not authenticate its IKE SA's peer: refused");
+                return false;
+            }
         }
         let peer = Peer {
             address: peer_addr,

@@ -54,7 +54,7 @@ pub fn wit_connection(
         remote_addrs: c.remote_addrs.iter().map(addr).collect(),
         local_id: c.local_id.0.clone(),
         remote_id: c.remote_id.0.clone(),
-        psk: ike.store.data_mut().insert_psk(psk),
+        psk: ike.store.data_mut().insert_psk(c.name.get_ref(), psk),
         ike_proposals: c.proposals.0.clone(),
         children: c
             .children
@@ -290,10 +290,18 @@ impl ControlPlane {
         let psks: Vec<u64> = loaded.iter().map(|w| w.psk).collect();
         let answer = (|| -> Result<Answer> {
             for name in &gone {
+                let psk = self.live_connections().iter().find(|w| &w.name == name).map(|w| w.psk);
                 match self.ike.remove_connection(now, name)? {
                     Ok(n) => {
                         info!(connection = %name, ike_sas = n, "reload: connection removed");
                         self.history.push(Step::Remove(name.clone()));
+                        // Its key authenticates no one any more, and what
+                        // its IKE SAs would still key installs nowhere (a
+                        // connection loaded again under its name has a
+                        // key handle of its own).
+                        if let Some(h) = psk {
+                            self.ike.store.data_mut().forget_psk(h);
+                        }
                     }
                     // Not loaded in the guest (it refused it at an earlier
                     // reload): nothing to replay, and a replayed removal the

@@ -38,10 +38,13 @@ pub struct IkeState {
     /// When set, every byte string the host hands the guest is recorded
     /// here (tests prove no secret is among them).
     pub transcript: Option<Vec<Vec<u8>>>,
-    /// CHILD SA key pairs derived and not yet installed: outbound handle ->
-    /// (inbound handle, algorithm). An install must name a pair from here,
-    /// in order, once.
-    derived: HashMap<u64, (u64, EspAlgorithm)>,
+    /// CHILD SA key pairs derived and not yet installed, by outbound handle.
+    /// An install must name a pair from here, in order, once, for the
+    /// connection whose PSK authenticated the IKE SA they came from.
+    derived: HashMap<u64, Derived>,
+    /// The connection each PSK handle was loaded for (a reload gives a
+    /// changed connection a new handle and forgets the old one's).
+    psk_owners: HashMap<u64, String>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
     /// Requests the vault refused as breaking its rules (a key used for
@@ -58,6 +61,29 @@ pub struct IkeState {
     /// The tenant each IKE SA was authorized for, by our SPI, until the
     /// control plane takes it with the SA's up event.
     pub granted: HashMap<u64, String>,
+}
+
+/// A derived CHILD SA key pair waiting for its install.
+#[derive(Debug, Clone, Copy)]
+struct Derived {
+    inbound: u64,
+    alg: EspAlgorithm,
+    /// The PSK handle the IKE SA's peer authenticated with.
+    authenticated_by: u64,
+}
+
+/// Why the host refuses the keys a CHILD SA install names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The pair came from one derivation, for this transform and connection.
+    Granted,
+    /// Not a pair derived here (or installed already, swapped, another
+    /// transform): the guest lies about its keys.
+    NotDerived,
+    /// Derived from an IKE SA whose peer authenticated with another
+    /// connection's key: the guest would put the peer's SA into a
+    /// connection (and tenant) the peer has no key for.
+    OtherConnection,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -83,6 +109,7 @@ impl IkeState {
             esp_exports: HashMap::new(),
             transcript: None,
             derived: HashMap::new(),
+            psk_owners: HashMap::new(),
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
             checkpoint_bytes: 0,
@@ -136,9 +163,11 @@ impl IkeState {
         self.checkpoint_bytes = 0;
     }
 
-    /// Put a pre-shared key in the vault; returns its handle.
-    pub fn insert_psk(&mut self, psk: Zeroizing<Vec<u8>>) -> u64 {
-        self.vault.insert_psk(psk)
+    /// Put connection `owner`'s pre-shared key in the vault; returns its handle.
+    pub fn insert_psk(&mut self, owner: &str, psk: Zeroizing<Vec<u8>>) -> u64 {
+        let h = self.vault.insert_psk(psk);
+        self.psk_owners.insert(h, owner.to_string());
+        h
     }
 
     /// A reload read the connection's key file again: see
@@ -147,24 +176,34 @@ impl IkeState {
         self.vault.replace_psk(handle, psk)
     }
 
-    /// Forget a PSK that was loaded for a connection that never came to be
-    /// (a refused reload).
+    /// Forget a PSK whose connection never came to be (a refused reload)
+    /// or is gone: IKE SAs authenticated with it key no more CHILD SAs
+    /// that any connection takes.
     pub fn forget_psk(&mut self, handle: u64) {
         self.vault.destroy(handle);
+        self.psk_owners.remove(&handle);
     }
 
-    /// Take the derived key pair a CHILD SA install names: true if
-    /// `outbound` and `inbound` came from one derivation, in that order,
-    /// for `alg`, and were not installed before. Anything else is a guest
-    /// lying about its keys.
-    pub fn claim_child_keys(&mut self, outbound: u64, inbound: u64, alg: EspAlgorithm) -> bool {
-        match self.derived.get(&outbound) {
-            Some(&(i, a)) if i == inbound && a == alg => {
-                self.derived.remove(&outbound);
-                true
-            }
-            _ => false,
+    /// Take the derived key pair a CHILD SA install for `connection` names:
+    /// granted if `outbound` and `inbound` came from one derivation, in
+    /// that order, for `alg`, were not installed before, and the IKE SA
+    /// they came from was authenticated with `connection`'s PSK. Anything
+    /// else is a guest lying about its keys or its peer; a pair refused
+    /// for another connection is gone (its keys destroyed), as the guest
+    /// cannot be trusted to name it again.
+    pub fn claim_child_keys(&mut self, outbound: u64, inbound: u64, alg: EspAlgorithm, connection: &str) -> KeyClaim {
+        let Some(d) = self.derived.get(&outbound).copied().filter(|d| d.inbound == inbound && d.alg == alg) else {
+            return KeyClaim::NotDerived;
+        };
+        self.derived.remove(&outbound);
+        if self.psk_owners.get(&d.authenticated_by).map(String::as_str) == Some(connection) {
+            return KeyClaim::Granted;
         }
+        self.esp_keys.remove(outbound);
+        self.esp_keys.remove(inbound);
+        self.esp_exports.remove(&outbound);
+        self.esp_exports.remove(&inbound);
+        KeyClaim::OtherConnection
     }
 
     /// The most linear memory the IKE guest has held, in bytes.
@@ -285,16 +324,24 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         &mut self,
         sa: u64,
         psk: u64,
-        for_initiator: bool,
         real_message: Vec<u8>,
         nonce: Vec<u8>,
         id_body: Vec<u8>,
     ) -> Result<Vec<u8>, WitError> {
-        let a = self
-            .vault
-            .psk_auth(sa, psk, for_initiator, &real_message, &nonce, &id_body)
-            .map_err(|e| self.refused(e))?;
+        let a = self.vault.psk_auth(sa, psk, &real_message, &nonce, &id_body).map_err(|e| self.refused(e))?;
         Ok(self.seen_by_guest(a))
+    }
+
+    fn verify_psk_auth(
+        &mut self,
+        sa: u64,
+        psk: u64,
+        real_message: Vec<u8>,
+        nonce: Vec<u8>,
+        id_body: Vec<u8>,
+        auth: Vec<u8>,
+    ) -> Result<bool, WitError> {
+        self.vault.verify_psk_auth(sa, psk, &real_message, &nonce, &id_body, &auth).map_err(|e| self.refused(e))
     }
 
     fn derive_child(&mut self, k: ChildKeying) -> Result<ChildKeyHandles, WitError> {
@@ -311,7 +358,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             pfs: k.pfs.as_ref().map(|(dh, public)| (*dh, &public[..])),
         };
         let km = self.vault.child_keymat(&keying).map_err(|e| self.refused(e))?;
-        let (out, inb) = (km.outbound, km.inbound);
+        let (out, inb, authenticated_by) = (km.outbound, km.inbound, km.authenticated_by);
         let exports = if self.esp_keylog {
             Some((crate::keylog::esp_sa_keys(alg, &out), crate::keylog::esp_sa_keys(alg, &inb)))
         } else {
@@ -323,7 +370,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             return Err(WitError::Internal);
         }
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
-        self.derived.insert(handles.outbound, (handles.inbound, alg));
+        self.derived.insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by });
         if let Some((o, i)) = exports {
             let pairs = [(handles.outbound, o), (handles.inbound, i)];
             self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
@@ -332,14 +379,20 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     }
 
     fn destroy(&mut self, key: u64) {
+        // Not a connection's PSK: those are the operator's, and go with
+        // their connection.
+        if self.psk_owners.contains_key(&key) {
+            self.refusals += 1;
+            return;
+        }
         // An ESP key only while it is derived and not installed: the keys
         // of an installed CHILD SA (or another tenant's, or a manual
         // tunnel's, in the same keystore) go with the SA's Delete, which
         // the host checks against what it installed.
-        if !self.vault.destroy(key) && self.derived.iter().any(|(o, (i, _))| *o == key || *i == key) {
+        if !self.vault.destroy(key) && self.derived.iter().any(|(o, d)| *o == key || d.inbound == key) {
             self.esp_keys.remove(key);
             self.esp_exports.remove(&key);
-            self.derived.retain(|o, (i, _)| *o != key && *i != key);
+            self.derived.retain(|o, d| *o != key && d.inbound != key);
         }
     }
 }
@@ -567,5 +620,16 @@ mod tests {
         st.keep_checkpoints(vec![(2, None)]);
         st.clear_checkpoints();
         assert_eq!((st.checkpoints().len(), st.checkpoint_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_connections_psk_is_not_the_guests_to_destroy() {
+        use b::wasmsec::crypto::ike_keys::Host;
+        let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let psk = st.insert_psk("c", Zeroizing::new(b"the operator's key".to_vec()));
+        st.destroy(psk);
+        assert_eq!((st.secrets(), st.refusals), (1, 1), "kept, and the attempt counted");
+        st.forget_psk(psk);
+        assert_eq!(st.secrets(), 0, "the host forgets it with its connection");
     }
 }

@@ -96,16 +96,20 @@ impl IkeCrypto for ClearCrypto {
         }
     }
 
-    fn psk_auth(
+    fn psk_auth(&mut self, _: Handle, _: Handle, _: &[u8], _: &[u8], _: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        Ok(AUTH.to_vec())
+    }
+
+    fn verify_psk_auth(
         &mut self,
         _: Handle,
         _: Handle,
-        _: bool,
         _: &[u8],
         _: &[u8],
         _: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        Ok(AUTH.to_vec())
+        auth: &[u8],
+    ) -> Result<bool, CryptoError> {
+        Ok(auth == AUTH)
     }
 
     fn child_keys(&mut self, _: &ChildKeying<'_>) -> Result<ChildKeys, CryptoError> {

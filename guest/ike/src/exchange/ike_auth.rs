@@ -5,7 +5,7 @@ use wasmsec_wire::ike::{AuthMethod, ExchangeType, Header, Identification, Notify
 
 use super::create_child;
 use super::payloads::{find_notify, first_error};
-use crate::crypto::CryptoError;
+use crate::crypto::Handle;
 use crate::ctx::{Ctx, Fate, jittered, notify_name};
 use crate::error::Error;
 use crate::identity::{Identity, Show};
@@ -15,12 +15,22 @@ use crate::proposal::{self, Kind};
 use crate::sa::lifecycle;
 use crate::sa::state::{IkeSa, InitMessages, PendingChild, State};
 
-/// A received PSK AUTH payload against the value we computed, in constant time.
-fn auth_ok(method: AuthMethod, expected: &Result<Vec<u8>, CryptoError>, got: &[u8]) -> bool {
-    method == AuthMethod::SharedKeyMic
-        && expected
-            .as_ref()
-            .is_ok_and(|e| e.len() == got.len() && e.iter().zip(got).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0)
+/// The peer's AUTH payload: a PSK MIC (the one method we take) that the host
+/// verifies (in constant time) with the connection's key, `real_message`
+/// and `nonce` as section 2.15 pairs them. The host then holds the IKE SA
+/// as authenticated with that key, and keys CHILD SAs from it only for that
+/// connection.
+struct PeerAuth<'a> {
+    method: AuthMethod,
+    data: &'a [u8],
+    real_message: &'a [u8],
+    nonce: &'a [u8],
+    id_body: &'a [u8],
+}
+
+fn verified(ctx: &mut Ctx, keys: Handle, psk: Handle, a: PeerAuth) -> bool {
+    a.method == AuthMethod::SharedKeyMic
+        && ctx.crypto.verify_psk_auth(keys, psk, a.real_message, a.nonce, a.id_body, a.data) == Ok(true)
 }
 
 /// The AUTH_LIFETIME notify for our IKE_AUTH response, if we want the
@@ -40,7 +50,7 @@ pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, Pendin
     let psk = c.cfg.psk;
     let auth = ctx
         .crypto
-        .psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body())
+        .psk_auth(keys, psk, &sa.init.request, &sa.nr, &idi.body())
         .map_err(|e| Error::failed(format!("crypto operation failed: {e:?}")))?;
     let spi = ctx.new_requested_esp_spi(sa);
     let c = &ctx.conns[sa.conn];
@@ -122,8 +132,9 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     let conn = sa.conn;
     let psk = ctx.conns[conn].cfg.psk;
     let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
-    let expected = ctx.crypto.psk_auth(keys, psk, true, &sa.init.request, &sa.nr, &idi.body());
-    if !auth_ok(method, &expected, &auth) {
+    let peer_auth =
+        PeerAuth { method, data: &auth, real_message: &sa.init.request, nonce: &sa.nr, id_body: &idi.body() };
+    if !verified(ctx, keys, psk, peer_auth) {
         ctx.count(sa.conn, |s| &mut s.auth_failed);
         let method_note = if method != AuthMethod::SharedKeyMic {
             format!(" (method {}, we expect PSK)", method.raw())
@@ -162,7 +173,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     let Identity::Id(our_id) = ctx.conns[conn].local_id.clone() else {
         return Fate::Drop("no local identity".into());
     };
-    let our_auth = match ctx.crypto.psk_auth(keys, psk, false, &sa.init.response, &sa.ni, &our_id.body()) {
+    let our_auth = match ctx.crypto.psk_auth(keys, psk, &sa.init.response, &sa.ni, &our_id.body()) {
         Ok(a) => a,
         Err(e) => return Fate::Drop(format!("AUTH computation failed: {e:?}")),
     };
@@ -267,8 +278,10 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
         ));
     }
     let Some(keys) = sa.keys else { return Fate::Drop("no keys".into()) };
-    let expected = ctx.crypto.psk_auth(keys, c.cfg.psk, false, &sa.init.response, &sa.ni, &idr.body());
-    if !auth_ok(method, &expected, &auth) {
+    let psk = c.cfg.psk;
+    let peer_auth =
+        PeerAuth { method, data: &auth, real_message: &sa.init.response, nonce: &sa.ni, id_body: &idr.body() };
+    if !verified(ctx, keys, psk, peer_auth) {
         ctx.count(sa.conn, |s| &mut s.auth_failed);
         return Fate::Drop(format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr)));
     }
