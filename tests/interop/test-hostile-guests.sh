@@ -14,8 +14,10 @@
 #  - the honest tunnel kept forwarding throughout (at most 5 % ping loss).
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
 # swapped key handles, encrypts with the peer's SK_e, deletes the honest
-# manual tunnel's SAs (which it never installed), or sends to A's LAN host
-# (a reflector), against an honest
+# manual tunnel's SAs (which it never installed), sends to A's LAN host
+# (a reflector), installs a CHILD SA for a connection whose key did not
+# authenticate the peer, or takes a peer's AUTH that did not verify as
+# good, against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
@@ -183,6 +185,21 @@ ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(jso
 run_ike_attack() { # NAME WHAT
     local name=$1 what=$2 A=$STATE/$1/A B=$STATE/$1/B
     ike_pair "$STATE/$1" "$name" start 200 "" "$COMPONENTS/hostile-ike.wasm"
+    case $name in
+        hostile-other-connection)
+            # A second connection at A, with a key of its own and a peer
+            # that never comes (another tenant's, say): the guest puts the
+            # CHILD SA B authenticated for into it.
+            (umask 077; printf '%s' "another connection's key" >"$A/victim-psk")
+            ike_conf victim $WAN_A 198.18.0.99 $ID_A victim.test 198.18.31.0/24 198.18.32.0/24 none |
+                sed 's|file:psk|file:victim-psk|' >>"$A/wasmsec.toml" ;;
+        hostile-skip-auth)
+            # B initiates with a key A does not have: A's host finds B's
+            # AUTH false, A's guest goes on as if it were true.
+            sed -i 's/^start_action = "start"/start_action = "none"/' "$A/wasmsec.toml"
+            sed -i 's/^start_action = "none"/start_action = "start"/' "$B/wasmsec.toml"
+            (umask 077; printf '%s' "not the key A has" >"$B/psk") ;;
+    esac
     # What gateway A sends into its LAN to UDP 500 (hostile-send-anywhere).
     ip netns exec wsi-gwa tcpdump -i lan0 -n -U -w "$A/lan.pcap" udp port 500 2>"$A/lan-cap.err" &
     local cap=$!; PIDS+=($cap)
@@ -192,18 +209,26 @@ run_ike_attack() { # NAME WHAT
     sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
     local reflected
     reflected=$(tcpdump -r "$A/lan.pcap" -n 2>/dev/null | grep -c "> 198.18.1.10.500" || true)
-    local got errors child
+    local got errors child victim
     local alive=no
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
     got=$(grep -c "bytes from" "$A/honest.out" || true)
-    errors=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_protocol_errors"])')
-    child=$(wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["child_sas"]))')
+    wasmsec_ctl "$A" status >"$A/status.json"
+    errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
+    child=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
+    victim=$(python3 -c 'import json,sys; print(sum(c["connection"] == "victim" for c in json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
     stop "$A"; stop "$B"
-    echo "$what: honest pings $got/$PINGS; A: $errors protocol errors, $child CHILD SAs installed"
+    echo "$what: honest pings $got/$PINGS; A: $errors protocol errors, $child CHILD SAs installed ($victim for victim)"
     check "$what: refused and counted ($errors)" [ "$errors" -gt 0 ]
     case $name in
         hostile-swap-handles) check "$what: no CHILD SA with swapped keys was installed ($child)" [ "$child" -eq 0 ] ;;
         hostile-wrong-ske) check "$what: nothing went out under the peer's key: no IKE SA, no CHILD SA ($child)" [ "$child" -eq 0 ] ;;
+        hostile-other-connection)
+            check "$what: no CHILD SA went into the other connection ($victim)" [ "$victim" -eq 0 ]
+            check "$what: A said why" grep -q "for a connection whose key did not authenticate its IKE SA's peer: refused" "$A/wasmsec.log" ;;
+        hostile-skip-auth)
+            check "$what: A's guest went on past the failed AUTH (and got no keys)" grep -q "CHILD_SA not created" "$A/wasmsec.log"
+            check "$what: no CHILD SA for a peer with the wrong key ($child)" [ "$child" -eq 0 ] ;;
         hostile-send-anywhere)
             check "$what: A's LAN was captured" grep -q "listening on" "$A/lan-cap.err"
             check "$what: nothing reached A's LAN host on UDP 500 ($reflected)" [ "$reflected" -eq 0 ] ;;
@@ -416,4 +441,6 @@ run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
 run_ike_attack hostile-delete-others "IKE: deleting a manual tunnel's SAs it never installed"
 run_ike_attack hostile-send-anywhere "IKE: sending to an address no peer has (A's LAN host)"
+run_ike_attack hostile-other-connection "IKE: installing a CHILD SA for another connection (another key)"
+run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 finish

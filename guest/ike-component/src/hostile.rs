@@ -12,6 +12,8 @@
 //! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
 //! | `hostile-send-anywhere` | every `poll` sends a datagram from UDP 500 to host A on gateway A's LAN (198.18.1.10:500), which no peer or connection has |
 //! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
+//! | `hostile-other-connection` | every CHILD SA is installed for the connection [`VICTIM`] (another tenant's, with another key) instead of its own |
+//! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -41,7 +43,12 @@ pub enum Attack {
     TrapOnTerminate,
     DeleteOthers,
     SendAnywhere,
+    OtherConnection,
+    SkipAuth,
 }
+
+/// For `OtherConnection`: the connection every CHILD SA is installed for.
+pub const VICTIM: &str = "victim";
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
 pub const TRAP_MARKER: [u8; 8] = *b"TRAPTRAP";
@@ -64,6 +71,8 @@ pub fn choose(connection: &str) {
         "hostile-trap-on-terminate" => Attack::TrapOnTerminate,
         "hostile-delete-others" => Attack::DeleteOthers,
         "hostile-send-anywhere" => Attack::SendAnywhere,
+        "hostile-other-connection" => Attack::OtherConnection,
+        "hostile-skip-auth" => Attack::SkipAuth,
         _ => Attack::None,
     });
 }
