@@ -599,6 +599,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         };
         let mut c = control_plane(&cfg, config_path, &base, parts)?;
         c.children.groups = connection_groups;
+        c.children.bounds = crate::control::bounds::of_all(&cfg.connection);
         Some(c)
     } else {
         None

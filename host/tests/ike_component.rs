@@ -7,7 +7,9 @@ use std::sync::Arc;
 use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
-use wasmsec::wasm::ike::{ChildConfig, Connection, Datagram, Endpoint, IkeInstance, SaChange, StartAction, Transmit};
+use wasmsec::wasm::ike::{
+    ChildConfig, ChildSa, Connection, Datagram, Endpoint, IkeInstance, SaChange, StartAction, Transmit,
+};
 use zeroize::Zeroizing;
 
 fn runtime() -> Runtime {
@@ -25,21 +27,24 @@ struct Side {
 }
 
 fn side(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str) -> Side {
+    side_named(rt, me, peer, ike, esp, "test")
+}
+
+/// A side whose identities are `gwa.DOMAIN` and `gwb.DOMAIN`.
+fn side_named(rt: &Runtime, me: [u8; 4], peer: [u8; 4], ike: &str, esp: &str, domain: &str) -> Side {
     let keys = Arc::new(Keystore::new());
     let mut inst = rt.ike_instance(wasmsec_crypto::Vault::new_audited(), keys.clone()).unwrap();
     inst.store.data_mut().transcript = Some(Vec::new());
     let psk = inst.store.data_mut().insert_psk("c", Zeroizing::new(b"a very secret pre-shared key".to_vec()));
-    let (lid, rid, l, r) = if me[3] == 1 {
-        ("gwa.test", "gwb.test", "10.1.0.0/16", "10.2.0.0/16")
-    } else {
-        ("gwb.test", "gwa.test", "10.2.0.0/16", "10.1.0.0/16")
-    };
+    let (a, b) = (format!("gwa.{domain}"), format!("gwb.{domain}"));
+    let (lid, rid, l, r) =
+        if me[3] == 1 { (a, b, "10.1.0.0/16", "10.2.0.0/16") } else { (b, a, "10.2.0.0/16", "10.1.0.0/16") };
     let c = Connection {
         name: "c".into(),
         local_addrs: vec![me.to_vec()],
         remote_addrs: vec![peer.to_vec()],
-        local_id: lid.into(),
-        remote_id: rid.into(),
+        local_id: lid,
+        remote_id: rid,
         psk,
         ike_proposals: ike.into(),
         children: vec![ChildConfig {
@@ -214,15 +219,45 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let alg = EspAlgorithm::from_iana(20, 256, 0).unwrap();
     let (ca, cb) = (a.installed[0].clone(), b.installed[0].clone());
     let st = a.ike.store.data_mut();
-    assert_eq!(st.claim_child_keys(ca.outbound_key, ca.inbound_key, alg, "other"), KeyClaim::OtherConnection);
+    let other = ChildSa { connection: "other".into(), ..ca.clone() };
+    assert_eq!(st.claim_child_keys(&other, alg), KeyClaim::OtherConnection);
     assert!(a.esp.get(ca.outbound_key).is_none() && a.esp.get(ca.inbound_key).is_none(), "its keys are gone");
-    assert_eq!(
-        st.claim_child_keys(ca.outbound_key, ca.inbound_key, alg, "c"),
-        KeyClaim::NotDerived,
-        "and not claimable"
-    );
+    assert_eq!(st.claim_child_keys(&ca, alg), KeyClaim::NotDerived, "and not claimable");
     let st = b.ike.store.data_mut();
-    assert_eq!(st.claim_child_keys(cb.inbound_key, cb.outbound_key, alg, "c"), KeyClaim::NotDerived, "swapped");
-    assert_eq!(st.claim_child_keys(cb.outbound_key, cb.inbound_key, alg, "c"), KeyClaim::Granted);
-    assert_eq!(st.claim_child_keys(cb.outbound_key, cb.inbound_key, alg, "c"), KeyClaim::NotDerived, "once");
+    let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
+    assert_eq!(st.claim_child_keys(&swapped, alg), KeyClaim::NotDerived, "swapped");
+    assert_eq!(st.claim_child_keys(&cb, alg), KeyClaim::Granted);
+    assert_eq!(st.claim_child_keys(&cb, alg), KeyClaim::NotDerived, "once");
+}
+
+/// A policy's grant bounds what the host installs: B's policy module
+/// (`policy-allow-list.wasm`, which grants `*.wasmsec.test` peers
+/// 10.0.0.0/8 and 192.168.0.0/16) accepts A, and a CHILD SA widened past
+/// those subnets is refused, where A, with no module, narrows nothing.
+#[test]
+fn a_policy_grant_bounds_the_child_sas_installed() {
+    use wasmsec::keys::EspAlgorithm;
+    use wasmsec::policy::PolicySlot;
+    use wasmsec::wasm::esp::TrafficSelector;
+    use wasmsec::wasm::ike::KeyClaim;
+    let rt = runtime();
+    let (ike, esp) = ("aes256gcm16-prfsha256-x25519", "aes256gcm16");
+    let mut a = side_named(&rt, [192, 0, 2, 1], [192, 0, 2, 2], ike, esp, "wasmsec.test");
+    let mut b = side_named(&rt, [192, 0, 2, 2], [192, 0, 2, 1], ike, esp, "wasmsec.test");
+    let (engines, stop) = wasmsec::wasm::policy::standalone_engines().unwrap();
+    let module = wasmsec::daemon::built_components_dir().join("policy-allow-list.wasm");
+    let (served, _) = wasmsec::wasm::policy::load(&engines, &module, None, std::time::Instant::now()).unwrap();
+    let slot = PolicySlot::default();
+    slot.swap(served);
+    b.ike.store.data_mut().policy.global = Some(Arc::new(slot));
+    a.ike.initiate(0, "c").unwrap().unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!((a.installed.len(), b.installed.len()), (1, 1), "B's policy accepted A");
+    let alg = EspAlgorithm::from_iana(20, 256, 0).unwrap();
+    let everything = vec![TrafficSelector::addresses(vec![0; 4], vec![255; 4])];
+    let wide_b = ChildSa { remote_ts: everything.clone(), ..b.installed[0].clone() };
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&wide_b, alg), KeyClaim::OutsideGrant);
+    let wide_a = ChildSa { remote_ts: everything, ..a.installed[0].clone() };
+    assert_eq!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg), KeyClaim::Granted, "no grant narrows A's");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

@@ -16,7 +16,8 @@
 # swapped key handles, encrypts with the peer's SK_e, deletes the honest
 # manual tunnel's SAs (which it never installed), sends to A's LAN host
 # (a reflector), installs a CHILD SA for a connection whose key did not
-# authenticate the peer, or takes a peer's AUTH that did not verify as
+# authenticate the peer or with selectors beyond the connection's, goes
+# past a policy's refusal, or takes a peer's AUTH that did not verify as
 # good, against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
@@ -193,6 +194,13 @@ run_ike_attack() { # NAME WHAT
             (umask 077; printf '%s' "another connection's key" >"$A/victim-psk")
             ike_conf victim $WAN_A 198.18.0.99 $ID_A victim.test 198.18.31.0/24 198.18.32.0/24 none |
                 sed 's|file:psk|file:victim-psk|' >>"$A/wasmsec.toml" ;;
+        hostile-ignore-policy)
+            # B initiates with an identity A's policy module does not list
+            # (policy-allow-list.wasm lists *.interop.test): A's host
+            # rejects it, A's guest goes on as if accepted.
+            sed -i "s/$ID_B/gwb.unlisted.example/; s/^start_action = \"start\"/start_action = \"none\"/" "$A/wasmsec.toml"
+            printf '\n[policy]\nmodule = "%s"\n' "$COMPONENTS/policy-allow-list.wasm" >>"$A/wasmsec.toml"
+            sed -i "s/$ID_B/gwb.unlisted.example/; s/^start_action = \"none\"/start_action = \"start\"/" "$B/wasmsec.toml" ;;
         hostile-skip-auth)
             # B initiates with a key A does not have: A's host finds B's
             # AUTH false, A's guest goes on as if it were true.
@@ -226,8 +234,18 @@ run_ike_attack() { # NAME WHAT
         hostile-other-connection)
             check "$what: no CHILD SA went into the other connection ($victim)" [ "$victim" -eq 0 ]
             check "$what: A said why" grep -q "for a connection whose key did not authenticate its IKE SA's peer: refused" "$A/wasmsec.log" ;;
+        hostile-widen-selectors)
+            check "$what: no CHILD SA for every address ($child)" [ "$child" -eq 0 ]
+            check "$what: A said why" grep -q "beyond its connection's local_ts and remote_ts: refused" "$A/wasmsec.log" ;;
+        hostile-ignore-policy)
+            check "$what: A's host refused the keys" grep -q "whose peer the policy did not accept: refused" "$A/wasmsec.log"
+            check "$what: no CHILD SA for a peer the policy refused ($child)" [ "$child" -eq 0 ] ;;
         hostile-skip-auth)
-            check "$what: A's guest went on past the failed AUTH (and got no keys)" grep -q "CHILD_SA not created" "$A/wasmsec.log"
+            # Past the failed AUTH the guest asks the policy, which the host
+            # refuses for a peer it verified no AUTH of (and it would give no
+            # keys either).
+            check "$what: A's host refused to ask the policy about B" \
+                grep -q "refused by the host: the host verified no AUTH of this IKE SA" "$A/wasmsec.log"
             check "$what: no CHILD SA for a peer with the wrong key ($child)" [ "$child" -eq 0 ] ;;
         hostile-send-anywhere)
             check "$what: A's LAN was captured" grep -q "listening on" "$A/lan-cap.err"
@@ -442,5 +460,7 @@ run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
 run_ike_attack hostile-delete-others "IKE: deleting a manual tunnel's SAs it never installed"
 run_ike_attack hostile-send-anywhere "IKE: sending to an address no peer has (A's LAN host)"
 run_ike_attack hostile-other-connection "IKE: installing a CHILD SA for another connection (another key)"
+run_ike_attack hostile-widen-selectors "IKE: a CHILD SA widened to every address on the peer's side"
+run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refused"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 finish

@@ -13,6 +13,8 @@
 //! | `hostile-send-anywhere` | every `poll` sends a datagram from UDP 500 to host A on gateway A's LAN (198.18.1.10:500), which no peer or connection has |
 //! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
 //! | `hostile-other-connection` | every CHILD SA is installed for the connection [`VICTIM`] (another tenant's, with another key) instead of its own |
+//! | `hostile-widen-selectors` | every CHILD SA is installed with the peer's side widened to every IPv4 address |
+//! | `hostile-ignore-policy` | every policy answer is taken as an accept, whatever the host's policy said |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
@@ -44,6 +46,8 @@ pub enum Attack {
     DeleteOthers,
     SendAnywhere,
     OtherConnection,
+    WidenSelectors,
+    IgnorePolicy,
     SkipAuth,
 }
 
@@ -72,6 +76,8 @@ pub fn choose(connection: &str) {
         "hostile-delete-others" => Attack::DeleteOthers,
         "hostile-send-anywhere" => Attack::SendAnywhere,
         "hostile-other-connection" => Attack::OtherConnection,
+        "hostile-widen-selectors" => Attack::WidenSelectors,
+        "hostile-ignore-policy" => Attack::IgnorePolicy,
         "hostile-skip-auth" => Attack::SkipAuth,
         _ => Attack::None,
     });

@@ -51,8 +51,13 @@ fn err(e: WitError) -> CryptoError {
 }
 
 impl IkeCrypto for HostCrypto {
-    fn authorize(&mut self, ike_spi: u64, request: &ike::AuthorizeRequest) -> ike::Decision {
-        policy::authorize(ike_spi, request)
+    fn authorize(&mut self, sa: Handle, ike_spi: u64, request: &ike::AuthorizeRequest) -> ike::Decision {
+        let decision = policy::authorize(sa, ike_spi, request);
+        #[cfg(feature = "hostile")]
+        if hostile::attack() == hostile::Attack::IgnorePolicy {
+            return ike::Decision::Accept(Default::default());
+        }
+        decision
     }
 
     fn random(&mut self, buf: &mut [u8]) {
@@ -211,6 +216,13 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
         }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherConnection => {
             c.connection = hostile::VICTIM.into();
+            ike::SaChange::Install(c)
+        }
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::WidenSelectors => {
+            for ts in &mut c.remote_ts {
+                ts.ts_type = wasmsec_wire::ike::TsType::Ipv4AddrRange;
+                (ts.start, ts.end) = (vec![0; 4], vec![255; 4]);
+            }
             ike::SaChange::Install(c)
         }
         c => c,

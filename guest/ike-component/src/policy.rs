@@ -1,22 +1,22 @@
 //! The engine's policy question on the WIT side: its request in the
 //! `wasmsec:policy/types` representation, the host's decision back.
-use wasmsec_ike::identity::Show;
+use wasmsec_ike::identity::{PolicyIdKind, for_policy};
 use wasmsec_ike::output::Endpoint;
 use wasmsec_ike::{AuthorizeRequest, Decision, Grant, ts};
-use wasmsec_wire::ike::{IdType, Identification};
+use wasmsec_wire::ike::Identification;
 
 use crate::bindings::wasmsec::ike::authorizer;
 use crate::bindings::wasmsec::policy::types as wit;
 
 fn identity(id: &Identification) -> wit::Identity {
-    let hex = || id.data.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let (kind, value) = match id.id_type {
-        IdType::Ipv4Addr => (wit::IdKind::Ipv4, Show(id).to_string()),
-        IdType::Ipv6Addr => (wit::IdKind::Ipv6, Show(id).to_string()),
-        IdType::Fqdn => (wit::IdKind::Fqdn, Show(id).to_string()),
-        IdType::Rfc822Addr => (wit::IdKind::Rfc822, Show(id).to_string()),
-        IdType::DerAsn1Dn => (wit::IdKind::DerDn, hex()),
-        _ => (wit::IdKind::KeyId, hex()),
+    let (kind, value) = for_policy(id);
+    let kind = match kind {
+        PolicyIdKind::Ipv4 => wit::IdKind::Ipv4,
+        PolicyIdKind::Ipv6 => wit::IdKind::Ipv6,
+        PolicyIdKind::Fqdn => wit::IdKind::Fqdn,
+        PolicyIdKind::Rfc822 => wit::IdKind::Rfc822,
+        PolicyIdKind::DerDn => wit::IdKind::DerDn,
+        PolicyIdKind::KeyId => wit::IdKind::KeyId,
     };
     wit::Identity { kind, value }
 }
@@ -26,7 +26,7 @@ fn endpoint(e: &Endpoint) -> String {
 }
 
 /// Ask the host (see `wasmsec:ike/authorizer`).
-pub fn authorize(ike_spi: u64, r: &AuthorizeRequest) -> Decision {
+pub fn authorize(sa: u64, ike_spi: u64, r: &AuthorizeRequest) -> Decision {
     let request = wit::AuthorizeRequest {
         connection: r.connection.clone(),
         peer: identity(&r.peer),
@@ -36,7 +36,7 @@ pub fn authorize(ike_spi: u64, r: &AuthorizeRequest) -> Decision {
         peer_ts: r.peer_ts.iter().map(wasmsec_ike::ts::show).collect(),
         local_ts: r.local_ts.iter().map(wasmsec_ike::ts::show).collect(),
     };
-    match authorizer::authorize(ike_spi, &request) {
+    match authorizer::authorize(sa, ike_spi, &request) {
         wit::Decision::Accept(g) => grant(g).map_or_else(Decision::Reject, Decision::Accept),
         wit::Decision::Reject(why) => Decision::Reject(why),
     }

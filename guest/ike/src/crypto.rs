@@ -22,10 +22,16 @@ pub struct ChildKeys {
 /// What the engine asks its host: randomness, the key schedule and
 /// ciphers behind handles, and policy decisions.
 pub trait IkeCrypto {
-    /// May the peer of IKE SA `ike_spi` (ours) bring it up? Asked as
-    /// responder at IKE_AUTH once its AUTH verified. Without a policy: yes.
-    fn authorize(&mut self, ike_spi: u64, request: &crate::policy::AuthorizeRequest) -> crate::policy::Decision {
-        let _ = (ike_spi, request);
+    /// May the peer of IKE SA `ike_spi` (ours; its keys `sa`) bring it up?
+    /// Asked at IKE_AUTH once its AUTH verified, in both roles. Without a
+    /// policy: yes.
+    fn authorize(
+        &mut self,
+        sa: Handle,
+        ike_spi: u64,
+        request: &crate::policy::AuthorizeRequest,
+    ) -> crate::policy::Decision {
+        let _ = (sa, ike_spi, request);
         crate::policy::Decision::Accept(Default::default())
     }
     /// Random bytes (nonces, SPIs).

@@ -127,6 +127,33 @@ impl Identity {
     }
 }
 
+/// The kinds of identity a policy module is told (`wasmsec:policy/types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyIdKind {
+    Ipv4,
+    Ipv6,
+    Fqdn,
+    Rfc822,
+    DerDn,
+    KeyId,
+}
+
+/// An identification as a policy module is told it: its kind, and its
+/// value (addresses and names as text, DNs and other kinds in hex). The
+/// component asks with it and the host checks the question with it, so
+/// both must say it the same way.
+pub fn for_policy(id: &Identification) -> (PolicyIdKind, String) {
+    let hex = || id.data.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match id.id_type {
+        IdType::Ipv4Addr => (PolicyIdKind::Ipv4, Show(id).to_string()),
+        IdType::Ipv6Addr => (PolicyIdKind::Ipv6, Show(id).to_string()),
+        IdType::Fqdn => (PolicyIdKind::Fqdn, Show(id).to_string()),
+        IdType::Rfc822Addr => (PolicyIdKind::Rfc822, Show(id).to_string()),
+        IdType::DerAsn1Dn => (PolicyIdKind::DerDn, hex()),
+        _ => (PolicyIdKind::KeyId, hex()),
+    }
+}
+
 /// An identification as a person reads it, for logs.
 pub struct Show<'a>(pub &'a Identification);
 

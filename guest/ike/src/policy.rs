@@ -4,17 +4,19 @@ use wasmsec_wire::ike::{Identification, TrafficSelector as Ts};
 
 use crate::output::Endpoint;
 
-/// Asked as responder once the peer's AUTH verified, before the IKE SA is
-/// established.
+/// Asked once the peer's AUTH verified, before the IKE SA is established,
+/// in both roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     /// The connection the peer matched.
     pub connection: String,
-    /// The identity the peer proved (IDi).
+    /// The identity the peer proved (IDi, or IDr when we initiated).
     pub peer: Identification,
     pub peer_address: Endpoint,
     pub local_address: Endpoint,
-    /// The selectors the peer proposed for its side (TSi) and for ours (TSr).
+    /// The selectors for the peer's side and for ours: as responder those
+    /// the initiator proposed (TSi, TSr), as initiator those the responder
+    /// chose (TSr, TSi).
     pub peer_ts: Vec<Ts>,
     pub local_ts: Vec<Ts>,
 }

@@ -131,6 +131,30 @@ fn the_policy_refuses_an_authenticated_peer() {
     assert_eq!(b.engine.connection_stats("site").unwrap().policy_rejected, 1);
 }
 
+/// The initiator's policy decides too (the host derives no CHILD SA keys
+/// from an IKE SA it did not accept, whichever side started it): refused,
+/// the initiator installs nothing and deletes the IKE SA, which the
+/// responder had up, so that neither end keeps it.
+#[test]
+fn the_initiators_policy_refuses_the_responder() {
+    let mut a = side(A, B, &Conf::default());
+    let mut b = side(B, A, &Conf::default());
+    a.crypto.policy = Some(Box::new(|r: &wasmsec_ike::AuthorizeRequest| {
+        assert_eq!(wasmsec_ike::ts::show_all(&r.peer_ts), "198.18.2.0/24", "the responder's side");
+        wasmsec_ike::Decision::Reject("not on the list".into())
+    }));
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    pump(&mut a, &mut b, 0, &mut all, &mut 0);
+    assert!(a.installed.is_empty(), "{:?}", a.logs);
+    assert!(
+        a.log_has("policy refused gwb.interop.test (198.18.0.2): not on the list; deleting the IKE SA"),
+        "{:?}",
+        a.logs
+    );
+    assert_eq!(a.engine.connection_stats("site").unwrap().policy_rejected, 1);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0), "{:?}", b.logs);
+}
+
 /// A policy grant narrows the selectors, replaces the ESP proposals and
 /// the CHILD SA lifetimes of the peer it accepts; a grant that leaves no
 /// selector refuses the CHILD SA with TS_UNACCEPTABLE, naming the grant.

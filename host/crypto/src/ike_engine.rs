@@ -34,7 +34,12 @@ impl EngineCrypto {
 }
 
 impl IkeCrypto for EngineCrypto {
-    fn authorize(&mut self, _ike_spi: u64, request: &wasmsec_ike::AuthorizeRequest) -> wasmsec_ike::Decision {
+    fn authorize(
+        &mut self,
+        _: Handle,
+        _ike_spi: u64,
+        request: &wasmsec_ike::AuthorizeRequest,
+    ) -> wasmsec_ike::Decision {
         match &mut self.policy {
             Some(p) => p(request),
             None => wasmsec_ike::Decision::Accept(Default::default()),

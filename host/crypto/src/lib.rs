@@ -51,11 +51,20 @@ struct IkeSa {
     /// same nonces would hand out the same key material again.
     children_keyed: HashSet<[u8; 32]>,
     /// The PSK (its handle) the peer's AUTH verified with here
-    /// ([`Vault::verify_psk_auth`]), inherited by the IKE SAs that rekey
-    /// this one (section 2.18). Until then no CHILD SA is keyed from it,
-    /// and the host installs a CHILD SA only for the connection that owns
-    /// this PSK: the guest's word on who the peer is counts for nothing.
-    authenticated: Option<u64>,
+    /// ([`Vault::verify_psk_auth`]), and the identification payload body
+    /// it covered, inherited by the IKE SAs that rekey this one (section
+    /// 2.18). Until then no CHILD SA is keyed from it, and the host
+    /// installs a CHILD SA only for the connection that owns this PSK and
+    /// asks the policy about this identity only: the guest's word on who
+    /// the peer is counts for nothing.
+    authenticated: Option<Authenticated>,
+}
+
+/// Who verified an IKE SA's peer: the PSK handle and the peer's ID body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Authenticated {
+    psk: u64,
+    peer_id: Vec<u8>,
 }
 
 /// CHILD SA key derivations one IKE SA may make: far more than any rekey
@@ -267,7 +276,7 @@ impl Vault {
         // A rekeyed IKE SA is authenticated as the one it replaces (no AUTH
         // is exchanged again, section 2.18); a new one not until its peer's
         // AUTH verifies.
-        let authenticated = old.and_then(|o| o.authenticated);
+        let authenticated = old.and_then(|o| o.authenticated.clone());
         let keys = IkeSaKeys::derive(old.map(|o| &o.keys), kx.suite, &shared, kx.ni, kx.nr, kx.spi_i, kx.spi_r)?;
         for k in keys.all_keys() {
             self.record(k);
@@ -369,9 +378,10 @@ impl Vault {
     /// Whether the peer's AUTH payload data `auth` is what its side's SK_p
     /// and the PSK make of `real_message`, `nonce` and `id_body` (section
     /// 2.15), compared in constant time. If it is, the IKE SA is from now
-    /// on authenticated with `psk` (see [`IkeSa::authenticated`]); asking
-    /// with another PSK afterwards is `WrongKeyKind`, as is a rekeyed IKE
-    /// SA (which is authenticated by the one it replaced).
+    /// on authenticated with `psk` and `id_body` (see
+    /// [`IkeSa::authenticated`]); asking with another PSK or identity
+    /// afterwards is `WrongKeyKind`, as is it for a rekeyed IKE SA with
+    /// other ones than the SA it replaced.
     pub fn verify_psk_auth(
         &mut self,
         h: u64,
@@ -382,7 +392,7 @@ impl Vault {
         auth: &[u8],
     ) -> Result<bool, CryptoError> {
         let sa = self.ike_sa_entry(h)?;
-        if sa.authenticated.is_some_and(|p| p != psk) {
+        if sa.authenticated.as_ref().is_some_and(|a| a.psk != psk || a.peer_id != id_body) {
             return Err(CryptoError::WrongKeyKind);
         }
         let expected = self.auth_octets(sa, psk, !sa.we_initiated, real_message, nonce, id_body)?;
@@ -390,14 +400,15 @@ impl Vault {
             return Ok(false);
         }
         if let Some(Secret::IkeSa(sa)) = self.secrets.get_mut(&h) {
-            sa.authenticated = Some(psk);
+            sa.authenticated = Some(Authenticated { psk, peer_id: id_body.to_vec() });
         }
         Ok(true)
     }
 
-    /// The PSK (its handle) IKE SA `sa` is authenticated with, if any.
-    pub fn authenticated_by(&self, sa: u64) -> Option<u64> {
-        self.ike_sa_entry(sa).ok()?.authenticated
+    /// The PSK (its handle) IKE SA `sa` is authenticated with, if any, and
+    /// the body of the identification payload its peer's AUTH covered.
+    pub fn authenticated_by(&self, sa: u64) -> Option<(u64, &[u8])> {
+        self.ike_sa_entry(sa).ok()?.authenticated.as_ref().map(|a| (a.psk, &a.peer_id[..]))
     }
 
     /// The AUTH octets of one side (`for_initiator`) of `sa`.
@@ -440,7 +451,7 @@ impl Vault {
         };
         let authenticated_by = match self.secrets.get_mut(&k.ike_sa) {
             Some(Secret::IkeSa(sa)) => {
-                let Some(psk) = sa.authenticated else { return Err(CryptoError::WrongKeyKind) };
+                let Some(psk) = sa.authenticated.as_ref().map(|a| a.psk) else { return Err(CryptoError::WrongKeyKind) };
                 if sa.children_keyed.len() >= MAX_CHILD_DERIVATIONS || !sa.children_keyed.insert(nonces) {
                     return Err(CryptoError::WrongKeyKind);
                 }
@@ -559,12 +570,16 @@ mod tests {
         assert_eq!(b.authenticated_by(sb), None);
         assert_eq!(b.verify_psk_auth(sb, pskb, b"msg1", &nr, id, &x), Ok(true));
         assert_eq!(a.verify_psk_auth(sa, pska, b"msg2", &ni, id, &y), Ok(true));
-        assert_eq!((a.authenticated_by(sa), b.authenticated_by(sb)), (Some(pska), Some(pskb)));
+        assert_eq!((a.authenticated_by(sa), b.authenticated_by(sb)), (Some((pska, &id[..])), Some((pskb, &id[..]))));
         // Authenticated once, with one key: another PSK is refused even
         // with the AUTH it would take.
         let other = b.insert_psk(Zeroizing::new(b"another".to_vec()));
         assert_eq!(b.verify_psk_auth(sb, other, b"msg1", &nr, id, &x), Err(CryptoError::WrongKeyKind));
         assert!(b.destroy(other));
+        // Nor another identity, though the same key verifies it.
+        let other_id = b"\x02\0\0\0other";
+        let z = a.psk_auth(sa, pska, b"msg1", &nr, other_id).unwrap();
+        assert_eq!(b.verify_psk_auth(sb, pskb, b"msg1", &nr, other_id, &z), Err(CryptoError::WrongKeyKind));
         let ka = a.child_keymat(&keying(sa, true, None)).unwrap();
         let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
         assert_eq!((ka.authenticated_by, kb.authenticated_by), (pska, pskb));
@@ -602,7 +617,7 @@ mod tests {
             we_initiated,
         };
         let sa2 = a.derive_ike_sa(Some(sa), &rekey(da, &pb, true)).unwrap();
-        assert_eq!(a.authenticated_by(sa2), Some(pska));
+        assert_eq!(a.authenticated_by(sa2), Some((pska, &id[..])));
         let fresh = b.derive_ike_sa(None, &rekey(db, &pa, false)).unwrap();
         assert_eq!(b.authenticated_by(fresh), None, "a new IKE SA is not");
         assert!(a.destroy(sa) && a.destroy(sa2) && a.destroy(pska) && a.is_empty());

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::warn;
 
+use super::bounds::SelectorBounds;
 use crate::by_spi::BySpi;
 use crate::config::Encapsulation;
 use crate::datapath::Peer;
@@ -133,6 +134,9 @@ pub struct Children {
     retired: BTreeMap<String, Traffic>,
     /// The guest group serving each connection's tunnels (absent: group 0).
     pub groups: HashMap<String, usize>,
+    /// What each loaded connection's CHILD SAs may carry (absent: the
+    /// connection is not loaded, and none of its SAs is installed).
+    pub bounds: HashMap<String, SelectorBounds>,
     /// Inbound halves of deleted CHILD SAs that still accept packets until
     /// their time (control-loop milliseconds): (until, SPI, key), the
     /// earliest first (a heap: thousands linger under a handshake load,
@@ -164,6 +168,7 @@ impl Children {
             deferred: HashMap::new(),
             retired: BTreeMap::new(),
             groups: HashMap::new(),
+            bounds: HashMap::new(),
             lingering: BinaryHeap::new(),
             ike_sas: BTreeMap::new(),
             ike_peers: HashMap::new(),
@@ -256,7 +261,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
             if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
-                && ike.claim_child_keys(c.outbound_key, c.inbound_key, alg, &c.connection) == KeyClaim::Granted
+                && ike.claim_child_keys(&c, alg) == KeyClaim::Granted
             {
                 self.esp_keys.remove(c.outbound_key);
                 self.esp_keys.remove(c.inbound_key);
@@ -267,7 +272,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
-        match ike.claim_child_keys(c.outbound_key, c.inbound_key, alg, &c.connection) {
+        match ike.claim_child_keys(&c, alg) {
             KeyClaim::Granted => {}
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
@@ -277,6 +282,17 @@ impl Children {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed a CHILD SA for a connection whose key did not authenticate its IKE SA's peer: refused");
                 return false;
             }
+            KeyClaim::OutsideGrant => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond the subnets the policy granted its peer: refused");
+                return false;
+            }
+        }
+        if !self.bounds.get(&c.connection).is_some_and(|b| b.hold(&c.local_ts, &c.remote_ts)) {
+            // The keys were granted to this SA alone: no other takes them.
+            self.esp_keys.remove(c.outbound_key);
+            self.esp_keys.remove(c.inbound_key);
+            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond its connection's local_ts and remote_ts: refused");
+            return false;
         }
         let peer = Peer {
             address: peer_addr,

@@ -314,6 +314,7 @@ impl ControlPlane {
                 self.terminated.remove(name);
                 self.traps.retain(|t| &t.connection != name);
                 self.children.groups.remove(name);
+                self.children.bounds.remove(name);
             }
             let tenant_names = tenants.names();
             if !tenants.is_empty() {
@@ -337,6 +338,7 @@ impl ControlPlane {
                 if let Some(g) = group {
                     self.children.groups.insert(name.clone(), g);
                 }
+                self.children.bounds.insert(name.clone(), super::bounds::SelectorBounds::of(c));
                 for ch in &c.children {
                     let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
                     if let Some(Err(e)) = routed {

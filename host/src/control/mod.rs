@@ -4,6 +4,7 @@
 //! ([`children`]). Questions from the ops thread (metrics, probes, the
 //! admin API) are answered between IKE events ([`admin`]).
 pub mod admin;
+pub mod bounds;
 pub mod children;
 pub mod connections;
 pub mod destinations;

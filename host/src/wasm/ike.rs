@@ -13,7 +13,10 @@ use zeroize::Zeroizing;
 
 use super::bindings::ike as b;
 use super::{WasmContext, sandbox, wit_error};
+use crate::control::bounds::GrantBounds;
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
+use crate::policy::{AuthorizeRequest, Decision, IdKind, Identity};
+use wasmsec_wire::ike::Identification;
 
 pub use b::exports::wasmsec::ike::engine::{
     ChildConfig, ChildDeleted, ChildSa, ChildSchedule, Connection, Counters, Datagram, DpdAction, Event, IkeSaCount,
@@ -45,6 +48,10 @@ pub struct IkeState {
     /// The connection each PSK handle was loaded for (a reload gives a
     /// changed connection a new handle and forgets the old one's).
     psk_owners: HashMap<u64, String>,
+    /// The policy's answer for each IKE SA, by its keys' handle (rekeys
+    /// inherit it): CHILD SA keys come only from an accepted one, and are
+    /// installed only within what its grant names.
+    verdicts: HashMap<u64, Verdict>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
     /// Requests the vault refused as breaking its rules (a key used for
@@ -64,12 +71,21 @@ pub struct IkeState {
 }
 
 /// A derived CHILD SA key pair waiting for its install.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Derived {
     inbound: u64,
     alg: EspAlgorithm,
     /// The PSK handle the IKE SA's peer authenticated with.
     authenticated_by: u64,
+    /// What the policy granted the IKE SA's peer.
+    grant: Arc<GrantBounds>,
+}
+
+/// What the host's policy said of an IKE SA's peer.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Accepted(Arc<GrantBounds>),
+    Rejected,
 }
 
 /// Why the host refuses the keys a CHILD SA install names.
@@ -84,6 +100,8 @@ pub enum KeyClaim {
     /// connection's key: the guest would put the peer's SA into a
     /// connection (and tenant) the peer has no key for.
     OtherConnection,
+    /// Selectors beyond the subnets the policy granted the peer.
+    OutsideGrant,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -110,6 +128,7 @@ impl IkeState {
             transcript: None,
             derived: HashMap::new(),
             psk_owners: HashMap::new(),
+            verdicts: HashMap::new(),
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
             checkpoint_bytes: 0,
@@ -184,26 +203,60 @@ impl IkeState {
         self.psk_owners.remove(&handle);
     }
 
-    /// Take the derived key pair a CHILD SA install for `connection` names:
-    /// granted if `outbound` and `inbound` came from one derivation, in
-    /// that order, for `alg`, were not installed before, and the IKE SA
-    /// they came from was authenticated with `connection`'s PSK. Anything
-    /// else is a guest lying about its keys or its peer; a pair refused
-    /// for another connection is gone (its keys destroyed), as the guest
-    /// cannot be trusted to name it again.
-    pub fn claim_child_keys(&mut self, outbound: u64, inbound: u64, alg: EspAlgorithm, connection: &str) -> KeyClaim {
-        let Some(d) = self.derived.get(&outbound).copied().filter(|d| d.inbound == inbound && d.alg == alg) else {
+    /// Take the derived key pair a CHILD SA install names: granted if
+    /// `outbound` and `inbound` came from one derivation, in that order,
+    /// for `alg`, were not installed before, the IKE SA they came from was
+    /// authenticated with the PSK of the install's connection, and the
+    /// install's selectors lie within what the policy granted its peer.
+    /// Anything else is a guest lying about its keys, its peer or its
+    /// selectors; a pair refused for those is gone (its keys destroyed),
+    /// as the guest cannot be trusted to name it again.
+    pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm) -> KeyClaim {
+        let (outbound, inbound) = (c.outbound_key, c.inbound_key);
+        let Some(d) = self.derived.get(&outbound).filter(|d| d.inbound == inbound && d.alg == alg).cloned() else {
             return KeyClaim::NotDerived;
         };
         self.derived.remove(&outbound);
-        if self.psk_owners.get(&d.authenticated_by).map(String::as_str) == Some(connection) {
+        let claim = if self.psk_owners.get(&d.authenticated_by) != Some(&c.connection) {
+            KeyClaim::OtherConnection
+        } else if !d.grant.hold(&c.local_ts, &c.remote_ts) {
+            KeyClaim::OutsideGrant
+        } else {
             return KeyClaim::Granted;
-        }
+        };
         self.esp_keys.remove(outbound);
         self.esp_keys.remove(inbound);
         self.esp_exports.remove(&outbound);
         self.esp_exports.remove(&inbound);
-        KeyClaim::OtherConnection
+        claim
+    }
+
+    /// The policy's answer for the peer of IKE SA `ike_sa` (its keys'
+    /// handle): asked only for the connection and the identity the host
+    /// verified its AUTH with, and once; the answer binds the IKE SA.
+    fn authorize_peer(&mut self, ike_sa: u64, request: &AuthorizeRequest) -> Result<Decision, &'static str> {
+        let (psk, peer_id) = self.vault.authenticated_by(ike_sa).ok_or("the host verified no AUTH of this IKE SA")?;
+        if self.psk_owners.get(&psk) != Some(&request.connection) {
+            return Err("the IKE SA's peer authenticated with another connection's key");
+        }
+        if !Identification::from_body(peer_id).is_some_and(|id| same_identity(&id, &request.peer)) {
+            return Err("the identity is not the one the peer's AUTH covered");
+        }
+        if self.verdicts.contains_key(&ike_sa) {
+            return Err("the policy was asked for this IKE SA already");
+        }
+        let d = match self.policy.authorize(request) {
+            Decision::Accept(g) => match GrantBounds::of(&g.local_subnets, &g.peer_subnets) {
+                Ok(b) => {
+                    self.verdicts.insert(ike_sa, Verdict::Accepted(Arc::new(b)));
+                    return Ok(Decision::Accept(g));
+                }
+                Err(e) => Decision::Reject(format!("policy granted a subnet that does not parse: {e}")),
+            },
+            r => r,
+        };
+        self.verdicts.insert(ike_sa, Verdict::Rejected);
+        Ok(d)
     }
 
     /// The most linear memory the IKE guest has held, in bytes.
@@ -292,6 +345,11 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             we_initiated: x.we_initiated,
         };
         let h = self.vault.derive_ike_sa(old, &kx).map_err(|e| self.refused(e))?;
+        // A rekeyed IKE SA is its predecessor's peer (section 2.18): the
+        // same policy answer.
+        if let Some(v) = old.and_then(|o| self.verdicts.get(&o)).cloned() {
+            self.verdicts.insert(h, v);
+        }
         self.export_keys(h);
         Ok(h)
     }
@@ -347,6 +405,15 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
     fn derive_child(&mut self, k: ChildKeying) -> Result<ChildKeyHandles, WitError> {
         let s = &k.suite;
         let alg = EspAlgorithm::from_iana(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
+        // No CHILD SA for a peer the policy did not accept (or was not
+        // asked about): a guest cannot go past the answer.
+        let Some(Verdict::Accepted(grant)) = self.verdicts.get(&k.ike_sa).cloned() else {
+            self.refusals += 1;
+            tracing::warn!(
+                "IKE guest asked for CHILD SA keys of an IKE SA whose peer the policy did not accept: refused"
+            );
+            return Err(WitError::WrongKeyKind);
+        };
         let suite =
             wasmsec_crypto::ChildSuite { encr: s.encr.into(), key_bits: s.key_bits, integ: s.integ.into(), esn: s.esn };
         let keying = wasmsec_crypto::ChildKeying {
@@ -370,7 +437,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             return Err(WitError::Internal);
         }
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
-        self.derived.insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by });
+        self.derived.insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by, grant });
         if let Some((o, i)) = exports {
             let pairs = [(handles.outbound, o), (handles.inbound, i)];
             self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
@@ -389,7 +456,9 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         // of an installed CHILD SA (or another tenant's, or a manual
         // tunnel's, in the same keystore) go with the SA's Delete, which
         // the host checks against what it installed.
-        if !self.vault.destroy(key) && self.derived.iter().any(|(o, d)| *o == key || d.inbound == key) {
+        if self.vault.destroy(key) {
+            self.verdicts.remove(&key);
+        } else if self.derived.iter().any(|(o, d)| *o == key || d.inbound == key) {
             self.esp_keys.remove(key);
             self.esp_exports.remove(&key);
             self.derived.retain(|o, d| *o != key && d.inbound != key);
@@ -573,13 +642,14 @@ impl super::bindings::esp::wasmsec::crypto::types::Host for IkeState {}
 impl super::bindings::policy::wasmsec::policy::types::Host for IkeState {}
 
 impl b::wasmsec::ike::authorizer::Host for IkeState {
-    fn authorize(
-        &mut self,
-        ike_spi: u64,
-        request: super::bindings::policy::wasmsec::policy::types::AuthorizeRequest,
-    ) -> super::bindings::policy::wasmsec::policy::types::Decision {
-        use super::bindings::policy::wasmsec::policy::types::Decision;
-        let d = self.policy.authorize(&request);
+    fn authorize(&mut self, ike_sa: u64, ike_spi: u64, request: AuthorizeRequest) -> Decision {
+        let d = match self.authorize_peer(ike_sa, &request) {
+            Ok(d) => d,
+            Err(why) => {
+                self.refusals += 1;
+                return Decision::Reject(format!("refused by the host: {why}"));
+            }
+        };
         // Bounded: one entry per IKE SA being authorized, taken at its up
         // event; a guest that asks without ever bringing SAs up cannot
         // grow it past the cap.
@@ -597,6 +667,22 @@ impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}
 /// and the admin API (`guest_text`).
 fn refusal<T>(answer: Result<Result<T, String>>) -> Result<Result<T, String>> {
     answer.map(|r| r.map_err(|why| super::guest_text(&why, super::GUEST_LOG_CHARS).into_owned()))
+}
+
+/// Whether the identity a guest asks the policy about is `id`, said as the
+/// component says it (`wasmsec_ike::identity::for_policy`).
+fn same_identity(id: &Identification, asked: &Identity) -> bool {
+    use wasmsec_ike::identity::{PolicyIdKind as K, for_policy};
+    let (kind, value) = for_policy(id);
+    let kind = match kind {
+        K::Ipv4 => IdKind::Ipv4,
+        K::Ipv6 => IdKind::Ipv6,
+        K::Fqdn => IdKind::Fqdn,
+        K::Rfc822 => IdKind::Rfc822,
+        K::DerDn => IdKind::DerDn,
+        K::KeyId => IdKind::KeyId,
+    };
+    asked.kind == kind && asked.value == value
 }
 
 #[cfg(test)]

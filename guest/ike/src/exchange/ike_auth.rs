@@ -3,8 +3,8 @@
 //! AUTH_LIFETIME (RFC 4478).
 use wasmsec_wire::ike::{AuthMethod, ExchangeType, Header, Identification, NotifyType, Payload};
 
-use super::create_child;
 use super::payloads::{find_notify, first_error};
+use super::{create_child, informational};
 use crate::crypto::Handle;
 use crate::ctx::{Ctx, Fate, jittered, notify_name};
 use crate::error::Error;
@@ -31,6 +31,22 @@ struct PeerAuth<'a> {
 fn verified(ctx: &mut Ctx, keys: Handle, psk: Handle, a: PeerAuth) -> bool {
     a.method == AuthMethod::SharedKeyMic
         && ctx.crypto.verify_psk_auth(keys, psk, a.real_message, a.nonce, a.id_body, a.data) == Ok(true)
+}
+
+/// The policy question about the peer `peer` of `sa`, with the selectors
+/// of the IKE_AUTH message `ps`: TSi is the initiator's side, TSr the
+/// responder's, whichever of them is the peer.
+fn policy_request(sa: &IkeSa, ctx: &Ctx, peer: &Identification, ps: &[Payload]) -> AuthorizeRequest {
+    let (tsi, tsr) = super::payloads::sa_tsi_tsr(ps).map(|(_, i, r)| (i, r)).unwrap_or_default();
+    let (peer_ts, local_ts) = if sa.initiator { (tsr, tsi) } else { (tsi, tsr) };
+    AuthorizeRequest {
+        connection: ctx.conns[sa.conn].cfg.name.clone(),
+        peer: peer.clone(),
+        peer_address: sa.remote,
+        local_address: sa.local,
+        peer_ts,
+        local_ts,
+    }
 }
 
 /// The AUTH_LIFETIME notify for our IKE_AUTH response, if we want the
@@ -150,19 +166,8 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         return refuse(sa, ctx, mid, NotifyType::AuthenticationFailed, "AUTHENTICATION_FAILED");
     }
     // The peer is who it says: now the operator's policy decides.
-    let (peer_ts, local_ts) = match super::payloads::sa_tsi_tsr(&ps) {
-        Some((_, tsi, tsr)) => (tsi, tsr),
-        None => (Vec::new(), Vec::new()),
-    };
-    let request = AuthorizeRequest {
-        connection: ctx.conns[conn].cfg.name.clone(),
-        peer: idi.clone(),
-        peer_address: sa.remote,
-        local_address: sa.local,
-        peer_ts,
-        local_ts,
-    };
-    match ctx.crypto.authorize(id, &request) {
+    let request = policy_request(sa, ctx, &idi, &ps);
+    match ctx.crypto.authorize(keys, id, &request) {
         Decision::Reject(why) => {
             ctx.count(conn, |s| &mut s.policy_rejected);
             ctx.warn(conn, format!("policy refused {} ({}): {why}", Show(&idi), sa.remote.addr));
@@ -284,6 +289,20 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
     if !verified(ctx, keys, psk, peer_auth) {
         ctx.count(sa.conn, |s| &mut s.auth_failed);
         return Fate::Drop(format!("AUTH from {} does not verify: wrong pre-shared key?", Show(&idr)));
+    }
+    // The operator's policy decides for the peers we reach as well: the
+    // host derives no CHILD SA keys from an IKE SA it did not accept,
+    // whichever side started it.
+    let request = policy_request(sa, ctx, &idr, &ps);
+    match ctx.crypto.authorize(keys, sa.our_spi(), &request) {
+        Decision::Reject(why) => {
+            ctx.count(conn, |s| &mut s.policy_rejected);
+            ctx.warn(conn, format!("policy refused {} ({}): {why}; deleting the IKE SA", Show(&idr), sa.remote.addr));
+            // The peer has the IKE SA up: tell it (RFC 7296 section 1.4.1).
+            informational::send_delete_ike(sa, ctx);
+            return Fate::Keep;
+        }
+        Decision::Accept(grant) => sa.grant = grant,
     }
     sa.auth_initiator = true;
     established(sa, ctx, &idr, "initiator");

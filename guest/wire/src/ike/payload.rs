@@ -61,6 +61,13 @@ impl Identification {
         b.extend_from_slice(&self.data);
         b
     }
+
+    /// The identification whose [`Identification::body`] this is; none if
+    /// it is shorter than the type and reserved bytes.
+    pub fn from_body(body: &[u8]) -> Option<Identification> {
+        let (head, data) = body.split_at_checked(4)?;
+        Some(Identification { id_type: head[0].into(), data: data.to_vec() })
+    }
 }
 
 /// A payload, parsed.
