@@ -226,8 +226,17 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let st = b.ike.store.data_mut();
     let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
     assert_eq!(st.claim_child_keys(&swapped, alg), KeyClaim::NotDerived, "swapped");
-    assert_eq!(st.claim_child_keys(&cb, alg), KeyClaim::Granted);
+    let KeyClaim::Granted(lineage) = st.claim_child_keys(&cb, alg) else { panic!("B's own CHILD SA") };
     assert_eq!(st.claim_child_keys(&cb, alg), KeyClaim::NotDerived, "once");
+    // B's host saw A's IKE_AUTH verify, from A's address: that is where
+    // the CHILD SAs of that IKE SA (and of its rekeys) may send.
+    assert_eq!(st.verified_source(lineage), Some("192.0.2.1:500".parse().unwrap()));
+    a.ike.child_expired(2, a.installed[0].outbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    let elsewhere = ChildSa { remote: Endpoint { address: vec![192, 0, 2, 99], port: 500 }, ..rekeyed };
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&elsewhere, alg), KeyClaim::ElsewhereThanPeer);
 }
 
 /// A policy's grant bounds what the host installs: B's policy module
@@ -258,6 +267,9 @@ fn a_policy_grant_bounds_the_child_sas_installed() {
     let wide_b = ChildSa { remote_ts: everything.clone(), ..b.installed[0].clone() };
     assert_eq!(b.ike.store.data_mut().claim_child_keys(&wide_b, alg), KeyClaim::OutsideGrant);
     let wide_a = ChildSa { remote_ts: everything, ..a.installed[0].clone() };
-    assert_eq!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg), KeyClaim::Granted, "no grant narrows A's");
+    assert!(
+        matches!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg), KeyClaim::Granted(_)),
+        "no grant narrows A's"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }

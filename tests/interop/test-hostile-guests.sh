@@ -17,7 +17,8 @@
 # manual tunnel's SAs (which it never installed), sends to A's LAN host
 # (a reflector), installs a CHILD SA for a connection whose key did not
 # authenticate the peer or with selectors beyond the connection's, goes
-# past a policy's refusal, or takes a peer's AUTH that did not verify as
+# past a policy's refusal, moves a CHILD SA's ESP to A's LAN host, or
+# takes a peer's AUTH that did not verify as
 # good, against an honest
 # wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
@@ -201,6 +202,9 @@ run_ike_attack() { # NAME WHAT
             sed -i "s/$ID_B/gwb.unlisted.example/; s/^start_action = \"start\"/start_action = \"none\"/" "$A/wasmsec.toml"
             printf '\n[policy]\nmodule = "%s"\n' "$COMPONENTS/policy-allow-list.wasm" >>"$A/wasmsec.toml"
             sed -i "s/$ID_B/gwb.unlisted.example/; s/^start_action = \"none\"/start_action = \"start\"/" "$B/wasmsec.toml" ;;
+        hostile-move-elsewhere)
+            # ESP in UDP, which follows the peer's NAT mapping.
+            sed -i 's/^start_action = \(.*\)$/start_action = \1\nencap = true/' "$A/wasmsec.toml" "$B/wasmsec.toml" ;;
         hostile-skip-auth)
             # B initiates with a key A does not have: A's host finds B's
             # AUTH false, A's guest goes on as if it were true.
@@ -225,6 +229,8 @@ run_ike_attack() { # NAME WHAT
     errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
     child=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
     victim=$(python3 -c 'import json,sys; print(sum(c["connection"] == "victim" for c in json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
+    local peers
+    peers=$(python3 -c 'import json,sys; print(" ".join(c["peer"] for c in json.load(open(sys.argv[1]))["child_sas"]))' "$A/status.json")
     stop "$A"; stop "$B"
     echo "$what: honest pings $got/$PINGS; A: $errors protocol errors, $child CHILD SAs installed ($victim for victim)"
     check "$what: refused and counted ($errors)" [ "$errors" -gt 0 ]
@@ -240,6 +246,9 @@ run_ike_attack() { # NAME WHAT
         hostile-ignore-policy)
             check "$what: A's host refused the keys" grep -q "whose peer the policy did not accept: refused" "$A/wasmsec.log"
             check "$what: no CHILD SA for a peer the policy refused ($child)" [ "$child" -eq 0 ] ;;
+        hostile-move-elsewhere)
+            check "$what: the CHILD SA is up ($child)" [ "$child" -eq 1 ]
+            check "$what: ... and its ESP still goes to B ($peers)" [ "$peers" = "$WAN_B:4500" ] ;;
         hostile-skip-auth)
             # Past the failed AUTH the guest asks the policy, which the host
             # refuses for a peer it verified no AUTH of (and it would give no
@@ -462,5 +471,6 @@ run_ike_attack hostile-send-anywhere "IKE: sending to an address no peer has (A'
 run_ike_attack hostile-other-connection "IKE: installing a CHILD SA for another connection (another key)"
 run_ike_attack hostile-widen-selectors "IKE: a CHILD SA widened to every address on the peer's side"
 run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refused"
+run_ike_attack hostile-move-elsewhere "IKE: moving a CHILD SA's ESP to A's LAN host"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 finish

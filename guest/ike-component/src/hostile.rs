@@ -15,6 +15,7 @@
 //! | `hostile-other-connection` | every CHILD SA is installed for the connection [`VICTIM`] (another tenant's, with another key) instead of its own |
 //! | `hostile-widen-selectors` | every CHILD SA is installed with the peer's side widened to every IPv4 address |
 //! | `hostile-ignore-policy` | every policy answer is taken as an accept, whatever the host's policy said |
+//! | `hostile-move-elsewhere` | every `poll` moves the ESP of the CHILD SAs it installed to host A on gateway A's LAN (198.18.1.10:4500), as if the peer's NAT mapping had changed |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
@@ -48,6 +49,7 @@ pub enum Attack {
     OtherConnection,
     WidenSelectors,
     IgnorePolicy,
+    MoveElsewhere,
     SkipAuth,
 }
 
@@ -78,6 +80,7 @@ pub fn choose(connection: &str) {
         "hostile-other-connection" => Attack::OtherConnection,
         "hostile-widen-selectors" => Attack::WidenSelectors,
         "hostile-ignore-policy" => Attack::IgnorePolicy,
+        "hostile-move-elsewhere" => Attack::MoveElsewhere,
         "hostile-skip-auth" => Attack::SkipAuth,
         _ => Attack::None,
     });
@@ -172,5 +175,24 @@ pub fn send_anywhere() -> Option<crate::wit::Transmit> {
             remote: crate::wit::Endpoint { address: vec![198, 18, 1, 10], port: 500 },
             data: b"REFLECTED-BY-THE-IKE-GUEST".to_vec(),
         })
+    })
+}
+
+thread_local! {
+    /// For `MoveElsewhere`: the outbound SPIs of the CHILD SAs installed.
+    static INSTALLED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// For `MoveElsewhere`: a CHILD SA with this outbound SPI was installed.
+pub fn installed(outbound_spi: u32) {
+    INSTALLED.with_borrow_mut(|v| v.push(outbound_spi));
+}
+
+/// For `MoveElsewhere`: a NAT mapping change no peer made, to an address
+/// no peer has.
+pub fn move_elsewhere() -> Option<crate::wit::SaChange> {
+    let spis = INSTALLED.with_borrow(|v| v.clone());
+    (attack() == Attack::MoveElsewhere && !spis.is_empty()).then(|| {
+        crate::wit::SaChange::PeerMoved((spis, crate::wit::Endpoint { address: vec![198, 18, 1, 10], port: 4500 }))
     })
 }

@@ -214,6 +214,10 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
             std::mem::swap(&mut c.inbound_key, &mut c.outbound_key);
             ike::SaChange::Install(c)
         }
+        ike::SaChange::Install(c) if hostile::attack() == hostile::Attack::MoveElsewhere => {
+            hostile::installed(c.outbound_spi);
+            ike::SaChange::Install(c)
+        }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherConnection => {
             c.connection = hostile::VICTIM.into();
             ike::SaChange::Install(c)
@@ -421,6 +425,8 @@ impl wit::Guest for Component {
         out.events.extend(hostile::forged_log_line());
         #[cfg(feature = "hostile")]
         out.sa_changes.extend(hostile::delete_others());
+        #[cfg(feature = "hostile")]
+        out.sa_changes.extend(hostile::move_elsewhere());
         #[cfg(feature = "hostile")]
         out.transmits.extend(hostile::send_anywhere());
         out

@@ -97,6 +97,10 @@ pub struct ChildInfo {
     /// The keystore handles of the inbound and the outbound key.
     #[serde(skip)]
     keys: (u64, u64),
+    /// The lineage of the IKE SA whose keys made it (the host's, not the
+    /// guest's word): its ESP goes where that lineage's peer is.
+    #[serde(skip)]
+    lineage: u64,
 }
 
 impl ChildInfo {
@@ -261,7 +265,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
             if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
-                && ike.claim_child_keys(&c, alg) == KeyClaim::Granted
+                && matches!(ike.claim_child_keys(&c, alg), KeyClaim::Granted(_))
             {
                 self.esp_keys.remove(c.outbound_key);
                 self.esp_keys.remove(c.inbound_key);
@@ -272,8 +276,8 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
-        match ike.claim_child_keys(&c, alg) {
-            KeyClaim::Granted => {}
+        let lineage = match ike.claim_child_keys(&c, alg) {
+            KeyClaim::Granted(lineage) => lineage,
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
                 return false;
@@ -286,7 +290,11 @@ impl Children {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond the subnets the policy granted its peer: refused");
                 return false;
             }
-        }
+            KeyClaim::ElsewhereThanPeer => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), remote = %remote, "IKE guest installed a CHILD SA whose ESP would go elsewhere than its IKE SA's peer: refused");
+                return false;
+            }
+        };
         if !self.bounds.get(&c.connection).is_some_and(|b| b.hold(&c.local_ts, &c.remote_ts)) {
             // The keys were granted to this SA alone: no other takes them.
             self.esp_keys.remove(c.outbound_key);
@@ -360,6 +368,7 @@ impl Children {
                 encap: c.encap,
                 traffic,
                 keys: (c.inbound_key, c.outbound_key),
+                lineage,
             },
         );
         true
@@ -383,8 +392,19 @@ impl Children {
         }
     }
 
-    /// The peer's NAT mapping changed: its outbound SAs follow.
-    pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4) {
+    /// The peer's NAT mapping changed: its outbound SAs follow. Only to
+    /// where the peer of each SA's IKE SA sent a message that verified
+    /// (RFC 7296 section 2.23 moves on authenticated messages only): false,
+    /// and nothing moved, if any of them would go elsewhere.
+    pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4, ike: &IkeState) -> bool {
+        let elsewhere = self
+            .list
+            .values()
+            .filter(|c| spis.contains(&c.outbound_spi) && c.encap)
+            .any(|c| ike.verified_source(c.lineage) != Some(SocketAddr::V4(to)));
+        if elsewhere {
+            return false;
+        }
         let mut their_ike_sas = Vec::new();
         for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
             c.peer = to.to_string();
@@ -404,6 +424,7 @@ impl Children {
                 self.ike_sas.insert(spi, ike);
             }
         }
+        true
     }
 
     /// An IKE SA rekey: the CHILD SAs of IKE SA `from` belong to `to` now.
@@ -554,6 +575,7 @@ mod tests {
             encap: true,
             traffic: Default::default(),
             keys: (0, 0),
+            lineage: 0,
         }
     }
 

@@ -738,8 +738,15 @@ impl ControlPlane {
                 SaChange::ExpectInbound(spi) => self.children.expect(spi),
                 SaChange::ActivateOutbound(spi) => self.children.activate(spi),
                 SaChange::PeerMoved((spis, remote)) => {
-                    if let Some(SocketAddr::V4(to)) = socket_addr(&remote) {
-                        self.children.peer_moved(&spis, to);
+                    let moved = match socket_addr(&remote) {
+                        Some(SocketAddr::V4(to)) => self.children.peer_moved(&spis, to, self.ike.store.data()),
+                        _ => false,
+                    };
+                    if !moved {
+                        // Counted, and not a warning each: a broken guest
+                        // could ask at every poll (as with its Deletes).
+                        crate::stats::inc(&self.stats.guest_protocol_errors);
+                        debug!(to = %socket_addr(&remote).map(|a| a.to_string()).unwrap_or_default(), "IKE guest moved CHILD SAs elsewhere than where their IKE SA's peer sent from: refused");
                     }
                 }
                 SaChange::ChildrenMoved((from, to)) => self.children.moved(from, to),

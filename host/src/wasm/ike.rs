@@ -3,6 +3,7 @@
 //! keystore) and a typed wrapper around its exports.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -52,6 +53,18 @@ pub struct IkeState {
     /// inherit it): CHILD SA keys come only from an accepted one, and are
     /// installed only within what its grant names.
     verdicts: HashMap<u64, Verdict>,
+    /// The datagram the guest is handling now: its source and bytes. A
+    /// `decrypt` of exactly these bytes that verifies proves that the IKE
+    /// SA's peer sent them from there.
+    current: Option<(SocketAddr, Vec<u8>)>,
+    /// Each IKE SA key handle's lineage: the first IKE SA of a chain of
+    /// rekeys (section 2.18), whose CHILD SAs move along the chain.
+    lineages: HashMap<u64, u64>,
+    /// Live IKE SA handles per lineage.
+    lineage_handles: HashMap<u64, u32>,
+    /// Where each lineage's peer last sent an IKE message that verified:
+    /// the only place its CHILD SAs' ESP may go.
+    verified_from: HashMap<u64, SocketAddr>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
     /// Requests the vault refused as breaking its rules (a key used for
@@ -79,6 +92,8 @@ struct Derived {
     authenticated_by: u64,
     /// What the policy granted the IKE SA's peer.
     grant: Arc<GrantBounds>,
+    /// The IKE SA's lineage.
+    lineage: u64,
 }
 
 /// What the host's policy said of an IKE SA's peer.
@@ -91,8 +106,9 @@ enum Verdict {
 /// Why the host refuses the keys a CHILD SA install names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyClaim {
-    /// The pair came from one derivation, for this transform and connection.
-    Granted,
+    /// The pair came from one derivation, for this transform and
+    /// connection; the IKE SA lineage it belongs to.
+    Granted(u64),
     /// Not a pair derived here (or installed already, swapped, another
     /// transform): the guest lies about its keys.
     NotDerived,
@@ -102,6 +118,9 @@ pub enum KeyClaim {
     OtherConnection,
     /// Selectors beyond the subnets the policy granted the peer.
     OutsideGrant,
+    /// ESP to another address than the one the IKE SA's peer last sent a
+    /// verified message from.
+    ElsewhereThanPeer,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -129,6 +148,10 @@ impl IkeState {
             derived: HashMap::new(),
             psk_owners: HashMap::new(),
             verdicts: HashMap::new(),
+            current: None,
+            lineages: HashMap::new(),
+            lineage_handles: HashMap::new(),
+            verified_from: HashMap::new(),
             started: std::time::Instant::now(),
             checkpoints: BTreeMap::new(),
             checkpoint_bytes: 0,
@@ -217,18 +240,38 @@ impl IkeState {
             return KeyClaim::NotDerived;
         };
         self.derived.remove(&outbound);
+        let peer = crate::control::children::socket_addr(&c.remote);
+        let verified = self.verified_from.get(&d.lineage).copied();
+        // Raw ESP goes to the address alone; ESP in UDP to the port too.
+        let at_peer = match (peer, verified) {
+            (Some(p), Some(v)) => p.ip() == v.ip() && (!c.encap || p.port() == v.port()),
+            _ => false,
+        };
         let claim = if self.psk_owners.get(&d.authenticated_by) != Some(&c.connection) {
             KeyClaim::OtherConnection
         } else if !d.grant.hold(&c.local_ts, &c.remote_ts) {
             KeyClaim::OutsideGrant
+        } else if !at_peer {
+            KeyClaim::ElsewhereThanPeer
         } else {
-            return KeyClaim::Granted;
+            return KeyClaim::Granted(d.lineage);
         };
         self.esp_keys.remove(outbound);
         self.esp_keys.remove(inbound);
         self.esp_exports.remove(&outbound);
         self.esp_exports.remove(&inbound);
         claim
+    }
+
+    /// Where the peer of IKE SA lineage `lineage` last sent an IKE message
+    /// that verified.
+    pub fn verified_source(&self, lineage: u64) -> Option<SocketAddr> {
+        self.verified_from.get(&lineage).copied()
+    }
+
+    /// The guest is about to handle datagram `d` (`None`: done with it).
+    fn handling(&mut self, d: Option<&Datagram>) {
+        self.current = d.and_then(|d| Some((crate::control::children::socket_addr(&d.remote)?, d.data.clone())));
     }
 
     /// The policy's answer for the peer of IKE SA `ike_sa` (its keys'
@@ -350,6 +393,9 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         if let Some(v) = old.and_then(|o| self.verdicts.get(&o)).cloned() {
             self.verdicts.insert(h, v);
         }
+        let lineage = old.and_then(|o| self.lineages.get(&o).copied()).unwrap_or(h);
+        self.lineages.insert(h, lineage);
+        *self.lineage_handles.entry(lineage).or_default() += 1;
         self.export_keys(h);
         Ok(h)
     }
@@ -375,6 +421,13 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         sk_offset: u32,
     ) -> Result<Vec<u8>, WitError> {
         let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(|e| self.refused(e))?;
+        // The datagram being handled verified under this IKE SA's keys:
+        // its source is where the peer is.
+        if let (Some((from, bytes)), Some(lineage)) = (&self.current, self.lineages.get(&sa))
+            && *bytes == message
+        {
+            self.verified_from.insert(*lineage, *from);
+        }
         Ok(self.seen_by_guest(p.to_vec()))
     }
 
@@ -407,6 +460,7 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         let alg = EspAlgorithm::from_iana(s.encr, s.key_bits, s.integ).ok_or(WitError::Unsupported)?;
         // No CHILD SA for a peer the policy did not accept (or was not
         // asked about): a guest cannot go past the answer.
+        let lineage = self.lineages.get(&k.ike_sa).copied().unwrap_or_default();
         let Some(Verdict::Accepted(grant)) = self.verdicts.get(&k.ike_sa).cloned() else {
             self.refusals += 1;
             tracing::warn!(
@@ -437,7 +491,8 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             return Err(WitError::Internal);
         }
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
-        self.derived.insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by, grant });
+        self.derived
+            .insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by, grant, lineage });
         if let Some((o, i)) = exports {
             let pairs = [(handles.outbound, o), (handles.inbound, i)];
             self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
@@ -458,6 +513,16 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         // the host checks against what it installed.
         if self.vault.destroy(key) {
             self.verdicts.remove(&key);
+            if let Some(l) = self.lineages.remove(&key) {
+                let left = self.lineage_handles.get_mut(&l).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if left == Some(0) {
+                    self.lineage_handles.remove(&l);
+                    self.verified_from.remove(&l);
+                }
+            }
         } else if self.derived.iter().any(|(o, d)| *o == key || d.inbound == key) {
             self.esp_keys.remove(key);
             self.esp_exports.remove(&key);
@@ -580,7 +645,10 @@ impl IkeInstance {
     }
 
     pub fn handle_datagram(&mut self, now: u64, d: &Datagram) -> Result<()> {
-        self.call(|e, s| e.call_handle_datagram(s, now, d))
+        self.store.data_mut().handling(Some(d));
+        let r = self.call(|e, s| e.call_handle_datagram(s, now, d));
+        self.store.data_mut().handling(None);
+        r
     }
 
     pub fn tick(&mut self, now: u64) -> Result<()> {
