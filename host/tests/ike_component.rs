@@ -4,13 +4,22 @@
 //! `cargo xtask build` first.
 use std::sync::Arc;
 
+use wasmsec::control::bounds::SelectorBounds;
 use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
+use wasmsec::wasm::esp::TrafficSelector;
 use wasmsec::wasm::ike::{
     ChildConfig, ChildSa, Connection, Datagram, Endpoint, IkeInstance, SaChange, StartAction, Transmit,
 };
 use zeroize::Zeroizing;
+
+/// Connection bounds that hold every IPv4 selector: the tests below
+/// check the other claims.
+static ANYWHERE: std::sync::LazyLock<SelectorBounds> = std::sync::LazyLock::new(|| {
+    let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
+    SelectorBounds::new(vec![all.clone()], vec![all])
+});
 
 fn runtime() -> Runtime {
     let dir = wasmsec::daemon::built_components_dir();
@@ -218,16 +227,17 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     exchange(&mut a, &mut b);
     let alg = EspAlgorithm::from_iana(20, 256, 0).unwrap();
     let (ca, cb) = (a.installed[0].clone(), b.installed[0].clone());
+    let any = Some(&*ANYWHERE);
     let st = a.ike.store.data_mut();
     let other = ChildSa { connection: "other".into(), ..ca.clone() };
-    assert_eq!(st.claim_child_keys(&other, alg), KeyClaim::OtherConnection);
+    assert_eq!(st.claim_child_keys(&other, alg, any), KeyClaim::OtherConnection);
     assert!(a.esp.get(ca.outbound_key).is_none() && a.esp.get(ca.inbound_key).is_none(), "its keys are gone");
-    assert_eq!(st.claim_child_keys(&ca, alg), KeyClaim::NotDerived, "and not claimable");
+    assert_eq!(st.claim_child_keys(&ca, alg, any), KeyClaim::NotDerived, "and not claimable");
     let st = b.ike.store.data_mut();
     let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
-    assert_eq!(st.claim_child_keys(&swapped, alg), KeyClaim::NotDerived, "swapped");
-    let KeyClaim::Granted(lineage) = st.claim_child_keys(&cb, alg) else { panic!("B's own CHILD SA") };
-    assert_eq!(st.claim_child_keys(&cb, alg), KeyClaim::NotDerived, "once");
+    assert_eq!(st.claim_child_keys(&swapped, alg, any), KeyClaim::NotDerived, "swapped");
+    let KeyClaim::Granted(lineage) = st.claim_child_keys(&cb, alg, any) else { panic!("B's own CHILD SA") };
+    assert_eq!(st.claim_child_keys(&cb, alg, any), KeyClaim::NotDerived, "once");
     // B's host saw A's IKE_AUTH verify, from A's address: that is where
     // the CHILD SAs of that IKE SA (and of its rekeys) may send.
     assert_eq!(st.verified_source(lineage), Some("192.0.2.1:500".parse().unwrap()));
@@ -236,7 +246,19 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
     let elsewhere = ChildSa { remote: Endpoint { address: vec![192, 0, 2, 99], port: 500 }, ..rekeyed };
-    assert_eq!(b.ike.store.data_mut().claim_child_keys(&elsewhere, alg), KeyClaim::ElsewhereThanPeer);
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&elsewhere, alg, any), KeyClaim::ElsewhereThanPeer);
+    // A connection configured for other subnets than the SA's own.
+    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    let elsewhere = TrafficSelector::addresses(vec![203, 0, 113, 0], vec![203, 0, 113, 255]);
+    let narrow = SelectorBounds::new(vec![elsewhere.clone()], vec![elsewhere]);
+    let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&narrow));
+    assert_eq!(claim, KeyClaim::OutsideConnection);
+    assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
+    let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, any);
+    assert_eq!(claim, KeyClaim::NotDerived, "and not claimable");
 }
 
 /// A policy's grant bounds what the host installs: B's policy module
@@ -247,7 +269,6 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
 fn a_policy_grant_bounds_the_child_sas_installed() {
     use wasmsec::keys::EspAlgorithm;
     use wasmsec::policy::PolicySlot;
-    use wasmsec::wasm::esp::TrafficSelector;
     use wasmsec::wasm::ike::KeyClaim;
     let rt = runtime();
     let (ike, esp) = ("aes256gcm16-prfsha256-x25519", "aes256gcm16");
@@ -265,10 +286,11 @@ fn a_policy_grant_bounds_the_child_sas_installed() {
     let alg = EspAlgorithm::from_iana(20, 256, 0).unwrap();
     let everything = vec![TrafficSelector::addresses(vec![0; 4], vec![255; 4])];
     let wide_b = ChildSa { remote_ts: everything.clone(), ..b.installed[0].clone() };
-    assert_eq!(b.ike.store.data_mut().claim_child_keys(&wide_b, alg), KeyClaim::OutsideGrant);
+    let any = Some(&*ANYWHERE);
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&wide_b, alg, any), KeyClaim::OutsideGrant);
     let wide_a = ChildSa { remote_ts: everything, ..a.installed[0].clone() };
     assert!(
-        matches!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg), KeyClaim::Granted(_)),
+        matches!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg, any), KeyClaim::Granted(_)),
         "no grant narrows A's"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -26,6 +26,11 @@ impl SelectorBounds {
         SelectorBounds { local: ranges(|ch| &ch.local_ts), remote: ranges(|ch| &ch.remote_ts) }
     }
 
+    /// From address ranges (any protocol and port) on each side.
+    pub fn new(local: Vec<TrafficSelector>, remote: Vec<TrafficSelector>) -> SelectorBounds {
+        SelectorBounds { local, remote }
+    }
+
     /// Whether every selector on each side lies within one configured range
     /// of that side (the same address family, the start and end inside).
     pub fn hold(&self, local: &[TrafficSelector], remote: &[TrafficSelector]) -> bool {

@@ -265,7 +265,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
             if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
-                && matches!(ike.claim_child_keys(&c, alg), KeyClaim::Granted(_))
+                && matches!(ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)), KeyClaim::Granted(_))
             {
                 self.esp_keys.remove(c.outbound_key);
                 self.esp_keys.remove(c.inbound_key);
@@ -276,7 +276,7 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
-        let lineage = match ike.claim_child_keys(&c, alg) {
+        let lineage = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
             KeyClaim::Granted(lineage) => lineage,
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
@@ -284,6 +284,10 @@ impl Children {
             }
             KeyClaim::OtherConnection => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed a CHILD SA for a connection whose key did not authenticate its IKE SA's peer: refused");
+                return false;
+            }
+            KeyClaim::OutsideConnection => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond its connection's local_ts and remote_ts: refused");
                 return false;
             }
             KeyClaim::OutsideGrant => {
@@ -295,13 +299,6 @@ impl Children {
                 return false;
             }
         };
-        if !self.bounds.get(&c.connection).is_some_and(|b| b.hold(&c.local_ts, &c.remote_ts)) {
-            // The keys were granted to this SA alone: no other takes them.
-            self.esp_keys.remove(c.outbound_key);
-            self.esp_keys.remove(c.inbound_key);
-            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond its connection's local_ts and remote_ts: refused");
-            return false;
-        }
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::bindings::ike as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::control::bounds::GrantBounds;
+use crate::control::bounds::{GrantBounds, SelectorBounds};
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 use crate::policy::{AuthorizeRequest, Decision, IdKind, Identity};
 use wasmsec_wire::ike::Identification;
@@ -116,6 +116,9 @@ pub enum KeyClaim {
     /// connection's key: the guest would put the peer's SA into a
     /// connection (and tenant) the peer has no key for.
     OtherConnection,
+    /// Selectors beyond the connection's configured `local_ts` and
+    /// `remote_ts` (or a connection the configuration does not have).
+    OutsideConnection,
     /// Selectors beyond the subnets the policy granted the peer.
     OutsideGrant,
     /// ESP to another address than the one the IKE SA's peer last sent a
@@ -230,11 +233,12 @@ impl IkeState {
     /// `outbound` and `inbound` came from one derivation, in that order,
     /// for `alg`, were not installed before, the IKE SA they came from was
     /// authenticated with the PSK of the install's connection, and the
-    /// install's selectors lie within what the policy granted its peer.
-    /// Anything else is a guest lying about its keys, its peer or its
+    /// install's selectors lie within that connection's configured ones
+    /// (`bounds`, `None` for a connection the configuration lacks) and
+    /// within what the policy granted its peer. Anything else is a guest lying about its keys, its peer or its
     /// selectors; a pair refused for those is gone (its keys destroyed),
     /// as the guest cannot be trusted to name it again.
-    pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm) -> KeyClaim {
+    pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&SelectorBounds>) -> KeyClaim {
         let (outbound, inbound) = (c.outbound_key, c.inbound_key);
         let Some(d) = self.derived.get(&outbound).filter(|d| d.inbound == inbound && d.alg == alg).cloned() else {
             return KeyClaim::NotDerived;
@@ -249,6 +253,8 @@ impl IkeState {
         };
         let claim = if self.psk_owners.get(&d.authenticated_by) != Some(&c.connection) {
             KeyClaim::OtherConnection
+        } else if !bounds.is_some_and(|b| b.hold(&c.local_ts, &c.remote_ts)) {
+            KeyClaim::OutsideConnection
         } else if !d.grant.hold(&c.local_ts, &c.remote_ts) {
             KeyClaim::OutsideGrant
         } else if !at_peer {
