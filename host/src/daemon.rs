@@ -630,6 +630,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         gro: Default::default(),
         hold: Default::default(),
         tun_out: Default::default(),
+        raw_first: false,
     };
     let inbound = Loop {
         runtime,
@@ -657,6 +658,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         gro: GroRecv::new(gro),
         hold: Default::default(),
         tun_out: Default::default(),
+        raw_first: false,
     };
     let t_out = std::thread::Builder::new().name("esp-out".into()).spawn(move || outbound.run_outbound())?;
     let t_in = std::thread::Builder::new().name("esp-in".into()).spawn(move || inbound.run_inbound())?;

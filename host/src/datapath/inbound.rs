@@ -20,7 +20,7 @@ use crate::stats;
 use crate::sys;
 use crate::wasm::esp::{DecapVerdict, DropReason, EspInstance, Mark};
 
-/// Datagrams read per batch at most, in batches: keepalives, IKE, runts
+/// Datagrams read per batch and socket at most, in batches: keepalives, IKE, runts
 /// and SPI 0 do not fill a batch, so a flood of them would keep this thread
 /// reading while the ESP already read, SA changes and expiries wait. Past
 /// the budget the batch goes on as it is, and what the socket cannot hold
@@ -178,52 +178,68 @@ impl Loop {
     /// Fill the batch with ESP packets from the ready sockets; keepalives
     /// and IKE are counted and set aside.
     /// Slots `..start` are taken already; returns the end of the batch.
-    /// At most [`READS_PER_BATCH`] times the batch's datagrams are read,
-    /// ESP or not.
+    /// Each socket is read at most [`READS_PER_BATCH`] times the batch's
+    /// datagrams, ESP or not, and the two take turns at being read first:
+    /// a flood on one (non-ESP datagrams, or ESP filling every batch) does
+    /// not keep the other's peers from being read.
     pub(super) fn read_batch(&mut self, ready: &[bool], start: usize) -> usize {
-        let batch = self.staging.len();
-        let mut budget = READS_PER_BATCH * batch;
+        let udp = ready[0] || self.gro.has_pending();
+        let raw = self.raw.is_some() && ready.get(1) == Some(&true);
+        self.raw_first = !self.raw_first;
         let mut n = start;
-        if ready[0] || self.gro.has_pending() {
+        if raw && self.raw_first {
+            n = self.read_raw(n);
+        }
+        if udp {
+            let mut budget = READS_PER_BATCH * self.staging.len();
             n = self.read_udp(n, &mut budget);
         }
-        if let (Some(raw), Some(true)) = (&self.raw, ready.get(1)) {
-            let mut lens = [0usize; sys::RAW_BATCH];
-            while n < batch && budget > 0 {
-                let want = (batch - n).min(sys::RAW_BATCH).min(budget);
-                budget -= want;
-                let got = match raw.recv_many(self.staging[n..].iter_mut().map(PacketBuf::recv_area), &mut lens[..want])
-                {
-                    Ok(got) => got,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        debug!(error = %e, "raw ESP receive failed");
-                        break;
-                    }
-                };
-                // Datagrams landed in slots n..n + got; runts are counted
-                // and the rest moved down over them.
-                let mut kept = n;
-                for (k, &len) in lens[..got].iter().enumerate() {
-                    let p = &mut self.staging[n + k];
-                    // A raw socket hands us the IP header too.
-                    let (ihl, tos) = ipv4::Packet::new_checked(&p.recv_area()[..len])
-                        .map_or((0, 0), |ip| (ip.header_len(), ip.dscp_ecn()));
-                    p.set_received_skip(len, ihl);
-                    if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
-                        stats::inc(&self.stats.rx_runts);
-                        continue;
-                    }
-                    stats::inc(&self.stats.esp_rx_packets);
-                    stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
-                    self.staging.swap(kept, n + k);
-                    self.sources.push(Arrival { float: None, tos });
-                    kept += 1;
-                }
-                n = kept;
-                if got < want {
+        if raw && !self.raw_first {
+            n = self.read_raw(n);
+        }
+        n
+    }
+
+    /// Fill slots `n..` from the raw ESP socket, within its own budget;
+    /// returns the end of the batch.
+    fn read_raw(&mut self, mut n: usize) -> usize {
+        let Some(raw) = &self.raw else { return n };
+        let batch = self.staging.len();
+        let mut budget = READS_PER_BATCH * batch;
+        let mut lens = [0usize; sys::RAW_BATCH];
+        while n < batch && budget > 0 {
+            let want = (batch - n).min(sys::RAW_BATCH).min(budget);
+            budget -= want;
+            let got = match raw.recv_many(self.staging[n..].iter_mut().map(PacketBuf::recv_area), &mut lens[..want]) {
+                Ok(got) => got,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "raw ESP receive failed");
                     break;
                 }
+            };
+            // Datagrams landed in slots n..n + got; runts are counted
+            // and the rest moved down over them.
+            let mut kept = n;
+            for (k, &len) in lens[..got].iter().enumerate() {
+                let p = &mut self.staging[n + k];
+                // A raw socket hands us the IP header too.
+                let (ihl, tos) = ipv4::Packet::new_checked(&p.recv_area()[..len])
+                    .map_or((0, 0), |ip| (ip.header_len(), ip.dscp_ecn()));
+                p.set_received_skip(len, ihl);
+                if ihl == 0 || esp::Packet::new_checked(p.data()).is_err() {
+                    stats::inc(&self.stats.rx_runts);
+                    continue;
+                }
+                stats::inc(&self.stats.esp_rx_packets);
+                stats::add(&self.stats.esp_rx_bytes, p.len() as u64);
+                self.staging.swap(kept, n + k);
+                self.sources.push(Arrival { float: None, tos });
+                kept += 1;
+            }
+            n = kept;
+            if got < want {
+                break;
             }
         }
         n

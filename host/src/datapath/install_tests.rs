@@ -40,6 +40,7 @@ pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
         gro: Default::default(),
         hold: Default::default(),
         tun_out: Default::default(),
+        raw_first: false,
     }
 }
 

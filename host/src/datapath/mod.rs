@@ -142,6 +142,9 @@ pub struct Loop {
     pub udp: UdpSocket,
     /// Raw IP protocol 50 socket, for ESP without encapsulation.
     pub raw: Option<RawEsp>,
+    /// Inbound thread: whether this batch reads the raw socket before the
+    /// UDP one (they take turns).
+    pub raw_first: bool,
     /// Outbound thread, `raw_esp_send = "link"`: raw ESP through a packet
     /// socket, the IP socket above for what it cannot send.
     pub link: Option<link_send::LinkEsp>,
