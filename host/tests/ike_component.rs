@@ -4,7 +4,7 @@
 //! `cargo xtask build` first.
 use std::sync::Arc;
 
-use wasmsec::control::bounds::SelectorBounds;
+use wasmsec::control::bounds::ConnectionBounds;
 use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
@@ -16,9 +16,9 @@ use zeroize::Zeroizing;
 
 /// Connection bounds that hold every IPv4 selector: the tests below
 /// check the other claims.
-static ANYWHERE: std::sync::LazyLock<SelectorBounds> = std::sync::LazyLock::new(|| {
+static ANYWHERE: std::sync::LazyLock<ConnectionBounds> = std::sync::LazyLock::new(|| {
     let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
-    SelectorBounds::new(vec![all.clone()], vec![all])
+    ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap()
 });
 
 fn runtime() -> Runtime {
@@ -253,12 +253,22 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
     let elsewhere = TrafficSelector::addresses(vec![203, 0, 113, 0], vec![203, 0, 113, 255]);
-    let narrow = SelectorBounds::new(vec![elsewhere.clone()], vec![elsewhere]);
+    let narrow = ConnectionBounds::new(vec![elsewhere.clone()], vec![elsewhere], "aes256gcm16").unwrap();
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&narrow));
     assert_eq!(claim, KeyClaim::OutsideConnection);
     assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, any);
     assert_eq!(claim, KeyClaim::NotDerived, "and not claimable");
+    // A connection that proposes another ESP transform than the SA's.
+    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
+    let other = ConnectionBounds::new(vec![all.clone()], vec![all], "aes128gcm16,chacha20poly1305").unwrap();
+    let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&other));
+    assert_eq!(claim, KeyClaim::TransformNotOffered);
+    assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
 }
 
 /// A policy's grant bounds what the host installs: B's policy module

@@ -17,10 +17,9 @@
 # manual tunnel's SAs (which it never installed), sends to A's LAN host
 # (a reflector), installs a CHILD SA for a connection whose key did not
 # authenticate the peer or with selectors beyond the connection's, goes
-# past a policy's refusal, moves a CHILD SA's ESP to A's LAN host, or
-# takes a peer's AUTH that did not verify as
-# good, against an honest
-# wasmsec B; the host refuses and counts each while the honest manual tunnel
+# past a policy's refusal, moves a CHILD SA's ESP to A's LAN host,
+# takes a peer's AUTH that did not verify as good, or installs a CHILD SA
+# with an ESP transform A does not propose, against an honest wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
 # Last, an IKE guest that traps on one datagram in the middle of a read of
@@ -243,6 +242,9 @@ run_ike_attack() { # NAME WHAT
         hostile-widen-selectors)
             check "$what: no CHILD SA for every address ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "beyond its connection's local_ts and remote_ts: refused" "$A/wasmsec.log" ;;
+        hostile-weaker-transform)
+            check "$what: no CHILD SA with a transform A does not propose ($child)" [ "$child" -eq 0 ]
+            check "$what: A said why" grep -q "with an ESP transform neither its connection nor the policy's grant proposes: refused" "$A/wasmsec.log" ;;
         hostile-ignore-policy)
             check "$what: A's host refused the keys" grep -q "whose peer the policy did not accept: refused" "$A/wasmsec.log"
             check "$what: no CHILD SA for a peer the policy refused ($child)" [ "$child" -eq 0 ] ;;
@@ -473,4 +475,5 @@ run_ike_attack hostile-widen-selectors "IKE: a CHILD SA widened to every address
 run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refused"
 run_ike_attack hostile-move-elsewhere "IKE: moving a CHILD SA's ESP to A's LAN host"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
+run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP transform than configured"
 finish

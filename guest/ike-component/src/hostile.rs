@@ -17,6 +17,7 @@
 //! | `hostile-ignore-policy` | every policy answer is taken as an accept, whatever the host's policy said |
 //! | `hostile-move-elsewhere` | every `poll` moves the ESP of the CHILD SAs it installed to host A on gateway A's LAN (198.18.1.10:4500), as if the peer's NAT mapping had changed |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
+//! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -51,6 +52,7 @@ pub enum Attack {
     IgnorePolicy,
     MoveElsewhere,
     SkipAuth,
+    WeakerTransform,
 }
 
 /// For `OtherConnection`: the connection every CHILD SA is installed for.
@@ -82,6 +84,7 @@ pub fn choose(connection: &str) {
         "hostile-ignore-policy" => Attack::IgnorePolicy,
         "hostile-move-elsewhere" => Attack::MoveElsewhere,
         "hostile-skip-auth" => Attack::SkipAuth,
+        "hostile-weaker-transform" => Attack::WeakerTransform,
         _ => Attack::None,
     });
 }
@@ -129,6 +132,17 @@ pub fn trap_after_initiate() {
     if INITIATED.get() {
         panic!("hostile-trap-after-initiate: the poll after an initiate");
     }
+}
+
+/// For `WeakerTransform`: AES-CBC-128 with HMAC-SHA-256 in place of the
+/// ESP transform negotiated.
+pub fn weaker(mut s: wasmsec_ike::crypto::ChildSuite) -> wasmsec_ike::crypto::ChildSuite {
+    if attack() == Attack::WeakerTransform {
+        s.encr = wasmsec_wire::ike::EncrId::AesCbc;
+        s.key_bits = 128;
+        s.integ = wasmsec_wire::ike::IntegId::HmacSha2_256_128;
+    }
+    s
 }
 
 /// For `WrongSke`: encrypt as the other side would.

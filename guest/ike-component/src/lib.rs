@@ -133,6 +133,8 @@ impl IkeCrypto for HostCrypto {
 
     fn child_keys(&mut self, k: &ChildKeying) -> Result<ChildKeys, CryptoError> {
         let s = k.suite;
+        #[cfg(feature = "hostile")]
+        let s = &hostile::weaker(*s);
         let keying = keys::ChildKeying {
             ike_sa: k.ike_sa,
             suite: keys::ChildSuite { encr: s.encr.raw(), key_bits: s.key_bits, integ: s.integ.raw(), esn: s.esn },
@@ -220,6 +222,10 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
         }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherConnection => {
             c.connection = hostile::VICTIM.into();
+            ike::SaChange::Install(c)
+        }
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::WeakerTransform => {
+            c.suite = hostile::weaker(c.suite);
             ike::SaChange::Install(c)
         }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::WidenSelectors => {

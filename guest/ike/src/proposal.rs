@@ -256,6 +256,18 @@ pub fn select(theirs: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool)
         .find_map(|p| ours.iter().find_map(|o| pick(p, o, kind, ignore_dh)).map(|c| (c, p.num, p.spi.clone())))
 }
 
+/// Whether one of `ours` (ESP proposals) allows an SA with this cipher
+/// and key length, integrity algorithm and ESN: the host's check of what
+/// an untrusted engine installs. Without ESN is always allowed, as
+/// selection takes it when the peer offers no ESN transform.
+pub fn allows_esp(ours: &[Config], encr: Encr, integ: IntegId, esn: bool) -> bool {
+    ours.iter().any(|o| {
+        o.encr.iter().any(|e| encr_matches(e, &encr))
+            && if encr.is_aead() { integ == IntegId::None } else { o.integ.contains(&integ) }
+            && (!esn || o.esn.contains(&EsnId::Extended))
+    })
+}
+
 /// As initiator: check the responder's answer is one proposal with one
 /// transform of each type, all of them offered by us.
 pub fn check_answer(answer: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool) -> Option<(Chosen, Vec<u8>)> {
@@ -392,6 +404,26 @@ mod tests {
         assert_eq!(w.len(), 1, "sha1 skipped: {w:?}");
         assert!(parse("aes256gcm16-bogus", Kind::Ike).is_err());
         assert!(parse("sha1", Kind::Esp).is_err());
+    }
+
+    #[test]
+    fn allows_esp_takes_only_what_a_proposal_has() {
+        let (ours, _) = parse("aes256gcm16-esn,aes128-sha256", Kind::Esp).unwrap();
+        let gcm = |bits| Encr { id: EncrId::AesGcm16, key_bits: Some(bits) };
+        let cbc = |bits| Encr { id: EncrId::AesCbc, key_bits: Some(bits) };
+        assert!(allows_esp(&ours, gcm(256), IntegId::None, true));
+        assert!(allows_esp(&ours, gcm(256), IntegId::None, false), "no ESN is always allowed");
+        assert!(!allows_esp(&ours, gcm(128), IntegId::None, false), "another key length");
+        assert!(!allows_esp(&ours, gcm(256), IntegId::HmacSha2_256_128, false), "an AEAD with integrity");
+        assert!(allows_esp(&ours, cbc(128), IntegId::HmacSha2_256_128, false));
+        assert!(!allows_esp(&ours, cbc(128), IntegId::HmacSha2_256_128, true), "ESN only where configured");
+        assert!(!allows_esp(&ours, cbc(128), IntegId::HmacSha2_512_256, false), "another integrity");
+        assert!(!allows_esp(&ours, cbc(256), IntegId::HmacSha2_256_128, false), "cipher and integrity of one proposal");
+        let chacha = Encr { id: EncrId::ChaCha20Poly1305, key_bits: Some(256) };
+        assert!(!allows_esp(&ours, chacha, IntegId::None, false));
+        let (chacha_only, _) = parse("chacha20poly1305", Kind::Esp).unwrap();
+        assert!(allows_esp(&chacha_only, chacha, IntegId::None, false), "its key length is fixed");
+        assert!(!allows_esp(&[], gcm(256), IntegId::None, false), "nothing configured allows nothing");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::warn;
 
-use super::bounds::SelectorBounds;
+use super::bounds::ConnectionBounds;
 use crate::by_spi::BySpi;
 use crate::config::Encapsulation;
 use crate::datapath::Peer;
@@ -140,7 +140,7 @@ pub struct Children {
     pub groups: HashMap<String, usize>,
     /// What each loaded connection's CHILD SAs may carry (absent: the
     /// connection is not loaded, and none of its SAs is installed).
-    pub bounds: HashMap<String, SelectorBounds>,
+    pub bounds: HashMap<String, ConnectionBounds>,
     /// Inbound halves of deleted CHILD SAs that still accept packets until
     /// their time (control-loop milliseconds): (until, SPI, key), the
     /// earliest first (a heap: thousands linger under a handshake load,
@@ -292,6 +292,10 @@ impl Children {
             }
             KeyClaim::OutsideGrant => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond the subnets the policy granted its peer: refused");
+                return false;
+            }
+            KeyClaim::TransformNotOffered => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), esn = c.esn, "IKE guest installed a CHILD SA with an ESP transform neither its connection nor the policy's grant proposes: refused");
                 return false;
             }
             KeyClaim::ElsewhereThanPeer => {

@@ -338,7 +338,7 @@ impl ControlPlane {
                 if let Some(g) = group {
                     self.children.groups.insert(name.clone(), g);
                 }
-                self.children.bounds.insert(name.clone(), super::bounds::SelectorBounds::of(c));
+                self.children.bounds.insert(name.clone(), super::bounds::ConnectionBounds::of(c));
                 for ch in &c.children {
                     let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
                     if let Some(Err(e)) = routed {

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::bindings::ike as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::control::bounds::{GrantBounds, SelectorBounds};
+use crate::control::bounds::{ConnectionBounds, EspTransform, GrantBounds};
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 use crate::policy::{AuthorizeRequest, Decision, IdKind, Identity};
 use wasmsec_wire::ike::Identification;
@@ -121,6 +121,9 @@ pub enum KeyClaim {
     OutsideConnection,
     /// Selectors beyond the subnets the policy granted the peer.
     OutsideGrant,
+    /// An ESP transform that neither the policy's grant (where it names
+    /// proposals) nor the connection offers.
+    TransformNotOffered,
     /// ESP to another address than the one the IKE SA's peer last sent a
     /// verified message from.
     ElsewhereThanPeer,
@@ -235,11 +238,13 @@ impl IkeState {
     /// authenticated with the PSK of the install's connection, and the
     /// install's selectors lie within that connection's configured ones
     /// (`bounds`, `None` for a connection the configuration lacks) and
-    /// within what the policy granted its peer. Anything else is a guest lying about its keys, its peer or its
+    /// within what the policy granted its peer, and its ESP transform is
+    /// one the grant or else the connection proposes. Anything else is a guest lying about its keys, its peer or its
     /// selectors; a pair refused for those is gone (its keys destroyed),
     /// as the guest cannot be trusted to name it again.
-    pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&SelectorBounds>) -> KeyClaim {
+    pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&ConnectionBounds>) -> KeyClaim {
         let (outbound, inbound) = (c.outbound_key, c.inbound_key);
+        let transform = EspTransform { encr: c.encr, key_bits: c.key_bits, integ: c.integ, esn: c.esn };
         let Some(d) = self.derived.get(&outbound).filter(|d| d.inbound == inbound && d.alg == alg).cloned() else {
             return KeyClaim::NotDerived;
         };
@@ -257,6 +262,8 @@ impl IkeState {
             KeyClaim::OutsideConnection
         } else if !d.grant.hold(&c.local_ts, &c.remote_ts) {
             KeyClaim::OutsideGrant
+        } else if !bounds.is_some_and(|b| b.allow_transform(&d.grant, transform)) {
+            KeyClaim::TransformNotOffered
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
         } else {
@@ -295,12 +302,12 @@ impl IkeState {
             return Err("the policy was asked for this IKE SA already");
         }
         let d = match self.policy.authorize(request) {
-            Decision::Accept(g) => match GrantBounds::of(&g.local_subnets, &g.peer_subnets) {
+            Decision::Accept(g) => match GrantBounds::of(&g.local_subnets, &g.peer_subnets, &g.esp_proposals) {
                 Ok(b) => {
                     self.verdicts.insert(ike_sa, Verdict::Accepted(Arc::new(b)));
                     return Ok(Decision::Accept(g));
                 }
-                Err(e) => Decision::Reject(format!("policy granted a subnet that does not parse: {e}")),
+                Err(e) => Decision::Reject(format!("policy granted a subnet or proposal that does not parse: {e}")),
             },
             r => r,
         };
