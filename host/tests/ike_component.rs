@@ -18,7 +18,8 @@ use zeroize::Zeroizing;
 /// check the other claims.
 static ANYWHERE: std::sync::LazyLock<ConnectionBounds> = std::sync::LazyLock::new(|| {
     let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
-    ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap()
+    let hourly = wasmsec_ike::ChildConfig { rekey_time_ms: 3_600_000, ..Default::default() };
+    ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(hourly)
 });
 
 fn runtime() -> Runtime {
@@ -236,7 +237,8 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let st = b.ike.store.data_mut();
     let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
     assert_eq!(st.claim_child_keys(&swapped, alg, any), KeyClaim::NotDerived, "swapped");
-    let KeyClaim::Granted(lineage) = st.claim_child_keys(&cb, alg, any) else { panic!("B's own CHILD SA") };
+    let KeyClaim::Granted { lineage, life_ms } = st.claim_child_keys(&cb, alg, any) else { panic!("B's own CHILD SA") };
+    assert_eq!(life_ms, 3_960_000, "the host holds it to its hard lifetime, 110 % of the rekey time");
     assert_eq!(st.claim_child_keys(&cb, alg, any), KeyClaim::NotDerived, "once");
     // B's host saw A's IKE_AUTH verify, from A's address: that is where
     // the CHILD SAs of that IKE SA (and of its rekeys) may send.
@@ -269,6 +271,17 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&other));
     assert_eq!(claim, KeyClaim::TransformNotOffered);
     assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
+    // A connection with a hard limit in bytes, which the SA does not have.
+    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    assert_eq!(rekeyed.limits.hard_bytes, 0);
+    let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
+    let gigabyte = wasmsec_ike::ChildConfig { rekey_time_ms: 3_600_000, life_bytes: 1 << 30, ..Default::default() };
+    let capped = ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(gigabyte);
+    let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&capped));
+    assert_eq!(claim, KeyClaim::BeyondLifetime);
 }
 
 /// A policy's grant bounds what the host installs: B's policy module
@@ -300,7 +313,7 @@ fn a_policy_grant_bounds_the_child_sas_installed() {
     assert_eq!(b.ike.store.data_mut().claim_child_keys(&wide_b, alg, any), KeyClaim::OutsideGrant);
     let wide_a = ChildSa { remote_ts: everything, ..a.installed[0].clone() };
     assert!(
-        matches!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg, any), KeyClaim::Granted(_)),
+        matches!(a.ike.store.data_mut().claim_child_keys(&wide_a, alg, any), KeyClaim::Granted { .. }),
         "no grant narrows A's"
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -210,6 +210,16 @@ run_ike_attack() { # NAME WHAT
             sed -i 's/^start_action = "start"/start_action = "none"/' "$A/wasmsec.toml"
             sed -i 's/^start_action = "none"/start_action = "start"/' "$B/wasmsec.toml"
             (umask 077; printf '%s' "not the key A has" >"$B/psk") ;;
+        hostile-unlimited)
+            # A's CHILD SA may carry a gigabyte; the guest installs it
+            # with no limit. (The IKE connection's child is A's last
+            # section.)
+            printf 'life_bytes = 1000000000\n' >>"$A/wasmsec.toml" ;;
+        hostile-keep-expired)
+            # A's CHILD SAs live 4 s, and the host allows 1 s more before
+            # it removes one the guest kept.
+            printf 'rekey_time = 0\nlife_time = 4\n' >>"$A/wasmsec.toml"
+            export WASMSEC_TEST_LIFETIME_GRACE_MS=1000 ;;
     esac
     # What gateway A sends into its LAN to UDP 500 (hostile-send-anywhere).
     ip netns exec wsi-gwa tcpdump -i lan0 -n -U -w "$A/lan.pcap" udp port 500 2>"$A/lan-cap.err" &
@@ -217,6 +227,9 @@ run_ike_attack() { # NAME WHAT
     for _ in $(seq 50); do grep -q "listening on" "$A/lan-cap.err" && break; sleep 0.1; done
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
+    unset WASMSEC_TEST_LIFETIME_GRACE_MS
+    # Past the first CHILD SA's life and grace.
+    if [ "$name" = hostile-keep-expired ]; then sleep 3; fi
     sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
     local reflected
     reflected=$(tcpdump -r "$A/lan.pcap" -n 2>/dev/null | grep -c "> 198.18.1.10.500" || true)
@@ -242,6 +255,12 @@ run_ike_attack() { # NAME WHAT
         hostile-widen-selectors)
             check "$what: no CHILD SA for every address ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "beyond its connection's local_ts and remote_ts: refused" "$A/wasmsec.log" ;;
+        hostile-unlimited)
+            check "$what: no CHILD SA without A's byte limit ($child)" [ "$child" -eq 0 ]
+            check "$what: A said why" grep -q "with hard limits beyond its connection's or the policy's grant: refused" "$A/wasmsec.log" ;;
+        hostile-keep-expired)
+            check "$what: A's host removed a CHILD SA kept past its life" \
+                grep -q "IKE guest kept a CHILD SA past its hard lifetime: the host removed it" "$A/wasmsec.log" ;;
         hostile-weaker-transform)
             check "$what: no CHILD SA with a transform A does not propose ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "with an ESP transform neither its connection nor the policy's grant proposes: refused" "$A/wasmsec.log" ;;
@@ -476,4 +495,6 @@ run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refu
 run_ike_attack hostile-move-elsewhere "IKE: moving a CHILD SA's ESP to A's LAN host"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP transform than configured"
+run_ike_attack hostile-unlimited "IKE: a CHILD SA without the connection's hard byte limit"
+run_ike_attack hostile-keep-expired "IKE: CHILD SAs kept past their hard lifetime"
 finish

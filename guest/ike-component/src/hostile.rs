@@ -18,6 +18,8 @@
 //! | `hostile-move-elsewhere` | every `poll` moves the ESP of the CHILD SAs it installed to host A on gateway A's LAN (198.18.1.10:4500), as if the peer's NAT mapping had changed |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
+//! | `hostile-unlimited` | every CHILD SA is installed without hard byte and packet limits, whatever the connection's |
+//! | `hostile-keep-expired` | no CHILD SA is ever deleted from the host (the engine still deletes it with the peer at its hard lifetime) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -53,6 +55,8 @@ pub enum Attack {
     MoveElsewhere,
     SkipAuth,
     WeakerTransform,
+    Unlimited,
+    KeepExpired,
 }
 
 /// For `OtherConnection`: the connection every CHILD SA is installed for.
@@ -85,6 +89,8 @@ pub fn choose(connection: &str) {
         "hostile-move-elsewhere" => Attack::MoveElsewhere,
         "hostile-skip-auth" => Attack::SkipAuth,
         "hostile-weaker-transform" => Attack::WeakerTransform,
+        "hostile-unlimited" => Attack::Unlimited,
+        "hostile-keep-expired" => Attack::KeepExpired,
         _ => Attack::None,
     });
 }
@@ -178,6 +184,12 @@ pub fn delete_others() -> Option<crate::wit::SaChange> {
         outbound_key: 2,
         keep_inbound_ms: 0,
     }))
+}
+
+/// For `KeepExpired`: whether the host hears of this SA change (no
+/// Delete does).
+pub fn keeps(c: &crate::wit::SaChange) -> bool {
+    attack() != Attack::KeepExpired || !matches!(c, crate::wit::SaChange::Delete(_))
 }
 
 /// For `SendAnywhere`: a datagram to an address no peer has (the gateway

@@ -224,6 +224,10 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
             c.connection = hostile::VICTIM.into();
             ike::SaChange::Install(c)
         }
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::Unlimited => {
+            (c.limits.hard_bytes, c.limits.hard_packets) = (0, 0);
+            ike::SaChange::Install(c)
+        }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::WeakerTransform => {
             c.suite = hostile::weaker(c.suite);
             ike::SaChange::Install(c)
@@ -429,6 +433,8 @@ impl wit::Guest for Component {
         });
         #[cfg(feature = "hostile")]
         out.events.extend(hostile::forged_log_line());
+        #[cfg(feature = "hostile")]
+        out.sa_changes.retain(hostile::keeps);
         #[cfg(feature = "hostile")]
         out.sa_changes.extend(hostile::delete_others());
         #[cfg(feature = "hostile")]

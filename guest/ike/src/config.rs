@@ -192,6 +192,40 @@ impl Lifetimes {
     }
 }
 
+/// The most a CHILD SA may carry before the engine deletes it (0: no
+/// limit of that kind): its config's hard lifetimes with the defaults
+/// applied, or the policy grant's where it names lifetimes. The engine
+/// deletes at or before these (hard times are jittered down); a host that
+/// does not trust the engine holds it to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HardLimits {
+    /// Milliseconds after the CHILD SA was made.
+    pub time_ms: u64,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+impl HardLimits {
+    /// For CHILD config `c` of an IKE SA with `grant`, as an engine with
+    /// `timing` sets them.
+    pub fn of(c: &ChildConfig, grant: &crate::policy::Grant, timing: &Timing) -> Result<HardLimits, String> {
+        let margin = timing.retransmit_span();
+        let life = grant.lifetimes(Lifetimes::from_config(c, margin)?, margin);
+        Ok(HardLimits { time_ms: life.life_time, bytes: life.life_bytes, packets: life.life_packets })
+    }
+
+    /// The larger of each kind, none (0) above any number: what one of
+    /// several configs allows.
+    pub fn either(self, other: HardLimits) -> HardLimits {
+        let max = |a: u64, b: u64| if a == 0 || b == 0 { 0 } else { a.max(b) };
+        HardLimits {
+            time_ms: max(self.time_ms, other.time_ms),
+            bytes: max(self.bytes, other.bytes),
+            packets: max(self.packets, other.packets),
+        }
+    }
+}
+
 /// A CHILD SA template of a connection, parsed.
 pub(crate) struct Child {
     /// The CHILD config's name in the connection.
@@ -265,5 +299,26 @@ impl Connection {
         !self.removed
             && (self.cfg.local_addrs.is_empty() || self.cfg.local_addrs.contains(local))
             && (self.cfg.remote_addrs.is_empty() || self.cfg.remote_addrs.contains(remote))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Grant;
+
+    #[test]
+    fn hard_limits_apply_the_defaults_and_the_grant() {
+        let t = Timing::default();
+        let c = ChildConfig { rekey_time_ms: 3_600_000, rekey_bytes: 1000, ..Default::default() };
+        let h = HardLimits::of(&c, &Grant::default(), &t).unwrap();
+        assert_eq!(h, HardLimits { time_ms: 3_960_000, bytes: 1100, packets: 0 }, "110 %, none without a soft limit");
+        let short = ChildConfig { rekey_time_ms: 60_000, ..Default::default() };
+        let h2 = HardLimits::of(&short, &Grant::default(), &t).unwrap();
+        assert_eq!(h2.time_ms, 60_000 + t.retransmit_span(), "at least the retransmissions above the rekey");
+        let g = Grant { child_rekey_time_ms: 600_000, child_life_time_ms: 900_000, ..Default::default() };
+        assert_eq!(HardLimits::of(&c, &g, &t).unwrap().time_ms, 900_000, "the grant's in place of the config's");
+        let other = HardLimits { time_ms: 0, bytes: 5000, packets: 7 };
+        assert_eq!(h.either(other), HardLimits { time_ms: 0, bytes: 5000, packets: 0 }, "none is above any number");
     }
 }

@@ -32,7 +32,7 @@ mod sa;
 pub mod stats;
 pub mod ts;
 
-pub use config::{ChildConfig, ConnectionConfig, DpdAction, StartAction, Timing};
+pub use config::{ChildConfig, ConnectionConfig, DpdAction, HardLimits, StartAction, Timing};
 pub use endpoint::{Engine, SaPhase};
 pub use error::Error;
 pub use output::{ChildSa, Datagram, Endpoint, Event, IKE_PORT, Level, NAT_T_PORT, SaChange, Transmit};

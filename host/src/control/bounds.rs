@@ -7,10 +7,13 @@
 //! the connection's routing domain and draw its traffic; and its transform
 //! must be one the connection's `esp_proposals` (any child's) or the
 //! policy's grant offer, or such a guest could take a weaker one than the
-//! operator allowed.
+//! operator allowed; and its hard lifetimes (bytes and packets, which the
+//! data plane counts against the install's limits, and time, which the
+//! host watches) no longer than the grant's or the connection's.
 use std::collections::HashMap;
 
 use wasmsec_ike::proposal::{self, Encr, Kind};
+use wasmsec_ike::{ChildConfig, HardLimits, Timing};
 use wasmsec_wire::ike::{EncrId, IntegId};
 
 use crate::config;
@@ -23,6 +26,8 @@ pub struct ConnectionBounds {
     local: Vec<TrafficSelector>,
     remote: Vec<TrafficSelector>,
     esp: Vec<proposal::Config>,
+    /// The children's lifetimes (the other fields are left empty).
+    lifetimes: Vec<ChildConfig>,
 }
 
 /// A CHILD SA's ESP transform as the IKE guest installs it (IANA numbers,
@@ -44,7 +49,21 @@ impl ConnectionBounds {
         // The configuration parsed them when it was read; one that no
         // longer does allows nothing rather than anything.
         let esp = c.children.iter().flat_map(|ch| esp_proposals(&ch.esp_proposals.0).unwrap_or_default()).collect();
-        ConnectionBounds { local: ranges(|ch| &ch.local_ts), remote: ranges(|ch| &ch.remote_ts), esp }
+        let lifetimes = c
+            .children
+            .iter()
+            .map(|ch| ChildConfig {
+                name: ch.name.clone(),
+                rekey_time_ms: u64::from(ch.rekey_time) * 1000,
+                rekey_bytes: ch.rekey_bytes,
+                rekey_packets: ch.rekey_packets,
+                life_time_ms: u64::from(ch.life_time) * 1000,
+                life_bytes: ch.life_bytes,
+                life_packets: ch.life_packets,
+                ..ChildConfig::default()
+            })
+            .collect();
+        ConnectionBounds { local: ranges(|ch| &ch.local_ts), remote: ranges(|ch| &ch.remote_ts), esp, lifetimes }
     }
 
     /// From address ranges (any protocol and port) on each side and ESP
@@ -54,7 +73,24 @@ impl ConnectionBounds {
         remote: Vec<TrafficSelector>,
         esp: &str,
     ) -> Result<ConnectionBounds, String> {
-        Ok(ConnectionBounds { local, remote, esp: esp_proposals(esp)? })
+        Ok(ConnectionBounds { local, remote, esp: esp_proposals(esp)?, lifetimes: Vec::new() })
+    }
+
+    /// With the lifetimes of one child (RFC 7296 section 2.8: the config's
+    /// rekey and hard limits).
+    pub fn with_lifetimes(mut self, child: ChildConfig) -> ConnectionBounds {
+        self.lifetimes.push(child);
+        self
+    }
+
+    /// The hard limits a CHILD SA of the connection may have with `grant`
+    /// (any child's: the largest, none above any number). None at all for
+    /// a connection without children, as for one whose lifetimes no
+    /// longer compute (the configuration checked them when it was read).
+    pub fn hard_limits(&self, grant: &GrantBounds) -> HardLimits {
+        let timing = Timing::default();
+        let each = self.lifetimes.iter().map(|c| HardLimits::of(c, &grant.lifetimes, &timing).unwrap_or_default());
+        each.reduce(HardLimits::either).unwrap_or_default()
     }
 
     /// Whether `t` is one of the ESP proposals `grant` gave the peer or,
@@ -92,22 +128,31 @@ pub struct GrantBounds {
     remote: Option<Vec<TrafficSelector>>,
     /// The grant's ESP proposals, `None` where it leaves the connection's.
     esp: Option<Vec<proposal::Config>>,
+    /// The grant's CHILD SA lifetimes (0: the connection's), as the
+    /// engine takes them.
+    lifetimes: wasmsec_ike::Grant,
 }
 
 impl GrantBounds {
     /// From a grant's `local-subnets` and `peer-subnets` (CIDR prefixes;
-    /// empty: not narrowed) and `esp-proposals` ("": the connection's).
-    /// The host checked the grant when the module answered, so a prefix
-    /// or proposal that does not parse is an error, not a guess.
-    pub fn of(local: &[String], peer: &[String], esp: &str) -> Result<GrantBounds, String> {
+    /// empty: not narrowed), `esp-proposals` ("": the connection's) and
+    /// CHILD SA lifetimes (0: the connection's). The host checked the
+    /// grant when the module answered, so a prefix or proposal that does
+    /// not parse is an error, not a guess.
+    pub fn of(g: &crate::policy::Grant) -> Result<GrantBounds, String> {
         let side = |v: &[String]| -> Result<Option<Vec<TrafficSelector>>, String> {
             if v.is_empty() {
                 return Ok(None);
             }
             v.iter().map(|s| config::Prefix::parse(s).map(|p| p.selector())).collect::<Result<_, _>>().map(Some)
         };
-        let esp = if esp.is_empty() { None } else { Some(esp_proposals(esp)?) };
-        Ok(GrantBounds { local: side(local)?, remote: side(peer)?, esp })
+        let esp = if g.esp_proposals.is_empty() { None } else { Some(esp_proposals(&g.esp_proposals)?) };
+        let lifetimes = wasmsec_ike::Grant {
+            child_rekey_time_ms: u64::from(g.child_rekey_time_s) * 1000,
+            child_life_time_ms: u64::from(g.child_life_time_s) * 1000,
+            ..wasmsec_ike::Grant::default()
+        };
+        Ok(GrantBounds { local: side(&g.local_subnets)?, remote: side(&g.peer_subnets)?, esp, lifetimes })
     }
 
     /// Whether the selectors lie within the granted subnets, side by side.
@@ -115,6 +160,13 @@ impl GrantBounds {
         self.local.as_deref().is_none_or(|b| within(b, local))
             && self.remote.as_deref().is_none_or(|b| within(b, remote))
     }
+}
+
+/// Whether an install's hard byte and packet limits (0: none) are within
+/// `allowed` (0: none).
+pub fn limits_within(allowed: &HardLimits, hard_bytes: u64, hard_packets: u64) -> bool {
+    let within = |allowed: u64, asked: u64| allowed == 0 || (asked != 0 && asked <= allowed);
+    within(allowed.bytes, hard_bytes) && within(allowed.packets, hard_packets)
 }
 
 /// ESP proposals in strongSwan's syntax (the warnings about skipped
@@ -142,6 +194,16 @@ pub fn of_all(connections: &[config::Connection]) -> HashMap<String, ConnectionB
 mod tests {
     use super::*;
 
+    fn grant(local: &[&str], peer: &[&str], esp: &str) -> crate::policy::Grant {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        crate::policy::Grant {
+            local_subnets: strings(local),
+            peer_subnets: strings(peer),
+            esp_proposals: esp.into(),
+            ..crate::policy::connection_grant("")
+        }
+    }
+
     fn ts(start: [u8; 4], end: [u8; 4]) -> TrafficSelector {
         TrafficSelector::addresses(start.to_vec(), end.to_vec())
     }
@@ -153,6 +215,7 @@ mod tests {
             local: vec![p("10.1.0.0/16"), p("fd00::/64")],
             remote: vec![p("10.2.0.0/24"), p("10.3.0.0/24")],
             esp: Vec::new(),
+            lifetimes: Vec::new(),
         };
         let inside = [ts([10, 2, 0, 0], [10, 2, 0, 255]), ts([10, 3, 0, 7], [10, 3, 0, 7])];
         assert!(b.hold(&[ts([10, 1, 2, 0], [10, 1, 2, 255])], &inside));
@@ -171,13 +234,13 @@ mod tests {
 
     #[test]
     fn a_grant_narrows_only_the_sides_it_names() {
-        let g = GrantBounds::of(&[], &["10.2.0.128/25".to_string()], "").unwrap();
+        let g = GrantBounds::of(&grant(&[], &["10.2.0.128/25"], "")).unwrap();
         let wide = [ts([0, 0, 0, 0], [255, 255, 255, 255])];
         assert!(g.hold(&wide, &[ts([10, 2, 0, 200], [10, 2, 0, 255])]), "local not narrowed");
         assert!(!g.hold(&[], &[ts([10, 2, 0, 0], [10, 2, 0, 255])]), "the peer's side is");
         assert!(GrantBounds::default().hold(&wide, &wide));
-        assert!(GrantBounds::of(&["10.1.0.0/33".to_string()], &[], "").is_err());
-        assert!(GrantBounds::of(&[], &[], "aes256gcm16-bogus").is_err());
+        assert!(GrantBounds::of(&grant(&["10.1.0.0/33"], &[], "")).is_err());
+        assert!(GrantBounds::of(&grant(&[], &[], "aes256gcm16-bogus")).is_err());
     }
 
     #[test]
@@ -196,10 +259,38 @@ mod tests {
         assert!(!b.allow_transform(&no_grant, cbc), "a cipher not configured");
         assert!(!b.allow_transform(&no_grant, EspTransform { esn: true, ..gcm(256) }), "ESN not configured");
         // The grant's proposals replace the connection's.
-        let g = GrantBounds::of(&[], &[], "aes128-sha256").unwrap();
+        let g = GrantBounds::of(&grant(&[], &[], "aes128-sha256")).unwrap();
         assert!(b.allow_transform(&g, cbc));
         assert!(!b.allow_transform(&g, gcm(256)), "in place of, not besides");
         // A connection whose children have no usable proposal allows none.
         assert!(!ConnectionBounds::default().allow_transform(&no_grant, gcm(256)));
+    }
+
+    #[test]
+    fn hard_limits_are_the_grants_or_else_the_connections_largest() {
+        let child = |name: &str, rekey_time_ms, life_bytes| ChildConfig {
+            name: name.into(),
+            rekey_time_ms,
+            life_bytes,
+            ..ChildConfig::default()
+        };
+        let b = ConnectionBounds::new(vec![], vec![], "aes256gcm16")
+            .unwrap()
+            .with_lifetimes(child("a", 3_600_000, 1 << 30))
+            .with_lifetimes(child("b", 600_000, 1 << 20));
+        let h = b.hard_limits(&GrantBounds::default());
+        assert_eq!((h.time_ms, h.bytes, h.packets), (3_960_000, 1 << 30, 0));
+        let mut g = grant(&[], &[], "");
+        g.child_rekey_time_s = 120;
+        g.child_life_time_s = 300;
+        let h = b.hard_limits(&GrantBounds::of(&g).unwrap());
+        assert_eq!(h.time_ms, 300_000, "the grant's time in place of the children's");
+        assert_eq!(ConnectionBounds::default().hard_limits(&GrantBounds::default()), HardLimits::default());
+        // Installs: within, none where a limit is set, above it.
+        assert!(limits_within(&h, 1 << 30, 0));
+        assert!(limits_within(&h, 1000, 0));
+        assert!(!limits_within(&h, 0, 0), "no byte limit where the config has one");
+        assert!(!limits_within(&h, (1 << 30) + 1, 0));
+        assert!(limits_within(&HardLimits::default(), 0, 0));
     }
 }

@@ -146,6 +146,17 @@ pub struct Children {
     /// earliest first (a heap: thousands linger under a handshake load,
     /// and the loop asks for the earliest every round).
     lingering: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// When each installed CHILD SA with a hard lifetime by time must be
+    /// gone (control-loop ms: the lifetime, then `overdue_grace_ms`):
+    /// (when, inbound SPI, inbound key), the earliest first. The IKE guest
+    /// deletes it at its hard lifetime; one that does not is not trusted
+    /// to, and the host removes it. Entries of SAs deleted already are
+    /// dropped when their time comes.
+    overdue: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// How long past its hard lifetime a CHILD SA may stay: the engine
+    /// deletes it on time while its IKE SA is up, and with its IKE SA,
+    /// which may take the retransmissions of a Delete, otherwise.
+    overdue_grace_ms: u64,
     /// IKE SAs that are up, by our SPI.
     pub ike_sas: BTreeMap<u64, IkeInfo>,
     /// How many of them each peer address has: the IKE guest may send
@@ -174,6 +185,11 @@ impl Children {
             groups: HashMap::new(),
             bounds: HashMap::new(),
             lingering: BinaryHeap::new(),
+            overdue: BinaryHeap::new(),
+            overdue_grace_ms: std::env::var("WASMSEC_TEST_LIFETIME_GRACE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(wasmsec_ike::Timing::default().retransmit_span() + 10_000),
             ike_sas: BTreeMap::new(),
             ike_peers: HashMap::new(),
             list: BySpi::default(),
@@ -185,9 +201,37 @@ impl Children {
         }
     }
 
-    /// When the next lingering inbound SA ends.
+    /// When the next lingering inbound SA ends, or a CHILD SA is due to
+    /// have gone.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.lingering.peek().map(|l| l.0.0)
+        let (l, o) = (self.lingering.peek().map(|l| l.0.0), self.overdue.peek().map(|o| o.0.0));
+        l.into_iter().chain(o).min()
+    }
+
+    /// Remove the CHILD SAs still installed past their hard lifetime and
+    /// its grace, as the engine deletes one (no inbound linger); returns
+    /// them (connection, inbound SPI) for the log and the count of guest
+    /// protocol errors.
+    pub fn end_overdue(&mut self, now: u64) -> Vec<(String, u32)> {
+        let mut gone = Vec::new();
+        while let Some(&Reverse((when, spi, key))) = self.overdue.peek() {
+            if when > now {
+                break;
+            }
+            self.overdue.pop();
+            let Some(c) = self.list.get(spi).filter(|c| c.keys.0 == key) else { continue };
+            gone.push((c.connection.clone(), spi));
+            let d = ChildDeleted {
+                ike_spi: c.ike_spi,
+                inbound_spi: spi,
+                outbound_spi: c.outbound_spi,
+                inbound_key: key,
+                outbound_key: c.keys.1,
+                keep_inbound_ms: 0,
+            };
+            self.delete(d, now);
+        }
+        gone
     }
 
     /// Remove the lingering inbound SAs whose time is up, and their keys.
@@ -259,13 +303,13 @@ impl Children {
     /// Hand a negotiated CHILD SA to the data path. False if the guest
     /// named keys that did not come from one derivation for this transform
     /// (a guest protocol error: nothing is installed).
-    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState) -> bool {
+    pub fn install(&mut self, c: ChildSa, ike: &mut IkeState, now: u64) -> bool {
         let Some(remote) = socket_addr(&c.remote) else { return false };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
             if let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ)
-                && matches!(ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)), KeyClaim::Granted(_))
+                && matches!(ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)), KeyClaim::Granted { .. })
             {
                 self.esp_keys.remove(c.outbound_key);
                 self.esp_keys.remove(c.inbound_key);
@@ -276,8 +320,8 @@ impl Children {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
             return false;
         };
-        let lineage = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
-            KeyClaim::Granted(lineage) => lineage,
+        let (lineage, life_ms) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
+            KeyClaim::Granted { lineage, life_ms } => (lineage, life_ms),
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
                 return false;
@@ -296,6 +340,11 @@ impl Children {
             }
             KeyClaim::TransformNotOffered => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), esn = c.esn, "IKE guest installed a CHILD SA with an ESP transform neither its connection nor the policy's grant proposes: refused");
+                return false;
+            }
+            KeyClaim::BeyondLifetime => {
+                let l = c.limits;
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), hard_bytes = l.hard_bytes, hard_packets = l.hard_packets, "IKE guest installed a CHILD SA with hard limits beyond its connection's or the policy's grant: refused");
                 return false;
             }
             KeyClaim::ElsewhereThanPeer => {
@@ -353,6 +402,10 @@ impl Children {
             self.deferred.insert(c.outbound_spi, (out, peer, group, traffic[1].clone()));
         } else {
             self.outbound.send_quiet(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
+        }
+        if life_ms > 0 {
+            let when = now.saturating_add(life_ms).saturating_add(self.overdue_grace_ms);
+            self.overdue.push(Reverse((when, c.inbound_spi, c.inbound_key)));
         }
         self.list.insert(
             c.inbound_spi,
@@ -612,5 +665,37 @@ mod tests {
         // The rest go with forget_all.
         let (gone, n) = c.forget_all(0, 0);
         assert_eq!((gone.len(), n, c.ike_sas.len()), (1, 2, 0));
+    }
+
+    #[test]
+    fn a_child_sa_past_its_hard_lifetime_and_grace_is_removed() {
+        let (out_tx, out_rx) = channel().unwrap();
+        let (in_tx, in_rx) = channel().unwrap();
+        let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+        for spi in [0x10, 0x20] {
+            c.list.insert(spi, child(1, spi));
+        }
+        // Due at 5 s and 9 s; one deleted already; one whose SPI now
+        // names an SA with another key.
+        for (when, spi, key) in [(5000, 0x10, 0), (9000, 0x20, 0), (4000, 0x30, 0), (4500, 0x20, 7)] {
+            c.overdue.push(Reverse((when, spi, key)));
+        }
+        assert_eq!(c.next_deadline(), Some(4000));
+        assert!(c.end_overdue(4999).is_empty(), "nothing of its own is due yet");
+        assert_eq!(c.next_deadline(), Some(5000));
+        assert_eq!(c.end_overdue(5000), [("c1".to_string(), 0x10)]);
+        assert_eq!(c.installed().map(|c| c.inbound_spi).collect::<Vec<_>>(), [0x20]);
+        let spis = |cmds: Vec<SaCommand>| -> Vec<u32> {
+            cmds.into_iter()
+                .filter_map(|m| match m {
+                    SaCommand::RemoveOutbound { spi, .. } | SaCommand::RemoveInbound { spi, .. } => Some(spi),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(spis(out_rx.take_queued()), [0x1010]);
+        assert_eq!(spis(in_rx.take_queued()), [0x10], "at once, no linger");
+        assert_eq!(c.end_overdue(9000).len(), 1);
+        assert_eq!((c.installed().count(), c.next_deadline()), (0, None));
     }
 }

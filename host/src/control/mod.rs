@@ -585,6 +585,10 @@ impl ControlPlane {
         if due.is_some_and(|t| t <= now) {
             self.ike.tick(now)?;
             self.children.end_lingering(now);
+            for (connection, spi) in self.children.end_overdue(now) {
+                crate::stats::inc(&self.stats.guest_protocol_errors);
+                warn!(connection = %connection, inbound_spi = format_args!("{spi:08x}"), "IKE guest kept a CHILD SA past its hard lifetime: the host removed it");
+            }
         }
         self.apply(now)
     }
@@ -731,7 +735,7 @@ impl ControlPlane {
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {
-                    if !self.children.install(c, self.ike.store.data_mut()) {
+                    if !self.children.install(c, self.ike.store.data_mut(), now) {
                         crate::stats::inc(&self.stats.guest_protocol_errors);
                     }
                 }

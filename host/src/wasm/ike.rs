@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::bindings::ike as b;
 use super::{WasmContext, sandbox, wit_error};
-use crate::control::bounds::{ConnectionBounds, EspTransform, GrantBounds};
+use crate::control::bounds::{ConnectionBounds, EspTransform, GrantBounds, limits_within};
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 use crate::policy::{AuthorizeRequest, Decision, IdKind, Identity};
 use wasmsec_wire::ike::Identification;
@@ -107,8 +107,9 @@ enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyClaim {
     /// The pair came from one derivation, for this transform and
-    /// connection; the IKE SA lineage it belongs to.
-    Granted(u64),
+    /// connection: the IKE SA lineage it belongs to, and the CHILD SA's
+    /// hard lifetime in ms (0: none), which the host holds it to.
+    Granted { lineage: u64, life_ms: u64 },
     /// Not a pair derived here (or installed already, swapped, another
     /// transform): the guest lies about its keys.
     NotDerived,
@@ -124,6 +125,9 @@ pub enum KeyClaim {
     /// An ESP transform that neither the policy's grant (where it names
     /// proposals) nor the connection offers.
     TransformNotOffered,
+    /// Hard byte or packet limits beyond the grant's or the connection's
+    /// (or none where they set one).
+    BeyondLifetime,
     /// ESP to another address than the one the IKE SA's peer last sent a
     /// verified message from.
     ElsewhereThanPeer,
@@ -239,7 +243,8 @@ impl IkeState {
     /// install's selectors lie within that connection's configured ones
     /// (`bounds`, `None` for a connection the configuration lacks) and
     /// within what the policy granted its peer, and its ESP transform is
-    /// one the grant or else the connection proposes. Anything else is a guest lying about its keys, its peer or its
+    /// one the grant or else the connection proposes, with hard limits
+    /// within the grant's or else the connection's. Anything else is a guest lying about its keys, its peer or its
     /// selectors; a pair refused for those is gone (its keys destroyed),
     /// as the guest cannot be trusted to name it again.
     pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&ConnectionBounds>) -> KeyClaim {
@@ -252,6 +257,7 @@ impl IkeState {
         let peer = crate::control::children::socket_addr(&c.remote);
         let verified = self.verified_from.get(&d.lineage).copied();
         // Raw ESP goes to the address alone; ESP in UDP to the port too.
+        let life = bounds.map(|b| b.hard_limits(&d.grant)).unwrap_or_default();
         let at_peer = match (peer, verified) {
             (Some(p), Some(v)) => p.ip() == v.ip() && (!c.encap || p.port() == v.port()),
             _ => false,
@@ -264,10 +270,12 @@ impl IkeState {
             KeyClaim::OutsideGrant
         } else if !bounds.is_some_and(|b| b.allow_transform(&d.grant, transform)) {
             KeyClaim::TransformNotOffered
+        } else if !limits_within(&life, c.limits.hard_bytes, c.limits.hard_packets) {
+            KeyClaim::BeyondLifetime
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
         } else {
-            return KeyClaim::Granted(d.lineage);
+            return KeyClaim::Granted { lineage: d.lineage, life_ms: life.time_ms };
         };
         self.esp_keys.remove(outbound);
         self.esp_keys.remove(inbound);
@@ -302,7 +310,7 @@ impl IkeState {
             return Err("the policy was asked for this IKE SA already");
         }
         let d = match self.policy.authorize(request) {
-            Decision::Accept(g) => match GrantBounds::of(&g.local_subnets, &g.peer_subnets, &g.esp_proposals) {
+            Decision::Accept(g) => match GrantBounds::of(&g) {
                 Ok(b) => {
                     self.verdicts.insert(ike_sa, Verdict::Accepted(Arc::new(b)));
                     return Ok(Decision::Accept(g));
