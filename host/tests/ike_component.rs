@@ -282,6 +282,15 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let capped = ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(gigabyte);
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&capped));
     assert_eq!(claim, KeyClaim::BeyondLifetime);
+    // An install refused before its claim (an address the data plane
+    // cannot take) forfeits its keys too.
+    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    b.ike.store.data_mut().forfeit_child_keys(&rekeyed);
+    assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, any), KeyClaim::NotDerived);
 }
 
 /// A policy's grant bounds what the host installs: B's policy module

@@ -84,13 +84,13 @@ impl ConnectionBounds {
     }
 
     /// The hard limits a CHILD SA of the connection may have with `grant`
-    /// (any child's: the largest, none above any number). None at all for
-    /// a connection without children, as for one whose lifetimes no
-    /// longer compute (the configuration checked them when it was read).
-    pub fn hard_limits(&self, grant: &GrantBounds) -> HardLimits {
+    /// (any child's: the largest, none above any number). `None` where no
+    /// child's compute (the configuration checked them when it was read),
+    /// which allows no install, as a proposal that does not parse.
+    pub fn hard_limits(&self, grant: &GrantBounds) -> Option<HardLimits> {
         let timing = Timing::default();
-        let each = self.lifetimes.iter().map(|c| HardLimits::of(c, &grant.lifetimes, &timing).unwrap_or_default());
-        each.reduce(HardLimits::either).unwrap_or_default()
+        let each = self.lifetimes.iter().filter_map(|c| HardLimits::of(c, &grant.lifetimes, &timing).ok());
+        each.reduce(HardLimits::either)
     }
 
     /// Whether `t` is one of the ESP proposals `grant` gave the peer or,
@@ -278,14 +278,17 @@ mod tests {
             .unwrap()
             .with_lifetimes(child("a", 3_600_000, 1 << 30))
             .with_lifetimes(child("b", 600_000, 1 << 20));
-        let h = b.hard_limits(&GrantBounds::default());
+        let h = b.hard_limits(&GrantBounds::default()).unwrap();
         assert_eq!((h.time_ms, h.bytes, h.packets), (3_960_000, 1 << 30, 0));
         let mut g = grant(&[], &[], "");
         g.child_rekey_time_s = 120;
         g.child_life_time_s = 300;
-        let h = b.hard_limits(&GrantBounds::of(&g).unwrap());
+        let h = b.hard_limits(&GrantBounds::of(&g).unwrap()).unwrap();
         assert_eq!(h.time_ms, 300_000, "the grant's time in place of the children's");
-        assert_eq!(ConnectionBounds::default().hard_limits(&GrantBounds::default()), HardLimits::default());
+        assert_eq!(ConnectionBounds::default().hard_limits(&GrantBounds::default()), None, "no child: no install");
+        let broken = ChildConfig { rekey_bytes: 100, life_bytes: 50, ..ChildConfig::default() };
+        let b2 = ConnectionBounds::default().with_lifetimes(broken);
+        assert_eq!(b2.hard_limits(&GrantBounds::default()), None, "lifetimes that do not compute allow none");
         // Installs: within, none where a limit is set, above it.
         assert!(limits_within(&h, 1 << 30, 0));
         assert!(limits_within(&h, 1000, 0));

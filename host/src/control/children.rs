@@ -4,7 +4,7 @@
 //! their activation, deleted inbound SAs linger a while, and the admin
 //! view of IKE and CHILD SAs is kept.
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,6 +101,10 @@ pub struct ChildInfo {
     /// guest's word): its ESP goes where that lineage's peer is.
     #[serde(skip)]
     lineage: u64,
+    /// When the host removes it if the guest has not (0: no hard lifetime
+    /// by time; see `Children::overdue`).
+    #[serde(skip)]
+    due: u64,
 }
 
 impl ChildInfo {
@@ -150,9 +154,10 @@ pub struct Children {
     /// gone (control-loop ms: the lifetime, then `overdue_grace_ms`):
     /// (when, inbound SPI, inbound key), the earliest first. The IKE guest
     /// deletes it at its hard lifetime; one that does not is not trusted
-    /// to, and the host removes it. Entries of SAs deleted already are
-    /// dropped when their time comes.
-    overdue: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    /// to, and the host removes it. A deleted SA's entry goes with it (a
+    /// set, not a heap: a peer that creates and deletes CHILD SAs in a
+    /// loop must not grow it).
+    overdue: BTreeSet<(u64, u32, u64)>,
     /// How long past its hard lifetime a CHILD SA may stay: the engine
     /// deletes it on time while its IKE SA is up, and with its IKE SA,
     /// which may take the retransmissions of a Delete, otherwise.
@@ -185,7 +190,7 @@ impl Children {
             groups: HashMap::new(),
             bounds: HashMap::new(),
             lingering: BinaryHeap::new(),
-            overdue: BinaryHeap::new(),
+            overdue: BTreeSet::new(),
             overdue_grace_ms: std::env::var("WASMSEC_TEST_LIFETIME_GRACE_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -204,7 +209,7 @@ impl Children {
     /// When the next lingering inbound SA ends, or a CHILD SA is due to
     /// have gone.
     pub fn next_deadline(&self) -> Option<u64> {
-        let (l, o) = (self.lingering.peek().map(|l| l.0.0), self.overdue.peek().map(|o| o.0.0));
+        let (l, o) = (self.lingering.peek().map(|l| l.0.0), self.overdue.first().map(|o| o.0));
         l.into_iter().chain(o).min()
     }
 
@@ -214,11 +219,11 @@ impl Children {
     /// protocol errors.
     pub fn end_overdue(&mut self, now: u64) -> Vec<(String, u32)> {
         let mut gone = Vec::new();
-        while let Some(&Reverse((when, spi, key))) = self.overdue.peek() {
+        while let Some(&(when, spi, key)) = self.overdue.first() {
             if when > now {
                 break;
             }
-            self.overdue.pop();
+            self.overdue.pop_first();
             let Some(c) = self.list.get(spi).filter(|c| c.keys.0 == key) else { continue };
             gone.push((c.connection.clone(), spi));
             let d = ChildDeleted {
@@ -304,7 +309,10 @@ impl Children {
     /// named keys that did not come from one derivation for this transform
     /// (a guest protocol error: nothing is installed).
     pub fn install(&mut self, c: ChildSa, ike: &mut IkeState, now: u64) -> bool {
-        let Some(remote) = socket_addr(&c.remote) else { return false };
+        let Some(remote) = socket_addr(&c.remote) else {
+            ike.forfeit_child_keys(&c);
+            return false;
+        };
         let IpAddr::V4(peer_addr) = remote.ip() else {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IPv6 peers are not supported by the data plane yet");
             // Nothing is installed, so no Delete will free its keys.
@@ -318,6 +326,7 @@ impl Children {
         };
         let Some(alg) = EspAlgorithm::from_iana(c.encr, c.key_bits, c.integ) else {
             warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), encr = c.encr, integ = c.integ, "CHILD SA with a transform the data plane lacks");
+            ike.forfeit_child_keys(&c);
             return false;
         };
         let (lineage, life_ms) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
@@ -403,9 +412,9 @@ impl Children {
         } else {
             self.outbound.send_quiet(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
-        if life_ms > 0 {
-            let when = now.saturating_add(life_ms).saturating_add(self.overdue_grace_ms);
-            self.overdue.push(Reverse((when, c.inbound_spi, c.inbound_key)));
+        let due = if life_ms > 0 { now.saturating_add(life_ms).saturating_add(self.overdue_grace_ms) } else { 0 };
+        if due > 0 {
+            self.overdue.insert((due, c.inbound_spi, c.inbound_key));
         }
         self.list.insert(
             c.inbound_spi,
@@ -423,6 +432,7 @@ impl Children {
                 traffic,
                 keys: (c.inbound_key, c.outbound_key),
                 lineage,
+                due,
             },
         );
         true
@@ -497,6 +507,7 @@ impl Children {
         let gone = self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi);
         for c in &gone {
             let (inbound_key, outbound_key) = c.keys;
+            self.overdue.remove(&(c.due, c.inbound_spi, inbound_key));
             self.deferred.remove(&c.outbound_spi);
             self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.outbound_spi, key: outbound_key });
             self.esp_keys.remove(outbound_key);
@@ -630,6 +641,7 @@ mod tests {
             traffic: Default::default(),
             keys: (0, 0),
             lineage: 0,
+            due: 0,
         }
     }
 
@@ -672,14 +684,28 @@ mod tests {
         let (out_tx, out_rx) = channel().unwrap();
         let (in_tx, in_rx) = channel().unwrap();
         let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
-        for spi in [0x10, 0x20] {
-            c.list.insert(spi, child(1, spi));
+        for (spi, due) in [(0x10, 5000), (0x20, 9000), (0x40, 6000)] {
+            c.list.insert(spi, ChildInfo { due, ..child(1, spi) });
         }
-        // Due at 5 s and 9 s; one deleted already; one whose SPI now
-        // names an SA with another key.
-        for (when, spi, key) in [(5000, 0x10, 0), (9000, 0x20, 0), (4000, 0x30, 0), (4500, 0x20, 7)] {
-            c.overdue.push(Reverse((when, spi, key)));
+        // Due at 5 s, 9 s and 6 s; one gone without a Delete the host saw
+        // (as for a forgotten IKE SA); one whose SPI now names an SA with
+        // another key.
+        for (when, spi, key) in [(5000, 0x10, 0), (9000, 0x20, 0), (6000, 0x40, 0), (4000, 0x30, 0), (4500, 0x20, 7)] {
+            c.overdue.insert((when, spi, key));
         }
+        // A Delete takes its SA's entry with it.
+        let d = ChildDeleted {
+            ike_spi: 1,
+            inbound_spi: 0x40,
+            outbound_spi: 0x1040,
+            inbound_key: 0,
+            outbound_key: 0,
+            keep_inbound_ms: 0,
+        };
+        assert!(c.delete(d, 0));
+        assert!(!c.overdue.iter().any(|o| o.1 == 0x40));
+        out_rx.take_queued();
+        in_rx.take_queued();
         assert_eq!(c.next_deadline(), Some(4000));
         assert!(c.end_overdue(4999).is_empty(), "nothing of its own is due yet");
         assert_eq!(c.next_deadline(), Some(5000));

@@ -186,6 +186,8 @@ impl ControlPlane {
         let fds = [self.sockets.ike.as_raw_fd(), self.up.as_raw_fd(), self.queries.as_raw_fd()];
         let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
+            // Host work only, so also while a trapped guest is replaced.
+            self.end_overdue(Self::now(start));
             if let Some(at) = self.replace_at {
                 self.await_replacement(at, &mut poll, start);
                 continue;
@@ -504,6 +506,16 @@ impl ControlPlane {
 
     /// One round: what the sockets and the data path brought, the admin
     /// socket, the timers, then whatever the engine queued.
+    /// Remove the CHILD SAs the guest kept past their hard lifetime. Before
+    /// any call into the guest in a round: one that traps at every call
+    /// must not keep its SAs alive.
+    fn end_overdue(&mut self, now: u64) {
+        for (connection, spi) in self.children.end_overdue(now) {
+            crate::stats::inc(&self.stats.guest_protocol_errors);
+            warn!(connection = %connection, inbound_spi = format_args!("{spi:08x}"), "IKE guest kept a CHILD SA past its hard lifetime: the host removed it");
+        }
+    }
+
     fn step(&mut self, now: u64, ready: &[bool], due: Option<u64>) -> anyhow::Result<()> {
         if ready.first() == Some(&true) || !self.from_500.is_empty() {
             self.receive_500(now)?;
@@ -585,10 +597,6 @@ impl ControlPlane {
         if due.is_some_and(|t| t <= now) {
             self.ike.tick(now)?;
             self.children.end_lingering(now);
-            for (connection, spi) in self.children.end_overdue(now) {
-                crate::stats::inc(&self.stats.guest_protocol_errors);
-                warn!(connection = %connection, inbound_spi = format_args!("{spi:08x}"), "IKE guest kept a CHILD SA past its hard lifetime: the host removed it");
-            }
         }
         self.apply(now)
     }

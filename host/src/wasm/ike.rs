@@ -256,8 +256,8 @@ impl IkeState {
         self.derived.remove(&outbound);
         let peer = crate::control::children::socket_addr(&c.remote);
         let verified = self.verified_from.get(&d.lineage).copied();
+        let life = bounds.and_then(|b| b.hard_limits(&d.grant));
         // Raw ESP goes to the address alone; ESP in UDP to the port too.
-        let life = bounds.map(|b| b.hard_limits(&d.grant)).unwrap_or_default();
         let at_peer = match (peer, verified) {
             (Some(p), Some(v)) => p.ip() == v.ip() && (!c.encap || p.port() == v.port()),
             _ => false,
@@ -270,18 +270,32 @@ impl IkeState {
             KeyClaim::OutsideGrant
         } else if !bounds.is_some_and(|b| b.allow_transform(&d.grant, transform)) {
             KeyClaim::TransformNotOffered
-        } else if !limits_within(&life, c.limits.hard_bytes, c.limits.hard_packets) {
+        } else if !life.is_some_and(|l| limits_within(&l, c.limits.hard_bytes, c.limits.hard_packets)) {
             KeyClaim::BeyondLifetime
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
         } else {
-            return KeyClaim::Granted { lineage: d.lineage, life_ms: life.time_ms };
+            return KeyClaim::Granted { lineage: d.lineage, life_ms: life.map_or(0, |l| l.time_ms) };
         };
+        self.destroy_child_keys(outbound, inbound);
+        claim
+    }
+
+    /// An install refused before its claim (an address or a transform the
+    /// data plane cannot take): the pair it names, if derived here and not
+    /// installed yet, is gone as a refused claim's is.
+    pub fn forfeit_child_keys(&mut self, c: &ChildSa) {
+        if self.derived.get(&c.outbound_key).is_some_and(|d| d.inbound == c.inbound_key) {
+            self.derived.remove(&c.outbound_key);
+            self.destroy_child_keys(c.outbound_key, c.inbound_key);
+        }
+    }
+
+    fn destroy_child_keys(&mut self, outbound: u64, inbound: u64) {
         self.esp_keys.remove(outbound);
         self.esp_keys.remove(inbound);
         self.esp_exports.remove(&outbound);
         self.esp_exports.remove(&inbound);
-        claim
     }
 
     /// Where the peer of IKE SA lineage `lineage` last sent an IKE message
