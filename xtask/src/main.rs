@@ -8,6 +8,7 @@
 //! - `cargo xtask bench-tenants`  build, then the tenant scale benchmark
 //! - `cargo xtask bench-sas`  build, then the SA scale benchmark (10 to 100,000 CHILD SAs)
 //! - `cargo xtask bench-handshakes`  build, then IKEv2 setups as responder: wasmsec and strongSwan under one load
+//! - `cargo xtask bench-memory`  build, then the whole daemon's memory per SA with SAs a real IKE peer set up
 //! - `cargo xtask image`  build, then the container image as an OCI layout in target/image/oci
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
@@ -31,7 +32,7 @@ use packages::Group;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-sas|bench-tunnels|bench-handshakes|doctor> [args]\n\
+        "usage: cargo xtask <build|guests|demo|test|image|bench|bench-tenants|bench-sas|bench-tunnels|bench-handshakes|bench-memory|doctor> [args]\n\
          \n  build            release host binary + wasm components into target/\
          \n  guests           only the wasm components, the tests' hostile ones and the Python policies (componentize-py from PyPI; into $WASMSEC_COMPONENTS if set)\
          \n  demo [args]      build, then run `wasmsec demo [args]` (needs root)\
@@ -42,6 +43,7 @@ fn usage() -> ! {
          \n  bench-sas        build, then the SA scale benchmark (10, 1,000, 100,000 CHILD SAs: memory and lookup cost)\
          \n  bench-tunnels    build, then tunnel throughput: wasmsec, strongSwan libipsec, boringtun, wireguard-go in one run (needs root)\
          \n  bench-handshakes build, then IKEv2 setups as responder (sequential latency, setups per second and per CPU-second): wasmsec and strongSwan under the same load (needs root)\
+         \n  bench-memory     build, then the whole daemon's resident memory per CHILD SA, SAs set up by an IKE load generator (16,000 tunnels of their own IKE SA; 100,000 CHILD SAs in 1,000 IKE SAs) (needs root)\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
     std::process::exit(2)
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         "bench-sas" => bench("sa_scale"),
         "bench-tunnels" => bench_tunnels(),
         "bench-handshakes" => bench_handshakes(),
+        "bench-memory" => load_bench("the daemon memory benchmark", "tests/bench/daemon-memory.sh"),
         _ => usage(),
     };
     match r {
@@ -206,14 +209,20 @@ fn bench_tunnels() -> Result<bool> {
 /// IKEv2 setups as responder against strongSwan (tests/bench/handshakes.sh),
 /// driven by the load generator of tests/ikeload.
 fn bench_handshakes() -> Result<bool> {
-    require_root("the handshake benchmark")?;
+    load_bench("the handshake benchmark", "tests/bench/handshakes.sh")
+}
+
+/// A benchmark script that drives the responder with the load generator of
+/// tests/ikeload (built first).
+fn load_bench(what: &str, script: &str) -> Result<bool> {
+    require_root(what)?;
     prepare(Group::Test)?;
     build::all()?;
     if !run(Command::new(build::cargo()).current_dir(root()).args(["build", "--release", "-p", "wasmsec-ikeload"]))? {
         bail!("building the load generator failed");
     }
     run(Command::new("bash")
-        .arg(root().join("tests/bench/handshakes.sh"))
+        .arg(root().join(script))
         .current_dir(root())
         .env("IKELOAD", root().join("target/release/wasmsec-ikeload"))
         .env("WASMSEC_BIN", build::host_binary())

@@ -6,9 +6,12 @@ pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18
   [--in-flight 24] [--setups 5000] [--seconds 60] [--standing 0] [--responder-pid PID] [--label NAME]
   [--id load.bench.test (initiator N is iN.load.bench.test)] [--remote-id gwb.interop.test]
   [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
-  [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16]
+  [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16] [--children 1] [--hold 0]
 --standing N first sets up N IKE SAs and keeps them up while the setups are measured
 (deleted at the end), so the responder holds that many at once.
+--children K gives each IKE SA K CHILD SAs (the first in IKE_AUTH, the others by
+CREATE_CHILD_SA), child j for the j-th address of --local-ts; a setup counts when all are up.
+--hold S keeps the standing SAs up S seconds after the measured setups (a memory probe).
 Every source address must be local (e.g. `ip route add local 198.19.0.0/18 dev lo`);
 port 500 of them must be free.";
 
@@ -34,6 +37,10 @@ pub struct Args {
     pub remote_ts: String,
     pub proposals: String,
     pub esp: String,
+    /// CHILD SAs per IKE SA.
+    pub children: usize,
+    /// Seconds the standing SAs stay up after the measured setups.
+    pub hold: u64,
 }
 
 impl Args {
@@ -54,6 +61,8 @@ impl Args {
             remote_ts: "198.18.2.0/24".into(),
             proposals: "aes256gcm16-prfsha256-x25519".into(),
             esp: "aes256gcm16".into(),
+            children: 1,
+            hold: 0,
         };
         let mut sources = "198.19.0.0/18".to_string();
         while let Some(k) = it.next() {
@@ -75,6 +84,8 @@ impl Args {
                 "--remote-ts" => a.remote_ts = v,
                 "--proposals" => a.proposals = v,
                 "--esp" => a.esp = v,
+                "--children" => a.children = num("--children")? as usize,
+                "--hold" => a.hold = num("--hold")?,
                 _ => return Err(format!("unknown option {k}")),
             }
         }
@@ -88,6 +99,18 @@ impl Args {
                 a.sources.len(),
                 a.in_flight,
                 a.standing
+            ));
+        }
+        // No more initiators than setups can start (each takes the next
+        // free address): 65,000 idle connections cost the generator.
+        let usable =
+            a.in_flight.saturating_add(a.standing).saturating_add(usize::try_from(a.setups).unwrap_or(usize::MAX));
+        a.sources.truncate(usable);
+        let ts_addresses = crate::addresses(&a.local_ts).map_err(|e| format!("--local-ts: {e}"))?.len();
+        if a.children == 0 || (a.children > 1 && a.children > ts_addresses) {
+            return Err(format!(
+                "--children {}: at least 1, and at most the {ts_addresses} addresses of --local-ts {}",
+                a.children, a.local_ts
             ));
         }
         Ok(a)

@@ -16,7 +16,11 @@
 //!
 //! With `--standing N`, N setups come first and stay up (not measured),
 //! so the measured ones meet a responder that holds N IKE SAs; they are
-//! deleted at the end.
+//! deleted at the end (`--hold S` seconds after the measured setups: the
+//! daemon memory benchmark measures the responder meanwhile). With
+//! `--children K` each IKE SA has K CHILD SAs, the others made by
+//! CREATE_CHILD_SA (RFC 7296 section 1.3.1) once IKE_AUTH made the first;
+//! a setup counts when all K are installed.
 //!
 //! Output: one line of `key=value` pairs (see `Report`).
 use std::collections::HashMap;
@@ -50,7 +54,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(report) => {
             println!("{}", report.line(&args));
-            if report.done == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if report.done == 0 && args.setups > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Err(e) => {
             eprintln!("wasmsec-ikeload: {e}");
@@ -66,6 +70,8 @@ struct Initiator {
     busy: bool,
     /// When the setup in flight started.
     started: Option<Instant>,
+    /// CHILD SAs of the setup in flight installed so far.
+    installed: usize,
 }
 
 fn run(args: &Args) -> Result<Report, String> {
@@ -79,6 +85,7 @@ fn run(args: &Args) -> Result<Report, String> {
     let mut engine = Engine::new(timing);
     let mut inits = Vec::with_capacity(args.sources.len());
     let mut by_name = HashMap::new();
+    let ts_addrs = addresses(&args.local_ts)?;
     for (i, src) in args.sources.iter().enumerate() {
         let name = format!("i{i}");
         engine
@@ -93,19 +100,21 @@ fn run(args: &Args) -> Result<Report, String> {
                 remote_id: args.remote_id.clone(),
                 psk,
                 ike_proposals: args.proposals.clone(),
-                children: vec![ChildConfig {
-                    name: "load".into(),
-                    local_ts: vec![args.local_ts.clone()],
-                    remote_ts: vec![args.remote_ts.clone()],
-                    esp_proposals: args.esp.clone(),
-                    ..ChildConfig::default()
-                }],
+                children: (0..args.children)
+                    .map(|j| ChildConfig {
+                        name: format!("load{j}"),
+                        local_ts: vec![child_ts(&args.local_ts, &ts_addrs, args.children, j)],
+                        remote_ts: vec![args.remote_ts.clone()],
+                        esp_proposals: args.esp.clone(),
+                        ..ChildConfig::default()
+                    })
+                    .collect(),
                 // No rekeys, no liveness checks, no keepalives.
                 ..ConnectionConfig::default()
             })
             .map_err(|e| format!("connection {name}: {e:?}"))?;
         by_name.insert(name.clone(), i);
-        inits.push(Initiator { name, busy: false, started: None });
+        inits.push(Initiator { name, busy: false, started: None, installed: 0 });
     }
     // Port 500, and 4500 for when the engine moves there: after NAT
     // detection (RFC 7296 section 2.23), which strongSwan with
@@ -142,6 +151,7 @@ fn run(args: &Args) -> Result<Report, String> {
             engine.initiate(t, &inits[i].name, &mut crypto).map_err(|e| format!("initiate: {e:?}"))?;
             inits[i].busy = true;
             inits[i].started = Some(Instant::now());
+            inits[i].installed = 0;
             in_flight += 1;
             started += 1;
         }
@@ -161,12 +171,18 @@ fn run(args: &Args) -> Result<Report, String> {
                 report.finish();
                 Instant::now()
             });
-            // The standing SAs still up (one the responder deleted is not).
-            for i in kept.drain(..).filter(|&i| inits[i].busy) {
-                let t = now(&clock);
-                engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
+            // The standing SAs still up (one the responder deleted is not),
+            // after the hold.
+            let hold = Duration::from_secs(args.hold);
+            if since.elapsed() >= hold {
+                for i in kept.drain(..).filter(|&i| inits[i].busy) {
+                    let t = now(&clock);
+                    engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
+                }
             }
-            if engine.ike_sa_count() == 0 || since.elapsed() > Duration::from_secs(5) {
+            if since.elapsed() >= hold
+                && (engine.ike_sa_count() == 0 || since.elapsed() > hold + Duration::from_secs(5))
+            {
                 break;
             }
         }
@@ -180,6 +196,12 @@ fn run(args: &Args) -> Result<Report, String> {
             match c {
                 SaChange::Install(child) => {
                     let Some(&i) = by_name.get(&child.connection) else { continue };
+                    if inits[i].started.is_some() {
+                        inits[i].installed += 1;
+                    }
+                    if inits[i].installed < args.children {
+                        continue;
+                    }
                     if let Some(t0) = inits[i].started.take() {
                         in_flight -= 1;
                         if warming {
@@ -284,6 +306,12 @@ fn send_all(engine: &mut Engine, socks: [&Socket; 2], server: SocketAddrV4, repo
             report.send_error(&e);
         }
     }
+}
+
+/// The local traffic selector of child `j` of `children`: the whole of
+/// `local_ts` for one, else its `j`-th address (of `addrs`) alone.
+fn child_ts(local_ts: &str, addrs: &[Ipv4Addr], children: usize, j: usize) -> String {
+    if children == 1 { local_ts.to_string() } else { format!("{}/32", addrs[j]) }
 }
 
 /// The addresses of `cidr` (IPv4), without those ending in .0 or .255.
