@@ -4,61 +4,66 @@
 //! thousands, and every delete looks one up; a `Vec` made each delete a
 //! pass over the list and a move of its tail (#16, `STANDING` in
 //! `cargo xtask bench-handshakes`).
-use std::collections::{BTreeMap, HashMap};
+//!
+//! Memory per record counts at 100,000 CHILD SAs (`cargo xtask
+//! bench-memory`): the records are boxed, because a B-tree filled in
+//! ascending order leaves its nodes about half full, and a node of
+//! records 100-200 bytes each wasted about as much again; and an SPI's
+//! numbers are one set of (SPI, number) pairs rather than a vector per SPI
+//! (an allocation each).
+use std::collections::{BTreeMap, BTreeSet};
 
 /// See the module documentation. An SPI normally names one record; more
 /// are kept apart, not merged.
 pub struct BySpi<T> {
     /// By a running number of installation.
-    by_order: BTreeMap<u64, T>,
-    /// The numbers of each SPI's records.
-    numbers: HashMap<u32, Vec<u64>>,
+    by_order: BTreeMap<u64, Box<T>>,
+    /// Each record's SPI and number.
+    numbers: BTreeSet<(u32, u64)>,
     installs: u64,
 }
 
 impl<T> Default for BySpi<T> {
     fn default() -> Self {
-        BySpi { by_order: BTreeMap::new(), numbers: HashMap::new(), installs: 0 }
+        BySpi { by_order: BTreeMap::new(), numbers: BTreeSet::new(), installs: 0 }
     }
 }
 
 impl<T> BySpi<T> {
     pub fn insert(&mut self, spi: u32, record: T) {
         self.installs += 1;
-        self.numbers.entry(spi).or_default().push(self.installs);
-        self.by_order.insert(self.installs, record);
+        self.numbers.insert((spi, self.installs));
+        self.by_order.insert(self.installs, Box::new(record));
+    }
+
+    /// The numbers of `spi`'s records, oldest first.
+    fn numbers_of(&self, spi: u32) -> impl Iterator<Item = u64> + '_ {
+        self.numbers.range((spi, 0)..=(spi, u64::MAX)).map(|&(_, n)| n)
     }
 
     /// Take out the records of `spi` for which `pred` holds.
     pub fn remove(&mut self, spi: u32, pred: impl Fn(&T) -> bool) -> Vec<T> {
-        let Some(numbers) = self.numbers.get_mut(&spi) else { return Vec::new() };
-        let by_order = &mut self.by_order;
-        let mut gone = Vec::new();
-        numbers.retain(|n| match by_order.get(n) {
-            Some(r) if pred(r) => {
-                gone.extend(by_order.remove(n));
-                false
-            }
-            _ => true,
-        });
-        if numbers.is_empty() {
-            self.numbers.remove(&spi);
+        let going: Vec<u64> = self.numbers_of(spi).filter(|n| self.by_order.get(n).is_some_and(|r| pred(r))).collect();
+        let mut gone = Vec::with_capacity(going.len());
+        for n in going {
+            self.numbers.remove(&(spi, n));
+            gone.extend(self.by_order.remove(&n).map(|r| *r));
         }
         gone
     }
 
     /// The first record of `spi` still here.
     pub fn get(&self, spi: u32) -> Option<&T> {
-        self.numbers.get(&spi)?.iter().find_map(|n| self.by_order.get(n))
+        self.numbers_of(spi).find_map(|n| self.by_order.get(&n)).map(|r| &**r)
     }
 
     /// Every record, in installation order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.by_order.values()
+        self.by_order.values().map(|r| &**r)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.by_order.values_mut()
+        self.by_order.values_mut().map(|r| &mut **r)
     }
 }
 
@@ -83,7 +88,7 @@ mod tests {
         assert_eq!(pairs(&b), [(1, 10), (3, 30), (2, 21)]);
         assert_eq!(b.get(2), Some(&(2, 21)));
         assert_eq!(b.remove(2, |_| true).len(), 1);
-        assert!(!b.numbers.contains_key(&2), "no empty entry left behind");
+        assert_eq!(b.numbers_of(2).count(), 0, "no number left behind");
         assert_eq!(b.get(2), None);
         b.insert(4, (4, 40));
         assert_eq!(pairs(&b), [(1, 10), (3, 30), (4, 40)]);
