@@ -262,7 +262,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         remote_ts: vec![a],
         limits: Default::default(),
     };
-    (SaSet::new(ks.clone(), vec![out], vec![]), SaSet::new(ks, vec![], vec![inb]))
+    (SaSet::new(ks.clone(), vec![out], vec![]).expect("outbound"), SaSet::new(ks, vec![], vec![inb]).expect("inbound"))
 }
 
 /// The native engine over host buffers and the keystore.

@@ -110,7 +110,7 @@ fn sa_sets(n: u32) -> (SaSet, SaSet) {
             limits: Default::default(),
         });
     }
-    (SaSet::new(ks.clone(), out, vec![]), SaSet::new(ks, vec![], inb))
+    (SaSet::new(ks.clone(), out, vec![]).expect("outbound"), SaSet::new(ks, vec![], inb).expect("inbound"))
 }
 
 /// A batch of inner packets, the k-th to SA `pick(k)`'s remote host.

@@ -23,9 +23,10 @@ use crate::datapath::group::{Group, Groups};
 use crate::datapath::gso::GsoSend;
 use crate::datapath::guard::GuestGuard;
 use crate::datapath::link_send::LinkEsp;
-use crate::datapath::{Loop, Peer, Peers, SaSet};
+use crate::datapath::{Kept, Loop, Peer, Peers, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
+use crate::selectors::SaSelectors;
 use crate::stats::Stats;
 use crate::sys::{self, RawEsp, Tun};
 
@@ -60,8 +61,8 @@ pub fn built_components_dir() -> PathBuf {
 
 /// The SAs from `[[manual]]` blocks, with their keys put in the keystore.
 struct ManualSas {
-    outbound: Vec<OutboundSa>,
-    inbound: Vec<InboundSa>,
+    outbound: Vec<Kept<OutboundSa>>,
+    inbound: Vec<Kept<InboundSa>>,
     peers: Vec<Peer>,
     /// The guest group of each tunnel, in order.
     groups: Vec<usize>,
@@ -97,27 +98,31 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
         };
         let local: Vec<_> = m.local_ts.iter().map(config::Prefix::selector).collect();
         let remote: Vec<_> = m.remote_ts.iter().map(config::Prefix::selector).collect();
-        sas.outbound.push(OutboundSa {
+        let selectors = SaSelectors::of(&local, &remote)
+            .ok_or_else(|| anyhow::anyhow!("{at}: local_ts or remote_ts is not a selector the data path takes"))?;
+        let out = OutboundSa {
             spi: m.out_spi.0,
             key: load(&m.out_key, "out_key", true)?,
             peer: i as u32,
             esn: m.esn,
             next_seq: 1,
             pad_align: alg.pad_align(),
-            local_ts: local.clone(),
-            remote_ts: remote.clone(),
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
             limits: SaLimits::default(),
-        });
-        sas.inbound.push(InboundSa {
+        };
+        sas.outbound.push(Kept::new(out, selectors.clone()));
+        let inb = InboundSa {
             spi: m.in_spi.0,
             key: load(&m.in_key, "in_key", false)?,
             esn: m.esn,
             replay_window: m.replay_window,
             highest_seq: 0,
-            local_ts: local,
-            remote_ts: remote,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
             limits: SaLimits::default(),
-        });
+        };
+        sas.inbound.push(Kept::new(inb, selectors));
         sas.peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation });
         info!(
             tunnel = %m.name.get_ref(), peer = %m.remote_address, algorithm = alg.name(),
@@ -441,15 +446,15 @@ fn direction_groups(
     let mut groups = Groups::default();
     for domain in 0..domains {
         for component in 0..rt.esp_groups() {
-            let mut set = SaSet::new(ks.clone(), vec![], vec![]);
+            let mut set = SaSet::new(ks.clone(), vec![], vec![])?;
             let mine = manual.groups.iter().enumerate().filter(|(_, g)| domain == 0 && **g == component);
             for (i, _) in mine {
                 if outbound {
-                    groups.by_spi.insert(manual.outbound[i].spi, component);
-                    set.outbound.insert(manual.outbound[i].spi, manual.outbound[i].clone());
+                    groups.by_spi.insert(manual.outbound[i].sa.spi, component);
+                    set.outbound.insert(manual.outbound[i].sa.spi, manual.outbound[i].clone());
                 } else {
-                    groups.by_spi.insert(manual.inbound[i].spi, component);
-                    set.inbound.insert(manual.inbound[i].spi, manual.inbound[i].clone());
+                    groups.by_spi.insert(manual.inbound[i].sa.spi, component);
+                    set.inbound.insert(manual.inbound[i].sa.spi, manual.inbound[i].clone());
                 }
             }
             groups.list.push(Group::new(rt, component, domain, set)?);
@@ -558,8 +563,8 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     for (i, m) in cfg.manual.iter().enumerate() {
         let t = crate::stats::ManualTraffic { name: m.name.get_ref().clone(), ..Default::default() };
         let [inbound, outbound] = t.sas.clone();
-        out_traffic.insert(manual.outbound[i].spi, outbound);
-        in_traffic.insert(manual.inbound[i].spi, inbound);
+        out_traffic.insert(manual.outbound[i].sa.spi, outbound);
+        in_traffic.insert(manual.inbound[i].sa.spi, inbound);
         stats.manual.push(t);
     }
     stats.watch_socket("nat_t", &udp)?;

@@ -95,7 +95,8 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             limits: Default::default(),
         }],
         vec![],
-    );
+    )
+    .unwrap();
     let inb = SaSet::new(
         ks.clone(),
         vec![],
@@ -109,7 +110,8 @@ fn sa_sets(alg: EspAlgorithm, esn: bool) -> (SaSet, SaSet, Arc<Keystore>) {
             remote_ts: vec![lan_a()],
             limits: Default::default(),
         }],
-    );
+    )
+    .unwrap();
     (out, inb, ks)
 }
 
@@ -272,7 +274,8 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     assert_eq!(v[5], DecapVerdict::Deliver(80));
 
     // A record whose key is gone cannot be restored: a loud error, not a silent SA.
-    let broken = SaSet::new(Arc::new(Keystore::new()), out_set.outbound.values().cloned().collect(), vec![]);
+    let broken =
+        SaSet::new(Arc::new(Keystore::new()), out_set.outbound.values().map(|k| k.full()).collect(), vec![]).unwrap();
     assert!(broken.instantiate(&rt, 0, EspMemory::Slot).is_err());
 }
 
@@ -378,8 +381,8 @@ fn interleaved_sas_across_the_esn_boundary_in_one_batch() {
             limits: Default::default(),
         });
     }
-    let mut tx = SaSet::new(ks.clone(), outs, vec![]).instantiate(&rt, 0, EspMemory::Slot).unwrap();
-    let mut rx = SaSet::new(ks.clone(), vec![], ins).instantiate(&rt, 0, EspMemory::Slot).unwrap();
+    let mut tx = SaSet::new(ks.clone(), outs, vec![]).unwrap().instantiate(&rt, 0, EspMemory::Slot).unwrap();
+    let mut rx = SaSet::new(ks.clone(), vec![], ins).unwrap().instantiate(&rt, 0, EspMemory::Slot).unwrap();
     let inner: Vec<Vec<u8>> =
         (0..8u8).map(|i| icmp(80 + usize::from(i), [198, 18, 1, 10], [198, 18, 2 + i % 2, 10])).collect();
     load(&mut tx, &inner);

@@ -125,7 +125,7 @@ impl ControlPlane {
                     // section 2.8): make-before-break, the old SA deleted
                     // once the new one carries traffic.
                     let spis: Vec<u32> =
-                        self.children.installed().filter(|c| c.connection == name).map(|c| c.inbound_spi).collect();
+                        self.children.installed().filter(|c| *c.connection == *name).map(|c| c.inbound_spi).collect();
                     if spis.is_empty() {
                         Err(Refusal::new(409, format!("connection {name:?} has no CHILD SA to rekey")))
                     } else {
@@ -203,7 +203,7 @@ impl ControlPlane {
                 "tenant": self.ike.store.data().policy.tenant_of.get(&c.name),
                 "children": children,
                 "ike_sas": self.children.ike_sas.values().filter(|s| s.connection == c.name).count(),
-                "child_sas": self.children.installed().filter(|s| s.connection == c.name).count(),
+                "child_sas": self.children.installed().filter(|s| *s.connection == *c.name).count(),
             }));
         }
         Ok(json!({ "connections": list }))

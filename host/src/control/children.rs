@@ -15,10 +15,11 @@ use tracing::warn;
 use super::bounds::ConnectionBounds;
 use crate::by_spi::BySpi;
 use crate::config::Encapsulation;
-use crate::datapath::Peer;
 use crate::datapath::channel::{SaCommand, Sender};
+use crate::datapath::{Kept, Peer};
 use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
+use crate::selectors::{self, SaSelectors};
 use crate::stats::{SaPairTraffic, SaTraffic, TRAFFIC_FIELDS, Traffic, traffic};
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
 use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState, KeyClaim};
@@ -36,6 +37,14 @@ pub fn socket_addr(e: &Endpoint) -> Option<SocketAddr> {
 
 fn hex32<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:08x}"))
+}
+
+fn as_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+fn alg_name<S: serde::Serializer>(v: &EspAlgorithm, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.name())
 }
 
 fn hex64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -68,12 +77,16 @@ pub struct IkeInfo {
 /// A CHILD SA as the admin view shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChildInfo {
-    /// The connection's name.
-    pub connection: String,
+    /// The connection's name (one copy for all its CHILD SAs: a PoP holds
+    /// 100,000, see `Children::name`).
+    #[serde(serialize_with = "as_str")]
+    pub connection: Arc<str>,
     /// The CHILD config's name within the connection.
-    pub child: String,
-    /// The ESP transform, strongSwan syntax (`aes256gcm16`).
-    pub proposal: String,
+    #[serde(serialize_with = "as_str")]
+    pub child: Arc<str>,
+    /// The ESP transform, shown in strongSwan syntax (`aes256gcm16`).
+    #[serde(serialize_with = "alg_name")]
+    pub proposal: EspAlgorithm,
     /// Our SPI of the IKE SA it belongs to.
     #[serde(serialize_with = "hex64")]
     pub ike_spi: u64,
@@ -83,12 +96,12 @@ pub struct ChildInfo {
     /// The peer's SPI: we write it into the ESP we send.
     #[serde(serialize_with = "hex32")]
     pub outbound_spi: u32,
-    /// Our side's traffic selectors.
-    pub local_ts: Vec<String>,
-    /// The peer's side's traffic selectors.
-    pub remote_ts: Vec<String>,
+    /// Both sides' traffic selectors, shared with the data path's two
+    /// halves; shown as `local_ts` and `remote_ts`.
+    #[serde(skip)]
+    pub selectors: Arc<SaSelectors>,
     /// The peer's address and port; follows its NAT mapping.
-    pub peer: String,
+    pub peer: SocketAddr,
     /// ESP in UDP (false: raw ESP).
     pub encap: bool,
     /// Traffic of the inbound and the outbound SA, counted by the data path.
@@ -113,6 +126,8 @@ impl ChildInfo {
     /// schedules them now (null: not by time, or a rekey under way).
     pub fn json(&self, schedule: Option<&ChildSchedule>) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["local_ts"] = selectors::show(&self.selectors.local).into();
+        v["remote_ts"] = selectors::show(&self.selectors.remote).into();
         let secs = |ms: Option<u64>| ms.map(|ms| ms / 1000);
         v["rekey_in_s"] = secs(schedule.and_then(|s| s.rekey_in_ms)).into();
         v["expire_in_s"] = secs(schedule.and_then(|s| s.expire_in_ms)).into();
@@ -122,6 +137,9 @@ impl ChildInfo {
         v
     }
 }
+
+/// Connection and CHILD config names kept once for all CHILD SAs.
+const MAX_NAMES: usize = 4096;
 
 /// The data path's SAs as the control thread tracks them.
 pub struct Children {
@@ -136,7 +154,7 @@ pub struct Children {
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
     /// Outbound SAs of rekeys we answered, waiting for their activation.
-    deferred: HashMap<u32, (OutboundSa, Peer, usize, Arc<SaTraffic>)>,
+    deferred: HashMap<u32, (Kept<OutboundSa>, Peer, usize, Arc<SaTraffic>)>,
     /// The traffic of deleted CHILD SAs, by connection, so that the totals
     /// per connection never go back.
     retired: BTreeMap<String, Traffic>,
@@ -169,6 +187,9 @@ pub struct Children {
     ike_peers: HashMap<Ipv4Addr, u32>,
     /// Installed CHILD SAs, by our inbound SPI.
     list: BySpi<ChildInfo>,
+    /// The connection and CHILD config names the CHILD SAs show, one copy
+    /// each (at most [`MAX_NAMES`]; the guest names them).
+    names: HashSet<Arc<str>>,
     /// Tests only: inbound SPIs of requests of ours awaiting their answer.
     expected: HashSet<u32>,
     /// Tests only: how long to wait before installing a CHILD SA we asked
@@ -198,12 +219,27 @@ impl Children {
             ike_sas: BTreeMap::new(),
             ike_peers: HashMap::new(),
             list: BySpi::default(),
+            names: HashSet::new(),
             expected: HashSet::new(),
             test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(std::time::Duration::from_millis),
         }
+    }
+
+    /// `name` as the CHILD SAs keep it: the copy already kept, or a new
+    /// one, kept while there are fewer than [`MAX_NAMES`] (names a guest
+    /// made up beyond those are each the SA's own).
+    fn name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(n.clone());
+        }
+        n
     }
 
     /// When the next lingering inbound SA ends, or a CHILD SA is due to
@@ -225,7 +261,7 @@ impl Children {
             }
             self.overdue.pop_first();
             let Some(c) = self.list.get(spi).filter(|c| c.keys.0 == key) else { continue };
-            gone.push((c.connection.clone(), spi));
+            gone.push((c.connection.to_string(), spi));
             let d = ChildDeleted {
                 ike_spi: c.ike_spi,
                 inbound_spi: spi,
@@ -329,6 +365,11 @@ impl Children {
             ike.forfeit_child_keys(&c);
             return false;
         };
+        let Some(selectors) = SaSelectors::of(&c.local_ts, &c.remote_ts) else {
+            warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed a CHILD SA with a malformed traffic selector: refused");
+            ike.forfeit_child_keys(&c);
+            return false;
+        };
         let (lineage, life_ms) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
             KeyClaim::Granted { lineage, life_ms } => (lineage, life_ms),
             KeyClaim::NotDerived => {
@@ -384,15 +425,18 @@ impl Children {
             traffic: traffic[0].clone(),
             outbound_spi: Some(c.outbound_spi),
             peer: float_peer,
-            sa: InboundSa {
-                spi: c.inbound_spi,
-                key: c.inbound_key,
-                esn: c.esn,
-                replay_window: self.replay_window,
-                highest_seq: 0,
-                local_ts: c.local_ts.clone(),
-                remote_ts: c.remote_ts.clone(),
-                limits,
+            sa: Kept {
+                sa: InboundSa {
+                    spi: c.inbound_spi,
+                    key: c.inbound_key,
+                    esn: c.esn,
+                    replay_window: self.replay_window,
+                    highest_seq: 0,
+                    local_ts: Vec::new(),
+                    remote_ts: Vec::new(),
+                    limits,
+                },
+                selectors: selectors.clone(),
             },
         });
         let out = OutboundSa {
@@ -402,10 +446,11 @@ impl Children {
             esn: c.esn,
             next_seq: 1,
             pad_align: alg.pad_align(),
-            local_ts: c.local_ts.clone(),
-            remote_ts: c.remote_ts.clone(),
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
             limits,
         };
+        let out = Kept { sa: out, selectors: selectors.clone() };
         self.export_keys(&c, remote, ike);
         if c.outbound_deferred {
             self.deferred.insert(c.outbound_spi, (out, peer, group, traffic[1].clone()));
@@ -416,18 +461,18 @@ impl Children {
         if due > 0 {
             self.overdue.insert((due, c.inbound_spi, c.inbound_key));
         }
+        let (connection, child) = (self.name(&c.connection), self.name(&c.child));
         self.list.insert(
             c.inbound_spi,
             ChildInfo {
-                connection: c.connection.clone(),
-                child: c.child.clone(),
-                proposal: alg.name(),
+                connection,
+                child,
+                proposal: alg,
                 ike_spi: c.ike_spi,
                 inbound_spi: c.inbound_spi,
                 outbound_spi: c.outbound_spi,
-                local_ts: c.local_ts.iter().map(crate::config::show_ts).collect(),
-                remote_ts: c.remote_ts.iter().map(crate::config::show_ts).collect(),
-                peer: remote.to_string(),
+                selectors,
+                peer: remote,
                 encap: c.encap,
                 traffic,
                 keys: (c.inbound_key, c.outbound_key),
@@ -471,7 +516,7 @@ impl Children {
         }
         let mut their_ike_sas = Vec::new();
         for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
-            c.peer = to.to_string();
+            c.peer = SocketAddr::V4(to);
             their_ike_sas.push(c.ike_spi);
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
             self.outbound.send_quiet(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
@@ -517,7 +562,7 @@ impl Children {
             } else {
                 self.lingering.push(Reverse((now + u64::from(d.keep_inbound_ms), c.inbound_spi, inbound_key)));
             }
-            let r = self.retired.entry(c.connection.clone()).or_default();
+            let r = self.retired.entry(c.connection.to_string()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
             }
@@ -581,7 +626,7 @@ impl Children {
     pub fn traffic_by_connection(&self) -> BTreeMap<String, Traffic> {
         let mut t = self.retired.clone();
         for c in self.installed() {
-            let r = t.entry(c.connection.clone()).or_default();
+            let r = t.entry(c.connection.to_string()).or_default();
             for (total, n) in r.iter_mut().zip(traffic(&c.traffic)) {
                 *total += n;
             }
@@ -628,15 +673,14 @@ mod tests {
 
     fn child(ike_spi: u64, inbound_spi: u32) -> ChildInfo {
         ChildInfo {
-            connection: format!("c{ike_spi}"),
+            connection: format!("c{ike_spi}").into(),
             child: "lan".into(),
-            proposal: String::new(),
+            proposal: EspAlgorithm::Aes256Gcm16,
             ike_spi,
             inbound_spi,
             outbound_spi: inbound_spi + 0x1000,
-            local_ts: Vec::new(),
-            remote_ts: Vec::new(),
-            peer: String::new(),
+            selectors: SaSelectors::of(&[], &[]).expect("no selectors"),
+            peer: SocketAddr::from(([192, 0, 2, 1], 4500)),
             encap: true,
             traffic: Default::default(),
             keys: (0, 0),

@@ -625,7 +625,7 @@ impl ControlPlane {
             }
         }
         for c in self.children.installed() {
-            *v.child_sas.entry(c.connection.clone()).or_default() += 1;
+            *v.child_sas.entry(c.connection.to_string()).or_default() += 1;
         }
         v.traffic = self.children.traffic_by_connection();
         v.policy = self.ike.store.data().policy.snapshot();

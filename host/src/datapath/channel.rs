@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use super::Kept;
 use super::Peer;
 use crate::stats::SaTraffic;
 use crate::wasm::esp::{InboundSa, OutboundSa};
@@ -19,7 +20,7 @@ use crate::wasm::esp::{InboundSa, OutboundSa};
 pub enum SaCommand {
     /// Send on `sa` to `peer`, in guest group `group` (see `group`).
     AddOutbound {
-        sa: OutboundSa,
+        sa: Kept<OutboundSa>,
         peer: Peer,
         group: usize,
         traffic: Arc<SaTraffic>,
@@ -32,7 +33,7 @@ pub enum SaCommand {
     /// `outbound_spi` and `peer` name the SA pair's other half and where its
     /// ESP goes, so the peer's address can float (NAT-T).
     AddInbound {
-        sa: InboundSa,
+        sa: Kept<InboundSa>,
         outbound_spi: Option<u32>,
         peer: Option<SocketAddrV4>,
         group: usize,

@@ -13,7 +13,7 @@ use crate::keys::{EspAlgorithm, EspKey};
 use crate::wasm::esp::TrafficSelector;
 
 pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
-    let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![])).expect("group 0");
+    let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![]).expect("empty")).expect("group 0");
     Loop {
         runtime: rt,
         groups: Groups { list: vec![group], by_spi: Default::default() },
@@ -87,7 +87,7 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     let mut installed = 0u32;
     let err = loop {
         assert!(installed < 100_000, "the guest's memory never ran out");
-        match l.install(0, None, Some(sa(0x1000 + installed, 500))) {
+        match l.install(0, None, Kept::of_full(sa(0x1000 + installed, 500))) {
             Ok(Installed::Yes) => installed += 1,
             Ok(Installed::Gone) => panic!("its key is there"),
             Err(e) => break e,
@@ -101,7 +101,7 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     // before it can check anything: that allocation traps. The instance is
     // replaced at once with the group's recorded SAs, which this one has
     // not joined.
-    let err = l.install(0, None, Some(sa(0x9000_0000, 20_000))).expect_err("no room for 20,000 selectors");
+    let err = l.install(0, None, Kept::of_full(sa(0x9000_0000, 20_000))).expect_err("no room for 20,000 selectors");
     assert!(format!("{err:#}").contains("trapped"), "{err:#}");
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1);
     let group = &mut l.groups.list[0];
@@ -113,14 +113,14 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
     assert!(inst.take_expiries().expect("the replacement answers").is_empty());
     // With the last 20 SAs gone, it takes a new one and lists them all.
     for spi in 0x1000 + installed - 20..0x1000 + installed {
-        let key = l.groups.list[0].sas.inbound.get(spi).expect("recorded").key;
+        let key = l.groups.list[0].sas.inbound.get(spi).expect("recorded").sa.key;
         let (gone, r) =
-            l.remove(spi, key, Direction::Inbound, |sas| &mut sas.inbound, |sa| sa.key, EspInstance::remove_inbound);
+            l.remove(spi, key, Direction::Inbound, |sas| &mut sas.inbound, |k| k.sa.key, EspInstance::remove_inbound);
         assert!(gone.len() == 1 && r.is_ok(), "SA {spi:#x} removed: {r:?}");
     }
     let mut one = sa(0x9999_0000, 1);
     one.remote_ts = vec![ts(0x0b00_0000)];
-    l.install(0, None, Some(one)).expect("installed in the replacement");
+    l.install(0, None, Kept::of_full(one)).expect("installed in the replacement");
     let inst = l.groups.list[0].inst.as_mut().expect("an instance");
     assert_eq!(inst.sa_states().expect("states").len(), installed as usize - 19);
     assert_eq!(l.stats.guest_restarts.load(Ordering::Relaxed), 1, "no further replacement");
@@ -142,7 +142,16 @@ fn add_inbound(ks: &Keystore, spi: u32, fill: u8, group: usize) -> (u64, SaComma
         remote_ts: vec![ts],
         limits: Default::default(),
     };
-    (key, SaCommand::AddInbound { sa, outbound_spi: None, peer: None, group, traffic: Default::default() })
+    (
+        key,
+        SaCommand::AddInbound {
+            sa: Kept::of_full(sa).expect("selectors"),
+            outbound_spi: None,
+            peer: None,
+            group,
+            traffic: Default::default(),
+        },
+    )
 }
 
 #[test]
@@ -200,7 +209,12 @@ fn an_sa_deleted_before_its_install_came_is_no_failure() {
         port: 4500,
         encapsulation: crate::config::Encapsulation::Udp,
     };
-    assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+    assert!(to_loop.send(SaCommand::AddOutbound {
+        sa: Kept::of_full(sa).expect("selectors"),
+        peer,
+        group: 0,
+        traffic: Default::default()
+    }));
     assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x3000, key }));
     assert!(ks.remove(key), "the control thread destroys the key at the delete");
     l.apply_commands(true);
@@ -217,7 +231,8 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
     // host can: without the check, the new SA took the SPI's routing and
     // its removal left the first one without any.
     let (mut l, ks, to_loop, reports) = wired_loop();
-    let other = group::Group::new(&l.runtime, 0, 1, SaSet::new(ks.clone(), vec![], vec![])).expect("group 1");
+    let other =
+        group::Group::new(&l.runtime, 0, 1, SaSet::new(ks.clone(), vec![], vec![]).expect("empty")).expect("group 1");
     l.groups.list.push(other);
     let add = |group, fill| add_inbound(&ks, 0x4000, fill, group);
     let (first, add_first) = add(0, 1);
@@ -238,7 +253,7 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
     assert!(to_loop.send(SaCommand::RemoveInbound { spi: 0x4000, key: refused }));
     l.apply_commands(true);
     assert_eq!(l.groups.by_spi.get(&0x4000), Some(&0), "still routed");
-    assert_eq!(l.groups.list[0].sas.inbound.get(0x4000).map(|sa| sa.key), Some(first), "still recorded");
+    assert_eq!(l.groups.list[0].sas.inbound.get(0x4000).map(|k| k.sa.key), Some(first), "still recorded");
     let inst = l.groups.list[0].inst.as_mut().expect("the first group's instance");
     assert_eq!(inst.sa_states().expect("states").len(), 1, "still in the guest");
     // Its own removal takes it.

@@ -20,6 +20,7 @@ pub mod hold;
 pub mod inbound;
 #[cfg(test)]
 mod install_tests;
+pub mod kept;
 pub mod link_send;
 pub mod outbound;
 pub mod peers;
@@ -46,6 +47,7 @@ use crate::wasm::esp::{DropReason, EspInstance, InboundSa, OutboundSa};
 use crate::wasm::{EspMemory, GUEST_REASON_CHARS, Runtime, guest_text};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
+pub use kept::Kept;
 pub use peers::{Peer, Peers};
 
 /// How often a loop asks its guests for SA expiries (not per batch: the
@@ -63,9 +65,9 @@ pub struct SaSet {
     /// Where the keys live.
     pub keystore: Arc<Keystore>,
     /// Outbound SAs as installed, by SPI.
-    pub outbound: BySpi<OutboundSa>,
+    pub outbound: BySpi<Kept<OutboundSa>>,
     /// Inbound SAs as installed, by SPI.
-    pub inbound: BySpi<InboundSa>,
+    pub inbound: BySpi<Kept<InboundSa>>,
 }
 
 impl SaSet {
@@ -74,33 +76,39 @@ impl SaSet {
         self.outbound.values().next().is_none() && self.inbound.values().next().is_none()
     }
 
-    /// A set holding these SAs.
-    pub fn new(keystore: Arc<Keystore>, outbound: Vec<OutboundSa>, inbound: Vec<InboundSa>) -> SaSet {
+    /// A set holding these SAs; an error if one has a malformed selector.
+    pub fn new(keystore: Arc<Keystore>, outbound: Vec<OutboundSa>, inbound: Vec<InboundSa>) -> Result<SaSet> {
         let mut set = SaSet { keystore, outbound: BySpi::default(), inbound: BySpi::default() };
         for sa in outbound {
-            set.outbound.insert(sa.spi, sa);
+            let spi = sa.spi;
+            let k = Kept::of_full(sa).ok_or_else(|| anyhow::anyhow!("outbound SA {spi:#x}: a malformed selector"))?;
+            set.outbound.insert(spi, k);
         }
         for sa in inbound {
-            set.inbound.insert(sa.spi, sa);
+            let spi = sa.spi;
+            let k = Kept::of_full(sa).ok_or_else(|| anyhow::anyhow!("inbound SA {spi:#x}: a malformed selector"))?;
+            set.inbound.insert(spi, k);
         }
-        set
+        Ok(set)
     }
 
     /// A new instance of ESP component `component` in `memory` with these
     /// SAs installed and their keys granted.
     pub fn instantiate(&self, rt: &Runtime, component: usize, memory: EspMemory) -> Result<EspInstance> {
         let mut inst = rt.esp_instance_of(component, memory)?;
-        for sa in self.outbound.values() {
-            let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
-            let mut sa = sa.clone();
+        for k in self.outbound.values() {
+            let key =
+                self.keystore.get(k.sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", k.sa.spi))?;
+            let mut sa = k.full();
             // The guest chose the numbers it sealed with: the last may be the largest.
             sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Seal { spi: sa.spi, peer: sa.peer });
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
-        for sa in self.inbound.values() {
-            let key = self.keystore.get(sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", sa.spi))?;
-            let mut sa = sa.clone();
+        for k in self.inbound.values() {
+            let key =
+                self.keystore.get(k.sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", k.sa.spi))?;
+            let mut sa = k.full();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi });
             inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
@@ -340,18 +348,18 @@ impl Loop {
         let commands = if woken { inbox.drain() } else { inbox.take_queued() };
         for m in commands {
             let installing = match &m {
-                SaCommand::AddOutbound { sa, .. } => Some(sa.spi),
-                SaCommand::AddInbound { sa, .. } => Some(sa.spi),
+                SaCommand::AddOutbound { sa, .. } => Some(sa.sa.spi),
+                SaCommand::AddInbound { sa, .. } => Some(sa.sa.spi),
                 _ => None,
             };
             let r = match m {
-                SaCommand::AddOutbound { mut sa, peer, group, traffic } => {
-                    sa.peer = self.peers.intern(peer);
+                SaCommand::AddOutbound { sa: mut k, peer, group, traffic } => {
+                    k.sa.peer = self.peers.intern(peer);
                     // Debug, not info: the control thread has logged the
                     // CHILD SA with its SPIs; a PoP sets up thousands a second.
-                    debug!(spi = format_args!("{:08x}", sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
-                    let (index, spi) = (sa.peer, sa.spi);
-                    let r = self.install(group, Some(sa), None);
+                    debug!(spi = format_args!("{:08x}", k.sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
+                    let (index, spi) = (k.sa.peer, k.sa.spi);
+                    let r = self.install(group, Some(k), None);
                     // Only an SA installed gets the SPI's counters: a refused
                     // one (its SPI another SA's) must not take them over.
                     if matches!(r, Ok(Installed::Yes)) {
@@ -367,7 +375,7 @@ impl Loop {
                     Ok(())
                 }
                 SaCommand::AddInbound { sa, outbound_spi, peer, group, traffic } => {
-                    let spi = sa.spi;
+                    let spi = sa.sa.spi;
                     self.hold.settled(spi);
                     debug!(spi = format_args!("{spi:08x}"), group, "data path: accepting on inbound SA");
                     let r = self.install(group, None, Some(sa));
@@ -384,7 +392,7 @@ impl Loop {
                 SaCommand::MovePeer { outbound_spi, peer } => {
                     let group = self.groups.by_spi.get(&outbound_spi).and_then(|&g| self.groups.list.get(g));
                     let sa = group.and_then(|g| g.sas.outbound.get(outbound_spi));
-                    if let Some(was) = sa.map(|sa| sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
+                    if let Some(was) = sa.map(|k| k.sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
                         info!(from = %was.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
                     }
                     Ok(())
@@ -395,15 +403,15 @@ impl Loop {
                         key,
                         Direction::Outbound,
                         |sas| &mut sas.outbound,
-                        |sa| sa.key,
+                        |k| k.sa.key,
                         EspInstance::remove_outbound,
                     );
                     if !gone.is_empty() {
                         self.traffic.remove(&spi);
                         debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     }
-                    for sa in gone {
-                        self.peers.release(sa.peer);
+                    for k in gone {
+                        self.peers.release(k.sa.peer);
                     }
                     self.count_peers();
                     r
@@ -430,7 +438,7 @@ impl Loop {
                         key,
                         Direction::Inbound,
                         |sas| &mut sas.inbound,
-                        |sa| sa.key,
+                        |k| k.sa.key,
                         EspInstance::remove_inbound,
                     );
                     if !gone.is_empty() {
@@ -476,7 +484,7 @@ impl Loop {
         }
         let keystore = self.groups.list[0].sas.keystore.clone();
         for k in 0..components {
-            let set = SaSet::new(keystore.clone(), vec![], vec![]);
+            let set = SaSet::new(keystore.clone(), vec![], vec![])?;
             self.groups.list.push(group::Group::new(&self.runtime, k, domain, set)?);
         }
         info!(domain, tun = tun.name(), "data path: tenant domain added");
@@ -525,8 +533,8 @@ impl Loop {
         (gone, r)
     }
 
-    fn install(&mut self, g: usize, out: Option<OutboundSa>, inb: Option<InboundSa>) -> Result<Installed> {
-        let (handle, spi, key_use) = match (&out, &inb) {
+    fn install(&mut self, g: usize, out: Option<Kept<OutboundSa>>, inb: Option<Kept<InboundSa>>) -> Result<Installed> {
+        let (handle, spi, key_use) = match (out.as_ref().map(|k| &k.sa), inb.as_ref().map(|k| &k.sa)) {
             (Some(sa), _) => (sa.key, sa.spi, KeyUse::Seal { spi: sa.spi, peer: sa.peer }),
             (None, Some(sa)) => (sa.key, sa.spi, KeyUse::Open { spi: sa.spi }),
             (None, None) => return Ok(Installed::Gone),
@@ -624,28 +632,28 @@ enum Installed {
 fn install_into(
     inst: &mut EspInstance,
     sas: &mut SaSet,
-    out: Option<OutboundSa>,
-    inb: Option<InboundSa>,
+    out: Option<Kept<OutboundSa>>,
+    inb: Option<Kept<InboundSa>>,
 ) -> Result<Result<()>> {
     if let Some(sa) = out {
-        if let Err(e) = inst.install_outbound(&sa)? {
+        if let Err(e) = inst.install_outbound(&sa.full())? {
             return Ok(Err(anyhow::anyhow!(
                 "outbound SA {:#010x} refused by the guest: {}",
-                sa.spi,
+                sa.sa.spi,
                 guest_text(&e, GUEST_REASON_CHARS)
             )));
         }
-        sas.outbound.insert(sa.spi, sa);
+        sas.outbound.insert(sa.sa.spi, sa);
     }
     if let Some(sa) = inb {
-        if let Err(e) = inst.install_inbound(&sa)? {
+        if let Err(e) = inst.install_inbound(&sa.full())? {
             return Ok(Err(anyhow::anyhow!(
                 "inbound SA {:#010x} refused by the guest: {}",
-                sa.spi,
+                sa.sa.spi,
                 guest_text(&e, GUEST_REASON_CHARS)
             )));
         }
-        sas.inbound.insert(sa.spi, sa);
+        sas.inbound.insert(sa.sa.spi, sa);
     }
     Ok(Ok(()))
 }

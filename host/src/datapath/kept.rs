@@ -1,0 +1,66 @@
+//! An SA as a data-path thread keeps it, to rebuild a trapped guest: the
+//! guest's record without its selector lists, and the selectors that its
+//! CHILD SA's two halves and the control thread's view share
+//! ([`crate::selectors`]: the lists took about a tenth of the daemon's
+//! memory per CHILD SA). The full record is made again for each guest call
+//! that installs the SA.
+use std::sync::Arc;
+
+use crate::selectors::SaSelectors;
+use crate::wasm::esp::{InboundSa, OutboundSa, TrafficSelector};
+
+#[derive(Debug, Clone)]
+pub struct Kept<S> {
+    /// The record, its `local_ts` and `remote_ts` empty.
+    pub sa: S,
+    pub selectors: Arc<SaSelectors>,
+}
+
+/// The two WIT SA records, whose selector lists [`Kept`] holds apart.
+pub trait SelectorLists: Clone {
+    fn set_lists(&mut self, local: Vec<TrafficSelector>, remote: Vec<TrafficSelector>);
+    fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]);
+}
+
+impl SelectorLists for InboundSa {
+    fn set_lists(&mut self, local: Vec<TrafficSelector>, remote: Vec<TrafficSelector>) {
+        (self.local_ts, self.remote_ts) = (local, remote);
+    }
+
+    fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]) {
+        (&self.local_ts, &self.remote_ts)
+    }
+}
+
+impl SelectorLists for OutboundSa {
+    fn set_lists(&mut self, local: Vec<TrafficSelector>, remote: Vec<TrafficSelector>) {
+        (self.local_ts, self.remote_ts) = (local, remote);
+    }
+
+    fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]) {
+        (&self.local_ts, &self.remote_ts)
+    }
+}
+
+impl<S: SelectorLists> Kept<S> {
+    /// Keep `sa` with `selectors`; lists it carries are dropped.
+    pub fn new(mut sa: S, selectors: Arc<SaSelectors>) -> Kept<S> {
+        sa.set_lists(Vec::new(), Vec::new());
+        Kept { sa, selectors }
+    }
+
+    /// Keep a whole record, its lists as the selectors; none if one of
+    /// them is malformed.
+    pub fn of_full(sa: S) -> Option<Kept<S>> {
+        let (local, remote) = sa.lists();
+        let selectors = SaSelectors::of(local, remote)?;
+        Some(Kept::new(sa, selectors))
+    }
+
+    /// The whole record, for the guest.
+    pub fn full(&self) -> S {
+        let mut sa = self.sa.clone();
+        sa.set_lists(self.selectors.local_wit(), self.selectors.remote_wit());
+        sa
+    }
+}
