@@ -26,9 +26,9 @@ use crate::datapath::link_send::LinkEsp;
 use crate::datapath::{Kept, Loop, Peer, Peers, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
-use crate::selectors::SaSelectors;
 use crate::stats::Stats;
 use crate::sys::{self, RawEsp, Tun};
+use crate::wasm::selectors::SaSelectors;
 
 /// Send and receive buffer of the ESP-in-UDP socket.
 const SOCKET_BUFFER: usize = 4 << 20;

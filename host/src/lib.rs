@@ -33,7 +33,6 @@ pub mod ops;
 pub mod output_hooks;
 pub mod packet;
 pub mod policy;
-pub mod selectors;
 pub mod stats;
 pub mod sys;
 pub mod telemetry;

@@ -19,10 +19,10 @@ use crate::datapath::channel::{SaCommand, Sender};
 use crate::datapath::{Kept, Peer};
 use crate::keylog;
 use crate::keys::{EspAlgorithm, Keystore};
-use crate::selectors::{self, SaSelectors};
 use crate::stats::{SaPairTraffic, SaTraffic, TRAFFIC_FIELDS, Traffic, traffic};
 use crate::wasm::esp::{InboundSa, OutboundSa, SaLimits};
 use crate::wasm::ike::{ChildDeleted, ChildSa, ChildSchedule, Endpoint, IkeSaUp, IkeState, KeyClaim};
+use crate::wasm::selectors::{self, SaSelectors};
 use crate::wasm::{GUEST_REASON_CHARS, guest_text};
 
 /// A WIT endpoint as a socket address.

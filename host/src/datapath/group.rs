@@ -15,8 +15,8 @@ use wasmsec_wire::own_keys::OwnKeys;
 use super::SaSet;
 use super::guard::GuestGuard;
 use crate::packet::PacketBuf;
-use crate::selectors::Selector;
 use crate::wasm::esp::EspInstance;
+use crate::wasm::selectors::Selector;
 use crate::wasm::{EspMemory, Runtime};
 
 /// One group's guest in one direction.

@@ -1,13 +1,13 @@
 //! An SA as a data-path thread keeps it, to rebuild a trapped guest: the
 //! guest's record without its selector lists, and the selectors that its
 //! CHILD SA's two halves and the control thread's view share
-//! ([`crate::selectors`]: the lists took about a tenth of the daemon's
+//! ([`crate::wasm::selectors`]: the lists took about a tenth of the daemon's
 //! memory per CHILD SA). The full record is made again for each guest call
 //! that installs the SA.
 use std::sync::Arc;
 
-use crate::selectors::SaSelectors;
 use crate::wasm::esp::{InboundSa, OutboundSa, TrafficSelector};
+use crate::wasm::selectors::SaSelectors;
 
 #[derive(Debug, Clone)]
 pub struct Kept<S> {

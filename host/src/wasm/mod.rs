@@ -1,7 +1,8 @@
 //! The only module that knows wasmtime. It owns `bindgen!` ([`bindings`]),
 //! the sandbox every guest runs in ([`sandbox`]), and the two components'
 //! host sides ([`esp`], [`ike`]); [`Runtime`] compiles them once and makes
-//! instances.
+//! instances. [`selectors`] keeps the WIT traffic selectors of installed
+//! SAs in a compact form between calls.
 //!
 //! Guests get no WASI at all: the ESP component imports only
 //! `wasmsec:crypto/{types,packets}`, the IKE component randomness and the
@@ -14,6 +15,7 @@ pub mod ike;
 mod memory_slots;
 pub mod policy;
 pub(crate) mod sandbox;
+pub mod selectors;
 mod state_hints;
 pub use sandbox::POOL_TENANTS;
 pub use sandbox::PolicyEngines;
