@@ -24,11 +24,15 @@ use super::state::{IkeSa, State};
 const VERSION: u8 = 2;
 
 /// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
-/// marks the SA as touched.
+/// marks the SA as touched. Each SA is boxed: the table keeps a slot for
+/// every SA and about as many empty ones, and (with the old table while
+/// it grows) a guest's linear memory never shrinks, so SAs of several
+/// hundred bytes stored in the slots cost a PoP of 16,000 IKE SAs about
+/// twice their size again (`cargo xtask bench-memory`, issue #16).
 #[derive(Debug, Default)]
 pub(crate) struct SaTable {
     /// The SAs.
-    map: HashMap<u64, IkeSa>,
+    map: HashMap<u64, Box<IkeSa>>,
     /// SAs mutably accessed, inserted or removed since the last checkpoints.
     touched: HashSet<u64>,
     /// A hash of each SA's last checkpoint, to send only what changed.
@@ -45,7 +49,7 @@ pub(crate) struct SaTable {
 }
 
 impl Deref for SaTable {
-    type Target = HashMap<u64, IkeSa>;
+    type Target = HashMap<u64, Box<IkeSa>>;
 
     fn deref(&self) -> &Self::Target {
         &self.map
@@ -67,12 +71,12 @@ impl SaTable {
 
     pub fn insert(&mut self, spi: u64, sa: IkeSa) -> Option<IkeSa> {
         self.touch(spi);
-        self.map.insert(spi, sa)
+        self.map.insert(spi, Box::new(sa)).map(|old| *old)
     }
 
     pub fn remove(&mut self, spi: &u64) -> Option<IkeSa> {
         self.touch(*spi);
-        self.map.remove(spi)
+        self.map.remove(spi).map(|sa| *sa)
     }
 
     pub fn get_mut(&mut self, spi: &u64) -> Option<&mut IkeSa> {
@@ -80,20 +84,20 @@ impl SaTable {
             return None;
         }
         self.touch(*spi);
-        self.map.get_mut(spi)
+        self.map.get_mut(spi).map(|sa| &mut **sa)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut IkeSa> {
         self.touched.extend(self.map.keys().copied());
         self.timers_stale.extend(self.map.keys().copied());
         self.lookups_stale.extend(self.map.keys().copied());
-        self.map.values_mut()
+        self.map.values_mut().map(|sa| &mut **sa)
     }
 
     /// Bring the lookups up to date with the SAs changed since.
     fn refresh_lookups(&mut self) {
         for spi in std::mem::take(&mut self.lookups_stale) {
-            self.lookups.update(spi, self.map.get(&spi));
+            self.lookups.update(spi, self.map.get(&spi).map(|sa| &**sa));
         }
     }
 
@@ -109,7 +113,7 @@ impl SaTable {
     pub fn with_peer(&mut self, conn: usize, addr: std::net::IpAddr, pred: impl Fn(&IkeSa) -> bool) -> Vec<u64> {
         self.refresh_lookups();
         let spis = self.lookups.with_peer(conn, addr);
-        spis.iter().copied().filter(|k| self.map.get(k).is_some_and(&pred)).collect()
+        spis.iter().copied().filter(|k| self.map.get(k).is_some_and(|sa| pred(sa))).collect()
     }
 
     /// The SAs in the table (our SPIs) with an installed CHILD SA whose
@@ -136,7 +140,7 @@ impl SaTable {
             if let Some(old) = self.deadline_of.remove(&spi) {
                 self.deadlines.remove(&(old, spi));
             }
-            if let Some(t) = self.map.get(&spi).and_then(&deadline) {
+            if let Some(t) = self.map.get(&spi).and_then(|sa| deadline(sa)) {
                 self.deadlines.insert((t, spi));
                 self.deadline_of.insert(spi, t);
             }
@@ -179,7 +183,7 @@ impl SaTable {
         self.checkpointed.insert(spi, digest(bytes));
         self.timers_stale.insert(spi);
         self.lookups_stale.insert(spi);
-        self.map.insert(spi, sa);
+        self.map.insert(spi, Box::new(sa));
     }
 }
 
