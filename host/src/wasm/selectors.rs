@@ -110,16 +110,18 @@ pub fn show(list: &[Selector]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ts(start: Vec<u8>, end: Vec<u8>) -> TrafficSelector {
-        TrafficSelector { ip_protocol: 0, start_port: 0, end_port: u16::MAX, start_address: start, end_address: end }
-    }
+    use TrafficSelector as Ts;
 
     #[test]
     fn the_wit_record_comes_back_as_it_was() {
         for t in [
-            ts(vec![10, 1, 0, 0], vec![10, 1, 0, 255]),
-            TrafficSelector { ip_protocol: 6, start_port: 443, end_port: 443, ..ts(vec![1; 16], vec![2; 16]) },
+            Ts::addresses(vec![10, 1, 0, 0], vec![10, 1, 0, 255]),
+            TrafficSelector {
+                ip_protocol: 6,
+                start_port: 443,
+                end_port: 443,
+                ..Ts::addresses(vec![1; 16], vec![2; 16])
+            },
         ] {
             assert_eq!(Selector::of(&t).map(|s| s.wit()), Some(t));
         }
@@ -127,10 +129,10 @@ mod tests {
 
     #[test]
     fn malformed_addresses_are_no_selector() {
-        assert_eq!(Selector::of(&ts(vec![10, 1, 0], vec![10, 1, 0, 255])), None);
-        assert_eq!(Selector::of(&ts(vec![10, 1, 0, 0], vec![0; 16])), None, "mixed families");
-        let good = ts(vec![10, 1, 0, 0], vec![10, 1, 0, 255]);
-        assert!(SaSelectors::of(std::slice::from_ref(&good), &[good.clone(), ts(vec![], vec![])]).is_none());
+        assert_eq!(Selector::of(&Ts::addresses(vec![10, 1, 0], vec![10, 1, 0, 255])), None);
+        assert_eq!(Selector::of(&Ts::addresses(vec![10, 1, 0, 0], vec![0; 16])), None, "mixed families");
+        let good = Ts::addresses(vec![10, 1, 0, 0], vec![10, 1, 0, 255]);
+        assert!(SaSelectors::of(std::slice::from_ref(&good), &[good.clone(), Ts::addresses(vec![], vec![])]).is_none());
         let one = std::slice::from_ref(&good);
         let both = SaSelectors::of(one, one).expect("well-formed");
         assert_eq!((both.local_wit(), both.remote_wit()), (vec![good.clone()], vec![good]));
@@ -139,7 +141,7 @@ mod tests {
 
     #[test]
     fn covers_addresses_protocols_and_ports() {
-        let net = Selector::of(&ts(vec![10, 1, 0, 0], vec![10, 1, 0, 255])).expect("selector");
+        let net = Selector::of(&Ts::addresses(vec![10, 1, 0, 0], vec![10, 1, 0, 255])).expect("selector");
         assert!(net.covers(&[10, 1, 0, 7], 6, Some(443)));
         assert!(!net.covers(&[10, 1, 1, 7], 6, Some(443)));
         assert!(!net.covers(&[0; 16], 6, Some(443)), "another family");
