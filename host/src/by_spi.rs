@@ -52,6 +52,14 @@ impl<T> BySpi<T> {
         gone
     }
 
+    pub fn len(&self) -> usize {
+        self.by_order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_order.is_empty()
+    }
+
     /// The first record of `spi` still here.
     pub fn get(&self, spi: u32) -> Option<&T> {
         self.numbers_of(spi).find_map(|n| self.by_order.get(&n)).map(|r| &**r)
@@ -60,6 +68,12 @@ impl<T> BySpi<T> {
     /// Every record, in installation order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.by_order.values().map(|r| &**r)
+    }
+
+    /// The records installed after `from`, with their numbers, in
+    /// installation order (the admin view's pages, [`crate::ops::page`]).
+    pub fn numbered(&self, from: std::ops::Bound<u64>) -> impl Iterator<Item = (u64, &T)> {
+        self.by_order.range((from, std::ops::Bound::Unbounded)).map(|(&n, r)| (n, &**r))
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {

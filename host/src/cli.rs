@@ -1,21 +1,22 @@
 //! The operator verbs (`wasmsec list-sas`, `initiate`, ...): a request to
 //! the running daemon's admin API ([`crate::ops::client`]), printed as a
-//! table for people or as the API's JSON with `--json`.
+//! table for people or as the API's JSON with `--json`. The SA lists come
+//! in pages ([`crate::ops::page`]); the CLI asks for every page.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::ops::client::{Reply, Target, request};
-use crate::ops::{Command, FaultPoint};
+use crate::ops::{Command, Cursor, FaultPoint};
 
 /// The API request that carries a command.
-fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
+fn request_of(c: &Command) -> (&'static str, String, Option<Value>) {
     let conn = |n: &str| Some(json!({ "connection": n }));
-    match c {
+    let (method, path, body) = match c {
         Command::Connections => ("GET", "/v1/connections", None),
-        Command::Sas => ("GET", "/v1/sas", None),
-        Command::Status => ("GET", "/v1/status", None),
+        Command::Sas(p) => return ("GET", format!("/v1/sas?{}", p.query()), None),
+        Command::Status(p) => return ("GET", format!("/v1/status?{}", p.query()), None),
         Command::Failures => ("GET", "/v1/failures", None),
         Command::Initiate(n) => ("POST", "/v1/initiate", conn(n)),
         Command::Terminate(n) => ("POST", "/v1/terminate", conn(n)),
@@ -28,7 +29,8 @@ fn request_of(c: &Command) -> (&'static str, &'static str, Option<Value>) {
         Command::FaultIkeAt(FaultPoint::Call(n)) => {
             ("POST", "/v1/fault", Some(json!({ "guest": "ike", "at": "call", "call": n })))
         }
-    }
+    };
+    (method, path.to_string(), body)
 }
 
 /// Which daemon: `--socket`, `--api` with `--token-file`, or the
@@ -55,32 +57,87 @@ pub fn target(
     bail!("which daemon? --socket PATH (its [control] socket), --config FILE, or --api ADDR --token-file FILE")
 }
 
-/// Run `verb` against the daemon and print the answer; false on a 4xx/5xx.
-pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
+/// The answer to `verb`, or None (said on stderr) for a 4xx/5xx.
+fn answer(target: &Target, verb: &Command) -> Result<Option<Value>> {
     let (method, path, body) = request_of(verb);
-    let Reply { status, body } = request(target, method, path, body.as_ref())?;
+    let Reply { status, body } = request(target, method, &path, body.as_ref())?;
     if !(200..300).contains(&status) {
         let why = body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
         eprintln!("wasmsec: {status}: {why}");
-        return Ok(false);
+        return Ok(None);
     }
+    Ok(Some(body))
+}
+
+/// Run `verb` against the daemon and print the answer; false on a 4xx/5xx.
+pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
+    if let Command::Sas(_) | Command::Status(_) = verb {
+        return run_pages(target, verb, as_json);
+    }
+    let Some(body) = answer(target, verb)? else { return Ok(false) };
     if as_json {
         println!("{body:#}");
         return Ok(true);
     }
     match verb {
-        Command::Sas => print_sas(&body),
         Command::Connections => print_conns(&body),
         Command::Failures => {
             for f in body["failures"].as_array().into_iter().flatten() {
                 println!("{}  {:<12} {}", f["at"], s(&f["connection"]), s(&f["reason"]));
             }
         }
-        // Counters are many and nested: JSON is the readable form.
-        Command::Status => println!("{body:#}"),
         _ => println!("{}", compact(&body)),
     }
     Ok(true)
+}
+
+/// `list-sas` and `stats`: a request per page, following `next`. A table
+/// is printed page by page; JSON (and `stats`, whose counters are many and
+/// nested, so JSON is the readable form) is one document with every page's
+/// SAs and the last page's counters.
+fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
+    let mut verb = verb.clone();
+    let table = !as_json && matches!(verb, Command::Sas(_));
+    let mut whole: Option<Value> = None;
+    let mut shown = (false, false);
+    loop {
+        let Some(mut body) = answer(target, &verb)? else { return Ok(false) };
+        let next = body.as_object_mut().and_then(|o| o.remove("next"));
+        if table {
+            print_sas(&body, next.is_none(), &mut shown);
+        } else {
+            join(&mut whole, body);
+        }
+        let Some(next) = next else { break };
+        let cursor = next.as_str().and_then(Cursor::parse).with_context(|| format!("the daemon's next page {next}"))?;
+        let (Command::Sas(page) | Command::Status(page)) = &mut verb else { unreachable!("paged verbs only") };
+        if page.after == Some(cursor) {
+            bail!("the daemon answered the same page again ({next})");
+        }
+        page.after = Some(cursor);
+    }
+    if let Some(w) = whole {
+        println!("{w:#}");
+    }
+    Ok(true)
+}
+
+/// Add a page to the document of the pages before it: its SAs after
+/// theirs, its other fields (the counters, newer) instead of theirs.
+fn join(whole: &mut Option<Value>, page: Value) {
+    let Some(w) = whole.as_mut().and_then(Value::as_object_mut) else {
+        *whole = Some(page);
+        return;
+    };
+    let Value::Object(page) = page else { return };
+    for (k, v) in page {
+        match (w.get_mut(&k), v) {
+            (Some(Value::Array(list)), Value::Array(more)) => list.extend(more),
+            (_, v) => {
+                w.insert(k, v);
+            }
+        }
+    }
 }
 
 fn s(v: &Value) -> String {
@@ -102,7 +159,8 @@ fn compact(v: &Value) -> String {
 
 /// A table: a header, then a row per item. `columns` is "title:width:field"
 /// words (`_` in a title is a space); `last` gives the unpadded last column.
-fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String)) {
+/// The header only with `head` (a later page of the same table has none).
+fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String), head: bool) {
     let cols: Vec<(String, usize, &str)> = columns
         .split_whitespace()
         .filter_map(|c| {
@@ -110,24 +168,38 @@ fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String)) 
             Some((p.next()?.replace('_', " "), p.next()?.parse().ok()?, p.next()?))
         })
         .collect();
-    let head: String = cols.iter().map(|(t, w, _)| format!("{t:<w$} ", w = *w)).collect();
-    println!("  {head}{}", last.0);
+    if head {
+        let titles: String = cols.iter().map(|(t, w, _)| format!("{t:<w$} ", w = *w)).collect();
+        println!("  {titles}{}", last.0);
+    }
     for it in items.as_array().into_iter().flatten() {
         let row: String = cols.iter().map(|(_, w, k)| format!("{:<w$} ", s(&it[*k]), w = *w)).collect();
         println!("  {row}{}", (last.1)(it));
     }
 }
 
-fn print_sas(body: &Value) {
-    println!("IKE SAs");
+/// One page of `list-sas`: the IKE SAs' table, then the CHILD SAs' (the
+/// pages hold IKE SAs first). `shown` is which titles are printed already.
+fn print_sas(body: &Value, last: bool, shown: &mut (bool, bool)) {
     let role = |sa: &Value| (if sa["initiator"].as_bool() == Some(true) { "initiator" } else { "responder" }).into();
     let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote nat_here:9:nat_local nat_peer:9:nat_remote";
-    table(&body["ike_sas"], ike, ("role", &role));
-    println!("CHILD SAs");
+    if !shown.0 {
+        println!("IKE SAs");
+    }
+    table(&body["ike_sas"], ike, ("role", &role), !shown.0);
+    shown.0 = true;
+    let children = &body["child_sas"];
+    if !last && children.as_array().is_none_or(Vec::is_empty) {
+        return;
+    }
+    if !shown.1 {
+        println!("CHILD SAs");
+    }
     let encap = |c: &Value| (if c["encap"].as_bool() == Some(true) { "udp" } else { "esp" }).into();
     let child = "connection:14:connection in_spi:10:inbound_spi out_spi:10:outbound_spi proposal:18:proposal \
                  local_ts:22:local_ts remote_ts:22:remote_ts in_pkts:9:in_packets out_pkts:9:out_packets rekey_in_s:11:rekey_in_s";
-    table(&body["child_sas"], child, ("encap", &encap));
+    table(children, child, ("encap", &encap), !shown.1);
+    shown.1 = true;
 }
 
 fn print_conns(body: &Value) {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmsec::cli;
-use wasmsec::ops::{Command as Verb, FaultPoint};
+use wasmsec::ops::{Command as Verb, FaultPoint, Page};
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 #[derive(Parser)]
@@ -43,6 +43,18 @@ struct Daemon {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// SAs per request of `list-sas` and `stats`: the daemon answers a page
+    /// at a time (it holds up to 100,000), and the CLI asks for every page.
+    #[arg(long, value_name = "N", default_value_t = wasmsec::ops::page::DEFAULT_LIMIT as u32,
+          value_parser = clap::value_parser!(u32).range(1..=wasmsec::ops::page::MAX_LIMIT as i64))]
+    page_size: u32,
+}
+
+impl Daemon {
+    /// The first page of the SAs, of the size asked for.
+    fn page(&self) -> Page {
+        Page { after: None, limit: self.page_size as usize }
+    }
 }
 
 #[derive(Subcommand)]
@@ -203,8 +215,8 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             demo::run(&o)
         }
         Cmd::ListConns(d) => verb(&d, Verb::Connections),
-        Cmd::ListSas(d) => verb(&d, Verb::Sas),
-        Cmd::Stats(d) => verb(&d, Verb::Status),
+        Cmd::ListSas(d) => verb(&d, Verb::Sas(d.page())),
+        Cmd::Stats(d) => verb(&d, Verb::Status(d.page())),
         Cmd::ListFailures(d) => verb(&d, Verb::Failures),
         Cmd::Initiate { name, daemon } => verb(&daemon, Verb::Initiate(name)),
         Cmd::Terminate { name, daemon } => verb(&daemon, Verb::Terminate(name)),
@@ -216,7 +228,7 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
                 ["status"] => {
                     // `ctl status` always printed one line of JSON.
                     daemon.json = true;
-                    Verb::Status
+                    Verb::Status(daemon.page())
                 }
                 ["initiate", n] => Verb::Initiate(n.to_string()),
                 ["terminate", n] => Verb::Terminate(n.to_string()),

@@ -2,7 +2,8 @@
 # The admin API and the CLI against a running daemon with strongSwan as the
 # peer: list, initiate, rekey, terminate through `wasmsec <verb>` on the
 # Unix socket and on TCP with a bearer token; a wrong token, malformed JSON
-# and an unknown connection are refused with a 4xx and change nothing.
+# and an unknown connection are refused with a 4xx and change nothing; the
+# SA lists come in pages that the CLI follows.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
@@ -46,6 +47,42 @@ s=json.load(sys.stdin); c=s[\"child_sas\"][0]; i=s[\"ike_sas\"][0]
 sys.exit(0 if 3000 < c[\"rekey_in_s\"] <= 3600 and c[\"expire_in_s\"] > c[\"rekey_in_s\"] and \"nat_remote\" in i else 1)'"
 check "list-sas counts the CHILD SA's packets both ways (the 5 pings)" bash -c "'$WASMSEC_BIN' list-sas --json --socket '$B/ctl.sock' |
     python3 -c 'import json,sys; c=json.load(sys.stdin)[\"child_sas\"][0]; sys.exit(0 if c[\"in_packets\"]>=5 and c[\"out_packets\"]>=5 else 1)'"
+
+# Pages: an answer holds at most `limit` SAs (IKE SAs first), its totals,
+# and a `next` cursor while more are left; the CLI follows the cursors.
+# get PATH: the HTTP status, then the JSON body on one line, over TCP
+get() { nsx wsi-gwb python3 -c 'import http.client,sys
+c=http.client.HTTPConnection(sys.argv[1], timeout=5)
+c.request("GET", sys.argv[2], headers={"Authorization": "Bearer "+sys.argv[3]})
+r=c.getresponse(); print(r.status, r.read().decode().replace("\n", " "))' $API "$1" "$(cat "$B/token")"; }
+# field KEY: from get's line on stdin ("-" for absent; a list: its length)
+field() { python3 -c 'import json,sys
+code,body=sys.stdin.read().split(" ",1); v=json.loads(body).get(sys.argv[1],"-")
+print(len(v) if isinstance(v,list) else v)' "$1"; }
+get "/v1/sas?limit=1" >"$B/page1"
+check "a page of one SA: 200" [ "$(cut -d' ' -f1 "$B/page1")" = 200 ]
+check "... the IKE SA first, no CHILD SA" [ "$(field ike_sas <"$B/page1") $(field child_sas <"$B/page1")" = "1 0" ]
+check "... the totals of both" [ "$(field ike_sas_total <"$B/page1") $(field child_sas_total <"$B/page1")" = "1 1" ]
+next=$(field next <"$B/page1")
+check "... and a cursor to the rest ($next)" grep -qE '^ike-[0-9a-f]{16}$' <<<"$next"
+get "/v1/sas?limit=1&after=$next" >"$B/page2"
+check "the next page: the CHILD SA, and no cursor" [ "$(field child_sas <"$B/page2") $(field ike_sas <"$B/page2") $(field next <"$B/page2")" = "1 0 -" ]
+check "... the same CHILD SA as one page shows" bash -c "cut -d' ' -f2- '$B/page2' | python3 -c 'import json,sys
+c=json.load(sys.stdin)[\"child_sas\"][0]; sys.exit(0 if c[\"inbound_spi\"]+\"/\"+c[\"outbound_spi\"]==\"$before\" else 1)'"
+check "limit=0: 400" [ "$(raw GET "/v1/sas?limit=0" '' "$(cat "$B/token")")" = 400 ]
+check "limit above 10,000: 400" [ "$(raw GET "/v1/status?limit=10001" '' "$(cat "$B/token")")" = 400 ]
+check "a cursor that is not one: 400" [ "$(raw GET "/v1/sas?after=7" '' "$(cat "$B/token")")" = 400 ]
+check "an unknown query parameter: 400" [ "$(raw GET "/v1/sas?page=2" '' "$(cat "$B/token")")" = 400 ]
+# sas_of: the IKE SPIs and CHILD SPIs of a list-sas or stats JSON on stdin
+sas_of() { python3 -c 'import json,sys; s=json.load(sys.stdin)
+print(sorted(i["spi"] for i in s["ike_sas"]), sorted(c["inbound_spi"] for c in s["child_sas"]), s.get("next", "-"))'; }
+check "list-sas --json over pages of one SA: the same SAs as one page" \
+    [ "$(w list-sas --json --page-size 1 | sas_of)" = "$(w list-sas --json | sas_of)" ]
+check "stats over pages of one SA: the same SAs, and the counters" bash -c "'$WASMSEC_BIN' stats --page-size 1 --socket '$B/ctl.sock' | tee '$B/stats1.json' | grep -q esp_tx_packets"
+check "... the same SAs as list-sas" [ "$(sas_of <"$B/stats1.json")" = "$(w list-sas --json | sas_of)" ]
+w list-sas --page-size 1 >"$B/sas1.txt"
+check "list-sas as a table over pages: each title once" [ "$(grep -c 'IKE SAs' "$B/sas1.txt") $(grep -c 'CHILD SAs' "$B/sas1.txt")" = "1 1" ]
+check "... and the CHILD SA's row" grep -q "${before%/*}" "$B/sas1.txt"
 
 # Refusals change nothing.
 check "a wrong token is refused" bash -c "! ip netns exec wsi-gwb '$WASMSEC_BIN' terminate s2s --api $API --token-file '$B/wrong' 2>'$B/wrong.out'"

@@ -464,8 +464,8 @@ impl wit::Guest for Component {
         v.into_iter().map(|(connection, p, count)| wit::IkeSaCount { connection, state: state(p), count }).collect()
     }
 
-    fn child_schedules(now_ms: u64) -> Vec<wit::ChildSchedule> {
-        let v = ENGINE.with_borrow(|e| e.child_schedules(now_ms));
+    fn child_schedules(now_ms: u64, inbound_spis: Vec<u32>) -> Vec<wit::ChildSchedule> {
+        let v = ENGINE.with_borrow(|e| e.child_schedules(now_ms, &inbound_spis));
         v.into_iter()
             .map(|(inbound_spi, rekey_in_ms, expire_in_ms)| wit::ChildSchedule {
                 inbound_spi,

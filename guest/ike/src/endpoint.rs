@@ -194,15 +194,23 @@ impl Engine {
         n.into_iter().map(|((c, p), k)| (self.conns[c].cfg.name.clone(), p, k)).collect()
     }
 
-    /// Each CHILD SA's schedule at `now`: our (inbound) SPI, ms to the
+    /// The schedule at `now` of each CHILD SA whose inbound SPI is in
+    /// `inbound_spis`: our (inbound) SPI, ms to the
     /// rekey and to the hard expiry (None: not by time, or a rekey is
     /// already under way). The install-time figures go stale when a
     /// collision, a TEMPORARY_FAILURE retry or a soft limit by traffic
     /// moves the rekey; the admin view asks for these instead.
-    pub fn child_schedules(&self, now: u64) -> Vec<(u32, Option<u64>, Option<u64>)> {
+    pub fn child_schedules(&self, now: u64, inbound_spis: &[u32]) -> Vec<(u32, Option<u64>, Option<u64>)> {
         let left = |at: u64| (at != 0).then(|| at.saturating_sub(now));
+        // A page of the admin view: a few thousand SPIs among up to
+        // 100,000 CHILD SAs, so one pass over the SAs with a sorted list.
+        let mut wanted = inbound_spis.to_vec();
+        wanted.sort_unstable();
         let children = self.sas.values().flat_map(|sa| &sa.children);
-        children.map(|c| (c.inbound_spi, left(c.rekey_at), left(c.expire_at))).collect()
+        children
+            .filter(|c| wanted.binary_search(&c.inbound_spi).is_ok())
+            .map(|c| (c.inbound_spi, left(c.rekey_at), left(c.expire_at)))
+            .collect()
     }
 
     /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange

@@ -181,7 +181,7 @@ fn the_policy_grant_narrows_selectors_and_sets_proposals_and_lifetimes() {
     assert_eq!((show_all(&cb.remote_ts), show_all(&cb.local_ts)), ("198.18.1.128/25".into(), "198.18.2.0/28".into()));
     assert_eq!((show_all(&ca.local_ts), show_all(&ca.remote_ts)), ("198.18.1.128/25".into(), "198.18.2.0/28".into()));
     assert!(b.log_has("chacha20poly1305"), "the grant's proposal was chosen: {:?}", b.logs);
-    let schedule = b.engine.child_schedules(0);
+    let schedule = b.engine.child_schedules(0, &[cb.inbound_spi]);
     let rekey_in = schedule[0].1.expect("rekeyed by time");
     assert!((540_000..=600_000).contains(&rekey_in), "the grant's rekey time, less jitter: {rekey_in}");
 

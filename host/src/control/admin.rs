@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::ControlPlane;
 use super::children::socket_addr;
-use crate::ops::{Answer, Command, FaultPoint, Refusal};
+use crate::ops::{Answer, Command, FaultPoint, Page, Refusal};
 use crate::wasm::ike::ChildSchedule;
 
 /// How many recent negotiation failures the API keeps.
@@ -91,12 +91,9 @@ impl ControlPlane {
 
     fn carry_out(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
-            Command::Status => Ok(self.status(now)?),
+            Command::Status(page) => Ok(self.status(now, &page)?),
             Command::Connections => Ok(self.connections_json()?),
-            Command::Sas => {
-                let child_sas = self.child_sas(now)?;
-                Ok(json!({ "ike_sas": self.children.ike_sas.values().collect::<Vec<_>>(), "child_sas": child_sas }))
-            }
+            Command::Sas(page) => Ok(self.sas(now, &page)?),
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
@@ -154,11 +151,27 @@ impl ControlPlane {
         })
     }
 
-    /// The CHILD SAs with the engine's schedule of each now.
-    fn child_sas(&mut self, now: u64) -> anyhow::Result<Vec<Value>> {
-        let schedules: HashMap<u32, ChildSchedule> =
-            self.ike.child_schedules(now)?.into_iter().map(|s| (s.inbound_spi, s)).collect();
-        Ok(self.children.installed().map(|c| c.json(schedules.get(&c.inbound_spi))).collect())
+    /// A page of the IKE and CHILD SAs ([`crate::ops::page`]), each CHILD
+    /// SA with the engine's schedule of it now, and how many there are.
+    fn sas(&mut self, now: u64, page: &Page) -> anyhow::Result<Value> {
+        let s = self.children.page(page);
+        let spis: Vec<u32> = s.children.iter().map(|c| c.inbound_spi).collect();
+        let schedules: HashMap<u32, ChildSchedule> = if spis.is_empty() {
+            HashMap::new()
+        } else {
+            self.ike.child_schedules(now, &spis)?.into_iter().map(|s| (s.inbound_spi, s)).collect()
+        };
+        let child_sas: Vec<Value> = s.children.iter().map(|c| c.json(schedules.get(&c.inbound_spi))).collect();
+        let mut v = json!({
+            "ike_sas": s.ike,
+            "child_sas": child_sas,
+            "ike_sas_total": self.children.ike_sas.len(),
+            "child_sas_total": self.children.installed_count(),
+        });
+        if let Some(next) = s.next {
+            v["next"] = next.show().into();
+        }
+        Ok(v)
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -173,6 +186,15 @@ impl ControlPlane {
     }
 
     fn connections_json(&mut self) -> anyhow::Result<Value> {
+        // One pass over the SAs, not one per connection: a PoP has
+        // thousands of connections and 100,000 CHILD SAs.
+        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        for s in self.children.ike_sas.values() {
+            counts.entry(s.connection.as_str()).or_default().0 += 1;
+        }
+        for c in self.children.installed() {
+            counts.entry(&c.connection).or_default().1 += 1;
+        }
         let mut list = Vec::new();
         for c in self.live_connections() {
             let addrs = |a: &[Vec<u8>]| -> Vec<String> {
@@ -202,24 +224,22 @@ impl ControlPlane {
                 },
                 "tenant": self.ike.store.data().policy.tenant_of.get(&c.name),
                 "children": children,
-                "ike_sas": self.children.ike_sas.values().filter(|s| s.connection == c.name).count(),
-                "child_sas": self.children.installed().filter(|s| *s.connection == *c.name).count(),
+                "ike_sas": counts.get(c.name.as_str()).map_or(0, |n| n.0),
+                "child_sas": counts.get(c.name.as_str()).map_or(0, |n| n.1),
             }));
         }
         Ok(json!({ "connections": list }))
     }
 
-    fn status(&mut self, now: u64) -> anyhow::Result<Value> {
+    /// A page of the SAs, as `sas`, and every counter.
+    fn status(&mut self, now: u64, page: &Page) -> anyhow::Result<Value> {
         let mut ike = serde_json::to_value(self.ike.stats()?)?;
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
         ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
-        let ike_sas: Vec<_> = self.children.ike_sas.values().collect();
-        Ok(json!({
-            "ike_sas": ike_sas,
-            "child_sas": self.child_sas(now)?,
-            "ike": ike,
-            "esp": self.stats.snapshot(),
-        }))
+        let mut v = self.sas(now, page)?;
+        v["ike"] = ike;
+        v["esp"] = serde_json::to_value(self.stats.snapshot())?;
+        Ok(v)
     }
 }
 
@@ -241,7 +261,7 @@ mod tests {
     #[test]
     fn another_command_does_not_use_up_the_retry() {
         let mut r = Retry::default();
-        let (reload, status) = (Command::Reload, Command::Status);
+        let (reload, status) = (Command::Reload, Command::Status(crate::ops::Page::default()));
         assert!(r.again(&reload));
         r.done(&status);
         assert!(r.again(&status), "a trap in another command is its own first");

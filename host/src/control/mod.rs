@@ -625,7 +625,7 @@ impl ControlPlane {
             }
         }
         for c in self.children.installed() {
-            *v.child_sas.entry(c.connection.to_string()).or_default() += 1;
+            *children::tally(&mut v.child_sas, &c.connection) += 1;
         }
         v.traffic = self.children.traffic_by_connection();
         v.policy = self.ike.store.data().policy.snapshot();

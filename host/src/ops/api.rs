@@ -3,13 +3,18 @@
 //!
 //! | method | path | body | does |
 //! |---|---|---|---|
-//! | GET | `/v1/status` | | SAs and every counter |
+//! | GET | `/v1/status` | | a page of SAs, and every counter |
 //! | GET | `/v1/connections` | | the loaded connections |
-//! | GET | `/v1/sas` | | IKE and CHILD SAs |
+//! | GET | `/v1/sas` | | a page of IKE and CHILD SAs |
 //! | GET | `/v1/failures` | | recent refused or failed negotiations |
 //! | POST | `/v1/initiate`, `/v1/terminate`, `/v1/rekey` | `{"connection": NAME}` | start, delete, rekey its CHILD SAs |
 //! | POST | `/v1/reload` | | re-read the config's connections |
 //! | POST | `/v1/fault` | `{"guest": "ike", "calls": N}`, `{"guest": "ike", "at": "output"}` or `{"guest": "ike", "at": "call", "call": N}` | tests only: the IKE guest traps |
+//!
+//! `/v1/status` and `/v1/sas` take `?limit=N` (SAs per answer, 1 to
+//! 10,000, default 1,000) and `after=CURSOR` (the previous answer's
+//! `next`): see [`super::page`]. Every answer has `ike_sas_total` and
+//! `child_sas_total`.
 //!
 //! A request is checked completely (token, method, path, JSON) before the
 //! IKE thread sees it; a refusal (4xx) has changed nothing.
@@ -20,6 +25,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::page::Page;
 use super::view::{Command, FaultPoint, MAX_INJECTED_FAULTS, Query};
 use super::{Ops, text};
 
@@ -65,10 +71,11 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
     let get = parts.method == Method::GET;
     let post = parts.method == Method::POST;
     let path = parts.uri.path().to_string();
+    let page = || Page::from_query(parts.uri.query()).map_err(|why| bad(StatusCode::BAD_REQUEST, why));
     let simple = match path.as_str() {
-        "/v1/status" => Some(Command::Status),
+        "/v1/status" => Some(Command::Status(page()?)),
         "/v1/connections" => Some(Command::Connections),
-        "/v1/sas" => Some(Command::Sas),
+        "/v1/sas" => Some(Command::Sas(page()?)),
         "/v1/failures" => Some(Command::Failures),
         _ => None,
     };
@@ -144,7 +151,7 @@ pub async fn route(ops: &Ops, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     let Some(control) = &ops.control else {
         return match cmd {
-            Command::Status => reply(StatusCode::OK, json!({ "esp": ops.stats.snapshot() })),
+            Command::Status(_) => reply(StatusCode::OK, json!({ "esp": ops.stats.snapshot() })),
             _ => error(StatusCode::CONFLICT, "no IKE connections are configured (manual tunnels only)"),
         };
     };

@@ -7,6 +7,7 @@
 //! `poll`. A scrape never blocks a packet.
 pub mod api;
 pub mod client;
+pub mod page;
 pub mod render;
 pub mod view;
 
@@ -26,6 +27,7 @@ use zeroize::Zeroizing;
 use crate::datapath::channel::Sender;
 use crate::stats::Stats;
 use crate::sys;
+pub use page::{Cursor, Page};
 pub use render::render;
 pub use view::{Answer, Command, FaultPoint, IkeTotals, IkeView, Query, Refusal};
 

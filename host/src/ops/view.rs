@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::oneshot;
 
+use super::page::Page;
 use super::render::IKE_COUNTERS;
 use crate::wasm::ike::Counters;
 
@@ -22,12 +23,12 @@ pub enum Query {
 /// What the admin API asks the IKE thread to show or do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// SAs and every counter (`wasmsec stats`).
-    Status,
+    /// A page of the SAs, and every counter (`wasmsec stats`).
+    Status(Page),
     /// The loaded connections.
     Connections,
-    /// The IKE and CHILD SAs.
-    Sas,
+    /// A page of the IKE and CHILD SAs.
+    Sas(Page),
     /// Recent refused or failed negotiations, with their reasons.
     Failures,
     Initiate(String),

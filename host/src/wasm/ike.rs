@@ -731,9 +731,10 @@ impl IkeInstance {
         self.call(|e, s| e.call_ike_sa_states(s))
     }
 
-    /// Every CHILD SA's rekey and expiry as the engine holds them at `now`.
-    pub fn child_schedules(&mut self, now: u64) -> Result<Vec<ChildSchedule>> {
-        self.call(|e, s| e.call_child_schedules(s, now))
+    /// The rekey and expiry of the CHILD SAs with these inbound SPIs, as
+    /// the engine holds them at `now` (the guest's word: shown, not acted on).
+    pub fn child_schedules(&mut self, now: u64, inbound_spis: &[u32]) -> Result<Vec<ChildSchedule>> {
+        self.call(|e, s| e.call_child_schedules(s, now, inbound_spis))
     }
 
     pub fn active(&mut self, name: &str) -> Result<bool> {
