@@ -15,7 +15,10 @@
 # daemon, warms it with WARM setups (deleted: the allocator and the
 # guests have met the work once), takes its RSS (the baseline), sets the
 # SAs up and holds them, and takes the RSS once it has settled. It prints
-# KiB of RSS per CHILD SA (and per IKE SA). 16000x1 is a PoP of small
+# KiB of RSS per CHILD SA (and per IKE SA). Then it lists every SA as an
+# operator would (`wasmsec list-sas --json`, which follows the admin API's
+# pages) and prints how long that took and the daemon's peak RSS after it.
+# 16000x1 is a PoP of small
 # peers, each tunnel its own IKE SA; 1000x100 is 100,000 CHILD SAs.
 #
 # Env: SHAPES="16000x1 1000x100" WARM=2000 IKELOAD=path (built by cargo xtask)
@@ -83,17 +86,26 @@ for shape in $SHAPES; do
     up=$(settled "$pid")
     hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
     have=$(counts "$d")
-    echo "$shape ike_sas=${have% *} child_sas=${have#* } rss_base_kib=$base rss_kib=$up hwm_kib=$hwm" | tee -a "$STATE/results.txt"
+    # Every SA through the pages: an answer of 1,000 SAs at a time keeps
+    # the daemon's work per request (and its memory for it) small.
+    t0=$(date +%s%N)
+    listed=$("$WASMSEC_BIN" list-sas --json --socket "$d/ctl.sock" |
+        python3 -c 'import json,sys; s=json.load(sys.stdin); print(len(s["ike_sas"]) + len(s["child_sas"]))')
+    list_ms=$((($(date +%s%N) - t0) / 1000000))
+    hwm_list=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+    [ "$listed" -ge "$((${have% *} + ${have#* }))" ] 2>/dev/null ||
+        { echo "daemon-memory.sh: $shape: list-sas showed ${listed:-nothing} of $have SAs" >&2; exit 1; }
+    echo "$shape ike_sas=${have% *} child_sas=${have#* } rss_base_kib=$base rss_kib=$up hwm_kib=$hwm listed=$listed list_ms=$list_ms hwm_list_kib=$hwm_list" | tee -a "$STATE/results.txt"
     kill -TERM $gen 2>/dev/null; wait $gen 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done
 echo
-echo "| IKE SAs | CHILD SAs | RSS before (MiB) | RSS with them (MiB) | KiB per CHILD SA | KiB per IKE SA + its CHILD SAs | peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|"
-while read -r shape i c b u h; do
-    i=${i#*=}; c=${c#*=}; b=${b#*=}; u=${u#*=}; h=${h#*=}
-    awk -v i="$i" -v c="$c" -v b="$b" -v u="$u" -v h="$h" 'BEGIN {
-        printf "| %d | %d | %.1f | %.1f | %.2f | %.2f | %.1f |\n", i, c, b / 1024, u / 1024, (u - b) / c, (u - b) / i, h / 1024 }'
+echo "| IKE SAs | CHILD SAs | RSS before (MiB) | RSS with them (MiB) | KiB per CHILD SA | KiB per IKE SA + its CHILD SAs | peak RSS (MiB) | list-sas of all (s) | peak RSS after it (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+while read -r shape i c b u h _ l lh; do
+    i=${i#*=}; c=${c#*=}; b=${b#*=}; u=${u#*=}; h=${h#*=}; l=${l#*=}; lh=${lh#*=}
+    awk -v i="$i" -v c="$c" -v b="$b" -v u="$u" -v h="$h" -v l="$l" -v lh="$lh" 'BEGIN {
+        printf "| %d | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f | %.1f |\n", i, c, b / 1024, u / 1024, (u - b) / c, (u - b) / i, h / 1024, l / 1000, lh / 1024 }'
 done <"$STATE/results.txt"
 echo "(target: at most 4 KiB of host memory per CHILD SA)"
