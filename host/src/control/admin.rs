@@ -190,7 +190,7 @@ impl ControlPlane {
         // thousands of connections and 100,000 CHILD SAs.
         let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
         for s in self.children.ike_sas.values() {
-            counts.entry(s.connection.as_str()).or_default().0 += 1;
+            counts.entry(&s.connection).or_default().0 += 1;
         }
         for c in self.children.installed() {
             counts.entry(&c.connection).or_default().1 += 1;

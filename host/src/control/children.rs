@@ -52,27 +52,43 @@ fn hex64<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:016x}"))
 }
 
-/// An IKE SA as the admin view shows it.
+/// An IKE SA as the admin view shows it. A PoP holds one per tunnel, so
+/// the names are the copies [`Children`] keeps once for all and the
+/// addresses are kept as addresses; they are rendered when shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct IkeInfo {
     /// The connection's name.
-    pub connection: String,
+    #[serde(serialize_with = "as_str")]
+    pub connection: Arc<str>,
     /// Our IKE SPI.
     #[serde(serialize_with = "hex64")]
     pub spi: u64,
     /// The negotiated proposal, strongSwan syntax.
-    pub proposal: String,
+    #[serde(serialize_with = "as_str")]
+    pub proposal: Arc<str>,
     /// We initiated it (for a rekeyed SA: the rekey).
     pub initiator: bool,
-    /// Our address and port.
-    pub local: String,
-    /// The peer's address and port.
-    pub remote: String,
+    /// Our address and port (shown "" if the guest named none).
+    #[serde(serialize_with = "address")]
+    pub local: Option<SocketAddr>,
+    /// The peer's address and port; follows its NAT mapping.
+    #[serde(serialize_with = "address")]
+    pub remote: Option<SocketAddr>,
     /// NAT detected in front of us, or in front of the peer (RFC 7296 2.23).
     pub nat_local: bool,
     pub nat_remote: bool,
     /// The tenant of its connection ("" for none).
-    pub tenant: String,
+    #[serde(serialize_with = "as_str")]
+    pub tenant: Arc<str>,
+}
+
+/// An address and port as the admin view has always shown them (`""`
+/// for none).
+fn address<S: serde::Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(a) => s.collect_str(a),
+        None => s.serialize_str(""),
+    }
 }
 
 /// A CHILD SA as the admin view shows it.
@@ -149,7 +165,8 @@ pub fn tally<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a
     map.get_mut(key).expect("inserted above")
 }
 
-/// Connection and CHILD config names kept once for all CHILD SAs.
+/// Names (connections, CHILD configs, tenants, IKE proposals) kept once for
+/// all SAs.
 const MAX_NAMES: usize = 4096;
 
 /// The data path's SAs as the control thread tracks them.
@@ -198,8 +215,8 @@ pub struct Children {
     ike_peers: HashMap<Ipv4Addr, u32>,
     /// Installed CHILD SAs, by our inbound SPI.
     list: BySpi<ChildInfo>,
-    /// The connection and CHILD config names the CHILD SAs show, one copy
-    /// each (at most [`MAX_NAMES`]; the guest names them).
+    /// The names the SAs show, one copy each (at most [`MAX_NAMES`]; the
+    /// guest names them).
     names: HashSet<Arc<str>>,
     /// Tests only: inbound SPIs of requests of ours awaiting their answer.
     expected: HashSet<u32>,
@@ -239,7 +256,8 @@ impl Children {
         }
     }
 
-    /// `name` as the CHILD SAs keep it: the copy already kept, or a new
+    /// `name` (a connection, CHILD config, tenant or IKE proposal) as the
+    /// SAs keep it: the copy already kept, or a new
     /// one, kept while there are fewer than [`MAX_NAMES`] (names a guest
     /// made up beyond those are each the SA's own).
     fn name(&mut self, name: &str) -> Arc<str> {
@@ -298,18 +316,17 @@ impl Children {
         }
     }
 
-    pub fn ike_up(&mut self, up: IkeSaUp, tenant: String) -> &IkeInfo {
-        let show = |e: &Endpoint| socket_addr(e).map(|a| a.to_string()).unwrap_or_default();
+    pub fn ike_up(&mut self, up: IkeSaUp, tenant: &str) -> &IkeInfo {
         let info = IkeInfo {
-            connection: up.connection,
+            connection: self.name(&up.connection),
             spi: up.ike_spi,
-            proposal: up.proposal,
+            proposal: self.name(&up.proposal),
             initiator: up.initiator,
-            local: show(&up.local),
-            remote: show(&up.remote),
+            local: socket_addr(&up.local),
+            remote: socket_addr(&up.remote),
             nat_local: up.nat_local,
             nat_remote: up.nat_remote,
-            tenant,
+            tenant: self.name(tenant),
         };
         self.count_peer(&info, true);
         if let Some(was) = self.ike_sas.insert(up.ike_spi, info) {
@@ -332,7 +349,7 @@ impl Children {
     }
 
     fn count_peer(&mut self, i: &IkeInfo, up: bool) {
-        let Ok(SocketAddr::V4(a)) = i.remote.parse::<SocketAddr>() else { return };
+        let Some(SocketAddr::V4(a)) = i.remote else { return };
         let n = self.ike_peers.entry(*a.ip()).or_default();
         *n = if up { *n + 1 } else { n.saturating_sub(1) };
         if *n == 0 {
@@ -344,7 +361,7 @@ impl Children {
     fn recount_peers(&mut self) {
         self.ike_peers.clear();
         for i in self.ike_sas.values() {
-            if let Ok(SocketAddr::V4(a)) = i.remote.parse::<SocketAddr>() {
+            if let Some(SocketAddr::V4(a)) = i.remote {
                 *self.ike_peers.entry(*a.ip()).or_default() += 1;
             }
         }
@@ -539,7 +556,7 @@ impl Children {
         for spi in their_ike_sas {
             if let Some(mut ike) = self.ike_sas.remove(&spi) {
                 self.count_peer(&ike, false);
-                ike.remote = to.to_string();
+                ike.remote = Some(SocketAddr::V4(to));
                 self.count_peer(&ike, true);
                 self.ike_sas.insert(spi, ike);
             }
@@ -680,15 +697,15 @@ mod tests {
 
     fn ike(spi: u64) -> IkeInfo {
         IkeInfo {
-            connection: format!("c{spi}"),
+            connection: format!("c{spi}").into(),
             spi,
-            proposal: String::new(),
+            proposal: "".into(),
             initiator: true,
-            local: String::new(),
-            remote: String::new(),
+            local: None,
+            remote: None,
             nat_local: false,
             nat_remote: false,
-            tenant: String::new(),
+            tenant: "".into(),
         }
     }
 
@@ -708,6 +725,40 @@ mod tests {
             lineage: 0,
             due: 0,
         }
+    }
+
+    #[test]
+    fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
+        let (out_tx, _out_rx) = channel().unwrap();
+        let (in_tx, _in_rx) = channel().unwrap();
+        let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+        let up = |spi: u64, remote: [u8; 4]| IkeSaUp {
+            connection: "pop".into(),
+            ike_spi: spi,
+            proposal: "aes256gcm16-prfsha256-x25519".into(),
+            initiator: false,
+            local: Endpoint { address: vec![198, 18, 0, 2], port: 4500 },
+            remote: Endpoint { address: remote.to_vec(), port: 4500 },
+            nat_local: false,
+            nat_remote: true,
+            rekeyed: false,
+        };
+        let v = serde_json::to_value(c.ike_up(up(1, [198, 19, 0, 1]), "t1")).unwrap();
+        assert_eq!((&v["local"], &v["remote"]), (&"198.18.0.2:4500".into(), &"198.19.0.1:4500".into()));
+        assert_eq!(
+            (&v["connection"], &v["tenant"], &v["spi"]),
+            (&"pop".into(), &"t1".into(), &"0000000000000001".into())
+        );
+        c.ike_up(up(2, [198, 19, 0, 2]), "t1");
+        let (a, b) = (&c.ike_sas[&1], &c.ike_sas[&2]);
+        assert!(Arc::ptr_eq(&a.connection, &b.connection) && Arc::ptr_eq(&a.proposal, &b.proposal), "one copy");
+        assert!(c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 2)), "the peer counted from its address");
+        c.ike_down(2);
+        assert!(!c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 2)) && c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 1)));
+        // An address the guest did not give as 4 or 16 bytes shows as "".
+        let mut odd = up(3, [0; 4]);
+        odd.remote.address = vec![1, 2, 3];
+        assert_eq!(serde_json::to_value(c.ike_up(odd, "")).unwrap()["remote"], "");
     }
 
     #[test]

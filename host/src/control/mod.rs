@@ -158,7 +158,12 @@ pub struct ControlPlane {
 
 /// An IKE SA's up or down event, for the policy module's accounting.
 fn policy_event(kind: SaEventKind, sa: &children::IkeInfo) -> SaEvent {
-    SaEvent { kind, connection: sa.connection.clone(), tenant: sa.tenant.clone(), peer_address: sa.remote.clone() }
+    SaEvent {
+        kind,
+        connection: sa.connection.to_string(),
+        tenant: sa.tenant.to_string(),
+        peer_address: sa.remote.map(|a| a.to_string()).unwrap_or_default(),
+    }
 }
 
 impl ControlPlane {
@@ -801,7 +806,7 @@ impl ControlPlane {
                     // A grant names the connection's tenant (or it is refused),
                     // so SAs we initiated or rekeyed carry it too.
                     st.granted.remove(&up.ike_spi);
-                    let tenant = st.policy.for_connection(&up.connection).0.to_string();
+                    let tenant = st.policy.for_connection(&up.connection).0;
                     let kind = if up.rekeyed { SaEventKind::Rekeyed } else { SaEventKind::Up };
                     let info = self.children.ike_up(up, tenant);
                     self.ike.store.data().policy.event(&policy_event(kind, info));
