@@ -129,7 +129,7 @@ impl Page {
                     last = Some(Cursor::Ike(spi));
                 }
                 if out.ike.len() == limit {
-                    let more = it.next().is_some() || children.numbered(Bound::Unbounded).next().is_some();
+                    let more = it.next().is_some() || !children.is_empty();
                     out.next = last.filter(|_| more);
                     return out;
                 }
