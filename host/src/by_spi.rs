@@ -65,6 +65,12 @@ impl<T> BySpi<T> {
         self.numbers_of(spi).find_map(|n| self.by_order.get(&n)).map(|r| &**r)
     }
 
+    /// The first record of `spi` still here, to change.
+    pub fn get_mut(&mut self, spi: u32) -> Option<&mut T> {
+        let n = self.numbers_of(spi).find(|n| self.by_order.contains_key(n))?;
+        self.by_order.get_mut(&n).map(|r| &mut **r)
+    }
+
     /// Every record, in installation order.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.by_order.values().map(|r| &**r)

@@ -100,8 +100,11 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
         let remote: Vec<_> = m.remote_ts.iter().map(config::Prefix::selector).collect();
         let selectors = SaSelectors::of(&local, &remote)
             .ok_or_else(|| anyhow::anyhow!("{at}: local_ts or remote_ts is not a selector the data path takes"))?;
+        // Named by the inbound SPI, as a negotiated CHILD SA's outbound half
+        // is (`Kept::wire_spi`): unique among tunnels, and the data path's
+        // one name for the pair.
         let out = OutboundSa {
-            spi: m.out_spi.0,
+            spi: m.in_spi.0,
             key: load(&m.out_key, "out_key", true)?,
             peer: i as u32,
             esn: m.esn,
@@ -111,7 +114,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
             remote_ts: Vec::new(),
             limits: SaLimits::default(),
         };
-        sas.outbound.push(Kept::new(out, selectors.clone()));
+        sas.outbound.push(Kept::outbound(out, m.out_spi.0, selectors.clone()));
         let inb = InboundSa {
             spi: m.in_spi.0,
             key: load(&m.in_key, "in_key", false)?,

@@ -284,7 +284,7 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     let rt = runtime();
     let (mut tx, _rx, ks) = pair(&rt, EspAlgorithm::Aes256Gcm16, false);
     let key = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
-    tx.store.data_mut().keys.grant(key, ks.get(key).unwrap(), KeyUse::Seal { spi: 0x4001, peer: 0 });
+    tx.store.data_mut().keys.grant(key, ks.get(key).unwrap(), KeyUse::Seal { spi: 0x4001, wire_spi: 0x4001, peer: 0 });
     // Without ESN, 2^28 + 1 numbers before the end: the second packet asks for a rekey.
     let sa = OutboundSa {
         next_seq: u64::from(u32::MAX) - (1 << 28) - 1,
@@ -329,7 +329,11 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     assert!(tx.remove_outbound(0x5001).unwrap());
     // A sealing key granted for SA 0x5002, used by the guest under SPI 0x5003.
     let sealer = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![8; 36])).unwrap());
-    tx.store.data_mut().keys.grant(sealer, ks.get(sealer).unwrap(), KeyUse::Seal { spi: 0x5002, peer: 0 });
+    tx.store.data_mut().keys.grant(
+        sealer,
+        ks.get(sealer).unwrap(),
+        KeyUse::Seal { spi: 0x5002, wire_spi: 0x5002, peer: 0 },
+    );
     tx.install_outbound(&sa(0x5003, sealer)).unwrap().unwrap();
     load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);

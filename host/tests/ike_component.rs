@@ -128,7 +128,7 @@ fn two_ike_components_agree_and_never_see_a_secret() {
         a.ike.initiate(0, "c").unwrap().unwrap();
         exchange(&mut a, &mut b);
         assert_eq!((a.installed.len(), b.installed.len()), (1, 1), "{ike}");
-        a.ike.child_expired(2, a.installed[0].outbound_spi, false).unwrap();
+        a.ike.child_expired(2, a.installed[0].inbound_spi, false).unwrap();
         a.ike.tick(2).unwrap();
         exchange(&mut a, &mut b);
         assert_eq!((a.installed.len(), b.installed.len()), (2, 2), "{ike}: rekeyed");
@@ -243,14 +243,14 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     // B's host saw A's IKE_AUTH verify, from A's address: that is where
     // the CHILD SAs of that IKE SA (and of its rekeys) may send.
     assert_eq!(st.verified_source(lineage), Some("192.0.2.1:500".parse().unwrap()));
-    a.ike.child_expired(2, a.installed[0].outbound_spi, false).unwrap();
+    a.ike.child_expired(2, a.installed[0].inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
     let elsewhere = ChildSa { remote: Endpoint { address: vec![192, 0, 2, 99], port: 500 }, ..rekeyed };
     assert_eq!(b.ike.store.data_mut().claim_child_keys(&elsewhere, alg, any), KeyClaim::ElsewhereThanPeer);
     // A connection configured for other subnets than the SA's own.
-    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
@@ -262,7 +262,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, any);
     assert_eq!(claim, KeyClaim::NotDerived, "and not claimable");
     // A connection that proposes another ESP transform than the SA's.
-    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
@@ -272,7 +272,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     assert_eq!(claim, KeyClaim::TransformNotOffered);
     assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
     // A connection with a hard limit in bytes, which the SA does not have.
-    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
@@ -284,7 +284,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     assert_eq!(claim, KeyClaim::BeyondLifetime);
     // An install refused before its claim (an address the data plane
     // cannot take) forfeits its keys too.
-    a.ike.child_expired(2, a.installed.last().unwrap().outbound_spi, false).unwrap();
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();

@@ -165,7 +165,8 @@ capture_stop() { sleep 0.5; kill -INT "$CAP_PID" 2>/dev/null || true; wait "$CAP
 # ---- strongSwan --------------------------------------------------------------
 
 # sswan_start NS DIR ROLE(initiator|responder) LOCAL_ADDR REMOTE_ADDR LID RID LTS RTS [IKE_PROPOSALS ESP_PROPOSALS]
-# SSWAN_CONN_EXTRA, SSWAN_CHILD_EXTRA: more swanctl.conf lines for the connection and its child.
+# SSWAN_CONN_EXTRA, SSWAN_CHILD_EXTRA: more swanctl.conf lines for the connection and its child;
+# SSWAN_CHARON_EXTRA: more strongswan.conf lines in the charon section.
 sswan_start() {
     local ns=$1 d=$2 role=$3 laddr=$4 raddr=$5 lid=$6 rid=$7 lts=$8 rts=$9
     local ike=${10:-aes256gcm16-prfsha256-x25519} esp=${11:-aes256gcm16}
@@ -179,6 +180,7 @@ charon {
   retransmit_tries = 3
   retransmit_timeout = 2.0
   make_before_break = yes
+${SSWAN_CHARON_EXTRA:-}
   syslog { }
   filelog { main { path = $d/charon.log
     append = no

@@ -70,7 +70,8 @@ pub enum ExpiryCause {
 /// An SA passed a soft or hard limit; reported once per SA and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
-    /// The SA's SPI: the peer's for an outbound SA, ours for an inbound one.
+    /// The SA's SPI as installed: ours for an inbound SA; for an outbound
+    /// one, the host's name for it (see the WIT's `outbound-sa.spi`).
     pub spi: u32,
     /// True for an outbound SA, false for an inbound one.
     pub outbound: bool,
@@ -288,7 +289,8 @@ fn open_failure(e: CryptoError) -> DropReason {
 /// Counters and sequence state of one SA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaState {
-    /// The SA's SPI: the peer's for an outbound SA, ours for an inbound one.
+    /// The SA's SPI as installed: ours for an inbound SA; for an outbound
+    /// one, the host's name for it (see the WIT's `outbound-sa.spi`).
     pub spi: u32,
     /// True for an outbound SA, false for an inbound one.
     pub outbound: bool,
@@ -334,8 +336,10 @@ pub struct Engine {
     outbound: Vec<Option<Box<Outbound>>>,
     /// Free slots of `outbound`.
     free: Vec<usize>,
-    /// Each outbound SA's slot, by SPI. The peer chose these SPIs, so the
-    /// table is keyed with the component's seed (`peer_keys`).
+    /// Each outbound SA's slot, by the host's name for it (its CHILD SA's
+    /// inbound SPI; the host writes the peer's SPI on the wire). Keyed
+    /// with the component's seed (`peer_keys`) all the same: the names are
+    /// the host's word, which the guest need not trust to spread well.
     out_slot: HashMap<u32, usize, PeerKeys>,
     /// Outbound slots by the prefixes of their remote selectors.
     by_destination: DestinationIndex,

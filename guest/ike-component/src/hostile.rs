@@ -205,13 +205,14 @@ pub fn send_anywhere() -> Option<crate::wit::Transmit> {
 }
 
 thread_local! {
-    /// For `MoveElsewhere`: the outbound SPIs of the CHILD SAs installed.
+    /// For `MoveElsewhere`: the CHILD SAs installed, by inbound SPI (the
+    /// data plane's name for both halves).
     static INSTALLED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// For `MoveElsewhere`: a CHILD SA with this outbound SPI was installed.
-pub fn installed(outbound_spi: u32) {
-    INSTALLED.with_borrow_mut(|v| v.push(outbound_spi));
+/// For `MoveElsewhere`: a CHILD SA with this inbound SPI was installed.
+pub fn installed(inbound_spi: u32) {
+    INSTALLED.with_borrow_mut(|v| v.push(inbound_spi));
 }
 
 /// For `MoveElsewhere`: a NAT mapping change no peer made, to an address

@@ -217,7 +217,7 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
             ike::SaChange::Install(c)
         }
         ike::SaChange::Install(c) if hostile::attack() == hostile::Attack::MoveElsewhere => {
-            hostile::installed(c.outbound_spi);
+            hostile::installed(c.inbound_spi);
             ike::SaChange::Install(c)
         }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherConnection => {
@@ -268,9 +268,9 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
             },
         }),
         ike::SaChange::ExpectInbound { inbound_spi } => wit::SaChange::ExpectInbound(inbound_spi),
-        ike::SaChange::ActivateOutbound { outbound_spi } => wit::SaChange::ActivateOutbound(outbound_spi),
-        ike::SaChange::PeerMoved { outbound_spis, remote } => {
-            wit::SaChange::PeerMoved((outbound_spis, wit_endpoint(&remote)))
+        ike::SaChange::ActivateOutbound { inbound_spi } => wit::SaChange::ActivateOutbound(inbound_spi),
+        ike::SaChange::PeerMoved { inbound_spis, remote } => {
+            wit::SaChange::PeerMoved((inbound_spis, wit_endpoint(&remote)))
         }
         ike::SaChange::ChildrenMoved { from, to } => wit::SaChange::ChildrenMoved((from, to)),
         ike::SaChange::Delete { ike_spi, inbound_spi, outbound_spi, inbound_key, outbound_key, keep_inbound_ms } => {

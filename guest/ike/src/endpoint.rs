@@ -313,9 +313,10 @@ impl Engine {
         Ok(ids.len())
     }
 
-    /// The data plane reports that the SA with this SPI (either direction)
-    /// passed a soft volume limit or ran low on sequence numbers (rekey
-    /// it), or a hard one (it carries no more traffic: delete it).
+    /// The data plane reports that the CHILD SA with this inbound SPI (the
+    /// data plane's name for both its halves) passed a soft volume limit
+    /// or ran low on sequence numbers (rekey it), or a hard one (it
+    /// carries no more traffic: delete it).
     pub fn child_expired(&mut self, now: u64, spi: u32, hard: bool, crypto: &mut dyn IkeCrypto) {
         self.now = now;
         // Gone already (deleted or replaced meanwhile): nothing to do.
@@ -330,8 +331,8 @@ impl Engine {
         });
     }
 
-    /// The data plane could not install the CHILD SA with this SPI (either
-    /// direction): delete it with the peer, and create it anew after the
+    /// The data plane could not install the CHILD SA with this inbound SPI
+    /// (either half): delete it with the peer, and create it anew after the
     /// retry delay. `why` is the host's account, for the log.
     pub fn child_failed(&mut self, now: u64, spi: u32, why: &str, crypto: &mut dyn IkeCrypto) {
         self.now = now;
@@ -342,12 +343,13 @@ impl Engine {
         });
     }
 
-    /// The IKE SA holding the CHILD SA with this SPI (either direction),
-    /// and the CHILD SA's inbound SPI.
+    /// The IKE SA holding the CHILD SA with this inbound SPI, and that SPI.
+    /// Only ours: the data plane names both halves by it, and a peer's
+    /// SPI may be another peer's too.
     fn child_by_spi(&mut self, spi: u32) -> Option<(u64, u32)> {
         self.sas.with_child(spi).into_iter().find_map(|k| {
             let sa = self.sas.get(&k)?;
-            sa.children.iter().find(|c| c.inbound_spi == spi || c.outbound_spi == spi).map(|c| (k, c.inbound_spi))
+            sa.children.iter().find(|c| c.inbound_spi == spi).map(|c| (k, c.inbound_spi))
         })
     }
 

@@ -95,14 +95,17 @@ pub enum SaChange {
         inbound_spi: u32,
     },
     Install(ChildSa),
-    /// Start sending on the deferred outbound SA with this SPI.
+    /// Start sending on the deferred outbound SA of the CHILD SA with
+    /// this inbound SPI. The data plane names both halves of a CHILD SA by
+    /// our inbound SPI: we chose it, so it is unique, where two peers may
+    /// choose the same outbound SPI.
     ActivateOutbound {
-        outbound_spi: u32,
+        inbound_spi: u32,
     },
     /// The peer now sends from `remote` (its NAT mapping changed): the ESP
-    /// of these outbound SAs must go there too.
+    /// of these CHILD SAs (by our inbound SPI, as above) must go there too.
     PeerMoved {
-        outbound_spis: Vec<u32>,
+        inbound_spis: Vec<u32>,
         remote: Endpoint,
     },
     /// The CHILD SAs of IKE SA `from` (our SPI) now belong to its

@@ -55,14 +55,21 @@ fn lifetimes_by_time_and_volume() {
     // the successor takes over before the hard end.
     let (mut a, mut b) = connect(&Conf::default(), &Conf::default(), &mut all);
     let x = a.installed[0].clone();
+    // The peer's SPI names nothing here: the data plane names both halves
+    // of a CHILD SA by our inbound SPI (another peer may pick the same).
     a.engine.child_expired(200_000, x.outbound_spi, false, &mut a.crypto);
-    a.engine.child_expired(200_000, x.outbound_spi, false, &mut a.crypto); // reported twice: one rekey
+    a.engine.tick(200_000, &mut a.crypto);
+    a.drain();
+    assert_eq!(a.engine.stats().lifetime_soft, 0);
+    assert!(a.outbox.is_empty(), "no rekey for a peer's SPI");
+    a.engine.child_expired(200_000, x.inbound_spi, false, &mut a.crypto);
+    a.engine.child_expired(200_000, x.inbound_spi, false, &mut a.crypto); // reported twice: one rekey
     run_from(&mut a, &mut b, 200_000, 201_000, &mut all);
     assert_eq!(a.engine.stats().lifetime_soft, 1);
     assert_eq!((a.installed.len(), b.installed.len()), (2, 2));
     assert_live_pairs(&a, &b, 1);
     // An expiry for an SA that is gone already changes nothing.
-    a.engine.child_expired(202_000, x.outbound_spi, true, &mut a.crypto);
+    a.engine.child_expired(202_000, x.inbound_spi, true, &mut a.crypto);
     a.drain();
     assert_eq!(a.engine.stats().lifetime_hard, 0);
     assert!(a.outbox.is_empty());
@@ -88,7 +95,7 @@ fn child_schedules_follow_the_engine_not_the_install() {
     assert!((53_000..=59_000).contains(&rekey), "rekey in {rekey} ms");
     assert!(expire > rekey && expire <= 89_000, "expire in {expire} ms");
 
-    a.engine.child_expired(2_000, x.outbound_spi, false, &mut a.crypto);
+    a.engine.child_expired(2_000, x.inbound_spi, false, &mut a.crypto);
     assert_eq!(a.engine.child_schedules(2_000, &[x.inbound_spi])[0].1, Some(0), "a soft limit makes the rekey due now");
     a.engine.tick(2_000, &mut a.crypto);
     let s = a.engine.child_schedules(2_000, &[x.inbound_spi]);
@@ -120,7 +127,7 @@ fn a_child_the_data_path_could_not_install_goes_and_comes_back_after_the_retry_d
     assert_live_pairs(&a, &b, 1);
     let x = a.installed[0].clone();
 
-    a.engine.child_failed(1_000, x.outbound_spi, "refused by the guest", &mut a.crypto);
+    a.engine.child_failed(1_000, x.inbound_spi, "refused by the guest", &mut a.crypto);
     a.drain();
     assert!(
         a.log_has(&format!("CHILD_SA {:08x}: the data path could not install it: refused by the guest", x.inbound_spi)),
@@ -137,8 +144,8 @@ fn a_child_the_data_path_could_not_install_goes_and_comes_back_after_the_retry_d
     assert_live_pairs(&a, &b, 1);
     assert_eq!((a.installed.len(), b.installed.len()), (2, 2));
 
-    // Both data-path threads may report one CHILD SA: the second report
-    // (its other SPI) finds it gone and changes nothing.
+    // Both data-path threads may report one CHILD SA (each by its inbound
+    // SPI): the second report finds it gone and changes nothing.
     a.engine.child_failed(12_000, x.inbound_spi, "the other direction", &mut a.crypto);
     a.drain();
     assert!(!a.log_has("the other direction"));

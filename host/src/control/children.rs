@@ -181,7 +181,8 @@ pub struct Children {
     pub replay_window: u32,
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
-    /// Outbound SAs of rekeys we answered, waiting for their activation.
+    /// Outbound SAs of rekeys we answered, waiting for their activation,
+    /// by their CHILD SA's inbound SPI (their name in the data path).
     deferred: HashMap<u32, (Kept<OutboundSa>, Peer, usize, Arc<SaTraffic>)>,
     /// The traffic of deleted CHILD SAs, by connection, so that the totals
     /// per connection never go back.
@@ -448,27 +449,25 @@ impl Children {
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         let traffic = SaPairTraffic::default();
+        let inbound = InboundSa {
+            spi: c.inbound_spi,
+            key: c.inbound_key,
+            esn: c.esn,
+            replay_window: self.replay_window,
+            highest_seq: 0,
+            local_ts: Vec::new(),
+            remote_ts: Vec::new(),
+            limits,
+        };
         self.inbound.send_quiet(SaCommand::AddInbound {
             group,
             traffic: traffic[0].clone(),
-            outbound_spi: Some(c.outbound_spi),
             peer: float_peer,
-            sa: Kept {
-                sa: InboundSa {
-                    spi: c.inbound_spi,
-                    key: c.inbound_key,
-                    esn: c.esn,
-                    replay_window: self.replay_window,
-                    highest_seq: 0,
-                    local_ts: Vec::new(),
-                    remote_ts: Vec::new(),
-                    limits,
-                },
-                selectors: selectors.clone(),
-            },
+            sa: Kept::new(inbound, selectors.clone()),
         });
+        // Named by our inbound SPI, not the peer's: see `Kept::wire_spi`.
         let out = OutboundSa {
-            spi: c.outbound_spi,
+            spi: c.inbound_spi,
             key: c.outbound_key,
             peer: 0,
             esn: c.esn,
@@ -478,10 +477,10 @@ impl Children {
             remote_ts: Vec::new(),
             limits,
         };
-        let out = Kept { sa: out, selectors: selectors.clone() };
+        let out = Kept::outbound(out, c.outbound_spi, selectors.clone());
         self.export_keys(&c, remote, ike);
         if c.outbound_deferred {
-            self.deferred.insert(c.outbound_spi, (out, peer, group, traffic[1].clone()));
+            self.deferred.insert(c.inbound_spi, (out, peer, group, traffic[1].clone()));
         } else {
             self.outbound.send_quiet(SaCommand::AddOutbound { sa: out, peer, group, traffic: traffic[1].clone() });
         }
@@ -522,32 +521,40 @@ impl Children {
         self.inbound.send_quiet(SaCommand::ExpectInbound { spi });
     }
 
-    /// Start sending on a deferred outbound SA.
+    /// Start sending on the deferred outbound SA of the CHILD SA with
+    /// inbound SPI `spi`.
     pub fn activate(&mut self, spi: u32) {
         if let Some((sa, peer, group, traffic)) = self.deferred.remove(&spi) {
             self.outbound.send_quiet(SaCommand::AddOutbound { sa, peer, group, traffic });
         }
     }
 
-    /// The peer's NAT mapping changed: its outbound SAs follow. Only to
-    /// where the peer of each SA's IKE SA sent a message that verified
-    /// (RFC 7296 section 2.23 moves on authenticated messages only): false,
-    /// and nothing moved, if any of them would go elsewhere.
+    /// The peer's NAT mapping changed: the outbound halves of these CHILD
+    /// SAs (by our inbound SPI, the data path's name for both) follow.
+    /// Only to where the peer of each SA's IKE SA sent a message that
+    /// verified (RFC 7296 section 2.23 moves on authenticated messages
+    /// only): false, and nothing moved, if any of them would go elsewhere.
+    /// A lookup per SPI named, not a pass over every CHILD SA (a PoP has
+    /// 100,000; a guest may name SPIs twice or that are not installed).
     pub fn peer_moved(&mut self, spis: &[u32], to: SocketAddrV4, ike: &IkeState) -> bool {
-        let elsewhere = self
-            .list
-            .values()
-            .filter(|c| spis.contains(&c.outbound_spi) && c.encap)
+        let mut spis = spis.to_vec();
+        spis.sort_unstable();
+        spis.dedup();
+        spis.retain(|&spi| self.list.get(spi).is_some_and(|c| c.encap));
+        let elsewhere = spis
+            .iter()
+            .filter_map(|&spi| self.list.get(spi))
             .any(|c| ike.verified_source(c.lineage) != Some(SocketAddr::V4(to)));
         if elsewhere {
             return false;
         }
         let mut their_ike_sas = Vec::new();
-        for c in self.list.values_mut().filter(|c| spis.contains(&c.outbound_spi) && c.encap) {
+        for &spi in &spis {
+            let Some(c) = self.list.get_mut(spi) else { continue };
             c.peer = SocketAddr::V4(to);
             their_ike_sas.push(c.ike_spi);
             let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
-            self.outbound.send_quiet(SaCommand::MovePeer { outbound_spi: c.outbound_spi, peer });
+            self.outbound.send_quiet(SaCommand::MovePeer { spi, peer });
         }
         // Their IKE SA's peer moved too: the guest may send there
         // (`destinations.rs`) however long the peer stays quiet.
@@ -581,8 +588,11 @@ impl Children {
         for c in &gone {
             let (inbound_key, outbound_key) = c.keys;
             self.overdue.remove(&(c.due, c.inbound_spi, inbound_key));
-            self.deferred.remove(&c.outbound_spi);
-            self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.outbound_spi, key: outbound_key });
+            // Only this SA's: a guest may have named its inbound SPI twice.
+            if self.deferred.get(&c.inbound_spi).is_some_and(|d| d.0.sa.key == outbound_key) {
+                self.deferred.remove(&c.inbound_spi);
+            }
+            self.outbound.send_quiet(SaCommand::RemoveOutbound { spi: c.inbound_spi, key: outbound_key });
             self.esp_keys.remove(outbound_key);
             if d.keep_inbound_ms == 0 {
                 self.inbound.send_quiet(SaCommand::RemoveInbound { spi: c.inbound_spi, key: inbound_key });
@@ -788,11 +798,43 @@ mod tests {
             spis.sort();
             spis
         };
-        assert_eq!(removed(out_rx.take_queued()), [0x1020, 0x1021]);
+        // Both halves by the inbound SPI: the outbound one's name.
+        assert_eq!(removed(out_rx.take_queued()), [0x20, 0x21]);
         assert_eq!(removed(in_rx.take_queued()), [0x20, 0x21]);
         // The rest go with forget_all.
         let (gone, n) = c.forget_all(0, 0);
         assert_eq!((gone.len(), n, c.ike_sas.len()), (1, 2, 0));
+    }
+
+    #[test]
+    fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi() {
+        let (out_tx, out_rx) = channel().unwrap();
+        let (in_tx, _in_rx) = channel().unwrap();
+        let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+        // Two peers chose the same SPI for the halves we send on.
+        for (ike_spi, spi) in [(1, 0x10), (2, 0x20)] {
+            c.list.insert(spi, ChildInfo { outbound_spi: 0xc000_0001, lineage: ike_spi, ..child(ike_spi, spi) });
+        }
+        let mut ike = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let to = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 7), 4501);
+        ike.verified_at(1, SocketAddr::V4(to));
+        // Peer 1 moved: only its SA follows (named twice, and with an SPI
+        // nothing has), not peer 2's, which is not there.
+        assert!(c.peer_moved(&[0x10, 0x10, 0x99], to, &ike));
+        let moves: Vec<u32> = out_rx
+            .take_queued()
+            .into_iter()
+            .filter_map(|m| match m {
+                SaCommand::MovePeer { spi, peer } => Some(spi).filter(|_| peer.port == 4501),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(moves, [0x10]);
+        assert_eq!((c.list.get(0x10).unwrap().peer, c.list.get(0x20).unwrap().peer.port()), (SocketAddr::V4(to), 4500));
+        // Peer 2's SA may not go where peer 2 did not send from.
+        assert!(!c.peer_moved(&[0x20], to, &ike));
+        assert!(out_rx.take_queued().is_empty());
+        assert_eq!(c.list.get(0x20).unwrap().peer.port(), 4500);
     }
 
     #[test]
@@ -835,7 +877,7 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(spis(out_rx.take_queued()), [0x1010]);
+        assert_eq!(spis(out_rx.take_queued()), [0x10]);
         assert_eq!(spis(in_rx.take_queued()), [0x10], "at once, no linger");
         assert_eq!(c.end_overdue(9000).len(), 1);
         assert_eq!((c.installed().count(), c.next_deadline()), (0, None));

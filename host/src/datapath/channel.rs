@@ -30,11 +30,11 @@ pub enum SaCommand {
     ExpectInbound {
         spi: u32,
     },
-    /// `outbound_spi` and `peer` name the SA pair's other half and where its
-    /// ESP goes, so the peer's address can float (NAT-T).
+    /// `peer` is where the SA pair's outbound half sends ESP in UDP, so the
+    /// peer's address can float (NAT-T); that half is named by this SA's
+    /// SPI (`Kept::wire_spi`).
     AddInbound {
         sa: Kept<InboundSa>,
-        outbound_spi: Option<u32>,
         peer: Option<SocketAddrV4>,
         group: usize,
         traffic: Arc<SaTraffic>,
@@ -42,11 +42,13 @@ pub enum SaCommand {
     /// Authenticated ESP for the SA pair came from a new address or port
     /// (the peer's NAT mapping changed): send there from now on.
     MovePeer {
-        outbound_spi: u32,
+        /// The outbound SA's name (its CHILD SA's inbound SPI).
+        spi: u32,
         peer: Peer,
     },
-    /// Remove the SA installed with this SPI and key (another SA with
-    /// the SPI, whose install refused this one's, stays).
+    /// Remove the SA installed with this name (outbound: its CHILD SA's
+    /// inbound SPI) and key (another SA with the name, whose install
+    /// refused this one's, stays).
     RemoveOutbound {
         spi: u32,
         key: u64,

@@ -287,19 +287,20 @@ impl Loop {
 /// from a new address or port means the peer's NAT mapping changed, so its
 /// outbound SA follows. Only called for packets that passed the ICV check.
 fn follow_peer(
-    floats: &mut HashMap<u32, (u32, SocketAddrV4)>,
+    floats: &mut HashMap<u32, SocketAddrV4>,
     to_outbound: Option<&Sender<SaCommand>>,
     spi: u32,
     src: SocketAddrV4,
 ) {
-    let Some((outbound_spi, peer)) = floats.get_mut(&spi) else { return };
+    let Some(peer) = floats.get_mut(&spi) else { return };
     if *peer == src {
         return;
     }
     *peer = src;
     if let Some(link) = to_outbound {
+        // The outbound half is named by this inbound SPI (`Kept::wire_spi`).
         link.send(SaCommand::MovePeer {
-            outbound_spi: *outbound_spi,
+            spi,
             peer: Peer { address: *src.ip(), port: src.port(), encapsulation: Encapsulation::Udp },
         });
     }

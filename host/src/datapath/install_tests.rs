@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::keys::{EspAlgorithm, EspKey};
-use crate::wasm::esp::TrafficSelector;
+use crate::wasm::esp::{EncapVerdict, Mark, TrafficSelector};
 
 pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
     let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![]).expect("empty")).expect("group 0");
@@ -146,7 +146,6 @@ fn add_inbound(ks: &Keystore, spi: u32, fill: u8, group: usize) -> (u64, SaComma
         key,
         SaCommand::AddInbound {
             sa: Kept::of_full(sa).expect("selectors"),
-            outbound_spi: None,
             peer: None,
             group,
             traffic: Default::default(),
@@ -260,4 +259,79 @@ fn an_spi_another_group_holds_is_refused_and_its_sa_keeps_its_packets() {
     assert!(to_loop.send(SaCommand::RemoveInbound { spi: 0x4000, key: first }));
     l.apply_commands(true);
     assert!(!l.groups.by_spi.contains_key(&0x4000));
+}
+
+#[test]
+fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
+    // Two peers may choose the same SPI for the halves we send on (each
+    // picks its own inbound SPIs). Named by our inbound SPI, both install
+    // in one group, each seals under the peer's SPI, and each goes alone.
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let alg = EspAlgorithm::Aes256Gcm16;
+    const WIRE: u32 = 0xc000_0001;
+    let mut keys = Vec::new();
+    for (name, net, fill) in [(0x5001, 1, 4), (0x5002, 2, 5)] {
+        let local = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+        let remote = TrafficSelector::addresses(vec![10, 0, net, 0], vec![10, 0, net, 255]);
+        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
+        let sa = OutboundSa {
+            spi: name,
+            key,
+            peer: 0,
+            esn: false,
+            next_seq: 1,
+            pad_align: alg.pad_align(),
+            local_ts: vec![local.clone()],
+            remote_ts: vec![remote.clone()],
+            limits: Default::default(),
+        };
+        let selectors = crate::wasm::selectors::SaSelectors::of(&[local], &[remote]).expect("selectors");
+        let peer = Peer {
+            address: std::net::Ipv4Addr::new(192, 0, 2, net),
+            port: 4500,
+            encapsulation: crate::config::Encapsulation::Udp,
+        };
+        let sa = Kept::outbound(sa, WIRE, selectors);
+        assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+        keys.push(key);
+    }
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "both installed");
+    assert_eq!((l.groups.by_spi.get(&0x5001), l.groups.by_spi.get(&0x5002)), (Some(&0), Some(&0)));
+
+    // One packet to each peer's network: each sealed under the peer's SPI,
+    // by the SA the host named.
+    let packet = |net: u8| {
+        let mut p = PacketBuf::new();
+        let repr = wasmsec_wire::ipv4::Repr {
+            src_addr: [10, 0, 0, 7],
+            dst_addr: [10, 0, net, 9],
+            protocol: 17,
+            payload_len: 40,
+            ttl: 64,
+            dscp_ecn: 0,
+        };
+        repr.emit(&mut p.recv_area()[..60]).expect("IPv4 header");
+        p.set_received(60);
+        p
+    };
+    let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
+    inst.store.data_mut().batch = vec![packet(1), packet(2)];
+    let verdicts = inst.encap(2).expect("no trap");
+    assert!(verdicts.iter().all(|v| matches!(v, EncapVerdict::Send(_))), "{verdicts:?}");
+    let st = inst.store.data();
+    for (i, name) in [(0, 0x5001), (1, 0x5002)] {
+        assert_eq!(st.batch[i].data()[..4], WIRE.to_be_bytes(), "packet {i} carries the peer's SPI");
+        assert!(matches!(st.marks[i], Mark::Sealed { spi, .. } if spi == name), "{:?}", st.marks[i]);
+    }
+
+    // Removing one, by its name and key, leaves the other sending.
+    assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x5001, key: keys[0] }));
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty());
+    assert_eq!((l.groups.by_spi.get(&0x5001), l.groups.by_spi.get(&0x5002)), (None, Some(&0)));
+    let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
+    inst.store.data_mut().batch = vec![packet(1), packet(2)];
+    let verdicts = inst.encap(2).expect("no trap");
+    assert!(matches!(verdicts[..], [EncapVerdict::Drop(_), EncapVerdict::Send(_)]), "{verdicts:?}");
 }

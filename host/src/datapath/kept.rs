@@ -14,12 +14,20 @@ pub struct Kept<S> {
     /// The record, its `local_ts` and `remote_ts` empty.
     pub sa: S,
     pub selectors: Arc<SaSelectors>,
+    /// The SPI its packets carry. An inbound SA's is its name (`sa.spi`:
+    /// we chose it). A negotiated outbound SA is named by its CHILD SA's
+    /// inbound SPI, unique in the daemon, where the peer's SPI written on
+    /// the wire need not be: two peers may choose the same one, and the
+    /// guests' tables, expiries and removals all go by the name. Only the
+    /// sealing grant (`keys::KeyUse::Seal`) writes this one.
+    pub wire_spi: u32,
 }
 
 /// The two WIT SA records, whose selector lists [`Kept`] holds apart.
 pub trait SelectorLists: Clone {
     fn set_lists(&mut self, local: Vec<TrafficSelector>, remote: Vec<TrafficSelector>);
     fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]);
+    fn spi(&self) -> u32;
 }
 
 impl SelectorLists for InboundSa {
@@ -29,6 +37,10 @@ impl SelectorLists for InboundSa {
 
     fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]) {
         (&self.local_ts, &self.remote_ts)
+    }
+
+    fn spi(&self) -> u32 {
+        self.spi
     }
 }
 
@@ -40,13 +52,28 @@ impl SelectorLists for OutboundSa {
     fn lists(&self) -> (&[TrafficSelector], &[TrafficSelector]) {
         (&self.local_ts, &self.remote_ts)
     }
+
+    fn spi(&self) -> u32 {
+        self.spi
+    }
+}
+
+impl Kept<OutboundSa> {
+    /// Keep outbound SA `sa`, named `sa.spi` in the daemon, whose packets
+    /// carry `wire_spi` (the peer's SPI; see [`Kept::wire_spi`]).
+    pub fn outbound(sa: OutboundSa, wire_spi: u32, selectors: Arc<SaSelectors>) -> Kept<OutboundSa> {
+        Kept { wire_spi, ..Kept::new(sa, selectors) }
+    }
 }
 
 impl<S: SelectorLists> Kept<S> {
-    /// Keep `sa` with `selectors`; lists it carries are dropped.
+    /// Keep `sa` with `selectors`, its packets carrying its own SPI (for
+    /// an outbound SA named otherwise, [`Kept::outbound`]); lists it
+    /// carries are dropped.
     pub fn new(mut sa: S, selectors: Arc<SaSelectors>) -> Kept<S> {
         sa.set_lists(Vec::new(), Vec::new());
-        Kept { sa, selectors }
+        let wire_spi = sa.spi();
+        Kept { sa, selectors, wire_spi }
     }
 
     /// Keep a whole record, its lists as the selectors; none if one of

@@ -102,7 +102,8 @@ impl SaSet {
             let mut sa = k.full();
             // The guest chose the numbers it sealed with: the last may be the largest.
             sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
-            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Seal { spi: sa.spi, peer: sa.peer });
+            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer };
+            inst.store.data_mut().keys.grant(sa.key, key, key_use);
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
         for k in self.inbound.values() {
@@ -169,8 +170,9 @@ pub struct Loop {
     pub up: Option<Sender<Report>>,
     /// Inbound thread: tells the outbound thread when a peer moved.
     pub to_outbound: Option<Sender<SaCommand>>,
-    /// Inbound thread: inbound SPI -> (outbound SPI, where the peer is).
-    pub floats: HashMap<u32, (u32, SocketAddrV4)>,
+    /// Inbound thread: inbound SPI -> where the peer is (the SPI also
+    /// names the outbound half that follows it).
+    pub floats: HashMap<u32, SocketAddrV4>,
     /// Inbound thread: what each packet of the batch's outer headers said.
     pub sources: Vec<inbound::Arrival>,
     /// The batch as read, before it is lent to the groups' instances.
@@ -374,7 +376,7 @@ impl Loop {
                     self.hold.expect(spi, Instant::now());
                     Ok(())
                 }
-                SaCommand::AddInbound { sa, outbound_spi, peer, group, traffic } => {
+                SaCommand::AddInbound { sa, peer, group, traffic } => {
                     let spi = sa.sa.spi;
                     self.hold.settled(spi);
                     debug!(spi = format_args!("{spi:08x}"), group, "data path: accepting on inbound SA");
@@ -383,15 +385,15 @@ impl Loop {
                     // SA that was installed, not of one refused.
                     if matches!(r, Ok(Installed::Yes)) {
                         self.traffic.insert(spi, traffic);
-                        if let (Some(o), Some(p)) = (outbound_spi, peer) {
-                            self.floats.insert(spi, (o, p));
+                        if let Some(p) = peer {
+                            self.floats.insert(spi, p);
                         }
                     }
                     r.map(|_| ())
                 }
-                SaCommand::MovePeer { outbound_spi, peer } => {
-                    let group = self.groups.by_spi.get(&outbound_spi).and_then(|&g| self.groups.list.get(g));
-                    let sa = group.and_then(|g| g.sas.outbound.get(outbound_spi));
+                SaCommand::MovePeer { spi, peer } => {
+                    let group = self.groups.by_spi.get(&spi).and_then(|&g| self.groups.list.get(g));
+                    let sa = group.and_then(|g| g.sas.outbound.get(spi));
                     if let Some(was) = sa.map(|k| k.sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
                         info!(from = %was.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
                     }
@@ -534,9 +536,9 @@ impl Loop {
     }
 
     fn install(&mut self, g: usize, out: Option<Kept<OutboundSa>>, inb: Option<Kept<InboundSa>>) -> Result<Installed> {
-        let (handle, spi, key_use) = match (out.as_ref().map(|k| &k.sa), inb.as_ref().map(|k| &k.sa)) {
-            (Some(sa), _) => (sa.key, sa.spi, KeyUse::Seal { spi: sa.spi, peer: sa.peer }),
-            (None, Some(sa)) => (sa.key, sa.spi, KeyUse::Open { spi: sa.spi }),
+        let (handle, spi, key_use) = match (&out, &inb) {
+            (Some(k), _) => (k.sa.key, k.sa.spi, KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer }),
+            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi }),
             (None, None) => return Ok(Installed::Gone),
         };
         // One SA per SPI and direction in the whole data path: each group's
@@ -595,8 +597,8 @@ impl Loop {
             return;
         }
         *last = Instant::now();
-        for inst in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()).filter_map(|g| g.inst.as_mut())
-        {
+        for g in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()) {
+            let Some(inst) = g.inst.as_mut() else { continue };
             let expiries = match inst.take_expiries() {
                 Ok(x) => x,
                 // A trap here surfaces on the next batch call, which replaces the guest.
@@ -606,7 +608,11 @@ impl Loop {
                 }
             };
             for x in expiries {
-                info!(spi = format_args!("{:08x}", x.spi), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
+                // Logged by the SPI on the wire, as the IKE log shows the
+                // CHILD SA's ("SPIs in .. out .."); reported by the name,
+                // which for an outbound SA is its CHILD SA's inbound SPI.
+                let wire = if x.outbound { g.sas.outbound.get(x.spi).map_or(x.spi, |k| k.wire_spi) } else { x.spi };
+                info!(spi = format_args!("{wire:08x}"), outbound = x.outbound, hard = x.hard, cause = ?x.cause, "SA lifetime reached");
                 match &self.up {
                     Some(up) => {
                         up.send(Report::Expired { spi: x.spi, hard: x.hard });

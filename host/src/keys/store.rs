@@ -65,8 +65,10 @@ impl Keystore {
 /// should only open with (the peer's nonces) or under another SA's SPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyUse {
-    /// Seal packets of outbound SA `spi`, to be sent to peer index `peer`.
-    Seal { spi: u32, peer: u32 },
+    /// Seal packets of the outbound SA named `spi` (see
+    /// `crate::datapath::Kept::wire_spi`), writing `wire_spi`, the peer's
+    /// SPI, into their headers; to be sent to peer index `peer`.
+    Seal { spi: u32, wire_spi: u32, peer: u32 },
     /// Open packets that carry inbound SA `spi`.
     Open { spi: u32 },
 }

@@ -147,9 +147,10 @@ impl GuestState {
     /// lengths and next headers, as long); the failures go to `failed`.
     fn seal_run(&mut self, run: &SealRun, packets: &[u32], trailers: (&[u8], &[u8]), failed: &mut Vec<OpFailure>) {
         let n = packets.len();
-        // Only an outbound key seals, and only under its own SA's SPI.
+        // Only an outbound key seals, and only for its own SA, under the
+        // SPI the peer chose for it (which only the host holds).
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Seal { spi, peer })) if spi == run.spi => Ok((k, peer)),
+            Ok((k, KeyUse::Seal { spi, wire_spi, peer })) if spi == run.spi => Ok((k, (peer, wire_spi))),
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
@@ -157,15 +158,15 @@ impl GuestState {
         // packet is sealed once, whatever the guest's list says.
         // The key's IVs running out is the key's end, not the guest's fault.
         let mut ivs = 0..0;
-        let key = key.map_err(Fault::Guest).and_then(|(k, peer)| {
+        let key = key.map_err(Fault::Guest).and_then(|(k, to)| {
             let want = n.min(self.count) as u64;
             let first = k.take_ivs(want).map_err(Fault::packet)?;
             ivs = first..first + want;
-            Ok((k, peer))
+            Ok((k, to))
         });
         let mut highest = None;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, peer)| {
+            let r = key.and_then(|(k, (peer, wire_spi))| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let seq = run.first_seq.checked_add(j as u64).ok_or(Fault::Guest(WitCryptoError::BadLength))?;
                 // Without ESN the sequence number is 32 bits and must not
@@ -173,7 +174,7 @@ impl GuestState {
                 if !run.esn && seq > u64::from(u32::MAX) {
                     return Err(Fault::Guest(WitCryptoError::BadLength));
                 }
-                let header = esp::Repr { spi: run.spi, sequence_number: seq as u32 };
+                let header = esp::Repr { spi: wire_spi, sequence_number: seq as u32 };
                 let esn_high = run.esn.then_some((seq >> 32) as u32);
                 // More packets than IVs taken: the run names more than the batch holds.
                 let iv = ivs.next().ok_or(Fault::Guest(WitCryptoError::KeyExpired))?;
@@ -554,10 +555,14 @@ mod tests {
     use super::*;
     use crate::keys::{EspAlgorithm, EspKey};
 
+    /// The SPI on the wire, both ways (the peer's for sealing).
     const SPI: u32 = 0x7001;
+    /// The host's name of the outbound SA (its CHILD SA's inbound SPI).
+    const NAME: u32 = 0x0b0b;
 
     /// A store's host state with `n` 60-byte packets and a sealing key
-    /// (handle 1, SA `SPI`, peer 4) and an opening one (handle 2, `SPI`).
+    /// (handle 1, SA `NAME` on the wire as `SPI`, peer 4) and an opening
+    /// one (handle 2, `SPI`).
     fn state(n: usize) -> GuestState {
         state_with(n, EspAlgorithm::Aes256Gcm16)
     }
@@ -565,7 +570,7 @@ mod tests {
     fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
         let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
         let mut keys = KeyTable::default();
-        keys.grant(1, key(), KeyUse::Seal { spi: SPI, peer: 4 });
+        keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 });
         keys.grant(2, key(), KeyUse::Open { spi: SPI });
         let batch = (0..n)
             .map(|_| {
@@ -592,7 +597,7 @@ mod tests {
     /// One seal run of `packets` with sealing key 1.
     fn run(first_seq: u64, esn: bool, packets: Vec<u32>) -> SealRuns {
         let n = packets.len();
-        let run = SealRun { key: 1, spi: SPI, first_seq, esn, count: n as u32 };
+        let run = SealRun { key: 1, spi: NAME, first_seq, esn, count: n as u32 };
         SealRuns { runs: vec![run], packets, pad_lengths: vec![2; n], next_headers: vec![4; n] }
     }
 
@@ -613,7 +618,7 @@ mod tests {
         let failed = st.seal(Resource::new_borrow(0), r);
         assert_eq!(failed.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(1, WitCryptoError::BadLength)]);
         assert_eq!(st.refusals, 1, "the guest chose the pad");
-        assert_eq!(st.marks[0], Mark::Sealed { peer: 4, spi: SPI });
+        assert_eq!(st.marks[0], Mark::Sealed { peer: 4, spi: NAME });
     }
 
     #[test]
@@ -632,8 +637,8 @@ mod tests {
         let mut st = state(3);
         let mut runs = run(1, false, vec![2, 0, 1]);
         runs.runs = vec![
-            SealRun { key: 1, spi: SPI, first_seq: 7, esn: false, count: 1 },
-            SealRun { key: 1, spi: SPI, first_seq: 20, esn: false, count: 2 },
+            SealRun { key: 1, spi: NAME, first_seq: 7, esn: false, count: 1 },
+            SealRun { key: 1, spi: NAME, first_seq: 20, esn: false, count: 2 },
         ];
         runs.pad_lengths = vec![2, 6, 10];
         assert!(st.seal(Resource::new_borrow(0), runs).is_empty());
@@ -679,8 +684,9 @@ mod tests {
         let failed = st.seal(Resource::new_borrow(0), run(u64::from(u32::MAX) - 1, false, vec![0, 1, 2]));
         assert_eq!(failed.len(), 1);
         assert_eq!((failed[0].packet, failed[0].error), (2, WitCryptoError::BadLength));
-        assert_eq!(st.marks[..2], [Mark::Sealed { peer: 4, spi: SPI }; 2]);
-        // The high bits go into the ICV only, the low ones into the header.
+        assert_eq!(st.marks[..2], [Mark::Sealed { peer: 4, spi: NAME }; 2]);
+        // The high bits go into the ICV only, the low ones into the header,
+        // after the peer's SPI (not the name the guest sealed under).
         let mut st = state(1);
         assert!(st.seal(Resource::new_borrow(0), run(5 << 32 | 9, true, vec![0])).is_empty());
         assert_eq!(st.batch[0].data()[..8], [0, 0, 0x70, 0x01, 0, 0, 0, 9]);
@@ -691,13 +697,23 @@ mod tests {
         let mut st = state(2);
         let failed = st.seal(Resource::new_borrow(0), run(1, false, vec![1, 1, 7]));
         assert_eq!(failed.iter().map(|f| f.packet).collect::<Vec<_>>(), [1, 7]);
-        assert_eq!(st.marks, [Mark::Untouched, Mark::Sealed { peer: 4, spi: SPI }]);
+        assert_eq!(st.marks, [Mark::Untouched, Mark::Sealed { peer: 4, spi: NAME }]);
         // The opening key cannot seal; the sealing key cannot open.
         let mut st = state(1);
         let mut wrong = run(1, false, vec![0]);
         wrong.runs[0].key = 2;
         let failed = st.seal(Resource::new_borrow(0), wrong);
         assert_eq!(failed[0].error, WitCryptoError::WrongKeyKind);
+        // A key seals only for the SA it was granted to, named as the host
+        // named it: not under its SPI on the wire, nor another SA's name.
+        for spi in [SPI, NAME + 1] {
+            let mut st = state(1);
+            let mut other = run(1, false, vec![0]);
+            other.runs[0].spi = spi;
+            let failed = st.seal(Resource::new_borrow(0), other);
+            assert_eq!(failed[0].error, WitCryptoError::WrongKeyKind, "sealed under {spi:#x}");
+            assert_eq!(st.marks, [Mark::Untouched]);
+        }
         let opened = st.open(Resource::new_borrow(0), open_run(1, vec![0], vec![]));
         assert_eq!(opened.failures.len(), 1);
         assert_eq!(Heads::from_flat(opened.heads, IP_HEAD_LEN).get(0).map(|h| h.0), Some(st.batch[0].len()));

@@ -304,6 +304,13 @@ impl IkeState {
         self.verified_from.get(&lineage).copied()
     }
 
+    /// Tests: as if lineage `lineage`'s peer had sent a message that
+    /// verified from `from`.
+    #[cfg(test)]
+    pub fn verified_at(&mut self, lineage: u64, from: SocketAddr) {
+        self.verified_from.insert(lineage, from);
+    }
+
     /// The guest is about to handle datagram `d` (`None`: done with it).
     fn handling(&mut self, d: Option<&Datagram>) {
         self.current = d.and_then(|d| Some((crate::control::children::socket_addr(&d.remote)?, d.data.clone())));

@@ -161,8 +161,8 @@ fn follow_peer(sa: &mut IkeSa, ctx: &mut Ctx, d: &Datagram) {
     sa.remote = d.remote;
     sa.local = d.local;
     if sa.established() {
-        let outbound_spis = sa.children.iter().map(|c| c.outbound_spi).collect();
-        ctx.out.sa_changes.push_back(SaChange::PeerMoved { outbound_spis, remote: d.remote });
+        let inbound_spis = sa.children.iter().map(|c| c.inbound_spi).collect();
+        ctx.out.sa_changes.push_back(SaChange::PeerMoved { inbound_spis, remote: d.remote });
         let msg = format!(
             "peer moved from {}:{} to {}:{} (NAT mapping changed)",
             old.addr, old.port, d.remote.addr, d.remote.port

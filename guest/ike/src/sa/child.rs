@@ -100,7 +100,7 @@ pub(crate) fn install(
         limits,
     };
     if n.defer_outbound {
-        sa.deferred.push((n.outbound_spi, ctx.now + DEFERRED_OUTBOUND_MS));
+        sa.deferred.push((n.inbound_spi, ctx.now + DEFERRED_OUTBOUND_MS));
     }
     let msg = format!(
         "CHILD_SA {} installed: SPIs in {:08x} out {:08x}, {}, {} === {}{}",
@@ -152,8 +152,8 @@ pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str, kee
 pub(crate) fn activate_deferred(sa: &mut IkeSa, ctx: &mut Ctx, now: u64) {
     let (due, wait): (Vec<_>, Vec<_>) = sa.deferred.iter().partition(|(_, at)| *at <= now);
     sa.deferred = wait;
-    for (outbound_spi, _) in due {
-        ctx.out.sa_changes.push_back(SaChange::ActivateOutbound { outbound_spi });
+    for (inbound_spi, _) in due {
+        ctx.out.sa_changes.push_back(SaChange::ActivateOutbound { inbound_spi });
     }
 }
 

@@ -23,7 +23,7 @@ use super::state::IkeSa;
 #[derive(Debug)]
 struct Entry {
     esp_spis: Vec<u32>,
-    /// Its installed CHILD SAs' SPIs, inbound and outbound.
+    /// Its installed CHILD SAs' inbound SPIs.
     child_spis: Vec<u32>,
     /// `(connection, peer address)`.
     peer: (usize, IpAddr),
@@ -38,8 +38,9 @@ pub(crate) struct Lookups {
     /// (keyed by [`PeerKeys`]: a peer picks its address, as it picks the
     /// ESP SPIs `children` is keyed by too).
     peers: HashMap<(usize, IpAddr), Vec<u64>, PeerKeys>,
-    /// IKE SAs (our SPIs) by the ESP SPIs of their installed CHILD SAs,
-    /// ours and the peers' (two peers may pick the same one).
+    /// IKE SAs (our SPIs) by our inbound ESP SPIs of their installed
+    /// CHILD SAs (more than one only after a restore brought a duplicate
+    /// back).
     children: HashMap<u32, Vec<u64>, PeerKeys>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
     entries: HashMap<u64, Entry>,
@@ -61,7 +62,7 @@ impl Lookups {
         let Some(sa) = sa else { return };
         let entry = Entry {
             esp_spis: sa.esp_spis().collect(),
-            child_spis: sa.children.iter().flat_map(|c| [c.inbound_spi, c.outbound_spi]).collect(),
+            child_spis: sa.children.iter().map(|c| c.inbound_spi).collect(),
             peer: (sa.conn, sa.remote.addr),
         };
         for &s in &entry.esp_spis {

@@ -201,7 +201,8 @@ pub(crate) struct IkeSa {
     pub children: Vec<Child>,
     /// CHILD configs already requested on this IKE SA (initiator).
     pub children_tried: Vec<usize>,
-    /// Rekeyed outbound SAs waiting for the old SA's DELETE (or a deadline).
+    /// Rekeyed outbound SAs waiting for the old SA's DELETE (or a
+    /// deadline), by their CHILD SA's inbound SPI.
     pub deferred: Vec<(u32, u64)>,
     /// When to rekey the IKE SA (0: not by us, or under way).
     pub rekey_ike_at: u64,

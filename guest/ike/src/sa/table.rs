@@ -117,7 +117,7 @@ impl SaTable {
     }
 
     /// The SAs in the table (our SPIs) with an installed CHILD SA whose
-    /// inbound or outbound ESP SPI is `esp_spi`.
+    /// inbound ESP SPI is `esp_spi`.
     pub fn with_child(&mut self, esp_spi: u32) -> Vec<u64> {
         self.refresh_lookups();
         self.lookups.with_child(esp_spi).to_vec()

@@ -42,7 +42,8 @@ pub struct Side {
     pub nat: bool,
     /// NAT keepalives sent.
     pub keepalives: usize,
-    /// Outbound SPIs activated after a deferred install.
+    /// Outbound SPIs activated after a deferred install (the engine names
+    /// each by its CHILD SA's inbound SPI; the harness looks it up).
     pub activated: Vec<u32>,
     /// Inbound SPIs the data path was told to expect, each before the
     /// request offering it went out.
@@ -244,7 +245,11 @@ impl Side {
                     assert!(!self.installed.iter().filter(live).any(|c| c.inbound_spi == inbound_spi));
                     self.expected.push(inbound_spi)
                 }
-                SaChange::ActivateOutbound { outbound_spi } => {
+                SaChange::ActivateOutbound { inbound_spi } => {
+                    // As the host: the deferred SA is named by its pair's
+                    // inbound SPI; one the engine never installed is a bug.
+                    let c = self.installed.iter().rev().find(|c| c.inbound_spi == inbound_spi);
+                    let outbound_spi = c.expect("activated a CHILD SA that was installed").outbound_spi;
                     self.datapath.push(format!("+out {outbound_spi:08x}"));
                     self.activated.push(outbound_spi)
                 }
