@@ -465,7 +465,7 @@ impl wit::Guest for Component {
     }
 
     fn child_schedules(now_ms: u64, inbound_spis: Vec<u32>) -> Vec<wit::ChildSchedule> {
-        let v = ENGINE.with_borrow(|e| e.child_schedules(now_ms, &inbound_spis));
+        let v = ENGINE.with_borrow_mut(|e| e.child_schedules(now_ms, &inbound_spis));
         v.into_iter()
             .map(|(inbound_spi, rekey_in_ms, expire_in_ms)| wit::ChildSchedule {
                 inbound_spi,

@@ -200,17 +200,23 @@ impl Engine {
     /// already under way). The install-time figures go stale when a
     /// collision, a TEMPORARY_FAILURE retry or a soft limit by traffic
     /// moves the rekey; the admin view asks for these instead.
-    pub fn child_schedules(&self, now: u64, inbound_spis: &[u32]) -> Vec<(u32, Option<u64>, Option<u64>)> {
+    pub fn child_schedules(&mut self, now: u64, inbound_spis: &[u32]) -> Vec<(u32, Option<u64>, Option<u64>)> {
         let left = |at: u64| (at != 0).then(|| at.saturating_sub(now));
         // A page of the admin view: a few thousand SPIs among up to
-        // 100,000 CHILD SAs, so one pass over the SAs with a sorted list.
+        // 100,000 CHILD SAs, so a lookup each by inbound SPI (the index
+        // `child_by_spi` uses), not a pass over them all per page.
         let mut wanted = inbound_spis.to_vec();
         wanted.sort_unstable();
-        let children = self.sas.values().flat_map(|sa| &sa.children);
-        children
-            .filter(|c| wanted.binary_search(&c.inbound_spi).is_ok())
-            .map(|c| (c.inbound_spi, left(c.rekey_at), left(c.expire_at)))
-            .collect()
+        wanted.dedup();
+        let mut found = Vec::with_capacity(wanted.len());
+        for spi in wanted {
+            for k in self.sas.with_child(spi) {
+                let Some(sa) = self.sas.get(&k) else { continue };
+                let children = sa.children.iter().filter(|c| c.inbound_spi == spi);
+                found.extend(children.map(|c| (spi, left(c.rekey_at), left(c.expire_at))));
+            }
+        }
+        found
     }
 
     /// One line per IKE SA: SPI, state, role, CHILD SAs and the exchange

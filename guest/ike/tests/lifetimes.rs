@@ -87,6 +87,9 @@ fn child_schedules_follow_the_engine_not_the_install() {
     run(&mut a, &mut b, 1_000, &mut all);
     let x = a.installed[0].clone();
     assert!(a.engine.child_schedules(1_000, &[x.inbound_spi ^ 1]).is_empty(), "only the SPIs asked for");
+    // By our SPI only (a peer's may be another peer's), once however often asked.
+    assert!(a.engine.child_schedules(1_000, &[x.outbound_spi]).is_empty(), "not by the peer's SPI");
+    assert_eq!(a.engine.child_schedules(1_000, &[x.inbound_spi, x.inbound_spi]).len(), 1);
     let s = a.engine.child_schedules(1_000, &[x.inbound_spi]);
     assert_eq!(s.len(), 1, "{s:?}");
     let (spi, rekey, expire) = s[0];
