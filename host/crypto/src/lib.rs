@@ -21,7 +21,7 @@ pub mod prf;
 pub mod sk;
 
 pub use prf::Prf;
-pub use sk::{Cipher, IkeSaKeys};
+pub use sk::{Cipher, IkeSaKeys, Sk};
 pub use wasmsec_wire::crypto::{ChildKeying, ChildSuite, CryptoError, IkeSuite, KeyExchange};
 use wasmsec_wire::ike::DhGroup;
 
@@ -427,7 +427,7 @@ impl Vault {
             Some(_) => return Err(CryptoError::WrongKeyKind),
             None => return Err(CryptoError::UnknownKey),
         };
-        let sk_p = if for_initiator { &k.sk_pi } else { &k.sk_pr };
+        let sk_p = k.sk(if for_initiator { Sk::Pi } else { Sk::Pr });
         let maced_id = k.prf.prf(sk_p, &[id_body]);
         let pad_key = k.prf.prf(psk, &[KEY_PAD]);
         Ok(Zeroizing::new(k.prf.prf(&pad_key, &[real_message, nonce, &maced_id]).to_vec()))
@@ -468,7 +468,7 @@ impl Vault {
         seed.extend_from_slice(k.ni);
         seed.extend_from_slice(k.nr);
         let sa = self.ike_sa(k.ike_sa)?;
-        let km = sa.prf.prf_plus(&sa.sk_d, &seed, 2 * one);
+        let km = sa.prf.prf_plus(sa.sk(Sk::D), &seed, 2 * one);
         self.record(&km);
         let (i_to_r, r_to_i) = (Zeroizing::new(km[..one].to_vec()), Zeroizing::new(km[one..].to_vec()));
         let (outbound, inbound) = if k.we_initiated { (i_to_r, r_to_i) } else { (r_to_i, i_to_r) };

@@ -147,19 +147,33 @@ impl Cipher {
     }
 }
 
+/// The seven keys of an IKE SA (section 2.14), in the order prf+ makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sk {
+    D,
+    Ai,
+    Ar,
+    Ei,
+    Er,
+    Pi,
+    Pr,
+}
+
+impl Sk {
+    pub const ALL: [Sk; 7] = [Sk::D, Sk::Ai, Sk::Ar, Sk::Ei, Sk::Er, Sk::Pi, Sk::Pr];
+}
+
 /// The seven keys of an IKE SA and what they are for.
 pub struct IkeSaKeys {
     pub prf: Prf,
     pub cipher: Cipher,
     pub spi_i: u64,
     pub spi_r: u64,
-    pub sk_d: Zeroizing<Vec<u8>>,
-    sk_ai: Zeroizing<Vec<u8>>,
-    sk_ar: Zeroizing<Vec<u8>>,
-    sk_ei: Zeroizing<Vec<u8>>,
-    sk_er: Zeroizing<Vec<u8>>,
-    pub sk_pi: Zeroizing<Vec<u8>>,
-    pub sk_pr: Zeroizing<Vec<u8>>,
+    /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr} as prf+ made
+    /// them (section 2.14), in one buffer of their exact length: a PoP holds
+    /// an IKE SA per tunnel, and seven buffers cost it ~200 bytes more each
+    /// (`cargo xtask bench-memory`). [`IkeSaKeys::sk`] finds each.
+    km: Zeroizing<Vec<u8>>,
     /// Next AEAD IV; never reused under a key (RFC 5282 section 3.1).
     next_iv: u64,
 }
@@ -181,7 +195,7 @@ impl IkeSaKeys {
         let prf = Prf::from_id(suite.prf).ok_or(CryptoError::Unsupported)?;
         let cipher = Cipher::from_ids(suite.encr, suite.key_bits, suite.integ)?;
         let skeyseed = match old {
-            Some(old) => old.prf.prf(&old.sk_d, &[shared, ni, nr]),
+            Some(old) => old.prf.prf(old.sk(Sk::D), &[shared, ni, nr]),
             None => prf.prf(&[ni, nr].concat(), &[shared]),
         };
         Ok(Self::from_skeyseed(prf, cipher, &skeyseed, ni, nr, spi_i, spi_r))
@@ -201,37 +215,33 @@ impl IkeSaKeys {
         seed.extend_from_slice(nr);
         seed.extend_from_slice(&spi_i.to_be_bytes());
         seed.extend_from_slice(&spi_r.to_be_bytes());
-        let (pl, al, el) = (prf.output_len(), cipher.integ_key_len(), cipher.encr_keymat_len());
-        let km = prf.prf_plus(skeyseed, &seed, 3 * pl + 2 * al + 2 * el);
-        let mut at = 0;
-        let mut take = |n: usize| {
-            let k = Zeroizing::new(km[at..at + n].to_vec());
-            at += n;
-            k
-        };
-        IkeSaKeys {
-            prf,
-            cipher,
-            spi_i,
-            spi_r,
-            sk_d: take(pl),
-            sk_ai: take(al),
-            sk_ar: take(al),
-            sk_ei: take(el),
-            sk_er: take(el),
-            sk_pi: take(pl),
-            sk_pr: take(pl),
-            next_iv: 1,
-        }
+        let lens = Self::lens(prf, cipher);
+        // prf+ leaves room for a whole last block: copied to its exact size.
+        let km = Zeroizing::new(prf.prf_plus(skeyseed, &seed, lens.iter().sum())[..].to_vec());
+        IkeSaKeys { prf, cipher, spi_i, spi_r, km, next_iv: 1 }
+    }
+
+    /// The lengths of the seven keys, in [`Sk`] order.
+    fn lens(prf: Prf, cipher: Cipher) -> [usize; 7] {
+        let (p, a, e) = (prf.output_len(), cipher.integ_key_len(), cipher.encr_keymat_len());
+        [p, a, a, e, e, p, p]
+    }
+
+    /// One of the seven keys.
+    pub fn sk(&self, which: Sk) -> &[u8] {
+        let lens = Self::lens(self.prf, self.cipher);
+        let i = which as usize;
+        let start: usize = lens[..i].iter().sum();
+        &self.km[start..start + lens[i]]
     }
 
     /// The seven keys (for the audit of [`crate::Vault::new_audited`]).
     pub(crate) fn all_keys(&self) -> [&[u8]; 7] {
-        [&self.sk_d, &self.sk_ai, &self.sk_ar, &self.sk_ei, &self.sk_er, &self.sk_pi, &self.sk_pr]
+        Sk::ALL.map(|k| self.sk(k))
     }
 
     fn keys(&self, from_initiator: bool) -> (&[u8], &[u8]) {
-        if from_initiator { (&self.sk_ei, &self.sk_ai) } else { (&self.sk_er, &self.sk_ar) }
+        if from_initiator { (self.sk(Sk::Ei), self.sk(Sk::Ai)) } else { (self.sk(Sk::Er), self.sk(Sk::Ar)) }
     }
 
     /// Build a whole message: `header` (its length and next-payload fields
@@ -388,17 +398,17 @@ impl IkeSaKeys {
             Cipher::Cbc { integ, .. } => integ.wireshark_name(),
             Cipher::Aead { .. } => "NONE [RFC4306]",
         };
-        let keys = [&self.sk_ei, &self.sk_er, &self.sk_ai, &self.sk_ar];
-        let mut line = secret_buffer(keys.iter().map(|k| 2 * k.len()).sum::<usize>() + 160);
+        let [ei, er, ai, ar] = [Sk::Ei, Sk::Er, Sk::Ai, Sk::Ar].map(|k| self.sk(k));
+        let mut line = secret_buffer([ei, er, ai, ar].iter().map(|k| 2 * k.len()).sum::<usize>() + 160);
         // Byte fields are bare hex in Wireshark's UAT files; enums are quoted.
         let _ = write!(line, "{:016x},{:016x},", self.spi_i, self.spi_r);
-        push_hex(&mut line, &self.sk_ei);
+        push_hex(&mut line, ei);
         line.push(',');
-        push_hex(&mut line, &self.sk_er);
+        push_hex(&mut line, er);
         let _ = write!(line, ",\"{enc}\",");
-        push_hex(&mut line, &self.sk_ai);
+        push_hex(&mut line, ai);
         line.push(',');
-        push_hex(&mut line, &self.sk_ar);
+        push_hex(&mut line, ar);
         let _ = write!(line, ",\"{integ}\"");
         Some(line)
     }
@@ -453,8 +463,15 @@ mod tests {
     fn key_lengths_follow_the_suite() {
         let k = IkeSaKeys::derive(None, &suites()[9], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
         assert_eq!(k.cipher, Cipher::Cbc { key_len: 16, integ: Integ::Sha256_128 });
-        assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len(), k.sk_pr.len()), (32, 32, 16, 32));
+        let lens = Sk::ALL.map(|x| k.sk(x).len());
+        assert_eq!(lens, [32, 32, 32, 16, 16, 32, 32]);
+        // One buffer of exactly the keys, each where prf+ put it.
+        assert_eq!((k.km.len(), k.km.capacity()), (192, 192));
+        let seed = [&[1; 32][..], &[2; 32], &1u64.to_be_bytes(), &2u64.to_be_bytes()].concat();
+        let km = k.prf.prf_plus(&k.prf.prf(&[[1; 32], [2; 32]].concat(), &[&[7; 32]]), &seed, 192);
+        assert_eq!(Sk::ALL.map(|x| k.sk(x).as_ptr() as usize - k.km.as_ptr() as usize), [0, 32, 64, 96, 112, 128, 160]);
+        assert_eq!((k.sk(Sk::Ar), k.sk(Sk::Pr)), (&km[64..96], &km[160..192]));
         let k = IkeSaKeys::derive(None, &suites()[1], &[7; 32], &[1; 32], &[2; 32], 1, 2).unwrap();
-        assert_eq!((k.sk_d.len(), k.sk_ai.len(), k.sk_ei.len()), (48, 0, 20));
+        assert_eq!(Sk::ALL.map(|x| k.sk(x).len()), [48, 0, 0, 20, 20, 48, 48]);
     }
 }

@@ -184,7 +184,9 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     };
     let mut out = vec![Payload::IdR(our_id), Payload::Auth { method: AuthMethod::SharedKeyMic, data: our_auth }];
     out.extend(auth_lifetime(ctx, sa.conn));
-    let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+    // The nonces' last use: the first CHILD SA's keys (section 2.17). A
+    // rekey brings its own, so the IKE SA (one per tunnel) keeps none.
+    let (ni, nr) = (std::mem::take(&mut sa.ni), std::mem::take(&mut sa.nr));
     // A second IKE SA from this peer without INITIAL_CONTACT: it is
     // reauthenticating. Send on the new CHILD SA only once the old IKE SA
     // is gone (or after a moment), as after a CHILD SA rekey.
@@ -313,7 +315,8 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, pending: PendingChild, ps:
         let at = ctx.now + jittered(secs.max(1) * 1000, sa.our_spi().rotate_left(17));
         sa.reauth_at = if sa.reauth_at == 0 { at } else { sa.reauth_at.min(at) };
     }
-    let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
+    // As the responder's: the nonces' last use.
+    let (ni, nr) = (std::mem::take(&mut sa.ni), std::mem::take(&mut sa.nr));
     if let Err(e) =
         create_child::complete(sa, ctx, pending, &create_child::Answer { ps: &ps, ni: &ni, nr: &nr, in_auth: true })
     {

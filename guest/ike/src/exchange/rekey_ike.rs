@@ -49,12 +49,9 @@ pub(crate) struct Successor {
     pub spi_r: u64,
     /// The negotiated IKE suite.
     pub chosen: Chosen,
-    /// The host's handle on the new IKE SA's keys (SK_*).
+    /// The host's handle on the new IKE SA's keys (SK_*). Its nonces are
+    /// not kept: the keys are derived, and a PoP holds an IKE SA per tunnel.
     pub keys: Handle,
-    /// The rekey request's nonce.
-    pub ni: Vec<u8>,
-    /// The rekey response's nonce.
-    pub nr: Vec<u8>,
 }
 
 /// The IKE SA that replaces `old`; it takes over the CHILD SAs unless this
@@ -69,8 +66,6 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         suite: Some(s.chosen),
         keys: Some(s.keys),
         dh_group: s.chosen.dh,
-        ni: s.ni,
-        nr: s.nr,
         nat_local: old.nat_local,
         nat_remote: old.nat_remote,
         children_tried: old.children_tried.clone(),
@@ -152,7 +147,7 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload]) -> Vec<Payl
     if colliding {
         sa.ike_collision = Some(Collision { what: spi_r, their_ni: offer.nonce.clone(), our_nr: nr.clone() });
     }
-    let s = Successor { initiator: false, spi_i, spi_r, chosen, keys, ni: offer.nonce, nr: nr.clone() };
+    let s = Successor { initiator: false, spi_i, spi_r, chosen, keys };
     let new = successor(sa, ctx, s, !colliding);
     ctx.sas.insert(spi_r, new);
     vec![
@@ -216,7 +211,7 @@ pub(crate) fn response(sa: &mut IkeSa, ctx: &mut Ctx, ours: IkeRekey, ps: Vec<Pa
             return Fate::Keep;
         }
     };
-    let ours = Successor { initiator: true, spi_i: new_spi, spi_r, chosen, keys, ni: ni.clone(), nr: nr.clone() };
+    let ours = Successor { initiator: true, spi_i: new_spi, spi_r, chosen, keys };
     // Section 2.8.2: after a simultaneous rekey, the new IKE SA made with
     // the lowest of the four nonces is deleted by its creator; the other
     // one takes the CHILD SAs, and its creator deletes the old IKE SA.

@@ -183,9 +183,10 @@ pub(crate) struct IkeSa {
     pub dh: Option<Handle>,
     /// The group of our KE payload (INVALID_KE_PAYLOAD may change it).
     pub dh_group: DhGroup,
-    /// The initiator's nonce.
+    /// The initiator's nonce, until IKE_AUTH has used it (AUTH and the
+    /// first CHILD SA's keys, sections 2.15 and 2.17).
     pub ni: Vec<u8>,
-    /// The responder's nonce.
+    /// The responder's nonce, as long.
     pub nr: Vec<u8>,
     /// What the AUTH payloads sign.
     pub init: InitMessages,
