@@ -2,6 +2,7 @@
 //! the running daemon's admin API ([`crate::ops::client`]), printed as a
 //! table for people or as the API's JSON with `--json`. The SA lists come
 //! in pages ([`crate::ops::page`]); the CLI asks for every page.
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -94,11 +95,14 @@ pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
 /// `list-sas` and `stats`: a request per page, following `next`. A table
 /// is printed page by page; JSON (and `stats`, whose counters are many and
 /// nested, so JSON is the readable form) is one document with every page's
-/// SAs and the last page's counters.
+/// SAs and the last page's counters, written as the pages come
+/// ([`JsonPages`]): at 100,000 SAs the whole document as values took
+/// about 100 MB in the CLI. A page the daemon refuses midway leaves the
+/// document cut short, and the exit status says so.
 fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
     let mut verb = verb.clone();
     let table = !as_json && matches!(verb, Command::Sas(_));
-    let mut whole: Option<Value> = None;
+    let mut doc = JsonPages::new(std::io::BufWriter::new(std::io::stdout().lock()));
     let mut shown = (false, false);
     loop {
         let Some(mut body) = answer(target, &verb)? else { return Ok(false) };
@@ -106,7 +110,7 @@ fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
         if table {
             print_sas(&body, next.is_none(), &mut shown);
         } else {
-            join(&mut whole, body);
+            doc.page(body)?;
         }
         let Some(next) = next else { break };
         let cursor = next.as_str().and_then(Cursor::parse).with_context(|| format!("the daemon's next page {next}"))?;
@@ -116,28 +120,82 @@ fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
         }
         page.after = Some(cursor);
     }
-    if let Some(w) = whole {
-        println!("{w:#}");
+    if !table {
+        doc.finish()?.flush()?;
     }
     Ok(true)
 }
 
-/// Add a page to the document of the pages before it: its SAs after
-/// theirs, its other fields (the counters, newer) instead of theirs.
-fn join(whole: &mut Option<Value>, page: Value) {
-    let Some(w) = whole.as_mut().and_then(Value::as_object_mut) else {
-        *whole = Some(page);
-        return;
-    };
-    let Value::Object(page) = page else { return };
-    for (k, v) in page {
-        match (w.get_mut(&k), v) {
-            (Some(Value::Array(list)), Value::Array(more)) => list.extend(more),
-            (_, v) => {
-                w.insert(k, v);
+/// The pages of an SA list written as one JSON object while they come:
+/// `ike_sas` (the pages hold every IKE SA before any CHILD SA), then
+/// `child_sas`, then the last page's other fields (its counters, the
+/// newest).
+struct JsonPages<W: Write> {
+    out: W,
+    /// The list open now (`None` before the first page), and whether it
+    /// has an item yet.
+    open: Option<(&'static str, bool)>,
+    /// The last page's fields other than the lists.
+    rest: serde_json::Map<String, Value>,
+}
+
+impl<W: Write> JsonPages<W> {
+    fn new(out: W) -> Self {
+        JsonPages { out, open: None, rest: serde_json::Map::new() }
+    }
+
+    fn page(&mut self, page: Value) -> Result<()> {
+        let Value::Object(mut page) = page else { bail!("the daemon answered a page that is not an object") };
+        for list in ["ike_sas", "child_sas"] {
+            let Some(Value::Array(items)) = page.remove(list) else { continue };
+            for item in items {
+                self.item(list, &item)?;
             }
         }
+        self.rest = page;
+        Ok(())
     }
+
+    /// Make list `list` the open one, closing the one before.
+    fn open(&mut self, list: &'static str) -> Result<()> {
+        match self.open {
+            Some((open, _)) if open == list => return Ok(()),
+            Some(("child_sas", _)) => bail!("the daemon sent IKE SAs after CHILD SAs"),
+            Some((_, any)) => write!(self.out, "{}],\n  \"{list}\": [", if any { "\n  " } else { "" })?,
+            None => write!(self.out, "{{\n  \"{list}\": [")?,
+        }
+        self.open = Some((list, false));
+        Ok(())
+    }
+
+    fn item(&mut self, list: &'static str, item: &Value) -> Result<()> {
+        self.open(list)?;
+        let first = matches!(self.open, Some((_, false)));
+        write!(self.out, "{}\n    {}", if first { "" } else { "," }, indented(item, 4)?)?;
+        self.open = Some((list, true));
+        Ok(())
+    }
+
+    /// Close the document (both lists, empty ones too) and hand back the
+    /// writer.
+    fn finish(mut self) -> Result<W> {
+        if self.open.is_none() {
+            self.open("ike_sas")?;
+        }
+        self.open("child_sas")?;
+        let any = matches!(self.open, Some((_, true)));
+        write!(self.out, "{}]", if any { "\n  " } else { "" })?;
+        for (k, v) in std::mem::take(&mut self.rest) {
+            write!(self.out, ",\n  {}: {}", Value::String(k), indented(&v, 2)?)?;
+        }
+        writeln!(self.out, "\n}}")?;
+        Ok(self.out)
+    }
+}
+
+/// `v` pretty-printed, its lines after the first indented by `by` spaces.
+fn indented(v: &Value, by: usize) -> Result<String> {
+    Ok(serde_json::to_string_pretty(v)?.replace('\n', &format!("\n{:by$}", "")))
 }
 
 fn s(v: &Value) -> String {
@@ -224,5 +282,44 @@ fn print_conns(body: &Value) {
                 s(&ch["esp_proposals"])
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(pages: &[Value]) -> Result<String> {
+        let mut doc = JsonPages::new(Vec::new());
+        for p in pages {
+            doc.page(p.clone())?;
+        }
+        Ok(String::from_utf8(doc.finish()?)?)
+    }
+
+    #[test]
+    fn pages_are_one_document_with_every_sa_and_the_last_counters() {
+        let pages = [
+            json!({ "ike_sas": [{ "spi": "01" }, { "spi": "02" }], "child_sas": [], "ike_sas_total": 3, "child_sas_total": 2, "next": "ike-02" }),
+            json!({ "ike_sas": [{ "spi": "03" }], "child_sas": [{ "inbound_spi": "c1", "ts": ["10.0.0.0/24"] }], "ike_sas_total": 3 }),
+            json!({ "ike_sas": [], "child_sas": [{ "inbound_spi": "c2" }], "ike_sas_total": 3, "child_sas_total": 2, "esp": { "drops": 1 } }),
+        ];
+        let doc: Value = serde_json::from_str(&written(&pages).unwrap()).expect("valid JSON");
+        let spis = |list: &str, k: &str| doc[list].as_array().unwrap().iter().map(|x| x[k].clone()).collect::<Vec<_>>();
+        assert_eq!(spis("ike_sas", "spi"), ["01", "02", "03"]);
+        assert_eq!(spis("child_sas", "inbound_spi"), ["c1", "c2"]);
+        assert_eq!(doc["child_sas"][0]["ts"][0], "10.0.0.0/24");
+        assert_eq!((&doc["esp"]["drops"], &doc["child_sas_total"]), (&json!(1), &json!(2)), "the last page's");
+
+        // No SA at all, or IKE SAs only: both lists all the same.
+        for pages in
+            [vec![json!({ "ike_sas": [], "child_sas": [], "esp": {} })], vec![json!({ "ike_sas": [{ "spi": "01" }] })]]
+        {
+            let doc: Value = serde_json::from_str(&written(&pages).unwrap()).expect("valid JSON");
+            assert!(doc["ike_sas"].is_array() && doc["child_sas"].as_array().is_some_and(Vec::is_empty), "{doc}");
+        }
+        // A daemon that breaks the order is not believed.
+        let disorder = [json!({ "child_sas": [{ "inbound_spi": "c1" }] }), json!({ "ike_sas": [{ "spi": "01" }] })];
+        assert!(written(&disorder).is_err());
     }
 }
