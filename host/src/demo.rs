@@ -163,7 +163,10 @@ fn random_hex(rng: &SystemRandom, n: usize) -> String {
 fn random_spi(rng: &SystemRandom) -> u32 {
     let mut b = [0u8; 4];
     rng.fill(&mut b).expect("OS random number generator failed");
-    u32::from_be_bytes(b) | 0x1000_0000
+    // 0x10000000-0x7fffffff: above the reserved values and below the IKE
+    // engine's range (`wasmsec_wire::esp::IKE_SPI_BITS`), should someone add
+    // a connection to these files.
+    (u32::from_be_bytes(b) & 0x7fff_ffff) | 0x1000_0000
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<()> {

@@ -92,7 +92,8 @@ impl Ctx<'_> {
     }
 
     /// A new ESP SPI of ours: above the reserved 0-255, and recognisably
-    /// ours in captures (high bits set).
+    /// ours in captures (high bits set, [`wasmsec_wire::esp::IKE_SPI_BITS`],
+    /// a range the config keeps manual tunnels' inbound SPIs out of).
     /// Not in use by any CHILD SA, installed or being negotiated, of any
     /// IKE SA (`current` is the one being handled, which may be out of the
     /// table meanwhile): an SPI names one inbound SA (RFC 4301 section
@@ -102,7 +103,7 @@ impl Ctx<'_> {
         loop {
             let mut b = [0u8; 4];
             self.crypto.random(&mut b);
-            let spi = u32::from_be_bytes(b) | 0xc000_0000;
+            let spi = u32::from_be_bytes(b) | wasmsec_wire::esp::IKE_SPI_BITS;
             if !current.uses_esp_spi(spi) && !self.sas.esp_spi_in_use(spi) {
                 return spi;
             }

@@ -13,6 +13,12 @@
 //! ```
 use crate::{Error, Result, be32};
 
+/// The inbound SPIs the IKE engine picks for its CHILD SAs all have
+/// these two high bits set (0xc0000000-0xffffffff): recognisably ours in a
+/// capture, and a range a manually keyed tunnel's `in_spi` keeps out of
+/// where both run in one daemon, since an SPI names one inbound SA (RFC
+/// 4301 section 4.1) and the IKE engine does not know the manual ones.
+pub const IKE_SPI_BITS: u32 = 0xc000_0000;
 /// Length of the SPI and Sequence Number fields.
 pub const HEADER_LEN: usize = 8;
 /// Pad Length and Next Header (RFC 4303 section 2.4-2.6).

@@ -150,6 +150,20 @@ impl Config {
             }
         }
         self.validate_tenants()?;
+        // The IKE engine picks its inbound SPIs in IKE_SPI_BITS's range and
+        // does not know the manual tunnels' (RFC 4301 section 4.1: one SPI,
+        // one inbound SA); a collision would refuse that CHILD SA in the
+        // data path and renegotiate it, so the config keeps them apart.
+        let ike = wasmsec_wire::esp::IKE_SPI_BITS;
+        if let Some(m) = self.manual.iter().find(|m| !self.connection.is_empty() && m.in_spi.0 & ike == ike) {
+            let msg = format!(
+                "manual {:?}: in_spi {:#x} is in {ike:#x}-0xffffffff, where the IKE engine picks the inbound SPIs of \
+                 its CHILD SAs; with [[connection]]s in the same config a manual tunnel's in_spi must be below {ike:#x}",
+                m.name.get_ref(),
+                m.in_spi.0
+            );
+            return Err(problem(&m.name, msg));
+        }
         let mut conn_names = HashSet::new();
         for c in &self.connection {
             let at = format!("connection {:?}", c.name.get_ref());
@@ -173,6 +187,12 @@ impl Config {
             }
             if c.children.is_empty() {
                 return Err(problem(&c.name, format!("{at}: needs at least one [[connection.children]]")));
+            }
+            // A child's name is what its CHILD SAs are held to (their
+            // selectors, proposals and lifetimes) and what logs show.
+            let mut child_names = HashSet::new();
+            if let Some(ch) = c.children.iter().find(|ch| !child_names.insert(ch.name.as_str())) {
+                return Err(problem(&c.name, format!("{at}: child name {:?} used twice", ch.name)));
             }
         }
         Ok(())

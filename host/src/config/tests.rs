@@ -61,6 +61,35 @@ fn refused(base: &str, changes: &[(&str, &str, &str)]) {
 }
 
 #[test]
+fn manual_in_spi_stays_out_of_the_ike_range_beside_connections() {
+    let both = format!("{GOOD}{IKE}");
+    Config::parse(&both, "b.toml").unwrap();
+    // The IKE engine's range is only refused where the IKE engine runs.
+    Config::parse(&GOOD.replace("in_spi = 4098", "in_spi = \"0xc0000001\""), "m.toml").unwrap();
+    refused(
+        &both,
+        &[
+            ("in_spi = 4098", "in_spi = \"0xc0000001\"", "in_spi 0xc0000001 is in 0xc0000000-0xffffffff"),
+            ("in_spi = 4098", "in_spi = \"0xffffffff\"", "must be below 0xc0000000"),
+        ],
+    );
+    // Only the inbound SPI: the outbound one is the peer's choice.
+    Config::parse(&both.replace("out_spi = \"0x1001\"", "out_spi = \"0xc0000001\""), "o.toml").unwrap();
+    Config::parse(&both.replace("in_spi = 4098", "in_spi = \"0xbfffffff\""), "l.toml").unwrap();
+}
+
+#[test]
+fn a_connections_child_names_are_its_own() {
+    let two = format!(
+        "{IKE}[[connection.children]]\nname = \"net\"\nlocal_ts = [\"10.1.0.0/24\"]\nremote_ts = [\"10.2.0.0/24\"]\n"
+    );
+    let e = Config::parse(&two, "c.toml").unwrap_err().to_string();
+    assert!(e.contains("connection \"s2s\": child name \"net\" used twice"), "{e}");
+    Config::parse(&two.replace("name = \"net\"\nlocal_ts = [\"10.1", "name = \"db\"\nlocal_ts = [\"10.1"), "d.toml")
+        .unwrap();
+}
+
+#[test]
 fn parses_with_defaults() {
     let c = Config::parse(GOOD, "t.toml").unwrap();
     assert_eq!(c.tunnel.mtu, 1400);
