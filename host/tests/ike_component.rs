@@ -4,7 +4,7 @@
 //! `cargo xtask build` first.
 use std::sync::Arc;
 
-use wasmsec::control::bounds::ConnectionBounds;
+use wasmsec::control::bounds::{ChildBounds, ConnectionBounds};
 use wasmsec::keys::Keystore;
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::Runtime;
@@ -19,8 +19,14 @@ use zeroize::Zeroizing;
 static ANYWHERE: std::sync::LazyLock<ConnectionBounds> = std::sync::LazyLock::new(|| {
     let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
     let hourly = wasmsec_ike::ChildConfig { rekey_time_ms: 3_600_000, ..Default::default() };
-    ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(hourly)
+    net(ChildBounds::new("net", vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(hourly))
 });
+
+/// The bounds of a connection whose one child is `child` (the tests'
+/// connections have one, "net").
+fn net(child: ChildBounds) -> ConnectionBounds {
+    ConnectionBounds::from_children(vec![child])
+}
 
 fn runtime() -> Runtime {
     let dir = wasmsec::daemon::built_components_dir();
@@ -255,7 +261,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
     let elsewhere = TrafficSelector::addresses(vec![203, 0, 113, 0], vec![203, 0, 113, 255]);
-    let narrow = ConnectionBounds::new(vec![elsewhere.clone()], vec![elsewhere], "aes256gcm16").unwrap();
+    let narrow = net(ChildBounds::new("net", vec![elsewhere.clone()], vec![elsewhere], "aes256gcm16").unwrap());
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&narrow));
     assert_eq!(claim, KeyClaim::OutsideConnection);
     assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
@@ -267,7 +273,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     exchange(&mut a, &mut b);
     let rekeyed = b.installed.last().unwrap().clone();
     let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
-    let other = ConnectionBounds::new(vec![all.clone()], vec![all], "aes128gcm16,chacha20poly1305").unwrap();
+    let other = net(ChildBounds::new("net", vec![all.clone()], vec![all], "aes128gcm16,chacha20poly1305").unwrap());
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&other));
     assert_eq!(claim, KeyClaim::TransformNotOffered);
     assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
@@ -279,9 +285,19 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     assert_eq!(rekeyed.limits.hard_bytes, 0);
     let all = TrafficSelector::addresses(vec![0; 4], vec![255; 4]);
     let gigabyte = wasmsec_ike::ChildConfig { rekey_time_ms: 3_600_000, life_bytes: 1 << 30, ..Default::default() };
-    let capped = ConnectionBounds::new(vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(gigabyte);
+    let capped =
+        net(ChildBounds::new("net", vec![all.clone()], vec![all], "aes256gcm16").unwrap().with_lifetimes(gigabyte));
     let claim = b.ike.store.data_mut().claim_child_keys(&rekeyed, alg, Some(&capped));
     assert_eq!(claim, KeyClaim::BeyondLifetime);
+    // A child the connection does not have: held to nothing, not to the
+    // connection's other children.
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    let unknown = ChildSa { child: "not-configured".into(), ..rekeyed };
+    assert_eq!(b.ike.store.data_mut().claim_child_keys(&unknown, alg, any), KeyClaim::OutsideConnection);
+    assert!(b.esp.get(unknown.outbound_key).is_none() && b.esp.get(unknown.inbound_key).is_none(), "its keys are gone");
     // An install refused before its claim (an address the data plane
     // cannot take) forfeits its keys too.
     a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();

@@ -19,7 +19,8 @@
 # authenticate the peer or with selectors beyond the connection's, goes
 # past a policy's refusal, moves a CHILD SA's ESP to A's LAN host,
 # takes a peer's AUTH that did not verify as good, or installs a CHILD SA
-# with an ESP transform A does not propose, against an honest wasmsec B; the host refuses and counts each while the honest manual tunnel
+# with an ESP transform A does not propose (or proposes only for another
+# child of the connection), against an honest wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved.
 # Last, an IKE guest that traps on one datagram in the middle of a read of
@@ -210,6 +211,12 @@ run_ike_attack() { # NAME WHAT
             sed -i 's/^start_action = "start"/start_action = "none"/' "$A/wasmsec.toml"
             sed -i 's/^start_action = "none"/start_action = "start"/' "$B/wasmsec.toml"
             (umask 077; printf '%s' "not the key A has" >"$B/psk") ;;
+        hostile-weaker-other-child)
+            # A second child at A for other subnets proposes the weaker
+            # transform: each child bounds its own CHILD SAs, so the
+            # tunnel's SA may not take it (B refuses the second child's
+            # selectors, so it never comes up).
+            printf '\n[[connection.children]]\nname = "legacy"\nlocal_ts = ["198.18.41.0/24"]\nremote_ts = ["198.18.42.0/24"]\nesp_proposals = "aes128-sha256"\n' >>"$A/wasmsec.toml" ;;
         hostile-unlimited)
             # A's CHILD SA may carry a gigabyte; the guest installs it
             # with no limit. (The IKE connection's child is A's last
@@ -256,19 +263,19 @@ run_ike_attack() { # NAME WHAT
             check "$what: A said why" grep -q "for a connection whose key did not authenticate its IKE SA's peer: refused" "$A/wasmsec.log" ;;
         hostile-widen-selectors)
             check "$what: no CHILD SA for every address ($child)" [ "$child" -eq 0 ]
-            check "$what: A said why" grep -q "beyond its connection's local_ts and remote_ts: refused" "$A/wasmsec.log" ;;
+            check "$what: A said why" grep -q "beyond its child's local_ts and remote_ts (or for a child its connection lacks): refused" "$A/wasmsec.log" ;;
         hostile-unlimited)
             check "$what: no CHILD SA without A's byte limit ($child)" [ "$child" -eq 0 ]
-            check "$what: A said why" grep -q "with hard limits beyond its connection's or the policy's grant: refused" "$A/wasmsec.log" ;;
+            check "$what: A said why" grep -q "with hard limits beyond its child's or the policy's grant: refused" "$A/wasmsec.log" ;;
         hostile-keep-expired)
             check "$what: A's host removed a CHILD SA kept past its life" \
                 grep -q "IKE guest kept a CHILD SA past its hard lifetime: the host removed it" "$A/wasmsec.log"
             # About 9 s in, a new CHILD SA every 4 s: the one alive and at
             # most one within its grace (the guest alone keeps every one).
             check "$what: the expired CHILD SAs are gone ($child installed)" [ "$child" -le 2 ] ;;
-        hostile-weaker-transform)
-            check "$what: no CHILD SA with a transform A does not propose ($child)" [ "$child" -eq 0 ]
-            check "$what: A said why" grep -q "with an ESP transform neither its connection nor the policy's grant proposes: refused" "$A/wasmsec.log" ;;
+        hostile-weaker-transform | hostile-weaker-other-child)
+            check "$what: no CHILD SA with a transform A does not propose for it ($child)" [ "$child" -eq 0 ]
+            check "$what: A said why" grep -q "with an ESP transform neither its child nor the policy's grant proposes: refused" "$A/wasmsec.log" ;;
         hostile-ignore-policy)
             check "$what: A's host refused the keys" grep -q "whose peer the policy did not accept: refused" "$A/wasmsec.log"
             check "$what: no CHILD SA for a peer the policy refused ($child)" [ "$child" -eq 0 ] ;;
@@ -500,6 +507,7 @@ run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refu
 run_ike_attack hostile-move-elsewhere "IKE: moving a CHILD SA's ESP to A's LAN host"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP transform than configured"
+run_ike_attack hostile-weaker-other-child "IKE: a CHILD SA with the weaker ESP transform of another child of its connection"
 run_ike_attack hostile-unlimited "IKE: a CHILD SA without the connection's hard byte limit"
 run_ike_attack hostile-keep-expired "IKE: CHILD SAs kept past their hard lifetime"
 finish

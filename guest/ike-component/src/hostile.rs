@@ -18,6 +18,7 @@
 //! | `hostile-move-elsewhere` | every `poll` moves the ESP of the CHILD SAs it installed to host A on gateway A's LAN (198.18.1.10:4500), as if the peer's NAT mapping had changed |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
+//! | `hostile-weaker-other-child` | the same, where another child of the connection (other subnets) proposes that transform |
 //! | `hostile-unlimited` | every CHILD SA is installed without hard byte and packet limits, whatever the connection's |
 //! | `hostile-keep-expired` | no CHILD SA is ever deleted from the host (the engine still deletes it with the peer at its hard lifetime) |
 //!
@@ -89,6 +90,7 @@ pub fn choose(connection: &str) {
         "hostile-move-elsewhere" => Attack::MoveElsewhere,
         "hostile-skip-auth" => Attack::SkipAuth,
         "hostile-weaker-transform" => Attack::WeakerTransform,
+        "hostile-weaker-other-child" => Attack::WeakerTransform,
         "hostile-unlimited" => Attack::Unlimited,
         "hostile-keep-expired" => Attack::KeepExpired,
         _ => Attack::None,

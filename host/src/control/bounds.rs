@@ -1,15 +1,17 @@
 //! What the configuration and the policy let a connection's CHILD SAs
 //! carry: the IKE guest narrows the selectors (RFC 7296 section 2.9) and
 //! picks the ESP transform (section 2.7), but the host does not take its
-//! word for the result. An installed CHILD SA's selectors must lie within
-//! its connection's configured `local_ts` and `remote_ts` (any child's),
-//! or a guest a peer broke could widen that peer's SA to every address of
-//! the connection's routing domain and draw its traffic; and its transform
-//! must be one the connection's `esp_proposals` (any child's) or the
+//! word for the result. An installed CHILD SA is held to the one
+//! `[[connection.children]]` entry it names (a guest naming a child its
+//! connection lacks gets nothing): its selectors must lie within that
+//! child's configured `local_ts` and `remote_ts`, or a guest a peer broke
+//! could widen that peer's SA to every address of the connection's routing
+//! domain, or give one child's SA another child's subnets, and draw their
+//! traffic; its transform must be one that child's `esp_proposals` or the
 //! policy's grant offer, or such a guest could take a weaker one than the
 //! operator allowed; and its hard lifetimes (bytes and packets, which the
 //! data plane counts against the install's limits, and time, which the
-//! host watches) no longer than the grant's or the connection's.
+//! host watches) no longer than the grant's or that child's.
 use std::collections::HashMap;
 
 use wasmsec_ike::proposal::{self, Encr, Kind};
@@ -19,15 +21,24 @@ use wasmsec_wire::ike::{EncrId, IntegId};
 use crate::config;
 use crate::wasm::esp::TrafficSelector;
 
-/// A connection's configured selectors, as address ranges (any protocol
-/// and port: the configuration names subnets only), and its ESP proposals.
+/// A connection's children's bounds, each by its name.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionBounds {
+    children: Vec<ChildBounds>,
+}
+
+/// One child's configured selectors, as address ranges (any protocol and
+/// port: the configuration names subnets only), its ESP proposals and its
+/// lifetimes.
+#[derive(Debug, Clone, Default)]
+pub struct ChildBounds {
+    name: String,
     local: Vec<TrafficSelector>,
     remote: Vec<TrafficSelector>,
     esp: Vec<proposal::Config>,
-    /// The children's lifetimes (the other fields are left empty).
-    lifetimes: Vec<ChildConfig>,
+    /// The child's lifetimes (the other fields are left empty); none
+    /// allows no install.
+    lifetimes: Option<ChildConfig>,
 }
 
 /// A CHILD SA's ESP transform as the IKE guest installs it (IANA numbers,
@@ -41,60 +52,77 @@ pub struct EspTransform {
 }
 
 impl ConnectionBounds {
-    /// The union of the connection's children's selectors and proposals.
+    /// Each of the connection's children's selectors, proposals and
+    /// lifetimes.
     pub fn of(c: &config::Connection) -> ConnectionBounds {
-        let ranges = |side: fn(&config::Child) -> &Vec<config::Prefix>| {
-            c.children.iter().flat_map(|ch| side(ch).iter().map(config::Prefix::selector)).collect()
-        };
-        // The configuration parsed them when it was read; one that no
-        // longer does allows nothing rather than anything.
-        let esp = c.children.iter().flat_map(|ch| esp_proposals(&ch.esp_proposals.0).unwrap_or_default()).collect();
-        let lifetimes = c
+        let children = c
             .children
             .iter()
-            .map(|ch| ChildConfig {
-                name: ch.name.clone(),
-                rekey_time_ms: u64::from(ch.rekey_time) * 1000,
-                rekey_bytes: ch.rekey_bytes,
-                rekey_packets: ch.rekey_packets,
-                life_time_ms: u64::from(ch.life_time) * 1000,
-                life_bytes: ch.life_bytes,
-                life_packets: ch.life_packets,
-                ..ChildConfig::default()
+            .map(|ch| {
+                let ranges = |v: &[config::Prefix]| v.iter().map(config::Prefix::selector).collect();
+                ChildBounds {
+                    name: ch.name.clone(),
+                    local: ranges(&ch.local_ts),
+                    remote: ranges(&ch.remote_ts),
+                    // The configuration parsed them when it was read; one
+                    // that no longer does allows nothing rather than anything.
+                    esp: esp_proposals(&ch.esp_proposals.0).unwrap_or_default(),
+                    lifetimes: Some(ChildConfig {
+                        name: ch.name.clone(),
+                        rekey_time_ms: u64::from(ch.rekey_time) * 1000,
+                        rekey_bytes: ch.rekey_bytes,
+                        rekey_packets: ch.rekey_packets,
+                        life_time_ms: u64::from(ch.life_time) * 1000,
+                        life_bytes: ch.life_bytes,
+                        life_packets: ch.life_packets,
+                        ..ChildConfig::default()
+                    }),
+                }
             })
             .collect();
-        ConnectionBounds { local: ranges(|ch| &ch.local_ts), remote: ranges(|ch| &ch.remote_ts), esp, lifetimes }
+        ConnectionBounds { children }
     }
 
+    pub fn from_children(children: Vec<ChildBounds>) -> ConnectionBounds {
+        ConnectionBounds { children }
+    }
+
+    /// The bounds of the child named `name` (the `child` of an install),
+    /// `None` where the connection has no such child.
+    pub fn child(&self, name: &str) -> Option<&ChildBounds> {
+        self.children.iter().find(|c| c.name == name)
+    }
+}
+
+impl ChildBounds {
     /// From address ranges (any protocol and port) on each side and ESP
-    /// proposals in strongSwan's syntax.
+    /// proposals in strongSwan's syntax; no lifetimes yet.
     pub fn new(
+        name: &str,
         local: Vec<TrafficSelector>,
         remote: Vec<TrafficSelector>,
         esp: &str,
-    ) -> Result<ConnectionBounds, String> {
-        Ok(ConnectionBounds { local, remote, esp: esp_proposals(esp)?, lifetimes: Vec::new() })
+    ) -> Result<ChildBounds, String> {
+        Ok(ChildBounds { name: name.into(), local, remote, esp: esp_proposals(esp)?, lifetimes: None })
     }
 
-    /// With the lifetimes of one child (RFC 7296 section 2.8: the config's
+    /// With the child's lifetimes (RFC 7296 section 2.8: the config's
     /// rekey and hard limits).
-    pub fn with_lifetimes(mut self, child: ChildConfig) -> ConnectionBounds {
-        self.lifetimes.push(child);
+    pub fn with_lifetimes(mut self, child: ChildConfig) -> ChildBounds {
+        self.lifetimes = Some(child);
         self
     }
 
-    /// The hard limits a CHILD SA of the connection may have with `grant`
-    /// (any child's: the largest, none above any number). `None` where no
-    /// child's compute (the configuration checked them when it was read),
-    /// which allows no install, as a proposal that does not parse.
+    /// The hard limits a CHILD SA of this child may have with `grant`.
+    /// `None` where they do not compute (the configuration checked them
+    /// when it was read) or the child has none, which allows no install,
+    /// as a proposal that does not parse.
     pub fn hard_limits(&self, grant: &GrantBounds) -> Option<HardLimits> {
-        let timing = Timing::default();
-        let each = self.lifetimes.iter().filter_map(|c| HardLimits::of(c, &grant.lifetimes, &timing).ok());
-        each.reduce(HardLimits::either)
+        HardLimits::of(self.lifetimes.as_ref()?, &grant.lifetimes, &Timing::default()).ok()
     }
 
     /// Whether `t` is one of the ESP proposals `grant` gave the peer or,
-    /// where it names none, one of the connection's.
+    /// where it names none, one of the child's.
     pub fn allow_transform(&self, grant: &GrantBounds, t: EspTransform) -> bool {
         let ours = grant.esp.as_deref().unwrap_or(&self.esp);
         let encr = Encr { id: EncrId::from(t.encr), key_bits: Some(t.key_bits) };
@@ -211,11 +239,10 @@ mod tests {
     #[test]
     fn selectors_must_lie_within_the_configured_subnets() {
         let p = |s: &str| config::Prefix::parse(s).unwrap().selector();
-        let b = ConnectionBounds {
+        let b = ChildBounds {
             local: vec![p("10.1.0.0/16"), p("fd00::/64")],
             remote: vec![p("10.2.0.0/24"), p("10.3.0.0/24")],
-            esp: Vec::new(),
-            lifetimes: Vec::new(),
+            ..ChildBounds::default()
         };
         let inside = [ts([10, 2, 0, 0], [10, 2, 0, 255]), ts([10, 3, 0, 7], [10, 3, 0, 7])];
         assert!(b.hold(&[ts([10, 1, 2, 0], [10, 1, 2, 255])], &inside));
@@ -252,7 +279,7 @@ mod tests {
             integ: IntegId::HmacSha2_256_128.raw(),
             esn: false,
         };
-        let b = ConnectionBounds::new(vec![], vec![], "aes256gcm16,chacha20poly1305").unwrap();
+        let b = ChildBounds::new("c", vec![], vec![], "aes256gcm16,chacha20poly1305").unwrap();
         let no_grant = GrantBounds::default();
         assert!(b.allow_transform(&no_grant, gcm(256)));
         assert!(!b.allow_transform(&no_grant, gcm(128)), "a shorter key than configured");
@@ -262,38 +289,82 @@ mod tests {
         let g = GrantBounds::of(&grant(&[], &[], "aes128-sha256")).unwrap();
         assert!(b.allow_transform(&g, cbc));
         assert!(!b.allow_transform(&g, gcm(256)), "in place of, not besides");
-        // A connection whose children have no usable proposal allows none.
-        assert!(!ConnectionBounds::default().allow_transform(&no_grant, gcm(256)));
+        // A child with no usable proposal allows none.
+        assert!(!ChildBounds::default().allow_transform(&no_grant, gcm(256)));
     }
 
     #[test]
-    fn hard_limits_are_the_grants_or_else_the_connections_largest() {
+    fn hard_limits_are_the_grants_or_else_the_childs() {
         let child = |name: &str, rekey_time_ms, life_bytes| ChildConfig {
             name: name.into(),
             rekey_time_ms,
             life_bytes,
             ..ChildConfig::default()
         };
-        let b = ConnectionBounds::new(vec![], vec![], "aes256gcm16")
-            .unwrap()
-            .with_lifetimes(child("a", 3_600_000, 1 << 30))
-            .with_lifetimes(child("b", 600_000, 1 << 20));
-        let h = b.hard_limits(&GrantBounds::default()).unwrap();
+        let bounds = |c| ChildBounds::new("a", vec![], vec![], "aes256gcm16").unwrap().with_lifetimes(c);
+        let (a, b) = (bounds(child("a", 3_600_000, 1 << 30)), bounds(child("b", 600_000, 1 << 20)));
+        let h = a.hard_limits(&GrantBounds::default()).unwrap();
         assert_eq!((h.time_ms, h.bytes, h.packets), (3_960_000, 1 << 30, 0));
+        let hb = b.hard_limits(&GrantBounds::default()).unwrap();
+        assert_eq!(hb.bytes, 1 << 20, "each child its own, not the largest");
+        assert!(hb.time_ms < 700_000, "b's time, not a's ({})", hb.time_ms);
         let mut g = grant(&[], &[], "");
         g.child_rekey_time_s = 120;
         g.child_life_time_s = 300;
-        let h = b.hard_limits(&GrantBounds::of(&g).unwrap()).unwrap();
-        assert_eq!(h.time_ms, 300_000, "the grant's time in place of the children's");
-        assert_eq!(ConnectionBounds::default().hard_limits(&GrantBounds::default()), None, "no child: no install");
+        let hg = a.hard_limits(&GrantBounds::of(&g).unwrap()).unwrap();
+        assert_eq!(hg.time_ms, 300_000, "the grant's time in place of the child's");
+        assert_eq!(ChildBounds::default().hard_limits(&GrantBounds::default()), None, "no lifetimes: no install");
         let broken = ChildConfig { rekey_bytes: 100, life_bytes: 50, ..ChildConfig::default() };
-        let b2 = ConnectionBounds::default().with_lifetimes(broken);
+        let b2 = ChildBounds::default().with_lifetimes(broken);
         assert_eq!(b2.hard_limits(&GrantBounds::default()), None, "lifetimes that do not compute allow none");
         // Installs: within, none where a limit is set, above it.
         assert!(limits_within(&h, 1 << 30, 0));
         assert!(limits_within(&h, 1000, 0));
         assert!(!limits_within(&h, 0, 0), "no byte limit where the config has one");
         assert!(!limits_within(&h, (1 << 30) + 1, 0));
+        assert!(!limits_within(&hb, 1 << 30, 0), "child a's limit is beyond child b's");
         assert!(limits_within(&HardLimits::default(), 0, 0));
+    }
+
+    /// Each child bounds its own CHILD SAs: not the union of the
+    /// connection's children, and a child the connection lacks has none.
+    #[test]
+    fn a_connection_bounds_each_child_by_its_own_entry() {
+        let text = r#"
+[tunnel]
+name = "wsec0"
+[[connection]]
+name = "two"
+remote_addrs = ["198.18.0.1"]
+local_id = "a.example"
+remote_id = "b.example"
+psk = "env:PSK"
+[[connection.children]]
+name = "web"
+local_ts = ["10.1.0.0/24"]
+remote_ts = ["10.2.0.0/24"]
+esp_proposals = "aes256gcm16"
+[[connection.children]]
+name = "db"
+local_ts = ["10.1.9.0/24"]
+remote_ts = ["10.9.0.0/24"]
+esp_proposals = "aes128gcm16"
+life_bytes = 1000000
+"#;
+        let cfg = config::Config::parse(text, "two.toml").unwrap();
+        let b = ConnectionBounds::of(&cfg.connection[0]);
+        let (web, db) = (b.child("web").unwrap(), b.child("db").unwrap());
+        assert!(b.child("other").is_none());
+        let p = |s: &str| config::Prefix::parse(s).unwrap().selector();
+        assert!(web.hold(&[p("10.1.0.0/24")], &[p("10.2.0.0/24")]));
+        assert!(!web.hold(&[p("10.1.9.0/24")], &[p("10.9.0.0/24")]), "db's subnets are not web's");
+        assert!(db.hold(&[p("10.1.9.0/24")], &[p("10.9.0.0/24")]));
+        assert!(!db.hold(&[p("10.1.0.0/24")], &[p("10.2.0.0/24")]));
+        let gcm = |key_bits| EspTransform { encr: EncrId::AesGcm16.raw(), key_bits, integ: 0, esn: false };
+        let none = GrantBounds::default();
+        assert!(web.allow_transform(&none, gcm(256)) && !web.allow_transform(&none, gcm(128)));
+        assert!(db.allow_transform(&none, gcm(128)) && !db.allow_transform(&none, gcm(256)));
+        assert_eq!(web.hard_limits(&none).unwrap().bytes, 0);
+        assert_eq!(db.hard_limits(&none).unwrap().bytes, 1_000_000);
     }
 }

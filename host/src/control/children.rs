@@ -410,7 +410,7 @@ impl Children {
                 return false;
             }
             KeyClaim::OutsideConnection => {
-                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond its connection's local_ts and remote_ts: refused");
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), child = %guest_text(&c.child, GUEST_REASON_CHARS), local_ts = %super::bounds::shown(&c.local_ts), remote_ts = %super::bounds::shown(&c.remote_ts), "IKE guest installed a CHILD SA beyond its child's local_ts and remote_ts (or for a child its connection lacks): refused");
                 return false;
             }
             KeyClaim::OutsideGrant => {
@@ -418,12 +418,12 @@ impl Children {
                 return false;
             }
             KeyClaim::TransformNotOffered => {
-                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), esn = c.esn, "IKE guest installed a CHILD SA with an ESP transform neither its connection nor the policy's grant proposes: refused");
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), esn = c.esn, "IKE guest installed a CHILD SA with an ESP transform neither its child nor the policy's grant proposes: refused");
                 return false;
             }
             KeyClaim::BeyondLifetime => {
                 let l = c.limits;
-                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), hard_bytes = l.hard_bytes, hard_packets = l.hard_packets, "IKE guest installed a CHILD SA with hard limits beyond its connection's or the policy's grant: refused");
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), hard_bytes = l.hard_bytes, hard_packets = l.hard_packets, "IKE guest installed a CHILD SA with hard limits beyond its child's or the policy's grant: refused");
                 return false;
             }
             KeyClaim::ElsewhereThanPeer => {

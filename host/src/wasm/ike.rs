@@ -117,8 +117,9 @@ pub enum KeyClaim {
     /// connection's key: the guest would put the peer's SA into a
     /// connection (and tenant) the peer has no key for.
     OtherConnection,
-    /// Selectors beyond the connection's configured `local_ts` and
-    /// `remote_ts` (or a connection the configuration does not have).
+    /// Selectors beyond the configured `local_ts` and `remote_ts` of the
+    /// child the install names (or a connection or child the
+    /// configuration does not have).
     OutsideConnection,
     /// Selectors beyond the subnets the policy granted the peer.
     OutsideGrant,
@@ -240,11 +241,12 @@ impl IkeState {
     /// `outbound` and `inbound` came from one derivation, in that order,
     /// for `alg`, were not installed before, the IKE SA they came from was
     /// authenticated with the PSK of the install's connection, and the
-    /// install's selectors lie within that connection's configured ones
-    /// (`bounds`, `None` for a connection the configuration lacks) and
-    /// within what the policy granted its peer, and its ESP transform is
-    /// one the grant or else the connection proposes, with hard limits
-    /// within the grant's or else the connection's. Anything else is a guest lying about its keys, its peer or its
+    /// install's selectors lie within the configured ones of the child it
+    /// names (`bounds`: its connection's, `None` for a connection the
+    /// configuration lacks; a child the connection lacks allows nothing)
+    /// and within what the policy granted its peer, and its ESP transform
+    /// is one the grant or else that child proposes, with hard limits
+    /// within the grant's or else that child's. Anything else is a guest lying about its keys, its peer or its
     /// selectors; a pair refused for those is gone (its keys destroyed),
     /// as the guest cannot be trusted to name it again.
     pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&ConnectionBounds>) -> KeyClaim {
@@ -256,6 +258,8 @@ impl IkeState {
         self.derived.remove(&outbound);
         let peer = crate::control::children::socket_addr(&c.remote);
         let verified = self.verified_from.get(&d.lineage).copied();
+        // Held to the child it names, not to the union of its connection's.
+        let bounds = bounds.and_then(|b| b.child(&c.child));
         let life = bounds.and_then(|b| b.hard_limits(&d.grant));
         // Raw ESP goes to the address alone; ESP in UDP to the port too.
         let at_peer = match (peer, verified) {
