@@ -294,6 +294,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         policies,
         heard: Default::default(),
         configured: Default::default(),
+        heap_trim: Default::default(),
     })
 }
 

@@ -18,6 +18,8 @@
 # KiB of RSS per CHILD SA (and per IKE SA). Then it lists every SA as an
 # operator would (`wasmsec list-sas --json`, which follows the admin API's
 # pages) and prints how long that took and the daemon's peak RSS after it.
+# Last it deletes them all (`wasmsec terminate`) and prints the RSS once
+# none is left: how much of the growth the daemon gives back.
 # 16000x1 is a PoP of small
 # peers, each tunnel its own IKE SA; 1000x100 is 100,000 CHILD SAs.
 #
@@ -95,17 +97,32 @@ for shape in $SHAPES; do
     hwm_list=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
     [ "$listed" -ge "$((${have% *} + ${have#* }))" ] 2>/dev/null ||
         { echo "daemon-memory.sh: $shape: list-sas showed ${listed:-nothing} of $have SAs" >&2; exit 1; }
-    echo "$shape ike_sas=${have% *} child_sas=${have#* } rss_base_kib=$base rss_kib=$up hwm_kib=$hwm listed=$listed list_ms=$list_ms hwm_list_kib=$hwm_list" | tee -a "$STATE/results.txt"
+    # Then every SA goes, as when a site or a tenant is removed: the
+    # responder deletes them all (the generator answers the DELETEs), and
+    # the resident set once the count has been zero for a while shows what
+    # the daemon gives back (its heap trim, control/heap_trim.rs).
+    "$WASMSEC_BIN" terminate s2s --socket "$d/ctl.sock" >/dev/null ||
+        { echo "daemon-memory.sh: $shape: terminate failed" >&2; exit 1; }
+    for i in $(seq 600); do
+        left=$(counts "$d")
+        [ "$left" = "0 0" ] && break
+        sleep 0.5
+    done
+    [ "$left" = "0 0" ] || { echo "daemon-memory.sh: $shape: $left (IKE CHILD) SAs left 5 minutes after terminate" >&2; exit 1; }
+    sleep 5
+    gone=$(settled "$pid")
+    grep -a "freed heap given back" "$d/wasmsec.log" | tail -n 2 | sed 's/^/  /' >&2 || true
+    echo "$shape ike_sas=${have% *} child_sas=${have#* } rss_base_kib=$base rss_kib=$up hwm_kib=$hwm listed=$listed list_ms=$list_ms hwm_list_kib=$hwm_list rss_gone_kib=$gone" | tee -a "$STATE/results.txt"
     kill -TERM $gen 2>/dev/null; wait $gen 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 done
 echo
-echo "| IKE SAs | CHILD SAs | RSS before (MiB) | RSS with them (MiB) | KiB per CHILD SA | KiB per IKE SA + its CHILD SAs | peak RSS (MiB) | list-sas of all (s) | peak RSS after it (MiB) |"
-echo "|---|---|---|---|---|---|---|---|---|"
-while read -r shape i c b u h _ l lh; do
-    i=${i#*=}; c=${c#*=}; b=${b#*=}; u=${u#*=}; h=${h#*=}; l=${l#*=}; lh=${lh#*=}
-    awk -v i="$i" -v c="$c" -v b="$b" -v u="$u" -v h="$h" -v l="$l" -v lh="$lh" 'BEGIN {
-        printf "| %d | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f | %.1f |\n", i, c, b / 1024, u / 1024, (u - b) / c, (u - b) / i, h / 1024, l / 1000, lh / 1024 }'
+echo "| IKE SAs | CHILD SAs | RSS before (MiB) | RSS with them (MiB) | KiB per CHILD SA | KiB per IKE SA + its CHILD SAs | peak RSS (MiB) | list-sas of all (s) | peak RSS after it (MiB) | RSS once all deleted (MiB) | of the growth given back |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+while read -r shape i c b u h _ l lh g; do
+    i=${i#*=}; c=${c#*=}; b=${b#*=}; u=${u#*=}; h=${h#*=}; l=${l#*=}; lh=${lh#*=}; g=${g#*=}
+    awk -v i="$i" -v c="$c" -v b="$b" -v u="$u" -v h="$h" -v l="$l" -v lh="$lh" -v g="$g" 'BEGIN {
+        printf "| %d | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f | %.1f | %.1f | %.0f %% |\n", i, c, b / 1024, u / 1024, (u - b) / c, (u - b) / i, h / 1024, l / 1000, lh / 1024, g / 1024, 100 * (u - g) / (u - b) }'
 done <"$STATE/results.txt"
 echo "(target: at most 4 KiB of host memory per CHILD SA)"

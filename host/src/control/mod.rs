@@ -9,6 +9,7 @@ pub mod children;
 pub mod connections;
 pub mod destinations;
 pub mod domains;
+pub mod heap_trim;
 pub mod sockets;
 pub mod tenants;
 
@@ -154,6 +155,8 @@ pub struct ControlPlane {
     pub heard: destinations::Heard,
     /// The loaded connections' remote addresses: the guest may initiate there.
     pub configured: destinations::Configured,
+    /// When to give the heap back after many SAs went away.
+    pub heap_trim: heap_trim::HeapTrim,
 }
 
 /// An IKE SA's up or down event, for the policy module's accounting.
@@ -218,10 +221,32 @@ impl ControlPlane {
                 // retransmits, timers fire again.
                 self.recover(e);
             }
+            self.trim_heap_if_due(now);
         }
         self.shutdown(Self::now(start));
         self.write_audit_files();
         crate::logwriter::write_held();
+    }
+
+    /// Many SAs went away and the count is still: the freed heap goes
+    /// back to the kernel (`heap_trim`). Counted as the host holds them:
+    /// CHILD SAs installed and the vault's secrets (one per IKE SA).
+    fn trim_heap_if_due(&mut self, now: u64) {
+        let held = self.children.installed_count() + self.ike.store.data().secrets();
+        if !self.heap_trim.due(now, held) {
+            return;
+        }
+        let (before, t0) = (sys::resident_bytes(), Instant::now());
+        let released = sys::trim_heap();
+        let after = sys::resident_bytes();
+        info!(
+            sas_held = held,
+            released,
+            rss_before_mib = before >> 20,
+            rss_after_mib = after >> 20,
+            took_ms = t0.elapsed().as_millis() as u64,
+            "many SAs went away: freed heap given back to the system"
+        );
     }
 
     /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE

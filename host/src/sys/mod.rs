@@ -828,6 +828,26 @@ pub fn prefetch_at(addr: usize) {
     let _ = addr;
 }
 
+/// Give the heap's free pages back to the kernel (glibc's `malloc_trim`:
+/// every arena, not only the top of the main heap, which glibc trims by
+/// itself). True when some memory was released.
+pub fn trim_heap() -> bool {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own
+    // arenas under their locks.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// This process's resident set in bytes (`/proc/self/statm`), or 0.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf takes no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
