@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmsec::cli;
-use wasmsec::ops::{Command as Verb, FaultPoint, Page};
+use wasmsec::ops::{Command as Verb, FaultPoint, Only, Page};
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 #[derive(Parser)]
@@ -53,7 +53,30 @@ struct Daemon {
 impl Daemon {
     /// The first page of the SAs, of the size asked for.
     fn page(&self) -> Page {
-        Page { after: None, limit: self.page_size as usize }
+        Page { after: None, limit: self.page_size as usize, only: None }
+    }
+}
+
+/// Which SAs `list-sas` and `stats` show (all without either).
+#[derive(Args)]
+struct SaFilter {
+    /// Only the SAs of this connection (swanctl's `--list-sas --ike`).
+    #[arg(long, value_name = "NAME", visible_alias = "connection", conflicts_with = "tenant")]
+    ike: Option<String>,
+    /// Only the SAs of this tenant's connections.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+}
+
+impl SaFilter {
+    /// The first page `d` asks for, of these SAs.
+    fn page(&self, d: &Daemon) -> Page {
+        let only = match (&self.ike, &self.tenant) {
+            (Some(c), _) => Some(Only::Connection(c.clone())),
+            (None, Some(t)) => Some(Only::Tenant(t.clone())),
+            (None, None) => None,
+        };
+        Page { only, ..d.page() }
     }
 }
 
@@ -80,9 +103,19 @@ enum Cmd {
     /// The loaded connections.
     ListConns(Daemon),
     /// The IKE and CHILD SAs.
-    ListSas(Daemon),
+    ListSas {
+        #[command(flatten)]
+        daemon: Daemon,
+        #[command(flatten)]
+        only: SaFilter,
+    },
     /// Every counter, with the SAs.
-    Stats(Daemon),
+    Stats {
+        #[command(flatten)]
+        daemon: Daemon,
+        #[command(flatten)]
+        only: SaFilter,
+    },
     /// Recent refused or failed negotiations, with their reasons.
     ListFailures(Daemon),
     /// Start a connection as initiator.
@@ -215,8 +248,8 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             demo::run(&o)
         }
         Cmd::ListConns(d) => verb(&d, Verb::Connections),
-        Cmd::ListSas(d) => verb(&d, Verb::Sas(d.page())),
-        Cmd::Stats(d) => verb(&d, Verb::Status(d.page())),
+        Cmd::ListSas { daemon, only } => verb(&daemon, Verb::Sas(only.page(&daemon))),
+        Cmd::Stats { daemon, only } => verb(&daemon, Verb::Status(only.page(&daemon))),
         Cmd::ListFailures(d) => verb(&d, Verb::Failures),
         Cmd::Initiate { name, daemon } => verb(&daemon, Verb::Initiate(name)),
         Cmd::Terminate { name, daemon } => verb(&daemon, Verb::Terminate(name)),

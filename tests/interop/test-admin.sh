@@ -121,6 +121,22 @@ wasmsec_connection extra "" 198.18.0.99 $ID_B extra.interop.test '["198.18.2.0/2
 for _ in $(seq 30); do w list-conns | grep -q '^  extra ' && break; sleep 0.2; done
 check "an edit of the config file was reloaded by itself (watch_config)" bash -c "'$WASMSEC_BIN' list-conns --socket '$B/ctl.sock' | grep -q '^  extra '"
 check "... and the tunnel was not touched ($(children))" [ "$(children)" = "$sas" ]
+# One connection's SAs (swanctl's --list-sas --ike), now that two are loaded.
+check "list-sas --ike s2s: its IKE SA and its CHILD SA" \
+    [ "$(w list-sas --ike s2s --json | sas_of)" = "$(w list-sas --json | sas_of)" ]
+check "... the same over pages of one SA and on TCP" \
+    [ "$(wt list-sas --ike s2s --json --page-size 1 | sas_of)" = "$(w list-sas --json | sas_of)" ]
+check "list-sas --ike extra: none (it has no SA)" [ "$(w list-sas --ike extra --json | sas_of)" = "[] [] -" ]
+check "stats --ike extra: no SA, and the counters" \
+    bash -c "'$WASMSEC_BIN' stats --ike extra --socket '$B/ctl.sock' | tee '$B/stats-extra.json' | grep -q esp_tx_packets"
+check "... and no SA in it" [ "$(sas_of <"$B/stats-extra.json")" = "[] [] -" ]
+check "list-sas --ike nosuch is refused" bash -c "! '$WASMSEC_BIN' list-sas --ike nosuch --socket '$B/ctl.sock' 2>'$B/only.out'"
+check "... with 404 naming the loaded ones" grep -q "404: no connection \"nosuch\" (loaded: s2s, extra)" "$B/only.out"
+check "a name percent-encoded in the query: s2s as %73%32%73" \
+    [ "$(get "/v1/sas?connection=%73%32%73" | field child_sas)" = 1 ]
+check "connection and tenant at once: 400" [ "$(raw GET "/v1/sas?connection=s2s&tenant=a" '' "$(cat "$B/token")")" = 400 ]
+check "a broken percent-encoding: 400" [ "$(raw GET "/v1/sas?connection=s2%" '' "$(cat "$B/token")")" = 400 ]
+check "a tenant no connection has: 404" [ "$(raw GET "/v1/sas?tenant=nosuch" '' "$(cat "$B/token")")" = 404 ]
 check "terminate over the socket" w terminate s2s
 for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
 check "no CHILD SA left" [ -z "$(children)" ]

@@ -203,6 +203,12 @@ check "CHILD SAs are listed with their tenant" \
     bash -c "'$WASMSEC_BIN' list-sas --socket '$W/ctl.sock' --json | python3 -c 'import json,sys
 v=json.load(sys.stdin); t=sorted(s.get(\"tenant\",\"\") for s in v[\"ike_sas\"])
 sys.exit(0 if t == [\"a\",\"b\"] else 1)'"
+# only_sas TENANT: the connections of the IKE and CHILD SAs list-sas --tenant shows
+only_sas() { "$WASMSEC_BIN" list-sas --tenant "$1" --socket "$W/ctl.sock" --json | python3 -c 'import json,sys
+v=json.load(sys.stdin); print(sorted(s["connection"] for s in v["ike_sas"]), sorted(c["connection"] for c in v["child_sas"]))'; }
+check "list-sas --tenant a: only tenant a's IKE SA and CHILD SA ($(only_sas a))" \
+    [ "$(only_sas a)" = "['a-s2s'] ['a-s2s']" ]
+check "list-sas --tenant b: only tenant b's ($(only_sas b))" [ "$(only_sas b)" = "['b-s2s'] ['b-s2s']" ]
 
 # ---- 2. tenant b's module replaced 20 times under both tenants' traffic ----------
 python3 - "$C/policy-allow-list.wasm" "$STATE/allow-b.wasm" <<'PY'

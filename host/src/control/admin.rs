@@ -2,13 +2,13 @@
 //! [`Command`] answered between two guest calls. A request that names no
 //! loaded connection, or that cannot be carried out now, is refused before
 //! anything is changed.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Value, json};
 
 use super::ControlPlane;
 use super::children::socket_addr;
-use crate::ops::{Answer, Command, FaultPoint, Page, Refusal};
+use crate::ops::{Answer, Command, FaultPoint, Only, Page, Refusal};
 use crate::wasm::ike::ChildSchedule;
 
 /// How many recent negotiation failures the API keeps.
@@ -91,9 +91,9 @@ impl ControlPlane {
 
     fn carry_out(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
-            Command::Status(page) => Ok(self.status(now, &page)?),
+            Command::Status(page) => self.status(now, &page)?,
             Command::Connections => Ok(self.connections_json()?),
-            Command::Sas(page) => Ok(self.sas(now, &page)?),
+            Command::Sas(page) => self.sas(now, &page)?,
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
                 Err(r) => Err(r),
@@ -152,9 +152,36 @@ impl ControlPlane {
     }
 
     /// A page of the IKE and CHILD SAs ([`crate::ops::page`]), each CHILD
-    /// SA with the engine's schedule of it now, and how many there are.
-    fn sas(&mut self, now: u64, page: &Page) -> anyhow::Result<Value> {
-        let s = self.children.page(page);
+    /// SA with the engine's schedule of it now, and how many there are
+    /// (all, filtered or not). A filter that names no loaded connection,
+    /// or no tenant of one, is refused with 404, as a typo should be.
+    fn sas(&mut self, now: u64, page: &Page) -> anyhow::Result<Answer> {
+        let only: Option<HashSet<String>> = match &page.only {
+            None => None,
+            Some(Only::Connection(name)) => match self.known(name) {
+                Ok(()) => Some(HashSet::from([name.clone()])),
+                Err(r) => return Ok(Err(r)),
+            },
+            Some(Only::Tenant(t)) => {
+                let tenant_of = &self.ike.store.data().policy.tenant_of;
+                let names: HashSet<String> = self
+                    .live_connections()
+                    .iter()
+                    .filter(|c| tenant_of.get(&c.name) == Some(t))
+                    .map(|c| c.name.clone())
+                    .collect();
+                if names.is_empty() {
+                    let mut tenants: Vec<&str> = tenant_of.values().map(String::as_str).collect();
+                    tenants.sort_unstable();
+                    tenants.dedup();
+                    let msg =
+                        format!("no loaded connection of tenant {t:?} (tenants with one: {})", tenants.join(", "));
+                    return Ok(Err(Refusal::new(404, msg)));
+                }
+                Some(names)
+            }
+        };
+        let s = self.children.page(page, |c| only.as_ref().is_none_or(|o| o.contains(c)));
         let spis: Vec<u32> = s.children.iter().map(|c| c.inbound_spi).collect();
         let schedules: HashMap<u32, ChildSchedule> = if spis.is_empty() {
             HashMap::new()
@@ -171,7 +198,7 @@ impl ControlPlane {
         if let Some(next) = s.next {
             v["next"] = next.show().into();
         }
-        Ok(v)
+        Ok(Ok(v))
     }
 
     /// Refuse, with 404, a name that is not a loaded connection.
@@ -232,14 +259,17 @@ impl ControlPlane {
     }
 
     /// A page of the SAs, as `sas`, and every counter.
-    fn status(&mut self, now: u64, page: &Page) -> anyhow::Result<Value> {
+    fn status(&mut self, now: u64, page: &Page) -> anyhow::Result<Answer> {
         let mut ike = serde_json::to_value(self.ike.stats()?)?;
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
         ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
-        let mut v = self.sas(now, page)?;
+        let mut v = match self.sas(now, page)? {
+            Ok(v) => v,
+            refused => return Ok(refused),
+        };
         v["ike"] = ike;
         v["esp"] = serde_json::to_value(self.stats.snapshot())?;
-        Ok(v)
+        Ok(Ok(v))
     }
 }
 

@@ -664,9 +664,10 @@ impl Children {
         self.list.len()
     }
 
-    /// A page of the IKE SAs and installed CHILD SAs for the admin view.
-    pub fn page(&self, page: &Page) -> Selected<'_, IkeInfo, ChildInfo> {
-        page.select(&self.ike_sas, &self.list)
+    /// A page of the IKE SAs and installed CHILD SAs for the admin view,
+    /// of the connections `keep` holds (by name).
+    pub fn page(&self, page: &Page, keep: impl Fn(&str) -> bool) -> Selected<'_, IkeInfo, ChildInfo> {
+        page.select(&self.ike_sas, &self.list, |i| keep(&i.connection), |c| keep(&c.connection))
     }
 
     /// Traffic per connection over the daemon's life: live and deleted

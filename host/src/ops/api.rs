@@ -12,9 +12,11 @@
 //! | POST | `/v1/fault` | `{"guest": "ike", "calls": N}`, `{"guest": "ike", "at": "output"}` or `{"guest": "ike", "at": "call", "call": N}` | tests only: the IKE guest traps |
 //!
 //! `/v1/status` and `/v1/sas` take `?limit=N` (SAs per answer, 1 to
-//! 10,000, default 1,000) and `after=CURSOR` (the previous answer's
-//! `next`): see [`super::page`]. Every answer has `ike_sas_total` and
-//! `child_sas_total`.
+//! 10,000, default 1,000), `after=CURSOR` (the previous answer's `next`)
+//! and one of `connection=NAME` and `tenant=NAME` (only those SAs; 404
+//! for a name no loaded connection has): see [`super::page`]. Every
+//! answer has `ike_sas_total` and `child_sas_total` (all SAs, filtered
+//! or not).
 //!
 //! A request is checked completely (token, method, path, JSON) before the
 //! IKE thread sees it; a refusal (4xx) has changed nothing.

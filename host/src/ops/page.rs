@@ -12,6 +12,12 @@
 //! between two pages do not shift the rest. A listing over several pages
 //! is not a snapshot: an SA installed meanwhile is shown on a later page,
 //! one deleted meanwhile may have been shown already.
+//!
+//! A page may hold only one connection's SAs (`connection=NAME`, as
+//! swanctl's `--list-sas --ike NAME`) or one tenant's (`tenant=NAME`): on
+//! a PoP the operator looking for one peer's tunnel should not have to
+//! page through every tenant's. The cursors are the same; a filtered page
+//! skips the SAs it does not hold.
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -51,17 +57,28 @@ impl Cursor {
 }
 
 /// Which SAs an answer holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     /// Start after this SA (none: from the first).
     pub after: Option<Cursor>,
     /// At most this many SAs, IKE and CHILD together (1 to [`MAX_LIMIT`]).
     pub limit: usize,
+    /// Only these SAs (none: all).
+    pub only: Option<Only>,
+}
+
+/// The SAs a filtered page holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Only {
+    /// Those of the connection of this name.
+    Connection(String),
+    /// Those of the connections of this tenant.
+    Tenant(String),
 }
 
 impl Default for Page {
     fn default() -> Self {
-        Page { after: None, limit: DEFAULT_LIMIT }
+        Page { after: None, limit: DEFAULT_LIMIT, only: None }
     }
 }
 
@@ -73,17 +90,20 @@ pub struct Selected<'a, I, C> {
 }
 
 impl Page {
-    /// The page a request's query asks for: `limit=N` and `after=CURSOR`,
-    /// each at most once; anything else is refused with the reason.
+    /// The page a request's query asks for: `limit=N`, `after=CURSOR` and
+    /// one of `connection=NAME` and `tenant=NAME` (percent-encoded), each
+    /// at most once; anything else is refused with the reason.
     pub fn from_query(query: Option<&str>) -> Result<Page, String> {
         let mut page = Page::default();
-        let (mut limit, mut after) = (None, None);
+        let (mut limit, mut after, mut connection, mut tenant) = (None, None, None, None);
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match k {
                 "limit" => &mut limit,
                 "after" => &mut after,
-                _ => return Err(format!("unknown query parameter {k:?} (limit, after)")),
+                "connection" => &mut connection,
+                "tenant" => &mut tenant,
+                _ => return Err(format!("unknown query parameter {k:?} (limit, after, connection, tenant)")),
             };
             if slot.replace(v).is_some() {
                 return Err(format!("query parameter {k:?} given twice"));
@@ -100,19 +120,43 @@ impl Page {
             let c = Cursor::parse(v).ok_or_else(|| format!("after is a previous answer's \"next\", not {v:?}"))?;
             page.after = Some(c);
         }
+        let name = |k: &str, v: &str| match percent_decode(v) {
+            Some(n) if !n.is_empty() => Ok(n),
+            _ => Err(format!("{k} is a percent-encoded name, not {v:?}")),
+        };
+        page.only = match (connection, tenant) {
+            (Some(_), Some(_)) => return Err("connection and tenant: one or the other".into()),
+            (Some(v), None) => Some(Only::Connection(name("connection", v)?)),
+            (None, Some(v)) => Some(Only::Tenant(name("tenant", v)?)),
+            (None, None) => None,
+        };
         Ok(page)
     }
 
     /// The query that asks for this page.
     pub fn query(&self) -> String {
-        match self.after {
-            Some(c) => format!("limit={}&after={}", self.limit, c.show()),
-            None => format!("limit={}", self.limit),
+        let mut q = format!("limit={}", self.limit);
+        if let Some(c) = self.after {
+            q += &format!("&after={}", c.show());
         }
+        match &self.only {
+            Some(Only::Connection(n)) => q += &format!("&connection={}", percent_encode(n)),
+            Some(Only::Tenant(n)) => q += &format!("&tenant={}", percent_encode(n)),
+            None => {}
+        }
+        q
     }
 
-    /// This page's SAs: IKE SAs by SPI, then CHILD SAs by installation.
-    pub fn select<'a, I, C>(&self, ike: &'a BTreeMap<u64, I>, children: &'a BySpi<C>) -> Selected<'a, I, C> {
+    /// This page's SAs: IKE SAs by SPI, then CHILD SAs by installation,
+    /// of those that `keep_ike` and `keep_child` hold (what [`Page::only`]
+    /// asks, which the caller knows how to tell).
+    pub fn select<'a, I, C>(
+        &self,
+        ike: &'a BTreeMap<u64, I>,
+        children: &'a BySpi<C>,
+        keep_ike: impl Fn(&I) -> bool,
+        keep_child: impl Fn(&C) -> bool,
+    ) -> Selected<'a, I, C> {
         let mut out = Selected { ike: Vec::new(), children: Vec::new(), next: None };
         let limit = self.limit.max(1);
         let child_from = match self.after {
@@ -122,14 +166,14 @@ impl Page {
                     Some(Cursor::Ike(spi)) => Bound::Excluded(spi),
                     _ => Bound::Unbounded,
                 };
-                let mut it = ike.range((from, Bound::Unbounded));
+                let mut it = ike.range((from, Bound::Unbounded)).filter(|(_, sa)| keep_ike(sa));
                 let mut last = None;
                 for (&spi, sa) in it.by_ref().take(limit) {
                     out.ike.push(sa);
                     last = Some(Cursor::Ike(spi));
                 }
                 if out.ike.len() == limit {
-                    let more = it.next().is_some() || !children.is_empty();
+                    let more = it.next().is_some() || children.numbered(Bound::Unbounded).any(|(_, c)| keep_child(c));
                     out.next = last.filter(|_| more);
                     return out;
                 }
@@ -137,7 +181,7 @@ impl Page {
             }
         };
         let room = limit - out.ike.len();
-        let mut it = children.numbered(child_from);
+        let mut it = children.numbered(child_from).filter(|(_, c)| keep_child(c));
         let mut last = None;
         for (n, c) in it.by_ref().take(room) {
             out.children.push(c);
@@ -148,6 +192,39 @@ impl Page {
         }
         out
     }
+}
+
+/// `name` with every byte but RFC 3986's unreserved ones as `%XX`.
+fn percent_encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+/// `%XX` back to its byte; `None` for a `%` without two hex digits or
+/// bytes that are not UTF-8.
+fn percent_decode(v: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut bytes = v.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            // Two hex digits, not `from_str_radix`'s leading `+`.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -180,7 +257,7 @@ mod tests {
         assert_eq!(Page::from_query(None), Ok(Page::default()));
         assert_eq!(Page::from_query(Some("")), Ok(Page::default()));
         let p = Page::from_query(Some("limit=5&after=child-7")).unwrap();
-        assert_eq!(p, Page { after: Some(Cursor::Child(7)), limit: 5 });
+        assert_eq!(p, Page { after: Some(Cursor::Child(7)), limit: 5, only: None });
         assert_eq!(Page::from_query(Some(&p.query())), Ok(p));
         for bad in ["limit=0", "limit=10001", "limit=x", "limit", "after=7", "after=", "page=2", "limit=1&limit=2"] {
             assert!(Page::from_query(Some(bad)).is_err(), "{bad:?}");
@@ -188,10 +265,20 @@ mod tests {
     }
 
     /// The SAs of `page` and of every page after it, and how many pages.
-    fn walk_from(mut page: Page, ike: &BTreeMap<u64, u64>, children: &BySpi<u32>) -> (Vec<u64>, Vec<u32>, usize) {
+    fn walk_from(page: Page, ike: &BTreeMap<u64, u64>, children: &BySpi<u32>) -> (Vec<u64>, Vec<u32>, usize) {
+        walk_only(page, ike, children, &|_| true)
+    }
+
+    /// As `walk_from`, of the SAs (IKE and CHILD) whose value `keep` holds.
+    fn walk_only(
+        mut page: Page,
+        ike: &BTreeMap<u64, u64>,
+        children: &BySpi<u32>,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> (Vec<u64>, Vec<u32>, usize) {
         let (mut i, mut c, mut pages) = (Vec::new(), Vec::new(), 0);
         loop {
-            let s = page.select(ike, children);
+            let s = page.select(ike, children, |&v| keep(v), |&v| keep(u64::from(v)));
             assert!(s.ike.len() + s.children.len() <= page.limit);
             i.extend(s.ike.iter().copied());
             c.extend(s.children.iter().copied());
@@ -204,7 +291,7 @@ mod tests {
     }
 
     fn walk(ike: &BTreeMap<u64, u64>, children: &BySpi<u32>, limit: usize) -> (Vec<u64>, Vec<u32>, usize) {
-        walk_from(Page { after: None, limit }, ike, children)
+        walk_from(Page { limit, ..Page::default() }, ike, children)
     }
 
     #[test]
@@ -221,7 +308,12 @@ mod tests {
             assert_eq!(pages, 7usize.div_ceil(limit), "limit {limit}: no empty last page");
         }
         // Only IKE SAs, exactly a page of them: no cursor to an empty page.
-        assert!(Page { after: None, limit: 3 }.select(&ike, &BySpi::<u32>::default()).next.is_none());
+        assert!(
+            Page { limit: 3, ..Page::default() }
+                .select(&ike, &BySpi::<u32>::default(), |_| true, |_| true)
+                .next
+                .is_none()
+        );
         let none: BTreeMap<u64, u64> = BTreeMap::new();
         assert_eq!(walk(&none, &children, 2), (vec![], vec![7, 3, 9, 1], 2));
         assert_eq!(walk(&none, &BySpi::default(), 2), (vec![], vec![], 1));
@@ -234,14 +326,68 @@ mod tests {
         for spi in 1..=6u32 {
             children.insert(spi, spi);
         }
-        let first = Page { after: None, limit: 2 }.select(&ike, &children);
+        let first = Page { limit: 2, ..Page::default() }.select(&ike, &children, |_| true, |_| true);
         assert_eq!(first.children, [&1, &2]);
         let next = first.next;
         // The SA the cursor names and the next one go, a new one comes.
         children.remove(2, |_| true);
         children.remove(3, |_| true);
         children.insert(7, 7);
-        let (_, rest, _) = walk_from(Page { after: next, limit: 2 }, &ike, &children);
+        let (_, rest, _) = walk_from(Page { after: next, limit: 2, only: None }, &ike, &children);
         assert_eq!(rest, [4, 5, 6, 7], "nothing skipped, nothing twice");
+    }
+
+    #[test]
+    fn a_filtered_listing_shows_its_sas_once_and_no_other() {
+        let ike: BTreeMap<u64, u64> = (1..=9).map(|s| (s, s)).collect();
+        let mut children = BySpi::default();
+        for spi in [12u32, 3, 8, 5, 10, 7] {
+            children.insert(spi, spi);
+        }
+        let even = |v: u64| v.is_multiple_of(2);
+        for limit in 1..=12 {
+            let (i, c, pages) = walk_only(Page { limit, ..Page::default() }, &ike, &children, &even);
+            assert_eq!(i, [2, 4, 6, 8], "limit {limit}");
+            assert_eq!(c, [12, 8, 10], "limit {limit}: installation order");
+            assert_eq!(pages, 7usize.div_ceil(limit), "limit {limit}: no empty last page");
+        }
+        // A page full of IKE SAs: a cursor only where CHILD SAs that match
+        // are left, not to an empty page.
+        let below_10 = |v: u64| v < 10;
+        let (i, c, pages) = walk_only(Page { limit: 9, ..Page::default() }, &ike, &children, &below_10);
+        assert_eq!((i.len(), c, pages), (9, vec![3, 8, 5, 7], 2));
+        let mut big = BySpi::default();
+        big.insert(12u32, 12);
+        big.insert(10u32, 10);
+        assert_eq!(walk_only(Page { limit: 9, ..Page::default() }, &ike, &big, &below_10).2, 1);
+        // Nothing matches: one empty page.
+        assert_eq!(walk_only(Page::default(), &ike, &children, &|_| false), (vec![], vec![], 1));
+    }
+
+    #[test]
+    fn filters_go_through_the_query_whatever_the_name() {
+        for name in ["s2s", "a b", "x&limit=1", "50%", "tenant=a", "gw-ü", "~._-"] {
+            for only in [Only::Connection(name.into()), Only::Tenant(name.into())] {
+                let p = Page { after: Some(Cursor::Ike(5)), limit: 7, only: Some(only) };
+                assert_eq!(Page::from_query(Some(&p.query())), Ok(p.clone()), "{}", p.query());
+            }
+        }
+        assert_eq!(
+            Page::from_query(Some("connection=a%20b")).map(|p| p.only),
+            Ok(Some(Only::Connection("a b".into())))
+        );
+        for bad in [
+            "connection=",
+            "tenant=",
+            "connection=a&tenant=b",
+            "connection=a&connection=b",
+            "connection=%",
+            "connection=%4",
+            "connection=%zz",
+            "connection=%+1",
+            "connection=%ff",
+        ] {
+            assert!(Page::from_query(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }
