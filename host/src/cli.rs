@@ -15,7 +15,8 @@ use crate::ops::{Command, Cursor, FaultPoint};
 fn request_of(c: &Command) -> (&'static str, String, Option<Value>) {
     let conn = |n: &str| Some(json!({ "connection": n }));
     let (method, path, body) = match c {
-        Command::Connections => ("GET", "/v1/connections", None),
+        Command::Connections(None) => ("GET", "/v1/connections", None),
+        Command::Connections(Some(o)) => return ("GET", format!("/v1/connections?{}", o.query()), None),
         Command::Sas(p) => return ("GET", format!("/v1/sas?{}", p.query()), None),
         Command::Status(p) => return ("GET", format!("/v1/status?{}", p.query()), None),
         Command::Failures => ("GET", "/v1/failures", None),
@@ -81,7 +82,7 @@ pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
         return Ok(true);
     }
     match verb {
-        Command::Connections => print_conns(&body),
+        Command::Connections(_) => print_conns(&body),
         Command::Failures => {
             for f in body["failures"].as_array().into_iter().flatten() {
                 println!("{}  {:<12} {}", f["at"], s(&f["connection"]), s(&f["reason"]));

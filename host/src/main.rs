@@ -57,26 +57,30 @@ impl Daemon {
     }
 }
 
-/// Which SAs `list-sas` and `stats` show (all without either).
+/// Which connections `list-conns`, and whose SAs `list-sas` and `stats`,
+/// show (all without either).
 #[derive(Args)]
-struct SaFilter {
-    /// Only the SAs of this connection (swanctl's `--list-sas --ike`).
+struct Filter {
+    /// Only this connection (swanctl's `--list-sas --ike`).
     #[arg(long, value_name = "NAME", visible_alias = "connection", conflicts_with = "tenant")]
     ike: Option<String>,
-    /// Only the SAs of this tenant's connections.
+    /// Only this tenant's connections.
     #[arg(long, value_name = "NAME")]
     tenant: Option<String>,
 }
 
-impl SaFilter {
-    /// The first page `d` asks for, of these SAs.
-    fn page(&self, d: &Daemon) -> Page {
-        let only = match (&self.ike, &self.tenant) {
+impl Filter {
+    fn only(&self) -> Option<Only> {
+        match (&self.ike, &self.tenant) {
             (Some(c), _) => Some(Only::Connection(c.clone())),
             (None, Some(t)) => Some(Only::Tenant(t.clone())),
             (None, None) => None,
-        };
-        Page { only, ..d.page() }
+        }
+    }
+
+    /// The first page `d` asks for, of these SAs.
+    fn page(&self, d: &Daemon) -> Page {
+        Page { only: self.only(), ..d.page() }
     }
 }
 
@@ -101,20 +105,25 @@ enum Cmd {
     #[command(long_about = demo::ABOUT)]
     Demo(DemoArgs),
     /// The loaded connections.
-    ListConns(Daemon),
+    ListConns {
+        #[command(flatten)]
+        daemon: Daemon,
+        #[command(flatten)]
+        only: Filter,
+    },
     /// The IKE and CHILD SAs.
     ListSas {
         #[command(flatten)]
         daemon: Daemon,
         #[command(flatten)]
-        only: SaFilter,
+        only: Filter,
     },
     /// Every counter, with the SAs.
     Stats {
         #[command(flatten)]
         daemon: Daemon,
         #[command(flatten)]
-        only: SaFilter,
+        only: Filter,
     },
     /// Recent refused or failed negotiations, with their reasons.
     ListFailures(Daemon),
@@ -247,7 +256,7 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             let o = demo::Options { keying, algorithm, raw_esp: a.raw_esp, pings: a.pings, dir: a.dir, keep: a.keep };
             demo::run(&o)
         }
-        Cmd::ListConns(d) => verb(&d, Verb::Connections),
+        Cmd::ListConns { daemon, only } => verb(&daemon, Verb::Connections(only.only())),
         Cmd::ListSas { daemon, only } => verb(&daemon, Verb::Sas(only.page(&daemon))),
         Cmd::Stats { daemon, only } => verb(&daemon, Verb::Status(only.page(&daemon))),
         Cmd::ListFailures(d) => verb(&d, Verb::Failures),

@@ -137,6 +137,11 @@ check "a name percent-encoded in the query: s2s as %73%32%73" \
 check "connection and tenant at once: 400" [ "$(raw GET "/v1/sas?connection=s2s&tenant=a" '' "$(cat "$B/token")")" = 400 ]
 check "a broken percent-encoding: 400" [ "$(raw GET "/v1/sas?connection=s2%" '' "$(cat "$B/token")")" = 400 ]
 check "a tenant no connection has: 404" [ "$(raw GET "/v1/sas?tenant=nosuch" '' "$(cat "$B/token")")" = 404 ]
+check "list-conns --ike extra: that connection only" \
+    [ "$(w list-conns --ike extra --json | python3 -c 'import json,sys; print([c["name"] for c in json.load(sys.stdin)["connections"]])')" = "['extra']" ]
+check "list-conns --ike nosuch is refused" bash -c "! '$WASMSEC_BIN' list-conns --ike nosuch --socket '$B/ctl.sock' 2>'$B/conns-only.out'"
+check "... with 404" grep -q "404: no connection \"nosuch\"" "$B/conns-only.out"
+check "/v1/connections with a paging parameter: 400" [ "$(raw GET "/v1/connections?limit=1" '' "$(cat "$B/token")")" = 400 ]
 check "terminate over the socket" w terminate s2s
 for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
 check "no CHILD SA left" [ -z "$(children)" ]

@@ -209,6 +209,9 @@ v=json.load(sys.stdin); print(sorted(s["connection"] for s in v["ike_sas"]), sor
 check "list-sas --tenant a: only tenant a's IKE SA and CHILD SA ($(only_sas a))" \
     [ "$(only_sas a)" = "['a-s2s'] ['a-s2s']" ]
 check "list-sas --tenant b: only tenant b's ($(only_sas b))" [ "$(only_sas b)" = "['b-s2s'] ['b-s2s']" ]
+check "list-conns --tenant a: tenant a's two connections" \
+    [ "$("$WASMSEC_BIN" list-conns --tenant a --socket "$W/ctl.sock" --json | python3 -c 'import json,sys
+print(sorted(c["name"] for c in json.load(sys.stdin)["connections"]))')" = "['a-probe', 'a-s2s']" ]
 
 # ---- 2. tenant b's module replaced 20 times under both tenants' traffic ----------
 python3 - "$C/policy-allow-list.wasm" "$STATE/allow-b.wasm" <<'PY'

@@ -92,7 +92,10 @@ impl ControlPlane {
     fn carry_out(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
             Command::Status(page) => self.status(now, &page)?,
-            Command::Connections => Ok(self.connections_json()?),
+            Command::Connections(only) => match self.only(&only) {
+                Ok(only) => Ok(self.connections_json(only.as_ref())?),
+                Err(r) => Err(r),
+            },
             Command::Sas(page) => self.sas(now, &page)?,
             Command::Failures => Ok(json!({ "failures": self.failures.0 })),
             Command::Initiate(name) => match self.known(&name) {
@@ -151,17 +154,14 @@ impl ControlPlane {
         })
     }
 
-    /// A page of the IKE and CHILD SAs ([`crate::ops::page`]), each CHILD
-    /// SA with the engine's schedule of it now, and how many there are
-    /// (all, filtered or not). A filter that names no loaded connection,
-    /// or no tenant of one, is refused with 404, as a typo should be.
-    fn sas(&mut self, now: u64, page: &Page) -> anyhow::Result<Answer> {
-        let only: Option<HashSet<String>> = match &page.only {
-            None => None,
-            Some(Only::Connection(name)) => match self.known(name) {
-                Ok(()) => Some(HashSet::from([name.clone()])),
-                Err(r) => return Ok(Err(r)),
-            },
+    /// The names of the loaded connections `only` asks for (`None`: all).
+    /// A filter that names no loaded connection, or no tenant of one, is
+    /// refused with 404 and the loaded names, as a typo should be, not
+    /// answered with an empty list.
+    fn only(&self, only: &Option<Only>) -> Result<Option<HashSet<String>>, Refusal> {
+        match only {
+            None => Ok(None),
+            Some(Only::Connection(name)) => self.known(name).map(|()| Some(HashSet::from([name.clone()]))),
             Some(Only::Tenant(t)) => {
                 let tenant_of = &self.ike.store.data().policy.tenant_of;
                 let names: HashSet<String> = self
@@ -176,10 +176,20 @@ impl ControlPlane {
                     tenants.dedup();
                     let msg =
                         format!("no loaded connection of tenant {t:?} (tenants with one: {})", tenants.join(", "));
-                    return Ok(Err(Refusal::new(404, msg)));
+                    return Err(Refusal::new(404, msg));
                 }
-                Some(names)
+                Ok(Some(names))
             }
+        }
+    }
+
+    /// A page of the IKE and CHILD SAs ([`crate::ops::page`]), of the
+    /// connections the page's filter names, each CHILD SA with the engine's
+    /// schedule of it now, and how many there are (all, filtered or not).
+    fn sas(&mut self, now: u64, page: &Page) -> anyhow::Result<Answer> {
+        let only = match self.only(&page.only) {
+            Ok(o) => o,
+            Err(r) => return Ok(Err(r)),
         };
         let s = self.children.page(page, |c| only.as_ref().is_none_or(|o| o.contains(c)));
         let spis: Vec<u32> = s.children.iter().map(|c| c.inbound_spi).collect();
@@ -212,7 +222,9 @@ impl ControlPlane {
         }
     }
 
-    fn connections_json(&mut self) -> anyhow::Result<Value> {
+    /// The loaded connections (those in `only`, if given), each with its
+    /// children and its SA counts.
+    fn connections_json(&mut self, only: Option<&HashSet<String>>) -> anyhow::Result<Value> {
         // One pass over the SAs, not one per connection: a PoP has
         // thousands of connections and 100,000 CHILD SAs.
         let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
@@ -223,7 +235,7 @@ impl ControlPlane {
             counts.entry(&c.connection).or_default().1 += 1;
         }
         let mut list = Vec::new();
-        for c in self.live_connections() {
+        for c in self.live_connections().into_iter().filter(|c| only.is_none_or(|o| o.contains(&c.name))) {
             let addrs = |a: &[Vec<u8>]| -> Vec<String> {
                 a.iter()
                     .filter_map(|b| socket_addr(&crate::wasm::ike::Endpoint { address: b.clone(), port: 0 }))

@@ -18,7 +18,7 @@
 //! a PoP the operator looking for one peer's tunnel should not have to
 //! page through every tenant's. The cursors are the same; a filtered page
 //! skips the SAs it does not hold.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use crate::by_spi::BySpi;
@@ -94,42 +94,19 @@ impl Page {
     /// one of `connection=NAME` and `tenant=NAME` (percent-encoded), each
     /// at most once; anything else is refused with the reason.
     pub fn from_query(query: Option<&str>) -> Result<Page, String> {
-        let mut page = Page::default();
-        let (mut limit, mut after, mut connection, mut tenant) = (None, None, None, None);
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match k {
-                "limit" => &mut limit,
-                "after" => &mut after,
-                "connection" => &mut connection,
-                "tenant" => &mut tenant,
-                _ => return Err(format!("unknown query parameter {k:?} (limit, after, connection, tenant)")),
-            };
-            if slot.replace(v).is_some() {
-                return Err(format!("query parameter {k:?} given twice"));
-            }
-        }
-        if let Some(v) = limit {
+        let p = parameters(query, &["limit", "after", "connection", "tenant"])?;
+        let mut page = Page { only: Only::of(&p)?, ..Page::default() };
+        if let Some(v) = p.get("limit") {
             page.limit = v
                 .parse()
                 .ok()
                 .filter(|n| (1..=MAX_LIMIT).contains(n))
                 .ok_or_else(|| format!("limit is a number of SAs, 1 to {MAX_LIMIT}, not {v:?}"))?;
         }
-        if let Some(v) = after {
+        if let Some(v) = p.get("after") {
             let c = Cursor::parse(v).ok_or_else(|| format!("after is a previous answer's \"next\", not {v:?}"))?;
             page.after = Some(c);
         }
-        let name = |k: &str, v: &str| match percent_decode(v) {
-            Some(n) if !n.is_empty() => Ok(n),
-            _ => Err(format!("{k} is a percent-encoded name, not {v:?}")),
-        };
-        page.only = match (connection, tenant) {
-            (Some(_), Some(_)) => return Err("connection and tenant: one or the other".into()),
-            (Some(v), None) => Some(Only::Connection(name("connection", v)?)),
-            (None, Some(v)) => Some(Only::Tenant(name("tenant", v)?)),
-            (None, None) => None,
-        };
         Ok(page)
     }
 
@@ -139,10 +116,8 @@ impl Page {
         if let Some(c) = self.after {
             q += &format!("&after={}", c.show());
         }
-        match &self.only {
-            Some(Only::Connection(n)) => q += &format!("&connection={}", percent_encode(n)),
-            Some(Only::Tenant(n)) => q += &format!("&tenant={}", percent_encode(n)),
-            None => {}
+        if let Some(o) = &self.only {
+            q += &format!("&{}", o.query());
         }
         q
     }
@@ -192,6 +167,50 @@ impl Page {
         }
         out
     }
+}
+
+impl Only {
+    /// What a query asks for (`/v1/connections` takes this alone):
+    /// `connection=NAME` or `tenant=NAME`, percent-encoded, not both.
+    pub fn from_query(query: Option<&str>) -> Result<Option<Only>, String> {
+        Only::of(&parameters(query, &["connection", "tenant"])?)
+    }
+
+    fn of(p: &HashMap<&str, &str>) -> Result<Option<Only>, String> {
+        let name = |k: &str, v: &str| match percent_decode(v) {
+            Some(n) if !n.is_empty() => Ok(n),
+            _ => Err(format!("{k} is a percent-encoded name, not {v:?}")),
+        };
+        Ok(match (p.get("connection"), p.get("tenant")) {
+            (Some(_), Some(_)) => return Err("connection and tenant: one or the other".into()),
+            (Some(v), None) => Some(Only::Connection(name("connection", v)?)),
+            (None, Some(v)) => Some(Only::Tenant(name("tenant", v)?)),
+            (None, None) => None,
+        })
+    }
+
+    /// The query parameter that asks for it.
+    pub fn query(&self) -> String {
+        match self {
+            Only::Connection(n) => format!("connection={}", percent_encode(n)),
+            Only::Tenant(n) => format!("tenant={}", percent_encode(n)),
+        }
+    }
+}
+
+/// A query's parameters, each one of `allowed` and given at most once.
+fn parameters<'q>(query: Option<&'q str>, allowed: &[&str]) -> Result<HashMap<&'q str, &'q str>, String> {
+    let mut p = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) {
+            return Err(format!("unknown query parameter {k:?} ({})", allowed.join(", ")));
+        }
+        if p.insert(k, v).is_some() {
+            return Err(format!("query parameter {k:?} given twice"));
+        }
+    }
+    Ok(p)
 }
 
 /// `name` with every byte but RFC 3986's unreserved ones as `%XX`.
@@ -376,6 +395,12 @@ mod tests {
             Page::from_query(Some("connection=a%20b")).map(|p| p.only),
             Ok(Some(Only::Connection("a b".into())))
         );
+        // `/v1/connections` takes the filter alone.
+        assert_eq!(Only::from_query(Some("tenant=a")), Ok(Some(Only::Tenant("a".into()))));
+        assert_eq!(Only::from_query(None), Ok(None));
+        for bad in ["limit=1", "after=child-1", "tenant=", "tenant=a&connection=b", "tenant=a&tenant=a"] {
+            assert!(Only::from_query(Some(bad)).is_err(), "{bad:?}");
+        }
         for bad in [
             "connection=",
             "tenant=",
