@@ -181,6 +181,9 @@ restarts_of() {
         python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])'
 }
 ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
+# The inbound SPIs of a status JSON's CHILD SAs (spis_of FILE), of a running daemon's (child_spis DIR).
+spis_of() { python3 -c 'import json,sys; print(" ".join(c["inbound_spi"] for c in json.load(open(sys.argv[1]))["child_sas"]))' "$1"; }
+child_spis() { wasmsec_ctl "$1" status >"$1/spis.json" 2>/dev/null && spis_of "$1/spis.json"; }
 
 # IKE attacks: A's IKE guest is hostile; its only connection's name picks
 # the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.
@@ -227,6 +230,15 @@ run_ike_attack() { # NAME WHAT
             # it removes one the guest kept.
             printf 'rekey_time = 0\nlife_time = 4\n' >>"$A/wasmsec.toml"
             export WASMSEC_TEST_LIFETIME_GRACE_MS=1000 ;;
+        hostile-keep-expired-packets)
+            # A's CHILD SAs carry 20 packets each way and have no lifetime
+            # by time: what ends one is the ESP guest's hard expiry, after
+            # which the host allows 1 s. The gateways' own addresses in the
+            # IKE tunnel's subnets give it traffic.
+            printf 'rekey_time = 0\nlife_packets = 20\n' >>"$A/wasmsec.toml"
+            ip -n wsi-gwa addr replace 198.18.21.1/32 dev lo
+            ip -n wsi-gwb addr replace 198.18.22.1/32 dev lo
+            export WASMSEC_TEST_LIFETIME_GRACE_MS=1000 ;;
     esac
     # What gateway A sends into its LAN to UDP 500 (hostile-send-anywhere).
     ip netns exec wsi-gwa tcpdump -i lan0 -n -U -w "$A/lan.pcap" udp port 500 2>"$A/lan-cap.err" &
@@ -239,6 +251,15 @@ run_ike_attack() { # NAME WHAT
     nsx wsi-hosta ping -n -i 0.1 -c $PINGS -W 1 198.18.2.10 >"$A/honest.out" 2>&1 || true
     # Past the first CHILD SA's life and grace.
     if [ "$name" = hostile-keep-expired ]; then sleep 3; fi
+    local first=""
+    if [ "$name" = hostile-keep-expired-packets ]; then
+        # 40 pings through the IKE tunnel: its first CHILD SA passes 20
+        # packets on the way; then the grace.
+        wasmsec_up "$A" 10 || true
+        first=$(child_spis "$A")
+        nsx wsi-gwa ping -n -I 198.18.21.1 -i 0.05 -c 40 -W 1 198.18.22.1 >"$A/ike-ping.out" 2>&1 || true
+        sleep 2.5
+    fi
     sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
     local reflected
     reflected=$(tcpdump -r "$A/lan.pcap" -n 2>/dev/null | grep -c "> 198.18.1.10.500" || true)
@@ -267,6 +288,15 @@ run_ike_attack() { # NAME WHAT
         hostile-unlimited)
             check "$what: no CHILD SA without A's byte limit ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "with hard limits beyond its child's or the policy's grant: refused" "$A/wasmsec.log" ;;
+        hostile-keep-expired-packets)
+            check "$what: the first CHILD SA carried the pings ($(grep -c 'bytes from' "$A/ike-ping.out" || true) of 40 answered)" \
+                grep -q "bytes from" "$A/ike-ping.out"
+            check "$what: A's host removed the CHILD SA kept past its packet limit" \
+                grep -q "IKE guest kept a CHILD SA past its hard lifetime: the host removed it" "$A/wasmsec.log"
+            local now_spis s gone=yes
+            now_spis=$(spis_of "$A/status.json")
+            for s in $first; do grep -qw "$s" <<<"$now_spis" && gone=no; done
+            check "$what: the first CHILD SA ($first) is gone (now: $now_spis)" [ -n "$first" -a "$gone" = yes ] ;;
         hostile-keep-expired)
             check "$what: A's host removed a CHILD SA kept past its life" \
                 grep -q "IKE guest kept a CHILD SA past its hard lifetime: the host removed it" "$A/wasmsec.log"
@@ -510,4 +540,5 @@ run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP trans
 run_ike_attack hostile-weaker-other-child "IKE: a CHILD SA with the weaker ESP transform of another child of its connection"
 run_ike_attack hostile-unlimited "IKE: a CHILD SA without the connection's hard byte limit"
 run_ike_attack hostile-keep-expired "IKE: CHILD SAs kept past their hard lifetime"
+run_ike_attack hostile-keep-expired-packets "IKE: a CHILD SA kept past its hard packet limit"
 finish

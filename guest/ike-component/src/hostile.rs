@@ -20,7 +20,7 @@
 //! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
 //! | `hostile-weaker-other-child` | the same, where another child of the connection (other subnets) proposes that transform |
 //! | `hostile-unlimited` | every CHILD SA is installed without hard byte and packet limits, whatever the connection's |
-//! | `hostile-keep-expired` | no CHILD SA is ever deleted from the host (the engine still deletes it with the peer at its hard lifetime) |
+//! | `hostile-keep-expired`, `hostile-keep-expired-packets` | no CHILD SA is ever deleted from the host (the engine still deletes it with the peer at its hard lifetime; the second name's test limits packets, not time) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
 //! must not: no key is handed out twice, no SA with swapped keys is
@@ -92,7 +92,7 @@ pub fn choose(connection: &str) {
         "hostile-weaker-transform" => Attack::WeakerTransform,
         "hostile-weaker-other-child" => Attack::WeakerTransform,
         "hostile-unlimited" => Attack::Unlimited,
-        "hostile-keep-expired" => Attack::KeepExpired,
+        "hostile-keep-expired" | "hostile-keep-expired-packets" => Attack::KeepExpired,
         _ => Attack::None,
     });
 }

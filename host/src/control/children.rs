@@ -279,6 +279,25 @@ impl Children {
         l.into_iter().chain(o).min()
     }
 
+    /// The data path reported CHILD SA `spi` (our inbound SPI, which also
+    /// names its outbound half) past a hard byte, packet or sequence
+    /// number limit: RFC 4301 section 4.4.2.1 has it deleted. The IKE
+    /// guest deletes it, with a Delete to the peer; one that does not is
+    /// not trusted to, and the host removes it after the same grace as one
+    /// past its hard lifetime by time, instead of keeping its keys and
+    /// records until that lifetime (none, where the child limits only
+    /// bytes or packets). A manual tunnel's SA, not listed here, stays.
+    pub fn hard_expired(&mut self, now: u64, spi: u32) {
+        let when = now.saturating_add(self.overdue_grace_ms);
+        let Some(c) = self.list.get_mut(spi) else { return };
+        if c.due != 0 && c.due <= when {
+            return;
+        }
+        self.overdue.remove(&(c.due, spi, c.keys.0));
+        c.due = when;
+        self.overdue.insert((when, spi, c.keys.0));
+    }
+
     /// Remove the CHILD SAs still installed past their hard lifetime and
     /// its grace, as the engine deletes one (no inbound linger); returns
     /// them (connection, inbound SPI) for the log and the count of guest
@@ -882,5 +901,34 @@ mod tests {
         assert_eq!(spis(in_rx.take_queued()), [0x10], "at once, no linger");
         assert_eq!(c.end_overdue(9000).len(), 1);
         assert_eq!((c.installed().count(), c.next_deadline()), (0, None));
+    }
+
+    #[test]
+    fn a_child_sa_past_a_hard_byte_limit_is_removed_after_the_grace() {
+        let (out_tx, _out_rx) = channel().unwrap();
+        let (in_tx, _in_rx) = channel().unwrap();
+        let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+        c.overdue_grace_ms = 1000;
+        // No lifetime by time (0), a lifetime due at 9 s, one due at 1.5 s.
+        for (spi, due) in [(0x10, 0), (0x20, 9000), (0x30, 1500)] {
+            c.list.insert(spi, ChildInfo { due, ..child(1, spi) });
+            if due > 0 {
+                c.overdue.insert((due, spi, 0));
+            }
+        }
+        for spi in [0x10, 0x20, 0x30, 0x99] {
+            c.hard_expired(1000, spi);
+        }
+        // Each once, at the earlier of its own and now + grace; an SPI the
+        // host did not install (a manual tunnel's) is not scheduled.
+        let due: Vec<(u64, u32)> = c.overdue.iter().map(|o| (o.0, o.1)).collect();
+        assert_eq!(due, [(1500, 0x30), (2000, 0x10), (2000, 0x20)]);
+        c.hard_expired(1800, 0x10);
+        assert_eq!(c.overdue.len(), 3, "a second report moves nothing later");
+        assert!(c.end_overdue(1999).iter().all(|g| g.1 == 0x30));
+        let mut gone: Vec<u32> = c.end_overdue(2000).into_iter().map(|g| g.1).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, [0x10, 0x20]);
+        assert_eq!(c.installed_count(), 0);
     }
 }

@@ -570,6 +570,9 @@ impl ControlPlane {
                     r
                 }
                 Report::Expired { spi, hard } => {
+                    if hard {
+                        self.children.hard_expired(now, spi);
+                    }
                     self.ike.child_expired(now, spi, hard)?;
                     r
                 }
