@@ -174,8 +174,7 @@ impl ControlPlane {
                     let mut tenants: Vec<&str> = tenant_of.values().map(String::as_str).collect();
                     tenants.sort_unstable();
                     tenants.dedup();
-                    let msg =
-                        format!("no loaded connection of tenant {t:?} (tenants with one: {})", tenants.join(", "));
+                    let msg = format!("no loaded connection of tenant {t:?} (tenants with one: {})", some_of(&tenants));
                     return Err(Refusal::new(404, msg));
                 }
                 Ok(Some(names))
@@ -218,7 +217,7 @@ impl ControlPlane {
             Ok(())
         } else {
             let names: Vec<&str> = live.iter().map(|c| c.name.as_str()).collect();
-            Err(Refusal::new(404, format!("no connection {name:?} (loaded: {})", names.join(", "))))
+            Err(Refusal::new(404, format!("no connection {name:?} (loaded: {})", some_of(&names))))
         }
     }
 
@@ -285,9 +284,31 @@ impl ControlPlane {
     }
 }
 
+/// The names a 404 offers instead: a PoP has thousands of connections and
+/// tenants, and a refusal should not be a megabyte, so the first
+/// [`NAMES_OFFERED`] and how many there are.
+fn some_of(names: &[&str]) -> String {
+    if names.len() <= NAMES_OFFERED {
+        return names.join(", ");
+    }
+    format!("{}, ... ({} in all)", names[..NAMES_OFFERED].join(", "), names.len())
+}
+
+/// How many names a refusal lists at most.
+const NAMES_OFFERED: usize = 20;
+
 #[cfg(test)]
 mod tests {
-    use super::{Command, Retry};
+    use super::{Command, Retry, some_of};
+
+    #[test]
+    fn a_refusal_lists_twenty_names_at_most() {
+        assert_eq!(some_of(&["s2s", "extra"]), "s2s, extra");
+        let many: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let s = some_of(&many);
+        assert!(s.starts_with("c0, c1, ") && s.ends_with("c19, ... (1000 in all)"), "{s}");
+    }
 
     #[test]
     fn a_trapped_command_is_carried_out_again_once() {
