@@ -739,6 +739,11 @@ fn decap_finish(
     checked: &mut Option<(u32, Selectors)>,
     expiries: &mut Vec<Expiry>,
 ) -> Result<u32, DropReason> {
+    // Planned before the batch's earlier packets reached the SA's hard
+    // limit: it delivers nothing past it, as the host holds it to.
+    if inb.use_.hard {
+        return Err(DropReason::SaExpired);
+    }
     // Commit re-checks, so a duplicate within one batch is caught here.
     inb.window.commit(seq).map_err(replay_drop)?;
     let payload_len = Trailer::check(plaintext_len, pad_length).map_err(|_| DropReason::BadTrailer)?;

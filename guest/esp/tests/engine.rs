@@ -479,6 +479,20 @@ fn volume_limits_report_soft_then_hard_once_and_stop_the_sa() {
 }
 
 #[test]
+fn an_inbound_sa_delivers_nothing_past_its_hard_limit_within_one_batch() {
+    // The sender has no limit; the receiver's SA carries 3 packets.
+    let (mut a, _) = limited_pair(false, 1, SaLimits::default());
+    let (_, mut b) = limited_pair(false, 1, SaLimits { hard_packets: 3, ..SaLimits::default() });
+    let (sealed, _) = encap(&mut a, (0..6).map(|_| ipv4_packet(HOST_A, HOST_B, 8)).collect());
+    let (_, v) = decap(&mut b, sealed.packets);
+    let delivered = v.iter().filter(|v| matches!(v, DecapVerdict::Deliver(_))).count();
+    assert_eq!(delivered, 3, "{v:?}");
+    assert!(v[3..].iter().all(|v| *v == DecapVerdict::Drop(DropReason::SaExpired)), "{v:?}");
+    let x = b.take_expiries();
+    assert_eq!(x.iter().map(|x| (x.outbound, x.hard)).collect::<Vec<_>>(), [(false, true)]);
+}
+
+#[test]
 fn sequence_space_asks_for_a_rekey_before_it_runs_out() {
     // Without ESN: soft expiry SEQ_SOFT_MARGIN packets before 2^32, hard at 2^32.
     let end = u64::from(u32::MAX);
