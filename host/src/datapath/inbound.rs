@@ -15,6 +15,8 @@ use super::group::Split;
 use super::{Direction, Loop, POLL_MS, Peer, tos};
 use crate::config::Encapsulation;
 use crate::control::sockets::MAX_IKE_MESSAGE;
+use crate::keys::usage::{LimitReached, Tally};
+use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 use crate::stats;
 use crate::sys;
@@ -137,6 +139,8 @@ impl Loop {
         let Some(inst) = &mut self.groups.list[g].inst else { return };
         let st = inst.store.data_mut();
         let mut lies = 0;
+        // The run of one key's packets being counted against its SA's limits.
+        let mut tally: Option<(u64, Option<Tally>)> = None;
         for (k, ((p, mark), v)) in st.batch.iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
             match v {
                 // Only what this call opened reaches the LAN, and no more of
@@ -146,10 +150,23 @@ impl Loop {
                     if len > 0
                         && matches!(mark, Mark::Opened { len: opened, .. } if u64::from(len) + 2 <= u64::from(*opened)) =>
                 {
-                    if let Mark::Opened { spi, esp_len, .. } = mark
-                        && let Some(t) = self.traffic.get(spi)
+                    let &Mark::Opened { spi, esp_len, counted, .. } = mark else { continue };
+                    if counted != 0 && tally.as_ref().is_none_or(|(h, _)| *h != counted) {
+                        if let Some((_, Some(t))) = tally.take() {
+                            t.finish(&mut st.limits_reached);
+                        }
+                        tally = Some((counted, limits_of(&st.keys, counted, spi)));
+                    }
+                    // Past its SA's hard limit: not delivered, whatever the
+                    // guest counted (an honest one drops it too).
+                    if let Some((_, Some(t))) = tally.as_mut().filter(|_| counted != 0)
+                        && !t.pass(len as usize)
                     {
-                        t.count(*esp_len as usize);
+                        self.stats.in_drop(DropReason::SaExpired);
+                        continue;
+                    }
+                    if let Some(t) = self.traffic.get(&spi) {
+                        t.count(esp_len as usize);
                     }
                     let arrival = idx.get(k).and_then(|&i| self.sources.get(i)).copied().unwrap_or_default();
                     if let Some((spi, src)) = arrival.float {
@@ -170,6 +187,9 @@ impl Loop {
                     self.stats.in_drop(r);
                 }
             }
+        }
+        if let Some((_, Some(t))) = tally {
+            t.finish(&mut st.limits_reached);
         }
         self.tun_out.flush(&self.tuns, &self.stats);
         self.protocol_errors(g, Direction::Inbound, lies);
@@ -281,6 +301,13 @@ impl Loop {
         }
         n
     }
+}
+
+/// The count of inbound SA `spi`'s packets opened with key `handle`
+/// against its limits; none for an SA without a limit.
+fn limits_of(keys: &KeyTable, handle: u64, spi: u32) -> Option<Tally<'_>> {
+    let Ok((k, KeyUse::Open { limits, .. })) = keys.get(handle) else { return None };
+    Tally::start(k.usage(), &limits, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
 }
 
 /// NAT-T port floating (RFC 3948, RFC 7296 section 2.23): authenticated ESP

@@ -301,20 +301,7 @@ fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
 
     // One packet to each peer's network: each sealed under the peer's SPI,
     // by the SA the host named.
-    let packet = |net: u8| {
-        let mut p = PacketBuf::new();
-        let repr = wasmsec_wire::ipv4::Repr {
-            src_addr: [10, 0, 0, 7],
-            dst_addr: [10, 0, net, 9],
-            protocol: 17,
-            payload_len: 40,
-            ttl: 64,
-            dscp_ecn: 0,
-        };
-        repr.emit(&mut p.recv_area()[..60]).expect("IPv4 header");
-        p.set_received(60);
-        p
-    };
+    let packet = udp_to_net;
     let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
     inst.store.data_mut().batch = vec![packet(1), packet(2)];
     let verdicts = inst.encap(2).expect("no trap");
@@ -334,4 +321,20 @@ fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
     inst.store.data_mut().batch = vec![packet(1), packet(2)];
     let verdicts = inst.encap(2).expect("no trap");
     assert!(matches!(verdicts[..], [EncapVerdict::Drop(_), EncapVerdict::Send(_)]), "{verdicts:?}");
+}
+
+/// A 60-byte UDP packet from 10.0.0.7 to 10.0.`net`.9.
+pub(super) fn udp_to_net(net: u8) -> PacketBuf {
+    let mut p = PacketBuf::new();
+    let repr = wasmsec_wire::ipv4::Repr {
+        src_addr: [10, 0, 0, 7],
+        dst_addr: [10, 0, net, 9],
+        protocol: 17,
+        payload_len: 40,
+        ttl: 64,
+        dscp_ecn: 0,
+    };
+    repr.emit(&mut p.recv_area()[..60]).expect("IPv4 header");
+    p.set_received(60);
+    p
 }

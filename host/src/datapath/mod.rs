@@ -21,6 +21,8 @@ pub mod inbound;
 #[cfg(test)]
 mod install_tests;
 pub mod kept;
+#[cfg(test)]
+mod limit_tests;
 pub mod link_send;
 pub mod outbound;
 pub mod peers;
@@ -39,11 +41,11 @@ use anyhow::Result;
 use tracing::{debug, info, warn};
 
 use crate::by_spi::BySpi;
-use crate::keys::{KeyUse, Keystore};
+use crate::keys::{KeyUse, Keystore, usage};
 use crate::packet::PacketBuf;
 use crate::stats::{self, Stats};
 use crate::sys::{self, RawEsp, Tun};
-use crate::wasm::esp::{DropReason, EspInstance, InboundSa, OutboundSa};
+use crate::wasm::esp::{DropReason, EspInstance, Expiry, ExpiryCause, InboundSa, OutboundSa};
 use crate::wasm::{EspMemory, GUEST_REASON_CHARS, Runtime, guest_text};
 use channel::{Receiver, Report, SaCommand, Sender};
 use group::Groups;
@@ -102,7 +104,11 @@ impl SaSet {
             let mut sa = k.full();
             // The guest chose the numbers it sealed with: the last may be the largest.
             sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
-            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer };
+            // The host holds the key to the SA's limits; the guest learns
+            // what is left of them, so an honest one plans no packet the
+            // host would refuse.
+            sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
+            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer, limits: k.sa.limits };
             inst.store.data_mut().keys.grant(sa.key, key, key_use);
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
@@ -111,7 +117,8 @@ impl SaSet {
                 self.keystore.get(k.sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", k.sa.spi))?;
             let mut sa = k.full();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
-            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi });
+            sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
+            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi, limits: k.sa.limits });
             inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         }
         Ok(inst)
@@ -537,8 +544,11 @@ impl Loop {
 
     fn install(&mut self, g: usize, out: Option<Kept<OutboundSa>>, inb: Option<Kept<InboundSa>>) -> Result<Installed> {
         let (handle, spi, key_use) = match (&out, &inb) {
-            (Some(k), _) => (k.sa.key, k.sa.spi, KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer }),
-            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi }),
+            (Some(k), _) => {
+                let seal = KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer, limits: k.sa.limits };
+                (k.sa.key, k.sa.spi, seal)
+            }
+            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi, limits: k.sa.limits }),
             (None, None) => return Ok(Installed::Gone),
         };
         // One SA per SPI and direction in the whole data path: each group's
@@ -590,8 +600,9 @@ impl Loop {
         Ok(Installed::Yes)
     }
 
-    /// Pass the guests' SA expiries up to the control thread, at most every
-    /// [`EXPIRY_POLL`].
+    /// Pass the guests' SA expiries, and the hard limits the host found
+    /// reached, up to the control thread, at most every [`EXPIRY_POLL`].
+    /// A hard expiry is reported once per SA, whoever found it first.
     fn report_expiries(&mut self, last: &mut Instant) {
         if last.elapsed() < EXPIRY_POLL {
             return;
@@ -599,7 +610,7 @@ impl Loop {
         *last = Instant::now();
         for g in self.groups.list.iter_mut().filter(|g| g.suspended_until.is_none()) {
             let Some(inst) = g.inst.as_mut() else { continue };
-            let expiries = match inst.take_expiries() {
+            let mut expiries = match inst.take_expiries() {
                 Ok(x) => x,
                 // A trap here surfaces on the next batch call, which replaces the guest.
                 Err(e) => {
@@ -607,6 +618,22 @@ impl Loop {
                     continue;
                 }
             };
+            let st = inst.store.data_mut();
+            let by_host = std::mem::take(&mut st.limits_reached);
+            expiries.retain(|x| {
+                let key = match x.outbound {
+                    true => g.sas.outbound.get(x.spi).map(|k| k.sa.key),
+                    false => g.sas.inbound.get(x.spi).map(|k| k.sa.key),
+                };
+                !x.hard || key.and_then(|h| st.keys.get(h).ok()).is_none_or(|(k, _)| k.usage().report_hard())
+            });
+            for r in by_host {
+                if st.keys.get(r.key).is_ok_and(|(k, _)| k.usage().report_hard()) {
+                    let cause = if r.by_bytes { ExpiryCause::Bytes } else { ExpiryCause::Packets };
+                    warn!(spi = format_args!("{:08x}", r.spi), outbound = r.outbound, cause = ?cause, "SA at its hard limit by the host's count before the ESP guest said so");
+                    expiries.push(Expiry { spi: r.spi, outbound: r.outbound, hard: true, cause });
+                }
+            }
             for x in expiries {
                 // Logged by the SPI on the wire, as the IKE log shows the
                 // CHILD SA's ("SPIs in .. out .."); reported by the name,

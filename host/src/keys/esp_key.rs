@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::algorithm::{CBC_BLOCK, EspAlgorithm, IV_LEN, Integ, SALT_LEN};
 use super::iv_reservation::IvReservation;
+use super::usage::Usage;
 use crate::packet::PacketBuf;
 
 // One per SA, read on every packet: keeping the AEAD key inline saves a
@@ -40,6 +41,8 @@ pub struct EspKey {
     highest_seq: AtomicU64,
     /// Manual keys: the on-disk reservation every IV must be inside.
     reservation: Option<IvReservation>,
+    /// What the key carried, against its SA's limits (see [`Usage`]).
+    usage: Usage,
 }
 
 impl fmt::Debug for EspKey {
@@ -73,7 +76,14 @@ impl EspKey {
                 Cipher::Aead { key, salt }
             }
         };
-        Ok(EspKey { alg, cipher, next_iv: AtomicU64::new(1), highest_seq: AtomicU64::new(0), reservation: None })
+        Ok(EspKey {
+            alg,
+            cipher,
+            next_iv: AtomicU64::new(1),
+            highest_seq: AtomicU64::new(0),
+            reservation: None,
+            usage: Usage::default(),
+        })
     }
 
     /// A manual key: its IVs come from `reservation`, from `first` on.
@@ -85,6 +95,11 @@ impl EspKey {
 
     pub fn algorithm(&self) -> EspAlgorithm {
         self.alg
+    }
+
+    /// What the key carried, counted against its SA's limits.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Highest sequence number sealed (outbound) or authenticated (inbound).

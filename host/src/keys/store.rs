@@ -7,6 +7,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use wasmsec_wire::own_keys::OwnKeys;
 
 use super::esp_key::{CryptoError, EspKey};
+use crate::wasm::esp::SaLimits;
 
 /// Owner of every key; hands out unguessable handles.
 pub struct Keystore {
@@ -62,15 +63,16 @@ impl Keystore {
 
 /// What a granted key may do: the host binds each key to one SA and one
 /// direction when it installs the SA, so a guest cannot seal with a key it
-/// should only open with (the peer's nonces) or under another SA's SPI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// should only open with (the peer's nonces) or under another SA's SPI,
+/// nor seal or deliver past the SA's hard `limits` (`super::usage`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KeyUse {
     /// Seal packets of the outbound SA named `spi` (see
     /// `crate::datapath::Kept::wire_spi`), writing `wire_spi`, the peer's
     /// SPI, into their headers; to be sent to peer index `peer`.
-    Seal { spi: u32, wire_spi: u32, peer: u32 },
+    Seal { spi: u32, wire_spi: u32, peer: u32, limits: SaLimits },
     /// Open packets that carry inbound SA `spi`.
-    Open { spi: u32 },
+    Open { spi: u32, limits: SaLimits },
 }
 
 /// The handles one guest instance may use, resolved once so the data path
@@ -108,8 +110,9 @@ mod tests {
         let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
         let mut t = KeyTable::default();
         assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        t.grant(h, ks.get(h).unwrap(), KeyUse::Open { spi: 7 });
-        assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(KeyUse::Open { spi: 7 }));
+        let open = KeyUse::Open { spi: 7, limits: SaLimits::default() };
+        t.grant(h, ks.get(h).unwrap(), open);
+        assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(open));
         assert!(t.get(h).is_ok());
         assert!(ks.remove(h));
         assert!(ks.is_empty());

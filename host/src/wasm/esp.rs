@@ -15,6 +15,7 @@ use wasmtime::{Engine, Store};
 use super::bindings::esp as b;
 use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
+use crate::keys::usage::{LimitReached, Tally, limited};
 use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
@@ -41,7 +42,9 @@ pub enum Mark {
     Sealed { peer: u32, spi: u32 },
     /// Opened (ICV verified) by inbound SA `spi`; `len` bytes of plaintext
     /// with padding and the ESP trailer, from an ESP packet of `esp_len`.
-    Opened { len: u32, spi: u32, esp_len: u32 },
+    /// `counted`: the key's handle if its SA has limits to count the
+    /// packet against when it is delivered, else 0 (no handle is 0).
+    Opened { len: u32, spi: u32, esp_len: u32, counted: u64 },
 }
 
 /// What the guest said to do with one packet of an `encap` call.
@@ -102,6 +105,9 @@ pub struct GuestState {
     /// Random bytes handed to the guest (it keys its hash tables with
     /// them, once per instance).
     pub random_drawn: u64,
+    /// SAs the host found at a hard limit (sealing here, delivering in
+    /// the data path), for the expiry reports.
+    pub limits_reached: Vec<LimitReached>,
     /// Counts the instance among the live ones while the store lives
     /// (instances outside the memory slots, which count themselves).
     _live: Option<Live>,
@@ -150,7 +156,9 @@ impl GuestState {
         // Only an outbound key seals, and only for its own SA, under the
         // SPI the peer chose for it (which only the host holds).
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Seal { spi, wire_spi, peer })) if spi == run.spi => Ok((k, (peer, wire_spi))),
+            Ok((k, KeyUse::Seal { spi, wire_spi, peer, limits })) if spi == run.spi => {
+                Ok((k, (peer, wire_spi), limits))
+            }
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
@@ -158,15 +166,19 @@ impl GuestState {
         // packet is sealed once, whatever the guest's list says.
         // The key's IVs running out is the key's end, not the guest's fault.
         let mut ivs = 0..0;
-        let key = key.map_err(Fault::Guest).and_then(|(k, to)| {
+        let key = key.map_err(Fault::Guest).and_then(|(k, to, limits)| {
             let want = n.min(self.count) as u64;
             let first = k.take_ivs(want).map_err(Fault::packet)?;
             ivs = first..first + want;
-            Ok((k, to))
+            Ok((k, to, limits))
         });
+        // Counted against the SA's hard limits as they are sealed: past
+        // one, the key seals nothing more, whatever the guest counted.
+        let reached = LimitReached { key: run.key, spi: run.spi, outbound: true, by_bytes: false };
+        let mut tally = key.ok().and_then(|(k, _, limits)| Tally::start(k.usage(), &limits, reached));
         let mut highest = None;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, (peer, wire_spi))| {
+            let r = key.and_then(|(k, (peer, wire_spi), _)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let seq = run.first_seq.checked_add(j as u64).ok_or(Fault::Guest(WitCryptoError::BadLength))?;
                 // Without ESN the sequence number is 32 bits and must not
@@ -178,6 +190,11 @@ impl GuestState {
                 let esn_high = run.esn.then_some((seq >> 32) as u32);
                 // More packets than IVs taken: the run names more than the batch holds.
                 let iv = ivs.next().ok_or(Fault::Guest(WitCryptoError::KeyExpired))?;
+                // The SA's end, not the guest's fault: a replaced guest may
+                // not know of packets its predecessor sent.
+                if tally.as_mut().is_some_and(|t| !t.pass(self.batch[i].len())) {
+                    return Err(Fault::Packet(WitCryptoError::KeyExpired));
+                }
                 let trailer = (trailers.0[j], trailers.1[j]);
                 // The guest's: every batch buffer has room for the
                 // largest trailer (`packet::TAILROOM`), and nothing a peer
@@ -194,8 +211,11 @@ impl GuestState {
                 failed.push(OpFailure { packet: index, error: f.count(&mut self.refusals) });
             }
         }
+        if let Some(t) = tally {
+            t.finish(&mut self.limits_reached);
+        }
         // Sequence numbers grow along a run: the last sealed is the highest.
-        if let (Ok((k, _)), Some(seq)) = (key, highest) {
+        if let (Ok((k, _, _)), Some(seq)) = (key, highest) {
             k.note_seq(seq);
         }
     }
@@ -228,7 +248,7 @@ impl GuestState {
     fn open_run(&mut self, run: &OpenRun, packets: &[u32], esn_highs: &[u32], out: &mut Opened) {
         // Only an inbound key opens, and only packets that carry its SPI.
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Open { spi })) => Ok((k, spi)),
+            Ok((k, KeyUse::Open { spi, limits })) => Ok((k, spi, if limited(&limits) { run.key } else { 0 })),
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
@@ -236,7 +256,7 @@ impl GuestState {
         let key = key.map_err(Fault::Guest);
         let mut highest = None;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, spi)| {
+            let r = key.and_then(|(k, spi, counted)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
                 if !esp::Packet::new_checked(p.data()).is_ok_and(|e| e.spi() == spi) {
@@ -251,7 +271,7 @@ impl GuestState {
                 highest = highest.max(Some(seq));
                 let d = p.data();
                 let n = d.len();
-                self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32 };
+                self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32, counted };
                 Ok((d[n - 2], d[n - 1]))
             });
             let (pad, next) = r.unwrap_or_else(|f| {
@@ -262,7 +282,7 @@ impl GuestState {
             out.next_headers.push(next);
         }
         // Once per run: the highest number the key authenticated.
-        if let (Ok((k, _)), Some(seq)) = (key, highest) {
+        if let (Ok((k, _, _)), Some(seq)) = (key, highest) {
             k.note_seq(seq);
         }
     }
@@ -410,6 +430,7 @@ impl EspPre {
             marks: Vec::new(),
             refusals: 0,
             random_drawn: 0,
+            limits_reached: Vec::new(),
             _live: live.map(Live::new),
         };
         let mut store = sandbox::new_store(engine, state);
@@ -570,8 +591,8 @@ mod tests {
     fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
         let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
         let mut keys = KeyTable::default();
-        keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 });
-        keys.grant(2, key(), KeyUse::Open { spi: SPI });
+        keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4, limits: SaLimits::default() });
+        keys.grant(2, key(), KeyUse::Open { spi: SPI, limits: SaLimits::default() });
         let batch = (0..n)
             .map(|_| {
                 let mut p = PacketBuf::new();
@@ -588,6 +609,7 @@ mod tests {
             marks: Vec::new(),
             refusals: 0,
             random_drawn: 0,
+            limits_reached: Vec::new(),
             _live: None,
         };
         st.lend(n);
@@ -619,6 +641,29 @@ mod tests {
         assert_eq!(failed.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(1, WitCryptoError::BadLength)]);
         assert_eq!(st.refusals, 1, "the guest chose the pad");
         assert_eq!(st.marks[0], Mark::Sealed { peer: 4, spi: NAME });
+    }
+
+    #[test]
+    fn past_its_hard_limit_a_key_seals_nothing_and_the_guest_is_not_blamed() {
+        let mut st = state(5);
+        let limits = SaLimits { hard_packets: 3, ..SaLimits::default() };
+        let alg = EspAlgorithm::Aes256Gcm16;
+        let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+        st.keys.grant(1, k.clone(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4, limits });
+        assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1])).is_empty());
+        assert!(st.limits_reached.is_empty());
+        st.lend(5);
+        // A replaced guest, say, that knows nothing of the first two.
+        let failed = st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2]));
+        assert_eq!(
+            failed.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(),
+            [(1, WitCryptoError::KeyExpired), (2, WitCryptoError::KeyExpired)]
+        );
+        assert_eq!(st.refusals, 0, "the SA's end, not the guest's lie");
+        assert_eq!(st.marks[..3], [Mark::Sealed { peer: 4, spi: NAME }, Mark::Untouched, Mark::Untouched]);
+        assert_eq!(k.usage().get().0, 3);
+        let reached = LimitReached { key: 1, spi: NAME, outbound: true, by_bytes: false };
+        assert_eq!(st.limits_reached, [reached]);
     }
 
     #[test]

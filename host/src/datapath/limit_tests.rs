@@ -1,0 +1,85 @@
+//! The host holds an SA to its hard packet limit across a replaced guest:
+//! the replacement is installed with what is left, so the real ESP
+//! component plans no packet the host would refuse, and the SA's hard
+//! expiry is reported once, whoever found it.
+
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::install_tests::{udp_to_net, wired_loop};
+use super::*;
+use crate::keys::{EspAlgorithm, EspKey};
+use crate::wasm::esp::{EncapVerdict, SaLimits, TrafficSelector};
+
+const NAME: u32 = 0x6001;
+
+/// Seal `n` packets to 10.0.1.0/24 with group 0's instance: the verdicts.
+fn send(l: &mut Loop, n: usize) -> Vec<EncapVerdict> {
+    let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
+    inst.store.data_mut().batch = (0..n).map(|_| udp_to_net(1)).collect();
+    let verdicts = inst.encap(n).expect("no trap");
+    assert_eq!(inst.store.data().refusals, 0, "the guest asked for nothing it may not");
+    verdicts
+}
+
+/// The hard expiries reported up for `NAME` since the last look.
+fn hard_reports(l: &mut Loop, reports: &channel::Receiver<Report>) -> usize {
+    let mut long_ago = Instant::now() - Duration::from_secs(1);
+    l.report_expiries(&mut long_ago);
+    reports.drain().iter().filter(|r| matches!(r, Report::Expired { spi: NAME, hard: true })).count()
+}
+
+#[test]
+fn a_replaced_guest_gets_what_is_left_of_the_limits_and_the_end_is_reported_once() {
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let handle = ks.insert(EspKey::new(alg, Zeroizing::new(vec![3; alg.keymat_len()])).expect("key"));
+    let local = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let remote = TrafficSelector::addresses(vec![10, 0, 1, 0], vec![10, 0, 1, 255]);
+    let sa = OutboundSa {
+        spi: NAME,
+        key: handle,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: alg.pad_align(),
+        local_ts: vec![local.clone()],
+        remote_ts: vec![remote.clone()],
+        limits: SaLimits { hard_packets: 5, ..SaLimits::default() },
+    };
+    let selectors = crate::wasm::selectors::SaSelectors::of(&[local], &[remote]).expect("selectors");
+    let peer = Peer {
+        address: std::net::Ipv4Addr::new(192, 0, 2, 1),
+        port: 4500,
+        encapsulation: crate::config::Encapsulation::Udp,
+    };
+    let sa = Kept::outbound(sa, 0xc000_0001, selectors);
+    assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "installed");
+
+    let sent = |v: &[EncapVerdict]| v.iter().filter(|v| matches!(v, EncapVerdict::Send(_))).count();
+    assert_eq!(sent(&send(&mut l, 3)), 3);
+    let key = ks.get(handle).expect("the key");
+    assert_eq!(key.usage().get().0, 3, "the host counted what it sealed");
+    assert_eq!(hard_reports(&mut l, &reports), 0);
+
+    // The guest is replaced (a trap, say): the new one knows of 2 packets left.
+    let group = &mut l.groups.list[0];
+    group.inst = Some(group.instantiate(&l.runtime).expect("a replacement"));
+    let v = send(&mut l, 4);
+    assert_eq!(sent(&v), 2, "{v:?}");
+    assert_eq!(v[2..], [EncapVerdict::Drop(DropReason::SaExpired); 2], "the honest guest stops where the host would");
+    assert_eq!(key.usage().get().0, 5);
+    assert_eq!(hard_reports(&mut l, &reports), 1, "the guest's expiry");
+
+    // Replaced again at the limit: installed with one packet, which the
+    // host refuses; the expiry is not reported a second time.
+    let group = &mut l.groups.list[0];
+    group.inst = Some(group.instantiate(&l.runtime).expect("a replacement"));
+    let v = send(&mut l, 2);
+    assert_eq!(sent(&v), 0, "{v:?}");
+    assert_eq!(key.usage().get().0, 5);
+    assert_eq!(hard_reports(&mut l, &reports), 0);
+}
