@@ -375,6 +375,75 @@ run_install_refused() {
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# An ESP guest that ignores its SAs' byte and packet limits: A's connection
+# "limitless" is served by hostile-esp.wasm, which for selectors from
+# 198.18.25.0 seals and opens everything and never reports an expiry. A's
+# CHILD SAs carry 20 packets each way (B, an honest wasmsec, has no limit).
+# Pings both ways between the gateways' addresses in the tunnel's subnets
+# ask for more. A's host must seal at most 20 packets per outbound SA
+# (none past the limit reaches the WAN), deliver at most 20 per inbound SA
+# (the rest counted as sa_expired drops), report the hard expiry the guest
+# kept quiet (IKE replaces the CHILD SA), and hold none of it against the
+# guest: the SA ran out, the guest told no lie.
+run_esp_over_limit() {
+    local what="ESP guest ignoring its SAs' packet limits" A=$STATE/over-limit/A B=$STATE/over-limit/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
+      wasmsec_connection limitless $WAN_A $WAN_B $ID_A $ID_B '["198.18.25.0/24"]' '["198.18.26.0/24"]' start "" "" \
+          "esp_component = \"$COMPONENTS/hostile-esp.wasm\"" "rekey_time = 0
+life_packets = 20"; } >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
+      wasmsec_connection limitless $WAN_B $WAN_A $ID_B $ID_A '["198.18.26.0/24"]' '["198.18.25.0/24"]' none; } >"$B/wasmsec.toml"
+    ip -n wsi-gwa addr replace 198.18.25.1/32 dev lo
+    ip -n wsi-gwb addr replace 198.18.26.1/32 dev lo
+    ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" esp or udp port 4500 2>"$A/cap.err" &
+    local cap=$!; PIDS+=($cap)
+    for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    wasmsec_up "$A" 10 || true
+    local first
+    first=$(child_spis "$A")
+    nsx wsi-gwa ping -n -I 198.18.25.1 -i 0.05 -c 40 -W 1 198.18.26.1 >"$A/ping-out.out" 2>&1 &
+    local out=$!
+    nsx wsi-gwb ping -n -I 198.18.26.1 -i 0.05 -c 40 -W 1 198.18.25.1 >"$A/ping-in.out" 2>&1 || true
+    wait $out || true
+    # The hard expiry's report, the CHILD SA's replacement, then traffic on it.
+    sleep 1
+    nsx wsi-gwa ping -n -I 198.18.25.1 -i 0.1 -c 5 -W 1 198.18.26.1 >"$A/ping-after.out" 2>&1 || true
+    sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
+    wasmsec_ctl "$A" status >"$A/status.json"
+    local alive=no
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    stop "$A"; stop "$B"
+    ip -n wsi-gwa addr del 198.18.25.1/32 dev lo 2>/dev/null || true
+    ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
+    # ESP packets A sent, per SPI, in the order the SPIs first appear.
+    local per_spi
+    per_spi=$(tcpdump -r "$A/wan.pcap" -n "src host $WAN_A" 2>/dev/null | grep -o 'spi=0x[0-9a-f]*' |
+        awk '{ if (!($0 in n)) order[k++] = $0; n[$0]++ } END { for (i = 0; i < k; i++) printf "%s ", n[order[i]] }')
+    local errors expired now_spis after
+    errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
+    expired=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["inbound_drops"]["sa_expired"])' "$A/status.json")
+    now_spis=$(spis_of "$A/status.json")
+    after=$(grep -c "bytes from" "$A/ping-after.out" || true)
+    echo "$what: ESP packets A sent per SPI: $per_spi; inbound sa_expired drops: $expired; protocol errors: $errors; CHILD SAs $first -> $now_spis; pings after: $after/5"
+    read -r -a counts <<<"$per_spi"
+    local most=0 c
+    for c in "${counts[@]}"; do [ "$c" -gt "$most" ] && most=$c; done
+    check "$what: the first outbound SA sealed exactly its 20 packets (${counts[0]:-none})" [ "${counts[0]:-0}" -eq 20 ]
+    check "$what: ... and no SA more than 20 (most: $most)" [ "$most" -le 20 ]
+    check "$what: packets past the inbound SA's limit were dropped, not delivered ($expired)" [ "$expired" -gt 0 ]
+    check "$what: A's host reported the hard limit the guest kept quiet" \
+        grep -q "SA at its hard limit by the host's count before the ESP guest said so" "$A/wasmsec.log"
+    check "$what: the CHILD SA was replaced ($first -> $now_spis)" \
+        bash -c "[ -n '$first' ] && [ -n '$now_spis' ] && ! grep -qw '$first' <<<'$now_spis'"
+    check "$what: its successor carries traffic ($after/5)" [ "$after" -ge 4 ]
+    check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 # The IKE guest traps on one datagram of a read (hostile-trap-marker: the
 # initiator SPI "TRAPTRAP"). A is stopped while a prober in B's namespace
 # sends 8 IKE_SA_INIT requests, the 4th marked, so all 8 come out of one
@@ -521,6 +590,7 @@ run_ike_trap_every_try() {
 }
 
 run_install_refused
+run_esp_over_limit
 run_ike_trap_midread
 run_ike_trap_after_initiate
 run_ike_trap_at_start
