@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::keys::{EspAlgorithm, EspKey};
-use crate::wasm::esp::{EncapVerdict, Mark, TrafficSelector};
+use crate::wasm::esp::{EncapVerdict, Mark, SaLimits, TrafficSelector};
 
 pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
     let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![]).expect("empty")).expect("group 0");
@@ -267,32 +267,11 @@ fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
     // picks its own inbound SPIs). Named by our inbound SPI, both install
     // in one group, each seals under the peer's SPI, and each goes alone.
     let (mut l, ks, to_loop, reports) = wired_loop();
-    let alg = EspAlgorithm::Aes256Gcm16;
     const WIRE: u32 = 0xc000_0001;
     let mut keys = Vec::new();
     for (name, net, fill) in [(0x5001, 1, 4), (0x5002, 2, 5)] {
-        let local = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
-        let remote = TrafficSelector::addresses(vec![10, 0, net, 0], vec![10, 0, net, 255]);
-        let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
-        let sa = OutboundSa {
-            spi: name,
-            key,
-            peer: 0,
-            esn: false,
-            next_seq: 1,
-            pad_align: alg.pad_align(),
-            local_ts: vec![local.clone()],
-            remote_ts: vec![remote.clone()],
-            limits: Default::default(),
-        };
-        let selectors = crate::wasm::selectors::SaSelectors::of(&[local], &[remote]).expect("selectors");
-        let peer = Peer {
-            address: std::net::Ipv4Addr::new(192, 0, 2, net),
-            port: 4500,
-            encapsulation: crate::config::Encapsulation::Udp,
-        };
-        let sa = Kept::outbound(sa, WIRE, selectors);
-        assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+        let (key, command) = add_outbound(&ks, (name, WIRE), net, fill, Default::default());
+        assert!(to_loop.send(command));
         keys.push(key);
     }
     l.apply_commands(true);
@@ -321,6 +300,42 @@ fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
     inst.store.data_mut().batch = vec![packet(1), packet(2)];
     let verdicts = inst.encap(2).expect("no trap");
     assert!(matches!(verdicts[..], [EncapVerdict::Drop(_), EncapVerdict::Send(_)]), "{verdicts:?}");
+}
+
+/// An outbound AES-GCM SA named `name`, sealing under `wire`, from
+/// 10.0.0.0/24 to 10.0.`net`.0/24 for peer 192.0.2.`net`, with a key of
+/// `fill` bytes in `ks`, as the command that installs it in group 0; and
+/// its key.
+pub(super) fn add_outbound(
+    ks: &Keystore,
+    (name, wire): (u32, u32),
+    net: u8,
+    fill: u8,
+    limits: SaLimits,
+) -> (u64, SaCommand) {
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let local = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
+    let remote = TrafficSelector::addresses(vec![10, 0, net, 0], vec![10, 0, net, 255]);
+    let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));
+    let sa = OutboundSa {
+        spi: name,
+        key,
+        peer: 0,
+        esn: false,
+        next_seq: 1,
+        pad_align: alg.pad_align(),
+        local_ts: vec![local.clone()],
+        remote_ts: vec![remote.clone()],
+        limits,
+    };
+    let selectors = crate::wasm::selectors::SaSelectors::of(&[local], &[remote]).expect("selectors");
+    let peer = Peer {
+        address: std::net::Ipv4Addr::new(192, 0, 2, net),
+        port: 4500,
+        encapsulation: crate::config::Encapsulation::Udp,
+    };
+    let sa = Kept::outbound(sa, wire, selectors);
+    (key, SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() })
 }
 
 /// A 60-byte UDP packet from 10.0.0.7 to 10.0.`net`.9.

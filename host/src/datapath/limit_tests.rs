@@ -5,12 +5,9 @@
 
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
-use super::install_tests::{udp_to_net, wired_loop};
+use super::install_tests::{add_outbound, udp_to_net, wired_loop};
 use super::*;
-use crate::keys::{EspAlgorithm, EspKey};
-use crate::wasm::esp::{EncapVerdict, SaLimits, TrafficSelector};
+use crate::wasm::esp::{EncapVerdict, SaLimits};
 
 const NAME: u32 = 0x6001;
 
@@ -33,29 +30,9 @@ fn hard_reports(l: &mut Loop, reports: &channel::Receiver<Report>) -> usize {
 #[test]
 fn a_replaced_guest_gets_what_is_left_of_the_limits_and_the_end_is_reported_once() {
     let (mut l, ks, to_loop, reports) = wired_loop();
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let handle = ks.insert(EspKey::new(alg, Zeroizing::new(vec![3; alg.keymat_len()])).expect("key"));
-    let local = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
-    let remote = TrafficSelector::addresses(vec![10, 0, 1, 0], vec![10, 0, 1, 255]);
-    let sa = OutboundSa {
-        spi: NAME,
-        key: handle,
-        peer: 0,
-        esn: false,
-        next_seq: 1,
-        pad_align: alg.pad_align(),
-        local_ts: vec![local.clone()],
-        remote_ts: vec![remote.clone()],
-        limits: SaLimits { hard_packets: 5, ..SaLimits::default() },
-    };
-    let selectors = crate::wasm::selectors::SaSelectors::of(&[local], &[remote]).expect("selectors");
-    let peer = Peer {
-        address: std::net::Ipv4Addr::new(192, 0, 2, 1),
-        port: 4500,
-        encapsulation: crate::config::Encapsulation::Udp,
-    };
-    let sa = Kept::outbound(sa, 0xc000_0001, selectors);
-    assert!(to_loop.send(SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() }));
+    let limits = SaLimits { hard_packets: 5, ..SaLimits::default() };
+    let (handle, command) = add_outbound(&ks, (NAME, 0xc000_0001), 1, 3, limits);
+    assert!(to_loop.send(command));
     l.apply_commands(true);
     assert!(reports.drain().is_empty(), "installed");
 
