@@ -22,7 +22,9 @@
 # with an ESP transform A does not propose (or proposes only for another
 # child of the connection), against an honest wasmsec B; the host refuses and counts each while the honest manual tunnel
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
-# install: the CHILD SA is deleted with the peer, not left up unserved.
+# install: the CHILD SA is deleted with the peer, not left up unserved;
+# and one ignoring its SAs' packet limits: the host seals and delivers no
+# packet past them and reports the expiry the guest kept quiet.
 # Last, an IKE guest that traps on one datagram in the middle of a read of
 # UDP 500: the datagrams read with it are served by its replacement; and one
 # that traps after an admin `initiate`: the API answers once the
