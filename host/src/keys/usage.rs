@@ -8,7 +8,8 @@
 //! The rule is the ESP engine's (`guest/esp/src/engine.rs`, `Usage`): a
 //! packet passes while the packets and bytes before it are below both hard
 //! limits, and its inner IP packet's length is what counts. Outbound a
-//! packet is counted when the host seals it; inbound when it is delivered,
+//! packet is counted when the guest asks the host to seal it (as the engine
+//! counts it when it plans it); inbound when it is delivered,
 //! not when it opens: a replayed packet opens too, and must not use up the
 //! SA of the peer whose packet it copied.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
