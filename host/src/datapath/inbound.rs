@@ -15,8 +15,7 @@ use super::group::Split;
 use super::{Direction, Loop, POLL_MS, Peer, tos};
 use crate::config::Encapsulation;
 use crate::control::sockets::MAX_IKE_MESSAGE;
-use crate::keys::usage::{LimitReached, Tally};
-use crate::keys::{KeyTable, KeyUse};
+use crate::keys::usage::Deliveries;
 use crate::packet::PacketBuf;
 use crate::stats;
 use crate::sys;
@@ -139,8 +138,7 @@ impl Loop {
         let Some(inst) = &mut self.groups.list[g].inst else { return };
         let st = inst.store.data_mut();
         let mut lies = 0;
-        // The run of one key's packets being counted against its SA's limits.
-        let mut tally: Option<(u64, Option<Tally>)> = None;
+        let mut counts = Deliveries::default();
         for (k, ((p, mark), v)) in st.batch.iter_mut().zip(&st.marks).zip(verdicts).enumerate() {
             match v {
                 // Only what this call opened reaches the LAN, and no more of
@@ -151,17 +149,9 @@ impl Loop {
                         && matches!(mark, Mark::Opened { len: opened, .. } if u64::from(len) + 2 <= u64::from(*opened)) =>
                 {
                     let &Mark::Opened { spi, esp_len, counted, .. } = mark else { continue };
-                    if counted != 0 && tally.as_ref().is_none_or(|(h, _)| *h != counted) {
-                        if let Some((_, Some(t))) = tally.take() {
-                            t.finish(&mut st.limits_reached);
-                        }
-                        tally = Some((counted, limits_of(&st.keys, counted, spi)));
-                    }
                     // Past its SA's hard limit: not delivered, whatever the
                     // guest counted (an honest one drops it too).
-                    if let Some((_, Some(t))) = tally.as_mut().filter(|_| counted != 0)
-                        && !t.pass(len as usize)
-                    {
+                    if !counts.pass(&st.keys, counted, spi, len as usize, &mut st.limits_reached) {
                         self.stats.in_drop(DropReason::SaExpired);
                         continue;
                     }
@@ -188,9 +178,7 @@ impl Loop {
                 }
             }
         }
-        if let Some((_, Some(t))) = tally {
-            t.finish(&mut st.limits_reached);
-        }
+        counts.finish(&mut st.limits_reached);
         self.tun_out.flush(&self.tuns, &self.stats);
         self.protocol_errors(g, Direction::Inbound, lies);
     }
@@ -301,13 +289,6 @@ impl Loop {
         }
         n
     }
-}
-
-/// The count of inbound SA `spi`'s packets opened with key `handle`
-/// against its limits; none for an SA without a limit.
-fn limits_of(keys: &KeyTable, handle: u64, spi: u32) -> Option<Tally<'_>> {
-    let Ok((k, KeyUse::Open { limits, .. })) = keys.get(handle) else { return None };
-    Tally::start(k.usage(), &limits, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
 }
 
 /// NAT-T port floating (RFC 3948, RFC 7296 section 2.23): authenticated ESP

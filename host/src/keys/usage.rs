@@ -14,6 +14,7 @@
 //! SA of the peer whose packet it copied.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::store::{KeyTable, KeyUse};
 use crate::wasm::esp::SaLimits;
 
 /// A key's packets and bytes so far (kept only for an SA with a limit).
@@ -123,6 +124,57 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// Inbound: one batch's delivered packets counted against their SAs'
+/// limits, a run of one key's packets at a time (an SA's packets arrive
+/// together, so the key table is asked once per run, not per packet).
+#[derive(Debug, Default)]
+pub struct Deliveries<'a> {
+    /// The key handle of the run being counted, and its count (none for
+    /// an SA without a limit).
+    run: Option<(u64, Option<Tally<'a>>)>,
+}
+
+impl<'a> Deliveries<'a> {
+    /// Whether a packet that inbound SA `spi` opened may be delivered; it
+    /// is counted if it may. `counted` is the key's handle from the
+    /// packet's mark (0: the SA has no limit, nothing to count).
+    #[inline]
+    pub fn pass(
+        &mut self,
+        keys: &'a KeyTable,
+        counted: u64,
+        spi: u32,
+        len: usize,
+        reached: &mut Vec<LimitReached>,
+    ) -> bool {
+        if counted == 0 {
+            return true;
+        }
+        if self.run.as_ref().is_none_or(|(h, _)| *h != counted) {
+            self.finish(reached);
+            self.run = Some((counted, inbound_tally(keys, counted, spi)));
+        }
+        match &mut self.run {
+            Some((_, Some(t))) => t.pass(len),
+            _ => true,
+        }
+    }
+
+    /// Add the last run to its key's counts (see [`Tally::finish`]).
+    pub fn finish(&mut self, reached: &mut Vec<LimitReached>) {
+        if let Some((_, Some(t))) = self.run.take() {
+            t.finish(reached);
+        }
+    }
+}
+
+/// The count of inbound SA `spi`'s packets opened with key `handle`
+/// against its limits; none for an SA without a limit.
+fn inbound_tally(keys: &KeyTable, handle: u64, spi: u32) -> Option<Tally<'_>> {
+    let Ok((k, KeyUse::Open { limits, .. })) = keys.get(handle) else { return None };
+    Tally::start(k.usage(), &limits, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
+}
+
 /// The limits to install a replaced guest's SA with, which has carried
 /// `used` (packets, bytes) of `limits`: a limit passed already stays,
 /// at its last packet (0 would be none), so the guest expires the SA too;
@@ -189,6 +241,35 @@ mod tests {
         let mut reached = Vec::new();
         t.finish(&mut reached);
         assert_eq!((usage.get(), reached.len()), ((1000, 1_500_000), 0));
+    }
+
+    #[test]
+    fn deliveries_are_counted_per_key_and_the_key_table_asked_once_per_run() {
+        use crate::keys::EspAlgorithm;
+        use crate::keys::esp_key::test_key;
+        use std::sync::Arc;
+        let mut keys = KeyTable::default();
+        let alg = EspAlgorithm::Aes256Gcm16;
+        let (a, b) = (Arc::new(test_key(alg, 1)), Arc::new(test_key(alg, 2)));
+        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa, limits: limits(2, 0) });
+        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb, limits: limits(3, 0) });
+        let mut reached = Vec::new();
+        let mut d = Deliveries::default();
+        // Key 1, then 2, then 1 again: each run is added when the next begins.
+        let got: Vec<bool> = [(1, 0xa), (1, 0xa), (2, 0xb), (1, 0xa), (0, 0xc), (2, 0xb)]
+            .iter()
+            .map(|&(h, spi)| d.pass(&keys, h, spi, 10, &mut reached))
+            .collect();
+        d.finish(&mut reached);
+        // The third packet of key 1 is past its limit; handle 0 (an SA
+        // without limits) always passes and is not counted.
+        assert_eq!(got, [true, true, true, false, true, true]);
+        assert_eq!((a.usage().get(), b.usage().get()), ((2, 20), (2, 20)));
+        // Listed by each of its runs that ends at the limit (the report
+        // of it is once, by `Usage::report_hard`).
+        let mut hit: Vec<(u32, bool)> = reached.iter().map(|r| (r.spi, r.outbound)).collect();
+        hit.dedup();
+        assert_eq!(hit, [(0xa, false)], "only key 1's SA reached its limit");
     }
 
     #[test]
