@@ -14,7 +14,10 @@
 //!    exactly what the daemon runs for its own routing domain (minus the
 //!    syscalls): memory with a guard region, no bounds checks in the code;
 //! 4. the same as a tenant's instance: in a memory slot, every access
-//!    bounds-checked by the compiled code.
+//!    bounds-checked by the compiled code;
+//! 5. the same as 3 with SAs that have byte and packet limits (never
+//!    reached here): what the guest's and the host's counting cost
+//!    (`keys/usage.rs`: at seal and at delivery, as the daemon counts).
 //!
 //! The paths take turns: 45 rounds of 50 ms each, so a machine whose
 //! speed drifts (a shared VM) slows them all alike, and each round's ratio
@@ -35,9 +38,10 @@ use std::time::{Duration, Instant};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use wasmsec::datapath::SaSet;
+use wasmsec::keys::usage::Deliveries;
 use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
-use wasmsec::wasm::esp::{DecapVerdict, EncapVerdict, InboundSa, OutboundSa, TrafficSelector};
+use wasmsec::wasm::esp::{DecapVerdict, EncapVerdict, InboundSa, Mark, OutboundSa, SaLimits, TrafficSelector};
 use wasmsec::wasm::{EspMemory, Runtime};
 use zeroize::Zeroizing;
 
@@ -228,7 +232,7 @@ fn esp_floor<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
     })
 }
 
-fn sa_sets() -> (SaSet, SaSet) {
+fn sa_sets(limits: SaLimits) -> (SaSet, SaSet) {
     let ks = Arc::new(Keystore::new());
     let alg = EspAlgorithm::Aes256Gcm16;
     let h_out = ks.insert(EspKey::new(alg, Zeroizing::new(vec![7; alg.keymat_len()])).unwrap());
@@ -250,7 +254,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         pad_align: alg.pad_align(),
         local_ts: vec![a.clone()],
         remote_ts: vec![b.clone()],
-        limits: Default::default(),
+        limits,
     };
     let inb = InboundSa {
         spi: 0x2001,
@@ -260,7 +264,7 @@ fn sa_sets() -> (SaSet, SaSet) {
         highest_seq: 0,
         local_ts: vec![b],
         remote_ts: vec![a],
-        limits: Default::default(),
+        limits,
     };
     (SaSet::new(ks.clone(), vec![out], vec![]).expect("outbound"), SaSet::new(ks, vec![], vec![inb]).expect("inbound"))
 }
@@ -370,16 +374,24 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
 
 /// The component as the daemon runs it for its own routing domain.
 fn component<'a>(rt: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
-    component_in(rt, pkt, EspMemory::Guarded)
+    component_in(rt, pkt, EspMemory::Guarded, SaLimits::default())
 }
 
 /// The component as the daemon runs it for a tenant.
 fn tenant_component<'a>(rt: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
-    component_in(rt, pkt, EspMemory::Slot)
+    component_in(rt, pkt, EspMemory::Slot, SaLimits::default())
 }
 
-fn component_in<'a>(rt: &Runtime, pkt: &'a [Vec<u8>], memory: EspMemory) -> Path<'a> {
-    let (out_set, in_set) = sa_sets();
+/// The component for its own routing domain, with SAs that have byte and
+/// packet limits far beyond what the bench sends, so every packet is
+/// counted by the guest and by the host and none expires.
+fn limited_component<'a>(rt: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
+    let limits = SaLimits { soft_bytes: 1 << 61, soft_packets: 1 << 53, hard_bytes: 1 << 62, hard_packets: 1 << 54 };
+    component_in(rt, pkt, EspMemory::Guarded, limits)
+}
+
+fn component_in<'a>(rt: &Runtime, pkt: &'a [Vec<u8>], memory: EspMemory, limits: SaLimits) -> Path<'a> {
+    let (out_set, in_set) = sa_sets(limits);
     let mut tx = out_set.instantiate(rt, 0, memory).unwrap();
     let mut rx = in_set.instantiate(rt, 0, memory).unwrap();
     tx.store.data_mut().batch = (0..BATCH).map(|_| PacketBuf::new()).collect();
@@ -394,6 +406,18 @@ fn component_in<'a>(rt: &Runtime, pkt: &'a [Vec<u8>], memory: EspMemory) -> Path
         std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
         let v = rx.decap(rx.store.data().count).unwrap();
         assert!(matches!(v[BATCH - 1], DecapVerdict::Deliver(_)));
+        // What the daemon's inbound thread does before it delivers
+        // (`datapath/inbound.rs`): count each packet against its SA's
+        // limits, nothing for an SA without one.
+        let st = rx.store.data_mut();
+        let mut counts = Deliveries::default();
+        for (mark, v) in st.marks.iter().zip(&v) {
+            if let (&Mark::Opened { spi, counted, .. }, &DecapVerdict::Deliver(len)) = (mark, v) {
+                assert!(counts.pass(&st.keys, counted, spi, len as usize, &mut st.limits_reached));
+            }
+        }
+        counts.finish(&mut st.limits_reached);
+        assert!(st.limits_reached.is_empty());
         std::mem::swap(&mut tx.store.data_mut().batch, &mut rx.store.data_mut().batch);
     })
 }
@@ -430,13 +454,14 @@ fn main() {
             round_time.as_millis()
         );
         let mut paths: Vec<(&str, &str, Path)> = Vec::new();
-        let all: [(&str, &str, MakePath); 6] = [
+        let all: [(&str, &str, MakePath); 7] = [
             ("raw_ring", "raw ring seal+open (ceiling)", raw_ring),
             ("raw_ring_esp_sized", "  the same on ESP's padded plaintext", raw_ring_esp_sized),
             ("esp_floor", "  ESP framing + replay, one SA, no engine", esp_floor),
             ("native_engine", "native ESP engine + keystore", native_engine),
             ("component", "ESP component (wasmtime) + keystore", component),
             ("tenant_component", "  the same in a tenant's memory slot", tenant_component),
+            ("limited_component", "  the same, SAs with byte+packet limits", limited_component),
         ];
         for (fname, name, make) in all {
             if wanted(fname) {
@@ -495,6 +520,18 @@ fn main() {
                 share,
                 middle,
                 range
+            );
+        }
+        // What counting costs: each round's time without limits over its
+        // time with them.
+        let at = |f: &str| paths.iter().position(|p| p.0 == f);
+        if let (Some(c), Some(l)) = (at("component"), at("limited_component")) {
+            let shares: Vec<f64> = ns[c].iter().zip(&ns[l]).map(|(c, l)| c / l * 100.0).collect();
+            println!(
+                "SAs with limits at {:.1}% of the unlimited component's speed (middle half {:.1}-{:.1}%)",
+                quantile(shares.clone(), 0.5),
+                quantile(shares.clone(), 0.25),
+                quantile(shares, 0.75)
             );
         }
         if let Some(c) = comp_share {
