@@ -128,7 +128,7 @@ fn a_full_guest_refuses_and_one_that_traps_installing_is_replaced_at_once() {
 
 /// An inbound SA for 10.0.0.0/24 both ways, with a key of `fill` bytes in
 /// `ks`, as the command that installs it in `group`; and its key.
-fn add_inbound(ks: &Keystore, spi: u32, fill: u8, group: usize) -> (u64, SaCommand) {
+pub(super) fn add_inbound(ks: &Keystore, spi: u32, fill: u8, group: usize) -> (u64, SaCommand) {
     let alg = EspAlgorithm::Aes256Gcm16;
     let ts = TrafficSelector::addresses(vec![10, 0, 0, 0], vec![10, 0, 0, 255]);
     let key = ks.insert(EspKey::new(alg, Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key"));

@@ -28,6 +28,8 @@ pub mod outbound;
 pub mod peers;
 #[cfg(test)]
 mod read_budget_tests;
+#[cfg(test)]
+mod reclaim_tests;
 pub mod tos;
 pub mod tso;
 pub mod tun_write;
@@ -538,6 +540,20 @@ impl Loop {
             // A tenant's last SA in this direction: its slot goes back.
             debug!(group = g, "data path: the group's last SA left; its instance is freed");
             group.inst = None;
+        } else {
+            match group.reclaim(&self.runtime) {
+                Ok(0) => {}
+                Ok(grown) => info!(
+                    direction = dir.name(),
+                    group = g,
+                    grown_kib = grown >> 10,
+                    "data path: the group's last SA left; its ESP instance is replaced by a fresh one to give back its memory"
+                ),
+                // The emptied instance still works: it keeps its memory.
+                Err(e) => {
+                    warn!(direction = dir.name(), group = g, error = %e, "cannot replace the emptied ESP instance; it keeps its memory")
+                }
+            }
         }
         (gone, r)
     }

@@ -479,6 +479,11 @@ impl EspInstance {
         Ok(e.call_remove_inbound(s, spi)?)
     }
 
+    /// How much its linear memory grew past what it was instantiated with.
+    pub fn memory_grown(&self) -> usize {
+        self.store.data().limits.grown()
+    }
+
     pub fn sa_states(&mut self) -> Result<Vec<SaState>> {
         let (e, s) = self.e();
         Ok(e.call_sa_states(s)?)

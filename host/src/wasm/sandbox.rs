@@ -170,6 +170,7 @@ pub(crate) fn policy_store_limits() -> GuestLimits {
         limits: StoreLimitsBuilder::new().memory_size(POLICY_MEMORY_LIMIT).instances(4).build(),
         tables: POLICY_TABLE_ELEMENTS,
         peak: 0,
+        initial: 0,
     }
 }
 
@@ -178,7 +179,7 @@ pub(crate) fn policy_store_limits() -> GuestLimits {
 pub(crate) fn runtime_policy_store_limits() -> GuestLimits {
     let limits =
         StoreLimitsBuilder::new().memory_size(RUNTIME_POLICY_MEMORY_LIMIT).instances(64).memories(64).tables(64);
-    GuestLimits { limits: limits.build(), tables: usize::MAX, peak: 0 }
+    GuestLimits { limits: limits.build(), tables: usize::MAX, peak: 0, initial: 0 }
 }
 
 /// A store's limits (memory and instances), and the most linear memory its
@@ -192,6 +193,8 @@ pub struct GuestLimits {
     tables: usize,
     /// The largest linear memory granted so far, in bytes.
     peak: usize,
+    /// The linear memory it was instantiated with, in bytes.
+    initial: usize,
 }
 
 impl GuestLimits {
@@ -199,12 +202,23 @@ impl GuestLimits {
     pub fn peak(&self) -> usize {
         self.peak
     }
+
+    /// How much its linear memory grew past what it was instantiated
+    /// with, in bytes: a wasm memory never shrinks, so this stays taken
+    /// until the instance goes.
+    pub fn grown(&self) -> usize {
+        self.peak.saturating_sub(self.initial)
+    }
 }
 
 impl ResourceLimiter for GuestLimits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let granted = self.limits.memory_growing(current, desired, maximum)?;
         if granted {
+            // A memory is created as a growth from 0 to its initial size.
+            if current == 0 && self.peak == 0 {
+                self.initial = desired;
+            }
             self.peak = self.peak.max(desired);
         }
         Ok(granted)
@@ -237,6 +251,7 @@ pub(crate) fn store_limits() -> GuestLimits {
         limits: StoreLimitsBuilder::new().memory_size(GUEST_MEMORY_LIMIT).instances(4).build(),
         tables: GUEST_TABLE_ELEMENTS,
         peak: 0,
+        initial: 0,
     }
 }
 

@@ -1,0 +1,77 @@
+//! The daemon's own domain keeps its ESP instances while they hold no SA,
+//! and a wasm memory only grows: without a replacement, the memory that
+//! thousands of SAs once took stayed taken after they were all deleted.
+//! Emptied, an instance that grew past [`group::RECLAIM_GROWN`] is
+//! replaced by a fresh one; one that grew less, or still holds an SA,
+//! is kept.
+
+use super::install_tests::{add_inbound, add_outbound, udp_to_net, wired_loop};
+use super::*;
+use crate::wasm::esp::{EncapVerdict, SaLimits};
+
+/// Install inbound SAs from SPI 0x10000 on until group 0's instance grew
+/// by `grown` bytes (at most `most` of them): their keys.
+fn grow(l: &mut Loop, ks: &Keystore, to_loop: &Sender<SaCommand>, grown: usize, most: u32) -> Vec<(u32, u64)> {
+    let mut sas = Vec::new();
+    for spi in 0x10000..0x10000 + most {
+        let (key, add) = add_inbound(ks, spi, spi as u8, 0);
+        assert!(to_loop.send(add));
+        sas.push((spi, key));
+        // In steps, as the control thread's commands come.
+        if sas.len() % 256 == 0 {
+            l.apply_commands(true);
+            if memory_grown(l) >= grown {
+                break;
+            }
+        }
+    }
+    l.apply_commands(true);
+    assert_eq!(l.groups.by_spi.len(), sas.len(), "every SA installed");
+    sas
+}
+
+fn memory_grown(l: &Loop) -> usize {
+    l.groups.list[0].inst.as_ref().expect("the daemon's domain keeps an instance").memory_grown()
+}
+
+fn remove(l: &mut Loop, to_loop: &Sender<SaCommand>, sas: &[(u32, u64)]) {
+    for &(spi, key) in sas {
+        assert!(to_loop.send(SaCommand::RemoveInbound { spi, key }));
+    }
+    l.apply_commands(true);
+}
+
+#[test]
+fn an_emptied_instance_that_grew_is_replaced_by_a_fresh_one() {
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let sas = grow(&mut l, &ks, &to_loop, group::RECLAIM_GROWN, 60_000);
+    let grown = memory_grown(&l);
+    assert!(grown >= group::RECLAIM_GROWN, "{} SAs grew the guest by {grown} bytes only", sas.len());
+    // All but one gone: the instance holds an SA, so it stays as it is.
+    let (last, rest) = sas.split_last().expect("SAs");
+    remove(&mut l, &to_loop, rest);
+    assert_eq!(memory_grown(&l), grown, "an instance that still holds an SA is kept");
+    // The last one gone: a fresh instance.
+    remove(&mut l, &to_loop, std::slice::from_ref(last));
+    assert!(l.groups.by_spi.is_empty());
+    assert_eq!(memory_grown(&l), 0, "the emptied instance was replaced");
+    assert_eq!(l.stats.guest_restarts.load(std::sync::atomic::Ordering::Relaxed), 0, "not counted as a fault");
+    assert!(reports.drain().is_empty(), "nothing reported up");
+    // The fresh instance takes SAs and carries packets.
+    let (_, add) = add_outbound(&ks, (0x7001, 0x7001), 1, 9, SaLimits::default());
+    assert!(to_loop.send(add));
+    l.apply_commands(true);
+    let inst = l.groups.list[0].inst.as_mut().expect("instance");
+    inst.store.data_mut().batch = vec![udp_to_net(1)];
+    assert!(matches!(inst.encap(1).expect("no trap")[..], [EncapVerdict::Send(_)]));
+}
+
+#[test]
+fn an_emptied_instance_that_grew_little_is_kept() {
+    let (mut l, ks, to_loop, _reports) = wired_loop();
+    let sas = grow(&mut l, &ks, &to_loop, 1, 256);
+    let grown = memory_grown(&l);
+    assert!(grown > 0 && grown < group::RECLAIM_GROWN, "256 SAs grew the guest by {grown} bytes");
+    remove(&mut l, &to_loop, &sas);
+    assert_eq!(memory_grown(&l), grown, "not worth an instantiation: kept");
+}
