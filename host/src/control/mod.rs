@@ -46,6 +46,10 @@ pub struct Trap {
 /// the checkpoints: they come from the guest and may be what traps it.
 const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
 
+/// An IKE guest that holds no SA and grew by this much is replaced by a
+/// fresh one (`reclaim_ike`): what some 1,500 IKE SAs take.
+const IKE_RECLAIM_GROWN: usize = 4 << 20;
+
 /// How long the inbound half of a CHILD SA forgotten by a replacement that
 /// started over still accepts ESP: the peer sends on it until the new
 /// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
@@ -221,7 +225,7 @@ impl ControlPlane {
                 // retransmits, timers fire again.
                 self.recover(e);
             }
-            self.trim_heap_if_due(now);
+            self.reclaim_if_due(now);
         }
         self.shutdown(Self::now(start));
         self.write_audit_files();
@@ -229,12 +233,16 @@ impl ControlPlane {
     }
 
     /// Many SAs went away and the count is still: the freed heap goes
-    /// back to the kernel (`heap_trim`). Counted as the host holds them:
+    /// back to the kernel (`heap_trim`), and an IKE guest that holds no
+    /// SA any more gives back its memory. Counted as the host holds them:
     /// CHILD SAs installed and the vault's secrets (one per IKE SA).
-    fn trim_heap_if_due(&mut self, now: u64) {
+    fn reclaim_if_due(&mut self, now: u64) {
         let held = self.children.installed_count() + self.ike.store.data().secrets();
         if !self.heap_trim.due(now, held) {
             return;
+        }
+        if let Err(e) = self.reclaim_ike(now) {
+            self.recover(e);
         }
         let (before, t0) = (sys::resident_bytes(), Instant::now());
         let released = sys::trim_heap();
@@ -247,6 +255,28 @@ impl ControlPlane {
             took_ms = t0.elapsed().as_millis() as u64,
             "many SAs went away: freed heap given back to the system"
         );
+    }
+
+    /// An IKE guest whose memory grew by [`IKE_RECLAIM_GROWN`] and that
+    /// holds no SA now is replaced by a fresh instance with the
+    /// connections, as a trapped one is but with nothing to restore: a
+    /// wasm memory only grows, so what thousands of IKE SAs took would
+    /// stay taken. Only with no SA and no exchange in flight (the host's
+    /// records say so), and no work left over from the round, so nothing
+    /// is lost; the guest's counters are read first and carried over.
+    fn reclaim_ike(&mut self, now: u64) -> anyhow::Result<()> {
+        let st = self.ike.store.data();
+        let grown = st.memory_grown();
+        let idle = self.reports.is_empty() && self.from_500.is_empty() && self.held_queries.is_empty();
+        if grown < IKE_RECLAIM_GROWN || !st.holds_no_sa() || !idle || self.replace_at.is_some() {
+            return Ok(());
+        }
+        self.totals.observe(&self.ike.stats()?);
+        self.totals.guest_replaced();
+        self.fresh_instance(self.history_applied)?;
+        self.apply(now)?;
+        info!(grown_kib = grown >> 10, "the IKE guest holds no SA: replaced by a fresh one to give back its memory");
+        Ok(())
     }
 
     /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE

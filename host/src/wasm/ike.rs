@@ -358,6 +358,19 @@ impl IkeState {
         self.vault.len()
     }
 
+    /// Whether the guest holds no SA, by the host's records (the guest is
+    /// not asked): no secret in the vault but the pre-shared keys (an IKE
+    /// SA's keys, or the DH value of an exchange in flight, would be one),
+    /// no CHILD SA keys waiting for their install, no checkpoint.
+    pub fn holds_no_sa(&self) -> bool {
+        self.vault.len() == self.psk_owners.len() && self.derived.is_empty() && self.checkpoints.is_empty()
+    }
+
+    /// How much the current instance's linear memory grew since it was made.
+    pub fn memory_grown(&self) -> usize {
+        self.limits.grown()
+    }
+
     pub fn vault(&self) -> &wasmsec_crypto::Vault {
         &self.vault
     }
@@ -803,6 +816,21 @@ fn same_identity(id: &Identification, asked: &Identity) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_holds_no_sa_by_the_hosts_records_only_with_nothing_but_psks() {
+        let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let psk = st.insert_psk("gw", Zeroizing::new(b"a key".to_vec()));
+        assert!(st.holds_no_sa(), "a PSK is configuration, not an SA");
+        st.keep_checkpoints(vec![(1, Some(vec![1; 10]))]);
+        assert!(!st.holds_no_sa(), "an IKE SA's checkpoint");
+        st.keep_checkpoints(vec![(1, None)]);
+        assert!(st.holds_no_sa());
+        // A secret that is no PSK: an IKE SA's keys or a DH value in flight.
+        st.forget_psk(psk);
+        st.vault.insert_psk(Zeroizing::new(b"not owned".to_vec()));
+        assert!(!st.holds_no_sa(), "a secret no connection owns");
+    }
 
     #[test]
     fn checkpoints_beyond_the_bounds_are_refused_and_the_stale_one_goes() {

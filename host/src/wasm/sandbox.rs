@@ -171,6 +171,7 @@ pub(crate) fn policy_store_limits() -> GuestLimits {
         tables: POLICY_TABLE_ELEMENTS,
         peak: 0,
         initial: 0,
+        size: 0,
     }
 }
 
@@ -179,7 +180,7 @@ pub(crate) fn policy_store_limits() -> GuestLimits {
 pub(crate) fn runtime_policy_store_limits() -> GuestLimits {
     let limits =
         StoreLimitsBuilder::new().memory_size(RUNTIME_POLICY_MEMORY_LIMIT).instances(64).memories(64).tables(64);
-    GuestLimits { limits: limits.build(), tables: usize::MAX, peak: 0, initial: 0 }
+    GuestLimits { limits: limits.build(), tables: usize::MAX, peak: 0, initial: 0, size: 0 }
 }
 
 /// A store's limits (memory and instances), and the most linear memory its
@@ -191,10 +192,13 @@ pub struct GuestLimits {
     limits: StoreLimits,
     /// Elements a table may hold.
     tables: usize,
-    /// The largest linear memory granted so far, in bytes.
+    /// The largest linear memory granted so far, in bytes (across
+    /// instances, when a replacement takes over the store's data).
     peak: usize,
-    /// The linear memory it was instantiated with, in bytes.
+    /// The current instance's linear memory: its length when it was
+    /// made, and now, in bytes.
     initial: usize,
+    size: usize,
 }
 
 impl GuestLimits {
@@ -203,11 +207,11 @@ impl GuestLimits {
         self.peak
     }
 
-    /// How much its linear memory grew past what it was instantiated
-    /// with, in bytes: a wasm memory never shrinks, so this stays taken
-    /// until the instance goes.
+    /// How much the current instance's linear memory grew past what it
+    /// was made with, in bytes: a wasm memory never shrinks, so this
+    /// stays taken until the instance goes.
     pub fn grown(&self) -> usize {
-        self.peak.saturating_sub(self.initial)
+        self.size.saturating_sub(self.initial)
     }
 }
 
@@ -215,10 +219,12 @@ impl ResourceLimiter for GuestLimits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let granted = self.limits.memory_growing(current, desired, maximum)?;
         if granted {
-            // A memory is created as a growth from 0 to its initial size.
-            if current == 0 && self.peak == 0 {
+            // A memory is made as a growth from 0 to its initial size
+            // (a replacement instance's too, which takes over this data).
+            if current == 0 {
                 self.initial = desired;
             }
+            self.size = desired;
             self.peak = self.peak.max(desired);
         }
         Ok(granted)
@@ -252,6 +258,7 @@ pub(crate) fn store_limits() -> GuestLimits {
         tables: GUEST_TABLE_ELEMENTS,
         peak: 0,
         initial: 0,
+        size: 0,
     }
 }
 
