@@ -271,7 +271,8 @@ impl ControlPlane {
 
     /// A page of the SAs, as `sas`, and every counter.
     fn status(&mut self, now: u64, page: &Page) -> anyhow::Result<Answer> {
-        let mut ike = serde_json::to_value(self.ike.stats()?)?;
+        // Over the daemon's life, as /metrics: a replaced guest's counts stay.
+        let mut ike = self.totals.status(&self.ike.stats()?);
         ike["vault_secrets"] = self.ike.store.data().secrets().into();
         ike["guest_memory_peak"] = self.ike.store.data().memory_peak().into();
         let mut v = match self.sas(now, page)? {

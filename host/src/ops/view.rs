@@ -168,12 +168,38 @@ fn rows(c: &Counters) -> Vec<u64> {
 pub struct IkeTotals {
     engine: Carry,
     by_connection: BTreeMap<String, Carry>,
+    /// The same for `wasmsec status`, which shows the counters by their
+    /// field names: what replaced instances counted, and the last values
+    /// seen from the current one.
+    carried_fields: serde_json::Map<String, serde_json::Value>,
+    last_fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The one field of the engine's counters that is a gauge (half-open IKE
+/// SAs now): not carried across a replacement.
+const GAUGE_FIELDS: &[&str] = &["half_open"];
+
+/// The counters' fields by name, as `wasmsec status` shows them.
+fn fields(c: &Counters) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    }
 }
 
 impl IkeTotals {
+    /// The counters as `wasmsec status` shows them, over the daemon's
+    /// life: what the instance reports now plus what replaced ones
+    /// counted (gauges as they are now).
+    pub fn status(&mut self, c: &Counters) -> serde_json::Value {
+        self.last_fields = fields(c);
+        serde_json::Value::Object(with_carried(self.last_fields.clone(), &self.carried_fields))
+    }
+
     /// Record what the instance reports now; returns the totals.
     pub fn observe(&mut self, c: &Counters) -> Vec<u64> {
         self.engine.observe(rows(c));
+        self.last_fields = fields(c);
         self.engine.totals()
     }
 
@@ -193,7 +219,38 @@ impl IkeTotals {
     pub fn guest_replaced(&mut self) {
         self.engine.replaced();
         self.by_connection.values_mut().for_each(Carry::replaced);
+        carry_fields(&mut self.carried_fields, std::mem::take(&mut self.last_fields));
     }
+}
+
+/// Add a replaced instance's last counters to what is carried (not its
+/// gauges).
+fn carry_fields(
+    carried: &mut serde_json::Map<String, serde_json::Value>,
+    last: serde_json::Map<String, serde_json::Value>,
+) {
+    for (k, v) in last {
+        if GAUGE_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
+        let before = carried.get(&k).and_then(|c| c.as_u64()).unwrap_or(0);
+        if let Some(n) = v.as_u64() {
+            carried.insert(k, (before + n).into());
+        }
+    }
+}
+
+/// The current instance's counters plus what is carried.
+fn with_carried(
+    mut now: serde_json::Map<String, serde_json::Value>,
+    carried: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    for (k, before) in carried {
+        if let (Some(n), Some(b)) = (now.get(k).and_then(|v| v.as_u64()), before.as_u64()) {
+            now.insert(k.clone(), (n + b).into());
+        }
+    }
+    now
 }
 
 #[cfg(test)]
@@ -216,5 +273,17 @@ mod tests {
         assert_eq!(t.by_connection()["gw"][row("wasmsec_ike_messages_sent_total")], 3);
         t.by_connection.get_mut("gw").unwrap().observe(c(2));
         assert_eq!(t.by_connection()["gw"][row("wasmsec_ike_messages_sent_total")], 5);
+    }
+
+    #[test]
+    fn the_status_counters_survive_a_guest_replacement_too() {
+        let map = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let mut carried = serde_json::Map::new();
+        carry_fields(&mut carried, map(serde_json::json!({"tx": 5, "half_open": 3})));
+        let now = with_carried(map(serde_json::json!({"tx": 1, "half_open": 2})), &carried);
+        assert_eq!((now["tx"].as_u64(), now["half_open"].as_u64()), (Some(6), Some(2)), "a gauge is not carried");
+        // Replaced twice: both instances' counts stay.
+        carry_fields(&mut carried, map(serde_json::json!({"tx": 1, "half_open": 2})));
+        assert_eq!(with_carried(map(serde_json::json!({"tx": 0})), &carried)["tx"].as_u64(), Some(6));
     }
 }
