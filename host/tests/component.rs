@@ -287,7 +287,8 @@ fn the_component_reports_volume_limits_and_sequence_numbers_running_out() {
     tx.store.data_mut().keys.grant(
         key,
         ks.get(key).unwrap(),
-        KeyUse::Seal { spi: 0x4001, wire_spi: 0x4001, peer: 0, limits: SaLimits::default() },
+        KeyUse::Seal { spi: 0x4001, wire_spi: 0x4001, peer: 0 },
+        SaLimits::default(),
     );
     // Without ESN, 2^28 + 1 numbers before the end: the second packet asks for a rekey.
     let sa = OutboundSa {
@@ -323,11 +324,7 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     let sa = |spi, key| outbound_sa(spi, key, [10, 9, 0, 0], [10, 9, 1, 0]);
     // An outbound SA whose key the host granted for opening only.
     let opener = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
-    tx.store.data_mut().keys.grant(
-        opener,
-        ks.get(opener).unwrap(),
-        KeyUse::Open { spi: 0x5001, limits: SaLimits::default() },
-    );
+    tx.store.data_mut().keys.grant(opener, ks.get(opener).unwrap(), KeyUse::Open { spi: 0x5001 }, SaLimits::default());
     tx.install_outbound(&sa(0x5001, opener)).unwrap().unwrap();
     load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);
@@ -340,7 +337,8 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     tx.store.data_mut().keys.grant(
         sealer,
         ks.get(sealer).unwrap(),
-        KeyUse::Seal { spi: 0x5002, wire_spi: 0x5002, peer: 0, limits: SaLimits::default() },
+        KeyUse::Seal { spi: 0x5002, wire_spi: 0x5002, peer: 0 },
+        SaLimits::default(),
     );
     tx.install_outbound(&sa(0x5003, sealer)).unwrap().unwrap();
     load(&mut tx, std::slice::from_ref(&pkt));

@@ -111,7 +111,7 @@ for shape in $SHAPES; do
     [ "$left" = "0 0" ] || { echo "daemon-memory.sh: $shape: $left (IKE CHILD) SAs left 5 minutes after terminate" >&2; exit 1; }
     sleep 5
     gone=$(settled "$pid")
-    grep -a "freed heap given back" "$d/wasmsec.log" | tail -n 2 | sed 's/^/  /' >&2 || true
+    grep -aE "freed heap given back|to give back its memory" "$d/wasmsec.log" | tail -n 5 | sed 's/^/  /' >&2 || true
     echo "$shape ike_sas=${have% *} child_sas=${have#* } rss_base_kib=$base rss_kib=$up hwm_kib=$hwm listed=$listed list_ms=$list_ms hwm_list_kib=$hwm_list rss_gone_kib=$gone" | tee -a "$STATE/results.txt"
     kill -TERM $gen 2>/dev/null; wait $gen 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true

@@ -110,8 +110,8 @@ impl SaSet {
             // what is left of them, so an honest one plans no packet the
             // host would refuse.
             sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer, limits: k.sa.limits };
-            inst.store.data_mut().keys.grant(sa.key, key, key_use);
+            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer };
+            inst.store.data_mut().keys.grant(sa.key, key, key_use, k.sa.limits);
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
         for k in self.inbound.values() {
@@ -120,7 +120,7 @@ impl SaSet {
             let mut sa = k.full();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
             sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi, limits: k.sa.limits });
+            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);
             inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         }
         Ok(inst)
@@ -559,12 +559,12 @@ impl Loop {
     }
 
     fn install(&mut self, g: usize, out: Option<Kept<OutboundSa>>, inb: Option<Kept<InboundSa>>) -> Result<Installed> {
-        let (handle, spi, key_use) = match (&out, &inb) {
+        let (handle, spi, key_use, limits) = match (&out, &inb) {
             (Some(k), _) => {
-                let seal = KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer, limits: k.sa.limits };
-                (k.sa.key, k.sa.spi, seal)
+                let seal = KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer };
+                (k.sa.key, k.sa.spi, seal, k.sa.limits)
             }
-            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi, limits: k.sa.limits }),
+            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi }, k.sa.limits),
             (None, None) => return Ok(Installed::Gone),
         };
         // One SA per SPI and direction in the whole data path: each group's
@@ -590,7 +590,7 @@ impl Loop {
             group.inst = Some(group.instantiate(&self.runtime)?);
         }
         let Some(inst) = group.inst.as_mut() else { anyhow::bail!("no ESP instance for guest group {g}") };
-        inst.store.data_mut().keys.grant(handle, key, key_use);
+        inst.store.data_mut().keys.grant(handle, key, key_use, limits);
         let dir = if out.is_some() { Direction::Outbound } else { Direction::Inbound };
         let installed = match install_into(inst, &mut group.sas, out, inb) {
             Ok(r) => r,

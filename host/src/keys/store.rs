@@ -63,16 +63,15 @@ impl Keystore {
 
 /// What a granted key may do: the host binds each key to one SA and one
 /// direction when it installs the SA, so a guest cannot seal with a key it
-/// should only open with (the peer's nonces) or under another SA's SPI,
-/// nor seal or deliver past the SA's hard `limits` (`super::usage`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// should only open with (the peer's nonces) or under another SA's SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyUse {
     /// Seal packets of the outbound SA named `spi` (see
     /// `crate::datapath::Kept::wire_spi`), writing `wire_spi`, the peer's
     /// SPI, into their headers; to be sent to peer index `peer`.
-    Seal { spi: u32, wire_spi: u32, peer: u32, limits: SaLimits },
+    Seal { spi: u32, wire_spi: u32, peer: u32 },
     /// Open packets that carry inbound SA `spi`.
-    Open { spi: u32, limits: SaLimits },
+    Open { spi: u32 },
 }
 
 /// The handles one guest instance may use, resolved once so the data path
@@ -81,20 +80,40 @@ pub enum KeyUse {
 pub struct KeyTable {
     /// The granted keys, by handle, with what each may do.
     keys: HashMap<u64, (Arc<EspKey>, KeyUse), OwnKeys>,
+    /// The byte and packet limits the key may not seal or deliver past
+    /// (`super::usage`), for the keys of SAs that have any: apart, so an
+    /// SA without limits (the most) costs 32 bytes of table, not 64.
+    limits: HashMap<u64, SaLimits, OwnKeys>,
 }
 
 impl KeyTable {
-    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>, key_use: KeyUse) {
+    /// Grant `key` for `key_use`, held to the SA's `limits`.
+    pub fn grant(&mut self, handle: u64, key: Arc<EspKey>, key_use: KeyUse, limits: SaLimits) {
         self.keys.insert(handle, (key, key_use));
+        if super::usage::limited(&limits) {
+            self.limits.insert(handle, limits);
+        } else {
+            self.limits.remove(&handle);
+        }
     }
 
     pub fn revoke(&mut self, handle: u64) {
         self.keys.remove(&handle);
+        self.limits.remove(&handle);
     }
 
     /// The key and what it was granted for.
     pub fn get(&self, handle: u64) -> Result<(&EspKey, KeyUse), CryptoError> {
         self.keys.get(&handle).map(|(k, u)| (&**k, *u)).ok_or(CryptoError::UnknownKey)
+    }
+
+    /// The limits of a granted key's SA; none for an SA without limits
+    /// (no lookup while no SA has any).
+    pub fn limits(&self, handle: u64) -> Option<&SaLimits> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        self.limits.get(&handle)
     }
 }
 
@@ -110,10 +129,16 @@ mod tests {
         let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
         let mut t = KeyTable::default();
         assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        let open = KeyUse::Open { spi: 7, limits: SaLimits::default() };
-        t.grant(h, ks.get(h).unwrap(), open);
+        let open = KeyUse::Open { spi: 7 };
+        t.grant(h, ks.get(h).unwrap(), open, SaLimits::default());
         assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(open));
         assert!(t.get(h).is_ok());
+        assert!(t.limits(h).is_none(), "no limits kept for an SA without");
+        let limits = SaLimits { hard_bytes: 9, ..SaLimits::default() };
+        t.grant(h, ks.get(h).unwrap(), open, limits);
+        assert_eq!(t.limits(h), Some(&limits));
+        t.revoke(h);
+        assert!(t.get(h).is_err() && t.limits(h).is_none());
         assert!(ks.remove(h));
         assert!(ks.is_empty());
     }

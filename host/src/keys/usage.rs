@@ -171,8 +171,8 @@ impl<'a> Deliveries<'a> {
 /// The count of inbound SA `spi`'s packets opened with key `handle`
 /// against its limits; none for an SA without a limit.
 fn inbound_tally(keys: &KeyTable, handle: u64, spi: u32) -> Option<Tally<'_>> {
-    let Ok((k, KeyUse::Open { limits, .. })) = keys.get(handle) else { return None };
-    Tally::start(k.usage(), &limits, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
+    let Ok((k, KeyUse::Open { .. })) = keys.get(handle) else { return None };
+    Tally::start(k.usage(), keys.limits(handle)?, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
 }
 
 /// The limits to install a replaced guest's SA with, which has carried
@@ -251,8 +251,8 @@ mod tests {
         let mut keys = KeyTable::default();
         let alg = EspAlgorithm::Aes256Gcm16;
         let (a, b) = (Arc::new(test_key(alg, 1)), Arc::new(test_key(alg, 2)));
-        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa, limits: limits(2, 0) });
-        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb, limits: limits(3, 0) });
+        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa }, limits(2, 0));
+        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb }, limits(3, 0));
         let mut reached = Vec::new();
         let mut d = Deliveries::default();
         // Key 1, then 2, then 1 again: each run is added when the next begins.

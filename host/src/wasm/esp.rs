@@ -15,7 +15,7 @@ use wasmtime::{Engine, Store};
 use super::bindings::esp as b;
 use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
-use crate::keys::usage::{LimitReached, Tally, limited};
+use crate::keys::usage::{LimitReached, Tally};
 use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
@@ -156,9 +156,7 @@ impl GuestState {
         // Only an outbound key seals, and only for its own SA, under the
         // SPI the peer chose for it (which only the host holds).
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Seal { spi, wire_spi, peer, limits })) if spi == run.spi => {
-                Ok((k, (peer, wire_spi), limits))
-            }
+            Ok((k, KeyUse::Seal { spi, wire_spi, peer })) if spi == run.spi => Ok((k, (peer, wire_spi))),
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
@@ -166,19 +164,20 @@ impl GuestState {
         // packet is sealed once, whatever the guest's list says.
         // The key's IVs running out is the key's end, not the guest's fault.
         let mut ivs = 0..0;
-        let key = key.map_err(Fault::Guest).and_then(|(k, to, limits)| {
+        let key = key.map_err(Fault::Guest).and_then(|(k, to)| {
             let want = n.min(self.count) as u64;
             let first = k.take_ivs(want).map_err(Fault::packet)?;
             ivs = first..first + want;
-            Ok((k, to, limits))
+            Ok((k, to))
         });
         // Counted against the SA's hard limits as they are sealed: past
         // one, the key seals nothing more, whatever the guest counted.
         let reached = LimitReached { key: run.key, spi: run.spi, outbound: true, by_bytes: false };
-        let mut tally = key.ok().and_then(|(k, _, limits)| Tally::start(k.usage(), &limits, reached));
+        let limits = self.keys.limits(run.key);
+        let mut tally = key.ok().zip(limits).and_then(|((k, _), limits)| Tally::start(k.usage(), limits, reached));
         let mut highest = None;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, (peer, wire_spi), _)| {
+            let r = key.and_then(|(k, (peer, wire_spi))| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let seq = run.first_seq.checked_add(j as u64).ok_or(Fault::Guest(WitCryptoError::BadLength))?;
                 // Without ESN the sequence number is 32 bits and must not
@@ -215,7 +214,7 @@ impl GuestState {
             t.finish(&mut self.limits_reached);
         }
         // Sequence numbers grow along a run: the last sealed is the highest.
-        if let (Ok((k, _, _)), Some(seq)) = (key, highest) {
+        if let (Ok((k, _)), Some(seq)) = (key, highest) {
             k.note_seq(seq);
         }
     }
@@ -248,7 +247,9 @@ impl GuestState {
     fn open_run(&mut self, run: &OpenRun, packets: &[u32], esn_highs: &[u32], out: &mut Opened) {
         // Only an inbound key opens, and only packets that carry its SPI.
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Open { spi, limits })) => Ok((k, spi, if limited(&limits) { run.key } else { 0 })),
+            Ok((k, KeyUse::Open { spi })) => {
+                Ok((k, spi, if self.keys.limits(run.key).is_some() { run.key } else { 0 }))
+            }
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
         };
@@ -596,8 +597,8 @@ mod tests {
     fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
         let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
         let mut keys = KeyTable::default();
-        keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4, limits: SaLimits::default() });
-        keys.grant(2, key(), KeyUse::Open { spi: SPI, limits: SaLimits::default() });
+        keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, SaLimits::default());
+        keys.grant(2, key(), KeyUse::Open { spi: SPI }, SaLimits::default());
         let batch = (0..n)
             .map(|_| {
                 let mut p = PacketBuf::new();
@@ -654,7 +655,7 @@ mod tests {
         let limits = SaLimits { hard_packets: 3, ..SaLimits::default() };
         let alg = EspAlgorithm::Aes256Gcm16;
         let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-        st.keys.grant(1, k.clone(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4, limits });
+        st.keys.grant(1, k.clone(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, limits);
         assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1])).is_empty());
         assert!(st.limits_reached.is_empty());
         st.lend(5);
