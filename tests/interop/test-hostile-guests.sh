@@ -24,7 +24,8 @@
 # keeps forwarding. And a hostile ESP guest refusing an IKE CHILD SA's
 # install: the CHILD SA is deleted with the peer, not left up unserved;
 # and one ignoring its SAs' packet limits: the host seals and delivers no
-# packet past them and reports the expiry the guest kept quiet.
+# packet past them and reports the expiry the guest kept quiet; at the
+# soft limit too, so the CHILD SA is rekeyed before its hard one.
 # Last, an IKE guest that traps on one datagram in the middle of a read of
 # UDP 500: the datagrams read with it are served by its replacement; and one
 # that traps after an admin `initiate`: the API answers once the
@@ -442,10 +443,55 @@ for _ in range(60): s.sendto(b"x" * 64, (sys.argv[2], 9))' "$1" "$2"; }
     check "$what: of B's 60 datagrams A delivered at most 20, the rest dropped ($expired sa_expired)" [ "$expired" -ge 40 ]
     check "$what: of A's 60 an outbound SA sealed exactly its 20, none more (per SPI: $per_spi)" [ "$most" -eq 20 ]
     check "$what: A's host reported the hard limit the guest kept quiet" \
-        grep -q "SA at its hard limit by the host's count before the ESP guest said so" "$A/wasmsec.log"
+        grep -q "SA at its limit by the host's count before the ESP guest said so.*limit=\"hard\"" "$A/wasmsec.log"
     check "$what: the CHILD SA was replaced ($first -> $now_spis)" \
         bash -c "[ -n '$first' ] && [ -n '$now_spis' ] && ! grep -qw '$first' <<<'$now_spis'"
     check "$what: its successor carries traffic ($after/5)" [ "$after" -ge 4 ]
+    check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
+# The same guest keeps quiet at the soft limit too (it never reports an
+# expiry): A's host reports it by its own count, so IKE rekeys the CHILD SA
+# long before its hard limit, and traffic goes on under the new SAs.
+run_esp_quiet_soft_limit() {
+    local what="ESP guest keeping quiet at its SAs' soft limit" A=$STATE/quiet-soft/A B=$STATE/quiet-soft/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
+      wasmsec_connection limitless $WAN_A $WAN_B $ID_A $ID_B '["198.18.25.0/24"]' '["198.18.26.0/24"]' start "" "" \
+          "esp_component = \"$COMPONENTS/hostile-esp.wasm\"" "rekey_time = 0
+rekey_packets = 10
+life_packets = 1000"; } >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
+      wasmsec_connection limitless $WAN_B $WAN_A $ID_B $ID_A '["198.18.26.0/24"]' '["198.18.25.0/24"]' none; } >"$B/wasmsec.toml"
+    ip -n wsi-gwa addr replace 198.18.25.1/32 dev lo
+    ip -n wsi-gwb addr replace 198.18.26.1/32 dev lo
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    wasmsec_up "$A" 10 || true
+    local first
+    first=$(child_spis "$A")
+    # 9 or 10 packets each way reach the soft limit (less its jitter).
+    nsx wsi-gwa ping -n -I 198.18.25.1 -i 0.2 -c 15 -W 1 198.18.26.1 >"$A/ping.out" 2>&1 || true
+    wasmsec_ctl "$A" status >"$A/status.json"
+    local alive=no
+    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    stop "$A"; stop "$B"
+    ip -n wsi-gwa addr del 198.18.25.1/32 dev lo 2>/dev/null || true
+    ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
+    local errors expired now_spis got
+    errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
+    expired=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["inbound_drops"]["sa_expired"])' "$A/status.json")
+    now_spis=$(spis_of "$A/status.json")
+    got=$(grep -c "bytes from" "$A/ping.out" || true)
+    echo "$what: CHILD SAs $first -> $now_spis; pings $got/15; sa_expired drops: $expired; protocol errors: $errors"
+    check "$what: A's host reported the soft limit the guest kept quiet" \
+        grep -q "SA at its limit by the host's count before the ESP guest said so.*limit=\"soft\"" "$A/wasmsec.log"
+    check "$what: IKE rekeyed the CHILD SA ($first -> $now_spis)" \
+        bash -c "[ -n '$first' ] && [ -n '$now_spis' ] && ! grep -qw '$first' <<<'$now_spis'"
+    check "$what: traffic went on across the rekey ($got/15 pings)" [ "$got" -ge 14 ]
+    check "$what: no SA reached its hard limit ($expired sa_expired drops)" [ "$expired" -eq 0 ]
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
@@ -597,6 +643,7 @@ run_ike_trap_every_try() {
 
 run_install_refused
 run_esp_over_limit
+run_esp_quiet_soft_limit
 run_ike_trap_midread
 run_ike_trap_after_initiate
 run_ike_trap_at_start

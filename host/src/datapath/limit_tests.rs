@@ -22,9 +22,53 @@ fn send(l: &mut Loop, n: usize) -> Vec<EncapVerdict> {
 
 /// The hard expiries reported up for `NAME` since the last look.
 fn hard_reports(l: &mut Loop, reports: &channel::Receiver<Report>) -> usize {
+    expiries(l, reports).1
+}
+
+/// The (soft, hard) expiries reported up for `NAME` since the last look.
+fn expiries(l: &mut Loop, reports: &channel::Receiver<Report>) -> (usize, usize) {
     let mut long_ago = Instant::now() - Duration::from_secs(1);
     l.report_expiries(&mut long_ago);
-    reports.drain().iter().filter(|r| matches!(r, Report::Expired { spi: NAME, hard: true })).count()
+    let got = reports.drain();
+    let of = |hard| got.iter().filter(|r| matches!(r, Report::Expired { spi: NAME, hard: h } if *h == hard)).count();
+    (of(false), of(true))
+}
+
+#[test]
+fn the_soft_limit_is_reported_once_also_when_the_guest_that_passed_it_is_gone() {
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let limits = SaLimits { soft_packets: 2, hard_packets: 50, ..SaLimits::default() };
+    let (_, command) = add_outbound(&ks, (NAME, 0xc000_0002), 1, 4, limits);
+    assert!(to_loop.send(command));
+    l.apply_commands(true);
+    // An honest guest reports it, and the host's count with it: once.
+    send(&mut l, 3);
+    assert_eq!(expiries(&mut l, &reports), (1, 0));
+    send(&mut l, 3);
+    assert_eq!(expiries(&mut l, &reports), (0, 0), "not again");
+
+    // A second SA whose guest passed the soft limit and was replaced
+    // before anything was reported (a trap): the replacement is installed
+    // without the soft limit, so only the host's count can report it, at
+    // the SA's next packet.
+    const OTHER: u32 = NAME + 1;
+    let (_, command) = add_outbound(&ks, (OTHER, 0xc000_0003), 2, 5, limits);
+    assert!(to_loop.send(command));
+    l.apply_commands(true);
+    let send_other = |l: &mut Loop, n: usize| {
+        let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
+        inst.store.data_mut().batch = (0..n).map(|_| udp_to_net(2)).collect();
+        assert!(inst.encap(n).expect("no trap").iter().all(|v| matches!(v, EncapVerdict::Send(_))));
+    };
+    send_other(&mut l, 3);
+    let group = &mut l.groups.list[0];
+    group.inst = Some(group.instantiate(&l.runtime).expect("a replacement"));
+    send_other(&mut l, 1);
+    let mut long_ago = Instant::now() - Duration::from_secs(1);
+    l.report_expiries(&mut long_ago);
+    let got = reports.drain();
+    let soft = got.iter().filter(|r| matches!(r, Report::Expired { spi: OTHER, hard: false })).count();
+    assert_eq!(soft, 1, "{got:?}");
 }
 
 #[test]

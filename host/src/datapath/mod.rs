@@ -616,9 +616,10 @@ impl Loop {
         Ok(Installed::Yes)
     }
 
-    /// Pass the guests' SA expiries, and the hard limits the host found
-    /// reached, up to the control thread, at most every [`EXPIRY_POLL`].
-    /// A hard expiry is reported once per SA, whoever found it first.
+    /// Pass the guests' SA expiries, and the soft and hard limits the host
+    /// found reached, up to the control thread, at most every
+    /// [`EXPIRY_POLL`]. Each kind of volume expiry is reported once per
+    /// SA, whoever found it first.
     fn report_expiries(&mut self, last: &mut Instant) {
         if last.elapsed() < EXPIRY_POLL {
             return;
@@ -641,13 +642,16 @@ impl Loop {
                     true => g.sas.outbound.get(x.spi).map(|k| k.sa.key),
                     false => g.sas.inbound.get(x.spi).map(|k| k.sa.key),
                 };
-                !x.hard || key.and_then(|h| st.keys.get(h).ok()).is_none_or(|(k, _)| k.usage().report_hard())
+                // Once per SA and kind, whoever reports it (a replaced
+                // guest may report again what its predecessor did).
+                key.and_then(|h| st.keys.get(h).ok()).is_none_or(|(k, _)| k.usage().report(x.hard))
             });
             for r in by_host {
-                if st.keys.get(r.key).is_ok_and(|(k, _)| k.usage().report_hard()) {
+                if st.keys.get(r.key).is_ok_and(|(k, _)| k.usage().report(r.hard)) {
                     let cause = if r.by_bytes { ExpiryCause::Bytes } else { ExpiryCause::Packets };
-                    warn!(spi = format_args!("{:08x}", r.spi), outbound = r.outbound, cause = ?cause, "SA at its hard limit by the host's count before the ESP guest said so");
-                    expiries.push(Expiry { spi: r.spi, outbound: r.outbound, hard: true, cause });
+                    let kind = if r.hard { "hard" } else { "soft" };
+                    warn!(spi = format_args!("{:08x}", r.spi), outbound = r.outbound, cause = ?cause, limit = kind, "SA at its limit by the host's count before the ESP guest said so");
+                    expiries.push(Expiry { spi: r.spi, outbound: r.outbound, hard: r.hard, cause });
                 }
             }
             for x in expiries {

@@ -1,9 +1,12 @@
 //! What an SA's key carried, held against the SA's hard byte and packet
 //! limits by the host (RFC 4301 section 4.4.2.1: past a hard limit the SA
-//! carries nothing more). The ESP guest counts the same and asks for the
-//! rekey; the host does not take its word for the end. The counts live
-//! with the key, so they outlive a replaced guest, which is installed with
-//! what is left ([`remaining`]).
+//! carries nothing more). The ESP guest counts the same and reports the
+//! soft and hard limits; the host does not take its word for either: it
+//! reports what the guest did not (a guest that keeps quiet at the soft
+//! limit would leave the SA to end at the hard one, with no successor
+//! ready), each once per SA. The counts live with the key, so they
+//! outlive a replaced guest, which is installed with what is left
+//! ([`remaining`]).
 //!
 //! The rule is the ESP engine's (`guest/esp/src/engine.rs`, `Usage`): a
 //! packet passes while the packets and bytes before it are below both hard
@@ -24,6 +27,8 @@ pub struct Usage {
     bytes: AtomicU64,
     /// Whether the SA's hard expiry went to the control thread.
     hard_reported: AtomicBool,
+    /// Whether its soft expiry (time to rekey) did.
+    soft_reported: AtomicBool,
 }
 
 impl Usage {
@@ -41,10 +46,24 @@ impl Usage {
     pub fn hard_reported(&self) -> bool {
         self.hard_reported.load(Ordering::Relaxed)
     }
+
+    /// As [`Usage::report_hard`], for the soft expiry.
+    pub fn report_soft(&self) -> bool {
+        !self.soft_reported.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn soft_reported(&self) -> bool {
+        self.soft_reported.load(Ordering::Relaxed)
+    }
+
+    /// True the first time only for an expiry of this kind.
+    pub fn report(&self, hard: bool) -> bool {
+        if hard { self.report_hard() } else { self.report_soft() }
+    }
 }
 
-/// An SA whose key reached a hard limit by the host's count, to be
-/// reported (the control thread deletes or rekeys it).
+/// An SA whose key reached a soft or hard limit by the host's count, to
+/// be reported (the control thread rekeys it, or deletes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitReached {
     /// The key's handle.
@@ -52,6 +71,8 @@ pub struct LimitReached {
     /// The SA's name, as its expiries give it.
     pub spi: u32,
     pub outbound: bool,
+    /// A hard limit (else a soft one).
+    pub hard: bool,
     /// The byte limit was reached (else the packet limit).
     pub by_bytes: bool,
 }
@@ -63,8 +84,9 @@ pub struct LimitReached {
 pub struct Tally<'a> {
     usage: &'a Usage,
     reached: LimitReached,
-    /// The hard limits (`u64::MAX`: none).
+    /// The hard and soft limits, (packets, bytes) (`u64::MAX`: none).
     hard: (u64, u64),
+    soft: (u64, u64),
     /// The counts so far, the run's packets included.
     count: (u64, u64),
     /// What this run added.
@@ -88,6 +110,7 @@ impl<'a> Tally<'a> {
             usage,
             reached,
             hard: (none(limits.hard_packets), none(limits.hard_bytes)),
+            soft: (none(limits.soft_packets), none(limits.soft_bytes)),
             count: usage.get(),
             added: (0, 0),
         })
@@ -111,15 +134,20 @@ impl<'a> Tally<'a> {
         self.count.0 >= self.hard.0 || self.count.1 >= self.hard.1
     }
 
-    /// Add the run to the key's counts; an SA at its hard limit whose
-    /// expiry is not reported yet goes to `reached`.
+    /// Add the run to the key's counts; an SA at its soft or hard limit
+    /// whose expiry of that kind is not reported yet goes to `reached`
+    /// (the soft one first, as the engine lists them).
     pub fn finish(self, reached: &mut Vec<LimitReached>) {
         if self.added != (0, 0) {
             self.usage.packets.fetch_add(self.added.0, Ordering::Relaxed);
             self.usage.bytes.fetch_add(self.added.1, Ordering::Relaxed);
         }
-        if self.at_hard_limit() && !self.usage.hard_reported() {
-            reached.push(LimitReached { by_bytes: self.count.1 >= self.hard.1, ..self.reached });
+        for (hard, (packets, bytes), reported) in
+            [(false, self.soft, self.usage.soft_reported()), (true, self.hard, self.usage.hard_reported())]
+        {
+            if (self.count.0 >= packets || self.count.1 >= bytes) && !reported {
+                reached.push(LimitReached { hard, by_bytes: self.count.1 >= bytes, ..self.reached });
+            }
         }
     }
 }
@@ -172,7 +200,8 @@ impl<'a> Deliveries<'a> {
 /// against its limits; none for an SA without a limit.
 fn inbound_tally(keys: &KeyTable, handle: u64, spi: u32) -> Option<Tally<'_>> {
     let Ok((k, KeyUse::Open { .. })) = keys.get(handle) else { return None };
-    Tally::start(k.usage(), keys.limits(handle)?, LimitReached { key: handle, spi, outbound: false, by_bytes: false })
+    let reached = LimitReached { key: handle, spi, outbound: false, hard: true, by_bytes: false };
+    Tally::start(k.usage(), keys.limits(handle)?, reached)
 }
 
 /// The limits to install a replaced guest's SA with, which has carried
@@ -194,7 +223,7 @@ pub fn remaining(limits: &SaLimits, (packets, bytes): (u64, u64)) -> SaLimits {
 mod tests {
     use super::*;
 
-    const SA: LimitReached = LimitReached { key: 7, spi: 0x1234, outbound: true, by_bytes: false };
+    const SA: LimitReached = LimitReached { key: 7, spi: 0x1234, outbound: true, hard: true, by_bytes: false };
 
     fn limits(hard_packets: u64, hard_bytes: u64) -> SaLimits {
         SaLimits { hard_packets, hard_bytes, ..SaLimits::default() }
@@ -232,6 +261,36 @@ mod tests {
     }
 
     #[test]
+    fn the_soft_limit_is_listed_once_and_before_the_hard_one() {
+        let usage = Usage::default();
+        let l = SaLimits { soft_packets: 2, hard_packets: 4, ..SaLimits::default() };
+        let mut reached = Vec::new();
+        let mut t = Tally::start(&usage, &l, SA).unwrap();
+        assert!(t.pass(10));
+        t.finish(&mut reached);
+        assert!(reached.is_empty(), "below both");
+        let mut t = Tally::start(&usage, &l, SA).unwrap();
+        assert!(t.pass(10));
+        t.finish(&mut reached);
+        assert_eq!(reached, [LimitReached { hard: false, ..SA }]);
+        // Reported: not listed again, while the hard one is when it comes.
+        assert!(usage.report(false) && !usage.report(false));
+        reached.clear();
+        let mut t = Tally::start(&usage, &l, SA).unwrap();
+        assert_eq!([t.pass(10), t.pass(10), t.pass(10)], [true, true, false]);
+        t.finish(&mut reached);
+        assert_eq!(reached, [SA]);
+        // Both in one run: the soft one first, by bytes here.
+        let usage = Usage::default();
+        let l = SaLimits { soft_bytes: 100, hard_packets: 2, ..SaLimits::default() };
+        reached.clear();
+        let mut t = Tally::start(&usage, &l, SA).unwrap();
+        assert_eq!([t.pass(60), t.pass(60)], [true, true]);
+        t.finish(&mut reached);
+        assert_eq!(reached, [LimitReached { hard: false, by_bytes: true, ..SA }, SA]);
+    }
+
+    #[test]
     fn only_an_sa_with_a_limit_is_counted() {
         let usage = Usage::default();
         assert!(Tally::start(&usage, &SaLimits::default(), SA).is_none());
@@ -240,7 +299,8 @@ mod tests {
         assert!((0..1000).all(|_| t.pass(1500)), "a soft limit stops nothing");
         let mut reached = Vec::new();
         t.finish(&mut reached);
-        assert_eq!((usage.get(), reached.len()), ((1000, 1_500_000), 0));
+        assert_eq!(usage.get(), (1000, 1_500_000));
+        assert_eq!(reached, [LimitReached { hard: false, by_bytes: true, ..SA }], "it is only reported");
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl GuestState {
         });
         // Counted against the SA's hard limits as they are sealed: past
         // one, the key seals nothing more, whatever the guest counted.
-        let reached = LimitReached { key: run.key, spi: run.spi, outbound: true, by_bytes: false };
+        let reached = LimitReached { key: run.key, spi: run.spi, outbound: true, hard: true, by_bytes: false };
         let limits = self.keys.limits(run.key);
         let mut tally = key.ok().zip(limits).and_then(|((k, _), limits)| Tally::start(k.usage(), limits, reached));
         let mut highest = None;
@@ -668,7 +668,7 @@ mod tests {
         assert_eq!(st.refusals, 0, "the SA's end, not the guest's lie");
         assert_eq!(st.marks[..3], [Mark::Sealed { peer: 4, spi: NAME }, Mark::Untouched, Mark::Untouched]);
         assert_eq!(k.usage().get().0, 3);
-        let reached = LimitReached { key: 1, spi: NAME, outbound: true, by_bytes: false };
+        let reached = LimitReached { key: 1, spi: NAME, outbound: true, hard: true, by_bytes: false };
         assert_eq!(st.limits_reached, [reached]);
     }
 
