@@ -104,3 +104,19 @@ fn a_replaced_guest_gets_what_is_left_of_the_limits_and_the_end_is_reported_once
     assert_eq!(key.usage().get().0, 5);
     assert_eq!(hard_reports(&mut l, &reports), 0);
 }
+
+#[test]
+fn a_limit_the_host_found_is_reported_after_the_guest_is_replaced() {
+    // The soft limit is passed, and both the guest's report and the
+    // host's wait for the next poll when the guest traps: the replacement
+    // is installed past the limit and never reports it, so the host's
+    // list goes over to it, or the rekey would wait for the SA's next packet.
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let limits = SaLimits { soft_packets: 2, hard_packets: 50, ..SaLimits::default() };
+    let (_, command) = add_outbound(&ks, (NAME, 0xc000_0004), 1, 6, limits);
+    assert!(to_loop.send(command));
+    l.apply_commands(true);
+    send(&mut l, 3);
+    l.replace(0, Direction::Outbound);
+    assert_eq!(expiries(&mut l, &reports), (1, 0), "reported once, by the host's count");
+}

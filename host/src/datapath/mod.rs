@@ -332,7 +332,14 @@ impl Loop {
                 true
             }
             Some(_) => match group.instantiate(&self.runtime) {
-                Ok(inst) => {
+                Ok(mut inst) => {
+                    // The limits the host's count found reached and the old
+                    // instance's store held, not reported yet: the
+                    // replacement's report carries them (its guest is
+                    // installed past them and will not report them).
+                    if let Some(old) = &mut group.inst {
+                        inst.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
+                    }
                     group.inst = Some(inst);
                     group.suspended_until = None;
                     true
