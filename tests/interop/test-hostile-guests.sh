@@ -382,6 +382,39 @@ run_install_refused() {
 # "limitless" is served by hostile-esp.wasm, which for selectors from
 # 198.18.25.0 seals and opens everything and never reports an expiry. A's
 # CHILD SAs carry 20 packets each way (B, an honest wasmsec, has no limit).
+# limitless_conf A B CHILD: gateway A with the hostile ESP guest for the
+# `limitless` connection (198.18.25.0/24 <-> 198.18.26.0/24; CHILD: its
+# child's lifetimes), honest B without limits, and the addresses in the
+# tunnel the cases send from.
+limitless_conf() {
+    local A=$1 B=$2
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
+      wasmsec_connection limitless $WAN_A $WAN_B $ID_A $ID_B '["198.18.25.0/24"]' '["198.18.26.0/24"]' start "" "" \
+          "esp_component = \"$COMPONENTS/hostile-esp.wasm\"" "$3"; } >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
+      wasmsec_connection limitless $WAN_B $WAN_A $ID_B $ID_A '["198.18.26.0/24"]' '["198.18.25.0/24"]' none; } >"$B/wasmsec.toml"
+    ip -n wsi-gwa addr replace 198.18.25.1/32 dev lo
+    ip -n wsi-gwb addr replace 198.18.26.1/32 dev lo
+}
+# limitless_down A B: A's status into A/status.json, both stopped, the
+# addresses gone; prints whether A was still running (yes/no).
+limitless_down() {
+    wasmsec_ctl "$1" status >"$1/status.json"
+    local alive=no
+    kill -0 "$(cat "$1/pid")" 2>/dev/null && alive=yes
+    stop "$1" >&2; stop "$2" >&2
+    ip -n wsi-gwa addr del 198.18.25.1/32 dev lo 2>/dev/null || true
+    ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
+    echo $alive
+}
+# limitless_counts STATUS: A's guest protocol errors and sa_expired drops.
+limitless_counts() {
+    python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["esp"]; print(e["guest_protocol_errors"], e["inbound_drops"]["sa_expired"])' "$1"
+}
+
 # A burst of 60 UDP datagrams from B to A's address in the tunnel, then one
 # from A to B: each burst arrives within a batch or two, long before any
 # expiry report or replacement, so what decides is the host's count alone.
@@ -392,17 +425,8 @@ run_install_refused() {
 # guest: the SA ran out, the guest told no lie.
 run_esp_over_limit() {
     local what="ESP guest ignoring its SAs' packet limits" A=$STATE/over-limit/A B=$STATE/over-limit/B
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
-      wasmsec_connection limitless $WAN_A $WAN_B $ID_A $ID_B '["198.18.25.0/24"]' '["198.18.26.0/24"]' start "" "" \
-          "esp_component = \"$COMPONENTS/hostile-esp.wasm\"" "rekey_time = 0
-life_packets = 20"; } >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
-      wasmsec_connection limitless $WAN_B $WAN_A $ID_B $ID_A '["198.18.26.0/24"]' '["198.18.25.0/24"]' none; } >"$B/wasmsec.toml"
-    ip -n wsi-gwa addr replace 198.18.25.1/32 dev lo
-    ip -n wsi-gwb addr replace 198.18.26.1/32 dev lo
+    limitless_conf "$A" "$B" "rekey_time = 0
+life_packets = 20"
     ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" esp or udp port 4500 2>"$A/cap.err" &
     local cap=$!; PIDS+=($cap)
     for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
@@ -421,19 +445,14 @@ for _ in range(60): s.sendto(b"x" * 64, (sys.argv[2], 9))' "$1" "$2"; }
     sleep 1.5
     nsx wsi-gwa ping -n -I 198.18.25.1 -i 0.1 -c 5 -W 1 198.18.26.1 >"$A/ping-after.out" 2>&1 || true
     sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
-    wasmsec_ctl "$A" status >"$A/status.json"
-    local alive=no
-    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
-    stop "$A"; stop "$B"
-    ip -n wsi-gwa addr del 198.18.25.1/32 dev lo 2>/dev/null || true
-    ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
+    local alive
+    alive=$(limitless_down "$A" "$B")
     # ESP packets A sent, per SPI, in the order the SPIs first appear.
     local per_spi
     per_spi=$(tcpdump -r "$A/wan.pcap" -n "src host $WAN_A" 2>/dev/null | grep -o 'spi=0x[0-9a-f]*' |
         awk '{ if (!($0 in n)) order[k++] = $0; n[$0]++ } END { for (i = 0; i < k; i++) printf "%s ", n[order[i]] }')
     local errors expired now_spis after
-    errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
-    expired=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["inbound_drops"]["sa_expired"])' "$A/status.json")
+    read -r errors expired <<<"$(limitless_counts "$A/status.json")"
     now_spis=$(spis_of "$A/status.json")
     after=$(grep -c "bytes from" "$A/ping-after.out" || true)
     echo "$what: ESP packets A sent per SPI: $per_spi; inbound sa_expired drops: $expired; protocol errors: $errors; CHILD SAs $first -> $now_spis; pings after: $after/5"
@@ -456,33 +475,19 @@ for _ in range(60): s.sendto(b"x" * 64, (sys.argv[2], 9))' "$1" "$2"; }
 # long before its hard limit, and traffic goes on under the new SAs.
 run_esp_quiet_soft_limit() {
     local what="ESP guest keeping quiet at its SAs' soft limit" A=$STATE/quiet-soft/A B=$STATE/quiet-soft/B
-    mkdir -p "$A" "$B"
-    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
-    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
-    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x00005001 0x00005002 "" "" "$A"
-      wasmsec_connection limitless $WAN_A $WAN_B $ID_A $ID_B '["198.18.25.0/24"]' '["198.18.26.0/24"]' start "" "" \
-          "esp_component = \"$COMPONENTS/hostile-esp.wasm\"" "rekey_time = 0
+    limitless_conf "$A" "$B" "rekey_time = 0
 rekey_packets = 10
-life_packets = 1000"; } >"$A/wasmsec.toml"
-    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x00005002 0x00005001 "" "" "$B"
-      wasmsec_connection limitless $WAN_B $WAN_A $ID_B $ID_A '["198.18.26.0/24"]' '["198.18.25.0/24"]' none; } >"$B/wasmsec.toml"
-    ip -n wsi-gwa addr replace 198.18.25.1/32 dev lo
-    ip -n wsi-gwb addr replace 198.18.26.1/32 dev lo
+life_packets = 1000"
     start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
     wasmsec_up "$A" 10 || true
     local first
     first=$(child_spis "$A")
     # 9 or 10 packets each way reach the soft limit (less its jitter).
     nsx wsi-gwa ping -n -I 198.18.25.1 -i 0.2 -c 15 -W 1 198.18.26.1 >"$A/ping.out" 2>&1 || true
-    wasmsec_ctl "$A" status >"$A/status.json"
-    local alive=no
-    kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
-    stop "$A"; stop "$B"
-    ip -n wsi-gwa addr del 198.18.25.1/32 dev lo 2>/dev/null || true
-    ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
+    local alive
+    alive=$(limitless_down "$A" "$B")
     local errors expired now_spis got
-    errors=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["guest_protocol_errors"])' "$A/status.json")
-    expired=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["esp"]["inbound_drops"]["sa_expired"])' "$A/status.json")
+    read -r errors expired <<<"$(limitless_counts "$A/status.json")"
     now_spis=$(spis_of "$A/status.json")
     got=$(grep -c "bytes from" "$A/ping.out" || true)
     echo "$what: CHILD SAs $first -> $now_spis; pings $got/15; sa_expired drops: $expired; protocol errors: $errors"
