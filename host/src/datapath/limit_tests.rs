@@ -13,8 +13,13 @@ const NAME: u32 = 0x6001;
 
 /// Seal `n` packets to 10.0.1.0/24 with group 0's instance: the verdicts.
 fn send(l: &mut Loop, n: usize) -> Vec<EncapVerdict> {
+    send_to(l, 1, n)
+}
+
+/// Seal `n` packets to 10.0.`net`.0/24 with group 0's instance: the verdicts.
+fn send_to(l: &mut Loop, net: u8, n: usize) -> Vec<EncapVerdict> {
     let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
-    inst.store.data_mut().batch = (0..n).map(|_| udp_to_net(1)).collect();
+    inst.store.data_mut().batch = (0..n).map(|_| udp_to_net(net)).collect();
     let verdicts = inst.encap(n).expect("no trap");
     assert_eq!(inst.store.data().refusals, 0, "the guest asked for nothing it may not");
     verdicts
@@ -56,9 +61,7 @@ fn the_soft_limit_is_reported_once_also_when_the_guest_that_passed_it_is_gone() 
     assert!(to_loop.send(command));
     l.apply_commands(true);
     let send_other = |l: &mut Loop, n: usize| {
-        let inst = l.groups.list[0].inst.as_mut().expect("the group's instance");
-        inst.store.data_mut().batch = (0..n).map(|_| udp_to_net(2)).collect();
-        assert!(inst.encap(n).expect("no trap").iter().all(|v| matches!(v, EncapVerdict::Send(_))));
+        assert!(send_to(l, 2, n).iter().all(|v| matches!(v, EncapVerdict::Send(_))));
     };
     send_other(&mut l, 3);
     let group = &mut l.groups.list[0];
