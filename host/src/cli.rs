@@ -1,7 +1,8 @@
 //! The operator verbs (`wasmsec list-sas`, `initiate`, ...): a request to
 //! the running daemon's admin API ([`crate::ops::client`]), printed as a
-//! table for people or as the API's JSON with `--json`. The SA lists come
-//! in pages ([`crate::ops::page`]); the CLI asks for every page.
+//! table for people or as the API's JSON with `--json`. The SA and
+//! connection lists come in pages ([`crate::ops::page`]); the CLI asks for
+//! every page.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,7 @@ use crate::ops::{Command, Cursor, FaultPoint};
 fn request_of(c: &Command) -> (&'static str, String, Option<Value>) {
     let conn = |n: &str| Some(json!({ "connection": n }));
     let (method, path, body) = match c {
-        Command::Connections(None) => ("GET", "/v1/connections", None),
-        Command::Connections(Some(o)) => return ("GET", format!("/v1/connections?{}", o.query()), None),
+        Command::Connections(p) => return ("GET", format!("/v1/connections?{}", p.query()), None),
         Command::Sas(p) => return ("GET", format!("/v1/sas?{}", p.query()), None),
         Command::Status(p) => return ("GET", format!("/v1/status?{}", p.query()), None),
         Command::Failures => ("GET", "/v1/failures", None),
@@ -73,7 +73,7 @@ fn answer(target: &Target, verb: &Command) -> Result<Option<Value>> {
 
 /// Run `verb` against the daemon and print the answer; false on a 4xx/5xx.
 pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
-    if let Command::Sas(_) | Command::Status(_) = verb {
+    if let Command::Sas(_) | Command::Status(_) | Command::Connections(_) = verb {
         return run_pages(target, verb, as_json);
     }
     let Some(body) = answer(target, verb)? else { return Ok(false) };
@@ -82,7 +82,6 @@ pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
         return Ok(true);
     }
     match verb {
-        Command::Connections(_) => print_conns(&body),
         Command::Failures => {
             for f in body["failures"].as_array().into_iter().flatten() {
                 println!("{}  {:<12} {}", f["at"], s(&f["connection"]), s(&f["reason"]));
@@ -93,33 +92,50 @@ pub fn run(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// `list-sas` and `stats`: a request per page, following `next`. A table
-/// is printed page by page; JSON (and `stats`, whose counters are many and
-/// nested, so JSON is the readable form) is one document with every page's
-/// SAs and the last page's counters, written as the pages come
-/// ([`JsonPages`]): at 100,000 SAs the whole document as values took
-/// about 100 MB in the CLI. A page the daemon refuses midway leaves the
-/// document cut short, and the exit status says so.
+/// `list-sas`, `list-conns` and `stats`: a request per page, following
+/// `next`. A table is printed page by page; JSON (and `stats`, whose
+/// counters are many and nested, so JSON is the readable form) is one
+/// document with every page's items and the last page's counters, written
+/// as the pages come ([`JsonPages`]): at 100,000 SAs the whole document as
+/// values took about 100 MB in the CLI. A page the daemon refuses midway
+/// leaves the document cut short, and the exit status says so.
 fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
     let mut verb = verb.clone();
-    let table = !as_json && matches!(verb, Command::Sas(_));
-    let mut doc = JsonPages::new(std::io::BufWriter::new(std::io::stdout().lock()));
+    let table = !as_json && !matches!(verb, Command::Status(_));
+    let lists: &[&str] = if let Command::Connections(_) = verb { &["connections"] } else { &["ike_sas", "child_sas"] };
+    let mut doc = JsonPages::new(std::io::BufWriter::new(std::io::stdout().lock()), lists);
     let mut shown = (false, false);
     loop {
         let Some(mut body) = answer(target, &verb)? else { return Ok(false) };
         let next = body.as_object_mut().and_then(|o| o.remove("next"));
-        if table {
-            print_sas(&body, next.is_none(), &mut shown);
-        } else {
+        if !table {
             doc.page(body)?;
+        } else if let Command::Connections(_) = verb {
+            print_conns(&body, !shown.0);
+            shown.0 = true;
+        } else {
+            print_sas(&body, next.is_none(), &mut shown);
         }
         let Some(next) = next else { break };
-        let cursor = next.as_str().and_then(Cursor::parse).with_context(|| format!("the daemon's next page {next}"))?;
-        let (Command::Sas(page) | Command::Status(page)) = &mut verb else { unreachable!("paged verbs only") };
-        if page.after == Some(cursor) {
-            bail!("the daemon answered the same page again ({next})");
+        let again = || anyhow::anyhow!("the daemon answered the same page again ({next})");
+        let name = next.as_str().filter(|n| !n.is_empty());
+        match &mut verb {
+            Command::Connections(page) => {
+                let name = name.with_context(|| format!("the daemon's next page {next}"))?;
+                if page.after.as_deref() == Some(name) {
+                    return Err(again());
+                }
+                page.after = Some(name.to_string());
+            }
+            Command::Sas(page) | Command::Status(page) => {
+                let cursor = name.and_then(Cursor::parse).with_context(|| format!("the daemon's next page {next}"))?;
+                if page.after == Some(cursor) {
+                    return Err(again());
+                }
+                page.after = Some(cursor);
+            }
+            _ => unreachable!("paged verbs only"),
         }
-        page.after = Some(cursor);
     }
     if !table {
         doc.finish()?.flush()?;
@@ -127,28 +143,30 @@ fn run_pages(target: &Target, verb: &Command, as_json: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// The pages of an SA list written as one JSON object while they come:
-/// `ike_sas` (the pages hold every IKE SA before any CHILD SA), then
-/// `child_sas`, then the last page's other fields (its counters, the
+/// The pages of a list written as one JSON object while they come: each
+/// of `lists` in turn (the pages of an SA list hold every IKE SA before any
+/// CHILD SA), then the last page's other fields (its counters, the
 /// newest).
 struct JsonPages<W: Write> {
     out: W,
-    /// The list open now (`None` before the first page), and whether it
-    /// has an item yet.
-    open: Option<(&'static str, bool)>,
+    /// The lists' names, in the order the pages hold them.
+    lists: &'static [&'static str],
+    /// The list open now, by its place in `lists` (`None` before the first
+    /// page), and whether it has an item yet.
+    open: Option<(usize, bool)>,
     /// The last page's fields other than the lists.
     rest: serde_json::Map<String, Value>,
 }
 
 impl<W: Write> JsonPages<W> {
-    fn new(out: W) -> Self {
-        JsonPages { out, open: None, rest: serde_json::Map::new() }
+    fn new(out: W, lists: &'static [&'static str]) -> Self {
+        JsonPages { out, lists, open: None, rest: serde_json::Map::new() }
     }
 
     fn page(&mut self, page: Value) -> Result<()> {
         let Value::Object(mut page) = page else { bail!("the daemon answered a page that is not an object") };
-        for list in ["ike_sas", "child_sas"] {
-            let Some(Value::Array(items)) = page.remove(list) else { continue };
+        for list in 0..self.lists.len() {
+            let Some(Value::Array(items)) = page.remove(self.lists[list]) else { continue };
             for item in items {
                 self.item(list, &item)?;
             }
@@ -157,19 +175,29 @@ impl<W: Write> JsonPages<W> {
         Ok(())
     }
 
-    /// Make list `list` the open one, closing the one before.
-    fn open(&mut self, list: &'static str) -> Result<()> {
-        match self.open {
-            Some((open, _)) if open == list => return Ok(()),
-            Some(("child_sas", _)) => bail!("the daemon sent IKE SAs after CHILD SAs"),
-            Some((_, any)) => write!(self.out, "{}],\n  \"{list}\": [", if any { "\n  " } else { "" })?,
-            None => write!(self.out, "{{\n  \"{list}\": [")?,
+    /// Make list `list` (by its place) the open one, closing those before
+    /// it (and writing those between, empty).
+    fn open(&mut self, list: usize) -> Result<()> {
+        loop {
+            let next = match self.open {
+                Some((open, _)) if open == list => return Ok(()),
+                Some((open, _)) if open > list => {
+                    bail!("the daemon sent {} after {}", self.lists[list], self.lists[open])
+                }
+                Some((open, any)) => {
+                    write!(self.out, "{}],\n  \"{}\": [", if any { "\n  " } else { "" }, self.lists[open + 1])?;
+                    open + 1
+                }
+                None => {
+                    write!(self.out, "{{\n  \"{}\": [", self.lists[0])?;
+                    0
+                }
+            };
+            self.open = Some((next, false));
         }
-        self.open = Some((list, false));
-        Ok(())
     }
 
-    fn item(&mut self, list: &'static str, item: &Value) -> Result<()> {
+    fn item(&mut self, list: usize, item: &Value) -> Result<()> {
         self.open(list)?;
         let first = matches!(self.open, Some((_, false)));
         write!(self.out, "{}\n    {}", if first { "" } else { "," }, indented(item, 4)?)?;
@@ -177,13 +205,10 @@ impl<W: Write> JsonPages<W> {
         Ok(())
     }
 
-    /// Close the document (both lists, empty ones too) and hand back the
+    /// Close the document (every list, empty ones too) and hand back the
     /// writer.
     fn finish(mut self) -> Result<W> {
-        if self.open.is_none() {
-            self.open("ike_sas")?;
-        }
-        self.open("child_sas")?;
+        self.open(self.lists.len() - 1)?;
         let any = matches!(self.open, Some((_, true)));
         write!(self.out, "{}]", if any { "\n  " } else { "" })?;
         for (k, v) in std::mem::take(&mut self.rest) {
@@ -261,8 +286,14 @@ fn print_sas(body: &Value, last: bool, shown: &mut (bool, bool)) {
     shown.1 = true;
 }
 
-fn print_conns(body: &Value) {
-    println!("  {:<14} {:<18} {:<22} {:<22} {:<8} IKE/CHILD SAs", "name", "remote", "local id", "remote id", "start");
+/// One page of `list-conns`; the header with `head` (the first page).
+fn print_conns(body: &Value, head: bool) {
+    if head {
+        println!(
+            "  {:<14} {:<18} {:<22} {:<22} {:<8} IKE/CHILD SAs",
+            "name", "remote", "local id", "remote id", "start"
+        );
+    }
     for c in body["connections"].as_array().into_iter().flatten() {
         println!(
             "  {:<14} {:<18} {:<22} {:<22} {:<8} {}/{}",
@@ -291,7 +322,11 @@ mod tests {
     use super::*;
 
     fn written(pages: &[Value]) -> Result<String> {
-        let mut doc = JsonPages::new(Vec::new());
+        written_as(pages, &["ike_sas", "child_sas"])
+    }
+
+    fn written_as(pages: &[Value], lists: &'static [&'static str]) -> Result<String> {
+        let mut doc = JsonPages::new(Vec::new(), lists);
         for p in pages {
             doc.page(p.clone())?;
         }
@@ -322,5 +357,23 @@ mod tests {
         // A daemon that breaks the order is not believed.
         let disorder = [json!({ "child_sas": [{ "inbound_spi": "c1" }] }), json!({ "ike_sas": [{ "spi": "01" }] })];
         assert!(written(&disorder).is_err());
+        // CHILD SAs on the first page: the IKE SAs' list is there, empty.
+        let doc: Value = serde_json::from_str(&written(&disorder[..1]).unwrap()).expect("valid JSON");
+        assert!(doc["ike_sas"].as_array().is_some_and(Vec::is_empty) && doc["child_sas"][0]["inbound_spi"] == "c1");
+    }
+
+    #[test]
+    fn connection_pages_are_one_list() {
+        let pages = [
+            json!({ "connections": [{ "name": "a" }, { "name": "b" }], "connections_total": 3, "next": "b" }),
+            json!({ "connections": [{ "name": "c" }], "connections_total": 3 }),
+        ];
+        let doc: Value = serde_json::from_str(&written_as(&pages, &["connections"]).unwrap()).expect("valid JSON");
+        let names: Vec<&str> =
+            doc["connections"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!((names, &doc["connections_total"]), (vec!["a", "b", "c"], &json!(3)));
+        let empty = [json!({ "connections": [], "connections_total": 0 })];
+        let none: Value = serde_json::from_str(&written_as(&empty, &["connections"]).unwrap()).expect("valid JSON");
+        assert_eq!(none, json!({ "connections": [], "connections_total": 0 }));
     }
 }

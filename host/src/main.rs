@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmsec::cli;
-use wasmsec::ops::{Command as Verb, FaultPoint, Only, Page};
+use wasmsec::ops::{Command as Verb, ConnectionPage, FaultPoint, Only, Page};
 use wasmsec::{config, daemon, demo, keys::EspAlgorithm};
 
 #[derive(Parser)]
@@ -43,8 +43,10 @@ struct Daemon {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// SAs per request of `list-sas` and `stats`: the daemon answers a page
-    /// at a time (it holds up to 100,000), and the CLI asks for every page.
+    /// SAs per request of `list-sas` and `stats`, connections per request
+    /// of `list-conns`: the daemon answers a page at a time (a PoP holds
+    /// 100,000 SAs and thousands of connections), and the CLI asks for
+    /// every page.
     #[arg(long, value_name = "N", default_value_t = wasmsec::ops::page::DEFAULT_LIMIT as u32,
           value_parser = clap::value_parser!(u32).range(1..=wasmsec::ops::page::MAX_LIMIT as i64))]
     page_size: u32,
@@ -81,6 +83,11 @@ impl Filter {
     /// The first page `d` asks for, of these SAs.
     fn page(&self, d: &Daemon) -> Page {
         Page { only: self.only(), ..d.page() }
+    }
+
+    /// The first page `d` asks for, of these connections.
+    fn connections(&self, d: &Daemon) -> ConnectionPage {
+        ConnectionPage { after: None, limit: d.page_size as usize, only: self.only() }
     }
 }
 
@@ -256,7 +263,7 @@ fn real_main(cmd: Cmd) -> anyhow::Result<bool> {
             let o = demo::Options { keying, algorithm, raw_esp: a.raw_esp, pings: a.pings, dir: a.dir, keep: a.keep };
             demo::run(&o)
         }
-        Cmd::ListConns { daemon, only } => verb(&daemon, Verb::Connections(only.only())),
+        Cmd::ListConns { daemon, only } => verb(&daemon, Verb::Connections(only.connections(&daemon))),
         Cmd::ListSas { daemon, only } => verb(&daemon, Verb::Sas(only.page(&daemon))),
         Cmd::Stats { daemon, only } => verb(&daemon, Verb::Status(only.page(&daemon))),
         Cmd::ListFailures(d) => verb(&d, Verb::Failures),

@@ -3,7 +3,7 @@
 # peer: list, initiate, rekey, terminate through `wasmsec <verb>` on the
 # Unix socket and on TCP with a bearer token; a wrong token, malformed JSON
 # and an unknown connection are refused with a 4xx and change nothing; the
-# SA lists come in pages that the CLI follows.
+# SA and connection lists come in pages that the CLI follows.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
@@ -141,7 +141,21 @@ check "list-conns --ike extra: that connection only" \
     [ "$(w list-conns --ike extra --json | python3 -c 'import json,sys; print([c["name"] for c in json.load(sys.stdin)["connections"]])')" = "['extra']" ]
 check "list-conns --ike nosuch is refused" bash -c "! '$WASMSEC_BIN' list-conns --ike nosuch --socket '$B/ctl.sock' 2>'$B/conns-only.out'"
 check "... with 404" grep -q "404: no connection \"nosuch\"" "$B/conns-only.out"
-check "/v1/connections with a paging parameter: 400" [ "$(raw GET "/v1/connections?limit=1" '' "$(cat "$B/token")")" = 400 ]
+# The connections come in pages too, by name, the cursor being the last
+# name shown.
+get "/v1/connections?limit=1" >"$B/conns1"
+check "a page of one connection: the first by name, the total, the cursor" \
+    [ "$(field connections <"$B/conns1") $(field connections_total <"$B/conns1") $(field next <"$B/conns1")" = "1 2 extra" ]
+get "/v1/connections?limit=1&after=extra" >"$B/conns2"
+check "... the next page: s2s, and no cursor" \
+    [ "$(field next <"$B/conns2") $(grep -o '"name": "[a-z0-9]*"' "$B/conns2" | head -1)" = '- "name": "s2s"' ]
+check "/v1/connections?limit=0: 400" [ "$(raw GET "/v1/connections?limit=0" '' "$(cat "$B/token")")" = 400 ]
+conn_names() { python3 -c 'import json,sys; d=json.load(sys.stdin); print([c["name"] for c in d["connections"]], d["connections_total"])'; }
+check "list-conns --json over pages of one: both connections, by name" \
+    [ "$(w list-conns --json --page-size 1 | conn_names)" = "['extra', 's2s'] 2" ]
+w list-conns --page-size 1 >"$B/conns-paged.txt"
+check "list-conns as a table over pages: one header, both connections" \
+    [ "$(grep -c 'IKE/CHILD SAs' "$B/conns-paged.txt") $(grep -cE '^  (extra|s2s) ' "$B/conns-paged.txt")" = "1 2" ]
 check "terminate over the socket" w terminate s2s
 for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
 check "no CHILD SA left" [ -z "$(children)" ]

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::ControlPlane;
 use super::children::socket_addr;
-use crate::ops::{Answer, Command, FaultPoint, Only, Page, Refusal};
-use crate::wasm::ike::ChildSchedule;
+use crate::ops::{Answer, Command, ConnectionPage, FaultPoint, Only, Page, Refusal};
+use crate::wasm::ike::{ChildSchedule, Connection};
 
 /// How many recent negotiation failures the API keeps.
 pub const FAILURES_KEPT: usize = 64;
@@ -92,8 +92,8 @@ impl ControlPlane {
     fn carry_out(&mut self, now: u64, cmd: Command) -> anyhow::Result<Answer> {
         Ok(match cmd {
             Command::Status(page) => self.status(now, &page)?,
-            Command::Connections(only) => match self.only(&only) {
-                Ok(only) => Ok(self.connections_json(only.as_ref())?),
+            Command::Connections(page) => match self.only(&page.only) {
+                Ok(only) => Ok(self.connections_json(&page, only.as_ref())),
                 Err(r) => Err(r),
             },
             Command::Sas(page) => self.sas(now, &page)?,
@@ -221,20 +221,29 @@ impl ControlPlane {
         }
     }
 
-    /// The loaded connections (those in `only`, if given), each with its
-    /// children and its SA counts.
-    fn connections_json(&mut self, only: Option<&HashSet<String>>) -> anyhow::Result<Value> {
+    /// A page of the loaded connections (of those in `only`, if given),
+    /// each with its children and its SA counts, and how many are loaded.
+    fn connections_json(&self, page: &ConnectionPage, only: Option<&HashSet<String>>) -> Value {
+        let live = self.live_connections();
+        let (shown, next) = page
+            .select(live.iter().copied().filter(|c| only.is_none_or(|o| o.contains(&c.name))), |c: &Connection| {
+                c.name.as_str()
+            });
         // One pass over the SAs, not one per connection: a PoP has
         // thousands of connections and 100,000 CHILD SAs.
-        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut counts: HashMap<&str, (usize, usize)> = shown.iter().map(|c| (c.name.as_str(), (0, 0))).collect();
         for s in self.children.ike_sas.values() {
-            counts.entry(&s.connection).or_default().0 += 1;
+            if let Some(n) = counts.get_mut(&*s.connection) {
+                n.0 += 1;
+            }
         }
         for c in self.children.installed() {
-            counts.entry(&c.connection).or_default().1 += 1;
+            if let Some(n) = counts.get_mut(&*c.connection) {
+                n.1 += 1;
+            }
         }
-        let mut list = Vec::new();
-        for c in self.live_connections().into_iter().filter(|c| only.is_none_or(|o| o.contains(&c.name))) {
+        let mut list = Vec::with_capacity(shown.len());
+        for c in shown {
             let addrs = |a: &[Vec<u8>]| -> Vec<String> {
                 a.iter()
                     .filter_map(|b| socket_addr(&crate::wasm::ike::Endpoint { address: b.clone(), port: 0 }))
@@ -266,7 +275,11 @@ impl ControlPlane {
                 "child_sas": counts.get(c.name.as_str()).map_or(0, |n| n.1),
             }));
         }
-        Ok(json!({ "connections": list }))
+        let mut v = json!({ "connections": list, "connections_total": live.len() });
+        if let Some(next) = next {
+            v["next"] = next.into();
+        }
+        v
     }
 
     /// A page of the SAs, as `sas`, and every counter.

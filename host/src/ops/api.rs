@@ -4,7 +4,7 @@
 //! | method | path | body | does |
 //! |---|---|---|---|
 //! | GET | `/v1/status` | | a page of SAs, and every counter |
-//! | GET | `/v1/connections` | | the loaded connections (`?connection=` or `?tenant=`: some) |
+//! | GET | `/v1/connections` | | a page of the loaded connections |
 //! | GET | `/v1/sas` | | a page of IKE and CHILD SAs |
 //! | GET | `/v1/failures` | | recent refused or failed negotiations |
 //! | POST | `/v1/initiate`, `/v1/terminate`, `/v1/rekey` | `{"connection": NAME}` | start, delete, rekey its CHILD SAs |
@@ -16,7 +16,9 @@
 //! and one of `connection=NAME` and `tenant=NAME` (only those SAs; 404
 //! for a name no loaded connection has): see [`super::page`]. Every
 //! answer has `ike_sas_total` and `child_sas_total` (all SAs, filtered
-//! or not).
+//! or not). `/v1/connections` takes the same parameters, its cursor being
+//! the last connection's name (they come by name), and has
+//! `connections_total`.
 //!
 //! A request is checked completely (token, method, path, JSON) before the
 //! IKE thread sees it; a refusal (4xx) has changed nothing.
@@ -27,7 +29,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::page::{Only, Page};
+use super::page::{ConnectionPage, Page};
 use super::view::{Command, FaultPoint, MAX_INJECTED_FAULTS, Query};
 use super::{Ops, text};
 
@@ -74,10 +76,10 @@ async fn command(req: Request<Incoming>) -> Result<Command, Bad> {
     let post = parts.method == Method::POST;
     let path = parts.uri.path().to_string();
     let page = || Page::from_query(parts.uri.query()).map_err(|why| bad(StatusCode::BAD_REQUEST, why));
-    let only = || Only::from_query(parts.uri.query()).map_err(|why| bad(StatusCode::BAD_REQUEST, why));
+    let conns = || ConnectionPage::from_query(parts.uri.query()).map_err(|why| bad(StatusCode::BAD_REQUEST, why));
     let simple = match path.as_str() {
         "/v1/status" => Some(Command::Status(page()?)),
-        "/v1/connections" => Some(Command::Connections(only()?)),
+        "/v1/connections" => Some(Command::Connections(conns()?)),
         "/v1/sas" => Some(Command::Sas(page()?)),
         "/v1/failures" => Some(Command::Failures),
         _ => None,

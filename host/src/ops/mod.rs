@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::datapath::channel::Sender;
 use crate::stats::Stats;
 use crate::sys;
-pub use page::{Cursor, Only, Page};
+pub use page::{ConnectionPage, Cursor, Only, Page};
 pub use render::render;
 pub use view::{Answer, Command, FaultPoint, IkeTotals, IkeView, Query, Refusal};
 

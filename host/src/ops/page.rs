@@ -1,4 +1,5 @@
-//! Pages of the admin API's SA lists (`/v1/sas`, `/v1/status`).
+//! Pages of the admin API's lists: the SAs (`/v1/sas`, `/v1/status`) and
+//! the loaded connections (`/v1/connections`).
 //!
 //! A PoP holds 100,000 CHILD SAs. Answering all of them at once made the
 //! IKE thread build the whole list as JSON while every handshake waited,
@@ -18,14 +19,20 @@
 //! a PoP the operator looking for one peer's tunnel should not have to
 //! page through every tenant's. The cursors are the same; a filtered page
 //! skips the SAs it does not hold.
+//!
+//! The connections come in pages too ([`ConnectionPage`]): a PoP loads
+//! thousands of tenants' connections, each with its traffic selectors and
+//! proposals. They come by name, and the cursor is the last name shown,
+//! so that a reload between pages (which removes, adds and changes
+//! connections) neither shifts nor repeats the rest.
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use crate::by_spi::BySpi;
 
-/// SAs per answer when the request does not say.
+/// SAs (or connections) per answer when the request does not say.
 pub const DEFAULT_LIMIT: usize = 1000;
-/// The most SAs one answer holds.
+/// The most SAs (or connections) one answer holds.
 pub const MAX_LIMIT: usize = 10_000;
 
 /// The last SA a page showed.
@@ -95,14 +102,7 @@ impl Page {
     /// at most once; anything else is refused with the reason.
     pub fn from_query(query: Option<&str>) -> Result<Page, String> {
         let p = parameters(query, &["limit", "after", "connection", "tenant"])?;
-        let mut page = Page { only: Only::of(&p)?, ..Page::default() };
-        if let Some(v) = p.get("limit") {
-            page.limit = v
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| format!("limit is a number of SAs, 1 to {MAX_LIMIT}, not {v:?}"))?;
-        }
+        let mut page = Page { only: Only::of(&p)?, limit: limit_of(&p, "SAs")?, ..Page::default() };
         if let Some(v) = p.get("after") {
             let c = Cursor::parse(v).ok_or_else(|| format!("after is a previous answer's \"next\", not {v:?}"))?;
             page.after = Some(c);
@@ -169,13 +169,86 @@ impl Page {
     }
 }
 
-impl Only {
-    /// What a query asks for (`/v1/connections` takes this alone):
-    /// `connection=NAME` or `tenant=NAME`, percent-encoded, not both.
-    pub fn from_query(query: Option<&str>) -> Result<Option<Only>, String> {
-        Only::of(&parameters(query, &["connection", "tenant"])?)
+/// Which loaded connections an answer of `/v1/connections` holds: at most
+/// `limit`, by name, of those named after `after` (the last page's `next`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionPage {
+    /// Start after the connection of this name (none: from the first). It
+    /// need not be loaded any more.
+    pub after: Option<String>,
+    /// At most this many connections (1 to [`MAX_LIMIT`]).
+    pub limit: usize,
+    /// Only this connection, or this tenant's (none: all).
+    pub only: Option<Only>,
+}
+
+impl Default for ConnectionPage {
+    fn default() -> Self {
+        ConnectionPage { after: None, limit: DEFAULT_LIMIT, only: None }
+    }
+}
+
+impl ConnectionPage {
+    /// The page a query asks for: `limit=N`, `after=NAME` and one of
+    /// `connection=NAME` and `tenant=NAME` (names percent-encoded), each
+    /// at most once; anything else is refused with the reason.
+    pub fn from_query(query: Option<&str>) -> Result<ConnectionPage, String> {
+        let p = parameters(query, &["limit", "after", "connection", "tenant"])?;
+        let after = match p.get("after") {
+            None => None,
+            Some(v) => Some(
+                percent_decode(v)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| format!("after is a previous answer's \"next\" (a name), not {v:?}"))?,
+            ),
+        };
+        Ok(ConnectionPage { after, limit: limit_of(&p, "connections")?, only: Only::of(&p)? })
     }
 
+    /// The query that asks for this page.
+    pub fn query(&self) -> String {
+        let mut q = format!("limit={}", self.limit);
+        if let Some(a) = &self.after {
+            q += &format!("&after={}", percent_encode(a));
+        }
+        if let Some(o) = &self.only {
+            q += &format!("&{}", o.query());
+        }
+        q
+    }
+
+    /// This page's items out of `all` (in any order): those named after
+    /// `after`, by name, at most `limit`; and the next page's cursor (the
+    /// last name shown) if any are left.
+    pub fn select<'a, T>(
+        &self,
+        all: impl IntoIterator<Item = &'a T>,
+        name: impl Fn(&T) -> &str,
+    ) -> (Vec<&'a T>, Option<String>) {
+        let mut left: Vec<&T> = all.into_iter().filter(|t| self.after.as_deref().is_none_or(|a| name(t) > a)).collect();
+        let limit = self.limit.max(1);
+        // Only the page's names need sorting, not every one left.
+        if left.len() > limit {
+            left.select_nth_unstable_by(limit, |a, b| name(a).cmp(name(b)));
+        }
+        let more = left.len() > limit;
+        left.truncate(limit);
+        left.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+        let next = if more { left.last().map(|t| name(t).to_string()) } else { None };
+        (left, next)
+    }
+}
+
+/// A query's `limit` of `what` (default [`DEFAULT_LIMIT`]).
+fn limit_of(p: &HashMap<&str, &str>, what: &str) -> Result<usize, String> {
+    let Some(v) = p.get("limit") else { return Ok(DEFAULT_LIMIT) };
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| format!("limit is a number of {what}, 1 to {MAX_LIMIT}, not {v:?}"))
+}
+
+impl Only {
     fn of(p: &HashMap<&str, &str>) -> Result<Option<Only>, String> {
         let name = |k: &str, v: &str| match percent_decode(v) {
             Some(n) if !n.is_empty() => Ok(n),
@@ -395,12 +468,6 @@ mod tests {
             Page::from_query(Some("connection=a%20b")).map(|p| p.only),
             Ok(Some(Only::Connection("a b".into())))
         );
-        // `/v1/connections` takes the filter alone.
-        assert_eq!(Only::from_query(Some("tenant=a")), Ok(Some(Only::Tenant("a".into()))));
-        assert_eq!(Only::from_query(None), Ok(None));
-        for bad in ["limit=1", "after=child-1", "tenant=", "tenant=a&connection=b", "tenant=a&tenant=a"] {
-            assert!(Only::from_query(Some(bad)).is_err(), "{bad:?}");
-        }
         for bad in [
             "connection=",
             "tenant=",
@@ -414,5 +481,71 @@ mod tests {
         ] {
             assert!(Page::from_query(Some(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn connection_queries_are_checked_whatever_the_name() {
+        assert_eq!(ConnectionPage::from_query(None), Ok(ConnectionPage::default()));
+        for name in ["s2s", "a b", "x&limit=1", "50%", "tenant=a", "gw-ü", "~._-", "child-1"] {
+            let only = Some(Only::Tenant("t 1".into()));
+            let p = ConnectionPage { after: Some(name.into()), limit: 3, only };
+            assert_eq!(ConnectionPage::from_query(Some(&p.query())), Ok(p.clone()), "{}", p.query());
+        }
+        assert_eq!(
+            ConnectionPage::from_query(Some("after=a%20b&connection=c")),
+            Ok(ConnectionPage {
+                after: Some("a b".into()),
+                limit: DEFAULT_LIMIT,
+                only: Some(Only::Connection("c".into()))
+            })
+        );
+        for bad in [
+            "limit=0",
+            "limit=10001",
+            "after=",
+            "after=%zz",
+            "page=2",
+            "tenant=",
+            "tenant=a&connection=b",
+            "after=a&after=b",
+        ] {
+            assert!(ConnectionPage::from_query(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Every name of `all`, page by page from `page`, and how many pages.
+    fn walk_names(mut page: ConnectionPage, all: &[String]) -> (Vec<String>, usize) {
+        let (mut names, mut pages) = (Vec::new(), 0);
+        loop {
+            let (shown, next) = page.select(all, |n: &String| n.as_str());
+            assert!(shown.len() <= page.limit);
+            names.extend(shown.into_iter().cloned());
+            pages += 1;
+            match next {
+                Some(n) => page.after = Some(n),
+                None => return (names, pages),
+            }
+        }
+    }
+
+    #[test]
+    fn connection_pages_show_every_name_once_in_order() {
+        let all: Vec<String> = ["m", "b", "z", "a", "q", "c", "y"].map(String::from).to_vec();
+        let mut sorted = all.clone();
+        sorted.sort();
+        for limit in 1..=8 {
+            let (names, pages) = walk_names(ConnectionPage { limit, ..ConnectionPage::default() }, &all);
+            assert_eq!(names, sorted, "limit {limit}");
+            assert_eq!(pages, 7usize.div_ceil(limit), "limit {limit}: no empty last page");
+        }
+        assert_eq!(walk_names(ConnectionPage::default(), &[]), (vec![], 1));
+        // The cursor's connection and the next one were removed, one added
+        // before it and one after: nothing shown twice, nothing skipped of
+        // what is still there after the cursor.
+        let (first, next) = ConnectionPage { limit: 3, ..ConnectionPage::default() }.select(&all, |n| n.as_str());
+        assert_eq!((first, next.as_deref()), (vec![&all[3], &all[1], &all[5]], Some("c")));
+        let now: Vec<String> = ["m", "b", "z", "a", "q", "y", "aa", "n"].map(String::from).to_vec();
+        let (rest, _) = walk_names(ConnectionPage { after: next, limit: 2, only: None }, &now);
+        assert_eq!(rest, ["m", "n", "q", "y", "z"]);
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::oneshot;
 
-use super::page::{Only, Page};
+use super::page::{ConnectionPage, Page};
 use super::render::IKE_COUNTERS;
 use crate::wasm::ike::Counters;
 
@@ -25,8 +25,8 @@ pub enum Query {
 pub enum Command {
     /// A page of the SAs, and every counter (`wasmsec stats`).
     Status(Page),
-    /// The loaded connections (of one name, or of one tenant).
-    Connections(Option<Only>),
+    /// A page of the loaded connections (of one name, or of one tenant).
+    Connections(ConnectionPage),
     /// A page of the IKE and CHILD SAs.
     Sas(Page),
     /// Recent refused or failed negotiations, with their reasons.
