@@ -15,7 +15,7 @@ use crate::config::{self, Config, Encapsulation, RawEspSend};
 use crate::control::ControlPlane;
 use crate::control::children::Children;
 use crate::control::connections::load_connections;
-use crate::control::domains::Domains;
+use crate::control::domains::{Domains, connection_routes};
 use crate::control::sockets::IkeSockets;
 use crate::datapath::channel::{Report, SaCommand, Sender, channel};
 use crate::datapath::gro::GroRecv;
@@ -149,15 +149,23 @@ fn open_tuns(cfg: &Config) -> Result<Vec<Tun>> {
             _ => format!("tenant {:?}", cfg.tenant[i - 1].name.get_ref()),
         };
         let tun = d.open(&what)?;
+        let mut wanted = Vec::new();
         if i == 0 {
             for m in &cfg.manual {
-                d.routes(&m.remote_ts).with_context(|| format!("manual {:?}", m.name.get_ref()))?;
+                wanted.extend(m.remote_ts.iter().map(|p| (format!("manual {:?}", m.name.get_ref()), p)));
             }
         }
         for c in cfg.connection.iter().filter(|c| domains.of(c) == i) {
-            for ch in &c.children {
-                d.routes(&ch.remote_ts).with_context(|| format!("connection {:?}", c.name.get_ref()))?;
-            }
+            wanted.extend(connection_routes(c));
+        }
+        let failed = d.routes(wanted).with_context(|| format!("{what}: routes"))?;
+        if let Some(first) = failed.first() {
+            let more = if failed.len() > 1 {
+                format!(" (and {} more routes failed)", failed.len() - 1)
+            } else {
+                String::new()
+            };
+            bail!("{first}{more}");
         }
         tuns.push(tun);
     }

@@ -2,12 +2,14 @@
 //! of each (its PSK into the vault), the `trap` ones, the TUN routes to
 //! their remote subnets, and the reload that adds and removes them while
 //! the daemon runs ([`ControlPlane::reload`]).
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::domains::connection_routes;
 use super::{ControlPlane, Trap};
 use crate::config::{self, Config, DpdAction, StartAction};
 use crate::ops::{Answer, Refusal};
@@ -323,6 +325,22 @@ impl ControlPlane {
             // What stays and what comes is the new config's.
             self.ike.store.data_mut().policy.tenant_of = tenant_of(&cfg.connection);
             let mut errors = Vec::new();
+            // The routes first, each domain's in one `ip -batch`: before
+            // the guest's calls, which a trap may cut short (the retry
+            // only adds what is left), and for a connection the guest
+            // refuses too, whose subnets then go into the TUN device and
+            // are dropped there, not out in the clear.
+            let mut routes: BTreeMap<usize, Vec<_>> = BTreeMap::new();
+            for c in &fresh {
+                routes.entry(domains.of(c)).or_default().extend(connection_routes(c));
+            }
+            for (i, wanted) in routes {
+                let Some(d) = domains.list.get(i).and_then(Option::as_ref) else { continue };
+                match d.routes(wanted) {
+                    Ok(failed) => failed.iter().for_each(|e| warn!(error = %e, "reload: cannot route a remote subnet")),
+                    Err(e) => warn!(error = %format!("{e:#}"), "reload: cannot route the remote subnets"),
+                }
+            }
             for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
                 let name = c.name.get_ref();
                 let added = self.ike.add_connection(&w)?;
@@ -339,12 +357,6 @@ impl ControlPlane {
                     self.children.groups.insert(name.clone(), g);
                 }
                 self.children.bounds.insert(name.clone(), super::bounds::ConnectionBounds::of(c));
-                for ch in &c.children {
-                    let routed = domains.for_connection(c).map(|d| d.routes(&ch.remote_ts));
-                    if let Some(Err(e)) = routed {
-                        warn!(connection = %name, error = %e, "reload: cannot route the remote subnets");
-                    }
-                }
                 info!(connection = %name, "reload: connection loaded");
                 if c.start_action == StartAction::Start {
                     self.initiate(now, name)?;

@@ -4,7 +4,7 @@
 //! added by a reload gets the next number (numbers are never reused, so
 //! the data path's guest group `domain * components + component` stays
 //! where it is).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -84,16 +84,33 @@ impl Domain {
         Ok(tun)
     }
 
-    /// A route into the TUN device for each remote subnet: traffic without
-    /// an SA is then dropped and counted instead of leaving in the clear.
-    pub fn routes(&self, remote_ts: &[config::Prefix]) -> Result<()> {
-        for p in remote_ts {
-            let args = route_args(p, &self.tun, self.source);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.ip(&args).with_context(|| format!("route to {p}"))?;
+    /// Routes into the TUN device to the remote subnets of `wanted`, each
+    /// given with whose it is (for the errors): traffic without an SA is
+    /// then dropped and counted instead of leaving in the clear. One `ip
+    /// -batch` for them all ([`sys::ip_batch`]); a subnet given twice is
+    /// routed once. Every route is tried, and the failures come back, each
+    /// as `WHOSE: route to SUBNET: ip ...: ERROR`.
+    pub fn routes<'a>(&self, wanted: impl IntoIterator<Item = (String, &'a config::Prefix)>) -> Result<Vec<String>> {
+        let (mut lines, mut whose, mut seen) = (Vec::new(), Vec::new(), HashSet::new());
+        for (who, p) in wanted {
+            let line = route_args(p, &self.tun, self.source).join(" ");
+            if seen.insert(line.clone()) {
+                lines.push(line);
+                whose.push((who, p));
+            }
         }
-        Ok(())
+        let failed = sys::ip_batch(self.netns.as_deref(), &lines)?;
+        Ok(failed
+            .into_iter()
+            .map(|(i, e)| format!("{}: route to {}: ip {}: {e}", whose[i].0, whose[i].1, lines[i]))
+            .collect())
     }
+}
+
+/// The remote subnets of a connection's children, each with whose it is,
+/// for [`Domain::routes`].
+pub fn connection_routes(c: &config::Connection) -> impl Iterator<Item = (String, &config::Prefix)> {
+    c.children.iter().flat_map(|ch| &ch.remote_ts).map(move |p| (format!("connection {:?}", c.name.get_ref()), p))
 }
 
 /// `ip` arguments for the route to `p` into TUN device `tun`: with `src`

@@ -10,7 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+mod iproute;
 mod packet;
+pub use iproute::{ip, ip_batch};
 /// The control message type a test's packet sockets send a priority as.
 #[cfg(test)]
 pub(crate) use packet::tests::PRIORITY_TYPE;
@@ -472,16 +474,6 @@ pub fn install_stop_handler() {
         // SAFETY: on_signal is async-signal-safe (atomics and one write).
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-}
-
-/// Run `ip` (iproute2) with these arguments; its stderr is the error.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let out = std::process::Command::new("ip").args(args).output().context("cannot run `ip` (install iproute2)")?;
-    if !out.status.success() {
-        anyhow::bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 /// Let a closed pipe end the process quietly, as in any Unix filter
