@@ -223,6 +223,12 @@ run_ike_attack() { # NAME WHAT
             # tunnel's SA may not take it (B refuses the second child's
             # selectors, so it never comes up).
             printf '\n[[connection.children]]\nname = "legacy"\nlocal_ts = ["198.18.41.0/24"]\nremote_ts = ["198.18.42.0/24"]\nesp_proposals = "aes128-sha256"\n' >>"$A/wasmsec.toml" ;;
+        hostile-skip-pfs)
+            # Both sides' child asks for X25519 PFS, and A rekeys it after
+            # 2 s: the first CHILD SA (IKE_AUTH, rightly without a key
+            # exchange) comes up, the rekey's is keyed without one.
+            printf 'esp_proposals = "aes256gcm16-x25519"\nrekey_time = 2\n' >>"$A/wasmsec.toml"
+            printf 'esp_proposals = "aes256gcm16-x25519"\n' >>"$B/wasmsec.toml" ;;
         hostile-unlimited)
             # A's CHILD SA may carry a gigabyte; the guest installs it
             # with no limit. (The IKE connection's child is A's last
@@ -288,6 +294,11 @@ run_ike_attack() { # NAME WHAT
         hostile-widen-selectors)
             check "$what: no CHILD SA for every address ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "beyond its child's local_ts and remote_ts (or for a child its connection lacks): refused" "$A/wasmsec.log" ;;
+        hostile-skip-pfs)
+            check "$what: the first CHILD SA, without a key exchange of its own, was installed" \
+                grep -q "CHILD_SA hostile-skip-pfs installed" "$A/wasmsec.log"
+            check "$what: A said why it refused the rekey's" \
+                grep -q "made without the key exchange (PFS group) its child's or the policy's grant's proposal asks for: refused" "$A/wasmsec.log" ;;
         hostile-unlimited)
             check "$what: no CHILD SA without A's byte limit ($child)" [ "$child" -eq 0 ]
             check "$what: A said why" grep -q "with hard limits beyond its child's or the policy's grant: refused" "$A/wasmsec.log" ;;
@@ -667,6 +678,7 @@ run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not 
 run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP transform than configured"
 run_ike_attack hostile-weaker-other-child "IKE: a CHILD SA with the weaker ESP transform of another child of its connection"
 run_ike_attack hostile-unlimited "IKE: a CHILD SA without the connection's hard byte limit"
+run_ike_attack hostile-skip-pfs "IKE: a rekeyed CHILD SA without the PFS its proposal asks for"
 run_ike_attack hostile-keep-expired "IKE: CHILD SAs kept past their hard lifetime"
 run_ike_attack hostile-keep-expired-packets "IKE: a CHILD SA kept past its hard packet limit"
 finish

@@ -20,6 +20,7 @@
 //! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
 //! | `hostile-weaker-other-child` | the same, where another child of the connection (other subnets) proposes that transform |
 //! | `hostile-unlimited` | every CHILD SA is installed without hard byte and packet limits, whatever the connection's |
+//! | `hostile-skip-pfs` | every CHILD SA's keys are derived without the key exchange its proposal negotiated (no PFS on a rekey), the DH value left unused |
 //! | `hostile-keep-expired`, `hostile-keep-expired-packets` | no CHILD SA is ever deleted from the host (the engine still deletes it with the peer at its hard lifetime; the second name's test limits packets, not time) |
 //!
 //! The host must refuse each (and count it); the IKE SA may fail, the host
@@ -57,6 +58,7 @@ pub enum Attack {
     SkipAuth,
     WeakerTransform,
     Unlimited,
+    SkipPfs,
     KeepExpired,
 }
 
@@ -92,6 +94,7 @@ pub fn choose(connection: &str) {
         "hostile-weaker-transform" => Attack::WeakerTransform,
         "hostile-weaker-other-child" => Attack::WeakerTransform,
         "hostile-unlimited" => Attack::Unlimited,
+        "hostile-skip-pfs" => Attack::SkipPfs,
         "hostile-keep-expired" | "hostile-keep-expired-packets" => Attack::KeepExpired,
         _ => Attack::None,
     });

@@ -143,6 +143,11 @@ impl IkeCrypto for HostCrypto {
             we_initiated: k.we_initiated,
             pfs: k.pfs.map(|(h, public)| (h, public.to_vec())),
         };
+        #[cfg(feature = "hostile")]
+        let keying = match hostile::attack() {
+            hostile::Attack::SkipPfs => keys::ChildKeying { pfs: None, ..keying },
+            _ => keying,
+        };
         let h = keys::derive_child(&keying).map_err(err)?;
         #[cfg(feature = "hostile")]
         if hostile::attack() == hostile::Attack::DeriveTwice {

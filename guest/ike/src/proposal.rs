@@ -261,11 +261,29 @@ pub fn select(theirs: &[Proposal], ours: &[Config], kind: Kind, ignore_dh: bool)
 /// an untrusted engine installs. Without ESN is always allowed, as
 /// selection takes it when the peer offers no ESN transform.
 pub fn allows_esp(ours: &[Config], encr: Encr, integ: IntegId, esn: bool) -> bool {
+    ours.iter().any(|o| esp_allows(o, &encr, integ, esn))
+}
+
+/// Whether a CHILD SA made by CREATE_CHILD_SA with this ESP transform used
+/// the key exchange one of `ours` that allows the transform asks for: the
+/// proposal's group for PFS (RFC 7296 section 1.3.1), or `None` where the
+/// proposal has no group. The host's check of an untrusted engine's
+/// derivation; the first CHILD SA, made in IKE_AUTH, has none whatever
+/// the proposal says (section 1.2), and is not asked about.
+pub fn allows_esp_key_exchange(ours: &[Config], encr: Encr, integ: IntegId, esn: bool, dh: Option<DhGroup>) -> bool {
     ours.iter().any(|o| {
-        o.encr.iter().any(|e| encr_matches(e, &encr))
-            && if encr.is_aead() { integ == IntegId::None } else { o.integ.contains(&integ) }
-            && (!esn || o.esn.contains(&EsnId::Extended))
+        esp_allows(o, &encr, integ, esn)
+            && match dh {
+                None => o.dh.is_empty(),
+                Some(g) => o.dh.contains(&g),
+            }
     })
+}
+
+fn esp_allows(o: &Config, encr: &Encr, integ: IntegId, esn: bool) -> bool {
+    o.encr.iter().any(|e| encr_matches(e, encr))
+        && if encr.is_aead() { integ == IntegId::None } else { o.integ.contains(&integ) }
+        && (!esn || o.esn.contains(&EsnId::Extended))
 }
 
 /// As initiator: check the responder's answer is one proposal with one

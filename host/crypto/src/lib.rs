@@ -50,6 +50,11 @@ struct IkeSa {
     /// each exchange keys one CHILD SA, once; a second derivation from the
     /// same nonces would hand out the same key material again.
     children_keyed: HashSet<[u8; 32]>,
+    /// The nonce pair of the IKE_SA_INIT this IKE SA was made by (as in
+    /// `children_keyed`), which its first CHILD SA is keyed from in
+    /// IKE_AUTH without a key exchange (section 2.17); none for an IKE SA
+    /// made by a rekey, which has no first CHILD SA of its own.
+    first_child: Option<[u8; 32]>,
     /// The PSK (its handle) the peer's AUTH verified with here
     /// ([`Vault::verify_psk_auth`]), and the identification payload body
     /// it covered, inherited by the IKE SAs that rekey this one (section
@@ -81,6 +86,20 @@ pub struct ChildKeymat {
     /// The PSK handle the IKE SA's peer authenticated with: only its
     /// connection's CHILD SAs may use these keys.
     pub authenticated_by: u64,
+    /// How the keys were keyed: the host holds a CHILD SA's key exchange
+    /// to what its proposals ask (PFS).
+    pub key_exchange: ChildKeyExchange,
+}
+
+/// How a CHILD SA's keys were derived (RFC 7296 section 2.17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKeyExchange {
+    /// The IKE SA's first CHILD SA, made in IKE_AUTH from IKE_SA_INIT's
+    /// nonces without a key exchange of its own.
+    First,
+    /// A CHILD SA made by CREATE_CHILD_SA, from its own nonces and, for
+    /// perfect forward secrecy, a key exchange of this group.
+    Created(Option<DhGroup>),
 }
 
 /// How long one COOKIE secret is used (RFC 7296 section 2.6 asks for
@@ -272,6 +291,7 @@ impl Vault {
             self.ike_sa(o)?;
         }
         let shared = self.complete_dh(kx.dh, Some(kx.suite.dh), kx.peer_public)?;
+        let first_child = if old.is_none() { Some(nonce_pair(kx.ni, kx.nr)) } else { None };
         let old = old.map(|o| self.ike_sa_entry(o)).transpose()?;
         // A rekeyed IKE SA is authenticated as the one it replaces (no AUTH
         // is exchanged again, section 2.18); a new one not until its peer's
@@ -281,7 +301,8 @@ impl Vault {
         for k in keys.all_keys() {
             self.record(k);
         }
-        let sa = IkeSa { keys, we_initiated: kx.we_initiated, children_keyed: HashSet::new(), authenticated };
+        let sa =
+            IkeSa { keys, we_initiated: kx.we_initiated, children_keyed: HashSet::new(), first_child, authenticated };
         Ok(self.insert(Secret::IkeSa(Box::new(sa))))
     }
 
@@ -442,24 +463,28 @@ impl Vault {
     /// as is asking before the IKE SA's peer authenticated.
     pub fn child_keymat(&mut self, k: &ChildKeying) -> Result<ChildKeymat, CryptoError> {
         let c = Cipher::from_ids(k.suite.encr, k.suite.key_bits, k.suite.integ)?;
-        let nonces: [u8; 32] = {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            ctx.update(&(k.ni.len() as u32).to_be_bytes());
-            ctx.update(k.ni);
-            ctx.update(k.nr);
-            ctx.finish().as_ref().try_into().map_err(|_| CryptoError::Internal)?
+        let nonces = nonce_pair(k.ni, k.nr);
+        let group = match k.pfs {
+            None => None,
+            Some((dh, _)) => match self.secrets.get(&dh) {
+                Some(Secret::Dh(p)) => Some(p.group()),
+                Some(_) => return Err(CryptoError::WrongKeyKind),
+                None => return Err(CryptoError::UnknownKey),
+            },
         };
-        let authenticated_by = match self.secrets.get_mut(&k.ike_sa) {
+        let (authenticated_by, first) = match self.secrets.get_mut(&k.ike_sa) {
             Some(Secret::IkeSa(sa)) => {
                 let Some(psk) = sa.authenticated.as_ref().map(|a| a.psk) else { return Err(CryptoError::WrongKeyKind) };
                 if sa.children_keyed.len() >= MAX_CHILD_DERIVATIONS || !sa.children_keyed.insert(nonces) {
                     return Err(CryptoError::WrongKeyKind);
                 }
-                psk
+                (psk, sa.first_child == Some(nonces))
             }
             Some(_) => return Err(CryptoError::WrongKeyKind),
             None => return Err(CryptoError::UnknownKey),
         };
+        let key_exchange =
+            if first && group.is_none() { ChildKeyExchange::First } else { ChildKeyExchange::Created(group) };
         let one = c.encr_keymat_len() + c.integ_key_len();
         let mut seed = Zeroizing::new(Vec::with_capacity(k.ni.len() + k.nr.len()));
         if let Some((dh, peer_public)) = k.pfs {
@@ -472,13 +497,25 @@ impl Vault {
         self.record(&km);
         let (i_to_r, r_to_i) = (Zeroizing::new(km[..one].to_vec()), Zeroizing::new(km[one..].to_vec()));
         let (outbound, inbound) = if k.we_initiated { (i_to_r, r_to_i) } else { (r_to_i, i_to_r) };
-        Ok(ChildKeymat { outbound, inbound, authenticated_by })
+        Ok(ChildKeymat { outbound, inbound, authenticated_by, key_exchange })
     }
 
     /// Wireshark `ikev2_decryption_table` line for an IKE SA (key export).
     pub fn wireshark_line(&self, sa: u64) -> Option<Zeroizing<String>> {
         self.ike_sa(sa).ok()?.wireshark_line()
     }
+}
+
+/// A nonce pair as the vault remembers it: SHA-256 of Ni's length, Ni
+/// and Nr.
+fn nonce_pair(ni: &[u8], nr: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&(ni.len() as u32).to_be_bytes());
+    ctx.update(ni);
+    ctx.update(nr);
+    let mut out = [0; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// A string for secret text (hex of keys), zeroized on drop, with room for
@@ -583,6 +620,8 @@ mod tests {
         let ka = a.child_keymat(&keying(sa, true, None)).unwrap();
         let kb = b.child_keymat(&keying(sb, false, None)).unwrap();
         assert_eq!((ka.authenticated_by, kb.authenticated_by), (pska, pskb));
+        // IKE_SA_INIT's nonces, no key exchange: the first CHILD SA.
+        assert_eq!((ka.key_exchange, kb.key_exchange), (ChildKeyExchange::First, ChildKeyExchange::First));
         assert_eq!(*ka.outbound, *kb.inbound);
         assert_eq!(*ka.inbound, *kb.outbound);
         // The same nonces never key a second CHILD SA.
@@ -598,6 +637,12 @@ mod tests {
         let pb_km = b.child_keymat(&keying(sb, false, Some((db, &pa)))).unwrap();
         assert_eq!(*pa_km.inbound, *pb_km.outbound);
         assert_ne!(*pa_km.outbound, *ka.outbound);
+        assert_eq!(pa_km.key_exchange, ChildKeyExchange::Created(Some(DhGroup::X25519)));
+        // Another exchange's nonces without a key exchange: no PFS, and
+        // not taken for the first CHILD SA.
+        let (ni, nr) = ([9u8; 32], [10u8; 32]);
+        let plain = ChildKeying { ike_sa: sa, suite: &cs, ni: &ni, nr: &nr, we_initiated: true, pfs: None };
+        assert_eq!(a.child_keymat(&plain).unwrap().key_exchange, ChildKeyExchange::Created(None));
         assert!(!a.destroy(da), "the PFS DH value was consumed");
         assert_eq!(ka.outbound.len(), 20);
         assert_ne!(*ka.outbound, *ka.inbound);
@@ -618,6 +663,9 @@ mod tests {
         };
         let sa2 = a.derive_ike_sa(Some(sa), &rekey(da, &pb, true)).unwrap();
         assert_eq!(a.authenticated_by(sa2), Some((pska, &id[..])));
+        // Its own nonces key no first CHILD SA: a rekeyed IKE SA has none.
+        let own = ChildKeying { ike_sa: sa2, suite: &cs, ni: &ni, nr: &nr, we_initiated: true, pfs: None };
+        assert_eq!(a.child_keymat(&own).unwrap().key_exchange, ChildKeyExchange::Created(None));
         let fresh = b.derive_ike_sa(None, &rekey(db, &pa, false)).unwrap();
         assert_eq!(b.authenticated_by(fresh), None, "a new IKE SA is not");
         assert!(a.destroy(sa) && a.destroy(sa2) && a.destroy(pska) && a.is_empty());

@@ -14,6 +14,7 @@
 //! host watches) no longer than the grant's or that child's.
 use std::collections::HashMap;
 
+use wasmsec_crypto::ChildKeyExchange;
 use wasmsec_ike::proposal::{self, Encr, Kind};
 use wasmsec_ike::{ChildConfig, HardLimits, Timing};
 use wasmsec_wire::ike::{EncrId, IntegId};
@@ -127,6 +128,18 @@ impl ChildBounds {
         let ours = grant.esp.as_deref().unwrap_or(&self.esp);
         let encr = Encr { id: EncrId::from(t.encr), key_bits: Some(t.key_bits) };
         proposal::allows_esp(ours, encr, IntegId::from(t.integ), t.esn)
+    }
+
+    /// Whether a CHILD SA with transform `t` was keyed as the proposals
+    /// that allow it ask (those `grant` gave the peer or, where it names
+    /// none, the child's): the first CHILD SA of an IKE SA without a key
+    /// exchange, any other with the proposal's PFS group, or none where
+    /// the proposal has none (RFC 7296 section 1.3.1).
+    pub fn allow_key_exchange(&self, grant: &GrantBounds, t: EspTransform, kx: ChildKeyExchange) -> bool {
+        let ChildKeyExchange::Created(group) = kx else { return true };
+        let ours = grant.esp.as_deref().unwrap_or(&self.esp);
+        let encr = Encr { id: EncrId::from(t.encr), key_bits: Some(t.key_bits) };
+        proposal::allows_esp_key_exchange(ours, encr, IntegId::from(t.integ), t.esn, group)
     }
 
     /// Whether every selector on each side lies within one configured range
@@ -291,6 +304,25 @@ mod tests {
         assert!(!b.allow_transform(&g, gcm(256)), "in place of, not besides");
         // A child with no usable proposal allows none.
         assert!(!ChildBounds::default().allow_transform(&no_grant, gcm(256)));
+    }
+
+    #[test]
+    fn a_created_child_sa_has_the_pfs_its_proposal_asks() {
+        use wasmsec_crypto::ChildKeyExchange::{Created, First};
+        use wasmsec_wire::ike::DhGroup;
+        let gcm = |key_bits| EspTransform { encr: EncrId::AesGcm16.raw(), key_bits, integ: 0, esn: false };
+        let none = GrantBounds::default();
+        // AES-256 only with X25519 PFS; AES-128 without PFS.
+        let b = ChildBounds::new("c", vec![], vec![], "aes256gcm16-x25519,aes128gcm16").unwrap();
+        assert!(b.allow_key_exchange(&none, gcm(256), First), "IKE_AUTH's child has none, whatever the proposal");
+        assert!(b.allow_key_exchange(&none, gcm(256), Created(Some(DhGroup::X25519))));
+        assert!(!b.allow_key_exchange(&none, gcm(256), Created(None)), "a rekey without the PFS asked for");
+        assert!(!b.allow_key_exchange(&none, gcm(256), Created(Some(DhGroup::Modp2048))), "another group");
+        assert!(b.allow_key_exchange(&none, gcm(128), Created(None)));
+        assert!(!b.allow_key_exchange(&none, gcm(128), Created(Some(DhGroup::X25519))), "that proposal has no group");
+        // The grant's proposals replace the child's here too.
+        let g = GrantBounds::of(&grant(&[], &[], "aes256gcm16")).unwrap();
+        assert!(b.allow_key_exchange(&g, gcm(256), Created(None)));
     }
 
     #[test]

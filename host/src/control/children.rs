@@ -440,6 +440,10 @@ impl Children {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), esn = c.esn, "IKE guest installed a CHILD SA with an ESP transform neither its child nor the policy's grant proposes: refused");
                 return false;
             }
+            KeyClaim::KeyExchangeNotOffered => {
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), proposal = alg.name(), "IKE guest installed a CHILD SA made without the key exchange (PFS group) its child's or the policy's grant's proposal asks for: refused");
+                return false;
+            }
             KeyClaim::BeyondLifetime => {
                 let l = c.limits;
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), hard_bytes = l.hard_bytes, hard_packets = l.hard_packets, "IKE guest installed a CHILD SA with hard limits beyond its child's or the policy's grant: refused");

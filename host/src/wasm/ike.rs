@@ -94,6 +94,9 @@ struct Derived {
     grant: Arc<GrantBounds>,
     /// The IKE SA's lineage.
     lineage: u64,
+    /// The first CHILD SA of its IKE SA, or one made with (or without) a
+    /// key exchange of this group.
+    key_exchange: wasmsec_crypto::ChildKeyExchange,
 }
 
 /// What the host's policy said of an IKE SA's peer.
@@ -126,6 +129,9 @@ pub enum KeyClaim {
     /// An ESP transform that neither the policy's grant (where it names
     /// proposals) nor the connection offers.
     TransformNotOffered,
+    /// A CHILD SA made by CREATE_CHILD_SA without the key exchange (PFS)
+    /// its transform's proposals ask for, or with a group they lack.
+    KeyExchangeNotOffered,
     /// Hard byte or packet limits beyond the grant's or the connection's
     /// (or none where they set one).
     BeyondLifetime,
@@ -245,7 +251,9 @@ impl IkeState {
     /// names (`bounds`: its connection's, `None` for a connection the
     /// configuration lacks; a child the connection lacks allows nothing)
     /// and within what the policy granted its peer, and its ESP transform
-    /// is one the grant or else that child proposes, with hard limits
+    /// is one the grant or else that child proposes, keyed with the key
+    /// exchange (PFS) that proposal asks for unless it is the IKE SA's
+    /// first CHILD SA, with hard limits
     /// within the grant's or else that child's. Anything else is a guest lying about its keys, its peer or its
     /// selectors; a pair refused for those is gone (its keys destroyed),
     /// as the guest cannot be trusted to name it again.
@@ -274,6 +282,8 @@ impl IkeState {
             KeyClaim::OutsideGrant
         } else if !bounds.is_some_and(|b| b.allow_transform(&d.grant, transform)) {
             KeyClaim::TransformNotOffered
+        } else if !bounds.is_some_and(|b| b.allow_key_exchange(&d.grant, transform, d.key_exchange)) {
+            KeyClaim::KeyExchangeNotOffered
         } else if !life.is_some_and(|l| limits_within(&l, c.limits.hard_bytes, c.limits.hard_packets)) {
             KeyClaim::BeyondLifetime
         } else if !at_peer {
@@ -538,7 +548,8 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             pfs: k.pfs.as_ref().map(|(dh, public)| (*dh, &public[..])),
         };
         let km = self.vault.child_keymat(&keying).map_err(|e| self.refused(e))?;
-        let (out, inb, authenticated_by) = (km.outbound, km.inbound, km.authenticated_by);
+        let (out, inb, authenticated_by, key_exchange) =
+            (km.outbound, km.inbound, km.authenticated_by, km.key_exchange);
         let exports = if self.esp_keylog {
             Some((crate::keylog::esp_sa_keys(alg, &out), crate::keylog::esp_sa_keys(alg, &inb)))
         } else {
@@ -550,8 +561,10 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             return Err(WitError::Internal);
         }
         let handles = ChildKeyHandles { outbound: self.esp_keys.insert(out), inbound: self.esp_keys.insert(inb) };
-        self.derived
-            .insert(handles.outbound, Derived { inbound: handles.inbound, alg, authenticated_by, grant, lineage });
+        self.derived.insert(
+            handles.outbound,
+            Derived { inbound: handles.inbound, alg, authenticated_by, grant, lineage, key_exchange },
+        );
         if let Some((o, i)) = exports {
             let pairs = [(handles.outbound, o), (handles.inbound, i)];
             self.esp_exports.extend(pairs.into_iter().filter_map(|(h, k)| Some((h, k?))));
