@@ -703,7 +703,13 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     let (before, t0) = (sys::resident_bytes(), std::time::Instant::now());
     if sys::trim_heap() {
         let after = sys::resident_bytes();
-        debug!(connections, rss_before_mib = before >> 20, rss_after_mib = after >> 20, took_ms = t0.elapsed().as_millis() as u64, "start-up: freed heap given back to the system");
+        debug!(
+            connections,
+            rss_before_mib = before >> 20,
+            rss_after_mib = after >> 20,
+            took_ms = t0.elapsed().as_millis() as u64,
+            "start-up: freed heap given back to the system"
+        );
     }
 
     while !sys::stop_requested() {

@@ -74,6 +74,18 @@ connections $N $((N + 99)) >>"$DIR/wasmsec.toml"
 check "a reload adds 100 connections" bash -c "'$WASMSEC_BIN' reload --json --socket '$DIR/ctl.sock' | grep -q 'site$((N + 99))\"'"
 check "... and routes their subnets ($(routes))" [ "$(routes)" = $((N + 99)) ]
 check "... list-conns counts them" [ "$(w list-conns --json --page-size 1000 | names)" = "$((N + 100)) $((N + 100)) True $((N + 100))" ]
+# reloaded: the reload's lists as "added removed changed unchanged" counts.
+reloaded() { "$WASMSEC_BIN" reload --json --socket "$DIR/ctl.sock" | python3 -c 'import json,sys; r=json.load(sys.stdin)
+print(*(len(r[k]) for k in ("added", "removed", "changed", "unchanged")))'; }
+check "a reload that changes nothing: every connection unchanged" [ "$(reloaded)" = "0 0 0 $((N + 100))" ]
+# One connection changed (its remote subnet), the 100 added ones removed.
+cp "$DIR/wasmsec.toml" "$DIR/with-100.toml"
+conf 10.0.0.1
+sed -i 's|10.100.0.0/24|10.99.0.0/24|' "$DIR/wasmsec.toml"
+check "a reload that removes 100 and changes one: the counts" [ "$(reloaded)" = "1 101 1 $((N - 1))" ]
+check "... list-conns counts what is left" [ "$(w list-conns --json --page-size 1000 | names)" = "$N $N True $N" ]
+cp "$DIR/with-100.toml" "$DIR/wasmsec.toml"
+check "... and the 100 come back" [ "$(reloaded)" = "101 1 1 $((N - 1))" ]
 
 # A route the kernel refuses at a reload: a warning naming whose it was,
 # and the connection is loaded all the same (its traffic has no route into

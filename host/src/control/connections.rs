@@ -2,7 +2,7 @@
 //! of each (its PSK into the vault), the `trap` ones, the TUN routes to
 //! their remote subnets, and the reload that adds and removes them while
 //! the daemon runs ([`ControlPlane::reload`]).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -120,6 +120,24 @@ pub fn load_connections(
     Ok((traps, loaded))
 }
 
+/// What a list of steps leaves: each step names an item, and adds it
+/// (`Some`) or removes it (`None`). In the order added; an item added
+/// again without a removal between stands once, where it was added last.
+fn live_of<'a, T>(steps: impl Iterator<Item = (&'a str, Option<&'a T>)>) -> Vec<&'a T> {
+    let mut live: Vec<Option<&T>> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for (name, item) in steps {
+        if let Some(i) = at.remove(name) {
+            live[i] = None;
+        }
+        if let Some(t) = item {
+            at.insert(name, live.len());
+            live.push(Some(t));
+        }
+    }
+    live.into_iter().flatten().collect()
+}
+
 /// What a reload needs to know of how the daemon was started.
 pub struct ReloadContext {
     /// The config file, and the directory relative paths are resolved in.
@@ -158,16 +176,14 @@ impl ReloadProgress {
 }
 
 impl ControlPlane {
-    /// The connections now loaded, from the history.
+    /// The connections now loaded, from the history, in the order they
+    /// were added. One pass: a PoP's history holds thousands of steps,
+    /// and removing each from the list as it came took a pass per removal.
     pub fn live_connections(&self) -> Vec<&ike::Connection> {
-        let mut live: Vec<&ike::Connection> = Vec::new();
-        for s in &self.history {
-            match s {
-                Step::Add(c) => live.push(c),
-                Step::Remove(n) => live.retain(|c| &c.name != n),
-            }
-        }
-        live
+        live_of(self.history.iter().map(|s| match s {
+            Step::Add(c) => (c.name.as_str(), Some(c)),
+            Step::Remove(n) => (n.as_str(), None),
+        }))
     }
 
     /// Re-read the config file and apply its `[[connection]]` sections:
@@ -232,10 +248,19 @@ impl ControlPlane {
         // A connection of a removed or changed tenant goes, and comes again
         // with its new domain.
         let touched = tenants.touched();
-        let same = |c: &config::Connection| old.contains(c) && !c.tenant.as_ref().is_some_and(|t| touched.contains(t));
+        // By name: a PoP reloads thousands of connections, and a search of
+        // every old one for each new one took seconds.
+        let old_by_name: HashMap<&str, &config::Connection> =
+            old.iter().map(|o| (o.name.get_ref().as_str(), o)).collect();
+        let same = |c: &config::Connection| {
+            old_by_name.get(c.name.get_ref().as_str()).is_some_and(|o| *o == c)
+                && !c.tenant.as_ref().is_some_and(|t| touched.contains(t))
+        };
+        let new_by_name: HashMap<&str, &config::Connection> =
+            cfg.connection.iter().map(|c| (c.name.get_ref().as_str(), c)).collect();
         let gone: Vec<String> = old
             .iter()
-            .filter(|o| !cfg.connection.iter().any(|c| c == *o && same(c)))
+            .filter(|o| !new_by_name.get(o.name.get_ref().as_str()).is_some_and(|c| same(c)))
             .map(|o| o.name.get_ref().clone())
             .collect();
         let fresh: Vec<&config::Connection> = cfg.connection.iter().filter(|c| !same(c)).collect();
@@ -265,9 +290,10 @@ impl ControlPlane {
         // Unchanged connections whose key file changed: the new key, read
         // before anything changes (an unreadable file refuses the reload).
         let mut new_keys = Vec::new();
+        let psk_of: HashMap<String, u64> = self.live_connections().iter().map(|w| (w.name.clone(), w.psk)).collect();
         for c in cfg.connection.iter().filter(|c| same(c)) {
             let psk = c.psk.load_secret(&base).map_err(|e| anyhow::anyhow!("psk: {e}"));
-            let handle = self.live_connections().iter().find(|w| &w.name == c.name.get_ref()).map(|w| w.psk);
+            let handle = psk_of.get(c.name.get_ref()).copied();
             match (psk, handle) {
                 (Ok(k), Some(h)) => new_keys.push((c.name.get_ref().clone(), h, k)),
                 (Err(e), _) => return Ok(Err(Refusal::new(400, format!("connection {:?}: {e:#}", c.name.get_ref())))),
@@ -292,7 +318,7 @@ impl ControlPlane {
         let psks: Vec<u64> = loaded.iter().map(|w| w.psk).collect();
         let answer = (|| -> Result<Answer> {
             for name in &gone {
-                let psk = self.live_connections().iter().find(|w| &w.name == name).map(|w| w.psk);
+                let psk = psk_of.get(name).copied();
                 match self.ike.remove_connection(now, name)? {
                     Ok(n) => {
                         info!(connection = %name, ike_sas = n, "reload: connection removed");
@@ -372,23 +398,41 @@ impl ControlPlane {
             }
             // With a run a trap interrupted before this one, both runs' steps.
             let ReloadProgress { removed: gone, added } = std::mem::take(&mut self.reload_ctx.progress);
+            let (added_set, gone_set): (HashSet<&String>, HashSet<&String>) =
+                (added.iter().collect(), gone.iter().collect());
             let unchanged: Vec<String> = cfg
                 .connection
                 .iter()
-                .filter(|c| same(c) && !added.contains(c.name.get_ref()))
+                .filter(|c| same(c) && !added_set.contains(c.name.get_ref()))
                 .map(|c| c.name.get_ref().clone())
                 .collect();
-            let changed: Vec<&String> = added.iter().filter(|a| gone.contains(a)).collect();
+            let changed: Vec<&String> = added.iter().filter(|a| gone_set.contains(a)).collect();
             let (tenants_added, tenants_removed) = tenant_names;
             Ok(Ok(json!({ "added": added, "removed": gone, "changed": changed, "unchanged": unchanged,
                       "new_psk": rekeyed, "errors": errors,
                       "tenants_added": tenants_added, "tenants_removed": tenants_removed })))
         })();
+        let kept: HashSet<u64> =
+            self.history.iter().filter_map(|s| if let Step::Add(c) = s { Some(c.psk) } else { None }).collect();
         for h in psks {
-            if !self.history.iter().any(|s| matches!(s, Step::Add(c) if c.psk == h)) {
+            if !kept.contains(&h) {
                 self.ike.store.data_mut().forget_psk(h);
             }
         }
         answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_of;
+
+    #[test]
+    fn what_the_steps_leave_in_the_order_added() {
+        let (a, b, c, a2) = (1, 2, 3, 4);
+        let steps = [("a", Some(&a)), ("b", Some(&b)), ("a", None), ("c", Some(&c)), ("a", Some(&a2)), ("x", None)];
+        assert_eq!(live_of(steps.into_iter()), [&b, &c, &a2]);
+        assert_eq!(live_of([("a", Some(&a)), ("a", Some(&a2))].into_iter()), [&a2], "added twice: once, the later");
+        assert!(live_of(std::iter::empty::<(&str, Option<&u32>)>()).is_empty());
     }
 }
