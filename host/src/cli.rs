@@ -16,7 +16,10 @@ use crate::ops::{Command, Cursor, FaultPoint};
 fn request_of(c: &Command) -> (&'static str, String, Option<Value>) {
     let conn = |n: &str| Some(json!({ "connection": n }));
     let (method, path, body) = match c {
-        Command::Connections(p) => return ("GET", format!("/v1/connections?{}", p.query()), None),
+        Command::Connections(p) => {
+            let q = p.query();
+            return ("GET", if q.is_empty() { "/v1/connections".into() } else { format!("/v1/connections?{q}") }, None);
+        }
         Command::Sas(p) => return ("GET", format!("/v1/sas?{}", p.query()), None),
         Command::Status(p) => return ("GET", format!("/v1/status?{}", p.query()), None),
         Command::Failures => ("GET", "/v1/failures", None),

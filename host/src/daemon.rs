@@ -165,7 +165,7 @@ fn open_tuns(cfg: &Config) -> Result<Vec<Tun>> {
             } else {
                 String::new()
             };
-            bail!("{first}{more}");
+            bail!("{what}: {first}{more}");
         }
         tuns.push(tun);
     }

@@ -160,17 +160,26 @@ pub struct ReloadContext {
     pub progress: ReloadProgress,
 }
 
-/// Connections a reload has removed and added so far, by name.
+/// Connections a reload has removed and added so far, by name, each
+/// once, in the order they went or came.
 #[derive(Debug, Default)]
 pub struct ReloadProgress {
     pub removed: Vec<String>,
     pub added: Vec<String>,
+    /// Which are in the lists already (a PoP's reload notes thousands).
+    noted: HashSet<(bool, String)>,
 }
 
 impl ReloadProgress {
-    fn note(list: &mut Vec<String>, name: &str) {
-        if !list.iter().any(|n| n == name) {
-            list.push(name.to_string());
+    fn note_removed(&mut self, name: &str) {
+        if self.noted.insert((false, name.to_string())) {
+            self.removed.push(name.to_string());
+        }
+    }
+
+    fn note_added(&mut self, name: &str) {
+        if self.noted.insert((true, name.to_string())) {
+            self.added.push(name.to_string());
         }
     }
 }
@@ -337,7 +346,7 @@ impl ControlPlane {
                     Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
                 }
                 self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
-                ReloadProgress::note(&mut self.reload_ctx.progress.removed, name);
+                self.reload_ctx.progress.note_removed(name);
                 // A connection loaded again under this name starts afresh.
                 self.terminated.remove(name);
                 self.traps.retain(|t| &t.connection != name);
@@ -370,7 +379,7 @@ impl ControlPlane {
             for ((c, w), group) in fresh.iter().zip(loaded).zip(groups) {
                 let name = c.name.get_ref();
                 let added = self.ike.add_connection(&w)?;
-                ReloadProgress::note(&mut self.reload_ctx.progress.added, name);
+                self.reload_ctx.progress.note_added(name);
                 if let Err(e) = added {
                     warn!(connection = %name, error = %e, "reload: the connection does not load");
                     errors.push(format!("{name}: {e}"));
@@ -397,7 +406,7 @@ impl ControlPlane {
                 }
             }
             // With a run a trap interrupted before this one, both runs' steps.
-            let ReloadProgress { removed: gone, added } = std::mem::take(&mut self.reload_ctx.progress);
+            let ReloadProgress { removed: gone, added, .. } = std::mem::take(&mut self.reload_ctx.progress);
             let (added_set, gone_set): (HashSet<&String>, HashSet<&String>) =
                 (added.iter().collect(), gone.iter().collect());
             let unchanged: Vec<String> = cfg

@@ -205,16 +205,23 @@ impl ConnectionPage {
         Ok(ConnectionPage { after, limit: limit_of(&p, "connections")?, only: Only::of(&p)? })
     }
 
-    /// The query that asks for this page.
+    /// The query that asks for this page. Without `limit=` when it is
+    /// the default, so that the first page of a plain listing is the
+    /// request a daemon from before the pages answers too (with every
+    /// connection, no `next`): a CLI upgraded before its daemon restarts
+    /// still lists.
     pub fn query(&self) -> String {
-        let mut q = format!("limit={}", self.limit);
+        let mut q = Vec::new();
+        if self.limit != DEFAULT_LIMIT {
+            q.push(format!("limit={}", self.limit));
+        }
         if let Some(a) = &self.after {
-            q += &format!("&after={}", percent_encode(a));
+            q.push(format!("after={}", percent_encode(a)));
         }
         if let Some(o) = &self.only {
-            q += &format!("&{}", o.query());
+            q.push(o.query());
         }
-        q
+        q.join("&")
     }
 
     /// This page's items out of `all` (in any order): those named after
@@ -486,6 +493,10 @@ mod tests {
     #[test]
     fn connection_queries_are_checked_whatever_the_name() {
         assert_eq!(ConnectionPage::from_query(None), Ok(ConnectionPage::default()));
+        // The default page asks as a daemon from before the pages understands.
+        assert_eq!(ConnectionPage::default().query(), "");
+        let only = ConnectionPage { only: Some(Only::Connection("s2s".into())), ..ConnectionPage::default() };
+        assert_eq!(only.query(), "connection=s2s");
         for name in ["s2s", "a b", "x&limit=1", "50%", "tenant=a", "gw-ü", "~._-", "child-1"] {
             let only = Some(Only::Tenant("t 1".into()));
             let p = ConnectionPage { after: Some(name.into()), limit: 3, only };

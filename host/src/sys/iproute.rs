@@ -39,15 +39,18 @@ pub fn ip_batch(netns: Option<&str>, lines: &[String]) -> anyhow::Result<Vec<(us
     let written = writer.join().map_err(|_| anyhow::anyhow!("`ip -batch`: the writer panicked"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failures = batch_failures(&stderr, lines.len());
-    if let Err(e) = written
-        && failures.is_empty()
-    {
+    // With -force, `ip` goes on past a failed line and exits 1 at the end.
+    // Anything else (it stopped reading, died, or exited otherwise) may
+    // have left lines after its last report untried: the whole batch is
+    // then a failure, not only the lines it named.
+    if let Err(e) = written {
         anyhow::bail!("`ip -batch` stopped reading its commands: {e} ({})", stderr.trim());
     }
-    if !out.status.success() && failures.is_empty() {
-        anyhow::bail!("`ip -batch` failed: {}", stderr.trim());
+    match out.status.code() {
+        Some(0) => Ok(failures),
+        Some(1) if !failures.is_empty() => Ok(failures),
+        _ => anyhow::bail!("`ip -batch` failed ({}): {}", out.status, stderr.trim()),
     }
-    Ok(failures)
 }
 
 /// The failed lines in `ip -batch`'s stderr: each `Command failed -:N`
