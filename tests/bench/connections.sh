@@ -21,12 +21,7 @@ PID=""
 stop() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; PID=""; }
 cleanup() { stop; ip netns del $NS 2>/dev/null; rm -rf "$DIR"; }
 trap cleanup EXIT
-ip netns add $NS
-ip -n $NS link set lo up
-ip -n $NS link add wan0 type veth peer name wan1
-ip -n $NS addr add 10.0.0.1/24 dev wan0
-ip -n $NS link set wan0 up
-ip -n $NS link set wan1 up
+lone_gateway $NS
 (umask 077; head -c 24 /dev/urandom | base64 >"$DIR/psk")
 
 # conf COUNT FILE: a config with COUNT connections.

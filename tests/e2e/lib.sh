@@ -22,3 +22,13 @@ v=json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."): v=v[k]
 print(v)' "$1" "$2"
 }
+# lone_gateway NS: a namespace for a daemon without a peer: lo up, and
+# wan0 (10.0.0.1/24; its veth peer wan1 in the same namespace) up.
+lone_gateway() {
+    ip netns add "$1"
+    ip -n "$1" link set lo up
+    ip -n "$1" link add wan0 type veth peer name wan1
+    ip -n "$1" addr add 10.0.0.1/24 dev wan0
+    ip -n "$1" link set wan0 up
+    ip -n "$1" link set wan1 up
+}

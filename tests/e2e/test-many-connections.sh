@@ -19,12 +19,7 @@ cleanup() {
     [ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
-ip netns add $NS
-ip -n $NS link set lo up
-ip -n $NS link add wan0 type veth peer name wan1
-ip -n $NS addr add 10.0.0.1/24 dev wan0
-ip -n $NS link set wan0 up
-ip -n $NS link set wan1 up
+lone_gateway $NS
 (umask 077; head -c 24 /dev/urandom | base64 >"$DIR/psk")
 
 # conf SOURCE: the config, with connections 1..N (names not in name order:
