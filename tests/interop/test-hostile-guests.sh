@@ -187,6 +187,9 @@ ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(jso
 # The inbound SPIs of a status JSON's CHILD SAs (spis_of FILE), of a running daemon's (child_spis DIR).
 spis_of() { python3 -c 'import json,sys; print(" ".join(c["inbound_spi"] for c in json.load(open(sys.argv[1]))["child_sas"]))' "$1"; }
 child_spis() { wasmsec_ctl "$1" status >"$1/spis.json" 2>/dev/null && spis_of "$1/spis.json"; }
+# replaced BEFORE NOW: CHILD SAs were up before and are now, and the one
+# before (its inbound SPI) is not among those now.
+replaced() { [ -n "$1" ] && [ -n "$2" ] && ! grep -qw "$1" <<<"$2"; }
 
 # IKE attacks: A's IKE guest is hostile; its only connection's name picks
 # the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.
@@ -475,7 +478,7 @@ for _ in range(60): s.sendto(b"x" * 64, (sys.argv[2], 9))' "$1" "$2"; }
     check "$what: A's host reported the hard limit the guest kept quiet" \
         grep -q "SA at its limit by the host's count before the ESP guest said so.*limit=\"hard\"" "$A/wasmsec.log"
     check "$what: the CHILD SA was replaced ($first -> $now_spis)" \
-        bash -c "[ -n '$first' ] && [ -n '$now_spis' ] && ! grep -qw '$first' <<<'$now_spis'"
+        replaced "$first" "$now_spis"
     check "$what: its successor carries traffic ($after/5)" [ "$after" -ge 4 ]
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
     check "$what: the daemon is still running" [ "$alive" = yes ]
@@ -505,7 +508,7 @@ life_packets = 1000"
     check "$what: A's host reported the soft limit the guest kept quiet" \
         grep -q "SA at its limit by the host's count before the ESP guest said so.*limit=\"soft\"" "$A/wasmsec.log"
     check "$what: IKE rekeyed the CHILD SA ($first -> $now_spis)" \
-        bash -c "[ -n '$first' ] && [ -n '$now_spis' ] && ! grep -qw '$first' <<<'$now_spis'"
+        replaced "$first" "$now_spis"
     check "$what: traffic went on across the rekey ($got/15 pings)" [ "$got" -ge 14 ]
     check "$what: no SA reached its hard limit ($expired sa_expired drops)" [ "$expired" -eq 0 ]
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
