@@ -6,7 +6,8 @@
 
 use wasmsec_wire::ike::NotifyType;
 
-use crate::config::{Connection, Timing};
+use crate::config::Timing;
+use crate::connections::Connections;
 use crate::crypto::IkeCrypto;
 use crate::dos::Dos;
 use crate::output::{Datagram, Event, Level, Output, Transmit};
@@ -24,7 +25,7 @@ pub(crate) struct Ctx<'a> {
     /// The host's keystore and IKE crypto.
     pub crypto: &'a mut dyn IkeCrypto,
     /// The configured connections; an IKE SA's `conn` indexes them.
-    pub conns: &'a [Connection],
+    pub conns: &'a Connections,
     /// Every IKE SA but the one being worked on.
     pub sas: &'a mut SaTable,
     /// The responder's IKE_SA_INIT flood defences.

@@ -8,6 +8,7 @@
 use wasmsec_wire::ike::{ExchangeType, Header, Packet};
 
 use crate::config::{Connection, ConnectionConfig, StartAction, Timing};
+use crate::connections::Connections;
 use crate::crypto::IkeCrypto;
 use crate::ctx::{Ctx, Fate, SaTable};
 use crate::dos::Dos;
@@ -43,7 +44,7 @@ impl SaPhase {
 
 /// The IKEv2 engine: connections, IKE SAs and what to do next.
 pub struct Engine {
-    conns: Vec<Connection>,
+    conns: Connections,
     sas: SaTable,
     dos: Dos,
     out: Output,
@@ -57,7 +58,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(timing: Timing) -> Engine {
         Engine {
-            conns: Vec::new(),
+            conns: Connections::default(),
             sas: SaTable::new(),
             dos: Dos::default(),
             out: Output::default(),
@@ -258,24 +259,21 @@ impl Engine {
 
     /// Load a connection; returns warnings about skipped algorithms.
     pub fn add_connection(&mut self, cfg: ConnectionConfig) -> Result<Vec<String>, Error> {
-        if self.conns.iter().any(|c| !c.removed && c.cfg.name == cfg.name) {
+        if self.conns.index(&cfg.name).is_ok() {
             return Err(Error::Config(format!("connection {:?} is defined twice", cfg.name)));
         }
         let (conn, warnings) = Connection::new(cfg, &self.timing)?;
+        let (i, before) = self.conns.add(conn)?;
         // A name removed by an earlier reload counts on from where it was:
         // the host's metrics are by name and must not go backwards.
-        if let Some(old) = self.conns.iter().rposition(|c| c.removed && c.cfg.name == conn.cfg.name) {
-            self.by_conn.inherit(old, self.conns.len());
+        if let Some(old) = before {
+            self.by_conn.inherit(old, i);
         }
-        self.conns.push(conn);
         Ok(warnings)
     }
 
     fn conn_index(&self, name: &str) -> Result<usize, Error> {
-        self.conns
-            .iter()
-            .position(|c| !c.removed && c.cfg.name == name)
-            .ok_or_else(|| Error::Admin(format!("no connection {name:?}")))
+        self.conns.index(name)
     }
 
     /// Remove connection `name` (a reload): its IKE SAs are deleted as by
@@ -283,8 +281,7 @@ impl Engine {
     /// many IKE SAs it had.
     pub fn remove_connection(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, Error> {
         let n = self.terminate(now, name, crypto)?;
-        let conn = self.conn_index(name)?;
-        self.conns[conn].removed = true;
+        self.conns.remove(name)?;
         Ok(n)
     }
 

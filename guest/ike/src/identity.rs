@@ -127,6 +127,22 @@ impl Identity {
     }
 }
 
+/// An identification as an index holds it: two are equal exactly when
+/// [`Identity::matches`] takes one for the other (names compare without
+/// ASCII case, everything else byte for byte).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct IdKey(IdType, Vec<u8>);
+
+impl IdKey {
+    pub fn of(id: &Identification) -> IdKey {
+        let data = match id.id_type {
+            IdType::Fqdn | IdType::Rfc822Addr => id.data.to_ascii_lowercase(),
+            _ => id.data.clone(),
+        };
+        IdKey(id.id_type, data)
+    }
+}
+
 /// The kinds of identity a policy module is told (`wasmsec:policy/types`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyIdKind {
@@ -220,5 +236,29 @@ mod tests {
         assert!(!Identity::parse("198.18.0.1").unwrap().matches(&idf("gwa.interop.test")));
         assert!(Identity::Any.matches(&idf("anything")));
         assert_eq!(Show(&idf("198.18.0.1")).to_string(), "198.18.0.1");
+    }
+
+    #[test]
+    fn index_keys_are_equal_exactly_when_identities_match() {
+        let ids = [
+            "gwa.interop.test",
+            "GWA.Interop.Test",
+            "gwb.interop.test",
+            "vpn@example.com",
+            "VPN@Example.COM",
+            "198.18.0.1",
+            "198.18.0.2",
+            "2001:db8::1",
+            "keyid:#0a0b0c",
+            "keyid:#0A0B0D",
+            "C=CH, O=strongSwan, CN=gw",
+            "C=CH, O=strongSwan, CN=GW",
+        ];
+        for a in ids {
+            for b in ids {
+                let (want, got) = (Identity::parse(a).unwrap(), idf(b));
+                assert_eq!(want.matches(&got), IdKey::of(&idf(a)) == IdKey::of(&got), "{a} against {b}");
+            }
+        }
     }
 }

@@ -14,10 +14,12 @@
 //! (one module per exchange; message plumbing in `exchange/mod.rs`),
 //! `sa/` (an IKE SA's state, its CHILD SAs, its lifecycle), `dos`
 //! (half-open cap, cookies, rate limit), `ctx` (what an exchange may
-//! touch), `config`, `output`, `error`, `stats`.
+//! touch), `config`, `connections` (the loaded connections and their
+//! indexes), `output`, `error`, `stats`.
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod connections;
 pub mod crypto;
 mod ctx;
 mod dos;

@@ -129,10 +129,11 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
                     proposal::check_answer(&offer, &c.ike, Kind::Ike, false).is_some()
                 })
         };
-        let alt = ctx.conns.iter().position(|c| named(c) && fits(c)).or_else(|| {
+        let alt = ctx.conns.naming(&idi, |c| named(c) && fits(c)).or_else(|| {
             // No connection names it: the one IKE_SA_INIT chose, if it takes
-            // any identity, else the first that does.
-            if ctx.conns[sa.conn].remote_id.matches(&idi) { Some(sa.conn) } else { ctx.conns.iter().position(fits) }
+            // any identity, else the first that does (one that names this
+            // identity would have been found above).
+            if ctx.conns[sa.conn].remote_id.matches(&idi) { Some(sa.conn) } else { ctx.conns.taking_any_id(fits) }
         });
         match alt {
             Some(c) => sa.conn = c,

@@ -109,7 +109,7 @@ fn error_response(ctx: &mut Ctx, h: &Header, d: &Datagram, n: NotifyType, data: 
 
 /// The first connection whose addresses match.
 fn connection_for(ctx: &Ctx, local: &Endpoint, remote: &Endpoint) -> Option<usize> {
-    ctx.conns.iter().position(|c| c.matches_addrs(&local.addr, &remote.addr))
+    ctx.conns.for_addrs(&local.addr, &remote.addr)
 }
 
 /// As responder: a new IKE_SA_INIT request (SPIr 0, Message ID 0).
