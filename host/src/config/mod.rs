@@ -37,7 +37,7 @@ pub use sections::{
     Manual, Network, Policy, RawEspSend, Runtime, StartAction, Tunnel,
 };
 pub use tenant::Tenant;
-pub use values::{Identity, KeySource, Prefix, Proposals, Sources, Spi, show_ts};
+pub use values::{Identity, KeySource, Prefix, Proposals, SecretReads, Sources, Spi, show_ts};
 
 /// A whole config file, parsed and checked.
 #[derive(Debug, Deserialize)]

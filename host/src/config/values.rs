@@ -241,8 +241,16 @@ impl<'de> Deserialize<'de> for Spi {
     }
 }
 
+/// Pre-shared keys read for one pass over the config (a start or a
+/// reload), each source once: a PoP's thousands of connections often share
+/// one key file, and each read is a stat, an open and a read. Dropped,
+/// and so wiped, when the pass is done; a file changed meanwhile is read
+/// at the next pass.
+#[derive(Default)]
+pub struct SecretReads(std::collections::HashMap<KeySource, Result<Zeroizing<Vec<u8>>, String>>);
+
 /// Where a key comes from. Keys are never written in the config itself.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum KeySource {
     File(PathBuf),
     Env(String),
@@ -307,6 +315,11 @@ impl KeySource {
             return Err(format!("pre-shared key from {self:?} is empty"));
         }
         Ok(Zeroizing::new(t.as_bytes().to_vec()))
+    }
+
+    /// Read a pre-shared key through `reads`, which reads each source once.
+    pub fn load_secret_via(&self, base: &Path, reads: &mut SecretReads) -> Result<Zeroizing<Vec<u8>>, String> {
+        reads.0.entry(self.clone()).or_insert_with(|| self.load_secret(base)).clone()
     }
 
     /// Read a bearer token: the text, without its line end; never empty.

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::domains::connection_routes;
 use super::{ControlPlane, Trap};
-use crate::config::{self, Config, DpdAction, StartAction};
+use crate::config::{self, Config, DpdAction, SecretReads, StartAction};
 use crate::ops::{Answer, Refusal};
 use crate::wasm::ike::{self, IkeInstance};
 
@@ -43,8 +43,9 @@ pub fn wit_connection(
     base: &Path,
     ike: &mut IkeInstance,
     force_encap: bool,
+    reads: &mut SecretReads,
 ) -> Result<ike::Connection> {
-    let psk = c.psk.load_secret(base).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
+    let psk = c.psk.load_secret_via(base, reads).map_err(|e| anyhow::anyhow!("psk: {e}"))?;
     let addr = |a: &std::net::IpAddr| match a {
         std::net::IpAddr::V4(v) => v.octets().to_vec(),
         std::net::IpAddr::V6(v) => v.octets().to_vec(),
@@ -102,9 +103,10 @@ pub fn load_connections(
 ) -> Result<(Vec<Trap>, Vec<ike::Connection>)> {
     let mut traps = Vec::new();
     let mut loaded = Vec::new();
+    let mut reads = SecretReads::default();
     for c in &cfg.connection {
         let at = format!("{}: connection {:?}", file.display(), c.name.get_ref());
-        let conn = wit_connection(c, base, ike, force_encap).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        let conn = wit_connection(c, base, ike, force_encap, &mut reads).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
         match ike.add_connection(&conn)? {
             Ok(warnings) => warnings.iter().for_each(|w| warn!(connection = %c.name.get_ref(), "{w}")),
             Err(e) => bail!("{at}: {e}"),
@@ -229,6 +231,34 @@ impl ControlPlane {
         }))
     }
 
+    /// A reload's removal of connection `name` (its key's handle `psk`):
+    /// from the guest, the history and the maps by name. Its config
+    /// section and traps are the caller's to drop. An error is a trap.
+    fn remove_for_reload(&mut self, now: u64, name: &str, psk: Option<u64>) -> Result<()> {
+        match self.ike.remove_connection(now, name)? {
+            Ok(n) => {
+                info!(connection = %name, ike_sas = n, "reload: connection removed");
+                self.history.push(Step::Remove(name.to_string()));
+                // Its key authenticates no one any more, and what its IKE
+                // SAs would still key installs nowhere (a connection loaded
+                // again under its name has a key handle of its own).
+                if let Some(h) = psk {
+                    self.ike.store.data_mut().forget_psk(h);
+                }
+            }
+            // Not loaded in the guest (it refused it at an earlier reload):
+            // nothing to replay, and a replayed removal the guest refuses
+            // would fail every replacement.
+            Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
+        }
+        self.reload_ctx.progress.note_removed(name);
+        // A connection loaded again under this name starts afresh.
+        self.terminated.remove(name);
+        self.children.groups.remove(name);
+        self.children.bounds.remove(name);
+        Ok(())
+    }
+
     fn reload_connections(&mut self, now: u64) -> Result<Answer> {
         let cfg = match Config::load(&self.reload_ctx.path) {
             Ok(c) => c,
@@ -276,11 +306,18 @@ impl ControlPlane {
         // Everything that can refuse, before anything changes.
         // A connection's guest group is its domain's group of its component.
         let components = self.runtime.esp_groups();
+        // A loaded connection of each component (the first in load order).
+        let mut of_component: HashMap<&Path, &config::Connection> = HashMap::new();
+        for o in &old {
+            if let Some(p) = &o.esp_component {
+                of_component.entry(p.as_path()).or_insert(o);
+            }
+        }
         let mut groups = Vec::new();
         for c in &fresh {
             let component = match &c.esp_component {
                 None => Some(0),
-                Some(p) => match old.iter().find(|o| o.esp_component.as_ref() == Some(p)) {
+                Some(p) => match of_component.get(p.as_path()) {
                     Some(o) => self.children.groups.get(o.name.get_ref()).map(|g| g % components),
                     None => {
                         return Ok(Err(Refusal::new(
@@ -299,9 +336,10 @@ impl ControlPlane {
         // Unchanged connections whose key file changed: the new key, read
         // before anything changes (an unreadable file refuses the reload).
         let mut new_keys = Vec::new();
+        let mut reads = SecretReads::default();
         let psk_of: HashMap<String, u64> = self.live_connections().iter().map(|w| (w.name.clone(), w.psk)).collect();
         for c in cfg.connection.iter().filter(|c| same(c)) {
-            let psk = c.psk.load_secret(&base).map_err(|e| anyhow::anyhow!("psk: {e}"));
+            let psk = c.psk.load_secret_via(&base, &mut reads).map_err(|e| anyhow::anyhow!("psk: {e}"));
             let handle = psk_of.get(c.name.get_ref()).copied();
             match (psk, handle) {
                 (Ok(k), Some(h)) => new_keys.push((c.name.get_ref().clone(), h, k)),
@@ -311,7 +349,7 @@ impl ControlPlane {
         }
         let mut loaded = Vec::new();
         for c in &fresh {
-            match wit_connection(c, &base, &mut self.ike, force_encap) {
+            match wit_connection(c, &base, &mut self.ike, force_encap, &mut reads) {
                 Ok(w) => loaded.push(w),
                 Err(e) => {
                     for w in &loaded {
@@ -326,33 +364,20 @@ impl ControlPlane {
         // did not take (it refused it, or a trap came first) is not kept.
         let psks: Vec<u64> = loaded.iter().map(|w| w.psk).collect();
         let answer = (|| -> Result<Answer> {
-            for name in &gone {
-                let psk = psk_of.get(name).copied();
-                match self.ike.remove_connection(now, name)? {
-                    Ok(n) => {
-                        info!(connection = %name, ike_sas = n, "reload: connection removed");
-                        self.history.push(Step::Remove(name.clone()));
-                        // Its key authenticates no one any more, and what
-                        // its IKE SAs would still key installs nowhere (a
-                        // connection loaded again under its name has a
-                        // key handle of its own).
-                        if let Some(h) = psk {
-                            self.ike.store.data_mut().forget_psk(h);
-                        }
-                    }
-                    // Not loaded in the guest (it refused it at an earlier
-                    // reload): nothing to replay, and a replayed removal the
-                    // guest refuses would fail every replacement.
-                    Err(e) => warn!(connection = %name, error = %e, "reload: cannot remove the connection"),
+            // The sections and traps of the connections removed, in one
+            // pass after the removals (one pass per removal was quadratic
+            // at a PoP's thousands), also when a trap cuts them short.
+            let mut went: HashSet<&str> = HashSet::new();
+            let removals = (|| -> Result<()> {
+                for name in &gone {
+                    self.remove_for_reload(now, name, psk_of.get(name).copied())?;
+                    went.insert(name);
                 }
-                self.reload_ctx.sections.retain(|s| s.name.get_ref() != name);
-                self.reload_ctx.progress.note_removed(name);
-                // A connection loaded again under this name starts afresh.
-                self.terminated.remove(name);
-                self.traps.retain(|t| &t.connection != name);
-                self.children.groups.remove(name);
-                self.children.bounds.remove(name);
-            }
+                Ok(())
+            })();
+            self.reload_ctx.sections.retain(|s| !went.contains(s.name.get_ref().as_str()));
+            self.traps.retain(|t| !went.contains(t.connection.as_str()));
+            removals?;
             let tenant_names = tenants.names();
             if !tenants.is_empty() {
                 self.apply_tenants(tenants, self.reload_ctx.policy_watch);
