@@ -24,7 +24,8 @@
 //! compares measurements at most a quarter second apart. Prints each
 //! path's median ns/packet and Gbit/s, and its share of raw speed: the
 //! median of the rounds' ratios, the middle half of them and their range.
-//! `WASMSEC_BENCH_ROUNDS` and `WASMSEC_BENCH_ROUND_MS` set the rounds (until
+//! `WASMSEC_BENCH_SIZES=1400` or `=imix` runs one workload only (for a
+//! profiler). `WASMSEC_BENCH_ROUNDS` and `WASMSEC_BENCH_ROUND_MS` set the rounds (until
 //! 2026-12-04 the bench ran 9 rounds of 250 ms: on a noisy VM the median of
 //! nine ratios swung by ten points from run to run).
 //! Run: `cargo xtask bench` (builds the component first); `cargo bench -p
@@ -445,8 +446,13 @@ fn main() {
     let full: Vec<Vec<u8>> = (0..BATCH).map(|_| inner_packet(PACKET)).collect();
     let imix: Vec<Vec<u8>> = (0..BATCH).map(|i| inner_packet(IMIX[i % IMIX.len()])).collect();
     let ip = if inner_v6() { "IPv6" } else { "IPv4" };
+    let sizes = std::env::var("WASMSEC_BENCH_SIZES").unwrap_or_default();
     for (label, pkts) in
         [(format!("{PACKET}-byte {ip} inner packets"), full), (format!("{ip} IMIX (7:4:1 of 64, 576, 1400 B)"), imix)]
+            .into_iter()
+            .zip([PACKET.to_string(), "imix".into()])
+            .filter(|(_, size)| sizes.is_empty() || sizes.split(',').any(|s| s == size))
+            .map(|(workload, _)| workload)
     {
         println!(
             "ESP encap+decap, {label}, AES-256-GCM-16, batches of {BATCH}, one core, \

@@ -16,9 +16,12 @@
 # it is up. AES-256-GCM, PRF-SHA256, X25519; PSK. With STANDING=N the
 # rate phase first sets up N IKE SAs that stay up while the setups are
 # measured (N + IN_FLIGHT <= 16,382, the generator's addresses): does a
-# setup cost more when the responder holds many SAs?
+# setup cost more when the responder holds many SAs? With OTHERS=N
+# wasmsec's config also holds N connections of other peers (each its own
+# address and identity, none the generator's), as a PoP's does: does a
+# setup cost more when the responder has many connections to choose from?
 #
-# Env: SEQ=200 RATE_SETUPS=20000 RATE_SECS=30 IN_FLIGHT=24 STANDING=0
+# Env: SEQ=200 RATE_SETUPS=20000 RATE_SECS=30 IN_FLIGHT=24 STANDING=0 OTHERS=0
 #      RESPONDERS="wasmsec strongswan" IKELOAD=path (built by cargo xtask)
 # `cargo xtask bench-handshakes` builds everything and runs this.
 source "$(dirname "$0")/../interop/lib.sh"
@@ -29,6 +32,7 @@ RATE_SETUPS=${RATE_SETUPS:-20000}
 RATE_SECS=${RATE_SECS:-30}
 IN_FLIGHT=${IN_FLIGHT:-24}
 STANDING=${STANDING:-0}
+OTHERS=${OTHERS:-0}
 RESPONDERS=${RESPONDERS:-wasmsec strongswan}
 IKELOAD=${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}
 RESULTS=$STATE/results.txt
@@ -48,7 +52,13 @@ start_responder() {
     rm -rf "$d"; mkdir -p "$d"
     case $1 in
         wasmsec)
-            W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B %any $LAN_B $IKELOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
+            local i more=$STATE/more-connections.toml
+            : >"$more"
+            for i in $(seq 1 "$OTHERS"); do
+                wasmsec_connection "other$i" "" "100.$((64 + i / 65536)).$((i / 256 % 256)).$((i % 256))" "$ID_B" \
+                    "other$i.peer.test" "[\"$LAN_B\"]" "[\"10.$((100 + i / 65536)).$((i / 256 % 256)).$((i % 256))/32\"]" none
+            done >"$more"
+            WASMSEC_MORE_CONNECTIONS=$more W_NO_KEYLOG=1 wasmsec_start wsi-gwb "$d" $WAN_B %any $ID_B %any $LAN_B $IKELOAD_TS 198.18.2.1 none >"$d/start.out" 2>&1
             RESP_PID=$(cat "$d/pid") ;;
         strongswan)
             # strongSwan's default log levels (lib.sh logs more for the tests).
@@ -76,7 +86,7 @@ load() {
     return 0
 }
 
-echo "handshakes.sh: $(date -u +%FT%TZ), $(nproc) vCPU, $(uname -r); sequential $SEQ, then $RATE_SETUPS with $IN_FLIGHT in flight (at most ${RATE_SECS}s), $STANDING IKE SAs standing"
+echo "handshakes.sh: $(date -u +%FT%TZ), $(nproc) vCPU, $(uname -r); sequential $SEQ, then $RATE_SETUPS with $IN_FLIGHT in flight (at most ${RATE_SECS}s), $STANDING IKE SAs standing, $OTHERS other connections"
 topo_up
 ikeload_topology
 : >"$RESULTS"

@@ -246,6 +246,8 @@ wasmsec_start() {
         W_CONTROL_EXTRA=${WASMSEC_CONTROL_EXTRA:-} W_CONN_EXTRA=${WASMSEC_CONN_EXTRA:-} \
         W_NETWORK_EXTRA=${WASMSEC_NETWORK_EXTRA:-} \
         W_CHILD_EXTRA=${WASMSEC_CHILD_EXTRA:-} W_IKE_EXTRA=${WASMSEC_IKE_EXTRA:-} wasmsec_conf "$d/wasmsec.toml"
+    # More [[connection]] sections after the first (benchmarks at scale).
+    if [ -n "${WASMSEC_MORE_CONNECTIONS:-}" ]; then cat "$WASMSEC_MORE_CONNECTIONS" >>"$d/wasmsec.toml"; fi
     ip netns exec "$ns" "$WASMSEC_BIN" run --config "$d/wasmsec.toml" --stats-file "$d/stats.json" >"$d/wasmsec.log" 2>&1 </dev/null &
     PIDS+=($!)
     echo $! >"$d/pid"
