@@ -266,7 +266,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         ike,
         runtime: p.runtime.clone(),
         history_applied: connections.len(),
-        history: connections.into_iter().map(crate::control::connections::Step::Add).collect(),
+        history: crate::control::connections::History::loaded(connections),
         reload_ctx: crate::control::connections::ReloadContext {
             path: config_path.to_path_buf(),
             base: base.to_path_buf(),

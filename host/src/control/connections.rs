@@ -28,6 +28,48 @@ pub enum Step {
     Remove(String),
 }
 
+/// The steps the IKE guest's connections took, in order, and every name
+/// they ever added. The guest is untrusted: only such names become metric
+/// labels, a check made for every connection whose counters moved in a
+/// round, which a pass over a PoP's history made cost thousands of string
+/// compares each.
+#[derive(Debug, Default)]
+pub struct History {
+    steps: Vec<Step>,
+    names: HashSet<String>,
+}
+
+impl History {
+    /// The history of connections loaded at start.
+    pub fn loaded(connections: Vec<ike::Connection>) -> History {
+        let mut h = History::default();
+        connections.into_iter().for_each(|c| h.push(Step::Add(c)));
+        h
+    }
+
+    pub fn push(&mut self, step: Step) {
+        if let Step::Add(c) = &step
+            && !self.names.contains(&c.name)
+        {
+            self.names.insert(c.name.clone());
+        }
+        self.steps.push(step);
+    }
+
+    /// Was a connection of this name ever loaded?
+    pub fn ever_added(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+impl std::ops::Deref for History {
+    type Target = [Step];
+
+    fn deref(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
 /// The `trap` of a connection, if it has one.
 fn trap(c: &config::Connection) -> Option<Trap> {
     // `dpd_action = "hold"` is a trap that waits for traffic after a dead peer.
@@ -459,7 +501,7 @@ impl ControlPlane {
 
 #[cfg(test)]
 mod tests {
-    use super::live_of;
+    use super::{History, Step, ike, live_of};
 
     #[test]
     fn what_the_steps_leave_in_the_order_added() {
@@ -468,5 +510,40 @@ mod tests {
         assert_eq!(live_of(steps.into_iter()), [&b, &c, &a2]);
         assert_eq!(live_of([("a", Some(&a)), ("a", Some(&a2))].into_iter()), [&a2], "added twice: once, the later");
         assert!(live_of(std::iter::empty::<(&str, Option<&u32>)>()).is_empty());
+    }
+
+    fn conn(name: &str) -> ike::Connection {
+        ike::Connection {
+            name: name.into(),
+            local_addrs: vec![],
+            remote_addrs: vec![],
+            local_id: "gw.test".into(),
+            remote_id: "%any".into(),
+            psk: 1,
+            ike_proposals: String::new(),
+            children: vec![],
+            start_action: ike::StartAction::None,
+            force_encap: false,
+            nat_keepalive_ms: 0,
+            rekey_time_ms: 0,
+            reauth_time_ms: 0,
+            dpd_delay_ms: 0,
+            dpd_action: ike::DpdAction::Clear,
+        }
+    }
+
+    #[test]
+    fn the_history_knows_every_name_it_ever_added() {
+        let mut h = History::loaded(vec![conn("a"), conn("b")]);
+        h.push(Step::Remove("a".into()));
+        h.push(Step::Add(conn("c")));
+        h.push(Step::Remove("c".into()));
+        h.push(Step::Add(conn("c")));
+        assert_eq!(h.len(), 6);
+        assert!(matches!(&h[2], Step::Remove(n) if n == "a"));
+        // Removed since, still a name the daemon loaded (its counters
+        // stay on /metrics); never loaded: not a name to label with.
+        assert!(["a", "b", "c"].iter().all(|n| h.ever_added(n)));
+        assert!(!h.ever_added("d") && !h.ever_added(""));
     }
 }

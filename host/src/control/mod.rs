@@ -85,7 +85,7 @@ pub struct ControlPlane {
     /// The connections added to and removed from the IKE guest, in order:
     /// a new instance gets the same, around its checkpoints' restore
     /// (`history_applied`).
-    pub history: Vec<connections::Step>,
+    pub history: connections::History,
     /// How much of `history` the guest's last taken output (and with it
     /// the checkpoints) covers. A replacement replays the steps after it
     /// once the checkpoints are restored, so that a removal whose DELETEs
@@ -667,7 +667,7 @@ impl ControlPlane {
     /// Was a connection of this name ever loaded? The guest is untrusted:
     /// only such names become metric labels.
     fn loaded(&self, name: &str) -> bool {
-        self.history.iter().any(|s| matches!(s, connections::Step::Add(c) if c.name == name))
+        self.history.ever_added(name)
     }
 
     /// What `/metrics` shows of the IKE side.
