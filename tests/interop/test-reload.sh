@@ -5,7 +5,8 @@
 # through it loses nothing. A config that does not load is refused (400)
 # and changes nothing. A removal lost with a trapped IKE guest is carried
 # out again by its replacement, and so is a reload the guest traps in
-# partway, from where it got.
+# partway, from where it got. Reloads that remove 1,100 connections have the
+# guest replaced by one without them, the IKE SAs carrying on.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
@@ -178,6 +179,37 @@ for _ in $(seq 50); do swanctl --list-sas --uri "unix://$A/charon.vici" 2>/dev/n
 check "strongSwan has no SA of add: its DELETE, lost with the guest, was sent again" \
     bash -c "! swanctl --list-sas --uri unix://$A/charon.vici | grep -q '^add'"
 check "... and s2s is untouched" [ "$(spis s2s)" = "$keep" ]
+
+# A PoP's reloads change thousands of connections, and a guest keeps
+# each removed one (its SAs name it by index): once it holds 1,024 or more
+# removed connections, and at least as many as loaded, it is replaced from
+# its checkpoints by one with the loaded connections only. The IKE SAs
+# carry on through it, under their connections' new indexes.
+cp "$B/wasmsec.toml" "$B/before-many.toml"
+for i in $(seq 1 1100); do
+    wasmsec_connection "idle$i" $WAN_B "100.64.$((i / 256)).$((i % 256))" "$ID_B" "idle$i.interop.test" \
+        '["198.18.2.0/26"]' "[\"100.80.$((i / 256)).$((i % 256))/32\"]" none
+done >"$B/idle.toml"
+cat "$B/before-many.toml" "$B/idle.toml" >"$B/wasmsec.toml"
+check "reload: 1,100 idle connections added" bash -c "w() { '$WASMSEC_BIN' \"\$@\" --socket '$B/ctl.sock'; }
+    w reload --json | python3 -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)[\"added\"]) == 1100 else 1)'"
+cp "$B/before-many.toml" "$B/wasmsec.toml"
+check "reload: the 1,100 removed again" bash -c "w() { '$WASMSEC_BIN' \"\$@\" --socket '$B/ctl.sock'; }
+    w reload --json | python3 -c 'import json,sys; sys.exit(0 if len(json.load(sys.stdin)[\"removed\"]) == 1100 else 1)'"
+for _ in $(seq 50); do grep -q "held many removed connections" "$B/wasmsec.log" && break; sleep 0.1; done
+check "the guest holding 1,100 removed connections was replaced by one with the loaded ones" \
+    grep -Eq "held many removed connections: replaced from its checkpoints by one with the loaded connections only removed_connections=11[0-9]{2} " "$B/wasmsec.log"
+# The replacement's own line comes just before.
+check "... its two IKE SAs carried on" \
+    bash -c "grep -B3 'held many removed connections' '$B/wasmsec.log' | grep -q 'IKE guest replaced; its IKE SAs carry on ike_sas=2'"
+check "... s2s untouched ($(spis s2s))" [ "$(spis s2s)" = "$keep" ]
+check "... a ping through s2s passes" ping_ok wsi-hosta $HOST_B
+dropped=$(spis drop)
+for _ in $(seq 3); do w rekey drop >/dev/null 2>&1 && break; sleep 0.5; done
+for _ in $(seq 50); do [ "$(spis drop)" != "$dropped" ] && [ "$(wc -w <<<"$(spis drop)")" = 1 ] && break; sleep 0.2; done
+check "... and drop's restored IKE SA rekeys its CHILD SA ($dropped -> $(spis drop))" \
+    [ -n "$(spis drop)" -a "$(spis drop)" != "$dropped" -a "$(wc -w <<<"$(spis drop)")" = 1 ]
+check "the daemon lists the 2 loaded connections" bash -c "'$WASMSEC_BIN' list-conns --json --socket '$B/ctl.sock' | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)[\"connections_total\"] == 2 else 1)'"
 
 # SIGTERM deletes every IKE SA at the peer before the daemon exits.
 kill -TERM $WPID

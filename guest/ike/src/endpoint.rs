@@ -124,22 +124,27 @@ impl Engine {
     /// `sa::table`): `(our SPI, Some(bytes))` for an established SA whose
     /// state changed, `(our SPI, None)` for one that is gone.
     pub fn poll_checkpoints(&mut self) -> Vec<(u64, Option<Vec<u8>>)> {
-        self.sas.take_checkpoints()
+        let conns = &self.conns;
+        self.sas.take_checkpoints(|i| conns.get(i).map_or("", |c| c.cfg.name.as_str()))
     }
 
     /// Take up the IKE SAs of a trapped predecessor from their last
-    /// checkpoints. The connections must have been added as they were
-    /// there, in the same order (an SA names its connection by index).
-    /// Returns how many SAs were restored.
+    /// checkpoints. Each names its connection, which must be loaded here
+    /// (in any order, under any index). Returns how many SAs were
+    /// restored; a checkpoint of a connection not loaded refuses them all.
     pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<usize, Error> {
-        let mut n = 0;
+        // All or none: every checkpoint is checked before one is taken.
+        let mut restored = Vec::with_capacity(checkpoints.len());
         for bytes in checkpoints {
-            let sa = crate::sa::table::decode(bytes).map_err(Error::Admin)?;
-            if sa.conn >= self.conns.len() {
-                return Err(Error::Admin(format!("checkpoint of an IKE SA of connection #{} we do not have", sa.conn)));
-            }
+            let (name, mut sa) = crate::sa::table::decode(bytes).map_err(Error::Admin)?;
+            sa.conn = self.conns.index(&name).map_err(|_| {
+                Error::Admin(format!("checkpoint of an IKE SA of connection {name:?}, which is not loaded"))
+            })?;
+            restored.push((sa, bytes));
+        }
+        let n = restored.len();
+        for (sa, bytes) in restored {
             self.sas.restore(sa.our_spi(), sa, bytes);
-            n += 1;
         }
         Ok(n)
     }

@@ -79,3 +79,41 @@ fn the_rekeying_side_replaced_keeps_its_timers_and_requests() {
     let starts = a.logs.iter().filter(|l| l.contains("initiating IKE_SA")).count();
     assert_eq!(starts, 1, "A never had to start over: {:?}", a.logs);
 }
+
+/// A replacement gets the connections loaded now, not every one that
+/// ever was (a PoP's reloads would otherwise pile them up): the
+/// checkpoints name their connection, which may have another index there.
+#[test]
+fn checkpoints_find_their_connection_by_name_under_another_index() {
+    let conf = Conf { rekey_ms: 20_000, ..Default::default() };
+    let (mut a, mut b) = connect(&conf, &conf, &mut all);
+    let checkpoints: Vec<Vec<u8>> = b.checkpoints.values().cloned().collect();
+    // Other connections first: "site" is the fourth here, the first there.
+    let mut e = Engine::new(conf.timing);
+    for k in 0..3 {
+        let mut other = connection(B, A, &conf, b.psk);
+        other.name = format!("other{k}");
+        other.remote_addrs = vec![format!("192.0.2.{k}").parse().unwrap()];
+        other.remote_id = format!("other{k}.test");
+        e.add_connection(other).unwrap();
+    }
+    e.add_connection(connection(B, A, &conf, b.psk)).unwrap();
+    b.engine = e;
+    assert_eq!(b.engine.restore(&checkpoints).unwrap(), 1);
+    assert_eq!(b.engine.established(), (1, 1));
+    // It carries on under "site": CHILD SA rekeys, answered by B.
+    let installed = b.installed.len();
+    run_from(&mut a, &mut b, 120_001, 180_000, &mut all);
+    assert!(b.installed.len() >= installed + 2, "{:?}", b.logs);
+    assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)));
+    assert_live_pairs(&a, &b, 1);
+    // Without "site" loaded the checkpoints are refused, none taken.
+    let checkpoints: Vec<Vec<u8>> = b.checkpoints.values().cloned().collect();
+    let mut other = connection(B, A, &conf, b.psk);
+    other.name = "renamed".into();
+    let mut e = Engine::new(conf.timing);
+    e.add_connection(other).unwrap();
+    let err = e.restore(&checkpoints).unwrap_err().to_string();
+    assert!(err.contains("\"site\", which is not loaded"), "{err}");
+    assert_eq!(e.established(), (0, 0));
+}

@@ -80,6 +80,10 @@ pub struct IkeInfo {
     /// The tenant of its connection ("" for none).
     #[serde(serialize_with = "as_str")]
     pub tenant: Arc<str>,
+    /// Which load of its connection it came up under
+    /// (`connections::History::load_of`).
+    #[serde(skip)]
+    pub load: u64,
 }
 
 /// An address and port as the admin view has always shown them (`""`
@@ -336,7 +340,7 @@ impl Children {
         }
     }
 
-    pub fn ike_up(&mut self, up: IkeSaUp, tenant: &str) -> &IkeInfo {
+    pub fn ike_up(&mut self, up: IkeSaUp, tenant: &str, load: u64) -> &IkeInfo {
         let info = IkeInfo {
             connection: self.name(&up.connection),
             spi: up.ike_spi,
@@ -347,6 +351,7 @@ impl Children {
             nat_local: up.nat_local,
             nat_remote: up.nat_remote,
             tenant: self.name(tenant),
+            load,
         };
         self.count_peer(&info, true);
         if let Some(was) = self.ike_sas.insert(up.ike_spi, info) {
@@ -740,6 +745,7 @@ mod tests {
             nat_local: false,
             nat_remote: false,
             tenant: "".into(),
+            load: 0,
         }
     }
 
@@ -777,13 +783,13 @@ mod tests {
             nat_remote: true,
             rekeyed: false,
         };
-        let v = serde_json::to_value(c.ike_up(up(1, [198, 19, 0, 1]), "t1")).unwrap();
+        let v = serde_json::to_value(c.ike_up(up(1, [198, 19, 0, 1]), "t1", 1)).unwrap();
         assert_eq!((&v["local"], &v["remote"]), (&"198.18.0.2:4500".into(), &"198.19.0.1:4500".into()));
         assert_eq!(
             (&v["connection"], &v["tenant"], &v["spi"]),
             (&"pop".into(), &"t1".into(), &"0000000000000001".into())
         );
-        c.ike_up(up(2, [198, 19, 0, 2]), "t1");
+        c.ike_up(up(2, [198, 19, 0, 2]), "t1", 1);
         let (a, b) = (&c.ike_sas[&1], &c.ike_sas[&2]);
         assert!(Arc::ptr_eq(&a.connection, &b.connection) && Arc::ptr_eq(&a.proposal, &b.proposal), "one copy");
         assert!(c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 2)), "the peer counted from its address");
@@ -792,7 +798,7 @@ mod tests {
         // An address the guest did not give as 4 or 16 bytes shows as "".
         let mut odd = up(3, [0; 4]);
         odd.remote.address = vec![1, 2, 3];
-        assert_eq!(serde_json::to_value(c.ike_up(odd, "")).unwrap()["remote"], "");
+        assert_eq!(serde_json::to_value(c.ike_up(odd, "", 1)).unwrap()["remote"], "");
     }
 
     #[test]

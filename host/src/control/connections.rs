@@ -28,15 +28,33 @@ pub enum Step {
     Remove(String),
 }
 
-/// The steps the IKE guest's connections took, in order, and every name
-/// they ever added. The guest is untrusted: only such names become metric
-/// labels, a check made for every connection whose counters moved in a
-/// round, which a pass over a PoP's history made cost thousands of string
-/// compares each.
+/// The steps the IKE guest's connections took, in order, and for every
+/// name they ever added the number of its latest load.
+///
+/// The guest is untrusted: only names loaded once become metric labels, a
+/// check made for every connection whose counters moved in a round (a
+/// pass over a PoP's history cost thousands of string compares each). The
+/// load numbers tell an IKE SA of a connection since removed, or changed
+/// and loaded again, from one of the connection loaded now: a replacement
+/// restores only the latter (`ControlPlane::replace`).
+///
+/// A reload that changes a connection adds two steps, and the guest keeps
+/// the removed connection until it is replaced: `compact` turns the steps
+/// into the loaded connections' additions, so that a PoP's reloads do not
+/// pile them up (until 2026-12-05 the fifth reload changing 10,000
+/// connections ran the IKE guest out of memory, and its replacements too).
 #[derive(Debug, Default)]
 pub struct History {
     steps: Vec<Step>,
-    names: HashSet<String>,
+    /// The load number of each step that is an addition (0 for a removal).
+    step_loads: Vec<u64>,
+    load_of: HashMap<String, u64>,
+    /// Additions ever made: the last load number given.
+    loads: u64,
+    /// Removals among `steps`.
+    removals: usize,
+    /// Changes with every step and every compaction.
+    version: u64,
 }
 
 impl History {
@@ -48,17 +66,85 @@ impl History {
     }
 
     pub fn push(&mut self, step: Step) {
-        if let Step::Add(c) = &step
-            && !self.names.contains(&c.name)
-        {
-            self.names.insert(c.name.clone());
+        match &step {
+            Step::Add(c) => {
+                self.loads += 1;
+                self.load_of.insert(c.name.clone(), self.loads);
+                self.step_loads.push(self.loads);
+            }
+            Step::Remove(_) => {
+                self.removals += 1;
+                self.step_loads.push(0);
+            }
         }
+        self.version += 1;
         self.steps.push(step);
+    }
+
+    /// The connections the first `steps` steps leave loaded, with the
+    /// number of their load.
+    pub fn loaded_after(&self, steps: usize) -> HashMap<&str, u64> {
+        let mut loaded = HashMap::new();
+        for (step, &load) in self.steps.iter().zip(&self.step_loads).take(steps) {
+            match step {
+                Step::Add(c) => loaded.insert(c.name.as_str(), load),
+                Step::Remove(n) => loaded.remove(n.as_str()),
+            };
+        }
+        loaded
     }
 
     /// Was a connection of this name ever loaded?
     pub fn ever_added(&self, name: &str) -> bool {
-        self.names.contains(name)
+        self.load_of.contains_key(name)
+    }
+
+    /// The number of the latest load of connection `name`.
+    pub fn load_of(&self, name: &str) -> Option<u64> {
+        self.load_of.get(name).copied()
+    }
+
+    /// Removals among the steps.
+    pub fn removals(&self) -> usize {
+        self.removals
+    }
+
+    /// A number that changes whenever the steps do.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Turn the first `applied` steps into the additions of the
+    /// connections they leave loaded, in the order they were added; the
+    /// steps after stay as they are. Returns how many steps the first
+    /// `applied` became.
+    pub fn compact(&mut self, applied: usize) -> usize {
+        let applied = applied.min(self.steps.len());
+        let tail = self.steps.split_off(applied);
+        let tail_loads = self.step_loads.split_off(applied);
+        let mut live: Vec<Option<(ike::Connection, u64)>> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let prefix = std::mem::take(&mut self.steps).into_iter().zip(std::mem::take(&mut self.step_loads));
+        for (step, load) in prefix {
+            let name = match &step {
+                Step::Add(c) => c.name.clone(),
+                Step::Remove(n) => n.clone(),
+            };
+            if let Some(i) = at.remove(&name) {
+                live[i] = None;
+            }
+            if let Step::Add(c) = step {
+                at.insert(name, live.len());
+                live.push(Some((c, load)));
+            }
+        }
+        (self.steps, self.step_loads) = live.into_iter().flatten().map(|(c, load)| (Step::Add(c), load)).unzip();
+        let applied = self.steps.len();
+        self.removals = tail.iter().filter(|s| matches!(s, Step::Remove(_))).count();
+        self.steps.extend(tail);
+        self.step_loads.extend(tail_loads);
+        self.version += 1;
+        applied
     }
 }
 
@@ -266,6 +352,10 @@ impl ControlPlane {
             }
         }
         let answer = self.reload_connections(now)?;
+        // The config's document (a PoP's parses into a hundred megabytes)
+        // and what the reload replaced are freed: the heap goes back to the
+        // system, as after start-up.
+        crate::sys::trim_heap();
         Ok(answer.map(|mut v| {
             v["policy"] = global.into();
             v["tenant_policies"] = tenants.into();
@@ -545,5 +635,48 @@ mod tests {
         // stay on /metrics); never loaded: not a name to label with.
         assert!(["a", "b", "c"].iter().all(|n| h.ever_added(n)));
         assert!(!h.ever_added("d") && !h.ever_added(""));
+        // Each load its own number; "c" loaded twice has the second.
+        assert_eq!((h.load_of("a"), h.load_of("b"), h.load_of("c"), h.load_of("d")), (Some(1), Some(2), Some(4), None));
+        assert_eq!(h.removals(), 2);
+    }
+
+    #[test]
+    fn compacting_leaves_the_loaded_connections_and_the_steps_after() {
+        let mut h = History::loaded(vec![conn("a"), conn("b"), conn("c")]);
+        for step in [Step::Remove("a".into()), Step::Remove("b".into()), Step::Add(conn("b")), Step::Add(conn("d"))] {
+            h.push(step);
+        }
+        // Not yet applied: a removal and an addition after step 7.
+        h.push(Step::Remove("c".into()));
+        h.push(Step::Add(conn("e")));
+        let (loads, version) = ((h.load_of("b"), h.load_of("e")), h.version());
+        assert_eq!(h.compact(7), 3);
+        let names: Vec<String> = h
+            .iter()
+            .map(|s| match s {
+                Step::Add(c) => format!("+{}", c.name),
+                Step::Remove(n) => format!("-{n}"),
+            })
+            .collect();
+        assert_eq!(names, ["+c", "+b", "+d", "-c", "+e"]);
+        assert_eq!(h.removals(), 1, "the one after the compacted steps");
+        assert_eq!((h.load_of("b"), h.load_of("e")), loads, "load numbers stay");
+        assert!(h.ever_added("a") && h.version() != version);
+        // As of the compacted steps: c, b (its second load) and d.
+        let as_of = h.loaded_after(3);
+        assert_eq!(as_of.len(), 3);
+        assert_eq!((as_of["c"], as_of["b"], as_of["d"]), (3, 4, 5));
+        assert_eq!(h.loaded_after(5).get("e"), Some(&6));
+        assert!(!h.loaded_after(5).contains_key("c"));
+        // What the steps leave loaded is the same as before.
+        let live: Vec<&str> = live_of(h.iter().map(|s| match s {
+            Step::Add(c) => (c.name.as_str(), Some(c)),
+            Step::Remove(n) => (n.as_str(), None),
+        }))
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+        assert_eq!(live, ["b", "d", "e"]);
+        assert_eq!(History::default().compact(5), 0);
     }
 }

@@ -51,21 +51,21 @@ impl Heard {
     }
 }
 
-/// The remote addresses of the loaded connections, as of a given length
-/// of the connection history (which only grows).
+/// The remote addresses of the loaded connections, as of a given version
+/// of the connection history (`History::version`).
 #[derive(Default)]
 pub struct Configured {
-    for_steps: usize,
+    for_steps: u64,
     addresses: HashSet<Ipv4Addr>,
 }
 
 impl Configured {
-    /// Whether these are the addresses of a history of `steps` steps.
-    pub fn is_for(&self, steps: usize) -> bool {
+    /// Whether these are the addresses of version `steps` of the history.
+    pub fn is_for(&self, steps: u64) -> bool {
         self.for_steps == steps
     }
 
-    pub fn set(&mut self, steps: usize, addresses: HashSet<Ipv4Addr>) {
+    pub fn set(&mut self, steps: u64, addresses: HashSet<Ipv4Addr>) {
         (self.for_steps, self.addresses) = (steps, addresses);
     }
 

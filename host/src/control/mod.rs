@@ -50,6 +50,14 @@ const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
 /// fresh one (`reclaim_ike`): what some 1,500 IKE SAs take.
 const IKE_RECLAIM_GROWN: usize = 4 << 20;
 
+/// An IKE guest that holds this many removed connections, and at least as
+/// many as it has loaded, is replaced from its checkpoints by one with the
+/// loaded connections only (`compact_if_due`): a guest keeps each removed
+/// connection (its SAs name it by index), ~2.4 KiB each, and its memory is
+/// capped, so a PoP's reloads that change thousands of connections would
+/// otherwise run it out of memory within a few reloads.
+const COMPACT_REMOVED: usize = 1024;
+
 /// How long the inbound half of a CHILD SA forgotten by a replacement that
 /// started over still accepts ESP: the peer sends on it until the new
 /// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
@@ -226,6 +234,7 @@ impl ControlPlane {
                 self.recover(e);
             }
             self.reclaim_if_due(now);
+            self.compact_if_due(now);
         }
         self.shutdown(Self::now(start));
         self.write_audit_files();
@@ -273,10 +282,48 @@ impl ControlPlane {
         }
         self.totals.observe(&self.ike.stats()?);
         self.totals.guest_replaced();
-        self.fresh_instance(self.history_applied)?;
+        let applied = self.compact_history();
+        self.fresh_instance(applied)?;
         self.apply(now)?;
         info!(grown_kib = grown >> 10, "the IKE guest holds no SA: replaced by a fresh one to give back its memory");
         Ok(())
+    }
+
+    /// The IKE guest holds [`COMPACT_REMOVED`] or more removed connections,
+    /// and at least as many as it has loaded: it is replaced from its
+    /// checkpoints by a guest with the loaded connections only (the
+    /// history compacted), at a moment with nothing left over from the
+    /// round, as a trapped one is. Established IKE SAs carry on; setups
+    /// still in their first exchanges (no checkpoint yet) are lost, and
+    /// their peers retry.
+    fn compact_if_due(&mut self, now: u64) {
+        let removed = self.history.removals();
+        let idle = self.reports.is_empty() && self.from_500.is_empty() && self.held_queries.is_empty();
+        if removed < COMPACT_REMOVED.max(self.reload_ctx.sections.len())
+            || !idle
+            || self.replace_at.is_some()
+            || self.history_applied != self.history.len()
+        {
+            return;
+        }
+        let before = self.ike.store.data().memory_grown();
+        let replaced = (|| -> anyhow::Result<()> {
+            self.totals.observe(&self.ike.stats()?);
+            self.totals.guest_replaced();
+            self.replace(now)
+        })();
+        match replaced {
+            Ok(()) => {
+                crate::sys::trim_heap();
+                info!(
+                    removed_connections = removed,
+                    grown_before_kib = before >> 10,
+                    grown_after_kib = self.ike.store.data().memory_grown() >> 10,
+                    "the IKE guest held many removed connections: replaced from its checkpoints by one with the loaded connections only"
+                )
+            }
+            Err(e) => self.recover(e),
+        }
     }
 
     /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE
@@ -420,8 +467,9 @@ impl ControlPlane {
             );
             self.drop_checkpoints();
         }
-        let applied = self.history_applied;
+        let applied = self.compact_history();
         self.fresh_instance(applied)?;
+        self.drop_stale_checkpoints();
         let checkpoints = self.ike.store.data().checkpoints();
         match self.ike.restore(&checkpoints) {
             Ok(Ok(_)) if self.start_over_pending => info!("IKE guest replaced without its checkpoints"),
@@ -508,10 +556,41 @@ impl ControlPlane {
         }
     }
 
+    /// The history's applied steps compacted into the additions of the
+    /// connections they leave loaded (`History::compact`), before a new
+    /// instance gets them; returns how many steps are applied now.
+    fn compact_history(&mut self) -> usize {
+        self.history_applied = self.history.compact(self.history_applied);
+        self.history_applied
+    }
+
+    /// The checkpoints a replacement must not restore: of IKE SAs whose
+    /// connection was removed since, or changed and loaded again (their
+    /// load number is not the connection's latest), and of SPIs the host
+    /// never saw come up. Checkpoints name their connection by name (the
+    /// replacement has only the loaded ones, under other indexes): an SA
+    /// of a connection's old version would otherwise be taken up under its
+    /// new one. They go as SAs without a checkpoint do
+    /// (`forget_unrestored`): the host deletes their CHILD SAs.
+    fn drop_stale_checkpoints(&mut self) {
+        // As of the steps the checkpoints follow: the steps after are
+        // replayed once they are restored (a removal among them deletes
+        // the restored SAs, with DELETEs to their peers).
+        let loaded = self.history.loaded_after(self.history_applied);
+        let children = &self.children;
+        let current =
+            |spi: u64| children.ike_sas.get(&spi).is_some_and(|i| loaded.get(&*i.connection) == Some(&i.load));
+        let dropped = self.ike.store.data_mut().retain_checkpoints(current);
+        if dropped > 0 {
+            info!(
+                ike_sas = dropped,
+                "IKE SAs of connections removed or changed since are not taken up by the replacement"
+            );
+        }
+    }
+
     /// A new IKE instance with the connections of the first `applied`
-    /// steps of the history: those its checkpoints know (they name
-    /// connections by the order they were added in). Their removals
-    /// replay only the tombstone: the SAs went when they were made.
+    /// steps of the history (compacted: additions only).
     fn fresh_instance(&mut self, applied: usize) -> anyhow::Result<()> {
         self.ike.replace(&self.runtime)?;
         self.replay(0..applied, 0)
@@ -752,9 +831,9 @@ impl ControlPlane {
         if self.heard.recent(a, now) || self.children.has_ike_peer(a) {
             return true;
         }
-        if !self.configured.is_for(self.history.len()) {
+        if !self.configured.is_for(self.history.version()) {
             let addresses = destinations::remote_addresses(&self.live_connections());
-            self.configured.set(self.history.len(), addresses);
+            self.configured.set(self.history.version(), addresses);
         }
         self.configured.has(a)
     }
@@ -866,7 +945,8 @@ impl ControlPlane {
                     st.granted.remove(&up.ike_spi);
                     let tenant = st.policy.for_connection(&up.connection).0;
                     let kind = if up.rekeyed { SaEventKind::Rekeyed } else { SaEventKind::Up };
-                    let info = self.children.ike_up(up, tenant);
+                    let load = self.history.load_of(&up.connection).unwrap_or(0);
+                    let info = self.children.ike_up(up, tenant, load);
                     self.ike.store.data().policy.event(&policy_event(kind, info));
                 }
                 Event::IkeDown((_, spi)) => {

@@ -216,6 +216,22 @@ impl IkeState {
         self.checkpoints.values().cloned().collect()
     }
 
+    /// Keep only the checkpoints of the SPIs `keep` takes; returns how
+    /// many went.
+    pub fn retain_checkpoints(&mut self, keep: impl Fn(u64) -> bool) -> usize {
+        let before = self.checkpoints.len();
+        let mut bytes = 0;
+        self.checkpoints.retain(|spi, c| {
+            let kept = keep(*spi);
+            if !kept {
+                bytes += c.len();
+            }
+            kept
+        });
+        self.checkpoint_bytes -= bytes;
+        before - self.checkpoints.len()
+    }
+
     /// Forget every checkpoint (they did not restore).
     pub fn clear_checkpoints(&mut self) {
         self.checkpoints.clear();

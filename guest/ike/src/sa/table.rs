@@ -21,7 +21,10 @@ use super::lookups::Lookups;
 use super::state::{IkeSa, State};
 
 /// Format of a checkpoint; a guest refuses checkpoints of another version.
-const VERSION: u8 = 2;
+/// Version 3 names the SA's connection by name, not by its index: a
+/// replacement gets the connections loaded now, not every one that ever
+/// was, so the indexes differ.
+const VERSION: u8 = 3;
 
 /// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
 /// marks the SA as touched. Each SA is boxed: the table keeps a slot for
@@ -156,12 +159,12 @@ impl SaTable {
     /// Checkpoints of the SAs changed since the last call: `Some(bytes)`
     /// for an established SA whose state differs from its last checkpoint,
     /// `None` for one that is gone (or no longer established).
-    pub fn take_checkpoints(&mut self) -> Vec<(u64, Option<Vec<u8>>)> {
+    pub fn take_checkpoints<'n>(&mut self, conn_name: impl Fn(usize) -> &'n str) -> Vec<(u64, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         for spi in std::mem::take(&mut self.touched) {
             match self.map.get(&spi).filter(|sa| keeps(sa)) {
                 Some(sa) => {
-                    let Ok(bytes) = encode(sa) else { continue };
+                    let Ok(bytes) = encode(sa, conn_name(sa.conn)) else { continue };
                     let h = digest(&bytes);
                     if self.checkpointed.insert(spi, h) != Some(h) {
                         out.push((spi, Some(bytes)));
@@ -198,15 +201,16 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// An SA as a checkpoint.
-pub(crate) fn encode(sa: &IkeSa) -> Result<Vec<u8>, postcard::Error> {
+/// An SA of connection `conn_name` as a checkpoint.
+pub(crate) fn encode(sa: &IkeSa, conn_name: &str) -> Result<Vec<u8>, postcard::Error> {
     let mut out = vec![VERSION];
-    out.extend(postcard::to_allocvec(sa)?);
+    out.extend(postcard::to_allocvec(&(conn_name, sa))?);
     Ok(out)
 }
 
-/// A checkpoint as an SA.
-pub(crate) fn decode(bytes: &[u8]) -> Result<IkeSa, String> {
+/// A checkpoint as an SA and the name of its connection (the SA's `conn`
+/// is the index it had where the checkpoint was made).
+pub(crate) fn decode(bytes: &[u8]) -> Result<(String, IkeSa), String> {
     match bytes.split_first() {
         Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint does not decode: {e}")),
         Some((v, _)) => Err(format!("checkpoint format {v}, this engine reads {VERSION}")),
