@@ -2,13 +2,15 @@
 # connections.sh - a PoP's thousands of loaded connections (no SAs): how
 # long the daemon takes to start with them (until its admin socket
 # answers) and to reload them, its resident memory per connection, and
-# what listing them costs. Not a test: it prints numbers, and fails only
-# when the daemon does not start or does not load every connection.
+# what listing them costs, and reloads that change every connection
+# (time, and the resident set after them). Not a test: it prints numbers,
+# and fails only when the daemon does not start, does not load every
+# connection, or its IKE guest traps.
 #
 #   one namespace (wsb-conns), no peer: each connection has a remote
 #   subnet of its own, routed into the TUN device at start.
 #
-# Env: N=10000 (connections). `cargo xtask bench-connections` builds
+# Env: N=10000 (connections), CHURN=6 (reloads changing all of them). `cargo xtask bench-connections` builds
 # everything and runs this.
 source "$(dirname "$0")/../e2e/lib.sh"
 source "$ROOT/tests/interop/wasmsec-conf.sh"
@@ -85,6 +87,22 @@ remove_ms=$(reload)
 cp "$DIR/all.toml" "$DIR/wasmsec.toml"
 add_ms=$(reload)
 [ "$(loaded)" = "$N" ] || { echo "connections.sh: not every connection came back" >&2; exit 1; }
+# Reloads that change every connection (the local subnet, back and forth):
+# the time of each, and the resident set after the last (the IKE guest is
+# replaced once it holds as many removed connections as loaded ones).
+CHURN=${CHURN:-6}
+churn_ms=""
+for r in $(seq 1 "$CHURN"); do
+    if [ $((r % 2)) = 1 ]; then from='10.1.0.0/16' to='10.1.0.0/17'; else from='10.1.0.0/17' to='10.1.0.0/16'; fi
+    sed "s|^local_ts = \[\"$from\"\]|local_ts = [\"$to\"]|" "$DIR/all.toml" >"$DIR/wasmsec.toml"
+    cp "$DIR/wasmsec.toml" "$DIR/all.toml"
+    churn_ms="$churn_ms $(reload)"
+done
+sleep 1
+churn_rss=$(kib "$PID" VmRSS)
+compactions=$(grep -c "held many removed connections" "$DIR/wasmsec.log" || true)
+[ "$(loaded)" = "$N" ] || { echo "connections.sh: not every connection is loaded after the reloads" >&2; exit 1; }
+! grep -q "trapped" "$DIR/wasmsec.log" || { grep -a -m3 "trapped" "$DIR/wasmsec.log" >&2; echo "connections.sh: the IKE guest trapped" >&2; exit 1; }
 stop
 
 echo
@@ -96,4 +114,6 @@ printf '%-58s %s\n' "start until the admin socket answers" "$up_ms ms ($routes r
     "list-conns --json, one page of 10,000" "$one" \
     "reload, nothing changed" "$same_ms ms" \
     "reload removing $((N - 1))" "$remove_ms ms" \
-    "reload adding $((N - 1))" "$add_ms ms"
+    "reload adding $((N - 1))" "$add_ms ms" \
+    "$CHURN reloads changing all $N, each" "${churn_ms# } ms" \
+    "resident set after them" "$((churn_rss / 1024)) MiB ($compactions IKE guest replacements)"
