@@ -89,7 +89,7 @@ add_ms=$(reload)
 [ "$(loaded)" = "$N" ] || { echo "connections.sh: not every connection came back" >&2; exit 1; }
 # Reloads that change every connection (the local subnet, back and forth):
 # the time of each, and the resident set after the last (the IKE guest is
-# replaced once it holds as many removed connections as loaded ones).
+# replaced once it holds half as many removed connections as loaded ones).
 CHURN=${CHURN:-6}
 churn_ms=""
 for r in $(seq 1 "$CHURN"); do

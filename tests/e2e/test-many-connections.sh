@@ -2,8 +2,8 @@
 # A PoP's thousands of connections: the daemon routes every remote subnet
 # into its TUN device at start (one `ip -batch`, not one `ip` per route),
 # `list-conns` pages through them by name, reloads add, change and remove
-# them (the IKE guest replaced once it holds as many removed connections
-# as loaded ones), and a route
+# them (the IKE guest replaced once it holds half as many removed
+# connections as loaded ones), and a route
 # that fails says whose it was, at start (the daemon stops, naming it) and
 # at a reload (a warning; the connection stays loaded). One namespace,
 # no peer. Bounded in time; cleans up.
@@ -85,9 +85,9 @@ cp "$DIR/with-100.toml" "$DIR/wasmsec.toml"
 check "... and the 100 come back" [ "$(reloaded)" = "101 1 1 $((N - 1))" ]
 
 # Reloads that change every connection (their local subnet, back and
-# forth): the IKE guest keeps each removed connection until it holds as
-# many as it has loaded, then it is replaced by one with the loaded ones
-# only. Without that, five such reloads of 10,000 connections ran the
+# forth): the IKE guest keeps each removed connection until it holds half
+# as many as it has loaded (and 1,024), then it is replaced by one with the
+# loaded ones only. Without that, five such reloads of 10,000 connections ran the
 # guest out of memory (`cargo xtask bench-connections` shows the memory).
 M=$((N + 100))
 for r in 1 2 3 4 5 6; do

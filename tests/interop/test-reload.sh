@@ -182,7 +182,7 @@ check "... and s2s is untouched" [ "$(spis s2s)" = "$keep" ]
 
 # A PoP's reloads change thousands of connections, and a guest keeps
 # each removed one (its SAs name it by index): once it holds 1,024 or more
-# removed connections, and at least as many as loaded, it is replaced from
+# removed connections, and at least half as many as loaded, it is replaced from
 # its checkpoints by one with the loaded connections only. The IKE SAs
 # carry on through it, under their connections' new indexes.
 cp "$B/wasmsec.toml" "$B/before-many.toml"

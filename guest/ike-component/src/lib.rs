@@ -481,7 +481,7 @@ impl wit::Guest for Component {
     }
 
     fn active(connection: String) -> bool {
-        ENGINE.with_borrow(|e| e.active(&connection))
+        ENGINE.with_borrow_mut(|e| e.active(&connection))
     }
 
     fn restore(checkpoints: Vec<Vec<u8>>) -> Result<u32, String> {

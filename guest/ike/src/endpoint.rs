@@ -250,8 +250,10 @@ impl Engine {
     }
 
     /// Is an IKE SA of connection `name` up or being set up?
-    pub fn active(&self, name: &str) -> bool {
-        self.conn_index(name).is_ok_and(|i| self.sas.values().any(|s| s.conn == i && s.state != State::Deleting))
+    pub fn active(&mut self, name: &str) -> bool {
+        let Ok(i) = self.conn_index(name) else { return false };
+        let spis = self.sas.of_connection(i);
+        spis.iter().any(|k| self.sas.get(k).is_some_and(|s| s.state != State::Deleting))
     }
 
     /// Connections whose start action is `Start`.
@@ -301,7 +303,7 @@ impl Engine {
     pub fn terminate(&mut self, now: u64, name: &str, crypto: &mut dyn IkeCrypto) -> Result<usize, Error> {
         self.now = now;
         let conn = self.conn_index(name)?;
-        let ids: Vec<u64> = self.sas.iter().filter(|(_, s)| s.conn == conn).map(|(k, _)| *k).collect();
+        let ids = self.sas.of_connection(conn);
         for id in &ids {
             self.with_sa(*id, now, crypto, |sa, ctx| {
                 if !sa.established() {

@@ -312,6 +312,29 @@ fn delete_tears_down_both_sides_without_leaks() {
     assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (1, 1), "only the PSK is left");
 }
 
+/// A connection's IKE SAs are found through an index: `active` and
+/// `terminate` see those of the connection asked for, none of another's.
+#[test]
+fn terminate_and_active_see_only_the_connections_own_ike_sas() {
+    let conf = Conf::default();
+    let mut a = side(A, B, &conf);
+    let mut other = connection(A, B, &conf, a.psk);
+    other.name = "other".into();
+    other.remote_addrs = vec!["192.0.2.9".parse().unwrap()];
+    a.engine.add_connection(other).unwrap();
+    let mut b = side(B, A, &conf);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 5_000, &mut all);
+    assert!(a.engine.active("site") && !a.engine.active("other") && !a.engine.active("nonesuch"));
+    assert_eq!(a.engine.terminate(6_000, "other", &mut a.crypto).unwrap(), 0);
+    run_from(&mut a, &mut b, 6_000, 8_000, &mut all);
+    assert_eq!(a.engine.ike_sa_count(), 1, "site's IKE SA stays");
+    assert_eq!(a.engine.terminate(9_000, "site", &mut a.crypto).unwrap(), 1);
+    run_from(&mut a, &mut b, 9_000, 20_000, &mut all);
+    assert!(!a.engine.active("site"));
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (0, 0));
+}
+
 /// RFC 7296 section 2.4: an initiator that lost its state (a restart)
 /// sends INITIAL_CONTACT, and the responder drops the IKE SAs it still
 /// holds with that peer. Twice, so that the second round finds the SA the

@@ -50,12 +50,16 @@ const FAILED_REPLACEMENTS_BEFORE_FRESH_START: u32 = 3;
 /// fresh one (`reclaim_ike`): what some 1,500 IKE SAs take.
 const IKE_RECLAIM_GROWN: usize = 4 << 20;
 
-/// An IKE guest that holds this many removed connections, and at least as
-/// many as it has loaded, is replaced from its checkpoints by one with the
-/// loaded connections only (`compact_if_due`): a guest keeps each removed
-/// connection (its SAs name it by index), ~2.4 KiB each, and its memory is
-/// capped, so a PoP's reloads that change thousands of connections would
-/// otherwise run it out of memory within a few reloads.
+/// An IKE guest that holds this many removed connections, and at least
+/// half as many as it has loaded, is replaced from its checkpoints by one
+/// with the loaded connections only (`compact_if_due`): a guest keeps each
+/// removed connection (its SAs name it by index), ~2.4 KiB each, and its
+/// memory is capped, so a PoP's reloads that change thousands of
+/// connections would otherwise run it out of memory within a few reloads.
+/// Half: removed connections then take at most half again what the loaded
+/// ones take, and a PoP's few changes at a time still add up to a
+/// replacement only every so many reloads (each loses the setups in
+/// flight).
 const COMPACT_REMOVED: usize = 1024;
 
 /// How long the inbound half of a CHILD SA forgotten by a replacement that
@@ -290,7 +294,7 @@ impl ControlPlane {
     }
 
     /// The IKE guest holds [`COMPACT_REMOVED`] or more removed connections,
-    /// and at least as many as it has loaded: it is replaced from its
+    /// and at least half as many as it has loaded: it is replaced from its
     /// checkpoints by a guest with the loaded connections only (the
     /// history compacted), at a moment with nothing left over from the
     /// round, as a trapped one is. Established IKE SAs carry on; setups
@@ -299,7 +303,7 @@ impl ControlPlane {
     fn compact_if_due(&mut self, now: u64) {
         let removed = self.history.removals();
         let idle = self.reports.is_empty() && self.from_500.is_empty() && self.held_queries.is_empty();
-        if removed < COMPACT_REMOVED.max(self.reload_ctx.sections.len())
+        if removed < COMPACT_REMOVED.max(self.reload_ctx.sections.len() / 2)
             || !idle
             || self.replace_at.is_some()
             || self.history_applied != self.history.len()

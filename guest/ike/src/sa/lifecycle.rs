@@ -131,7 +131,8 @@ fn dead_peer(sa: &mut IkeSa, ctx: &mut Ctx) -> Fate {
         let c = &ctx.conns[sa.conn].cfg;
         // Not when another IKE SA of the connection is up (a stale one
         // timed out): our INITIAL_CONTACT would make the peer drop the good one.
-        let other = ctx.sas.values().any(|s| s.conn == sa.conn && s.established() && s.redundant_at == 0);
+        let spis = ctx.sas.of_connection(sa.conn);
+        let other = spis.iter().any(|k| ctx.sas.get(k).is_some_and(|s| s.established() && s.redundant_at == 0));
         if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() && !other {
             return Fate::Restart(why);
         }

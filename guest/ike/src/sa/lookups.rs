@@ -3,7 +3,8 @@
 //! this connection have their peer at this address (a twin, the SAs an
 //! INITIAL_CONTACT replaces, the successor a DELETE lets send), which IKE
 //! SA holds the CHILD SA with this ESP SPI (a lifetime the data path
-//! reports). A setup
+//! reports), which IKE SAs a connection has (a reload removing it, a
+//! `start` connection checked after a replacement). A setup
 //! and its DELETE ask these four times, and with 4,000 IKE SAs standing
 //! the passes took the responder's setups per CPU-second from 2,750 to
 //! about 1,000 (`cargo xtask bench-handshakes` with `STANDING`, #16).
@@ -42,6 +43,8 @@ pub(crate) struct Lookups {
     /// CHILD SAs (more than one only after a restore brought a duplicate
     /// back).
     children: HashMap<u32, Vec<u64>, PeerKeys>,
+    /// IKE SAs (our SPIs), in any state, by connection.
+    connections: HashMap<usize, Vec<u64>>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
     entries: HashMap<u64, Entry>,
 }
@@ -55,6 +58,7 @@ impl Lookups {
                 decrement(&mut self.esp_spis, s);
             }
             take_out(&mut self.peers, old.peer, spi);
+            take_out(&mut self.connections, old.peer.0, spi);
             for c in old.child_spis {
                 take_out(&mut self.children, c, spi);
             }
@@ -69,6 +73,7 @@ impl Lookups {
             *self.esp_spis.entry(s).or_default() += 1;
         }
         self.peers.entry(entry.peer).or_default().push(spi);
+        self.connections.entry(entry.peer.0).or_default().push(spi);
         for &c in &entry.child_spis {
             self.children.entry(c).or_default().push(spi);
         }
@@ -81,6 +86,10 @@ impl Lookups {
 
     pub fn with_peer(&self, conn: usize, addr: IpAddr) -> &[u64] {
         self.peers.get(&(conn, addr)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn of_connection(&self, conn: usize) -> &[u64] {
+        self.connections.get(&conn).map_or(&[], Vec::as_slice)
     }
 
     pub fn with_child(&self, esp_spi: u32) -> &[u64] {

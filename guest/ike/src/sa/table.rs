@@ -119,6 +119,13 @@ impl SaTable {
         spis.iter().copied().filter(|k| self.map.get(k).is_some_and(|sa| pred(sa))).collect()
     }
 
+    /// The SAs in the table (our SPIs) of connection `conn`, in any state.
+    pub fn of_connection(&mut self, conn: usize) -> Vec<u64> {
+        self.refresh_lookups();
+        let spis = self.lookups.of_connection(conn);
+        spis.iter().copied().filter(|k| self.map.contains_key(k)).collect()
+    }
+
     /// The SAs in the table (our SPIs) with an installed CHILD SA whose
     /// inbound ESP SPI is `esp_spi`.
     pub fn with_child(&mut self, esp_spi: u32) -> Vec<u64> {
