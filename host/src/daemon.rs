@@ -262,11 +262,16 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     }
     let mut children = Children::new(p.outbound, p.inbound, p.keystore.clone());
     children.esp_keylog = cfg.ike.esp_keylog.clone();
+    let history_applied = connections.len();
+    let history = crate::control::connections::History::loaded(connections);
+    // The loads at start are those of the first output's IKE SAs.
+    let compaction = crate::control::Compaction { loads_applied: history.loads(), ..Default::default() };
     Ok(ControlPlane {
         ike,
         runtime: p.runtime.clone(),
-        history_applied: connections.len(),
-        history: crate::control::connections::History::loaded(connections),
+        history_applied,
+        history,
+        compaction,
         reload_ctx: crate::control::connections::ReloadContext {
             path: config_path.to_path_buf(),
             base: base.to_path_buf(),

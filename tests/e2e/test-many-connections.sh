@@ -98,6 +98,12 @@ for r in 1 2 3 4 5 6; do
     fi
     out=$(reloaded)
     [ "$out" = "$M $M $M 0" ] || break
+    # The replacement comes at the first quiet moment (looked for once a
+    # second): wait for it before the next reload.
+    for _ in $(seq 50); do
+        [ "$(grep -c 'held many removed connections' "$DIR/wasmsec.log")" -ge "$r" ] && break
+        sleep 0.1
+    done
 done
 check "six reloads, each changing all $M connections ($out)" [ "$r" = 6 -a "$out" = "$M $M $M 0" ]
 for _ in $(seq 50); do [ "$(grep -c 'held many removed connections' "$DIR/wasmsec.log")" -ge 6 ] && break; sleep 0.1; done

@@ -104,6 +104,11 @@ impl History {
         self.load_of.get(name).copied()
     }
 
+    /// The number of the latest load of any connection.
+    pub fn loads(&self) -> u64 {
+        self.loads
+    }
+
     /// Removals among the steps.
     pub fn removals(&self) -> usize {
         self.removals

@@ -62,6 +62,24 @@ const IKE_RECLAIM_GROWN: usize = 4 << 20;
 /// flight).
 const COMPACT_REMOVED: usize = 1024;
 
+/// How long a due replacement for removed connections waits for a quiet
+/// moment (`compact_if_due`) before it goes ahead all the same.
+const COMPACT_WAIT_MAX_MS: u64 = 600_000;
+
+/// Where the replacement for removed connections stands.
+#[derive(Debug, Default)]
+pub struct Compaction {
+    /// The history's load count at the last `apply`: an IKE SA reported
+    /// up in an output taken after a later load of its connection came up
+    /// under an earlier one (the round handled its exchange before the
+    /// reload that loaded the connection again).
+    pub loads_applied: u64,
+    /// Since when a due replacement waits for a quiet moment.
+    pub waiting_since: Option<u64>,
+    /// When the quiet moment was last looked for (once a second).
+    pub checked_at: u64,
+}
+
 /// How long the inbound half of a CHILD SA forgotten by a replacement that
 /// started over still accepts ESP: the peer sends on it until the new
 /// IKE SA's INITIAL_CONTACT (RFC 7296 section 2.4) makes it delete it.
@@ -103,6 +121,8 @@ pub struct ControlPlane {
     /// once the checkpoints are restored, so that a removal whose DELETEs
     /// were lost with a trapped guest deletes the restored SAs again.
     pub history_applied: usize,
+    /// The replacement of a guest holding many removed connections.
+    pub compaction: Compaction,
     /// The config file and what a reload needs.
     pub reload_ctx: connections::ReloadContext,
     /// Restarts of the IKE guest, with backoff.
@@ -300,6 +320,12 @@ impl ControlPlane {
     /// round, as a trapped one is. Established IKE SAs carry on; setups
     /// still in their first exchanges (no checkpoint yet) are lost, and
     /// their peers retry.
+    ///
+    /// It waits (looking once a second) until no IKE SA of a removed or
+    /// changed connection is left, so that their DELETEs are retransmitted
+    /// until answered, and until every IKE SA has a checkpoint, so that no
+    /// setup in flight is lost (and none leaves its secrets in the vault);
+    /// after [`COMPACT_WAIT_MAX_MS`] it goes ahead all the same.
     fn compact_if_due(&mut self, now: u64) {
         let removed = self.history.removals();
         let idle = self.reports.is_empty() && self.from_500.is_empty() && self.held_queries.is_empty();
@@ -307,9 +333,27 @@ impl ControlPlane {
             || !idle
             || self.replace_at.is_some()
             || self.history_applied != self.history.len()
+            || sys::stop_requested()
         {
             return;
         }
+        let since = *self.compaction.waiting_since.get_or_insert(now);
+        let waited = now.saturating_sub(since);
+        if waited < COMPACT_WAIT_MAX_MS {
+            if now.saturating_sub(self.compaction.checked_at) < 1000 {
+                return;
+            }
+            self.compaction.checked_at = now;
+            if !self.quiet_for_compaction() {
+                return;
+            }
+        } else {
+            warn!(
+                waited_s = waited / 1000,
+                "the IKE guest's replacement for removed connections found no quiet moment: going ahead; SAs of removed connections and setups in flight are forgotten"
+            );
+        }
+        self.compaction.waiting_since = None;
         let before = self.ike.store.data().memory_grown();
         let replaced = (|| -> anyhow::Result<()> {
             self.totals.observe(&self.ike.stats()?);
@@ -328,6 +372,16 @@ impl ControlPlane {
             }
             Err(e) => self.recover(e),
         }
+    }
+
+    /// No IKE SA of a connection removed or changed since it came up, and
+    /// every IKE SA restorable from a checkpoint.
+    fn quiet_for_compaction(&self) -> bool {
+        if !self.ike.store.data().holds_only_restorable_sas() {
+            return false;
+        }
+        let loaded = self.history.loaded_after(self.history_applied);
+        self.children.ike_sas.values().all(|i| loaded.get(&*i.connection) == Some(&i.load))
     }
 
     /// Stopping (SIGTERM, SIGINT): every IKE SA is deleted with a DELETE
@@ -873,6 +927,7 @@ impl ControlPlane {
     fn apply(&mut self, now: u64) -> anyhow::Result<()> {
         let out = self.ike.poll()?;
         self.history_applied = self.history.len();
+        let loads_before = std::mem::replace(&mut self.compaction.loads_applied, self.history.loads());
         // The output of what was handled is in hand now.
         let Unapplied { admin, .. } = std::mem::take(&mut self.unapplied);
         let st = self.ike.store.data_mut();
@@ -949,7 +1004,10 @@ impl ControlPlane {
                     st.granted.remove(&up.ike_spi);
                     let tenant = st.policy.for_connection(&up.connection).0;
                     let kind = if up.rekeyed { SaEventKind::Rekeyed } else { SaEventKind::Up };
-                    let load = self.history.load_of(&up.connection).unwrap_or(0);
+                    // Loaded again since the last output was taken: the
+                    // SA came up under the connection's earlier load (0
+                    // here: no replacement takes it up under the new one).
+                    let load = self.history.load_of(&up.connection).filter(|&l| l <= loads_before).unwrap_or(0);
                     let info = self.children.ike_up(up, tenant, load);
                     self.ike.store.data().policy.event(&policy_event(kind, info));
                 }

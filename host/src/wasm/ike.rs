@@ -392,6 +392,15 @@ impl IkeState {
         self.vault.len() == self.psk_owners.len() && self.derived.is_empty() && self.checkpoints.is_empty()
     }
 
+    /// Whether every IKE SA the guest holds would come back from its
+    /// checkpoint, by the host's records: one secret in the vault per
+    /// checkpoint besides the pre-shared keys (a DH value or the keys of a
+    /// setup not yet established would be more), no CHILD SA keys waiting
+    /// for their install.
+    pub fn holds_only_restorable_sas(&self) -> bool {
+        self.vault.len() == self.psk_owners.len() + self.checkpoints.len() && self.derived.is_empty()
+    }
+
     /// How much the current instance's linear memory grew since it was made.
     pub fn memory_grown(&self) -> usize {
         self.limits.grown()
