@@ -13,7 +13,7 @@ pub mod heap_trim;
 pub mod sockets;
 pub mod tenants;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -78,6 +78,11 @@ pub struct Compaction {
     pub waiting_since: Option<u64>,
     /// When the quiet moment was last looked for (once a second).
     pub checked_at: u64,
+    /// Secrets the host holds for no restorable IKE SA since the last
+    /// replacement (`ImeState::unrestorable_secrets`): those of setups a
+    /// replacement lost stay in the vault, and would otherwise keep every
+    /// moment from counting as quiet.
+    pub lost_secrets: i64,
 }
 
 /// How long the inbound half of a CHILD SA forgotten by a replacement that
@@ -309,6 +314,7 @@ impl ControlPlane {
         let applied = self.compact_history();
         self.fresh_instance(applied)?;
         self.apply(now)?;
+        self.compaction.lost_secrets = self.ike.store.data().unrestorable_secrets();
         info!(grown_kib = grown >> 10, "the IKE guest holds no SA: replaced by a fresh one to give back its memory");
         Ok(())
     }
@@ -329,12 +335,12 @@ impl ControlPlane {
     fn compact_if_due(&mut self, now: u64) {
         let removed = self.history.removals();
         let idle = self.reports.is_empty() && self.from_500.is_empty() && self.held_queries.is_empty();
-        if removed < COMPACT_REMOVED.max(self.reload_ctx.sections.len() / 2)
-            || !idle
-            || self.replace_at.is_some()
-            || self.history_applied != self.history.len()
-            || sys::stop_requested()
-        {
+        if removed < COMPACT_REMOVED.max(self.reload_ctx.sections.len() / 2) {
+            // Not due (any more: a trap's replacement compacts too).
+            self.compaction.waiting_since = None;
+            return;
+        }
+        if !idle || self.replace_at.is_some() || self.history_applied != self.history.len() || sys::stop_requested() {
             return;
         }
         let since = *self.compaction.waiting_since.get_or_insert(now);
@@ -377,7 +383,7 @@ impl ControlPlane {
     /// No IKE SA of a connection removed or changed since it came up, and
     /// every IKE SA restorable from a checkpoint.
     fn quiet_for_compaction(&self) -> bool {
-        if !self.ike.store.data().holds_only_restorable_sas() {
+        if self.ike.store.data().unrestorable_secrets() > self.compaction.lost_secrets {
             return false;
         }
         let loaded = self.history.loaded_after(self.history_applied);
@@ -565,6 +571,7 @@ impl ControlPlane {
         }
         self.apply(now)?;
         self.start_over_pending = false;
+        self.compaction.lost_secrets = self.ike.store.data().unrestorable_secrets();
         Ok(())
     }
 
@@ -941,6 +948,7 @@ impl ControlPlane {
                 crate::stats::inc(&self.stats.guest_protocol_errors);
             }
         }
+        let mut successor_loads: HashMap<u64, u64> = HashMap::new();
         for c in out.sa_changes {
             match c {
                 SaChange::Install(c) => {
@@ -962,7 +970,14 @@ impl ControlPlane {
                         debug!(to = %socket_addr(&remote).map(|a| a.to_string()).unwrap_or_default(), "IKE guest moved CHILD SAs elsewhere than where their IKE SA's peer sent from: refused");
                     }
                 }
-                SaChange::ChildrenMoved((from, to)) => self.children.moved(from, to),
+                SaChange::ChildrenMoved((from, to)) => {
+                    // An IKE SA rekeyed: its successor is of the same load
+                    // of the connection, whenever it comes up.
+                    if let Some(i) = self.children.ike_sas.get(&from) {
+                        successor_loads.insert(to, i.load);
+                    }
+                    self.children.moved(from, to)
+                }
                 SaChange::Delete(d) => {
                     let (inbound, outbound) = (d.inbound_spi, d.outbound_spi);
                     if !self.children.delete(d, now) {
@@ -1007,7 +1022,11 @@ impl ControlPlane {
                     // Loaded again since the last output was taken: the
                     // SA came up under the connection's earlier load (0
                     // here: no replacement takes it up under the new one).
-                    let load = self.history.load_of(&up.connection).filter(|&l| l <= loads_before).unwrap_or(0);
+                    // A rekey's successor: its predecessor's load.
+                    let load = match successor_loads.get(&up.ike_spi) {
+                        Some(&l) if up.rekeyed => l,
+                        _ => self.history.load_of(&up.connection).filter(|&l| l <= loads_before).unwrap_or(0),
+                    };
                     let info = self.children.ike_up(up, tenant, load);
                     self.ike.store.data().policy.event(&policy_event(kind, info));
                 }

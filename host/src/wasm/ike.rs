@@ -392,13 +392,14 @@ impl IkeState {
         self.vault.len() == self.psk_owners.len() && self.derived.is_empty() && self.checkpoints.is_empty()
     }
 
-    /// Whether every IKE SA the guest holds would come back from its
-    /// checkpoint, by the host's records: one secret in the vault per
-    /// checkpoint besides the pre-shared keys (a DH value or the keys of a
-    /// setup not yet established would be more), no CHILD SA keys waiting
-    /// for their install.
-    pub fn holds_only_restorable_sas(&self) -> bool {
-        self.vault.len() == self.psk_owners.len() + self.checkpoints.len() && self.derived.is_empty()
+    /// Secrets the host holds beyond one per checkpointed IKE SA and the
+    /// pre-shared keys: a DH value or the keys of a setup not yet
+    /// established, CHILD SA keys waiting for their install. 0 when every
+    /// IKE SA the guest holds would come back from its checkpoint (less
+    /// when a checkpoint was kept of an SA whose keys went).
+    pub fn unrestorable_secrets(&self) -> i64 {
+        let held = self.vault.len() + self.derived.len();
+        held as i64 - (self.psk_owners.len() + self.checkpoints.len()) as i64
     }
 
     /// How much the current instance's linear memory grew since it was made.
