@@ -9,6 +9,8 @@
 # trap as well (`fault ike 3`), and the third carries on. Then five traps
 # in a row: after three failed replacements the next starts without the
 # checkpoints, and the `start` connection is initiated again at once.
+# Each replacement destroys the secrets its predecessor lost: the vault
+# ends with the PSK and the IKE SA's keys.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 300 bash "$0" "$@"
 
@@ -19,6 +21,20 @@ one_of_each() { # DIR
     wasmsec_ctl "$1" status | python3 -c 'import json,sys
 s=json.load(sys.stdin)
 sys.exit(0 if len(s["ike_sas"]) == 1 and len(s["child_sas"]) == 1 else 1)'
+}
+# vault_holds DIR N: within 10 s, the vault holds N secrets (between
+# rekeys: the PSK and the one IKE SA's keys). What a replacement's
+# predecessor lost (an IKE SA not restored, a setup's DH value) is
+# destroyed with the replacement; before 2026-12-06 it stayed.
+vault_holds() {
+    local n
+    for _ in $(seq 50); do
+        n=$(wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["ike"]["vault_secrets"])')
+        [ "$n" -eq "$2" ] && return 0
+        sleep 0.2
+    done
+    echo "    the vault holds $n secrets, not $2"
+    return 1
 }
 sswan_sas() { # DIR: "IKE_SAs CHILD_SAs"
     sswan "$1" --list-sas --raw 2>/dev/null | python3 -c 'import re,sys
@@ -73,6 +89,7 @@ run_case() { # who rekeys: strongswan | wasmsec
     check "$who rekeys: nobody started over (no new IKE_SA_INIT)" \
         [ "$(sed -n '/IKE guest replaced/,$p' "$B/wasmsec.log" | grep -c 'IKE_SA_INIT' || true)" -eq 0 ]
     check "$who rekeys: wasmsec ends with one IKE SA and one CHILD SA" one_of_each "$B"
+    check "$who rekeys: the vault holds the PSK and the IKE SA's keys, nothing the traps lost" vault_holds "$B" 2
     check "$who rekeys: strongSwan ends with one IKE SA and one CHILD SA" [ "$(sswan_sas "$A")" = "1 1" ]
     if [ "$who" = wasmsec ]; then start_over "$A" "$B"; fi
 }
@@ -98,6 +115,7 @@ s=json.load(sys.stdin); sys.exit(0 if any(i["spi"] != sys.argv[1] for i in s["ik
     done
     check "start over: the start connection is initiated again, a new IKE SA is up" [ "$up" -eq 0 ]
     check "start over: the old SAs left the view: one IKE SA, one CHILD SA" one_of_each "$B"
+    check "start over: the old IKE SA's keys left the vault: the PSK and the new IKE SA's remain" vault_holds "$B" 2
     check "start over: the old SAs were deleted from the data path" \
         grep -q "none of its predecessor's SAs: they are deleted ike_sas=1 child_sas=1" "$B/wasmsec.log"
     check "start over: pings pass the new tunnel" ping_ok wsi-hosta $HOST_B 10

@@ -489,6 +489,10 @@ impl wit::Guest for Component {
         hostile::restored();
         ENGINE.with_borrow_mut(|e| e.restore(&checkpoints)).map(|n| n as u32).map_err(|e| e.to_string())
     }
+
+    fn held_keys() -> Vec<u64> {
+        ENGINE.with_borrow(|e| e.held_keys())
+    }
 }
 
 /// The engine's counters on the WIT side; `half_open` is the engine's

@@ -149,6 +149,17 @@ impl Engine {
         Ok(n)
     }
 
+    /// Every handle on the host's secrets the IKE SAs hold (keys, DH
+    /// values of exchanges in flight, CHILD SAs' keys), the connections'
+    /// PSKs apart. After a restore the host destroys its other secrets:
+    /// those of the setups and exchanges the trap lost.
+    pub fn held_keys(&self) -> Vec<crate::crypto::Handle> {
+        let mut v: Vec<_> = self.sas.values().flat_map(|sa| sa.handles()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     // ---- views -------------------------------------------------------------
 
     pub fn stats(&self) -> Stats {

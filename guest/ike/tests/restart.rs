@@ -69,7 +69,15 @@ fn the_rekeying_side_replaced_keeps_its_timers_and_requests() {
     // (its retransmission then comes from the restored engine).
     let mut now = 120_000;
     for step in 0..6 {
+        // What the engine holds is every secret but the PSK: a host that
+        // destroys the rest after a replacement loses nothing live.
+        let held = a.engine.held_keys();
+        let vault = a.crypto.vault.handles().into_iter().filter(|&h| h != a.psk);
+        let mut secrets: Vec<u64> = vault.chain(a.crypto.esp.keys().copied()).collect();
+        secrets.sort_unstable();
+        assert_eq!(held, secrets, "step {step}");
         assert_eq!(replace(&mut a, B, &conf_a), 1, "step {step}");
+        assert_eq!(a.engine.held_keys(), held, "step {step}: the restored SAs hold what they held");
         run_from(&mut a, &mut b, now + 1, now + 17_000, &mut all);
         now += 17_000;
     }

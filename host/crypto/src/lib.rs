@@ -223,6 +223,11 @@ impl Vault {
         Some(true)
     }
 
+    /// The handles of every live secret, PSKs included.
+    pub fn handles(&self) -> Vec<u64> {
+        self.secrets.keys().copied().collect()
+    }
+
     /// Destroy a secret; true if it existed.
     pub fn destroy(&mut self, h: u64) -> bool {
         self.secrets.remove(&h).is_some()

@@ -127,23 +127,15 @@ impl History {
         let applied = applied.min(self.steps.len());
         let tail = self.steps.split_off(applied);
         let tail_loads = self.step_loads.split_off(applied);
-        let mut live: Vec<Option<(ike::Connection, u64)>> = Vec::new();
-        let mut at: HashMap<String, usize> = HashMap::new();
+        let indexes: Vec<usize> = (0..applied).collect();
+        let kept = live_of(self.steps.iter().zip(&indexes).map(|(step, i)| match step {
+            Step::Add(c) => (c.name.as_str(), Some(i)),
+            Step::Remove(n) => (n.as_str(), None),
+        }));
+        let kept: HashSet<usize> = kept.into_iter().copied().collect();
         let prefix = std::mem::take(&mut self.steps).into_iter().zip(std::mem::take(&mut self.step_loads));
-        for (step, load) in prefix {
-            let name = match &step {
-                Step::Add(c) => c.name.clone(),
-                Step::Remove(n) => n.clone(),
-            };
-            if let Some(i) = at.remove(&name) {
-                live[i] = None;
-            }
-            if let Step::Add(c) = step {
-                at.insert(name, live.len());
-                live.push(Some((c, load)));
-            }
-        }
-        (self.steps, self.step_loads) = live.into_iter().flatten().map(|(c, load)| (Step::Add(c), load)).unzip();
+        let live = prefix.enumerate().filter(|(i, _)| kept.contains(i)).map(|(_, s)| s);
+        (self.steps, self.step_loads) = live.unzip();
         let applied = self.steps.len();
         self.removals = tail.iter().filter(|s| matches!(s, Step::Remove(_))).count();
         self.steps.extend(tail);

@@ -55,18 +55,18 @@ impl Heard {
 /// of the connection history (`History::version`).
 #[derive(Default)]
 pub struct Configured {
-    for_steps: u64,
+    version: u64,
     addresses: HashSet<Ipv4Addr>,
 }
 
 impl Configured {
-    /// Whether these are the addresses of version `steps` of the history.
-    pub fn is_for(&self, steps: u64) -> bool {
-        self.for_steps == steps
+    /// Whether these are the addresses of version `version` of the history.
+    pub fn is_for(&self, version: u64) -> bool {
+        self.version == version
     }
 
-    pub fn set(&mut self, steps: u64, addresses: HashSet<Ipv4Addr>) {
-        (self.for_steps, self.addresses) = (steps, addresses);
+    pub fn set(&mut self, version: u64, addresses: HashSet<Ipv4Addr>) {
+        (self.version, self.addresses) = (version, addresses);
     }
 
     pub fn has(&self, a: Ipv4Addr) -> bool {

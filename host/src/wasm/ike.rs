@@ -392,6 +392,23 @@ impl IkeState {
         self.vault.len() == self.psk_owners.len() && self.derived.is_empty() && self.checkpoints.is_empty()
     }
 
+    /// After a replacement: destroy every secret of the instance it
+    /// replaced that the new one's IKE SAs do not hold (`held`, the
+    /// guest's `held-keys`), the connections' PSKs apart: the DH values and
+    /// keys of setups and exchanges a trap lost, the IKE SAs not restored,
+    /// CHILD SA keys derived and never installed. Nothing else would ever
+    /// destroy them. The guest is untrusted: naming a handle only keeps a
+    /// secret that exists, for as long as without this; one it leaves out
+    /// is its own IKE SA's loss. Returns how many went.
+    pub fn destroy_unheld(&mut self, held: &[u64]) -> usize {
+        let held: std::collections::HashSet<u64> = held.iter().copied().collect();
+        let kept = |h: &u64| held.contains(h) || self.psk_owners.contains_key(h);
+        let mut lost: Vec<u64> = self.vault.handles().into_iter().filter(|h| !kept(h)).collect();
+        lost.extend(self.derived.iter().filter(|(o, d)| !kept(o) && !kept(&d.inbound)).map(|(o, _)| *o));
+        lost.iter().for_each(|&h| self.release(h));
+        lost.len()
+    }
+
     /// Secrets the host holds beyond one per checkpointed IKE SA and the
     /// pre-shared keys: a DH value or the keys of a setup not yet
     /// established, CHILD SA keys waiting for their install. 0 when every
@@ -605,6 +622,14 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
             self.refusals += 1;
             return;
         }
+        self.release(key);
+    }
+}
+
+impl IkeState {
+    /// Destroy the secret of handle `key` (not a PSK: callers check), and
+    /// what the host keeps about it.
+    fn release(&mut self, key: u64) {
         // An ESP key only while it is derived and not installed: the keys
         // of an installed CHILD SA (or another tenant's, or a manual
         // tunnel's, in the same keystore) go with the SA's Delete, which
@@ -621,10 +646,13 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
                     self.verified_from.remove(&l);
                 }
             }
-        } else if self.derived.iter().any(|(o, d)| *o == key || d.inbound == key) {
-            self.esp_keys.remove(key);
-            self.esp_exports.remove(&key);
-            self.derived.retain(|o, d| *o != key && d.inbound != key);
+        } else if let Some(o) = self.derived.iter().find(|(o, d)| **o == key || d.inbound == key).map(|(o, _)| *o) {
+            // Either key of a pair ends the pair: it can no longer be
+            // installed, so its other key goes from the keystore too
+            // (before 2026-12-06 it stayed there until restart).
+            if let Some(d) = self.derived.remove(&o) {
+                self.destroy_child_keys(o, d.inbound);
+            }
         }
     }
 }
@@ -719,6 +747,11 @@ impl IkeInstance {
     /// Take up the IKE SAs of the instance this one replaces.
     pub fn restore(&mut self, checkpoints: &[Vec<u8>]) -> Result<Result<u32, String>> {
         refusal(self.call(|e, s| e.call_restore(s, checkpoints)))
+    }
+
+    /// The handles on the vault's and keystore's secrets its IKE SAs hold.
+    pub fn held_keys(&mut self) -> Result<Vec<u64>> {
+        self.call(|e, s| e.call_held_keys(s))
     }
 
     pub fn add_connection(&mut self, c: &Connection) -> Result<Result<Vec<String>, String>> {
@@ -888,6 +921,54 @@ mod tests {
         st.keep_checkpoints(vec![(2, None)]);
         st.clear_checkpoints();
         assert_eq!((st.checkpoints().len(), st.checkpoint_bytes), (0, 0));
+    }
+
+    /// A CHILD SA key pair derived as `child_keymat` does, for tests.
+    fn derived_pair(st: &mut IkeState) -> (u64, u64) {
+        let key = || EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap();
+        let (outbound, inbound) = (st.esp_keys.insert(key()), st.esp_keys.insert(key()));
+        let d = Derived {
+            inbound,
+            alg: EspAlgorithm::Aes256Gcm16,
+            authenticated_by: 0,
+            grant: Arc::new(GrantBounds::of(&crate::policy::connection_grant("")).unwrap()),
+            lineage: 0,
+            key_exchange: wasmsec_crypto::ChildKeyExchange::Created(None),
+        };
+        st.derived.insert(outbound, d);
+        (outbound, inbound)
+    }
+
+    #[test]
+    fn destroying_either_key_of_a_derived_pair_takes_both_from_the_keystore() {
+        use b::wasmsec::crypto::ike_keys::Host;
+        let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let (_, inbound) = derived_pair(&mut st);
+        let (outbound, _) = derived_pair(&mut st);
+        assert_eq!(st.esp_keys.len(), 4);
+        st.destroy(inbound);
+        st.destroy(outbound);
+        assert_eq!((st.esp_keys.len(), st.derived.len()), (0, 0), "no half of a pair left behind");
+    }
+
+    #[test]
+    fn after_a_replacement_only_what_the_guest_holds_and_the_psks_stay() {
+        let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
+        let psk = st.insert_psk("gw", Zeroizing::new(b"a key".to_vec()));
+        let (kept_dh, _) = st.vault.dh_generate(wasmsec_wire::ike::DhGroup::X25519).unwrap();
+        let (lost_dh, _) = st.vault.dh_generate(wasmsec_wire::ike::DhGroup::X25519).unwrap();
+        let (lost_out, lost_in) = derived_pair(&mut st);
+        let (kept_out, _) = derived_pair(&mut st);
+        assert_eq!(st.unrestorable_secrets(), 4);
+        // The guest names a PSK it may not drop, nothing of the lost pair,
+        // and a handle that is no secret at all.
+        let gone = st.destroy_unheld(&[kept_dh, kept_out, 999]);
+        assert_eq!(gone, 2, "the lost DH value and the lost pair");
+        assert!(st.vault.handles().contains(&psk), "a connection's PSK stays whatever the guest says");
+        assert!(st.vault.handles().contains(&kept_dh) && !st.vault.handles().contains(&lost_dh));
+        assert_eq!(st.esp_keys.len(), 2, "the held pair's two keys, none of the lost one's ({lost_out}, {lost_in})");
+        assert_eq!(st.destroy_unheld(&[]), 2, "then the rest, the PSK apart");
+        assert!(st.holds_no_sa());
     }
 
     #[test]

@@ -334,6 +334,18 @@ impl IkeSa {
         self.children.iter_mut().find(|c| c.inbound_spi == inbound)
     }
 
+    /// Every handle on the host's secrets this SA holds: its keys, its DH
+    /// values (as `take_dh_values` takes them) and its CHILD SAs' keys.
+    pub fn handles(&self) -> impl Iterator<Item = Handle> + '_ {
+        let in_flight = match self.request.as_ref().map(|r| &r.exchange) {
+            Some(InFlight::RekeyIke(r)) => Some(r.dh),
+            Some(InFlight::CreateChild(p) | InFlight::Auth(p)) => p.dh.map(|d| d.0),
+            _ => None,
+        };
+        let children = self.children.iter().flat_map(|c| [c.keys.outbound, c.keys.inbound]);
+        self.keys.into_iter().chain(self.dh).chain(in_flight).chain(children)
+    }
+
     /// The DH values this SA holds (the IKE_SA_INIT one, and those of the
     /// exchange in flight: PFS, IKE rekey), taken for destruction with the
     /// exchange in flight.
