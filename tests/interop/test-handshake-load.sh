@@ -6,11 +6,13 @@
 # and afterwards the responder holds no IKE SA, no CHILD SA and no
 # half-open SA and its key vault is back to what it held before (nothing
 # leaks), its guests never trapped and it refused nothing. Then 6,000
-# CHILD SAs held in 2,000 IKE SAs are all deleted at once: each guest,
-# grown with them, is replaced by a fresh instance to give its memory back,
-# and the fresh ones set up 200 more.
+# CHILD SAs are held in 2,000 IKE SAs; seven eighths of them are deleted
+# by the generator: each ESP guest, grown with them,
+# is replaced by one with the eighth left, to give its memory back. Then
+# the rest are deleted at once, and the IKE guest, holding none, is
+# replaced by a fresh instance; the new guests set up 200 more.
 source "$(dirname "$0")/lib.sh"
-[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 180 bash "$0" "$@"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 240 bash "$0" "$@"
 IKELOAD=${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}
 [ -x "$IKELOAD" ] || { echo "FAIL: $IKELOAD is missing (cargo build --release -p wasmsec-ikeload)"; exit 1; }
 SETUPS=2000
@@ -65,14 +67,15 @@ then
 else
     echo "FAIL: the responder's counters (above)"; fail=1
 fi
-# Then SAs held and deleted all at once, as when a site or a tenant goes:
-# the guests grew with them (a wasm memory only grows) and, once their last
-# SA is gone, are replaced by fresh instances so the memory goes back: each
-# ESP guest of the daemon's own domain (datapath/group.rs, `reclaim`) and
-# the IKE guest (control/mod.rs, `reclaim_ike`). Then the fresh guests set
-# up SAs as before.
-HELD_IKE=2000 HELD_CHILDREN=3
-want=$((HELD_IKE * HELD_CHILDREN))
+# Then SAs held and most of them deleted, as when a site or a tenant goes:
+# the guests grew with them (a wasm memory only grows). Each ESP guest of
+# the daemon's own domain is replaced by one with the SAs left once they
+# are an eighth of its peak (datapath/group.rs, `reclaim`); the IKE guest
+# by a fresh instance once it holds no SA (control/replacement.rs,
+# `reclaim_ike`). Then the new guests set up SAs as before. The generator
+# deletes all but 250 of its 2,000 IKE SAs after 10 s.
+HELD_IKE=2000 HELD_CHILDREN=3 KEPT_IKE=250
+want=$((HELD_IKE * HELD_CHILDREN)) kept=$((KEPT_IKE * HELD_CHILDREN))
 counts() {
     "$WASMSEC_BIN" list-conns --socket "$B/ctl.sock" --json 2>/dev/null |
         python3 -c 'import json,sys; c=json.load(sys.stdin)["connections"]; print(sum(x["ike_sas"] for x in c), sum(x["child_sas"] for x in c))'
@@ -85,22 +88,46 @@ ike_total() {
     nsx wsi-gwb python3 "$ROOT/tests/interop/http-get.py" "http://$M/metrics" |
         awk '/^wasmsec_ike_handshakes_succeeded_total/ { n += $NF } END { print n + 0 }'
 }
+# wait_counts "IKE CHILD": until the responder holds that many (while the
+# generator runs).
+wait_counts() {
+    for _ in $(seq 180); do
+        have=$(counts)
+        [ "$have" = "$1" ] && return 0
+        kill -0 "$gen" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    return 1
+}
 # Not through `nsx`: $! is then the generator itself, to be stopped by PID.
 ip netns exec wsi-gwa "$IKELOAD" --psk-file "$STATE/psk" --server $WAN_B --sources $IKELOAD_SOURCES --id $IKELOAD_ID \
     --remote-id $ID_B --local-ts $IKELOAD_TS --remote-ts $LAN_B --label held --in-flight 16 \
-    --standing $HELD_IKE --children $HELD_CHILDREN --setups 0 --seconds 90 --hold 90 \
-    >"$STATE/held.out" 2>"$STATE/held.err" &
+    --standing $HELD_IKE --children $HELD_CHILDREN --setups 0 --seconds 90 --hold 10 \
+    --keep $KEPT_IKE --keep-hold 150 >"$STATE/held.out" 2>"$STATE/held.err" &
 gen=$!
 PIDS+=($gen)
-have=""
-for _ in $(seq 180); do
-    have=$(counts)
-    [ "${have#* }" -ge $want ] 2>/dev/null && break
-    kill -0 $gen 2>/dev/null || break
-    sleep 0.5
-done
-if [ "$have" = "$HELD_IKE $want" ]; then
+compacted=""
+if wait_counts "$HELD_IKE $want"; then
     echo "PASS: $want CHILD SAs held in $HELD_IKE IKE SAs"
+    # The generator's hold ends: it deletes all IKE SAs but 250.
+    wait_counts "$KEPT_IKE $kept" || true
+    sleep 0.5
+    compacted=$(grep -a "holds an eighth of its peak SAs or fewer" "$B/wasmsec.log" | grep -ao 'direction="\?[a-z]*\|sas=[0-9]*\|peak=[0-9]*\|grown_kib=[0-9]*\|grown_now_kib=[0-9]*' | paste -sd' ')
+    echo "  compacted: ${compacted:-none}"
+    if [ "$have" = "$KEPT_IKE $kept" ] && python3 - "$compacted" "$kept" "$want" <<'PY'
+import re, sys
+seen = re.findall(r'direction="?([a-z]+) sas=(\d+) peak=(\d+) grown_kib=(\d+) grown_now_kib=(\d+)', sys.argv[1])
+kept, peak = int(sys.argv[2]), int(sys.argv[3])
+# Once per direction, with the SAs left, at the peak, giving back most.
+sys.exit(0 if sorted(d for d, *_ in seen) == ["inbound", "outbound"]
+         and all(int(s) == kept and int(p) == peak and int(g) >= 1024 and int(n) * 4 < int(g)
+                 for _, s, p, g, n in seen) else 1)
+PY
+    then
+        echo "PASS: $((want - kept)) CHILD SAs deleted, $kept left: each ESP guest replaced by one with those, at a quarter of its memory or less"
+    else
+        echo "FAIL: with $have (IKE CHILD) SAs left of $HELD_IKE $want, the ESP guests' replacements: ${compacted:-none}"; fail=1
+    fi
     established=$(ike_total)
     in_status=$(wasmsec_ctl "$B" status | status_established)
     "$WASMSEC_BIN" terminate s2s --socket "$B/ctl.sock" >/dev/null || echo "terminate failed"
@@ -120,7 +147,7 @@ for _ in $(seq 40); do
 done
 reclaimed=$(grep -a "to give back its memory" "$B/wasmsec.log" | grep -ao 'direction="\?[a-z]*\|grown_kib=[0-9]*' | paste -sd' ')
 echo "  reclaimed: ${reclaimed:-none}"
-if [ "$have" = "0 0" ] && python3 - "$reclaimed" <<'PY'
+if [ "$have" = "0 0" ] && python3 - "$reclaimed" <<'PY' &&
 import re, sys
 seen = re.findall(r'(?:direction="?([a-z]+) )?grown_kib=(\d+)', sys.argv[1])
 # Each ESP direction's guest once (at least 1 MiB grown), the IKE guest
@@ -130,8 +157,9 @@ ike = [int(k) for d, k in seen if not d]
 sys.exit(0 if esp == ["inbound", "outbound"] and len(ike) == 1 and ike[0] >= 4096
          and all(int(k) >= 1024 for d, k in seen if d) else 1)
 PY
+    [ "$(grep -ac "to give back its memory" "$B/wasmsec.log")" -eq 3 ]
 then
-    echo "PASS: all deleted; both ESP guests and the IKE guest were replaced by fresh ones"
+    echo "PASS: all deleted; the IKE guest was replaced by a fresh one, and no ESP guest again"
 else
     echo "FAIL: after the terminate: SAs left ${have:-?}, guests replaced: ${reclaimed:-none}"; fail=1
 fi

@@ -26,6 +26,29 @@ use crate::wasm::{EspMemory, Runtime};
 /// a mass of SAs' memory.
 pub const RECLAIM_GROWN: usize = 1 << 20;
 
+/// An instance that grew by [`RECLAIM_GROWN`] or more and holds at most
+/// one in this many of the SAs it held at its peak is replaced by one with
+/// only those SAs ([`Group::reclaim`]): a PoP's tenant or site that took
+/// thousands of SAs away would otherwise leave their memory taken while a
+/// few SAs remain. An eighth: a replacement installs its SAs again (about
+/// 2-5 us each here) while the thread's packets wait, so it comes only
+/// where it gives back most of the memory, and a teardown of thousands
+/// compacts once on the way down, not at every step.
+pub const COMPACT_FRACTION: usize = 8;
+
+/// What [`Group::reclaim`] gave back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// SAs the new instance holds (0: the group was empty).
+    pub held: usize,
+    /// The most SAs the old instance held.
+    pub peak: usize,
+    /// How much the old instance's linear memory had grown.
+    pub grown: usize,
+    /// How much the new one's grew with the SAs installed again.
+    pub grown_now: usize,
+}
+
 /// One group's guest in one direction.
 pub struct Group {
     /// The runtime's index of its ESP component.
@@ -48,13 +71,28 @@ pub struct Group {
     /// A replacement waits for its backoff until then; meanwhile the
     /// group's packets are dropped (counted), and no other group waits.
     pub suspended_until: Option<Instant>,
+    /// The most SAs its instance has held (`sas`, both directions).
+    pub peak: usize,
+    /// An SA left it since [`Group::reclaim`] was last considered, going
+    /// this way.
+    pub removed: Option<super::Direction>,
 }
 
 impl Group {
     /// The group of component `component` with these SAs, instantiated
     /// if it [`Group::needs_instance`].
     pub fn new(rt: &Runtime, component: usize, domain: usize, sas: SaSet) -> Result<Group> {
-        let mut g = Group { component, domain, inst: None, sas, guard: GuestGuard::default(), suspended_until: None };
+        let peak = sas.len();
+        let mut g = Group {
+            component,
+            domain,
+            inst: None,
+            sas,
+            guard: GuestGuard::default(),
+            suspended_until: None,
+            peak,
+            removed: None,
+        };
         if g.needs_instance() {
             g.inst = Some(g.instantiate(rt)?);
         }
@@ -73,22 +111,45 @@ impl Group {
         self.domain == 0 || !self.sas.is_empty()
     }
 
-    /// Once the group holds no SA: replace an instance whose linear memory
-    /// grew by [`RECLAIM_GROWN`] or more with a fresh one, so the memory
-    /// that a mass of tunnels took goes back once they are gone (a wasm
-    /// memory only grows; the daemon's own domain keeps an instance while
-    /// it is empty). With no SA there is no key, sequence number or
-    /// replay window to carry over. Returns the growth given back.
-    pub fn reclaim(&mut self, rt: &Runtime) -> Result<usize> {
+    /// Replace an instance whose linear memory grew by [`RECLAIM_GROWN`]
+    /// or more by a new one, so the memory that a mass of tunnels took
+    /// goes back once they are gone (a wasm memory only grows; the
+    /// daemon's own domain keeps an instance while it is empty): once the
+    /// group holds no SA, or at most one [`COMPACT_FRACTION`]th of its
+    /// peak. The new instance gets the SAs left as a trapped one's
+    /// replacement does (`SaSet::instantiate`): keys granted again, the
+    /// next outbound sequence number and the inbound replay windows' right
+    /// edges from the host's high-water marks, with every number up to the
+    /// edge taken as received (RFC 4303 section 3.4.3): a packet delayed
+    /// behind a later one at that moment is dropped as a replay, as after
+    /// a trap; none is ever accepted twice. Not counted as a fault.
+    pub fn reclaim(&mut self, rt: &Runtime) -> Result<Option<Reclaimed>> {
         let grown = match &self.inst {
-            Some(inst) if self.sas.is_empty() && self.suspended_until.is_none() => inst.memory_grown(),
-            _ => return Ok(0),
+            Some(inst) if self.suspended_until.is_none() => inst.memory_grown(),
+            _ => return Ok(None),
         };
-        if grown < RECLAIM_GROWN {
-            return Ok(0);
+        let held = self.sas.len();
+        if grown < RECLAIM_GROWN || held.saturating_mul(COMPACT_FRACTION) > self.peak {
+            return Ok(None);
         }
-        self.inst = Some(self.instantiate(rt)?);
-        Ok(grown)
+        let mut inst = self.instantiate(rt).inspect_err(|_| {
+            // Not again at every removal: once the count falls as far below.
+            self.peak = held;
+        })?;
+        let grown_now = inst.memory_grown();
+        // Limits the host's count found reached and not reported yet go
+        // with the SAs (as in a trapped instance's replacement).
+        if let Some(old) = &mut self.inst {
+            inst.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
+        }
+        self.inst = Some(inst);
+        let peak = std::mem::replace(&mut self.peak, held);
+        Ok(Some(Reclaimed { held, peak, grown, grown_now }))
+    }
+
+    /// Note the SA count after an install (for [`Group::reclaim`]).
+    pub fn note_installed(&mut self) {
+        self.peak = self.peak.max(self.sas.len());
     }
 
     /// Give the instance room for `n` packets.

@@ -75,6 +75,11 @@ pub struct SaSet {
 }
 
 impl SaSet {
+    /// SAs in both directions.
+    pub fn len(&self) -> usize {
+        self.outbound.len() + self.inbound.len()
+    }
+
     /// No SA in either direction.
     pub fn is_empty(&self) -> bool {
         self.outbound.values().next().is_none() && self.inbound.values().next().is_none()
@@ -97,12 +102,22 @@ impl SaSet {
     }
 
     /// A new instance of ESP component `component` in `memory` with these
-    /// SAs installed and their keys granted.
+    /// SAs installed and their keys granted. An SA whose key is gone is
+    /// left out: the control thread destroys an SA's keys when it deletes
+    /// it, and its removal waits in this thread's queue (during a teardown
+    /// of thousands, many do); the removal finds it recorded here and not
+    /// in the guest, which is no error. Before 2026-12-06 such an SA failed
+    /// the whole instantiation.
     pub fn instantiate(&self, rt: &Runtime, component: usize, memory: EspMemory) -> Result<EspInstance> {
         let mut inst = rt.esp_instance_of(component, memory)?;
+        let deleted = |spi: u32| {
+            debug!(spi = format_args!("{spi:08x}"), "data path: SA deleted, its removal queued: not installed again")
+        };
         for k in self.outbound.values() {
-            let key =
-                self.keystore.get(k.sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", k.sa.spi))?;
+            let Some(key) = self.keystore.get(k.sa.key) else {
+                deleted(k.sa.spi);
+                continue;
+            };
             let mut sa = k.full();
             // The guest chose the numbers it sealed with: the last may be the largest.
             sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
@@ -115,8 +130,10 @@ impl SaSet {
             inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
         }
         for k in self.inbound.values() {
-            let key =
-                self.keystore.get(k.sa.key).ok_or_else(|| anyhow::anyhow!("key for SPI {:#x} missing", k.sa.spi))?;
+            let Some(key) = self.keystore.get(k.sa.key) else {
+                deleted(k.sa.spi);
+                continue;
+            };
             let mut sa = k.full();
             sa.highest_seq = sa.highest_seq.max(key.highest_seq());
             sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
@@ -342,6 +359,7 @@ impl Loop {
                     }
                     group.inst = Some(inst);
                     group.suspended_until = None;
+                    group.peak = group.sas.len();
                     true
                 }
                 Err(e) => {
@@ -473,6 +491,40 @@ impl Loop {
                 (Err(e), None) => warn!(error = %e, "SA change failed"),
             }
         }
+        self.reclaim_groups();
+    }
+
+    /// The groups that lost SAs in the commands just applied: each
+    /// instance that now holds none, or few, of what it held is replaced
+    /// to give back its memory (`Group::reclaim`).
+    fn reclaim_groups(&mut self) {
+        for (g, group) in self.groups.list.iter_mut().enumerate() {
+            let Some(dir) = group.removed.take() else { continue };
+            let t0 = std::time::Instant::now();
+            match group.reclaim(&self.runtime) {
+                Ok(None) => {}
+                Ok(Some(r)) if r.held == 0 => info!(
+                    direction = dir.name(),
+                    group = g,
+                    grown_kib = r.grown >> 10,
+                    "data path: the group's last SA left; its ESP instance is replaced by a fresh one to give back its memory"
+                ),
+                Ok(Some(r)) => info!(
+                    direction = dir.name(),
+                    group = g,
+                    sas = r.held,
+                    peak = r.peak,
+                    grown_kib = r.grown >> 10,
+                    grown_now_kib = r.grown_now >> 10,
+                    took_ms = t0.elapsed().as_millis() as u64,
+                    "data path: the group holds an eighth of its peak SAs or fewer; its ESP instance is replaced by one with those SAs to give back its memory"
+                ),
+                // The old instance still works: it keeps its memory.
+                Err(e) => {
+                    warn!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP instance to give back its memory; it keeps it")
+                }
+            }
+        }
     }
 
     /// An SA the data path could not install (the guest refused it or
@@ -548,19 +600,9 @@ impl Loop {
             debug!(group = g, "data path: the group's last SA left; its instance is freed");
             group.inst = None;
         } else {
-            match group.reclaim(&self.runtime) {
-                Ok(0) => {}
-                Ok(grown) => info!(
-                    direction = dir.name(),
-                    group = g,
-                    grown_kib = grown >> 10,
-                    "data path: the group's last SA left; its ESP instance is replaced by a fresh one to give back its memory"
-                ),
-                // The emptied instance still works: it keeps its memory.
-                Err(e) => {
-                    warn!(direction = dir.name(), group = g, error = %e, "cannot replace the emptied ESP instance; it keeps its memory")
-                }
-            }
+            // Looked at once this drain of commands is done: a teardown
+            // of thousands comes in drains of many removals.
+            group.removed = Some(dir);
         }
         (gone, r)
     }
@@ -595,6 +637,7 @@ impl Loop {
         // A tenant's group gets its instance with its first SA.
         if group.inst.is_none() {
             group.inst = Some(group.instantiate(&self.runtime)?);
+            group.peak = group.sas.len();
         }
         let Some(inst) = group.inst.as_mut() else { anyhow::bail!("no ESP instance for guest group {g}") };
         inst.store.data_mut().keys.grant(handle, key, key_use, limits);
@@ -619,6 +662,7 @@ impl Loop {
             }
         }
         installed?;
+        group.note_installed();
         self.groups.by_spi.insert(spi, g);
         Ok(Installed::Yes)
     }

@@ -7,11 +7,13 @@ pub const USAGE: &str = "usage: wasmsec-ikeload --psk-file FILE [--server 198.18
   [--id load.bench.test (initiator N is iN.load.bench.test)] [--remote-id gwb.interop.test]
   [--local-ts 10.98.0.0/16] [--remote-ts 198.18.2.0/24]
   [--proposals aes256gcm16-prfsha256-x25519] [--esp aes256gcm16] [--children 1] [--hold 0]
+  [--keep 0] [--keep-hold 0]
 --standing N first sets up N IKE SAs and keeps them up while the setups are measured
 (deleted at the end), so the responder holds that many at once.
 --children K gives each IKE SA K CHILD SAs (the first in IKE_AUTH, the others by
 CREATE_CHILD_SA), child j for the j-th address of --local-ts; a setup counts when all are up.
 --hold S keeps the standing SAs up S seconds after the measured setups (a memory probe).
+--keep N deletes all standing SAs but N after the hold, and those N --keep-hold S seconds later.
 Every source address must be local (e.g. `ip route add local 198.19.0.0/18 dev lo`);
 port 500 of them must be free.";
 
@@ -41,6 +43,9 @@ pub struct Args {
     pub children: usize,
     /// Seconds the standing SAs stay up after the measured setups.
     pub hold: u64,
+    /// Standing SAs that stay up `keep_hold` seconds more after the hold.
+    pub keep: usize,
+    pub keep_hold: u64,
 }
 
 impl Args {
@@ -63,6 +68,8 @@ impl Args {
             esp: "aes256gcm16".into(),
             children: 1,
             hold: 0,
+            keep: 0,
+            keep_hold: 0,
         };
         let mut sources = "198.19.0.0/18".to_string();
         while let Some(k) = it.next() {
@@ -86,6 +93,8 @@ impl Args {
                 "--esp" => a.esp = v,
                 "--children" => a.children = num("--children")? as usize,
                 "--hold" => a.hold = num("--hold")?,
+                "--keep" => a.keep = num("--keep")? as usize,
+                "--keep-hold" => a.keep_hold = num("--keep-hold")?,
                 _ => return Err(format!("unknown option {k}")),
             }
         }

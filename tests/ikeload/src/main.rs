@@ -173,15 +173,20 @@ fn run(args: &Args) -> Result<Report, String> {
             });
             // The standing SAs still up (one the responder deleted is not),
             // after the hold.
+            // With `--keep N`, N of them stay `--keep-hold` seconds more
+            // (the responder holds a few of many, as after a site went).
             let hold = Duration::from_secs(args.hold);
-            if since.elapsed() >= hold {
-                for i in kept.drain(..).filter(|&i| inits[i].busy) {
-                    let t = now(&clock);
-                    engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
+            let last = hold + Duration::from_secs(args.keep_hold);
+            for (at, stay) in [(hold, args.keep), (last, 0)] {
+                if since.elapsed() >= at && kept.len() > stay {
+                    for i in kept.drain(stay..).filter(|&i| inits[i].busy) {
+                        let t = now(&clock);
+                        engine.terminate(t, &inits[i].name, &mut crypto).map_err(|e| format!("terminate: {e:?}"))?;
+                    }
                 }
             }
-            if since.elapsed() >= hold
-                && (engine.ike_sa_count() == 0 || since.elapsed() > hold + Duration::from_secs(5))
+            if since.elapsed() >= last
+                && (engine.ike_sa_count() == 0 || since.elapsed() > last + Duration::from_secs(5))
             {
                 break;
             }
