@@ -590,7 +590,6 @@ impl ControlPlane {
                     let st = self.ike.store.data_mut();
                     // A grant names the connection's tenant (or it is refused),
                     // so SAs we initiated or rekeyed carry it too.
-                    st.granted.remove(&up.ike_spi);
                     let tenant = st.policy.for_connection(&up.connection).0;
                     let kind = if up.rekeyed { SaEventKind::Rekeyed } else { SaEventKind::Up };
                     // Loaded again since the last output was taken: the

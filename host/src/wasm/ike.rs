@@ -78,9 +78,6 @@ pub struct IkeState {
     checkpoint_bytes: usize,
     /// The policy modules that authorize peers, by connection (none: accept).
     pub policy: crate::policy::Policies,
-    /// The tenant each IKE SA was authorized for, by our SPI, until the
-    /// control plane takes it with the SA's up event.
-    pub granted: HashMap<u64, String>,
 }
 
 /// A derived CHILD SA key pair waiting for its install.
@@ -174,7 +171,6 @@ impl IkeState {
             checkpoint_bytes: 0,
             refusals: 0,
             policy: Default::default(),
-            granted: HashMap::new(),
         }
     }
 
@@ -842,23 +838,14 @@ impl super::bindings::esp::wasmsec::crypto::types::Host for IkeState {}
 impl super::bindings::policy::wasmsec::policy::types::Host for IkeState {}
 
 impl b::wasmsec::ike::authorizer::Host for IkeState {
-    fn authorize(&mut self, ike_sa: u64, ike_spi: u64, request: AuthorizeRequest) -> Decision {
-        let d = match self.authorize_peer(ike_sa, &request) {
+    fn authorize(&mut self, ike_sa: u64, _ike_spi: u64, request: AuthorizeRequest) -> Decision {
+        match self.authorize_peer(ike_sa, &request) {
             Ok(d) => d,
             Err(why) => {
                 self.refusals += 1;
-                return Decision::Reject(format!("refused by the host: {why}"));
+                Decision::Reject(format!("refused by the host: {why}"))
             }
-        };
-        // Bounded: one entry per IKE SA being authorized, taken at its up
-        // event; a guest that asks without ever bringing SAs up cannot
-        // grow it past the cap.
-        if let Decision::Accept(g) = &d
-            && self.granted.len() < MAX_PENDING_CHILD_KEYS
-        {
-            self.granted.insert(ike_spi, g.tenant.clone());
         }
-        d
     }
 }
 impl super::bindings::esp::wasmsec::net::types::Host for IkeState {}
