@@ -229,19 +229,6 @@ impl ControlPlane {
             .select(live.iter().copied().filter(|c| only.is_none_or(|o| o.contains(&c.name))), |c: &Connection| {
                 c.name.as_str()
             });
-        // One pass over the SAs, not one per connection: a PoP has
-        // thousands of connections and 100,000 CHILD SAs.
-        let mut counts: HashMap<&str, (usize, usize)> = shown.iter().map(|c| (c.name.as_str(), (0, 0))).collect();
-        for s in self.children.ike_sas.values() {
-            if let Some(n) = counts.get_mut(&*s.connection) {
-                n.0 += 1;
-            }
-        }
-        for c in self.children.installed() {
-            if let Some(n) = counts.get_mut(&*c.connection) {
-                n.1 += 1;
-            }
-        }
         let mut list = Vec::with_capacity(shown.len());
         for c in shown {
             let addrs = |a: &[Vec<u8>]| -> Vec<String> {
@@ -271,8 +258,8 @@ impl ControlPlane {
                 },
                 "tenant": self.ike.store.data().policy.tenant_of.get(&c.name),
                 "children": children,
-                "ike_sas": counts.get(c.name.as_str()).map_or(0, |n| n.0),
-                "child_sas": counts.get(c.name.as_str()).map_or(0, |n| n.1),
+                "ike_sas": self.children.counts_of(&c.name).0,
+                "child_sas": self.children.counts_of(&c.name).1,
             }));
         }
         let mut v = json!({ "connections": list, "connections_total": live.len() });

@@ -220,6 +220,10 @@ pub struct Children {
     ike_peers: HashMap<Ipv4Addr, u32>,
     /// Installed CHILD SAs, by our inbound SPI.
     list: BySpi<ChildInfo>,
+    /// How many IKE SAs (up) and CHILD SAs (installed) each connection
+    /// has: a page of the admin view's connections asks for its own
+    /// instead of passing over every SA (a PoP's 100,000).
+    per_connection: HashMap<Arc<str>, (usize, usize)>,
     /// The names the SAs show, one copy each (at most [`MAX_NAMES`]; the
     /// guest names them).
     names: HashSet<Arc<str>>,
@@ -252,6 +256,7 @@ impl Children {
             ike_sas: BTreeMap::new(),
             ike_peers: HashMap::new(),
             list: BySpi::default(),
+            per_connection: HashMap::new(),
             names: HashSet::new(),
             expected: HashSet::new(),
             test_install_delay: std::env::var("WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS")
@@ -354,8 +359,10 @@ impl Children {
             load,
         };
         self.count_peer(&info, true);
+        self.tally(&info.connection, (1, 0), true);
         if let Some(was) = self.ike_sas.insert(up.ike_spi, info) {
             self.count_peer(&was, false);
+            self.tally(&was.connection, (1, 0), false);
         }
         &self.ike_sas[&up.ike_spi]
     }
@@ -364,8 +371,23 @@ impl Children {
         let gone = self.ike_sas.remove(&spi);
         if let Some(i) = &gone {
             self.count_peer(i, false);
+            self.tally(&i.connection, (1, 0), false);
         }
         gone
+    }
+
+    /// Count `n` (IKE SAs, CHILD SAs) more or fewer for `connection`.
+    fn tally(&mut self, connection: &Arc<str>, n: (usize, usize), up: bool) {
+        let c = self.per_connection.entry(connection.clone()).or_default();
+        *c = if up { (c.0 + n.0, c.1 + n.1) } else { (c.0.saturating_sub(n.0), c.1.saturating_sub(n.1)) };
+        if *c == (0, 0) {
+            self.per_connection.remove(connection);
+        }
+    }
+
+    /// How many IKE SAs are up and CHILD SAs installed for connection `name`.
+    pub fn counts_of(&self, name: &str) -> (usize, usize) {
+        self.per_connection.get(name).copied().unwrap_or_default()
     }
 
     /// Whether an IKE SA that is up has its peer at `a`.
@@ -517,6 +539,7 @@ impl Children {
             self.overdue.insert((due, c.inbound_spi, c.inbound_key));
         }
         let (connection, child) = (self.name(&c.connection), self.name(&c.child));
+        self.tally(&connection, (0, 1), true);
         self.list.insert(
             c.inbound_spi,
             ChildInfo {
@@ -614,6 +637,7 @@ impl Children {
     pub fn delete(&mut self, d: ChildDeleted, now: u64) -> bool {
         let gone = self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi);
         for c in &gone {
+            self.tally(&c.connection, (0, 1), false);
             let (inbound_key, outbound_key) = c.keys;
             self.overdue.remove(&(c.due, c.inbound_spi, inbound_key));
             // Only this SA's: a guest may have named its inbound SPI twice.
@@ -793,7 +817,11 @@ mod tests {
         let (a, b) = (&c.ike_sas[&1], &c.ike_sas[&2]);
         assert!(Arc::ptr_eq(&a.connection, &b.connection) && Arc::ptr_eq(&a.proposal, &b.proposal), "one copy");
         assert!(c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 2)), "the peer counted from its address");
+        // Up again under the same SPI (a guest's word): counted once.
+        c.ike_up(up(2, [198, 19, 0, 2]), "t1", 1);
+        assert_eq!(c.counts_of("pop"), (2, 0), "the connection's count for the admin view");
         c.ike_down(2);
+        assert_eq!((c.counts_of("pop"), c.counts_of("other")), ((1, 0), (0, 0)));
         assert!(!c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 2)) && c.has_ike_peer(Ipv4Addr::new(198, 19, 0, 1)));
         // An address the guest did not give as 4 or 16 bytes shows as "".
         let mut odd = up(3, [0; 4]);
