@@ -143,6 +143,19 @@ impl Engine {
             restored.push((sa, bytes));
         }
         let n = restored.len();
+        // A reauthentication under way in the predecessor: its new IKE SA
+        // was still being set up (no checkpoint) and is lost, and the old
+        // one had stopped its schedule for it (`start_reauth`). It starts
+        // over at the first tick, as after a failed attempt; otherwise it
+        // would never reauthenticate again.
+        let replaced: std::collections::HashSet<u64> = restored.iter().filter_map(|(sa, _)| sa.replaces).collect();
+        for (sa, _) in &mut restored {
+            let reauths = self.conns[sa.conn].cfg.reauth_time_ms > 0;
+            let left = sa.state == State::Established && sa.replaces.is_none() && !sa.owed.close;
+            if reauths && left && sa.auth_initiator && sa.reauth_at == 0 && !replaced.contains(&sa.our_spi()) {
+                sa.reauth_at = 1;
+            }
+        }
         for (sa, bytes) in restored {
             self.sas.restore(sa.our_spi(), sa, bytes);
         }

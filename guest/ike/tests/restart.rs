@@ -125,3 +125,30 @@ fn checkpoints_find_their_connection_by_name_under_another_index() {
     assert!(err.contains("\"site\", which is not loaded"), "{err}");
     assert_eq!(e.established(), (0, 0));
 }
+
+/// A reauthentication under way when the guest traps: its new IKE SA was
+/// still being set up (no checkpoint) and is lost with the instance. The
+/// restored old IKE SA had stopped its schedule for it, and must start
+/// over instead of never reauthenticating again.
+#[test]
+fn a_reauthentication_the_trap_lost_starts_again() {
+    let conf_a = Conf { reauth_ms: 20_000, ..Default::default() };
+    let conf_b = Conf::default();
+    let mut a = side(A, B, &conf_a);
+    let mut b = side(B, A, &conf_b);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    assert_eq!(a.engine.established(), (1, 1));
+    // The reauthentication starts (about 20 s in) and its IKE_SA_INIT gets
+    // no answer: it is under way when A traps.
+    let no_init = |_: usize, d: &Datagram| d.data.get(18) != Some(&ExchangeType::IkeSaInit.raw());
+    run_from(&mut a, &mut b, 1_000, 26_000, &mut no_init.clone());
+    assert!(a.log_has("reauthenticating"), "{:?}", a.logs);
+    assert_eq!(a.engine.stats().reauths, 1);
+    assert_eq!(replace(&mut a, B, &conf_a), 1, "the old IKE SA comes back, the half-open one does not");
+    run_from(&mut a, &mut b, 26_001, 60_000, &mut all);
+    assert!(a.engine.stats().reauths >= 1, "the restored IKE SA reauthenticates again: {:?}", a.logs);
+    assert!(a.log_has("reauthenticated"), "{:?}", a.logs);
+    assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)));
+    assert_live_pairs(&a, &b, 1);
+}

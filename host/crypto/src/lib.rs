@@ -223,6 +223,11 @@ impl Vault {
         Some(true)
     }
 
+    /// Whether handle `h` names a live secret.
+    pub fn contains(&self, h: u64) -> bool {
+        self.secrets.contains_key(&h)
+    }
+
     /// The handles of every live secret, PSKs included.
     pub fn handles(&self) -> Vec<u64> {
         self.secrets.keys().copied().collect()

@@ -333,8 +333,10 @@ impl ControlPlane {
     /// CHILD SA keys never installed) is destroyed, as the guest would have
     /// had it lived (`IkeState::destroy_unheld`).
     fn destroy_lost_secrets(&mut self) -> anyhow::Result<()> {
-        let held = self.ike.held_keys()?;
-        let destroyed = self.ike.store.data_mut().destroy_unheld(&held);
+        // Starting over, the host forgets every SA (`forget_sas`): their
+        // secrets go whatever the new guest says.
+        let held = if self.start_over_pending { Vec::new() } else { self.ike.held_keys()? };
+        let destroyed = self.ike.store.data_mut().destroy_unheld(held);
         if destroyed > 0 {
             info!(secrets = destroyed, "secrets of setups and SAs the replaced IKE guest lost are destroyed");
         }

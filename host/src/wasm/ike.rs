@@ -396,9 +396,14 @@ impl IkeState {
     /// destroy them. The guest is untrusted: naming a handle only keeps a
     /// secret that exists, for as long as without this; one it leaves out
     /// is its own IKE SA's loss. Returns how many went.
-    pub fn destroy_unheld(&mut self, held: &[u64]) -> usize {
-        let held: std::collections::HashSet<u64> = held.iter().copied().collect();
-        let kept = |h: &u64| held.contains(h) || self.psk_owners.contains_key(h);
+    pub fn destroy_unheld(&mut self, mut held: Vec<u64>) -> usize {
+        // The guest's list may be as long as its memory allows: only the
+        // handles that name a secret here count, sorted to look up.
+        let derived_inbound: std::collections::HashSet<u64> = self.derived.values().map(|d| d.inbound).collect();
+        held.retain(|h| self.vault.contains(*h) || self.derived.contains_key(h) || derived_inbound.contains(h));
+        held.sort_unstable();
+        held.dedup();
+        let kept = |h: &u64| held.binary_search(h).is_ok() || self.psk_owners.contains_key(h);
         let mut lost: Vec<u64> = self.vault.handles().into_iter().filter(|h| !kept(h)).collect();
         lost.extend(self.derived.iter().filter(|(o, d)| !kept(o) && !kept(&d.inbound)).map(|(o, _)| *o));
         lost.iter().for_each(|&h| self.release(h));
