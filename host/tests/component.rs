@@ -273,10 +273,15 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     assert!(v[..5].iter().all(|v| *v == DecapVerdict::Drop(DropReason::Replay)), "{v:?}");
     assert_eq!(v[5], DecapVerdict::Deliver(80));
 
-    // A record whose key is gone cannot be restored: a loud error, not a silent SA.
-    let broken =
+    // A record whose key is gone is left out: the control thread destroys
+    // an SA's keys when it deletes it, and the removal waits in the data
+    // path's queue. Its packets find no SA, and no key is conjured up.
+    let deleted =
         SaSet::new(Arc::new(Keystore::new()), out_set.outbound.values().map(|k| k.full()).collect(), vec![]).unwrap();
-    assert!(broken.instantiate(&rt, 0, EspMemory::Slot).is_err());
+    let mut tx = deleted.instantiate(&rt, 0, EspMemory::Slot).unwrap();
+    assert!(tx.sa_states().unwrap().is_empty(), "no SA without its key");
+    load(&mut tx, &[icmp(80, [198, 18, 1, 10], [198, 18, 2, 10])]);
+    assert_eq!(tx.encap(tx.store.data().count).unwrap(), [EncapVerdict::Drop(DropReason::NoPolicy)]);
 }
 
 #[test]
