@@ -115,6 +115,8 @@ s=json.load(sys.stdin); sys.exit(0 if any(i["spi"] != sys.argv[1] for i in s["ik
     done
     check "start over: the start connection is initiated again, a new IKE SA is up" [ "$up" -eq 0 ]
     check "start over: the old SAs left the view: one IKE SA, one CHILD SA" one_of_each "$B"
+    check "start over: list-conns counts them so too" bash -c "'$WASMSEC_BIN' list-conns --json --socket '$B/ctl.sock' |
+        python3 -c 'import json,sys; c=json.load(sys.stdin)[\"connections\"]; sys.exit(0 if [(x[\"ike_sas\"], x[\"child_sas\"]) for x in c] == [(1, 1)] else 1)'"
     check "start over: the old IKE SA's keys left the vault: the PSK and the new IKE SA's remain" vault_holds "$B" 2
     check "start over: the old SAs were deleted from the data path" \
         grep -q "none of its predecessor's SAs: they are deleted ike_sas=1 child_sas=1" "$B/wasmsec.log"

@@ -668,7 +668,9 @@ impl Children {
     pub fn forget_all(&mut self, now: u64, keep_inbound_ms: u32) -> (Vec<IkeInfo>, usize) {
         let n = self.delete_where(now, keep_inbound_ms, |_| true);
         self.ike_peers.clear();
-        (std::mem::take(&mut self.ike_sas).into_values().collect(), n)
+        let gone = std::mem::take(&mut self.ike_sas).into_values().collect();
+        self.recount_connections();
+        (gone, n)
     }
 
     /// As [`Children::forget_all`], for the IKE SAs of the view that
@@ -681,7 +683,21 @@ impl Children {
         self.ike_sas = kept;
         self.recount_peers();
         let n = self.delete_where(now, keep_inbound_ms, |c| forgotten.contains_key(&c.ike_spi));
+        self.recount_connections();
         (forgotten.into_values().collect(), n)
+    }
+
+    /// Count each connection's SAs again, after IKE SAs left the view
+    /// wholesale (a replacement that forgot them).
+    fn recount_connections(&mut self) {
+        let mut n: HashMap<Arc<str>, (usize, usize)> = HashMap::new();
+        for i in self.ike_sas.values() {
+            n.entry(i.connection.clone()).or_default().0 += 1;
+        }
+        for c in self.list.values() {
+            n.entry(c.connection.clone()).or_default().1 += 1;
+        }
+        self.per_connection = n;
     }
 
     /// Delete the CHILD SAs `which` picks as the engine deletes one.
@@ -843,6 +859,9 @@ mod tests {
         }
         let (gone, n) = c.forget(0, 0, |spi| spi == 1);
         assert_eq!((gone.iter().map(|i| i.spi).collect::<Vec<_>>(), n), (vec![2], 2));
+        // The admin view's counts follow: c1 keeps its IKE SA and CHILD
+        // SA, c2 has none left, c3's CHILD SA stays.
+        assert_eq!((c.counts_of("c1"), c.counts_of("c2"), c.counts_of("c3")), ((1, 1), (0, 0), (0, 1)));
         assert_eq!(c.ike_sas.keys().copied().collect::<Vec<_>>(), [1]);
         assert_eq!(c.installed().map(|c| c.inbound_spi).collect::<Vec<_>>(), [0x10, 0x30]);
         let removed = |cmds: Vec<SaCommand>| {
@@ -862,6 +881,7 @@ mod tests {
         // The rest go with forget_all.
         let (gone, n) = c.forget_all(0, 0);
         assert_eq!((gone.len(), n, c.ike_sas.len()), (1, 2, 0));
+        assert_eq!(c.counts_of("c1"), (0, 0));
     }
 
     #[test]
