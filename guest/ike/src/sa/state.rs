@@ -337,25 +337,25 @@ impl IkeSa {
     /// Every handle on the host's secrets this SA holds: its keys, its DH
     /// values (as `take_dh_values` takes them) and its CHILD SAs' keys.
     pub fn handles(&self) -> impl Iterator<Item = Handle> + '_ {
-        let in_flight = match self.request.as_ref().map(|r| &r.exchange) {
+        let children = self.children.iter().flat_map(|c| [c.keys.outbound, c.keys.inbound]);
+        self.keys.into_iter().chain(self.dh).chain(self.in_flight_dh()).chain(children)
+    }
+
+    /// The DH value of our exchange in flight (PFS, IKE rekey), if any.
+    fn in_flight_dh(&self) -> Option<Handle> {
+        match self.request.as_ref().map(|r| &r.exchange) {
             Some(InFlight::RekeyIke(r)) => Some(r.dh),
             Some(InFlight::CreateChild(p) | InFlight::Auth(p)) => p.dh.map(|d| d.0),
             _ => None,
-        };
-        let children = self.children.iter().flat_map(|c| [c.keys.outbound, c.keys.inbound]);
-        self.keys.into_iter().chain(self.dh).chain(in_flight).chain(children)
+        }
     }
 
     /// The DH values this SA holds (the IKE_SA_INIT one, and those of the
     /// exchange in flight: PFS, IKE rekey), taken for destruction with the
     /// exchange in flight.
     pub fn take_dh_values(&mut self) -> Vec<Handle> {
-        let mut v: Vec<Handle> = self.dh.take().into_iter().collect();
-        match self.request.take().map(|r| r.exchange) {
-            Some(InFlight::RekeyIke(r)) => v.push(r.dh),
-            Some(InFlight::CreateChild(p) | InFlight::Auth(p)) => v.extend(p.dh.map(|d| d.0)),
-            _ => {}
-        }
+        let v = self.dh.take().into_iter().chain(self.in_flight_dh()).collect();
+        self.request = None;
         v
     }
 }
