@@ -50,6 +50,25 @@ impl ReplayWindow {
         w
     }
 
+    /// A window whose right edge is `highest`, received by an instance
+    /// before this one: of the 64 numbers up to it, those whose bit in
+    /// `seen` is clear (bit i for `highest - i`) are still accepted once;
+    /// every other number up to the edge counts as received, as in
+    /// [`ReplayWindow::new`].
+    pub fn restored(size: u32, highest: u64, seen: u64) -> ReplayWindow {
+        let mut w = ReplayWindow::new(size, highest);
+        if highest == 0 || w.bits.is_empty() {
+            return w;
+        }
+        let span = u64::from(w.size).min(64).min(highest);
+        for i in (0..span).filter(|i| seen & (1 << i) == 0) {
+            let seq = highest - i;
+            let word = w.word(seq / 64);
+            w.bits[word] &= !(1 << (seq % 64));
+        }
+        w
+    }
+
     pub fn size(&self) -> u32 {
         self.size
     }
@@ -243,6 +262,31 @@ mod tests {
         assert_eq!(w.check(500), Err(ReplayError::Duplicate));
         assert_eq!(w.check(450), Err(ReplayError::Duplicate));
         assert_eq!(w.check(501), Ok(()));
+    }
+
+    #[test]
+    fn a_window_restored_with_what_was_seen_accepts_the_rest_once() {
+        // 500 and 498 arrived, 499 was delayed behind them, and so was
+        // 437, the 64th number up to 500 (bit 63); 436 is further left.
+        let seen = !(1u64 << 1) & !(1 << 63);
+        let mut w = ReplayWindow::restored(1024, 500, seen);
+        assert_eq!(w.highest(), 500);
+        assert_eq!(w.check(500), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(498), Err(ReplayError::Duplicate));
+        assert_eq!(w.check(436), Err(ReplayError::Duplicate), "left of the 64 known: taken as received");
+        assert_eq!(w.commit(499), Ok(()));
+        assert_eq!(w.commit(499), Err(ReplayError::Duplicate));
+        assert_eq!(w.commit(437), Ok(()));
+        // A window narrower than 64 knows only its own span.
+        let w = ReplayWindow::restored(32, 500, 0);
+        assert_eq!((w.check(469), w.check(468)), (Ok(()), Err(ReplayError::TooOld)));
+        // Near the start of the sequence space, and a disabled window.
+        let w = ReplayWindow::restored(64, 3, 0b1);
+        assert_eq!((w.check(1), w.check(2), w.check(3)), (Ok(()), Ok(()), Err(ReplayError::Duplicate)));
+        assert_eq!(ReplayWindow::restored(0, 9, 0).check(9), Ok(()));
+        // Everything seen: as a restart without the bits.
+        let w = ReplayWindow::restored(128, 500, u64::MAX);
+        assert_eq!((w.check(499), w.check(501)), (Err(ReplayError::Duplicate), Ok(())));
     }
 
     #[test]

@@ -118,11 +118,12 @@ impl Group {
     /// group holds no SA, or at most one [`COMPACT_FRACTION`]th of its
     /// peak. The new instance gets the SAs left as a trapped one's
     /// replacement does (`SaSet::instantiate`): keys granted again, the
-    /// next outbound sequence number and the inbound replay windows' right
-    /// edges from the host's high-water marks, with every number up to the
-    /// edge taken as received (RFC 4303 section 3.4.3): a packet delayed
-    /// behind a later one at that moment is dropped as a replay, as after
-    /// a trap; none is ever accepted twice. Not counted as a fault.
+    /// next outbound sequence number and the inbound replay windows from
+    /// what the keystore authenticated: the right edge and which of the 64
+    /// numbers up to it arrived, every number further left taken as
+    /// received (RFC 4303 section 3.4.3). None is ever accepted twice; a
+    /// packet delayed behind later ones by at most 64 at that moment is
+    /// still accepted once. Not counted as a fault.
     pub fn reclaim(&mut self, rt: &Runtime) -> Result<Option<Reclaimed>> {
         let grown = match &self.inst {
             Some(inst) if self.suspended_until.is_none() => inst.memory_grown(),

@@ -135,7 +135,14 @@ impl SaSet {
                 continue;
             };
             let mut sa = k.full();
-            sa.highest_seq = sa.highest_seq.max(key.highest_seq());
+            // What the key authenticated, where it is past the record's
+            // edge: a packet delayed behind later ones when the instance
+            // went is still accepted once, any other at or below the edge
+            // refused (RFC 4303 section 3.4.3).
+            let (top, seen) = key.replay_state();
+            if top > 0 && top >= sa.highest_seq {
+                (sa.highest_seq, sa.replay_seen) = (top, seen);
+            }
             sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);
             inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;

@@ -39,6 +39,11 @@ pub struct EspKey {
     next_iv: AtomicU64,
     /// Highest sequence number sealed or authenticated with this key.
     highest_seq: AtomicU64,
+    /// Inbound: which of the 64 numbers up to `highest_seq` it
+    /// authenticated (bit i for `highest_seq - i`), so that an ESP instance
+    /// made again (after a trap, or to give back memory) still accepts a
+    /// packet that was delayed behind later ones at that moment.
+    seen: AtomicU64,
     /// Manual keys: the on-disk reservation every IV must be inside.
     reservation: Option<IvReservation>,
     /// What the key carried, against its SA's limits (see [`Usage`]).
@@ -49,6 +54,32 @@ impl fmt::Debug for EspKey {
     // Never print key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EspKey").field("alg", &self.alg).finish_non_exhaustive()
+    }
+}
+
+/// A bitmap of the numbers up to an edge (bit i for `edge - i`) seen from
+/// an edge `by` further right.
+fn shifted(bits: u64, by: u64) -> u64 {
+    if by < 64 { bits << by } else { 0 }
+}
+
+/// The numbers a run of opened packets authenticated: the highest, and
+/// which of the 64 up to it (bit i for `top - i`), for
+/// [`EspKey::note_opened`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub top: u64,
+    pub bits: u64,
+}
+
+impl Authenticated {
+    pub fn add(&mut self, seq: u64) {
+        if seq > self.top {
+            self.bits = shifted(self.bits, seq - self.top) | 1;
+            self.top = seq;
+        } else {
+            self.bits |= shifted(1, self.top - seq);
+        }
     }
 }
 
@@ -81,6 +112,7 @@ impl EspKey {
             cipher,
             next_iv: AtomicU64::new(1),
             highest_seq: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
             reservation: None,
             usage: Usage::default(),
         })
@@ -128,10 +160,31 @@ impl EspKey {
         Ok(first)
     }
 
-    /// Note that sequence number `seq` was sealed or authenticated (once
-    /// per run, with its highest).
+    /// Note that sequence number `seq` was sealed (once per run, with its
+    /// highest).
     pub fn note_seq(&self, seq: u64) {
         self.highest_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Note the numbers a run of packets authenticated: `top`, their
+    /// highest, and `bits` (bit i for `top - i`; see [`Authenticated`]). One
+    /// thread opens an SA's packets (the inbound data-path thread), so
+    /// the two words are read and written without a lock; a second
+    /// writer could lose bits, never the highest.
+    pub fn note_opened(&self, top: u64, bits: u64) {
+        let (high, seen) = (self.highest_seq.load(Ordering::Relaxed), self.seen.load(Ordering::Relaxed));
+        let seen = if top > high { shifted(seen, top - high) | bits } else { seen | shifted(bits, high - top) };
+        self.seen.store(seen, Ordering::Relaxed);
+        self.highest_seq.fetch_max(top, Ordering::Relaxed);
+    }
+
+    /// The highest number authenticated and which of the 64 up to it were
+    /// ([`EspKey::note_opened`]), for an SA installed again; with every
+    /// number up to it taken as seen where the key does not know (no bit
+    /// for the highest itself: noted by [`EspKey::note_seq`]).
+    pub fn replay_state(&self) -> (u64, u64) {
+        let (high, seen) = (self.highest_seq.load(Ordering::Relaxed), self.seen.load(Ordering::Relaxed));
+        (high, if seen & 1 == 1 { seen } else { u64::MAX })
     }
 
     /// ESP-seal `p` in place (RFC 4303 section 3.3): append the trailer
@@ -221,12 +274,12 @@ impl EspKey {
     /// trailer. On failure the packet is to be dropped.
     pub fn open(&self, p: &mut PacketBuf, esn_high: Option<u32>) -> Result<(), CryptoError> {
         let seq = self.open_unnoted(p, esn_high)?;
-        self.note_seq(seq);
+        self.note_opened(seq, 1);
         Ok(())
     }
 
     /// [`EspKey::open`], answering the sequence number it authenticated;
-    /// the caller notes the run's highest ([`EspKey::note_seq`]).
+    /// the caller notes the run's numbers ([`EspKey::note_opened`]).
     pub fn open_unnoted(&self, p: &mut PacketBuf, esn_high: Option<u32>) -> Result<u64, CryptoError> {
         let head = self.alg.headroom();
         let icv = self.alg.icv_len();
@@ -471,5 +524,35 @@ mod tests {
         let k = key(EspAlgorithm::ChaCha20Poly1305, 0xab);
         let dbg = format!("{k:?}");
         assert!(!dbg.contains("ab") && !dbg.contains("171"), "{dbg}");
+    }
+
+    #[test]
+    fn an_inbound_key_knows_which_of_the_64_numbers_up_to_its_highest_it_authenticated() {
+        let k = key(EspAlgorithm::Aes256Gcm16, 1);
+        assert_eq!(k.replay_state(), (0, u64::MAX), "nothing known");
+        // A run of 5, 3, 4 (2 and 1 still on the way).
+        let mut run = Authenticated::default();
+        [5, 3, 4].into_iter().for_each(|s| run.add(s));
+        assert_eq!(run, Authenticated { top: 5, bits: 0b111 });
+        k.note_opened(run.top, run.bits);
+        assert_eq!(k.replay_state(), (5, 0b111));
+        // Then 2 in a run of its own, below the edge; then 60, which moves
+        // the edge by 55; then 70, which leaves 5 to 2 behind the 64.
+        k.note_opened(2, 1);
+        assert_eq!(k.replay_state(), (5, 0b1111));
+        k.note_opened(60, 1);
+        assert_eq!(k.replay_state(), (60, 1 | 0b1111 << 55));
+        k.note_opened(70, 1);
+        assert_eq!(k.replay_state(), (70, 1 | 1 << 10));
+        // A run far ahead forgets every earlier bit.
+        let mut run = Authenticated::default();
+        [1_000, 900].into_iter().for_each(|s| run.add(s));
+        assert_eq!(run, Authenticated { top: 1_000, bits: 1 }, "100 behind: outside the 64");
+        k.note_opened(run.top, run.bits);
+        assert_eq!(k.replay_state(), (1_000, 1));
+        // A key that only sealed has no bits: every number up to its highest counts as seen.
+        let s = key(EspAlgorithm::Aes256Gcm16, 2);
+        s.note_seq(9);
+        assert_eq!(s.replay_state(), (9, u64::MAX));
     }
 }

@@ -9,5 +9,5 @@ pub mod store;
 pub mod usage;
 
 pub use algorithm::{EspAlgorithm, Integ};
-pub use esp_key::{CryptoError, EspKey, KeyError};
+pub use esp_key::{Authenticated, CryptoError, EspKey, KeyError};
 pub use store::{KeyTable, KeyUse, Keystore};

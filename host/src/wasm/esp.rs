@@ -16,7 +16,7 @@ use super::bindings::esp as b;
 use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
 use crate::keys::usage::{LimitReached, Tally};
-use crate::keys::{KeyTable, KeyUse};
+use crate::keys::{Authenticated, KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
 use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
@@ -255,7 +255,7 @@ impl GuestState {
         };
         let esn = run.esn;
         let key = key.map_err(Fault::Guest);
-        let mut highest = None;
+        let mut opened = Authenticated::default();
         for (j, &index) in packets.iter().enumerate() {
             let r = key.and_then(|(k, spi, counted)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
@@ -269,7 +269,7 @@ impl GuestState {
                 // can send them, so they must not count against the guest
                 // and get its instance replaced.
                 let seq = k.open_unnoted(p, esn.then(|| esn_highs[j])).map_err(Fault::packet)?;
-                highest = highest.max(Some(seq));
+                opened.add(seq);
                 let d = p.data();
                 let n = d.len();
                 self.marks[i] = Mark::Opened { len: n as u32, spi, esp_len: esp_len as u32, counted };
@@ -282,9 +282,9 @@ impl GuestState {
             out.pad_lengths.push(pad);
             out.next_headers.push(next);
         }
-        // Once per run: the highest number the key authenticated.
-        if let (Ok((k, _, _)), Some(seq)) = (key, highest) {
-            k.note_seq(seq);
+        // Once per run: the numbers the key authenticated.
+        if let (Ok((k, _, _)), true) = (key, opened.bits != 0) {
+            k.note_opened(opened.top, opened.bits);
         }
     }
 }
@@ -850,6 +850,7 @@ mod tests {
             esn: false,
             replay_window: 1024,
             highest_seq: 0,
+            replay_seen: 0,
             local_ts: vec![ts.clone()],
             remote_ts: vec![ts],
             limits: SaLimits::default(),
