@@ -10,7 +10,7 @@
 //! - `cargo xtask bench-handshakes`  build, then IKEv2 setups as responder: wasmsec and strongSwan under one load
 //! - `cargo xtask bench-memory`  build, then the whole daemon's memory per SA with SAs a real IKE peer set up
 //! - `cargo xtask bench-connections`  build, then start, reload, memory and listing with 10,000 loaded connections
-//! - `cargo xtask bench-teardown`  build, then a reload that removes 16,384 connections with 10,000 IKE SAs up
+//! - `cargo xtask bench-teardown`  build, then a reload that removes 16,256 connections with 10,000 IKE SAs up
 //! - `cargo xtask image`  build, then the container image as an OCI layout in target/image/oci
 //! - `cargo xtask doctor` check that every tool the steps use works
 //!
@@ -47,7 +47,7 @@ fn usage() -> ! {
          \n  bench-handshakes build, then IKEv2 setups as responder (sequential latency, setups per second and per CPU-second): wasmsec and strongSwan under the same load (needs root)\
          \n  bench-memory     build, then the whole daemon's resident memory per CHILD SA, SAs set up by an IKE load generator (16,000 tunnels of their own IKE SA; 100,000 CHILD SAs in 1,000 IKE SAs) (needs root)\
          \n  bench-connections build, then 10,000 loaded connections: start-up time, resident memory per connection, reloads, listing them (needs root)\
-         \n  bench-teardown   build, then a reload that removes 16,384 connections, 10,000 of them with an IKE SA and a CHILD SA up (a load generator as the peers): its time, the DELETEs, CPU and memory (needs root; N=... IKE SAs)\
+         \n  bench-teardown   build, then a reload that removes 16,256 connections, 10,000 of them with an IKE SA and a CHILD SA up (a load generator as the peers): its time, the DELETEs, CPU and memory (needs root; N=... IKE SAs)\
          \n  doctor           check that the tools of every step work; names the package of what is missing"
     );
     std::process::exit(2)
