@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use wasmsec::datapath::SaSet;
 use wasmsec::keys::usage::Deliveries;
-use wasmsec::keys::{EspAlgorithm, EspKey, Keystore};
+use wasmsec::keys::{Authenticated, EspAlgorithm, EspKey, Keystore};
 use wasmsec::packet::PacketBuf;
 use wasmsec::wasm::esp::{DecapVerdict, EncapVerdict, InboundSa, Mark, OutboundSa, SaLimits, TrafficSelector};
 use wasmsec::wasm::{EspMemory, Runtime};
@@ -218,18 +218,18 @@ fn esp_floor<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
             k_out.seal_at(b, &h, None, (pad, 4), iv).unwrap();
         }
         k_out.note_seq(u64::from(seq));
-        let mut highest = 0;
+        let mut opened = Authenticated::default();
         for b in bufs.iter_mut() {
             let n = u64::from(u32::from_be_bytes(b.data()[4..8].try_into().unwrap()));
             window.check(n).unwrap();
-            highest = highest.max(k_in.open_unnoted(b, None).unwrap());
+            opened.add(k_in.open_unnoted(b, None).unwrap());
             window.commit(n).unwrap();
             let (len, d) = (b.len(), b.data());
             let (pad, nh) = (usize::from(d[len - 2]), d[len - 1]);
             assert_eq!(nh, 4);
             b.truncate(len - 2 - pad);
         }
-        k_in.note_seq(highest);
+        k_in.note_opened(opened.top, opened.bits);
     })
 }
 
@@ -263,7 +263,7 @@ fn sa_sets(limits: SaLimits) -> (SaSet, SaSet) {
         esn: false,
         replay_window: 1024,
         highest_seq: 0,
-        replay_seen: 0,
+        replay_missing: 0,
         local_ts: vec![b],
         remote_ts: vec![a],
         limits,
@@ -305,12 +305,12 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
     fn open(&mut self, runs: wasmsec_esp::OpenRuns) -> wasmsec_esp::Opened {
         let mut o = wasmsec_esp::Opened::default();
         for (_, packets, highs) in runs.iter() {
-            let mut highest = 0;
+            let mut opened = Authenticated::default();
             for (k, &i) in packets.iter().enumerate() {
                 let p = &mut self.bufs[i as usize];
                 let (pad, nh) = match self.key.open_unnoted(p, highs.get(k).copied()) {
                     Ok(seq) => {
-                        highest = highest.max(seq);
+                        opened.add(seq);
                         let d = p.data();
                         (d[d.len() - 2], d[d.len() - 1])
                     }
@@ -323,7 +323,7 @@ impl wasmsec_esp::PacketBatch for NativeBatch<'_> {
                 o.pad_lengths.push(pad);
                 o.next_headers.push(nh);
             }
-            self.key.note_seq(highest);
+            self.key.note_opened(opened.top, opened.bits);
         }
         o.heads = self.heads(wasmsec_esp::IP_HEAD_LEN);
         o
@@ -358,7 +358,7 @@ fn native_engine<'a>(_: &Runtime, pkt: &'a [Vec<u8>]) -> Path<'a> {
         esn: false,
         replay_window: 1024,
         highest_seq: 0,
-        replay_seen: 0,
+        replay_missing: 0,
         local_ts: vec![b].into(),
         remote_ts: vec![a].into(),
         limits: Default::default(),

@@ -105,7 +105,7 @@ fn sa_sets(n: u32) -> (SaSet, SaSet) {
             esn: false,
             replay_window: 1024,
             highest_seq: 0,
-            replay_seen: 0,
+            replay_missing: 0,
             local_ts: vec![ts(net, last)],
             remote_ts: vec![local()],
             limits: Default::default(),

@@ -87,7 +87,7 @@ fn inbound_sa(spi: u32) -> InboundSa {
         esn: false,
         replay_window: 1024,
         highest_seq: 0,
-        replay_seen: 0,
+        replay_missing: 0,
         local_ts: vec![selector(1)],
         remote_ts: vec![selector(2)],
         limits: SaLimits::default(),

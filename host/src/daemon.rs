@@ -121,7 +121,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
             esn: m.esn,
             replay_window: m.replay_window,
             highest_seq: 0,
-            replay_seen: 0,
+            replay_missing: 0,
             local_ts: Vec::new(),
             remote_ts: Vec::new(),
             limits: SaLimits::default(),

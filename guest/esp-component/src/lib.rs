@@ -170,7 +170,7 @@ impl wit::Guest for Component {
             esn: sa.esn,
             replay_window: sa.replay_window,
             highest_seq: sa.highest_seq,
-            replay_seen: sa.replay_seen,
+            replay_missing: sa.replay_missing,
             local_ts: selectors(sa.local_ts)?.into(),
             remote_ts: selectors(sa.remote_ts)?.into(),
             limits: limits(sa.limits),

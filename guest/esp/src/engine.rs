@@ -50,9 +50,9 @@ pub struct InboundSa {
     pub replay_window: u32,
     /// The highest sequence number seen, to carry over a restart.
     pub highest_seq: u64,
-    /// Which of the 64 numbers up to `highest_seq` were seen (bit i for
-    /// `highest_seq - i`); those further left count as seen.
-    pub replay_seen: u64,
+    /// Which of the 63 numbers below `highest_seq` were not seen (bit i
+    /// for `highest_seq - i`); every other number up to it was.
+    pub replay_missing: u64,
     /// Decrypted packets must be addressed here (RFC 4301 5.2, step 4)...
     pub local_ts: TsList,
     /// ...and come from here; others are dropped and counted.
@@ -449,7 +449,7 @@ impl Engine {
         }
         self.inbound.try_reserve(1)?;
         room_for_an_install()?;
-        let window = ReplayWindow::restored(sa.replay_window, sa.highest_seq, sa.replay_seen);
+        let window = ReplayWindow::restored(sa.replay_window, sa.highest_seq, sa.replay_missing);
         self.inbound.insert(sa.spi, Box::new(Inbound { sa, window, use_: Usage::default() }));
         self.last_in = None;
         Ok(())

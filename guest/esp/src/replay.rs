@@ -44,24 +44,29 @@ impl ReplayWindow {
         let mut w = ReplayWindow { size, top: highest, bits: vec![0; words] };
         if highest > 0 && words > 0 {
             // Treat everything at or below the restored top as seen: after a
-            // restart we cannot know which of them arrived.
+            // restart we cannot know which of them arrived. Not what lies
+            // above it in the top's word: a packet there that comes after a
+            // higher one must still be accepted.
             w.bits.iter_mut().for_each(|b| *b = u64::MAX);
+            let top = w.word(highest / 64);
+            w.bits[top] = u64::MAX >> (63 - highest % 64);
         }
         w
     }
 
     /// A window whose right edge is `highest`, received by an instance
-    /// before this one: of the 64 numbers up to it, those whose bit in
-    /// `seen` is clear (bit i for `highest - i`) are still accepted once;
-    /// every other number up to the edge counts as received, as in
-    /// [`ReplayWindow::new`].
-    pub fn restored(size: u32, highest: u64, seen: u64) -> ReplayWindow {
+    /// before this one: of the 63 numbers below it, those whose bit in
+    /// `missing` is set (bit i for `highest - i`) are still accepted once;
+    /// every other number up to the edge, the edge itself included,
+    /// counts as received, as in [`ReplayWindow::new`].
+    pub fn restored(size: u32, highest: u64, missing: u64) -> ReplayWindow {
         let mut w = ReplayWindow::new(size, highest);
-        if highest == 0 || w.bits.is_empty() {
+        let missing = missing & !1;
+        if highest == 0 || w.bits.is_empty() || missing == 0 {
             return w;
         }
         let span = u64::from(w.size).min(64).min(highest);
-        for i in (0..span).filter(|i| seen & (1 << i) == 0) {
+        for i in (0..span).filter(|i| missing & (1 << i) != 0) {
             let seq = highest - i;
             let word = w.word(seq / 64);
             w.bits[word] &= !(1 << (seq % 64));
@@ -265,11 +270,24 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_window_takes_numbers_above_its_top_in_any_order() {
+        // 500 lies in the word of 448..=511: the numbers above it in that
+        // word were never received, and 502 coming after 503 is not a replay.
+        for top in [500, 511, 512, 5] {
+            let mut w = ReplayWindow::new(1024, top);
+            assert_eq!(w.commit(top + 3), Ok(()));
+            assert_eq!(w.commit(top + 2), Ok(()), "top {top}");
+            assert_eq!(w.commit(top + 1), Ok(()), "top {top}");
+            assert_eq!(w.commit(top), Err(ReplayError::Duplicate));
+        }
+    }
+
+    #[test]
     fn a_window_restored_with_what_was_seen_accepts_the_rest_once() {
         // 500 and 498 arrived, 499 was delayed behind them, and so was
         // 437, the 64th number up to 500 (bit 63); 436 is further left.
-        let seen = !(1u64 << 1) & !(1 << 63);
-        let mut w = ReplayWindow::restored(1024, 500, seen);
+        let missing = 1u64 << 1 | 1 << 63;
+        let mut w = ReplayWindow::restored(1024, 500, missing);
         assert_eq!(w.highest(), 500);
         assert_eq!(w.check(500), Err(ReplayError::Duplicate));
         assert_eq!(w.check(498), Err(ReplayError::Duplicate));
@@ -278,15 +296,17 @@ mod tests {
         assert_eq!(w.commit(499), Err(ReplayError::Duplicate));
         assert_eq!(w.commit(437), Ok(()));
         // A window narrower than 64 knows only its own span.
-        let w = ReplayWindow::restored(32, 500, 0);
+        let w = ReplayWindow::restored(32, 500, u64::MAX);
         assert_eq!((w.check(469), w.check(468)), (Ok(()), Err(ReplayError::TooOld)));
+        // The highest itself always arrived, whatever the bits say.
+        assert_eq!(w.check(500), Err(ReplayError::Duplicate));
         // Near the start of the sequence space, and a disabled window.
-        let w = ReplayWindow::restored(64, 3, 0b1);
+        let w = ReplayWindow::restored(64, 3, !0b1);
         assert_eq!((w.check(1), w.check(2), w.check(3)), (Ok(()), Ok(()), Err(ReplayError::Duplicate)));
-        assert_eq!(ReplayWindow::restored(0, 9, 0).check(9), Ok(()));
-        // Everything seen: as a restart without the bits.
-        let w = ReplayWindow::restored(128, 500, u64::MAX);
-        assert_eq!((w.check(499), w.check(501)), (Err(ReplayError::Duplicate), Ok(())));
+        assert_eq!(ReplayWindow::restored(0, 9, u64::MAX).check(9), Ok(()));
+        // Nothing missing: as a restart without the bits.
+        let w = ReplayWindow::restored(128, 500, 0);
+        assert_eq!(w.check(499), Err(ReplayError::Duplicate));
     }
 
     #[test]

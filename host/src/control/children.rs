@@ -505,7 +505,7 @@ impl Children {
             esn: c.esn,
             replay_window: self.replay_window,
             highest_seq: 0,
-            replay_seen: 0,
+            replay_missing: 0,
             local_ts: Vec::new(),
             remote_ts: Vec::new(),
             limits,

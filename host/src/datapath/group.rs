@@ -119,11 +119,11 @@ impl Group {
     /// peak. The new instance gets the SAs left as a trapped one's
     /// replacement does (`SaSet::instantiate`): keys granted again, the
     /// next outbound sequence number and the inbound replay windows from
-    /// what the keystore authenticated: the right edge and which of the 64
-    /// numbers up to it arrived, every number further left taken as
+    /// what the keystore authenticated: the right edge and which of the 63
+    /// numbers below it arrived, every number further left taken as
     /// received (RFC 4303 section 3.4.3). None is ever accepted twice; a
-    /// packet delayed behind later ones by at most 64 at that moment is
-    /// still accepted once. Not counted as a fault.
+    /// packet delayed behind later ones at that moment, within 63 of the
+    /// edge, is still accepted once. Not counted as a fault.
     pub fn reclaim(&mut self, rt: &Runtime) -> Result<Option<Reclaimed>> {
         let grown = match &self.inst {
             Some(inst) if self.suspended_until.is_none() => inst.memory_grown(),

@@ -141,7 +141,7 @@ impl SaSet {
             // refused (RFC 4303 section 3.4.3).
             let (top, seen) = key.replay_state();
             if top > 0 && top >= sa.highest_seq {
-                (sa.highest_seq, sa.replay_seen) = (top, seen);
+                (sa.highest_seq, sa.replay_missing) = (top, !seen);
             }
             sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
             inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);

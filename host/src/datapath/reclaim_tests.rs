@@ -81,9 +81,9 @@ fn an_instance_left_with_an_eighth_of_its_peak_is_replaced_with_those_sas() {
     let (grown, peak) = (memory_grown(&l), sas.len());
     assert!(grown >= group::RECLAIM_GROWN);
     // The first SA received up to 1,000 (the host's high-water mark,
-    // noted as each packet is opened).
+    // noted once per run of opened packets), and 998 and 999 not yet.
     let (first_spi, first_key) = sas[0];
-    ks.get(first_key).expect("key").note_seq(1_000);
+    ks.get(first_key).expect("key").note_opened(1_000, !0b110);
     // Down to one more than an eighth: still the old instance.
     let keep = peak / group::COMPACT_FRACTION;
     remove(&mut l, &to_loop, &sas[keep + 1..]);

@@ -161,16 +161,22 @@ impl EspKey {
     }
 
     /// Note that sequence number `seq` was sealed (once per run, with its
-    /// highest).
+    /// highest). On an inbound key a new highest noted this way forgets
+    /// which numbers were authenticated ([`EspKey::replay_state`] then
+    /// takes every number up to it as seen), so the bits never stand for
+    /// numbers below another edge than theirs.
     pub fn note_seq(&self, seq: u64) {
-        self.highest_seq.fetch_max(seq, Ordering::Relaxed);
+        if self.highest_seq.fetch_max(seq, Ordering::Relaxed) < seq {
+            self.seen.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Note the numbers a run of packets authenticated: `top`, their
-    /// highest, and `bits` (bit i for `top - i`; see [`Authenticated`]). One
-    /// thread opens an SA's packets (the inbound data-path thread), so
-    /// the two words are read and written without a lock; a second
-    /// writer could lose bits, never the highest.
+    /// highest, and `bits` (bit i for `top - i`; see [`Authenticated`]).
+    /// The two words are read and written without a lock: only one thread
+    /// may open an SA's packets (the inbound data-path thread, which also
+    /// installs them again). A second writer could lose a bit, and a
+    /// replaced instance would then accept that number once more.
     pub fn note_opened(&self, top: u64, bits: u64) {
         let (high, seen) = (self.highest_seq.load(Ordering::Relaxed), self.seen.load(Ordering::Relaxed));
         let seen = if top > high { shifted(seen, top - high) | bits } else { seen | shifted(bits, high - top) };
@@ -554,5 +560,11 @@ mod tests {
         let s = key(EspAlgorithm::Aes256Gcm16, 2);
         s.note_seq(9);
         assert_eq!(s.replay_state(), (9, u64::MAX));
+        // Nor one whose highest was noted so after its bits: they would
+        // stand for the numbers below another edge.
+        s.note_opened(12, 0b101);
+        assert_eq!(s.replay_state(), (12, 0b101));
+        s.note_seq(20);
+        assert_eq!(s.replay_state(), (20, u64::MAX));
     }
 }

@@ -850,7 +850,7 @@ mod tests {
             esn: false,
             replay_window: 1024,
             highest_seq: 0,
-            replay_seen: 0,
+            replay_missing: 0,
             local_ts: vec![ts.clone()],
             remote_ts: vec![ts],
             limits: SaLimits::default(),
