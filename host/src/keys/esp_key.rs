@@ -74,11 +74,16 @@ pub struct Authenticated {
 
 impl Authenticated {
     pub fn add(&mut self, seq: u64) {
-        if seq > self.top {
-            self.bits = shifted(self.bits, seq - self.top) | 1;
-            self.top = seq;
+        self.merge(seq, 1);
+    }
+
+    /// Take in numbers noted up to another edge: `top`, and `bits` below it.
+    fn merge(&mut self, top: u64, bits: u64) {
+        if top > self.top {
+            self.bits = shifted(self.bits, top - self.top) | bits;
+            self.top = top;
         } else {
-            self.bits |= shifted(1, self.top - seq);
+            self.bits |= shifted(bits, self.top - top);
         }
     }
 }
@@ -178,9 +183,10 @@ impl EspKey {
     /// installs them again). A second writer could lose a bit, and a
     /// replaced instance would then accept that number once more.
     pub fn note_opened(&self, top: u64, bits: u64) {
-        let (high, seen) = (self.highest_seq.load(Ordering::Relaxed), self.seen.load(Ordering::Relaxed));
-        let seen = if top > high { shifted(seen, top - high) | bits } else { seen | shifted(bits, high - top) };
-        self.seen.store(seen, Ordering::Relaxed);
+        let mut known =
+            Authenticated { top: self.highest_seq.load(Ordering::Relaxed), bits: self.seen.load(Ordering::Relaxed) };
+        known.merge(top, bits);
+        self.seen.store(known.bits, Ordering::Relaxed);
         self.highest_seq.fetch_max(top, Ordering::Relaxed);
     }
 

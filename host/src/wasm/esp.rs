@@ -283,7 +283,9 @@ impl GuestState {
             out.next_headers.push(next);
         }
         // Once per run: the numbers the key authenticated.
-        if let (Ok((k, _, _)), true) = (key, opened.bits != 0) {
+        if let Ok((k, _, _)) = key
+            && opened.bits != 0
+        {
             k.note_opened(opened.top, opened.bits);
         }
     }
