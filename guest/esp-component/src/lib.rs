@@ -190,6 +190,13 @@ impl wit::Guest for Component {
         ENGINE.with_borrow_mut(|e| e.remove_inbound(spi))
     }
 
+    fn catch_up_inbound(states: Vec<wit::ReplayState>) -> u32 {
+        ENGINE.with_borrow_mut(|e| {
+            let moved = states.iter().filter(|s| e.catch_up_inbound(s.spi, s.highest_seq, s.replay_missing));
+            moved.count() as u32
+        })
+    }
+
     fn encap(packets: &Batch, heads: Vec<u8>) -> wit::Encapped {
         let heads = Heads::from_flat(heads, IP_HEAD_LEN);
         let e = ENGINE.with_borrow_mut(|e| e.encap(&heads, &mut HostBatch(packets)));

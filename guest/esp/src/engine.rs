@@ -482,6 +482,14 @@ impl Engine {
         self.inbound.remove(&spi).is_some()
     }
 
+    /// Move inbound SA `spi`'s replay window on to where another
+    /// instance left it (`ReplayWindow::catch_up`: never back, and what it
+    /// received stays received). False if it holds no such SA or the
+    /// window would move back.
+    pub fn catch_up_inbound(&mut self, spi: u32, highest: u64, missing: u64) -> bool {
+        self.inbound.get_mut(&spi).is_some_and(|i| i.window.catch_up(highest, missing))
+    }
+
     pub fn sa_states(&self) -> Vec<SaState> {
         let out = self.outbound.iter().flatten().map(|o| SaState {
             spi: o.sa.spi,

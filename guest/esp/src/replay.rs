@@ -37,21 +37,7 @@ impl ReplayWindow {
     /// at most [`MAX_WINDOW`]); `highest` is the highest sequence number
     /// already received (0 for a new SA).
     pub fn new(size: u32, highest: u64) -> ReplayWindow {
-        let size = size.min(MAX_WINDOW);
-        // One word more than the window spans, so that the word of the
-        // right edge never overlaps the left edge's.
-        let words = if size == 0 { 0 } else { (size.div_ceil(64) as usize + 1).next_power_of_two() };
-        let mut w = ReplayWindow { size, top: highest, bits: vec![0; words] };
-        if highest > 0 && words > 0 {
-            // Treat everything at or below the restored top as seen: after a
-            // restart we cannot know which of them arrived. Not what lies
-            // above it in the top's word: a packet there that comes after a
-            // higher one must still be accepted.
-            w.bits.iter_mut().for_each(|b| *b = u64::MAX);
-            let top = w.word(highest / 64);
-            w.bits[top] = u64::MAX >> (63 - highest % 64);
-        }
-        w
+        ReplayWindow::restored(size, highest, 0)
     }
 
     /// A window whose right edge is `highest`, received by an instance
@@ -60,18 +46,54 @@ impl ReplayWindow {
     /// every other number up to the edge, the edge itself included,
     /// counts as received, as in [`ReplayWindow::new`].
     pub fn restored(size: u32, highest: u64, missing: u64) -> ReplayWindow {
-        let mut w = ReplayWindow::new(size, highest);
-        let missing = missing & !1;
-        if highest == 0 || w.bits.is_empty() || missing == 0 {
-            return w;
+        let size = size.min(MAX_WINDOW);
+        // One word more than the window spans, so that the word of the
+        // right edge never overlaps the left edge's.
+        let words = if size == 0 { 0 } else { (size.div_ceil(64) as usize + 1).next_power_of_two() };
+        let mut w = ReplayWindow { size, top: 0, bits: vec![0; words] };
+        w.reset(highest, missing);
+        w
+    }
+
+    /// Move the window on to where another instance's left it (the
+    /// host's record of what the SA's key authenticated: `highest` and
+    /// `missing` as in [`ReplayWindow::restored`]), in place. A window
+    /// never moves back: false, and nothing changes, if `highest` lies
+    /// below its edge. A number it counts as received among the 64 up to
+    /// `highest` stays received whatever `missing` says, so a catch-up can
+    /// only refuse more (RFC 4303 section 3.4.3).
+    pub fn catch_up(&mut self, highest: u64, missing: u64) -> bool {
+        if highest < self.top {
+            return false;
         }
-        let span = u64::from(w.size).min(64).min(highest);
+        let received = (0..64u64.min(highest)).filter(|&i| self.check(highest - i).is_err());
+        let received = received.fold(0u64, |m, i| m | 1 << i);
+        self.reset(highest, missing & !received);
+        true
+    }
+
+    /// Make the window one whose edge is `highest`, as [`ReplayWindow::restored`]
+    /// describes: its words are reused, so where they lie does not change.
+    fn reset(&mut self, highest: u64, missing: u64) {
+        self.top = highest;
+        self.bits.fill(0);
+        if highest == 0 || self.bits.is_empty() {
+            return;
+        }
+        // Treat everything at or below the restored top as seen: after a
+        // restart we cannot know which of them arrived. Not what lies
+        // above it in the top's word: a packet there that comes after a
+        // higher one must still be accepted.
+        self.bits.fill(u64::MAX);
+        let top = self.word(highest / 64);
+        self.bits[top] = u64::MAX >> (63 - highest % 64);
+        let missing = missing & !1;
+        let span = u64::from(self.size).min(64).min(highest);
         for i in (0..span).filter(|i| missing & (1 << i) != 0) {
             let seq = highest - i;
-            let word = w.word(seq / 64);
-            w.bits[word] &= !(1 << (seq % 64));
+            let word = self.word(seq / 64);
+            self.bits[word] &= !(1 << (seq % 64));
         }
-        w
     }
 
     pub fn size(&self) -> u32 {
@@ -230,9 +252,16 @@ mod tests {
                 // Now and then the instance is replaced: the window made
                 // again from its top and the numbers of the 63 below it
                 // that did not arrive; the rest counts as received.
-                if step % 1_000 == 999 && top > 0 {
+                // Or caught up in place to where another instance left it
+                // (here: where it stands).
+                if step % 500 == 499 && top > 0 {
                     let missing = (1..64u64).filter(|&i| i < top && !seen.contains(&(top - i)));
-                    w = ReplayWindow::restored(size, top, missing.fold(0, |m, i| m | 1 << i));
+                    let missing = missing.fold(0, |m, i| m | 1 << i);
+                    if step % 1_000 == 999 {
+                        w = ReplayWindow::restored(size, top, missing);
+                    } else {
+                        assert!(w.catch_up(top, missing));
+                    }
                     seen.extend((top.saturating_sub(window) + 1..top.saturating_sub(63)).filter(|&s| s > 0));
                 }
                 x ^= x << 13;
@@ -315,6 +344,36 @@ mod tests {
         // Nothing missing: as a restart without the bits.
         let w = ReplayWindow::restored(128, 500, 0);
         assert_eq!(w.check(499), Err(ReplayError::Duplicate));
+    }
+
+    #[test]
+    fn a_window_caught_up_moves_on_never_back_and_keeps_what_it_received() {
+        let mut w = ReplayWindow::restored(1024, 500, 1 << 1 | 1 << 2);
+        let at = w.storage();
+        // Behind its edge: refused, unchanged.
+        assert!(!w.catch_up(400, u64::MAX));
+        assert_eq!((w.highest(), w.check(499)), (500, Ok(())));
+        // Another instance received up to 700, all but 695, 690 and 600
+        // (the last further left than the 63 known, so taken as received).
+        assert!(w.catch_up(700, 1 << 5 | 1 << 10));
+        assert_eq!(w.highest(), 700);
+        assert_eq!(w.storage(), at, "in place");
+        for seq in [700, 699, 650, 600, 499, 498, 450] {
+            assert_eq!(w.check(seq), Err(ReplayError::Duplicate), "{seq}");
+        }
+        assert_eq!(w.commit(690), Ok(()));
+        assert_eq!(w.commit(701), Ok(()));
+        // At its own edge, with bits that would open numbers it received
+        // (701 and 690): they stay received; 695, missing by both, is open.
+        assert!(w.catch_up(701, u64::MAX));
+        assert_eq!(
+            (w.check(701), w.check(690), w.check(695)),
+            (Err(ReplayError::Duplicate), Err(ReplayError::Duplicate), Ok(()))
+        );
+        // A disabled window only moves its edge.
+        let mut off = ReplayWindow::new(0, 0);
+        assert!(off.catch_up(9, 0));
+        assert_eq!((off.highest(), off.check(9)), (9, Ok(())));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use wasmsec_wire::own_keys::OwnKeys;
 
 use super::SaSet;
 use super::guard::GuestGuard;
+use super::rebuild::{Rebuild, Step};
 use crate::packet::PacketBuf;
 use crate::wasm::esp::EspInstance;
 use crate::wasm::selectors::Selector;
@@ -31,9 +32,10 @@ pub const RECLAIM_GROWN: usize = 1 << 20;
 /// only those SAs ([`Group::reclaim`]): a PoP's tenant or site that took
 /// thousands of SAs away would otherwise leave their memory taken while a
 /// few SAs remain. An eighth: a replacement installs its SAs again (about
-/// 2-5 us each here) while the thread's packets wait, so it comes only
-/// where it gives back most of the memory, and a teardown of thousands
-/// compacts once on the way down, not at every step.
+/// 2-5 us each here; in slices between the thread's batches, see
+/// [`Rebuild`]), so it comes only where it gives back most of the memory,
+/// and a teardown of thousands compacts once on the way down, not at
+/// every step.
 pub const COMPACT_FRACTION: usize = 8;
 
 /// What [`Group::reclaim`] gave back.
@@ -47,6 +49,13 @@ pub struct Reclaimed {
     pub grown: usize,
     /// How much the new one's grew with the SAs installed again.
     pub grown_now: usize,
+    /// The loop's turns a rebuild took (0: at once), and the longest
+    /// time one turn spent on it: what the thread's packets waited.
+    pub turns: u32,
+    pub longest: std::time::Duration,
+    /// The rebuild fell back to an instance made at once
+    /// ([`super::rebuild::Step::Redo`]).
+    pub redone: bool,
 }
 
 /// One group's guest in one direction.
@@ -76,6 +85,9 @@ pub struct Group {
     /// An SA left it since [`Group::reclaim`] was last considered, going
     /// this way.
     pub removed: Option<super::Direction>,
+    /// A new instance being filled with its SAs to take the place of one
+    /// that gives back its memory ([`Group::reclaim`]).
+    pub rebuild: Option<Rebuild>,
 }
 
 impl Group {
@@ -92,6 +104,7 @@ impl Group {
             suspended_until: None,
             peak,
             removed: None,
+            rebuild: None,
         };
         if g.needs_instance() {
             g.inst = Some(g.instantiate(rt)?);
@@ -116,36 +129,77 @@ impl Group {
     /// goes back once they are gone (a wasm memory only grows; the
     /// daemon's own domain keeps an instance while it is empty): once the
     /// group holds no SA, or at most one [`COMPACT_FRACTION`]th of its
-    /// peak. The new instance gets the SAs left as a trapped one's
-    /// replacement does (`SaSet::instantiate`): keys granted again, the
-    /// next outbound sequence number and the inbound replay windows from
-    /// what the keystore authenticated: the right edge and which of the 63
-    /// numbers below it arrived, every number further left taken as
+    /// peak. An emptied instance is replaced at once (Some). One with SAs
+    /// left starts a [`Rebuild`]: the new instance is filled in slices
+    /// ([`Group::advance_rebuild`]) with the SAs as a trapped one's
+    /// replacement gets them (`SaSet::instantiate`): keys granted again,
+    /// the next outbound sequence number and the inbound replay windows
+    /// from what the keystore authenticated: the right edge and which of
+    /// the 63 numbers below it arrived, every number further left taken as
     /// received (RFC 4303 section 3.4.3). None is ever accepted twice; a
     /// packet delayed behind later ones at that moment, within 63 of the
     /// edge, is still accepted once. Not counted as a fault.
-    pub fn reclaim(&mut self, rt: &Runtime) -> Result<Option<Reclaimed>> {
+    pub fn reclaim(&mut self, rt: &Runtime, dir: super::Direction) -> Result<Option<Reclaimed>> {
         let grown = match &self.inst {
-            Some(inst) if self.suspended_until.is_none() => inst.memory_grown(),
+            Some(inst) if self.suspended_until.is_none() && self.rebuild.is_none() => inst.memory_grown(),
             _ => return Ok(None),
         };
         let held = self.sas.len();
         if grown < RECLAIM_GROWN || held.saturating_mul(COMPACT_FRACTION) > self.peak {
             return Ok(None);
         }
-        let mut inst = self.instantiate(rt).inspect_err(|_| {
+        let fresh = rt.esp_instance_of(self.component, EspMemory::of_domain(self.domain)).inspect_err(|_| {
             // Not again at every removal: once the count falls as far below.
             self.peak = held;
         })?;
-        let grown_now = inst.memory_grown();
+        if held > 0 {
+            self.rebuild = Some(Rebuild::start(fresh, dir, &self.sas));
+            return Ok(None);
+        }
+        Ok(Some(self.take_over(fresh, grown)))
+    }
+
+    /// One turn of the group's [`Rebuild`], if one is going: Some once the
+    /// new instance took over. An error (the new guest trapped or refused
+    /// an SA, or no instance could be made) leaves the old instance in
+    /// place with its memory, until the count falls as far again.
+    pub fn advance_rebuild(&mut self, rt: &Runtime, slice: std::time::Duration) -> Result<Option<Reclaimed>> {
+        let Some(r) = &mut self.rebuild else { return Ok(None) };
+        let grown = self.inst.as_ref().map_or(0, EspInstance::memory_grown);
+        let step = r.turn(&self.sas, slice);
+        let (turns, mut longest, mut redone) = (r.turns, r.longest, false);
+        let fresh = match step {
+            Ok(Step::Going) => return Ok(None),
+            Ok(Step::Done) => self.rebuild.take().map(|r| r.inst),
+            Ok(Step::Redo) => {
+                self.rebuild = None;
+                let t0 = std::time::Instant::now();
+                let inst = self.instantiate(rt)?;
+                longest = longest.max(t0.elapsed());
+                redone = true;
+                Some(inst)
+            }
+            Err(e) => {
+                self.rebuild = None;
+                self.peak = self.sas.len();
+                return Err(e);
+            }
+        };
+        Ok(fresh.map(|f| Reclaimed { turns, longest, redone, ..self.take_over(f, grown) }))
+    }
+
+    /// `fresh` takes the place of the instance, which had grown `grown`.
+    fn take_over(&mut self, mut fresh: EspInstance, grown: usize) -> Reclaimed {
+        let held = self.sas.len();
+        let grown_now = fresh.memory_grown();
         // Limits the host's count found reached and not reported yet go
         // with the SAs (as in a trapped instance's replacement).
         if let Some(old) = &mut self.inst {
-            inst.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
+            fresh.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
         }
-        self.inst = Some(inst);
+        self.inst = Some(fresh);
         let peak = std::mem::replace(&mut self.peak, held);
-        Ok(Some(Reclaimed { held, peak, grown, grown_now }))
+        Reclaimed { held, peak, grown, grown_now, turns: 0, longest: std::time::Duration::ZERO, redone: false }
     }
 
     /// Note the SA count after an install (for [`Group::reclaim`]).

@@ -63,10 +63,16 @@ impl Loop {
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
             self.expire_held();
-            // Datagrams of the last GRO read still waiting: look, but do not
-            // wait; held packets: wake in time to drop them.
+            // A slice of a new instance's SAs between batches.
+            let rebuilding = self.rebuilding();
+            if rebuilding {
+                self.advance_rebuilds();
+            }
+            // Datagrams of the last GRO read still waiting, or a rebuild
+            // going: look, but do not wait; held packets: wake in time to
+            // drop them.
             let pending = self.gro.has_pending();
-            let wait = match (pending, self.hold.is_empty()) {
+            let wait = match (pending || rebuilding, self.hold.is_empty()) {
                 (true, _) => 0,
                 (false, false) => HELD_POLL_MS,
                 (false, true) => POLL_MS,

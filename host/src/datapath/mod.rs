@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod peers;
 #[cfg(test)]
 mod read_budget_tests;
+pub mod rebuild;
 #[cfg(test)]
 mod reclaim_tests;
 pub mod tos;
@@ -110,45 +111,72 @@ impl SaSet {
     /// the whole instantiation.
     pub fn instantiate(&self, rt: &Runtime, component: usize, memory: EspMemory) -> Result<EspInstance> {
         let mut inst = rt.esp_instance_of(component, memory)?;
-        let deleted = |spi: u32| {
-            debug!(spi = format_args!("{spi:08x}"), "data path: SA deleted, its removal queued: not installed again")
-        };
         for k in self.outbound.values() {
-            let Some(key) = self.keystore.get(k.sa.key) else {
+            if self.reinstall_outbound(&mut inst, k, 0)?.is_none() {
                 deleted(k.sa.spi);
-                continue;
-            };
-            let mut sa = k.full();
-            // The guest chose the numbers it sealed with: the last may be the largest.
-            sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
-            // The host holds the key to the SA's limits; the guest learns
-            // what is left of them, so an honest one plans no packet the
-            // host would refuse.
-            sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-            let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer };
-            inst.store.data_mut().keys.grant(sa.key, key, key_use, k.sa.limits);
-            inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
+            }
         }
         for k in self.inbound.values() {
-            let Some(key) = self.keystore.get(k.sa.key) else {
+            if self.reinstall_inbound(&mut inst, k)?.is_none() {
                 deleted(k.sa.spi);
-                continue;
-            };
-            let mut sa = k.full();
-            // What the key authenticated, where it is past the record's
-            // edge: a packet delayed behind later ones when the instance
-            // went is still accepted once, any other at or below the edge
-            // refused (RFC 4303 section 3.4.3).
-            let (top, seen) = key.replay_state();
-            if top > 0 && top >= sa.highest_seq {
-                (sa.highest_seq, sa.replay_missing) = (top, !seen);
             }
-            sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-            inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);
-            inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         }
         Ok(inst)
     }
+
+    /// Install outbound SA `k` in `inst` as its key stands now, `skip`
+    /// sequence numbers past the last it sealed: the key granted, what is
+    /// left of its limits. Answers the next sequence number it was given,
+    /// or None when its key is gone (see [`SaSet::instantiate`]). An
+    /// error if the guest traps or refuses it.
+    pub fn reinstall_outbound(&self, inst: &mut EspInstance, k: &Kept<OutboundSa>, skip: u64) -> Result<Option<u64>> {
+        let Some(key) = self.keystore.get(k.sa.key) else { return Ok(None) };
+        let mut sa = k.full();
+        // The guest chose the numbers it sealed with: the last may be the
+        // largest. To the receiver a gap is packets lost (its window moves
+        // on, RFC 4303 section 3.4.3); without ESN the gap stays short of
+        // the 32-bit end, which must not be passed (section 3.3.3): at
+        // most half of what is left.
+        sa.next_seq = sa.next_seq.max(key.highest_seq().saturating_add(1));
+        let room = if sa.esn { u64::MAX } else { u64::from(u32::MAX).saturating_sub(sa.next_seq) / 2 };
+        sa.next_seq = sa.next_seq.saturating_add(skip.min(room));
+        // The host holds the key to the SA's limits; the guest learns
+        // what is left of them, so an honest one plans no packet the
+        // host would refuse.
+        sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
+        let key_use = KeyUse::Seal { spi: sa.spi, wire_spi: k.wire_spi, peer: sa.peer };
+        inst.store.data_mut().keys.grant(sa.key, key, key_use, k.sa.limits);
+        inst.install_outbound(&sa)?.map_err(|e| anyhow::anyhow!("outbound SA {:#x}: {e}", sa.spi))?;
+        Ok(Some(sa.next_seq))
+    }
+
+    /// Install inbound SA `k` in `inst` as its key stands now: the key
+    /// granted, what is left of its limits, and its replay window from
+    /// what the key authenticated, where that is past the record's edge: a
+    /// packet delayed behind later ones when the instance went is still
+    /// accepted once, any other at or below the edge refused (RFC 4303
+    /// section 3.4.3). Answers the key's replay state it was given
+    /// ([`crate::keys::EspKey::replay_state`]), or None when its key is
+    /// gone. An error if the guest traps or refuses it.
+    pub fn reinstall_inbound(&self, inst: &mut EspInstance, k: &Kept<InboundSa>) -> Result<Option<(u64, u64)>> {
+        let Some(key) = self.keystore.get(k.sa.key) else { return Ok(None) };
+        let mut sa = k.full();
+        let state = key.replay_state();
+        let (top, seen) = state;
+        if top > 0 && top >= sa.highest_seq {
+            (sa.highest_seq, sa.replay_missing) = (top, !seen);
+        }
+        sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
+        inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);
+        inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
+        Ok(Some(state))
+    }
+}
+
+/// An SA left out of a new instance because its key is gone: the control
+/// thread deleted it and its removal waits in the thread's queue.
+fn deleted(spi: u32) {
+    debug!(spi = format_args!("{spi:08x}"), "data path: SA deleted, its removal queued: not installed again");
 }
 
 /// Which way a loop's packets go through the ESP guests.
@@ -330,6 +358,9 @@ impl Loop {
     fn replace(&mut self, g: usize, dir: Direction) {
         stats::inc(&self.stats.guest_restarts);
         let group = &mut self.groups.list[g];
+        // The replacement gets the group's SAs at once: a rebuild going
+        // is of no use any more.
+        group.rebuild = None;
         let wait = group.guard.replacement_wait(Instant::now());
         if !wait.is_zero() {
             warn!(
@@ -470,6 +501,7 @@ impl Loop {
                     let mut freed = 0;
                     for g in self.groups.list.iter_mut().filter(|g| g.domain == domain) {
                         freed += usize::from(g.inst.take().is_some());
+                        g.rebuild = None;
                         g.suspended_until = None;
                     }
                     info!(domain, instances_freed = freed, "data path: tenant domain removed");
@@ -503,33 +535,69 @@ impl Loop {
 
     /// The groups that lost SAs in the commands just applied: each
     /// instance that now holds none, or few, of what it held is replaced
-    /// to give back its memory (`Group::reclaim`).
+    /// to give back its memory (`Group::reclaim`): an empty one at once,
+    /// one with SAs left by a rebuild in slices ([`Loop::advance_rebuilds`]).
     fn reclaim_groups(&mut self) {
         for (g, group) in self.groups.list.iter_mut().enumerate() {
             let Some(dir) = group.removed.take() else { continue };
-            let t0 = std::time::Instant::now();
-            match group.reclaim(&self.runtime) {
+            match group.reclaim(&self.runtime, dir) {
+                Ok(None) if group.rebuild.is_some() => info!(
+                    direction = dir.name(),
+                    group = g,
+                    sas = group.sas.len(),
+                    peak = group.peak,
+                    "data path: a new ESP instance is filled with the group's SAs between batches, to take the place of one that grew (an eighth of its peak SAs or fewer are left)"
+                ),
                 Ok(None) => {}
-                Ok(Some(r)) if r.held == 0 => info!(
+                Ok(Some(r)) => info!(
                     direction = dir.name(),
                     group = g,
                     grown_kib = r.grown >> 10,
                     "data path: the group's last SA left; its ESP instance is replaced by a fresh one to give back its memory"
                 ),
-                Ok(Some(r)) => info!(
-                    direction = dir.name(),
-                    group = g,
-                    sas = r.held,
-                    peak = r.peak,
-                    grown_kib = r.grown >> 10,
-                    grown_now_kib = r.grown_now >> 10,
-                    took_ms = t0.elapsed().as_millis() as u64,
-                    "data path: the group holds an eighth of its peak SAs or fewer; its ESP instance is replaced by one with those SAs to give back its memory"
-                ),
                 // The old instance still works: it keeps its memory.
                 Err(e) => {
                     warn!(direction = dir.name(), group = g, error = %e, "cannot replace the ESP instance to give back its memory; it keeps it")
                 }
+            }
+        }
+    }
+
+    /// Is a group's new instance being filled? The loop then does not
+    /// sleep between batches.
+    pub fn rebuilding(&self) -> bool {
+        self.groups.list.iter().any(|g| g.rebuild.is_some())
+    }
+
+    /// One slice of each group's rebuild ([`rebuild::Rebuild`]); the new
+    /// instance takes over once it holds every SA as the old one does.
+    pub fn advance_rebuilds(&mut self) {
+        for (g, group) in self.groups.list.iter_mut().enumerate() {
+            let Some(r) = &group.rebuild else { continue };
+            let (dir, started) = (r.direction, r.started);
+            match group.advance_rebuild(&self.runtime, rebuild::SLICE) {
+                Ok(None) => {}
+                Ok(Some(done)) => {
+                    info!(
+                        direction = dir.name(),
+                        group = g,
+                        sas = done.held,
+                        peak = done.peak,
+                        grown_kib = done.grown >> 10,
+                        grown_now_kib = done.grown_now >> 10,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        turns = done.turns,
+                        longest_turn_us = done.longest.as_micros() as u64,
+                        made_at_once = done.redone,
+                        "data path: the group holds an eighth of its peak SAs or fewer; its ESP instance is replaced by one with those SAs to give back its memory"
+                    )
+                }
+                Err(e) => warn!(
+                    direction = dir.name(),
+                    group = g,
+                    error = %e,
+                    "cannot fill a new ESP instance with the group's SAs; the old one keeps them and its memory"
+                ),
             }
         }
     }
@@ -592,6 +660,12 @@ impl Loop {
             return (gone, Ok(()));
         }
         self.groups.by_spi.remove(&spi);
+        if let Some(r) = &mut group.rebuild
+            && let Err(trap) = gone.iter().try_for_each(|sa| r.removed(dir, spi, key(sa)))
+        {
+            warn!(direction = dir.name(), group = g, error = %trap, "the ESP instance being filled trapped removing an SA; the old one keeps its memory");
+            group.rebuild = None;
+        }
         let Some(inst) = &mut group.inst else { return (gone, Ok(())) };
         for sa in &gone {
             inst.store.data_mut().keys.revoke(key(sa));
@@ -606,6 +680,7 @@ impl Loop {
             // A tenant's last SA in this direction: its slot goes back.
             debug!(group = g, "data path: the group's last SA left; its instance is freed");
             group.inst = None;
+            group.rebuild = None;
         } else {
             // Looked at once this drain of commands is done: a teardown
             // of thousands comes in drains of many removals.
@@ -670,6 +745,9 @@ impl Loop {
         }
         installed?;
         group.note_installed();
+        if let Some(r) = &mut group.rebuild {
+            r.added(dir, spi, handle);
+        }
         self.groups.by_spi.insert(spi, g);
         Ok(Installed::Yes)
     }

@@ -33,8 +33,13 @@ impl Loop {
         let mut poll = sys::PollSet::default();
         while !sys::stop_requested() {
             self.report_expiries(&mut last_expiry);
-            // Segments still waiting: look, but do not wait.
-            let wait = if self.cutter.has_pending() { 0 } else { POLL_MS };
+            // A slice of a new instance's SAs between batches.
+            let rebuilding = self.rebuilding();
+            if rebuilding {
+                self.advance_rebuilds();
+            }
+            // Segments still waiting, or a rebuild going: look, but do not wait.
+            let wait = if self.cutter.has_pending() || rebuilding { 0 } else { POLL_MS };
             let ready = match poll.wait(&fds, wait) {
                 Ok(r) => r,
                 Err(e) => {

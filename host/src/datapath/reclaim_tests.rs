@@ -4,7 +4,9 @@
 //! Emptied, an instance that grew past [`group::RECLAIM_GROWN`] is
 //! replaced by a fresh one; one that grew less is kept. One that still
 //! holds SAs is replaced by one with those SAs once they are at most an
-//! eighth of its peak ([`group::COMPACT_FRACTION`]), with their state.
+//! eighth of its peak ([`group::COMPACT_FRACTION`]), with their state,
+//! filled in slices while the old one carries on ([`super::rebuild`]);
+//! what changes meanwhile is carried over.
 
 use super::install_tests::{add_inbound, add_outbound, udp_to_net, wired_loop};
 use super::*;
@@ -13,9 +15,26 @@ use crate::wasm::esp::{EncapVerdict, SaLimits};
 /// Install inbound SAs from SPI 0x10000 on until group 0's instance grew
 /// by `grown` bytes (at most `most` of them): their keys.
 fn grow(l: &mut Loop, ks: &Keystore, to_loop: &Sender<SaCommand>, grown: usize, most: u32) -> Vec<(u32, u64)> {
+    grow_with(l, to_loop, grown, most, |spi| add_inbound(ks, spi, spi as u8, 0))
+}
+
+/// The same with outbound SAs, to 10.0.n.0/24 for n from 1 to 250 in turn.
+fn grow_outbound(l: &mut Loop, ks: &Keystore, to_loop: &Sender<SaCommand>, grown: usize) -> Vec<(u32, u64)> {
+    grow_with(l, to_loop, grown, 60_000, |spi| {
+        add_outbound(ks, (spi, spi), (spi % 250 + 1) as u8, spi as u8, SaLimits::default())
+    })
+}
+
+fn grow_with(
+    l: &mut Loop,
+    to_loop: &Sender<SaCommand>,
+    grown: usize,
+    most: u32,
+    add: impl Fn(u32) -> (u64, SaCommand),
+) -> Vec<(u32, u64)> {
     let mut sas = Vec::new();
     for spi in 0x10000..0x10000 + most {
-        let (key, add) = add_inbound(ks, spi, spi as u8, 0);
+        let (key, add) = add(spi);
         assert!(to_loop.send(add));
         sas.push((spi, key));
         // In steps, as the control thread's commands come.
@@ -40,6 +59,38 @@ fn remove(l: &mut Loop, to_loop: &Sender<SaCommand>, sas: &[(u32, u64)]) {
         assert!(to_loop.send(SaCommand::RemoveInbound { spi, key }));
     }
     l.apply_commands(true);
+}
+
+fn remove_outbound(l: &mut Loop, to_loop: &Sender<SaCommand>, sas: &[(u32, u64)]) {
+    for &(spi, key) in sas {
+        assert!(to_loop.send(SaCommand::RemoveOutbound { spi, key }));
+    }
+    l.apply_commands(true);
+}
+
+/// Turn the loop until group 0's rebuild is over, as the data-path
+/// threads do between batches: the turns it took (at least one; the old
+/// instance serves until the last), and what it gave back.
+fn finish_rebuild(l: &mut Loop) -> (u32, group::Reclaimed) {
+    assert!(l.rebuilding(), "a rebuild is going");
+    for turns in 1..100_000 {
+        let rt = l.runtime.clone();
+        if let Some(done) = l.groups.list[0].advance_rebuild(&rt, rebuild::SLICE).expect("no trap") {
+            assert!(!l.rebuilding());
+            return (turns, done);
+        }
+    }
+    panic!("the rebuild did not end");
+}
+
+fn rebuild(l: &Loop) -> &rebuild::Rebuild {
+    l.groups.list[0].rebuild.as_ref().expect("a rebuild is going")
+}
+
+/// The state group 0's instance has for `spi` (outbound or inbound).
+fn state_of(l: &mut Loop, spi: u32) -> Option<crate::wasm::esp::SaState> {
+    let inst = l.groups.list[0].inst.as_mut().expect("instance");
+    inst.sa_states().expect("states").into_iter().find(|s| s.spi == spi)
 }
 
 #[test]
@@ -88,8 +139,13 @@ fn an_instance_left_with_an_eighth_of_its_peak_is_replaced_with_those_sas() {
     let keep = peak / group::COMPACT_FRACTION;
     remove(&mut l, &to_loop, &sas[keep + 1..]);
     assert_eq!(memory_grown(&l), grown, "more than an eighth left: kept");
-    // One more gone: replaced by an instance with the eighth.
+    // One more gone: a new instance is filled with the eighth, in more
+    // than one turn of the loop, while the old one serves.
     remove(&mut l, &to_loop, &sas[keep..keep + 1]);
+    assert_eq!(memory_grown(&l), grown, "the old instance serves while the new one is filled");
+    let (turns, done) = finish_rebuild(&mut l);
+    assert!(turns >= 2 && done.turns as usize == turns as usize, "{keep} SAs staged in {turns} turns");
+    assert_eq!((done.held, done.peak, done.redone), (keep, peak, false));
     let now = memory_grown(&l);
     assert!(now < grown / 4, "{keep} of {peak} SAs left: grown {now} bytes, was {grown}");
     assert_eq!(l.groups.list[0].peak, keep, "the new instance's peak is what it got");
@@ -116,10 +172,102 @@ fn sas_whose_keys_are_gone_are_left_out_of_the_new_instance() {
         assert!(ks.remove(key));
     }
     remove(&mut l, &to_loop, &sas[keep..]);
+    finish_rebuild(&mut l);
     let inst = l.groups.list[0].inst.as_mut().expect("instance");
     assert_eq!(inst.sa_states().expect("states").len(), keep - 10, "replaced, without the deleted ten");
     // Their removals come: recorded here, not in the guest, no error.
     remove(&mut l, &to_loop, &sas[..10]);
     assert_eq!(l.groups.list[0].sas.len(), keep - 10);
     assert_eq!(l.stats.guest_restarts.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn what_happens_to_inbound_sas_while_a_rebuild_goes_is_carried_over() {
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let sas = grow(&mut l, &ks, &to_loop, group::RECLAIM_GROWN, 60_000);
+    let keep = sas.len() / group::COMPACT_FRACTION;
+    remove(&mut l, &to_loop, &sas[keep..]);
+    let rt = l.runtime.clone();
+    assert!(l.groups.list[0].advance_rebuild(&rt, rebuild::SLICE).expect("no trap").is_none(), "more than a turn");
+    let (first_spi, first_key) = sas[0];
+    assert!(rebuild(&l).is_staged(Direction::Inbound, first_spi, first_key), "staged first");
+    // The old instance opens packets of the first SA, up to 700 (the
+    // host notes them per run): its staged copy is behind.
+    ks.get(first_key).expect("key").note_opened(700, !0);
+    // The second, staged, and the last, not yet, are removed; a new SA
+    // comes.
+    let (gone_staged, gone_later) = (sas[1], sas[keep - 1]);
+    assert!(!rebuild(&l).is_staged(Direction::Inbound, gone_later.0, gone_later.1), "the last is not staged yet");
+    remove(&mut l, &to_loop, &[gone_staged, gone_later]);
+    let (new_key, add) = add_inbound(&ks, 0x9_0000, 9, 0);
+    assert!(to_loop.send(add));
+    l.apply_commands(true);
+    assert!(l.rebuilding(), "still going");
+    let (_, done) = finish_rebuild(&mut l);
+    assert!(!done.redone, "carried over, not made again at once");
+    assert_eq!(l.groups.list[0].sas.len(), keep - 1);
+    let inst = l.groups.list[0].inst.as_mut().expect("instance");
+    let states = inst.sa_states().expect("states");
+    assert_eq!(states.len(), keep - 1, "the SAs the group holds, no more, no fewer");
+    assert!(!states.iter().any(|s| s.spi == gone_staged.0 || s.spi == gone_later.0), "the removed SAs are gone");
+    assert!(states.iter().any(|s| s.spi == 0x9_0000), "the new SA is there");
+    let first = states.iter().find(|s| s.spi == first_spi).expect("the first SA");
+    assert_eq!(first.seq, 700, "its replay window caught up with what the old instance opened");
+    // The new instance is the group's: its SAs' keys are granted there,
+    // and a removal reaches it.
+    remove(&mut l, &to_loop, &[(0x9_0000, new_key)]);
+    assert!(state_of(&mut l, 0x9_0000).is_none());
+    assert!(reports.drain().is_empty(), "nothing reported up");
+    assert_eq!(l.stats.guest_restarts.load(std::sync::atomic::Ordering::Relaxed), 0, "not counted as a fault");
+}
+
+#[test]
+fn an_outbound_sa_sealing_while_a_rebuild_goes_sends_no_number_twice_and_the_newest_sa_still_wins() {
+    let (mut l, ks, to_loop, _reports) = wired_loop();
+    let sas = grow_outbound(&mut l, &ks, &to_loop, group::RECLAIM_GROWN);
+    let keep = sas.len() / group::COMPACT_FRACTION;
+    assert!(keep > 300, "{} outbound SAs grew the guest", sas.len());
+    remove_outbound(&mut l, &to_loop, &sas[keep..]);
+    let rt = l.runtime.clone();
+    assert!(l.groups.list[0].advance_rebuild(&rt, rebuild::SLICE).expect("no trap").is_none(), "more than a turn");
+    let (first_spi, first_key) = sas[0];
+    assert!(rebuild(&l).is_staged(Direction::Outbound, first_spi, first_key));
+    // The old instance seals 1,000 packets of the first SA meanwhile.
+    let key = ks.get(first_key).expect("key");
+    let sealed = key.highest_seq() + 1_000;
+    key.note_seq(sealed);
+    // A rekey's new SA for the first SA's destination (10.0.1.0/24)
+    // comes: installed later, it takes that traffic, as in the old
+    // instance.
+    let (_, add) = add_outbound(&ks, (0x9_0000, 0x9_0000), (first_spi % 250 + 1) as u8, 9, SaLimits::default());
+    assert!(to_loop.send(add));
+    l.apply_commands(true);
+    let (_, done) = finish_rebuild(&mut l);
+    assert!(done.turns >= 2 && !done.redone);
+    let first = state_of(&mut l, first_spi).expect("the first SA");
+    assert!(first.seq > sealed, "next number {} after {sealed} sealed", first.seq);
+    assert_eq!(first.seq, 1 + rebuild::SEQ_SKIP, "staged past its skip, not made again");
+    let inst = l.groups.list[0].inst.as_mut().expect("instance");
+    inst.store.data_mut().batch = vec![udp_to_net((first_spi % 250 + 1) as u8)];
+    assert!(matches!(inst.encap(1).expect("no trap")[..], [EncapVerdict::Send(_)]));
+    assert_eq!(state_of(&mut l, 0x9_0000).expect("the new SA").packets, 1, "the newest SA took the packet");
+    assert_eq!(state_of(&mut l, first_spi).expect("the first SA").packets, 0);
+}
+
+#[test]
+fn an_outbound_sa_sealing_past_its_skip_makes_the_instance_at_once() {
+    let (mut l, ks, to_loop, _reports) = wired_loop();
+    let sas = grow_outbound(&mut l, &ks, &to_loop, group::RECLAIM_GROWN);
+    let keep = sas.len() / group::COMPACT_FRACTION;
+    remove_outbound(&mut l, &to_loop, &sas[keep..]);
+    let rt = l.runtime.clone();
+    assert!(l.groups.list[0].advance_rebuild(&rt, rebuild::SLICE).expect("no trap").is_none());
+    let (first_spi, first_key) = sas[0];
+    assert!(rebuild(&l).is_staged(Direction::Outbound, first_spi, first_key));
+    let sealed = rebuild::SEQ_SKIP + 5;
+    ks.get(first_key).expect("key").note_seq(sealed);
+    let (_, done) = finish_rebuild(&mut l);
+    assert_eq!((done.held, done.redone), (keep, true));
+    assert_eq!(state_of(&mut l, first_spi).expect("the first SA").seq, sealed + 1, "made again from the key");
+    assert!(memory_grown(&l) < group::RECLAIM_GROWN);
 }

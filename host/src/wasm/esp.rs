@@ -20,7 +20,9 @@ use crate::keys::{Authenticated, KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
 use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
-pub use b::exports::wasmsec::esp::engine::{DropReason, Expiry, ExpiryCause, InboundSa, OutboundSa, SaState};
+pub use b::exports::wasmsec::esp::engine::{
+    DropReason, Expiry, ExpiryCause, InboundSa, OutboundSa, ReplayState, SaState,
+};
 use b::wasmsec::crypto::packets::{HostBatch, OpFailure, OpenRun, OpenRuns, Opened, SealRun, SealRuns};
 use b::wasmsec::crypto::types::CryptoError as WitCryptoError;
 pub use b::wasmsec::net::types::{SaLimits, TrafficSelector};
@@ -480,6 +482,13 @@ impl EspInstance {
         self.hints.remove(spi);
         let (e, s) = self.e();
         Ok(e.call_remove_inbound(s, spi)?)
+    }
+
+    /// Move these inbound SAs' replay windows on to the keystore's record
+    /// (`catch-up-inbound`): how many the guest says it moved.
+    pub fn catch_up_inbound(&mut self, states: &[ReplayState]) -> Result<u32> {
+        let (e, s) = self.e();
+        Ok(e.call_catch_up_inbound(s, states)?)
     }
 
     /// How much its linear memory grew past what it was instantiated with.

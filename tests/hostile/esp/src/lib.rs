@@ -182,6 +182,10 @@ impl wit::Guest for Component {
         true
     }
 
+    fn catch_up_inbound(states: Vec<wit::ReplayState>) -> u32 {
+        states.len() as u32
+    }
+
     fn encap(packets: &Batch, heads: Vec<u8>) -> wit::Encapped {
         let n = packets.count();
         let Some(sa) = OUT.with_borrow(|o| o.first().copied()) else {
