@@ -174,7 +174,7 @@ impl Group {
             Ok(Step::Redo) => {
                 self.rebuild = None;
                 let t0 = std::time::Instant::now();
-                let inst = self.instantiate(rt)?;
+                let inst = self.instantiate(rt).inspect_err(|_| self.peak = self.sas.len())?;
                 longest = longest.max(t0.elapsed());
                 redone = true;
                 Some(inst)

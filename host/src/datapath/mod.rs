@@ -540,8 +540,9 @@ impl Loop {
     fn reclaim_groups(&mut self) {
         for (g, group) in self.groups.list.iter_mut().enumerate() {
             let Some(dir) = group.removed.take() else { continue };
+            let going = group.rebuild.is_some();
             match group.reclaim(&self.runtime, dir) {
-                Ok(None) if group.rebuild.is_some() => info!(
+                Ok(None) if !going && group.rebuild.is_some() => info!(
                     direction = dir.name(),
                     group = g,
                     sas = group.sas.len(),
@@ -569,13 +570,17 @@ impl Loop {
         self.groups.list.iter().any(|g| g.rebuild.is_some())
     }
 
-    /// One slice of each group's rebuild ([`rebuild::Rebuild`]); the new
-    /// instance takes over once it holds every SA as the old one does.
+    /// One slice of the groups' rebuilds ([`rebuild::Rebuild`]), at most
+    /// [`rebuild::SLICE`] for all of them together (the first gets a turn
+    /// whatever the time); a new instance takes over once it holds every
+    /// SA as the old one does.
     pub fn advance_rebuilds(&mut self) {
+        let t0 = Instant::now();
         for (g, group) in self.groups.list.iter_mut().enumerate() {
             let Some(r) = &group.rebuild else { continue };
             let (dir, started) = (r.direction, r.started);
-            match group.advance_rebuild(&self.runtime, rebuild::SLICE) {
+            let Some(left) = rebuild::SLICE.checked_sub(t0.elapsed()).filter(|l| !l.is_zero()) else { break };
+            match group.advance_rebuild(&self.runtime, left) {
                 Ok(None) => {}
                 Ok(Some(done)) => {
                     info!(
@@ -665,6 +670,8 @@ impl Loop {
         {
             warn!(direction = dir.name(), group = g, error = %trap, "the ESP instance being filled trapped removing an SA; the old one keeps its memory");
             group.rebuild = None;
+            // Not again at the next removal: once the count falls as far.
+            group.peak = group.sas.len();
         }
         let Some(inst) = &mut group.inst else { return (gone, Ok(())) };
         for sa in &gone {

@@ -181,26 +181,65 @@ fn sas_whose_keys_are_gone_are_left_out_of_the_new_instance() {
     assert_eq!(l.stats.guest_restarts.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// ESP packet `seq` of inbound SA `spi` whose key is `fill` bytes (as
+/// `add_inbound` makes it), carrying a UDP packet within 10.0.0.0/24.
+fn esp_packet(spi: u32, fill: u8, seq: u32) -> PacketBuf {
+    use crate::keys::{EspAlgorithm, EspKey};
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let key = EspKey::new(alg, zeroize::Zeroizing::new(vec![fill; alg.keymat_len()])).expect("key");
+    let mut p = udp_to_net(0);
+    let pad = wasmsec_wire::esp::Trailer::pad_length_for(p.len(), alg.pad_align());
+    let header = wasmsec_wire::esp::Repr { spi, sequence_number: seq };
+    key.seal_at(&mut p, &header, None, (pad, 4), u64::from(seq)).expect("sealed");
+    p
+}
+
+/// What group 0's instance does with ESP packet `seq` of inbound SA
+/// `spi` (key of `fill` bytes): delivered, or why not.
+fn decap_one(l: &mut Loop, spi: u32, fill: u8, seq: u32) -> crate::wasm::esp::DecapVerdict {
+    let inst = l.groups.list[0].inst.as_mut().expect("instance");
+    inst.store.data_mut().batch = vec![esp_packet(spi, fill, seq)];
+    inst.decap(1).expect("no trap")[0]
+}
+
+fn delivered(v: crate::wasm::esp::DecapVerdict) -> bool {
+    matches!(v, crate::wasm::esp::DecapVerdict::Deliver(_))
+}
+
 #[test]
 fn what_happens_to_inbound_sas_while_a_rebuild_goes_is_carried_over() {
     let (mut l, ks, to_loop, reports) = wired_loop();
     let sas = grow(&mut l, &ks, &to_loop, group::RECLAIM_GROWN, 60_000);
     let keep = sas.len() / group::COMPACT_FRACTION;
+    // The first SA received up to 700 but 697 and 695 (its key of 0 bytes).
+    let (first_spi, first_key) = sas[0];
+    let first = ks.get(first_key).expect("key");
+    first.note_opened(700, !(1 << 3 | 1 << 5));
     remove(&mut l, &to_loop, &sas[keep..]);
     let rt = l.runtime.clone();
     assert!(l.groups.list[0].advance_rebuild(&rt, rebuild::SLICE).expect("no trap").is_none(), "more than a turn");
-    let (first_spi, first_key) = sas[0];
     assert!(rebuild(&l).is_staged(Direction::Inbound, first_spi, first_key), "staged first");
-    // The old instance opens packets of the first SA, up to 700 (the
-    // host notes them per run): its staged copy is behind.
-    ks.get(first_key).expect("key").note_opened(700, !0);
-    // The second, staged, and the last, not yet, are removed; a new SA
-    // comes.
-    let (gone_staged, gone_later) = (sas[1], sas[keep - 1]);
-    assert!(!rebuild(&l).is_staged(Direction::Inbound, gone_later.0, gone_later.1), "the last is not staged yet");
-    remove(&mut l, &to_loop, &[gone_staged, gone_later]);
-    let (new_key, add) = add_inbound(&ks, 0x9_0000, 9, 0);
-    assert!(to_loop.send(add));
+    // Then the old instance opens 697 (the host notes it): below the
+    // edge only, the staged copy is behind.
+    first.note_opened(700, 1 << 3);
+    // The second SA, staged, and the one before the last, not yet, are
+    // removed; the third, staged, and the last, not yet, are removed and
+    // their SPIs installed again with other keys; a new SA comes.
+    let (gone_staged, gone_later) = (sas[1], sas[keep - 2]);
+    let (again_staged, again_later) = (sas[2], sas[keep - 1]);
+    for (spi, key) in [gone_staged, again_staged] {
+        assert!(rebuild(&l).is_staged(Direction::Inbound, spi, key));
+    }
+    for (spi, key) in [gone_later, again_later] {
+        assert!(!rebuild(&l).is_staged(Direction::Inbound, spi, key), "not staged yet");
+    }
+    remove(&mut l, &to_loop, &[gone_staged, gone_later, again_staged, again_later]);
+    let grants = &rebuild(&l).inst.store.data().keys;
+    assert!(grants.get(gone_staged.1).is_err() && grants.get(again_staged.1).is_err(), "their keys' grants revoked");
+    for (spi, fill) in [(again_staged.0, 0x71), (again_later.0, 0x72), (0x9_0000, 9)] {
+        let (_, add) = add_inbound(&ks, spi, fill, 0);
+        assert!(to_loop.send(add));
+    }
     l.apply_commands(true);
     assert!(l.rebuilding(), "still going");
     let (_, done) = finish_rebuild(&mut l);
@@ -210,15 +249,36 @@ fn what_happens_to_inbound_sas_while_a_rebuild_goes_is_carried_over() {
     let states = inst.sa_states().expect("states");
     assert_eq!(states.len(), keep - 1, "the SAs the group holds, no more, no fewer");
     assert!(!states.iter().any(|s| s.spi == gone_staged.0 || s.spi == gone_later.0), "the removed SAs are gone");
-    assert!(states.iter().any(|s| s.spi == 0x9_0000), "the new SA is there");
-    let first = states.iter().find(|s| s.spi == first_spi).expect("the first SA");
-    assert_eq!(first.seq, 700, "its replay window caught up with what the old instance opened");
-    // The new instance is the group's: its SAs' keys are granted there,
-    // and a removal reaches it.
-    remove(&mut l, &to_loop, &[(0x9_0000, new_key)]);
-    assert!(state_of(&mut l, 0x9_0000).is_none());
+    assert_eq!(states.iter().find(|s| s.spi == first_spi).map(|s| s.seq), Some(700));
+    // Packets through the new instance: 697, which the old one opened
+    // after the first SA was staged, is a replay; 695 arrives once.
+    assert!(!delivered(decap_one(&mut l, first_spi, 0, 697)), "697 again: a replay");
+    assert!(!delivered(decap_one(&mut l, first_spi, 0, 700)), "700 again: a replay");
+    assert!(delivered(decap_one(&mut l, first_spi, 0, 695)), "695 arrives once");
+    assert!(!delivered(decap_one(&mut l, first_spi, 0, 695)));
+    assert!(delivered(decap_one(&mut l, first_spi, 0, 701)));
+    // The SPIs installed again carry their new keys' packets, the new SA
+    // its own.
+    for (spi, fill) in [(again_staged.0, 0x71), (again_later.0, 0x72), (0x9_0000, 9)] {
+        assert!(delivered(decap_one(&mut l, spi, fill, 1)), "{spi:#x}");
+    }
+    assert!(!delivered(decap_one(&mut l, again_staged.0, again_staged.0 as u8, 2)), "not the old key's");
     assert!(reports.drain().is_empty(), "nothing reported up");
     assert_eq!(l.stats.guest_restarts.load(std::sync::atomic::Ordering::Relaxed), 0, "not counted as a fault");
+}
+
+#[test]
+fn a_replaced_instance_ends_the_rebuild() {
+    let (mut l, ks, to_loop, _reports) = wired_loop();
+    let sas = grow(&mut l, &ks, &to_loop, group::RECLAIM_GROWN, 60_000);
+    let keep = sas.len() / group::COMPACT_FRACTION;
+    remove(&mut l, &to_loop, &sas[keep..]);
+    assert!(l.rebuilding());
+    // As after a trap: the replacement gets the SAs at once.
+    l.replace(0, Direction::Inbound);
+    assert!(!l.rebuilding(), "the rebuild is dropped");
+    assert_eq!(state_of(&mut l, sas[0].0).map(|s| s.spi), Some(sas[0].0));
+    assert!(memory_grown(&l) < group::RECLAIM_GROWN);
 }
 
 #[test]
@@ -236,10 +296,13 @@ fn an_outbound_sa_sealing_while_a_rebuild_goes_sends_no_number_twice_and_the_new
     let key = ks.get(first_key).expect("key");
     let sealed = key.highest_seq() + 1_000;
     key.note_seq(sealed);
-    // A rekey's new SA for the first SA's destination (10.0.1.0/24)
-    // comes: installed later, it takes that traffic, as in the old
-    // instance.
-    let (_, add) = add_outbound(&ks, (0x9_0000, 0x9_0000), (first_spi % 250 + 1) as u8, 9, SaLimits::default());
+    // A rekey's new SA for the destination of the last SA, not staged yet
+    // (its net, 10.0.n.0/24, is no other SA's left): installed later, it
+    // takes that traffic, as in the old instance.
+    let (last_spi, last_key) = sas[keep - 1];
+    assert!(!rebuild(&l).is_staged(Direction::Outbound, last_spi, last_key));
+    let net = (last_spi % 250 + 1) as u8;
+    let (_, add) = add_outbound(&ks, (0x9_0000, 0x9_0000), net, 9, SaLimits::default());
     assert!(to_loop.send(add));
     l.apply_commands(true);
     let (_, done) = finish_rebuild(&mut l);
@@ -248,10 +311,10 @@ fn an_outbound_sa_sealing_while_a_rebuild_goes_sends_no_number_twice_and_the_new
     assert!(first.seq > sealed, "next number {} after {sealed} sealed", first.seq);
     assert_eq!(first.seq, 1 + rebuild::SEQ_SKIP, "staged past its skip, not made again");
     let inst = l.groups.list[0].inst.as_mut().expect("instance");
-    inst.store.data_mut().batch = vec![udp_to_net((first_spi % 250 + 1) as u8)];
+    inst.store.data_mut().batch = vec![udp_to_net(net)];
     assert!(matches!(inst.encap(1).expect("no trap")[..], [EncapVerdict::Send(_)]));
     assert_eq!(state_of(&mut l, 0x9_0000).expect("the new SA").packets, 1, "the newest SA took the packet");
-    assert_eq!(state_of(&mut l, first_spi).expect("the first SA").packets, 0);
+    assert_eq!(state_of(&mut l, last_spi).expect("the last SA").packets, 0);
 }
 
 #[test]
