@@ -233,6 +233,10 @@ pub struct Groups {
     pub list: Vec<Group>,
     /// SPI -> group, for SAs installed in this direction.
     pub by_spi: HashMap<u32, usize, OwnKeys>,
+    /// A group's [`Rebuild`] may be going (set when one starts, cleared
+    /// by the turn that finds none left): the loop looks at this flag per
+    /// batch rather than at thousands of tenants' groups.
+    pub rebuilding: bool,
 }
 
 impl Groups {

@@ -16,7 +16,7 @@ pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
     let group = group::Group::new(&rt, 0, 0, SaSet::new(ks, vec![], vec![]).expect("empty")).expect("group 0");
     Loop {
         runtime: rt,
-        groups: Groups { list: vec![group], by_spi: Default::default() },
+        groups: Groups { list: vec![group], ..Default::default() },
         tuns: Vec::new(),
         udp: UdpSocket::bind("127.0.0.1:0").expect("loopback socket"),
         raw: None,

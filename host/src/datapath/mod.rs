@@ -541,7 +541,9 @@ impl Loop {
         for (g, group) in self.groups.list.iter_mut().enumerate() {
             let Some(dir) = group.removed.take() else { continue };
             let going = group.rebuild.is_some();
-            match group.reclaim(&self.runtime, dir) {
+            let reclaimed = group.reclaim(&self.runtime, dir);
+            self.groups.rebuilding |= group.rebuild.is_some();
+            match reclaimed {
                 Ok(None) if !going && group.rebuild.is_some() => info!(
                     direction = dir.name(),
                     group = g,
@@ -564,10 +566,10 @@ impl Loop {
         }
     }
 
-    /// Is a group's new instance being filled? The loop then does not
+    /// May a group's new instance be being filled? The loop then does not
     /// sleep between batches.
     pub fn rebuilding(&self) -> bool {
-        self.groups.list.iter().any(|g| g.rebuild.is_some())
+        self.groups.rebuilding
     }
 
     /// One slice of the groups' rebuilds ([`rebuild::Rebuild`]), at most
@@ -605,6 +607,7 @@ impl Loop {
                 ),
             }
         }
+        self.groups.rebuilding = self.groups.list.iter().any(|g| g.rebuild.is_some());
     }
 
     /// An SA the data path could not install (the guest refused it or
