@@ -572,12 +572,14 @@ impl Loop {
         self.groups.rebuilding
     }
 
-    /// One slice of the groups' rebuilds ([`rebuild::Rebuild`]), at most
-    /// [`rebuild::SLICE`] for all of them together (the first gets a turn
-    /// whatever the time); a new instance takes over once it holds every
-    /// SA as the old one does.
-    pub fn advance_rebuilds(&mut self) {
+    /// One slice of the groups' rebuilds ([`rebuild::Rebuild`]), in group
+    /// order, about [`rebuild::SLICE`] for all of them together (the first
+    /// gets a turn whatever the time); a new instance takes over once it
+    /// holds every SA as the old one does. Answers the groups whose
+    /// rebuild ended so, with what it gave back.
+    pub fn advance_rebuilds(&mut self) -> Vec<(usize, group::Reclaimed)> {
         let t0 = Instant::now();
+        let mut ended = Vec::new();
         for (g, group) in self.groups.list.iter_mut().enumerate() {
             let Some(r) = &group.rebuild else { continue };
             let (dir, started) = (r.direction, r.started);
@@ -597,7 +599,8 @@ impl Loop {
                         longest_turn_us = done.longest.as_micros() as u64,
                         made_at_once = done.redone,
                         "data path: the group holds an eighth of its peak SAs or fewer; its ESP instance is replaced by one with those SAs to give back its memory"
-                    )
+                    );
+                    ended.push((g, done));
                 }
                 Err(e) => warn!(
                     direction = dir.name(),
@@ -608,6 +611,7 @@ impl Loop {
             }
         }
         self.groups.rebuilding = self.groups.list.iter().any(|g| g.rebuild.is_some());
+        ended
     }
 
     /// An SA the data path could not install (the guest refused it or

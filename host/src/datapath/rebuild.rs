@@ -10,7 +10,6 @@
 //! windows left behind on (0.7 ms at 12,500 SAs, 3.9 ms when every one of
 //! them had opened packets since it was staged).
 //!
-//!
 //! - an SA installed meanwhile is staged after the others, in order (of
 //!   outbound SAs that match a packet the newest wins, so the order of
 //!   installation is kept); one removed meanwhile goes from both;
@@ -35,9 +34,9 @@ use super::{Direction, SaSet};
 use crate::wasm::esp::{EspInstance, ReplayState};
 
 /// The time one turn of the loop spends staging SAs, for all its groups
-/// together (the clock is read every 16 SAs, so a turn may run over by
-/// up to 16 installs): the delay a rebuild adds to a packet, but for the
-/// last turn's comparison and catch-up.
+/// together (each group's clock is read every 16 SAs, so a group's turn
+/// may run over by up to 16 installs): the delay a rebuild adds to a
+/// packet, but for the last turn's comparison and catch-up.
 pub const SLICE: Duration = Duration::from_micros(200);
 
 /// How far past its key's last sealed number an outbound SA is staged:

@@ -422,7 +422,10 @@ pub(crate) struct EspPre(b::EspEnginePre<GuestState>);
 impl EspPre {
     pub fn load(engine: &Engine, component: &wasmtime::component::Component) -> Result<EspPre> {
         let pre = sandbox::link(engine, component, "ESP", |l| b::EspEngine::add_to_linker::<_, HasSelf<_>>(l, |s| s))?;
-        Ok(EspPre(b::EspEnginePre::new(pre).context("ESP component does not export wasmsec:esp/engine")?))
+        Ok(EspPre(
+            b::EspEnginePre::new(pre)
+                .context("ESP component does not export wasmsec:esp/engine@0.2.0 (built against an older WIT?)")?,
+        ))
     }
 
     /// A new instance in its own store; `live` counts it while it lives.
