@@ -294,16 +294,24 @@ fn a_replaced_instance_ends_the_rebuild() {
     assert!(memory_grown(&l) < group::RECLAIM_GROWN);
 }
 
+/// Outbound SAs that grew group 0's instance, seven eighths of them
+/// removed and the first 16 of the rest staged: the SAs and how many are
+/// left.
+fn outbound_rebuild_going(l: &mut Loop, ks: &Keystore, to_loop: &Sender<SaCommand>) -> (Vec<(u32, u64)>, usize) {
+    let sas = grow_outbound(l, ks, to_loop, group::RECLAIM_GROWN);
+    let keep = sas.len() / group::COMPACT_FRACTION;
+    remove_outbound(l, to_loop, &sas[keep..]);
+    first_turn(l);
+    assert!(rebuild(l).is_staged(Direction::Outbound, sas[0].0, sas[0].1));
+    (sas, keep)
+}
+
 #[test]
 fn an_outbound_sa_sealing_while_a_rebuild_goes_sends_no_number_twice_and_the_newest_sa_still_wins() {
     let (mut l, ks, to_loop, _reports) = wired_loop();
-    let sas = grow_outbound(&mut l, &ks, &to_loop, group::RECLAIM_GROWN);
-    let keep = sas.len() / group::COMPACT_FRACTION;
-    assert!(keep > 300, "{} outbound SAs grew the guest", sas.len());
-    remove_outbound(&mut l, &to_loop, &sas[keep..]);
-    first_turn(&mut l);
+    let (sas, keep) = outbound_rebuild_going(&mut l, &ks, &to_loop);
+    assert!(keep > 16, "the last SA is not staged in the first turn");
     let (first_spi, first_key) = sas[0];
-    assert!(rebuild(&l).is_staged(Direction::Outbound, first_spi, first_key));
     // The old instance seals 1,000 packets of the first SA meanwhile.
     let key = ks.get(first_key).expect("key");
     let sealed = key.highest_seq() + 1_000;
@@ -332,12 +340,8 @@ fn an_outbound_sa_sealing_while_a_rebuild_goes_sends_no_number_twice_and_the_new
 #[test]
 fn an_outbound_sa_sealing_past_its_skip_makes_the_instance_at_once() {
     let (mut l, ks, to_loop, _reports) = wired_loop();
-    let sas = grow_outbound(&mut l, &ks, &to_loop, group::RECLAIM_GROWN);
-    let keep = sas.len() / group::COMPACT_FRACTION;
-    remove_outbound(&mut l, &to_loop, &sas[keep..]);
-    first_turn(&mut l);
+    let (sas, keep) = outbound_rebuild_going(&mut l, &ks, &to_loop);
     let (first_spi, first_key) = sas[0];
-    assert!(rebuild(&l).is_staged(Direction::Outbound, first_spi, first_key));
     let sealed = rebuild::SEQ_SKIP + 5;
     ks.get(first_key).expect("key").note_seq(sealed);
     let (_, done) = finish_rebuild(&mut l);
@@ -373,12 +377,8 @@ fn a_key_destroyed_after_staging_while_its_removal_waits_is_still_caught_up() {
 #[test]
 fn an_outbound_key_destroyed_after_staging_that_sealed_past_its_skip_makes_the_instance_at_once() {
     let (mut l, ks, to_loop, _reports) = wired_loop();
-    let sas = grow_outbound(&mut l, &ks, &to_loop, group::RECLAIM_GROWN);
-    let keep = sas.len() / group::COMPACT_FRACTION;
-    remove_outbound(&mut l, &to_loop, &sas[keep..]);
-    first_turn(&mut l);
+    let (sas, _) = outbound_rebuild_going(&mut l, &ks, &to_loop);
     let (first_spi, first_key) = sas[0];
-    assert!(rebuild(&l).is_staged(Direction::Outbound, first_spi, first_key));
     ks.get(first_key).expect("key").note_seq(rebuild::SEQ_SKIP + 5);
     assert!(ks.remove(first_key));
     let (_, done) = finish_rebuild(&mut l);
