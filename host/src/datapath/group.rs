@@ -189,12 +189,15 @@ impl Group {
         Ok(fresh.map(|f| Reclaimed { turns, longest, redone, ..self.take_over(f, grown) }))
     }
 
-    /// `fresh` takes the place of the instance, which had grown `grown`.
-    fn take_over(&mut self, mut fresh: EspInstance, grown: usize) -> Reclaimed {
+    /// `fresh`, holding the group's SAs, takes the place of the instance,
+    /// which had grown `grown`: a trapped instance's replacement, or one
+    /// that gives back memory.
+    pub(super) fn take_over(&mut self, mut fresh: EspInstance, grown: usize) -> Reclaimed {
         let held = self.sas.len();
         let grown_now = fresh.memory_grown();
-        // Limits the host's count found reached and not reported yet go
-        // with the SAs (as in a trapped instance's replacement).
+        // The limits the host's count found reached and the old instance's
+        // store held, not reported yet: the new one's report carries them
+        // (its guest is installed past them and will not report them).
         if let Some(old) = &mut self.inst {
             fresh.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
         }

@@ -387,17 +387,9 @@ impl Loop {
                 true
             }
             Some(_) => match group.instantiate(&self.runtime) {
-                Ok(mut inst) => {
-                    // The limits the host's count found reached and the old
-                    // instance's store held, not reported yet: the
-                    // replacement's report carries them (its guest is
-                    // installed past them and will not report them).
-                    if let Some(old) = &mut group.inst {
-                        inst.store.data_mut().limits_reached = std::mem::take(&mut old.store.data_mut().limits_reached);
-                    }
-                    group.inst = Some(inst);
+                Ok(inst) => {
+                    group.take_over(inst, 0);
                     group.suspended_until = None;
-                    group.peak = group.sas.len();
                     true
                 }
                 Err(e) => {

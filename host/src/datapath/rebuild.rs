@@ -99,11 +99,7 @@ impl Rebuild {
     /// An SA removed from the old instance meanwhile: out of the new one
     /// too, if it was staged (an error if the guest traps).
     pub fn removed(&mut self, dir: Direction, spi: u32, key: u64) -> Result<()> {
-        let staged = match dir {
-            Direction::Outbound => self.outbound.get(&spi).is_some_and(|s| s.0 == key),
-            Direction::Inbound => self.inbound.get(&spi).is_some_and(|s| s.0 == key),
-        };
-        if !staged {
+        if !self.is_staged(dir, spi, key) {
             return Ok(());
         }
         self.inst.store.data_mut().keys.revoke(key);
@@ -121,7 +117,6 @@ impl Rebuild {
     }
 
     /// Is this SA staged (with this key)?
-    #[cfg(test)]
     pub fn is_staged(&self, dir: Direction, spi: u32, key: u64) -> bool {
         match dir {
             Direction::Outbound => self.outbound.get(&spi).is_some_and(|s| s.0 == key),
