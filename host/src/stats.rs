@@ -19,6 +19,11 @@ pub struct Stats {
     /// ESP packets held for an SA we asked for and had not installed yet
     /// (`datapath::hold`); each is later opened or counted as an unknown SPI.
     pub esp_rx_held: AtomicU64,
+    /// ESP packets the host refused to open because their key had
+    /// authenticated their sequence number already: a replay the ESP
+    /// guest's window let through, or a second copy within one batch (the
+    /// guest counts its drop too, an honest one as `replay`).
+    pub esp_rx_replays_refused: AtomicU64,
     /// TCP super-packets written to the TUN device, each joined from
     /// segments opened one after the other (each also counted as its
     /// segments in `tun_tx_packets`).
@@ -196,6 +201,7 @@ impl Stats {
             "tun_tx_packets": g(&self.tun_tx_packets),
             "tun_rx_super": g(&self.tun_rx_super),
             "esp_rx_held": g(&self.esp_rx_held),
+            "esp_rx_replays_refused": g(&self.esp_rx_replays_refused),
             "tun_tx_joined": g(&self.tun_tx_joined),
             "tun_rx_malformed": g(&self.tun_rx_malformed),
             "esp_tx_packets": g(&self.esp_tx_packets),

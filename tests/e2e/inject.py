@@ -7,7 +7,10 @@ names. Run inside the sender's network namespace:
 
     inject.py KIND PCAP SRC_IP DST_IP [COUNT]
 
-KIND: replay | wrong-spi | bad-icv | truncated | runt | keepalive
+KIND: replay | replay-last | wrong-spi | bad-icv | truncated | runt | keepalive
+(replay sends the capture's first ESP packet COUNT times; replay-last sends
+its last COUNT ESP packets once each, numbers the receiver authenticated
+most recently)
 """
 import socket
 import struct
@@ -59,6 +62,8 @@ def main():
     fresh = 0x7FFF0000  # a sequence number the receiver has not seen
     if kind == "replay":
         dgrams = [good] * count
+    elif kind == "replay-last":
+        dgrams = pkts[-count:]
     elif kind == "wrong-spi":
         dgrams = [struct.pack(">II", spi ^ 0x5A5A5A5A, seq) + good[8:]] * count
     elif kind == "bad-icv":

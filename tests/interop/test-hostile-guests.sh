@@ -12,6 +12,8 @@
 #    packet between the LANs), and nothing unopened reached the TUN (A wrote
 #    to it exactly the packets the honest tunnel delivered);
 #  - the honest tunnel kept forwarding throughout (at most 5 % ping loss).
+# And an ESP guest with no replay check: recent ESP packets sent again do
+# not reach the LAN (the host opens no number a key authenticated).
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
 # swapped key handles, encrypts with the peer's SK_e, deletes the honest
 # manual tunnel's SAs (which it never installed), sends to A's LAN host
@@ -157,6 +159,49 @@ run_esp_attack a3 "Deliver of unopened packets" in
 run_esp_attack a4 "a guest that never returns" out
 run_esp_attack a5 "a guest that allocates without bound" out
 run_esp_attack a6 "a guest that traps on every batch" out
+
+# An ESP guest with no replay check (SPI 0xa7: real ESP, but every packet
+# it is given it opens and delivers). Pings from B's LAN host to A's cross
+# A's hostile tunnel; then B's last 10 ESP packets on A's WAN are sent to A
+# again. A's host must open none of them (their keys authenticated those
+# numbers, each within the 64 up to its highest), so none reaches A's LAN:
+# counted as refused replays, not held against the guest.
+run_esp_replay() {
+    local what="an ESP guest with no replay check" A=$STATE/esp-replay/A B=$STATE/esp-replay/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0xa7000011 0xa7000012 "$COMPONENTS/hostile-esp.wasm" "" "$A" >"$A/wasmsec.toml"
+    conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0xa7000012 0xa7000011 "" "" "$B" >"$B/wasmsec.toml"
+    start wsi-gwa "$A" && start wsi-gwb "$B" || return 1
+    ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" udp port 4500 2>"$A/cap.err" &
+    local cap=$!; PIDS+=($cap)
+    for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
+    nsx wsi-hostb ping -n -i 0.1 -c 20 -W 1 -I 198.18.12.10 198.18.11.10 >"$A/ping.out" 2>&1 || true
+    sleep 0.3; kill -INT $cap; wait $cap 2>/dev/null || true
+    local got tun0 refused0 tun refused errors dups
+    got=$(grep -c "bytes from" "$A/ping.out" || true)
+    tun0=$(counter "$A" tun_tx_packets); refused0=$(counter "$A" esp_rx_replays_refused)
+    nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-last "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
+    # The stats file is rewritten every 250 ms: wait for the count, then
+    # two more rewrites, so that a replay delivered late shows too.
+    for _ in $(seq 50); do
+        [ "$(counter "$A" esp_rx_replays_refused)" -ge $((refused0 + 10)) ] && break
+        sleep 0.2
+    done
+    sleep 0.6
+    tun=$(counter "$A" tun_tx_packets); refused=$(counter "$A" esp_rx_replays_refused)
+    errors=$(counter "$A" guest_protocol_errors)
+    local alive=no; kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
+    stop "$A"; stop "$B"
+    dups=$(grep -c "DUP!" "$A/ping.out" || true)
+    echo "$what: pings $got/20 ($dups duplicates); after 10 replays A's TUN $tun0 -> $tun, refused replays $refused0 -> $refused; $errors protocol errors"
+    check "$what: the tunnel carried the pings ($got/20)" [ "$got" -ge 19 ]
+    check "$what: A's host refused the 10 replays ($refused0 -> $refused)" [ "$((refused - refused0))" -eq 10 ]
+    check "$what: none reached A's LAN (TUN $tun0 -> $tun)" [ "$tun" -eq "$tun0" ]
+    check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+run_esp_replay
 
 # ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
 ike_conf() { wasmsec_connection "$1" "$2" "$3" "$4" "$5" "[\"$6\"]" "[\"$7\"]" "$8"; }

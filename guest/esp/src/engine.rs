@@ -285,6 +285,10 @@ fn open_failure(e: CryptoError) -> DropReason {
         CryptoError::IntegrityFailed => DropReason::IntegrityFailed,
         // Too short to hold IV, ICV and trailer.
         CryptoError::BadLength => DropReason::Malformed,
+        // The host's own record of what the key authenticated: a second
+        // copy of a number in this batch (the window commits only after
+        // the open), or one the window would have let through.
+        CryptoError::Replayed => DropReason::Replay,
         _ => DropReason::CryptoRefused,
     }
 }

@@ -97,13 +97,15 @@ pub enum CryptoError {
     BadPeerValue,
     /// The host failed (entropy, internal error).
     Internal,
+    /// The key already authenticated the packet's sequence number.
+    Replayed,
 }
 
 impl CryptoError {
     /// In the order `crypto-error` declares its cases in
     /// `wit/deps/crypto/crypto.wit`, so a component shell converts the WIT
     /// enum with `CryptoError::from_wit(e as u8)`.
-    const WIT_ORDER: [CryptoError; 8] = [
+    const WIT_ORDER: [CryptoError; 9] = [
         CryptoError::UnknownKey,
         CryptoError::WrongKeyKind,
         CryptoError::IntegrityFailed,
@@ -112,6 +114,7 @@ impl CryptoError {
         CryptoError::Unsupported,
         CryptoError::BadPeerValue,
         CryptoError::Internal,
+        CryptoError::Replayed,
     ];
 
     /// The error with this WIT case index (an index past the end is `Internal`).
@@ -131,6 +134,7 @@ impl fmt::Display for CryptoError {
             CryptoError::Unsupported => "algorithm not supported",
             CryptoError::BadPeerValue => "peer's public value is invalid",
             CryptoError::Internal => "internal crypto failure",
+            CryptoError::Replayed => "sequence number already authenticated",
         })
     }
 }
@@ -161,6 +165,7 @@ mod tests {
             "unsupported",
             "bad-peer-value",
             "internal",
+            "replayed",
         ];
         assert_eq!(cases, ours);
         for (i, _) in ours.iter().enumerate() {

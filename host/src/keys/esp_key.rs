@@ -77,6 +77,11 @@ impl Authenticated {
         self.merge(seq, 1);
     }
 
+    /// Whether `seq` is among the numbers noted.
+    pub fn has(&self, seq: u64) -> bool {
+        seq <= self.top && self.top - seq < 64 && (self.bits >> (self.top - seq)) & 1 == 1
+    }
+
     /// Take in numbers noted up to another edge: `top`, and `bits` below it.
     fn merge(&mut self, top: u64, bits: u64) {
         if top > self.top {
@@ -188,6 +193,15 @@ impl EspKey {
         known.merge(top, bits);
         self.seen.store(known.bits, Ordering::Relaxed);
         self.highest_seq.fetch_max(top, Ordering::Relaxed);
+    }
+
+    /// The numbers this key is known to have authenticated: its highest
+    /// and which of the 64 up to it ([`EspKey::note_opened`]); none where
+    /// a number sealed with it moved the highest on ([`EspKey::note_seq`]).
+    /// Read and written by the one thread that opens the key's packets.
+    pub fn authenticated(&self) -> Authenticated {
+        let (top, bits) = (self.highest_seq.load(Ordering::Relaxed), self.seen.load(Ordering::Relaxed));
+        Authenticated { top, bits: if bits & 1 == 1 { bits } else { 0 } }
     }
 
     /// The highest number authenticated and which of the 64 up to it were
@@ -572,5 +586,26 @@ mod tests {
         assert_eq!(s.replay_state(), (12, 0b101));
         s.note_seq(20);
         assert_eq!(s.replay_state(), (20, u64::MAX));
+    }
+
+    /// What the host refuses to open again: only numbers it knows the key
+    /// authenticated, never one it does not know about.
+    #[test]
+    fn a_key_knows_which_numbers_it_authenticated_and_claims_no_others() {
+        let k = key(EspAlgorithm::Aes256Gcm16, 1);
+        assert!(!k.authenticated().has(0) && !k.authenticated().has(1), "a new key authenticated nothing");
+        k.note_opened(70, 1 | 1 << 10);
+        let a = k.authenticated();
+        assert_eq!([70, 60, 69, 61, 71].map(|s| a.has(s)), [true, true, false, false, false]);
+        // 63 below the edge is the last the bits cover; 64 below is unknown.
+        k.note_opened(70, 1 << 63);
+        assert!(k.authenticated().has(7) && !k.authenticated().has(6));
+        // A highest moved on by a number sealed: its bits are not known,
+        // so the key claims none of them (the guest's window decides).
+        let s = key(EspAlgorithm::Aes256Gcm16, 2);
+        s.note_opened(12, 0b101);
+        s.note_seq(20);
+        assert_eq!(s.authenticated(), Authenticated { top: 20, bits: 0 });
+        assert!((1..=20).all(|n| !s.authenticated().has(n)));
     }
 }

@@ -197,6 +197,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         &[],
         g(&st.esp_rx_held),
     );
+    s.counter(
+        "wasmsec_esp_replays_refused_total",
+        "ESP packets the host did not open: their key had authenticated their sequence number already (a replay the ESP guest let through, or a copy within one batch; the guest counts its drop too).",
+        &[],
+        g(&st.esp_rx_replays_refused),
+    );
     const DROPS: &str = "wasmsec_drops_total";
     const DROPS_HELP: &str = "Packets dropped by the data path, by direction and reason.";
     for r in DropReason::ALL {

@@ -16,7 +16,7 @@ use super::bindings::esp as b;
 use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
 use crate::keys::usage::{LimitReached, Tally};
-use crate::keys::{Authenticated, KeyTable, KeyUse};
+use crate::keys::{KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
 use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
@@ -104,6 +104,10 @@ pub struct GuestState {
     /// Requests of the current call the host refused (wrong key use, bad
     /// index, a second seal or open of one packet): guest protocol errors.
     pub refusals: u64,
+    /// Packets the host did not open because their key had authenticated
+    /// their sequence number already (since the data path last took the
+    /// count): replays the guest let through, or a second copy in a batch.
+    pub replays_refused: u64,
     /// Random bytes handed to the guest (it keys its hash tables with
     /// them, once per instance).
     pub random_drawn: u64,
@@ -257,13 +261,27 @@ impl GuestState {
         };
         let esn = run.esn;
         let key = key.map_err(Fault::Guest);
-        let mut opened = Authenticated::default();
+        // What the key authenticated before, then this run's numbers too.
+        let before = key.map(|(k, _, _)| k.authenticated()).unwrap_or_default();
+        let mut opened = before;
         for (j, &index) in packets.iter().enumerate() {
             let r = key.and_then(|(k, spi, counted)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
-                if !esp::Packet::new_checked(p.data()).is_ok_and(|e| e.spi() == spi) {
-                    return Err(Fault::Guest(WitCryptoError::WrongKeyKind));
+                let seq = match esp::Packet::new_checked(p.data()) {
+                    Ok(e) if e.spi() == spi => u64::from(e.sequence_number()),
+                    _ => return Err(Fault::Guest(WitCryptoError::WrongKeyKind)),
+                };
+                let seq = if esn { u64::from(esn_highs[j]) << 32 | seq } else { seq };
+                // The anti-replay window is the guest's, but a number the
+                // key authenticated is never opened again (RFC 4303 section
+                // 3.4.3), whatever the guest's window says. Not held
+                // against the guest: an honest one asks for both copies of
+                // a number replayed within one batch, as it commits only
+                // after the open.
+                if opened.has(seq) {
+                    self.replays_refused += 1;
+                    return Err(Fault::packet(CryptoError::Replayed));
                 }
                 let esp_len = p.len();
                 // A packet that does not open (a bad ICV, too short) is the
@@ -286,7 +304,7 @@ impl GuestState {
         }
         // Once per run: the numbers the key authenticated.
         if let Ok((k, _, _)) = key
-            && opened.bits != 0
+            && opened != before
         {
             k.note_opened(opened.top, opened.bits);
         }
@@ -437,6 +455,7 @@ impl EspPre {
             count: 0,
             marks: Vec::new(),
             refusals: 0,
+            replays_refused: 0,
             random_drawn: 0,
             limits_reached: Vec::new(),
             _live: live.map(Live::new),
@@ -594,7 +613,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::keys::{EspAlgorithm, EspKey};
+    use crate::keys::{Authenticated, EspAlgorithm, EspKey};
 
     /// The SPI on the wire, both ways (the peer's for sealing).
     const SPI: u32 = 0x7001;
@@ -628,6 +647,7 @@ mod tests {
             count: 0,
             marks: Vec::new(),
             refusals: 0,
+            replays_refused: 0,
             random_drawn: 0,
             limits_reached: Vec::new(),
             _live: None,
@@ -824,6 +844,37 @@ mod tests {
         let opened = st.open(Resource::new_borrow(0), open_run(2, vec![2, 9], vec![]));
         assert_eq!(opened.failures.len(), 2);
         assert_eq!(st.refusals, 2);
+    }
+
+    /// RFC 4303 section 3.4.3 on the host's side: whatever the guest's
+    /// window says, a number the key authenticated is not opened again,
+    /// whether in an earlier call or earlier in the same run; and that is
+    /// the packet's failure (an honest guest asks for both copies of a
+    /// number replayed within a batch), not the guest's.
+    #[test]
+    fn a_number_its_key_authenticated_is_not_opened_again() {
+        let mut st = state(3);
+        assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2])).is_empty());
+        let sealed = st.batch.clone();
+        st.lend(3);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
+        assert!(opened.failures.is_empty(), "{:?}", opened.failures);
+        // Numbers 1 (opened before), 3 (new) and 3 again.
+        st.batch = vec![sealed[0].clone(), sealed[2].clone(), sealed[2].clone()];
+        st.lend(3);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1, 2], vec![]));
+        let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
+        assert_eq!(failed, [(0, WitCryptoError::Replayed), (2, WitCryptoError::Replayed)]);
+        assert!(matches!(st.marks[1], Mark::Opened { .. }));
+        assert_eq!((&st.marks[0], &st.marks[2]), (&Mark::Untouched, &Mark::Untouched), "neither replay was opened");
+        assert_eq!((st.replays_refused, st.refusals), (2, 0));
+        assert_eq!(st.keys.get(2).unwrap().0.authenticated(), Authenticated { top: 3, bits: 0b111 });
+        // Number 2 in a later call, as a guest whose window forgot it.
+        st.batch = vec![sealed[1].clone()];
+        st.lend(1);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
+        assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
+        assert_eq!(st.replays_refused, 3);
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
         CryptoError::KeyExpired => WitCryptoError::KeyExpired,
         CryptoError::Unsupported => WitCryptoError::Unsupported,
         CryptoError::BadPeerValue => WitCryptoError::BadPeerValue,
+        CryptoError::Replayed => WitCryptoError::Replayed,
         _ => WitCryptoError::Internal,
     }
 }

@@ -10,6 +10,7 @@
 //! | 0xa4.... | `encap` never returns |
 //! | 0xa5.... | `encap` allocates without bound |
 //! | 0xa6.... | `encap` traps |
+//! | 0xa7.... | real ESP, but `decap` opens and delivers every packet with no replay check (replays into the LAN) |
 //!
 //! And whatever the SPI: an SA whose selectors start at 198.18.23.0 (an IKE
 //! connection's, whose SPIs are random) is refused at install; the host
@@ -70,9 +71,10 @@ fn refuse(local: &[wit::TrafficSelector], remote: &[wit::TrafficSelector]) -> Re
     Ok(())
 }
 
-/// The SAs that do real ESP without limits: those for 198.18.25.0 (either end).
-fn limitless(local: &[wit::TrafficSelector], remote: &[wit::TrafficSelector]) -> bool {
-    local.iter().chain(remote).any(|t| t.start_address == [198, 18, 25, 0])
+/// The SAs that do real ESP without limits or replay checks: those for
+/// 198.18.25.0 (either end), and those of SPI 0xa7.......
+fn limitless(spi: u32, local: &[wit::TrafficSelector], remote: &[wit::TrafficSelector]) -> bool {
+    attack(spi) == 0xa7 || local.iter().chain(remote).any(|t| t.start_address == [198, 18, 25, 0])
 }
 
 /// Bytes per record of the heads: the length, then the packet's first 64
@@ -156,7 +158,7 @@ fn wild_hints() -> Vec<wit::MemoryRange> {
 impl wit::Guest for Component {
     fn install_outbound(sa: wit::OutboundSa) -> Result<(), String> {
         refuse(&sa.local_ts, &sa.remote_ts)?;
-        let limitless = limitless(&sa.local_ts, &sa.remote_ts);
+        let limitless = limitless(sa.spi, &sa.local_ts, &sa.remote_ts);
         let (esn, next_seq, pad_align) = (sa.esn, sa.next_seq, sa.pad_align);
         OUT.with_borrow_mut(|o| {
             o.push(Sa { spi: sa.spi, key: sa.key, peer: sa.peer, limitless, esn, next_seq, pad_align })
@@ -166,7 +168,7 @@ impl wit::Guest for Component {
 
     fn install_inbound(sa: wit::InboundSa) -> Result<Vec<wit::MemoryRange>, String> {
         refuse(&sa.local_ts, &sa.remote_ts)?;
-        let limitless = limitless(&sa.local_ts, &sa.remote_ts);
+        let limitless = limitless(sa.spi, &sa.local_ts, &sa.remote_ts);
         let sa = Sa { spi: sa.spi, key: sa.key, peer: 0, limitless, esn: sa.esn, next_seq: 0, pad_align: 0 };
         IN.with_borrow_mut(|i| i.push(sa));
         Ok(wild_hints())
