@@ -335,7 +335,12 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     let sa = |spi, key| outbound_sa(spi, key, [10, 9, 0, 0], [10, 9, 1, 0]);
     // An outbound SA whose key the host granted for opening only.
     let opener = ks.insert(EspKey::new(EspAlgorithm::Aes256Gcm16, Zeroizing::new(vec![7; 36])).unwrap());
-    tx.store.data_mut().keys.grant(opener, ks.get(opener).unwrap(), KeyUse::Open { spi: 0x5001 }, SaLimits::default());
+    tx.store.data_mut().keys.grant(
+        opener,
+        ks.get(opener).unwrap(),
+        KeyUse::Open { spi: 0x5001, replay: true },
+        SaLimits::default(),
+    );
     tx.install_outbound(&sa(0x5001, opener)).unwrap().unwrap();
     load(&mut tx, std::slice::from_ref(&pkt));
     assert_eq!(tx.encap(1).unwrap(), [EncapVerdict::Drop(DropReason::CryptoRefused)]);

@@ -167,7 +167,12 @@ impl SaSet {
             (sa.highest_seq, sa.replay_missing) = (top, !seen);
         }
         sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-        inst.store.data_mut().keys.grant(sa.key, key, KeyUse::Open { spi: sa.spi }, k.sa.limits);
+        inst.store.data_mut().keys.grant(
+            sa.key,
+            key,
+            KeyUse::Open { spi: sa.spi, replay: sa.replay_window > 0 },
+            k.sa.limits,
+        );
         inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         Ok(Some(state))
     }
@@ -701,7 +706,10 @@ impl Loop {
                 let seal = KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer };
                 (k.sa.key, k.sa.spi, seal, k.sa.limits)
             }
-            (None, Some(k)) => (k.sa.key, k.sa.spi, KeyUse::Open { spi: k.sa.spi }, k.sa.limits),
+            (None, Some(k)) => {
+                let open = KeyUse::Open { spi: k.sa.spi, replay: k.sa.replay_window > 0 };
+                (k.sa.key, k.sa.spi, open, k.sa.limits)
+            }
             (None, None) => return Ok(Installed::Gone),
         };
         // One SA per SPI and direction in the whole data path: each group's

@@ -70,8 +70,10 @@ pub enum KeyUse {
     /// `crate::datapath::Kept::wire_spi`), writing `wire_spi`, the peer's
     /// SPI, into their headers; to be sent to peer index `peer`.
     Seal { spi: u32, wire_spi: u32, peer: u32 },
-    /// Open packets that carry inbound SA `spi`.
-    Open { spi: u32 },
+    /// Open packets that carry inbound SA `spi`; with `replay`, none whose
+    /// sequence number the key authenticated already (the SA's anti-replay
+    /// is on: a window of more than 0 packets).
+    Open { spi: u32, replay: bool },
 }
 
 /// The handles one guest instance may use, resolved once so the data path
@@ -129,7 +131,7 @@ mod tests {
         let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
         let mut t = KeyTable::default();
         assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        let open = KeyUse::Open { spi: 7 };
+        let open = KeyUse::Open { spi: 7, replay: true };
         t.grant(h, ks.get(h).unwrap(), open, SaLimits::default());
         assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(open));
         assert!(t.get(h).is_ok());

@@ -311,8 +311,8 @@ mod tests {
         let mut keys = KeyTable::default();
         let alg = EspAlgorithm::Aes256Gcm16;
         let (a, b) = (Arc::new(test_key(alg, 1)), Arc::new(test_key(alg, 2)));
-        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa }, limits(2, 0));
-        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb }, limits(3, 0));
+        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa, replay: true }, limits(2, 0));
+        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb, replay: true }, limits(3, 0));
         let mut reached = Vec::new();
         let mut d = Deliveries::default();
         // Key 1, then 2, then 1 again: each run is added when the next begins.

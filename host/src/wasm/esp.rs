@@ -253,8 +253,8 @@ impl GuestState {
     fn open_run(&mut self, run: &OpenRun, packets: &[u32], esn_highs: &[u32], out: &mut Opened) {
         // Only an inbound key opens, and only packets that carry its SPI.
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Open { spi })) => {
-                Ok((k, spi, if self.keys.limits(run.key).is_some() { run.key } else { 0 }))
+            Ok((k, KeyUse::Open { spi, replay })) => {
+                Ok((k, spi, if self.keys.limits(run.key).is_some() { run.key } else { 0 }, replay))
             }
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
@@ -262,10 +262,10 @@ impl GuestState {
         let esn = run.esn;
         let key = key.map_err(Fault::Guest);
         // What the key authenticated before, then this run's numbers too.
-        let before = key.map(|(k, _, _)| k.authenticated()).unwrap_or_default();
+        let before = key.map(|(k, ..)| k.authenticated()).unwrap_or_default();
         let mut opened = before;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, spi, counted)| {
+            let r = key.and_then(|(k, spi, counted, replay)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
                 let seq = match esp::Packet::new_checked(p.data()) {
@@ -278,8 +278,10 @@ impl GuestState {
                 // 3.4.3), whatever the guest's window says. Not held
                 // against the guest: an honest one asks for both copies of
                 // a number replayed within one batch, as it commits only
-                // after the open.
-                if opened.has(seq) {
+                // after the open. An SA with anti-replay off (a window of
+                // 0: a manual SA whose peer's counter restarts with it,
+                // RFC 4303 section 3.4.3) takes a number again.
+                if replay && opened.has(seq) {
                     self.replays_refused += 1;
                     return Err(Fault::packet(CryptoError::Replayed));
                 }
@@ -303,7 +305,7 @@ impl GuestState {
             out.next_headers.push(next);
         }
         // Once per run: the numbers the key authenticated.
-        if let Ok((k, _, _)) = key
+        if let Ok((k, ..)) = key
             && opened != before
         {
             k.note_opened(opened.top, opened.bits);
@@ -631,7 +633,7 @@ mod tests {
         let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
         let mut keys = KeyTable::default();
         keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, SaLimits::default());
-        keys.grant(2, key(), KeyUse::Open { spi: SPI }, SaLimits::default());
+        keys.grant(2, key(), KeyUse::Open { spi: SPI, replay: true }, SaLimits::default());
         let batch = (0..n)
             .map(|_| {
                 let mut p = PacketBuf::new();
@@ -854,6 +856,9 @@ mod tests {
     #[test]
     fn a_number_its_key_authenticated_is_not_opened_again() {
         let mut st = state(3);
+        let alg = EspAlgorithm::Aes256Gcm16;
+        let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+        st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay: true }, SaLimits::default());
         assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2])).is_empty());
         let sealed = st.batch.clone();
         st.lend(3);
@@ -874,6 +879,13 @@ mod tests {
         st.lend(1);
         let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
         assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
+        assert_eq!(st.replays_refused, 3);
+        // With the SA's anti-replay off, the host takes it again too.
+        st.keys.grant(2, k, KeyUse::Open { spi: SPI, replay: false }, SaLimits::default());
+        st.batch = vec![sealed[1].clone(), sealed[1].clone()];
+        st.lend(2);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
+        assert!(opened.failures.is_empty(), "{:?}", opened.failures);
         assert_eq!(st.replays_refused, 3);
     }
 
