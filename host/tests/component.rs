@@ -192,6 +192,9 @@ fn hostile_input_is_dropped_with_a_reason_and_never_traps() {
             DecapVerdict::Drop(DropReason::Malformed),
         ]
     );
+    // The copy passed the guest's window (it commits after the open) and
+    // the host refused to open it.
+    assert_eq!(rx.store.data().replays_refused, 1);
     // A corpus of garbage: every packet gets a verdict, the guest survives.
     let mut seed = 0x1234_5678u32;
     let mut garbage = Vec::new();
@@ -278,6 +281,7 @@ fn a_restarted_instance_resumes_sequence_numbers_from_the_keystore() {
     let v = rx.decap(rx.store.data().count).unwrap();
     assert!(v[..4].iter().all(|v| *v == DecapVerdict::Drop(DropReason::Replay)), "{v:?}");
     assert_eq!(v[4..], [DecapVerdict::Deliver(80), DecapVerdict::Deliver(80), DecapVerdict::Drop(DropReason::Replay)]);
+    assert_eq!(rx.store.data().replays_refused, 1, "the delayed packet's copy, by the host");
 
     // A record whose key is gone is left out: the control thread destroys
     // an SA's keys when it deletes it, and the removal waits in the data

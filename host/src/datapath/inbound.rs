@@ -185,7 +185,6 @@ impl Loop {
             }
         }
         counts.finish(&mut st.limits_reached);
-        stats::add(&self.stats.esp_rx_replays_refused, std::mem::take(&mut st.replays_refused));
         self.tun_out.flush(&self.tuns, &self.stats);
         self.protocol_errors(g, Direction::Inbound, lies);
     }

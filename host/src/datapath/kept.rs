@@ -6,6 +6,7 @@
 //! that installs the SA.
 use std::sync::Arc;
 
+use crate::keys::KeyUse;
 use crate::wasm::esp::{InboundSa, OutboundSa, TrafficSelector};
 use crate::wasm::selectors::SaSelectors;
 
@@ -63,6 +64,15 @@ impl Kept<OutboundSa> {
     /// carry `wire_spi` (the peer's SPI; see [`Kept::wire_spi`]).
     pub fn outbound(sa: OutboundSa, wire_spi: u32, selectors: Arc<SaSelectors>) -> Kept<OutboundSa> {
         Kept { wire_spi, ..Kept::new(sa, selectors) }
+    }
+}
+
+impl Kept<InboundSa> {
+    /// What its key is granted for: opening its packets, refusing those
+    /// whose number the key authenticated unless the SA's anti-replay is
+    /// off (a window of 0). From the host's record, never a guest's word.
+    pub fn open_use(&self) -> KeyUse {
+        KeyUse::Open { spi: self.sa.spi, replay: self.sa.replay_window > 0 }
     }
 }
 

@@ -167,12 +167,7 @@ impl SaSet {
             (sa.highest_seq, sa.replay_missing) = (top, !seen);
         }
         sa.limits = usage::remaining(&k.sa.limits, key.usage().get());
-        inst.store.data_mut().keys.grant(
-            sa.key,
-            key,
-            KeyUse::Open { spi: sa.spi, replay: sa.replay_window > 0 },
-            k.sa.limits,
-        );
+        inst.store.data_mut().keys.grant(sa.key, key, k.open_use(), k.sa.limits);
         inst.install_inbound(&sa)?.map_err(|e| anyhow::anyhow!("inbound SA {:#x}: {e}", sa.spi))?;
         Ok(Some(state))
     }
@@ -307,7 +302,14 @@ impl Loop {
         for (k, &i) in idx.iter().enumerate() {
             std::mem::swap(&mut self.staging[i], &mut batch[k]);
         }
-        match crate::telemetry::guest_call(crate::telemetry::Guest::Esp, || f(inst, idx.len())) {
+        let answer = crate::telemetry::guest_call(crate::telemetry::Guest::Esp, || f(inst, idx.len()));
+        // Whatever the call came to: a guest that traps or lies after
+        // letting replays through must not hide them.
+        let replays = std::mem::take(&mut inst.store.data_mut().replays_refused);
+        if replays > 0 {
+            stats::add(&self.stats.esp_rx_replays_refused, replays);
+        }
+        match answer {
             Ok(v) => {
                 let errors = inst.store.data().refusals + idx.len().abs_diff(v.len()) as u64;
                 (!self.protocol_errors(g, dir, errors)).then_some(v)
@@ -706,10 +708,7 @@ impl Loop {
                 let seal = KeyUse::Seal { spi: k.sa.spi, wire_spi: k.wire_spi, peer: k.sa.peer };
                 (k.sa.key, k.sa.spi, seal, k.sa.limits)
             }
-            (None, Some(k)) => {
-                let open = KeyUse::Open { spi: k.sa.spi, replay: k.sa.replay_window > 0 };
-                (k.sa.key, k.sa.spi, open, k.sa.limits)
-            }
+            (None, Some(k)) => (k.sa.key, k.sa.spi, k.open_use(), k.sa.limits),
             (None, None) => return Ok(Installed::Gone),
         };
         // One SA per SPI and direction in the whole data path: each group's

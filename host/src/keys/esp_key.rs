@@ -63,9 +63,10 @@ fn shifted(bits: u64, by: u64) -> u64 {
     if by < 64 { bits << by } else { 0 }
 }
 
-/// The numbers a run of opened packets authenticated: the highest, and
-/// which of the 64 up to it (bit i for `top - i`), for
-/// [`EspKey::note_opened`].
+/// Numbers a key authenticated: the highest, and which of the 64 up to it
+/// (bit i for `top - i`). A run of opened packets starts from the key's
+/// record ([`EspKey::authenticated`]), adds each number it opens, and
+/// notes the result ([`EspKey::note_opened`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Authenticated {
     pub top: u64,

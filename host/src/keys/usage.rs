@@ -13,8 +13,10 @@
 //! limits, and its inner IP packet's length is what counts. Outbound a
 //! packet is counted when the guest asks the host to seal it (as the engine
 //! counts it when it plans it); inbound when it is delivered,
-//! not when it opens: a replayed packet opens too, and must not use up the
-//! SA of the peer whose packet it copied.
+//! not when it opens: a replayed packet may open too (more than 63 below
+//! its key's highest, which the host does not refuse, or with the SA's
+//! anti-replay off), and must not use up the SA of the peer whose packet
+//! it copied.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::store::{KeyTable, KeyUse};

@@ -47,6 +47,10 @@ pub enum Mark {
     /// `counted`: the key's handle if its SA has limits to count the
     /// packet against when it is delivered, else 0 (no handle is 0).
     Opened { len: u32, spi: u32, esp_len: u32, counted: u64 },
+    /// Not opened: its key had authenticated its sequence number. Asking
+    /// for it again is the guest's error, so a guest cannot count one
+    /// packet as many refused replays.
+    Replayed,
 }
 
 /// What the guest said to do with one packet of an `encap` call.
@@ -281,8 +285,10 @@ impl GuestState {
                 // after the open. An SA with anti-replay off (a window of
                 // 0: a manual SA whose peer's counter restarts with it,
                 // RFC 4303 section 3.4.3) takes a number again.
-                if replay && opened.has(seq) {
+                // `before` too: a run may have moved `opened` 64 past it.
+                if replay && (opened.has(seq) || before.has(seq)) {
                     self.replays_refused += 1;
+                    self.marks[i] = Mark::Replayed;
                     return Err(Fault::packet(CryptoError::Replayed));
                 }
                 let esp_len = p.len();
@@ -871,7 +877,8 @@ mod tests {
         let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
         assert_eq!(failed, [(0, WitCryptoError::Replayed), (2, WitCryptoError::Replayed)]);
         assert!(matches!(st.marks[1], Mark::Opened { .. }));
-        assert_eq!((&st.marks[0], &st.marks[2]), (&Mark::Untouched, &Mark::Untouched), "neither replay was opened");
+        assert_eq!((&st.marks[0], &st.marks[2]), (&Mark::Replayed, &Mark::Replayed));
+        assert_eq!(st.batch[0].data(), sealed[0].data(), "not opened");
         assert_eq!((st.replays_refused, st.refusals), (2, 0));
         assert_eq!(st.keys.get(2).unwrap().0.authenticated(), Authenticated { top: 3, bits: 0b111 });
         // Number 2 in a later call, as a guest whose window forgot it.
@@ -880,6 +887,11 @@ mod tests {
         let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
         assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
         assert_eq!(st.replays_refused, 3);
+        // Asking again for a packet refused so is the guest's error, and
+        // one packet is not counted as many replays.
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
+        assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::BadLength]);
+        assert_eq!((st.replays_refused, st.refusals), (3, 1));
         // With the SA's anti-replay off, the host takes it again too.
         st.keys.grant(2, k, KeyUse::Open { spi: SPI, replay: false }, SaLimits::default());
         st.batch = vec![sealed[1].clone(), sealed[1].clone()];
@@ -887,6 +899,56 @@ mod tests {
         let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
         assert!(opened.failures.is_empty(), "{:?}", opened.failures);
         assert_eq!(st.replays_refused, 3);
+    }
+
+    /// The same in two runs of one key in one call, with ESN (the number
+    /// is the one the ICV covers, high bits included), and with a run
+    /// that first opens a number 64 or more past the key's record.
+    #[test]
+    fn a_replay_is_refused_across_runs_of_one_key_and_with_esn() {
+        let mut st = state(4);
+        let mut seal = run((7 << 32) + 1, true, vec![0, 1, 2, 3]);
+        seal.runs[0].first_seq = (7 << 32) + 1;
+        assert!(st.seal(Resource::new_borrow(0), seal).is_empty());
+        let sealed = st.batch.clone();
+        // Numbers 7:1 and 7:2 opened; then 7:2, 7:3, 7:1 in two runs of one call.
+        st.lend(4);
+        assert!(st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![7, 7])).failures.is_empty());
+        st.batch = vec![sealed[1].clone(), sealed[2].clone(), sealed[0].clone(), sealed[2].clone()];
+        st.lend(4);
+        let runs = OpenRuns {
+            runs: vec![OpenRun { key: 2, esn: true, count: 2 }, OpenRun { key: 2, esn: true, count: 2 }],
+            packets: vec![0, 1, 2, 3],
+            esn_highs: vec![7; 4],
+        };
+        let opened = st.open(Resource::new_borrow(0), runs);
+        let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
+        let r = WitCryptoError::Replayed;
+        assert_eq!(failed, [(0, r), (2, r), (3, r)], "7:3 opened once, in the first run");
+        assert_eq!(st.replays_refused, 3);
+        // Another high word is another number: it does not open (the ICV
+        // covers the high bits), and is no replay.
+        st.batch = vec![sealed[0].clone()];
+        st.lend(1);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![8]));
+        assert_eq!(opened.failures[0].error, WitCryptoError::IntegrityFailed);
+        // A run that opens a number far ahead first still refuses one the
+        // key had before the call.
+        let mut st = state(2);
+        let mut far = run(1, false, vec![0]);
+        far.runs[0].first_seq = 1;
+        assert!(st.seal(Resource::new_borrow(0), far).is_empty());
+        let one = st.batch[0].clone();
+        st.lend(2);
+        assert!(st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![])).failures.is_empty());
+        let mut ahead = run(100, false, vec![1]);
+        ahead.runs[0].first_seq = 100;
+        assert!(st.seal(Resource::new_borrow(0), ahead).is_empty());
+        st.batch[0] = one;
+        st.lend(2);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![1, 0], vec![]));
+        let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
+        assert_eq!(failed, [(0, WitCryptoError::Replayed)]);
     }
 
     #[test]
