@@ -146,6 +146,23 @@ impl sandbox::Limited for GuestState {
 }
 
 impl GuestState {
+    /// A new instance's state: no keys, no batch; `live` counts it while
+    /// it lives.
+    fn new(live: Option<Arc<AtomicUsize>>) -> GuestState {
+        GuestState {
+            limits: sandbox::store_limits(),
+            keys: KeyTable::default(),
+            batch: Vec::new(),
+            count: 0,
+            marks: Vec::new(),
+            refusals: 0,
+            replays_refused: 0,
+            random_drawn: 0,
+            limits_reached: Vec::new(),
+            _live: live.map(Live::new),
+        }
+    }
+
     /// Start a call on the first `count` packets of the batch.
     pub fn lend(&mut self, count: usize) {
         self.count = count.min(self.batch.len());
@@ -456,19 +473,7 @@ impl EspPre {
 
     /// A new instance in its own store; `live` counts it while it lives.
     pub fn instantiate(&self, engine: &Engine, live: Option<Arc<AtomicUsize>>) -> Result<EspInstance> {
-        let state = GuestState {
-            limits: sandbox::store_limits(),
-            keys: KeyTable::default(),
-            batch: Vec::new(),
-            count: 0,
-            marks: Vec::new(),
-            refusals: 0,
-            replays_refused: 0,
-            random_drawn: 0,
-            limits_reached: Vec::new(),
-            _live: live.map(Live::new),
-        };
-        let mut store = sandbox::new_store(engine, state);
+        let mut store = sandbox::new_store(engine, GuestState::new(live));
         super::memory_slots::clear_last_made();
         let bindings = self.0.instantiate(&mut store).context("instantiating ESP component")?;
         let hints = StateHints::new(super::memory_slots::take_last_made());

@@ -32,18 +32,7 @@ fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
             p
         })
         .collect();
-    let mut st = GuestState {
-        limits: sandbox::store_limits(),
-        keys,
-        batch,
-        count: 0,
-        marks: Vec::new(),
-        refusals: 0,
-        replays_refused: 0,
-        random_drawn: 0,
-        limits_reached: Vec::new(),
-        _live: None,
-    };
+    let mut st = GuestState { keys, batch, ..GuestState::new(None) };
     st.lend(n);
     st
 }
