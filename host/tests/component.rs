@@ -342,7 +342,7 @@ fn the_host_refuses_keys_used_for_another_sa_or_direction_and_marks_what_it_did(
     tx.store.data_mut().keys.grant(
         opener,
         ks.get(opener).unwrap(),
-        KeyUse::Open { spi: 0x5001, replay: true },
+        KeyUse::Open { spi: 0x5001, replay_window: 1024 },
         SaLimits::default(),
     );
     tx.install_outbound(&sa(0x5001, opener)).unwrap().unwrap();

@@ -7,9 +7,11 @@ names. Run inside the sender's network namespace:
 
     inject.py KIND PCAP SRC_IP DST_IP [COUNT]
 
-KIND: replay | replay-last | wrong-spi | bad-icv | truncated | runt | keepalive
-(replay sends the capture's first ESP packet COUNT times; replay-last sends
-its last COUNT ESP packets once each, numbers the receiver authenticated
+KIND: replay | replay-first | replay-last | wrong-spi | bad-icv | truncated |
+runt | keepalive
+(replay sends the capture's first ESP packet COUNT times; replay-first sends
+its first COUNT ESP packets once each, the oldest numbers in it;
+replay-last its last COUNT once each, numbers the receiver authenticated
 most recently)
 """
 import socket
@@ -62,6 +64,8 @@ def main():
     fresh = 0x7FFF0000  # a sequence number the receiver has not seen
     if kind == "replay":
         dgrams = [good] * count
+    elif kind == "replay-first":
+        dgrams = pkts[:count]
     elif kind == "replay-last":
         dgrams = pkts[-count:]
     elif kind == "wrong-spi":

@@ -168,10 +168,19 @@ run_esp_attack a6 "a guest that traps on every batch" out
 # counted as refused replays, not held against the guest. Then the same
 # with A's tunnel set to `replay_window = 0` (anti-replay off, as for a
 # manual SA whose peer's counter restarts with it): the host does not
-# overrule the operator, and all 10 are delivered.
-run_esp_replay() { # REPLAY_WINDOW (empty: the default)
-    local window=$1 what="an ESP guest with no replay check${1:+, replay_window = $1}"
-    local A=$STATE/esp-replay${1}/A B=$STATE/esp-replay${1}/B
+# overrule the operator, and all 10 are delivered. Last, with a window of
+# 100, the first 10 sent again after 200 more: the key's record no longer
+# holds them, but they are left of the window, and the host refuses them.
+#
+# run_esp_replay REPLAY_WINDOW (empty: the default) WHICH EXPECT: 20 pings
+# from B's LAN through the hostile tunnel, captured; with WHICH "first",
+# 200 more; then B sends A 10 of the captured ESP packets again (the
+# capture's last 10, or with "first" its first 10, by then left of a
+# window of 100). EXPECT: "refused" by A's host, or "delivered".
+run_esp_replay() {
+    local window=$1 which=$2 expect=$3 what="an ESP guest with no replay check${1:+, replay_window = $1}"
+    what+=", the $which 10 sent again"
+    local A=$STATE/esp-replay$1$2/A B=$STATE/esp-replay$1$2/B
     mkdir -p "$A" "$B"
     for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
     conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0xa7000011 0xa7000012 "$COMPONENTS/hostile-esp.wasm" "" "$A" |
@@ -183,15 +192,20 @@ run_esp_replay() { # REPLAY_WINDOW (empty: the default)
     for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
     nsx wsi-hostb ping -n -i 0.1 -c 20 -W 1 -I 198.18.12.10 198.18.11.10 >"$A/ping.out" 2>&1 || true
     sleep 0.3; kill -INT $cap; wait $cap 2>/dev/null || true
-    local got tun0 refused0 tun refused errors
+    local got tun0 refused0 tun refused errors more=0
     got=$(grep -c "bytes from" "$A/ping.out" || true)
+    if [ "$which" = first ]; then
+        nsx wsi-hostb ping -n -q -i 0.005 -c 200 -W 1 -I 198.18.12.10 198.18.11.10 >"$A/ping-more.out" 2>&1 || true
+        more=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$A/ping-more.out")
+        sleep 0.6 # two rewrites of the stats file
+    fi
     tun0=$(counter "$A" tun_tx_packets); refused0=$(counter "$A" esp_rx_replays_refused)
-    nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-last "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
+    nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-$which "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
     # The stats file is rewritten every 250 ms: wait for the count, then
     # two more rewrites, so that a replay delivered late shows too.
     for _ in $(seq 50); do
         [ "$(counter "$A" esp_rx_replays_refused)" -ge $((refused0 + 10)) ] && break
-        [ -n "$window" ] && [ "$(counter "$A" tun_tx_packets)" -ge $((tun0 + 10)) ] && break
+        [ "$expect" = delivered ] && [ "$(counter "$A" tun_tx_packets)" -ge $((tun0 + 10)) ] && break
         sleep 0.2
     done
     sleep 0.6
@@ -202,7 +216,8 @@ run_esp_replay() { # REPLAY_WINDOW (empty: the default)
     errors=$(counter "$A" guest_protocol_errors)
     echo "$what: pings $got/20; after 10 replays A's TUN $tun0 -> $tun, refused replays $refused0 -> $refused; $errors protocol errors"
     check "$what: the tunnel carried the pings ($got/20)" [ "$got" -ge 19 ]
-    if [ -z "$window" ]; then
+    if [ "$which" = first ]; then check "$what: and 200 more ($more/200)" [ "${more:-0}" -ge 190 ]; fi
+    if [ "$expect" = refused ]; then
         check "$what: A's host refused the 10 replays ($refused0 -> $refused)" [ "$((refused - refused0))" -eq 10 ]
         check "$what: none reached A's LAN (TUN $tun0 -> $tun)" [ "$tun" -eq "$tun0" ]
     else
@@ -212,8 +227,11 @@ run_esp_replay() { # REPLAY_WINDOW (empty: the default)
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
-run_esp_replay ""
-run_esp_replay 0
+run_esp_replay "" last refused
+run_esp_replay 0 last delivered
+# Numbers the key's own record (the 64 up to its highest) no longer
+# holds: left of the SA's window, the host refuses them too.
+run_esp_replay 100 first refused
 
 # ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
 ike_conf() { wasmsec_connection "$1" "$2" "$3" "$4" "$5" "[\"$6\"]" "[\"$7\"]" "$8"; }

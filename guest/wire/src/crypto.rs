@@ -97,7 +97,8 @@ pub enum CryptoError {
     BadPeerValue,
     /// The host failed (entropy, internal error).
     Internal,
-    /// The key already authenticated the packet's sequence number.
+    /// The key already authenticated the packet's sequence number, or it
+    /// is left of the SA's replay window.
     Replayed,
 }
 
@@ -134,7 +135,7 @@ impl fmt::Display for CryptoError {
             CryptoError::Unsupported => "algorithm not supported",
             CryptoError::BadPeerValue => "peer's public value is invalid",
             CryptoError::Internal => "internal crypto failure",
-            CryptoError::Replayed => "sequence number already authenticated",
+            CryptoError::Replayed => "sequence number already authenticated or left of the window",
         })
     }
 }

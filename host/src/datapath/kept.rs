@@ -69,10 +69,11 @@ impl Kept<OutboundSa> {
 
 impl Kept<InboundSa> {
     /// What its key is granted for: opening its packets, refusing those
-    /// whose number the key authenticated unless the SA's anti-replay is
-    /// off (a window of 0). From the host's record, never a guest's word.
+    /// whose number the key authenticated or that are left of the SA's
+    /// replay window, unless its anti-replay is off (a window of 0). From
+    /// the host's record, never a guest's word.
     pub fn open_use(&self) -> KeyUse {
-        KeyUse::Open { spi: self.sa.spi, replay: self.sa.replay_window > 0 }
+        KeyUse::Open { spi: self.sa.spi, replay_window: self.sa.replay_window }
     }
 }
 

@@ -70,10 +70,12 @@ pub enum KeyUse {
     /// `crate::datapath::Kept::wire_spi`), writing `wire_spi`, the peer's
     /// SPI, into their headers; to be sent to peer index `peer`.
     Seal { spi: u32, wire_spi: u32, peer: u32 },
-    /// Open packets that carry inbound SA `spi`; with `replay`, none whose
-    /// sequence number the key authenticated already (the SA's anti-replay
-    /// is on: a window of more than 0 packets).
-    Open { spi: u32, replay: bool },
+    /// Open packets that carry inbound SA `spi`. With a `replay_window`
+    /// of more than 0 packets (the SA's anti-replay is on), none whose
+    /// sequence number the key authenticated already, and none left of
+    /// that window (`replay_window` or more below the highest number the
+    /// key authenticated: RFC 4303 section 3.4.3).
+    Open { spi: u32, replay_window: u32 },
 }
 
 /// The handles one guest instance may use, resolved once so the data path
@@ -131,7 +133,7 @@ mod tests {
         let h = ks.insert(key(EspAlgorithm::Aes256Gcm16, 3));
         let mut t = KeyTable::default();
         assert_eq!(t.get(h).err(), Some(CryptoError::UnknownKey));
-        let open = KeyUse::Open { spi: 7, replay: true };
+        let open = KeyUse::Open { spi: 7, replay_window: 64 };
         t.grant(h, ks.get(h).unwrap(), open, SaLimits::default());
         assert_eq!(t.get(h).map(|(_, u)| u).ok(), Some(open));
         assert!(t.get(h).is_ok());

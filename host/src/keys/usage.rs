@@ -14,9 +14,9 @@
 //! packet is counted when the guest asks the host to seal it (as the engine
 //! counts it when it plans it); inbound when it is delivered,
 //! not when it opens: a replayed packet may open too (more than 63 below
-//! its key's highest, which the host does not refuse, or with the SA's
-//! anti-replay off), and must not use up the SA of the peer whose packet
-//! it copied.
+//! its key's highest but within the SA's replay window, which the host
+//! does not refuse, or with the SA's anti-replay off), and must not use up
+//! the SA of the peer whose packet it copied.
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::store::{KeyTable, KeyUse};
@@ -313,8 +313,8 @@ mod tests {
         let mut keys = KeyTable::default();
         let alg = EspAlgorithm::Aes256Gcm16;
         let (a, b) = (Arc::new(test_key(alg, 1)), Arc::new(test_key(alg, 2)));
-        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa, replay: true }, limits(2, 0));
-        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb, replay: true }, limits(3, 0));
+        keys.grant(1, a.clone(), KeyUse::Open { spi: 0xa, replay_window: 64 }, limits(2, 0));
+        keys.grant(2, b.clone(), KeyUse::Open { spi: 0xb, replay_window: 64 }, limits(3, 0));
         let mut reached = Vec::new();
         let mut d = Deliveries::default();
         // Key 1, then 2, then 1 again: each run is added when the next begins.

@@ -47,9 +47,10 @@ pub enum Mark {
     /// `counted`: the key's handle if its SA has limits to count the
     /// packet against when it is delivered, else 0 (no handle is 0).
     Opened { len: u32, spi: u32, esp_len: u32, counted: u64 },
-    /// Not opened: its key had authenticated its sequence number. Asking
-    /// for it again is the guest's error, so a guest cannot count one
-    /// packet as many refused replays.
+    /// Not opened: its key had authenticated its sequence number, or it
+    /// was left of its SA's replay window. Asking for it again is the
+    /// guest's error, so a guest cannot count one packet as many refused
+    /// replays.
     Replayed,
 }
 
@@ -109,8 +110,9 @@ pub struct GuestState {
     /// index, a second seal or open of one packet): guest protocol errors.
     pub refusals: u64,
     /// Packets the host did not open because their key had authenticated
-    /// their sequence number already (since the data path last took the
-    /// count): replays the guest let through, or a second copy in a batch.
+    /// their sequence number already, or it was left of their SA's replay
+    /// window (since the data path last took the count): replays the guest
+    /// let through, or a second copy in a batch.
     pub replays_refused: u64,
     /// Random bytes handed to the guest (it keys its hash tables with
     /// them, once per instance).
@@ -274,8 +276,8 @@ impl GuestState {
     fn open_run(&mut self, run: &OpenRun, packets: &[u32], esn_highs: &[u32], out: &mut Opened) {
         // Only an inbound key opens, and only packets that carry its SPI.
         let key = match self.keys.get(run.key) {
-            Ok((k, KeyUse::Open { spi, replay })) => {
-                Ok((k, spi, if self.keys.limits(run.key).is_some() { run.key } else { 0 }, replay))
+            Ok((k, KeyUse::Open { spi, replay_window })) => {
+                Ok((k, spi, if self.keys.limits(run.key).is_some() { run.key } else { 0 }, replay_window))
             }
             Ok(_) => Err(WitCryptoError::WrongKeyKind),
             Err(e) => Err(wit_error(e)),
@@ -286,7 +288,7 @@ impl GuestState {
         let before = key.map(|(k, ..)| k.authenticated()).unwrap_or_default();
         let mut opened = before;
         for (j, &index) in packets.iter().enumerate() {
-            let r = key.and_then(|(k, spi, counted, replay)| {
+            let r = key.and_then(|(k, spi, counted, window)| {
                 let i = untouched(&self.marks, index).map_err(Fault::Guest)?;
                 let p = &mut self.batch[i];
                 let seq = match esp::Packet::new_checked(p.data()) {
@@ -295,15 +297,18 @@ impl GuestState {
                 };
                 let seq = if esn { u64::from(esn_highs[j]) << 32 | seq } else { seq };
                 // The anti-replay window is the guest's, but a number the
-                // key authenticated is never opened again (RFC 4303 section
-                // 3.4.3), whatever the guest's window says. Not held
-                // against the guest: an honest one asks for both copies of
-                // a number replayed within one batch, as it commits only
-                // after the open. An SA with anti-replay off (a window of
-                // 0: a manual SA whose peer's counter restarts with it,
-                // RFC 4303 section 3.4.3) takes a number again.
+                // key authenticated is never opened again, nor one left of
+                // the SA's window (RFC 4303 section 3.4.3), whatever the
+                // guest's window says. Not held against the guest: an
+                // honest one asks for both copies of a number replayed
+                // within one batch, and for a number the batch's later
+                // ones pushed out of the window, as it commits only after
+                // the open (and then drops them as replays). An SA with
+                // anti-replay off (a window of 0: a manual SA whose peer's
+                // counter restarts with it) takes a number again.
                 // `before` too: a run may have moved `opened` 64 past it.
-                if replay && (opened.has(seq) || before.has(seq)) {
+                let too_old = opened.top.saturating_sub(seq) >= u64::from(window);
+                if window > 0 && (too_old || opened.has(seq) || before.has(seq)) {
                     self.replays_refused += 1;
                     self.marks[i] = Mark::Replayed;
                     return Err(Fault::packet(CryptoError::Replayed));

@@ -23,7 +23,7 @@ fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
     let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
     let mut keys = KeyTable::default();
     keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, SaLimits::default());
-    keys.grant(2, key(), KeyUse::Open { spi: SPI, replay: true }, SaLimits::default());
+    keys.grant(2, key(), KeyUse::Open { spi: SPI, replay_window: 1024 }, SaLimits::default());
     let batch = (0..n)
         .map(|_| {
             let mut p = PacketBuf::new();
@@ -237,7 +237,7 @@ fn a_number_its_key_authenticated_is_not_opened_again() {
     let mut st = state(3);
     let alg = EspAlgorithm::Aes256Gcm16;
     let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay: true }, SaLimits::default());
+    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 1024 }, SaLimits::default());
     assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2])).is_empty());
     let sealed = st.batch.clone();
     st.lend(3);
@@ -266,11 +266,51 @@ fn a_number_its_key_authenticated_is_not_opened_again() {
     assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::BadLength]);
     assert_eq!((st.replays_refused, st.refusals), (3, 1));
     // With the SA's anti-replay off, the host takes it again too.
-    st.keys.grant(2, k, KeyUse::Open { spi: SPI, replay: false }, SaLimits::default());
+    st.keys.grant(2, k, KeyUse::Open { spi: SPI, replay_window: 0 }, SaLimits::default());
     st.batch = vec![sealed[1].clone(), sealed[1].clone()];
     st.lend(2);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
     assert!(opened.failures.is_empty(), "{:?}", opened.failures);
+    assert_eq!(st.replays_refused, 3);
+}
+
+/// Left of the SA's window (RFC 4303 section 3.4.3: `replay_window` or
+/// more below the highest number authenticated, by the key before or
+/// earlier in the run) nothing is opened, whatever the guest's window
+/// says; within it, more than 63 below, the guest's window decides.
+#[test]
+fn a_number_left_of_the_sas_window_is_not_opened() {
+    let mut st = state(5);
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    for (seq, packet) in [(1, 0), (100, 1), (101, 2), (120, 3), (200, 4)] {
+        assert!(st.seal(Resource::new_borrow(0), run(seq, false, vec![packet])).is_empty());
+    }
+    let sealed = st.batch.clone();
+    // 200 first: 1 and 100 are then left of the window, 101 and 120 not.
+    let open_all = |st: &mut GuestState, window| {
+        st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: window }, SaLimits::default());
+        st.batch = [4, 0, 1, 2, 3].map(|i| sealed[i].clone()).to_vec();
+        st.lend(5);
+        let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1, 2, 3, 4], vec![]));
+        opened.failures.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>()
+    };
+    let r = WitCryptoError::Replayed;
+    assert_eq!(open_all(&mut st, 100), [(1, r), (2, r)]);
+    assert_eq!((st.replays_refused, st.refusals), (2, 0));
+    assert_eq!(st.batch[1].data(), sealed[0].data(), "not opened");
+    // Against the key's record from the call before, as a new key of
+    // the same SA would be; with anti-replay off, every one opens.
+    let fresh = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+    fresh.note_opened(200, 1);
+    st.keys.grant(2, fresh, KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    st.batch = vec![sealed[0].clone(), sealed[2].clone()];
+    st.lend(2);
+    let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
+    assert_eq!(opened.failures.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(0, r)]);
+    assert_eq!(st.replays_refused, 3);
+    assert!(open_all(&mut st, 0).is_empty());
     assert_eq!(st.replays_refused, 3);
 }
 
