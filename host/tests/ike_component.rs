@@ -243,8 +243,11 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let st = b.ike.store.data_mut();
     let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
     assert_eq!(st.claim_child_keys(&swapped, alg, any), KeyClaim::NotDerived, "swapped");
-    let KeyClaim::Granted { lineage, life_ms } = st.claim_child_keys(&cb, alg, any) else { panic!("B's own CHILD SA") };
+    let KeyClaim::Granted { lineage, life_ms, replay_window } = st.claim_child_keys(&cb, alg, any) else {
+        panic!("B's own CHILD SA")
+    };
     assert_eq!(life_ms, 3_960_000, "the host holds it to its hard lifetime, 110 % of the rekey time");
+    assert_eq!(replay_window, 1024, "and installs it with its child's anti-replay window");
     assert_eq!(st.claim_child_keys(&cb, alg, any), KeyClaim::NotDerived, "once");
     // B's host saw A's IKE_AUTH verify, from A's address: that is where
     // the CHILD SAs of that IKE SA (and of its rekeys) may send.

@@ -179,6 +179,9 @@ esp_proposals = {{ . | toJson }}
 {{- if hasKey . "rekeyTime" }}
 rekey_time = {{ .rekeyTime }}
 {{- end }}
+{{- if hasKey . "replayWindow" }}
+replay_window = {{ .replayWindow }}
+{{- end }}
 {{- end }}
 
 {{ end }}

@@ -101,6 +101,10 @@ fn problem<T>(at: &Spanned<T>, msg: String) -> Problem {
 /// (`wasmsec_esp::replay::MAX_WINDOW`).
 pub const MAX_REPLAY_WINDOW: u32 = 1 << 16;
 
+/// The anti-replay window of a manual tunnel or a child that names none,
+/// in packets: room for the reordering of a multi-gigabit path.
+pub const DEFAULT_REPLAY_WINDOW: u32 = 1024;
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -193,6 +197,11 @@ impl Config {
             let mut child_names = HashSet::new();
             if let Some(ch) = c.children.iter().find(|ch| !child_names.insert(ch.name.as_str())) {
                 return Err(problem(&c.name, format!("{at}: child name {:?} used twice", ch.name)));
+            }
+            if let Some(ch) = c.children.iter().find(|ch| ch.replay_window > MAX_REPLAY_WINDOW) {
+                let (name, w) = (&ch.name, ch.replay_window);
+                let msg = format!("{at}: child {name:?}: replay_window {w} is more than {MAX_REPLAY_WINDOW} packets");
+                return Err(problem(&c.name, msg));
             }
         }
         Ok(())

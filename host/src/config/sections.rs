@@ -194,6 +194,10 @@ pub struct Child {
     /// Hard lifetime in packets (0: as `life_time` says).
     #[serde(default)]
     pub life_packets: u64,
+    /// Anti-replay window of its inbound SAs in packets (RFC 4303 section
+    /// 3.4.3; 0 turns replay protection off).
+    #[serde(default = "default_window")]
+    pub replay_window: u32,
 }
 
 /// What dead peer detection does.
@@ -477,5 +481,5 @@ fn default_alg() -> EspAlgorithm {
 }
 
 fn default_window() -> u32 {
-    1024
+    super::DEFAULT_REPLAY_WINDOW
 }

@@ -132,6 +132,14 @@ fn a_replay_window_the_engine_cannot_keep_is_refused() {
         GOOD,
         &[("in_spi = 4098", "in_spi = 4098\nreplay_window = 65537", "replay_window 65537 is more than 65536")],
     );
+    // A connection's child names its own (strongSwan's `replay_window`).
+    let net = "name = \"net\"";
+    let c = Config::parse(&IKE.replace(net, &format!("{net}\nreplay_window = 0")), "w.toml").unwrap();
+    assert_eq!(c.connection[0].children[0].replay_window, 0, "off, as the operator asked");
+    let c = Config::parse(IKE, "w.toml").unwrap();
+    assert_eq!(c.connection[0].children[0].replay_window, DEFAULT_REPLAY_WINDOW);
+    let e = "child \"net\": replay_window 65537 is more than 65536";
+    refused(IKE, &[(net, &format!("{net}\nreplay_window = 65537"), e)]);
 }
 
 #[test]

@@ -29,9 +29,9 @@ pub struct ConnectionBounds {
 }
 
 /// One child's configured selectors, as address ranges (any protocol and
-/// port: the configuration names subnets only), its ESP proposals and its
-/// lifetimes.
-#[derive(Debug, Clone, Default)]
+/// port: the configuration names subnets only), its ESP proposals, its
+/// lifetimes and its anti-replay window.
+#[derive(Debug, Clone)]
 pub struct ChildBounds {
     name: String,
     local: Vec<TrafficSelector>,
@@ -40,6 +40,23 @@ pub struct ChildBounds {
     /// The child's lifetimes (the other fields are left empty); none
     /// allows no install.
     lifetimes: Option<ChildConfig>,
+    /// The window its inbound SAs get (0: anti-replay off), which the
+    /// host holds the ESP guest to (`crate::keys::KeyUse::Open`).
+    replay_window: u32,
+}
+
+impl Default for ChildBounds {
+    /// Nothing allowed; the default window, not none.
+    fn default() -> ChildBounds {
+        ChildBounds {
+            name: String::new(),
+            local: Vec::new(),
+            remote: Vec::new(),
+            esp: Vec::new(),
+            lifetimes: None,
+            replay_window: config::DEFAULT_REPLAY_WINDOW,
+        }
+    }
 }
 
 /// A CHILD SA's ESP transform as the IKE guest installs it (IANA numbers,
@@ -78,6 +95,7 @@ impl ConnectionBounds {
                         life_packets: ch.life_packets,
                         ..ChildConfig::default()
                     }),
+                    replay_window: ch.replay_window,
                 }
             })
             .collect();
@@ -104,7 +122,13 @@ impl ChildBounds {
         remote: Vec<TrafficSelector>,
         esp: &str,
     ) -> Result<ChildBounds, String> {
-        Ok(ChildBounds { name: name.into(), local, remote, esp: esp_proposals(esp)?, lifetimes: None })
+        let esp = esp_proposals(esp)?;
+        Ok(ChildBounds { name: name.into(), local, remote, esp, ..ChildBounds::default() })
+    }
+
+    /// The anti-replay window of the child's inbound SAs, in packets.
+    pub fn replay_window(&self) -> u32 {
+        self.replay_window
     }
 
     /// With the child's lifetimes (RFC 7296 section 2.8: the config's
@@ -382,6 +406,7 @@ local_ts = ["10.1.9.0/24"]
 remote_ts = ["10.9.0.0/24"]
 esp_proposals = "aes128gcm16"
 life_bytes = 1000000
+replay_window = 64
 "#;
         let cfg = config::Config::parse(text, "two.toml").unwrap();
         let b = ConnectionBounds::of(&cfg.connection[0]);
@@ -398,5 +423,7 @@ life_bytes = 1000000
         assert!(db.allow_transform(&none, gcm(128)) && !db.allow_transform(&none, gcm(256)));
         assert_eq!(web.hard_limits(&none).unwrap().bytes, 0);
         assert_eq!(db.hard_limits(&none).unwrap().bytes, 1_000_000);
+        assert_eq!((web.replay_window(), db.replay_window()), (config::DEFAULT_REPLAY_WINDOW, 64));
+        assert_eq!(ChildBounds::default().replay_window(), config::DEFAULT_REPLAY_WINDOW, "never off unasked");
     }
 }

@@ -181,8 +181,6 @@ pub struct Children {
     pub inbound: Sender<SaCommand>,
     /// The ESP keystore; keys are removed with their SA.
     pub esp_keys: Arc<Keystore>,
-    /// Anti-replay window of every inbound SA, in packets.
-    pub replay_window: u32,
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
     /// Outbound SAs of rekeys we answered, waiting for their activation,
@@ -241,7 +239,6 @@ impl Children {
             outbound,
             inbound,
             esp_keys,
-            replay_window: 1024,
             esp_keylog: None,
             deferred: HashMap::new(),
             retired: BTreeMap::new(),
@@ -445,8 +442,8 @@ impl Children {
             ike.forfeit_child_keys(&c);
             return false;
         };
-        let (lineage, life_ms) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
-            KeyClaim::Granted { lineage, life_ms } => (lineage, life_ms),
+        let (lineage, life_ms, replay_window) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
+            KeyClaim::Granted { lineage, life_ms, replay_window } => (lineage, life_ms, replay_window),
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
                 return false;
@@ -503,7 +500,7 @@ impl Children {
             spi: c.inbound_spi,
             key: c.inbound_key,
             esn: c.esn,
-            replay_window: self.replay_window,
+            replay_window,
             highest_seq: 0,
             replay_missing: 0,
             local_ts: Vec::new(),

@@ -107,9 +107,10 @@ enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyClaim {
     /// The pair came from one derivation, for this transform and
-    /// connection: the IKE SA lineage it belongs to, and the CHILD SA's
-    /// hard lifetime in ms (0: none), which the host holds it to.
-    Granted { lineage: u64, life_ms: u64 },
+    /// connection: the IKE SA lineage it belongs to, the CHILD SA's hard
+    /// lifetime in ms (0: none), which the host holds it to, and its
+    /// child's anti-replay window.
+    Granted { lineage: u64, life_ms: u64, replay_window: u32 },
     /// Not a pair derived here (or installed already, swapped, another
     /// transform): the guest lies about its keys.
     NotDerived,
@@ -301,7 +302,11 @@ impl IkeState {
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
         } else {
-            return KeyClaim::Granted { lineage: d.lineage, life_ms: life.map_or(0, |l| l.time_ms) };
+            let (life_ms, replay_window) = (
+                life.map_or(0, |l| l.time_ms),
+                bounds.map_or(crate::config::DEFAULT_REPLAY_WINDOW, |b| b.replay_window()),
+            );
+            return KeyClaim::Granted { lineage: d.lineage, life_ms, replay_window };
         };
         self.destroy_child_keys(outbound, inbound);
         claim
