@@ -590,6 +590,49 @@ life_packets = 1000"
     check "$what: the daemon is still running" [ "$alive" = yes ]
 }
 
+# The same guest opens and delivers every packet of the `limitless`
+# connection with no replay check. A's child names `replay_window = 100`
+# (ESP in UDP both ways, so that inject.py can send it again): 20 pings
+# from B's address in the tunnel, captured, then 200 more; then B's first
+# 10 ESP packets are sent to A again, 200 and more below the highest
+# number, left of the child's window. A's host refuses all 10, as the
+# child's window (not the host's default of 1,024, in which they would
+# open) says, and none reaches A.
+run_ike_replay_window() {
+    local what="IKE: an ESP guest with no replay check, child replay_window = 100" A=$STATE/ike-replay/A B=$STATE/ike-replay/B
+    limitless_conf "$A" "$B" "replay_window = 100"
+    sed -i 's/^start_action = \(.*\)$/start_action = \1\nencap = true/' "$A/wasmsec.toml" "$B/wasmsec.toml"
+    start wsi-gwb "$B" && start wsi-gwa "$A" || return 1
+    wasmsec_up "$A" 10 || true
+    ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan.pcap" udp port 4500 2>"$A/cap.err" &
+    local cap=$!; PIDS+=($cap)
+    for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
+    nsx wsi-gwb ping -n -I 198.18.26.1 -i 0.1 -c 20 -W 1 198.18.25.1 >"$A/ping.out" 2>&1 || true
+    sleep 0.3; kill -INT $cap; wait $cap 2>/dev/null || true
+    nsx wsi-gwb ping -n -q -I 198.18.26.1 -i 0.005 -c 200 -W 1 198.18.25.1 >"$A/ping-more.out" 2>&1 || true
+    sleep 0.6 # two rewrites of the stats file
+    local got more tun0 refused0 tun refused errors alive
+    got=$(grep -c "bytes from" "$A/ping.out" || true)
+    more=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$A/ping-more.out")
+    tun0=$(counter "$A" tun_tx_packets); refused0=$(counter "$A" esp_rx_replays_refused)
+    nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-first "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
+    for _ in $(seq 50); do
+        [ "$(counter "$A" esp_rx_replays_refused)" -ge $((refused0 + 10)) ] && break
+        sleep 0.2
+    done
+    sleep 0.6
+    alive=$(limitless_down "$A" "$B")
+    tun=$(counter "$A" tun_tx_packets); refused=$(counter "$A" esp_rx_replays_refused)
+    errors=$(counter "$A" guest_protocol_errors)
+    echo "$what: pings $got/20 and $more/200; after 10 replays A's TUN $tun0 -> $tun, refused replays $refused0 -> $refused; $errors protocol errors"
+    check "$what: the tunnel carried the pings ($got/20)" [ "$got" -ge 19 ]
+    check "$what: and 200 more ($more/200)" [ "${more:-0}" -ge 190 ]
+    check "$what: A's host refused the 10 replays ($refused0 -> $refused)" [ "$((refused - refused0))" -eq 10 ]
+    check "$what: none reached A (TUN $tun0 -> $tun)" [ "$tun" -eq "$tun0" ]
+    check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
+    check "$what: the daemon is still running" [ "$alive" = yes ]
+}
+
 # The IKE guest traps on one datagram of a read (hostile-trap-marker: the
 # initiator SPI "TRAPTRAP"). A is stopped while a prober in B's namespace
 # sends 8 IKE_SA_INIT requests, the 4th marked, so all 8 come out of one
@@ -738,6 +781,7 @@ run_ike_trap_every_try() {
 run_install_refused
 run_esp_over_limit
 run_esp_quiet_soft_limit
+run_ike_replay_window
 run_ike_trap_midread
 run_ike_trap_after_initiate
 run_ike_trap_at_start
