@@ -20,9 +20,11 @@ pub struct Stats {
     /// (`datapath::hold`); each is later opened or counted as an unknown SPI.
     pub esp_rx_held: AtomicU64,
     /// ESP packets the host refused to open because their key had
-    /// authenticated their sequence number already: a replay the ESP
-    /// guest's window let through, or a second copy within one batch (the
-    /// guest counts its drop too, an honest one as `replay`).
+    /// authenticated their sequence number already or it was left of the
+    /// SA's window: a replay the ESP guest's window let through, a second
+    /// copy within one batch, or a number a later packet of the batch
+    /// pushed out of the window (the guest counts its drop too, an honest
+    /// one as `replay`).
     pub esp_rx_replays_refused: AtomicU64,
     /// TCP super-packets written to the TUN device, each joined from
     /// segments opened one after the other (each also counted as its

@@ -287,7 +287,8 @@ fn open_failure(e: CryptoError) -> DropReason {
         CryptoError::BadLength => DropReason::Malformed,
         // The host's own record of what the key authenticated: a second
         // copy of a number in this batch (the window commits only after
-        // the open), or one the window would have let through.
+        // the open), a number a later packet of the batch pushed out of
+        // the window, or one the window would have let through.
         CryptoError::Replayed => DropReason::Replay,
         _ => DropReason::CryptoRefused,
     }

@@ -138,6 +138,12 @@ impl ChildBounds {
         self
     }
 
+    /// With another anti-replay window than the default.
+    pub fn with_replay_window(mut self, packets: u32) -> ChildBounds {
+        self.replay_window = packets;
+        self
+    }
+
     /// The hard limits a CHILD SA of this child may have with `grant`.
     /// `None` where they do not compute (the configuration checked them
     /// when it was read) or the child has none, which allows no install,

@@ -199,7 +199,7 @@ fn data_path(s: &mut Scrape, st: &Stats) {
     );
     s.counter(
         "wasmsec_esp_replays_refused_total",
-        "ESP packets the host did not open: their key had authenticated their sequence number already (a replay the ESP guest let through, or a copy within one batch; the guest counts its drop too).",
+        "ESP packets the host did not open: their key had authenticated their sequence number already, or it was left of the SA's replay window (a replay the ESP guest let through, a copy within one batch, or a number the batch pushed out of the window; the guest counts its drop too).",
         &[],
         g(&st.esp_rx_replays_refused),
     );

@@ -314,6 +314,38 @@ fn a_number_left_of_the_sas_window_is_not_opened() {
     assert_eq!(st.replays_refused, 3);
 }
 
+/// The same with ESN (the whole number, high bits included), and with the
+/// highest number opened by an earlier run of the key in the same call.
+#[test]
+fn left_of_the_window_with_esn_and_across_runs_of_one_call() {
+    let mut st = state(3);
+    let alg = EspAlgorithm::Aes256Gcm16;
+    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    // 7:1, 7:101 and 8:0 (the low word wrapped): 8:0 is 2^32 - 101 above 7:101.
+    for (seq, packet) in [((7 << 32) + 1, 0), ((7 << 32) + 101, 1), (8 << 32, 2)] {
+        assert!(st.seal(Resource::new_borrow(0), run(seq, true, vec![packet])).is_empty());
+    }
+    let sealed = st.batch.clone();
+    st.batch = [1, 0, 2].map(|i| sealed[i].clone()).to_vec();
+    st.lend(3);
+    let runs = OpenRuns {
+        runs: vec![OpenRun { key: 2, esn: true, count: 1 }, OpenRun { key: 2, esn: true, count: 2 }],
+        packets: vec![0, 1, 2],
+        esn_highs: vec![7, 7, 8],
+    };
+    let opened = st.open(Resource::new_borrow(0), runs);
+    let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
+    assert_eq!(failed, [(1, WitCryptoError::Replayed)], "7:1 is 100 below 7:101, opened by the run before");
+    assert_eq!(k.authenticated().top, 8 << 32);
+    // Below 8:0 by more than the window, though its low word is above.
+    st.batch = vec![sealed[1].clone()];
+    st.lend(1);
+    let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![7]));
+    assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
+    assert_eq!((st.replays_refused, st.refusals), (2, 0));
+}
+
 /// The same in two runs of one key in one call, with ESN (the number
 /// is the one the ICV covers, high bits included), and with a run
 /// that first opens a number 64 or more past the key's record.
