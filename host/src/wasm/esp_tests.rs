@@ -19,8 +19,22 @@ fn state(n: usize) -> GuestState {
     state_with(n, EspAlgorithm::Aes256Gcm16)
 }
 
+/// A key of `alg` with the tests' keying material (the same for every
+/// key, so one seals what another opens).
+fn key_of(alg: EspAlgorithm) -> Arc<EspKey> {
+    Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap())
+}
+
+/// A new AES-256-GCM key granted as handle 2 to open SA `SPI` with
+/// anti-replay window `window`.
+fn grant_open(st: &mut GuestState, window: u32) -> Arc<EspKey> {
+    let k = key_of(EspAlgorithm::Aes256Gcm16);
+    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: window }, SaLimits::default());
+    k
+}
+
 fn state_with(n: usize, alg: EspAlgorithm) -> GuestState {
-    let key = || Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+    let key = || key_of(alg);
     let mut keys = KeyTable::default();
     keys.grant(1, key(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, SaLimits::default());
     keys.grant(2, key(), KeyUse::Open { spi: SPI, replay_window: 1024 }, SaLimits::default());
@@ -68,8 +82,7 @@ fn a_pad_that_breaks_the_cbc_block_is_held_against_the_guest() {
 fn past_its_hard_limit_a_key_seals_nothing_and_the_guest_is_not_blamed() {
     let mut st = state(5);
     let limits = SaLimits { hard_packets: 3, ..SaLimits::default() };
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
+    let k = key_of(EspAlgorithm::Aes256Gcm16);
     st.keys.grant(1, k.clone(), KeyUse::Seal { spi: NAME, wire_spi: SPI, peer: 4 }, limits);
     assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1])).is_empty());
     assert!(st.limits_reached.is_empty());
@@ -235,9 +248,7 @@ fn a_packet_that_does_not_open_is_failed_but_not_held_against_the_guest() {
 #[test]
 fn a_number_its_key_authenticated_is_not_opened_again() {
     let mut st = state(3);
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 1024 }, SaLimits::default());
+    let k = grant_open(&mut st, 1024);
     assert!(st.seal(Resource::new_borrow(0), run(1, false, vec![0, 1, 2])).is_empty());
     let sealed = st.batch.clone();
     st.lend(3);
@@ -281,9 +292,7 @@ fn a_number_its_key_authenticated_is_not_opened_again() {
 #[test]
 fn a_number_left_of_the_sas_window_is_not_opened() {
     let mut st = state(5);
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    let k = grant_open(&mut st, 100);
     for (seq, packet) in [(1, 0), (100, 1), (101, 2), (120, 3), (200, 4)] {
         assert!(st.seal(Resource::new_borrow(0), run(seq, false, vec![packet])).is_empty());
     }
@@ -302,9 +311,7 @@ fn a_number_left_of_the_sas_window_is_not_opened() {
     assert_eq!(st.batch[1].data(), sealed[0].data(), "not opened");
     // Against the key's record from the call before, as a new key of
     // the same SA would be; with anti-replay off, every one opens.
-    let fresh = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-    fresh.note_opened(200, 1);
-    st.keys.grant(2, fresh, KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    grant_open(&mut st, 100).note_opened(200, 1);
     st.batch = vec![sealed[0].clone(), sealed[2].clone()];
     st.lend(2);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
@@ -319,9 +326,7 @@ fn a_number_left_of_the_sas_window_is_not_opened() {
 #[test]
 fn left_of_the_window_with_esn_and_across_runs_of_one_call() {
     let mut st = state(3);
-    let alg = EspAlgorithm::Aes256Gcm16;
-    let k = Arc::new(EspKey::new(alg, Zeroizing::new(vec![9; alg.keymat_len()])).unwrap());
-    st.keys.grant(2, k.clone(), KeyUse::Open { spi: SPI, replay_window: 100 }, SaLimits::default());
+    let k = grant_open(&mut st, 100);
     // 7:1, 7:101 and 8:0 (the low word wrapped): 8:0 is 2^32 - 101 above 7:101.
     for (seq, packet) in [((7 << 32) + 1, 0), ((7 << 32) + 101, 1), (8 << 32, 2)] {
         assert!(st.seal(Resource::new_borrow(0), run(seq, true, vec![packet])).is_empty());
