@@ -26,6 +26,10 @@ pub struct Stats {
     /// pushed out of the window (the guest counts its drop too, an honest
     /// one as `replay`).
     pub esp_rx_replays_refused: AtomicU64,
+    /// Of `esp_rx_replays_refused`, those the key's record refused before
+    /// the call that asked to open them: replays the ESP guest's own
+    /// window should have dropped, which an honest guest never asks for.
+    pub esp_rx_replays_missed: AtomicU64,
     /// TCP super-packets written to the TUN device, each joined from
     /// segments opened one after the other (each also counted as its
     /// segments in `tun_tx_packets`).
@@ -204,6 +208,7 @@ impl Stats {
             "tun_rx_super": g(&self.tun_rx_super),
             "esp_rx_held": g(&self.esp_rx_held),
             "esp_rx_replays_refused": g(&self.esp_rx_replays_refused),
+            "esp_rx_replays_missed": g(&self.esp_rx_replays_missed),
             "tun_tx_joined": g(&self.tun_tx_joined),
             "tun_rx_malformed": g(&self.tun_rx_malformed),
             "esp_tx_packets": g(&self.esp_tx_packets),

@@ -70,6 +70,8 @@ expect_delta truncated 2 inbound_drops.malformed
 expect_delta runt 2 rx_runts
 expect_delta keepalive 1 keepalives_rx
 check "no hostile packet was delivered" [ "$(stat "$STATS" tun_tx_packets)" -eq "$delivered_before" ]
+check "the honest guest dropped the replays itself: none it missed ($(stat "$STATS" esp_rx_replays_missed))" \
+    [ "$(stat "$STATS" esp_rx_replays_missed)" -eq 0 ]
 check "the data path's peer table holds the manual tunnel's one peer ($(stat "$STATS" peers))" [ "$(stat "$STATS" peers)" -eq 1 ]
 check "the receiving guest never trapped" [ "$(stat "$STATS" guest_restarts)" -eq 0 ]
 check "no protocol error was held against a guest ($(stat "$STATS" guest_protocol_errors))" [ "$(stat "$STATS" guest_protocol_errors)" -eq 0 ]

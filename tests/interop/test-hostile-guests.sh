@@ -192,7 +192,7 @@ run_esp_replay() {
     for _ in $(seq 50); do grep -q "listening on" "$A/cap.err" && break; sleep 0.1; done
     nsx wsi-hostb ping -n -i 0.1 -c 20 -W 1 -I 198.18.12.10 198.18.11.10 >"$A/ping.out" 2>&1 || true
     sleep 0.3; kill -INT $cap; wait $cap 2>/dev/null || true
-    local got tun0 refused0 tun refused errors more=0
+    local got tun0 refused0 missed0 tun refused missed errors more=0
     got=$(grep -c "bytes from" "$A/ping.out" || true)
     if [ "$which" = first ]; then
         nsx wsi-hostb ping -n -q -i 0.005 -c 200 -W 1 -I 198.18.12.10 198.18.11.10 >"$A/ping-more.out" 2>&1 || true
@@ -200,6 +200,7 @@ run_esp_replay() {
         sleep 0.6 # two rewrites of the stats file
     fi
     tun0=$(counter "$A" tun_tx_packets); refused0=$(counter "$A" esp_rx_replays_refused)
+    missed0=$(counter "$A" esp_rx_replays_missed)
     nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-$which "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
     # The stats file is rewritten every 250 ms: wait for the count, then
     # two more rewrites, so that a replay delivered late shows too.
@@ -213,15 +214,18 @@ run_esp_replay() {
     # The daemon writes its counters once more as it stops.
     stop "$A"; stop "$B"
     tun=$(counter "$A" tun_tx_packets); refused=$(counter "$A" esp_rx_replays_refused)
+    missed=$(counter "$A" esp_rx_replays_missed)
     errors=$(counter "$A" guest_protocol_errors)
     echo "$what: pings $got/20; after 10 replays A's TUN $tun0 -> $tun, refused replays $refused0 -> $refused; $errors protocol errors"
     check "$what: the tunnel carried the pings ($got/20)" [ "$got" -ge 19 ]
     if [ "$which" = first ]; then check "$what: and 200 more ($more/200)" [ "${more:-0}" -ge 190 ]; fi
     if [ "$expect" = refused ]; then
         check "$what: A's host refused the 10 replays ($refused0 -> $refused)" [ "$((refused - refused0))" -eq 10 ]
+        check "$what: and counted them as replays the guest missed ($missed0 -> $missed)" [ "$((missed - missed0))" -eq 10 ]
         check "$what: none reached A's LAN (TUN $tun0 -> $tun)" [ "$tun" -eq "$tun0" ]
     else
         check "$what: A's host refused none ($refused0 -> $refused)" [ "$refused" -eq "$refused0" ]
+        check "$what: nor counted one as missed ($missed0 -> $missed)" [ "$missed" -eq "$missed0" ]
         check "$what: all 10 reached A's LAN (TUN $tun0 -> $tun)" [ "$tun" -eq $((tun0 + 10)) ]
     fi
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
@@ -611,10 +615,11 @@ run_ike_replay_window() {
     sleep 0.3; kill -INT $cap; wait $cap 2>/dev/null || true
     nsx wsi-gwb ping -n -q -I 198.18.26.1 -i 0.005 -c 200 -W 1 198.18.25.1 >"$A/ping-more.out" 2>&1 || true
     sleep 0.6 # two rewrites of the stats file
-    local got more tun0 refused0 tun refused errors alive
+    local got more tun0 refused0 missed0 tun refused missed errors alive
     got=$(grep -c "bytes from" "$A/ping.out" || true)
     more=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$A/ping-more.out")
     tun0=$(counter "$A" tun_tx_packets); refused0=$(counter "$A" esp_rx_replays_refused)
+    missed0=$(counter "$A" esp_rx_replays_missed)
     nsx wsi-gwb python3 "$ROOT/tests/e2e/inject.py" replay-first "$A/wan.pcap" $WAN_B $WAN_A 10 >/dev/null
     for _ in $(seq 50); do
         [ "$(counter "$A" esp_rx_replays_refused)" -ge $((refused0 + 10)) ] && break
@@ -623,11 +628,13 @@ run_ike_replay_window() {
     sleep 0.6
     alive=$(limitless_down "$A" "$B")
     tun=$(counter "$A" tun_tx_packets); refused=$(counter "$A" esp_rx_replays_refused)
+    missed=$(counter "$A" esp_rx_replays_missed)
     errors=$(counter "$A" guest_protocol_errors)
     echo "$what: pings $got/20 and $more/200; after 10 replays A's TUN $tun0 -> $tun, refused replays $refused0 -> $refused; $errors protocol errors"
     check "$what: the tunnel carried the pings ($got/20)" [ "$got" -ge 19 ]
     check "$what: and 200 more ($more/200)" [ "${more:-0}" -ge 190 ]
     check "$what: A's host refused the 10 replays ($refused0 -> $refused)" [ "$((refused - refused0))" -eq 10 ]
+    check "$what: and counted them as replays the guest missed ($missed0 -> $missed)" [ "$((missed - missed0))" -eq 10 ]
     check "$what: none reached A (TUN $tun0 -> $tun)" [ "$tun" -eq "$tun0" ]
     check "$what: none of it held against the guest ($errors protocol errors)" [ "$errors" -eq 0 ]
     check "$what: the daemon is still running" [ "$alive" = yes ]

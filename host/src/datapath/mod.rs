@@ -308,6 +308,8 @@ impl Loop {
         let replays = std::mem::take(&mut inst.store.data_mut().replays_refused);
         if replays > 0 {
             stats::add(&self.stats.esp_rx_replays_refused, replays);
+            let missed = std::mem::take(&mut inst.store.data_mut().replays_missed);
+            stats::add(&self.stats.esp_rx_replays_missed, missed);
         }
         match answer {
             Ok(v) => {

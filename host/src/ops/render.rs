@@ -203,6 +203,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         &[],
         g(&st.esp_rx_replays_refused),
     );
+    s.counter(
+        "wasmsec_esp_replays_missed_total",
+        "Of wasmsec_esp_replays_refused_total, the packets refused by what their key had authenticated before the ESP guest asked to open them: replays the guest's own window should have dropped. An honest guest never asks for these; a rising count means a broken ESP guest.",
+        &[],
+        g(&st.esp_rx_replays_missed),
+    );
     const DROPS: &str = "wasmsec_drops_total";
     const DROPS_HELP: &str = "Packets dropped by the data path, by direction and reason.";
     for r in DropReason::ALL {

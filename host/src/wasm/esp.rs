@@ -16,7 +16,7 @@ use super::bindings::esp as b;
 use super::state_hints::StateHints;
 use super::{WasmContext, sandbox, wit_error};
 use crate::keys::usage::{LimitReached, Tally};
-use crate::keys::{KeyTable, KeyUse};
+use crate::keys::{Authenticated, KeyTable, KeyUse};
 use crate::packet::PacketBuf;
 
 use b::exports::wasmsec::esp::engine::{Decapped, Dropped, Encapped};
@@ -114,6 +114,18 @@ pub struct GuestState {
     /// window (since the data path last took the count): replays the guest
     /// let through, or a second copy in a batch.
     pub replays_refused: u64,
+    /// Of those, the ones refused by what the key knew before the call:
+    /// a number it had authenticated, or one left of the window below its
+    /// highest. The guest's own window holds all of that before it plans
+    /// the batch (it commits every number it opened, but at its SA's hard
+    /// limit, after which it opens nothing more of it; a new instance
+    /// starts from the key's record), so an honest guest never asks for
+    /// these: they are replays it missed.
+    pub replays_missed: u64,
+    /// What each key that opened packets in the current call had
+    /// authenticated before it (its first entry; a key opens in several
+    /// runs when the batch interleaves SAs), for `replays_missed`.
+    before_call: Vec<(u64, Authenticated)>,
     /// Random bytes handed to the guest (it keys its hash tables with
     /// them, once per instance).
     pub random_drawn: u64,
@@ -159,6 +171,8 @@ impl GuestState {
             marks: Vec::new(),
             refusals: 0,
             replays_refused: 0,
+            replays_missed: 0,
+            before_call: Vec::new(),
             random_drawn: 0,
             limits_reached: Vec::new(),
             _live: live.map(Live::new),
@@ -171,6 +185,7 @@ impl GuestState {
         self.marks.clear();
         self.marks.resize(self.count, Mark::Untouched);
         self.refusals = 0;
+        self.before_call.clear();
     }
 
     /// The lent packets' heads of `head_len` bytes, as the guest gets them.
@@ -310,6 +325,12 @@ impl GuestState {
                 let too_old = opened.top.saturating_sub(seq) >= u64::from(window);
                 if window > 0 && (too_old || opened.has(seq) || before.has(seq)) {
                     self.replays_refused += 1;
+                    // What the key held before the call, the guest's
+                    // window held as well: counted apart, as only a
+                    // broken guest asks for it.
+                    let known = self.before_call.iter().find(|(h, _)| *h == run.key).map_or(before, |&(_, a)| a);
+                    let missed = known.has(seq) || known.top.saturating_sub(seq) >= u64::from(window);
+                    self.replays_missed += u64::from(missed);
                     self.marks[i] = Mark::Replayed;
                     return Err(Fault::packet(CryptoError::Replayed));
                 }
@@ -336,6 +357,7 @@ impl GuestState {
         if let Ok((k, ..)) = key
             && opened != before
         {
+            self.before_call.push((run.key, before));
             k.note_opened(opened.top, opened.bits);
         }
     }

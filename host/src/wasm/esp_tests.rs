@@ -264,13 +264,16 @@ fn a_number_its_key_authenticated_is_not_opened_again() {
     assert_eq!((&st.marks[0], &st.marks[2]), (&Mark::Replayed, &Mark::Replayed));
     assert_eq!(st.batch[0].data(), sealed[0].data(), "not opened");
     assert_eq!((st.replays_refused, st.refusals), (2, 0));
+    // Number 1 the guest's window held before the call; the second 3 it
+    // could not know of (its window commits after the open).
+    assert_eq!(st.replays_missed, 1);
     assert_eq!(st.keys.get(2).unwrap().0.authenticated(), Authenticated { top: 3, bits: 0b111 });
     // Number 2 in a later call, as a guest whose window forgot it.
     st.batch = vec![sealed[1].clone()];
     st.lend(1);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
     assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
-    assert_eq!(st.replays_refused, 3);
+    assert_eq!((st.replays_refused, st.replays_missed), (3, 2));
     // Asking again for a packet refused so is the guest's error, and
     // one packet is not counted as many replays.
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![]));
@@ -282,7 +285,7 @@ fn a_number_its_key_authenticated_is_not_opened_again() {
     st.lend(2);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
     assert!(opened.failures.is_empty(), "{:?}", opened.failures);
-    assert_eq!(st.replays_refused, 3);
+    assert_eq!((st.replays_refused, st.replays_missed), (3, 2));
 }
 
 /// Left of the SA's window (RFC 4303 section 3.4.3: `replay_window` or
@@ -308,6 +311,7 @@ fn a_number_left_of_the_sas_window_is_not_opened() {
     let r = WitCryptoError::Replayed;
     assert_eq!(open_all(&mut st, 100), [(1, r), (2, r)]);
     assert_eq!((st.replays_refused, st.refusals), (2, 0));
+    assert_eq!(st.replays_missed, 0, "pushed out by 200 in the same call");
     assert_eq!(st.batch[1].data(), sealed[0].data(), "not opened");
     // Against the key's record from the call before, as a new key of
     // the same SA would be; with anti-replay off, every one opens.
@@ -316,7 +320,7 @@ fn a_number_left_of_the_sas_window_is_not_opened() {
     st.lend(2);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0, 1], vec![]));
     assert_eq!(opened.failures.iter().map(|f| (f.packet, f.error)).collect::<Vec<_>>(), [(0, r)]);
-    assert_eq!(st.replays_refused, 3);
+    assert_eq!((st.replays_refused, st.replays_missed), (3, 1), "left of the window before the call");
     assert!(open_all(&mut st, 0).is_empty());
     assert_eq!(st.replays_refused, 3);
 }
@@ -342,13 +346,14 @@ fn left_of_the_window_with_esn_and_across_runs_of_one_call() {
     let opened = st.open(Resource::new_borrow(0), runs);
     let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
     assert_eq!(failed, [(1, WitCryptoError::Replayed)], "7:1 is 100 below 7:101, opened by the run before");
+    assert_eq!(st.replays_missed, 0, "the run before is in the same call: the guest could not know");
     assert_eq!(k.authenticated().top, 8 << 32);
     // Below 8:0 by more than the window, though its low word is above.
     st.batch = vec![sealed[1].clone()];
     st.lend(1);
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![0], vec![7]));
     assert_eq!(opened.failures.iter().map(|f| f.error).collect::<Vec<_>>(), [WitCryptoError::Replayed]);
-    assert_eq!((st.replays_refused, st.refusals), (2, 0));
+    assert_eq!((st.replays_refused, st.refusals, st.replays_missed), (2, 0, 1));
 }
 
 /// The same in two runs of one key in one call, with ESN (the number
@@ -376,6 +381,7 @@ fn a_replay_is_refused_across_runs_of_one_key_and_with_esn() {
     let r = WitCryptoError::Replayed;
     assert_eq!(failed, [(0, r), (2, r), (3, r)], "7:3 opened once, in the first run");
     assert_eq!(st.replays_refused, 3);
+    assert_eq!(st.replays_missed, 2, "7:2 and 7:1 were opened in the call before, 7:3 in this one");
     // Another high word is another number: it does not open (the ICV
     // covers the high bits), and is no replay.
     st.batch = vec![sealed[0].clone()];
@@ -399,6 +405,7 @@ fn a_replay_is_refused_across_runs_of_one_key_and_with_esn() {
     let opened = st.open(Resource::new_borrow(0), open_run(2, vec![1, 0], vec![]));
     let failed: Vec<_> = opened.failures.iter().map(|f| (f.packet, f.error)).collect();
     assert_eq!(failed, [(0, WitCryptoError::Replayed)]);
+    assert_eq!(st.replays_missed, 1);
 }
 
 #[test]
