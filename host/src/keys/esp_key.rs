@@ -83,6 +83,13 @@ impl Authenticated {
         seq <= self.top && self.top - seq < 64 && (self.bits >> (self.top - seq)) & 1 == 1
     }
 
+    /// Whether an SA with anti-replay window `window` (not 0: off) refuses
+    /// `seq` by this record: noted, or the window's size or more below
+    /// the highest (RFC 4303 section 3.4.3).
+    pub fn refuses(&self, seq: u64, window: u32) -> bool {
+        self.has(seq) || self.top.saturating_sub(seq) >= u64::from(window)
+    }
+
     /// Take in numbers noted up to another edge: `top`, and `bits` below it.
     fn merge(&mut self, top: u64, bits: u64) {
         if top > self.top {

@@ -322,15 +322,13 @@ impl GuestState {
                 // anti-replay off (a window of 0: a manual SA whose peer's
                 // counter restarts with it) takes a number again.
                 // `before` too: a run may have moved `opened` 64 past it.
-                let too_old = opened.top.saturating_sub(seq) >= u64::from(window);
-                if window > 0 && (too_old || opened.has(seq) || before.has(seq)) {
+                if window > 0 && (opened.refuses(seq, window) || before.has(seq)) {
                     self.replays_refused += 1;
                     // What the key held before the call, the guest's
                     // window held as well: counted apart, as only a
                     // broken guest asks for it.
                     let known = self.before_call.iter().find(|(h, _)| *h == run.key).map_or(before, |&(_, a)| a);
-                    let missed = known.has(seq) || known.top.saturating_sub(seq) >= u64::from(window);
-                    self.replays_missed += u64::from(missed);
+                    self.replays_missed += u64::from(known.refuses(seq, window));
                     self.marks[i] = Mark::Replayed;
                     return Err(Fault::packet(CryptoError::Replayed));
                 }
