@@ -132,6 +132,8 @@ check "site-to-site: the rendered config passes wasmsec check-config" "$WASMSEC_
 check "site-to-site: a source address of each family, as a TOML list" \
     grep -qxF 'source = ["10.20.0.1","fd00:20::1"]' "$C/site-to-site.toml"
 check "site-to-site: the child's replay window" grep -qxF 'replay_window = 64' "$C/site-to-site.toml"
+check "site-to-site: the child's outer DSCP and ECN" \
+    bash -c 'grep -qxF "copy_dscp = \"no\"" "$0" && grep -qxF "copy_ecn = false" "$0"' "$C/site-to-site.toml"
 check "site-to-site: the child's volume lifetimes, as integers" \
     grep -qxF 'life_bytes = 550000000000' "$C/site-to-site.toml"
 finish

@@ -13,8 +13,9 @@
 #    counts, whichever socket sent it.
 #  - The outer header's TOS: A copies the inner DSCP and ECN (the
 #    defaults, `copy_dscp = "out"`, `copy_ecn = true`: RFC 4301 section
-#    5.1.2.1, RFC 6040 normal mode); B, with `copy_dscp = "in"` and
-#    `copy_ecn = false`, leaves it 0.
+#    5.1.2.1, RFC 6040 normal mode); B, whose child says `copy_dscp =
+#    "in"` and `copy_ecn = false` over its `[network]`'s "out" and true
+#    (strongSwan's per-CHILD_SA options), leaves it 0.
 #  - RFC 6040 decapsulation: with A's datagrams marked CE (and re-marked
 #    CS1) on the way, B delivers ECT pings marked CE, with the outer DSCP
 #    copied in, and drops Not-ECT ones (counted).
@@ -47,7 +48,8 @@ nsx wsi-gwa nft add table netdev wsprio
 nsx wsi-gwa nft add chain netdev wsprio e '{ type filter hook egress device "wan0" priority 0; }'
 nsx wsi-gwa nft add rule netdev wsprio e ip protocol esp ip dscp ef meta priority 0:4 counter
 nsx wsi-gwa nft add rule netdev wsprio e ip protocol esp ip dscp ef counter
-WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "in"\ncopy_ecn = false' \
+WASMSEC_NETWORK_EXTRA=$'raw_esp_send = "link"\ncopy_dscp = "out"\ncopy_ecn = true' \
+    WASMSEC_CHILD_EXTRA=$'copy_dscp = "in"\ncopy_ecn = false' \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
 WASMSEC_NETWORK_EXTRA='raw_esp_send = "link"' WASMSEC_IKE_EXTRA="esp_keylog = \"$A/esp_sa\"" \
     wasmsec_start wsi-gwa "$A" $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
@@ -129,7 +131,7 @@ echo "DSCP: A's TCP with EF inside $tcp_ef, EF outside $tcp_out_ef; A's echo req
 check "A copies the inner DSCP to the outer header ($tcp_out_ef of $tcp_ef TCP datagrams)" \
     [ "$tcp_ef" -ge 1000 -a "$tcp_out_ef" -eq "$tcp_ef" ]
 check "... and the ECN field ($a_echo_ef of $a_echo echo requests with EF and ECT(0))" [ "$a_echo" -ge 1 -a "$a_echo_ef" -eq "$a_echo" ]
-check "B, with copy_dscp = \"in\" and copy_ecn = false, leaves the outer TOS 0 ($b_echo_zero of $b_echo echo replies)" \
+check "B, whose child says copy_dscp = \"in\" and copy_ecn = false over its [network], leaves the outer TOS 0 ($b_echo_zero of $b_echo echo replies)" \
     [ "$b_echo" -ge 1 -a "$b_echo_zero" -eq "$b_echo" ]
 
 # RFC 6040 section 4.2: a router between the gateways (here B's own

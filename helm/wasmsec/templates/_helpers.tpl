@@ -182,6 +182,12 @@ rekey_time = {{ .rekeyTime }}
 {{- if hasKey . "replayWindow" }}
 replay_window = {{ .replayWindow }}
 {{- end }}
+{{- with .copyDscp }}
+copy_dscp = {{ . | toJson }}
+{{- end }}
+{{- if hasKey . "copyEcn" }}
+copy_ecn = {{ .copyEcn }}
+{{- end }}
 {{- /* Volume and hard lifetimes; int64, as a large number would print as a float. */}}
 {{- $child := . }}
 {{- range $key, $name := dict "rekeyBytes" "rekey_bytes" "rekeyPackets" "rekey_packets" "lifeTime" "life_time" "lifeBytes" "life_bytes" "lifePackets" "life_packets" }}

@@ -198,6 +198,22 @@ pub struct Child {
     /// 3.4.3; 0 turns replay protection off).
     #[serde(default = "default_window")]
     pub replay_window: u32,
+    /// The DSCP between the inner and the outer header of this child's
+    /// CHILD SAs, as `[network] copy_dscp`, whose value it takes where
+    /// unset (strongSwan's per-CHILD_SA `copy_dscp`).
+    #[serde(default)]
+    pub copy_dscp: Option<CopyDscp>,
+    /// The ECN field to the outer header, as `[network] copy_ecn`, whose
+    /// value it takes where unset.
+    #[serde(default)]
+    pub copy_ecn: Option<bool>,
+}
+
+impl Child {
+    /// What the child says of the outer header, over `[network]`.
+    pub fn tos(&self) -> crate::datapath::tos::Override {
+        crate::datapath::tos::Override { dscp: self.copy_dscp, ecn: self.copy_ecn }
+    }
 }
 
 /// What dead peer detection does.

@@ -113,6 +113,24 @@ fn copy_dscp_defaults_to_out_and_takes_strongswans_values() {
 }
 
 #[test]
+fn a_child_may_set_its_own_copy_dscp_and_copy_ecn() {
+    use crate::datapath::tos::Override;
+    let net = "name = \"net\"";
+    let child = |v: &str| Config::parse(&IKE.replace(net, &format!("{net}\n{v}")), "c.toml");
+    assert_eq!(Config::parse(IKE, "c.toml").unwrap().connection[0].children[0].tos(), Override::default());
+    let c = child("copy_dscp = \"in\"\ncopy_ecn = false").unwrap();
+    assert_eq!(c.connection[0].children[0].tos(), Override { dscp: Some(CopyDscp::In), ecn: Some(false) });
+    let c = child("copy_ecn = true").unwrap();
+    assert_eq!(
+        c.connection[0].children[0].tos(),
+        Override { dscp: None, ecn: Some(true) },
+        "the DSCP stays [network]'s"
+    );
+    let e = child("copy_dscp = \"inside\"").unwrap_err().to_string();
+    assert!(e.contains("unknown variant `inside`"), "{e}");
+}
+
+#[test]
 fn raw_esp_send_defaults_to_auto() {
     let net = |v: &str| Config::parse(&format!("{GOOD}\n[network]\n{v}\n"), "t.toml").map(|c| c.network);
     assert_eq!(Config::parse(GOOD, "t.toml").unwrap().network.raw_esp_send, RawEspSend::Auto);

@@ -20,6 +20,7 @@ use wasmsec_ike::{ChildConfig, HardLimits, Timing};
 use wasmsec_wire::ike::{EncrId, IntegId};
 
 use crate::config;
+use crate::datapath::tos::Override;
 use crate::wasm::esp::TrafficSelector;
 
 /// A connection's children's bounds, each by its name.
@@ -43,6 +44,9 @@ pub struct ChildBounds {
     /// The window its inbound SAs get (0: anti-replay off), which the
     /// host holds the ESP guest to (`crate::keys::KeyUse::Open`).
     replay_window: u32,
+    /// What its own `copy_dscp` and `copy_ecn` say of its SAs' outer
+    /// header (not a bound: carried to the data path with the install).
+    tos: Override,
 }
 
 impl Default for ChildBounds {
@@ -55,6 +59,7 @@ impl Default for ChildBounds {
             esp: Vec::new(),
             lifetimes: None,
             replay_window: config::DEFAULT_REPLAY_WINDOW,
+            tos: Override::default(),
         }
     }
 }
@@ -96,6 +101,7 @@ impl ConnectionBounds {
                         ..ChildConfig::default()
                     }),
                     replay_window: ch.replay_window,
+                    tos: ch.tos(),
                 }
             })
             .collect();
@@ -129,6 +135,11 @@ impl ChildBounds {
     /// The anti-replay window of the child's inbound SAs, in packets.
     pub fn replay_window(&self) -> u32 {
         self.replay_window
+    }
+
+    /// The child's own `copy_dscp` and `copy_ecn`.
+    pub fn tos(&self) -> Override {
+        self.tos
     }
 
     /// With the child's lifetimes (RFC 7296 section 2.8: the config's
@@ -413,6 +424,7 @@ remote_ts = ["10.9.0.0/24"]
 esp_proposals = "aes128gcm16"
 life_bytes = 1000000
 replay_window = 64
+copy_dscp = "no"
 "#;
         let cfg = config::Config::parse(text, "two.toml").unwrap();
         let b = ConnectionBounds::of(&cfg.connection[0]);
@@ -431,5 +443,7 @@ replay_window = 64
         assert_eq!(db.hard_limits(&none).unwrap().bytes, 1_000_000);
         assert_eq!((web.replay_window(), db.replay_window()), (config::DEFAULT_REPLAY_WINDOW, 64));
         assert_eq!(ChildBounds::default().replay_window(), config::DEFAULT_REPLAY_WINDOW, "never off unasked");
+        let db_own = Override { dscp: Some(config::CopyDscp::No), ecn: None };
+        assert_eq!((web.tos(), db.tos()), (Override::default(), db_own), "each child its own");
     }
 }

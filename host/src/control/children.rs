@@ -496,6 +496,9 @@ impl Children {
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         let traffic = SaPairTraffic::default();
+        // The outer header as the child the install names says (the
+        // claim above found it in the connection).
+        let tos = self.bounds.get(&c.connection).and_then(|b| b.child(&c.child)).map(|b| b.tos()).unwrap_or_default();
         let inbound = InboundSa {
             spi: c.inbound_spi,
             key: c.inbound_key,
@@ -511,7 +514,7 @@ impl Children {
             group,
             traffic: traffic[0].clone(),
             peer: float_peer,
-            sa: Kept::new(inbound, selectors.clone()),
+            sa: Kept::new(inbound, selectors.clone()).with_tos(tos),
         });
         // Named by our inbound SPI, not the peer's: see `Kept::wire_spi`.
         let out = OutboundSa {
@@ -525,7 +528,7 @@ impl Children {
             remote_ts: Vec::new(),
             limits,
         };
-        let out = Kept::outbound(out, c.outbound_spi, selectors.clone());
+        let out = Kept::outbound(out, c.outbound_spi, selectors.clone()).with_tos(tos);
         self.export_keys(&c, remote, ike);
         if c.outbound_deferred {
             self.deferred.insert(c.inbound_spi, (out, peer, group, traffic[1].clone()));

@@ -169,7 +169,7 @@ impl Loop {
                         follow_peer(&mut self.floats, self.to_outbound.as_ref(), spi, src);
                     }
                     p.truncate(len as usize);
-                    if tos::decap(arrival.tos, p.data_mut(), self.copy.dscp_in).is_err() {
+                    if tos::decap(arrival.tos, p.data_mut(), self.copy.of(spi).dscp_in).is_err() {
                         // RFC 6040 section 4.2: a congestion mark the inner
                         // packet cannot carry.
                         stats::inc(&self.stats.rx_ecn_drops);

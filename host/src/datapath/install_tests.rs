@@ -31,8 +31,8 @@ pub(super) fn test_loop(rt: Arc<Runtime>, ks: Arc<Keystore>) -> Loop {
         sources: Vec::new(),
         staging: Loop::staging_for(64),
         from_domain: Vec::new(),
-        outer_tos: vec![0; 64],
-        copy: super::tos::Copy { dscp_out: true, dscp_in: false, ecn_out: true },
+        inner_tos: vec![0; 64],
+        copy: super::tos::BySa::new(super::tos::Copy::default()),
         traffic: HashMap::new(),
         cutter: Default::default(),
         gso: Default::default(),
@@ -302,6 +302,42 @@ fn outbound_sas_whose_peers_chose_one_spi_both_send_under_it() {
     inst.store.data_mut().batch = vec![packet(1), packet(2)];
     let verdicts = inst.encap(2).expect("no trap");
     assert!(matches!(verdicts[..], [EncapVerdict::Drop(_), EncapVerdict::Send(_)]), "{verdicts:?}");
+}
+
+#[test]
+fn an_sa_sends_with_its_childs_outer_header_until_it_goes() {
+    // The daemon copies DSCP out (the default); one SA's child says "in"
+    // and no ECN, another's nothing. A third SA, refused for an SPI the
+    // first holds, must not take the first's over.
+    let (mut l, ks, to_loop, reports) = wired_loop();
+    let own = tos::Override { dscp: Some(crate::config::CopyDscp::In), ecn: Some(false) };
+    let (k1, first) = add_outbound(&ks, (0x6001, 0xc000_0101), 1, 4, Default::default());
+    let (_, second) = add_outbound(&ks, (0x6002, 0xc000_0102), 2, 5, Default::default());
+    let (_, same_name) = add_outbound(&ks, (0x6001, 0xc000_0103), 3, 6, Default::default());
+    let with_own = |c: SaCommand| match c {
+        SaCommand::AddOutbound { sa, peer, group, traffic } => {
+            SaCommand::AddOutbound { sa: sa.with_tos(own), peer, group, traffic }
+        }
+        other => other,
+    };
+    assert!(to_loop.send(with_own(first)));
+    assert!(to_loop.send(second));
+    l.apply_commands(true);
+    assert!(reports.drain().is_empty(), "both installed");
+    let daemon = tos::Copy::default();
+    let child = tos::Copy { dscp_out: false, dscp_in: true, ecn_out: false };
+    assert_eq!((l.copy.of(0x6001), l.copy.of(0x6002)), (child, daemon));
+    // EF with ECT(0) inside: 0 outside for the first SA, all of it for the other.
+    assert_eq!((tos::outer(0xba, l.copy.of(0x6001)), tos::outer(0xba, l.copy.of(0x6002))), (0, 0xba));
+
+    assert!(to_loop.send(same_name));
+    l.apply_commands(true);
+    assert_eq!(reports.drain().len(), 1, "the duplicate is refused and reported");
+    assert_eq!(l.copy.of(0x6001), child, "the installed SA keeps its child's");
+
+    assert!(to_loop.send(SaCommand::RemoveOutbound { spi: 0x6001, key: k1 }));
+    l.apply_commands(true);
+    assert_eq!(l.copy.of(0x6001), daemon, "gone with its SA");
 }
 
 /// An outbound AES-GCM SA named `name`, sealing under `wire`, from

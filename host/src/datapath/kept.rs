@@ -6,6 +6,7 @@
 //! that installs the SA.
 use std::sync::Arc;
 
+use super::tos::Override;
 use crate::keys::KeyUse;
 use crate::wasm::esp::{InboundSa, OutboundSa, TrafficSelector};
 use crate::wasm::selectors::SaSelectors;
@@ -22,6 +23,9 @@ pub struct Kept<S> {
     /// guests' tables, expiries and removals all go by the name. Only the
     /// sealing grant (`keys::KeyUse::Seal`) writes this one.
     pub wire_spi: u32,
+    /// Its child's own `copy_dscp` and `copy_ecn`, if any (the data
+    /// path's [`super::tos::BySa`] resolves them at the install).
+    pub tos: Override,
 }
 
 /// The two WIT SA records, whose selector lists [`Kept`] holds apart.
@@ -84,7 +88,12 @@ impl<S: SelectorLists> Kept<S> {
     pub fn new(mut sa: S, selectors: Arc<SaSelectors>) -> Kept<S> {
         sa.set_lists(Vec::new(), Vec::new());
         let wire_spi = sa.spi();
-        Kept { sa, selectors, wire_spi }
+        Kept { sa, selectors, wire_spi, tos: Override::default() }
+    }
+
+    /// With its child's own `copy_dscp` and `copy_ecn`.
+    pub fn with_tos(self, tos: Override) -> Kept<S> {
+        Kept { tos, ..self }
     }
 
     /// Keep a whole record, its lists as the selectors; none if one of

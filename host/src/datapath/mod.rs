@@ -240,13 +240,14 @@ pub struct Loop {
     pub staging: Vec<PacketBuf>,
     /// Outbound thread: the domain each staged packet was read from.
     pub from_domain: Vec<usize>,
-    /// Outbound thread: the outer TOS byte for each staged packet (its
-    /// DSCP and ECN copied, `tos.rs`), read before the packet is sealed.
-    pub outer_tos: Vec<u8>,
-    /// What is copied between the inner and the outer TOS byte: the
-    /// outbound thread's encapsulation, the inbound thread's
+    /// Outbound thread: each staged packet's inner TOS byte (IPv4) or
+    /// traffic class (IPv6), read before the packet is sealed; its SA's
+    /// [`tos::Copy`] makes the outer one when it is sent.
+    pub inner_tos: Vec<u8>,
+    /// What is copied between the inner and the outer TOS byte, for each
+    /// SA: the outbound thread's encapsulation, the inbound thread's
     /// decapsulation.
-    pub copy: tos::Copy,
+    pub copy: tos::BySa,
     /// Each SA's traffic counters (from the IKE thread's install), by SPI.
     pub traffic: HashMap<u32, Arc<crate::stats::SaTraffic>>,
     /// Outbound thread: the TSO super-packet being cut.
@@ -433,12 +434,14 @@ impl Loop {
                     // Debug, not info: the control thread has logged the
                     // CHILD SA with its SPIs; a PoP sets up thousands a second.
                     debug!(spi = format_args!("{:08x}", k.sa.spi), peer = %peer.address, group, "data path: sending on outbound SA");
-                    let (index, spi) = (k.sa.peer, k.sa.spi);
+                    let (index, spi, tos) = (k.sa.peer, k.sa.spi, k.tos);
                     let r = self.install(group, Some(k), None);
-                    // Only an SA installed gets the SPI's counters: a refused
-                    // one (its SPI another SA's) must not take them over.
+                    // Only an SA installed gets the SPI's counters (and
+                    // outer header): a refused one (its SPI another SA's)
+                    // must not take them over.
                     if matches!(r, Ok(Installed::Yes)) {
                         self.traffic.insert(spi, traffic);
+                        self.copy.installed(spi, tos);
                     } else {
                         self.peers.release(index);
                     }
@@ -450,7 +453,7 @@ impl Loop {
                     Ok(())
                 }
                 SaCommand::AddInbound { sa, peer, group, traffic } => {
-                    let spi = sa.sa.spi;
+                    let (spi, tos) = (sa.sa.spi, sa.tos);
                     self.hold.settled(spi);
                     debug!(spi = format_args!("{spi:08x}"), group, "data path: accepting on inbound SA");
                     let r = self.install(group, None, Some(sa));
@@ -458,6 +461,7 @@ impl Loop {
                     // SA that was installed, not of one refused.
                     if matches!(r, Ok(Installed::Yes)) {
                         self.traffic.insert(spi, traffic);
+                        self.copy.installed(spi, tos);
                         if let Some(p) = peer {
                             self.floats.insert(spi, p);
                         }
@@ -483,6 +487,7 @@ impl Loop {
                     );
                     if !gone.is_empty() {
                         self.traffic.remove(&spi);
+                        self.copy.removed(spi);
                         debug!(spi = format_args!("{spi:08x}"), "data path: outbound SA removed");
                     }
                     for k in gone {
@@ -519,6 +524,7 @@ impl Loop {
                     );
                     if !gone.is_empty() {
                         self.traffic.remove(&spi);
+                        self.copy.removed(spi);
                         self.floats.remove(&spi);
                         debug!(spi = format_args!("{spi:08x}"), "data path: inbound SA removed");
                     }

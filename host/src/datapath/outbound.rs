@@ -57,10 +57,10 @@ impl Loop {
             }
             let n = self.read_tuns(&ready[1..]);
             for (((slot, p), &d), tos) in
-                slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain).zip(&mut self.outer_tos)
+                slots.iter_mut().zip(&self.staging[..n]).zip(&self.from_domain).zip(&mut self.inner_tos)
             {
                 *slot = self.groups.route_out(d, p.data());
-                *tos = tos::outer(tos::of_inner(p.data()), self.copy);
+                *tos = tos::of_inner(p.data());
             }
             split.each(&slots[..n], |g, idx| {
                 if let Some(verdicts) = self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {
@@ -86,11 +86,11 @@ impl Loop {
                 // the SA that sealed it: anything else would be LAN plaintext
                 // on the WAN, or one tunnel's traffic sent to another's peer.
                 EncapVerdict::Send(peer) if matches!(mark, Mark::Sealed { peer: to, .. } if *to == peer) => {
-                    let spi = match mark {
-                        Mark::Sealed { spi, .. } => Some(*spi),
-                        _ => None,
-                    };
-                    let tos = idx.get(k).and_then(|&i| self.outer_tos.get(i)).copied().unwrap_or(0);
+                    let &Mark::Sealed { spi: sealed_by, .. } = mark else { continue };
+                    let spi = Some(sealed_by);
+                    // The outer DSCP and ECN as the sealing SA's child says.
+                    let inner = idx.get(k).and_then(|&i| self.inner_tos.get(i)).copied().unwrap_or(0);
+                    let tos = tos::outer(inner, self.copy.of(sealed_by));
                     match self.peers.get(peer as usize) {
                         // ESP in UDP: gathered for one GSO send per run of
                         // same-sized datagrams (`gso`).

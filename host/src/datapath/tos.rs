@@ -50,11 +50,68 @@ pub struct Copy {
 impl Copy {
     /// As `[network] copy_dscp` and `copy_ecn` say.
     pub fn of(n: &Network) -> Copy {
-        Copy {
-            dscp_out: matches!(n.copy_dscp, CopyDscp::Out | CopyDscp::Yes),
-            dscp_in: matches!(n.copy_dscp, CopyDscp::In | CopyDscp::Yes),
-            ecn_out: n.copy_ecn,
+        Copy::default().with(Override { dscp: Some(n.copy_dscp), ecn: Some(n.copy_ecn) })
+    }
+
+    /// This, with what a CHILD SA's child says instead.
+    pub fn with(self, o: Override) -> Copy {
+        let (dscp_out, dscp_in) = match o.dscp {
+            Some(d) => (matches!(d, CopyDscp::Out | CopyDscp::Yes), matches!(d, CopyDscp::In | CopyDscp::Yes)),
+            None => (self.dscp_out, self.dscp_in),
+        };
+        Copy { dscp_out, dscp_in, ecn_out: o.ecn.unwrap_or(self.ecn_out) }
+    }
+}
+
+impl Default for Copy {
+    /// RFC 4301 section 5.1.2.1 and RFC 6040's normal mode: out, not in.
+    fn default() -> Copy {
+        Copy { dscp_out: true, dscp_in: false, ecn_out: true }
+    }
+}
+
+/// A child's own `copy_dscp` and `copy_ecn` (`[[connection.children]]`,
+/// strongSwan's per-CHILD_SA options), where it sets them; the rest is
+/// `[network]`'s. The data path resolves it against the daemon's [`Copy`]
+/// when the SA is installed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Override {
+    pub dscp: Option<CopyDscp>,
+    pub ecn: Option<bool>,
+}
+
+/// The [`Copy`] of each SA whose child overrides the daemon's, by SPI;
+/// the SAs without one (the most, and all where no child sets one) cost
+/// nothing here.
+#[derive(Debug, Default)]
+pub struct BySa {
+    daemon: Copy,
+    own: std::collections::HashMap<u32, Copy>,
+}
+
+impl BySa {
+    pub fn new(daemon: Copy) -> BySa {
+        BySa { daemon, own: Default::default() }
+    }
+
+    /// SA `spi` was installed with its child's `o`.
+    pub fn installed(&mut self, spi: u32, o: Override) {
+        let c = self.daemon.with(o);
+        if c != self.daemon {
+            self.own.insert(spi, c);
         }
+    }
+
+    /// SA `spi` is gone.
+    pub fn removed(&mut self, spi: u32) {
+        if !self.own.is_empty() {
+            self.own.remove(&spi);
+        }
+    }
+
+    /// What SA `spi` copies.
+    pub fn of(&self, spi: u32) -> Copy {
+        if self.own.is_empty() { self.daemon } else { self.own.get(&spi).copied().unwrap_or(self.daemon) }
     }
 }
 
@@ -145,6 +202,27 @@ mod tests {
         assert_eq!(outer(0xbb, copy(true, false)), 0xb8);
         assert_eq!(outer(0xbb, copy(false, true)), 0x03);
         assert_eq!(outer(0xbb, copy(false, false)), 0);
+    }
+
+    #[test]
+    fn a_childs_own_values_override_the_daemons_for_its_sas_only() {
+        let daemon = Copy::default();
+        let none = Override::default();
+        assert_eq!(daemon.with(none), daemon, "a child that sets nothing copies as [network] says");
+        let dscp_in = Override { dscp: Some(CopyDscp::In), ecn: None };
+        assert_eq!(daemon.with(dscp_in), Copy { dscp_out: false, dscp_in: true, ecn_out: true });
+        let no_ecn = Override { dscp: None, ecn: Some(false) };
+        let yes = Copy { dscp_out: true, dscp_in: true, ecn_out: true };
+        assert_eq!(yes.with(no_ecn), Copy { ecn_out: false, ..yes }, "the DSCP stays the daemon's");
+        let mut by = BySa::new(daemon);
+        by.installed(1, dscp_in);
+        by.installed(2, none);
+        by.installed(3, Override { dscp: Some(CopyDscp::Out), ecn: Some(true) });
+        assert_eq!((by.of(1), by.of(2), by.of(3), by.of(9)), (daemon.with(dscp_in), daemon, daemon, daemon));
+        assert_eq!(by.own.len(), 1, "only an SA that differs is kept");
+        by.removed(1);
+        assert_eq!(by.of(1), daemon);
+        assert!(by.own.is_empty());
     }
 
     #[test]
