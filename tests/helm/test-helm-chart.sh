@@ -58,6 +58,8 @@ check "schema: an unknown key is refused" \
     refused unknown 'gateway: {mtu: 1400}' "additional properties 'mtu' not allowed"
 check "schema: an unknown key in a connection is refused" \
     refused connkey 'connections: [{name: a, remoteAddrs: ["192.0.2.1"], localId: a, remoteId: b, pskKey: a, psk: x, children: [{name: c, localTs: ["10.0.0.0/8"], remoteTs: ["10.1.0.0/16"]}]}]' "additional properties 'psk' not allowed"
+check "schema: a bare no (a boolean in YAML) for copyDscp is refused" \
+    refused dscp 'gateway: {copyDscp: no}' "copyDscp"
 check "schema: an unknown workload kind is refused" \
     refused kind 'workload: {kind: StatefulSet}' "workload/kind"
 check "schema: a tunnel source of three addresses is refused" \
@@ -132,6 +134,10 @@ check "site-to-site: the rendered config passes wasmsec check-config" "$WASMSEC_
 check "site-to-site: a source address of each family, as a TOML list" \
     grep -qxF 'source = ["10.20.0.1","fd00:20::1"]' "$C/site-to-site.toml"
 check "site-to-site: the child's replay window" grep -qxF 'replay_window = 64' "$C/site-to-site.toml"
+check "default: the outer header's defaults and raw ESP's way out, stated" \
+    bash -c 'grep -qxF "copy_dscp = \"out\"" "$0" && grep -qxF "copy_ecn = true" "$0" && grep -qxF "raw_esp_send = \"auto\"" "$0"' "$C/default.toml"
+check "site-to-site: the gateway's copy_dscp and raw_esp_send" \
+    bash -c 'grep -qxF "copy_dscp = \"yes\"" "$0" && grep -qxF "raw_esp_send = \"ip\"" "$0"' "$C/site-to-site.toml"
 check "site-to-site: the child's outer DSCP and ECN" \
     bash -c 'grep -qxF "copy_dscp = \"no\"" "$0" && grep -qxF "copy_ecn = false" "$0"' "$C/site-to-site.toml"
 check "site-to-site: the child's volume lifetimes, as integers" \

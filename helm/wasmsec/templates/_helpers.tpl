@@ -89,6 +89,9 @@ changes. Connections, tenants and the policy are reloaded in place
 [network]
 listen = {{ .Values.gateway.listen | toJson }}
 raw_esp = {{ .Values.gateway.rawEsp }}
+raw_esp_send = {{ .Values.gateway.rawEspSend | toJson }}
+copy_dscp = {{ .Values.gateway.copyDscp | toJson }}
+copy_ecn = {{ .Values.gateway.copyEcn }}
 
 [tunnel]
 name = {{ .Values.gateway.tunnel.name | toJson }}

@@ -94,11 +94,14 @@ impl BySa {
         BySa { daemon, own: Default::default() }
     }
 
-    /// SA `spi` was installed with its child's `o`.
+    /// SA `spi` was installed with its child's `o` (an earlier SA of
+    /// that SPI's value, if one was left, does not count).
     pub fn installed(&mut self, spi: u32, o: Override) {
         let c = self.daemon.with(o);
         if c != self.daemon {
             self.own.insert(spi, c);
+        } else {
+            self.removed(spi);
         }
     }
 
@@ -220,6 +223,9 @@ mod tests {
         by.installed(3, Override { dscp: Some(CopyDscp::Out), ecn: Some(true) });
         assert_eq!((by.of(1), by.of(2), by.of(3), by.of(9)), (daemon.with(dscp_in), daemon, daemon, daemon));
         assert_eq!(by.own.len(), 1, "only an SA that differs is kept");
+        by.installed(3, dscp_in);
+        by.installed(3, none);
+        assert_eq!(by.of(3), daemon, "the later install of an SPI counts");
         by.removed(1);
         assert_eq!(by.of(1), daemon);
         assert!(by.own.is_empty());
