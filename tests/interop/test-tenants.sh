@@ -21,6 +21,9 @@
 #  3. Tenant a's module loops, traps, allocates without bound: b's
 #     handshakes go on (latency measured against a baseline), b's ping
 #     loses nothing, a's own tunnel keeps its traffic.
+#  0. (Before 1.) Tenant b's `start_action = "trap"` connection: tenant
+#     a's traffic to its destinations starts nothing; b's starts the
+#     negotiation, and the pings after it pass.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 300 bash "$0" "$@"
 C=${WASMSEC_COMPONENTS:-$ROOT/target/components}
@@ -91,6 +94,27 @@ sswan_start wst-pa "$A" initiator 198.18.0.1 $GW pa.wasmsec.test pop.wasmsec.tes
 sswan_start wst-pb "$B" initiator 198.18.0.3 $GW pb.wasmsec.test pop.wasmsec.test 10.0.0.0/24 10.1.0.0/24
 peer_conf "$A" loop=loop.wasmsec.test trap=trap.wasmsec.test alloc=alloc.wasmsec.test probe=probe.wasmsec.test
 peer_conf "$B" probe=probe.wasmsec.test
+# Tenant b's trap connection answers here: 10.0.2.0/24 behind pb, 10.1.2.0/24
+# in tenant b (an address of pb's own inside it, as for the probes).
+nsx wst-pb ip addr add 10.0.2.1/32 dev lan0
+cat >>"$B/swanctl/swanctl.conf" <<CONF
+connections { trap { version = 2
+    local_addrs = 198.18.0.3
+    remote_addrs = $GW
+    proposals = aes256gcm16-prfsha256-x25519
+    mobike = no
+    local { auth = psk
+      id = pbt.wasmsec.test }
+    remote { auth = psk
+      id = pop.wasmsec.test }
+    children { trap { local_ts = 10.0.2.0/24
+      remote_ts = 10.1.2.0/24
+      esp_proposals = aes256gcm16 } } } }
+secrets { ike-trap { id-1 = pbt.wasmsec.test
+  id-2 = pop.wasmsec.test
+  secret = "$PSK" } }
+CONF
+sswan "$B" --load-all --noprompt --file "$B/swanctl/swanctl.conf" >"$B/load3.out" 2>&1
 
 # Tenant a starts with the Python allow-list (componentize-py, under
 # wasmtime-wasi with nothing granted), held to the same table of cases as
@@ -147,6 +171,7 @@ CONF
     conn a-probe a 198.18.0.1 '%any' 10.1.1.0/24 10.0.1.0/24
     conn b-s2s b 198.18.0.3 pb.wasmsec.test 10.1.0.0/24 10.0.0.0/24
     conn b-probe b 198.18.0.3 '%any' 10.1.1.0/24 10.0.1.0/24
+    conn b-trap b 198.18.0.3 pbt.wasmsec.test 10.1.2.0/24 10.0.2.0/24 | sed 's/^tenant = "b"$/tenant = "b"\nstart_action = "trap"/'
 } >"$W/wasmsec.toml"
 # Its output is kept, and shown if the check fails (it failed once on a
 # fresh machine right after test-tenants-100's daemon was killed).
@@ -169,6 +194,32 @@ check "tenant a's tunnel is up (admitted by the Python allow-list, which passed 
     grep -q "policy module serving.* policy=$P/a.wasm .*cases=12" "$W/wasmsec.log"
 check "... and it is up" sswan_up "$A" 10
 check "tenant b's tunnel is up" sswan_up "$B" 10
+
+# ---- 0. a trap connection of tenant b, started by b's traffic only -------------
+trap_child() { sswan "$B" --list-sas --raw 2>/dev/null | grep -q 'trap.*state=INSTALLED'; }
+trap_child_within() { local i; for i in $(seq $(($1 * 5))); do trap_child && return 0; sleep 0.2; done; return 1; }
+initiated() { grep -c 'traffic for a trap connection: initiating.*b-trap' "$W/wasmsec.log" || true; }
+# Tenant a routes the same destination into its own TUN device: its guest
+# has no SA for it, and b's trap is not a's to start.
+nsx wst-ta ip route add 10.0.2.0/24 dev wst-a src 10.1.0.1
+nsx wst-ta ping -n -c 3 -i 0.3 -W 1 10.0.2.1 >/dev/null 2>&1 || true
+sleep 1
+n=$(initiated)
+check "tenant a's traffic to b's trap destination starts nothing ($n initiations)" [ "$n" = 0 ]
+no_trap_child() { ! trap_child_within 2; }
+check "... and brings up no CHILD SA at b's peer" no_trap_child
+nsx wst-tb ip addr add 10.1.2.1/32 dev lo
+nsx wst-tb ping -n -c 2 -i 0.3 -W 1 -I 10.1.2.1 10.0.2.1 >/dev/null 2>&1 || true
+check "tenant b's traffic starts its trap connection" trap_child_within 10
+n=$(initiated)
+check "... once, as the log says ($n initiation)" [ "$n" = 1 ]
+check "... and b's pings pass through it" \
+    bash -c 'ip netns exec wst-tb ping -n -c 5 -i 0.2 -W 2 -I 10.1.2.1 10.0.2.1 | grep -q " 0% packet loss"'
+# Taken down again (it stays down until asked), so the lists below are
+# each tenant's tunnel alone.
+"$WASMSEC_BIN" terminate b-trap --socket "$W/ctl.sock" >"$W/terminate-trap.out" 2>&1 || true
+trap_child_gone() { local i; for i in $(seq 50); do trap_child || return 0; sleep 0.2; done; return 1; }
+check "tenant b's trap connection terminated" trap_child_gone
 
 # ---- 1. the same prefixes, no cross-delivery -------------------------------------
 # Payload patterns tell the tenants apart: a's pings carry 0xaa, b's 0xbb.

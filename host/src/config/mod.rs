@@ -179,12 +179,6 @@ impl Config {
             {
                 return Err(problem(&c.name, format!("{at}: tenant {t:?} is not a configured [[tenant]]")));
             }
-            if c.tenant.is_some() && (c.start_action == StartAction::Trap || c.dpd_action == DpdAction::Hold) {
-                let msg = format!(
-                    "{at}: start_action \"trap\" and dpd_action \"hold\" are not supported for a tenant's connection yet"
-                );
-                return Err(problem(&c.name, msg));
-            }
             if c.start_action != StartAction::None && c.remote_addrs.is_empty() {
                 let msg = format!("{at}: start_action {:?} needs a remote address to initiate to", c.start_action);
                 return Err(problem(&c.name, msg));

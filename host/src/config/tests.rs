@@ -261,13 +261,12 @@ fn tenants_parse_with_their_domains_and_validate() {
             ("netns = \"red-ns\"", "netns = \"../x\"", "must be a name"),
             ("netns = \"red-ns\"", "netns = \"red-ns\"\nmtu = 100", "576-9000"),
             ("netns = \"red-ns\"", "netns = \"red-ns\"\nvrf = \"x\"", "unknown field"),
-            (
-                "tenant = \"red\"",
-                "tenant = \"red\"\nremote_addrs = [\"192.0.2.1\"]\nstart_action = \"trap\"",
-                "not supported for a tenant",
-            ),
         ],
     );
+    // A tenant's connection may wait for its traffic, as the daemon's may.
+    let trap = TENANTS
+        .replace("tenant = \"red\"", "tenant = \"red\"\nremote_addrs = [\"192.0.2.1\"]\nstart_action = \"trap\"");
+    assert_eq!(Config::parse(&trap, "t.toml").unwrap().connection[1].start_action, StartAction::Trap);
 }
 
 #[test]

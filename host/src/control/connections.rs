@@ -160,6 +160,7 @@ fn trap(c: &config::Connection) -> Option<Trap> {
     (c.start_action == StartAction::Trap || hold).then(|| Trap {
         connection: c.name.get_ref().clone(),
         remote: c.children.iter().flat_map(|ch| ch.remote_ts.iter().copied()).collect(),
+        tenant: c.tenant.clone(),
     })
 }
 

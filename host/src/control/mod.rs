@@ -42,6 +42,9 @@ pub struct Trap {
     pub connection: String,
     /// Destinations that trigger it.
     pub remote: Vec<Prefix>,
+    /// The connection's tenant (none: the daemon's own domain), whose
+    /// traffic alone triggers it.
+    pub tenant: Option<String>,
 }
 
 /// Inputs the IKE guest handled since its output (answers, SA changes,
@@ -313,8 +316,8 @@ impl ControlPlane {
                     self.ike.handle_datagram(now, &d)?;
                     Report::Ike { from, data: d.data }
                 }
-                Report::Acquire { dst } => {
-                    self.acquire(now, dst)?;
+                Report::Acquire { domain, dst } => {
+                    self.acquire(now, domain, dst)?;
                     r
                 }
                 Report::Expired { spi, hard } => {
@@ -449,10 +452,12 @@ impl ControlPlane {
     }
 
     /// Traffic without an SA: start the `trap` connection that covers it.
-    fn acquire(&mut self, now: u64, dst: IpAddr) -> anyhow::Result<()> {
+    fn acquire(&mut self, now: u64, domain: usize, dst: IpAddr) -> anyhow::Result<()> {
+        let by_tenant = &self.reload_ctx.domains.by_tenant;
         let hit: Vec<String> = self
             .traps
             .iter()
+            .filter(|t| t.tenant.as_ref().map_or(Some(0), |n| by_tenant.get(n).copied()) == Some(domain))
             .filter(|t| t.remote.iter().any(|p| p.contains(&dst)))
             .map(|t| t.connection.clone())
             .collect();

@@ -85,8 +85,10 @@ pub enum Report {
     /// An IKE message that came in on the NAT-T port (behind the non-ESP
     /// marker, RFC 3948 section 2.2), marker removed.
     Ike { from: SocketAddrV4, data: Vec<u8> },
-    /// Traffic for a destination no SA covers (may start a `trap` connection).
-    Acquire { dst: IpAddr },
+    /// Traffic of routing domain `domain` (0: the daemon's own, else a
+    /// tenant's) for a destination no SA covers (may start a `trap`
+    /// connection of that domain).
+    Acquire { domain: usize, dst: IpAddr },
     /// The SA with this SPI passed a soft (`hard` false) or hard limit.
     Expired { spi: u32, hard: bool },
     /// The SA with this SPI could not be installed (see

@@ -1,4 +1,5 @@
 //! TUN -> ESP component (encap) -> UDP 4500 or raw ESP.
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddrV4;
 use std::os::fd::AsRawFd;
@@ -17,8 +18,28 @@ use crate::stats;
 use crate::sys;
 use crate::wasm::esp::{DropReason, EncapVerdict, EspInstance, Mark};
 
-/// How often traffic without an SA may ask for a `trap` connection.
+/// How often traffic without an SA may ask for a `trap` connection, per
+/// routing domain (a tenant's traffic does not hold back another's).
 const ACQUIRE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// When each domain's traffic last asked for a `trap` connection.
+#[derive(Default)]
+struct Acquires {
+    last: HashMap<usize, Instant>,
+}
+
+impl Acquires {
+    /// Whether `domain` may ask now (and then not again for a while).
+    fn may(&mut self, domain: usize, now: Instant) -> bool {
+        match self.last.get(&domain) {
+            Some(t) if now.saturating_duration_since(*t) < ACQUIRE_INTERVAL => false,
+            _ => {
+                self.last.insert(domain, now);
+                true
+            }
+        }
+    }
+}
 
 impl Loop {
     /// Run until the daemon stops.
@@ -26,7 +47,7 @@ impl Loop {
         // The manual tunnels' peers are in the table from the start.
         self.count_peers();
         let mut fds = self.poll_fds();
-        let mut last_acquire = Instant::now() - Duration::from_secs(10);
+        let mut acquires = Acquires::default();
         let mut last_expiry = Instant::now();
         let mut slots = vec![0usize; self.batch];
         let mut split = Split::default();
@@ -62,20 +83,31 @@ impl Loop {
                 *slot = self.groups.route_out(d, p.data());
                 *tos = tos::of_inner(p.data());
             }
-            split.each(&slots[..n], |g, idx| {
-                if let Some(verdicts) = self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {
-                    self.act_outbound(g, idx, verdicts, &mut last_acquire);
-                }
-                self.take_back(g, idx);
-            });
+            split.each(&slots[..n], |g, idx| self.outbound_group(g, idx, &mut acquires));
         }
     }
 
+    /// Seal group `g`'s share `idx` of the staged packets and send what
+    /// its guest sealed.
+    fn outbound_group(&mut self, g: usize, idx: &[usize], acquires: &mut Acquires) {
+        match self.call_group(g, idx, Direction::Outbound, EspInstance::encap) {
+            Some(verdicts) => self.act_outbound(g, idx, verdicts, acquires),
+            // A tenant's group without SAs has no instance to ask
+            // (`call_group` dropped its packets as no policy), but its
+            // traffic may be for a `trap` connection of its.
+            None if self.groups.list[g].inst.is_none() => {
+                if let Some(&i) = idx.first() {
+                    self.acquire(acquires, self.groups.list[g].domain, self.staging[i].data());
+                }
+            }
+            None => {}
+        }
+        self.take_back(g, idx);
+    }
+
     /// Send what group `g`'s guest sealed; count the rest.
-    fn act_outbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<EncapVerdict>, last_acquire: &mut Instant) {
-        // Only the daemon's own domain has `trap` connections: a tenant's
-        // traffic never starts a negotiation of another domain's.
-        let may_acquire = self.groups.list[g].domain == 0;
+    fn act_outbound(&mut self, g: usize, idx: &[usize], verdicts: Vec<EncapVerdict>, acquires: &mut Acquires) {
+        let domain = self.groups.list[g].domain;
         // Verdicts come from a call on the instance, so it is there.
         let Some(inst) = &self.groups.list[g].inst else { return };
         let st = inst.store.data();
@@ -114,13 +146,8 @@ impl Loop {
                     debug!(reason = r.name(), "outbound drop");
                     self.stats.out_drop(r);
                     // Traffic without an SA may start a `trap` connection.
-                    if r == DropReason::NoPolicy
-                        && may_acquire
-                        && last_acquire.elapsed() > ACQUIRE_INTERVAL
-                        && let (Some(up), Some(dst)) = (&self.up, destination(p.data()))
-                    {
-                        up.send(Report::Acquire { dst });
-                        *last_acquire = Instant::now();
+                    if r == DropReason::NoPolicy {
+                        self.acquire(acquires, domain, p.data());
                     }
                 }
             }
@@ -234,6 +261,20 @@ impl Loop {
 /// The destination of an inner IPv4 or IPv6 packet (what a `trap`
 /// connection's remote subnets are matched against), as the selectors'
 /// parse reads it.
+impl Loop {
+    /// Traffic of routing domain `domain`, inner packet `p`, met no SA:
+    /// ask the control thread for a `trap` connection of that domain (only
+    /// of that domain: a tenant's traffic never starts another domain's
+    /// negotiation), at most once per [`ACQUIRE_INTERVAL`] per domain.
+    fn acquire(&self, acquires: &mut Acquires, domain: usize, p: &[u8]) {
+        if let (Some(up), Some(dst)) = (&self.up, destination(p))
+            && acquires.may(domain, Instant::now())
+        {
+            up.send(Report::Acquire { domain, dst });
+        }
+    }
+}
+
 fn destination(p: &[u8]) -> Option<std::net::IpAddr> {
     match Selectors::parse(p).ok()?.dst {
         Address::V4(a) => Some(a.into()),
@@ -244,6 +285,50 @@ fn destination(p: &[u8]) -> Option<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_without_an_sa_asks_for_a_trap_connection_of_its_own_domain() {
+        use super::super::install_tests::{udp_to_net, wired_loop};
+        let (mut l, _ks, _to_loop, reports) = wired_loop();
+        let mut acquires = Acquires::default();
+        let asked = |reports: &super::super::channel::Receiver<Report>| -> Vec<(usize, std::net::IpAddr)> {
+            reports
+                .drain()
+                .into_iter()
+                .filter_map(|r| match r {
+                    Report::Acquire { domain, dst } => Some((domain, dst)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The group's guest has no SA for it (no policy): the host asks,
+        // naming the group's domain.
+        l.groups.list[0].domain = 2;
+        l.staging[0] = udp_to_net(7);
+        l.outbound_group(0, &[0], &mut acquires);
+        assert_eq!(asked(&reports), [(2, "10.0.7.9".parse().unwrap())]);
+        // A tenant's group with no SA yet has no instance: the host asks
+        // all the same, once per interval.
+        l.groups.list[0].inst = None;
+        l.groups.list[0].domain = 3;
+        for _ in 0..2 {
+            l.staging[0] = udp_to_net(8);
+            l.outbound_group(0, &[0], &mut acquires);
+        }
+        assert_eq!(asked(&reports), [(3, "10.0.8.9".parse().unwrap())]);
+        assert_eq!(l.stats.out_drops(DropReason::NoPolicy), 3, "each dropped and counted");
+    }
+
+    #[test]
+    fn each_domain_may_ask_for_a_trap_connection_twice_a_second() {
+        let mut a = Acquires::default();
+        let t0 = Instant::now();
+        assert!(a.may(0, t0) && a.may(3, t0), "each domain its own first");
+        assert!(!a.may(0, t0 + Duration::from_millis(100)) && !a.may(3, t0 + Duration::from_millis(499)));
+        assert!(a.may(0, t0 + ACQUIRE_INTERVAL), "and again after the interval");
+        assert!(!a.may(0, t0 + ACQUIRE_INTERVAL + Duration::from_millis(1)));
+        assert!(a.may(3, t0 + ACQUIRE_INTERVAL));
+    }
 
     #[test]
     fn a_trap_is_matched_on_either_family_s_destination() {
