@@ -64,13 +64,12 @@ A=$STATE/pa B=$STATE/pb W=$STATE/gw P=$STATE/gw/policies
 mkdir -p "$A" "$B" "$W" "$P"
 (umask 077; printf '%s' "$PSK" >"$W/psk")
 
-# strongSwan peers: the tunnel of each tenant, and probe connections with
-# other identities for tenant a's (hostile) and b's policy.
-peer_conf() { # DIR ID ... : extra connections NAME=ID
-    local d=$1; shift
-    for x in "$@"; do
-        local n=${x%%=*} id=${x#*=}
-        cat >>"$d/swanctl/swanctl.conf" <<CONF
+# peer_conn DIR NAME ID LTS RTS: one more connection at the strongSwan peer
+# in DIR, which answers wasmsec with identity ID for a CHILD SA of those
+# selectors; loaded at once.
+peer_conn() {
+    local d=$1 n=$2 id=$3
+    cat >>"$d/swanctl/swanctl.conf" <<CONF
 connections { $n { version = 2
     local_addrs = $(sed -n 's/^ *local_addrs = //p' "$d/swanctl/swanctl.conf" | head -1)
     remote_addrs = $GW
@@ -80,15 +79,20 @@ connections { $n { version = 2
       id = $id }
     remote { auth = psk
       id = pop.wasmsec.test }
-    children { $n { local_ts = 10.0.1.0/24
-      remote_ts = 10.1.1.0/24
+    children { $n { local_ts = $4
+      remote_ts = $5
       esp_proposals = aes256gcm16 } } } }
 secrets { ike-$n { id-1 = $id
   id-2 = pop.wasmsec.test
   secret = "$PSK" } }
 CONF
-    done
-    sswan "$d" --load-all --noprompt --file "$d/swanctl/swanctl.conf" >"$d/load2.out" 2>&1
+    sswan "$d" --load-all --noprompt --file "$d/swanctl/swanctl.conf" >"$d/load-$n.out" 2>&1
+}
+# strongSwan peers: the tunnel of each tenant, and probe connections with
+# other identities for tenant a's (hostile) and b's policy.
+peer_conf() { # DIR NAME=ID ...
+    local d=$1 x; shift
+    for x in "$@"; do peer_conn "$d" "${x%%=*}" "${x#*=}" 10.0.1.0/24 10.1.1.0/24; done
 }
 sswan_start wst-pa "$A" initiator 198.18.0.1 $GW pa.wasmsec.test pop.wasmsec.test 10.0.0.0/24 10.1.0.0/24
 sswan_start wst-pb "$B" initiator 198.18.0.3 $GW pb.wasmsec.test pop.wasmsec.test 10.0.0.0/24 10.1.0.0/24
@@ -97,24 +101,7 @@ peer_conf "$B" probe=probe.wasmsec.test
 # Tenant b's trap connection answers here: 10.0.2.0/24 behind pb, 10.1.2.0/24
 # in tenant b (an address of pb's own inside it, as for the probes).
 nsx wst-pb ip addr add 10.0.2.1/32 dev lan0
-cat >>"$B/swanctl/swanctl.conf" <<CONF
-connections { trap { version = 2
-    local_addrs = 198.18.0.3
-    remote_addrs = $GW
-    proposals = aes256gcm16-prfsha256-x25519
-    mobike = no
-    local { auth = psk
-      id = pbt.wasmsec.test }
-    remote { auth = psk
-      id = pop.wasmsec.test }
-    children { trap { local_ts = 10.0.2.0/24
-      remote_ts = 10.1.2.0/24
-      esp_proposals = aes256gcm16 } } } }
-secrets { ike-trap { id-1 = pbt.wasmsec.test
-  id-2 = pop.wasmsec.test
-  secret = "$PSK" } }
-CONF
-sswan "$B" --load-all --noprompt --file "$B/swanctl/swanctl.conf" >"$B/load3.out" 2>&1
+peer_conn "$B" trap pbt.wasmsec.test 10.0.2.0/24 10.1.2.0/24
 
 # Tenant a starts with the Python allow-list (componentize-py, under
 # wasmtime-wasi with nothing granted), held to the same table of cases as
@@ -384,24 +371,7 @@ ip netns add wst-tc; NS+=(wst-tc)
 nsx wst-tc ip link set lo up
 nsx wst-tc ip addr add 10.1.3.1/32 dev lo
 nsx wst-pb ip addr add 10.0.3.1/32 dev lan0
-cat >>"$B/swanctl/swanctl.conf" <<CONF
-connections { c { version = 2
-    local_addrs = 198.18.0.3
-    remote_addrs = $GW
-    proposals = aes256gcm16-prfsha256-x25519
-    mobike = no
-    local { auth = psk
-      id = pc.wasmsec.test }
-    remote { auth = psk
-      id = pop.wasmsec.test }
-    children { c { local_ts = 10.0.3.0/24
-      remote_ts = 10.1.3.0/24
-      esp_proposals = aes256gcm16 } } } }
-secrets { ike-c { id-1 = pc.wasmsec.test
-  id-2 = pop.wasmsec.test
-  secret = "$PSK" } }
-CONF
-sswan "$B" --load-all --noprompt --file "$B/swanctl/swanctl.conf" >"$B/load3.out" 2>&1
+peer_conn "$B" c pc.wasmsec.test 10.0.3.0/24 10.1.3.0/24
 python3 - "$W/wasmsec.toml" <<'PY'
 import re, sys
 p = sys.argv[1]
