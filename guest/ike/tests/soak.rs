@@ -52,10 +52,14 @@ fn a_lossy_soak_of_every_lifecycle_event_settles_to_one_ike_sa_and_one_pair() {
         ),
     ];
     for (vi, (conf_a, conf_b, loss, seeds)) in variants.iter().enumerate() {
-        for seed in 1..=*seeds {
+        for seed in first_seed()..=*seeds {
             let pairs = if conf_a.extra_child.is_some() { 2 } else { 1 };
             let mut a = side(A, B, conf_a);
             let mut b = side(B, A, conf_b);
+            // The engines' nonces and SPIs from the seed too, so that a
+            // failing seed fails again (WASMSEC_SOAK_FIRST_SEED to start there).
+            a.crypto.test_random = Some(seed.wrapping_mul(0xa076_1d64_78bd_642f) ^ (vi as u64) << 56 | 1);
+            b.crypto.test_random = Some(seed.wrapping_mul(0xe703_7ed1_a0b4_28db) ^ (vi as u64) << 56 | 1);
             let mut chaos = Chaos(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let mut lossy = Chaos(seed.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1);
             a.engine.initiate(0, "site", &mut a.crypto).unwrap();
@@ -109,7 +113,7 @@ fn a_lossy_soak_of_every_lifecycle_event_settles_to_one_ike_sa_and_one_pair() {
                 b.logs.iter().rev().take(30).collect::<Vec<_>>()
             );
             let settled = (a.engine.ike_sa_count(), b.engine.ike_sa_count()) == (1, 1)
-                && (a.engine.established(), b.engine.established()) == ((1, 1), (1, 1))
+                && (a.engine.established(), b.engine.established()) == ((1, pairs), (1, pairs))
                 && (a.crypto.vault.len(), b.crypto.vault.len()) == (2, 2);
             if !settled {
                 // Both engines' logs for the post-mortem (with WASMSEC_SOAK_DEBUG=1
@@ -149,6 +153,10 @@ impl Chaos {
 
 /// Seeds per soak variant, each 500 s of virtual time: 100 by default (a
 /// few seconds), more with `WASMSEC_SOAK_SEEDS` when hunting.
+fn first_seed() -> u64 {
+    std::env::var("WASMSEC_SOAK_FIRST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
 fn soak_seeds() -> u64 {
     std::env::var("WASMSEC_SOAK_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
 }

@@ -21,6 +21,10 @@ pub struct EngineCrypto {
     started: Instant,
     /// The policy decisions (tests); none: accept everyone.
     pub policy: Option<TestPolicy>,
+    /// A seeded stream for the engine's nonces and SPIs instead of the
+    /// vault's randomness (tests), so that a run of a randomised test
+    /// repeats from its seed.
+    pub test_random: Option<u64>,
 }
 
 /// A policy decision function (tests).
@@ -29,7 +33,14 @@ pub type TestPolicy = Box<dyn FnMut(&wasmsec_ike::AuthorizeRequest) -> wasmsec_i
 impl EngineCrypto {
     pub fn new(vault: Vault) -> EngineCrypto {
         // ESP handles far from the vault's, so a mix-up shows.
-        EngineCrypto { vault, esp: HashMap::new(), next_esp: 1 << 40, started: Instant::now(), policy: None }
+        EngineCrypto {
+            vault,
+            esp: HashMap::new(),
+            next_esp: 1 << 40,
+            started: Instant::now(),
+            policy: None,
+            test_random: None,
+        }
     }
 }
 
@@ -47,7 +58,15 @@ impl IkeCrypto for EngineCrypto {
     }
 
     fn random(&mut self, buf: &mut [u8]) {
-        self.vault.random(buf)
+        let Some(state) = &mut self.test_random else { return self.vault.random(buf) };
+        for chunk in buf.chunks_mut(8) {
+            // xorshift64*: not for keys, only to repeat a test's choices.
+            *state ^= *state >> 12;
+            *state ^= *state << 25;
+            *state ^= *state >> 27;
+            let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
     }
 
     fn cookie(&mut self, spi_i: u64, ni: &[u8], initiator: IpAddr, offered: Option<&[u8]>) -> Option<Vec<u8>> {
