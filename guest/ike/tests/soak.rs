@@ -151,12 +151,14 @@ impl Chaos {
     }
 }
 
-/// Seeds per soak variant, each 500 s of virtual time: 100 by default (a
-/// few seconds), more with `WASMSEC_SOAK_SEEDS` when hunting.
+/// The first seed of each variant: 1, or `WASMSEC_SOAK_FIRST_SEED` to go
+/// on with a search where the last one ended.
 fn first_seed() -> u64 {
     std::env::var("WASMSEC_SOAK_FIRST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
+/// Seeds per soak variant, each 500 s of virtual time: 100 by default (a
+/// few seconds), more with `WASMSEC_SOAK_SEEDS` when hunting.
 fn soak_seeds() -> u64 {
     std::env::var("WASMSEC_SOAK_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
 }
