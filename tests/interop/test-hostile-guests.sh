@@ -503,9 +503,10 @@ limitless_down() {
     ip -n wsi-gwb addr del 198.18.26.1/32 dev lo 2>/dev/null || true
     echo $alive
 }
-# limitless_counts STATUS: A's guest protocol errors and sa_expired drops.
+# limitless_counts STATUS: A's guest protocol errors, sa_expired drops and
+# unknown_spi drops.
 limitless_counts() {
-    python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["esp"]; print(e["guest_protocol_errors"], e["inbound_drops"]["sa_expired"])' "$1"
+    python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["esp"]; d=e["inbound_drops"]; print(e["guest_protocol_errors"], d["sa_expired"], d["unknown_spi"])' "$1"
 }
 
 # A burst of 60 UDP datagrams from B to A's address in the tunnel, then one
@@ -544,15 +545,19 @@ for _ in range(60): s.sendto(b"x" * 64, (sys.argv[2], 9))' "$1" "$2"; }
     local per_spi
     per_spi=$(tcpdump -r "$A/wan.pcap" -n "src host $WAN_A" 2>/dev/null | grep -o 'spi=0x[0-9a-f]*' |
         awk '{ if (!($0 in n)) order[k++] = $0; n[$0]++ } END { for (i = 0; i < k; i++) printf "%s ", n[order[i]] }')
-    local errors expired now_spis after
-    read -r errors expired <<<"$(limitless_counts "$A/status.json")"
+    local errors expired unknown now_spis after
+    read -r errors expired unknown <<<"$(limitless_counts "$A/status.json")"
     now_spis=$(spis_of "$A/status.json")
     after=$(grep -c "bytes from" "$A/ping-after.out" || true)
-    echo "$what: ESP packets A sent per SPI: $per_spi; inbound sa_expired drops: $expired; protocol errors: $errors; CHILD SAs $first -> $now_spis; pings after: $after/5"
+    echo "$what: ESP packets A sent per SPI: $per_spi; inbound sa_expired drops: $expired, unknown_spi: $unknown; protocol errors: $errors; CHILD SAs $first -> $now_spis; pings after: $after/5"
     read -r -a counts <<<"$per_spi"
     local most=0 c
     for c in "${counts[@]}"; do [ "$c" -gt "$most" ] && most=$c; done
-    check "$what: of B's 60 datagrams A delivered at most 20, the rest dropped ($expired sa_expired)" [ "$expired" -ge 40 ]
+    # The 21st is refused by the host's count (sa_expired) and reported;
+    # IKE then deletes the CHILD SA, with no inbound linger, so what of the
+    # burst comes later (a slow or busy B spreads it) finds no SA at all.
+    check "$what: of B's 60 datagrams A delivered at most 20, the rest dropped ($expired sa_expired, $unknown after the SA went)" \
+        [ "$expired" -ge 1 -a $((expired + unknown)) -ge 40 ]
     check "$what: of A's 60 an outbound SA sealed exactly its 20, none more (per SPI: $per_spi)" [ "$most" -eq 20 ]
     check "$what: A's host reported the hard limit the guest kept quiet" \
         grep -q "SA at its limit by the host's count before the ESP guest said so.*limit=\"hard\"" "$A/wasmsec.log"
@@ -580,7 +585,7 @@ life_packets = 1000"
     local alive
     alive=$(limitless_down "$A" "$B")
     local errors expired now_spis got
-    read -r errors expired <<<"$(limitless_counts "$A/status.json")"
+    read -r errors expired _ <<<"$(limitless_counts "$A/status.json")"
     now_spis=$(spis_of "$A/status.json")
     got=$(grep -c "bytes from" "$A/ping.out" || true)
     echo "$what: CHILD SAs $first -> $now_spis; pings $got/15; sa_expired drops: $expired; protocol errors: $errors"
