@@ -244,7 +244,7 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let st = b.ike.store.data_mut();
     let swapped = ChildSa { inbound_key: cb.outbound_key, outbound_key: cb.inbound_key, ..cb.clone() };
     assert_eq!(st.claim_child_keys(&swapped, alg, any), KeyClaim::NotDerived, "swapped");
-    let KeyClaim::Granted { lineage, life_ms, replay_window } = st.claim_child_keys(&cb, alg, any) else {
+    let KeyClaim::Granted { lineage, life_ms, replay_window, .. } = st.claim_child_keys(&cb, alg, any) else {
         panic!("B's own CHILD SA")
     };
     assert_eq!(life_ms, 3_960_000, "the host holds it to its hard lifetime, 110 % of the rekey time");

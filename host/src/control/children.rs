@@ -442,8 +442,9 @@ impl Children {
             ike.forfeit_child_keys(&c);
             return false;
         };
-        let (lineage, life_ms, replay_window) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection)) {
-            KeyClaim::Granted { lineage, life_ms, replay_window } => (lineage, life_ms, replay_window),
+        let (lineage, life_ms, replay_window, tos) = match ike.claim_child_keys(&c, alg, self.bounds.get(&c.connection))
+        {
+            KeyClaim::Granted { lineage, life_ms, replay_window, tos } => (lineage, life_ms, replay_window, tos),
             KeyClaim::NotDerived => {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), "IKE guest installed keys that were not derived for this CHILD SA: refused");
                 return false;
@@ -496,9 +497,6 @@ impl Children {
         let limits: SaLimits = c.limits;
         let group = self.groups.get(&c.connection).copied().unwrap_or(0);
         let traffic = SaPairTraffic::default();
-        // The outer header as the child the install names says (the
-        // claim above found it in the connection).
-        let tos = self.bounds.get(&c.connection).and_then(|b| b.child(&c.child)).map(|b| b.tos()).unwrap_or_default();
         let inbound = InboundSa {
             spi: c.inbound_spi,
             key: c.inbound_key,

@@ -107,9 +107,7 @@ impl BySa {
 
     /// SA `spi` is gone.
     pub fn removed(&mut self, spi: u32) {
-        if !self.own.is_empty() {
-            self.own.remove(&spi);
-        }
+        self.own.remove(&spi);
     }
 
     /// What SA `spi` copies.

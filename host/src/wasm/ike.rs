@@ -110,7 +110,7 @@ pub enum KeyClaim {
     /// connection: the IKE SA lineage it belongs to, the CHILD SA's hard
     /// lifetime in ms (0: none), which the host holds it to, and its
     /// child's anti-replay window.
-    Granted { lineage: u64, life_ms: u64, replay_window: u32 },
+    Granted { lineage: u64, life_ms: u64, replay_window: u32, tos: crate::datapath::tos::Override },
     /// Not a pair derived here (or installed already, swapped, another
     /// transform): the guest lies about its keys.
     NotDerived,
@@ -302,11 +302,12 @@ impl IkeState {
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
         } else {
-            let (life_ms, replay_window) = (
+            let (life_ms, replay_window, tos) = (
                 life.map_or(0, |l| l.time_ms),
                 bounds.map_or(crate::config::DEFAULT_REPLAY_WINDOW, |b| b.replay_window()),
+                bounds.map(|b| b.tos()).unwrap_or_default(),
             );
-            return KeyClaim::Granted { lineage: d.lineage, life_ms, replay_window };
+            return KeyClaim::Granted { lineage: d.lineage, life_ms, replay_window, tos };
         };
         self.destroy_child_keys(outbound, inbound);
         claim
