@@ -3,7 +3,8 @@
 # peer: list, initiate, rekey, terminate through `wasmsec <verb>` on the
 # Unix socket and on TCP with a bearer token; a wrong token, malformed JSON
 # and an unknown connection are refused with a 4xx and change nothing; the
-# SA and connection lists come in pages that the CLI follows.
+# SA and connection lists come in pages that the CLI follows; `initiate`
+# of a connection that is up replaces its IKE SA make-before-break.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 150 bash "$0" "$@"
 
@@ -16,6 +17,7 @@ sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
 WASMSEC_CONTROL_EXTRA="api = \"$API\"
 api_token = \"file:$B/token\"
+metrics = \"127.0.0.1:9471\"
 watch_config = true" \
     wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none \
     aes256gcm16-prfsha256-x25519 aes256gcm16-x25519
@@ -156,6 +158,32 @@ check "list-conns --json over pages of one: both connections, by name" \
 w list-conns --page-size 1 >"$B/conns-paged.txt"
 check "list-conns as a table over pages: one header, both connections" \
     [ "$(grep -c 'IKE/CHILD SAs' "$B/conns-paged.txt") $(grep -cE '^  (extra|s2s) ' "$B/conns-paged.txt")" = "1 2" ]
+# initiate on a connection that is up: a second IKE SA, without
+# INITIAL_CONTACT, replaces the first once its CHILD SA is up
+# (make-before-break), and strongSwan is left with one IKE SA too.
+ike_spis() { w list-sas --json | python3 -c 'import json,sys; print(" ".join(sorted(i["spi"] for i in json.load(sys.stdin)["ike_sas"])))'; }
+sswan_ikes() { swanctl --list-sas --uri "unix://$A/charon.vici" 2>/dev/null | grep -c '^s2s: #' || true; }
+ike_before=$(ike_spis) sas=$(children)
+nsx wsi-hosta ping -n -i 0.05 -c 100 -W 1 $HOST_B >"$STATE/ping2.out" 2>&1 &
+PING=$!
+sleep 1
+check "initiate on a connection that is up" w initiate s2s
+for _ in $(seq 50); do
+    [ "$(ike_spis)" != "$ike_before" ] && [ "$(wc -w <<<"$(ike_spis)")" = 1 ] && [ "$(sswan_ikes)" = 1 ] && break
+    sleep 0.2
+done
+wait $PING || true
+check "a new IKE SA replaced the first ($ike_before -> $(ike_spis))" \
+    [ "$(wc -w <<<"$(ike_spis)")" = 1 -a "$(ike_spis)" != "$ike_before" ]
+check "... with a new CHILD SA ($sas -> $(children))" [ "$(wc -w <<<"$(children)")" = 1 -a "$(children)" != "$sas" ]
+check "... strongSwan has one IKE SA of s2s ($(sswan_ikes))" [ "$(sswan_ikes)" = 1 ]
+check "... and dropped none for INITIAL_CONTACT" bash -c "! grep -qi 'INITIAL_CONTACT.*delet\|deleting duplicate\|destroying duplicate' '$A/charon.log'"
+check "... the older one deleted as a duplicate, in the log" grep -q "IKE_SA $ike_before duplicates IKE_SA" "$B/wasmsec.log"
+check "... and in /metrics" bash -c "ip netns exec wsi-gwb python3 -c 'import urllib.request
+print(urllib.request.urlopen(\"http://127.0.0.1:9471/metrics\", timeout=5).read().decode())' |
+    grep -q '^wasmsec_ike_duplicates_deleted_total{connection=\"s2s\",tenant=\"\"} 1\$'"
+check "no ping lost across the replacement ($(grep -c 'bytes from' "$STATE/ping2.out" || true)/100)" \
+    grep -q " 0% packet loss" "$STATE/ping2.out"
 check "terminate over the socket" w terminate s2s
 for _ in $(seq 25); do [ -z "$(children)" ] && break; sleep 0.2; done
 check "no CHILD SA left" [ -z "$(children)" ]

@@ -533,6 +533,7 @@ fn wit_counters(s: &wasmsec_ike::Stats, half_open: u64) -> wit::Counters {
         child_rekeys: s.child_rekeys,
         ike_rekeys: s.ike_rekeys,
         reauths: s.reauths,
+        duplicates_deleted: s.duplicates_deleted,
     }
 }
 

@@ -67,6 +67,9 @@ pub struct Stats {
     pub ike_rekeys: u64,
     /// Reauthentications started.
     pub reauths: u64,
+    /// IKE SAs we deleted because we had authenticated another, later one
+    /// with the same peer for the same connection (a duplicate).
+    pub duplicates_deleted: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.
     pub half_open_drops: u64,
     /// IKE_SA_INIT requests dropped by the per-source rate limit.

@@ -336,3 +336,44 @@ fn a_responder_asks_for_reauthentication_and_only_the_initiator_does_it() {
     assert_eq!((a.engine.established(), b.engine.established()), ((0, 0), (0, 0)));
     assert_eq!((a.crypto.esp.len(), b.crypto.esp.len()), (0, 0));
 }
+
+#[test]
+fn a_second_initiation_replaces_the_first_make_before_break() {
+    // `initiate` on a connection that is up: a second IKE SA with its own
+    // CHILD SAs, without INITIAL_CONTACT (the peer keeps the first); once
+    // they are up, A deletes the older IKE SA, which it authenticated too.
+    let extra: (&[&str], &[&str]) = (&["198.18.11.0/24"], &["198.18.12.0/24"]);
+    let conf = Conf { extra_child: Some(extra), ..Default::default() };
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &conf);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    assert_eq!(a.engine.established(), (1, 2));
+    let first: Vec<u32> = a.installed.iter().map(|c| c.inbound_spi).collect();
+    a.engine.initiate(5_000, "site", &mut a.crypto).unwrap();
+    run_from(&mut a, &mut b, 5_000, 10_000, &mut all);
+    assert_eq!((a.up, a.down, b.up, b.down), (2, 1, 2, 1), "{:?}", a.logs);
+    assert!(!b.log_has("INITIAL_CONTACT"), "the peer dropped nothing at once: {:?}", b.logs);
+    assert!(a.log_has("duplicates IKE_SA"), "{:?}", a.logs);
+    assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (1, 0));
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_eq!((a.engine.established(), b.engine.established()), ((1, 2), (1, 2)));
+    assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+    assert_live_pairs(&a, &b, 2);
+    assert!(
+        a.installed
+            .iter()
+            .filter(|c| a.crypto.esp.contains_key(&c.inbound_key))
+            .all(|c| !first.contains(&c.inbound_spi))
+    );
+    // Both CHILD SAs were up at every moment, on both sides.
+    assert_eq!((a.live_min, b.live_min), (2, 2), "{:?}", a.logs);
+
+    // Later ones go the same way, and the kept IKE SA still rekeys and
+    // lives on (no DELETE for it from either side).
+    a.engine.initiate(12_000, "site", &mut a.crypto).unwrap();
+    run_from(&mut a, &mut b, 12_000, 60_000, &mut all);
+    assert_eq!(a.engine.stats().duplicates_deleted, 2);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert_live_pairs(&a, &b, 2);
+}

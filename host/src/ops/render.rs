@@ -104,6 +104,12 @@ pub static IKE_COUNTERS: &[IkeCounter] = &[
     per_connection(c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "soft")), |c| c.lifetime_soft)),
     per_connection(c(EXPIRIES, EXPIRIES_HELP, Some(("limit", "hard")), |c| c.lifetime_hard)),
     per_connection(c("wasmsec_reauthentications_total", "IKE_SA reauthentications started.", None, |c| c.reauths)),
+    per_connection(c(
+        "wasmsec_ike_duplicates_deleted_total",
+        "IKE_SAs deleted because a later one with the same peer for the same connection was authenticated.",
+        None,
+        |c| c.duplicates_deleted,
+    )),
     per_connection(c("wasmsec_dpd_checks_total", "Liveness checks sent (RFC 7296 section 2.4).", None, |c| {
         c.dpd_checks
     })),

@@ -273,6 +273,9 @@ pub(crate) fn create_next(sa: &mut IkeSa, ctx: &mut Ctx) -> bool {
                     crate::sa::lifecycle::finish_reauth(sa, ctx, old);
                 }
             }
+            // Its CHILD SAs are up: an older IKE SA of ours it duplicates
+            // goes.
+            crate::sa::duplicates::retire_duplicates(sa, ctx);
             false
         }
     }

@@ -69,12 +69,16 @@ pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, Pendin
         .psk_auth(keys, psk, &sa.init.request, &sa.nr, &idi.body())
         .map_err(|e| Error::failed(format!("crypto operation failed: {e:?}")))?;
     let spi = ctx.new_requested_esp_spi(sa);
+    // Section 2.4: INITIAL_CONTACT says this is the only IKE SA with the
+    // peer, who drops the others at once. Not when reauthenticating, nor
+    // beside another IKE SA with the peer (a second initiation): the old
+    // one must live until the new one has its CHILD SAs, and then goes by
+    // a DELETE (`sa::duplicates`).
+    let initial_contact = sa.replaces.is_none() && !ctx.has_twin(sa);
     let c = &ctx.conns[sa.conn];
     let child = &c.children[0];
     let mut ps = vec![Payload::IdI(idi)];
-    // Not when reauthenticating: the old IKE SA must live until the new
-    // one has its CHILD SAs (section 2.4).
-    if sa.replaces.is_none() {
+    if initial_contact {
         ps.push(Payload::notify(NotifyType::InitialContact, Vec::new()));
     }
     if let Identity::Id(idr) = &c.remote_id {
@@ -228,6 +232,7 @@ fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
 /// are freed (a retransmitted IKE_AUTH request gets the cached response).
 fn established(sa: &mut IkeSa, ctx: &mut Ctx, peer: &Identification, role: &str) {
     sa.state = State::Established;
+    sa.authenticated_at = ctx.now;
     ctx.count(sa.conn, |s| &mut s.ike_established);
     lifecycle::schedule_ike_rekey(sa, ctx);
     lifecycle::schedule_reauth(sa, ctx);

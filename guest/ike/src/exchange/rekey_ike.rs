@@ -71,6 +71,7 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         children_tried: old.children_tried.clone(),
         next_keepalive: old.next_keepalive,
         auth_initiator: old.auth_initiator,
+        authenticated_at: old.authenticated_at,
         grant: old.grant.clone(),
         ..IkeSa::fresh(old.conn, old.local, old.remote, ctx.now)
     };

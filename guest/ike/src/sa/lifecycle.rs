@@ -206,15 +206,23 @@ fn follow_successor(ctx: &mut Ctx, from: u64, to: u64) {
 pub(crate) fn finish_reauth(new: &IkeSa, ctx: &mut Ctx, old: u64) {
     let Some(mut o) = ctx.sas.remove(&old) else { return };
     ctx.info(new.conn, format!("reauthenticated: IKE_SA {:016x} replaces {old:016x}", new.our_spi()));
+    retire(&mut o, ctx);
+    ctx.sas.insert(old, o);
+}
+
+/// Delete an IKE SA another one has replaced: now if it is idle, else once
+/// its exchange in flight is done (an IKE rekey in flight hands the close
+/// on to its successor). It starts nothing more meanwhile.
+pub(crate) fn retire(o: &mut IkeSa, ctx: &mut Ctx) {
     o.rekey_ike_at = 0;
+    o.reauth_at = 0;
     o.children.iter_mut().for_each(|c| c.rekey_at = 0);
     o.owed.recreate.clear();
     if o.established() && o.request.is_none() {
-        informational::send_delete_ike(&mut o, ctx);
+        informational::send_delete_ike(o, ctx);
     } else {
         o.owed.close = true;
     }
-    ctx.sas.insert(old, o);
 }
 
 /// Everything an IKE SA carries on to its successor (a rekey, or the
@@ -249,6 +257,9 @@ pub(crate) fn hand_over(old: &mut IkeSa, new: &mut IkeSa, ctx: &mut Ctx) {
     } else {
         schedule_ike_rekey(new, ctx);
     }
+    // A duplicate that came about unseen ends at the next IKE rekey of
+    // either.
+    super::duplicates::retire_duplicates(new, ctx);
 }
 
 /// Move the CHILD SAs of `old` to the IKE SA with our SPI `to` (the winner

@@ -228,6 +228,10 @@ pub(crate) struct IkeSa {
     /// Reauthentication: the IKE SA (our SPI) this one replaces once its
     /// CHILD SAs are up.
     pub replaces: Option<u64>,
+    /// When the authentication this IKE SA stems from completed (engine
+    /// milliseconds, kept across rekeys): of two IKE SAs we authenticated
+    /// with the same peer for one connection, the later one stays.
+    pub authenticated_at: u64,
     /// When IKE_SA_INIT began (engine milliseconds).
     pub created_at: u64,
     /// Last time an authentic message came from the peer.
@@ -272,6 +276,7 @@ impl IkeSa {
             reauth_at: 0,
             auth_initiator: false,
             replaces: None,
+            authenticated_at: 0,
             grant: crate::policy::Grant::default(),
             created_at: now,
             last_rx: now,

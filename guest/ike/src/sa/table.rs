@@ -23,8 +23,8 @@ use super::state::{IkeSa, State};
 /// Format of a checkpoint; a guest refuses checkpoints of another version.
 /// Version 3 names the SA's connection by name, not by its index: a
 /// replacement gets the connections loaded now, not every one that ever
-/// was, so the indexes differ.
-const VERSION: u8 = 3;
+/// was, so the indexes differ. Version 4 adds `authenticated_at`.
+const VERSION: u8 = 4;
 
 /// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
 /// marks the SA as touched. Each SA is boxed: the table keeps a slot for
