@@ -2,7 +2,8 @@
 # IKEv2 between two wasmsec gateways: the tunnel comes up by itself
 # (start_action = start on A), pings pass both ways, without a NAT the
 # CHILD SA uses raw ESP (IP protocol 50), and terminating the connection
-# deletes the SAs on both sides.
+# deletes the SAs on both sides; when both ends initiate at once, one IKE
+# SA is left (the greater identity's).
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 200 bash "$0" "$@"
 
@@ -31,4 +32,22 @@ gone() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; s=json.load(sys.
 check "A deleted its SAs and keys (only the PSK is left)" gone "$A"
 check "B deleted its SAs and keys on the peer's DELETE" gone "$B"
 check "traffic no longer flows" bash -c "! ip netns exec wsi-hosta ping -n -c 2 -W 1 $HOST_B >/dev/null"
+
+# Both ends initiate at once: two IKE SAs, each with a CHILD SA. A's
+# identity (gwa...) is the lesser, so A deletes the one it initiated and
+# B's stays; whichever order the two handshakes took, one IKE SA is left.
+sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; s=json.load(sys.stdin); print(len(s["ike_sas"]), len(s["child_sas"]))'; }
+wasmsec_ctl "$A" initiate s2s &
+ONE=$!
+wasmsec_ctl "$B" initiate s2s
+wait $ONE
+for _ in $(seq 50); do
+    [ "$(sas "$A")" = "1 1" ] && [ "$(sas "$B")" = "1 1" ] && grep -q "which the peer initiated: deleting it" "$A/wasmsec.log" && break
+    sleep 0.2
+done
+check "both initiating at once: one IKE SA and one CHILD SA left on A ($(sas "$A")) and B ($(sas "$B"))" \
+    [ "$(sas "$A") $(sas "$B")" = "1 1 1 1" ]
+check "... A deleted its own as a duplicate of B's" grep -q "which the peer initiated: deleting it" "$A/wasmsec.log"
+check "... B deleted none" bash -c "! grep -q 'duplicates IKE_SA' '$B/wasmsec.log'"
+check "... the one left carries traffic" ping_ok wsi-hosta $HOST_B
 finish

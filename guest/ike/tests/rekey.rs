@@ -377,3 +377,46 @@ fn a_second_initiation_replaces_the_first_make_before_break() {
     assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
     assert_live_pairs(&a, &b, 2);
 }
+
+#[test]
+fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
+    // Both ends start the connection at about the same time: two IKE SAs,
+    // each with its CHILD SA. A's identity (gwa.interop.test) is the lesser,
+    // so A deletes the one it initiated and B's stays; B deletes nothing.
+    for (first_b, delay) in [(false, 0u64), (false, 3), (true, 3)] {
+        let conf = Conf::default();
+        let mut a = side(A, B, &conf);
+        let mut b = side(B, A, &conf);
+        let (x, y) = if first_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
+        x.engine.initiate(0, "site", &mut x.crypto).unwrap();
+        y.engine.initiate(delay, "site", &mut y.crypto).unwrap();
+        run(&mut a, &mut b, 60_000, &mut all);
+        let what = format!("B first {first_b}, {delay} ms: {:?}\n{:?}", a.logs, b.logs);
+        assert_eq!((a.up, b.up), (2, 2), "{what}");
+        assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (1, 0), "{what}");
+        assert!(a.log_has("which the peer initiated: deleting it"), "{what}");
+        assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
+        assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
+        let (da, db) = (a.engine.describe(), b.engine.describe());
+        assert!(da[0].contains(" Established R ") && db[0].contains(" Established I "), "B's stayed: {da:?} {db:?}");
+        assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
+        assert_live_pairs(&a, &b, 1);
+        assert_eq!((a.live_min, b.live_min), (1, 1), "a CHILD SA up at every moment: {what}");
+    }
+    // The same with any one datagram lost (a lost IKE_AUTH carrying
+    // INITIAL_CONTACT is sent again after the other IKE SA came up): one
+    // IKE SA and one pair at both ends, whichever it is.
+    for lost in 0..16 {
+        let conf = Conf::default();
+        let mut a = side(A, B, &conf);
+        let mut b = side(B, A, &conf);
+        a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+        b.engine.initiate(0, "site", &mut b.crypto).unwrap();
+        run(&mut a, &mut b, 200_000, &mut |n, _| n != lost);
+        let what = format!("datagram {lost} lost: {:?}\n{:?}", a.logs, b.logs);
+        assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
+        assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
+        assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2), "{what}");
+        assert_live_pairs(&a, &b, 1);
+    }
+}

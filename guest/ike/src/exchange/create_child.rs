@@ -251,7 +251,8 @@ fn check_answer(
 pub(crate) fn create_next(sa: &mut IkeSa, ctx: &mut Ctx) -> bool {
     let n = ctx.conns[sa.conn].children.len();
     // Only the IKE SA's initiator brings up the connection's other children.
-    let next = (0..n).find(|i| sa.initiator && !sa.children_tried.contains(i));
+    // Nor on an IKE SA that is closing (a duplicate, or terminated).
+    let next = (0..n).find(|i| sa.initiator && !sa.owed.close && !sa.children_tried.contains(i));
     match next {
         Some(cfg) => {
             sa.children_tried.push(cfg);

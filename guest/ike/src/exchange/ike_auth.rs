@@ -71,10 +71,13 @@ pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, Pendin
     let spi = ctx.new_requested_esp_spi(sa);
     // Section 2.4: INITIAL_CONTACT says this is the only IKE SA with the
     // peer, who drops the others at once. Not when reauthenticating, nor
-    // beside another IKE SA with the peer (a second initiation): the old
-    // one must live until the new one has its CHILD SAs, and then goes by
-    // a DELETE (`sa::duplicates`).
-    let initial_contact = sa.replaces.is_none() && !ctx.has_twin(sa);
+    // beside another IKE SA with the peer in any state (a second
+    // initiation, or the peer initiating at the same time): the old one
+    // must live until the new one has its CHILD SAs, and then goes by a
+    // DELETE (`sa::duplicates`).
+    let me = sa.our_spi();
+    let alone = ctx.sas.with_peer(sa.conn, sa.remote.addr, |_| true).iter().all(|&k| k == me);
+    let initial_contact = sa.replaces.is_none() && alone;
     let c = &ctx.conns[sa.conn];
     let child = &c.children[0];
     let mut ps = vec![Payload::IdI(idi)];
@@ -212,14 +215,21 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
         replace_old_sas(sa, ctx, &idi);
     }
     established(sa, ctx, &idi, "responder");
+    // Its CHILD SA is up: a duplicate of ours may go (`sa::duplicates`).
+    crate::sa::duplicates::retire_duplicates(sa, ctx);
     super::respond_encrypted(sa, ctx, ExchangeType::IkeAuth, mid, &out);
     Fate::Keep
 }
 
 /// INITIAL_CONTACT (section 2.4): the peer has no other IKE SAs with us,
-/// so ours with the same identity are stale.
+/// so ours with the same identity are stale: those authenticated before
+/// this IKE SA's IKE_SA_INIT came. One that came up since is the peer's
+/// own or ours from two ends initiating at once (its INITIAL_CONTACT may
+/// have been lost and sent again); `sa::duplicates` ends such a pair by a
+/// DELETE, where dropping it here would leave the peer holding it alone.
 fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
-    let stale = ctx.sas.with_peer(new.conn, new.remote.addr, IkeSa::established);
+    let stale =
+        ctx.sas.with_peer(new.conn, new.remote.addr, |s| s.established() && s.authenticated_at < new.created_at);
     for k in stale {
         if let Some(old) = ctx.sas.remove(&k) {
             lifecycle::drop_sa(old, ctx, &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)));

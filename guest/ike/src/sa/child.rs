@@ -126,6 +126,8 @@ pub(crate) fn install(
     ctx.count(sa.conn, |s| &mut s.child_installed);
     ctx.out.sa_changes.push_back(SaChange::Install(child));
     ctx.info(sa.conn, msg);
+    // One more CHILD SA may make this IKE SA cover a duplicate.
+    super::duplicates::retire_duplicates(sa, ctx);
     Ok(())
 }
 

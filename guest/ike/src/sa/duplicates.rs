@@ -1,47 +1,62 @@
-//! Duplicate IKE SAs: two we authenticated with the same peer for the same
-//! connection, each with its CHILD SAs.
+//! Duplicate IKE SAs: two with the same peer for the same connection,
+//! each with its CHILD SAs.
 //!
 //! RFC 7296 allows them (section 2.4 leaves it to INITIAL_CONTACT and
 //! local policy), but they double every rekey and split a tunnel's traffic
 //! over two sets of SAs. A reauthentication makes one on purpose and
 //! deletes the old one once the new one's CHILD SAs are up. One also comes
-//! from `initiate` on a connection that is up, and from races the
-//! reauthentication's own bookkeeping does not see (a reauthentication
-//! crossing a rekey or a DPD restart under loss). So the end that
-//! authenticated both keeps the later one and deletes the other, once the
-//! later one has a CHILD SA for every CHILD config the other has: a
-//! make-before-break replacement, as strongSwan's `unique = replace` does
-//! for a peer's identity.
+//! from `initiate` on a connection that is up, from both ends initiating
+//! at once, and from races the reauthentication's own bookkeeping does not
+//! see (a reauthentication crossing a rekey or a DPD restart under loss).
+//! Of two IKE SAs we initiated, the later one stays and the other goes
+//! once the later one has a CHILD SA for every CHILD config the other has:
+//! a make-before-break replacement, as strongSwan's `unique = replace`
+//! does for a peer's identity.
 //!
-//! Only the end that sent both IKE_AUTH requests decides: it is one end,
-//! so the two never delete both. IKE SAs the peer authenticated are the
-//! peer's to judge (two ends initiating at once make one of each; that
-//! case is left as it is).
+//! One end decides for each IKE SA, so the two never delete both: the end
+//! that sent its IKE_AUTH request. When the two ends initiated one each at
+//! once (both with `start_action = "start"`), the end whose own identity
+//! is the lesser (as ID payload bodies, which both ends see alike, NAT or
+//! not) deletes its own; a connection with `remote_id = "%any"` does not
+//! know the peer's in advance and leaves such a pair alone.
 
 use super::lifecycle;
 use super::state::IkeSa;
 use crate::ctx::Ctx;
+use crate::identity::Identity;
 
-/// An IKE SA that may be compared: established, ours, not closing, not in
-/// a reauthentication (as new or as old: that one ends by itself), and not
-/// the loser of a simultaneous rekey waiting for its DELETE.
+/// An IKE SA that may be compared: established, not closing, not in a
+/// reauthentication of ours (as new or as old: that one ends by itself),
+/// and not the loser of a simultaneous rekey waiting for its DELETE.
 fn comparable(sa: &IkeSa) -> bool {
-    sa.established() && sa.auth_initiator && !sa.owed.close && sa.replaces.is_none() && sa.redundant_at == 0
+    sa.established() && !sa.owed.close && sa.replaces.is_none() && sa.redundant_at == 0
 }
 
-/// `a` was authenticated later than `b` (the greater SPI breaks a tie).
-fn later(a: &IkeSa, b: &IkeSa) -> bool {
-    (a.authenticated_at, a.our_spi()) > (b.authenticated_at, b.our_spi())
+/// Which of two IKE SAs stays: with `yields`, one the peer authenticated
+/// before one of ours; then the later one (the greater SPI breaks a tie).
+fn rank(sa: &IkeSa, yields: bool) -> (bool, u64, u64) {
+    (sa.auth_initiator != yields, sa.authenticated_at, sa.our_spi())
 }
 
-/// `newer` has a CHILD SA of each CHILD config `older` has one of.
-fn covers(newer: &IkeSa, older: &IkeSa) -> bool {
-    older.children.iter().all(|o| newer.children.iter().any(|n| n.cfg == o.cfg))
+/// Our identity is the lesser of the connection's two (a pair the two
+/// ends initiated at once keeps the peer's IKE SA); unknown with a
+/// `%any` remote identity.
+fn yields(ctx: &Ctx, conn: usize) -> bool {
+    match (&ctx.conns[conn].local_id, &ctx.conns[conn].remote_id) {
+        (Identity::Id(ours), Identity::Id(theirs)) => ours.body() < theirs.body(),
+        _ => false,
+    }
+}
+
+/// `keep` has a CHILD SA of each CHILD config `other` has one of.
+fn covers(keep: &IkeSa, other: &IkeSa) -> bool {
+    other.children.iter().all(|o| keep.children.iter().any(|n| n.cfg == o.cfg))
 }
 
 /// Compare `sa` (out of the table: the SA being worked on) with the other
-/// IKE SAs of its connection and peer, keep the latest, and retire each
-/// other that it covers (`sa` itself included).
+/// IKE SAs of its connection and peer, keep the one that ranks first, and
+/// retire each other one of ours that it covers (`sa` itself included).
+/// The peer's are the peer's to delete.
 pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
     if !comparable(sa) {
         return;
@@ -59,12 +74,13 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
         return;
     }
     others.retain(|k| !replaced.contains(k));
-    let latest = others.iter().copied().reduce(|b, k| if later(&ctx.sas[&k], &ctx.sas[&b]) { k } else { b });
-    match latest.filter(|k| later(&ctx.sas[k], sa)) {
+    let y = yields(ctx, sa.conn);
+    let first = others.iter().copied().max_by_key(|k| rank(&ctx.sas[k], y));
+    match first.filter(|k| rank(&ctx.sas[k], y) > rank(sa, y)) {
         None => retire_covered(sa, &others, ctx),
         Some(k) => {
             let Some(keep) = ctx.sas.remove(&k) else { return };
-            if covers(&keep, sa) {
+            if sa.auth_initiator && covers(&keep, sa) {
                 retire_one(sa, &keep, ctx);
             }
             others.retain(|&o| o != k);
@@ -74,25 +90,29 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
     }
 }
 
-/// Retire each of the IKE SAs `olders` (in the table) that `keep` covers.
-fn retire_covered(keep: &IkeSa, olders: &[u64], ctx: &mut Ctx) {
-    for &k in olders {
+/// Retire each of our IKE SAs `others` (in the table) that `keep` covers.
+fn retire_covered(keep: &IkeSa, others: &[u64], ctx: &mut Ctx) {
+    for &k in others {
         let Some(mut o) = ctx.sas.remove(&k) else { continue };
-        if covers(keep, &o) {
+        if o.auth_initiator && covers(keep, &o) {
             retire_one(&mut o, keep, ctx);
         }
         ctx.sas.insert(k, o);
     }
 }
 
+/// Close `old` at the next tick, once no exchange of ours is in flight on
+/// it (it may be the SA whose message is being answered right now).
 fn retire_one(old: &mut IkeSa, keep: &IkeSa, ctx: &mut Ctx) {
+    let whose = if keep.auth_initiator { "we authenticated later" } else { "the peer initiated" };
     let msg = format!(
-        "IKE_SA {:016x} duplicates IKE_SA {:016x} with {}, which we authenticated later: deleting it",
+        "IKE_SA {:016x} duplicates IKE_SA {:016x} with {}, which {whose}: deleting it",
         old.our_spi(),
         keep.our_spi(),
         old.remote.addr
     );
     ctx.warn(old.conn, msg);
     ctx.count(old.conn, |s| &mut s.duplicates_deleted);
-    lifecycle::retire(old, ctx);
+    lifecycle::wind_down(old);
+    old.owed.close = true;
 }

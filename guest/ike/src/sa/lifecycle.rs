@@ -188,6 +188,14 @@ fn start_reauth(old: &mut IkeSa, ctx: &mut Ctx) {
     }
 }
 
+/// An IKE SA on its way out starts no rekey, reauthentication or CHILD SA.
+pub(crate) fn wind_down(o: &mut IkeSa) {
+    o.rekey_ike_at = 0;
+    o.reauth_at = 0;
+    o.children.iter_mut().for_each(|c| c.rekey_at = 0);
+    o.owed.recreate.clear();
+}
+
 /// IKE SA `from` handed over to `to`: references to it follow. A
 /// reauthentication under way must replace the successor (or both would
 /// live on), and a collision record naming it waits on the successor.
@@ -214,10 +222,7 @@ pub(crate) fn finish_reauth(new: &IkeSa, ctx: &mut Ctx, old: u64) {
 /// its exchange in flight is done (an IKE rekey in flight hands the close
 /// on to its successor). It starts nothing more meanwhile.
 pub(crate) fn retire(o: &mut IkeSa, ctx: &mut Ctx) {
-    o.rekey_ike_at = 0;
-    o.reauth_at = 0;
-    o.children.iter_mut().for_each(|c| c.rekey_at = 0);
-    o.owed.recreate.clear();
+    wind_down(o);
     if o.established() && o.request.is_none() {
         informational::send_delete_ike(o, ctx);
     } else {
