@@ -50,4 +50,20 @@ check "both initiating at once: one IKE SA and one CHILD SA left on A ($(sas "$A
 check "... A deleted its own as a duplicate of B's" grep -q "which the peer initiated: deleting it" "$A/wasmsec.log"
 check "... B deleted none" bash -c "! grep -q 'duplicates IKE_SA' '$B/wasmsec.log'"
 check "... the one left carries traffic" ping_ok wsi-hosta $HOST_B
+
+# B initiates while A's IKE SA is up: A deletes its own once B's CHILD SA
+# is up, and sends on B's as its DELETE is acknowledged (not 2 s later),
+# so a ping stream through the replacement loses nothing.
+wasmsec_ctl "$B" terminate s2s >/dev/null
+for _ in $(seq 25); do [ "$(sas "$A") $(sas "$B")" = "0 0 0 0" ] && break; sleep 0.2; done
+wasmsec_ctl "$A" initiate s2s >/dev/null
+check "A's IKE SA up again" wasmsec_up "$A" 10
+nsx wsi-hosta ping -n -i 0.05 -c 80 -W 1 $HOST_B >"$STATE/ping.out" 2>&1 &
+PING=$!
+sleep 1
+wasmsec_ctl "$B" initiate s2s >/dev/null
+wait $PING || true
+check "B's initiation replaced A's IKE SA: one each ($(sas "$A"), $(sas "$B")), A deleted 2 in all" \
+    [ "$(sas "$A") $(sas "$B") $(grep -c 'which the peer initiated: deleting it' "$A/wasmsec.log")" = "1 1 1 1 2" ]
+check "no ping lost across it ($(grep -c 'bytes from' "$STATE/ping.out" || true)/80)" grep -q " 0% packet loss" "$STATE/ping.out"
 finish

@@ -67,8 +67,9 @@ pub struct Stats {
     pub ike_rekeys: u64,
     /// Reauthentications started.
     pub reauths: u64,
-    /// IKE SAs we deleted because we had authenticated another, later one
-    /// with the same peer for the same connection (a duplicate).
+    /// IKE SAs we initiated and deleted as duplicates of another IKE SA with
+    /// the same peer for the same connection: a later one of ours, or the
+    /// peer's when both ends initiated at once (`sa::duplicates`).
     pub duplicates_deleted: u64,
     /// IKE_SA_INIT requests dropped at the half-open cap.
     pub half_open_drops: u64,

@@ -52,13 +52,9 @@ fn child_sas_are_rekeyed_make_before_break_without_leaks() {
     // starts before the old one stops, and the old inbound half lingers for
     // packets still on the way (RFC 7296 section 2.8).
     for side in [&a, &b] {
-        let mut live = 0i32;
-        for (i, step) in side.datapath.iter().enumerate() {
-            live += if step.starts_with('+') { 1 } else { -1 };
-            assert!(live >= 1 || i == 0, "no outbound SA after {step:?}: {:?}", side.datapath);
-            if step.starts_with('-') {
-                assert!(step.ends_with(&format!("linger {DELETED_INBOUND_LINGER_MS}")), "{step}");
-            }
+        assert_always_sending(side);
+        for step in side.datapath.iter().filter(|s| s.starts_with('-')) {
+            assert!(step.ends_with(&format!("linger {DELETED_INBOUND_LINGER_MS}")), "{step}");
         }
     }
 }
@@ -366,8 +362,10 @@ fn a_second_initiation_replaces_the_first_make_before_break() {
             .filter(|c| a.crypto.esp.contains_key(&c.inbound_key))
             .all(|c| !first.contains(&c.inbound_spi))
     );
-    // Both CHILD SAs were up at every moment, on both sides.
+    // Both CHILD SAs were up and sending at every moment, on both sides.
     assert_eq!((a.live_min, b.live_min), (2, 2), "{:?}", a.logs);
+    assert_always_sending(&a);
+    assert_always_sending(&b);
 
     // Later ones go the same way, and the kept IKE SA still rekeys and
     // lives on (no DELETE for it from either side).
@@ -402,7 +400,28 @@ fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
         assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
         assert_live_pairs(&a, &b, 1);
         assert_eq!((a.live_min, b.live_min), (1, 1), "a CHILD SA up at every moment: {what}");
+        // ... and sending: A's half of B's CHILD SA waited for the DELETE
+        // of A's own IKE SA, and started as it was acknowledged.
+        assert_always_sending(&a);
+        assert_always_sending(&b);
     }
+    // B initiates while A's IKE SA is up: A sends on B's CHILD SA only once
+    // its own IKE SA is gone (as after a reauthentication), and starts as
+    // B acknowledges the DELETE, not a moment later.
+    let conf = Conf::default();
+    let mut a = side(A, B, &conf);
+    let mut b = side(B, A, &conf);
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    b.engine.initiate(5_000, "site", &mut b.crypto).unwrap();
+    run_from(&mut a, &mut b, 5_000, 60_000, &mut all);
+    assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (1, 0), "{:?}", a.logs);
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1));
+    assert!(a.installed.last().is_some_and(|c| c.outbound_deferred), "{:?}", a.installed);
+    assert_live_pairs(&a, &b, 1);
+    assert_always_sending(&a);
+    assert_always_sending(&b);
+
     // The same with any one datagram lost (a lost IKE_AUTH carrying
     // INITIAL_CONTACT is sent again after the other IKE SA came up): one
     // IKE SA and one pair at both ends, whichever it is.

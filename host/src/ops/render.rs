@@ -106,7 +106,7 @@ pub static IKE_COUNTERS: &[IkeCounter] = &[
     per_connection(c("wasmsec_reauthentications_total", "IKE_SA reauthentications started.", None, |c| c.reauths)),
     per_connection(c(
         "wasmsec_ike_duplicates_deleted_total",
-        "IKE_SAs deleted because a later one with the same peer for the same connection was authenticated.",
+        "IKE_SAs deleted as duplicates of another with the same peer for the same connection.",
         None,
         |c| c.duplicates_deleted,
     )),

@@ -92,13 +92,6 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     if let Some(c) = sa.ike_collision.take() {
         lifecycle::adopt_children(sa, ctx, c.what);
     }
-    // A reauthenticated successor may now send on its CHILD SAs.
-    let twins = ctx.sas.with_peer(sa.conn, sa.remote.addr, |o| !o.deferred.is_empty());
-    for k in twins {
-        if let Some(mut o) = ctx.sas.remove(&k) {
-            child::activate_deferred(&mut o, ctx, u64::MAX);
-            ctx.sas.insert(k, o);
-        }
-    }
+    child::activate_twins(sa, ctx);
     Fate::Drop("peer sent DELETE".into())
 }

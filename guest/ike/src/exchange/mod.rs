@@ -235,7 +235,12 @@ pub(crate) fn response_received(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, d: Dat
     let Some(req) = sa.request.take() else { return Fate::Keep };
     match req.exchange {
         InFlight::Auth(pending) => ike_auth::response(sa, ctx, pending, ps),
-        InFlight::DeleteIke => Fate::Drop("DELETE acknowledged".into()),
+        InFlight::DeleteIke => {
+            // A duplicate's survivor that the peer initiated sends once
+            // this one is gone (`sa::duplicates`), as after the peer's DELETE.
+            crate::sa::child::activate_twins(sa, ctx);
+            Fate::Drop("DELETE acknowledged".into())
+        }
         InFlight::RekeyIke(ours) => rekey_ike::response(sa, ctx, ours, ps),
         InFlight::DeleteChild(old) => {
             crate::sa::child::remove(

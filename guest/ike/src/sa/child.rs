@@ -149,6 +149,19 @@ pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str, kee
     ctx.info(sa.conn, msg);
 }
 
+/// IKE SA `old` is going (a DELETE, the peer's or our acknowledged one):
+/// an IKE SA that came up beside it, whose outbound halves wait for that
+/// (a reauthentication, or a duplicate's survivor), may now send on them.
+pub(crate) fn activate_twins(old: &IkeSa, ctx: &mut Ctx) {
+    let twins = ctx.sas.with_peer(old.conn, old.remote.addr, |o| !o.deferred.is_empty());
+    for k in twins {
+        if let Some(mut o) = ctx.sas.remove(&k) {
+            activate_deferred(&mut o, ctx, u64::MAX);
+            ctx.sas.insert(k, o);
+        }
+    }
+}
+
 /// Start sending on deferred outbound SAs whose time has come (all of
 /// them with `now = u64::MAX`, when the old SA's DELETE arrived).
 pub(crate) fn activate_deferred(sa: &mut IkeSa, ctx: &mut Ctx, now: u64) {

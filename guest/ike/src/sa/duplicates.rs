@@ -61,8 +61,11 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
     if !comparable(sa) {
         return;
     }
-    let me = sa.our_spi();
-    let mut others = ctx.sas.with_peer(sa.conn, sa.remote.addr, comparable);
+    // Beside one the peer initiated, only ours may go: the peer's others
+    // are not compared (a peer with many IKE SAs from one address costs
+    // no more than the lookup).
+    let (me, mine) = (sa.our_spi(), sa.auth_initiator);
+    let mut others = ctx.sas.with_peer(sa.conn, sa.remote.addr, |s| comparable(s) && (mine || s.auth_initiator));
     others.retain(|&k| k != me);
     if others.is_empty() {
         return;

@@ -229,8 +229,9 @@ pub(crate) struct IkeSa {
     /// CHILD SAs are up.
     pub replaces: Option<u64>,
     /// When the authentication this IKE SA stems from completed (engine
-    /// milliseconds, kept across rekeys): of two IKE SAs we authenticated
-    /// with the same peer for one connection, the later one stays.
+    /// milliseconds, kept across rekeys): of two IKE SAs we initiated with
+    /// the same peer for one connection, the later one stays; INITIAL_CONTACT
+    /// drops only those authenticated before the new one's IKE_SA_INIT.
     pub authenticated_at: u64,
     /// When IKE_SA_INIT began (engine milliseconds).
     pub created_at: u64,

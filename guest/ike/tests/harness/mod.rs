@@ -387,6 +387,16 @@ pub fn assert_live_pairs(a: &Side, b: &Side, n: usize) {
     assert_eq!((a.installed.len() - a.deleted, b.installed.len() - b.deleted), (n, n));
 }
 
+/// The data path had an outbound SA at every moment after the first one
+/// came: each new one started before the old one stopped.
+pub fn assert_always_sending(side: &Side) {
+    let mut live = 0i32;
+    for (i, step) in side.datapath.iter().enumerate() {
+        live += if step.starts_with('+') { 1 } else { -1 };
+        assert!(live >= 1 || i == 0, "no outbound SA after {step:?}: {:?}", side.datapath);
+    }
+}
+
 /// Deliver `from`'s queued datagrams to `to` (one direction only).
 pub fn deliver_all(from: &mut Side, to: &mut Side, now: u64) {
     from.drain();
