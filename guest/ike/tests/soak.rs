@@ -140,10 +140,7 @@ struct Chaos(u64);
 
 impl Chaos {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        wasmsec_crypto::ike_engine::test_stream(&mut self.0)
     }
 
     fn one_in(&mut self, n: u64) -> bool {

@@ -27,6 +27,16 @@ pub struct EngineCrypto {
     pub test_random: Option<u64>,
 }
 
+/// The next value of a seeded xorshift64* stream: not for keys, only to
+/// repeat a randomised test's choices from its seed (`test_random`, and
+/// the tests' own chaos).
+pub fn test_stream(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// A policy decision function (tests).
 pub type TestPolicy = Box<dyn FnMut(&wasmsec_ike::AuthorizeRequest) -> wasmsec_ike::Decision>;
 
@@ -60,12 +70,7 @@ impl IkeCrypto for EngineCrypto {
     fn random(&mut self, buf: &mut [u8]) {
         let Some(state) = &mut self.test_random else { return self.vault.random(buf) };
         for chunk in buf.chunks_mut(8) {
-            // xorshift64*: not for keys, only to repeat a test's choices.
-            *state ^= *state >> 12;
-            *state ^= *state << 25;
-            *state ^= *state >> 27;
-            let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
+            chunk.copy_from_slice(&test_stream(state).to_le_bytes()[..chunk.len()]);
         }
     }
 
