@@ -156,9 +156,10 @@ impl Ctx<'_> {
         });
     }
 
-    /// Another established IKE SA of the same connection with the same peer.
-    pub fn has_twin(&mut self, sa: &IkeSa) -> bool {
-        !self.sas.with_peer(sa.conn, sa.remote.addr, IkeSa::established).is_empty()
+    /// Another established IKE SA of connection `conn` with the peer that
+    /// authenticated as `peer_id` (an ID payload's body), wherever it is.
+    pub fn has_twin(&mut self, conn: usize, peer_id: &[u8]) -> bool {
+        !peer_id.is_empty() && !self.sas.with_identity(conn, peer_id, IkeSa::established).is_empty()
     }
 }
 

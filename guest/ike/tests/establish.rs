@@ -358,6 +358,125 @@ fn initial_contact_replaces_the_stale_ike_sa() {
     drop(a);
 }
 
+/// An initiator that the responder B (one connection for any peer
+/// address and identity) sees at `seen`, its ports moved by `shift` (as a
+/// NAT maps them): several may share an address.
+struct Behind {
+    side: Side,
+    seen: IpAddr,
+    shift: u16,
+}
+
+fn behind(id: &str, seen: IpAddr, shift: u16) -> Behind {
+    let mut side = side(A, B, &Conf::default());
+    let mut cfg = connection(A, B, &Conf::default(), side.psk);
+    cfg.local_id = id.into();
+    side.engine = Engine::new(Timing::default());
+    side.engine.add_connection(cfg).unwrap();
+    Behind { side, seen, shift }
+}
+
+impl Behind {
+    fn initiate(&mut self, now: u64) {
+        self.side.engine.initiate(now, "site", &mut self.side.crypto).unwrap();
+    }
+}
+
+fn responder_for_anyone() -> Side {
+    let conf = Conf { any_peer: true, ..Default::default() };
+    let mut b = side(B, A, &conf);
+    let mut cfg = connection(B, A, &conf, b.psk);
+    cfg.remote_id = "%any".into();
+    b.engine = Engine::new(conf.timing);
+    b.engine.add_connection(cfg).unwrap();
+    b
+}
+
+/// Run virtual time from `from` until quiet or `until` ms between the
+/// initiators and B; what B sends to none of them (a peer gone) is lost.
+fn run_behind(peers: &mut [Behind], b: &mut Side, from: u64, until: u64) {
+    let mut now = from;
+    loop {
+        for _ in 0..100 {
+            let mut quiet = true;
+            for p in peers.iter_mut() {
+                p.side.drain();
+                for d in std::mem::take(&mut p.side.outbox) {
+                    quiet = false;
+                    let local = Endpoint { addr: B, port: d.remote.port };
+                    let remote = Endpoint { addr: p.seen, port: d.local.port + p.shift };
+                    b.engine.handle_datagram(now, Datagram { local, remote, data: d.data }, &mut b.crypto);
+                    b.drain();
+                }
+            }
+            b.drain();
+            for d in std::mem::take(&mut b.outbox) {
+                quiet = false;
+                let port = |p: &Behind| d.remote.port.checked_sub(p.shift).filter(|x| *x == 500 || *x == 4500);
+                if let Some(p) = peers.iter_mut().find(|p| p.seen == d.remote.addr && port(p).is_some()) {
+                    let local = Endpoint { addr: A, port: port(p).unwrap() };
+                    let remote = Endpoint { addr: B, port: d.local.port };
+                    p.side.engine.handle_datagram(now, Datagram { local, remote, data: d.data }, &mut p.side.crypto);
+                    p.side.drain();
+                }
+            }
+            if quiet {
+                break;
+            }
+        }
+        let timeouts = peers.iter_mut().map(|p| p.side.engine.next_timeout()).chain([b.engine.next_timeout()]);
+        let Some(t) = timeouts.flatten().min().filter(|t| *t <= until) else { return };
+        now = t.max(now);
+        for p in peers.iter_mut() {
+            p.side.engine.tick(now, &mut p.side.crypto);
+        }
+        b.engine.tick(now, &mut b.crypto);
+    }
+}
+
+/// Section 2.4: INITIAL_CONTACT concerns the IKE SAs between the
+/// authenticated identities. Two peers behind one NAT address (branches
+/// behind a carrier's NAT) each send it when they start; neither replaces
+/// the other's IKE SA, and one that restarts replaces only its own.
+#[test]
+fn initial_contact_replaces_only_its_own_identity_behind_a_shared_nat() {
+    let mut b = responder_for_anyone();
+    let mut peers = vec![behind("gwa.interop.test", NAT_IP, 0), behind("gwc.interop.test", NAT_IP, 10_000)];
+    for p in peers.iter_mut() {
+        p.initiate(0);
+    }
+    run_behind(&mut peers, &mut b, 0, 60_000);
+    assert_eq!((peers[0].side.up, peers[1].side.up), (1, 1));
+    assert_eq!(b.engine.established(), (2, 2), "both peers' IKE SAs stay: {:?}", b.logs);
+    // gwc restarts; the NAT maps it to other ports.
+    peers[1] = behind("gwc.interop.test", NAT_IP, 20_000);
+    peers[1].initiate(200_000);
+    run_behind(&mut peers, &mut b, 200_000, 260_000);
+    assert_eq!(peers[1].side.up, 1);
+    assert_eq!(b.engine.established(), (2, 2), "{:?}", b.logs);
+    assert_eq!(b.logs.iter().filter(|l| l.contains("sent INITIAL_CONTACT")).count(), 1, "{:?}", b.logs);
+    assert!(b.log_has("gwc.interop.test sent INITIAL_CONTACT"), "{:?}", b.logs);
+    assert_eq!(peers[0].side.engine.established(), (1, 1));
+}
+
+/// A peer that restarts behind a NAT that gives it another address: its
+/// INITIAL_CONTACT replaces the IKE SA it left at the old one, which would
+/// otherwise stay until dead peer detection found it.
+#[test]
+fn initial_contact_replaces_the_identitys_sa_at_its_old_address() {
+    let mut b = responder_for_anyone();
+    let mut peers = vec![behind("gwa.interop.test", A, 0)];
+    peers[0].initiate(0);
+    run_behind(&mut peers, &mut b, 0, 60_000);
+    assert_eq!(b.engine.established(), (1, 1));
+    peers[0] = behind("gwa.interop.test", NAT_IP, 0);
+    peers[0].initiate(200_000);
+    run_behind(&mut peers, &mut b, 200_000, 260_000);
+    assert_eq!(peers[0].side.up, 1);
+    assert_eq!(b.engine.established(), (1, 1), "the stale IKE SA is gone: {:?}", b.logs);
+    assert!(b.log_has("gwa.interop.test sent INITIAL_CONTACT"), "{:?}", b.logs);
+}
+
 #[test]
 fn silent_peer_times_out() {
     let mut none = |_: usize, _: &Datagram| false;

@@ -516,7 +516,7 @@ fn answer(sa: &mut IkeSa, ctx: &mut Ctx, ps: &[Payload], ni: Vec<u8>, rekey: boo
     // Section 2.8.1: the peer rekeys the SA we are rekeying too. Answer as
     // usual; the nonces decide later which new SA is redundant.
     let colliding = ours.filter(|x| sa.rekeying_child() == Some(*x));
-    let defer = rekey || ctx.has_twin(sa);
+    let defer = rekey || ctx.has_twin(sa.conn, &sa.peer_id);
     match accept(sa, ctx, ps, &ni, &nr, false, defer) {
         Ok(mut child) => {
             // Recorded only for an answer that made an SA: the tie-break

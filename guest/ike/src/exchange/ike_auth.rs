@@ -195,11 +195,12 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
     // The nonces' last use: the first CHILD SA's keys (section 2.17). A
     // rekey brings its own, so the IKE SA (one per tunnel) keeps none.
     let (ni, nr) = (std::mem::take(&mut sa.ni), std::mem::take(&mut sa.nr));
-    // A second IKE SA from this peer without INITIAL_CONTACT: it is
-    // reauthenticating. Send on the new CHILD SA only once the old IKE SA
-    // is gone (or after a moment), as after a CHILD SA rekey.
+    // A second IKE SA from this peer (its identity, from any address)
+    // without INITIAL_CONTACT: it is reauthenticating. Send on the new
+    // CHILD SA only once the old IKE SA is gone (or after a moment), as
+    // after a CHILD SA rekey.
     let initial_contact = find_notify(&ps, NotifyType::InitialContact).is_some();
-    let defer = !initial_contact && ctx.has_twin(sa);
+    let defer = !initial_contact && ctx.has_twin(sa.conn, &idi.body());
     match create_child::accept(sa, ctx, &ps, &ni, &nr, true, defer) {
         Ok(child_payloads) => out.extend(child_payloads),
         Err(e) => {
@@ -227,9 +228,13 @@ pub(crate) fn respond(sa: &mut IkeSa, ctx: &mut Ctx, h: Header, ps: Vec<Payload>
 /// own or ours from two ends initiating at once (its INITIAL_CONTACT may
 /// have been lost and sent again); `sa::duplicates` ends such a pair by a
 /// DELETE, where dropping it here would leave the peer holding it alone.
+/// By identity, not address (the section speaks of the authenticated
+/// identities): a peer that restarts behind a NAT which gave it another
+/// address replaces its stale SAs, and one of several peers behind the
+/// same NAT address replaces only its own.
 fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
     let stale =
-        ctx.sas.with_peer(new.conn, new.remote.addr, |s| s.established() && s.authenticated_at < new.created_at);
+        ctx.sas.with_identity(new.conn, &peer.body(), |s| s.established() && s.authenticated_at < new.created_at);
     for k in stale {
         if let Some(old) = ctx.sas.remove(&k) {
             lifecycle::drop_sa(old, ctx, &format!("replaced: {} sent INITIAL_CONTACT", Show(peer)));
@@ -243,6 +248,7 @@ fn replace_old_sas(new: &IkeSa, ctx: &mut Ctx, peer: &Identification) {
 fn established(sa: &mut IkeSa, ctx: &mut Ctx, peer: &Identification, role: &str) {
     sa.state = State::Established;
     sa.authenticated_at = ctx.now;
+    sa.peer_id = peer.body();
     ctx.count(sa.conn, |s| &mut s.ike_established);
     lifecycle::schedule_ike_rekey(sa, ctx);
     lifecycle::schedule_reauth(sa, ctx);

@@ -72,6 +72,7 @@ pub(crate) fn successor(old: &mut IkeSa, ctx: &mut Ctx, s: Successor, take_child
         next_keepalive: old.next_keepalive,
         auth_initiator: old.auth_initiator,
         authenticated_at: old.authenticated_at,
+        peer_id: old.peer_id.clone(),
         grant: old.grant.clone(),
         ..IkeSa::fresh(old.conn, old.local, old.remote, ctx.now)
     };

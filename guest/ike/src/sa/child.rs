@@ -153,7 +153,7 @@ pub(crate) fn remove(sa: &mut IkeSa, ctx: &mut Ctx, inbound: u32, why: &str, kee
 /// an IKE SA that came up beside it, whose outbound halves wait for that
 /// (a reauthentication, or a duplicate's survivor), may now send on them.
 pub(crate) fn activate_twins(old: &IkeSa, ctx: &mut Ctx) {
-    let twins = ctx.sas.with_peer(old.conn, old.remote.addr, |o| !o.deferred.is_empty());
+    let twins = ctx.sas.with_identity(old.conn, &old.peer_id, |o| !o.deferred.is_empty());
     for k in twins {
         if let Some(mut o) = ctx.sas.remove(&k) {
             activate_deferred(&mut o, ctx, u64::MAX);

@@ -1,7 +1,9 @@
 //! Questions about every IKE SA but the one at hand, answered without a
 //! pass over all of them: is this inbound ESP SPI in use, which IKE SAs of
-//! this connection have their peer at this address (a twin, the SAs an
-//! INITIAL_CONTACT replaces, the successor a DELETE lets send), which IKE
+//! this connection have their peer at this address (whether to send
+//! INITIAL_CONTACT, a duplicate), which have the peer's authenticated
+//! identity (a twin, the SAs an INITIAL_CONTACT replaces, the successor a
+//! DELETE lets send), which IKE
 //! SA holds the CHILD SA with this ESP SPI (a lifetime the data path
 //! reports), which IKE SAs a connection has (a reload removing it, a
 //! `start` connection checked after a replacement). A setup
@@ -13,7 +15,7 @@
 //! have changed, and before an answer their entries are taken out and put
 //! in again from their current state, so the others' stay as they were.
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use wasmsec_wire::peer_keys::PeerKeys;
@@ -28,6 +30,9 @@ struct Entry {
     child_spis: Vec<u32>,
     /// `(connection, peer address)`.
     peer: (usize, IpAddr),
+    /// `(connection, keyed hash of the peer's authenticated identity)`,
+    /// once IKE_AUTH verified it.
+    identity: Option<(usize, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +48,12 @@ pub(crate) struct Lookups {
     /// CHILD SAs (more than one only after a restore brought a duplicate
     /// back).
     children: HashMap<u32, Vec<u64>, PeerKeys>,
+    /// IKE SAs (our SPIs), authenticated, by connection and a keyed hash
+    /// of the peer's identity (the peer chooses it: keyed as the others,
+    /// and the SAs found are compared in full).
+    identities: HashMap<(usize, u64), Vec<u64>, PeerKeys>,
+    /// The keys of those hashes.
+    identity_keys: PeerKeys,
     /// IKE SAs (our SPIs), in any state, by connection.
     connections: HashMap<usize, Vec<u64>>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
@@ -59,6 +70,9 @@ impl Lookups {
             }
             take_out(&mut self.peers, old.peer, spi);
             take_out(&mut self.connections, old.peer.0, spi);
+            if let Some(k) = old.identity {
+                take_out(&mut self.identities, k, spi);
+            }
             for c in old.child_spis {
                 take_out(&mut self.children, c, spi);
             }
@@ -68,12 +82,16 @@ impl Lookups {
             esp_spis: sa.esp_spis().collect(),
             child_spis: sa.children.iter().map(|c| c.inbound_spi).collect(),
             peer: (sa.conn, sa.remote.addr),
+            identity: (!sa.peer_id.is_empty()).then(|| (sa.conn, self.identity_hash(&sa.peer_id))),
         };
         for &s in &entry.esp_spis {
             *self.esp_spis.entry(s).or_default() += 1;
         }
         self.peers.entry(entry.peer).or_default().push(spi);
         self.connections.entry(entry.peer.0).or_default().push(spi);
+        if let Some(k) = entry.identity {
+            self.identities.entry(k).or_default().push(spi);
+        }
         for &c in &entry.child_spis {
             self.children.entry(c).or_default().push(spi);
         }
@@ -86,6 +104,19 @@ impl Lookups {
 
     pub fn with_peer(&self, conn: usize, addr: IpAddr) -> &[u64] {
         self.peers.get(&(conn, addr)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The IKE SAs of `conn` whose peer authenticated as `peer_id` (an ID
+    /// payload's body), and perhaps a few others whose identity hashes
+    /// alike: the caller compares.
+    pub fn with_identity(&self, conn: usize, peer_id: &[u8]) -> &[u64] {
+        self.identities.get(&(conn, self.identity_hash(peer_id))).map_or(&[], Vec::as_slice)
+    }
+
+    fn identity_hash(&self, peer_id: &[u8]) -> u64 {
+        let mut h = self.identity_keys.build_hasher();
+        h.write(peer_id);
+        h.finish()
     }
 
     pub fn of_connection(&self, conn: usize) -> &[u64] {

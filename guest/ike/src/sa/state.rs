@@ -235,6 +235,12 @@ pub(crate) struct IkeSa {
     pub authenticated_at: u64,
     /// When IKE_SA_INIT began (engine milliseconds).
     pub created_at: u64,
+    /// The peer's identity as IKE_AUTH authenticated it (its ID payload's
+    /// body, section 3.5; empty before), kept across rekeys. Section 2.4's
+    /// INITIAL_CONTACT speaks of the IKE SAs "between the authenticated
+    /// identities": several peers may share an address (behind one NAT),
+    /// and one peer may come back from another.
+    pub peer_id: Vec<u8>,
     /// Last time an authentic message came from the peer.
     pub last_rx: u64,
     /// What the policy granted the peer at IKE_AUTH (as responder; the
@@ -280,6 +286,7 @@ impl IkeSa {
             authenticated_at: 0,
             grant: crate::policy::Grant::default(),
             created_at: now,
+            peer_id: Vec::new(),
             last_rx: now,
             next_keepalive: 0,
         }

@@ -23,8 +23,9 @@ use super::state::{IkeSa, State};
 /// Format of a checkpoint; a guest refuses checkpoints of another version.
 /// Version 3 names the SA's connection by name, not by its index: a
 /// replacement gets the connections loaded now, not every one that ever
-/// was, so the indexes differ. Version 4 adds `authenticated_at`.
-const VERSION: u8 = 4;
+/// was, so the indexes differ. Version 4 adds `authenticated_at`, 5 the
+/// peer's authenticated identity.
+const VERSION: u8 = 5;
 
 /// IKE SAs by our SPI. Reads go through `Deref`; every mutable access
 /// marks the SA as touched. Each SA is boxed: the table keeps a slot for
@@ -117,6 +118,15 @@ impl SaTable {
         self.refresh_lookups();
         let spis = self.lookups.with_peer(conn, addr);
         spis.iter().copied().filter(|k| self.map.get(k).is_some_and(|sa| pred(sa))).collect()
+    }
+
+    /// The SAs in the table (our SPIs) of connection `conn` whose peer
+    /// authenticated as `peer_id` (an ID payload's body) and for which
+    /// `pred` holds.
+    pub fn with_identity(&mut self, conn: usize, peer_id: &[u8], pred: impl Fn(&IkeSa) -> bool) -> Vec<u64> {
+        self.refresh_lookups();
+        let spis = self.lookups.with_identity(conn, peer_id);
+        spis.iter().copied().filter(|k| self.map.get(k).is_some_and(|sa| sa.peer_id == peer_id && pred(sa))).collect()
     }
 
     /// The SAs in the table (our SPIs) of connection `conn`, in any state.
