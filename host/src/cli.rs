@@ -269,7 +269,7 @@ fn table(items: &Value, columns: &str, last: (&str, &dyn Fn(&Value) -> String), 
 /// pages hold IKE SAs first). `shown` is which titles are printed already.
 fn print_sas(body: &Value, last: bool, shown: &mut (bool, bool)) {
     let role = |sa: &Value| (if sa["initiator"].as_bool() == Some(true) { "initiator" } else { "responder" }).into();
-    let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote nat_here:9:nat_local nat_peer:9:nat_remote";
+    let ike = "connection:14:connection spi:18:spi proposal:28:proposal local:22:local remote:22:remote remote_id:24:remote_id nat_here:9:nat_local nat_peer:9:nat_remote";
     if !shown.0 {
         println!("IKE SAs");
     }

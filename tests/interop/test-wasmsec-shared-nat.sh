@@ -32,22 +32,28 @@ WASMSEC_CONN_EXTRA=$PEER_EXTRA wasmsec_start wsi-gwc "$C" $WAN_C $WAN_A $ID_C $I
 check "B (behind the NAT) brought its tunnel up" wasmsec_up "$B" 15
 check "C (behind the same NAT) brought its tunnel up" wasmsec_up "$C" 15
 
-# A's IKE SAs, and the one whose CHILD SA leads to LAN ($1).
+# A's IKE SAs, and the one (SPI and peer) of the peer that authenticated
+# as $1, which its CHILD SA's remote selectors ($2) confirm.
 ike_count() { wasmsec_ctl "$A" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
 ike_of() {
     wasmsec_ctl "$A" status | python3 -c '
 import json, sys
-for c in json.load(sys.stdin)["child_sas"]:
-    if sys.argv[1] in c["remote_ts"]:
-        print(c["ike_spi"], c["peer"])' "$1"
+st = json.load(sys.stdin)
+for i in st["ike_sas"]:
+    if i["remote_id"] == sys.argv[1] and any(c["ike_spi"] == i["spi"] and sys.argv[2] in c["remote_ts"] for c in st["child_sas"]):
+        print(i["spi"], i["remote"])' "$1" "$2"
 }
 two_ike() { local i; for i in $(seq 25); do [ "$(ike_count)" -eq 2 ] && return 0; sleep 0.2; done; return 1; }
 check "A holds two IKE SAs, one for each peer" two_ike
 sleep 1
 check "A still holds both two IKE SAs a second later (neither replaced the other): $(ike_count)" [ "$(ike_count)" -eq 2 ]
-of_b=$(ike_of "$LAN_B") of_c=$(ike_of "$LAN_C")
-check "A sees both at the NAT's outside address (B: $of_b; C: $of_c)" \
+of_b=$(ike_of $ID_B "$LAN_B") of_c=$(ike_of $ID_C "$LAN_C")
+check "A shows each peer's identity and sees both at the NAT's outside address (B: $of_b; C: $of_c)" \
     bash -c "[[ '$of_b' == *' $NAT_OUT:'* && '$of_c' == *' $NAT_OUT:'* ]]"
+table=$("$WASMSEC_BIN" list-sas -s "$A/ctl.sock")
+echo "$table"
+ids_shown() { grep -q " $ID_B " <<<"$table" && grep -q " $ID_C " <<<"$table"; }
+check "wasmsec list-sas at A shows both peers' identities" ids_shown
 check "ping hosta -> hostb" ping_ok wsi-hosta $HOST_B
 c_ping() { nsx wsi-gwc ping -n -c 5 -i 0.2 -W 2 -I 198.18.3.1 $HOST_A | grep -q " 0% packet loss"; }
 check "ping C's LAN -> hosta" c_ping
@@ -62,7 +68,7 @@ check "A replaced B's stale IKE SA on its INITIAL_CONTACT" replaced
 check "ping hosta -> hostb after B's restart" ping_ok wsi-hosta $HOST_B
 check "ping C's LAN -> hosta after B's restart" c_ping
 check "A holds two IKE SAs again: $(ike_count)" [ "$(ike_count)" -eq 2 ]
-now_c=$(ike_of "$LAN_C")
+now_c=$(ike_of $ID_C "$LAN_C")
 check "C's IKE SA at A is the one from before ($of_c; now $now_c)" [ "$now_c" = "$of_c" ]
 n=$(grep -c "sent INITIAL_CONTACT" "$A/wasmsec.log" || true)
 check "A replaced IKE SAs on INITIAL_CONTACT once, B's only ($n)" [ "$n" -eq 1 ]

@@ -303,6 +303,7 @@ fn wit_event(e: ike::Event) -> wit::Event {
             nat_local,
             nat_remote,
             rekeyed,
+            remote_id,
         } => wit::Event::IkeUp(wit::IkeSaUp {
             connection,
             ike_spi,
@@ -313,6 +314,7 @@ fn wit_event(e: ike::Event) -> wit::Event {
             nat_local,
             nat_remote,
             rekeyed,
+            remote_id,
         }),
         ike::Event::IkeDown { connection, ike_spi } => wit::Event::IkeDown((connection, ike_spi)),
         ike::Event::Log { level, connection, message } => wit::Event::Log(wit::LogEvent {

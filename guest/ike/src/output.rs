@@ -151,6 +151,9 @@ pub enum Event {
         nat_remote: bool,
         /// It replaces an IKE SA of the same peer by a rekey (section 1.3.2).
         rekeyed: bool,
+        /// The peer's identity as IKE_AUTH authenticated it, shown as in
+        /// the log (the peer chooses it: the host bounds what it keeps).
+        remote_id: String,
     },
     /// An IKE SA is gone.
     IkeDown {

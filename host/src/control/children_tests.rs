@@ -12,6 +12,7 @@ fn ike(spi: u64) -> IkeInfo {
         initiator: true,
         local: None,
         remote: None,
+        remote_id: "".into(),
         nat_local: false,
         nat_remote: false,
         tenant: "".into(),
@@ -52,10 +53,12 @@ fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
         nat_local: false,
         nat_remote: true,
         rekeyed: false,
+        remote_id: format!("gw{spi}.example"),
     };
     let v = serde_json::to_value(c.ike_up(up(1, [198, 19, 0, 1]), "t1", 1)).unwrap();
     assert_eq!((&v["local"], &v["remote"]), (&"198.18.0.2:4500".into(), &"198.19.0.1:4500".into()));
     assert_eq!((&v["connection"], &v["tenant"], &v["spi"]), (&"pop".into(), &"t1".into(), &"0000000000000001".into()));
+    assert_eq!(v["remote_id"], "gw1.example");
     c.ike_up(up(2, [198, 19, 0, 2]), "t1", 1);
     let (a, b) = (&c.ike_sas[&1], &c.ike_sas[&2]);
     assert!(Arc::ptr_eq(&a.connection, &b.connection) && Arc::ptr_eq(&a.proposal, &b.proposal), "one copy");
@@ -70,6 +73,17 @@ fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
     let mut odd = up(3, [0; 4]);
     odd.remote.address = vec![1, 2, 3];
     assert_eq!(serde_json::to_value(c.ike_up(odd, "", 1)).unwrap()["remote"], "");
+    // The peer's identity, as an untrusted guest passed it on: no control
+    // character (a forged table row), no more than 255 characters.
+    let mut forged = up(4, [198, 19, 0, 4]);
+    forged.remote_id = "gw4.example\n  pop  0000000000000005".into();
+    assert_eq!(&*c.ike_up(forged, "", 1).remote_id, "gw4.example?  pop  0000000000000005");
+    let mut long = up(5, [198, 19, 0, 5]);
+    long.remote_id = "é".repeat(300);
+    let shown = &c.ike_up(long, "", 1).remote_id;
+    assert_eq!(shown.chars().count(), 255 + 3);
+    assert!(shown.ends_with("é..."));
+    assert_eq!(&*shown_identity(&"x".repeat(255)), "x".repeat(255), "255 characters are shown whole");
 }
 
 #[test]
