@@ -3,13 +3,13 @@
 //! this connection have their peer at this address (whether to send
 //! INITIAL_CONTACT, a duplicate), which have the peer's authenticated
 //! identity (a twin, the SAs an INITIAL_CONTACT replaces, the successor a
-//! DELETE lets send), which IKE
-//! SA holds the CHILD SA with this ESP SPI (a lifetime the data path
-//! reports), which IKE SAs a connection has (a reload removing it, a
-//! `start` connection checked after a replacement). A setup
-//! and its DELETE ask these four times, and with 4,000 IKE SAs standing
-//! the passes took the responder's setups per CPU-second from 2,750 to
-//! about 1,000 (`cargo xtask bench-handshakes` with `STANDING`, #16).
+//! DELETE lets send), which IKE SA holds the CHILD SA with this ESP SPI (a
+//! lifetime the data path reports), which IKE SAs a connection has (a
+//! reload removing it, a `start` connection checked after a replacement).
+//! A setup and its DELETE ask these four times, and with 4,000 IKE SAs
+//! standing the passes took the responder's setups per CPU-second from
+//! 2,750 to about 1,000 (`cargo xtask bench-handshakes` with `STANDING`,
+//! #16).
 //!
 //! Kept like the deadlines in `sa::table`: the table names the SAs that may
 //! have changed, and before an answer their entries are taken out and put
