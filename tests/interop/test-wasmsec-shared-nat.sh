@@ -46,7 +46,7 @@ for i in st["ike_sas"]:
 two_ike() { local i; for i in $(seq 25); do [ "$(ike_count)" -eq 2 ] && return 0; sleep 0.2; done; return 1; }
 check "A holds two IKE SAs, one for each peer" two_ike
 sleep 1
-check "A still holds both two IKE SAs a second later (neither replaced the other): $(ike_count)" [ "$(ike_count)" -eq 2 ]
+check "A still holds both IKE SAs a second later (neither replaced the other): $(ike_count)" [ "$(ike_count)" -eq 2 ]
 of_b=$(ike_of $ID_B "$LAN_B") of_c=$(ike_of $ID_C "$LAN_C")
 check "A shows each peer's identity and sees both at the NAT's outside address (B: $of_b; C: $of_c)" \
     bash -c "[[ '$of_b' == *' $NAT_OUT:'* && '$of_c' == *' $NAT_OUT:'* ]]"
