@@ -75,7 +75,8 @@ pub struct IkeInfo {
     #[serde(serialize_with = "address")]
     pub remote: Option<SocketAddr>,
     /// The peer's identity as IKE_AUTH authenticated it, as the IKE guest
-    /// shows it ([`shown_identity`]: the peer chose it).
+    /// shows it (made fit for the log where it leaves the guest: the peer
+    /// chose it).
     pub remote_id: Box<str>,
     /// NAT detected in front of us, or in front of the peer (RFC 7296 2.23).
     pub nat_local: bool,
@@ -160,23 +161,6 @@ impl ChildInfo {
         }
         v
     }
-}
-
-/// The longest identity the admin view shows, in characters: an FQDN is at
-/// most 255 bytes (RFC 1035), and a DER name as the guest shows it (hex)
-/// has no use beyond that in a status line.
-const MAX_REMOTE_ID: usize = 255;
-
-/// A peer's identity as the admin view and its table show it: the peer
-/// chose the bytes and the IKE guest is untrusted, so control characters
-/// (a line break would forge a row of `wasmsec ctl list-sas`) become `?`
-/// and what is longer than [`MAX_REMOTE_ID`] characters is cut with `...`.
-pub fn shown_identity(id: &str) -> Box<str> {
-    let mut s: String = id.chars().take(MAX_REMOTE_ID).map(|c| if c.is_control() { '?' } else { c }).collect();
-    if id.chars().nth(MAX_REMOTE_ID).is_some() {
-        s.push_str("...");
-    }
-    s.into_boxed_str()
 }
 
 /// `map`'s entry for `key`, made if absent: a lookup first, so that
@@ -370,7 +354,7 @@ impl Children {
             initiator: up.initiator,
             local: socket_addr(&up.local),
             remote: socket_addr(&up.remote),
-            remote_id: shown_identity(&up.remote_id),
+            remote_id: up.remote_id.into_boxed_str(),
             nat_local: up.nat_local,
             nat_remote: up.nat_remote,
             tenant: self.name(tenant),

@@ -73,17 +73,6 @@ fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
     let mut odd = up(3, [0; 4]);
     odd.remote.address = vec![1, 2, 3];
     assert_eq!(serde_json::to_value(c.ike_up(odd, "", 1)).unwrap()["remote"], "");
-    // The peer's identity, as an untrusted guest passed it on: no control
-    // character (a forged table row), no more than 255 characters.
-    let mut forged = up(4, [198, 19, 0, 4]);
-    forged.remote_id = "gw4.example\n  pop  0000000000000005".into();
-    assert_eq!(&*c.ike_up(forged, "", 1).remote_id, "gw4.example?  pop  0000000000000005");
-    let mut long = up(5, [198, 19, 0, 5]);
-    long.remote_id = "é".repeat(300);
-    let shown = &c.ike_up(long, "", 1).remote_id;
-    assert_eq!(shown.chars().count(), 255 + 3);
-    assert!(shown.ends_with("é..."));
-    assert_eq!(&*shown_identity(&"x".repeat(255)), "x".repeat(255), "255 characters are shown whole");
 }
 
 #[test]

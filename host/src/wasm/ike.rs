@@ -802,23 +802,14 @@ impl IkeInstance {
     }
 
     /// Everything the engine queued: SA changes, transmits, events.
-    /// The guest's log lines come back fit for the log (`guest_text`).
+    /// The guest's words come back fit for the log ([`fit_for_log`]).
     pub fn poll(&mut self) -> Result<Output> {
         if self.next_fault == Some(crate::ops::FaultPoint::Output) {
             self.next_fault = None;
             self.faults_pending += 1;
         }
         let mut out = self.call(|e, s| e.call_poll(s))?;
-        for event in &mut out.events {
-            if let Event::Log(l) = event {
-                if let Cow::Owned(m) = super::guest_text(&l.message, super::GUEST_LOG_CHARS) {
-                    l.message = m;
-                }
-                if let Cow::Owned(c) = super::guest_text(&l.connection, super::GUEST_REASON_CHARS) {
-                    l.connection = c;
-                }
-            }
-        }
+        out.events.iter_mut().for_each(fit_for_log);
         Ok(out)
     }
 
@@ -881,6 +872,25 @@ fn same_identity(id: &Identification, asked: &Identity) -> bool {
         K::KeyId => IdKind::KeyId,
     };
     asked.kind == kind && asked.value == value
+}
+
+/// The IKE guest's words in an event, made fit for the log and the admin
+/// view (`guest_text`): its log lines, and a peer's identity, which the
+/// peer chose (a line break in it would forge a row of `list-sas`).
+fn fit_for_log(event: &mut Event) {
+    let fit = |s: &mut String, max: usize| {
+        if let Cow::Owned(t) = super::guest_text(s, max) {
+            *s = t;
+        }
+    };
+    match event {
+        Event::Log(l) => {
+            fit(&mut l.message, super::GUEST_LOG_CHARS);
+            fit(&mut l.connection, super::GUEST_REASON_CHARS);
+        }
+        Event::IkeUp(up) => fit(&mut up.remote_id, super::GUEST_ID_CHARS),
+        Event::IkeDown(_) => {}
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,43 @@
 //! the keystore and the checkpoints.
 use super::*;
 
+/// A peer's identity leaves the IKE guest fit for the admin view, as its
+/// log lines do: no control character (a forged row of `list-sas`), no
+/// more than 255 characters.
+#[test]
+fn a_peers_identity_comes_out_of_the_guest_fit_for_the_admin_view() {
+    let up = |remote_id: String| {
+        let at = Endpoint { address: vec![198, 18, 0, 2], port: 500 };
+        Event::IkeUp(IkeSaUp {
+            connection: "pop".into(),
+            ike_spi: 1,
+            proposal: "aes256gcm16-prfsha256-x25519".into(),
+            initiator: false,
+            local: at.clone(),
+            remote: at,
+            nat_local: false,
+            nat_remote: false,
+            rekeyed: false,
+            remote_id,
+        })
+    };
+    let shown = |e: Event| match e {
+        Event::IkeUp(u) => u.remote_id,
+        _ => unreachable!(),
+    };
+    let mut forged = up("gw4.example\n  pop  0000000000000005".into());
+    fit_for_log(&mut forged);
+    assert_eq!(shown(forged), "gw4.example\\n  pop  0000000000000005");
+    let mut long = up("\u{e9}".repeat(300));
+    fit_for_log(&mut long);
+    let long = shown(long);
+    assert_eq!(long.chars().count(), 255 + 1);
+    assert!(long.ends_with("\u{e9}\u{2026}"));
+    let mut plain = up("x".repeat(255));
+    fit_for_log(&mut plain);
+    assert_eq!(shown(plain), "x".repeat(255), "255 characters are shown whole");
+}
+
 #[test]
 fn a_guest_holds_no_sa_by_the_hosts_records_only_with_nothing_but_psks() {
     let mut st = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));

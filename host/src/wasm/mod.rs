@@ -63,6 +63,9 @@ pub(crate) fn wit_error(e: CryptoError) -> WitCryptoError {
 pub const GUEST_REASON_CHARS: usize = 200;
 /// How many characters of one of the IKE guest's log lines reach the log.
 pub const GUEST_LOG_CHARS: usize = 1000;
+/// How many characters of a peer's identity, as the IKE guest shows it,
+/// reach the admin view: an FQDN is at most 255 bytes (RFC 1035).
+pub const GUEST_ID_CHARS: usize = 255;
 
 /// A guest's own words, made fit for the log: control and
 /// bidirectional-override characters escaped, then at most `max`
