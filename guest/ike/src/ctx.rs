@@ -4,13 +4,12 @@
 //! lent separately (see `Engine::with_sa`), so no handler needs the whole
 //! engine and an owned SA at once.
 
-use wasmsec_wire::ike::{Identification, NotifyType};
+use wasmsec_wire::ike::NotifyType;
 
 use crate::config::Timing;
 use crate::connections::Connections;
 use crate::crypto::IkeCrypto;
 use crate::dos::Dos;
-use crate::identity::Show;
 use crate::output::{Datagram, Event, Level, Output, Transmit};
 use crate::proposal::Kind;
 use crate::sa::state::IkeSa;
@@ -154,7 +153,7 @@ impl Ctx<'_> {
             remote: sa.remote,
             nat_local: sa.nat_local,
             nat_remote: sa.nat_remote,
-            remote_id: Identification::from_body(&sa.peer_id).map(|i| Show(&i).to_string()).unwrap_or_default(),
+            remote_id: crate::identity::show_body(&sa.peer_id),
         });
     }
 

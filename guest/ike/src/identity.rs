@@ -173,6 +173,12 @@ pub fn for_policy(id: &Identification) -> (PolicyIdKind, String) {
 /// An identification as a person reads it, for logs.
 pub struct Show<'a>(pub &'a Identification);
 
+/// An ID payload's body (as an IKE SA keeps its peer's) written as
+/// `Show` writes the identity; empty for none.
+pub fn show_body(body: &[u8]) -> String {
+    Identification::from_body(body).map(|i| Show(&i).to_string()).unwrap_or_default()
+}
+
 impl fmt::Display for Show<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.0.data;

@@ -439,3 +439,67 @@ fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
         assert_live_pairs(&a, &b, 1);
     }
 }
+
+/// A's second address, where B initiates to.
+const A2: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+
+/// A with two addresses (it initiates from A, B initiates to A2, as
+/// behind a cloud NAT that maps outbound and inbound traffic to different
+/// public addresses) and the greater identity, so that B decides which of
+/// two IKE SAs goes: B must know A's IKE SAs as one peer's by identity.
+fn two_homed() -> (Side, Side) {
+    let conf = Conf::default();
+    let mut a = side(A, B, &conf);
+    let mut cfg = connection(A, B, &conf, a.psk);
+    (cfg.local_addrs, cfg.local_id) = (vec![A, A2], "gwz.interop.test".into());
+    a.engine = Engine::new(conf.timing);
+    a.engine.add_connection(cfg).unwrap();
+    a.also = Some(A2);
+    let mut b = side(B, A, &conf);
+    let mut cfg = connection(B, A, &conf, b.psk);
+    (cfg.remote_addrs, cfg.remote_id) = (vec![A2, A], "gwz.interop.test".into());
+    b.engine = Engine::new(conf.timing);
+    b.engine.add_connection(cfg).unwrap();
+    (a, b)
+}
+
+#[test]
+fn duplicates_are_found_by_identity_across_the_peers_addresses() {
+    // Both ends initiate at once: B (the lesser identity) deletes its own
+    // IKE SA, which it sees at A2, beside A's, which it sees at A.
+    for (first_b, delay) in [(false, 0u64), (false, 3), (true, 3)] {
+        let (mut a, mut b) = two_homed();
+        let (x, y) = if first_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
+        x.engine.initiate(0, "site", &mut x.crypto).unwrap();
+        y.engine.initiate(delay, "site", &mut y.crypto).unwrap();
+        run(&mut a, &mut b, 60_000, &mut all);
+        let what = format!("B first {first_b}, {delay} ms: {:?}\n{:?}", a.logs, b.logs);
+        assert_eq!((a.up, b.up), (2, 2), "{what}");
+        assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (0, 1), "{what}");
+        assert!(b.log_has("with gwz.interop.test at 198.18.0.3, the other at 198.18.0.1"), "{what}");
+        assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
+        assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
+        let (da, db) = (a.engine.describe(), b.engine.describe());
+        assert!(da[0].contains(" Established I ") && db[0].contains(" Established R "), "A's stayed: {da:?} {db:?}");
+        assert_live_pairs(&a, &b, 1);
+        assert_always_sending(&a);
+        assert_always_sending(&b);
+    }
+    // B initiates to A2 while A's IKE SA is up: no INITIAL_CONTACT (A
+    // would drop its IKE SA at once, which B keeps), and B deletes the
+    // new one once it is up; A's stays, the same IKE SA throughout.
+    let (mut a, mut b) = two_homed();
+    a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+    run(&mut a, &mut b, 1_000, &mut all);
+    let first = a.engine.describe();
+    b.engine.initiate(5_000, "site", &mut b.crypto).unwrap();
+    run_from(&mut a, &mut b, 5_000, 60_000, &mut all);
+    let what = format!("{:?}\n{:?}", a.logs, b.logs);
+    assert!(!a.log_has("INITIAL_CONTACT"), "{what}");
+    assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (0, 1), "{what}");
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
+    assert_eq!(a.engine.describe()[0].split_whitespace().next(), first[0].split_whitespace().next(), "{what}");
+    assert_live_pairs(&a, &b, 1);
+    assert_always_sending(&a);
+    assert_always_sending(&b);
+}

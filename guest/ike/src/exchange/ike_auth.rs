@@ -74,9 +74,18 @@ pub(crate) fn request(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(Datagram, Pendin
     // beside another IKE SA with the peer in any state (a second
     // initiation, or the peer initiating at the same time): the old one
     // must live until the new one has its CHILD SAs, and then goes by a
-    // DELETE (`sa::duplicates`).
+    // DELETE (`sa::duplicates`). The peer is its address (any SA there,
+    // up or not) and, where the connection names it, its identity: an
+    // IKE SA the peer authenticated from another of its addresses counts
+    // too, or our INITIAL_CONTACT would drop that one at the peer while we
+    // kept it.
     let me = sa.our_spi();
-    let alone = ctx.sas.with_peer(sa.conn, sa.remote.addr, |_| true).iter().all(|&k| k == me);
+    let named = match &ctx.conns[sa.conn].remote_id {
+        Identity::Id(id) => ctx.sas.with_identity(sa.conn, &id.body(), |_| true),
+        Identity::Any => Vec::new(),
+    };
+    let at_addr = ctx.sas.with_peer(sa.conn, sa.remote.addr, |_| true);
+    let alone = at_addr.iter().chain(&named).all(|&k| k == me);
     let initial_contact = sa.replaces.is_none() && alone;
     let c = &ctx.conns[sa.conn];
     let child = &c.children[0];

@@ -1,5 +1,12 @@
 //! Duplicate IKE SAs: two with the same peer for the same connection,
-//! each with its CHILD SAs.
+//! each with its CHILD SAs. The peer is the identity IKE_AUTH verified,
+//! not an address (section 2.4 speaks of the authenticated identities): a
+//! peer with two addresses (one it initiates from, another we initiate
+//! to, as behind a cloud NAT that maps outbound and inbound traffic to
+//! different public addresses) makes the same pair, and several peers
+//! behind one NAT address are no pair at all. The lookup is by the
+//! identity index, so a remote-access server with thousands of clients
+//! behind one address pays no more per CHILD SA than with one.
 //!
 //! RFC 7296 allows them (section 2.4 leaves it to INITIAL_CONTACT and
 //! local policy), but they double every rekey and split a tunnel's traffic
@@ -65,7 +72,7 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
     // are not compared (a peer with many IKE SAs from one address costs
     // no more than the lookup).
     let (me, mine) = (sa.our_spi(), sa.auth_initiator);
-    let mut others = ctx.sas.with_peer(sa.conn, sa.remote.addr, |s| comparable(s) && (mine || s.auth_initiator));
+    let mut others = ctx.sas.with_identity(sa.conn, &sa.peer_id, |s| comparable(s) && (mine || s.auth_initiator));
     others.retain(|&k| k != me);
     if others.is_empty() {
         return;
@@ -108,11 +115,13 @@ fn retire_covered(keep: &IkeSa, others: &[u64], ctx: &mut Ctx) {
 /// it (it may be the SA whose message is being answered right now).
 fn retire_one(old: &mut IkeSa, keep: &IkeSa, ctx: &mut Ctx) {
     let whose = if keep.auth_initiator { "we authenticated later" } else { "the peer initiated" };
+    let peer = crate::identity::show_body(&old.peer_id);
+    let (at, other) = (old.remote.addr, keep.remote.addr);
+    let elsewhere = if at == other { String::new() } else { format!(", the other at {other}") };
     let msg = format!(
-        "IKE_SA {:016x} duplicates IKE_SA {:016x} with {}, which {whose}: deleting it",
+        "IKE_SA {:016x} duplicates IKE_SA {:016x} with {peer} at {at}{elsewhere}, which {whose}: deleting it",
         old.our_spi(),
         keep.our_spi(),
-        old.remote.addr
     );
     ctx.warn(old.conn, msg);
     ctx.count(old.conn, |s| &mut s.duplicates_deleted);

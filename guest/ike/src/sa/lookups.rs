@@ -1,9 +1,9 @@
 //! Questions about every IKE SA but the one at hand, answered without a
 //! pass over all of them: is this inbound ESP SPI in use, which IKE SAs of
 //! this connection have their peer at this address (whether to send
-//! INITIAL_CONTACT, a duplicate), which have the peer's authenticated
-//! identity (a twin, the SAs an INITIAL_CONTACT replaces, the successor a
-//! DELETE lets send), which IKE SA holds the CHILD SA with this ESP SPI (a
+//! INITIAL_CONTACT), which have the peer's authenticated identity (that
+//! too, a twin, a duplicate, the SAs an INITIAL_CONTACT replaces, the
+//! successor a DELETE lets send), which IKE SA holds the CHILD SA with this ESP SPI (a
 //! lifetime the data path reports), which IKE SAs a connection has (a
 //! reload removing it, a `start` connection checked after a replacement).
 //! A setup and its DELETE ask these four times, and with 4,000 IKE SAs
