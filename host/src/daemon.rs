@@ -217,7 +217,19 @@ fn ike_socket(cfg: &Config) -> Result<UdpSocket> {
         .with_context(|| format!("cannot bind UDP {}:{}", cfg.network.listen, cfg.network.ike_port))?;
     sock.set_nonblocking(true)?;
     enlarge_buffers(&sock, "IKE");
+    want_destinations(&sock, cfg, "IKE")?;
     Ok(sock)
+}
+
+/// Listening on every address, ask for each datagram's destination: IKE
+/// must know which of our addresses a peer sent to (NAT detection hashes
+/// it, and the answer leaves from it). Without it every IKE SA would see
+/// a NAT in front of us, so a refusal stops the start.
+fn want_destinations(sock: &impl std::os::fd::AsRawFd, cfg: &Config, what: &str) -> Result<()> {
+    if !cfg.network.listen.is_unspecified() {
+        return Ok(());
+    }
+    sys::enable_recv_dst(sock).with_context(|| format!("IP_PKTINFO refused on the {what} socket"))
 }
 
 /// Give socket `what` [`SOCKET_BUFFER`] bytes of buffers, or say why not
@@ -538,6 +550,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     // A burst of GSO datagrams (a TSO super-packet sealed) lands at once:
     // with the default 208 KiB the receiving gateway dropped one in six.
     enlarge_buffers(&udp, "ESP in UDP");
+    want_destinations(&udp, &cfg, "NAT-T")?;
     // The outer TOS byte of each datagram, for RFC 6040's decapsulation.
     if let Err(e) = sys::enable_recv_tos(&udp) {
         warn!(error = %e, "IP_RECVTOS refused: ECN marks on ESP in UDP are not carried inward");

@@ -241,7 +241,8 @@ wasmsec_start() {
     local start=${10:-none} ike=${11:-aes256gcm16-prfsha256-x25519} esp=${12:-aes256gcm16}
     mkdir -p "$d"
     (umask 077; printf '%s' "$PSK" >"$d/psk")
-    W_SOURCE=$gw W_LISTEN=$laddr W_SOCKET=$d/ctl.sock W_DIR=$d W_LOCAL=$laddr W_REMOTE=$raddr \
+    # 0.0.0.0: listen on every address, the connection with any local one.
+    W_SOURCE=$gw W_LISTEN=$laddr W_SOCKET=$d/ctl.sock W_DIR=$d W_LOCAL=${laddr/#0.0.0.0/} W_REMOTE=$raddr \
         W_LID=$lid W_RID=$rid W_IKE=$ike W_ESP=$esp W_LTS="[\"$lts\"]" W_RTS="[\"$rts\"]" W_START=$start \
         W_CONTROL_EXTRA=${WASMSEC_CONTROL_EXTRA:-} W_CONN_EXTRA=${WASMSEC_CONN_EXTRA:-} \
         W_NETWORK_EXTRA=${WASMSEC_NETWORK_EXTRA:-} \

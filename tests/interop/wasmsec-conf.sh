@@ -3,7 +3,7 @@
 #   W_SOURCE      tunnel source address (or a TOML list)   W_LISTEN   our WAN address
 #   W_SOCKET      control socket             W_DIR      where key logs go
 #   W_NAME        connection and child name  W_START    start_action (none)
-#   W_LOCAL, W_REMOTE  addresses             W_LID, W_RID  identities
+#   W_LOCAL, W_REMOTE  addresses (W_LOCAL empty: any)  W_LID, W_RID  identities
 #   W_IKE, W_ESP  proposals                  W_LTS, W_RTS  TOML lists of subnets
 # and optional extra lines: W_TUNNEL_EXTRA, W_NETWORK_EXTRA, W_CONTROL_EXTRA, W_IKE_EXTRA,
 # W_CONN_EXTRA, W_CHILD_EXTRA; W_NO_KEYLOG=1 leaves the IKE key log out
@@ -32,7 +32,7 @@ ${W_IKE_EXTRA:-}
 components = "${WASMSEC_COMPONENTS:-$ROOT/target/components}"
 
 CONF
-    wasmsec_connection "${W_NAME:-s2s}" "${W_LOCAL:?}" "${W_REMOTE:?}" "${W_LID:?}" "${W_RID:?}" \
+    wasmsec_connection "${W_NAME:-s2s}" "${W_LOCAL?}" "${W_REMOTE:?}" "${W_LID:?}" "${W_RID:?}" \
         "${W_LTS:?}" "${W_RTS:?}" "${W_START:-none}" "${W_IKE:?}" "${W_ESP:?}" \
         "${W_CONN_EXTRA:-}" "${W_CHILD_EXTRA:-}" >>"$1"
 }

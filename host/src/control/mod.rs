@@ -309,12 +309,12 @@ impl ControlPlane {
             let handled = match r {
                 // The datagram's bytes move into the call and back into
                 // the report kept for a replacement: no copy.
-                Report::Ike { from, data } => {
+                Report::Ike { from, to, data } => {
                     self.heard.heard(*from.ip(), now);
-                    let local = self.sockets.nat_t_endpoint()?;
+                    let local = self.sockets.nat_t_endpoint(to);
                     let d = Datagram { local, remote: endpoint(*from.ip(), from.port()), data };
                     self.ike.handle_datagram(now, &d)?;
-                    Report::Ike { from, data: d.data }
+                    Report::Ike { from, to, data: d.data }
                 }
                 Report::Acquire { domain, dst } => {
                     self.acquire(now, domain, dst)?;

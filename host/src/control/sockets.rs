@@ -55,26 +55,38 @@ impl IkeSockets {
         Ok(IkeSockets { address, ike, nat_t, ike_port, nat_t_port, buf: vec![0; 65_536] })
     }
 
-    /// Our end of the NAT-T port, for IKE the data path set aside.
-    pub fn nat_t_endpoint(&self) -> io::Result<Endpoint> {
-        Ok(endpoint(self.address, self.nat_t_port))
+    /// Our end of the NAT-T port, for IKE the data path set aside: the
+    /// address it was sent to where the socket listens on every one.
+    pub fn nat_t_endpoint(&self, to: Option<Ipv4Addr>) -> Endpoint {
+        endpoint(self.ours(to), self.nat_t_port)
+    }
+
+    /// Our address for a datagram the peer sent to `to`: the one we listen
+    /// on, or, listening on every address, the one it named (NAT detection
+    /// hashes it, RFC 7296 section 2.23; 0.0.0.0 there made both ends see
+    /// a NAT that is not there).
+    fn ours(&self, to: Option<Ipv4Addr>) -> Ipv4Addr {
+        match to {
+            Some(a) if self.address.is_unspecified() => a,
+            _ => self.address,
+        }
     }
 
     /// The datagrams waiting on the IKE port (IPv4 senders only), at most
     /// `max` of them, counting those too large without copying them.
     pub fn receive(&mut self, max: usize) -> io::Result<Received> {
-        let local = endpoint(self.address, self.ike_port);
-        let buf = &mut self.buf;
         let mut out = Received::default();
         for _ in 0..max {
-            match self.ike.recv_from(buf) {
-                Ok((n, _)) if n > MAX_IKE_MESSAGE => out.oversize += 1,
-                Ok((n, SocketAddr::V4(from))) => out.datagrams.push(Datagram {
-                    local: local.clone(),
-                    remote: endpoint(*from.ip(), from.port()),
-                    data: buf[..n].to_vec(),
-                }),
-                Ok(_) => {}
+            match crate::sys::recv_gro(&self.ike, &mut self.buf) {
+                Ok(r) if r.len > MAX_IKE_MESSAGE || r.truncated => out.oversize += 1,
+                Ok(r) => {
+                    let Some(from) = r.from else { continue };
+                    out.datagrams.push(Datagram {
+                        local: endpoint(self.ours(r.to), self.ike_port),
+                        remote: endpoint(*from.ip(), from.port()),
+                        data: self.buf[..r.len].to_vec(),
+                    })
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if out.datagrams.is_empty() && out.oversize == 0 => return Err(e),
                 Err(_) => break,
@@ -89,13 +101,23 @@ impl IkeSockets {
         let Some(SocketAddr::V4(to)) = socket_addr(&d.remote) else {
             return Err(io::Error::new(ErrorKind::InvalidInput, "not an IPv4 endpoint"));
         };
+        // Listening on every address, from the one the engine names (where
+        // the peer's request arrived), not the route's preferred source.
+        let from = match socket_addr(&d.local) {
+            Some(SocketAddr::V4(l)) if self.address.is_unspecified() && !l.ip().is_unspecified() => Some(*l.ip()),
+            _ => None,
+        };
+        let send = |sock: &UdpSocket, data: &[u8]| match from {
+            Some(f) => crate::sys::send_from(sock, data, to, f),
+            None => sock.send_to(data, to),
+        };
         if d.local.port == self.nat_t_port {
             let mut m = Vec::with_capacity(NON_ESP_MARKER.len() + d.data.len());
             m.extend_from_slice(&NON_ESP_MARKER);
             m.extend_from_slice(&d.data);
-            self.nat_t.send_to(&m, to)?;
+            send(&self.nat_t, &m)?;
         } else {
-            self.ike.send_to(&d.data, to)?;
+            send(&self.ike, &d.data)?;
         }
         Ok(to)
     }
@@ -136,5 +158,38 @@ mod tests {
         let r = s.receive(MAX_READ_500).expect("read");
         assert_eq!((r.oversize, r.datagrams.len()), (0, 300 - (MAX_READ_500 - 1)), "the rest in the next round");
         assert_eq!(s.receive(MAX_READ_500).expect("read").datagrams.len(), 0);
+    }
+
+    /// Bound to every address, the sockets learn which one a peer sent to
+    /// and answer from it; here 127.0.0.2, which is not the loopback
+    /// route's preferred source (127.0.0.1). Before, the engine was told
+    /// 0.0.0.0 and the answer came from 127.0.0.1.
+    #[test]
+    fn on_every_address_a_datagram_names_the_one_it_came_to_and_the_answer_leaves_from_it() {
+        let ike = UdpSocket::bind("0.0.0.0:0").expect("IKE port");
+        ike.set_nonblocking(true).expect("nonblocking");
+        crate::sys::enable_recv_dst(&ike).expect("IP_PKTINFO");
+        let port = ike.local_addr().expect("address").port();
+        let mut s =
+            IkeSockets::new(Ipv4Addr::UNSPECIFIED, ike, UdpSocket::bind("0.0.0.0:0").expect("NAT-T")).expect("sockets");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+        peer.send_to(b"request", ("127.0.0.2", port)).expect("sent");
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got = s.receive(MAX_READ_500).expect("read").datagrams;
+            if !got.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(got.len(), 1);
+        let d = &got[0];
+        assert_eq!((d.local.address.as_slice(), d.local.port), (&[127, 0, 0, 2][..], port));
+        let answer = Datagram { local: d.local.clone(), remote: d.remote.clone(), data: b"answer".to_vec() };
+        s.send(&answer).expect("answered");
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).expect("the answer");
+        assert_eq!((&buf[..n], from), (&b"answer"[..], SocketAddr::from(([127, 0, 0, 2], port))));
     }
 }

@@ -2,7 +2,7 @@
 //! channel whose receiver also has a file descriptor that becomes readable
 //! when something was sent, so a thread blocked in `poll` on its sockets
 //! wakes for it too.
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
@@ -83,8 +83,9 @@ impl std::fmt::Debug for DomainTun {
 #[derive(Debug)]
 pub enum Report {
     /// An IKE message that came in on the NAT-T port (behind the non-ESP
-    /// marker, RFC 3948 section 2.2), marker removed.
-    Ike { from: SocketAddrV4, data: Vec<u8> },
+    /// marker, RFC 3948 section 2.2), marker removed; `to`: our address
+    /// it was sent to, where the socket listens on every one.
+    Ike { from: SocketAddrV4, to: Option<Ipv4Addr>, data: Vec<u8> },
     /// Traffic of routing domain `domain` (0: the daemon's own, else a
     /// tenant's) for a destination no SA covers (may start a `trap`
     /// connection of that domain).

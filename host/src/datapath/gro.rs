@@ -8,7 +8,7 @@
 //! run, so every piece is classified on its own. What does not fit the
 //! batch waits here for the next one, ahead of any new read.
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use tracing::debug;
 
@@ -32,13 +32,15 @@ pub struct GroRecv {
     /// The read's outer TOS byte: GRO joins only datagrams whose IPv4
     /// headers match, so it is every one's.
     tos: u8,
+    /// The address they were sent to (one flow, so the same for all).
+    to: Option<Ipv4Addr>,
 }
 
 impl GroRecv {
     /// For a socket with GRO on (`enabled`) or off.
     pub fn new(enabled: bool) -> GroRecv {
         let buf = if enabled { vec![0; GRO_MAX] } else { Vec::new() };
-        GroRecv { enabled, buf, len: 0, at: 0, segment: 0, from: None, tos: 0 }
+        GroRecv { enabled, buf, len: 0, at: 0, segment: 0, from: None, tos: 0, to: None }
     }
 
     /// Whether datagrams of the last read wait for room.
@@ -69,7 +71,7 @@ impl Loop {
                     }
                     Ok(r) => {
                         self.staging[n].set_received(r.len);
-                        n = self.take_datagram(n, r.from, r.tos);
+                        n = self.take_datagram(n, r.from, r.tos, r.to);
                         continue;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -88,6 +90,7 @@ impl Loop {
                         g.segment = r.segment.unwrap_or(r.len).max(1);
                         g.from = r.from;
                         g.tos = r.tos;
+                        g.to = r.to;
                         if r.truncated {
                             // Larger than the GRO buffer: not ESP we could open.
                             g.len = 0;
@@ -114,11 +117,11 @@ impl Loop {
                 stats::inc(&self.stats.rx_runts);
                 continue;
             }
-            let (from, tos) = (g.from, g.tos);
+            let (from, tos, to) = (g.from, g.tos, g.to);
             let p = &mut self.staging[n];
             p.recv_area()[..piece.len()].copy_from_slice(piece);
             p.set_received(piece.len());
-            n = self.take_datagram(n, from, tos);
+            n = self.take_datagram(n, from, tos, to);
         }
         n
     }

@@ -17,7 +17,8 @@ fn arrive(l: &mut Loop, len: usize) {
     p.recv_area()[..len].fill(0);
     p.recv_area()[4..len].fill(0x22);
     p.set_received(len);
-    assert_eq!(l.take_datagram(0, from, 0), 0, "the slot is free again");
+    let to = Some(Ipv4Addr::new(198, 51, 100, 1));
+    assert_eq!(l.take_datagram(0, from, 0, to), 0, "the slot is free again");
 }
 
 #[test]
@@ -34,6 +35,10 @@ fn ike_datagrams_wait_for_the_ike_thread_up_to_a_bound() {
     // The IKE thread takes what waits; then there is room again.
     assert_eq!(reports.drain().len(), MAX_QUEUED_IKE);
     arrive(&mut l, 4 + 28);
-    assert_eq!(reports.drain().len(), 1);
+    let taken = reports.drain();
+    assert_eq!(taken.len(), 1);
+    // With the address it was sent to, for a socket on every address.
+    let to = Some(Ipv4Addr::new(198, 51, 100, 1));
+    assert!(matches!(&taken[0], Report::Ike { to: t, data, .. } if *t == to && data.len() == 28), "{:?}", taken[0]);
     assert_eq!(st.ike_queue_full.load(Ordering::Relaxed), 5);
 }

@@ -2,7 +2,7 @@
 //! (behind the non-ESP marker) and NAT keepalives are set aside.
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -264,7 +264,13 @@ impl Loop {
     /// Classify the UDP payload in staging slot `n`: ESP stays there (the
     /// next free slot is `n + 1`); keepalives are counted and IKE goes to
     /// the control thread (the slot is free again).
-    pub(super) fn take_datagram(&mut self, n: usize, from: Option<SocketAddrV4>, tos: u8) -> usize {
+    pub(super) fn take_datagram(
+        &mut self,
+        n: usize,
+        from: Option<SocketAddrV4>,
+        tos: u8,
+        to: Option<Ipv4Addr>,
+    ) -> usize {
         let p = &self.staging[n];
         match Datagram::classify(p.data()) {
             Ok(Datagram::Esp(e)) => {
@@ -283,7 +289,7 @@ impl Loop {
                 // small IKE messages would queue in memory without end
                 // instead of being dropped at the socket.
                 (Some(up), Some(from)) => {
-                    match up.send_within(Report::Ike { from, data: ike.to_vec() }, MAX_QUEUED_IKE) {
+                    match up.send_within(Report::Ike { from, to, data: ike.to_vec() }, MAX_QUEUED_IKE) {
                         Ok(()) => {}
                         Err(NotSent::Full) => stats::inc(&self.stats.ike_queue_full),
                         Err(NotSent::Gone) => stats::inc(&self.stats.ike_rx_unhandled),

@@ -616,8 +616,6 @@ pub fn send_udp(
     if segment.is_some() && *TEST_UDP_GSO_EIO {
         return Err(io::Error::from_raw_os_error(libc::EIO));
     }
-    let mut sa = sockaddr(to);
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
     let mut control = Control::default();
     if let Some(s) = segment {
         control.push(SOL_UDP, UDP_SEGMENT, &s.to_ne_bytes());
@@ -625,6 +623,13 @@ pub fn send_udp(
     if tos != 0 {
         control.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
     }
+    send_msg(sock, to, buf, &mut control)
+}
+
+/// One `sendmsg` of `buf` to `to` with `control`'s messages.
+fn send_msg(sock: &impl AsRawFd, to: SocketAddrV4, buf: &[u8], control: &mut Control) -> io::Result<usize> {
+    let mut sa = sockaddr(to);
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: a zeroed msghdr is valid; every pointer set below points at
     // locals that outlive the sendmsg call, with the lengths given.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -639,7 +644,7 @@ pub fn send_udp(
 }
 
 /// Room for the control messages of one send (a GSO segment size and an
-/// `IP_TOS`), aligned as `cmsghdr` wants.
+/// `IP_TOS`, or an `IP_PKTINFO`), aligned as `cmsghdr` wants.
 #[derive(Default)]
 pub(crate) struct Control {
     buf: [u64; 6],
@@ -736,6 +741,8 @@ pub struct GroRead {
     pub segment: Option<usize>,
     /// The IPv4 header's TOS byte (with `enable_recv_tos`; else 0).
     pub tos: u8,
+    /// The address it was sent to (with `enable_recv_dst`; else `None`).
+    pub to: Option<Ipv4Addr>,
     /// The datagram was larger than `buf` and came cut short (`MSG_TRUNC`).
     pub truncated: bool,
 }
@@ -746,14 +753,22 @@ pub fn enable_recv_tos(sock: &impl AsRawFd) -> io::Result<()> {
     set_int_option(sock, libc::IPPROTO_IP, libc::IP_RECVTOS, 1)
 }
 
-/// Receive into `buf` with `recvmsg`, reading the `UDP_GRO` and `IP_TOS`
-/// control messages.
+/// Ask for each datagram's destination address (`IP_PKTINFO`), which
+/// `recv_gro` then reports: a socket bound to every address (0.0.0.0)
+/// learns which of them the peer sent to.
+pub fn enable_recv_dst(sock: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(sock, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
+}
+
+/// Receive into `buf` with `recvmsg`, reading the `UDP_GRO`, `IP_TOS` and
+/// `IP_PKTINFO` control messages.
 pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     // SAFETY: zeroed sockaddr_in and msghdr are valid; the pointers set
     // below point at locals that outlive the call, with the lengths given.
     let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let mut control = [0u64; 8];
+    // Room for all three (24 + 24 + 32 bytes with their headers).
+    let mut control = [0u64; 12];
     // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
@@ -767,7 +782,7 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let (mut segment, mut tos) = (None, 0);
+    let (mut segment, mut tos, mut to) = (None, 0, None);
     // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen as
     // the kernel filled them in.
     unsafe {
@@ -778,6 +793,9 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
                 segment = usize::try_from(v).ok().filter(|&s| s > 0);
             } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
                 tos = *libc::CMSG_DATA(c);
+            } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
+                to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -786,7 +804,25 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
         && sa.sin_family == libc::AF_INET as libc::sa_family_t)
         .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)));
     let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
-    Ok(GroRead { len: n as usize, from, segment, tos, truncated })
+    Ok(GroRead { len: n as usize, from, segment, tos, to, truncated })
+}
+
+/// Send one datagram to `to` from our address `from` (`IP_PKTINFO`): a
+/// socket bound to every address answers from the one it was asked at,
+/// where the kernel's route would pick its preferred source.
+pub fn send_from(sock: &impl AsRawFd, data: &[u8], to: SocketAddrV4, from: Ipv4Addr) -> io::Result<usize> {
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    // SAFETY: in_pktinfo is plain old data; its bytes are what the kernel reads.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&info as *const libc::in_pktinfo).cast::<u8>(), size_of::<libc::in_pktinfo>())
+    };
+    let mut control = Control::default();
+    control.push(libc::IPPROTO_IP, libc::IP_PKTINFO, bytes);
+    send_msg(sock, to, data, &mut control)
 }
 
 /// Ask the CPU to bring every cache line of `v` into the cache, without

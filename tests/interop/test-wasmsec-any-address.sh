@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A gateway that listens on every address (`network.listen` left at its
+# default, 0.0.0.0, as the Helm chart leaves it too) and has two on its WAN
+# link. Its IKE messages must name the address each one arrived at: NAT
+# detection (RFC 7296 section 2.23) hashes it, and with 0.0.0.0 in its
+# place both ends saw a NAT that is not there and moved the tunnel to ESP
+# in UDP with keepalives. And its answers must leave from that address,
+# or a peer that initiated to the second one would hear them from the first.
+source "$(dirname "$0")/lib.sh"
+[ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 180 bash "$0" "$@"
+WAN_B2=198.18.0.4
+
+topo_up
+nsx wsi-gwb ip addr add $WAN_B2/24 dev wan0   # a secondary address
+A=$STATE/A B=$STATE/B
+wasmsec_start wsi-gwb "$B" 0.0.0.0 $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
+
+# ike_sa DIR: our address, the peer's, and NAT in front of us and of the peer.
+ike_sa() {
+    wasmsec_ctl "$1" status | python3 -c '
+import json, sys
+for i in json.load(sys.stdin)["ike_sas"]:
+    print(i["local"], i["remote"], "nat_local=%s" % i["nat_local"], "nat_remote=%s" % i["nat_remote"])'
+}
+no_nat() { [[ "$1" == *"nat_local=False nat_remote=False" ]]; }
+
+# A initiates to each of B's addresses in turn (restarted in between: its
+# INITIAL_CONTACT replaces the first IKE SA at B).
+for to in $WAN_B $WAN_B2; do
+    capture wsi-gwa "$STATE/wan-$to.pcap"
+    wasmsec_start wsi-gwa "$A" $WAN_A $to $ID_A $ID_B $LAN_A $LAN_B 198.18.1.1 start
+    check "to $to: A brought the tunnel up" wasmsec_up "$A" 15
+    # B's one IKE SA (A's first one replaced after the restart).
+    for _ in $(seq 50); do
+        at_b=$(ike_sa "$B")
+        [ "$(wc -l <<<"$at_b")" -eq 1 ] && [[ "$at_b" != 0.0.0.0:* ]] && [[ "$at_b" == "$to:"* ]] && break
+        sleep 0.2
+    done
+    at_a=$(ike_sa "$A")
+    check "to $to: B holds one IKE SA, on the address A sent to, not 0.0.0.0 ($at_b)" \
+        bash -c "[[ '$at_b' == '$to:500 $WAN_A:500 '* ]]"
+    check "to $to: B detected no NAT ($at_b)" no_nat "$at_b"
+    check "to $to: A detected no NAT ($at_a)" no_nat "$at_a"
+    check "to $to: ping hosta -> hostb" ping_ok wsi-hosta $HOST_B
+    check "to $to: ping hostb -> hosta" ping_ok wsi-hostb $HOST_A
+    capture_stop
+    pcap=$STATE/wan-$to.pcap
+    from_to=$(count "$pcap" "udp src port 500 and src host $to")
+    from_other=$(count "$pcap" "udp src port 500 and src net 198.18.0.0/24 and not src host $to and not src host $WAN_A")
+    check "to $to: B's IKE answers came from $to ($from_to) and from no other address of B ($from_other)" \
+        [ "$from_to" -ge 2 -a "$from_other" -eq 0 ]
+    raw=$(count "$pcap" 'ip proto 50') udp=$(count "$pcap" 'udp port 4500')
+    check "to $to: no NAT-T: raw ESP ($raw packets), nothing on UDP 4500 ($udp)" [ "$raw" -ge 20 -a "$udp" -eq 0 ]
+    kill -TERM "$(cat "$A/pid")"
+    for _ in $(seq 50); do kill -0 "$(cat "$A/pid")" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$A/ctl.sock"
+done
+finish
