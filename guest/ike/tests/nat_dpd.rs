@@ -22,6 +22,37 @@ fn behind_a_nat_the_initiator_floats_to_4500_and_sends_keepalives() {
     assert!(!a.installed[0].encap);
 }
 
+/// `encap = true` on one end only, either role: the other end sees a NAT
+/// in front of it (its NAT_DETECTION_SOURCE_IP matches no address) and
+/// puts its ESP in UDP too, as strongSwan's `encap = yes` makes its peer
+/// do. Before, the forcing end sent ESP in UDP and got raw ESP back.
+#[test]
+fn forced_encapsulation_makes_the_peer_encapsulate_too() {
+    for forced_initiator in [true, false] {
+        let conf = Conf::default();
+        let mut a = side(A, B, &conf);
+        let mut b = side(B, A, &conf);
+        let forcing = if forced_initiator { &mut a } else { &mut b };
+        let (at, peer) = if forced_initiator { (A, B) } else { (B, A) };
+        let mut cfg = connection(at, peer, &conf, forcing.psk);
+        cfg.force_encap = true;
+        forcing.engine = Engine::new(conf.timing);
+        forcing.engine.add_connection(cfg).unwrap();
+        a.engine.initiate(0, "site", &mut a.crypto).unwrap();
+        run(&mut a, &mut b, 60_000, &mut all);
+        assert_child_pair(&a, &b);
+        let (ca, cb) = (&a.installed[0], &b.installed[0]);
+        assert!(ca.encap && cb.encap, "forced by the initiator {forced_initiator}: {:?}\n{:?}", a.logs, b.logs);
+        assert_eq!((ca.local.port, cb.local.port), (4500, 4500));
+        // The responder says what it detected (the initiator does not log it).
+        if forced_initiator {
+            assert!(b.log_has("peer is behind a NAT"), "{:?}", b.logs);
+        } else {
+            assert!(!b.log_has("behind a NAT"), "no NAT is seen at the forcing end: {:?}", b.logs);
+        }
+    }
+}
+
 #[test]
 fn dead_peer_detection_clears_or_restarts() {
     for action in [DpdAction::Clear, DpdAction::Restart] {

@@ -11,6 +11,16 @@ use crate::output::{Datagram, Endpoint, IKE_PORT, NAT_T_PORT};
 use crate::proposal::{self, Kind};
 use crate::sa::state::{IkeSa, InFlight, State};
 
+/// Our NAT_DETECTION_SOURCE_IP. With encapsulation forced (`encap`), the
+/// hash of no address of ours (each byte inverted), as strongSwan's
+/// `encap = yes` does: the peer then sees a NAT in front of us and puts its
+/// ESP in UDP too (section 2.23). Before, it sent raw ESP while we sent
+/// ESP in UDP, which a peer or a path that passes only UDP does not carry.
+fn source_hash(spi_i: u64, spi_r: u64, ep: &Endpoint, force_encap: bool) -> Vec<u8> {
+    let h = nat_hash(spi_i, spi_r, ep);
+    if force_encap { h.into_iter().map(|b| !b).collect() } else { h }
+}
+
 /// NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | Port) (section 2.23).
 fn nat_hash(spi_i: u64, spi_r: u64, ep: &Endpoint) -> Vec<u8> {
     let mut h = sha1_smol::Sha1::new();
@@ -89,7 +99,7 @@ fn send(sa: &mut IkeSa, ctx: &mut Ctx) -> Result<(), Error> {
     ps.push(Payload::Sa(proposal::to_wire(&c.ike, Kind::Ike, &[], true)));
     ps.push(Payload::Ke { group: sa.dh_group.raw(), data: public });
     ps.push(Payload::Nonce(sa.ni.clone()));
-    ps.push(Payload::notify(NotifyType::NatDetectionSourceIp, nat_hash(sa.spi_i, 0, &sa.local)));
+    ps.push(Payload::notify(NotifyType::NatDetectionSourceIp, source_hash(sa.spi_i, 0, &sa.local, c.cfg.force_encap)));
     ps.push(Payload::notify(NotifyType::NatDetectionDestinationIp, nat_hash(sa.spi_i, 0, &sa.remote)));
     let m = Message { header: super::header(sa, ExchangeType::IkeSaInit, false, 0), payloads: ps };
     let data = m.emit();
@@ -224,11 +234,12 @@ pub(crate) fn respond(ctx: &mut Ctx, h: Header, d: Datagram) {
     };
     sa.init.request = d.data.clone();
     sa.window.peer_next_mid = 1;
+    let force_encap = ctx.conns[conn].cfg.force_encap;
     let ps = vec![
         Payload::Sa(vec![proposal::chosen_to_wire(&chosen, Kind::Ike, num, &[])]),
         Payload::Ke { group: chosen.dh.raw(), data: public },
         Payload::Nonce(nr),
-        Payload::notify(NotifyType::NatDetectionSourceIp, nat_hash(h.spi_i, spi_r, &d.local)),
+        Payload::notify(NotifyType::NatDetectionSourceIp, source_hash(h.spi_i, spi_r, &d.local, force_encap)),
         Payload::notify(NotifyType::NatDetectionDestinationIp, nat_hash(h.spi_i, spi_r, &d.remote)),
     ];
     let resp = Message { header: super::header(&sa, ExchangeType::IkeSaInit, true, 0), payloads: ps }.emit();
