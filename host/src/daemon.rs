@@ -127,7 +127,8 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
             limits: SaLimits::default(),
         };
         sas.inbound.push(Kept::new(inb, selectors));
-        sas.peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation });
+        let source = std::net::Ipv4Addr::UNSPECIFIED;
+        sas.peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation, source });
         info!(
             tunnel = %m.name.get_ref(), peer = %m.remote_address, algorithm = alg.name(),
             out_spi = format_args!("{:#010x}", m.out_spi.0), in_spi = format_args!("{:#010x}", m.in_spi.0),
@@ -275,6 +276,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
     }
     let mut children = Children::new(p.outbound, p.inbound, p.keystore.clone());
     children.esp_keylog = cfg.ike.esp_keylog.clone();
+    children.any_address = cfg.network.listen.is_unspecified();
     let history_applied = connections.len();
     let history = crate::control::connections::History::loaded(connections);
     // The loads at start are those of the first output's IKE SAs.

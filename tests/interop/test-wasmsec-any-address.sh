@@ -4,8 +4,9 @@
 # link. Its IKE messages must name the address each one arrived at: NAT
 # detection (RFC 7296 section 2.23) hashes it, and with 0.0.0.0 in its
 # place both ends saw a NAT that is not there and moved the tunnel to ESP
-# in UDP with keepalives. And its answers must leave from that address,
-# or a peer that initiated to the second one would hear them from the first.
+# in UDP with keepalives. And its answers and its ESP must leave from that
+# address, or a peer that initiated to the second one would hear them from
+# the first.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 180 bash "$0" "$@"
 WAN_B2=198.18.0.4
@@ -56,13 +57,16 @@ for round in "$WAN_B 500" "$WAN_B2 500" "$WAN_B2 4500"; do
             [ "$from_to" -ge 2 -a "$from_other" -eq 0 ]
         raw=$(count "$pcap" 'ip proto 50') udp=$(count "$pcap" 'udp port 4500')
         check "$tag: no NAT-T: raw ESP ($raw packets), nothing on UDP 4500 ($udp)" [ "$raw" -ge 20 -a "$udp" -eq 0 ]
+        esp="ip proto 50"
     else
-        # IKE_AUTH's answer on 4500 is the one datagram there from B
-        # before ESP starts; ESP in UDP from B may leave from the route's
-        # source (README, `network.listen`).
         ike=$(count "$pcap" "udp src port 4500 and src host $to and udp[8:4] = 0")
         check "$tag: B's IKE answers on UDP 4500 came from $to ($ike)" [ "$ike" -ge 1 ]
+        esp="udp src port 4500 and udp[8:4] != 0"
     fi
+    # B's ESP leaves from the CHILD SA's address, not the route's source.
+    esp_to=$(count "$pcap" "$esp and src host $to") esp_other=$(count "$pcap" "$esp and src net 198.18.0.0/24 and not src host $to and not src host $WAN_A")
+    check "$tag: B's ESP came from $to ($esp_to) and from no other address of B ($esp_other)" \
+        [ "$esp_to" -ge 10 -a "$esp_other" -eq 0 ]
     kill -TERM "$(cat "$A/pid")"
     for _ in $(seq 50); do kill -0 "$(cat "$A/pid")" 2>/dev/null || break; sleep 0.1; done
     rm -f "$A/ctl.sock"

@@ -187,6 +187,9 @@ pub struct Children {
     pub esp_keys: Arc<Keystore>,
     /// Wireshark `esp_sa` export of every CHILD SA (debugging only).
     pub esp_keylog: Option<PathBuf>,
+    /// The daemon listens on every address: each CHILD SA's ESP leaves
+    /// from its own (`Peer::source`).
+    pub any_address: bool,
     /// Outbound SAs of rekeys we answered, waiting for their activation,
     /// by their CHILD SA's inbound SPI (their name in the data path).
     deferred: HashMap<u32, (Kept<OutboundSa>, Peer, usize, Arc<SaTraffic>)>,
@@ -244,6 +247,7 @@ impl Children {
             inbound,
             esp_keys,
             esp_keylog: None,
+            any_address: false,
             deferred: HashMap::new(),
             retired: BTreeMap::new(),
             groups: HashMap::new(),
@@ -484,10 +488,18 @@ impl Children {
                 return false;
             }
         };
+        // Our address as the guest names it: at worst another of ours (the
+        // kernel sends from no other), so the peer may drop the ESP, which
+        // a guest can bring about anyway.
+        let source = match socket_addr(&c.local) {
+            Some(SocketAddr::V4(l)) if self.any_address => *l.ip(),
+            _ => Ipv4Addr::UNSPECIFIED,
+        };
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },
             encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
+            source,
         };
         let float_peer = match remote {
             SocketAddr::V4(a) if c.encap => Some(a),
@@ -608,7 +620,13 @@ impl Children {
             let Some(c) = self.list.get_mut(spi) else { continue };
             c.peer = SocketAddr::V4(to);
             their_ike_sas.push(c.ike_spi);
-            let peer = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp };
+            // Our address stays (`Peers::moved`).
+            let peer = Peer {
+                address: *to.ip(),
+                port: to.port(),
+                encapsulation: Encapsulation::Udp,
+                source: Ipv4Addr::UNSPECIFIED,
+            };
             self.outbound.send_quiet(SaCommand::MovePeer { spi, peer });
         }
         // Their IKE SA's peer moved too: the guest may send there

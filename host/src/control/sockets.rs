@@ -104,13 +104,10 @@ impl IkeSockets {
         // Listening on every address, from the one the engine names (where
         // the peer's request arrived), not the route's preferred source.
         let from = match socket_addr(&d.local) {
-            Some(SocketAddr::V4(l)) if self.address.is_unspecified() && !l.ip().is_unspecified() => Some(*l.ip()),
-            _ => None,
+            Some(SocketAddr::V4(l)) if self.address.is_unspecified() => *l.ip(),
+            _ => Ipv4Addr::UNSPECIFIED,
         };
-        let send = |sock: &UdpSocket, data: &[u8]| match from {
-            Some(f) => crate::sys::send_from(sock, data, to, f),
-            None => sock.send_to(data, to),
-        };
+        let send = |sock: &UdpSocket, data: &[u8]| crate::sys::send_udp(sock, to, from, data, None, 0);
         if d.local.port == self.nat_t_port {
             let mut m = Vec::with_capacity(NON_ESP_MARKER.len() + d.data.len());
             m.extend_from_slice(&NON_ESP_MARKER);

@@ -9,7 +9,7 @@
 //! `EINVAL`: a kernel without it) the batch goes out one by one and GSO
 //! stays off for the life of the thread (logged once).
 use std::collections::HashMap;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -36,6 +36,8 @@ pub struct GsoSend {
     pub enabled: bool,
     buf: Vec<u8>,
     to: Option<SocketAddrV4>,
+    /// Our address they leave from (`Peer::source`).
+    from: Ipv4Addr,
     /// Their outer TOS byte (`tos.rs`): one per send.
     tos: u8,
     /// Size of every datagram but possibly the last.
@@ -53,13 +55,15 @@ impl Default for GsoSend {
 impl GsoSend {
     /// With GSO allowed (`enabled`) or never tried.
     pub fn new(enabled: bool) -> GsoSend {
-        GsoSend { enabled, buf: Vec::with_capacity(MAX_BYTES), to: None, tos: 0, segment: 0, parts: Vec::new() }
+        let (to, from) = (None, Ipv4Addr::UNSPECIFIED);
+        GsoSend { enabled, buf: Vec::with_capacity(MAX_BYTES), to, from, tos: 0, segment: 0, parts: Vec::new() }
     }
 
-    /// Queue one sealed datagram for `to` with outer TOS `tos`, sending
-    /// what was queued first when it cannot join them.
-    pub fn push(&mut self, out: &UdpOut, to: SocketAddrV4, tos: u8, spi: Option<u32>, data: &[u8]) {
+    /// Queue one sealed datagram for `to` from `from` with outer TOS
+    /// `tos`, sending what was queued first when it cannot join them.
+    pub fn push(&mut self, out: &UdpOut, to: SocketAddrV4, from: Ipv4Addr, tos: u8, spi: Option<u32>, data: &[u8]) {
         let fits = self.to == Some(to)
+            && self.from == from
             && self.tos == tos
             && data.len() <= self.segment
             && self.parts.last().is_some_and(|&(_, l)| l == self.segment)
@@ -68,6 +72,7 @@ impl GsoSend {
         if !fits {
             self.flush(out);
             self.to = Some(to);
+            self.from = from;
             self.tos = tos;
             self.segment = data.len();
         }
@@ -83,7 +88,7 @@ impl GsoSend {
         let r = if self.parts.len() == 1 || !self.enabled {
             Err(None)
         } else {
-            sys::send_udp(out.udp, to, &self.buf, Some(self.segment as u16), self.tos).map_err(Some)
+            sys::send_udp(out.udp, to, self.from, &self.buf, Some(self.segment as u16), self.tos).map_err(Some)
         };
         match r {
             Ok(_) => {
@@ -102,7 +107,7 @@ impl GsoSend {
                 }
                 let mut at = 0;
                 for &(spi, len) in &self.parts {
-                    match sys::send_udp(out.udp, to, &self.buf[at..at + len], None, self.tos) {
+                    match sys::send_udp(out.udp, to, self.from, &self.buf[at..at + len], None, self.tos) {
                         Ok(_) => sent(out, spi, len),
                         Err(e) => {
                             debug!(error = %e, "ESP send failed");
@@ -153,7 +158,7 @@ mod tests {
         // one that cannot join (a send of its own).
         let sizes = [100usize, 100, 100, 40, 120];
         for (i, &n) in sizes.iter().enumerate() {
-            g.push(&out, to, 0, None, &vec![i as u8; n]);
+            g.push(&out, to, Ipv4Addr::UNSPECIFIED, 0, None, &vec![i as u8; n]);
         }
         g.flush(&out);
         for (i, &n) in sizes.iter().enumerate() {
@@ -174,7 +179,7 @@ mod tests {
         let out = UdpOut { udp: &tx, stats: &stats, traffic: &traffic };
         let mut g = GsoSend::default();
         for i in 0..4u8 {
-            g.push(&out, to, 0, None, &[i; 300]);
+            g.push(&out, to, Ipv4Addr::UNSPECIFIED, 0, None, &[i; 300]);
         }
         g.flush(&out);
         let mut b = vec![0u8; 65_535];
@@ -182,5 +187,29 @@ mod tests {
         assert_eq!((r.len, r.segment), (1200, Some(300)));
         assert_eq!(r.from.map(|a| a.port()), tx.local_addr().ok().map(|a| a.port()));
         assert!(b[..1200].chunks(300).enumerate().all(|(i, c)| c.iter().all(|&x| x == i as u8)));
+    }
+
+    /// From a socket on every address, a run (one GSO send) and a lone
+    /// datagram leave from the address their SAs name, 127.0.0.2 here,
+    /// not the loopback route's preferred source (127.0.0.1).
+    #[test]
+    fn datagrams_leave_from_the_address_their_sas_name() {
+        let (_, rx, to) = pair();
+        let tx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let stats = Stats::default();
+        let traffic = HashMap::new();
+        let out = UdpOut { udp: &tx, stats: &stats, traffic: &traffic };
+        let mut g = GsoSend::default();
+        let ours = Ipv4Addr::new(127, 0, 0, 2);
+        for n in [200usize, 200, 50] {
+            g.push(&out, to, ours, 0, None, &vec![1; n]);
+        }
+        g.flush(&out);
+        for n in [200usize, 200, 50] {
+            let mut b = [0u8; 2000];
+            let (got, from) = rx.recv_from(&mut b).unwrap();
+            assert_eq!((got, from.ip()), (n, std::net::IpAddr::V4(ours)));
+        }
+        assert_eq!(stats.esp_tx_packets.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 }

@@ -321,7 +321,13 @@ fn follow_peer(
         // The outbound half is named by this inbound SPI (`Kept::wire_spi`).
         link.send(SaCommand::MovePeer {
             spi,
-            peer: Peer { address: *src.ip(), port: src.port(), encapsulation: Encapsulation::Udp },
+            // Our address stays (`Peers::moved`).
+            peer: Peer {
+                address: *src.ip(),
+                port: src.port(),
+                encapsulation: Encapsulation::Udp,
+                source: std::net::Ipv4Addr::UNSPECIFIED,
+            },
         });
     }
 }

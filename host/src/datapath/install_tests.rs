@@ -209,6 +209,7 @@ fn an_sa_deleted_before_its_install_came_is_no_failure() {
         address: std::net::Ipv4Addr::new(192, 0, 2, 1),
         port: 4500,
         encapsulation: crate::config::Encapsulation::Udp,
+        source: std::net::Ipv4Addr::UNSPECIFIED,
     };
     assert!(to_loop.send(SaCommand::AddOutbound {
         sa: Kept::of_full(sa).expect("selectors"),
@@ -371,6 +372,7 @@ pub(super) fn add_outbound(
         address: std::net::Ipv4Addr::new(192, 0, 2, net),
         port: 4500,
         encapsulation: crate::config::Encapsulation::Udp,
+        source: std::net::Ipv4Addr::UNSPECIFIED,
     };
     let sa = Kept::outbound(sa, wire, selectors);
     (key, SaCommand::AddOutbound { sa, peer, group: 0, traffic: Default::default() })

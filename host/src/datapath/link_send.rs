@@ -158,7 +158,7 @@ impl LinkEsp {
     pub fn send_many<'a>(
         &mut self,
         n: usize,
-        msg: impl Fn(usize) -> (&'a [u8], Ipv4Addr, u8),
+        msg: impl Fn(usize) -> (&'a [u8], Ipv4Addr, Ipv4Addr, u8),
         ip: &RawEsp,
         mut sent: impl FnMut(usize, io::Result<()>),
     ) -> LinkSent {
@@ -172,7 +172,7 @@ impl LinkEsp {
         let mut resolves = 0;
         let mut counts = LinkSent::default();
         for i in 0..n {
-            let (data, to, tos) = msg(i);
+            let (data, to, from, tos) = msg(i);
             match self.hop(to, now, &mut resolves) {
                 Some(next) if data.len() + IP_HEADER <= usize::from(u16::MAX) => {
                     self.run.push((i, next));
@@ -185,7 +185,7 @@ impl LinkEsp {
                     // goes first, so a peer's datagrams keep their order.
                     self.flush(&msg, ip, &mut sent, &mut counts);
                     counts.ip += 1;
-                    sent(i, ip.send_to(data, to, tos).map(drop));
+                    sent(i, ip.send_to(data, to, from, tos).map(drop));
                 }
             }
         }
@@ -226,7 +226,7 @@ impl LinkEsp {
     /// goes through the IP socket at once, before those after it.
     fn flush<'a>(
         &mut self,
-        msg: &impl Fn(usize) -> (&'a [u8], Ipv4Addr, u8),
+        msg: &impl Fn(usize) -> (&'a [u8], Ipv4Addr, Ipv4Addr, u8),
         ip: &RawEsp,
         sent: &mut impl FnMut(usize, io::Result<()>),
         counts: &mut LinkSent,
@@ -239,9 +239,13 @@ impl LinkEsp {
         // Each datagram's payload and queueing priority, taken with its head.
         let mut parts: [(&[u8], u32); RAW_BATCH] = [(&[], 0); RAW_BATCH];
         for ((head, part), &(i, next)) in heads.iter_mut().zip(parts.iter_mut()).zip(run.iter()) {
-            let (data, to, tos) = msg(i);
+            let (data, to, from, tos) = msg(i);
             *part = (data, super::tos::queue_priority(tos));
-            let src = if bind.is_unspecified() { next.src.unwrap_or(*bind) } else { *bind };
+            let src = match (bind.is_unspecified(), from.is_unspecified()) {
+                (false, _) => *bind,
+                (true, false) => from,
+                (true, true) => next.src.unwrap_or(*bind),
+            };
             // As the IP layer writes it for a raw socket with path MTU
             // discovery: DF set, so the identification means nothing
             // (RFC 6864 section 4) and stays zero. The length was checked.
@@ -267,7 +271,7 @@ impl LinkEsp {
                     sent(i, Ok(()));
                 }
                 Err(e) => {
-                    let (data, to, tos) = msg(i);
+                    let (data, to, from, tos) = msg(i);
                     debug!(peer = %to, error = %e, "the packet socket refused an ESP datagram: through the IP layer");
                     // Ask again next time: the route or neighbour may have
                     // moved. (Not for a refused priority: that is the
@@ -277,7 +281,7 @@ impl LinkEsp {
                         hops.remove(&to);
                     }
                     counts.ip += 1;
-                    sent(i, ip.send_to(data, to, tos).map(drop));
+                    sent(i, ip.send_to(data, to, from, tos).map(drop));
                 }
             }
         });
@@ -321,7 +325,7 @@ mod tests {
                 let mut results = Vec::new();
                 let counts = link.send_many(
                     1,
-                    |_| (&data[..], peer, 0x10),
+                    |_| (&data[..], peer, Ipv4Addr::UNSPECIFIED, 0x10),
                     &ip_sock,
                     |i, r| results.push((i, r.map_err(|e| e.to_string()))),
                 );

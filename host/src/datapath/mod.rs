@@ -255,8 +255,8 @@ pub struct Loop {
     /// Outbound thread: sealed ESP-in-UDP datagrams gathered for UDP GSO.
     pub gso: gso::GsoSend,
     /// Outbound thread: sealed raw ESP datagrams of the batch gathered for
-    /// one `sendmmsg` (batch index, peer address, outer TOS, SPI).
-    pub raw_out: Vec<(usize, std::net::Ipv4Addr, u8, Option<u32>)>,
+    /// one `sendmmsg` (batch index, peer address, our address, outer TOS, SPI).
+    pub raw_out: Vec<(usize, std::net::Ipv4Addr, std::net::Ipv4Addr, u8, Option<u32>)>,
     /// Inbound thread: the last UDP GRO read, being cut.
     pub gro: gro::GroRecv,
     /// Inbound thread: ESP for SAs we asked for and have not installed yet.

@@ -128,10 +128,10 @@ impl Loop {
                         // same-sized datagrams (`gso`).
                         Some(to) if to.encapsulation == Encapsulation::Udp => {
                             let out = UdpOut { udp: &self.udp, stats: &self.stats, traffic: &self.traffic };
-                            self.gso.push(&out, SocketAddrV4::new(to.address, to.port), tos, spi, p.data());
+                            self.gso.push(&out, SocketAddrV4::new(to.address, to.port), to.source, tos, spi, p.data());
                         }
                         // Raw ESP: gathered for one `sendmmsg` (below).
-                        Some(to) if self.raw.is_some() => self.raw_out.push((k, to.address, tos, spi)),
+                        Some(to) if self.raw.is_some() => self.raw_out.push((k, to.address, to.source, tos, spi)),
                         _ => {
                             if self.send(peer, p.data(), tos)
                                 && let Some(t) = spi.and_then(|s| self.traffic.get(&s))
@@ -157,11 +157,11 @@ impl Loop {
         if let (Some(raw), false) = (&self.raw, self.raw_out.is_empty()) {
             let gathered = &self.raw_out;
             let msg = |i: usize| {
-                let (k, to, tos, _) = gathered[i];
-                (st.batch[k].data(), to, tos)
+                let (k, to, from, tos, _) = gathered[i];
+                (st.batch[k].data(), to, from, tos)
             };
             let sent = |i: usize, r: std::io::Result<()>| {
-                let (k, _, _, spi) = gathered[i];
+                let (k, _, _, _, spi) = gathered[i];
                 match r {
                     Ok(()) => gso::sent(&out, spi, st.batch[k].len()),
                     Err(e) => {
@@ -239,8 +239,10 @@ impl Loop {
             return false;
         };
         let r = match (p.encapsulation, &self.raw) {
-            (Encapsulation::Udp, _) => sys::send_udp(&self.udp, SocketAddrV4::new(p.address, p.port), data, None, tos),
-            (Encapsulation::None, Some(raw)) => raw.send_to(data, p.address, tos),
+            (Encapsulation::Udp, _) => {
+                sys::send_udp(&self.udp, SocketAddrV4::new(p.address, p.port), p.source, data, None, tos)
+            }
+            (Encapsulation::None, Some(raw)) => raw.send_to(data, p.address, p.source, tos),
             (Encapsulation::None, None) => Err(std::io::Error::other("no raw ESP socket")),
         };
         match r {

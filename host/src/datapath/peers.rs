@@ -18,6 +18,10 @@ pub struct Peer {
     pub port: u16,
     /// Raw ESP or ESP in UDP.
     pub encapsulation: Encapsulation,
+    /// Our address its ESP leaves from, where the daemon listens on every
+    /// address (the CHILD SA's, which the peer sent IKE to); unspecified:
+    /// the socket's, or the route's preferred source.
+    pub source: Ipv4Addr,
 }
 
 /// The peers by index, with an index by value, so a new SA's peer is found
@@ -90,9 +94,11 @@ impl Peers {
         }
     }
 
-    /// Peer `i` is at `to` now (its NAT mapping changed); returns where it was.
+    /// Peer `i` is at `to` now (its NAT mapping changed; our address
+    /// stays); returns where it was.
     pub fn moved(&mut self, i: usize, to: Peer) -> Option<Peer> {
         let p = self.list.get_mut(i)?;
+        let to = Peer { source: p.source, ..to };
         let was = std::mem::replace(p, to);
         if self.index.get(&was) == Some(&(i as u32)) {
             self.index.remove(&was);
@@ -112,7 +118,21 @@ mod tests {
     use super::*;
 
     fn peer(last: u8, port: u16) -> Peer {
-        Peer { address: Ipv4Addr::new(198, 51, 100, last), port, encapsulation: Encapsulation::Udp }
+        Peer {
+            address: Ipv4Addr::new(198, 51, 100, last),
+            port,
+            encapsulation: Encapsulation::Udp,
+            source: Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    #[test]
+    fn a_move_keeps_our_address() {
+        let ours = Peer { source: Ipv4Addr::new(192, 0, 2, 9), ..peer(2, 4500) };
+        let mut peers = Peers::new(vec![]);
+        let i = peers.intern(ours);
+        assert_eq!(peers.moved(i as usize, peer(3, 4501)), Some(ours));
+        assert_eq!(peers.get(i as usize), Some(&Peer { source: ours.source, ..peer(3, 4501) }));
     }
 
     #[test]

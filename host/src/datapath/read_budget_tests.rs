@@ -63,7 +63,7 @@ fn with_raw(l: &mut Loop, spi: [u8; 4], count: usize) {
     assert!(crate::sys::is_root(), "this test opens a raw IP socket: run it as root");
     let raw = crate::sys::RawEsp::open(std::net::Ipv4Addr::LOCALHOST).expect("raw ESP socket");
     let esp = [&spi[..], &[0, 0, 0, 1], &[0xab; 40][..]].concat();
-    let msgs = (0..count).map(|_| (&esp[..], std::net::Ipv4Addr::LOCALHOST, 0));
+    let msgs = (0..count).map(|_| (&esp[..], std::net::Ipv4Addr::LOCALHOST, std::net::Ipv4Addr::UNSPECIFIED, 0));
     let mut sent = 0;
     raw.send_many(msgs, |_, r| sent += usize::from(r.is_ok()));
     assert_eq!(sent, count, "raw ESP sent");

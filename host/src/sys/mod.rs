@@ -209,7 +209,7 @@ impl RawEsp {
 
     /// Send one datagram to `to`, with `tos` as its header's DSCP and
     /// ECN byte (0: the socket's, which is 0).
-    pub fn send_to(&self, buf: &[u8], to: Ipv4Addr, tos: u8) -> io::Result<usize> {
+    pub fn send_to(&self, buf: &[u8], to: Ipv4Addr, from: Ipv4Addr, tos: u8) -> io::Result<usize> {
         let mut sa = sockaddr(SocketAddrV4::new(to, 0));
         let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
         let mut control = Control::default();
@@ -218,8 +218,9 @@ impl RawEsp {
         h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
         if tos != 0 {
             control.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
-            control.attach(&mut h.msg_hdr);
         }
+        source(&mut control, from);
+        control.attach(&mut h.msg_hdr);
         // SAFETY: h points at iov, sa and control, locals that outlive the
         // call, over `buf` lent for it.
         let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &h.msg_hdr, 0) };
@@ -280,7 +281,7 @@ impl RawEsp {
     /// the rest still go.
     pub fn send_many<'a>(
         &self,
-        msgs: impl Iterator<Item = (&'a [u8], Ipv4Addr, u8)>,
+        msgs: impl Iterator<Item = (&'a [u8], Ipv4Addr, Ipv4Addr, u8)>,
         mut sent: impl FnMut(usize, io::Result<()>),
     ) {
         let mut msgs = msgs.peekable();
@@ -293,16 +294,19 @@ impl RawEsp {
         let mut controls = [const { MaybeUninit::<Control>::uninit() }; RAW_BATCH];
         while msgs.peek().is_some() {
             let mut n = 0;
-            for (data, to, tos) in msgs.by_ref().take(RAW_BATCH) {
+            for (data, to, from, tos) in msgs.by_ref().take(RAW_BATCH) {
                 let addr = addrs[n].write(sockaddr(SocketAddrV4::new(to, 0)));
                 let iov =
                     iovs[n].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
                 let hdr = hdrs[n].write(message(iov));
                 hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_in).cast();
                 hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-                if tos != 0 {
+                if tos != 0 || !from.is_unspecified() {
                     let c = controls[n].write(Control::default());
-                    c.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
+                    if tos != 0 {
+                        c.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
+                    }
+                    source(c, from);
                     c.attach(&mut hdr.msg_hdr);
                 }
                 n += 1;
@@ -599,8 +603,9 @@ const UDP_SEGMENT: libc::c_int = 103;
 static TEST_UDP_GSO_EIO: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1"));
 
-/// Send `buf` to `to`, with `tos` as the outer header's DSCP and ECN
-/// byte (`IP_TOS`, 0: the socket's, which is 0). With `segment`, as
+/// Send `buf` to `to` from our address `from` (`source`), with `tos` as
+/// the outer header's DSCP and ECN byte (`IP_TOS`, 0: the socket's, which
+/// is 0). With `segment`, as
 /// datagrams of that many bytes each (the last may be shorter) in one
 /// system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The kernel cuts it as
 /// late as it can, on a veth or a GSO-capable NIC not at all. It fails with
@@ -609,6 +614,7 @@ static TEST_UDP_GSO_EIO: std::sync::LazyLock<bool> =
 pub fn send_udp(
     sock: &std::net::UdpSocket,
     to: SocketAddrV4,
+    from: Ipv4Addr,
     buf: &[u8],
     segment: Option<u16>,
     tos: u8,
@@ -623,7 +629,28 @@ pub fn send_udp(
     if tos != 0 {
         control.push(libc::IPPROTO_IP, libc::IP_TOS, &libc::c_int::from(tos).to_ne_bytes());
     }
+    source(&mut control, from);
     send_msg(sock, to, buf, &mut control)
+}
+
+/// Ask the kernel to send from our address `from` (`IP_PKTINFO`), for a
+/// socket bound to every address: an SA's datagrams leave from the
+/// address its peer knows, not the route's preferred source. Unspecified:
+/// nothing asked.
+fn source(control: &mut Control, from: Ipv4Addr) {
+    if from.is_unspecified() {
+        return;
+    }
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    // SAFETY: in_pktinfo is plain old data; its bytes are what the kernel reads.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&info as *const libc::in_pktinfo).cast::<u8>(), size_of::<libc::in_pktinfo>())
+    };
+    control.push(libc::IPPROTO_IP, libc::IP_PKTINFO, bytes);
 }
 
 /// One `sendmsg` of `buf` to `to` with `control`'s messages.
@@ -643,11 +670,11 @@ fn send_msg(sock: &impl AsRawFd, to: SocketAddrV4, buf: &[u8], control: &mut Con
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Room for the control messages of one send (a GSO segment size and an
-/// `IP_TOS`, or an `IP_PKTINFO`), aligned as `cmsghdr` wants.
+/// Room for the control messages of one send (a GSO segment size, an
+/// `IP_TOS` and an `IP_PKTINFO`), aligned as `cmsghdr` wants.
 #[derive(Default)]
 pub(crate) struct Control {
-    buf: [u64; 6],
+    buf: [u64; 10],
     len: usize,
 }
 
@@ -807,24 +834,6 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     Ok(GroRead { len: n as usize, from, segment, tos, to, truncated })
 }
 
-/// Send one datagram to `to` from our address `from` (`IP_PKTINFO`): a
-/// socket bound to every address answers from the one it was asked at,
-/// where the kernel's route would pick its preferred source.
-pub fn send_from(sock: &impl AsRawFd, data: &[u8], to: SocketAddrV4, from: Ipv4Addr) -> io::Result<usize> {
-    let info = libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: libc::in_addr { s_addr: u32::from(from).to_be() },
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
-    // SAFETY: in_pktinfo is plain old data; its bytes are what the kernel reads.
-    let bytes = unsafe {
-        std::slice::from_raw_parts((&info as *const libc::in_pktinfo).cast::<u8>(), size_of::<libc::in_pktinfo>())
-    };
-    let mut control = Control::default();
-    control.push(libc::IPPROTO_IP, libc::IP_PKTINFO, bytes);
-    send_msg(sock, to, data, &mut control)
-}
-
 /// Ask the CPU to bring every cache line of `v` into the cache, without
 /// waiting for it. The data path does this for a batch's keys before it
 /// uses the first: with packets for many SAs the keys are cold, and their
@@ -903,7 +912,9 @@ mod tests {
         let (a, b, huge) = (esp(1), esp(2), vec![0u8; 70_000]);
         // The first with DSCP EF and ECT(0), the last with the socket's TOS.
         let lo = Ipv4Addr::LOCALHOST;
-        let msgs = [(&a[..], lo, 0xba), (&huge[..], lo, 0), (&b[..], lo, 0)];
+        // The last from 127.0.0.2 (`IP_PKTINFO`), the others from the bound address.
+        let (any, second) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(127, 0, 0, 2));
+        let msgs = [(&a[..], lo, any, 0xba), (&huge[..], lo, any, 0), (&b[..], lo, second, 0)];
         let mut results = Vec::new();
         sock.send_many(msgs.into_iter(), |i, r| results.push((i, r.is_ok())));
         assert_eq!(results, [(0, true), (1, false), (2, true)]);
@@ -918,7 +929,7 @@ mod tests {
                     for (buf, &len) in bufs.iter().zip(&lens[..n]) {
                         // Ours: after the 20-byte IPv4 header, our SPI.
                         if len == 20 + a.len() && buf[20..24] == spi {
-                            seen.push((buf[27], buf[1]));
+                            seen.push((buf[27], buf[1], buf[12..16].to_vec()));
                         }
                     }
                 }
@@ -926,6 +937,10 @@ mod tests {
                 Err(e) => panic!("recvmmsg: {e}"),
             }
         }
-        assert_eq!(seen, [(1, 0xba), (2, 0)], "both datagrams around the refused one arrive, in order, with their TOS");
+        assert_eq!(
+            seen,
+            [(1, 0xba, vec![127, 0, 0, 1]), (2, 0, vec![127, 0, 0, 2])],
+            "both datagrams around the refused one arrive, in order, with their TOS and source"
+        );
     }
 }
