@@ -575,11 +575,11 @@ impl ControlPlane {
         for t in out.transmits {
             match t {
                 Transmit::Datagram(d) => self.send(&d, now),
-                Transmit::Keepalive((_, remote)) => {
+                Transmit::Keepalive((local, remote)) => {
                     if self.refused_destination(&remote, now) {
                         continue;
                     }
-                    if let Err(e) = self.sockets.keepalive(&remote) {
+                    if let Err(e) = self.sockets.keepalive(&local, &remote) {
                         debug!(to = ?socket_addr(&remote), error = %e, "NAT keepalive send failed");
                     }
                 }

@@ -101,12 +101,7 @@ impl IkeSockets {
         let Some(SocketAddr::V4(to)) = socket_addr(&d.remote) else {
             return Err(io::Error::new(ErrorKind::InvalidInput, "not an IPv4 endpoint"));
         };
-        // Listening on every address, from the one the engine names (where
-        // the peer's request arrived), not the route's preferred source.
-        let from = match socket_addr(&d.local) {
-            Some(SocketAddr::V4(l)) if self.address.is_unspecified() => *l.ip(),
-            _ => Ipv4Addr::UNSPECIFIED,
-        };
+        let from = self.source(&d.local);
         let send = |sock: &UdpSocket, data: &[u8]| crate::sys::send_udp(sock, to, from, data, None, 0);
         if d.local.port == self.nat_t_port {
             let mut m = Vec::with_capacity(NON_ESP_MARKER.len() + d.data.len());
@@ -119,11 +114,25 @@ impl IkeSockets {
         Ok(to)
     }
 
-    /// A NAT keepalive (one 0xFF byte, no marker, RFC 3948 section 2.3).
-    pub fn keepalive(&self, remote: &Endpoint) -> io::Result<()> {
+    /// A NAT keepalive (one 0xFF byte, no marker, RFC 3948 section 2.3),
+    /// from the IKE SA's address: the NAT mapping it keeps is that one's.
+    pub fn keepalive(&self, local: &Endpoint, remote: &Endpoint) -> io::Result<()> {
         match socket_addr(remote) {
-            Some(SocketAddr::V4(to)) => self.nat_t.send_to(&KEEPALIVE, to).map(|_| ()),
+            Some(SocketAddr::V4(to)) => {
+                crate::sys::send_udp(&self.nat_t, to, self.source(local), &KEEPALIVE, None, 0).map(|_| ())
+            }
             _ => Err(io::Error::new(ErrorKind::InvalidInput, "not an IPv4 endpoint")),
+        }
+    }
+
+    /// Where a datagram from `local` (as the engine names our end) leaves
+    /// from: listening on every address, that one (where the peer's
+    /// request arrived), not the route's preferred source; else the
+    /// socket's own (unspecified: nothing asked of the kernel).
+    fn source(&self, local: &Endpoint) -> Ipv4Addr {
+        match socket_addr(local) {
+            Some(SocketAddr::V4(l)) if self.address.is_unspecified() => *l.ip(),
+            _ => Ipv4Addr::UNSPECIFIED,
         }
     }
 }
@@ -167,8 +176,9 @@ mod tests {
         ike.set_nonblocking(true).expect("nonblocking");
         crate::sys::enable_recv_dst(&ike).expect("IP_PKTINFO");
         let port = ike.local_addr().expect("address").port();
-        let mut s =
-            IkeSockets::new(Ipv4Addr::UNSPECIFIED, ike, UdpSocket::bind("0.0.0.0:0").expect("NAT-T")).expect("sockets");
+        let nat_t = UdpSocket::bind("0.0.0.0:0").expect("NAT-T");
+        let nat_t_port = nat_t.local_addr().expect("address").port();
+        let mut s = IkeSockets::new(Ipv4Addr::UNSPECIFIED, ike, nat_t).expect("sockets");
         let peer = UdpSocket::bind("127.0.0.1:0").expect("peer");
         peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
         peer.send_to(b"request", ("127.0.0.2", port)).expect("sent");
@@ -188,5 +198,9 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, from) = peer.recv_from(&mut buf).expect("the answer");
         assert_eq!((&buf[..n], from), (&b"answer"[..], SocketAddr::from(([127, 0, 0, 2], port))));
+        // A NAT keepalive of that IKE SA leaves from its address too.
+        s.keepalive(&endpoint(Ipv4Addr::new(127, 0, 0, 2), nat_t_port), &d.remote).expect("keepalive");
+        let (n, from) = peer.recv_from(&mut buf).expect("the keepalive");
+        assert_eq!((&buf[..n], from), (&KEEPALIVE[..], SocketAddr::from(([127, 0, 0, 2], nat_t_port))));
     }
 }
