@@ -376,6 +376,21 @@ fn a_second_initiation_replaces_the_first_make_before_break() {
     assert_live_pairs(&a, &b, 2);
 }
 
+/// Both ends initiate, B or A first and the other `delay` ms later, and
+/// run until quiet: each brought up two IKE SAs and one is left at both
+/// ends. The sides, and their logs for messages.
+fn initiate_both(mut a: Side, mut b: Side, first_b: bool, delay: u64) -> (Side, Side, String) {
+    let (x, y) = if first_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
+    x.engine.initiate(0, "site", &mut x.crypto).unwrap();
+    y.engine.initiate(delay, "site", &mut y.crypto).unwrap();
+    run(&mut a, &mut b, 60_000, &mut all);
+    let what = format!("B first {first_b}, {delay} ms: {:?}\n{:?}", a.logs, b.logs);
+    assert_eq!((a.up, b.up), (2, 2), "{what}");
+    assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
+    assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
+    (a, b, what)
+}
+
 #[test]
 fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
     // Both ends start the connection at about the same time: two IKE SAs,
@@ -383,18 +398,9 @@ fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
     // so A deletes the one it initiated and B's stays; B deletes nothing.
     for (first_b, delay) in [(false, 0u64), (false, 3), (true, 3)] {
         let conf = Conf::default();
-        let mut a = side(A, B, &conf);
-        let mut b = side(B, A, &conf);
-        let (x, y) = if first_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
-        x.engine.initiate(0, "site", &mut x.crypto).unwrap();
-        y.engine.initiate(delay, "site", &mut y.crypto).unwrap();
-        run(&mut a, &mut b, 60_000, &mut all);
-        let what = format!("B first {first_b}, {delay} ms: {:?}\n{:?}", a.logs, b.logs);
-        assert_eq!((a.up, b.up), (2, 2), "{what}");
+        let (a, b, what) = initiate_both(side(A, B, &conf), side(B, A, &conf), first_b, delay);
         assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (1, 0), "{what}");
         assert!(a.log_has("which the peer initiated: deleting it"), "{what}");
-        assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
-        assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
         let (da, db) = (a.engine.describe(), b.engine.describe());
         assert!(da[0].contains(" Established R ") && db[0].contains(" Established I "), "B's stayed: {da:?} {db:?}");
         assert_eq!((a.crypto.vault.len(), b.crypto.vault.len()), (2, 2));
@@ -468,17 +474,10 @@ fn duplicates_are_found_by_identity_across_the_peers_addresses() {
     // Both ends initiate at once: B (the lesser identity) deletes its own
     // IKE SA, which it sees at A2, beside A's, which it sees at A.
     for (first_b, delay) in [(false, 0u64), (false, 3), (true, 3)] {
-        let (mut a, mut b) = two_homed();
-        let (x, y) = if first_b { (&mut b, &mut a) } else { (&mut a, &mut b) };
-        x.engine.initiate(0, "site", &mut x.crypto).unwrap();
-        y.engine.initiate(delay, "site", &mut y.crypto).unwrap();
-        run(&mut a, &mut b, 60_000, &mut all);
-        let what = format!("B first {first_b}, {delay} ms: {:?}\n{:?}", a.logs, b.logs);
-        assert_eq!((a.up, b.up), (2, 2), "{what}");
+        let (a, b) = two_homed();
+        let (a, b, what) = initiate_both(a, b, first_b, delay);
         assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (0, 1), "{what}");
         assert!(b.log_has("with gwz.interop.test at 198.18.0.3, the other at 198.18.0.1"), "{what}");
-        assert_eq!((a.engine.ike_sa_count(), b.engine.ike_sa_count()), (1, 1), "{what}");
-        assert_eq!((a.engine.established(), b.engine.established()), ((1, 1), (1, 1)), "{what}");
         let (da, db) = (a.engine.describe(), b.engine.describe());
         assert!(da[0].contains(" Established I ") && db[0].contains(" Established R "), "A's stayed: {da:?} {db:?}");
         assert_live_pairs(&a, &b, 1);
