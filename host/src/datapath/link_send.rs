@@ -102,7 +102,9 @@ pub struct LinkSent {
 pub struct LinkEsp {
     sock: PacketSocket,
     resolver: Resolver,
-    hops: HashMap<Ipv4Addr, Hop>,
+    /// By destination and source (with rules by source, a host with two
+    /// uplinks routes each of its addresses out of its own).
+    hops: HashMap<(Ipv4Addr, Ipv4Addr), Hop>,
     /// The IPv4 source: the address the daemon listens on, or (unspecified)
     /// the route's preferred source.
     bind: Ipv4Addr,
@@ -173,7 +175,7 @@ impl LinkEsp {
         let mut counts = LinkSent::default();
         for i in 0..n {
             let (data, to, from, tos) = msg(i);
-            match self.hop(to, now, &mut resolves) {
+            match self.hop(to, from, now, &mut resolves) {
                 Some(next) if data.len() + IP_HEADER <= usize::from(u16::MAX) => {
                     self.run.push((i, next));
                     if self.run.len() == RAW_BATCH {
@@ -193,16 +195,23 @@ impl LinkEsp {
         counts
     }
 
-    /// The next hop for a datagram to `to` now, or `None` to send it
-    /// through the IP layer.
-    fn hop(&mut self, to: Ipv4Addr, now: Instant, resolves: &mut usize) -> Option<NextHop> {
-        let fresh = self.hops.get(&to).is_some_and(|h| h.until > now);
+    /// The source a datagram from `from` (an SA's address, or
+    /// unspecified) leaves with: the bound address, else the SA's.
+    fn source(bind: Ipv4Addr, from: Ipv4Addr) -> Ipv4Addr {
+        if bind.is_unspecified() { from } else { bind }
+    }
+
+    /// The next hop for a datagram to `to` from `from` now, or `None` to
+    /// send it through the IP layer.
+    fn hop(&mut self, to: Ipv4Addr, from: Ipv4Addr, now: Instant, resolves: &mut usize) -> Option<NextHop> {
+        let key = (to, Self::source(self.bind, from));
+        let fresh = self.hops.get(&key).is_some_and(|h| h.until > now);
         if !fresh {
             if *resolves >= RESOLVES_PER_BATCH {
                 return None;
             }
             *resolves += 1;
-            let src = (!self.bind.is_unspecified()).then_some(self.bind);
+            let src = (!key.1.is_unspecified()).then_some(key.1);
             let next = self.resolver.resolve(to, src).unwrap_or_else(|e| {
                 debug!(peer = %to, error = %e, "next hop look-up failed");
                 None
@@ -213,9 +222,9 @@ impl LinkEsp {
                 self.hops.retain(|_, h| h.until > now);
             }
             let until = now + if next.is_some() { REFRESH } else { RETRY };
-            self.hops.insert(to, Hop { next, until, probe });
+            self.hops.insert(key, Hop { next, until, probe });
         }
-        let h = self.hops.get_mut(&to)?;
+        let h = self.hops.get_mut(&key)?;
         if std::mem::take(&mut h.probe) {
             return None;
         }
@@ -241,10 +250,9 @@ impl LinkEsp {
         for ((head, part), &(i, next)) in heads.iter_mut().zip(parts.iter_mut()).zip(run.iter()) {
             let (data, to, from, tos) = msg(i);
             *part = (data, super::tos::queue_priority(tos));
-            let src = match (bind.is_unspecified(), from.is_unspecified()) {
-                (false, _) => *bind,
-                (true, false) => from,
-                (true, true) => next.src.unwrap_or(*bind),
+            let src = match Self::source(*bind, from) {
+                a if a.is_unspecified() => next.src.unwrap_or(a),
+                a => a,
             };
             // As the IP layer writes it for a raw socket with path MTU
             // discovery: DF set, so the identification means nothing
@@ -278,7 +286,7 @@ impl LinkEsp {
                     // kernel's, and the socket no longer sends one.)
                     let priority_refused = priorities && !sock.priorities() && e.raw_os_error() == Some(libc::EINVAL);
                     if !priority_refused {
-                        hops.remove(&to);
+                        hops.remove(&(to, Self::source(*bind, from)));
                     }
                     counts.ip += 1;
                     sent(i, ip.send_to(data, to, from, tos).map(drop));
@@ -333,7 +341,7 @@ mod tests {
             };
             assert_eq!(send(&mut link), (LinkSent { link: 0, ip: 1 }, vec![(0, Ok(()))]));
             assert!(!link.sock.priorities(), "no more priorities on this socket");
-            assert!(link.hops.get(&peer).is_some_and(|h| h.next.is_some()), "the next hop is kept");
+            assert!(link.hops.get(&(peer, local)).is_some_and(|h| h.next.is_some()), "the next hop is kept");
             assert_eq!(send(&mut link), (LinkSent { link: 1, ip: 0 }, vec![(0, Ok(()))]));
         })
         .join()
