@@ -326,7 +326,7 @@ fn follow_peer(
                 address: *src.ip(),
                 port: src.port(),
                 encapsulation: Encapsulation::Udp,
-                source: std::net::Ipv4Addr::UNSPECIFIED,
+                source: Ipv4Addr::UNSPECIFIED,
             },
         });
     }
