@@ -207,8 +207,9 @@ impl RawEsp {
         Ok((n as usize, Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))))
     }
 
-    /// Send one datagram to `to`, with `tos` as its header's DSCP and
-    /// ECN byte (0: the socket's, which is 0).
+    /// Send one datagram to `to` from our address `from` (unspecified:
+    /// the socket's; `source`), with `tos` as its header's DSCP and ECN
+    /// byte (0: the socket's, which is 0).
     pub fn send_to(&self, buf: &[u8], to: Ipv4Addr, from: Ipv4Addr, tos: u8) -> io::Result<usize> {
         let mut sa = sockaddr(SocketAddrV4::new(to, 0));
         let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
@@ -275,7 +276,8 @@ pub(crate) unsafe fn sendmmsg_each(
 pub const RAW_BATCH: usize = 64;
 
 impl RawEsp {
-    /// Send each `(datagram, peer)` of `msgs` with as few `sendmmsg(2)`
+    /// Send each `(datagram, peer, our address, TOS)` of `msgs` (as
+    /// `send_to` takes them) with as few `sendmmsg(2)`
     /// calls as the kernel allows; `sent(i, result)` hears what became of
     /// the `i`th. A message the kernel refuses is reported and skipped, and
     /// the rest still go.
@@ -603,11 +605,11 @@ const UDP_SEGMENT: libc::c_int = 103;
 static TEST_UDP_GSO_EIO: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var_os("WASMSEC_TEST_UDP_GSO_EIO").is_some_and(|v| v == "1"));
 
-/// Send `buf` to `to` from our address `from` (`source`), with `tos` as
-/// the outer header's DSCP and ECN byte (`IP_TOS`, 0: the socket's, which
-/// is 0). With `segment`, as
-/// datagrams of that many bytes each (the last may be shorter) in one
-/// system call: UDP GSO (`UDP_SEGMENT`, Linux 4.18). The kernel cuts it as
+/// Send `buf` to `to` from our address `from` (unspecified: the socket's;
+/// `source`), with `tos` as the outer header's DSCP and ECN byte
+/// (`IP_TOS`, 0: the socket's, which is 0). With `segment`, as datagrams
+/// of that many bytes each (the last may be shorter) in one system call:
+/// UDP GSO (`UDP_SEGMENT`, Linux 4.18). The kernel cuts it as
 /// late as it can, on a veth or a GSO-capable NIC not at all. It fails with
 /// `EIO` where the device cannot checksum for it, and with `EINVAL` on a
 /// kernel without it; callers then send one by one.
