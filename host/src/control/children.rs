@@ -491,15 +491,11 @@ impl Children {
         // Our address as the guest names it: at worst another of ours (the
         // kernel sends from no other), so the peer may drop the ESP, which
         // a guest can bring about anyway.
-        let source = match socket_addr(&c.local) {
-            Some(SocketAddr::V4(l)) if self.any_address => *l.ip(),
-            _ => Ipv4Addr::UNSPECIFIED,
-        };
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },
             encapsulation: if c.encap { Encapsulation::Udp } else { Encapsulation::None },
-            source,
+            source: super::sockets::source(&c.local, self.any_address),
         };
         let float_peer = match remote {
             SocketAddr::V4(a) if c.encap => Some(a),
@@ -620,14 +616,7 @@ impl Children {
             let Some(c) = self.list.get_mut(spi) else { continue };
             c.peer = SocketAddr::V4(to);
             their_ike_sas.push(c.ike_spi);
-            // Our address stays (`Peers::moved`).
-            let peer = Peer {
-                address: *to.ip(),
-                port: to.port(),
-                encapsulation: Encapsulation::Udp,
-                source: Ipv4Addr::UNSPECIFIED,
-            };
-            self.outbound.send_quiet(SaCommand::MovePeer { spi, peer });
+            self.outbound.send_quiet(SaCommand::MovePeer { spi, to });
         }
         // Their IKE SA's peer moved too: the guest may send there
         // (`destinations.rs`) however long the peer stays quiet.

@@ -133,7 +133,7 @@ fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi
         .take_queued()
         .into_iter()
         .filter_map(|m| match m {
-            SaCommand::MovePeer { spi, peer } => Some(spi).filter(|_| peer.port == 4501),
+            SaCommand::MovePeer { spi, to } => Some(spi).filter(|_| to.port() == 4501),
             _ => None,
         })
         .collect();

@@ -125,15 +125,20 @@ impl IkeSockets {
         }
     }
 
-    /// Where a datagram from `local` (as the engine names our end) leaves
-    /// from: listening on every address, that one (where the peer's
-    /// request arrived), not the route's preferred source; else the
-    /// socket's own (unspecified: nothing asked of the kernel).
     fn source(&self, local: &Endpoint) -> Ipv4Addr {
-        match socket_addr(local) {
-            Some(SocketAddr::V4(l)) if self.address.is_unspecified() => *l.ip(),
-            _ => Ipv4Addr::UNSPECIFIED,
-        }
+        source(local, self.address.is_unspecified())
+    }
+}
+
+/// Where a datagram from `local` (as the engine names our end: an IKE
+/// message, a keepalive, a CHILD SA's ESP) leaves from: listening on every
+/// address (`any_address`), that one (where the peer's request arrived),
+/// not the route's preferred source; else the socket's own (unspecified:
+/// nothing asked of the kernel).
+pub fn source(local: &Endpoint, any_address: bool) -> Ipv4Addr {
+    match socket_addr(local) {
+        Some(SocketAddr::V4(l)) if any_address => *l.ip(),
+        _ => Ipv4Addr::UNSPECIFIED,
     }
 }
 

@@ -44,7 +44,8 @@ pub enum SaCommand {
     MovePeer {
         /// The outbound SA's name (its CHILD SA's inbound SPI).
         spi: u32,
-        peer: Peer,
+        /// The peer's new address and port (ESP in UDP: only a NAT moves).
+        to: SocketAddrV4,
     },
     /// Remove the SA installed with this name (outbound: its CHILD SA's
     /// inbound SPI) and key (another SA with the name, whose install

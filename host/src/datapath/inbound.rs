@@ -12,8 +12,7 @@ use wasmsec_wire::{esp, ipv4};
 
 use super::channel::{NotSent, Report, SaCommand, Sender};
 use super::group::Split;
-use super::{Direction, Loop, POLL_MS, Peer, tos};
-use crate::config::Encapsulation;
+use super::{Direction, Loop, POLL_MS, tos};
 use crate::control::sockets::MAX_IKE_MESSAGE;
 use crate::keys::usage::Deliveries;
 use crate::packet::PacketBuf;
@@ -319,15 +318,6 @@ fn follow_peer(
     *peer = src;
     if let Some(link) = to_outbound {
         // The outbound half is named by this inbound SPI (`Kept::wire_spi`).
-        link.send(SaCommand::MovePeer {
-            spi,
-            // Our address stays (`Peers::moved`).
-            peer: Peer {
-                address: *src.ip(),
-                port: src.port(),
-                encapsulation: Encapsulation::Udp,
-                source: Ipv4Addr::UNSPECIFIED,
-            },
-        });
+        link.send(SaCommand::MovePeer { spi, to: src });
     }
 }

@@ -468,11 +468,11 @@ impl Loop {
                     }
                     r.map(|_| ())
                 }
-                SaCommand::MovePeer { spi, peer } => {
+                SaCommand::MovePeer { spi, to } => {
                     let group = self.groups.by_spi.get(&spi).and_then(|&g| self.groups.list.get(g));
                     let sa = group.and_then(|g| g.sas.outbound.get(spi));
-                    if let Some(was) = sa.map(|k| k.sa.peer as usize).and_then(|i| self.peers.moved(i, peer)) {
-                        info!(from = %was.address, to = %peer.address, port = peer.port, "peer moved (NAT mapping changed): following it");
+                    if let Some(was) = sa.map(|k| k.sa.peer as usize).and_then(|i| self.peers.moved(i, to)) {
+                        info!(from = %was.address, to = %to.ip(), port = to.port(), "peer moved (NAT mapping changed): following it");
                     }
                     Ok(())
                 }

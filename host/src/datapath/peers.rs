@@ -5,7 +5,7 @@
 //! reused once none does: a PoP whose peers come and go (new addresses, NAT
 //! ports) would otherwise keep every peer it ever had.
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::config::Encapsulation;
 
@@ -94,11 +94,11 @@ impl Peers {
         }
     }
 
-    /// Peer `i` is at `to` now (its NAT mapping changed; our address
-    /// stays); returns where it was.
-    pub fn moved(&mut self, i: usize, to: Peer) -> Option<Peer> {
+    /// Peer `i` is at `to` now, ESP in UDP (its NAT mapping changed; our
+    /// address stays); returns where it was.
+    pub fn moved(&mut self, i: usize, to: SocketAddrV4) -> Option<Peer> {
         let p = self.list.get_mut(i)?;
-        let to = Peer { source: p.source, ..to };
+        let to = Peer { address: *to.ip(), port: to.port(), encapsulation: Encapsulation::Udp, source: p.source };
         let was = std::mem::replace(p, to);
         if self.index.get(&was) == Some(&(i as u32)) {
             self.index.remove(&was);
@@ -126,12 +126,17 @@ mod tests {
         }
     }
 
+    /// Where a NAT moved a peer to.
+    fn to(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port)
+    }
+
     #[test]
     fn a_move_keeps_our_address() {
         let ours = Peer { source: Ipv4Addr::new(192, 0, 2, 9), ..peer(2, 4500) };
         let mut peers = Peers::new(vec![]);
         let i = peers.intern(ours);
-        assert_eq!(peers.moved(i as usize, peer(3, 4501)), Some(ours));
+        assert_eq!(peers.moved(i as usize, to(3, 4501)), Some(ours));
         assert_eq!(peers.get(i as usize), Some(&Peer { source: ours.source, ..peer(3, 4501) }));
     }
 
@@ -163,7 +168,7 @@ mod tests {
     fn a_moved_peer_keeps_its_index_and_a_manual_peer_stays() {
         let mut peers = Peers::new(vec![peer(1, 4500)]);
         let a = peers.intern(peer(2, 4500));
-        assert_eq!(peers.moved(a as usize, peer(2, 61000)), Some(peer(2, 4500)));
+        assert_eq!(peers.moved(a as usize, to(2, 61000)), Some(peer(2, 4500)));
         assert_eq!(peers.intern(peer(2, 61000)), a, "found at its new port");
         assert_ne!(peers.intern(peer(2, 4500)), a, "not at its old one");
         // The manual tunnel's peer: the tunnel's SA holds it for good.
