@@ -259,6 +259,16 @@ fn child_keys_go_only_to_the_connection_whose_key_authenticated_the_peer() {
     let rekeyed = b.installed.last().unwrap().clone();
     let elsewhere = ChildSa { remote: Endpoint { address: vec![192, 0, 2, 99], port: 500 }, ..rekeyed };
     assert_eq!(b.ike.store.data_mut().claim_child_keys(&elsewhere, alg, any), KeyClaim::ElsewhereThanPeer);
+    // ESP from another address of B's than the one A sent its messages to.
+    a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
+    a.ike.tick(2).unwrap();
+    exchange(&mut a, &mut b);
+    let rekeyed = b.installed.last().unwrap().clone();
+    assert_eq!(rekeyed.local.address, [192, 0, 2, 2], "the honest guest names where A's messages arrived");
+    let from_elsewhere = ChildSa { local: Endpoint { address: vec![192, 0, 2, 77], port: 500 }, ..rekeyed.clone() };
+    let claim = b.ike.store.data_mut().claim_child_keys(&from_elsewhere, alg, any);
+    assert_eq!(claim, KeyClaim::ElsewhereThanUs);
+    assert!(b.esp.get(rekeyed.outbound_key).is_none() && b.esp.get(rekeyed.inbound_key).is_none(), "its keys are gone");
     // A connection configured for other subnets than the SA's own.
     a.ike.child_expired(2, a.installed.last().unwrap().inbound_spi, false).unwrap();
     a.ike.tick(2).unwrap();

@@ -20,6 +20,7 @@
 # (a reflector), installs a CHILD SA for a connection whose key did not
 # authenticate the peer or with selectors beyond the connection's, goes
 # past a policy's refusal, moves a CHILD SA's ESP to A's LAN host,
+# names another address of A's as the one its ESP leaves from,
 # takes a peer's AUTH that did not verify as good, or installs a CHILD SA
 # with an ESP transform A does not propose (or proposes only for another
 # child of the connection), against an honest wasmsec B; the host refuses and counts each while the honest manual tunnel
@@ -293,6 +294,11 @@ run_ike_attack() { # NAME WHAT
         hostile-move-elsewhere)
             # ESP in UDP, which follows the peer's NAT mapping.
             sed -i 's/^start_action = \(.*\)$/start_action = \1\nencap = true/' "$A/wasmsec.toml" "$B/wasmsec.toml" ;;
+        hostile-other-source)
+            # A listens on every address, so the address a CHILD SA names
+            # for our end is the one its ESP leaves from (the guest names
+            # A's LAN side, 198.18.1.1).
+            sed -i 's/^listen = .*/listen = "0.0.0.0"/' "$A/wasmsec.toml" ;;
         hostile-skip-auth)
             # B initiates with a key A does not have: A's host finds B's
             # AUTH false, A's guest goes on as if it were true.
@@ -408,6 +414,9 @@ run_ike_attack() { # NAME WHAT
         hostile-move-elsewhere)
             check "$what: the CHILD SA is up ($child)" [ "$child" -eq 1 ]
             check "$what: ... and its ESP still goes to B ($peers)" [ "$peers" = "$WAN_B:4500" ] ;;
+        hostile-other-source)
+            check "$what: no CHILD SA leaving from another address of A's ($child)" [ "$child" -eq 0 ]
+            check "$what: A said why" grep -q "whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused" "$A/wasmsec.log" ;;
         hostile-skip-auth)
             # Past the failed AUTH the guest asks the policy, which the host
             # refuses for a peer it verified no AUTH of (and it would give no
@@ -808,6 +817,7 @@ run_ike_attack hostile-other-connection "IKE: installing a CHILD SA for another 
 run_ike_attack hostile-widen-selectors "IKE: a CHILD SA widened to every address on the peer's side"
 run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refused"
 run_ike_attack hostile-move-elsewhere "IKE: moving a CHILD SA's ESP to A's LAN host"
+run_ike_attack hostile-other-source "IKE: a CHILD SA whose ESP leaves from another address of A's (its LAN side)"
 run_ike_attack hostile-skip-auth "IKE: a CHILD SA for a peer whose AUTH did not verify"
 run_ike_attack hostile-weaker-transform "IKE: a CHILD SA with a weaker ESP transform than configured"
 run_ike_attack hostile-weaker-other-child "IKE: a CHILD SA with the weaker ESP transform of another child of its connection"

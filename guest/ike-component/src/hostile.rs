@@ -16,6 +16,7 @@
 //! | `hostile-widen-selectors` | every CHILD SA is installed with the peer's side widened to every IPv4 address |
 //! | `hostile-ignore-policy` | every policy answer is taken as an accept, whatever the host's policy said |
 //! | `hostile-move-elsewhere` | every `poll` moves the ESP of the CHILD SAs it installed to host A on gateway A's LAN (198.18.1.10:4500), as if the peer's NAT mapping had changed |
+//! | `hostile-other-source` | every CHILD SA is installed with our end at gateway A's LAN address ([`OTHER_SOURCE`]), another of its own than the one the peer sends to |
 //! | `hostile-skip-auth` | every peer's AUTH is taken as verified, whatever the host's check said (a peer with the wrong key gets a CHILD SA) |
 //! | `hostile-weaker-transform` | every CHILD SA's keys are derived for, and the SA installed with, AES-CBC-128 with HMAC-SHA-256, which the connection does not propose |
 //! | `hostile-weaker-other-child` | the same, where another child of the connection (other subnets) proposes that transform |
@@ -55,6 +56,7 @@ pub enum Attack {
     WidenSelectors,
     IgnorePolicy,
     MoveElsewhere,
+    OtherSource,
     SkipAuth,
     WeakerTransform,
     Unlimited,
@@ -64,6 +66,10 @@ pub enum Attack {
 
 /// For `OtherConnection`: the connection every CHILD SA is installed for.
 pub const VICTIM: &str = "victim";
+
+/// For `OtherSource`: the address every CHILD SA's ESP is to leave from
+/// (gateway A's LAN side in `test-hostile-guests.sh`).
+pub const OTHER_SOURCE: [u8; 4] = [198, 18, 1, 1];
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
 pub const TRAP_MARKER: [u8; 8] = *b"TRAPTRAP";
@@ -90,6 +96,7 @@ pub fn choose(connection: &str) {
         "hostile-widen-selectors" => Attack::WidenSelectors,
         "hostile-ignore-policy" => Attack::IgnorePolicy,
         "hostile-move-elsewhere" => Attack::MoveElsewhere,
+        "hostile-other-source" => Attack::OtherSource,
         "hostile-skip-auth" => Attack::SkipAuth,
         "hostile-weaker-transform" => Attack::WeakerTransform,
         "hostile-weaker-other-child" => Attack::WeakerTransform,

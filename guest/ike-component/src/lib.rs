@@ -229,6 +229,10 @@ fn wit_sa_change(c: ike::SaChange) -> wit::SaChange {
             c.connection = hostile::VICTIM.into();
             ike::SaChange::Install(c)
         }
+        ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::OtherSource => {
+            c.local.addr = std::net::IpAddr::from(hostile::OTHER_SOURCE);
+            ike::SaChange::Install(c)
+        }
         ike::SaChange::Install(mut c) if hostile::attack() == hostile::Attack::Unlimited => {
             (c.limits.hard_bytes, c.limits.hard_packets) = (0, 0);
             ike::SaChange::Install(c)

@@ -487,10 +487,14 @@ impl Children {
                 warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), remote = %remote, "IKE guest installed a CHILD SA whose ESP would go elsewhere than its IKE SA's peer: refused");
                 return false;
             }
+            KeyClaim::ElsewhereThanUs => {
+                let local = socket_addr(&c.local).map(|a| a.ip().to_string()).unwrap_or_default();
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local = %local, "IKE guest installed a CHILD SA whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused");
+                return false;
+            }
         };
-        // Our address as the guest names it: at worst another of ours (the
-        // kernel sends from no other), so the peer may drop the ESP, which
-        // a guest can bring about anyway.
+        // Our address as the guest named it, which the claim held to the
+        // one the IKE SA's peer sends to.
         let peer = Peer {
             address: peer_addr,
             port: if c.encap { remote.port() } else { 0 },

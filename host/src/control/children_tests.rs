@@ -125,7 +125,7 @@ fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi
     }
     let mut ike = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
     let to = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 7), 4501);
-    ike.verified_at(1, SocketAddr::V4(to));
+    ike.verified_at(1, SocketAddr::V4(to), Ipv4Addr::new(198, 18, 0, 2).into());
     // Peer 1 moved: only its SA follows (named twice, and with an SPI
     // nothing has), not peer 2's, which is not there.
     assert!(c.peer_moved(&[0x10, 0x10, 0x99], to, &ike));

@@ -3,7 +3,7 @@
 //! keystore) and a typed wrapper around its exports.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::bindings::ike as b;
 use super::{WasmContext, sandbox, wit_error};
 use crate::control::bounds::{ConnectionBounds, EspTransform, GrantBounds, limits_within};
+use crate::control::children::socket_addr;
 use crate::keys::{EspAlgorithm, EspKey, Keystore};
 use crate::policy::{AuthorizeRequest, Decision, IdKind, Identity};
 use wasmsec_wire::ike::Identification;
@@ -53,18 +54,19 @@ pub struct IkeState {
     /// inherit it): CHILD SA keys come only from an accepted one, and are
     /// installed only within what its grant names.
     verdicts: HashMap<u64, Verdict>,
-    /// The datagram the guest is handling now: its source and bytes. A
-    /// `decrypt` of exactly these bytes that verifies proves that the IKE
-    /// SA's peer sent them from there.
-    current: Option<(SocketAddr, Vec<u8>)>,
+    /// The datagram the guest is handling now: where it came from and
+    /// arrived at, and its bytes. A `decrypt` of exactly these bytes that
+    /// verifies proves that the IKE SA's peer sent them from there to there.
+    current: Option<(Verified, Vec<u8>)>,
     /// Each IKE SA key handle's lineage: the first IKE SA of a chain of
     /// rekeys (section 2.18), whose CHILD SAs move along the chain.
     lineages: HashMap<u64, u64>,
     /// Live IKE SA handles per lineage.
     lineage_handles: HashMap<u64, u32>,
-    /// Where each lineage's peer last sent an IKE message that verified:
-    /// the only place its CHILD SAs' ESP may go.
-    verified_from: HashMap<u64, SocketAddr>,
+    /// Where each lineage's peer last sent an IKE message that verified,
+    /// and to which address of ours: the only place its CHILD SAs' ESP may
+    /// go, and the only address it may leave from.
+    verified_from: HashMap<u64, Verified>,
     /// The clock the vault's COOKIE secrets rotate by.
     started: std::time::Instant,
     /// Requests the vault refused as breaking its rules (a key used for
@@ -78,6 +80,15 @@ pub struct IkeState {
     checkpoint_bytes: usize,
     /// The policy modules that authorize peers, by connection (none: accept).
     pub policy: crate::policy::Policies,
+}
+
+/// Where an IKE message that verified came from (the peer) and arrived at
+/// (our address, as the host read it: the one listened on, or with
+/// `IP_PKTINFO` the one the peer sent to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verified {
+    from: SocketAddr,
+    at: IpAddr,
 }
 
 /// A derived CHILD SA key pair waiting for its install.
@@ -136,6 +147,10 @@ pub enum KeyClaim {
     /// ESP to another address than the one the IKE SA's peer last sent a
     /// verified message from.
     ElsewhereThanPeer,
+    /// ESP from another address of ours than the one that message was
+    /// sent to: one the peer (or a firewall in front of it) admits no ESP
+    /// from, so the tunnel would look up and carry nothing.
+    ElsewhereThanUs,
 }
 
 /// Derived CHILD SA key pairs that may wait for their install at once.
@@ -266,10 +281,12 @@ impl IkeState {
     /// and within what the policy granted its peer, and its ESP transform
     /// is one the grant or else that child proposes, keyed with the key
     /// exchange (PFS) that proposal asks for unless it is the IKE SA's
-    /// first CHILD SA, with hard limits
-    /// within the grant's or else that child's. Anything else is a guest lying about its keys, its peer or its
-    /// selectors; a pair refused for those is gone (its keys destroyed),
-    /// as the guest cannot be trusted to name it again.
+    /// first CHILD SA, with hard limits within the grant's or else that
+    /// child's, and its ESP goes between the addresses the IKE SA's last
+    /// verified message came from and arrived at. Anything else is a guest
+    /// lying about its keys, its peer, our address or its selectors; a pair
+    /// refused for those is gone (its keys destroyed), as the guest cannot
+    /// be trusted to name it again.
     pub fn claim_child_keys(&mut self, c: &ChildSa, alg: EspAlgorithm, bounds: Option<&ConnectionBounds>) -> KeyClaim {
         let (outbound, inbound) = (c.outbound_key, c.inbound_key);
         let transform = EspTransform { encr: c.encr, key_bits: c.key_bits, integ: c.integ, esn: c.esn };
@@ -277,16 +294,19 @@ impl IkeState {
             return KeyClaim::NotDerived;
         };
         self.derived.remove(&outbound);
-        let peer = crate::control::children::socket_addr(&c.remote);
+        let (peer, ours) = (socket_addr(&c.remote), socket_addr(&c.local));
         let verified = self.verified_from.get(&d.lineage).copied();
         // Held to the child it names, not to the union of its connection's.
         let bounds = bounds.and_then(|b| b.child(&c.child));
         let life = bounds.and_then(|b| b.hard_limits(&d.grant));
         // Raw ESP goes to the address alone; ESP in UDP to the port too.
         let at_peer = match (peer, verified) {
-            (Some(p), Some(v)) => p.ip() == v.ip() && (!c.encap || p.port() == v.port()),
+            (Some(p), Some(v)) => p.ip() == v.from.ip() && (!c.encap || p.port() == v.from.port()),
             _ => false,
         };
+        // Our end by address alone: ESP in UDP leaves from the NAT-T
+        // socket's port whatever the guest names.
+        let at_us = matches!((ours, verified), (Some(o), Some(v)) if o.ip() == v.at);
         let claim = if self.psk_owners.get(&d.authenticated_by) != Some(&c.connection) {
             KeyClaim::OtherConnection
         } else if !bounds.is_some_and(|b| b.hold(&c.local_ts, &c.remote_ts)) {
@@ -301,6 +321,8 @@ impl IkeState {
             KeyClaim::BeyondLifetime
         } else if !at_peer {
             KeyClaim::ElsewhereThanPeer
+        } else if !at_us {
+            KeyClaim::ElsewhereThanUs
         } else {
             let (life_ms, replay_window, tos) = (
                 life.map_or(0, |l| l.time_ms),
@@ -333,19 +355,22 @@ impl IkeState {
     /// Where the peer of IKE SA lineage `lineage` last sent an IKE message
     /// that verified.
     pub fn verified_source(&self, lineage: u64) -> Option<SocketAddr> {
-        self.verified_from.get(&lineage).copied()
+        self.verified_from.get(&lineage).map(|v| v.from)
     }
 
     /// Tests: as if lineage `lineage`'s peer had sent a message that
     /// verified from `from`.
     #[cfg(test)]
-    pub fn verified_at(&mut self, lineage: u64, from: SocketAddr) {
-        self.verified_from.insert(lineage, from);
+    pub fn verified_at(&mut self, lineage: u64, from: SocketAddr, at: IpAddr) {
+        self.verified_from.insert(lineage, Verified { from, at });
     }
 
     /// The guest is about to handle datagram `d` (`None`: done with it).
     fn handling(&mut self, d: Option<&Datagram>) {
-        self.current = d.and_then(|d| Some((crate::control::children::socket_addr(&d.remote)?, d.data.clone())));
+        self.current = d.and_then(|d| {
+            let verified = Verified { from: socket_addr(&d.remote)?, at: socket_addr(&d.local)?.ip() };
+            Some((verified, d.data.clone()))
+        });
     }
 
     /// The policy's answer for the peer of IKE SA `ike_sa` (its keys'
@@ -542,10 +567,10 @@ impl b::wasmsec::crypto::ike_keys::Host for IkeState {
         let p = self.vault.decrypt(sa, from_initiator, &message, sk_offset as usize).map_err(|e| self.refused(e))?;
         // The datagram being handled verified under this IKE SA's keys:
         // its source is where the peer is.
-        if let (Some((from, bytes)), Some(lineage)) = (&self.current, self.lineages.get(&sa))
+        if let (Some((verified, bytes)), Some(lineage)) = (&self.current, self.lineages.get(&sa))
             && *bytes == message
         {
-            self.verified_from.insert(*lineage, *from);
+            self.verified_from.insert(*lineage, *verified);
         }
         Ok(self.seen_by_guest(p.to_vec()))
     }
