@@ -23,6 +23,7 @@ use crate::datapath::group::{Group, Groups};
 use crate::datapath::gso::GsoSend;
 use crate::datapath::guard::GuestGuard;
 use crate::datapath::link_send::LinkEsp;
+use crate::datapath::tos::{self, BySa};
 use crate::datapath::{Kept, Loop, Peer, Peers, SaSet};
 use crate::keys::iv_reservation::{self, IvReservation};
 use crate::keys::{EspKey, Keystore};
@@ -114,7 +115,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
             remote_ts: Vec::new(),
             limits: SaLimits::default(),
         };
-        sas.outbound.push(Kept::outbound(out, m.out_spi.0, selectors.clone()));
+        sas.outbound.push(Kept::outbound(out, m.out_spi.0, selectors.clone()).with_tos(m.tos()));
         let inb = InboundSa {
             spi: m.in_spi.0,
             key: load(&m.in_key, "in_key", false)?,
@@ -126,7 +127,7 @@ fn manual_sas(cfg: &Config, base: &Path, ks: &Arc<Keystore>, reserve: bool) -> R
             remote_ts: Vec::new(),
             limits: SaLimits::default(),
         };
-        sas.inbound.push(Kept::new(inb, selectors));
+        sas.inbound.push(Kept::new(inb, selectors).with_tos(m.tos()));
         let source = std::net::Ipv4Addr::UNSPECIFIED;
         sas.peers.push(Peer { address: m.remote_address, port: m.remote_port, encapsulation: m.encapsulation, source });
         info!(
@@ -642,6 +643,13 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
     } else {
         None
     };
+    // The outer header's DSCP and ECN: `[network]`'s, and each manual
+    // tunnel's own where it sets them (as a child's at its install).
+    let (mut out_copy, mut in_copy) = (BySa::new(tos::Copy::of(&cfg.network)), BySa::new(tos::Copy::of(&cfg.network)));
+    for (o, i) in manual.outbound.iter().zip(&manual.inbound) {
+        out_copy.installed(o.sa.spi, o.tos);
+        in_copy.installed(i.sa.spi, i.tos);
+    }
     let outbound = Loop {
         runtime: runtime.clone(),
         groups: out_groups,
@@ -660,7 +668,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
         inner_tos: vec![0; cfg.runtime.batch],
-        copy: crate::datapath::tos::BySa::new(crate::datapath::tos::Copy::of(&cfg.network)),
+        copy: out_copy,
         traffic: out_traffic,
         cutter: Default::default(),
         gso: GsoSend::new(cfg.network.udp_offload),
@@ -688,7 +696,7 @@ pub fn run(config_path: &Path, stats_file: Option<&Path>) -> Result<()> {
         staging: Loop::staging_for(cfg.runtime.batch),
         from_domain: Vec::with_capacity(cfg.runtime.batch),
         inner_tos: Vec::new(),
-        copy: crate::datapath::tos::BySa::new(crate::datapath::tos::Copy::of(&cfg.network)),
+        copy: in_copy,
         traffic: in_traffic,
         cutter: Default::default(),
         gso: Default::default(),

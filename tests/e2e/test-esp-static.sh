@@ -80,4 +80,46 @@ check "no protocol error was held against a guest ($(stat "$STATS" guest_protoco
 check "gwb daemon still running" test -n "$(ip netns pids wsdemo-gwb)"
 check "ping still works after the attack" ip netns exec wsdemo-hosta ping -n -c 3 -i 0.2 -W 2 198.18.2.10
 
+# 5. A manual tunnel's own outer DSCP and ECN (`manual.copy_dscp`,
+# `manual.copy_ecn`): gwa's tunnel says "no" and false over [network]'s
+# "out" and true; gwb's keeps [network]'s. Both daemons start again (a
+# restarted sender's sequence numbers start at 1, which the other's window
+# would refuse; the IV reservations keep the nonces apart across it).
+daemons() { local ns p; for ns in wsdemo-gwa wsdemo-gwb; do for p in $(ip netns pids $ns); do
+    [ "$(cat /proc/$p/comm 2>/dev/null)" = wasmsec ] && echo "$p"; done; done; }
+for p in $(daemons); do kill -TERM "$p"; done
+for _ in $(seq 50); do [ -z "$(daemons)" ] && break; sleep 0.1; done
+check "the demo's daemons stopped" [ -z "$(daemons)" ]
+printf 'copy_dscp = "no"\ncopy_ecn = false\n' >>"$DIR/demo/gwa.toml"
+for gw in gwa gwb; do
+    ip netns exec wsdemo-$gw "$WASMSEC_BIN" run --config "$DIR/demo/$gw.toml" --stats-file "$DIR/demo/$gw-stats.json" \
+        >"$DIR/demo/$gw-again.log" 2>&1 </dev/null &
+done
+routed() { ip -n wsdemo-gwa route show 198.18.2.0/24 | grep -q wsec0 && ip -n wsdemo-gwb route show 198.18.1.0/24 | grep -q wsec0; }
+for _ in $(seq 100); do routed && break; sleep 0.1; done
+check "both daemons up again, gwa with its tunnel's own copy_dscp and copy_ecn" routed
+ip netns exec wsdemo-gwa tcpdump -i wan0 -n -U -w "$DIR/tos.pcap" udp port 4500 2>"$DIR/tos.err" &
+CAP=$!
+for _ in $(seq 50); do grep -q "listening on" "$DIR/tos.err" && break; sleep 0.1; done
+# DSCP EF with ECT(0) inside; host B's echo replies carry the same DSCP.
+check "pings with DSCP EF and ECT(0) pass" ip netns exec wsdemo-hosta ping -n -c 5 -i 0.2 -W 2 -Q 0xba 198.18.2.10
+sleep 0.3; kill -INT "$CAP"; wait "$CAP" 2>/dev/null || true
+# The outer TOS bytes of the ESP datagrams (not the 1-byte keepalives), by sender.
+read -r a_tos b_tos < <(python3 - "$DIR/tos.pcap" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+off, seen = 24, {"198.18.0.1": set(), "198.18.0.2": set()}
+while off + 16 <= len(data):
+    incl = struct.unpack_from("<I", data, off + 8)[0]
+    ip = data[off + 16 + 14: off + 16 + incl]; off += 16 + incl
+    src = ".".join(map(str, ip[12:16]))
+    if len(ip) > 20 + 8 + 1 and src in seen:
+        seen[src].add("%#04x" % ip[1])
+print(",".join(sorted(seen["198.18.0.1"])) or "none", ",".join(sorted(seen["198.18.0.2"])) or "none")
+PY
+)
+echo "outer TOS: gwa's ESP $a_tos (its tunnel: copy_dscp \"no\", copy_ecn false), gwb's $b_tos ([network]'s)"
+check "gwa's tunnel sends DSCP 0 and Not-ECT outside ($a_tos)" [ "$a_tos" = 0x00 ]
+check "gwb's, with [network]'s defaults, copies EF outside ($b_tos)" bash -c "[[ '$b_tos' =~ ^0xb[89a]$ ]]"
+
 finish

@@ -486,6 +486,19 @@ pub struct Manual {
     pub in_spi: Spi,
     /// The inbound SA's key, as `out_key`.
     pub in_key: KeySource,
+    /// The tunnel's outer DSCP and ECN, as `[network] copy_dscp` and
+    /// `copy_ecn` (whose values they take where unset) and a child's own.
+    #[serde(default)]
+    pub copy_dscp: Option<CopyDscp>,
+    #[serde(default)]
+    pub copy_ecn: Option<bool>,
+}
+
+impl Manual {
+    /// What the tunnel says of the outer header, over `[network]`.
+    pub fn tos(&self) -> crate::datapath::tos::Override {
+        crate::datapath::tos::Override { dscp: self.copy_dscp, ecn: self.copy_ecn }
+    }
 }
 
 fn default_encap() -> Encapsulation {

@@ -131,6 +131,17 @@ fn a_child_may_set_its_own_copy_dscp_and_copy_ecn() {
 }
 
 #[test]
+fn a_manual_tunnel_may_set_its_own_copy_dscp_and_copy_ecn() {
+    use crate::datapath::tos::Override;
+    let manual = |v: &str| Config::parse(&format!("{GOOD}{v}\n"), "t.toml").map(|c| c.manual[0].tos());
+    assert_eq!(manual("").unwrap(), Override::default(), "[network]'s unless it says otherwise");
+    let o = manual("copy_dscp = \"no\"\ncopy_ecn = false").unwrap();
+    assert_eq!(o, Override { dscp: Some(CopyDscp::No), ecn: Some(false) });
+    let e = manual("copy_ecn = \"no\"").unwrap_err().to_string();
+    assert!(e.contains("line 13") && e.contains("expected a boolean"), "{e}");
+}
+
+#[test]
 fn raw_esp_send_defaults_to_auto() {
     let net = |v: &str| Config::parse(&format!("{GOOD}\n[network]\n{v}\n"), "t.toml").map(|c| c.network);
     assert_eq!(Config::parse(GOOD, "t.toml").unwrap().network.raw_esp_send, RawEspSend::Auto);
