@@ -446,6 +446,27 @@ fn two_ends_initiating_at_once_keep_one_ike_sa_by_identity() {
     }
 }
 
+#[test]
+fn a_pair_initiated_at_once_is_one_with_any_remote_identity_at_the_lesser_end() {
+    // A (the lesser identity) takes any identity from B: it knows B's only
+    // as IKE_AUTH authenticated it, and must still be the end that yields
+    // (before 2026-12-07 neither end deleted its own and both stayed).
+    for (first_b, delay) in [(false, 0u64), (false, 3), (true, 3)] {
+        let conf = Conf::default();
+        let mut a = side(A, B, &conf);
+        let mut cfg = connection(A, B, &conf, a.psk);
+        cfg.remote_id = "%any".into();
+        a.engine = Engine::new(conf.timing);
+        a.engine.add_connection(cfg).unwrap();
+        let (a, b, what) = initiate_both(a, side(B, A, &conf), first_b, delay);
+        assert_eq!((a.engine.stats().duplicates_deleted, b.engine.stats().duplicates_deleted), (1, 0), "{what}");
+        assert!(a.log_has("which the peer initiated: deleting it"), "{what}");
+        assert_live_pairs(&a, &b, 1);
+        assert_always_sending(&a);
+        assert_always_sending(&b);
+    }
+}
+
 /// A's second address, where B initiates to.
 const A2: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
 

@@ -24,8 +24,9 @@
 //! that sent its IKE_AUTH request. When the two ends initiated one each at
 //! once (both with `start_action = "start"`), the end whose own identity
 //! is the lesser (as ID payload bodies, which both ends see alike, NAT or
-//! not) deletes its own; a connection with `remote_id = "%any"` does not
-//! know the peer's in advance and leaves such a pair alone.
+//! not) deletes its own. The peer's is the one IKE_AUTH authenticated, so
+//! an end with `remote_id = "%any"` decides as well (before 2026-12-07 it
+//! compared the configured one and left such a pair alone).
 
 use super::lifecycle;
 use super::state::IkeSa;
@@ -45,13 +46,14 @@ fn rank(sa: &IkeSa, yields: bool) -> (bool, u64, u64) {
     (sa.auth_initiator != yields, sa.authenticated_at, sa.our_spi())
 }
 
-/// Our identity is the lesser of the connection's two (a pair the two
-/// ends initiated at once keeps the peer's IKE SA); unknown with a
-/// `%any` remote identity.
-fn yields(ctx: &Ctx, conn: usize) -> bool {
-    match (&ctx.conns[conn].local_id, &ctx.conns[conn].remote_id) {
-        (Identity::Id(ours), Identity::Id(theirs)) => ours.body() < theirs.body(),
-        _ => false,
+/// Our identity is the lesser of the two of `sa`'s connection and
+/// authenticated peer (a pair the two ends initiated at once keeps the
+/// peer's IKE SA). The peer sees the same two bodies the other way round,
+/// so exactly one end yields where they differ.
+fn yields(ctx: &Ctx, sa: &IkeSa) -> bool {
+    match &ctx.conns[sa.conn].local_id {
+        Identity::Id(ours) => ours.body() < sa.peer_id,
+        Identity::Any => false,
     }
 }
 
@@ -84,7 +86,7 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
         return;
     }
     others.retain(|k| !replaced.contains(k));
-    let y = yields(ctx, sa.conn);
+    let y = yields(ctx, sa);
     let first = others.iter().copied().max_by_key(|k| rank(&ctx.sas[k], y));
     match first.filter(|k| rank(&ctx.sas[k], y) > rank(sa, y)) {
         None => retire_covered(sa, &others, ctx),
