@@ -323,6 +323,7 @@ fn control_plane(cfg: &Config, config_path: &Path, base: &Path, p: ControlParts)
         policies,
         heard: Default::default(),
         configured: Default::default(),
+        arrived_at: Default::default(),
         heap_trim: Default::default(),
     })
 }

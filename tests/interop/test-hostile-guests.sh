@@ -17,8 +17,9 @@
 # Then the IKE attacks: A's IKE guest derives CHILD keys twice, installs
 # swapped key handles, encrypts with the peer's SK_e, deletes the honest
 # manual tunnel's SAs (which it never installed), sends to A's LAN host
-# (a reflector), installs a CHILD SA for a connection whose key did not
-# authenticate the peer or with selectors beyond the connection's, goes
+# (a reflector) or to B from A's LAN address, installs a CHILD SA for a
+# connection whose key did not authenticate the peer or with selectors
+# beyond the connection's, goes
 # past a policy's refusal, moves a CHILD SA's ESP to A's LAN host,
 # names another address of A's as the one its ESP leaves from,
 # takes a peer's AUTH that did not verify as good, or installs a CHILD SA
@@ -294,10 +295,11 @@ run_ike_attack() { # NAME WHAT
         hostile-move-elsewhere)
             # ESP in UDP, which follows the peer's NAT mapping.
             sed -i 's/^start_action = \(.*\)$/start_action = \1\nencap = true/' "$A/wasmsec.toml" "$B/wasmsec.toml" ;;
-        hostile-other-source)
-            # A listens on every address, so the address a CHILD SA names
-            # for our end is the one its ESP leaves from (the guest names
-            # A's LAN side, 198.18.1.1).
+        hostile-other-source | hostile-send-from-elsewhere)
+            # A listens on every address, so the address the guest names
+            # for our end (of a CHILD SA, of a datagram) is the one its ESP
+            # or the datagram leaves from: the guest names A's LAN side,
+            # 198.18.1.1, where no IKE arrived.
             sed -i 's/^listen = .*/listen = "0.0.0.0"/' "$A/wasmsec.toml" ;;
         hostile-skip-auth)
             # B initiates with a key A does not have: A's host finds B's
@@ -341,6 +343,11 @@ run_ike_attack() { # NAME WHAT
     ip netns exec wsi-gwa tcpdump -i lan0 -n -U -w "$A/lan.pcap" udp port 500 2>"$A/lan-cap.err" &
     local cap=$!; PIDS+=($cap)
     for _ in $(seq 50); do grep -q "listening on" "$A/lan-cap.err" && break; sleep 0.1; done
+    # What leaves A's WAN from its LAN address (hostile-other-source,
+    # hostile-send-from-elsewhere).
+    ip netns exec wsi-gwa tcpdump -i wan0 -n -U -w "$A/wan-other.pcap" src host 198.18.1.1 2>"$A/wan-cap.err" &
+    local wcap=$!; PIDS+=($wcap)
+    for _ in $(seq 50); do grep -q "listening on" "$A/wan-cap.err" && break; sleep 0.1; done
     local up=0
     start wsi-gwb "$B" && start wsi-gwa "$A" || up=1
     unset WASMSEC_TEST_LIFETIME_GRACE_MS
@@ -357,9 +364,10 @@ run_ike_attack() { # NAME WHAT
         nsx wsi-gwa ping -n -I 198.18.21.1 -i 0.05 -c 40 -W 1 198.18.22.1 >"$A/ike-ping.out" 2>&1 || true
         sleep 2.5
     fi
-    sleep 0.3; kill -INT $cap 2>/dev/null || true; wait $cap 2>/dev/null || true
-    local reflected
+    sleep 0.3; kill -INT $cap $wcap 2>/dev/null || true; wait $cap $wcap 2>/dev/null || true
+    local reflected from_lan
     reflected=$(tcpdump -r "$A/lan.pcap" -n 2>/dev/null | grep -c "> 198.18.1.10.500" || true)
+    from_lan=$(tcpdump -r "$A/wan-other.pcap" -n 2>/dev/null | grep -c "198.18.1.1" || true)
     local got errors child victim
     local alive=no
     kill -0 "$(cat "$A/pid")" 2>/dev/null && alive=yes
@@ -416,7 +424,13 @@ run_ike_attack() { # NAME WHAT
             check "$what: ... and its ESP still goes to B ($peers)" [ "$peers" = "$WAN_B:4500" ] ;;
         hostile-other-source)
             check "$what: no CHILD SA leaving from another address of A's ($child)" [ "$child" -eq 0 ]
-            check "$what: A said why" grep -q "whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused" "$A/wasmsec.log" ;;
+            check "$what: A said why" grep -q "whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused" "$A/wasmsec.log"
+            check "$what: A's WAN was captured" grep -q "listening on" "$A/wan-cap.err"
+            check "$what: nothing left A's WAN from its LAN address ($from_lan)" [ "$from_lan" -eq 0 ] ;;
+        hostile-send-from-elsewhere)
+            check "$what: the IKE tunnel came up all the same ($child)" [ "$child" -eq 1 ]
+            check "$what: A's WAN was captured" grep -q "listening on" "$A/wan-cap.err"
+            check "$what: nothing left A's WAN from its LAN address ($from_lan)" [ "$from_lan" -eq 0 ] ;;
         hostile-skip-auth)
             # Past the failed AUTH the guest asks the policy, which the host
             # refuses for a peer it verified no AUTH of (and it would give no
@@ -813,6 +827,7 @@ run_ike_attack hostile-swap-handles "IKE: swapped key handles installed"
 run_ike_attack hostile-wrong-ske "IKE: encrypting with the peer's SK_e"
 run_ike_attack hostile-delete-others "IKE: deleting a manual tunnel's SAs it never installed"
 run_ike_attack hostile-send-anywhere "IKE: sending to an address no peer has (A's LAN host)"
+run_ike_attack hostile-send-from-elsewhere "IKE: sending to the peer from an address of A's no IKE arrived at (its LAN side)"
 run_ike_attack hostile-other-connection "IKE: installing a CHILD SA for another connection (another key)"
 run_ike_attack hostile-widen-selectors "IKE: a CHILD SA widened to every address on the peer's side"
 run_ike_attack hostile-ignore-policy "IKE: a CHILD SA for a peer the policy refused"

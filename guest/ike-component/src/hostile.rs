@@ -11,6 +11,7 @@
 //! | `hostile-trap-after-initiate` | the first instance traps in the `poll` after an `initiate` (a replacement, which is restored, does not) |
 //! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
 //! | `hostile-send-anywhere` | every `poll` sends a datagram from UDP 500 to host A on gateway A's LAN (198.18.1.10:500), which no peer or connection has |
+//! | `hostile-send-from-elsewhere` | every `poll` sends a datagram to gateway B (198.18.0.2:500, the connection's remote) from gateway A's LAN address ([`OTHER_SOURCE`]), where no IKE arrived and which no connection names |
 //! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
 //! | `hostile-other-connection` | every CHILD SA is installed for the connection [`VICTIM`] (another tenant's, with another key) instead of its own |
 //! | `hostile-widen-selectors` | every CHILD SA is installed with the peer's side widened to every IPv4 address |
@@ -52,6 +53,7 @@ pub enum Attack {
     TrapOnTerminate,
     DeleteOthers,
     SendAnywhere,
+    SendFromElsewhere,
     OtherConnection,
     WidenSelectors,
     IgnorePolicy,
@@ -67,8 +69,9 @@ pub enum Attack {
 /// For `OtherConnection`: the connection every CHILD SA is installed for.
 pub const VICTIM: &str = "victim";
 
-/// For `OtherSource`: the address every CHILD SA's ESP is to leave from
-/// (gateway A's LAN side in `test-hostile-guests.sh`).
+/// For `OtherSource` and `SendFromElsewhere`: the address every CHILD
+/// SA's ESP, or the datagram, is to leave from (gateway A's LAN side in
+/// `test-hostile-guests.sh`).
 pub const OTHER_SOURCE: [u8; 4] = [198, 18, 1, 1];
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.
@@ -92,6 +95,7 @@ pub fn choose(connection: &str) {
         "hostile-trap-on-terminate" => Attack::TrapOnTerminate,
         "hostile-delete-others" => Attack::DeleteOthers,
         "hostile-send-anywhere" => Attack::SendAnywhere,
+        "hostile-send-from-elsewhere" => Attack::SendFromElsewhere,
         "hostile-other-connection" => Attack::OtherConnection,
         "hostile-widen-selectors" => Attack::WidenSelectors,
         "hostile-ignore-policy" => Attack::IgnorePolicy,
@@ -212,6 +216,18 @@ pub fn send_anywhere() -> Option<crate::wit::Transmit> {
             local: crate::wit::Endpoint { address: vec![0, 0, 0, 0], port: 500 },
             remote: crate::wit::Endpoint { address: vec![198, 18, 1, 10], port: 500 },
             data: b"REFLECTED-BY-THE-IKE-GUEST".to_vec(),
+        })
+    })
+}
+
+/// For `SendFromElsewhere`: a datagram to the peer from an address of
+/// ours IKE never arrived at.
+pub fn send_from_elsewhere() -> Option<crate::wit::Transmit> {
+    (attack() == Attack::SendFromElsewhere).then(|| {
+        crate::wit::Transmit::Datagram(crate::wit::Datagram {
+            local: crate::wit::Endpoint { address: OTHER_SOURCE.to_vec(), port: 500 },
+            remote: crate::wit::Endpoint { address: vec![198, 18, 0, 2], port: 500 },
+            data: b"SENT-FROM-ELSEWHERE-BY-THE-IKE-GUEST".to_vec(),
         })
     })
 }

@@ -452,6 +452,8 @@ impl wit::Guest for Component {
         out.sa_changes.extend(hostile::move_elsewhere());
         #[cfg(feature = "hostile")]
         out.transmits.extend(hostile::send_anywhere());
+        #[cfg(feature = "hostile")]
+        out.transmits.extend(hostile::send_from_elsewhere());
         out
     }
 

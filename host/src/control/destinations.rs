@@ -4,7 +4,12 @@
 //! a third party). Allowed are the addresses IKE came from lately (a
 //! responder's answers, retransmits), the peers of the IKE SAs that are
 //! up (DPD, rekeys, deletes; see `Children::has_ike_peer`) and the remote
-//! addresses of the loaded connections (initiating).
+//! addresses of the loaded connections (initiating). Listening on every
+//! address, the address of ours a datagram leaves from is the guest's
+//! word too: it may name one IKE arrived at (answers, and the IKE SAs
+//! that live there), a loaded connection's local address (initiating), or
+//! none (the kernel's choice), not another of the host's (a management or
+//! LAN address, another tenant's).
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -51,12 +56,39 @@ impl Heard {
     }
 }
 
-/// The remote addresses of the loaded connections, as of a given version
-/// of the connection history (`History::version`).
+/// Addresses of ours remembered at most: the kernel delivers only what
+/// is sent to one of the host's addresses (or a broadcast), so these are
+/// few; past the cap one makes room, as in [`Heard`].
+pub const ARRIVED_AT_MAX: usize = 4096;
+
+/// Addresses of ours IKE arrived at, listening on every address.
+#[derive(Default)]
+pub struct ArrivedAt {
+    at: HashSet<Ipv4Addr>,
+}
+
+impl ArrivedAt {
+    /// IKE arrived at `a`.
+    pub fn arrived(&mut self, a: Ipv4Addr) {
+        if self.at.len() >= ARRIVED_AT_MAX && !self.at.contains(&a) {
+            let any = self.at.iter().next().copied();
+            any.map(|o| self.at.remove(&o));
+        }
+        self.at.insert(a);
+    }
+
+    pub fn has(&self, a: Ipv4Addr) -> bool {
+        self.at.contains(&a)
+    }
+}
+
+/// The remote and local addresses of the loaded connections, as of a
+/// given version of the connection history (`History::version`).
 #[derive(Default)]
 pub struct Configured {
     version: u64,
     addresses: HashSet<Ipv4Addr>,
+    locals: HashSet<Ipv4Addr>,
 }
 
 impl Configured {
@@ -65,23 +97,28 @@ impl Configured {
         self.version == version
     }
 
-    pub fn set(&mut self, version: u64, addresses: HashSet<Ipv4Addr>) {
-        (self.version, self.addresses) = (version, addresses);
+    /// The addresses of `connections` (`ControlPlane::live_connections`),
+    /// as of version `version` of the history.
+    pub fn set(&mut self, version: u64, connections: &[&Connection]) {
+        self.version = version;
+        self.addresses = ipv4(connections.iter().flat_map(|c| c.remote_addrs.iter()));
+        self.locals = ipv4(connections.iter().flat_map(|c| c.local_addrs.iter()));
     }
 
+    /// A loaded connection's remote address.
     pub fn has(&self, a: Ipv4Addr) -> bool {
         self.addresses.contains(&a)
     }
+
+    /// A loaded connection's local address.
+    pub fn has_local(&self, a: Ipv4Addr) -> bool {
+        self.locals.contains(&a)
+    }
 }
 
-/// The IPv4 remote addresses of `connections`
-/// (`ControlPlane::live_connections`).
-pub fn remote_addresses(connections: &[&Connection]) -> HashSet<Ipv4Addr> {
-    connections
-        .iter()
-        .flat_map(|c| c.remote_addrs.iter())
-        .filter_map(|b| <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from))
-        .collect()
+/// The IPv4 ones among addresses as the WIT gives them.
+fn ipv4<'a>(addresses: impl Iterator<Item = &'a Vec<u8>>) -> HashSet<Ipv4Addr> {
+    addresses.filter_map(|b| <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)).collect()
 }
 
 #[cfg(test)]
@@ -97,6 +134,22 @@ mod tests {
         assert!(h.recent(a, 1_000 + HEARD_FOR_MS - 1));
         assert!(!h.recent(a, 1_000 + HEARD_FOR_MS), "too long ago");
         assert!(!h.recent(Ipv4Addr::new(192, 0, 2, 2), 1_000), "another address");
+    }
+
+    #[test]
+    fn addresses_of_ours_are_remembered_within_a_bound() {
+        let mut ours = ArrivedAt::default();
+        let a = Ipv4Addr::new(198, 18, 0, 2);
+        assert!(!ours.has(a));
+        ours.arrived(a);
+        assert!(ours.has(a) && !ours.has(Ipv4Addr::new(198, 18, 0, 3)));
+        for i in 0..ARRIVED_AT_MAX as u32 {
+            ours.arrived(Ipv4Addr::from(0x0a00_0000 + i));
+        }
+        let last = Ipv4Addr::new(192, 0, 2, 9);
+        ours.arrived(last);
+        assert!(ours.has(last), "the newest has room");
+        assert_eq!(ours.at.len(), ARRIVED_AT_MAX, "bounded");
     }
 
     #[test]

@@ -151,8 +151,12 @@ pub struct ControlPlane {
     pub policies: Vec<(String, Arc<crate::policy::watch::Reloader>)>,
     /// Addresses IKE came from lately: the guest may answer them.
     pub heard: destinations::Heard,
-    /// The loaded connections' remote addresses: the guest may initiate there.
+    /// The loaded connections' remote addresses: the guest may initiate
+    /// there; and their local ones, which it may send from.
     pub configured: destinations::Configured,
+    /// Listening on every address, the addresses of ours IKE arrived at:
+    /// the guest may send from them.
+    pub arrived_at: destinations::ArrivedAt,
     /// When to give the heap back after many SAs went away.
     pub heap_trim: heap_trim::HeapTrim,
 }
@@ -312,6 +316,7 @@ impl ControlPlane {
                 Report::Ike { from, to, data } => {
                     self.heard.heard(*from.ip(), now);
                     let local = self.sockets.nat_t_endpoint(to);
+                    self.arrived(&local);
                     let d = Datagram { local, remote: endpoint(*from.ip(), from.port()), data };
                     self.ike.handle_datagram(now, &d)?;
                     Report::Ike { from, to, data: d.data }
@@ -437,6 +442,7 @@ impl ControlPlane {
             if let Some(SocketAddr::V4(from)) = socket_addr(&d.remote) {
                 self.heard.heard(*from.ip(), now);
             }
+            self.arrived(&d.local);
             self.ike.handle_datagram(now, &d)?;
             self.unapplied.from_500.push(d);
         }
@@ -475,29 +481,65 @@ impl ControlPlane {
         if self.heard.recent(a, now) || self.children.has_ike_peer(a) {
             return true;
         }
-        if !self.configured.is_for(self.history.version()) {
-            let addresses = destinations::remote_addresses(&self.live_connections());
-            self.configured.set(self.history.version(), addresses);
-        }
+        self.configured_now();
         self.configured.has(a)
     }
 
-    /// Whether the guest's datagram or keepalive to `remote` is refused
-    /// (and counted): its endpoints are untrusted, and answering only who
-    /// spoke, the IKE SAs' peers and the configured ones keeps a broken
-    /// guest from reflecting datagrams anywhere.
-    fn refused_destination(&mut self, remote: &Endpoint, now: u64) -> bool {
-        let Some(SocketAddr::V4(to)) = socket_addr(remote) else { return false };
-        if self.may_send_to(*to.ip(), now) {
-            return false;
+    /// `configured` as of the connections loaded now.
+    fn configured_now(&mut self) {
+        if !self.configured.is_for(self.history.version()) {
+            let version = self.history.version();
+            let mut configured = std::mem::take(&mut self.configured);
+            configured.set(version, &self.live_connections());
+            self.configured = configured;
         }
-        crate::stats::inc(&self.stats.guest_protocol_errors);
-        debug!(to = %to, "IKE guest sent to an address no peer or connection has: refused");
-        true
+    }
+
+    /// IKE arrived at `local` (listening on every address, the address the
+    /// peer sent to; else the one we listen on, which needs no record).
+    fn arrived(&mut self, local: &Endpoint) {
+        if let (true, Some(SocketAddr::V4(l))) = (self.children.any_address, socket_addr(local)) {
+            self.arrived_at.arrived(*l.ip());
+        }
+    }
+
+    /// Whether the guest may send from `local` (`destinations.rs`): none
+    /// named, listening on one address (the socket's is used), an address
+    /// IKE arrived at, or a loaded connection's local one.
+    fn may_send_from(&mut self, local: &Endpoint) -> bool {
+        let Some(SocketAddr::V4(l)) = socket_addr(local) else { return true };
+        let l = *l.ip();
+        if !self.children.any_address || l.is_unspecified() || self.arrived_at.has(l) {
+            return true;
+        }
+        self.configured_now();
+        self.configured.has_local(l)
+    }
+
+    /// Whether the guest's datagram or keepalive between `local` and
+    /// `remote` is refused (and counted): its endpoints are untrusted, and
+    /// answering only who spoke, the IKE SAs' peers and the configured ones
+    /// keeps a broken guest from reflecting datagrams anywhere; sending
+    /// only from where IKE arrived or a connection names, from showing up
+    /// at any other address of the host's.
+    fn refused_endpoints(&mut self, local: &Endpoint, remote: &Endpoint, now: u64) -> bool {
+        let Some(SocketAddr::V4(to)) = socket_addr(remote) else { return false };
+        if !self.may_send_to(*to.ip(), now) {
+            crate::stats::inc(&self.stats.guest_protocol_errors);
+            debug!(to = %to, "IKE guest sent to an address no peer or connection has: refused");
+            return true;
+        }
+        if !self.may_send_from(local) {
+            crate::stats::inc(&self.stats.guest_protocol_errors);
+            let from = socket_addr(local).map(|a| a.ip().to_string()).unwrap_or_default();
+            debug!(from = %from, to = %to, "IKE guest sent from an address of ours no IKE arrived at and no connection names: refused");
+            return true;
+        }
+        false
     }
 
     fn send(&mut self, d: &Datagram, now: u64) {
-        if self.refused_destination(&d.remote, now) {
+        if self.refused_endpoints(&d.local, &d.remote, now) {
             return;
         }
         if let Err(e) = self.sockets.send(d) {
@@ -576,7 +618,7 @@ impl ControlPlane {
             match t {
                 Transmit::Datagram(d) => self.send(&d, now),
                 Transmit::Keepalive((local, remote)) => {
-                    if self.refused_destination(&remote, now) {
+                    if self.refused_endpoints(&local, &remote, now) {
                         continue;
                     }
                     if let Err(e) = self.sockets.keepalive(&local, &remote) {
