@@ -36,6 +36,12 @@ pub fn socket_addr(e: &Endpoint) -> Option<SocketAddr> {
     Some(SocketAddr::new(a, e.port))
 }
 
+/// A WIT endpoint's address as text, for logs and key files (empty if it
+/// has none).
+pub fn address_text(e: &Endpoint) -> String {
+    socket_addr(e).map(|a| a.ip().to_string()).unwrap_or_default()
+}
+
 fn hex32<S: serde::Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:08x}"))
 }
@@ -488,8 +494,7 @@ impl Children {
                 return false;
             }
             KeyClaim::ElsewhereThanUs => {
-                let local = socket_addr(&c.local).map(|a| a.ip().to_string()).unwrap_or_default();
-                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local = %local, "IKE guest installed a CHILD SA whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused");
+                warn!(connection = %guest_text(&c.connection, GUEST_REASON_CHARS), local = %address_text(&c.local), "IKE guest installed a CHILD SA whose ESP would leave from another address of ours than its IKE SA's peer sent to: refused");
                 return false;
             }
         };
@@ -769,7 +774,7 @@ impl Children {
     /// Append the CHILD SA's keys to the `esp_sa` file, if export is on.
     fn export_keys(&mut self, c: &ChildSa, remote: SocketAddr, ike: &mut IkeState) {
         let Some(path) = &self.esp_keylog else { return };
-        let local = socket_addr(&c.local).map(|a| a.ip().to_string()).unwrap_or_default();
+        let local = address_text(&c.local);
         let remote = remote.ip().to_string();
         let lines = [
             (local.as_str(), remote.as_str(), c.outbound_spi, ike.take_esp_export(c.outbound_key)),

@@ -32,7 +32,7 @@ use crate::stats::Stats;
 use crate::sys;
 use crate::wasm::Runtime;
 use crate::wasm::ike::{Datagram, Endpoint, Event, IkeInstance, IkeSaState, Level, SaChange, Transmit};
-use children::{Children, socket_addr};
+use children::{Children, address_text, socket_addr};
 pub use replacement::Compaction;
 use sockets::{IkeSockets, MAX_READ_500, endpoint};
 
@@ -531,8 +531,7 @@ impl ControlPlane {
         }
         if !self.may_send_from(local) {
             crate::stats::inc(&self.stats.guest_protocol_errors);
-            let from = socket_addr(local).map(|a| a.ip().to_string()).unwrap_or_default();
-            debug!(from = %from, to = %to, "IKE guest sent from an address of ours no IKE arrived at and no connection names: refused");
+            debug!(from = %address_text(local), to = %to, "IKE guest sent from an address of ours no IKE arrived at and no connection names: refused");
             return true;
         }
         false
