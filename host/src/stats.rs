@@ -73,6 +73,11 @@ pub struct Stats {
     pub guest_protocol_errors: AtomicU64,
     /// IKE datagrams above the IKE message limit, dropped before the guest.
     pub ike_oversize: AtomicU64,
+    /// Datagrams on the IKE port sent to a broadcast or multicast address
+    /// (listening on every address), dropped before the guest.
+    pub ike_not_unicast: AtomicU64,
+    /// The same on the NAT-T port, IKE or ESP, dropped by the data path.
+    pub rx_not_unicast: AtomicU64,
     /// IKE datagrams from UDP 4500 dropped because `MAX_QUEUED_IKE`
     /// reports already waited for the IKE thread (a bound the hand-off
     /// channel keeps).
@@ -226,6 +231,8 @@ impl Stats {
             "sa_install_failures": g(&self.sa_install_failures),
             "guest_protocol_errors": g(&self.guest_protocol_errors),
             "ike_oversize": g(&self.ike_oversize),
+            "ike_not_unicast": g(&self.ike_not_unicast),
+            "rx_not_unicast": g(&self.rx_not_unicast),
             "ike_queue_full": g(&self.ike_queue_full),
             "guest_suspended_drops": g(&self.guest_suspended_drops),
             "peers": g(&self.peers),

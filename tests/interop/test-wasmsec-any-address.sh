@@ -6,7 +6,8 @@
 # place both ends saw a NAT that is not there and moved the tunnel to ESP
 # in UDP with keepalives. And its answers and its ESP must leave from that
 # address, or a peer that initiated to the second one would hear them from
-# the first.
+# the first. And IKE sent to a broadcast address, which such a socket
+# hears too, is dropped and counted, not answered.
 source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 180 bash "$0" "$@"
 WAN_B2=198.18.0.4
@@ -71,4 +72,16 @@ for round in "$WAN_B 500" "$WAN_B2 500" "$WAN_B2 4500"; do
     for _ in $(seq 50); do kill -0 "$(cat "$A/pid")" 2>/dev/null || break; sleep 0.1; done
     rm -f "$A/ctl.sock"
 done
+
+# IKE sent to a broadcast address reaches a socket on every address; no
+# peer sends there and no answer could leave from it: B drops it before
+# its guest and counts it, on port 500 and on 4500. A request to B's own
+# address, sent with them, is answered.
+b_stat() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], 0))' "$B/stats.json" "$1"; }
+got=$(nsx wsi-gwa python3 "$ROOT/tests/interop/ike-to-broadcast.py" wan0 $WAN_B 198.18.0.255)
+check "broadcast: B answered only the request to its own address ($got)" \
+    bash -c "[[ '$got' == '{\"answered\": [4]}' ]]"
+for _ in $(seq 20); do [ "$(b_stat ike_not_unicast)" -ge 2 ] && [ "$(b_stat rx_not_unicast)" -ge 1 ] && break; sleep 0.25; done
+check "broadcast: B counted the two on port 500 ($(b_stat ike_not_unicast)) and the one on 4500 ($(b_stat rx_not_unicast))" \
+    bash -c "[ $(b_stat ike_not_unicast) -eq 2 ] && [ $(b_stat rx_not_unicast) -eq 1 ]"
 finish

@@ -433,6 +433,7 @@ impl ControlPlane {
             match self.sockets.receive(MAX_READ_500) {
                 Ok(r) => {
                     crate::stats::add(&self.stats.ike_oversize, r.oversize);
+                    crate::stats::add(&self.stats.ike_not_unicast, r.not_unicast);
                     self.from_500.extend(r.datagrams);
                 }
                 Err(e) => debug!(error = %e, "IKE port receive failed"),

@@ -27,6 +27,10 @@ pub struct Received {
     pub datagrams: Vec<Datagram>,
     /// Datagrams above [`MAX_IKE_MESSAGE`], dropped before a copy.
     pub oversize: u64,
+    /// Datagrams to a broadcast or multicast address (listening on every
+    /// address), dropped before a copy: no peer sends IKE there, and an
+    /// answer could not leave from it.
+    pub not_unicast: u64,
 }
 
 /// Our IKE address and the sockets on it.
@@ -78,6 +82,7 @@ impl IkeSockets {
         let mut out = Received::default();
         for _ in 0..max {
             match crate::sys::recv_gro(&self.ike, &mut self.buf) {
+                Ok(r) if r.not_unicast => out.not_unicast += 1,
                 Ok(r) if r.len > MAX_IKE_MESSAGE || r.truncated => out.oversize += 1,
                 Ok(r) => {
                     let Some(from) = r.from else { continue };
@@ -88,7 +93,7 @@ impl IkeSockets {
                     })
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if out.datagrams.is_empty() && out.oversize == 0 => return Err(e),
+                Err(e) if out.datagrams.is_empty() && out.oversize == 0 && out.not_unicast == 0 => return Err(e),
                 Err(_) => break,
             }
         }

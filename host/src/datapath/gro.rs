@@ -69,6 +69,10 @@ impl Loop {
                         stats::inc(&self.stats.rx_runts);
                         continue;
                     }
+                    Ok(r) if r.not_unicast => {
+                        stats::inc(&self.stats.rx_not_unicast);
+                        continue;
+                    }
                     Ok(r) => {
                         self.staging[n].set_received(r.len);
                         n = self.take_datagram(n, r.from, r.tos, r.to);
@@ -95,6 +99,12 @@ impl Loop {
                             // Larger than the GRO buffer: not ESP we could open.
                             g.len = 0;
                             stats::inc(&self.stats.rx_runts);
+                            continue;
+                        }
+                        if r.not_unicast {
+                            // GRO joins one flow's datagrams: all of them.
+                            stats::add(&self.stats.rx_not_unicast, r.len.div_ceil(g.segment) as u64);
+                            g.len = 0;
                             continue;
                         }
                         if r.len == 0 {

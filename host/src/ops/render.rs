@@ -222,10 +222,12 @@ fn data_path(s: &mut Scrape, st: &Stats) {
         s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", r.name())], st.in_drops(r));
     }
     s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "runt")], g(&st.rx_runts));
+    s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "not_unicast")], g(&st.rx_not_unicast));
     s.counter(DROPS, DROPS_HELP, &[("direction", "in"), ("reason", "ecn_ce_not_ect")], g(&st.rx_ecn_drops));
     s.counter(DROPS, DROPS_HELP, &[("direction", "out"), ("reason", "tun_malformed")], g(&st.tun_rx_malformed));
     s.counter(DROPS, DROPS_HELP, &[("direction", "any"), ("reason", "guest_suspended")], g(&st.guest_suspended_drops));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "oversize_host")], g(&st.ike_oversize));
+    s.counter(DROPPED, DROPPED_HELP, &[("reason", "not_unicast")], g(&st.ike_not_unicast));
     s.counter(DROPPED, DROPPED_HELP, &[("reason", "queue_full")], g(&st.ike_queue_full));
     s.counter("wasmsec_nat_keepalives_received_total", "NAT keepalives received.", &[], g(&st.keepalives_rx));
     s.gauge(

@@ -188,6 +188,10 @@ pub struct GroRead {
     pub to: Option<Ipv4Addr>,
     /// The datagram was larger than `buf` and came cut short (`MSG_TRUNC`).
     pub truncated: bool,
+    /// It was sent to a broadcast or multicast address, not to one of
+    /// ours (with `enable_recv_dst`): no IKE or ESP peer sends there, and
+    /// an answer could not leave from it.
+    pub not_unicast: bool,
 }
 
 /// Ask for each datagram's IPv4 TOS byte (`IP_RECVTOS`), which
@@ -225,7 +229,7 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let (mut segment, mut tos, mut to) = (None, 0, None);
+    let (mut segment, mut tos, mut to, mut not_unicast) = (None, 0, None, false);
     // SAFETY: the CMSG_* walk stays within msg_control/msg_controllen as
     // the kernel filled them in.
     unsafe {
@@ -238,7 +242,10 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
                 tos = *libc::CMSG_DATA(c);
             } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
                 let info = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
-                to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                let dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                let spec = Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr));
+                not_unicast = not_unicast_destination(dst, spec);
+                to = Some(dst);
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -247,5 +254,62 @@ pub fn recv_gro(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<GroRead> {
         && sa.sin_family == libc::AF_INET as libc::sa_family_t)
         .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)));
     let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
-    Ok(GroRead { len: n as usize, from, segment, tos, to, truncated })
+    Ok(GroRead { len: n as usize, from, segment, tos, to, truncated, not_unicast })
+}
+
+/// Whether a datagram the header addressed to `dst` was not sent to a
+/// unicast address of ours. `spec` is `IP_PKTINFO`'s `ipi_spec_dst`: the
+/// kernel's source for an answer, which is `dst` itself for a unicast
+/// address of the host and another for a broadcast (also a subnet's) or a
+/// multicast one; 0 where the kernel did not say.
+fn not_unicast_destination(dst: Ipv4Addr, spec: Ipv4Addr) -> bool {
+    dst.is_broadcast() || dst.is_multicast() || (!spec.is_unspecified() && spec != dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+
+    /// A socket on every address hears a datagram to the loopback's
+    /// broadcast address (127.255.255.255, routed on `lo` only) beside one
+    /// to 127.0.0.1: `recv_gro` tells them apart.
+    #[test]
+    fn a_datagram_to_a_broadcast_address_is_told_from_one_to_ours() {
+        let rx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        enable_recv_dst(&rx).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.set_broadcast(true).unwrap();
+        tx.send_to(b"to all", (Ipv4Addr::new(127, 255, 255, 255), port)).unwrap();
+        tx.send_to(b"to us", (Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (mut buf, mut got) = (vec![0u8; 64], Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got.len() < 2 && Instant::now() < deadline {
+            match recv_gro(&rx, &mut buf) {
+                Ok(r) => got.push((buf[..r.len].to_vec(), r.to, r.not_unicast)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("recvmsg: {e}"),
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (b"to all".to_vec(), Some(Ipv4Addr::new(127, 255, 255, 255)), true),
+                (b"to us".to_vec(), Some(Ipv4Addr::LOCALHOST), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn unicast_is_where_the_answer_would_leave_from() {
+        let (ours, bcast) = (Ipv4Addr::new(198, 18, 0, 2), Ipv4Addr::new(198, 18, 0, 255));
+        assert!(!not_unicast_destination(ours, ours));
+        assert!(!not_unicast_destination(ours, Ipv4Addr::UNSPECIFIED), "the kernel did not say");
+        assert!(not_unicast_destination(bcast, ours), "a subnet's broadcast");
+        assert!(not_unicast_destination(Ipv4Addr::BROADCAST, Ipv4Addr::UNSPECIFIED));
+        assert!(not_unicast_destination(Ipv4Addr::new(224, 0, 0, 1), Ipv4Addr::UNSPECIFIED));
+    }
 }
