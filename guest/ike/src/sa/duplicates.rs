@@ -80,12 +80,10 @@ pub(crate) fn retire_duplicates(sa: &mut IkeSa, ctx: &mut Ctx) {
         return;
     }
     // Not an IKE SA a reauthentication under way replaces.
-    let replaced: Vec<u64> =
-        ctx.sas.of_connection(sa.conn).iter().filter_map(|k| ctx.sas.get(k).and_then(|s| s.replaces)).collect();
-    if replaced.contains(&me) {
+    if lifecycle::reauthenticating(ctx, me) {
         return;
     }
-    others.retain(|k| !replaced.contains(k));
+    others.retain(|&k| !lifecycle::reauthenticating(ctx, k));
     let y = yields(ctx, sa);
     let first = others.iter().copied().max_by_key(|k| rank(&ctx.sas[k], y));
     match first.filter(|k| rank(&ctx.sas[k], y) > rank(sa, y)) {

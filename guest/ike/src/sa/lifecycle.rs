@@ -130,11 +130,15 @@ fn dead_peer(sa: &mut IkeSa, ctx: &mut Ctx) -> Fate {
         ctx.count(sa.conn, |s| &mut s.dead_peers);
         let c = &ctx.conns[sa.conn].cfg;
         // Not when another IKE SA of the connection is up (a stale one
-        // timed out): our INITIAL_CONTACT would make the peer drop the good one.
-        let spis = ctx.sas.of_connection(sa.conn);
-        let other = spis.iter().any(|k| ctx.sas.get(k).is_some_and(|s| s.established() && s.redundant_at == 0));
-        if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() && !other {
-            return Fate::Restart(why);
+        // timed out): our INITIAL_CONTACT would make the peer drop the good
+        // one. Asked only where a restart is possible: a remote-access
+        // connection (no remote address) has every client's IKE SA.
+        if c.dpd_action == DpdAction::Restart && !c.remote_addrs.is_empty() {
+            let spis = ctx.sas.of_connection(sa.conn);
+            let other = spis.iter().any(|k| ctx.sas.get(k).is_some_and(|s| s.established() && s.redundant_at == 0));
+            if !other {
+                return Fate::Restart(why);
+            }
         }
     }
     Fate::Drop(why)
@@ -199,8 +203,12 @@ pub(crate) fn wind_down(o: &mut IkeSa) {
 /// IKE SA `from` handed over to `to`: references to it follow. A
 /// reauthentication under way must replace the successor (or both would
 /// live on), and a collision record naming it waits on the successor.
+/// Only the SAs that name it are looked at and marked changed: a pass
+/// over every one (until 2026-12-07) marked them all, so each IKE rekey
+/// cost a checkpoint of every IKE SA of a PoP.
 fn follow_successor(ctx: &mut Ctx, from: u64, to: u64) {
-    for s in ctx.sas.values_mut() {
+    for k in ctx.sas.naming(from) {
+        let Some(s) = ctx.sas.get_mut(&k) else { continue };
         if s.replaces == Some(from) {
             s.replaces = Some(to);
         }
@@ -208,6 +216,11 @@ fn follow_successor(ctx: &mut Ctx, from: u64, to: u64) {
             c.what = to;
         }
     }
+}
+
+/// A reauthentication under way replaces IKE SA `spi`.
+pub(crate) fn reauthenticating(ctx: &mut Ctx, spi: u64) -> bool {
+    ctx.sas.naming(spi).iter().any(|k| ctx.sas.get(k).is_some_and(|s| s.replaces == Some(spi)))
 }
 
 /// The reauthenticated IKE SA `new` has its CHILD SAs: delete the old one.
@@ -256,7 +269,7 @@ pub(crate) fn hand_over(old: &mut IkeSa, new: &mut IkeSa, ctx: &mut Ctx) {
     follow_successor(ctx, old.our_spi(), new.our_spi());
     // No rekey of an SA that is going: closed, or replaced by a
     // reauthentication under way.
-    let reauthenticated = ctx.sas.values().any(|s| s.replaces == Some(new.our_spi()));
+    let reauthenticated = reauthenticating(ctx, new.our_spi());
     if new.owed.close || reauthenticated {
         new.rekey_ike_at = 0;
     } else {

@@ -5,7 +5,9 @@
 //! too, a twin, a duplicate, the SAs an INITIAL_CONTACT replaces, the
 //! successor a DELETE lets send), which IKE SA holds the CHILD SA with this ESP SPI (a
 //! lifetime the data path reports), which IKE SAs a connection has (a
-//! reload removing it, a `start` connection checked after a replacement).
+//! reload removing it, a `start` connection checked after a replacement),
+//! which IKE SAs name this one (a reauthentication replacing it, a
+//! collision record: both follow it to its successor at an IKE rekey).
 //! A setup and its DELETE ask these four times, and with 4,000 IKE SAs
 //! standing the passes took the responder's setups per CPU-second from
 //! 2,750 to about 1,000 (`cargo xtask bench-handshakes` with `STANDING`,
@@ -30,9 +32,21 @@ struct Entry {
     child_spis: Vec<u32>,
     /// `(connection, peer address)`.
     peer: (usize, IpAddr),
+    /// Its place in its connection's list (`Lookups::connections`).
+    conn_at: usize,
     /// `(connection, keyed hash of the peer's authenticated identity)`,
     /// once IKE_AUTH verified it.
     identity: Option<(usize, u64)>,
+    /// The IKE SAs (our SPIs) it names: see [`names`].
+    names: Vec<u64>,
+}
+
+/// The IKE SAs (our SPIs) `sa` names: the one its reauthentication
+/// replaces, the one its record of a simultaneous IKE rekey waits on.
+fn names(sa: &IkeSa) -> Vec<u64> {
+    let mut v: Vec<u64> = sa.replaces.into_iter().chain(sa.ike_collision.as_ref().map(|c| c.what)).collect();
+    v.dedup();
+    v
 }
 
 #[derive(Debug, Default)]
@@ -54,8 +68,15 @@ pub(crate) struct Lookups {
     identities: HashMap<(usize, u64), Vec<u64>, PeerKeys>,
     /// The keys of those hashes.
     identity_keys: PeerKeys,
-    /// IKE SAs (our SPIs), in any state, by connection.
+    /// IKE SAs (our SPIs), in any state, by connection. A remote-access
+    /// connection has every client's, so one leaves its list by its place
+    /// there (`Entry::conn_at`), not by a search: a search made every
+    /// change to one IKE SA cost a pass over the connection's (88 us at
+    /// 100,000, against 6 us at 1,000; 2026-12-07).
     connections: HashMap<usize, Vec<u64>>,
+    /// IKE SAs (our SPIs) by the IKE SAs they name ([`names`]): a few at
+    /// most, while a reauthentication or a collision is under way.
+    named_by: HashMap<u64, Vec<u64>>,
     /// Each SA's contribution, by our IKE SPI, to take it out again.
     entries: HashMap<u64, Entry>,
 }
@@ -69,12 +90,15 @@ impl Lookups {
                 decrement(&mut self.esp_spis, s);
             }
             take_out(&mut self.peers, old.peer, spi);
-            take_out(&mut self.connections, old.peer.0, spi);
+            self.leave_connection(old.peer.0, old.conn_at);
             if let Some(k) = old.identity {
                 take_out(&mut self.identities, k, spi);
             }
             for c in old.child_spis {
                 take_out(&mut self.children, c, spi);
+            }
+            for n in old.names {
+                take_out(&mut self.named_by, n, spi);
             }
         }
         let Some(sa) = sa else { return };
@@ -83,6 +107,8 @@ impl Lookups {
             child_spis: sa.children.iter().map(|c| c.inbound_spi).collect(),
             peer: (sa.conn, sa.remote.addr),
             identity: (!sa.peer_id.is_empty()).then(|| (sa.conn, self.identity_hash(&sa.peer_id))),
+            names: names(sa),
+            conn_at: self.connections.get(&sa.conn).map_or(0, Vec::len),
         };
         for &s in &entry.esp_spis {
             *self.esp_spis.entry(s).or_default() += 1;
@@ -95,7 +121,31 @@ impl Lookups {
         for &c in &entry.child_spis {
             self.children.entry(c).or_default().push(spi);
         }
+        for &n in &entry.names {
+            self.named_by.entry(n).or_default().push(spi);
+        }
         self.entries.insert(spi, entry);
+    }
+
+    /// Take the IKE SA at place `at` out of connection `conn`'s list: the
+    /// last one takes its place.
+    fn leave_connection(&mut self, conn: usize, at: usize) {
+        let Some(list) = self.connections.get_mut(&conn) else { return };
+        if at >= list.len() {
+            return;
+        }
+        list.swap_remove(at);
+        match list.get(at) {
+            Some(moved) => {
+                if let Some(e) = self.entries.get_mut(moved) {
+                    e.conn_at = at;
+                }
+            }
+            None if list.is_empty() => {
+                self.connections.remove(&conn);
+            }
+            None => {}
+        }
     }
 
     pub fn esp_spi_in_use(&self, spi: u32) -> bool {
@@ -125,6 +175,10 @@ impl Lookups {
 
     pub fn with_child(&self, esp_spi: u32) -> &[u64] {
         self.children.get(&esp_spi).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn naming(&self, spi: u64) -> &[u64] {
+        self.named_by.get(&spi).map_or(&[], Vec::as_slice)
     }
 }
 

@@ -91,13 +91,6 @@ impl SaTable {
         self.map.get_mut(spi).map(|sa| &mut **sa)
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut IkeSa> {
-        self.touched.extend(self.map.keys().copied());
-        self.timers_stale.extend(self.map.keys().copied());
-        self.lookups_stale.extend(self.map.keys().copied());
-        self.map.values_mut().map(|sa| &mut **sa)
-    }
-
     /// Bring the lookups up to date with the SAs changed since.
     fn refresh_lookups(&mut self) {
         for spi in std::mem::take(&mut self.lookups_stale) {
@@ -141,6 +134,13 @@ impl SaTable {
     pub fn with_child(&mut self, esp_spi: u32) -> Vec<u64> {
         self.refresh_lookups();
         self.lookups.with_child(esp_spi).to_vec()
+    }
+
+    /// The SAs in the table (our SPIs) that name IKE SA `spi`: a
+    /// reauthentication replacing it, a collision record waiting on it.
+    pub fn naming(&mut self, spi: u64) -> Vec<u64> {
+        self.refresh_lookups();
+        self.lookups.naming(spi).to_vec()
     }
 
     /// Work out again the deadlines of the SAs changed since the last
@@ -232,5 +232,95 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, IkeSa), String> {
         Some((&VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("checkpoint does not decode: {e}")),
         Some((v, _)) => Err(format!("checkpoint format {v}, this engine reads {VERSION}")),
         None => Err("empty checkpoint".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Endpoint;
+    use crate::sa::state::Collision;
+
+    fn sa(spi: u64) -> IkeSa {
+        let at = |last: u8| Endpoint { addr: std::net::IpAddr::from([198, 18, 0, last]), port: 500 };
+        let mut sa = IkeSa::fresh(0, at(1), at(2), 0);
+        sa.spi_r = spi;
+        sa.state = State::Established;
+        sa
+    }
+
+    /// A connection's list loses an SA by its place, the last one moving
+    /// in: after removals and changes in any order it holds exactly the
+    /// connection's SAs.
+    #[test]
+    fn a_connection_lists_exactly_its_sas_through_removals_and_moves() {
+        let mut t = SaTable::new();
+        let mut want: Vec<Vec<u64>> = vec![Vec::new(), Vec::new()];
+        for spi in 1..=500u64 {
+            let mut s = sa(spi);
+            s.conn = (spi % 2) as usize;
+            t.insert(spi, s);
+            want[(spi % 2) as usize].push(spi);
+        }
+        // Remove every third, move every seventh to the other connection,
+        // touch every fifth, checking the lists after each step.
+        for spi in 1..=500u64 {
+            let conn = (spi % 2) as usize;
+            if spi % 3 == 0 {
+                t.remove(&spi);
+                want[conn].retain(|&k| k != spi);
+            } else if spi % 7 == 0 {
+                t.get_mut(&spi).unwrap().conn = 1 - conn;
+                want[conn].retain(|&k| k != spi);
+                want[1 - conn].push(spi);
+            } else if spi % 5 == 0 {
+                t.get_mut(&spi).unwrap().rekey_ike_at = 9;
+            }
+            for (c, w) in want.iter().enumerate() {
+                let (mut got, mut w) = (t.of_connection(c), w.clone());
+                got.sort_unstable();
+                w.sort_unstable();
+                assert_eq!(got, w, "connection {c} after SA {spi}");
+            }
+        }
+        for spi in 1..=500u64 {
+            t.remove(&spi);
+        }
+        assert!(t.of_connection(0).is_empty() && t.of_connection(1).is_empty());
+    }
+
+    /// The SAs naming another are found without a pass over the table,
+    /// and follow each change made through it.
+    #[test]
+    fn the_sas_naming_an_ike_sa_follow_their_changes() {
+        let mut t = SaTable::new();
+        for spi in 1..=1_000 {
+            t.insert(spi, sa(spi));
+        }
+        let (reauth, waiting) = (2_001, 2_002);
+        let mut r = sa(reauth);
+        r.replaces = Some(7);
+        t.insert(reauth, r);
+        let mut w = sa(waiting);
+        w.ike_collision = Some(Collision { what: 7, their_ni: Vec::new(), our_nr: Vec::new() });
+        t.insert(waiting, w);
+        let sorted = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(t.naming(7)), [reauth, waiting]);
+        assert!(t.naming(8).is_empty());
+        // A change through `get_mut` moves the reference...
+        t.get_mut(&reauth).unwrap().replaces = Some(8);
+        assert_eq!(t.naming(7), [waiting]);
+        assert_eq!(t.naming(8), [reauth]);
+        // ...and one taken out and put back too; one gone names nothing.
+        let mut w = t.remove(&waiting).unwrap();
+        assert!(t.naming(7).is_empty(), "out of the table, the one being worked on");
+        w.ike_collision.as_mut().unwrap().what = 8;
+        t.insert(waiting, w);
+        assert_eq!(sorted(t.naming(8)), [reauth, waiting]);
+        t.remove(&reauth);
+        assert_eq!(t.naming(8), [waiting]);
     }
 }
