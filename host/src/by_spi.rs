@@ -85,6 +85,21 @@ impl<T> BySpi<T> {
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.by_order.values_mut().map(|r| &mut **r)
     }
+
+    /// Every record of `spi`, oldest first.
+    pub fn all(&self, spi: u32) -> impl Iterator<Item = &T> {
+        self.numbers_of(spi).filter_map(|n| self.by_order.get(&n)).map(|r| &**r)
+    }
+
+    /// Change every record of `spi` with `f`, oldest first.
+    pub fn change_all(&mut self, spi: u32, mut f: impl FnMut(&mut T)) {
+        let numbers: Vec<u64> = self.numbers_of(spi).collect();
+        for n in numbers {
+            if let Some(r) = self.by_order.get_mut(&n) {
+                f(r);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

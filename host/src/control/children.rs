@@ -231,6 +231,10 @@ pub struct Children {
     ike_peers: HashMap<Ipv4Addr, u32>,
     /// Installed CHILD SAs, by our inbound SPI.
     list: BySpi<ChildInfo>,
+    /// Their inbound SPIs by their IKE SA (our SPI): an IKE rekey moves
+    /// its own, where a pass over every CHILD SA (a PoP's 100,000) was made
+    /// for each until 2026-12-07.
+    by_ike: BTreeSet<(u64, u32)>,
     /// How many IKE SAs (up) and CHILD SAs (installed) each connection
     /// has: a page of the admin view's connections asks for its own
     /// instead of passing over every SA (a PoP's 100,000).
@@ -267,6 +271,7 @@ impl Children {
             ike_sas: BTreeMap::new(),
             ike_peers: HashMap::new(),
             list: BySpi::default(),
+            by_ike: BTreeSet::new(),
             per_connection: HashMap::new(),
             names: HashSet::new(),
             expected: HashSet::new(),
@@ -561,25 +566,28 @@ impl Children {
         }
         let (connection, child) = (self.name(&c.connection), self.name(&c.child));
         self.tally(&connection, (0, 1), true);
-        self.list.insert(
-            c.inbound_spi,
-            ChildInfo {
-                connection,
-                child,
-                proposal: alg,
-                ike_spi: c.ike_spi,
-                inbound_spi: c.inbound_spi,
-                outbound_spi: c.outbound_spi,
-                selectors,
-                peer: remote,
-                encap: c.encap,
-                traffic,
-                keys: (c.inbound_key, c.outbound_key),
-                lineage,
-                due,
-            },
-        );
+        self.insert_child(ChildInfo {
+            connection,
+            child,
+            proposal: alg,
+            ike_spi: c.ike_spi,
+            inbound_spi: c.inbound_spi,
+            outbound_spi: c.outbound_spi,
+            selectors,
+            peer: remote,
+            encap: c.encap,
+            traffic,
+            keys: (c.inbound_key, c.outbound_key),
+            lineage,
+            due,
+        });
         true
+    }
+
+    /// Record an installed CHILD SA.
+    fn insert_child(&mut self, c: ChildInfo) {
+        self.by_ike.insert((c.ike_spi, c.inbound_spi));
+        self.list.insert(c.inbound_spi, c);
     }
 
     /// A request offering inbound SPI `spi` is about to leave: the inbound
@@ -644,8 +652,15 @@ impl Children {
 
     /// An IKE SA rekey: the CHILD SAs of IKE SA `from` belong to `to` now.
     pub fn moved(&mut self, from: u64, to: u64) {
-        for c in self.list.values_mut().filter(|c| c.ike_spi == from) {
-            c.ike_spi = to;
+        let spis: Vec<u32> = self.by_ike.range((from, 0)..=(from, u32::MAX)).map(|&(_, spi)| spi).collect();
+        for spi in spis {
+            self.by_ike.remove(&(from, spi));
+            self.by_ike.insert((to, spi));
+            self.list.change_all(spi, |c| {
+                if c.ike_spi == from {
+                    c.ike_spi = to;
+                }
+            });
         }
     }
 
@@ -657,6 +672,11 @@ impl Children {
     pub fn delete(&mut self, d: ChildDeleted, now: u64) -> bool {
         let gone = self.list.remove(d.inbound_spi, |c| c.outbound_spi == d.outbound_spi);
         for c in &gone {
+            // Unless a record left (a guest may have named an SPI twice)
+            // is of the same IKE SA.
+            if !self.list.all(c.inbound_spi).any(|o| o.ike_spi == c.ike_spi) {
+                self.by_ike.remove(&(c.ike_spi, c.inbound_spi));
+            }
             self.tally(&c.connection, (0, 1), false);
             let (inbound_key, outbound_key) = c.keys;
             self.overdue.remove(&(c.due, c.inbound_spi, inbound_key));

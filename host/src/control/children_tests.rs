@@ -85,7 +85,7 @@ fn forgetting_some_ike_sas_deletes_only_their_child_sas() {
     }
     // A CHILD SA of an IKE SA the view no longer has is kept.
     for (ike_spi, spi) in [(1, 0x10), (2, 0x20), (2, 0x21), (3, 0x30)] {
-        c.list.insert(spi, child(ike_spi, spi));
+        c.insert_child(child(ike_spi, spi));
     }
     let (gone, n) = c.forget(0, 0, |spi| spi == 1);
     assert_eq!((gone.iter().map(|i| i.spi).collect::<Vec<_>>(), n), (vec![2], 2));
@@ -121,7 +121,7 @@ fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi
     let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
     // Two peers chose the same SPI for the halves we send on.
     for (ike_spi, spi) in [(1, 0x10), (2, 0x20)] {
-        c.list.insert(spi, ChildInfo { outbound_spi: 0xc000_0001, lineage: ike_spi, ..child(ike_spi, spi) });
+        c.insert_child(ChildInfo { outbound_spi: 0xc000_0001, lineage: ike_spi, ..child(ike_spi, spi) });
     }
     let mut ike = IkeState::new(wasmsec_crypto::Vault::new(), Arc::new(Keystore::new()));
     let to = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 7), 4501);
@@ -151,7 +151,7 @@ fn a_child_sa_past_its_hard_lifetime_and_grace_is_removed() {
     let (in_tx, in_rx) = channel().unwrap();
     let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
     for (spi, due) in [(0x10, 5000), (0x20, 9000), (0x40, 6000)] {
-        c.list.insert(spi, ChildInfo { due, ..child(1, spi) });
+        c.insert_child(ChildInfo { due, ..child(1, spi) });
     }
     // Due at 5 s, 9 s and 6 s; one gone without a Delete the host saw
     // (as for a forgotten IKE SA); one whose SPI now names an SA with
@@ -199,7 +199,7 @@ fn a_child_sa_past_a_hard_byte_limit_is_removed_after_the_grace() {
     c.overdue_grace_ms = 1000;
     // No lifetime by time (0), a lifetime due at 9 s, one due at 1.5 s.
     for (spi, due) in [(0x10, 0), (0x20, 9000), (0x30, 1500)] {
-        c.list.insert(spi, ChildInfo { due, ..child(1, spi) });
+        c.insert_child(ChildInfo { due, ..child(1, spi) });
         if due > 0 {
             c.overdue.insert((due, spi, 0));
         }
@@ -218,4 +218,46 @@ fn a_child_sa_past_a_hard_byte_limit_is_removed_after_the_grace() {
     gone.sort_unstable();
     assert_eq!(gone, [0x10, 0x20]);
     assert_eq!(c.installed_count(), 0);
+}
+
+#[test]
+fn an_ike_rekey_moves_its_own_child_sas_and_no_other() {
+    let (out_tx, _out_rx) = channel().unwrap();
+    let (in_tx, _in_rx) = channel().unwrap();
+    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    // IKE SA 1 has two CHILD SAs, 2 one; 0x10 is named twice (a guest's
+    // word), once for each.
+    for (ike_spi, spi) in [(1, 0x10), (1, 0x11), (2, 0x20)] {
+        c.insert_child(child(ike_spi, spi));
+    }
+    c.insert_child(ChildInfo { outbound_spi: 0xc000_0001, ..child(2, 0x10) });
+    let of = |c: &Children, ike_spi: u64| {
+        let mut v: Vec<u32> = c.installed().filter(|x| x.ike_spi == ike_spi).map(|x| x.inbound_spi).collect();
+        v.sort();
+        v
+    };
+    c.moved(1, 3);
+    assert_eq!((of(&c, 1), of(&c, 2), of(&c, 3)), (vec![], vec![0x10, 0x20], vec![0x10, 0x11]));
+    // Moved again (the successor rekeyed), and one deleted on the way.
+    c.delete(
+        ChildDeleted {
+            ike_spi: 3,
+            inbound_spi: 0x11,
+            outbound_spi: 0x1011,
+            inbound_key: 0,
+            outbound_key: 0,
+            keep_inbound_ms: 0,
+        },
+        0,
+    );
+    c.moved(3, 4);
+    assert_eq!((of(&c, 3), of(&c, 4), of(&c, 2)), (vec![], vec![0x10], vec![0x10, 0x20]));
+    assert_eq!(c.by_ike.iter().copied().collect::<Vec<_>>(), [(2, 0x10), (2, 0x20), (4, 0x10)]);
+    // IKE SA 2's go with it; the index keeps nothing of them.
+    for spi in [2, 4] {
+        c.ike_sas.insert(spi, ike(spi));
+    }
+    let (_, n) = c.forget(0, 0, |spi| spi != 2);
+    assert_eq!(n, 2);
+    assert_eq!(c.by_ike.iter().copied().collect::<Vec<_>>(), [(4, 0x10)]);
 }
