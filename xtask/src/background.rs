@@ -46,11 +46,14 @@ impl Background {
         Background { name, child, log: log.to_path_buf() }
     }
 
-    /// Wait for it; true if it succeeded. Its log is printed either way.
+    /// Wait for it; true if it succeeded. Its whole log is printed if it
+    /// failed, else its last line: hundreds of lines of a build that went
+    /// well would push the failed suites out of the tail CI shows.
     pub fn finish(mut self) -> bool {
         let ok = self.child.take().is_some_and(|mut c| c.wait().is_ok_and(|s| s.success()));
         let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-        println!("xtask: {} (background): {}\n{out}", self.name, if ok { "ok" } else { "FAILED" });
+        let shown = if ok { out.trim_end().lines().last().unwrap_or("") } else { out.as_str() };
+        println!("xtask: {} (background): {}\n{shown}", self.name, if ok { "ok" } else { "FAILED" });
         ok
     }
 }

@@ -105,6 +105,50 @@ fn run(cmd: &mut Command) -> Result<bool> {
     Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
 }
 
+/// Run a test script, its output passed through as it comes; true if it
+/// passed, and why not: its `FAIL:` lines, or that it ran out of its own
+/// time bound (`timeout`'s 124). The reasons are repeated at the close,
+/// where CI's tail of the output shows them.
+fn run_suite(cmd: &mut Command) -> Result<(bool, Vec<String>)> {
+    use std::io::{BufRead, Write};
+    use std::sync::{Arc, Mutex};
+    eprintln!("xtask: running {:?}", cmd);
+    let (reader, writer) = std::io::pipe().context("a pipe for a test's output")?;
+    cmd.stdout(writer.try_clone().context("a pipe for a test's output")?).stderr(writer);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    // The command holds the pipe's writing ends: without dropping them
+    // the reader would never see the end.
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let why = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let seen = why.clone();
+    std::thread::spawn(move || {
+        let stdout = std::io::stdout();
+        for line in std::io::BufReader::new(reader).split(b'\n').map_while(Result::ok) {
+            let mut out = stdout.lock();
+            let _ = out.write_all(&line).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
+            if line.starts_with(b"FAIL:") {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(String::from_utf8_lossy(&line).into_owned());
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let status = child.wait().context("waiting for a test")?;
+    // A process the script left behind may hold the pipe open: the suite
+    // is over all the same.
+    let drained = done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
+    let mut why = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if !drained {
+        eprintln!("xtask: a process the test started still holds its output open");
+    }
+    if status.code() == Some(124) {
+        why.push("ran out of its time bound (the script's own `timeout`)".to_string());
+    } else if !status.success() && why.is_empty() {
+        why.push(format!("ended with {status} before its checks said why"));
+    }
+    Ok((status.success(), why))
+}
+
 /// Install what `upto` needs, then prove it works.
 fn prepare(upto: Group) -> Result<()> {
     packages::ensure(upto)?;
@@ -238,6 +282,19 @@ fn load_bench(what: &str, script: &str) -> Result<bool> {
 /// Everything, in order; counts suites and prints one closing line.
 fn test(filter: Option<&str>) -> Result<bool> {
     require_root("the test suite")?;
+    let started = std::time::Instant::now();
+    // Every step's time, printed as it ends and again at the close: CI's
+    // budget is counted in minutes, so a suite that grows shows where.
+    let mut times: Vec<(String, u64)> = Vec::new();
+    let mut timed = |name: &str, since: std::time::Instant, ok: bool| {
+        let secs = since.elapsed().as_secs();
+        eprintln!(
+            "xtask: {name}: {} in {secs} s ({} s since the start)",
+            if ok { "passed" } else { "FAILED" },
+            started.elapsed().as_secs()
+        );
+        times.push((name.to_string(), secs));
+    };
     prepare(Group::Test)?;
     // In the background from the start: the Helm tests' kube-apiserver
     // (minutes of Go, built from Debian's source; the test waits for it),
@@ -265,17 +322,21 @@ fn test(filter: Option<&str>) -> Result<bool> {
     let harness_missing = shared_harness_missing()?;
     // The hostile guests (their own target dir) beside the real build.
     let hostile = std::thread::spawn(build::hostile_guests);
+    let t = std::time::Instant::now();
     build::all_for_tests()?;
     hostile.join().map_err(|_| anyhow::anyhow!("the hostile guests' build panicked"))??;
     python::policies()?;
     // The container image, from exactly what the tests run (tests/helm).
     image::write()?;
+    timed("the build", t, true);
     let mut passed = 0;
     let mut failed = Vec::new();
     if filter.is_none() {
         // Style first: cheap, and a difference fails the run. (clippy runs
         // in the background; its verdict is counted at the end.)
+        let t = std::time::Instant::now();
         let ok = run(Command::new(build::cargo()).current_dir(root()).args(["fmt", "--all", "--check"]))?;
+        timed("cargo fmt --check", t, ok);
         if ok {
             passed += 1
         } else {
@@ -283,10 +344,12 @@ fn test(filter: Option<&str>) -> Result<bool> {
         }
         // Unit and component tests: the same release profile as the binary,
         // so wasmtime is compiled once.
+        let t = std::time::Instant::now();
         let ok = run(Command::new(build::cargo())
             .current_dir(root())
             .env("WASMSEC_COMPONENTS", build::components_dir())
             .args(["test", "--release"]))?;
+        timed("cargo test", t, ok);
         if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
     }
     let mut scripts: Vec<PathBuf> = Vec::new();
@@ -307,22 +370,39 @@ fn test(filter: Option<&str>) -> Result<bool> {
         scripts.extend(in_dir);
     }
     for s in scripts {
-        let ok = run(Command::new("bash")
-            .arg(&s)
-            .current_dir(root())
-            .env("WASMSEC_BIN", build::host_binary())
-            // The path, not `current_exe()`: the test build above may have
-            // replaced this very binary (it resolves xtask's features with
-            // the whole workspace), leaving a "(deleted)" name.
-            .env("XTASK_BIN", root().join("target/release/xtask"))
-            .env("WASMSEC_COMPONENTS", build::components_dir()))?;
+        let t = std::time::Instant::now();
+        let (ok, why) = run_suite(
+            Command::new("bash")
+                .arg(&s)
+                .current_dir(root())
+                .env("WASMSEC_BIN", build::host_binary())
+                // The path, not `current_exe()`: the test build above may have
+                // replaced this very binary (it resolves xtask's features with
+                // the whole workspace), leaving a "(deleted)" name.
+                .env("XTASK_BIN", root().join("target/release/xtask"))
+                .env("WASMSEC_COMPONENTS", build::components_dir()),
+        )?;
         let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
-        if ok { passed += 1 } else { failed.push(name) }
+        timed(&name, t, ok);
+        if ok {
+            passed += 1
+        } else {
+            failed.push(format!("{name}{}", why.iter().map(|l| format!("\n    {l}")).collect::<String>()))
+        }
     }
     drop(apiserver);
     if let Some(c) = clippy {
-        if c.finish() { passed += 1 } else { failed.push("cargo clippy".to_string()) }
+        let t = std::time::Instant::now();
+        let ok = c.finish();
+        timed("cargo clippy (the wait for it)", t, ok);
+        if ok { passed += 1 } else { failed.push("cargo clippy".to_string()) }
     }
+    times.sort_by_key(|t| std::cmp::Reverse(t.1));
+    eprintln!("xtask: the slowest steps:");
+    for (name, secs) in times.iter().take(8) {
+        eprintln!("xtask:   {secs:>5} s  {name}");
+    }
+    eprintln!("xtask: {} s in all", started.elapsed().as_secs());
     for f in &failed {
         eprintln!("xtask: FAILED: {f}");
     }
