@@ -92,7 +92,8 @@ pub fn guests() -> Result<()> {
     Ok(())
 }
 
-/// Tests only: the hostile guests of tests/e2e/test-hostile-guests.sh,
+/// Tests only: the hostile guests of tests/interop/test-hostile-esp.sh
+/// and test-hostile-ike.sh,
 /// `hostile-esp.wasm` (tests/hostile/esp), `hostile-ike.wasm` (the IKE
 /// component with its `hostile` feature) and the policies of
 /// tests/interop/test-policy.sh (tests/hostile/policy), built apart from

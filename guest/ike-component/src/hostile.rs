@@ -12,7 +12,7 @@
 //! | `hostile-trap-on-terminate` | every instance traps in every `terminate` |
 //! | `hostile-send-anywhere` | every `poll` sends a datagram from UDP 500 to host A on gateway A's LAN (198.18.1.10:500), which no peer or connection has |
 //! | `hostile-send-from-elsewhere` | every `poll` sends a datagram to gateway B (198.18.0.2:500, the connection's remote) from gateway A's LAN address ([`OTHER_SOURCE`]), where no IKE arrived and which no connection names |
-//! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-guests.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
+//! | `hostile-delete-others` | every `poll` deletes the honest manual tunnel of `test-hostile-ike.sh` (out SPI 0x00001001, in 0x00001002), which it never installed |
 //! | `hostile-other-connection` | every CHILD SA is installed for the connection [`VICTIM`] (another tenant's, with another key) instead of its own |
 //! | `hostile-widen-selectors` | every CHILD SA is installed with the peer's side widened to every IPv4 address |
 //! | `hostile-ignore-policy` | every policy answer is taken as an accept, whatever the host's policy said |
@@ -71,7 +71,7 @@ pub const VICTIM: &str = "victim";
 
 /// For `OtherSource` and `SendFromElsewhere`: the address every CHILD
 /// SA's ESP, or the datagram, is to leave from (gateway A's LAN side in
-/// `test-hostile-guests.sh`).
+/// `test-hostile-ike.sh`).
 pub const OTHER_SOURCE: [u8; 4] = [198, 18, 1, 1];
 
 /// For `TrapOnMarker`: the initiator SPI ("TRAPTRAP") that traps.

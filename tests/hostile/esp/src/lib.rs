@@ -1,6 +1,6 @@
 //! Tests only: an ESP "engine" that attacks the host instead of doing ESP.
 //! What it does depends on the high byte of the SPI of the SA involved, so
-//! one component serves every attack of `tests/e2e/test-hostile-guests.sh`:
+//! one component serves every attack of `tests/interop/test-hostile-esp.sh`:
 //!
 //! | SPI      | attack |
 //! |----------|--------|
