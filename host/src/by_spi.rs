@@ -62,7 +62,7 @@ impl<T> BySpi<T> {
 
     /// The first record of `spi` still here.
     pub fn get(&self, spi: u32) -> Option<&T> {
-        self.numbers_of(spi).find_map(|n| self.by_order.get(&n)).map(|r| &**r)
+        self.all(spi).next()
     }
 
     /// The first record of `spi` still here, to change.

@@ -2,7 +2,15 @@
 //! names, peers, forgetting, peer moves, and the removal of CHILD SAs kept
 //! past their hard lifetimes.
 use super::*;
-use crate::datapath::channel::channel;
+use crate::datapath::channel::{Receiver, channel};
+
+/// An empty record with the receiving ends of its channels to the data
+/// path (outbound, inbound).
+fn children() -> (Children, Receiver<SaCommand>, Receiver<SaCommand>) {
+    let (out_tx, out_rx) = channel().unwrap();
+    let (in_tx, in_rx) = channel().unwrap();
+    (Children::new(out_tx, in_tx, Arc::new(Keystore::new())), out_rx, in_rx)
+}
 
 fn ike(spi: u64) -> IkeInfo {
     IkeInfo {
@@ -40,9 +48,7 @@ fn child(ike_spi: u64, inbound_spi: u32) -> ChildInfo {
 
 #[test]
 fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
-    let (out_tx, _out_rx) = channel().unwrap();
-    let (in_tx, _in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, _out_rx, _in_rx) = children();
     let up = |spi: u64, remote: [u8; 4]| IkeSaUp {
         connection: "pop".into(),
         ike_spi: spi,
@@ -77,9 +83,7 @@ fn an_ike_sa_keeps_names_once_and_shows_its_addresses_as_text() {
 
 #[test]
 fn forgetting_some_ike_sas_deletes_only_their_child_sas() {
-    let (out_tx, out_rx) = channel().unwrap();
-    let (in_tx, in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, out_rx, in_rx) = children();
     for spi in [1, 2] {
         c.ike_sas.insert(spi, ike(spi));
     }
@@ -116,9 +120,7 @@ fn forgetting_some_ike_sas_deletes_only_their_child_sas() {
 
 #[test]
 fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi() {
-    let (out_tx, out_rx) = channel().unwrap();
-    let (in_tx, _in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, out_rx, _in_rx) = children();
     // Two peers chose the same SPI for the halves we send on.
     for (ike_spi, spi) in [(1, 0x10), (2, 0x20)] {
         c.insert_child(ChildInfo { outbound_spi: 0xc000_0001, lineage: ike_spi, ..child(ike_spi, spi) });
@@ -147,9 +149,7 @@ fn a_peer_move_goes_by_our_inbound_spi_and_spares_a_peer_that_chose_the_same_spi
 
 #[test]
 fn a_child_sa_past_its_hard_lifetime_and_grace_is_removed() {
-    let (out_tx, out_rx) = channel().unwrap();
-    let (in_tx, in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, out_rx, in_rx) = children();
     for (spi, due) in [(0x10, 5000), (0x20, 9000), (0x40, 6000)] {
         c.insert_child(ChildInfo { due, ..child(1, spi) });
     }
@@ -193,9 +193,7 @@ fn a_child_sa_past_its_hard_lifetime_and_grace_is_removed() {
 
 #[test]
 fn a_child_sa_past_a_hard_byte_limit_is_removed_after_the_grace() {
-    let (out_tx, _out_rx) = channel().unwrap();
-    let (in_tx, _in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, _out_rx, _in_rx) = children();
     c.overdue_grace_ms = 1000;
     // No lifetime by time (0), a lifetime due at 9 s, one due at 1.5 s.
     for (spi, due) in [(0x10, 0), (0x20, 9000), (0x30, 1500)] {
@@ -222,9 +220,7 @@ fn a_child_sa_past_a_hard_byte_limit_is_removed_after_the_grace() {
 
 #[test]
 fn an_ike_rekey_moves_its_own_child_sas_and_no_other() {
-    let (out_tx, _out_rx) = channel().unwrap();
-    let (in_tx, _in_rx) = channel().unwrap();
-    let mut c = Children::new(out_tx, in_tx, Arc::new(Keystore::new()));
+    let (mut c, _out_rx, _in_rx) = children();
     // IKE SA 1 has two CHILD SAs, 2 one; 0x10 is named twice (a guest's
     // word), once for each.
     for (ike_spi, spi) in [(1, 0x10), (1, 0x11), (2, 0x20)] {
