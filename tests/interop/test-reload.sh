@@ -56,9 +56,11 @@ ip netns exec wsi-gwb "$WASMSEC_BIN" run --config "$B/wasmsec.toml" >"$B/wasmsec
 WPID=$!
 PIDS+=($WPID)
 w() { "$WASMSEC_BIN" "$@" --socket "$B/ctl.sock"; }
-# spis NAME: the CHILD SA SPIs of connection NAME
+# spis NAME: the CHILD SA SPIs of connection NAME (none while the daemon
+# does not answer yet)
 spis() { w list-sas --json 2>/dev/null | python3 -c 'import json,sys
-print(" ".join(c["inbound_spi"]+"/"+c["outbound_spi"] for c in json.load(sys.stdin)["child_sas"] if c["connection"]==sys.argv[1]))' "$1"; }
+s=sys.stdin.read().strip()
+print(" ".join(c["inbound_spi"]+"/"+c["outbound_spi"] for c in json.loads(s)["child_sas"] if c["connection"]==sys.argv[1]) if s else "")' "$1"; }
 for _ in $(seq 100); do [ -n "$(spis s2s)" ] && [ -n "$(spis drop)" ] && break; sleep 0.2; done
 keep=$(spis s2s)
 check "s2s and drop are up ($keep / $(spis drop))" [ -n "$keep" -a -n "$(spis drop)" ]
