@@ -28,6 +28,33 @@ source "$(dirname "$0")/lib.sh"
 [ -z "${WASMSEC_E2E_TIMEOUT:-}" ] && exec env WASMSEC_E2E_TIMEOUT=1 timeout 600 bash "$0" "$@"
 source "$(dirname "$0")/hostile-lib.sh"
 
+# ike_conf NAME LOCAL REMOTE LID RID LTS RTS START: one IKE connection.
+ike_conf() { wasmsec_connection "$1" "$2" "$3" "$4" "$5" "[\"$6\"]" "[\"$7\"]" "$8"; }
+
+# ike_pair DIR NAME A_START SPI A_CONTROL_EXTRA A_IKE_COMPONENT: gateways A
+# (DIR/A) and B (DIR/B) with the manual tunnels (SPIs 0x0000<SPI>1 and 2)
+# and one IKE connection NAME, started by A (A_START) and answered by B
+# (none). A_IKE_COMPONENT: A's IKE guest, "" for the real one.
+ike_pair() {
+    local name=$2 start=$3 spi=$4 extra=$5 comp=$6 A=$1/A B=$1/B
+    mkdir -p "$A" "$B"
+    for k in a-b b-a ha-b hb-a; do key "$A/$k"; cp "$A/$k" "$B/$k"; done
+    (umask 077; printf '%s' "$PSK" >"$A/psk"; printf '%s' "$PSK" >"$B/psk")
+    { conf $WAN_A $WAN_B 198.18.1.1 $HONEST_A $HONEST_B 0x0000${spi}1 0x0000${spi}2 "" "$extra" "$A"
+      ike_conf "$name" $WAN_A $WAN_B $ID_A $ID_B 198.18.21.0/24 198.18.22.0/24 "$start"; } |
+        sed "${comp:+s|^\[runtime\]|[runtime]\nike_component = \"$comp\"|}" >"$A/wasmsec.toml"
+    { conf $WAN_B $WAN_A 198.18.2.1 $HONEST_B $HONEST_A 0x0000${spi}2 0x0000${spi}1 "" "" "$B"
+      ike_conf "$name" $WAN_B $WAN_A $ID_B $ID_A 198.18.22.0/24 198.18.21.0/24 none; } >"$B/wasmsec.toml"
+}
+
+# A daemon's guest restarts (-1 when it has stopped: no control socket)
+# and IKE SAs.
+restarts_of() {
+    { wasmsec_ctl "$1" status 2>/dev/null || echo '{"esp": {"guest_restarts": -1}}'; } |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["esp"]["guest_restarts"])'
+}
+ike_sas() { wasmsec_ctl "$1" status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["ike_sas"]))'; }
+
 # IKE attacks: A's IKE guest is hostile; its only connection's name picks
 # the attack. B is an honest wasmsec. The manual tunnels carry pings meanwhile.
 run_ike_attack() { # NAME WHAT
