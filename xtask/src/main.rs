@@ -412,3 +412,27 @@ fn test(filter: Option<&str>) -> Result<bool> {
     println!("suites: {} passed, {} failed", passed, failed.len());
     Ok(failed.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::run_suite;
+    use std::process::Command;
+
+    fn suite(script: &str) -> (bool, Vec<String>) {
+        run_suite(Command::new("bash").args(["-c", script])).expect("bash runs")
+    }
+
+    #[test]
+    fn a_failed_suite_says_which_checks_failed_or_that_it_ran_out_of_time() {
+        assert_eq!(suite("echo 'ok: one'; echo 'not FAIL: this'"), (true, vec![]));
+        let (ok, why) = suite("echo 'ok: one'; echo 'FAIL: two (2)'; echo 'FAIL: three'; exit 1");
+        assert!(!ok);
+        assert_eq!(why, ["FAIL: two (2)", "FAIL: three"]);
+        assert_eq!(
+            suite("exit 124"),
+            (false, vec!["ran out of its time bound (the script's own `timeout`)".to_string()])
+        );
+        let (ok, why) = suite("exit 3");
+        assert!(!ok && why.len() == 1 && why[0].contains("before its checks said why"), "{why:?}");
+    }
+}
