@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the demo's wsdemo-* namespaces)
 # The demo: by default two gateways negotiate with IKEv2 and the output
 # shows the IKE_SA and CHILD_SA, their proposals and passing checks; then
 # every ESP algorithm and raw ESP (IP protocol 50), with IKE and with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the doctor's wsdoctor-* namespaces)
 # The preflight check (`cargo xtask doctor`) passes on this machine, and
 # fails, naming the missing piece and its Debian package, when a piece is
 # made unavailable. Nothing is uninstalled: each case runs in a private

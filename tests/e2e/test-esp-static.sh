@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the demo's wsdemo-* namespaces)
 # Static-SA ESP between two wasmsec gateways in namespaces (the demo
 # topology): traffic flows encrypted, tshark decrypts the capture with the
 # configured keys, and hostile packets are dropped and counted while the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the demo's wsdemo-* namespaces)
 # Manual AES-GCM keys never repeat a nonce: the same key after every restart
 # must not start its IV counter at 1 again (RFC 4106 section 3.1). Two
 # gateways with static SAs (the demo topology) carry a steady ping while

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (namespace wse-conns)
 # A PoP's thousands of connections: the daemon routes every remote subnet
 # into its TUN device at start (one `ip -batch`, not one `ip` per route),
 # `list-conns` pages through them by name, reloads add, change and remove

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the demo's wsdemo-* namespaces)
 # TUN offloads and UDP GSO (issue #16): TCP through the demo tunnel with
 # TSO and GSO on, then with the kernel's TUNSETOFFLOAD refused, then with
 # UDP GSO failing.

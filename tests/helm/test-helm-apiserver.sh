@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (no namespaces: kube-apiserver and etcd on loopback)
 # The Helm chart against a real kube-apiserver (#14 must-show 2): etcd and
 # kube-apiserver on loopback, started here. Every rendered scenario passes
 # `kubectl apply --dry-run=server`; `helm install`, `helm upgrade` with a

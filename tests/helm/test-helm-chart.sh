@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (no namespaces)
 # The Helm chart, offline (#14 must-show 1): for the defaults and every
 # helm/wasmsec/ci/*-values.yaml, `helm lint --strict`, `helm template` and
 # `kubernetes-validate --strict` pass; values with a wrong type or an

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (the shared harness's iop-* namespaces)
 # The team's shared strongSwan interop harness (../shared/interop, present
 # beside the checkout on the project's machines and in CI) with wasmsec as
 # peer B through tests/interop/peer-wasmsec.sh: PSK site-to-site in both

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (namespaces wss-*)
 # Two strongSwan peers choose the same SPI for the CHILD SAs' halves that
 # wasmsec sends on (#16, SA scale). Each peer picks its inbound SPIs on its
 # own, so on a PoP with thousands of peers two pick the same one now and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (namespaces wsh-*)
 # 100 tenants with live tunnels at once (#13): one wasmsec serves tenants
 # t0..t99, each in its own namespace with its own TUN device and ESP guest
 # pair, all with the same LAN (10.1.0.1 in 10.1.0.0/24). The peer is a

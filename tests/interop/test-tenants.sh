@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (namespaces wst-*)
 # Tenants (#13): one wasmsec serves two tenants, "a" and "b", each in its
 # own network namespace with its own TUN device, ESP guests and policy
 # module. Both use the same prefixes (10.1.0.0/24 here, 10.0.0.0/24 behind

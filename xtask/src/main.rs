@@ -28,6 +28,7 @@ mod doctor;
 mod image;
 mod packages;
 mod python;
+mod suites;
 
 use background::Background;
 use packages::Group;
@@ -103,50 +104,6 @@ fn require_root(what: &str) -> Result<()> {
 fn run(cmd: &mut Command) -> Result<bool> {
     eprintln!("xtask: running {:?}", cmd);
     Ok(cmd.status().with_context(|| format!("cannot start {:?}", cmd.get_program()))?.success())
-}
-
-/// Run a test script, its output passed through as it comes; true if it
-/// passed, and why not: its `FAIL:` lines, or that it ran out of its own
-/// time bound (`timeout`'s 124). The reasons are repeated at the close,
-/// where CI's tail of the output shows them.
-fn run_suite(cmd: &mut Command) -> Result<(bool, Vec<String>)> {
-    use std::io::{BufRead, Write};
-    use std::sync::{Arc, Mutex};
-    eprintln!("xtask: running {:?}", cmd);
-    let (reader, writer) = std::io::pipe().context("a pipe for a test's output")?;
-    cmd.stdout(writer.try_clone().context("a pipe for a test's output")?).stderr(writer);
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    // The command holds the pipe's writing ends: without dropping them
-    // the reader would never see the end.
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    let why = Arc::new(Mutex::new(Vec::new()));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let seen = why.clone();
-    std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        for line in std::io::BufReader::new(reader).split(b'\n').map_while(Result::ok) {
-            let mut out = stdout.lock();
-            let _ = out.write_all(&line).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush());
-            if line.starts_with(b"FAIL:") {
-                seen.lock().unwrap_or_else(|e| e.into_inner()).push(String::from_utf8_lossy(&line).into_owned());
-            }
-        }
-        let _ = done_tx.send(());
-    });
-    let status = child.wait().context("waiting for a test")?;
-    // A process the script left behind may hold the pipe open: the suite
-    // is over all the same.
-    let drained = done_rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok();
-    let mut why = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if !drained {
-        eprintln!("xtask: a process the test started still holds its output open");
-    }
-    if status.code() == Some(124) {
-        why.push("ran out of its time bound (the script's own `timeout`)".to_string());
-    } else if !status.success() && why.is_empty() {
-        why.push(format!("ended with {status} before its checks said why"));
-    }
-    Ok((status.success(), why))
 }
 
 /// Install what `upto` needs, then prove it works.
@@ -337,57 +294,50 @@ fn test(filter: Option<&str>) -> Result<bool> {
         let t = std::time::Instant::now();
         let ok = run(Command::new(build::cargo()).current_dir(root()).args(["fmt", "--all", "--check"]))?;
         timed("cargo fmt --check", t, ok);
-        if ok {
-            passed += 1
-        } else {
-            failed.push("cargo fmt --check".to_string())
-        }
-        // Unit and component tests: the same release profile as the binary,
-        // so wasmtime is compiled once.
-        let t = std::time::Instant::now();
-        let ok = run(Command::new(build::cargo())
-            .current_dir(root())
-            .env("WASMSEC_COMPONENTS", build::components_dir())
-            .args(["test", "--release"]))?;
-        timed("cargo test", t, ok);
-        if ok { passed += 1 } else { failed.push("cargo test".to_string()) }
+        if ok { passed += 1 } else { failed.push("cargo fmt --check".to_string()) }
     }
-    let mut scripts: Vec<PathBuf> = Vec::new();
-    // The Helm tests last: the kube-apiserver they need builds meanwhile.
-    for dir in ["tests/e2e", "tests/interop", "tests/helm"] {
-        let Ok(rd) = std::fs::read_dir(root().join(dir)) else {
-            continue;
-        };
-        let mut in_dir: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy();
-                name.starts_with("test-") && name.ends_with(".sh") && filter.is_none_or(|f| name.contains(f))
-            })
-            .collect();
-        in_dir.sort();
-        scripts.extend(in_dir);
-    }
-    for s in scripts {
-        let t = std::time::Instant::now();
-        let (ok, why) = run_suite(
-            Command::new("bash")
-                .arg(&s)
+    // Two lanes (see suites.rs): the suites of the interop topology one
+    // after another, passed through live; beside them, the unit tests and
+    // the suites with namespaces of their own, each shown when it ends.
+    // The Helm tests come last in each: the kube-apiserver they need
+    // builds meanwhile.
+    let suite = |s: &PathBuf| suites::Step {
+        name: s.strip_prefix(root()).unwrap_or(s).display().to_string(),
+        cmd: {
+            let mut c = Command::new("bash");
+            c.arg(s)
                 .current_dir(root())
                 .env("WASMSEC_BIN", build::host_binary())
                 // The path, not `current_exe()`: the test build above may have
                 // replaced this very binary (it resolves xtask's features with
                 // the whole workspace), leaving a "(deleted)" name.
                 .env("XTASK_BIN", root().join("target/release/xtask"))
-                .env("WASMSEC_COMPONENTS", build::components_dir()),
-        )?;
-        let name = s.strip_prefix(root()).unwrap_or(&s).display().to_string();
-        timed(&name, t, ok);
-        if ok {
+                .env("WASMSEC_COMPONENTS", build::components_dir());
+            c
+        },
+    };
+    let (mut interop, mut beside) = (Vec::new(), Vec::new());
+    if filter.is_none() {
+        // Unit and component tests: the same release profile as the binary,
+        // so wasmtime is compiled once.
+        let mut c = Command::new(build::cargo());
+        c.current_dir(root()).env("WASMSEC_COMPONENTS", build::components_dir()).args(["test", "--release"]);
+        beside.push(suites::Step { name: "cargo test".into(), cmd: c });
+    }
+    let topology = suites::interop_functions(&root());
+    for s in suites::scripts(&root(), &["tests/e2e", "tests/interop", "tests/helm"], filter) {
+        if suites::runs_beside(&s, &topology) { beside.push(suite(&s)) } else { interop.push(suite(&s)) }
+    }
+    let lane = std::thread::spawn(move || suites::run_lane(beside, false, started));
+    let mut outcomes = suites::run_lane(interop, true, started);
+    outcomes.extend(lane.join().map_err(|_| anyhow::anyhow!("the second lane of suites panicked"))?);
+    let mut lane_times = Vec::new();
+    for o in outcomes {
+        lane_times.push((o.name.clone(), o.secs));
+        if o.ok {
             passed += 1
         } else {
-            failed.push(format!("{name}{}", why.iter().map(|l| format!("\n    {l}")).collect::<String>()))
+            failed.push(format!("{}{}", o.name, o.why.iter().map(|l| format!("\n    {l}")).collect::<String>()))
         }
     }
     drop(apiserver);
@@ -397,6 +347,7 @@ fn test(filter: Option<&str>) -> Result<bool> {
         timed("cargo clippy (the wait for it)", t, ok);
         if ok { passed += 1 } else { failed.push("cargo clippy".to_string()) }
     }
+    times.extend(lane_times);
     times.sort_by_key(|t| std::cmp::Reverse(t.1));
     eprintln!("xtask: the slowest steps:");
     for (name, secs) in times.iter().take(8) {
@@ -411,28 +362,4 @@ fn test(filter: Option<&str>) -> Result<bool> {
     }
     println!("suites: {} passed, {} failed", passed, failed.len());
     Ok(failed.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::run_suite;
-    use std::process::Command;
-
-    fn suite(script: &str) -> (bool, Vec<String>) {
-        run_suite(Command::new("bash").args(["-c", script])).expect("bash runs")
-    }
-
-    #[test]
-    fn a_failed_suite_says_which_checks_failed_or_that_it_ran_out_of_time() {
-        assert_eq!(suite("echo 'ok: one'; echo 'not FAIL: this'"), (true, vec![]));
-        let (ok, why) = suite("echo 'ok: one'; echo 'FAIL: two (2)'; echo 'FAIL: three'; exit 1");
-        assert!(!ok);
-        assert_eq!(why, ["FAIL: two (2)", "FAIL: three"]);
-        assert_eq!(
-            suite("exit 124"),
-            (false, vec!["ran out of its time bound (the script's own `timeout`)".to_string()])
-        );
-        let (ok, why) = suite("exit 3");
-        assert!(!ok && why.len() == 1 && why[0].contains("before its checks said why"), "{why:?}");
-    }
 }
