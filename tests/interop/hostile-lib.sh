@@ -57,12 +57,12 @@ stop() { kill -TERM "$(cat "$1/pid")" 2>/dev/null; for _ in $(seq 50); do kill -
 counter() { stat "$1/stats.json" "$2"; }
 
 topo_up
-nsx wsi-hosta ip addr add 198.18.11.10/24 dev eth0
-nsx wsi-hosta ip route add 198.18.12.0/24 via 198.18.1.1
-nsx wsi-hostb ip addr add 198.18.12.10/24 dev eth0
-nsx wsi-hostb ip route add 198.18.11.0/24 via 198.18.2.1
-nsx wsi-gwa ip addr add 198.18.11.1/24 dev lan0
-nsx wsi-gwb ip addr add 198.18.12.1/24 dev lan0
+nsx $NS_HOSTA ip addr add 198.18.11.10/24 dev eth0
+nsx $NS_HOSTA ip route add 198.18.12.0/24 via 198.18.1.1
+nsx $NS_HOSTB ip addr add 198.18.12.10/24 dev eth0
+nsx $NS_HOSTB ip route add 198.18.11.0/24 via 198.18.2.1
+nsx $NS_GWA ip addr add 198.18.11.1/24 dev lan0
+nsx $NS_GWB ip addr add 198.18.12.1/24 dev lan0
 
 # The inbound SPIs of a status JSON's CHILD SAs (spis_of FILE), of a running daemon's (child_spis DIR).
 spis_of() { python3 -c 'import json,sys; print(" ".join(c["inbound_spi"] for c in json.load(open(sys.argv[1]))["child_sas"]))' "$1"; }

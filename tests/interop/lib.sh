@@ -2,7 +2,12 @@
 # namespace topology, runs strongSwan (charon with kernel-libipsec, so ESP
 # is in user space through a TUN device) and wasmsec in it, and cleans up.
 #
-#   wsi-hosta 198.18.1.10 -- .1 wsi-gwa 198.18.0.1 == wan0 == 198.18.0.2 wsi-gwb .1 -- 198.18.2.10 wsi-hostb
+#   hosta 198.18.1.10 -- .1 gwa 198.18.0.1 == wan0 == 198.18.0.2 gwb .1 -- 198.18.2.10 hostb
+#
+# in namespaces $NSP-hosta, $NSP-gwa, ... ($NS_HOSTA, $NS_GWA, ...): the
+# prefix is $WASMSEC_NS_PREFIX, by default the one below, so that xtask can
+# run a suite beside another with a prefix of its own (xtask/src/suites.rs;
+# nothing else in tests/interop/*lib.sh names a namespace).
 #
 # Everything lives in namespaces this file creates; nothing touches the
 # root namespace's network or /etc.
@@ -10,7 +15,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/e2e/lib.sh"
 source "$ROOT/tests/interop/wasmsec-conf.sh"
-NS=(wsi-hosta wsi-gwa wsi-gwb wsi-hostb wsi-nat)
+NSP=${WASMSEC_NS_PREFIX:-wsi}
+NS_HOSTA=$NSP-hosta NS_GWA=$NSP-gwa NS_GWB=$NSP-gwb NS_HOSTB=$NSP-hostb NS_NAT=$NSP-nat
+NS=("$NS_HOSTA" "$NS_GWA" "$NS_GWB" "$NS_HOSTB" "$NS_NAT")
 WAN_A=198.18.0.1
 WAN_B=198.18.0.2
 LAN_A=198.18.1.0/24
@@ -54,45 +61,45 @@ topo_up() {
     topo_down
     local ns i
     for ns in "${NS[@]}"; do ip netns add "$ns"; nsx "$ns" ip link set lo up; done
-    ip link add name wsi0a netns wsi-hosta type veth peer name wsi0b netns wsi-gwa
-    ip link add name wsi1a netns wsi-gwa type veth peer name wsi1b netns wsi-gwb
-    ip link add name wsi2a netns wsi-gwb type veth peer name wsi2b netns wsi-hostb
-    nsx wsi-hosta ip link set wsi0a name eth0; nsx wsi-gwa ip link set wsi0b name lan0
-    nsx wsi-gwa ip link set wsi1a name wan0;   nsx wsi-gwb ip link set wsi1b name wan0
-    nsx wsi-gwb ip link set wsi2a name lan0;   nsx wsi-hostb ip link set wsi2b name eth0
-    nsx wsi-hosta ip addr add 198.18.1.10/24 dev eth0
-    nsx wsi-gwa ip addr add 198.18.1.1/24 dev lan0
-    nsx wsi-gwa ip addr add $WAN_A/24 dev wan0
-    nsx wsi-gwb ip addr add $WAN_B/24 dev wan0
-    nsx wsi-gwb ip addr add 198.18.2.1/24 dev lan0
-    nsx wsi-hostb ip addr add 198.18.2.10/24 dev eth0
+    ip link add name ${NSP}0a netns $NS_HOSTA type veth peer name ${NSP}0b netns $NS_GWA
+    ip link add name ${NSP}1a netns $NS_GWA type veth peer name ${NSP}1b netns $NS_GWB
+    ip link add name ${NSP}2a netns $NS_GWB type veth peer name ${NSP}2b netns $NS_HOSTB
+    nsx $NS_HOSTA ip link set ${NSP}0a name eth0; nsx $NS_GWA ip link set ${NSP}0b name lan0
+    nsx $NS_GWA ip link set ${NSP}1a name wan0;   nsx $NS_GWB ip link set ${NSP}1b name wan0
+    nsx $NS_GWB ip link set ${NSP}2a name lan0;   nsx $NS_HOSTB ip link set ${NSP}2b name eth0
+    nsx $NS_HOSTA ip addr add 198.18.1.10/24 dev eth0
+    nsx $NS_GWA ip addr add 198.18.1.1/24 dev lan0
+    nsx $NS_GWA ip addr add $WAN_A/24 dev wan0
+    nsx $NS_GWB ip addr add $WAN_B/24 dev wan0
+    nsx $NS_GWB ip addr add 198.18.2.1/24 dev lan0
+    nsx $NS_HOSTB ip addr add 198.18.2.10/24 dev eth0
     for ns in "${NS[@]}"; do for i in $(nsx "$ns" ls /sys/class/net); do nsx "$ns" ip link set "$i" up; done; done
-    nsx wsi-hosta ip route add default via 198.18.1.1
-    nsx wsi-hostb ip route add default via 198.18.2.1
-    for ns in wsi-gwa wsi-gwb; do
+    nsx $NS_HOSTA ip route add default via 198.18.1.1
+    nsx $NS_HOSTB ip route add default via 198.18.2.1
+    for ns in $NS_GWA $NS_GWB; do
         nsx "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
     done
 }
 
 # The same, but gwb sits behind a NAT router (nftables masquerade with
-# random ports): gwb 198.19.0.2 -- 198.19.0.1 [wsi-nat] 198.18.0.3 == gwa.
+# random ports): gwb 198.19.0.2 -- 198.19.0.1 [nat] 198.18.0.3 == gwa.
 NAT_OUT=198.18.0.3
 WAN_B_NAT=198.19.0.2
 topo_up_nat() {
     topo_up
-    nsx wsi-gwa ip link del wan0
-    ip link add name wsi3a netns wsi-gwa type veth peer name wsi3b netns wsi-nat
-    ip link add name wsi4a netns wsi-nat type veth peer name wsi4b netns wsi-gwb
-    nsx wsi-gwa ip link set wsi3a name wan0; nsx wsi-nat ip link set wsi3b name out0
-    nsx wsi-nat ip link set wsi4a name in0;  nsx wsi-gwb ip link set wsi4b name wan0
-    nsx wsi-gwa ip addr add $WAN_A/24 dev wan0
-    nsx wsi-nat ip addr add $NAT_OUT/24 dev out0
-    nsx wsi-nat ip addr add 198.19.0.1/24 dev in0
-    nsx wsi-gwb ip addr add $WAN_B_NAT/24 dev wan0
-    local x; for x in "wsi-gwa wan0" "wsi-nat out0" "wsi-nat in0" "wsi-gwb wan0"; do nsx ${x% *} ip link set ${x#* } up; done
-    nsx wsi-gwb ip route add default via 198.19.0.1
-    nsx wsi-nat sysctl -qw net.ipv4.ip_forward=1
-    nsx wsi-nat nft -f - <<NFT
+    nsx $NS_GWA ip link del wan0
+    ip link add name ${NSP}3a netns $NS_GWA type veth peer name ${NSP}3b netns $NS_NAT
+    ip link add name ${NSP}4a netns $NS_NAT type veth peer name ${NSP}4b netns $NS_GWB
+    nsx $NS_GWA ip link set ${NSP}3a name wan0; nsx $NS_NAT ip link set ${NSP}3b name out0
+    nsx $NS_NAT ip link set ${NSP}4a name in0;  nsx $NS_GWB ip link set ${NSP}4b name wan0
+    nsx $NS_GWA ip addr add $WAN_A/24 dev wan0
+    nsx $NS_NAT ip addr add $NAT_OUT/24 dev out0
+    nsx $NS_NAT ip addr add 198.19.0.1/24 dev in0
+    nsx $NS_GWB ip addr add $WAN_B_NAT/24 dev wan0
+    local x; for x in "$NS_GWA wan0" "$NS_NAT out0" "$NS_NAT in0" "$NS_GWB wan0"; do nsx ${x% *} ip link set ${x#* } up; done
+    nsx $NS_GWB ip route add default via 198.19.0.1
+    nsx $NS_NAT sysctl -qw net.ipv4.ip_forward=1
+    nsx $NS_NAT nft -f - <<NFT
 table ip nat {
   chain post { type nat hook postrouting priority 100; oifname "out0" masquerade random; }
 }
@@ -108,14 +115,14 @@ HOST6_B=fd00:2::10
 # The IPv6 half of the LANs (no duplicate address detection: the
 # addresses are usable at once), and forwarding on the gateways.
 ipv6_lans() {
-    nsx wsi-hosta ip -6 addr add $HOST6_A/64 dev eth0 nodad
-    nsx wsi-gwa ip -6 addr add fd00:1::1/64 dev lan0 nodad
-    nsx wsi-gwb ip -6 addr add fd00:2::1/64 dev lan0 nodad
-    nsx wsi-hostb ip -6 addr add $HOST6_B/64 dev eth0 nodad
-    nsx wsi-hosta ip -6 route add default via fd00:1::1
-    nsx wsi-hostb ip -6 route add default via fd00:2::1
+    nsx $NS_HOSTA ip -6 addr add $HOST6_A/64 dev eth0 nodad
+    nsx $NS_GWA ip -6 addr add fd00:1::1/64 dev lan0 nodad
+    nsx $NS_GWB ip -6 addr add fd00:2::1/64 dev lan0 nodad
+    nsx $NS_HOSTB ip -6 addr add $HOST6_B/64 dev eth0 nodad
+    nsx $NS_HOSTA ip -6 route add default via fd00:1::1
+    nsx $NS_HOSTB ip -6 route add default via fd00:2::1
     local ns
-    for ns in wsi-gwa wsi-gwb; do nsx "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1; done
+    for ns in $NS_GWA $NS_GWB; do nsx "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1; done
 }
 
 ping6_ok() { nsx "$1" ping -6 -n -c "${3:-5}" -i 0.2 -W 2 "$2" | grep -q " 0% packet loss"; }
@@ -266,16 +273,16 @@ wasmsec_up() { # DIR TIMEOUT
     return 1
 }
 
-# The handshake load generator (tests/ikeload) in wsi-gwa: its initiators
+# The handshake load generator (tests/ikeload) in gwa: its initiators
 # use the addresses of IKELOAD_SOURCES (a local route there, one address
 # each) with identities iN.IKELOAD_ID and ask for IKELOAD_TS <-> LAN_B;
-# wsi-gwb routes the sources back. After topo_up.
+# gwb routes the sources back. After topo_up.
 IKELOAD_SOURCES=198.19.0.0/18
 IKELOAD_ID=load.bench.test
 IKELOAD_TS=10.98.0.0/16
 ikeload_topology() {
-    nsx wsi-gwa ip route add local $IKELOAD_SOURCES dev lo
-    nsx wsi-gwb ip route add $IKELOAD_SOURCES via $WAN_A
+    nsx $NS_GWA ip route add local $IKELOAD_SOURCES dev lo
+    nsx $NS_GWB ip route add $IKELOAD_SOURCES via $WAN_A
     (umask 077; printf '%s' "$PSK" >"$STATE/psk")
 }
 # ikeload_run LABEL PID ARGS...: one generator run against the responder
@@ -283,7 +290,7 @@ ikeload_topology() {
 # messages in $STATE/LABEL.err. Fails when the generator completed nothing.
 ikeload_run() {
     local label=$1 pid=$2; shift 2
-    nsx wsi-gwa "${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}" --psk-file "$STATE/psk" \
+    nsx $NS_GWA "${IKELOAD:-$ROOT/target/release/wasmsec-ikeload}" --psk-file "$STATE/psk" \
         --server $WAN_B --sources $IKELOAD_SOURCES --id $IKELOAD_ID --remote-id $ID_B \
         --local-ts $IKELOAD_TS --remote-ts $LAN_B --responder-pid "$pid" --label "$label" "$@" \
         2>"$STATE/$label.err"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (lib.sh's namespaces, under the prefix xtask gives this lane)
 # The IKE guest traps with a tunnel to strongSwan up and traffic flowing
 # (`wasmsec ctl fault ike`: its next call runs past its deadline, a real
 # wasm trap). The host replaces it from the checkpoints of its IKE SAs:
@@ -50,19 +51,19 @@ run_case() { # who rekeys: strongswan | wasmsec
     mkdir -p "$A" "$B"
     if [ "$who" = strongswan ]; then
         SSWAN_CONN_EXTRA="    rekey_time = 20s" SSWAN_CHILD_EXTRA="      rekey_time = 8s" \
-            sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B
+            sswan_start $NS_GWA "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B
         WASMSEC_CONTROL_EXTRA="fault_injection = true" \
-            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
+            wasmsec_start $NS_GWB "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none
         sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
     else
-        sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B
+        sswan_start $NS_GWA "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B
         WASMSEC_CONTROL_EXTRA="fault_injection = true" WASMSEC_CONN_EXTRA="rekey_time = 20" \
             WASMSEC_CHILD_EXTRA="rekey_time = 8" \
-            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 start
+            wasmsec_start $NS_GWB "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 start
     fi
     check "$who rekeys: tunnel up at wasmsec" wasmsec_up "$B" 20
     check "$who rekeys: tunnel up at strongSwan" sswan_up "$A" 10
-    nsx wsi-hosta ping -n -i 0.05 -c $PINGS -W 1 $HOST_B >"$STATE/$who-ping.out" 2>&1 &
+    nsx $NS_HOSTA ping -n -i 0.05 -c $PINGS -W 1 $HOST_B >"$STATE/$who-ping.out" 2>&1 &
     local ping=$!
     sleep 5
     # wasmsec rekeying: the replacement's first two tries trap too.
@@ -120,7 +121,7 @@ s=json.load(sys.stdin); sys.exit(0 if any(i["spi"] != sys.argv[1] for i in s["ik
     check "start over: the old IKE SA's keys left the vault: the PSK and the new IKE SA's remain" vault_holds "$B" 2
     check "start over: the old SAs were deleted from the data path" \
         grep -q "none of its predecessor's SAs: they are deleted ike_sas=1 child_sas=1" "$B/wasmsec.log"
-    check "start over: pings pass the new tunnel" ping_ok wsi-hosta $HOST_B 10
+    check "start over: pings pass the new tunnel" ping_ok $NS_HOSTA $HOST_B 10
     for _ in $(seq 50); do [ "$(sswan_sas "$A")" = "1 1" ] && break; sleep 0.2; done
     check "start over: strongSwan replaced the old IKE SA (INITIAL_CONTACT): one IKE SA, one CHILD SA" \
         [ "$(sswan_sas "$A")" = "1 1" ]

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# xtask: beside the interop suites (lib.sh's namespaces, under the prefix xtask gives this lane)
 # SA lifecycle against a real strongSwan, both ways round, under a 20 pps
 # ping for 40 s:
 #  1. strongSwan rekeys the CHILD SA every 4 s with PFS (x25519 in
@@ -58,30 +59,30 @@ run_case() { # WASMSEC_ROLE (initiator | responder | asks)
         # AUTH_LIFETIME it got (default: 10 % of its 4 h rekey_time, which
         # would mean at once for 12 s).
         SSWAN_CONN_EXTRA="    over_time = 2s" SSWAN_CHILD_EXTRA="      rekey_time = 5s" \
-            sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+            sswan_start $NS_GWA "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
         WASMSEC_CONN_EXTRA="reauth_time = 12" \
-            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
+            wasmsec_start $NS_GWB "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
         sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
     elif [ "$role" = responder ]; then
         SSWAN_CONN_EXTRA="    reauth_time = 14s" SSWAN_CHILD_EXTRA="      rekey_time = 4s" \
-            sswan_start wsi-gwa "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
-        wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
+            sswan_start $NS_GWA "$A" initiator $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+        wasmsec_start $NS_GWB "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 none aes256gcm16-prfsha256-x25519 $PFS
         sswan "$A" --initiate --child s2s --timeout 20 >"$A/initiate.out" 2>&1 || true
     else
-        sswan_start wsi-gwa "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
+        sswan_start $NS_GWA "$A" responder $WAN_A $WAN_B $ID_A $ID_B $LAN_A $LAN_B aes256gcm16-prfsha256-x25519 $PFS
         # strongSwan sends on a CHILD SA it answered at once, and here
         # wasmsec installs each one it asked for only 100 ms after the
         # answer: ESP that comes first must be held, not dropped.
         WASMSEC_TEST_DELAY_INITIATED_INSTALL_MS=100 \
         WASMSEC_CONN_EXTRA=$'rekey_time = 7\nreauth_time = 13' WASMSEC_CHILD_EXTRA="rekey_packets = 60" \
-            wasmsec_start wsi-gwb "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 start aes256gcm16-prfsha256-x25519 $PFS
+            wasmsec_start $NS_GWB "$B" $WAN_B $WAN_A $ID_B $ID_A $LAN_B $LAN_A 198.18.2.1 start aes256gcm16-prfsha256-x25519 $PFS
     fi
     check "wasmsec $role: tunnel up" wasmsec_up "$B" 20
     check "wasmsec $role: strongSwan has it up" sswan_up "$A" 10
     # wasmsec's WAN and LAN and host A, so that a lost ping can be traced
     # (below) to the side that lost it.
     local caps=() c
-    for c in wsi-gwb:wan0:b-wan wsi-gwb:lan0:b-lan wsi-hosta:eth0:a-host; do
+    for c in $NS_GWB:wan0:b-wan $NS_GWB:lan0:b-lan $NS_HOSTA:eth0:a-host; do
         IFS=: read -r ns ifc name <<<"$c"
         ip netns exec "$ns" tcpdump -i "$ifc" -n -U -s 2048 -w "$B/cap-$name.pcap" 'udp or esp or icmp' \
             >/dev/null 2>"$B/cap-$name.err" </dev/null &
@@ -90,7 +91,7 @@ run_case() { # WASMSEC_ROLE (initiator | responder | asks)
     for c in b-wan b-lan a-host; do
         for _ in $(seq 30); do grep -q "listening on" "$B/cap-$c.err" 2>/dev/null && break; sleep 0.1; done
     done
-    nsx wsi-hosta ping -n -i 0.05 -c 800 -W 1 $HOST_B >"$STATE/$role-ping.out" 2>&1 || true
+    nsx $NS_HOSTA ping -n -i 0.05 -c 800 -W 1 $HOST_B >"$STATE/$role-ping.out" 2>&1 || true
     sleep 0.3; kill -INT "${caps[@]}" 2>/dev/null || true; wait "${caps[@]}" 2>/dev/null || true
     got=$(grep -c "bytes from" "$STATE/$role-ping.out" || true)
     lost=$((800 - got))

@@ -324,9 +324,14 @@ fn test(filter: Option<&str>) -> Result<bool> {
         c.current_dir(root()).env("WASMSEC_COMPONENTS", build::components_dir()).args(["test", "--release"]);
         beside.push(suites::Step { name: "cargo test".into(), cmd: c });
     }
-    let topology = suites::interop_functions(&root());
     for s in suites::scripts(&root(), &["tests/e2e", "tests/interop", "tests/helm"], filter) {
-        if suites::runs_beside(&s, &topology) { beside.push(suite(&s)) } else { interop.push(suite(&s)) }
+        if suites::runs_beside(&s) {
+            let mut step = suite(&s);
+            step.cmd.env("WASMSEC_NS_PREFIX", suites::BESIDE_PREFIX);
+            beside.push(step)
+        } else {
+            interop.push(suite(&s))
+        }
     }
     let lane = std::thread::spawn(move || suites::run_lane(beside, false, started));
     let mut outcomes = suites::run_lane(interop, true, started);
