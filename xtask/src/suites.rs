@@ -82,11 +82,11 @@ pub fn run_lane(steps: Vec<Step>, live: bool, started: Instant) -> Vec<Outcome> 
 }
 
 /// Run a test script; true if it passed, and why not: its `FAIL:` lines
-/// (or cargo test's `test ... FAILED`),
-/// or that it ran out of its own time bound (`timeout`'s 124). The
-/// reasons are repeated at the close, where CI's tail of the output shows
-/// them. Its output is passed through as it comes, or with `held` (the
-/// step's name) printed as one block when it ends.
+/// (cargo test's `test ... FAILED`), or that it ran out of its own time
+/// bound (`timeout`'s 124). The reasons are repeated at the close, where
+/// CI's tail of the output shows them. Its output is passed through as it
+/// comes, or with `held` (the step's name) printed as one block when it
+/// ends.
 pub fn run_suite(cmd: &mut Command, held: Option<&str>) -> Result<(bool, Vec<String>)> {
     let live = held.is_none();
     eprintln!("xtask: running {:?}", cmd);
