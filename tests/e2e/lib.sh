@@ -32,3 +32,10 @@ lone_gateway() {
     ip -n "$1" link set wan0 up
     ip -n "$1" link set wan1 up
 }
+# gso_cut NS: wasmsec sends with UDP GSO, and a veth passes a GSO datagram
+# whole: a capture would see one UDP datagram holding many ESP packets, of
+# which tshark reads the first (the busier the machine, the more each send
+# carries). With the veth's UDP segmentation off, the kernel cuts it at
+# NS's wan0, before any capture point, as a NIC would on the wire; the
+# daemon still sends with GSO.
+gso_cut() { ip netns exec "$1" ethtool -K wan0 tx-udp-segmentation off >/dev/null; }

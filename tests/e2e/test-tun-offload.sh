@@ -46,11 +46,8 @@ except Exception: print(0)'
 
 # 1. Offloads granted.
 check "demo up with TUN offloads" "$WASMSEC_BIN" demo --manual --keep --dir "$DIR/on" --pings 2
-# A veth passes a GSO datagram whole, and a capture would see one 64 KiB
-# UDP datagram holding many ESP packets; with the veth's UDP segmentation
-# off, the kernel cuts it before the capture point, as a NIC would on the
-# wire (the daemon still sends with GSO).
-ip netns exec wsdemo-gwa ethtool -K wan0 tx-udp-segmentation off >/dev/null
+# What the capture at gwa sees of gwa's GSO sends: each datagram cut.
+gso_cut wsdemo-gwa
 ip netns exec wsdemo-gwa tcpdump -i wan0 -n -U -w "$DIR/tso.pcap" udp port 4500 2>"$DIR/tcpdump.err" &
 CAP=$!
 # gwb joins what it opens into super-packets for its TUN device; the kernel
